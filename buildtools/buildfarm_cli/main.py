@@ -1,0 +1,330 @@
+"""``buildfarm``: start/stop/status of the local farm, builds, logs and apt sources.
+
+Exit codes: 0 done; 1 the request was wrong or the build failed; 2 usage; 3 a service the
+farm needs is unreachable (trying again later may help).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from buildfarm.dispatch.context import make_context
+from buildfarm.engine import control
+from buildfarm.engine.context import FarmContext
+from buildfarm.engine.submit import submit_build
+from buildfarm.local import farm
+from buildfarm.model.errors import BuildfarmError, PermanentError, TemporaryError
+from buildfarm.model.manifest import load_manifest
+from buildfarm.model.settings import Settings, load_settings
+from buildfarm.state.models import TERMINAL_BUILD_STATES
+from rich.live import Live
+
+from buildfarm_cli.output import OutputFormat, builds_table, console, emit_json, err_console, steps_table
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False)
+build_app = typer.Typer(no_args_is_help=True, help="Submit, follow and manage builds.")
+repo_app = typer.Typer(no_args_is_help=True, help="Published package repositories.")
+app.add_typer(build_app, name="build")
+app.add_typer(repo_app, name="repo")
+
+WAIT_POLL_SECONDS = 0.5
+LOG_POLL_SECONDS = 0.5
+
+
+class _State:
+    output: OutputFormat = OutputFormat.TEXT
+    state_dir: Path | None = None
+
+
+state = _State()
+OutputOpt = Annotated[OutputFormat | None, typer.Option("--output", "-o", help="text or json")]
+
+
+@app.callback()
+def main(
+    output: Annotated[
+        OutputFormat, typer.Option("--output", "-o", help="text for people, json for CI")
+    ] = OutputFormat.TEXT,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="local farm state directory [env: BUILDFARM_STATE_DIR]")
+    ] = None,
+) -> None:
+    state.output = output
+    if state_dir is not None:
+        os.environ["BUILDFARM_STATE_DIR"] = str(state_dir.resolve())
+
+
+def _fmt(override: OutputFormat | None) -> OutputFormat:
+    return override or state.output
+
+
+def _settings(**overrides: object) -> Settings:
+    return load_settings(**overrides)
+
+
+def _context() -> FarmContext:
+    settings = _settings()
+    if not farm.processes_alive(settings):
+        raise PermanentError(f"the local farm in {settings.state_dir} is not running: run `buildfarm start`")
+    return make_context(settings)
+
+
+@app.command()
+def start(
+    nodes: Annotated[int, typer.Option(help="worker nodes to start")] = 2,
+    runner: Annotated[
+        str | None, typer.Option(help="sbuild (clean chroot) or host (fast, dpkg-buildpackage here)")
+    ] = None,
+    output: OutputOpt = None,
+) -> None:
+    """Start the local farm in the background (Redis, repository server, nodes, scheduler)."""
+    overrides: dict[str, object] = {"runner": runner} if runner else {}
+    settings = _settings(**overrides)
+    if runner:
+        os.environ["BUILDFARM_RUNNER"] = runner
+
+    def prepare(s: Settings) -> None:
+        if s.runner == "sbuild":
+            from buildfarm.runners.sbuild import ensure_base_tarball
+
+            ensure_base_tarball(
+                s.effective_base_tarball, s.distribution, s.mirror, progress=err_console.print
+            )
+
+    result = farm.start(settings, nodes=nodes, prepare=prepare)
+    if _fmt(output) == OutputFormat.JSON:
+        emit_json(result)
+        return
+    console.print(
+        f"farm running in {result.state_dir}: runner {result.runner}, nodes "
+        + ", ".join(n for n in result.nodes if n != farm.SCHEDULER)
+        + f"; repositories at {result.repo_url}"
+    )
+    console.print("stop it with: buildfarm stop")
+
+
+@app.command()
+def stop(output: OutputOpt = None) -> None:
+    """Stop every process of the local farm (its data stays in the state directory)."""
+    stopped = farm.stop(_settings())
+    if _fmt(output) == OutputFormat.JSON:
+        emit_json({"stopped": stopped})
+    else:
+        console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@app.command()
+def status(output: OutputOpt = None) -> None:
+    """Nodes, queues and running steps of the local farm."""
+    settings = _settings()
+    result = farm.status(settings)
+    if result.running:
+        result.running_steps = control.running_steps(make_context(settings))
+    if _fmt(output) == OutputFormat.JSON:
+        emit_json(result)
+        return
+    if not result.running:
+        console.print(
+            f"farm in {result.state_dir} is not running"
+            + (f" (partly: {result.processes})" if result.processes else "")
+        )
+        raise typer.Exit(1)
+    console.print(f"farm in {result.state_dir}: runner {result.runner}, repositories at {result.repo_url}")
+    for node, info in result.nodes.items():
+        console.print(
+            f"  {node}: {'online' if info['online'] else '[red]offline[/]'}, "
+            f"{info['active_tasks']} active task(s)"
+        )
+    console.print("  queues: " + ", ".join(f"{q}={n}" for q, n in result.queues.items()))
+    for step in result.running_steps:
+        console.print(
+            f"  running: build {step['build']} {step['step']} on {step['node']} "
+            f"(attempt {step['attempt']}, since {step['started_at']})"
+        )
+
+
+def _follow_build(ctx: FarmContext, build_id: int, timeout: float, fmt: OutputFormat) -> control.BuildView:
+    deadline = time.monotonic() + timeout
+    view = control.show_build(ctx, build_id)
+    if fmt == OutputFormat.JSON:
+        while view.state not in TERMINAL_BUILD_STATES and time.monotonic() < deadline:
+            time.sleep(WAIT_POLL_SECONDS)
+            view = control.show_build(ctx, build_id)
+        return view
+    with Live(steps_table(view), console=console, refresh_per_second=4) as live:
+        while view.state not in TERMINAL_BUILD_STATES and time.monotonic() < deadline:
+            time.sleep(WAIT_POLL_SECONDS)
+            view = control.show_build(ctx, build_id)
+            live.update(steps_table(view))
+    return view
+
+
+def _finish(view: control.BuildView, fmt: OutputFormat, waited: bool) -> None:
+    if fmt == OutputFormat.JSON:
+        emit_json(view)
+    elif waited:
+        if view.published:
+            console.print(f"published: {view.published}")
+        if view.error:
+            err_console.print(f"build {view.id} {view.state}: {view.error}")
+    if waited and view.state not in TERMINAL_BUILD_STATES:
+        err_console.print(f"build {view.id} still {view.state} after the wait timeout")
+        raise typer.Exit(1)
+    if waited and view.state != "succeeded":
+        raise typer.Exit(1)
+
+
+@build_app.command("submit")
+def build_submit(
+    manifest: Annotated[Path, typer.Argument(help="build manifest (YAML)")],
+    wait: Annotated[bool, typer.Option("--wait", help="follow the build to its end")] = False,
+    user: Annotated[str | None, typer.Option(help="who asks (default: your login name)")] = None,
+    timeout: Annotated[
+        float, typer.Option(help="with --wait: give up waiting after this many seconds")
+    ] = 7200,
+    output: OutputOpt = None,
+) -> None:
+    """Submit a build of MANIFEST; prints its id."""
+    parsed = load_manifest(manifest)
+    ctx = _context()
+    build_id = submit_build(ctx, parsed, manifest.parent.resolve(), user or getpass.getuser())
+    fmt = _fmt(output)
+    if not wait:
+        if fmt == OutputFormat.JSON:
+            emit_json({"id": build_id})
+        else:
+            console.print(str(build_id))
+        return
+    if fmt == OutputFormat.TEXT:
+        console.print(f"build {build_id} submitted")
+    _finish(_follow_build(ctx, build_id, timeout, fmt), fmt, waited=True)
+
+
+@build_app.command("list")
+def build_list(
+    project: Annotated[str | None, typer.Option()] = None,
+    branch: Annotated[str | None, typer.Option()] = None,
+    state_: Annotated[str | None, typer.Option("--state")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    output: OutputOpt = None,
+) -> None:
+    """List builds, newest first."""
+    builds = control.list_builds(_context(), project, branch, state_, limit)
+    if _fmt(output) == OutputFormat.JSON:
+        emit_json(
+            [{k: v for k, v in asdict(b).items() if k != "steps"} | {"steps": b.counts} for b in builds]
+        )
+    else:
+        console.print(builds_table(builds))
+
+
+@build_app.command("show")
+def build_show(build_id: int, output: OutputOpt = None) -> None:
+    """One build with its steps: state, node, duration, log location."""
+    view = control.show_build(_context(), build_id)
+    if _fmt(output) == OutputFormat.JSON:
+        emit_json(view)
+        return
+    console.print(steps_table(view))
+    if view.published:
+        console.print(f"published: {view.published}")
+    if view.error:
+        console.print(f"error: {view.error}")
+    for step in view.steps:
+        if step.error:
+            console.print(f"  {step.name}: {step.error}")
+
+
+@build_app.command("logs")
+def build_logs(
+    build_id: int,
+    step: str,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing while the step runs")] = False,
+    timeout: Annotated[float, typer.Option(help="with --follow: stop after this many seconds")] = 7200,
+) -> None:
+    """Print a step's log (its latest attempt)."""
+    ctx = _context()
+    deadline = time.monotonic() + timeout
+    offset = 0
+    current_key: str | None = None
+    while True:
+        key, live = control.step_log_key(ctx, build_id, step)
+        if key != current_key:
+            current_key, offset = key, 0
+        if key is not None:
+            chunk, offset = ctx.store.read_log(key, offset)
+            if chunk:
+                typer.echo(chunk.decode("utf-8", "replace"), nl=False)
+        if not (follow and live) or time.monotonic() > deadline:
+            break
+        time.sleep(LOG_POLL_SECONDS)
+    if current_key is None and not follow:
+        err_console.print(f"step {step} of build {build_id} has not started yet: no log")
+
+
+@build_app.command("cancel")
+def build_cancel(build_id: int, output: OutputOpt = None) -> None:
+    """Cancel a running build: queued steps are dropped, running builders are stopped."""
+    view = control.cancel_build(_context(), build_id)
+    _finish(view, _fmt(output), waited=False)
+    if _fmt(output) == OutputFormat.TEXT:
+        console.print(f"build {build_id} cancelled")
+
+
+@build_app.command("retry")
+def build_retry(
+    build_id: int,
+    wait: Annotated[bool, typer.Option("--wait")] = False,
+    timeout: Annotated[float, typer.Option()] = 7200,
+    output: OutputOpt = None,
+) -> None:
+    """Run a failed or cancelled build's failed and cancelled steps again."""
+    ctx = _context()
+    control.retry_build(ctx, build_id)
+    fmt = _fmt(output)
+    if wait:
+        _finish(_follow_build(ctx, build_id, timeout, fmt), fmt, waited=True)
+    elif fmt == OutputFormat.JSON:
+        emit_json(control.show_build(ctx, build_id))
+    else:
+        console.print(f"build {build_id} retrying")
+
+
+@repo_app.command("sources")
+def repo_sources(
+    project: str,
+    branch: str,
+    build: Annotated[int | None, typer.Option(help="a specific build instead of latest")] = None,
+    output: OutputOpt = None,
+) -> None:
+    """Print the apt sources line of a branch's latest build (or of one build)."""
+    source = control.apt_sources(_context(), project, branch, build)
+    if _fmt(output) == OutputFormat.JSON:
+        emit_json(
+            {
+                "line": source.line(),
+                "url": source.url,
+                "suite": source.suite,
+                "components": list(source.components),
+            }
+        )
+    else:
+        console.print(source.line(), soft_wrap=True)
+
+
+def run() -> None:
+    """Console entry point: one clear line for every error the farm raises on purpose."""
+    try:
+        app(standalone_mode=True)
+    except TemporaryError as exc:
+        err_console.print(f"error: {exc} (try again later)")
+        raise SystemExit(3) from None
+    except BuildfarmError as exc:
+        err_console.print(f"error: {exc}")
+        raise SystemExit(1) from None

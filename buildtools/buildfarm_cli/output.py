@@ -1,0 +1,84 @@
+"""Printing for people (rich tables) and for CI (``--output json``), and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, is_dataclass
+from enum import StrEnum
+from typing import Any
+
+from buildfarm.engine.control import BuildView
+from rich.console import Console
+from rich.table import Table
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+STATE_STYLE = {
+    "succeeded": "green",
+    "reused": "cyan",
+    "running": "yellow",
+    "ready": "blue",
+    "pending": "dim",
+    "failed": "red",
+    "skipped": "magenta",
+    "cancelled": "red",
+    "publishing": "yellow",
+}
+
+
+class OutputFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+def emit_json(data: Any) -> None:
+    if is_dataclass(data) and not isinstance(data, type):
+        data = asdict(data)
+    elif isinstance(data, list):
+        data = [asdict(d) if is_dataclass(d) and not isinstance(d, type) else d for d in data]
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def styled(state: str) -> str:
+    style = STATE_STYLE.get(state, "")
+    return f"[{style}]{state}[/]" if style else state
+
+
+def steps_table(build: BuildView) -> Table:
+    table = Table(
+        title=f"build {build.id}  {build.project}/{build.branch}  {build.kind}  {styled(build.state)}"
+    )
+    for column in ("step", "version", "state", "node", "attempt", "seconds", "log"):
+        table.add_column(column)
+    for step in build.steps:
+        table.add_row(
+            step.name,
+            step.version,
+            styled(step.state),
+            step.node or "",
+            str(step.attempt or ""),
+            "" if step.duration_seconds is None else f"{step.duration_seconds:.1f}",
+            step.log or "",
+        )
+    return table
+
+
+def builds_table(builds: list[BuildView]) -> Table:
+    table = Table()
+    for column in ("id", "project", "branch", "kind", "user", "state", "steps", "created"):
+        table.add_column(column)
+    for build in builds:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(build.counts.items()))
+        table.add_row(
+            str(build.id),
+            build.project,
+            build.branch,
+            build.kind,
+            build.user,
+            styled(build.state),
+            counts,
+            build.created_at,
+        )
+    return table

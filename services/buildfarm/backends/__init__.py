@@ -1,0 +1,1 @@
+"""Storage backends behind small interfaces: where artifacts, logs and packages live."""

@@ -1,0 +1,103 @@
+"""The Celery application, its queues and the settings that keep long builds safe.
+
+Queues:
+
+* ``builds`` — every node consumes it: "run step N" messages, first node free takes one;
+* ``node.<name>`` — one per node, for work that must run on that node (none yet);
+* ``control`` — only the scheduler consumes it: "advance build N" and the periodic reaper.
+  Keeping them off the node queues means a farm whose nodes are all busy building still
+  releases, publishes and reclaims promptly.
+
+Celery tasks are short and idempotent: a duplicate "run step" loses the lease claim and returns
+at once.  The build itself runs inside the ``run_step`` task, guarded by the database lease, not
+by Celery's visibility timeout, which is set longer than any step so Redis never redelivers a
+running build; a node that dies is detected by its lease expiring (``lease_seconds``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from buildfarm.model.errors import PermanentError, ServiceUnavailableError
+from buildfarm.model.settings import Settings
+
+BUILD_QUEUE = "builds"
+CONTROL_QUEUE = "control"
+VISIBILITY_MARGIN_SECONDS = 600
+
+
+def node_queue(node: str) -> str:
+    return f"node.{node}"
+
+
+def make_celery(settings: Settings) -> Celery:
+    if not settings.redis_url:
+        raise PermanentError(
+            "no Redis configured: start the local farm (`buildfarm start`) or set BUILDFARM_REDIS_URL"
+        )
+    app = Celery("buildfarm", broker=settings.redis_url, include=["buildfarm.dispatch.tasks"])
+    visibility = settings.step_timeout_seconds + VISIBILITY_MARGIN_SECONDS
+    conf: dict[str, Any] = {
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "task_default_queue": BUILD_QUEUE,
+        "task_routes": {
+            "buildfarm.run_step": {"queue": BUILD_QUEUE},
+            "buildfarm.advance_build": {"queue": CONTROL_QUEUE},
+            "buildfarm.reap": {"queue": CONTROL_QUEUE},
+        },
+        "broker_transport_options": {
+            "visibility_timeout": visibility,
+            # a killed worker's unacked messages come back in ~10 s instead of ~75 s
+            "unacked_restore_interval": 5,
+            "unacked_restore_throttle": 0,
+        },
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 5,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "beat_schedule": {
+            "reap": {
+                "task": "buildfarm.reap",
+                "schedule": settings.reaper_seconds,
+                "options": {"expires": 60},
+            },
+        },
+    }
+    app.conf.update(conf)
+    return app
+
+
+class CeleryDispatcher:
+    """The engine's Dispatcher on Celery."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def advance(self, build_id: int) -> None:
+        self._send("buildfarm.advance_build", [build_id], CONTROL_QUEUE, None)
+
+    def run_step(self, step_id: int, attempt: int) -> None:
+        self._send("buildfarm.run_step", [step_id], BUILD_QUEUE, f"step-{step_id}-attempt-{attempt}")
+
+    def _send(self, task: str, args: list[int], queue: str, task_id: str | None) -> None:
+        try:
+            self.app.send_task(
+                task,
+                args=args,
+                queue=queue,
+                task_id=task_id,
+                retry=True,
+                retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+            )
+        except (OperationalError, OSError) as exc:
+            raise ServiceUnavailableError(f"cannot reach the broker {_redacted(self.app)}: {exc}") from exc
+
+
+def _redacted(app: Celery) -> str:
+    return str(app.connection_for_write().as_uri(include_password=False))

@@ -1,0 +1,19 @@
+"""Build the farm context every process uses: settings -> database, stores, Celery dispatcher."""
+
+from __future__ import annotations
+
+from buildfarm.dispatch.celery_app import CeleryDispatcher, make_celery
+from buildfarm.engine.context import FarmContext
+from buildfarm.engine.wiring import make_repository, make_store
+from buildfarm.model.settings import Settings
+from buildfarm.state.db import Database
+
+
+def make_context(settings: Settings) -> FarmContext:
+    return FarmContext(
+        settings=settings,
+        db=Database(settings.effective_database_url),
+        store=make_store(settings),
+        repo=make_repository(settings),
+        dispatcher=CeleryDispatcher(make_celery(settings)),
+    )

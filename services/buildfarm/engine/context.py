@@ -1,0 +1,46 @@
+"""The farm as the engine sees it: settings, state, the two stores, a runner and a dispatcher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Protocol
+
+from buildfarm.backends.base import ArtifactStore, PackageRepository
+from buildfarm.model.settings import Settings
+from buildfarm.runners.base import Runner
+from buildfarm.state.db import Database
+
+
+class Dispatcher(Protocol):
+    """How the engine asks for work to happen somewhere (Celery in every profile)."""
+
+    def advance(self, build_id: int) -> None:
+        """Ask for :func:`buildfarm.engine.advance.advance_build` to run for this build."""
+        ...
+
+    def run_step(self, step_id: int, attempt: int) -> None:
+        """Ask some node to run this ready step (``attempt`` makes the message id unique)."""
+        ...
+
+
+@dataclass
+class FarmContext:
+    settings: Settings
+    db: Database
+    store: ArtifactStore
+    repo: PackageRepository
+    dispatcher: Dispatcher
+
+    @cached_property
+    def runner(self) -> Runner:
+        from buildfarm.engine.wiring import make_runner
+
+        return make_runner(self.settings)
+
+    @property
+    def work_root(self) -> Path:
+        path = self.settings.state_dir / "work"
+        path.mkdir(parents=True, exist_ok=True)
+        return path

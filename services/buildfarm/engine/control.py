@@ -1,0 +1,231 @@
+"""What a person does to builds: list, show, logs, cancel, retry, apt sources.
+
+Both the local CLI and (later) the REST API call these; they return plain data, never print.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import select, update
+
+from buildfarm.backends.base import AptSource
+from buildfarm.engine.context import FarmContext
+from buildfarm.model.errors import ConflictError, NotFoundError
+from buildfarm.state.models import (
+    TERMINAL_BUILD_STATES,
+    Build,
+    BuildState,
+    Step,
+    StepState,
+    utcnow,
+)
+
+
+@dataclass
+class StepView:
+    id: int
+    name: str
+    version: str
+    state: str
+    node: str | None
+    attempt: int
+    depends_on: list[str]
+    input_key: str
+    reused_from: int | None
+    started_at: str | None
+    finished_at: str | None
+    duration_seconds: float | None
+    log: str | None
+    error: str | None
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class BuildView:
+    id: int
+    project: str
+    branch: str
+    kind: str
+    user: str
+    state: str
+    created_at: str
+    finished_at: str | None
+    published: str | None
+    error: str | None
+    steps: list[StepView] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for step in self.steps:
+            out[step.state] = out.get(step.state, 0) + 1
+        return out
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value else None
+
+
+def _step_view(ctx: FarmContext, step: Step) -> StepView:
+    duration = None
+    if step.started_at and step.finished_at and step.reused_from is None:
+        duration = round((step.finished_at - step.started_at).total_seconds(), 2)
+    outputs = step.outputs
+    return StepView(
+        id=step.id,
+        name=step.name,
+        version=step.version,
+        state=step.display_state,
+        node=step.node,
+        attempt=step.attempt,
+        depends_on=list(step.depends_on),
+        input_key=step.input_key,
+        reused_from=step.reused_from,
+        started_at=_iso(step.started_at),
+        finished_at=_iso(step.finished_at),
+        duration_seconds=duration,
+        log=ctx.store.log_location(step.log_key) if step.log_key else None,
+        error=step.error,
+        outputs=[{"filename": o.filename, "sha256": o.sha256, "size": o.size} for o in outputs],
+    )
+
+
+def _build_view(ctx: FarmContext, build: Build, with_steps: bool) -> BuildView:
+    return BuildView(
+        id=build.id,
+        project=build.project,
+        branch=build.branch,
+        kind=build.kind,
+        user=build.user,
+        state=build.state,
+        created_at=_iso(build.created_at) or "",
+        finished_at=_iso(build.finished_at),
+        published=build.published_url,
+        error=build.error,
+        steps=[_step_view(ctx, s) for s in build.steps] if with_steps else [],
+    )
+
+
+def _get_build(session: Any, build_id: int) -> Build:
+    build = session.get(Build, build_id)
+    if build is None:
+        raise NotFoundError(f"build {build_id} does not exist")
+    return build  # type: ignore[no-any-return]
+
+
+def show_build(ctx: FarmContext, build_id: int) -> BuildView:
+    with ctx.db.session() as session:
+        return _build_view(ctx, _get_build(session, build_id), with_steps=True)
+
+
+def list_builds(
+    ctx: FarmContext,
+    project: str | None = None,
+    branch: str | None = None,
+    state: str | None = None,
+    limit: int = 50,
+) -> list[BuildView]:
+    with ctx.db.session() as session:
+        query = select(Build).order_by(Build.id.desc()).limit(limit)
+        if project:
+            query = query.where(Build.project == project)
+        if branch:
+            query = query.where(Build.branch == branch)
+        if state:
+            query = query.where(Build.state == state)
+        return [_build_view(ctx, b, with_steps=True) for b in session.scalars(query)]
+
+
+def find_step(ctx: FarmContext, build_id: int, step_name: str) -> StepView:
+    with ctx.db.session() as session:
+        build = _get_build(session, build_id)
+        for step in build.steps:
+            if step.name == step_name:
+                return _step_view(ctx, step)
+        known = ", ".join(s.name for s in build.steps)
+        raise NotFoundError(f"build {build_id} has no step {step_name!r} (steps: {known})")
+
+
+def step_log_key(ctx: FarmContext, build_id: int, step_name: str) -> tuple[str | None, bool]:
+    """The log key of a step's latest attempt and whether the step is still going."""
+    with ctx.db.session() as session:
+        build = _get_build(session, build_id)
+        for step in build.steps:
+            if step.name == step_name:
+                live = step.state in (StepState.PENDING, StepState.READY, StepState.RUNNING)
+                return step.log_key, live
+    find_step(ctx, build_id, step_name)  # raises the NotFoundError with the list of steps
+    return None, False
+
+
+def cancel_build(ctx: FarmContext, build_id: int) -> BuildView:
+    with ctx.db.session() as session:
+        build = _get_build(session, build_id)
+        if build.state in TERMINAL_BUILD_STATES or build.state == BuildState.PUBLISHING:
+            raise ConflictError(f"build {build_id} is {build.state}; only a running build can be cancelled")
+        now = utcnow()
+        session.execute(
+            update(Step)
+            .where(
+                Step.build_id == build_id,
+                Step.state.in_([StepState.PENDING, StepState.READY, StepState.RUNNING]),
+            )
+            .values(
+                state=StepState.CANCELLED,
+                finished_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+                error="cancelled",
+            )
+        )
+        build.state = BuildState.CANCELLED
+        build.finished_at = now
+        build.error = "cancelled"
+    ctx.dispatcher.advance(build_id)
+    return show_build(ctx, build_id)
+
+
+def retry_build(ctx: FarmContext, build_id: int) -> BuildView:
+    """Run the failed and cancelled steps (and the ones they skipped) of a finished build again."""
+    with ctx.db.session() as session:
+        build = _get_build(session, build_id)
+        if build.state not in (BuildState.FAILED, BuildState.CANCELLED):
+            raise ConflictError(
+                f"build {build_id} is {build.state}; only failed or cancelled builds can be retried"
+            )
+        session.execute(
+            update(Step)
+            .where(
+                Step.build_id == build_id,
+                Step.state.in_([StepState.FAILED, StepState.CANCELLED, StepState.SKIPPED]),
+            )
+            .values(state=StepState.PENDING, finished_at=None, error=None, ready_at=None)
+        )
+        build.state = BuildState.RUNNING
+        build.finished_at = None
+        build.error = None
+    ctx.dispatcher.advance(build_id)
+    return show_build(ctx, build_id)
+
+
+def apt_sources(ctx: FarmContext, project: str, branch: str, build_id: int | None = None) -> AptSource:
+    return ctx.repo.sources(project, branch, build_id)
+
+
+def running_steps(ctx: FarmContext) -> list[dict[str, Any]]:
+    with ctx.db.session() as session:
+        rows = session.execute(
+            select(Step.build_id, Step.name, Step.node, Step.attempt, Step.started_at)
+            .where(Step.state == StepState.RUNNING)
+            .order_by(Step.started_at)
+        ).all()
+        return [
+            {"build": b, "step": n, "node": node, "attempt": a, "started_at": _iso(s)}
+            for b, n, node, a, s in rows
+        ]

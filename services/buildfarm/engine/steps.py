@@ -1,0 +1,227 @@
+"""Run one step under a lease: claim, heartbeat, build, then record outputs only if still owned.
+
+The lease is the single source of truth for "who builds this step now":
+
+* **claim** is one conditional UPDATE (``ready -> running``, ``attempt + 1``): of any number of
+  deliveries of the same message, exactly one wins; the rest return at once;
+* **heartbeat** renews the lease every ``heartbeat_seconds``; if the renewal finds the lease gone
+  (the step was cancelled, or the node was presumed dead and the step handed to another) the
+  build subprocess is killed;
+* **finish** is again one conditional UPDATE on (step, attempt, owner, running): a node that lost
+  its lease cannot record outputs, so an orphaned builder can never publish.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import update
+
+from buildfarm.backends.base import AptSource, LogWriter, ObjectRef
+from buildfarm.engine.context import FarmContext
+from buildfarm.model import names
+from buildfarm.model.errors import BuildfarmError
+from buildfarm.runners.base import StepJob, StepResult
+from buildfarm.state.models import Build, BuildState, Step, StepOutput, StepState, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Claim:
+    step_id: int
+    build_id: int
+    name: str
+    attempt: int
+    owner: str
+    source_sha256: str
+    log_key: str
+    staging_source: str | None
+
+
+def log_key_for(build_id: int, step_name: str, attempt: int) -> str:
+    return f"logs/{build_id}/{names.to_safe(step_name)}/{attempt}.log"
+
+
+def claim_step(ctx: FarmContext, step_id: int, node: str) -> Claim | None:
+    """Take the lease of a ready step, or return None if someone else has it or it is done."""
+    owner = f"{node}/{uuid.uuid4().hex[:12]}"
+    now = utcnow()
+    with ctx.db.session() as session:
+        step = session.get(Step, step_id)
+        if step is None or step.state != StepState.READY or step.build.state != BuildState.RUNNING:
+            return None
+        attempt = step.attempt + 1
+        key = log_key_for(step.build_id, step.name, attempt)
+        won = session.execute(
+            update(Step)
+            .where(Step.id == step_id, Step.state == StepState.READY, Step.attempt == step.attempt)
+            .values(
+                state=StepState.RUNNING,
+                attempt=attempt,
+                node=node,
+                lease_owner=owner,
+                lease_expires_at=now + dt.timedelta(seconds=ctx.settings.lease_seconds),
+                started_at=now,
+                finished_at=None,
+                log_key=key,
+                error=None,
+            )
+        )
+        if won.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        build = session.get_one(Build, step.build_id)
+        return Claim(
+            step_id, step.build_id, step.name, attempt, owner, step.source_sha256, key, build.staging_source
+        )
+
+
+def _still_owned(claim: Claim) -> list[object]:
+    return [
+        Step.id == claim.step_id,
+        Step.attempt == claim.attempt,
+        Step.lease_owner == claim.owner,
+        Step.state == StepState.RUNNING,
+    ]
+
+
+def renew_lease(ctx: FarmContext, claim: Claim) -> bool:
+    with ctx.db.session() as session:
+        result = session.execute(
+            update(Step)
+            .where(*_still_owned(claim))  # type: ignore[arg-type]
+            .values(lease_expires_at=utcnow() + dt.timedelta(seconds=ctx.settings.lease_seconds))
+        )
+        return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+
+def finish_step(
+    ctx: FarmContext, claim: Claim, outputs: list[tuple[str, ObjectRef]], error: str | None
+) -> bool:
+    """Record the result if this attempt still holds the lease; return whether it was accepted."""
+    state = StepState.FAILED if error else StepState.SUCCEEDED
+    with ctx.db.session() as session:
+        result = session.execute(
+            update(Step)
+            .where(*_still_owned(claim))  # type: ignore[arg-type]
+            .values(state=state, finished_at=utcnow(), lease_owner=None, lease_expires_at=None, error=error)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        for filename, ref in outputs:
+            session.add(
+                StepOutput(
+                    step_id=claim.step_id,
+                    attempt=claim.attempt,
+                    filename=filename,
+                    sha256=ref.sha256,
+                    size=ref.size,
+                )
+            )
+    return True
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, ctx: FarmContext, claim: Claim, cancel: threading.Event) -> None:
+        super().__init__(name=f"heartbeat-{claim.step_id}", daemon=True)
+        self.ctx, self.claim, self.cancel = ctx, claim, cancel
+        self.stopped = threading.Event()
+        self.lost = False
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.ctx.settings.heartbeat_seconds):
+            try:
+                owned = renew_lease(self.ctx, self.claim)
+            except Exception:  # a database hiccup: try again next beat; the lease has slack
+                log.exception("heartbeat of step %s failed", self.claim.step_id)
+                continue
+            if not owned:
+                self.lost = True
+                self.cancel.set()
+                return
+
+
+def run_step(ctx: FarmContext, step_id: int, node: str) -> str:
+    """Run a ready step on this node. Returns what happened, for the task's result and logs."""
+    claim = claim_step(ctx, step_id, node)
+    if claim is None:
+        return "not-claimed"
+    writer = ctx.store.open_log(claim.log_key)
+    cancel = threading.Event()
+    heartbeat = _Heartbeat(ctx, claim, cancel)
+    heartbeat.start()
+    workdir = Path(ctx.work_root) / f"{claim.build_id}-{names.to_safe(claim.name)}-{claim.attempt}"
+    try:
+        outcome = _build(ctx, claim, writer, workdir, cancel)
+    finally:
+        heartbeat.stopped.set()
+        heartbeat.join()
+        shutil.rmtree(workdir, ignore_errors=True)
+    if heartbeat.lost:
+        writer.write_line(
+            f"buildfarm: lease of attempt {claim.attempt} lost; this attempt's outputs are discarded"
+        )
+        writer.close()
+        return "lease-lost"
+    error, outputs = outcome
+    accepted = finish_step(ctx, claim, outputs, error)
+    writer.write_line(
+        f"buildfarm: step {claim.name} attempt {claim.attempt} on {node}: "
+        + ("failed: " + error if error else "succeeded")
+        + ("" if accepted else " (not recorded: lease lost)")
+    )
+    writer.close()
+    ctx.dispatcher.advance(claim.build_id)
+    if not accepted:
+        return "lease-lost"
+    return "failed" if error else "succeeded"
+
+
+def _build(
+    ctx: FarmContext, claim: Claim, writer: LogWriter, workdir: Path, cancel: threading.Event
+) -> tuple[str | None, list[tuple[str, ObjectRef]]]:
+    """Fetch the source, run the runner, store outputs. Returns (error or None, outputs)."""
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    tarball = workdir / "source.tar.gz"
+    try:
+        writer.write_line(
+            f"buildfarm: step {claim.name} attempt {claim.attempt} starts ({ctx.runner.name} runner)"
+        )
+        ctx.store.fetch(claim.source_sha256, tarball)
+        extra = [_parse_source(claim.staging_source)] if claim.staging_source else []
+        job = StepJob(
+            build_id=claim.build_id,
+            step_name=claim.name,
+            attempt=claim.attempt,
+            source_tarball=tarball,
+            workdir=workdir / "build",
+            extra_sources=extra,
+            log=writer.write_line,
+            cancel=cancel,
+            timeout_seconds=ctx.settings.step_timeout_seconds,
+        )
+        job.workdir.mkdir()
+        result: StepResult = ctx.runner.run(job)
+        if not result.ok:
+            return result.error or "build failed", []
+        return None, [(path.name, ctx.store.put_file(path)) for path in result.outputs]
+    except BuildfarmError as exc:
+        return str(exc), []
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}", []
+
+
+def _parse_source(line: str) -> AptSource:
+    """Inverse of AptSource.line() for the lines the engine itself stored."""
+    parts = line.split()
+    trusted = parts[1] == "[trusted=yes]"
+    rest = parts[2:] if trusted else parts[1:]
+    return AptSource(url=rest[0], suite=rest[1], components=tuple(rest[2:]), trusted=trusted)

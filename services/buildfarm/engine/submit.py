@@ -1,0 +1,80 @@
+"""Turn a manifest into a build: pack sources, plan, compute input keys, record, release."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from buildfarm.engine.context import FarmContext
+from buildfarm.engine.fetch import source_directories
+from buildfarm.model import names
+from buildfarm.model.manifest import BuildKind, Manifest
+from buildfarm.model.planner import compute_input_keys, make_plan, read_source_info
+from buildfarm.model.sources import pack_tree, tree_hash
+from buildfarm.state.models import Build, Step, StepState
+
+BUILD_OPTIONS_VERSION = "1"
+"""Bump to invalidate every input key when the way steps are built changes."""
+
+
+def build_options(ctx: FarmContext) -> dict[str, str]:
+    return {"runner": ctx.runner.name, "distribution": ctx.settings.distribution, "v": BUILD_OPTIONS_VERSION}
+
+
+def submit_build(ctx: FarmContext, manifest: Manifest, root: Path, user: str) -> int:
+    """Record a new build of ``manifest`` (whose paths are relative to ``root``) and release it."""
+    names.check_simple_name(user, "user")
+    planned = []
+    tarballs: dict[str, str] = {}
+    with source_directories(manifest, root) as sources:
+        for package, directory in sources:
+            info = read_source_info(directory, package.describe())
+            digest = tree_hash(directory)
+            planned.append((package.describe(), info, digest))
+            tarballs[info.name] = ctx.store.put_bytes(pack_tree(directory)).sha256
+    plan = make_plan(planned)
+    environment_id = ctx.runner.environment_id()
+    compute_input_keys(plan, environment_id, build_options(ctx))
+
+    with ctx.db.session() as session:
+        build = Build(
+            project=manifest.project,
+            branch=manifest.branch,
+            kind=manifest.kind.value,
+            user=user,
+            manifest=manifest.model_dump(mode="json"),
+            environment_id=environment_id,
+        )
+        session.add(build)
+        for name in plan.order():
+            step = plan.steps[name]
+            session.add(
+                Step(
+                    build=build,
+                    name=step.name,
+                    version=step.version,
+                    origin=step.origin,
+                    source_sha256=tarballs[name],
+                    tree_hash=step.tree_hash,
+                    input_key=step.input_key,
+                    depends_on=list(step.depends_on),
+                    priority=step.priority,
+                    state=StepState.PENDING,
+                )
+            )
+        session.flush()
+        build_id = build.id
+    ctx.store.put_build_manifest(
+        build_id,
+        {
+            "manifest": manifest.model_dump(mode="json"),
+            "user": user,
+            "environment": environment_id,
+            "steps": {n: {"input_key": s.input_key, "source": tarballs[n]} for n, s in plan.steps.items()},
+        },
+    )
+    ctx.dispatcher.advance(build_id)
+    return build_id
+
+
+def moves_latest(kind: str) -> bool:
+    return kind != BuildKind.PERSONAL.value

@@ -1,0 +1,1 @@
+"""The local profile: the farm's processes on one machine, no cluster."""

@@ -1,0 +1,263 @@
+"""Start, stop and inspect the local farm: Redis, the repository server, N nodes, one scheduler.
+
+Everything lives in one state directory: ``farm.json`` (what was started, read by every process
+through the settings), pid files, logs, the SQLite database, artifacts and repositories.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from buildfarm.dispatch.celery_app import BUILD_QUEUE, CONTROL_QUEUE, make_celery, node_queue
+from buildfarm.local.procs import Supervisor, free_port, port_open, wait_until
+from buildfarm.model.errors import PermanentError, ServiceUnavailableError
+from buildfarm.model.settings import FARM_FILE, Settings, load_settings
+from buildfarm.state.db import upgrade
+
+READY_TIMEOUT_SECONDS = 60.0
+"""Bound on waiting for Redis, the repository server and every node to answer after start."""
+SCHEDULER = "scheduler"
+
+
+def node_names(count: int) -> list[str]:
+    return [f"node{i}" for i in range(1, count + 1)]
+
+
+@dataclass
+class FarmStatus:
+    running: bool
+    state_dir: str
+    redis_url: str | None
+    repo_url: str | None
+    runner: str | None
+    processes: dict[str, bool] = field(default_factory=dict)
+    nodes: dict[str, Any] = field(default_factory=dict)
+    queues: dict[str, int] = field(default_factory=dict)
+    running_steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _farm_file(settings: Settings) -> Path:
+    return settings.state_dir / FARM_FILE
+
+
+def read_farm_file(settings: Settings) -> dict[str, Any]:
+    path = _farm_file(settings)
+    if not path.is_file():
+        return {}
+    return dict(json.loads(path.read_text()))
+
+
+def _child_env(state_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["BUILDFARM_STATE_DIR"] = str(state_dir)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _check_tools(settings: Settings) -> None:
+    needed = {"apt-ftparchive": "apt-utils", "dpkg-buildpackage": "dpkg-dev"}
+    if settings.runner == "sbuild":
+        needed |= {"sbuild": "sbuild", "mmdebstrap": "mmdebstrap", "newuidmap": "uidmap"}
+    if not settings.redis_url:
+        needed["redis-server"] = "redis-server"
+    missing = sorted({pkg for tool, pkg in needed.items() if shutil.which(tool) is None})
+    if missing:
+        raise PermanentError(
+            f"missing tools; install the Debian packages: apt-get install {' '.join(missing)}"
+        )
+
+
+def start(settings: Settings, nodes: int = 2, prepare: Any = None) -> FarmStatus:
+    """Start every process of the local farm (idempotent: a running farm is left as it is)."""
+    if nodes < 1:
+        raise PermanentError("a farm needs at least one node")
+    current = status(settings)
+    if current.running:
+        return current
+    _check_tools(settings)
+    state = settings.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    sup = Supervisor(state)
+    for name in sup.names():  # leftovers of a farm that died half-way
+        sup.stop(name)
+    farm: dict[str, Any] = {"runner": settings.runner, "nodes": node_names(nodes)}
+
+    if settings.redis_url:
+        farm["redis_url"] = settings.redis_url
+    else:
+        port = free_port()
+        (state / "redis").mkdir(exist_ok=True)
+        sup.start(
+            "redis",
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(state / "redis"),
+                "--daemonize",
+                "no",
+            ],
+            env=_child_env(state),
+        )
+        wait_until(lambda: port_open("127.0.0.1", port), READY_TIMEOUT_SECONDS, "redis-server")
+        farm["redis_url"] = f"redis://127.0.0.1:{port}/0"
+
+    repo_port = settings.repo_port or free_port(settings.repo_host)
+    if port_open(settings.repo_host, repo_port):
+        raise PermanentError(
+            f"port {repo_port} on {settings.repo_host} is taken: set BUILDFARM_REPO_PORT to a free one (or 0)"
+        )
+    farm["repo_port"] = repo_port
+    _farm_file(settings).write_text(json.dumps(farm, indent=2) + "\n")
+    settings = load_settings(state_dir=state)
+    upgrade(settings.effective_database_url)
+    if prepare is not None:
+        prepare(settings)  # e.g. make the sbuild base tarball, with a progress display
+
+    env = _child_env(state)
+    (state / "repos").mkdir(exist_ok=True)
+    sup.start(
+        "repo-server",
+        [
+            sys.executable,
+            "-m",
+            "buildfarm.backends.httpserve",
+            "--root",
+            str(state / "repos"),
+            "--host",
+            settings.repo_host,
+            "--port",
+            str(repo_port),
+        ],
+        env=env,
+    )
+    celery = [sys.executable, "-m", "celery", "-A", "buildfarm.dispatch.worker:app"]
+    host = socket.gethostname()
+    for node in node_names(nodes):
+        sup.start(
+            node,
+            [
+                *celery,
+                "worker",
+                "-n",
+                f"{node}@{host}",
+                "-Q",
+                f"{BUILD_QUEUE},{node_queue(node)}",
+                "--pool",
+                "threads",
+                "-c",
+                str(settings.node_concurrency),
+                "--without-gossip",
+                "--without-mingle",
+                "-l",
+                "INFO",
+            ],
+            env=env,
+        )
+    sup.start(
+        SCHEDULER,
+        [
+            *celery,
+            "worker",
+            "-B",
+            "-n",
+            f"{SCHEDULER}@{host}",
+            "-Q",
+            CONTROL_QUEUE,
+            "--pool",
+            "threads",
+            "-c",
+            "2",
+            "--without-gossip",
+            "--without-mingle",
+            "-s",
+            str(state / "run" / "beat-schedule"),
+            "-l",
+            "INFO",
+        ],
+        env=env,
+    )
+    wait_until(lambda: port_open(settings.repo_host, repo_port), READY_TIMEOUT_SECONDS, "repository server")
+    expected = {*node_names(nodes), SCHEDULER}
+    wait_until(lambda: expected <= set(_ping(settings)), READY_TIMEOUT_SECONDS, "celery nodes")
+    return status(settings)
+
+
+def _ping(settings: Settings, timeout: float = 1.0) -> dict[str, Any]:
+    try:
+        app = make_celery(settings)
+        replies = app.control.inspect(timeout=timeout).ping() or {}
+    except Exception:  # broker down: no node answers
+        return {}
+    return {name.split("@", 1)[0]: reply for name, reply in replies.items()}
+
+
+def _active(settings: Settings, timeout: float = 1.0) -> dict[str, int]:
+    try:
+        replies = make_celery(settings).control.inspect(timeout=timeout).active() or {}
+    except Exception:
+        return {}
+    return {name.split("@", 1)[0]: len(tasks) for name, tasks in replies.items()}
+
+
+def stop(settings: Settings) -> list[str]:
+    """Stop every process of the farm: nodes and scheduler first, Redis last."""
+    sup = Supervisor(settings.state_dir)
+    order = sorted(sup.names(), key=lambda n: (n == "redis", n))
+    stopped = [name for name in order if sup.stop(name)]
+    farm_file = _farm_file(settings)
+    if farm_file.is_file():
+        data = json.loads(farm_file.read_text())
+        data.pop("redis_url", None) if "redis" in stopped else None
+        farm_file.write_text(json.dumps(data, indent=2) + "\n")
+    return stopped
+
+
+def processes_alive(settings: Settings) -> bool:
+    """Cheap check (pid files only) that every process of the farm is running."""
+    sup = Supervisor(settings.state_dir)
+    names = sup.names()
+    return bool(names) and all(sup.pid(n) is not None for n in names)
+
+
+def status(settings: Settings) -> FarmStatus:
+    sup = Supervisor(settings.state_dir)
+    farm = read_farm_file(settings)
+    processes = {name: sup.pid(name) is not None for name in sup.names()}
+    result = FarmStatus(
+        running=bool(processes) and all(processes.values()),
+        state_dir=str(settings.state_dir),
+        redis_url=farm.get("redis_url"),
+        repo_url=settings.repo_url if farm.get("repo_port") else None,
+        runner=farm.get("runner"),
+        processes=processes,
+    )
+    if not result.running or not settings.redis_url:
+        return result
+    pings = _ping(settings)
+    active = _active(settings)
+    for node in [*farm.get("nodes", []), SCHEDULER]:
+        result.nodes[node] = {"online": node in pings, "active_tasks": active.get(node, 0)}
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
+        for queue in [BUILD_QUEUE, CONTROL_QUEUE, *(node_queue(n) for n in farm.get("nodes", []))]:
+            result.queues[queue] = int(client.llen(queue))
+    except redis.RedisError as exc:
+        raise ServiceUnavailableError(f"Redis at {settings.redis_url} does not answer: {exc}") from exc
+    return result

@@ -1,0 +1,106 @@
+"""Background processes with pid files: start detached, check, stop the whole process group."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+STOP_GRACE_SECONDS = 15.0
+"""How long a process gets after SIGTERM (a worker finishing its Celery bookkeeping) before SIGKILL."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{what}: not ready after {timeout:.0f} s")
+
+
+class Supervisor:
+    """Processes of one farm: ``<state>/run/<name>.pid`` and ``<state>/logs/<name>.log``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.run_dir = state_dir / "run"
+        self.log_dir = state_dir / "logs"
+
+    def pid(self, name: str) -> int | None:
+        try:
+            pid = int((self.run_dir / f"{name}.pid").read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def names(self) -> list[str]:
+        return sorted(p.stem for p in self.run_dir.glob("*.pid")) if self.run_dir.is_dir() else []
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def start(self, name: str, command: list[str], env: dict[str, str], cwd: Path | None = None) -> int:
+        """Start ``command`` in its own session (so stopping kills its children too)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path(name).open("ab") as log:
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+                cwd=cwd,
+            )
+        (self.run_dir / f"{name}.pid").write_text(str(proc.pid))
+        return proc.pid
+
+    def stop(self, name: str, sig: signal.Signals = signal.SIGTERM) -> bool:
+        """Stop one process group; returns whether something was running."""
+        pid = self.pid(name)
+        (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
+        if pid is None:
+            return False
+        _signal_group(pid, sig)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _signal_group(pid, signal.SIGKILL)
+        return True
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (our own child not yet reaped) is not alive
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False

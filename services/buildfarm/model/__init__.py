@@ -1,0 +1,1 @@
+"""Pure data and rules: names, manifests, source trees, the build plan. No I/O beyond reading files."""

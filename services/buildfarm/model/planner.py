@@ -1,0 +1,192 @@
+"""From Debian source trees to a build plan: steps, their order and their input keys.
+
+Each package's ``debian/control`` is read with python-debian.  A step depends on another when
+one of its Build-Depends (any alternative, any of Build-Depends/-Arch/-Indep) names a binary
+package that the other builds.  A cycle is an error that names the cycle.
+
+A step's **input key** hashes everything that decides its output: the source tree hash, the
+input keys of the steps it depends on (so a change ripples to every dependent, and only to
+them), the build environment's identity (base tarball or image digest) and the build options.
+A step whose key already has a successful output anywhere in the farm is reused, not rebuilt.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from debian.changelog import Changelog, ChangelogParseError
+from debian.deb822 import Deb822, PkgRelation
+
+from buildfarm.model.errors import PlanError
+
+_PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.\-]+")
+BUILD_DEPENDS_FIELDS = ("Build-Depends", "Build-Depends-Arch", "Build-Depends-Indep")
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the planner needs from one source package's debian/ directory."""
+
+    name: str
+    version: str
+    binaries: tuple[str, ...]
+    build_depends: tuple[str, ...]  # every package name mentioned, alternatives included
+
+
+@dataclass
+class PlannedStep:
+    name: str  # the source package name: unique within a build
+    version: str
+    origin: str  # how the manifest named it (path or git URL@ref), for messages
+    tree_hash: str
+    binaries: tuple[str, ...]
+    depends_on: tuple[str, ...]  # names of steps in the same build
+    priority: int = 0  # length of the longest chain of dependents: release those first
+    input_key: str = ""
+
+
+@dataclass
+class Plan:
+    steps: dict[str, PlannedStep] = field(default_factory=dict)
+
+    def order(self) -> list[str]:
+        """A topological order, ties broken by priority (critical path first), then name."""
+        sorter = graphlib.TopologicalSorter({n: s.depends_on for n, s in self.steps.items()})
+        sorter.prepare()
+        out: list[str] = []
+        while sorter.is_active():
+            ready = sorted(sorter.get_ready(), key=lambda n: (-self.steps[n].priority, n))
+            out.extend(ready)
+            sorter.done(*ready)
+        return out
+
+
+class _quiet_debian:  # noqa: N801 - used as a context manager
+    """python-debian logs a warning and returns garbage as a name; we raise our own error instead."""
+
+    def __enter__(self) -> None:
+        self._logger = logging.getLogger("debian.deb822")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.setLevel(self._level)
+
+
+def read_source_info(directory: Path, origin: str) -> SourceInfo:
+    """Parse ``debian/control`` and ``debian/changelog``; every failure names the package."""
+    control = directory / "debian" / "control"
+    try:
+        with control.open(encoding="utf-8") as handle:
+            paragraphs = list(Deb822.iter_paragraphs(handle))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise PlanError(f"{origin}: cannot read debian/control: {exc}") from exc
+    if not paragraphs or "Source" not in paragraphs[0]:
+        raise PlanError(f"{origin}: debian/control has no 'Source' paragraph first")
+    source = paragraphs[0]
+    binaries = tuple(p["Package"] for p in paragraphs[1:] if "Package" in p)
+    if not binaries or len(binaries) != len(paragraphs) - 1:
+        raise PlanError(f"{origin}: debian/control: every paragraph after the first needs 'Package'")
+    depends: list[str] = []
+    for field_name in BUILD_DEPENDS_FIELDS:
+        text = source.get(field_name)
+        if not text:
+            continue
+        try:
+            with _quiet_debian():
+                relations = PkgRelation.parse_relations(text)
+        except Exception as exc:  # python-debian raises bare errors on garbage
+            raise PlanError(f"{origin}: debian/control: cannot parse {field_name}: {exc}") from exc
+        for alternatives in relations:
+            for alt in alternatives:
+                name = str(alt.get("name") or "")
+                if not _PACKAGE_NAME.fullmatch(name):
+                    raise PlanError(f"{origin}: debian/control: cannot parse {field_name}: {name!r}")
+                depends.append(name)
+    return SourceInfo(
+        name=str(source["Source"]).strip(),
+        version=_read_version(directory, origin),
+        binaries=binaries,
+        build_depends=tuple(depends),
+    )
+
+
+def _read_version(directory: Path, origin: str) -> str:
+    changelog = directory / "debian" / "changelog"
+    try:
+        with changelog.open(encoding="utf-8") as handle:
+            parsed = Changelog(handle, max_blocks=1, strict=True)
+        return str(parsed.version)
+    except FileNotFoundError as exc:
+        raise PlanError(f"{origin}: debian/changelog is missing") from exc
+    except (ChangelogParseError, UnicodeDecodeError, ValueError, OSError) as exc:
+        raise PlanError(f"{origin}: cannot read debian/changelog: {exc}") from exc
+
+
+def make_plan(packages: list[tuple[str, SourceInfo, str]]) -> Plan:
+    """Build the dependency graph from (origin, info, tree hash) triples of one manifest."""
+    plan = Plan()
+    producer: dict[str, str] = {}
+    for origin, info, digest in packages:
+        if info.name in plan.steps:
+            other = plan.steps[info.name].origin
+            raise PlanError(f"source package {info.name!r} appears twice: {other} and {origin}")
+        for binary in info.binaries:
+            if binary in producer:
+                raise PlanError(
+                    f"binary package {binary!r} is built by both {producer[binary]} and {info.name}"
+                )
+            producer[binary] = info.name
+        plan.steps[info.name] = PlannedStep(
+            name=info.name,
+            version=info.version,
+            origin=origin,
+            tree_hash=digest,
+            binaries=info.binaries,
+            depends_on=(),
+        )
+    for _origin, info, _digest in packages:
+        deps = sorted({producer[d] for d in info.build_depends if d in producer} - {info.name})
+        plan.steps[info.name].depends_on = tuple(deps)
+    _check_acyclic(plan)
+    _set_priorities(plan)
+    return plan
+
+
+def _check_acyclic(plan: Plan) -> None:
+    sorter = graphlib.TopologicalSorter({n: s.depends_on for n, s in plan.steps.items()})
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as exc:
+        cycle: list[str] = list(exc.args[1])
+        raise PlanError("Build-Depends form a cycle: " + " -> ".join(reversed(cycle))) from exc
+
+
+def _set_priorities(plan: Plan) -> None:
+    dependents: dict[str, list[str]] = {name: [] for name in plan.steps}
+    for name, step in plan.steps.items():
+        for dep in step.depends_on:
+            dependents[dep].append(name)
+    for name in reversed(plan.order()):
+        plan.steps[name].priority = max((plan.steps[d].priority + 1 for d in dependents[name]), default=0)
+
+
+def compute_input_keys(plan: Plan, environment_id: str, options: dict[str, str]) -> None:
+    """Fill in every step's input key, dependencies first."""
+    for name in plan.order():
+        step = plan.steps[name]
+        material = {
+            "v": 1,
+            "source": step.tree_hash,
+            "deps": sorted(plan.steps[d].input_key for d in step.depends_on),
+            "environment": environment_id,
+            "options": dict(sorted(options.items())),
+        }
+        blob = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
+        step.input_key = hashlib.sha256(blob).hexdigest()

@@ -1,0 +1,129 @@
+"""One settings object for every process of a farm: CLI, workers, scheduler, repository server.
+
+Values come from, in order of precedence: keyword arguments, ``BUILDFARM_*`` environment
+variables, then ``<state dir>/farm.json`` (written by ``buildfarm start`` with what it actually
+started: the private Redis's URL, the repository server's port).  Anything not set falls back
+to the documented default.  A bad value stops the process at start with one clear line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from buildfarm.model.errors import PermanentError
+
+FARM_FILE = "farm.json"
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("BUILDFARM_STATE_DIR", ".farm")).resolve()
+
+
+class _FarmFileSource(PydanticBaseSettingsSource):
+    """Reads ``<state dir>/farm.json`` if it exists."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = {}
+        if path.is_file():
+            try:
+                self._data = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise PermanentError(f"{path}: unreadable farm file: {exc}") from exc
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BUILDFARM_", extra="ignore")
+
+    state_dir: Path = Field(
+        default_factory=default_state_dir, description="where the local farm keeps everything"
+    )
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file in the state dir (local profile)"
+    )
+    redis_url: str | None = Field(
+        default=None, description="Celery broker; unset: `buildfarm start` runs a private redis-server"
+    )
+    runner: Literal["sbuild", "host"] = Field(
+        default="sbuild", description="sbuild: clean unshare chroot per step; host: dpkg-buildpackage here"
+    )
+    distribution: str = Field(default="bookworm", description="Debian suite of the build environment")
+    mirror: str = Field(
+        default="http://deb.debian.org/debian", description="Debian mirror for the base tarball"
+    )
+    base_tarball: Path | None = Field(
+        default=None, description="sbuild base tarball; default: <cache dir>/<distribution>-base.tar"
+    )
+    cache_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "buildfarm",
+        description="shared across farms and test runs: the base tarball lives here (~445 MB, ~20 s to make)",
+    )
+    repo_host: str = Field(default="127.0.0.1", description="address the repository server binds")
+    repo_port: int = Field(default=8780, ge=0, le=65535, description="repository server port (0: any free)")
+    lease_seconds: float = Field(
+        default=30.0, gt=0, description="a running step's lease; a node silent this long is taken as dead"
+    )
+    heartbeat_seconds: float = Field(default=5.0, gt=0, description="lease renewal period, well under lease")
+    step_timeout_seconds: float = Field(default=3600.0, gt=0, description="longest one build step may run")
+    reaper_seconds: float = Field(default=5.0, gt=0, description="how often expired leases are reclaimed")
+    redispatch_seconds: float = Field(
+        default=30.0, gt=0, description="a step ready this long without a taker is sent to the queue again"
+    )
+    node_concurrency: int = Field(default=1, ge=1, le=64, description="steps one node builds at once")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        state_dir = Path(
+            os.environ.get("BUILDFARM_STATE_DIR") or init_settings().get("state_dir") or default_state_dir()
+        )
+        return init_settings, env_settings, _FarmFileSource(settings_cls, Path(state_dir) / FARM_FILE)
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir / 'buildfarm.db'}"
+
+    @property
+    def effective_base_tarball(self) -> Path:
+        return self.base_tarball or self.cache_dir / f"{self.distribution}-base.tar"
+
+    @property
+    def repo_url(self) -> str:
+        return f"http://{self.repo_host}:{self.repo_port}"
+
+    def check(self) -> None:
+        if self.heartbeat_seconds * 2 > self.lease_seconds:
+            raise PermanentError(
+                f"heartbeat_seconds ({self.heartbeat_seconds}) must be at most half of lease_seconds "
+                f"({self.lease_seconds}), or a slow heartbeat loses a live lease"
+            )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from overrides, environment and farm file; one clear line on a bad value."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise PermanentError(f"setting {field}: {err['msg']} (got {err.get('input')!r})") from exc
+    settings.check()
+    return settings

@@ -1,0 +1,125 @@
+"""Source trees travel as deterministic tarballs and are identified by a tree hash.
+
+Two values, two jobs:
+
+* the **tree hash** identifies *what is in the tree* (paths, kinds, executable bit, contents)
+  and is the source part of a step's input key.  It is computed from an unpacked directory, so a
+  tree read from a local checkout, a git clone or an uploaded tarball hashes the same;
+* the **tarball** (``.tar.gz``) carries the tree to a builder.  It is deterministic too (sorted
+  members, zero mtimes and owners, normalised modes, gzip without a timestamp): the same tree
+  gives the same bytes, so the artifact store keeps one copy.
+
+Version-control metadata (``.git``, ``.svn``, ...) is never part of a source tree.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import stat
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from buildfarm.model.errors import PermanentError
+
+VCS_DIRS = frozenset({".git", ".svn", ".hg", ".bzr", ".pc"})
+_CHUNK = 1 << 20
+
+
+def _entries(root: Path) -> Iterator[tuple[str, Path]]:
+    """Yield (relative posix path, path) for everything below ``root``, sorted, VCS dirs skipped."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if d not in VCS_DIRS)
+        base = Path(dirpath)
+        names = sorted(
+            [*dirnames, *filenames],
+        )
+        for name in names:
+            path = base / name
+            yield path.relative_to(root).as_posix(), path
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_symlink(root: Path, path: Path, rel: str) -> str:
+    target = os.readlink(path)
+    resolved = (path.parent / target).resolve()
+    if os.path.isabs(target) or not resolved.is_relative_to(root.resolve()):
+        raise PermanentError(f"{root}: symlink {rel} -> {target} points outside the source tree")
+    return target
+
+
+def tree_hash(root: Path) -> str:
+    """sha256 over the sorted entries of ``root``: path, kind, executable bit, content or target."""
+    if not root.is_dir():
+        raise PermanentError(f"{root}: not a directory")
+    digest = hashlib.sha256(b"buildfarm-tree-v1\0")
+    for rel, path in _entries(root):
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            record = f"l {rel}\0{_check_symlink(root, path, rel)}"
+        elif stat.S_ISDIR(mode):
+            record = f"d {rel}"
+        elif stat.S_ISREG(mode):
+            kind = "x" if mode & 0o111 else "f"
+            record = f"{kind} {rel}\0{_file_digest(path)}"
+        else:
+            raise PermanentError(f"{root}: {rel} is neither a file, a directory nor a symlink")
+        digest.update(record.encode("utf-8", "surrogateescape") + b"\n")
+    return digest.hexdigest()
+
+
+def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = 0
+    if info.isdir() or (info.isfile() and info.mode & 0o111):
+        info.mode = 0o755
+    elif info.issym():
+        info.mode = 0o777
+    else:
+        info.mode = 0o644
+    return info
+
+
+def pack_tree(root: Path) -> bytes:
+    """The deterministic ``.tar.gz`` of ``root`` (members relative to it, no leading ``./``)."""
+    tree_hash(root)  # validates: no escaping symlinks, no special files
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for rel, path in _entries(root):
+            info = _normalise(tar.gettarinfo(str(path), arcname=rel))
+            info.pax_headers = {}
+            if info.isfile():
+                with path.open("rb") as handle:
+                    tar.addfile(info, handle)
+            else:
+                tar.addfile(info)
+    packed = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=packed, mtime=0, compresslevel=6) as gz:
+        gz.write(raw.getvalue())
+    return packed.getvalue()
+
+
+def unpack_tree(tarball: Path, dest: Path) -> None:
+    """Unpack a source tarball into ``dest``, refusing members that would escape it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(tarball, mode="r:gz") as tar:
+            for member in tar.getmembers():
+                if not (member.isfile() or member.isdir() or member.issym()):
+                    raise PermanentError(f"{tarball.name}: member {member.name} is not a file or directory")
+            tar.extractall(dest, filter="data")
+    except tarfile.FilterError as exc:
+        raise PermanentError(f"{tarball.name}: unsafe member: {exc}") from exc
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise PermanentError(f"{tarball.name}: not a readable source tarball: {exc}") from exc

@@ -1,0 +1,61 @@
+"""The fast ``host`` runner: dpkg-buildpackage on this machine, for packages whose build
+dependencies are already installed here (none from the same build) and for quick tests.
+
+It is not a clean environment: use the ``sbuild`` runner for anything that is published for
+others.  Its environment identity includes the host's installed packages, so a changed host
+never silently reuses outputs built on the old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+from functools import cache
+
+from buildfarm.model.errors import PermanentError
+from buildfarm.model.sources import unpack_tree
+from buildfarm.runners.base import StepJob, StepResult
+from buildfarm.runners.process import describe_failure, run_streaming
+
+OUTPUT_SUFFIXES = (".deb", ".udeb", ".buildinfo")
+
+
+@cache
+def _host_identity() -> str:
+    installed = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Package}=${Version}\\n"], capture_output=True, check=True, text=True
+    ).stdout
+    digest = hashlib.sha256(installed.encode()).hexdigest()[:16]
+    return f"host:{platform.machine()}:{digest}"
+
+
+class HostRunner:
+    name = "host"
+
+    def environment_id(self) -> str:
+        return _host_identity()
+
+    def run(self, job: StepJob) -> StepResult:
+        if shutil.which("dpkg-buildpackage") is None:
+            raise PermanentError("dpkg-buildpackage is not installed (Debian packages: dpkg-dev debhelper)")
+        source = job.workdir / "src"
+        unpack_tree(job.source_tarball, source)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DEB_", "DPKG_"))}
+        env["LC_ALL"] = "C.UTF-8"
+        outcome = run_streaming(
+            ["dpkg-buildpackage", "-b", "-uc", "-us"],
+            cwd=source,
+            log=job.log,
+            cancel=job.cancel,
+            timeout_seconds=job.timeout_seconds,
+            env=env,
+        )
+        if outcome.returncode != 0 or outcome.cancelled or outcome.timed_out:
+            return StepResult(False, [], describe_failure("dpkg-buildpackage", outcome, job.timeout_seconds))
+        outputs = sorted(p for p in job.workdir.iterdir() if p.name.endswith(OUTPUT_SUFFIXES))
+        if not any(p.name.endswith((".deb", ".udeb")) for p in outputs):
+            return StepResult(False, [], "dpkg-buildpackage succeeded but produced no .deb")
+        return StepResult(True, outputs)

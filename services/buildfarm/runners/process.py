@@ -1,0 +1,93 @@
+"""Run a build command in its own process group, stream its output line by line, stop it on demand.
+
+Killing the whole group matters: dpkg-buildpackage and sbuild start many children, and a
+cancelled or lease-less build must leave nothing running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+KILL_GRACE_SECONDS = 10.0
+"""After SIGTERM, how long a build may take to clean up before SIGKILL."""
+
+
+@dataclass
+class ProcessOutcome:
+    returncode: int
+    cancelled: bool
+    timed_out: bool
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=KILL_GRACE_SECONDS)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run_streaming(
+    command: Sequence[str],
+    *,
+    cwd: Path,
+    log: Callable[[str], None],
+    cancel: threading.Event,
+    timeout_seconds: float,
+    env: dict[str, str] | None = None,
+) -> ProcessOutcome:
+    """Run ``command``, sending each output line to ``log``; stop it on ``cancel`` or timeout."""
+    proc = subprocess.Popen(
+        list(command),
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    stop_reason: list[str] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout_seconds
+        while proc.poll() is None:
+            if cancel.wait(0.5):
+                stop_reason.append("cancelled")
+                _kill_group(proc)
+                return
+            if time.monotonic() > deadline:
+                stop_reason.append("timeout")
+                _kill_group(proc)
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    for raw in proc.stdout:
+        log(raw.decode("utf-8", "replace").rstrip("\n"))
+    proc.wait()
+    watcher.join()
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # reap what the command left behind
+        os.killpg(proc.pid, signal.SIGKILL)
+    return ProcessOutcome(
+        returncode=proc.returncode, cancelled="cancelled" in stop_reason, timed_out="timeout" in stop_reason
+    )
+
+
+def describe_failure(what: str, outcome: ProcessOutcome, timeout_seconds: float) -> str:
+    if outcome.cancelled:
+        return f"{what} stopped: cancelled or lease lost"
+    if outcome.timed_out:
+        return f"{what} stopped after the {timeout_seconds:.0f} s step time limit"
+    return f"{what} exited with status {outcome.returncode}"

@@ -1,0 +1,1 @@
+"""Build state in a relational database: SQLite for the local profile, PostgreSQL in production."""

@@ -1,0 +1,154 @@
+"""Builds, steps and their outputs.
+
+A step's ``attempt`` and ``lease_owner`` fence its outputs: a node may record a result only
+while it holds the lease for the attempt it ran.  A node that died and comes back (or a builder
+it orphaned) finds the lease gone and its results are dropped, so nothing is built or published
+twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class StepState(StrEnum):
+    PENDING = "pending"  # waits for the steps it depends on
+    READY = "ready"  # released to the queue, waits for a node
+    RUNNING = "running"  # a node holds its lease
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # a step it depends on failed or was cancelled
+
+
+TERMINAL_STEP_STATES = frozenset(
+    {StepState.SUCCEEDED, StepState.FAILED, StepState.CANCELLED, StepState.SKIPPED}
+)
+
+
+class BuildState(StrEnum):
+    RUNNING = "running"
+    PUBLISHING = "publishing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_BUILD_STATES = frozenset({BuildState.SUCCEEDED, BuildState.FAILED, BuildState.CANCELLED})
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC timestamps, also on SQLite (which stores them without a zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(dt.UTC) if value is not None else None
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dt.datetime: UTCDateTime(), dict: JSON, list: JSON}
+
+
+class Build(Base):
+    __tablename__ = "builds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project: Mapped[str] = mapped_column(String(100), index=True)
+    branch: Mapped[str] = mapped_column(String(100), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    user: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(20), default=BuildState.RUNNING, index=True)
+    manifest: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
+    environment_id: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    publish_claimed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    staging_source: Mapped[str | None] = mapped_column(Text, default=None)  # apt line builders use
+    published_url: Mapped[str | None] = mapped_column(Text, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+
+    steps: Mapped[list[Step]] = relationship(back_populates="build", order_by="Step.id")
+
+
+class Step(Base):
+    __tablename__ = "steps"
+    __table_args__ = (
+        UniqueConstraint("build_id", "name"),
+        Index("ix_steps_input_key_state", "input_key", "state"),
+        Index("ix_steps_state_lease", "state", "lease_expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    build_id: Mapped[int] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(200))
+    origin: Mapped[str] = mapped_column(Text)
+    source_sha256: Mapped[str] = mapped_column(String(64))  # the deterministic source tarball
+    tree_hash: Mapped[str] = mapped_column(String(64))
+    input_key: Mapped[str] = mapped_column(String(64))
+    depends_on: Mapped[list] = mapped_column(JSON)  # type: ignore[type-arg]
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(20), default=StepState.PENDING)
+    reused_from: Mapped[int | None] = mapped_column(Integer, default=None)  # step whose outputs it took
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    node: Mapped[str | None] = mapped_column(String(200), default=None)
+    lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    ready_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    log_key: Mapped[str | None] = mapped_column(Text, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+
+    build: Mapped[Build] = relationship(back_populates="steps")
+    outputs: Mapped[list[StepOutput]] = relationship(back_populates="step", order_by="StepOutput.filename")
+
+    @property
+    def display_state(self) -> str:
+        return "reused" if self.reused_from is not None and self.state == StepState.SUCCEEDED else self.state
+
+
+class StepOutput(Base):
+    """A file a step produced, accepted under the lease of ``attempt``; bytes live in the store."""
+
+    __tablename__ = "step_outputs"
+    __table_args__ = (UniqueConstraint("step_id", "filename"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    step_id: Mapped[int] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    filename: Mapped[str] = mapped_column(String(300))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+
+    step: Mapped[Step] = relationship(back_populates="outputs")

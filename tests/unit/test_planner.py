@@ -1,0 +1,131 @@
+"""The dependency graph from Build-Depends, cycles, critical-path priorities and input keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from buildfarm.model.errors import PlanError
+from buildfarm.model.planner import (
+    Plan,
+    SourceInfo,
+    compute_input_keys,
+    make_plan,
+    read_source_info,
+)
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+def _info(name: str, binaries: tuple[str, ...], deps: tuple[str, ...] = ()) -> SourceInfo:
+    return SourceInfo(name=name, version="1.0", binaries=binaries, build_depends=deps)
+
+
+def _plan(*infos: SourceInfo) -> Plan:
+    return make_plan([(i.name, i, f"tree-{i.name}") for i in infos])
+
+
+def test_examples_graph() -> None:
+    packages = []
+    for directory in sorted(p for p in EXAMPLES.iterdir() if (p / "debian").is_dir()):
+        packages.append((directory.name, read_source_info(directory, directory.name), directory.name))
+    plan = make_plan(packages)
+    assert plan.steps["greet-cli"].depends_on == ("libgreet",)
+    assert plan.steps["greet-count"].depends_on == ("libgreet",)
+    assert plan.steps["greet-docs"].depends_on == ("greet-cli",)
+    assert plan.steps["hello-standalone"].depends_on == ()
+    order = plan.order()
+    assert order.index("libgreet") < order.index("greet-cli") < order.index("greet-docs")
+    assert order[0] == "libgreet"  # longest chain first: libgreet -> greet-cli -> greet-docs
+    assert plan.steps["libgreet"].priority == 2
+
+
+CHANGELOG = "{name} (1.0) unstable; urgency=medium\n\n  * x\n\n -- A <a@b.c>  Mon, 01 Jan 2024 00:00:00 +0000\n"
+
+
+def _source_dir(root: Path, name: str, control: str) -> Path:
+    (root / name / "debian").mkdir(parents=True)
+    (root / name / "debian" / "control").write_text(control)
+    (root / name / "debian" / "changelog").write_text(CHANGELOG.format(name=name))
+    return root / name
+
+
+def test_alternatives_and_other_fields_count(tmp_path: Path) -> None:
+    a = _source_dir(tmp_path, "a", "Source: a\n\nPackage: liba-dev\n\nPackage: a-tools\n")
+    b = _source_dir(
+        tmp_path, "b",
+        "Source: b\nBuild-Depends: debhelper-compat (= 13), other | liba-dev:any (>= 1) [amd64] <!nocheck>\n"
+        "\nPackage: b\n",
+    )
+    c = _source_dir(tmp_path, "c", "Source: c\nBuild-Depends-Indep: a-tools\n\nPackage: c\n")
+    plan = make_plan([(d.name, read_source_info(d, d.name), d.name) for d in (a, b, c)])
+    assert plan.steps["b"].depends_on == ("a",)
+    assert plan.steps["c"].depends_on == ("a",)
+    assert plan.steps["a"].version == "1.0"
+
+
+def test_cycle_is_named() -> None:
+    with pytest.raises(PlanError, match="cycle: ") as info:
+        _plan(_info("a", ("a",), ("c",)), _info("b", ("b",), ("a",)), _info("c", ("c",), ("b",)))
+    message = str(info.value)
+    for name in ("a", "b", "c"):
+        assert name in message
+    assert " -> " in message
+
+
+def test_duplicate_source_and_binary() -> None:
+    with pytest.raises(PlanError, match="appears twice"):
+        _plan(_info("a", ("a1",)), _info("a", ("a2",)))
+    with pytest.raises(PlanError, match="binary package 'x' is built by both a and b"):
+        _plan(_info("a", ("x",)), _info("b", ("x",)))
+
+
+def test_input_keys_ripple_to_dependents_only() -> None:
+    def keys(tree_lib: str) -> dict[str, str]:
+        infos = [_info("lib", ("lib-dev",)), _info("tool", ("tool",), ("lib-dev",)), _info("solo", ("solo",))]
+        plan = make_plan([(i.name, i, tree_lib if i.name == "lib" else f"t-{i.name}") for i in infos])
+        compute_input_keys(plan, "env-1", {"runner": "host"})
+        return {n: s.input_key for n, s in plan.steps.items()}
+
+    first, second = keys("lib-v1"), keys("lib-v2")
+    assert first == keys("lib-v1")  # deterministic
+    assert first["lib"] != second["lib"]
+    assert first["tool"] != second["tool"]  # depends on lib
+    assert first["solo"] == second["solo"]  # independent
+
+
+def test_environment_and_options_change_keys() -> None:
+    plan = _plan(_info("a", ("a",)))
+    compute_input_keys(plan, "env-1", {})
+    base = plan.steps["a"].input_key
+    compute_input_keys(plan, "env-2", {})
+    assert plan.steps["a"].input_key != base
+    compute_input_keys(plan, "env-1", {"runner": "sbuild"})
+    assert plan.steps["a"].input_key != base
+
+
+@pytest.mark.parametrize(
+    ("control", "expected"),
+    [
+        ("Package: x\n", "no 'Source' paragraph"),
+        ("Source: x\n", "every paragraph after the first needs 'Package'"),
+        ("Source: x\nBuild-Depends: a (>>\n\nPackage: x\n", "cannot parse Build-Depends"),
+    ],
+)
+def test_bad_control(tmp_path: Path, control: str, expected: str) -> None:
+    (tmp_path / "debian").mkdir()
+    (tmp_path / "debian" / "control").write_text(control)
+    (tmp_path / "debian" / "changelog").write_text(
+        "x (1.0) unstable; urgency=medium\n\n  * x\n\n -- A <a@b.c>  Mon, 01 Jan 2024 00:00:00 +0000\n"
+    )
+    with pytest.raises(PlanError, match=expected):
+        read_source_info(tmp_path, "pkgdir")
+
+
+def test_bad_changelog(tmp_path: Path) -> None:
+    (tmp_path / "debian").mkdir()
+    (tmp_path / "debian" / "control").write_text("Source: x\n\nPackage: x\n")
+    (tmp_path / "debian" / "changelog").write_text("garbage\n")
+    with pytest.raises(PlanError, match="pkgdir: cannot read debian/changelog"):
+        read_source_info(tmp_path, "pkgdir")

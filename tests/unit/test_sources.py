@@ -1,0 +1,79 @@
+"""Same tree, same hash and same tarball bytes, wherever the tree comes from."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from buildfarm.model.errors import PermanentError
+from buildfarm.model.sources import pack_tree, tree_hash, unpack_tree
+
+
+def _make(root: Path) -> Path:
+    (root / "debian").mkdir(parents=True)
+    (root / "debian" / "rules").write_text("#!/usr/bin/make -f\n%:\n\tdh $@\n")
+    (root / "debian" / "rules").chmod(0o755)
+    (root / "main.c").write_text("int main(void) { return 0; }\n")
+    (root / "link").symlink_to("main.c")
+    (root / ".git").mkdir()
+    (root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    return root
+
+
+def test_same_tree_same_bytes_regardless_of_metadata(tmp_path: Path) -> None:
+    a = _make(tmp_path / "a")
+    b = _make(tmp_path / "b")
+    os.utime(b / "main.c", (1, 1))
+    (b / "main.c").chmod(0o600)
+    (b / ".git" / "HEAD").write_text("other\n")
+    assert tree_hash(a) == tree_hash(b)
+    assert pack_tree(a) == pack_tree(b)
+
+
+def test_roundtrip_keeps_the_tree_hash(tmp_path: Path) -> None:
+    a = _make(tmp_path / "a")
+    tarball = tmp_path / "src.tar.gz"
+    tarball.write_bytes(pack_tree(a))
+    unpack_tree(tarball, tmp_path / "out")
+    assert tree_hash(tmp_path / "out") == tree_hash(a)
+    assert os.access(tmp_path / "out" / "debian" / "rules", os.X_OK)
+    assert not (tmp_path / "out" / ".git").exists()
+
+
+def test_content_and_exec_bit_change_the_hash(tmp_path: Path) -> None:
+    a = _make(tmp_path / "a")
+    before = tree_hash(a)
+    (a / "main.c").chmod(0o755)
+    assert tree_hash(a) != before
+    (a / "main.c").chmod(0o644)
+    assert tree_hash(a) == before
+    (a / "main.c").write_text("int main(void) { return 1; }\n")
+    assert tree_hash(a) != before
+
+
+def test_symlink_out_of_tree_is_refused(tmp_path: Path) -> None:
+    a = _make(tmp_path / "a")
+    (a / "evil").symlink_to("/etc/passwd")
+    with pytest.raises(PermanentError, match="points outside the source tree"):
+        tree_hash(a)
+
+
+def test_unpack_refuses_traversal(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.tar.gz"
+    payload = tmp_path / "payload"
+    payload.write_text("x")
+    with tarfile.open(evil, "w:gz") as tar:
+        tar.add(payload, arcname="../escaped")
+    with pytest.raises(PermanentError, match="unsafe member"):
+        unpack_tree(evil, tmp_path / "out")
+    assert not (tmp_path / "escaped").exists()
+
+
+def test_unpack_refuses_garbage(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"not a tarball")
+    with pytest.raises(PermanentError, match="not a readable source tarball"):
+        unpack_tree(junk, tmp_path / "out")
