@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.live import Live
+
 from buildfarm.dispatch.context import make_context
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
@@ -23,8 +25,6 @@ from buildfarm.model.errors import BuildfarmError, PermanentError, TemporaryErro
 from buildfarm.model.manifest import load_manifest
 from buildfarm.model.settings import Settings, load_settings
 from buildfarm.state.models import TERMINAL_BUILD_STATES
-from rich.live import Live
-
 from buildfarm_cli.output import OutputFormat, builds_table, console, emit_json, err_console, steps_table
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False)

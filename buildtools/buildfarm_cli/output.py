@@ -8,9 +8,10 @@ from dataclasses import asdict, is_dataclass
 from enum import StrEnum
 from typing import Any
 
-from buildfarm.engine.control import BuildView
 from rich.console import Console
 from rich.table import Table
+
+from buildfarm.engine.control import BuildView
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)

@@ -39,24 +39,40 @@ def test_git_package(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("project: p\nbranch: main\nkind: nightly\npackages: [{path: pkg}]\ncolour: red\n", "colour: unknown field"),
-        ("project: p\nbranch: main\nkind: nightly\npackages: [{path: pkg, flavour: x}]\n",
-         "packages[0].flavour: unknown field"),
+        (
+            "project: p\nbranch: main\nkind: nightly\npackages: [{path: pkg}]\ncolour: red\n",
+            "colour: unknown field",
+        ),
+        (
+            "project: p\nbranch: main\nkind: nightly\npackages: [{path: pkg, flavour: x}]\n",
+            "packages[0].flavour: unknown field",
+        ),
         ("project: p\nbranch: main\npackages: [{path: pkg}]\n", "kind: required field is missing"),
         ("project: p\nbranch: main\nkind: weekly\npackages: [{path: pkg}]\n", "kind: Input should be"),
         ("project: p\nbranch: ../x\nkind: nightly\npackages: [{path: pkg}]\n", "branch: invalid branch name"),
-        ("project: a/b\nbranch: main\nkind: nightly\npackages: [{path: pkg}]\n", "project: invalid project name"),
+        (
+            "project: a/b\nbranch: main\nkind: nightly\npackages: [{path: pkg}]\n",
+            "project: invalid project name",
+        ),
         ("project: p\nbranch: main\nkind: nightly\npackages: []\n", "packages: List should have at least 1"),
-        ("project: p\nbranch: main\nkind: nightly\npackages: [{path: ../pkg}]\n",
-         "packages[0].path: path '../pkg' escapes the manifest's tree"),
+        (
+            "project: p\nbranch: main\nkind: nightly\npackages: [{path: ../pkg}]\n",
+            "packages[0].path: path '../pkg' escapes the manifest's tree",
+        ),
         ("project: p\nbranch: main\nkind: nightly\npackages: [{path: /etc}]\n", "must be relative"),
-        ("project: p\nbranch: main\nkind: nightly\npackages: [{path: nope}]\n",
-         "packages[0].path: directory 'nope' does not exist"),
-        ("project: p\nbranch: main\nkind: nightly\npackages: [{path: pkg}, {path: pkg}]\n",
-         "packages[1]: duplicate of packages[0] (pkg)"),
+        (
+            "project: p\nbranch: main\nkind: nightly\npackages: [{path: nope}]\n",
+            "packages[0].path: directory 'nope' does not exist",
+        ),
+        (
+            "project: p\nbranch: main\nkind: nightly\npackages: [{path: pkg}, {path: pkg}]\n",
+            "packages[1]: duplicate of packages[0] (pkg)",
+        ),
         ("project: p\nbranch: main\nkind: nightly\npackages: [{git: https://x}]\n", "'git' needs a 'ref'"),
-        ("project: p\nbranch: main\nkind: nightly\npackages: [{path: pkg, git: https://x, ref: y}]\n",
-         "give exactly one of 'path' or 'git'"),
+        (
+            "project: p\nbranch: main\nkind: nightly\npackages: [{path: pkg, git: https://x, ref: y}]\n",
+            "give exactly one of 'path' or 'git'",
+        ),
         ("project: [p\n", "line 2: not valid YAML"),
         ("- just a list\n", "must be a mapping"),
     ],

@@ -41,7 +41,9 @@ def test_examples_graph() -> None:
     assert plan.steps["libgreet"].priority == 2
 
 
-CHANGELOG = "{name} (1.0) unstable; urgency=medium\n\n  * x\n\n -- A <a@b.c>  Mon, 01 Jan 2024 00:00:00 +0000\n"
+CHANGELOG = (
+    "{name} (1.0) unstable; urgency=medium\n\n  * x\n\n -- A <a@b.c>  Mon, 01 Jan 2024 00:00:00 +0000\n"
+)
 
 
 def _source_dir(root: Path, name: str, control: str) -> Path:
@@ -54,7 +56,8 @@ def _source_dir(root: Path, name: str, control: str) -> Path:
 def test_alternatives_and_other_fields_count(tmp_path: Path) -> None:
     a = _source_dir(tmp_path, "a", "Source: a\n\nPackage: liba-dev\n\nPackage: a-tools\n")
     b = _source_dir(
-        tmp_path, "b",
+        tmp_path,
+        "b",
         "Source: b\nBuild-Depends: debhelper-compat (= 13), other | liba-dev:any (>= 1) [amd64] <!nocheck>\n"
         "\nPackage: b\n",
     )

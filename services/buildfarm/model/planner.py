@@ -67,7 +67,7 @@ class Plan:
         return out
 
 
-class _quiet_debian:  # noqa: N801 - used as a context manager
+class _quiet_debian:
     """python-debian logs a warning and returns garbage as a name; we raise our own error instead."""
 
     def __enter__(self) -> None:

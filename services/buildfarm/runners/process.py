@@ -74,8 +74,9 @@ def run_streaming(
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    for raw in proc.stdout:
-        log(raw.decode("utf-8", "replace").rstrip("\n"))
+    with proc.stdout:
+        for raw in proc.stdout:
+            log(raw.decode("utf-8", "replace").rstrip("\n"))
     proc.wait()
     watcher.join()
     with contextlib.suppress(ProcessLookupError, PermissionError):  # reap what the command left behind

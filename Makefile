@@ -1,0 +1,84 @@
+# The front door. On a fresh Debian bookworm machine, `make demo` and `make test` install what
+# they need themselves: Debian packages (ops/bootstrap/apt-deps.sh) and the virtualenv (.venv).
+
+SHELL := /bin/bash
+.NOTPARALLEL:
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+# Inside the venv, so removing .venv also forgets that it was installed.
+VENV_STAMP := $(VENV)/.stamp-pyproject
+BF := $(VENV)/bin/buildfarm
+PYTEST_ARGS ?=
+
+# Everything the local farm keeps (databases, repositories, logs, pids) lives here.
+BUILDFARM_STATE_DIR ?= $(CURDIR)/.farm
+export BUILDFARM_STATE_DIR
+
+.PHONY: help deps venv lint pytest test demo bench charts farm-stop clean
+
+help:
+	@echo "make demo       start a 2-node local farm, build examples/, show the apt line"
+	@echo "make test       Debian packages + venv + lint + pytest"
+	@echo "make farm-stop  stop the local farm started by 'make demo'"
+	@echo "make lint | venv | deps | bench | charts | clean"
+
+deps:
+	@bash ops/bootstrap/apt-deps.sh
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml
+	@test -x $(VENV)/bin/pip || { \
+	  echo "venv: creating $(VENV) with $(PYTHON)"; \
+	  rm -rf $(VENV); \
+	  $(PYTHON) -m venv $(VENV) || { \
+	    echo "venv: '$(PYTHON) -m venv' failed; on Debian install python3-venv (make deps does)" >&2; \
+	    rm -rf $(VENV); exit 1; }; }
+	$(VENV)/bin/pip install --disable-pip-version-check --progress-bar off -q -e '.[dev]'
+	@touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+# pytest exits 5 when it collected nothing: that must fail, not pass as "no failures".
+pytest: venv
+	@rc=0; $(VENV)/bin/pytest --durations=15 -p no:cacheprovider tests $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then \
+	  echo "make test: FAILED: pytest collected no tests (exit 5), so nothing was checked" >&2; exit 1; \
+	fi; \
+	exit $$rc
+
+test: deps venv lint pytest
+
+demo: deps venv
+	$(BF) start --nodes 2
+	$(BF) build submit examples/buildfarm.yaml --wait
+	$(BF) repo sources examples main
+	@echo
+	@echo "The farm keeps running (state in $(BUILDFARM_STATE_DIR)). Stop it with:"
+	@echo "  make farm-stop        (or: BUILDFARM_STATE_DIR=$(BUILDFARM_STATE_DIR) $(BF) stop)"
+	@echo
+	@echo "Use the repository with apt, e.g.:"
+	@echo "  BUILDFARM_STATE_DIR=$(BUILDFARM_STATE_DIR) $(BF) repo sources examples main \\"
+	@echo "    | sudo tee /etc/apt/sources.list.d/buildfarm-examples.list"
+	@echo "  sudo apt-get update && sudo apt-get install greet-cli"
+
+bench: venv
+	$(VENV)/bin/python ops/bench/run.py
+
+charts:
+	@echo "charts: not yet (issue 5)"
+
+farm-stop:
+	@if [ -x $(BF) ]; then $(BF) stop; else echo "farm-stop: no $(BF), nothing to stop"; fi
+
+# Removes only the repo-local .farm, never a BUILDFARM_STATE_DIR pointed elsewhere.
+clean:
+	-@if [ -x $(BF) ] && [ -d .farm ]; then BUILDFARM_STATE_DIR=$(CURDIR)/.farm $(BF) stop; fi
+	rm -rf $(VENV) .farm build dist *.egg-info services/*.egg-info buildtools/*.egg-info \
+	  .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

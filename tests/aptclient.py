@@ -1,0 +1,106 @@
+"""The real apt, pointed at one repository with a private configuration: the judge of what we publish.
+
+Tests prove a published repository works by doing what users do: ``apt-get update`` and
+``apt-get download``.  The machine's own apt setup must neither leak in (its sources, proxies,
+hooks, compressed-index settings) nor be touched, so every directory apt reads or writes lives
+under ``workdir``.  ``APT_CONFIG`` points at our own apt.conf, which apt reads before anything
+else; there ``Dir::Etc::Parts`` and ``Dir::Etc::Main`` are moved away from /etc/apt (``-o`` on the
+command line would come too late: apt.conf.d is read before options are parsed).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+APT_TIMEOUT_SECONDS = 60.0
+"""Bound on one apt-get run against a repository on localhost (they take well under a second)."""
+
+
+class AptError(Exception):
+    """apt-get failed; the message holds its exit status and output."""
+
+
+class AptClient:
+    """One private apt setup whose only source is ``source_line``."""
+
+    def __init__(self, workdir: Path, source_line: str) -> None:
+        self.workdir = Path(workdir).absolute()
+        self.downloads = self.workdir / "downloads"
+        etc = self.workdir / "etc"
+        state = self.workdir / "state"
+        cache = self.workdir / "cache"
+        for directory in (
+            etc / "apt.conf.d",
+            etc / "sources.list.d",
+            etc / "preferences.d",
+            etc / "trusted.gpg.d",
+            state / "lists" / "partial",
+            cache / "archives" / "partial",
+            self.workdir / "log",
+            self.downloads,
+        ):
+            directory.mkdir(parents=True, exist_ok=True)
+        status = state / "dpkg-status"
+        status.touch()  # an empty dpkg database: nothing installed, the host's packages irrelevant
+        self.set_source(source_line)
+        self.config = etc / "apt.conf"
+        settings = {
+            "Dir::Etc": etc,
+            "Dir::Etc::Main": etc / "apt.conf.main",  # does not exist: nothing more is read
+            "Dir::Etc::Parts": etc / "apt.conf.d",
+            "Dir::Etc::SourceList": etc / "sources.list",
+            "Dir::Etc::SourceParts": etc / "sources.list.d",
+            "Dir::Etc::Preferences": etc / "preferences",
+            "Dir::Etc::PreferencesParts": etc / "preferences.d",
+            "Dir::Etc::TrustedParts": etc / "trusted.gpg.d",
+            "Dir::State": state,
+            "Dir::State::Lists": state / "lists",
+            "Dir::State::status": status,
+            "Dir::Cache": cache,
+            "Dir::Log": self.workdir / "log",
+            "APT::Sandbox::User": "root",  # the _apt user could not write into a test's tmp dir
+            "Acquire::Languages": "none",
+            "Acquire::Retries": "0",
+            "Acquire::http::Timeout": "10",
+        }
+        self.config.write_text("".join(f'{key} "{value}";\n' for key, value in settings.items()))
+
+    def set_source(self, source_line: str) -> None:
+        """Replace the one sources line (e.g. to follow another build); call :meth:`update` after."""
+        self.source_line = source_line
+        (self.workdir / "etc" / "sources.list").write_text(source_line + "\n")
+
+    def _apt_get(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        env = {key: value for key, value in os.environ.items() if "proxy" not in key.lower()}
+        env.update(APT_CONFIG=str(self.config), LC_ALL="C.UTF-8", DEBIAN_FRONTEND="noninteractive")
+        result = subprocess.run(
+            ["apt-get", "-q", *args],
+            cwd=cwd or self.workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=APT_TIMEOUT_SECONDS,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise AptError(
+                f"apt-get {' '.join(args)} exited {result.returncode} (source: {self.source_line})\n"
+                f"{result.stderr}{result.stdout}"
+            )
+        return result
+
+    def update(self) -> None:
+        """``apt-get update``; any index that fails to download is an error, not a warning."""
+        self._apt_get("update", "--error-on=any")
+
+    def download(self, package: str) -> Path:
+        """``apt-get download package``; returns the downloaded .deb (replacing an earlier one)."""
+        for old in self.downloads.glob(f"{package}_*.deb"):
+            old.unlink()
+        self._apt_get("download", package, cwd=self.downloads)
+        found = sorted(self.downloads.glob(f"{package}_*.deb"))
+        if len(found) != 1:
+            raise AptError(f"apt-get download {package} left {[p.name for p in found]} in {self.downloads}")
+        return found[0]

@@ -1,0 +1,74 @@
+"""A farm context for engine tests: real database, real stores and runner, recorded dispatch.
+
+``RecordingDispatcher`` keeps the messages the engine sends instead of handing them to Celery,
+so a test decides exactly when (and how often) each one is delivered: that is how duplicate
+deliveries and lost nodes are played deterministically. The Celery path itself is tested with
+real workers in ``tests/integration/test_local_farm.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from buildfarm.backends.aptrepo import LocalAptRepository
+from buildfarm.backends.fs import FsArtifactStore
+from buildfarm.engine.advance import advance_build
+from buildfarm.engine.context import FarmContext
+from buildfarm.engine.steps import run_step
+from buildfarm.model.settings import load_settings
+from buildfarm.state.db import Database, upgrade
+
+
+@dataclass
+class RecordingDispatcher:
+    advances: list[int] = field(default_factory=list)
+    runs: list[tuple[int, int]] = field(default_factory=list)
+
+    def advance(self, build_id: int) -> None:
+        self.advances.append(build_id)
+
+    def run_step(self, step_id: int, attempt: int) -> None:
+        self.runs.append((step_id, attempt))
+
+
+def make_test_context(tmp_path: Path, database_url: str, **settings: object) -> FarmContext:
+    upgrade(database_url)
+    values: dict[str, object] = {
+        "state_dir": tmp_path / "state",
+        "database_url": database_url,
+        "runner": "host",
+        "redis_url": "redis://unused.invalid:1/0",
+        "lease_seconds": 4.0,
+        "heartbeat_seconds": 0.5,
+        "repo_port": 1,
+    }
+    values.update(settings)
+    config = load_settings(**values)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    return FarmContext(
+        settings=config,
+        db=Database(database_url),
+        store=FsArtifactStore(config.state_dir / "artifacts"),
+        repo=LocalAptRepository(config.state_dir / "repos", config.repo_url),
+        dispatcher=RecordingDispatcher(),
+    )
+
+
+def dispatcher(ctx: FarmContext) -> RecordingDispatcher:
+    assert isinstance(ctx.dispatcher, RecordingDispatcher)
+    return ctx.dispatcher
+
+
+def drain(ctx: FarmContext, node: str = "node1", max_rounds: int = 100) -> None:
+    """Deliver every recorded message, in order, until none is left (bounded)."""
+    rec = dispatcher(ctx)
+    for _ in range(max_rounds):
+        if rec.advances:
+            advance_build(ctx, rec.advances.pop(0))
+        elif rec.runs:
+            step_id, _attempt = rec.runs.pop(0)
+            run_step(ctx, step_id, node)
+        else:
+            return
+    raise AssertionError(f"messages still flowing after {max_rounds} rounds")

@@ -1,0 +1,59 @@
+"""Small helpers shared by the test fixtures: free ports and bounded waiting.
+
+Importable as ``helpers`` from any test: pytest puts ``tests/`` on ``sys.path`` when it loads
+``tests/conftest.py`` (rootdir-relative "prepend" import mode, no ``__init__.py`` in ``tests/``).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago.
+
+    Another process may take it before the caller binds it; callers that start servers retry
+    with a new port when the server reports the address in use.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+) -> None:
+    """Poll ``predicate`` until it returns true, at most ``timeout`` seconds.
+
+    Exceptions raised by the predicate count as "not yet". On timeout, raises ``TimeoutError``
+    naming ``what`` was awaited and the last exception seen, if any.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            if predicate():
+                return
+            last_error = None
+        except Exception as exc:
+            last_error = exc
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_error!r})" if last_error is not None else ""
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a log file, for error messages; empty if it does not exist."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
