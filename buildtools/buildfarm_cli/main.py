@@ -68,10 +68,13 @@ def _settings(**overrides: object) -> Settings:
     return load_settings(**overrides)
 
 
-def _context() -> FarmContext:
+def _context(*, changes: bool = False) -> FarmContext:
+    """The farm to talk to. Reading needs only its state; changing it needs its core running."""
     settings = _settings()
-    if not farm.processes_alive(settings):
-        raise PermanentError(f"the local farm in {settings.state_dir} is not running: run `buildfarm start`")
+    if not farm.was_started(settings):
+        raise PermanentError(f"no local farm in {settings.state_dir}: run `buildfarm start`")
+    if changes and not farm.core_alive(settings):
+        raise PermanentError(f"the local farm in {settings.state_dir} is stopped: run `buildfarm start`")
     return make_context(settings)
 
 
@@ -86,8 +89,9 @@ def start(
     """Start the local farm in the background (Redis, repository server, nodes, scheduler)."""
     overrides: dict[str, object] = {"runner": runner} if runner else {}
     settings = _settings(**overrides)
-    if runner:
-        os.environ["BUILDFARM_RUNNER"] = runner
+    if not farm.processes_alive(settings):
+        farm.forget_runtime(settings)  # a new start decides again what runs where
+        settings = _settings(**overrides)
 
     def prepare(s: Settings) -> None:
         if s.runner == "sbuild":
@@ -170,7 +174,7 @@ def _finish(view: control.BuildView, fmt: OutputFormat, waited: bool) -> None:
         emit_json(view)
     elif waited:
         if view.published:
-            console.print(f"published: {view.published}")
+            console.print(f"published: {view.published}", markup=False)
         if view.error:
             err_console.print(f"build {view.id} {view.state}: {view.error}")
     if waited and view.state not in TERMINAL_BUILD_STATES:
@@ -192,7 +196,7 @@ def build_submit(
 ) -> None:
     """Submit a build of MANIFEST; prints its id."""
     parsed = load_manifest(manifest)
-    ctx = _context()
+    ctx = _context(changes=True)
     build_id = submit_build(ctx, parsed, manifest.parent.resolve(), user or getpass.getuser())
     fmt = _fmt(output)
     if not wait:
@@ -233,7 +237,7 @@ def build_show(build_id: int, output: OutputOpt = None) -> None:
         return
     console.print(steps_table(view))
     if view.published:
-        console.print(f"published: {view.published}")
+        console.print(f"published: {view.published}", markup=False)
     if view.error:
         console.print(f"error: {view.error}")
     for step in view.steps:
@@ -271,7 +275,7 @@ def build_logs(
 @build_app.command("cancel")
 def build_cancel(build_id: int, output: OutputOpt = None) -> None:
     """Cancel a running build: queued steps are dropped, running builders are stopped."""
-    view = control.cancel_build(_context(), build_id)
+    view = control.cancel_build(_context(changes=True), build_id)
     _finish(view, _fmt(output), waited=False)
     if _fmt(output) == OutputFormat.TEXT:
         console.print(f"build {build_id} cancelled")
@@ -285,7 +289,7 @@ def build_retry(
     output: OutputOpt = None,
 ) -> None:
     """Run a failed or cancelled build's failed and cancelled steps again."""
-    ctx = _context()
+    ctx = _context(changes=True)
     control.retry_build(ctx, build_id)
     fmt = _fmt(output)
     if wait:
@@ -315,7 +319,7 @@ def repo_sources(
             }
         )
     else:
-        console.print(source.line(), soft_wrap=True)
+        console.print(source.line(), soft_wrap=True, markup=False)
 
 
 def run() -> None:

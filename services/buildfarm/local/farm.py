@@ -76,6 +76,11 @@ def _check_tools(settings: Settings) -> None:
         )
 
 
+def forget_runtime(settings: Settings) -> None:
+    """Drop the farm file of a stopped farm so the next start is configured afresh."""
+    _farm_file(settings).unlink(missing_ok=True)
+
+
 def start(settings: Settings, nodes: int = 2, prepare: Any = None) -> FarmStatus:
     """Start every process of the local farm (idempotent: a running farm is left as it is)."""
     if nodes < 1:
@@ -89,7 +94,14 @@ def start(settings: Settings, nodes: int = 2, prepare: Any = None) -> FarmStatus
     sup = Supervisor(state)
     for name in sup.names():  # leftovers of a farm that died half-way
         sup.stop(name)
-    farm: dict[str, Any] = {"runner": settings.runner, "nodes": node_names(nodes)}
+    farm: dict[str, Any] = {
+        "runner": settings.runner,
+        "nodes": node_names(nodes),
+        "lease_seconds": settings.lease_seconds,
+        "heartbeat_seconds": settings.heartbeat_seconds,
+        "reaper_seconds": settings.reaper_seconds,
+        "redispatch_seconds": settings.redispatch_seconds,
+    }
 
     if settings.redis_url:
         farm["redis_url"] = settings.redis_url
@@ -236,12 +248,23 @@ def processes_alive(settings: Settings) -> bool:
     return bool(names) and all(sup.pid(n) is not None for n in names)
 
 
+def core_alive(settings: Settings) -> bool:
+    """The processes without which nothing moves (nodes may come and go): pid files only."""
+    sup = Supervisor(settings.state_dir)
+    core = [n for n in sup.names() if not n.startswith("node")]
+    return bool(core) and all(sup.pid(n) is not None for n in core)
+
+
+def was_started(settings: Settings) -> bool:
+    return _farm_file(settings).is_file()
+
+
 def status(settings: Settings) -> FarmStatus:
     sup = Supervisor(settings.state_dir)
     farm = read_farm_file(settings)
     processes = {name: sup.pid(name) is not None for name in sup.names()}
     result = FarmStatus(
-        running=bool(processes) and all(processes.values()),
+        running=core_alive(settings),
         state_dir=str(settings.state_dir),
         redis_url=farm.get("redis_url"),
         repo_url=settings.repo_url if farm.get("repo_port") else None,

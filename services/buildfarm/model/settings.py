@@ -1,8 +1,9 @@
 """One settings object for every process of a farm: CLI, workers, scheduler, repository server.
 
-Values come from, in order of precedence: keyword arguments, ``BUILDFARM_*`` environment
-variables, then ``<state dir>/farm.json`` (written by ``buildfarm start`` with what it actually
-started: the private Redis's URL, the repository server's port).  Anything not set falls back
+Values come from, in order of precedence: keyword arguments, ``<state dir>/farm.json``
+(written by ``buildfarm start`` with what it actually started: the private Redis's URL, the
+repository server's port, the runner), then ``BUILDFARM_*`` environment variables, which
+configure the next start.  Anything not set falls back
 to the documented default.  A bad value stops the process at start with one clear line.
 """
 
@@ -95,7 +96,9 @@ class Settings(BaseSettings):
         state_dir = Path(
             os.environ.get("BUILDFARM_STATE_DIR") or init_settings().get("state_dir") or default_state_dir()
         )
-        return init_settings, env_settings, _FarmFileSource(settings_cls, Path(state_dir) / FARM_FILE)
+        # The farm file records what `buildfarm start` actually started (ports, runner): while it
+        # exists it wins over the environment, which only configures the next start.
+        return init_settings, _FarmFileSource(settings_cls, Path(state_dir) / FARM_FILE), env_settings
 
     @property
     def effective_database_url(self) -> str:

@@ -1,0 +1,216 @@
+"""The local farm for real: private redis-server, Celery worker nodes, the scheduler, the
+repository server, the CLI as a user runs it, and apt-get as the client.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aptclient import AptClient
+from debpkgs import make_package, write_manifest
+from helpers import wait_until
+
+BUILDFARM = [sys.executable, "-m", "buildfarm_cli"]
+FAST_LEASES = {
+    "BUILDFARM_LEASE_SECONDS": "4",
+    "BUILDFARM_HEARTBEAT_SECONDS": "1",
+    "BUILDFARM_REAPER_SECONDS": "1",
+    "BUILDFARM_REDISPATCH_SECONDS": "5",
+}
+
+
+class Farm:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDFARM_")}
+        self.env |= {"BUILDFARM_STATE_DIR": str(state_dir), "BUILDFARM_REPO_PORT": "0", **FAST_LEASES}
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [*BUILDFARM, *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"buildfarm {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.cli("--output", "json", *args).stdout)
+
+    def node_pid(self, node: str) -> int:
+        return int((self.state_dir / "run" / f"{node}.pid").read_text())
+
+
+def _start(tmp: Path) -> Farm:
+    farm = Farm(tmp / "state")
+    farm.cli("start", "--runner", "host", "--nodes", "2", timeout=120)
+    return farm
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    started = _start(tmp_path_factory.mktemp("farm"))
+    yield started
+    started.cli("stop", check=False)
+
+
+def _ts(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value)
+
+
+def test_status_shows_nodes_and_queues(farm: Farm) -> None:
+    status = farm.json("status")
+    assert status["running"] is True
+    assert {n for n, info in status["nodes"].items() if info["online"]} == {"node1", "node2", "scheduler"}
+    assert set(status["queues"]) == {"builds", "control", "node.node1", "node.node2"}
+
+
+def test_build_across_two_nodes_publish_and_apt(farm: Farm, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_package(src, "par-a", build="sleep 3")
+    make_package(src, "par-b", build="sleep 3")
+    make_package(src, "par-c", build_depends=("par-a", "par-b"))
+    manifest = write_manifest(src, ["par-a", "par-b", "par-c"], project="demo", branch="r/stx.9.0")
+    view = farm.json("build", "submit", str(manifest), "--wait", "--timeout", "120")
+    assert view["state"] == "succeeded", view
+    steps = {s["name"]: s for s in view["steps"]}
+    assert {steps["par-a"]["node"], steps["par-b"]["node"]} == {"node1", "node2"}
+    # the independent steps ran at the same time, on both nodes
+    assert _ts(steps["par-a"]["started_at"]) < _ts(steps["par-b"]["finished_at"])
+    assert _ts(steps["par-b"]["started_at"]) < _ts(steps["par-a"]["finished_at"])
+    assert _ts(steps["par-c"]["started_at"]) >= max(_ts(steps[n]["finished_at"]) for n in ("par-a", "par-b"))
+
+    line = farm.cli("repo", "sources", "demo", "r/stx.9.0").stdout.strip()
+    assert line.startswith("deb [trusted=yes] http://127.0.0.1:") and line.endswith("/latest ./")
+    assert "r_2fstx.9.0" in line
+    apt = AptClient(tmp_path / "apt", line)
+    apt.update()
+    for name, step in steps.items():
+        deb = next(o for o in step["outputs"] if o["filename"].endswith(".deb"))
+        downloaded = apt.download(name)
+        stored = farm.state_dir / "artifacts" / "objects" / "sha256" / deb["sha256"][:2] / deb["sha256"]
+        assert downloaded.read_bytes() == stored.read_bytes()
+
+    again = farm.json("build", "submit", str(manifest), "--wait", "--timeout", "60")
+    assert again["state"] == "succeeded"
+    assert {s["state"] for s in again["steps"]} == {"reused"}
+
+
+def test_cli_reads_and_errors(farm: Farm, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_package(src, "loggy", build="echo hello-from-the-build")
+    manifest = write_manifest(src, ["loggy"], project="cli")
+    build_id = farm.json("build", "submit", str(manifest))["id"]
+    wait_until(lambda: farm.json("build", "show", str(build_id))["state"] == "succeeded", 60, "build")
+    logs = farm.cli("build", "logs", str(build_id), "loggy").stdout
+    assert "hello-from-the-build" in logs and "succeeded" in logs
+    listed = farm.json("build", "list", "--project", "cli")
+    assert [b["id"] for b in listed] == [build_id]
+    text = farm.cli("build", "show", str(build_id)).stdout
+    assert "loggy" in text and "succeeded" in text
+
+    bad = src / "bad.yaml"
+    bad.write_text("project: cli\nbranch: main\nkind: nightly\npackages: [{path: ../../etc}]\n")
+    cases = [
+        (["build", "submit", str(bad)], "packages[0].path: path '../../etc' escapes the manifest's tree", 1),
+        (["build", "show", "9999"], "build 9999 does not exist", 1),
+        (["build", "logs", str(build_id), "nope"], "has no step 'nope' (steps: loggy)", 1),
+        (
+            ["build", "retry", str(build_id)],
+            "is succeeded; only failed or cancelled builds can be retried",
+            1,
+        ),
+        (["build", "cancel", str(build_id)], "only a running build can be cancelled", 1),
+        (["repo", "sources", "cli", "other"], "no successful build", 1),
+        (["repo", "sources", "cli", "../x"], "invalid branch name", 1),
+    ]
+    for args, message, code in cases:
+        result = farm.cli(*args, check=False)
+        assert result.returncode == code, (args, result.stdout, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+
+
+def test_follow_logs_while_running(farm: Farm, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_package(src, "ticker", build="for i in 1 2 3 4; do echo tick-$$i; sleep 0.5; done")
+    manifest = write_manifest(src, ["ticker"], project="follow")
+    build_id = farm.json("build", "submit", str(manifest))["id"]
+    followed = farm.cli("build", "logs", str(build_id), "ticker", "--follow", "--timeout", "60").stdout
+    assert [f"tick-{i}" in followed for i in range(1, 5)] == [True] * 4
+    assert "succeeded" in followed.splitlines()[-1]
+
+
+def test_failed_build_keeps_latest_and_retry(farm: Farm, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_package(src, "flaky")
+    manifest = write_manifest(src, ["flaky"], project="atomic")
+    first = farm.json("build", "submit", str(manifest), "--wait", "--timeout", "60")
+    line = farm.cli("repo", "sources", "atomic", "main").stdout.strip()
+    apt = AptClient(tmp_path / "apt", line)
+    apt.update()
+    before = apt.download("flaky").read_bytes()
+
+    flag = tmp_path / "allow"
+    make_package(src, "flaky", version="2.0", build=f"test -e {flag} || {{ echo not yet; exit 1; }}")
+    failed = farm.cli(
+        "--output", "json", "build", "submit", str(manifest), "--wait", "--timeout", "60", check=False
+    )
+    assert failed.returncode == 1
+    view = json.loads(failed.stdout)
+    assert view["state"] == "failed"
+    apt.update()
+    assert apt.download("flaky").read_bytes() == before  # latest still serves build 1
+    assert first["id"] != view["id"]
+
+    flag.touch()
+    farm.cli("build", "retry", str(view["id"]), "--wait", "--timeout", "60")
+    apt.update()
+    assert apt.download("flaky").read_bytes() != before  # now 2.0
+
+
+def test_killed_node_build_completes_on_the_other(tmp_path: Path) -> None:
+    farm = _start(tmp_path)
+    try:
+        src = tmp_path / "src"
+        make_package(src, "victim", build="sleep 6")
+        manifest = write_manifest(src, ["victim"], project="kill")
+        build_id = farm.json("build", "submit", str(manifest))["id"]
+
+        def running_node() -> str | None:
+            step = farm.json("build", "show", str(build_id))["steps"][0]
+            return step["node"] if step["state"] == "running" else None
+
+        wait_until(lambda: running_node() is not None, 30, "victim to start")
+        node = running_node()
+        assert node is not None
+        os.killpg(farm.node_pid(node), signal.SIGKILL)  # the whole node: worker and its builder
+        deadline = time.monotonic() + 90
+        view = farm.json("build", "show", str(build_id))
+        while view["state"] not in ("succeeded", "failed") and time.monotonic() < deadline:
+            time.sleep(0.5)
+            view = farm.json("build", "show", str(build_id))
+        assert view["state"] == "succeeded", view
+        step = view["steps"][0]
+        survivor = ({"node1", "node2"} - {node}).pop()
+        assert (step["node"], step["attempt"]) == (survivor, 2)
+        assert sorted(o["filename"].split("_")[0] for o in step["outputs"]) == ["victim", "victim"]
+        packages = (farm.state_dir / "repos" / "kill" / "main" / "latest" / "Packages").read_text()
+        assert packages.count("Package: victim\n") == 1
+        status = farm.json("status")
+        assert status["nodes"][node]["online"] is False and status["nodes"][survivor]["online"] is True
+    finally:
+        farm.cli("stop", check=False)
