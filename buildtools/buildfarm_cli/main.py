@@ -173,6 +173,7 @@ def _finish(view: control.BuildView, fmt: OutputFormat, waited: bool) -> None:
     if fmt == OutputFormat.JSON:
         emit_json(view)
     elif waited:
+        console.print()
         if view.published:
             console.print(f"published: {view.published}", markup=False)
         if view.error:
@@ -320,6 +321,27 @@ def repo_sources(
         )
     else:
         console.print(source.line(), soft_wrap=True, markup=False)
+
+
+@repo_app.command("verify")
+def repo_verify(
+    project: str,
+    branch: str,
+    build: Annotated[int | None, typer.Option(help="a specific build instead of latest")] = None,
+    output: OutputOpt = None,
+) -> None:
+    """apt-get update and download every package of latest (or one build); compare with what was built."""
+    from buildfarm.local.aptverify import verify
+
+    results = verify(_context(), project, branch, build)
+    if _fmt(output) == OutputFormat.JSON:
+        emit_json(results)
+    else:
+        for item in results:
+            mark = "[green]identical[/]" if item.identical else "[red]DIFFERS[/]"
+            console.print(f"  apt-get download {item.package}: {item.filename} {mark}")
+    if not all(item.identical for item in results):
+        raise typer.Exit(1)
 
 
 def run() -> None:

@@ -22,9 +22,9 @@ import buildfarm
 from buildfarm.backends.aptrepo import LocalAptRepository
 from buildfarm.backends.base import BuildRef, PackageFile, PackageRepository
 from buildfarm.backends.httpserve import make_server
+from buildfarm.local.aptclient import AptClient, AptError
 from buildfarm.model.errors import NotFoundError, PermanentError
 
-from aptclient import AptClient, AptError
 from helpers import wait_until
 
 pytestmark = pytest.mark.integration

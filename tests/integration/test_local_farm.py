@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from aptclient import AptClient
+from buildfarm.local.aptclient import AptClient
+
 from debpkgs import make_package, write_manifest
 from helpers import wait_until
 

@@ -1,6 +1,6 @@
 """The real apt, pointed at one repository with a private configuration: the judge of what we publish.
 
-Tests prove a published repository works by doing what users do: ``apt-get update`` and
+`buildfarm repo verify` and the tests prove a published repository works by doing what users do: ``apt-get update`` and
 ``apt-get download``.  The machine's own apt setup must neither leak in (its sources, proxies,
 hooks, compressed-index settings) nor be touched, so every directory apt reads or writes lives
 under ``workdir``.  ``APT_CONFIG`` points at our own apt.conf, which apt reads before anything

@@ -1,0 +1,75 @@
+"""Prove a published repository with the real apt: update, download, compare with the store.
+
+``buildfarm repo verify`` (and ``make demo``) use this to show that what the farm published is
+what apt gets, byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from buildfarm.engine.advance import producing_step_id
+from buildfarm.engine.context import FarmContext
+from buildfarm.engine.submit import moves_latest
+from buildfarm.local.aptclient import AptClient, AptError
+from buildfarm.model.errors import NotFoundError, PermanentError
+from buildfarm.state.models import Build, BuildState, StepOutput
+
+
+@dataclass
+class VerifiedPackage:
+    package: str
+    filename: str
+    sha256: str
+    identical: bool
+
+
+def _published_build(ctx: FarmContext, project: str, branch: str, build_id: int | None) -> Build:
+    with ctx.db.session() as session:
+        query = select(Build).where(
+            Build.project == project, Build.branch == branch, Build.state == BuildState.SUCCEEDED
+        )
+        if build_id is not None:
+            query = query.where(Build.id == build_id)
+        candidates = [
+            b
+            for b in session.scalars(query.order_by(Build.id.desc()))
+            if build_id is not None or moves_latest(b.kind)
+        ]
+        if not candidates:
+            raise NotFoundError(
+                f"no successful build of {project}/{branch}"
+                + (f" with id {build_id}" if build_id is not None else "")
+            )
+        build = candidates[0]
+        _ = build.steps  # load while the session is open
+        return build
+
+
+def verify(ctx: FarmContext, project: str, branch: str, build_id: int | None = None) -> list[VerifiedPackage]:
+    """apt-get update + download every .deb of the build behind ``latest`` (or ``build_id``)."""
+    build = _published_build(ctx, project, branch, build_id)
+    source = ctx.repo.sources(project, branch, build_id)
+    with ctx.db.session() as session:
+        producers = [producing_step_id(s) for s in build.steps]
+        outputs = session.scalars(select(StepOutput).where(StepOutput.step_id.in_(producers))).all()
+    debs = sorted((o.filename, o.sha256) for o in outputs if o.filename.endswith(".deb"))
+    results = []
+    with tempfile.TemporaryDirectory(prefix="buildfarm-apt-") as workdir:
+        apt = AptClient(Path(workdir), source.line())
+        try:
+            apt.update()
+            for filename, sha256 in debs:
+                package = filename.split("_", 1)[0]
+                downloaded = apt.download(package)
+                digest = hashlib.sha256(downloaded.read_bytes()).hexdigest()
+                results.append(VerifiedPackage(package, downloaded.name, sha256, digest == sha256))
+        except AptError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise PermanentError(f"apt could not use {source.line()}: {first}") from exc
+    return results
