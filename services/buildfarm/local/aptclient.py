@@ -1,11 +1,12 @@
 """The real apt, pointed at one repository with a private configuration: the judge of what we publish.
 
-`buildfarm repo verify` and the tests prove a published repository works by doing what users do: ``apt-get update`` and
-``apt-get download``.  The machine's own apt setup must neither leak in (its sources, proxies,
-hooks, compressed-index settings) nor be touched, so every directory apt reads or writes lives
-under ``workdir``.  ``APT_CONFIG`` points at our own apt.conf, which apt reads before anything
-else; there ``Dir::Etc::Parts`` and ``Dir::Etc::Main`` are moved away from /etc/apt (``-o`` on the
-command line would come too late: apt.conf.d is read before options are parsed).
+``buildfarm repo verify`` and the tests prove a published repository works by doing what users
+do: ``apt-get update`` and ``apt-get download``. The machine's own apt setup must neither leak
+in (its sources, proxies, hooks, compressed-index settings) nor be touched, so every directory
+apt reads or writes lives under ``workdir``. ``APT_CONFIG`` points at our own apt.conf, which
+apt reads before anything else; there ``Dir::Etc::Parts`` and ``Dir::Etc::Main`` are moved away
+from /etc/apt (``-o`` on the command line would come too late: apt.conf.d is read before options
+are parsed).
 """
 
 from __future__ import annotations
