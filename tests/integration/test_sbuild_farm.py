@@ -1,0 +1,82 @@
+"""Clean builds for real: sbuild in unshare mode on the cached base tarball, through the farm.
+
+greet-cli compiles and links against libgreet, whose -dev package sbuild installs with apt from
+the build's own staging repository served by the farm; greet-docs runs greet-cli during its
+build. Without the farm's repository the same dependency is unmet and the build fails.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_local_farm import Farm
+
+from buildfarm.model.settings import load_settings
+from buildfarm.runners.sbuild import ensure_base_tarball
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+pytestmark = pytest.mark.sbuild
+
+
+@pytest.fixture(scope="module")
+def sbuild_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    settings = load_settings(state_dir=tmp_path_factory.mktemp("unused"))
+    ensure_base_tarball(settings.effective_base_tarball, settings.distribution, settings.mirror)
+    farm = Farm(tmp_path_factory.mktemp("sbuild-farm") / "state")
+    farm.cli("start", "--runner", "sbuild", "--nodes", "2", timeout=300)
+    yield farm
+    farm.cli("stop", check=False)
+
+
+def _copy_examples(root: Path, names: list[str], branch: str) -> Path:
+    for name in names:
+        shutil.copytree(EXAMPLES / name, root / name)
+    manifest = root / "buildfarm.yaml"
+    packages = "".join(f"  - path: {n}\n" for n in names)
+    manifest.write_text(f"project: sb\nbranch: {branch}\nkind: nightly\npackages:\n{packages}")
+    return manifest
+
+
+def test_tool_links_against_library_from_the_farms_repository(sbuild_farm: Farm, tmp_path: Path) -> None:
+    manifest = _copy_examples(tmp_path, ["libgreet", "greet-cli", "greet-docs"], "main")
+    view = sbuild_farm.json("build", "submit", str(manifest), "--wait", "--timeout", "600")
+    assert view["state"] == "succeeded", view
+    steps = {s["name"]: s for s in view["steps"]}
+    cli_log = Path(steps["greet-cli"]["log"]).read_text()
+    assert "/sb/main/staging/" in cli_log  # the extra repository sbuild was given
+    assert "libgreet-dev" in cli_log
+    deb = next(
+        o
+        for o in steps["greet-cli"]["outputs"]
+        if o["filename"].startswith("greet-cli_") and o["filename"].endswith(".deb")
+    )
+    stored = sbuild_farm.state_dir / "artifacts" / "objects" / "sha256" / deb["sha256"][:2] / deb["sha256"]
+    depends = subprocess.run(
+        ["dpkg-deb", "-f", str(stored), "Depends"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "libgreet1" in depends  # dpkg-shlibdeps saw the library it linked against
+    docs_log = Path(steps["greet-docs"]["log"]).read_text()
+    assert "greet-cli" in docs_log
+    verified = sbuild_farm.json("repo", "verify", "sb", "main")
+    assert {v["package"] for v in verified} >= {"libgreet1", "libgreet-dev", "greet-cli", "greet-docs"}
+    assert all(v["identical"] for v in verified)
+
+
+def test_missing_in_build_dependency_fails(sbuild_farm: Farm, tmp_path: Path) -> None:
+    manifest = _copy_examples(tmp_path, ["greet-docs"], "lonely")
+    result = sbuild_farm.cli(
+        "--output", "json", "build", "submit", str(manifest), "--wait", "--timeout", "300", check=False
+    )
+    assert result.returncode == 1
+    import json
+
+    view = json.loads(result.stdout)
+    assert view["state"] == "failed"
+    step = view["steps"][0]
+    assert "sbuild exited with status" in step["error"]
+    log = Path(step["log"]).read_text()
+    assert "greet-cli" in log and ("unmet" in log.lower() or "not installable" in log.lower())
