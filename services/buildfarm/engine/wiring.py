@@ -27,4 +27,5 @@ def make_runner(settings: Settings) -> Runner:
     return SbuildRunner(
         base_tarball=settings.effective_base_tarball,
         distribution=settings.distribution,
+        tmpdir=settings.sbuild_tmpdir,
     )

@@ -96,12 +96,36 @@ def ensure_base_tarball(
     return path
 
 
+class _LogWatch:
+    """Passes log lines on, remembering what explains a failure: sbuild's ``E:`` line and
+    whether one of the farm's own repositories could not be fetched (apt only warns about that)."""
+
+    def __init__(self, sink: Callable[[str], None], farm_urls: list[str]) -> None:
+        self.sink = sink
+        self.farm_urls = [u.rstrip("/") for u in farm_urls]
+        self.last_error: str | None = None
+        self.unreachable: str | None = None
+
+    def __call__(self, line: str) -> None:
+        self.sink(line)
+        if line.startswith("E: "):
+            self.last_error = line[3:].strip()
+        elif line.startswith("W: Failed to fetch") and any(u in line for u in self.farm_urls):
+            self.unreachable = next(u for u in self.farm_urls if u in line)
+
+    def explain(self, base: str) -> str:
+        if self.unreachable:
+            return f"{base}: the farm's repository {self.unreachable} was unreachable from the build"
+        return f"{base}: {self.last_error}" if self.last_error else base
+
+
 class SbuildRunner:
     name = "sbuild"
 
-    def __init__(self, base_tarball: Path, distribution: str) -> None:
+    def __init__(self, base_tarball: Path, distribution: str, tmpdir: Path | None = None) -> None:
         self.base_tarball = base_tarball
         self.distribution = distribution
+        self.tmpdir = tmpdir
 
     def environment_id(self) -> str:
         if not self.base_tarball.is_file():
@@ -147,18 +171,24 @@ class SbuildRunner:
             *(f"--extra-repository={s.line()}" for s in job.extra_sources),
             str(dscs[0]),
         ]
+        home = job.workdir / "home"  # sbuild reads $HOME/.sbuildrc before SBUILD_CONFIG: keep it empty
+        home.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DEB_", "DPKG_"))}
-        env |= {"SBUILD_CONFIG": str(SBUILD_CONFIG), "LC_ALL": "C.UTF-8"}
+        env |= {"SBUILD_CONFIG": str(SBUILD_CONFIG), "LC_ALL": "C.UTF-8", "HOME": str(home)}
+        if self.tmpdir is not None:
+            env["BUILDFARM_SBUILD_TMPDIR"] = str(self.tmpdir)
+        watch = _LogWatch(job.log, [s.url for s in job.extra_sources])
         outcome = run_streaming(
             command,
             cwd=job.workdir,
-            log=job.log,
+            log=watch,
             cancel=job.cancel,
             timeout_seconds=job.timeout_seconds,
             env=env,
         )
         if outcome.returncode != 0 or outcome.cancelled or outcome.timed_out:
-            return StepResult(False, [], describe_failure("sbuild", outcome, job.timeout_seconds))
+            failure = describe_failure("sbuild", outcome, job.timeout_seconds)
+            return StepResult(False, [], watch.explain(failure))
         outputs = sorted(p for p in out.iterdir() if p.name.endswith(OUTPUT_SUFFIXES))
         if not any(p.name.endswith((".deb", ".udeb")) for p in outputs):
             return StepResult(False, [], "sbuild succeeded but produced no .deb")
