@@ -57,15 +57,20 @@ test: deps venv lint pytest
 demo: deps venv
 	$(BF) start --nodes 2
 	$(BF) build submit examples/buildfarm.yaml --wait
-	$(BF) repo sources examples main
 	@echo
-	@echo "The farm keeps running (state in $(BUILDFARM_STATE_DIR)). Stop it with:"
-	@echo "  make farm-stop        (or: BUILDFARM_STATE_DIR=$(BUILDFARM_STATE_DIR) $(BF) stop)"
+	@echo "apt-get update + apt-get download of every package, with a private apt configuration:"
+	$(BF) repo verify examples main
 	@echo
-	@echo "Use the repository with apt, e.g.:"
+	@echo "The APT sources line of examples/main (latest):"
+	@$(BF) repo sources examples main
+	@echo
+	@echo "The farm keeps running (state in $(BUILDFARM_STATE_DIR)); 'make demo' again rebuilds nothing."
+	@echo "Stop it with:  make farm-stop   (or: BUILDFARM_STATE_DIR=$(BUILDFARM_STATE_DIR) $(BF) stop)"
+	@echo
+	@echo "Use the repository with apt on this machine, e.g.:"
 	@echo "  BUILDFARM_STATE_DIR=$(BUILDFARM_STATE_DIR) $(BF) repo sources examples main \\"
 	@echo "    | sudo tee /etc/apt/sources.list.d/buildfarm-examples.list"
-	@echo "  sudo apt-get update && sudo apt-get install greet-cli"
+	@echo "  sudo apt-get update && sudo apt-get install greet-cli && greet-cli world"
 
 bench: venv
 	$(VENV)/bin/python ops/bench/run.py

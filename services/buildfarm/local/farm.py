@@ -94,6 +94,17 @@ def start(settings: Settings, nodes: int = 2, prepare: Any = None) -> FarmStatus
     sup = Supervisor(state)
     for name in sup.names():  # leftovers of a farm that died half-way
         sup.stop(name)
+    try:
+        return _start(settings, sup, nodes, prepare)
+    except BaseException:
+        for name in sup.names():  # never leave half a farm running
+            sup.stop(name)
+        forget_runtime(settings)
+        raise
+
+
+def _start(settings: Settings, sup: Supervisor, nodes: int, prepare: Any) -> FarmStatus:
+    state = settings.state_dir
     farm: dict[str, Any] = {
         "runner": settings.runner,
         "nodes": node_names(nodes),
@@ -252,7 +263,11 @@ def core_alive(settings: Settings) -> bool:
     """The processes without which nothing moves (nodes may come and go): pid files only."""
     sup = Supervisor(settings.state_dir)
     core = [n for n in sup.names() if not n.startswith("node")]
-    return bool(core) and all(sup.pid(n) is not None for n in core)
+    return (
+        was_started(settings)
+        and {"repo-server", SCHEDULER} <= set(core)
+        and all(sup.pid(n) is not None for n in core)
+    )
 
 
 def was_started(settings: Settings) -> bool:
