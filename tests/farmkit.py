@@ -31,6 +31,9 @@ class RecordingDispatcher:
     def run_step(self, step_id: int, attempt: int) -> None:
         self.runs.append((step_id, attempt))
 
+    def check(self) -> None:
+        return None
+
 
 def make_test_context(tmp_path: Path, database_url: str, **settings: object) -> FarmContext:
     upgrade(database_url)

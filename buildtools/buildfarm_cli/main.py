@@ -349,8 +349,13 @@ def run() -> None:
     try:
         app(standalone_mode=True)
     except TemporaryError as exc:
-        err_console.print(f"error: {exc} (try again later)")
+        _error(f"{exc} (try again later)")
         raise SystemExit(3) from None
     except BuildfarmError as exc:
-        err_console.print(f"error: {exc}")
+        _error(str(exc))
         raise SystemExit(1) from None
+
+
+def _error(message: str) -> None:
+    """One line, whatever the message (a driver's error may span several), never wrapped."""
+    err_console.print("error: " + " ".join(message.split()), soft_wrap=True, markup=False, highlight=False)

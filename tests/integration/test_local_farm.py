@@ -20,7 +20,7 @@ import pytest
 from buildfarm.local.aptclient import AptClient
 
 from debpkgs import make_package, write_manifest
-from helpers import wait_until
+from helpers import free_port, wait_until
 
 BUILDFARM = [sys.executable, "-m", "buildfarm_cli"]
 FAST_LEASES = {
@@ -122,10 +122,23 @@ def test_cli_reads_and_errors(farm: Farm, tmp_path: Path) -> None:
     text = farm.cli("build", "show", str(build_id)).stdout
     assert "loggy" in text and "succeeded" in text
 
+    cyclic = tmp_path / "cyclic"
+    make_package(cyclic, "egg", build_depends=("hen",))
+    make_package(cyclic, "hen", build_depends=("egg",))
+    cycle_manifest = write_manifest(cyclic, ["egg", "hen"], project="cli")
+    broken = tmp_path / "broken"
+    make_package(broken, "mangled")
+    (broken / "mangled" / "debian" / "control").write_text(
+        "Source: mangled\nBuild-Depends: a (>>\n\nPackage: x\n"
+    )
+    broken_manifest = write_manifest(broken, ["mangled"], project="cli")
+    builds_before = len(farm.json("build", "list"))
     bad = src / "bad.yaml"
     bad.write_text("project: cli\nbranch: main\nkind: nightly\npackages: [{path: ../../etc}]\n")
     cases = [
         (["build", "submit", str(bad)], "packages[0].path: path '../../etc' escapes the manifest's tree", 1),
+        (["build", "submit", str(cycle_manifest)], "Build-Depends form a cycle: ", 1),
+        (["build", "submit", str(broken_manifest)], "mangled: debian/control: cannot parse Build-Depends", 1),
         (["build", "show", "9999"], "build 9999 does not exist", 1),
         (["build", "logs", str(build_id), "nope"], "has no step 'nope' (steps: loggy)", 1),
         (
@@ -143,6 +156,7 @@ def test_cli_reads_and_errors(farm: Farm, tmp_path: Path) -> None:
         assert message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+    assert len(farm.json("build", "list")) == builds_before  # no half-recorded build
 
 
 def test_follow_logs_while_running(farm: Farm, tmp_path: Path) -> None:
@@ -215,3 +229,43 @@ def test_killed_node_build_completes_on_the_other(tmp_path: Path) -> None:
         assert status["nodes"][node]["online"] is False and status["nodes"][survivor]["online"] is True
     finally:
         farm.cli("stop", check=False)
+
+
+def test_broker_down_is_temporary_and_records_nothing(tmp_path: Path) -> None:
+    port = free_port()
+    redis_cmd = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp_path),
+    ]
+    broker = subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)
+    farm = Farm(tmp_path / "state")
+    farm.env["BUILDFARM_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    try:
+        wait_until(lambda: farm.cli("status", check=False).returncode in (0, 1), 10, "cli")
+        farm.cli("start", "--runner", "host", "--nodes", "1", timeout=120)
+        src = tmp_path / "src"
+        make_package(src, "patient")
+        manifest = write_manifest(src, ["patient"], project="broker")
+        broker.terminate()
+        broker.wait()
+        result = farm.cli("build", "submit", str(manifest), check=False)
+        assert result.returncode == 3, (result.stdout, result.stderr)
+        assert "cannot reach the broker redis://127.0.0.1:" in result.stderr
+        assert "try again later" in result.stderr and "Traceback" not in result.stderr
+        assert farm.json("build", "list") == []  # nothing half-recorded
+        broker = subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)  # the broker comes back
+        view = farm.json("build", "submit", str(manifest), "--wait", "--timeout", "90")
+        assert view["state"] == "succeeded", view
+    finally:
+        farm.cli("stop", check=False)
+        broker.terminate()
+        broker.wait()

@@ -17,6 +17,7 @@ running build; a node that dies is detected by its lease expiring (``lease_secon
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu.exceptions import OperationalError
@@ -85,6 +86,13 @@ class CeleryDispatcher:
     def run_step(self, step_id: int, attempt: int) -> None:
         self._send("buildfarm.run_step", [step_id], BUILD_QUEUE, f"step-{step_id}-attempt-{attempt}")
 
+    def check(self) -> None:
+        try:
+            with self.app.connection_for_write() as connection:
+                connection.ensure_connection(max_retries=1, timeout=3)
+        except (OperationalError, OSError) as exc:
+            raise ServiceUnavailableError(f"cannot reach the broker {_redacted(self.app)}: {exc}") from exc
+
     def _send(self, task: str, args: list[int], queue: str, task_id: str | None) -> None:
         try:
             self.app.send_task(
@@ -100,4 +108,9 @@ class CeleryDispatcher:
 
 
 def _redacted(app: Celery) -> str:
-    return str(app.connection_for_write().as_uri(include_password=False))
+    """The broker URL without its password (if it has one)."""
+    parts = urlsplit(str(app.conf.broker_url))
+    if parts.password is None:
+        return parts.geturl()
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()

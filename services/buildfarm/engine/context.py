@@ -24,6 +24,10 @@ class Dispatcher(Protocol):
         """Ask some node to run this ready step (``attempt`` makes the message id unique)."""
         ...
 
+    def check(self) -> None:
+        """Raise ServiceUnavailableError if messages cannot be sent now (checked before recording work)."""
+        ...
+
 
 @dataclass
 class FarmContext:

@@ -23,6 +23,7 @@ def build_options(ctx: FarmContext) -> dict[str, str]:
 def submit_build(ctx: FarmContext, manifest: Manifest, root: Path, user: str) -> int:
     """Record a new build of ``manifest`` (whose paths are relative to ``root``) and release it."""
     names.check_simple_name(user, "user")
+    ctx.dispatcher.check()  # an unreachable broker is found before anything is recorded
     planned = []
     tarballs: dict[str, str] = {}
     with source_directories(manifest, root) as sources:

@@ -80,6 +80,9 @@ class Database:
             try:
                 yield session
                 session.commit()
+            except OperationalError as exc:
+                session.rollback()
+                raise ServiceUnavailableError(f"database {_redact(self.url)}: {exc.orig}") from exc
             except BaseException:
                 session.rollback()
                 raise
