@@ -21,6 +21,8 @@ from typing import Any, NoReturn
 import pytest
 import redis
 
+from buildfarm.local.procs import redis_server_command
+
 from helpers import free_port, tail, wait_until
 
 # Seconds. Both servers are up in well under a second here; the margin is for a loaded CI machine.
@@ -69,21 +71,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log_path = workdir / f"redis-{port}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [
-                    binary,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--daemonize",
-                    "no",
-                    "--dir",
-                    str(workdir),
-                ],
+                redis_server_command(port, workdir, binary),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

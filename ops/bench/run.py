@@ -59,7 +59,7 @@ def by_hand(base: Path, work: Path) -> dict[str, float]:
     infos = [(d.name, read_source_info(d, d.name), d.name) for d in sorted(EXAMPLES.iterdir()) if d.is_dir()]
     plan = make_plan(infos)
     repo = work / "repo"
-    repo.mkdir()
+    repo.mkdir(parents=True)
     (repo / "Packages").write_text("")
     server = subprocess.Popen(
         [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "8799", "--directory", str(repo)],

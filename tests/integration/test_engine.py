@@ -7,6 +7,8 @@ nodes are played exactly.
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ from buildfarm.engine.context import FarmContext
 from buildfarm.engine.reaper import reap
 from buildfarm.engine.steps import claim_step, finish_step, run_step
 from buildfarm.engine.submit import submit_build
-from buildfarm.model.errors import ConflictError, NotFoundError
+from buildfarm.model.errors import ConflictError, ManifestError, NotFoundError
 from buildfarm.model.manifest import load_manifest
 from buildfarm.state.models import Step, StepOutput, StepState
 
@@ -235,3 +237,44 @@ def test_step_state_enum_matches_spec() -> None:
         "cancelled",
         "skipped",
     }
+
+
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@e.invalid", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_git_source_hashes_like_a_local_tree_and_is_reused(ctx: FarmContext, tmp_path: Path) -> None:
+    local = tmp_path / "local"
+    make_package(local, "gitpkg")
+    repo = tmp_path / "upstream"
+    shutil.copytree(local / "gitpkg", repo / "packaging")
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "import")
+    _git(repo, "tag", "v1")
+    manifest = tmp_path / "git.yaml"
+    manifest.write_text(
+        f"project: proj\nbranch: main\nkind: nightly\npackages:\n"
+        f"  - git: file://{repo}\n    ref: v1\n    subdir: packaging\n"
+    )
+    from_git = submit_build(ctx, load_manifest(manifest), tmp_path, "alice")
+    drain(ctx)
+    view = control.show_build(ctx, from_git)
+    assert view.state == "succeeded" and view.steps[0].state == "succeeded"
+    from_path = _submit(ctx, local, ["gitpkg"])  # the same tree, read from a directory
+    drain(ctx)
+    again = control.show_build(ctx, from_path)
+    assert again.steps[0].state == "reused"
+    assert again.steps[0].input_key == view.steps[0].input_key
+
+    bad = tmp_path / "badref.yaml"
+    bad.write_text(
+        f"project: proj\nbranch: main\nkind: nightly\npackages:\n  - git: file://{repo}\n    ref: nope\n"
+    )
+    with pytest.raises(ManifestError, match=r"packages\[0\] \(file://.*@nope\): git fetch failed"):
+        submit_build(ctx, load_manifest(bad), tmp_path, "alice")

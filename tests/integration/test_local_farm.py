@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from buildfarm.local.aptclient import AptClient
+from buildfarm.local.procs import redis_server_command
 
 from debpkgs import make_package, write_manifest
 from helpers import free_port, wait_until
@@ -233,19 +234,7 @@ def test_killed_node_build_completes_on_the_other(tmp_path: Path) -> None:
 
 def test_broker_down_is_temporary_and_records_nothing(tmp_path: Path) -> None:
     port = free_port()
-    redis_cmd = [
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        str(tmp_path),
-    ]
+    redis_cmd = redis_server_command(port, tmp_path)
     broker = subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)
     farm = Farm(tmp_path / "state")
     farm.env["BUILDFARM_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"

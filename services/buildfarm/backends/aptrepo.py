@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from buildfarm.backends.base import AptSource, BuildRef, PackageFile
-from buildfarm.backends.fs import file_sha256
+from buildfarm.backends.fs import file_sha256, fsync_dir
 from buildfarm.model import names
 from buildfarm.model.errors import NotFoundError, PermanentError, ServiceUnavailableError
 
@@ -73,14 +73,6 @@ def _locked(directory: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -185,7 +177,7 @@ def _build_tree(parent: Path, prefix: str, packages: list[PackageFile], label: s
         _place(packages, tmp)
         _write_indexes(tmp, label)
         tmp.chmod(0o755)  # mkdtemp makes it 0700; the HTTP server may run as another user
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -203,7 +195,7 @@ def _switch_symlink(link: Path, target: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(link.parent)
+    fsync_dir(link.parent)
 
 
 class LocalAptRepository:
@@ -276,7 +268,7 @@ class LocalAptRepository:
                     shutil.rmtree(stale, ignore_errors=True)
                 tree = _build_tree(target.parent, f".tmp-{target.name}-", packages, label)
                 os.rename(tree, target)
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
             if move_latest:
                 self._move_latest(lock_dir, build.build_id)
         return self._source(target)

@@ -44,7 +44,7 @@ def _check_sha256(sha256: str) -> str:
     return sha256
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     """Make a rename in ``path`` durable: the new directory entry survives a crash."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -74,7 +74,7 @@ def _atomic_writer(target: Path, tmp_dir: Path, mode: int = 0o644) -> Iterator[B
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def _copy_hashing(source: IO[bytes], dest: IO[bytes]) -> tuple[str, int]:

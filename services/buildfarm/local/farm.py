@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from buildfarm.dispatch.celery_app import BUILD_QUEUE, CONTROL_QUEUE, make_celery, node_queue
-from buildfarm.local.procs import Supervisor, free_port, port_open, wait_until
+from buildfarm.local.procs import Supervisor, free_port, port_open, redis_server_command, wait_until
 from buildfarm.model.errors import PermanentError, ServiceUnavailableError
 from buildfarm.model.settings import FARM_FILE, Settings, load_settings
 from buildfarm.state.db import upgrade
@@ -121,21 +121,7 @@ def _start(settings: Settings, sup: Supervisor, nodes: int, prepare: Any) -> Far
         (state / "redis").mkdir(exist_ok=True)
         sup.start(
             "redis",
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(state / "redis"),
-                "--daemonize",
-                "no",
-            ],
+            redis_server_command(port, state / "redis"),
             env=_child_env(state),
         )
         wait_until(lambda: port_open("127.0.0.1", port), READY_TIMEOUT_SECONDS, "redis-server")

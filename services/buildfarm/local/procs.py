@@ -15,6 +15,25 @@ STOP_GRACE_SECONDS = 15.0
 """How long a process gets after SIGTERM (a worker finishing its Celery bookkeeping) before SIGKILL."""
 
 
+def redis_server_command(port: int, directory: Path, binary: str = "redis-server") -> list[str]:
+    """A private, non-persistent redis-server on localhost, in the foreground."""
+    return [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(directory),
+        "--daemonize",
+        "no",
+    ]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
