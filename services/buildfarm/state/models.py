@@ -152,3 +152,61 @@ class StepOutput(Base):
     size: Mapped[int] = mapped_column(BigInteger)
 
     step: Mapped[Step] = relationship(back_populates="outputs")
+
+
+class Role(StrEnum):
+    """Per-project roles, each including the ones before it."""
+
+    VIEWER = "viewer"  # read builds, logs, apt lines
+    BUILDER = "builder"  # submit builds, cancel and retry their own
+    MAINTAINER = "maintainer"  # cancel or retry any build, submit release builds, see personal builds
+
+
+ROLE_RANK = {Role.VIEWER: 1, Role.BUILDER: 2, Role.MAINTAINER: 3}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    admin: Mapped[bool] = mapped_column(default=False)
+    service: Mapped[bool] = mapped_column(default=False)  # runs schedules; never a person
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Token(Base):
+    """An API token: only its sha256 is kept; the secret is shown once, at creation."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+    user: Mapped[User] = relationship()
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Grant(Base):
+    __tablename__ = "grants"
+    __table_args__ = (UniqueConstraint("user_id", "project_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(20))
+
+    user: Mapped[User] = relationship()
+    project: Mapped[Project] = relationship()
