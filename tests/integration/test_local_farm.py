@@ -36,7 +36,12 @@ class Farm:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDFARM_")}
-        self.env |= {"BUILDFARM_STATE_DIR": str(state_dir), "BUILDFARM_REPO_PORT": "0", **FAST_LEASES}
+        self.env |= {
+            "BUILDFARM_STATE_DIR": str(state_dir),
+            "BUILDFARM_REPO_PORT": "0",
+            "BUILDFARM_API_PORT": "0",
+            **FAST_LEASES,
+        }
 
     def cli(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(

@@ -191,3 +191,8 @@ def project_exists(ctx: FarmContext, name: str) -> bool:
 def principal_for(ctx: FarmContext, user: str) -> Principal:
     with ctx.db.session() as session:
         return _principal(session, _user(session, user))
+
+
+def list_projects(ctx: FarmContext) -> list[str]:
+    with ctx.db.session() as session:
+        return sorted(session.scalars(select(Project.name)))

@@ -9,7 +9,7 @@ import datetime as dt
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, or_, select, update
 
 from buildfarm.backends.base import AptSource
 from buildfarm.engine.context import FarmContext
@@ -124,22 +124,64 @@ def show_build(ctx: FarmContext, build_id: int) -> BuildView:
         return _build_view(ctx, _get_build(session, build_id), with_steps=True)
 
 
+@dataclass
+class BuildPage:
+    items: list[BuildView]
+    total: int
+
+
 def list_builds(
     ctx: FarmContext,
     project: str | None = None,
     branch: str | None = None,
     state: str | None = None,
     limit: int = 50,
+    *,
+    kind: str | None = None,
+    user: str | None = None,
+    offset: int = 0,
+    viewer: tuple[str, list[str]] | None = None,
 ) -> list[BuildView]:
+    return page_builds(
+        ctx, project, branch, state, limit, kind=kind, user=user, offset=offset, viewer=viewer
+    ).items
+
+
+def page_builds(
+    ctx: FarmContext,
+    project: str | None = None,
+    branch: str | None = None,
+    state: str | None = None,
+    limit: int = 50,
+    *,
+    kind: str | None = None,
+    user: str | None = None,
+    offset: int = 0,
+    viewer: tuple[str, list[str]] | None = None,
+    projects: list[str] | None = None,
+) -> BuildPage:
+    """Builds newest first. ``viewer`` = (user, projects they maintain): others' personal builds
+    outside those projects are hidden; ``projects`` limits the listing to those projects."""
+    filters: list[Any] = []
+    for column, value in (
+        (Build.project, project),
+        (Build.branch, branch),
+        (Build.state, state),
+        (Build.kind, kind),
+        (Build.user, user),
+    ):
+        if value:
+            filters.append(column == value)
+    if projects is not None:
+        filters.append(Build.project.in_(projects))
+    if viewer is not None:
+        name, maintained = viewer
+        filters.append(or_(Build.kind != "personal", Build.user == name, Build.project.in_(maintained)))
     with ctx.db.session() as session:
-        query = select(Build).order_by(Build.id.desc()).limit(limit)
-        if project:
-            query = query.where(Build.project == project)
-        if branch:
-            query = query.where(Build.branch == branch)
-        if state:
-            query = query.where(Build.state == state)
-        return [_build_view(ctx, b, with_steps=True) for b in session.scalars(query)]
+        total = session.scalar(select(func.count()).select_from(Build).where(*filters)) or 0
+        query = select(Build).where(*filters).order_by(Build.id.desc()).offset(offset).limit(limit)
+        items = [_build_view(ctx, b, with_steps=True) for b in session.scalars(query)]
+        return BuildPage(items, int(total))
 
 
 def find_step(ctx: FarmContext, build_id: int, step_name: str) -> StepView:

@@ -36,11 +36,20 @@ def _git(args: list[str], cwd: Path, what: str) -> None:
 
 
 @contextmanager
-def source_directories(manifest: Manifest, root: Path) -> Iterator[list[tuple[PackageSource, Path]]]:
-    """Yield (package, directory with debian/) for each package; clones live until the block ends."""
+def source_directories(
+    manifest: Manifest, root: Path, prepared: dict[int, Path] | None = None
+) -> Iterator[list[tuple[PackageSource, Path]]]:
+    """Yield (package, directory with debian/) for each package; clones live until the block ends.
+
+    ``prepared`` maps a package's index to a directory already holding its tree (an uploaded
+    source tarball, unpacked by the API); other ``path`` packages are read below ``root``.
+    """
     with TemporaryDirectory(prefix="buildfarm-src-") as scratch:
         out: list[tuple[PackageSource, Path]] = []
         for index, package in enumerate(manifest.packages):
+            if prepared is not None and index in prepared:
+                out.append((package, prepared[index]))
+                continue
             if package.path is not None:
                 out.append((package, (root / package.path).resolve()))
                 continue

@@ -20,13 +20,16 @@ def build_options(ctx: FarmContext) -> dict[str, str]:
     return {"runner": ctx.runner.name, "distribution": ctx.settings.distribution, "v": BUILD_OPTIONS_VERSION}
 
 
-def submit_build(ctx: FarmContext, manifest: Manifest, root: Path, user: str) -> int:
-    """Record a new build of ``manifest`` (whose paths are relative to ``root``) and release it."""
+def submit_build(
+    ctx: FarmContext, manifest: Manifest, root: Path, user: str, prepared: dict[int, Path] | None = None
+) -> int:
+    """Record a new build of ``manifest`` (whose paths are relative to ``root``, or already
+    unpacked in ``prepared`` by package index) and release it."""
     names.check_simple_name(user, "user")
     ctx.dispatcher.check()  # an unreachable broker is found before anything is recorded
     planned = []
     tarballs: dict[str, str] = {}
-    with source_directories(manifest, root) as sources:
+    with source_directories(manifest, root, prepared) as sources:
         for package, directory in sources:
             info = read_source_info(directory, package.describe())
             digest = tree_hash(directory)

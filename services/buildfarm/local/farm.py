@@ -39,6 +39,7 @@ class FarmStatus:
     redis_url: str | None
     repo_url: str | None
     runner: str | None
+    api_url: str | None = None
     processes: dict[str, bool] = field(default_factory=dict)
     nodes: dict[str, Any] = field(default_factory=dict)
     queues: dict[str, int] = field(default_factory=dict)
@@ -74,6 +75,13 @@ def _check_tools(settings: Settings) -> None:
         raise PermanentError(
             f"missing tools; install the Debian packages: apt-get install {' '.join(missing)}"
         )
+
+
+def _pick_port(host: str, wanted: int, variable: str) -> int:
+    port = wanted or free_port(host)
+    if port_open(host, port):
+        raise PermanentError(f"port {port} on {host} is taken: set {variable} to a free one (or 0)")
+    return port
 
 
 def forget_runtime(settings: Settings) -> None:
@@ -127,12 +135,9 @@ def _start(settings: Settings, sup: Supervisor, nodes: int, prepare: Any) -> Far
         wait_until(lambda: port_open("127.0.0.1", port), READY_TIMEOUT_SECONDS, "redis-server")
         farm["redis_url"] = f"redis://127.0.0.1:{port}/0"
 
-    repo_port = settings.repo_port or free_port(settings.repo_host)
-    if port_open(settings.repo_host, repo_port):
-        raise PermanentError(
-            f"port {repo_port} on {settings.repo_host} is taken: set BUILDFARM_REPO_PORT to a free one (or 0)"
-        )
-    farm["repo_port"] = repo_port
+    repo_port = _pick_port(settings.repo_host, settings.repo_port, "BUILDFARM_REPO_PORT")
+    api_port = _pick_port(settings.api_host, settings.api_port, "BUILDFARM_API_PORT")
+    farm["repo_port"], farm["api_port"] = repo_port, api_port
     _farm_file(settings).write_text(json.dumps(farm, indent=2) + "\n")
     settings = load_settings(state_dir=state)
     upgrade(settings.effective_database_url)
@@ -154,6 +159,11 @@ def _start(settings: Settings, sup: Supervisor, nodes: int, prepare: Any) -> Far
             "--port",
             str(repo_port),
         ],
+        env=env,
+    )
+    sup.start(
+        "api",
+        [sys.executable, "-m", "buildfarm.api", "--host", settings.api_host, "--port", str(api_port)],
         env=env,
     )
     celery = [sys.executable, "-m", "celery", "-A", "buildfarm.dispatch.worker:app"]
@@ -203,6 +213,7 @@ def _start(settings: Settings, sup: Supervisor, nodes: int, prepare: Any) -> Far
         env=env,
     )
     wait_until(lambda: port_open(settings.repo_host, repo_port), READY_TIMEOUT_SECONDS, "repository server")
+    wait_until(lambda: port_open(settings.api_host, api_port), READY_TIMEOUT_SECONDS, "REST API")
     expected = {*node_names(nodes), SCHEDULER}
     wait_until(lambda: expected <= set(_ping(settings)), READY_TIMEOUT_SECONDS, "celery nodes")
     return status(settings)
@@ -251,7 +262,7 @@ def core_alive(settings: Settings) -> bool:
     core = [n for n in sup.names() if not n.startswith("node")]
     return (
         was_started(settings)
-        and {"repo-server", SCHEDULER} <= set(core)
+        and {"repo-server", "api", SCHEDULER} <= set(core)
         and all(sup.pid(n) is not None for n in core)
     )
 
@@ -269,6 +280,7 @@ def status(settings: Settings) -> FarmStatus:
         state_dir=str(settings.state_dir),
         redis_url=farm.get("redis_url"),
         repo_url=settings.repo_url if farm.get("repo_port") else None,
+        api_url=settings.api_url if farm.get("api_port") else None,
         runner=farm.get("runner"),
         processes=processes,
     )

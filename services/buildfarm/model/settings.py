@@ -87,6 +87,21 @@ class Settings(BaseSettings):
     redispatch_seconds: float = Field(
         default=30.0, gt=0, description="a step ready this long without a taker is sent to the queue again"
     )
+    api_host: str = Field(default="127.0.0.1", description="address the REST API binds")
+    api_port: int = Field(default=8781, ge=0, le=65535, description="REST API port (0: any free)")
+    api_max_upload_bytes: int = Field(
+        default=256 << 20, gt=0, description="largest source tarball accepted (bytes); 256 MiB by default"
+    )
+    api_rate_per_minute: int = Field(
+        default=600,
+        gt=0,
+        description="requests one token may make per minute (counted in Redis, all replicas)",
+    )
+    api_max_running_builds: int = Field(
+        default=10, gt=0, description="builds one user may have running at once (personal builds included)"
+    )
+    api_follow_seconds: float = Field(default=3600.0, gt=0, description="longest one `logs --follow` stream")
+    projects: list[str] = Field(default_factory=list, description="projects declared in configuration")
     node_concurrency: int = Field(default=1, ge=1, le=64, description="steps one node builds at once")
 
     @classmethod
@@ -112,6 +127,10 @@ class Settings(BaseSettings):
     @property
     def effective_base_tarball(self) -> Path:
         return self.base_tarball or self.cache_dir / f"{self.distribution}-base.tar"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
 
     @property
     def repo_url(self) -> str:

@@ -1,0 +1,110 @@
+"""Every error as ``{"error": {"code", "message"}}`` with a stable code and one-line message."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from buildfarm.engine.accounts import AuthError, ForbiddenError
+from buildfarm.model.errors import (
+    BuildfarmError,
+    ConflictError,
+    ManifestError,
+    NameError_,
+    NotFoundError,
+    PlanError,
+    TemporaryError,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class TooLargeError(BuildfarmError):
+    """An upload over the configured limit (413)."""
+
+
+class BadSourceError(BuildfarmError):
+    """An uploaded source tarball that is not what it claims or not safe to unpack (400)."""
+
+
+class RateLimitedError(TemporaryError):
+    """Too many requests from one token, or too many running builds of one user (429)."""
+
+    def __init__(self, message: str, retry_after: float, code: str = "rate_limited") -> None:
+        super().__init__(message, retry_after)
+        self.code = code
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 413, 422, 429, 503)
+}
+
+
+def _classify(exc: BuildfarmError) -> tuple[int, str]:
+    if isinstance(exc, RateLimitedError):
+        return 429, exc.code
+    table: list[tuple[type[BuildfarmError], int, str]] = [
+        (AuthError, 401, "unauthenticated"),
+        (ForbiddenError, 403, "forbidden"),
+        (NotFoundError, 404, "not_found"),
+        (ConflictError, 409, "conflict"),
+        (TooLargeError, 413, "too_large"),
+        (BadSourceError, 400, "bad_source"),
+        (ManifestError, 400, "bad_manifest"),
+        (PlanError, 400, "bad_manifest"),
+        (NameError_, 400, "bad_request"),
+        (TemporaryError, 503, "unavailable"),
+    ]
+    for kind, status, code in table:
+        if isinstance(exc, kind):
+            return status, code
+    return 400, "bad_request"
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": " ".join(message.split())}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(BuildfarmError)
+    async def _farm_error(_request: Request, exc: BuildfarmError) -> JSONResponse:
+        status, code = _classify(exc)
+        headers = None
+        if isinstance(exc, TemporaryError):
+            headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+        if status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        return error_response(status, code, str(exc), headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_response(422, "invalid", f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return error_response(500, "internal", f"internal error ({type(exc).__name__}); see the API's log")

@@ -1,0 +1,315 @@
+"""The REST API under a real ASGI server (uvicorn, started by the farm) on PostgreSQL, Redis and
+real Celery workers: authentication, roles, uploads, bad input, limits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text, update
+from sqlalchemy.engine import make_url
+from test_local_farm import Farm
+
+from buildfarm.dispatch.context import make_context
+from buildfarm.engine import accounts
+from buildfarm.local.aptclient import AptClient
+from buildfarm.model.manifest import load_manifest
+from buildfarm.model.settings import load_settings
+from buildfarm.model.sources import pack_tree
+from buildfarm.state.db import Database
+from buildfarm.state.models import Token
+
+from debpkgs import make_package
+from helpers import wait_until
+
+RATE = 400
+UPLOAD_LIMIT = 64 * 1024
+
+
+class Api:
+    def __init__(self, farm: Farm, url: str, admin: str, database_url: str) -> None:
+        self.farm, self.url, self.admin, self.database_url = farm, url, admin, database_url
+
+    def client(self, token: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def user(self, name: str, project: str, role: str) -> str:
+        with self.client(self.admin) as admin:
+            added = admin.post("/api/v1/admin/users", json={"name": name})
+            assert added.status_code in (201, 409), added.text
+            admin.post("/api/v1/admin/projects", json={"name": project})
+            assert (
+                admin.put(f"/api/v1/admin/projects/{project}/grants/{name}", json={"role": role}).status_code
+                == 200
+            )
+            created = admin.post(f"/api/v1/admin/users/{name}/tokens", json={"name": "t"})
+            assert created.status_code == 201, created.text
+            return str(created.json()["token"])
+
+
+def _upload_and_submit(client: httpx.Client, manifest_path: Path, **override: Any) -> httpx.Response:
+    manifest = load_manifest(manifest_path)
+    sources = {}
+    for index, package in enumerate(manifest.packages):
+        assert package.path is not None
+        blob = pack_tree(manifest_path.parent / package.path)
+        import hashlib
+
+        sha = hashlib.sha256(blob).hexdigest()
+        missing = client.post("/api/v1/sources/missing", json={"sha256": [sha]}).json()["missing"]
+        if missing:
+            put = client.put(
+                f"/api/v1/sources/{sha}", content=blob, headers={"Content-Type": "application/octet-stream"}
+            )
+            assert put.status_code == 201, put.text
+        sources[str(index)] = sha
+    body = {"manifest": manifest.model_dump(mode="json") | override, "sources": sources}
+    return client.post("/api/v1/builds", json=body)
+
+
+def _manifest(root: Path, names: list[str], project: str, kind: str = "nightly", **build: str) -> Path:
+    for name in names:
+        make_package(root, name, **build)  # type: ignore[arg-type]
+    path = root / "buildfarm.yaml"
+    path.write_text(
+        f"project: {project}\nbranch: main\nkind: {kind}\npackages:\n"
+        + "".join(f"  - path: {n}\n" for n in names)
+    )
+    return path
+
+
+def _wait(client: httpx.Client, build_id: int, timeout: float = 90) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = client.get(f"/api/v1/builds/{build_id}").json()
+        if view["state"] in ("succeeded", "failed", "cancelled"):
+            return dict(view)
+        time.sleep(0.3)
+    raise AssertionError(f"build {build_id} did not finish")
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, redis_url: str) -> Iterator[Api]:
+    server = make_url(postgres_url)
+    engine = create_engine(server, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text('DROP DATABASE IF EXISTS "api_farm"'))
+        conn.execute(text('CREATE DATABASE "api_farm"'))
+    engine.dispose()
+    database_url = server.set(database="api_farm").render_as_string(hide_password=False)
+    farm = Farm(tmp_path_factory.mktemp("api") / "state")
+    farm.env |= {
+        "BUILDFARM_DATABASE_URL": database_url,
+        "BUILDFARM_REDIS_URL": redis_url.replace("/0", "/3"),
+        "BUILDFARM_API_RATE_PER_MINUTE": str(RATE),
+        "BUILDFARM_API_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
+        "BUILDFARM_API_MAX_RUNNING_BUILDS": "2",
+    }
+    farm.cli("start", "--runner", "host", "--nodes", "2", timeout=120)
+    try:
+        port = json.loads((farm.state_dir / "farm.json").read_text())["api_port"]
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(f"{url}/api/v1/health").status_code == 200, 30, "API")
+        settings = load_settings(
+            state_dir=farm.state_dir, database_url=database_url, redis_url=farm.env["BUILDFARM_REDIS_URL"]
+        )
+        ctx = make_context(settings)
+        admin = accounts.init_admin(ctx).token
+        ctx.db.dispose()
+        yield Api(farm, url, admin, database_url)
+    finally:
+        farm.cli("stop", check=False)
+
+
+def test_submit_from_a_directory_follow_and_apt(api: Api, tmp_path: Path) -> None:
+    token = api.user("carol", "web", "builder")
+    manifest = _manifest(tmp_path / "src", ["api-one", "api-two"], "web")
+    with api.client(token) as client:
+        created = _upload_and_submit(client, manifest)
+        assert created.status_code == 201, created.text
+        build_id = created.json()["id"]
+        view = _wait(client, build_id)
+        assert view["state"] == "succeeded" and view["user"] == "carol"
+        log = client.get(f"/api/v1/builds/{build_id}/steps/api-one/log")
+        assert log.status_code == 200 and "succeeded" in log.text
+        assert int(log.headers["X-Next-Offset"]) == len(log.content)
+        assert log.headers["X-Step-Live"] == "0"
+        followed = client.get(f"/api/v1/builds/{build_id}/steps/api-two/log", params={"follow": True})
+        assert "succeeded" in followed.text
+        line = client.get("/api/v1/repos/web/main/sources").json()["line"]
+        listed = client.get("/api/v1/builds", params={"project": "web", "per_page": 1}).json()
+        assert listed["total"] >= 1 and len(listed["items"]) == 1 and listed["per_page"] == 1
+    apt = AptClient(tmp_path / "apt", line)
+    apt.update()
+    assert apt.download("api-one").name.startswith("api-one_1.0")
+
+
+def test_authentication_and_roles(api: Api, tmp_path: Path) -> None:
+    builder = api.user("dave", "shop", "builder")
+    other = api.user("erin", "shop", "builder")
+    viewer = api.user("vera", "shop", "viewer")
+    with api.client(None) as anonymous:
+        response = anonymous.get("/api/v1/builds")
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "unauthenticated"
+    with api.client("bf_not-a-real-token") as wrong:
+        assert wrong.get("/api/v1/whoami").status_code == 401
+    manifest = _manifest(tmp_path / "src", ["shop-pkg"], "shop", build="sleep 4")
+    with api.client(viewer) as client:
+        denied = (
+            _upload_and_submit(client, manifest)
+            if False
+            else client.post(
+                "/api/v1/builds",
+                json={"manifest": load_manifest(manifest).model_dump(mode="json"), "sources": {}},
+            )
+        )
+        assert denied.status_code == 403 and denied.json()["error"]["code"] == "forbidden"
+    with api.client(builder) as client:
+        release = _upload_and_submit(client, manifest, kind="release")
+        assert release.status_code == 403  # a release needs a maintainer
+        build_id = _upload_and_submit(client, manifest).json()["id"]
+    with api.client(other) as client:
+        refused = client.post(f"/api/v1/builds/{build_id}/cancel")
+        assert refused.status_code == 403
+        assert "another user's build" in refused.json()["error"]["message"]
+    with api.client(builder) as client:
+        assert client.post(f"/api/v1/builds/{build_id}/cancel").json()["state"] == "cancelled"
+        personal = _upload_and_submit(client, manifest, kind="personal").json()["id"]
+        _wait(client, personal)
+    with api.client(other) as client:
+        assert client.get(f"/api/v1/builds/{personal}").status_code == 404
+        ids = [b["id"] for b in client.get("/api/v1/builds", params={"project": "shop"}).json()["items"]]
+        assert personal not in ids and build_id in ids
+    with api.client(api.admin) as admin:
+        assert admin.get(f"/api/v1/builds/{personal}").status_code == 200
+
+    # revoked and expired tokens are refused; the token never comes back after creation
+    with api.client(api.admin) as admin:
+        created = admin.post("/api/v1/admin/users/dave/tokens", json={"name": "short"}).json()
+        assert admin.delete(f"/api/v1/admin/tokens/{created['id']}").status_code == 204
+    with api.client(created["token"]) as revoked:
+        assert revoked.get("/api/v1/whoami").json()["error"]["message"] == "this token was revoked"
+    with api.client(api.admin) as admin:
+        expiring = admin.post("/api/v1/admin/users/dave/tokens", json={"name": "old"}).json()
+    db = Database(api.database_url)
+    with db.session() as session:
+        session.execute(
+            update(Token)
+            .where(Token.id == expiring["id"])
+            .values(expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+        )
+    db.dispose()
+    with api.client(expiring["token"]) as expired:
+        assert expired.get("/api/v1/whoami").json()["error"]["message"] == "this token has expired"
+    with api.client(builder) as client:
+        assert builder not in client.get("/api/v1/whoami").text
+    logs = "".join(p.read_text(errors="replace") for p in (api.farm.state_dir / "logs").glob("*.log"))
+    for secret in (builder, other, viewer, api.admin, created["token"]):
+        assert secret not in logs
+
+
+def test_bad_input_is_4xx_and_leaves_nothing(api: Api, tmp_path: Path) -> None:
+    token = api.user("frank", "lab", "builder")
+    with api.client(token) as client:
+        before = client.get("/api/v1/builds", params={"project": "lab"}).json()["total"]
+        bad = client.post(
+            "/api/v1/builds",
+            json={
+                "manifest": {
+                    "project": "lab",
+                    "branch": "../x",
+                    "kind": "nightly",
+                    "packages": [{"path": "a"}],
+                }
+            },
+        )
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_manifest"
+        assert "branch" in bad.json()["error"]["message"]
+        unknown = client.post(
+            "/api/v1/builds",
+            json={
+                "manifest": {
+                    "project": "nowhere",
+                    "branch": "main",
+                    "kind": "nightly",
+                    "packages": [{"path": "a"}],
+                }
+            },
+        )
+        assert unknown.status_code == 404 and "nowhere" in unknown.json()["error"]["message"]
+        missing = client.post(
+            "/api/v1/builds",
+            json={
+                "manifest": {
+                    "project": "lab",
+                    "branch": "main",
+                    "kind": "nightly",
+                    "packages": [{"path": "a"}],
+                },
+                "sources": {"0": "0" * 64},
+            },
+        )
+        assert missing.status_code == 400 and "was not uploaded" in missing.json()["error"]["message"]
+
+        big = b"x" * (UPLOAD_LIMIT + 1)
+        import hashlib
+
+        too_big = client.put(f"/api/v1/sources/{hashlib.sha256(big).hexdigest()}", content=big)
+        assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "too_large"
+
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+            data = b"evil"
+            info = tarfile.TarInfo("../../escape")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        evil = raw.getvalue()
+        traversal = client.put(f"/api/v1/sources/{hashlib.sha256(evil).hexdigest()}", content=evil)
+        assert traversal.status_code == 400 and traversal.json()["error"]["code"] == "bad_source"
+        liar = client.put(f"/api/v1/sources/{'a' * 64}", content=b"not that")
+        assert liar.status_code == 400 and "not " + "a" * 64 in liar.json()["error"]["message"]
+
+        cyclic = tmp_path / "cyc"
+        make_package(cyclic, "c-one", build_depends=("c-two",))
+        make_package(cyclic, "c-two", build_depends=("c-one",))
+        manifest = cyclic / "m.yaml"
+        manifest.write_text(
+            "project: lab\nbranch: main\nkind: nightly\npackages:\n  - path: c-one\n  - path: c-two\n"
+        )
+        cycle = _upload_and_submit(client, manifest)
+        assert cycle.status_code == 400 and "cycle" in cycle.json()["error"]["message"]
+        assert client.get("/api/v1/builds", params={"project": "lab"}).json()["total"] == before
+    assert not list((api.farm.state_dir / "work").glob("upload-*"))
+
+
+def test_rate_limit_and_running_cap(api: Api, tmp_path: Path) -> None:
+    token = api.user("gina", "fast", "builder")
+    with api.client(token) as client:
+        codes = [client.get("/api/v1/whoami").status_code for _ in range(RATE + 1)]
+        assert codes[:RATE] == [200] * RATE
+        limited = client.get("/api/v1/whoami")
+        assert limited.status_code == 429 and limited.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    token = api.user("hank", "slow", "builder")
+    with api.client(token) as client:
+        ids = []
+        for index in range(2):
+            manifest = _manifest(tmp_path / f"s{index}", [f"slow-{index}"], "slow", build="sleep 5")
+            created = _upload_and_submit(client, manifest)
+            assert created.status_code == 201, created.text
+            ids.append(created.json()["id"])
+        third = _upload_and_submit(client, _manifest(tmp_path / "s2", ["slow-2"], "slow"))
+        assert third.status_code == 429 and third.json()["error"]["code"] == "too_many_builds"
+        for build_id in ids:
+            client.post(f"/api/v1/builds/{build_id}/cancel")
