@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import tarfile
 import time
 from collections.abc import Iterator
@@ -15,46 +14,19 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text, update
-from sqlalchemy.engine import make_url
-from test_local_farm import Farm
+from sqlalchemy import update
 
-from buildfarm.dispatch.context import make_context
-from buildfarm.engine import accounts
 from buildfarm.local.aptclient import AptClient
 from buildfarm.model.manifest import load_manifest
-from buildfarm.model.settings import load_settings
 from buildfarm.model.sources import pack_tree
 from buildfarm.state.db import Database
 from buildfarm.state.models import Token
 
+from apikit import Api, running_api
 from debpkgs import make_package
-from helpers import wait_until
 
 RATE = 400
 UPLOAD_LIMIT = 64 * 1024
-
-
-class Api:
-    def __init__(self, farm: Farm, url: str, admin: str, database_url: str) -> None:
-        self.farm, self.url, self.admin, self.database_url = farm, url, admin, database_url
-
-    def client(self, token: str | None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
-
-    def user(self, name: str, project: str, role: str) -> str:
-        with self.client(self.admin) as admin:
-            added = admin.post("/api/v1/admin/users", json={"name": name})
-            assert added.status_code in (201, 409), added.text
-            admin.post("/api/v1/admin/projects", json={"name": project})
-            assert (
-                admin.put(f"/api/v1/admin/projects/{project}/grants/{name}", json={"role": role}).status_code
-                == 200
-            )
-            created = admin.post(f"/api/v1/admin/users/{name}/tokens", json={"name": "t"})
-            assert created.status_code == 201, created.text
-            return str(created.json()["token"])
 
 
 def _upload_and_submit(client: httpx.Client, manifest_path: Path, **override: Any) -> httpx.Response:
@@ -100,35 +72,18 @@ def _wait(client: httpx.Client, build_id: int, timeout: float = 90) -> dict[str,
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, redis_url: str) -> Iterator[Api]:
-    server = make_url(postgres_url)
-    engine = create_engine(server, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text('DROP DATABASE IF EXISTS "api_farm"'))
-        conn.execute(text('CREATE DATABASE "api_farm"'))
-    engine.dispose()
-    database_url = server.set(database="api_farm").render_as_string(hide_password=False)
-    farm = Farm(tmp_path_factory.mktemp("api") / "state")
-    farm.env |= {
-        "BUILDFARM_DATABASE_URL": database_url,
-        "BUILDFARM_REDIS_URL": redis_url.replace("/0", "/3"),
-        "BUILDFARM_API_RATE_PER_MINUTE": str(RATE),
-        "BUILDFARM_API_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
-        "BUILDFARM_API_MAX_RUNNING_BUILDS": "2",
-    }
-    farm.cli("start", "--runner", "host", "--nodes", "2", timeout=120)
-    try:
-        port = json.loads((farm.state_dir / "farm.json").read_text())["api_port"]
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: httpx.get(f"{url}/api/v1/health").status_code == 200, 30, "API")
-        settings = load_settings(
-            state_dir=farm.state_dir, database_url=database_url, redis_url=farm.env["BUILDFARM_REDIS_URL"]
-        )
-        ctx = make_context(settings)
-        admin = accounts.init_admin(ctx).token
-        ctx.db.dispose()
-        yield Api(farm, url, admin, database_url)
-    finally:
-        farm.cli("stop", check=False)
+    with running_api(
+        tmp_path_factory,
+        postgres_url,
+        redis_url,
+        "api_farm",
+        {
+            "BUILDFARM_API_RATE_PER_MINUTE": str(RATE),
+            "BUILDFARM_API_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
+            "BUILDFARM_API_MAX_RUNNING_BUILDS": "2",
+        },
+    ) as started:
+        yield started
 
 
 def test_submit_from_a_directory_follow_and_apt(api: Api, tmp_path: Path) -> None:

@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_local_farm import Farm
 
 from buildfarm.model.settings import load_settings
 from buildfarm.runners.sbuild import ensure_base_tarball
+
+from test_local_farm import Farm
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 pytestmark = pytest.mark.sbuild

@@ -311,7 +311,6 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
 
     @app.get(
         f"{API}/builds/{{build_id}}/steps/{{step}}/log",
-        response_class=PlainTextResponse,
         tags=["builds"],
         responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
     )
