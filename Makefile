@@ -73,6 +73,7 @@ demo: deps venv
 	@echo "  sudo apt-get update && sudo apt-get install greet-cli && greet-cli world"
 
 bench: venv
+	$(VENV)/bin/python ops/bench/api_latency.py
 	$(VENV)/bin/python ops/bench/run.py
 
 charts:

@@ -45,7 +45,12 @@ def cli(env: dict[str, str], *args: str) -> str:
 
 def farm_env(state: Path, runner: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDFARM_")}
-    return env | {"BUILDFARM_STATE_DIR": str(state), "BUILDFARM_REPO_PORT": "0", "BUILDFARM_API_PORT": "0", "BUILDFARM_RUNNER": runner}
+    return env | {
+        "BUILDFARM_STATE_DIR": str(state),
+        "BUILDFARM_REPO_PORT": "0",
+        "BUILDFARM_API_PORT": "0",
+        "BUILDFARM_RUNNER": runner,
+    }
 
 
 def timed_build(env: dict[str, str], manifest: Path) -> tuple[float, dict[str, object]]:
