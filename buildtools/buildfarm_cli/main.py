@@ -1,4 +1,9 @@
-"""``buildfarm``: start/stop/status of the local farm, builds, logs and apt sources.
+"""``buildfarm``: builds, logs and apt sources of a farm; start/stop of the local farm; accounts.
+
+Without ``--farm`` (or ``BUILDFARM_URL``, or ``url:`` in the client file) every command works
+on the local farm in the state directory; with it, ``build``, ``repo sources``, ``status`` and
+``admin`` (except ``admin init``) go through the farm's REST API.  Either way the output and the
+exit codes are the same.
 
 Exit codes: 0 done; 1 the request was wrong or the build failed; 2 usage; 3 a service the
 farm needs is unreachable (trying again later may help).
@@ -6,76 +11,70 @@ farm needs is unreachable (trying again later may help).
 
 from __future__ import annotations
 
-import getpass
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.live import Live
 
-from buildfarm.dispatch.context import make_context
-from buildfarm.engine import control
-from buildfarm.engine.context import FarmContext
-from buildfarm.engine.submit import submit_build
-from buildfarm.local import farm
+from buildfarm.engine.control import BuildView
 from buildfarm.model.errors import BuildfarmError, PermanentError, TemporaryError
-from buildfarm.model.manifest import load_manifest
+from buildfarm.model.manifest import BuildKind
 from buildfarm.model.settings import Settings, load_settings
-from buildfarm.state.models import TERMINAL_BUILD_STATES
-from buildfarm_cli.output import OutputFormat, builds_table, console, emit_json, err_console, steps_table
+from buildfarm.state.models import TERMINAL_BUILD_STATES, BuildState
+from buildfarm_cli.admin import admin_app
+from buildfarm_cli.client import FarmClient
+from buildfarm_cli.common import OutputOpt, state
+from buildfarm_cli.output import (
+    OutputFormat,
+    builds_table,
+    console,
+    emit_json,
+    err_console,
+    steps_table,
+)
+from buildfarm_cli.views import summary_dict
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 build_app = typer.Typer(no_args_is_help=True, help="Submit, follow and manage builds.")
 repo_app = typer.Typer(no_args_is_help=True, help="Published package repositories.")
 app.add_typer(build_app, name="build")
 app.add_typer(repo_app, name="repo")
+app.add_typer(admin_app, name="admin")
 
 WAIT_POLL_SECONDS = 0.5
 LOG_POLL_SECONDS = 0.5
 
 
-class _State:
-    output: OutputFormat = OutputFormat.TEXT
-    state_dir: Path | None = None
-
-
-state = _State()
-OutputOpt = Annotated[OutputFormat | None, typer.Option("--output", "-o", help="text or json")]
-
-
 @app.callback()
 def main(
+    ctx: typer.Context,
     output: Annotated[
         OutputFormat, typer.Option("--output", "-o", help="text for people, json for CI")
     ] = OutputFormat.TEXT,
     state_dir: Annotated[
         Path | None, typer.Option(help="local farm state directory [env: BUILDFARM_STATE_DIR]")
     ] = None,
+    farm_url: Annotated[
+        str | None,
+        typer.Option(
+            "--farm",
+            help="the farm's API URL, e.g. http://farm:8781 (env BUILDFARM_URL; token from BUILDFARM_TOKEN); "
+            "default: the local farm",
+        ),
+    ] = None,
 ) -> None:
     state.output = output
+    state.farm_flag = farm_url
     if state_dir is not None:
         os.environ["BUILDFARM_STATE_DIR"] = str(state_dir.resolve())
-
-
-def _fmt(override: OutputFormat | None) -> OutputFormat:
-    return override or state.output
+    ctx.call_on_close(state.close)
 
 
 def _settings(**overrides: object) -> Settings:
     return load_settings(**overrides)
-
-
-def _context(*, changes: bool = False) -> FarmContext:
-    """The farm to talk to. Reading needs only its state; changing it needs its core running."""
-    settings = _settings()
-    if not farm.was_started(settings):
-        raise PermanentError(f"no local farm in {settings.state_dir}: run `buildfarm start`")
-    if changes and not farm.core_alive(settings):
-        raise PermanentError(f"the local farm in {settings.state_dir} is stopped: run `buildfarm start`")
-    return make_context(settings)
 
 
 @app.command()
@@ -87,6 +86,9 @@ def start(
     output: OutputOpt = None,
 ) -> None:
     """Start the local farm in the background (Redis, repository server, nodes, scheduler)."""
+    from buildfarm.local import farm
+
+    state.local("start")
     overrides: dict[str, object] = {"runner": runner} if runner else {}
     settings = _settings(**overrides)
     if not farm.processes_alive(settings):
@@ -102,7 +104,7 @@ def start(
             )
 
     result = farm.start(settings, nodes=nodes, prepare=prepare)
-    if _fmt(output) == OutputFormat.JSON:
+    if state.fmt(output) == OutputFormat.JSON:
         emit_json(result)
         return
     console.print(
@@ -116,8 +118,11 @@ def start(
 @app.command()
 def stop(output: OutputOpt = None) -> None:
     """Stop every process of the local farm (its data stays in the state directory)."""
+    from buildfarm.local import farm
+
+    state.local("stop")
     stopped = farm.stop(_settings())
-    if _fmt(output) == OutputFormat.JSON:
+    if state.fmt(output) == OutputFormat.JSON:
         emit_json({"stopped": stopped})
     else:
         console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
@@ -125,51 +130,52 @@ def stop(output: OutputOpt = None) -> None:
 
 @app.command()
 def status(output: OutputOpt = None) -> None:
-    """Nodes, queues and running steps of the local farm."""
-    settings = _settings()
-    result = farm.status(settings)
-    if result.running:
-        result.running_steps = control.running_steps(make_context(settings))
-    if _fmt(output) == OutputFormat.JSON:
+    """Nodes, queues and running steps of the farm."""
+    client = state.client()
+    result = client.status()
+    if state.fmt(output) == OutputFormat.JSON:
         emit_json(result)
         return
-    if not result.running:
+    if not result.get("running", True):
+        processes = result.get("processes")
         console.print(
-            f"farm in {result.state_dir} is not running"
-            + (f" (partly: {result.processes})" if result.processes else "")
+            f"farm {client.where} is not running" + (f" (partly: {processes})" if processes else "")
         )
         raise typer.Exit(1)
-    console.print(f"farm in {result.state_dir}: runner {result.runner}, repositories at {result.repo_url}")
-    for node, info in result.nodes.items():
+    details = [f"runner {result['runner']}"] if result.get("runner") else []
+    if result.get("repo_url"):
+        details.append(f"repositories at {result['repo_url']}")
+    console.print(f"farm {client.where}" + (": " + ", ".join(details) if details else ""))
+    for node, info in (result.get("nodes") or {}).items():
         console.print(
-            f"  {node}: {'online' if info['online'] else '[red]offline[/]'}, "
-            f"{info['active_tasks']} active task(s)"
+            f"  {node}: {'online' if info.get('online') else '[red]offline[/]'}, "
+            f"{info.get('active_tasks', 0)} active task(s)"
         )
-    console.print("  queues: " + ", ".join(f"{q}={n}" for q, n in result.queues.items()))
-    for step in result.running_steps:
+    console.print("  queues: " + ", ".join(f"{q}={n}" for q, n in (result.get("queues") or {}).items()))
+    for step in result.get("running_steps") or []:
         console.print(
             f"  running: build {step['build']} {step['step']} on {step['node']} "
             f"(attempt {step['attempt']}, since {step['started_at']})"
         )
 
 
-def _follow_build(ctx: FarmContext, build_id: int, timeout: float, fmt: OutputFormat) -> control.BuildView:
+def _follow_build(client: FarmClient, build_id: int, timeout: float, fmt: OutputFormat) -> BuildView:
     deadline = time.monotonic() + timeout
-    view = control.show_build(ctx, build_id)
+    view = client.show(build_id)
     if fmt == OutputFormat.JSON:
         while view.state not in TERMINAL_BUILD_STATES and time.monotonic() < deadline:
             time.sleep(WAIT_POLL_SECONDS)
-            view = control.show_build(ctx, build_id)
+            view = client.show(build_id)
         return view
     with Live(steps_table(view), console=console, refresh_per_second=4) as live:
         while view.state not in TERMINAL_BUILD_STATES and time.monotonic() < deadline:
             time.sleep(WAIT_POLL_SECONDS)
-            view = control.show_build(ctx, build_id)
+            view = client.show(build_id)
             live.update(steps_table(view))
     return view
 
 
-def _finish(view: control.BuildView, fmt: OutputFormat, waited: bool) -> None:
+def _finish(view: BuildView, fmt: OutputFormat, waited: bool) -> None:
     if fmt == OutputFormat.JSON:
         emit_json(view)
     elif waited:
@@ -189,17 +195,18 @@ def _finish(view: control.BuildView, fmt: OutputFormat, waited: bool) -> None:
 def build_submit(
     manifest: Annotated[Path, typer.Argument(help="build manifest (YAML)")],
     wait: Annotated[bool, typer.Option("--wait", help="follow the build to its end")] = False,
-    user: Annotated[str | None, typer.Option(help="who asks (default: your login name)")] = None,
+    user: Annotated[
+        str | None, typer.Option(help="who asks, local farm only (default: your login name)")
+    ] = None,
     timeout: Annotated[
         float, typer.Option(help="with --wait: give up waiting after this many seconds")
     ] = 7200,
     output: OutputOpt = None,
 ) -> None:
     """Submit a build of MANIFEST; prints its id."""
-    parsed = load_manifest(manifest)
-    ctx = _context(changes=True)
-    build_id = submit_build(ctx, parsed, manifest.parent.resolve(), user or getpass.getuser())
-    fmt = _fmt(output)
+    client = state.client()
+    build_id = client.submit(manifest, user)
+    fmt = state.fmt(output)
     if not wait:
         if fmt == OutputFormat.JSON:
             emit_json({"id": build_id})
@@ -208,23 +215,31 @@ def build_submit(
         return
     if fmt == OutputFormat.TEXT:
         console.print(f"build {build_id} submitted")
-    _finish(_follow_build(ctx, build_id, timeout, fmt), fmt, waited=True)
+    _finish(_follow_build(client, build_id, timeout, fmt), fmt, waited=True)
 
 
 @build_app.command("list")
 def build_list(
+    *,
     project: Annotated[str | None, typer.Option()] = None,
     branch: Annotated[str | None, typer.Option()] = None,
-    state_: Annotated[str | None, typer.Option("--state")] = None,
+    state_: Annotated[BuildState | None, typer.Option("--state")] = None,
+    kind: Annotated[BuildKind | None, typer.Option()] = None,
+    user: Annotated[str | None, typer.Option(help="builds of this user")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
     output: OutputOpt = None,
 ) -> None:
     """List builds, newest first."""
-    builds = control.list_builds(_context(), project, branch, state_, limit)
-    if _fmt(output) == OutputFormat.JSON:
-        emit_json(
-            [{k: v for k, v in asdict(b).items() if k != "steps"} | {"steps": b.counts} for b in builds]
-        )
+    builds = state.client().list(
+        project=project,
+        branch=branch,
+        state=state_.value if state_ else None,
+        kind=kind.value if kind else None,
+        user=user,
+        limit=limit,
+    )
+    if state.fmt(output) == OutputFormat.JSON:
+        emit_json([summary_dict(b) for b in builds])
     else:
         console.print(builds_table(builds))
 
@@ -232,8 +247,8 @@ def build_list(
 @build_app.command("show")
 def build_show(build_id: int, output: OutputOpt = None) -> None:
     """One build with its steps: state, node, duration, log location."""
-    view = control.show_build(_context(), build_id)
-    if _fmt(output) == OutputFormat.JSON:
+    view = state.client().show(build_id)
+    if state.fmt(output) == OutputFormat.JSON:
         emit_json(view)
         return
     console.print(steps_table(view))
@@ -254,31 +269,28 @@ def build_logs(
     timeout: Annotated[float, typer.Option(help="with --follow: stop after this many seconds")] = 7200,
 ) -> None:
     """Print a step's log (its latest attempt)."""
-    ctx = _context()
+    client = state.client()
     deadline = time.monotonic() + timeout
     offset = 0
-    current_key: str | None = None
+    printed = False
     while True:
-        key, live = control.step_log_key(ctx, build_id, step)
-        if key != current_key:
-            current_key, offset = key, 0
-        if key is not None:
-            chunk, offset = ctx.store.read_log(key, offset)
-            if chunk:
-                typer.echo(chunk.decode("utf-8", "replace"), nl=False)
+        chunk, offset, live = client.read_log(build_id, step, offset)
+        if chunk:
+            printed = True
+            typer.echo(chunk.decode("utf-8", "replace"), nl=False)
         if not (follow and live) or time.monotonic() > deadline:
             break
         time.sleep(LOG_POLL_SECONDS)
-    if current_key is None and not follow:
-        err_console.print(f"step {step} of build {build_id} has not started yet: no log")
+    if not printed and not follow:
+        err_console.print(f"step {step} of build {build_id} has no log yet")
 
 
 @build_app.command("cancel")
 def build_cancel(build_id: int, output: OutputOpt = None) -> None:
     """Cancel a running build: queued steps are dropped, running builders are stopped."""
-    view = control.cancel_build(_context(changes=True), build_id)
-    _finish(view, _fmt(output), waited=False)
-    if _fmt(output) == OutputFormat.TEXT:
+    view = state.client().cancel(build_id)
+    _finish(view, state.fmt(output), waited=False)
+    if state.fmt(output) == OutputFormat.TEXT:
         console.print(f"build {build_id} cancelled")
 
 
@@ -290,13 +302,13 @@ def build_retry(
     output: OutputOpt = None,
 ) -> None:
     """Run a failed or cancelled build's failed and cancelled steps again."""
-    ctx = _context(changes=True)
-    control.retry_build(ctx, build_id)
-    fmt = _fmt(output)
+    client = state.client()
+    view = client.retry(build_id)
+    fmt = state.fmt(output)
     if wait:
-        _finish(_follow_build(ctx, build_id, timeout, fmt), fmt, waited=True)
+        _finish(_follow_build(client, build_id, timeout, fmt), fmt, waited=True)
     elif fmt == OutputFormat.JSON:
-        emit_json(control.show_build(ctx, build_id))
+        emit_json(view)
     else:
         console.print(f"build {build_id} retrying")
 
@@ -309,8 +321,8 @@ def repo_sources(
     output: OutputOpt = None,
 ) -> None:
     """Print the apt sources line of a branch's latest build (or of one build)."""
-    source = control.apt_sources(_context(), project, branch, build)
-    if _fmt(output) == OutputFormat.JSON:
+    source = state.client().sources(project, branch, build)
+    if state.fmt(output) == OutputFormat.JSON:
         emit_json(
             {
                 "line": source.line(),
@@ -331,10 +343,16 @@ def repo_verify(
     output: OutputOpt = None,
 ) -> None:
     """apt-get update and download every package of latest (or one build); compare with what was built."""
+    from buildfarm.dispatch.context import make_context
+    from buildfarm.local import farm
     from buildfarm.local.aptverify import verify
 
-    results = verify(_context(), project, branch, build)
-    if _fmt(output) == OutputFormat.JSON:
+    state.local("repo verify")
+    settings = _settings()
+    if not farm.was_started(settings):
+        raise PermanentError(f"no local farm in {settings.state_dir}: run `buildfarm start`")
+    results = verify(make_context(settings), project, branch, build)
+    if state.fmt(output) == OutputFormat.JSON:
         emit_json(results)
     else:
         for item in results:

@@ -36,6 +36,8 @@ class Farm:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDFARM_")}
+        # a developer's own ~/.config/buildfarm/client.yaml must not send these tests elsewhere
+        self.env["XDG_CONFIG_HOME"] = str(state_dir.parent / "xdg-config")
         self.env |= {
             "BUILDFARM_STATE_DIR": str(state_dir),
             "BUILDFARM_REPO_PORT": "0",

@@ -127,9 +127,42 @@ class GrantIn(_Strict):
     role: Role
 
 
+class NodeOut(BaseModel):
+    online: bool
+    active_tasks: int
+
+
 class StatusOut(BaseModel):
+    nodes: dict[str, NodeOut]
     queues: dict[str, int]
     running_steps: list[dict[str, Any]]
+
+
+NODES_CACHE_SECONDS = 5.0
+"""Asking every node (Celery ping) takes up to a second: answers are reused this long."""
+
+
+class _NodeCache:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.at = 0.0
+        self.nodes: dict[str, NodeOut] = {}
+
+    def get(self) -> dict[str, NodeOut]:
+        if time.monotonic() - self.at > NODES_CACHE_SECONDS:
+            from buildfarm.dispatch.celery_app import make_celery
+
+            try:
+                inspect = make_celery(self.settings).control.inspect(timeout=0.5)
+                active = inspect.active() or {}
+            except Exception:  # broker down: no node answers
+                active = {}
+            self.nodes = {
+                name.split("@", 1)[0]: NodeOut(online=True, active_tasks=len(tasks))
+                for name, tasks in active.items()
+            }
+            self.at = time.monotonic()
+        return self.nodes
 
 
 def _auth(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
@@ -158,6 +191,7 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
         settings.api_max_running_builds,
     )
     accounts.ensure_projects(farm, settings.projects)
+    nodes = _NodeCache(settings)
     app = FastAPI(
         title="buildfarm",
         version="1",
@@ -205,7 +239,7 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
         steps = control.running_steps(farm)
         if not principal.admin:
             steps = [s for s in steps if _project_of(farm, s["build"]) in principal.roles]
-        return StatusOut(queues=queues, running_steps=steps)
+        return StatusOut(nodes=nodes.get(), queues=queues, running_steps=steps)
 
     @app.get(f"{API}/projects", response_model=list[ProjectOut], tags=["farm"])
     def projects(principal: Caller) -> list[ProjectOut]:
@@ -356,7 +390,7 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
         may_change(principal, visible_build(principal, build_id), "retry")
         return control.retry_build(farm, build_id)
 
-    @app.get(f"{API}/repos/{{project}}/{{branch}}/sources", response_model=SourcesOut, tags=["repos"])
+    @app.get(f"{API}/repos/{{project}}/{{branch:path}}/sources", response_model=SourcesOut, tags=["repos"])
     def repo_sources(
         project: Annotated[str, PathParam(max_length=100)],
         branch: Annotated[str, PathParam(max_length=100)],

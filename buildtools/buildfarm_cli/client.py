@@ -1,0 +1,82 @@
+"""What the CLI asks of a farm, whichever way it reaches it.
+
+:class:`FarmClient` is the one interface the commands call: :class:`LocalClient` runs the
+engine against this machine's local farm, :class:`HttpClient` talks to a farm's REST API.  Both
+return the same data (the engine's ``BuildView``/``StepView``, ``AptSource``, ``CreatedToken``)
+and raise the same errors, so every command prints one way and exits with one code whichever
+client served it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from buildfarm.backends.base import AptSource
+from buildfarm.engine.accounts import CreatedToken
+from buildfarm.engine.control import BuildView
+from buildfarm_cli.config import ClientConfig
+from buildfarm_cli.httpclient import HttpClient
+from buildfarm_cli.localclient import LocalClient
+from buildfarm_cli.views import BuildSummary, UserView
+
+__all__ = ["BuildSummary", "FarmClient", "HttpClient", "LocalClient", "UserView", "make_client"]
+
+
+class FarmClient(Protocol):
+    @property
+    def where(self) -> str:
+        """``in <state dir>`` or ``at <url>``: completes "farm ..." in messages."""
+        ...
+
+    def submit(self, manifest_path: Path, user: str | None) -> int:
+        """Submit the build of a manifest file (its ``path`` packages read next to it); its id."""
+        ...
+
+    def show(self, build_id: int) -> BuildView: ...
+
+    def list(
+        self,
+        *,
+        project: str | None = None,
+        branch: str | None = None,
+        state: str | None = None,
+        kind: str | None = None,
+        user: str | None = None,
+        limit: int = 50,
+    ) -> list[BuildView]:
+        """Builds newest first, at most ``limit``; ``counts`` holds each one's steps by state."""
+        ...
+
+    def read_log(self, build_id: int, step: str, offset: int) -> tuple[bytes, int, bool]:
+        """The log of a step's latest attempt from ``offset``: (chunk, next offset, step still live)."""
+        ...
+
+    def cancel(self, build_id: int) -> BuildView: ...
+
+    def retry(self, build_id: int) -> BuildView: ...
+
+    def sources(self, project: str, branch: str, build_id: int | None = None) -> AptSource: ...
+
+    def status(self) -> dict[str, Any]:
+        """Nodes, queues and running steps (and, locally, the state directory and processes)."""
+        ...
+
+    def add_user(self, name: str, *, admin: bool = False, service: bool = False) -> UserView: ...
+
+    def create_token(self, user: str, name: str = "default", days: int = 90) -> CreatedToken: ...
+
+    def revoke_token(self, token_id: int) -> None: ...
+
+    def add_project(self, name: str) -> None: ...
+
+    def grant(self, user: str, project: str, role: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def make_client(config: ClientConfig) -> FarmClient:
+    """The REST API's client when a farm URL is configured, else the local farm's."""
+    if config.url is not None:
+        return HttpClient(config.url, config.token)
+    return LocalClient()

@@ -1,0 +1,46 @@
+"""What every command shares: the global options and the farm client they choose."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from buildfarm.model.errors import PermanentError
+from buildfarm_cli.client import FarmClient, LocalClient, make_client
+from buildfarm_cli.config import resolve
+from buildfarm_cli.output import OutputFormat
+
+OutputOpt = Annotated[OutputFormat | None, typer.Option("--output", "-o", help="text or json")]
+
+
+class CliState:
+    """The global options of one invocation and the client made from them (once, on first use)."""
+
+    def __init__(self) -> None:
+        self.output = OutputFormat.TEXT
+        self.farm_flag: str | None = None
+        self._client: FarmClient | None = None
+
+    def fmt(self, override: OutputFormat | None) -> OutputFormat:
+        return override or self.output
+
+    def client(self) -> FarmClient:
+        """The farm named by --farm, BUILDFARM_URL or the client file; else the local farm."""
+        if self._client is None:
+            self._client = make_client(resolve(self.farm_flag))
+        return self._client
+
+    def local(self, command: str) -> LocalClient:
+        """The local farm, for commands that only exist there; --farm with them is a mistake."""
+        if self.farm_flag:
+            raise PermanentError(f"`buildfarm {command}` works on the local farm only: drop --farm")
+        return LocalClient()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+state = CliState()

@@ -1,0 +1,178 @@
+"""The local farm as a client: the engine itself, against the farm in the state directory.
+
+Reading needs only the farm's state (its database and stores); changing builds needs its core
+processes running; account commands need only the database, so an admin can create users and
+tokens before the farm was ever started (the Helm chart's install hook does exactly that).
+"""
+
+from __future__ import annotations
+
+import builtins
+import getpass
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from buildfarm.backends.base import AptSource
+from buildfarm.engine import accounts, control
+from buildfarm.engine.context import FarmContext
+from buildfarm.model.errors import PermanentError
+from buildfarm.model.manifest import load_manifest
+from buildfarm.model.settings import Settings, load_settings
+from buildfarm_cli.views import UserView
+
+
+class _NoDispatcher:
+    """Stands in for Celery where no broker is configured: account commands never send work."""
+
+    def _refuse(self) -> None:
+        raise PermanentError("no Redis configured: start the local farm (`buildfarm start`)")
+
+    def advance(self, build_id: int) -> None:
+        self._refuse()
+
+    def run_step(self, step_id: int, attempt: int) -> None:
+        self._refuse()
+
+    def check(self) -> None:
+        self._refuse()
+
+
+class LocalClient:
+    """The farm of this machine (``BUILDFARM_STATE_DIR``), through the engine's functions."""
+
+    def __init__(self) -> None:
+        self._settings: Settings | None = None
+        self._contexts: dict[str, FarmContext] = {}
+        # The log key a follower last read per step: a retried step starts a new log from 0.
+        self._log_keys: dict[tuple[int, str], str] = {}
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings()
+        return self._settings
+
+    @property
+    def where(self) -> str:
+        return f"in {self.settings.state_dir}"
+
+    def _context(self, *, changes: bool = False) -> FarmContext:
+        """The farm to talk to. Reading needs only its state; changing it needs its core running."""
+        from buildfarm.dispatch.context import make_context
+        from buildfarm.local import farm
+
+        settings = self.settings
+        if not farm.was_started(settings):
+            raise PermanentError(f"no local farm in {settings.state_dir}: run `buildfarm start`")
+        if changes and not farm.core_alive(settings):
+            raise PermanentError(f"the local farm in {settings.state_dir} is stopped: run `buildfarm start`")
+        if "farm" not in self._contexts:
+            self._contexts["farm"] = make_context(settings)
+        return self._contexts["farm"]
+
+    def _accounts_context(self) -> FarmContext:
+        """Only the database matters: no farm process needs to run, the schema is brought up to date."""
+        if "accounts" in self._contexts:
+            return self._contexts["accounts"]
+        from buildfarm.dispatch.context import make_context
+        from buildfarm.engine.wiring import make_repository, make_store
+        from buildfarm.state.db import Database, upgrade
+
+        settings = self.settings
+        if settings.database_url is None:
+            settings.state_dir.mkdir(parents=True, exist_ok=True)  # the SQLite file lives there
+        upgrade(settings.effective_database_url)
+        if settings.redis_url:
+            ctx = make_context(settings)
+        else:
+            ctx = FarmContext(
+                settings=settings,
+                db=Database(settings.effective_database_url),
+                store=make_store(settings),
+                repo=make_repository(settings),
+                dispatcher=_NoDispatcher(),
+            )
+        self._contexts["accounts"] = ctx
+        return ctx
+
+    # -- builds ----------------------------------------------------------------------------
+
+    def submit(self, manifest_path: Path, user: str | None) -> int:
+        from buildfarm.engine.submit import submit_build
+
+        parsed = load_manifest(manifest_path)  # a wrong manifest is reported without a farm
+        ctx = self._context(changes=True)
+        return submit_build(ctx, parsed, manifest_path.parent.resolve(), user or getpass.getuser())
+
+    def show(self, build_id: int) -> control.BuildView:
+        return control.show_build(self._context(), build_id)
+
+    def list(
+        self,
+        *,
+        project: str | None = None,
+        branch: str | None = None,
+        state: str | None = None,
+        kind: str | None = None,
+        user: str | None = None,
+        limit: int = 50,
+    ) -> builtins.list[control.BuildView]:
+        return control.list_builds(self._context(), project, branch, state, limit, kind=kind, user=user)
+
+    def read_log(self, build_id: int, step: str, offset: int) -> tuple[bytes, int, bool]:
+        ctx = self._context()
+        key, live = control.step_log_key(ctx, build_id, step)
+        if key is None:
+            return b"", 0, live
+        if self._log_keys.setdefault((build_id, step), key) != key:
+            self._log_keys[(build_id, step)] = key
+            offset = 0
+        chunk, next_offset = ctx.store.read_log(key, offset)
+        return chunk, next_offset, live
+
+    def cancel(self, build_id: int) -> control.BuildView:
+        return control.cancel_build(self._context(changes=True), build_id)
+
+    def retry(self, build_id: int) -> control.BuildView:
+        return control.retry_build(self._context(changes=True), build_id)
+
+    def sources(self, project: str, branch: str, build_id: int | None = None) -> AptSource:
+        return control.apt_sources(self._context(), project, branch, build_id)
+
+    def status(self) -> dict[str, Any]:
+        from buildfarm.local import farm
+
+        result = farm.status(self.settings)
+        if result.running:
+            result.running_steps = control.running_steps(self._context())
+        return asdict(result)
+
+    # -- accounts --------------------------------------------------------------------------
+
+    def init_admin(self, name: str = "admin") -> accounts.CreatedToken:
+        """The first admin and its token (local only: it needs the farm's database itself)."""
+        return accounts.init_admin(self._accounts_context(), name)
+
+    def add_user(self, name: str, *, admin: bool = False, service: bool = False) -> UserView:
+        added = accounts.add_user(self._accounts_context(), name, admin=admin, service=service)
+        return UserView(added.user, added.admin, added.service)
+
+    def create_token(
+        self, user: str, name: str = "default", days: int = accounts.DEFAULT_TOKEN_DAYS
+    ) -> accounts.CreatedToken:
+        return accounts.create_token(self._accounts_context(), user, name, days)
+
+    def revoke_token(self, token_id: int) -> None:
+        accounts.revoke_token(self._accounts_context(), token_id)
+
+    def add_project(self, name: str) -> None:
+        accounts.add_project(self._accounts_context(), name)
+
+    def grant(self, user: str, project: str, role: str) -> None:
+        accounts.grant(self._accounts_context(), user, project, role)
+
+    def close(self) -> None:
+        for ctx in self._contexts.values():
+            ctx.db.dispose()
+        self._contexts.clear()
