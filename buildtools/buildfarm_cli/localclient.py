@@ -118,7 +118,7 @@ class LocalClient:
         user: str | None = None,
         limit: int = 50,
     ) -> builtins.list[control.BuildView]:
-        return control.list_builds(self._context(), project, branch, state, limit, kind=kind, user=user)
+        return control.page_builds(self._context(), project, branch, state, limit, kind=kind, user=user).items
 
     def read_log(self, build_id: int, step: str, offset: int) -> tuple[bytes, int, bool]:
         ctx = self._context()

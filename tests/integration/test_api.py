@@ -82,6 +82,7 @@ def api(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, redis_url: 
             "BUILDFARM_API_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
             "BUILDFARM_API_MAX_RUNNING_BUILDS": "2",
         },
+        redis_db=3,
     ) as started:
         yield started
 

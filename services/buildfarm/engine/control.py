@@ -130,23 +130,6 @@ class BuildPage:
     total: int
 
 
-def list_builds(
-    ctx: FarmContext,
-    project: str | None = None,
-    branch: str | None = None,
-    state: str | None = None,
-    limit: int = 50,
-    *,
-    kind: str | None = None,
-    user: str | None = None,
-    offset: int = 0,
-    viewer: tuple[str, list[str]] | None = None,
-) -> list[BuildView]:
-    return page_builds(
-        ctx, project, branch, state, limit, kind=kind, user=user, offset=offset, viewer=viewer
-    ).items
-
-
 def page_builds(
     ctx: FarmContext,
     project: str | None = None,
