@@ -7,6 +7,7 @@ build. Without the farm's repository the same dependency is unmet and the build 
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -42,9 +43,21 @@ def _copy_examples(root: Path, names: list[str], branch: str) -> Path:
     return manifest
 
 
+def _remote(farm: Farm) -> Farm:
+    """The same farm seen through its REST API, as a remote user's CLI sees it."""
+    token = json.loads(farm.cli("--output", "json", "admin", "init").stdout)["token"]
+    farm.cli("admin", "project", "add", "sb")
+    remote = Farm(farm.state_dir)
+    api_port = json.loads((farm.state_dir / "farm.json").read_text())["api_port"]
+    remote.env |= {"BUILDFARM_URL": f"http://127.0.0.1:{api_port}", "BUILDFARM_TOKEN": token}
+    return remote
+
+
 def test_tool_links_against_library_from_the_farms_repository(sbuild_farm: Farm, tmp_path: Path) -> None:
+    """Submitted from a local directory through the REST API, as a remote user would."""
     manifest = _copy_examples(tmp_path, ["libgreet", "greet-cli", "greet-docs"], "main")
-    view = sbuild_farm.json("build", "submit", str(manifest), "--wait", "--timeout", "600")
+    view = _remote(sbuild_farm).json("build", "submit", str(manifest), "--wait", "--timeout", "600")
+    assert view["user"] == "admin"  # recorded as the token's user: it went through the API
     assert view["state"] == "succeeded", view
     steps = {s["name"]: s for s in view["steps"]}
     cli_log = Path(steps["greet-cli"]["log"]).read_text()
@@ -73,8 +86,6 @@ def test_missing_in_build_dependency_fails(sbuild_farm: Farm, tmp_path: Path) ->
         "--output", "json", "build", "submit", str(manifest), "--wait", "--timeout", "300", check=False
     )
     assert result.returncode == 1
-    import json
-
     view = json.loads(result.stdout)
     assert view["state"] == "failed"
     step = view["steps"][0]
