@@ -190,6 +190,8 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
         settings.api_rate_per_minute,
         settings.api_max_running_builds,
     )
+    farm.store.check()
+    farm.repo.check()
     accounts.ensure_projects(farm, settings.projects)
     nodes = _NodeCache(settings)
     app = FastAPI(

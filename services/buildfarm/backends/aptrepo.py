@@ -205,6 +205,9 @@ class LocalAptRepository:
         self.root = Path(root).absolute()
         self.base_url = base_url.rstrip("/")
 
+    def check(self) -> None:
+        _run_ftparchive(["--version"], self.root.parent if self.root.parent.is_dir() else Path("/"))
+
     # -- where things are --------------------------------------------------------------------
 
     def _branch_dir(self, project: str, branch: str) -> Path:

@@ -69,6 +69,10 @@ class LogWriter(Protocol):
 class ArtifactStore(Protocol):
     """Content-addressed objects (sha256), per-build manifests and per-step logs."""
 
+    def check(self) -> None:
+        """At start: raise one clear error if the store cannot be used (unreachable, no bucket)."""
+        ...
+
     def put_file(self, path: Path) -> ObjectRef:
         """Store a file under its sha256 (once, however many times it is put)."""
         ...
@@ -104,6 +108,10 @@ class PackageRepository(Protocol):
     ``publish`` is atomic: an apt client sees either the previous state or the whole new build,
     never a half-published one.  Only a successful, non-personal build moves ``latest``.
     """
+
+    def check(self) -> None:
+        """At start: raise one clear error if the repository cannot be used (unreachable, bad login)."""
+        ...
 
     def stage(self, build: BuildRef, packages: list[PackageFile]) -> AptSource:
         """Make the build's staging repository hold exactly ``packages``; return its apt source."""

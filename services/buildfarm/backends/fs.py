@@ -134,6 +134,14 @@ class FsArtifactStore:
         self._objects = self.root / "objects" / "sha256"
         self._tmp = self.root / "objects" / "tmp"
 
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PermanentError(f"artifact store {self.root} cannot be created: {exc.strerror}") from exc
+        if not os.access(self.root, os.W_OK):
+            raise PermanentError(f"artifact store {self.root} is not writable")
+
     # -- objects ---------------------------------------------------------------------------
 
     def object_path(self, sha256: str) -> Path:

@@ -5,11 +5,25 @@ from __future__ import annotations
 from buildfarm.backends.aptrepo import LocalAptRepository
 from buildfarm.backends.base import ArtifactStore, PackageRepository
 from buildfarm.backends.fs import FsArtifactStore
+from buildfarm.model.errors import PermanentError
 from buildfarm.model.settings import Settings
 from buildfarm.runners.base import Runner
 
 
 def make_store(settings: Settings) -> ArtifactStore:
+    if settings.artifacts == "s3":
+        from buildfarm.backends.s3 import S3ArtifactStore
+
+        if not settings.s3_endpoint:
+            raise PermanentError("artifacts is s3 but setting s3_endpoint is missing")
+        return S3ArtifactStore(
+            settings.s3_endpoint,
+            settings.secret(settings.s3_access_key, settings.s3_access_key_file, "s3_access_key"),
+            settings.secret(settings.s3_secret_key, settings.s3_secret_key_file, "s3_secret_key"),
+            settings.s3_bucket,
+            secure=settings.s3_secure,
+            region=settings.s3_region,
+        )
     return FsArtifactStore(settings.state_dir / "artifacts")
 
 
@@ -29,3 +43,10 @@ def make_runner(settings: Settings) -> Runner:
         distribution=settings.distribution,
         tmpdir=settings.sbuild_tmpdir,
     )
+
+
+def check_backends(settings: Settings) -> None:
+    """Build both stores and check them: one clear line for an unreachable service, wrong
+    credentials or a missing bucket, before any process starts on a broken configuration."""
+    make_store(settings).check()
+    make_repository(settings).check()

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from buildfarm.dispatch.celery_app import BUILD_QUEUE, CONTROL_QUEUE, make_celery, node_queue
+from buildfarm.engine.wiring import check_backends
 from buildfarm.local.procs import Supervisor, free_port, port_open, redis_server_command, wait_until
 from buildfarm.model.errors import PermanentError, ServiceUnavailableError
 from buildfarm.model.settings import FARM_FILE, Settings, load_settings
@@ -141,6 +142,7 @@ def _start(settings: Settings, sup: Supervisor, nodes: int, prepare: Any) -> Far
     _farm_file(settings).write_text(json.dumps(farm, indent=2) + "\n")
     settings = load_settings(state_dir=state)
     upgrade(settings.effective_database_url)
+    check_backends(settings)
     if prepare is not None:
         prepare(settings)  # e.g. make the sbuild base tarball, with a progress display
 

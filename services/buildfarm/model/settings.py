@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from buildfarm.model.errors import PermanentError
@@ -102,6 +102,29 @@ class Settings(BaseSettings):
     )
     api_follow_seconds: float = Field(default=3600.0, gt=0, description="longest one `logs --follow` stream")
     projects: list[str] = Field(default_factory=list, description="projects declared in configuration")
+    artifacts: Literal["fs", "s3"] = Field(
+        default="fs", description="artifact store: fs (a directory in the state dir) or s3 (any S3 endpoint)"
+    )
+    s3_endpoint: str | None = Field(default=None, description="S3 host:port (MinIO in the chart)")
+    s3_secure: bool = Field(default=True, description="https to the S3 endpoint")
+    s3_region: str | None = Field(default=None, description="S3 region (saves a lookup request)")
+    s3_bucket: str = Field(default="buildfarm", description="bucket for artifacts and logs")
+    s3_access_key: SecretStr | None = Field(default=None, description="S3 access key (from a Secret)")
+    s3_secret_key: SecretStr | None = Field(default=None, description="S3 secret key (from a Secret)")
+    s3_access_key_file: Path | None = Field(default=None, description="file holding the access key (0600)")
+    s3_secret_key_file: Path | None = Field(default=None, description="file holding the secret key (0600)")
+    repository: Literal["local", "pulp"] = Field(
+        default="local",
+        description="package repository: local (apt-ftparchive) or pulp (pulpcore + pulp_deb)",
+    )
+    pulp_url: str | None = Field(default=None, description="Pulp API base URL, e.g. http://pulp-api:24817")
+    pulp_username: str = Field(default="admin", description="Pulp user")
+    pulp_password: SecretStr | None = Field(default=None, description="Pulp password (from a Secret)")
+    pulp_password_file: Path | None = Field(default=None, description="file holding the Pulp password (0600)")
+    pulp_content_origin: str | None = Field(
+        default=None, description="where apt clients reach Pulp's content app, e.g. http://pulp-content:24816"
+    )
+    pulp_task_timeout_seconds: float = Field(default=600.0, gt=0, description="longest wait on one Pulp task")
     node_concurrency: int = Field(default=1, ge=1, le=64, description="steps one node builds at once")
 
     @classmethod
@@ -135,6 +158,20 @@ class Settings(BaseSettings):
     @property
     def repo_url(self) -> str:
         return f"http://{self.repo_host}:{self.repo_port}"
+
+    def secret(self, value: SecretStr | None, path: Path | None, name: str) -> str:
+        """A credential from the environment or from a file only its owner can read."""
+        if value is not None:
+            return value.get_secret_value()
+        if path is None:
+            raise PermanentError(f"setting {name} is missing (or {name}_file)")
+        try:
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise PermanentError(f"setting {name}_file: cannot read {path}: {exc.strerror}") from exc
+        if mode & 0o077:
+            raise PermanentError(f"setting {name}_file: {path} is readable by others: chmod 600 it")
+        return path.read_text().strip()
 
     def check(self) -> None:
         if self.heartbeat_seconds * 2 > self.lease_seconds:
