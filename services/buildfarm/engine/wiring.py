@@ -28,6 +28,18 @@ def make_store(settings: Settings) -> ArtifactStore:
 
 
 def make_repository(settings: Settings) -> PackageRepository:
+    if settings.repository == "pulp":
+        from buildfarm.backends.pulp import PulpRepository
+
+        if not settings.pulp_url or not settings.pulp_content_origin:
+            raise PermanentError("repository is pulp but setting pulp_url or pulp_content_origin is missing")
+        return PulpRepository(
+            settings.pulp_url,
+            settings.pulp_username,
+            settings.secret(settings.pulp_password, settings.pulp_password_file, "pulp_password"),
+            settings.pulp_content_origin,
+            task_timeout_seconds=settings.pulp_task_timeout_seconds,
+        )
     return LocalAptRepository(settings.state_dir / "repos", settings.repo_url)
 
 
