@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 BUILDFARM_STATE_DIR ?= $(CURDIR)/.farm
 export BUILDFARM_STATE_DIR
 
-.PHONY: help deps venv lint pytest test demo bench charts farm-stop clean
+.PHONY: help deps venv lint pytest test demo demo-stop bench charts farm-stop clean
 
 help:
 	@echo "make demo       start a 2-node local farm, build examples/, show the apt line"
@@ -54,6 +54,18 @@ pytest: venv
 
 test: deps venv lint charts pytest
 
+# `make demo PROFILE=pulp`: the same build through a real Pulp and an S3 server (ops/demo/).
+PROFILE ?= local
+
+ifeq ($(PROFILE),pulp)
+demo: deps venv
+	bash ops/demo/pulp-profile.sh
+
+demo-stop:
+	bash ops/demo/pulp-profile-stop.sh
+else
+demo-stop: farm-stop
+
 demo: deps venv
 	$(BF) start --nodes 2
 	$(BF) build submit examples/buildfarm.yaml --wait
@@ -71,6 +83,8 @@ demo: deps venv
 	@echo "  BUILDFARM_STATE_DIR=$(BUILDFARM_STATE_DIR) $(BF) repo sources examples main \\"
 	@echo "    | sudo tee /etc/apt/sources.list.d/buildfarm-examples.list"
 	@echo "  sudo apt-get update && sudo apt-get install greet-cli && greet-cli world"
+
+endif
 
 bench: venv
 	$(VENV)/bin/python ops/bench/api_latency.py
