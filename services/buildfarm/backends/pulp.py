@@ -222,7 +222,7 @@ class _BoundedOpenAPI(OpenAPI):
             kwargs.setdefault("timeout", timeout)
             return send(*args, **kwargs)
 
-        self._session.request = bounded
+        self._session.request = bounded  # type: ignore[method-assign,unused-ignore]
 
     def load_api(self, refresh_cache: bool = False) -> None:
         try:
