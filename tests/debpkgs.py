@@ -7,7 +7,14 @@ so chains of packages build in the fast host mode too.
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
+
+from buildfarm.backends.base import PackageFile
 
 CHANGELOG = """{name} ({version}) unstable; urgency=medium
 
@@ -65,3 +72,25 @@ def write_manifest(
     packages = "".join(f"  - path: {n}\n" for n in names)
     manifest.write_text(f"project: {project}\nbranch: {branch}\nkind: {kind}\npackages:\n{packages}")
     return manifest
+
+
+def build_deb(
+    workdir: Path, name: str, version: str, *, architecture: str = "all", payload: str = ""
+) -> PackageFile:
+    """A real binary .deb made with dpkg-deb (no source package): for repository tests."""
+    if shutil.which("dpkg-deb") is None:
+        pytest.fail("dpkg-deb not found: install the Debian package 'dpkg' (make deps does)", pytrace=False)
+    tree = workdir / f"{name}-{version}-{architecture}"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(
+        f"Package: {name}\nVersion: {version}\nArchitecture: {architecture}\n"
+        f"Maintainer: Farm Tests <tests@example.org>\nDescription: buildfarm test package {name}\n"
+    )
+    (tree / "usr" / "share" / name).mkdir(parents=True)
+    (tree / "usr" / "share" / name / "payload").write_text(payload or f"{name} {version} {architecture}\n")
+    deb = workdir / f"{name}_{version}_{architecture}.deb"
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb)], check=True, capture_output=True
+    )
+    data = deb.read_bytes()
+    return PackageFile(deb.name, hashlib.sha256(data).hexdigest(), len(data), deb)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from buildfarm.backends.httpserve import make_server
 from buildfarm.local.aptclient import AptClient, AptError
 from buildfarm.model.errors import NotFoundError, PermanentError
 
+from debpkgs import build_deb
 from helpers import wait_until
 
 pytestmark = pytest.mark.integration
@@ -33,33 +33,14 @@ PROJECT = "examples"
 BRANCH = "main"
 
 
-def _build_deb(workdir: Path, name: str, version: str, payload: str) -> PackageFile:
-    tree = workdir / f"{name}-{version}"
-    (tree / "DEBIAN").mkdir(parents=True)
-    (tree / "DEBIAN" / "control").write_text(
-        f"Package: {name}\nVersion: {version}\nArchitecture: all\n"
-        f"Maintainer: Farm Tests <tests@example.org>\nDescription: buildfarm test package {name}\n"
-    )
-    (tree / "usr" / "share" / name).mkdir(parents=True)
-    (tree / "usr" / "share" / name / "payload").write_text(payload)
-    deb = workdir / f"{name}_{version}_all.deb"
-    if shutil.which("dpkg-deb") is None:
-        pytest.fail("dpkg-deb not found: install the Debian package 'dpkg' (make deps does)", pytrace=False)
-    subprocess.run(
-        ["dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb)], check=True, capture_output=True
-    )
-    data = deb.read_bytes()
-    return PackageFile(deb.name, hashlib.sha256(data).hexdigest(), len(data), deb)
-
-
 @pytest.fixture(scope="session")
 def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, PackageFile]:
     """Real .deb files: two versions of bf-hello (different bytes) and bf-world."""
     workdir = tmp_path_factory.mktemp("debs")
     return {
-        "hello1": _build_deb(workdir, "bf-hello", "1.0", "hello from build one\n"),
-        "hello2": _build_deb(workdir, "bf-hello", "2.0", "hello from build two\n"),
-        "world1": _build_deb(workdir, "bf-world", "1.0", "world\n"),
+        "hello1": build_deb(workdir, "bf-hello", "1.0", payload="hello from build one\n"),
+        "hello2": build_deb(workdir, "bf-hello", "2.0", payload="hello from build two\n"),
+        "world1": build_deb(workdir, "bf-world", "1.0", payload="world\n"),
     }
 
 

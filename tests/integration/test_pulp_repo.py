@@ -8,7 +8,6 @@ is shared by the whole session (pulpkit), so every test works in a project of it
 from __future__ import annotations
 
 import hashlib
-import shutil
 import socket
 import subprocess
 import threading
@@ -25,6 +24,7 @@ from buildfarm.backends.pulp import PulpDebPackageContext, PulpRepository
 from buildfarm.local.aptclient import AptClient, AptError
 from buildfarm.model.errors import NotFoundError, PermanentError, ServiceUnavailableError
 
+from debpkgs import build_deb
 from helpers import free_port
 from pulpkit import PulpServer, pulp_server
 
@@ -41,33 +41,14 @@ def _host_architecture() -> str:
     ).stdout.strip()
 
 
-def _build_deb(workdir: Path, name: str, version: str, architecture: str) -> PackageFile:
-    tree = workdir / f"{name}-{version}-{architecture}"
-    (tree / "DEBIAN").mkdir(parents=True)
-    (tree / "DEBIAN" / "control").write_text(
-        f"Package: {name}\nVersion: {version}\nArchitecture: {architecture}\n"
-        f"Maintainer: Farm Tests <tests@example.org>\nDescription: buildfarm test package {name}\n"
-    )
-    (tree / "usr" / "share" / name).mkdir(parents=True)
-    (tree / "usr" / "share" / name / "payload").write_text(f"{name} {version} {architecture}\n")
-    deb = workdir / f"{name}_{version}_{architecture}.deb"
-    if shutil.which("dpkg-deb") is None:
-        pytest.fail("dpkg-deb not found: install the Debian package 'dpkg' (make deps does)", pytrace=False)
-    subprocess.run(
-        ["dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb)], check=True, capture_output=True
-    )
-    data = deb.read_bytes()
-    return PackageFile(deb.name, hashlib.sha256(data).hexdigest(), len(data), deb)
-
-
 @pytest.fixture(scope="module")
 def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, PackageFile]:
     """bf-hello 1.0 and 2.0 (Architecture: all) and bf-world 1.0 (the host's architecture)."""
     workdir = tmp_path_factory.mktemp("pulp-debs")
     return {
-        "hello1": _build_deb(workdir, "bf-hello", "1.0", "all"),
-        "hello2": _build_deb(workdir, "bf-hello", "2.0", "all"),
-        "world1": _build_deb(workdir, "bf-world", "1.0", _host_architecture()),
+        "hello1": build_deb(workdir, "bf-hello", "1.0", architecture="all"),
+        "hello2": build_deb(workdir, "bf-hello", "2.0", architecture="all"),
+        "world1": build_deb(workdir, "bf-world", "1.0", architecture=_host_architecture()),
     }
 
 
@@ -75,7 +56,7 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, PackageFile]:
 def make_deb(tmp_path: Path) -> DebFactory:
     """Fresh packages whose bytes no other test made (so Pulp has never seen them)."""
     salt = f"{time.time_ns()}"
-    return lambda name, version: _build_deb(tmp_path, name, f"{version}+{salt}", "all")
+    return lambda name, version: build_deb(tmp_path, name, f"{version}+{salt}")
 
 
 @pytest.fixture(scope="module")
