@@ -247,6 +247,13 @@ def test_bad_input_is_4xx_and_leaves_nothing(api: Api, tmp_path: Path) -> None:
         assert cycle.status_code == 400 and "cycle" in cycle.json()["error"]["message"]
         assert client.get("/api/v1/builds", params={"project": "lab"}).json()["total"] == before
     assert not list((api.farm.state_dir / "work").glob("upload-*"))
+    # found by the fuzzer: a NUL byte in a filter or a name must be a 4xx, never a database error
+    with api.client(api.admin) as admin:
+        for params in ({"branch": "a\x00b"}, {"user": "\x00"}, {"project": "p\x00"}):
+            response = admin.get("/api/v1/builds", params=params)
+            assert response.status_code == 400, (params, response.text)
+        assert admin.post("/api/v1/admin/users/%00/tokens", json={"name": "t"}).status_code == 400
+        assert admin.post("/api/v1/admin/users/frank/tokens", json={"name": "a\x00"}).status_code == 422
 
 
 def test_rate_limit_and_running_cap(api: Api, tmp_path: Path) -> None:

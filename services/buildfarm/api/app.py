@@ -30,6 +30,7 @@ from buildfarm.engine import accounts, control
 from buildfarm.engine.accounts import ForbiddenError, Principal
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
+from buildfarm.model import names
 from buildfarm.model.errors import NotFoundError, PermanentError
 from buildfarm.model.manifest import BuildKind, parse_manifest
 from buildfarm.model.settings import Settings
@@ -107,8 +108,12 @@ class UserOut(BaseModel):
     service: bool
 
 
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+"""Free-text names (token labels) may hold anything but control characters (PostgreSQL refuses NUL)."""
+
+
 class TokenIn(_Strict):
-    name: Annotated[str, Field(min_length=1, max_length=100)] = "default"
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=PRINTABLE)] = "default"
     expires_days: Annotated[int, Field(ge=1, le=accounts.MAX_TOKEN_DAYS)] = accounts.DEFAULT_TOKEN_DAYS
 
 
@@ -325,6 +330,11 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
         page: Annotated[int, Query(ge=1, le=100_000)] = 1,
         per_page: Annotated[int, Query(ge=1, le=200)] = 50,
     ) -> BuildPageOut:
+        for value, what in ((project, "project"), (user, "user")):
+            if value:
+                names.check_simple_name(value, what)
+        if branch:
+            names.check_ref_name(branch, "branch")
         scope = None if principal.admin else sorted(principal.roles)
         maintained = [p for p in principal.roles if principal.has(p, Role.MAINTAINER)]
         result = control.page_builds(

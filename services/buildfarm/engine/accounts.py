@@ -72,6 +72,7 @@ def digest(token: str) -> str:
 
 
 def _user(session: Session, name: str) -> User:
+    names.check_simple_name(name, "user")
     user = session.scalars(select(User).where(User.name == name)).one_or_none()
     if user is None:
         raise NotFoundError(f"user {name!r} does not exist")
@@ -79,6 +80,7 @@ def _user(session: Session, name: str) -> User:
 
 
 def _project(session: Session, name: str) -> Project:
+    names.check_simple_name(name, "project")
     project = session.scalars(select(Project).where(Project.name == name)).one_or_none()
     if project is None:
         raise NotFoundError(f"project {name!r} does not exist")
@@ -184,6 +186,7 @@ def authenticate(ctx: FarmContext, token: str | None) -> Principal:
 
 
 def project_exists(ctx: FarmContext, name: str) -> bool:
+    names.check_simple_name(name, "project")
     with ctx.db.session() as session:
         return session.scalars(select(Project.id).where(Project.name == name)).first() is not None
 
