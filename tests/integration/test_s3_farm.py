@@ -99,6 +99,15 @@ def test_missing_settings_and_bucket_are_one_line(tmp_path: Path, moto: MotoS3) 
                 s3_secret_key=SECRET_KEY,
             )
         )
+    as_url = load_settings(
+        state_dir=tmp_path,
+        artifacts="s3",
+        s3_endpoint=f"http://{moto.endpoint}",
+        s3_access_key=ACCESS_KEY,
+        s3_secret_key=SECRET_KEY,
+        s3_bucket=moto.new_bucket(),
+    )
+    make_store(as_url).check()  # the chart's URL form: http -> no TLS
     with pytest.raises(PermanentError, match="does not exist"):
         check_backends(
             load_settings(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from buildfarm.backends.aptrepo import LocalAptRepository
 from buildfarm.backends.base import ArtifactStore, PackageRepository
 from buildfarm.backends.fs import FsArtifactStore
@@ -16,12 +18,16 @@ def make_store(settings: Settings) -> ArtifactStore:
 
         if not settings.s3_endpoint:
             raise PermanentError("artifacts is s3 but setting s3_endpoint is missing")
+        endpoint, secure = settings.s3_endpoint, settings.s3_secure
+        if "://" in endpoint:  # the chart passes a URL: the scheme decides https
+            parts = urlsplit(endpoint)
+            endpoint, secure = parts.netloc, parts.scheme == "https"
         return S3ArtifactStore(
-            settings.s3_endpoint,
+            endpoint,
             settings.secret(settings.s3_access_key, settings.s3_access_key_file, "s3_access_key"),
             settings.secret(settings.s3_secret_key, settings.s3_secret_key_file, "s3_secret_key"),
             settings.s3_bucket,
-            secure=settings.s3_secure,
+            secure=secure,
             region=settings.s3_region,
         )
     return FsArtifactStore(settings.state_dir / "artifacts")
