@@ -129,6 +129,7 @@ farm-stop:
 # Removes only the repo-local .farm, never a BUILDFARM_STATE_DIR pointed elsewhere.
 clean:
 	-@if [ -x $(BF) ] && [ -d .farm ]; then BUILDFARM_STATE_DIR=$(CURDIR)/.farm $(BF) stop; fi
-	rm -rf $(VENV) .farm build dist *.egg-info services/*.egg-info buildtools/*.egg-info \
+	-@if [ -x $(BF) ] && [ -d .farm-pulp ]; then bash ops/demo/pulp-profile-stop.sh; fi
+	rm -rf $(VENV) .venv-pulp .venv-charts .helm .farm .farm-pulp build dist *.egg-info services/*.egg-info buildtools/*.egg-info \
 	  .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
