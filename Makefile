@@ -45,8 +45,14 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 # pytest exits 5 when it collected nothing: that must fail, not pass as "no failures".
+# Test workers (pytest-xdist); 0 runs everything in this process. Each test module stays on one
+# worker, and all modules using the session's Pulp server (or buildah's shared storage) share one
+# (tests/conftest.py), so no server is started twice.
+PYTEST_WORKERS ?= 2
+
 pytest: venv
-	@rc=0; $(VENV)/bin/pytest --durations=15 -p no:cacheprovider tests $(PYTEST_ARGS) || rc=$$?; \
+	@rc=0; $(VENV)/bin/pytest --durations=15 -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup \
+	  tests $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then \
 	  echo "make test: FAILED: pytest collected no tests (exit 5), so nothing was checked" >&2; exit 1; \
 	fi; \
@@ -88,6 +94,7 @@ endif
 
 bench: venv
 	$(VENV)/bin/python ops/bench/api_latency.py
+	$(VENV)/bin/python ops/bench/retention.py
 	$(VENV)/bin/python ops/bench/run.py
 
 # The charts' tools live in their own virtualenv: the service tests run from .venv and never see them.

@@ -25,6 +25,32 @@ from buildfarm.local.procs import redis_server_command
 
 from helpers import free_port, tail, wait_until
 
+SHARED_GROUPS = {
+    "pulp": ("pulp_server",),  # one real Pulp stack per session: every module using it on one worker
+    "buildah": ("buildah",),  # buildah's storage under the cache dir is shared by these modules
+}
+"""Test modules that must share one pytest-xdist worker, found by what their source mentions."""
+
+
+def _group_of(module: Path, cache: dict[Path, str]) -> str:
+    if module not in cache:
+        text = module.read_text(encoding="utf-8") if module.suffix == ".py" else ""
+        cache[module] = next(
+            (group for group, words in SHARED_GROUPS.items() if any(w in text for w in words)),
+            module.name,
+        )
+    return cache[module]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With ``--dist loadgroup``: one module's tests stay on one worker (module fixtures start once),
+    and modules sharing a session server share a worker (the server starts once)."""
+    cache: dict[Path, str] = {}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_group_of(Path(str(item.path)), cache)))
+
+
 # Seconds. Both servers are up in well under a second here; the margin is for a loaded CI machine.
 REDIS_START_TIMEOUT = 15.0
 POSTGRES_START_TIMEOUT = 30

@@ -9,12 +9,16 @@ client served it.
 
 from __future__ import annotations
 
+import builtins
 from pathlib import Path
 from typing import Any, Protocol
 
-from buildfarm.backends.base import AptSource
+from buildfarm.backends.base import AptSource, MirrorStatus
 from buildfarm.engine.accounts import CreatedToken
 from buildfarm.engine.control import BuildView
+from buildfarm.engine.mirrors import MirrorView
+from buildfarm.engine.retention import Progress, StorageReport, SweepReport
+from buildfarm.engine.schedules import ScheduleView
 from buildfarm_cli.config import ClientConfig
 from buildfarm_cli.httpclient import HttpClient
 from buildfarm_cli.localclient import LocalClient
@@ -71,6 +75,26 @@ class FarmClient(Protocol):
     def add_project(self, name: str) -> None: ...
 
     def grant(self, user: str, project: str, role: str) -> None: ...
+
+    def mirrors(self) -> builtins.list[MirrorView]:
+        """The configured 3rd-party mirrors; ``source`` is set on those builds can use now."""
+        ...
+
+    def sync_mirror(self, name: str, timeout: float) -> MirrorStatus:
+        """Sync one mirror (admins only through the API), waiting at most ``timeout`` seconds."""
+        ...
+
+    def schedules(self) -> builtins.list[ScheduleView]:
+        """The configured schedules (those of projects the caller may view), next and last runs."""
+        ...
+
+    def run_retention(self, dry_run: bool, progress: Progress | None = None) -> SweepReport:
+        """Apply the retention policy (admins only); ``progress`` is called while it sweeps locally."""
+        ...
+
+    def storage_report(self) -> StorageReport:
+        """Bytes by class, project and branch, and what the next sweep would free (admins only)."""
+        ...
 
     def close(self) -> None: ...
 

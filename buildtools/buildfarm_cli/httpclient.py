@@ -1,8 +1,9 @@
 """A farm's REST API (docs/api.md) as a client: the same data and errors as the local engine.
 
-Submitting packs each ``path`` package of the manifest into the same deterministic tarball the
-farm would make (:func:`buildfarm.model.sources.pack_tree`), asks which of them the farm lacks
-and uploads only those: resubmitting a tree that changed in one package sends one tarball.
+Submitting packs each ``path`` package and each ``path`` image context of the manifest into the
+same deterministic tarball the farm would make (:func:`buildfarm.model.sources.pack_tree`), asks
+which of them the farm lacks and uploads only those: resubmitting a tree that changed in one
+package sends one tarball.
 
 Error bodies ``{"error": {"code", "message"}}`` become the exceptions the engine raises
 locally, so the CLI prints the same line and exits with the same code either way; a farm that
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,9 +23,12 @@ from urllib.parse import quote
 
 import httpx
 
-from buildfarm.backends.base import AptSource
+from buildfarm.backends.base import AptSource, MirrorStatus
 from buildfarm.engine.accounts import DEFAULT_TOKEN_DAYS, AuthError, CreatedToken, ForbiddenError
 from buildfarm.engine.control import BuildView, StepView
+from buildfarm.engine.mirrors import MirrorView
+from buildfarm.engine.retention import Progress, StorageReport, SweepReport
+from buildfarm.engine.schedules import ScheduleView
 from buildfarm.model.errors import (
     BuildfarmError,
     ConflictError,
@@ -33,7 +38,7 @@ from buildfarm.model.errors import (
     ServiceUnavailableError,
     TemporaryError,
 )
-from buildfarm.model.manifest import load_manifest
+from buildfarm.model.manifest import ImageSource, PackageSource, load_manifest
 from buildfarm.model.sources import pack_tree
 from buildfarm_cli.views import BUILD_FIELDS, BuildSummary, UserView
 
@@ -48,7 +53,11 @@ DEFAULT_RETRY_AFTER_SECONDS = 5.0
 TEMPORARY_CODES = frozenset({"unavailable", "rate_limited", "too_many_builds"})
 TEMPORARY_STATUSES = frozenset({429, 502, 503, 504})
 
-_View = TypeVar("_View", BuildView, StepView, BuildSummary)
+_View = TypeVar("_View", BuildView, StepView, BuildSummary, MirrorView, MirrorStatus, ScheduleView)
+_Report = TypeVar("_Report", SweepReport, StorageReport)
+RETENTION_TIMEOUT_SECONDS = 3600.0
+"""Longest wait for a sweep (or a report with its dry run): it answers when done, and its work
+grows with what expires, which after a long pause can be a lot."""
 
 
 class HttpClient:
@@ -150,31 +159,41 @@ class HttpClient:
             )
         root = manifest_path.parent.resolve()
         tarballs: dict[str, bytes] = {}
-        sources: dict[str, str] = {}
-        for index, package in enumerate(manifest.packages):
-            if package.path is None:
-                continue  # a git package is fetched by the farm itself
-            data = pack_tree((root / package.path).resolve())
+        labels: dict[str, str] = {}  # digest -> the first tree it carries, for error messages
+        uploaded: dict[str, dict[str, str]] = {"sources": {}, "contexts": {}}
+        trees: builtins.list[tuple[str, str, int, PackageSource | ImageSource]] = [
+            ("sources", "packages", index, package) for index, package in enumerate(manifest.packages)
+        ]
+        trees += [("contexts", "images", index, image) for index, image in enumerate(manifest.images)]
+        for field, kind, index, tree in trees:
+            if tree.path is None:
+                continue  # a git package or context is fetched by the farm itself
+            data = pack_tree((root / tree.path).resolve())
             digest = hashlib.sha256(data).hexdigest()
             tarballs[digest] = data
-            sources[str(index)] = digest
+            labels.setdefault(digest, f"{kind}[{index}] ({tree.path})")
+            uploaded[field][str(index)] = digest
         if tarballs:
             answer = self._json("POST", "/sources/missing", json={"sha256": sorted(tarballs)})
             missing = answer.get("missing") if isinstance(answer, dict) else None
             if not isinstance(missing, builtins.list):
                 raise self._unexpected("POST /sources/missing did not answer a list of missing sources")
             for digest in missing:
-                if digest not in tarballs:
-                    continue
-                self._request(
-                    "PUT",
-                    f"/sources/{digest}",
-                    content=tarballs[digest],
-                    headers={"Content-Type": "application/octet-stream"},
-                )
-                self.uploads += 1
-        body = {"manifest": manifest.model_dump(mode="json"), "sources": sources}
+                if digest in tarballs:
+                    self._upload(digest, tarballs[digest], labels[digest])
+        body = {"manifest": manifest.model_dump(mode="json"), **uploaded}
         return self._build(self._json("POST", "/builds", json=body)).id
+
+    def _upload(self, digest: str, data: bytes, label: str) -> None:
+        """PUT one tarball; a refusal (too large, unsafe) names the tree it carries."""
+        try:
+            headers = {"Content-Type": "application/octet-stream"}
+            self._request("PUT", f"/sources/{digest}", content=data, headers=headers)
+        except PermanentError as exc:
+            if type(exc) is not PermanentError:  # forbidden, unauthenticated: not about this tree
+                raise
+            raise PermanentError(f"{label}: {exc}") from exc
+        self.uploads += 1
 
     def show(self, build_id: int) -> BuildView:
         return self._build(self._json("GET", f"/builds/{int(build_id)}"))
@@ -271,6 +290,49 @@ class HttpClient:
     def grant(self, user: str, project: str, role: str) -> None:
         path = f"/admin/projects/{quote(project, safe='')}/grants/{quote(user, safe='')}"
         self._request("PUT", path, json={"role": role})
+
+    # -- mirrors ---------------------------------------------------------------------------
+
+    def mirrors(self) -> builtins.list[MirrorView]:
+        answer = self._json("GET", "/mirrors")
+        if not isinstance(answer, builtins.list):
+            raise self._unexpected("GET /mirrors did not answer a list")
+        return [self._make(MirrorView, item) for item in answer]
+
+    def sync_mirror(self, name: str, timeout: float) -> MirrorStatus:
+        """The farm answers when the sync is done: this one request may read for ``timeout`` seconds."""
+        path = f"/mirrors/{quote(name, safe='')}/sync"
+        wait = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_SECONDS)
+        return self._make(MirrorStatus, self._json("POST", path, timeout=wait))
+
+    # -- schedules -------------------------------------------------------------------------
+
+    def schedules(self) -> builtins.list[ScheduleView]:
+        answer = self._json("GET", "/schedules")
+        if not isinstance(answer, builtins.list):
+            raise self._unexpected("GET /schedules did not answer a list")
+        return [self._make(ScheduleView, item) for item in answer]
+
+    # -- retention -------------------------------------------------------------------------
+
+    def run_retention(self, dry_run: bool, progress: Progress | None = None) -> SweepReport:
+        """One request that answers when the sweep is done (no progress to show meanwhile)."""
+        wait = httpx.Timeout(RETENTION_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS)
+        params = {"dry_run": "true" if dry_run else "false"}
+        answer = self._json("POST", "/retention/run", params=params, timeout=wait)
+        return self._report(SweepReport.from_dict, answer)
+
+    def storage_report(self) -> StorageReport:
+        wait = httpx.Timeout(RETENTION_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS)
+        return self._report(StorageReport.from_dict, self._json("GET", "/storage", timeout=wait))
+
+    def _report(self, make: Callable[[dict[str, Any]], _Report], answer: Any) -> _Report:
+        if not isinstance(answer, dict):
+            raise self._unexpected("a report is not an object")
+        try:
+            return make(answer)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise self._unexpected(f"a malformed report: {exc}") from exc
 
     # -- JSON to the engine's dataclasses --------------------------------------------------
 

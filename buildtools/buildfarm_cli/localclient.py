@@ -13,9 +13,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from buildfarm.backends.base import AptSource
-from buildfarm.engine import accounts, control
+from buildfarm.backends.base import AptSource, MirrorStatus, PackageRepository
+from buildfarm.engine import accounts, control, mirrors
 from buildfarm.engine.context import FarmContext
+from buildfarm.engine.retention import Progress, StorageReport, SweepReport, run_sweep, storage_report
+from buildfarm.engine.schedules import ScheduleView
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.manifest import load_manifest
 from buildfarm.model.settings import Settings, load_settings
@@ -46,6 +48,7 @@ class LocalClient:
         self._contexts: dict[str, FarmContext] = {}
         # The log key a follower last read per step: a retried step starts a new log from 0.
         self._log_keys: dict[tuple[int, str], str] = {}
+        self._repo: PackageRepository | None = None
 
     @property
     def settings(self) -> Settings:
@@ -171,6 +174,43 @@ class LocalClient:
 
     def grant(self, user: str, project: str, role: str) -> None:
         accounts.grant(self._accounts_context(), user, project, role)
+
+    # -- mirrors: only the settings and the repository backend, no farm process --------------
+
+    def _repository(self) -> PackageRepository:
+        if self._repo is None:
+            from buildfarm.engine.wiring import make_repository
+
+            self._repo = make_repository(self.settings)
+        return self._repo
+
+    def mirrors(self) -> builtins.list[mirrors.MirrorView]:
+        return mirrors.list_mirrors(self.settings, self._repository())
+
+    def sync_mirror(self, name: str, timeout: float) -> MirrorStatus:
+        """``timeout`` is for remote farms: here each Pulp task is bounded by pulp_task_timeout_seconds."""
+        return mirrors.sync_mirror(self.settings, self._repository(), name)
+
+    # -- schedules: only the database ------------------------------------------------------
+
+    def schedules(self) -> builtins.list[ScheduleView]:
+        from buildfarm.engine.schedules import list_schedules
+        from buildfarm.state.models import utcnow
+
+        return list_schedules(self._accounts_context(), utcnow())
+
+    # -- retention: the database and the stores, no farm process ------------------------------
+
+    def run_retention(self, dry_run: bool, progress: Progress | None = None) -> SweepReport:
+        return run_sweep(self._accounts_context(), dry_run=dry_run, progress=progress)
+
+    def storage_report(self) -> StorageReport:
+        return storage_report(self._accounts_context())
+
+    def farm_context(self) -> FarmContext:
+        """The farm itself for operator actions (``buildfarm backup``): its database, brought up to
+        date, and its stores; no farm process needs to run."""
+        return self._accounts_context()
 
     def close(self) -> None:
         for ctx in self._contexts.values():

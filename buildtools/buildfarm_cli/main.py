@@ -25,8 +25,11 @@ from buildfarm.model.manifest import BuildKind
 from buildfarm.model.settings import Settings, load_settings
 from buildfarm.state.models import TERMINAL_BUILD_STATES, BuildState
 from buildfarm_cli.admin import admin_app
+from buildfarm_cli.backup import backup_app
 from buildfarm_cli.client import FarmClient
 from buildfarm_cli.common import OutputOpt, state
+from buildfarm_cli.lifecycle import retention_app, storage_app
+from buildfarm_cli.mirror import mirror_app
 from buildfarm_cli.output import (
     OutputFormat,
     builds_table,
@@ -35,6 +38,7 @@ from buildfarm_cli.output import (
     err_console,
     steps_table,
 )
+from buildfarm_cli.schedule import schedule_app
 from buildfarm_cli.views import summary_dict
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False)
@@ -43,6 +47,11 @@ repo_app = typer.Typer(no_args_is_help=True, help="Published package repositorie
 app.add_typer(build_app, name="build")
 app.add_typer(repo_app, name="repo")
 app.add_typer(admin_app, name="admin")
+app.add_typer(mirror_app, name="mirror")
+app.add_typer(schedule_app, name="schedule")
+app.add_typer(backup_app, name="backup")
+app.add_typer(retention_app, name="retention")
+app.add_typer(storage_app, name="storage")
 
 WAIT_POLL_SECONDS = 0.5
 LOG_POLL_SECONDS = 0.5

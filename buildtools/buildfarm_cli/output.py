@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from enum import StrEnum
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from buildfarm.engine.control import BuildView
@@ -83,3 +86,34 @@ def builds_table(builds: list[BuildView]) -> Table:
             build.created_at,
         )
     return table
+
+
+PhaseProgress = Callable[[str, int, int], None]
+"""``progress(phase, done, total)``: what long commands report while they work."""
+
+
+@contextmanager
+def phase_bars(
+    enabled: bool, labels: Mapping[str, str], *, transient: bool
+) -> Iterator[PhaseProgress | None]:
+    """One progress bar per phase on stderr (``labels`` names the phases); None when disabled
+    (JSON output, or work done elsewhere)."""
+    if not enabled:
+        yield None
+        return
+    width = max((len(label) for label in labels.values()), default=12)
+    columns = (
+        TextColumn(f"{{task.description:<{width}}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=transient) as bars:
+        tasks: dict[str, TaskID] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bars.add_task(labels.get(phase, phase), total=total)
+            bars.update(tasks[phase], completed=done, total=total)
+
+        yield progress

@@ -10,6 +10,7 @@ packages=(
   dpkg-dev debhelper fakeroot build-essential apt-utils  # plain package builds
   sbuild mmdebstrap uidmap                               # clean builds in unshare mode
   redis-server postgresql                                # broker and build state (tests start private ones)
+  buildah docker-registry skopeo                         # image steps: daemonless builds, the local registry
   git ca-certificates curl
 )
 

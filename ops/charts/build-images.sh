@@ -33,6 +33,14 @@ build() {  # name dockerfile context
   fi
 }
 build farm buildtools/images/farm/Dockerfile .
-build package-builder buildtools/images/package-builder/Dockerfile .
+# The package-builder image is the builder tarball (made once, then cached) plus the entrypoint.
+builder_ctx=$(mktemp -d)
+trap 'rm -rf "$builder_ctx"' EXIT
+tarball=$(.venv/bin/python -c 'from buildfarm.model.settings import load_settings as l
+from buildfarm.runners.sbuild import ensure_builder_tarball as e
+s = l(); print(e(s.effective_base_tarball, s.distribution, s.mirror))')
+ln "$tarball" "$builder_ctx/builder.tar" 2>/dev/null || cp "$tarball" "$builder_ctx/builder.tar"
+cp buildtools/builder/buildfarm-step "$builder_ctx/"
+build package-builder buildtools/images/package-builder/Dockerfile "$builder_ctx"
 build pulp buildtools/images/pulp/Dockerfile buildtools/images/pulp
 echo "images: pushed; set image.repository, builders.packageImage.repository and pulp.image.repository to $registry/..."

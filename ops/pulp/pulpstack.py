@@ -103,6 +103,9 @@ class PulpStack:
     api_port: int = 0
     content_port: int = 0
     password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    orphan_protection_minutes: int | None = None
+    """Pulp's ORPHAN_PROTECTION_TIME (None: Pulp's default, a day).  Tests set 0, so an orphan
+    cleanup right after a retention sweep visibly frees storage."""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -177,6 +180,8 @@ class PulpStack:
             "ALLOWED_IMPORT_PATHS": [],
             "ALLOWED_EXPORT_PATHS": [],
         }
+        if self.orphan_protection_minutes is not None:
+            settings["ORPHAN_PROTECTION_TIME"] = self.orphan_protection_minutes
         lines = ["# Written by ops/pulp/pulpstack.py; rewritten at every start.\n"]
         lines += [f"{name} = {value!r}\n" for name, value in settings.items()]
         self.settings_path.write_text("".join(lines))

@@ -57,7 +57,7 @@ def test_daily_server_persists_and_schedules(render: Any, helpers: dict[str, Any
     assert config["BUILDFARM_RETENTION_NIGHTLY_DAYS"] == "14"
     assert config["BUILDFARM_PROJECTS"] == '["starlingx"]'
     # Nightly builds, retention and backups run in the scheduler, not as CronJobs.
-    assert components(docs, "CronJob") == {"registry-gc"}
+    assert components(docs, "CronJob") == {"registry-gc", "builders-cleanup"}  # + the orphan reaper
 
 
 def test_multi_node_uses_external_services_and_spreads(render: Any, helpers: dict[str, Any]) -> None:

@@ -3,9 +3,11 @@
 ``from pulpkit import pulp_server`` in a test module makes the fixture available there.  The
 server is started the way ``make demo PROFILE=pulp`` starts it (ops/pulp/pulpstack.py): API,
 content app and one worker, every file under a session temp dir, and its own database on the
-session's private PostgreSQL server (``postgres_url``).  A machine without .venv-pulp gets it
-from ops/pulp/install.sh first (~30 s, once).  Modules importing the fixture share one server:
-the fixture body only hands out a stack started once and stopped when the session ends.
+session's private PostgreSQL server (``postgres_url``).  Its ORPHAN_PROTECTION_TIME is 0: an
+orphan cleanup frees storage at once (production keeps Pulp's default of a day).  A machine
+without .venv-pulp gets it from ops/pulp/install.sh first (~30 s, once).  Modules importing the
+fixture share one server: the fixture body only hands out a stack started once and stopped when
+the session ends.
 """
 
 from __future__ import annotations
@@ -39,6 +41,17 @@ class PulpServer:
     install_seconds: float
     start_seconds: float
 
+    def settings(self) -> dict[str, object]:
+        """Farm settings selecting this server as the package repository."""
+        return {
+            "repository": "pulp",
+            "pulp_url": self.base_url,
+            "pulp_username": self.username,
+            "pulp_password": self.password,
+            "pulp_content_origin": self.content_origin,
+            "pulp_task_timeout_seconds": 60,
+        }
+
 
 def _load_pulpstack() -> ModuleType:
     spec = importlib.util.spec_from_file_location("buildfarm_ops_pulpstack", PULPSTACK)
@@ -66,6 +79,7 @@ def _start(postgres_url: str, root: Path, config: pytest.Config) -> PulpServer:
         db_user=database.username or "postgres",
         db_password=database.password or "",
         db_name=PULP_DATABASE,
+        orphan_protection_minutes=0,  # retention tests measure storage shrinking right after a sweep
     )
     started = time.monotonic()
     try:

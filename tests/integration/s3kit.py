@@ -47,6 +47,17 @@ class MotoS3:
     def client(self) -> Minio:
         return Minio(self.endpoint, ACCESS_KEY, SECRET_KEY, secure=False, region=REGION)
 
+    def settings(self) -> dict[str, object]:
+        """Farm settings selecting this server as the S3 artifact store, on a fresh bucket."""
+        return {
+            "artifacts": "s3",
+            "s3_endpoint": self.endpoint,
+            "s3_secure": False,
+            "s3_bucket": self.new_bucket(),
+            "s3_access_key": ACCESS_KEY,
+            "s3_secret_key": SECRET_KEY,
+        }
+
     def new_bucket(self) -> str:
         """A fresh, empty bucket, so tests sharing the server never see each other's objects."""
         name = f"farm-test-{next(_buckets)}"

@@ -25,7 +25,7 @@ from buildfarm.model.manifest import load_manifest
 from debpkgs import make_package, write_manifest
 from farmkit import drain, make_test_context
 from pulpkit import PulpServer, pulp_server  # noqa: F401 - the session's Pulp stack
-from s3kit import ACCESS_KEY, SECRET_KEY, MotoS3, running_moto_s3
+from s3kit import MotoS3, running_moto_s3
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +37,8 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
 @pytest.fixture
 def ctx(tmp_path: Path, moto: MotoS3, pulp_server: PulpServer) -> Iterator[FarmContext]:  # noqa: F811
     settings = {
-        "artifacts": "s3",
-        "s3_endpoint": moto.endpoint,
-        "s3_secure": False,
-        "s3_bucket": moto.new_bucket(),
-        "s3_access_key": ACCESS_KEY,
-        "s3_secret_key": SECRET_KEY,
-        "repository": "pulp",
-        "pulp_url": pulp_server.base_url,
-        "pulp_username": pulp_server.username,
-        "pulp_password": pulp_server.password,
-        "pulp_content_origin": pulp_server.content_origin,
-        "pulp_task_timeout_seconds": 60,
+        **moto.settings(),
+        **pulp_server.settings(),
     }
     context = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'state.db'}", **settings)
     check_backends(context.settings)

@@ -34,12 +34,7 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
 @pytest.fixture
 def ctx(tmp_path: Path, moto: MotoS3) -> Iterator[FarmContext]:
     s3 = {
-        "artifacts": "s3",
-        "s3_endpoint": moto.endpoint,
-        "s3_secure": False,
-        "s3_bucket": moto.new_bucket(),
-        "s3_access_key": ACCESS_KEY,
-        "s3_secret_key": SECRET_KEY,
+        **moto.settings(),
     }
     context = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'state.db'}", **s3)
     context.store = make_store(context.settings)

@@ -54,7 +54,7 @@ def test_git_package(tmp_path: Path) -> None:
             "project: a/b\nbranch: main\nkind: nightly\npackages: [{path: pkg}]\n",
             "project: invalid project name",
         ),
-        ("project: p\nbranch: main\nkind: nightly\npackages: []\n", "packages: List should have at least 1"),
+        ("project: p\nbranch: main\nkind: nightly\npackages: []\n", "give at least one package"),
         (
             "project: p\nbranch: main\nkind: nightly\npackages: [{path: ../pkg}]\n",
             "packages[0].path: path '../pkg' escapes the manifest's tree",
@@ -110,3 +110,85 @@ def test_symlink_escaping_tree_is_refused(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="no such manifest file"):
         load_manifest(tmp_path / "absent.yaml")
+
+
+IMAGE_HEAD = "project: p\nbranch: main\nkind: nightly\npackages: [{path: pkg}]\n"
+
+
+def _image_tree(tmp_path: Path, images: str) -> Path:
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text("FROM scratch\n")
+    return _tree(tmp_path, IMAGE_HEAD + images)
+
+
+def test_images_parse_with_defaults(tmp_path: Path) -> None:
+    manifest = load_manifest(
+        _image_tree(
+            tmp_path,
+            "images:\n  - name: web.app-1\n    path: ctx\n    depends: [pkg]\n    build_args: {N: 3, S: x}\n"
+            "  - name: other\n    git: https://x/y.git\n    ref: main\n    subdir: docker\n"
+            "    dockerfile: build/Dockerfile.prod\n    builder: sysbox\n",
+        )
+    )
+    first, second = manifest.images
+    assert (first.name, first.dockerfile, first.builder.value) == ("web.app-1", "Dockerfile", "kaniko")
+    assert first.build_args == {"N": "3", "S": "x"} and first.depends == ["pkg"]
+    assert second.describe() == "https://x/y.git@main:docker" and second.builder.value == "sysbox"
+
+
+def test_images_only_manifest(tmp_path: Path) -> None:
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text("FROM scratch\n")
+    manifest_path = tmp_path / "m.yaml"
+    manifest_path.write_text("project: p\nbranch: main\nkind: nightly\nimages: [{name: a, path: ctx}]\n")
+    assert load_manifest(manifest_path).packages == []
+
+
+@pytest.mark.parametrize(
+    ("images", "expected"),
+    [
+        ("images: [{name: Web, path: ctx}]\n", "images[0].name: image name 'Web' must be lowercase"),
+        ("images: [{name: -a, path: ctx}]\n", "images[0].name: image name '-a'"),
+        ("images: [{name: a..b, path: ctx}]\n", "images[0].name: image name 'a..b'"),
+        ("images: [{name: a/b, path: ctx}]\n", "images[0].name: image name 'a/b'"),
+        ("images: [{path: ctx}]\n", "images[0].name: required field is missing"),
+        ("images: [{name: a}]\n", "images[0]: give exactly one of 'path' or 'git'"),
+        ("images: [{name: a, git: https://x/y.git}]\n", "images[0]: 'git' needs a 'ref'"),
+        ("images: [{name: a, path: ctx, builder: docker}]\n", "images[0].builder: Input should be"),
+        ("images: [{name: a, path: ctx, dockerfile: ../Dockerfile}]\n", "escapes the manifest's tree"),
+        ("images: [{name: a, path: ctx, dockerfile: Nope}]\n", "images[0].dockerfile: no file 'Nope'"),
+        ("images: [{name: a, path: nope}]\n", "images[0].path: directory 'nope' does not exist"),
+        ("images: [{name: a, path: ctx, build_args: {1X: y}}]\n", "'1X' is not a build argument name"),
+        (
+            "images: [{name: a, path: ctx, build_args: {BUILDFARM_APT_SOURCE: y}}]\n",
+            "BUILDFARM_APT_SOURCE is set by the farm itself",
+        ),
+        ("images: [{name: a, path: ctx, build_args: {X: [1]}}]\n", "build_args.X: give a string"),
+        ("images: [{name: a, path: ctx, depends: [a b]}]\n", "is not a step name"),
+        ("images: [{name: a, path: ctx}, {name: a, path: ctx}]\n", "two images are named 'a'"),
+        ("images: [{name: a, path: ctx, colour: red}]\n", "images[0].colour: unknown field"),
+    ],
+)
+def test_bad_images(tmp_path: Path, images: str, expected: str) -> None:
+    manifest = _image_tree(tmp_path, images)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(manifest)
+    message = str(info.value)
+    assert message.startswith(str(manifest) + ": ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_package_depends_field(tmp_path: Path) -> None:
+    manifest = _image_tree(tmp_path, "").parent / "m.yaml"
+    manifest.write_text(
+        "project: p\nbranch: main\nkind: nightly\npackages: [{path: pkg, depends: [img]}]\n"
+        "images: [{name: img, path: ctx}]\n"
+    )
+    assert load_manifest(manifest).packages[0].depends == ["img"]
+
+
+def test_example_with_image_loads() -> None:
+    manifest = load_manifest(Path(__file__).parents[2] / "examples" / "with-image.yaml")
+    (image,) = manifest.images
+    assert (image.name, image.builder.value, image.depends) == ("greet-image", "kaniko", ["greet-cli"])

@@ -8,6 +8,7 @@ import pytest
 
 from buildfarm.model.errors import PlanError
 from buildfarm.model.planner import (
+    ImageInfo,
     Plan,
     SourceInfo,
     compute_input_keys,
@@ -132,3 +133,79 @@ def test_bad_changelog(tmp_path: Path) -> None:
     (tmp_path / "debian" / "changelog").write_text("garbage\n")
     with pytest.raises(PlanError, match="pkgdir: cannot read debian/changelog"):
         read_source_info(tmp_path, "pkgdir")
+
+
+def _image(name: str, depends: tuple[str, ...] = (), **kw: object) -> ImageInfo:
+    return ImageInfo(name=name, depends=depends, **kw)  # type: ignore[arg-type]
+
+
+def test_image_steps_join_the_graph() -> None:
+    plan = make_plan(
+        [
+            ("lib", _info("lib", ("lib-dev",)), "t-lib"),
+            ("cli", _info("cli", ("cli",), ("lib-dev",)), "t-cli"),
+        ],
+        [("ctx", _image("app", ("cli",)), "t-app"), ("ctx2", _image("base"), "t-base")],
+        {"lib": ("base",)},  # a package may wait for an image
+    )
+    assert plan.steps["app"].kind == "image" and plan.steps["app"].depends_on == ("cli",)
+    assert plan.steps["lib"].depends_on == ("base",)
+    assert plan.order() == ["base", "lib", "cli", "app"]
+    assert plan.steps["base"].priority == 3
+
+
+def test_unknown_depends_and_name_clash() -> None:
+    with pytest.raises(PlanError, match=r"image app \(ctx\) depends on 'nope', which is neither"):
+        make_plan([("lib", _info("lib", ("lib",)), "t")], [("ctx", _image("app", ("nope",)), "t")])
+    with pytest.raises(PlanError, match=r"lib \(lib\) depends on 'nope'"):
+        make_plan([("lib", _info("lib", ("lib",)), "t")], [], {"lib": ("nope",)})
+    with pytest.raises(PlanError, match=r"image 'lib' .* has the name of a source package"):
+        make_plan([("lib", _info("lib", ("lib",)), "t")], [("ctx", _image("lib"), "t")])
+    with pytest.raises(PlanError, match="depends on itself"):
+        make_plan([], [("ctx", _image("a", ("a",)), "t")])
+
+
+def test_cycle_through_images_is_named() -> None:
+    with pytest.raises(PlanError) as info:
+        make_plan(
+            [("lib", _info("lib", ("lib",)), "t")],
+            [("c1", _image("img", ("lib",)), "t")],
+            {"lib": ("img",)},
+        )
+    message = str(info.value)
+    assert message.startswith("Build-Depends and depends form a cycle: ")
+    assert "image img" in message and "lib" in message
+
+
+def test_image_input_keys() -> None:
+    def keys(
+        tree: str = "ctx-1", lib: str = "lib-1", env: str = "buildah-1", **image: object
+    ) -> dict[str, str]:
+        plan = make_plan(
+            [("lib", _info("lib", ("lib",)), lib), ("solo", _info("solo", ("solo",)), "t-solo")],
+            [("ctx", _image("app", ("lib",), **image), tree)],
+        )
+        compute_input_keys(plan, "pkg-env", {"runner": "host"}, env, {"runner": "buildah"})
+        return {n: s.input_key for n, s in plan.steps.items()}
+
+    base = keys()
+    assert base == keys()
+    assert keys(tree="ctx-2")["app"] != base["app"]  # the Dockerfile is in the context tree
+    assert keys(lib="lib-2")["app"] != base["app"]  # a rebuilt package it installs
+    assert keys(env="buildah-2")["app"] != base["app"]  # another image builder
+    assert keys(env="buildah-2")["lib"] == base["lib"]  # ... leaves packages alone
+    assert keys(dockerfile="Dockerfile.prod")["app"] != base["app"]
+    assert keys(builder="sysbox")["app"] != base["app"]
+    assert keys(build_args=(("A", "1"),))["app"] != base["app"]
+    assert keys(tree="ctx-2")["solo"] == base["solo"] and keys(tree="ctx-2")["lib"] == base["lib"]
+
+
+def test_registry_components_are_valid_and_distinct() -> None:
+    from buildfarm.model.images import image_prefix, registry_component
+    from buildfarm.model.manifest import IMAGE_NAME
+
+    names = ["main", "r/stx.9.0", "r_stx.9.0", "Main", "-x", "x-", "a.-b", "_5f", "x__5f", "ü"]
+    escaped = [registry_component(n) for n in names]
+    assert len(set(escaped)) == len(names)
+    assert all(IMAGE_NAME.fullmatch(e) for e in escaped), escaped
+    assert image_prefix("http://127.0.0.1:5000", "Proj", "r/one", 7) == "127.0.0.1:5000/x__50roj/r_2fone/7"

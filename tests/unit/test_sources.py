@@ -77,3 +77,16 @@ def test_unpack_refuses_garbage(tmp_path: Path) -> None:
     junk.write_bytes(b"not a tarball")
     with pytest.raises(PermanentError, match="not a readable source tarball"):
         unpack_tree(junk, tmp_path / "out")
+
+
+def test_a_tarball_that_inflates_past_the_limit_is_refused(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "zeros").write_bytes(bytes(1 << 20))  # 1 MiB of zeros packs to about 1 KiB
+    tarball = tmp_path / "src.tar.gz"
+    tarball.write_bytes(pack_tree(tree))
+    assert tarball.stat().st_size < 16 << 10
+    with pytest.raises(PermanentError, match=r"unpacks to more than 65536 bytes"):
+        unpack_tree(tarball, tmp_path / "out", max_bytes=64 << 10)
+    unpack_tree(tarball, tmp_path / "ok", max_bytes=2 << 20)
+    assert (tmp_path / "ok" / "zeros").stat().st_size == 1 << 20

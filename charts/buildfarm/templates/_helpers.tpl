@@ -17,16 +17,10 @@ Pod Security level of the builder namespace, and why. Builders are not control-p
   unprivileged uid on the node), so builders need no privileges the "baseline" level forbids;
   they still run as root inside the pod (kaniko, apt), which "restricted" would refuse.
 */}}
-{{- define "buildfarm.builderPodSecurityLevel" -}}
-{{- if .Values.builders.sysbox.enabled -}}baseline{{- else -}}privileged{{- end -}}
-{{- end -}}
+{{- define "buildfarm.builderPodSecurityLevel" -}}baseline{{- end -}}
 
 {{- define "buildfarm.builderPodSecurityReason" -}}
-{{- if .Values.builders.sysbox.enabled -}}
-builders run as root inside a sysbox user namespace (kaniko, apt); sysbox isolates them, baseline suffices, restricted would refuse root
-{{- else -}}
-sbuild builds in an unshare chroot, which needs user namespaces; RuntimeDefault seccomp blocks them, so builders run seccomp Unconfined, admitted only by privileged
-{{- end -}}
+builder pods run one command as container root (apt and dpkg in package pods, kaniko writing into /) with every capability dropped but CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID, seccomp RuntimeDefault and no privilege escalation; sysbox pods add a user namespace; restricted would refuse root, baseline admits them
 {{- end -}}
 
 {{/* PostgreSQL host, Secret and key of the password. */}}
@@ -171,6 +165,18 @@ env:
       secretKeyRef:
         name: {{ include "buildfarm.pulpAdminSecret" . }}
         key: password
+  {{- with .Values.farm.backup.existingSecret }}
+  - name: BUILDFARM_BACKUP_S3_ACCESS_KEY
+    valueFrom:
+      secretKeyRef:
+        name: {{ . }}
+        key: {{ $.Values.farm.backup.accessKeyKey }}
+  - name: BUILDFARM_BACKUP_S3_SECRET_KEY
+    valueFrom:
+      secretKeyRef:
+        name: {{ . }}
+        key: {{ $.Values.farm.backup.secretKeyKey }}
+  {{- end }}
 {{- end -}}
 
 {{/* The farm container's common part: image, security context, environment, writable dirs. */}}

@@ -9,22 +9,43 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import redis
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from buildfarm.api import errors
 from buildfarm.api.errors import BadSourceError, TooLargeError
 from buildfarm.api.limits import Limits
-from buildfarm.backends.base import SHA256_HEX_LENGTH
+from buildfarm.api.mirrors import mirror_router
+from buildfarm.api.retention import retention_router
+from buildfarm.api.schedules import schedule_router
+from buildfarm.api.schemas import (
+    SHA256_PATTERN,
+    BuildPageOut,
+    GrantIn,
+    HealthOut,
+    MissingIn,
+    MissingOut,
+    NodeOut,
+    ProjectIn,
+    ProjectOut,
+    SourceOut,
+    SourcesOut,
+    StatusOut,
+    SubmitIn,
+    TokenIn,
+    TokenOut,
+    UserIn,
+    UserOut,
+    WhoAmI,
+)
 from buildfarm.dispatch.context import make_context
 from buildfarm.engine import accounts, control
 from buildfarm.engine.accounts import ForbiddenError, Principal
@@ -32,117 +53,14 @@ from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
 from buildfarm.model import names
 from buildfarm.model.errors import NotFoundError, PermanentError
-from buildfarm.model.manifest import BuildKind, parse_manifest
+from buildfarm.model.manifest import BuildKind, ImageSource, PackageSource, parse_manifest
 from buildfarm.model.settings import Settings
 from buildfarm.model.sources import unpack_tree
 from buildfarm.state.models import Build, BuildState, Role
 
 API = "/api/v1"
-SHA256_PATTERN = f"^[0-9a-f]{{{SHA256_HEX_LENGTH}}}$"
 UPLOAD_CHUNK = 1 << 20
 FOLLOW_POLL_SECONDS = 0.5
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class HealthOut(BaseModel):
-    status: str
-
-
-class WhoAmI(BaseModel):
-    user: str
-    admin: bool
-    roles: dict[str, str]
-
-
-class MissingIn(_Strict):
-    sha256: Annotated[list[Annotated[str, Field(pattern=SHA256_PATTERN)]], Field(max_length=1000)]
-
-
-class MissingOut(BaseModel):
-    missing: list[str]
-
-
-class SourceOut(BaseModel):
-    sha256: str
-    size: int
-
-
-class SubmitIn(_Strict):
-    manifest: dict[str, Any]
-    sources: dict[
-        Annotated[str, Field(pattern=r"^[0-9]{1,4}$")], Annotated[str, Field(pattern=SHA256_PATTERN)]
-    ] = Field(default_factory=dict)
-
-
-class BuildPageOut(BaseModel):
-    items: list[control.BuildView]
-    page: int
-    per_page: int
-    total: int
-
-
-class SourcesOut(BaseModel):
-    line: str
-    url: str
-    suite: str
-    components: list[str]
-
-
-class ProjectOut(BaseModel):
-    name: str
-    role: str
-
-
-class UserIn(_Strict):
-    name: Annotated[str, Field(min_length=1, max_length=100)]
-    admin: bool = False
-    service: bool = False
-
-
-class UserOut(BaseModel):
-    name: str
-    admin: bool
-    service: bool
-
-
-PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
-"""Free-text names (token labels) may hold anything but control characters (PostgreSQL refuses NUL)."""
-
-
-class TokenIn(_Strict):
-    name: Annotated[str, Field(min_length=1, max_length=100, pattern=PRINTABLE)] = "default"
-    expires_days: Annotated[int, Field(ge=1, le=accounts.MAX_TOKEN_DAYS)] = accounts.DEFAULT_TOKEN_DAYS
-
-
-class TokenOut(BaseModel):
-    id: int
-    user: str
-    token: str
-    expires_at: str
-
-
-class ProjectIn(_Strict):
-    name: Annotated[str, Field(min_length=1, max_length=100)]
-
-
-class GrantIn(_Strict):
-    role: Role
-
-
-class NodeOut(BaseModel):
-    online: bool
-    active_tasks: int
-
-
-class StatusOut(BaseModel):
-    nodes: dict[str, NodeOut]
-    queues: dict[str, int]
-    running_steps: list[dict[str, Any]]
-
-
 NODES_CACHE_SECONDS = 5.0
 """Asking every node (Celery ping) takes up to a second: answers are reused this long."""
 
@@ -227,6 +145,10 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
             principal.require(view.project, Role.BUILDER, action)
         else:
             principal.require(view.project, Role.MAINTAINER, f"{action} another user's build")
+
+    app.include_router(mirror_router(API, farm, _auth))
+    app.include_router(schedule_router(API, farm, _auth))
+    app.include_router(retention_router(API, farm, _auth))
 
     @app.get(f"{API}/health", response_model=HealthOut, tags=["farm"])
     def health() -> HealthOut:
@@ -314,9 +236,13 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
         needed = Role.MAINTAINER if manifest.kind == BuildKind.RELEASE else Role.BUILDER
         principal.require(manifest.project, needed, f"submit {manifest.kind.value} builds")
         with tempfile.TemporaryDirectory(dir=farm.work_root, prefix="submit-") as scratch:
-            prepared = _unpack_sources(farm, manifest.packages, body.sources, Path(scratch))
+            root = Path(scratch)
+            prepared = _unpack_trees(farm, "packages", manifest.packages, body.sources, root)
+            contexts = _unpack_trees(farm, "images", manifest.images, body.contexts, root)
             with limits.running_cap(principal.user, lambda: _running_builds(farm, principal.user)):
-                build_id = submit_build(farm, manifest, Path(scratch), principal.user, prepared)
+                build_id = submit_build(
+                    farm, manifest, root, principal.user, prepared, prepared_contexts=contexts
+                )
         return control.show_build(farm, build_id)
 
     @app.get(f"{API}/builds", response_model=BuildPageOut, tags=["builds"])
@@ -471,40 +397,51 @@ def _accept_tarball(farm: FarmContext, tarball: Path) -> Any:
     """Check that an upload is a safe source tarball (no member escapes), then store it."""
     with tempfile.TemporaryDirectory(dir=farm.work_root, prefix="check-") as scratch:
         try:
-            unpack_tree(tarball, Path(scratch))
+            unpack_tree(tarball, Path(scratch), farm.settings.api_max_unpacked_bytes)
         except PermanentError as exc:
             raise BadSourceError(str(exc).replace(tarball.name, "upload")) from exc
     return farm.store.put_file(tarball)
 
 
-def _unpack_sources(
-    farm: FarmContext, packages: list[Any], sources: dict[str, str], root: Path
+_UPLOAD_FIELD = {"packages": ("sources", "source"), "images": ("contexts", "context")}
+"""Which field of SubmitIn carries the uploads of a manifest list, and what one of them is called."""
+
+
+def _unpack_trees(
+    farm: FarmContext,
+    kind: Literal["packages", "images"],
+    trees: Sequence[PackageSource | ImageSource],
+    uploaded: dict[str, str],
+    scratch: Path,
 ) -> dict[int, Path]:
+    """Unpack the uploaded tarball of each ``path`` tree of ``trees`` (the manifest's packages or
+    images) into ``scratch/<kind>/<index>``; the engine reads those instead of the client's paths."""
+    field, noun = _UPLOAD_FIELD[kind]
     prepared: dict[int, Path] = {}
-    for index, package in enumerate(packages):
-        if package.path is None:
-            continue
-        sha = sources.get(str(index))
+    for index, tree in enumerate(trees):
+        if tree.path is None:
+            continue  # git: the farm fetches it itself
+        where = f"{kind}[{index}] ({tree.path})"
+        sha = uploaded.get(str(index))
         if sha is None:
-            raise BadSourceError(f"packages[{index}] ({package.path}): no uploaded source given in 'sources'")
+            raise BadSourceError(f"{where}: no uploaded {noun} given in '{field}'")
         if not farm.store.has(sha):
-            raise BadSourceError(f"packages[{index}] ({package.path}): source {sha} was not uploaded")
-        tarball = root / f"{index}.tar.gz"
+            raise BadSourceError(f"{where}: {noun} {sha} was not uploaded")
+        target = scratch / kind / str(index)
+        tarball = target.with_suffix(".tar.gz")
+        target.parent.mkdir(parents=True, exist_ok=True)
         farm.store.fetch(sha, tarball)
-        target = root / str(index)
         try:
-            unpack_tree(tarball, target)
+            unpack_tree(tarball, target, farm.settings.api_max_unpacked_bytes)
         except PermanentError as exc:
-            raise BadSourceError(f"packages[{index}]: {exc}") from exc
+            raise BadSourceError(f"{kind}[{index}]: {exc}") from exc
         tarball.unlink()
-        if not (target / "debian" / "control").is_file():
-            raise BadSourceError(
-                f"packages[{index}] ({package.path}): the uploaded tree has no debian/control"
-            )
+        if kind == "packages" and not (target / "debian" / "control").is_file():
+            raise BadSourceError(f"{where}: the uploaded tree has no debian/control")
         prepared[index] = target
-    extra = set(sources) - {str(i) for i in prepared}
+    extra = set(uploaded) - {str(i) for i in prepared}
     if extra:
-        raise BadSourceError(f"sources given for packages that are not path packages: {sorted(extra)}")
+        raise BadSourceError(f"'{field}' given for {kind} that are not path {kind}: {sorted(extra)}")
     return prepared
 
 

@@ -15,6 +15,17 @@ Personal builds live under ``_personal`` rather than ``personal``: ``to_safe`` a
 and every symlink is switched by ``os.replace``, so a client sees the old state or the new one,
 never a half-written one.  One ``fcntl`` lock per branch (or personal) directory serializes
 writers from any process.
+
+Retention: :meth:`LocalAptRepository.expire_build` renames a build's directory aside (apt sees it
+vanish at once) and removes it; the packages are hardlinks of the artifact store's objects, so
+their bytes go when the store's object goes too.  There is no pool to sweep: ``collect_garbage``
+removes what crashed writers left (temp trees, staging generations no link points at, expired
+directories not yet removed).
+
+Configured 3rd-party mirrors are not copied here: with no Pulp, builds read each mirror's
+upstream directly (:meth:`LocalAptRepository.mirror_sources` gives the upstream lines), and
+``sync_mirror`` only checks that the upstream answers with the Release file and Packages
+indexes the configuration names (:mod:`buildfarm.backends.upstream`).
 """
 
 from __future__ import annotations
@@ -32,14 +43,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from buildfarm.backends.base import AptSource, BuildRef, PackageFile
+from buildfarm.backends.base import AptSource, BuildRef, MirrorStatus, PackageFile
 from buildfarm.backends.fs import file_sha256, fsync_dir
+from buildfarm.backends.upstream import check_upstream, upstream_source
 from buildfarm.model import names
 from buildfarm.model.errors import NotFoundError, PermanentError, ServiceUnavailableError
+from buildfarm.model.mirrors import check_mirrors
+from buildfarm.model.settings import MirrorConfig
 
 log = logging.getLogger(__name__)
 
 PERSONAL_DIR = "_personal"
+EXPIRED_PREFIX = ".expired-"
 LOCK_FILE = ".lock"
 LOCK_TIMEOUT_SECONDS = 120.0
 """Longest wait for another process's publish/stage of the same branch; indexing takes seconds."""
@@ -201,9 +216,10 @@ def _switch_symlink(link: Path, target: str) -> None:
 class LocalAptRepository:
     """:class:`~buildfarm.backends.base.PackageRepository` as flat APT repositories in a directory."""
 
-    def __init__(self, root: Path, base_url: str) -> None:
+    def __init__(self, root: Path, base_url: str, mirrors: list[MirrorConfig] | None = None) -> None:
         self.root = Path(root).absolute()
         self.base_url = base_url.rstrip("/")
+        self.mirrors = check_mirrors(list(mirrors or []))
 
     def check(self) -> None:
         _run_ftparchive(["--version"], self.root.parent if self.root.parent.is_dir() else Path("/"))
@@ -300,6 +316,85 @@ class LocalAptRepository:
             if (candidate / "Release").is_file():
                 return self._source(candidate)
         raise NotFoundError(f"build {build_id} of {project}/{branch} has not been published")
+
+    # -- retention ---------------------------------------------------------------------------
+
+    def expire_build(self, build: BuildRef) -> None:
+        self.drop_staging(build)  # normally gone already; a crashed build's is not
+        if build.kind == "personal":
+            lock_dir = self._personal_dir(build.project, build.user)
+            target = lock_dir / str(build.build_id)
+        else:
+            lock_dir = self._branch_dir(build.project, build.branch)
+            target = lock_dir / "builds" / str(build.build_id)
+        if not lock_dir.is_dir():
+            return
+        with _locked(lock_dir):
+            if build.kind != "personal" and _latest_build_id(lock_dir / "latest") == build.build_id:
+                raise PermanentError(
+                    f"build {build.build_id} is what latest of {build.project}/{build.branch} serves; "
+                    "it is not expired"
+                )
+            if not target.is_dir():
+                return
+            aside = target.with_name(f"{EXPIRED_PREFIX}{target.name}-{time.time_ns()}")
+            os.rename(target, aside)  # apt sees the whole build vanish at once
+            fsync_dir(target.parent)
+            shutil.rmtree(aside)
+
+    def collect_garbage(self) -> int:
+        """Remove what crashed writers left under every branch and personal directory; bytes freed.
+
+        Each directory is cleaned under its lock, so a publish or stage in progress (which holds
+        it) never loses its temp tree.  Costs one directory listing per branch.
+        """
+        freed = 0
+        for lock_file in sorted(self.root.glob(f"*/*/{LOCK_FILE}")) + sorted(
+            self.root.glob(f"*/{PERSONAL_DIR}/*/{LOCK_FILE}")
+        ):
+            directory = lock_file.parent
+            if directory.name == PERSONAL_DIR:
+                continue
+            with _locked(directory):
+                for leftover in _leftovers(directory):
+                    freed += _tree_bytes(leftover)
+                    shutil.rmtree(leftover, ignore_errors=True)
+        return freed
+
+    def mirror_sources(self) -> list[AptSource]:
+        """The upstream lines of every configured mirror: apt reads the 3rd party directly."""
+        return [upstream_source(mirror) for mirror in self.mirrors]
+
+    def usable_mirrors(self) -> dict[str, AptSource]:
+        return {mirror.name: upstream_source(mirror) for mirror in self.mirrors}
+
+    def sync_mirror(self, mirror: MirrorConfig) -> MirrorStatus:
+        """Nothing to copy: check that the upstream answers (Release, Packages) and count its packages."""
+        return check_upstream(mirror)
+
+
+def _leftovers(directory: Path) -> list[Path]:
+    """Temp trees of crashed publishes, expired builds not yet removed, unlinked staging generations."""
+    found: list[Path] = []
+    for parent in (directory, directory / "builds"):
+        found += [p for p in parent.glob(".tmp-*") if p.is_dir()]
+        found += [p for p in parent.glob(f"{EXPIRED_PREFIX}*") if p.is_dir()]
+    staging = directory / "staging"
+    if staging.is_dir():
+        linked = {os.readlink(link) for link in staging.iterdir() if link.is_symlink()}
+        found += [p for p in staging.glob(".*-gen-*") if p.is_dir() and p.name not in linked]
+    return found
+
+
+def _tree_bytes(tree: Path) -> int:
+    """Bytes that removing ``tree`` frees: files with no other hard link (packages linked from the
+    artifact store stay there)."""
+    total = 0
+    for path in tree.rglob("*"):
+        stat = path.lstat()
+        if path.is_file() and not path.is_symlink() and stat.st_nlink == 1:
+            total += stat.st_size
+    return total
 
 
 def _latest_build_id(latest: Path) -> int | None:

@@ -7,9 +7,13 @@ production plugs in S3 and Pulp behind the same two protocols.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+from buildfarm.model.settings import MirrorConfig
 
 SHA256_HEX_LENGTH = 64
 
@@ -20,6 +24,16 @@ class ObjectRef:
 
     sha256: str
     size: int
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """What :meth:`ArtifactStore.delete_objects` did: objects deleted, their bytes, and objects kept
+    because they were written (or put again) after ``older_than``: an upload may still be in flight."""
+
+    deleted: int
+    freed_bytes: int
+    skipped_recent: int
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,21 @@ class AptSource:
         options = "[trusted=yes] " if self.trusted else ""
         parts = ["deb", f"{options}{self.url}", self.suite, *self.components]
         return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class MirrorStatus:
+    """A configured 3rd-party repository as the farm serves it after a sync.
+
+    ``version`` is what was synced: Pulp's repository version number, or (local profile, where
+    apt reads the 3rd party directly) the upstream Release file's ``Date``.
+    """
+
+    name: str
+    source: str  # the apt sources line builds use
+    packages: int
+    version: str
+    seconds: float  # how long the sync (or, locally, the check) took
 
 
 class LogWriter(Protocol):
@@ -101,6 +130,49 @@ class ArtifactStore(Protocol):
 
     def get_build_manifest(self, build_id: int) -> dict[str, object] | None: ...
 
+    # -- deletion (retention: buildfarm.engine.retention) ------------------------------------
+    # ``put_file``/``put_bytes`` of an object that is already stored refresh its last-modified
+    # time, so an object someone is uploading again is never older than the sweep's grace period.
+
+    def object_size(self, sha256: str) -> int | None:
+        """The stored object's size in bytes, or None if it is not stored."""
+        ...
+
+    def delete_objects(self, sha256s: Iterable[str], *, older_than: datetime) -> DeleteResult:
+        """Delete the content objects last modified before ``older_than`` (an aware datetime);
+        younger ones are kept and counted as ``skipped_recent``; missing ones are not counted."""
+        ...
+
+    def delete_log(self, key: str) -> int:
+        """Delete the log ``key`` (every chunk of it); return the bytes freed (0 if it was absent)."""
+        ...
+
+    def delete_build_manifest(self, build_id: int) -> None:
+        """Delete the build's manifest; absent is not an error."""
+        ...
+
+
+@runtime_checkable
+class PresigningStore(ArtifactStore, Protocol):
+    """An artifact store that hands out URLs, so a builder pod fetches and uploads with no credentials.
+
+    Only the S3 store is one; the kubernetes runner needs it (the fs store has no URLs).
+    """
+
+    def presigned_url(self, sha256: str, expires: timedelta | None = None) -> str:
+        """A GET URL of a content object (a step's source tarball)."""
+        ...
+
+    def presigned_put_url(self, key: str, expires: timedelta | None = None) -> str:
+        """A PUT URL for an upload slot ``uploads/<build>/<step>/<attempt>.tar.gz``."""
+        ...
+
+    def fetch_key(self, key: str, dest: Path, max_bytes: int | None = None) -> None:
+        """Download an upload slot; NotFoundError if nothing was uploaded to it."""
+        ...
+
+    def delete_key(self, key: str) -> None: ...
+
 
 class PackageRepository(Protocol):
     """One APT repository per project/branch: a staging view while a build runs, then publication.
@@ -125,4 +197,33 @@ class PackageRepository(Protocol):
 
     def sources(self, project: str, branch: str, build_id: int | None = None) -> AptSource:
         """The apt source of a branch's ``latest`` (or of one build); raises NotFoundError."""
+        ...
+
+    def mirror_sources(self) -> list[AptSource]:
+        """The apt sources of the configured 3rd-party mirrors that builds can use now (synced ones)."""
+        ...
+
+    def usable_mirrors(self) -> dict[str, AptSource]:
+        """The same sources by mirror name, in configuration order (``buildfarm mirror list``)."""
+        ...
+
+    def sync_mirror(self, mirror: MirrorConfig) -> MirrorStatus:
+        """Bring ``mirror`` up to date with its upstream (bounded wait); raise one clear error if not."""
+        ...
+
+    # -- deletion (retention: buildfarm.engine.retention) ------------------------------------
+
+    def expire_build(self, build: BuildRef) -> None:
+        """Remove the build's own distribution (``<project>/<branch>/<id>``, or the personal one)
+        and what only it served; idempotent (an absent build is done).
+
+        Never touches mirrors, what another kept build still serves, or what ``latest`` serves:
+        expiring the build ``latest`` points at raises :class:`~buildfarm.model.errors.PermanentError`
+        and deletes nothing (the policy always keeps it, so asking is a bug worth a clear line).
+        """
+        ...
+
+    def collect_garbage(self) -> int | None:
+        """Free what no published build holds any more (Pulp: orphan cleanup; local: leftovers);
+        return the bytes freed when known."""
         ...

@@ -11,6 +11,9 @@ Layout under ``root``::
     objects/corrupt/                        objects whose bytes no longer match their name
     builds/<id>/manifest.json               what was asked for a build
     <key>                                   logs, e.g. logs/<build>/<step>/<attempt>.log
+
+An object's mtime is when it was last put: putting stored content again touches it, so the
+retention sweep (``delete_objects(older_than=...)``) never collects an object being uploaded again.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from buildfarm.backends.base import ObjectRef
+from buildfarm.backends.base import DeleteResult, ObjectRef
 from buildfarm.model.errors import NotFoundError, PermanentError
 
 CHUNK_BYTES = 1024 * 1024
@@ -85,6 +89,15 @@ def _copy_hashing(source: IO[bytes], dest: IO[bytes]) -> tuple[str, int]:
         dest.write(chunk)
         size += len(chunk)
     return digest.hexdigest(), size
+
+
+def _touch(path: Path) -> bool:
+    """Set ``path``'s mtime to now if it exists (a stored object put again); whether it exists."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def file_sha256(path: Path) -> tuple[str, int]:
@@ -156,7 +169,7 @@ class FsArtifactStore:
         # Hash first: content that is already stored costs one read and no write.
         sha256, size = file_sha256(path)
         target = self.object_path(sha256)
-        if target.is_file():
+        if _touch(target):
             return ObjectRef(sha256, size)
         with path.open("rb") as source, _atomic_writer(target, self._tmp, 0o444) as dest:
             copied_sha, copied_size = _copy_hashing(source, dest)
@@ -167,7 +180,7 @@ class FsArtifactStore:
     def put_bytes(self, data: bytes) -> ObjectRef:
         sha256 = hashlib.sha256(data).hexdigest()
         target = self.object_path(sha256)
-        if not target.is_file():
+        if not _touch(target):
             # Two processes may both get here: each renames its own complete temp file over the
             # other's identical one, so readers only ever see the whole content.
             with _atomic_writer(target, self._tmp, 0o444) as dest:
@@ -196,6 +209,40 @@ class FsArtifactStore:
         corrupt.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):  # another reader moved it first
             os.replace(path, corrupt / f"{path.name}.{time.time_ns()}")
+
+    def object_size(self, sha256: str) -> int | None:
+        try:
+            return self.object_path(sha256).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def delete_objects(self, sha256s: Iterable[str], *, older_than: datetime) -> DeleteResult:
+        if older_than.tzinfo is None:
+            raise PermanentError("delete_objects needs an aware datetime (UTC), not a naive one")
+        deleted = freed = recent = 0
+        cutoff = older_than.timestamp()
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        for sha256 in sha256s:
+            path = self.object_path(sha256)
+            try:
+                if path.stat().st_mtime >= cutoff:
+                    recent += 1  # put again lately: an upload may be in flight
+                    continue
+                # Moved aside, then judged again: a put that touched it just before the move is
+                # seen (the object goes back); a put after the move finds nothing and stores it anew.
+                aside = self._tmp / f".deleting-{sha256}.{time.time_ns()}"
+                os.rename(path, aside)
+            except FileNotFoundError:
+                continue
+            stat = aside.stat()
+            if stat.st_mtime >= cutoff:
+                recent += 1  # put again lately: an upload may be in flight
+                os.replace(aside, path)
+                continue
+            aside.unlink()
+            deleted += 1
+            freed += stat.st_size
+        return DeleteResult(deleted, freed, recent)
 
     # -- logs ------------------------------------------------------------------------------
 
@@ -233,6 +280,25 @@ class FsArtifactStore:
     def log_location(self, key: str) -> str:
         return str(self._log_path(key))
 
+    def delete_log(self, key: str) -> int:
+        path = self._log_path(key)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        self._remove_empty_parents(path.parent)
+        return size
+
+    def _remove_empty_parents(self, directory: Path) -> None:
+        """Remove ``directory`` and its parents up to (not including) the root while they are empty."""
+        while directory != self.root and self.root in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:  # not empty (or already gone): stop here
+                return
+            directory = directory.parent
+
     # -- build manifests -------------------------------------------------------------------
 
     def _manifest_path(self, build_id: int) -> Path:
@@ -245,6 +311,11 @@ class FsArtifactStore:
         encoded = json.dumps(data, indent=2, sort_keys=True).encode("utf-8") + b"\n"
         with _atomic_writer(target, target.parent) as out:
             out.write(encoded)
+
+    def delete_build_manifest(self, build_id: int) -> None:
+        path = self._manifest_path(build_id)
+        path.unlink(missing_ok=True)
+        self._remove_empty_parents(path.parent)
 
     def get_build_manifest(self, build_id: int) -> dict[str, object] | None:
         try:

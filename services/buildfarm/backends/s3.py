@@ -10,89 +10,67 @@ Layout in the bucket::
     sha256/<first 2 hex>/<sha256>          one object per distinct content
     corrupt/<sha256>.<ns>                  objects whose bytes no longer matched their name
     builds/<id>/manifest.json              what was asked for a build
+    uploads/<build>/<step>/<attempt>.tar.gz  upload slots: builder pods PUT their outputs here
     <key>/chunk-<NNNNNN>                   a log's chunks, numbered from 1, in write order
     <key>                                  the whole log, joined from its chunks (see log_location)
 
-Transient failures (connection errors, timeouts, 5xx, SlowDown) are retried ``attempts`` times
-with exponential backoff, then raise :class:`ServiceUnavailableError` naming the endpoint and
-bucket; :attr:`RetryPolicy.bound` is the longest that takes. Every other S3 error is permanent.
+Logs are kept in :mod:`buildfarm.backends.s3logs`. Builder pods hold no credentials: they get
+presigned URLs (:meth:`S3ArtifactStore.presigned_url` to fetch a source, :meth:`presigned_put_url`
+to upload into a slot), and the worker reads and removes the slot with ``fetch_key``/``delete_key``.
+
+Content objects are immutable, so their last-modified time says when they were last *put*:
+putting content that is already stored copies the object onto itself (server-side, metadata
+REPLACE), so the retention sweep, which deletes only objects last modified before its grace
+period, never collects content an upload in flight is storing again.
+
+Every call has the bounds of :class:`buildfarm.backends.s3bucket.S3Bucket` (retries of transient
+failures, then one :class:`ServiceUnavailableError` naming the endpoint and bucket).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
-import random
 import re
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO, BinaryIO, TypeVar, cast
+from typing import IO, BinaryIO, cast
 
-import urllib3
-from minio import Minio
-from minio.commonconfig import CopySource
-from minio.error import InvalidResponseError, S3Error, ServerError
-from minio.helpers import MAX_PART_SIZE, MIN_PART_SIZE
+from minio.commonconfig import REPLACE, CopySource
 
-from buildfarm.backends.base import ObjectRef
+from buildfarm.backends.base import DeleteResult, ObjectRef
 from buildfarm.backends.fs import CHUNK_BYTES, file_sha256
-from buildfarm.model.errors import BuildfarmError, NotFoundError, PermanentError, ServiceUnavailableError
+from buildfarm.backends.s3bucket import DEFAULT_PART_SIZE, URL_EXPIRY, RetryPolicy, S3Bucket
+from buildfarm.backends.s3logs import (
+    LOG_FLUSH_BYTES,
+    LOG_FLUSH_LINES,
+    LOG_FLUSH_SECONDS,
+    S3Logs,
+    S3LogWriter,
+)
+from buildfarm.model.errors import NotFoundError, PermanentError
 
-DEFAULT_PART_SIZE = 16 * 1024 * 1024
-"""Bytes per multipart part; larger files are uploaded in parts, 3 at a time (memory ~4 parts)."""
+__all__ = [
+    "DEFAULT_PART_SIZE",
+    "LOG_FLUSH_BYTES",
+    "LOG_FLUSH_LINES",
+    "LOG_FLUSH_SECONDS",
+    "URL_EXPIRY",
+    "RetryPolicy",
+    "S3ArtifactStore",
+    "S3LogWriter",
+]
 
-LOG_FLUSH_LINES = 1000
-"""A log writer flushes a chunk after this many buffered lines (a chatty step: ~1 PUT per 1000 lines)."""
-LOG_FLUSH_BYTES = 1024 * 1024
-"""... or after this many buffered bytes, so a few huge lines cannot hold much memory."""
-LOG_FLUSH_SECONDS = 2.0
-"""... and every 2 s (a background thread), so ``--follow`` lags at most ~2 s and a crashed step
-loses at most its last ~2 s of output; one PUT per 2 s per running step is cheap for S3."""
-
-URL_EXPIRY = timedelta(days=7)
-"""Presigned URLs live this long: the longest SigV4 allows, so `build show` links last a week."""
-
-_TRANSIENT_CODES = frozenset({"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"})
+REPUT_MAX_BYTES = 64 * 1024
+"""``put_bytes`` of stored content up to this size is simply put again (one request refreshes it,
+~6 ms on moto); larger content is copied onto itself, server-side (a stat and a copy, ~18 ms)."""
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_CHUNK = re.compile(r"chunk-([0-9]+)")
-_RESERVED_TOP = frozenset({"objects", "builds", "sha256", "corrupt"})
-"""Top-level prefixes a log key must not use: they belong to objects and manifests."""
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How long the store keeps trying a silent or failing endpoint before it gives up."""
-
-    attempts: int = 3
-    backoff: float = 0.5
-    """Seconds before the 2nd attempt, doubled before each next one (times a 0.5-1 jitter)."""
-    connect_timeout: float = 5.0
-    read_timeout: float = 20.0
-    """Seconds without a byte from the server; a transfer that keeps progressing is not cut."""
-
-    @property
-    def bound(self) -> float:
-        """The longest one call spends before ServiceUnavailableError, against a silent server."""
-        pauses = sum(self.backoff * 2.0**i for i in range(self.attempts - 1))
-        return self.attempts * (self.connect_timeout + self.read_timeout) + pauses
-
-
-@dataclass(frozen=True)
-class _Chunk:
-    name: str
-    index: int
-    size: int
+_UPLOAD_KEY = re.compile(r"uploads(/[A-Za-z0-9_][A-Za-z0-9._+-]*)+")
 
 
 def _check_sha256(sha256: str) -> str:
@@ -101,20 +79,10 @@ def _check_sha256(sha256: str) -> str:
     return sha256
 
 
-def _check_log_key(key: str) -> str:
-    """The rules of FsArtifactStore, plus: no ``chunk-<n>`` part (those names hold a log's chunks)."""
-    parts = key.split("/")
-    if (
-        not key
-        or key.startswith("/")
-        or "\\" in key
-        or "\0" in key
-        or any(part in ("", ".", "..") or _CHUNK.fullmatch(part) for part in parts)
-        or parts[0] in _RESERVED_TOP
-    ):
+def _check_upload_key(key: str) -> str:
+    if not _UPLOAD_KEY.fullmatch(key) or "/." in key:
         raise PermanentError(
-            f"invalid log key {key!r}: it must be a relative path without '..', '.', empty or "
-            "chunk-<n> parts, outside objects/, sha256/, corrupt/ and builds/"
+            f"invalid upload key {key!r}: it must be uploads/<plain names>, e.g. uploads/7/hello/1.tar.gz"
         )
     return key
 
@@ -152,96 +120,8 @@ class _HashingReader:
         return data
 
 
-class S3LogWriter:
-    """Buffers a step's log lines and writes them as numbered chunk objects.
-
-    A chunk is flushed after ``flush_lines`` lines or ``flush_bytes`` bytes (in the writing
-    thread, so a writer faster than S3 is slowed down rather than buffering without bound) and
-    every ``flush_seconds`` (a background thread). A background flush that fails keeps its lines
-    for the next one; a flush from ``write_line`` or ``close`` raises (the line stays buffered:
-    do not write it again), so the step fails when S3 stays down beyond the retry bound.
-    One writer per key at a time: the engine runs one attempt per key.
-    """
-
-    def __init__(
-        self,
-        store: S3ArtifactStore,
-        key: str,
-        next_index: int,
-        *,
-        flush_lines: int,
-        flush_bytes: int,
-        flush_seconds: float,
-    ) -> None:
-        self._store, self.key, self._next_index = store, key, next_index
-        self._flush_lines, self._flush_bytes = flush_lines, flush_bytes
-        self._buffer: list[bytes] = []
-        self._buffered_bytes = 0
-        self._buffer_lock = threading.Lock()
-        self._flush_lock = threading.Lock()  # one flush at a time keeps chunks in order
-        self._closing = False
-        self._closed = False
-        self._stop = threading.Event()
-        self._flusher = threading.Thread(
-            target=self._flush_periodically, args=(flush_seconds,), name=f"log-flush {key}", daemon=True
-        )
-        self._flusher.start()
-
-    def write_line(self, line: str) -> None:
-        if self._closing:
-            raise PermanentError(f"log {self.key} is closed")
-        data = line.rstrip("\n").encode("utf-8", "replace") + b"\n"
-        with self._buffer_lock:
-            self._buffer.append(data)
-            self._buffered_bytes += len(data)
-            full = len(self._buffer) >= self._flush_lines or self._buffered_bytes >= self._flush_bytes
-        if full:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the buffered lines as the next chunk; they stay buffered if that fails."""
-        with self._flush_lock:
-            with self._buffer_lock:
-                count = len(self._buffer)
-                data = b"".join(self._buffer)
-            if not count:
-                return
-            self._store._put_log_chunk(self.key, self._next_index, data)
-            self._next_index += 1
-            with self._buffer_lock:
-                del self._buffer[:count]
-                self._buffered_bytes -= len(data)
-
-    def _flush_periodically(self, period: float) -> None:
-        while not self._stop.wait(period):
-            # A failure here is retried next period; write_line or close report it if it lasts.
-            with contextlib.suppress(BuildfarmError):
-                self.flush()
-
-    def close(self) -> None:
-        """Flush the rest and write the joined log ``<key>``; call again if it raised."""
-        if self._closed:
-            return
-        self._closing = True
-        self._stop.set()
-        self._flusher.join()
-        self.flush()
-        self._store._join_log(self.key)
-        self._closed = True
-
-    def __enter__(self) -> S3LogWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class S3ArtifactStore:
-    """:class:`~buildfarm.backends.base.ArtifactStore` on an S3 bucket.
-
-    ``endpoint`` is ``host[:port]``; ``secure`` selects https. ``region`` saves a bucket-location
-    request when given. The constructor does no I/O: call :meth:`check` at start.
-    """
+class S3ArtifactStore(S3Bucket):
+    """:class:`~buildfarm.backends.base.ArtifactStore` on an S3 bucket (see :class:`S3Bucket`)."""
 
     def __init__(
         self,
@@ -259,86 +139,19 @@ class S3ArtifactStore:
         flush_seconds: float = LOG_FLUSH_SECONDS,
         url_expiry: timedelta = URL_EXPIRY,
     ) -> None:
-        if not endpoint or "/" in endpoint:
-            raise PermanentError(f"invalid S3 endpoint {endpoint!r}: give host[:port], no scheme or path")
-        if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
-            raise PermanentError(f"S3 part size must be 5 MiB to 5 GiB, not {part_size} bytes")
-        if retry.attempts < 1:
-            raise PermanentError(f"S3 retry attempts must be >= 1, not {retry.attempts}")
-        self.endpoint, self.bucket, self.retry = endpoint, bucket, retry
-        self.where = f"bucket {bucket!r} at {'https' if secure else 'http'}://{endpoint}"
-        self._part_size, self._url_expiry = part_size, url_expiry
-        self._flush_lines, self._flush_bytes, self._flush_seconds = flush_lines, flush_bytes, flush_seconds
-        # Our own retry loop replaces urllib3's (5 tries, 5 min timeouts): one bound, one error.
-        http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=retry.connect_timeout, read=retry.read_timeout),
-            retries=False,
-            maxsize=10,
+        super().__init__(
+            endpoint,
+            access_key,
+            secret_key,
+            bucket,
+            secure=secure,
+            region=region,
+            part_size=part_size,
+            retry=retry,
+            url_expiry=url_expiry,
         )
-        self._client = Minio(endpoint, access_key, secret_key, secure=secure, region=region, http_client=http)
-
-    # -- calls ---------------------------------------------------------------------------------
-
-    def _call(self, what: str, operation: Callable[[], T]) -> T:
-        """Run ``operation``, retrying transient failures; map S3 errors to the farm's errors."""
-        started = time.monotonic()
-        last: Exception | None = None
-        for attempt in range(self.retry.attempts):
-            if attempt:
-                time.sleep(self.retry.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.0))
-            try:
-                return operation()
-            except S3Error as exc:
-                if exc.code == "NoSuchKey":
-                    raise NotFoundError(f"{exc.object_name} is not in {self.where}") from exc
-                if exc.code == "NoSuchBucket":
-                    raise PermanentError(f"S3 {self.where} does not exist") from exc
-                if exc.code not in _TRANSIENT_CODES and exc.response.status < 500:
-                    message = f"S3 {what} in {self.where} failed: {exc.code}: {exc.message}"
-                    raise PermanentError(message) from exc
-                last = exc
-            except (ServerError, InvalidResponseError) as exc:
-                status = exc.status_code if isinstance(exc, ServerError) else exc._code
-                if status < 500 and status != 429:
-                    raise PermanentError(f"S3 {what} in {self.where} failed: {exc}") from exc
-                last = exc
-            except urllib3.exceptions.HTTPError as exc:
-                last = exc
-        elapsed = time.monotonic() - started
-        raise ServiceUnavailableError(
-            f"S3 {self.where} did not answer {what} ({self.retry.attempts} attempts in {elapsed:.1f}s): "
-            f"{type(last).__name__}: {last}",
-            retry_after=max(self.retry.backoff, 1.0),
-        ) from last
-
-    def check(self) -> None:
-        """At start: the endpoint answers and the bucket exists (PermanentError naming it if not)."""
-        if not self._call("bucket check", lambda: self._client.bucket_exists(self.bucket)):
-            raise PermanentError(f"S3 {self.where} does not exist: create it or fix the bucket setting")
-
-    def _stat_size(self, name: str) -> int | None:
-        try:
-            return self._call(f"stat of {name}", lambda: self._client.stat_object(self.bucket, name)).size
-        except NotFoundError:
-            return None
-
-    def _get_bytes(self, name: str, offset: int = 0) -> bytes:
-        def get() -> bytes:
-            response = self._client.get_object(self.bucket, name, offset=offset)
-            try:
-                return response.read()
-            finally:
-                response.close()
-                response.release_conn()
-
-        return self._call(f"download of {name}", get)
-
-    def _put_bytes(self, name: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        self._call(
-            f"upload of {name}",
-            lambda: self._client.put_object(
-                self.bucket, name, io.BytesIO(data), len(data), content_type, part_size=self._part_size
-            ),
+        self._logs = S3Logs(
+            self, flush_lines=flush_lines, flush_bytes=flush_bytes, flush_seconds=flush_seconds
         )
 
     # -- objects -------------------------------------------------------------------------------
@@ -348,14 +161,37 @@ class S3ArtifactStore:
         return f"sha256/{_check_sha256(sha256)[:2]}/{sha256}"
 
     def has(self, sha256: str) -> bool:
-        return self._stat_size(self.object_name(sha256)) is not None
+        return self.size_of(self.object_name(sha256)) is not None
+
+    def object_size(self, sha256: str) -> int | None:
+        return self.size_of(self.object_name(sha256))
+
+    def _refresh(self, name: str) -> bool:
+        """Copy the stored object ``name`` onto itself, so its last-modified time is now; whether it
+        exists. The SDK stats it first (and composes objects over 5 GiB): two requests, no bytes moved."""
+        source = CopySource(self.bucket, name)
+        try:
+            self._call(
+                f"refresh of {name}",
+                lambda: self._client.copy_object(
+                    self.bucket,
+                    name,
+                    source,
+                    metadata={"Content-Type": "application/octet-stream"},
+                    metadata_directive=REPLACE,
+                ),
+            )
+        except NotFoundError:
+            return False
+        return True
 
     def put_file(self, path: Path) -> ObjectRef:
-        # Hash first: content that is already stored costs one read and one HEAD, no upload.
+        # Hash first: content that is already stored costs one read and a server-side copy (its
+        # last-modified time becomes now: see the module docstring), no upload.
         path = Path(path)
         sha256, size = file_sha256(path)
         name = self.object_name(sha256)
-        if self._stat_size(name) is not None:
+        if self._refresh(name):
             return ObjectRef(sha256, size)
 
         def upload() -> _HashingReader:
@@ -378,10 +214,36 @@ class S3ArtifactStore:
     def put_bytes(self, data: bytes) -> ObjectRef:
         sha256 = hashlib.sha256(data).hexdigest()
         name = self.object_name(sha256)
-        if self._stat_size(name) is None:
-            # Two writers may both upload: S3 keeps one of two identical objects, readers see either.
-            self._put_bytes(name, data)
+        # Stored already: a small object is put again (one request, which also refreshes its
+        # last-modified time), a large one copied onto itself. Two writers may both upload: S3
+        # keeps one of two identical objects, readers see either.
+        if len(data) <= REPUT_MAX_BYTES or not self._refresh(name):
+            self.put_object_bytes(name, data)
         return ObjectRef(sha256, len(data))
+
+    def delete_objects(self, sha256s: Iterable[str], *, older_than: datetime) -> DeleteResult:
+        """Stat each object, then delete those last modified before ``older_than`` in batches.
+
+        A put that refreshes an object between its stat and the batch DELETE (milliseconds) is
+        not seen: S3 has no conditional delete. The grace period makes that window matter only
+        for an upload that starts exactly as the sweep deletes content no kept build references.
+        """
+        if older_than.tzinfo is None:
+            raise PermanentError("delete_objects needs an aware datetime (UTC), not a naive one")
+        doomed: list[str] = []
+        freed = recent = 0
+        for sha256 in sha256s:
+            name = self.object_name(sha256)
+            found = self.stat(name)
+            if found is None:
+                continue
+            if found.last_modified is not None and found.last_modified >= older_than:
+                recent += 1  # put again lately: an upload may be in flight
+                continue
+            doomed.append(name)
+            freed += int(found.size or 0)
+        self.remove_names(doomed)
+        return DeleteResult(len(doomed), freed, recent)
 
     def fetch(self, sha256: str, dest: Path) -> None:
         name = self.object_name(sha256)
@@ -423,97 +285,68 @@ class S3ArtifactStore:
     def presigned_url(self, sha256: str, expires: timedelta | None = None) -> str:
         """A URL that downloads the artifact without credentials (builder pods fetch sources so)."""
         name = self.object_name(sha256)
-        if self._stat_size(name) is None:
+        if self.size_of(name) is None:
             raise NotFoundError(f"artifact {sha256} is not in the store {self.where}")
-        return self._presign(name, expires)
+        return self.presign_get(name, expires)
 
-    def _presign(self, name: str, expires: timedelta | None = None) -> str:
+    # -- upload slots ----------------------------------------------------------------------------
+
+    def presigned_put_url(self, key: str, expires: timedelta | None = None) -> str:
+        """A URL through which one builder pod uploads its outputs archive to ``uploads/...``.
+
+        The uploader must send ``Content-Type: application/octet-stream`` (a form-encoded body is
+        stored as empty by some S3 servers). Give ``expires`` the step's deadline plus a margin.
+        """
+        name = _check_upload_key(key)
         return self._call(
             f"presigning of {name}",
-            lambda: self._client.presigned_get_object(self.bucket, name, expires or self._url_expiry),
+            lambda: self._client.presigned_put_object(self.bucket, name, expires or self._url_expiry),
         )
 
-    # -- logs ----------------------------------------------------------------------------------
+    def fetch_key(self, key: str, dest: Path, max_bytes: int | None = None) -> None:
+        """Download the upload slot ``key`` to ``dest`` (atomically); NotFoundError if nothing came.
 
-    def _chunks(self, key: str) -> list[_Chunk]:
-        """The log's chunks in order, with their sizes from the listing (nothing downloaded)."""
-        prefix = f"{key}/chunk-"
+        ``max_bytes`` refuses a larger object before a byte is downloaded (the uploader is untrusted).
+        """
+        name = _check_upload_key(key)
+        size = self.size_of(name)
+        if size is None:
+            raise NotFoundError(f"nothing was uploaded to {name} in {self.where}")
+        if max_bytes is not None and size > max_bytes:
+            raise PermanentError(f"{name} in {self.where} is {size} bytes, more than the {max_bytes} allowed")
 
-        def list_chunks() -> list[_Chunk]:
-            found = []
-            for obj in self._client.list_objects(self.bucket, prefix=prefix):
-                name = str(obj.object_name)
-                match = _CHUNK.fullmatch(name.rsplit("/", 1)[1])
-                if match:
-                    found.append(_Chunk(name, int(match.group(1)), int(obj.size or 0)))
-            return sorted(found, key=lambda chunk: chunk.index)
+        def download() -> None:
+            response = self._client.get_object(self.bucket, name)
+            try:
+                with _atomic_file(Path(dest)) as out:
+                    for chunk in response.stream(CHUNK_BYTES):
+                        out.write(chunk)
+            finally:
+                response.close()
+                response.release_conn()
 
-        return self._call(f"listing of {prefix}", list_chunks)
+        self._call(f"download of {name}", download)
 
-    def _put_log_chunk(self, key: str, index: int, data: bytes) -> None:
-        self._put_bytes(f"{key}/chunk-{index:06d}", data, "text/plain; charset=utf-8")
+    def delete_key(self, key: str) -> None:
+        """Remove the upload slot ``key``; removing one that is not there is not an error."""
+        name = _check_upload_key(key)
+        self._call(f"removal of {name}", lambda: self._client.remove_object(self.bucket, name))
+
+    # -- logs (chunked: see s3logs) --------------------------------------------------------------
 
     def open_log(self, key: str) -> S3LogWriter:
-        chunks = self._chunks(_check_log_key(key))
-        # A reopened log appends: its chunks continue after the existing ones.
-        next_index = chunks[-1].index + 1 if chunks else 1
-        return S3LogWriter(
-            self,
-            key,
-            next_index,
-            flush_lines=self._flush_lines,
-            flush_bytes=self._flush_bytes,
-            flush_seconds=self._flush_seconds,
-        )
+        return self._logs.open(key)
 
     def read_log(self, key: str, offset: int = 0) -> tuple[bytes, int]:
-        _check_log_key(key)
-        if offset < 0:
-            raise PermanentError(f"log offset must be >= 0, not {offset}")
-        parts: list[bytes] = []
-        position = 0
-        for chunk in self._chunks(key):
-            end = position + chunk.size
-            if end > offset:  # skip whole chunks before the offset without downloading them
-                parts.append(self._get_bytes(chunk.name, max(0, offset - position)))
-            position = end
-        data = b"".join(parts)
-        # Nothing yet, or an offset past the end: a follower keeps polling from the same offset.
-        return data, offset + len(data)
-
-    def _join_log(self, key: str) -> int:
-        """Write ``<key>`` as the concatenation of the log's chunks; return its size."""
-        with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as joined:
-            for chunk in self._chunks(key):
-                joined.write(self._get_bytes(chunk.name))
-            size = joined.tell()
-
-            def upload() -> None:
-                joined.seek(0)
-                self._client.put_object(
-                    self.bucket,
-                    key,
-                    cast(BinaryIO, joined),
-                    size,
-                    "text/plain; charset=utf-8",
-                    part_size=self._part_size,
-                )
-
-            self._call(f"upload of {key}", upload)
-        return size
+        return self._logs.read(key, offset)
 
     def log_location(self, key: str) -> str:
-        """A presigned URL of ``<key>``, the whole log.
+        """A presigned URL of the whole log, joined from what was flushed so far if still open."""
+        return self._logs.location(key)
 
-        ``close()`` writes it; while a step runs, or after it crashed before ``close()``, this
-        joins the chunks flushed so far into ``<key>`` (when it is missing or shorter), so the
-        URL always shows the log up to at least the moment it was made.
-        """
-        _check_log_key(key)
-        flushed = sum(chunk.size for chunk in self._chunks(key))
-        if flushed and self._stat_size(key) != flushed:
-            self._join_log(key)
-        return self._presign(key)
+    def delete_log(self, key: str) -> int:
+        """Remove every chunk of the log and the joined log; the bytes of the chunks (0 if absent)."""
+        return self._logs.delete(key)
 
     # -- build manifests -----------------------------------------------------------------------
 
@@ -525,11 +358,15 @@ class S3ArtifactStore:
 
     def put_build_manifest(self, build_id: int, data: dict[str, object]) -> None:
         encoded = json.dumps(data, indent=2, sort_keys=True).encode("utf-8") + b"\n"
-        self._put_bytes(self._manifest_name(build_id), encoded, "application/json")
+        self.put_object_bytes(self._manifest_name(build_id), encoded, "application/json")
+
+    def delete_build_manifest(self, build_id: int) -> None:
+        name = self._manifest_name(build_id)
+        self._call(f"removal of {name}", lambda: self._client.remove_object(self.bucket, name))
 
     def get_build_manifest(self, build_id: int) -> dict[str, object] | None:
         try:
-            raw = self._get_bytes(self._manifest_name(build_id))
+            raw = self.get_object_bytes(self._manifest_name(build_id))
         except NotFoundError:
             return None
         data = json.loads(raw)

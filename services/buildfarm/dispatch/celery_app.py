@@ -4,7 +4,8 @@ Queues:
 
 * ``builds`` — every node consumes it: "run step N" messages, first node free takes one;
 * ``node.<name>`` — one per node, for work that must run on that node (none yet);
-* ``control`` — only the scheduler consumes it: "advance build N" and the periodic reaper.
+* ``control`` — only the scheduler consumes it: "advance build N", the periodic reaper, the
+  schedules' tick, the retention sweep and the backup run.
   Keeping them off the node queues means a farm whose nodes are all busy building still
   releases, publishes and reclaims promptly.
 
@@ -12,6 +13,11 @@ Celery tasks are short and idempotent: a duplicate "run step" loses the lease cl
 at once.  The build itself runs inside the ``run_step`` task, guarded by the database lease, not
 by Celery's visibility timeout, which is set longer than any step so Redis never redelivers a
 running build; a node that dies is detected by its lease expiring (``lease_seconds``).
+
+Beat (exactly one scheduler) sends the periodic messages.  Scheduled builds do not rely on
+beat's own schedule file: beat only sends a tick every minute, and the tick decides from the
+database which slot is due (:mod:`buildfarm.engine.schedules`), so a lost, duplicated or
+replayed tick, or a second beat, never starts a slot twice.
 """
 
 from __future__ import annotations
@@ -20,14 +26,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celery import Celery
+from celery.schedules import crontab
 from kombu.exceptions import OperationalError
 
+from buildfarm.engine.schedules import check_schedules, parse_cron
 from buildfarm.model.errors import PermanentError, ServiceUnavailableError
 from buildfarm.model.settings import Settings
 
 BUILD_QUEUE = "builds"
 CONTROL_QUEUE = "control"
 VISIBILITY_MARGIN_SECONDS = 600
+TICK_EXPIRES_SECONDS = 55
+"""A tick not run within a minute is dropped: the next one does its work (the database says what is due)."""
 
 
 def node_queue(node: str) -> str:
@@ -51,6 +61,9 @@ def make_celery(settings: Settings) -> Celery:
             "buildfarm.run_step": {"queue": BUILD_QUEUE},
             "buildfarm.advance_build": {"queue": CONTROL_QUEUE},
             "buildfarm.reap": {"queue": CONTROL_QUEUE},
+            "buildfarm.schedules_tick": {"queue": CONTROL_QUEUE},
+            "buildfarm.retention_sweep": {"queue": CONTROL_QUEUE},
+            "buildfarm.backup_run": {"queue": CONTROL_QUEUE},
         },
         "broker_transport_options": {
             "visibility_timeout": visibility,
@@ -62,16 +75,31 @@ def make_celery(settings: Settings) -> Celery:
         "broker_connection_timeout": 5,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
-        "beat_schedule": {
-            "reap": {
-                "task": "buildfarm.reap",
-                "schedule": settings.reaper_seconds,
-                "options": {"expires": 60},
-            },
-        },
+        "beat_schedule": beat_schedule(settings),
     }
     app.conf.update(conf)
     return app
+
+
+def beat_schedule(settings: Settings) -> dict[str, Any]:
+    """The scheduler's periodic messages; a bad schedule or cron stops the process with one line."""
+    check_schedules(settings)
+    entries: dict[str, Any] = {
+        "reap": {"task": "buildfarm.reap", "schedule": settings.reaper_seconds, "options": {"expires": 60}},
+        "schedules": {
+            "task": "buildfarm.schedules_tick",
+            "schedule": crontab(),  # every minute, on the minute: a slot starts within seconds
+            "options": {"expires": TICK_EXPIRES_SECONDS},
+        },
+    }
+    for name, task, expression, setting in (
+        ("retention", "buildfarm.retention_sweep", settings.retention_schedule, "retention_schedule"),
+        ("backup", "buildfarm.backup_run", settings.backup_schedule, "backup_schedule"),
+    ):
+        if expression:  # empty: not scheduled (run it by hand)
+            cron = parse_cron(expression, f"setting {setting}")
+            entries[name] = {"task": task, "schedule": crontab.from_string(cron.expression)}
+    return entries
 
 
 class CeleryDispatcher:

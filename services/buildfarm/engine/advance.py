@@ -4,6 +4,17 @@
 under a lock on the build's row, releases only ``pending`` steps, and only one caller wins the
 ``running -> publishing`` transition.  Every Celery task that changes a step ends by asking for
 it, and the reaper asks for it for builds that look stuck.
+
+The repository (Pulp) and the artifact store (S3) can be down when a build needs them: to stage
+the packages later steps build against, or to publish.  Neither ends half done: a staging that
+failed puts its steps back to ``pending`` (no step runs without the packages it needs), a
+publication that failed leaves ``latest`` where it was (Pulp's own publish is all or nothing and
+idempotent, so trying again completes it).  While the outage is *temporary* the build keeps its
+state, ``error`` says what it waits for in one line, and the reaper's next ``advance`` tries
+again: staging at every reaper period, publishing after a pause that grows with the outage
+(settings ``repository_retry_min_seconds`` to ``repository_retry_max_seconds``).  After
+``repository_give_up_seconds`` without success, or at once for a permanent error, the build
+fails with that line; ``retry`` then tries again.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from sqlalchemy.orm import Session
 from buildfarm.backends.base import BuildRef, PackageFile
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import moves_latest
+from buildfarm.model.errors import BuildfarmError, TemporaryError
 from buildfarm.state.models import (
     TERMINAL_BUILD_STATES,
     TERMINAL_STEP_STATES,
@@ -35,6 +47,7 @@ log = logging.getLogger(__name__)
 
 PUBLISH_CLAIM_SECONDS = 600
 """A publisher silent this long is taken as dead and another may publish (idempotently)."""
+ERROR_CHARS = 500
 PACKAGE_SUFFIXES = (".deb", ".udeb")
 
 
@@ -112,6 +125,47 @@ def _materialize(ctx: FarmContext, outputs: list[StepOutput], into: Path) -> lis
     return files
 
 
+def one_line(exc: BaseException) -> str:
+    """An error as the single line a person sees in ``build show``."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 3] + "..."
+
+
+def waiting_since(build: Build) -> dt.datetime:
+    """When the build started needing the repository: its last step's end (or its creation)."""
+    return max((s.finished_at for s in build.steps if s.finished_at is not None), default=build.created_at)
+
+
+def _gives_up(ctx: FarmContext, exc: BuildfarmError, since: dt.datetime) -> bool:
+    elapsed = (utcnow() - since).total_seconds()
+    return not isinstance(exc, TemporaryError) or elapsed >= ctx.settings.repository_give_up_seconds
+
+
+def _stage(ctx: FarmContext, session: Session, build: Build, needs_stage: list[Step]) -> bool:
+    """Stage the build's packages for ``needs_stage``; on failure take them back. Returns success."""
+    try:
+        with tempfile.TemporaryDirectory(dir=ctx.work_root, prefix="stage-") as tmp:
+            packages = _materialize(ctx, _outputs(session, build.steps), Path(tmp))
+            build.staging_source = ctx.repo.stage(build_ref(build), packages).line()
+    except BuildfarmError as exc:
+        line = one_line(exc)
+        now = utcnow()
+        if _gives_up(ctx, exc, waiting_since(build)):
+            log.warning("build %s: staging failed, its dependent steps are not built: %s", build.id, line)
+            for step in needs_stage:
+                step.state, step.finished_at = StepState.SKIPPED, now
+                step.ready_at = None
+                step.error = f"not built: staging failed: {line}"
+        else:
+            log.warning("build %s: staging waits: %s", build.id, line)
+            for step in needs_stage:  # no step may run without the packages it builds against
+                step.state, step.ready_at = StepState.PENDING, None
+            build.error = f"staging waits for the repository (tried again every reaper period): {line}"
+        return False
+    build.error = None
+    return True
+
+
 def advance_build(ctx: FarmContext, build_id: int) -> None:
     """Release what can run, then dispatch it; publish or close the build when every step is done."""
     to_run: list[tuple[int, int]] = []
@@ -123,32 +177,60 @@ def advance_build(ctx: FarmContext, build_id: int) -> None:
             return
         if build.state in TERMINAL_BUILD_STATES:
             if build.state == BuildState.CANCELLED:
-                ctx.repo.drop_staging(build_ref(build))
-            return
-        released = _release(session, build)
+                finish = "close"
+            else:
+                return
+        released = _release(session, build) if finish is None else []
         needs_stage = [s for s in released if s.depends_on]
-        if needs_stage:
-            with tempfile.TemporaryDirectory(dir=ctx.work_root, prefix="stage-") as tmp:
-                packages = _materialize(ctx, _outputs(session, build.steps), Path(tmp))
-                build.staging_source = ctx.repo.stage(build_ref(build), packages).line()
+        if needs_stage and not _stage(ctx, session, build, needs_stage):
+            released = [s for s in released if not s.depends_on]
+            if any(s.state == StepState.SKIPPED for s in needs_stage):
+                _release(session, build)  # skips what depends on them; nothing new becomes ready
         to_run = [(s.id, s.attempt + 1) for s in sorted(released, key=lambda s: -s.priority)]
-        if all(s.state in TERMINAL_STEP_STATES for s in build.steps):
+        if finish is None and all(s.state in TERMINAL_STEP_STATES for s in build.steps):
             if all(s.state == StepState.SUCCEEDED for s in build.steps):
                 finish = "publish"
             else:
                 build.state = BuildState.FAILED
                 build.finished_at = utcnow()
                 bad = [s.name for s in build.steps if s.state in (StepState.FAILED, StepState.CANCELLED)]
-                build.error = f"step(s) failed: {', '.join(bad)}; latest was not moved"
+                if bad:
+                    build.error = f"step(s) failed: {', '.join(bad)}; latest was not moved"
+                else:
+                    skipped = [s for s in build.steps if s.state == StepState.SKIPPED]
+                    names = ", ".join(s.name for s in skipped)
+                    build.error = f"step(s) {names} {skipped[0].error}; latest was not moved"
                 finish = "close"
     for step_id, attempt in to_run:
         ctx.dispatcher.run_step(step_id, attempt)
     if finish == "publish":
         publish_build(ctx, build_id)
     elif finish == "close":
-        with ctx.db.session() as session:
-            build = session.get_one(Build, build_id)
-            ctx.repo.drop_staging(build_ref(build))
+        drop_staging(ctx, build_id)
+
+
+def drop_staging(ctx: FarmContext, build_id: int) -> bool:
+    """Remove a finished build's staging repository; False if the repository is down.
+
+    A repository that is down leaves ``staging_source`` set, and the reaper tries again; one
+    that refuses (a permanent error) is logged and not asked again.
+    """
+    with ctx.db.session() as session:
+        ref = build_ref(session.get_one(Build, build_id))
+    try:
+        ctx.repo.drop_staging(ref)
+    except TemporaryError as exc:
+        log.warning("build %s: staging not dropped yet (the reaper tries again): %s", build_id, one_line(exc))
+        return False
+    except BuildfarmError as exc:
+        log.warning("build %s: staging not dropped: %s", build_id, one_line(exc))
+    with ctx.db.session() as session:
+        session.execute(
+            update(Build)
+            .where(Build.id == build_id, Build.state.in_(TERMINAL_BUILD_STATES))
+            .values(staging_source=None)
+        )
+    return True
 
 
 def publish_build(ctx: FarmContext, build_id: int) -> bool:
@@ -171,18 +253,63 @@ def publish_build(ctx: FarmContext, build_id: int) -> bool:
         build = session.get_one(Build, build_id)
         ref = build_ref(build)
         outputs = _outputs(session, build.steps)
+        since = waiting_since(build)
     tmp = Path(tempfile.mkdtemp(dir=ctx.work_root, prefix="publish-"))
     try:
         packages = _materialize(ctx, outputs, tmp)
         source = ctx.repo.publish(ref, packages, move_latest=moves_latest(ref.kind))
+    except BuildfarmError as exc:
+        _publish_failed(ctx, build_id, since, exc)
+        return False
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     with ctx.db.session() as session:
         session.execute(
             update(Build)
             .where(Build.id == build_id, Build.state == BuildState.PUBLISHING)
-            .values(state=BuildState.SUCCEEDED, finished_at=utcnow(), published_url=source.line())
+            .values(state=BuildState.SUCCEEDED, finished_at=utcnow(), published_url=source.line(), error=None)
         )
-    ctx.repo.drop_staging(ref)
     log.info("build %s published: %s", build_id, source.line())
+    drop_staging(ctx, build_id)
     return True
+
+
+def _publish_failed(ctx: FarmContext, build_id: int, since: dt.datetime, exc: BuildfarmError) -> None:
+    """Fail the build, or release the claim so that the reaper's advance publishes after a pause.
+
+    The pause is made by back-dating the claim: ``publish_build`` takes a claim older than
+    ``PUBLISH_CLAIM_SECONDS``, so a claim dated ``now + pause - PUBLISH_CLAIM_SECONDS`` is free
+    ``pause`` seconds from now.  Whatever Pulp did before it failed stays unpublished, or was
+    complete: the next attempt finds and keeps it.
+    """
+    line = one_line(exc)
+    now = utcnow()
+    elapsed = (now - since).total_seconds()
+    where = (Build.id == build_id) & (Build.state == BuildState.PUBLISHING)
+    with ctx.db.session() as session:
+        if _gives_up(ctx, exc, since):
+            log.error("build %s not published: %s", build_id, line)
+            session.execute(
+                update(Build)
+                .where(where)
+                .values(
+                    state=BuildState.FAILED,
+                    finished_at=now,
+                    publish_claimed_at=None,
+                    error=f"not published: {line} (gave up after {elapsed:.0f}s; retry publishes it)",
+                )
+            )
+            return
+        settings = ctx.settings
+        pause = min(
+            settings.repository_retry_max_seconds, max(settings.repository_retry_min_seconds, elapsed / 2)
+        )
+        log.warning("build %s: publishing waits %.3gs: %s", build_id, pause, line)
+        session.execute(
+            update(Build)
+            .where(where)
+            .values(
+                publish_claimed_at=now + dt.timedelta(seconds=pause - PUBLISH_CLAIM_SECONDS),
+                error=f"publishing waits (next attempt in {pause:.3g}s): {line}",
+            )
+        )

@@ -39,9 +39,24 @@ class FarmContext:
 
     @cached_property
     def runner(self) -> Runner:
+        """The runner of package steps on this node."""
         from buildfarm.engine.wiring import make_runner
 
-        return make_runner(self.settings)
+        return make_runner(self.settings, self.store)
+
+    @cached_property
+    def image_runner(self) -> Runner:
+        """The runner of image steps: the kubernetes runner handles both kinds itself; every
+        other profile builds images with buildah on the node."""
+        if self.settings.runner == "kubernetes":
+            return self.runner
+        from buildfarm.engine.wiring import make_image_runner
+
+        return make_image_runner(self.settings)
+
+    def runner_for(self, kind: str) -> Runner:
+        """The runner of a step of this kind (``package`` or ``image``)."""
+        return self.image_runner if kind == "image" else self.runner
 
     @property
     def work_root(self) -> Path:

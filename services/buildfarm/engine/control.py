@@ -6,6 +6,7 @@ Both the local CLI and (later) the REST API call these; they return plain data, 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -13,7 +14,7 @@ from sqlalchemy import func, or_, select, update
 
 from buildfarm.backends.base import AptSource
 from buildfarm.engine.context import FarmContext
-from buildfarm.model.errors import ConflictError, NotFoundError
+from buildfarm.model.errors import ConflictError, NotFoundError, TemporaryError
 from buildfarm.state.models import (
     TERMINAL_BUILD_STATES,
     Build,
@@ -22,6 +23,8 @@ from buildfarm.state.models import (
     StepState,
     utcnow,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,6 +75,17 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") if value else None
 
 
+def _log_location(ctx: FarmContext, key: str | None) -> str | None:
+    """Where the log is, or None: a build is still shown while the artifact store is down."""
+    if key is None:
+        return None
+    try:
+        return ctx.store.log_location(key)
+    except TemporaryError as exc:
+        log.warning("log %s not located: %s", key, exc)
+        return None
+
+
 def _step_view(ctx: FarmContext, step: Step) -> StepView:
     duration = None
     if step.started_at and step.finished_at and step.reused_from is None:
@@ -90,7 +104,7 @@ def _step_view(ctx: FarmContext, step: Step) -> StepView:
         started_at=_iso(step.started_at),
         finished_at=_iso(step.finished_at),
         duration_seconds=duration,
-        log=ctx.store.log_location(step.log_key) if step.log_key else None,
+        log=_log_location(ctx, step.log_key),
         error=step.error,
         outputs=[{"filename": o.filename, "sha256": o.sha256, "size": o.size} for o in outputs],
     )

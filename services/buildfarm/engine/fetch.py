@@ -1,4 +1,9 @@
-"""Bring each package's source tree to a local directory: a path of the manifest, or a git clone."""
+"""Bring each package's source tree and each image's build context to a local directory.
+
+A tree is a path of the manifest's own directory, a git clone, or (``prepared``, by index) a
+directory the API already unpacked from an uploaded tarball: a remote client sends its local
+``path`` trees, since the farm cannot read the client's disk.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 from buildfarm.model.errors import ManifestError, TemporaryError
-from buildfarm.model.manifest import Manifest, PackageSource
+from buildfarm.model.manifest import ImageSource, Manifest, PackageSource, check_dockerfile
 
 GIT_TIMEOUT_SECONDS = 300
 """A clone slower than 5 minutes is stuck (or enormous); fail it rather than hang a submit."""
@@ -35,6 +40,22 @@ def _git(args: list[str], cwd: Path, what: str) -> None:
         raise ManifestError(f"{what}: git {args[0]} failed: {last[0]}") from exc
 
 
+def checkout(url: str, ref: str, clone: Path, what: str) -> None:
+    """Check out ``ref`` of the git repository ``url`` (shallow) into the new directory ``clone``;
+    a failure is one line naming ``what``."""
+    clone.mkdir()
+    _git(["init", "-q"], clone, what)
+    _git(["fetch", "-q", "--depth", "1", url, ref], clone, what)
+    _git(["checkout", "-q", "FETCH_HEAD"], clone, what)
+
+
+def _clone(source: PackageSource | ImageSource, clone: Path, what: str) -> Path:
+    """Check out ``source``'s ref into the empty directory ``clone``; the subdir it names."""
+    assert source.git is not None and source.ref is not None
+    checkout(source.git, source.ref, clone, what)
+    return (clone / source.subdir).resolve()
+
+
 @contextmanager
 def source_directories(
     manifest: Manifest, root: Path, prepared: dict[int, Path] | None = None
@@ -53,15 +74,40 @@ def source_directories(
             if package.path is not None:
                 out.append((package, (root / package.path).resolve()))
                 continue
-            assert package.git is not None and package.ref is not None
             clone = Path(scratch) / str(index)
             what = f"packages[{index}] ({package.describe()})"
-            clone.mkdir()
-            _git(["init", "-q"], clone, what)
-            _git(["fetch", "-q", "--depth", "1", package.git, package.ref], clone, what)
-            _git(["checkout", "-q", "FETCH_HEAD"], clone, what)
-            directory = (clone / package.subdir).resolve()
+            directory = _clone(package, clone, what)
             if not directory.is_relative_to(clone) or not (directory / "debian" / "control").is_file():
                 raise ManifestError(f"{what}: no debian/control in {package.subdir!r} of that ref")
             out.append((package, directory))
+        yield out
+
+
+@contextmanager
+def context_directories(
+    manifest: Manifest, root: Path, prepared: dict[int, Path] | None = None
+) -> Iterator[list[tuple[ImageSource, Path]]]:
+    """Yield (image, context directory) for each image step; clones live until the block ends.
+
+    ``prepared`` maps an image's index to a directory already holding its context (uploaded
+    by a remote client, unpacked by the API); other ``path`` contexts are read below ``root``.
+    Every context, wherever it came from, must hold its Dockerfile.
+    """
+    with TemporaryDirectory(prefix="buildfarm-ctx-") as scratch:
+        out: list[tuple[ImageSource, Path]] = []
+        for index, image in enumerate(manifest.images):
+            where = f"images[{index}] ({image.name})"
+            if prepared is not None and index in prepared:
+                directory = prepared[index]
+            elif image.path is not None:
+                directory = (root / image.path).resolve()
+                if not directory.is_dir():
+                    raise ManifestError(f"{where}: context directory {image.path!r} does not exist")
+            else:
+                clone = Path(scratch) / str(index)
+                directory = _clone(image, clone, where)
+                if not directory.is_relative_to(clone) or not directory.is_dir():
+                    raise ManifestError(f"{where}: no directory {image.subdir!r} in that ref")
+            check_dockerfile(directory, image, where)
+            out.append((image, directory))
         yield out

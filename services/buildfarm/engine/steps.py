@@ -13,6 +13,7 @@ The lease is the single source of truth for "who builds this step now":
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import shutil
@@ -24,11 +25,24 @@ from pathlib import Path
 from sqlalchemy import update
 
 from buildfarm.backends.base import AptSource, LogWriter, ObjectRef
+from buildfarm.engine import builders
 from buildfarm.engine.context import FarmContext
+from buildfarm.engine.images import bring_into_namespace, dependency_images, image_spec
 from buildfarm.model import names
 from buildfarm.model.errors import BuildfarmError
-from buildfarm.runners.base import StepJob, StepResult
-from buildfarm.state.models import Build, BuildState, Step, StepOutput, StepState, utcnow
+from buildfarm.model.images import image_prefix
+from buildfarm.runners.base import ImageSpec, StepJob, StepResult
+from buildfarm.runners.lost import StepLost
+from buildfarm.state.models import (
+    IMAGE_OUTPUT_PREFIX,
+    Build,
+    BuildState,
+    Step,
+    StepKind,
+    StepOutput,
+    StepState,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +57,7 @@ class Claim:
     source_sha256: str
     log_key: str
     staging_source: str | None
+    adopted: bool = False  # the attempt's builder Job outlived its lease and is followed again
 
 
 def log_key_for(build_id: int, step_name: str, attempt: int) -> str:
@@ -55,20 +70,29 @@ def claim_step(ctx: FarmContext, step_id: int, node: str) -> Claim | None:
     now = utcnow()
     with ctx.db.session() as session:
         step = session.get(Step, step_id)
-        if step is None or step.state != StepState.READY or step.build.state != BuildState.RUNNING:
+        if step is None or step.build.state != BuildState.RUNNING:
             return None
-        attempt = step.attempt + 1
+        # A builder Job of the current attempt that outlived its lease is followed, not built again.
+        adopting = builders.can_adopt(ctx, step, now)
+        if step.state != StepState.READY and not adopting:
+            return None
+        attempt = step.attempt if adopting else step.attempt + 1
         key = log_key_for(step.build_id, step.name, attempt)
         won = session.execute(
             update(Step)
-            .where(Step.id == step_id, Step.state == StepState.READY, Step.attempt == step.attempt)
+            .where(
+                Step.id == step_id,
+                Step.state == step.state,
+                Step.attempt == step.attempt,
+                Step.lease_owner == step.lease_owner,  # None compares as IS NULL
+            )
             .values(
                 state=StepState.RUNNING,
                 attempt=attempt,
                 node=node,
                 lease_owner=owner,
                 lease_expires_at=now + dt.timedelta(seconds=ctx.settings.lease_seconds),
-                started_at=now,
+                started_at=step.started_at if adopting else now,
                 finished_at=None,
                 log_key=key,
                 error=None,
@@ -78,7 +102,15 @@ def claim_step(ctx: FarmContext, step_id: int, node: str) -> Claim | None:
             return None
         build = session.get_one(Build, step.build_id)
         return Claim(
-            step_id, step.build_id, step.name, attempt, owner, step.source_sha256, key, build.staging_source
+            step_id,
+            step.build_id,
+            step.name,
+            attempt,
+            owner,
+            step.source_sha256,
+            key,
+            build.staging_source,
+            adopted=adopting,
         )
 
 
@@ -152,13 +184,23 @@ def run_step(ctx: FarmContext, step_id: int, node: str) -> str:
     claim = claim_step(ctx, step_id, node)
     if claim is None:
         return "not-claimed"
-    writer = ctx.store.open_log(claim.log_key)
+    try:
+        writer = ctx.store.open_log(claim.log_key)
+    except BuildfarmError as exc:  # the store is down: fail this attempt now, not when its lease ends
+        finish_step(ctx, claim, [], f"the step's log could not be opened: {exc}")
+        ctx.dispatcher.advance(claim.build_id)
+        return "failed"
     cancel = threading.Event()
     heartbeat = _Heartbeat(ctx, claim, cancel)
     heartbeat.start()
     workdir = Path(ctx.work_root) / f"{claim.build_id}-{names.to_safe(claim.name)}-{claim.attempt}"
+    if claim.adopted:
+        writer.write_line(f"buildfarm: node {node} adopts attempt {claim.attempt}: its Job still exists")
+    lost = False
     try:
         outcome = _build(ctx, claim, writer, workdir, cancel)
+    except StepLost:  # the builder pod vanished: not a failure; the step goes back to the queue
+        lost, outcome = True, (None, [])
     finally:
         heartbeat.stopped.set()
         heartbeat.join()
@@ -169,14 +211,22 @@ def run_step(ctx: FarmContext, step_id: int, node: str) -> str:
         )
         writer.close()
         return "lease-lost"
+    if lost:
+        with contextlib.suppress(BuildfarmError):
+            writer.close()
+        builders.requeue_lost(ctx, claim.step_id, claim.attempt, claim.owner, "its builder pod vanished")
+        return "pod-lost"
     error, outputs = outcome
     accepted = finish_step(ctx, claim, outputs, error)
-    writer.write_line(
-        f"buildfarm: step {claim.name} attempt {claim.attempt} on {node}: "
-        + ("failed: " + error if error else "succeeded")
-        + ("" if accepted else " (not recorded: lease lost)")
-    )
-    writer.close()
+    try:
+        writer.write_line(
+            f"buildfarm: step {claim.name} attempt {claim.attempt} on {node}: "
+            + ("failed: " + error if error else "succeeded")
+            + ("" if accepted else " (not recorded: lease lost)")
+        )
+        writer.close()
+    except BuildfarmError as exc:  # the result is recorded; only the log's tail is lost
+        log.warning("step %s: the end of its log was not stored: %s", claim.step_id, exc)
     ctx.dispatcher.advance(claim.build_id)
     if not accepted:
         return "lease-lost"
@@ -192,11 +242,21 @@ def _build(
     workdir.mkdir(parents=True)
     tarball = workdir / "source.tar.gz"
     try:
+        target = _step_target(ctx, claim)
+        runner = ctx.runner_for(target.kind)
         writer.write_line(
-            f"buildfarm: step {claim.name} attempt {claim.attempt} starts ({ctx.runner.name} runner)"
+            f"buildfarm: step {claim.name} attempt {claim.attempt} starts ({runner.name} runner)"
         )
+        if target.image is not None and target.dependency_images:
+            bring_into_namespace(
+                ctx.settings.registry_url or "",
+                target.image.destination.rsplit("/", 1)[0],
+                target.dependency_images,
+                writer.write_line,
+            )
         ctx.store.fetch(claim.source_sha256, tarball)
-        extra = [_parse_source(claim.staging_source)] if claim.staging_source else []
+        staging = [_parse_source(claim.staging_source)] if claim.staging_source else []
+        extra = staging + ctx.repo.mirror_sources()  # mirrors after the build's own packages
         job = StepJob(
             build_id=claim.build_id,
             step_name=claim.name,
@@ -207,16 +267,56 @@ def _build(
             log=writer.write_line,
             cancel=cancel,
             timeout_seconds=ctx.settings.step_timeout_seconds,
+            source_sha256=claim.source_sha256,
+            kind=target.kind,
+            image=target.image,
+            node=target.node,
+            project=target.project,
+            branch=target.branch,
         )
         job.workdir.mkdir()
-        result: StepResult = ctx.runner.run(job)
+        result: StepResult = runner.run(job)
         if not result.ok:
             return result.error or "build failed", []
+        if target.image is not None:
+            if not result.images:
+                return "the image runner reported success but pushed no image", []
+            return None, [
+                (
+                    IMAGE_OUTPUT_PREFIX + image.reference,
+                    ObjectRef(image.digest.removeprefix("sha256:"), image.size),
+                )
+                for image in result.images
+            ]
         return None, [(path.name, ctx.store.put_file(path)) for path in result.outputs]
     except BuildfarmError as exc:
         return str(exc), []
     except OSError as exc:
         return f"{type(exc).__name__}: {exc}", []
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What the step row says about what to build: its kind, image spec and whereabouts."""
+
+    kind: str
+    image: ImageSpec | None
+    node: str | None
+    project: str
+    branch: str
+    dependency_images: list[tuple[str, str]]  # (name, pushed reference) of image steps it needs
+
+
+def _step_target(ctx: FarmContext, claim: Claim) -> _Target:
+    with ctx.db.session() as session:
+        step = session.get_one(Step, claim.step_id)
+        build = step.build
+        if step.kind != StepKind.IMAGE:
+            return _Target(step.kind, None, step.node, build.project, build.branch, [])
+        prefix = image_prefix(ctx.settings.registry_url, build.project, build.branch, build.id)
+        spec = image_spec(step.name, step.image_spec or {}, prefix)
+        deps = dependency_images(session, step)
+        return _Target(step.kind, spec, step.node, build.project, build.branch, deps)
 
 
 def _parse_source(line: str) -> AptSource:

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from buildfarm.engine.context import FarmContext
-from buildfarm.engine.fetch import source_directories
+from buildfarm.engine.fetch import context_directories, source_directories
+from buildfarm.engine.images import image_spec_record
 from buildfarm.model import names
+from buildfarm.model.images import registry_host
 from buildfarm.model.manifest import BuildKind, Manifest
-from buildfarm.model.planner import compute_input_keys, make_plan, read_source_info
+from buildfarm.model.planner import ImageInfo, compute_input_keys, make_plan, read_source_info
 from buildfarm.model.sources import pack_tree, tree_hash
-from buildfarm.state.models import Build, Step, StepState
+from buildfarm.state.models import Build, Step, StepKind, StepState
 
 BUILD_OPTIONS_VERSION = "1"
 """Bump to invalidate every input key when the way steps are built changes."""
@@ -20,24 +22,66 @@ def build_options(ctx: FarmContext) -> dict[str, str]:
     return {"runner": ctx.runner.name, "distribution": ctx.settings.distribution, "v": BUILD_OPTIONS_VERSION}
 
 
+def image_options(ctx: FarmContext) -> dict[str, str]:
+    """A reused image is a reference in the farm's registry: another registry never reuses it."""
+    return {
+        "runner": ctx.image_runner.name,
+        "registry": registry_host(ctx.settings.registry_url),
+        "v": BUILD_OPTIONS_VERSION,
+    }
+
+
 def submit_build(
-    ctx: FarmContext, manifest: Manifest, root: Path, user: str, prepared: dict[int, Path] | None = None
+    ctx: FarmContext,
+    manifest: Manifest,
+    root: Path,
+    user: str,
+    prepared: dict[int, Path] | None = None,
+    *,
+    prepared_contexts: dict[int, Path] | None = None,
 ) -> int:
-    """Record a new build of ``manifest`` (whose paths are relative to ``root``, or already
-    unpacked in ``prepared`` by package index) and release it."""
+    """Record a new build of ``manifest`` and release it.
+
+    Its ``path`` trees are read below ``root``, unless already unpacked (by the API, from a
+    remote client's uploads): ``prepared`` by package index, ``prepared_contexts`` by image index.
+    """
     names.check_simple_name(user, "user")
     ctx.dispatcher.check()  # an unreachable broker is found before anything is recorded
     planned = []
     tarballs: dict[str, str] = {}
+    explicit: dict[str, tuple[str, ...]] = {}
     with source_directories(manifest, root, prepared) as sources:
         for package, directory in sources:
             info = read_source_info(directory, package.describe())
             digest = tree_hash(directory)
             planned.append((package.describe(), info, digest))
             tarballs[info.name] = ctx.store.put_bytes(pack_tree(directory)).sha256
-    plan = make_plan(planned)
+            if package.depends:
+                explicit[info.name] = tuple(package.depends)
+    images: list[tuple[str, ImageInfo, str]] = []
+    specs: dict[str, dict[str, object]] = {}
+    with context_directories(manifest, root, prepared_contexts) as contexts:
+        for image, directory in contexts:
+            info_image = ImageInfo(
+                name=image.name,
+                dockerfile=image.dockerfile,
+                builder=image.builder.value,
+                build_args=tuple(sorted(image.build_args.items())),
+                depends=tuple(image.depends),
+            )
+            images.append((image.describe(), info_image, tree_hash(directory)))
+            tarballs[image.name] = ctx.store.put_bytes(pack_tree(directory)).sha256
+            specs[image.name] = image_spec_record(image)
+    plan = make_plan(planned, images, explicit)
     environment_id = ctx.runner.environment_id()
-    compute_input_keys(plan, environment_id, build_options(ctx))
+    image_environment_id = ctx.image_runner.environment_id() if images else ""
+    compute_input_keys(
+        plan,
+        environment_id,
+        build_options(ctx),
+        image_environment_id,
+        image_options(ctx) if images else {},
+    )
 
     with ctx.db.session() as session:
         build = Build(
@@ -63,6 +107,8 @@ def submit_build(
                     depends_on=list(step.depends_on),
                     priority=step.priority,
                     state=StepState.PENDING,
+                    kind=StepKind.IMAGE if step.kind == "image" else StepKind.PACKAGE,
+                    image_spec=specs.get(name),
                 )
             )
         session.flush()
@@ -73,6 +119,7 @@ def submit_build(
             "manifest": manifest.model_dump(mode="json"),
             "user": user,
             "environment": environment_id,
+            "image_environment": image_environment_id,
             "steps": {n: {"input_key": s.input_key, "source": tarballs[n]} for n, s in plan.steps.items()},
         },
     )

@@ -45,21 +45,47 @@ def make_repository(settings: Settings) -> PackageRepository:
             settings.secret(settings.pulp_password, settings.pulp_password_file, "pulp_password"),
             settings.pulp_content_origin,
             task_timeout_seconds=settings.pulp_task_timeout_seconds,
+            http_timeout_seconds=settings.pulp_http_timeout_seconds,
+            orphan_protection_minutes=settings.pulp_orphan_protection_minutes,
+            mirrors=settings.mirrors,
         )
-    return LocalAptRepository(settings.state_dir / "repos", settings.repo_url)
+    return LocalAptRepository(settings.state_dir / "repos", settings.repo_url, settings.mirrors)
 
 
-def make_runner(settings: Settings) -> Runner:
+def make_runner(settings: Settings, store: ArtifactStore | None = None) -> Runner:
+    """The runner of this node's steps. Remote runners (kubernetes) hand the store's presigned
+    URLs to their pods, so they need ``store``."""
     if settings.runner == "host":
         from buildfarm.runners.host import HostRunner
 
         return HostRunner()
+    if settings.runner == "kubernetes":
+        from buildfarm.backends.s3 import S3ArtifactStore
+        from buildfarm.runners.kubernetes import KubernetesRunner
+
+        if settings.artifacts != "s3" or not isinstance(store, S3ArtifactStore):
+            raise PermanentError("runner kubernetes needs artifacts: s3 (builder pods use presigned URLs)")
+        return KubernetesRunner(settings, store)
     from buildfarm.runners.sbuild import SbuildRunner
 
     return SbuildRunner(
         base_tarball=settings.effective_base_tarball,
         distribution=settings.distribution,
         tmpdir=settings.sbuild_tmpdir,
+    )
+
+
+def make_image_runner(settings: Settings) -> Runner:
+    """The runner of image steps outside Kubernetes: buildah on this node, pushing to the
+    farm's registry; its storage is shared by the farm's nodes (buildah locks it)."""
+    from buildfarm.runners.buildah import LocalImageRunner
+
+    return LocalImageRunner(
+        storage=settings.cache_dir / "buildah",
+        registry_url=settings.registry_url,
+        base_tarball=settings.effective_base_tarball,
+        distribution=settings.distribution,
+        cache_dir=settings.cache_dir,
     )
 
 

@@ -19,7 +19,16 @@ import redis
 
 from buildfarm.dispatch.celery_app import BUILD_QUEUE, CONTROL_QUEUE, make_celery, node_queue
 from buildfarm.engine.wiring import check_backends
-from buildfarm.local.procs import Supervisor, free_port, port_open, redis_server_command, wait_until
+from buildfarm.local.procs import (
+    Supervisor,
+    free_port,
+    port_open,
+    redis_server_command,
+    registry_command,
+    registry_config,
+    registry_env,
+    wait_until,
+)
 from buildfarm.model.errors import PermanentError, ServiceUnavailableError
 from buildfarm.model.settings import FARM_FILE, Settings, load_settings
 from buildfarm.state.db import upgrade
@@ -41,6 +50,7 @@ class FarmStatus:
     repo_url: str | None
     runner: str | None
     api_url: str | None = None
+    registry_url: str | None = None
     processes: dict[str, bool] = field(default_factory=dict)
     nodes: dict[str, Any] = field(default_factory=dict)
     queues: dict[str, int] = field(default_factory=dict)
@@ -67,6 +77,8 @@ def _child_env(state_dir: Path) -> dict[str, str]:
 
 def _check_tools(settings: Settings) -> None:
     needed = {"apt-ftparchive": "apt-utils", "dpkg-buildpackage": "dpkg-dev"}
+    if not settings.registry_url:
+        needed["docker-registry"] = "docker-registry"
     if settings.runner == "sbuild":
         needed |= {"sbuild": "sbuild", "mmdebstrap": "mmdebstrap", "newuidmap": "uidmap"}
     if not settings.redis_url:
@@ -135,6 +147,18 @@ def _start(settings: Settings, sup: Supervisor, nodes: int, prepare: Any) -> Far
         )
         wait_until(lambda: port_open("127.0.0.1", port), READY_TIMEOUT_SECONDS, "redis-server")
         farm["redis_url"] = f"redis://127.0.0.1:{port}/0"
+
+    if settings.registry_url:
+        farm["registry_url"] = settings.registry_url
+    else:  # the local registry: image steps push here (seeded with debian:<distribution> on first use)
+        port = free_port()
+        registry_dir = state / "registry"
+        (registry_dir / "data").mkdir(parents=True, exist_ok=True)
+        config = registry_dir / "config.yml"
+        config.write_text(registry_config(registry_dir / "data", port))
+        sup.start("registry", registry_command(config), env=registry_env(_child_env(state)))
+        wait_until(lambda: port_open("127.0.0.1", port), READY_TIMEOUT_SECONDS, "docker-registry")
+        farm["registry_url"] = f"http://127.0.0.1:{port}"
 
     repo_port = _pick_port(settings.repo_host, settings.repo_port, "BUILDFARM_REPO_PORT")
     api_port = _pick_port(settings.api_host, settings.api_port, "BUILDFARM_API_PORT")
@@ -247,6 +271,7 @@ def stop(settings: Settings) -> list[str]:
     if farm_file.is_file():
         data = json.loads(farm_file.read_text())
         data.pop("redis_url", None) if "redis" in stopped else None
+        data.pop("registry_url", None) if "registry" in stopped else None
         farm_file.write_text(json.dumps(data, indent=2) + "\n")
     return stopped
 
@@ -283,6 +308,7 @@ def status(settings: Settings) -> FarmStatus:
         redis_url=farm.get("redis_url"),
         repo_url=settings.repo_url if farm.get("repo_port") else None,
         api_url=settings.api_url if farm.get("api_port") else None,
+        registry_url=farm.get("registry_url"),
         runner=farm.get("runner"),
         processes=processes,
     )

@@ -34,6 +34,28 @@ def redis_server_command(port: int, directory: Path, binary: str = "redis-server
     ]
 
 
+def registry_config(root: Path, port: int) -> str:
+    """Config of a private docker-registry (distribution 2.8): never the packaged one, which
+    listens on every interface; filesystem storage under ``root``; deletes allowed (retention)."""
+    return (
+        "version: 0.1\n"
+        "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+        "health:\n  storagedriver:\n    enabled: false\n"
+    )
+
+
+def registry_command(config: Path, binary: str = "docker-registry") -> list[str]:
+    """docker-registry in the foreground; run it with :func:`registry_env` (no AWS_CA_BUNDLE)."""
+    return [binary, "serve", str(config)]
+
+
+def registry_env(env: dict[str, str]) -> dict[str, str]:
+    """The registry panics at start when AWS_CA_BUNDLE is set (even for filesystem storage)."""
+    return {k: v for k, v in env.items() if k != "AWS_CA_BUNDLE"}
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))

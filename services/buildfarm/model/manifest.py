@@ -1,4 +1,4 @@
-"""The build manifest: which project/branch/kind, which Debian source packages.
+"""The build manifest: which project/branch/kind, which Debian source packages and images.
 
 A manifest is a YAML file::
 
@@ -10,6 +10,24 @@ A manifest is a YAML file::
       - git: https://example.org/tool.git
         ref: v1.2                # branch, tag or commit
         subdir: packaging        # optional: where debian/ is inside the repository
+        depends: [base-image]    # optional: image steps this package waits for
+    images:
+      - name: greet-image        # registry path component: lowercase [a-z0-9._-]
+        path: images/greet       # the build context (or git + ref + subdir, as for packages)
+        dockerfile: Dockerfile   # relative to the context (default)
+        builder: kaniko          # kaniko (default) | sysbox | local
+        build_args: {GREETING: hello}
+        depends: [greet-cli]     # package steps (source package names) or other images
+
+A package step's name is its source package name (from debian/control); an image step's name
+is its ``name``.  ``depends`` adds explicit edges on top of the Build-Depends the planner
+finds; an image that installs a package built in the same build must list that package.
+
+``builder`` says which kind of image builder the step needs, not which program: ``kaniko``
+(the default) is the farm's daemonless Dockerfile builder, i.e. kaniko pods on Kubernetes and
+buildah in the local profile; ``sysbox`` asks for a pod in the sysbox runtime (a Dockerfile
+that needs a docker daemon of its own); ``local`` builds with buildah on the worker node itself.
+The default is the one that works everywhere without node support.
 
 Every mistake becomes one :class:`ManifestError` whose message names the file, the field and
 what is wrong; nothing is half-accepted.
@@ -17,9 +35,10 @@ what is wrong; nothing is half-accepted.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -29,6 +48,13 @@ from buildfarm.model.errors import ManifestError, NameError_
 
 MAX_MANIFEST_BYTES = 1 << 20
 """A manifest larger than 1 MiB is certainly a mistake (a binary, a wrong file)."""
+MAX_IMAGE_NAME_LENGTH = 100
+"""Image names become one registry path component; 100 keeps the whole path far below 255."""
+IMAGE_NAME = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+"""The registry's own grammar of one repository path component (distribution's reference.go)."""
+BUILD_ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+RESERVED_BUILD_ARGS = frozenset({"BUILDFARM_APT_SOURCE", "BUILDFARM_IMAGE_PREFIX", "BUILDFARM_REGISTRY"})
+"""Build args the farm sets itself for every image step."""
 
 
 class BuildKind(StrEnum):
@@ -51,13 +77,38 @@ def _relative_path(value: str, field: str) -> str:
     return value
 
 
-class PackageSource(_Strict):
-    """One Debian source package: a directory of the manifest's tree, or a git URL and ref."""
+class ImageBuilder(StrEnum):
+    KANIKO = "kaniko"  # the farm's daemonless builder: kaniko pods, buildah in the local profile
+    SYSBOX = "sysbox"  # a pod in the sysbox runtime class (docker inside the build)
+    LOCAL = "local"  # buildah on the worker node itself
 
-    path: str | None = Field(default=None, description="directory with debian/, relative to the manifest")
+
+def _check_step_names(values: list[str], field: str) -> list[str]:
+    for value in values:
+        if (
+            not value
+            or len(value) > MAX_IMAGE_NAME_LENGTH
+            or not re.fullmatch(r"[A-Za-z0-9][\w.+\-]*", value)
+        ):
+            raise ValueError(f"{field}: {value!r} is not a step name (a source package or image name)")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{field}: lists a step twice")
+    return values
+
+
+class _TreeSource(_Strict):
+    """A directory of the manifest's tree, or a git URL and ref (and a subdirectory of it)."""
+
+    path: str | None = Field(default=None, description="directory relative to the manifest")
     git: str | None = Field(default=None, description="git URL to clone")
     ref: str | None = Field(default=None, description="branch, tag or commit of `git`")
-    subdir: str = Field(default=".", description="directory with debian/ inside the git tree")
+    subdir: str = Field(default=".", description="directory inside the git tree")
+    depends: list[str] = Field(default_factory=list, description="names of steps this one waits for")
+
+    @field_validator("depends")
+    @classmethod
+    def _depends_names(cls, value: list[str]) -> list[str]:
+        return _check_step_names(value, "depends")
 
     @field_validator("path")
     @classmethod
@@ -70,7 +121,7 @@ class PackageSource(_Strict):
         return _relative_path(value, "subdir")
 
     @model_validator(mode="after")
-    def _one_origin(self) -> PackageSource:
+    def _one_origin(self) -> _TreeSource:
         if (self.path is None) == (self.git is None):
             raise ValueError("give exactly one of 'path' or 'git'")
         if self.git is not None and not self.ref:
@@ -85,11 +136,73 @@ class PackageSource(_Strict):
         return f"{self.git}@{self.ref}" + ("" if self.subdir == "." else f":{self.subdir}")
 
 
+class PackageSource(_TreeSource):
+    """One Debian source package: ``path`` or ``subdir`` is the directory holding debian/."""
+
+
+class ImageSource(_TreeSource):
+    """One image step: a build context (directory or git), a Dockerfile in it, build args."""
+
+    name: str = Field(description="image name: one registry path component, lowercase [a-z0-9._-]")
+    dockerfile: str = Field(default="Dockerfile", description="relative to the context")
+    builder: ImageBuilder = Field(default=ImageBuilder.KANIKO, description="kind of image builder")
+    build_args: dict[str, str] = Field(default_factory=dict, description="--build-arg NAME=value")
+
+    @field_validator("name")
+    @classmethod
+    def _image_name(cls, value: str) -> str:
+        if len(value) > MAX_IMAGE_NAME_LENGTH or not IMAGE_NAME.fullmatch(value):
+            raise ValueError(
+                f"image name {value!r} must be lowercase letters, digits and single '.', '_' or '-' "
+                f"between them (a registry path component, at most {MAX_IMAGE_NAME_LENGTH} characters)"
+            )
+        return value
+
+    @field_validator("dockerfile")
+    @classmethod
+    def _dockerfile_inside(cls, value: str) -> str:
+        if not value or value.endswith("/"):
+            raise ValueError("dockerfile must name a file in the context")
+        return _relative_path(value, "dockerfile")
+
+    @field_validator("build_args", mode="before")
+    @classmethod
+    def _args_are_strings(cls, value: Any) -> Any:
+        if isinstance(value, dict):  # YAML gives numbers and booleans; a build arg is text
+            for key, item in value.items():
+                if not isinstance(item, (str, int, float)) or isinstance(item, bool):
+                    raise ValueError(f"build_args.{key}: give a string (quote it in YAML)")  # noqa: TRY004
+            return {str(k): str(v) for k, v in value.items()}
+        return value
+
+    @field_validator("build_args")
+    @classmethod
+    def _arg_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not BUILD_ARG_NAME.fullmatch(key):
+                raise ValueError(f"build_args: {key!r} is not a build argument name")
+            if key in RESERVED_BUILD_ARGS:
+                raise ValueError(f"build_args: {key} is set by the farm itself")
+        return value
+
+
 class Manifest(_Strict):
     project: str
     branch: str
     kind: BuildKind
-    packages: Annotated[list[PackageSource], Field(min_length=1)]
+    packages: list[PackageSource] = Field(default_factory=list)
+    images: list[ImageSource] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _something_to_build(self) -> Manifest:
+        if not self.packages and not self.images:
+            raise ValueError("give at least one package (packages: [...]) or image (images: [...])")
+        names_seen: set[str] = set()
+        for image in self.images:
+            if image.name in names_seen:
+                raise ValueError(f"two images are named {image.name!r}")
+            names_seen.add(image.name)
+        return self
 
     @field_validator("project")
     @classmethod
@@ -117,7 +230,7 @@ def _location(loc: tuple[int | str, ...]) -> str:
 
 def _first_error(source: str, exc: ValidationError) -> ManifestError:
     err = exc.errors()[0]
-    loc = tuple(p for p in err["loc"] if p not in ("function-after[_one_origin(), PackageSource]",))
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     where = _location(loc)
     if err["type"] == "extra_forbidden":
         message = "unknown field"
@@ -133,7 +246,9 @@ def _first_error(source: str, exc: ValidationError) -> ManifestError:
 def parse_manifest(data: Any, source: str) -> Manifest:
     """Validate already-loaded YAML data; ``source`` names the file in error messages."""
     if not isinstance(data, dict):
-        raise ManifestError(f"{source}: the manifest must be a mapping with project, branch, kind, packages")
+        raise ManifestError(
+            f"{source}: the manifest must be a mapping with project, branch, kind, packages and/or images"
+        )
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
@@ -163,7 +278,8 @@ def load_manifest(path: Path) -> Manifest:
 
 
 def check_local_paths(manifest: Manifest, root: Path, source: str) -> None:
-    """Each ``path`` package must be a directory inside ``root`` holding debian/control; no duplicates."""
+    """Each ``path`` package must be a directory inside ``root`` holding debian/control; no duplicates.
+    Each ``path`` image must be a directory inside ``root`` holding its Dockerfile."""
     seen: dict[str, int] = {}
     for index, package in enumerate(manifest.packages):
         where = f"{source}: packages[{index}]"
@@ -180,3 +296,24 @@ def check_local_paths(manifest: Manifest, root: Path, source: str) -> None:
             raise ManifestError(f"{where}.path: directory {package.path!r} does not exist")
         if not (directory / "debian" / "control").is_file():
             raise ManifestError(f"{where}.path: {package.path!r} has no debian/control")
+    for index, image in enumerate(manifest.images):
+        if image.path is None:
+            continue
+        where = f"{source}: images[{index}]"
+        directory = (root / image.path).resolve()
+        if not directory.is_relative_to(root):
+            raise ManifestError(f"{where}.path: {image.path!r} escapes the manifest's tree")
+        if not directory.is_dir():
+            raise ManifestError(f"{where}.path: directory {image.path!r} does not exist")
+        check_dockerfile(directory, image, where)
+
+
+def check_dockerfile(context: Path, image: ImageSource, where: str) -> None:
+    """The Dockerfile must be a regular file inside the context directory."""
+    dockerfile = (context / image.dockerfile).resolve()
+    if not dockerfile.is_relative_to(context.resolve()):
+        raise ManifestError(f"{where}.dockerfile: {image.dockerfile!r} escapes the context")
+    if not dockerfile.is_file():
+        raise ManifestError(
+            f"{where}.dockerfile: no file {image.dockerfile!r} in the context {image.describe()}"
+        )

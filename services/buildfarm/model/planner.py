@@ -8,6 +8,13 @@ A step's **input key** hashes everything that decides its output: the source tre
 input keys of the steps it depends on (so a change ripples to every dependent, and only to
 them), the build environment's identity (base tarball or image digest) and the build options.
 A step whose key already has a successful output anywhere in the farm is reused, not rebuilt.
+
+**Image steps** (``images:`` in the manifest) are steps too.  They have no Build-Depends; their
+edges are the manifest's explicit ``depends`` (which packages may have as well, to wait for an
+image).  An image step's key hashes its context tree (the Dockerfile is part of it), the
+Dockerfile's path, the build args, the builder kind, the keys of its dependencies and the
+image builder's identity (``image_environment_id``), so editing the Dockerfile, rebuilding a
+package it installs or upgrading the builder all rebuild the image, and nothing else does.
 """
 
 from __future__ import annotations
@@ -39,9 +46,20 @@ class SourceInfo:
     build_depends: tuple[str, ...]  # every package name mentioned, alternatives included
 
 
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the planner needs from one image step of the manifest."""
+
+    name: str
+    dockerfile: str = "Dockerfile"
+    builder: str = "kaniko"
+    build_args: tuple[tuple[str, str], ...] = ()
+    depends: tuple[str, ...] = ()  # explicit: package (source) names or image names
+
+
 @dataclass
 class PlannedStep:
-    name: str  # the source package name: unique within a build
+    name: str  # the source package name, or the image name: unique within a build
     version: str
     origin: str  # how the manifest named it (path or git URL@ref), for messages
     tree_hash: str
@@ -49,6 +67,12 @@ class PlannedStep:
     depends_on: tuple[str, ...]  # names of steps in the same build
     priority: int = 0  # length of the longest chain of dependents: release those first
     input_key: str = ""
+    kind: str = "package"  # package | image
+    image: ImageInfo | None = None  # set for image steps
+
+    def label(self) -> str:
+        """How messages name the step: image steps say so, packages are their source name."""
+        return f"image {self.name}" if self.kind == "image" else self.name
 
 
 @dataclass
@@ -129,8 +153,14 @@ def _read_version(directory: Path, origin: str) -> str:
         raise PlanError(f"{origin}: cannot read debian/changelog: {exc}") from exc
 
 
-def make_plan(packages: list[tuple[str, SourceInfo, str]]) -> Plan:
-    """Build the dependency graph from (origin, info, tree hash) triples of one manifest."""
+def make_plan(
+    packages: list[tuple[str, SourceInfo, str]],
+    images: list[tuple[str, ImageInfo, str]] | None = None,
+    explicit_depends: dict[str, tuple[str, ...]] | None = None,
+) -> Plan:
+    """Build the dependency graph from (origin, info, tree hash) triples of one manifest:
+    packages, images, and ``explicit_depends`` (a package step's name -> its manifest
+    ``depends``)."""
     plan = Plan()
     producer: dict[str, str] = {}
     for origin, info, digest in packages:
@@ -151,9 +181,41 @@ def make_plan(packages: list[tuple[str, SourceInfo, str]]) -> Plan:
             binaries=info.binaries,
             depends_on=(),
         )
+    for origin, image, digest in images or []:
+        if image.name in plan.steps:
+            raise PlanError(
+                f"image {image.name!r} ({origin}) has the name of a source package of this build: "
+                "rename the image"
+            )
+        plan.steps[image.name] = PlannedStep(
+            name=image.name,
+            version="",
+            origin=origin,
+            tree_hash=digest,
+            binaries=(),
+            depends_on=(),
+            kind="image",
+            image=image,
+        )
+    explicit = dict(explicit_depends or {})
+    for _origin, image, _digest in images or []:
+        explicit[image.name] = image.depends
     for _origin, info, _digest in packages:
-        deps = sorted({producer[d] for d in info.build_depends if d in producer} - {info.name})
-        plan.steps[info.name].depends_on = tuple(deps)
+        deps = {producer[d] for d in info.build_depends if d in producer} - {info.name}
+        plan.steps[info.name].depends_on = tuple(sorted(deps))
+    for name, wanted in explicit.items():
+        step = plan.steps.get(name)
+        if step is None:
+            raise PlanError(f"depends is given for {name!r}, which is not a step of this build")
+        for dep in wanted:
+            if dep not in plan.steps:
+                raise PlanError(
+                    f"{step.label()} ({step.origin}) depends on {dep!r}, "
+                    "which is neither a source package nor an image of this build"
+                )
+            if dep == name:
+                raise PlanError(f"{step.label()} ({step.origin}) depends on itself")
+        step.depends_on = tuple(sorted({*step.depends_on, *wanted}))
     _check_acyclic(plan)
     _set_priorities(plan)
     return plan
@@ -165,7 +227,10 @@ def _check_acyclic(plan: Plan) -> None:
         sorter.prepare()
     except graphlib.CycleError as exc:
         cycle: list[str] = list(exc.args[1])
-        raise PlanError("Build-Depends form a cycle: " + " -> ".join(reversed(cycle))) from exc
+        names = " -> ".join(plan.steps[n].label() for n in reversed(cycle))
+        images = any(plan.steps[n].kind == "image" for n in cycle)
+        what = "Build-Depends and depends" if images else "Build-Depends"
+        raise PlanError(f"{what} form a cycle: {names}") from exc
 
 
 def _set_priorities(plan: Plan) -> None:
@@ -177,16 +242,32 @@ def _set_priorities(plan: Plan) -> None:
         plan.steps[name].priority = max((plan.steps[d].priority + 1 for d in dependents[name]), default=0)
 
 
-def compute_input_keys(plan: Plan, environment_id: str, options: dict[str, str]) -> None:
-    """Fill in every step's input key, dependencies first."""
+def compute_input_keys(
+    plan: Plan,
+    environment_id: str,
+    options: dict[str, str],
+    image_environment_id: str = "",
+    image_options: dict[str, str] | None = None,
+) -> None:
+    """Fill in every step's input key, dependencies first. Image steps use the image builder's
+    identity and options instead of the package runner's."""
     for name in plan.order():
         step = plan.steps[name]
-        material = {
+        material: dict[str, object] = {
             "v": 1,
             "source": step.tree_hash,
             "deps": sorted(plan.steps[d].input_key for d in step.depends_on),
             "environment": environment_id,
             "options": dict(sorted(options.items())),
         }
+        if step.image is not None:
+            material |= {
+                "kind": "image",
+                "environment": image_environment_id,
+                "options": dict(sorted((image_options or {}).items())),
+                "dockerfile": step.image.dockerfile,
+                "builder": step.image.builder,
+                "build_args": sorted(step.image.build_args),
+            }
         blob = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
         step.input_key = hashlib.sha256(blob).hexdigest()

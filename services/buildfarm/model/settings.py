@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from buildfarm.model.errors import PermanentError
@@ -45,6 +45,38 @@ class _FarmFileSource(PydanticBaseSettingsSource):
         return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
 
 
+class MirrorConfig(BaseModel):
+    """One 3rd-party Debian repository mirrored into the farm (never expired)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="simple name: the mirror's Pulp repository and distribution use it")
+    url: str = Field(description="upstream repository URL (http or https)")
+    distribution: str = Field(description="upstream suite, e.g. bookworm")
+    components: list[str] = Field(default_factory=lambda: ["main"])
+    architectures: list[str] = Field(default_factory=lambda: ["amd64"])
+
+
+class ScheduleConfig(BaseModel):
+    """One scheduled build: which project/branch, from which manifest, as whom, when (issue 7)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="simple name, unique among schedules")
+    cron: str = Field(
+        default="", description="5-field cron expression in UTC, e.g. '0 2 * * *'; empty: nightly_schedule"
+    )
+    project: str
+    branch: str
+    user: str = Field(description="the service user the build runs as")
+    git: str | None = Field(default=None, description="git URL of the tree holding the manifest")
+    ref: str | None = Field(default=None, description="branch, tag or commit of `git`")
+    manifest: str = Field(
+        default="buildfarm.yaml", description="manifest path inside the git tree, or a stored manifest"
+    )
+    kind: Literal["nightly", "release", "on-demand"] = "nightly"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BUILDFARM_", extra="ignore")
 
@@ -57,8 +89,10 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="Celery broker; unset: `buildfarm start` runs a private redis-server"
     )
-    runner: Literal["sbuild", "host"] = Field(
-        default="sbuild", description="sbuild: clean unshare chroot per step; host: dpkg-buildpackage here"
+    runner: Literal["sbuild", "host", "kubernetes"] = Field(
+        default="sbuild",
+        description="sbuild: clean unshare chroot per step; host: dpkg-buildpackage here; "
+        "kubernetes: one transient builder pod per step",
     )
     distribution: str = Field(default="bookworm", description="Debian suite of the build environment")
     mirror: str = Field(
@@ -91,6 +125,9 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8781, ge=0, le=65535, description="REST API port (0: any free)")
     api_max_upload_bytes: int = Field(
         default=256 << 20, gt=0, description="largest source tarball accepted (bytes); 256 MiB by default"
+    )
+    api_max_unpacked_bytes: int = Field(
+        default=4 << 30, gt=0, description="largest size an uploaded source tree may unpack to (bytes)"
     )
     api_rate_per_minute: int = Field(
         default=600,
@@ -125,7 +162,120 @@ class Settings(BaseSettings):
         default=None, description="where apt clients reach Pulp's content app, e.g. http://pulp-content:24816"
     )
     pulp_task_timeout_seconds: float = Field(default=600.0, gt=0, description="longest wait on one Pulp task")
+    pulp_orphan_protection_minutes: int | None = Field(
+        default=None,
+        ge=0,
+        description="minutes an orphaned Pulp artifact is protected from the retention sweep's cleanup "
+        "(unset: Pulp's own ORPHAN_PROTECTION_TIME, a day by default)",
+    )
+    pulp_http_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="longest wait on one Pulp API request (a hung Pulp fails this fast)"
+    )
+    repository_retry_min_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="first pause before staging/publishing again after Pulp or S3 failed (about one "
+        "reaper period: a short outage costs seconds)",
+    )
+    repository_retry_max_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="longest pause between publish attempts (half the outage so far, capped here)",
+    )
+    repository_give_up_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="a build not staged/published this long after its last step fails, naming the "
+        "service; `build retry` publishes it later",
+    )
     node_concurrency: int = Field(default=1, ge=1, le=64, description="steps one node builds at once")
+    # -- Data lifecycle (issue 7): schedules, retention, backups.
+    schedules: list[ScheduleConfig] = Field(
+        default_factory=list, description="scheduled (nightly) builds, run by the one scheduler (JSON in env)"
+    )
+    nightly_schedule: str = Field(
+        default="", description="default cron of schedules that give none (empty: schedules must give one)"
+    )
+    retention_schedule: str = Field(default="30 3 * * *", description="cron of the daily retention sweep")
+    backup_schedule: str = Field(
+        default="", description="cron of the backup run (empty: no scheduled backup)"
+    )
+    retention_nightly_days: int = Field(default=14, ge=0, description="days a nightly build is kept")
+    retention_on_demand_days: int = Field(default=7, ge=0, description="days an on-demand build is kept")
+    retention_personal_days: int = Field(default=7, ge=0, description="days a personal build is kept")
+    retention_keep_newest: int = Field(
+        default=3, ge=0, description="the newest K builds of every branch are kept whatever their age"
+    )
+    retention_grace_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="a content object younger than this is never collected (an upload may be in flight)",
+    )
+    backup_target: str | None = Field(
+        default=None, description="where backups go: a directory path, or s3://<bucket>[/<prefix>]"
+    )
+    backup_s3_endpoint: str | None = Field(
+        default=None, description="S3 endpoint of an s3:// backup target (default: s3_endpoint)"
+    )
+    backup_s3_access_key: SecretStr | None = Field(default=None, description="backup target's S3 access key")
+    backup_s3_secret_key: SecretStr | None = Field(default=None, description="backup target's S3 secret key")
+    backup_s3_access_key_file: Path | None = Field(default=None, description="file holding it (0600)")
+    backup_s3_secret_key_file: Path | None = Field(default=None, description="file holding it (0600)")
+    # -- 3rd-party mirrors (issue 4): Pulp deb remotes + repositories synced on demand, kept forever.
+    mirrors: list[MirrorConfig] = Field(
+        default_factory=list,
+        description="3rd-party Debian repositories usable as build-dependency sources (JSON list in env)",
+    )
+    # -- Builder pods on Kubernetes (runner: kubernetes) and image steps.
+    node: str | None = Field(
+        default=None, description="this worker's node (the chart sets spec.nodeName on a DaemonSet)"
+    )
+    kubeconfig: Path | None = Field(
+        default=None, description="kubeconfig for out-of-cluster use; unset: in-cluster configuration"
+    )
+    builder_namespace: str = Field(default="buildfarm-builders", description="namespace of builder pods")
+    builder_service_account: str | None = Field(
+        default=None, description="service account of builder pods (no token is mounted)"
+    )
+    builder_image: str = Field(
+        default="buildfarm/package-builder:latest", description="package-builder image (builder pods)"
+    )
+    image_builder_image: str = Field(
+        default="ghcr.io/osscontainertools/kaniko:v1.28.2",
+        description="kaniko-compatible image of image steps (the maintained fork of archived kaniko)",
+    )
+    builder_pin_to_node: bool = Field(
+        default=False,
+        description="pin builder pods to the worker's node (true when workers run as a DaemonSet and "
+        "`node` is spec.nodeName; a Deployment's `node` is a pod name, not a node)",
+    )
+    builder_sysbox_image: str = Field(
+        default="docker.io/library/docker:27-dind",
+        description="image of sysbox steps: runs dockerd and `docker build` inside the sysbox runtime",
+    )
+    builder_runtime_class: str = Field(
+        default="", description="runtimeClassName of sysbox steps (empty: sysbox steps are refused)"
+    )
+    builder_ttl_seconds: int = Field(
+        default=3600, ge=0, description="ttlSecondsAfterFinished of builder Jobs"
+    )
+    builder_deadline_seconds: int = Field(
+        default=7200, gt=0, description="activeDeadlineSeconds of builder Jobs"
+    )
+    builder_resources: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {
+            "requests": {"cpu": "500m", "memory": "1Gi"},
+            "limits": {"cpu": "2", "memory": "4Gi"},
+        },
+        description="default resource requests/limits of builder pods (a manifest may override)",
+    )
+    builder_registry_secret: str = Field(
+        default="buildfarm-registry-push",
+        description="push-scoped registry Secret in the builder namespace (all image pods may use)",
+    )
+    registry_url: str | None = Field(
+        default=None, description="the farm's container registry, e.g. http://registry:5000"
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -110,14 +110,19 @@ def pack_tree(root: Path) -> bytes:
     return packed.getvalue()
 
 
-def unpack_tree(tarball: Path, dest: Path) -> None:
-    """Unpack a source tarball into ``dest``, refusing members that would escape it."""
+def unpack_tree(tarball: Path, dest: Path, max_bytes: int | None = None) -> None:
+    """Unpack a source tarball into ``dest``, refusing members that would escape it and, with
+    ``max_bytes``, a tarball that unpacks to more than that (a small upload may inflate hugely)."""
     dest.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(tarball, mode="r:gz") as tar:
+            total = 0
             for member in tar.getmembers():
                 if not (member.isfile() or member.isdir() or member.issym()):
                     raise PermanentError(f"{tarball.name}: member {member.name} is not a file or directory")
+                total += member.size
+                if max_bytes is not None and total > max_bytes:
+                    raise PermanentError(f"{tarball.name}: unpacks to more than {max_bytes} bytes")
             tar.extractall(dest, filter="data")
     except tarfile.FilterError as exc:
         raise PermanentError(f"{tarball.name}: unsafe member: {exc}") from exc

@@ -11,6 +11,26 @@ from typing import Protocol
 from buildfarm.backends.base import AptSource
 
 
+@dataclass(frozen=True)
+class ImageSpec:
+    """What an image step builds: a Dockerfile in its context, pushed under the build's namespace."""
+
+    name: str  # the image step's name in the manifest (unique within a build)
+    dockerfile: str = "Dockerfile"  # relative to the context (the step's source tarball)
+    builder: str = "local"  # kaniko | sysbox | local (buildah)
+    build_args: tuple[tuple[str, str], ...] = ()
+    destination: str = ""  # full reference to push: <registry>/<project>/<branch>/<build-id>/<name>:latest
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """An image a step pushed: its reference and manifest digest (``sha256:...``)."""
+
+    reference: str
+    digest: str
+    size: int = 0
+
+
 @dataclass
 class StepJob:
     """Everything a runner needs for one attempt of one step; the runner owns ``workdir``."""
@@ -24,6 +44,12 @@ class StepJob:
     log: Callable[[str], None]  # called once per output line, while the build runs
     cancel: threading.Event = field(default_factory=threading.Event)
     timeout_seconds: float = 3600.0
+    source_sha256: str = ""  # the tarball's content address (remote runners fetch it themselves)
+    kind: str = "package"  # package | image
+    image: ImageSpec | None = None  # set for image steps
+    node: str | None = None  # the node whose worker took the step (pods are pinned to it)
+    project: str = ""
+    branch: str = ""
 
 
 @dataclass
@@ -33,6 +59,7 @@ class StepResult:
     ok: bool
     outputs: list[Path]
     error: str | None = None
+    images: list[BuiltImage] = field(default_factory=list)  # image steps: what was pushed
 
 
 class Runner(Protocol):

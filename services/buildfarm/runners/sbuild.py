@@ -27,6 +27,9 @@ OUTPUT_SUFFIXES = (".deb", ".udeb", ".buildinfo")
 MMDEBSTRAP_TIMEOUT_SECONDS = 1800
 """Making the base tarball downloads ~120 packages: 20 s here, far longer on a slow mirror."""
 SBUILD_CONFIG = Path(__file__).parent / "sbuildrc"
+BUILDER_PACKAGES = ("python3", "ca-certificates")
+"""Added to the base for the package-builder environment: the entrypoint is a python3 script
+(python3-minimal lacks tarfile, gzip, json and http.client) and fetches over https."""
 
 
 def _digest(path: Path) -> str:
@@ -56,9 +59,16 @@ def tarball_digest(path: Path) -> str:
 
 
 def ensure_base_tarball(
-    path: Path, distribution: str, mirror: str, progress: Callable[[str], None] | None = None
+    path: Path,
+    distribution: str,
+    mirror: str,
+    progress: Callable[[str], None] | None = None,
+    include: tuple[str, ...] = (),
 ) -> Path:
-    """Make the base tarball with mmdebstrap if it does not exist yet (atomically)."""
+    """Make the base tarball with mmdebstrap if it does not exist yet (atomically).
+
+    ``include`` adds packages to the ``buildd`` variant (the builder tarball adds python3).
+    """
     if path.is_file():
         return path
     if shutil.which("mmdebstrap") is None:
@@ -74,6 +84,7 @@ def ensure_base_tarball(
         f"--mode={mode}",
         "--format=tar",
         "--quiet",
+        *([f"--include={','.join(include)}"] if include else []),
         distribution,
         str(tmp),
         f"deb {mirror} {distribution} main",
@@ -94,6 +105,23 @@ def ensure_base_tarball(
     if progress:
         progress(f"build environment ready ({path.stat().st_size // (1 << 20)} MiB)")
     return path
+
+
+def builder_tarball_path(base_tarball: Path, distribution: str) -> Path:
+    """The builder environment is cached next to the base tarball as ``<distribution>-builder.tar``."""
+    return base_tarball.with_name(f"{distribution}-builder.tar")
+
+
+def ensure_builder_tarball(
+    base_tarball: Path, distribution: str, mirror: str, progress: Callable[[str], None] | None = None
+) -> Path:
+    """The package-builder environment: the sbuild base plus what ``buildfarm-step`` needs.
+
+    The same tarball is the package-builder image (``FROM scratch`` + ``ADD``) and the chroot the
+    entrypoint's tests run in, so what is tested is what runs in a builder pod.
+    """
+    path = builder_tarball_path(base_tarball, distribution)
+    return ensure_base_tarball(path, distribution, mirror, progress, include=BUILDER_PACKAGES)
 
 
 class _LogWatch:

@@ -47,6 +47,15 @@ TERMINAL_STEP_STATES = frozenset(
 )
 
 
+class StepKind(StrEnum):
+    PACKAGE = "package"  # a Debian source package: outputs are .deb/.udeb/.buildinfo files
+    IMAGE = "image"  # a container image: its output row is ``image:<reference>``, sha256 = digest
+
+
+IMAGE_OUTPUT_PREFIX = "image:"
+"""StepOutput.filename of a pushed image: ``image:<reference>``; its sha256 is the manifest digest."""
+
+
 class BuildState(StrEnum):
     RUNNING = "running"
     PUBLISHING = "publishing"
@@ -106,6 +115,9 @@ class Step(Base):
         UniqueConstraint("build_id", "name"),
         Index("ix_steps_input_key_state", "input_key", "state"),
         Index("ix_steps_state_lease", "state", "lease_expires_at"),
+        Index("ix_steps_name_state_build", "name", "state", "build_id"),  # retention (0005)
+        Index("ix_steps_source_sha256", "source_sha256"),
+        Index("ix_steps_reused_from", "reused_from"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -129,6 +141,9 @@ class Step(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     log_key: Mapped[str | None] = mapped_column(Text, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    kind: Mapped[str] = mapped_column(String(20), default=StepKind.PACKAGE, server_default="package")
+    # image steps: {"dockerfile": str, "builder": str, "build_args": {name: value}}
+    image_spec: Mapped[dict | None] = mapped_column(JSON, default=None)  # type: ignore[type-arg]
 
     build: Mapped[Build] = relationship(back_populates="steps")
     outputs: Mapped[list[StepOutput]] = relationship(back_populates="step", order_by="StepOutput.filename")
@@ -210,3 +225,25 @@ class Grant(Base):
 
     user: Mapped[User] = relationship()
     project: Mapped[Project] = relationship()
+
+
+class ScheduleRun(Base):
+    """One slot of a schedule, claimed by the scheduler that starts it (issue 7).
+
+    The unique (schedule, slot) pair is the claim: of any number of schedulers or redelivered
+    ticks, exactly one inserts the row, and only that one starts the build.  ``build_id`` is a
+    plain number, not a foreign key: retention may expire the build and the run stays listed.
+    A row without build and error is a baseline (a schedule's first tick starts nothing) or a
+    claim whose build is being submitted.
+    """
+
+    __tablename__ = "schedule_runs"
+    __table_args__ = (UniqueConstraint("schedule", "slot"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    schedule: Mapped[str] = mapped_column(String(100))
+    slot: Mapped[dt.datetime]
+    claimed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    baseline: Mapped[bool] = mapped_column(default=False)
+    build_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)

@@ -1,0 +1,415 @@
+"""The farm's builds in Pulp: staging, publication and ``latest`` (see :mod:`buildfarm.backends.pulp`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+import typing as t
+
+from pulp_glue.common.context import EntityDefinition, PulpEntityContext
+from pulp_glue.common.exceptions import PulpException
+
+from buildfarm.backends.base import AptSource, BuildRef, MirrorStatus, PackageFile
+from buildfarm.backends.fs import file_sha256
+from buildfarm.backends.pulp import expire
+from buildfarm.backends.pulp.client import (
+    DEFAULT_HTTP_TIMEOUT_SECONDS,
+    DEFAULT_TASK_TIMEOUT_SECONDS,
+    UNAVAILABLE_RETRY_SECONDS,
+    PulpClient,
+)
+from buildfarm.backends.pulp.contexts import (
+    PulpAptDistributionContext,
+    PulpAptPublicationContext,
+    PulpAptRepositoryContext,
+    PulpDebPackageContext,
+    PulpDebPackageReleaseComponentContext,
+    PulpDebReleaseArchitectureContext,
+    PulpDebReleaseComponentContext,
+)
+from buildfarm.backends.pulp.layout import (
+    BUILD_LABEL,
+    COMPONENT,
+    DEFAULT_SUITE,
+    NEWEST_BUILD_LABEL,
+    PACKAGE_FIELDS,
+    PROJECT_LABEL,
+    Place,
+    PulpPackage,
+    Unit,
+    branch_place,
+    check_filename,
+    created_version,
+    hrefs,
+    newest_build,
+    place_of,
+    version_number,
+)
+from buildfarm.backends.pulp.mirrors import PulpMirrors
+from buildfarm.model.errors import NotFoundError, PermanentError, ServiceUnavailableError
+from buildfarm.model.mirrors import check_mirrors
+from buildfarm.model.settings import MirrorConfig
+
+log = logging.getLogger(__name__)
+
+MODIFY_ATTEMPTS = 3
+"""How often a repository version is rewritten when concurrent builds raced on the same package name."""
+
+
+class PulpRepository(PulpClient):
+    """:class:`~buildfarm.backends.base.PackageRepository` on a Pulp server (pulpcore + pulp_deb).
+
+    ``content_origin`` is where apt clients reach Pulp's content app (``CONTENT_ORIGIN`` of the
+    server, or a proxy in front of it); ``suite`` is the apt distribution of every publication.
+    One instance is safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        content_origin: str,
+        *,
+        task_timeout_seconds: float = DEFAULT_TASK_TIMEOUT_SECONDS,
+        http_timeout_seconds: float = DEFAULT_HTTP_TIMEOUT_SECONDS,
+        suite: str = DEFAULT_SUITE,
+        mirrors: list[MirrorConfig] | None = None,
+        orphan_protection_minutes: int | None = None,
+    ) -> None:
+        super().__init__(
+            base_url,
+            username,
+            password,
+            task_timeout_seconds=task_timeout_seconds,
+            http_timeout_seconds=http_timeout_seconds,
+        )
+        self.content_origin = content_origin.rstrip("/")
+        self.suite = suite
+        self._shared_hrefs: dict[tuple[str, str], str] = {}  # release components/architectures
+        self._known_latest: set[str] = set()
+        self.uploads = 0
+        """Packages sent to Pulp by this instance (the rest were added by reference)."""
+        self.reused = 0
+        self.mirrors = PulpMirrors(self, self.content_origin, check_mirrors(list(mirrors or [])))
+        self.orphan_protection_minutes = orphan_protection_minutes
+        """Orphans younger than this survive ``collect_garbage`` (None: Pulp's ORPHAN_PROTECTION_TIME)."""
+
+    # -- lookups -----------------------------------------------------------------------------
+
+    def _packages_in(self, version: str | None) -> list[PulpPackage]:
+        if version is None:
+            return []
+        listed = PulpDebPackageContext(self.ctx).list_iterator(
+            parameters={"repository_version": version, "fields": PACKAGE_FIELDS}
+        )
+        return [PulpPackage.from_entity(entity) for entity in listed]
+
+    def _links_of(self, version: str, packages: set[str]) -> list[str]:
+        """The package-release-component links of ``packages`` in ``version``."""
+        listed = PulpDebPackageReleaseComponentContext(self.ctx).list_iterator(
+            parameters={"repository_version": version, "fields": ["pulp_href", "package"]}
+        )
+        return [entity["pulp_href"] for entity in listed if entity["package"] in packages]
+
+    # -- content -----------------------------------------------------------------------------
+
+    def _shared(self, kind: str, value: str) -> str:
+        """The release component (``kind='component'``) or release architecture of our suite."""
+        with self._lock:
+            cached = self._shared_hrefs.get((kind, value))
+        if cached is not None:
+            return cached
+        context: t.Callable[[], PulpEntityContext]
+        if kind == "component":
+            body = {"distribution": self.suite, "component": value}
+            context = lambda: PulpDebReleaseComponentContext(self.ctx)  # noqa: E731
+        else:
+            body = {"distribution": self.suite, "architecture": value}
+            context = lambda: PulpDebReleaseArchitectureContext(self.ctx)  # noqa: E731
+        href = t.cast(str, self._find_or_create(context, body, **body)["pulp_href"])
+        with self._lock:
+            self._shared_hrefs[(kind, value)] = href
+        return href
+
+    def _package(self, package: PackageFile) -> tuple[PulpPackage, bool]:
+        """The package in Pulp, found by sha256 (whichever repository brought it) or uploaded.
+
+        Returns it and whether this call uploaded it.
+        """
+        lookup = {"sha256": package.sha256, "fields": PACKAGE_FIELDS}
+        found = self._first(PulpDebPackageContext(self.ctx), **lookup)
+        if found is not None:
+            with self._lock:
+                self.reused += 1
+            return PulpPackage.from_entity(found), False
+        started = time.monotonic()
+        with self._errors(f"uploading {package.filename}"):
+            try:
+                created = PulpDebPackageContext(self.ctx).create(body={"file": str(package.path)})
+            except PulpException:
+                found = self._first(PulpDebPackageContext(self.ctx), **lookup)
+                if found is None:
+                    raise
+                return PulpPackage.from_entity(found), False  # uploaded concurrently by another node
+        with self._lock:
+            self.uploads += 1
+        log.info(
+            "pulp: uploaded %s (%d bytes) in %.2fs",
+            package.filename,
+            package.size,
+            time.monotonic() - started,
+        )
+        if created.get("sha256") != package.sha256:
+            raise PermanentError(
+                f"Pulp holds {package.filename} as sha256 {created.get('sha256')}, not {package.sha256}"
+            )
+        return PulpPackage.from_entity(created), True
+
+    def _units(self, packages: list[PackageFile]) -> list[Unit]:
+        """Each package as Pulp content of ``<suite> main``, checked against its record first."""
+        seen: dict[str, str] = {}
+        units: list[Unit] = []
+        component = self._shared("component", COMPONENT)
+        for package in packages:
+            name = check_filename(package.filename)
+            if name in seen:
+                if seen[name] != package.sha256:
+                    raise PermanentError(f"two different packages are both named {name}")
+                continue
+            seen[name] = package.sha256
+            if name.endswith(".udeb"):
+                log.info("pulp: %s is a .udeb; installer packages are not published", name)
+                continue
+            sha256, size = file_sha256(package.path)
+            if sha256 != package.sha256 or size != package.size:
+                raise PermanentError(
+                    f"{package.path} does not match its record (sha256 {sha256}, {size} bytes; "
+                    f"expected {package.sha256}, {package.size} bytes)"
+                )
+            pulp_package, uploaded = self._package(package)
+            architecture = None
+            if pulp_package.architecture != "all":
+                architecture = self._shared("architecture", pulp_package.architecture)
+            body = {"package": pulp_package.href, "release_component": component}
+            # A package just uploaded has no component link yet: skip the lookup.
+            if uploaded:
+                link = PulpDebPackageReleaseComponentContext(self.ctx).create(body=body)
+            else:
+                link = self._find_or_create(
+                    lambda: PulpDebPackageReleaseComponentContext(self.ctx), body, **body
+                )
+            units.append(Unit(pulp_package, component, architecture, link["pulp_href"]))
+        return units
+
+    # -- repository versions -----------------------------------------------------------------
+
+    def _stale(self, version: str | None, units: list[Unit]) -> tuple[list[PulpPackage], list[str]]:
+        """The packages of ``version``, and what the units replace there (same name and architecture)."""
+        present = self._packages_in(version)
+        mine = {unit.package.href for unit in units}
+        keys = {unit.package.key for unit in units}
+        stale = {p.href for p in present if p.key in keys and p.href not in mine}
+        if version is None or not stale:
+            return present, []
+        return present, [*stale, *self._links_of(version, stale)]
+
+    def _holds(self, version: str, units: list[Unit], exactly: set[str] | None) -> bool:
+        present = self._packages_in(version)
+        if exactly is not None:
+            return {p.href for p in present} == exactly
+        mine = {unit.package.href for unit in units}
+        keys = {unit.package.key for unit in units}
+        return mine <= {p.href for p in present} and not any(
+            p.key in keys and p.href not in mine for p in present
+        )
+
+    def _merge_into(self, repository: str, units: list[Unit], record: EntityDefinition) -> tuple[str, bool]:
+        """A new latest version of ``repository``: its latest with ``units`` replacing same names.
+
+        The modify is relative to whatever version is latest when Pulp runs it, so concurrent
+        builds never lose each other's additions.  If the new version's number follows our base,
+        Pulp applied exactly our change to it; otherwise another build wrote in between, maybe
+        another version of a package we rebuilt, and the check below decides whether to go again.
+        Returns the version and whether this call created it.
+        """
+        context = PulpAptRepositoryContext(self.ctx, pulp_href=repository)
+        for _ in range(MODIFY_ATTEMPTS):
+            base = t.cast(str, record["latest_version_href"])
+            _, remove = self._stale(base, units)
+            result = context.modify(add_content=hrefs(units), remove_content=remove)
+            created = created_version(result)
+            if created is not None and created["number"] == version_number(base) + 1:
+                return t.cast(str, created["pulp_href"]), True
+            record = self._read(repository)
+            version = t.cast(str, created["pulp_href"] if created else record["latest_version_href"])
+            if self._holds(version, units, exactly=None):
+                return version, created is not None
+        raise ServiceUnavailableError(
+            f"Pulp at {self.base_url}: concurrent builds kept replacing the same packages in "
+            f"{record['name']}; gave up after {MODIFY_ATTEMPTS} attempts",
+            UNAVAILABLE_RETRY_SECONDS,
+        )
+
+    def _snapshot_into(self, repository: str, base: str | None, units: list[Unit]) -> tuple[str, bool]:
+        """A version of ``repository`` holding exactly ``base`` with ``units`` replacing same names.
+
+        With ``base_version`` (or ``'*'`` when there is no base) the new version does not depend
+        on the repository's own latest, so a created version is right by construction; only
+        "nothing changed" needs a look at what the latest version holds.
+        """
+        present, remove = self._stale(base, units)
+        stale = set(remove)
+        expected = {p.href for p in present if p.href not in stale} | {unit.package.href for unit in units}
+        context = PulpAptRepositoryContext(self.ctx, pulp_href=repository)
+        for _ in range(MODIFY_ATTEMPTS):
+            if base is None:
+                result = context.modify(add_content=hrefs(units), remove_content=["*"])
+            else:
+                result = context.modify(add_content=hrefs(units), remove_content=remove, base_version=base)
+            created = created_version(result)
+            if created is not None:
+                return t.cast(str, created["pulp_href"]), True
+            latest = t.cast(str, self._read(repository)["latest_version_href"])
+            if self._holds(latest, units, exactly=expected):
+                return latest, False
+        raise ServiceUnavailableError(
+            f"Pulp at {self.base_url}: repository {repository} kept changing under concurrent writers; "
+            f"gave up after {MODIFY_ATTEMPTS} attempts",
+            UNAVAILABLE_RETRY_SECONDS,
+        )
+
+    def _publication(self, version: str, fresh: bool) -> str:
+        """A complete structured publication of ``version`` (an existing one if it is not new)."""
+        if not fresh:
+            for found in PulpAptPublicationContext(self.ctx).list_iterator(
+                parameters={"repository_version": version}
+            ):
+                if found.get("structured"):
+                    return t.cast(str, found["pulp_href"])
+        started = time.monotonic()
+        created = PulpAptPublicationContext(self.ctx).create(
+            body={"repository_version": version, "structured": True, "simple": False}
+        )
+        log.info("pulp: published %s in %.2fs", version, time.monotonic() - started)
+        return t.cast(str, created["pulp_href"])
+
+    def _source(self, base_path: str) -> AptSource:
+        return AptSource(
+            url=f"{self.content_origin}/pulp/content/{base_path}/",
+            suite=self.suite,
+            components=(COMPONENT,),
+            trusted=True,
+        )
+
+    # -- PackageRepository -------------------------------------------------------------------
+
+    def stage(self, build: BuildRef, packages: list[PackageFile]) -> AptSource:
+        place = place_of(build)
+        base_path = place.staging_path(build.build_id)
+        with self._errors(f"staging build {build.build_id} at {base_path}"):
+            units = self._units(packages)
+            branch = self._repository(place.branch_repository, create=False)
+            base = self._read(branch)["latest_version_href"] if branch is not None else None
+            staging = self._repository(place.staging_repository(build.build_id), remember=False)
+            assert staging is not None
+            version, fresh = self._snapshot_into(staging, base, units)
+            self._publication(version, fresh)
+            # Bound to the repository: Pulp serves each new publication of it once it is complete.
+            self._ensure_distribution(base_path, {"repository": staging})
+        return self._source(base_path)
+
+    def drop_staging(self, build: BuildRef) -> None:
+        place = place_of(build)
+        base_path = place.staging_path(build.build_id)
+        with self._errors(f"dropping the staging of build {build.build_id} at {base_path}"):
+            found = self._distribution(base_path)
+            if found is not None:
+                PulpAptDistributionContext(self.ctx, pulp_href=found["pulp_href"]).delete()
+            staging = self._repository(place.staging_repository(build.build_id), create=False, remember=False)
+            if staging is not None:
+                # Its versions and publications go with it; packages stay while any repository holds them.
+                PulpAptRepositoryContext(self.ctx, pulp_href=staging).delete()
+
+    def publish(self, build: BuildRef, packages: list[PackageFile], move_latest: bool) -> AptSource:
+        place = place_of(build)
+        if build.kind == "personal":
+            move_latest = False  # personal builds never change what everyone else installs
+        base_path = place.build_path(build.build_id)
+        with self._errors(f"publishing build {build.build_id} at {base_path}"):
+            if self._distribution(base_path) is not None:
+                log.info("build %s is already published at %s; keeping it", build.build_id, base_path)
+                return self._source(base_path)
+            units = self._units(packages)
+            branch = self._repository(place.branch_repository, create=move_latest)
+            record = self._read(branch) if branch is not None else None
+            newest = newest_build(record)
+            if move_latest and newest is not None and newest > build.build_id:
+                log.info(
+                    "latest of %s stays at build %s (newer than %s)", place.branch_key, newest, build.build_id
+                )
+                move_latest = False  # a late retry of an older build must not hide a newer one
+            if move_latest:
+                assert branch is not None and record is not None
+                version, fresh = self._merge_into(branch, units, record)
+            else:
+                side = self._repository(place.side_repository)
+                assert side is not None
+                base = record["latest_version_href"] if record is not None else None
+                version, fresh = self._snapshot_into(side, base, units)
+            publication = self._publication(version, fresh)
+            labels = {PROJECT_LABEL: place.project, BUILD_LABEL: str(build.build_id)}
+            self._ensure_distribution(base_path, {"publication": publication, "pulp_labels": labels})
+            if move_latest:
+                assert branch is not None
+                self._ensure_latest(place, branch)
+                if newest is None or newest < build.build_id:
+                    PulpAptRepositoryContext(self.ctx, pulp_href=branch).set_label(
+                        NEWEST_BUILD_LABEL, str(build.build_id)
+                    )
+        return self._source(base_path)
+
+    def _ensure_latest(self, place: Place, branch: str) -> None:
+        """``latest`` follows the branch repository's newest publication: created once, never updated."""
+        with self._lock:
+            if place.latest_path in self._known_latest:
+                return
+        self._ensure_distribution(place.latest_path, {"repository": branch})
+        with self._lock:
+            self._known_latest.add(place.latest_path)
+
+    def sources(self, project: str, branch: str, build_id: int | None = None) -> AptSource:
+        place = branch_place(project, branch)
+        if build_id is None:
+            with self._errors(f"looking up the latest build of {project}/{branch}"):
+                found = self._distribution(place.latest_path)
+            if found is None:
+                raise NotFoundError(f"no successful build of {project}/{branch} has been published yet")
+            return self._source(place.latest_path)
+        with self._errors(f"looking up build {build_id} of {project}/{branch}"):
+            found = self._distribution(place.build_path(build_id))
+            if found is None:  # a personal build: its distribution lives under the user's path
+                found = self._first(
+                    PulpAptDistributionContext(self.ctx),
+                    pulp_label_select=f"{PROJECT_LABEL}={place.project},{BUILD_LABEL}={build_id}",
+                )
+        if found is None:
+            raise NotFoundError(f"build {build_id} of {project}/{branch} has not been published")
+        return self._source(t.cast(str, found["base_path"]))
+
+    def mirror_sources(self) -> list[AptSource]:
+        return list(self.mirrors.usable().values())
+
+    def usable_mirrors(self) -> dict[str, AptSource]:
+        return self.mirrors.usable()
+
+    def sync_mirror(self, mirror: MirrorConfig) -> MirrorStatus:
+        return self.mirrors.sync(mirror)
+
+    def expire_build(self, build: BuildRef) -> None:
+        self.drop_staging(build)  # normally gone already; a crashed build's is not
+        expire.expire_build(self, build)
+
+    def collect_garbage(self) -> None:
+        """Pulp's orphan cleanup (see :mod:`.expire`); Pulp does not say how many bytes it freed."""
+        expire.collect_garbage(self, self.orphan_protection_minutes)

@@ -1,0 +1,166 @@
+"""Restoring a backup into a fresh, empty farm (``buildfarm backup restore``).
+
+Order matters: objects, logs, build manifests and images go into the new farm's stores first,
+then every release is published again (oldest first, each with its own packages, moving its
+branch's ``latest``: so ``latest`` ends at the newest restored release of the branch, whatever it
+pointed at before), and the records go in last, in one transaction.  Until that transaction the
+farm still has no builds, so a restore that failed half way (a service down) is simply run
+again: the stores skip what they hold, the repository keeps what it published.
+
+Images are pushed to the new farm's registry under the same repository paths; when the
+registry's address changed, the records' ``image:<reference>`` outputs are rewritten to it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from buildfarm.backends.base import BuildRef, PackageFile
+from buildfarm.backends.registrycopy import RegistryCopier
+from buildfarm.engine.advance import PACKAGE_SUFFIXES
+from buildfarm.engine.backup import Progress, RestoreReport, _read_manifest
+from buildfarm.engine.backupcatalog import farm_has_builds, import_catalogue
+from buildfarm.engine.backuptarget import BackupTarget, make_backup_target
+from buildfarm.engine.context import FarmContext
+from buildfarm.engine.submit import moves_latest
+from buildfarm.model.errors import ConflictError, PermanentError
+from buildfarm.model.images import registry_host, split_reference
+from buildfarm.state.models import IMAGE_OUTPUT_PREFIX
+
+
+def _catalogue(target: BackupTarget, scratch: Path) -> dict[str, Any]:
+    manifest = _read_manifest(target)
+    path = scratch / "catalogue.json"
+    target.objects.fetch(manifest["catalogue"]["sha256"], path)  # checks its sha256
+    data: dict[str, Any] = json.loads(path.read_bytes())
+    if data.get("format") != 1 or "tables" not in data:
+        raise PermanentError(f"the catalogue in {target.where} has an unknown format {data.get('format')!r}")
+    return data
+
+
+def restore(ctx: FarmContext, progress: Progress) -> RestoreReport:
+    started = time.monotonic()
+    target = make_backup_target(ctx.settings)
+    count = farm_has_builds(ctx.db)
+    if count:
+        raise ConflictError(
+            f"the farm already has {count} builds: restore only into a fresh, empty farm (new database)"
+        )
+    target.objects.check()
+    ctx.store.check()
+    ctx.repo.check()
+    with tempfile.TemporaryDirectory(dir=ctx.work_root, prefix="restore-") as tmp:
+        scratch = Path(tmp)
+        catalogue = _catalogue(target, scratch)
+        tables: dict[str, list[dict[str, Any]]] = catalogue["tables"]
+        total = 0
+        files: list[str] = catalogue["files"]
+        for done, sha256 in enumerate(files, 1):
+            if not ctx.store.has(sha256):
+                path = scratch / sha256
+                target.objects.fetch(sha256, path)
+                total += ctx.store.put_file(path).size
+                path.unlink()
+            progress("files", done, len(files))
+        logs: dict[str, str] = catalogue["logs"]
+        for done, (key, sha256) in enumerate(sorted(logs.items()), 1):
+            _restore_log(ctx, target, key, sha256, scratch)
+            progress("logs", done, len(logs))
+        for build_id, manifest in catalogue["build_manifests"].items():
+            ctx.store.put_build_manifest(int(build_id), manifest)
+        _restore_images(ctx, target, catalogue, scratch, progress)
+        published, latest = _publish(ctx, tables, scratch, progress)
+    import_catalogue(ctx.db, catalogue, published)
+    return RestoreReport(
+        target=target.where,
+        builds=sorted(published),
+        steps=len(tables["steps"]),
+        objects=len(files),
+        bytes=total,
+        logs=len(logs),
+        images=len(catalogue["images"]),
+        latest=latest,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _restore_log(ctx: FarmContext, target: BackupTarget, key: str, sha256: str, scratch: Path) -> None:
+    if ctx.store.read_log(key, 0)[0]:
+        return  # written by an earlier, interrupted restore
+    path = scratch / "log"
+    target.objects.fetch(sha256, path)
+    writer = ctx.store.open_log(key)
+    try:
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            writer.write_line(line)
+    finally:
+        writer.close()
+    path.unlink()
+
+
+def _restore_images(
+    ctx: FarmContext, target: BackupTarget, catalogue: dict[str, Any], scratch: Path, progress: Progress
+) -> None:
+    images: list[dict[str, Any]] = catalogue["images"]
+    if not images:
+        return
+    if not ctx.settings.registry_url:
+        raise PermanentError("the backup has images but registry_url is not set: nowhere to push them")
+    registry = RegistryCopier(ctx.settings.registry_url)
+    host = registry_host(ctx.settings.registry_url)
+    renamed: dict[str, str] = {}
+    for done, image in enumerate(images, 1):
+        old_host, repository, tag = split_reference(image["reference"])
+        for blob in image["blobs"]:
+            path = scratch / blob
+            if not registry.has_blob(repository, f"sha256:{blob}"):
+                target.objects.fetch(blob, path)
+                registry.push_blob(repository, f"sha256:{blob}", path)
+                path.unlink()
+        manifest = scratch / image["manifest"]
+        target.objects.fetch(image["manifest"], manifest)
+        registry.put_manifest(repository, tag, manifest.read_bytes(), image["media_type"])
+        if old_host != host:
+            renamed[image["reference"]] = f"{host}/{repository}:{tag}"
+        progress("images", done, len(images))
+    for output in catalogue["tables"]["step_outputs"]:
+        reference = output["filename"].removeprefix(IMAGE_OUTPUT_PREFIX)
+        if output["filename"].startswith(IMAGE_OUTPUT_PREFIX) and reference in renamed:
+            output["filename"] = IMAGE_OUTPUT_PREFIX + renamed[reference]
+
+
+def _publish(
+    ctx: FarmContext, tables: dict[str, list[dict[str, Any]]], scratch: Path, progress: Progress
+) -> tuple[dict[int, str], dict[str, int]]:
+    """Publish every build again, oldest first; (build id -> apt line, branch -> latest build)."""
+    steps_of: dict[int, list[dict[str, Any]]] = {}
+    for step in tables["steps"]:
+        steps_of.setdefault(step["build_id"], []).append(step)
+    outputs_of: dict[int, list[dict[str, Any]]] = {}
+    for output in tables["step_outputs"]:
+        outputs_of.setdefault(output["step_id"], []).append(output)
+    builds = sorted(tables["builds"], key=lambda b: b["id"])
+    published: dict[int, str] = {}
+    latest: dict[str, int] = {}
+    for done, build in enumerate(builds, 1):
+        into = scratch / f"publish-{build['id']}"
+        into.mkdir()
+        packages: list[PackageFile] = []
+        for step in steps_of.get(build["id"], []):
+            producer = step["reused_from"] if step["reused_from"] is not None else step["id"]
+            for output in outputs_of.get(producer, []):
+                if output["filename"].endswith(PACKAGE_SUFFIXES):
+                    path = into / output["filename"]
+                    ctx.store.fetch(output["sha256"], path)
+                    packages.append(PackageFile(output["filename"], output["sha256"], output["size"], path))
+        ref = BuildRef(build["id"], build["project"], build["branch"], build["kind"], build["user"])
+        source = ctx.repo.publish(ref, packages, move_latest=moves_latest(ref.kind))
+        published[ref.build_id] = source.line()
+        if moves_latest(ref.kind):
+            latest[f"{ref.project}/{ref.branch}"] = ref.build_id
+        progress("publish", done, len(builds))
+    return published, latest

@@ -1,0 +1,47 @@
+"""3rd-party mirrors as the CLI and the API see them: what is configured, what builds can use, sync.
+
+The configuration (setting ``mirrors``) says which mirrors exist; the repository backend says
+which of them builds can use now (on Pulp: synced at least once) and does the sync.  Both the
+local CLI (which needs no running farm for them) and the REST API call these two functions, so
+they answer the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from buildfarm.backends.base import MirrorStatus, PackageRepository
+from buildfarm.model.mirrors import find_mirror
+from buildfarm.model.settings import Settings
+
+
+@dataclass(frozen=True)
+class MirrorView:
+    """A configured mirror; ``source`` is its apt line once builds can use it, else None."""
+
+    name: str
+    url: str
+    distribution: str
+    components: list[str]
+    architectures: list[str]
+    source: str | None
+
+
+def list_mirrors(settings: Settings, repo: PackageRepository) -> list[MirrorView]:
+    usable = repo.usable_mirrors() if settings.mirrors else {}
+    return [
+        MirrorView(
+            name=mirror.name,
+            url=mirror.url,
+            distribution=mirror.distribution,
+            components=list(mirror.components),
+            architectures=list(mirror.architectures),
+            source=usable[mirror.name].line() if mirror.name in usable else None,
+        )
+        for mirror in settings.mirrors
+    ]
+
+
+def sync_mirror(settings: Settings, repo: PackageRepository, name: str) -> MirrorStatus:
+    """Sync the configured mirror ``name`` (NotFoundError if there is none); waits are bounded."""
+    return repo.sync_mirror(find_mirror(settings.mirrors, name))

@@ -1,0 +1,346 @@
+"""Scheduled (nightly) builds: cron slots, and starting each slot's build exactly once.
+
+The scheduler (celery beat, one replica) calls :func:`tick` every minute with the time.  For
+every configured schedule, the most recent slot at or before that time is started if no run
+of that schedule has been recorded for it or a later slot.  The database is the truth, not
+beat's schedule file:
+
+* a run is *claimed* by inserting the row (schedule, slot) under a unique constraint, so of
+  two schedulers, or a tick delivered twice, exactly one starts the build;
+* a scheduler that was down for days starts only the latest missed slot when it comes back
+  (one catch-up run, not one per missed slot);
+* a schedule's first tick starts nothing: it records the slot it found as a baseline, and
+  the schedule first runs at its next slot (adding a schedule never back-fills the past);
+* a schedule whose manifest cannot be fetched, parsed or run by its user records that one
+  line on the slot's row (``buildfarm schedule list`` shows it) and the next slot tries
+  again; the other schedules of the tick are not affected.
+
+A slot is started at most once: a scheduler killed between the claim and the submit leaves a
+claimed row without build, and that slot is not run (the next one is).
+
+Cron expressions are Celery's (``celery.schedules.crontab``, 5 fields, UTC): a day must match
+both the day-of-month and the day-of-week fields, as in Celery beat (classic cron takes either
+when both are restricted); day-of-week 0 is Sunday, names (``mon-fri``) work, 7 does not.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+from celery.schedules import crontab
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from buildfarm.engine import accounts
+from buildfarm.engine.context import FarmContext
+from buildfarm.engine.fetch import checkout
+from buildfarm.engine.submit import submit_build
+from buildfarm.model import names
+from buildfarm.model.errors import BuildfarmError, ManifestError, NotFoundError, PermanentError
+from buildfarm.model.manifest import BuildKind, Manifest, load_manifest, parse_manifest
+from buildfarm.model.settings import ScheduleConfig, Settings
+from buildfarm.state.models import Build, Role, ScheduleRun
+
+log = logging.getLogger(__name__)
+
+CRON_FIELDS = 5
+SEARCH_DAYS = 8 * 366 + 1
+"""How far a slot is looked for: every valid expression (29 February included) has one in 8 years."""
+STORED_MANIFESTS = "schedules"
+"""A schedule without ``git`` names a manifest file; a relative path is read below <state dir>/schedules."""
+MAX_ERROR_CHARS = 500
+
+
+@dataclass(frozen=True)
+class Cron:
+    """A parsed 5-field cron expression (UTC, minute resolution)."""
+
+    expression: str
+    minutes: tuple[int, ...]
+    hours: tuple[int, ...]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]  # 0 = Sunday
+
+    def _day_matches(self, day: dt.date) -> bool:
+        return day.month in self.months and day.day in self.days and day.isoweekday() % 7 in self.weekdays
+
+    def next_after(self, after: dt.datetime) -> dt.datetime | None:
+        """The first slot strictly after ``after``; None if there is none within 8 years."""
+        start = _minute(after) + dt.timedelta(minutes=1)
+        for offset in range(SEARCH_DAYS):
+            day = start.date() + dt.timedelta(days=offset)
+            if not self._day_matches(day):
+                continue
+            for hour in self.hours:
+                for minute in self.minutes:
+                    slot = dt.datetime(day.year, day.month, day.day, hour, minute, tzinfo=dt.UTC)
+                    if slot >= start:
+                        return slot
+        return None
+
+    def last_at_or_before(self, now: dt.datetime) -> dt.datetime | None:
+        """The most recent slot at or before ``now``; None if there is none within 8 years."""
+        end = _minute(now)
+        for offset in range(SEARCH_DAYS):
+            day = end.date() - dt.timedelta(days=offset)
+            if not self._day_matches(day):
+                continue
+            for hour in reversed(self.hours):
+                for minute in reversed(self.minutes):
+                    slot = dt.datetime(day.year, day.month, day.day, hour, minute, tzinfo=dt.UTC)
+                    if slot <= end:
+                        return slot
+        return None
+
+
+def _minute(moment: dt.datetime) -> dt.datetime:
+    if moment.tzinfo is None:
+        raise ValueError("schedules work on timezone-aware datetimes")
+    return moment.astimezone(dt.UTC).replace(second=0, microsecond=0)
+
+
+def parse_cron(expression: str, what: str = "cron") -> Cron:
+    """Parse with Celery's crontab (the same rules beat applies); one clear line if it is wrong."""
+    fields = expression.split()
+    if len(fields) != CRON_FIELDS:
+        raise PermanentError(
+            f"{what}: {expression!r} is not a cron expression "
+            "(5 fields: minute hour day-of-month month day-of-week, UTC)"
+        )
+    try:
+        spec = crontab.from_string(" ".join(fields))
+    except ValueError as exc:
+        raise PermanentError(f"{what}: {expression!r}: {exc}") from exc
+    return Cron(
+        expression=" ".join(fields),
+        minutes=tuple(sorted(spec.minute)),
+        hours=tuple(sorted(spec.hour)),
+        days=frozenset(spec.day_of_month),
+        months=frozenset(spec.month_of_year),
+        weekdays=frozenset(spec.day_of_week),
+    )
+
+
+def next_run(cron: Cron | str, after: dt.datetime) -> dt.datetime | None:
+    """The first slot of ``cron`` strictly after ``after`` (UTC)."""
+    return (cron if isinstance(cron, Cron) else parse_cron(cron)).next_after(after)
+
+
+def schedule_cron(settings: Settings, schedule: ScheduleConfig) -> Cron:
+    """The schedule's own cron, or the farm's ``nightly_schedule`` when it gives none."""
+    expression = schedule.cron or settings.nightly_schedule
+    if not expression:
+        raise PermanentError(f"schedule {schedule.name}: no cron (and setting nightly_schedule is empty)")
+    return parse_cron(expression, f"schedule {schedule.name}: cron")
+
+
+def check_schedules(settings: Settings) -> None:
+    """Every schedule has a valid name, a unique one, and a cron; one line for the first that does not."""
+    seen: set[str] = set()
+    for schedule in settings.schedules:
+        names.check_simple_name(schedule.name, "schedule")
+        if schedule.name in seen:
+            raise PermanentError(f"two schedules are named {schedule.name!r}")
+        seen.add(schedule.name)
+        names.check_simple_name(schedule.user, f"schedule {schedule.name}: user")
+        schedule_cron(settings, schedule)
+
+
+# -- the tick ------------------------------------------------------------------------------
+
+
+def tick(ctx: FarmContext, now: dt.datetime) -> list[int]:
+    """Start the due slot of every schedule (once, whoever else ticks); the build ids started."""
+    started: list[int] = []
+    if not ctx.settings.schedules:
+        return started
+    with ctx.db.session() as session:  # one read a minute, whatever the number of schedules
+        rows = session.execute(
+            select(ScheduleRun.schedule, func.max(ScheduleRun.slot)).group_by(ScheduleRun.schedule)
+        )
+        latest: dict[str, dt.datetime] = {name: slot for name, slot in rows}
+    for schedule in ctx.settings.schedules:
+        try:
+            build_id = _tick_one(ctx, schedule, now, latest.get(schedule.name))
+        except PermanentError as exc:  # a configuration mistake of this schedule only
+            log.warning("schedule %s: %s", schedule.name, exc)
+            continue
+        if build_id is not None:
+            started.append(build_id)
+    return started
+
+
+def _tick_one(
+    ctx: FarmContext, schedule: ScheduleConfig, now: dt.datetime, latest: dt.datetime | None
+) -> int | None:
+    """Start this schedule's due slot, if ``latest`` (its newest recorded slot) is older."""
+    slot = schedule_cron(ctx.settings, schedule).last_at_or_before(now)
+    if slot is None:
+        raise PermanentError(f"cron {schedule.cron or ctx.settings.nightly_schedule!r} has no slot")
+    if latest is None:
+        if _claim(ctx, schedule.name, slot, now, baseline=True):
+            log.info("schedule %s: first seen; it first runs at its next slot", schedule.name)
+        return None
+    if slot <= latest or not _claim(ctx, schedule.name, slot, now, baseline=False):
+        return None
+    try:
+        build_id = start_schedule(ctx, schedule)
+    except BuildfarmError as exc:
+        message = " ".join(str(exc).split())[:MAX_ERROR_CHARS]
+        log.warning("schedule %s: slot %s not started: %s", schedule.name, slot.isoformat(), message)
+        _record(ctx, schedule.name, slot, error=message or type(exc).__name__)
+        return None
+    _record(ctx, schedule.name, slot, build_id=build_id)
+    log.info("schedule %s: slot %s started build %s", schedule.name, slot.isoformat(), build_id)
+    return build_id
+
+
+def _claim(ctx: FarmContext, name: str, slot: dt.datetime, now: dt.datetime, *, baseline: bool) -> bool:
+    """Insert (name, slot) unless it exists: True for the one caller that inserted it."""
+    values = {"schedule": name, "slot": slot, "claimed_at": now, "baseline": baseline}
+    with ctx.db.session() as session:
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":
+            statement: Any = postgresql.insert(ScheduleRun).values(values).on_conflict_do_nothing()
+        elif dialect == "sqlite":
+            statement = sqlite.insert(ScheduleRun).values(values).on_conflict_do_nothing()
+        else:
+            raise PermanentError(f"schedules need PostgreSQL or SQLite, not {dialect}")
+        return session.execute(statement.returning(ScheduleRun.id)).first() is not None
+
+
+def _record(
+    ctx: FarmContext, name: str, slot: dt.datetime, *, build_id: int | None = None, error: str | None = None
+) -> None:
+    with ctx.db.session() as session:
+        session.execute(
+            update(ScheduleRun)
+            .where(ScheduleRun.schedule == name, ScheduleRun.slot == slot)
+            .values(build_id=build_id, error=error)
+        )
+
+
+# -- starting one scheduled build ----------------------------------------------------------
+
+
+def start_schedule(ctx: FarmContext, schedule: ScheduleConfig) -> int:
+    """Fetch the schedule's manifest, check its user may build there, submit; the build id."""
+    principal = accounts.principal_for(ctx, schedule.user)
+    with scheduled_manifest(ctx, schedule) as (manifest, root):
+        if not accounts.project_exists(ctx, manifest.project):
+            raise NotFoundError(f"project {manifest.project!r} does not exist (an admin adds it)")
+        needed = Role.MAINTAINER if manifest.kind == BuildKind.RELEASE else Role.BUILDER
+        principal.require(manifest.project, needed, f"run scheduled {manifest.kind.value} builds")
+        return submit_build(ctx, manifest, root, schedule.user)
+
+
+@contextmanager
+def scheduled_manifest(ctx: FarmContext, schedule: ScheduleConfig) -> Iterator[tuple[Manifest, Path]]:
+    """The schedule's manifest, with the schedule's project, branch and kind, and the tree its
+    ``path`` packages are read from (a fresh shallow clone of ``git`` at ``ref``, removed after)."""
+    if schedule.git is None:
+        path = Path(schedule.manifest)
+        if not path.is_absolute():
+            path = ctx.settings.state_dir / STORED_MANIFESTS / path
+        yield _for_schedule(schedule, load_manifest(path), str(path)), path.parent.resolve()
+        return
+    ref = schedule.ref or "HEAD"
+    where = f"{schedule.git}@{ref}:{schedule.manifest}"
+    with TemporaryDirectory(dir=ctx.work_root, prefix="schedule-") as scratch:
+        clone = Path(scratch) / "tree"
+        checkout(schedule.git, ref, clone, f"schedule {schedule.name}")
+        path = (clone / schedule.manifest).resolve()
+        if not path.is_relative_to(clone.resolve()):
+            raise ManifestError(f"{where}: the manifest path escapes the tree")
+        try:
+            manifest = load_manifest(path)
+        except ManifestError as exc:
+            raise ManifestError(str(exc).replace(str(path), where)) from exc
+        yield _for_schedule(schedule, manifest, where), path.parent
+
+
+def _for_schedule(schedule: ScheduleConfig, manifest: Manifest, source: str) -> Manifest:
+    """The schedule decides project, branch and kind: one manifest can serve several branches."""
+    data = manifest.model_dump(mode="json")
+    data.update(project=schedule.project, branch=schedule.branch, kind=schedule.kind)
+    return parse_manifest(data, f"schedule {schedule.name} ({source})")
+
+
+# -- listing -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScheduleView:
+    """A configured schedule, when it runs next and what its last run did (times: ISO 8601, UTC)."""
+
+    name: str
+    project: str
+    branch: str
+    kind: str
+    user: str
+    cron: str
+    source: str
+    next_run: str | None
+    last_slot: str | None
+    last_build: int | None
+    last_state: str | None  # the build's state; "expired" once retention removed it
+    last_error: str | None
+
+
+def list_schedules(ctx: FarmContext, now: dt.datetime) -> list[ScheduleView]:
+    views: list[ScheduleView] = []
+    with ctx.db.session() as session:
+        for schedule in ctx.settings.schedules:
+            error: str | None = None
+            upcoming: dt.datetime | None = None
+            try:
+                upcoming = schedule_cron(ctx.settings, schedule).next_after(now)
+            except PermanentError as exc:
+                error = str(exc)
+            last = session.scalars(
+                select(ScheduleRun)
+                .where(ScheduleRun.schedule == schedule.name, ScheduleRun.baseline.is_(False))
+                .order_by(ScheduleRun.slot.desc())
+                .limit(1)
+            ).first()
+            state: str | None = None
+            if last is not None and last.build_id is not None:
+                build = session.get(Build, last.build_id)
+                state = build.state if build is not None else "expired"
+            elif last is not None and last.error is None:
+                state = "starting"
+            views.append(
+                ScheduleView(
+                    name=schedule.name,
+                    project=schedule.project,
+                    branch=schedule.branch,
+                    kind=schedule.kind,
+                    user=schedule.user,
+                    cron=schedule.cron or ctx.settings.nightly_schedule,
+                    source=_describe_source(schedule),
+                    next_run=_iso(upcoming),
+                    last_slot=_iso(last.slot) if last is not None else None,
+                    last_build=last.build_id if last is not None else None,
+                    last_state=state,
+                    last_error=error or (last.error if last is not None else None),
+                )
+            )
+    return views
+
+
+def _describe_source(schedule: ScheduleConfig) -> str:
+    if schedule.git is None:
+        return f"farm:{schedule.manifest}"
+    return f"{schedule.git}@{schedule.ref or 'HEAD'}:{schedule.manifest}"
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    return moment.astimezone(dt.UTC).isoformat(timespec="seconds") if moment is not None else None

@@ -1,0 +1,212 @@
+"""The retention policy, and what a sweep deletes once the expired builds are known.
+
+Classes ``release`` and ``mirror`` are kept forever (mirrors are not builds: no sweep touches
+them); ``nightly`` builds are kept N days, ``on-demand`` and ``personal`` ones M days, counted
+from when they finished.  Whatever its age a build is kept when ``latest`` of its branch points
+at it (the newest succeeded non-personal build) or when it is among its branch's newest K
+finished builds; running builds are never touched.
+
+An expired build does not always vanish whole.  Two things hold parts of it back:
+
+* a kept build that *reused* one of its steps (``Step.reused_from``) keeps that producing step
+  with everything it made: its output rows, their objects, its source tarball and its logs;
+* the last successful and the last failed step of each package on each branch keep their row and
+  their log (the rest of their build may go), so "why did it fail" stays answerable.
+
+This module is the pure half: given the expired builds and their steps (plain records read by
+:mod:`buildfarm.engine.retention`, which owns the SQL), it decides which rows, objects, logs and
+image manifests go.  Content objects are shared between builds, so an object a doomed step names
+is deleted only if no surviving row names it too: the engine counts the rows naming each
+candidate object in the whole database and compares with the doomed rows' own count.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from buildfarm.model.settings import Settings
+
+FOREVER_CLASSES = frozenset({"release", "mirror"})
+"""Build classes (kinds) no sweep ever expires."""
+EXPIRED_INPUT_KEY = "expired"
+"""``Step.input_key`` of a step whose outputs a sweep deleted while its row stays (for its log):
+no later build may reuse it (``find_reusable`` matches input keys), so nothing reuses lost bytes."""
+IMAGE_OUTPUT_PREFIX = "image:"
+LOG_STEP_STATES = ("succeeded", "failed")
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """The ``retention_*`` settings: days per class, newest K per branch, the grace period."""
+
+    nightly_days: int = 14
+    on_demand_days: int = 7
+    personal_days: int = 7
+    keep_newest: int = 3
+    grace_seconds: float = 3600.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetentionPolicy:
+        return cls(
+            nightly_days=settings.retention_nightly_days,
+            on_demand_days=settings.retention_on_demand_days,
+            personal_days=settings.retention_personal_days,
+            keep_newest=settings.retention_keep_newest,
+            grace_seconds=settings.retention_grace_seconds,
+        )
+
+    def days(self) -> dict[str, int]:
+        """Days kept per expiring class; classes not named here are kept forever."""
+        return {
+            "nightly": self.nightly_days,
+            "on-demand": self.on_demand_days,
+            "personal": self.personal_days,
+        }
+
+    def cutoffs(self, now: dt.datetime) -> dict[str, dt.datetime]:
+        """Per expiring class: a build that finished before this is old enough to expire."""
+        return {kind: now - dt.timedelta(days=days) for kind, days in self.days().items()}
+
+    def grace_cutoff(self, now: dt.datetime) -> dt.datetime:
+        """Objects last put after this are never deleted (an upload may be in flight)."""
+        return now - dt.timedelta(seconds=self.grace_seconds)
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    id: int
+    project: str
+    branch: str
+    kind: str
+    user: str
+    state: str
+    published: bool  # still has a published distribution (published_url set)
+    finished_at: dt.datetime | None = None
+    staging: bool = False  # its staging repository was not dropped yet (the repository was down)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    id: int
+    build_id: int
+    name: str
+    kind: str  # package | image
+    state: str
+    input_key: str
+    source_sha256: str
+    reused_from: int | None
+    attempt: int
+    log_key: str | None
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    step_id: int
+    filename: str
+    sha256: str
+    size: int
+
+    @property
+    def is_image(self) -> bool:
+        return self.filename.startswith(IMAGE_OUTPUT_PREFIX)
+
+
+@dataclass
+class SweepPlan:
+    """What one sweep deletes (or, dry, would delete), before the store's grace period is applied."""
+
+    deleted_builds: list[BuildRecord] = field(default_factory=list)  # every row of them goes
+    reduced_builds: list[BuildRecord] = field(default_factory=list)  # rows kept for a log or a reuser
+    doomed_steps: set[int] = field(default_factory=set)  # step rows deleted
+    log_steps: set[int] = field(default_factory=set)  # rows (and log) kept, outputs dropped
+    kept_producers: set[int] = field(default_factory=set)  # kept whole: a kept build reuses them
+    dropped_output_steps: set[int] = field(default_factory=set)  # whose output rows are deleted
+    unreusable: set[int] = field(default_factory=set)  # originals to mark: no build may reuse them
+    objects: dict[str, int | None] = field(default_factory=dict)  # sha256 -> size if known
+    logs: list[str] = field(default_factory=list)
+    images: list[tuple[str, str]] = field(default_factory=list)  # (reference, digest hex)
+    output_bytes: int = 0
+
+    @property
+    def expired_builds(self) -> list[BuildRecord]:
+        return [*self.deleted_builds, *self.reduced_builds]
+
+    def by_class(self) -> dict[str, int]:
+        return dict(sorted(Counter(b.kind for b in self.expired_builds).items()))
+
+
+def plan_sweep(
+    builds: Iterable[BuildRecord],
+    steps: Iterable[StepRecord],
+    outputs: Iterable[OutputRecord],
+    *,
+    log_steps: set[int],
+    kept_producers: set[int],
+    log_keys_of: Callable[[StepRecord], list[str]],
+) -> SweepPlan:
+    """Split the expired builds' rows into what goes and what stays.
+
+    ``log_steps``: the expired steps that are the last success or failure of their package on
+    their branch; ``kept_producers``: the expired steps a kept step reuses; ``log_keys_of``: every
+    log key a step wrote itself (one per attempt).  The plan's ``objects`` are *candidates*: the
+    caller removes those a surviving row still names (:func:`unreferenced`).
+    """
+    builds = list(builds)
+    steps = list(steps)
+    plan = SweepPlan(kept_producers=set(kept_producers))
+    retained = kept_producers | log_steps
+    plan.log_steps = log_steps - kept_producers
+    plan.doomed_steps = {s.id for s in steps if s.id not in retained}
+    plan.dropped_output_steps = plan.doomed_steps | plan.log_steps
+    plan.unreusable = {s.id for s in steps if s.reused_from is None and s.id in plan.dropped_output_steps}
+    holding = {s.build_id for s in steps if s.id in retained}
+    for build in sorted(builds, key=lambda b: b.id):
+        (plan.reduced_builds if build.id in holding else plan.deleted_builds).append(build)
+
+    protected_logs: set[str] = set()
+    for step in steps:
+        if step.id in kept_producers:
+            protected_logs.update(log_keys_of(step))
+        if step.id in retained and step.log_key:
+            protected_logs.add(step.log_key)  # a reused step's log is its producer's
+    for step in steps:
+        if step.id in plan.dropped_output_steps:  # doomed, or kept for its log only
+            plan.objects.setdefault(step.source_sha256, None)
+        if step.id not in retained:
+            plan.logs.extend(key for key in log_keys_of(step) if key not in protected_logs)
+    for output in outputs:
+        if output.step_id not in plan.dropped_output_steps:
+            continue
+        if output.is_image:
+            plan.images.append((output.filename.removeprefix(IMAGE_OUTPUT_PREFIX), output.sha256))
+            continue
+        plan.output_bytes += output.size
+        plan.objects[output.sha256] = output.size
+    plan.logs.sort()
+    return plan
+
+
+def doomed_references(
+    plan: SweepPlan, steps: Iterable[StepRecord], outputs: Iterable[OutputRecord]
+) -> Counter[str]:
+    """How many rows naming each candidate object the sweep itself removes or rewrites."""
+    counts: Counter[str] = Counter()
+    for step in steps:
+        if step.id in plan.dropped_output_steps:  # a log step's row stays, its source may go
+            counts[step.source_sha256] += 1
+    for output in outputs:
+        if output.step_id in plan.dropped_output_steps and not output.is_image:
+            counts[output.sha256] += 1
+    return counts
+
+
+def unreferenced(candidates: Iterable[str], in_database: Counter[str], doomed: Counter[str]) -> list[str]:
+    """The candidate objects no surviving row names: every row naming them is one the sweep removes.
+
+    A log step's row stays but its source tarball may go: its ``source_sha256`` is counted both
+    among ``in_database`` and among ``doomed`` (:func:`doomed_references`).
+    """
+    return sorted(sha for sha in candidates if in_database[sha] <= doomed[sha])

@@ -1,0 +1,386 @@
+"""Builder Jobs as plain dicts: a pure function of (step, settings, URLs), validated exactly as sent.
+
+Every step is one Job (``backoffLimit: 0``: the engine, not Kubernetes, decides about retries)
+whose pod runs a single command:
+
+* ``package``: the package-builder image runs ``buildfarm-step package`` with a presigned GET
+  URL of the source tarball (and its sha256), the build's apt sources, and a presigned PUT URL
+  for the one outputs archive.  The pod holds no credentials at all;
+* ``image`` with ``builder: kaniko``: the kaniko-compatible image builds the context fetched
+  from a presigned HTTPS URL and pushes to ``destination``; its only credential is the
+  push-scoped registry Secret, mounted as ``config.json``.  ``--digest-file`` writes the pushed
+  digest to the termination message, where the runner reads it;
+* ``image`` with ``builder: sysbox``: the same Job under ``runtimeClassName`` (sysbox), running
+  a docker daemon inside the pod for builds that need one.
+
+Security settings (each pod): no service-account token, ``enableServiceLinks: false``, seccomp
+``RuntimeDefault``, ``allowPrivilegeEscalation: false``, every capability dropped except what
+apt/dpkg (and kaniko's RUN steps) need as root, no hostPath (only emptyDirs and the registry
+Secret), resources always set, ``activeDeadlineSeconds`` and ``ttlSecondsAfterFinished`` on the
+Job.  Builders run as root inside the pod: apt installs build dependencies and kaniko unpacks
+base images into ``/``, so neither ``runAsNonRoot`` nor a read-only root filesystem fits them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from buildfarm.model.errors import PermanentError
+from buildfarm.model.settings import Settings
+from buildfarm.runners.base import StepJob
+
+Manifest = dict[str, Any]
+
+MANAGED_BY = "buildfarm"
+COMPONENT = "builder"
+LABEL_PREFIX = "buildfarm.io/"
+BUILDER_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},app.kubernetes.io/component={COMPONENT}"
+"""Selects every builder Job and pod this farm creates (the reaper lists by it)."""
+CONTAINER = "build"
+"""The one container of every builder pod (logs are read from it)."""
+MAX_JOB_NAME = 52
+"""The Job controller names pods ``<job>-<5 chars>`` and labels them ``job-name=<job>`` (63 max)."""
+ROOT_CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETGID", "SETUID"]
+"""What a root build needs: dpkg/tar set owners and modes, apt drops to its _apt user.
+No NET_RAW, MKNOD, SYS_CHROOT, AUDIT_WRITE, KILL or SETPCAP (the container runtime's other defaults)."""
+"""Image of sysbox steps (dockerd + the docker CLI); sysbox makes its root an unprivileged user."""
+DIGEST_FILE = "/dev/termination-log"
+"""kaniko (and the sysbox script) write the pushed digest here: the pod status carries it back."""
+
+
+@dataclass(frozen=True)
+class StepUrls:
+    """The presigned URLs one pod gets: its input (source or image context) and, for packages,
+    the single upload slot for its outputs archive."""
+
+    source: str
+    upload: str = ""
+
+
+def _slug(text: str, limit: int) -> str:
+    slug = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    return slug[:limit].strip("-") or "step"
+
+
+def job_name(build_id: int, step_name: str, attempt: int) -> str:
+    """Deterministic and unique per (build, step, attempt): a redelivered message finds the Job
+    that exists instead of creating a second one.  The hash keeps truncated names apart."""
+    digest = hashlib.sha256(f"{build_id}/{step_name}/{attempt}".encode()).hexdigest()[:8]
+    head = f"bf-{build_id}-"
+    tail = f"-{attempt}-{digest}"
+    return head + _slug(step_name, MAX_JOB_NAME - len(head) - len(tail)) + tail
+
+
+def label_value(text: str) -> str:
+    """A Kubernetes label value (63 chars of ``[A-Za-z0-9._-]``, alphanumeric at both ends)."""
+    value = re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:63]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
+
+
+def step_labels(job: StepJob) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "buildfarm-builder",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/component": COMPONENT,
+        "app.kubernetes.io/part-of": "buildfarm",
+        f"{LABEL_PREFIX}build-id": str(job.build_id),
+        f"{LABEL_PREFIX}step": label_value(job.step_name),
+        f"{LABEL_PREFIX}attempt": str(job.attempt),
+        f"{LABEL_PREFIX}kind": job.kind,
+        f"{LABEL_PREFIX}project": label_value(job.project),
+        f"{LABEL_PREFIX}branch": label_value(job.branch),
+    }
+
+
+def step_annotations(job: StepJob) -> dict[str, str]:
+    """The exact names (labels are truncated and sanitised): the reaper reads the step from here."""
+    return {
+        f"{LABEL_PREFIX}step-name": job.step_name,
+        f"{LABEL_PREFIX}project": job.project,
+        f"{LABEL_PREFIX}branch": job.branch,
+    }
+
+
+def _resources(settings: Settings, override: Mapping[str, Mapping[str, str]] | None) -> dict[str, Any]:
+    merged: dict[str, dict[str, str]] = {k: dict(v) for k, v in settings.builder_resources.items()}
+    for kind, values in (override or {}).items():
+        merged.setdefault(kind, {}).update(values)
+    return merged
+
+
+def _container_security(capabilities: list[str] | None) -> dict[str, Any]:
+    security: dict[str, Any] = {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": False,  # apt and kaniko write into / (the reason is above)
+        "runAsUser": 0,
+        "runAsNonRoot": False,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if capabilities is not None:
+        security["capabilities"] = {"drop": ["ALL"], "add": capabilities}
+    return security
+
+
+def _pod_spec(
+    job: StepJob,
+    settings: Settings,
+    container: dict[str, Any],
+    volumes: list[dict[str, Any]],
+    runtime_class: str | None = None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "terminationGracePeriodSeconds": 30,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if settings.builder_service_account:
+        spec["serviceAccountName"] = settings.builder_service_account
+    node = (job.node or settings.node) if settings.builder_pin_to_node else None
+    if node:  # pinned to the worker's own node, as the DaemonSet controller pins its pods
+        term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+        spec["affinity"] = {
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
+        }
+    if runtime_class:
+        spec["runtimeClassName"] = runtime_class
+    return spec
+
+
+def _job(job: StepJob, settings: Settings, pod_spec: dict[str, Any]) -> Manifest:
+    labels, annotations = step_labels(job), step_annotations(job)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(job.build_id, job.step_name, job.attempt),
+            "namespace": settings.builder_namespace,
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": settings.builder_deadline_seconds,
+            "ttlSecondsAfterFinished": settings.builder_ttl_seconds,
+            "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
+        },
+    }
+
+
+def _scratch(name: str, path: str, size: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    return {"name": name, "emptyDir": {"sizeLimit": size}}, {"name": name, "mountPath": path}
+
+
+def package_job(
+    job: StepJob,
+    settings: Settings,
+    urls: StepUrls,
+    resources: Mapping[str, Mapping[str, str]] | None = None,
+) -> Manifest:
+    """The Job of a package step: ``buildfarm-step package`` in the package-builder image."""
+    if not job.source_sha256 or not urls.upload:
+        raise PermanentError(f"step {job.step_name}: a package pod needs the source sha256 and an upload URL")
+    args = [
+        "package",
+        "--source-url",
+        urls.source,
+        "--source-sha256",
+        job.source_sha256,
+        "--upload-url",
+        urls.upload,
+    ]
+    for source in job.extra_sources:  # the build's staging repository first, then the mirrors
+        args += ["--apt-source", source.line()]
+    if settings.mirrors:  # the farm mirrors what builds may use: the image's own sources stay out
+        args.append("--only-given-sources")
+    args += [
+        "--workdir",
+        "/build",
+        "--timeout",
+        str(int(min(job.timeout_seconds, settings.builder_deadline_seconds))),
+    ]
+    work_volume, work_mount = _scratch("build", "/build", "20Gi")
+    tmp_volume, tmp_mount = _scratch("tmp", "/tmp", "2Gi")
+    container = {
+        "name": CONTAINER,
+        "image": settings.builder_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["buildfarm-step"],
+        "args": args,
+        "env": [
+            {"name": "LC_ALL", "value": "C.UTF-8"},
+            {"name": "DEBIAN_FRONTEND", "value": "noninteractive"},
+        ],
+        "resources": _resources(settings, resources),
+        "securityContext": _container_security(ROOT_CAPABILITIES),
+        "volumeMounts": [work_mount, tmp_mount],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    return _job(job, settings, _pod_spec(job, settings, container, [work_volume, tmp_volume]))
+
+
+def _build_args(job: StepJob, settings: Settings) -> list[tuple[str, str]]:
+    assert job.image is not None
+    args = list(job.image.build_args)
+    names = {name for name, _ in args}
+    staging = job.extra_sources[0].line() if job.extra_sources else ""
+    prefix = job.image.destination.rsplit("/", 1)[0] if "/" in job.image.destination else ""
+    for name, value in (("BUILDFARM_APT_SOURCE", staging), ("BUILDFARM_IMAGE_PREFIX", prefix)):
+        if name not in names:
+            args.append((name, value))
+    return args
+
+
+def _registry_secret_volume(settings: Settings) -> dict[str, Any]:
+    return {
+        "name": "registry-auth",
+        "secret": {
+            "secretName": settings.builder_registry_secret,
+            "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
+            "defaultMode": 0o400,
+        },
+    }
+
+
+def _insecure_registry(settings: Settings) -> str | None:
+    """The registry's host:port when it is plain HTTP (the chart's in-cluster registry)."""
+    url = settings.registry_url or ""
+    return url.removeprefix("http://").rstrip("/") if url.startswith("http://") else None
+
+
+def kaniko_job(
+    job: StepJob,
+    settings: Settings,
+    urls: StepUrls,
+    resources: Mapping[str, Mapping[str, str]] | None = None,
+) -> Manifest:
+    """An image step on kaniko: context from a presigned HTTPS URL, push with the Secret only."""
+    assert job.image is not None
+    args = [
+        f"--context={urls.source}",
+        f"--dockerfile={job.image.dockerfile}",
+        f"--destination={job.image.destination}",
+        f"--digest-file={DIGEST_FILE}",
+        "--cleanup",
+    ]
+    args += [f"--build-arg={name}={value}" for name, value in _build_args(job, settings)]
+    insecure = _insecure_registry(settings)
+    if insecure:
+        args += [f"--insecure-registry={insecure}", f"--skip-tls-verify-registry={insecure}"]
+    secret_volume = _registry_secret_volume(settings)
+    work_volume, work_mount = _scratch("workspace", "/workspace", "20Gi")
+    container = {
+        "name": CONTAINER,
+        "image": settings.image_builder_image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": args,
+        "env": [{"name": "DOCKER_CONFIG", "value": "/kaniko/.docker"}],
+        "resources": _resources(settings, resources),
+        "securityContext": _container_security(ROOT_CAPABILITIES),
+        "volumeMounts": [
+            {"name": "registry-auth", "mountPath": "/kaniko/.docker", "readOnly": True},
+            work_mount,
+        ],
+        "terminationMessagePolicy": "File",
+    }
+    return _job(job, settings, _pod_spec(job, settings, container, [secret_volume, work_volume]))
+
+
+SYSBOX_SCRIPT = "\n".join(
+    [
+        "set -eu",
+        "dockerd >/tmp/dockerd.log 2>&1 &",
+        "i=0",
+        "until docker version >/dev/null 2>&1; do",
+        "  i=$((i+1)); [ $i -lt 60 ] || { cat /tmp/dockerd.log; exit 2; }; sleep 1",
+        "done",
+        "mkdir -p /workspace/context && cd /workspace",
+        'wget -q -O context.tar.gz "$CONTEXT_URL"',
+        'echo "$CONTEXT_SHA256  context.tar.gz" | sha256sum -c - || exit 2',
+        "tar -xzf context.tar.gz -C context",
+        'docker build --progress=plain -f "context/$DOCKERFILE" -t "$DESTINATION" "$@" context',
+        'docker push "$DESTINATION"',
+        "docker image inspect --format '{{index .RepoDigests 0}}' \"$DESTINATION\" | sed 's/.*@//' > "
+        + DIGEST_FILE,
+    ]
+)
+"""The single command of a sysbox pod: start dockerd, fetch and check the context, build, push."""
+
+
+def sysbox_job(
+    job: StepJob,
+    settings: Settings,
+    urls: StepUrls,
+    resources: Mapping[str, Mapping[str, str]] | None = None,
+) -> Manifest:
+    """An image step with a docker daemon inside, isolated by the sysbox runtime class."""
+    assert job.image is not None
+    if not settings.builder_runtime_class:
+        raise PermanentError(
+            f"step {job.step_name}: builder sysbox needs setting builder_runtime_class "
+            "(sysbox is not enabled)"
+        )
+    build_args = [f"--build-arg={name}={value}" for name, value in _build_args(job, settings)]
+    secret_volume = _registry_secret_volume(settings)
+    work_volume, work_mount = _scratch("workspace", "/workspace", "20Gi")
+    docker_volume, docker_mount = _scratch("docker", "/var/lib/docker", "40Gi")
+    container = {
+        "name": CONTAINER,
+        "image": settings.builder_sysbox_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["sh", "-c", SYSBOX_SCRIPT, "sysbox-build", *build_args],
+        "env": [
+            {"name": "CONTEXT_URL", "value": urls.source},
+            {"name": "CONTEXT_SHA256", "value": job.source_sha256},
+            {"name": "DOCKERFILE", "value": job.image.dockerfile},
+            {"name": "DESTINATION", "value": job.image.destination},
+            {"name": "DOCKER_CONFIG", "value": "/docker-config"},
+        ],
+        "resources": _resources(settings, resources),
+        # dockerd needs its capabilities inside sysbox's user namespace (they are not the host's).
+        "securityContext": _container_security(None),
+        "volumeMounts": [
+            {"name": "registry-auth", "mountPath": "/docker-config", "readOnly": True},
+            work_mount,
+            docker_mount,
+        ],
+        "terminationMessagePolicy": "File",
+    }
+    volumes = [secret_volume, work_volume, docker_volume]
+    return _job(job, settings, _pod_spec(job, settings, container, volumes, settings.builder_runtime_class))
+
+
+def builder_job(
+    job: StepJob,
+    settings: Settings,
+    urls: StepUrls,
+    resources: Mapping[str, Mapping[str, str]] | None = None,
+) -> Manifest:
+    """The Job for any step kind."""
+    if job.kind == "package":
+        return package_job(job, settings, urls, resources)
+    if job.kind != "image" or job.image is None:
+        raise PermanentError(f"step {job.step_name}: unknown step kind {job.kind!r}")
+    if job.image.builder == "kaniko":
+        return kaniko_job(job, settings, urls, resources)
+    if job.image.builder == "sysbox":
+        return sysbox_job(job, settings, urls, resources)
+    raise PermanentError(
+        f"step {job.step_name}: builder {job.image.builder!r} cannot run on Kubernetes (use kaniko or sysbox)"
+    )
+
+
+def describe(manifest: Manifest) -> str:
+    """One line for logs: the pod's command as a shell would show it, URLs shortened."""
+    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    words = [*container.get("command", []), *container.get("args", [])]
+    return shlex.join(w.split("?", 1)[0] + "?..." if "X-Amz-Signature" in w else w for w in words)
