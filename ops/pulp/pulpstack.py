@@ -246,7 +246,8 @@ class PulpStack:
         )
         self._run(
             "pulpcore-manager reset-admin-password",
-            [self._bin("pulpcore-manager"), "reset-admin-password", "--password", self.password],
+            # "--password=X": token_urlsafe may start with "-", which argparse reads as an option.
+            [self._bin("pulpcore-manager"), "reset-admin-password", f"--password={self.password}"],
             timeout=120,
         )
 
