@@ -112,9 +112,18 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_manifest(src, ["rem-a", "rem-b"], project=PROJECT)
 
 
-def test_remote_build_reads_like_local_and_apt_gets_it(remote: Remote, sources: Path, tmp_path: Path) -> None:
-    view = remote.bob_json("build", "submit", str(sources), "--wait", "--timeout", WAIT)
+@pytest.fixture(scope="module")
+def first_build(remote: Remote, sources: Path) -> dict[str, Any]:
+    """bob's first build of the two packages, submitted through the API and waited for."""
+    view: dict[str, Any] = remote.bob_json("build", "submit", str(sources), "--wait", "--timeout", WAIT)
     assert (view["state"], view["user"]) == ("succeeded", "bob"), view
+    return view
+
+
+def test_remote_build_reads_like_local_and_apt_gets_it(
+    remote: Remote, first_build: dict[str, Any], tmp_path: Path
+) -> None:
+    view = first_build
     build = str(view["id"])
 
     reads = [
@@ -163,9 +172,10 @@ def test_resubmit_uploads_only_the_changed_package(remote: Remote, sources: Path
         assert {s.state for s in client.show(again).steps} == {"reused"}
 
 
-def test_remote_errors_are_the_local_ones(remote: Remote, tmp_path: Path) -> None:
-    built = remote.bob_json("build", "list", "--project", PROJECT, "--state", "succeeded", "--limit", "1")
-    build = str(built[0]["id"])
+def test_remote_errors_are_the_local_ones(
+    remote: Remote, first_build: dict[str, Any], tmp_path: Path
+) -> None:
+    build = str(first_build["id"])
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"project: {PROJECT}\nbranch: main\nkind: nightly\npackages: [{{path: ../../etc}}]\n")
     same = [
