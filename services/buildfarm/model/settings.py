@@ -235,9 +235,10 @@ class Settings(BaseSettings):
         default=2,
         ge=2,
         le=100,
-        description="repository versions Pulp keeps of each mirror (retain_repo_versions); older ones "
-        "and their publications are deleted. Default 2: the served one and the newest. At least 2, "
-        "so the version the distribution serves survives until a sync switches it to a newer one",
+        description="repository versions Pulp keeps of each mirror (the served one included); older "
+        "ones and their publications are deleted at the next sync that changes something. Default 2: "
+        "the served version and the one before it. At least 2: a sync makes its new version while "
+        "the previous one is still served",
     )
     # -- Builder pods on Kubernetes (runner: kubernetes) and image steps.
     node: str | None = Field(

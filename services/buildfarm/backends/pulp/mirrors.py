@@ -7,9 +7,11 @@ For a configured mirror ``<m>`` (``to_safe`` name)::
     distribution  _mirrors/<m>             bound to the publication of the last good sync
 
 All three carry the labels ``buildfarm.class=mirror`` and ``buildfarm.mirror=<m>``: the farm's
-retention keeps class ``mirror`` forever, and Pulp itself keeps only the newest
-``retain_repo_versions`` versions of the repository (setting ``mirror_retain_versions``, at
-least 2: the one served and the new one), so a mirror synced daily does not grow without bound.
+retention keeps class ``mirror`` forever, while Pulp keeps only ``mirror_retain_versions``
+versions of the repository, so a mirror synced daily does not grow without bound.  Pulp never
+deletes the version a distribution serves and does not count it against ``retain_repo_versions``,
+so the repository is given one less: after a sync the served (newest) version and the
+``mirror_retain_versions - 1`` before it remain.
 ``_mirrors`` cannot be a project's base path (``to_safe`` escapes ``_``), so no build
 distribution ever overlaps a mirror's.
 
@@ -98,7 +100,7 @@ class PulpMirrors:
         mirrors: list[MirrorConfig],
         retain_versions: int = DEFAULT_RETAIN_VERSIONS,
     ) -> None:
-        if retain_versions < 2:  # the served version and the new one
+        if retain_versions < 2:  # the served version and the one a sync makes
             raise PermanentError(f"mirror_retain_versions is {retain_versions}: at least 2 are needed")
         self.client = client
         self.content_origin = content_origin.rstrip("/")
@@ -194,13 +196,13 @@ class PulpMirrors:
             "name": name,
             "description": f"buildfarm mirror {name}",
             "pulp_labels": labels,
-            "retain_repo_versions": self.retain_versions,
+            "retain_repo_versions": self.retain_versions - 1,  # + the served one, which Pulp protects
         }
         found = self.client._find_or_create(lambda: PulpAptRepositoryContext(ctx), body, name=name)
-        if found.get("retain_repo_versions") != self.retain_versions:
+        if found.get("retain_repo_versions") != body["retain_repo_versions"]:
             log.info("pulp: mirror repository %s keeps %d versions", name, self.retain_versions)
             PulpAptRepositoryContext(ctx, pulp_href=found["pulp_href"]).update(
-                body={"retain_repo_versions": self.retain_versions}
+                body={"retain_repo_versions": body["retain_repo_versions"]}
             )
         return t.cast(str, found["pulp_href"])
 
