@@ -12,6 +12,7 @@ packages=(
   redis-server postgresql                                # broker and build state (tests start private ones)
   buildah docker-registry skopeo                         # image steps: daemonless builds, the local registry
   git ca-certificates curl
+  gpg gpgv                                               # mirror keys: the local profile verifies Release files
 )
 
 # Debian's own python3 cannot create a virtualenv without python3-venv (no ensurepip wheels).

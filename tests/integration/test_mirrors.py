@@ -5,6 +5,8 @@ Debian's apt-ftparchive, real .debs from dpkg-deb) served over HTTP on 127.0.0.1
 The session's Pulp (pulpkit) syncs it; ``apt-get update`` + ``apt-get download`` through the
 mirror's distribution must give byte-identical packages; a re-sync after upstream changed
 serves the new set while no reader ever sees a half-switched one; the CLI syncs through the API.
+The upstream is signed (InRelease and Release.gpg) with a throwaway key made in a temp GNUPGHOME:
+a mirror naming that key syncs, a wrong key or a tampered Release is refused and publishes nothing.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
+import typing as t
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +30,17 @@ from pathlib import Path
 import httpx
 import pytest
 from debian.deb822 import Release
+from pulp_glue.core.context import PulpContentRedirectContentGuardContext
 
 from buildfarm.backends.aptrepo import LocalAptRepository
 from buildfarm.backends.base import PackageFile
 from buildfarm.backends.pulp import PulpAptRepositoryContext, PulpRepository
+from buildfarm.backends.pulp.contexts import PulpAptDistributionContext, PulpAptPublicationContext
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
 from buildfarm.engine.wiring import make_repository
-from buildfarm.local.aptclient import AptClient
-from buildfarm.model.errors import PermanentError, ServiceUnavailableError
+from buildfarm.local.aptclient import AptClient, AptError
+from buildfarm.model.errors import ConflictError, PermanentError, ServiceUnavailableError
 from buildfarm.model.manifest import load_manifest
 from buildfarm.model.settings import MirrorConfig
 from buildfarm.runners.base import StepJob, StepResult
@@ -63,18 +69,52 @@ def _host_architecture() -> str:
 ARCH = _host_architecture()
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+class _GatedHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files once ``gate`` is open (a test closes it to hold a sync inside Pulp)."""
+
+    def __init__(self, *args: t.Any, gate: threading.Event, **kwargs: t.Any) -> None:
+        self.gate = gate
+        super().__init__(*args, **kwargs)
+
+    def do_GET(self) -> None:
+        self.gate.wait(60)
+        super().do_GET()
+
     def log_message(self, format: str, *args: object) -> None:
         return None
 
 
+def _gpg(home: Path, *args: str) -> bytes:
+    return subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--quiet", *args], check=True, capture_output=True
+    ).stdout
+
+
+@dataclass
+class SigningKey:
+    """A throwaway OpenPGP key: its private half in ``home``, its public half in ``public``."""
+
+    home: Path
+    public: Path
+
+    @classmethod
+    def make(cls, home: Path, uid: str) -> SigningKey:
+        home.mkdir(mode=0o700)
+        _gpg(home, "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never")
+        public = home / "public.asc"
+        public.write_bytes(_gpg(home, "--armor", "--export", uid))
+        return cls(home, public)
+
+
 @dataclass
 class Upstream:
-    """A 3rd-party APT repository on localhost: ``root`` served at ``url``."""
+    """A 3rd-party APT repository on localhost: ``root`` served at ``url``, signed by ``key``."""
 
     root: Path
     url: str
     debs: dict[str, PackageFile]
+    key: SigningKey
+    gate: threading.Event
 
     def add(self, deb: PackageFile) -> None:
         """Add a package and rewrite the indexes (Packages first, then Release, as archives do)."""
@@ -99,20 +139,47 @@ class Upstream:
         args = [x for k, v in options.items() for x in ("-o", f"APT::FTPArchive::Release::{k}={v}")]
         release = ftparchive(*args, "release", f"dists/{SUITE}")
         (dist / "Release").write_bytes(release)
+        for name, how in (("InRelease", "--clearsign"), ("Release.gpg", "--detach-sign")):
+            _gpg(self.key.home, "--yes", "--armor", how, "--output", str(dist / name), str(dist / "Release"))
+
+    def tamper(self) -> None:
+        """Change the Release text (both copies) without signing it again."""
+        for name in ("Release", "InRelease"):
+            path = self.root / "dists" / SUITE / name
+            path.write_bytes(path.read_bytes().replace(f"Codename: {SUITE}".encode(), b"Codename: evil"))
 
 
 @pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+def keys() -> Iterator[tuple[SigningKey, SigningKey]]:
+    """The upstream's key and a stranger's (short paths: gpg-agent's socket lives in the home)."""
+    top = Path(tempfile.mkdtemp(prefix="bf-gpg-"))
+    try:
+        yield (
+            SigningKey.make(top / "u", "tp upstream <tp@example.invalid>"),
+            SigningKey.make(top / "s", "stranger <x@example.invalid>"),
+        )
+    finally:
+        for home in ("u", "s"):
+            subprocess.run(["gpgconf", "--homedir", str(top / home), "--kill", "gpg-agent"], check=False)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def upstream(
+    tmp_path_factory: pytest.TempPathFactory, keys: tuple[SigningKey, SigningKey]
+) -> Iterator[Upstream]:
     root = tmp_path_factory.mktemp("third-party")
     debs_dir = tmp_path_factory.mktemp("third-party-debs")
     (root / "pool" / COMPONENT).mkdir(parents=True)
     salt = str(time.time_ns())  # bytes no other test module gave Pulp
+    gate = threading.Event()
+    gate.set()
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root))
+        ("127.0.0.1", 0), functools.partial(_GatedHandler, gate=gate, directory=str(root))
     )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    repo = Upstream(root, f"http://127.0.0.1:{server.server_address[1]}/debian", {})
+    repo = Upstream(root, f"http://127.0.0.1:{server.server_address[1]}/debian", {}, keys[0], gate)
     # served at /debian/: a mirror URL is rarely the server's root
     (root / "debian").symlink_to(".")
     for name, arch in (("tp-alpha", "all"), ("tp-beta", ARCH)):
@@ -120,13 +187,19 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
     try:
         yield repo
     finally:
+        gate.set()
         server.shutdown()
         server.server_close()
 
 
-def _mirror(upstream: Upstream, name: str = "thirdparty") -> MirrorConfig:
+def _mirror(upstream: Upstream, name: str = "thirdparty", signed_by: Path | None = None) -> MirrorConfig:
     return MirrorConfig(
-        name=name, url=upstream.url, distribution=SUITE, components=[COMPONENT], architectures=[ARCH]
+        name=name,
+        url=upstream.url,
+        distribution=SUITE,
+        components=[COMPONENT],
+        architectures=[ARCH],
+        signed_by=str(signed_by) if signed_by else None,
     )
 
 
@@ -222,6 +295,105 @@ def test_resync_moves_the_distribution_atomically(
     assert client.download("tp-gamma").read_bytes() == gamma.path.read_bytes()
 
 
+def _version_numbers(repo: PulpRepository, name: str) -> list[int]:
+    found = next(PulpAptRepositoryContext(repo.ctx).list_iterator(parameters={"name": name}))
+    versions = PulpAptRepositoryContext(repo.ctx, pulp_href=found["pulp_href"]).get_version_context()
+    return sorted(int(v["number"]) for v in versions.list_iterator(parameters={"fields": ["number"]}))
+
+
+def _served_version(repo: PulpRepository, base_path: str) -> int:
+    distribution = next(
+        PulpAptDistributionContext(repo.ctx).list_iterator(parameters={"base_path": base_path})
+    )
+    publication = PulpAptPublicationContext(repo.ctx, pulp_href=distribution["publication"]).entity
+    return int(publication["repository_version"].rstrip("/").rsplit("/", 1)[1])
+
+
+def test_pulp_keeps_only_the_retained_versions(
+    repo: PulpRepository, upstream: Upstream, tmp_path: Path
+) -> None:
+    mirror = _mirror(upstream)
+    before = int(repo.sync_mirror(mirror).version)
+    upstream.add(build_deb(tmp_path, "tp-delta", f"1.0+{time.time_ns()}", architecture="all"))
+    after = int(repo.sync_mirror(mirror).version)
+    assert after == before + 1 and after >= 3  # the third version made by a change
+    assert _version_numbers(repo, "buildfarm/_mirrors/thirdparty") == [before, after]  # retain 2
+    assert _served_version(repo, "_mirrors/thirdparty") == after
+    assert "tp-delta" in _served(repo.mirror_sources()[0].url)[1]
+
+
+def test_one_sync_of_a_mirror_at_a_time(repo: PulpRepository, upstream: Upstream, tmp_path: Path) -> None:
+    mirror = _mirror(upstream)
+    before = int(repo.sync_mirror(mirror).version)
+    upstream.add(build_deb(tmp_path, "tp-epsilon", f"1.0+{time.time_ns()}", architecture="all"))
+    lease = "buildfarm/_mirrors/thirdparty/syncing"
+    guards = PulpContentRedirectContentGuardContext(repo.ctx)
+    outcome: dict[str, object] = {}
+
+    def first_sync() -> None:
+        try:
+            outcome["first"] = repo.sync_mirror(mirror)
+        except Exception as exc:
+            outcome["first"] = exc
+
+    upstream.gate.clear()  # the first sync's Pulp task waits on the upstream while it holds the lease
+    first = threading.Thread(target=first_sync)
+    first.start()
+    try:
+        for _ in range(600):  # bounded: 30 s for the first sync to take its lease
+            if repo._first(guards, name=lease) is not None:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"the first sync never took its lease: {outcome}")
+        with pytest.raises(ConflictError) as caught:
+            repo.sync_mirror(mirror)
+    finally:
+        upstream.gate.set()
+        first.join(120)
+    assert str(caught.value).startswith("mirror 'thirdparty' is already syncing (for ")
+    assert "\n" not in str(caught.value)
+    status = outcome["first"]
+    assert not isinstance(status, BaseException), status
+    assert int(t.cast(t.Any, status).version) == before + 1
+    assert _served_version(repo, "_mirrors/thirdparty") == before + 1
+    assert repo._first(guards, name=lease) is None  # released: the next sync may start
+    # The distribution never moves back: a late switch to the previous version is not made.
+    name = "buildfarm/_mirrors/thirdparty"
+    repository = next(PulpAptRepositoryContext(repo.ctx).list_iterator(parameters={"name": name}))
+    older = f"{repository['pulp_href']}versions/{before}/"
+    publication = next(
+        PulpAptPublicationContext(repo.ctx).list_iterator(parameters={"repository_version": older})
+    )
+    labels = {"buildfarm.class": "mirror", "buildfarm.mirror": "thirdparty"}
+    repo.mirrors._point_distribution(name, "_mirrors/thirdparty", publication["pulp_href"], older, labels)
+    assert _served_version(repo, "_mirrors/thirdparty") == before + 1
+
+
+def test_pulp_checks_the_release_signature(
+    repo: PulpRepository, upstream: Upstream, keys: tuple[SigningKey, SigningKey], tmp_path: Path
+) -> None:
+    right, stranger = keys
+    signed = repo.sync_mirror(_mirror(upstream, "signedtp", right.public))
+    assert signed.packages == len(upstream.debs)
+    served = _served(f"{repo.content_origin}/pulp/content/_mirrors/signedtp/")
+    with pytest.raises(PermanentError) as caught:
+        repo.sync_mirror(_mirror(upstream, "signedtp", stranger.public))
+    assert str(caught.value) == (
+        f"mirror 'signedtp': no Release file of {upstream.url} is signed by the key in {stranger.public} "
+        "(Pulp's sync refused it; nothing new is published)"
+    )
+    upstream.add(build_deb(tmp_path, "tp-zeta", f"1.0+{time.time_ns()}", architecture="all"))
+    upstream.tamper()
+    try:
+        with pytest.raises(PermanentError, match=r"^mirror 'signedtp': no Release file of .* is signed by"):
+            repo.sync_mirror(_mirror(upstream, "signedtp", right.public))
+    finally:
+        upstream._index()  # signed again: the next tests see a good upstream
+    assert _served(f"{repo.content_origin}/pulp/content/_mirrors/signedtp/") == served  # nothing new
+    assert _version_numbers(repo, "buildfarm/_mirrors/signedtp")[-1] == int(signed.version)
+
+
 def test_unreachable_upstream_is_one_clear_error(repo: PulpRepository) -> None:
     dead = MirrorConfig(
         name="gone", url=f"http://127.0.0.1:{free_port()}/debian", distribution=SUITE, architectures=[ARCH]
@@ -243,6 +415,38 @@ def test_local_profile_reads_the_upstream_directly(upstream: Upstream, tmp_path:
     wrong = MirrorConfig(name="wrong", url=upstream.url, distribution="nosuch", architectures=[ARCH])
     with pytest.raises(PermanentError, match=r"^mirror 'wrong': .*/dists/nosuch/Release answered HTTP 404$"):
         local.sync_mirror(wrong)
+
+
+def test_local_profile_checks_the_signature_and_apt_does_too(
+    upstream: Upstream, keys: tuple[SigningKey, SigningKey], tmp_path: Path
+) -> None:
+    right, stranger = keys
+    signed = _mirror(upstream, "signedtp", right.public)
+    local = LocalAptRepository(tmp_path / "repos", "http://127.0.0.1:1", [signed])
+    line = f"deb [signed-by={right.public}] {upstream.url}/ {SUITE} {COMPONENT}"
+    assert [s.line() for s in local.mirror_sources()] == [line]
+    assert local.sync_mirror(signed).packages == len(upstream.debs)
+    assert _apt(tmp_path / "apt", line).download("tp-alpha").is_file()  # apt checked it with that key
+
+    inrelease = f"{upstream.url}/dists/{SUITE}/InRelease"
+    with pytest.raises(PermanentError) as caught:
+        local.sync_mirror(_mirror(upstream, "signedtp", stranger.public))
+    message = str(caught.value)
+    assert message.startswith(
+        f"mirror 'signedtp': {inrelease} is not signed by the key in {stranger.public}: "
+    )
+    assert "\n" not in message
+    upstream.tamper()
+    try:
+        with pytest.raises(PermanentError, match=r"is not signed by the key in .*: BAD signature from"):
+            local.sync_mirror(signed)
+        with pytest.raises(AptError, match=r"BADSIG|not signed|invalid"):  # apt refuses it as well
+            _apt(tmp_path / "apt-tampered", line)
+        (upstream.root / "dists" / SUITE / "InRelease").unlink()  # Release + Release.gpg instead
+        with pytest.raises(PermanentError, match=rf"^mirror 'signedtp': .*/{SUITE}/Release is not signed by"):
+            local.sync_mirror(signed)
+    finally:
+        upstream._index()
 
 
 class _RecordingRunner(HostRunner):

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from buildfarm.backends.base import AptSource
 from buildfarm.backends.pulp.mirrors import mirror_base_path
-from buildfarm.model.errors import NameError_, NotFoundError
-from buildfarm.model.mirrors import MirrorConfigError, check_mirror, check_mirrors, find_mirror
+from buildfarm.model.errors import NameError_, NotFoundError, PermanentError
+from buildfarm.model.mirrors import (
+    MAX_KEY_BYTES,
+    MirrorConfigError,
+    check_mirror,
+    check_mirrors,
+    find_mirror,
+    signing_key,
+)
 from buildfarm.model.settings import MirrorConfig, load_settings
 
 
@@ -91,3 +100,61 @@ def test_mirrors_come_from_the_environment_as_json(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("BUILDFARM_MIRRORS", json.dumps([mirror().model_dump()]))
     monkeypatch.setenv("BUILDFARM_STATE_DIR", "/nonexistent-state-dir")
     assert load_settings().mirrors == [mirror()]
+
+
+KEY = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ...\n-----END PGP PUBLIC KEY BLOCK-----\n"
+
+
+def test_a_signing_key_file_is_read(tmp_path: Path) -> None:
+    key = tmp_path / "docker.asc"
+    key.write_text(KEY)
+    assert check_mirror(mirror(signed_by=str(key))).signed_by == str(key)
+    assert signing_key(mirror(signed_by=str(key))) == KEY
+    assert signing_key(mirror()) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("key.asc", None, "cannot be read: No such file or directory"),
+        ("key.gpg", KEY, "is not an ASCII-armored key file ending in .asc"),
+        ("key.asc", "not a key", "holds no ASCII-armored public key"),
+        ("key.asc", "-----BEGIN PGP PRIVATE KEY BLOCK-----\n", "holds a private key"),
+        ("key.asc", "x" * (MAX_KEY_BYTES + 1), "is larger than 1 MiB"),
+        ("my key.asc", KEY, "contains a blank, ']' or a control character"),
+    ],
+)
+def test_a_bad_signing_key_is_one_line_naming_the_mirror(
+    tmp_path: Path, name: str, content: str | None, message: str
+) -> None:
+    key = tmp_path / name
+    if content is not None:
+        key.write_text(content)
+    with pytest.raises(MirrorConfigError) as caught:
+        check_mirror(mirror(signed_by=str(key)))
+    assert str(caught.value).startswith(f"mirror 'docker': signed_by '{key}' ")
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_relative_key_path_is_refused() -> None:
+    with pytest.raises(
+        MirrorConfigError, match=r"^mirror 'docker': signed_by 'keys/d.asc' is not an absolute path$"
+    ):
+        check_mirror(mirror(signed_by="keys/d.asc"))
+
+
+@pytest.mark.parametrize("retain", [0, 1, 101])
+def test_mirror_retain_versions_is_bounded(monkeypatch: pytest.MonkeyPatch, retain: int) -> None:
+    monkeypatch.setenv("BUILDFARM_MIRROR_RETAIN_VERSIONS", str(retain))
+    monkeypatch.setenv("BUILDFARM_STATE_DIR", "/nonexistent-state-dir")
+    with pytest.raises(PermanentError, match=r"^setting mirror_retain_versions: Input should be"):
+        load_settings()
+
+
+def test_apt_lines_of_signed_and_unsigned_sources() -> None:
+    source = AptSource(url="http://u/", suite="s", components=("main",), trusted=False, signed_by="/k.asc")
+    assert source.line() == "deb [signed-by=/k.asc] http://u/ s main"
+    assert (
+        AptSource(url="http://u/", suite="s", components=("main",)).line()
+        == "deb [trusted=yes] http://u/ s main"
+    )

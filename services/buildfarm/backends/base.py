@@ -65,9 +65,13 @@ class AptSource:
     suite: str = "./"
     components: tuple[str, ...] = ()
     trusted: bool = True
+    signed_by: str | None = None  # path of the key apt checks the Release signature with
 
     def line(self) -> str:
-        options = "[trusted=yes] " if self.trusted else ""
+        if self.signed_by is not None:
+            options = f"[signed-by={self.signed_by}] "
+        else:
+            options = "[trusted=yes] " if self.trusted else ""
         parts = ["deb", f"{options}{self.url}", self.suite, *self.components]
         return " ".join(parts)
 

@@ -4,6 +4,11 @@ The local profile has no Pulp: its builds read a configured mirror's upstream di
 "syncing" a mirror there means proving the upstream answers with what the configuration names
 (the suite's Release file lists every component and architecture, each Packages index is there
 and matches its SHA256 in Release) and counting its packages.  Every request has a timeout.
+
+A mirror with a key (``signed_by``) is checked the way apt checks it: the signed ``InRelease``
+(or, where there is none, ``Release`` with its detached ``Release.gpg``) must verify with
+``gpgv`` against that key alone, and only the text the signature covers is read; its apt line
+is then ``[signed-by=<key>]`` instead of ``[trusted=yes]``, so apt refuses a tampered upstream too.
 """
 
 from __future__ import annotations
@@ -12,15 +17,19 @@ import bz2
 import gzip
 import hashlib
 import lzma
+import subprocess
+import tempfile
 import time
+import typing as t
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 from debian.deb822 import Release
 
 from buildfarm.backends.base import AptSource, MirrorStatus
 from buildfarm.model.errors import PermanentError, ServiceUnavailableError
-from buildfarm.model.mirrors import check_mirror
+from buildfarm.model.mirrors import check_mirror, signing_key
 from buildfarm.model.settings import MirrorConfig
 
 HTTP_TIMEOUT_SECONDS = 30.0
@@ -32,15 +41,18 @@ _UNPACK: dict[str, Callable[[bytes], bytes]] = {
     "": lambda data: data,
 }
 """Index compressions apt reads, in the order we prefer to fetch them (smallest first)."""
+GPG_TIMEOUT_SECONDS = 30.0
+"""Bound on each gpg/gpgv run (they take milliseconds on a Release file)."""
 
 
 def upstream_source(mirror: MirrorConfig) -> AptSource:
-    """The apt line of the upstream itself (``[trusted=yes]``: the farm does not hold its key)."""
+    """The apt line of the upstream itself: ``[signed-by=<key>]``, or ``[trusted=yes]`` without a key."""
     return AptSource(
         url=mirror.url.rstrip("/") + "/",
         suite=mirror.distribution,
         components=tuple(mirror.components),
-        trusted=True,
+        trusted=mirror.signed_by is None,
+        signed_by=mirror.signed_by,
     )
 
 
@@ -50,7 +62,7 @@ def check_upstream(mirror: MirrorConfig, timeout: float = HTTP_TIMEOUT_SECONDS) 
     started = time.monotonic()
     base = f"{mirror.url.rstrip('/')}/dists/{mirror.distribution}"
     with httpx.Client(timeout=timeout, follow_redirects=True) as http:
-        release = Release(_get(http, mirror, f"{base}/Release"))
+        release = Release(_release(http, mirror, base))
         listed = {entry["name"]: entry for entry in release.get("SHA256", [])}
         declared = {
             "components": set(release.get("Components", "").split()),
@@ -75,6 +87,66 @@ def check_upstream(mirror: MirrorConfig, timeout: float = HTTP_TIMEOUT_SECONDS) 
     )
 
 
+def _release(http: httpx.Client, mirror: MirrorConfig, base: str) -> bytes:
+    """The suite's Release text; with a key, only what a good signature by that key covers."""
+    key = signing_key(mirror)
+    if key is None:
+        return _get(http, mirror, f"{base}/Release")
+    inrelease = _get(http, mirror, f"{base}/InRelease", missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="buildfarm-gpgv-") as tmp:
+        work = Path(tmp)
+        keyring = work / "signed-by.gpg"
+        _gpg(
+            mirror, ["gpg", "--batch", "--homedir", tmp, "--dearmor", "--output", str(keyring)], key.encode()
+        )
+        if inrelease is not None:
+            (work / "InRelease").write_bytes(inrelease)
+            verify = ["--output", str(work / "Release"), str(work / "InRelease")]
+            _verify(mirror, f"{base}/InRelease", keyring, verify)
+            return (work / "Release").read_bytes()
+        release = _get(http, mirror, f"{base}/Release")
+        (work / "Release").write_bytes(release)
+        (work / "Release.gpg").write_bytes(_get(http, mirror, f"{base}/Release.gpg"))
+        _verify(mirror, f"{base}/Release", keyring, [str(work / "Release.gpg"), str(work / "Release")])
+        return release
+
+
+def _verify(mirror: MirrorConfig, url: str, keyring: Path, args: list[str]) -> None:
+    command = ["gpgv", "--keyring", str(keyring), *args]
+    result = _gpg(mirror, command, b"", check=False)
+    if result.returncode != 0:
+        said = [
+            line.removeprefix("gpgv:").strip() for line in result.stderr.decode(errors="replace").splitlines()
+        ]
+        reason = next((line for line in reversed(said) if line), f"exit status {result.returncode}")
+        raise PermanentError(
+            f"mirror {mirror.name!r}: {url} is not signed by the key in {mirror.signed_by}: {reason}"
+        )
+
+
+def _gpg(
+    mirror: MirrorConfig, command: list[str], stdin: bytes, check: bool = True
+) -> subprocess.CompletedProcess[bytes]:
+    try:
+        result = subprocess.run(
+            command, input=stdin, capture_output=True, timeout=GPG_TIMEOUT_SECONDS, check=False
+        )
+    except FileNotFoundError as exc:
+        raise PermanentError(
+            f"mirror {mirror.name!r}: {command[0]} is not installed (ops/bootstrap/apt-deps.sh installs it)"
+        ) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise PermanentError(
+            f"mirror {mirror.name!r}: {command[0]} took over {GPG_TIMEOUT_SECONDS:.0f} s"
+        ) from exc
+    if check and result.returncode != 0:
+        said = " ".join(result.stderr.decode(errors="replace").split())[:300]
+        raise PermanentError(
+            f"mirror {mirror.name!r}: signed_by {mirror.signed_by} is not a usable key: {said}"
+        )
+    return result
+
+
 def _count_packages(
     http: httpx.Client, mirror: MirrorConfig, base: str, where: str, listed: dict[str, dict[str, str]]
 ) -> int:
@@ -94,7 +166,16 @@ def _count_packages(
     raise PermanentError(f"mirror {mirror.name!r}: {base}/Release lists no Packages index for {where}")
 
 
-def _get(http: httpx.Client, mirror: MirrorConfig, url: str) -> bytes:
+@t.overload
+def _get(http: httpx.Client, mirror: MirrorConfig, url: str) -> bytes: ...
+
+
+@t.overload
+def _get(http: httpx.Client, mirror: MirrorConfig, url: str, missing_ok: bool) -> bytes | None: ...
+
+
+def _get(http: httpx.Client, mirror: MirrorConfig, url: str, missing_ok: bool = False) -> bytes | None:
+    """``url``'s body; None for a 404 when ``missing_ok``; one clear error naming the mirror otherwise."""
     try:
         response = http.get(url)
     except httpx.HTTPError as exc:
@@ -105,6 +186,8 @@ def _get(http: httpx.Client, mirror: MirrorConfig, url: str) -> bytes:
         raise ServiceUnavailableError(
             f"mirror {mirror.name!r}: its upstream answered HTTP {response.status_code} for {url}", 30.0
         )
+    if missing_ok and response.status_code == 404:
+        return None
     if response.status_code != 200:
         raise PermanentError(f"mirror {mirror.name!r}: {url} answered HTTP {response.status_code}")
     return response.content

@@ -48,6 +48,7 @@ def make_repository(settings: Settings) -> PackageRepository:
             http_timeout_seconds=settings.pulp_http_timeout_seconds,
             orphan_protection_minutes=settings.pulp_orphan_protection_minutes,
             mirrors=settings.mirrors,
+            mirror_retain_versions=settings.mirror_retain_versions,
         )
     return LocalAptRepository(settings.state_dir / "repos", settings.repo_url, settings.mirrors)
 

@@ -55,6 +55,11 @@ class MirrorConfig(BaseModel):
     distribution: str = Field(description="upstream suite, e.g. bookworm")
     components: list[str] = Field(default_factory=lambda: ["main"])
     architectures: list[str] = Field(default_factory=lambda: ["amd64"])
+    signed_by: str | None = Field(
+        default=None,
+        description="absolute path of the upstream's ASCII-armored OpenPGP public key (.asc): a sync "
+        "refuses a Release file it did not sign; unset: the signature is not checked",
+    )
 
 
 class ScheduleConfig(BaseModel):
@@ -225,6 +230,15 @@ class Settings(BaseSettings):
     mirrors: list[MirrorConfig] = Field(
         default_factory=list,
         description="3rd-party Debian repositories usable as build-dependency sources (JSON list in env)",
+    )
+    mirror_retain_versions: int = Field(
+        default=2,
+        ge=2,
+        le=100,
+        description="repository versions Pulp keeps of each mirror (the served one included); older "
+        "ones and their publications are deleted at the next sync that changes something. Default 2: "
+        "the served version and the one before it. At least 2: a sync makes its new version while "
+        "the previous one is still served",
     )
     # -- Builder pods on Kubernetes (runner: kubernetes) and image steps.
     node: str | None = Field(

@@ -16,8 +16,10 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
+from buildfarm.backends.base import AptSource
 from buildfarm.model.errors import PermanentError, TemporaryError
 from buildfarm.model.sources import unpack_tree
 from buildfarm.runners.base import StepJob, StepResult
@@ -30,6 +32,14 @@ SBUILD_CONFIG = Path(__file__).parent / "sbuildrc"
 BUILDER_PACKAGES = ("python3", "ca-certificates")
 """Added to the base for the package-builder environment: the entrypoint is a python3 script
 (python3-minimal lacks tarfile, gzip, json and http.client) and fetches over https."""
+
+
+def _chroot_line(source: AptSource) -> str:
+    """``source`` as the chroot's apt reads it: a host key path means nothing inside the chroot,
+    so a signed source is checked against the trusted keys sbuild adds (--extra-repository-key)."""
+    if source.signed_by is None:
+        return source.line()
+    return replace(source, signed_by=None, trusted=False).line()
 
 
 def _digest(path: Path) -> str:
@@ -196,7 +206,9 @@ class SbuildRunner:
             f"--build-dir={out}",
             "--arch-all",
             "--arch-any",
-            *(f"--extra-repository={s.line()}" for s in job.extra_sources),
+            *(f"--extra-repository={_chroot_line(s)}" for s in job.extra_sources),
+            # a signed source's key goes into the chroot's trusted keys (sbuild copies it there)
+            *(f"--extra-repository-key={s.signed_by}" for s in job.extra_sources if s.signed_by),
             str(dscs[0]),
         ]
         home = job.workdir / "home"  # sbuild reads $HOME/.sbuildrc before SBUILD_CONFIG: keep it empty

@@ -6,9 +6,14 @@ For a configured mirror ``<m>`` (``to_safe`` name)::
     repository    buildfarm/_mirrors/<m>   one version per sync that changed something
     distribution  _mirrors/<m>             bound to the publication of the last good sync
 
-All three carry the labels ``buildfarm.class=mirror`` and ``buildfarm.mirror=<m>``: retention
-keeps class ``mirror`` forever.  ``_mirrors`` cannot be a project's base path (``to_safe``
-escapes ``_``), so no build distribution ever overlaps a mirror's.
+All three carry the labels ``buildfarm.class=mirror`` and ``buildfarm.mirror=<m>``: the farm's
+retention keeps class ``mirror`` forever, while Pulp keeps only ``mirror_retain_versions``
+versions of the repository, so a mirror synced daily does not grow without bound.  Pulp never
+deletes the version a distribution serves and does not count it against ``retain_repo_versions``,
+so the repository is given one less: after a sync the served (newest) version and the
+``mirror_retain_versions - 1`` before it remain.
+``_mirrors`` cannot be a project's base path (``to_safe`` escapes ``_``), so no build
+distribution ever overlaps a mirror's.
 
 A sync is Pulp's own ``mirror`` sync (the version holds exactly what upstream lists now), then a
 structured publication of the new version, then one update of the distribution to it: apt sees
@@ -16,16 +21,36 @@ the old publication until the new one is complete and the distribution is switch
 half-synced state.  The distribution exists only after a first good sync, so
 :meth:`PulpMirrors.usable` lists only mirrors builds can use.  Every wait is bounded by the
 task timeout; an upstream that cannot be reached is a ServiceUnavailableError naming the mirror.
+
+With a key (``signed_by``) the remote carries it as ``gpgkey``: pulp_deb then accepts only an
+``InRelease`` or ``Release`` + ``Release.gpg`` that key signed, and a sync that finds none
+fails (one line naming the mirror) before any version is made, so nothing new is published.
+Pulp republishes unsigned, so the farm's line stays ``[trusted=yes]``: the check is Pulp's.
+
+One sync of a mirror at a time, across every process sharing the Pulp: a sync holds a lease,
+a content guard named ``buildfarm/_mirrors/<m>/syncing`` (Pulp's unique names make creating
+it atomic; a content guard is created and deleted without a task).  A second sync while one
+runs is refused at once (ConflictError "already syncing": the running one brings the mirror
+up to date); a lease older than every bound of a sync (its holder died) is taken over.  And
+the distribution only moves forward: a publication of a version older than the one served is
+never switched to.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
+import threading
 import time
 import typing as t
+from collections.abc import Iterator
+from datetime import UTC, datetime
 
 from pulp_glue.common.context import EntityDefinition
 from pulp_glue.common.exceptions import PulpException
+from pulp_glue.core.context import PulpContentRedirectContentGuardContext
 
 from buildfarm.backends.base import AptSource, MirrorStatus
 from buildfarm.backends.pulp.client import UNAVAILABLE_RETRY_SECONDS, PulpClient
@@ -38,8 +63,8 @@ from buildfarm.backends.pulp.contexts import (
 )
 from buildfarm.backends.pulp.layout import REPOSITORY_PREFIX
 from buildfarm.model import names
-from buildfarm.model.errors import ServiceUnavailableError
-from buildfarm.model.mirrors import check_mirror
+from buildfarm.model.errors import ConflictError, PermanentError, ServiceUnavailableError
+from buildfarm.model.mirrors import check_mirror, signing_key
 from buildfarm.model.settings import MirrorConfig
 
 log = logging.getLogger(__name__)
@@ -51,6 +76,14 @@ MIRROR_LABEL = "buildfarm.mirror"
 
 _UNREACHABLE_HINTS = ("cannot connect", "connection refused", "timeout", "timed out", "name or service")
 """How Pulp's downloader (aiohttp) words an upstream it could not reach."""
+_NOT_SIGNED_CODE = "DEB0002"
+"""pulp_deb's error code for "no Release file verifies with the remote's gpgkey"."""
+DEFAULT_RETAIN_VERSIONS = 2
+"""Versions Pulp keeps of a mirror repository unless configured (see ``mirror_retain_versions``)."""
+SYNC_TASKS = 3
+"""A sync waits on at most three Pulp tasks in a row (sync, publication, distribution)."""
+LEASE_GRACE_SECONDS = 60.0
+"""Beyond its three task bounds, how long a sync may take before its lease counts as abandoned."""
 
 
 def mirror_base_path(name: str) -> str:
@@ -60,10 +93,19 @@ def mirror_base_path(name: str) -> str:
 class PulpMirrors:
     """The configured mirrors of one farm on the Pulp reached through ``client``."""
 
-    def __init__(self, client: PulpClient, content_origin: str, mirrors: list[MirrorConfig]) -> None:
+    def __init__(
+        self,
+        client: PulpClient,
+        content_origin: str,
+        mirrors: list[MirrorConfig],
+        retain_versions: int = DEFAULT_RETAIN_VERSIONS,
+    ) -> None:
+        if retain_versions < 2:  # the served version and the one a sync makes
+            raise PermanentError(f"mirror_retain_versions is {retain_versions}: at least 2 are needed")
         self.client = client
         self.content_origin = content_origin.rstrip("/")
         self.mirrors = list(mirrors)
+        self.retain_versions = retain_versions
 
     def source(self, mirror: MirrorConfig) -> AptSource:
         return AptSource(
@@ -98,20 +140,23 @@ class PulpMirrors:
         base_path = mirror_base_path(mirror.name)
         name = f"{REPOSITORY_PREFIX}/{base_path}"
         labels = {CLASS_LABEL: MIRROR_CLASS, MIRROR_LABEL: names.to_safe(mirror.name)}
-        with self.client._errors(f"syncing mirror {mirror.name!r} from {mirror.url}"):
+        with (
+            self.client._errors(f"syncing mirror {mirror.name!r} from {mirror.url}"),
+            self._lease(mirror, name),
+        ):
             remote = self._remote(name, mirror, labels)
             repository = self._repository(name, labels)
             self._run_sync(mirror, repository, remote)
             version = t.cast(str, self.client._read(repository)["latest_version_href"])
             publication = self._publication(version)
-            self._point_distribution(name, base_path, publication, labels)
+            self._point_distribution(name, base_path, publication, version, labels)
             stats: dict[str, t.Any] = {}
             for _ in PulpDebPackageContext(self.client.ctx).list_iterator(
                 parameters={"repository_version": version, "fields": ["pulp_href"]}, batch_size=1, stats=stats
             ):
                 break
         seconds = time.monotonic() - started
-        number = version.rstrip("/").rsplit("/", 1)[1]
+        number = str(_version_number(version))
         log.info("pulp: mirror %s at version %s (%s packages) in %.2fs", mirror.name, number, stats, seconds)
         return MirrorStatus(
             name=mirror.name,
@@ -131,6 +176,7 @@ class PulpMirrors:
             "components": " ".join(mirror.components),
             "architectures": " ".join(mirror.architectures),
             "policy": "immediate",
+            "gpgkey": signing_key(mirror),
             "pulp_labels": labels,
         }
         ctx = self.client.ctx
@@ -144,10 +190,62 @@ class PulpMirrors:
         return t.cast(str, found["pulp_href"])
 
     def _repository(self, name: str, labels: dict[str, str]) -> str:
+        """The mirror's repository, keeping ``retain_versions`` versions (set again if changed)."""
         ctx = self.client.ctx
-        body = {"name": name, "description": f"buildfarm mirror {name}", "pulp_labels": labels}
+        body = {
+            "name": name,
+            "description": f"buildfarm mirror {name}",
+            "pulp_labels": labels,
+            "retain_repo_versions": self.retain_versions - 1,  # + the served one, which Pulp protects
+        }
         found = self.client._find_or_create(lambda: PulpAptRepositoryContext(ctx), body, name=name)
+        if found.get("retain_repo_versions") != body["retain_repo_versions"]:
+            log.info("pulp: mirror repository %s keeps %d versions", name, self.retain_versions)
+            PulpAptRepositoryContext(ctx, pulp_href=found["pulp_href"]).update(
+                body={"retain_repo_versions": body["retain_repo_versions"]}
+            )
         return t.cast(str, found["pulp_href"])
+
+    @contextlib.contextmanager
+    def _lease(self, mirror: MirrorConfig, name: str) -> Iterator[None]:
+        """Hold the mirror's sync lease (see the module's doc); ConflictError while another holds it."""
+        ctx = self.client.ctx
+        lease_name = f"{name}/syncing"
+        bound = SYNC_TASKS * self.client.task_timeout_seconds + LEASE_GRACE_SECONDS
+        holder = f"{socket.gethostname()} pid {os.getpid()} thread {threading.get_ident()}"
+        body = {"name": lease_name, "description": f"buildfarm: mirror {mirror.name} is syncing ({holder})"}
+        lease: str | None = None
+        for _ in range(2):  # a second try only after removing an abandoned lease
+            try:
+                lease = t.cast(
+                    str, PulpContentRedirectContentGuardContext(ctx).create(body=body)["pulp_href"]
+                )
+                break
+            except PulpException:
+                found = self.client._first(PulpContentRedirectContentGuardContext(ctx), name=lease_name)
+                if found is None:
+                    continue  # released between our create and our look: try once more
+                created = datetime.fromisoformat(t.cast(str, found["pulp_created"]))
+                age = (datetime.now(UTC) - created).total_seconds()
+                if age <= bound:
+                    raise ConflictError(
+                        f"mirror {mirror.name!r} is already syncing (for {max(age, 0):.0f} s); "
+                        "that sync brings it up to date: try again when it is done"
+                    ) from None
+                log.warning(
+                    "pulp: mirror %s: taking over a sync lease abandoned %.0f s ago", mirror.name, age
+                )
+                with contextlib.suppress(PulpException):  # another taker may have removed it first
+                    PulpContentRedirectContentGuardContext(ctx, pulp_href=found["pulp_href"]).delete()
+        if lease is None:
+            raise ConflictError(f"mirror {mirror.name!r} is already syncing: try again when it is done")
+        try:
+            yield
+        finally:
+            try:
+                PulpContentRedirectContentGuardContext(ctx, pulp_href=lease).delete()
+            except PulpException as exc:  # left behind, it expires after the bound
+                log.warning("pulp: mirror %s: could not release its sync lease: %s", mirror.name, exc)
 
     def _run_sync(self, mirror: MirrorConfig, repository: str, remote: str) -> None:
         """Pulp's sync task, waited for within the task timeout; an unreachable upstream is temporary."""
@@ -156,6 +254,11 @@ class PulpMirrors:
             context.sync(body={"remote": remote, "mirror": True})
         except PulpException as exc:
             detail = " ".join(str(exc).split())[:500]
+            if _NOT_SIGNED_CODE in detail:
+                raise PermanentError(
+                    f"mirror {mirror.name!r}: no Release file of {mirror.url} is signed by the key in "
+                    f"{mirror.signed_by} (Pulp's sync refused it; nothing new is published)"
+                ) from exc
             if any(hint in detail.lower() for hint in _UNREACHABLE_HINTS):
                 raise ServiceUnavailableError(
                     f"mirror {mirror.name!r}: its upstream {mirror.url} cannot be reached from Pulp "
@@ -176,15 +279,33 @@ class PulpMirrors:
         return t.cast(str, created["pulp_href"])
 
     def _point_distribution(
-        self, name: str, base_path: str, publication: str, labels: dict[str, str]
+        self, name: str, base_path: str, publication: str, version: str, labels: dict[str, str]
     ) -> None:
-        """Serve ``publication`` at ``base_path``: created once, then switched by one update."""
+        """Serve ``publication`` (of ``version``) at ``base_path``: created once, then switched by
+        one update, and only forward: never to a version older than the one served."""
         ctx = self.client.ctx
         body = {"name": name, "base_path": base_path, "publication": publication, "pulp_labels": labels}
         found = self.client._find_or_create(
             lambda: PulpAptDistributionContext(ctx), body, base_path=base_path
         )
-        if found.get("publication") != publication:
-            PulpAptDistributionContext(ctx, pulp_href=found["pulp_href"]).update(
-                body={"publication": publication}
-            )
+        served = found.get("publication")
+        if served == publication:
+            return
+        if served:
+            served_version = PulpAptPublicationContext(ctx, pulp_href=served).entity["repository_version"]
+            if _version_number(served_version) >= _version_number(version):
+                log.warning(
+                    "pulp: mirror %s already serves version %s: not switching back to %s",
+                    name,
+                    _version_number(served_version),
+                    _version_number(version),
+                )
+                return
+        PulpAptDistributionContext(ctx, pulp_href=found["pulp_href"]).update(
+            body={"publication": publication}
+        )
+
+
+def _version_number(version_href: str) -> int:
+    """``.../versions/7/`` -> 7."""
+    return int(version_href.rstrip("/").rsplit("/", 1)[1])

@@ -45,7 +45,7 @@ from buildfarm.backends.pulp.layout import (
     place_of,
     version_number,
 )
-from buildfarm.backends.pulp.mirrors import PulpMirrors
+from buildfarm.backends.pulp.mirrors import DEFAULT_RETAIN_VERSIONS, PulpMirrors
 from buildfarm.model.errors import NotFoundError, PermanentError, ServiceUnavailableError
 from buildfarm.model.mirrors import check_mirrors
 from buildfarm.model.settings import MirrorConfig
@@ -75,6 +75,7 @@ class PulpRepository(PulpClient):
         http_timeout_seconds: float = DEFAULT_HTTP_TIMEOUT_SECONDS,
         suite: str = DEFAULT_SUITE,
         mirrors: list[MirrorConfig] | None = None,
+        mirror_retain_versions: int = DEFAULT_RETAIN_VERSIONS,
         orphan_protection_minutes: int | None = None,
     ) -> None:
         super().__init__(
@@ -91,7 +92,9 @@ class PulpRepository(PulpClient):
         self.uploads = 0
         """Packages sent to Pulp by this instance (the rest were added by reference)."""
         self.reused = 0
-        self.mirrors = PulpMirrors(self, self.content_origin, check_mirrors(list(mirrors or [])))
+        self.mirrors = PulpMirrors(
+            self, self.content_origin, check_mirrors(list(mirrors or [])), mirror_retain_versions
+        )
         self.orphan_protection_minutes = orphan_protection_minutes
         """Orphans younger than this survive ``collect_garbage`` (None: Pulp's ORPHAN_PROTECTION_TIME)."""
 
