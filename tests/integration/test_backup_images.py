@@ -15,6 +15,7 @@ index of two platforms), nightly 4 (``app``: never backed up).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gzip
 import hashlib
@@ -33,11 +34,12 @@ from typer.testing import CliRunner
 from buildfarm.engine import control
 from buildfarm.engine.backup import restore_backup, run_backup, verify_backup
 from buildfarm.engine.context import FarmContext
-from buildfarm.model.errors import PermanentError
+from buildfarm.model.errors import PermanentError, ServiceUnavailableError
 from buildfarm.model.images import image_destination, image_prefix, registry_host, split_reference
 from buildfarm.state.models import IMAGE_OUTPUT_PREFIX, Build, Step, StepKind, StepOutput
 
 from farmkit import make_test_context
+from helpers import free_port
 from registrykit import Registry, running_registry
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -394,6 +396,14 @@ def test_restore_into_an_empty_registry(old_farm: OldFarm, tmp_path: Path) -> No
         )
         old_host, new_host = registry_host(old_farm.registry.url), registry_host(registry.url)
         assert old_host != new_host
+        # A registry that does not answer stops the restore before any record goes in: run it again.
+        down = f"http://127.0.0.1:{free_port()}"
+        unreachable = dataclasses.replace(
+            new, settings=new.settings.model_copy(update={"registry_url": down})
+        )
+        with pytest.raises(ServiceUnavailableError, match="unreachable"):
+            restore_backup(unreachable)
+        assert control.page_builds(new, None, None, None, 10).items == []
 
         restored = restore_backup(new)
 

@@ -5,8 +5,8 @@ is put back; its config and layers are blobs named by their digests.  Supported:
 image manifests (OCI and Docker schema 2, :data:`MANIFEST_TYPES`) and multi-platform indexes of
 them (OCI index and Docker manifest list, :data:`INDEX_TYPES`); an index whose entries are
 indexes, Docker schema 1 and anything else is refused with one line saying so.  Uploads are
-monolithic (one POST, one PUT per blob): the registries the farm runs (distribution) accept them
-and the images of a build farm are small enough.
+monolithic (one POST, one streamed PUT per blob): the registries the farm runs (distribution)
+accept them.
 """
 
 from __future__ import annotations
@@ -129,10 +129,10 @@ class RegistryCopier(RegistryClient):
         # The location carries the upload's state in its query: the digest is added to it.
         target = httpx.URL(location).copy_merge_params({"digest": digest})
         try:
-            with path.open("rb") as handle:
+            with path.open("rb") as handle:  # streamed: a layer can be larger than memory allows
                 response = httpx.put(
                     target,
-                    content=handle.read(),
+                    content=handle,
                     headers={"Content-Type": "application/octet-stream"},
                     timeout=self.timeout,
                 )
