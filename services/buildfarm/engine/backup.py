@@ -2,8 +2,10 @@
 
 ``run_backup`` copies to the backup target (:mod:`buildfarm.engine.backuptarget`) what a
 release build is made of: its packages and other outputs, the source tarballs its steps built
-from, its step logs, its images (manifest, config and every layer, as they are in the registry)
-and a catalogue of its records plus the farm's accounts (:mod:`buildfarm.engine.backupcatalog`).
+from, its step logs, its images (manifest, config and every layer as they are in the registry;
+a multi-platform index with each platform's manifest; the media types are those of
+:mod:`buildfarm.backends.registrycopy`) and a catalogue of its records plus the farm's accounts
+(:mod:`buildfarm.engine.backupcatalog`).
 Every object is named by its sha256 in the target, so a run copies only what the target lacks:
 a second run with no new release copies nothing but one small ``manifest.json`` that lists every
 object of the backup with its size and sha256 (the catalogue's too).
