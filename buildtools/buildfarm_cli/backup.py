@@ -65,7 +65,8 @@ def backup_run(output: OutputOpt = None) -> None:
     _emit(
         report,
         fmt,
-        f"backup in {report.target}: {len(report.builds)} release builds, {report.objects} objects "
+        f"backup in {report.target}: {len(report.builds)} release builds ({report.images} images, "
+        f"{report.logs} logs), {report.objects} objects "
         f"({report.bytes} bytes); copied now {report.copied_objects} objects ({report.copied_bytes} bytes) "
         f"in {report.seconds:.1f} s",
     )
@@ -88,9 +89,18 @@ def backup_verify(output: OutputOpt = None) -> None:
         )
     else:
         for sha256 in report.corrupt:
-            err_console.print(f"corrupt: {sha256} (moved aside; the next `backup run` copies it again)")
+            err_console.print(
+                f"corrupt: {sha256} ({report.what.get(sha256, 'unknown object')}; moved aside, "
+                "the next `backup run` copies it again)",
+                markup=False,
+                soft_wrap=True,
+            )
         for sha256 in report.missing:
-            err_console.print(f"missing: {sha256}")
+            err_console.print(
+                f"missing: {sha256} ({report.what.get(sha256, 'unknown object')})",
+                markup=False,
+                soft_wrap=True,
+            )
     if not report.ok:
         raise typer.Exit(1)
 

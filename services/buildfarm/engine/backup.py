@@ -2,8 +2,10 @@
 
 ``run_backup`` copies to the backup target (:mod:`buildfarm.engine.backuptarget`) what a
 release build is made of: its packages and other outputs, the source tarballs its steps built
-from, its step logs, its images (manifest, config and every layer, as they are in the registry)
-and a catalogue of its records plus the farm's accounts (:mod:`buildfarm.engine.backupcatalog`).
+from, its step logs, its images (manifest, config and every layer as they are in the registry;
+a multi-platform index with each platform's manifest; the media types are those of
+:mod:`buildfarm.backends.registrycopy`) and a catalogue of its records plus the farm's accounts
+(:mod:`buildfarm.engine.backupcatalog`).
 Every object is named by its sha256 in the target, so a run copies only what the target lacks:
 a second run with no new release copies nothing but one small ``manifest.json`` that lists every
 object of the backup with its size and sha256 (the catalogue's too).
@@ -77,6 +79,7 @@ class VerifyReport:
     bytes: int
     corrupt: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    what: dict[str, str] = field(default_factory=dict)  # each corrupt or missing object, in words
 
     @property
     def ok(self) -> bool:
@@ -262,28 +265,70 @@ def _backup_images(
     copier: _Copier,
     report: Progress,
 ) -> list[dict[str, Any]]:
-    """Each image's manifest (its exact bytes) and blobs, fetched from the registry by digest."""
+    """Each image's manifest (its exact bytes), an index's platform manifests, and every blob,
+    fetched from the registry by digest.  An image of the previous backup whose manifests the
+    target holds is not asked for again; only its blobs are checked."""
     if not images:
         return []
     if not ctx.settings.registry_url:
         raise PermanentError("release builds have images but registry_url is not set: images not backed up")
     registry = RegistryCopier(ctx.settings.registry_url)
-    known = {(i["reference"], i["manifest"]): i for i in previous}
+    known = {(i.get("reference"), i.get("manifest")): i for i in previous}
     out: list[dict[str, Any]] = []
     for done, (reference, digest) in enumerate(sorted(images.items()), 1):
         _host, repository, _tag = split_reference(reference)
         entry = known.get((reference, digest))
-        if entry is None or not copier.has(digest):
-            body, media_type = registry.raw_manifest(repository, f"sha256:{digest}")
-            if copier.put_bytes(body) != digest:
-                raise PermanentError(f"registry: manifest of {reference} is not {digest}; not backed up")
-            blobs = [d.removeprefix("sha256:") for d in RegistryCopier.blob_digests(body)]
-            entry = {"reference": reference, "manifest": digest, "media_type": media_type, "blobs": blobs}
+        if entry is None or not _image_held(entry, copier):
+            try:
+                parts = registry.image_parts(repository, digest)
+            except PermanentError as exc:
+                raise PermanentError(f"release image {reference} not backed up: {exc}") from exc
+            for manifest in (parts.manifest, *parts.platforms):
+                copier.put_bytes(manifest.body)
+            entry = {
+                "reference": reference,
+                "manifest": digest,
+                "media_type": parts.manifest.media_type,
+                "platforms": [{"manifest": m.digest, "media_type": m.media_type} for m in parts.platforms],
+                "configs": parts.configs,
+                "blobs": parts.blobs,
+            }
         for blob in entry["blobs"]:
             copier.copy_from(functools.partial(registry.fetch_blob, repository, f"sha256:{blob}"), blob)
         out.append(entry)
         report("images", done, len(images))
     return out
+
+
+def _image_held(entry: dict[str, Any], copier: _Copier) -> bool:
+    """True if a previous backup's image entry is whole in this format and its manifests are held."""
+    if not {"media_type", "platforms", "configs", "blobs"} <= entry.keys():
+        return False
+    return all(copier.has(d) for d in (entry["manifest"], *(p["manifest"] for p in entry["platforms"])))
+
+
+def describe_objects(catalogue: dict[str, Any]) -> dict[str, str]:
+    """sha256 -> what the object is, in words (``layer of image <reference>``), for messages."""
+    tables: dict[str, list[dict[str, Any]]] = catalogue.get("tables", {})
+    what: dict[str, str] = {}
+    steps = {s["id"]: s for s in tables.get("steps", [])}
+    for output in tables.get("step_outputs", []):
+        step = steps.get(output["step_id"], {})
+        if not output["filename"].startswith(IMAGE_OUTPUT_PREFIX):
+            what[output["sha256"]] = f"{output['filename']} of build {step.get('build_id')}"
+    for step in steps.values():
+        what.setdefault(step["source_sha256"], f"source of step {step['name']} of build {step['build_id']}")
+    for key, sha256 in catalogue.get("logs", {}).items():
+        what.setdefault(sha256, f"log {key}")
+    for image in catalogue.get("images", []):
+        reference = image["reference"]
+        what[image["manifest"]] = f"manifest of image {reference}"
+        for platform in image.get("platforms", []):
+            what.setdefault(platform["manifest"], f"platform manifest of image {reference}")
+        configs = set(image.get("configs", []))
+        for blob in image["blobs"]:
+            what.setdefault(blob, f"{'config' if blob in configs else 'layer'} of image {reference}")
+    return what
 
 
 # -- verify ---------------------------------------------------------------------------------------
@@ -312,6 +357,15 @@ def verify_backup(ctx: FarmContext, *, progress: Progress | None = None) -> Veri
                 result.corrupt.append(sha256)
             path.unlink(missing_ok=True)
             report("verify", done, len(objects))
+        catalogue_sha = manifest["catalogue"]["sha256"]
+        bad = [*result.corrupt, *result.missing]
+        if bad and catalogue_sha not in bad:
+            # The catalogue was just read and checked: it says what each bad object is.
+            target.objects.fetch(catalogue_sha, path)
+            what = describe_objects(json.loads(path.read_bytes()))
+            result.what = {sha256: what.get(sha256, "unknown object") for sha256 in bad}
+        elif catalogue_sha in bad:
+            result.what = {catalogue_sha: "the catalogue of build records"}
     return result
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from buildfarm.backends.base import BuildRef, PackageFile
-from buildfarm.backends.registrycopy import RegistryCopier
+from buildfarm.backends.registrycopy import RawManifest, RegistryCopier
 from buildfarm.engine.advance import PACKAGE_SUFFIXES
 from buildfarm.engine.backup import Progress, RestoreReport, _read_manifest
 from buildfarm.engine.backupcatalog import farm_has_builds, import_catalogue
@@ -105,6 +105,8 @@ def _restore_log(ctx: FarmContext, target: BackupTarget, key: str, sha256: str, 
 def _restore_images(
     ctx: FarmContext, target: BackupTarget, catalogue: dict[str, Any], scratch: Path, progress: Progress
 ) -> None:
+    """Push every image back: its blobs, an index's platform manifests (by digest), then the
+    manifest under its tag, each with the bytes (so the digest) it had."""
     images: list[dict[str, Any]] = catalogue["images"]
     if not images:
         return
@@ -114,23 +116,34 @@ def _restore_images(
     host = registry_host(ctx.settings.registry_url)
     renamed: dict[str, str] = {}
     for done, image in enumerate(images, 1):
-        old_host, repository, tag = split_reference(image["reference"])
+        old_host, repository, ref = split_reference(image["reference"])
         for blob in image["blobs"]:
-            path = scratch / blob
             if not registry.has_blob(repository, f"sha256:{blob}"):
+                path = scratch / blob
                 target.objects.fetch(blob, path)
                 registry.push_blob(repository, f"sha256:{blob}", path)
                 path.unlink()
-        manifest = scratch / image["manifest"]
-        target.objects.fetch(image["manifest"], manifest)
-        registry.put_manifest(repository, tag, manifest.read_bytes(), image["media_type"])
+        for platform in image.get("platforms", []):
+            manifest = _manifest(target, platform, scratch)
+            registry.put_manifest(repository, f"sha256:{manifest.digest}", manifest)
+        registry.put_manifest(repository, ref, _manifest(target, image, scratch))
         if old_host != host:
-            renamed[image["reference"]] = f"{host}/{repository}:{tag}"
+            renamed[image["reference"]] = f"{host}/{image['reference'].partition('/')[2]}"
         progress("images", done, len(images))
     for output in catalogue["tables"]["step_outputs"]:
         reference = output["filename"].removeprefix(IMAGE_OUTPUT_PREFIX)
         if output["filename"].startswith(IMAGE_OUTPUT_PREFIX) and reference in renamed:
             output["filename"] = IMAGE_OUTPUT_PREFIX + renamed[reference]
+
+
+def _manifest(target: BackupTarget, entry: dict[str, Any], scratch: Path) -> RawManifest:
+    """The manifest ``entry`` names (``manifest``: its sha256, ``media_type``), read from the target."""
+    path = scratch / "image-manifest"
+    target.objects.fetch(entry["manifest"], path)  # checks its sha256
+    try:
+        return RawManifest(path.read_bytes(), entry["media_type"])
+    finally:
+        path.unlink()
 
 
 def _publish(
