@@ -86,6 +86,8 @@ def test_multi_node_uses_external_services_and_spreads(render: Any, helpers: dic
         ("worker.kind=StatefulSet", "at '/worker/kind'"),
         ("image.tag=latest", "at '/image/tag'"),
         ("minio.enabled=false", "s3.endpoint is required when minio.enabled is false"),
+        ("farm.schedules.backup=0 4 * * *", "farm.schedules.backup is set but farm.backup.target is empty"),
+        ("farm.backup.target=/backups", "target is a directory but farm.backup.existingClaim is empty"),
     ],
 )
 def test_bad_values_fail_with_a_clear_message(setting: str, message: str, helpers: dict[str, Any]) -> None:
