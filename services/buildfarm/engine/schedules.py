@@ -11,12 +11,21 @@ beat's schedule file:
   (one catch-up run, not one per missed slot);
 * a schedule's first tick starts nothing: it records the slot it found as a baseline, and
   the schedule first runs at its next slot (adding a schedule never back-fills the past);
-* a schedule whose manifest cannot be fetched, parsed or run by its user records that one
-  line on the slot's row (``buildfarm schedule list`` shows it) and the next slot tries
-  again; the other schedules of the tick are not affected.
+* a start that fails for a temporary reason (git or a service the farm needs is down: a
+  ``TemporaryError``) is tried again after ``schedule_retry_seconds``, doubled each time, at most
+  ``schedule_start_attempts`` times and never at or past the schedule's next slot (that slot
+  then simply runs); a permanent error (a manifest that cannot be read, an unknown project, a
+  user without the role) is recorded once on the slot's row.  ``buildfarm schedule list``
+  shows either; the other schedules of the tick are not affected;
+* a claim left by a scheduler that died while starting it (neither build nor error after
+  ``schedule_start_timeout_seconds``) is taken over by the next attempt, by one conditional
+  UPDATE on the row's attempt number, so of two tickers exactly one wins.
 
-A slot is started at most once: a scheduler killed between the claim and the submit leaves a
-claimed row without build, and that slot is not run (the next one is).
+Each slot gets at most one build, however its attempts end: the build carries its run's id
+under a unique constraint.  A new attempt first looks for a build an earlier one submitted
+(it died before recording it) and records that instead of submitting again; an attempt
+overtaken while slow finds its insert refused; and only the newest attempt of a run may record
+its outcome.
 
 Cron expressions are Celery's (``celery.schedules.crontab``, 5 fields, UTC): a day must match
 both the day-of-month and the day-of-week fields, as in Celery beat (classic cron takes either
