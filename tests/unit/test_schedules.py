@@ -530,7 +530,8 @@ def test_a_claim_left_by_a_dead_scheduler_is_taken_over_once(
     assert sorted(len(ids) for ids in results.values()) == [0, 1]
     [build] = _builds(first)
     [run] = _runs(first, "nightly")[1:]
-    assert (run.attempt, run.build_id, run.error, build.schedule_run_id) == (2, build.id, None, run.id)
+    assert (run.attempt, run.build_id, run.error) == (2, build.id, None)
+    assert build.schedule_slot == "nightly@2025-03-03T02:00:00+00:00"
     assert _run_clock(first, at("2025-03-03 02:11"), at("2025-03-03 02:40")) == {}
     assert len(_builds(first)) == 1
     first.db.dispose()
@@ -564,7 +565,7 @@ def test_killed_after_the_submit_the_build_is_found_not_submitted_again(
     assert (view.last_build, view.last_state, view.last_error) == (build.id, "running", None)
     # an attempt that was only slow, and submits after being overtaken, is refused a second build
     with pytest.raises(IntegrityError):
-        schedules.start_schedule(ctx, ctx.settings.schedules[0], run.id)
+        schedules.start_schedule(ctx, ctx.settings.schedules[0], run.slot)
     assert len(_builds(ctx)) == 1
 
 

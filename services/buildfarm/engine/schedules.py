@@ -21,11 +21,11 @@ beat's schedule file:
   ``schedule_start_timeout_seconds``) is taken over by the next attempt, by one conditional
   UPDATE on the row's attempt number, so of two tickers exactly one wins.
 
-Each slot gets at most one build, however its attempts end: the build carries its run's id
-under a unique constraint.  A new attempt first looks for a build an earlier one submitted
-(it died before recording it) and records that instead of submitting again; an attempt
-overtaken while slow finds its insert refused; and only the newest attempt of a run may record
-its outcome.
+Each slot gets at most one build, however its attempts end: the build carries its schedule
+and slot (``<schedule>@<slot>``) under a unique constraint.  A new attempt first looks for a
+build an earlier one submitted (it died before recording it) and records that instead of
+submitting again; an attempt overtaken while slow finds its insert refused; and only the newest
+attempt of a run may record its outcome.
 
 Cron expressions are Celery's (``celery.schedules.crontab``, 5 fields, UTC): a day must match
 both the day-of-month and the day-of-week fields, as in Celery beat (classic cron takes either
@@ -299,7 +299,7 @@ def _start_run(
     limit = ctx.settings.schedule_start_attempts
     where = f"schedule {schedule.name}: slot {attempt.slot.isoformat()}"
     if attempt.number > 1:
-        found = _build_of(ctx, attempt.run_id)
+        found = _build_of(ctx, schedule.name, attempt.slot)
         if found is not None:  # the attempt that submitted it stopped before recording it
             _record(ctx, attempt, build_id=found)
             log.warning("%s: build %s, submitted by an earlier attempt, recorded", where, found)
@@ -309,7 +309,7 @@ def _start_run(
             _record(ctx, attempt, error=stopped)
             return None
     try:
-        build_id = _submit_once(ctx, schedule, attempt.run_id)
+        build_id = _submit_once(ctx, schedule, attempt.slot)
     except TemporaryError as exc:
         message = _one_line(exc)
         pause = max(exc.retry_after, ctx.settings.schedule_retry_seconds * 2 ** (attempt.number - 1))
@@ -335,21 +335,26 @@ def _start_run(
     return build_id
 
 
-def _submit_once(ctx: FarmContext, schedule: ScheduleConfig, run_id: int) -> int:
-    """Submit the run's build; if another attempt of the run (one overtaken while slow) submitted
-    it meanwhile, the database refuses a second and that one is the run's build."""
+def _submit_once(ctx: FarmContext, schedule: ScheduleConfig, slot: dt.datetime) -> int:
+    """Submit the slot's build; if another attempt of the slot (one overtaken while slow)
+    submitted it meanwhile, the database refuses a second and that one is the slot's build."""
     try:
-        return start_schedule(ctx, schedule, run_id)
+        return start_schedule(ctx, schedule, slot)
     except IntegrityError:
-        found = _build_of(ctx, run_id)
+        found = _build_of(ctx, schedule.name, slot)
         if found is None:
             raise
         return found
 
 
-def _build_of(ctx: FarmContext, run_id: int) -> int | None:
+def _slot_key(name: str, slot: dt.datetime) -> str:
+    """``Build.schedule_slot`` of the build of schedule ``name`` at ``slot``."""
+    return f"{name}@{_iso(slot)}"
+
+
+def _build_of(ctx: FarmContext, name: str, slot: dt.datetime) -> int | None:
     with ctx.db.session() as session:
-        return session.scalar(select(Build.id).where(Build.schedule_run_id == run_id))
+        return session.scalar(select(Build.id).where(Build.schedule_slot == _slot_key(name, slot)))
 
 
 def _record(
@@ -380,10 +385,10 @@ def _one_line(exc: BuildfarmError) -> str:
 # -- starting one scheduled build ----------------------------------------------------------
 
 
-def start_schedule(ctx: FarmContext, schedule: ScheduleConfig, run_id: int | None = None) -> int:
+def start_schedule(ctx: FarmContext, schedule: ScheduleConfig, slot: dt.datetime | None = None) -> int:
     """Fetch the schedule's manifest, check its user may build there, submit; the build id.
 
-    The build is tied to ``run_id``, the schedule run starting it: one run never has two builds.
+    The build is tied to ``slot``, the one it starts: a slot never has two builds.
     """
     principal = accounts.principal_for(ctx, schedule.user)
     with scheduled_manifest(ctx, schedule) as (manifest, root):
@@ -391,7 +396,8 @@ def start_schedule(ctx: FarmContext, schedule: ScheduleConfig, run_id: int | Non
             raise NotFoundError(f"project {manifest.project!r} does not exist (an admin adds it)")
         needed = Role.MAINTAINER if manifest.kind == BuildKind.RELEASE else Role.BUILDER
         principal.require(manifest.project, needed, f"run scheduled {manifest.kind.value} builds")
-        return submit_build(ctx, manifest, root, schedule.user, schedule_run_id=run_id)
+        key = _slot_key(schedule.name, slot) if slot is not None else None
+        return submit_build(ctx, manifest, root, schedule.user, schedule_slot=key)
 
 
 @contextmanager

@@ -105,9 +105,10 @@ class Build(Base):
     staging_source: Mapped[str | None] = mapped_column(Text, default=None)  # apt line builders use
     published_url: Mapped[str | None] = mapped_column(Text, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
-    # The schedule run that submitted it (0006): unique, so however many attempts start one
-    # run (a scheduler killed mid-start, a slow one overtaken), the run has at most one build.
-    schedule_run_id: Mapped[int | None] = mapped_column(Integer, default=None, unique=True, index=True)
+    # "<schedule>@<slot, ISO 8601 UTC>" of a scheduled build (0006): unique, so however many
+    # attempts start one slot (a scheduler killed mid-start, a slow one overtaken), the slot has
+    # at most one build.  A natural key, not a schedule_runs id: it stays true in a restored farm.
+    schedule_slot: Mapped[str | None] = mapped_column(String(150), default=None, unique=True, index=True)
 
     steps: Mapped[list[Step]] = relationship(back_populates="build", order_by="Step.id")
 
@@ -236,7 +237,7 @@ class ScheduleRun(Base):
     The unique (schedule, slot) pair is the claim: of any number of schedulers or redelivered
     ticks, exactly one inserts the row, and only that one starts the build.  ``build_id`` is a
     plain number, not a foreign key: retention may expire the build and the run stays listed
-    (the build points back with ``Build.schedule_run_id``, which makes a start idempotent).
+    (the build names its slot in ``Build.schedule_slot``, which makes a start idempotent).
 
     Its state follows from its columns (a baseline, a schedule's first tick, starts nothing):
 
