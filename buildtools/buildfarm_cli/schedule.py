@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from buildfarm.engine.schedules import ScheduleView
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console, styled
 
@@ -36,9 +37,6 @@ def schedule_list(output: OutputOpt = None) -> None:
         table.add_column(column)
     table.add_column("state / error", overflow="fold")
     for view in views:
-        outcome = styled(view.last_state) if view.last_state else ""
-        if view.last_error:
-            outcome = f"[red]{escape(view.last_error)}[/]"
         table.add_row(
             *map(
                 escape,
@@ -53,6 +51,21 @@ def schedule_list(output: OutputOpt = None) -> None:
                     "" if view.last_build is None else str(view.last_build),
                 ),
             ),
-            outcome,
+            _outcome(view),
         )
     console.print(table)
+
+
+def _outcome(view: ScheduleView) -> str:
+    """started: the build's state; else starting / retrying (attempt k of n, next at ...) / failed."""
+    error = escape(view.last_error or "")
+    attempt = f"attempt {view.last_attempt} of {view.max_attempts}"
+    if view.last_state == "retrying":
+        return f"[yellow]retrying ({attempt} failed, next at {_when(view.retry_at)})[/]: {error}"
+    if view.last_state == "failed" or (view.last_error and view.last_state is None):
+        after = f" after {view.last_attempt} attempts" if (view.last_attempt or 0) > 1 else ""
+        return f"[red]failed{after}: {error}[/]"
+    if view.last_state == "starting" and (view.last_attempt or 0) > 1:
+        return f"starting ({attempt})"
+    outcome = styled(view.last_state) if view.last_state else ""
+    return f"{outcome} [red]{error}[/]" if error else outcome

@@ -34,12 +34,26 @@ def _sets(builds: list[dict[str, str]]) -> list[str]:
 def test_schedules_reach_the_settings(
     render: Any, helpers: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    docs = render("default", "farm.schedules.nightly=30 1 * * *", *_sets(BUILDS))
+    docs = render(
+        "default", "farm.schedules.nightly=30 1 * * *", "farm.schedules.startAttempts=3", *_sets(BUILDS)
+    )
     config = helpers["find"](docs, "ConfigMap", "farm")["data"]
     assert json.loads(config["BUILDFARM_SCHEDULES"]) == BUILDS
-    monkeypatch.setenv("BUILDFARM_SCHEDULES", config["BUILDFARM_SCHEDULES"])
-    monkeypatch.setenv("BUILDFARM_NIGHTLY_SCHEDULE", config["BUILDFARM_NIGHTLY_SCHEDULE"])
+    for name in (
+        "SCHEDULES",
+        "NIGHTLY_SCHEDULE",
+        "SCHEDULE_START_TIMEOUT_SECONDS",
+        "SCHEDULE_START_ATTEMPTS",
+        "SCHEDULE_RETRY_SECONDS",
+    ):
+        monkeypatch.setenv(f"BUILDFARM_{name}", config[f"BUILDFARM_{name}"])
     settings = load_settings(state_dir=tmp_path)
+    retries = (
+        settings.schedule_start_timeout_seconds,
+        settings.schedule_start_attempts,
+        settings.schedule_retry_seconds,
+    )
+    assert retries == (600, 3, 60)
     assert [(s.name, s.cron or settings.nightly_schedule) for s in settings.schedules] == [
         ("main-nightly", "0 2 * * *"),
         ("stored", "30 1 * * *"),

@@ -11,6 +11,7 @@ import datetime as dt
 import itertools
 import json
 import re
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -21,17 +22,21 @@ import pytest
 from celery.schedules import crontab
 from sqlalchemy import create_engine, delete, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from typer.testing import CliRunner
 
 from buildfarm.dispatch.celery_app import make_celery
-from buildfarm.engine import accounts, control
+from buildfarm.engine import accounts, control, schedules
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.schedules import list_schedules, next_run, parse_cron, tick
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.settings import load_settings
 from buildfarm.state.models import Build, ScheduleRun
+from buildfarm_cli import output
+from buildfarm_cli.main import app as cli
 
 from debpkgs import make_package, write_manifest
-from farmkit import drain, make_test_context
+from farmkit import dispatcher, drain, make_test_context
 from helpers import free_port, wait_until
 
 UTC = dt.UTC
@@ -343,8 +348,10 @@ def test_failures_are_recorded_and_do_not_stop_other_schedules(
     assert all(
         views[n].last_build is None and views[n].next_run == "2025-03-04T02:00:00+00:00" for n in errors
     )
-    # a failed slot is not retried; the next slot tries again
-    assert tick(ctx, at("2025-03-03 02:05")) == []
+    # a permanent error is not retried (not even with attempts left); the next slot tries again
+    assert _run_clock(ctx, at("2025-03-03 02:01"), at("2025-03-03 04:00")) == {}
+    assert all(views[n].last_state == "failed" and views[n].last_attempt == 1 for n in errors)
+    assert all(r.attempt == 1 and r.retry_at is None for n in errors for r in _runs(ctx, n)[1:])
 
 
 def test_stored_manifest_builds_to_the_end(tmp_path: Path, sqlite_url: str) -> None:
@@ -374,12 +381,9 @@ def test_schedule_list_locally_and_through_the_api(
     tmp_path: Path, redis_flush: str, git_tree: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import uvicorn
-    from typer.testing import CliRunner
 
     from buildfarm.api.app import create_app
-    from buildfarm_cli import output
     from buildfarm_cli.httpclient import HttpClient
-    from buildfarm_cli.main import app as cli
 
     configured = [
         _schedule("nightly", "0 2 * * *", git_tree),
@@ -426,3 +430,226 @@ def test_schedule_list_locally_and_through_the_api(
     assert remote[0].last_build == build_id and remote[0].last_slot == local["nightly"]["last_slot"]
     api_ctx.db.dispose()
     ctx.db.dispose()
+
+
+# -- recovery: a scheduler killed mid-start, temporary failures retried -----------------------
+
+
+class Killed(BaseException):
+    """The scheduler process dies here (not an Exception: nothing in the farm catches it)."""
+
+
+def _killed(*_args: object, **_kwargs: object) -> None:
+    raise Killed
+
+
+class GitServer:
+    """``git daemon`` serving the directory of ``tree`` (a file:// URL): stop it for an outage."""
+
+    def __init__(self, tree: str) -> None:
+        self.path = Path(tree.removeprefix("file://"))
+        self.port = free_port()
+        self.url = f"git://127.0.0.1:{self.port}/{self.path.name}"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            [
+                "git",
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--listen=127.0.0.1",
+                f"--port={self.port}",
+                f"--base-path={self.path.parent}",
+                str(self.path.parent),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._answers, 30, "git daemon to listen")
+
+    def _answers(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+            return True
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=30)
+            self._process = None
+
+
+@pytest.fixture
+def git_server(git_tree: str) -> Iterator[GitServer]:
+    server = GitServer(git_tree)  # down until a test starts it
+    yield server
+    server.stop()
+
+
+def _builds(ctx: FarmContext) -> list[Build]:
+    with ctx.db.session() as session:
+        return list(session.scalars(select(Build).order_by(Build.id)))
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_claim_left_by_a_dead_scheduler_is_taken_over_once(
+    tmp_path: Path,
+    database: str,
+    request: pytest.FixtureRequest,
+    git_tree: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = request.getfixturevalue("sqlite_url" if database == "sqlite" else "pg_url")
+    first = _farm(tmp_path / "a", url, [_schedule("nightly", "0 2 * * *", git_tree)])
+    second = make_test_context(tmp_path / "b", url, schedules=[_schedule("nightly", "0 2 * * *", git_tree)])
+    assert first.settings.schedule_start_timeout_seconds == 600  # the default: 10 minutes
+    tick(first, at("2025-03-03 01:00"))
+    # killed between the claim and the submit: the claimed row stays behind, without build
+    monkeypatch.setattr(schedules, "start_schedule", _killed)
+    with pytest.raises(Killed):
+        tick(first, at("2025-03-03 02:00"))
+    monkeypatch.undo()
+    assert [(r.attempt, r.build_id, r.error) for r in _runs(first, "nightly")[1:]] == [(1, None, None)]
+    # younger than the timeout it may still be starting: nobody takes it over
+    assert _run_clock(second, at("2025-03-03 02:01"), at("2025-03-03 02:09")) == {}
+    [view] = list_schedules(first, at("2025-03-03 02:09"))
+    assert (view.last_state, view.last_attempt) == ("starting", 1)
+    barrier = threading.Barrier(2)
+    results: dict[str, list[int]] = {}
+
+    def scheduler(name: str, ctx: FarmContext) -> None:
+        barrier.wait()
+        results[name] = tick(ctx, at("2025-03-03 02:10:01"))
+
+    threads = [threading.Thread(target=scheduler, args=(n, c)) for n, c in (("a", first), ("b", second))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(len(ids) for ids in results.values()) == [0, 1]
+    [build] = _builds(first)
+    [run] = _runs(first, "nightly")[1:]
+    assert (run.attempt, run.build_id, run.error) == (2, build.id, None)
+    assert build.schedule_slot == "nightly@2025-03-03T02:00:00+00:00"
+    assert _run_clock(first, at("2025-03-03 02:11"), at("2025-03-03 02:40")) == {}
+    assert len(_builds(first)) == 1
+    first.db.dispose()
+    second.db.dispose()
+
+
+def test_killed_after_the_submit_the_build_is_found_not_submitted_again(
+    tmp_path: Path, sqlite_url: str, git_tree: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = _farm(tmp_path, sqlite_url, [_schedule("nightly", "0 2 * * *", git_tree)])
+    tick(ctx, at("2025-03-03 01:00"))
+    recorded = schedules._record
+
+    def killed_before_recording_a_build(*args: Any, **kwargs: Any) -> None:
+        if kwargs.get("build_id") is not None:
+            raise Killed
+        recorded(*args, **kwargs)
+
+    monkeypatch.setattr(schedules, "_record", killed_before_recording_a_build)
+    with pytest.raises(Killed):
+        tick(ctx, at("2025-03-03 02:00"))
+    monkeypatch.undo()
+    [build] = _builds(ctx)
+    assert _runs(ctx, "nightly")[-1].build_id is None
+    assert _run_clock(ctx, at("2025-03-03 02:01"), at("2025-03-03 02:30")) == {}  # none started
+    assert [b.id for b in _builds(ctx)] == [build.id]
+    [run] = _runs(ctx, "nightly")[1:]
+    assert (run.attempt, run.build_id) == (2, build.id)  # the second attempt found and recorded it
+    assert dispatcher(ctx).advances == [build.id]
+    [view] = list_schedules(ctx, at("2025-03-03 02:30"))
+    assert (view.last_build, view.last_state, view.last_error) == (build.id, "running", None)
+    # an attempt that was only slow, and submits after being overtaken, is refused a second build
+    with pytest.raises(IntegrityError):
+        schedules.start_schedule(ctx, ctx.settings.schedules[0], run.slot)
+    assert len(_builds(ctx)) == 1
+
+
+def test_the_last_attempt_killed_is_not_retried(
+    tmp_path: Path, sqlite_url: str, git_tree: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = make_test_context(
+        tmp_path,
+        sqlite_url,
+        schedules=[_schedule("nightly", "0 2 * * *", git_tree)],
+        schedule_start_attempts=1,
+    )
+    tick(ctx, at("2025-03-03 01:00"))
+    monkeypatch.setattr(schedules, "start_schedule", _killed)
+    with pytest.raises(Killed):
+        tick(ctx, at("2025-03-03 02:00"))
+    assert _run_clock(ctx, at("2025-03-03 02:01"), at("2025-03-03 02:30")) == {}  # no Killed: not run
+    [run] = _runs(ctx, "nightly")[1:]
+    assert run.error == "not started: the scheduler stopped during attempt 1 of 1" and run.retry_at is None
+    assert [v.last_state for v in list_schedules(ctx, at("2025-03-03 02:30"))] == ["failed"]
+
+
+def test_a_git_outage_is_retried_with_backoff_and_the_slot_starts_once(
+    tmp_path: Path, sqlite_url: str, git_server: GitServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configured = [_schedule("nightly", "0 2 * * *", git_server.url)]
+    ctx = _farm(tmp_path, sqlite_url, configured)
+    tick(ctx, at("2025-03-03 01:00"))
+    assert tick(ctx, at("2025-03-03 02:00")) == []  # git is down
+    [view] = list_schedules(ctx, at("2025-03-03 02:00:30"))
+    assert (view.last_state, view.last_attempt, view.max_attempts) == ("retrying", 1, 5)
+    assert view.retry_at == "2025-03-03T02:01:00+00:00"  # schedule_retry_seconds: 60
+    assert "schedule nightly: git fetch failed" in (view.last_error or "")
+    assert tick(ctx, at("2025-03-03 02:00:30")) == []  # not due yet
+    assert tick(ctx, at("2025-03-03 02:01")) == []  # still down: the pause doubles
+    [view] = list_schedules(ctx, at("2025-03-03 02:01:30"))
+    assert (view.last_state, view.last_attempt, view.retry_at) == ("retrying", 2, "2025-03-03T02:03:00+00:00")
+
+    state_dir = ctx.settings.state_dir
+    monkeypatch.setenv("BUILDFARM_STATE_DIR", str(state_dir))
+    monkeypatch.setenv("BUILDFARM_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("BUILDFARM_SCHEDULES", json.dumps(configured))
+    monkeypatch.setattr(output.console, "_width", 250)
+    shown = CliRunner().invoke(cli, ["schedule", "list"], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    assert "retrying (attempt 2 of 5 failed, next at 2025-03-03 02:03)" in " ".join(shown.stdout.split())
+
+    git_server.start()
+    started = _run_clock(ctx, at("2025-03-03 02:02"), at("2025-03-03 03:00"))
+    assert list(started) == [at("2025-03-03 02:03")]
+    [build] = _builds(ctx)
+    assert started[at("2025-03-03 02:03")] == [build.id]
+    [view] = list_schedules(ctx, at("2025-03-03 03:00"))
+    assert (view.last_build, view.last_state, view.last_attempt, view.last_error) == (
+        build.id,
+        "running",
+        3,
+        None,
+    )
+
+
+def test_retries_stop_at_the_next_slot(tmp_path: Path, sqlite_url: str, git_server: GitServer) -> None:
+    ctx = make_test_context(
+        tmp_path,
+        sqlite_url,
+        schedules=[_schedule("hourly", "0 * * * *", git_server.url)],
+        schedule_start_attempts=10,
+        schedule_retry_seconds=600,
+    )
+    accounts.add_project(ctx, "proj")
+    accounts.add_user(ctx, "night", service=True)
+    accounts.grant(ctx, "night", "proj", "builder")
+    tick(ctx, at("2025-03-03 01:30"))
+    assert _run_clock(ctx, at("2025-03-03 02:00"), at("2025-03-03 02:59")) == {}
+    # tried at 02:00, 02:10 and 02:30; the next pause (40 min) would reach 03:00, the next slot
+    [run] = _runs(ctx, "hourly")[1:]
+    assert (run.slot, run.attempt, run.retry_at) == (at("2025-03-03 02:00"), 3, None)
+    assert "git fetch failed" in (run.error or "")
+    [view] = list_schedules(ctx, at("2025-03-03 02:59"))
+    assert (view.last_state, view.last_attempt) == ("failed", 3)
+    git_server.start()
+    started = _run_clock(ctx, at("2025-03-03 03:00"), at("2025-03-03 03:05"))
+    assert list(started) == [at("2025-03-03 03:00")]  # the next slot simply runs
+    assert [(r.slot, r.attempt, r.build_id is not None) for r in _runs(ctx, "hourly")[1:]] == [
+        (at("2025-03-03 02:00"), 3, False),
+        (at("2025-03-03 03:00"), 1, True),
+    ]

@@ -28,8 +28,13 @@ class ScheduleOut(BaseModel):
     next_run: str | None  # ISO 8601, UTC
     last_slot: str | None
     last_build: int | None
-    last_state: str | None  # the build's state, "starting", or "expired" once retention removed it
+    # the build's state ("expired" once retention removed it), or without build: "starting",
+    # "retrying" (attempt last_attempt of max_attempts failed; the next is at retry_at), "failed"
+    last_state: str | None
     last_error: str | None
+    last_attempt: int | None
+    max_attempts: int | None
+    retry_at: str | None  # ISO 8601, UTC
 
 
 def schedule_router(prefix: str, farm: FarmContext, auth: Callable[..., Principal]) -> APIRouter:

@@ -18,6 +18,21 @@ from buildfarm.model.manifest import ImageSource, Manifest, PackageSource, check
 
 GIT_TIMEOUT_SECONDS = 300
 """A clone slower than 5 minutes is stuck (or enormous); fail it rather than hang a submit."""
+GIT_NETWORK_FAILURES = (
+    "unable to connect",  # git://
+    "could not resolve host",  # http(s), ssh
+    "failed to connect",
+    "couldn't connect",
+    "connection refused",
+    "connection reset",
+    "connection timed out",
+    "operation timed out",
+    "temporary failure in name resolution",
+    "the remote end hung up unexpectedly",
+    "returned error: 5",  # an HTTP 5xx of the git server
+)
+"""git's words for a server it could not reach or that failed mid-way: temporary (a nightly
+schedule tries again), unlike a missing repository or ref."""
 
 
 def _git(args: list[str], cwd: Path, what: str) -> None:
@@ -37,7 +52,10 @@ def _git(args: list[str], cwd: Path, what: str) -> None:
         raise TemporaryError(f"{what}: git {args[0]} took over {GIT_TIMEOUT_SECONDS} s") from exc
     except subprocess.CalledProcessError as exc:
         last = (exc.stderr or "").strip().splitlines()[-1:] or ["(no message)"]
-        raise ManifestError(f"{what}: git {args[0]} failed: {last[0]}") from exc
+        message = f"{what}: git {args[0]} failed: {last[0]}"
+        if any(words in (exc.stderr or "").lower() for words in GIT_NETWORK_FAILURES):
+            raise TemporaryError(message) from exc
+        raise ManifestError(message) from exc
 
 
 def checkout(url: str, ref: str, clone: Path, what: str) -> None:

@@ -11,12 +11,21 @@ beat's schedule file:
   (one catch-up run, not one per missed slot);
 * a schedule's first tick starts nothing: it records the slot it found as a baseline, and
   the schedule first runs at its next slot (adding a schedule never back-fills the past);
-* a schedule whose manifest cannot be fetched, parsed or run by its user records that one
-  line on the slot's row (``buildfarm schedule list`` shows it) and the next slot tries
-  again; the other schedules of the tick are not affected.
+* a start that fails for a temporary reason (git or a service the farm needs is down: a
+  ``TemporaryError``) is tried again after ``schedule_retry_seconds``, doubled each time, at most
+  ``schedule_start_attempts`` times and never at or past the schedule's next slot (that slot
+  then simply runs); a permanent error (a manifest that cannot be read, an unknown project, a
+  user without the role) is recorded once on the slot's row.  ``buildfarm schedule list``
+  shows either; the other schedules of the tick are not affected;
+* a claim left by a scheduler that died while starting it (neither build nor error after
+  ``schedule_start_timeout_seconds``) is taken over by the next attempt, by one conditional
+  UPDATE on the row's attempt number, so of two tickers exactly one wins.
 
-A slot is started at most once: a scheduler killed between the claim and the submit leaves a
-claimed row without build, and that slot is not run (the next one is).
+Each slot gets at most one build, however its attempts end: the build carries its schedule
+and slot (``<schedule>@<slot>``) under a unique constraint.  A new attempt first looks for a
+build an earlier one submitted (it died before recording it) and records that instead of
+submitting again; an attempt overtaken while slow finds its insert refused; and only the newest
+attempt of a run may record its outcome.
 
 Cron expressions are Celery's (``celery.schedules.crontab``, 5 fields, UTC): a day must match
 both the day-of-month and the day-of-week fields, as in Celery beat (classic cron takes either
@@ -35,15 +44,22 @@ from tempfile import TemporaryDirectory
 from typing import Any
 
 from celery.schedules import crontab
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
 from buildfarm.engine import accounts
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.fetch import checkout
 from buildfarm.engine.submit import submit_build
 from buildfarm.model import names
-from buildfarm.model.errors import BuildfarmError, ManifestError, NotFoundError, PermanentError
+from buildfarm.model.errors import (
+    BuildfarmError,
+    ManifestError,
+    NotFoundError,
+    PermanentError,
+    TemporaryError,
+)
 from buildfarm.model.manifest import BuildKind, Manifest, load_manifest, parse_manifest
 from buildfarm.model.settings import ScheduleConfig, Settings
 from buildfarm.state.models import Build, Role, ScheduleRun
@@ -163,10 +179,17 @@ def tick(ctx: FarmContext, now: dt.datetime) -> list[int]:
     if not ctx.settings.schedules:
         return started
     with ctx.db.session() as session:  # one read a minute, whatever the number of schedules
-        rows = session.execute(
-            select(ScheduleRun.schedule, func.max(ScheduleRun.slot)).group_by(ScheduleRun.schedule)
+        newest = (
+            select(ScheduleRun.schedule, func.max(ScheduleRun.slot).label("slot"))
+            .group_by(ScheduleRun.schedule)
+            .subquery()
         )
-        latest: dict[str, dt.datetime] = {name: slot for name, slot in rows}
+        rows = session.scalars(
+            select(ScheduleRun).join(
+                newest, and_(ScheduleRun.schedule == newest.c.schedule, ScheduleRun.slot == newest.c.slot)
+            )
+        )
+        latest: dict[str, ScheduleRun] = {run.schedule: run for run in rows}
     for schedule in ctx.settings.schedules:
         try:
             build_id = _tick_one(ctx, schedule, now, latest.get(schedule.name))
@@ -179,33 +202,41 @@ def tick(ctx: FarmContext, now: dt.datetime) -> list[int]:
 
 
 def _tick_one(
-    ctx: FarmContext, schedule: ScheduleConfig, now: dt.datetime, latest: dt.datetime | None
+    ctx: FarmContext, schedule: ScheduleConfig, now: dt.datetime, latest: ScheduleRun | None
 ) -> int | None:
-    """Start this schedule's due slot, if ``latest`` (its newest recorded slot) is older."""
-    slot = schedule_cron(ctx.settings, schedule).last_at_or_before(now)
+    """Start this schedule's due slot if ``latest`` (its newest run) is older, or start
+    ``latest`` again if its retry is due or its scheduler died while starting it."""
+    cron = schedule_cron(ctx.settings, schedule)
+    slot = cron.last_at_or_before(now)
     if slot is None:
-        raise PermanentError(f"cron {schedule.cron or ctx.settings.nightly_schedule!r} has no slot")
+        raise PermanentError(f"cron {cron.expression!r} has no slot")
     if latest is None:
-        if _claim(ctx, schedule.name, slot, now, baseline=True):
+        if _claim(ctx, schedule.name, slot, now, baseline=True) is not None:
             log.info("schedule %s: first seen; it first runs at its next slot", schedule.name)
         return None
-    if slot <= latest or not _claim(ctx, schedule.name, slot, now, baseline=False):
-        return None
-    try:
-        build_id = start_schedule(ctx, schedule)
-    except BuildfarmError as exc:
-        message = " ".join(str(exc).split())[:MAX_ERROR_CHARS]
-        log.warning("schedule %s: slot %s not started: %s", schedule.name, slot.isoformat(), message)
-        _record(ctx, schedule.name, slot, error=message or type(exc).__name__)
-        return None
-    _record(ctx, schedule.name, slot, build_id=build_id)
-    log.info("schedule %s: slot %s started build %s", schedule.name, slot.isoformat(), build_id)
-    return build_id
+    if slot > latest.slot:
+        run_id = _claim(ctx, schedule.name, slot, now, baseline=False)
+        if run_id is None:
+            return None
+        return _start_run(ctx, schedule, cron, _Attempt(run_id, slot, 1), now)
+    if slot == latest.slot and _due_again(ctx.settings, latest, now) and _take_over(ctx, latest, now):
+        return _start_run(ctx, schedule, cron, _Attempt(latest.id, slot, latest.attempt + 1), now)
+    return None
 
 
-def _claim(ctx: FarmContext, name: str, slot: dt.datetime, now: dt.datetime, *, baseline: bool) -> bool:
-    """Insert (name, slot) unless it exists: True for the one caller that inserted it."""
+@dataclass(frozen=True)
+class _Attempt:
+    """One attempt to start a run: only the newest attempt of a run may record its outcome."""
+
+    run_id: int
+    slot: dt.datetime
+    number: int
+
+
+def _claim(ctx: FarmContext, name: str, slot: dt.datetime, now: dt.datetime, *, baseline: bool) -> int | None:
+    """Insert (name, slot) unless it exists: the run's id for the one caller that inserted it."""
     values = {"schedule": name, "slot": slot, "claimed_at": now, "baseline": baseline}
+    values["attempt"] = 0 if baseline else 1
     with ctx.db.session() as session:
         dialect = session.get_bind().dialect.name
         if dialect == "postgresql":
@@ -214,32 +245,159 @@ def _claim(ctx: FarmContext, name: str, slot: dt.datetime, now: dt.datetime, *, 
             statement = sqlite.insert(ScheduleRun).values(values).on_conflict_do_nothing()
         else:
             raise PermanentError(f"schedules need PostgreSQL or SQLite, not {dialect}")
-        return session.execute(statement.returning(ScheduleRun.id)).first() is not None
+        return session.execute(statement.returning(ScheduleRun.id)).scalar()
+
+
+def _due_again(settings: Settings, run: ScheduleRun, now: dt.datetime) -> bool:
+    """Whether ``run`` (its schedule's newest) is to be started again now: its retry is due, or
+    its claim is older than ``schedule_start_timeout_seconds`` with neither build nor error."""
+    if run.baseline or run.build_id is not None:
+        return False
+    if run.retry_at is not None:
+        return run.retry_at <= now
+    stale = now - dt.timedelta(seconds=settings.schedule_start_timeout_seconds)
+    return run.error is None and run.claimed_at <= stale
+
+
+def _take_over(ctx: FarmContext, run: ScheduleRun, now: dt.datetime) -> bool:
+    """Claim the next attempt of ``run``: True for the one ticker whose conditional UPDATE won
+    (the attempt it saw is still the run's, and the run still has no build)."""
+    stale = now - dt.timedelta(seconds=ctx.settings.schedule_start_timeout_seconds)
+    with ctx.db.session() as session:
+        taken = session.execute(
+            update(ScheduleRun)
+            .where(
+                ScheduleRun.id == run.id,
+                ScheduleRun.attempt == run.attempt,  # nobody took this attempt over first
+                ScheduleRun.baseline.is_(False),
+                ScheduleRun.build_id.is_(None),
+                or_(  # _due_again, on the row as it is now
+                    ScheduleRun.retry_at <= now,
+                    and_(
+                        ScheduleRun.retry_at.is_(None),
+                        ScheduleRun.error.is_(None),
+                        ScheduleRun.claimed_at <= stale,
+                    ),
+                ),
+            )
+            .values(attempt=run.attempt + 1, claimed_at=now, error=None, retry_at=None)
+        )
+        won: bool = taken.rowcount == 1  # type: ignore[attr-defined]
+    if won:
+        why = f"retry due {_iso(run.retry_at)}" if run.retry_at else "the last one stopped while starting"
+        log.warning(
+            "schedule %s: slot %s: attempt %d (%s)", run.schedule, run.slot.isoformat(), run.attempt + 1, why
+        )
+    return won
+
+
+def _start_run(
+    ctx: FarmContext, schedule: ScheduleConfig, cron: Cron, attempt: _Attempt, now: dt.datetime
+) -> int | None:
+    """Start the run's build (or find the one an earlier attempt submitted); record the outcome:
+    the build, a retry (temporary failure, attempts left, before the next slot), or the error."""
+    limit = ctx.settings.schedule_start_attempts
+    where = f"schedule {schedule.name}: slot {attempt.slot.isoformat()}"
+    if attempt.number > 1:
+        found = _build_of(ctx, schedule.name, attempt.slot)
+        if found is not None:  # the attempt that submitted it stopped before recording it
+            _record(ctx, attempt, build_id=found)
+            log.warning("%s: build %s, submitted by an earlier attempt, recorded", where, found)
+            return None
+        if attempt.number > limit:  # the last attempt allowed was interrupted
+            stopped = f"not started: the scheduler stopped during attempt {limit} of {limit}"
+            _record(ctx, attempt, error=stopped)
+            return None
+    try:
+        build_id = _submit_once(ctx, schedule, attempt.slot)
+    except TemporaryError as exc:
+        message = _one_line(exc)
+        pause = max(exc.retry_after, ctx.settings.schedule_retry_seconds * 2 ** (attempt.number - 1))
+        retry_at = now + dt.timedelta(seconds=pause)
+        upcoming = cron.next_after(attempt.slot)
+        if attempt.number < limit and (upcoming is None or retry_at < upcoming):
+            _record(ctx, attempt, error=message, retry_at=retry_at)
+            log.warning(
+                "%s: attempt %d of %d failed, next at %s: %s",
+                *(where, attempt.number, limit, retry_at.isoformat(), message),
+            )
+        else:
+            _record(ctx, attempt, error=message)
+            log.warning("%s: attempt %d of %d failed, not retried: %s", where, attempt.number, limit, message)
+        return None
+    except BuildfarmError as exc:  # permanent: the same start would fail the same way
+        message = _one_line(exc)
+        _record(ctx, attempt, error=message)
+        log.warning("%s: not started: %s", where, message)
+        return None
+    _record(ctx, attempt, build_id=build_id)
+    log.info("%s: started build %s", where, build_id)
+    return build_id
+
+
+def _submit_once(ctx: FarmContext, schedule: ScheduleConfig, slot: dt.datetime) -> int:
+    """Submit the slot's build; if another attempt of the slot (one overtaken while slow)
+    submitted it meanwhile, the database refuses a second and that one is the slot's build."""
+    try:
+        return start_schedule(ctx, schedule, slot)
+    except IntegrityError:
+        found = _build_of(ctx, schedule.name, slot)
+        if found is None:
+            raise
+        return found
+
+
+def _slot_key(name: str, slot: dt.datetime) -> str:
+    """``Build.schedule_slot`` of the build of schedule ``name`` at ``slot``."""
+    return f"{name}@{_iso(slot)}"
+
+
+def _build_of(ctx: FarmContext, name: str, slot: dt.datetime) -> int | None:
+    with ctx.db.session() as session:
+        return session.scalar(select(Build.id).where(Build.schedule_slot == _slot_key(name, slot)))
 
 
 def _record(
-    ctx: FarmContext, name: str, slot: dt.datetime, *, build_id: int | None = None, error: str | None = None
+    ctx: FarmContext,
+    attempt: _Attempt,
+    *,
+    build_id: int | None = None,
+    error: str | None = None,
+    retry_at: dt.datetime | None = None,
 ) -> None:
+    """Record an attempt's outcome, unless a newer attempt took the run over meanwhile."""
     with ctx.db.session() as session:
         session.execute(
             update(ScheduleRun)
-            .where(ScheduleRun.schedule == name, ScheduleRun.slot == slot)
-            .values(build_id=build_id, error=error)
+            .where(
+                ScheduleRun.id == attempt.run_id,
+                ScheduleRun.attempt == attempt.number,
+                ScheduleRun.build_id.is_(None),
+            )
+            .values(build_id=build_id, error=error, retry_at=retry_at)
         )
+
+
+def _one_line(exc: BuildfarmError) -> str:
+    return " ".join(str(exc).split())[:MAX_ERROR_CHARS] or type(exc).__name__
 
 
 # -- starting one scheduled build ----------------------------------------------------------
 
 
-def start_schedule(ctx: FarmContext, schedule: ScheduleConfig) -> int:
-    """Fetch the schedule's manifest, check its user may build there, submit; the build id."""
+def start_schedule(ctx: FarmContext, schedule: ScheduleConfig, slot: dt.datetime | None = None) -> int:
+    """Fetch the schedule's manifest, check its user may build there, submit; the build id.
+
+    The build is tied to ``slot``, the one it starts: a slot never has two builds.
+    """
     principal = accounts.principal_for(ctx, schedule.user)
     with scheduled_manifest(ctx, schedule) as (manifest, root):
         if not accounts.project_exists(ctx, manifest.project):
             raise NotFoundError(f"project {manifest.project!r} does not exist (an admin adds it)")
         needed = Role.MAINTAINER if manifest.kind == BuildKind.RELEASE else Role.BUILDER
         principal.require(manifest.project, needed, f"run scheduled {manifest.kind.value} builds")
-        return submit_build(ctx, manifest, root, schedule.user)
+        key = _slot_key(schedule.name, slot) if slot is not None else None
+        return submit_build(ctx, manifest, root, schedule.user, schedule_slot=key)
 
 
 @contextmanager
@@ -291,8 +449,12 @@ class ScheduleView:
     next_run: str | None
     last_slot: str | None
     last_build: int | None
-    last_state: str | None  # the build's state; "expired" once retention removed it
+    last_state: str | None  # the build's state ("expired" once retention removed it), or the
+    # run's while it has no build: "starting", "retrying" (at retry_at), "failed"
     last_error: str | None
+    last_attempt: int | None = None  # the run's attempt under way or done
+    max_attempts: int | None = None  # setting schedule_start_attempts
+    retry_at: str | None = None  # when a "retrying" run is tried again
 
 
 def list_schedules(ctx: FarmContext, now: dt.datetime) -> list[ScheduleView]:
@@ -315,8 +477,8 @@ def list_schedules(ctx: FarmContext, now: dt.datetime) -> list[ScheduleView]:
             if last is not None and last.build_id is not None:
                 build = session.get(Build, last.build_id)
                 state = build.state if build is not None else "expired"
-            elif last is not None and last.error is None:
-                state = "starting"
+            elif last is not None:
+                state = "retrying" if last.retry_at else "failed" if last.error else "starting"
             views.append(
                 ScheduleView(
                     name=schedule.name,
@@ -331,6 +493,9 @@ def list_schedules(ctx: FarmContext, now: dt.datetime) -> list[ScheduleView]:
                     last_build=last.build_id if last is not None else None,
                     last_state=state,
                     last_error=error or (last.error if last is not None else None),
+                    last_attempt=last.attempt if last is not None else None,
+                    max_attempts=ctx.settings.schedule_start_attempts,
+                    retry_at=_iso(last.retry_at) if last is not None else None,
                 )
             )
     return views

@@ -39,11 +39,14 @@ def submit_build(
     prepared: dict[int, Path] | None = None,
     *,
     prepared_contexts: dict[int, Path] | None = None,
+    schedule_slot: str | None = None,
 ) -> int:
     """Record a new build of ``manifest`` and release it.
 
     Its ``path`` trees are read below ``root``, unless already unpacked (by the API, from a
     remote client's uploads): ``prepared`` by package index, ``prepared_contexts`` by image index.
+    ``schedule_slot`` (``<schedule>@<slot>``) names the scheduled slot it starts: a second build
+    of one slot is refused by the database (IntegrityError), and nothing of it is recorded.
     """
     names.check_simple_name(user, "user")
     ctx.dispatcher.check()  # an unreachable broker is found before anything is recorded
@@ -91,6 +94,7 @@ def submit_build(
             user=user,
             manifest=manifest.model_dump(mode="json"),
             environment_id=environment_id,
+            schedule_slot=schedule_slot,
         )
         session.add(build)
         for name in plan.order():

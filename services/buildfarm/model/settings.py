@@ -201,6 +201,25 @@ class Settings(BaseSettings):
     nightly_schedule: str = Field(
         default="", description="default cron of schedules that give none (empty: schedules must give one)"
     )
+    schedule_start_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="a scheduled slot claimed this long ago with neither build nor error was left by a "
+        "scheduler that died while starting it, and is started again (10 minutes: above a normal start, "
+        "a git fetch and packing the sources; shorter is safe, a run never gets two builds, but wasteful)",
+    )
+    schedule_start_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="attempts to start one slot that fails for a temporary reason (git or a service "
+        "down); 1: never retried.  A permanent error (bad manifest, no permission) is never retried",
+    )
+    schedule_retry_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="pause before the second attempt, doubled before each next one (1, 2, 4, 8 min by "
+        "default: a blip costs a minute, a long outage few attempts); never past the next slot",
+    )
     retention_schedule: str = Field(default="30 3 * * *", description="cron of the daily retention sweep")
     backup_schedule: str = Field(
         default="", description="cron of the backup run (empty: no scheduled backup)"

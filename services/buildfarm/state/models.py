@@ -105,6 +105,10 @@ class Build(Base):
     staging_source: Mapped[str | None] = mapped_column(Text, default=None)  # apt line builders use
     published_url: Mapped[str | None] = mapped_column(Text, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    # "<schedule>@<slot, ISO 8601 UTC>" of a scheduled build (0006): unique, so however many
+    # attempts start one slot (a scheduler killed mid-start, a slow one overtaken), the slot has
+    # at most one build.  A natural key, not a schedule_runs id: it stays true in a restored farm.
+    schedule_slot: Mapped[str | None] = mapped_column(String(150), default=None, unique=True, index=True)
 
     steps: Mapped[list[Step]] = relationship(back_populates="build", order_by="Step.id")
 
@@ -232,9 +236,17 @@ class ScheduleRun(Base):
 
     The unique (schedule, slot) pair is the claim: of any number of schedulers or redelivered
     ticks, exactly one inserts the row, and only that one starts the build.  ``build_id`` is a
-    plain number, not a foreign key: retention may expire the build and the run stays listed.
-    A row without build and error is a baseline (a schedule's first tick starts nothing) or a
-    claim whose build is being submitted.
+    plain number, not a foreign key: retention may expire the build and the run stays listed
+    (the build names its slot in ``Build.schedule_slot``, which makes a start idempotent).
+
+    Its state follows from its columns (a baseline, a schedule's first tick, starts nothing):
+
+    * *starting*: neither build nor error; ``attempt`` is under way since ``claimed_at``.  A
+      claim older than ``schedule_start_timeout_seconds`` was left by a scheduler that died,
+      and is taken over (``attempt`` + 1) by one conditional UPDATE;
+    * *started*: ``build_id``;
+    * *retrying*: ``error`` of a temporary failure and ``retry_at``, when the next attempt is due;
+    * *failed*: ``error`` without ``retry_at``: not tried again; the next slot runs.
     """
 
     __tablename__ = "schedule_runs"
@@ -243,7 +255,9 @@ class ScheduleRun(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     schedule: Mapped[str] = mapped_column(String(100))
     slot: Mapped[dt.datetime]
-    claimed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    claimed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)  # by the attempt under way
     baseline: Mapped[bool] = mapped_column(default=False)
     build_id: Mapped[int | None] = mapped_column(Integer, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # 0 for a baseline
+    retry_at: Mapped[dt.datetime | None] = mapped_column(default=None)
