@@ -48,6 +48,23 @@ def at(text_: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text_).replace(tzinfo=UTC)
 
 
+def _racing_ticks(first: FarmContext, second: FarmContext, now: dt.datetime) -> list[int]:
+    """Two schedulers tick at the same moment (released together): how many builds each started."""
+    barrier = threading.Barrier(2)
+    results: dict[str, list[int]] = {}
+
+    def scheduler(name: str, ctx: FarmContext) -> None:
+        barrier.wait()
+        results[name] = tick(ctx, now)
+
+    threads = [threading.Thread(target=scheduler, args=(n, c)) for n, c in (("a", first), ("b", second))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return sorted(len(ids) for ids in results.values())
+
+
 # -- cron ----------------------------------------------------------------------------------
 
 
@@ -296,19 +313,7 @@ def test_two_schedulers_start_a_slot_once(
     first = _farm(tmp_path / "a", url, [_schedule("nightly", "0 2 * * *", git_tree)])
     second = make_test_context(tmp_path / "b", url, schedules=[_schedule("nightly", "0 2 * * *", git_tree)])
     assert tick(first, at("2025-03-03 01:00")) == []  # baseline
-    barrier = threading.Barrier(2)
-    results: dict[str, list[int]] = {}
-
-    def scheduler(name: str, ctx: FarmContext) -> None:
-        barrier.wait()
-        results[name] = tick(ctx, at("2025-03-03 02:00:01"))
-
-    threads = [threading.Thread(target=scheduler, args=(n, c)) for n, c in (("a", first), ("b", second))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert sorted(len(ids) for ids in results.values()) == [0, 1]
+    assert _racing_ticks(first, second, at("2025-03-03 02:00:01")) == [0, 1]
     # a redelivered tick of the same minute, and a late one of the next minute, start nothing
     assert tick(second, at("2025-03-03 02:00:01")) == []
     assert tick(first, at("2025-03-03 02:01:05")) == []
@@ -515,19 +520,7 @@ def test_a_claim_left_by_a_dead_scheduler_is_taken_over_once(
     assert _run_clock(second, at("2025-03-03 02:01"), at("2025-03-03 02:09")) == {}
     [view] = list_schedules(first, at("2025-03-03 02:09"))
     assert (view.last_state, view.last_attempt) == ("starting", 1)
-    barrier = threading.Barrier(2)
-    results: dict[str, list[int]] = {}
-
-    def scheduler(name: str, ctx: FarmContext) -> None:
-        barrier.wait()
-        results[name] = tick(ctx, at("2025-03-03 02:10:01"))
-
-    threads = [threading.Thread(target=scheduler, args=(n, c)) for n, c in (("a", first), ("b", second))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert sorted(len(ids) for ids in results.values()) == [0, 1]
+    assert _racing_ticks(first, second, at("2025-03-03 02:10:01")) == [0, 1]
     [build] = _builds(first)
     [run] = _runs(first, "nightly")[1:]
     assert (run.attempt, run.build_id, run.error) == (2, build.id, None)
