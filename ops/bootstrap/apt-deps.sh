@@ -12,6 +12,7 @@ packages=(
   redis-server postgresql                                # broker and build state (tests start private ones)
   buildah docker-registry skopeo                         # image steps: daemonless builds, the local registry
   git ca-certificates curl
+  gnupg                                                  # signs the published Release files (the farm key)
 )
 
 # Debian's own python3 cannot create a virtualenv without python3-venv (no ensurepip wheels).
