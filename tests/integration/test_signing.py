@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -68,14 +67,10 @@ def apt(tmp_path: Path) -> Apt:
     made: list[AptClient] = []
 
     def make(source: AptSource, public_key: str) -> AptClient:
-        assert source.signed_by == DEFAULT_SIGNING_KEYRING
-        workdir = tmp_path / f"apt-{len(made)}"
-        workdir.mkdir()
-        key_file = workdir / "buildfarm.asc"
-        key_file.write_text(public_key)
-        line = replace(source, signed_by=str(key_file)).line()
-        assert "trusted=yes" not in line
-        made.append(AptClient(workdir / "apt", line))
+        assert source.signed_by == DEFAULT_SIGNING_KEYRING and "trusted=yes" not in source.line()
+        made.append(AptClient(tmp_path / f"apt-{len(made)}", source.line(), public_key))
+        given = (made[-1].workdir / "etc" / "sources.list").read_text()
+        assert given.startswith(f"deb [signed-by={made[-1].workdir}/etc/keyrings/buildfarm.asc] ")
         return made[-1]
 
     return make
