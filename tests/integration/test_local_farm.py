@@ -118,6 +118,16 @@ def test_build_across_two_nodes_publish_and_apt(farm: Farm, tmp_path: Path) -> N
     assert again["state"] == "succeeded"
     assert {s["state"] for s in again["steps"]} == {"reused"}
 
+    # repo verify reads the signed repository with only the farm's key; a changed Release fails it.
+    verified = farm.json("repo", "verify", "demo", "r/stx.9.0", "--build", str(view["id"]))
+    assert sorted((v["package"], v["identical"]) for v in verified) == [(n, True) for n in sorted(steps)]
+    tree = farm.state_dir / "repos" / "demo" / "r_2fstx.9.0" / "builds" / str(view["id"])
+    for name in ("InRelease", "Release"):
+        (tree / name).write_text((tree / name).read_text().replace("Origin: buildfarm", "Origin: attacker"))
+    tampered = farm.cli("repo", "verify", "demo", "r/stx.9.0", "--build", str(view["id"]), check=False)
+    assert tampered.returncode == 1 and "BADSIG" in tampered.stderr
+    assert len(tampered.stderr.strip().splitlines()) == 1, tampered.stderr
+
 
 def test_cli_reads_and_errors(farm: Farm, tmp_path: Path) -> None:
     src = tmp_path / "src"

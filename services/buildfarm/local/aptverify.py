@@ -75,6 +75,15 @@ def verify(ctx: FarmContext, project: str, branch: str, build_id: int | None = N
                 digest = hashlib.sha256(downloaded.read_bytes()).hexdigest()
                 results.append(VerifiedPackage(package, downloaded.name, sha256, digest == sha256))
         except AptError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise PermanentError(f"apt could not use {source.line()}: {first}") from exc
+            raise PermanentError(f"apt could not use {source.line()}: {_reason(exc)}") from exc
     return results
+
+
+def _reason(exc: AptError) -> str:
+    """The line of apt's output that says why: a signature's verdict, else its first error."""
+    lines = [line.strip() for line in str(exc).strip().splitlines()]
+    for marker in ("GPG error", "E: "):
+        found = next((line for line in lines if marker in line), None)
+        if found is not None:
+            return found
+    return lines[0]
