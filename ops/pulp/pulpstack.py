@@ -310,28 +310,26 @@ class PulpStack:
         script = self.root / "signing" / "sign-release.sh"
         script.write_text(SIGNING_SCRIPT.format(home=shlex.quote(str(self.signing_home))))
         script.chmod(0o700)
-        registered = self._run(
-            "pulpcore-manager list-signing-services",
-            [self._bin("pulpcore-manager"), "list-signing-services"],
-            timeout=120,
-        )
-        if SIGNING_SERVICE in registered.split():
-            return
-        self._run(
-            f"registering the signing service {SIGNING_SERVICE}",
-            [
-                self._bin("pulpcore-manager"),
-                "add-signing-service",
-                SIGNING_SERVICE,
-                str(script),
-                fingerprints[0],  # the primary key's
-                "--class",
-                "deb:AptReleaseSigningService",
-                "--home",
-                str(self.signing_home),
-            ],
-            timeout=120,
-        )
+        try:
+            self._run(
+                f"registering the signing service {SIGNING_SERVICE}",
+                [
+                    self._bin("pulpcore-manager"),
+                    "add-signing-service",
+                    SIGNING_SERVICE,
+                    str(script),
+                    fingerprints[0],  # the primary key's
+                    "--class",
+                    "deb:AptReleaseSigningService",
+                    "--home",
+                    str(self.signing_home),
+                ],
+                timeout=120,
+            )
+        except PulpStackError as exc:
+            # One manager run, not a lookup first (each costs seconds of Django start-up).
+            if "duplicate key" not in str(exc):
+                raise
 
     def stop_signing_agent(self) -> None:
         """End the gpg-agent that signing started for this stack's GNUPGHOME (if any)."""
