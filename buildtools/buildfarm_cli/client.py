@@ -22,7 +22,7 @@ from buildfarm.engine.schedules import ScheduleView
 from buildfarm_cli.config import ClientConfig
 from buildfarm_cli.httpclient import HttpClient
 from buildfarm_cli.localclient import LocalClient
-from buildfarm_cli.views import BuildSummary, UserView
+from buildfarm_cli.views import BuildSummary, RepoKeyView, UserView
 
 __all__ = ["BuildSummary", "FarmClient", "HttpClient", "LocalClient", "UserView", "make_client"]
 
@@ -61,6 +61,10 @@ class FarmClient(Protocol):
     def retry(self, build_id: int) -> BuildView: ...
 
     def sources(self, project: str, branch: str, build_id: int | None = None) -> AptSource: ...
+
+    def repo_key(self) -> RepoKeyView:
+        """The public key published repositories are signed with; NotFoundError if they are not."""
+        ...
 
     def status(self) -> dict[str, Any]:
         """Nodes, queues and running steps (and, locally, the state directory and processes)."""

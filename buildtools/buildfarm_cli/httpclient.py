@@ -40,7 +40,7 @@ from buildfarm.model.errors import (
 )
 from buildfarm.model.manifest import ImageSource, PackageSource, load_manifest
 from buildfarm.model.sources import pack_tree
-from buildfarm_cli.views import BUILD_FIELDS, BuildSummary, UserView
+from buildfarm_cli.views import BUILD_FIELDS, BuildSummary, RepoKeyView, UserView
 
 API_PREFIX = "/api/v1"
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -251,9 +251,19 @@ class HttpClient:
                 suite=str(answer["suite"]),
                 components=tuple(str(c) for c in answer.get("components") or ()),
                 trusted="[trusted=yes]" in str(answer.get("line", "")),
+                signed_by=str(answer["signed_by"]) if answer.get("signed_by") else None,
             )
         except (KeyError, TypeError) as exc:
             raise self._unexpected(f"GET {path} lacks {exc}") from exc
+
+    def repo_key(self) -> RepoKeyView:
+        answer = self._json("GET", "/repos/key")
+        try:
+            return RepoKeyView(
+                str(answer["fingerprint"]), str(answer["public_key"]), str(answer["signed_by"])
+            )
+        except (KeyError, TypeError) as exc:
+            raise self._unexpected(f"GET /repos/key lacks {exc}") from exc
 
     def status(self) -> dict[str, Any]:
         answer = self._json("GET", "/status")

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from buildfarm.backends.base import AptSource, MirrorStatus, PackageRepository
+from buildfarm.backends.base import AptSource, MirrorStatus, PackageRepository, require_signing_key
 from buildfarm.engine import accounts, control, mirrors
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.retention import Progress, StorageReport, SweepReport, run_sweep, storage_report
@@ -21,7 +21,7 @@ from buildfarm.engine.schedules import ScheduleView
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.manifest import load_manifest
 from buildfarm.model.settings import Settings, load_settings
-from buildfarm_cli.views import UserView
+from buildfarm_cli.views import RepoKeyView, UserView
 
 
 class _NoDispatcher:
@@ -183,6 +183,10 @@ class LocalClient:
 
             self._repo = make_repository(self.settings)
         return self._repo
+
+    def repo_key(self) -> RepoKeyView:
+        key = require_signing_key(self._context().repo)
+        return RepoKeyView(key.fingerprint, key.public_key, self.settings.signing_keyring)
 
     def mirrors(self) -> builtins.list[mirrors.MirrorView]:
         return mirrors.list_mirrors(self.settings, self._repository())

@@ -338,10 +338,25 @@ def repo_sources(
                 "url": source.url,
                 "suite": source.suite,
                 "components": list(source.components),
+                "signed_by": source.signed_by,
             }
         )
     else:
         console.print(source.line(), soft_wrap=True, markup=False)
+
+
+@repo_app.command("key")
+def repo_key(output: OutputOpt = None) -> None:
+    """Print the armored OpenPGP public key the farm signs its repositories with.
+
+    Store it where the apt lines' signed-by says, e.g.
+    ``buildfarm repo key | sudo tee /etc/apt/keyrings/buildfarm.asc``.
+    """
+    key = state.client().repo_key()
+    if state.fmt(output) == OutputFormat.JSON:
+        emit_json(key)
+    else:
+        print(key.public_key, end="" if key.public_key.endswith("\n") else "\n")
 
 
 @repo_app.command("verify")

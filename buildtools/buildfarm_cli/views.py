@@ -27,6 +27,15 @@ class BuildSummary(BuildView):
 
 
 @dataclass(frozen=True)
+class RepoKeyView:
+    """The farm's repository signing key, and where its apt lines expect users to keep it."""
+
+    fingerprint: str
+    public_key: str  # armored
+    signed_by: str
+
+
+@dataclass(frozen=True)
 class UserView:
     name: str
     admin: bool = False

@@ -12,7 +12,8 @@ packages=(
   redis-server postgresql                                # broker and build state (tests start private ones)
   buildah docker-registry skopeo                         # image steps: daemonless builds, the local registry
   git ca-certificates curl
-  gpg gpgv                                               # mirror keys: the local profile verifies Release files
+  gnupg                                                  # gpg signs the published Release files (the farm key)
+  gpgv                                                   # mirror keys: the local profile verifies Release files
 )
 
 # Debian's own python3 cannot create a virtualenv without python3-venv (no ensurepip wheels).

@@ -8,11 +8,18 @@ or written.  The server itself runs from .venv-pulp (ops/pulp/install.sh), never
 here, so any python3 can drive it.
 
     python3 ops/pulp/pulpstack.py start --dir /tmp/pulp --db-port 5432 [--api-port P --content-port Q]
+                                        [--signing-key-file KEY.asc]
     python3 ops/pulp/pulpstack.py stop --dir /tmp/pulp
 
-``start`` prints one JSON line (base_url, content_origin, username, password) once the status
-endpoint reports the worker and the content app online, and leaves the processes running with
-their pids in ``<dir>/pids``; ``stop`` ends exactly those processes.
+``start`` prints one JSON line (base_url, content_origin, username, password, signing_service)
+once the status endpoint reports the worker and the content app online, and leaves the processes
+running with their pids in ``<dir>/pids``; ``stop`` ends exactly those processes.
+
+With a signing key (an armored OpenPGP secret key without passphrase), ``prepare`` imports it
+into ``<dir>/signing/gnupg`` (0700), writes the signing script pulp_deb runs for every Release
+file (``InRelease`` and ``Release.gpg``) and registers it as the AptReleaseSigningService
+``buildfarm`` (the farm's ``pulp_signing_service``).  A stack keeps the service it registered
+first: to change the key, ``pulpcore-manager remove-signing-service buildfarm`` and start again.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import base64
 import json
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -48,6 +56,24 @@ STOP_GRACE_SECONDS = 10.0
 """How long each process gets after SIGTERM before SIGKILL."""
 START_ATTEMPTS = 3
 """A port that was free when picked can be taken before gunicorn binds it: retry with new ports."""
+SIGNING_SERVICE = "buildfarm"
+"""Name of the AptReleaseSigningService a stack with a signing key registers."""
+GPG_TIMEOUT_SECONDS = 60.0
+"""Bound on one gpg run at setup (importing a key takes milliseconds)."""
+SIGNING_SCRIPT = """#!/bin/sh
+# Written by ops/pulp/pulpstack.py: pulp_deb's AptReleaseSigningService script. Pulp runs it with
+# the Release file's path and PULP_SIGNING_KEY_FINGERPRINT; it writes InRelease and Release.gpg
+# beside that file (the task's working directory) and prints where they are, as JSON.
+set -eu
+export GNUPGHOME={home}
+release=$(readlink -f "$1")
+dir=$(dirname "$release")
+gpg="gpg --batch --no-tty --pinentry-mode error --yes --digest-algo SHA512"
+gpg="$gpg --local-user $PULP_SIGNING_KEY_FINGERPRINT"
+$gpg --clearsign --output "$dir/InRelease" "$release"
+$gpg --detach-sign --armor --output "$dir/Release.gpg" "$release"
+printf '{{"signatures": {{"inline": "%s", "detached": "%s"}}}}\\n' "$dir/InRelease" "$dir/Release.gpg"
+"""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -106,6 +132,8 @@ class PulpStack:
     orphan_protection_minutes: int | None = None
     """Pulp's ORPHAN_PROTECTION_TIME (None: Pulp's default, a day).  Tests set 0, so an orphan
     cleanup right after a retention sweep visibly frees storage."""
+    signing_key_file: Path | None = None
+    """Armored OpenPGP secret key (no passphrase): ``prepare`` registers :data:`SIGNING_SERVICE` with it."""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -250,6 +278,68 @@ class PulpStack:
             [self._bin("pulpcore-manager"), "reset-admin-password", f"--password={self.password}"],
             timeout=120,
         )
+        if self.signing_key_file is not None:
+            self.register_signing_service(self.signing_key_file)
+
+    # -- signing -----------------------------------------------------------------------------
+
+    @property
+    def signing_home(self) -> Path:
+        return self.root / "signing" / "gnupg"
+
+    def _gpg(self, *args: str) -> str:
+        return self._run(
+            f"gpg {args[0]}",
+            ["gpg", "--homedir", str(self.signing_home), "--batch", "--no-tty", *args],
+            timeout=GPG_TIMEOUT_SECONDS,
+        )
+
+    def register_signing_service(self, key_file: Path) -> None:
+        """Import ``key_file``, write the signing script and register :data:`SIGNING_SERVICE`; a
+        stack that has it already keeps it."""
+        self.signing_home.mkdir(parents=True, exist_ok=True)
+        self.signing_home.parent.chmod(0o700)
+        self.signing_home.chmod(0o700)
+        self._gpg("--import", str(key_file.absolute()))
+        listing = self._gpg(
+            "--with-colons", "--import-options", "show-only", "--import", str(key_file.absolute())
+        )
+        fingerprints = [line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:")]
+        if not fingerprints:
+            raise PulpStackError(f"{key_file} holds no OpenPGP key")
+        script = self.root / "signing" / "sign-release.sh"
+        script.write_text(SIGNING_SCRIPT.format(home=shlex.quote(str(self.signing_home))))
+        script.chmod(0o700)
+        try:
+            self._run(
+                f"registering the signing service {SIGNING_SERVICE}",
+                [
+                    self._bin("pulpcore-manager"),
+                    "add-signing-service",
+                    SIGNING_SERVICE,
+                    str(script),
+                    fingerprints[0],  # the primary key's
+                    "--class",
+                    "deb:AptReleaseSigningService",
+                    "--home",
+                    str(self.signing_home),
+                ],
+                timeout=120,
+            )
+        except PulpStackError as exc:
+            # One manager run, not a lookup first (each costs seconds of Django start-up).
+            if "duplicate key" not in str(exc):
+                raise
+
+    def stop_signing_agent(self) -> None:
+        """End the gpg-agent that signing started for this stack's GNUPGHOME (if any)."""
+        if self.signing_home.is_dir():
+            subprocess.run(
+                ["gpgconf", "--homedir", str(self.signing_home), "--kill", "gpg-agent"],
+                capture_output=True,
+                timeout=GPG_TIMEOUT_SECONDS,
+                check=False,
+            )
 
     # -- running -----------------------------------------------------------------------------
 
@@ -328,6 +418,7 @@ class PulpStack:
         self.processes.clear()
         for pid_file in (self.root / "pids").glob("*"):
             pid_file.unlink()
+        self.stop_signing_agent()
 
 
 def stop_from_pid_files(root: Path) -> list[str]:
@@ -341,6 +432,7 @@ def stop_from_pid_files(root: Path) -> list[str]:
         except ProcessLookupError:
             pass
         pid_file.unlink()
+    PulpStack(root=root).stop_signing_agent()
     return stopped
 
 
@@ -357,6 +449,11 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--api-port", type=int, default=0, help="0 picks a free port")
     start.add_argument("--content-port", type=int, default=0, help="0 picks a free port")
     start.add_argument("--password-file", type=Path, help="admin password (created if missing)")
+    start.add_argument(
+        "--signing-key-file",
+        type=Path,
+        help=f"armored OpenPGP secret key: register the signing service {SIGNING_SERVICE!r} with it",
+    )
     stop = sub.add_parser("stop", help="stop what `start --dir DIR` started")
     stop.add_argument("--dir", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -381,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             api_port=args.api_port,
             content_port=args.content_port,
             password=password_file.read_text().strip(),
+            signing_key_file=args.signing_key_file,
         )
         stack.prepare()
         stack.start()
@@ -394,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
                 "content_origin": stack.content_origin,
                 "username": ADMIN_USER,
                 "password_file": str(password_file),
+                "signing_service": SIGNING_SERVICE if args.signing_key_file else None,
             }
         )
     )

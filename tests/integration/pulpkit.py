@@ -4,8 +4,11 @@
 server is started the way ``make demo PROFILE=pulp`` starts it (ops/pulp/pulpstack.py): API,
 content app and one worker, every file under a session temp dir, and its own database on the
 session's private PostgreSQL server (``postgres_url``).  Its ORPHAN_PROTECTION_TIME is 0: an
-orphan cleanup frees storage at once (production keeps Pulp's default of a day).  A machine
-without .venv-pulp gets it from ops/pulp/install.sh first (~30 s, once).  Modules importing the
+orphan cleanup frees storage at once (production keeps Pulp's default of a day).  The stack
+registers the signing service ``buildfarm`` with a key made for the session (what
+``pulpstack.py start --signing-key-file`` does); ``settings(signed=True)`` makes a farm use it,
+plain ``settings()`` publishes unsigned.  A machine without .venv-pulp gets it from
+ops/pulp/install.sh first (~30 s, once).  Modules importing the
 fixture share one server: the fixture body only hands out a stack started once and stopped when
 the session ends.
 """
@@ -24,6 +27,8 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
+from buildfarm.backends.signing import HOME_NAME, generate_key, stop_agent
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PULPSTACK = REPO_ROOT / "ops" / "pulp" / "pulpstack.py"
 PULP_DATABASE = "pulp_test"
@@ -40,9 +45,12 @@ class PulpServer:
     root: Path
     install_seconds: float
     start_seconds: float
+    signing_service: str | None = None
+    signing_key_file: Path | None = None
 
-    def settings(self) -> dict[str, object]:
-        """Farm settings selecting this server as the package repository."""
+    def settings(self, *, signed: bool = False) -> dict[str, object]:
+        """Farm settings selecting this server as the package repository (signing its build
+        publications with the session's key when ``signed``)."""
         return {
             "repository": "pulp",
             "pulp_url": self.base_url,
@@ -50,6 +58,7 @@ class PulpServer:
             "pulp_password": self.password,
             "pulp_content_origin": self.content_origin,
             "pulp_task_timeout_seconds": 60,
+            **({"pulp_signing_service": self.signing_service} if signed and self.signing_service else {}),
         }
 
 
@@ -72,6 +81,8 @@ def _start(postgres_url: str, root: Path, config: pytest.Config) -> PulpServer:
     except pulpstack.PulpStackError as exc:
         pytest.fail(f"installing the Pulp server failed: {exc}", pytrace=False)
     database = make_url(postgres_url)
+    key_file = generate_key(root / "farm-key")
+    stop_agent(root / "farm-key" / HOME_NAME)  # the stack imports the key into a home of its own
     stack: Any = pulpstack.PulpStack(
         root=root,
         db_host=database.host or "127.0.0.1",
@@ -80,6 +91,7 @@ def _start(postgres_url: str, root: Path, config: pytest.Config) -> PulpServer:
         db_password=database.password or "",
         db_name=PULP_DATABASE,
         orphan_protection_minutes=0,  # retention tests measure storage shrinking right after a sweep
+        signing_key_file=key_file,
     )
     started = time.monotonic()
     try:
@@ -97,6 +109,8 @@ def _start(postgres_url: str, root: Path, config: pytest.Config) -> PulpServer:
         root=root,
         install_seconds=install_seconds,
         start_seconds=time.monotonic() - started,
+        signing_service=pulpstack.SIGNING_SERVICE,
+        signing_key_file=stack.signing_key_file,
     )
 
 

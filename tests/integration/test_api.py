@@ -112,9 +112,11 @@ def test_submit_from_a_directory_follow_and_apt(api: Api, tmp_path: Path) -> Non
         followed = client.get(f"/api/v1/builds/{build_id}/steps/api-two/log", params={"follow": True})
         assert "succeeded" in followed.text
         line = client.get("/api/v1/repos/web/main/sources").json()["line"]
+        key = httpx.get(f"{api.url}/api/v1/repos/key").json()  # public, like the repositories
         listed = client.get("/api/v1/builds", params={"project": "web", "per_page": 1}).json()
         assert listed["total"] >= 1 and len(listed["items"]) == 1 and listed["per_page"] == 1
-    apt = AptClient(tmp_path / "apt", line)
+    assert line.startswith(f"deb [signed-by={key['signed_by']}] ")
+    apt = AptClient(tmp_path / "apt", line, key["public_key"])
     apt.update()
     assert apt.download("api-one").name.startswith("api-one_1.0")
 

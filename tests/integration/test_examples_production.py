@@ -52,7 +52,7 @@ def _context(tmp_path: Path, moto: MotoS3, cluster: FakeCluster, pulp: PulpServe
         "builder_namespace": "builders",
         "builder_image": "buildfarm/package-builder:test",
         **moto.settings(),
-        **pulp.settings(),
+        **pulp.settings(signed=True),  # production as it should run: signed publications
     }
     context = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'state.db'}", **settings)
     check_backends(context.settings)
@@ -72,10 +72,11 @@ def test_example_manifest_through_builder_pods_pulp_and_s3(ctx: FarmContext) -> 
     view = control.show_build(ctx, build_id)
     assert view.state == "succeeded", [(s.name, s.state, s.error) for s in view.steps]
     assert view.published and "/pulp/content/examples/e2e/" in view.published
+    assert view.published.startswith("deb [signed-by=/etc/apt/keyrings/buildfarm.asc] ")
     # greet-cli Build-Depends on libgreet-dev, built earlier in this build: it came from Pulp staging
     greet_cli = next(s for s in view.steps if s.name == "greet-cli")
     assert greet_cli.state == "succeeded" and not greet_cli.reused_from
-    verified = aptverify.verify(ctx, "examples", "e2e")
+    verified = aptverify.verify(ctx, "examples", "e2e")  # apt with only Pulp's signing key
     expected = {o["filename"] for s in view.steps for o in s.outputs if o["filename"].endswith(".deb")}
     assert {v.filename for v in verified} == expected
     assert all(v.identical for v in verified), [v for v in verified if not v.identical]

@@ -102,9 +102,11 @@ def test_build_across_two_nodes_publish_and_apt(farm: Farm, tmp_path: Path) -> N
     assert _ts(steps["par-c"]["started_at"]) >= max(_ts(steps[n]["finished_at"]) for n in ("par-a", "par-b"))
 
     line = farm.cli("repo", "sources", "demo", "r/stx.9.0").stdout.strip()
-    assert line.startswith("deb [trusted=yes] http://127.0.0.1:") and line.endswith("/latest ./")
-    assert "r_2fstx.9.0" in line
-    apt = AptClient(tmp_path / "apt", line)
+    assert line.startswith("deb [signed-by=/etc/apt/keyrings/buildfarm.asc] http://127.0.0.1:")
+    assert line.endswith("/latest ./") and "r_2fstx.9.0" in line
+    key = farm.cli("repo", "key").stdout
+    assert key.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    apt = AptClient(tmp_path / "apt", line, key)  # apt verifies with the farm's key alone
     apt.update()
     for name, step in steps.items():
         deb = next(o for o in step["outputs"] if o["filename"].endswith(".deb"))
@@ -115,6 +117,16 @@ def test_build_across_two_nodes_publish_and_apt(farm: Farm, tmp_path: Path) -> N
     again = farm.json("build", "submit", str(manifest), "--wait", "--timeout", "60")
     assert again["state"] == "succeeded"
     assert {s["state"] for s in again["steps"]} == {"reused"}
+
+    # repo verify reads the signed repository with only the farm's key; a changed Release fails it.
+    verified = farm.json("repo", "verify", "demo", "r/stx.9.0", "--build", str(view["id"]))
+    assert sorted((v["package"], v["identical"]) for v in verified) == [(n, True) for n in sorted(steps)]
+    tree = farm.state_dir / "repos" / "demo" / "r_2fstx.9.0" / "builds" / str(view["id"])
+    for name in ("InRelease", "Release"):
+        (tree / name).write_text((tree / name).read_text().replace("Origin: buildfarm", "Origin: attacker"))
+    tampered = farm.cli("repo", "verify", "demo", "r/stx.9.0", "--build", str(view["id"]), check=False)
+    assert tampered.returncode == 1 and "BADSIG" in tampered.stderr
+    assert len(tampered.stderr.strip().splitlines()) == 1, tampered.stderr
 
 
 def test_cli_reads_and_errors(farm: Farm, tmp_path: Path) -> None:
@@ -183,7 +195,7 @@ def test_failed_build_keeps_latest_and_retry(farm: Farm, tmp_path: Path) -> None
     manifest = write_manifest(src, ["flaky"], project="atomic")
     first = farm.json("build", "submit", str(manifest), "--wait", "--timeout", "60")
     line = farm.cli("repo", "sources", "atomic", "main").stdout.strip()
-    apt = AptClient(tmp_path / "apt", line)
+    apt = AptClient(tmp_path / "apt", line, farm.cli("repo", "key").stdout)
     apt.update()
     before = apt.download("flaky").read_bytes()
 

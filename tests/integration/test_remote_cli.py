@@ -133,6 +133,7 @@ def test_remote_build_reads_like_local_and_apt_gets_it(
         ["--output", "json", "build", "list", "--project", PROJECT, "--user", "bob", "--kind", "nightly"],
         ["repo", "sources", PROJECT, "main"],
         ["--output", "json", "repo", "sources", PROJECT, "main", "--build", build],
+        ["repo", "key"],
     ]
     results = _parallel(*(partial(cli, *args) for args in reads for cli in (remote.bob_cli, remote.local)))
     for args, remote_result, local_result in zip(reads, results[::2], results[1::2], strict=True):
@@ -140,7 +141,7 @@ def test_remote_build_reads_like_local_and_apt_gets_it(
     assert "hello-from-rem-a" in results[4].stdout
     assert [b["id"] for b in json.loads(results[6].stdout)] == [view["id"]]
 
-    apt = AptClient(tmp_path / "apt", results[8].stdout.strip())
+    apt = AptClient(tmp_path / "apt", results[8].stdout.strip(), results[12].stdout)  # signed-by the farm key
     apt.update()
     for step in view["steps"]:
         deb = next(o for o in step["outputs"] if o["filename"].endswith(".deb"))

@@ -24,6 +24,7 @@ from buildfarm.api import errors
 from buildfarm.api.errors import BadSourceError, TooLargeError
 from buildfarm.api.limits import Limits
 from buildfarm.api.mirrors import mirror_router
+from buildfarm.api.repokey import repo_key_router
 from buildfarm.api.retention import retention_router
 from buildfarm.api.schedules import schedule_router
 from buildfarm.api.schemas import (
@@ -149,6 +150,7 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
     app.include_router(mirror_router(API, farm, _auth))
     app.include_router(schedule_router(API, farm, _auth))
     app.include_router(retention_router(API, farm, _auth))
+    app.include_router(repo_key_router(API, farm))
 
     @app.get(f"{API}/health", response_model=HealthOut, tags=["farm"])
     def health() -> HealthOut:
@@ -340,7 +342,11 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
             visible_build(principal, build)
         source = control.apt_sources(farm, project, branch, build)
         return SourcesOut(
-            line=source.line(), url=source.url, suite=source.suite, components=list(source.components)
+            line=source.line(),
+            url=source.url,
+            suite=source.suite,
+            components=list(source.components),
+            signed_by=source.signed_by,
         )
 
     @app.post(f"{API}/admin/users", response_model=UserOut, status_code=201, tags=["admin"])

@@ -64,6 +64,7 @@ class SourcesOut(BaseModel):
     url: str
     suite: str
     components: list[str]
+    signed_by: str | None = None  # the key's path in [signed-by=...]; null: an unsigned repository
 
 
 class ProjectOut(BaseModel):

@@ -1,8 +1,12 @@
 """The package repository of the local profile: plain flat APT repositories in a directory.
 
 Production publishes into Pulp; locally every build gets its own flat repository
-(``deb [trusted=yes] <url> ./``) whose indexes Debian's own ``apt-ftparchive`` writes, so what
-apt reads here is what apt reads anywhere.  Layout under ``root`` (names via ``to_safe``)::
+(``deb [signed-by=<key>] <url> ./``) whose indexes Debian's own ``apt-ftparchive`` writes, so what
+apt reads here is what apt reads anywhere.  With a signer (the farm's key,
+:mod:`buildfarm.backends.signing`) every published build's ``Release`` gets ``InRelease`` and
+``Release.gpg`` inside the same temp tree, before the rename that makes it visible; without one
+(or for staging trees, which only the farm's own builders read) the line says ``[trusted=yes]``.
+Layout under ``root`` (names via ``to_safe``)::
 
     <project>/<branch>/builds/<id>/           one build's own distribution, never changed again
     <project>/<branch>/latest -> builds/<id>  moved by successful non-personal builds only
@@ -45,11 +49,12 @@ from pathlib import Path
 
 from buildfarm.backends.base import AptSource, BuildRef, MirrorStatus, PackageFile
 from buildfarm.backends.fs import file_sha256, fsync_dir
+from buildfarm.backends.signing import ReleaseSigner, SigningKey
 from buildfarm.backends.upstream import check_upstream, upstream_source
 from buildfarm.model import names
 from buildfarm.model.errors import NotFoundError, PermanentError, ServiceUnavailableError
 from buildfarm.model.mirrors import check_mirrors
-from buildfarm.model.settings import MirrorConfig
+from buildfarm.model.settings import DEFAULT_SIGNING_KEYRING, MirrorConfig
 
 log = logging.getLogger(__name__)
 
@@ -184,13 +189,18 @@ def _write_indexes(directory: Path, label: str) -> None:
     _write_file(directory / "Release", release)
 
 
-def _build_tree(parent: Path, prefix: str, packages: list[PackageFile], label: str) -> Path:
-    """A complete, indexed repository in a new hidden directory of ``parent``; removed on error."""
+def _build_tree(
+    parent: Path, prefix: str, packages: list[PackageFile], label: str, signer: ReleaseSigner | None = None
+) -> Path:
+    """A complete, indexed (and, with ``signer``, signed) repository in a new hidden directory of
+    ``parent``; removed on error."""
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
     try:
         _place(packages, tmp)
         _write_indexes(tmp, label)
+        if signer is not None:
+            signer.sign(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it 0700; the HTTP server may run as another user
         fsync_dir(tmp)
     except BaseException:
@@ -216,13 +226,33 @@ def _switch_symlink(link: Path, target: str) -> None:
 class LocalAptRepository:
     """:class:`~buildfarm.backends.base.PackageRepository` as flat APT repositories in a directory."""
 
-    def __init__(self, root: Path, base_url: str, mirrors: list[MirrorConfig] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        base_url: str,
+        mirrors: list[MirrorConfig] | None = None,
+        *,
+        signer: ReleaseSigner | None = None,
+        keyring: str = DEFAULT_SIGNING_KEYRING,
+    ) -> None:
         self.root = Path(root).absolute()
         self.base_url = base_url.rstrip("/")
         self.mirrors = check_mirrors(list(mirrors or []))
+        self.signer = signer
+        self.keyring = keyring
+        """The signed-by path of signed lines: where users keep the public key."""
 
     def check(self) -> None:
         _run_ftparchive(["--version"], self.root.parent if self.root.parent.is_dir() else Path("/"))
+        if self.signer is None:
+            log.warning(
+                "no signing_key_file: published repositories are unsigned (apt lines say [trusted=yes])"
+            )
+        else:
+            self.signer.check()
+
+    def signing_key(self) -> SigningKey | None:
+        return self.signer.signing_key() if self.signer is not None else None
 
     # -- where things are --------------------------------------------------------------------
 
@@ -237,7 +267,13 @@ class LocalAptRepository:
         return self.root / names.to_safe(project) / PERSONAL_DIR / names.to_safe(user)
 
     def _source(self, path: Path) -> AptSource:
-        return AptSource(url=f"{self.base_url}/{path.relative_to(self.root).as_posix()}")
+        # Signed-by only where the tree is signed: builds published before the farm had a key stay
+        # [trusted=yes], and staging trees are never signed.
+        signed = self.signer is not None and (path / "InRelease").is_file()
+        return AptSource(
+            url=f"{self.base_url}/{path.relative_to(self.root).as_posix()}",
+            signed_by=self.keyring if signed else None,
+        )
 
     # -- PackageRepository -----------------------------------------------------------------
 
@@ -285,7 +321,7 @@ class LocalAptRepository:
                 # Leftovers of a publish that crashed: nobody else writes here while we hold the lock.
                 for stale in target.parent.glob(f".tmp-{target.name}-*"):
                     shutil.rmtree(stale, ignore_errors=True)
-                tree = _build_tree(target.parent, f".tmp-{target.name}-", packages, label)
+                tree = _build_tree(target.parent, f".tmp-{target.name}-", packages, label, self.signer)
                 os.rename(tree, target)
                 fsync_dir(target.parent)
             if move_latest:

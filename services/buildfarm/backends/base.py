@@ -13,6 +13,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from buildfarm.backends.signing import SigningKey
+from buildfarm.model.errors import NotFoundError
 from buildfarm.model.settings import MirrorConfig
 
 SHA256_HEX_LENGTH = 64
@@ -59,7 +61,13 @@ class PackageFile:
 
 @dataclass(frozen=True)
 class AptSource:
-    """One apt sources line. ``suite`` is ``./`` for a flat repository (then no components)."""
+    """One apt sources line. ``suite`` is ``./`` for a flat repository (then no components).
+
+    ``signed_by`` (a signed repository) is where the user keeps the farm's public key: the line
+    says ``[signed-by=PATH]`` and apt verifies the Release file with that key alone.  Without it
+    a ``trusted`` source says ``[trusted=yes]``: apt reads it unsigned (the farm's own staging
+    repositories, and every repository of a farm that has no signing key).
+    """
 
     url: str
     suite: str = "./"
@@ -186,7 +194,12 @@ class PackageRepository(Protocol):
     """
 
     def check(self) -> None:
-        """At start: raise one clear error if the repository cannot be used (unreachable, bad login)."""
+        """At start: raise one clear error if the repository cannot be used (unreachable, bad login,
+        a signing key that cannot sign); log once that publications are unsigned when they are."""
+        ...
+
+    def signing_key(self) -> SigningKey | None:
+        """The key published Release files are signed with (None: the farm publishes unsigned)."""
         ...
 
     def stage(self, build: BuildRef, packages: list[PackageFile]) -> AptSource:
@@ -231,3 +244,11 @@ class PackageRepository(Protocol):
         """Free what no published build holds any more (Pulp: orphan cleanup; local: leftovers);
         return the bytes freed when known."""
         ...
+
+
+def require_signing_key(repo: PackageRepository) -> SigningKey:
+    """The repository's signing key; NotFoundError (one line) when the farm publishes unsigned."""
+    key = repo.signing_key()
+    if key is None:
+        raise NotFoundError("this farm publishes unsigned repositories: it has no signing key")
+    return key

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 from buildfarm.backends.aptrepo import LocalAptRepository
 from buildfarm.backends.base import ArtifactStore, PackageRepository
 from buildfarm.backends.fs import FsArtifactStore
+from buildfarm.backends.signing import ReleaseSigner, signing_home
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.settings import Settings
 from buildfarm.runners.base import Runner
@@ -49,8 +50,19 @@ def make_repository(settings: Settings) -> PackageRepository:
             orphan_protection_minutes=settings.pulp_orphan_protection_minutes,
             mirrors=settings.mirrors,
             mirror_retain_versions=settings.mirror_retain_versions,
+            signing_service=settings.pulp_signing_service,
+            keyring=settings.signing_keyring,
         )
-    return LocalAptRepository(settings.state_dir / "repos", settings.repo_url, settings.mirrors)
+    signer = None
+    if settings.signing_key_file is not None:
+        signer = ReleaseSigner(settings.signing_key_file, signing_home(settings.state_dir))
+    return LocalAptRepository(
+        settings.state_dir / "repos",
+        settings.repo_url,
+        settings.mirrors,
+        signer=signer,
+        keyring=settings.signing_keyring,
+    )
 
 
 def make_runner(settings: Settings, store: ArtifactStore | None = None) -> Runner:

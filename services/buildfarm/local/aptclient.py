@@ -7,11 +7,16 @@ apt reads or writes lives under ``workdir``. ``APT_CONFIG`` points at our own ap
 apt reads before anything else; there ``Dir::Etc::Parts`` and ``Dir::Etc::Main`` are moved away
 from /etc/apt (``-o`` on the command line would come too late: apt.conf.d is read before options
 are parsed).
+
+A signed repository is read the way a user reads it: ``public_key`` (what ``buildfarm repo key``
+prints) is stored in the private setup and the line's ``[signed-by=...]`` points there, so apt
+verifies the Release file with that key alone (no ``trusted=yes``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -19,15 +24,20 @@ APT_TIMEOUT_SECONDS = 60.0
 """Bound on one apt-get run against a repository on localhost (they take well under a second)."""
 
 
+_SIGNED_BY = re.compile(r"\[signed-by=[^\]\s]+\]")
+
+
 class AptError(Exception):
     """apt-get failed; the message holds its exit status and output."""
 
 
 class AptClient:
-    """One private apt setup whose only source is ``source_line``."""
+    """One private apt setup whose only source is ``source_line``; its ``signed-by`` key is
+    ``public_key`` (armored) when the line has one."""
 
-    def __init__(self, workdir: Path, source_line: str) -> None:
+    def __init__(self, workdir: Path, source_line: str, public_key: str | None = None) -> None:
         self.workdir = Path(workdir).absolute()
+        self.public_key = public_key
         self.downloads = self.workdir / "downloads"
         etc = self.workdir / "etc"
         state = self.workdir / "state"
@@ -71,6 +81,11 @@ class AptClient:
     def set_source(self, source_line: str) -> None:
         """Replace the one sources line (e.g. to follow another build); call :meth:`update` after."""
         self.source_line = source_line
+        if self.public_key is not None:
+            key_file = self.workdir / "etc" / "keyrings" / "buildfarm.asc"
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            key_file.write_text(self.public_key)
+            source_line = _SIGNED_BY.sub(f"[signed-by={key_file}]", source_line)
         (self.workdir / "etc" / "sources.list").write_text(source_line + "\n")
 
     def _apt_get(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -1,7 +1,9 @@
 """Prove a published repository with the real apt: update, download, compare with the store.
 
 ``buildfarm repo verify`` (and ``make demo``) use this to show that what the farm published is
-what apt gets, byte for byte.
+what apt gets, byte for byte.  A signed repository is read as a user reads it: its apt line
+with ``signed-by`` pointing at the farm's public key (and no ``trusted=yes``), so a Release file
+that does not verify with that key fails the update.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from buildfarm.backends.base import require_signing_key
 from buildfarm.engine.advance import producing_step_id
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import moves_latest
@@ -60,8 +63,10 @@ def verify(ctx: FarmContext, project: str, branch: str, build_id: int | None = N
         outputs = session.scalars(select(StepOutput).where(StepOutput.step_id.in_(producers))).all()
     debs = sorted((o.filename, o.sha256) for o in outputs if o.filename.endswith(".deb"))
     results = []
+    # What `buildfarm repo key` prints: apt verifies the Release file with it alone.
+    public_key = require_signing_key(ctx.repo).public_key if source.signed_by is not None else None
     with tempfile.TemporaryDirectory(prefix="buildfarm-apt-") as workdir:
-        apt = AptClient(Path(workdir), source.line())
+        apt = AptClient(Path(workdir), source.line(), public_key)
         try:
             apt.update()
             for filename, sha256 in debs:
@@ -70,6 +75,15 @@ def verify(ctx: FarmContext, project: str, branch: str, build_id: int | None = N
                 digest = hashlib.sha256(downloaded.read_bytes()).hexdigest()
                 results.append(VerifiedPackage(package, downloaded.name, sha256, digest == sha256))
         except AptError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise PermanentError(f"apt could not use {source.line()}: {first}") from exc
+            raise PermanentError(f"apt could not use {source.line()}: {_reason(exc)}") from exc
     return results
+
+
+def _reason(exc: AptError) -> str:
+    """The line of apt's output that says why: a signature's verdict, else its first error."""
+    lines = [line.strip() for line in str(exc).strip().splitlines()]
+    for marker in ("GPG error", "E: "):
+        found = next((line for line in lines if marker in line), None)
+        if found is not None:
+            return found
+    return lines[0]

@@ -1,7 +1,8 @@
 """Start, stop and inspect the local farm: Redis, the repository server, N nodes, one scheduler.
 
 Everything lives in one state directory: ``farm.json`` (what was started, read by every process
-through the settings), pid files, logs, the SQLite database, artifacts and repositories.
+through the settings), pid files, logs, the SQLite database, artifacts and repositories, and the
+farm's signing key (``signing/``, made on first start when no ``signing_key_file`` is set).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import redis
 
+from buildfarm.backends.signing import generate_key, signing_dir, signing_home, stop_agent
 from buildfarm.dispatch.celery_app import BUILD_QUEUE, CONTROL_QUEUE, make_celery, node_queue
 from buildfarm.engine.wiring import check_backends
 from buildfarm.local.procs import (
@@ -77,6 +79,8 @@ def _child_env(state_dir: Path) -> dict[str, str]:
 
 def _check_tools(settings: Settings) -> None:
     needed = {"apt-ftparchive": "apt-utils", "dpkg-buildpackage": "dpkg-dev"}
+    if settings.repository == "local":
+        needed["gpg"] = "gnupg"  # signs every published Release
     if not settings.registry_url:
         needed["docker-registry"] = "docker-registry"
     if settings.runner == "sbuild":
@@ -159,6 +163,11 @@ def _start(settings: Settings, sup: Supervisor, nodes: int, prepare: Any) -> Far
         sup.start("registry", registry_command(config), env=registry_env(_child_env(state)))
         wait_until(lambda: port_open("127.0.0.1", port), READY_TIMEOUT_SECONDS, "docker-registry")
         farm["registry_url"] = f"http://127.0.0.1:{port}"
+
+    if settings.repository == "local":
+        # Signed repositories with no setup: the farm's own key, kept across starts.
+        key_file = settings.signing_key_file or generate_key(signing_dir(state))
+        farm["signing_key_file"] = str(key_file)
 
     repo_port = _pick_port(settings.repo_host, settings.repo_port, "BUILDFARM_REPO_PORT")
     api_port = _pick_port(settings.api_host, settings.api_port, "BUILDFARM_API_PORT")
@@ -267,6 +276,7 @@ def stop(settings: Settings) -> list[str]:
     sup = Supervisor(settings.state_dir)
     order = sorted(sup.names(), key=lambda n: (n == "redis", n))
     stopped = [name for name in order if sup.stop(name)]
+    stop_agent(signing_home(settings.state_dir))  # the nodes' signing started it
     farm_file = _farm_file(settings)
     if farm_file.is_file():
         data = json.loads(farm_file.read_text())

@@ -20,6 +20,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from buildfarm.model.errors import PermanentError
 
 FARM_FILE = "farm.json"
+DEFAULT_SIGNING_KEYRING = "/etc/apt/keyrings/buildfarm.asc"
+"""Where apt users keep the farm's public key: Debian's place for keys of local repositories."""
 
 
 def default_state_dir() -> Path:
@@ -194,6 +196,23 @@ class Settings(BaseSettings):
         "service; `build retry` publishes it later",
     )
     node_concurrency: int = Field(default=1, ge=1, le=64, description="steps one node builds at once")
+    # -- Signed repositories: apt users need no [trusted=yes].
+    signing_key_file: Path | None = Field(
+        default=None,
+        description="armored OpenPGP secret key (no passphrase, mode 0600) the local repository signs "
+        "Release files with; unset: `buildfarm start` makes one under <state dir>/signing (local "
+        "profile), otherwise publications are unsigned and apt lines say [trusted=yes]",
+    )
+    signing_keyring: str = Field(
+        default=DEFAULT_SIGNING_KEYRING,
+        description="where apt users keep the farm's public key (`buildfarm repo key`): the signed-by "
+        "of every signed apt line; Debian's place for keys of local repositories",
+    )
+    pulp_signing_service: str | None = Field(
+        default=None,
+        description="name of the Pulp AptReleaseSigningService every build publication is signed with "
+        "(ops/pulp/pulpstack.py registers 'buildfarm'); unset: Pulp publications are unsigned",
+    )
     # -- Data lifecycle (issue 7): schedules, retention, backups.
     schedules: list[ScheduleConfig] = Field(
         default_factory=list, description="scheduled (nightly) builds, run by the one scheduler (JSON in env)"
@@ -362,6 +381,24 @@ class Settings(BaseSettings):
                 f"heartbeat_seconds ({self.heartbeat_seconds}) must be at most half of lease_seconds "
                 f"({self.lease_seconds}), or a slow heartbeat loses a live lease"
             )
+        self._check_signing()
+
+    def _check_signing(self) -> None:
+        keyring = self.signing_keyring
+        if not keyring.startswith("/") or any(c.isspace() or c in "[]" for c in keyring):
+            raise PermanentError(
+                f"setting signing_keyring: {keyring!r} must be absolute, without spaces or brackets "
+                "(it goes into apt lines as [signed-by=PATH])"
+            )
+        key = self.signing_key_file
+        if key is None:
+            return
+        try:
+            mode = key.stat().st_mode
+        except OSError as exc:
+            raise PermanentError(f"setting signing_key_file: cannot read {key}: {exc.strerror}") from exc
+        if mode & 0o077:
+            raise PermanentError(f"setting signing_key_file: {key} is readable by others: chmod 600 it")
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -8,6 +8,7 @@ import typing as t
 
 from pulp_glue.common.context import EntityDefinition, PulpEntityContext
 from pulp_glue.common.exceptions import PulpException
+from pulp_glue.core.context import PulpSigningServiceContext
 
 from buildfarm.backends.base import AptSource, BuildRef, MirrorStatus, PackageFile
 from buildfarm.backends.fs import file_sha256
@@ -46,9 +47,10 @@ from buildfarm.backends.pulp.layout import (
     version_number,
 )
 from buildfarm.backends.pulp.mirrors import DEFAULT_RETAIN_VERSIONS, PulpMirrors
+from buildfarm.backends.signing import SigningKey
 from buildfarm.model.errors import NotFoundError, PermanentError, ServiceUnavailableError
 from buildfarm.model.mirrors import check_mirrors
-from buildfarm.model.settings import MirrorConfig
+from buildfarm.model.settings import DEFAULT_SIGNING_KEYRING, MirrorConfig
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,10 @@ class PulpRepository(PulpClient):
 
     ``content_origin`` is where apt clients reach Pulp's content app (``CONTENT_ORIGIN`` of the
     server, or a proxy in front of it); ``suite`` is the apt distribution of every publication.
-    One instance is safe to share between threads.
+    ``signing_service`` names the AptReleaseSigningService that signs every build publication's
+    Release (ops/pulp/pulpstack.py registers one); their apt lines then say
+    ``[signed-by=<keyring>]``.  Staging publications, read only by the farm's builders, stay
+    unsigned.  One instance is safe to share between threads.
     """
 
     def __init__(
@@ -77,6 +82,8 @@ class PulpRepository(PulpClient):
         mirrors: list[MirrorConfig] | None = None,
         mirror_retain_versions: int = DEFAULT_RETAIN_VERSIONS,
         orphan_protection_minutes: int | None = None,
+        signing_service: str | None = None,
+        keyring: str = DEFAULT_SIGNING_KEYRING,
     ) -> None:
         super().__init__(
             base_url,
@@ -97,6 +104,43 @@ class PulpRepository(PulpClient):
         )
         self.orphan_protection_minutes = orphan_protection_minutes
         """Orphans younger than this survive ``collect_garbage`` (None: Pulp's ORPHAN_PROTECTION_TIME)."""
+        self.signing_service = signing_service
+        self.keyring = keyring
+        self._signing_record: EntityDefinition | None = None
+
+    # -- signing -----------------------------------------------------------------------------
+
+    def check(self) -> None:
+        super().check()
+        if self.signing_service is None:
+            log.warning(
+                "no pulp_signing_service: Pulp publications are unsigned (apt lines say [trusted=yes])"
+            )
+        else:
+            self._signing()
+
+    def _signing(self) -> EntityDefinition:
+        """The configured signing service's record (href, public key), looked up once."""
+        with self._lock:
+            if self._signing_record is not None:
+                return self._signing_record
+        with self._errors(f"looking up the signing service {self.signing_service!r}"):
+            found = self._first(PulpSigningServiceContext(self.ctx), name=self.signing_service)
+        if found is None:
+            raise PermanentError(
+                f"Pulp at {self.base_url} has no signing service {self.signing_service!r} (setting "
+                "pulp_signing_service): register it with pulpcore-manager add-signing-service "
+                "--class deb:AptReleaseSigningService"
+            )
+        with self._lock:
+            self._signing_record = found
+        return found
+
+    def signing_key(self) -> SigningKey | None:
+        if self.signing_service is None:
+            return None
+        record = self._signing()
+        return SigningKey(str(record["pubkey_fingerprint"]), str(record["public_key"]))
 
     # -- lookups -----------------------------------------------------------------------------
 
@@ -282,27 +326,30 @@ class PulpRepository(PulpClient):
             UNAVAILABLE_RETRY_SECONDS,
         )
 
-    def _publication(self, version: str, fresh: bool) -> str:
-        """A complete structured publication of ``version`` (an existing one if it is not new)."""
+    def _publication(self, version: str, fresh: bool, signed: bool) -> str:
+        """A complete structured publication of ``version`` (an existing one if it is not new),
+        signed by the signing service when ``signed`` and one is configured."""
+        body: dict[str, t.Any] = {"repository_version": version, "structured": True, "simple": False}
+        if signed and self.signing_service is not None:
+            body["signing_service"] = self._signing()["pulp_href"]
         if not fresh:
             for found in PulpAptPublicationContext(self.ctx).list_iterator(
                 parameters={"repository_version": version}
             ):
-                if found.get("structured"):
+                if found.get("structured") and found.get("signing_service") == body.get("signing_service"):
                     return t.cast(str, found["pulp_href"])
         started = time.monotonic()
-        created = PulpAptPublicationContext(self.ctx).create(
-            body={"repository_version": version, "structured": True, "simple": False}
-        )
+        created = PulpAptPublicationContext(self.ctx).create(body=body)
         log.info("pulp: published %s in %.2fs", version, time.monotonic() - started)
         return t.cast(str, created["pulp_href"])
 
-    def _source(self, base_path: str) -> AptSource:
+    def _source(self, base_path: str, signed: bool = True) -> AptSource:
         return AptSource(
             url=f"{self.content_origin}/pulp/content/{base_path}/",
             suite=self.suite,
             components=(COMPONENT,),
             trusted=True,
+            signed_by=self.keyring if signed and self.signing_service is not None else None,
         )
 
     # -- PackageRepository -------------------------------------------------------------------
@@ -317,10 +364,10 @@ class PulpRepository(PulpClient):
             staging = self._repository(place.staging_repository(build.build_id), remember=False)
             assert staging is not None
             version, fresh = self._snapshot_into(staging, base, units)
-            self._publication(version, fresh)
+            self._publication(version, fresh, signed=False)  # only the farm's builders read it
             # Bound to the repository: Pulp serves each new publication of it once it is complete.
             self._ensure_distribution(base_path, {"repository": staging})
-        return self._source(base_path)
+        return self._source(base_path, signed=False)
 
     def drop_staging(self, build: BuildRef) -> None:
         place = place_of(build)
@@ -360,7 +407,7 @@ class PulpRepository(PulpClient):
                 assert side is not None
                 base = record["latest_version_href"] if record is not None else None
                 version, fresh = self._snapshot_into(side, base, units)
-            publication = self._publication(version, fresh)
+            publication = self._publication(version, fresh, signed=True)
             labels = {PROJECT_LABEL: place.project, BUILD_LABEL: str(build.build_id)}
             self._ensure_distribution(base_path, {"publication": publication, "pulp_labels": labels})
             if move_latest:
