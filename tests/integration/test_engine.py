@@ -278,3 +278,27 @@ def test_git_source_hashes_like_a_local_tree_and_is_reused(ctx: FarmContext, tmp
     )
     with pytest.raises(ManifestError, match=r"packages\[0\] \(file://.*@nope\): git fetch failed"):
         submit_build(ctx, load_manifest(bad), tmp_path, "alice")
+
+
+def test_step_whose_outputs_left_the_store_is_built_again(ctx: FarmContext, tmp_path: Path) -> None:
+    """A lost object (a bucket emptied, a store swapped) makes reuse build again, not fail to publish."""
+    src = tmp_path / "src"
+    make_package(src, "lost")
+    first_id = _submit(ctx, src, ["lost"])
+    drain(ctx)
+    first = control.show_build(ctx, first_id)
+    assert first.state == "succeeded", first
+    sha = next(o["sha256"] for o in first.steps[0].outputs if o["filename"].endswith(".deb"))
+    future = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    assert ctx.store.delete_objects([sha], older_than=future).deleted == 1
+    assert not ctx.store.has(sha)
+
+    again = _submit(ctx, src, ["lost"])
+    drain(ctx)
+    view = control.show_build(ctx, again)
+    assert view.state == "succeeded", view
+    assert view.steps[0].state == "succeeded" and view.steps[0].input_key == first.steps[0].input_key
+    assert ctx.store.has(sha)  # the same bytes again (the build is reproducible)
+    third = _submit(ctx, src, ["lost"])
+    drain(ctx)
+    assert _states(ctx, third) == {"lost": "reused"}  # the new build is what later ones reuse

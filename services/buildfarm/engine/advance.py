@@ -23,6 +23,7 @@ import datetime as dt
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import select, update
@@ -32,6 +33,7 @@ from buildfarm.backends.base import BuildRef, PackageFile
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import moves_latest
 from buildfarm.model.errors import BuildfarmError, TemporaryError
+from buildfarm.model.retention import IMAGE_OUTPUT_PREFIX
 from buildfarm.state.models import (
     TERMINAL_BUILD_STATES,
     TERMINAL_STEP_STATES,
@@ -69,12 +71,39 @@ def find_reusable(session: Session, input_key: str) -> Step | None:
     ).first()
 
 
+def _outputs_stored(session: Session, step: Step, has: Callable[[str], bool]) -> bool:
+    """Whether every stored output of ``step`` (not its images: the registry holds those) is still
+    in the artifact store.  A store that cannot answer now counts as holding them: publishing then
+    meets the outage and says so, as it would have without this check."""
+    for output in session.scalars(select(StepOutput).where(StepOutput.step_id == step.id)):
+        if output.filename.startswith(IMAGE_OUTPUT_PREFIX):
+            continue
+        try:
+            if not has(output.sha256):
+                log.warning(
+                    "step %s (input key %s) is not reused: its output %s (%s) is gone from the store; "
+                    "building it again",
+                    step.id,
+                    step.input_key[:12],
+                    output.filename,
+                    output.sha256[:12],
+                )
+                return False
+        except BuildfarmError:
+            return True
+    return True
+
+
 def producing_step_id(step: Step) -> int:
     return step.reused_from if step.reused_from is not None else step.id
 
 
-def _release(session: Session, build: Build) -> list[Step]:
-    """Resolve pending steps; return the ones that became ready. Loops until nothing changes."""
+def _release(session: Session, build: Build, has: Callable[[str], bool] | None = None) -> list[Step]:
+    """Resolve pending steps; return the ones that became ready. Loops until nothing changes.
+
+    A step whose input key was built before reuses that build, unless ``has`` (the artifact
+    store's) says one of its outputs is gone (a lost bucket, a store swapped): then it is built
+    again, rather than failing every build that would reuse it at publish time."""
     now = utcnow()
     released: list[Step] = []
     by_name = {s.name: s for s in build.steps}
@@ -93,7 +122,11 @@ def _release(session: Session, build: Build) -> list[Step]:
                 changed = True
             elif all(d.state == StepState.SUCCEEDED for d in deps):
                 original = find_reusable(session, step.input_key)
-                if original is not None and original.id != step.id:
+                if (
+                    original is not None
+                    and original.id != step.id
+                    and (has is None or _outputs_stored(session, original, has))
+                ):
                     step.state = StepState.SUCCEEDED
                     step.reused_from = original.id
                     step.started_at = step.finished_at = now
@@ -180,7 +213,7 @@ def advance_build(ctx: FarmContext, build_id: int) -> None:
                 finish = "close"
             else:
                 return
-        released = _release(session, build) if finish is None else []
+        released = _release(session, build, ctx.store.has) if finish is None else []
         needs_stage = [s for s in released if s.depends_on]
         if needs_stage and not _stage(ctx, session, build, needs_stage):
             released = [s for s in released if not s.depends_on]
