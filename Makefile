@@ -85,7 +85,9 @@ demo: deps venv
 	@echo "The farm keeps running (state in $(BUILDFARM_STATE_DIR)); 'make demo' again rebuilds nothing."
 	@echo "Stop it with:  make farm-stop   (or: BUILDFARM_STATE_DIR=$(BUILDFARM_STATE_DIR) $(BF) stop)"
 	@echo
-	@echo "Use the repository with apt on this machine, e.g.:"
+	@echo "Use the repository with apt on this machine, e.g. (the line says signed-by= the farm's key):"
+	@echo "  BUILDFARM_STATE_DIR=$(BUILDFARM_STATE_DIR) $(BF) repo key \\"
+	@echo "    | sudo tee /etc/apt/keyrings/buildfarm.asc"
 	@echo "  BUILDFARM_STATE_DIR=$(BUILDFARM_STATE_DIR) $(BF) repo sources examples main \\"
 	@echo "    | sudo tee /etc/apt/sources.list.d/buildfarm-examples.list"
 	@echo "  sudo apt-get update && sudo apt-get install greet-cli && greet-cli world"

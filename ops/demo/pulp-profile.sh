@@ -21,8 +21,21 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432; then
 fi
 createdb -h 127.0.0.1 -U postgres pulp_demo 2>/dev/null || true
 
+# The farm's signing key (made once, kept in $STATE/signing): Pulp's signing service signs every
+# build publication with it, and apt checks the Release files against its public half.
+KEY=$("$PY" - "$STATE/signing" <<'PYEOF'
+import sys
+from pathlib import Path
+from buildfarm.backends.signing import HOME_NAME, generate_key, stop_agent
+key = generate_key(Path(sys.argv[1]))
+stop_agent(Path(sys.argv[1]) / HOME_NAME)
+print(key)
+PYEOF
+)
+
 echo "demo: starting Pulp (API, content app, worker; first time installs it into .venv-pulp, ~35 s) ..."
-PULP_JSON=$(python3 ops/pulp/pulpstack.py start --dir "$STATE/pulp" --db-port 5432 --db-name pulp_demo)
+PULP_JSON=$(python3 ops/pulp/pulpstack.py start --dir "$STATE/pulp" --db-port 5432 --db-name pulp_demo \
+  --signing-key-file "$KEY")
 pulp() { printf '%s' "$PULP_JSON" | "$PY" -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
 if ! [ -s "$STATE/moto.port" ] || ! kill -0 "$(cat "$STATE/moto.pid" 2>/dev/null)" 2>/dev/null; then
@@ -43,6 +56,7 @@ PYEOF
 export BUILDFARM_STATE_DIR=$STATE BUILDFARM_REPO_PORT=0 BUILDFARM_API_PORT=0
 export BUILDFARM_REPOSITORY=pulp BUILDFARM_PULP_URL=$(pulp base_url) BUILDFARM_PULP_USERNAME=$(pulp username)
 export BUILDFARM_PULP_PASSWORD_FILE=$(pulp password_file) BUILDFARM_PULP_CONTENT_ORIGIN=$(pulp content_origin)
+export BUILDFARM_PULP_SIGNING_SERVICE=$(pulp signing_service)
 export BUILDFARM_ARTIFACTS=s3 BUILDFARM_S3_ENDPOINT=$S3 BUILDFARM_S3_SECURE=false BUILDFARM_S3_REGION=us-east-1
 export BUILDFARM_S3_BUCKET=buildfarm BUILDFARM_S3_ACCESS_KEY=demo BUILDFARM_S3_SECRET_KEY=demo-secret
 
@@ -54,5 +68,9 @@ echo "apt-get update + apt-get download of every package from Pulp, with a priva
 echo
 echo "The APT sources line of examples/main (latest, served by Pulp's content app):"
 "$BF" repo sources examples main
+echo
+"$BF" repo key >"$STATE/buildfarm.asc"
+echo "The line names the farm's public key (\`buildfarm repo key\`, saved in $STATE/buildfarm.asc); apt users store it with:"
+echo "  sudo install -m 644 $STATE/buildfarm.asc /etc/apt/keyrings/buildfarm.asc"
 echo
 echo "Farm, Pulp and S3 keep running (state in $STATE). Stop them with:  make demo-stop PROFILE=pulp"
