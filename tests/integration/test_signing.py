@@ -7,6 +7,8 @@ with ``[signed-by=<the public key>]`` and must refuse a tampered Release or anot
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -225,3 +227,25 @@ def test_pulp_unknown_signing_service_is_one_line(pulp_server: PulpServer) -> No
     )
     with pytest.raises(PermanentError, match=r"no signing service 'nosuch' \(setting pulp_signing_service\)"):
         repo.check()
+
+
+def test_a_deep_state_directory_still_signs(tmp_path: Path) -> None:
+    """gpg-agent's sockets live in the home: a home deeper than a Unix socket path allows is
+    reached through a short symlink (without it: "No agent running", seen in CI)."""
+    deep = tmp_path.joinpath(*["a-rather-long-directory-name"] * 4) / "state" / "signing"
+    assert len(str(deep / HOME_NAME / "S.gpg-agent.browser")) > 107
+    key_file = generate_key(deep)
+    signer = ReleaseSigner(key_file, deep / HOME_NAME)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "Release").write_text("Origin: buildfarm\n")
+    signer.sign(repo)
+    assert (repo / "InRelease").read_text().startswith("-----BEGIN PGP SIGNED MESSAGE-----")
+    assert signer.signing_key().fingerprint == signer.fingerprint
+    links = [p for p in Path(tempfile.gettempdir()).glob(f"bf-gpg-{os.getuid()}-*") if p.is_symlink()]
+    assert any(os.readlink(p) == str((deep / HOME_NAME).absolute()) for p in links)
+    stop_agent(deep / HOME_NAME)
+    assert not any(
+        p.is_symlink() and os.readlink(p) == str((deep / HOME_NAME).absolute())
+        for p in Path(tempfile.gettempdir()).glob(f"bf-gpg-{os.getuid()}-*")
+    )

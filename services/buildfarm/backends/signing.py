@@ -9,14 +9,19 @@ profile signs with no setup.  Pulp signs its own publications through a signing 
 (ops/pulp/pulpstack.py registers one); this module is the local profile's signer.
 
 gpg ≥ 2.1 does every secret-key operation through a gpg-agent it starts per GNUPGHOME;
-:func:`stop_agent` ends it (``buildfarm stop``, test teardown).
+:func:`stop_agent` ends it (``buildfarm stop``, test teardown).  The agent's sockets live in the
+home, and a Unix socket path has at most 107 bytes: a farm whose state directory is deep (a
+pytest tmp_path was enough) would fail with "No agent running".  gpg is then given a short
+symlink to the home instead (:func:`_gpg_home`), which gpg does not resolve.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +43,42 @@ class SigningKey:
     public_key: str
 
 
+SOCKET_PATH_ROOM = 80
+"""Longest home gpg is given as it is: its longest socket name (``/S.gpg-agent.browser``, 20
+bytes) must keep the path under the 107-byte limit of a Unix socket address, with room to spare."""
+
+
+def _gpg_home(home: Path) -> Path:
+    """``home``, or a short symlink to it (in the temp directory, owned by us) when the agent's
+    socket paths under ``home`` would be too long."""
+    absolute = home.absolute()
+    if len(str(absolute)) <= SOCKET_PATH_ROOM:
+        return absolute
+    digest = hashlib.sha256(str(absolute).encode()).hexdigest()[:16]
+    link = Path(tempfile.gettempdir()) / f"bf-gpg-{os.getuid()}-{digest}"
+    try:
+        if link.is_symlink() and link.lstat().st_uid == os.getuid() and os.readlink(link) == str(absolute):
+            return link
+        staged = link.with_name(f"{link.name}.{os.getpid()}.{threading.get_ident()}")
+        staged.unlink(missing_ok=True)
+        os.symlink(absolute, staged)
+        os.replace(staged, link)  # atomic: concurrent signers agree on the same link
+    except OSError as exc:
+        raise PermanentError(
+            f"gpg home {absolute} is too deep for gpg-agent's sockets and {link} cannot point to it: "
+            f"{exc.strerror}"
+        ) from exc
+    return link
+
+
 def _gpg(home: Path, *args: str, stdin: bytes | None = None) -> bytes:
     exe = shutil.which("gpg")
     if exe is None:
         raise PermanentError("gpg is not installed: install the Debian package gnupg (apt-get install gnupg)")
     try:
+        gpg_home = str(_gpg_home(home))
         done = subprocess.run(
-            [exe, "--homedir", str(home), "--batch", "--no-tty", "--pinentry-mode", "error", *args],
+            [exe, "--homedir", gpg_home, "--batch", "--no-tty", "--pinentry-mode", "error", *args],
             input=stdin,
             capture_output=True,
             timeout=GPG_TIMEOUT_SECONDS,
@@ -195,9 +229,12 @@ def stop_agent(home: Path) -> None:
     exe = shutil.which("gpgconf")
     if exe is None or not home.is_dir():
         return
+    gpg_home = _gpg_home(home)
     subprocess.run(
-        [exe, "--homedir", str(home), "--kill", "gpg-agent"],
+        [exe, "--homedir", str(gpg_home), "--kill", "gpg-agent"],
         capture_output=True,
         timeout=GPG_TIMEOUT_SECONDS,
         check=False,
     )
+    if gpg_home.is_symlink():
+        gpg_home.unlink(missing_ok=True)  # the short link is made again on the next use
