@@ -418,14 +418,15 @@ def test_farm_signs_mirror_publications_and_apt_needs_only_its_key(
     )
     url = f"{repo.content_origin}/pulp/content/_mirrors/farmsigned/"
     # Served unsigned until the next sync: its line stays [trusted=yes], so apt still reads it.
-    assert [s.line() for s in signed_repo.mirror_sources()] == [
-        f"deb [trusted=yes] {url} {SUITE} {COMPONENT}"
-    ]
+    trusted = f"deb [trusted=yes] {url} {SUITE} {COMPONENT}"
+    assert [s.line() for s in signed_repo.usable_mirrors().values()] == [trusted]
 
     status = signed_repo.sync_mirror(mirror)
     line = f"deb [signed-by={DEFAULT_SIGNING_KEYRING}] {url} {SUITE} {COMPONENT}"
     assert (status.source, status.version) == (line, unsigned.version)  # same version, signed publication
-    assert [s.line() for s in signed_repo.mirror_sources()] == [line]
+    assert [s.line() for s in signed_repo.usable_mirrors().values()] == [line]
+    # Build steps read it like their staging repository: a builder holds no farm key.
+    assert [s.line() for s in signed_repo.mirror_sources()] == [trusted]
     key = signed_repo.signing_key()
     assert key is not None
     client = AptClient(tmp_path / "apt", line, key.public_key)  # the farm's public key, no trusted=yes

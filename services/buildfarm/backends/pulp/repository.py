@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import typing as t
+from dataclasses import replace
 
 from pulp_glue.common.context import EntityDefinition, PulpEntityContext
 from pulp_glue.common.exceptions import PulpException
@@ -456,7 +457,10 @@ class PulpRepository(PulpClient):
         return self._source(t.cast(str, found["base_path"]))
 
     def mirror_sources(self) -> list[AptSource]:
-        return list(self.mirrors.usable().values())
+        """The usable mirrors as the farm's build steps read them: like the staging repositories,
+        unsigned lines (``[trusted=yes]``): a builder holds no farm key, and Pulp checked the
+        upstream's signature at sync.  Users get the signed lines (:meth:`usable_mirrors`)."""
+        return [replace(source, signed_by=None) for source in self.mirrors.usable().values()]
 
     def usable_mirrors(self) -> dict[str, AptSource]:
         return self.mirrors.usable()
