@@ -16,8 +16,9 @@ once the status endpoint reports the worker and the content app online, and leav
 running with their pids in ``<dir>/pids``; ``stop`` ends exactly those processes.
 
 With a signing key (an armored OpenPGP secret key without passphrase), ``prepare`` imports it
-into ``<dir>/signing/gnupg`` (0700), writes the signing script pulp_deb runs for every Release
-file (``InRelease`` and ``Release.gpg``) and registers it as the AptReleaseSigningService
+into ``<dir>/signing/gnupg`` (0700), copies beside it the signing script pulp_deb runs for
+every Release file (``InRelease`` and ``Release.gpg``; buildtools/images/pulp/sign-release.sh,
+which the chart's Pulp image ships too) and registers it as the AptReleaseSigningService
 ``buildfarm`` (the farm's ``pulp_signing_service``).  A stack keeps the service it registered
 first: to change the key, ``pulpcore-manager remove-signing-service buildfarm`` and start again.
 """
@@ -29,7 +30,7 @@ import base64
 import json
 import os
 import secrets
-import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -60,20 +61,9 @@ SIGNING_SERVICE = "buildfarm"
 """Name of the AptReleaseSigningService a stack with a signing key registers."""
 GPG_TIMEOUT_SECONDS = 60.0
 """Bound on one gpg run at setup (importing a key takes milliseconds)."""
-SIGNING_SCRIPT = """#!/bin/sh
-# Written by ops/pulp/pulpstack.py: pulp_deb's AptReleaseSigningService script. Pulp runs it with
-# the Release file's path and PULP_SIGNING_KEY_FINGERPRINT; it writes InRelease and Release.gpg
-# beside that file (the task's working directory) and prints where they are, as JSON.
-set -eu
-export GNUPGHOME={home}
-release=$(readlink -f "$1")
-dir=$(dirname "$release")
-gpg="gpg --batch --no-tty --pinentry-mode error --yes --digest-algo SHA512"
-gpg="$gpg --local-user $PULP_SIGNING_KEY_FINGERPRINT"
-$gpg --clearsign --output "$dir/InRelease" "$release"
-$gpg --detach-sign --armor --output "$dir/Release.gpg" "$release"
-printf '{{"signatures": {{"inline": "%s", "detached": "%s"}}}}\\n' "$dir/InRelease" "$dir/Release.gpg"
-"""
+SIGNING_SCRIPT = REPO_ROOT / "buildtools" / "images" / "pulp" / "sign-release.sh"
+"""pulp_deb's signing script, the one the chart's Pulp image ships: a stack runs a copy of it
+beside its GNUPGHOME (the script's default home is ``gnupg/`` next to itself)."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -307,8 +297,8 @@ class PulpStack:
         fingerprints = [line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:")]
         if not fingerprints:
             raise PulpStackError(f"{key_file} holds no OpenPGP key")
-        script = self.root / "signing" / "sign-release.sh"
-        script.write_text(SIGNING_SCRIPT.format(home=shlex.quote(str(self.signing_home))))
+        script = self.signing_home.parent / "sign-release.sh"
+        shutil.copyfile(SIGNING_SCRIPT, script)
         script.chmod(0o700)
         try:
             self._run(

@@ -7,6 +7,8 @@ mirror's distribution must give byte-identical packages; a re-sync after upstrea
 serves the new set while no reader ever sees a half-switched one; the CLI syncs through the API.
 The upstream is signed (InRelease and Release.gpg) with a throwaway key made in a temp GNUPGHOME:
 a mirror naming that key syncs, a wrong key or a tampered Release is refused and publishes nothing.
+With the farm's signing service (the session key of pulpkit) the mirror's publication is signed
+by the farm's key and apt reads it with that public key alone.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from buildfarm.engine.wiring import make_repository
 from buildfarm.local.aptclient import AptClient, AptError
 from buildfarm.model.errors import ConflictError, PermanentError, ServiceUnavailableError
 from buildfarm.model.manifest import load_manifest
-from buildfarm.model.settings import MirrorConfig
+from buildfarm.model.settings import DEFAULT_SIGNING_KEYRING, MirrorConfig
 from buildfarm.runners.base import StepJob, StepResult
 from buildfarm.runners.host import HostRunner
 
@@ -392,6 +394,48 @@ def test_pulp_checks_the_release_signature(
         upstream._index()  # signed again: the next tests see a good upstream
     assert _served(f"{repo.content_origin}/pulp/content/_mirrors/signedtp/") == served  # nothing new
     assert _version_numbers(repo, "buildfarm/_mirrors/signedtp")[-1] == int(signed.version)
+
+
+def test_farm_signs_mirror_publications_and_apt_needs_only_its_key(
+    pulp_server: PulpServer,
+    repo: PulpRepository,
+    upstream: Upstream,
+    keys: tuple[SigningKey, SigningKey],
+    tmp_path: Path,
+) -> None:
+    right = keys[0]
+    mirror = _mirror(upstream, "farmsigned", right.public)  # Pulp checks the upstream's key at sync
+    unsigned = repo.sync_mirror(mirror)  # synced while the farm had no signing service
+    assert pulp_server.signing_service is not None
+    signed_repo = PulpRepository(
+        pulp_server.base_url,
+        pulp_server.username,
+        pulp_server.password,
+        pulp_server.content_origin,
+        task_timeout_seconds=60,
+        mirrors=[mirror],
+        signing_service=pulp_server.signing_service,
+    )
+    url = f"{repo.content_origin}/pulp/content/_mirrors/farmsigned/"
+    # Served unsigned until the next sync: its line stays [trusted=yes], so apt still reads it.
+    trusted = f"deb [trusted=yes] {url} {SUITE} {COMPONENT}"
+    assert [s.line() for s in signed_repo.usable_mirrors().values()] == [trusted]
+
+    status = signed_repo.sync_mirror(mirror)
+    line = f"deb [signed-by={DEFAULT_SIGNING_KEYRING}] {url} {SUITE} {COMPONENT}"
+    assert (status.source, status.version) == (line, unsigned.version)  # same version, signed publication
+    assert [s.line() for s in signed_repo.usable_mirrors().values()] == [line]
+    # Build steps read it like their staging repository: a builder holds no farm key.
+    assert [s.line() for s in signed_repo.mirror_sources()] == [trusted]
+    key = signed_repo.signing_key()
+    assert key is not None
+    client = AptClient(tmp_path / "apt", line, key.public_key)  # the farm's public key, no trusted=yes
+    client.update()
+    for deb in upstream.debs.values():
+        assert client.download(deb.filename.split("_", 1)[0]).read_bytes() == deb.path.read_bytes()
+    with pytest.raises(AptError, match="NO_PUBKEY"):  # the upstream's own key does not verify it
+        AptClient(tmp_path / "apt-upstream-key", line, right.public.read_text()).update()
+    assert "BEGIN PGP SIGNATURE" in httpx.get(f"{url}dists/{SUITE}/InRelease", timeout=10).text
 
 
 def test_unreachable_upstream_is_one_clear_error(repo: PulpRepository) -> None:

@@ -40,6 +40,39 @@ env:
   {{- end }}
 {{- end -}}
 
+{{/* The signing service the pulp-signing Job registers (ops/pulp/pulpstack.py's name too). */}}
+{{- define "buildfarm.pulpSigningService" -}}buildfarm{{- end -}}
+
+{{/* "true" when pulp.signing names a Secret with the farm's key, else empty. */}}
+{{- define "buildfarm.pulpSigning" -}}
+{{- if .Values.pulp.signing.existingSecret }}true{{ end -}}
+{{- end -}}
+
+{{/* Where the signing script finds the key (buildtools/images/pulp/sign-release.sh): the Secret,
+     imported on first use into a GNUPGHOME in the pod's own /tmp. */}}
+{{- define "buildfarm.pulpSigningEnv" -}}
+- name: BUILDFARM_SIGNING_KEY_FILE
+  value: /etc/pulp/signing/signing.asc
+- name: BUILDFARM_SIGNING_GNUPGHOME
+  value: /tmp/gnupg
+{{- end -}}
+
+{{- define "buildfarm.pulpSigningVolumeMount" -}}
+- name: signing-key
+  mountPath: /etc/pulp/signing
+  readOnly: true
+{{- end -}}
+
+{{- define "buildfarm.pulpSigningVolume" -}}
+- name: signing-key
+  secret:
+    secretName: {{ .Values.pulp.signing.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.pulp.signing.key }}
+        path: signing.asc
+{{- end -}}
+
 {{- define "buildfarm.pulpVolumeMounts" -}}
 - name: settings
   mountPath: /etc/pulp/settings.py
@@ -77,6 +110,9 @@ env:
 {{/* A Pulp Deployment: (dict "ctx" $ "component" "pulp-api" "values" .Values.pulp.api "command" list "port" 24817) */}}
 {{- define "buildfarm.pulpDeployment" -}}
 {{- $ctx := .ctx -}}
+{{- /* Tasks (publications, so signing) run in the worker; the API runs a task itself when it
+       dispatches one as immediate.  The content app never signs. */ -}}
+{{- $signing := and (include "buildfarm.pulpSigning" $ctx) (has .component (list "pulp-api" "pulp-worker")) -}}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -103,6 +139,9 @@ spec:
       containers:
         - name: {{ .component }}
           {{- include "buildfarm.pulpContainer" $ctx | nindent 10 }}
+            {{- if $signing }}
+            {{- include "buildfarm.pulpSigningEnv" $ctx | nindent 12 }}
+            {{- end }}
           command: {{ toJson .command }}
           {{- if .port }}
           ports:
@@ -139,6 +178,12 @@ spec:
             {{- toYaml .values.resources | nindent 12 }}
           volumeMounts:
             {{- include "buildfarm.pulpVolumeMounts" $ctx | nindent 12 }}
+            {{- if $signing }}
+            {{- include "buildfarm.pulpSigningVolumeMount" $ctx | nindent 12 }}
+            {{- end }}
       volumes:
         {{- include "buildfarm.pulpVolumes" $ctx | nindent 8 }}
+        {{- if $signing }}
+        {{- include "buildfarm.pulpSigningVolume" $ctx | nindent 8 }}
+        {{- end }}
 {{- end -}}

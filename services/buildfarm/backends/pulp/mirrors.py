@@ -25,7 +25,12 @@ task timeout; an upstream that cannot be reached is a ServiceUnavailableError na
 With a key (``signed_by``) the remote carries it as ``gpgkey``: pulp_deb then accepts only an
 ``InRelease`` or ``Release`` + ``Release.gpg`` that key signed, and a sync that finds none
 fails (one line naming the mirror) before any version is made, so nothing new is published.
-Pulp republishes unsigned, so the farm's line stays ``[trusted=yes]``: the check is Pulp's.
+Pulp writes its own Release for the publication: with the farm's signing service
+(``pulp_signing_service``) it is signed by the farm's key like every build publication, and
+the mirror's line says ``[signed-by=<keyring>]`` (the upstream's signature was Pulp's check at
+sync; apt checks the farm's).  Without one the publication is unsigned and the line says
+``[trusted=yes]``.  A mirror last synced before signing was configured serves an unsigned
+publication until its next sync, and keeps its ``[trusted=yes]`` line until then.
 
 One sync of a mirror at a time, across every process sharing the Pulp: a sync holds a lease,
 a content guard named ``buildfarm/_mirrors/<m>/syncing`` (Pulp's unique names make creating
@@ -99,30 +104,43 @@ class PulpMirrors:
         content_origin: str,
         mirrors: list[MirrorConfig],
         retain_versions: int = DEFAULT_RETAIN_VERSIONS,
+        *,
+        signing_service: t.Callable[[], str] | None = None,
+        keyring: str | None = None,
     ) -> None:
+        """``signing_service`` gives the href of the signing service that signs every mirror
+        publication (None: unsigned); ``keyring`` is where apt users keep its public key."""
         if retain_versions < 2:  # the served version and the one a sync makes
             raise PermanentError(f"mirror_retain_versions is {retain_versions}: at least 2 are needed")
+        if signing_service is not None and keyring is None:
+            raise PermanentError("a signing service for mirrors needs the keyring its apt lines name")
         self.client = client
         self.content_origin = content_origin.rstrip("/")
         self.mirrors = list(mirrors)
         self.retain_versions = retain_versions
+        self.signing_service = signing_service
+        self.keyring = keyring
+        self._signed_publications: dict[str, bool] = {}  # a publication's signing never changes
 
-    def source(self, mirror: MirrorConfig) -> AptSource:
+    def source(self, mirror: MirrorConfig, signed: bool = True) -> AptSource:
+        """The mirror's apt line; ``signed=False`` for a publication made without the signing service."""
         return AptSource(
             url=f"{self.content_origin}/pulp/content/{mirror_base_path(mirror.name)}/",
             suite=mirror.distribution,
             components=tuple(mirror.components),
             trusted=True,
+            signed_by=self.keyring if signed and self.signing_service is not None else None,
         )
 
     def usable(self) -> dict[str, AptSource]:
-        """Sources of the configured mirrors that have been synced, by name (one request)."""
+        """Sources of the configured mirrors that have been synced, by name (one request; with
+        signing, one more the first time each served publication is seen)."""
         if not self.mirrors:
             return {}
         ctx = self.client.ctx
         with self.client._errors("listing the synced mirrors"):
-            synced = {
-                entity["base_path"]
+            served = {
+                entity["base_path"]: t.cast(str, entity["publication"])
                 for entity in PulpAptDistributionContext(ctx).list_iterator(
                     parameters={
                         "pulp_label_select": f"{CLASS_LABEL}={MIRROR_CLASS}",
@@ -131,7 +149,29 @@ class PulpMirrors:
                 )
                 if entity.get("publication")
             }
-        return {m.name: self.source(m) for m in self.mirrors if mirror_base_path(m.name) in synced}
+            usable: dict[str, AptSource] = {}
+            for mirror in self.mirrors:
+                publication = served.get(mirror_base_path(mirror.name))
+                if publication is not None:
+                    usable[mirror.name] = self.source(mirror, signed=self._is_signed(mirror, publication))
+        return usable
+
+    def _is_signed(self, mirror: MirrorConfig, publication: str) -> bool:
+        """Whether ``publication`` was signed (only asked when a signing service is configured)."""
+        if self.signing_service is None:
+            return False
+        signed = self._signed_publications.get(publication)
+        if signed is None:
+            entity = PulpAptPublicationContext(self.client.ctx, pulp_href=publication).entity
+            signed = bool(entity.get("signing_service"))
+            if not signed:
+                log.warning(
+                    "pulp: mirror %s serves a publication made before signing was configured: "
+                    "[trusted=yes] until its next sync",
+                    mirror.name,
+                )
+            self._signed_publications[publication] = signed
+        return signed
 
     def sync(self, mirror: MirrorConfig) -> MirrorStatus:
         """Sync ``mirror`` from upstream, publish the result and switch its distribution to it."""
@@ -268,21 +308,24 @@ class PulpMirrors:
             raise
 
     def _publication(self, version: str) -> str:
-        """A structured publication of ``version``: the one a previous sync made, or a new one."""
+        """A structured publication of ``version``, signed by the signing service if there is one:
+        the one a previous sync made, or a new one."""
         ctx = self.client.ctx
+        body: dict[str, t.Any] = {"repository_version": version, "structured": True, "simple": False}
+        if self.signing_service is not None:
+            body["signing_service"] = self.signing_service()
         for found in PulpAptPublicationContext(ctx).list_iterator(parameters={"repository_version": version}):
-            if found.get("structured"):
+            if found.get("structured") and found.get("signing_service") == body.get("signing_service"):
                 return t.cast(str, found["pulp_href"])
-        created = PulpAptPublicationContext(ctx).create(
-            body={"repository_version": version, "structured": True, "simple": False}
-        )
+        created = PulpAptPublicationContext(ctx).create(body=body)
         return t.cast(str, created["pulp_href"])
 
     def _point_distribution(
         self, name: str, base_path: str, publication: str, version: str, labels: dict[str, str]
     ) -> None:
         """Serve ``publication`` (of ``version``) at ``base_path``: created once, then switched by
-        one update, and only forward: never to a version older than the one served."""
+        one update, and only forward: never to a version older than the one served (the same
+        version's new publication is taken: signing was turned on or changed)."""
         ctx = self.client.ctx
         body = {"name": name, "base_path": base_path, "publication": publication, "pulp_labels": labels}
         found = self.client._find_or_create(
@@ -293,7 +336,7 @@ class PulpMirrors:
             return
         if served:
             served_version = PulpAptPublicationContext(ctx, pulp_href=served).entity["repository_version"]
-            if _version_number(served_version) >= _version_number(version):
+            if _version_number(served_version) > _version_number(version):
                 log.warning(
                     "pulp: mirror %s already serves version %s: not switching back to %s",
                     name,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import typing as t
+from dataclasses import replace
 
 from pulp_glue.common.context import EntityDefinition, PulpEntityContext
 from pulp_glue.common.exceptions import PulpException
@@ -64,9 +65,9 @@ class PulpRepository(PulpClient):
     ``content_origin`` is where apt clients reach Pulp's content app (``CONTENT_ORIGIN`` of the
     server, or a proxy in front of it); ``suite`` is the apt distribution of every publication.
     ``signing_service`` names the AptReleaseSigningService that signs every build publication's
-    Release (ops/pulp/pulpstack.py registers one); their apt lines then say
-    ``[signed-by=<keyring>]``.  Staging publications, read only by the farm's builders, stay
-    unsigned.  One instance is safe to share between threads.
+    Release (ops/pulp/pulpstack.py registers one) and every mirror publication's (:mod:`.mirrors`);
+    their apt lines then say ``[signed-by=<keyring>]``.  Staging publications, read only by the
+    farm's builders, stay unsigned.  One instance is safe to share between threads.
     """
 
     def __init__(
@@ -99,14 +100,19 @@ class PulpRepository(PulpClient):
         self.uploads = 0
         """Packages sent to Pulp by this instance (the rest were added by reference)."""
         self.reused = 0
-        self.mirrors = PulpMirrors(
-            self, self.content_origin, check_mirrors(list(mirrors or [])), mirror_retain_versions
-        )
         self.orphan_protection_minutes = orphan_protection_minutes
         """Orphans younger than this survive ``collect_garbage`` (None: Pulp's ORPHAN_PROTECTION_TIME)."""
         self.signing_service = signing_service
         self.keyring = keyring
         self._signing_record: EntityDefinition | None = None
+        self.mirrors = PulpMirrors(
+            self,
+            self.content_origin,
+            check_mirrors(list(mirrors or [])),
+            mirror_retain_versions,
+            signing_service=self._signing_href if signing_service is not None else None,
+            keyring=keyring,
+        )
 
     # -- signing -----------------------------------------------------------------------------
 
@@ -135,6 +141,9 @@ class PulpRepository(PulpClient):
         with self._lock:
             self._signing_record = found
         return found
+
+    def _signing_href(self) -> str:
+        return t.cast(str, self._signing()["pulp_href"])
 
     def signing_key(self) -> SigningKey | None:
         if self.signing_service is None:
@@ -331,7 +340,7 @@ class PulpRepository(PulpClient):
         signed by the signing service when ``signed`` and one is configured."""
         body: dict[str, t.Any] = {"repository_version": version, "structured": True, "simple": False}
         if signed and self.signing_service is not None:
-            body["signing_service"] = self._signing()["pulp_href"]
+            body["signing_service"] = self._signing_href()
         if not fresh:
             for found in PulpAptPublicationContext(self.ctx).list_iterator(
                 parameters={"repository_version": version}
@@ -448,7 +457,10 @@ class PulpRepository(PulpClient):
         return self._source(t.cast(str, found["base_path"]))
 
     def mirror_sources(self) -> list[AptSource]:
-        return list(self.mirrors.usable().values())
+        """The usable mirrors as the farm's build steps read them: like the staging repositories,
+        unsigned lines (``[trusted=yes]``): a builder holds no farm key, and Pulp checked the
+        upstream's signature at sync.  Users get the signed lines (:meth:`usable_mirrors`)."""
+        return [replace(source, signed_by=None) for source in self.mirrors.usable().values()]
 
     def usable_mirrors(self) -> dict[str, AptSource]:
         return self.mirrors.usable()
