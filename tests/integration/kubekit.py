@@ -90,6 +90,7 @@ class FakeCluster:
         self.created: list[Obj] = []  # every body POSTed, as sent
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
         self.gate = threading.Event()  # while clear, pods run but their command does not start
+        self.unpullable: set[str] = set()  # images whose pull fails: the container waits, ErrImagePull
         self.gate.set()
         self.lock = threading.Condition()
         self._versions = itertools.count(1)
@@ -239,6 +240,10 @@ class FakeCluster:
             if code != 0:  # restartPolicy Never: the pod fails, its build container never starts
                 self._finish(key, init_statuses, self._status(main, initializing), code)
                 return
+        if main["image"] in self.unpullable:  # the pod stays Pending, as a kubelet's would
+            pulling = {"waiting": {"reason": "ErrImagePull", "message": f"pull of {main['image']} failed"}}
+            self._set_status(key, "Pending", init_statuses, self._status(main, pulling))
+            return
         running = self._status(main, {"running": {"startedAt": _now()}})
         if not self._set_status(key, "Running", init_statuses, running):
             return

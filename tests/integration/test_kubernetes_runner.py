@@ -488,6 +488,21 @@ def test_a_context_that_fails_its_check_fails_the_step_in_one_line(
     _validate(cluster.created)
 
 
+def test_an_image_builder_that_cannot_be_pulled_after_the_context_fails_at_once(
+    ctx: FarmContext, cluster: FakeCluster, tmp_path: Path
+) -> None:
+    source = ctx.store.put_bytes(_context(tmp_path))
+    cluster.unpullable.add(ctx.settings.image_builder_image)
+    result, log = _image_run(ctx, tmp_path, "kaniko", source.sha256, registry_url=None, host="registry:5000")
+    assert not result.ok and result.error is not None
+    assert result.error.startswith("builder pod bf-5-image-kaniko-")
+    assert result.error.endswith(
+        f"cannot start: ErrImagePull: pull of {ctx.settings.image_builder_image} failed"
+    )
+    assert any("image context sha256" in line and "verified" in line for line in log)  # the init ran
+    assert cluster.job_names(NAMESPACE) == []
+
+
 def test_settings_mistakes_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(PermanentError, match="needs artifacts: s3"):
         make_runner(load_settings(state_dir=tmp_path, runner="kubernetes"))

@@ -191,7 +191,8 @@ class KubernetesRunner:
     # -- following the pod ---------------------------------------------------------------------
 
     def _wait_started(self, name: str, job: StepJob) -> Any:
-        """The Job's pod once it runs or ended; None when the Job (or pod) vanished."""
+        """The Job's pod once it (or its first init container) runs or ended; None when the Job
+        (or pod) vanished.  A context download in the init container is running, not Pending."""
         deadline = time.monotonic() + PENDING_TIMEOUT_SECONDS
         while True:
             if job.cancel.is_set():
@@ -203,11 +204,11 @@ class KubernetesRunner:
                     return None  # gone, or ended and its pod deleted: nothing left to follow
             if pods:
                 pod = pods[-1]
-                if pod.status.phase in ("Running", "Succeeded", "Failed"):
+                if pod.status.phase in ("Running", "Succeeded", "Failed") or _initializing(pod):
                     return pod
-                reason, message = _waiting(pod)
-                if reason in WAITING_FAILURES:
-                    raise PermanentError(f"builder pod {pod.metadata.name} cannot start: {reason}: {message}")
+                stuck = _cannot_start(pod)
+                if stuck is not None:
+                    raise PermanentError(stuck)
             if time.monotonic() > deadline:
                 raise PermanentError(
                     f"builder pod of Job {name} stayed Pending {PENDING_TIMEOUT_SECONDS:.0f} s "
@@ -230,7 +231,8 @@ class KubernetesRunner:
         containers = [c.name for c in pod.spec.init_containers or []] + [kubespecs.CONTAINER]
         while True:
             seen = 0
-            # An init container has ended before the pod runs: its whole log comes first.
+            # Containers run one after the other: the init containers' logs come first, whole.
+            # One not started yet has no log (400): this pass ends there, the next goes further.
             lines = itertools.chain.from_iterable(self.api.stream_log(pod_name, c) for c in containers)
             for line in lines:
                 seen += 1
@@ -246,6 +248,10 @@ class KubernetesRunner:
                 return self._vanished(name, job)
             if current.status.phase in ("Succeeded", "Failed"):
                 return self._collect(name, job, current, last_line)
+            stuck = _cannot_start(current)  # the build container after an init container, say
+            if stuck is not None:
+                self._cleanup(name, job)
+                return StepResult(False, [], stuck)
             if time.monotonic() > deadline:
                 self._cleanup(name, job)
                 return StepResult(False, [], f"builder pod {pod_name} still running past the Job deadline")
@@ -362,6 +368,22 @@ def _waiting(pod: Any) -> tuple[str, str]:
         if waiting is not None and waiting.reason:
             return str(waiting.reason), str(waiting.message or "")
     return "", ""
+
+
+def _cannot_start(pod: Any) -> str | None:
+    """Why a container of the pod will never start (its image cannot be pulled...), or None."""
+    reason, message = _waiting(pod)
+    if reason in WAITING_FAILURES:
+        return f"builder pod {pod.metadata.name} cannot start: {reason}: {message}"
+    return None
+
+
+def _initializing(pod: Any) -> bool:
+    """An init container runs or ran: the pod is past scheduling and image pulls."""
+    for status in pod.status.init_container_statuses or []:
+        if status.state and (status.state.running or status.state.terminated):
+            return True
+    return False
 
 
 def _terminated(pod: Any) -> Any | None:
