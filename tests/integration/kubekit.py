@@ -6,24 +6,38 @@ and pods (list by label, read, delete, log with ``follow``) — so the productio
 unchanged: the real ``kubernetes`` client, configured from a kubeconfig, over real HTTP.  Every
 request body is kept (``created``), so tests validate exactly what the code sent.
 
-It plays the Job controller (a pod per created Job, labelled ``job-name``) and the kubelet: the
-pod's command runs as a local process and its output becomes the pod log, its exit code the
-container's terminated state, the phase ``Succeeded``/``Failed`` and the Job's condition.
-``buildfarm-step`` runs directly on the host, in a throw-away overlay of the root filesystem
-(``unshare -m`` + overlayfs + chroot) without the host's apt sources, the way a pod starts from
-an image: apt installs build dependencies into the overlay, never into the machine. Images that
-cannot run here (kaniko, the sysbox dind image) run a stand-in that fetches the context and
-reports a digest but pushes nothing.
+It plays the Job controller (a pod per created Job, labelled ``job-name``) and the kubelet:
+each container's command runs as a local process, init containers first and in order (the pod
+``Pending`` meanwhile; one that fails fails the pod: phase ``Failed``, its status terminated
+with its exit code and termination message, the build container never started).  A container's
+output becomes its log, its exit code its terminated state, then the phase
+``Succeeded``/``Failed`` and the Job's condition.  emptyDir volumes are per-pod host
+directories shared by the pod's containers: arguments naming a mount path (or the termination
+message path) are rewritten to the host path.  ``buildfarm-step package`` runs in a throw-away
+overlay of the root filesystem (``unshare -m`` + overlayfs + chroot) without the host's apt
+sources, the way a pod starts from an image: apt installs build dependencies into the overlay,
+never into the machine; ``buildfarm-step fetch-context`` (the kaniko pod's init container,
+which writes only into its emptyDir) runs on the host as it is.  Images that cannot run here
+(kaniko, the sysbox dind image) run a stand-in (``python kubekit.py image-builder``): for
+kaniko it reads the context only from the directory the init container unpacked, for sysbox
+it fetches the context URL; it makes a one-layer image of that context and pushes it when the
+destination is a plain-HTTP registry it was given (``--insecure-registry``), reporting the
+manifest digest as kaniko does.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -35,7 +49,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 REPO = Path(__file__).parents[2]
 ENTRYPOINT = REPO / "buildtools" / "builder" / "buildfarm-step"
@@ -59,10 +73,11 @@ def _matches(obj: Obj, selector: str) -> bool:
 
 @dataclass
 class PodRun:
-    """One pod's life in the fake kubelet."""
+    """One pod's life in the fake kubelet: each started container's log, in start order."""
 
-    log: list[str] = field(default_factory=list)
-    done: bool = False
+    logs: dict[str, list[str]] = field(default_factory=dict)
+    ended: set[str] = field(default_factory=set)  # containers that exited
+    done: bool = False  # the pod ended or was deleted
     process: subprocess.Popen[bytes] | None = None
 
 
@@ -75,6 +90,7 @@ class FakeCluster:
         self.created: list[Obj] = []  # every body POSTed, as sent
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
         self.gate = threading.Event()  # while clear, pods run but their command does not start
+        self.unpullable: set[str] = set()  # images whose pull fails: the container waits, ErrImagePull
         self.gate.set()
         self.lock = threading.Condition()
         self._versions = itertools.count(1)
@@ -139,7 +155,10 @@ class FakeCluster:
 
     def add_pod(self, namespace: str, pod: Obj, start: bool = False) -> Obj:
         self._meta(pod, namespace)
-        pod["status"] = {"phase": "Pending", "containerStatuses": [self._status(pod, {"waiting": {}})]}
+        pod["status"] = {
+            "phase": "Pending",
+            "containerStatuses": [self._status(pod["spec"]["containers"][0], {"waiting": {}})],
+        }
         key = (namespace, pod["metadata"]["name"])
         with self.lock:
             self.pods[key] = pod
@@ -148,8 +167,7 @@ class FakeCluster:
             threading.Thread(target=self._kubelet, args=(key,), daemon=True).start()
         return pod
 
-    def _status(self, pod: Obj, state: Obj) -> Obj:
-        container = pod["spec"]["containers"][0]
+    def _status(self, container: Obj, state: Obj) -> Obj:
         return {
             "name": container["name"],
             "image": container["image"],
@@ -190,30 +208,108 @@ class FakeCluster:
         return sum(1 for method, path in self.requests if method == "POST" and path.endswith(f"/{kind}"))
 
     def pod_log(self, namespace: str, pod: str) -> list[str]:
+        """Every container's lines, init containers first (as the runner stores them)."""
         with self.lock:
-            return list(self.runs[(namespace, pod)].log)
+            return [line for lines in self.runs[(namespace, pod)].logs.values() for line in lines]
 
     # -- the fake kubelet ---------------------------------------------------------------------
 
     def _kubelet(self, key: tuple[str, str]) -> None:
-        namespace, name = key
+        name = key[1]
         with self.lock:
             pod = self.pods.get(key)
             if pod is None:
                 return
-            pod["status"] = {
-                "phase": "Running",
-                "startTime": _now(),
-                "containerStatuses": [self._status(pod, {"running": {"startedAt": _now()}})],
-            }
-        self.gate.wait()  # a running container that has printed nothing yet
+        spec = pod["spec"]
+        main = spec["containers"][0]
+        inits: list[Obj] = spec.get("initContainers") or []
+        volumes = self._volumes(name, spec)
+        init_statuses = [self._status(c, {"waiting": {"reason": "PodInitializing"}}) for c in inits]
+        initializing = {"waiting": {"reason": "PodInitializing"}}
+        for index, init in enumerate(inits):
+            init_statuses[index] = self._status(init, {"running": {"startedAt": _now()}})
+            if not self._set_status(key, "Pending", init_statuses, self._status(main, initializing)):
+                return
+            if index == 0:
+                self.gate.wait()  # a running container that has printed nothing yet
+            outcome = self._run_container(key, init, volumes)
+            if outcome is None:
+                return
+            code, message = outcome
+            init_statuses[index] = self._status(init, {"terminated": _terminated(code, message)})
+            if code != 0:  # restartPolicy Never: the pod fails, its build container never starts
+                self._finish(key, init_statuses, self._status(main, initializing), code)
+                return
+        if main["image"] in self.unpullable:  # the pod stays Pending, as a kubelet's would
+            pulling = {"waiting": {"reason": "ErrImagePull", "message": f"pull of {main['image']} failed"}}
+            self._set_status(key, "Pending", init_statuses, self._status(main, pulling))
+            return
+        running = self._status(main, {"running": {"startedAt": _now()}})
+        if not self._set_status(key, "Running", init_statuses, running):
+            return
+        if not inits:
+            self.gate.wait()
+        outcome = self._run_container(key, main, volumes)
+        if outcome is None:
+            return
+        code, message = outcome
+        self._finish(key, init_statuses, self._status(main, {"terminated": _terminated(code, message)}), code)
+
+    def _set_status(self, key: tuple[str, str], phase: str, inits: list[Obj], main: Obj) -> bool:
+        with self.lock:
+            pod = self.pods.get(key)
+            if pod is None:
+                return False
+            pod["status"] = {"phase": phase, "startTime": _now(), "containerStatuses": [main]}
+            if inits:
+                pod["status"]["initContainerStatuses"] = json.loads(json.dumps(inits))
+            return True
+
+    def _finish(self, key: tuple[str, str], inits: list[Obj], main: Obj, code: int) -> None:
+        namespace, _name = key
+        phase = "Succeeded" if code == 0 else "Failed"
+        with self.lock:
+            self.runs[key].done = True
+            self.lock.notify_all()
+        if not self._set_status(key, phase, inits, main):
+            return
+        with self.lock:
+            pod = self.pods[key]
+            job = self.jobs.get((namespace, _owner(pod) or ""))
+            if job is not None:
+                kind = "Complete" if code == 0 else "Failed"
+                job["status"] = {
+                    "succeeded" if code == 0 else "failed": 1,
+                    "conditions": [{"type": kind, "status": "True", "reason": "BackoffLimitExceeded"}],
+                }
+
+    def _volumes(self, pod_name: str, spec: Obj) -> dict[str, Path]:
+        """The pod's emptyDirs as host directories (other volumes are not materialised)."""
+        root = self.workdir / f"volumes-{pod_name}"
+        found = {}
+        for volume in spec.get("volumes") or []:
+            if "emptyDir" in volume:
+                found[volume["name"]] = root / volume["name"]
+                found[volume["name"]].mkdir(parents=True, exist_ok=True)
+        return found
+
+    def _run_container(
+        self, key: tuple[str, str], container: Obj, volumes: dict[str, Path]
+    ) -> tuple[int, str] | None:
+        """Run one container to its end: (exit code, termination message), None if deleted."""
         with self.lock:
             if key not in self.pods:
-                return
-        container = pod["spec"]["containers"][0]
-        termination = self.workdir / f"termination-{name}"
-        command = self._command(container, termination)
-        run = self.runs[key]
+                return None
+            run = self.runs[key]
+            lines = run.logs.setdefault(container["name"], [])
+        termination = self.workdir / f"termination-{key[1]}-{container['name']}"
+        paths = {
+            mount["mountPath"]: str(volumes[mount["name"]])
+            for mount in container.get("volumeMounts") or []
+            if mount["name"] in volumes
+        }
+        paths[container.get("terminationMessagePath", "/dev/termination-log")] = str(termination)
+        command = self._command(container, termination, paths)
         env = {**os.environ, **{e["name"]: e.get("value", "") for e in container.get("env", [])}}
         env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         env.pop("VIRTUAL_ENV", None)
@@ -230,50 +326,25 @@ class FakeCluster:
         with proc.stdout:
             for raw in proc.stdout:
                 with self.lock:
-                    run.log.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                    lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
                     self.lock.notify_all()
         code = proc.wait()
-        message = termination.read_text() if termination.exists() else ""
         with self.lock:
-            run.done = True
+            run.ended.add(container["name"])
             self.lock.notify_all()
-            pod = self.pods.get(key)
-            if pod is None:
-                return
-            terminated = {
-                "exitCode": code,
-                "reason": "Completed" if code == 0 else "Error",
-                "message": message,
-                "startedAt": _now(),
-                "finishedAt": _now(),
-            }
-            pod["status"] = {
-                "phase": "Succeeded" if code == 0 else "Failed",
-                "containerStatuses": [self._status(pod, {"terminated": terminated})],
-            }
-            job = self.jobs.get((namespace, _owner(pod) or ""))
-            if job is not None:
-                kind = "Complete" if code == 0 else "Failed"
-                job["status"] = {
-                    "succeeded" if code == 0 else "failed": 1,
-                    "conditions": [{"type": kind, "status": "True", "reason": "BackoffLimitExceeded"}],
-                }
+            if key not in self.pods:
+                return None
+        return code, termination.read_text() if termination.exists() else ""
 
-    def _command(self, container: Obj, termination: Path) -> list[str]:
+    def _command(self, container: Obj, termination: Path, paths: dict[str, str]) -> list[str]:
         argv = [*container.get("command", []), *container.get("args", [])]
-        if argv and argv[0] == "buildfarm-step":
+        if argv[:2] == ["buildfarm-step", "package"]:
             return self._sandboxed(argv[1:])
-        # kaniko or the sysbox dind image: a stand-in that fetches the context and pushes nothing
-        context = next((a.split("=", 1)[1] for a in argv if a.startswith("--context=")), None)
-        env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
-        context = context or env.get("CONTEXT_URL", "")
-        code = (
-            "import hashlib, sys, urllib.request\n"
-            "data = urllib.request.urlopen(sys.argv[1], timeout=30).read()\n"
-            "print(f'image-builder stand-in: context {len(data)} bytes; nothing is built or pushed')\n"
-            "open(sys.argv[2], 'w').write('sha256:' + hashlib.sha256(data).hexdigest())\n"
-        )
-        return ["python3", "-c", code, context, str(termination)]
+        argv = _rewrite_paths(argv, paths)
+        if argv and argv[0] == "buildfarm-step":  # fetch-context: only its emptyDir is written
+            return ["python3", str(ENTRYPOINT), *argv[1:]]
+        # kaniko or the sysbox dind image: the stand-in below, with the venv's Python
+        return [sys.executable, str(Path(__file__).resolve()), "image-builder", str(termination), *argv]
 
     def _sandboxed(self, args: list[str]) -> list[str]:
         """buildfarm-step in a throw-away overlay of / without the host's apt sources."""
@@ -301,20 +372,26 @@ class FakeCluster:
             *args,
         ]
 
-    def stream_log(self, namespace: str, pod: str, follow: bool) -> Iterator[str]:
+    def started(self, namespace: str, pod: str, container: str) -> bool:
+        with self.lock:
+            run = self.runs.get((namespace, pod))
+            return run is not None and container in run.logs
+
+    def stream_log(self, namespace: str, pod: str, container: str, follow: bool) -> Iterator[str]:
         position = 0
         while True:
             with self.lock:
                 run = self.runs.get((namespace, pod))
-                if run is None:
+                if run is None or container not in run.logs:
                     return
-                while follow and position >= len(run.log) and not run.done:
+                log = run.logs[container]
+                while follow and position >= len(log) and container not in run.ended and not run.done:
                     self.lock.wait(1.0)
-                lines = run.log[position:]
+                lines = log[position:]
                 position += len(lines)
-                finished = run.done or not follow
+                finished = container in run.ended or run.done or not follow
             yield from lines
-            if finished and position >= len(self.runs[(namespace, pod)].log):
+            if finished and position >= len(log):
                 return
 
     def close(self) -> None:
@@ -324,6 +401,26 @@ class FakeCluster:
         self.server.shutdown()
         self.server.server_close()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _terminated(code: int, message: str) -> Obj:
+    return {
+        "exitCode": code,
+        "reason": "Completed" if code == 0 else "Error",
+        "message": message,
+        "startedAt": _now(),
+        "finishedAt": _now(),
+    }
+
+
+def _rewrite_paths(argv: list[str], paths: dict[str, str]) -> list[str]:
+    """Each argument naming one of ``paths`` (whole, after ``=`` or a ``scheme://``) with its host
+    path; one pass, longest path first, so a rewritten path is not rewritten again."""
+    if not paths:
+        return argv
+    alternatives = "|".join(re.escape(p) for p in sorted(paths, key=len, reverse=True))
+    pattern = re.compile(rf"(^|=|://)({alternatives})(?=/|$)")
+    return [pattern.sub(lambda m: m.group(1) + paths[m.group(2)], arg) for arg in argv]
 
 
 def _owner(pod: Obj) -> str | None:
@@ -386,16 +483,24 @@ def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
             if obj is None:
                 return self._status(404, "NotFound", f'{kind} "{name}" not found')
             if sub == "log":
-                return self._log(namespace, name, query.get("follow", ["false"])[0] == "true")
+                default = obj["spec"]["containers"][0]["name"]
+                container = query.get("container", [default])[0]
+                if not cluster.started(namespace, name, container):
+                    return self._status(
+                        400,
+                        "BadRequest",
+                        f'container "{container}" in pod "{name}" is waiting to start: PodInitializing',
+                    )
+                return self._log(namespace, name, container, query.get("follow", ["false"])[0] == "true")
             return self._send(200, obj)
 
-        def _log(self, namespace: str, pod: str, follow: bool) -> None:
+        def _log(self, namespace: str, pod: str, container: str, follow: bool) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             try:
-                for line in cluster.stream_log(namespace, pod, follow):
+                for line in cluster.stream_log(namespace, pod, container, follow):
                     data = (line + "\n").encode()
                     self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
                     self.wfile.flush()
@@ -456,3 +561,106 @@ def fetch(url: str) -> bytes:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# -- the image-builder stand-in (run as a pod's process: ``python kubekit.py image-builder``) ------
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def _normalised(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = 0
+    return info
+
+
+def _layer_of(root: Path) -> bytes:
+    """A deterministic gzip tar of a directory (tarfile.add walks it sorted)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for child in sorted(root.iterdir()):
+            tar.add(child, arcname=child.name, filter=_normalised)
+    return gzip.compress(raw.getvalue(), mtime=0)
+
+
+def _push_blob(base: str, repository: str, data: bytes) -> None:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    start = urllib.request.Request(f"{base}/v2/{repository}/blobs/uploads/", data=b"", method="POST")
+    with urllib.request.urlopen(start, timeout=30) as response:
+        location = urljoin(base, response.headers["Location"])
+    put = urllib.request.Request(
+        f"{location}{'&' if '?' in location else '?'}digest={digest}",
+        data=data,
+        method="PUT",
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    urllib.request.urlopen(put, timeout=30).close()
+
+
+def image_builder(termination: Path, argv: list[str]) -> int:
+    """Build a one-layer image of the context, push it to a plain-HTTP registry if given one,
+    write the manifest digest as the termination message (what kaniko's --digest-file does)."""
+    options: dict[str, list[str]] = {}
+    for arg in argv:
+        if arg.startswith("--") and "=" in arg:
+            option, value = arg[2:].split("=", 1)
+            options.setdefault(option, []).append(value)
+    context = options.get("context", [os.environ.get("CONTEXT_URL", "")])[0]
+    if context.startswith("dir://"):  # kaniko: only what the init container unpacked
+        root = Path(context.removeprefix("dir://"))
+        dockerfile = Path(options["dockerfile"][0])
+        if not dockerfile.is_file():
+            print(f"error: no Dockerfile {dockerfile} in the context {root}", flush=True)
+            return 1
+        layer = _layer_of(root)
+        files = sum(1 for p in root.rglob("*") if p.is_file())
+        print(f"image-builder stand-in: context dir {root.name}/ with {files} file(s)", flush=True)
+    else:  # the sysbox script fetches the context itself
+        with urllib.request.urlopen(context, timeout=30) as response:
+            layer = response.read()
+        print(f"image-builder stand-in: context {len(layer)} bytes", flush=True)
+    diff_id = "sha256:" + hashlib.sha256(gzip.decompress(layer)).hexdigest()
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [diff_id]}}
+    ).encode()
+
+    def descriptor(media_type: str, data: bytes) -> Obj:
+        return {
+            "mediaType": media_type,
+            "digest": "sha256:" + hashlib.sha256(data).hexdigest(),
+            "size": len(data),
+        }
+
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor("application/vnd.oci.image.config.v1+json", config),
+            "layers": [descriptor("application/vnd.oci.image.layer.v1.tar+gzip", layer)],
+        }
+    ).encode()
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    destination = options.get("destination", [os.environ.get("DESTINATION", "")])[0]
+    host, _, path = destination.partition("/")
+    repository, _, tag = path.rpartition(":")
+    if host in options.get("insecure-registry", []):
+        base = f"http://{host}"
+        _push_blob(base, repository, config)
+        _push_blob(base, repository, layer)
+        put = urllib.request.Request(
+            f"{base}/v2/{repository}/manifests/{tag}",
+            data=manifest,
+            method="PUT",
+            headers={"Content-Type": OCI_MANIFEST},
+        )
+        urllib.request.urlopen(put, timeout=30).close()
+        print(f"image-builder stand-in: pushed {destination}@{digest}", flush=True)
+    else:
+        print("image-builder stand-in: nothing pushed (no plain-HTTP registry given)", flush=True)
+    termination.write_text(digest)
+    return 0
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["image-builder"]:
+    sys.exit(image_builder(Path(sys.argv[2]), sys.argv[3:]))

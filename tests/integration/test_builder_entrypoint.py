@@ -339,3 +339,90 @@ def test_time_limit_stops_the_build(chroot: Path, store: S3ArtifactStore, tmp_pa
     # Which command the limit catches depends on the machine's speed (apt-get or the build).
     assert not ok and error is not None and "the 10 s step time limit" in error
     assert error_lines(proc) == [f"buildfarm-step: error: {error}"]
+
+
+# -- fetch-context: the kaniko pod's init container ------------------------------------------
+# A plain host run is enough here: the mode only downloads, hashes and unpacks into --dest (no
+# apt, no build, nothing outside that directory), with the same code the chroot runs above.
+
+
+def fetch_context(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["python3", str(ENTRYPOINT), "fetch-context", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=CHROOT_ENV,
+    )
+
+
+def _context_tree(tmp_path: Path) -> Path:
+    tree = tmp_path / "context-tree"
+    (tree / "files").mkdir(parents=True)
+    (tree / "Dockerfile").write_text("FROM scratch\nCOPY files /\n")
+    (tree / "files" / "greeting").write_text("hello\n")
+    (tree / "files" / "link").symlink_to("greeting")
+    return tree
+
+
+@pytest.mark.parametrize("case", ["ok", "mismatch", "unsafe", "no-dockerfile"])
+def test_fetch_context_checks_before_it_unpacks(store: S3ArtifactStore, tmp_path: Path, case: str) -> None:
+    tree = _context_tree(tmp_path)
+    data = pack_tree(tree)
+    if case == "unsafe":
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w") as tar:
+            info = tarfile.TarInfo("Dockerfile")
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(info)
+        data = gzip.compress(raw.getvalue())
+    sha256 = store.put_bytes(data).sha256
+    url = store.presigned_url(sha256)
+    assert url.startswith("http://")  # moto is plain HTTP, as the chart's in-cluster MinIO
+    expected = hashlib.sha256(b"what the planner hashed").hexdigest() if case == "mismatch" else sha256
+    dockerfile = "Containerfile" if case == "no-dockerfile" else "Dockerfile"
+    dest, message = tmp_path / "workspace" / "context", tmp_path / "termination-log"
+    dest.parent.mkdir()
+    proc = fetch_context(
+        "--url", url, "--sha256", expected, "--dest", str(dest),
+        "--dockerfile", dockerfile, "--termination-log", str(message),
+    )  # fmt: skip
+    assert "X-Amz-Signature" not in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    # no tarball left, and on failure no half-unpacked context either
+    assert list(dest.parent.iterdir()) == ([dest] if case == "ok" else [])
+    if case == "ok":
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"image context sha256 {sha256} verified" in proc.stdout
+        assert (dest / "Dockerfile").read_bytes() == (tree / "Dockerfile").read_bytes()
+        assert (dest / "files" / "greeting").read_text() == "hello\n"
+        assert os.readlink(dest / "files" / "link") == "greeting"
+        assert not message.exists() and error_lines(proc) == []
+        return
+    errors = {
+        "mismatch": f"image context sha256 mismatch: expected {expected}, the download from "
+        f"{url.split('?')[0]} has {sha256}; nothing built",
+        "unsafe": "unsafe image context: symlink Dockerfile -> /etc/passwd points outside the tree",
+        "no-dockerfile": "the image context has no Containerfile at its top",
+    }
+    assert proc.returncode == 2
+    assert error_lines(proc) == [f"buildfarm-step: error: {errors[case]}"]
+    assert message.read_text() == errors[case] + "\n"  # the pod's termination message: the step's error
+
+
+def test_fetch_context_argument_mistakes_are_one_line(tmp_path: Path) -> None:
+    good = ["--url", "http://127.0.0.1:9/c.tar.gz", "--sha256", "a" * 64, "--dest", str(tmp_path / "ctx")]
+    for args, error in [
+        ([*good[:3], "ABC", *good[4:]], "--sha256 must be 64 lower-case hex digits, not 'ABC'"),
+        (
+            ["--url", "file:///etc/passwd", *good[2:]],
+            "--url must be an http(s) URL, not 'file:///etc/passwd'",
+        ),
+        (
+            [*good[:5], str(tmp_path)],
+            f"--dest {tmp_path} exists already: the context goes into a new directory",
+        ),
+    ]:
+        proc = fetch_context(*args)
+        assert proc.returncode == 2 and error_lines(proc) == [f"buildfarm-step: error: {error}"]

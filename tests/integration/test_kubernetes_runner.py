@@ -5,12 +5,18 @@ the Job controller and the kubelet, running each pod's own command locally, so t
 build's outputs really flow: buildfarm-step downloads the source through its presigned URL from
 moto's S3 server, installs Build-Depends with apt from the build's staging repository (served
 over HTTP), runs dpkg-buildpackage and PUTs its archive; the worker checks it and stores each
-output content-addressed.  Every Job the code sends is validated strictly against the
-Kubernetes 1.29 and 1.37 schemas.
+output content-addressed.  Image steps run the same way: the kaniko pod's init container
+(buildfarm-step fetch-context) fetches the context through its plain-HTTP presigned URL,
+checks it and unpacks it into the pod's emptyDir, where the image-builder stand-in reads it and
+pushes a one-layer image of it to a real docker-registry.  Every Job the code sends is
+validated strictly against the Kubernetes 1.29 and 1.37 schemas.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +28,7 @@ from sqlalchemy import select, update
 
 from buildfarm.backends.base import AptSource
 from buildfarm.backends.httpserve import make_server
+from buildfarm.backends.registry import RegistryClient
 from buildfarm.engine import control, reaper
 from buildfarm.engine.advance import advance_build
 from buildfarm.engine.builders import reap_builders
@@ -32,8 +39,9 @@ from buildfarm.engine.wiring import make_runner, make_store
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.manifest import load_manifest
 from buildfarm.model.settings import load_settings
+from buildfarm.model.sources import pack_tree
 from buildfarm.runners import kubespecs
-from buildfarm.runners.base import ImageSpec, StepJob
+from buildfarm.runners.base import ImageSpec, StepJob, StepResult
 from buildfarm.runners.kubernetes import KubernetesRunner, resume_line, step_log_key
 from buildfarm.state.models import Step, StepState, utcnow
 
@@ -41,6 +49,8 @@ from debpkgs import make_package, write_manifest
 from farmkit import dispatcher, drain, make_test_context
 from helpers import free_port
 from kubekit import FakeCluster, fake_cluster, wait_for
+from kubekit import sha256 as kubekit_sha256
+from registrykit import Registry, running_registry
 from s3kit import MotoS3, running_moto_s3
 
 REPO = Path(__file__).parents[2]
@@ -53,6 +63,12 @@ SCHEMA_VERSIONS = ("1.29.0", "1.37.0")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
     with running_moto_s3(tmp_path_factory.mktemp("moto")) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    with running_registry(tmp_path_factory.mktemp("registry")) as running:
+        yield running
 
 
 @pytest.fixture
@@ -101,8 +117,12 @@ def _pod_security(body: dict[str, Any]) -> dict[str, Any]:
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert all("hostPath" not in v for v in pod["volumes"])
     (container,) = pod["containers"]
-    assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    assert container["resources"]["limits"] and container["resources"]["requests"]
+    for each in [*pod.get("initContainers", []), container]:
+        security = each["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False and security["privileged"] is False
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert security.get("capabilities", {}).get("drop", ["ALL"]) == ["ALL"]
+        assert each["resources"]["limits"] and each["resources"]["requests"]
     assert body["spec"]["backoffLimit"] == 0
     return pod
 
@@ -324,38 +344,87 @@ def test_reaper_removes_orphans_and_nothing_else(
     assert _step(ctx, build_id, "running").state == StepState.RUNNING
 
 
-def test_image_step_jobs_mount_only_the_registry_secret(
-    ctx: FarmContext, cluster: FakeCluster, tmp_path: Path
-) -> None:
+DOCKERFILE = b"FROM scratch\nCOPY greeting /greeting\n"
+STAGING = AptSource("http://pulp/staging/", "bookworm", ("main",), True)
+
+
+def _context(tmp_path: Path) -> bytes:
+    tree = tmp_path / "context"
+    tree.mkdir()
+    (tree / "Dockerfile").write_bytes(DOCKERFILE)
+    (tree / "greeting").write_text("hello from the context\n")
+    return pack_tree(tree)
+
+
+def _image_run(
+    ctx: FarmContext, tmp_path: Path, builder: str, sha256: str, *, registry_url: str | None, host: str
+) -> tuple[StepResult, list[str]]:
+    """Run one image step through the runner; return its result and the step log's lines."""
     settings = ctx.settings.model_copy(
-        update={"builder_runtime_class": "sysbox-runc", "registry_url": "http://registry:5000"}
+        update={"builder_runtime_class": "sysbox-runc", "registry_url": registry_url}
     )
-    source = ctx.store.put_bytes(b"a context tarball")
     runner = make_runner(settings, ctx.store)
     assert isinstance(runner, KubernetesRunner)
     runner.poll_seconds = 0.1
-    staging = AptSource("http://pulp/staging/", "bookworm", ("main",), True)
-    for builder in ("kaniko", "sysbox"):
-        image = ImageSpec(
-            f"web-{builder}", builder=builder, destination=f"registry:5000/p/main/5/web-{builder}:latest"
-        )
-        work = tmp_path / builder
-        work.mkdir()
-        job = StepJob(
-            5,
-            f"image-{builder}",
-            1,
-            Path("unused"),
-            work,
-            [staging],
-            print,
-            source_sha256=source.sha256,
-            kind="image",
-            image=image,
-        )
-        result = runner.run(job)
-        assert result.ok, result.error
-        assert result.images[0].digest == f"sha256:{source.sha256}"  # the stand-in fetched the context
+    name = f"web-{builder}"
+    image = ImageSpec(name, builder=builder, destination=f"{host}/p/main/5/{name}:latest")
+    work = tmp_path / f"work-{builder}-{sha256[:8]}"
+    work.mkdir()
+    lines: list[str] = []
+    job = StepJob(
+        5, f"image-{builder}", 1, Path("unused"), work, [STAGING], lines.append,
+        source_sha256=sha256, kind="image", image=image,
+    )  # fmt: skip
+    return runner.run(job), lines
+
+
+def _layer_files(registry: Registry, reference: str, digest: str, tmp_path: Path) -> dict[str, bytes]:
+    client = RegistryClient(registry.url)
+    repository = reference.split("/", 1)[1].rsplit(":", 1)[0]
+    manifest, manifest_digest, _ = client.manifest(repository, digest)
+    assert manifest_digest == digest
+    (layer,) = manifest["layers"]
+    client.fetch_blob(repository, layer["digest"], tmp_path / "layer")
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress((tmp_path / "layer").read_bytes()))) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+
+
+def test_image_steps_fetch_their_context_in_an_init_container(
+    ctx: FarmContext, cluster: FakeCluster, registry: Registry, tmp_path: Path
+) -> None:
+    source = ctx.store.put_bytes(_context(tmp_path))
+    host = registry.url.removeprefix("http://")
+    kaniko, kaniko_log = _image_run(
+        ctx, tmp_path, "kaniko", source.sha256, registry_url=registry.url, host=host
+    )
+    assert kaniko.ok, kaniko.error
+    (built,) = kaniko.images
+    # The stand-in read the context only from the directory the init container unpacked (its
+    # arguments hold no URL), and pushed a one-layer image of it: that layer is the context.
+    assert _layer_files(registry, built.reference, built.digest, tmp_path) == {
+        "Dockerfile": DOCKERFILE,
+        "greeting": b"hello from the context\n",
+    }
+    # the size is the registry's: config + layer bytes of the pushed manifest
+    repository = built.reference.split("/", 1)[1].rsplit(":", 1)[0]
+    assert built.size == RegistryClient(registry.url).image_size(repository, built.digest) > 0
+    assert f"buildfarm: pushed {built.reference}@{built.digest} ({built.size} bytes)" in kaniko_log
+    # the init container's lines come first in the step log, then the build's
+    marker = next(i for i, x in enumerate(kaniko_log) if x.startswith("buildfarm: following pod"))
+    pod_lines = kaniko_log[marker + 1 :]
+    assert pod_lines[0].startswith("buildfarm-step: downloading the image context from http://")
+    assert f"buildfarm-step: image context sha256 {source.sha256} verified" in pod_lines[1]
+    assert any(x.startswith("image-builder stand-in: pushed ") for x in pod_lines)
+
+    # sysbox fetches its own context; the stand-in pushes nothing there, so the size cannot be
+    # read: the step still succeeds, with size 0 and the reason in its log
+    sysbox, sysbox_log = _image_run(
+        ctx, tmp_path, "sysbox", source.sha256, registry_url=registry.url, host=host
+    )
+    assert sysbox.ok, sysbox.error
+    assert sysbox.images[0].size == 0
+    assert any("its size could not be read" in x and "recorded as 0" in x for x in sysbox_log)
+
     _validate(cluster.created)
     for body in cluster.created:
         pod = _pod_security(body)
@@ -363,14 +432,75 @@ def test_image_step_jobs_mount_only_the_registry_secret(
             "buildfarm-registry-push"
         ]
         assert all("secret" in v or "emptyDir" in v for v in pod["volumes"])
-        env = pod["containers"][0].get("env", [])
-        assert all("valueFrom" not in e for e in env)  # no other credential
-    kaniko, sysbox = cluster.created
-    assert "runtimeClassName" not in kaniko["spec"]["template"]["spec"]
-    assert sysbox["spec"]["template"]["spec"]["runtimeClassName"] == "sysbox-runc"
-    args = kaniko["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert f"--build-arg=BUILDFARM_APT_SOURCE={staging.line()}" in args
-    assert "--build-arg=BUILDFARM_IMAGE_PREFIX=registry:5000/p/main/5" in args
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            assert all("valueFrom" not in e for e in container.get("env", []))  # no other credential
+    kaniko_body, sysbox_body = cluster.created
+    kaniko_pod = kaniko_body["spec"]["template"]["spec"]
+    assert "runtimeClassName" not in kaniko_pod
+    assert sysbox_body["spec"]["template"]["spec"]["runtimeClassName"] == "sysbox-runc"
+    (fetch,) = kaniko_pod["initContainers"]
+    assert fetch["image"] == ctx.settings.builder_image and fetch["args"][0] == "fetch-context"
+    url = fetch["args"][fetch["args"].index("--url") + 1]
+    assert url.startswith("http://") and "X-Amz-Signature" in url  # plain HTTP, as the chart's MinIO
+    assert fetch["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "add" not in fetch["securityContext"]["capabilities"]
+    [workspace] = [v for v in kaniko_pod["volumes"] if v["name"] == "workspace"]
+    assert workspace["emptyDir"]["sizeLimit"] and fetch["volumeMounts"][0]["name"] == "workspace"
+    args = kaniko_pod["containers"][0]["args"]
+    assert "--context=dir:///workspace/context" in args and not any("http" in a for a in args[:2])
+    assert f"--build-arg=BUILDFARM_APT_SOURCE={STAGING.line()}" in args
+    assert "--build-arg=BUILDFARM_IMAGE_PREFIX=" + host + "/p/main/5" in args
+
+
+def test_a_context_that_fails_its_check_fails_the_step_in_one_line(
+    ctx: FarmContext, cluster: FakeCluster, tmp_path: Path
+) -> None:
+    # what the planner hashed is not what the store serves (a tampered or corrupted object)
+    planned = _context(tmp_path)
+    expected = kubekit_sha256(planned)
+    ctx.store.put_object_bytes(ctx.store.object_name(expected), planned + b"tampered")
+    result, log = _image_run(ctx, tmp_path, "kaniko", expected, registry_url=None, host="registry:5000")
+    assert not result.ok and result.error is not None
+    assert "\n" not in result.error
+    assert result.error.startswith("builder pod bf-5-image-kaniko-")
+    assert (
+        f": init container fetch-context exited with status 2: image context sha256 mismatch: "
+        f"expected {expected}, the download from http://" in result.error
+    )
+    assert result.error.endswith(f"has {kubekit_sha256(planned + b'tampered')}; nothing built")
+    assert not any("image-builder stand-in" in line for line in log)  # kaniko never started
+    assert any(line.startswith("buildfarm-step: error: image context sha256 mismatch") for line in log)
+
+    # an unsafe tarball: refused before anything is written outside the context
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo("../escape")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    unsafe = ctx.store.put_bytes(gzip.compress(raw.getvalue()))
+    result, _ = _image_run(ctx, tmp_path, "kaniko", unsafe.sha256, registry_url=None, host="registry:5000")
+    assert not result.ok and result.error is not None
+    assert result.error.endswith(
+        "init container fetch-context exited with status 2: "
+        "unsafe image context: member '../escape' escapes the tree"
+    )
+    assert cluster.job_names(NAMESPACE) == []  # cleaned up like any finished step
+    _validate(cluster.created)
+
+
+def test_an_image_builder_that_cannot_be_pulled_after_the_context_fails_at_once(
+    ctx: FarmContext, cluster: FakeCluster, tmp_path: Path
+) -> None:
+    source = ctx.store.put_bytes(_context(tmp_path))
+    cluster.unpullable.add(ctx.settings.image_builder_image)
+    result, log = _image_run(ctx, tmp_path, "kaniko", source.sha256, registry_url=None, host="registry:5000")
+    assert not result.ok and result.error is not None
+    assert result.error.startswith("builder pod bf-5-image-kaniko-")
+    assert result.error.endswith(
+        f"cannot start: ErrImagePull: pull of {ctx.settings.image_builder_image} failed"
+    )
+    assert any("image context sha256" in line and "verified" in line for line in log)  # the init ran
+    assert cluster.job_names(NAMESPACE) == []
 
 
 def test_settings_mistakes_are_one_line(tmp_path: Path) -> None:

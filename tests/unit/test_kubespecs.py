@@ -1,4 +1,5 @@
-"""Builder Job specs: what only settings decide (node pinning, the sysbox image), without a cluster."""
+"""Builder Job specs without a cluster: what only settings decide (node pinning, the sysbox image)
+and the kaniko pod's shape (its context-fetching init container)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import pytest
 
+from buildfarm.model.errors import PermanentError
 from buildfarm.model.settings import Settings
 from buildfarm.runners.base import ImageSpec, StepJob
-from buildfarm.runners.kubespecs import StepUrls, builder_job
+from buildfarm.runners.kubespecs import StepUrls, builder_job, describe
 
 
 def _job(tmp_path: Path, **kw: Any) -> StepJob:
@@ -59,3 +62,39 @@ def test_sysbox_steps_use_the_configured_image_and_runtime_class(tmp_path: Path)
     pod = _pod(builder_job(_job(tmp_path, kind="image", image=image), settings, URLS))
     assert pod["runtimeClassName"] == "sysbox-runc"
     assert pod["containers"][0]["image"] == "registry:5000/mirror/docker:27-dind"
+
+
+def test_kaniko_pods_fetch_the_context_in_an_unprivileged_init_container(tmp_path: Path) -> None:
+    image = ImageSpec(
+        name="web",
+        dockerfile="docker/Dockerfile",
+        builder="kaniko",
+        destination="registry:5000/p/b/7/web:latest",
+    )
+    urls = StepUrls(source="http://minio:9000/bucket/sha256/aa/aaa?X-Amz-Signature=secret")
+    body = builder_job(_job(tmp_path, kind="image", image=image), _settings(tmp_path), urls)
+    pod = _pod(body)
+    (fetch,) = pod["initContainers"]
+    (kaniko,) = pod["containers"]
+    assert fetch["command"] == ["buildfarm-step"]
+    assert fetch["args"] == [
+        "fetch-context", "--url", urls.source, "--sha256", "a" * 64, "--dest", "/workspace/context",
+        "--dockerfile", "docker/Dockerfile", "--termination-log", "/dev/termination-log",
+    ]  # fmt: skip
+    assert fetch["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert fetch["securityContext"]["readOnlyRootFilesystem"] is True
+    assert fetch["volumeMounts"] == [{"name": "workspace", "mountPath": "/workspace"}]
+    assert "--context=dir:///workspace/context" in kaniko["args"]
+    assert "--dockerfile=/workspace/context/docker/Dockerfile" in kaniko["args"]
+    assert not any("X-Amz" in arg for arg in kaniko["args"])  # only the init container sees the URL
+    line = describe(body)
+    assert line.startswith("buildfarm-step fetch-context --url 'http://minio:9000/bucket/sha256/aa/aaa?...'")
+    assert " && --context=dir:///workspace/context " in line and "secret" not in line
+
+
+def test_kaniko_pods_need_the_context_sha256(tmp_path: Path) -> None:
+    image = ImageSpec(name="web", builder="kaniko", destination="registry:5000/p/b/7/web:latest")
+    job = _job(tmp_path, kind="image", image=image)
+    job.source_sha256 = ""
+    with pytest.raises(PermanentError, match="a kaniko pod needs the context's sha256"):
+        builder_job(job, _settings(tmp_path), URLS)

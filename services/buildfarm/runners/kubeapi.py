@@ -156,14 +156,14 @@ class KubeApi:
             raise permanent_error("listing Jobs", exc) from exc
         return list(result.items)
 
-    def stream_log(self, pod: str) -> Iterator[str]:
-        """The pod's log from its first line, following it until the container ends (or the
+    def stream_log(self, pod: str, container: str = kubespecs.CONTAINER) -> Iterator[str]:
+        """A container's log from its first line, following it until the container ends (or the
         stream stays silent ``LOG_READ_TIMEOUT_SECONDS``: the caller then checks and reopens)."""
         try:
             response: Any = self.core.read_namespaced_pod_log(
                 pod,
                 self.namespace,
-                container=kubespecs.CONTAINER,
+                container=container,
                 follow=True,
                 _preload_content=False,
                 _request_timeout=(API_TIMEOUT[0], LOG_READ_TIMEOUT_SECONDS),

@@ -3,14 +3,17 @@
 The worker creates the Job (:mod:`buildfarm.runners.kubespecs`), streams the pod's log into the
 step log while it runs, and collects the result: a package pod uploads one archive through a
 presigned PUT URL, which is checked (:func:`buildfarm.runners.outputs.unpack_outputs`) before
-any output is stored; an image pod reports its pushed digest in its termination message.
+any output is stored; an image pod reports its pushed digest in its termination message, and
+the image's size is read from the farm's registry when the worker knows it.  An init container
+(the kaniko pod's context fetch) logs first: its lines come before the build's in the step log,
+and its failure (its termination message) is the step's error.
 
 Idempotent by construction: Job names are deterministic (build, step, attempt), so running the
 same attempt again (a redelivered message adopting a step, a worker restarted mid-build) finds
 the Job that exists and follows it instead of creating a second one.  The log is resumed where
 the stored log ends: the runner writes one ``buildfarm: following pod`` marker and then only pod
-lines, so the lines after the last marker (but the worker's own ``buildfarm: `` lines) say how
-many pod lines are already stored.
+lines (the init containers' logs, then the build container's), so the lines after the last
+marker (but the worker's own ``buildfarm: `` lines) say how many pod lines are already stored.
 
 Every wait is bounded: the pod may stay Pending ``PENDING_TIMEOUT_SECONDS``, then run at most the
 Job's ``activeDeadlineSeconds`` (Kubernetes kills it then) plus ``FINISH_MARGIN_SECONDS``.
@@ -19,6 +22,7 @@ Job's ``activeDeadlineSeconds`` (Kubernetes kills it then) plus ``FINISH_MARGIN_
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import re
 import threading
@@ -30,8 +34,10 @@ from typing import Any, Protocol, TypeVar
 from kubernetes.client.exceptions import ApiException
 
 from buildfarm.backends.fs import file_sha256
+from buildfarm.backends.registry import RegistryClient
 from buildfarm.model import names
 from buildfarm.model.errors import BuildfarmError, PermanentError
+from buildfarm.model.images import split_reference
 from buildfarm.model.settings import Settings
 from buildfarm.runners import kubespecs
 from buildfarm.runners.base import BuiltImage, StepJob, StepResult
@@ -185,7 +191,8 @@ class KubernetesRunner:
     # -- following the pod ---------------------------------------------------------------------
 
     def _wait_started(self, name: str, job: StepJob) -> Any:
-        """The Job's pod once it runs or ended; None when the Job (or pod) vanished."""
+        """The Job's pod once it (or its first init container) runs or ended; None when the Job
+        (or pod) vanished.  A context download in the init container is running, not Pending."""
         deadline = time.monotonic() + PENDING_TIMEOUT_SECONDS
         while True:
             if job.cancel.is_set():
@@ -197,11 +204,11 @@ class KubernetesRunner:
                     return None  # gone, or ended and its pod deleted: nothing left to follow
             if pods:
                 pod = pods[-1]
-                if pod.status.phase in ("Running", "Succeeded", "Failed"):
+                if pod.status.phase in ("Running", "Succeeded", "Failed") or _initializing(pod):
                     return pod
-                reason, message = _waiting(pod)
-                if reason in WAITING_FAILURES:
-                    raise PermanentError(f"builder pod {pod.metadata.name} cannot start: {reason}: {message}")
+                stuck = _cannot_start(pod)
+                if stuck is not None:
+                    raise PermanentError(stuck)
             if time.monotonic() > deadline:
                 raise PermanentError(
                     f"builder pod of Job {name} stayed Pending {PENDING_TIMEOUT_SECONDS:.0f} s "
@@ -221,9 +228,13 @@ class KubernetesRunner:
         job.log(f"{FOLLOW_MARKER}{pod_name} from log line {skip}")
         deadline = time.monotonic() + self.settings.builder_deadline_seconds + FINISH_MARGIN_SECONDS
         last_line = ""
+        containers = [c.name for c in pod.spec.init_containers or []] + [kubespecs.CONTAINER]
         while True:
             seen = 0
-            for line in self.api.stream_log(pod_name):
+            # Containers run one after the other: the init containers' logs come first, whole.
+            # One not started yet has no log (400): this pass ends there, the next goes further.
+            lines = itertools.chain.from_iterable(self.api.stream_log(pod_name, c) for c in containers)
+            for line in lines:
                 seen += 1
                 if seen > skip:
                     job.log(line)
@@ -237,6 +248,10 @@ class KubernetesRunner:
                 return self._vanished(name, job)
             if current.status.phase in ("Succeeded", "Failed"):
                 return self._collect(name, job, current, last_line)
+            stuck = _cannot_start(current)  # the build container after an init container, say
+            if stuck is not None:
+                self._cleanup(name, job)
+                return StepResult(False, [], stuck)
             if time.monotonic() > deadline:
                 self._cleanup(name, job)
                 return StepResult(False, [], f"builder pod {pod_name} still running past the Job deadline")
@@ -312,7 +327,26 @@ class KubernetesRunner:
         digest = (terminated.message or "").strip()
         if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
             return StepResult(False, [], f"image builder reported no digest (termination message {digest!r})")
-        return StepResult(True, [], images=[BuiltImage(job.image.destination, digest)])
+        size = self._image_size(job, job.image.destination, digest)
+        return StepResult(True, [], images=[BuiltImage(job.image.destination, digest, size)])
+
+    def _image_size(self, job: StepJob, reference: str, digest: str) -> int:
+        """Config + layer bytes of the pushed manifest, from the farm's registry when the worker
+        knows it; 0 otherwise.  The image is pushed: failing to measure it fails nothing."""
+        if not self.settings.registry_url:
+            job.log(f"buildfarm: pushed {reference}@{digest} (no registry_url: size not measured)")
+            return 0
+        try:
+            _host, repository, _tag = split_reference(reference)
+            size = RegistryClient(self.settings.registry_url).image_size(repository, digest)
+        except (BuildfarmError, KeyError, TypeError, ValueError) as exc:
+            log.warning("measuring %s@%s failed: %s", reference, digest, exc)
+            job.log(
+                f"buildfarm: pushed {reference}@{digest}; its size could not be read ({exc}): recorded as 0"
+            )
+            return 0
+        job.log(f"buildfarm: pushed {reference}@{digest} ({size} bytes)")
+        return size
 
     def _cleanup(self, name: str, job: StepJob) -> None:
         """The log is in the store and the archive fetched: the Job and the upload slot can go."""
@@ -329,11 +363,27 @@ def _job_finished(job: Any) -> bool:
 
 
 def _waiting(pod: Any) -> tuple[str, str]:
-    for status in pod.status.container_statuses or []:
+    for status in [*(pod.status.init_container_statuses or []), *(pod.status.container_statuses or [])]:
         waiting = status.state.waiting if status.state else None
         if waiting is not None and waiting.reason:
             return str(waiting.reason), str(waiting.message or "")
     return "", ""
+
+
+def _cannot_start(pod: Any) -> str | None:
+    """Why a container of the pod will never start (its image cannot be pulled...), or None."""
+    reason, message = _waiting(pod)
+    if reason in WAITING_FAILURES:
+        return f"builder pod {pod.metadata.name} cannot start: {reason}: {message}"
+    return None
+
+
+def _initializing(pod: Any) -> bool:
+    """An init container runs or ran: the pod is past scheduling and image pulls."""
+    for status in pod.status.init_container_statuses or []:
+        if status.state and (status.state.running or status.state.terminated):
+            return True
+    return False
 
 
 def _terminated(pod: Any) -> Any | None:
@@ -343,7 +393,24 @@ def _terminated(pod: Any) -> Any | None:
     return None
 
 
+def _init_failure(pod: Any) -> str | None:
+    """The first init container that failed, as one line: its termination message says why."""
+    for status in pod.status.init_container_statuses or []:
+        terminated = status.state.terminated if status.state else None
+        if terminated is not None and terminated.exit_code != 0:
+            lines = (terminated.message or "").strip().splitlines()
+            why = lines[-1].strip() if lines else (terminated.reason or "failed")
+            return (
+                f"builder pod {pod.metadata.name}: init container {status.name} exited with status "
+                f"{terminated.exit_code}: {why}"
+            )
+    return None
+
+
 def _pod_failure(pod: Any, code: int | None, last_line: str) -> str:
+    init = _init_failure(pod)
+    if init is not None:
+        return init
     terminated = _terminated(pod)
     if terminated is None:
         reason = pod.status.reason or "unknown"

@@ -6,10 +6,14 @@ whose pod runs a single command:
 * ``package``: the package-builder image runs ``buildfarm-step package`` with a presigned GET
   URL of the source tarball (and its sha256), the build's apt sources, and a presigned PUT URL
   for the one outputs archive.  The pod holds no credentials at all;
-* ``image`` with ``builder: kaniko``: the kaniko-compatible image builds the context fetched
-  from a presigned HTTPS URL and pushes to ``destination``; its only credential is the
-  push-scoped registry Secret, mounted as ``config.json``.  ``--digest-file`` writes the pushed
-  digest to the termination message, where the runner reads it;
+* ``image`` with ``builder: kaniko``: an init container (the package-builder image's
+  ``buildfarm-step fetch-context``) downloads the context through its presigned URL, http or
+  https, checks its sha256 and unpacks it safely into the pod's size-limited ``workspace``
+  emptyDir; a failure is one line in its termination message, which the runner reports.  The
+  kaniko-compatible image then builds ``dir:///workspace/context`` and pushes to
+  ``destination``; its only credential is the push-scoped registry Secret, mounted as
+  ``config.json``.  ``--digest-file`` writes the pushed digest to the termination message,
+  where the runner reads it;
 * ``image`` with ``builder: sysbox``: the same Job under ``runtimeClassName`` (sysbox), running
   a docker daemon inside the pod for builds that need one.
 
@@ -19,11 +23,15 @@ apt/dpkg (and kaniko's RUN steps) need as root, no hostPath (only emptyDirs and 
 Secret), resources always set, ``activeDeadlineSeconds`` and ``ttlSecondsAfterFinished`` on the
 Job.  Builders run as root inside the pod: apt installs build dependencies and kaniko unpacks
 base images into ``/``, so neither ``runAsNonRoot`` nor a read-only root filesystem fits them.
+The kaniko pod's init container needs neither: it runs as root only so that the context's files
+stay root's (as in the tarball, and so in the image), with every capability dropped and a
+read-only root filesystem; it writes only into the emptyDir and its termination message.
 """
 
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import re
 import shlex
 from collections.abc import Mapping
@@ -42,15 +50,20 @@ LABEL_PREFIX = "buildfarm.io/"
 BUILDER_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},app.kubernetes.io/component={COMPONENT}"
 """Selects every builder Job and pod this farm creates (the reaper lists by it)."""
 CONTAINER = "build"
-"""The one container of every builder pod (logs are read from it)."""
+"""The build container of every builder pod (logs are read from it, after any init container)."""
+FETCH_CONTAINER = "fetch-context"
+"""The kaniko pod's init container: fetches, checks and unpacks the image context."""
+CONTEXT_DIR = "/workspace/context"
+"""Where the init container unpacks the image context, in the emptyDir both containers mount."""
 MAX_JOB_NAME = 52
 """The Job controller names pods ``<job>-<5 chars>`` and labels them ``job-name=<job>`` (63 max)."""
 ROOT_CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETGID", "SETUID"]
 """What a root build needs: dpkg/tar set owners and modes, apt drops to its _apt user.
 No NET_RAW, MKNOD, SYS_CHROOT, AUDIT_WRITE, KILL or SETPCAP (the container runtime's other defaults)."""
-"""Image of sysbox steps (dockerd + the docker CLI); sysbox makes its root an unprivileged user."""
-DIGEST_FILE = "/dev/termination-log"
-"""kaniko (and the sysbox script) write the pushed digest here: the pod status carries it back."""
+TERMINATION_LOG = "/dev/termination-log"
+"""Each container's termination message (Kubernetes' default path): the pod status carries it back.
+kaniko (and the sysbox script) write the pushed digest there, the init container its error."""
+DIGEST_FILE = TERMINATION_LOG
 
 
 @dataclass(frozen=True)
@@ -113,6 +126,19 @@ def _resources(settings: Settings, override: Mapping[str, Mapping[str, str]] | N
     return merged
 
 
+def _unprivileged_security() -> dict[str, Any]:
+    """The init container's: root without any capability, nothing writable but its emptyDir."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "runAsUser": 0,
+        "runAsNonRoot": False,
+        "seccompProfile": {"type": "RuntimeDefault"},
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
 def _container_security(capabilities: list[str] | None) -> dict[str, Any]:
     security: dict[str, Any] = {
         "allowPrivilegeEscalation": False,
@@ -133,6 +159,8 @@ def _pod_spec(
     container: dict[str, Any],
     volumes: list[dict[str, Any]],
     runtime_class: str | None = None,
+    *,
+    init_containers: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -143,6 +171,8 @@ def _pod_spec(
         "containers": [container],
         "volumes": volumes,
     }
+    if init_containers:
+        spec["initContainers"] = init_containers
     if settings.builder_service_account:
         spec["serviceAccountName"] = settings.builder_service_account
     node = (job.node or settings.node) if settings.builder_pin_to_node else None
@@ -257,17 +287,51 @@ def _insecure_registry(settings: Settings) -> str | None:
     return url.removeprefix("http://").rstrip("/") if url.startswith("http://") else None
 
 
+def _fetch_context_container(
+    job: StepJob, settings: Settings, urls: StepUrls, resources: dict[str, Any], mount: dict[str, Any]
+) -> dict[str, Any]:
+    """``buildfarm-step fetch-context`` in the package-builder image (Python's stdlib only)."""
+    assert job.image is not None
+    return {
+        "name": FETCH_CONTAINER,
+        "image": settings.builder_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["buildfarm-step"],
+        "args": [
+            "fetch-context",
+            "--url",
+            urls.source,
+            "--sha256",
+            job.source_sha256,
+            "--dest",
+            CONTEXT_DIR,
+            "--dockerfile",
+            job.image.dockerfile,
+            "--termination-log",
+            TERMINATION_LOG,
+        ],
+        "env": [{"name": "LC_ALL", "value": "C.UTF-8"}],
+        "resources": resources,  # the pod asks for the larger of init and build: no extra room
+        "securityContext": _unprivileged_security(),
+        "volumeMounts": [mount],
+        "terminationMessagePolicy": "File",
+    }
+
+
 def kaniko_job(
     job: StepJob,
     settings: Settings,
     urls: StepUrls,
     resources: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Manifest:
-    """An image step on kaniko: context from a presigned HTTPS URL, push with the Secret only."""
+    """An image step on kaniko: the init container fetches and checks the context, kaniko builds
+    it from the shared emptyDir and pushes with the Secret only."""
     assert job.image is not None
+    if not job.source_sha256:
+        raise PermanentError(f"step {job.step_name}: a kaniko pod needs the context's sha256")
     args = [
-        f"--context={urls.source}",
-        f"--dockerfile={job.image.dockerfile}",
+        f"--context=dir://{CONTEXT_DIR}",
+        f"--dockerfile={posixpath.join(CONTEXT_DIR, job.image.dockerfile)}",
         f"--destination={job.image.destination}",
         f"--digest-file={DIGEST_FILE}",
         "--cleanup",
@@ -278,13 +342,15 @@ def kaniko_job(
         args += [f"--insecure-registry={insecure}", f"--skip-tls-verify-registry={insecure}"]
     secret_volume = _registry_secret_volume(settings)
     work_volume, work_mount = _scratch("workspace", "/workspace", "20Gi")
+    limits = _resources(settings, resources)
+    fetch = _fetch_context_container(job, settings, urls, limits, work_mount)
     container = {
         "name": CONTAINER,
         "image": settings.image_builder_image,
         "imagePullPolicy": "IfNotPresent",
         "args": args,
         "env": [{"name": "DOCKER_CONFIG", "value": "/kaniko/.docker"}],
-        "resources": _resources(settings, resources),
+        "resources": limits,
         "securityContext": _container_security(ROOT_CAPABILITIES),
         "volumeMounts": [
             {"name": "registry-auth", "mountPath": "/kaniko/.docker", "readOnly": True},
@@ -292,7 +358,8 @@ def kaniko_job(
         ],
         "terminationMessagePolicy": "File",
     }
-    return _job(job, settings, _pod_spec(job, settings, container, [secret_volume, work_volume]))
+    pod = _pod_spec(job, settings, container, [secret_volume, work_volume], init_containers=[fetch])
+    return _job(job, settings, pod)
 
 
 SYSBOX_SCRIPT = "\n".join(
@@ -380,7 +447,13 @@ def builder_job(
 
 
 def describe(manifest: Manifest) -> str:
-    """One line for logs: the pod's command as a shell would show it, URLs shortened."""
-    container = manifest["spec"]["template"]["spec"]["containers"][0]
-    words = [*container.get("command", []), *container.get("args", [])]
-    return shlex.join(w.split("?", 1)[0] + "?..." if "X-Amz-Signature" in w else w for w in words)
+    """One line for logs: the pod's commands (init containers first) as a shell would show
+    them, presigned URLs shortened."""
+    pod = manifest["spec"]["template"]["spec"]
+    commands = []
+    for container in [*pod.get("initContainers", []), *pod["containers"]]:
+        words = [*container.get("command", []), *container.get("args", [])]
+        commands.append(
+            shlex.join(w.split("?", 1)[0] + "?..." if "X-Amz-Signature" in w else w for w in words)
+        )
+    return " && ".join(commands)
