@@ -162,16 +162,19 @@ def is_build_repository(name: str) -> bool:
     return len(segments) == 3 and (segments[2] == UNPROMOTED_SEGMENT or segments[1] == PERSONAL_SEGMENT)
 
 
-def sweep_leftover_versions(client: PulpClient, older_than: dt.datetime, *, dry_run: bool) -> int:
+def sweep_leftover_versions(
+    client: PulpClient, older_than: dt.datetime, *, dry_run: bool, within: str = REPOSITORY_PREFIX
+) -> int:
     """Delete the versions of build repositories that no distribution serves, except each
     repository's latest, written before ``older_than`` (module docstring); return how many went
-    (``dry_run``: how many of them have no publication at all, and nothing changes)."""
+    (``dry_run``: how many of them have no publication at all, and nothing changes).
+    ``within``: only repositories named under it (``buildfarm/<p>``: one project's)."""
     removed = 0
-    cutoff = older_than.astimezone(dt.UTC).isoformat()
+    cutoff = older_than.astimezone(dt.UTC)
     with client._errors("sweeping repository versions no build serves"):
         listed = PulpAptRepositoryContext(client.ctx).list_iterator(
             parameters={
-                "name__startswith": f"{REPOSITORY_PREFIX}/",
+                "name__startswith": f"{within}/",
                 "fields": ["pulp_href", "name", "latest_version_href", "pulp_labels"],
             }
         )
@@ -184,7 +187,9 @@ def sweep_leftover_versions(client: PulpClient, older_than: dt.datetime, *, dry_
     return removed
 
 
-def _sweep_repository(client: PulpClient, record: EntityDefinition, cutoff: str, *, dry_run: bool) -> int:
+def _sweep_repository(
+    client: PulpClient, record: EntityDefinition, cutoff: dt.datetime, *, dry_run: bool
+) -> int:
     latest = version_number(t.cast(str, record["latest_version_href"]))
     swept = str((record.get("pulp_labels") or {}).get(SWEPT_LABEL, "0"))
     start = int(swept) if swept.isdigit() else 0
