@@ -46,6 +46,17 @@ def sweep_lines(report: SweepReport) -> list[str]:
         f"bytes {'to free' if report.dry_run else 'freed'}: {human_bytes(report.bytes_freed)}"
         + (" (objects only)" if report.dry_run else ""),
     ]
+    if report.uploads:
+        lines.append(
+            f"  of the objects, {report.uploads} upload(s) no build used "
+            f"{'would go' if report.dry_run else 'went'} (older than the upload hours)"
+        )
+    if report.repository_versions:
+        what = "unpublished repository version(s)" if report.dry_run else "repository version(s)"
+        lines.append(
+            f"  {report.repository_versions} {what} left by crashed builds "
+            f"{'would go' if report.dry_run else 'removed'}"
+        )
     if report.objects_skipped_recent:
         lines.append(f"  {report.objects_skipped_recent} object(s) kept: put again within the grace period")
     if report.repository_bytes_freed is not None:
@@ -112,7 +123,8 @@ def _print_storage(report: StorageReport) -> None:
         )
     console.print(table)
     console.print(
-        f"{report.builds} build(s); distinct output files: {human_bytes(report.output_bytes)}",
+        f"{report.builds} build(s); distinct output files: {human_bytes(report.output_bytes)}; "
+        f"uploads no build used yet: {report.uploads} ({human_bytes(report.upload_bytes)})",
         markup=False,
     )
     console.print("next sweep:", markup=False)

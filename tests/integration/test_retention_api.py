@@ -7,6 +7,8 @@ tests/unit/test_retention_policy.py and tests/integration/test_retention_local.p
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,10 +20,12 @@ import uvicorn
 from sqlalchemy import select
 
 from buildfarm.api.app import create_app
+from buildfarm.backends.fs import FsArtifactStore
 from buildfarm.engine import accounts
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import BuildfarmError
-from buildfarm.state.models import Build, Step, StepOutput
+from buildfarm.model.sources import pack_tree
+from buildfarm.state.models import Build, Step, StepOutput, Upload
 from buildfarm_cli.httpclient import HttpClient
 
 from farmkit import make_test_context
@@ -122,3 +126,46 @@ def test_retention_routes_are_for_admins_and_answer_reports(farm: FarmContext) -
     assert not done.dry_run and done.build_ids == [old, old + 1] and done.builds_deleted == 2
     with farm.db.session() as session:
         assert list(session.scalars(select(Build.id))) == [new]
+
+
+def test_uploads_no_build_used_are_recorded_counted_and_swept(farm: FarmContext, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "debian").mkdir(parents=True)
+    (tree / "debian" / "control").write_text("Source: never-submitted\n")
+    tarball = pack_tree(tree)
+    sha = hashlib.sha256(tarball).hexdigest()
+    admin = accounts.init_admin(farm).token
+    used = _add_build(farm, 1, b"kept package")  # its source is also uploaded below
+    with farm.db.session() as session:
+        used_source = session.scalars(select(Step.source_sha256).where(Step.build_id == used)).one()
+    with serving(farm) as url:
+        headers = {"Authorization": f"Bearer {admin}", "Content-Type": "application/octet-stream"}
+        put = f"{url}/api/v1/sources/{sha}"
+        assert httpx.put(put, content=tarball, headers=headers).status_code == 201
+        assert httpx.put(put, content=tarball, headers=headers).status_code == 200  # stored: recorded again
+        with farm.db.session() as session:
+            assert [(u.sha256, u.size, u.user) for u in session.scalars(select(Upload))] == [
+                (sha, len(tarball), "admin")
+            ] * 2
+            session.add(Upload(sha256=used_source, size=1, user="admin"))
+        client = HttpClient(url, admin)
+        report = client.storage_report()
+        assert (report.uploads, report.upload_bytes) == (1, len(tarball))  # the used one is a build's
+        assert client.run_retention(dry_run=True).uploads == 0  # younger than retention_upload_hours
+        # A day and more later (and long past the grace period) nobody submitted it.
+        old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=30)
+        with farm.db.session() as session:
+            for upload in session.scalars(select(Upload)):
+                upload.uploaded_at = old
+        store = farm.store
+        assert isinstance(store, FsArtifactStore)
+        for object_sha in (sha, used_source):
+            os.utime(store.object_path(object_sha), (old.timestamp(), old.timestamp()))
+        dry = client.run_retention(dry_run=True)
+        assert (dry.uploads, dry.objects, dry.bytes_freed) == (1, 1, len(tarball))
+        done = client.run_retention(dry_run=False)
+        client.close()
+    assert (done.uploads, done.objects, done.build_ids) == (1, 1, [])
+    assert not store.has(sha) and store.has(used_source)  # the build that names it is kept
+    with farm.db.session() as session:
+        assert list(session.scalars(select(Upload))) == []

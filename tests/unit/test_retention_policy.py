@@ -6,8 +6,11 @@ objects are put again just before the sweep (an upload in flight).  An oracle wr
 policy's words alone says which rows, objects and logs must survive and which must go, and the
 test compares with what is actually left in the database and on disk: the sweep never deletes
 what a kept build references, deletes everything the policy lets go, spares objects put within
-the grace period, and a second sweep finds nothing more.  The repository here only records
-distributions (the real local repository and apt are in tests/integration/test_retention_local.py).
+the grace period, and a second sweep finds nothing more.  Uploads made through the API (``Upload``
+rows) are part of the history: some of the bytes a step names, some that no build ever used, of
+every age; an expired upload's object goes unless a kept build or a younger upload names it.
+The repository here only records distributions (the real local repository and apt are in
+tests/integration/test_retention_local.py).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +37,7 @@ from buildfarm.model.errors import PermanentError
 from buildfarm.model.retention import EXPIRED_INPUT_KEY
 from buildfarm.model.settings import load_settings
 from buildfarm.state.db import Database, upgrade
-from buildfarm.state.models import Build, Step, StepOutput
+from buildfarm.state.models import Build, Step, StepOutput, Upload
 
 from farmkit import RecordingDispatcher
 
@@ -43,6 +46,23 @@ KEEP_NEWEST = 1
 DAYS = {"nightly": 10, "on-demand": 5, "personal": 5}
 PACKAGES = ("alpha", "beta", "gamma")
 TERMINAL = ("succeeded", "failed", "cancelled")
+UPLOAD_HOURS = 24.0
+
+
+@dataclass(frozen=True)
+class UploadPlan:
+    content: tuple[str, int] | int  # (package, version): a step's source tarball; int: bytes no step has
+    age_hours: float
+
+
+uploads_plans = st.lists(
+    st.builds(
+        UploadPlan,
+        content=st.tuples(st.sampled_from(PACKAGES), st.integers(0, 9)) | st.integers(0, 3),
+        age_hours=st.sampled_from((0.5, 23.0, 25.0, 100.0, 1000.0)),
+    ),
+    max_size=8,
+)
 
 
 # -- the history a test draws ------------------------------------------------------------------
@@ -132,13 +152,20 @@ class World:
     objects: set[str]
     logs: set[str]
     refreshed: set[str]
+    uploads: dict[int, tuple[str, bool]]  # upload row id -> (sha256, expired)
 
 
 def _content(kind: str, name: str, version: int) -> bytes:
     return f"{kind}:{name}:{version}\n".encode()
 
 
-def _make_world(ctx: FarmContext, store: FsArtifactStore, plans: list[BuildPlan], refresh: set[int]) -> World:
+def _make_world(
+    ctx: FarmContext,
+    store: FsArtifactStore,
+    plans: list[BuildPlan],
+    refresh: set[int],
+    upload_plans: Sequence[UploadPlan] = (),
+) -> World:
     builds: dict[int, Build] = {}
     steps: dict[int, Step] = {}
     outputs: dict[int, list[str]] = {}
@@ -211,6 +238,23 @@ def _make_world(ctx: FarmContext, store: FsArtifactStore, plans: list[BuildPlan]
                 steps[step.id] = step
             builds[build.id] = build
             store.put_build_manifest(build.id, {"id": build.id})
+        uploads: dict[int, tuple[str, bool]] = {}
+        for up in upload_plans:
+            data = (
+                _content("source", *up.content)
+                if isinstance(up.content, tuple)
+                else _content("upload", "x", up.content)
+            )
+            ref = store.put_bytes(data)
+            row = Upload(
+                sha256=ref.sha256,
+                size=ref.size,
+                user="bob",
+                uploaded_at=NOW - dt.timedelta(hours=up.age_hours),
+            )
+            session.add(row)
+            session.flush()
+            uploads[row.id] = (ref.sha256, up.age_hours > UPLOAD_HOURS)
     objects = _stored_objects(store)
     old = (NOW - dt.timedelta(days=40)).timestamp()
     for sha in objects:  # everything was put long ago ...
@@ -219,7 +263,7 @@ def _make_world(ctx: FarmContext, store: FsArtifactStore, plans: list[BuildPlan]
     refreshed = {ordered[i % len(ordered)] for i in refresh} if ordered else set()
     for sha in refreshed:  # ... except what is being uploaded again right now
         store.put_file(store.object_path(sha))
-    return World(builds, steps, outputs, objects, logs, refreshed)
+    return World(builds, steps, outputs, objects, logs, refreshed, uploads)
 
 
 def _stored_objects(store: FsArtifactStore) -> set[str]:
@@ -242,6 +286,8 @@ class Expected:
     objects: set[str]
     logs: set[str]
     served: set[int]
+    uploads: set[int]  # upload rows left: the young ones
+    upload_objects: int  # distinct objects of expired uploads that nothing kept names
 
 
 def oracle(world: World, served: set[int]) -> Expected:
@@ -282,6 +328,8 @@ def oracle(world: World, served: set[int]) -> Expected:
         step = steps[sid]
         objects.add(step.source_sha256)
         objects.update(world.outputs.get(step.reused_from or step.id, []))
+    expired_uploads = {sha for sha, expired in world.uploads.values() if expired}
+    objects.update(sha for sha, expired in world.uploads.values() if not expired)
     for sid in surviving:
         step = steps[sid]
         logs.update(f"logs/{step.build_id}/{step.name}/{a}.log" for a in range(1, step.attempt + 1))
@@ -295,6 +343,8 @@ def oracle(world: World, served: set[int]) -> Expected:
         in_flight=world.refreshed - objects,
         logs=logs & world.logs,
         served=served & kept,
+        uploads={row for row, (_sha, expired) in world.uploads.items() if not expired},
+        upload_objects=len(expired_uploads - objects),
     )
 
 
@@ -320,6 +370,7 @@ def _context(db: Database, root: Path, repo: RecordingRepository, grace: float) 
         retention_personal_days=DAYS["personal"],
         retention_keep_newest=KEEP_NEWEST,
         retention_grace_seconds=grace,
+        retention_upload_hours=UPLOAD_HOURS,
     )
     return FarmContext(
         settings=config,
@@ -335,24 +386,30 @@ def _rows(db: Database) -> tuple[set[int], set[int]]:
         return set(session.scalars(select(Build.id))), set(session.scalars(select(Step.id)))
 
 
+def _upload_rows(db: Database) -> set[int]:
+    with db.session() as session:
+        return set(session.scalars(select(Upload.id)))
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     plans=st.lists(build_plans(), min_size=4, max_size=14),
     refresh=st.sets(st.integers(0, 40), max_size=15),
+    upload_plans=uploads_plans,
 )
 def test_sweep_keeps_what_kept_builds_reference_and_deletes_the_rest(
-    database: Database, plans: list[BuildPlan], refresh: set[int]
+    database: Database, plans: list[BuildPlan], refresh: set[int], upload_plans: list[UploadPlan]
 ) -> None:
     root = Path(tempfile.mkdtemp(prefix="retention-"))
     try:
         with database.session() as session:
-            for model in (StepOutput, Step, Build):
+            for model in (StepOutput, Step, Build, Upload):
                 session.execute(delete(model))
         repo = RecordingRepository()
         ctx = _context(database, root, repo, grace=3600.0)
         store = ctx.store
         assert isinstance(store, FsArtifactStore)
-        world = _make_world(ctx, store, plans, refresh)
+        world = _make_world(ctx, store, plans, refresh, upload_plans)
         repo.served = {b.id for b in world.builds.values() if b.state == "succeeded"}
         expected = oracle(world, repo.served)
         repo.latest = repo.served - set(expected.expired)  # the repository refuses to drop them
@@ -361,6 +418,8 @@ def test_sweep_keeps_what_kept_builds_reference_and_deletes_the_rest(
         assert set(dry.build_ids) == expected.expired
         assert _rows(database) == (set(world.builds), set(world.steps))
         assert _stored_objects(store) == world.objects and _stored_logs(store) == world.logs
+        assert _upload_rows(database) == set(world.uploads)
+        assert dry.uploads == expected.upload_objects
 
         report = run_sweep(ctx, dry_run=False, now=NOW)
         event(f"expired: {min(len(report.build_ids), 3)}+, reduced to records: {report.builds_reduced > 0}")
@@ -373,6 +432,9 @@ def test_sweep_keeps_what_kept_builds_reference_and_deletes_the_rest(
         assert _stored_objects(store) == expected.objects
         assert _stored_logs(store) == expected.logs
         assert repo.served == expected.served
+        assert _upload_rows(database) == expected.uploads
+        assert report.uploads == expected.upload_objects
+        event(f"uploads expired and unused: {min(report.uploads, 2)}+")
         assert report.objects == len(world.objects - expected.objects)
         assert report.objects_skipped_recent == len(expected.in_flight)  # the grace period held them
         for build_id in set(world.builds) - builds:
@@ -390,5 +452,6 @@ def test_sweep_keeps_what_kept_builds_reference_and_deletes_the_rest(
         assert again.objects == 0 and again.logs == 0 and again.builds_deleted == 0
         assert _rows(database) == (builds, steps)
         assert _stored_objects(store) == expected.objects
+        assert again.uploads == 0 and _upload_rows(database) == expected.uploads
     finally:
         shutil.rmtree(root, ignore_errors=True)

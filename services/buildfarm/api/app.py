@@ -48,7 +48,7 @@ from buildfarm.api.schemas import (
     WhoAmI,
 )
 from buildfarm.dispatch.context import make_context
-from buildfarm.engine import accounts, control
+from buildfarm.engine import accounts, control, retention
 from buildfarm.engine.accounts import ForbiddenError, Principal
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
@@ -208,6 +208,8 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
             raise TooLargeError(f"source tarball of {declared} bytes is over the {limit}-byte limit")
         if await run_in_threadpool(farm.store.has, sha256):
             response.status_code = 200
+            # Recorded again: a recent upload keeps the object from a sweep until it is submitted.
+            await run_in_threadpool(retention.record_upload, farm, sha256, principal.user)
             return SourceOut(sha256=sha256, size=int(declared or 0))
         with tempfile.NamedTemporaryFile(dir=farm.work_root, prefix="upload-", delete=False) as handle:
             tmp = Path(handle.name)
@@ -228,6 +230,7 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
             stored = await run_in_threadpool(_accept_tarball, farm, tmp)
         finally:
             tmp.unlink(missing_ok=True)
+        await run_in_threadpool(retention.record_upload, farm, stored.sha256, principal.user, stored.size)
         return SourceOut(sha256=stored.sha256, size=stored.size)
 
     @app.post(f"{API}/builds", response_model=control.BuildView, status_code=201, tags=["builds"])

@@ -246,6 +246,21 @@ class PackageRepository(Protocol):
         ...
 
 
+@runtime_checkable
+class VersionedPackageRepository(PackageRepository, Protocol):
+    """A package repository that keeps versions of its own (Pulp).
+
+    A build that crashed between writing its version and publishing it leaves one that no build
+    row names; the retention sweep asks the repository itself to find them.
+    """
+
+    def sweep_leftover_versions(self, older_than: datetime, *, dry_run: bool) -> int:
+        """Delete the versions of build repositories that no distribution serves, written before
+        ``older_than``, each repository's latest excepted; return how many (``dry_run``: how many
+        unpublished ones would go, deleting nothing)."""
+        ...
+
+
 def require_signing_key(repo: PackageRepository) -> SigningKey:
     """The repository's signing key; NotFoundError (one line) when the farm publishes unsigned."""
     key = repo.signing_key()

@@ -6,9 +6,9 @@ newest K, and ``latest`` is recognised by ``finished_at`` (a query only for a ca
 finished after its branch's newest succeeded build).  Every later query is an ``IN`` over the
 candidates' own ids, input keys and objects, or a correlated ``LIMIT 1`` probe per candidate
 (SQLite and PostgreSQL both run those as index look-ups; PostgreSQL would turn an ``EXISTS``
-into a hash join over every step).  No store is listed: an object is a deletion candidate only
-because an expired row names it.  What to delete is then decided by
-:func:`buildfarm.model.retention.plan_sweep`.
+into a hash join over every step).  Expired uploads are a range walk of ``ix_uploads_uploaded_at``.
+No store is listed: an object is a deletion candidate only because an expired row names it.
+What to delete is then decided by :func:`buildfarm.model.retention.plan_sweep`.
 """
 
 from __future__ import annotations
@@ -32,11 +32,20 @@ from buildfarm.model.retention import (
     RetentionPolicy,
     StepRecord,
     SweepPlan,
+    UploadRecord,
     doomed_references,
     plan_sweep,
     unreferenced,
 )
-from buildfarm.state.models import TERMINAL_BUILD_STATES, Build, BuildState, Step, StepOutput, UTCDateTime
+from buildfarm.state.models import (
+    TERMINAL_BUILD_STATES,
+    Build,
+    BuildState,
+    Step,
+    StepOutput,
+    Upload,
+    UTCDateTime,
+)
 
 IN_CHUNK = 2000
 """Ids per ``IN (...)`` list: far below SQLite's and PostgreSQL's bind-parameter limits."""
@@ -62,6 +71,7 @@ class Selection:
     kept_producers: set[int]
     in_database: Counter[str]  # rows naming each candidate object, in the whole database
     seconds: float
+    uploads: list[UploadRecord] = field(default_factory=list)  # expired: older than the upload hours
     plan: SweepPlan = field(default_factory=SweepPlan)
     delete_objects: list[str] = field(default_factory=list)  # candidates no surviving row names
 
@@ -78,6 +88,7 @@ class Selection:
             log_steps=self.log_steps & step_ids,
             kept_producers=self.kept_producers & step_ids,
             log_keys_of=log_keys_of,
+            uploads=self.uploads,
         )
         doomed = doomed_references(self.plan, steps, outputs)
         self.delete_objects = unreferenced(self.plan.objects, self.in_database, doomed)
@@ -315,12 +326,19 @@ def _reused_by_kept(session: Session, steps: list[StepRecord]) -> set[int]:
     return kept
 
 
+def _expired_uploads(session: Session, policy: RetentionPolicy, now: dt.datetime) -> list[UploadRecord]:
+    cutoff = bindparam("upload_cutoff", policy.upload_cutoff(now), type_=UTCDateTime())
+    rows = session.execute(select(Upload.id, Upload.sha256, Upload.size).where(Upload.uploaded_at < cutoff))
+    return [UploadRecord(*row) for row in rows]
+
+
 def _references_in_database(session: Session, shas: list[str]) -> Counter[str]:
-    """How many rows (step sources and step outputs) name each of these objects."""
+    """How many rows (step sources, step outputs and uploads) name each of these objects."""
     counts: Counter[str] = Counter()
     # Step sources have no index of their own: big chunks make it one pass over the steps.
     for chunk in chunks(shas, SCAN_CHUNK):
-        for column, model in ((Step.source_sha256, Step), (StepOutput.sha256, StepOutput)):
+        named_by = ((Step.source_sha256, Step), (StepOutput.sha256, StepOutput), (Upload.sha256, Upload))
+        for column, model in named_by:
             rows = session.execute(
                 select(column, func.count()).select_from(model).where(column.in_(chunk)).group_by(column)
             )
@@ -336,7 +354,9 @@ def select_expired(session: Session, policy: RetentionPolicy, now: dt.datetime) 
     outputs = _outputs_of(session, [s.id for s in steps if s.reused_from is None])
     log_steps = _last_of_package(session, steps)
     kept_producers = _reused_by_kept(session, steps)
+    uploads = _expired_uploads(session, policy, now)
     candidates = {s.source_sha256 for s in steps} | {o.sha256 for o in outputs if not o.is_image}
+    candidates |= {u.sha256 for u in uploads}
     selection = Selection(
         builds,
         steps,
@@ -345,6 +365,7 @@ def select_expired(session: Session, policy: RetentionPolicy, now: dt.datetime) 
         kept_producers,
         _references_in_database(session, sorted(candidates)),
         0.0,
+        uploads,
     )
     selection.make_plan()
     selection.seconds = time.monotonic() - started

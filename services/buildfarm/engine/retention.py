@@ -8,9 +8,12 @@ The order makes a crash harmless and a second run finish the job: the repository
 (each expired build's distribution, then its garbage collection), registry manifests, content
 objects (only those older than the grace period: an upload in flight refreshes its object),
 logs and build manifests, and only then the rows.  Until its rows are gone an expired build is
-found again by the next sweep, and every deletion is idempotent.  Before anything is deleted the
-expired steps are marked (``EXPIRED_INPUT_KEY``) in the transaction that chose them, so that no
-build submitted meanwhile reuses them.
+found again by the next sweep, and every deletion is idempotent.  Two kinds of leftovers no
+build row names are swept too: uploads (``Upload`` rows) older than ``retention_upload_hours``
+that no build references go with the content objects, and a repository that keeps versions
+(Pulp) deletes those a crashed build left unserved, before its garbage collection.  Before
+anything is deleted the expired steps are marked (``EXPIRED_INPUT_KEY``) in the transaction that
+chose them, so that no build submitted meanwhile reuses them.
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from buildfarm.backends.base import BuildRef
+from buildfarm.backends.base import BuildRef, VersionedPackageRepository
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.expiry import Selection, chunks, select_expired
 from buildfarm.model.errors import BuildfarmError, TemporaryError
 from buildfarm.model.images import split_reference
 from buildfarm.model.retention import EXPIRED_INPUT_KEY, BuildRecord, RetentionPolicy, SweepPlan
-from buildfarm.state.models import Build, Step, StepOutput, utcnow
+from buildfarm.state.models import Build, Step, StepOutput, Upload, utcnow
 
 __all__ = [
     "Progress",
@@ -39,6 +42,7 @@ __all__ = [
     "StorageGroup",
     "StorageReport",
     "SweepReport",
+    "record_upload",
     "run_sweep",
     "select_expired",
 ]
@@ -63,6 +67,8 @@ class SweepReport:
     objects_skipped_recent: int = 0  # put again within the grace period: kept this time
     logs: int = 0
     images: int = 0
+    uploads: int = 0  # uploaded objects no build named, older than the upload hours: deleted (dry: would be)
+    repository_versions: int = 0  # repository versions crashed builds left unserved (dry: unpublished ones)
     bytes_freed: int = 0  # objects + logs (dry run: objects only, sizes from rows and the store)
     repository_bytes_freed: int | None = None  # when the repository knows it
     registry_bytes_freed: int | None = None
@@ -121,8 +127,16 @@ def _expire_in_repository(
             refused.add(build.id)
         if progress:
             progress("repository", done, len(todo))
-    report.repository_bytes_freed = ctx.repo.collect_garbage()
     return refused
+
+
+def _sweep_repository_leftovers(
+    ctx: FarmContext, policy: RetentionPolicy, now: dt.datetime, *, dry_run: bool
+) -> int:
+    """Repository versions that crashed builds left (only a repository that keeps versions has them)."""
+    if not isinstance(ctx.repo, VersionedPackageRepository):
+        return 0
+    return ctx.repo.sweep_leftover_versions(policy.grace_cutoff(now), dry_run=dry_run)
 
 
 def _delete_images(ctx: FarmContext, plan: SweepPlan, report: SweepReport) -> None:
@@ -160,6 +174,8 @@ def _delete_rows(ctx: FarmContext, plan: SweepPlan, report: SweepReport) -> None
             session.execute(update(Build).where(Build.id.in_(chunk)).values(published_url=None))
         for chunk in chunks(deleted_builds):
             session.execute(delete(Build).where(Build.id.in_(chunk)))
+        for chunk in chunks([u.id for u in plan.uploads]):
+            session.execute(delete(Upload).where(Upload.id.in_(chunk)))
 
 
 def run_sweep(
@@ -178,6 +194,7 @@ def run_sweep(
     if dry_run:
         _fill_counts(report, plan, selection)
         report.bytes_freed = sum(_object_sizes(ctx, plan, selection.delete_objects).values())
+        report.repository_versions = _sweep_repository_leftovers(ctx, policy, now, dry_run=True)
         report.seconds = time.monotonic() - started
         return report
     if plan.expired_builds:
@@ -187,6 +204,10 @@ def run_sweep(
             selection.make_plan(keep_whole=refused)
             plan = selection.plan
         report.skipped_builds = sorted(refused)
+    report.repository_versions = _sweep_repository_leftovers(ctx, policy, now, dry_run=False)
+    if plan.expired_builds or report.repository_versions:
+        report.repository_bytes_freed = ctx.repo.collect_garbage()
+    if plan.expired_builds or plan.uploads:
         _delete_images(ctx, plan, report)
         result = ctx.store.delete_objects(selection.delete_objects, older_than=policy.grace_cutoff(now))
         report.objects, report.objects_skipped_recent = result.deleted, result.skipped_recent
@@ -202,11 +223,14 @@ def run_sweep(
         _fill_counts(report, plan, selection, objects=False)
     report.seconds = time.monotonic() - started
     log.info(
-        "retention: %d build(s) expired %s, %d object(s), %d log(s), %d bytes freed",
+        "retention: %d build(s) expired %s, %d object(s) (%d unsubmitted upload(s)), %d log(s), "
+        "%d repository version(s) left by crashed builds, %d bytes freed",
         len(report.build_ids),
         report.builds_by_class,
         report.objects,
+        report.uploads,
         report.logs,
+        report.repository_versions,
         report.bytes_freed,
     )
     return report
@@ -217,6 +241,7 @@ def _fill_counts(report: SweepReport, plan: SweepPlan, selection: Selection, *, 
     report.build_ids = [b.id for b in plan.expired_builds]
     report.builds_deleted = len(plan.deleted_builds)
     report.builds_reduced = len(plan.reduced_builds)
+    report.uploads = len({u.sha256 for u in plan.uploads} & set(selection.delete_objects))
     if objects:
         report.objects = len(selection.delete_objects)
         report.logs = len(plan.logs)
@@ -233,6 +258,18 @@ def _object_sizes(ctx: FarmContext, plan: SweepPlan, shas: Iterable[str]) -> dic
         if size is not None:
             sizes[sha] = size
     return sizes
+
+
+# -- uploads -----------------------------------------------------------------------------------
+
+
+def record_upload(ctx: FarmContext, sha256: str, user: str, size: int | None = None) -> None:
+    """Remember an upload (API ``PUT /sources/<sha256>``), so that a sweep finds it if no build
+    ever names it; ``size`` None: asked of the store (an upload whose bytes were stored before)."""
+    if size is None:
+        size = ctx.store.object_size(sha256) or 0
+    with ctx.db.session() as session:
+        session.add(Upload(sha256=sha256, size=size, user=user, uploaded_at=utcnow()))
 
 
 # -- the storage report ------------------------------------------------------------------------
@@ -254,6 +291,8 @@ class StorageReport:
     builds: int
     output_bytes: int  # distinct content objects the rows name as outputs
     next_sweep: SweepReport
+    uploads: int = 0  # distinct uploaded objects no build names (yet)
+    upload_bytes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -266,6 +305,8 @@ class StorageReport:
             builds=int(data["builds"]),
             output_bytes=int(data["output_bytes"]),
             next_sweep=SweepReport.from_dict(data["next_sweep"]),
+            uploads=int(data.get("uploads", 0)),
+            upload_bytes=int(data.get("upload_bytes", 0)),
         )
 
 
@@ -275,6 +316,7 @@ def storage_report(ctx: FarmContext, now: dt.datetime | None = None) -> StorageR
     Output sizes come from the rows; source tarballs are sized by the store, once per distinct
     tarball (a stat locally, a HEAD on S3).  A file shared by several builds counts in the group
     of the step that made it; ``output_bytes`` of the report counts each distinct file once.
+    ``uploads`` are the uploaded objects no build names: submitted soon, or swept once expired.
     """
     groups: dict[tuple[str, str, str], StorageGroup] = {}
     with ctx.db.session() as session:
@@ -307,6 +349,10 @@ def storage_report(ctx: FarmContext, now: dt.datetime | None = None) -> StorageR
             .where(Step.reused_from.is_(None))
             .distinct()
         ).all()
+        named = select(Step.id).where(Step.source_sha256 == Upload.sha256).limit(1).correlate(Upload)
+        unsubmitted = session.execute(
+            select(Upload.sha256, func.max(Upload.size)).where(~named.exists()).group_by(Upload.sha256)
+        ).all()
     sizes: dict[str, int | None] = {}
     for kind, project, branch, sha in sources:  # one size look-up per distinct tarball
         if sha not in sizes:
@@ -318,4 +364,6 @@ def storage_report(ctx: FarmContext, now: dt.datetime | None = None) -> StorageR
         builds=sum(g.builds for g in ordered),
         output_bytes=int(total or 0),
         next_sweep=run_sweep(ctx, dry_run=True, now=now),
+        uploads=len(unsubmitted),
+        upload_bytes=sum(int(size) for _sha, size in unsubmitted),
     )

@@ -18,6 +18,11 @@ This module is the pure half: given the expired builds and their steps (plain re
 image manifests go.  Content objects are shared between builds, so an object a doomed step names
 is deleted only if no surviving row names it too: the engine counts the rows naming each
 candidate object in the whole database and compares with the doomed rows' own count.
+
+Uploads (source tarballs and image contexts sent through the API, ``Upload`` rows) are the
+one kind of object no build may ever name: an upload older than ``retention_upload_hours``
+loses its row, and its object goes by the same count, so an object that a build's step or
+output, or a younger upload, names stays.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class RetentionPolicy:
     personal_days: int = 7
     keep_newest: int = 3
     grace_seconds: float = 3600.0
+    upload_hours: float = 24.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetentionPolicy:
@@ -56,6 +62,7 @@ class RetentionPolicy:
             personal_days=settings.retention_personal_days,
             keep_newest=settings.retention_keep_newest,
             grace_seconds=settings.retention_grace_seconds,
+            upload_hours=settings.retention_upload_hours,
         )
 
     def days(self) -> dict[str, int]:
@@ -69,6 +76,10 @@ class RetentionPolicy:
     def cutoffs(self, now: dt.datetime) -> dict[str, dt.datetime]:
         """Per expiring class: a build that finished before this is old enough to expire."""
         return {kind: now - dt.timedelta(days=days) for kind, days in self.days().items()}
+
+    def upload_cutoff(self, now: dt.datetime) -> dt.datetime:
+        """An upload made before this is expired (its object goes unless a row names it)."""
+        return now - dt.timedelta(hours=self.upload_hours)
 
     def grace_cutoff(self, now: dt.datetime) -> dt.datetime:
         """Objects last put after this are never deleted (an upload may be in flight)."""
@@ -114,6 +125,13 @@ class OutputRecord:
         return self.filename.startswith(IMAGE_OUTPUT_PREFIX)
 
 
+@dataclass(frozen=True)
+class UploadRecord:
+    id: int
+    sha256: str
+    size: int
+
+
 @dataclass
 class SweepPlan:
     """What one sweep deletes (or, dry, would delete), before the store's grace period is applied."""
@@ -128,6 +146,7 @@ class SweepPlan:
     objects: dict[str, int | None] = field(default_factory=dict)  # sha256 -> size if known
     logs: list[str] = field(default_factory=list)
     images: list[tuple[str, str]] = field(default_factory=list)  # (reference, digest hex)
+    uploads: list[UploadRecord] = field(default_factory=list)  # expired upload rows: they all go
     output_bytes: int = 0
 
     @property
@@ -146,13 +165,15 @@ def plan_sweep(
     log_steps: set[int],
     kept_producers: set[int],
     log_keys_of: Callable[[StepRecord], list[str]],
+    uploads: Iterable[UploadRecord] = (),
 ) -> SweepPlan:
     """Split the expired builds' rows into what goes and what stays.
 
     ``log_steps``: the expired steps that are the last success or failure of their package on
     their branch; ``kept_producers``: the expired steps a kept step reuses; ``log_keys_of``: every
-    log key a step wrote itself (one per attempt).  The plan's ``objects`` are *candidates*: the
-    caller removes those a surviving row still names (:func:`unreferenced`).
+    log key a step wrote itself (one per attempt); ``uploads``: the expired uploads.  The plan's
+    ``objects`` are *candidates*: the caller removes those a surviving row still names
+    (:func:`unreferenced`).
     """
     builds = list(builds)
     steps = list(steps)
@@ -185,6 +206,10 @@ def plan_sweep(
             continue
         plan.output_bytes += output.size
         plan.objects[output.sha256] = output.size
+    plan.uploads = sorted(uploads, key=lambda u: u.id)
+    for upload in plan.uploads:
+        if plan.objects.get(upload.sha256) is None:
+            plan.objects[upload.sha256] = upload.size
     plan.logs.sort()
     return plan
 
@@ -200,6 +225,7 @@ def doomed_references(
     for output in outputs:
         if output.step_id in plan.dropped_output_steps and not output.is_image:
             counts[output.sha256] += 1
+    counts.update(upload.sha256 for upload in plan.uploads)
     return counts
 
 

@@ -254,6 +254,12 @@ class Settings(BaseSettings):
         ge=0,
         description="a content object younger than this is never collected (an upload may be in flight)",
     )
+    retention_upload_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="hours an uploaded source tarball or image context that no build names is kept "
+        "(a day: time to submit the build it was sent for, even after a failed first try)",
+    )
     backup_target: str | None = Field(
         default=None, description="where backups go: a directory path, or s3://<bucket>[/<prefix>]"
     )

@@ -261,3 +261,26 @@ class ScheduleRun(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # 0 for a baseline
     retry_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class Upload(Base):
+    """A source tarball or image context sent through the API (``PUT /sources/<sha256>``).
+
+    Its object has no other row until a build names it (``Step.source_sha256``), and a client
+    may never submit one: retention deletes the object of an upload older than
+    ``retention_upload_hours`` that no build references, and the row with it (0007).  Each
+    upload adds a row (no upsert: two users sending the same bytes never race), so a recent row
+    keeps the object of an older one.
+    """
+
+    __tablename__ = "uploads"
+    __table_args__ = (
+        Index("ix_uploads_uploaded_at", "uploaded_at"),  # the sweep picks the old ones
+        Index("ix_uploads_sha256", "sha256"),  # does a recent upload name an expiring object
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    uploaded_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    user: Mapped[str] = mapped_column(String(100))

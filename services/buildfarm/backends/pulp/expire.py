@@ -20,6 +20,19 @@ before it.  So expiring a build is:
    ``orphan_protection_minutes`` (Pulp's ``ORPHAN_PROTECTION_TIME`` when not given: a day by
    default, so an upload on its way into a repository is never collected; tests use 0).
 
+A build that crashed between writing its repository version and publishing it (or distributing
+the publication) leaves a version no distribution serves; so do a merge retried after a
+concurrent writer and the empty version that step 2 writes into a side repository.  No build
+row names them, so :func:`sweep_leftover_versions` finds them in Pulp: in each build repository
+(branch, unpromoted, personal; never staging or mirrors) every version but the latest, older
+than the grace period, is deleted unless Pulp refuses because a distribution serves it (a kept
+build's, or ``latest``'s newest published version): again Pulp's own check, in the same request.
+Deleting a version squashes it into the next one, so no kept version loses a package; what only
+the leftover held becomes an orphan for :func:`collect_garbage`.  Each repository's label
+``buildfarm_versions_swept`` remembers the highest version number already looked at, so a sweep
+lists only the versions written since the last one: its requests grow with new versions (and
+one page of repositories per hundred branches), not with the kept builds' versions.
+
 The build that ``latest`` points at (the branch repository's newest-build label) is refused with
 one clear line: the retention policy always keeps it.  Mirrors (label ``buildfarm.class=mirror``)
 are never touched.  The work grows with the expired builds only: a few requests per build.
@@ -27,6 +40,7 @@ are never touched.  The work grows with the expired builds only: a few requests 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import typing as t
 
@@ -42,7 +56,15 @@ from buildfarm.backends.pulp.contexts import (
     PulpAptRepositoryContext,
     PulpAptRepositoryVersionContext,
 )
-from buildfarm.backends.pulp.layout import Place, newest_build, place_of
+from buildfarm.backends.pulp.layout import (
+    PERSONAL_SEGMENT,
+    REPOSITORY_PREFIX,
+    UNPROMOTED_SEGMENT,
+    Place,
+    newest_build,
+    place_of,
+    version_number,
+)
 from buildfarm.backends.pulp.mirrors import CLASS_LABEL, MIRROR_CLASS
 from buildfarm.model.errors import PermanentError
 
@@ -50,6 +72,9 @@ log = logging.getLogger(__name__)
 
 HTTP_BAD_REQUEST = 400
 HTTP_NOT_FOUND = 404
+SWEPT_LABEL = "buildfarm_versions_swept"
+"""On a build repository: every version up to this number was looked at by a leftover sweep."""
+MIRRORS_SEGMENT = "_mirrors"
 
 
 def _is_mirror(entity: EntityDefinition) -> bool:
@@ -107,16 +132,94 @@ def _drop_version_of(client: PulpClient, publication_href: str, place: Place) ->
             return  # the branch's latest version: what `latest` serves (or will, once published)
         # A side repository: an empty latest version lets this one go; snapshots never build on it.
         repository.modify(remove_content=["*"])
+    _delete_version(client, repository, version)
+
+
+def _delete_version(client: PulpClient, repository: PulpAptRepositoryContext, version: str) -> bool:
+    """Delete one version; False when Pulp refuses because a distribution serves it (or ``latest``
+    does: the newest published version of a repository a distribution is bound to)."""
     context = PulpAptRepositoryVersionContext(client.ctx, repository, pulp_href=version)
     try:
         context.delete()
     except PulpHTTPError as exc:
         if exc.status_code == HTTP_NOT_FOUND:
-            return
+            return True
         if exc.status_code != HTTP_BAD_REQUEST:
             raise
-        # Pulp refuses: a distribution still serves this version (a kept build shares it).
         log.info("pulp: %s is still served; kept (%s)", version, " ".join(str(exc).split())[:200])
+        return False
+    return True
+
+
+def is_build_repository(name: str) -> bool:
+    """A branch, unpromoted or personal repository (``buildfarm/<p>/<b>[/unpromoted]``,
+    ``buildfarm/<p>/_personal/<u>``); not a build's staging repository, not a mirror."""
+    prefix, *segments = name.split("/")
+    if prefix != REPOSITORY_PREFIX or not segments or segments[0] == MIRRORS_SEGMENT:
+        return False
+    if len(segments) == 2:  # <p>/<b>
+        return True
+    return len(segments) == 3 and (segments[2] == UNPROMOTED_SEGMENT or segments[1] == PERSONAL_SEGMENT)
+
+
+def sweep_leftover_versions(
+    client: PulpClient, older_than: dt.datetime, *, dry_run: bool, within: str = REPOSITORY_PREFIX
+) -> int:
+    """Delete the versions of build repositories that no distribution serves, except each
+    repository's latest, written before ``older_than`` (module docstring); return how many went
+    (``dry_run``: how many of them have no publication at all, and nothing changes).
+    ``within``: only repositories named under it (``buildfarm/<p>``: one project's)."""
+    removed = 0
+    cutoff = older_than.astimezone(dt.UTC)
+    with client._errors("sweeping repository versions no build serves"):
+        listed = PulpAptRepositoryContext(client.ctx).list_iterator(
+            parameters={
+                "name__startswith": f"{within}/",
+                "fields": ["pulp_href", "name", "latest_version_href", "pulp_labels"],
+            }
+        )
+        repositories = [r for r in listed if is_build_repository(r["name"]) and not _is_mirror(r)]
+        for record in repositories:
+            removed += _sweep_repository(client, record, cutoff, dry_run=dry_run)
+    if removed:
+        verb = "would remove" if dry_run else "removed"
+        log.info("pulp: %s %d repository version(s) no build serves", verb, removed)
+    return removed
+
+
+def _sweep_repository(
+    client: PulpClient, record: EntityDefinition, cutoff: dt.datetime, *, dry_run: bool
+) -> int:
+    latest = version_number(t.cast(str, record["latest_version_href"]))
+    swept = str((record.get("pulp_labels") or {}).get(SWEPT_LABEL, "0"))
+    start = int(swept) if swept.isdigit() else 0
+    if latest <= start + 1:
+        return 0  # nothing but the latest written since the last look
+    repository = PulpAptRepositoryContext(client.ctx, pulp_href=record["pulp_href"])
+    versions = list(
+        PulpAptRepositoryVersionContext(client.ctx, repository).list_iterator(
+            parameters={
+                "number__gt": start,
+                "number__lt": latest,
+                "pulp_created__lt": cutoff,
+                "fields": ["pulp_href", "number"],
+            }
+        )
+    )
+    if not versions:
+        return 0
+    if dry_run:
+        return sum(not _published(client, v["pulp_href"]) for v in versions)
+    removed = sum(_delete_version(client, repository, v["pulp_href"]) for v in versions)
+    # Versions are numbered in the order they are written: every one below the highest listed
+    # was old enough too, so the next sweep starts above it.
+    repository.set_label(SWEPT_LABEL, str(max(int(v["number"]) for v in versions)))
+    return removed
+
+
+def _published(client: PulpClient, version: str) -> bool:
+    """Whether ``version`` has a publication (dry runs count only the unpublished leftovers)."""
+    return client._first(PulpAptPublicationContext(client.ctx), repository_version=version) is not None
 
 
 def collect_garbage(client: PulpClient, orphan_protection_minutes: int | None) -> None:

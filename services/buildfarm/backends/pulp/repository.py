@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 import typing as t
@@ -471,6 +472,10 @@ class PulpRepository(PulpClient):
     def expire_build(self, build: BuildRef) -> None:
         self.drop_staging(build)  # normally gone already; a crashed build's is not
         expire.expire_build(self, build)
+
+    def sweep_leftover_versions(self, older_than: dt.datetime, *, dry_run: bool) -> int:
+        """Versions of build repositories no distribution serves: crashed builds' (see :mod:`.expire`)."""
+        return expire.sweep_leftover_versions(self, older_than, dry_run=dry_run)
 
     def collect_garbage(self) -> None:
         """Pulp's orphan cleanup (see :mod:`.expire`); Pulp does not say how many bytes it freed."""
