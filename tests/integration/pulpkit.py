@@ -22,12 +22,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy.engine import make_url
 
 from buildfarm.backends.signing import HOME_NAME, generate_key, stop_agent
+
+if TYPE_CHECKING:
+    from buildfarm.backends.pulp import PulpRepository
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PULPSTACK = REPO_ROOT / "ops" / "pulp" / "pulpstack.py"
@@ -47,6 +50,13 @@ class PulpServer:
     start_seconds: float
     signing_service: str | None = None
     signing_key_file: Path | None = None
+
+    def repository(self, **options: Any) -> PulpRepository:
+        """A client of this server as the farm makes one (``task_timeout_seconds`` 60 unless given)."""
+        from buildfarm.backends.pulp import PulpRepository
+
+        options = {"task_timeout_seconds": 60, **options}
+        return PulpRepository(self.base_url, self.username, self.password, self.content_origin, **options)
 
     def settings(self, *, signed: bool = False) -> dict[str, object]:
         """Farm settings selecting this server as the package repository (signing its build

@@ -207,14 +207,7 @@ def _mirror(upstream: Upstream, name: str = "thirdparty", signed_by: Path | None
 
 @pytest.fixture(scope="module")
 def repo(pulp_server: PulpServer, upstream: Upstream) -> PulpRepository:
-    return PulpRepository(
-        pulp_server.base_url,
-        pulp_server.username,
-        pulp_server.password,
-        pulp_server.content_origin,
-        task_timeout_seconds=60,
-        mirrors=[_mirror(upstream)],
-    )
+    return pulp_server.repository(mirrors=[_mirror(upstream)])
 
 
 def _apt(workdir: Path, line: str) -> AptClient:
@@ -407,15 +400,7 @@ def test_farm_signs_mirror_publications_and_apt_needs_only_its_key(
     mirror = _mirror(upstream, "farmsigned", right.public)  # Pulp checks the upstream's key at sync
     unsigned = repo.sync_mirror(mirror)  # synced while the farm had no signing service
     assert pulp_server.signing_service is not None
-    signed_repo = PulpRepository(
-        pulp_server.base_url,
-        pulp_server.username,
-        pulp_server.password,
-        pulp_server.content_origin,
-        task_timeout_seconds=60,
-        mirrors=[mirror],
-        signing_service=pulp_server.signing_service,
-    )
+    signed_repo = pulp_server.repository(mirrors=[mirror], signing_service=pulp_server.signing_service)
     url = f"{repo.content_origin}/pulp/content/_mirrors/farmsigned/"
     # Served unsigned until the next sync: its line stays [trusted=yes], so apt still reads it.
     trusted = f"deb [trusted=yes] {url} {SUITE} {COMPONENT}"

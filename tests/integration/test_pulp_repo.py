@@ -61,13 +61,7 @@ def make_deb(tmp_path: Path) -> DebFactory:
 
 @pytest.fixture(scope="module")
 def repo(pulp_server: PulpServer) -> PulpRepository:
-    return PulpRepository(
-        pulp_server.base_url,
-        pulp_server.username,
-        pulp_server.password,
-        pulp_server.content_origin,
-        task_timeout_seconds=60,
-    )
+    return pulp_server.repository()
 
 
 @pytest.fixture

@@ -43,14 +43,7 @@ def make_deb(tmp_path: Path) -> DebFactory:
 
 @pytest.fixture(scope="module")
 def repo(pulp_server: PulpServer) -> PulpRepository:
-    return PulpRepository(
-        pulp_server.base_url,
-        pulp_server.username,
-        pulp_server.password,
-        pulp_server.content_origin,
-        task_timeout_seconds=60,
-        orphan_protection_minutes=0,
-    )
+    return pulp_server.repository(orphan_protection_minutes=0)
 
 
 def ref(project: str, build_id: int, kind: str = "nightly", user: str = "alice") -> BuildRef:

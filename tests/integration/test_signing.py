@@ -176,14 +176,7 @@ def test_signing_settings_are_checked(tmp_path: Path, keys: dict[str, Path]) -> 
 @pytest.fixture(scope="module")
 def pulp_repo(pulp_server: PulpServer) -> PulpRepository:
     assert pulp_server.signing_service is not None
-    return PulpRepository(
-        pulp_server.base_url,
-        pulp_server.username,
-        pulp_server.password,
-        pulp_server.content_origin,
-        task_timeout_seconds=60,
-        signing_service=pulp_server.signing_service,
-    )
+    return pulp_server.repository(signing_service=pulp_server.signing_service)
 
 
 def test_pulp_publication_is_signed_by_the_signing_service(
@@ -218,13 +211,7 @@ def test_pulp_publication_is_signed_by_the_signing_service(
 
 
 def test_pulp_unknown_signing_service_is_one_line(pulp_server: PulpServer) -> None:
-    repo = PulpRepository(
-        pulp_server.base_url,
-        pulp_server.username,
-        pulp_server.password,
-        pulp_server.content_origin,
-        signing_service="nosuch",
-    )
+    repo = pulp_server.repository(signing_service="nosuch")
     with pytest.raises(PermanentError, match=r"no signing service 'nosuch' \(setting pulp_signing_service\)"):
         repo.check()
 
