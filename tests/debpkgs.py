@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,14 @@ def build_deb(
     )
     data = deb.read_bytes()
     return PackageFile(deb.name, hashlib.sha256(data).hexdigest(), len(data), deb)
+
+
+DebFactory = Callable[[str, str], PackageFile]
+"""``make(name, version)`` -> a .deb (see :func:`unique_debs`)."""
+
+
+def unique_debs(workdir: Path) -> DebFactory:
+    """Packages whose bytes no other test made (a time salt in version and a ~40 KB payload), so
+    what a shared server stores or frees for them is theirs alone."""
+    salt = f"{time.time_ns()}"
+    return lambda name, version: build_deb(workdir, name, f"{version}+{salt}", payload=salt * 2000)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -25,20 +24,17 @@ from buildfarm.backends.pulp.contexts import PulpAptPublicationContext
 from buildfarm.local.aptclient import AptClient, AptError
 from buildfarm.model.errors import NotFoundError, PermanentError
 
-from debpkgs import build_deb
+from debpkgs import DebFactory, unique_debs
 from pulpkit import PulpServer, pulp_server
 
 pytestmark = pytest.mark.integration
 __all__ = ["pulp_server"]  # the fixture, imported for this module's tests
 
-DebFactory = Callable[[str, str], PackageFile]
-
 
 @pytest.fixture
 def make_deb(tmp_path: Path) -> DebFactory:
     """Packages whose bytes no other test made, so what Pulp frees is theirs alone."""
-    salt = f"{time.time_ns()}"
-    return lambda name, version: build_deb(tmp_path, name, f"{version}+{salt}", payload=salt * 2000)
+    return unique_debs(tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import time
 import typing as t
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,20 +27,17 @@ from buildfarm.backends.pulp.expire import is_build_repository, sweep_leftover_v
 from buildfarm.backends.pulp.layout import REPOSITORY_PREFIX, branch_place
 from buildfarm.local.aptclient import AptClient
 
-from debpkgs import build_deb
+from debpkgs import DebFactory, unique_debs
 from pulpkit import PulpServer, pulp_server
 
 HTTP_NOT_FOUND = 404
 pytestmark = pytest.mark.integration
 __all__ = ["pulp_server"]  # the fixture, imported for this module's tests
 
-DebFactory = Callable[[str, str], PackageFile]
-
 
 @pytest.fixture
 def make_deb(tmp_path: Path) -> DebFactory:
-    salt = f"{time.time_ns()}"
-    return lambda name, version: build_deb(tmp_path, name, f"{version}+{salt}", payload=salt * 2000)
+    return unique_debs(tmp_path)
 
 
 @pytest.fixture(scope="module")
