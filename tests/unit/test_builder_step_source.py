@@ -103,7 +103,7 @@ def test_a_packed_tree_unpacks_to_the_same_tree(step: ModuleType, tmp_path: Path
 def test_not_a_tarball_or_no_debian_dir(step: ModuleType, tmp_path: Path) -> None:
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"<Error>AccessDenied</Error>")
-    with pytest.raises(step.StepError, match=r"^the source is not a readable \.tar\.gz: "):
+    with pytest.raises(step.StepError, match=r"^the source tarball is not a readable \.tar\.gz: "):
         step.unpack_source(junk, tmp_path / "a")
     empty = _tarball(tmp_path / "empty.tar.gz", [("README", FILE, b"hi")])
     with pytest.raises(step.StepError, match="no debian/control at its top"):
