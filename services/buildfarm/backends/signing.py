@@ -71,6 +71,17 @@ def _gpg_home(home: Path) -> Path:
     return link
 
 
+GPG_COMMANDS = frozenset(
+    {"--quick-gen-key", "--import", "--export", "--export-secret-keys", "--list-secret-keys"}
+    | {"--clearsign", "--detach-sign"}
+)
+
+
+def _command(args: tuple[str, ...]) -> str:
+    """The gpg command among ``args`` (options may come first), for error messages."""
+    return next((arg for arg in args if arg in GPG_COMMANDS), args[0] if args else "")
+
+
 def _gpg(home: Path, *args: str, stdin: bytes | None = None) -> bytes:
     exe = shutil.which("gpg")
     if exe is None:
@@ -86,10 +97,10 @@ def _gpg(home: Path, *args: str, stdin: bytes | None = None) -> bytes:
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
-        raise ServiceUnavailableError(f"gpg {args[0]} took over {GPG_TIMEOUT_SECONDS:.0f}s") from exc
+        raise ServiceUnavailableError(f"gpg {_command(args)} took over {GPG_TIMEOUT_SECONDS:.0f}s") from exc
     if done.returncode != 0:
         stderr = " ".join(done.stderr.decode(errors="replace").split())
-        raise PermanentError(f"gpg {args[0]} failed (home {home}): {stderr}")
+        raise PermanentError(f"gpg {_command(args)} failed (home {home}): {stderr}")
     return done.stdout
 
 
