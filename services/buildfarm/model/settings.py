@@ -344,8 +344,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # An explicit state_dir wins over BUILDFARM_STATE_DIR, as every other keyword does (make
+        # exports BUILDFARM_STATE_DIR=.farm: `make bench` read the demo farm's file instead of its own).
         state_dir = Path(
-            os.environ.get("BUILDFARM_STATE_DIR") or init_settings().get("state_dir") or default_state_dir()
+            init_settings().get("state_dir") or os.environ.get("BUILDFARM_STATE_DIR") or default_state_dir()
         )
         # The farm file records what `buildfarm start` actually started (ports, runner): while it
         # exists it wins over the environment, which only configures the next start.
