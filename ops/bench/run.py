@@ -61,7 +61,8 @@ def timed_build(env: dict[str, str], manifest: Path) -> tuple[float, dict[str, o
 
 def by_hand(base: Path, work: Path) -> dict[str, float]:
     """Sequential sbuild of the examples, dependency order, with a growing flat repository."""
-    infos = [(d.name, read_source_info(d, d.name), d.name) for d in sorted(EXAMPLES.iterdir()) if d.is_dir()]
+    packages = [d for d in sorted(EXAMPLES.iterdir()) if (d / "debian" / "control").is_file()]  # not images/
+    infos = [(d.name, read_source_info(d, d.name), d.name) for d in packages]
     plan = make_plan(infos)
     repo = work / "repo"
     repo.mkdir(parents=True)
