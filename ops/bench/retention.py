@@ -210,11 +210,11 @@ def postgres_selection(server_url: str) -> tuple[float, int] | str:
         admin.dispose()
 
 
-def time_sweep(work: Path, kept: int) -> tuple[float, float, int, int]:
+def time_sweep(work: Path, kept: int, expired: int = EXPIRED) -> tuple[float, float, int, int]:
     db = fresh_db(work, f"sweep-{kept}")
     ctx = context(work / f"farm-{kept}", db)
     assert isinstance(ctx.store, FsArtifactStore)
-    populate(db, ctx.store, kept=kept, expired=EXPIRED)
+    populate(db, ctx.store, kept=kept, expired=expired)
     started = time.perf_counter()
     report = run_sweep(ctx, dry_run=False, now=NOW)
     return time.perf_counter() - started, report.selection_seconds, len(report.build_ids), report.objects

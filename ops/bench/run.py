@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -59,11 +60,15 @@ def timed_build(env: dict[str, str], manifest: Path) -> tuple[float, dict[str, o
     return time.monotonic() - started, view
 
 
+def example_plan() -> Any:
+    """The plan of the example packages (directories with debian/control: not examples/images/)."""
+    packages = [d for d in sorted(EXAMPLES.iterdir()) if (d / "debian" / "control").is_file()]
+    return make_plan([(d.name, read_source_info(d, d.name), d.name) for d in packages])
+
+
 def by_hand(base: Path, work: Path) -> dict[str, float]:
     """Sequential sbuild of the examples, dependency order, with a growing flat repository."""
-    packages = [d for d in sorted(EXAMPLES.iterdir()) if (d / "debian" / "control").is_file()]  # not images/
-    infos = [(d.name, read_source_info(d, d.name), d.name) for d in packages]
-    plan = make_plan(infos)
+    plan = example_plan()
     repo = work / "repo"
     repo.mkdir(parents=True)
     (repo / "Packages").write_text("")
