@@ -8,8 +8,11 @@ real workers in ``tests/integration/test_local_farm.py``.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sqlalchemy.orm import Session
 
 from buildfarm.backends.aptrepo import LocalAptRepository
 from buildfarm.backends.fs import FsArtifactStore
@@ -18,6 +21,7 @@ from buildfarm.engine.context import FarmContext
 from buildfarm.engine.steps import run_step
 from buildfarm.model.settings import load_settings
 from buildfarm.state.db import Database, upgrade
+from buildfarm.state.models import Build
 
 
 @dataclass
@@ -75,3 +79,26 @@ def drain(ctx: FarmContext, node: str = "node1", max_rounds: int = 100) -> None:
         else:
             return
     raise AssertionError(f"messages still flowing after {max_rounds} rounds")
+
+
+def finished_build(
+    session: Session, *, kind: str = "nightly", finished: dt.datetime | None = None, **fields: object
+) -> Build:
+    """A succeeded build row as a finished build leaves it (proj/main, by alice), flushed so it
+    has its id: for tests that write a history by hand instead of building it."""
+    finished = finished or dt.datetime.now(dt.UTC)
+    values: dict[str, object] = {
+        "project": "proj",
+        "branch": "main",
+        "kind": kind,
+        "user": "alice",
+        "state": "succeeded",
+        "manifest": {},
+        "environment_id": "env",
+        "created_at": finished,
+        "finished_at": finished,
+    }
+    build = Build(**(values | fields))
+    session.add(build)
+    session.flush()
+    return build

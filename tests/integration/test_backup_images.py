@@ -36,9 +36,9 @@ from buildfarm.engine.backup import restore_backup, run_backup, verify_backup
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import PermanentError, ServiceUnavailableError
 from buildfarm.model.images import image_destination, image_prefix, registry_host, split_reference
-from buildfarm.state.models import IMAGE_OUTPUT_PREFIX, Build, Step, StepKind, StepOutput
+from buildfarm.state.models import IMAGE_OUTPUT_PREFIX, Step, StepKind, StepOutput
 
-from farmkit import make_test_context
+from farmkit import finished_build, make_test_context
 from helpers import free_port
 from registrykit import Registry, running_registry
 
@@ -178,19 +178,7 @@ def get_blob(url: str, repository: str, digest: str) -> bytes:
 def new_build(ctx: FarmContext, kind: str) -> int:
     now = dt.datetime.now(dt.UTC)
     with ctx.db.session() as session:
-        build = Build(
-            project="proj",
-            branch="main",
-            kind=kind,
-            user="alice",
-            state="succeeded",
-            manifest={},
-            environment_id="env",
-            created_at=now,
-            finished_at=now,
-        )
-        session.add(build)
-        session.flush()
+        build = finished_build(session, kind=kind, finished=now)
         return build.id
 
 

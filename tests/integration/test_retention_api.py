@@ -28,7 +28,7 @@ from buildfarm.model.sources import pack_tree
 from buildfarm.state.models import Build, Step, StepOutput, Upload
 from buildfarm_cli.httpclient import HttpClient
 
-from farmkit import make_test_context
+from farmkit import finished_build, make_test_context
 from helpers import free_port, wait_until
 
 
@@ -64,19 +64,7 @@ def _add_build(ctx: FarmContext, days_ago: float, payload: bytes) -> int:
     output = ctx.store.put_bytes(payload)
     source = ctx.store.put_bytes(payload + b" source")
     with ctx.db.session() as session:
-        build = Build(
-            project="proj",
-            branch="main",
-            kind="nightly",
-            user="alice",
-            state="succeeded",
-            manifest={},
-            environment_id="env",
-            created_at=finished,
-            finished_at=finished,
-        )
-        session.add(build)
-        session.flush()
+        build = finished_build(session, kind="nightly", finished=finished)
         step = Step(
             build_id=build.id,
             name="pkg",

@@ -20,9 +20,9 @@ from buildfarm.backends.registry import RegistryClient
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.retention import run_sweep
 from buildfarm.model.images import image_destination, image_prefix, split_reference
-from buildfarm.state.models import Build, Step, StepKind, StepOutput
+from buildfarm.state.models import Step, StepKind, StepOutput
 
-from farmkit import make_test_context
+from farmkit import finished_build, make_test_context
 from registrykit import Registry
 
 
@@ -42,19 +42,7 @@ def _image_build(ctx: FarmContext, days_ago: float, layer: bytes) -> tuple[int, 
     finished = dt.datetime.now(dt.UTC) - dt.timedelta(days=days_ago)
     source = ctx.store.put_bytes(layer + b" context")
     with ctx.db.session() as session:
-        build = Build(
-            project="proj",
-            branch="main",
-            kind="nightly",
-            user="alice",
-            state="succeeded",
-            manifest={},
-            environment_id="env",
-            created_at=finished,
-            finished_at=finished,
-        )
-        session.add(build)
-        session.flush()
+        build = finished_build(session, kind="nightly", finished=finished)
         reference = image_destination(
             image_prefix(ctx.settings.registry_url, "proj", "main", build.id), "img"
         )
