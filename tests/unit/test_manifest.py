@@ -36,6 +36,16 @@ def test_git_package(tmp_path: Path) -> None:
     assert manifest.branch == "r/stx.9.0"
 
 
+def _assert_one_line_error(manifest: Path, expected: str) -> None:
+    """Loading ``manifest`` fails with one line that names the file and contains ``expected``."""
+    with pytest.raises(ManifestError) as info:
+        load_manifest(manifest)
+    message = str(info.value)
+    assert message.startswith(str(manifest) + ": ")
+    assert expected in message
+    assert "\n" not in message
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -78,13 +88,7 @@ def test_git_package(tmp_path: Path) -> None:
     ],
 )
 def test_bad_manifests(tmp_path: Path, text: str, expected: str) -> None:
-    manifest = _tree(tmp_path, text)
-    with pytest.raises(ManifestError) as info:
-        load_manifest(manifest)
-    message = str(info.value)
-    assert message.startswith(str(manifest) + ": ")
-    assert expected in message
-    assert "\n" not in message
+    _assert_one_line_error(_tree(tmp_path, text), expected)
 
 
 def test_missing_debian_control(tmp_path: Path) -> None:
@@ -170,13 +174,7 @@ def test_images_only_manifest(tmp_path: Path) -> None:
     ],
 )
 def test_bad_images(tmp_path: Path, images: str, expected: str) -> None:
-    manifest = _image_tree(tmp_path, images)
-    with pytest.raises(ManifestError) as info:
-        load_manifest(manifest)
-    message = str(info.value)
-    assert message.startswith(str(manifest) + ": ")
-    assert expected in message
-    assert "\n" not in message
+    _assert_one_line_error(_image_tree(tmp_path, images), expected)
 
 
 def test_package_depends_field(tmp_path: Path) -> None:

@@ -133,27 +133,21 @@ class KubeApi:
         return sorted(pods, key=lambda pod: pod.metadata.creation_timestamp or 0)
 
     def list_pods(self, selector: str) -> list[Any]:
-        try:
-            result = self.call(
-                "listing pods",
-                lambda: self.core.list_namespaced_pod(
-                    self.namespace, label_selector=selector, _request_timeout=API_TIMEOUT
-                ),
-            )
-        except ApiException as exc:
-            raise permanent_error("listing pods", exc) from exc
-        return list(result.items)
+        return self._list("listing pods", self.core.list_namespaced_pod, selector)
 
     def list_jobs(self, selector: str) -> list[Any]:
+        return self._list("listing Jobs", self.batch.list_namespaced_job, selector)
+
+    def _list(self, what: str, list_namespaced: Callable[..., Any], selector: str) -> list[Any]:
         try:
             result = self.call(
-                "listing Jobs",
-                lambda: self.batch.list_namespaced_job(
+                what,
+                lambda: list_namespaced(
                     self.namespace, label_selector=selector, _request_timeout=API_TIMEOUT
                 ),
             )
         except ApiException as exc:
-            raise permanent_error("listing Jobs", exc) from exc
+            raise permanent_error(what, exc) from exc
         return list(result.items)
 
     def stream_log(self, pod: str, container: str = kubespecs.CONTAINER) -> Iterator[str]:
