@@ -414,7 +414,7 @@ def scheduled_manifest(ctx: FarmContext, schedule: ScheduleConfig) -> Iterator[t
     where = f"{schedule.git}@{ref}:{schedule.manifest}"
     with TemporaryDirectory(dir=ctx.work_root, prefix="schedule-") as scratch:
         clone = Path(scratch) / "tree"
-        checkout(schedule.git, ref, clone, f"schedule {schedule.name}")
+        checkout(schedule.git, ref, clone, f"schedule {schedule.name}", ctx.settings.url_policy)
         path = (clone / schedule.manifest).resolve()
         if not path.is_relative_to(clone.resolve()):
             raise ManifestError(f"{where}: the manifest path escapes the tree")

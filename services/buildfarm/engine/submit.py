@@ -53,7 +53,7 @@ def submit_build(
     planned = []
     tarballs: dict[str, str] = {}
     explicit: dict[str, tuple[str, ...]] = {}
-    with source_directories(manifest, root, prepared) as sources:
+    with source_directories(manifest, root, ctx.settings.url_policy, prepared) as sources:
         for package, directory in sources:
             info = read_source_info(directory, package.describe())
             digest = tree_hash(directory)
@@ -63,7 +63,7 @@ def submit_build(
                 explicit[info.name] = tuple(package.depends)
     images: list[tuple[str, ImageInfo, str]] = []
     specs: dict[str, dict[str, object]] = {}
-    with context_directories(manifest, root, prepared_contexts) as contexts:
+    with context_directories(manifest, root, ctx.settings.url_policy, prepared_contexts) as contexts:
         for image, directory in contexts:
             info_image = ImageInfo(
                 name=image.name,

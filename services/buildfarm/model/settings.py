@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from buildfarm.model.errors import PermanentError
+from buildfarm.model.urlpolicy import UrlPolicy
 
 FARM_FILE = "farm.json"
 DEFAULT_SIGNING_KEYRING = "/etc/apt/keyrings/buildfarm.asc"
@@ -146,6 +147,20 @@ class Settings(BaseSettings):
     )
     api_follow_seconds: float = Field(default=3600.0, gt=0, description="longest one `logs --follow` stream")
     projects: list[str] = Field(default_factory=list, description="projects declared in configuration")
+    # -- What the farm fetches on a user's behalf (model/urlpolicy.py): git sources, image
+    # contexts, schedules' git, upstream tarballs.  Secure by default in every profile.
+    fetch_allow_schemes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["https"],
+        description="URL schemes sources may be fetched with, among https, http, git and ssh "
+        "(comma-separated in env); default https only: encrypted, and needs no keys on the farm",
+    )
+    fetch_allow_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="hosts (git.corp.example, or .corp.example for every name below it), addresses "
+        "or networks (127.0.0.1, ::1, 10.0.0.0/8) sources may be fetched from although not public "
+        "(comma-separated in env); default none: loopback, private, link-local and other "
+        "non-public addresses are refused, so a manifest cannot reach the farm's own services",
+    )
     artifacts: Literal["fs", "s3"] = Field(
         default="fs", description="artifact store: fs (a directory in the state dir) or s3 (any S3 endpoint)"
     )
@@ -335,6 +350,21 @@ class Settings(BaseSettings):
         default=None, description="the farm's container registry, e.g. http://registry:5000"
     )
 
+    @field_validator("fetch_allow_schemes", "fetch_allow_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):  # the environment: "https,git" (or a JSON list)
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @property
+    def url_policy(self) -> UrlPolicy:
+        """What sources may be fetched from (checked at start by :meth:`check`)."""
+        return UrlPolicy.parse(self.fetch_allow_schemes, self.fetch_allow_hosts)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -390,6 +420,7 @@ class Settings(BaseSettings):
                 f"({self.lease_seconds}), or a slow heartbeat loses a live lease"
             )
         self._check_signing()
+        self.url_policy  # noqa: B018 - a bad fetch_allow_* entry stops the process at start
 
     def _check_signing(self) -> None:
         keyring = self.signing_keyring
