@@ -177,9 +177,7 @@ class UrlPolicy:
 
     def names_host(self, host: str) -> bool:
         host = host.lower().rstrip(".")
-        return host in self.hosts or any(
-            name.startswith(".") and host.endswith(name) for name in self.hosts
-        )
+        return host in self.hosts or any(name.startswith(".") and host.endswith(name) for name in self.hosts)
 
     def allows_address(self, address: IPAddress) -> bool:
         if is_public(address):
