@@ -146,6 +146,9 @@ def test_beat_entries(tmp_path: Path) -> None:
     assert "backup" not in no_backup.conf.beat_schedule
 
 
+ONE = {"name": "n", "cron": "0 1 * * *", "project": "p", "branch": "b", "user": "u"}
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -158,6 +161,13 @@ def test_beat_entries(tmp_path: Path) -> None:
             },
             "two schedules are named 'n'",
         ),
+        # issue 11: a schedule's git and ref reach git's command line
+        (
+            {"schedules": [{**ONE, "git": "--upload-pack=touch /tmp/x", "ref": "v1"}]},
+            r"setting schedules\.0\.git: .* starts with '-'",
+        ),
+        ({"schedules": [{**ONE, "git": "file:///srv/repo"}]}, "is not a network URL"),
+        ({"schedules": [{**ONE, "git": "https://x/y", "ref": "--upload-pack=x"}]}, "invalid git ref"),
     ],
 )
 def test_bad_schedule_configuration_stops_the_process(

@@ -139,6 +139,19 @@ def checkout(url: str, ref: str, clone: Path, what: str, policy: UrlPolicy) -> N
     _git(["checkout", "-q", "--detach", "FETCH_HEAD", "--"], clone, what)
 
 
+def check_source_urls(manifest: Manifest, policy: UrlPolicy) -> None:
+    """Every git URL of ``manifest`` passes ``policy`` before anything is fetched: a refused
+    one costs no clone of the others, and answers the same whatever else the manifest holds."""
+    for field, sources in (("packages", manifest.packages), ("images", manifest.images)):
+        for index, source in enumerate(sources):
+            if source.git is None:
+                continue
+            try:
+                check_url(source.git, policy)
+            except UrlRefusedError as exc:
+                raise ManifestError(f"{field}[{index}] ({source.describe()}): {exc}") from exc
+
+
 def _clone(source: PackageSource | ImageSource, clone: Path, what: str, policy: UrlPolicy) -> Path:
     """Check out ``source``'s ref into the empty directory ``clone``; the subdir it names."""
     assert source.git is not None and source.ref is not None

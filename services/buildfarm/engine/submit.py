@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from buildfarm.engine.context import FarmContext
-from buildfarm.engine.fetch import context_directories, source_directories
+from buildfarm.engine.fetch import check_source_urls, context_directories, source_directories
 from buildfarm.engine.images import image_spec_record
 from buildfarm.model import names
 from buildfarm.model.images import registry_host
@@ -50,6 +50,7 @@ def submit_build(
     """
     names.check_simple_name(user, "user")
     ctx.dispatcher.check()  # an unreachable broker is found before anything is recorded
+    check_source_urls(manifest, ctx.settings.url_policy)
     planned = []
     tarballs: dict[str, str] = {}
     explicit: dict[str, tuple[str, ...]] = {}

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from buildfarm.model.errors import PermanentError
-from buildfarm.model.urlpolicy import UrlPolicy
+from buildfarm.model.names import check_git_ref
+from buildfarm.model.urlpolicy import UrlPolicy, check_url_syntax
 
 FARM_FILE = "farm.json"
 DEFAULT_SIGNING_KEYRING = "/etc/apt/keyrings/buildfarm.asc"
@@ -83,6 +84,23 @@ class ScheduleConfig(BaseModel):
         default="buildfarm.yaml", description="manifest path inside the git tree, or a stored manifest"
     )
     kind: Literal["nightly", "release", "on-demand"] = "nightly"
+
+    @field_validator("git")
+    @classmethod
+    def _network_url(cls, value: str | None) -> str | None:
+        # offline: the farm's URL policy (hosts, schemes) is checked again at every fetch
+        try:
+            return None if value is None else check_url_syntax(value)
+        except PermanentError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @field_validator("ref")
+    @classmethod
+    def _git_ref(cls, value: str | None) -> str | None:
+        try:
+            return None if value is None else check_git_ref(value)
+        except PermanentError as exc:
+            raise ValueError(str(exc)) from exc
 
 
 class Settings(BaseSettings):
