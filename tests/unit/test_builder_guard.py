@@ -17,7 +17,7 @@ import pytest
 
 from buildfarm.runners.process import describe_failure, run_streaming
 
-from helpers import wait_until
+from helpers import wait_for, wait_until
 
 WORKER = """
 import sys, threading
@@ -36,8 +36,14 @@ def _alive(pid: int) -> bool:
 
 
 def _read_pid(path: Path) -> int:
-    wait_until(lambda: path.is_file() and path.read_text().strip() != "", 20, f"{path.name} written")
-    return int(path.read_text())
+    def read() -> int | None:
+        try:
+            text = path.read_text()  # once: the shell may be writing it
+        except FileNotFoundError:
+            return None
+        return int(text) if text.endswith("\n") else None
+
+    return wait_for(read, 20, f"{path.name} written")
 
 
 @pytest.mark.parametrize("how", ["kill -9 of the node's group", "kill -9 of the worker alone", "stop"])
