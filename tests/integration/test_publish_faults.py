@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from buildfarm.engine import control
 from buildfarm.engine.advance import PUBLISH_CLAIM_SECONDS, advance_build, repository_fault
@@ -133,6 +134,7 @@ def test_full_repository_waits_cleans_up_then_publishes(
         (OSError(errno.EROFS, "Read-only file system"), TemporaryError, "Read-only file system"),
         (ConnectionResetError(104, "reset by peer"), TemporaryError, "ConnectionResetError"),
         (PermissionError(errno.EACCES, "Permission denied", "/r"), PermanentError, "Permission denied (/r)"),
+        (requests.ConnectionError("Max retries exceeded"), TemporaryError, "ConnectionError: Max retries"),
         (KeyError("bug"), PermanentError, "unexpected KeyError"),
     ],
 )

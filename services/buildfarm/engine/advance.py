@@ -332,8 +332,8 @@ def repository_fault(exc: Exception) -> BuildfarmError:
     """
     if isinstance(exc, BuildfarmError):
         return exc
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return TemporaryError(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, ConnectionError | TimeoutError) or (isinstance(exc, OSError) and exc.errno is None):
+        return TemporaryError(f"{type(exc).__name__}: {exc}")  # requests' and urllib3's errors too
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if exc.filename else ""
         reason = f"{exc.strerror or exc}{where}"
