@@ -15,6 +15,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -160,14 +161,14 @@ class _LogWatch:
 
 def chroot_root(tmpdir: Path | None, state_dir: Path) -> Path:
     """This farm's own directory for sbuild's chroots: under ``tmpdir`` (setting ``sbuild_tmpdir``,
-    ``/dev/shm`` by default) a name derived from the farm's state directory, else in the state
-    directory itself.  Each attempt unpacks its chroot in a subdirectory named after it
-    (:func:`~buildfarm.runners.base.attempt_dirname`), so the reaper can remove the ~0.6 GB a
-    killed sbuild leaves without touching another farm's or a person's ``sbuild.*`` directories."""
-    if tmpdir is None:
-        return state_dir / "chroots"
+    ``/dev/shm`` by default; else the system's temporary directory, sbuild's own default) a name
+    derived from the farm's state directory.  Each attempt unpacks its chroot in a subdirectory
+    named after it (:func:`~buildfarm.runners.base.attempt_dirname`), so the reaper can remove the
+    ~0.6 GB a killed sbuild leaves without touching another farm's or a person's ``sbuild.*``.
+    Not inside the state directory: the chroot's mapped users must traverse to it, and the state
+    directory is private to its owner."""
     tag = hashlib.sha256(str(state_dir.absolute()).encode()).hexdigest()[:12]
-    return tmpdir / f"buildfarm-{tag}"
+    return (tmpdir or Path(tempfile.gettempdir())) / f"buildfarm-{tag}"
 
 
 class SbuildRunner:
