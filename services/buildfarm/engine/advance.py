@@ -14,7 +14,10 @@ state, ``error`` says what it waits for in one line, and the reaper's next ``adv
 again: staging at every reaper period, publishing after a pause that grows with the outage
 (settings ``repository_retry_min_seconds`` to ``repository_retry_max_seconds``).  After
 ``repository_give_up_seconds`` without success, or at once for a permanent error, the build
-fails with that line; ``retry`` then tries again.
+fails with that line; ``retry`` then tries again.  A full or read-only disk under the local
+repository, the artifact directory or the work directory is such a temporary outage too; any other
+exception (permission denied, a bug) fails the build at once with its reason
+(:func:`repository_fault`).  No fault leaves the publish claim taken or the build without a word.
 """
 
 from __future__ import annotations
