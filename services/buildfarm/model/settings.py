@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     sbuild_tmpdir: Path | None = Field(
         default_factory=lambda: Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None,
         description="where sbuild unpacks the chroot; tmpfs makes a tiny build ~15 s instead of ~27 s, "
-        "at ~0.6 GB RAM per running build; unset: sbuild's default under /tmp",
+        "at ~0.6 GB RAM per running build; unset: the system's temporary directory (/tmp)",
     )
     repo_host: str = Field(default="127.0.0.1", description="address the repository server binds")
     repo_port: int = Field(default=8780, ge=0, le=65535, description="repository server port (0: any free)")
