@@ -24,6 +24,7 @@ from debian.debian_support import Version
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from buildfarm.backends import aptrepo
 from buildfarm.backends.aptbranch import STATE_FILE
 from buildfarm.backends.aptrepo import LocalAptRepository
 from buildfarm.backends.base import BuildRef, PackageFile
@@ -257,14 +258,19 @@ def test_retry_after_a_crash_between_publish_and_latest_is_not_lost(
     assert os.readlink(branch / "latest") == "builds/1"
 
 
-def test_a_tree_published_before_the_record_is_read_from_its_index(
+def test_branches_published_before_the_record_get_their_lost_packages_back(
     pool: dict[Variant, list[PackageFile]], tmp_path: Path
 ) -> None:
+    """Before this change each tree held only its own build's packages and ``latest`` the last
+    one's: the first publish after it merges every tree, so what earlier builds brought returns."""
     repo = LocalAptRepository(tmp_path / "repos", "http://127.0.0.1:9/")
-    branch = repo.root / PROJECT / BRANCH
-    repo.publish(_ref(1, "nightly"), pool[("gamma", "3.0", 0)], move_latest=True)
-    (branch / "builds" / "1" / STATE_FILE).unlink()  # as the farm wrote trees before this change
-    repo.publish(_ref(2, "nightly"), pool[("beta", "1.0", 1)], move_latest=True)
-    assert _index(branch / "latest") == _files(
-        pool, {"gamma": ("gamma", "3.0", 0), "beta": ("beta", "1.0", 1)}
+    builds = repo.root / PROJECT / BRANCH / "builds"
+    old = {1: ("gamma", "3.0", 0), 2: ("beta", "1.0", 1), 3: ("alpha", "1.0", 0), 4: ("beta", "1.9", 0)}
+    for build_id, variant in old.items():  # as the farm wrote them: no record, own packages only
+        tree = aptrepo._build_tree(builds, f".tmp-{build_id}-", pool[variant], f"{PROJECT}/{BRANCH}")
+        tree.rename(builds / str(build_id))
+    (builds.parent / "latest").symlink_to("builds/4")
+    repo.publish(_ref(5, "nightly"), pool[("alpha", "2.0", 1)], move_latest=True)
+    assert _index(builds.parent / "latest") == _files(
+        pool, {"gamma": ("gamma", "3.0", 0), "beta": ("beta", "1.9", 0), "alpha": ("alpha", "2.0", 1)}
     )

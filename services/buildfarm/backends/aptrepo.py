@@ -51,7 +51,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import typing as t
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -373,13 +372,36 @@ class LocalAptRepository:
                     _switch_symlink(branch_dir / "latest", f"builds/{build.build_id}")
         return self._source(target)
 
-    def _latest_state(self, branch_dir: Path) -> tuple[Path | None, BranchState]:
-        """The tree ``latest`` serves and its record (None and empty: nothing published yet)."""
+    def _latest_state(self, branch_dir: Path) -> tuple[BranchState, dict[str, Path]]:
+        """What ``latest`` holds, and where each of its files is (empty: nothing published yet).
+
+        A ``latest`` published before trees carried their record held only its own build's
+        packages, and so does every older tree: the branch is then the merge of all of them,
+        which gives back the packages earlier builds brought (once: the next tree has a record).
+        """
         latest_id = _latest_build_id(branch_dir / "latest")
         if latest_id is None:
-            return None, {}
+            return {}, {}
         tree = branch_dir / "builds" / str(latest_id)
-        return tree, aptbranch.read_state(tree, latest_id)
+        if (tree / aptbranch.STATE_FILE).is_file():
+            recorded = aptbranch.read_state(tree, latest_id)
+            return recorded, {f.filename: tree / f.filename for f in aptbranch.files_of(recorded)}
+        state: BranchState = {}
+        builds = sorted(int(p.name) for p in (branch_dir / "builds").iterdir() if p.name.isdigit())
+        for build_id in builds:
+            old = branch_dir / "builds" / str(build_id)
+            if (old / "Release").is_file():
+                state = aptbranch.merge(state, aptbranch.read_state(old, build_id), prefer_incoming=False)
+        # Read from its own tree's index, each source package's files are in that tree.
+        where = {
+            f.filename: branch_dir / "builds" / str(entry.build_id) / f.filename
+            for entry in state.values()
+            for f in entry.files
+        }
+        log.info(
+            "%s: latest has no record yet; merged the %d trees published before it", branch_dir, len(builds)
+        )
+        return state, where
 
     def _publish_fresh(
         self,
@@ -392,12 +414,12 @@ class LocalAptRepository:
         personal: bool,
     ) -> None:
         """Write ``target``: what ``latest`` holds with the build's ``packages`` merged in."""
-        base_tree, base = self._latest_state(branch_dir)
+        base, where = self._latest_state(branch_dir)
         own = aptbranch.describe(packages, build_id)
         merged = aptbranch.merge(base, own, prefer_incoming=personal)
         kept = {f.filename for entry in merged.values() if entry.build_id == build_id for f in entry.files}
         # Checked by describe: linked like carried packages (a copy is hashed again).
-        carried = [p for p in packages if p.filename in kept] + _carried(merged, base_tree, skip=kept)
+        carried = [p for p in packages if p.filename in kept] + _carried(merged, where, skip=kept)
         # Leftovers of a publish that crashed: nobody else writes here while we hold the lock.
         for stale in target.parent.glob(f".tmp-{target.name}-*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -413,15 +435,15 @@ class LocalAptRepository:
             return
         published = aptbranch.read_state(target, build_id)
         own = {name: entry for name, entry in published.items() if entry.build_id == build_id}
-        base_tree, base = self._latest_state(branch_dir)
+        base, where = self._latest_state(branch_dir)
         merged = aptbranch.merge(base, own, prefer_incoming=False)
-        if base_tree is not None and merged == base:
+        if where and merged == base:
             log.info("build %s is already published and latest holds what it brought", build_id)
             return
         if merged != published:
             # Another build moved latest between our rename and our switch: merge onto it again.
-            own_files = {f.filename for entry in own.values() for f in entry.files}
-            carried = _carried(merged, base_tree, skip=own_files) + _carried(own, target, skip=set())
+            mine = {f.filename: target / f.filename for entry in own.values() for f in entry.files}
+            carried = _carried(merged, where | mine, skip=set())
             tree = _build_tree(
                 target.parent, f".tmp-{target.name}-", [], label, self.signer, carried=carried, state=merged
             )
@@ -504,12 +526,14 @@ class LocalAptRepository:
         return check_upstream(mirror)
 
 
-def _carried(state: BranchState, tree: Path | None, *, skip: set[str]) -> list[PackageFile]:
-    """The files of ``state`` (but ``skip``) as packages to link from the published ``tree``."""
+def _carried(state: BranchState, where: dict[str, Path], *, skip: set[str]) -> list[PackageFile]:
+    """The files of ``state`` (but ``skip``) as packages to link from the published trees ``where``
+    says they are in."""
     files = [f for f in aptbranch.files_of(state) if f.filename not in skip]
-    if files and tree is None:
-        raise PermanentError("a branch record names packages but latest serves no tree")
-    return [PackageFile(f.filename, f.sha256, f.size, t.cast(Path, tree) / f.filename) for f in files]
+    missing = [f.filename for f in files if f.filename not in where]
+    if missing:
+        raise PermanentError(f"the branch's record names {', '.join(missing)}, which no published tree holds")
+    return [PackageFile(f.filename, f.sha256, f.size, where[f.filename]) for f in files]
 
 
 def _leftovers(directory: Path) -> list[Path]:
