@@ -10,6 +10,8 @@ the new version no longer builds, and any other source package's binary with the
 architecture (a binary moved between source packages; Pulp replaces by name and architecture
 too).  A lower version never replaces a higher one, whatever the order builds publish in: the
 result depends only on which builds were published, so concurrent and late builds merge right.
+(Pulp's backend lets the newest build win by binary name and leaves ``latest`` alone for a
+build that publishes after a newer one; the README says so.)
 
 Each published tree carries ``buildfarm-sources.json``, the record this merge reads: per source
 package its version, the build that brought it and its files.  A tree published before the
