@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from buildfarm.api import errors
 from buildfarm.api.errors import BadSourceError, TooLargeError
-from buildfarm.api.limits import Limits
+from buildfarm.api.limits import AnonymousLimit, Limits, client_address
 from buildfarm.api.mirrors import mirror_router
 from buildfarm.api.repokey import repo_key_router
 from buildfarm.api.retention import retention_router
@@ -49,14 +49,14 @@ from buildfarm.api.schemas import (
 )
 from buildfarm.dispatch.context import make_context
 from buildfarm.engine import accounts, control, retention
-from buildfarm.engine.accounts import ForbiddenError, Principal
+from buildfarm.engine.accounts import AuthError, ForbiddenError, Principal
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
 from buildfarm.model import names
 from buildfarm.model.errors import NotFoundError, PermanentError
 from buildfarm.model.manifest import BuildKind, ImageSource, PackageSource, parse_manifest
 from buildfarm.model.settings import Settings
-from buildfarm.model.sources import unpack_tree
+from buildfarm.model.sources import TreeTooLargeError, unpack_tree
 from buildfarm.state.models import Build, BuildState, Role
 
 API = "/api/v1"
@@ -94,7 +94,12 @@ def _auth(request: Request, authorization: Annotated[str | None, Header()] = Non
     token = None
     if authorization and authorization.lower().startswith("bearer "):
         token = authorization[7:].strip()
-    principal = accounts.authenticate(request.app.state.farm, token)
+    try:
+        principal = accounts.authenticate(request.app.state.farm, token)
+    except AuthError:
+        if authorization is not None:  # without the header, AnonymousLimit counted it already
+            request.app.state.limits.hit_anonymous(client_address(request.client))
+        raise
     assert token is not None
     request.app.state.limits.hit(accounts.digest(token)[:24])
     return principal
@@ -113,6 +118,7 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
         redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5),
         settings.api_rate_per_minute,
         settings.api_max_running_builds,
+        settings.api_anonymous_rate_per_minute,
     )
     farm.store.check()
     farm.repo.check()
@@ -127,6 +133,7 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
         responses=errors.ERROR_RESPONSES,
     )
     errors.install(app)
+    app.add_middleware(AnonymousLimit, limits=limits, exempt=frozenset({f"{API}/health"}))
     app.state.farm = farm
     app.state.limits = limits
 
@@ -406,10 +413,27 @@ def _accept_tarball(farm: FarmContext, tarball: Path) -> Any:
     """Check that an upload is a safe source tarball (no member escapes), then store it."""
     with tempfile.TemporaryDirectory(dir=farm.work_root, prefix="check-") as scratch:
         try:
-            unpack_tree(tarball, Path(scratch), farm.settings.api_max_unpacked_bytes)
+            _unpack_bounded(farm, tarball, Path(scratch))
+        except TooLargeError as exc:
+            raise TooLargeError(str(exc).replace(tarball.name, "upload")) from exc
         except PermanentError as exc:
             raise BadSourceError(str(exc).replace(tarball.name, "upload")) from exc
     return farm.store.put_file(tarball)
+
+
+def _unpack_bounded(farm: FarmContext, tarball: Path, dest: Path) -> None:
+    """unpack_tree within the API's bounds (bytes, files, seconds); over one: TooLargeError (413)."""
+    settings = farm.settings
+    try:
+        unpack_tree(
+            tarball,
+            dest,
+            settings.api_max_unpacked_bytes,
+            max_files=settings.api_max_unpacked_files,
+            max_seconds=settings.api_max_unpack_seconds,
+        )
+    except TreeTooLargeError as exc:
+        raise TooLargeError(str(exc)) from exc
 
 
 _UPLOAD_FIELD = {"packages": ("sources", "source"), "images": ("contexts", "context")}
@@ -441,7 +465,9 @@ def _unpack_trees(
         target.parent.mkdir(parents=True, exist_ok=True)
         farm.store.fetch(sha, tarball)
         try:
-            unpack_tree(tarball, target, farm.settings.api_max_unpacked_bytes)
+            _unpack_bounded(farm, tarball, target)
+        except TooLargeError as exc:
+            raise TooLargeError(f"{kind}[{index}]: {exc}") from exc
         except PermanentError as exc:
             raise BadSourceError(f"{kind}[{index}]: {exc}") from exc
         tarball.unlink()

@@ -8,10 +8,18 @@ apt reads here is what apt reads anywhere.  With a signer (the farm's key,
 (or for staging trees, which only the farm's own builders read) the line says ``[trusted=yes]``.
 Layout under ``root`` (names via ``to_safe``)::
 
-    <project>/<branch>/builds/<id>/           one build's own distribution, never changed again
+    <project>/<branch>/builds/<id>/           the branch as this build left it (below)
     <project>/<branch>/latest -> builds/<id>  moved by successful non-personal builds only
     <project>/<branch>/staging/<id> -> .<id>-gen-*/   what a running build's later steps install from
     <project>/_personal/<user>/<id>/          personal builds; ``latest`` is never touched
+
+As in Pulp, a branch carries its packages forward: a build's tree holds what ``latest`` held
+with the build's own source packages merged in (a newer version of a source package replaces
+all of the older one's binaries; :mod:`buildfarm.backends.aptbranch` has the rules), so
+``latest`` is the union of the newest successful build of every package the branch has built,
+and ``builds/<id>`` is the branch at that build, as Pulp's ``<project>/<branch>/<id>``.  A
+personal build's tree is the branch's ``latest`` with its own packages over it (whatever their
+versions), again as in Pulp.  Packages carried forward are hardlinks of the tree they come from.
 
 Personal builds live under ``_personal`` rather than ``personal``: ``to_safe`` always escapes
 ``_`` as ``_5f``, so no branch name can map to that directory (a branch may be called
@@ -47,6 +55,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from buildfarm.backends import aptbranch
+from buildfarm.backends.aptbranch import BranchState
 from buildfarm.backends.base import AptSource, BuildRef, MirrorStatus, PackageFile
 from buildfarm.backends.fs import file_sha256, fsync_dir
 from buildfarm.backends.signing import ReleaseSigner, SigningKey
@@ -146,8 +156,13 @@ def _check_filename(filename: str) -> str:
     return filename
 
 
-def _place(packages: list[PackageFile], into: Path) -> None:
-    """Hardlink (same filesystem) or copy each package into ``into``, checking its sha256."""
+def _place(packages: list[PackageFile], into: Path, *, verify: bool = True) -> None:
+    """Hardlink (same filesystem) or copy each package into ``into``, checking its sha256.
+
+    ``verify=False`` is for packages carried over from a published tree: a hardlink of a file
+    checked when it was first placed; only its size is compared (hashing every package of the
+    branch again on each publish would cost minutes on a big branch).
+    """
     seen: dict[str, str] = {}
     for package in packages:
         name = _check_filename(package.filename)
@@ -157,11 +172,18 @@ def _place(packages: list[PackageFile], into: Path) -> None:
             continue  # the same file listed twice is published once
         seen[name] = package.sha256
         dest = into / name
+        if dest.exists():
+            raise PermanentError(f"two different packages are both named {name}")
+        linked = True
         try:
             os.link(package.path, dest)
         except OSError:
             shutil.copyfile(package.path, dest)  # another filesystem, or links not allowed
-        sha256, size = file_sha256(dest)
+            linked = False
+        if verify or not linked:
+            sha256, size = file_sha256(dest)
+        else:
+            sha256, size = package.sha256, dest.stat().st_size
         if sha256 != package.sha256 or size != package.size:
             raise PermanentError(
                 f"{package.path} does not match its record (sha256 {sha256}, {size} bytes; "
@@ -190,15 +212,26 @@ def _write_indexes(directory: Path, label: str) -> None:
 
 
 def _build_tree(
-    parent: Path, prefix: str, packages: list[PackageFile], label: str, signer: ReleaseSigner | None = None
+    parent: Path,
+    prefix: str,
+    packages: list[PackageFile],
+    label: str,
+    signer: ReleaseSigner | None = None,
+    *,
+    carried: list[PackageFile] | None = None,
+    state: BranchState | None = None,
 ) -> Path:
     """A complete, indexed (and, with ``signer``, signed) repository in a new hidden directory of
-    ``parent``; removed on error."""
+    ``parent``; removed on error.  ``carried`` are packages linked from a published tree (see
+    :func:`_place`), ``state`` the record of what the tree holds (:mod:`.aptbranch`)."""
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
     try:
         _place(packages, tmp)
+        _place(carried or [], tmp, verify=False)
         _write_indexes(tmp, label)
+        if state is not None:
+            aptbranch.write_state(tmp, state)
         if signer is not None:
             signer.sign(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it 0700; the HTTP server may run as another user
@@ -305,37 +338,121 @@ class LocalAptRepository:
                 shutil.rmtree(generation, ignore_errors=True)
 
     def publish(self, build: BuildRef, packages: list[PackageFile], move_latest: bool) -> AptSource:
+        """Publish the build's tree: the branch's packages with the build's merged in (see
+        :mod:`.aptbranch`), then, unless the build is personal, switch ``latest`` to it.
+
+        The tree is built whole in a temp directory and appears by one rename; ``latest`` moves
+        by one ``os.replace``.  Publishing a build again (a retry after a crash) keeps the
+        packages it was first published with and merges them again into what ``latest`` holds
+        now, so a build that crashed before moving ``latest`` is not lost to later builds.
+        """
+        branch_dir = self._branch_dir(build.project, build.branch)
         if build.kind == "personal":
-            lock_dir = self._personal_dir(build.project, build.user)
-            target = lock_dir / str(build.build_id)
-            label = f"{build.project} personal build {build.build_id} of {build.user}"
-            move_latest = False  # personal builds never change what everyone else installs
-        else:
-            lock_dir = self._branch_dir(build.project, build.branch)
-            target = lock_dir / "builds" / str(build.build_id)
-            label = f"{build.project}/{build.branch}"
-        with _locked(lock_dir):
+            personal_dir = self._personal_dir(build.project, build.user)
+            # Branch lock first (the same order everywhere): the tree we merge onto stays put.
+            with _locked(branch_dir), _locked(personal_dir):
+                target = personal_dir / str(build.build_id)
+                if target.is_dir():
+                    log.info("build %s is already published at %s; keeping it", build.build_id, target)
+                else:
+                    label = f"{build.project} personal build {build.build_id} of {build.user}"
+                    self._publish_fresh(branch_dir, target, build.build_id, packages, label, personal=True)
+            return self._source(target)
+        label = f"{build.project}/{build.branch}"
+        target = branch_dir / "builds" / str(build.build_id)
+        with _locked(branch_dir):
             if target.is_dir():
-                log.info("build %s is already published at %s; keeping it", build.build_id, target)
+                if move_latest:
+                    self._publish_again(branch_dir, target, build.build_id, label)
+                else:
+                    log.info("build %s is already published at %s; keeping it", build.build_id, target)
             else:
-                # Leftovers of a publish that crashed: nobody else writes here while we hold the lock.
-                for stale in target.parent.glob(f".tmp-{target.name}-*"):
-                    shutil.rmtree(stale, ignore_errors=True)
-                tree = _build_tree(target.parent, f".tmp-{target.name}-", packages, label, self.signer)
-                os.rename(tree, target)
-                fsync_dir(target.parent)
-            if move_latest:
-                self._move_latest(lock_dir, build.build_id)
+                self._publish_fresh(branch_dir, target, build.build_id, packages, label, personal=False)
+                if move_latest:
+                    _switch_symlink(branch_dir / "latest", f"builds/{build.build_id}")
         return self._source(target)
 
-    def _move_latest(self, branch_dir: Path, build_id: int) -> None:
-        latest = branch_dir / "latest"
-        current = _latest_build_id(latest)
-        # Build ids grow with submission: a late retry of an older build must not hide a newer one.
-        if current is not None and current > build_id:
-            log.info("latest of %s stays at build %s (newer than %s)", branch_dir, current, build_id)
+    def _latest_state(self, branch_dir: Path) -> tuple[BranchState, dict[str, Path]]:
+        """What ``latest`` holds, and where each of its files is (empty: nothing published yet).
+
+        A ``latest`` published before trees carried their record held only its own build's
+        packages, and so does every older tree: the branch is then the merge of all of them,
+        which gives back the packages earlier builds brought (once: the next tree has a record).
+        """
+        latest_id = _latest_build_id(branch_dir / "latest")
+        if latest_id is None:
+            return {}, {}
+        tree = branch_dir / "builds" / str(latest_id)
+        if (tree / aptbranch.STATE_FILE).is_file():
+            recorded = aptbranch.read_state(tree, latest_id)
+            return recorded, {f.filename: tree / f.filename for f in aptbranch.files_of(recorded)}
+        state: BranchState = {}
+        builds = sorted(int(p.name) for p in (branch_dir / "builds").iterdir() if p.name.isdigit())
+        for build_id in builds:
+            old = branch_dir / "builds" / str(build_id)
+            if (old / "Release").is_file():
+                state = aptbranch.merge(state, aptbranch.read_state(old, build_id), prefer_incoming=False)
+        # Read from its own tree's index, each source package's files are in that tree.
+        where = {
+            f.filename: branch_dir / "builds" / str(entry.build_id) / f.filename
+            for entry in state.values()
+            for f in entry.files
+        }
+        log.info(
+            "%s: latest has no record yet; merged the %d trees published before it", branch_dir, len(builds)
+        )
+        return state, where
+
+    def _publish_fresh(
+        self,
+        branch_dir: Path,
+        target: Path,
+        build_id: int,
+        packages: list[PackageFile],
+        label: str,
+        *,
+        personal: bool,
+    ) -> None:
+        """Write ``target``: what ``latest`` holds with the build's ``packages`` merged in."""
+        base, where = self._latest_state(branch_dir)
+        own = aptbranch.describe(packages, build_id)
+        merged = aptbranch.merge(base, own, prefer_incoming=personal)
+        kept = {f.filename for entry in merged.values() if entry.build_id == build_id for f in entry.files}
+        # Checked by describe: linked like carried packages (a copy is hashed again).
+        carried = [p for p in packages if p.filename in kept] + _carried(merged, where, skip=kept)
+        # Leftovers of a publish that crashed: nobody else writes here while we hold the lock.
+        for stale in target.parent.glob(f".tmp-{target.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tree = _build_tree(
+            target.parent, f".tmp-{target.name}-", [], label, self.signer, carried=carried, state=merged
+        )
+        os.rename(tree, target)
+        fsync_dir(target.parent)
+
+    def _publish_again(self, branch_dir: Path, target: Path, build_id: int, label: str) -> None:
+        """A build published before: make sure ``latest`` holds what it brought (see :meth:`publish`)."""
+        if _latest_build_id(branch_dir / "latest") == build_id:
             return
-        _switch_symlink(latest, f"builds/{build_id}")
+        published = aptbranch.read_state(target, build_id)
+        own = {name: entry for name, entry in published.items() if entry.build_id == build_id}
+        base, where = self._latest_state(branch_dir)
+        merged = aptbranch.merge(base, own, prefer_incoming=False)
+        if where and merged == base:
+            log.info("build %s is already published and latest holds what it brought", build_id)
+            return
+        if merged != published:
+            # Another build moved latest between our rename and our switch: merge onto it again.
+            mine = {f.filename: target / f.filename for entry in own.values() for f in entry.files}
+            carried = _carried(merged, where | mine, skip=set())
+            tree = _build_tree(
+                target.parent, f".tmp-{target.name}-", [], label, self.signer, carried=carried, state=merged
+            )
+            aside = target.with_name(f"{EXPIRED_PREFIX}{target.name}-{time.time_ns()}")
+            os.rename(target, aside)
+            os.rename(tree, target)
+            fsync_dir(target.parent)
+            shutil.rmtree(aside, ignore_errors=True)
+        _switch_symlink(branch_dir / "latest", f"builds/{build_id}")
 
     def sources(self, project: str, branch: str, build_id: int | None = None) -> AptSource:
         branch_dir = self._branch_dir(project, branch)
@@ -407,6 +524,16 @@ class LocalAptRepository:
     def sync_mirror(self, mirror: MirrorConfig) -> MirrorStatus:
         """Nothing to copy: check that the upstream answers (Release, Packages) and count its packages."""
         return check_upstream(mirror)
+
+
+def _carried(state: BranchState, where: dict[str, Path], *, skip: set[str]) -> list[PackageFile]:
+    """The files of ``state`` (but ``skip``) as packages to link from the published trees ``where``
+    says they are in."""
+    files = [f for f in aptbranch.files_of(state) if f.filename not in skip]
+    missing = [f.filename for f in files if f.filename not in where]
+    if missing:
+        raise PermanentError(f"the branch's record names {', '.join(missing)}, which no published tree holds")
+    return [PackageFile(f.filename, f.sha256, f.size, where[f.filename]) for f in files]
 
 
 def _leftovers(directory: Path) -> list[Path]:

@@ -155,10 +155,37 @@ class Settings(BaseSettings):
     api_max_unpacked_bytes: int = Field(
         default=4 << 30, gt=0, description="largest size an uploaded source tree may unpack to (bytes)"
     )
+    api_max_unpacked_files: int = Field(
+        default=100_000,
+        gt=0,
+        description=(
+            "most files, directories and symlinks an uploaded source tree may hold. 100 000 by "
+            "default: the biggest Debian source trees people build on a desk are around 80 000 "
+            "(the Linux kernel), while unpacking costs API CPU and inodes per member (a 2 MB "
+            "gzip of 300 000 empty files took minutes); raise it for trees like Chromium's"
+        ),
+    )
+    api_max_unpack_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description=(
+            "longest the API spends checking and unpacking one uploaded tree (seconds); a Linux "
+            "kernel tree takes well under a minute, so only a hostile tarball reaches it"
+        ),
+    )
     api_rate_per_minute: int = Field(
         default=600,
         gt=0,
         description="requests one token may make per minute (counted in Redis, all replicas)",
+    )
+    api_anonymous_rate_per_minute: int = Field(
+        default=120,
+        gt=0,
+        description=(
+            "requests per minute from one client address without a valid token (missing, wrong "
+            "or expired; health checks excepted), counted in Redis across replicas. Behind a "
+            "proxy every client has the proxy's address: raise it there"
+        ),
     )
     api_max_running_builds: int = Field(
         default=10, gt=0, description="builds one user may have running at once (personal builds included)"
