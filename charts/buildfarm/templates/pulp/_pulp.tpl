@@ -2,7 +2,7 @@
 {{- define "buildfarm.pulpUid" -}}10010{{- end -}}
 
 {{- define "buildfarm.pulpSecret" -}}
-{{- include "buildfarm.componentName" (dict "ctx" . "component" "pulp") -}}
+{{- default (include "buildfarm.componentName" (dict "ctx" . "component" "pulp")) .Values.pulp.keysExistingSecret -}}
 {{- end -}}
 
 {{/* The Pulp container's common part: image, settings file, credentials from Secrets. */}}
