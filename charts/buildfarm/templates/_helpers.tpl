@@ -122,7 +122,7 @@ http://{{ include "buildfarm.serviceFqdn" (dict "ctx" . "component" "pulp-api") 
 {{- end -}}
 
 {{- define "buildfarm.pulpContentOrigin" -}}
-{{- default (printf "http://%s:24816" (include "buildfarm.serviceFqdn" (dict "ctx" . "component" "pulp-content"))) .Values.pulp.contentOrigin -}}
+{{- default (printf "http://%s:%v" (include "buildfarm.serviceFqdn" (dict "ctx" . "component" "pulp-content")) .Values.pulp.content.service.port) .Values.pulp.contentOrigin -}}
 {{- end -}}
 
 {{- define "buildfarm.pulpAdminSecret" -}}
@@ -131,7 +131,7 @@ http://{{ include "buildfarm.serviceFqdn" (dict "ctx" . "component" "pulp-api") 
 
 {{/* The registry's URL, by its full service name (builder pods push to it from their namespace). */}}
 {{- define "buildfarm.registryUrl" -}}
-http://{{ include "buildfarm.serviceFqdn" (dict "ctx" . "component" "registry") }}:5000
+http://{{ include "buildfarm.serviceFqdn" (dict "ctx" . "component" "registry") }}:{{ .Values.registry.service.port }}
 {{- end -}}
 
 {{/* The Secret of the registry's push account (username, password, htpasswd). */}}

@@ -83,6 +83,11 @@ env:
   readOnly: true
 - name: data
   mountPath: /var/lib/pulp
+# WORKING_DIRECTORY and FILE_UPLOAD_TEMP_DIR (pulp-configmap.yaml): pulpcore-content chdirs into it
+# at start and uploads are written there, so it must exist in every Pulp pod, whatever the data
+# volume is (a fresh emptyDir or PVC has no tmp/): a volume of its own, mounted on that path.
+- name: working-directory
+  mountPath: /var/lib/pulp/tmp
 {{ include "buildfarm.tmpVolumeMount" . }}
 {{- end -}}
 
@@ -104,7 +109,22 @@ env:
   emptyDir:
     sizeLimit: 4Gi
   {{- end }}
+- name: working-directory
+  emptyDir:
+    sizeLimit: {{ .Values.pulp.workingDirectorySize }}
 {{ include "buildfarm.tmpVolume" (dict) }}
+{{- end -}}
+
+{{/* Is this pod's pulpcore-worker online? Its AppStatus row (app_type worker, named
+     <pid>@<hostname> by WORKER_NAME_TEMPLATE) has a heartbeat younger than its TTL.
+     pulpcore >= 3.54 keeps workers in AppStatus; the Worker model is gone. */}}
+{{- define "buildfarm.pulpWorkerProbe" -}}
+exec:
+  command:
+    - pulpcore-manager
+    - shell
+    - -c
+    - "import socket, sys; from pulpcore.app.models import AppStatus; sys.exit(0 if AppStatus.objects.online().filter(app_type='worker', name__endswith='@' + socket.gethostname()).exists() else 1)"
 {{- end -}}
 
 {{/* A Pulp Deployment: (dict "ctx" $ "component" "pulp-api" "values" .Values.pulp.api "command" list "port" 24817) */}}
@@ -162,14 +182,12 @@ spec:
             periodSeconds: 20
           {{- else }}
           readinessProbe:
-            exec:
-              command: ["sh", "-c", "pulpcore-manager shell -c 'import sys; from pulpcore.app.models import Worker; sys.exit(0 if Worker.objects.online().exists() else 1)'"]
+            {{- include "buildfarm.pulpWorkerProbe" $ctx | nindent 12 }}
             initialDelaySeconds: 20
             periodSeconds: 60
             timeoutSeconds: 30
           livenessProbe:
-            exec:
-              command: ["sh", "-c", "pulpcore-manager shell -c 'import sys; from pulpcore.app.models import Worker; sys.exit(0 if Worker.objects.online().exists() else 1)'"]
+            {{- include "buildfarm.pulpWorkerProbe" $ctx | nindent 12 }}
             initialDelaySeconds: 60
             periodSeconds: 120
             timeoutSeconds: 30
