@@ -207,6 +207,34 @@ securityContext:
 {{ include "buildfarm.farmEnv" . }}
 {{- end -}}
 
+{{/*
+The init container of every long-running farm pod (files/wait_ready.py): waits, bounded, until
+the database's schema is the revision this image expects and the artifact bucket exists. The
+bootstrap Job (migrations) and the minio-buckets Job are ordinary resources created with the
+Deployments, not hooks, so `helm install --wait`, Argo CD and Flux see one set of resources that
+becomes ready by itself; on upgrade a new pod starts only once the new schema is in place.
+*/}}
+{{- define "buildfarm.farmWaitContainer" -}}
+- name: wait-ready
+  {{- include "buildfarm.farmContainer" . | nindent 2 }}
+  command: ["python", "-c", {{ .Files.Get "files/wait_ready.py" | quote }}, "600"]
+  resources:
+    requests: {cpu: 10m, memory: 64Mi}
+    limits: {cpu: 500m, memory: 256Mi}
+  volumeMounts:
+    {{- include "buildfarm.farmVolumeMounts" . | nindent 4 }}
+{{- end -}}
+
+{{/*
+The name of a Job that is an ordinary resource of the release: <component>-<hash of what it runs>.
+A Job's pod template is immutable, so a Job whose image or settings change must be a new Job
+(the old one is pruned); an unchanged Job keeps its name and is not run again.
+Called as (dict "ctx" $ "component" "bootstrap" "inputs" (list ...)).
+*/}}
+{{- define "buildfarm.jobName" -}}
+{{- printf "%s-%s" (include "buildfarm.componentName" .) (toJson .inputs | sha256sum | trunc 8) -}}
+{{- end -}}
+
 {{- define "buildfarm.farmVolumeMounts" -}}
 {{ include "buildfarm.tmpVolumeMount" . }}
 - name: state

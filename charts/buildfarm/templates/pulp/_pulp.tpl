@@ -115,6 +115,28 @@ env:
 {{ include "buildfarm.tmpVolume" (dict) }}
 {{- end -}}
 
+{{/* Init container of every Pulp pod: waits (bounded, 10 minutes) until the pulp-migrate Job has
+     applied every migration this image has, so no Pulp process meets an older schema. */}}
+{{- define "buildfarm.pulpWaitContainer" -}}
+- name: wait-migrations
+  {{- include "buildfarm.pulpContainer" . | nindent 2 }}
+  command:
+    - sh
+    - -c
+    - |
+      i=0
+      until pulpcore-manager migrate --check >/dev/null 2>&1; do
+        i=$((i+1))
+        [ "$i" -lt 120 ] || { echo "Pulp's database is not migrated after 10 minutes: see the pulp-migrate Job"; exit 1; }
+        sleep 5
+      done
+  resources:
+    requests: {cpu: 10m, memory: 128Mi}
+    limits: {cpu: 500m, memory: 512Mi}
+  volumeMounts:
+    {{- include "buildfarm.pulpVolumeMounts" . | nindent 4 }}
+{{- end -}}
+
 {{/* Is this pod's pulpcore-worker online? Its AppStatus row (app_type worker, named
      <pid>@<hostname> by WORKER_NAME_TEMPLATE) has a heartbeat younger than its TTL.
      pulpcore >= 3.54 keeps workers in AppStatus; the Worker model is gone. */}}
@@ -156,6 +178,8 @@ spec:
       {{- include "buildfarm.imagePullSecrets" $ctx | nindent 6 }}
       securityContext:
         {{- include "buildfarm.podSecurityContext" (dict "uid" (include "buildfarm.pulpUid" $ctx)) | nindent 8 }}
+      initContainers:
+        {{- include "buildfarm.pulpWaitContainer" $ctx | nindent 8 }}
       containers:
         - name: {{ .component }}
           {{- include "buildfarm.pulpContainer" $ctx | nindent 10 }}
