@@ -29,7 +29,7 @@ def missing(settings, head):
                 current = MigrationContext.configure(connection).get_current_revision()
         finally:
             engine.dispose()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not yet", reported as one line
+    except Exception as exc:  # any failure means "not yet", reported as one line
         return f"database unreachable: {type(exc).__name__}: {str(exc).splitlines()[0]}"
     if current != head:
         return f"schema at revision {current}, this image needs {head} (the bootstrap Job migrates it)"
