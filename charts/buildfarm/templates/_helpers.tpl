@@ -84,10 +84,14 @@ redis://{{ include "buildfarm.redisHost" . }}:{{ $port }}/{{ $db }}
 {{- end -}}
 {{- end -}}
 
-{{/* S3: endpoint URL and the Secret of its credentials. */}}
+{{/*
+S3: endpoint URL and the Secret of its credentials. The in-cluster MinIO is named by its full
+service name: builder pods in the builder namespace download sources and upload outputs through
+URLs the farm presigns for this very host, so it must resolve there too (a bare name does not).
+*/}}
 {{- define "buildfarm.s3Endpoint" -}}
 {{- if .Values.minio.enabled -}}
-http://{{ include "buildfarm.componentName" (dict "ctx" . "component" "minio") }}:9000
+http://{{ include "buildfarm.serviceFqdn" (dict "ctx" . "component" "minio") }}:9000
 {{- else -}}
 {{- required "s3.endpoint is required when minio.enabled is false (artifacts and logs need an S3 endpoint)" .Values.s3.endpoint -}}
 {{- end -}}
@@ -112,17 +116,32 @@ http://{{ include "buildfarm.componentName" (dict "ctx" . "component" "minio") }
 {{- if .Values.s3.existingSecret -}}{{ .Values.s3.secretKeyKey }}{{- else -}}rootPassword{{- end -}}
 {{- end -}}
 
-{{/* Pulp: service URLs and the Secret of the admin password. */}}
+{{/* Pulp: service URLs (full names: builder pods read the content app from their own namespace) and the Secret of the admin password. */}}
 {{- define "buildfarm.pulpApiUrl" -}}
-http://{{ include "buildfarm.componentName" (dict "ctx" . "component" "pulp-api") }}:24817
+http://{{ include "buildfarm.serviceFqdn" (dict "ctx" . "component" "pulp-api") }}:24817
 {{- end -}}
 
 {{- define "buildfarm.pulpContentOrigin" -}}
-{{- default (printf "http://%s:24816" (include "buildfarm.componentName" (dict "ctx" . "component" "pulp-content"))) .Values.pulp.contentOrigin -}}
+{{- default (printf "http://%s:%v" (include "buildfarm.serviceFqdn" (dict "ctx" . "component" "pulp-content")) .Values.pulp.content.service.port) .Values.pulp.contentOrigin -}}
 {{- end -}}
 
 {{- define "buildfarm.pulpAdminSecret" -}}
 {{- default (include "buildfarm.componentName" (dict "ctx" . "component" "pulp-admin")) .Values.pulp.existingSecret -}}
+{{- end -}}
+
+{{/* The registry's URL, by its full service name (builder pods push to it from their namespace). */}}
+{{- define "buildfarm.registryUrl" -}}
+http://{{ include "buildfarm.serviceFqdn" (dict "ctx" . "component" "registry") }}:{{ .Values.registry.service.port }}
+{{- end -}}
+
+{{/* The Secret of the registry's push account (username, password, htpasswd). */}}
+{{- define "buildfarm.registryAuthSecret" -}}
+{{- default (include "buildfarm.componentName" (dict "ctx" . "component" "registry-auth")) .Values.registry.auth.existingSecret -}}
+{{- end -}}
+
+{{/* The dockerconfigjson Secret builder pods push with, in the builder namespace. */}}
+{{- define "buildfarm.registryPushSecret" -}}
+{{- default (include "buildfarm.componentName" (dict "ctx" . "component" "registry-push")) .Values.builders.registryPushSecret.existingSecret -}}
 {{- end -}}
 
 {{- define "buildfarm.adminTokenSecret" -}}
@@ -186,6 +205,34 @@ imagePullPolicy: {{ .Values.image.pullPolicy }}
 securityContext:
   {{- include "buildfarm.containerSecurityContext" . | nindent 2 }}
 {{ include "buildfarm.farmEnv" . }}
+{{- end -}}
+
+{{/*
+The init container of every long-running farm pod (files/wait_ready.py): waits, bounded, until
+the database's schema is the revision this image expects and the artifact bucket exists. The
+bootstrap Job (migrations) and the minio-buckets Job are ordinary resources created with the
+Deployments, not hooks, so `helm install --wait`, Argo CD and Flux see one set of resources that
+becomes ready by itself; on upgrade a new pod starts only once the new schema is in place.
+*/}}
+{{- define "buildfarm.farmWaitContainer" -}}
+- name: wait-ready
+  {{- include "buildfarm.farmContainer" . | nindent 2 }}
+  command: ["python", "-c", {{ .Files.Get "files/wait_ready.py" | quote }}, "600"]
+  resources:
+    requests: {cpu: 10m, memory: 64Mi}
+    limits: {cpu: 500m, memory: 256Mi}
+  volumeMounts:
+    {{- include "buildfarm.farmVolumeMounts" . | nindent 4 }}
+{{- end -}}
+
+{{/*
+The name of a Job that is an ordinary resource of the release: <component>-<hash of what it runs>.
+A Job's pod template is immutable, so a Job whose image or settings change must be a new Job
+(the old one is pruned); an unchanged Job keeps its name and is not run again.
+Called as (dict "ctx" $ "component" "bootstrap" "inputs" (list ...)).
+*/}}
+{{- define "buildfarm.jobName" -}}
+{{- printf "%s-%s" (include "buildfarm.componentName" .) (toJson .inputs | sha256sum | trunc 8) -}}
 {{- end -}}
 
 {{- define "buildfarm.farmVolumeMounts" -}}
