@@ -173,3 +173,19 @@ def test_git_uses_the_checked_addresses_and_follows_no_redirect(
     monkeypatch.setattr(_Answer, "target", f"http://127.0.0.1:{free_port()}/elsewhere")
     with pytest.raises(ManifestError, match="302"):
         fetch.checkout(url, "v1", tmp_path / "redirected", "p", LOOPBACK)
+
+
+def test_a_symlink_out_of_the_repository_is_refused(tmp_path: Path) -> None:
+    """``debian/changelog -> /etc/passwd`` was read as the farm (a parse error showed its first line)."""
+    base = tmp_path / "served"
+    repo = base / "linked"
+    (repo / "debian").mkdir(parents=True)
+    (repo / "debian" / "control").write_text("Source: linked\n\nPackage: linked\n")
+    (repo / "debian" / "changelog").symlink_to("/etc/passwd")
+    (repo / "loop").symlink_to("loop")
+    commit_tree(repo, tag="v1")
+    with GitServer(base) as server, pytest.raises(ManifestError) as refused:
+        fetch.checkout(server.url(repo), "v1", tmp_path / "clone", "packages[0]", LOOPBACK)
+    assert re.fullmatch(
+        r"packages\[0\]: symlink (debian/changelog|loop) points outside the repository", str(refused.value)
+    )

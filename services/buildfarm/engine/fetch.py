@@ -12,6 +12,7 @@ protocol, follows no redirect and runs no hook.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -137,6 +138,27 @@ def checkout(url: str, ref: str, clone: Path, what: str, policy: UrlPolicy) -> N
     _git(["init", "-q"], clone, what)
     _git(["fetch", "-q", "--depth", "1", "--end-of-options", allowed.url, ref], clone, what, allowed)
     _git(["checkout", "-q", "--detach", "FETCH_HEAD", "--"], clone, what)
+    _refuse_escaping_links(clone, what)
+
+
+def _refuse_escaping_links(clone: Path, what: str) -> None:
+    """A symlink of the checked-out tree must stay inside it: ``debian/changelog -> /etc/shadow``
+    would otherwise be read as the farm, and its first line shown in a parse error."""
+    root = clone.resolve()
+    for directory, dirnames, filenames in os.walk(clone):
+        dirnames[:] = [d for d in dirnames if d != ".git"]
+        for name in (*dirnames, *filenames):
+            path = Path(directory) / name
+            if path.is_symlink() and not _inside(path, root):
+                shown = path.relative_to(clone).as_posix()
+                raise ManifestError(f"{what}: symlink {shown} points outside the repository")
+
+
+def _inside(link: Path, root: Path) -> bool:
+    try:
+        return link.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a symlink loop: nothing a build can use
+        return False
 
 
 def check_source_urls(manifest: Manifest, policy: UrlPolicy) -> None:
