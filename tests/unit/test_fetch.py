@@ -7,6 +7,7 @@ the whole module takes ~2 s.
 from __future__ import annotations
 
 import re
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -189,3 +190,16 @@ def test_a_symlink_out_of_the_repository_is_refused(tmp_path: Path) -> None:
     assert re.fullmatch(
         r"packages\[0\]: symlink (debian/changelog|loop) points outside the repository", str(refused.value)
     )
+
+
+def test_a_host_that_does_not_resolve_is_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_dns(*_args: object, **_kwargs: object) -> None:
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(TemporaryError) as failed:
+        fetch.checkout("https://git.example.org/r", "v1", tmp_path / "clone", "packages[0]", UrlPolicy())
+    assert (
+        str(failed.value) == "packages[0]: 'https://git.example.org/r': cannot resolve host 'git.example.org'"
+    )
+    assert not (tmp_path / "clone").exists()

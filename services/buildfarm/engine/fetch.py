@@ -134,6 +134,8 @@ def checkout(url: str, ref: str, clone: Path, what: str, policy: UrlPolicy) -> N
         names.check_git_ref(ref)
     except (UrlRefusedError, NameError_) as exc:
         raise ManifestError(f"{what}: {exc}") from exc
+    except TemporaryError as exc:
+        raise TemporaryError(f"{what}: {exc}", exc.retry_after) from exc
     clone.mkdir()
     _git(["init", "-q"], clone, what)
     _git(["fetch", "-q", "--depth", "1", "--end-of-options", allowed.url, ref], clone, what, allowed)
@@ -168,10 +170,13 @@ def check_source_urls(manifest: Manifest, policy: UrlPolicy) -> None:
         for index, source in enumerate(sources):
             if source.git is None:
                 continue
+            where = f"{field}[{index}] ({source.describe()})"
             try:
                 check_url(source.git, policy)
             except UrlRefusedError as exc:
-                raise ManifestError(f"{field}[{index}] ({source.describe()}): {exc}") from exc
+                raise ManifestError(f"{where}: {exc}") from exc
+            except TemporaryError as exc:
+                raise TemporaryError(f"{where}: {exc}", exc.retry_after) from exc
 
 
 def _clone(source: PackageSource | ImageSource, clone: Path, what: str, policy: UrlPolicy) -> Path:
