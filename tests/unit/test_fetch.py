@@ -7,8 +7,12 @@ the whole module takes ~2 s.
 from __future__ import annotations
 
 import re
+import socket
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -122,3 +126,80 @@ def test_git_errors_keep_their_meaning_and_hide_secrets() -> None:
     assert fetch._git_error(ssh).startswith("fatal: '/nope' does not appear to be a git repository")
     assert len(fetch._git_error("fatal: " + "x" * 5000)) == fetch.MAX_GIT_ERROR_CHARS
     assert re.fullmatch(r"\(no message\)", fetch._git_error(""))
+
+
+class _Answer(BaseHTTPRequestHandler):
+    """Redirects every request to ``target`` (or answers 404 without one), recording the paths."""
+
+    target = ""
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(self.path)
+        self.send_response(302 if self.target else 404)
+        if self.target:
+            self.send_header("Location", self.target + self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_server() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    thread.join(timeout=10)
+    server.server_close()
+
+
+def test_git_uses_the_checked_addresses_and_follows_no_redirect(
+    http_server: ThreadingHTTPServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name checked at one address is fetched from that address (no second DNS answer counts),
+    and a redirect (to a host nobody checked) is not followed."""
+    port = http_server.server_port
+    url = f"http://name.invalid:{port}/repo"  # resolves nowhere: only the pinned address reaches it
+    monkeypatch.setattr(
+        fetch, "check_url", lambda u, p: AllowedUrl(u, "http", "name.invalid", port, ("127.0.0.1",))
+    )
+    monkeypatch.setattr(_Answer, "seen", [])
+    with pytest.raises(ManifestError, match="not found"):
+        fetch.checkout(url, "v1", tmp_path / "pinned", "p", LOOPBACK)
+    assert _Answer.seen and _Answer.seen[0].startswith("/repo/info/refs")
+    monkeypatch.setattr(_Answer, "target", f"http://127.0.0.1:{free_port()}/elsewhere")
+    with pytest.raises(ManifestError, match="302"):
+        fetch.checkout(url, "v1", tmp_path / "redirected", "p", LOOPBACK)
+
+
+def test_a_symlink_out_of_the_repository_is_refused(tmp_path: Path) -> None:
+    """``debian/changelog -> /etc/passwd`` was read as the farm (a parse error showed its first line)."""
+    base = tmp_path / "served"
+    repo = base / "linked"
+    (repo / "debian").mkdir(parents=True)
+    (repo / "debian" / "control").write_text("Source: linked\n\nPackage: linked\n")
+    (repo / "debian" / "changelog").symlink_to("/etc/passwd")
+    (repo / "loop").symlink_to("loop")
+    commit_tree(repo, tag="v1")
+    with GitServer(base) as server, pytest.raises(ManifestError) as refused:
+        fetch.checkout(server.url(repo), "v1", tmp_path / "clone", "packages[0]", LOOPBACK)
+    assert re.fullmatch(
+        r"packages\[0\]: symlink (debian/changelog|loop) points outside the repository", str(refused.value)
+    )
+
+
+def test_a_host_that_does_not_resolve_is_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_dns(*_args: object, **_kwargs: object) -> None:
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(TemporaryError) as failed:
+        fetch.checkout("https://git.example.org/r", "v1", tmp_path / "clone", "packages[0]", UrlPolicy())
+    assert (
+        str(failed.value) == "packages[0]: 'https://git.example.org/r': cannot resolve host 'git.example.org'"
+    )
+    assert not (tmp_path / "clone").exists()

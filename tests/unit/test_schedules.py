@@ -374,6 +374,15 @@ def test_failures_are_recorded_and_do_not_stop_other_schedules(
     assert all(r.attempt == 1 and r.retry_at is None for n in errors for r in _runs(ctx, n)[1:])
 
 
+def test_a_schedules_credentials_are_never_shown(tmp_path: Path, sqlite_url: str) -> None:
+    """schedule list is for builders too: a token in the git URL shows as ***."""
+    ctx = _farm(
+        tmp_path, sqlite_url, [_schedule("n", "0 2 * * *", "https://bob:s3cret@git.example.org/r.git")]
+    )
+    [view] = list_schedules(ctx, at("2025-03-03 01:00"))
+    assert view.source == "https://***@git.example.org/r.git@HEAD:buildfarm.yaml"
+
+
 def test_stored_manifest_builds_to_the_end(tmp_path: Path, sqlite_url: str) -> None:
     """A manifest kept on the farm (<state dir>/schedules/...), built for real by dpkg-buildpackage."""
     ctx = _farm(

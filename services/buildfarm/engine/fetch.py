@@ -12,6 +12,7 @@ protocol, follows no redirect and runs no hook.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -133,10 +134,33 @@ def checkout(url: str, ref: str, clone: Path, what: str, policy: UrlPolicy) -> N
         names.check_git_ref(ref)
     except (UrlRefusedError, NameError_) as exc:
         raise ManifestError(f"{what}: {exc}") from exc
+    except TemporaryError as exc:
+        raise TemporaryError(f"{what}: {exc}", exc.retry_after) from exc
     clone.mkdir()
     _git(["init", "-q"], clone, what)
     _git(["fetch", "-q", "--depth", "1", "--end-of-options", allowed.url, ref], clone, what, allowed)
     _git(["checkout", "-q", "--detach", "FETCH_HEAD", "--"], clone, what)
+    _refuse_escaping_links(clone, what)
+
+
+def _refuse_escaping_links(clone: Path, what: str) -> None:
+    """A symlink of the checked-out tree must stay inside it: ``debian/changelog -> /etc/shadow``
+    would otherwise be read as the farm, and its first line shown in a parse error."""
+    root = clone.resolve()
+    for directory, dirnames, filenames in os.walk(clone):
+        dirnames[:] = [d for d in dirnames if d != ".git"]
+        for name in (*dirnames, *filenames):
+            path = Path(directory) / name
+            if path.is_symlink() and not _inside(path, root):
+                shown = path.relative_to(clone).as_posix()
+                raise ManifestError(f"{what}: symlink {shown} points outside the repository")
+
+
+def _inside(link: Path, root: Path) -> bool:
+    try:
+        return link.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a symlink loop: nothing a build can use
+        return False
 
 
 def check_source_urls(manifest: Manifest, policy: UrlPolicy) -> None:
@@ -146,10 +170,13 @@ def check_source_urls(manifest: Manifest, policy: UrlPolicy) -> None:
         for index, source in enumerate(sources):
             if source.git is None:
                 continue
+            where = f"{field}[{index}] ({source.describe()})"
             try:
                 check_url(source.git, policy)
             except UrlRefusedError as exc:
-                raise ManifestError(f"{field}[{index}] ({source.describe()}): {exc}") from exc
+                raise ManifestError(f"{where}: {exc}") from exc
+            except TemporaryError as exc:
+                raise TemporaryError(f"{where}: {exc}", exc.retry_after) from exc
 
 
 def _clone(source: PackageSource | ImageSource, clone: Path, what: str, policy: UrlPolicy) -> Path:
