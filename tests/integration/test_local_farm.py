@@ -267,6 +267,9 @@ def test_killed_node_build_completes_on_the_other(tmp_path: Path) -> None:
         assert packages.count("Package: victim\n") == 1
         status = farm.json("status")
         assert status["nodes"][node]["online"] is False and status["nodes"][survivor]["online"] is True
+        # the dead attempt's work directory is the reaper's to remove (it runs every second here)
+        work = farm.state_dir / "work"
+        wait_until(lambda: not list(work.glob(f"{build_id}-*")), 20, "the dead attempt's work dir swept")
     finally:
         farm.cli("stop", check=False)
 

@@ -1,7 +1,8 @@
 """Publishing onto a read-only or full disk: the claim is released, the build says why in one line,
 publishing tries again after a bounded pause and succeeds once the fault clears; nothing is left
-half-published.  The faults are real: a small tmpfs mounted over the local repository's root
-(remounted read-only, or filled up), unmounted at teardown.  ~3 s a case (one host build each).
+half-published; staging waits the same way.  The faults are real: a small tmpfs mounted over the
+local repository's root (remounted read-only, or filled up), unmounted at teardown.  ~3 s a case
+(one or two host builds each).
 """
 
 from __future__ import annotations
@@ -120,6 +121,26 @@ def test_full_repository_waits_cleans_up_then_publishes(
     assert not list(ctx.work_root.glob("publish-*"))
     filler.unlink()
     view = _publish_again(ctx, build_id)
+    assert (view.state, view.error) == ("succeeded", None), view
+
+
+def test_read_only_repository_holds_staging_then_stages(
+    ctx: FarmContext, tmp_path: Path, repo_mount: Path
+) -> None:
+    src = tmp_path / "src"
+    make_package(src, "base-lib")
+    make_package(src, "tool", build_depends=("base-lib",))
+    subprocess.run(["mount", "-o", "remount,ro", str(repo_mount)], check=True)
+    build_id = submit_build(ctx, load_manifest(write_manifest(src, ["base-lib", "tool"])), src, "alice")
+    drain(ctx)  # builds base-lib, then cannot stage it for tool
+    view = control.show_build(ctx, build_id)
+    assert {s.name: s.state for s in view.steps} == {"base-lib": "succeeded", "tool": "pending"}
+    error = view.error or ""
+    assert error.startswith("staging waits for the repository") and "Read-only file system" in error, error
+    subprocess.run(["mount", "-o", "remount,rw", str(repo_mount)], check=True)
+    advance_build(ctx, build_id)  # what the reaper's next round does
+    drain(ctx)
+    view = control.show_build(ctx, build_id)
     assert (view.state, view.error) == ("succeeded", None), view
 
 

@@ -11,6 +11,7 @@ environment's identity in every input key, so a new tarball never reuses old out
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -171,6 +172,17 @@ def chroot_root(tmpdir: Path | None, state_dir: Path) -> Path:
     return (tmpdir or Path(tempfile.gettempdir())) / f"buildfarm-{tag}"
 
 
+def _make_dir(path: Path, tries: int = 3) -> None:
+    """``mkdir -p`` that survives another attempt removing the (empty) parent at the same moment."""
+    for _ in range(tries - 1):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            return
+        except FileNotFoundError:
+            continue
+    path.mkdir(parents=True, exist_ok=True)
+
+
 class SbuildRunner:
     name = "sbuild"
 
@@ -233,7 +245,7 @@ class SbuildRunner:
         chroots: Path | None = None
         if self.tmpdir is not None:
             chroots = self.tmpdir / attempt_dirname(job.build_id, to_safe(job.step_name), job.attempt)
-            chroots.mkdir(parents=True, exist_ok=True)
+            _make_dir(chroots)
             env["BUILDFARM_SBUILD_TMPDIR"] = str(chroots)
         watch = _LogWatch(job.log, [s.url for s in job.extra_sources])
         try:
@@ -248,6 +260,8 @@ class SbuildRunner:
         finally:  # sbuild removes its chroot itself, unless it was killed
             if chroots is not None:
                 shutil.rmtree(chroots, ignore_errors=True)
+                with contextlib.suppress(OSError):  # the farm's directory, if no other attempt uses it
+                    chroots.parent.rmdir()
         if outcome.returncode != 0 or outcome.cancelled or outcome.timed_out:
             failure = describe_failure("sbuild", outcome, job.timeout_seconds)
             return StepResult(False, [], watch.explain(failure), killed_by=outcome.killed_by)
