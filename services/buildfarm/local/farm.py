@@ -214,6 +214,8 @@ def _start_fresh(settings: Settings, sup: Supervisor, nodes: int, prepare: Any) 
     record["repo_port"] = _pick_port(settings.repo_host, settings.repo_port, "BUILDFARM_REPO_PORT")
     record["api_port"] = _pick_port(settings.api_host, settings.api_port, "BUILDFARM_API_PORT")
     write_farm_file(settings, record)
+    for directory in ("artifacts", "repos", "work"):  # made here, 0700, before any node (umask 022)
+        (state / directory).mkdir(mode=0o700, exist_ok=True)
     settings = load_settings(state_dir=state)
     brokers = [n for n in (REDIS, REGISTRY) if n in expected_processes(record, sup)]
     launch.launch(settings, sup, record, brokers)

@@ -1,7 +1,8 @@
 """Background processes with pid files: start detached, check, stop the whole process group.
 
-A pid file holds the pid and the process's start time (``/proc/<pid>/stat`` field 22), so a pid
-the kernel has since given to another process is never taken for the farm's (nor signalled).
+A pid file holds the pid alone (``kill $(cat run/node1.pid)`` works); beside it, ``<name>.started``
+holds the process's start time (``/proc/<pid>/stat`` field 22), so a pid the kernel has since
+given to another process is never taken for the farm's (nor signalled).
 """
 
 from __future__ import annotations
@@ -125,14 +126,16 @@ class Supervisor:
     def pid(self, name: str) -> int | None:
         """The pid of ``name`` if it is still the process that was started, else None."""
         try:
-            fields = (self.run_dir / f"{name}.pid").read_text().split()
-            pid = int(fields[0])
-            started = int(fields[1]) if len(fields) > 1 else None  # older pid files: pid only
-        except (OSError, ValueError, IndexError):
+            pid = int((self.run_dir / f"{name}.pid").read_text())
+        except (OSError, ValueError):
             return None
         if not _alive(pid):
             return None
-        return pid if started is None or _start_time(pid) == started else None
+        try:
+            started = int((self.run_dir / f"{name}.started").read_text())
+        except (OSError, ValueError):  # pid files of older versions have no start time
+            return pid
+        return pid if _start_time(pid) == started else None
 
     def names(self) -> list[str]:
         return sorted(p.stem for p in self.run_dir.glob("*.pid")) if self.run_dir.is_dir() else []
@@ -164,13 +167,15 @@ class Supervisor:
                 umask=umask,
             )
         started = _start_time(proc.pid)
-        (self.run_dir / f"{name}.pid").write_text(f"{proc.pid} {started}\n" if started else f"{proc.pid}\n")
+        (self.run_dir / f"{name}.started").write_text(f"{started}\n" if started else "")
+        (self.run_dir / f"{name}.pid").write_text(f"{proc.pid}\n")
         return proc.pid
 
     def stop(self, name: str, sig: signal.Signals = signal.SIGTERM) -> bool:
         """Stop one process group; returns whether something was running."""
         pid = self.pid(name)
         (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
+        (self.run_dir / f"{name}.started").unlink(missing_ok=True)
         if pid is None:
             return False
         _signal_group(pid, sig)
