@@ -414,6 +414,8 @@ class LocalAptRepository:
         personal: bool,
     ) -> None:
         """Write ``target``: what ``latest`` holds with the build's ``packages`` merged in."""
+        for package in packages:
+            _check_filename(package.filename)
         base, where = self._latest_state(branch_dir)
         own = aptbranch.describe(packages, build_id)
         merged = aptbranch.merge(base, own, prefer_incoming=personal)
