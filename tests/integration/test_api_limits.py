@@ -2,8 +2,8 @@
 an upload bomb of tiny files and an absolute member are refused in one line, a 405 says which
 methods the path takes, and requests without a valid token are rate-limited per client address.
 
-The app runs in-process under httpx's ASGI transport (no server, no farm processes) on SQLite and the
-session's private Redis: ~2 s for the module.
+The app runs in-process under httpx's ASGI transport (no server, no farm processes) on SQLite
+and the session's private Redis: ~2 s for the module.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ MAX_FILES = 50
 def farm(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[FarmContext]:
     tmp_path = tmp_path_factory.mktemp("api-limits")
     url = redis_url.rsplit("/", 1)[0] + "/7"  # a database of its own: its counters are its own
-    redis.Redis.from_url(url).flushdb()
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
     ctx = make_test_context(
         tmp_path,
         f"sqlite:///{tmp_path / 'state.db'}",

@@ -24,7 +24,7 @@ from debian.debian_support import Version
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from buildfarm.backends import aptrepo
+from buildfarm.backends import apttree
 from buildfarm.backends.aptbranch import STATE_FILE
 from buildfarm.backends.aptrepo import LocalAptRepository
 from buildfarm.backends.base import BuildRef, PackageFile
@@ -232,20 +232,19 @@ def test_retry_after_a_crash_between_publish_and_latest_is_not_lost(
 ) -> None:
     """Build 1 is renamed into place, then its publisher dies before moving latest; build 2
     publishes on top of the old latest; build 1's retry must merge onto build 2's latest."""
-    from buildfarm.backends import aptrepo
 
     repo = LocalAptRepository(tmp_path / "repos", "http://127.0.0.1:9/")
     branch = repo.root / PROJECT / BRANCH
-    real_switch: Callable[[Path, str], None] = aptrepo._switch_symlink
+    real_switch: Callable[[Path, str], None] = apttree.switch_symlink
 
     def crash(_link: Path, _target: str) -> None:
         raise OSError("publisher killed")
 
-    monkeypatch.setattr(aptrepo, "_switch_symlink", crash)
+    monkeypatch.setattr(apttree, "switch_symlink", crash)
     alpha = pool[("alpha", "1.0", 0)]
     with pytest.raises(OSError, match="killed"):
         repo.publish(_ref(1, "nightly"), alpha, move_latest=True)
-    monkeypatch.setattr(aptrepo, "_switch_symlink", real_switch)
+    monkeypatch.setattr(apttree, "switch_symlink", real_switch)
     beta = pool[("beta", "1.0", 0)]
     repo.publish(_ref(2, "nightly"), beta, move_latest=True)
     assert _index(branch / "latest") == _files(pool, {"beta": ("beta", "1.0", 0)})
@@ -267,7 +266,7 @@ def test_branches_published_before_the_record_get_their_lost_packages_back(
     builds = repo.root / PROJECT / BRANCH / "builds"
     old = {1: ("gamma", "3.0", 0), 2: ("beta", "1.0", 1), 3: ("alpha", "1.0", 0), 4: ("beta", "1.9", 0)}
     for build_id, variant in old.items():  # as the farm wrote them: no record, own packages only
-        tree = aptrepo._build_tree(builds, f".tmp-{build_id}-", pool[variant], f"{PROJECT}/{BRANCH}")
+        tree = apttree.build_tree(builds, f".tmp-{build_id}-", pool[variant], f"{PROJECT}/{BRANCH}")
         tree.rename(builds / str(build_id))
     (builds.parent / "latest").symlink_to("builds/4")
     repo.publish(_ref(5, "nightly"), pool[("alpha", "2.0", 1)], move_latest=True)

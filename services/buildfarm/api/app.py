@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 import redis
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
@@ -47,6 +47,7 @@ from buildfarm.api.schemas import (
     UserOut,
     WhoAmI,
 )
+from buildfarm.api.uploads import accept_tarball, unpack_trees
 from buildfarm.dispatch.context import make_context
 from buildfarm.engine import accounts, control, retention
 from buildfarm.engine.accounts import AuthError, ForbiddenError, Principal
@@ -54,9 +55,8 @@ from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
 from buildfarm.model import names
 from buildfarm.model.errors import NotFoundError, PermanentError
-from buildfarm.model.manifest import BuildKind, ImageSource, PackageSource, parse_manifest
+from buildfarm.model.manifest import BuildKind, parse_manifest
 from buildfarm.model.settings import Settings
-from buildfarm.model.sources import TreeTooLargeError, unpack_tree
 from buildfarm.state.models import Build, BuildState, Role
 
 API = "/api/v1"
@@ -234,7 +234,7 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
         try:
             if digest.hexdigest() != sha256:
                 raise BadSourceError(f"uploaded bytes have sha256 {digest.hexdigest()}, not {sha256}")
-            stored = await run_in_threadpool(_accept_tarball, farm, tmp)
+            stored = await run_in_threadpool(accept_tarball, farm, tmp)
         finally:
             tmp.unlink(missing_ok=True)
         await run_in_threadpool(retention.record_upload, farm, stored.sha256, principal.user, stored.size)
@@ -249,8 +249,8 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
         principal.require(manifest.project, needed, f"submit {manifest.kind.value} builds")
         with tempfile.TemporaryDirectory(dir=farm.work_root, prefix="submit-") as scratch:
             root = Path(scratch)
-            prepared = _unpack_trees(farm, "packages", manifest.packages, body.sources, root)
-            contexts = _unpack_trees(farm, "images", manifest.images, body.contexts, root)
+            prepared = unpack_trees(farm, "packages", manifest.packages, body.sources, root)
+            contexts = unpack_trees(farm, "images", manifest.images, body.contexts, root)
             with limits.running_cap(principal.user, lambda: _running_builds(farm, principal.user)):
                 build_id = submit_build(
                     farm, manifest, root, principal.user, prepared, prepared_contexts=contexts
@@ -407,77 +407,6 @@ def _require_admin(principal: Principal) -> None:
 def _require_builder(principal: Principal) -> None:
     if not principal.builds_somewhere:
         raise ForbiddenError(f"{principal.user} is not a builder in any project")
-
-
-def _accept_tarball(farm: FarmContext, tarball: Path) -> Any:
-    """Check that an upload is a safe source tarball (no member escapes), then store it."""
-    with tempfile.TemporaryDirectory(dir=farm.work_root, prefix="check-") as scratch:
-        try:
-            _unpack_bounded(farm, tarball, Path(scratch))
-        except TooLargeError as exc:
-            raise TooLargeError(str(exc).replace(tarball.name, "upload")) from exc
-        except PermanentError as exc:
-            raise BadSourceError(str(exc).replace(tarball.name, "upload")) from exc
-    return farm.store.put_file(tarball)
-
-
-def _unpack_bounded(farm: FarmContext, tarball: Path, dest: Path) -> None:
-    """unpack_tree within the API's bounds (bytes, files, seconds); over one: TooLargeError (413)."""
-    settings = farm.settings
-    try:
-        unpack_tree(
-            tarball,
-            dest,
-            settings.api_max_unpacked_bytes,
-            max_files=settings.api_max_unpacked_files,
-            max_seconds=settings.api_max_unpack_seconds,
-        )
-    except TreeTooLargeError as exc:
-        raise TooLargeError(str(exc)) from exc
-
-
-_UPLOAD_FIELD = {"packages": ("sources", "source"), "images": ("contexts", "context")}
-"""Which field of SubmitIn carries the uploads of a manifest list, and what one of them is called."""
-
-
-def _unpack_trees(
-    farm: FarmContext,
-    kind: Literal["packages", "images"],
-    trees: Sequence[PackageSource | ImageSource],
-    uploaded: dict[str, str],
-    scratch: Path,
-) -> dict[int, Path]:
-    """Unpack the uploaded tarball of each ``path`` tree of ``trees`` (the manifest's packages or
-    images) into ``scratch/<kind>/<index>``; the engine reads those instead of the client's paths."""
-    field, noun = _UPLOAD_FIELD[kind]
-    prepared: dict[int, Path] = {}
-    for index, tree in enumerate(trees):
-        if tree.path is None:
-            continue  # git: the farm fetches it itself
-        where = f"{kind}[{index}] ({tree.path})"
-        sha = uploaded.get(str(index))
-        if sha is None:
-            raise BadSourceError(f"{where}: no uploaded {noun} given in '{field}'")
-        if not farm.store.has(sha):
-            raise BadSourceError(f"{where}: {noun} {sha} was not uploaded")
-        target = scratch / kind / str(index)
-        tarball = target.with_suffix(".tar.gz")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        farm.store.fetch(sha, tarball)
-        try:
-            _unpack_bounded(farm, tarball, target)
-        except TooLargeError as exc:
-            raise TooLargeError(f"{kind}[{index}]: {exc}") from exc
-        except PermanentError as exc:
-            raise BadSourceError(f"{kind}[{index}]: {exc}") from exc
-        tarball.unlink()
-        if kind == "packages" and not (target / "debian" / "control").is_file():
-            raise BadSourceError(f"{where}: the uploaded tree has no debian/control")
-        prepared[index] = target
-    extra = set(uploaded) - {str(i) for i in prepared}
-    if extra:
-        raise BadSourceError(f"'{field}' given for {kind} that are not path {kind}: {sorted(extra)}")
-    return prepared
 
 
 def _running_builds(farm: FarmContext, user: str) -> int:

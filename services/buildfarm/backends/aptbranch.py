@@ -9,7 +9,9 @@ Winning replaces *all* of the older build's binaries of that source package, inc
 the new version no longer builds, and any other source package's binary with the same name and
 architecture (a binary moved between source packages; Pulp replaces by name and architecture
 too).  A lower version never replaces a higher one, whatever the order builds publish in: the
-result depends only on which builds were published, so concurrent and late builds merge right.
+result depends only on which builds were published (but for a binary that moved between source
+packages, which goes with the source package merged last), so concurrent and late builds merge
+right.
 (Pulp's backend lets the newest build win by binary name and leaves ``latest`` alone for a
 build that publishes after a newer one; the README says so.)
 

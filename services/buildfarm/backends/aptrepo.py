@@ -42,27 +42,20 @@ indexes the configuration names (:mod:`buildfarm.backends.upstream`).
 
 from __future__ import annotations
 
-import fcntl
-import gzip
 import logging
 import os
-import re
 import shutil
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from buildfarm.backends import aptbranch
+from buildfarm.backends import aptbranch, apttree
 from buildfarm.backends.aptbranch import BranchState
 from buildfarm.backends.base import AptSource, BuildRef, MirrorStatus, PackageFile
-from buildfarm.backends.fs import file_sha256, fsync_dir
+from buildfarm.backends.fs import fsync_dir
 from buildfarm.backends.signing import ReleaseSigner, SigningKey
 from buildfarm.backends.upstream import check_upstream, upstream_source
 from buildfarm.model import names
-from buildfarm.model.errors import NotFoundError, PermanentError, ServiceUnavailableError
+from buildfarm.model.errors import NotFoundError, PermanentError
 from buildfarm.model.mirrors import check_mirrors
 from buildfarm.model.settings import DEFAULT_SIGNING_KEYRING, MirrorConfig
 
@@ -70,190 +63,6 @@ log = logging.getLogger(__name__)
 
 PERSONAL_DIR = "_personal"
 EXPIRED_PREFIX = ".expired-"
-LOCK_FILE = ".lock"
-LOCK_TIMEOUT_SECONDS = 120.0
-"""Longest wait for another process's publish/stage of the same branch; indexing takes seconds."""
-LOCK_POLL_SECONDS = 0.05
-TOOL_TIMEOUT_SECONDS = 300.0
-"""Bound on one apt-ftparchive run; it hashes every package, minutes only for gigabytes."""
-
-_INDEXED_SUFFIX = ".deb"  # apt-ftparchive's default; .udeb files are stored but not indexed
-_PACKAGE_SUFFIXES = (".deb", ".udeb")
-_FILENAME_FIELD = re.compile(r"^Filename: \./(.+)$", re.MULTILINE)
-
-
-@contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """Hold the exclusive lock of ``directory`` (created if needed), waiting at most the bound."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise ServiceUnavailableError(
-                        f"repository {directory} stayed locked for {LOCK_TIMEOUT_SECONDS:.0f}s",
-                        retry_after=30.0,
-                    ) from None
-                time.sleep(LOCK_POLL_SECONDS)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with path.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _run_ftparchive(args: list[str], cwd: Path) -> bytes:
-    exe = shutil.which("apt-ftparchive")
-    if exe is None:
-        raise PermanentError(
-            "apt-ftparchive is not installed: install the Debian package apt-utils "
-            "(apt-get install apt-utils)"
-        )
-    try:
-        done = subprocess.run(
-            [exe, *args],
-            cwd=cwd,
-            capture_output=True,
-            timeout=TOOL_TIMEOUT_SECONDS,
-            env={**os.environ, "LC_ALL": "C.UTF-8"},
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise ServiceUnavailableError(
-            f"apt-ftparchive {args[0]} in {cwd} took over {TOOL_TIMEOUT_SECONDS:.0f}s"
-        ) from exc
-    stderr = done.stderr.decode(errors="replace").strip()
-    if done.returncode != 0:
-        raise PermanentError(f"apt-ftparchive {args[0]} failed in {cwd}: {stderr}")
-    if args[0] == "packages":
-        # apt-ftparchive reports an unreadable .deb on stderr yet exits 0; an index missing a
-        # package would publish a build that cannot be installed, so compare what it indexed.
-        indexed = set(_FILENAME_FIELD.findall(done.stdout.decode("utf-8", "replace")))
-        expected = {p.name for p in cwd.iterdir() if p.name.endswith(_INDEXED_SUFFIX)}
-        if indexed != expected:
-            raise PermanentError(
-                f"apt-ftparchive could not index {', '.join(sorted(expected - indexed)) or 'some packages'}: "
-                + stderr.replace("\n", "; ")
-            )
-    return done.stdout
-
-
-def _check_filename(filename: str) -> str:
-    # Only package names: a file called "Release" or "Packages" would overwrite the indexes.
-    plain = "/" not in filename and "\0" not in filename and not filename.startswith(".")
-    if not plain or not filename.endswith(_PACKAGE_SUFFIXES):
-        raise PermanentError(f"invalid package file name {filename!r}: it must be one plain *.deb or *.udeb")
-    return filename
-
-
-def _place(packages: list[PackageFile], into: Path, *, verify: bool = True) -> None:
-    """Hardlink (same filesystem) or copy each package into ``into``, checking its sha256.
-
-    ``verify=False`` is for packages carried over from a published tree: a hardlink of a file
-    checked when it was first placed; only its size is compared (hashing every package of the
-    branch again on each publish would cost minutes on a big branch).
-    """
-    seen: dict[str, str] = {}
-    for package in packages:
-        name = _check_filename(package.filename)
-        if name in seen:
-            if seen[name] != package.sha256:
-                raise PermanentError(f"two different packages are both named {name}")
-            continue  # the same file listed twice is published once
-        seen[name] = package.sha256
-        dest = into / name
-        if dest.exists():
-            raise PermanentError(f"two different packages are both named {name}")
-        linked = True
-        try:
-            os.link(package.path, dest)
-        except OSError:
-            shutil.copyfile(package.path, dest)  # another filesystem, or links not allowed
-            linked = False
-        if verify or not linked:
-            sha256, size = file_sha256(dest)
-        else:
-            sha256, size = package.sha256, dest.stat().st_size
-        if sha256 != package.sha256 or size != package.size:
-            raise PermanentError(
-                f"{package.path} does not match its record (sha256 {sha256}, {size} bytes; "
-                f"expected {package.sha256}, {package.size} bytes)"
-            )
-
-
-def _write_indexes(directory: Path, label: str) -> None:
-    """Write Packages, Packages.gz and Release of the flat repository ``directory``."""
-    packages = _run_ftparchive(["packages", "."], directory)
-    _write_file(directory / "Packages", packages)
-    # mtime=0: the same packages always give the same Packages.gz bytes.
-    _write_file(directory / "Packages.gz", gzip.compress(packages, mtime=0))
-    release = _run_ftparchive(
-        [
-            "-o",
-            "APT::FTPArchive::Release::Origin=buildfarm",
-            "-o",
-            f"APT::FTPArchive::Release::Label={label}",
-            "release",
-            ".",
-        ],
-        directory,
-    )
-    _write_file(directory / "Release", release)
-
-
-def _build_tree(
-    parent: Path,
-    prefix: str,
-    packages: list[PackageFile],
-    label: str,
-    signer: ReleaseSigner | None = None,
-    *,
-    carried: list[PackageFile] | None = None,
-    state: BranchState | None = None,
-) -> Path:
-    """A complete, indexed (and, with ``signer``, signed) repository in a new hidden directory of
-    ``parent``; removed on error.  ``carried`` are packages linked from a published tree (see
-    :func:`_place`), ``state`` the record of what the tree holds (:mod:`.aptbranch`)."""
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
-    try:
-        _place(packages, tmp)
-        _place(carried or [], tmp, verify=False)
-        _write_indexes(tmp, label)
-        if state is not None:
-            aptbranch.write_state(tmp, state)
-        if signer is not None:
-            signer.sign(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it 0700; the HTTP server may run as another user
-        fsync_dir(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return tmp
-
-
-def _switch_symlink(link: Path, target: str) -> None:
-    """Point ``link`` at ``target`` (relative) in one atomic step."""
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.{time.time_ns()}")
-    os.symlink(target, tmp)
-    try:
-        if link.is_dir() and not link.is_symlink():
-            shutil.rmtree(link)  # a real directory cannot be replaced by a rename
-        os.replace(tmp, link)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(link.parent)
 
 
 class LocalAptRepository:
@@ -276,7 +85,7 @@ class LocalAptRepository:
         """The signed-by path of signed lines: where users keep the public key."""
 
     def check(self) -> None:
-        _run_ftparchive(["--version"], self.root.parent if self.root.parent.is_dir() else Path("/"))
+        apttree.run_ftparchive(["--version"], self.root.parent if self.root.parent.is_dir() else Path("/"))
         if self.signer is None:
             log.warning(
                 "no signing_key_file: published repositories are unsigned (apt lines say [trusted=yes])"
@@ -315,9 +124,11 @@ class LocalAptRepository:
         staging = branch_dir / "staging"
         link = staging / str(build.build_id)
         prefix = f".{build.build_id}-gen-"
-        with _locked(branch_dir):
-            generation = _build_tree(staging, prefix, packages, f"{build.project}/{build.branch} staging")
-            _switch_symlink(link, generation.name)
+        with apttree.locked(branch_dir):
+            generation = apttree.build_tree(
+                staging, prefix, packages, f"{build.project}/{build.branch} staging"
+            )
+            apttree.switch_symlink(link, generation.name)
             for old in staging.glob(f"{prefix}*"):
                 if old != generation:
                     shutil.rmtree(old, ignore_errors=True)
@@ -328,7 +139,7 @@ class LocalAptRepository:
         staging = branch_dir / "staging"
         if not staging.is_dir():
             return
-        with _locked(branch_dir):
+        with apttree.locked(branch_dir):
             link = staging / str(build.build_id)
             if link.is_symlink() or link.is_file():
                 link.unlink()
@@ -350,7 +161,7 @@ class LocalAptRepository:
         if build.kind == "personal":
             personal_dir = self._personal_dir(build.project, build.user)
             # Branch lock first (the same order everywhere): the tree we merge onto stays put.
-            with _locked(branch_dir), _locked(personal_dir):
+            with apttree.locked(branch_dir), apttree.locked(personal_dir):
                 target = personal_dir / str(build.build_id)
                 if target.is_dir():
                     log.info("build %s is already published at %s; keeping it", build.build_id, target)
@@ -360,7 +171,7 @@ class LocalAptRepository:
             return self._source(target)
         label = f"{build.project}/{build.branch}"
         target = branch_dir / "builds" / str(build.build_id)
-        with _locked(branch_dir):
+        with apttree.locked(branch_dir):
             if target.is_dir():
                 if move_latest:
                     self._publish_again(branch_dir, target, build.build_id, label)
@@ -369,7 +180,7 @@ class LocalAptRepository:
             else:
                 self._publish_fresh(branch_dir, target, build.build_id, packages, label, personal=False)
                 if move_latest:
-                    _switch_symlink(branch_dir / "latest", f"builds/{build.build_id}")
+                    apttree.switch_symlink(branch_dir / "latest", f"builds/{build.build_id}")
         return self._source(target)
 
     def _latest_state(self, branch_dir: Path) -> tuple[BranchState, dict[str, Path]]:
@@ -414,6 +225,8 @@ class LocalAptRepository:
         personal: bool,
     ) -> None:
         """Write ``target``: what ``latest`` holds with the build's ``packages`` merged in."""
+        for package in packages:
+            apttree.check_filename(package.filename)
         base, where = self._latest_state(branch_dir)
         own = aptbranch.describe(packages, build_id)
         merged = aptbranch.merge(base, own, prefer_incoming=personal)
@@ -423,7 +236,7 @@ class LocalAptRepository:
         # Leftovers of a publish that crashed: nobody else writes here while we hold the lock.
         for stale in target.parent.glob(f".tmp-{target.name}-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        tree = _build_tree(
+        tree = apttree.build_tree(
             target.parent, f".tmp-{target.name}-", [], label, self.signer, carried=carried, state=merged
         )
         os.rename(tree, target)
@@ -444,7 +257,7 @@ class LocalAptRepository:
             # Another build moved latest between our rename and our switch: merge onto it again.
             mine = {f.filename: target / f.filename for entry in own.values() for f in entry.files}
             carried = _carried(merged, where | mine, skip=set())
-            tree = _build_tree(
+            tree = apttree.build_tree(
                 target.parent, f".tmp-{target.name}-", [], label, self.signer, carried=carried, state=merged
             )
             aside = target.with_name(f"{EXPIRED_PREFIX}{target.name}-{time.time_ns()}")
@@ -452,7 +265,7 @@ class LocalAptRepository:
             os.rename(tree, target)
             fsync_dir(target.parent)
             shutil.rmtree(aside, ignore_errors=True)
-        _switch_symlink(branch_dir / "latest", f"builds/{build_id}")
+        apttree.switch_symlink(branch_dir / "latest", f"builds/{build_id}")
 
     def sources(self, project: str, branch: str, build_id: int | None = None) -> AptSource:
         branch_dir = self._branch_dir(project, branch)
@@ -482,7 +295,7 @@ class LocalAptRepository:
             target = lock_dir / "builds" / str(build.build_id)
         if not lock_dir.is_dir():
             return
-        with _locked(lock_dir):
+        with apttree.locked(lock_dir):
             if build.kind != "personal" and _latest_build_id(lock_dir / "latest") == build.build_id:
                 raise PermanentError(
                     f"build {build.build_id} is what latest of {build.project}/{build.branch} serves; "
@@ -502,13 +315,13 @@ class LocalAptRepository:
         it) never loses its temp tree.  Costs one directory listing per branch.
         """
         freed = 0
-        for lock_file in sorted(self.root.glob(f"*/*/{LOCK_FILE}")) + sorted(
-            self.root.glob(f"*/{PERSONAL_DIR}/*/{LOCK_FILE}")
+        for lock_file in sorted(self.root.glob(f"*/*/{apttree.LOCK_FILE}")) + sorted(
+            self.root.glob(f"*/{PERSONAL_DIR}/*/{apttree.LOCK_FILE}")
         ):
             directory = lock_file.parent
             if directory.name == PERSONAL_DIR:
                 continue
-            with _locked(directory):
+            with apttree.locked(directory):
                 for leftover in _leftovers(directory):
                     freed += _tree_bytes(leftover)
                     shutil.rmtree(leftover, ignore_errors=True)
