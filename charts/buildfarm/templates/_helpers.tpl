@@ -241,11 +241,47 @@ Called as (dict "ctx" $ "component" "bootstrap" "inputs" (list ...)).
   mountPath: /var/lib/buildfarm
 {{- end -}}
 
+{{/*
+Bytes the farm's work directory (/var/lib/buildfarm) of one pod must hold, from the very settings
+the farm enforces (farm.* below are also BUILDFARM_* in the ConfigMap), plus farm.workVolume.marginBytes:
+- api: one upload being received (apiMaxUploadBytes) and unpacked for checking (apiMaxUnpackedBytes);
+- worker: per concurrent step, the outputs archive (builderMaxOutputsBytes) and its unpacked files;
+- scheduler: one step's outputs the same way (it publishes them);
+- anything else (bootstrap, reaper): the margin.
+Called as (dict "ctx" $ "role" "api").
+*/}}
+{{- define "buildfarm.workBytes" -}}
+{{- $farm := .ctx.Values.farm -}}
+{{- $need := 0 -}}
+{{- if eq .role "api" -}}
+{{- $need = add (int64 $farm.apiMaxUploadBytes) (int64 $farm.apiMaxUnpackedBytes) -}}
+{{- else if eq .role "worker" -}}
+{{- $need = mul (int64 .ctx.Values.worker.concurrency) 2 (int64 $farm.builderMaxOutputsBytes) -}}
+{{- else if eq .role "scheduler" -}}
+{{- $need = mul 2 (int64 $farm.builderMaxOutputsBytes) -}}
+{{- end -}}
+{{- add $need (int64 $farm.workVolume.marginBytes) -}}
+{{- end -}}
+
+{{/* The pod's volumes: (dict "ctx" $ "role" "api"); the work directory sized by buildfarm.workBytes,
+     an emptyDir or (farm.workVolume.storageClassName) a generic ephemeral volume of that class. */}}
 {{- define "buildfarm.farmVolumes" -}}
+{{- $bytes := include "buildfarm.workBytes" . -}}
 {{ include "buildfarm.tmpVolume" (dict) }}
 - name: state
+  {{- with .ctx.Values.farm.workVolume.storageClassName }}
+  ephemeral:
+    volumeClaimTemplate:
+      spec:
+        accessModes: ["ReadWriteOnce"]
+        storageClassName: {{ . }}
+        resources:
+          requests:
+            storage: {{ $bytes }}
+  {{- else }}
   emptyDir:
-    sizeLimit: 1Gi
+    sizeLimit: {{ $bytes }}
+  {{- end }}
 {{- end -}}
 
 {{/* The uid the farm image runs as (buildtools/images/farm/Dockerfile). */}}
