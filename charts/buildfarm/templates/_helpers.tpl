@@ -60,6 +60,48 @@ builder pods run one command as container root (apt and dpkg in package pods, ka
 {{- if .Values.postgresql.enabled -}}disable{{- else -}}{{ .Values.externalDatabase.sslMode }}{{- end -}}
 {{- end -}}
 
+{{/*
+The CA that verifies an external database's certificate (externalDatabase.caSecret), mounted in
+every pod that talks to the database; libpq (the farm's psycopg and Pulp's) reads PGSSLROOTCERT.
+verify-ca and verify-full without it would fail every connection: refused at render time.
+*/}}
+{{- define "buildfarm.databaseCaPath" -}}/etc/buildfarm/database-ca/ca.crt{{- end -}}
+
+{{- define "buildfarm.databaseCa" -}}
+{{- if not .Values.postgresql.enabled -}}
+{{- if and (has .Values.externalDatabase.sslMode (list "verify-ca" "verify-full")) (not .Values.externalDatabase.caSecret) -}}
+{{- fail (printf "externalDatabase.sslMode %s verifies the server's certificate: set externalDatabase.caSecret to a Secret holding the CA (key externalDatabase.caKey)" .Values.externalDatabase.sslMode) -}}
+{{- end -}}
+{{- .Values.externalDatabase.caSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "buildfarm.databaseCaEnv" -}}
+{{- if include "buildfarm.databaseCa" . }}
+- name: PGSSLROOTCERT
+  value: {{ include "buildfarm.databaseCaPath" . }}
+{{- end }}
+{{- end -}}
+
+{{- define "buildfarm.databaseCaVolumeMount" -}}
+{{- if include "buildfarm.databaseCa" . }}
+- name: database-ca
+  mountPath: {{ include "buildfarm.databaseCaPath" . | dir }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "buildfarm.databaseCaVolume" -}}
+{{- with include "buildfarm.databaseCa" . }}
+- name: database-ca
+  secret:
+    secretName: {{ . }}
+    items:
+      - key: {{ $.Values.externalDatabase.caKey }}
+        path: ca.crt
+{{- end }}
+{{- end -}}
+
 {{/* Redis: host, port, db, and the Secret of its password (empty: none). */}}
 {{- define "buildfarm.redisHost" -}}
 {{- if .Values.redis.enabled -}}{{ include "buildfarm.componentName" (dict "ctx" . "component" "redis") }}{{- else -}}{{ required "externalRedis.host is required when redis.enabled is false" .Values.externalRedis.host }}{{- end -}}
@@ -160,6 +202,7 @@ env:
       secretKeyRef:
         name: {{ include "buildfarm.databaseSecret" . }}
         key: {{ include "buildfarm.databaseSecretKey" . }}
+  {{- include "buildfarm.databaseCaEnv" . | nindent 2 }}
   {{- if include "buildfarm.redisSecret" . }}
   - name: REDIS_PASSWORD
     valueFrom:
@@ -239,13 +282,51 @@ Called as (dict "ctx" $ "component" "bootstrap" "inputs" (list ...)).
 {{ include "buildfarm.tmpVolumeMount" . }}
 - name: state
   mountPath: /var/lib/buildfarm
+{{- include "buildfarm.databaseCaVolumeMount" . }}
 {{- end -}}
 
+{{/*
+Bytes the farm's work directory (/var/lib/buildfarm) of one pod must hold, from the very settings
+the farm enforces (farm.* below are also BUILDFARM_* in the ConfigMap), plus farm.workVolume.marginBytes:
+- api: one upload being received (apiMaxUploadBytes) and unpacked for checking (apiMaxUnpackedBytes);
+- worker: per concurrent step, the outputs archive (builderMaxOutputsBytes) and its unpacked files;
+- scheduler: one step's outputs the same way (it publishes them);
+- anything else (bootstrap, reaper): the margin.
+Called as (dict "ctx" $ "role" "api").
+*/}}
+{{- define "buildfarm.workBytes" -}}
+{{- $farm := .ctx.Values.farm -}}
+{{- $need := 0 -}}
+{{- if eq .role "api" -}}
+{{- $need = add (int64 $farm.apiMaxUploadBytes) (int64 $farm.apiMaxUnpackedBytes) -}}
+{{- else if eq .role "worker" -}}
+{{- $need = mul (int64 .ctx.Values.worker.concurrency) 2 (int64 $farm.builderMaxOutputsBytes) -}}
+{{- else if eq .role "scheduler" -}}
+{{- $need = mul 2 (int64 $farm.builderMaxOutputsBytes) -}}
+{{- end -}}
+{{- add $need (int64 $farm.workVolume.marginBytes) -}}
+{{- end -}}
+
+{{/* The pod's volumes: (dict "ctx" $ "role" "api"); the work directory sized by buildfarm.workBytes,
+     an emptyDir or (farm.workVolume.storageClassName) a generic ephemeral volume of that class. */}}
 {{- define "buildfarm.farmVolumes" -}}
+{{- $bytes := include "buildfarm.workBytes" . -}}
 {{ include "buildfarm.tmpVolume" (dict) }}
 - name: state
+  {{- with .ctx.Values.farm.workVolume.storageClassName }}
+  ephemeral:
+    volumeClaimTemplate:
+      spec:
+        accessModes: ["ReadWriteOnce"]
+        storageClassName: {{ . }}
+        resources:
+          requests:
+            storage: {{ $bytes }}
+  {{- else }}
   emptyDir:
-    sizeLimit: 1Gi
+    sizeLimit: {{ $bytes }}
+  {{- end }}
+{{- include "buildfarm.databaseCaVolume" .ctx }}
 {{- end -}}
 
 {{/* The uid the farm image runs as (buildtools/images/farm/Dockerfile). */}}

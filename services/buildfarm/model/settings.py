@@ -385,7 +385,15 @@ class Settings(BaseSettings):
             "requests": {"cpu": "500m", "memory": "1Gi"},
             "limits": {"cpu": "2", "memory": "4Gi"},
         },
-        description="default resource requests/limits of builder pods (a manifest may override)",
+        description="default resource requests/limits of builder pods (a manifest may override); "
+        "quantities as Kubernetes writes them: strings, or numbers (cpu: 2, as YAML gives it)",
+    )
+
+    builder_max_outputs_bytes: int = Field(
+        default=16 << 30,
+        gt=0,
+        description="largest outputs archive a worker downloads from one builder pod (bytes; 16 GiB): "
+        "the pod is untrusted, the worker's disk is not endless (the chart sizes the work volume from it)",
     )
     builder_registry_secret: str = Field(
         default="buildfarm-registry-push",
@@ -409,6 +417,23 @@ class Settings(BaseSettings):
     def url_policy(self) -> UrlPolicy:
         """What sources may be fetched from (checked at start by :meth:`check`)."""
         return UrlPolicy.parse(self.fetch_allow_schemes, self.fetch_allow_hosts)
+    @field_validator("builder_resources", mode="before")
+    @classmethod
+    def _quantities_as_strings(cls, value: Any) -> Any:
+        """``{"limits": {"cpu": 2}}`` (a YAML or JSON number) is the quantity "2", as in Kubernetes."""
+        if not isinstance(value, dict):
+            return value
+        return {
+            kind: (
+                {
+                    name: str(q) if isinstance(q, int | float) and not isinstance(q, bool) else q
+                    for name, q in quantities.items()
+                }
+                if isinstance(quantities, dict)
+                else quantities
+            )
+            for kind, quantities in value.items()
+        }
 
     @classmethod
     def settings_customise_sources(

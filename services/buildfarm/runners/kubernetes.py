@@ -52,8 +52,6 @@ PENDING_TIMEOUT_SECONDS = 900.0
 """How long a pod may wait for a node and its image (a large builder image pull takes minutes)."""
 FINISH_MARGIN_SECONDS = 120.0
 """After activeDeadlineSeconds Kubernetes stops the pod; this long more for the status to show it."""
-MAX_ARCHIVE_BYTES = 16 << 30
-"""Largest outputs archive the worker downloads (16 GiB): the pod is untrusted, the disk is not endless."""
 FOLLOW_MARKER = "buildfarm: following pod "
 WAITING_FAILURES = frozenset(
     {
@@ -307,7 +305,7 @@ class KubernetesRunner:
 
         archive = job.workdir / "outputs.tar.gz"
         key = upload_key(job.build_id, job.step_name, job.attempt)
-        self.store.fetch_key(key, archive, max_bytes=MAX_ARCHIVE_BYTES)
+        self.store.fetch_key(key, archive, max_bytes=self.settings.builder_max_outputs_bytes)
         outcome = unpack_outputs(archive, job.workdir / "outputs")
         archive.unlink(missing_ok=True)
         if not outcome.ok:

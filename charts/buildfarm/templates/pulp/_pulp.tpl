@@ -21,6 +21,7 @@ env:
       secretKeyRef:
         name: {{ include "buildfarm.databaseSecret" . }}
         key: {{ include "buildfarm.databaseSecretKey" . }}
+  {{- include "buildfarm.databaseCaEnv" . | nindent 2 }}
   - name: PULP_SECRET_KEY
     valueFrom:
       secretKeyRef:
@@ -89,6 +90,7 @@ env:
 - name: working-directory
   mountPath: /var/lib/pulp/tmp
 {{ include "buildfarm.tmpVolumeMount" . }}
+{{- include "buildfarm.databaseCaVolumeMount" . }}
 {{- end -}}
 
 {{- define "buildfarm.pulpVolumes" -}}
@@ -113,6 +115,7 @@ env:
   emptyDir:
     sizeLimit: {{ .Values.pulp.workingDirectorySize }}
 {{ include "buildfarm.tmpVolume" (dict) }}
+{{- include "buildfarm.databaseCaVolume" . }}
 {{- end -}}
 
 {{/* Init container of every Pulp pod: waits (bounded, 10 minutes) until the pulp-migrate Job has

@@ -63,7 +63,7 @@ spec:
       volumeMounts:
         {{- include "buildfarm.farmVolumeMounts" . | nindent 8 }}
   volumes:
-    {{- include "buildfarm.farmVolumes" . | nindent 4 }}
+    {{- include "buildfarm.farmVolumes" (dict "ctx" . "role" "worker") | nindent 4 }}
   nodeSelector:
     {{- toYaml .Values.worker.buildNodeSelector | nindent 4 }}
   {{- with .Values.worker.tolerations }}
