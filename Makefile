@@ -16,12 +16,13 @@ PYTEST_ARGS ?=
 BUILDFARM_STATE_DIR ?= $(CURDIR)/.farm
 export BUILDFARM_STATE_DIR
 
-.PHONY: help deps venv lint pytest test demo demo-stop bench charts farm-stop clean
+.PHONY: help deps venv lint pytest test demo demo-stop bench chaos charts farm-stop clean
 
 help:
 	@echo "make demo       start a 2-node local farm, build examples/, show the apt line"
 	@echo "make test       Debian packages + venv + lint + pytest"
 	@echo "make farm-stop  stop the local farm started by 'make demo'"
+	@echo "make chaos      kill -9 each farm process mid-build on a private farm; prints a table"
 	@echo "make lint | venv | deps | bench | charts | clean"
 
 deps:
@@ -98,6 +99,10 @@ bench: venv
 	$(VENV)/bin/python ops/bench/api_latency.py
 	$(VENV)/bin/python ops/bench/retention.py
 	$(VENV)/bin/python ops/bench/run.py
+
+# Its own farm in a temp dir (loopback only), never the demo's .farm; CASES=node redis ... for some.
+chaos: deps venv
+	env -u BUILDFARM_STATE_DIR $(VENV)/bin/python ops/chaos/chaos.py $(CASES)
 
 # The charts' tools live in their own virtualenv: the service tests run from .venv and never see them.
 CHARTS_VENV := .venv-charts

@@ -1,0 +1,228 @@
+"""``make chaos``: kill -9 each process of a local farm mid-build, and SIGSTOP its repository server.
+
+One local farm (host runner, two nodes, short leases), on loopback only, in a temp directory.
+For each case a one-package build is submitted whose builder waits for a flag file, so the fault
+always strikes while the step runs; then the fault, then the flag, then what an operator does
+(``buildfarm start``, which starts only what is missing), then the build is followed to its end.
+Each case checks that:
+
+* the build ends, once, succeeded (``lost`` counts builds that did not);
+* its package is published once, in its build's tree and in ``latest`` (``duplicated``);
+* ``buildfarm repo verify`` gets from apt exactly the bytes that were built;
+* no process of the farm is left over: every process carrying the farm's state dir in its
+  environment belongs to a process the farm knows (``leftovers``; and none at all after stop).
+
+It prints a table: case, recovery seconds (fault to build succeeded with the farm whole again),
+lost, duplicated, leftovers; exits 1 when any case lost, duplicated or left something. Bounded:
+every wait has a deadline (a case at most ``CASE_TIMEOUT_SECONDS``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from debpkgs import make_package, write_manifest  # noqa: E402
+
+CASE_TIMEOUT_SECONDS = 240.0
+"""Bound on one case: fault, recovery and the build's end (lease 4 s; a loaded 2-core machine)."""
+FLAG_WAIT = "for i in $$(seq 1200); do test -e {flag} && break; sleep 0.1; done"
+"""The builder waits for the flag file (at most ~120 s): the fault strikes mid-build, always."""
+ENV = {
+    "BUILDFARM_REPO_PORT": "0",
+    "BUILDFARM_API_PORT": "0",
+    "BUILDFARM_LEASE_SECONDS": "4",
+    "BUILDFARM_HEARTBEAT_SECONDS": "1",
+    "BUILDFARM_REAPER_SECONDS": "1",
+    "BUILDFARM_REDISPATCH_SECONDS": "5",
+}
+
+
+@dataclass
+class Row:
+    case: str
+    recovery_seconds: float
+    lost: int
+    duplicated: int
+    leftovers: int
+    note: str = ""
+
+
+class ChaosFarm:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.state = work / "state"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDFARM_")}
+        self.env |= ENV | {"BUILDFARM_STATE_DIR": str(self.state), "XDG_CONFIG_HOME": str(work / "xdg")}
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "buildfarm_cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def json(self, *args: str) -> Any:
+        result = self.cli("--output", "json", *args)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"buildfarm {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}"
+            )
+        return json.loads(result.stdout)
+
+    def pids(self) -> dict[str, int]:
+        return {p.stem: int(p.read_text()) for p in (self.state / "run").glob("*.pid")}
+
+    def strays(self) -> list[int]:
+        """Processes with this farm's state dir in their environment outside every process group the
+        farm knows (a builder that outlived its node, a second copy of a process)."""
+        groups = set(self.pids().values())
+        marker = f"BUILDFARM_STATE_DIR={self.state}".encode()
+        found = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if marker not in (proc / "environ").read_bytes().split(b"\0"):
+                    continue
+                if os.getpgid(int(proc.name)) not in groups and _state(int(proc.name)) != "Z":
+                    found.append(int(proc.name))
+            except (OSError, ProcessLookupError):
+                continue  # gone meanwhile, or not ours to read
+        return found
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return "X"
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.3) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {timeout:.0f} s")
+        time.sleep(interval)
+
+
+def _kill_group(pid: int) -> None:
+    os.killpg(pid, signal.SIGKILL)
+    _wait(lambda: _state(pid) in ("X", "Z"), 30, f"pid {pid} to die")
+
+
+def run_case(farm: ChaosFarm, case: str) -> Row:
+    name = f"chaos-{case}"
+    flag = farm.work / f"{case}.go"
+    make_package(farm.work / "src" / case, name, build=FLAG_WAIT.format(flag=flag))
+    manifest = write_manifest(farm.work / "src" / case, [name], project="chaos", branch=case)
+    build_id = int(farm.json("build", "submit", str(manifest))["id"])
+    running: dict[str, Any] = {}
+
+    def step_running() -> bool:
+        view = farm.json("build", "show", str(build_id))
+        running.update(view["steps"][0])
+        return bool(view["steps"][0]["state"] == "running")
+
+    _wait(step_running, 120, f"{name} to run")
+    target = str(running["node"]) if case == "node" else case.removesuffix("-sigstop")
+    pid = farm.pids()[target]
+    start = time.monotonic()
+    note = ""
+    if case.endswith("-sigstop"):
+        os.killpg(pid, signal.SIGSTOP)
+        flag.touch()
+        _wait(lambda: farm.json("build", "show", str(build_id))["steps"][0]["state"] != "running", 120, name)
+        verify = farm.cli("repo", "verify", "chaos", case, timeout=120)
+        note = f"repo verify while stopped: exit {verify.returncode}"
+        os.killpg(pid, signal.SIGCONT)
+    else:
+        _kill_group(pid)
+        flag.touch()
+    started = farm.json("start")["started"]  # what the operator does: start only what is missing
+    note = "; ".join(filter(None, [note, f"restarted: {', '.join(started) or 'nothing'}"]))
+    view: dict[str, Any] = {}
+
+    def finished() -> bool:
+        view.update(farm.json("build", "show", str(build_id)))
+        return view["state"] in ("succeeded", "failed", "cancelled")
+
+    try:
+        _wait(finished, CASE_TIMEOUT_SECONDS, f"{name} to finish", interval=0.5)
+    except TimeoutError:
+        return Row(
+            case, time.monotonic() - start, 1, 0, len(farm.strays()), f"{note}; still {view.get('state')}"
+        )
+    recovery = time.monotonic() - start
+    lost = int(view["state"] != "succeeded")
+    step = view["steps"][0]
+    note += f"; attempt {step['attempt']} on {step['node']}"
+    debs = [o for o in step["outputs"] if o["filename"].endswith(".deb")]
+    duplicated = int(len(debs) != 1)
+    if not lost:
+        branch_dir = farm.state / "repos" / "chaos" / case
+        for tree in (branch_dir / "latest", branch_dir / "builds" / str(build_id)):
+            packages = (tree / "Packages").read_text() if (tree / "Packages").is_file() else ""
+            duplicated += int(packages.count(f"Package: {name}\n") > 1)
+            lost += int(packages.count(f"Package: {name}\n") == 0)
+        verify = farm.json("repo", "verify", "chaos", case)
+        lost += int(not verify or not all(item["identical"] for item in verify))
+    return Row(case, recovery, lost, duplicated, len(farm.strays()), note)
+
+
+CASES = ["node", "scheduler", "api", "repo-server", "redis", "registry", "repo-server-sigstop"]
+
+
+def main() -> int:
+    only = sys.argv[1:]
+    cases = [c for c in CASES if not only or c in only]
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="buildfarm-chaos-") as tmp:
+        farm = ChaosFarm(Path(tmp))
+        begun = time.monotonic()
+        started = farm.cli("start", "--runner", "host", "--nodes", "2", timeout=300)
+        if started.returncode != 0:
+            print(f"chaos: the farm did not start: {started.stderr.strip()}", file=sys.stderr)
+            return 1
+        try:
+            for case in cases:
+                try:
+                    rows.append(run_case(farm, case))
+                except (TimeoutError, RuntimeError, OSError, KeyError) as exc:
+                    rows.append(Row(case, float("nan"), 1, 0, len(farm.strays()), f"error: {exc}"))
+        finally:
+            farm.cli("stop")
+            after_stop = farm.strays()
+            if after_stop:
+                for pid in after_stop:  # never leave them on the machine; they were counted
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        continue
+        rows.append(Row("buildfarm stop", 0.0, 0, 0, len(after_stop)))
+        total = time.monotonic() - begun
+    print(f"{'case':<22} {'recovery s':>10} {'lost':>5} {'duplicated':>10} {'leftovers':>9}  note")
+    for row in rows:
+        print(
+            f"{row.case:<22} {row.recovery_seconds:>10.1f} {row.lost:>5} {row.duplicated:>10} "
+            f"{row.leftovers:>9}  {row.note}"
+        )
+    print(f"{len(rows) - 1} case(s) in {total:.0f} s")
+    return int(any(r.lost or r.duplicated or r.leftovers for r in rows))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
