@@ -227,6 +227,18 @@ env:
       secretKeyRef:
         name: {{ include "buildfarm.pulpAdminSecret" . }}
         key: password
+  {{- if and .Values.registry.enabled .Values.registry.auth.enabled }}
+  - name: BUILDFARM_REGISTRY_USERNAME
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "buildfarm.registryAuthSecret" . }}
+        key: username
+  - name: BUILDFARM_REGISTRY_PASSWORD
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "buildfarm.registryAuthSecret" . }}
+        key: password
+  {{- end }}
   {{- with .Values.farm.backup.existingSecret }}
   - name: BUILDFARM_BACKUP_S3_ACCESS_KEY
     valueFrom:

@@ -26,6 +26,14 @@ env:
   emptyDir:
     sizeLimit: 1Gi
   {{- end }}
+{{- if .Values.registry.auth.enabled }}
+- name: htpasswd
+  secret:
+    secretName: {{ include "buildfarm.registryAuthSecret" . }}
+    items:
+      - key: htpasswd
+        path: htpasswd
+{{- end }}
 {{ include "buildfarm.tmpVolume" (dict) }}
 {{- end -}}
 
@@ -35,5 +43,10 @@ env:
   readOnly: true
 - name: data
   mountPath: /var/lib/registry
+{{- if .Values.registry.auth.enabled }}
+- name: htpasswd
+  mountPath: /etc/docker/registry-auth
+  readOnly: true
+{{- end }}
 {{ include "buildfarm.tmpVolumeMount" . }}
 {{- end -}}
