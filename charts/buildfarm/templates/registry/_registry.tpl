@@ -4,13 +4,13 @@ env:
   - name: REGISTRY_STORAGE_S3_ACCESSKEY
     valueFrom:
       secretKeyRef:
-        name: {{ include "buildfarm.s3Secret" . }}
-        key: {{ include "buildfarm.s3AccessKeyKey" . }}
+        name: {{ include "buildfarm.s3Secret" (dict "ctx" . "service" "registry") }}
+        key: {{ include "buildfarm.s3AccessKeyKey" (dict "ctx" . "service" "registry") }}
   - name: REGISTRY_STORAGE_S3_SECRETKEY
     valueFrom:
       secretKeyRef:
-        name: {{ include "buildfarm.s3Secret" . }}
-        key: {{ include "buildfarm.s3SecretKeyKey" . }}
+        name: {{ include "buildfarm.s3Secret" (dict "ctx" . "service" "registry") }}
+        key: {{ include "buildfarm.s3SecretKeyKey" (dict "ctx" . "service" "registry") }}
 {{- end }}
 {{- end -}}
 
