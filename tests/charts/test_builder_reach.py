@@ -56,3 +56,26 @@ def test_image_pods_get_the_registry_push_secret_they_mount(render: Any, helpers
         s for s in helpers["by_kind"](docs, "Secret") if s["metadata"]["name"] == "buildfarm-registry-auth"
     )
     assert base64.b64decode(account["data"]["password"]).decode() == password
+
+
+def test_registry_requires_the_account_the_farm_and_builders_hold(
+    render: Any, helpers: dict[str, Any]
+) -> None:
+    docs = render("default")
+    config = helpers["find"](docs, "ConfigMap", "registry")["data"]["config.yml"]
+    assert "htpasswd:" in config and "path: /etc/docker/registry-auth/htpasswd" in config
+    registry = helpers["find"](docs, "Deployment", "registry")
+    spec = helpers["pod_spec"](registry)
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "htpasswd"]
+    assert volume["secret"]["secretName"] == "buildfarm-registry-auth"
+    container = spec["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/debug/health"  # /v2/ answers 401
+    api = helpers["pod_spec"](helpers["find"](docs, "Deployment", "api"))["containers"][0]
+    env = {e["name"]: e for e in api["env"]}
+    for name, key in (
+        ("BUILDFARM_REGISTRY_USERNAME", "username"),
+        ("BUILDFARM_REGISTRY_PASSWORD", "password"),
+    ):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "buildfarm-registry-auth", "key": key}
+    open_docs = render("default", "registry.auth.enabled=false")
+    assert "htpasswd" not in helpers["find"](open_docs, "ConfigMap", "registry")["data"]["config.yml"]

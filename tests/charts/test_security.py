@@ -86,6 +86,7 @@ def test_existing_secrets_replace_generated_ones(render: Any, helpers: dict[str,
         "postgresql.existingSecret=my-db",
         "redis.existingSecret=my-redis",
         "minio.existingSecret=my-minio",
+        "s3.existingSecret=my-s3",
         "pulp.existingSecret=my-pulp",
         "pulp.keysExistingSecret=my-pulp-keys",
         "registry.auth.existingSecret=my-registry",
@@ -102,7 +103,7 @@ def test_existing_secrets_replace_generated_ones(render: Any, helpers: dict[str,
         for e in c.get("env", [])
         if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]
     }
-    assert {"my-db", "my-redis", "my-minio", "my-pulp", "my-pulp-keys", "my-flower"} <= refs
+    assert {"my-db", "my-redis", "my-minio", "my-pulp", "my-pulp-keys", "my-flower", "my-s3"} <= refs
     config = helpers["find"](docs, "ConfigMap", "farm")["data"]
     assert config["BUILDFARM_BUILDER_REGISTRY_SECRET"] == "my-push"
 

@@ -143,19 +143,50 @@ http://{{ include "buildfarm.serviceFqdn" (dict "ctx" . "component" "minio") }}:
 {{- default (include "buildfarm.componentName" (dict "ctx" . "component" "minio")) .Values.minio.existingSecret -}}
 {{- end -}}
 
+{{/*
+S3 credentials of one service (dict "ctx" $ "service" "farm"|"pulp"|"registry"): with MinIO each
+service has its own user, limited by a policy to its own bucket (the minio-buckets Job makes them;
+MinIO's root user is used by that Job only); s3.existingSecret replaces all three.
+*/}}
 {{- define "buildfarm.s3Secret" -}}
-{{- if .Values.s3.existingSecret -}}{{ .Values.s3.existingSecret }}
-{{- else if .Values.minio.enabled -}}{{ include "buildfarm.minioSecret" . }}
-{{- else -}}{{ required "s3.existingSecret is required when minio.enabled is false (credentials only through Secrets)" .Values.s3.existingSecret }}
+{{- if .ctx.Values.s3.existingSecret -}}{{ .ctx.Values.s3.existingSecret }}
+{{- else if .ctx.Values.minio.enabled -}}{{ include "buildfarm.componentName" (dict "ctx" .ctx "component" (printf "s3-%s" .service)) }}
+{{- else -}}{{ required "s3.existingSecret is required when minio.enabled is false (credentials only through Secrets)" .ctx.Values.s3.existingSecret }}
 {{- end -}}
 {{- end -}}
 
 {{- define "buildfarm.s3AccessKeyKey" -}}
-{{- if .Values.s3.existingSecret -}}{{ .Values.s3.accessKeyKey }}{{- else -}}rootUser{{- end -}}
+{{- if .ctx.Values.s3.existingSecret -}}{{ .ctx.Values.s3.accessKeyKey }}{{- else -}}accessKey{{- end -}}
 {{- end -}}
 
 {{- define "buildfarm.s3SecretKeyKey" -}}
-{{- if .Values.s3.existingSecret -}}{{ .Values.s3.secretKeyKey }}{{- else -}}rootPassword{{- end -}}
+{{- if .ctx.Values.s3.existingSecret -}}{{ .ctx.Values.s3.secretKeyKey }}{{- else -}}secretKey{{- end -}}
+{{- end -}}
+
+{{/* The bucket each service's MinIO user may use. */}}
+{{- define "buildfarm.s3ServiceBuckets" -}}
+farm: {{ .Values.s3.buckets.artifacts }}
+pulp: {{ .Values.s3.buckets.pulp }}
+registry: {{ .Values.s3.buckets.registry }}
+{{- end -}}
+
+{{/* One service's generated MinIO user: (dict "ctx" $ "service" "pulp"). */}}
+{{- define "buildfarm.s3ServiceSecret" -}}
+{{- $ctx := .ctx -}}
+{{- if and $ctx.Values.minio.enabled (not $ctx.Values.s3.existingSecret) }}
+{{- $name := include "buildfarm.s3Secret" . -}}
+apiVersion: v1
+kind: Secret
+metadata:
+  {{- include "buildfarm.metadata" (dict "ctx" $ctx "component" (printf "s3-%s" .service)) | nindent 2 }}
+  annotations:
+    helm.sh/resource-policy: keep
+type: Opaque
+data:
+  # A MinIO user of its own (the minio-buckets Job creates it, limited to its bucket).
+  accessKey: {{ printf "%s-%s" (include "buildfarm.fullname" $ctx) .service | trunc 20 | trimSuffix "-" | b64enc }}
+  secretKey: {{ include "buildfarm.stableSecretValue" (dict "ctx" $ctx "secret" $name "key" "secretKey" "length" 40) }}
+{{- end }}
 {{- end -}}
 
 {{/* Pulp: service URLs (full names: builder pods read the content app from their own namespace) and the Secret of the admin password. */}}
@@ -215,18 +246,30 @@ env:
   - name: BUILDFARM_S3_ACCESS_KEY
     valueFrom:
       secretKeyRef:
-        name: {{ include "buildfarm.s3Secret" . }}
-        key: {{ include "buildfarm.s3AccessKeyKey" . }}
+        name: {{ include "buildfarm.s3Secret" (dict "ctx" . "service" "farm") }}
+        key: {{ include "buildfarm.s3AccessKeyKey" (dict "ctx" . "service" "farm") }}
   - name: BUILDFARM_S3_SECRET_KEY
     valueFrom:
       secretKeyRef:
-        name: {{ include "buildfarm.s3Secret" . }}
-        key: {{ include "buildfarm.s3SecretKeyKey" . }}
+        name: {{ include "buildfarm.s3Secret" (dict "ctx" . "service" "farm") }}
+        key: {{ include "buildfarm.s3SecretKeyKey" (dict "ctx" . "service" "farm") }}
   - name: BUILDFARM_PULP_PASSWORD
     valueFrom:
       secretKeyRef:
         name: {{ include "buildfarm.pulpAdminSecret" . }}
         key: password
+  {{- if and .Values.registry.enabled .Values.registry.auth.enabled }}
+  - name: BUILDFARM_REGISTRY_USERNAME
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "buildfarm.registryAuthSecret" . }}
+        key: username
+  - name: BUILDFARM_REGISTRY_PASSWORD
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "buildfarm.registryAuthSecret" . }}
+        key: password
+  {{- end }}
   {{- with .Values.farm.backup.existingSecret }}
   - name: BUILDFARM_BACKUP_S3_ACCESS_KEY
     valueFrom:

@@ -6,8 +6,8 @@ The farm uses it to measure what an image step pushed, to put a reused image und
 build's namespace, and tests use it to look inside pushed images.  Retention deletes an expired
 build's manifests (:meth:`RegistryClient.delete_manifest`) and then, in the local profile, runs
 the registry's own garbage collector on its storage (:func:`garbage_collect`); the chart runs the
-same collector as a CronJob.  Anonymous access only: the
-local profile's registry has no auth; in a cluster the builder pods push, not the workers.
+same collector as a CronJob.  Anonymous access, or HTTP basic auth with ``auth`` (the chart's
+registry requires its htpasswd account; the local profile's has no auth).
 """
 
 from __future__ import annotations
@@ -46,11 +46,16 @@ class RegistryClient:
     local profile's registry); without it :meth:`collect_garbage` leaves that to the chart's CronJob."""
 
     def __init__(
-        self, url: str, timeout: float = REQUEST_TIMEOUT_SECONDS, gc_config: Path | None = None
+        self,
+        url: str,
+        timeout: float = REQUEST_TIMEOUT_SECONDS,
+        gc_config: Path | None = None,
+        auth: tuple[str, str] | None = None,
     ) -> None:
         self.url = url.rstrip("/") if "://" in url else f"http://{url.strip('/')}"
         self.timeout = timeout
         self.gc_config = gc_config
+        self.auth = auth
 
     def collect_garbage(self) -> int | None:
         """Run the registry's garbage collector (only with ``gc_config``); the bytes it freed."""
@@ -60,7 +65,7 @@ class RegistryClient:
 
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
-            return httpx.request(method, self.url + path, timeout=self.timeout, **kw)
+            return httpx.request(method, self.url + path, timeout=self.timeout, auth=self.auth, **kw)
         except httpx.HTTPError as exc:
             raise ServiceUnavailableError(f"registry {self.url} unreachable: {exc}") from exc
 

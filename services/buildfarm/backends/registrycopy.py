@@ -135,6 +135,7 @@ class RegistryCopier(RegistryClient):
                     content=handle,
                     headers={"Content-Type": "application/octet-stream"},
                     timeout=self.timeout,
+                    auth=self.auth,
                 )
         except httpx.HTTPError as exc:
             raise ServiceUnavailableError(f"registry {self.url} unreachable: {exc}") from exc

@@ -70,10 +70,14 @@ def dependency_images(session: Session, step: Step) -> list[tuple[str, str]]:
 
 
 def bring_into_namespace(
-    registry_url: str, prefix: str, images: list[tuple[str, str]], log: Callable[[str], None]
+    registry_url: str,
+    prefix: str,
+    images: list[tuple[str, str]],
+    log: Callable[[str], None],
+    auth: tuple[str, str] | None = None,
 ) -> None:
     """Copy each (name, reference) not yet under ``prefix`` to ``<prefix>/<name>:latest``."""
-    client = RegistryClient(registry_url)
+    client = RegistryClient(registry_url, auth=auth)
     for name, reference in images:
         wanted = image_destination(prefix, name)
         if reference == wanted:

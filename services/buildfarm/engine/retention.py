@@ -148,7 +148,9 @@ def _delete_images(ctx: FarmContext, plan: SweepPlan, report: SweepReport) -> No
 
     local_config = ctx.settings.state_dir / "registry" / "config.yml"  # written by `buildfarm start`
     client = RegistryClient(
-        ctx.settings.registry_url, gc_config=local_config if local_config.is_file() else None
+        ctx.settings.registry_url,
+        gc_config=local_config if local_config.is_file() else None,
+        auth=ctx.settings.registry_auth(),
     )
     try:
         for reference, digest in plan.images:

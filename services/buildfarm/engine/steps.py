@@ -289,6 +289,7 @@ def _build(
                 target.image.destination.rsplit("/", 1)[0],
                 target.dependency_images,
                 writer.write_line,
+                auth=ctx.settings.registry_auth(),
             )
         ctx.store.fetch(claim.source_sha256, tarball)
         staging = [_parse_source(claim.staging_source)] if claim.staging_source else []

@@ -402,6 +402,13 @@ class Settings(BaseSettings):
     registry_url: str | None = Field(
         default=None, description="the farm's container registry, e.g. http://registry:5000"
     )
+    registry_username: str | None = Field(
+        default=None,
+        description="account the farm reads and deletes manifests with, when the registry requires one "
+        "(the chart's does: htpasswd); unset: anonymous (the local profile's registry)",
+    )
+    registry_password: SecretStr | None = Field(default=None, description="its password (from a Secret)")
+    registry_password_file: Path | None = Field(default=None, description="file holding it (0600)")
 
     @field_validator("fetch_allow_schemes", "fetch_allow_hosts", mode="before")
     @classmethod
@@ -482,6 +489,14 @@ class Settings(BaseSettings):
         if mode & 0o077:
             raise PermanentError(f"setting {name}_file: {path} is readable by others: chmod 600 it")
         return path.read_text().strip()
+
+    def registry_auth(self) -> tuple[str, str] | None:
+        """Basic-auth credentials of the farm's registry, or None for anonymous access."""
+        if self.registry_username is None:
+            return None
+        return self.registry_username, self.secret(
+            self.registry_password, self.registry_password_file, "registry_password"
+        )
 
     def check(self) -> None:
         if self.heartbeat_seconds * 2 > self.lease_seconds:

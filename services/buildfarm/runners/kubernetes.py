@@ -336,7 +336,9 @@ class KubernetesRunner:
             return 0
         try:
             _host, repository, _tag = split_reference(reference)
-            size = RegistryClient(self.settings.registry_url).image_size(repository, digest)
+            size = RegistryClient(self.settings.registry_url, auth=self.settings.registry_auth()).image_size(
+                repository, digest
+            )
         except (BuildfarmError, KeyError, TypeError, ValueError) as exc:
             log.warning("measuring %s@%s failed: %s", reference, digest, exc)
             job.log(

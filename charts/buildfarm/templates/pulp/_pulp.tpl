@@ -31,13 +31,13 @@ env:
   - name: PULP_S3_ACCESS_KEY
     valueFrom:
       secretKeyRef:
-        name: {{ include "buildfarm.s3Secret" . }}
-        key: {{ include "buildfarm.s3AccessKeyKey" . }}
+        name: {{ include "buildfarm.s3Secret" (dict "ctx" . "service" "pulp") }}
+        key: {{ include "buildfarm.s3AccessKeyKey" (dict "ctx" . "service" "pulp") }}
   - name: PULP_S3_SECRET_KEY
     valueFrom:
       secretKeyRef:
-        name: {{ include "buildfarm.s3Secret" . }}
-        key: {{ include "buildfarm.s3SecretKeyKey" . }}
+        name: {{ include "buildfarm.s3Secret" (dict "ctx" . "service" "pulp") }}
+        key: {{ include "buildfarm.s3SecretKeyKey" (dict "ctx" . "service" "pulp") }}
   {{- end }}
 {{- end -}}
 

@@ -4,13 +4,13 @@ env:
   - name: REGISTRY_STORAGE_S3_ACCESSKEY
     valueFrom:
       secretKeyRef:
-        name: {{ include "buildfarm.s3Secret" . }}
-        key: {{ include "buildfarm.s3AccessKeyKey" . }}
+        name: {{ include "buildfarm.s3Secret" (dict "ctx" . "service" "registry") }}
+        key: {{ include "buildfarm.s3AccessKeyKey" (dict "ctx" . "service" "registry") }}
   - name: REGISTRY_STORAGE_S3_SECRETKEY
     valueFrom:
       secretKeyRef:
-        name: {{ include "buildfarm.s3Secret" . }}
-        key: {{ include "buildfarm.s3SecretKeyKey" . }}
+        name: {{ include "buildfarm.s3Secret" (dict "ctx" . "service" "registry") }}
+        key: {{ include "buildfarm.s3SecretKeyKey" (dict "ctx" . "service" "registry") }}
 {{- end }}
 {{- end -}}
 
@@ -26,6 +26,14 @@ env:
   emptyDir:
     sizeLimit: 1Gi
   {{- end }}
+{{- if .Values.registry.auth.enabled }}
+- name: htpasswd
+  secret:
+    secretName: {{ include "buildfarm.registryAuthSecret" . }}
+    items:
+      - key: htpasswd
+        path: htpasswd
+{{- end }}
 {{ include "buildfarm.tmpVolume" (dict) }}
 {{- end -}}
 
@@ -35,5 +43,10 @@ env:
   readOnly: true
 - name: data
   mountPath: /var/lib/registry
+{{- if .Values.registry.auth.enabled }}
+- name: htpasswd
+  mountPath: /etc/docker/registry-auth
+  readOnly: true
+{{- end }}
 {{ include "buildfarm.tmpVolumeMount" . }}
 {{- end -}}
