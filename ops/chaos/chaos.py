@@ -37,8 +37,9 @@ from debpkgs import make_package, write_manifest  # noqa: E402
 
 CASE_TIMEOUT_SECONDS = 240.0
 """Bound on one case: fault, recovery and the build's end (lease 4 s; a loaded 2-core machine)."""
-FLAG_WAIT = "for i in $$(seq 1200); do test -e {flag} && break; sleep 0.1; done"
-"""The builder waits for the flag file (at most ~120 s): the fault strikes mid-build, always."""
+FLAG_WAIT = "touch {running}; for i in $$(seq 1200); do test -e {flag} && break; sleep 0.1; done"
+"""The builder says it runs, then waits for the flag file (at most ~120 s): the fault strikes
+while the builder process itself runs, always."""
 ENV = {
     "BUILDFARM_REPO_PORT": "0",
     "BUILDFARM_API_PORT": "0",
@@ -87,21 +88,36 @@ class ChaosFarm:
     def pids(self) -> dict[str, int]:
         return {p.stem: int(p.read_text()) for p in (self.state / "run").glob("*.pid")}
 
-    def strays(self) -> list[int]:
-        """Processes with this farm's state dir in their environment outside every process group the
-        farm knows (a builder that outlived its node, a second copy of a process)."""
-        groups = set(self.pids().values())
+    def strays(self) -> list[str]:
+        """Processes with this farm's state dir in their environment that descend from no process
+        the farm knows (a builder that outlived its node, a second copy of a process), as
+        ``name[pid]``. The farm's gpg-agent is known too: signing starts it, ``buildfarm stop``
+        stops it."""
+        known = set(self.pids().values())
         marker = f"BUILDFARM_STATE_DIR={self.state}".encode()
         found = []
         for proc in Path("/proc").glob("[0-9]*"):
             try:
                 if marker not in (proc / "environ").read_bytes().split(b"\0"):
                     continue
-                if os.getpgid(int(proc.name)) not in groups and _state(int(proc.name)) != "Z":
-                    found.append(int(proc.name))
-            except (OSError, ProcessLookupError):
+                name = (proc / "comm").read_text().strip()
+                pid = int(proc.name)
+                if name != "gpg-agent" and _state(pid) != "Z" and not _descends(pid, known):
+                    found.append(f"{name}[{pid}]")
+            except (OSError, ValueError):
                 continue  # gone meanwhile, or not ours to read
         return found
+
+
+def _descends(pid: int, ancestors: set[int]) -> bool:
+    """Whether ``pid`` is one of ``ancestors`` or below one (bounded walk up the parents)."""
+    for _ in range(64):
+        if pid in ancestors:
+            return True
+        if pid <= 1:
+            return False
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[1])
+    return False
 
 
 def _state(pid: int) -> str:
@@ -127,21 +143,19 @@ def _kill_group(pid: int) -> None:
 def run_case(farm: ChaosFarm, case: str) -> Row:
     name = f"chaos-{case}"
     flag = farm.work / f"{case}.go"
-    make_package(farm.work / "src" / case, name, build=FLAG_WAIT.format(flag=flag))
+    builder_runs = farm.work / f"{case}.running"
+    make_package(farm.work / "src" / case, name, build=FLAG_WAIT.format(flag=flag, running=builder_runs))
     manifest = write_manifest(farm.work / "src" / case, [name], project="chaos", branch=case)
     build_id = int(farm.json("build", "submit", str(manifest))["id"])
     running: dict[str, Any] = {}
 
-    def step_running() -> bool:
-        view = farm.json("build", "show", str(build_id))
-        running.update(view["steps"][0])
-        return bool(view["steps"][0]["state"] == "running")
-
-    _wait(step_running, 120, f"{name} to run")
+    _wait(builder_runs.exists, 120, f"{name}'s builder to run")
+    running.update(farm.json("build", "show", str(build_id))["steps"][0])  # it runs: the node is known
     target = str(running["node"]) if case == "node" else case.removesuffix("-sigstop")
     pid = farm.pids()[target]
     start = time.monotonic()
     note = ""
+    orphans: list[str] = []
     if case.endswith("-sigstop"):
         os.killpg(pid, signal.SIGSTOP)
         flag.touch()
@@ -151,7 +165,9 @@ def run_case(farm: ChaosFarm, case: str) -> Row:
         os.killpg(pid, signal.SIGCONT)
     else:
         _kill_group(pid)
+        orphans = farm.strays()  # before the flag lets an orphaned builder finish
         flag.touch()
+        note = f"orphaned: {', '.join(orphans)}" if orphans else ""
     started = farm.json("start")["started"]  # what the operator does: start only what is missing
     note = "; ".join(filter(None, [note, f"restarted: {', '.join(started) or 'nothing'}"]))
     view: dict[str, Any] = {}
@@ -164,7 +180,12 @@ def run_case(farm: ChaosFarm, case: str) -> Row:
         _wait(finished, CASE_TIMEOUT_SECONDS, f"{name} to finish", interval=0.5)
     except TimeoutError:
         return Row(
-            case, time.monotonic() - start, 1, 0, len(farm.strays()), f"{note}; still {view.get('state')}"
+            case,
+            time.monotonic() - start,
+            1,
+            0,
+            len(farm.strays()) + len(orphans),
+            f"{note}; still {view.get('state')}",
         )
     recovery = time.monotonic() - start
     lost = int(view["state"] != "succeeded")
@@ -180,7 +201,9 @@ def run_case(farm: ChaosFarm, case: str) -> Row:
             lost += int(packages.count(f"Package: {name}\n") == 0)
         verify = farm.json("repo", "verify", "chaos", case)
         lost += int(not verify or not all(item["identical"] for item in verify))
-    return Row(case, recovery, lost, duplicated, len(farm.strays()), note)
+    strays = farm.strays()
+    note += f"; left: {', '.join(strays)}" if strays else ""
+    return Row(case, recovery, lost, duplicated, len(strays) + len(orphans), note)
 
 
 CASES = ["node", "scheduler", "api", "repo-server", "redis", "registry", "repo-server-sigstop"]
@@ -207,12 +230,12 @@ def main() -> int:
             farm.cli("stop")
             after_stop = farm.strays()
             if after_stop:
-                for pid in after_stop:  # never leave them on the machine; they were counted
+                for stray in after_stop:  # never leave them on the machine; they were counted
                     try:
-                        os.kill(pid, signal.SIGKILL)
+                        os.kill(int(stray.rsplit("[", 1)[1].rstrip("]")), signal.SIGKILL)
                     except ProcessLookupError:
                         continue
-        rows.append(Row("buildfarm stop", 0.0, 0, 0, len(after_stop)))
+        rows.append(Row("buildfarm stop", 0.0, 0, 0, len(after_stop), ", ".join(after_stop)))
         total = time.monotonic() - begun
     print(f"{'case':<22} {'recovery s':>10} {'lost':>5} {'duplicated':>10} {'leftovers':>9}  note")
     for row in rows:
