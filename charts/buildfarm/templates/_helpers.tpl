@@ -372,6 +372,46 @@ Called as (dict "ctx" $ "role" "api").
 {{- include "buildfarm.databaseCaVolume" .ctx }}
 {{- end -}}
 
+{{/*
+What a chart user adds to any component (its values: nodeSelector, tolerations, affinity,
+topologySpreadConstraints, extraEnvVars, extraVolumes, extraVolumeMounts): the pod-level part.
+*/}}
+{{- define "buildfarm.podPlacement" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* The account of every pod that never calls the Kubernetes API (serviceAccount.*). */}}
+{{- define "buildfarm.controlServiceAccount" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "buildfarm.componentName" (dict "ctx" . "component" "control")) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.create is false: name the existing ServiceAccount in serviceAccount.name" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* serviceAccount.annotations (cloud IAM, e.g. S3 access) on the accounts of the farm's own pods. */}}
+{{- define "buildfarm.serviceAccountAnnotations" -}}
+{{- with .Values.serviceAccount.annotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
 {{/* The uid the farm image runs as (buildtools/images/farm/Dockerfile). */}}
 {{- define "buildfarm.farmUid" -}}10001{{- end -}}
 

@@ -175,8 +175,11 @@ spec:
         {{- include "buildfarm.labels" (dict "ctx" $ctx "component" .component) | nindent 8 }}
       annotations:
         checksum/pulp-settings: {{ include (print $ctx.Template.BasePath "/pulp/pulp-configmap.yaml") $ctx | sha256sum }}
+        {{- with .values.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
     spec:
-      serviceAccountName: {{ include "buildfarm.componentName" (dict "ctx" $ctx "component" "control") }}
+      serviceAccountName: {{ include "buildfarm.controlServiceAccount" $ctx }}
       automountServiceAccountToken: false
       {{- include "buildfarm.imagePullSecrets" $ctx | nindent 6 }}
       securityContext:
@@ -188,6 +191,9 @@ spec:
           {{- include "buildfarm.pulpContainer" $ctx | nindent 10 }}
             {{- if $signing }}
             {{- include "buildfarm.pulpSigningEnv" $ctx | nindent 12 }}
+            {{- end }}
+            {{- with .values.extraEnvVars }}
+            {{- toYaml . | nindent 12 }}
             {{- end }}
           command: {{ toJson .command }}
           {{- if .port }}
@@ -226,7 +232,14 @@ spec:
             {{- if $signing }}
             {{- include "buildfarm.pulpSigningVolumeMount" $ctx | nindent 12 }}
             {{- end }}
+            {{- with .values.extraVolumeMounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+      {{- include "buildfarm.podPlacement" .values | nindent 6 }}
       volumes:
+        {{- with .values.extraVolumes }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
         {{- include "buildfarm.pulpVolumes" $ctx | nindent 8 }}
         {{- if $signing }}
         {{- include "buildfarm.pulpSigningVolume" $ctx | nindent 8 }}

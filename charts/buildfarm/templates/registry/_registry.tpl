@@ -1,6 +1,11 @@
 {{- define "buildfarm.registryEnv" -}}
-{{- if eq .Values.registry.storage.type "s3" }}
+{{- if or (eq .Values.registry.storage.type "s3") .Values.registry.extraEnvVars }}
 env:
+{{- with .Values.registry.extraEnvVars }}
+{{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+{{- if eq .Values.registry.storage.type "s3" }}
   - name: REGISTRY_STORAGE_S3_ACCESSKEY
     valueFrom:
       secretKeyRef:

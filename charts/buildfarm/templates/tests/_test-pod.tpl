@@ -11,7 +11,7 @@ metadata:
     {{- include "buildfarm.checkovSkips" (dict "ids" (list "CKV_K8S_43" "CKV_K8S_15" "CKV_K8S_35" "CKV_K8S_8" "CKV_K8S_9")) | nindent 4 }}
 spec:
   restartPolicy: Never
-  serviceAccountName: {{ include "buildfarm.componentName" (dict "ctx" $ctx "component" "control") }}
+  serviceAccountName: {{ include "buildfarm.controlServiceAccount" $ctx }}
   automountServiceAccountToken: false
   {{- include "buildfarm.imagePullSecrets" $ctx | nindent 2 }}
   securityContext:

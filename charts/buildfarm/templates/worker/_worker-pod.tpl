@@ -30,6 +30,9 @@ spec:
           valueFrom:
             fieldRef:
               fieldPath: {{ ternary "spec.nodeName" "metadata.name" (eq .Values.worker.kind "DaemonSet") }}
+        {{- with .Values.worker.extraEnvVars }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
       command:
         - celery
         - -A
@@ -62,16 +65,14 @@ spec:
         {{- toYaml .Values.worker.resources | nindent 8 }}
       volumeMounts:
         {{- include "buildfarm.farmVolumeMounts" . | nindent 8 }}
+        {{- with .Values.worker.extraVolumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
   volumes:
     {{- include "buildfarm.farmVolumes" (dict "ctx" . "role" "worker") | nindent 4 }}
-  nodeSelector:
-    {{- toYaml .Values.worker.buildNodeSelector | nindent 4 }}
-  {{- with .Values.worker.tolerations }}
-  tolerations:
+    {{- with .Values.worker.extraVolumes }}
     {{- toYaml . | nindent 4 }}
-  {{- end }}
-  {{- with .Values.worker.affinity }}
-  affinity:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
+    {{- end }}
+  {{- /* build nodes are chosen by buildNodeSelector */}}
+  {{- include "buildfarm.podPlacement" (merge (dict "nodeSelector" .Values.worker.buildNodeSelector) (omit .Values.worker "nodeSelector")) | nindent 2 }}
 {{- end -}}
