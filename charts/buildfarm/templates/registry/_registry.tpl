@@ -22,11 +22,11 @@ env:
 {{- define "buildfarm.registryVolumes" -}}
 - name: config
   configMap:
-    name: {{ include "buildfarm.componentName" (dict "ctx" . "component" "registry") }}
+    name: {{ include "buildfarm-lib.componentName" (dict "ctx" . "component" "registry") }}
 - name: data
   {{- if eq .Values.registry.storage.type "pvc" }}
   persistentVolumeClaim:
-    claimName: {{ include "buildfarm.componentName" (dict "ctx" . "component" "registry") }}
+    claimName: {{ include "buildfarm-lib.componentName" (dict "ctx" . "component" "registry") }}
   {{- else }}
   emptyDir:
     sizeLimit: 1Gi
@@ -39,7 +39,7 @@ env:
       - key: htpasswd
         path: htpasswd
 {{- end }}
-{{ include "buildfarm.tmpVolume" (dict) }}
+{{ include "buildfarm-lib.tmpVolume" (dict) }}
 {{- end -}}
 
 {{- define "buildfarm.registryVolumeMounts" -}}
@@ -53,5 +53,5 @@ env:
   mountPath: /etc/docker/registry-auth
   readOnly: true
 {{- end }}
-{{ include "buildfarm.tmpVolumeMount" . }}
+{{ include "buildfarm-lib.tmpVolumeMount" . }}
 {{- end -}}

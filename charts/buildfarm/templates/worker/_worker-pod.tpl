@@ -6,7 +6,7 @@ stay distinct.
 {{- define "buildfarm.workerPodTemplate" -}}
 metadata:
   labels:
-    {{- include "buildfarm.labels" (dict "ctx" . "component" "worker") | nindent 4 }}
+    {{- include "buildfarm-lib.labels" (dict "ctx" . "component" "worker") | nindent 4 }}
   annotations:
     {{- include "buildfarm.configChecksum" . | nindent 4 }}
     {{- with .Values.worker.podAnnotations }}
@@ -14,11 +14,11 @@ metadata:
     {{- end }}
 spec:
   # The worker creates and watches builder Jobs in the builder namespace: it needs its token.
-  serviceAccountName: {{ include "buildfarm.componentName" (dict "ctx" . "component" "worker") }}
+  serviceAccountName: {{ include "buildfarm-lib.componentName" (dict "ctx" . "component" "worker") }}
   automountServiceAccountToken: true
-  {{- include "buildfarm.imagePullSecrets" . | nindent 2 }}
+  {{- include "buildfarm-lib.imagePullSecrets" . | nindent 2 }}
   securityContext:
-    {{- include "buildfarm.podSecurityContext" (dict "uid" (include "buildfarm.farmUid" .)) | nindent 4 }}
+    {{- include "buildfarm-lib.podSecurityContext" (dict "uid" (include "buildfarm.farmUid" .)) | nindent 4 }}
   # A running step must be able to hand its lease back before the pod goes.
   terminationGracePeriodSeconds: 60
   initContainers:
