@@ -300,7 +300,7 @@ class KubernetesRunner:
 
     def _package_result(self, job: StepJob, pod: Any, code: int | None, last_line: str) -> StepResult:
         if code not in (0, 1):
-            return StepResult(False, [], _pod_failure(pod, code, last_line))
+            return StepResult(False, [], _pod_failure(pod, code, last_line), killed_by=killed_by(pod))
         from buildfarm.runners.outputs import unpack_outputs
 
         archive = job.workdir / "outputs.tar.gz"
@@ -321,7 +321,7 @@ class KubernetesRunner:
     ) -> StepResult:
         assert job.image is not None
         if code != 0:
-            return StepResult(False, [], _pod_failure(pod, code, last_line))
+            return StepResult(False, [], _pod_failure(pod, code, last_line), killed_by=killed_by(pod))
         digest = (terminated.message or "").strip()
         if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
             return StepResult(False, [], f"image builder reported no digest (termination message {digest!r})")
@@ -390,6 +390,17 @@ def _terminated(pod: Any) -> Any | None:
     for status in pod.status.container_statuses or []:
         if status.name == kubespecs.CONTAINER and status.state and status.state.terminated:
             return status.state.terminated
+    return None
+
+
+def killed_by(pod: Any) -> str | None:
+    """``OOMKilled`` when the kubelet killed the builder for its memory limit: nothing is known
+    about the package, so the engine builds the step again on a new attempt (bounded)."""
+    statuses = [*(pod.status.init_container_statuses or []), *(pod.status.container_statuses or [])]
+    for status in statuses:
+        terminated = status.state.terminated if status.state else None
+        if terminated is not None and terminated.reason == "OOMKilled":
+            return "OOMKilled"
     return None
 
 
