@@ -80,3 +80,15 @@ def test_one_resource_per_template_file_with_a_kind_suffixed_name(
             "poddisruptionbudget",
             "persistentvolumeclaim",
         }, f"{path.name}: name does not end with its kind"
+
+
+def test_library_helpers_live_under_their_own_prefix() -> None:
+    import re
+    from pathlib import Path
+
+    charts = Path(__file__).resolve().parents[2] / "charts"
+    library = "".join(p.read_text() for p in (charts / "buildfarm-lib" / "templates").glob("*.tpl"))
+    defined = re.findall(r'define "([^"]+)"', library)
+    assert defined and all(name.startswith("buildfarm-lib.") for name in defined), defined
+    umbrella = "".join(p.read_text() for p in (charts / "buildfarm" / "templates").rglob("*.tpl"))
+    assert not [n for n in re.findall(r'define "([^"]+)"', umbrella) if n.startswith("buildfarm-lib.")]

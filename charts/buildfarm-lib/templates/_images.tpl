@@ -3,7 +3,7 @@ An image reference from {repository, tag, digest}: repository:tag, or repository
 digest is given (the digest is what the runtime pulls; the tag stays for people reading it).
 Called as (dict "image" .Values.image "default" .Chart.AppVersion).
 */}}
-{{- define "buildfarm.image" -}}
+{{- define "buildfarm-lib.image" -}}
 {{- $tag := default .default .image.tag | toString -}}
 {{- if not $tag -}}{{- fail (printf "image %s: a tag is required (no latest)" .image.repository) -}}{{- end -}}
 {{- if eq $tag "latest" -}}{{- fail (printf "image %s: tag 'latest' is not allowed; pin a version" .image.repository) -}}{{- end -}}
@@ -15,7 +15,7 @@ Called as (dict "image" .Values.image "default" .Chart.AppVersion).
 {{- end -}}
 
 {{/* imagePullSecrets of every pod. */}}
-{{- define "buildfarm.imagePullSecrets" -}}
+{{- define "buildfarm-lib.imagePullSecrets" -}}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
 {{- range . }}

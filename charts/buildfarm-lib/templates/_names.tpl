@@ -3,12 +3,12 @@ Names. Kubernetes names are limited to 63 characters, so every name is cut there
 */}}
 
 {{/* The chart's name, or nameOverride. */}}
-{{- define "buildfarm.name" -}}
+{{- define "buildfarm-lib.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{/* The release-wide prefix: fullnameOverride, else the release name (plus the chart name unless it contains it). */}}
-{{- define "buildfarm.fullname" -}}
+{{- define "buildfarm-lib.fullname" -}}
 {{- if .Values.fullnameOverride -}}
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
@@ -22,8 +22,8 @@ Names. Kubernetes names are limited to 63 characters, so every name is cut there
 {{- end -}}
 
 {{/* One component's object name: (dict "ctx" $ "component" "api") -> <fullname>-api. */}}
-{{- define "buildfarm.componentName" -}}
-{{- printf "%s-%s" (include "buildfarm.fullname" .ctx) .component | trunc 63 | trimSuffix "-" -}}
+{{- define "buildfarm-lib.componentName" -}}
+{{- printf "%s-%s" (include "buildfarm-lib.fullname" .ctx) .component | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{/*
@@ -31,11 +31,11 @@ A Service's full DNS name, <name>.<namespace>.svc.<clusterDomain>: what pods of 
 (the builders) must use, since a bare Service name resolves only inside its own namespace.
 Called as (dict "ctx" $ "component" "minio").
 */}}
-{{- define "buildfarm.serviceFqdn" -}}
-{{- printf "%s.%s.svc.%s" (include "buildfarm.componentName" .) .ctx.Release.Namespace (.ctx.Values.clusterDomain | trimSuffix ".") -}}
+{{- define "buildfarm-lib.serviceFqdn" -}}
+{{- printf "%s.%s.svc.%s" (include "buildfarm-lib.componentName" .) .ctx.Release.Namespace (.ctx.Values.clusterDomain | trimSuffix ".") -}}
 {{- end -}}
 
 {{/* chart label value: name-version. */}}
-{{- define "buildfarm.chart" -}}
+{{- define "buildfarm-lib.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}

@@ -12,7 +12,7 @@ common.errors.upgrade.passwords.empty does).
 Called as (dict "ctx" $ "secret" "<name>" "key" "password" "length" 32 ["failOnUpgrade" true "value" "postgresql.existingSecret"]);
 returns base64.
 */}}
-{{- define "buildfarm.stableSecretValue" -}}
+{{- define "buildfarm-lib.stableSecretValue" -}}
 {{- if not (hasKey .ctx "buildfarmGeneratedSecrets") -}}
 {{- $_ := set .ctx "buildfarmGeneratedSecrets" (dict) -}}
 {{- end -}}
@@ -34,6 +34,6 @@ returns base64.
 {{- end -}}
 
 {{/* A Fernet-style key (urlsafe base64 of 32 random bytes), stable the same way; returns base64 of it. */}}
-{{- define "buildfarm.stableFernetKey" -}}
-{{- include "buildfarm.stableSecretValue" (merge (dict "fernet" true) .) -}}
+{{- define "buildfarm-lib.stableFernetKey" -}}
+{{- include "buildfarm-lib.stableSecretValue" (merge (dict "fernet" true) .) -}}
 {{- end -}}

@@ -3,7 +3,7 @@ Security defaults: what Pod Security "restricted" asks for, on every control-pla
 */}}
 
 {{/* Pod-level securityContext: (dict "uid" 10001) — non-root, its own uid/gid, seccomp RuntimeDefault. */}}
-{{- define "buildfarm.podSecurityContext" -}}
+{{- define "buildfarm-lib.podSecurityContext" -}}
 runAsNonRoot: true
 runAsUser: {{ .uid }}
 runAsGroup: {{ .uid }}
@@ -14,7 +14,7 @@ seccompProfile:
 {{- end -}}
 
 {{/* Container-level securityContext: read-only root filesystem, no privilege escalation, no capabilities. */}}
-{{- define "buildfarm.containerSecurityContext" -}}
+{{- define "buildfarm-lib.containerSecurityContext" -}}
 allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 privileged: false
@@ -26,13 +26,13 @@ seccompProfile:
 {{- end -}}
 
 {{/* The writable scratch directory a read-only root filesystem leaves: an emptyDir on /tmp. */}}
-{{- define "buildfarm.tmpVolume" -}}
+{{- define "buildfarm-lib.tmpVolume" -}}
 - name: tmp
   emptyDir:
     sizeLimit: {{ default "256Mi" .size }}
 {{- end -}}
 
-{{- define "buildfarm.tmpVolumeMount" -}}
+{{- define "buildfarm-lib.tmpVolumeMount" -}}
 - name: tmp
   mountPath: /tmp
 {{- end -}}

@@ -25,7 +25,7 @@ builder pods run one command as container root (apt and dpkg in package pods, ka
 
 {{/* PostgreSQL host, Secret and key of the password. */}}
 {{- define "buildfarm.databaseHost" -}}
-{{- if .Values.postgresql.enabled -}}{{ include "buildfarm.componentName" (dict "ctx" . "component" "postgresql") }}{{- else -}}{{ required "externalDatabase.host is required when postgresql.enabled is false" .Values.externalDatabase.host }}{{- end -}}
+{{- if .Values.postgresql.enabled -}}{{ include "buildfarm-lib.componentName" (dict "ctx" . "component" "postgresql") }}{{- else -}}{{ required "externalDatabase.host is required when postgresql.enabled is false" .Values.externalDatabase.host }}{{- end -}}
 {{- end -}}
 
 {{- define "buildfarm.databasePort" -}}
@@ -38,7 +38,7 @@ builder pods run one command as container root (apt and dpkg in package pods, ka
 
 {{- define "buildfarm.databaseSecret" -}}
 {{- if .Values.postgresql.enabled -}}
-{{- default (include "buildfarm.componentName" (dict "ctx" . "component" "postgresql")) .Values.postgresql.existingSecret -}}
+{{- default (include "buildfarm-lib.componentName" (dict "ctx" . "component" "postgresql")) .Values.postgresql.existingSecret -}}
 {{- else -}}
 {{- required "externalDatabase.existingSecret is required when postgresql.enabled is false (credentials only through Secrets)" .Values.externalDatabase.existingSecret -}}
 {{- end -}}
@@ -104,11 +104,11 @@ verify-ca and verify-full without it would fail every connection: refused at ren
 
 {{/* Redis: host, port, db, and the Secret of its password (empty: none). */}}
 {{- define "buildfarm.redisHost" -}}
-{{- if .Values.redis.enabled -}}{{ include "buildfarm.componentName" (dict "ctx" . "component" "redis") }}{{- else -}}{{ required "externalRedis.host is required when redis.enabled is false" .Values.externalRedis.host }}{{- end -}}
+{{- if .Values.redis.enabled -}}{{ include "buildfarm-lib.componentName" (dict "ctx" . "component" "redis") }}{{- else -}}{{ required "externalRedis.host is required when redis.enabled is false" .Values.externalRedis.host }}{{- end -}}
 {{- end -}}
 
 {{- define "buildfarm.redisSecret" -}}
-{{- if .Values.redis.enabled -}}{{ default (include "buildfarm.componentName" (dict "ctx" . "component" "redis")) .Values.redis.existingSecret }}{{- else -}}{{ .Values.externalRedis.existingSecret }}{{- end -}}
+{{- if .Values.redis.enabled -}}{{ default (include "buildfarm-lib.componentName" (dict "ctx" . "component" "redis")) .Values.redis.existingSecret }}{{- else -}}{{ .Values.externalRedis.existingSecret }}{{- end -}}
 {{- end -}}
 
 {{- define "buildfarm.redisSecretKey" -}}
@@ -133,14 +133,14 @@ URLs the farm presigns for this very host, so it must resolve there too (a bare 
 */}}
 {{- define "buildfarm.s3Endpoint" -}}
 {{- if .Values.minio.enabled -}}
-http://{{ include "buildfarm.serviceFqdn" (dict "ctx" . "component" "minio") }}:9000
+http://{{ include "buildfarm-lib.serviceFqdn" (dict "ctx" . "component" "minio") }}:9000
 {{- else -}}
 {{- required "s3.endpoint is required when minio.enabled is false (artifacts and logs need an S3 endpoint)" .Values.s3.endpoint -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "buildfarm.minioSecret" -}}
-{{- default (include "buildfarm.componentName" (dict "ctx" . "component" "minio")) .Values.minio.existingSecret -}}
+{{- default (include "buildfarm-lib.componentName" (dict "ctx" . "component" "minio")) .Values.minio.existingSecret -}}
 {{- end -}}
 
 {{/*
@@ -150,7 +150,7 @@ MinIO's root user is used by that Job only); s3.existingSecret replaces all thre
 */}}
 {{- define "buildfarm.s3Secret" -}}
 {{- if .ctx.Values.s3.existingSecret -}}{{ .ctx.Values.s3.existingSecret }}
-{{- else if .ctx.Values.minio.enabled -}}{{ include "buildfarm.componentName" (dict "ctx" .ctx "component" (printf "s3-%s" .service)) }}
+{{- else if .ctx.Values.minio.enabled -}}{{ include "buildfarm-lib.componentName" (dict "ctx" .ctx "component" (printf "s3-%s" .service)) }}
 {{- else -}}{{ required "s3.existingSecret is required when minio.enabled is false (credentials only through Secrets)" .ctx.Values.s3.existingSecret }}
 {{- end -}}
 {{- end -}}
@@ -178,54 +178,54 @@ registry: {{ .Values.s3.buckets.registry }}
 apiVersion: v1
 kind: Secret
 metadata:
-  {{- include "buildfarm.metadata" (dict "ctx" $ctx "component" (printf "s3-%s" .service)) | nindent 2 }}
+  {{- include "buildfarm-lib.metadata" (dict "ctx" $ctx "component" (printf "s3-%s" .service)) | nindent 2 }}
   annotations:
     helm.sh/resource-policy: keep
 type: Opaque
 data:
   # A MinIO user of its own (the minio-buckets Job creates it, limited to its bucket).
-  accessKey: {{ printf "%s-%s" (include "buildfarm.fullname" $ctx) .service | trunc 20 | trimSuffix "-" | b64enc }}
-  secretKey: {{ include "buildfarm.stableSecretValue" (dict "ctx" $ctx "secret" $name "key" "secretKey" "length" 40) }}
+  accessKey: {{ printf "%s-%s" (include "buildfarm-lib.fullname" $ctx) .service | trunc 20 | trimSuffix "-" | b64enc }}
+  secretKey: {{ include "buildfarm-lib.stableSecretValue" (dict "ctx" $ctx "secret" $name "key" "secretKey" "length" 40) }}
 {{- end }}
 {{- end -}}
 
 {{/* Pulp: service URLs (full names: builder pods read the content app from their own namespace) and the Secret of the admin password. */}}
 {{- define "buildfarm.pulpApiUrl" -}}
-http://{{ include "buildfarm.serviceFqdn" (dict "ctx" . "component" "pulp-api") }}:24817
+http://{{ include "buildfarm-lib.serviceFqdn" (dict "ctx" . "component" "pulp-api") }}:24817
 {{- end -}}
 
 {{- define "buildfarm.pulpContentOrigin" -}}
-{{- default (printf "http://%s:%v" (include "buildfarm.serviceFqdn" (dict "ctx" . "component" "pulp-content")) .Values.pulp.content.service.port) .Values.pulp.contentOrigin -}}
+{{- default (printf "http://%s:%v" (include "buildfarm-lib.serviceFqdn" (dict "ctx" . "component" "pulp-content")) .Values.pulp.content.service.port) .Values.pulp.contentOrigin -}}
 {{- end -}}
 
 {{- define "buildfarm.pulpAdminSecret" -}}
-{{- default (include "buildfarm.componentName" (dict "ctx" . "component" "pulp-admin")) .Values.pulp.existingSecret -}}
+{{- default (include "buildfarm-lib.componentName" (dict "ctx" . "component" "pulp-admin")) .Values.pulp.existingSecret -}}
 {{- end -}}
 
 {{/* The registry's URL, by its full service name (builder pods push to it from their namespace). */}}
 {{- define "buildfarm.registryUrl" -}}
-http://{{ include "buildfarm.serviceFqdn" (dict "ctx" . "component" "registry") }}:{{ .Values.registry.service.port }}
+http://{{ include "buildfarm-lib.serviceFqdn" (dict "ctx" . "component" "registry") }}:{{ .Values.registry.service.port }}
 {{- end -}}
 
 {{/* The Secret of the registry's push account (username, password, htpasswd). */}}
 {{- define "buildfarm.registryAuthSecret" -}}
-{{- default (include "buildfarm.componentName" (dict "ctx" . "component" "registry-auth")) .Values.registry.auth.existingSecret -}}
+{{- default (include "buildfarm-lib.componentName" (dict "ctx" . "component" "registry-auth")) .Values.registry.auth.existingSecret -}}
 {{- end -}}
 
 {{/* The dockerconfigjson Secret builder pods push with, in the builder namespace. */}}
 {{- define "buildfarm.registryPushSecret" -}}
-{{- default (include "buildfarm.componentName" (dict "ctx" . "component" "registry-push")) .Values.builders.registryPushSecret.existingSecret -}}
+{{- default (include "buildfarm-lib.componentName" (dict "ctx" . "component" "registry-push")) .Values.builders.registryPushSecret.existingSecret -}}
 {{- end -}}
 
 {{- define "buildfarm.adminTokenSecret" -}}
-{{- include "buildfarm.componentName" (dict "ctx" . "component" "admin-token") -}}
+{{- include "buildfarm-lib.componentName" (dict "ctx" . "component" "admin-token") -}}
 {{- end -}}
 
 {{/* Environment of every farm process: the non-secret settings come from the ConfigMap, secrets from Secrets. */}}
 {{- define "buildfarm.farmEnv" -}}
 envFrom:
   - configMapRef:
-      name: {{ include "buildfarm.componentName" (dict "ctx" . "component" "farm-config") }}
+      name: {{ include "buildfarm-lib.componentName" (dict "ctx" . "component" "farm-config") }}
 env:
   # libpq reads PGPASSWORD, so the database URL in the ConfigMap carries no password.
   - name: PGPASSWORD
@@ -286,10 +286,10 @@ env:
 
 {{/* The farm container's common part: image, security context, environment, writable dirs. */}}
 {{- define "buildfarm.farmContainer" -}}
-image: {{ include "buildfarm.image" (dict "image" .Values.image "default" .Chart.AppVersion) }}
+image: {{ include "buildfarm-lib.image" (dict "image" .Values.image "default" .Chart.AppVersion) }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
 securityContext:
-  {{- include "buildfarm.containerSecurityContext" . | nindent 2 }}
+  {{- include "buildfarm-lib.containerSecurityContext" . | nindent 2 }}
 {{ include "buildfarm.farmEnv" . }}
 {{- end -}}
 
@@ -318,11 +318,11 @@ A Job's pod template is immutable, so a Job whose image or settings change must 
 Called as (dict "ctx" $ "component" "bootstrap" "inputs" (list ...)).
 */}}
 {{- define "buildfarm.jobName" -}}
-{{- printf "%s-%s" (include "buildfarm.componentName" .) (toJson .inputs | sha256sum | trunc 8) -}}
+{{- printf "%s-%s" (include "buildfarm-lib.componentName" .) (toJson .inputs | sha256sum | trunc 8) -}}
 {{- end -}}
 
 {{- define "buildfarm.farmVolumeMounts" -}}
-{{ include "buildfarm.tmpVolumeMount" . }}
+{{ include "buildfarm-lib.tmpVolumeMount" . }}
 - name: state
   mountPath: /var/lib/buildfarm
 {{- include "buildfarm.databaseCaVolumeMount" . }}
@@ -354,7 +354,7 @@ Called as (dict "ctx" $ "role" "api").
      an emptyDir or (farm.workVolume.storageClassName) a generic ephemeral volume of that class. */}}
 {{- define "buildfarm.farmVolumes" -}}
 {{- $bytes := include "buildfarm.workBytes" . -}}
-{{ include "buildfarm.tmpVolume" (dict) }}
+{{ include "buildfarm-lib.tmpVolume" (dict) }}
 - name: state
   {{- with .ctx.Values.farm.workVolume.storageClassName }}
   ephemeral:
@@ -370,6 +370,46 @@ Called as (dict "ctx" $ "role" "api").
     sizeLimit: {{ $bytes }}
   {{- end }}
 {{- include "buildfarm.databaseCaVolume" .ctx }}
+{{- end -}}
+
+{{/*
+What a chart user adds to any component (its values: nodeSelector, tolerations, affinity,
+topologySpreadConstraints, extraEnvVars, extraVolumes, extraVolumeMounts): the pod-level part.
+*/}}
+{{- define "buildfarm.podPlacement" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* The account of every pod that never calls the Kubernetes API (serviceAccount.*). */}}
+{{- define "buildfarm.controlServiceAccount" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "buildfarm-lib.componentName" (dict "ctx" . "component" "control")) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.create is false: name the existing ServiceAccount in serviceAccount.name" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* serviceAccount.annotations (cloud IAM, e.g. S3 access) on the accounts of the farm's own pods. */}}
+{{- define "buildfarm.serviceAccountAnnotations" -}}
+{{- with .Values.serviceAccount.annotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end -}}
 
 {{/* The uid the farm image runs as (buildtools/images/farm/Dockerfile). */}}

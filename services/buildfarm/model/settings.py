@@ -424,6 +424,7 @@ class Settings(BaseSettings):
     def url_policy(self) -> UrlPolicy:
         """What sources may be fetched from (checked at start by :meth:`check`)."""
         return UrlPolicy.parse(self.fetch_allow_schemes, self.fetch_allow_hosts)
+
     @field_validator("builder_resources", mode="before")
     @classmethod
     def _quantities_as_strings(cls, value: Any) -> Any:

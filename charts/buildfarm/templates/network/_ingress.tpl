@@ -8,7 +8,7 @@ Called as (dict "ctx" $ "component" "api" "values" .Values.api "port" 8781).
 apiVersion: v1
 kind: Service
 metadata:
-  {{- include "buildfarm.metadata" (dict "ctx" .ctx "component" .component) | nindent 2 }}
+  {{- include "buildfarm-lib.metadata" (dict "ctx" .ctx "component" .component) | nindent 2 }}
   {{- with $svc.annotations }}
   annotations:
     {{- toYaml . | nindent 4 }}
@@ -20,7 +20,7 @@ spec:
     {{- toYaml $svc.loadBalancerSourceRanges | nindent 4 }}
   {{- end }}
   selector:
-    {{- include "buildfarm.selectorLabels" (dict "ctx" .ctx "component" .component) | nindent 4 }}
+    {{- include "buildfarm-lib.selectorLabels" (dict "ctx" .ctx "component" .component) | nindent 4 }}
   ports:
     - name: http
       port: {{ $svc.port }}
@@ -38,7 +38,7 @@ spec:
 apiVersion: networking.k8s.io/v1
 kind: Ingress
 metadata:
-  {{- include "buildfarm.metadata" (dict "ctx" .ctx "component" .component) | nindent 2 }}
+  {{- include "buildfarm-lib.metadata" (dict "ctx" .ctx "component" .component) | nindent 2 }}
   {{- with $ing.annotations }}
   annotations:
     {{- toYaml . | nindent 4 }}
@@ -60,7 +60,7 @@ spec:
             pathType: {{ $ing.pathType }}
             backend:
               service:
-                name: {{ include "buildfarm.componentName" (dict "ctx" .ctx "component" .component) }}
+                name: {{ include "buildfarm-lib.componentName" (dict "ctx" .ctx "component" .component) }}
                 port:
                   name: http
 {{- end }}

@@ -8,11 +8,11 @@ An ingress NetworkPolicy for one component: (dict "ctx" $ "component" "redis" "p
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
-  {{- include "buildfarm.metadata" (dict "ctx" $ctx "component" .component) | nindent 2 }}
+  {{- include "buildfarm-lib.metadata" (dict "ctx" $ctx "component" .component) | nindent 2 }}
 spec:
   podSelector:
     matchLabels:
-      {{- include "buildfarm.selectorLabels" (dict "ctx" $ctx "component" .component) | nindent 6 }}
+      {{- include "buildfarm-lib.selectorLabels" (dict "ctx" $ctx "component" .component) | nindent 6 }}
   policyTypes: ["Ingress"]
   ingress:
     - ports:
@@ -22,7 +22,7 @@ spec:
       from:
         - podSelector:
             matchLabels:
-              {{- include "buildfarm.releaseSelectorLabels" $ctx | nindent 14 }}
+              {{- include "buildfarm-lib.releaseSelectorLabels" $ctx | nindent 14 }}
         {{- if eq .from "release+builders" }}
         - namespaceSelector:
             matchLabels:

@@ -2,15 +2,15 @@
 {{- define "buildfarm.pulpUid" -}}10010{{- end -}}
 
 {{- define "buildfarm.pulpSecret" -}}
-{{- default (include "buildfarm.componentName" (dict "ctx" . "component" "pulp")) .Values.pulp.keysExistingSecret -}}
+{{- default (include "buildfarm-lib.componentName" (dict "ctx" . "component" "pulp")) .Values.pulp.keysExistingSecret -}}
 {{- end -}}
 
 {{/* The Pulp container's common part: image, settings file, credentials from Secrets. */}}
 {{- define "buildfarm.pulpContainer" -}}
-image: {{ include "buildfarm.image" (dict "image" .Values.pulp.image "default" .Chart.AppVersion) }}
+image: {{ include "buildfarm-lib.image" (dict "image" .Values.pulp.image "default" .Chart.AppVersion) }}
 imagePullPolicy: {{ .Values.pulp.image.pullPolicy }}
 securityContext:
-  {{- include "buildfarm.containerSecurityContext" . | nindent 2 }}
+  {{- include "buildfarm-lib.containerSecurityContext" . | nindent 2 }}
 env:
   - name: PULP_SETTINGS
     value: /etc/pulp/settings.py
@@ -89,14 +89,14 @@ env:
 # volume is (a fresh emptyDir or PVC has no tmp/): a volume of its own, mounted on that path.
 - name: working-directory
   mountPath: /var/lib/pulp/tmp
-{{ include "buildfarm.tmpVolumeMount" . }}
+{{ include "buildfarm-lib.tmpVolumeMount" . }}
 {{- include "buildfarm.databaseCaVolumeMount" . }}
 {{- end -}}
 
 {{- define "buildfarm.pulpVolumes" -}}
 - name: settings
   configMap:
-    name: {{ include "buildfarm.componentName" (dict "ctx" . "component" "pulp") }}
+    name: {{ include "buildfarm-lib.componentName" (dict "ctx" . "component" "pulp") }}
 - name: keys
   secret:
     secretName: {{ include "buildfarm.pulpSecret" . }}
@@ -106,7 +106,7 @@ env:
 - name: data
   {{- if eq .Values.pulp.storage.type "pvc" }}
   persistentVolumeClaim:
-    claimName: {{ include "buildfarm.componentName" (dict "ctx" . "component" "pulp") }}
+    claimName: {{ include "buildfarm-lib.componentName" (dict "ctx" . "component" "pulp") }}
   {{- else }}
   emptyDir:
     sizeLimit: 4Gi
@@ -114,7 +114,7 @@ env:
 - name: working-directory
   emptyDir:
     sizeLimit: {{ .Values.pulp.workingDirectorySize }}
-{{ include "buildfarm.tmpVolume" (dict) }}
+{{ include "buildfarm-lib.tmpVolume" (dict) }}
 {{- include "buildfarm.databaseCaVolume" . }}
 {{- end -}}
 
@@ -161,26 +161,29 @@ exec:
 apiVersion: apps/v1
 kind: Deployment
 metadata:
-  {{- include "buildfarm.metadata" (dict "ctx" $ctx "component" .component) | nindent 2 }}
+  {{- include "buildfarm-lib.metadata" (dict "ctx" $ctx "component" .component) | nindent 2 }}
   annotations:
     {{- include "buildfarm.checkovSkips" (dict "ids" (list "CKV_K8S_43" "CKV_K8S_15" "CKV_K8S_35")) | nindent 4 }}
 spec:
   replicas: {{ .values.replicaCount }}
   selector:
     matchLabels:
-      {{- include "buildfarm.selectorLabels" (dict "ctx" $ctx "component" .component) | nindent 6 }}
+      {{- include "buildfarm-lib.selectorLabels" (dict "ctx" $ctx "component" .component) | nindent 6 }}
   template:
     metadata:
       labels:
-        {{- include "buildfarm.labels" (dict "ctx" $ctx "component" .component) | nindent 8 }}
+        {{- include "buildfarm-lib.labels" (dict "ctx" $ctx "component" .component) | nindent 8 }}
       annotations:
         checksum/pulp-settings: {{ include (print $ctx.Template.BasePath "/pulp/pulp-configmap.yaml") $ctx | sha256sum }}
+        {{- with .values.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
     spec:
-      serviceAccountName: {{ include "buildfarm.componentName" (dict "ctx" $ctx "component" "control") }}
+      serviceAccountName: {{ include "buildfarm.controlServiceAccount" $ctx }}
       automountServiceAccountToken: false
-      {{- include "buildfarm.imagePullSecrets" $ctx | nindent 6 }}
+      {{- include "buildfarm-lib.imagePullSecrets" $ctx | nindent 6 }}
       securityContext:
-        {{- include "buildfarm.podSecurityContext" (dict "uid" (include "buildfarm.pulpUid" $ctx)) | nindent 8 }}
+        {{- include "buildfarm-lib.podSecurityContext" (dict "uid" (include "buildfarm.pulpUid" $ctx)) | nindent 8 }}
       initContainers:
         {{- include "buildfarm.pulpWaitContainer" $ctx | nindent 8 }}
       containers:
@@ -188,6 +191,9 @@ spec:
           {{- include "buildfarm.pulpContainer" $ctx | nindent 10 }}
             {{- if $signing }}
             {{- include "buildfarm.pulpSigningEnv" $ctx | nindent 12 }}
+            {{- end }}
+            {{- with .values.extraEnvVars }}
+            {{- toYaml . | nindent 12 }}
             {{- end }}
           command: {{ toJson .command }}
           {{- if .port }}
@@ -226,7 +232,14 @@ spec:
             {{- if $signing }}
             {{- include "buildfarm.pulpSigningVolumeMount" $ctx | nindent 12 }}
             {{- end }}
+            {{- with .values.extraVolumeMounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+      {{- include "buildfarm.podPlacement" .values | nindent 6 }}
       volumes:
+        {{- with .values.extraVolumes }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
         {{- include "buildfarm.pulpVolumes" $ctx | nindent 8 }}
         {{- if $signing }}
         {{- include "buildfarm.pulpSigningVolume" $ctx | nindent 8 }}

@@ -1,6 +1,11 @@
 {{- define "buildfarm.registryEnv" -}}
-{{- if eq .Values.registry.storage.type "s3" }}
+{{- if or (eq .Values.registry.storage.type "s3") .Values.registry.extraEnvVars }}
 env:
+{{- with .Values.registry.extraEnvVars }}
+{{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+{{- if eq .Values.registry.storage.type "s3" }}
   - name: REGISTRY_STORAGE_S3_ACCESSKEY
     valueFrom:
       secretKeyRef:
@@ -17,11 +22,11 @@ env:
 {{- define "buildfarm.registryVolumes" -}}
 - name: config
   configMap:
-    name: {{ include "buildfarm.componentName" (dict "ctx" . "component" "registry") }}
+    name: {{ include "buildfarm-lib.componentName" (dict "ctx" . "component" "registry") }}
 - name: data
   {{- if eq .Values.registry.storage.type "pvc" }}
   persistentVolumeClaim:
-    claimName: {{ include "buildfarm.componentName" (dict "ctx" . "component" "registry") }}
+    claimName: {{ include "buildfarm-lib.componentName" (dict "ctx" . "component" "registry") }}
   {{- else }}
   emptyDir:
     sizeLimit: 1Gi
@@ -34,7 +39,7 @@ env:
       - key: htpasswd
         path: htpasswd
 {{- end }}
-{{ include "buildfarm.tmpVolume" (dict) }}
+{{ include "buildfarm-lib.tmpVolume" (dict) }}
 {{- end -}}
 
 {{- define "buildfarm.registryVolumeMounts" -}}
@@ -48,5 +53,5 @@ env:
   mountPath: /etc/docker/registry-auth
   readOnly: true
 {{- end }}
-{{ include "buildfarm.tmpVolumeMount" . }}
+{{ include "buildfarm-lib.tmpVolumeMount" . }}
 {{- end -}}

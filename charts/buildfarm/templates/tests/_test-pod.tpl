@@ -4,18 +4,18 @@
 apiVersion: v1
 kind: Pod
 metadata:
-  {{- include "buildfarm.metadata" (dict "ctx" $ctx "component" "test" "name" (include "buildfarm.componentName" (dict "ctx" $ctx "component" (printf "test-%s" .name)))) | nindent 2 }}
+  {{- include "buildfarm-lib.metadata" (dict "ctx" $ctx "component" "test" "name" (include "buildfarm-lib.componentName" (dict "ctx" $ctx "component" (printf "test-%s" .name)))) | nindent 2 }}
   annotations:
     helm.sh/hook: test
     helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
     {{- include "buildfarm.checkovSkips" (dict "ids" (list "CKV_K8S_43" "CKV_K8S_15" "CKV_K8S_35" "CKV_K8S_8" "CKV_K8S_9")) | nindent 4 }}
 spec:
   restartPolicy: Never
-  serviceAccountName: {{ include "buildfarm.componentName" (dict "ctx" $ctx "component" "control") }}
+  serviceAccountName: {{ include "buildfarm.controlServiceAccount" $ctx }}
   automountServiceAccountToken: false
-  {{- include "buildfarm.imagePullSecrets" $ctx | nindent 2 }}
+  {{- include "buildfarm-lib.imagePullSecrets" $ctx | nindent 2 }}
   securityContext:
-    {{- include "buildfarm.podSecurityContext" (dict "uid" (include "buildfarm.farmUid" $ctx)) | nindent 4 }}
+    {{- include "buildfarm-lib.podSecurityContext" (dict "uid" (include "buildfarm.farmUid" $ctx)) | nindent 4 }}
   containers:
     - name: {{ .name }}
       {{- include "buildfarm.farmContainer" $ctx | nindent 6 }}
@@ -24,7 +24,7 @@ spec:
         requests: {cpu: 10m, memory: 64Mi}
         limits: {cpu: 200m, memory: 256Mi}
       volumeMounts:
-        {{- include "buildfarm.tmpVolumeMount" $ctx | nindent 8 }}
+        {{- include "buildfarm-lib.tmpVolumeMount" $ctx | nindent 8 }}
   volumes:
-    {{- include "buildfarm.tmpVolume" (dict) | nindent 4 }}
+    {{- include "buildfarm-lib.tmpVolume" (dict) | nindent 4 }}
 {{- end -}}

@@ -6,7 +6,7 @@ stay distinct.
 {{- define "buildfarm.workerPodTemplate" -}}
 metadata:
   labels:
-    {{- include "buildfarm.labels" (dict "ctx" . "component" "worker") | nindent 4 }}
+    {{- include "buildfarm-lib.labels" (dict "ctx" . "component" "worker") | nindent 4 }}
   annotations:
     {{- include "buildfarm.configChecksum" . | nindent 4 }}
     {{- with .Values.worker.podAnnotations }}
@@ -14,11 +14,11 @@ metadata:
     {{- end }}
 spec:
   # The worker creates and watches builder Jobs in the builder namespace: it needs its token.
-  serviceAccountName: {{ include "buildfarm.componentName" (dict "ctx" . "component" "worker") }}
+  serviceAccountName: {{ include "buildfarm-lib.componentName" (dict "ctx" . "component" "worker") }}
   automountServiceAccountToken: true
-  {{- include "buildfarm.imagePullSecrets" . | nindent 2 }}
+  {{- include "buildfarm-lib.imagePullSecrets" . | nindent 2 }}
   securityContext:
-    {{- include "buildfarm.podSecurityContext" (dict "uid" (include "buildfarm.farmUid" .)) | nindent 4 }}
+    {{- include "buildfarm-lib.podSecurityContext" (dict "uid" (include "buildfarm.farmUid" .)) | nindent 4 }}
   # A running step must be able to hand its lease back before the pod goes.
   terminationGracePeriodSeconds: 60
   initContainers:
@@ -30,6 +30,9 @@ spec:
           valueFrom:
             fieldRef:
               fieldPath: {{ ternary "spec.nodeName" "metadata.name" (eq .Values.worker.kind "DaemonSet") }}
+        {{- with .Values.worker.extraEnvVars }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
       command:
         - celery
         - -A
@@ -62,16 +65,14 @@ spec:
         {{- toYaml .Values.worker.resources | nindent 8 }}
       volumeMounts:
         {{- include "buildfarm.farmVolumeMounts" . | nindent 8 }}
+        {{- with .Values.worker.extraVolumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
   volumes:
     {{- include "buildfarm.farmVolumes" (dict "ctx" . "role" "worker") | nindent 4 }}
-  nodeSelector:
-    {{- toYaml .Values.worker.buildNodeSelector | nindent 4 }}
-  {{- with .Values.worker.tolerations }}
-  tolerations:
+    {{- with .Values.worker.extraVolumes }}
     {{- toYaml . | nindent 4 }}
-  {{- end }}
-  {{- with .Values.worker.affinity }}
-  affinity:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
+    {{- end }}
+  {{- /* build nodes are chosen by buildNodeSelector */}}
+  {{- include "buildfarm.podPlacement" (merge (dict "nodeSelector" .Values.worker.buildNodeSelector) (omit .Values.worker "nodeSelector")) | nindent 2 }}
 {{- end -}}
