@@ -35,6 +35,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -82,9 +83,12 @@ class PodRun:
 
 
 class FakeCluster:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self, workdir: Path, address: tuple[str, int] = ("127.0.0.1", 0), tls: ssl.SSLContext | None = None
+    ) -> None:
         self.workdir = workdir
         self.jobs: dict[tuple[str, str], Obj] = {}
+        self.secrets: dict[tuple[str, str], Obj] = {}  # created through the API (a bootstrap Job's token)
         self.pods: dict[tuple[str, str], Obj] = {}
         self.runs: dict[tuple[str, str], PodRun] = {}
         self.created: list[Obj] = []  # every body POSTed, as sent
@@ -94,13 +98,18 @@ class FakeCluster:
         self.gate.set()
         self.lock = threading.Condition()
         self._versions = itertools.count(1)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.server = ThreadingHTTPServer(address, _handler(self))
         self.server.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:  # what an in-cluster client needs: https with the ServiceAccount's ca.crt
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        host, port = self.server.server_address[:2]
+        return f"{self.scheme}://{host}:{port}"
 
     def kubeconfig(self, path: Path) -> Path:
         config = {
@@ -463,7 +472,8 @@ def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             namespace, kind, name, sub, query = self._route()
-            store = cluster.jobs if kind == "jobs" else cluster.pods if kind == "pods" else None
+            stores = {"jobs": cluster.jobs, "pods": cluster.pods, "secrets": cluster.secrets}
+            store = stores.get(kind)
             if store is None:
                 return self._status(404, "NotFound", f"no route {self.path}")
             if name is None:
@@ -471,7 +481,7 @@ def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
                 with cluster.lock:
                     items = [o for (ns, _), o in store.items() if ns == namespace and _matches(o, selector)]
                     body = json.loads(json.dumps(items))
-                kind_name = "JobList" if kind == "jobs" else "PodList"
+                kind_name = {"jobs": "JobList", "pods": "PodList", "secrets": "SecretList"}[kind]
                 api = "batch/v1" if kind == "jobs" else "v1"
                 return self._send(200, {"apiVersion": api, "kind": kind_name, "metadata": {}, "items": body})
             with cluster.lock:
@@ -512,6 +522,14 @@ def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
             namespace, kind, name, _sub, _query = self._route()
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
             cluster.created.append(body)
+            if kind == "secrets" and name is None:
+                secret_name = body["metadata"]["name"]
+                if (namespace, secret_name) in cluster.secrets:
+                    return self._status(409, "AlreadyExists", f'secrets "{secret_name}" already exists')
+                cluster._meta(body, namespace)
+                with cluster.lock:
+                    cluster.secrets[(namespace, secret_name)] = body
+                return self._send(201, body)
             if kind != "jobs" or name is not None:
                 return self._status(405, "MethodNotAllowed", "only Jobs are created")
             job_name = body["metadata"]["name"]
