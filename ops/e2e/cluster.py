@@ -492,12 +492,17 @@ class Cluster:
         return int(out) if out.isdigit() else 0
 
     def teardown(self) -> None:
+        """Remove every container and network of this prefix and unmount the pods' tmpfs volumes
+        (also what an earlier, interrupted run left)."""
         self.stop.set()
         names = self.pm("ps", "-a", "--format", "{{.Names}}", check=False).stdout.split()
         mine = [n for n in names if n.startswith(self.prefix + "-")]
         if mine:
             self.pm("rm", "-f", "-t", "5", *mine, timeout=300, check=False)
-        for ns in self.namespaces:
-            self.pm("network", "rm", "-f", self.network(ns), check=False)
-        for mount in sorted((self.state / "pods").glob("*/*/volumes/*"), reverse=True):
-            subprocess.run(["umount", str(mount)], capture_output=True, check=False)
+        networks = self.pm("network", "ls", "--format", "{{.Name}}", check=False).stdout.split()
+        for net in networks:
+            if net.startswith(self.prefix + "-"):
+                self.pm("network", "rm", "-f", net, check=False)
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+        for mount in sorted((m for m in mounts if m.startswith(str(self.state) + "/")), reverse=True):
+            subprocess.run(["umount", mount], capture_output=True, check=False)

@@ -89,7 +89,9 @@ def _files(paths: tuple[Path, ...]) -> Iterator[Path]:
 def content_hash(spec: ImageSpec, base_id: str) -> str:
     digest = hashlib.sha256(f"{spec.ref}\0{base_id}\0{spec.extra}\0".encode())
     for path in _files((spec.dockerfile, *spec.inputs)):
-        digest.update(str(path.relative_to(path.anchor)).encode() + b"\0")
+        # paths relative to the context or the repository: a scratch context's name must not count
+        base = spec.context if path.is_relative_to(spec.context) else REPO
+        digest.update(str(path.relative_to(base)).encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()[:20]
 

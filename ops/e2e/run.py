@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
+import json
 import os
 import shutil
 import ssl
@@ -250,7 +252,7 @@ class E2E:
             raise SystemExit("e2e: the bootstrap Job stored no admin token Secret")
         return base64.b64decode(secret["data"]["token"]).decode()
 
-    def build(self) -> str:
+    def cli(self, *args: str, timeout: float = 120) -> str:
         env = {
             **os.environ,
             "BUILDFARM_URL": f"http://127.0.0.1:{self.ports[(NAMESPACE, f'{RELEASE}-buildfarm-api')]}",
@@ -258,17 +260,95 @@ class E2E:
         }
         bf = str(REPO / ".venv" / "bin" / "buildfarm")
         done = subprocess.run(
-            [bf, "build", "submit", str(REPO / "examples" / "buildfarm.yaml"), "--wait"],
+            [bf, "--output", "json", *args],
             env=env,
             text=True,
             capture_output=True,
-            timeout=BUILD_TIMEOUT_SECONDS,
+            timeout=timeout,
             check=False,
         )
-        print(done.stdout[-4000:], done.stderr[-2000:])
         if done.returncode != 0:
-            raise SystemExit(f"e2e: the example build failed (exit {done.returncode})")
-        return "example build succeeded"
+            raise SystemExit(f"e2e: buildfarm {' '.join(args)} failed: {(done.stdout + done.stderr)[-3000:]}")
+        return done.stdout
+
+    def build(self) -> str:
+        """The example manifests through the API container; every package read back by apt."""
+        results = []
+        for manifest in ("buildfarm.yaml", "with-image.yaml"):
+            started = time.monotonic()
+            out = json.loads(
+                self.cli(
+                    "build",
+                    "submit",
+                    str(REPO / "examples" / manifest),
+                    "--wait",
+                    timeout=BUILD_TIMEOUT_SECONDS,
+                )
+            )
+            build_id = int(out.get("id") or out.get("build", {}).get("id"))
+            print(
+                f"e2e: {manifest}: build {build_id} {out.get('state')} in {time.monotonic() - started:.0f} s"
+            )
+            results.append(build_id)
+        self.build_ids = results
+        verified = self.verify_apt(results[0])
+        return f"builds {results} succeeded; apt got {verified} byte-identical packages through Pulp content"
+
+    def verify_apt(self, build_id: int) -> int:
+        """apt on the host, through Pulp content's published port (as an outside user), every .deb."""
+        from buildfarm.local.aptclient import AptClient
+
+        shown = json.loads(self.cli("build", "show", str(build_id)))
+        expected = {
+            o["filename"]: o["sha256"]
+            for step in shown.get("steps", [])
+            for o in step.get("outputs") or []
+            if o["filename"].endswith(".deb")
+        }
+        source = json.loads(self.cli("repo", "sources", "examples", "main", "--build", str(build_id)))
+        outside = f"http://127.0.0.1:{self.ports[(NAMESPACE, f'{RELEASE}-buildfarm-pulp-content')]}"
+        inside = source["url"].split("/pulp/content/")[0]
+        line = source["line"].replace(inside, outside)
+        key = None
+        if source.get("signed_by"):
+            key = json.loads(self.cli("repo", "key")).get("key")
+        print(f"e2e: apt line (outside): {line}")
+        apt = AptClient(self.state / "apt", line, key)
+        apt.update()
+        for filename, sha256 in sorted(expected.items()):
+            package = filename.split("_")[0]
+            got = apt.download(package)
+            digest = hashlib.sha256(got.read_bytes()).hexdigest()
+            if got.name != filename or digest != sha256:
+                raise SystemExit(
+                    f"e2e: apt downloaded {got.name} sha256 {digest}, the build made {filename} {sha256}"
+                )
+        if not expected:
+            raise SystemExit(f"e2e: build {build_id} shows no .deb outputs: {json.dumps(shown)[:500]}")
+        return len(expected)
+
+    def upgrade(self) -> str:
+        """helm upgrade with a changed value: the farm's pods restart, data and Secrets stay."""
+        before = {
+            k: json.dumps(v.get("data"), sort_keys=True) for k, v in self.cluster.objects.secrets.items()
+        }
+        objects = helm_render(["--set", "farm.heartbeatSeconds=6"], upgrade=True)
+        pods_before = set(self.cluster.pods)
+        summary = self.install(objects, upgrade=True)
+        after = {
+            k: json.dumps(v.get("data"), sort_keys=True) for k, v in self.cluster.objects.secrets.items()
+        }
+        changed = sorted(k[1] for k in before if before[k] != after.get(k))
+        if changed:
+            raise SystemExit(f"e2e: the upgrade changed Secrets {changed}")
+        recreated = sorted(k[1] for k in pods_before - set(self.cluster.pods))
+        builds = json.loads(self.cli("build", "list"))
+        listed = {b["id"] for b in (builds if isinstance(builds, list) else builds.get("items", []))}
+        missing = [b for b in getattr(self, "build_ids", []) if b not in listed]
+        if missing:
+            raise SystemExit(f"e2e: builds {missing} are gone after the upgrade")
+        verified = self.verify_apt(self.build_ids[0]) if getattr(self, "build_ids", None) else 0
+        return f"{summary}; recreated {recreated}; Secrets kept; builds kept; apt {verified} packages again"
 
     def teardown(self) -> None:
         if self.api is not None:
@@ -284,12 +364,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--skip-build", action="store_true", help="stop after every component is Ready")
     args = parser.parse_args(argv)
     phases = Phases()
+    E2E(args.state, keep=False).cluster.teardown()  # what a previous run left
     shutil.rmtree(args.state, ignore_errors=True)
     args.state.mkdir(parents=True)
     e2e = E2E(args.state, args.keep)
-    e2e.cluster.teardown()  # what a previous run left
-    e2e.cluster.stop.clear()
-    e2e.cluster.namespaces.clear()
     try:
         phases.run("images", lambda: f"{len(images.build_all())} images")
         rendered: list[Obj] = []
@@ -297,6 +375,7 @@ def main(argv: list[str]) -> int:
         phases.run("install", lambda: (e2e.start_api(), e2e.install(rendered, upgrade=False))[1])
         if not args.skip_build:
             phases.run("build", e2e.build)
+            phases.run("upgrade", e2e.upgrade)
     finally:
         e2e.teardown()
         phases.report()

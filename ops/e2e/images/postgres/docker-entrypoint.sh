@@ -1,7 +1,8 @@
 #!/bin/sh
 # The official image's entrypoint contract, as far as the chart uses it: initdb on an empty
 # PGDATA with POSTGRES_USER/POSTGRES_PASSWORD, create POSTGRES_DB, run /docker-entrypoint-initdb.d,
-# then postgres listening on all addresses with scram-sha-256 passwords.
+# then postgres listening on all addresses with scram-sha-256 passwords. UTF8, as the official
+# image (its LANG is en_US.utf8): a SQL_ASCII database makes psycopg return bytes for text.
 set -eu
 : "${POSTGRES_USER:=postgres}" "${POSTGRES_DB:=$POSTGRES_USER}" "${PGDATA:?}"
 if [ "${1:-postgres}" = postgres ]; then
@@ -10,7 +11,7 @@ if [ "${1:-postgres}" = postgres ]; then
     mkdir -p "$PGDATA" && chmod 700 "$PGDATA"
     pwfile=$(mktemp)
     printf '%s\n' "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD is required}" > "$pwfile"
-    initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile="$pwfile" --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+    initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile="$pwfile" --encoding=UTF8 --locale=C.UTF-8 --auth-local=trust --auth-host=scram-sha-256 >/dev/null
     rm -f "$pwfile"
     echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
     pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -k /var/run/postgresql" -w start >/dev/null
