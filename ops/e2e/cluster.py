@@ -32,6 +32,8 @@ import pods
 from pods import Obj, Objects, PodContext, PodError
 
 ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+INIT_ATTEMPTS = 6
+"""Runs of a pod's failing init containers (back-off 10 s, 20 s, ... as the kubelet's) before giving up."""
 EXEC_SLACK_SECONDS = 3.0
 """Added to an exec probe's timeoutSeconds: `podman exec` itself takes ~0.5-2 s on a loaded machine."""
 
@@ -296,15 +298,25 @@ class Cluster:
             if f"{kind}Probe" in main:
                 probe = main[f"{kind}Probe"]
                 pod.probes.append(Probe(kind, probe, now + probe.get("initialDelaySeconds", 0)))
+        with self.lock:
+            self.pods[(ns, name)] = pod
         try:
-            self.run_init_containers(ns, name, spec, ctx, labels)
+            delay = 10.0
+            for attempt in range(INIT_ATTEMPTS):  # restartPolicy Always: failed init containers run again
+                try:
+                    self.run_init_containers(ns, name, spec, ctx, labels)
+                    break
+                except PodError as exc:
+                    if attempt == INIT_ATTEMPTS - 1 or self.stop.is_set():
+                        raise
+                    self.events.append(f"{ns}/{name}: {exc}; again in {delay:.0f} s")
+                    time.sleep(delay)
+                    delay = min(delay * 2, 300)
             self.pm("rm", "-f", pod.container, check=False)
             self.pm(*self._create(ns, name, spec, main, ctx, labels, "always", attach=False), timeout=300)
         except PodError as exc:
             pod.error = str(exc)
             self.events.append(f"{ns}/{name}: {exc}")
-        with self.lock:
-            self.pods[(ns, name)] = pod
         return pod
 
     def _inputs_of(self, spec: Obj, namespace: str) -> list[Obj]:

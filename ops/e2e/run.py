@@ -23,6 +23,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -79,9 +80,8 @@ class Phases:
         print(f"  {'total':10} {sum(t for _, t, _ in self.times):7.1f} s")
 
 
-def helm_render(extra: list[str], upgrade: bool) -> list[Obj]:
+def helm_render(chart: Path, extra: list[str], upgrade: bool) -> list[Obj]:
     helm = os.environ.get("HELM", str(REPO / ".helm" / "bin" / "helm"))
-    chart = REPO / "charts" / "buildfarm"
     subprocess.run([helm, "dependency", "build", str(chart)], check=True, capture_output=True, timeout=120)
     command = [
         helm,
@@ -127,6 +127,9 @@ class E2E:
         self.api: PodmanCluster | None = None
         self.log = state / "hooks.log"
         self.builders_ns = f"{NAMESPACE}-builders"
+        self.job_templates: dict[str, str] = {}
+        self.job_results: dict[str, bool] = {}
+        self.chart = REPO / "charts" / "buildfarm"
         self.ports = {
             ("buildfarm", f"{RELEASE}-buildfarm-api"): 18781,
             ("buildfarm", f"{RELEASE}-buildfarm-pulp-content"): 18816,
@@ -192,6 +195,9 @@ class E2E:
     # -- install / upgrade --------------------------------------------------------------------
 
     def install(self, objects: list[Obj], upgrade: bool) -> str:
+        """What `helm install`/`upgrade` then the controllers do: pre hooks; the objects; every
+        workload's pod and every (non-hook) Job started at once, as controllers would; post hooks
+        in order; then every Job complete and every pod Ready."""
         cluster = self.cluster
         cluster.published = dict(self.ports)
         event = "upgrade" if upgrade else "install"
@@ -200,15 +206,25 @@ class E2E:
         for obj in objects:
             if not is_hook(obj):
                 cluster.apply(obj, NAMESPACE, keep_secrets=upgrade)
+        threads = []
         for obj in objects:
             if obj["kind"] in ("Deployment", "StatefulSet", "DaemonSet") and not is_hook(obj):
-                pod = cluster.start_workload(obj, NAMESPACE)
-                state = f"FAILED: {pod.error}" if pod.error else "started"
-                print(f"e2e: pod {pod.namespace}/{pod.name} {state}")
+                threads.append(threading.Thread(target=self._start, args=(obj,), daemon=True))
+            elif obj["kind"] == "Job" and not is_hook(obj):
+                threads.append(threading.Thread(target=self._job, args=(obj,), daemon=True))
+        for thread in threads:
+            thread.start()
         if not cluster.prober.is_alive():
             cluster.prober.start()
         for hook in hooks_of(objects, f"post-{event}"):
             self._hook(hook)
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        for thread in threads:
+            thread.join(max(1.0, deadline - time.monotonic()))
+        failed = [name for name, ok in self.job_results.items() if not ok]
+        if failed:
+            print(self.log.read_text()[-3000:])
+            raise SystemExit(f"e2e: Jobs failed: {failed} (log: {self.log})")
         waiting = cluster.wait_ready(READY_TIMEOUT_SECONDS)
         if waiting:
             for pod in waiting:
@@ -230,6 +246,31 @@ class E2E:
                 raise SystemExit(f"e2e: helm test {test['metadata']['name']} failed")
         restarts = {p.name: cluster.restart_count(p) for p in cluster.pods.values()}
         return f"{len(cluster.pods)} pods Ready, {len(tests)} helm tests passed, restarts {restarts}"
+
+    def _start(self, obj: Obj) -> None:
+        pod = self.cluster.start_workload(obj, NAMESPACE)
+        state = f"FAILED: {pod.error}" if pod.error else "started"
+        print(f"e2e: pod {pod.namespace}/{pod.name} {state}", flush=True)
+
+    def _job(self, obj: Obj) -> None:
+        """A Job: run once; on an upgrade a Job of the same name whose pod template changed is
+        what the API server refuses (spec.template is immutable), so the upgrade would fail."""
+        name = obj["metadata"]["name"]
+        template = json.dumps(obj["spec"]["template"], sort_keys=True)
+        if name in self.job_templates:
+            if self.job_templates[name] != template:
+                self.job_results[name] = False
+                with self.log.open("a") as out:
+                    out.write(
+                        f"--- {name}: field is immutable: the upgrade changes an existing Job's template\n"
+                    )
+            return
+        self.job_templates[name] = template
+        started = time.monotonic()
+        ok = self.cluster.run_job(obj, NAMESPACE, self.log)
+        self.job_results[name] = ok
+        verdict = "succeeded" if ok else "FAILED"
+        print(f"e2e: Job {name}: {verdict} in {time.monotonic() - started:.0f} s", flush=True)
 
     def _hook(self, obj: Obj) -> None:
         if obj["kind"] == "Job":
@@ -332,7 +373,7 @@ class E2E:
         before = {
             k: json.dumps(v.get("data"), sort_keys=True) for k, v in self.cluster.objects.secrets.items()
         }
-        objects = helm_render(["--set", "farm.heartbeatSeconds=6"], upgrade=True)
+        objects = helm_render(self.chart, ["--set", "farm.heartbeatSeconds=6"], upgrade=True)
         pods_before = set(self.cluster.pods)
         summary = self.install(objects, upgrade=True)
         after = {
@@ -361,6 +402,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--state", type=Path, default=images.cache_root() / "run")
     parser.add_argument("--keep", action="store_true", help="leave the containers running at the end")
+    parser.add_argument(
+        "--chart", type=Path, help="another copy of charts/buildfarm (default: this repository's)"
+    )
     parser.add_argument("--skip-build", action="store_true", help="stop after every component is Ready")
     args = parser.parse_args(argv)
     phases = Phases()
@@ -368,10 +412,14 @@ def main(argv: list[str]) -> int:
     shutil.rmtree(args.state, ignore_errors=True)
     args.state.mkdir(parents=True)
     e2e = E2E(args.state, args.keep)
+    if args.chart:
+        e2e.chart = args.chart.resolve()
     try:
         phases.run("images", lambda: f"{len(images.build_all())} images")
         rendered: list[Obj] = []
-        phases.run("render", lambda: f"{len(rendered.extend(helm_render([], False)) or rendered)} objects")
+        phases.run(
+            "render", lambda: f"{len(rendered.extend(helm_render(e2e.chart, [], False)) or rendered)} objects"
+        )
         phases.run("install", lambda: (e2e.start_api(), e2e.install(rendered, upgrade=False))[1])
         if not args.skip_build:
             phases.run("build", e2e.build)
