@@ -147,15 +147,13 @@ class Cluster:
 
     # -- objects --------------------------------------------------------------------------------
 
-    def apply(self, obj: Obj, namespace: str, keep_secrets: bool = False) -> None:
+    def apply(self, obj: Obj, namespace: str) -> None:
         kind, meta = obj["kind"], obj["metadata"]
         ns = meta.get("namespace", namespace)
         key = (ns, meta["name"])
         if kind == "Namespace":
             self.ensure_namespace(meta["name"])
         elif kind == "Secret":
-            if keep_secrets and key in self.objects.secrets:
-                return  # what the chart's `lookup` would return: the Secret already in the cluster
             self.objects.secrets[key] = obj
         elif kind == "ConfigMap":
             self.objects.config_maps[key] = obj

@@ -80,7 +80,9 @@ class Phases:
         print(f"  {'total':10} {sum(t for _, t, _ in self.times):7.1f} s")
 
 
-def helm_render(chart: Path, extra: list[str], upgrade: bool) -> list[Obj]:
+def helm_render(chart: Path, kubeconfig: Path, extra: list[str], upgrade: bool) -> list[Obj]:
+    """`helm template` against the API test double (--dry-run=server), so the chart's `lookup` of
+    its stored Secrets sees what a `helm upgrade` against a cluster would see."""
     helm = os.environ.get("HELM", str(REPO / ".helm" / "bin" / "helm"))
     subprocess.run([helm, "dependency", "build", str(chart)], check=True, capture_output=True, timeout=120)
     command = [
@@ -92,11 +94,17 @@ def helm_render(chart: Path, extra: list[str], upgrade: bool) -> list[Obj]:
         NAMESPACE,
         "-f",
         str(HERE / "values-e2e.yaml"),
+        "--dry-run=server",
+        "--kubeconfig",
+        str(kubeconfig),
         *extra,
     ]
     if upgrade:
         command.append("--is-upgrade")
-    out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=120).stdout
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise SystemExit(f"e2e: helm template failed: {done.stderr.strip()[-2000:]}")
+    out = done.stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
@@ -178,7 +186,31 @@ class E2E:
         tls.load_cert_chain(sa / "ca.crt", sa / "tls.key")
         (sa / "tls.key").unlink()
         self.api = PodmanCluster(self.state / "kubelet", cluster, (gateway, 443), tls)
+        self.api.secrets = cluster.objects.secrets  # one store: what pods mount is what lookup finds
         self.api.thread.start()
+        self.kubeconfig = self.state / "kubeconfig"
+        self.kubeconfig.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [
+                        {
+                            "name": "e2e",
+                            "cluster": {
+                                "server": f"https://{gateway}:443",
+                                "certificate-authority": str(sa / "ca.crt"),
+                            },
+                        }
+                    ],
+                    "users": [{"name": "e2e", "user": {"token": "e2e-token"}}],
+                    "contexts": [
+                        {"name": "e2e", "context": {"cluster": "e2e", "user": "e2e", "namespace": NAMESPACE}}
+                    ],
+                    "current-context": "e2e",
+                }
+            )
+        )
         cluster.service_account = sa
         cluster.api_env = {"KUBERNETES_SERVICE_HOST": gateway, "KUBERNETES_SERVICE_PORT": "443"}
         cluster.api_hosts = [
@@ -205,7 +237,7 @@ class E2E:
             self._hook(hook)
         for obj in objects:
             if not is_hook(obj):
-                cluster.apply(obj, NAMESPACE, keep_secrets=upgrade)
+                cluster.apply(obj, NAMESPACE)
         threads = []
         for obj in objects:
             if obj["kind"] in ("Deployment", "StatefulSet", "DaemonSet") and not is_hook(obj):
@@ -373,7 +405,7 @@ class E2E:
         before = {
             k: json.dumps(v.get("data"), sort_keys=True) for k, v in self.cluster.objects.secrets.items()
         }
-        objects = helm_render(self.chart, ["--set", "farm.heartbeatSeconds=6"], upgrade=True)
+        objects = helm_render(self.chart, self.kubeconfig, ["--set", "farm.heartbeatSeconds=6"], upgrade=True)
         pods_before = set(self.cluster.pods)
         summary = self.install(objects, upgrade=True)
         after = {
@@ -417,10 +449,14 @@ def main(argv: list[str]) -> int:
     try:
         phases.run("images", lambda: f"{len(images.build_all())} images")
         rendered: list[Obj] = []
-        phases.run(
-            "render", lambda: f"{len(rendered.extend(helm_render(e2e.chart, [], False)) or rendered)} objects"
-        )
-        phases.run("install", lambda: (e2e.start_api(), e2e.install(rendered, upgrade=False))[1])
+
+        def render() -> str:
+            e2e.start_api()
+            rendered.extend(helm_render(e2e.chart, e2e.kubeconfig, [], False))
+            return f"{len(rendered)} objects"
+
+        phases.run("render", render)
+        phases.run("install", lambda: e2e.install(rendered, upgrade=False))
         if not args.skip_build:
             phases.run("build", e2e.build)
             phases.run("upgrade", e2e.upgrade)

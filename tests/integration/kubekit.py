@@ -437,6 +437,42 @@ def _owner(pod: Obj) -> str | None:
     return refs[0]["name"] if refs else None
 
 
+def _resource(name: str, kind: str, verbs: list[str]) -> Obj:
+    return {"name": name, "singularName": kind.lower(), "namespaced": True, "kind": kind, "verbs": verbs}
+
+
+_DISCOVERY: dict[str, Obj] = {
+    "/version": {"major": "1", "minor": "33", "gitVersion": "v1.33.0", "platform": "linux/amd64"},
+    "/api": {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []},
+    "/apis": {
+        "kind": "APIGroupList",
+        "apiVersion": "v1",
+        "groups": [
+            {
+                "name": "batch",
+                "versions": [{"groupVersion": "batch/v1", "version": "v1"}],
+                "preferredVersion": {"groupVersion": "batch/v1", "version": "v1"},
+            }
+        ],
+    },
+    "/api/v1": {
+        "kind": "APIResourceList",
+        "groupVersion": "v1",
+        "resources": [
+            _resource("pods", "Pod", ["get", "list", "delete"]),
+            _resource("pods/log", "Pod", ["get"]),
+            _resource("secrets", "Secret", ["get", "list", "create"]),
+        ],
+    },
+    "/apis/batch/v1": {
+        "kind": "APIResourceList",
+        "groupVersion": "batch/v1",
+        "resources": [_resource("jobs", "Job", ["get", "list", "create", "delete"])],
+    },
+}
+"""Discovery: the API groups and resources this double serves (helm asks before a `lookup`)."""
+
+
 def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -471,6 +507,10 @@ def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
             return namespace, kind, name, sub, query
 
         def do_GET(self) -> None:
+            discovery = _DISCOVERY.get(urlsplit(self.path).path.rstrip("/"))
+            if discovery is not None:  # what helm's `lookup` (--dry-run=server) asks first
+                cluster.requests.append((self.command, self.path))
+                return self._send(200, discovery)
             namespace, kind, name, sub, query = self._route()
             stores = {"jobs": cluster.jobs, "pods": cluster.pods, "secrets": cluster.secrets}
             store = stores.get(kind)
