@@ -32,8 +32,9 @@ import pods
 from pods import Obj, Objects, PodContext, PodError
 
 ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
-INIT_ATTEMPTS = 6
-"""Runs of a pod's failing init containers (back-off 10 s, 20 s, ... as the kubelet's) before giving up."""
+INIT_RETRY_SECONDS = 900
+"""How long a pod's failing init containers run again (back-off 10 s, 20 s, ... 5 min, as the
+kubelet's) before the harness gives up on the pod."""
 EXEC_SLACK_SECONDS = 3.0
 """Added to an exec probe's timeoutSeconds: `podman exec` itself takes ~0.5-2 s on a loaded machine."""
 
@@ -210,12 +211,16 @@ class Cluster:
         labels: dict[str, str],
         restart: str,
         attach: bool,
+        serve: bool = True,
     ) -> list[str]:
         fs_group = (spec.get("securityContext") or {}).get("fsGroup")
         volumes = pods.prepare_volumes(spec, ctx, fs_group)
         args, env = pods.run_args(self.podman, spec, container, ctx, volumes)
         entry, argv = pods.command_line(container, env)
-        nets = self.aliases(namespace, labels, container.get("ports") or [])
+        # Only a serving container is behind its Services (an init container is not Ready yet);
+        # named target ports are looked up in every container of the pod.
+        ports = [p for c in spec.get("containers") or [] for p in c.get("ports") or []]
+        nets = self.aliases(namespace, labels, ports) if serve else {self.network(namespace): []}
         net_args = []
         own = self.network(namespace)
         for net, names in sorted(nets.items(), key=lambda kv: kv[0] != own):
@@ -225,7 +230,7 @@ class Cluster:
         search = [f"{namespace}.svc.{self.cluster_domain}", f"svc.{self.cluster_domain}", self.cluster_domain]
         hosts = [f"--add-host={h}" for h in self.api_hosts] if ctx.service_account is not None else []
         publish = []
-        for (ns, svc_name), port in self.published.items():
+        for (ns, svc_name), port in self.published.items() if serve else []:
             svc = self.services.get((ns, svc_name))
             selector = (svc or {}).get("spec", {}).get("selector") or {}
             if ns == namespace and selector and all(labels.get(k) == v for k, v in selector.items()):
@@ -255,7 +260,7 @@ class Cluster:
             cname = f"{self.prefix}-{namespace}-{name}-{init['name']}"
             self.pm("rm", "-f", cname, check=False)
             done = self.pm(
-                *self._create(namespace, name, spec, init, ctx, labels, "no", attach=True),
+                *self._create(namespace, name, spec, init, ctx, labels, "no", attach=True, serve=False),
                 timeout=1800,
                 check=False,
             )
@@ -299,13 +304,13 @@ class Cluster:
         with self.lock:
             self.pods[(ns, name)] = pod
         try:
-            delay = 10.0
-            for attempt in range(INIT_ATTEMPTS):  # restartPolicy Always: failed init containers run again
+            delay, deadline = 10.0, time.monotonic() + INIT_RETRY_SECONDS
+            while True:  # restartPolicy Always: failed init containers run again, with back-off
                 try:
                     self.run_init_containers(ns, name, spec, ctx, labels)
                     break
                 except PodError as exc:
-                    if attempt == INIT_ATTEMPTS - 1 or self.stop.is_set():
+                    if time.monotonic() + delay > deadline or self.stop.is_set():
                         raise
                     self.events.append(f"{ns}/{name}: {exc}; again in {delay:.0f} s")
                     time.sleep(delay)

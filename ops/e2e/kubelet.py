@@ -58,7 +58,9 @@ class PodmanCluster(kubekit.FakeCluster):
         try:
             if error.exists():
                 raise PodError(error.read_text())
-            args = self.runtime._create(namespace, name, spec, container, ctx, labels, "no", attach=True)
+            args = self.runtime._create(
+                namespace, name, spec, container, ctx, labels, "no", attach=True, serve=False
+            )
         except PodError as exc:  # the kubelet cannot start it: the pod stays Pending, as in a cluster
             with self.lock:
                 lines.append(f"kubelet: CreateContainerConfigError: {exc}")
