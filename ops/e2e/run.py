@@ -95,6 +95,7 @@ def helm_render(chart: Path, kubeconfig: Path, extra: list[str], upgrade: bool) 
         "-f",
         str(HERE / "values-e2e.yaml"),
         "--dry-run=server",
+        "--disable-openapi-validation",
         "--kubeconfig",
         str(kubeconfig),
         *extra,
@@ -237,6 +238,10 @@ class E2E:
             self._hook(hook)
         for obj in objects:
             if not is_hook(obj):
+                annotations = obj["metadata"].setdefault("annotations", {})  # what helm adds when it applies
+                annotations.update(
+                    {"meta.helm.sh/release-name": RELEASE, "meta.helm.sh/release-namespace": NAMESPACE}
+                )
                 cluster.apply(obj, NAMESPACE)
         threads = []
         for obj in objects:

@@ -437,8 +437,57 @@ def _owner(pod: Obj) -> str | None:
     return refs[0]["name"] if refs else None
 
 
-def _resource(name: str, kind: str, verbs: list[str]) -> Obj:
-    return {"name": name, "singularName": kind.lower(), "namespaced": True, "kind": kind, "verbs": verbs}
+_KINDS: dict[str, list[tuple[str, str, bool]]] = {
+    # group/version -> (resource, kind, namespaced): what the farm's chart renders. Only Jobs, pods
+    # and Secrets are served; helm (`--dry-run=server`, for `lookup`) maps every kind it renders.
+    "v1": [
+        ("namespaces", "Namespace", False),
+        ("pods", "Pod", True),
+        ("secrets", "Secret", True),
+        ("configmaps", "ConfigMap", True),
+        ("services", "Service", True),
+        ("serviceaccounts", "ServiceAccount", True),
+        ("persistentvolumeclaims", "PersistentVolumeClaim", True),
+    ],
+    "apps/v1": [
+        ("deployments", "Deployment", True),
+        ("statefulsets", "StatefulSet", True),
+        ("daemonsets", "DaemonSet", True),
+    ],
+    "batch/v1": [("jobs", "Job", True), ("cronjobs", "CronJob", True)],
+    "networking.k8s.io/v1": [("networkpolicies", "NetworkPolicy", True), ("ingresses", "Ingress", True)],
+    "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
+    "rbac.authorization.k8s.io/v1": [
+        ("roles", "Role", True),
+        ("rolebindings", "RoleBinding", True),
+        ("clusterroles", "ClusterRole", False),
+        ("clusterrolebindings", "ClusterRoleBinding", False),
+    ],
+    "node.k8s.io/v1": [("runtimeclasses", "RuntimeClass", False)],
+}
+
+
+def _resources(group_version: str) -> Obj:
+    verbs = ["get", "list", "create", "delete"]
+    return {
+        "kind": "APIResourceList",
+        "groupVersion": group_version,
+        "resources": [
+            {
+                "name": name,
+                "singularName": kind.lower(),
+                "namespaced": namespaced,
+                "kind": kind,
+                "verbs": verbs,
+            }
+            for name, kind, namespaced in _KINDS[group_version]
+        ],
+    }
+
+
+def _group(group_version: str) -> Obj:
+    version = {"groupVersion": group_version, "version": group_version.split("/")[1]}
+    return {"name": group_version.split("/", 1)[0], "versions": [version], "preferredVersion": version}
 
 
 _DISCOVERY: dict[str, Obj] = {
@@ -447,30 +496,11 @@ _DISCOVERY: dict[str, Obj] = {
     "/apis": {
         "kind": "APIGroupList",
         "apiVersion": "v1",
-        "groups": [
-            {
-                "name": "batch",
-                "versions": [{"groupVersion": "batch/v1", "version": "v1"}],
-                "preferredVersion": {"groupVersion": "batch/v1", "version": "v1"},
-            }
-        ],
+        "groups": [_group(gv) for gv in _KINDS if gv != "v1"],
     },
-    "/api/v1": {
-        "kind": "APIResourceList",
-        "groupVersion": "v1",
-        "resources": [
-            _resource("pods", "Pod", ["get", "list", "delete"]),
-            _resource("pods/log", "Pod", ["get"]),
-            _resource("secrets", "Secret", ["get", "list", "create"]),
-        ],
-    },
-    "/apis/batch/v1": {
-        "kind": "APIResourceList",
-        "groupVersion": "batch/v1",
-        "resources": [_resource("jobs", "Job", ["get", "list", "create", "delete"])],
-    },
+    **{("/api/v1" if gv == "v1" else f"/apis/{gv}"): _resources(gv) for gv in _KINDS},
 }
-"""Discovery: the API groups and resources this double serves (helm asks before a `lookup`)."""
+"""Discovery: the API groups and resources this double knows (helm asks before a `lookup`)."""
 
 
 def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
