@@ -18,10 +18,11 @@ import gzip
 import hashlib
 import io
 import os
+import posixpath
 import stat
 import tarfile
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from buildfarm.model.errors import PermanentError
 
@@ -110,6 +111,22 @@ def pack_tree(root: Path) -> bytes:
     return packed.getvalue()
 
 
+_FILTER_ERRORS: tuple[type[Exception], ...] = (
+    (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()  # PEP 706, Python >= 3.11.4
+)
+
+
+def _check_member(tarball: Path, member: tarfile.TarInfo) -> None:
+    """What the ``data`` extraction filter refuses, checked also where Python has no filters."""
+    parts = PurePosixPath(member.name).parts
+    if not parts or parts[0] == "/" or ".." in parts:
+        raise PermanentError(f"{tarball.name}: unsafe member: {member.name!r} escapes the tree")
+    if member.issym():
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(member.name), member.linkname))
+        if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
+            raise PermanentError(f"{tarball.name}: unsafe member: symlink {member.name} points outside")
+
+
 def unpack_tree(tarball: Path, dest: Path, max_bytes: int | None = None) -> None:
     """Unpack a source tarball into ``dest``, refusing members that would escape it and, with
     ``max_bytes``, a tarball that unpacks to more than that (a small upload may inflate hugely)."""
@@ -123,8 +140,12 @@ def unpack_tree(tarball: Path, dest: Path, max_bytes: int | None = None) -> None
                 total += member.size
                 if max_bytes is not None and total > max_bytes:
                     raise PermanentError(f"{tarball.name}: unpacks to more than {max_bytes} bytes")
-            tar.extractall(dest, filter="data")
-    except tarfile.FilterError as exc:
+                _check_member(tarball, member)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, filter="data")
+            else:  # Python 3.11 before 3.11.4 (Debian bookworm's python3): _check_member is the guard
+                tar.extractall(dest)
+    except _FILTER_ERRORS as exc:
         raise PermanentError(f"{tarball.name}: unsafe member: {exc}") from exc
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise PermanentError(f"{tarball.name}: not a readable source tarball: {exc}") from exc
