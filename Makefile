@@ -16,13 +16,14 @@ PYTEST_ARGS ?=
 BUILDFARM_STATE_DIR ?= $(CURDIR)/.farm
 export BUILDFARM_STATE_DIR
 
-.PHONY: help deps venv lint pytest test demo demo-stop bench chaos charts farm-stop clean
+.PHONY: help deps venv lint pytest test demo demo-stop bench chaos charts farm-stop clean e2e
 
 help:
 	@echo "make demo       start a 2-node local farm, build examples/, show the apt line"
 	@echo "make test       Debian packages + venv + lint + pytest"
 	@echo "make farm-stop  stop the local farm started by 'make demo'"
 	@echo "make chaos      kill -9 each farm process mid-build on a private farm; prints a table"
+	@echo "make e2e        the chart's pods on podman as a one-node cluster, the example build through it"
 	@echo "make lint | venv | deps | bench | charts | clean"
 
 deps:
@@ -131,6 +132,12 @@ $(HELM_STAMP): $(CHARTS_STAMP)
 
 charts: $(CHARTS_STAMP) $(HELM_STAMP)
 	$(CHARTS_VENV)/bin/python ops/charts/check.py --helm $(HELM) --kube-versions "$(CHARTS_KUBE_VERSIONS)"
+
+# The chart run for real (ops/e2e/README.md): images built here (cached in ~/.cache/buildfarm/e2e),
+# every rendered pod started on podman, hooks, probes, the example build, an upgrade. ~see README.
+E2E_ARGS ?=
+e2e: deps venv $(HELM_STAMP)
+	$(VENV)/bin/python ops/e2e/run.py $(E2E_ARGS)
 
 # Builds and pushes the images only where a builder and IMAGE_REGISTRY are reachable; else says why.
 .PHONY: images

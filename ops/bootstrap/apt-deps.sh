@@ -11,6 +11,7 @@ packages=(
   sbuild mmdebstrap uidmap                               # clean builds in unshare mode
   redis-server postgresql                                # broker and build state (tests start private ones)
   buildah docker-registry skopeo                         # image steps: daemonless builds, the local registry
+  podman runc netavark aardvark-dns                      # make e2e: the chart's pods as containers (crun fails here)
   git ca-certificates curl
   gnupg                                                  # gpg signs the published Release files (the farm key)
   gpgv                                                   # mirror keys: the local profile verifies Release files

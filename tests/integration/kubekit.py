@@ -35,6 +35,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -82,9 +83,12 @@ class PodRun:
 
 
 class FakeCluster:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self, workdir: Path, address: tuple[str, int] = ("127.0.0.1", 0), tls: ssl.SSLContext | None = None
+    ) -> None:
         self.workdir = workdir
         self.jobs: dict[tuple[str, str], Obj] = {}
+        self.secrets: dict[tuple[str, str], Obj] = {}  # created through the API (a bootstrap Job's token)
         self.pods: dict[tuple[str, str], Obj] = {}
         self.runs: dict[tuple[str, str], PodRun] = {}
         self.created: list[Obj] = []  # every body POSTed, as sent
@@ -94,13 +98,18 @@ class FakeCluster:
         self.gate.set()
         self.lock = threading.Condition()
         self._versions = itertools.count(1)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.server = ThreadingHTTPServer(address, _handler(self))
         self.server.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:  # what an in-cluster client needs: https with the ServiceAccount's ca.crt
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        host, port = self.server.server_address[:2]
+        return f"{self.scheme}://{host}:{port}"
 
     def kubeconfig(self, path: Path) -> Path:
         config = {
@@ -428,6 +437,72 @@ def _owner(pod: Obj) -> str | None:
     return refs[0]["name"] if refs else None
 
 
+_KINDS: dict[str, list[tuple[str, str, bool]]] = {
+    # group/version -> (resource, kind, namespaced): what the farm's chart renders. Only Jobs, pods
+    # and Secrets are served; helm (`--dry-run=server`, for `lookup`) maps every kind it renders.
+    "v1": [
+        ("namespaces", "Namespace", False),
+        ("pods", "Pod", True),
+        ("secrets", "Secret", True),
+        ("configmaps", "ConfigMap", True),
+        ("services", "Service", True),
+        ("serviceaccounts", "ServiceAccount", True),
+        ("persistentvolumeclaims", "PersistentVolumeClaim", True),
+    ],
+    "apps/v1": [
+        ("deployments", "Deployment", True),
+        ("statefulsets", "StatefulSet", True),
+        ("daemonsets", "DaemonSet", True),
+    ],
+    "batch/v1": [("jobs", "Job", True), ("cronjobs", "CronJob", True)],
+    "networking.k8s.io/v1": [("networkpolicies", "NetworkPolicy", True), ("ingresses", "Ingress", True)],
+    "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
+    "rbac.authorization.k8s.io/v1": [
+        ("roles", "Role", True),
+        ("rolebindings", "RoleBinding", True),
+        ("clusterroles", "ClusterRole", False),
+        ("clusterrolebindings", "ClusterRoleBinding", False),
+    ],
+    "node.k8s.io/v1": [("runtimeclasses", "RuntimeClass", False)],
+}
+
+
+def _resources(group_version: str) -> Obj:
+    verbs = ["get", "list", "create", "delete"]
+    return {
+        "kind": "APIResourceList",
+        "groupVersion": group_version,
+        "resources": [
+            {
+                "name": name,
+                "singularName": kind.lower(),
+                "namespaced": namespaced,
+                "kind": kind,
+                "verbs": verbs,
+            }
+            for name, kind, namespaced in _KINDS[group_version]
+        ],
+    }
+
+
+def _group(group_version: str) -> Obj:
+    version = {"groupVersion": group_version, "version": group_version.split("/")[1]}
+    return {"name": group_version.split("/", 1)[0], "versions": [version], "preferredVersion": version}
+
+
+_DISCOVERY: dict[str, Obj] = {
+    "/version": {"major": "1", "minor": "33", "gitVersion": "v1.33.0", "platform": "linux/amd64"},
+    "/api": {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []},
+    "/apis": {
+        "kind": "APIGroupList",
+        "apiVersion": "v1",
+        "groups": [_group(gv) for gv in _KINDS if gv != "v1"],
+    },
+    **{("/api/v1" if gv == "v1" else f"/apis/{gv}"): _resources(gv) for gv in _KINDS},
+}
+"""Discovery: the API groups and resources this double knows (helm asks before a `lookup`)."""
+
+
 def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -462,8 +537,13 @@ def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
             return namespace, kind, name, sub, query
 
         def do_GET(self) -> None:
+            discovery = _DISCOVERY.get(urlsplit(self.path).path.rstrip("/"))
+            if discovery is not None:  # what helm's `lookup` (--dry-run=server) asks first
+                cluster.requests.append((self.command, self.path))
+                return self._send(200, discovery)
             namespace, kind, name, sub, query = self._route()
-            store = cluster.jobs if kind == "jobs" else cluster.pods if kind == "pods" else None
+            stores = {"jobs": cluster.jobs, "pods": cluster.pods, "secrets": cluster.secrets}
+            store = stores.get(kind)
             if store is None:
                 return self._status(404, "NotFound", f"no route {self.path}")
             if name is None:
@@ -471,7 +551,7 @@ def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
                 with cluster.lock:
                     items = [o for (ns, _), o in store.items() if ns == namespace and _matches(o, selector)]
                     body = json.loads(json.dumps(items))
-                kind_name = "JobList" if kind == "jobs" else "PodList"
+                kind_name = {"jobs": "JobList", "pods": "PodList", "secrets": "SecretList"}[kind]
                 api = "batch/v1" if kind == "jobs" else "v1"
                 return self._send(200, {"apiVersion": api, "kind": kind_name, "metadata": {}, "items": body})
             with cluster.lock:
@@ -512,6 +592,14 @@ def _handler(cluster: FakeCluster) -> type[BaseHTTPRequestHandler]:
             namespace, kind, name, _sub, _query = self._route()
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
             cluster.created.append(body)
+            if kind == "secrets" and name is None:
+                secret_name = body["metadata"]["name"]
+                if (namespace, secret_name) in cluster.secrets:
+                    return self._status(409, "AlreadyExists", f'secrets "{secret_name}" already exists')
+                cluster._meta(body, namespace)
+                with cluster.lock:
+                    cluster.secrets[(namespace, secret_name)] = body
+                return self._send(201, body)
             if kind != "jobs" or name is not None:
                 return self._status(405, "MethodNotAllowed", "only Jobs are created")
             job_name = body["metadata"]["name"]

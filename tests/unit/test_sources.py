@@ -63,7 +63,43 @@ def test_symlink_out_of_tree_is_refused(tmp_path: Path) -> None:
         tree_hash(a)
 
 
-def test_unpack_refuses_traversal(tmp_path: Path) -> None:
+@pytest.fixture(params=["filters", "no-filters"])
+def python_tarfile(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Python with PEP 706 extraction filters, and as Python 3.11 before 3.11.4 (Debian bookworm's
+    python3, which the farm image has when built on Debian) without them."""
+    if request.param == "no-filters":
+        monkeypatch.delattr(tarfile, "data_filter")
+        monkeypatch.delattr(tarfile, "FilterError")
+        plain = tarfile.TarFile.extractall
+
+        def extractall(self: tarfile.TarFile, path: str | Path = ".", **kwargs: object) -> None:
+            if "filter" in kwargs:
+                raise TypeError("TarFile.extractall() got an unexpected keyword argument 'filter'")
+            plain(self, path, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(tarfile.TarFile, "extractall", extractall)
+    return str(request.param)
+
+
+def test_unpack_without_filters_unpacks(tmp_path: Path, python_tarfile: str) -> None:
+    a = _make(tmp_path / "a")
+    tarball = tmp_path / "a.tar.gz"
+    tarball.write_bytes(pack_tree(a))
+    unpack_tree(tarball, tmp_path / "out")
+    assert tree_hash(tmp_path / "out") == tree_hash(a)
+
+
+def test_unpack_refuses_an_outside_symlink(tmp_path: Path, python_tarfile: str) -> None:
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        link = tarfile.TarInfo("etc")
+        link.type, link.linkname = tarfile.SYMTYPE, "../../etc"
+        tar.addfile(link)
+    with pytest.raises(PermanentError, match="unsafe member"):
+        unpack_tree(evil, tmp_path / "out")
+
+
+def test_unpack_refuses_traversal(tmp_path: Path, python_tarfile: str) -> None:
     evil = tmp_path / "evil.tar.gz"
     payload = tmp_path / "payload"
     payload.write_text("x")

@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import io
 import os
+import posixpath
 import stat
 import tarfile
 import time
@@ -126,6 +127,15 @@ def _check_member(member: tarfile.TarInfo, name: str) -> None:
     # tarfile's data filter would quietly strip a leading "/": refuse it, as documented.
     if not parts or member.name.startswith("/") or ".." in parts:
         raise PermanentError(f"{name}: member {member.name!r} is absolute or escapes the tree")
+    if member.issym():  # what the data filter refuses, checked also where Python has no filters
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(member.name), member.linkname))
+        if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
+            raise PermanentError(f"{name}: unsafe member: symlink {member.name} points outside")
+
+
+_FILTER_ERRORS: tuple[type[Exception], ...] = (
+    (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()  # PEP 706, Python >= 3.11.4
+)
 
 
 def unpack_tree(
@@ -169,8 +179,11 @@ def unpack_tree(
                     check_clock(index)
                     yield member
 
-            tar.extractall(dest, members=members(), filter="data")
-    except tarfile.FilterError as exc:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, members=members(), filter="data")
+            else:  # Python 3.11 before 3.11.4 (Debian bookworm's python3): _check_member is the guard
+                tar.extractall(dest, members=members())
+    except _FILTER_ERRORS as exc:
         raise PermanentError(f"{name}: unsafe member: {exc}") from exc
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise PermanentError(f"{name}: not a readable source tarball: {exc}") from exc
