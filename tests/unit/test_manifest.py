@@ -81,7 +81,7 @@ def _assert_one_line_error(manifest: Path, expected: str) -> None:
         ("project: p\nbranch: main\nkind: nightly\npackages: [{git: https://x}]\n", "'git' needs a 'ref'"),
         (
             "project: p\nbranch: main\nkind: nightly\npackages: [{path: pkg, git: https://x, ref: y}]\n",
-            "give exactly one of 'path' or 'git'",
+            "give exactly one of 'path', 'git', 'dsc' or 'source'",
         ),
         ("project: [p\n", "line 2: not valid YAML"),
         ("- just a list\n", "must be a mapping"),

@@ -77,17 +77,21 @@ def _clone(source: PackageSource | ImageSource, clone: Path, what: str) -> Path:
 @contextmanager
 def source_directories(
     manifest: Manifest, root: Path, prepared: dict[int, Path] | None = None
-) -> Iterator[list[tuple[PackageSource, Path]]]:
+) -> Iterator[list[tuple[PackageSource, Path | None]]]:
     """Yield (package, directory with debian/) for each package; clones live until the block ends.
+    A package named by a .dsc or a source name has no tree: its directory is None.
 
     ``prepared`` maps a package's index to a directory already holding its tree (an uploaded
     source tarball, unpacked by the API); other ``path`` packages are read below ``root``.
     """
     with TemporaryDirectory(prefix="buildfarm-src-") as scratch:
-        out: list[tuple[PackageSource, Path]] = []
+        out: list[tuple[PackageSource, Path | None]] = []
         for index, package in enumerate(manifest.packages):
             if prepared is not None and index in prepared:
                 out.append((package, prepared[index]))
+                continue
+            if package.path is None and package.git is None:
+                out.append((package, None))
                 continue
             if package.path is not None:
                 out.append((package, (root / package.path).resolve()))
