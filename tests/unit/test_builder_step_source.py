@@ -106,7 +106,7 @@ def test_not_a_tarball_or_no_debian_dir(step: ModuleType, tmp_path: Path) -> Non
     with pytest.raises(step.StepError, match=r"^the source tarball is not a readable \.tar\.gz: "):
         step.unpack_source(junk, tmp_path / "a")
     empty = _tarball(tmp_path / "empty.tar.gz", [("README", FILE, b"hi")])
-    with pytest.raises(step.StepError, match="neither debian/control at its top nor exactly one .dsc"):
+    with pytest.raises(step.StepError, match=r"neither debian/control at its top nor exactly one \.dsc"):
         step.unpack_source(empty, tmp_path / "b")
 
 
