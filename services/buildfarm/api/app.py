@@ -244,9 +244,16 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
             root = Path(scratch)
             prepared = _unpack_trees(farm, "packages", manifest.packages, body.sources, root)
             contexts = _unpack_trees(farm, "images", manifest.images, body.contexts, root)
+            files = _unpack_files(farm, len(manifest.packages), body.files, root)
             with limits.running_cap(principal.user, lambda: _running_builds(farm, principal.user)):
                 build_id = submit_build(
-                    farm, manifest, root, principal.user, prepared, prepared_contexts=contexts
+                    farm,
+                    manifest,
+                    root,
+                    principal.user,
+                    prepared,
+                    prepared_contexts=contexts,
+                    prepared_files=files,
                 )
         return control.show_build(farm, build_id)
 
@@ -452,6 +459,33 @@ def _unpack_trees(
     if extra:
         raise BadSourceError(f"'{field}' given for {kind} that are not path {kind}: {sorted(extra)}")
     return prepared
+
+
+def _unpack_files(
+    farm: FarmContext, packages: int, uploaded: dict[str, str], scratch: Path
+) -> dict[int, Path]:
+    """Unpack each package's uploaded flat tarball of local files (upstream tarballs, a .dsc and
+    its files) into ``scratch/files/<index>``; the source resolver reads them there."""
+    out: dict[int, Path] = {}
+    for key, sha in uploaded.items():
+        index = int(key)
+        if index >= packages:
+            raise BadSourceError(f"'files' given for packages[{index}], which the manifest does not have")
+        if not farm.store.has(sha):
+            raise BadSourceError(f"packages[{index}]: files {sha} were not uploaded")
+        target = scratch / "files" / str(index)
+        tarball = target.with_suffix(".tar.gz")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        farm.store.fetch(sha, tarball)
+        try:
+            unpack_tree(tarball, target, farm.settings.api_max_unpacked_bytes)
+        except PermanentError as exc:
+            raise BadSourceError(f"packages[{index}]: {exc}") from exc
+        tarball.unlink()
+        if any(not p.is_file() for p in target.iterdir()):
+            raise BadSourceError(f"packages[{index}]: the uploaded files must be plain files, flat")
+        out[index] = target
+    return out
 
 
 def _running_builds(farm: FarmContext, user: str) -> int:

@@ -50,6 +50,11 @@ class SubmitIn(_Strict):
     manifest: dict[str, Any]
     sources: UploadedTrees = Field(default_factory=dict, description="one per `path` package")
     contexts: UploadedTrees = Field(default_factory=dict, description="one per `path` image")
+    files: UploadedTrees = Field(
+        default_factory=dict,
+        description="per package: a flat tarball of its local files (a `path` tree's upstream "
+        "tarballs, or a local `dsc` and the files it names)",
+    )
 
 
 class BuildPageOut(BaseModel):

@@ -147,7 +147,9 @@ class SourceResolver:
             raise PermanentError(f"{what}: source format {fmt!r} is not one of {', '.join(FORMATS)}")
         upstream = upstream_version(info.version)
         if package.orig:
-            found = [self._orig(item, info.name, info.version, work, what) for item in package.orig]
+            found = [
+                self._orig(item, info.name, info.version, work, what, files=files) for item in package.orig
+            ]
         elif files is not None:
             found = upstream_files_in(files, info.name, info.version)
         elif package.path is not None:
@@ -186,8 +188,11 @@ class SourceResolver:
         noepoch = info.version.split(":", 1)[-1]
         return source_package(work / f"{info.name}_{noepoch}.dsc", what)
 
-    def _orig(self, item: UpstreamFile, source: str, version: str, work: Path, what: str) -> Path:
-        """Bring one ``orig`` entry into ``work`` under the name dpkg-source looks for."""
+    def _orig(
+        self, item: UpstreamFile, source: str, version: str, work: Path, what: str, *, files: Path | None
+    ) -> Path:
+        """Bring one ``orig`` entry into ``work`` under the name dpkg-source looks for (a path
+        entry from the files a remote client uploaded with the tree, when it did)."""
         name = item.name
         if not is_upstream_file(name, source, version):
             suffix = next(
@@ -205,7 +210,10 @@ class SourceResolver:
             self.fetch_input(item.url, item.sha256, dest, what)
         else:
             assert item.path is not None
-            shutil.copyfile((self.root / item.path).resolve(), dest)
+            local = files / Path(item.path).name if files is not None else (self.root / item.path).resolve()
+            if not local.is_file():
+                raise ManifestError(f"{what}: orig {item.path!r} was not found")
+            shutil.copyfile(local, dest)
             if item.sha256 is not None:
                 actual = file_sha256(dest)
                 if actual != item.sha256:

@@ -26,6 +26,8 @@ from pathlib import Path
 from debian.deb822 import Dsc
 
 from buildfarm.model.errors import PermanentError
+from buildfarm.model.manifest import PackageSource
+from buildfarm.model.planner import read_source_info
 
 _CHUNK = 1 << 20
 MAX_DSC_BYTES = 1 << 20
@@ -209,9 +211,14 @@ def tree_format(tree: Path) -> str:
 
 def pack_source_package(package: SourcePackage) -> bytes:
     """The deterministic ``.tar.gz`` a builder gets: the .dsc and its files, flat, fixed metadata."""
+    return pack_files(package.paths())
+
+
+def pack_files(paths: list[Path]) -> bytes:
+    """A deterministic flat ``.tar.gz`` of ``paths`` (by their names): same files, same bytes."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in package.paths():
+        for path in sorted(paths, key=lambda p: p.name):
             info = tarfile.TarInfo(path.name)
             info.size, info.mode, info.mtime = path.stat().st_size, 0o644, 0
             info.uid = info.gid = 0
@@ -222,3 +229,19 @@ def pack_source_package(package: SourcePackage) -> bytes:
     with gzip.GzipFile(filename="", mode="wb", fileobj=packed, mtime=0, compresslevel=1) as gz:
         gz.write(raw.getvalue())
     return packed.getvalue()
+
+
+def files_to_upload(package: PackageSource, root: Path, what: str) -> list[Path]:
+    """The local files a remote client sends with a package, beside its tree tarball: a ``path``
+    tree's upstream tarballs (found beside it, or named in ``orig`` by path), or a local ``dsc``
+    and every file it names.  The farm cannot read the client's disk."""
+    if package.dsc is not None and not package.dsc.startswith(("http://", "https://")):
+        return source_package((root / package.dsc).resolve(), what).paths()
+    local_origs = [(root / o.path).resolve() for o in package.orig if o.path is not None]
+    if package.path is None:
+        return local_origs
+    if package.orig:
+        return local_origs
+    tree = (root / package.path).resolve()
+    info = read_source_info(tree, package.describe())
+    return upstream_files_beside(tree, info.name, info.version)
