@@ -262,6 +262,7 @@ class HttpClient:
                 components=tuple(str(c) for c in answer.get("components") or ()),
                 trusted="[trusted=yes]" in str(answer.get("line", "")),
                 signed_by=str(answer["signed_by"]) if answer.get("signed_by") else None,
+                sources=bool(answer.get("source_line")),
             )
         except (KeyError, TypeError) as exc:
             raise self._unexpected(f"GET {path} lacks {exc}") from exc

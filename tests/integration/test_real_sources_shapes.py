@@ -22,6 +22,7 @@ from sqlalchemy import select
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
+from buildfarm.local.aptclient import AptClient
 from buildfarm.model.debsource import file_sha256
 from buildfarm.model.errors import PermanentError, TemporaryError
 from buildfarm.model.manifest import load_manifest
@@ -310,3 +311,26 @@ def test_format_1_0_with_diff_gz_and_component_tarballs(ctx: FarmContext, tmp_pa
     members = _source_members(ctx, comp, tmp_path / "comp")
     assert "greet-quilt_1.0.orig-extra.tar.gz" in members
     assert "greet-quilt_1.0.orig-extra.tar.gz.asc" in members
+
+
+def test_published_repository_serves_byte_identical_sources(ctx: FarmContext, tmp_path: Path) -> None:
+    _quilt_tree(tmp_path / "src")
+    view = _build(ctx, _manifest(tmp_path / "src", "  - path: greet-quilt\n"))
+    assert view.state == "succeeded", view
+    built = tmp_path / "built"
+    given = _source_members(ctx, view, built)
+    source = ctx.repo.sources("proj", "main")
+    assert source.source_line() == "deb-src" + source.line().removeprefix("deb")
+    repos = ctx.settings.state_dir / "repos"
+    server = Served(repos)
+    try:
+        line = source.source_line()
+        assert line is not None
+        apt = AptClient(tmp_path / "apt", line.replace(source.url.split("/proj/")[0], server.url))
+        apt.update()
+        fetched = apt.source("greet-quilt")
+    finally:
+        server.stop()
+    assert [p.name for p in fetched] == given
+    for path in fetched:
+        assert path.read_bytes() == (built / path.name).read_bytes()

@@ -357,6 +357,7 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
             suite=source.suite,
             components=list(source.components),
             signed_by=source.signed_by,
+            source_line=source.source_line(),
         )
 
     @app.post(f"{API}/admin/users", response_model=UserOut, status_code=201, tags=["admin"])

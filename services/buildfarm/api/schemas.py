@@ -70,6 +70,7 @@ class SourcesOut(BaseModel):
     suite: str
     components: list[str]
     signed_by: str | None = None  # the key's path in [signed-by=...]; null: an unsigned repository
+    source_line: str | None = None  # the deb-src line; null: the repository has no Sources index
 
 
 class ProjectOut(BaseModel):
