@@ -133,6 +133,9 @@ def _build_depends(fields: Mapping[str, str], origin: str, where: str) -> tuple[
         text = fields.get(field_name)
         if not text:
             continue
+        # Debian's control files often end a list with a comma (or leave an empty line in it):
+        # dpkg ignores the empty entries, and so does the planner.
+        text = ",".join(part for part in text.split(",") if part.strip())
         try:
             with _quiet_debian():
                 relations = PkgRelation.parse_relations(text)
