@@ -11,6 +11,12 @@ A manifest is a YAML file::
         ref: v1.2                # branch, tag or commit
         subdir: packaging        # optional: where debian/ is inside the repository
         depends: [base-image]    # optional: image steps this package waits for
+      - path: tool               # 3.0 (quilt): upstream tarballs beside it, or named in orig
+        orig: [{url: https://example.org/tool-1.0.tar.gz, sha256: 0f3c...}]
+      - dsc: https://deb.debian.org/debian/pool/main/m/mbw/mbw_1.2.2-1.1.dsc
+        signed_by: keys/uploader.asc   # optional: the .dsc's signature must verify
+      - source: memstat          # from the farm's mirrors, as apt-get source
+        version: "1.1"           # optional
     images:
       - name: greet-image        # registry path component: lowercase [a-z0-9._-]
         path: images/greet       # the build context (or git + ref + subdir, as for packages)
@@ -210,6 +216,8 @@ class PackageSource(_TreeSource):
             return None
         if value.startswith(("http://", "https://")):
             return _http_url(value, "dsc")
+        if "://" in value:
+            raise ValueError(f"dsc {value!r}: give a file of the manifest's tree or an http(s) URL")
         if not value.endswith(".dsc"):
             raise ValueError(f"dsc {value!r} must name a .dsc file")
         return _relative_path(value, "dsc")
