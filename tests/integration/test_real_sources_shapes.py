@@ -31,11 +31,13 @@ from buildfarm.state.models import BuildInput
 from farmkit import drain, make_test_context
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+LOCAL_FETCH = {"fetch_allow_schemes": ["https", "http"], "fetch_allow_hosts": ["127.0.0.1"]}
+"""The tests' upstream servers listen on loopback, which the farm refuses unless allowed."""
 
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> Iterator[FarmContext]:
-    context = make_test_context(tmp_path, f"sqlite:///{tmp_path}/state.db")
+    context = make_test_context(tmp_path, f"sqlite:///{tmp_path}/state.db", **LOCAL_FETCH)
     yield context
     context.db.dispose()
 
@@ -198,14 +200,14 @@ def test_dsc_url_builds_after_the_upstream_is_gone_without_reusable_outputs(
     tmp_path: Path, served: tuple[Path, Served]
 ) -> None:
     www, server = served
-    maker = make_test_context(tmp_path / "maker", f"sqlite:///{tmp_path}/maker.db")
+    maker = make_test_context(tmp_path / "maker", f"sqlite:///{tmp_path}/maker.db", **LOCAL_FETCH)
     (tmp_path / "maker").mkdir(exist_ok=True)
     _quilt_tree(tmp_path / "src", "1.0-3")
     made = _build(maker, _manifest(tmp_path / "src", "  - path: greet-quilt\n"))
     _source_members(maker, made, www / "pool")
     maker.db.dispose()
 
-    ctx = make_test_context(tmp_path / "farm", f"sqlite:///{tmp_path}/farm.db")
+    ctx = make_test_context(tmp_path / "farm", f"sqlite:///{tmp_path}/farm.db", **LOCAL_FETCH)
     manifest = _manifest(tmp_path, f"  - dsc: {server.url}/pool/greet-quilt_1.0-3.dsc\n")
     first = _build(ctx, manifest)
     assert first.state == "succeeded", first

@@ -67,6 +67,7 @@ from buildfarm.model.manifest import PackageSource, UpstreamFile
 from buildfarm.model.planner import SourceInfo, read_source_info, source_info_from_dsc
 from buildfarm.model.settings import MirrorConfig
 from buildfarm.model.sources import pack_tree, unpack_tree
+from buildfarm.model.urlpolicy import UrlPolicy, UrlRefusedError, check_url, redact_url
 from buildfarm.state.models import BuildInput, utcnow
 
 DPKG_SOURCE_TIMEOUT_SECONDS = 600
@@ -76,6 +77,8 @@ HTTP_TIMEOUT_SECONDS = 60.0
 MAX_DOWNLOAD_BYTES = 4 << 30
 """An upstream tarball larger than 4 GiB is refused rather than filling the disk."""
 GPG_TIMEOUT_SECONDS = 30.0
+MAX_REDIRECTS = 5
+"""Redirects followed per download (each checked against the URL policy); more is a loop."""
 _CHUNK = 1 << 20
 _INDEX_UNPACK: dict[str, Callable[[bytes], bytes]] = {
     ".xz": lzma.decompress,
@@ -85,11 +88,17 @@ _INDEX_UNPACK: dict[str, Callable[[bytes], bytes]] = {
 }
 
 
-def check_url(url: str, what: str) -> str:
-    """The farm fetches only http(s) URLs from what users give it."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ManifestError(f"{what}: {url!r} is not an http(s) URL")
+def check_fetch_url(url: str, policy: UrlPolicy, what: str) -> str:
+    """Every URL fetched on a user's behalf passes the farm's URL policy (scheme, public or
+    admin-allowed host: :mod:`buildfarm.model.urlpolicy`) just before it is fetched."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise ManifestError(f"{what}: {redact_url(url)!r} is not an http(s) URL")
+    try:
+        check_url(url, policy)
+    except UrlRefusedError as exc:
+        raise ManifestError(f"{what}: {exc}") from exc
+    except TemporaryError as exc:
+        raise TemporaryError(f"{what}: {exc}", exc.retry_after) from exc
     return url
 
 
@@ -254,7 +263,7 @@ class SourceResolver:
         self, url: str, work: Path, what: str, key: str | None, dsc_sha256: str | None = None
     ) -> SourcePackage:
         """Fetch a .dsc and every file it names (``dget``), each checked and kept."""
-        check_url(url, what)
+        check_fetch_url(url, self.ctx.settings.url_policy, what)
         name = Path(urllib.parse.urlsplit(url).path).name
         if not name.endswith(".dsc"):
             raise ManifestError(f"{what}: {url} does not name a .dsc")
@@ -318,7 +327,6 @@ class SourceResolver:
     ) -> None:
         """``url`` into ``dest``: from the artifact store when its checksum is known and stored,
         else downloaded, checked, stored and recorded as a build input (kept forever)."""
-        check_url(url, what)
         store = self.ctx.store
         if sha256 is None:
             known = self._known(url)
@@ -329,7 +337,8 @@ class SourceResolver:
         if sha256 is not None and store.has(sha256):
             store.fetch(sha256, dest)
             return
-        actual = download(url, dest, what)
+        check_fetch_url(url, self.ctx.settings.url_policy, what)
+        actual = download(url, dest, what, self.ctx.settings.url_policy)
         if checked and actual != sha256:
             dest.unlink(missing_ok=True)
             source = f"the .dsc says {sha256}" if expected is not None else f"expected {sha256}"
@@ -375,30 +384,39 @@ class SourceResolver:
                 )
 
 
-def download(url: str, dest: Path, what: str) -> str:
-    """Stream ``url`` into ``dest``; its sha256.  Unreachable or a 5xx: temporary; a 4xx: permanent."""
+def download(url: str, dest: Path, what: str, policy: UrlPolicy) -> str:
+    """Stream ``url`` into ``dest``; its sha256.  Unreachable or a 5xx: temporary; a 4xx:
+    permanent.  Redirects are followed by hand (at most MAX_REDIRECTS), each target passing the
+    URL policy, so a public URL cannot redirect the farm to its own services."""
     digest = hashlib.sha256()
     size = 0
+    shown = redact_url(url)
     try:
-        with (
-            httpx.Client(timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=True) as http,
-            http.stream("GET", url) as response,
-        ):
-            if response.status_code >= 500 or response.status_code == 429:
-                raise TemporaryError(f"{what}: {url} answered HTTP {response.status_code}", 60.0)
-            if response.status_code != 200:
-                raise PermanentError(f"{what}: {url} answered HTTP {response.status_code}")
-            with dest.open("wb") as out:
-                for chunk in response.iter_bytes(_CHUNK):
-                    size += len(chunk)
-                    if size > MAX_DOWNLOAD_BYTES:
-                        raise PermanentError(f"{what}: {url} is larger than {MAX_DOWNLOAD_BYTES} bytes")
-                    digest.update(chunk)
-                    out.write(chunk)
+        with httpx.Client(timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=False) as http:
+            for _hop in range(MAX_REDIRECTS + 1):
+                with http.stream("GET", url) as response:
+                    if response.is_redirect and "location" in response.headers:
+                        url = urllib.parse.urljoin(url, response.headers["location"])
+                        check_fetch_url(url, policy, what)
+                        continue
+                    if response.status_code >= 500 or response.status_code == 429:
+                        raise TemporaryError(f"{what}: {shown} answered HTTP {response.status_code}", 60.0)
+                    if response.status_code != 200:
+                        raise PermanentError(f"{what}: {shown} answered HTTP {response.status_code}")
+                    with dest.open("wb") as out:
+                        for chunk in response.iter_bytes(_CHUNK):
+                            size += len(chunk)
+                            if size > MAX_DOWNLOAD_BYTES:
+                                raise PermanentError(
+                                    f"{what}: {shown} is larger than {MAX_DOWNLOAD_BYTES} bytes"
+                                )
+                            digest.update(chunk)
+                            out.write(chunk)
+                    return digest.hexdigest()
     except httpx.HTTPError as exc:
         dest.unlink(missing_ok=True)
-        raise TemporaryError(f"{what}: {url} cannot be fetched: {exc or type(exc).__name__}", 60.0) from exc
-    return digest.hexdigest()
+        raise TemporaryError(f"{what}: {shown} cannot be fetched: {exc or type(exc).__name__}", 60.0) from exc
+    raise PermanentError(f"{what}: {shown} redirects more than {MAX_REDIRECTS} times")
 
 
 def verify_dsc(dsc: Path, key: str, what: str) -> None:
