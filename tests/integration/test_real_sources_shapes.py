@@ -336,3 +336,36 @@ def test_published_repository_serves_byte_identical_sources(ctx: FarmContext, tm
     assert [p.name for p in fetched] == given
     for path in fetched:
         assert path.read_bytes() == (built / path.name).read_bytes()
+
+
+def test_dsc_urls_and_their_redirects_pass_the_url_policy(tmp_path: Path) -> None:
+    """A manifest cannot make the farm fetch from its own host: loopback is refused by default,
+    and a redirect from an allowed host to one that is not is refused too (nothing fetched)."""
+    strict = make_test_context(tmp_path / "strict", f"sqlite:///{tmp_path}/strict.db")
+    manifest = _manifest(tmp_path, "  - dsc: http://127.0.0.1:9/pool/x_1.0.dsc\n", "loop.yaml")
+    with pytest.raises(PermanentError, match=r"http:// URLs are not allowed here"):
+        submit_build(strict, load_manifest(manifest), tmp_path, "alice")
+    strict.db.dispose()
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", "http://127.0.0.2:9/x_1.0.dsc")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    ctx = make_test_context(tmp_path / "farm", f"sqlite:///{tmp_path}/farm.db", **LOCAL_FETCH)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/x_1.0.dsc"
+        hop = _manifest(tmp_path, f"  - dsc: {url}\n", "hop.yaml")
+        with pytest.raises(PermanentError, match="the farm does not fetch from this host"):
+            submit_build(ctx, load_manifest(hop), tmp_path, "alice")
+    finally:
+        server.shutdown()
+        server.server_close()
+        ctx.db.dispose()
