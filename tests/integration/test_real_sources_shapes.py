@@ -369,3 +369,26 @@ def test_dsc_urls_and_their_redirects_pass_the_url_policy(tmp_path: Path) -> Non
         server.shutdown()
         server.server_close()
         ctx.db.dispose()
+
+
+def test_tree_unpacked_beside_its_dsc_keys_like_the_dsc(ctx: FarmContext, tmp_path: Path) -> None:
+    """``apt-get source`` / ``dget`` leave the .dsc, its files and the unpacked tree side by side:
+    as ``path`` that tree is that source package (same bytes, same key), while a changed tree is
+    built with dpkg-source -b, which refuses an upstream change that no patch carries."""
+    made = tmp_path / "made"
+    _quilt_tree(made, "1.0-7")
+    subprocess.run(["dpkg-source", "-b", "greet-quilt"], cwd=made, check=True, capture_output=True)
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("greet-quilt_1.0-7.dsc", "greet-quilt_1.0-7.debian.tar.xz", "greet-quilt_1.0.orig.tar.gz"):
+        shutil.copyfile(made / name, src / name)
+    subprocess.run(
+        ["dpkg-source", "-x", "greet-quilt_1.0-7.dsc", "unpacked"], cwd=src, check=True, capture_output=True
+    )
+    by_dsc = _build(ctx, _manifest(src, "  - dsc: greet-quilt_1.0-7.dsc\n", "dsc.yaml"))
+    assert by_dsc.state == "succeeded", by_dsc
+    by_path = _build(ctx, _manifest(src, "  - path: unpacked\n", "path.yaml"))
+    assert by_path.steps[0].state == "reused" and by_path.steps[0].input_key == by_dsc.steps[0].input_key
+    (src / "unpacked" / "greet.c").write_text("int main(void) { return 0; }\n")
+    with pytest.raises(PermanentError, match=r"dpkg-source -b failed: .*unexpected upstream changes"):
+        submit_build(ctx, load_manifest(_manifest(src, "  - path: unpacked\n", "c.yaml")), src, "alice")

@@ -66,7 +66,7 @@ from buildfarm.model.errors import ManifestError, PermanentError, TemporaryError
 from buildfarm.model.manifest import PackageSource, UpstreamFile
 from buildfarm.model.planner import SourceInfo, read_source_info, source_info_from_dsc
 from buildfarm.model.settings import MirrorConfig
-from buildfarm.model.sources import pack_tree, unpack_tree
+from buildfarm.model.sources import pack_tree, tree_hash, unpack_tree
 from buildfarm.model.urlpolicy import UrlPolicy, UrlRefusedError, check_url, redact_url
 from buildfarm.state.models import BuildInput, utcnow
 
@@ -183,6 +183,12 @@ class SourceResolver:
             )
         if not needs_upstream(fmt, info.version):
             found = []  # a native package has none, even when a tarball lies around
+        noepoch = info.version.split(":", 1)[-1]
+        if package.path is not None and not package.orig:
+            beside = files if files is not None else tree.parent
+            same = self._dsc_beside(tree, beside / f"{info.name}_{noepoch}.dsc", work, what)
+            if same is not None:
+                return same
         copy = work / f"{info.name}-{upstream}"
         packed = work / ".tree.tar.gz"
         packed.write_bytes(pack_tree(tree))
@@ -194,8 +200,34 @@ class SourceResolver:
             self._keep_input(work / path.name, str(path) if package.path else what)
         _dpkg_source(["-b", copy.name], work, what)
         shutil.rmtree(copy)
-        noepoch = info.version.split(":", 1)[-1]
         return source_package(work / f"{info.name}_{noepoch}.dsc", what)
+
+    def _dsc_beside(self, tree: Path, dsc: Path, work: Path, what: str) -> SourcePackage | None:
+        """The .dsc beside a tree that is exactly what it unpacks to (``apt-get source``, ``dget``
+        or ``dpkg-source -x`` left both there): that source package as it is, so the tree keys
+        the same as the .dsc and its Debian bytes are kept.  None when there is no such .dsc,
+        a file of it is missing or wrong, or the tree was changed."""
+        if not dsc.is_file():
+            return None
+        try:
+            package = source_package(dsc, what)
+        except PermanentError:
+            return None
+        unpacked = work / ".dsc-beside"
+        try:
+            _dpkg_source(["-x", "--no-check", str(dsc), str(unpacked)], work, what)
+            if tree_hash(unpacked) != tree_hash(tree):
+                return None
+        except PermanentError:
+            return None
+        finally:
+            shutil.rmtree(unpacked, ignore_errors=True)
+        for path in package.paths():
+            shutil.copyfile(path, work / path.name)
+        for file in package.files:
+            if is_upstream_file(file.name, package.name, package.version):
+                self._keep_input(work / file.name, str(dsc.parent / file.name))
+        return source_package(work / dsc.name, what)
 
     def _orig(
         self, item: UpstreamFile, source: str, version: str, work: Path, what: str, *, files: Path | None
