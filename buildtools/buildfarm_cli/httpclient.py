@@ -29,6 +29,7 @@ from buildfarm.engine.control import BuildView, StepView
 from buildfarm.engine.mirrors import MirrorView
 from buildfarm.engine.retention import Progress, StorageReport, SweepReport
 from buildfarm.engine.schedules import ScheduleView
+from buildfarm.model.debsource import files_to_upload, pack_files
 from buildfarm.model.errors import (
     BuildfarmError,
     ConflictError,
@@ -160,7 +161,7 @@ class HttpClient:
         root = manifest_path.parent.resolve()
         tarballs: dict[str, bytes] = {}
         labels: dict[str, str] = {}  # digest -> the first tree it carries, for error messages
-        uploaded: dict[str, dict[str, str]] = {"sources": {}, "contexts": {}}
+        uploaded: dict[str, dict[str, str]] = {"sources": {}, "contexts": {}, "files": {}}
         trees: builtins.list[tuple[str, str, int, PackageSource | ImageSource]] = [
             ("sources", "packages", index, package) for index, package in enumerate(manifest.packages)
         ]
@@ -173,6 +174,15 @@ class HttpClient:
             tarballs[digest] = data
             labels.setdefault(digest, f"{kind}[{index}] ({tree.path})")
             uploaded[field][str(index)] = digest
+        for index, package in enumerate(manifest.packages):
+            local = files_to_upload(package, root, f"packages[{index}] ({package.describe()})")
+            if not local:
+                continue  # nothing beside it, or the farm fetches it itself
+            data = pack_files(local)
+            digest = hashlib.sha256(data).hexdigest()
+            tarballs[digest] = data
+            labels.setdefault(digest, f"packages[{index}] ({package.describe()}): its files")
+            uploaded["files"][str(index)] = digest
         if tarballs:
             answer = self._json("POST", "/sources/missing", json={"sha256": sorted(tarballs)})
             missing = answer.get("missing") if isinstance(answer, dict) else None
@@ -252,6 +262,7 @@ class HttpClient:
                 components=tuple(str(c) for c in answer.get("components") or ()),
                 trusted="[trusted=yes]" in str(answer.get("line", "")),
                 signed_by=str(answer["signed_by"]) if answer.get("signed_by") else None,
+                sources=bool(answer.get("source_line")),
             )
         except (KeyError, TypeError) as exc:
             raise self._unexpected(f"GET {path} lacks {exc}") from exc

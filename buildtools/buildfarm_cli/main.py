@@ -357,10 +357,13 @@ def repo_sources(
                 "suite": source.suite,
                 "components": list(source.components),
                 "signed_by": source.signed_by,
+                "source_line": source.source_line(),
             }
         )
     else:
         console.print(source.line(), soft_wrap=True, markup=False)
+        if source.source_line():  # the build's source packages: apt-get source <name>
+            console.print(source.source_line(), soft_wrap=True, markup=False)
 
 
 @repo_app.command("key")

@@ -28,6 +28,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
+from buildfarm.model.debsource import upstream_files_beside  # noqa: E402
 from buildfarm.model.planner import make_plan, read_source_info  # noqa: E402
 from buildfarm.model.settings import load_settings  # noqa: E402
 from buildfarm.runners.sbuild import SBUILD_CONFIG, ensure_base_tarball  # noqa: E402
@@ -85,6 +86,9 @@ def by_hand(base: Path, work: Path) -> dict[str, float]:
             home = src / "home"
             home.mkdir(parents=True)
             shutil.copytree(EXAMPLES / plan.steps[name].origin, src / "src")
+            step = plan.steps[name]
+            for upstream in upstream_files_beside(EXAMPLES / step.origin, name, step.version):
+                shutil.copyfile(upstream, src / upstream.name)  # dpkg-source -b looks beside the tree
             started = time.monotonic()
             subprocess.run(["dpkg-source", "-b", "src"], cwd=src, check=True, capture_output=True)
             out = src / "out"

@@ -34,7 +34,14 @@ def test_retention_bench_selects_and_sweeps(tmp_path: Path) -> None:
 
 def test_sbuild_bench_plans_the_example_packages() -> None:
     plan = _load("run").example_plan()
-    assert set(plan.order()) == {"libgreet", "hello-standalone", "greet-cli", "greet-count", "greet-docs"}
+    assert set(plan.order()) == {
+        "libgreet",
+        "hello-standalone",
+        "greet-cli",
+        "greet-count",
+        "greet-docs",
+        "greet-quilt",
+    }
 
 
 def test_api_bench_runs_with_make_s_environment(

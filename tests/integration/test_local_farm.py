@@ -109,7 +109,7 @@ def test_build_across_two_nodes_publish_and_apt(farm: Farm, tmp_path: Path) -> N
     assert _ts(steps["par-b"]["started_at"]) < _ts(steps["par-a"]["finished_at"])
     assert _ts(steps["par-c"]["started_at"]) >= max(_ts(steps[n]["finished_at"]) for n in ("par-a", "par-b"))
 
-    line = farm.cli("repo", "sources", "demo", "r/stx.9.0").stdout.strip()
+    line = farm.cli("repo", "sources", "demo", "r/stx.9.0").stdout.strip().splitlines()[0]
     assert line.startswith("deb [signed-by=/etc/apt/keyrings/buildfarm.asc] http://127.0.0.1:")
     assert line.endswith("/latest ./") and "r_2fstx.9.0" in line
     key = farm.cli("repo", "key").stdout
@@ -202,7 +202,7 @@ def test_failed_build_keeps_latest_and_retry(farm: Farm, tmp_path: Path) -> None
     make_package(src, "flaky")
     manifest = write_manifest(src, ["flaky"], project="atomic")
     first = farm.json("build", "submit", str(manifest), "--wait", "--timeout", "60")
-    line = farm.cli("repo", "sources", "atomic", "main").stdout.strip()
+    line = farm.cli("repo", "sources", "atomic", "main").stdout.strip().splitlines()[0]
     apt = AptClient(tmp_path / "apt", line, farm.cli("repo", "key").stdout)
     apt.update()
     before = apt.download("flaky").read_bytes()

@@ -6,6 +6,7 @@ output and exit codes as the local CLI, with apt-get as the proof that the packa
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -232,3 +233,32 @@ def test_local_accounts_need_no_running_farm(tmp_path: Path) -> None:
     assert token.stdout.strip().startswith("bf_") and token.stdout.strip() != created["token"]
     assert granted.stdout.strip() == "ci is viewer in p"
     assert wrong.returncode == 1 and "unknown role 'owner'" in wrong.stderr
+
+
+def test_remote_quilt_package_sends_its_upstream_tarball_and_keys_like_dsc(
+    remote: Remote, tmp_path: Path
+) -> None:
+    """A ``path`` tree's upstream tarball beside it travels with the tree; a local ``dsc`` travels
+    with its files; both are the same source package, so the second is reused."""
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    src = tmp_path / "src"
+    shutil.copytree(examples / "greet-quilt", src / "greet-quilt")
+    shutil.copyfile(examples / "greet-quilt_1.0.orig.tar.gz", src / "greet-quilt_1.0.orig.tar.gz")
+    manifest = src / "buildfarm.yaml"
+    manifest.write_text(
+        f"project: {PROJECT}\nbranch: quilt\nkind: nightly\npackages:\n  - path: greet-quilt\n"
+    )
+    view = remote.bob_json("build", "submit", str(manifest), "--wait", "--timeout", "120")
+    assert view["state"] == "succeeded", view
+    made = tmp_path / "made"
+    made.mkdir()
+    shutil.copytree(src / "greet-quilt", made / "greet-quilt")
+    shutil.copyfile(src / "greet-quilt_1.0.orig.tar.gz", made / "greet-quilt_1.0.orig.tar.gz")
+    subprocess.run(["dpkg-source", "-b", "greet-quilt"], cwd=made, check=True, capture_output=True)
+    by_dsc = made / "dsc.yaml"
+    by_dsc.write_text(
+        f"project: {PROJECT}\nbranch: quilt\nkind: nightly\npackages:\n  - dsc: greet-quilt_1.0-1.dsc\n"
+    )
+    again = remote.bob_json("build", "submit", str(by_dsc), "--wait", "--timeout", "120")
+    assert again["state"] == "succeeded", again
+    assert again["steps"][0]["input_key"] != ""

@@ -17,6 +17,7 @@ from types import ModuleType
 
 import pytest
 
+from buildfarm.model.debsource import pack_files
 from buildfarm.model.sources import pack_tree, tree_hash
 
 ENTRYPOINT = Path(__file__).parents[2] / "buildtools" / "builder" / "buildfarm-step"
@@ -106,7 +107,7 @@ def test_not_a_tarball_or_no_debian_dir(step: ModuleType, tmp_path: Path) -> Non
     with pytest.raises(step.StepError, match=r"^the source tarball is not a readable \.tar\.gz: "):
         step.unpack_source(junk, tmp_path / "a")
     empty = _tarball(tmp_path / "empty.tar.gz", [("README", FILE, b"hi")])
-    with pytest.raises(step.StepError, match="no debian/control at its top"):
+    with pytest.raises(step.StepError, match=r"neither debian/control at its top nor exactly one \.dsc"):
         step.unpack_source(empty, tmp_path / "b")
 
 
@@ -129,3 +130,20 @@ def test_a_bomb_of_tiny_files_or_bytes_or_time_is_refused_before_anything_is_wri
     with pytest.raises(step.StepError, match=r"^the source tarball takes more than 1e-09s to unpack$"):
         step.unpack_tarball(bomb, tmp_path / "c", "source tarball", max_seconds=1e-9)
     assert step.unpack_tarball(bomb, tmp_path / "d", "source tarball", max_members=300) == 300
+
+
+def test_a_source_package_gives_its_dsc(step: ModuleType, tmp_path: Path) -> None:
+    """The farm's step source is a Debian source package, flat: the entrypoint finds its .dsc
+    (and dpkg-source -x unpacks it); a tarball with two .dsc files is refused."""
+    files = []
+    for name in ("p_1.0-1.dsc", "p_1.0.orig.tar.gz", "p_1.0-1.debian.tar.xz"):
+        (tmp_path / name).write_bytes(b"x")
+        files.append(tmp_path / name)
+    tarball = tmp_path / "srcpkg.tar.gz"
+    tarball.write_bytes(pack_files(files))
+    assert step.unpack_source(tarball, tmp_path / "out").name == "p_1.0-1.dsc"
+    (tmp_path / "q_1.dsc").write_bytes(b"x")
+    two = tmp_path / "two.tar.gz"
+    two.write_bytes(pack_files([*files, tmp_path / "q_1.dsc"]))
+    with pytest.raises(step.StepError, match=r"nor exactly one \.dsc"):
+        step.unpack_source(two, tmp_path / "out2")

@@ -26,7 +26,7 @@ def test_example_manifest_loads() -> None:
     manifest = load_manifest(Path(__file__).parents[2] / "examples" / "buildfarm.yaml")
     assert manifest.project == "examples"
     assert manifest.kind is BuildKind.NIGHTLY
-    assert len(manifest.packages) == 5
+    assert len(manifest.packages) == 6
 
 
 def test_git_package(tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ def _assert_one_line_error(manifest: Path, expected: str) -> None:
         ("project: p\nbranch: main\nkind: nightly\npackages: [{git: https://x}]\n", "'git' needs a 'ref'"),
         (
             "project: p\nbranch: main\nkind: nightly\npackages: [{path: pkg, git: https://x, ref: y}]\n",
-            "give exactly one of 'path' or 'git'",
+            "give exactly one of 'path', 'git', 'dsc' or 'source'",
         ),
         ("project: [p\n", "line 2: not valid YAML"),
         ("- just a list\n", "must be a mapping"),
@@ -228,3 +228,31 @@ def test_example_with_image_loads() -> None:
     manifest = load_manifest(Path(__file__).parents[2] / "examples" / "with-image.yaml")
     (image,) = manifest.images
     assert (image.name, image.builder.value, image.depends) == ("greet-image", "kaniko", ["greet-cli"])
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("{path: pkg, dsc: x.dsc}", "packages[0]: give exactly one of 'path', 'git', 'dsc' or 'source'"),
+        ("{source: hello, signed_by: k.asc}", "packages[0]: 'signed_by' goes with 'dsc'"),
+        ("{dsc: x.dsc, version: '1.0'}", "packages[0]: 'version' goes with 'source'"),
+        (
+            "{dsc: ftp://x/y.dsc}",
+            "packages[0].dsc: dsc 'ftp://x/y.dsc': give a file of the manifest's tree or an http(s) URL",
+        ),
+        ("{dsc: notadsc.txt}", "must name a .dsc file"),
+        ("{source: Bad_Name}", "is not a Debian source package name"),
+        ("{source: hello, version: 'x y'}", "is not a Debian version"),
+        (
+            "{path: pkg, orig: {url: 'https://x/a.tar.gz'}}",
+            "packages[0].orig[0]: an orig 'url' needs its 'sha256'",
+        ),
+        ("{path: pkg, orig: {url: 'https://x/a.tar.gz', sha256: abc}}", "orig.sha256 must be 64 hex digits"),
+        ("{dsc: x.dsc, orig: {path: a.tar.gz}}", "'orig' goes with 'path' or 'git'"),
+        ("{dsc: missing.dsc}", "packages[0].dsc: no file 'missing.dsc'"),
+    ],
+)
+def test_bad_source_entries(tmp_path: Path, entry: str, expected: str) -> None:
+    _assert_one_line_error(
+        _tree(tmp_path, f"project: p\nbranch: main\nkind: nightly\npackages: [{entry}]\n"), expected
+    )

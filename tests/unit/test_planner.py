@@ -215,3 +215,19 @@ def test_registry_components_are_valid_and_distinct() -> None:
     assert len(set(escaped)) == len(names)
     assert all(IMAGE_NAME.fullmatch(e) for e in escaped), escaped
     assert image_prefix("http://127.0.0.1:5000", "Proj", "r/one", 7) == "127.0.0.1:5000/x__50roj/r_2fone/7"
+
+
+def test_build_depends_with_a_trailing_comma_as_debian_writes_them(tmp_path: Path) -> None:
+    """minizip's debian/control ends Build-Depends with a comma; dpkg ignores empty entries."""
+    debian = tmp_path / "debian"
+    debian.mkdir()
+    (debian / "control").write_text(
+        "Source: minizip\nBuild-Depends:\n debhelper (>= 9),\n dh-autoreconf,\n zlib1g-dev,\n\n"
+        "Package: minizip\nArchitecture: any\nDescription: x\n x\n"
+    )
+    (debian / "changelog").write_text(
+        "minizip (1.1-8) unstable; urgency=medium\n\n  * x\n\n"
+        " -- a <a@b.invalid>  Mon, 01 Jan 2024 00:00:00 +0000\n"
+    )
+    info = read_source_info(tmp_path, "minizip")
+    assert info.build_depends == ("debhelper", "dh-autoreconf", "zlib1g-dev")

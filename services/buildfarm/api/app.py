@@ -47,7 +47,7 @@ from buildfarm.api.schemas import (
     UserOut,
     WhoAmI,
 )
-from buildfarm.api.uploads import accept_tarball, unpack_trees
+from buildfarm.api.uploads import accept_tarball, unpack_files, unpack_trees
 from buildfarm.dispatch.context import make_context
 from buildfarm.engine import accounts, control, retention
 from buildfarm.engine.accounts import AuthError, ForbiddenError, Principal
@@ -251,9 +251,16 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
             root = Path(scratch)
             prepared = unpack_trees(farm, "packages", manifest.packages, body.sources, root)
             contexts = unpack_trees(farm, "images", manifest.images, body.contexts, root)
+            files = unpack_files(farm, len(manifest.packages), body.files, root)
             with limits.running_cap(principal.user, lambda: _running_builds(farm, principal.user)):
                 build_id = submit_build(
-                    farm, manifest, root, principal.user, prepared, prepared_contexts=contexts
+                    farm,
+                    manifest,
+                    root,
+                    principal.user,
+                    prepared,
+                    prepared_contexts=contexts,
+                    prepared_files=files,
                 )
         return control.show_build(farm, build_id)
 
@@ -357,6 +364,7 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
             suite=source.suite,
             components=list(source.components),
             signed_by=source.signed_by,
+            source_line=source.source_line(),
         )
 
     @app.post(f"{API}/admin/users", response_model=UserOut, status_code=201, tags=["admin"])

@@ -50,6 +50,11 @@ class SubmitIn(_Strict):
     manifest: dict[str, Any]
     sources: UploadedTrees = Field(default_factory=dict, description="one per `path` package")
     contexts: UploadedTrees = Field(default_factory=dict, description="one per `path` image")
+    files: UploadedTrees = Field(
+        default_factory=dict,
+        description="per package: a flat tarball of its local files (a `path` tree's upstream "
+        "tarballs, or a local `dsc` and the files it names)",
+    )
 
 
 class BuildPageOut(BaseModel):
@@ -65,6 +70,7 @@ class SourcesOut(BaseModel):
     suite: str
     components: list[str]
     signed_by: str | None = None  # the key's path in [signed-by=...]; null: an unsigned repository
+    source_line: str | None = None  # the deb-src line; null: the repository has no Sources index
 
 
 class ProjectOut(BaseModel):

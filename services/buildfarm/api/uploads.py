@@ -89,3 +89,33 @@ def unpack_trees(
     if extra:
         raise BadSourceError(f"'{field}' given for {kind} that are not path {kind}: {sorted(extra)}")
     return prepared
+
+
+def unpack_files(
+    farm: FarmContext, packages: int, uploaded: dict[str, str], scratch: Path
+) -> dict[int, Path]:
+    """Unpack each package's uploaded flat tarball of local files (a ``path`` tree's upstream
+    tarballs, a local .dsc and its files) into ``scratch/files/<index>``; the source resolver
+    (:mod:`buildfarm.engine.srcpkg`) reads them there instead of the client's disk."""
+    out: dict[int, Path] = {}
+    for key, sha in uploaded.items():
+        index = int(key)
+        if index >= packages:
+            raise BadSourceError(f"'files' given for packages[{index}], which the manifest does not have")
+        if not farm.store.has(sha):
+            raise BadSourceError(f"packages[{index}]: files {sha} were not uploaded")
+        target = scratch / "files" / str(index)
+        tarball = target.with_suffix(".tar.gz")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        farm.store.fetch(sha, tarball)
+        try:
+            _unpack_bounded(farm, tarball, target)
+        except TooLargeError as exc:
+            raise TooLargeError(f"packages[{index}]: {exc}") from exc
+        except PermanentError as exc:
+            raise BadSourceError(f"packages[{index}]: {exc}") from exc
+        tarball.unlink()
+        if any(not p.is_file() for p in target.iterdir()):
+            raise BadSourceError(f"packages[{index}]: the uploaded files must be plain files, flat")
+        out[index] = target
+    return out

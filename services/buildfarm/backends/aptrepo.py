@@ -115,6 +115,7 @@ class LocalAptRepository:
         return AptSource(
             url=f"{self.base_url}/{path.relative_to(self.root).as_posix()}",
             signed_by=self.keyring if signed else None,
+            sources=(path / "Sources").is_file(),
         )
 
     # -- PackageRepository -----------------------------------------------------------------
@@ -228,11 +229,16 @@ class LocalAptRepository:
         for package in packages:
             apttree.check_filename(package.filename)
         base, where = self._latest_state(branch_dir)
-        own = aptbranch.describe(packages, build_id)
+        binaries = [p for p in packages if p.filename.endswith((".deb", ".udeb"))]
+        # The build's source packages (.dsc and files) go into its own tree beside its binaries
+        # (Sources index, apt-get source); they are not carried forward to later builds' trees.
+        sources = [p for p in packages if not p.filename.endswith((".deb", ".udeb"))]
+        own = aptbranch.describe(binaries, build_id)
         merged = aptbranch.merge(base, own, prefer_incoming=personal)
         kept = {f.filename for entry in merged.values() if entry.build_id == build_id for f in entry.files}
         # Checked by describe: linked like carried packages (a copy is hashed again).
-        carried = [p for p in packages if p.filename in kept] + _carried(merged, where, skip=kept)
+        carried = [p for p in binaries if p.filename in kept] + _carried(merged, where, skip=kept)
+        carried += [p for p in sources if p.filename not in {c.filename for c in carried}]
         # Leftovers of a publish that crashed: nobody else writes here while we hold the lock.
         for stale in target.parent.glob(f".tmp-{target.name}-*"):
             shutil.rmtree(stale, ignore_errors=True)

@@ -37,6 +37,8 @@ TOOL_TIMEOUT_SECONDS = 300.0
 
 _INDEXED_SUFFIX = ".deb"  # apt-ftparchive's default; .udeb files are stored but not indexed
 _PACKAGE_SUFFIXES = (".deb", ".udeb")
+_SOURCE_SUFFIXES = (".dsc", ".tar.gz", ".tar.xz", ".tar.bz2", ".tar.lzma", ".diff.gz", ".asc")
+"""A source package's files: the .dsc, its tarballs (upstream, debian, component), .diff.gz, .asc."""
 _FILENAME_FIELD = re.compile(r"^Filename: \./(.+)$", re.MULTILINE)
 
 
@@ -109,8 +111,11 @@ def run_ftparchive(args: list[str], cwd: Path) -> bytes:
 def check_filename(filename: str) -> str:
     # Only package names: a file called "Release" or "Packages" would overwrite the indexes.
     plain = "/" not in filename and "\0" not in filename and not filename.startswith(".")
-    if not plain or not filename.endswith(_PACKAGE_SUFFIXES):
-        raise PermanentError(f"invalid package file name {filename!r}: it must be one plain *.deb or *.udeb")
+    if not plain or not filename.endswith(_PACKAGE_SUFFIXES + _SOURCE_SUFFIXES):
+        raise PermanentError(
+            f"invalid package file name {filename!r}: it must be one plain *.deb or *.udeb "
+            "or a source package's file (.dsc and the files it names)"
+        )
     return filename
 
 
@@ -155,6 +160,10 @@ def write_indexes(directory: Path, label: str) -> None:
     _write_file(directory / "Packages", packages)
     # mtime=0: the same packages always give the same Packages.gz bytes.
     _write_file(directory / "Packages.gz", gzip.compress(packages, mtime=0))
+    if any(directory.glob("*.dsc")):  # the build's source packages: apt-get source reads these
+        sources = run_ftparchive(["sources", "."], directory)
+        _write_file(directory / "Sources", sources)
+        _write_file(directory / "Sources.gz", gzip.compress(sources, mtime=0))
     release = run_ftparchive(
         [
             "-o",

@@ -74,6 +74,7 @@ class AptSource:
     components: tuple[str, ...] = ()
     trusted: bool = True
     signed_by: str | None = None  # path of the key apt checks the Release signature with
+    sources: bool = False  # the repository also has a Sources index (``deb-src`` works)
 
     def line(self) -> str:
         if self.signed_by is not None:
@@ -82,6 +83,10 @@ class AptSource:
             options = "[trusted=yes] " if self.trusted else ""
         parts = ["deb", f"{options}{self.url}", self.suite, *self.components]
         return " ".join(parts)
+
+    def source_line(self) -> str | None:
+        """The ``deb-src`` line of the same repository, when it publishes source packages."""
+        return "deb-src" + self.line().removeprefix("deb") if self.sources else None
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,12 @@ def check_upstream(
     )
 
 
+def read_release(http: httpx.Client, mirror: MirrorConfig, base: str) -> Release:
+    """The suite's Release (``base`` is ``<url>/dists/<suite>``), its signature checked with the
+    mirror's key when it has one."""
+    return Release(_release(http, mirror, base))
+
+
 def _release(http: httpx.Client, mirror: MirrorConfig, base: str) -> bytes:
     """The suite's Release text; with a key, only what a good signature by that key covers."""
     key = signing_key(mirror)

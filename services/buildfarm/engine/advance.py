@@ -36,14 +36,17 @@ from sqlalchemy.orm import Session
 from buildfarm.backends.base import BuildRef, PackageFile
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import moves_latest
+from buildfarm.model.debsource import file_sha256
 from buildfarm.model.errors import BuildfarmError, PermanentError, TemporaryError
 from buildfarm.model.retention import IMAGE_OUTPUT_PREFIX
+from buildfarm.model.sources import unpack_tree
 from buildfarm.state.models import (
     TERMINAL_BUILD_STATES,
     TERMINAL_STEP_STATES,
     Build,
     BuildState,
     Step,
+    StepKind,
     StepOutput,
     StepState,
     utcnow,
@@ -159,6 +162,22 @@ def _materialize(ctx: FarmContext, outputs: list[StepOutput], into: Path) -> lis
         path = into / output.filename
         ctx.store.fetch(output.sha256, path)
         files.append(PackageFile(output.filename, output.sha256, output.size, path))
+    return files
+
+
+def _materialize_sources(ctx: FarmContext, bundles: list[str], into: Path) -> list[PackageFile]:
+    """The source packages the build's package steps built (each step's .dsc and its files),
+    published beside the binaries so ``apt-get source`` gets exactly what was built."""
+    files = []
+    for index, sha256 in enumerate(sorted(set(bundles))):
+        tarball = into / f"source-{index}.tar.gz"
+        directory = into / f"source-{index}"
+        ctx.store.fetch(sha256, tarball)
+        unpack_tree(tarball, directory)
+        if (directory / "debian").exists():
+            continue  # a bare tree: a step recorded before steps built source packages
+        for path in sorted(directory.iterdir()):
+            files.append(PackageFile(path.name, file_sha256(path), path.stat().st_size, path))
     return files
 
 
@@ -292,11 +311,17 @@ def publish_build(ctx: FarmContext, build_id: int) -> bool:
         build = session.get_one(Build, build_id)
         ref = build_ref(build)
         outputs = _outputs(session, build.steps)
+        bundles = [
+            s.source_sha256
+            for s in build.steps
+            if s.kind == StepKind.PACKAGE and s.state == StepState.SUCCEEDED
+        ]
         since = waiting_since(build)
     tmp: Path | None = None
     try:
         tmp = Path(tempfile.mkdtemp(dir=ctx.work_root, prefix="publish-"))
         packages = _materialize(ctx, outputs, tmp)
+        packages += _materialize_sources(ctx, bundles, tmp)
         source = ctx.repo.publish(ref, packages, move_latest=moves_latest(ref.kind))
     except Exception as exc:  # any fault releases the claim: never `publishing` for 10 minutes unsaid
         _publish_failed(ctx, build_id, since, repository_fault(exc))

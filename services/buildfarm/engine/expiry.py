@@ -40,6 +40,7 @@ from buildfarm.model.retention import (
 from buildfarm.state.models import (
     TERMINAL_BUILD_STATES,
     Build,
+    BuildInput,
     BuildState,
     Step,
     StepOutput,
@@ -333,11 +334,18 @@ def _expired_uploads(session: Session, policy: RetentionPolicy, now: dt.datetime
 
 
 def _references_in_database(session: Session, shas: list[str]) -> Counter[str]:
-    """How many rows (step sources, step outputs and uploads) name each of these objects."""
+    """How many rows (step sources, step outputs, uploads and build inputs) name each of these
+    objects.  A build input (an upstream tarball, a .dsc) is kept forever: its row is never
+    deleted, so no sweep deletes its object."""
     counts: Counter[str] = Counter()
     # Step sources have no index of their own: big chunks make it one pass over the steps.
     for chunk in chunks(shas, SCAN_CHUNK):
-        named_by = ((Step.source_sha256, Step), (StepOutput.sha256, StepOutput), (Upload.sha256, Upload))
+        named_by = (
+            (Step.source_sha256, Step),
+            (StepOutput.sha256, StepOutput),
+            (Upload.sha256, Upload),
+            (BuildInput.sha256, BuildInput),
+        )
         for column, model in named_by:
             rows = session.execute(
                 select(column, func.count()).select_from(model).where(column.in_(chunk)).group_by(column)

@@ -164,19 +164,26 @@ def _inside(link: Path, root: Path) -> bool:
 
 
 def check_source_urls(manifest: Manifest, policy: UrlPolicy) -> None:
-    """Every git URL of ``manifest`` passes ``policy`` before anything is fetched: a refused
+    """Every git, .dsc and upstream tarball URL of ``manifest`` passes ``policy`` before anything
+    is fetched (each is checked again just before its fetch, a redirect's target too): a refused
     one costs no clone of the others, and answers the same whatever else the manifest holds."""
+    urls: list[tuple[str, str]] = []
     for field, sources in (("packages", manifest.packages), ("images", manifest.images)):
         for index, source in enumerate(sources):
-            if source.git is None:
-                continue
             where = f"{field}[{index}] ({source.describe()})"
-            try:
-                check_url(source.git, policy)
-            except UrlRefusedError as exc:
-                raise ManifestError(f"{where}: {exc}") from exc
-            except TemporaryError as exc:
-                raise TemporaryError(f"{where}: {exc}", exc.retry_after) from exc
+            if source.git is not None:
+                urls.append((where, source.git))
+            if isinstance(source, PackageSource):  # a .dsc or upstream tarball URL: fetched too
+                if source.dsc is not None and source.dsc.startswith(("http://", "https://")):
+                    urls.append((where, source.dsc))
+                urls += [(where, orig.url) for orig in source.orig if orig.url is not None]
+    for where, url in urls:
+        try:
+            check_url(url, policy)
+        except UrlRefusedError as exc:
+            raise ManifestError(f"{where}: {exc}") from exc
+        except TemporaryError as exc:
+            raise TemporaryError(f"{where}: {exc}", exc.retry_after) from exc
 
 
 def _clone(source: PackageSource | ImageSource, clone: Path, what: str, policy: UrlPolicy) -> Path:
@@ -189,17 +196,21 @@ def _clone(source: PackageSource | ImageSource, clone: Path, what: str, policy: 
 @contextmanager
 def source_directories(
     manifest: Manifest, root: Path, policy: UrlPolicy, prepared: dict[int, Path] | None = None
-) -> Iterator[list[tuple[PackageSource, Path]]]:
+) -> Iterator[list[tuple[PackageSource, Path | None]]]:
     """Yield (package, directory with debian/) for each package; clones live until the block ends.
+    A package named by a .dsc or a source name has no tree: its directory is None.
 
     ``prepared`` maps a package's index to a directory already holding its tree (an uploaded
     source tarball, unpacked by the API); other ``path`` packages are read below ``root``.
     """
     with TemporaryDirectory(prefix="buildfarm-src-") as scratch:
-        out: list[tuple[PackageSource, Path]] = []
+        out: list[tuple[PackageSource, Path | None]] = []
         for index, package in enumerate(manifest.packages):
             if prepared is not None and index in prepared:
                 out.append((package, prepared[index]))
+                continue
+            if package.path is None and package.git is None:
+                out.append((package, None))
                 continue
             if package.path is not None:
                 out.append((package, (root / package.path).resolve()))

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from tempfile import TemporaryDirectory
 
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.fetch import check_source_urls, context_directories, source_directories
 from buildfarm.engine.images import image_spec_record
+from buildfarm.engine.srcpkg import SourceResolver
 from buildfarm.model import names
+from buildfarm.model.debsource import pack_source_package, source_key
 from buildfarm.model.images import registry_host
 from buildfarm.model.manifest import BuildKind, Manifest
-from buildfarm.model.planner import ImageInfo, compute_input_keys, make_plan, read_source_info
+from buildfarm.model.planner import ImageInfo, compute_input_keys, make_plan
 from buildfarm.model.sources import pack_tree, tree_hash
 from buildfarm.state.models import Build, Step, StepKind, StepState
 
-BUILD_OPTIONS_VERSION = "1"
-"""Bump to invalidate every input key when the way steps are built changes."""
+BUILD_OPTIONS_VERSION = "2"
+"""Bump to invalidate every input key when the way steps are built changes (2: a package step
+builds its Debian source package, not a tree)."""
 
 
 def build_options(ctx: FarmContext) -> dict[str, str]:
@@ -39,12 +43,16 @@ def submit_build(
     prepared: dict[int, Path] | None = None,
     *,
     prepared_contexts: dict[int, Path] | None = None,
+    prepared_files: dict[int, Path] | None = None,
     schedule_slot: str | None = None,
 ) -> int:
     """Record a new build of ``manifest`` and release it.
 
     Its ``path`` trees are read below ``root``, unless already unpacked (by the API, from a
-    remote client's uploads): ``prepared`` by package index, ``prepared_contexts`` by image index.
+    remote client's uploads): ``prepared`` by package index, ``prepared_contexts`` by image index;
+    ``prepared_files`` (by package index) holds the files uploaded with a package: a tree's
+    upstream tarballs, or a .dsc and its files.  Every package becomes a Debian source package
+    (:mod:`buildfarm.engine.srcpkg`): its step builds exactly that .dsc.
     ``schedule_slot`` (``<schedule>@<slot>``) names the scheduled slot it starts: a second build
     of one slot is refused by the database (IntegrityError), and nothing of it is recorded.
     """
@@ -54,12 +62,15 @@ def submit_build(
     planned = []
     tarballs: dict[str, str] = {}
     explicit: dict[str, tuple[str, ...]] = {}
-    with source_directories(manifest, root, ctx.settings.url_policy, prepared) as sources:
-        for package, directory in sources:
-            info = read_source_info(directory, package.describe())
-            digest = tree_hash(directory)
-            planned.append((package.describe(), info, digest))
-            tarballs[info.name] = ctx.store.put_bytes(pack_tree(directory)).sha256
+    with (
+        TemporaryDirectory(dir=ctx.work_root, prefix="submit-") as scratch,
+        source_directories(manifest, root, ctx.settings.url_policy, prepared) as sources,
+    ):
+        resolver = SourceResolver(ctx, root, Path(scratch), prepared_files)
+        for index, (package, directory) in enumerate(sources):
+            srcpkg, info = resolver.resolve(index, package, directory)
+            planned.append((package.describe(), info, source_key(srcpkg)))
+            tarballs[info.name] = ctx.store.put_bytes(pack_source_package(srcpkg)).sha256
             if package.depends:
                 explicit[info.name] = tuple(package.depends)
     images: list[tuple[str, ImageInfo, str]] = []

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -110,6 +111,14 @@ class AptClient:
     def update(self) -> None:
         """``apt-get update``; any index that fails to download is an error, not a warning."""
         self._apt_get("update", "--error-on=any")
+
+    def source(self, package: str) -> list[Path]:
+        """``apt-get source --download-only package`` (needs a deb-src line): the .dsc and its files."""
+        into = self.workdir / "sources" / package
+        shutil.rmtree(into, ignore_errors=True)
+        into.mkdir(parents=True)
+        self._apt_get("source", "--download-only", package, cwd=into)
+        return sorted(into.iterdir())
 
     def download(self, package: str) -> Path:
         """``apt-get download package``; returns the downloaded .deb (replacing an earlier one)."""

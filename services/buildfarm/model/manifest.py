@@ -11,6 +11,12 @@ A manifest is a YAML file::
         ref: v1.2                # branch, tag or commit
         subdir: packaging        # optional: where debian/ is inside the repository
         depends: [base-image]    # optional: image steps this package waits for
+      - path: tool               # 3.0 (quilt): upstream tarballs beside it, or named in orig
+        orig: [{url: https://example.org/tool-1.0.tar.gz, sha256: 0f3c...}]
+      - dsc: https://deb.debian.org/debian/pool/main/m/mbw/mbw_1.2.2-1.1.dsc
+        signed_by: keys/uploader.asc   # optional: the .dsc's signature must verify
+      - source: memstat          # from the farm's mirrors, as apt-get source
+        version: "1.1"           # optional
     images:
       - name: greet-image        # registry path component: lowercase [a-z0-9._-]
         path: images/greet       # the build context (or git + ref + subdir, as for packages)
@@ -164,8 +170,123 @@ class _TreeSource(_Strict):
         return f"{redact_url(self.git or '')}@{self.ref}" + ("" if self.subdir == "." else f":{self.subdir}")
 
 
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _http_url(value: str, field: str) -> str:
+    if not re.fullmatch(r"https?://[^\s]+", value):
+        raise ValueError(f"{field} must be an http(s) URL, not {value!r}")
+    return value
+
+
+class UpstreamFile(_Strict):
+    """An upstream tarball (or its .asc) named explicitly: a path of the manifest's tree or a URL."""
+
+    path: str | None = Field(default=None, description="file relative to the manifest")
+    url: str | None = Field(default=None, description="http(s) URL to fetch it from")
+    sha256: str | None = Field(default=None, description="expected sha256 (required with url)")
+
+    @field_validator("path")
+    @classmethod
+    def _path_inside(cls, value: str | None) -> str | None:
+        return None if value is None else _relative_path(value, "orig.path")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value, "orig.url")
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, value: str | None) -> str | None:
+        if value is not None and not SHA256_HEX.fullmatch(value.lower()):
+            raise ValueError("orig.sha256 must be 64 hex digits")
+        return None if value is None else value.lower()
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> UpstreamFile:
+        if (self.path is None) == (self.url is None):
+            raise ValueError("an orig entry gives exactly one of 'path' or 'url'")
+        if self.url is not None and self.sha256 is None:
+            raise ValueError("an orig 'url' needs its 'sha256'")
+        return self
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.path or (self.url or "").split("?", 1)[0]).name
+
+
 class PackageSource(_TreeSource):
-    """One Debian source package: ``path`` or ``subdir`` is the directory holding debian/."""
+    """One Debian source package, named one of these ways (each a small resolver in
+    :mod:`buildfarm.engine.srcpkg`): ``path`` or ``git`` + ``ref`` (+ ``subdir``), a directory
+    holding debian/ whose upstream tarballs lie beside it or are named in ``orig``; ``dsc``, a
+    .dsc of the manifest's tree or an http(s) URL (with ``signed_by``, its signature must
+    verify); ``source`` (+ ``version``), a source package of the farm's configured mirrors."""
+
+    path: str | None = Field(default=None, description="directory relative to the manifest")
+    orig: list[UpstreamFile] = Field(default_factory=list, description="upstream tarballs and signatures")
+    dsc: str | None = Field(default=None, description=".dsc relative to the manifest, or an http(s) URL")
+    signed_by: str | None = Field(
+        default=None, description="armored OpenPGP public key (inline, or a file of the manifest's tree)"
+    )
+    source: str | None = Field(default=None, description="source package name in the farm's mirrors")
+    version: str | None = Field(default=None, description="its version (default: the newest)")
+
+    @field_validator("orig", mode="before")
+    @classmethod
+    def _orig_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+    @field_validator("dsc")
+    @classmethod
+    def _dsc(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.startswith(("http://", "https://")):
+            return _http_url(value, "dsc")
+        if "://" in value:
+            raise ValueError(f"dsc {value!r}: give a file of the manifest's tree or an http(s) URL")
+        if not value.endswith(".dsc"):
+            raise ValueError(f"dsc {value!r} must name a .dsc file")
+        return _relative_path(value, "dsc")
+
+    @field_validator("source")
+    @classmethod
+    def _source_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z0-9][a-z0-9+.\-]+", value):
+            raise ValueError(f"source {value!r} is not a Debian source package name")
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"(?:[0-9]+:)?[0-9][A-Za-z0-9.+~\-]*", value):
+            raise ValueError(f"version {value!r} is not a Debian version")
+        return value
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> PackageSource:
+        kinds = [k for k in ("path", "git", "dsc", "source") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of 'path', 'git', 'dsc' or 'source'")
+        if self.git is not None and not self.ref:
+            raise ValueError("'git' needs a 'ref' (branch, tag or commit)")
+        if self.git is None and (self.ref is not None or self.subdir != "."):
+            raise ValueError("'ref' and 'subdir' go with 'git'")
+        if self.orig and self.path is None and self.git is None:
+            raise ValueError("'orig' goes with 'path' or 'git' (a .dsc names its own files)")
+        if self.signed_by is not None and self.dsc is None:
+            raise ValueError("'signed_by' goes with 'dsc'")
+        if self.version is not None and self.source is None:
+            raise ValueError("'version' goes with 'source'")
+        return self
+
+    def describe(self) -> str:
+        if self.dsc is not None:
+            return self.dsc
+        if self.source is not None:
+            return f"source {self.source}" + (f" {self.version}" if self.version else "")
+        return super().describe()
 
 
 class ImageSource(_TreeSource):
@@ -315,6 +436,14 @@ def check_local_paths(manifest: Manifest, root: Path, source: str) -> None:
         if key in seen:
             raise ManifestError(f"{where}: duplicate of packages[{seen[key]}] ({key})")
         seen[key] = index
+        for field, value in [("dsc", package.dsc), *(("orig.path", o.path) for o in package.orig)]:
+            if value is None or value.startswith(("http://", "https://")):
+                continue
+            file = (root / value).resolve()
+            if not file.is_relative_to(root):
+                raise ManifestError(f"{where}.{field}: {value!r} escapes the manifest's tree")
+            if not file.is_file():
+                raise ManifestError(f"{where}.{field}: no file {value!r}")
         if package.path is None:
             continue
         directory = (root / package.path).resolve()

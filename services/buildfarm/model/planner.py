@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,27 +126,50 @@ def read_source_info(directory: Path, origin: str) -> SourceInfo:
                 "name (lowercase letters, digits, '+', '-' and '.', at least 2, starting with a letter "
                 "or digit)"
             )
-    depends: list[str] = []
-    for field_name in BUILD_DEPENDS_FIELDS:
-        text = source.get(field_name)
-        if not text:
-            continue
-        try:
-            with _quiet_debian():
-                relations = PkgRelation.parse_relations(text)
-        except Exception as exc:  # python-debian raises bare errors on garbage
-            raise PlanError(f"{origin}: debian/control: cannot parse {field_name}: {exc}") from exc
-        for alternatives in relations:
-            for alt in alternatives:
-                name = str(alt.get("name") or "")
-                if not _PACKAGE_NAME.fullmatch(name):
-                    raise PlanError(f"{origin}: debian/control: cannot parse {field_name}: {name!r}")
-                depends.append(name)
     return SourceInfo(
         name=str(source["Source"]).strip(),
         version=_read_version(directory, origin),
         binaries=binaries,
-        build_depends=tuple(depends),
+        build_depends=_build_depends(source, origin, "debian/control"),
+    )
+
+
+def _build_depends(fields: Mapping[str, str], origin: str, where: str) -> tuple[str, ...]:
+    """Every package name in Build-Depends/-Arch/-Indep, alternatives included."""
+    depends: list[str] = []
+    for field_name in BUILD_DEPENDS_FIELDS:
+        text = fields.get(field_name)
+        if not text:
+            continue
+        # Debian's control files often end a list with a comma (or leave an empty line in it):
+        # dpkg ignores the empty entries, and so does the planner.
+        text = ",".join(part for part in text.split(",") if part.strip())
+        try:
+            with _quiet_debian():
+                relations = PkgRelation.parse_relations(text)
+        except Exception as exc:  # python-debian raises bare errors on garbage
+            raise PlanError(f"{origin}: {where}: cannot parse {field_name}: {exc}") from exc
+        for alternatives in relations:
+            for alt in alternatives:
+                name = str(alt.get("name") or "")
+                if not _PACKAGE_NAME.fullmatch(name):
+                    raise PlanError(f"{origin}: {where}: cannot parse {field_name}: {name!r}")
+                depends.append(name)
+    return tuple(depends)
+
+
+def source_info_from_dsc(fields: Mapping[str, str], origin: str) -> SourceInfo:
+    """What the planner needs, from a .dsc's fields (Source, Version, Binary, Build-Depends*):
+    the same for a source package made from a tree and for one fetched as it is."""
+    listed = str(fields.get("Binary", "")).replace("\n", " ").split(",")
+    binaries = tuple(b.strip() for b in listed if b.strip())
+    if not binaries:
+        raise PlanError(f"{origin}: the .dsc has no Binary field")
+    return SourceInfo(
+        name=str(fields["Source"]).strip(),
+        version=str(fields["Version"]).strip(),
+        binaries=binaries,
+        build_depends=_build_depends(fields, origin, ".dsc"),
     )
 
 

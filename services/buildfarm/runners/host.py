@@ -16,9 +16,9 @@ import subprocess
 from functools import cache
 
 from buildfarm.model.errors import PermanentError
-from buildfarm.model.sources import unpack_tree
 from buildfarm.runners.base import StepJob, StepResult
 from buildfarm.runners.process import describe_failure, run_streaming
+from buildfarm.runners.sourcepkg import unpack_step_source
 
 OUTPUT_SUFFIXES = (".deb", ".udeb", ".buildinfo")
 
@@ -42,9 +42,22 @@ class HostRunner:
         if shutil.which("dpkg-buildpackage") is None:
             raise PermanentError("dpkg-buildpackage is not installed (Debian packages: dpkg-dev debhelper)")
         source = job.workdir / "src"
-        unpack_tree(job.source_tarball, source)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DEB_", "DPKG_"))}
         env["LC_ALL"] = "C.UTF-8"
+        dsc = unpack_step_source(job.source_tarball, job.workdir / "dsc")
+        if dsc is not None:  # the source package, unpacked (and patched) by dpkg-source itself
+            outcome = run_streaming(
+                ["dpkg-source", "-x", str(dsc), str(source)],
+                cwd=job.workdir,
+                log=job.log,
+                cancel=job.cancel,
+                timeout_seconds=job.timeout_seconds,
+                env=env,
+            )
+            if outcome.returncode != 0 or outcome.cancelled or outcome.timed_out:
+                return StepResult(False, [], describe_failure("dpkg-source -x", outcome, job.timeout_seconds))
+        else:
+            (job.workdir / "dsc").rename(source)
         outcome = run_streaming(
             ["dpkg-buildpackage", "-b", "-uc", "-us"],
             cwd=source,

@@ -24,9 +24,9 @@ from pathlib import Path
 from buildfarm.backends.base import AptSource
 from buildfarm.model.errors import PermanentError, TemporaryError
 from buildfarm.model.names import to_safe
-from buildfarm.model.sources import unpack_tree
 from buildfarm.runners.base import StepJob, StepResult, attempt_dirname
 from buildfarm.runners.process import describe_failure, run_streaming
+from buildfarm.runners.sourcepkg import unpack_step_source
 
 OUTPUT_SUFFIXES = (".deb", ".udeb", ".buildinfo")
 MMDEBSTRAP_TIMEOUT_SECONDS = 1800
@@ -203,20 +203,22 @@ class SbuildRunner:
             if shutil.which(tool) is None:
                 raise PermanentError(f"{tool} is not installed (Debian package: {package})")
         source = job.workdir / "src"
-        unpack_tree(job.source_tarball, source)
-        outcome = run_streaming(
-            ["dpkg-source", "-b", "src"],
-            cwd=job.workdir,
-            log=job.log,
-            cancel=job.cancel,
-            timeout_seconds=job.timeout_seconds,
-        )
-        if outcome.returncode != 0:
-            failure = describe_failure("dpkg-source -b", outcome, job.timeout_seconds)
-            return StepResult(False, [], failure, killed_by=outcome.killed_by)
-        dscs = sorted(job.workdir.glob("*.dsc"))
-        if len(dscs) != 1:
-            return StepResult(False, [], f"dpkg-source made {len(dscs)} .dsc files, expected 1")
+        dsc = unpack_step_source(job.source_tarball, source)
+        if dsc is None:  # a bare tree (a step recorded before source packages): make its .dsc
+            outcome = run_streaming(
+                ["dpkg-source", "-b", "src"],
+                cwd=job.workdir,
+                log=job.log,
+                cancel=job.cancel,
+                timeout_seconds=job.timeout_seconds,
+            )
+            if outcome.returncode != 0:
+                failure = describe_failure("dpkg-source -b", outcome, job.timeout_seconds)
+                return StepResult(False, [], failure, killed_by=outcome.killed_by)
+            dscs = sorted(job.workdir.glob("*.dsc"))
+            if len(dscs) != 1:
+                return StepResult(False, [], f"dpkg-source made {len(dscs)} .dsc files, expected 1")
+            dsc = dscs[0]
         out = job.workdir / "out"
         out.mkdir()
         command = [
@@ -236,7 +238,7 @@ class SbuildRunner:
             *(f"--extra-repository={_chroot_line(s)}" for s in job.extra_sources),
             # a signed source's key goes into the chroot's trusted keys (sbuild copies it there)
             *(f"--extra-repository-key={s.signed_by}" for s in job.extra_sources if s.signed_by),
-            str(dscs[0]),
+            str(dsc),
         ]
         home = job.workdir / "home"  # sbuild reads $HOME/.sbuildrc before SBUILD_CONFIG: keep it empty
         home.mkdir()

@@ -284,3 +284,28 @@ class Upload(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     uploaded_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     user: Mapped[str] = mapped_column(String(100))
+
+
+class BuildInput(Base):
+    """A 3rd-party file a build was made from: an upstream tarball, a .dsc or a file it names.
+
+    Fetched once, checked against its checksum and stored content-addressed; retention keeps
+    its object **forever** (like mirrors), so a later build, another branch or a restore never
+    downloads it again and still builds after the upstream has gone (0008).  ``origin`` is where
+    it came from (its URL, a local path, or ``source:<name>=<version>`` for a .dsc taken from the
+    mirrors), so a URL or a pinned source version is fetched only once.
+    """
+
+    __tablename__ = "build_inputs"
+    __table_args__ = (
+        Index("ix_build_inputs_origin", "origin"),  # was this URL / source version fetched before
+        Index("ix_build_inputs_sha256", "sha256"),  # does a build input name an expiring object
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    name: Mapped[str] = mapped_column(String(300))
+    origin: Mapped[str] = mapped_column(String(2000))
+    url: Mapped[str] = mapped_column(String(2000), default="")
+    stored_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

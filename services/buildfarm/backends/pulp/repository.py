@@ -400,7 +400,9 @@ class PulpRepository(PulpClient):
             if self._distribution(base_path) is not None:
                 log.info("build %s is already published at %s; keeping it", build.build_id, base_path)
                 return self._source(base_path)
-            units = self._units(packages)
+            # Binaries only: source packages (.dsc and files) are published by the local
+            # repository; pulp_deb source content is not wired here yet (README, "Sources").
+            units = self._units([p for p in packages if p.filename.endswith((".deb", ".udeb"))])
             branch = self._repository(place.branch_repository, create=move_latest)
             record = self._read(branch) if branch is not None else None
             newest = newest_build(record)
