@@ -174,6 +174,9 @@ def status(output: OutputOpt = None) -> None:
         details.append(f"repositories at {result['repo_url']}")
     console.print(f"farm {client.where}" + (": " + ", ".join(details) if details else ""))
     for node, info in (result.get("nodes") or {}).items():
+        if info.get("stopped"):
+            console.print(f"  {node}: stopped (buildfarm node start {node})", markup=False)
+            continue
         console.print(
             f"  {node}: {'online' if info.get('online') else '[red]offline[/]'}, "
             f"{info.get('active_tasks', 0)} active task(s)"

@@ -117,6 +117,7 @@ def test_node_stop_and_start_one_by_one(farm: Farm) -> None:
     nodes = {n["name"]: n for n in farm.json("node", "list")}
     assert (nodes["node2"]["state"], nodes["node2"]["pid"]) == ("stopped", None)
     assert nodes["node1"]["state"] == "running"
+    assert farm.json("status")["nodes"]["node2"] == {"online": False, "active_tasks": 0, "stopped": True}
 
     result = farm.json("start")  # a node stopped on purpose stays stopped
     assert result["started"] == []

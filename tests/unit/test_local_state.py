@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from buildfarm.local.launch import expected_processes
 from buildfarm.local.private import private_state_dir, redacted_url
-from buildfarm.local.procs import redis_config, redis_server_command
+from buildfarm.local.procs import Supervisor, redis_config, redis_server_command
 from buildfarm.model.errors import PermanentError
 from buildfarm.state.db import Database, upgrade
 
@@ -101,3 +102,30 @@ def test_reads_work_on_a_stopped_farm(tmp_path: Path) -> None:
     assert json.loads(shown.stdout)["state"] == "succeeded"
     submit = _cli(state, "build", "retry", str(build_id))  # changing needs the farm running
     assert submit.returncode == 1 and "is stopped: run `buildfarm start`" in submit.stderr
+
+
+def test_a_reused_pid_is_not_the_farms(tmp_path: Path) -> None:
+    sup = Supervisor(tmp_path)
+    sup.run_dir.mkdir()
+    (sup.run_dir / "api.pid").write_text(f"{os.getpid()}\n")
+    assert sup.pid("api") == os.getpid()  # a pid file of an older version: the pid alone
+    started = Path("/proc/self/stat").read_text().rsplit(")", 1)[-1].split()[19]
+    (sup.run_dir / "api.started").write_text(f"{started}\n")
+    assert sup.pid("api") == os.getpid()
+    (sup.run_dir / "api.started").write_text(f"{int(started) + 1}\n")  # the kernel gave the pid away
+    assert sup.pid("api") is None
+
+
+def test_expected_processes_from_the_farm_file(tmp_path: Path) -> None:
+    sup = Supervisor(tmp_path)
+    record = {"nodes": ["node1", "node2", "edge-1"], "stopped_nodes": ["node2"], "redis_private": True}
+    assert expected_processes(record, sup) == ["redis", "repo-server", "api", "node1", "edge-1", "scheduler"]
+    sup.run_dir.mkdir()
+    (sup.run_dir / "registry.pid").write_text("1\n")  # an older farm file does not say: its pid files do
+    assert expected_processes({"nodes": ["node1"]}, sup) == [
+        "registry",
+        "repo-server",
+        "api",
+        "node1",
+        "scheduler",
+    ]

@@ -279,8 +279,11 @@ def status(settings: Settings) -> FarmStatus:
         return result
     pings = launch.ping(settings)
     busy = launch.active(settings)
+    held = set(stopped_nodes(farm))
     for node in [*farm_nodes(farm), SCHEDULER]:
         result.nodes[node] = {"online": node in pings, "active_tasks": busy.get(node, 0)}
+        if node in held:
+            result.nodes[node]["stopped"] = True  # on purpose: `buildfarm node start` brings it back
     try:
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
         for queue in [BUILD_QUEUE, CONTROL_QUEUE, *(node_queue(n) for n in farm_nodes(farm))]:
