@@ -83,3 +83,20 @@ def test_work_volumes_hold_what_the_settings_allow(
     assert worker >= settings.node_concurrency * 2 * settings.builder_max_outputs_bytes
     scheduler = work_volume_bytes(helpers["find"](docs, "Deployment", "scheduler"), helpers)
     assert scheduler >= 2 * settings.builder_max_outputs_bytes
+
+
+def test_fetch_policy_reaches_the_farm(
+    render: Any, helpers: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The URL policy of sources (issue 11: no reading the host) is set through the chart: https
+    and public hosts only by default, an allow-list when the values name one."""
+    default = settings_of(render("default"), helpers, monkeypatch, tmp_path)
+    assert (default.fetch_allow_schemes, default.fetch_allow_hosts) == (["https"], [])
+    docs = render(
+        "default", "farm.fetchAllowSchemes={https,git}", "farm.fetchAllowHosts={git.corp.example,10.1.0.0/16}"
+    )
+    allowed = settings_of(docs, helpers, monkeypatch, tmp_path)
+    assert allowed.fetch_allow_schemes == ["https", "git"]
+    assert allowed.fetch_allow_hosts == ["git.corp.example", "10.1.0.0/16"]
+    proc = helpers["helm_template"]("--set", "farm.fetchAllowSchemes={file}")
+    assert proc.returncode != 0 and "fetchAllowSchemes" in proc.stderr
