@@ -157,7 +157,7 @@ def test_cli_reads_and_errors(farm: Farm, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     make_package(broken, "mangled")
     (broken / "mangled" / "debian" / "control").write_text(
-        "Source: mangled\nBuild-Depends: a (>>\n\nPackage: x\n"
+        "Source: mangled\nBuild-Depends: a (>>\n\nPackage: mangled\n"
     )
     broken_manifest = write_manifest(broken, ["mangled"], project="cli")
     builds_before = len(farm.json("build", "list"))
