@@ -9,7 +9,12 @@ and a lower version never replaces a higher one, whatever order builds publish i
 Pulp's packages say which source package and version each binary comes from, but not which
 build brought it: the branch repository's labels ``buildfarm_src.<source>`` =
 ``<version> <build id>`` say that (a label whose version is not the one held counts as build 0,
-so a rebuild of the same version still wins).  Pure functions, no requests.
+so a rebuild of the same version still wins).  A build writes its labels right after its
+version, before its publication: a retry after a crash in between plans again and writes them.
+The one race left: two rebuilds of the *same* version of one source package publishing at the
+same moment may leave the older build's copy (the newer one's label is not yet there when the
+older one plans again); the branch then still holds one whole build of that version.
+Pure functions, no requests.
 """
 
 from __future__ import annotations
