@@ -54,7 +54,7 @@ def _crash_after_version(repo: PulpRepository, repository: str, package: Package
     units = repo._units([package])
     record = repo._read(repository)
     if merge:
-        version, fresh = repo._merge_into(repository, units, record)
+        version, fresh, _ = repo._merge_into(repository, units, record)
     else:
         version, fresh = repo._snapshot_into(repository, record["latest_version_href"], units)
     assert fresh

@@ -11,16 +11,14 @@ architecture (a binary moved between source packages; Pulp replaces by name and 
 too).  A lower version never replaces a higher one, whatever the order builds publish in: the
 result depends only on which builds were published (but for a binary that moved between source
 packages, which goes with the source package merged last), so concurrent and late builds merge
-right.
-(Pulp's backend lets the newest build win by binary name and leaves ``latest`` alone for a
-build that publishes after a newer one; the README says so.)
+right.  Pulp's backend merges with the same :func:`merge` (:mod:`buildfarm.backends.pulp.branchmerge`).
 
 Each published tree carries ``buildfarm-sources.json``, the record this merge reads: per source
 package its version, the build that brought it and its files.  A tree published before the
 record existed is read from its ``Packages`` index (all of it taken as that build's own).
 
 Nothing is ever removed from a branch except by a newer version of the same source package:
-there is no removal request yet (Pulp's backend and the manifest have none either).
+there is no removal request yet (the manifest has none either).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The package repository of production: Pulp (pulpcore + pulp_deb), driven through pulp-glue.
 
 Modules: :mod:`.contexts` (pulp_deb's endpoints), :mod:`.client` (bounded requests and task
-waits, errors), :mod:`.layout` (names and paths), :mod:`.repository` (builds), :mod:`.mirrors`,
+waits, errors), :mod:`.layout` (names and paths), :mod:`.branchmerge` (what a branch holds),
+:mod:`.repository` (builds), :mod:`.mirrors`,
 :mod:`.expire` (retention: expiring builds, orphan cleanup).
 
 Many nodes, projects, branches and users share one Pulp; the farm talks to it only through
@@ -24,12 +25,15 @@ branches or users share a repository or a base path.  Every publication is *stru
 reads it as ``deb <origin>/pulp/content/<base path>/ <suite> main``.
 
 Each build's version holds the branch's whole package set as of that build: the branch
-repository's latest version with the packages the build rebuilt (same name and architecture)
-replaced by its own.  A successful build writes it into the branch repository with one
-``modify`` relative to whatever version is latest when Pulp runs the task: Pulp runs the tasks
-of one repository one at a time, so concurrent builds of a branch never lose each other's
-packages.  Builds that must not move latest write the same kind of set, built on the branch's
-latest version as ``base_version``, into a repository of their own.
+repository's latest version with the build's source packages merged in by the local backend's
+rules (:mod:`.branchmerge`: a newer version of a source package replaces all of the older one's
+binaries, a lower one never wins, whatever order builds publish in).  A successful build writes
+it into the branch repository with one ``modify`` relative to whatever version is latest when
+Pulp runs the task: Pulp runs the tasks of one repository one at a time, so concurrent builds of
+a branch never lose each other's packages, and a build that finds another wrote in between plans
+again on the result.  Builds that must not move latest write the same kind of set, built on the
+branch's latest version as ``base_version``, into a repository of their own (a personal build's
+packages win there whatever their versions).
 
 ``latest`` is a distribution bound to the branch *repository*: Pulp serves the newest complete
 publication of its newest published version, so creating the build's publication is the switch,

@@ -26,9 +26,13 @@ LATEST_SEGMENT = "latest"
 PROJECT_LABEL = "buildfarm_project"
 BUILD_LABEL = "buildfarm_build"
 NEWEST_BUILD_LABEL = "buildfarm_newest_build"
-"""On a branch repository: the newest build that moved latest (a late retry of an older one must not)."""
+"""On a branch repository: the newest build merged into it (retention never expires that one)."""
 
-PACKAGE_FIELDS = ["pulp_href", "package", "architecture", "version", "sha256"]
+SOURCE_LABEL_PREFIX = "buildfarm_src."
+"""On a branch repository, one label per source package: ``<version> <build id>`` of the build
+that brought the version the branch holds (:mod:`.branchmerge`); Pulp's packages do not say."""
+
+PACKAGE_FIELDS = ["pulp_href", "package", "source", "architecture", "version", "sha256"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,11 @@ class PulpPackage:
     name: str
     architecture: str
     version: str
+    sha256: str = ""
+    source: str = ""
+    """The source package's name (the binary's own when its control has no ``Source:``)."""
+    source_version: str = ""
+    """The source package's version: ``Source: name (version)`` when a binary's differs."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -46,7 +55,17 @@ class PulpPackage:
 
     @classmethod
     def from_entity(cls, entity: EntityDefinition) -> PulpPackage:
-        return cls(entity["pulp_href"], entity["package"], entity["architecture"], entity["version"])
+        name, _, rest = str(entity.get("source") or entity["package"]).partition("(")
+        version = rest.rstrip(") ").strip() or entity["version"]
+        return cls(
+            entity["pulp_href"],
+            entity["package"],
+            entity["architecture"],
+            entity["version"],
+            str(entity.get("sha256") or ""),
+            name.strip() or entity["package"],
+            version,
+        )
 
 
 @dataclass(frozen=True)
@@ -111,6 +130,12 @@ def branch_place(project: str, branch: str, personal_user: str | None = None) ->
 
 def place_of(build: BuildRef) -> Place:
     return branch_place(build.project, build.branch, build.user if build.kind == "personal" else None)
+
+
+def source_label(source: str) -> str:
+    """The label key of ``source`` on a branch repository (label keys allow no ``+``; Debian
+    source names allow no ``_``, so the swap is one to one)."""
+    return SOURCE_LABEL_PREFIX + source.replace("+", "_")
 
 
 def check_filename(filename: str) -> str:

@@ -14,7 +14,8 @@ from pulp_glue.core.context import PulpSigningServiceContext
 
 from buildfarm.backends.base import AptSource, BuildRef, MirrorStatus, PackageFile
 from buildfarm.backends.fs import file_sha256
-from buildfarm.backends.pulp import expire
+from buildfarm.backends.pulp import branchmerge, expire
+from buildfarm.backends.pulp.branchmerge import Plan
 from buildfarm.backends.pulp.client import (
     DEFAULT_HTTP_TIMEOUT_SECONDS,
     DEFAULT_TASK_TIMEOUT_SECONDS,
@@ -261,74 +262,93 @@ class PulpRepository(PulpClient):
 
     # -- repository versions -----------------------------------------------------------------
 
-    def _stale(self, version: str | None, units: list[Unit]) -> tuple[list[PulpPackage], list[str]]:
-        """The packages of ``version``, and what the units replace there (same name and architecture)."""
+    def _plan(
+        self,
+        version: str | None,
+        labels: dict[str, str],
+        units: list[Unit],
+        build_id: int,
+        *,
+        prefer_incoming: bool,
+    ) -> tuple[list[PulpPackage], Plan]:
+        """What ``version`` holds and how the build's ``units`` merge into it (:mod:`.branchmerge`)."""
         present = self._packages_in(version)
-        mine = {unit.package.href for unit in units}
-        keys = {unit.package.key for unit in units}
-        stale = {p.href for p in present if p.key in keys and p.href not in mine}
-        if version is None or not stale:
-            return present, []
-        return present, [*stale, *self._links_of(version, stale)]
+        return present, branchmerge.plan(present, labels, units, build_id, prefer_incoming=prefer_incoming)
 
-    def _holds(self, version: str, units: list[Unit], exactly: set[str] | None) -> bool:
-        present = self._packages_in(version)
-        if exactly is not None:
-            return {p.href for p in present} == exactly
-        mine = {unit.package.href for unit in units}
-        keys = {unit.package.key for unit in units}
-        return mine <= {p.href for p in present} and not any(
-            p.key in keys and p.href not in mine for p in present
-        )
+    def _removals(self, version: str | None, plan: Plan) -> list[str]:
+        """The packages a plan removes with their component links (the links go with them)."""
+        if version is None or not plan.remove:
+            return []
+        return [*plan.remove, *self._links_of(version, set(plan.remove))]
 
-    def _merge_into(self, repository: str, units: list[Unit], record: EntityDefinition) -> tuple[str, bool]:
-        """A new latest version of ``repository``: its latest with ``units`` replacing same names.
+    def _merge_into(
+        self, repository: str, units: list[Unit], record: EntityDefinition, build_id: int = 0
+    ) -> tuple[str, bool, Plan]:
+        """A new latest version of ``repository``: its latest with the build merged in by source
+        package (:mod:`.branchmerge`); the latest itself when the build adds nothing (it lost to
+        newer builds of all its packages, or brought exactly what is there).
 
         The modify is relative to whatever version is latest when Pulp runs it, so concurrent
         builds never lose each other's additions.  If the new version's number follows our base,
         Pulp applied exactly our change to it; otherwise another build wrote in between, maybe
-        another version of a package we rebuilt, and the check below decides whether to go again.
-        Returns the version and whether this call created it.
+        another version of a package we built, and planning again on the result decides whether
+        to go again.  Returns the version, whether this call created it, and the last plan.
         """
         context = PulpAptRepositoryContext(self.ctx, pulp_href=repository)
-        for _ in range(MODIFY_ATTEMPTS):
+        created_any = False
+        for attempt in range(MODIFY_ATTEMPTS + 1):
             base = t.cast(str, record["latest_version_href"])
-            _, remove = self._stale(base, units)
-            result = context.modify(add_content=hrefs(units), remove_content=remove)
+            labels = dict(record.get("pulp_labels") or {})
+            _, plan = self._plan(base, labels, units, build_id, prefer_incoming=False)
+            if not plan.changes:
+                return base, created_any, plan
+            if attempt == MODIFY_ATTEMPTS:
+                break
+            result = context.modify(add_content=hrefs(plan.add), remove_content=self._removals(base, plan))
             created = created_version(result)
+            created_any = created_any or created is not None
             if created is not None and created["number"] == version_number(base) + 1:
-                return t.cast(str, created["pulp_href"]), True
+                return t.cast(str, created["pulp_href"]), True, plan
             record = self._read(repository)
-            version = t.cast(str, created["pulp_href"] if created else record["latest_version_href"])
-            if self._holds(version, units, exactly=None):
-                return version, created is not None
         raise ServiceUnavailableError(
             f"Pulp at {self.base_url}: concurrent builds kept replacing the same packages in "
             f"{record['name']}; gave up after {MODIFY_ATTEMPTS} attempts",
             UNAVAILABLE_RETRY_SECONDS,
         )
 
-    def _snapshot_into(self, repository: str, base: str | None, units: list[Unit]) -> tuple[str, bool]:
-        """A version of ``repository`` holding exactly ``base`` with ``units`` replacing same names.
+    def _snapshot_into(
+        self,
+        repository: str,
+        base: str | None,
+        units: list[Unit],
+        labels: dict[str, str] | None = None,
+        build_id: int = 0,
+        *,
+        prefer_incoming: bool = True,
+    ) -> tuple[str, bool]:
+        """A version of ``repository`` holding exactly ``base`` with the build merged in by source
+        package (``labels``: the branch's, :mod:`.branchmerge`); ``prefer_incoming`` lets every
+        package of the build win, whatever its version (staging and personal builds).
 
         With ``base_version`` (or ``'*'`` when there is no base) the new version does not depend
         on the repository's own latest, so a created version is right by construction; only
         "nothing changed" needs a look at what the latest version holds.
         """
-        present, remove = self._stale(base, units)
-        stale = set(remove)
-        expected = {p.href for p in present if p.href not in stale} | {unit.package.href for unit in units}
+        present, plan = self._plan(base, labels or {}, units, build_id, prefer_incoming=prefer_incoming)
+        remove = self._removals(base, plan)
+        gone = set(plan.remove)
+        expected = {p.href for p in present if p.href not in gone} | {u.package.href for u in plan.add}
         context = PulpAptRepositoryContext(self.ctx, pulp_href=repository)
         for _ in range(MODIFY_ATTEMPTS):
             if base is None:
-                result = context.modify(add_content=hrefs(units), remove_content=["*"])
+                result = context.modify(add_content=hrefs(plan.add), remove_content=["*"])
             else:
-                result = context.modify(add_content=hrefs(units), remove_content=remove, base_version=base)
+                result = context.modify(add_content=hrefs(plan.add), remove_content=remove, base_version=base)
             created = created_version(result)
             if created is not None:
                 return t.cast(str, created["pulp_href"]), True
             latest = t.cast(str, self._read(repository)["latest_version_href"])
-            if self._holds(latest, units, exactly=expected):
+            if {p.href for p in self._packages_in(latest)} == expected:
                 return latest, False
         raise ServiceUnavailableError(
             f"Pulp at {self.base_url}: repository {repository} kept changing under concurrent writers; "
@@ -405,31 +425,40 @@ class PulpRepository(PulpClient):
             units = self._units([p for p in packages if p.filename.endswith((".deb", ".udeb"))])
             branch = self._repository(place.branch_repository, create=move_latest)
             record = self._read(branch) if branch is not None else None
-            newest = newest_build(record)
-            if move_latest and newest is not None and newest > build.build_id:
-                log.info(
-                    "latest of %s stays at build %s (newer than %s)", place.branch_key, newest, build.build_id
-                )
-                move_latest = False  # a late retry of an older build must not hide a newer one
             if move_latest:
+                # Any publish order: the merge rules decide what wins, not which build came last.
                 assert branch is not None and record is not None
-                version, fresh = self._merge_into(branch, units, record)
+                version, fresh, plan = self._merge_into(branch, units, record, build.build_id)
+                # Before the distribution: a retry after a crash here plans again and labels again.
+                self._label_branch(branch, record, plan, build.build_id)
             else:
                 side = self._repository(place.side_repository)
                 assert side is not None
                 base = record["latest_version_href"] if record is not None else None
-                version, fresh = self._snapshot_into(side, base, units)
+                branch_labels = dict(record.get("pulp_labels") or {}) if record is not None else {}
+                version, fresh = self._snapshot_into(
+                    side, base, units, branch_labels, build.build_id, prefer_incoming=build.kind == "personal"
+                )
             publication = self._publication(version, fresh, signed=True)
             labels = {PROJECT_LABEL: place.project, BUILD_LABEL: str(build.build_id)}
             self._ensure_distribution(base_path, {"publication": publication, "pulp_labels": labels})
             if move_latest:
                 assert branch is not None
                 self._ensure_latest(place, branch)
-                if newest is None or newest < build.build_id:
-                    PulpAptRepositoryContext(self.ctx, pulp_href=branch).set_label(
-                        NEWEST_BUILD_LABEL, str(build.build_id)
-                    )
         return self._source(base_path)
+
+    def _label_branch(self, branch: str, record: EntityDefinition | None, plan: Plan, build_id: int) -> None:
+        """Record on the branch which build brought each source package it won, and the newest
+        build merged (retention keeps that one's distribution)."""
+        current = dict((record or {}).get("pulp_labels") or {})
+        wanted = branchmerge.labels_for(plan.merged, build_id)
+        newest = newest_build(record)
+        if newest is None or newest < build_id:
+            wanted[NEWEST_BUILD_LABEL] = str(build_id)
+        context = PulpAptRepositoryContext(self.ctx, pulp_href=branch)
+        for key, value in sorted(wanted.items()):
+            if current.get(key) != value:
+                context.set_label(key, value)  # one key per request: concurrent builds touch their own
 
     def _ensure_latest(self, place: Place, branch: str) -> None:
         """``latest`` follows the branch repository's newest publication: created once, never updated."""
