@@ -263,3 +263,13 @@ def postgres_url() -> Iterator[str]:
         if (pg.datadir / "postmaster.pid").exists():
             pg.pg_ctl("-m", "immediate", "-w", "stop")
         shutil.rmtree(pg.workdir, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _umask_restored() -> Iterator[None]:
+    """The local CLI sets its process's umask to 077 (a private state dir); a test calling it
+    in-process must not change the umask of every later test on the same worker."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)

@@ -92,3 +92,24 @@ def test_a_builder_killed_by_the_system_is_told_from_a_failure(tmp_path: Path) -
         ["sleep", "30"], cwd=tmp_path, log=lambda _: None, cancel=cancel, timeout_seconds=60
     )
     assert cancelled.cancelled and cancelled.killed_by is None
+
+
+def test_builders_get_the_usual_umask_whatever_their_caller_has(tmp_path: Path) -> None:
+    """The local CLI and control processes run with umask 077 (a private state dir); a builder
+    started from one must still write 0644 files (dpkg-deb refuses a 0700 control directory)."""
+    old = os.umask(0o077)
+    try:
+        outcome = run_streaming(
+            ["sh", "-c", "touch made && mkdir dir"],
+            cwd=tmp_path,
+            log=lambda _: None,
+            cancel=threading.Event(),
+            timeout_seconds=60,
+        )
+    finally:
+        os.umask(old)
+    assert outcome.returncode == 0
+    assert ((tmp_path / "made").stat().st_mode & 0o777, (tmp_path / "dir").stat().st_mode & 0o777) == (
+        0o644,
+        0o755,
+    )

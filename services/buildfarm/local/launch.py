@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 from buildfarm.dispatch.celery_app import BUILD_QUEUE, CONTROL_QUEUE, make_celery, node_queue
 from buildfarm.local.private import url_password, write_private_text
 from buildfarm.local.procs import (
-    BUILDER_UMASK,
     PRIVATE_UMASK,
     Supervisor,
     port_open,
@@ -35,6 +34,7 @@ from buildfarm.local.procs import (
 )
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.settings import Settings
+from buildfarm.runners.process import BUILDER_UMASK
 
 READY_TIMEOUT_SECONDS = 60.0
 """Bound on waiting for Redis, the repository server and every node to answer after start."""

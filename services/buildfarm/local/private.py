@@ -7,7 +7,7 @@ too, but the repository server serves them over HTTP to whoever may reach it, as
 
 Every farm process but the nodes runs with umask 077 (:data:`buildfarm.local.procs.PRIVATE_UMASK`),
 and so does the CLI while it writes into the state directory; nodes keep umask 022 for their
-builders' sake (:data:`buildfarm.local.procs.BUILDER_UMASK`) and are kept private by the 0700
+builders' sake (:data:`buildfarm.runners.process.BUILDER_UMASK`) and are kept private by the 0700
 directory their work, logs and artifacts live in. A state directory made by an older buildfarm
 (0755, files 0644) is tightened on the next start; a directory that holds other things than a
 farm's state is refused instead of being changed behind its owner's back.

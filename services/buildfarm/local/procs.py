@@ -22,10 +22,8 @@ STOP_GRACE_SECONDS = 15.0
 
 PRIVATE_UMASK = 0o077
 """Files a farm process creates are its owner's alone (the state dir holds logs of personal builds)."""
-BUILDER_UMASK = 0o022
-"""Nodes keep the usual umask: their builders inherit it, and a package's files get their modes
-from it (dpkg-deb refuses a 0700 control directory; a 0600 file would install unreadable). What
-nodes write stays private all the same: it lies inside the 0700 state directory."""
+# Nodes keep the builders' umask (runners.process.BUILDER_UMASK, which every builder is started
+# with anyway): what nodes write stays private all the same, inside the 0700 state directory.
 
 
 def redis_config(port: int, directory: Path, password: str | None) -> str:

@@ -55,6 +55,12 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+BUILDER_UMASK = 0o022
+"""Builders run with the usual umask whatever their caller's (the local CLI and control processes
+use 077 for the private state dir): dpkg-deb refuses a 0700 control directory, and a package's
+files must not be installed 0600."""
+
+
 def run_streaming(
     command: Sequence[str],
     *,
@@ -73,6 +79,7 @@ def run_streaming(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        umask=BUILDER_UMASK,
     )
     assert proc.stdout is not None
     stop_reason: list[str] = []
