@@ -12,6 +12,8 @@ packages=(
   redis-server postgresql                                # broker and build state (tests start private ones)
   buildah docker-registry skopeo                         # image steps: daemonless builds, the local registry
   git ca-certificates curl
+  git-buildpackage pristine-tar                          # git: layout: gbp (gbp export-orig, pristine-tar)
+  patch                                                  # stx: StarlingX patches/ and deb_patches/ series
   gnupg                                                  # gpg signs the published Release files (the farm key)
   gpgv                                                   # mirror keys: the local profile verifies Release files
 )

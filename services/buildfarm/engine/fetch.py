@@ -35,9 +35,9 @@ GIT_NETWORK_FAILURES = (
 schedule tries again), unlike a missing repository or ref."""
 
 
-def _git(args: list[str], cwd: Path, what: str) -> None:
+def _git(args: list[str], cwd: Path, what: str) -> str:
     try:
-        subprocess.run(
+        result = subprocess.run(
             ["git", *args],
             cwd=cwd,
             check=True,
@@ -56,6 +56,33 @@ def _git(args: list[str], cwd: Path, what: str) -> None:
         if any(words in (exc.stderr or "").lower() for words in GIT_NETWORK_FAILURES):
             raise TemporaryError(message) from exc
         raise ManifestError(message) from exc
+    return result.stdout
+
+
+MAX_EXTRA_REFS = 8
+"""Refs fetched beside the checked-out one (a gbp repository's upstream tag and pristine-tar
+branch): a handful, never a whole repository."""
+
+
+def fetch_refs(url: str, refs: list[str], clone: Path, what: str) -> list[str]:
+    """Fetch those of ``refs`` (full names, ``refs/heads/...`` or ``refs/tags/...``) that
+    ``url`` has into the same names of ``clone``, one commit deep each; the ones it had.
+
+    A ref the repository lacks is not an error here (the caller says what it needed); a server
+    that cannot be reached is, as for :func:`checkout`.
+    """
+    if len(refs) > MAX_EXTRA_REFS:
+        raise ManifestError(f"{what}: more than {MAX_EXTRA_REFS} extra refs asked for")
+    for ref in refs:
+        if not ref.startswith(("refs/heads/", "refs/tags/")) or ".." in ref or ref.endswith("/"):
+            raise ManifestError(f"{what}: {ref!r} is not a branch or tag ref")
+    listed = _git(["ls-remote", "--end-of-options", url, *refs], clone, what)
+    present = {line.split("\t", 1)[1] for line in listed.splitlines() if "\t" in line}
+    found = [ref for ref in refs if ref in present]
+    if found:
+        specs = [f"+{ref}:{ref}" for ref in found]
+        _git(["fetch", "-q", "--no-tags", "--depth", "1", "--end-of-options", url, *specs], clone, what)
+    return found
 
 
 def checkout(url: str, ref: str, clone: Path, what: str) -> None:

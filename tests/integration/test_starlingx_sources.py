@@ -1,0 +1,226 @@
+"""StarlingX package directories (``stx``: meta_data.yaml, patches/, deb_folder/) built through
+the farm with the host runner: the version carries StarlingX's revision suffix, the upstream
+tarball comes from ``dl_path`` on a localhost HTTP server, a bad field is refused by name.
+
+Cost: the build ~4 s (dpkg-source + dpkg-buildpackage of a tiny C program); the refusals are
+parse-only, milliseconds each.
+"""
+
+from __future__ import annotations
+
+import http.server
+import shutil
+import subprocess
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from buildfarm.engine import control
+from buildfarm.engine.context import FarmContext
+from buildfarm.engine.submit import submit_build
+from buildfarm.model.debsource import file_sha256
+from buildfarm.model.errors import ManifestError
+from buildfarm.model.manifest import load_manifest
+from buildfarm.model.starlingx import parse_meta_data
+
+from farmkit import drain, make_test_context
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Iterator[FarmContext]:
+    context = make_test_context(tmp_path, f"sqlite:///{tmp_path}/state.db")
+    yield context
+    context.db.dispose()
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """The greet-quilt upstream tarball on a localhost HTTP server: (url, sha256)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    shutil.copyfile(EXAMPLES / "greet-quilt_1.0.orig.tar.gz", www / "greet-1.0.tar.gz")
+    handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(www), **kw)  # noqa: E731
+    http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None  # type: ignore[method-assign]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield (
+        f"http://127.0.0.1:{server.server_address[1]}/greet-1.0.tar.gz",
+        file_sha256(www / "greet-1.0.tar.gz"),
+    )
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def _stx_layout(root: Path, url: str, sha256: str) -> Path:
+    """A StarlingX-style tree: ``greet/debian/`` holding meta_data.yaml, deb_folder/ (debian/
+    without its patches) and patches/ (the greeting patch), committed twice to git."""
+    stx = root / "greet" / "debian"
+    deb_folder = stx / "deb_folder"
+    shutil.copytree(EXAMPLES / "greet-quilt" / "debian", deb_folder)
+    (stx / "patches").mkdir()
+    shutil.move(deb_folder / "patches" / "01-greeting.patch", stx / "patches" / "01-greeting.patch")
+    shutil.rmtree(deb_folder / "patches")
+    (stx / "patches" / "series").write_text("# the greeting\n01-greeting.patch\n")
+    (stx / "meta_data.yaml").write_text(
+        "---\n"
+        "debname: greet-quilt\n"
+        "debver: 1.0-1\n"
+        "dl_path:\n"
+        "  name: greet-1.0.tar.gz\n"
+        f"  url: {url}\n"
+        f"  sha256sum: {sha256}\n"
+        "revision:\n"
+        "  dist: $STX_DIST\n"
+        "  PKG_GITREVCOUNT: true\n"
+        "  stx_patch: 1\n"
+    )
+    (root / "buildfarm.yaml").write_text(
+        "project: proj\nbranch: main\nkind: nightly\npackages:\n  - stx: greet/debian\n"
+    )
+    _git(root, "init", "-q", "-b", "main")
+    _git(root, "add", ".")
+    _git(root, "commit", "-q", "-m", "greet")
+    (stx / "deb_folder" / "README.Debian").write_text("A StarlingX package.\n")
+    _git(root, "add", ".")
+    _git(root, "commit", "-q", "-m", "readme")
+    (root / "unrelated").write_text("not in the package directory\n")
+    _git(root, "add", ".")
+    _git(root, "commit", "-q", "-m", "elsewhere")
+    return root / "buildfarm.yaml"
+
+
+def test_stx_package_builds_with_its_revision_suffix_and_patches(
+    ctx: FarmContext, tmp_path: Path, upstream: tuple[str, str]
+) -> None:
+    manifest = _stx_layout(tmp_path / "src", *upstream)
+    build_id = submit_build(ctx, load_manifest(manifest), manifest.parent, "alice")
+    drain(ctx)
+    view = control.show_build(ctx, build_id)
+    assert view.state == "succeeded", view
+    # two commits touch greet/debian (the third does not), nothing uncommitted, stx_patch 1
+    assert view.steps[0].version == "1.0-1.stx.3"
+    deb = next(
+        o
+        for o in view.steps[0].outputs
+        if o["filename"].startswith("greet-quilt_") and o["filename"].endswith(".deb")
+    )
+    assert deb["filename"] == "greet-quilt_1.0-1.stx.3_amd64.deb"
+    ctx.store.fetch(deb["sha256"], tmp_path / "p.deb")
+    subprocess.run(["dpkg-deb", "-x", str(tmp_path / "p.deb"), str(tmp_path / "root")], check=True)
+    said = subprocess.run(
+        [str(tmp_path / "root/usr/bin/greet-quilt")], check=True, capture_output=True, text=True
+    ).stdout
+    assert "patched by debian/patches" in said  # patches/ went into the quilt series
+
+    # an uncommitted change in the package directory counts, as StarlingX counts it
+    (manifest.parent / "greet" / "debian" / "meta_data.yaml").write_text(
+        (manifest.parent / "greet" / "debian" / "meta_data.yaml")
+        .read_text()
+        .replace("stx_patch: 1", "stx_patch: 5")
+    )
+    again = submit_build(ctx, load_manifest(manifest), manifest.parent, "alice")
+    drain(ctx)
+    assert control.show_build(ctx, again).steps[0].version == "1.0-1.stx.8"
+
+
+def test_stx_orig_tarball_is_repacked_deterministically(
+    ctx: FarmContext, tmp_path: Path, upstream: tuple[str, str]
+) -> None:
+    """Two submits of the same directory give the same source package (one input key)."""
+    manifest = _stx_layout(tmp_path / "src", *upstream)
+    first = submit_build(ctx, load_manifest(manifest), manifest.parent, "alice")
+    second = submit_build(ctx, load_manifest(manifest), manifest.parent, "alice")
+    keys = [control.show_build(ctx, b).steps[0].input_key for b in (first, second)]
+    assert keys[0] == keys[1]
+
+
+def test_stx_without_git_history_refuses_gitrevcount_in_one_line(
+    ctx: FarmContext, tmp_path: Path, upstream: tuple[str, str]
+) -> None:
+    manifest = _stx_layout(tmp_path / "src", *upstream)
+    shutil.rmtree(manifest.parent / ".git")
+    with pytest.raises(ManifestError, match=r"revision.PKG_GITREVCOUNT counts git commits of greet/debian"):
+        submit_build(ctx, load_manifest(manifest), manifest.parent, "alice")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("debver: 1.0-1\ndl_hook: fetch.sh\n", r"dl_hook: runs a script"),
+        ("debver: 1.0-1\nbuild_type: rt\n", r"build_type is not a field the farm supports"),
+        ("debname: x\n", r"debver is required"),
+        ("debver: 1.0-1\nrevision:\n  FILES_GITREVCOUNT: [abc1]\n", r"revision.FILES_GITREVCOUNT"),
+        ("debver: 1.0-1\nrevision:\n  stx_patch: one\n", r"revision.stx_patch must be a whole number"),
+        ("debver: 1.0-1\nrevision:\n  GITREVCOUNT: {SRC_DIR: x}\n", r"GITREVCOUNT needs BASE_SRCREV"),
+        ("debver: 1.0-1\nrevision:\n  dist: $MY_DIST\n", r"variable \$MY_DIST is not known"),
+        ("debver: 1.0-1\ndl_path: {name: a.tar.gz, url: 'http://x/a.tar.gz'}\n", r"dl_path needs sha256sum"),
+        ("debver: 1.0-1\ndl_path: {name: a.tar.gz, url: 'http://x/a', sha256sum: 12}\n", r"64 hex digits"),
+        ("debver: 1.0-1\nsrc_path: ${MY_REPO}/src\n", r"src_path: .* uses a variable"),
+        ("debver: 1.0-1\nrevision:\n  SRC_GITREVCOUNT: {SRC_BASE_SRCREV: abcd}\n", r"there is no src_path"),
+    ],
+)
+def test_meta_data_mistakes_are_refused_by_name(text: str, message: str) -> None:
+    with pytest.raises(ManifestError, match=message):
+        parse_meta_data(text.encode(), "meta_data.yaml")
+
+
+def test_meta_data_suffix_follows_starlingx() -> None:
+    meta = parse_meta_data(b"debver: '2:1.2-3@'\nrevision:\n  dist: $STX_DIST\n  stx_patch: 4\n", "m")
+    assert meta.debver == "2:1.2-3"
+    assert meta.revision is not None and meta.revision.suffix(0) == ".stx.4"
+    bare = parse_meta_data(b"debver: 1.0\nrevision: {}\n", "m")
+    assert bare.revision is not None and bare.revision.suffix(2) == ".2"
+
+
+def test_manifest_stx_entry_checks(tmp_path: Path) -> None:
+    (tmp_path / "buildfarm.yaml").write_text(
+        "project: p\nbranch: main\nkind: nightly\npackages:\n  - stx: nowhere/debian\n"
+    )
+    with pytest.raises(ManifestError, match=r"packages\[0\].stx: 'nowhere/debian' has no meta_data.yaml"):
+        load_manifest(tmp_path / "buildfarm.yaml")
+    (tmp_path / "buildfarm.yaml").write_text(
+        "project: p\nbranch: main\nkind: nightly\npackages:\n  - stx: a\n    path: b\n"
+    )
+    with pytest.raises(ManifestError, match=r"exactly one of 'path', 'git', 'dsc', 'source' or 'stx'"):
+        load_manifest(tmp_path / "buildfarm.yaml")
+
+
+def test_orig_repack_has_the_tree_name_as_top(tmp_path: Path) -> None:
+    from buildfarm.engine.stxsource import _pack_orig
+
+    tree = tmp_path / "greet-1.0"
+    (tree / "src").mkdir(parents=True)
+    (tree / "src" / "a.c").write_text("int a;\n")
+    _pack_orig(tree, tmp_path / "one.tar.gz")
+    _pack_orig(tree, tmp_path / "two.tar.gz")
+    assert (tmp_path / "one.tar.gz").read_bytes() == (tmp_path / "two.tar.gz").read_bytes()
+    with tarfile.open(tmp_path / "one.tar.gz") as tar:
+        assert tar.getnames() == ["greet-1.0", "greet-1.0/src", "greet-1.0/src/a.c"]
+
+
+def test_stx_kernel_type_marks_are_refused_by_name(
+    ctx: FarmContext, tmp_path: Path, upstream: tuple[str, str]
+) -> None:
+    manifest = _stx_layout(tmp_path / "src", *upstream)
+    (manifest.parent / "greet" / "debian" / "deb_folder" / "control").write_text(
+        "Source: greet@KERNEL_TYPE@\n"
+    )
+    with pytest.raises(ManifestError, match=r"greet/debian/deb_folder/control uses @KERNEL_TYPE@"):
+        submit_build(ctx, load_manifest(manifest), manifest.parent, "alice")
