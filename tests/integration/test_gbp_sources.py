@@ -27,7 +27,7 @@ from buildfarm.model.manifest import load_manifest
 from buildfarm.state.models import Step
 
 from farmkit import drain, make_test_context
-from gitkit import GitServer, git
+from gitkit import LOOPBACK_GIT, GitServer, git
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ORIG = EXAMPLES / "greet-quilt_1.0.orig.tar.gz"
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.skipif(shutil.which("gbp") is None, reason="git-buildpa
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> Iterator[FarmContext]:
-    context = make_test_context(tmp_path, f"sqlite:///{tmp_path}/state.db")
+    context = make_test_context(tmp_path, f"sqlite:///{tmp_path}/state.db", **LOOPBACK_GIT)
     yield context
     context.db.dispose()
 

@@ -163,6 +163,7 @@ def debian_farm(tmp_path_factory: pytest.TempPathFactory, archive: tuple[Path, S
     farm = Farm(tmp_path_factory.mktemp("debian-farm") / "state")
     mirror = {"name": "debsrc", "url": archive[1].url, "distribution": settings.distribution}
     farm.env["BUILDFARM_MIRRORS"] = json.dumps([mirror])
+    farm.env |= {"BUILDFARM_FETCH_ALLOW_SCHEMES": "https,http", "BUILDFARM_FETCH_ALLOW_HOSTS": "127.0.0.1"}
     farm.cli("start", "--runner", "sbuild", "--nodes", "2", timeout=300)
     yield farm
     farm.cli("stop", check=False)

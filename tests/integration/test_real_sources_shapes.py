@@ -31,11 +31,13 @@ from buildfarm.state.models import BuildInput
 from farmkit import drain, make_test_context
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+LOCAL_FETCH = {"fetch_allow_schemes": ["https", "http"], "fetch_allow_hosts": ["127.0.0.1"]}
+"""The tests' upstream servers listen on loopback, which the farm refuses unless allowed."""
 
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> Iterator[FarmContext]:
-    context = make_test_context(tmp_path, f"sqlite:///{tmp_path}/state.db")
+    context = make_test_context(tmp_path, f"sqlite:///{tmp_path}/state.db", **LOCAL_FETCH)
     yield context
     context.db.dispose()
 
@@ -198,14 +200,14 @@ def test_dsc_url_builds_after_the_upstream_is_gone_without_reusable_outputs(
     tmp_path: Path, served: tuple[Path, Served]
 ) -> None:
     www, server = served
-    maker = make_test_context(tmp_path / "maker", f"sqlite:///{tmp_path}/maker.db")
+    maker = make_test_context(tmp_path / "maker", f"sqlite:///{tmp_path}/maker.db", **LOCAL_FETCH)
     (tmp_path / "maker").mkdir(exist_ok=True)
     _quilt_tree(tmp_path / "src", "1.0-3")
     made = _build(maker, _manifest(tmp_path / "src", "  - path: greet-quilt\n"))
     _source_members(maker, made, www / "pool")
     maker.db.dispose()
 
-    ctx = make_test_context(tmp_path / "farm", f"sqlite:///{tmp_path}/farm.db")
+    ctx = make_test_context(tmp_path / "farm", f"sqlite:///{tmp_path}/farm.db", **LOCAL_FETCH)
     manifest = _manifest(tmp_path, f"  - dsc: {server.url}/pool/greet-quilt_1.0-3.dsc\n")
     first = _build(ctx, manifest)
     assert first.state == "succeeded", first
@@ -334,3 +336,59 @@ def test_published_repository_serves_byte_identical_sources(ctx: FarmContext, tm
     assert [p.name for p in fetched] == given
     for path in fetched:
         assert path.read_bytes() == (built / path.name).read_bytes()
+
+
+def test_dsc_urls_and_their_redirects_pass_the_url_policy(tmp_path: Path) -> None:
+    """A manifest cannot make the farm fetch from its own host: loopback is refused by default,
+    and a redirect from an allowed host to one that is not is refused too (nothing fetched)."""
+    strict = make_test_context(tmp_path / "strict", f"sqlite:///{tmp_path}/strict.db")
+    manifest = _manifest(tmp_path, "  - dsc: http://127.0.0.1:9/pool/x_1.0.dsc\n", "loop.yaml")
+    with pytest.raises(PermanentError, match=r"http:// URLs are not allowed here"):
+        submit_build(strict, load_manifest(manifest), tmp_path, "alice")
+    strict.db.dispose()
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", "http://127.0.0.2:9/x_1.0.dsc")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    ctx = make_test_context(tmp_path / "farm", f"sqlite:///{tmp_path}/farm.db", **LOCAL_FETCH)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/x_1.0.dsc"
+        hop = _manifest(tmp_path, f"  - dsc: {url}\n", "hop.yaml")
+        with pytest.raises(PermanentError, match="the farm does not fetch from this host"):
+            submit_build(ctx, load_manifest(hop), tmp_path, "alice")
+    finally:
+        server.shutdown()
+        server.server_close()
+        ctx.db.dispose()
+
+
+def test_tree_unpacked_beside_its_dsc_keys_like_the_dsc(ctx: FarmContext, tmp_path: Path) -> None:
+    """``apt-get source`` / ``dget`` leave the .dsc, its files and the unpacked tree side by side:
+    as ``path`` that tree is that source package (same bytes, same key), while a changed tree is
+    built with dpkg-source -b, which refuses an upstream change that no patch carries."""
+    made = tmp_path / "made"
+    _quilt_tree(made, "1.0-7")
+    subprocess.run(["dpkg-source", "-b", "greet-quilt"], cwd=made, check=True, capture_output=True)
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("greet-quilt_1.0-7.dsc", "greet-quilt_1.0-7.debian.tar.xz", "greet-quilt_1.0.orig.tar.gz"):
+        shutil.copyfile(made / name, src / name)
+    subprocess.run(
+        ["dpkg-source", "-x", "greet-quilt_1.0-7.dsc", "unpacked"], cwd=src, check=True, capture_output=True
+    )
+    by_dsc = _build(ctx, _manifest(src, "  - dsc: greet-quilt_1.0-7.dsc\n", "dsc.yaml"))
+    assert by_dsc.state == "succeeded", by_dsc
+    by_path = _build(ctx, _manifest(src, "  - path: unpacked\n", "path.yaml"))
+    assert by_path.steps[0].state == "reused" and by_path.steps[0].input_key == by_dsc.steps[0].input_key
+    (src / "unpacked" / "greet.c").write_text("int main(void) { return 0; }\n")
+    with pytest.raises(PermanentError, match=r"dpkg-source -b failed: .*unexpected upstream changes"):
+        submit_build(ctx, load_manifest(_manifest(src, "  - path: unpacked\n", "c.yaml")), src, "alice")

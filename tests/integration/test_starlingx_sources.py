@@ -29,6 +29,8 @@ from buildfarm.model.starlingx import parse_meta_data
 from farmkit import drain, make_test_context
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+LOCAL_FETCH = {"fetch_allow_schemes": ["https", "http"], "fetch_allow_hosts": ["127.0.0.1"]}
+"""The allow-list an admin gives a farm whose upstream server is on loopback."""
 
 
 def _git(cwd: Path, *args: str) -> None:
@@ -43,7 +45,7 @@ def _git(cwd: Path, *args: str) -> None:
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> Iterator[FarmContext]:
-    context = make_test_context(tmp_path, f"sqlite:///{tmp_path}/state.db")
+    context = make_test_context(tmp_path, f"sqlite:///{tmp_path}/state.db", **LOCAL_FETCH)
     yield context
     context.db.dispose()
 

@@ -17,6 +17,7 @@ from types import ModuleType
 
 import pytest
 
+from buildfarm.model.debsource import pack_files
 from buildfarm.model.sources import pack_tree, tree_hash
 
 ENTRYPOINT = Path(__file__).parents[2] / "buildtools" / "builder" / "buildfarm-step"
@@ -113,3 +114,36 @@ def test_not_a_tarball_or_no_debian_dir(step: ModuleType, tmp_path: Path) -> Non
 def test_presigned_urls_are_logged_without_their_signature(step: ModuleType) -> None:
     url = "http://127.0.0.1:9000/bucket/sha256/ab/abcd?X-Amz-Credential=k&X-Amz-Signature=secret"
     assert step.redact(url) == "http://127.0.0.1:9000/bucket/sha256/ab/abcd"
+
+
+def test_a_bomb_of_tiny_files_or_bytes_or_time_is_refused_before_anything_is_written(
+    step: ModuleType, tmp_path: Path
+) -> None:
+    bomb = _tarball(tmp_path / "bomb.tar.gz", [(f"f{i}", FILE, b"") for i in range(300)])
+    with pytest.raises(step.StepError, match=r"^the source tarball holds more than 299 members$"):
+        step.unpack_tarball(bomb, tmp_path / "a", "source tarball", max_members=299)
+    assert list((tmp_path / "a").iterdir()) == []
+    big = _tarball(tmp_path / "big.tar.gz", [("zeros", FILE, bytes(1 << 16))])
+    with pytest.raises(step.StepError, match=r"^the image context unpacks to more than 1024 bytes$"):
+        step.unpack_tarball(big, tmp_path / "b", "image context", max_bytes=1024)
+    assert list((tmp_path / "b").iterdir()) == []
+    with pytest.raises(step.StepError, match=r"^the source tarball takes more than 1e-09s to unpack$"):
+        step.unpack_tarball(bomb, tmp_path / "c", "source tarball", max_seconds=1e-9)
+    assert step.unpack_tarball(bomb, tmp_path / "d", "source tarball", max_members=300) == 300
+
+
+def test_a_source_package_gives_its_dsc(step: ModuleType, tmp_path: Path) -> None:
+    """The farm's step source is a Debian source package, flat: the entrypoint finds its .dsc
+    (and dpkg-source -x unpacks it); a tarball with two .dsc files is refused."""
+    files = []
+    for name in ("p_1.0-1.dsc", "p_1.0.orig.tar.gz", "p_1.0-1.debian.tar.xz"):
+        (tmp_path / name).write_bytes(b"x")
+        files.append(tmp_path / name)
+    tarball = tmp_path / "srcpkg.tar.gz"
+    tarball.write_bytes(pack_files(files))
+    assert step.unpack_source(tarball, tmp_path / "out").name == "p_1.0-1.dsc"
+    (tmp_path / "q_1.dsc").write_bytes(b"x")
+    two = tmp_path / "two.tar.gz"
+    two.write_bytes(pack_files([*files, tmp_path / "q_1.dsc"]))
+    with pytest.raises(step.StepError, match=r"nor exactly one \.dsc"):
+        step.unpack_source(two, tmp_path / "out2")

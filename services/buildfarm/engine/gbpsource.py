@@ -26,6 +26,7 @@ from buildfarm.engine.fetch import fetch_refs
 from buildfarm.model.debsource import needs_upstream, tree_format, upstream_files_in, upstream_version
 from buildfarm.model.errors import PermanentError, TemporaryError
 from buildfarm.model.planner import read_source_info
+from buildfarm.model.urlpolicy import UrlPolicy
 
 GBP_TIMEOUT_SECONDS = 600
 """``gbp export-orig`` of a big upstream (compressing hundreds of MiB) takes minutes."""
@@ -85,7 +86,7 @@ def upstream_tag(repo: Path, version: str, home: Path, what: str) -> str:
     return _run(["/usr/bin/python3", "-c", _TAG_OF_VERSION, pattern, version], repo, home, what)
 
 
-def export_orig(url: str, repo: Path, out: Path, what: str) -> list[Path]:
+def export_orig(url: str, repo: Path, out: Path, what: str, policy: UrlPolicy) -> list[Path]:
     """Make the upstream tarball(s) of the gbp checkout ``repo`` (fetched from ``url``) into
     ``out``: nothing for a native package.  One line naming the tag and branch tried when
     neither gives one."""
@@ -98,7 +99,7 @@ def export_orig(url: str, repo: Path, out: Path, what: str) -> list[Path]:
     upstream = upstream_version(info.version)
     tag = upstream_tag(repo, upstream, home, what)
     tag_ref, pristine_ref = f"refs/tags/{tag}", f"refs/heads/{PRISTINE_TAR_BRANCH}"
-    found = fetch_refs(url, [tag_ref, pristine_ref], repo, what)
+    found = fetch_refs(url, [tag_ref, pristine_ref], repo, what, policy)
     tried = f"upstream tag {tag!r} and branch {PRISTINE_TAR_BRANCH!r}"
     if not found:
         raise PermanentError(

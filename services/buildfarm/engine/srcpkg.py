@@ -73,7 +73,8 @@ from buildfarm.model.errors import ManifestError, PermanentError, TemporaryError
 from buildfarm.model.manifest import PackageSource, SourceLayout, UpstreamFile
 from buildfarm.model.planner import SourceInfo, read_source_info, source_info_from_dsc
 from buildfarm.model.settings import MirrorConfig
-from buildfarm.model.sources import pack_tree, unpack_tree
+from buildfarm.model.sources import pack_tree, tree_hash, unpack_tree
+from buildfarm.model.urlpolicy import UrlPolicy, UrlRefusedError, check_url, redact_url
 from buildfarm.state.models import BuildInput, utcnow
 
 DPKG_SOURCE_TIMEOUT_SECONDS = 600
@@ -83,6 +84,8 @@ HTTP_TIMEOUT_SECONDS = 60.0
 MAX_DOWNLOAD_BYTES = 4 << 30
 """An upstream tarball larger than 4 GiB is refused rather than filling the disk."""
 GPG_TIMEOUT_SECONDS = 30.0
+MAX_REDIRECTS = 5
+"""Redirects followed per download (each checked against the URL policy); more is a loop."""
 _CHUNK = 1 << 20
 _INDEX_UNPACK: dict[str, Callable[[bytes], bytes]] = {
     ".xz": lzma.decompress,
@@ -92,11 +95,17 @@ _INDEX_UNPACK: dict[str, Callable[[bytes], bytes]] = {
 }
 
 
-def check_url(url: str, what: str) -> str:
-    """The farm fetches only http(s) URLs from what users give it."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ManifestError(f"{what}: {url!r} is not an http(s) URL")
+def check_fetch_url(url: str, policy: UrlPolicy, what: str) -> str:
+    """Every URL fetched on a user's behalf passes the farm's URL policy (scheme, public or
+    admin-allowed host: :mod:`buildfarm.model.urlpolicy`) just before it is fetched."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise ManifestError(f"{what}: {redact_url(url)!r} is not an http(s) URL")
+    try:
+        check_url(url, policy)
+    except UrlRefusedError as exc:
+        raise ManifestError(f"{what}: {exc}") from exc
+    except TemporaryError as exc:
+        raise TemporaryError(f"{what}: {exc}", exc.retry_after) from exc
     return url
 
 
@@ -134,7 +143,7 @@ class SourceResolver:
         if tree is not None and package.layout is SourceLayout.GBP:
             assert package.git is not None
             made = self.scratch / f"gbp-{index}"
-            export_orig(package.git, tree, made, what)
+            export_orig(package.git, tree, made, what, self.ctx.settings.url_policy)
             return self._from_tree(package, tree, work, made, what)
         if tree is not None:
             return self._from_tree(package, tree, work, files, what)
@@ -188,6 +197,12 @@ class SourceResolver:
             )
         if not needs_upstream(fmt, info.version):
             found = []  # a native package has none, even when a tarball lies around
+        noepoch = info.version.split(":", 1)[-1]
+        if package.path is not None and not package.orig:
+            beside = files if files is not None else tree.parent
+            same = self._dsc_beside(tree, beside / f"{info.name}_{noepoch}.dsc", work, what)
+            if same is not None:
+                return same
         copy = work / f"{info.name}-{upstream}"
         packed = work / ".tree.tar.gz"
         packed.write_bytes(pack_tree(tree))
@@ -199,8 +214,34 @@ class SourceResolver:
             self._keep_input(work / path.name, str(path) if package.path else what)
         _dpkg_source(["-b", copy.name], work, what)
         shutil.rmtree(copy)
-        noepoch = info.version.split(":", 1)[-1]
         return source_package(work / f"{info.name}_{noepoch}.dsc", what)
+
+    def _dsc_beside(self, tree: Path, dsc: Path, work: Path, what: str) -> SourcePackage | None:
+        """The .dsc beside a tree that is exactly what it unpacks to (``apt-get source``, ``dget``
+        or ``dpkg-source -x`` left both there): that source package as it is, so the tree keys
+        the same as the .dsc and its Debian bytes are kept.  None when there is no such .dsc,
+        a file of it is missing or wrong, or the tree was changed."""
+        if not dsc.is_file():
+            return None
+        try:
+            package = source_package(dsc, what)
+        except PermanentError:
+            return None
+        unpacked = work / ".dsc-beside"
+        try:
+            _dpkg_source(["-x", "--no-check", str(dsc), str(unpacked)], work, what)
+            if tree_hash(unpacked) != tree_hash(tree):
+                return None
+        except PermanentError:
+            return None
+        finally:
+            shutil.rmtree(unpacked, ignore_errors=True)
+        for path in package.paths():
+            shutil.copyfile(path, work / path.name)
+        for file in package.files:
+            if is_upstream_file(file.name, package.name, package.version):
+                self._keep_input(work / file.name, str(dsc.parent / file.name))
+        return source_package(work / dsc.name, what)
 
     def _orig(
         self, item: UpstreamFile, source: str, version: str, work: Path, what: str, *, files: Path | None
@@ -268,7 +309,7 @@ class SourceResolver:
         self, url: str, work: Path, what: str, key: str | None, dsc_sha256: str | None = None
     ) -> SourcePackage:
         """Fetch a .dsc and every file it names (``dget``), each checked and kept."""
-        check_url(url, what)
+        check_fetch_url(url, self.ctx.settings.url_policy, what)
         name = Path(urllib.parse.urlsplit(url).path).name
         if not name.endswith(".dsc"):
             raise ManifestError(f"{what}: {url} does not name a .dsc")
@@ -332,7 +373,6 @@ class SourceResolver:
     ) -> None:
         """``url`` into ``dest``: from the artifact store when its checksum is known and stored,
         else downloaded, checked, stored and recorded as a build input (kept forever)."""
-        check_url(url, what)
         store = self.ctx.store
         if sha256 is None:
             known = self._known(url)
@@ -343,7 +383,8 @@ class SourceResolver:
         if sha256 is not None and store.has(sha256):
             store.fetch(sha256, dest)
             return
-        actual = download(url, dest, what)
+        check_fetch_url(url, self.ctx.settings.url_policy, what)
+        actual = download(url, dest, what, self.ctx.settings.url_policy)
         if checked and actual != sha256:
             dest.unlink(missing_ok=True)
             source = f"the .dsc says {sha256}" if expected is not None else f"expected {sha256}"
@@ -389,30 +430,39 @@ class SourceResolver:
                 )
 
 
-def download(url: str, dest: Path, what: str) -> str:
-    """Stream ``url`` into ``dest``; its sha256.  Unreachable or a 5xx: temporary; a 4xx: permanent."""
+def download(url: str, dest: Path, what: str, policy: UrlPolicy) -> str:
+    """Stream ``url`` into ``dest``; its sha256.  Unreachable or a 5xx: temporary; a 4xx:
+    permanent.  Redirects are followed by hand (at most MAX_REDIRECTS), each target passing the
+    URL policy, so a public URL cannot redirect the farm to its own services."""
     digest = hashlib.sha256()
     size = 0
+    shown = redact_url(url)
     try:
-        with (
-            httpx.Client(timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=True) as http,
-            http.stream("GET", url) as response,
-        ):
-            if response.status_code >= 500 or response.status_code == 429:
-                raise TemporaryError(f"{what}: {url} answered HTTP {response.status_code}", 60.0)
-            if response.status_code != 200:
-                raise PermanentError(f"{what}: {url} answered HTTP {response.status_code}")
-            with dest.open("wb") as out:
-                for chunk in response.iter_bytes(_CHUNK):
-                    size += len(chunk)
-                    if size > MAX_DOWNLOAD_BYTES:
-                        raise PermanentError(f"{what}: {url} is larger than {MAX_DOWNLOAD_BYTES} bytes")
-                    digest.update(chunk)
-                    out.write(chunk)
+        with httpx.Client(timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=False) as http:
+            for _hop in range(MAX_REDIRECTS + 1):
+                with http.stream("GET", url) as response:
+                    if response.is_redirect and "location" in response.headers:
+                        url = urllib.parse.urljoin(url, response.headers["location"])
+                        check_fetch_url(url, policy, what)
+                        continue
+                    if response.status_code >= 500 or response.status_code == 429:
+                        raise TemporaryError(f"{what}: {shown} answered HTTP {response.status_code}", 60.0)
+                    if response.status_code != 200:
+                        raise PermanentError(f"{what}: {shown} answered HTTP {response.status_code}")
+                    with dest.open("wb") as out:
+                        for chunk in response.iter_bytes(_CHUNK):
+                            size += len(chunk)
+                            if size > MAX_DOWNLOAD_BYTES:
+                                raise PermanentError(
+                                    f"{what}: {shown} is larger than {MAX_DOWNLOAD_BYTES} bytes"
+                                )
+                            digest.update(chunk)
+                            out.write(chunk)
+                    return digest.hexdigest()
     except httpx.HTTPError as exc:
         dest.unlink(missing_ok=True)
-        raise TemporaryError(f"{what}: {url} cannot be fetched: {exc or type(exc).__name__}", 60.0) from exc
-    return digest.hexdigest()
+        raise TemporaryError(f"{what}: {shown} cannot be fetched: {exc or type(exc).__name__}", 60.0) from exc
+    raise PermanentError(f"{what}: {shown} redirects more than {MAX_REDIRECTS} times")
 
 
 def verify_dsc(dsc: Path, key: str, what: str) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 from buildfarm.engine.context import FarmContext
-from buildfarm.engine.fetch import context_directories, source_directories
+from buildfarm.engine.fetch import check_source_urls, context_directories, source_directories
 from buildfarm.engine.images import image_spec_record
 from buildfarm.engine.srcpkg import SourceResolver
 from buildfarm.model import names
@@ -58,12 +58,13 @@ def submit_build(
     """
     names.check_simple_name(user, "user")
     ctx.dispatcher.check()  # an unreachable broker is found before anything is recorded
+    check_source_urls(manifest, ctx.settings.url_policy)
     planned = []
     tarballs: dict[str, str] = {}
     explicit: dict[str, tuple[str, ...]] = {}
     with (
         TemporaryDirectory(dir=ctx.work_root, prefix="submit-") as scratch,
-        source_directories(manifest, root, prepared) as sources,
+        source_directories(manifest, root, ctx.settings.url_policy, prepared) as sources,
     ):
         resolver = SourceResolver(ctx, root, Path(scratch), prepared_files)
         for index, (package, directory) in enumerate(sources):
@@ -74,7 +75,7 @@ def submit_build(
                 explicit[info.name] = tuple(package.depends)
     images: list[tuple[str, ImageInfo, str]] = []
     specs: dict[str, dict[str, object]] = {}
-    with context_directories(manifest, root, prepared_contexts) as contexts:
+    with context_directories(manifest, root, ctx.settings.url_policy, prepared_contexts) as contexts:
         for image, directory in contexts:
             info_image = ImageInfo(
                 name=image.name,

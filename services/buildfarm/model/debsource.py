@@ -15,6 +15,7 @@ format work: patches are never applied here.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -244,4 +245,9 @@ def files_to_upload(package: PackageSource, root: Path, what: str) -> list[Path]
         return local_origs
     tree = (root / package.path).resolve()
     info = read_source_info(tree, package.describe())
-    return upstream_files_beside(tree, info.name, info.version)
+    found = upstream_files_beside(tree, info.name, info.version)
+    dsc = tree.parent / f"{info.name}_{info.version.split(':', 1)[-1]}.dsc"
+    if dsc.is_file():  # the farm builds that .dsc as it is when the tree is what it unpacks to
+        with contextlib.suppress(PermanentError):  # not usable: built with dpkg-source -b instead
+            found += [p for p in source_package(dsc, what).paths() if p not in found]
+    return found
