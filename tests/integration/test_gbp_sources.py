@@ -124,13 +124,12 @@ def test_gbp_with_pristine_tar_builds_from_the_upstream_bytes(
     assert file_sha256(_given_orig(ctx, build_id, tmp_path / "given")) == file_sha256(ORIG)
 
 
-def test_gbp_without_pristine_tar_builds_from_the_upstream_tag(
+def test_gbp_without_pristine_tar_makes_the_tarball_from_the_upstream_tag(
     ctx: FarmContext, tmp_path: Path, served: GitServer
 ) -> None:
     repo = _gbp_repo(served.base / "greet.git", pristine=False)
-    build_id = _build(ctx, _manifest(tmp_path / "m", served.url(repo)))
-    view = control.show_build(ctx, build_id)
-    assert view.state == "succeeded", view
+    manifest = _manifest(tmp_path / "m", served.url(repo))
+    build_id = submit_build(ctx, load_manifest(manifest), manifest.parent, "alice")
     with tarfile.open(_given_orig(ctx, build_id, tmp_path / "given")) as tar:
         assert sorted(tar.getnames())[-2:] == ["greet-quilt-1.0/Makefile", "greet-quilt-1.0/greet.c"]
 
@@ -156,8 +155,30 @@ def test_gbp_conf_upstream_tag_is_the_one_fetched(
     (repo / "debian" / "gbp.conf").write_text("[DEFAULT]\nupstream-tag = v%(version)s\n")
     git(repo, "add", ".")
     git(repo, "commit", "-q", "-m", "gbp.conf")
-    build_id = _build(ctx, _manifest(tmp_path / "m", served.url(repo)))
-    assert control.show_build(ctx, build_id).state == "succeeded"
+    manifest = _manifest(tmp_path / "m", served.url(repo))
+    build_id = submit_build(ctx, load_manifest(manifest), manifest.parent, "alice")
+    assert _given_orig(ctx, build_id, tmp_path / "given").is_file()
+
+
+def test_gbp_and_path_of_the_same_source_key_the_same(
+    ctx: FarmContext, tmp_path: Path, served: GitServer
+) -> None:
+    """pristine-tar gives the upstream's bytes, so the gbp repository and the same tree with its
+    tarball beside it are one source package: one input key, built once."""
+    repo = _gbp_repo(served.base / "greet.git")
+    by_git = _manifest(tmp_path / "m", served.url(repo))
+    local = tmp_path / "local"
+    local.mkdir()
+    shutil.copytree(EXAMPLES / "greet-quilt", local / "greet-quilt")
+    shutil.copyfile(ORIG, local / "greet-quilt_1.0.orig.tar.gz")
+    (local / "buildfarm.yaml").write_text(
+        "project: proj\nbranch: main\nkind: nightly\npackages:\n  - path: greet-quilt\n"
+    )
+    keys = [
+        control.show_build(ctx, submit_build(ctx, load_manifest(m), m.parent, "alice")).steps[0].input_key
+        for m in (by_git, local / "buildfarm.yaml")
+    ]
+    assert keys[0] == keys[1]
 
 
 @pytest.mark.parametrize(
