@@ -17,14 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
 from buildfarm.model.debsource import file_sha256
-from buildfarm.model.errors import ManifestError
+from buildfarm.model.errors import ManifestError, PermanentError
 from buildfarm.model.manifest import load_manifest
 from buildfarm.model.starlingx import parse_meta_data
+from buildfarm.state.models import Step
 
 from farmkit import drain, make_test_context
 
@@ -224,4 +226,71 @@ def test_stx_kernel_type_marks_are_refused_by_name(
         "Source: greet@KERNEL_TYPE@\n"
     )
     with pytest.raises(ManifestError, match=r"greet/debian/deb_folder/control uses @KERNEL_TYPE@"):
+        submit_build(ctx, load_manifest(manifest), manifest.parent, "alice")
+
+
+def test_stx_archive_dsc_with_deb_patches(
+    ctx: FarmContext, tmp_path: Path, upstream: tuple[str, str]
+) -> None:
+    """``archive``: the .dsc is fetched (checked against ``dsc_sha256``), unpacked, deb_patches/
+    applied to its debian/, and the version suffixed; no git counts, so no checkout needed."""
+    url, _ = upstream
+    served = tmp_path / "www"  # the upstream fixture's directory
+    shutil.copytree(EXAMPLES / "greet-quilt", tmp_path / "pkg" / "greet-quilt")
+    shutil.copyfile(
+        EXAMPLES / "greet-quilt_1.0.orig.tar.gz", tmp_path / "pkg" / "greet-quilt_1.0.orig.tar.gz"
+    )
+    subprocess.run(
+        ["dpkg-source", "-b", "greet-quilt"], cwd=tmp_path / "pkg", check=True, capture_output=True
+    )
+    for path in (tmp_path / "pkg").iterdir():
+        if path.is_file():
+            shutil.copyfile(path, served / path.name)
+    stx = tmp_path / "src" / "greet" / "debian"
+    (stx / "deb_patches").mkdir(parents=True)
+    (stx / "deb_patches" / "series").write_text("0001-readme.patch\n")
+    (stx / "deb_patches" / "0001-readme.patch").write_text(
+        "--- a/debian/README.Debian\n+++ b/debian/README.Debian\n@@ -0,0 +1 @@\n+Patched by deb_patches.\n"
+    )
+    base = url.rsplit("/", 1)[0]
+    (stx / "meta_data.yaml").write_text(
+        "debname: greet-quilt\ndebver: 1.0-1\n"
+        f"archive: {base}\n"
+        f"dsc_sha256: {file_sha256(served / 'greet-quilt_1.0-1.dsc')}\n"
+        "revision:\n  dist: $STX_DIST\n  stx_patch: 2\n"
+    )
+    manifest = tmp_path / "src" / "buildfarm.yaml"
+    manifest.write_text("project: proj\nbranch: main\nkind: nightly\npackages:\n  - stx: greet/debian\n")
+    build_id = submit_build(ctx, load_manifest(manifest), manifest.parent, "alice")
+    view = control.show_build(ctx, build_id)
+    assert view.steps[0].version == "1.0-1.stx.2"
+    with ctx.db.session() as session:
+        sha = session.scalars(select(Step.source_sha256).where(Step.build_id == build_id)).one()
+    ctx.store.fetch(sha, tmp_path / "given.tar.gz")
+    with tarfile.open(tmp_path / "given.tar.gz") as tar:
+        tar.extractall(tmp_path / "given", filter="data")
+    subprocess.run(
+        ["dpkg-source", "-x", "greet-quilt_1.0-1.stx.2.dsc", "out"],
+        cwd=tmp_path / "given",
+        check=True,
+        capture_output=True,
+    )
+    assert (tmp_path / "given/out/debian/README.Debian").read_text() == "Patched by deb_patches.\n"
+    # the upstream tarball is the archive's own: dpkg-source kept it as it is
+    assert file_sha256(tmp_path / "given/greet-quilt_1.0.orig.tar.gz") == file_sha256(
+        EXAMPLES / "greet-quilt_1.0.orig.tar.gz"
+    )
+
+
+def test_stx_md5sum_mismatch_gives_both_sums(
+    ctx: FarmContext, tmp_path: Path, upstream: tuple[str, str]
+) -> None:
+    url, _ = upstream
+    manifest = _stx_layout(tmp_path / "src", url, "0" * 64)
+    meta = manifest.parent / "greet" / "debian" / "meta_data.yaml"
+    meta.write_text(meta.read_text().replace(f"sha256sum: {'0' * 64}", f"md5sum: {'a' * 32}"))
+    with pytest.raises(
+        PermanentError,
+        match=rf"md5sum mismatch: meta_data.yaml says {'a' * 32}, the download has [0-9a-f]{{32}}",
+    ):
         submit_build(ctx, load_manifest(manifest), manifest.parent, "alice")
