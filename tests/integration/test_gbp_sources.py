@@ -196,3 +196,42 @@ def test_gbp_manifest_mistakes(tmp_path: Path, entry: str, message: str) -> None
     (tmp_path / "buildfarm.yaml").write_text(f"project: p\nbranch: main\nkind: nightly\npackages:\n{entry}")
     with pytest.raises(ManifestError, match=message):
         load_manifest(tmp_path / "buildfarm.yaml")
+
+
+def test_real_debian_package_imported_with_gbp_gives_the_archive_tarball(
+    ctx: FarmContext, tmp_path: Path, served: GitServer
+) -> None:
+    """rsakeyfind 1:1.0-8 from Debian's archive (3.0 (quilt), patches, a signed upstream tarball),
+    imported with ``gbp import-dsc --pristine-tar``: the farm's gbp entry gives back the
+    archive's own upstream tarball and the same name and version.  Resolve only (~3 s)."""
+    from test_real_sources_debian import PACKAGES, debian_source
+
+    dsc = debian_source("rsakeyfind", PACKAGES["rsakeyfind"])
+    repo = served.base / "rsakeyfind.git"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.org",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.org",
+    }
+    subprocess.run(
+        ["gbp", "import-dsc", "--pristine-tar", str(dsc), str(repo)],
+        cwd=served.base,
+        check=True,
+        capture_output=True,
+        timeout=120,
+        env=env,
+    )
+    manifest = _manifest(tmp_path / "m", served.url(repo))
+    build_id = submit_build(ctx, load_manifest(manifest), manifest.parent, "alice")
+    view = control.show_build(ctx, build_id)
+    assert (view.steps[0].name, view.steps[0].version) == ("rsakeyfind", PACKAGES["rsakeyfind"])
+    with ctx.db.session() as session:
+        sha = session.scalars(select(Step.source_sha256).where(Step.build_id == build_id)).one()
+    ctx.store.fetch(sha, tmp_path / "given.tar.gz")
+    with tarfile.open(tmp_path / "given.tar.gz") as tar:
+        tar.extractall(tmp_path / "given", filter="data")
+    orig = "rsakeyfind_1.0.orig.tar.gz"
+    assert file_sha256(tmp_path / "given" / orig) == file_sha256(dsc.parent / orig)
