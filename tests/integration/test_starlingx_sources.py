@@ -9,6 +9,7 @@ parse-only, milliseconds each.
 from __future__ import annotations
 
 import http.server
+import io
 import shutil
 import subprocess
 import tarfile
@@ -294,3 +295,24 @@ def test_stx_md5sum_mismatch_gives_both_sums(
         match=rf"md5sum mismatch: meta_data.yaml says {'a' * 32}, the download has [0-9a-f]{{32}}",
     ):
         submit_build(ctx, load_manifest(manifest), manifest.parent, "alice")
+
+
+def test_dl_path_tarball_loses_only_a_single_top_directory(tmp_path: Path) -> None:
+    """debrepack's ``--strip-components 1`` when the tarball has one top directory, else as is."""
+    from buildfarm.engine.stxsource import _unpack_stripped
+
+    def tarball(name: str, members: dict[str, bytes]) -> Path:
+        path = tmp_path / name
+        with tarfile.open(path, "w:gz") as tar:
+            for member, data in members.items():
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return path
+
+    _unpack_stripped(
+        tarball("one.tar.gz", {"./greet-1.0/a.c": b"a", "./greet-1.0/.hidden": b"h"}), tmp_path / "one", "t"
+    )
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [".hidden", "a.c"]
+    _unpack_stripped(tarball("flat.tar.gz", {"a.c": b"a", ".hidden": b"h"}), tmp_path / "flat", "t")
+    assert sorted(p.name for p in (tmp_path / "flat").iterdir()) == [".hidden", "a.c"]

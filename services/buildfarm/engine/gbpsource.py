@@ -112,6 +112,7 @@ def export_orig(url: str, repo: Path, out: Path, what: str, policy: UrlPolicy) -
         f"--tarball-dir={out}",
         "--upstream-tree=TAG",
         "--no-pristine-tar-commit",
+        "--no-submodules",  # a submodule URL would be fetched past the farm's URL policy
         "--pristine-tar" if pristine_ref in found else "--no-pristine-tar",
     ]
     try:

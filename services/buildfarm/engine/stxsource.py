@@ -149,7 +149,7 @@ class StxResolver:
         for rel in self.meta.src_files:
             source = self._inside(self.pkgdir / rel, "src_files")
             if source.is_dir():
-                shutil.copytree(source, tree / source.name, dirs_exist_ok=True)
+                shutil.copytree(source, tree / source.name, symlinks=True, dirs_exist_ok=True)
             else:
                 shutil.copyfile(source, tree / source.name)
         for item in self.meta.dl_files:
@@ -342,14 +342,16 @@ def _unpack_stripped(tarball: Path, dest: Path, what: str) -> None:
     try:
         with tarfile.open(tarball) as tar:
             members = _tar_members(tar, what)
-            tops = {m.name.lstrip("./").split("/", 1)[0] for m in members if m.name.lstrip("./")}
-            single = len(tops) == 1 and any(m.name.lstrip("./").count("/") or m.isdir() for m in members)
+            names = [m.name.removeprefix("./").rstrip("/") for m in members]
+            tops = {name.split("/", 1)[0] for name in names if name and name != "."}
+            single = len(tops) == 1 and any(
+                "/" in name or m.isdir() for name, m in zip(names, members, strict=True)
+            )
             dest.mkdir(parents=True)
             if single:
                 top = next(iter(tops))
-                for member in members:
-                    rel = member.name.lstrip("./")
-                    if rel == top:
+                for member, rel in zip(members, names, strict=True):
+                    if rel in (top, "", "."):
                         continue
                     member.name = rel.split("/", 1)[1]
                     tar.extract(member, dest, filter="data")
