@@ -147,9 +147,11 @@ def test_stx_package_builds_with_its_revision_suffix_and_patches(
 def test_stx_orig_tarball_is_repacked_deterministically(
     ctx: FarmContext, tmp_path: Path, upstream: tuple[str, str]
 ) -> None:
-    """Two submits of the same directory give the same source package (one input key)."""
+    """Two submits of the same directory give the same source package (one input key); the
+    second takes the upstream tarball from the store: the upstream has gone meanwhile."""
     manifest = _stx_layout(tmp_path / "src", *upstream)
     first = submit_build(ctx, load_manifest(manifest), manifest.parent, "alice")
+    shutil.rmtree(tmp_path / "www")  # the server now answers 404 for it
     second = submit_build(ctx, load_manifest(manifest), manifest.parent, "alice")
     keys = [control.show_build(ctx, b).steps[0].input_key for b in (first, second)]
     assert keys[0] == keys[1]

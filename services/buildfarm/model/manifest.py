@@ -17,6 +17,10 @@ A manifest is a YAML file::
         signed_by: keys/uploader.asc   # optional: the .dsc's signature must verify
       - source: memstat          # from the farm's mirrors, as apt-get source
         version: "1.1"           # optional
+      - git: https://salsa.debian.org/debian/hello.git
+        ref: debian/latest
+        layout: gbp              # git-buildpackage: upstream tarball by gbp export-orig
+      - stx: integ/greet/debian  # StarlingX: the directory holding meta_data.yaml
     images:
       - name: greet-image        # registry path component: lowercase [a-z0-9._-]
         path: images/greet       # the build context (or git + ref + subdir, as for packages)
