@@ -235,3 +235,14 @@ def test_real_debian_package_imported_with_gbp_gives_the_archive_tarball(
         tar.extractall(tmp_path / "given", filter="data")
     orig = "rsakeyfind_1.0.orig.tar.gz"
     assert file_sha256(tmp_path / "given" / orig) == file_sha256(dsc.parent / orig)
+
+
+def test_gbp_pristine_tar_without_upstream_tag_uses_the_upstream_branch_tree(
+    ctx: FarmContext, tmp_path: Path, served: GitServer
+) -> None:
+    """No upstream tag: pristine-tar still rebuilds the tarball from the tree it recorded, which
+    the upstream branch (gbp's ``upstream-branch``, fetched one commit deep) carries."""
+    repo = _gbp_repo(served.base / "greet.git", tag=False)
+    manifest = _manifest(tmp_path / "m", served.url(repo))
+    build_id = submit_build(ctx, load_manifest(manifest), manifest.parent, "alice")
+    assert file_sha256(_given_orig(ctx, build_id, tmp_path / "given")) == file_sha256(ORIG)

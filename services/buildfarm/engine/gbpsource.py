@@ -72,7 +72,9 @@ def _run(args: list[str], cwd: Path, home: Path, what: str) -> str:
         raise TemporaryError(f"{what}: {Path(args[0]).name} took over {GBP_TIMEOUT_SECONDS} s") from exc
     if result.returncode != 0:
         lines = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()]
-        errors = [line for line in lines if "error" in line.lower()]
+        errors = [line for line in lines if line.startswith("gbp:error:")] or [
+            line for line in lines if "error" in line.lower()
+        ]
         raise PermanentError(
             f"{what}: {' '.join(args[:2])} failed: {(errors or lines or ['(no message)'])[-1]}"
         )
@@ -99,9 +101,12 @@ def export_orig(url: str, repo: Path, out: Path, what: str, policy: UrlPolicy) -
     upstream = upstream_version(info.version)
     tag = upstream_tag(repo, upstream, home, what)
     tag_ref, pristine_ref = f"refs/tags/{tag}", f"refs/heads/{PRISTINE_TAR_BRANCH}"
-    found = fetch_refs(url, [tag_ref, pristine_ref], repo, what, policy)
+    # pristine-tar rebuilds the tarball from the upstream tree it recorded: the tag's, or the
+    # upstream branch's tip when the tag is missing, so that branch comes too (one commit)
+    branch = _run(["gbp", "config", "export-orig.upstream-branch"], repo, home, what)
+    found = fetch_refs(url, [tag_ref, pristine_ref, f"refs/heads/{branch}"], repo, what, policy)
     tried = f"upstream tag {tag!r} and branch {PRISTINE_TAR_BRANCH!r}"
-    if not found:
+    if tag_ref not in found and pristine_ref not in found:
         raise PermanentError(
             f"{what}: no upstream tarball for {info.name} {upstream} can be made: the repository "
             f"has neither the {tried}"
