@@ -7,9 +7,10 @@ tarballs on a ``pristine-tar`` branch.  The manifest says so explicitly (``layou
 guessing from a ``debian/gbp.conf`` would silently change how a plain repository builds.
 
 The checkout of ``ref`` is one commit deep; this module fetches, one commit deep each and
-through the same hardened git invocation (:func:`buildfarm.engine.fetch.fetch_refs`), the two
-refs gbp needs beside it: the upstream tag for the changelog's upstream version and the
-``pristine-tar`` branch.  Then Debian's tool makes the tarball(s): from pristine-tar when the
+through the same hardened git invocation and URL policy
+(:func:`buildfarm.engine.fetch.fetch_refs`), the refs gbp needs beside it: the upstream tag for
+the changelog's upstream version, the ``pristine-tar`` branch, and the upstream branch (whose
+tree pristine-tar rebuilds from when the tag is missing).  Submodules are never followed.  Then Debian's tool makes the tarball(s): from pristine-tar when the
 branch is there (the upstream's own bytes), else from the upstream tag (``git archive``).  A
 repository from which neither can be made is one line naming the tag and branch tried.
 
