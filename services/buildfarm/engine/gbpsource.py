@@ -10,9 +10,10 @@ The checkout of ``ref`` is one commit deep; this module fetches, one commit deep
 through the same hardened git invocation and URL policy
 (:func:`buildfarm.engine.fetch.fetch_refs`), the refs gbp needs beside it: the upstream tag for
 the changelog's upstream version, the ``pristine-tar`` branch, and the upstream branch (whose
-tree pristine-tar rebuilds from when the tag is missing).  Submodules are never followed.  Then Debian's tool makes the tarball(s): from pristine-tar when the
-branch is there (the upstream's own bytes), else from the upstream tag (``git archive``).  A
-repository from which neither can be made is one line naming the tag and branch tried.
+tree pristine-tar rebuilds from when the tag is missing).  Submodules are never followed.
+Then Debian's tool makes the tarball(s): from pristine-tar when the branch is there (the
+upstream's own bytes), else from the upstream tag (``git archive``).  A repository from which
+neither can be made is one line naming the tag and branch tried.
 
 The tarballs it made lie beside the tree, so the ordinary tree resolver builds the source
 package with ``dpkg-source -b`` and keeps them as build inputs.
