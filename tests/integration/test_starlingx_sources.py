@@ -318,3 +318,25 @@ def test_dl_path_tarball_loses_only_a_single_top_directory(tmp_path: Path) -> No
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [".hidden", "a.c"]
     _unpack_stripped(tarball("flat.tar.gz", {"a.c": b"a", ".hidden": b"h"}), tmp_path / "flat", "t")
     assert sorted(p.name for p in (tmp_path / "flat").iterdir()) == [".hidden", "a.c"]
+
+
+def test_remote_cli_refuses_stx_entries_before_sending_anything(tmp_path: Path) -> None:
+    """Commit counts need the checkout's history, which the remote CLI does not send."""
+    import httpx
+
+    from buildfarm_cli.httpclient import HttpClient
+
+    (tmp_path / "greet" / "debian").mkdir(parents=True)
+    (tmp_path / "greet" / "debian" / "meta_data.yaml").write_text("debver: 1.0-1\n")
+    manifest = tmp_path / "buildfarm.yaml"
+    manifest.write_text("project: p\nbranch: main\nkind: nightly\npackages:\n  - stx: greet/debian\n")
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(500)
+
+    client = HttpClient("http://farm.invalid", "token", transport=httpx.MockTransport(answer))
+    with pytest.raises(PermanentError, match=r"packages\[0\] \(stx greet/debian\): a StarlingX directory"):
+        client.submit(manifest, None)
+    assert sent == []
