@@ -340,3 +340,15 @@ def test_remote_cli_refuses_stx_entries_before_sending_anything(tmp_path: Path) 
     with pytest.raises(PermanentError, match=r"packages\[0\] \(stx greet/debian\): a StarlingX directory"):
         client.submit(manifest, None)
     assert sent == []
+
+
+def test_dl_files_topdir_repack_keeps_the_compression_its_name_says(tmp_path: Path) -> None:
+    from buildfarm.engine.stxsource import _pack_orig, _retop
+
+    source = tmp_path / "src" / "x-1"
+    source.mkdir(parents=True)
+    (source / "a").write_text("a\n")
+    _pack_orig(source, tmp_path / "extra.tar.xz")
+    _retop(tmp_path / "extra.tar.xz", "vendor", tmp_path / "scratch", "t")
+    with tarfile.open(tmp_path / "extra.tar.xz", "r:xz") as tar:
+        assert tar.getnames() == ["vendor", "vendor/a"]

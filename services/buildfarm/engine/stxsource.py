@@ -26,9 +26,11 @@ refused with one line (use ``stx_patch`` for a fixed number); nothing is guessed
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
 import io
+import lzma
 import os
 import shutil
 import subprocess
@@ -362,7 +364,8 @@ def _unpack_stripped(tarball: Path, dest: Path, what: str) -> None:
 
 
 def _pack_orig(tree: Path, dest: Path) -> None:
-    """The deterministic ``.orig.tar.gz`` of ``tree``, its members under the tree's name."""
+    """The deterministic tarball of ``tree`` (compressed as ``dest``'s name says: xz, bz2, else
+    gzip without a timestamp), its members under the tree's name."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
         entries = [tree]
@@ -380,8 +383,13 @@ def _pack_orig(tree: Path, dest: Path) -> None:
                     tar.addfile(info, handle)
             else:
                 tar.addfile(info)
-    with dest.open("wb") as out, gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as gz:
-        gz.write(raw.getvalue())
+    if dest.name.endswith((".tar.xz", ".txz")):
+        dest.write_bytes(lzma.compress(raw.getvalue()))
+    elif dest.name.endswith((".tar.bz2", ".tbz2")):
+        dest.write_bytes(bz2.compress(raw.getvalue()))
+    else:
+        with dest.open("wb") as out, gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as gz:
+            gz.write(raw.getvalue())
 
 
 def _retop(tarball: Path, topdir: str, scratch: Path, what: str) -> None:
