@@ -352,3 +352,38 @@ def test_dl_files_topdir_repack_keeps_the_compression_its_name_says(tmp_path: Pa
     _retop(tmp_path / "extra.tar.xz", "vendor", tmp_path / "scratch", "t")
     with tarfile.open(tmp_path / "extra.tar.xz", "r:xz") as tar:
         assert tar.getnames() == ["vendor", "vendor/a"]
+
+
+def test_stx_src_path_counts_its_commits_since_the_base(ctx: FarmContext, tmp_path: Path) -> None:
+    """``src_path`` (relative to the package directory) is the upstream tree, packed as the orig
+    tarball; SRC_GITREVCOUNT counts its commits after SRC_BASE_SRCREV, PKG_GITREVCOUNT those of
+    the directory holding meta_data.yaml.  Resolve only."""
+    root = tmp_path / "src"
+    stx = root / "greet" / "debian"
+    shutil.copytree(EXAMPLES / "greet-quilt" / "debian", stx / "deb_folder")
+    shutil.rmtree(stx / "deb_folder" / "patches")
+    (stx / "deb_folder" / "source" / "format").write_text("3.0 (quilt)\n")
+    with tarfile.open(EXAMPLES / "greet-quilt_1.0.orig.tar.gz") as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    shutil.copytree(tmp_path / "unpacked" / "greet-quilt-1.0", root / "greet" / "src")
+    (root / "buildfarm.yaml").write_text(
+        "project: proj\nbranch: main\nkind: nightly\npackages:\n  - stx: greet/debian\n"
+    )
+    _git(root, "init", "-q", "-b", "main")
+    _git(root, "add", ".")
+    _git(root, "commit", "-q", "-m", "base")
+    base = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    for n in range(3):
+        (root / "greet" / "src" / f"NEWS.{n}").write_text(f"{n}\n")
+        _git(root, "add", ".")
+        _git(root, "commit", "-q", "-m", f"src {n}")
+    (stx / "meta_data.yaml").write_text(
+        "debname: greet-quilt\ndebver: 1.0-1\nsrc_path: src\n"
+        "revision:\n  dist: $STX_DIST\n  PKG_GITREVCOUNT: true\n"
+        f"  SRC_GITREVCOUNT:\n    SRC_BASE_SRCREV: {base}\n"
+    )  # uncommitted: one more for the package directory
+    build_id = submit_build(ctx, load_manifest(root / "buildfarm.yaml"), root, "alice")
+    # package directory: 1 commit + 1 uncommitted file; src: 3 commits after the base
+    assert control.show_build(ctx, build_id).steps[0].version == "1.0-1.stx.5"
