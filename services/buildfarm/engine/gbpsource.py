@@ -111,7 +111,7 @@ def export_orig(url: str, repo: Path, out: Path, what: str, policy: UrlPolicy) -
     if tag_ref not in found and pristine_ref not in found:
         raise PermanentError(
             f"{what}: no upstream tarball for {info.name} {upstream} can be made: the repository "
-            f"has neither the {tried}"
+            f"has neither the upstream tag {tag!r} nor the branch {PRISTINE_TAR_BRANCH!r}"
         )
     args = [
         "gbp",
