@@ -159,6 +159,12 @@ class HttpClient:
                 f"--user is for the local farm: the farm at {self.url} records the token's user"
             )
         root = manifest_path.parent.resolve()
+        for index, package in enumerate(manifest.packages):
+            if package.stx is not None:  # its revision counts need the git history, not a tree
+                raise PermanentError(
+                    f"packages[{index}] ({package.describe()}): a StarlingX directory is built by a "
+                    "local farm reading the checkout; the remote CLI does not send git history"
+                )
         tarballs: dict[str, bytes] = {}
         labels: dict[str, str] = {}  # digest -> the first tree it carries, for error messages
         uploaded: dict[str, dict[str, str]] = {"sources": {}, "contexts": {}, "files": {}}

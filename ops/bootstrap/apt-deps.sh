@@ -13,6 +13,8 @@ packages=(
   buildah docker-registry skopeo                         # image steps: daemonless builds, the local registry
   podman runc netavark aardvark-dns                      # make e2e: the chart's pods as containers (crun fails here)
   git ca-certificates curl
+  git-buildpackage pristine-tar                          # git: layout: gbp (gbp export-orig, pristine-tar)
+  patch                                                  # stx: StarlingX patches/ and deb_patches/ series
   gnupg                                                  # gpg signs the published Release files (the farm key)
   gpgv                                                   # mirror keys: the local profile verifies Release files
 )

@@ -188,7 +188,8 @@ def test_six_debian_packages_build_publish_and_install(
         "  - source: dh-autoreconf\n"
         "  - path: minizip/minizip\n"
     )
-    view = debian_farm.json("build", "submit", str(manifest), "--wait", "--timeout", "1200")
+    submitted = debian_farm.cli("--output", "json", "build", "submit", str(manifest), "--wait", timeout=1300)
+    view = json.loads(submitted.stdout)
     steps = {s["name"]: s for s in view["steps"]}
     assert view["state"] == "succeeded", {n: (s["state"], s.get("error")) for n, s in steps.items()}
     assert set(steps) == set(PACKAGES)

@@ -21,14 +21,15 @@ from sqlalchemy import select
 
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
+from buildfarm.engine.retention import run_sweep
 from buildfarm.engine.submit import submit_build
 from buildfarm.local.aptclient import AptClient
 from buildfarm.model.debsource import file_sha256
 from buildfarm.model.errors import PermanentError, TemporaryError
 from buildfarm.model.manifest import load_manifest
-from buildfarm.state.models import BuildInput
+from buildfarm.state.models import BuildInput, Step
 
-from farmkit import drain, make_test_context
+from farmkit import drain, finished_build, make_test_context
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 LOCAL_FETCH = {"fetch_allow_schemes": ["https", "http"], "fetch_allow_hosts": ["127.0.0.1"]}
@@ -93,8 +94,6 @@ def _build(ctx: FarmContext, manifest: Path) -> control.BuildView:
 def _source_members(ctx: FarmContext, view: control.BuildView, dest: Path) -> list[str]:
     """Unpack the source package the step was given into ``dest``; its file names."""
     with ctx.db.session() as session:
-        from buildfarm.state.models import Step
-
         sha = session.scalars(select(Step.source_sha256).where(Step.build_id == view.id)).one()
     tarball = dest.with_suffix(".tar.gz")
     ctx.store.fetch(sha, tarball)
@@ -392,3 +391,39 @@ def test_tree_unpacked_beside_its_dsc_keys_like_the_dsc(ctx: FarmContext, tmp_pa
     (src / "unpacked" / "greet.c").write_text("int main(void) { return 0; }\n")
     with pytest.raises(PermanentError, match=r"dpkg-source -b failed: .*unexpected upstream changes"):
         submit_build(ctx, load_manifest(_manifest(src, "  - path: unpacked\n", "c.yaml")), src, "alice")
+
+
+def test_retention_never_deletes_a_build_input(tmp_path: Path) -> None:
+    """Build inputs are kept forever: an object recorded as one stays when the only build whose
+    step named it expires, while that build's other objects go.  (On the old code the sweep
+    deleted it: nothing but the steps named it.)"""
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path}/state.db", retention_keep_newest=1)
+    upstream = ctx.store.put_bytes(b"an upstream tarball")
+    other = ctx.store.put_bytes(b"a source package made from a tree")
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=400)
+    with ctx.db.session() as session:
+        for days, source in ((400, upstream.sha256), (390, other.sha256), (1, other.sha256)):
+            build = finished_build(
+                session, kind="nightly", finished=dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+            )
+            session.add(
+                Step(
+                    build_id=build.id, name="pkg", version="1", origin="t", source_sha256=source,
+                    tree_hash="0" * 64, input_key=f"{days:064d}", depends_on=[], state="succeeded", attempt=1,
+                )
+            )  # fmt: skip
+        session.add(
+            BuildInput(
+                sha256=upstream.sha256,
+                size=upstream.size,
+                name="p_1.orig.tar.gz",
+                origin="t",
+                url="",
+                stored_at=old,
+            )
+        )
+    report = run_sweep(ctx, dry_run=False, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+    assert len(report.build_ids) == 2 and report.objects == 0, report
+    assert ctx.store.has(upstream.sha256)
+    assert ctx.store.has(other.sha256)  # the kept newest build names it
+    ctx.db.dispose()

@@ -81,7 +81,7 @@ def _assert_one_line_error(manifest: Path, expected: str) -> None:
         ("project: p\nbranch: main\nkind: nightly\npackages: [{git: https://x}]\n", "'git' needs a 'ref'"),
         (
             "project: p\nbranch: main\nkind: nightly\npackages: [{path: pkg, git: https://x, ref: y}]\n",
-            "give exactly one of 'path', 'git', 'dsc' or 'source'",
+            "give exactly one of 'path', 'git', 'dsc', 'source' or 'stx'",
         ),
         ("project: [p\n", "line 2: not valid YAML"),
         ("- just a list\n", "must be a mapping"),
@@ -233,7 +233,10 @@ def test_example_with_image_loads() -> None:
 @pytest.mark.parametrize(
     ("entry", "expected"),
     [
-        ("{path: pkg, dsc: x.dsc}", "packages[0]: give exactly one of 'path', 'git', 'dsc' or 'source'"),
+        (
+            "{path: pkg, dsc: x.dsc}",
+            "packages[0]: give exactly one of 'path', 'git', 'dsc', 'source' or 'stx'",
+        ),
         ("{source: hello, signed_by: k.asc}", "packages[0]: 'signed_by' goes with 'dsc'"),
         ("{dsc: x.dsc, version: '1.0'}", "packages[0]: 'version' goes with 'source'"),
         (

@@ -95,9 +95,9 @@ def _git_error(stderr: str) -> str:
     return text if len(text) <= MAX_GIT_ERROR_CHARS else text[: MAX_GIT_ERROR_CHARS - 3] + "..."
 
 
-def _git(args: list[str], cwd: Path, what: str, allowed: AllowedUrl | None = None) -> None:
+def _git(args: list[str], cwd: Path, what: str, allowed: AllowedUrl | None = None) -> str:
     try:
-        subprocess.run(
+        result = subprocess.run(
             ["git", *_git_options(allowed), *args],
             cwd=cwd,
             check=True,
@@ -120,6 +120,46 @@ def _git(args: list[str], cwd: Path, what: str, allowed: AllowedUrl | None = Non
                 f"{what}: git {args[0]} failed: no git server answered at {allowed.host} port {allowed.port}"
             ) from exc
         raise ManifestError(f"{what}: git {args[0]} failed: {_git_error(stderr)}") from exc
+    return result.stdout
+
+
+MAX_EXTRA_REFS = 8
+"""Refs fetched beside the checked-out one (a gbp repository's upstream tag and pristine-tar
+branch): a handful, never a whole repository."""
+
+
+def fetch_refs(url: str, refs: list[str], clone: Path, what: str, policy: UrlPolicy) -> list[str]:
+    """Fetch those of ``refs`` (full names, ``refs/heads/...`` or ``refs/tags/...``) that
+    ``url`` has into the same names of ``clone``, one commit deep each; the ones it had.
+
+    ``url`` passes ``policy`` again (its addresses pinned), and every ref git's ref rules, as in
+    :func:`checkout`.  A ref the repository lacks is not an error here (the caller says what it
+    needed); a server that cannot be reached is.
+    """
+    if len(refs) > MAX_EXTRA_REFS:
+        raise ManifestError(f"{what}: more than {MAX_EXTRA_REFS} extra refs asked for")
+    try:
+        allowed = check_url(url, policy)
+        for ref in refs:
+            if not ref.startswith(("refs/heads/", "refs/tags/")):
+                raise ManifestError(f"{what}: {ref!r} is not a branch or tag ref")
+            names.check_git_ref(ref)
+    except (UrlRefusedError, NameError_) as exc:
+        raise ManifestError(f"{what}: {exc}") from exc
+    except TemporaryError as exc:
+        raise TemporaryError(f"{what}: {exc}", exc.retry_after) from exc
+    listed = _git(["ls-remote", "--end-of-options", allowed.url, *refs], clone, what, allowed)
+    present = {line.split("\t", 1)[1] for line in listed.splitlines() if "\t" in line}
+    found = [ref for ref in refs if ref in present]
+    if found:
+        specs = [f"+{ref}:{ref}" for ref in found]
+        _git(
+            ["fetch", "-q", "--no-tags", "--depth", "1", "--end-of-options", allowed.url, *specs],
+            clone,
+            what,
+            allowed,
+        )
+    return found
 
 
 def checkout(url: str, ref: str, clone: Path, what: str, policy: UrlPolicy) -> None:

@@ -9,6 +9,11 @@ directory:
   with the tree.  Debian's tool does the format work; quilt is never re-implemented here;
 * a **.dsc** of the manifest's tree, or an http(s) URL to one (what ``dget`` does), with an
   optional ``signed_by`` key its signature must verify against;
+* a **git-buildpackage** repository (``git`` + ``layout: gbp``): a tree whose upstream tarball
+  ``gbp export-orig`` makes (:mod:`buildfarm.engine.gbpsource`);
+* a **StarlingX** package directory (``stx``): ``meta_data.yaml`` and its ``patches/``,
+  ``deb_patches/`` and ``deb_folder/``, repacked as StarlingX's ``debrepack`` does
+  (:mod:`buildfarm.engine.stxsource`);
 * a **source** name (and version) from the farm's configured mirrors, as ``apt-get source``
   takes it: the mirror's Release (signature checked when the mirror has a key) names the
   Sources index's sha256, the index names the .dsc's, the .dsc names its files'.
@@ -46,6 +51,8 @@ from sqlalchemy import select
 
 from buildfarm.backends.upstream import read_release
 from buildfarm.engine.context import FarmContext
+from buildfarm.engine.gbpsource import export_orig
+from buildfarm.engine.stxsource import StxResolver
 from buildfarm.model.debsource import (
     ARMORED_KEY_BEGIN,
     FORMATS,
@@ -63,7 +70,7 @@ from buildfarm.model.debsource import (
     upstream_version,
 )
 from buildfarm.model.errors import ManifestError, PermanentError, TemporaryError
-from buildfarm.model.manifest import PackageSource, UpstreamFile
+from buildfarm.model.manifest import PackageSource, SourceLayout, UpstreamFile
 from buildfarm.model.planner import SourceInfo, read_source_info, source_info_from_dsc
 from buildfarm.model.settings import MirrorConfig
 from buildfarm.model.sources import pack_tree, tree_hash, unpack_tree
@@ -133,8 +140,15 @@ class SourceResolver:
         work = self.scratch / f"srcpkg-{index}"
         work.mkdir()
         files = self.uploaded_files.get(index)
+        if tree is not None and package.layout is SourceLayout.GBP:
+            assert package.git is not None
+            made = self.scratch / f"gbp-{index}"
+            export_orig(package.git, tree, made, what, self.ctx.settings.url_policy)
+            return self._from_tree(package, tree, work, made, what)
         if tree is not None:
             return self._from_tree(package, tree, work, files, what)
+        if package.stx is not None:
+            return StxResolver(self, package.stx, work, what).resolve()
         if package.dsc is not None and package.dsc.startswith(("http://", "https://")):
             key = self._signing_key(package, what)
             return self.from_dsc_url(package.dsc, work, what, key)

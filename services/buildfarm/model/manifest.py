@@ -17,6 +17,10 @@ A manifest is a YAML file::
         signed_by: keys/uploader.asc   # optional: the .dsc's signature must verify
       - source: memstat          # from the farm's mirrors, as apt-get source
         version: "1.1"           # optional
+      - git: https://salsa.debian.org/debian/hello.git
+        ref: debian/latest
+        layout: gbp              # git-buildpackage: upstream tarball by gbp export-orig
+      - stx: integ/greet/debian  # StarlingX: the directory holding meta_data.yaml
     images:
       - name: greet-image        # registry path component: lowercase [a-z0-9._-]
         path: images/greet       # the build context (or git + ref + subdir, as for packages)
@@ -179,6 +183,13 @@ def _http_url(value: str, field: str) -> str:
     return value
 
 
+class SourceLayout(StrEnum):
+    """How a ``git`` package's repository is laid out."""
+
+    PLAIN = "plain"  # a tree with debian/; upstream tarballs named in 'orig' (or none: native)
+    GBP = "gbp"  # git-buildpackage: packaging branch, upstream tag, optional pristine-tar branch
+
+
 class UpstreamFile(_Strict):
     """An upstream tarball (or its .asc) named explicitly: a path of the manifest's tree or a URL."""
 
@@ -221,7 +232,10 @@ class PackageSource(_TreeSource):
     :mod:`buildfarm.engine.srcpkg`): ``path`` or ``git`` + ``ref`` (+ ``subdir``), a directory
     holding debian/ whose upstream tarballs lie beside it or are named in ``orig``; ``dsc``, a
     .dsc of the manifest's tree or an http(s) URL (with ``signed_by``, its signature must
-    verify); ``source`` (+ ``version``), a source package of the farm's configured mirrors."""
+    verify); ``source`` (+ ``version``), a source package of the farm's configured mirrors;
+    ``git`` + ``ref`` + ``layout: gbp``, a git-buildpackage repository whose upstream tarball
+    ``gbp export-orig`` makes (:mod:`buildfarm.engine.gbpsource`); ``stx``, a StarlingX package
+    directory holding ``meta_data.yaml`` (:mod:`buildfarm.engine.stxsource`)."""
 
     path: str | None = Field(default=None, description="directory relative to the manifest")
     orig: list[UpstreamFile] = Field(default_factory=list, description="upstream tarballs and signatures")
@@ -231,6 +245,19 @@ class PackageSource(_TreeSource):
     )
     source: str | None = Field(default=None, description="source package name in the farm's mirrors")
     version: str | None = Field(default=None, description="its version (default: the newest)")
+    layout: SourceLayout = Field(
+        default=SourceLayout.PLAIN,
+        description="with git: 'gbp' for a git-buildpackage repository (upstream tarball by gbp export-orig)",
+    )
+    stx: str | None = Field(
+        default=None,
+        description="StarlingX package directory (holding meta_data.yaml), relative to the manifest",
+    )
+
+    @field_validator("stx")
+    @classmethod
+    def _stx_inside(cls, value: str | None) -> str | None:
+        return None if value is None else _relative_path(value, "stx")
 
     @field_validator("orig", mode="before")
     @classmethod
@@ -266,9 +293,16 @@ class PackageSource(_TreeSource):
 
     @model_validator(mode="after")
     def _one_origin(self) -> PackageSource:
-        kinds = [k for k in ("path", "git", "dsc", "source") if getattr(self, k) is not None]
+        kinds = [k for k in ("path", "git", "dsc", "source", "stx") if getattr(self, k) is not None]
         if len(kinds) != 1:
-            raise ValueError("give exactly one of 'path', 'git', 'dsc' or 'source'")
+            raise ValueError("give exactly one of 'path', 'git', 'dsc', 'source' or 'stx'")
+        if self.layout is SourceLayout.GBP:
+            if self.git is None:
+                raise ValueError("'layout: gbp' goes with 'git' (a git-buildpackage repository)")
+            if self.subdir != ".":
+                raise ValueError("'layout: gbp' takes no 'subdir': gbp wants debian/ at the repository's top")
+            if self.orig:
+                raise ValueError("'layout: gbp' takes no 'orig': gbp export-orig makes the upstream tarball")
         if self.git is not None and not self.ref:
             raise ValueError("'git' needs a 'ref' (branch, tag or commit)")
         if self.git is None and (self.ref is not None or self.subdir != "."):
@@ -286,6 +320,8 @@ class PackageSource(_TreeSource):
             return self.dsc
         if self.source is not None:
             return f"source {self.source}" + (f" {self.version}" if self.version else "")
+        if self.stx is not None:
+            return f"stx {self.stx}"
         return super().describe()
 
 
@@ -444,6 +480,12 @@ def check_local_paths(manifest: Manifest, root: Path, source: str) -> None:
                 raise ManifestError(f"{where}.{field}: {value!r} escapes the manifest's tree")
             if not file.is_file():
                 raise ManifestError(f"{where}.{field}: no file {value!r}")
+        if package.stx is not None:
+            directory = (root / package.stx).resolve()
+            if not directory.is_relative_to(root):
+                raise ManifestError(f"{where}.stx: {package.stx!r} escapes the manifest's tree")
+            if not (directory / "meta_data.yaml").is_file():
+                raise ManifestError(f"{where}.stx: {package.stx!r} has no meta_data.yaml")
         if package.path is None:
             continue
         directory = (root / package.path).resolve()
