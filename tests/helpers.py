@@ -10,6 +10,9 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -48,6 +51,24 @@ def wait_until(
             detail = f" (last error: {last_error!r})" if last_error is not None else ""
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}{detail}")
         time.sleep(interval)
+
+
+def wait_for(read: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll ``read`` until it returns something other than None, and return that value.
+
+    For state that keeps changing (a step that is running now may be finished a moment later):
+    the caller acts on the one reading that satisfied the wait, never on a second one.
+    """
+    found: list[T] = []
+
+    def seen() -> bool:
+        value = read()
+        if value is not None:
+            found.append(value)
+        return value is not None
+
+    wait_until(seen, timeout, what, interval)
+    return found[-1]
 
 
 def tail(path: Path, lines: int = 20) -> str:

@@ -61,7 +61,7 @@ class LocalClient:
         return f"in {self.settings.state_dir}"
 
     def _context(self, *, changes: bool = False) -> FarmContext:
-        """The farm to talk to. Reading needs only its state; changing it needs its core running."""
+        """The farm to talk to. Reading needs only its state dir; changing it needs its core running."""
         from buildfarm.dispatch.context import make_context
         from buildfarm.local import farm
 
@@ -70,32 +70,40 @@ class LocalClient:
             raise PermanentError(f"no local farm in {settings.state_dir}: run `buildfarm start`")
         if changes and not farm.core_alive(settings):
             raise PermanentError(f"the local farm in {settings.state_dir} is stopped: run `buildfarm start`")
-        if "farm" not in self._contexts:
+        if "farm" in self._contexts:
+            return self._contexts["farm"]
+        if changes or settings.redis_url:
             self._contexts["farm"] = make_context(settings)
+        else:  # a stopped farm (no broker recorded): reading needs only the database and the stores
+            self._contexts["farm"] = self._offline_context(settings)
         return self._contexts["farm"]
+
+    @staticmethod
+    def _offline_context(settings: Settings) -> FarmContext:
+        from buildfarm.engine.wiring import make_repository, make_store
+        from buildfarm.state.db import Database
+
+        return FarmContext(
+            settings=settings,
+            db=Database(settings.effective_database_url),
+            store=make_store(settings),
+            repo=make_repository(settings),
+            dispatcher=_NoDispatcher(),
+        )
 
     def _accounts_context(self) -> FarmContext:
         """Only the database matters: no farm process needs to run, the schema is brought up to date."""
         if "accounts" in self._contexts:
             return self._contexts["accounts"]
         from buildfarm.dispatch.context import make_context
-        from buildfarm.engine.wiring import make_repository, make_store
-        from buildfarm.state.db import Database, upgrade
+        from buildfarm.local.private import private_state_dir
+        from buildfarm.state.db import upgrade
 
         settings = self.settings
         if settings.database_url is None:
-            settings.state_dir.mkdir(parents=True, exist_ok=True)  # the SQLite file lives there
+            private_state_dir(settings.state_dir)  # the SQLite file lives there, its owner's alone
         upgrade(settings.effective_database_url)
-        if settings.redis_url:
-            ctx = make_context(settings)
-        else:
-            ctx = FarmContext(
-                settings=settings,
-                db=Database(settings.effective_database_url),
-                store=make_store(settings),
-                repo=make_repository(settings),
-                dispatcher=_NoDispatcher(),
-            )
+        ctx = make_context(settings) if settings.redis_url else self._offline_context(settings)
         self._contexts["accounts"] = ctx
         return ctx
 

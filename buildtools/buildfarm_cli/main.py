@@ -30,6 +30,7 @@ from buildfarm_cli.client import FarmClient
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.lifecycle import retention_app, storage_app
 from buildfarm_cli.mirror import mirror_app
+from buildfarm_cli.nodes import node_app
 from buildfarm_cli.output import (
     OutputFormat,
     builds_table,
@@ -48,6 +49,7 @@ app.add_typer(build_app, name="build")
 app.add_typer(repo_app, name="repo")
 app.add_typer(admin_app, name="admin")
 app.add_typer(mirror_app, name="mirror")
+app.add_typer(node_app, name="node")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(backup_app, name="backup")
 app.add_typer(retention_app, name="retention")
@@ -88,20 +90,26 @@ def _settings(**overrides: object) -> Settings:
 
 @app.command()
 def start(
-    nodes: Annotated[int, typer.Option(help="worker nodes to start")] = 2,
+    nodes: Annotated[
+        int | None, typer.Option(help="worker nodes of a farm started afresh [default: 2]")
+    ] = None,
     runner: Annotated[
         str | None, typer.Option(help="sbuild (clean chroot) or host (fast, dpkg-buildpackage here)")
     ] = None,
     output: OutputOpt = None,
 ) -> None:
-    """Start the local farm in the background (Redis, repository server, nodes, scheduler)."""
+    """Start the local farm in the background (Redis, repository server, nodes, scheduler).
+
+    On a farm of which some processes still run, start only the missing ones, as they were:
+    running builds, healthy processes and the broker's data are left alone.
+    """
     from buildfarm.local import farm
 
     state.local("start")
     overrides: dict[str, object] = {"runner": runner} if runner else {}
     settings = _settings(**overrides)
-    if not farm.processes_alive(settings):
-        farm.forget_runtime(settings)  # a new start decides again what runs where
+    if not farm.any_alive(settings):
+        farm.forget_runtime(settings)  # a farm started afresh decides again what runs where
         settings = _settings(**overrides)
 
     def prepare(s: Settings) -> None:
@@ -112,14 +120,24 @@ def start(
                 s.effective_base_tarball, s.distribution, s.mirror, progress=err_console.print
             )
 
-    result = farm.start(settings, nodes=nodes, prepare=prepare)
+    result = farm.start(settings, nodes=nodes, prepare=prepare, runner=runner)
     if state.fmt(output) == OutputFormat.JSON:
         emit_json(result)
         return
+    for warning in result.warnings:
+        err_console.print(f"note: {warning}", markup=False, soft_wrap=True)
+    started = set(result.started)
+    if not started:
+        what = "already running"
+    elif started == set(result.processes):
+        what = "running"
+    else:
+        what = "running again (started: " + ", ".join(result.started) + ")"
     console.print(
-        f"farm running in {result.state_dir}: runner {result.runner}, nodes "
+        f"farm {what} in {result.state_dir}: runner {result.runner}, nodes "
         + ", ".join(n for n in result.nodes if n != farm.SCHEDULER)
-        + f"; repositories at {result.repo_url}"
+        + f"; repositories at {result.repo_url}",
+        markup=False,
     )
     console.print("stop it with: buildfarm stop")
 

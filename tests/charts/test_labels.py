@@ -76,6 +76,7 @@ def test_one_resource_per_template_file_with_a_kind_suffixed_name(
             "clusterrolebinding",
             "namespace",
             "networkpolicy",
+            "ingress",
             "poddisruptionbudget",
             "persistentvolumeclaim",
         }, f"{path.name}: name does not end with its kind"

@@ -83,8 +83,10 @@ def test_signing_mounts_the_key_and_registers_the_service(
     job = helpers["find"](docs, "Job", "pulp-signing")
     annotations = job["metadata"]["annotations"]
     assert annotations["helm.sh/hook"] == "post-install,post-upgrade"
-    migrate = helpers["find"](docs, "Job", "pulp-migrate")["metadata"]["annotations"]
-    assert int(annotations["helm.sh/hook-weight"]) > int(migrate["helm.sh/hook-weight"])  # schema first
+    # schema first: pulp-migrate is an ordinary Job, the signing hook waits for its migrations
+    init = helpers["pod_spec"](job)["initContainers"]
+    assert [c["name"] for c in init] == ["wait-migrations"]
+    assert "pulpcore-manager migrate --check" in init[0]["command"][-1]
     assert job["spec"]["activeDeadlineSeconds"] > 0 and job["spec"]["backoffLimit"] > 0
     _assert_key_mounted(job, helpers, "farm-signing-key", "signing.asc")
     container = _container(job, helpers)

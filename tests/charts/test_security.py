@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
+
 SECRETISH = re.compile(r"(PASSWORD|SECRET|TOKEN|ACCESS_KEY|BASIC_AUTH)", re.IGNORECASE)
 
 
@@ -85,9 +87,14 @@ def test_existing_secrets_replace_generated_ones(render: Any, helpers: dict[str,
         "redis.existingSecret=my-redis",
         "minio.existingSecret=my-minio",
         "pulp.existingSecret=my-pulp",
+        "pulp.keysExistingSecret=my-pulp-keys",
+        "registry.auth.existingSecret=my-registry",
+        "builders.registryPushSecret.existingSecret=my-push",
+        "flower.enabled=true",
+        "flower.existingSecret=my-flower",
     )
     secrets = {d["metadata"]["name"] for d in helpers["by_kind"](docs, "Secret")}
-    assert secrets == {"buildfarm-pulp"}, secrets  # only Pulp's internal keys remain generated
+    assert secrets == set(), secrets  # every credential can come from an existing Secret
     refs = {
         e["valueFrom"]["secretKeyRef"]["name"]
         for d in helpers["workloads"](docs)
@@ -95,7 +102,35 @@ def test_existing_secrets_replace_generated_ones(render: Any, helpers: dict[str,
         for e in c.get("env", [])
         if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]
     }
-    assert {"my-db", "my-redis", "my-minio", "my-pulp"} <= refs
+    assert {"my-db", "my-redis", "my-minio", "my-pulp", "my-pulp-keys", "my-flower"} <= refs
+    config = helpers["find"](docs, "ConfigMap", "farm")["data"]
+    assert config["BUILDFARM_BUILDER_REGISTRY_SECRET"] == "my-push"
+
+
+@pytest.mark.parametrize(
+    ("secret", "value"),
+    [
+        ("buildfarm-postgresql", "postgresql.existingSecret"),
+        ("buildfarm-minio", "minio.existingSecret"),
+        ("buildfarm-pulp", "pulp.keysExistingSecret"),
+    ],
+)
+def test_an_upgrade_never_regenerates_a_data_credential(
+    secret: str, value: str, helpers: dict[str, Any]
+) -> None:
+    # `helm template --is-upgrade` cannot look the stored Secret up, as Argo CD or a client-side
+    # dry run cannot: the render must refuse instead of generating a password the data lacks.
+    others = {
+        "postgresql.existingSecret": "db",
+        "minio.existingSecret": "minio",
+        "pulp.keysExistingSecret": "pulp-keys",
+    }
+    sets = [f"{v}={name}" for v, name in others.items() if v != value]
+    proc = helpers["helm_template"]("--is-upgrade", *[a for s in sets for a in ("--set", s)])
+    assert proc.returncode != 0
+    assert "UPGRADE REFUSED" in proc.stderr and secret in proc.stderr and value in proc.stderr, proc.stderr
+    every = [a for s in [f"{v}={n}" for v, n in others.items()] for a in ("--set", s)]
+    assert helpers["helm_template"]("--is-upgrade", *every).returncode == 0
 
 
 def test_builder_namespace_level_is_written_with_its_reason(render: Any, helpers: dict[str, Any]) -> None:

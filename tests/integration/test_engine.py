@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from buildfarm.state.models import Step, StepOutput, StepState
 
 from debpkgs import make_package, write_manifest
 from farmkit import dispatcher, drain, make_test_context
+from gitkit import LOOPBACK_GIT, GitServer, commit_tree
 
 
 def _submit(ctx: FarmContext, root: Path, names: list[str], **kw: str) -> int:
@@ -42,7 +42,7 @@ def _states(ctx: FarmContext, build_id: int) -> dict[str, str]:
 
 @pytest.fixture
 def ctx(tmp_path: Path, database_url: str) -> Iterator[FarmContext]:
-    context = make_test_context(tmp_path, database_url)
+    context = make_test_context(tmp_path, database_url, **LOOPBACK_GIT)
     yield context
     context.db.dispose()
 
@@ -239,45 +239,37 @@ def test_step_state_enum_matches_spec() -> None:
     }
 
 
-def _git(cwd: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@e.invalid", *args],
-        cwd=cwd,
-        check=True,
-        capture_output=True,
-    )
-
-
 def test_git_source_hashes_like_a_local_tree_and_is_reused(ctx: FarmContext, tmp_path: Path) -> None:
     local = tmp_path / "local"
     make_package(local, "gitpkg")
-    repo = tmp_path / "upstream"
+    repo = tmp_path / "served" / "upstream"
     shutil.copytree(local / "gitpkg", repo / "packaging")
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "add", ".")
-    _git(repo, "commit", "-qm", "import")
-    _git(repo, "tag", "v1")
-    manifest = tmp_path / "git.yaml"
-    manifest.write_text(
-        f"project: proj\nbranch: main\nkind: nightly\npackages:\n"
-        f"  - git: file://{repo}\n    ref: v1\n    subdir: packaging\n"
-    )
-    from_git = submit_build(ctx, load_manifest(manifest), tmp_path, "alice")
-    drain(ctx)
-    view = control.show_build(ctx, from_git)
-    assert view.state == "succeeded" and view.steps[0].state == "succeeded"
-    from_path = _submit(ctx, local, ["gitpkg"])  # the same tree, read from a directory
-    drain(ctx)
-    again = control.show_build(ctx, from_path)
-    assert again.steps[0].state == "reused"
-    assert again.steps[0].input_key == view.steps[0].input_key
+    commit_tree(repo, tag="v1")
+    with GitServer(tmp_path / "served") as server:
+        manifest = tmp_path / "git.yaml"
+        manifest.write_text(
+            f"project: proj\nbranch: main\nkind: nightly\npackages:\n"
+            f"  - git: {server.url(repo)}\n    ref: v1\n    subdir: packaging\n"
+        )
+        from_git = submit_build(ctx, load_manifest(manifest), tmp_path, "alice")
+        drain(ctx)
+        view = control.show_build(ctx, from_git)
+        assert view.state == "succeeded" and view.steps[0].state == "succeeded"
+        from_path = _submit(ctx, local, ["gitpkg"])  # the same tree, read from a directory
+        drain(ctx)
+        again = control.show_build(ctx, from_path)
+        assert again.steps[0].state == "reused"
+        assert again.steps[0].input_key == view.steps[0].input_key
 
-    bad = tmp_path / "badref.yaml"
-    bad.write_text(
-        f"project: proj\nbranch: main\nkind: nightly\npackages:\n  - git: file://{repo}\n    ref: nope\n"
-    )
-    with pytest.raises(ManifestError, match=r"packages\[0\] \(file://.*@nope\): git fetch failed"):
-        submit_build(ctx, load_manifest(bad), tmp_path, "alice")
+        bad = tmp_path / "badref.yaml"
+        bad.write_text(
+            f"project: proj\nbranch: main\nkind: nightly\npackages:\n"
+            f"  - git: {server.url(repo)}\n    ref: nope\n"
+        )
+        # git's meaningful line, not the tail of its hint
+        refused = r"packages\[0\] \(git://.*@nope\): git fetch failed: fatal: couldn't find remote ref nope"
+        with pytest.raises(ManifestError, match=refused):
+            submit_build(ctx, load_manifest(bad), tmp_path, "alice")
 
 
 def test_step_whose_outputs_left_the_store_is_built_again(ctx: FarmContext, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import kubernetes_validate
@@ -42,7 +43,7 @@ from buildfarm.model.settings import load_settings
 from buildfarm.model.sources import pack_tree
 from buildfarm.runners import kubespecs
 from buildfarm.runners.base import ImageSpec, StepJob, StepResult
-from buildfarm.runners.kubernetes import KubernetesRunner, resume_line, step_log_key
+from buildfarm.runners.kubernetes import KubernetesRunner, killed_by, resume_line, step_log_key
 from buildfarm.state.models import Step, StepState, utcnow
 
 from debpkgs import make_package, write_manifest
@@ -522,3 +523,23 @@ def test_log_resume_point_and_keys() -> None:
     assert resume_line(b"") == 0
     assert len(kubespecs.job_name(1, "x" * 300, 99)) <= kubespecs.MAX_JOB_NAME
     assert kubespecs.job_name(1, "A_b", 1) != kubespecs.job_name(1, "a-b", 1)
+
+
+def test_an_oom_killed_builder_is_reported_as_killed_not_failed() -> None:
+    def pod(reason: str, init_reason: str = "Completed") -> SimpleNamespace:
+        def status(name: str, why: str, code: int) -> SimpleNamespace:
+            terminated = SimpleNamespace(reason=why, exit_code=code, message="")
+            return SimpleNamespace(name=name, state=SimpleNamespace(terminated=terminated))
+
+        return SimpleNamespace(
+            status=SimpleNamespace(
+                init_container_statuses=[
+                    status("context", init_reason, 0 if init_reason == "Completed" else 137)
+                ],
+                container_statuses=[status("build", reason, 137)],
+            )
+        )
+
+    assert killed_by(pod("OOMKilled")) == "OOMKilled"
+    assert killed_by(pod("Completed", init_reason="OOMKilled")) == "OOMKilled"
+    assert killed_by(pod("Error")) is None

@@ -21,7 +21,7 @@ from buildfarm.local.aptclient import AptClient
 from buildfarm.local.procs import redis_server_command
 
 from debpkgs import make_package, write_manifest
-from helpers import free_port, wait_until
+from helpers import free_port, wait_for, wait_until
 
 BUILDFARM = [sys.executable, "-m", "buildfarm_cli"]
 FAST_LEASES = {
@@ -60,6 +60,14 @@ class Farm:
 
     def node_pid(self, node: str) -> int:
         return int((self.state_dir / "run" / f"{node}.pid").read_text())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _start(tmp: Path) -> Farm:
@@ -220,8 +228,15 @@ def test_failed_build_keeps_latest_and_retry(farm: Farm, tmp_path: Path) -> None
 def test_killed_node_build_completes_on_the_other(tmp_path: Path) -> None:
     farm = _start(tmp_path)
     try:
-        src = tmp_path / "src"
-        make_package(src, "victim", build="sleep 6")
+        src, pids, release = tmp_path / "src", tmp_path / "builder-pids", tmp_path / "release"
+        # The first attempt cannot finish before the node is killed: it waits for `release`.
+        script = tmp_path / "wait-for-release.sh"
+        script.write_text(
+            f"echo $$ >> {pids}\n"
+            f"for i in $(seq 900); do [ -e {release} ] && exit 0; sleep 0.1; done\n"
+            "exit 1\n"
+        )
+        make_package(src, "victim", build=f"sh {script}")
         manifest = write_manifest(src, ["victim"], project="kill")
         build_id = farm.json("build", "submit", str(manifest))["id"]
 
@@ -229,10 +244,15 @@ def test_killed_node_build_completes_on_the_other(tmp_path: Path) -> None:
             step = farm.json("build", "show", str(build_id))["steps"][0]
             return step["node"] if step["state"] == "running" else None
 
-        wait_until(lambda: running_node() is not None, 30, "victim to start")
-        node = running_node()
-        assert node is not None
-        os.killpg(farm.node_pid(node), signal.SIGKILL)  # the whole node: worker and its builder
+        def first_builder() -> int | None:
+            started = pids.read_text().split() if pids.exists() else []
+            return int(started[0]) if started else None
+
+        node = wait_for(running_node, 30, "victim to start")  # one reading, acted on as it was seen
+        builder = wait_for(first_builder, 30, "the first attempt's builder to start")
+        os.killpg(farm.node_pid(node), signal.SIGKILL)  # the whole node: its worker processes
+        wait_until(lambda: not _alive(builder), 20, "the dead node's builder to be gone")
+        release.touch()
         deadline = time.monotonic() + 90
         view = farm.json("build", "show", str(build_id))
         while view["state"] not in ("succeeded", "failed") and time.monotonic() < deadline:
@@ -247,6 +267,9 @@ def test_killed_node_build_completes_on_the_other(tmp_path: Path) -> None:
         assert packages.count("Package: victim\n") == 1
         status = farm.json("status")
         assert status["nodes"][node]["online"] is False and status["nodes"][survivor]["online"] is True
+        # the dead attempt's work directory is the reaper's to remove (it runs every second here)
+        work = farm.state_dir / "work"
+        wait_until(lambda: not list(work.glob(f"{build_id}-*")), 20, "the dead attempt's work dir swept")
     finally:
         farm.cli("stop", check=False)
 

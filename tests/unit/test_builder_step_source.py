@@ -113,3 +113,19 @@ def test_not_a_tarball_or_no_debian_dir(step: ModuleType, tmp_path: Path) -> Non
 def test_presigned_urls_are_logged_without_their_signature(step: ModuleType) -> None:
     url = "http://127.0.0.1:9000/bucket/sha256/ab/abcd?X-Amz-Credential=k&X-Amz-Signature=secret"
     assert step.redact(url) == "http://127.0.0.1:9000/bucket/sha256/ab/abcd"
+
+
+def test_a_bomb_of_tiny_files_or_bytes_or_time_is_refused_before_anything_is_written(
+    step: ModuleType, tmp_path: Path
+) -> None:
+    bomb = _tarball(tmp_path / "bomb.tar.gz", [(f"f{i}", FILE, b"") for i in range(300)])
+    with pytest.raises(step.StepError, match=r"^the source tarball holds more than 299 members$"):
+        step.unpack_tarball(bomb, tmp_path / "a", "source tarball", max_members=299)
+    assert list((tmp_path / "a").iterdir()) == []
+    big = _tarball(tmp_path / "big.tar.gz", [("zeros", FILE, bytes(1 << 16))])
+    with pytest.raises(step.StepError, match=r"^the image context unpacks to more than 1024 bytes$"):
+        step.unpack_tarball(big, tmp_path / "b", "image context", max_bytes=1024)
+    assert list((tmp_path / "b").iterdir()) == []
+    with pytest.raises(step.StepError, match=r"^the source tarball takes more than 1e-09s to unpack$"):
+        step.unpack_tarball(bomb, tmp_path / "c", "source tarball", max_seconds=1e-9)
+    assert step.unpack_tarball(bomb, tmp_path / "d", "source tarball", max_members=300) == 300

@@ -91,6 +91,44 @@ def test_bad_manifests(tmp_path: Path, text: str, expected: str) -> None:
     _assert_one_line_error(_tree(tmp_path, text), expected)
 
 
+GIT_HEAD = "project: p\nbranch: main\nkind: nightly\npackages:\n  - "
+
+
+@pytest.mark.parametrize(
+    ("package", "expected"),
+    [
+        # issue 11: each of these ran a command or read the host as the farm
+        (
+            "{git: '--upload-pack=touch /tmp/x;false', ref: /srv/repo}",
+            "packages[0].git: '--upload-pack=touch /tmp/x;false' starts with '-'",
+        ),
+        ("{git: 'https://x/y.git', ref: '--upload-pack=touch /tmp/x'}", "packages[0].ref: invalid git ref"),
+        ("{git: 'https://x/y.git', ref: v1, subdir: '--x'}", "packages[0].subdir: subdir '--x' starts with"),
+        ("{git: 'file:///srv/repo', ref: v1}", "packages[0].git: 'file:///srv/repo' is not a network URL"),
+        ("{git: /srv/repo, ref: v1}", "packages[0].git: '/srv/repo' is not a network URL"),
+        ("{git: 'ext::sh', ref: v1}", "is not a network URL"),
+        ("{git: 'git@example.org:team/r.git', ref: v1}", "is not a network URL"),
+        ("{git: 'https://x/y.git', ref: 'a:b'}", "packages[0].ref: invalid git ref 'a:b'"),
+        ("{path: '-pkg'}", "packages[0].path: path '-pkg' starts with '-'"),
+    ],
+)
+def test_hostile_git_sources_are_refused(tmp_path: Path, package: str, expected: str) -> None:
+    _assert_one_line_error(_tree(tmp_path, GIT_HEAD + package + "\n"), expected)
+
+
+def test_image_contexts_follow_the_same_rules(tmp_path: Path) -> None:
+    image = "images: [{name: a, git: '--upload-pack=touch /tmp/x', ref: v1}]\n"
+    _assert_one_line_error(_image_tree(tmp_path, image), "images[0].git: '--upload-pack=touch /tmp/x' starts")
+    (tmp_path / "again").mkdir()
+    image = "images: [{name: a, path: ctx, dockerfile: '-f'}]\n"
+    _assert_one_line_error(_image_tree(tmp_path / "again", image), "dockerfile '-f' starts with '-'")
+
+
+def test_credentials_in_a_git_url_are_not_shown(tmp_path: Path) -> None:
+    text = GIT_HEAD + "{git: 'https://bob:s3cret@x/y.git', ref: v1}\n"
+    assert load_manifest(_tree(tmp_path, text)).packages[0].describe() == "https://***@x/y.git@v1"
+
+
 def test_missing_debian_control(tmp_path: Path) -> None:
     manifest = _tree(tmp_path, "project: p\nbranch: main\nkind: nightly\npackages: [{path: bare}]\n")
     (tmp_path / "bare").mkdir()

@@ -55,18 +55,18 @@ def _source_dir(root: Path, name: str, control: str) -> Path:
 
 
 def test_alternatives_and_other_fields_count(tmp_path: Path) -> None:
-    a = _source_dir(tmp_path, "a", "Source: a\n\nPackage: liba-dev\n\nPackage: a-tools\n")
+    a = _source_dir(tmp_path, "aa", "Source: aa\n\nPackage: liba-dev\n\nPackage: a-tools\n")
     b = _source_dir(
         tmp_path,
-        "b",
-        "Source: b\nBuild-Depends: debhelper-compat (= 13), other | liba-dev:any (>= 1) [amd64] <!nocheck>\n"
-        "\nPackage: b\n",
+        "bb",
+        "Source: bb\nBuild-Depends: debhelper-compat (= 13), other | liba-dev:any (>= 1) [amd64] <!nocheck>\n"
+        "\nPackage: bb\n",
     )
-    c = _source_dir(tmp_path, "c", "Source: c\nBuild-Depends-Indep: a-tools\n\nPackage: c\n")
+    c = _source_dir(tmp_path, "cc", "Source: cc\nBuild-Depends-Indep: a-tools\n\nPackage: cc\n")
     plan = make_plan([(d.name, read_source_info(d, d.name), d.name) for d in (a, b, c)])
-    assert plan.steps["b"].depends_on == ("a",)
-    assert plan.steps["c"].depends_on == ("a",)
-    assert plan.steps["a"].version == "1.0"
+    assert plan.steps["bb"].depends_on == ("aa",)
+    assert plan.steps["cc"].depends_on == ("aa",)
+    assert plan.steps["aa"].version == "1.0"
 
 
 def test_cycle_is_named() -> None:
@@ -114,7 +114,13 @@ def test_environment_and_options_change_keys() -> None:
     [
         ("Package: x\n", "no 'Source' paragraph"),
         ("Source: x\n", "every paragraph after the first needs 'Package'"),
-        ("Source: x\nBuild-Depends: a (>>\n\nPackage: x\n", "cannot parse Build-Depends"),
+        ("Source: xy\nBuild-Depends: a (>>\n\nPackage: xy\n", "cannot parse Build-Depends"),
+        # issue 11: dpkg-source refused these on a builder, minutes after the submit
+        ("Source: Hello\n\nPackage: hello\n", "Source 'Hello' is not a Debian package name"),
+        ("Source: -rf\n\nPackage: hello\n", "Source '-rf' is not a Debian package name"),
+        ("Source: a_b\n\nPackage: hello\n", "Source 'a_b' is not a Debian package name"),
+        ("Source: x\n\nPackage: hello\n", "Source 'x' is not a Debian package name"),
+        ("Source: ok\n\nPackage: ../x\n", "Package '../x' is not a Debian package name"),
     ],
 )
 def test_bad_control(tmp_path: Path, control: str, expected: str) -> None:
@@ -129,7 +135,7 @@ def test_bad_control(tmp_path: Path, control: str, expected: str) -> None:
 
 def test_bad_changelog(tmp_path: Path) -> None:
     (tmp_path / "debian").mkdir()
-    (tmp_path / "debian" / "control").write_text("Source: x\n\nPackage: x\n")
+    (tmp_path / "debian" / "control").write_text("Source: xy\n\nPackage: xy\n")
     (tmp_path / "debian" / "changelog").write_text("garbage\n")
     with pytest.raises(PlanError, match="pkgdir: cannot read debian/changelog"):
         read_source_info(tmp_path, "pkgdir")

@@ -11,8 +11,6 @@ import datetime as dt
 import itertools
 import json
 import re
-import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,8 +33,10 @@ from buildfarm.state.models import Build, ScheduleRun
 from buildfarm_cli import output
 from buildfarm_cli.main import app as cli
 
+import farmkit
 from debpkgs import make_package, write_manifest
-from farmkit import dispatcher, drain, make_test_context
+from farmkit import dispatcher, drain
+from gitkit import LOOPBACK_GIT, GitServer, commit_tree
 from helpers import free_port, wait_until
 
 UTC = dt.UTC
@@ -146,6 +146,9 @@ def test_beat_entries(tmp_path: Path) -> None:
     assert "backup" not in no_backup.conf.beat_schedule
 
 
+ONE = {"name": "n", "cron": "0 1 * * *", "project": "p", "branch": "b", "user": "u"}
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -158,6 +161,13 @@ def test_beat_entries(tmp_path: Path) -> None:
             },
             "two schedules are named 'n'",
         ),
+        # issue 11: a schedule's git and ref reach git's command line
+        (
+            {"schedules": [{**ONE, "git": "--upload-pack=touch /tmp/x", "ref": "v1"}]},
+            r"setting schedules\.0\.git: .* starts with '-'",
+        ),
+        ({"schedules": [{**ONE, "git": "file:///srv/repo"}]}, "is not a network URL"),
+        ({"schedules": [{**ONE, "git": "https://x/y", "ref": "--upload-pack=x"}]}, "invalid git ref"),
     ],
 )
 def test_bad_schedule_configuration_stops_the_process(
@@ -170,25 +180,30 @@ def test_bad_schedule_configuration_stops_the_process(
 # -- the tick on a real database --------------------------------------------------------------
 
 
-def _git(cwd: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
-        cwd=cwd,
-        check=True,
-        capture_output=True,
-    )
+TREE = "nightly-src"
 
 
 @pytest.fixture(scope="module")
-def git_tree(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A git repository holding one tiny package and its manifest (as some other project/branch)."""
-    tree = tmp_path_factory.mktemp("nightly-src")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
+    """A git server (loopback, allowed by LOOPBACK_GIT) of a repository holding one tiny package
+    and its manifest (as some other project/branch)."""
+    base = tmp_path_factory.mktemp("served")
+    tree = base / TREE
     make_package(tree, "hello")
     write_manifest(tree, ["hello"], project="other", branch="elsewhere", kind="on-demand")
-    _git(tree, "init", "-q", "-b", "main")
-    _git(tree, "add", ".")
-    _git(tree, "commit", "-q", "-m", "tree")
-    return f"file://{tree}"
+    commit_tree(tree)
+    with GitServer(base) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def git_tree(served: GitServer) -> str:
+    return served.url(served.base / TREE)
+
+
+def make_test_context(tmp_path: Path, database_url: str, **settings: object) -> FarmContext:
+    """A farm that may fetch from the loopback git servers of these tests (an admin's allow-list)."""
+    return farmkit.make_test_context(tmp_path, database_url, **(LOOPBACK_GIT | settings))
 
 
 def _schedule(name: str, cron: str, git: str | None, **kw: str) -> dict[str, Any]:
@@ -331,7 +346,7 @@ def test_failures_are_recorded_and_do_not_stop_other_schedules(
         sqlite_url,
         [
             _schedule("no-manifest", "0 2 * * *", git_tree, manifest="missing.yaml"),
-            _schedule("no-repo", "0 2 * * *", f"file://{tmp_path}/absent.git"),
+            _schedule("no-repo", "0 2 * * *", git_tree.replace(TREE, "absent.git")),
             _schedule("stranger", "0 2 * * *", git_tree, user="nobody"),
             _schedule("release", "0 2 * * *", git_tree, kind="release"),  # needs maintainer
             _schedule("good", "0 2 * * *", git_tree),
@@ -357,6 +372,15 @@ def test_failures_are_recorded_and_do_not_stop_other_schedules(
     assert _run_clock(ctx, at("2025-03-03 02:01"), at("2025-03-03 04:00")) == {}
     assert all(views[n].last_state == "failed" and views[n].last_attempt == 1 for n in errors)
     assert all(r.attempt == 1 and r.retry_at is None for n in errors for r in _runs(ctx, n)[1:])
+
+
+def test_a_schedules_credentials_are_never_shown(tmp_path: Path, sqlite_url: str) -> None:
+    """schedule list is for builders too: a token in the git URL shows as ***."""
+    ctx = _farm(
+        tmp_path, sqlite_url, [_schedule("n", "0 2 * * *", "https://bob:s3cret@git.example.org/r.git")]
+    )
+    [view] = list_schedules(ctx, at("2025-03-03 01:00"))
+    assert view.source == "https://***@git.example.org/r.git@HEAD:buildfarm.yaml"
 
 
 def test_stored_manifest_builds_to_the_end(tmp_path: Path, sqlite_url: str) -> None:
@@ -448,46 +472,10 @@ def _killed(*_args: object, **_kwargs: object) -> None:
     raise Killed
 
 
-class GitServer:
-    """``git daemon`` serving the directory of ``tree`` (a file:// URL): stop it for an outage."""
-
-    def __init__(self, tree: str) -> None:
-        self.path = Path(tree.removeprefix("file://"))
-        self.port = free_port()
-        self.url = f"git://127.0.0.1:{self.port}/{self.path.name}"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self._process = subprocess.Popen(
-            [
-                "git",
-                "daemon",
-                "--reuseaddr",
-                "--export-all",
-                "--listen=127.0.0.1",
-                f"--port={self.port}",
-                f"--base-path={self.path.parent}",
-                str(self.path.parent),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(self._answers, 30, "git daemon to listen")
-
-    def _answers(self) -> bool:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-            return True
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            self._process.wait(timeout=30)
-            self._process = None
-
-
 @pytest.fixture
-def git_server(git_tree: str) -> Iterator[GitServer]:
-    server = GitServer(git_tree)  # down until a test starts it
+def git_server(served: GitServer) -> Iterator[GitServer]:
+    """A second server of the same repository, down until a test starts it (an outage)."""
+    server = GitServer(served.base)
     yield server
     server.stop()
 
@@ -584,7 +572,7 @@ def test_the_last_attempt_killed_is_not_retried(
 def test_a_git_outage_is_retried_with_backoff_and_the_slot_starts_once(
     tmp_path: Path, sqlite_url: str, git_server: GitServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    configured = [_schedule("nightly", "0 2 * * *", git_server.url)]
+    configured = [_schedule("nightly", "0 2 * * *", git_server.url(git_server.base / TREE))]
     ctx = _farm(tmp_path, sqlite_url, configured)
     tick(ctx, at("2025-03-03 01:00"))
     assert tick(ctx, at("2025-03-03 02:00")) == []  # git is down
@@ -624,7 +612,7 @@ def test_retries_stop_at_the_next_slot(tmp_path: Path, sqlite_url: str, git_serv
     ctx = make_test_context(
         tmp_path,
         sqlite_url,
-        schedules=[_schedule("hourly", "0 * * * *", git_server.url)],
+        schedules=[_schedule("hourly", "0 * * * *", git_server.url(git_server.base / TREE))],
         schedule_start_attempts=10,
         schedule_retry_seconds=600,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import tarfile
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from buildfarm.model.errors import PermanentError
-from buildfarm.model.sources import pack_tree, tree_hash, unpack_tree
+from buildfarm.model.sources import TreeTooLargeError, pack_tree, tree_hash, unpack_tree
 
 
 def _make(root: Path) -> Path:
@@ -103,7 +105,7 @@ def test_unpack_refuses_traversal(tmp_path: Path, python_tarfile: str) -> None:
     payload.write_text("x")
     with tarfile.open(evil, "w:gz") as tar:
         tar.add(payload, arcname="../escaped")
-    with pytest.raises(PermanentError, match="unsafe member"):
+    with pytest.raises(PermanentError, match=r"member '\.\./escaped' is absolute or escapes the tree"):
         unpack_tree(evil, tmp_path / "out")
     assert not (tmp_path / "escaped").exists()
 
@@ -126,3 +128,48 @@ def test_a_tarball_that_inflates_past_the_limit_is_refused(tmp_path: Path) -> No
         unpack_tree(tarball, tmp_path / "out", max_bytes=64 << 10)
     unpack_tree(tarball, tmp_path / "ok", max_bytes=2 << 20)
     assert (tmp_path / "ok" / "zeros").stat().st_size == 1 << 20
+
+
+def many_files(path: Path, count: int) -> Path:
+    """A gzip tarball of ``count`` empty files: tiny on the wire, ``count`` inodes unpacked."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for index in range(count):
+            tar.addfile(tarfile.TarInfo(f"f{index}"))
+    path.write_bytes(gzip.compress(raw.getvalue(), mtime=0))
+    return path
+
+
+def test_a_tarball_of_too_many_files_is_refused_before_writing_any(tmp_path: Path) -> None:
+    bomb = many_files(tmp_path / "bomb.tar.gz", 301)
+    out = tmp_path / "out"
+    with pytest.raises(
+        TreeTooLargeError, match=r"^bomb\.tar\.gz: holds more than 300 files and directories$"
+    ):
+        unpack_tree(bomb, out, max_files=300)
+    assert list(out.iterdir()) == []  # refused on the headers alone: no inode spent
+    unpack_tree(bomb, tmp_path / "ok", max_files=301)
+    assert len(list((tmp_path / "ok").iterdir())) == 301
+
+
+def test_unpacking_stops_at_its_time_bound(tmp_path: Path) -> None:
+    slow = many_files(tmp_path / "slow.tar.gz", 600)
+    # The clock is read every DEADLINE_CHECK_EVERY members: a bound already past stops it there.
+    with pytest.raises(TreeTooLargeError, match=r"^slow\.tar\.gz: takes more than 1e-09s to unpack$"):
+        unpack_tree(slow, tmp_path / "out", max_seconds=1e-9)
+
+
+def test_an_absolute_member_is_refused(tmp_path: Path) -> None:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        info = tarfile.TarInfo("/etc/buildfarm-absolute")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    absolute = tmp_path / "abs.tar.gz"
+    absolute.write_bytes(raw.getvalue())
+    out = tmp_path / "out"
+    with pytest.raises(
+        PermanentError, match=r"member '/etc/buildfarm-absolute' is absolute or escapes the tree"
+    ):
+        unpack_tree(absolute, out)
+    assert list(out.iterdir()) == []

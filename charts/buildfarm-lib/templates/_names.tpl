@@ -26,6 +26,15 @@ Names. Kubernetes names are limited to 63 characters, so every name is cut there
 {{- printf "%s-%s" (include "buildfarm.fullname" .ctx) .component | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/*
+A Service's full DNS name, <name>.<namespace>.svc.<clusterDomain>: what pods of another namespace
+(the builders) must use, since a bare Service name resolves only inside its own namespace.
+Called as (dict "ctx" $ "component" "minio").
+*/}}
+{{- define "buildfarm.serviceFqdn" -}}
+{{- printf "%s.%s.svc.%s" (include "buildfarm.componentName" .) .ctx.Release.Namespace (.ctx.Values.clusterDomain | trimSuffix ".") -}}
+{{- end -}}
+
 {{/* chart label value: name-version. */}}
 {{- define "buildfarm.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}

@@ -60,6 +60,48 @@ builder pods run one command as container root (apt and dpkg in package pods, ka
 {{- if .Values.postgresql.enabled -}}disable{{- else -}}{{ .Values.externalDatabase.sslMode }}{{- end -}}
 {{- end -}}
 
+{{/*
+The CA that verifies an external database's certificate (externalDatabase.caSecret), mounted in
+every pod that talks to the database; libpq (the farm's psycopg and Pulp's) reads PGSSLROOTCERT.
+verify-ca and verify-full without it would fail every connection: refused at render time.
+*/}}
+{{- define "buildfarm.databaseCaPath" -}}/etc/buildfarm/database-ca/ca.crt{{- end -}}
+
+{{- define "buildfarm.databaseCa" -}}
+{{- if not .Values.postgresql.enabled -}}
+{{- if and (has .Values.externalDatabase.sslMode (list "verify-ca" "verify-full")) (not .Values.externalDatabase.caSecret) -}}
+{{- fail (printf "externalDatabase.sslMode %s verifies the server's certificate: set externalDatabase.caSecret to a Secret holding the CA (key externalDatabase.caKey)" .Values.externalDatabase.sslMode) -}}
+{{- end -}}
+{{- .Values.externalDatabase.caSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "buildfarm.databaseCaEnv" -}}
+{{- if include "buildfarm.databaseCa" . }}
+- name: PGSSLROOTCERT
+  value: {{ include "buildfarm.databaseCaPath" . }}
+{{- end }}
+{{- end -}}
+
+{{- define "buildfarm.databaseCaVolumeMount" -}}
+{{- if include "buildfarm.databaseCa" . }}
+- name: database-ca
+  mountPath: {{ include "buildfarm.databaseCaPath" . | dir }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "buildfarm.databaseCaVolume" -}}
+{{- with include "buildfarm.databaseCa" . }}
+- name: database-ca
+  secret:
+    secretName: {{ . }}
+    items:
+      - key: {{ $.Values.externalDatabase.caKey }}
+        path: ca.crt
+{{- end }}
+{{- end -}}
+
 {{/* Redis: host, port, db, and the Secret of its password (empty: none). */}}
 {{- define "buildfarm.redisHost" -}}
 {{- if .Values.redis.enabled -}}{{ include "buildfarm.componentName" (dict "ctx" . "component" "redis") }}{{- else -}}{{ required "externalRedis.host is required when redis.enabled is false" .Values.externalRedis.host }}{{- end -}}
@@ -84,10 +126,14 @@ redis://{{ include "buildfarm.redisHost" . }}:{{ $port }}/{{ $db }}
 {{- end -}}
 {{- end -}}
 
-{{/* S3: endpoint URL and the Secret of its credentials. */}}
+{{/*
+S3: endpoint URL and the Secret of its credentials. The in-cluster MinIO is named by its full
+service name: builder pods in the builder namespace download sources and upload outputs through
+URLs the farm presigns for this very host, so it must resolve there too (a bare name does not).
+*/}}
 {{- define "buildfarm.s3Endpoint" -}}
 {{- if .Values.minio.enabled -}}
-http://{{ include "buildfarm.componentName" (dict "ctx" . "component" "minio") }}:9000
+http://{{ include "buildfarm.serviceFqdn" (dict "ctx" . "component" "minio") }}:9000
 {{- else -}}
 {{- required "s3.endpoint is required when minio.enabled is false (artifacts and logs need an S3 endpoint)" .Values.s3.endpoint -}}
 {{- end -}}
@@ -112,17 +158,32 @@ http://{{ include "buildfarm.componentName" (dict "ctx" . "component" "minio") }
 {{- if .Values.s3.existingSecret -}}{{ .Values.s3.secretKeyKey }}{{- else -}}rootPassword{{- end -}}
 {{- end -}}
 
-{{/* Pulp: service URLs and the Secret of the admin password. */}}
+{{/* Pulp: service URLs (full names: builder pods read the content app from their own namespace) and the Secret of the admin password. */}}
 {{- define "buildfarm.pulpApiUrl" -}}
-http://{{ include "buildfarm.componentName" (dict "ctx" . "component" "pulp-api") }}:24817
+http://{{ include "buildfarm.serviceFqdn" (dict "ctx" . "component" "pulp-api") }}:24817
 {{- end -}}
 
 {{- define "buildfarm.pulpContentOrigin" -}}
-{{- default (printf "http://%s:24816" (include "buildfarm.componentName" (dict "ctx" . "component" "pulp-content"))) .Values.pulp.contentOrigin -}}
+{{- default (printf "http://%s:%v" (include "buildfarm.serviceFqdn" (dict "ctx" . "component" "pulp-content")) .Values.pulp.content.service.port) .Values.pulp.contentOrigin -}}
 {{- end -}}
 
 {{- define "buildfarm.pulpAdminSecret" -}}
 {{- default (include "buildfarm.componentName" (dict "ctx" . "component" "pulp-admin")) .Values.pulp.existingSecret -}}
+{{- end -}}
+
+{{/* The registry's URL, by its full service name (builder pods push to it from their namespace). */}}
+{{- define "buildfarm.registryUrl" -}}
+http://{{ include "buildfarm.serviceFqdn" (dict "ctx" . "component" "registry") }}:{{ .Values.registry.service.port }}
+{{- end -}}
+
+{{/* The Secret of the registry's push account (username, password, htpasswd). */}}
+{{- define "buildfarm.registryAuthSecret" -}}
+{{- default (include "buildfarm.componentName" (dict "ctx" . "component" "registry-auth")) .Values.registry.auth.existingSecret -}}
+{{- end -}}
+
+{{/* The dockerconfigjson Secret builder pods push with, in the builder namespace. */}}
+{{- define "buildfarm.registryPushSecret" -}}
+{{- default (include "buildfarm.componentName" (dict "ctx" . "component" "registry-push")) .Values.builders.registryPushSecret.existingSecret -}}
 {{- end -}}
 
 {{- define "buildfarm.adminTokenSecret" -}}
@@ -141,6 +202,7 @@ env:
       secretKeyRef:
         name: {{ include "buildfarm.databaseSecret" . }}
         key: {{ include "buildfarm.databaseSecretKey" . }}
+  {{- include "buildfarm.databaseCaEnv" . | nindent 2 }}
   {{- if include "buildfarm.redisSecret" . }}
   - name: REDIS_PASSWORD
     valueFrom:
@@ -188,17 +250,83 @@ securityContext:
 {{ include "buildfarm.farmEnv" . }}
 {{- end -}}
 
+{{/*
+The init container of every long-running farm pod (files/wait_ready.py): waits, bounded, until
+the database's schema is the revision this image expects and the artifact bucket exists. The
+bootstrap Job (migrations) and the minio-buckets Job are ordinary resources created with the
+Deployments, not hooks, so `helm install --wait`, Argo CD and Flux see one set of resources that
+becomes ready by itself; on upgrade a new pod starts only once the new schema is in place.
+*/}}
+{{- define "buildfarm.farmWaitContainer" -}}
+- name: wait-ready
+  {{- include "buildfarm.farmContainer" . | nindent 2 }}
+  command: ["python", "-c", {{ .Files.Get "files/wait_ready.py" | quote }}, "600"]
+  resources:
+    requests: {cpu: 10m, memory: 64Mi}
+    limits: {cpu: 500m, memory: 256Mi}
+  volumeMounts:
+    {{- include "buildfarm.farmVolumeMounts" . | nindent 4 }}
+{{- end -}}
+
+{{/*
+The name of a Job that is an ordinary resource of the release: <component>-<hash of what it runs>.
+A Job's pod template is immutable, so a Job whose image or settings change must be a new Job
+(the old one is pruned); an unchanged Job keeps its name and is not run again.
+Called as (dict "ctx" $ "component" "bootstrap" "inputs" (list ...)).
+*/}}
+{{- define "buildfarm.jobName" -}}
+{{- printf "%s-%s" (include "buildfarm.componentName" .) (toJson .inputs | sha256sum | trunc 8) -}}
+{{- end -}}
+
 {{- define "buildfarm.farmVolumeMounts" -}}
 {{ include "buildfarm.tmpVolumeMount" . }}
 - name: state
   mountPath: /var/lib/buildfarm
+{{- include "buildfarm.databaseCaVolumeMount" . }}
 {{- end -}}
 
+{{/*
+Bytes the farm's work directory (/var/lib/buildfarm) of one pod must hold, from the very settings
+the farm enforces (farm.* below are also BUILDFARM_* in the ConfigMap), plus farm.workVolume.marginBytes:
+- api: one upload being received (apiMaxUploadBytes) and unpacked for checking (apiMaxUnpackedBytes);
+- worker: per concurrent step, the outputs archive (builderMaxOutputsBytes) and its unpacked files;
+- scheduler: one step's outputs the same way (it publishes them);
+- anything else (bootstrap, reaper): the margin.
+Called as (dict "ctx" $ "role" "api").
+*/}}
+{{- define "buildfarm.workBytes" -}}
+{{- $farm := .ctx.Values.farm -}}
+{{- $need := 0 -}}
+{{- if eq .role "api" -}}
+{{- $need = add (int64 $farm.apiMaxUploadBytes) (int64 $farm.apiMaxUnpackedBytes) -}}
+{{- else if eq .role "worker" -}}
+{{- $need = mul (int64 .ctx.Values.worker.concurrency) 2 (int64 $farm.builderMaxOutputsBytes) -}}
+{{- else if eq .role "scheduler" -}}
+{{- $need = mul 2 (int64 $farm.builderMaxOutputsBytes) -}}
+{{- end -}}
+{{- add $need (int64 $farm.workVolume.marginBytes) -}}
+{{- end -}}
+
+{{/* The pod's volumes: (dict "ctx" $ "role" "api"); the work directory sized by buildfarm.workBytes,
+     an emptyDir or (farm.workVolume.storageClassName) a generic ephemeral volume of that class. */}}
 {{- define "buildfarm.farmVolumes" -}}
+{{- $bytes := include "buildfarm.workBytes" . -}}
 {{ include "buildfarm.tmpVolume" (dict) }}
 - name: state
+  {{- with .ctx.Values.farm.workVolume.storageClassName }}
+  ephemeral:
+    volumeClaimTemplate:
+      spec:
+        accessModes: ["ReadWriteOnce"]
+        storageClassName: {{ . }}
+        resources:
+          requests:
+            storage: {{ $bytes }}
+  {{- else }}
   emptyDir:
-    sizeLimit: 1Gi
+    sizeLimit: {{ $bytes }}
+  {{- end }}
+{{- include "buildfarm.databaseCaVolume" .ctx }}
 {{- end -}}
 
 {{/* The uid the farm image runs as (buildtools/images/farm/Dockerfile). */}}

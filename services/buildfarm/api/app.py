@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 import redis
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from buildfarm.api import errors
 from buildfarm.api.errors import BadSourceError, TooLargeError
-from buildfarm.api.limits import Limits
+from buildfarm.api.limits import AnonymousLimit, Limits, client_address
 from buildfarm.api.mirrors import mirror_router
 from buildfarm.api.repokey import repo_key_router
 from buildfarm.api.retention import retention_router
@@ -47,16 +47,16 @@ from buildfarm.api.schemas import (
     UserOut,
     WhoAmI,
 )
+from buildfarm.api.uploads import accept_tarball, unpack_trees
 from buildfarm.dispatch.context import make_context
 from buildfarm.engine import accounts, control, retention
-from buildfarm.engine.accounts import ForbiddenError, Principal
+from buildfarm.engine.accounts import AuthError, ForbiddenError, Principal
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
 from buildfarm.model import names
 from buildfarm.model.errors import NotFoundError, PermanentError
-from buildfarm.model.manifest import BuildKind, ImageSource, PackageSource, parse_manifest
+from buildfarm.model.manifest import BuildKind, parse_manifest
 from buildfarm.model.settings import Settings
-from buildfarm.model.sources import unpack_tree
 from buildfarm.state.models import Build, BuildState, Role
 
 API = "/api/v1"
@@ -94,7 +94,12 @@ def _auth(request: Request, authorization: Annotated[str | None, Header()] = Non
     token = None
     if authorization and authorization.lower().startswith("bearer "):
         token = authorization[7:].strip()
-    principal = accounts.authenticate(request.app.state.farm, token)
+    try:
+        principal = accounts.authenticate(request.app.state.farm, token)
+    except AuthError:
+        if authorization is not None:  # without the header, AnonymousLimit counted it already
+            request.app.state.limits.hit_anonymous(client_address(request.client))
+        raise
     assert token is not None
     request.app.state.limits.hit(accounts.digest(token)[:24])
     return principal
@@ -113,6 +118,7 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
         redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5),
         settings.api_rate_per_minute,
         settings.api_max_running_builds,
+        settings.api_anonymous_rate_per_minute,
     )
     farm.store.check()
     farm.repo.check()
@@ -127,6 +133,7 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
         responses=errors.ERROR_RESPONSES,
     )
     errors.install(app)
+    app.add_middleware(AnonymousLimit, limits=limits, exempt=frozenset({f"{API}/health"}))
     app.state.farm = farm
     app.state.limits = limits
 
@@ -227,7 +234,7 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
         try:
             if digest.hexdigest() != sha256:
                 raise BadSourceError(f"uploaded bytes have sha256 {digest.hexdigest()}, not {sha256}")
-            stored = await run_in_threadpool(_accept_tarball, farm, tmp)
+            stored = await run_in_threadpool(accept_tarball, farm, tmp)
         finally:
             tmp.unlink(missing_ok=True)
         await run_in_threadpool(retention.record_upload, farm, stored.sha256, principal.user, stored.size)
@@ -242,8 +249,8 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
         principal.require(manifest.project, needed, f"submit {manifest.kind.value} builds")
         with tempfile.TemporaryDirectory(dir=farm.work_root, prefix="submit-") as scratch:
             root = Path(scratch)
-            prepared = _unpack_trees(farm, "packages", manifest.packages, body.sources, root)
-            contexts = _unpack_trees(farm, "images", manifest.images, body.contexts, root)
+            prepared = unpack_trees(farm, "packages", manifest.packages, body.sources, root)
+            contexts = unpack_trees(farm, "images", manifest.images, body.contexts, root)
             with limits.running_cap(principal.user, lambda: _running_builds(farm, principal.user)):
                 build_id = submit_build(
                     farm, manifest, root, principal.user, prepared, prepared_contexts=contexts
@@ -400,58 +407,6 @@ def _require_admin(principal: Principal) -> None:
 def _require_builder(principal: Principal) -> None:
     if not principal.builds_somewhere:
         raise ForbiddenError(f"{principal.user} is not a builder in any project")
-
-
-def _accept_tarball(farm: FarmContext, tarball: Path) -> Any:
-    """Check that an upload is a safe source tarball (no member escapes), then store it."""
-    with tempfile.TemporaryDirectory(dir=farm.work_root, prefix="check-") as scratch:
-        try:
-            unpack_tree(tarball, Path(scratch), farm.settings.api_max_unpacked_bytes)
-        except PermanentError as exc:
-            raise BadSourceError(str(exc).replace(tarball.name, "upload")) from exc
-    return farm.store.put_file(tarball)
-
-
-_UPLOAD_FIELD = {"packages": ("sources", "source"), "images": ("contexts", "context")}
-"""Which field of SubmitIn carries the uploads of a manifest list, and what one of them is called."""
-
-
-def _unpack_trees(
-    farm: FarmContext,
-    kind: Literal["packages", "images"],
-    trees: Sequence[PackageSource | ImageSource],
-    uploaded: dict[str, str],
-    scratch: Path,
-) -> dict[int, Path]:
-    """Unpack the uploaded tarball of each ``path`` tree of ``trees`` (the manifest's packages or
-    images) into ``scratch/<kind>/<index>``; the engine reads those instead of the client's paths."""
-    field, noun = _UPLOAD_FIELD[kind]
-    prepared: dict[int, Path] = {}
-    for index, tree in enumerate(trees):
-        if tree.path is None:
-            continue  # git: the farm fetches it itself
-        where = f"{kind}[{index}] ({tree.path})"
-        sha = uploaded.get(str(index))
-        if sha is None:
-            raise BadSourceError(f"{where}: no uploaded {noun} given in '{field}'")
-        if not farm.store.has(sha):
-            raise BadSourceError(f"{where}: {noun} {sha} was not uploaded")
-        target = scratch / kind / str(index)
-        tarball = target.with_suffix(".tar.gz")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        farm.store.fetch(sha, tarball)
-        try:
-            unpack_tree(tarball, target, farm.settings.api_max_unpacked_bytes)
-        except PermanentError as exc:
-            raise BadSourceError(f"{kind}[{index}]: {exc}") from exc
-        tarball.unlink()
-        if kind == "packages" and not (target / "debian" / "control").is_file():
-            raise BadSourceError(f"{where}: the uploaded tree has no debian/control")
-        prepared[index] = target
-    extra = set(uploaded) - {str(i) for i in prepared}
-    if extra:
-        raise BadSourceError(f"'{field}' given for {kind} that are not path {kind}: {sorted(extra)}")
-    return prepared
 
 
 def _running_builds(farm: FarmContext, user: str) -> int:

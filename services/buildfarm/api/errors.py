@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from buildfarm.engine.accounts import AuthError, ForbiddenError
 from buildfarm.model.errors import (
@@ -101,9 +102,13 @@ def install(app: FastAPI) -> None:
         return error_response(422, "invalid", f"{where}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-        return error_response(exc.status_code, code, str(exc.detail))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette's Allow names the methods of the first route matching the path only.
+            headers["Allow"] = allowed_methods(request)
+        return error_response(exc.status_code, code, str(exc.detail), headers)
 
     @app.exception_handler(DataError)
     async def _data(_request: Request, exc: DataError) -> JSONResponse:
@@ -114,3 +119,13 @@ def install(app: FastAPI) -> None:
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
         return error_response(500, "internal", f"internal error ({type(exc).__name__}); see the API's log")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route of the app takes at the request's path (a 405's ``Allow``)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE and isinstance(route, Route) and route.methods:
+            methods |= route.methods
+    return ", ".join(sorted(methods))

@@ -8,10 +8,18 @@ apt reads here is what apt reads anywhere.  With a signer (the farm's key,
 (or for staging trees, which only the farm's own builders read) the line says ``[trusted=yes]``.
 Layout under ``root`` (names via ``to_safe``)::
 
-    <project>/<branch>/builds/<id>/           one build's own distribution, never changed again
+    <project>/<branch>/builds/<id>/           the branch as this build left it (below)
     <project>/<branch>/latest -> builds/<id>  moved by successful non-personal builds only
     <project>/<branch>/staging/<id> -> .<id>-gen-*/   what a running build's later steps install from
     <project>/_personal/<user>/<id>/          personal builds; ``latest`` is never touched
+
+As in Pulp, a branch carries its packages forward: a build's tree holds what ``latest`` held
+with the build's own source packages merged in (a newer version of a source package replaces
+all of the older one's binaries; :mod:`buildfarm.backends.aptbranch` has the rules), so
+``latest`` is the union of the newest successful build of every package the branch has built,
+and ``builds/<id>`` is the branch at that build, as Pulp's ``<project>/<branch>/<id>``.  A
+personal build's tree is the branch's ``latest`` with its own packages over it (whatever their
+versions), again as in Pulp.  Packages carried forward are hardlinks of the tree they come from.
 
 Personal builds live under ``_personal`` rather than ``personal``: ``to_safe`` always escapes
 ``_`` as ``_5f``, so no branch name can map to that directory (a branch may be called
@@ -34,25 +42,20 @@ indexes the configuration names (:mod:`buildfarm.backends.upstream`).
 
 from __future__ import annotations
 
-import fcntl
-import gzip
 import logging
 import os
-import re
 import shutil
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
+from buildfarm.backends import aptbranch, apttree
+from buildfarm.backends.aptbranch import BranchState
 from buildfarm.backends.base import AptSource, BuildRef, MirrorStatus, PackageFile
-from buildfarm.backends.fs import file_sha256, fsync_dir
+from buildfarm.backends.fs import fsync_dir
 from buildfarm.backends.signing import ReleaseSigner, SigningKey
 from buildfarm.backends.upstream import check_upstream, upstream_source
 from buildfarm.model import names
-from buildfarm.model.errors import NotFoundError, PermanentError, ServiceUnavailableError
+from buildfarm.model.errors import NotFoundError, PermanentError
 from buildfarm.model.mirrors import check_mirrors
 from buildfarm.model.settings import DEFAULT_SIGNING_KEYRING, MirrorConfig
 
@@ -60,167 +63,6 @@ log = logging.getLogger(__name__)
 
 PERSONAL_DIR = "_personal"
 EXPIRED_PREFIX = ".expired-"
-LOCK_FILE = ".lock"
-LOCK_TIMEOUT_SECONDS = 120.0
-"""Longest wait for another process's publish/stage of the same branch; indexing takes seconds."""
-LOCK_POLL_SECONDS = 0.05
-TOOL_TIMEOUT_SECONDS = 300.0
-"""Bound on one apt-ftparchive run; it hashes every package, minutes only for gigabytes."""
-
-_INDEXED_SUFFIX = ".deb"  # apt-ftparchive's default; .udeb files are stored but not indexed
-_PACKAGE_SUFFIXES = (".deb", ".udeb")
-_FILENAME_FIELD = re.compile(r"^Filename: \./(.+)$", re.MULTILINE)
-
-
-@contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """Hold the exclusive lock of ``directory`` (created if needed), waiting at most the bound."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise ServiceUnavailableError(
-                        f"repository {directory} stayed locked for {LOCK_TIMEOUT_SECONDS:.0f}s",
-                        retry_after=30.0,
-                    ) from None
-                time.sleep(LOCK_POLL_SECONDS)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with path.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _run_ftparchive(args: list[str], cwd: Path) -> bytes:
-    exe = shutil.which("apt-ftparchive")
-    if exe is None:
-        raise PermanentError(
-            "apt-ftparchive is not installed: install the Debian package apt-utils "
-            "(apt-get install apt-utils)"
-        )
-    try:
-        done = subprocess.run(
-            [exe, *args],
-            cwd=cwd,
-            capture_output=True,
-            timeout=TOOL_TIMEOUT_SECONDS,
-            env={**os.environ, "LC_ALL": "C.UTF-8"},
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise ServiceUnavailableError(
-            f"apt-ftparchive {args[0]} in {cwd} took over {TOOL_TIMEOUT_SECONDS:.0f}s"
-        ) from exc
-    stderr = done.stderr.decode(errors="replace").strip()
-    if done.returncode != 0:
-        raise PermanentError(f"apt-ftparchive {args[0]} failed in {cwd}: {stderr}")
-    if args[0] == "packages":
-        # apt-ftparchive reports an unreadable .deb on stderr yet exits 0; an index missing a
-        # package would publish a build that cannot be installed, so compare what it indexed.
-        indexed = set(_FILENAME_FIELD.findall(done.stdout.decode("utf-8", "replace")))
-        expected = {p.name for p in cwd.iterdir() if p.name.endswith(_INDEXED_SUFFIX)}
-        if indexed != expected:
-            raise PermanentError(
-                f"apt-ftparchive could not index {', '.join(sorted(expected - indexed)) or 'some packages'}: "
-                + stderr.replace("\n", "; ")
-            )
-    return done.stdout
-
-
-def _check_filename(filename: str) -> str:
-    # Only package names: a file called "Release" or "Packages" would overwrite the indexes.
-    plain = "/" not in filename and "\0" not in filename and not filename.startswith(".")
-    if not plain or not filename.endswith(_PACKAGE_SUFFIXES):
-        raise PermanentError(f"invalid package file name {filename!r}: it must be one plain *.deb or *.udeb")
-    return filename
-
-
-def _place(packages: list[PackageFile], into: Path) -> None:
-    """Hardlink (same filesystem) or copy each package into ``into``, checking its sha256."""
-    seen: dict[str, str] = {}
-    for package in packages:
-        name = _check_filename(package.filename)
-        if name in seen:
-            if seen[name] != package.sha256:
-                raise PermanentError(f"two different packages are both named {name}")
-            continue  # the same file listed twice is published once
-        seen[name] = package.sha256
-        dest = into / name
-        try:
-            os.link(package.path, dest)
-        except OSError:
-            shutil.copyfile(package.path, dest)  # another filesystem, or links not allowed
-        sha256, size = file_sha256(dest)
-        if sha256 != package.sha256 or size != package.size:
-            raise PermanentError(
-                f"{package.path} does not match its record (sha256 {sha256}, {size} bytes; "
-                f"expected {package.sha256}, {package.size} bytes)"
-            )
-
-
-def _write_indexes(directory: Path, label: str) -> None:
-    """Write Packages, Packages.gz and Release of the flat repository ``directory``."""
-    packages = _run_ftparchive(["packages", "."], directory)
-    _write_file(directory / "Packages", packages)
-    # mtime=0: the same packages always give the same Packages.gz bytes.
-    _write_file(directory / "Packages.gz", gzip.compress(packages, mtime=0))
-    release = _run_ftparchive(
-        [
-            "-o",
-            "APT::FTPArchive::Release::Origin=buildfarm",
-            "-o",
-            f"APT::FTPArchive::Release::Label={label}",
-            "release",
-            ".",
-        ],
-        directory,
-    )
-    _write_file(directory / "Release", release)
-
-
-def _build_tree(
-    parent: Path, prefix: str, packages: list[PackageFile], label: str, signer: ReleaseSigner | None = None
-) -> Path:
-    """A complete, indexed (and, with ``signer``, signed) repository in a new hidden directory of
-    ``parent``; removed on error."""
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
-    try:
-        _place(packages, tmp)
-        _write_indexes(tmp, label)
-        if signer is not None:
-            signer.sign(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it 0700; the HTTP server may run as another user
-        fsync_dir(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return tmp
-
-
-def _switch_symlink(link: Path, target: str) -> None:
-    """Point ``link`` at ``target`` (relative) in one atomic step."""
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.{time.time_ns()}")
-    os.symlink(target, tmp)
-    try:
-        if link.is_dir() and not link.is_symlink():
-            shutil.rmtree(link)  # a real directory cannot be replaced by a rename
-        os.replace(tmp, link)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(link.parent)
 
 
 class LocalAptRepository:
@@ -243,7 +85,7 @@ class LocalAptRepository:
         """The signed-by path of signed lines: where users keep the public key."""
 
     def check(self) -> None:
-        _run_ftparchive(["--version"], self.root.parent if self.root.parent.is_dir() else Path("/"))
+        apttree.run_ftparchive(["--version"], self.root.parent if self.root.parent.is_dir() else Path("/"))
         if self.signer is None:
             log.warning(
                 "no signing_key_file: published repositories are unsigned (apt lines say [trusted=yes])"
@@ -282,9 +124,11 @@ class LocalAptRepository:
         staging = branch_dir / "staging"
         link = staging / str(build.build_id)
         prefix = f".{build.build_id}-gen-"
-        with _locked(branch_dir):
-            generation = _build_tree(staging, prefix, packages, f"{build.project}/{build.branch} staging")
-            _switch_symlink(link, generation.name)
+        with apttree.locked(branch_dir):
+            generation = apttree.build_tree(
+                staging, prefix, packages, f"{build.project}/{build.branch} staging"
+            )
+            apttree.switch_symlink(link, generation.name)
             for old in staging.glob(f"{prefix}*"):
                 if old != generation:
                     shutil.rmtree(old, ignore_errors=True)
@@ -295,7 +139,7 @@ class LocalAptRepository:
         staging = branch_dir / "staging"
         if not staging.is_dir():
             return
-        with _locked(branch_dir):
+        with apttree.locked(branch_dir):
             link = staging / str(build.build_id)
             if link.is_symlink() or link.is_file():
                 link.unlink()
@@ -305,37 +149,123 @@ class LocalAptRepository:
                 shutil.rmtree(generation, ignore_errors=True)
 
     def publish(self, build: BuildRef, packages: list[PackageFile], move_latest: bool) -> AptSource:
+        """Publish the build's tree: the branch's packages with the build's merged in (see
+        :mod:`.aptbranch`), then, unless the build is personal, switch ``latest`` to it.
+
+        The tree is built whole in a temp directory and appears by one rename; ``latest`` moves
+        by one ``os.replace``.  Publishing a build again (a retry after a crash) keeps the
+        packages it was first published with and merges them again into what ``latest`` holds
+        now, so a build that crashed before moving ``latest`` is not lost to later builds.
+        """
+        branch_dir = self._branch_dir(build.project, build.branch)
         if build.kind == "personal":
-            lock_dir = self._personal_dir(build.project, build.user)
-            target = lock_dir / str(build.build_id)
-            label = f"{build.project} personal build {build.build_id} of {build.user}"
-            move_latest = False  # personal builds never change what everyone else installs
-        else:
-            lock_dir = self._branch_dir(build.project, build.branch)
-            target = lock_dir / "builds" / str(build.build_id)
-            label = f"{build.project}/{build.branch}"
-        with _locked(lock_dir):
+            personal_dir = self._personal_dir(build.project, build.user)
+            # Branch lock first (the same order everywhere): the tree we merge onto stays put.
+            with apttree.locked(branch_dir), apttree.locked(personal_dir):
+                target = personal_dir / str(build.build_id)
+                if target.is_dir():
+                    log.info("build %s is already published at %s; keeping it", build.build_id, target)
+                else:
+                    label = f"{build.project} personal build {build.build_id} of {build.user}"
+                    self._publish_fresh(branch_dir, target, build.build_id, packages, label, personal=True)
+            return self._source(target)
+        label = f"{build.project}/{build.branch}"
+        target = branch_dir / "builds" / str(build.build_id)
+        with apttree.locked(branch_dir):
             if target.is_dir():
-                log.info("build %s is already published at %s; keeping it", build.build_id, target)
+                if move_latest:
+                    self._publish_again(branch_dir, target, build.build_id, label)
+                else:
+                    log.info("build %s is already published at %s; keeping it", build.build_id, target)
             else:
-                # Leftovers of a publish that crashed: nobody else writes here while we hold the lock.
-                for stale in target.parent.glob(f".tmp-{target.name}-*"):
-                    shutil.rmtree(stale, ignore_errors=True)
-                tree = _build_tree(target.parent, f".tmp-{target.name}-", packages, label, self.signer)
-                os.rename(tree, target)
-                fsync_dir(target.parent)
-            if move_latest:
-                self._move_latest(lock_dir, build.build_id)
+                self._publish_fresh(branch_dir, target, build.build_id, packages, label, personal=False)
+                if move_latest:
+                    apttree.switch_symlink(branch_dir / "latest", f"builds/{build.build_id}")
         return self._source(target)
 
-    def _move_latest(self, branch_dir: Path, build_id: int) -> None:
-        latest = branch_dir / "latest"
-        current = _latest_build_id(latest)
-        # Build ids grow with submission: a late retry of an older build must not hide a newer one.
-        if current is not None and current > build_id:
-            log.info("latest of %s stays at build %s (newer than %s)", branch_dir, current, build_id)
+    def _latest_state(self, branch_dir: Path) -> tuple[BranchState, dict[str, Path]]:
+        """What ``latest`` holds, and where each of its files is (empty: nothing published yet).
+
+        A ``latest`` published before trees carried their record held only its own build's
+        packages, and so does every older tree: the branch is then the merge of all of them,
+        which gives back the packages earlier builds brought (once: the next tree has a record).
+        """
+        latest_id = _latest_build_id(branch_dir / "latest")
+        if latest_id is None:
+            return {}, {}
+        tree = branch_dir / "builds" / str(latest_id)
+        if (tree / aptbranch.STATE_FILE).is_file():
+            recorded = aptbranch.read_state(tree, latest_id)
+            return recorded, {f.filename: tree / f.filename for f in aptbranch.files_of(recorded)}
+        state: BranchState = {}
+        builds = sorted(int(p.name) for p in (branch_dir / "builds").iterdir() if p.name.isdigit())
+        for build_id in builds:
+            old = branch_dir / "builds" / str(build_id)
+            if (old / "Release").is_file():
+                state = aptbranch.merge(state, aptbranch.read_state(old, build_id), prefer_incoming=False)
+        # Read from its own tree's index, each source package's files are in that tree.
+        where = {
+            f.filename: branch_dir / "builds" / str(entry.build_id) / f.filename
+            for entry in state.values()
+            for f in entry.files
+        }
+        log.info(
+            "%s: latest has no record yet; merged the %d trees published before it", branch_dir, len(builds)
+        )
+        return state, where
+
+    def _publish_fresh(
+        self,
+        branch_dir: Path,
+        target: Path,
+        build_id: int,
+        packages: list[PackageFile],
+        label: str,
+        *,
+        personal: bool,
+    ) -> None:
+        """Write ``target``: what ``latest`` holds with the build's ``packages`` merged in."""
+        for package in packages:
+            apttree.check_filename(package.filename)
+        base, where = self._latest_state(branch_dir)
+        own = aptbranch.describe(packages, build_id)
+        merged = aptbranch.merge(base, own, prefer_incoming=personal)
+        kept = {f.filename for entry in merged.values() if entry.build_id == build_id for f in entry.files}
+        # Checked by describe: linked like carried packages (a copy is hashed again).
+        carried = [p for p in packages if p.filename in kept] + _carried(merged, where, skip=kept)
+        # Leftovers of a publish that crashed: nobody else writes here while we hold the lock.
+        for stale in target.parent.glob(f".tmp-{target.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tree = apttree.build_tree(
+            target.parent, f".tmp-{target.name}-", [], label, self.signer, carried=carried, state=merged
+        )
+        os.rename(tree, target)
+        fsync_dir(target.parent)
+
+    def _publish_again(self, branch_dir: Path, target: Path, build_id: int, label: str) -> None:
+        """A build published before: make sure ``latest`` holds what it brought (see :meth:`publish`)."""
+        if _latest_build_id(branch_dir / "latest") == build_id:
             return
-        _switch_symlink(latest, f"builds/{build_id}")
+        published = aptbranch.read_state(target, build_id)
+        own = {name: entry for name, entry in published.items() if entry.build_id == build_id}
+        base, where = self._latest_state(branch_dir)
+        merged = aptbranch.merge(base, own, prefer_incoming=False)
+        if where and merged == base:
+            log.info("build %s is already published and latest holds what it brought", build_id)
+            return
+        if merged != published:
+            # Another build moved latest between our rename and our switch: merge onto it again.
+            mine = {f.filename: target / f.filename for entry in own.values() for f in entry.files}
+            carried = _carried(merged, where | mine, skip=set())
+            tree = apttree.build_tree(
+                target.parent, f".tmp-{target.name}-", [], label, self.signer, carried=carried, state=merged
+            )
+            aside = target.with_name(f"{EXPIRED_PREFIX}{target.name}-{time.time_ns()}")
+            os.rename(target, aside)
+            os.rename(tree, target)
+            fsync_dir(target.parent)
+            shutil.rmtree(aside, ignore_errors=True)
+        apttree.switch_symlink(branch_dir / "latest", f"builds/{build_id}")
 
     def sources(self, project: str, branch: str, build_id: int | None = None) -> AptSource:
         branch_dir = self._branch_dir(project, branch)
@@ -365,7 +295,7 @@ class LocalAptRepository:
             target = lock_dir / "builds" / str(build.build_id)
         if not lock_dir.is_dir():
             return
-        with _locked(lock_dir):
+        with apttree.locked(lock_dir):
             if build.kind != "personal" and _latest_build_id(lock_dir / "latest") == build.build_id:
                 raise PermanentError(
                     f"build {build.build_id} is what latest of {build.project}/{build.branch} serves; "
@@ -385,13 +315,13 @@ class LocalAptRepository:
         it) never loses its temp tree.  Costs one directory listing per branch.
         """
         freed = 0
-        for lock_file in sorted(self.root.glob(f"*/*/{LOCK_FILE}")) + sorted(
-            self.root.glob(f"*/{PERSONAL_DIR}/*/{LOCK_FILE}")
+        for lock_file in sorted(self.root.glob(f"*/*/{apttree.LOCK_FILE}")) + sorted(
+            self.root.glob(f"*/{PERSONAL_DIR}/*/{apttree.LOCK_FILE}")
         ):
             directory = lock_file.parent
             if directory.name == PERSONAL_DIR:
                 continue
-            with _locked(directory):
+            with apttree.locked(directory):
                 for leftover in _leftovers(directory):
                     freed += _tree_bytes(leftover)
                     shutil.rmtree(leftover, ignore_errors=True)
@@ -407,6 +337,16 @@ class LocalAptRepository:
     def sync_mirror(self, mirror: MirrorConfig) -> MirrorStatus:
         """Nothing to copy: check that the upstream answers (Release, Packages) and count its packages."""
         return check_upstream(mirror)
+
+
+def _carried(state: BranchState, where: dict[str, Path], *, skip: set[str]) -> list[PackageFile]:
+    """The files of ``state`` (but ``skip``) as packages to link from the published trees ``where``
+    says they are in."""
+    files = [f for f in aptbranch.files_of(state) if f.filename not in skip]
+    missing = [f.filename for f in files if f.filename not in where]
+    if missing:
+        raise PermanentError(f"the branch's record names {', '.join(missing)}, which no published tree holds")
+    return [PackageFile(f.filename, f.sha256, f.size, where[f.filename]) for f in files]
 
 
 def _leftovers(directory: Path) -> list[Path]:

@@ -9,11 +9,16 @@ A mirror with a key (``signed_by``) is checked the way apt checks it: the signed
 (or, where there is none, ``Release`` with its detached ``Release.gpg``) must verify with
 ``gpgv`` against that key alone, and only the text the signature covers is read; its apt line
 is then ``[signed-by=<key>]`` instead of ``[trusted=yes]``, so apt refuses a tampered upstream too.
+
+A mirror's own host is the admin's choice (it may well be an internal one), but a redirect is
+the upstream's: every request after the first passes the farm's URL policy
+(:func:`fetch_client`, which any fetch of a URL from outside should use).
 """
 
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import gzip
 import hashlib
 import lzma
@@ -23,6 +28,7 @@ import time
 import typing as t
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 from debian.deb822 import Release
@@ -31,6 +37,7 @@ from buildfarm.backends.base import AptSource, MirrorStatus
 from buildfarm.model.errors import PermanentError, ServiceUnavailableError
 from buildfarm.model.mirrors import check_mirror, signing_key
 from buildfarm.model.settings import MirrorConfig
+from buildfarm.model.urlpolicy import UrlPolicy, UrlRefusedError, check_url
 
 HTTP_TIMEOUT_SECONDS = 30.0
 """Bound on each request (connect and each read): a mirror slower than this is taken as down."""
@@ -56,12 +63,47 @@ def upstream_source(mirror: MirrorConfig) -> AptSource:
     )
 
 
-def check_upstream(mirror: MirrorConfig, timeout: float = HTTP_TIMEOUT_SECONDS) -> MirrorStatus:
-    """Read the mirror's Release and Packages indexes; one clear error naming the mirror if wrong."""
+MAX_REDIRECTS = 5
+"""Redirects followed per request (httpx's default is 20): a mirror moves once, not five times."""
+
+
+def fetch_client(
+    policy: UrlPolicy, timeout: float = HTTP_TIMEOUT_SECONDS, trusted: str | None = None
+) -> httpx.Client:
+    """An HTTP client whose every request, redirects included, passes ``policy`` first.
+
+    ``trusted`` is a URL an admin configured (a mirror): requests to its host and port are not
+    checked, since the admin chose them. A refused request raises :class:`UrlRefusedError`.
+    """
+    own = urlsplit(trusted) if trusted else None
+
+    def police(request: httpx.Request) -> None:
+        url = str(request.url)
+        if own is not None and (request.url.host, request.url.port) == (own.hostname, own.port):
+            return
+        check_url(url, policy)
+
+    return httpx.Client(
+        timeout=timeout,
+        follow_redirects=True,
+        max_redirects=MAX_REDIRECTS,
+        event_hooks={"request": [police]},
+    )
+
+
+def check_upstream(
+    mirror: MirrorConfig, timeout: float = HTTP_TIMEOUT_SECONDS, policy: UrlPolicy | None = None
+) -> MirrorStatus:
+    """Read the mirror's Release and Packages indexes; one clear error naming the mirror if wrong.
+
+    The mirror's own URL is the admin's; where it redirects must pass ``policy`` (default: the
+    farm's default, public hosts over https)."""
     check_mirror(mirror)
     started = time.monotonic()
     base = f"{mirror.url.rstrip('/')}/dists/{mirror.distribution}"
-    with httpx.Client(timeout=timeout, follow_redirects=True) as http:
+    hosts = policy or UrlPolicy()  # apt mirrors are plain http as often as not: only hosts matter
+    hosts = dataclasses.replace(hosts, schemes=hosts.schemes | {"http", "https"})
+    with fetch_client(hosts, timeout, trusted=mirror.url) as http:
         release = Release(_release(http, mirror, base))
         listed = {entry["name"]: entry for entry in release.get("SHA256", [])}
         declared = {
@@ -178,6 +220,10 @@ def _get(http: httpx.Client, mirror: MirrorConfig, url: str, missing_ok: bool = 
     """``url``'s body; None for a 404 when ``missing_ok``; one clear error naming the mirror otherwise."""
     try:
         response = http.get(url)
+    except UrlRefusedError as exc:
+        raise PermanentError(
+            f"mirror {mirror.name!r}: {url} redirects to a host the farm does not fetch from"
+        ) from exc
     except httpx.HTTPError as exc:
         raise ServiceUnavailableError(
             f"mirror {mirror.name!r}: its upstream cannot be reached ({url}): {exc}", 30.0

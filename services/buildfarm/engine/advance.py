@@ -14,12 +14,16 @@ state, ``error`` says what it waits for in one line, and the reaper's next ``adv
 again: staging at every reaper period, publishing after a pause that grows with the outage
 (settings ``repository_retry_min_seconds`` to ``repository_retry_max_seconds``).  After
 ``repository_give_up_seconds`` without success, or at once for a permanent error, the build
-fails with that line; ``retry`` then tries again.
+fails with that line; ``retry`` then tries again.  A full or read-only disk under the local
+repository, the artifact directory or the work directory is such a temporary outage too; any other
+exception (permission denied, a bug) fails the build at once with its reason
+(:func:`repository_fault`).  No fault leaves the publish claim taken or the build without a word.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
 import shutil
 import tempfile
@@ -32,7 +36,7 @@ from sqlalchemy.orm import Session
 from buildfarm.backends.base import BuildRef, PackageFile
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import moves_latest
-from buildfarm.model.errors import BuildfarmError, TemporaryError
+from buildfarm.model.errors import BuildfarmError, PermanentError, TemporaryError
 from buildfarm.model.retention import IMAGE_OUTPUT_PREFIX
 from buildfarm.state.models import (
     TERMINAL_BUILD_STATES,
@@ -180,7 +184,8 @@ def _stage(ctx: FarmContext, session: Session, build: Build, needs_stage: list[S
         with tempfile.TemporaryDirectory(dir=ctx.work_root, prefix="stage-") as tmp:
             packages = _materialize(ctx, _outputs(session, build.steps), Path(tmp))
             build.staging_source = ctx.repo.stage(build_ref(build), packages).line()
-    except BuildfarmError as exc:
+    except Exception as caught:  # a full or read-only disk too: the steps wait, saying why
+        exc = repository_fault(caught)
         line = one_line(exc)
         now = utcnow()
         if _gives_up(ctx, exc, waiting_since(build)):
@@ -252,10 +257,11 @@ def drop_staging(ctx: FarmContext, build_id: int) -> bool:
         ref = build_ref(session.get_one(Build, build_id))
     try:
         ctx.repo.drop_staging(ref)
-    except TemporaryError as exc:
-        log.warning("build %s: staging not dropped yet (the reaper tries again): %s", build_id, one_line(exc))
-        return False
-    except BuildfarmError as exc:
+    except Exception as caught:
+        exc = repository_fault(caught)
+        if isinstance(exc, TemporaryError):
+            log.warning("build %s: staging not dropped yet (the reaper retries): %s", build_id, one_line(exc))
+            return False
         log.warning("build %s: staging not dropped: %s", build_id, one_line(exc))
     with ctx.db.session() as session:
         session.execute(
@@ -287,15 +293,17 @@ def publish_build(ctx: FarmContext, build_id: int) -> bool:
         ref = build_ref(build)
         outputs = _outputs(session, build.steps)
         since = waiting_since(build)
-    tmp = Path(tempfile.mkdtemp(dir=ctx.work_root, prefix="publish-"))
+    tmp: Path | None = None
     try:
+        tmp = Path(tempfile.mkdtemp(dir=ctx.work_root, prefix="publish-"))
         packages = _materialize(ctx, outputs, tmp)
         source = ctx.repo.publish(ref, packages, move_latest=moves_latest(ref.kind))
-    except BuildfarmError as exc:
-        _publish_failed(ctx, build_id, since, exc)
+    except Exception as exc:  # any fault releases the claim: never `publishing` for 10 minutes unsaid
+        _publish_failed(ctx, build_id, since, repository_fault(exc))
         return False
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     with ctx.db.session() as session:
         session.execute(
             update(Build)
@@ -305,6 +313,38 @@ def publish_build(ctx: FarmContext, build_id: int) -> bool:
     log.info("build %s published: %s", build_id, source.line())
     drop_staging(ctx, build_id)
     return True
+
+
+TEMPORARY_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT}
+)
+"""Filesystem faults that an operator or time clears without anyone changing the build: a full
+disk or quota (space is freed), a read-only filesystem (remounted read-write after a repair or a
+maintenance window; the kernel also remounts ext4 read-only on an I/O error), a transient I/O or
+busy error.  Publishing pauses and tries again (bounded by ``repository_give_up_seconds``); any
+other ``OSError`` (permission denied, a missing directory: a configuration mistake) fails the
+build at once with its reason, and ``build retry`` publishes it once fixed."""
+
+
+def repository_fault(exc: Exception) -> BuildfarmError:
+    """Any exception met while staging or publishing, as the farm's temporary or permanent error (one line).
+
+    The repositories wrap their own errors already; what reaches here unwrapped is the machine
+    itself (``OSError`` from the artifact store's or the local repository's disk, a connection
+    error from a client library) or a bug, which is logged with its stack trace and is permanent.
+    """
+    if isinstance(exc, BuildfarmError):
+        return exc
+    if isinstance(exc, ConnectionError | TimeoutError) or (isinstance(exc, OSError) and exc.errno is None):
+        return TemporaryError(f"{type(exc).__name__}: {exc}")  # requests' and urllib3's errors too
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        reason = f"{exc.strerror or exc}{where}"
+        if exc.errno in TEMPORARY_ERRNOS:
+            return TemporaryError(f"the disk refused: {reason}")
+        return PermanentError(f"the disk refused: {reason}")
+    log.error("publishing failed on an unexpected error", exc_info=exc)
+    return PermanentError(f"unexpected {type(exc).__name__}: {exc}")
 
 
 def _publish_failed(ctx: FarmContext, build_id: int, since: dt.datetime, exc: BuildfarmError) -> None:

@@ -3,18 +3,32 @@
 A tree is a path of the manifest's own directory, a git clone, or (``prepared``, by index) a
 directory the API already unpacked from an uploaded tarball: a remote client sends its local
 ``path`` trees, since the farm cannot read the client's disk.
+
+git runs with user input on its command line, as the farm: every URL passes the farm's
+:class:`~buildfarm.model.urlpolicy.UrlPolicy` first (and its checked addresses are pinned),
+values come after ``--end-of-options``, and git's own configuration allows only that URL's
+protocol, follows no redirect and runs no hook.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from buildfarm.model.errors import ManifestError, TemporaryError
+from buildfarm.model import names
+from buildfarm.model.errors import ManifestError, NameError_, TemporaryError
 from buildfarm.model.manifest import ImageSource, Manifest, PackageSource, check_dockerfile
+from buildfarm.model.urlpolicy import (
+    AllowedUrl,
+    UrlPolicy,
+    UrlRefusedError,
+    check_url,
+    redact_text,
+)
 
 GIT_TIMEOUT_SECONDS = 300
 """A clone slower than 5 minutes is stuck (or enormous); fail it rather than hang a submit."""
@@ -33,50 +47,148 @@ GIT_NETWORK_FAILURES = (
 )
 """git's words for a server it could not reach or that failed mid-way: temporary (a nightly
 schedule tries again), unlike a missing repository or ref."""
+MAX_GIT_ERROR_CHARS = 400
+"""Bound on the git error text kept in a message: its first ``fatal:``/``error:`` lines."""
+GIT_ENV = {
+    "PATH": "/usr/bin:/bin",
+    "GIT_TERMINAL_PROMPT": "0",  # never wait for a password nobody types
+    "GIT_ASKPASS": "/bin/false",
+    "SSH_ASKPASS": "/bin/false",
+    "GIT_CONFIG_NOSYSTEM": "1",  # only the options below: no admin's or user's config applies
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_PROTOCOL_FROM_USER": "0",
+    "GIT_SSH_COMMAND": "ssh -o BatchMode=yes",
+}
+"""git's environment: nothing of the farm process's, no prompts, no config files."""
 
 
-def _git(args: list[str], cwd: Path, what: str) -> None:
+def _git_options(allowed: AllowedUrl | None) -> list[str]:
+    """``-c`` options of every git run: only the checked URL's protocol, no redirects (to a host
+    that was not checked), no hooks, and (http/https) the checked addresses pinned."""
+    options = {
+        "protocol.allow": "never",
+        "protocol.file.allow": "never",
+        "protocol.ext.allow": "never",
+        "http.followRedirects": "false",
+        "core.hooksPath": "/dev/null",
+        "core.fsmonitor": "false",
+        "submodule.recurse": "false",
+    }
+    if allowed is not None:
+        options[f"protocol.{allowed.scheme}.allow"] = "always"
+    out: list[str] = []
+    for key, value in options.items():
+        out += ["-c", f"{key}={value}"]
+    if allowed is not None and allowed.scheme in {"http", "https"}:
+        pinned = ",".join(f"[{a}]" if ":" in a else a for a in allowed.addresses)
+        out += ["-c", f"http.curloptResolve={allowed.host}:{allowed.port}:{pinned}"]
+    return out
+
+
+def _git_error(stderr: str) -> str:
+    """git's meaningful lines (``fatal:``/``error:`` and what follows them; secrets hidden),
+    bounded: not its last line, which is often the end of a hint."""
+    lines = [line.strip() for line in (stderr or "").splitlines() if line.strip()]
+    first = next((i for i, line in enumerate(lines) if line.startswith(("fatal:", "error:"))), 0)
+    kept = [line for line in lines[first:] if not line.startswith("hint:")][:3]
+    text = redact_text(" ".join(kept)) or "(no message)"
+    return text if len(text) <= MAX_GIT_ERROR_CHARS else text[: MAX_GIT_ERROR_CHARS - 3] + "..."
+
+
+def _git(args: list[str], cwd: Path, what: str, allowed: AllowedUrl | None = None) -> None:
     try:
         subprocess.run(
-            ["git", *args],
+            ["git", *_git_options(allowed), *args],
             cwd=cwd,
             check=True,
             capture_output=True,
             text=True,
             timeout=GIT_TIMEOUT_SECONDS,
-            env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/bin:/bin"},
+            env=GIT_ENV,
+            stdin=subprocess.DEVNULL,
         )
     except FileNotFoundError as exc:
         raise ManifestError("git is not installed (Debian package: git)") from exc
     except subprocess.TimeoutExpired as exc:
         raise TemporaryError(f"{what}: git {args[0]} took over {GIT_TIMEOUT_SECONDS} s") from exc
     except subprocess.CalledProcessError as exc:
-        last = (exc.stderr or "").strip().splitlines()[-1:] or ["(no message)"]
-        message = f"{what}: git {args[0]} failed: {last[0]}"
-        if any(words in (exc.stderr or "").lower() for words in GIT_NETWORK_FAILURES):
-            raise TemporaryError(message) from exc
-        raise ManifestError(message) from exc
+        stderr = exc.stderr or ""
+        if allowed is not None and any(words in stderr.lower() for words in GIT_NETWORK_FAILURES):
+            # one message whether the port is closed, filtered or dropped mid-way: a failed fetch
+            # tells nothing about what listens there
+            raise TemporaryError(
+                f"{what}: git {args[0]} failed: no git server answered at {allowed.host} port {allowed.port}"
+            ) from exc
+        raise ManifestError(f"{what}: git {args[0]} failed: {_git_error(stderr)}") from exc
 
 
-def checkout(url: str, ref: str, clone: Path, what: str) -> None:
+def checkout(url: str, ref: str, clone: Path, what: str, policy: UrlPolicy) -> None:
     """Check out ``ref`` of the git repository ``url`` (shallow) into the new directory ``clone``;
-    a failure is one line naming ``what``."""
+    a failure is one line naming ``what``.
+
+    ``url`` must pass ``policy`` (a network URL of an allowed host) and ``ref`` git's ref rules,
+    whoever checked them before: nothing reaches git's command line as an option.
+    """
+    try:
+        allowed = check_url(url, policy)
+        names.check_git_ref(ref)
+    except (UrlRefusedError, NameError_) as exc:
+        raise ManifestError(f"{what}: {exc}") from exc
+    except TemporaryError as exc:
+        raise TemporaryError(f"{what}: {exc}", exc.retry_after) from exc
     clone.mkdir()
     _git(["init", "-q"], clone, what)
-    _git(["fetch", "-q", "--depth", "1", url, ref], clone, what)
-    _git(["checkout", "-q", "FETCH_HEAD"], clone, what)
+    _git(["fetch", "-q", "--depth", "1", "--end-of-options", allowed.url, ref], clone, what, allowed)
+    _git(["checkout", "-q", "--detach", "FETCH_HEAD", "--"], clone, what)
+    _refuse_escaping_links(clone, what)
 
 
-def _clone(source: PackageSource | ImageSource, clone: Path, what: str) -> Path:
+def _refuse_escaping_links(clone: Path, what: str) -> None:
+    """A symlink of the checked-out tree must stay inside it: ``debian/changelog -> /etc/shadow``
+    would otherwise be read as the farm, and its first line shown in a parse error."""
+    root = clone.resolve()
+    for directory, dirnames, filenames in os.walk(clone):
+        dirnames[:] = [d for d in dirnames if d != ".git"]
+        for name in (*dirnames, *filenames):
+            path = Path(directory) / name
+            if path.is_symlink() and not _inside(path, root):
+                shown = path.relative_to(clone).as_posix()
+                raise ManifestError(f"{what}: symlink {shown} points outside the repository")
+
+
+def _inside(link: Path, root: Path) -> bool:
+    try:
+        return link.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a symlink loop: nothing a build can use
+        return False
+
+
+def check_source_urls(manifest: Manifest, policy: UrlPolicy) -> None:
+    """Every git URL of ``manifest`` passes ``policy`` before anything is fetched: a refused
+    one costs no clone of the others, and answers the same whatever else the manifest holds."""
+    for field, sources in (("packages", manifest.packages), ("images", manifest.images)):
+        for index, source in enumerate(sources):
+            if source.git is None:
+                continue
+            where = f"{field}[{index}] ({source.describe()})"
+            try:
+                check_url(source.git, policy)
+            except UrlRefusedError as exc:
+                raise ManifestError(f"{where}: {exc}") from exc
+            except TemporaryError as exc:
+                raise TemporaryError(f"{where}: {exc}", exc.retry_after) from exc
+
+
+def _clone(source: PackageSource | ImageSource, clone: Path, what: str, policy: UrlPolicy) -> Path:
     """Check out ``source``'s ref into the empty directory ``clone``; the subdir it names."""
     assert source.git is not None and source.ref is not None
-    checkout(source.git, source.ref, clone, what)
+    checkout(source.git, source.ref, clone, what, policy)
     return (clone / source.subdir).resolve()
 
 
 @contextmanager
 def source_directories(
-    manifest: Manifest, root: Path, prepared: dict[int, Path] | None = None
+    manifest: Manifest, root: Path, policy: UrlPolicy, prepared: dict[int, Path] | None = None
 ) -> Iterator[list[tuple[PackageSource, Path]]]:
     """Yield (package, directory with debian/) for each package; clones live until the block ends.
 
@@ -94,7 +206,7 @@ def source_directories(
                 continue
             clone = Path(scratch) / str(index)
             what = f"packages[{index}] ({package.describe()})"
-            directory = _clone(package, clone, what)
+            directory = _clone(package, clone, what, policy)
             if not directory.is_relative_to(clone) or not (directory / "debian" / "control").is_file():
                 raise ManifestError(f"{what}: no debian/control in {package.subdir!r} of that ref")
             out.append((package, directory))
@@ -103,7 +215,7 @@ def source_directories(
 
 @contextmanager
 def context_directories(
-    manifest: Manifest, root: Path, prepared: dict[int, Path] | None = None
+    manifest: Manifest, root: Path, policy: UrlPolicy, prepared: dict[int, Path] | None = None
 ) -> Iterator[list[tuple[ImageSource, Path]]]:
     """Yield (image, context directory) for each image step; clones live until the block ends.
 
@@ -123,7 +235,7 @@ def context_directories(
                     raise ManifestError(f"{where}: context directory {image.path!r} does not exist")
             else:
                 clone = Path(scratch) / str(index)
-                directory = _clone(image, clone, where)
+                directory = _clone(image, clone, where, policy)
                 if not directory.is_relative_to(clone) or not directory.is_dir():
                     raise ManifestError(f"{where}: no directory {image.subdir!r} in that ref")
             check_dockerfile(directory, image, where)

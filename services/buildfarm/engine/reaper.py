@@ -1,5 +1,7 @@
 """Put lost work back in play: expired leases, ready steps nobody took, stuck publications,
-staging repositories a finished build could not drop while the repository was down.
+staging repositories a finished build could not drop while the repository was down; and remove
+what dead attempts left on this machine: their work directories and the sbuild chroots (~0.6 GB
+each, in ``/dev/shm`` by default) of builders that were killed before they could clean up.
 
 Run every ``reaper_seconds`` by the one scheduler (celery beat).  Everything it does is a
 conditional UPDATE, so two reapers (a second beat started by mistake) cannot double anything.
@@ -7,15 +9,30 @@ conditional UPDATE, so two reapers (a second beat started by mistake) cannot dou
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import os
+import re
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import select, update
 
 from buildfarm.engine.advance import drop_staging
 from buildfarm.engine.context import FarmContext
-from buildfarm.state.models import TERMINAL_BUILD_STATES, Build, BuildState, Step, StepState, utcnow
+from buildfarm.model import names
+from buildfarm.runners.sbuild import chroot_root
+from buildfarm.state.models import (
+    TERMINAL_BUILD_STATES,
+    TERMINAL_STEP_STATES,
+    Build,
+    BuildState,
+    Step,
+    StepState,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +47,7 @@ class ReapReport:
     redispatched: list[int] = field(default_factory=list)  # ready steps sent to the queue again
     builds_advanced: list[int] = field(default_factory=list)
     staging_dropped: list[int] = field(default_factory=list)  # finished builds' leftover staging
+    swept: list[Path] = field(default_factory=list)  # dead attempts' work directories and chroots
 
 
 def reap(ctx: FarmContext) -> ReapReport:
@@ -92,4 +110,85 @@ def reap(ctx: FarmContext) -> ReapReport:
         if not drop_staging(ctx, build_id):
             break  # the repository is down: the others would wait on it too
         report.staging_dropped.append(build_id)
+    report.swept = sweep_dead_attempts(ctx)
     return report
+
+
+SWEEPS_PER_ROUND = 20
+"""Directories removed per round: a node that died with many attempts costs each round a bounded
+amount of disk work."""
+_ATTEMPT_DIR = re.compile(r"^(\d+)-(.+)-(\d+)$")  # runners.base.attempt_dirname
+
+
+def _attempt_dirs(ctx: FarmContext) -> list[tuple[Path, tuple[int, str, int]]]:
+    """The farm's own per-attempt directories on this machine: work directories under the work
+    root, chroot parents under the farm's sbuild directory; with the attempt each belongs to."""
+    found = []
+    for parent in (ctx.work_root, chroot_root(ctx.settings.sbuild_tmpdir, ctx.settings.state_dir)):
+        try:
+            entries = list(parent.iterdir())
+        except OSError:
+            continue  # no chroot directory yet
+        for path in entries:
+            match = _ATTEMPT_DIR.match(path.name)
+            if match and path.is_dir() and not path.is_symlink():
+                found.append((path, (int(match[1]), match[2], int(match[3]))))
+    return found
+
+
+def _in_use(paths: list[Path]) -> set[Path]:
+    """Which of ``paths`` a live process works in: its cwd, root or an open file lies below."""
+    prefixes = {str(p): p for p in paths}
+    used: set[Path] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        links = [f"/proc/{entry}/cwd", f"/proc/{entry}/root"]
+        with contextlib.suppress(OSError):  # gone, or not ours to look at: its cwd and root still count
+            links += [f"/proc/{entry}/fd/{fd}" for fd in os.listdir(f"/proc/{entry}/fd")]
+        for link in links:
+            try:
+                target = os.readlink(link)
+            except OSError:
+                continue
+            for prefix, path in prefixes.items():
+                if target == prefix or target.startswith(prefix + "/"):
+                    used.add(path)
+    return used
+
+
+def sweep_dead_attempts(ctx: FarmContext) -> list[Path]:
+    """Remove the work directories and sbuild chroots of attempts that are over.
+
+    A directory is removed only if (read in this order, so an attempt claimed meanwhile is never
+    taken for a dead one) it was listed before the database said its attempt is over (the step
+    moved on to a newer attempt, finished, or no longer exists) and no live process uses it (a
+    cancelled builder still stopping).  A ready step's current attempt is kept: it may be adopted.
+    """
+    candidates = _attempt_dirs(ctx)
+    if not candidates:
+        return []
+    with ctx.db.session() as session:
+        steps = session.execute(
+            select(Step.build_id, Step.name, Step.attempt, Step.state).where(
+                Step.build_id.in_({build_id for _, (build_id, _, _) in candidates})
+            )
+        ).all()
+    current = {(b, names.to_safe(n)): (a, state) for b, n, a, state in steps}
+    dead = []
+    for path, (build_id, safe_name, attempt) in candidates:
+        step = current.get((build_id, safe_name))
+        if step is None or step[0] > attempt or (step[0] == attempt and step[1] in TERMINAL_STEP_STATES):
+            dead.append(path)
+    if not dead:
+        return []
+    used = _in_use(dead)
+    swept = []
+    for path in [p for p in dead if p not in used][:SWEEPS_PER_ROUND]:
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            log.info("reaper: removed %s, left by a dead attempt", path)
+            swept.append(path)
+        else:
+            log.warning("reaper: could not remove %s, left by a dead attempt", path)
+    return swept

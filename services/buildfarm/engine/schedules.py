@@ -62,6 +62,7 @@ from buildfarm.model.errors import (
 )
 from buildfarm.model.manifest import BuildKind, Manifest, load_manifest, parse_manifest
 from buildfarm.model.settings import ScheduleConfig, Settings
+from buildfarm.model.urlpolicy import redact_url
 from buildfarm.state.models import Build, Role, ScheduleRun
 
 log = logging.getLogger(__name__)
@@ -411,10 +412,10 @@ def scheduled_manifest(ctx: FarmContext, schedule: ScheduleConfig) -> Iterator[t
         yield _for_schedule(schedule, load_manifest(path), str(path)), path.parent.resolve()
         return
     ref = schedule.ref or "HEAD"
-    where = f"{schedule.git}@{ref}:{schedule.manifest}"
+    where = f"{redact_url(schedule.git)}@{ref}:{schedule.manifest}"
     with TemporaryDirectory(dir=ctx.work_root, prefix="schedule-") as scratch:
         clone = Path(scratch) / "tree"
-        checkout(schedule.git, ref, clone, f"schedule {schedule.name}")
+        checkout(schedule.git, ref, clone, f"schedule {schedule.name}", ctx.settings.url_policy)
         path = (clone / schedule.manifest).resolve()
         if not path.is_relative_to(clone.resolve()):
             raise ManifestError(f"{where}: the manifest path escapes the tree")
@@ -504,7 +505,7 @@ def list_schedules(ctx: FarmContext, now: dt.datetime) -> list[ScheduleView]:
 def _describe_source(schedule: ScheduleConfig) -> str:
     if schedule.git is None:
         return f"farm:{schedule.manifest}"
-    return f"{schedule.git}@{schedule.ref or 'HEAD'}:{schedule.manifest}"
+    return f"{redact_url(schedule.git)}@{schedule.ref or 'HEAD'}:{schedule.manifest}"
 
 
 def _iso(moment: dt.datetime | None) -> str | None:

@@ -13,7 +13,6 @@ The lease is the single source of truth for "who builds this step now":
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import shutil
@@ -31,7 +30,7 @@ from buildfarm.engine.images import bring_into_namespace, dependency_images, ima
 from buildfarm.model import names
 from buildfarm.model.errors import BuildfarmError
 from buildfarm.model.images import image_prefix
-from buildfarm.runners.base import ImageSpec, StepJob, StepResult
+from buildfarm.runners.base import ImageSpec, StepJob, StepResult, attempt_dirname
 from buildfarm.runners.lost import StepLost
 from buildfarm.state.models import (
     IMAGE_OUTPUT_PREFIX,
@@ -179,6 +178,34 @@ class _Heartbeat(threading.Thread):
                 return
 
 
+KILLED_ATTEMPTS_MAX = 3
+"""A step whose builder the system kills (``SIGKILL`` from the OOM killer, an operator's signal)
+is built again on a new attempt up to this attempt number; then it fails with the reason."""
+
+
+class _Killed(Exception):
+    """The builder died of a signal the farm did not send (see :attr:`StepResult.killed_by`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _write(writer: LogWriter, line: str, step_id: int) -> None:
+    """A line of the farm's own in the step log; a store that refuses it loses only that line."""
+    try:
+        writer.write_line(line)
+    except (BuildfarmError, OSError) as exc:
+        log.warning("step %s: a log line was not stored: %s", step_id, exc)
+
+
+def _close(writer: LogWriter, step_id: int) -> None:
+    try:
+        writer.close()
+    except (BuildfarmError, OSError) as exc:
+        log.warning("step %s: the end of its log was not stored: %s", step_id, exc)
+
+
 def run_step(ctx: FarmContext, step_id: int, node: str) -> str:
     """Run a ready step on this node. Returns what happened, for the task's result and logs."""
     claim = claim_step(ctx, step_id, node)
@@ -186,47 +213,56 @@ def run_step(ctx: FarmContext, step_id: int, node: str) -> str:
         return "not-claimed"
     try:
         writer = ctx.store.open_log(claim.log_key)
-    except BuildfarmError as exc:  # the store is down: fail this attempt now, not when its lease ends
+    except (BuildfarmError, OSError) as exc:  # the store is down: fail the attempt now, not at lease end
         finish_step(ctx, claim, [], f"the step's log could not be opened: {exc}")
         ctx.dispatcher.advance(claim.build_id)
         return "failed"
+    try:
+        return _run_claimed(ctx, claim, writer, node)
+    finally:  # on every path: a full log store must not leak the writer's file or connection
+        _close(writer, claim.step_id)
+
+
+def _run_claimed(ctx: FarmContext, claim: Claim, writer: LogWriter, node: str) -> str:
     cancel = threading.Event()
     heartbeat = _Heartbeat(ctx, claim, cancel)
     heartbeat.start()
-    workdir = Path(ctx.work_root) / f"{claim.build_id}-{names.to_safe(claim.name)}-{claim.attempt}"
-    if claim.adopted:
-        writer.write_line(f"buildfarm: node {node} adopts attempt {claim.attempt}: its Job still exists")
-    lost = False
+    workdir = Path(ctx.work_root) / attempt_dirname(claim.build_id, names.to_safe(claim.name), claim.attempt)
+    lost: str | None = None
     try:
+        if claim.adopted:
+            writer.write_line(f"buildfarm: node {node} adopts attempt {claim.attempt}: its Job still exists")
         outcome = _build(ctx, claim, writer, workdir, cancel)
     except StepLost:  # the builder pod vanished: not a failure; the step goes back to the queue
-        lost, outcome = True, (None, [])
+        lost, outcome = "its builder pod vanished", (None, [])
+    except _Killed as killed:
+        lost, outcome = killed.reason, (None, [])
+    except (BuildfarmError, OSError) as exc:  # the log store refused a line: the attempt fails with it
+        outcome = (f"the step's log could not be written: {exc}", [])
     finally:
         heartbeat.stopped.set()
         heartbeat.join()
         shutil.rmtree(workdir, ignore_errors=True)
     if heartbeat.lost:
-        writer.write_line(
-            f"buildfarm: lease of attempt {claim.attempt} lost; this attempt's outputs are discarded"
+        _write(
+            writer,
+            f"buildfarm: lease of attempt {claim.attempt} lost; this attempt's outputs are discarded",
+            claim.step_id,
         )
-        writer.close()
         return "lease-lost"
-    if lost:
-        with contextlib.suppress(BuildfarmError):
-            writer.close()
-        builders.requeue_lost(ctx, claim.step_id, claim.attempt, claim.owner, "its builder pod vanished")
-        return "pod-lost"
+    if lost is not None:
+        _write(writer, f"buildfarm: attempt {claim.attempt}: {lost}; the step is built again", claim.step_id)
+        builders.requeue_lost(ctx, claim.step_id, claim.attempt, claim.owner, lost)
+        return "pod-lost" if lost.startswith("its builder pod") else "killed"
     error, outputs = outcome
     accepted = finish_step(ctx, claim, outputs, error)
-    try:
-        writer.write_line(
-            f"buildfarm: step {claim.name} attempt {claim.attempt} on {node}: "
-            + ("failed: " + error if error else "succeeded")
-            + ("" if accepted else " (not recorded: lease lost)")
-        )
-        writer.close()
-    except BuildfarmError as exc:  # the result is recorded; only the log's tail is lost
-        log.warning("step %s: the end of its log was not stored: %s", claim.step_id, exc)
+    _write(
+        writer,
+        f"buildfarm: step {claim.name} attempt {claim.attempt} on {node}: "
+        + ("failed: " + error if error else "succeeded")
+        + ("" if accepted else " (not recorded: lease lost)"),
+        claim.step_id,
+    )
     ctx.dispatcher.advance(claim.build_id)
     if not accepted:
         return "lease-lost"
@@ -276,6 +312,10 @@ def _build(
         )
         job.workdir.mkdir()
         result: StepResult = runner.run(job)
+        if not result.ok and result.killed_by and claim.attempt < KILLED_ATTEMPTS_MAX:
+            raise _Killed(f"its builder was killed by {result.killed_by}, not by the farm")
+        if not result.ok and result.killed_by:
+            return f"{result.error or 'build failed'} (attempt {claim.attempt} of {KILLED_ATTEMPTS_MAX})", []
         if not result.ok:
             return result.error or "build failed", []
         if target.image is not None:

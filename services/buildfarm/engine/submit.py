@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from buildfarm.engine.context import FarmContext
-from buildfarm.engine.fetch import context_directories, source_directories
+from buildfarm.engine.fetch import check_source_urls, context_directories, source_directories
 from buildfarm.engine.images import image_spec_record
 from buildfarm.model import names
 from buildfarm.model.images import registry_host
@@ -50,10 +50,11 @@ def submit_build(
     """
     names.check_simple_name(user, "user")
     ctx.dispatcher.check()  # an unreachable broker is found before anything is recorded
+    check_source_urls(manifest, ctx.settings.url_policy)
     planned = []
     tarballs: dict[str, str] = {}
     explicit: dict[str, tuple[str, ...]] = {}
-    with source_directories(manifest, root, prepared) as sources:
+    with source_directories(manifest, root, ctx.settings.url_policy, prepared) as sources:
         for package, directory in sources:
             info = read_source_info(directory, package.describe())
             digest = tree_hash(directory)
@@ -63,7 +64,7 @@ def submit_build(
                 explicit[info.name] = tuple(package.depends)
     images: list[tuple[str, ImageInfo, str]] = []
     specs: dict[str, dict[str, object]] = {}
-    with context_directories(manifest, root, prepared_contexts) as contexts:
+    with context_directories(manifest, root, ctx.settings.url_policy, prepared_contexts) as contexts:
         for image, directory in contexts:
             info_image = ImageInfo(
                 name=image.name,

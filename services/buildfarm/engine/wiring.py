@@ -79,12 +79,12 @@ def make_runner(settings: Settings, store: ArtifactStore | None = None) -> Runne
         if settings.artifacts != "s3" or not isinstance(store, S3ArtifactStore):
             raise PermanentError("runner kubernetes needs artifacts: s3 (builder pods use presigned URLs)")
         return KubernetesRunner(settings, store)
-    from buildfarm.runners.sbuild import SbuildRunner
+    from buildfarm.runners.sbuild import SbuildRunner, chroot_root
 
     return SbuildRunner(
         base_tarball=settings.effective_base_tarball,
         distribution=settings.distribution,
-        tmpdir=settings.sbuild_tmpdir,
+        tmpdir=chroot_root(settings.sbuild_tmpdir, settings.state_dir),
     )
 
 

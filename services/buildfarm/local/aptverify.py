@@ -3,7 +3,8 @@
 ``buildfarm repo verify`` (and ``make demo``) use this to show that what the farm published is
 what apt gets, byte for byte.  A signed repository is read as a user reads it: its apt line
 with ``signed-by`` pointing at the farm's public key (and no ``trusted=yes``), so a Release file
-that does not verify with that key fails the update.
+that does not verify with that key fails the update. A repository server that cannot be reached
+is a temporary error (exit 3: try again later), not a verdict on what was published.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from buildfarm.engine.advance import producing_step_id
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import moves_latest
 from buildfarm.local.aptclient import AptClient, AptError
-from buildfarm.model.errors import NotFoundError, PermanentError
+from buildfarm.model.errors import NotFoundError, PermanentError, ServiceUnavailableError
 from buildfarm.state.models import Build, BuildState, StepOutput
 
 
@@ -75,14 +76,33 @@ def verify(ctx: FarmContext, project: str, branch: str, build_id: int | None = N
                 digest = hashlib.sha256(downloaded.read_bytes()).hexdigest()
                 results.append(VerifiedPackage(package, downloaded.name, sha256, digest == sha256))
         except AptError as exc:
+            if _unreachable(exc):
+                raise ServiceUnavailableError(
+                    f"the repository server does not answer ({source.url}): {_reason(exc)}"
+                ) from exc
             raise PermanentError(f"apt could not use {source.line()}: {_reason(exc)}") from exc
     return results
+
+
+UNREACHABLE = (
+    "Could not connect to",
+    "Connection failed",
+    "Connection timed out",
+    "Unable to connect to",
+    "Temporary failure resolving",
+    "Could not resolve",
+)
+"""apt's words for a server it could not talk to (as opposed to what the server answered)."""
+
+
+def _unreachable(exc: AptError) -> bool:
+    return any(marker in str(exc) for marker in UNREACHABLE)
 
 
 def _reason(exc: AptError) -> str:
     """The line of apt's output that says why: a signature's verdict, else its first error."""
     lines = [line.strip() for line in str(exc).strip().splitlines()]
-    for marker in ("GPG error", "E: "):
+    for marker in ("GPG error", *UNREACHABLE, "E: "):
         found = next((line for line in lines if marker in line), None)
         if found is not None:
             return found

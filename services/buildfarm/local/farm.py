@@ -1,17 +1,21 @@
 """Start, stop and inspect the local farm: Redis, the repository server, N nodes, one scheduler.
 
-Everything lives in one state directory: ``farm.json`` (what was started, read by every process
-through the settings), pid files, logs, the SQLite database, artifacts and repositories, and the
-farm's signing key (``signing/``, made on first start when no ``signing_key_file`` is set).
+Everything lives in one state directory, private to its owner (:mod:`buildfarm.local.private`):
+``farm.json`` (what was started, read by every process through the settings: ports, the private
+Redis's password, the nodes, the environment the farm was started with), pid files, logs, the
+SQLite database, artifacts and repositories, and the farm's signing key (``signing/``, made on
+first start when no ``signing_key_file`` is set).
+
+``start`` on a farm of which some processes still run starts only the missing ones, from the farm
+file, and never touches the running ones nor the broker's data: a node that died comes back
+under its own name while a build runs on the other node. Nodes come and go one by one with
+:mod:`buildfarm.local.nodes`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,29 +23,37 @@ from typing import Any
 import redis
 
 from buildfarm.backends.signing import generate_key, signing_dir, signing_home, stop_agent
-from buildfarm.dispatch.celery_app import BUILD_QUEUE, CONTROL_QUEUE, make_celery, node_queue
+from buildfarm.dispatch.celery_app import BUILD_QUEUE, CONTROL_QUEUE, node_queue
 from buildfarm.engine.wiring import check_backends
-from buildfarm.local.procs import (
-    Supervisor,
-    free_port,
-    port_open,
-    redis_server_command,
-    registry_command,
-    registry_config,
-    registry_env,
-    wait_until,
+from buildfarm.local import launch
+from buildfarm.local.launch import (
+    API,
+    CORE,
+    REDIS,
+    REGISTRY,
+    REPO_SERVER,
+    SCHEDULER,
+    expected_processes,
+    farm_nodes,
+    node_names,
+    recorded_environment,
+    stopped_nodes,
 )
+from buildfarm.local.private import (
+    new_password,
+    private_state_dir,
+    redacted_url,
+    url_password,
+    write_private_json,
+)
+from buildfarm.local.procs import Supervisor, free_port, port_open
 from buildfarm.model.errors import PermanentError, ServiceUnavailableError
 from buildfarm.model.settings import FARM_FILE, Settings, load_settings
 from buildfarm.state.db import upgrade
 
-READY_TIMEOUT_SECONDS = 60.0
-"""Bound on waiting for Redis, the repository server and every node to answer after start."""
-SCHEDULER = "scheduler"
+__all__ = ["SCHEDULER", "FarmStatus", "node_names", "start", "status", "stop"]
 
-
-def node_names(count: int) -> list[str]:
-    return [f"node{i}" for i in range(1, count + 1)]
+DEFAULT_NODES = 2
 
 
 @dataclass
@@ -57,6 +69,9 @@ class FarmStatus:
     nodes: dict[str, Any] = field(default_factory=dict)
     queues: dict[str, int] = field(default_factory=dict)
     running_steps: list[dict[str, Any]] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    """What this ``start`` started (empty: everything was running already)."""
+    warnings: list[str] = field(default_factory=list)
 
 
 def _farm_file(settings: Settings) -> Path:
@@ -70,11 +85,8 @@ def read_farm_file(settings: Settings) -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
 
 
-def _child_env(state_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["BUILDFARM_STATE_DIR"] = str(state_dir)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
+def write_farm_file(settings: Settings, record: dict[str, Any]) -> None:
+    write_private_json(_farm_file(settings), record)
 
 
 def _check_tools(settings: Settings) -> None:
@@ -106,21 +118,34 @@ def forget_runtime(settings: Settings) -> None:
     _farm_file(settings).unlink(missing_ok=True)
 
 
-def start(settings: Settings, nodes: int = 2, prepare: Any = None) -> FarmStatus:
-    """Start every process of the local farm (idempotent: a running farm is left as it is)."""
-    if nodes < 1:
+def any_alive(settings: Settings) -> bool:
+    """Cheap check (pid files only) that some process of the farm still runs."""
+    sup = Supervisor(settings.state_dir)
+    return any(sup.pid(n) is not None for n in sup.names())
+
+
+def start(
+    settings: Settings, nodes: int | None = None, prepare: Any = None, runner: str | None = None
+) -> FarmStatus:
+    """Start the local farm, or the processes of it that are not running.
+
+    A farm of which nothing runs is configured afresh (``nodes``, default 2; ``runner``). On a
+    farm of which something runs, only what is missing starts, from the farm file; ``nodes`` and
+    ``runner`` must then match it (nodes are added and removed with ``buildfarm node``).
+    """
+    if nodes is not None and nodes < 1:
         raise PermanentError("a farm needs at least one node")
-    current = status(settings)
-    if current.running:
-        return current
-    _check_tools(settings)
     state = settings.state_dir
-    state.mkdir(parents=True, exist_ok=True)
+    private_state_dir(state)
     sup = Supervisor(state)
-    for name in sup.names():  # leftovers of a farm that died half-way
+    record = read_farm_file(settings)
+    if record and any_alive(settings):
+        return _start_missing(settings, sup, record, nodes, runner)
+    _check_tools(settings)
+    for name in sup.names():  # pid files of a farm that died whole: nothing of it runs
         sup.stop(name)
     try:
-        return _start(settings, sup, nodes, prepare)
+        return _start_fresh(settings, sup, nodes or DEFAULT_NODES, prepare)
     except BaseException:
         for name in sup.names():  # never leave half a farm running
             sup.stop(name)
@@ -128,180 +153,108 @@ def start(settings: Settings, nodes: int = 2, prepare: Any = None) -> FarmStatus
         raise
 
 
-def _start(settings: Settings, sup: Supervisor, nodes: int, prepare: Any) -> FarmStatus:
+def _start_missing(
+    settings: Settings, sup: Supervisor, record: dict[str, Any], nodes: int | None, runner: str | None
+) -> FarmStatus:
+    members = farm_nodes(record)
+    if nodes is not None and nodes != len(members):
+        raise PermanentError(
+            f"the farm in {settings.state_dir} has {len(members)} node(s) ({', '.join(members)}): "
+            "add or remove nodes with `buildfarm node start/stop NAME`, or `buildfarm stop` first"
+        )
+    if runner is not None and runner != record.get("runner"):
+        raise PermanentError(
+            f"the farm in {settings.state_dir} runs with runner {record.get('runner')}: "
+            f"`buildfarm stop` first to start it with runner {runner}"
+        )
+    missing = [n for n in expected_processes(record, sup) if sup.pid(n) is None]
+    settings = load_settings(state_dir=settings.state_dir)
+    launch.launch(settings, sup, record, missing)
+    result = status(settings)
+    result.started = missing
+    if launch.redis_is_private(record, sup) and url_password(record.get("redis_url")) is None:
+        result.warnings.append(
+            "this farm's Redis has no password (started by an older buildfarm): "
+            "`buildfarm stop`, then `buildfarm start`, gives it one"
+        )
+    held = stopped_nodes(record)
+    if held:
+        result.warnings.append(
+            f"stopped on purpose, left stopped: {', '.join(held)} (`buildfarm node start NAME`)"
+        )
+    return result
+
+
+def _start_fresh(settings: Settings, sup: Supervisor, nodes: int, prepare: Any) -> FarmStatus:
     state = settings.state_dir
-    farm: dict[str, Any] = {
+    record: dict[str, Any] = {
         "runner": settings.runner,
         "nodes": node_names(nodes),
+        "node_concurrency": settings.node_concurrency,
         "lease_seconds": settings.lease_seconds,
         "heartbeat_seconds": settings.heartbeat_seconds,
         "reaper_seconds": settings.reaper_seconds,
         "redispatch_seconds": settings.redispatch_seconds,
+        "repo_host": settings.repo_host,
+        "api_host": settings.api_host,
+        "environment": recorded_environment(),
+        "redis_private": not settings.redis_url,
+        "registry_private": not settings.registry_url,
     }
-
     if settings.redis_url:
-        farm["redis_url"] = settings.redis_url
-    else:
-        port = free_port()
-        (state / "redis").mkdir(exist_ok=True)
-        sup.start(
-            "redis",
-            redis_server_command(port, state / "redis"),
-            env=_child_env(state),
-        )
-        wait_until(lambda: port_open("127.0.0.1", port), READY_TIMEOUT_SECONDS, "redis-server")
-        farm["redis_url"] = f"redis://127.0.0.1:{port}/0"
-
-    if settings.registry_url:
-        farm["registry_url"] = settings.registry_url
-    else:  # the local registry: image steps push here (seeded with debian:<distribution> on first use)
-        port = free_port()
-        registry_dir = state / "registry"
-        (registry_dir / "data").mkdir(parents=True, exist_ok=True)
-        config = registry_dir / "config.yml"
-        config.write_text(registry_config(registry_dir / "data", port))
-        sup.start("registry", registry_command(config), env=registry_env(_child_env(state)))
-        wait_until(lambda: port_open("127.0.0.1", port), READY_TIMEOUT_SECONDS, "docker-registry")
-        farm["registry_url"] = f"http://127.0.0.1:{port}"
-
+        record["redis_url"] = settings.redis_url
+    else:  # a private broker with a password only the farm file (0600) holds
+        record["redis_url"] = f"redis://:{new_password()}@127.0.0.1:{free_port()}/0"
+    # the local registry: image steps push here (seeded with debian:<distribution> on first use)
+    record["registry_url"] = settings.registry_url or f"http://127.0.0.1:{free_port()}"
     if settings.repository == "local":
         # Signed repositories with no setup: the farm's own key, kept across starts.
         key_file = settings.signing_key_file or generate_key(signing_dir(state))
-        farm["signing_key_file"] = str(key_file)
-
-    repo_port = _pick_port(settings.repo_host, settings.repo_port, "BUILDFARM_REPO_PORT")
-    api_port = _pick_port(settings.api_host, settings.api_port, "BUILDFARM_API_PORT")
-    farm["repo_port"], farm["api_port"] = repo_port, api_port
-    _farm_file(settings).write_text(json.dumps(farm, indent=2) + "\n")
+        record["signing_key_file"] = str(key_file)
+    record["repo_port"] = _pick_port(settings.repo_host, settings.repo_port, "BUILDFARM_REPO_PORT")
+    record["api_port"] = _pick_port(settings.api_host, settings.api_port, "BUILDFARM_API_PORT")
+    write_farm_file(settings, record)
+    for directory in ("artifacts", "repos", "work"):  # made here, 0700, before any node (umask 022)
+        (state / directory).mkdir(mode=0o700, exist_ok=True)
     settings = load_settings(state_dir=state)
+    brokers = [n for n in (REDIS, REGISTRY) if n in expected_processes(record, sup)]
+    launch.launch(settings, sup, record, brokers)
     upgrade(settings.effective_database_url)
     check_backends(settings)
     if prepare is not None:
         prepare(settings)  # e.g. make the sbuild base tarball, with a progress display
-
-    env = _child_env(state)
-    (state / "repos").mkdir(exist_ok=True)
-    sup.start(
-        "repo-server",
-        [
-            sys.executable,
-            "-m",
-            "buildfarm.backends.httpserve",
-            "--root",
-            str(state / "repos"),
-            "--host",
-            settings.repo_host,
-            "--port",
-            str(repo_port),
-        ],
-        env=env,
-    )
-    sup.start(
-        "api",
-        [sys.executable, "-m", "buildfarm.api", "--host", settings.api_host, "--port", str(api_port)],
-        env=env,
-    )
-    celery = [sys.executable, "-m", "celery", "-A", "buildfarm.dispatch.worker:app"]
-    host = socket.gethostname()
-    for node in node_names(nodes):
-        sup.start(
-            node,
-            [
-                *celery,
-                "worker",
-                "-n",
-                f"{node}@{host}",
-                "-Q",
-                f"{BUILD_QUEUE},{node_queue(node)}",
-                "--pool",
-                "threads",
-                "-c",
-                str(settings.node_concurrency),
-                "--without-gossip",
-                "--without-mingle",
-                "-l",
-                "INFO",
-            ],
-            env=env,
-        )
-    sup.start(
-        SCHEDULER,
-        [
-            *celery,
-            "worker",
-            "-B",
-            "-n",
-            f"{SCHEDULER}@{host}",
-            "-Q",
-            CONTROL_QUEUE,
-            "--pool",
-            "threads",
-            "-c",
-            "2",
-            "--without-gossip",
-            "--without-mingle",
-            "-s",
-            str(state / "run" / "beat-schedule"),
-            "-l",
-            "INFO",
-        ],
-        env=env,
-    )
-    wait_until(lambda: port_open(settings.repo_host, repo_port), READY_TIMEOUT_SECONDS, "repository server")
-    wait_until(lambda: port_open(settings.api_host, api_port), READY_TIMEOUT_SECONDS, "REST API")
-    expected = {*node_names(nodes), SCHEDULER}
-    wait_until(lambda: expected <= set(_ping(settings)), READY_TIMEOUT_SECONDS, "celery nodes")
-    return status(settings)
-
-
-def _ping(settings: Settings, timeout: float = 1.0) -> dict[str, Any]:
-    try:
-        app = make_celery(settings)
-        replies = app.control.inspect(timeout=timeout).ping() or {}
-    except Exception:  # broker down: no node answers
-        return {}
-    return {name.split("@", 1)[0]: reply for name, reply in replies.items()}
-
-
-def _active(settings: Settings, timeout: float = 1.0) -> dict[str, int]:
-    try:
-        replies = make_celery(settings).control.inspect(timeout=timeout).active() or {}
-    except Exception:
-        return {}
-    return {name.split("@", 1)[0]: len(tasks) for name, tasks in replies.items()}
+    rest = [n for n in expected_processes(record, sup) if n not in brokers]
+    launch.launch(settings, sup, record, rest)
+    result = status(settings)
+    result.started = [*brokers, *rest]
+    return result
 
 
 def stop(settings: Settings) -> list[str]:
     """Stop every process of the farm: nodes and scheduler first, Redis last."""
     sup = Supervisor(settings.state_dir)
-    order = sorted(sup.names(), key=lambda n: (n == "redis", n))
+    last = {REDIS: 3, REGISTRY: 2, REPO_SERVER: 1, API: 1}
+    order = sorted(sup.names(), key=lambda n: (last.get(n, 0), n))
     stopped = [name for name in order if sup.stop(name)]
     stop_agent(signing_home(settings.state_dir))  # the nodes' signing started it
-    farm_file = _farm_file(settings)
-    if farm_file.is_file():
-        data = json.loads(farm_file.read_text())
-        data.pop("redis_url", None) if "redis" in stopped else None
-        data.pop("registry_url", None) if "registry" in stopped else None
-        farm_file.write_text(json.dumps(data, indent=2) + "\n")
+    record = read_farm_file(settings)
+    if record:
+        if REDIS in stopped:
+            record.pop("redis_url", None)
+        if REGISTRY in stopped:
+            record.pop("registry_url", None)
+        write_farm_file(settings, record)
     return stopped
-
-
-def processes_alive(settings: Settings) -> bool:
-    """Cheap check (pid files only) that every process of the farm is running."""
-    sup = Supervisor(settings.state_dir)
-    names = sup.names()
-    return bool(names) and all(sup.pid(n) is not None for n in names)
 
 
 def core_alive(settings: Settings) -> bool:
     """The processes without which nothing moves (nodes may come and go): pid files only."""
     sup = Supervisor(settings.state_dir)
-    core = [n for n in sup.names() if not n.startswith("node")]
-    return (
-        was_started(settings)
-        and {"repo-server", "api", SCHEDULER} <= set(core)
-        and all(sup.pid(n) is not None for n in core)
-    )
+    record = read_farm_file(settings)
+    if not record:
+        return False
+    core = [n for n in expected_processes(record, sup) if n in (REDIS, REGISTRY, *CORE)]
+    return all(sup.pid(n) is not None for n in core)
 
 
 def was_started(settings: Settings) -> bool:
@@ -315,7 +268,7 @@ def status(settings: Settings) -> FarmStatus:
     result = FarmStatus(
         running=core_alive(settings),
         state_dir=str(settings.state_dir),
-        redis_url=farm.get("redis_url"),
+        redis_url=redacted_url(farm.get("redis_url")),
         repo_url=settings.repo_url if farm.get("repo_port") else None,
         api_url=settings.api_url if farm.get("api_port") else None,
         registry_url=farm.get("registry_url"),
@@ -324,14 +277,15 @@ def status(settings: Settings) -> FarmStatus:
     )
     if not result.running or not settings.redis_url:
         return result
-    pings = _ping(settings)
-    active = _active(settings)
-    for node in [*farm.get("nodes", []), SCHEDULER]:
-        result.nodes[node] = {"online": node in pings, "active_tasks": active.get(node, 0)}
+    pings = launch.ping(settings)
+    busy = launch.active(settings)
+    for node in [*farm_nodes(farm), SCHEDULER]:
+        result.nodes[node] = {"online": node in pings, "active_tasks": busy.get(node, 0)}
     try:
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
-        for queue in [BUILD_QUEUE, CONTROL_QUEUE, *(node_queue(n) for n in farm.get("nodes", []))]:
+        for queue in [BUILD_QUEUE, CONTROL_QUEUE, *(node_queue(n) for n in farm_nodes(farm))]:
             result.queues[queue] = int(client.llen(queue))
     except redis.RedisError as exc:
-        raise ServiceUnavailableError(f"Redis at {settings.redis_url} does not answer: {exc}") from exc
+        where = redacted_url(settings.redis_url)
+        raise ServiceUnavailableError(f"Redis at {where} does not answer: {exc}") from exc
     return result

@@ -1,4 +1,9 @@
-"""Background processes with pid files: start detached, check, stop the whole process group."""
+"""Background processes with pid files: start detached, check, stop the whole process group.
+
+A pid file holds the pid alone (``kill $(cat run/node1.pid)`` works); beside it, ``<name>.started``
+holds the process's start time (``/proc/<pid>/stat`` field 22), so a pid the kernel has since
+given to another process is never taken for the farm's (nor signalled).
+"""
 
 from __future__ import annotations
 
@@ -15,8 +20,42 @@ STOP_GRACE_SECONDS = 15.0
 """How long a process gets after SIGTERM (a worker finishing its Celery bookkeeping) before SIGKILL."""
 
 
-def redis_server_command(port: int, directory: Path, binary: str = "redis-server") -> list[str]:
-    """A private, non-persistent redis-server on localhost, in the foreground."""
+PRIVATE_UMASK = 0o077
+"""Files a farm process creates are its owner's alone (the state dir holds logs of personal builds)."""
+BUILDER_UMASK = 0o022
+"""Nodes keep the usual umask: their builders inherit it, and a package's files get their modes
+from it (dpkg-deb refuses a 0700 control directory; a 0600 file would install unreadable). What
+nodes write stays private all the same: it lies inside the 0700 state directory."""
+
+
+def redis_config(port: int, directory: Path, password: str | None) -> str:
+    """The config file of a private, non-persistent redis-server on localhost that wants a password.
+
+    The password goes in this file (mode 0600), never on the command line, which every local user
+    can read in ``ps``. ``None``: no password (a farm started by an older buildfarm, until its
+    next full restart).
+    """
+    return (
+        f"port {port}\n"
+        "bind 127.0.0.1\n"
+        "protected-mode yes\n"
+        'save ""\n'
+        "appendonly no\n"
+        f'dir "{directory}"\n'
+        "daemonize no\n"
+    ) + (f"requirepass {password}\n" if password else "")
+
+
+def redis_server_command(
+    port: int, directory: Path, binary: str = "redis-server", config: Path | None = None
+) -> list[str]:
+    """A private, non-persistent redis-server on localhost, in the foreground.
+
+    With ``config`` (written by :func:`redis_config`) everything, the password included, comes
+    from that file; without it the server has no password (tests' throwaway brokers).
+    """
+    if config is not None:
+        return [binary, str(config)]
     return [
         binary,
         "--port",
@@ -85,11 +124,18 @@ class Supervisor:
         self.log_dir = state_dir / "logs"
 
     def pid(self, name: str) -> int | None:
+        """The pid of ``name`` if it is still the process that was started, else None."""
         try:
             pid = int((self.run_dir / f"{name}.pid").read_text())
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        if not _alive(pid):
+            return None
+        try:
+            started = int((self.run_dir / f"{name}.started").read_text())
+        except (OSError, ValueError):  # pid files of older versions have no start time
+            return pid
+        return pid if _start_time(pid) == started else None
 
     def names(self) -> list[str]:
         return sorted(p.stem for p in self.run_dir.glob("*.pid")) if self.run_dir.is_dir() else []
@@ -97,11 +143,19 @@ class Supervisor:
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
-    def start(self, name: str, command: list[str], env: dict[str, str], cwd: Path | None = None) -> int:
+    def start(
+        self,
+        name: str,
+        command: list[str],
+        env: dict[str, str],
+        cwd: Path | None = None,
+        umask: int = PRIVATE_UMASK,
+    ) -> int:
         """Start ``command`` in its own session (so stopping kills its children too)."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_path(name).open("ab") as log:
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log_fd = os.open(self.log_path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(log_fd, "ab") as log:
             proc = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
@@ -110,14 +164,18 @@ class Supervisor:
                 start_new_session=True,
                 env=env,
                 cwd=cwd,
+                umask=umask,
             )
-        (self.run_dir / f"{name}.pid").write_text(str(proc.pid))
+        started = _start_time(proc.pid)
+        (self.run_dir / f"{name}.started").write_text(f"{started}\n" if started else "")
+        (self.run_dir / f"{name}.pid").write_text(f"{proc.pid}\n")
         return proc.pid
 
     def stop(self, name: str, sig: signal.Signals = signal.SIGTERM) -> bool:
         """Stop one process group; returns whether something was running."""
         pid = self.pid(name)
         (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
+        (self.run_dir / f"{name}.started").unlink(missing_ok=True)
         if pid is None:
             return False
         _signal_group(pid, sig)
@@ -131,6 +189,15 @@ class Supervisor:
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def _start_time(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat`` field 22)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[-1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _alive(pid: int) -> bool:

@@ -7,7 +7,7 @@ A manifest is a YAML file::
     kind: nightly                # release | nightly | on-demand | personal
     packages:
       - path: libgreet           # a directory inside the manifest's own tree
-      - git: https://example.org/tool.git
+      - git: https://example.org/tool.git   # a network URL (model/urlpolicy.py)
         ref: v1.2                # branch, tag or commit
         subdir: packaging        # optional: where debian/ is inside the repository
         depends: [base-image]    # optional: image steps this package waits for
@@ -29,6 +29,11 @@ buildah in the local profile; ``sysbox`` asks for a pod in the sysbox runtime (a
 that needs a docker daemon of its own); ``local`` builds with buildah on the worker node itself.
 The default is the one that works everywhere without node support.
 
+A ``git`` URL must be a network URL (``https://`` by default; ``http``, ``git`` and ``ssh``
+where the admin allows them) of a public host or one the admin allows: never ``file://``, a
+local path or a git transport such as ``ext::`` (:mod:`buildfarm.model.urlpolicy`).  No value
+may start with ``-``: git and other tools would read it as an option.
+
 Every mistake becomes one :class:`ManifestError` whose message names the file, the field and
 what is wrong; nothing is half-accepted.
 """
@@ -45,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from buildfarm.model import names
 from buildfarm.model.errors import ManifestError, NameError_
+from buildfarm.model.urlpolicy import UrlRefusedError, check_url_syntax, redact_url
 
 MAX_MANIFEST_BYTES = 1 << 20
 """A manifest larger than 1 MiB is certainly a mistake (a binary, a wrong file)."""
@@ -69,6 +75,8 @@ class _Strict(BaseModel):
 
 
 def _relative_path(value: str, field: str) -> str:
+    if value.startswith("-"):
+        raise ValueError(f"{field} {value!r} starts with '-' (a tool would read it as an option)")
     pure = PurePosixPath(value)
     if pure.is_absolute():
         raise ValueError(f"{field} must be relative to the manifest's directory, not absolute")
@@ -120,6 +128,26 @@ class _TreeSource(_Strict):
     def _subdir_inside(cls, value: str) -> str:
         return _relative_path(value, "subdir")
 
+    @field_validator("git")
+    @classmethod
+    def _network_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return check_url_syntax(value)
+        except UrlRefusedError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @field_validator("ref")
+    @classmethod
+    def _git_ref(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return names.check_git_ref(value)
+        except NameError_ as exc:
+            raise ValueError(str(exc)) from exc
+
     @model_validator(mode="after")
     def _one_origin(self) -> _TreeSource:
         if (self.path is None) == (self.git is None):
@@ -133,7 +161,7 @@ class _TreeSource(_Strict):
     def describe(self) -> str:
         if self.path is not None:
             return self.path
-        return f"{self.git}@{self.ref}" + ("" if self.subdir == "." else f":{self.subdir}")
+        return f"{redact_url(self.git or '')}@{self.ref}" + ("" if self.subdir == "." else f":{self.subdir}")
 
 
 class PackageSource(_TreeSource):

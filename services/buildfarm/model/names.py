@@ -22,32 +22,62 @@ _PLAIN = re.compile(r"[A-Za-z0-9.\-]")
 _ESCAPE = re.compile(r"_([0-9a-f]{2})")
 
 
+MAX_GIT_REF_LENGTH = 255
+"""Longest ``ref`` of a git source accepted: git itself has no limit, file systems stop at 255."""
+
+
+def _ref_format_problem(name: str) -> str | None:
+    """Why ``name`` breaks ``git check-ref-format --allow-onelevel`` or would be read as an
+    option by git (a leading ``-``), or None if it is fine."""
+    if not name:
+        return "it is empty"
+    if name.startswith("-"):
+        return "it starts with '-' (git would read it as an option)"
+    if any(ord(c) < 0x20 for c in name) or any(c in _FORBIDDEN_CHARS for c in name):
+        return "it contains a space, a control character or one of ~ ^ : ? * [ \\"
+    if ".." in name:
+        return "it contains '..'"
+    if "@{" in name or name == "@":
+        return "it contains '@{' or is '@'"
+    if name.startswith("/") or name.endswith("/") or "//" in name:
+        return "it starts or ends with '/' or contains '//'"
+    if name.endswith("."):
+        return "it ends with '.'"
+    for component in name.split("/"):
+        if component.startswith("."):
+            return "a path component starts with '.'"
+        if component.endswith(".lock"):
+            return "a path component ends with '.lock'"
+    return None
+
+
 def check_ref_name(name: str, what: str = "branch") -> str:
-    """Return ``name`` if it follows git's ref-name rules, else raise one clear error."""
+    """Return ``name`` if git would take it as a branch name (``git check-ref-format --branch``:
+    its ref-name rules, no leading ``-``, not ``HEAD``), else raise one clear error."""
 
     def bad(reason: str) -> NameError_:
         return NameError_(f"invalid {what} name {name!r}: {reason}")
 
-    if not name:
-        raise bad("it is empty")
     if len(name) > MAX_NAME_LENGTH:
         raise bad(f"it is longer than {MAX_NAME_LENGTH} characters")
-    if any(ord(c) < 0x20 for c in name) or any(c in _FORBIDDEN_CHARS for c in name):
-        raise bad("it contains a space, a control character or one of ~ ^ : ? * [ \\")
-    if ".." in name:
-        raise bad("it contains '..'")
-    if "@{" in name or name == "@":
-        raise bad("it contains '@{' or is '@'")
-    if name.startswith("/") or name.endswith("/") or "//" in name:
-        raise bad("it starts or ends with '/' or contains '//'")
-    if name.endswith("."):
-        raise bad("it ends with '.'")
-    for component in name.split("/"):
-        if component.startswith("."):
-            raise bad("a path component starts with '.'")
-        if component.endswith(".lock"):
-            raise bad("a path component ends with '.lock'")
+    problem = _ref_format_problem(name)
+    if problem is not None:
+        raise bad(problem)
+    if name == "HEAD":
+        raise bad("'HEAD' is git's name for the current commit, not a branch")
     return name
+
+
+def check_git_ref(ref: str) -> str:
+    """Return ``ref`` if it can name a branch, tag or commit of a git source (``v1.2``,
+    ``refs/tags/v1``, ``HEAD``, a commit id), else raise one clear error: nothing git could
+    read as an option or a refspec (``a:b`` would write a ref)."""
+    if len(ref) > MAX_GIT_REF_LENGTH:
+        raise NameError_(f"invalid git ref {ref[:40]!r}...: longer than {MAX_GIT_REF_LENGTH} characters")
+    problem = _ref_format_problem(ref)
+    if problem is not None:
+        raise NameError_(f"invalid git ref {ref!r}: {problem}")
+    return ref
 
 
 def check_simple_name(name: str, what: str) -> str:

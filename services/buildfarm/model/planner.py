@@ -117,6 +117,14 @@ def read_source_info(directory: Path, origin: str) -> SourceInfo:
     binaries = tuple(p["Package"] for p in paragraphs[1:] if "Package" in p)
     if not binaries or len(binaries) != len(paragraphs) - 1:
         raise PlanError(f"{origin}: debian/control: every paragraph after the first needs 'Package'")
+    # Debian policy 5.6.1/5.6.7: refused at submit, not by dpkg-source minutes later on a builder
+    for field_name, value in (("Source", source["Source"]), *(("Package", name) for name in binaries)):
+        if not _PACKAGE_NAME.fullmatch(str(value).strip()):
+            raise PlanError(
+                f"{origin}: debian/control: {field_name} {str(value).strip()!r} is not a Debian package "
+                "name (lowercase letters, digits, '+', '-' and '.', at least 2, starting with a letter "
+                "or digit)"
+            )
     depends: list[str] = []
     for field_name in BUILD_DEPENDS_FIELDS:
         text = source.get(field_name)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from buildfarm.model.errors import PermanentError
+from buildfarm.model.names import check_git_ref
+from buildfarm.model.urlpolicy import UrlPolicy, check_url_syntax
 
 FARM_FILE = "farm.json"
 DEFAULT_SIGNING_KEYRING = "/etc/apt/keyrings/buildfarm.asc"
@@ -83,6 +85,23 @@ class ScheduleConfig(BaseModel):
     )
     kind: Literal["nightly", "release", "on-demand"] = "nightly"
 
+    @field_validator("git")
+    @classmethod
+    def _network_url(cls, value: str | None) -> str | None:
+        # offline: the farm's URL policy (hosts, schemes) is checked again at every fetch
+        try:
+            return None if value is None else check_url_syntax(value)
+        except PermanentError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @field_validator("ref")
+    @classmethod
+    def _git_ref(cls, value: str | None) -> str | None:
+        try:
+            return None if value is None else check_git_ref(value)
+        except PermanentError as exc:
+            raise ValueError(str(exc)) from exc
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BUILDFARM_", extra="ignore")
@@ -115,7 +134,7 @@ class Settings(BaseSettings):
     sbuild_tmpdir: Path | None = Field(
         default_factory=lambda: Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None,
         description="where sbuild unpacks the chroot; tmpfs makes a tiny build ~15 s instead of ~27 s, "
-        "at ~0.6 GB RAM per running build; unset: sbuild's default under /tmp",
+        "at ~0.6 GB RAM per running build; unset: the system's temporary directory (/tmp)",
     )
     repo_host: str = Field(default="127.0.0.1", description="address the repository server binds")
     repo_port: int = Field(default=8780, ge=0, le=65535, description="repository server port (0: any free)")
@@ -136,16 +155,57 @@ class Settings(BaseSettings):
     api_max_unpacked_bytes: int = Field(
         default=4 << 30, gt=0, description="largest size an uploaded source tree may unpack to (bytes)"
     )
+    api_max_unpacked_files: int = Field(
+        default=100_000,
+        gt=0,
+        description=(
+            "most files, directories and symlinks an uploaded source tree may hold. 100 000 by "
+            "default: the biggest Debian source trees people build on a desk are around 80 000 "
+            "(the Linux kernel), while unpacking costs API CPU and inodes per member (a 2 MB "
+            "gzip of 300 000 empty files took minutes); raise it for trees like Chromium's"
+        ),
+    )
+    api_max_unpack_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description=(
+            "longest the API spends checking and unpacking one uploaded tree (seconds); a Linux "
+            "kernel tree takes well under a minute, so only a hostile tarball reaches it"
+        ),
+    )
     api_rate_per_minute: int = Field(
         default=600,
         gt=0,
         description="requests one token may make per minute (counted in Redis, all replicas)",
+    )
+    api_anonymous_rate_per_minute: int = Field(
+        default=120,
+        gt=0,
+        description=(
+            "requests per minute from one client address without a valid token (missing, wrong "
+            "or expired; health checks excepted), counted in Redis across replicas. Behind a "
+            "proxy every client has the proxy's address: raise it there"
+        ),
     )
     api_max_running_builds: int = Field(
         default=10, gt=0, description="builds one user may have running at once (personal builds included)"
     )
     api_follow_seconds: float = Field(default=3600.0, gt=0, description="longest one `logs --follow` stream")
     projects: list[str] = Field(default_factory=list, description="projects declared in configuration")
+    # -- What the farm fetches on a user's behalf (model/urlpolicy.py): git sources, image
+    # contexts, schedules' git, upstream tarballs.  Secure by default in every profile.
+    fetch_allow_schemes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["https"],
+        description="URL schemes sources may be fetched with, among https, http, git and ssh "
+        "(comma-separated in env); default https only: encrypted, and needs no keys on the farm",
+    )
+    fetch_allow_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="hosts (git.corp.example, or .corp.example for every name below it), addresses "
+        "or networks (127.0.0.1, ::1, 10.0.0.0/8) sources may be fetched from although not public "
+        "(comma-separated in env); default none: loopback, private, link-local and other "
+        "non-public addresses are refused, so a manifest cannot reach the farm's own services",
+    )
     artifacts: Literal["fs", "s3"] = Field(
         default="fs", description="artifact store: fs (a directory in the state dir) or s3 (any S3 endpoint)"
     )
@@ -325,7 +385,15 @@ class Settings(BaseSettings):
             "requests": {"cpu": "500m", "memory": "1Gi"},
             "limits": {"cpu": "2", "memory": "4Gi"},
         },
-        description="default resource requests/limits of builder pods (a manifest may override)",
+        description="default resource requests/limits of builder pods (a manifest may override); "
+        "quantities as Kubernetes writes them: strings, or numbers (cpu: 2, as YAML gives it)",
+    )
+
+    builder_max_outputs_bytes: int = Field(
+        default=16 << 30,
+        gt=0,
+        description="largest outputs archive a worker downloads from one builder pod (bytes; 16 GiB): "
+        "the pod is untrusted, the worker's disk is not endless (the chart sizes the work volume from it)",
     )
     builder_registry_secret: str = Field(
         default="buildfarm-registry-push",
@@ -334,6 +402,38 @@ class Settings(BaseSettings):
     registry_url: str | None = Field(
         default=None, description="the farm's container registry, e.g. http://registry:5000"
     )
+
+    @field_validator("fetch_allow_schemes", "fetch_allow_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):  # the environment: "https,git" (or a JSON list)
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @property
+    def url_policy(self) -> UrlPolicy:
+        """What sources may be fetched from (checked at start by :meth:`check`)."""
+        return UrlPolicy.parse(self.fetch_allow_schemes, self.fetch_allow_hosts)
+    @field_validator("builder_resources", mode="before")
+    @classmethod
+    def _quantities_as_strings(cls, value: Any) -> Any:
+        """``{"limits": {"cpu": 2}}`` (a YAML or JSON number) is the quantity "2", as in Kubernetes."""
+        if not isinstance(value, dict):
+            return value
+        return {
+            kind: (
+                {
+                    name: str(q) if isinstance(q, int | float) and not isinstance(q, bool) else q
+                    for name, q in quantities.items()
+                }
+                if isinstance(quantities, dict)
+                else quantities
+            )
+            for kind, quantities in value.items()
+        }
 
     @classmethod
     def settings_customise_sources(
@@ -390,6 +490,7 @@ class Settings(BaseSettings):
                 f"({self.lease_seconds}), or a slow heartbeat loses a live lease"
             )
         self._check_signing()
+        self.url_policy  # noqa: B018 - a bad fetch_allow_* entry stops the process at start
 
     def _check_signing(self) -> None:
         keyring = self.signing_keyring

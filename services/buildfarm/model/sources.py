@@ -21,6 +21,7 @@ import os
 import posixpath
 import stat
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -116,36 +117,73 @@ _FILTER_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-def _check_member(tarball: Path, member: tarfile.TarInfo) -> None:
-    """What the ``data`` extraction filter refuses, checked also where Python has no filters."""
+class TreeTooLargeError(PermanentError):
+    """A source tarball over one of the bounds of :func:`unpack_tree` (the API answers 413)."""
+
+
+DEADLINE_CHECK_EVERY = 256
+"""Members between two looks at the clock while unpacking (a look costs a system call)."""
+
+
+def _check_member(member: tarfile.TarInfo, name: str) -> None:
+    if not (member.isfile() or member.isdir() or member.issym()):
+        raise PermanentError(f"{name}: member {member.name} is not a file or directory")
     parts = PurePosixPath(member.name).parts
-    if not parts or parts[0] == "/" or ".." in parts:
-        raise PermanentError(f"{tarball.name}: unsafe member: {member.name!r} escapes the tree")
-    if member.issym():
+    # tarfile's data filter would quietly strip a leading "/": refuse it, as documented.
+    if not parts or member.name.startswith("/") or ".." in parts:
+        raise PermanentError(f"{name}: member {member.name!r} is absolute or escapes the tree")
+    if member.issym():  # what the data filter refuses too, checked also where Python has no filters
         target = posixpath.normpath(posixpath.join(posixpath.dirname(member.name), member.linkname))
         if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
-            raise PermanentError(f"{tarball.name}: unsafe member: symlink {member.name} points outside")
+            raise PermanentError(f"{name}: unsafe member: symlink {member.name} points outside the tree")
 
 
-def unpack_tree(tarball: Path, dest: Path, max_bytes: int | None = None) -> None:
-    """Unpack a source tarball into ``dest``, refusing members that would escape it and, with
-    ``max_bytes``, a tarball that unpacks to more than that (a small upload may inflate hugely)."""
+def unpack_tree(
+    tarball: Path,
+    dest: Path,
+    max_bytes: int | None = None,
+    *,
+    max_files: int | None = None,
+    max_seconds: float | None = None,
+) -> None:
+    """Unpack a source tarball into ``dest``, refusing members that would escape it (absolute
+    paths included) and, past any bound given, a tarball that unpacks to more than ``max_bytes``
+    bytes or ``max_files`` members (a small upload may inflate hugely, in bytes or in inodes) or
+    that takes more than ``max_seconds`` (:class:`TreeTooLargeError`).
+
+    Every member is checked before anything is written, reading headers one at a time, so a
+    tarball over a bound is refused after reading at most ``max_files + 1`` headers.
+    """
     dest.mkdir(parents=True, exist_ok=True)
+    name = tarball.name
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+
+    def check_clock(count: int) -> None:
+        if deadline is not None and count % DEADLINE_CHECK_EVERY == 0 and time.monotonic() > deadline:
+            raise TreeTooLargeError(f"{name}: takes more than {max_seconds:g}s to unpack")
+
     try:
         with tarfile.open(tarball, mode="r:gz") as tar:
             total = 0
-            for member in tar.getmembers():
-                if not (member.isfile() or member.isdir() or member.issym()):
-                    raise PermanentError(f"{tarball.name}: member {member.name} is not a file or directory")
+            for count, member in enumerate(tar, 1):
+                if max_files is not None and count > max_files:
+                    raise TreeTooLargeError(f"{name}: holds more than {max_files} files and directories")
+                _check_member(member, name)
                 total += member.size
                 if max_bytes is not None and total > max_bytes:
-                    raise PermanentError(f"{tarball.name}: unpacks to more than {max_bytes} bytes")
-                _check_member(tarball, member)
+                    raise TreeTooLargeError(f"{name}: unpacks to more than {max_bytes} bytes")
+                check_clock(count)
+
+            def members() -> Iterator[tarfile.TarInfo]:
+                for index, member in enumerate(tar.getmembers(), 1):
+                    check_clock(index)
+                    yield member
+
             if hasattr(tarfile, "data_filter"):
-                tar.extractall(dest, filter="data")
+                tar.extractall(dest, members=members(), filter="data")
             else:  # Python 3.11 before 3.11.4 (Debian bookworm's python3): _check_member is the guard
-                tar.extractall(dest)
+                tar.extractall(dest, members=members())
     except _FILTER_ERRORS as exc:
-        raise PermanentError(f"{tarball.name}: unsafe member: {exc}") from exc
+        raise PermanentError(f"{name}: unsafe member: {exc}") from exc
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise PermanentError(f"{tarball.name}: not a readable source tarball: {exc}") from exc
+        raise PermanentError(f"{name}: not a readable source tarball: {exc}") from exc

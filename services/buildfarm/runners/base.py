@@ -60,6 +60,15 @@ class StepResult:
     outputs: list[Path]
     error: str | None = None
     images: list[BuiltImage] = field(default_factory=list)  # image steps: what was pushed
+    killed_by: str | None = None
+    """Set when the builder was killed by a signal the farm did not send (``SIGKILL``: the OOM
+    killer, an operator): nothing is known about the package, so the step is built again."""
+
+
+def attempt_dirname(build_id: int, safe_step_name: str, attempt: int) -> str:
+    """The name of an attempt's own directories (its work directory, its sbuild chroot's parent):
+    what the reaper parses to tell a live attempt's directory from a dead one's."""
+    return f"{build_id}-{safe_step_name}-{attempt}"
 
 
 class Runner(Protocol):

@@ -54,7 +54,8 @@ class HostRunner:
             env=env,
         )
         if outcome.returncode != 0 or outcome.cancelled or outcome.timed_out:
-            return StepResult(False, [], describe_failure("dpkg-buildpackage", outcome, job.timeout_seconds))
+            failure = describe_failure("dpkg-buildpackage", outcome, job.timeout_seconds)
+            return StepResult(False, [], failure, killed_by=outcome.killed_by)
         outputs = sorted(p for p in job.workdir.iterdir() if p.name.endswith(OUTPUT_SUFFIXES))
         if not any(p.name.endswith((".deb", ".udeb")) for p in outputs):
             return StepResult(False, [], "dpkg-buildpackage succeeded but produced no .deb")

@@ -52,8 +52,6 @@ PENDING_TIMEOUT_SECONDS = 900.0
 """How long a pod may wait for a node and its image (a large builder image pull takes minutes)."""
 FINISH_MARGIN_SECONDS = 120.0
 """After activeDeadlineSeconds Kubernetes stops the pod; this long more for the status to show it."""
-MAX_ARCHIVE_BYTES = 16 << 30
-"""Largest outputs archive the worker downloads (16 GiB): the pod is untrusted, the disk is not endless."""
 FOLLOW_MARKER = "buildfarm: following pod "
 WAITING_FAILURES = frozenset(
     {
@@ -302,12 +300,12 @@ class KubernetesRunner:
 
     def _package_result(self, job: StepJob, pod: Any, code: int | None, last_line: str) -> StepResult:
         if code not in (0, 1):
-            return StepResult(False, [], _pod_failure(pod, code, last_line))
+            return StepResult(False, [], _pod_failure(pod, code, last_line), killed_by=killed_by(pod))
         from buildfarm.runners.outputs import unpack_outputs
 
         archive = job.workdir / "outputs.tar.gz"
         key = upload_key(job.build_id, job.step_name, job.attempt)
-        self.store.fetch_key(key, archive, max_bytes=MAX_ARCHIVE_BYTES)
+        self.store.fetch_key(key, archive, max_bytes=self.settings.builder_max_outputs_bytes)
         outcome = unpack_outputs(archive, job.workdir / "outputs")
         archive.unlink(missing_ok=True)
         if not outcome.ok:
@@ -323,7 +321,7 @@ class KubernetesRunner:
     ) -> StepResult:
         assert job.image is not None
         if code != 0:
-            return StepResult(False, [], _pod_failure(pod, code, last_line))
+            return StepResult(False, [], _pod_failure(pod, code, last_line), killed_by=killed_by(pod))
         digest = (terminated.message or "").strip()
         if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
             return StepResult(False, [], f"image builder reported no digest (termination message {digest!r})")
@@ -390,6 +388,17 @@ def _terminated(pod: Any) -> Any | None:
     for status in pod.status.container_statuses or []:
         if status.name == kubespecs.CONTAINER and status.state and status.state.terminated:
             return status.state.terminated
+    return None
+
+
+def killed_by(pod: Any) -> str | None:
+    """``OOMKilled`` when the kubelet killed the builder for its memory limit: nothing is known
+    about the package, so the engine builds the step again on a new attempt (bounded)."""
+    statuses = [*(pod.status.init_container_statuses or []), *(pod.status.container_statuses or [])]
+    for status in statuses:
+        terminated = status.state.terminated if status.state else None
+        if terminated is not None and terminated.reason == "OOMKilled":
+            return "OOMKilled"
     return None
 
 

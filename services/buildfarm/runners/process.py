@@ -1,7 +1,11 @@
 """Run a build command in its own process group, stream its output line by line, stop it on demand.
 
 Killing the whole group matters: dpkg-buildpackage and sbuild start many children, and a
-cancelled or lease-less build must leave nothing running.
+cancelled or lease-less build must leave nothing running.  The command runs under
+:mod:`buildfarm.runners.guard`, which kills all of it when the worker dies (``kill -9`` of the
+node, ``buildfarm stop``) and exits as the command did, so a builder killed by a signal the farm
+did not send (the OOM killer, an operator) is told apart from a failed build: the step is then
+built again on a new attempt instead of failing (:attr:`ProcessOutcome.killed_by`).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +23,7 @@ from pathlib import Path
 
 KILL_GRACE_SECONDS = 10.0
 """After SIGTERM, how long a build may take to clean up before SIGKILL."""
+GUARD = Path(__file__).with_name("guard.py")
 
 
 @dataclass
@@ -25,6 +31,17 @@ class ProcessOutcome:
     returncode: int
     cancelled: bool
     timed_out: bool
+
+    @property
+    def killed_by(self) -> str | None:
+        """The signal that ended the command when the farm did not send it (cancel, timeout):
+        the system's doing (the OOM killer, an operator), not the build's."""
+        if self.returncode >= 0 or self.cancelled or self.timed_out:
+            return None
+        try:
+            return signal.Signals(-self.returncode).name
+        except ValueError:
+            return f"signal {-self.returncode}"
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -49,7 +66,7 @@ def run_streaming(
 ) -> ProcessOutcome:
     """Run ``command``, sending each output line to ``log``; stop it on ``cancel`` or timeout."""
     proc = subprocess.Popen(
-        list(command),
+        [sys.executable, "-I", str(GUARD), str(os.getpid()), "--", *command],
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -74,13 +91,19 @@ def run_streaming(
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    with proc.stdout:
-        for raw in proc.stdout:
-            log(raw.decode("utf-8", "replace").rstrip("\n"))
-    proc.wait()
-    watcher.join()
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # reap what the command left behind
-        os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        with proc.stdout:
+            for raw in proc.stdout:
+                log(raw.decode("utf-8", "replace").rstrip("\n"))
+    except BaseException:  # a log that cannot be written (a full store) stops the build
+        stop_reason.append("cancelled")
+        _kill_group(proc)
+        raise
+    finally:
+        proc.wait()
+        watcher.join()
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # reap what the command left behind
+            os.killpg(proc.pid, signal.SIGKILL)
     return ProcessOutcome(
         returncode=proc.returncode, cancelled="cancelled" in stop_reason, timed_out="timeout" in stop_reason
     )
@@ -91,4 +114,6 @@ def describe_failure(what: str, outcome: ProcessOutcome, timeout_seconds: float)
         return f"{what} stopped: cancelled or lease lost"
     if outcome.timed_out:
         return f"{what} stopped after the {timeout_seconds:.0f} s step time limit"
+    if outcome.killed_by:
+        return f"{what} was killed by {outcome.killed_by} (not by the farm: out of memory, or an operator?)"
     return f"{what} exited with status {outcome.returncode}"

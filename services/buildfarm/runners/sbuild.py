@@ -11,18 +11,21 @@ environment's identity in every input key, so a new tarball never reuses old out
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from buildfarm.backends.base import AptSource
 from buildfarm.model.errors import PermanentError, TemporaryError
+from buildfarm.model.names import to_safe
 from buildfarm.model.sources import unpack_tree
-from buildfarm.runners.base import StepJob, StepResult
+from buildfarm.runners.base import StepJob, StepResult, attempt_dirname
 from buildfarm.runners.process import describe_failure, run_streaming
 
 OUTPUT_SUFFIXES = (".deb", ".udeb", ".buildinfo")
@@ -157,6 +160,29 @@ class _LogWatch:
         return f"{base}: {self.last_error}" if self.last_error else base
 
 
+def chroot_root(tmpdir: Path | None, state_dir: Path) -> Path:
+    """This farm's own directory for sbuild's chroots: under ``tmpdir`` (setting ``sbuild_tmpdir``,
+    ``/dev/shm`` by default; else the system's temporary directory, sbuild's own default) a name
+    derived from the farm's state directory.  Each attempt unpacks its chroot in a subdirectory
+    named after it (:func:`~buildfarm.runners.base.attempt_dirname`), so the reaper can remove the
+    ~0.6 GB a killed sbuild leaves without touching another farm's or a person's ``sbuild.*``.
+    Not inside the state directory: the chroot's mapped users must traverse to it, and the state
+    directory is private to its owner."""
+    tag = hashlib.sha256(str(state_dir.absolute()).encode()).hexdigest()[:12]
+    return (tmpdir or Path(tempfile.gettempdir())) / f"buildfarm-{tag}"
+
+
+def _make_dir(path: Path, tries: int = 3) -> None:
+    """``mkdir -p`` that survives another attempt removing the (empty) parent at the same moment."""
+    for _ in range(tries - 1):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            return
+        except FileNotFoundError:
+            continue
+    path.mkdir(parents=True, exist_ok=True)
+
+
 class SbuildRunner:
     name = "sbuild"
 
@@ -186,7 +212,8 @@ class SbuildRunner:
             timeout_seconds=job.timeout_seconds,
         )
         if outcome.returncode != 0:
-            return StepResult(False, [], describe_failure("dpkg-source -b", outcome, job.timeout_seconds))
+            failure = describe_failure("dpkg-source -b", outcome, job.timeout_seconds)
+            return StepResult(False, [], failure, killed_by=outcome.killed_by)
         dscs = sorted(job.workdir.glob("*.dsc"))
         if len(dscs) != 1:
             return StepResult(False, [], f"dpkg-source made {len(dscs)} .dsc files, expected 1")
@@ -215,20 +242,29 @@ class SbuildRunner:
         home.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DEB_", "DPKG_"))}
         env |= {"SBUILD_CONFIG": str(SBUILD_CONFIG), "LC_ALL": "C.UTF-8", "HOME": str(home)}
+        chroots: Path | None = None
         if self.tmpdir is not None:
-            env["BUILDFARM_SBUILD_TMPDIR"] = str(self.tmpdir)
+            chroots = self.tmpdir / attempt_dirname(job.build_id, to_safe(job.step_name), job.attempt)
+            _make_dir(chroots)
+            env["BUILDFARM_SBUILD_TMPDIR"] = str(chroots)
         watch = _LogWatch(job.log, [s.url for s in job.extra_sources])
-        outcome = run_streaming(
-            command,
-            cwd=job.workdir,
-            log=watch,
-            cancel=job.cancel,
-            timeout_seconds=job.timeout_seconds,
-            env=env,
-        )
+        try:
+            outcome = run_streaming(
+                command,
+                cwd=job.workdir,
+                log=watch,
+                cancel=job.cancel,
+                timeout_seconds=job.timeout_seconds,
+                env=env,
+            )
+        finally:  # sbuild removes its chroot itself, unless it was killed
+            if chroots is not None:
+                shutil.rmtree(chroots, ignore_errors=True)
+                with contextlib.suppress(OSError):  # the farm's directory, if no other attempt uses it
+                    chroots.parent.rmdir()
         if outcome.returncode != 0 or outcome.cancelled or outcome.timed_out:
             failure = describe_failure("sbuild", outcome, job.timeout_seconds)
-            return StepResult(False, [], watch.explain(failure))
+            return StepResult(False, [], watch.explain(failure), killed_by=outcome.killed_by)
         outputs = sorted(p for p in out.iterdir() if p.name.endswith(OUTPUT_SUFFIXES))
         if not any(p.name.endswith((".deb", ".udeb")) for p in outputs):
             return StepResult(False, [], "sbuild succeeded but produced no .deb")

@@ -2,7 +2,7 @@
 {{- define "buildfarm.pulpUid" -}}10010{{- end -}}
 
 {{- define "buildfarm.pulpSecret" -}}
-{{- include "buildfarm.componentName" (dict "ctx" . "component" "pulp") -}}
+{{- default (include "buildfarm.componentName" (dict "ctx" . "component" "pulp")) .Values.pulp.keysExistingSecret -}}
 {{- end -}}
 
 {{/* The Pulp container's common part: image, settings file, credentials from Secrets. */}}
@@ -21,6 +21,7 @@ env:
       secretKeyRef:
         name: {{ include "buildfarm.databaseSecret" . }}
         key: {{ include "buildfarm.databaseSecretKey" . }}
+  {{- include "buildfarm.databaseCaEnv" . | nindent 2 }}
   - name: PULP_SECRET_KEY
     valueFrom:
       secretKeyRef:
@@ -83,7 +84,13 @@ env:
   readOnly: true
 - name: data
   mountPath: /var/lib/pulp
+# WORKING_DIRECTORY and FILE_UPLOAD_TEMP_DIR (pulp-configmap.yaml): pulpcore-content chdirs into it
+# at start and uploads are written there, so it must exist in every Pulp pod, whatever the data
+# volume is (a fresh emptyDir or PVC has no tmp/): a volume of its own, mounted on that path.
+- name: working-directory
+  mountPath: /var/lib/pulp/tmp
 {{ include "buildfarm.tmpVolumeMount" . }}
+{{- include "buildfarm.databaseCaVolumeMount" . }}
 {{- end -}}
 
 {{- define "buildfarm.pulpVolumes" -}}
@@ -104,7 +111,45 @@ env:
   emptyDir:
     sizeLimit: 4Gi
   {{- end }}
+- name: working-directory
+  emptyDir:
+    sizeLimit: {{ .Values.pulp.workingDirectorySize }}
 {{ include "buildfarm.tmpVolume" (dict) }}
+{{- include "buildfarm.databaseCaVolume" . }}
+{{- end -}}
+
+{{/* Init container of every Pulp pod: waits (bounded, 10 minutes) until the pulp-migrate Job has
+     applied every migration this image has, so no Pulp process meets an older schema. */}}
+{{- define "buildfarm.pulpWaitContainer" -}}
+- name: wait-migrations
+  {{- include "buildfarm.pulpContainer" . | nindent 2 }}
+  command:
+    - sh
+    - -c
+    - |
+      i=0
+      until pulpcore-manager migrate --check >/dev/null 2>&1; do
+        i=$((i+1))
+        [ "$i" -lt 120 ] || { echo "Pulp's database is not migrated after 10 minutes: see the pulp-migrate Job"; exit 1; }
+        sleep 5
+      done
+  resources:
+    requests: {cpu: 10m, memory: 128Mi}
+    limits: {cpu: 500m, memory: 512Mi}
+  volumeMounts:
+    {{- include "buildfarm.pulpVolumeMounts" . | nindent 4 }}
+{{- end -}}
+
+{{/* Is this pod's pulpcore-worker online? Its AppStatus row (app_type worker, named
+     <pid>@<hostname> by WORKER_NAME_TEMPLATE) has a heartbeat younger than its TTL.
+     pulpcore >= 3.54 keeps workers in AppStatus; the Worker model is gone. */}}
+{{- define "buildfarm.pulpWorkerProbe" -}}
+exec:
+  command:
+    - pulpcore-manager
+    - shell
+    - -c
+    - "import socket, sys; from pulpcore.app.models import AppStatus; sys.exit(0 if AppStatus.objects.online().filter(app_type='worker', name__endswith='@' + socket.gethostname()).exists() else 1)"
 {{- end -}}
 
 {{/* A Pulp Deployment: (dict "ctx" $ "component" "pulp-api" "values" .Values.pulp.api "command" list "port" 24817) */}}
@@ -136,6 +181,8 @@ spec:
       {{- include "buildfarm.imagePullSecrets" $ctx | nindent 6 }}
       securityContext:
         {{- include "buildfarm.podSecurityContext" (dict "uid" (include "buildfarm.pulpUid" $ctx)) | nindent 8 }}
+      initContainers:
+        {{- include "buildfarm.pulpWaitContainer" $ctx | nindent 8 }}
       containers:
         - name: {{ .component }}
           {{- include "buildfarm.pulpContainer" $ctx | nindent 10 }}
@@ -162,14 +209,12 @@ spec:
             periodSeconds: 20
           {{- else }}
           readinessProbe:
-            exec:
-              command: ["sh", "-c", "pulpcore-manager shell -c 'import sys; from pulpcore.app.models import Worker; sys.exit(0 if Worker.objects.online().exists() else 1)'"]
+            {{- include "buildfarm.pulpWorkerProbe" $ctx | nindent 12 }}
             initialDelaySeconds: 20
             periodSeconds: 60
             timeoutSeconds: 30
           livenessProbe:
-            exec:
-              command: ["sh", "-c", "pulpcore-manager shell -c 'import sys; from pulpcore.app.models import Worker; sys.exit(0 if Worker.objects.online().exists() else 1)'"]
+            {{- include "buildfarm.pulpWorkerProbe" $ctx | nindent 12 }}
             initialDelaySeconds: 60
             periodSeconds: 120
             timeoutSeconds: 30

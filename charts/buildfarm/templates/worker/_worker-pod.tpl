@@ -21,6 +21,8 @@ spec:
     {{- include "buildfarm.podSecurityContext" (dict "uid" (include "buildfarm.farmUid" .)) | nindent 4 }}
   # A running step must be able to hand its lease back before the pod goes.
   terminationGracePeriodSeconds: 60
+  initContainers:
+    {{- include "buildfarm.farmWaitContainer" . | nindent 4 }}
   containers:
     - name: worker
       {{- include "buildfarm.farmContainer" . | nindent 6 }}
@@ -61,7 +63,7 @@ spec:
       volumeMounts:
         {{- include "buildfarm.farmVolumeMounts" . | nindent 8 }}
   volumes:
-    {{- include "buildfarm.farmVolumes" . | nindent 4 }}
+    {{- include "buildfarm.farmVolumes" (dict "ctx" . "role" "worker") | nindent 4 }}
   nodeSelector:
     {{- toYaml .Values.worker.buildNodeSelector | nindent 4 }}
   {{- with .Values.worker.tolerations }}

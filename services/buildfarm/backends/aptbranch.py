@@ -1,0 +1,209 @@
+"""What a branch's local repository holds: the union of its builds, newest version of each source.
+
+A branch's ``latest`` is not one build's packages but everything the branch has built, as in
+Pulp, where each build's packages are merged into the branch repository's newest version.  The
+unit is the **source package**: a build brings every binary of each source package it built,
+and its source package wins over the one already in the branch when its version is newer, or
+equal and its build newer (a rebuild of the same version, e.g. against new build dependencies).
+Winning replaces *all* of the older build's binaries of that source package, including binaries
+the new version no longer builds, and any other source package's binary with the same name and
+architecture (a binary moved between source packages; Pulp replaces by name and architecture
+too).  A lower version never replaces a higher one, whatever the order builds publish in: the
+result depends only on which builds were published (but for a binary that moved between source
+packages, which goes with the source package merged last), so concurrent and late builds merge
+right.
+(Pulp's backend lets the newest build win by binary name and leaves ``latest`` alone for a
+build that publishes after a newer one; the README says so.)
+
+Each published tree carries ``buildfarm-sources.json``, the record this merge reads: per source
+package its version, the build that brought it and its files.  A tree published before the
+record existed is read from its ``Packages`` index (all of it taken as that build's own).
+
+Nothing is ever removed from a branch except by a newer version of the same source package:
+there is no removal request yet (Pulp's backend and the manifest have none either).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from debian.deb822 import Packages
+from debian.debian_support import Version
+
+from buildfarm.backends.base import PackageFile
+from buildfarm.backends.fs import file_sha256
+from buildfarm.model.errors import PermanentError
+
+STATE_FILE = "buildfarm-sources.json"
+STATE_FORMAT = 1
+TOOL_TIMEOUT_SECONDS = 60.0
+"""Bound on one ``dpkg-deb --show``: it reads a .deb's control member, milliseconds."""
+
+_SHOW_FORMAT = "${Package}\\t${Architecture}\\t${source:Package}\\t${source:Version}\\n"
+
+
+@dataclass(frozen=True)
+class BinaryFile:
+    """One .deb (or .udeb) of a source package as the repository holds it."""
+
+    filename: str
+    sha256: str
+    size: int
+    package: str
+    architecture: str
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    """One source package in a branch: its version, the build that brought it, its binaries."""
+
+    name: str
+    version: str
+    build_id: int
+    files: tuple[BinaryFile, ...]
+
+    def newer_than(self, other: SourceEntry) -> bool:
+        return (Version(self.version), self.build_id) > (Version(other.version), other.build_id)
+
+
+BranchState = dict[str, SourceEntry]
+"""Source package name -> what the branch holds of it."""
+
+
+def describe(packages: Iterable[PackageFile], build_id: int) -> BranchState:
+    """The source packages ``packages`` (one build's outputs) bring, read with ``dpkg-deb``
+    after checking each file against its record (a build with a damaged output publishes nothing,
+    even when the damaged package would lose to a newer version).
+
+    A build that somehow holds two versions of one source package brings the newest only.
+    """
+    exe = shutil.which("dpkg-deb")
+    if exe is None:
+        raise PermanentError("dpkg-deb is not installed: install the Debian package dpkg")
+    by_source: dict[tuple[str, str], dict[str, BinaryFile]] = {}
+    for package in packages:
+        sha256, size = file_sha256(package.path)
+        if sha256 != package.sha256 or size != package.size:
+            raise PermanentError(
+                f"{package.path} does not match its record (sha256 {sha256}, {size} bytes; "
+                f"expected {package.sha256}, {package.size} bytes)"
+            )
+        try:
+            done = subprocess.run(
+                [exe, "--show", f"--showformat={_SHOW_FORMAT}", "--", str(package.path)],
+                capture_output=True,
+                timeout=TOOL_TIMEOUT_SECONDS,
+                env={**os.environ, "LC_ALL": "C.UTF-8"},
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise PermanentError(f"could not index {package.filename}: dpkg-deb took too long") from exc
+        fields = done.stdout.decode("utf-8", "replace").rstrip("\n").split("\t")
+        if done.returncode != 0 or len(fields) != 4 or not all(fields):
+            stderr = done.stderr.decode("utf-8", "replace").strip().replace("\n", "; ")
+            raise PermanentError(f"could not index {package.filename}: {stderr or 'no package fields'}")
+        name, architecture, source, version = fields
+        binary = BinaryFile(package.filename, package.sha256, package.size, name, architecture)
+        by_source.setdefault((source, version), {})[package.filename] = binary
+    state: BranchState = {}
+    for (source, version), files in by_source.items():
+        entry = SourceEntry(source, version, build_id, tuple(sorted(files.values(), key=_by_name)))
+        if source not in state or entry.newer_than(state[source]):
+            state[source] = entry
+    return state
+
+
+def merge(
+    base: Mapping[str, SourceEntry], incoming: Mapping[str, SourceEntry], *, prefer_incoming: bool
+) -> BranchState:
+    """``base`` with each source package of ``incoming`` that wins over it (see the module).
+
+    ``prefer_incoming`` makes every incoming source package win (a personal build shows its own
+    packages over the branch's, whatever their versions).
+    """
+    merged = dict(base)
+    winners: list[SourceEntry] = []
+    for name, entry in incoming.items():
+        current = merged.get(name)
+        if current is None or prefer_incoming or entry == current or entry.newer_than(current):
+            merged[name] = entry
+            winners.append(entry)
+    taken = {(f.package, f.architecture): w.name for w in winners for f in w.files}
+    for name, entry in list(merged.items()):
+        kept = tuple(f for f in entry.files if taken.get((f.package, f.architecture), name) == name)
+        if not kept:
+            del merged[name]
+        elif kept != entry.files:
+            merged[name] = SourceEntry(entry.name, entry.version, entry.build_id, kept)
+    return merged
+
+
+def files_of(state: Mapping[str, SourceEntry]) -> list[BinaryFile]:
+    return sorted((f for entry in state.values() for f in entry.files), key=_by_name)
+
+
+def write_state(tree: Path, state: Mapping[str, SourceEntry]) -> None:
+    """Write the record of ``tree`` (sorted keys: the same state always gives the same bytes)."""
+    body = {
+        "format": STATE_FORMAT,
+        "sources": {name: asdict(entry) for name, entry in sorted(state.items())},
+    }
+    data = json.dumps(body, sort_keys=True, indent=1).encode() + b"\n"
+    with (tree / STATE_FILE).open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_state(tree: Path, build_id: int) -> BranchState:
+    """The record of a published tree; from its ``Packages`` index when it predates the record
+    (every package then counts as brought by ``build_id``, the tree's own build)."""
+    path = tree / STATE_FILE
+    try:
+        body = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return _state_from_index(tree, build_id)
+    except (OSError, ValueError) as exc:
+        raise PermanentError(f"{path} cannot be read: {exc}") from exc
+    if not isinstance(body, dict) or body.get("format") != STATE_FORMAT:
+        raise PermanentError(f"{path} has an unknown format")
+    state: BranchState = {}
+    try:
+        for name, raw in body["sources"].items():
+            files = tuple(BinaryFile(**f) for f in raw["files"])
+            state[name] = SourceEntry(raw["name"], raw["version"], int(raw["build_id"]), files)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise PermanentError(f"{path} is damaged: {exc}") from exc
+    return state
+
+
+def _state_from_index(tree: Path, build_id: int) -> BranchState:
+    index = tree / "Packages"
+    by_source: dict[str, tuple[str, dict[str, BinaryFile]]] = {}
+    with index.open("rb") as handle:
+        for paragraph in Packages.iter_paragraphs(handle, use_apt_pkg=False):
+            filename = paragraph["Filename"].removeprefix("./")
+            binary = BinaryFile(
+                filename,
+                paragraph["SHA256"],
+                int(paragraph["Size"]),
+                paragraph["Package"],
+                paragraph["Architecture"],
+            )
+            source, _, rest = paragraph.get("Source", paragraph["Package"]).partition(" ")
+            version = rest.strip("() ") or paragraph["Version"]
+            by_source.setdefault(source, (version, {}))[1][filename] = binary
+    return {
+        name: SourceEntry(name, version, build_id, tuple(sorted(files.values(), key=_by_name)))
+        for name, (version, files) in by_source.items()
+    }
+
+
+def _by_name(binary: BinaryFile) -> str:
+    return binary.filename

@@ -1,0 +1,214 @@
+"""One flat APT repository tree, written whole in a temp directory, and the locks around it.
+
+The pieces :mod:`buildfarm.backends.aptrepo` builds its trees from: packages placed by hardlink
+(checked against their records), indexes by Debian's own ``apt-ftparchive``, the branch record
+(:mod:`buildfarm.backends.aptbranch`) and the signature inside the same temp tree, symlinks
+switched by ``os.replace``, and one ``fcntl`` lock per branch (or personal) directory that
+serializes writers from any process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from buildfarm.backends import aptbranch
+from buildfarm.backends.aptbranch import BranchState
+from buildfarm.backends.base import PackageFile
+from buildfarm.backends.fs import file_sha256, fsync_dir
+from buildfarm.backends.signing import ReleaseSigner
+from buildfarm.model.errors import PermanentError, ServiceUnavailableError
+
+LOCK_FILE = ".lock"
+LOCK_TIMEOUT_SECONDS = 120.0
+"""Longest wait for another process's publish/stage of the same branch; indexing takes seconds."""
+LOCK_POLL_SECONDS = 0.05
+TOOL_TIMEOUT_SECONDS = 300.0
+"""Bound on one apt-ftparchive run; it hashes every package, minutes only for gigabytes."""
+
+_INDEXED_SUFFIX = ".deb"  # apt-ftparchive's default; .udeb files are stored but not indexed
+_PACKAGE_SUFFIXES = (".deb", ".udeb")
+_FILENAME_FIELD = re.compile(r"^Filename: \./(.+)$", re.MULTILINE)
+
+
+@contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """Hold the exclusive lock of ``directory`` (created if needed), waiting at most the bound."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ServiceUnavailableError(
+                        f"repository {directory} stayed locked for {LOCK_TIMEOUT_SECONDS:.0f}s",
+                        retry_after=30.0,
+                    ) from None
+                time.sleep(LOCK_POLL_SECONDS)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with path.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def run_ftparchive(args: list[str], cwd: Path) -> bytes:
+    exe = shutil.which("apt-ftparchive")
+    if exe is None:
+        raise PermanentError(
+            "apt-ftparchive is not installed: install the Debian package apt-utils "
+            "(apt-get install apt-utils)"
+        )
+    try:
+        done = subprocess.run(
+            [exe, *args],
+            cwd=cwd,
+            capture_output=True,
+            timeout=TOOL_TIMEOUT_SECONDS,
+            env={**os.environ, "LC_ALL": "C.UTF-8"},
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ServiceUnavailableError(
+            f"apt-ftparchive {args[0]} in {cwd} took over {TOOL_TIMEOUT_SECONDS:.0f}s"
+        ) from exc
+    stderr = done.stderr.decode(errors="replace").strip()
+    if done.returncode != 0:
+        raise PermanentError(f"apt-ftparchive {args[0]} failed in {cwd}: {stderr}")
+    if args[0] == "packages":
+        # apt-ftparchive reports an unreadable .deb on stderr yet exits 0; an index missing a
+        # package would publish a build that cannot be installed, so compare what it indexed.
+        indexed = set(_FILENAME_FIELD.findall(done.stdout.decode("utf-8", "replace")))
+        expected = {p.name for p in cwd.iterdir() if p.name.endswith(_INDEXED_SUFFIX)}
+        if indexed != expected:
+            raise PermanentError(
+                f"apt-ftparchive could not index {', '.join(sorted(expected - indexed)) or 'some packages'}: "
+                + stderr.replace("\n", "; ")
+            )
+    return done.stdout
+
+
+def check_filename(filename: str) -> str:
+    # Only package names: a file called "Release" or "Packages" would overwrite the indexes.
+    plain = "/" not in filename and "\0" not in filename and not filename.startswith(".")
+    if not plain or not filename.endswith(_PACKAGE_SUFFIXES):
+        raise PermanentError(f"invalid package file name {filename!r}: it must be one plain *.deb or *.udeb")
+    return filename
+
+
+def place(packages: list[PackageFile], into: Path, *, verify: bool = True) -> None:
+    """Hardlink (same filesystem) or copy each package into ``into``, checking its sha256.
+
+    ``verify=False`` is for packages carried over from a published tree: a hardlink of a file
+    checked when it was first placed; only its size is compared (hashing every package of the
+    branch again on each publish would cost minutes on a big branch).
+    """
+    seen: dict[str, str] = {}
+    for package in packages:
+        name = check_filename(package.filename)
+        if name in seen:
+            if seen[name] != package.sha256:
+                raise PermanentError(f"two different packages are both named {name}")
+            continue  # the same file listed twice is published once
+        seen[name] = package.sha256
+        dest = into / name
+        if dest.exists():
+            raise PermanentError(f"two different packages are both named {name}")
+        linked = True
+        try:
+            os.link(package.path, dest)
+        except OSError:
+            shutil.copyfile(package.path, dest)  # another filesystem, or links not allowed
+            linked = False
+        if verify or not linked:
+            sha256, size = file_sha256(dest)
+        else:
+            sha256, size = package.sha256, dest.stat().st_size
+        if sha256 != package.sha256 or size != package.size:
+            raise PermanentError(
+                f"{package.path} does not match its record (sha256 {sha256}, {size} bytes; "
+                f"expected {package.sha256}, {package.size} bytes)"
+            )
+
+
+def write_indexes(directory: Path, label: str) -> None:
+    """Write Packages, Packages.gz and Release of the flat repository ``directory``."""
+    packages = run_ftparchive(["packages", "."], directory)
+    _write_file(directory / "Packages", packages)
+    # mtime=0: the same packages always give the same Packages.gz bytes.
+    _write_file(directory / "Packages.gz", gzip.compress(packages, mtime=0))
+    release = run_ftparchive(
+        [
+            "-o",
+            "APT::FTPArchive::Release::Origin=buildfarm",
+            "-o",
+            f"APT::FTPArchive::Release::Label={label}",
+            "release",
+            ".",
+        ],
+        directory,
+    )
+    _write_file(directory / "Release", release)
+
+
+def build_tree(
+    parent: Path,
+    prefix: str,
+    packages: list[PackageFile],
+    label: str,
+    signer: ReleaseSigner | None = None,
+    *,
+    carried: list[PackageFile] | None = None,
+    state: BranchState | None = None,
+) -> Path:
+    """A complete, indexed (and, with ``signer``, signed) repository in a new hidden directory of
+    ``parent``; removed on error.  ``carried`` are packages linked from a published tree (see
+    :func:`place`), ``state`` the record of what the tree holds (:mod:`.aptbranch`)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    try:
+        place(packages, tmp)
+        place(carried or [], tmp, verify=False)
+        write_indexes(tmp, label)
+        if state is not None:
+            aptbranch.write_state(tmp, state)
+        if signer is not None:
+            signer.sign(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it 0700; the HTTP server may run as another user
+        fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def switch_symlink(link: Path, target: str) -> None:
+    """Point ``link`` at ``target`` (relative) in one atomic step."""
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.{time.time_ns()}")
+    os.symlink(target, tmp)
+    try:
+        if link.is_dir() and not link.is_symlink():
+            shutil.rmtree(link)  # a real directory cannot be replaced by a rename
+        os.replace(tmp, link)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(link.parent)

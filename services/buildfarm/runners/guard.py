@@ -1,0 +1,166 @@
+"""The builder's guard: a builder never outlives the worker that started it.
+
+A build runs in its own process group so that cancelling it kills all of it, which also means a
+node killed with ``kill -9`` (its process group, or the worker process alone) or stopped by
+``buildfarm stop`` used to leave its builders running beside the new attempt on another node.
+So every build command is started by this small process instead (``run_streaming`` does it):
+
+* it asks the kernel for ``SIGTERM`` when its parent dies (``PR_SET_PDEATHSIG``), and checks the
+  parent is still the one that started it (the worker may have died before the ``prctl``);
+* it is a child subreaper (``PR_SET_CHILD_SUBREAPER``): every descendant that is orphaned, even
+  one that left the process group with ``setsid`` (sbuild's unshare helpers), is reparented to it,
+  so it can find and kill all of them through ``/proc``;
+* when it is told to stop, or its parent dies, it sends ``SIGTERM`` to every descendant, waits up
+  to ``GRACE_SECONDS`` and sends ``SIGKILL`` to what is left; when the command ends by itself,
+  what it left running is killed at once;
+* it exits as the command did: the same status, or the same signal, so the worker can tell a
+  builder killed by the system (the OOM killer, an operator) from a build that failed.
+
+Run as a script (``python -I guard.py <parent pid> -- <command>...``): it imports nothing of the
+farm, so it starts in tens of milliseconds.  Linux only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import resource
+import signal
+import sys
+import time
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+GRACE_SECONDS = 8.0
+"""After SIGTERM, how long the command may clean up; below the worker's own 10 s, so the guard,
+not the worker's SIGKILL of the group, ends it (the group kill misses processes that left it)."""
+KILL_ROUNDS = 20
+"""Bound on rounds of "find descendants, kill them" (a fork bomb cannot keep the guard forever)."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+WATCHED = {signal.SIGCHLD, *STOP_SIGNALS}
+
+
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+
+
+def descendants(root: int) -> list[int]:
+    """Every live process below ``root`` (from ``/proc``: the parent field of each ``stat``)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _reap(command_pid: int) -> int | None:
+    """Collect every exited child (orphans included); the command's wait status if it was one."""
+    status = None
+    while True:
+        try:
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return status
+        if pid == 0:
+            return status
+        if pid == command_pid:
+            status = wait_status
+
+
+def _kill_all(me: int, command_pid: int, gently: bool) -> int | None:
+    """Kill every descendant (SIGTERM and a grace period first if ``gently``); the command's status
+    if it was collected meanwhile."""
+    status = None
+    if gently:
+        for pid in descendants(me):
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_SECONDS
+        while time.monotonic() < deadline:
+            status = _reap(command_pid) if status is None else status
+            if not descendants(me):
+                return status
+            time.sleep(0.1)
+    for _ in range(KILL_ROUNDS):
+        left = descendants(me)
+        if not left:
+            break
+        for pid in left:
+            _signal(pid, signal.SIGKILL)
+        time.sleep(0.05)
+        found = _reap(command_pid)
+        status = found if found is not None else status
+    found = _reap(command_pid)
+    return found if found is not None else status
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _exit_like(status: int | None, stopped_by: int | None) -> None:
+    """Exit as the command did (a signal is re-raised on the guard itself)."""
+    sig = stopped_by
+    if sig is None and status is not None and os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+    if sig is not None:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # re-raising SIGSEGV must not dump the guard
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+        os.kill(os.getpid(), sig)
+        sys.exit(128 + sig)  # not reached for a deadly signal
+    sys.exit(os.waitstatus_to_exitcode(status) if status is not None else 1)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 4 or argv[2] != "--":
+        sys.exit("usage: guard.py <parent pid> -- <command>...")
+    parent, command = int(argv[1]), argv[3:]
+    signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)  # taken with sigtimedwait: no handler races
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        sys.exit(f"guard: the worker {parent} died before the build started")
+    command_pid = os.fork()
+    if command_pid == 0:
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        try:
+            os.execvp(command[0], command)
+        except OSError as exc:
+            print(f"cannot run {command[0]}: {exc.strerror}", file=sys.stderr, flush=True)
+        os._exit(127)
+    me = os.getpid()
+    status: int | None = None
+    stopped_by: int | None = None
+    while status is None:
+        info = signal.sigtimedwait(WATCHED, 1.0)
+        status = _reap(command_pid)
+        if info is not None and info.si_signo != signal.SIGCHLD:
+            stopped_by = info.si_signo
+            break
+        if os.getppid() != parent:  # no PDEATHSIG came (the parent thread outlived the process?)
+            stopped_by = signal.SIGTERM
+            break
+    found = _kill_all(me, command_pid, gently=stopped_by is not None)
+    _exit_like(status if status is not None else found, stopped_by)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,52 @@
+"""The merge rules of a local branch repository (buildfarm.backends.aptbranch), on records alone."""
+
+from __future__ import annotations
+
+from buildfarm.backends.aptbranch import BinaryFile, SourceEntry, merge
+
+
+def entry(source: str, version: str, build_id: int, *binaries: str) -> SourceEntry:
+    files = tuple(
+        BinaryFile(f"{b}_{version}_all.deb", f"{source}{version}{build_id}", 1, b, "all")
+        for b in sorted(binaries or (source,))
+    )
+    return SourceEntry(source, version, build_id, files)
+
+
+def test_newest_version_wins_in_debian_order_whatever_the_build_order() -> None:
+    old, new = entry("tool", "1.9", 7), entry("tool", "1.10", 3)
+    assert merge({"tool": old}, {"tool": new}, prefer_incoming=False) == {"tool": new}
+    assert merge({"tool": new}, {"tool": old}, prefer_incoming=False) == {"tool": new}
+    epoch = entry("tool", "1:0.1", 1)
+    assert merge({"tool": new}, {"tool": epoch}, prefer_incoming=False) == {"tool": epoch}
+
+
+def test_a_rebuild_of_the_same_version_goes_to_the_newer_build() -> None:
+    first, rebuilt = entry("tool", "2.0", 4), entry("tool", "2.0", 9)
+    assert merge({"tool": first}, {"tool": rebuilt}, prefer_incoming=False) == {"tool": rebuilt}
+    assert merge({"tool": rebuilt}, {"tool": first}, prefer_incoming=False) == {"tool": rebuilt}
+
+
+def test_a_new_version_takes_the_binaries_it_no_longer_builds_away() -> None:
+    old = entry("lib", "1.0", 1, "lib1", "lib-dev", "lib-doc")
+    new = entry("lib", "2.0", 2, "lib2", "lib-dev")
+    other = entry("app", "1.0", 1)
+    merged = merge({"lib": old, "app": other}, {"lib": new}, prefer_incoming=False)
+    assert merged == {"lib": new, "app": other}
+
+
+def test_a_binary_moved_to_another_source_goes_with_it() -> None:
+    old = entry("big", "1.0", 1, "big", "helper")
+    moved = entry("helper", "1.0", 2, "helper")
+    merged = merge({"big": old}, {"helper": moved}, prefer_incoming=False)
+    assert merged == {"big": entry("big", "1.0", 1, "big"), "helper": moved}
+    alone = entry("solo", "1.0", 1, "solo")
+    assert merge({"solo": alone}, {"x": entry("x", "1.0", 2, "solo")}, prefer_incoming=False) == {
+        "x": entry("x", "1.0", 2, "solo")
+    }
+
+
+def test_a_personal_build_shows_its_own_packages_whatever_their_versions() -> None:
+    branch, mine = entry("tool", "3.0", 5), entry("tool", "1.0", 6)
+    assert merge({"tool": branch}, {"tool": mine}, prefer_incoming=False) == {"tool": branch}
+    assert merge({"tool": branch}, {"tool": mine}, prefer_incoming=True) == {"tool": mine}

@@ -1,0 +1,94 @@
+"""A builder never outlives its worker: ``kill -9`` of the node's process group, of the worker
+process alone, or ``buildfarm stop``'s SIGTERM leave no builder process behind, not even one that
+left the process group with ``setsid``.  And a builder killed by a signal the farm did not send is
+reported as such.  ~1 s a case (a python worker and two ``sleep`` processes).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from buildfarm.runners.process import describe_failure, run_streaming
+
+from helpers import wait_for, wait_until
+
+WORKER = """
+import sys, threading
+from pathlib import Path
+from buildfarm.runners.process import run_streaming
+run_streaming(sys.argv[1:], cwd=Path.cwd(), log=print, cancel=threading.Event(), timeout_seconds=120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _read_pid(path: Path) -> int:
+    def read() -> int | None:
+        try:
+            text = path.read_text()  # once: the shell may be writing it
+        except FileNotFoundError:
+            return None
+        return int(text) if text.endswith("\n") else None
+
+    return wait_for(read, 20, f"{path.name} written")
+
+
+@pytest.mark.parametrize("how", ["kill -9 of the node's group", "kill -9 of the worker alone", "stop"])
+def test_builders_die_with_their_worker(tmp_path: Path, how: str) -> None:
+    builder, escaped = tmp_path / "builder.pid", tmp_path / "escaped.pid"
+    script = f"setsid sleep 60 & echo $! > {escaped}; echo $$ > {builder}; exec sleep 60"
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, "sh", "-c", script], cwd=tmp_path, start_new_session=True
+    )
+    try:
+        pids = [_read_pid(builder), _read_pid(escaped)]
+        assert all(_alive(pid) for pid in pids)
+        if how == "stop":
+            os.killpg(worker.pid, signal.SIGTERM)
+        elif how.endswith("group"):
+            os.killpg(worker.pid, signal.SIGKILL)
+        else:
+            os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=20)
+        wait_until(lambda: not any(_alive(pid) for pid in pids), 20, "the builder processes to be gone")
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+
+
+def test_a_builder_killed_by_the_system_is_told_from_a_failure(tmp_path: Path) -> None:
+    def run(script: str) -> tuple[str | None, str]:
+        outcome = run_streaming(
+            ["sh", "-c", script],
+            cwd=tmp_path,
+            log=lambda _: None,
+            cancel=threading.Event(),
+            timeout_seconds=60,
+        )
+        return outcome.killed_by, describe_failure("build", outcome, 60)
+
+    assert run("kill -9 $$") == (
+        "SIGKILL",
+        "build was killed by SIGKILL (not by the farm: out of memory, or an operator?)",
+    )
+    assert run("exit 2") == (None, "build exited with status 2")
+    cancel = threading.Event()
+    cancel.set()
+    cancelled = run_streaming(
+        ["sleep", "30"], cwd=tmp_path, log=lambda _: None, cancel=cancel, timeout_seconds=60
+    )
+    assert cancelled.cancelled and cancelled.killed_by is None
