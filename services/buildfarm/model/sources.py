@@ -112,6 +112,11 @@ def pack_tree(root: Path) -> bytes:
     return packed.getvalue()
 
 
+_FILTER_ERRORS: tuple[type[Exception], ...] = (
+    (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()  # PEP 706, Python >= 3.11.4
+)
+
+
 class TreeTooLargeError(PermanentError):
     """A source tarball over one of the bounds of :func:`unpack_tree` (the API answers 413)."""
 
@@ -127,15 +132,10 @@ def _check_member(member: tarfile.TarInfo, name: str) -> None:
     # tarfile's data filter would quietly strip a leading "/": refuse it, as documented.
     if not parts or member.name.startswith("/") or ".." in parts:
         raise PermanentError(f"{name}: member {member.name!r} is absolute or escapes the tree")
-    if member.issym():  # what the data filter refuses, checked also where Python has no filters
+    if member.issym():  # what the data filter refuses too, checked also where Python has no filters
         target = posixpath.normpath(posixpath.join(posixpath.dirname(member.name), member.linkname))
         if member.linkname.startswith("/") or target == ".." or target.startswith("../"):
-            raise PermanentError(f"{name}: unsafe member: symlink {member.name} points outside")
-
-
-_FILTER_ERRORS: tuple[type[Exception], ...] = (
-    (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()  # PEP 706, Python >= 3.11.4
-)
+            raise PermanentError(f"{name}: unsafe member: symlink {member.name} points outside the tree")
 
 
 def unpack_tree(
