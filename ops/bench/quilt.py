@@ -82,12 +82,18 @@ def by_hand(base: Path, distribution: str, tmpdir: Path | None, dsc: Path, work:
     return took
 
 
-def through_farm(dsc: Path, work: Path) -> tuple[float, float, dict[str, Any]]:
-    """(farm start, submit to succeeded, the build's view) on a fresh 1-node sbuild farm."""
+def farm_manifest(dsc: Path, work: Path) -> Path:
+    """A manifest in ``work`` whose one package is the local ``dsc`` (an entry of kind ``dsc:``)."""
     manifest = work / "buildfarm.yaml"
     manifest.write_text(
         f"project: bench\nbranch: main\nkind: nightly\npackages:\n  - dsc: {dsc.relative_to(work)}\n"
     )
+    return manifest
+
+
+def through_farm(dsc: Path, work: Path) -> tuple[float, float, dict[str, Any]]:
+    """(farm start, submit to succeeded, the build's view) on a fresh 1-node sbuild farm."""
+    manifest = farm_manifest(dsc, work)
     env = farm_env(work / "state", "sbuild")
     started = time.monotonic()
     cli(env, "start", "--runner", "sbuild", "--nodes", "1")
