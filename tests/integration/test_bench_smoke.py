@@ -54,3 +54,18 @@ def test_api_bench_runs_with_make_s_environment(
     assert bench.main() == 0
     out = capsys.readouterr().out
     assert "API GET  /builds/{id}" in out and "(n=3)" in out and "(n=2)" in out
+
+
+def test_quilt_bench_gives_the_farm_the_real_package_it_builds_by_hand(tmp_path: Path) -> None:
+    """Its build parts cost minutes (two sbuilds and a farm): only its inputs are checked here, the
+    cached Debian package (fetched once, shared with test_real_sources_debian) and the manifest."""
+    from buildfarm.model.debsource import source_package
+    from buildfarm.model.manifest import load_manifest
+
+    bench = _load("quilt")
+    dsc = bench.copy_source(bench.debian_source(*bench.PACKAGE), tmp_path / "src")
+    manifest = load_manifest(bench.farm_manifest(dsc, tmp_path))
+    [entry] = manifest.packages
+    assert entry.dsc == "src/rsakeyfind_1.0-8.dsc"
+    package = source_package(tmp_path / entry.dsc, entry.dsc)
+    assert package.name == "rsakeyfind" and package.format == "3.0 (quilt)"

@@ -16,9 +16,8 @@ minizip 1.1-8+d12u1 ``path``             3.0 (quilt); Build-Depends on dh-autore
                                          same build, so it waits for it (a build-time edge)
 ==================  ===================  ==================================================
 
-Downloads: ``apt-get source --download-only`` from the Debian mirror the farm's settings name
-(the machine's), with a private apt configuration holding a ``deb-src`` line, cached in
-``~/.cache/buildfarm/debian-sources/<name>_<version>/`` so the suite fetches them once.  The
+Downloads: tests/debsources.py (``apt-get source --download-only``, cached in
+``~/.cache/buildfarm/debian-sources/<name>_<version>/`` so the suite fetches them once).  The
 farm's "mirror" for ``source:`` is a small archive on localhost made from those files with
 ``apt-ftparchive`` (Sources for ``source:``, an empty Packages index for the builds).
 
@@ -29,7 +28,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -43,11 +41,11 @@ from buildfarm.model.debsource import source_package
 from buildfarm.model.settings import load_settings
 from buildfarm.runners.sbuild import ensure_base_tarball
 
+from debsources import debian_source
 from test_local_farm import Farm
 
 pytestmark = pytest.mark.sbuild
 
-CACHE = Path.home() / ".cache" / "buildfarm" / "debian-sources"
 PACKAGES = {
     "rsakeyfind": "1:1.0-8",
     "mescc-tools": "1.4.0-1",
@@ -56,51 +54,6 @@ PACKAGES = {
     "dh-autoreconf": "20",
     "minizip": "1.1-8+deb12u1",
 }
-APT_TIMEOUT_SECONDS = 600
-
-
-def _apt_options(root: Path) -> list[str]:
-    return [
-        "-o", f"Dir::Etc::SourceList={root / 'sources.list'}",
-        "-o", f"Dir::Etc::SourceParts={root / 'sources.list.d'}",
-        "-o", f"Dir::Etc::PreferencesParts={root / 'preferences.d'}",
-        "-o", f"Dir::State::Lists={root / 'lists'}",
-        "-o", f"Dir::Cache={root / 'cache'}",
-        "-o", "APT::Sandbox::User=root",
-    ]  # fmt: skip
-
-
-def debian_source(name: str, version: str) -> Path:
-    """The .dsc of ``name`` ``version`` in the cache, fetched with apt-get source once."""
-    noepoch = version.split(":", 1)[-1]
-    directory = CACHE / f"{name}_{noepoch}"
-    dsc = directory / f"{name}_{noepoch}.dsc"
-    if dsc.is_file():
-        try:
-            source_package(dsc, name)
-            return dsc
-        except Exception:
-            shutil.rmtree(directory)
-    settings = load_settings(state_dir=CACHE / "unused")
-    apt = CACHE / "apt"
-    for sub in ("sources.list.d", "preferences.d", "lists/partial", "cache/archives/partial"):
-        (apt / sub).mkdir(parents=True, exist_ok=True)
-    (apt / "sources.list").write_text(f"deb-src {settings.mirror} {settings.distribution} main\n")
-    options = _apt_options(apt)
-    if not any((apt / "lists").glob("*Sources*")):
-        subprocess.run(
-            ["apt-get", *options, "update"], check=True, capture_output=True, timeout=APT_TIMEOUT_SECONDS
-        )
-    scratch = CACHE / f".{name}.{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    subprocess.run(
-        ["apt-get", *options, "source", "--download-only", f"{name}={version}"],
-        cwd=scratch, check=True, capture_output=True, timeout=APT_TIMEOUT_SECONDS,
-    )  # fmt: skip
-    source_package(scratch / dsc.name, name)  # every file there, as the .dsc says
-    scratch.rename(directory)
-    return dsc
 
 
 def _unpack(dsc: Path, into: Path) -> Path:

@@ -17,7 +17,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,6 +43,38 @@ def _chroot_line(source: AptSource) -> str:
     if source.signed_by is None:
         return source.line()
     return replace(source, signed_by=None, trusted=False).line()
+
+
+def sbuild_command(
+    base_tarball: Path, distribution: str, build_dir: Path, dsc: Path, extra_sources: Sequence[AptSource] = ()
+) -> list[str]:
+    """The sbuild call of every step (``make bench`` builds by hand with it: only the farm differs)."""
+    return [
+        "sbuild",
+        "--chroot-mode=unshare",
+        f"--chroot={base_tarball}",
+        f"--dist={distribution}",
+        "--no-run-lintian",
+        "--no-run-piuparts",
+        "--no-run-autopkgtest",
+        "--no-apt-upgrade",
+        "--no-apt-distupgrade",
+        "--nolog",
+        f"--build-dir={build_dir}",
+        "--arch-all",
+        "--arch-any",
+        *(f"--extra-repository={_chroot_line(s)}" for s in extra_sources),
+        # a signed source's key goes into the chroot's trusted keys (sbuild copies it there)
+        *(f"--extra-repository-key={s.signed_by}" for s in extra_sources if s.signed_by),
+        str(dsc),
+    ]
+
+
+def sbuild_environment(home: Path) -> dict[str, str]:
+    """sbuild's environment: this file's configuration, no DEB_*/DPKG_* of the caller, and a
+    ``home`` without .sbuildrc (sbuild reads $HOME/.sbuildrc before SBUILD_CONFIG)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEB_", "DPKG_"))}
+    return env | {"SBUILD_CONFIG": str(SBUILD_CONFIG), "LC_ALL": "C.UTF-8", "HOME": str(home)}
 
 
 def _digest(path: Path) -> str:
@@ -221,29 +253,10 @@ class SbuildRunner:
             dsc = dscs[0]
         out = job.workdir / "out"
         out.mkdir()
-        command = [
-            "sbuild",
-            "--chroot-mode=unshare",
-            f"--chroot={self.base_tarball}",
-            f"--dist={self.distribution}",
-            "--no-run-lintian",
-            "--no-run-piuparts",
-            "--no-run-autopkgtest",
-            "--no-apt-upgrade",
-            "--no-apt-distupgrade",
-            "--nolog",
-            f"--build-dir={out}",
-            "--arch-all",
-            "--arch-any",
-            *(f"--extra-repository={_chroot_line(s)}" for s in job.extra_sources),
-            # a signed source's key goes into the chroot's trusted keys (sbuild copies it there)
-            *(f"--extra-repository-key={s.signed_by}" for s in job.extra_sources if s.signed_by),
-            str(dsc),
-        ]
-        home = job.workdir / "home"  # sbuild reads $HOME/.sbuildrc before SBUILD_CONFIG: keep it empty
+        command = sbuild_command(self.base_tarball, self.distribution, out, dsc, job.extra_sources)
+        home = job.workdir / "home"
         home.mkdir()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DEB_", "DPKG_"))}
-        env |= {"SBUILD_CONFIG": str(SBUILD_CONFIG), "LC_ALL": "C.UTF-8", "HOME": str(home)}
+        env = sbuild_environment(home)
         chroots: Path | None = None
         if self.tmpdir is not None:
             chroots = self.tmpdir / attempt_dirname(job.build_id, to_safe(job.step_name), job.attempt)
