@@ -350,7 +350,9 @@ def _follow(
         lost += 1
         note += f" (expected attempt {expect_attempt})"
     debs = [o for o in step["outputs"] if o["filename"].endswith(".deb")]
-    duplicated = int(len(debs) != 1)
+    duplicated = int(len(debs) > 1)
+    if lost:
+        note += f"; {view['state']}: {step.get('error') or view.get('error')}"
     if not lost:
         branch_dir = farm.state / "repos" / "chaos" / case
         for tree in (branch_dir / "latest", branch_dir / "builds" / str(build_id)):
