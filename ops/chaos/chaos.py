@@ -19,6 +19,7 @@ every wait has a deadline (a case at most ``CASE_TIMEOUT_SECONDS``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -253,22 +254,57 @@ def run_branch_case(farm: ChaosFarm, case: str) -> Row:
     packages = latest.read_text() if latest.is_file() else ""
     missing = [n for n in names if packages.count(f"Package: {n}\n") == 0]
     twice = [n for n in names if packages.count(f"Package: {n}\n") > 1]
-    verify = farm.json("repo", "verify", "chaos", case)
-    verified = sorted(str(item.get("package", item)) for item in verify if item["identical"])
+    verify = farm.json("repo", "verify", "chaos", case)  # the farm's own check: the last build's packages
     wrong = [item for item in verify if not item["identical"]]
-    lost = len(failed) + len(missing) + int(bool(wrong))
+    differ = _apt_latest(farm, case, {n: _deb_sha256(views[i]) for n, i in zip(names, ids, strict=True)})
+    lost = len(failed) + len(missing) + int(bool(wrong)) + len(differ)
     note = (
         f"{len(ids) - len(failed)}/{len(ids)} succeeded; "
         f"latest lists {len(names) - len(missing)}/{len(names)}; "
-        f"repo verify: {len(verified)} identical, {len(wrong)} differ"
+        f"apt gets {len(names) - len(differ)}/{len(names)} from latest as built; "
+        f"repo verify checks {len(verify)} ({len(wrong)} differ)"
     )
     if missing:
         note += f"; missing from latest: {', '.join(missing)}"
+    if differ:
+        note += f"; apt: {'; '.join(differ[:3])}"
     if failed:
         note += f"; failed: {'; '.join(failed[:3])}"
     strays = farm.strays()
     note += f"; left: {', '.join(strays)}" if strays else ""
     return Row(case, recovery, lost, len(twice), len(strays), note)
+
+
+def _deb_sha256(view: dict[str, Any]) -> str:
+    return next(
+        (str(o["sha256"]) for s in view["steps"] for o in s["outputs"] if o["filename"].endswith(".deb")), ""
+    )
+
+
+def _apt_latest(farm: ChaosFarm, branch: str, built: dict[str, str]) -> list[str]:
+    """apt-get update on the branch's ``latest`` and download every package in ``built`` (name to
+    the sha256 its build produced): what differs or cannot be downloaded, one line each.
+    ``buildfarm repo verify`` checks only the packages of the build behind ``latest``."""
+    from buildfarm.local.aptclient import AptClient, AptError
+
+    source = farm.json("repo", "sources", "chaos", branch)
+    key = farm.json("repo", "key")["public_key"] if source.get("signed_by") else None
+    differ = []
+    with tempfile.TemporaryDirectory(prefix="buildfarm-chaos-apt-") as workdir:
+        apt = AptClient(Path(workdir), source["line"], key)
+        try:
+            apt.update()
+        except AptError as exc:
+            return [f"apt-get update: {str(exc).strip().splitlines()[-1]}"]
+        for package, sha256 in built.items():
+            try:
+                got = hashlib.sha256(apt.download(package).read_bytes()).hexdigest()
+            except AptError as exc:
+                differ.append(f"{package}: {str(exc).strip().splitlines()[-1]}")
+                continue
+            if got != sha256:
+                differ.append(f"{package}: apt got {got[:12]}, built {sha256[:12]}")
+    return differ
 
 
 def run_case(farm: ChaosFarm, case: str) -> Row:
