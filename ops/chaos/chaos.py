@@ -12,6 +12,15 @@ Each case checks that:
 * no process of the farm is left over: every process carrying the farm's state dir in its
   environment belongs to a process the farm knows (``leftovers``; and none at all after stop).
 
+Further cases: ``builder`` kills -9 the ``dpkg-buildpackage`` alone (the host runner's sbuild; what
+the OOM killer does): the step must be built again, succeeding on attempt 2, once.
+``repos-readonly``/``repos-full`` (and ``artifacts-*``) put a read-only bind mount or a filled tmpfs
+over the state dir's ``repos`` (``artifacts``) while the build finishes (needs root), for
+``FAULT_HOLD_SECONDS`` after the build first says so, then unmount: the build must wait, then
+publish once. ``branch-20`` submits ``CONCURRENT_BUILDS`` builds of different packages to one
+branch at once: each succeeds, ``latest`` lists each package once, apt downloads each from
+``latest`` with the bytes its build made.  ``CASES="builder branch-20" make chaos`` runs some.
+
 It prints a table: case, recovery seconds (fault to build succeeded with the farm whole again),
 lost, duplicated, leftovers; exits 1 when any case lost, duplicated or left something. Bounded:
 every wait has a deadline (a case at most ``CASE_TIMEOUT_SECONDS``).
