@@ -12,6 +12,15 @@ Each case checks that:
 * no process of the farm is left over: every process carrying the farm's state dir in its
   environment belongs to a process the farm knows (``leftovers``; and none at all after stop).
 
+Further cases: ``builder`` kills -9 the ``dpkg-buildpackage`` alone (the host runner's sbuild; what
+the OOM killer does): the step must be built again, succeeding on attempt 2, once.
+``repos-readonly``/``repos-full`` (and ``artifacts-*``) put a read-only bind mount or a filled tmpfs
+over the state dir's ``repos`` (``artifacts``) while the build finishes (needs root), for
+``FAULT_HOLD_SECONDS`` after the build first says so, then unmount: the build must wait, then
+publish once. ``branch-20`` submits ``CONCURRENT_BUILDS`` builds of different packages to one
+branch at once: each succeeds, ``latest`` lists each package once, apt downloads each from
+``latest`` with the bytes its build made.  ``CASES="builder branch-20" make chaos`` runs some.
+
 It prints a table: case, recovery seconds (fault to build succeeded with the farm whole again),
 lost, duplicated, leftovers; exits 1 when any case lost, duplicated or left something. Bounded:
 every wait has a deadline (a case at most ``CASE_TIMEOUT_SECONDS``).
@@ -19,6 +28,7 @@ every wait has a deadline (a case at most ``CASE_TIMEOUT_SECONDS``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -47,7 +57,13 @@ ENV = {
     "BUILDFARM_HEARTBEAT_SECONDS": "1",
     "BUILDFARM_REAPER_SECONDS": "1",
     "BUILDFARM_REDISPATCH_SECONDS": "5",
+    "BUILDFARM_REPOSITORY_RETRY_MIN_SECONDS": "1",
+    "BUILDFARM_REPOSITORY_RETRY_MAX_SECONDS": "3",
 }
+FAULT_HOLD_SECONDS = 4.0
+"""How long a disk fault stays after the build first met it, before the operator clears it."""
+CONCURRENT_BUILDS = 20
+"""Builds of different packages submitted at once to one branch (``branch-20``)."""
 
 
 @dataclass
@@ -140,7 +156,171 @@ def _kill_group(pid: int) -> None:
     _wait(lambda: _state(pid) in ("X", "Z"), 30, f"pid {pid} to die")
 
 
+def _builder_pid(farm: ChaosFarm) -> int:
+    """The running ``dpkg-buildpackage`` of the farm (the host runner's builder; sbuild's twin)."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if not any(a.endswith(b"dpkg-buildpackage") for a in argv[:2]):
+                continue
+            if os.readlink(proc / "cwd").startswith(str(farm.state)):
+                return int(proc.name)
+        except OSError:
+            continue
+    raise RuntimeError("no dpkg-buildpackage of the farm runs")
+
+
+def _mount_fault(target: Path, kind: str) -> None:
+    """Make ``target`` read-only (a read-only bind mount over itself) or full (a filled tmpfs)."""
+    target.mkdir(parents=True, exist_ok=True)
+    if kind == "readonly":
+        subprocess.run(["mount", "--bind", str(target), str(target)], check=True)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True)
+        return
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(target)], check=True)
+    with open(target / "filler", "wb") as filler:  # fill it: every later write meets ENOSPC
+        try:
+            for _ in range(1024):
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        except OSError:
+            pass
+
+
+def _release_fault(target: Path) -> None:
+    subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+def run_disk_case(farm: ChaosFarm, case: str) -> Row:
+    """A read-only or full filesystem under the repositories (or the artifact store) while the
+    build publishes: the build must wait, then publish exactly once after the fault clears."""
+    where, kind = case.split("-", 1)
+    name = f"chaos-{case}"
+    flag = farm.work / f"{case}.go"
+    builder_runs = farm.work / f"{case}.running"
+    make_package(farm.work / "src" / case, name, build=FLAG_WAIT.format(flag=flag, running=builder_runs))
+    manifest = write_manifest(farm.work / "src" / case, [name], project="chaos", branch=case)
+    build_id = int(farm.json("build", "submit", str(manifest))["id"])
+    _wait(builder_runs.exists, 120, f"{name}'s builder to run")
+    target = farm.state / where
+    view: dict[str, Any] = {}
+
+    def met_fault() -> bool:
+        view.update(farm.json("build", "show", str(build_id)))
+        return bool(view.get("error")) or view["state"] in ("succeeded", "failed", "cancelled")
+
+    _mount_fault(target, kind)
+    start = time.monotonic()
+    try:
+        flag.touch()
+        try:
+            _wait(met_fault, 90, f"{name} to meet the fault", interval=0.5)
+            during = f"during: {view['state']}, {view.get('error') or 'no error'}"
+        except TimeoutError:
+            during = f"during: still {view.get('state')} with no error after 90 s"
+        time.sleep(FAULT_HOLD_SECONDS)  # the fault lasts a while: publishing must keep waiting
+    finally:
+        _release_fault(target)
+    return _follow(farm, case, build_id, start=start, note=during, orphans=[], expect_attempt=None)
+
+
+def run_branch_case(farm: ChaosFarm, case: str) -> Row:
+    """``CONCURRENT_BUILDS`` builds of different packages submitted at once to one branch: each
+    succeeds, ``latest`` lists every package exactly once, apt agrees."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [f"chaos-b{i:02d}" for i in range(CONCURRENT_BUILDS)]
+    manifests = []
+    for name in names:
+        make_package(farm.work / "src" / name, name)
+        manifests.append(write_manifest(farm.work / "src" / name, [name], project="chaos", branch=case))
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=CONCURRENT_BUILDS) as pool:
+        ids = list(pool.map(lambda m: int(farm.json("build", "submit", str(m))["id"]), manifests))
+    views: dict[int, dict[str, Any]] = {}
+
+    def all_finished() -> bool:
+        for build_id in ids:
+            if views.get(build_id, {}).get("state") not in ("succeeded", "failed", "cancelled"):
+                views[build_id] = farm.json("build", "show", str(build_id))
+        return all(v["state"] in ("succeeded", "failed", "cancelled") for v in views.values())
+
+    try:
+        _wait(all_finished, CASE_TIMEOUT_SECONDS * 2, f"{len(ids)} builds to finish", interval=1.0)
+    except TimeoutError:
+        unfinished = [str(i) for i in ids if views.get(i, {}).get("state") != "succeeded"]
+        return Row(
+            case,
+            time.monotonic() - start,
+            len(unfinished),
+            0,
+            len(farm.strays()),
+            f"unfinished: {', '.join(unfinished)}",
+        )
+    recovery = time.monotonic() - start
+    failed = [f"{i}: {v.get('error')}" for i, v in views.items() if v["state"] != "succeeded"]
+    latest = farm.state / "repos" / "chaos" / case / "latest" / "Packages"
+    packages = latest.read_text() if latest.is_file() else ""
+    missing = [n for n in names if packages.count(f"Package: {n}\n") == 0]
+    twice = [n for n in names if packages.count(f"Package: {n}\n") > 1]
+    verify = farm.json("repo", "verify", "chaos", case)  # the farm's own check: the last build's packages
+    wrong = [item for item in verify if not item["identical"]]
+    differ = _apt_latest(farm, case, {n: _deb_sha256(views[i]) for n, i in zip(names, ids, strict=True)})
+    lost = len(failed) + len(missing) + int(bool(wrong)) + len(differ)
+    note = (
+        f"{len(ids) - len(failed)}/{len(ids)} succeeded; "
+        f"latest lists {len(names) - len(missing)}/{len(names)}; "
+        f"apt gets {len(names) - len(differ)}/{len(names)} from latest as built; "
+        f"repo verify checks {len(verify)} ({len(wrong)} differ)"
+    )
+    if missing:
+        note += f"; missing from latest: {', '.join(missing)}"
+    if differ:
+        note += f"; apt: {'; '.join(differ[:3])}"
+    if failed:
+        note += f"; failed: {'; '.join(failed[:3])}"
+    strays = farm.strays()
+    note += f"; left: {', '.join(strays)}" if strays else ""
+    return Row(case, recovery, lost, len(twice), len(strays), note)
+
+
+def _deb_sha256(view: dict[str, Any]) -> str:
+    return next(
+        (str(o["sha256"]) for s in view["steps"] for o in s["outputs"] if o["filename"].endswith(".deb")), ""
+    )
+
+
+def _apt_latest(farm: ChaosFarm, branch: str, built: dict[str, str]) -> list[str]:
+    """apt-get update on the branch's ``latest`` and download every package in ``built`` (name to
+    the sha256 its build produced): what differs or cannot be downloaded, one line each.
+    ``buildfarm repo verify`` checks only the packages of the build behind ``latest``."""
+    from buildfarm.local.aptclient import AptClient, AptError
+
+    source = farm.json("repo", "sources", "chaos", branch)
+    key = farm.json("repo", "key")["public_key"] if source.get("signed_by") else None
+    differ = []
+    with tempfile.TemporaryDirectory(prefix="buildfarm-chaos-apt-") as workdir:
+        apt = AptClient(Path(workdir), source["line"], key)
+        try:
+            apt.update()
+        except AptError as exc:
+            return [f"apt-get update: {str(exc).strip().splitlines()[-1]}"]
+        for package, sha256 in built.items():
+            try:
+                got = hashlib.sha256(apt.download(package).read_bytes()).hexdigest()
+            except AptError as exc:
+                differ.append(f"{package}: {str(exc).strip().splitlines()[-1]}")
+                continue
+            if got != sha256:
+                differ.append(f"{package}: apt got {got[:12]}, built {sha256[:12]}")
+    return differ
+
+
 def run_case(farm: ChaosFarm, case: str) -> Row:
+    if case.startswith(("repos-", "artifacts-")):
+        return run_disk_case(farm, case)
+    if case == "branch-20":
+        return run_branch_case(farm, case)
     name = f"chaos-{case}"
     flag = farm.work / f"{case}.go"
     builder_runs = farm.work / f"{case}.running"
@@ -152,7 +332,7 @@ def run_case(farm: ChaosFarm, case: str) -> Row:
     _wait(builder_runs.exists, 120, f"{name}'s builder to run")
     running.update(farm.json("build", "show", str(build_id))["steps"][0])  # it runs: the node is known
     target = str(running["node"]) if case == "node" else case.removesuffix("-sigstop")
-    pid = farm.pids()[target]
+    pid = _builder_pid(farm) if case == "builder" else farm.pids()[target]
     start = time.monotonic()
     note = ""
     orphans: list[str] = []
@@ -163,6 +343,10 @@ def run_case(farm: ChaosFarm, case: str) -> Row:
         verify = farm.cli("repo", "verify", "chaos", case, timeout=120)
         note = f"repo verify while stopped: exit {verify.returncode}"
         os.killpg(pid, signal.SIGCONT)
+    elif case == "builder":  # the system kills one process (the OOM killer): not its group
+        os.kill(pid, signal.SIGKILL)
+        _wait(lambda: _state(pid) in ("X", "Z"), 30, f"pid {pid} to die")
+        flag.touch()
     else:
         _kill_group(pid)
         orphans = farm.strays()  # before the flag lets an orphaned builder finish
@@ -170,6 +354,22 @@ def run_case(farm: ChaosFarm, case: str) -> Row:
         note = f"orphaned: {', '.join(orphans)}" if orphans else ""
     started = farm.json("start")["started"]  # what the operator does: start only what is missing
     note = "; ".join(filter(None, [note, f"restarted: {', '.join(started) or 'nothing'}"]))
+    expect = 2 if case == "builder" else None  # the farm builds a killed builder's step again, once
+    return _follow(farm, case, build_id, start=start, note=note, orphans=orphans, expect_attempt=expect)
+
+
+def _follow(
+    farm: ChaosFarm,
+    case: str,
+    build_id: int,
+    *,
+    start: float,
+    note: str,
+    orphans: list[str],
+    expect_attempt: int | None,
+) -> Row:
+    """Follow the build to its end and check it: once, published once, apt agrees, nothing left."""
+    name = f"chaos-{case}"
     view: dict[str, Any] = {}
 
     def finished() -> bool:
@@ -191,8 +391,13 @@ def run_case(farm: ChaosFarm, case: str) -> Row:
     lost = int(view["state"] != "succeeded")
     step = view["steps"][0]
     note += f"; attempt {step['attempt']} on {step['node']}"
+    if expect_attempt is not None and step["attempt"] != expect_attempt:
+        lost += 1
+        note += f" (expected attempt {expect_attempt})"
     debs = [o for o in step["outputs"] if o["filename"].endswith(".deb")]
-    duplicated = int(len(debs) != 1)
+    duplicated = int(len(debs) > 1)
+    if lost:
+        note += f"; {view['state']}: {step.get('error') or view.get('error')}"
     if not lost:
         branch_dir = farm.state / "repos" / "chaos" / case
         for tree in (branch_dir / "latest", branch_dir / "builds" / str(build_id)):
@@ -206,11 +411,29 @@ def run_case(farm: ChaosFarm, case: str) -> Row:
     return Row(case, recovery, lost, duplicated, len(strays) + len(orphans), note)
 
 
-CASES = ["node", "scheduler", "api", "repo-server", "redis", "registry", "repo-server-sigstop"]
+CASES = [
+    "node",
+    "scheduler",
+    "api",
+    "repo-server",
+    "redis",
+    "registry",
+    "repo-server-sigstop",
+    "builder",
+    "repos-readonly",
+    "repos-full",
+    "artifacts-readonly",
+    "artifacts-full",
+    "branch-20",
+]
 
 
 def main() -> int:
     only = sys.argv[1:]
+    unknown = [c for c in only if c not in CASES]
+    if unknown:
+        print(f"chaos: unknown case(s) {', '.join(unknown)}; cases: {' '.join(CASES)}", file=sys.stderr)
+        return 2
     cases = [c for c in CASES if not only or c in only]
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="buildfarm-chaos-") as tmp:
