@@ -178,3 +178,62 @@ def test_reaper_sweeps_dead_attempts_directories_only(ctx: FarmContext, tmp_path
     assert [p for p in dead if p.exists()] == []
     assert all(p.exists() for p in [*live, busy, *others])
     assert sweep_dead_attempts(ctx) == [busy]  # once nothing uses it
+
+
+def _refusing_store(ctx: FarmContext, monkeypatch: pytest.MonkeyPatch, refusals: int) -> list[int]:
+    """The artifact store refuses the first ``refusals`` outputs as a read-only disk would."""
+    calls: list[int] = []
+    put_file = ctx.store.put_file
+
+    def refusing(path: Path) -> object:
+        calls.append(1)
+        if len(calls) <= refusals:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return put_file(path)
+
+    monkeypatch.setattr(ctx.store, "put_file", refusing)
+    return calls
+
+
+def test_read_only_artifact_store_is_waited_out_not_a_failed_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by make chaos: a read-only or full artifact store failed the step on attempt 1,
+    throwing away a good build; the attempt now waits (keeping its lease) and stores it."""
+    ctx = make_test_context(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'state.db'}",
+        repository_retry_min_seconds=0.05,
+        repository_retry_max_seconds=0.1,
+    )
+    try:
+        src = tmp_path / "src"
+        make_package(src, "sturdy")
+        build_id = _submit(ctx, src, "sturdy")
+        ((step_id, _),) = dispatcher(ctx).runs
+        calls = _refusing_store(ctx, monkeypatch, refusals=2)
+        assert run_step(ctx, step_id, "node1") == "succeeded"
+        (step,) = control.show_build(ctx, build_id).steps
+        assert (step.state, step.attempt, len(calls)) == ("succeeded", 1, 4)  # 2 refused, 2 .debs stored
+        assert step.log is not None and "storing outputs waits 0.05 s" in Path(step.log).read_text()
+    finally:
+        ctx.db.dispose()
+
+
+def test_artifact_store_refusing_past_the_bound_fails_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = make_test_context(
+        tmp_path, f"sqlite:///{tmp_path / 'state.db'}", repository_give_up_seconds=0
+    )
+    try:
+        src = tmp_path / "src"
+        make_package(src, "doomed")
+        build_id = _submit(ctx, src, "doomed")
+        ((step_id, _),) = dispatcher(ctx).runs
+        _refusing_store(ctx, monkeypatch, refusals=1000)
+        assert run_step(ctx, step_id, "node1") == "failed"
+        (step,) = control.show_build(ctx, build_id).steps
+        assert step.error == "OSError: [Errno 30] Read-only file system"
+    finally:
+        ctx.db.dispose()

@@ -363,7 +363,9 @@ def repository_fault(exc: Exception) -> BuildfarmError:
     if isinstance(exc, ConnectionError | TimeoutError) or (isinstance(exc, OSError) and exc.errno is None):
         return TemporaryError(f"{type(exc).__name__}: {exc}")  # requests' and urllib3's errors too
     if isinstance(exc, OSError):
-        where = f" ({exc.filename})" if exc.filename else ""
+        # a copy puts its source in filename and the target it could not write in filename2
+        target = exc.filename2 or exc.filename
+        where = f" ({target})" if target else ""
         reason = f"{exc.strerror or exc}{where}"
         if exc.errno in TEMPORARY_ERRNOS:
             return TemporaryError(f"the disk refused: {reason}")

@@ -17,6 +17,7 @@ import datetime as dt
 import logging
 import shutil
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from sqlalchemy import update
 
 from buildfarm.backends.base import AptSource, LogWriter, ObjectRef
 from buildfarm.engine import builders
+from buildfarm.engine.advance import TEMPORARY_ERRNOS
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.images import bring_into_namespace, dependency_images, image_spec
 from buildfarm.model import names
@@ -329,11 +331,39 @@ def _build(
                 )
                 for image in result.images
             ]
-        return None, [(path.name, ctx.store.put_file(path)) for path in result.outputs]
+        return None, _store_outputs(ctx, result.outputs, writer, cancel)
     except BuildfarmError as exc:
         return str(exc), []
     except OSError as exc:
         return f"{type(exc).__name__}: {exc}", []
+
+
+def _store_outputs(
+    ctx: FarmContext, outputs: list[Path], writer: LogWriter, cancel: threading.Event
+) -> list[tuple[str, ObjectRef]]:
+    """Store a step's outputs; a full or read-only artifact store is waited out, not a failure.
+
+    The built packages are fine: failing the step would throw away the build for a disk an
+    operator is about to clear. The attempt keeps its lease (the heartbeat runs) and waits with
+    the publish path's pauses and bound (``repository_retry_*``, ``repository_give_up_seconds``);
+    past the bound, or on any other fault, the OSError fails the attempt with its reason.
+    """
+    settings = ctx.settings
+    deadline = time.monotonic() + settings.repository_give_up_seconds
+    pause = settings.repository_retry_min_seconds
+    while True:
+        try:
+            return [(path.name, ctx.store.put_file(path)) for path in outputs]
+        except OSError as exc:
+            if exc.errno not in TEMPORARY_ERRNOS or time.monotonic() + pause > deadline:
+                raise
+            writer.write_line(
+                f"buildfarm: storing outputs waits {pause:g} s: the artifact store refused: "
+                f"{exc.strerror or exc}"
+            )
+            if cancel.wait(pause):
+                raise
+            pause = min(pause * 2, settings.repository_retry_max_seconds)
 
 
 @dataclass(frozen=True)
