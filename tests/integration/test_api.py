@@ -364,7 +364,8 @@ def test_remote_submit_uploads_image_contexts(api: Api, tmp_path: Path) -> None:
     with api.client(token) as http:
         none = http.post("/api/v1/builds", json={"manifest": body, "sources": {}})
         assert none.status_code == 400 and none.json()["error"]["code"] == "bad_source"
-        package_sha = recorded["pic-tool"][1]
+        # the package's uploaded tree (its step's source is the source package the API made of it)
+        package_sha = hashlib.sha256(pack_tree(manifest.parent / "pic-tool")).hexdigest()
         answers = [
             http.post("/api/v1/builds", json={"manifest": body, "sources": {"0": package_sha}, **extra})
             for extra in (

@@ -142,7 +142,7 @@ def test_example_build_runs_in_builder_pods(ctx: FarmContext, moto: MotoS3, clus
     drain(ctx)
     view = control.show_build(ctx, build_id)
     assert view.state == "succeeded", [(s.name, s.state, s.error) for s in view.steps]
-    assert len(view.steps) == 5
+    assert len(view.steps) == 6  # examples/: five native packages and greet-quilt (3.0 quilt)
     objects = moto.object_names(ctx.settings.s3_bucket, "sha256/")
     for step in view.steps:
         assert any(o["filename"].endswith(".deb") for o in step.outputs)

@@ -12,6 +12,7 @@ from pulp_glue.common.context import EntityDefinition, PulpEntityContext
 from pulp_glue.common.exceptions import PulpException
 from pulp_glue.core.context import PulpSigningServiceContext
 
+from buildfarm.backends.apttree import check_filename as check_build_filename
 from buildfarm.backends.base import AptSource, BuildRef, MirrorStatus, PackageFile
 from buildfarm.backends.fs import file_sha256
 from buildfarm.backends.pulp import branchmerge, expire
@@ -422,6 +423,8 @@ class PulpRepository(PulpClient):
                 return self._source(base_path)
             # Binaries only: source packages (.dsc and files) are published by the local
             # repository; pulp_deb source content is not wired here yet (README, "Sources").
+            for package in packages:  # anything else (a "Release") is refused, not silently dropped
+                check_build_filename(package.filename)
             units = self._units([p for p in packages if p.filename.endswith((".deb", ".udeb"))])
             branch = self._repository(place.branch_repository, create=move_latest)
             record = self._read(branch) if branch is not None else None
