@@ -71,17 +71,7 @@ def unpack_trees(
             raise BadSourceError(f"{where}: no uploaded {noun} given in '{field}'")
         if not farm.store.has(sha):
             raise BadSourceError(f"{where}: {noun} {sha} was not uploaded")
-        target = scratch / kind / str(index)
-        tarball = target.with_suffix(".tar.gz")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        farm.store.fetch(sha, tarball)
-        try:
-            _unpack_bounded(farm, tarball, target)
-        except TooLargeError as exc:
-            raise TooLargeError(f"{kind}[{index}]: {exc}") from exc
-        except PermanentError as exc:
-            raise BadSourceError(f"{kind}[{index}]: {exc}") from exc
-        tarball.unlink()
+        target = _fetch_unpacked(farm, sha, scratch / kind / str(index), f"{kind}[{index}]")
         if kind == "packages" and not (target / "debian" / "control").is_file():
             raise BadSourceError(f"{where}: the uploaded tree has no debian/control")
         prepared[index] = target
@@ -89,6 +79,22 @@ def unpack_trees(
     if extra:
         raise BadSourceError(f"'{field}' given for {kind} that are not path {kind}: {sorted(extra)}")
     return prepared
+
+
+def _fetch_unpacked(farm: FarmContext, sha: str, target: Path, label: str) -> Path:
+    """Fetch the uploaded tarball ``sha`` and unpack it into ``target`` within the upload bounds;
+    a mistake names ``label`` (``packages[0]``)."""
+    tarball = target.with_suffix(".tar.gz")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    farm.store.fetch(sha, tarball)
+    try:
+        _unpack_bounded(farm, tarball, target)
+    except TooLargeError as exc:
+        raise TooLargeError(f"{label}: {exc}") from exc
+    except PermanentError as exc:
+        raise BadSourceError(f"{label}: {exc}") from exc
+    tarball.unlink()
+    return target
 
 
 def unpack_files(
@@ -104,17 +110,7 @@ def unpack_files(
             raise BadSourceError(f"'files' given for packages[{index}], which the manifest does not have")
         if not farm.store.has(sha):
             raise BadSourceError(f"packages[{index}]: files {sha} were not uploaded")
-        target = scratch / "files" / str(index)
-        tarball = target.with_suffix(".tar.gz")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        farm.store.fetch(sha, tarball)
-        try:
-            _unpack_bounded(farm, tarball, target)
-        except TooLargeError as exc:
-            raise TooLargeError(f"packages[{index}]: {exc}") from exc
-        except PermanentError as exc:
-            raise BadSourceError(f"packages[{index}]: {exc}") from exc
-        tarball.unlink()
+        target = _fetch_unpacked(farm, sha, scratch / "files" / str(index), f"packages[{index}]")
         if any(not p.is_file() for p in target.iterdir()):
             raise BadSourceError(f"packages[{index}]: the uploaded files must be plain files, flat")
         out[index] = target
