@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -53,6 +53,7 @@ from buildfarm.engine import accounts, control, retention
 from buildfarm.engine.accounts import AuthError, ForbiddenError, Principal
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
+from buildfarm.metrics import FarmCollector, metrics_endpoint
 from buildfarm.model import names
 from buildfarm.model.errors import NotFoundError, PermanentError
 from buildfarm.model.manifest import BuildKind, parse_manifest
@@ -133,7 +134,7 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
         responses=errors.ERROR_RESPONSES,
     )
     errors.install(app)
-    app.add_middleware(AnonymousLimit, limits=limits, exempt=frozenset({f"{API}/health"}))
+    app.add_middleware(AnonymousLimit, limits=limits, exempt=frozenset({f"{API}/health", "/metrics"}))
     app.state.farm = farm
     app.state.limits = limits
 
@@ -158,6 +159,7 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
     app.include_router(schedule_router(API, farm, _auth))
     app.include_router(retention_router(API, farm, _auth))
     app.include_router(repo_key_router(API, farm))
+    app.router.routes.append(metrics_endpoint(FarmCollector(farm.db, nodes.get, _queue_lengths(limits))))
 
     @app.get(f"{API}/health", response_model=HealthOut, tags=["farm"])
     def health() -> HealthOut:
@@ -405,6 +407,12 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
         return ProjectOut(name=project, role=body.role.value)
 
     return app
+
+
+def _queue_lengths(limits: Limits) -> Callable[[], dict[str, int]]:
+    from buildfarm.dispatch.celery_app import BUILD_QUEUE, CONTROL_QUEUE
+
+    return lambda: {q: int(limits.client.llen(q)) for q in (BUILD_QUEUE, CONTROL_QUEUE)}
 
 
 def _require_admin(principal: Principal) -> None:

@@ -7,6 +7,7 @@ was asked for stays recorded in the database, and the reaper sends it again with
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from functools import cache
 
@@ -15,6 +16,7 @@ from celery import shared_task
 from buildfarm.dispatch.context import make_context
 from buildfarm.engine import advance, reaper, steps
 from buildfarm.engine.context import FarmContext
+from buildfarm.metrics import LEASE_EXPIRIES, REDISPATCHES, STEPS_ACTIVE, STEPS_RUN, record_task_run
 from buildfarm.model.errors import BuildfarmError, TemporaryError
 from buildfarm.model.settings import load_settings
 
@@ -34,11 +36,14 @@ def _node_name(hostname: str | None) -> str:
 @shared_task(name="buildfarm.run_step", bind=True)  # type: ignore[untyped-decorator]
 def run_step(self, step_id: int) -> str:  # type: ignore[no-untyped-def]
     try:
-        outcome = steps.run_step(farm_context(), step_id, _node_name(self.request.hostname))
+        with STEPS_ACTIVE.track_inprogress():
+            outcome = steps.run_step(farm_context(), step_id, _node_name(self.request.hostname))
     except TemporaryError as exc:
         log.warning("step %s not run now, the reaper sends it again: %s", step_id, exc)
+        STEPS_RUN.labels("postponed").inc()
         return "postponed"
     log.info("step %s: %s", step_id, outcome)
+    STEPS_RUN.labels(outcome).inc()
     return outcome
 
 
@@ -57,6 +62,8 @@ def reap() -> None:
     except TemporaryError as exc:
         log.warning("reaper: skipped this round: %s", exc)
         return
+    LEASE_EXPIRIES.inc(len(report.expired))
+    REDISPATCHES.inc(len(report.redispatched))
     if report.expired or report.redispatched:
         log.warning("reaper: expired %s, redispatched %s", report.expired, report.redispatched)
 
@@ -80,22 +87,38 @@ def schedules_tick() -> list[int]:
 @shared_task(name="buildfarm.retention_sweep")  # type: ignore[untyped-decorator]
 def retention_sweep() -> None:
     from buildfarm.engine.retention import run_sweep
+    from buildfarm.state.models import utcnow
 
+    started = utcnow()
     try:
         report = run_sweep(farm_context(), dry_run=False)
     except BuildfarmError as exc:
         log.warning("retention: sweep not done, the next scheduled one tries again: %s", exc)
+        _record("retention", started, ok=False, moved=0, detail=str(exc))
         return
     log.info("retention: %s", report)
+    _record("retention", started, ok=True, moved=report.bytes_freed, detail=f"{report.builds_by_class}")
 
 
 @shared_task(name="buildfarm.backup_run")  # type: ignore[untyped-decorator]
 def backup_run() -> None:
     from buildfarm.engine.backup import run_backup
+    from buildfarm.state.models import utcnow
 
+    started = utcnow()
     try:
         report = run_backup(farm_context())
     except BuildfarmError as exc:
         log.warning("backup: run not done, the next scheduled one tries again: %s", exc)
+        _record("backup", started, ok=False, moved=0, detail=str(exc))
         return
     log.info("backup: %s", report)
+    _record("backup", started, ok=True, moved=report.copied_bytes, detail=f"{len(report.builds)} build(s)")
+
+
+def _record(task: str, started: dt.datetime, *, ok: bool, moved: int, detail: str) -> None:
+    """Keep the run's outcome for metrics; a database down now loses only this record."""
+    try:
+        record_task_run(farm_context().db, task, started, ok=ok, moved_bytes=moved, detail=detail)
+    except BuildfarmError as exc:
+        log.warning("%s: outcome not recorded: %s", task, exc)

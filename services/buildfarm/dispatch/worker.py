@@ -1,5 +1,7 @@
 """Entry point for ``celery -A buildfarm.dispatch.worker:app``: the app built from settings.
 
+When ``worker_metrics_port`` is set, each worker serves its ``/metrics`` once it is ready.
+
 A worker with ``runner: kubernetes`` runs the builder orphan reaper once when it is ready, so
 the steps its previous incarnation on this node held are settled before it builds again.
 """
@@ -10,6 +12,7 @@ from celery.signals import worker_ready
 
 from buildfarm.dispatch.builders import reap_on_worker_start
 from buildfarm.dispatch.celery_app import make_celery
+from buildfarm.metrics import serve_worker_metrics
 from buildfarm.model.settings import load_settings
 
 settings = load_settings()
@@ -20,3 +23,12 @@ app = make_celery(settings)
 def _reap_builders(sender: Any = None, **_: Any) -> None:
     hostname = getattr(sender, "hostname", None) or ""
     reap_on_worker_start(settings, settings.node or hostname.split("@", 1)[0] or None)
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _serve_metrics(sender: Any = None, **_: Any) -> None:
+    if settings.worker_metrics_port is None:
+        return
+    hostname = getattr(sender, "hostname", None) or ""
+    node = settings.node or hostname.split("@", 1)[0] or "worker"
+    serve_worker_metrics(settings.worker_metrics_host, settings.worker_metrics_port, settings.state_dir, node)

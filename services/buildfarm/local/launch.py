@@ -222,7 +222,7 @@ def launch(settings: Settings, sup: Supervisor, record: dict[str, Any], names: l
         sup.start(
             name,
             _command(name, settings, record),
-            env=registry_env(env) if name == REGISTRY else env,
+            env=registry_env(env) if name == REGISTRY else _with_worker_metrics(name, settings, record, env),
             umask=PRIVATE_UMASK if name in _NOT_NODES else BUILDER_UMASK,
         )
         if listener is not None:  # the next ones may need it (nodes need Redis)
@@ -230,6 +230,16 @@ def launch(settings: Settings, sup: Supervisor, record: dict[str, Any], names: l
     workers = {n for n in names if _listener(n, settings, record) is None}
     if workers:
         wait_until(lambda: workers <= set(ping(settings)), READY_TIMEOUT_SECONDS, "celery nodes")
+
+
+def _with_worker_metrics(
+    name: str, settings: Settings, record: dict[str, Any], env: dict[str, str]
+) -> dict[str, str]:
+    """Celery workers of the local farm serve /metrics on a free port (in their port file) unless
+    the farm was started with a port of its own."""
+    if _listener(name, settings, record) is not None or "BUILDFARM_WORKER_METRICS_PORT" in env:
+        return env
+    return env | {"BUILDFARM_WORKER_METRICS_PORT": "0"}
 
 
 def _wait_listening(listener: tuple[str, int], name: str) -> None:

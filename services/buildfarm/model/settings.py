@@ -409,6 +409,19 @@ class Settings(BaseSettings):
     )
     registry_password: SecretStr | None = Field(default=None, description="its password (from a Secret)")
     registry_password_file: Path | None = Field(default=None, description="file holding it (0600)")
+    # -- Observability (issue 17): Prometheus metrics of each Celery worker (the API serves the
+    # farm-wide ones at /metrics on its own port).
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="port of each Celery worker's /metrics (the chart: 9808); 0: any free port, "
+        "written to <state dir>/run/<node>.metrics-port (the local farm); unset: none",
+    )
+    worker_metrics_host: str = Field(
+        default="127.0.0.1",
+        description="address a worker's /metrics binds (the chart: 0.0.0.0, for the scraper)",
+    )
 
     @field_validator("fetch_allow_schemes", "fetch_allow_hosts", mode="before")
     @classmethod

@@ -309,3 +309,22 @@ class BuildInput(Base):
     origin: Mapped[str] = mapped_column(String(2000))
     url: Mapped[str] = mapped_column(String(2000), default="")
     stored_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class TaskRun(Base):
+    """How one periodic run (``retention`` sweep, ``backup``) ended, written when it ends (0009).
+
+    ``bytes`` is what it freed (retention) or copied (backup); ``detail`` its one-line summary
+    or error.  Metrics and the dashboard read the newest row per task.
+    """
+
+    __tablename__ = "task_runs"
+    __table_args__ = (Index("ix_task_runs_task_finished_at", "task", "finished_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(50))
+    started_at: Mapped[dt.datetime]
+    finished_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    ok: Mapped[bool]
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    detail: Mapped[str] = mapped_column(Text, default="")
