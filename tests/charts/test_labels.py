@@ -79,6 +79,8 @@ def test_one_resource_per_template_file_with_a_kind_suffixed_name(
             "ingress",
             "poddisruptionbudget",
             "persistentvolumeclaim",
+            "servicemonitor",
+            "podmonitor",
         }, f"{path.name}: name does not end with its kind"
 
 

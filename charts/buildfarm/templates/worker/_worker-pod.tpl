@@ -48,6 +48,10 @@ spec:
         - {{ .Values.worker.concurrency | quote }}
         - --without-gossip
         - --without-mingle
+      ports:
+        - name: metrics
+          containerPort: {{ .Values.metrics.workerPort }}
+          protocol: TCP
       livenessProbe:
         exec:
           command: ["sh", "-c", "celery -A buildfarm.dispatch.worker:app inspect ping -d \"$BUILDFARM_NODE@$HOSTNAME\" --timeout 10"]
