@@ -32,6 +32,7 @@ from kombu.exceptions import OperationalError
 from buildfarm.engine.schedules import check_schedules, parse_cron
 from buildfarm.model.errors import PermanentError, ServiceUnavailableError
 from buildfarm.model.settings import Settings
+from buildfarm.notify import check_notifications
 
 BUILD_QUEUE = "builds"
 CONTROL_QUEUE = "control"
@@ -64,6 +65,7 @@ def make_celery(settings: Settings) -> Celery:
             "buildfarm.schedules_tick": {"queue": CONTROL_QUEUE},
             "buildfarm.retention_sweep": {"queue": CONTROL_QUEUE},
             "buildfarm.backup_run": {"queue": CONTROL_QUEUE},
+            "buildfarm.notify_tick": {"queue": CONTROL_QUEUE},
         },
         "broker_transport_options": {
             "visibility_timeout": visibility,
@@ -84,6 +86,7 @@ def make_celery(settings: Settings) -> Celery:
 def beat_schedule(settings: Settings) -> dict[str, Any]:
     """The scheduler's periodic messages; a bad schedule or cron stops the process with one line."""
     check_schedules(settings)
+    check_notifications(settings)
     entries: dict[str, Any] = {
         "reap": {"task": "buildfarm.reap", "schedule": settings.reaper_seconds, "options": {"expires": 60}},
         "schedules": {
@@ -92,6 +95,12 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
             "options": {"expires": TICK_EXPIRES_SECONDS},
         },
     }
+    if settings.notifications:  # finished builds' webhooks and mails, sent after the build (issue 17)
+        entries["notify"] = {
+            "task": "buildfarm.notify_tick",
+            "schedule": settings.notify_tick_seconds,
+            "options": {"expires": max(settings.notify_tick_seconds, 30.0)},
+        }
     for name, task, expression, setting in (
         ("retention", "buildfarm.retention_sweep", settings.retention_schedule, "retention_schedule"),
         ("backup", "buildfarm.backup_run", settings.backup_schedule, "backup_schedule"),

@@ -122,3 +122,19 @@ def _record(task: str, started: dt.datetime, *, ok: bool, moved: int, detail: st
         record_task_run(farm_context().db, task, started, ok=ok, moved_bytes=moved, detail=detail)
     except BuildfarmError as exc:
         log.warning("%s: outcome not recorded: %s", task, exc)
+
+
+@shared_task(name="buildfarm.notify_tick")  # type: ignore[untyped-decorator]
+def notify_tick() -> dict[str, int]:
+    """Webhooks and mails owed by builds that ended (issue 17): never in a build's own path."""
+    from buildfarm.notify import tick
+    from buildfarm.state.models import utcnow
+
+    try:
+        counts = tick(farm_context(), utcnow())
+    except TemporaryError as exc:
+        log.warning("notify: tick skipped, the next one delivers what is due: %s", exc)
+        return {}
+    if any(counts.get(k) for k in ("delivered", "retry", "failed")):
+        log.info("notify: %s", counts)
+    return counts

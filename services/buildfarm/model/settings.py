@@ -103,6 +103,41 @@ class ScheduleConfig(BaseModel):
             raise ValueError(str(exc)) from exc
 
 
+NotifyEvent = Literal["finished", "failed", "fixed"]
+
+
+class NotifyConfig(BaseModel):
+    """Who hears about finished builds, and how (issue 17): a webhook, e-mail, or both.
+
+    ``project`` alone: every build of that project except personal ones; ``user``: the builds
+    that user submitted (their personal builds included), in ``project`` only if it is given.
+    Events: ``failed``; ``fixed``, the first success after a failure of the same project, branch
+    and kind; ``finished``, every outcome.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="simple name, unique among notifications; deliveries record it")
+    project: str | None = None
+    user: str | None = None
+    events: list[NotifyEvent] = Field(default_factory=lambda: list[NotifyEvent](["failed", "fixed"]))
+    webhook: str | None = Field(default=None, description="http(s) URL that receives a signed JSON POST")
+    secret_file: Path | None = Field(
+        default=None,
+        description="file (0600) holding the HMAC-SHA256 key of the webhook's X-Buildfarm-Signature-256 "
+        "header; unset: the webhook is sent unsigned",
+    )
+    email: list[str] = Field(default_factory=list, description="recipients of a plain-text mail (SMTP)")
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        try:
+            return None if value is None else check_url_syntax(value)
+        except PermanentError as exc:
+            raise ValueError(str(exc)) from exc
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BUILDFARM_", extra="ignore")
 
@@ -421,6 +456,39 @@ class Settings(BaseSettings):
     worker_metrics_host: str = Field(
         default="127.0.0.1",
         description="address a worker's /metrics binds (the chart: 0.0.0.0, for the scraper)",
+    )
+    # -- Notifications (issue 17): sent by the scheduler after builds end, never in a build's path.
+    notifications: list[NotifyConfig] = Field(
+        default_factory=list, description="webhook and e-mail targets of finished builds (JSON in env)"
+    )
+    notify_smtp_host: str | None = Field(default=None, description="SMTP server of e-mail notifications")
+    notify_smtp_port: int = Field(default=25, ge=1, le=65535, description="its port (587 with STARTTLS)")
+    notify_smtp_starttls: bool = Field(default=False, description="upgrade the SMTP connection with STARTTLS")
+    notify_smtp_username: str | None = Field(default=None, description="SMTP login; unset: none")
+    notify_smtp_password_file: Path | None = Field(
+        default=None, description="file (0600) holding its password"
+    )
+    notify_from: str = Field(default="buildfarm@localhost", description="From: of notification mails")
+    notify_dashboard_url: str | None = Field(
+        default=None, description="base URL of the web dashboard, for links in notifications; unset: api_url"
+    )
+    notify_tick_seconds: float = Field(
+        default=5.0, gt=0, description="how often the scheduler looks for finished builds and due retries"
+    )
+    notify_lookback_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="builds finished this long ago or less are notified; a scheduler down for longer "
+        "skips the older ones instead of flooding (1 hour)",
+    )
+    notify_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="bound on one webhook request or SMTP session"
+    )
+    notify_retry_seconds: float = Field(
+        default=30.0, gt=0, description="pause before the second delivery attempt, doubled before each next"
+    )
+    notify_attempts: int = Field(
+        default=8, ge=1, description="delivery attempts before giving up (8: ~2 hours with the default pause)"
     )
 
     @field_validator("fetch_allow_schemes", "fetch_allow_hosts", mode="before")

@@ -328,3 +328,37 @@ class TaskRun(Base):
     ok: Mapped[bool]
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class NotificationState(StrEnum):
+    PENDING = "pending"  # waits for its next attempt (next_attempt_at)
+    DELIVERED = "delivered"
+    FAILED = "failed"  # gave up after notify_attempts
+
+
+class Notification(Base):
+    """One message about a finished build to one target on one channel (0010).
+
+    ``build_id`` is a plain number, not a foreign key: retention may expire the build and the
+    delivery record stays.  A delivery claims its row by moving ``next_attempt_at`` past the
+    send timeout (and counting the attempt) in one conditional UPDATE, so two ticks never send
+    the same attempt; a scheduler killed mid-send leaves the row to be tried again.
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        UniqueConstraint("build_id", "target", "channel"),
+        Index("ix_notifications_state_next", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    build_id: Mapped[int] = mapped_column(Integer)
+    target: Mapped[str] = mapped_column(String(100))
+    channel: Mapped[str] = mapped_column(String(20))  # webhook | email
+    event: Mapped[str] = mapped_column(String(20))  # finished | failed | fixed
+    state: Mapped[str] = mapped_column(String(20), default=NotificationState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
