@@ -17,6 +17,7 @@ packages=(
   patch                                                  # stx: StarlingX patches/ and deb_patches/ series
   gnupg                                                  # gpg signs the published Release files (the farm key)
   gpgv                                                   # mirror keys: the local profile verifies Release files
+  chromium                                               # the dashboard's browser tests (Playwright drives it)
 )
 
 # Debian's own python3 cannot create a virtualenv without python3-venv (no ensurepip wheels).

@@ -59,6 +59,7 @@ from buildfarm.model.errors import NotFoundError, PermanentError
 from buildfarm.model.manifest import BuildKind, parse_manifest
 from buildfarm.model.settings import Settings
 from buildfarm.state.models import Build, BuildState, Role
+from buildfarm.web import SESSION_COOKIE, mount_dashboard
 
 API = "/api/v1"
 UPLOAD_CHUNK = 1 << 20
@@ -134,7 +135,8 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
         responses=errors.ERROR_RESPONSES,
     )
     errors.install(app)
-    app.add_middleware(AnonymousLimit, limits=limits, exempt=frozenset({f"{API}/health", "/metrics"}))
+    exempt = frozenset({f"{API}/health", "/metrics"})
+    app.add_middleware(AnonymousLimit, limits=limits, exempt=exempt, session_cookie=SESSION_COOKIE)
     app.state.farm = farm
     app.state.limits = limits
 
@@ -160,6 +162,7 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
     app.include_router(retention_router(API, farm, _auth))
     app.include_router(repo_key_router(API, farm))
     app.router.routes.append(metrics_endpoint(FarmCollector(farm.db, nodes.get, _queue_lengths(limits))))
+    mount_dashboard(app, farm, limits, nodes.get)
 
     @app.get(f"{API}/health", response_model=HealthOut, tags=["farm"])
     def health() -> HealthOut:

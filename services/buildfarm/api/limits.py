@@ -88,18 +88,24 @@ class Limits:
 class AnonymousLimit:
     """ASGI middleware: a request with no ``Authorization`` header counts against its client
     address's allowance before any route runs (429 past it), whatever it asks for, but the
-    ``exempt`` paths (the health check that probes call)."""
+    ``exempt`` paths (the health check that probes call).  A request with the dashboard's
+    ``session_cookie`` is counted by the page itself: against its token, or as anonymous when the
+    cookie holds no valid token."""
 
-    def __init__(self, app: ASGIApp, limits: Limits, exempt: frozenset[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, limits: Limits, exempt: frozenset[str], session_cookie: str | None = None
+    ) -> None:
         self.app = app
         self.limits = limits
         self.exempt = exempt
+        self.session_cookie = f"{session_cookie}=".encode() if session_cookie else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] == "http"
             and scope["path"] not in self.exempt
             and not any(name == b"authorization" for name, _ in scope["headers"])
+            and not self._has_session(scope)
         ):
             try:
                 await run_in_threadpool(self.limits.hit_anonymous, client_address(scope.get("client")))
@@ -109,6 +115,12 @@ class AnonymousLimit:
                 await error_response(status, code, str(exc), headers)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def _has_session(self, scope: Scope) -> bool:
+        cookie = self.session_cookie
+        return cookie is not None and any(
+            name == b"cookie" and cookie in value for name, value in scope["headers"]
+        )
 
 
 def client_address(client: tuple[str, int] | object | None) -> str:
