@@ -19,8 +19,9 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse
 from sqlalchemy import select
 from starlette.templating import Jinja2Templates
 
-from buildfarm.engine import accounts, control, schedules
-from buildfarm.engine.accounts import AuthError, ForbiddenError, Principal
+from buildfarm import accounts, schedules
+from buildfarm.accounts import AuthError, ForbiddenError, Principal
+from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import BuildfarmError, NotFoundError
 from buildfarm.model.manifest import BuildKind

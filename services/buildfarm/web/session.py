@@ -14,8 +14,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from starlette.requests import Request
 
-from buildfarm.engine import accounts
-from buildfarm.engine.accounts import AuthError, ForbiddenError, Principal
+from buildfarm import accounts
+from buildfarm.accounts import AuthError, ForbiddenError, Principal
 from buildfarm.engine.context import FarmContext
 
 SESSION_COOKIE = "buildfarm_session"
