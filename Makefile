@@ -84,6 +84,11 @@ demo: deps venv
 	@echo "The APT sources line of examples/main (latest):"
 	@$(BF) repo sources examples main
 	@echo
+	@echo "The web dashboard (log in with an API token: '$(BF) admin init' prints the first admin's, once;"
+	@echo "'$(BF) admin token create <user>' makes more):"
+	@$(BF) --output json status | $(VENV)/bin/python -c 'import json, sys; print("  " + json.load(sys.stdin)["api_url"] + "/ui/")'
+	@echo "Prometheus metrics: the same address with /metrics."
+	@echo
 	@echo "The farm keeps running (state in $(BUILDFARM_STATE_DIR)); 'make demo' again rebuilds nothing."
 	@echo "Stop it with:  make farm-stop   (or: BUILDFARM_STATE_DIR=$(BUILDFARM_STATE_DIR) $(BF) stop)"
 	@echo

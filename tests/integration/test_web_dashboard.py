@@ -166,6 +166,22 @@ def test_watch_a_build_go_green_and_follow_its_log(
     expect(page.locator("svg.gantt rect.bar")).to_have_count(2)
     page.screenshot(path=str(artifacts / "build-graph.png"), full_page=True)
 
+    page.goto("/ui/nodes")
+    for node in ("node1", "node2"):
+        expect(page.locator(f'tr[data-node="{node}"]')).to_contain_text("yes")
+    page.goto("/ui/repos")
+    expect(page.locator("pre.apt").first).to_contain_text(f"/{PROJECT}/main/latest")
+    page.goto("/ui/schedules")
+    expect(page.get_by_text("No schedule configured.")).to_be_visible()
+    denied = page.goto("/ui/storage")
+    assert denied is not None and denied.status == 403  # every project's sizes: admins only
+
+    admin = login(browser, api, api.admin)
+    admin.goto("/ui/storage")
+    expect(admin.locator("svg.storage rect.bar").first).to_be_visible()
+    expect(admin.locator("table")).to_contain_text(f"{PROJECT} / main")
+    admin.screenshot(path=str(artifacts / "storage.png"), full_page=True)
+
 
 def test_open_and_download_a_failed_steps_log(
     browser: Browser, api: Api, tmp_path: Path, artifacts: Path

@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse
 from sqlalchemy import select
 from starlette.templating import Jinja2Templates
 
-from buildfarm import accounts, schedules
+from buildfarm import accounts, retention, schedules
 from buildfarm.accounts import AuthError, ForbiddenError, Principal
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
@@ -316,6 +316,29 @@ def dashboard_router(farm: FarmContext, limits: RateCounter, nodes_online: Nodes
         principal = principal_of(request, farm, limits)
         views = [v for v in schedules.list_schedules(farm, utcnow()) if principal.has(v.project, Role.VIEWER)]
         return page(request, "schedules.html", principal, schedules=views)
+
+    @router.get("/storage", response_class=HTMLResponse)
+    def storage(request: Request) -> HTMLResponse:
+        principal = principal_of(request, farm, limits)
+        if not principal.admin:  # the report shows every project's sizes, as in the API
+            return failure(request, principal, ForbiddenError(f"{principal.user} is not an admin"))
+        try:
+            report = retention.storage_report(farm)
+        except BuildfarmError as exc:
+            return failure(request, principal, exc)
+        groups = sorted(report.groups, key=lambda g: g.output_bytes + g.source_bytes, reverse=True)
+        largest = max((g.output_bytes + g.source_bytes for g in groups), default=0) or 1
+        bars = [
+            {
+                "label": f"{g.kind} · {g.project}/{g.branch}",
+                "builds": g.builds,
+                "bytes": g.output_bytes + g.source_bytes,
+                "width": round(600 * (g.output_bytes + g.source_bytes) / largest, 1),
+                "y": 8 + i * 26,
+            }
+            for i, g in enumerate(groups)
+        ]
+        return page(request, "storage.html", principal, report=report, bars=bars, height=16 + 26 * len(bars))
 
     return router
 
