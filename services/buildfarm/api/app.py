@@ -415,8 +415,24 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
 
 def _queue_lengths(limits: Limits) -> Callable[[], dict[str, int]]:
     from buildfarm.dispatch.celery_app import BUILD_QUEUE, CONTROL_QUEUE
+    from buildfarm.model.settings import MAX_PRIORITY
 
-    return lambda: {q: int(limits.client.llen(q)) for q in (BUILD_QUEUE, CONTROL_QUEUE)}
+    def lengths() -> dict[str, int]:
+        # kombu keeps each Redis priority of a queue in a list of its own: <queue>\x06\x16<priority>
+        pipe = limits.client.pipeline()
+        names = [
+            (q, q if p == 0 else f"{q}\x06\x16{p}")
+            for q in (BUILD_QUEUE, CONTROL_QUEUE)
+            for p in range(MAX_PRIORITY + 1)
+        ]
+        for _queue, key in names:
+            pipe.llen(key)
+        totals = dict.fromkeys((BUILD_QUEUE, CONTROL_QUEUE), 0)
+        for (queue, _key), length in zip(names, pipe.execute(), strict=True):
+            totals[queue] += int(length)
+        return totals
+
+    return lengths
 
 
 def _require_admin(principal: Principal) -> None:

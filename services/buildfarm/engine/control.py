@@ -136,7 +136,7 @@ def _get_build(session: Any, build_id: int) -> Build:
 
 def show_build(ctx: FarmContext, build_id: int) -> BuildView:
     with ctx.db.session() as session:
-        # steps and their outputs in two queries, not one per step (a 200-step build page)
+        # Steps and their outputs in two more queries, not one query per step (issue 16 part 5).
         build = session.get(Build, build_id, options=[selectinload(Build.steps).selectinload(Step.outputs)])
         if build is None:
             raise NotFoundError(f"build {build_id} does not exist")
