@@ -21,9 +21,8 @@ from rich.live import Live
 
 from buildfarm.engine.control import BuildView
 from buildfarm.model.errors import BuildfarmError, PermanentError, TemporaryError
-from buildfarm.model.manifest import BuildKind
 from buildfarm.model.settings import Settings, load_settings
-from buildfarm.state.models import TERMINAL_BUILD_STATES, BuildState
+from buildfarm.model.types import TERMINAL_BUILD_STATES, BuildKind, BuildState
 from buildfarm_cli.admin import admin_app
 from buildfarm_cli.backup import backup_app
 from buildfarm_cli.client import FarmClient

@@ -58,6 +58,7 @@ from buildfarm.model import names
 from buildfarm.model.errors import NotFoundError, PermanentError
 from buildfarm.model.mirrors import check_mirrors
 from buildfarm.model.settings import DEFAULT_SIGNING_KEYRING, MirrorConfig
+from buildfarm.model.types import BuildKind
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ class LocalAptRepository:
         now, so a build that crashed before moving ``latest`` is not lost to later builds.
         """
         branch_dir = self._branch_dir(build.project, build.branch)
-        if build.kind == "personal":
+        if build.kind == BuildKind.PERSONAL:
             personal_dir = self._personal_dir(build.project, build.user)
             # Branch lock first (the same order everywhere): the tree we merge onto stays put.
             with apttree.locked(branch_dir), apttree.locked(personal_dir):
@@ -293,7 +294,7 @@ class LocalAptRepository:
 
     def expire_build(self, build: BuildRef) -> None:
         self.drop_staging(build)  # normally gone already; a crashed build's is not
-        if build.kind == "personal":
+        if build.kind == BuildKind.PERSONAL:
             lock_dir = self._personal_dir(build.project, build.user)
             target = lock_dir / str(build.build_id)
         else:
@@ -302,7 +303,7 @@ class LocalAptRepository:
         if not lock_dir.is_dir():
             return
         with apttree.locked(lock_dir):
-            if build.kind != "personal" and _latest_build_id(lock_dir / "latest") == build.build_id:
+            if build.kind != BuildKind.PERSONAL and _latest_build_id(lock_dir / "latest") == build.build_id:
                 raise PermanentError(
                     f"build {build.build_id} is what latest of {build.project}/{build.branch} serves; "
                     "it is not expired"

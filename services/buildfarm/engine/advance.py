@@ -38,19 +38,16 @@ from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import moves_latest
 from buildfarm.model.debsource import file_sha256
 from buildfarm.model.errors import BuildfarmError, PermanentError, TemporaryError
-from buildfarm.model.retention import IMAGE_OUTPUT_PREFIX
 from buildfarm.model.sources import unpack_tree
-from buildfarm.state.models import (
+from buildfarm.model.types import (
     TERMINAL_BUILD_STATES,
     TERMINAL_STEP_STATES,
-    Build,
     BuildState,
-    Step,
+    OutputKind,
     StepKind,
-    StepOutput,
     StepState,
-    utcnow,
 )
+from buildfarm.state.models import Build, Step, StepOutput, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +80,7 @@ def _outputs_stored(session: Session, step: Step, has: Callable[[str], bool]) ->
     in the artifact store.  A store that cannot answer now counts as holding them: publishing then
     meets the outage and says so, as it would have without this check."""
     for output in session.scalars(select(StepOutput).where(StepOutput.step_id == step.id)):
-        if output.filename.startswith(IMAGE_OUTPUT_PREFIX):
+        if output.kind == OutputKind.IMAGE:
             continue
         try:
             if not has(output.sha256):
@@ -157,7 +154,7 @@ def _outputs(session: Session, steps: list[Step]) -> list[StepOutput]:
 def _materialize(ctx: FarmContext, outputs: list[StepOutput], into: Path) -> list[PackageFile]:
     files = []
     for output in outputs:
-        if not output.filename.endswith(PACKAGE_SUFFIXES):
+        if not output.kind.is_package:
             continue
         path = into / output.filename
         ctx.store.fetch(output.sha256, path)
@@ -202,7 +199,7 @@ def _stage(ctx: FarmContext, session: Session, build: Build, needs_stage: list[S
     try:
         with tempfile.TemporaryDirectory(dir=ctx.work_root, prefix="stage-") as tmp:
             packages = _materialize(ctx, _outputs(session, build.steps), Path(tmp))
-            build.staging_source = ctx.repo.stage(build_ref(build), packages).line()
+            build.staging_source = ctx.repo.stage(build_ref(build), packages)
     except Exception as caught:  # a full or read-only disk too: the steps wait, saying why
         exc = repository_fault(caught)
         line = one_line(exc)

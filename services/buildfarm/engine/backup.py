@@ -37,12 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from buildfarm.backends.registrycopy import RegistryCopier
-from buildfarm.engine.backupcatalog import export_catalogue
+from buildfarm.engine.backupcatalog import export_catalogue, upgrade_catalogue
 from buildfarm.engine.backuptarget import BackupTarget, make_backup_target
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import NotFoundError, PermanentError
 from buildfarm.model.images import split_reference
-from buildfarm.state.models import IMAGE_OUTPUT_PREFIX
+from buildfarm.model.types import OutputKind
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +196,8 @@ def run_backup(ctx: FarmContext, *, progress: Progress | None = None) -> BackupR
         images: dict[str, str] = {}  # reference -> manifest digest (hex)
         files: set[str] = set()
         for output in tables["step_outputs"]:
-            if output["filename"].startswith(IMAGE_OUTPUT_PREFIX):
-                images[output["filename"].removeprefix(IMAGE_OUTPUT_PREFIX)] = output["sha256"]
+            if output["kind"] == OutputKind.IMAGE:
+                images[output["filename"]] = output["sha256"]
             else:
                 files.add(output["sha256"])
         files |= {s["source_sha256"] for s in tables["steps"] if ctx.store.has(s["source_sha256"])}
@@ -309,12 +309,12 @@ def _image_held(entry: dict[str, Any], copier: _Copier) -> bool:
 
 def describe_objects(catalogue: dict[str, Any]) -> dict[str, str]:
     """sha256 -> what the object is, in words (``layer of image <reference>``), for messages."""
-    tables: dict[str, list[dict[str, Any]]] = catalogue.get("tables", {})
+    tables: dict[str, list[dict[str, Any]]] = upgrade_catalogue(catalogue).get("tables", {})
     what: dict[str, str] = {}
     steps = {s["id"]: s for s in tables.get("steps", [])}
     for output in tables.get("step_outputs", []):
         step = steps.get(output["step_id"], {})
-        if not output["filename"].startswith(IMAGE_OUTPUT_PREFIX):
+        if output["kind"] != OutputKind.IMAGE:
             what[output["sha256"]] = f"{output['filename']} of build {step.get('build_id')}"
     for step in steps.values():
         what.setdefault(step["source_sha256"], f"source of step {step['name']} of build {step['build_id']}")

@@ -26,21 +26,15 @@ from typing import Any
 from sqlalchemy import Column, Connection, Table, func, insert, select, text
 
 from buildfarm.model.errors import ConflictError
+from buildfarm.model.types import AptSource, BuildKind, BuildState, OutputKind
 from buildfarm.state.db import Database
-from buildfarm.state.models import (
-    Build,
-    BuildState,
-    Grant,
-    Project,
-    Step,
-    StepOutput,
-    Token,
-    User,
-    UTCDateTime,
-)
+from buildfarm.state.models import Build, Grant, Project, Step, StepOutput, Token, User, UTCDateTime
 
-CATALOGUE_FORMAT = 1
-RELEASE = "release"
+CATALOGUE_FORMAT = 2
+"""2: step outputs have a ``kind``, an image's filename is its reference; builds' staging sources
+are JSON (migration 0009).  Format 1 (an image was ``image:<reference>``) is read as well."""
+RELEASE = BuildKind.RELEASE
+_LEGACY_IMAGE_PREFIX = "image:"  # format 1's image outputs
 
 Row = dict[str, Any]
 
@@ -59,8 +53,24 @@ def _encode(table: Table, row: Any) -> Row:
         value = row[column.name]
         if isinstance(value, dt.datetime):
             value = value.isoformat()
+        elif isinstance(value, AptSource):
+            value = value.to_json()
         out[column.name] = value
     return out
+
+
+def upgrade_catalogue(catalogue: dict[str, Any]) -> dict[str, Any]:
+    """A catalogue in this format: format 1's output rows get their kind (in place; returned)."""
+    if catalogue.get("format") == 1:
+        for output in catalogue.get("tables", {}).get("step_outputs", []):
+            filename: str = output["filename"]
+            if filename.startswith(_LEGACY_IMAGE_PREFIX):
+                output["filename"] = filename.removeprefix(_LEGACY_IMAGE_PREFIX)
+                output["kind"] = OutputKind.IMAGE
+            else:
+                output["kind"] = OutputKind.of_file(filename)
+        catalogue["format"] = CATALOGUE_FORMAT
+    return catalogue
 
 
 def _decode(column: Column[Any], value: Any) -> Any:

@@ -21,15 +21,19 @@ from typing import Any
 
 from buildfarm.backends.base import BuildRef, PackageFile
 from buildfarm.backends.registrycopy import RawManifest, RegistryCopier
-from buildfarm.engine.advance import PACKAGE_SUFFIXES
 from buildfarm.engine.backup import Progress, RestoreReport, _read_manifest
-from buildfarm.engine.backupcatalog import farm_has_builds, import_catalogue
+from buildfarm.engine.backupcatalog import (
+    CATALOGUE_FORMAT,
+    farm_has_builds,
+    import_catalogue,
+    upgrade_catalogue,
+)
 from buildfarm.engine.backuptarget import BackupTarget, make_backup_target
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import moves_latest
 from buildfarm.model.errors import ConflictError, PermanentError
 from buildfarm.model.images import registry_host, split_reference
-from buildfarm.state.models import IMAGE_OUTPUT_PREFIX
+from buildfarm.model.types import OutputKind
 
 
 def _catalogue(target: BackupTarget, scratch: Path) -> dict[str, Any]:
@@ -37,9 +41,9 @@ def _catalogue(target: BackupTarget, scratch: Path) -> dict[str, Any]:
     path = scratch / "catalogue.json"
     target.objects.fetch(manifest["catalogue"]["sha256"], path)  # checks its sha256
     data: dict[str, Any] = json.loads(path.read_bytes())
-    if data.get("format") != 1 or "tables" not in data:
+    if data.get("format") not in (1, CATALOGUE_FORMAT) or "tables" not in data:
         raise PermanentError(f"the catalogue in {target.where} has an unknown format {data.get('format')!r}")
-    return data
+    return upgrade_catalogue(data)
 
 
 def restore(ctx: FarmContext, progress: Progress) -> RestoreReport:
@@ -131,9 +135,8 @@ def _restore_images(
             renamed[image["reference"]] = f"{host}/{image['reference'].partition('/')[2]}"
         progress("images", done, len(images))
     for output in catalogue["tables"]["step_outputs"]:
-        reference = output["filename"].removeprefix(IMAGE_OUTPUT_PREFIX)
-        if output["filename"].startswith(IMAGE_OUTPUT_PREFIX) and reference in renamed:
-            output["filename"] = IMAGE_OUTPUT_PREFIX + renamed[reference]
+        if output["kind"] == OutputKind.IMAGE and output["filename"] in renamed:
+            output["filename"] = renamed[output["filename"]]
 
 
 def _manifest(target: BackupTarget, entry: dict[str, Any], scratch: Path) -> RawManifest:
@@ -166,7 +169,7 @@ def _publish(
         for step in steps_of.get(build["id"], []):
             producer = step["reused_from"] if step["reused_from"] is not None else step["id"]
             for output in outputs_of.get(producer, []):
-                if output["filename"].endswith(PACKAGE_SUFFIXES):
+                if OutputKind(output["kind"]).is_package:
                     path = into / output["filename"]
                     ctx.store.fetch(output["sha256"], path)
                     packages.append(PackageFile(output["filename"], output["sha256"], output["size"], path))

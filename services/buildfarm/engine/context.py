@@ -9,6 +9,7 @@ from typing import Protocol
 
 from buildfarm.backends.base import ArtifactStore, PackageRepository
 from buildfarm.model.settings import Settings
+from buildfarm.model.types import StepKind
 from buildfarm.runners.base import Runner
 from buildfarm.state.db import Database
 
@@ -54,9 +55,9 @@ class FarmContext:
 
         return make_image_runner(self.settings)
 
-    def runner_for(self, kind: str) -> Runner:
-        """The runner of a step of this kind (``package`` or ``image``)."""
-        return self.image_runner if kind == "image" else self.runner
+    def runner_for(self, kind: StepKind) -> Runner:
+        """The runner of a step of this kind."""
+        return self.image_runner if kind == StepKind.IMAGE else self.runner
 
     @property
     def work_root(self) -> Path:

@@ -16,6 +16,7 @@ import subprocess
 from functools import cache
 
 from buildfarm.model.errors import PermanentError
+from buildfarm.model.types import RunnerKind
 from buildfarm.runners.base import StepJob, StepResult
 from buildfarm.runners.process import describe_failure, run_streaming
 from buildfarm.runners.sourcepkg import unpack_step_source
@@ -33,7 +34,7 @@ def _host_identity() -> str:
 
 
 class HostRunner:
-    name = "host"
+    name: str = RunnerKind.HOST
 
     def environment_id(self) -> str:
         return _host_identity()

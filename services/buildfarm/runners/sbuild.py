@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from buildfarm.backends.base import AptSource
 from buildfarm.model.errors import PermanentError, TemporaryError
 from buildfarm.model.names import to_safe
+from buildfarm.model.types import AptSource, RunnerKind
 from buildfarm.runners.base import StepJob, StepResult, attempt_dirname
 from buildfarm.runners.process import describe_failure, run_streaming
 from buildfarm.runners.sourcepkg import unpack_step_source
@@ -216,7 +216,7 @@ def _make_dir(path: Path, tries: int = 3) -> None:
 
 
 class SbuildRunner:
-    name = "sbuild"
+    name: str = RunnerKind.SBUILD
 
     def __init__(self, base_tarball: Path, distribution: str, tmpdir: Path | None = None) -> None:
         self.base_tarball = base_tarball
