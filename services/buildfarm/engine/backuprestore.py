@@ -8,7 +8,7 @@ farm still has no builds, so a restore that failed half way (a service down) is 
 again: the stores skip what they hold, the repository keeps what it published.
 
 Images are pushed to the new farm's registry under the same repository paths; when the
-registry's address changed, the records' ``image:<reference>`` outputs are rewritten to it.
+registry's address changed, the references of the records' image outputs are rewritten to it.
 """
 
 from __future__ import annotations

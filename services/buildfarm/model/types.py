@@ -75,6 +75,12 @@ class RunnerKind(StrEnum):
     BUILDAH = "buildah"  # image steps with buildah on the worker (the local profile)
 
 
+PACKAGE_SUFFIXES = (".deb", ".udeb")
+"""Binary packages: what a package step must make, what a repository publishes."""
+FILE_OUTPUT_SUFFIXES = (*PACKAGE_SUFFIXES, ".buildinfo")
+"""The files a package step's runner hands back; every other file of the build stays behind."""
+
+
 class OutputKind(StrEnum):
     """What a step's output row is: a file in the artifact store, or an image in the registry."""
 
@@ -86,10 +92,10 @@ class OutputKind(StrEnum):
     @classmethod
     def of_file(cls, filename: str) -> OutputKind:
         """The kind of a built file, from its suffix (the runners accept no others)."""
-        for kind in (cls.DEB, cls.UDEB, cls.BUILDINFO):
-            if filename.endswith(f".{kind.value}"):
-                return kind
-        raise ValueError(f"{filename!r} is not a .deb, .udeb or .buildinfo file")
+        for suffix in FILE_OUTPUT_SUFFIXES:
+            if filename.endswith(suffix):
+                return cls(suffix.removeprefix("."))
+        raise ValueError(f"{filename!r} is not a {', '.join(FILE_OUTPUT_SUFFIXES)} file")
 
     @property
     def is_package(self) -> bool:

@@ -39,7 +39,7 @@ from buildfarm.model import names
 from buildfarm.model.errors import BuildfarmError, PermanentError
 from buildfarm.model.images import split_reference
 from buildfarm.model.settings import Settings
-from buildfarm.model.types import RunnerKind, StepKind
+from buildfarm.model.types import PACKAGE_SUFFIXES, RunnerKind, StepKind
 from buildfarm.runners import kubespecs
 from buildfarm.runners.base import BuiltImage, StepJob, StepResult
 from buildfarm.runners.kubeapi import API_TIMEOUT, KubeApi, make_api_client, permanent_error
@@ -313,7 +313,7 @@ class KubernetesRunner:
             return StepResult(False, [], outcome.error or f"build failed: {last_line}")
         if code != 0:
             return StepResult(False, [], f"buildfarm-step exited 1 but its archive says ok: {last_line}")
-        if not any(p.name.endswith((".deb", ".udeb")) for p in outcome.files):
+        if not any(p.name.endswith(PACKAGE_SUFFIXES) for p in outcome.files):
             return StepResult(False, [], "the build succeeded but produced no .deb")
         return StepResult(True, list(outcome.files))
 

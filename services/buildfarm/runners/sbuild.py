@@ -23,12 +23,11 @@ from pathlib import Path
 
 from buildfarm.model.errors import PermanentError, TemporaryError
 from buildfarm.model.names import to_safe
-from buildfarm.model.types import AptSource, RunnerKind
+from buildfarm.model.types import FILE_OUTPUT_SUFFIXES, PACKAGE_SUFFIXES, AptSource, RunnerKind
 from buildfarm.runners.base import StepJob, StepResult, attempt_dirname
 from buildfarm.runners.process import describe_failure, run_streaming
 from buildfarm.runners.sourcepkg import unpack_step_source
 
-OUTPUT_SUFFIXES = (".deb", ".udeb", ".buildinfo")
 MMDEBSTRAP_TIMEOUT_SECONDS = 1800
 """Making the base tarball downloads ~120 packages: 20 s here, far longer on a slow mirror."""
 SBUILD_CONFIG = Path(__file__).parent / "sbuildrc"
@@ -280,7 +279,7 @@ class SbuildRunner:
         if outcome.returncode != 0 or outcome.cancelled or outcome.timed_out:
             failure = describe_failure("sbuild", outcome, job.timeout_seconds)
             return StepResult(False, [], watch.explain(failure), killed_by=outcome.killed_by)
-        outputs = sorted(p for p in out.iterdir() if p.name.endswith(OUTPUT_SUFFIXES))
-        if not any(p.name.endswith((".deb", ".udeb")) for p in outputs):
+        outputs = sorted(p for p in out.iterdir() if p.name.endswith(FILE_OUTPUT_SUFFIXES))
+        if not any(p.name.endswith(PACKAGE_SUFFIXES) for p in outputs):
             return StepResult(False, [], "sbuild succeeded but produced no .deb")
         return StepResult(True, outputs)
