@@ -202,7 +202,7 @@ def image_step(
             tree_hash="0" * 64,
             input_key=source.sha256,
             depends_on=[],
-            state="succeeded" if pushed is not None else "reused",
+            state="succeeded",  # a reused step is a succeeded one with reused_from set
             reused_from=reused_from,
             attempt=1,
             kind=StepKind.IMAGE,
