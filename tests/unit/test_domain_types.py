@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from buildfarm.engine.backupcatalog import CATALOGUE_FORMAT, upgrade_catalogue
+from buildfarm.backup.catalog import CATALOGUE_FORMAT, upgrade_catalogue
 from buildfarm.model.types import AptSource, OutputKind
 
 

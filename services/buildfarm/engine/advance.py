@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 PUBLISH_CLAIM_SECONDS = 600
 """A publisher silent this long is taken as dead and another may publish (idempotently)."""
 ERROR_CHARS = 500
-PACKAGE_SUFFIXES = (".deb", ".udeb")
 
 
 def build_ref(build: Build) -> BuildRef:

@@ -24,7 +24,7 @@ from buildfarm.engine.advance import drop_staging
 from buildfarm.engine.context import FarmContext
 from buildfarm.model import names
 from buildfarm.model.types import TERMINAL_BUILD_STATES, TERMINAL_STEP_STATES, BuildState, StepState
-from buildfarm.runners.sbuild import chroot_root
+from buildfarm.runners.base import chroot_root
 from buildfarm.state.models import Build, Step, utcnow
 
 log = logging.getLogger(__name__)

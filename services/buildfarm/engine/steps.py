@@ -130,9 +130,7 @@ def renew_lease(ctx: FarmContext, claim: Claim) -> bool:
         return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
 
-def finish_step(
-    ctx: FarmContext, claim: Claim, outputs: list[Output], error: str | None
-) -> bool:
+def finish_step(ctx: FarmContext, claim: Claim, outputs: list[Output], error: str | None) -> bool:
     """Record the result if this attempt still holds the lease; return whether it was accepted."""
     state = StepState.FAILED if error else StepState.SUCCEEDED
     with ctx.db.session() as session:
@@ -284,11 +282,10 @@ def _build(
         )
         if target.image is not None and target.dependency_images:
             bring_into_namespace(
-                ctx.settings.registry_url or "",
+                ctx.parts.registry(),
                 target.image.destination.rsplit("/", 1)[0],
                 target.dependency_images,
                 writer.write_line,
-                auth=ctx.settings.registry_auth(),
             )
         ctx.store.fetch(claim.source_sha256, tarball)
         staging = [claim.staging_source] if claim.staging_source else []
@@ -386,4 +383,3 @@ def _step_target(ctx: FarmContext, claim: Claim) -> _Target:
         spec = image_spec(step.name, step.image_spec or {}, prefix)
         deps = dependency_images(session, step)
         return _Target(step.kind, spec, step.node, build.project, build.branch, deps)
-
