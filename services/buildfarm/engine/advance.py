@@ -33,7 +33,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from buildfarm.backends.base import BuildRef, PackageFile
+from buildfarm.backends.base import BuildInputKeeper, BuildRef, PackageFile
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import moves_latest
 from buildfarm.model.debsource import file_sha256
@@ -44,6 +44,7 @@ from buildfarm.state.models import (
     TERMINAL_BUILD_STATES,
     TERMINAL_STEP_STATES,
     Build,
+    BuildInput,
     BuildState,
     Step,
     StepKind,
@@ -163,6 +164,23 @@ def _materialize(ctx: FarmContext, outputs: list[StepOutput], into: Path) -> lis
         ctx.store.fetch(output.sha256, path)
         files.append(PackageFile(output.filename, output.sha256, output.size, path))
     return files
+
+
+def _keep_inputs(ctx: FarmContext, sources: list[PackageFile]) -> None:
+    """The build inputs among the build's source files (upstream tarballs, fetched .dsc files)
+    into the repository's own store of them, where it has one (Pulp's file repository of build
+    inputs: :mod:`buildfarm.backends.pulp.inputs`)."""
+    if not isinstance(ctx.repo, BuildInputKeeper) or not sources:
+        return
+    with ctx.db.session() as session:
+        kept = set(
+            session.scalars(
+                select(BuildInput.sha256).where(BuildInput.sha256.in_({p.sha256 for p in sources}))
+            )
+        )
+    inputs = [p for p in sources if p.sha256 in kept]
+    if inputs:
+        ctx.repo.keep_build_inputs(inputs)
 
 
 def _materialize_sources(ctx: FarmContext, bundles: list[str], into: Path) -> list[PackageFile]:
@@ -321,7 +339,9 @@ def publish_build(ctx: FarmContext, build_id: int) -> bool:
     try:
         tmp = Path(tempfile.mkdtemp(dir=ctx.work_root, prefix="publish-"))
         packages = _materialize(ctx, outputs, tmp)
-        packages += _materialize_sources(ctx, bundles, tmp)
+        sources = _materialize_sources(ctx, bundles, tmp)
+        packages += sources
+        _keep_inputs(ctx, sources)
         source = ctx.repo.publish(ref, packages, move_latest=moves_latest(ref.kind))
     except Exception as exc:  # any fault releases the claim: never `publishing` for 10 minutes unsaid
         _publish_failed(ctx, build_id, since, repository_fault(exc))
