@@ -5,7 +5,8 @@ tarball become build inputs, issue 12), backed up to a directory and restored in
 (new database, state directory and artifact store).  The restored farm has every
 ``build_inputs`` row and object; with the upstream server stopped and the restored outputs gone,
 the same manifest builds again: the .dsc's checksum is known only from its row, so without the
-rows the farm would have to download it.  Local profile, host runner; ~10 s.
+rows the farm would have to download it.  The restored repository serves the release's source
+package too (``apt-get source``).  Local profile, host runner; ~10 s on an idle machine.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from buildfarm.backends.httpserve import make_server
 from buildfarm.engine import control
 from buildfarm.engine.backup import restore_backup, run_backup
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
+from buildfarm.local.aptclient import AptClient
 from buildfarm.model.manifest import load_manifest
 from buildfarm.state.models import BuildInput
 
@@ -89,6 +92,23 @@ def test_restored_farm_keeps_its_build_inputs_and_builds_without_the_upstream(tm
     restore_backup(new)
     assert _inputs(new) == kept
     assert all(new.store.has(sha256) for _, sha256, *_ in kept)
+    repos = make_server(new.settings.state_dir / "repos", "127.0.0.1", 0)
+    serving = threading.Thread(target=repos.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    serving.start()
+    try:
+        line = new.repo.sources("proj", "main").source_line()
+        assert line is not None
+        apt = AptClient(
+            tmp_path / "apt",
+            line.replace(new.settings.repo_url.rstrip("/"), f"http://127.0.0.1:{repos.server_port}"),
+        )
+        apt.update()
+        fetched = {path.name: path.read_bytes() for path in apt.source("greet-quilt")}
+    finally:
+        repos.shutdown()
+        repos.server_close()
+        serving.join(timeout=10)
+    assert fetched == {name: (pool / name).read_bytes() for name, *_ in kept}
     # Nothing reusable: the restored outputs are gone, so the step is built again from the inputs.
     outputs = [o["sha256"] for o in control.show_build(new, first.id).steps[0].outputs]
     future = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)

@@ -183,7 +183,7 @@ def _keep_inputs(ctx: FarmContext, sources: list[PackageFile]) -> None:
         ctx.repo.keep_build_inputs(inputs)
 
 
-def _materialize_sources(ctx: FarmContext, bundles: list[str], into: Path) -> list[PackageFile]:
+def materialize_sources(ctx: FarmContext, bundles: list[str], into: Path) -> list[PackageFile]:
     """The source packages the build's package steps built (each step's .dsc and its files),
     published beside the binaries so ``apt-get source`` gets exactly what was built."""
     files = []
@@ -339,7 +339,7 @@ def publish_build(ctx: FarmContext, build_id: int) -> bool:
     try:
         tmp = Path(tempfile.mkdtemp(dir=ctx.work_root, prefix="publish-"))
         packages = _materialize(ctx, outputs, tmp)
-        sources = _materialize_sources(ctx, bundles, tmp)
+        sources = materialize_sources(ctx, bundles, tmp)
         packages += sources
         _keep_inputs(ctx, sources)
         source = ctx.repo.publish(ref, packages, move_latest=moves_latest(ref.kind))

@@ -21,7 +21,7 @@ from typing import Any
 
 from buildfarm.backends.base import BuildRef, PackageFile
 from buildfarm.backends.registrycopy import RawManifest, RegistryCopier
-from buildfarm.engine.advance import PACKAGE_SUFFIXES
+from buildfarm.engine.advance import PACKAGE_SUFFIXES, materialize_sources
 from buildfarm.engine.backup import Progress, RestoreReport, _read_manifest
 from buildfarm.engine.backupcatalog import farm_has_builds, import_catalogue
 from buildfarm.engine.backuptarget import BackupTarget, make_backup_target
@@ -29,7 +29,7 @@ from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import moves_latest
 from buildfarm.model.errors import ConflictError, PermanentError
 from buildfarm.model.images import registry_host, split_reference
-from buildfarm.state.models import IMAGE_OUTPUT_PREFIX
+from buildfarm.state.models import IMAGE_OUTPUT_PREFIX, StepKind, StepState
 
 
 def _catalogue(target: BackupTarget, scratch: Path) -> dict[str, Any]:
@@ -170,6 +170,13 @@ def _publish(
                     path = into / output["filename"]
                     ctx.store.fetch(output["sha256"], path)
                     packages.append(PackageFile(output["filename"], output["sha256"], output["size"], path))
+        # The source packages too, as the build published them (``apt-get source`` on the restore).
+        bundles = [
+            step["source_sha256"]
+            for step in steps_of.get(build["id"], [])
+            if step["kind"] == StepKind.PACKAGE and step["state"] == StepState.SUCCEEDED
+        ]
+        packages += materialize_sources(ctx, bundles, into)
         ref = BuildRef(build["id"], build["project"], build["branch"], build["kind"], build["user"])
         source = ctx.repo.publish(ref, packages, move_latest=moves_latest(ref.kind))
         published[ref.build_id] = source.line()
