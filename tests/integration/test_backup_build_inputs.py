@@ -22,8 +22,8 @@ from pathlib import Path
 from sqlalchemy import select
 
 from buildfarm.backends.httpserve import make_server
+from buildfarm.backup import restore_backup, run_backup
 from buildfarm.engine import control
-from buildfarm.engine.backup import restore_backup, run_backup
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
 from buildfarm.local.aptclient import AptClient
