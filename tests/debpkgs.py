@@ -109,7 +109,9 @@ def unique_debs(workdir: Path) -> DebFactory:
     return lambda name, version: build_deb(workdir, name, f"{version}+{salt}", payload=salt * 2000)
 
 
-def build_source_package(workdir: Path, name: str, version: str, *, payload: str = "") -> list[PackageFile]:
+def build_source_package(
+    workdir: Path, name: str, version: str, *, payload: str = "", standards_version: bool = True
+) -> list[PackageFile]:
     """A real ``3.0 (quilt)`` source package (``dpkg-source -b``: the .dsc, its upstream tarball and
     debian tarball) and the one ``Architecture: all`` binary it stands for (made with dpkg-deb, as
     :func:`build_deb`; ``version`` is ``<upstream>-<revision>``): what a build publishes, ~0.1 s."""
@@ -131,7 +133,8 @@ def build_source_package(workdir: Path, name: str, version: str, *, payload: str
     (debian / "source").mkdir(parents=True)
     (debian / "control").write_text(
         f"Source: {name}\nSection: misc\nPriority: optional\nMaintainer: tests <tests@buildfarm.invalid>\n"
-        f"Standards-Version: 4.6.2\nBuild-Depends: dpkg-dev\n\n"
+        + ("Standards-Version: 4.6.2\n" if standards_version else "")
+        + "Build-Depends: dpkg-dev\n\n"
         f"Package: {name}\nArchitecture: all\nDescription: test package {name}\n test package\n"
     )
     (debian / "changelog").write_text(CHANGELOG.format(name=name, version=version))

@@ -113,6 +113,14 @@ def test_pulp_never_serves_another_projects_source_of_the_same_version(
     published = repo.publish(BuildRef(1, f"srcy{salt}", BRANCH, "nightly", "alice"), ours, move_latest=True)
     with pytest.raises(AptError):  # no source package rather than the other project's bytes
         _apt_source(tmp_path, published, "bf-gamma", "y")
+    # A .dsc pulp_deb refuses (no Standards-Version: dpkg-source does not need one) does not
+    # keep the build's binaries from being published.
+    bare = build_source_package(tmp_path / "bare", "bf-bare", f"1.0+{salt}-1", standards_version=False)
+    bare_source = repo.publish(BuildRef(2, f"srcy{salt}", BRANCH, "nightly", "alice"), bare, move_latest=True)
+    client = AptClient(tmp_path / "apt-bare", bare_source.line())
+    client.update()
+    deb = next(p for p in bare if p.filename.endswith(".deb"))
+    assert client.download("bf-bare").read_bytes() == deb.path.read_bytes()
 
 
 def test_pulp_keeps_build_inputs_in_a_file_repository_retention_keeps(

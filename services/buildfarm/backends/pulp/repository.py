@@ -58,7 +58,7 @@ from buildfarm.backends.pulp.layout import (
 )
 from buildfarm.backends.pulp.mirrors import DEFAULT_RETAIN_VERSIONS, PulpMirrors
 from buildfarm.backends.signing import SigningKey
-from buildfarm.model.debsource import source_package
+from buildfarm.model.debsource import read_dsc, source_package
 from buildfarm.model.errors import NotFoundError, PermanentError, ServiceUnavailableError
 from buildfarm.model.mirrors import check_mirrors
 from buildfarm.model.settings import DEFAULT_SIGNING_KEYRING, MirrorConfig
@@ -66,6 +66,9 @@ from buildfarm.model.settings import DEFAULT_SIGNING_KEYRING, MirrorConfig
 log = logging.getLogger(__name__)
 
 MODIFY_ATTEMPTS = 3
+DSC_FIELDS_PULP_NEEDS = ("Maintainer", "Standards-Version")
+"""Fields pulp_deb 3.11 refuses a source package without (beyond those every .dsc must have);
+dpkg-source itself does not require them."""
 """How often a repository version is rewritten when concurrent builds raced on the same package name."""
 
 
@@ -307,13 +310,24 @@ class PulpRepository(PulpClient):
         pulp_deb keeps one source package per name and version in the whole Pulp (its upload
         returns the one it has): when that one is not this .dsc (another project's, or an
         earlier build of the same version from other sources), the build's source package is
-        not published (a warning says so) rather than another one served in its place.
+        not published (a warning says so) rather than another one served in its place.  A .dsc
+        pulp_deb refuses (no ``Standards-Version``, say) is left out the same way: the build's
+        binaries are published all the same.
         """
         by_name = {f.filename: f for f in files}
         units: list[SourceUnit] = []
         component = self._shared("component", COMPONENT)
         for dsc in sorted((f for f in files if f.filename.endswith(".dsc")), key=lambda f: f.filename):
             described = source_package(dsc.path, dsc.filename, check=False)
+            missing = [f for f in DSC_FIELDS_PULP_NEEDS if not read_dsc(dsc.path, dsc.filename).get(f)]
+            if missing:
+                log.warning(
+                    "pulp: %s has no %s field, which pulp_deb requires of a source package; "
+                    "the build's binaries are published without it",
+                    dsc.filename,
+                    " or ".join(missing),
+                )
+                continue
             for named in described.files:
                 have = by_name.get(named.name)
                 if have is None or have.sha256 != named.sha256:
@@ -329,8 +343,12 @@ class PulpRepository(PulpClient):
                         f"expected {package.sha256}, {package.size} bytes)"
                     )
                 dsc_artifact = self._artifact(package)  # the .dsc comes last: its files must be there
-            with self._errors(f"adding the source package {dsc.filename}"):
-                created = PulpDebSourcePackageContext(self.ctx).create(body={"artifact": dsc_artifact})
+            try:
+                with self._errors(f"adding the source package {dsc.filename}"):
+                    created = PulpDebSourcePackageContext(self.ctx).create(body={"artifact": dsc_artifact})
+            except PermanentError as exc:  # pulp_deb refused this .dsc: the binaries still go out
+                log.warning("pulp: %s is published without its source package: %s", dsc.filename, exc)
+                continue
             held = dict(created.get("artifacts") or {})
             held_dsc = next((href for path, href in held.items() if path.endswith(f"/{dsc.filename}")), None)
             if held_dsc != dsc_artifact:
