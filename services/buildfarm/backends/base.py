@@ -239,6 +239,16 @@ class VersionedPackageRepository(PackageRepository, Protocol):
         ...
 
 
+@runtime_checkable
+class BuildInputKeeper(Protocol):
+    """A package repository that keeps build inputs too (Pulp: a file repository of them, kept
+    forever); the local profile's artifact store alone keeps them there."""
+
+    def keep_build_inputs(self, files: list[PackageFile]) -> int:
+        """Hold ``files`` (upstream tarballs, .dsc files) for good; return how many were new."""
+        ...
+
+
 def require_signing_key(repo: PackageRepository) -> SigningKey:
     """The repository's signing key; NotFoundError (one line) when the farm publishes unsigned."""
     key = repo.signing_key()

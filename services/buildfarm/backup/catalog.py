@@ -4,7 +4,9 @@ Rows are exported column by column from the tables' own definitions (so a column
 migration is carried along) inside one transaction, REPEATABLE READ on PostgreSQL: the builds,
 steps, outputs, users, projects, grants and token hashes of one catalogue are one consistent
 state of the farm.  Token secrets are never stored by the farm (only their sha256), so none is
-in a backup either.
+in a backup either.  Every build input (``build_inputs``: the upstream tarballs, .dsc files and
+3rd-party files builds were made from, kept forever) is in it too, whichever build used it, so a
+restored farm still finds them by URL or source version and never downloads them again.
 
 Which builds: release builds that succeeded (published).  A step of one of them that reused a
 step of a build that is not backed up (a nightly build, typically: the release rebuilt nothing)
@@ -28,7 +30,22 @@ from sqlalchemy import Column, Connection, Table, func, insert, select, text
 from buildfarm.model.errors import ConflictError
 from buildfarm.model.types import AptSource, BuildKind, BuildState, OutputKind
 from buildfarm.state.db import Database
+<<<<<<< HEAD
 from buildfarm.state.models import Build, Grant, Project, Step, StepOutput, Token, User, UTCDateTime
+=======
+from buildfarm.state.models import (
+    Build,
+    BuildInput,
+    BuildState,
+    Grant,
+    Project,
+    Step,
+    StepOutput,
+    Token,
+    User,
+    UTCDateTime,
+)
+>>>>>>> h/srcpulp
 
 CATALOGUE_FORMAT = 2
 """2: step outputs have a ``kind``, an image's filename is its reference; builds' staging sources
@@ -45,6 +62,7 @@ USERS: Table = User.__table__  # type: ignore[assignment]
 TOKENS: Table = Token.__table__  # type: ignore[assignment]
 PROJECTS: Table = Project.__table__  # type: ignore[assignment]
 GRANTS: Table = Grant.__table__  # type: ignore[assignment]
+INPUTS: Table = BuildInput.__table__  # type: ignore[assignment]
 
 
 def _encode(table: Table, row: Any) -> Row:
@@ -105,6 +123,7 @@ def export_catalogue(db: Database) -> dict[str, Any]:
                 "grants": _rows(conn, GRANTS),
                 "tokens": _rows(conn, TOKENS),
             }
+            inputs = _rows(conn, INPUTS)
     by_step: dict[int, list[Row]] = {}
     for output in outputs:
         by_step.setdefault(output["step_id"], []).append(output)
@@ -122,7 +141,13 @@ def export_catalogue(db: Database) -> dict[str, Any]:
         output.pop("id", None)  # nothing refers to output ids: the restored farm numbers them
     return {
         "format": CATALOGUE_FORMAT,
-        "tables": {"builds": builds, "steps": steps, "step_outputs": kept_outputs, **accounts},
+        "tables": {
+            "builds": builds,
+            "steps": steps,
+            "step_outputs": kept_outputs,
+            "build_inputs": inputs,
+            **accounts,
+        },
     }
 
 
@@ -192,6 +217,14 @@ def import_catalogue(db: Database, catalogue: dict[str, Any], published: dict[in
             conn.execute(insert(STEPS).values(_insertable(STEPS, step)))
         for output in tables["step_outputs"]:
             conn.execute(insert(OUTPUTS).values(_insertable(OUTPUTS, output, ["id"])))
+        for kept in tables.get("build_inputs", []):  # a catalogue made before 0008 has none
+            exists = conn.execute(
+                select(INPUTS.c.id).where(
+                    INPUTS.c.sha256 == kept["sha256"], INPUTS.c.origin == kept["origin"]
+                )
+            ).first()
+            if exists is None:
+                conn.execute(insert(INPUTS).values(_insertable(INPUTS, kept, ["id"])))
         if conn.dialect.name == "postgresql":
             # Rows came with their ids: the next build and step must be numbered after them.
             for table in (BUILDS, STEPS):

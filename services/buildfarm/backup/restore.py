@@ -6,6 +6,9 @@ branch's ``latest``: so ``latest`` ends at the newest restored release of the br
 pointed at before), and the records go in last, in one transaction.  Until that transaction the
 farm still has no builds, so a restore that failed half way (a service down) is simply run
 again: the stores skip what they hold, the repository keeps what it published.
+Each release is published with its source packages (``apt-get source`` works on the restored
+farm), and every build input goes back into the store and, on Pulp, into its file repository of
+build inputs; their ``build_inputs`` rows go in with the records.
 
 Images are pushed to the new farm's registry under the same repository paths; when the
 registry's address changed, the references of the records' image outputs are rewritten to it.
@@ -19,14 +22,25 @@ import time
 from pathlib import Path
 from typing import Any
 
+<<<<<<< HEAD
 from buildfarm.backends.base import BackupTarget, BuildRef, PackageFile, RawManifest
 from buildfarm.backup.catalog import CATALOGUE_FORMAT, farm_has_builds, import_catalogue, upgrade_catalogue
 from buildfarm.backup.manifest import Progress, RestoreReport, no_progress, read_manifest
+=======
+from buildfarm.backends.base import BackupTarget, BuildInputKeeper, BuildRef, PackageFile, RawManifest
+from buildfarm.backup.catalog import farm_has_builds, import_catalogue
+from buildfarm.backup.manifest import Progress, RestoreReport, no_progress, read_manifest
+from buildfarm.engine.advance import PACKAGE_SUFFIXES, materialize_sources
+>>>>>>> h/srcpulp
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import moves_latest
 from buildfarm.model.errors import ConflictError, PermanentError
 from buildfarm.model.images import registry_host, split_reference
+<<<<<<< HEAD
 from buildfarm.model.types import OutputKind
+=======
+from buildfarm.state.models import IMAGE_OUTPUT_PREFIX, StepKind, StepState
+>>>>>>> h/srcpulp
 
 
 def _catalogue(target: BackupTarget, scratch: Path) -> dict[str, Any]:
@@ -71,6 +85,7 @@ def restore(ctx: FarmContext, progress: Progress) -> RestoreReport:
             ctx.store.put_build_manifest(int(build_id), manifest)
         _restore_images(ctx, target, catalogue, scratch, progress)
         published, latest = _publish(ctx, tables, scratch, progress)
+        _keep_inputs(ctx, tables.get("build_inputs", []), scratch)
     import_catalogue(ctx.db, catalogue, published)
     return RestoreReport(
         target=target.where,
@@ -83,6 +98,24 @@ def restore(ctx: FarmContext, progress: Progress) -> RestoreReport:
         latest=latest,
         seconds=time.monotonic() - started,
     )
+
+
+def _keep_inputs(ctx: FarmContext, inputs: list[dict[str, Any]], scratch: Path) -> None:
+    """Every restored build input into the repository's own store of them, where it has one
+    (Pulp's file repository of build inputs), as the builds that used them put them there."""
+    if not isinstance(ctx.repo, BuildInputKeeper) or not inputs:
+        return
+    into = scratch / "inputs"
+    files: dict[str, PackageFile] = {}
+    for row in inputs:
+        key = f"{row['sha256']}/{row['name']}"
+        if key in files or not ctx.store.has(row["sha256"]):
+            continue
+        path = into / row["sha256"] / row["name"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ctx.store.fetch(row["sha256"], path)
+        files[key] = PackageFile(row["name"], row["sha256"], int(row["size"]), path)
+    ctx.repo.keep_build_inputs(list(files.values()))
 
 
 def _restore_log(ctx: FarmContext, target: BackupTarget, key: str, sha256: str, scratch: Path) -> None:
@@ -166,6 +199,13 @@ def _publish(
                     path = into / output["filename"]
                     ctx.store.fetch(output["sha256"], path)
                     packages.append(PackageFile(output["filename"], output["sha256"], output["size"], path))
+        # The source packages too, as the build published them (``apt-get source`` on the restore).
+        bundles = [
+            step["source_sha256"]
+            for step in steps_of.get(build["id"], [])
+            if step["kind"] == StepKind.PACKAGE and step["state"] == StepState.SUCCEEDED
+        ]
+        packages += materialize_sources(ctx, bundles, into)
         ref = BuildRef(build["id"], build["project"], build["branch"], build["kind"], build["user"])
         source = ctx.repo.publish(ref, packages, move_latest=moves_latest(ref.kind))
         published[ref.build_id] = source.line()

@@ -5,7 +5,9 @@ release build is made of: its packages and other outputs, the source tarballs it
 from, its step logs, its images (manifest, config and every layer as they are in the registry;
 a multi-platform index with each platform's manifest; the media types are those of
 :mod:`buildfarm.backends.registrycopy`) and a catalogue of its records plus the farm's accounts
-(:mod:`buildfarm.backup.catalog`).
+(:mod:`buildfarm.backup.catalog`), and every build input of the farm (upstream tarballs and
+.dsc files, kept forever: their objects and their ``build_inputs`` rows), so a restored farm
+never downloads them again.
 Every object is named by its sha256 in the target, so a run copies only what the target lacks:
 a second run with no new release copies nothing but one small ``manifest.json`` that lists every
 object of the backup with its size and sha256 (the catalogue's too).
@@ -139,6 +141,7 @@ def run_backup(ctx: FarmContext, *, progress: Progress | None = None) -> BackupR
             else:
                 files.add(output["sha256"])
         files |= {s["source_sha256"] for s in tables["steps"] if ctx.store.has(s["source_sha256"])}
+        files |= {i["sha256"] for i in tables["build_inputs"] if ctx.store.has(i["sha256"])}
         for done, sha256 in enumerate(sorted(files), 1):
             copier.copy_from(functools.partial(ctx.store.fetch, sha256), sha256)
             report("files", done, len(files))
@@ -256,6 +259,8 @@ def describe_objects(catalogue: dict[str, Any]) -> dict[str, str]:
             what[output["sha256"]] = f"{output['filename']} of build {step.get('build_id')}"
     for step in steps.values():
         what.setdefault(step["source_sha256"], f"source of step {step['name']} of build {step['build_id']}")
+    for kept in tables.get("build_inputs", []):
+        what.setdefault(kept["sha256"], f"build input {kept['name']}")
     for key, sha256 in catalogue.get("logs", {}).items():
         what.setdefault(sha256, f"log {key}")
     for image in catalogue.get("images", []):

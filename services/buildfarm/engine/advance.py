@@ -33,7 +33,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from buildfarm.backends.base import BuildRef, PackageFile
+from buildfarm.backends.base import BuildInputKeeper, BuildRef, PackageFile
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import moves_latest
 from buildfarm.model.debsource import file_sha256
@@ -47,7 +47,7 @@ from buildfarm.model.types import (
     StepKind,
     StepState,
 )
-from buildfarm.state.models import Build, Step, StepOutput, utcnow
+from buildfarm.state.models import Build, BuildInput, Step, StepOutput, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,24 @@ def _materialize(ctx: FarmContext, outputs: list[StepOutput], into: Path) -> lis
     return files
 
 
-def _materialize_sources(ctx: FarmContext, bundles: list[str], into: Path) -> list[PackageFile]:
+def _keep_inputs(ctx: FarmContext, sources: list[PackageFile]) -> None:
+    """The build inputs among the build's source files (upstream tarballs, fetched .dsc files)
+    into the repository's own store of them, where it has one (Pulp's file repository of build
+    inputs: :mod:`buildfarm.backends.pulp.inputs`)."""
+    if not isinstance(ctx.repo, BuildInputKeeper) or not sources:
+        return
+    with ctx.db.session() as session:
+        kept = set(
+            session.scalars(
+                select(BuildInput.sha256).where(BuildInput.sha256.in_({p.sha256 for p in sources}))
+            )
+        )
+    inputs = [p for p in sources if p.sha256 in kept]
+    if inputs:
+        ctx.repo.keep_build_inputs(inputs)
+
+
+def materialize_sources(ctx: FarmContext, bundles: list[str], into: Path) -> list[PackageFile]:
     """The source packages the build's package steps built (each step's .dsc and its files),
     published beside the binaries so ``apt-get source`` gets exactly what was built."""
     files = []
@@ -319,7 +336,9 @@ def publish_build(ctx: FarmContext, build_id: int) -> bool:
     try:
         tmp = Path(tempfile.mkdtemp(dir=ctx.work_root, prefix="publish-"))
         packages = _materialize(ctx, outputs, tmp)
-        packages += _materialize_sources(ctx, bundles, tmp)
+        sources = materialize_sources(ctx, bundles, tmp)
+        packages += sources
+        _keep_inputs(ctx, sources)
         source = ctx.repo.publish(ref, packages, move_latest=moves_latest(ref.kind))
     except Exception as exc:  # any fault releases the claim: never `publishing` for 10 minutes unsaid
         _publish_failed(ctx, build_id, since, repository_fault(exc))
