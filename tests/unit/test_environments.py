@@ -206,3 +206,35 @@ def test_recipe_key_ignores_package_order() -> None:
     again = EnvironmentSpec("bookworm", "amd64", SPEC.mirror, ("fakeroot", "debhelper", "fakeroot"))
     assert again.key() == SPEC.key() and again == SPEC
     assert EnvironmentSpec("trixie", "amd64", SPEC.mirror, SPEC.packages).key() != SPEC.key()
+
+
+def _cli(cache_dir: Path, state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDFARM_")}
+    env |= {"BUILDFARM_STATE_DIR": str(state), "BUILDFARM_CACHE_DIR": str(cache_dir)}
+    return subprocess.run(
+        [sys.executable, "-m", "buildfarm_cli", "--output", "json", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+
+def test_cli_lists_and_prunes_this_machines_environments(tmp_path: Path, maker: TarMaker) -> None:
+    import json
+
+    cache = EnvironmentCache(tmp_path / "cache" / "environments", maker=maker)
+    old = cache.ensure(SPEC)
+    maker.extra = " moved"
+    current = cache.refresh(SPEC)
+    listed = json.loads(_cli(tmp_path / "cache", tmp_path / "state", "env", "list").stdout)
+    assert [(e["digest"], e["current"]) for e in listed] == [(current.digest, True), (old.digest, False)]
+    assert listed[0]["packages"] == ["debhelper", "fakeroot"] and listed[0]["size"] == current.size
+    kept = json.loads(_cli(tmp_path / "cache", tmp_path / "state", "env", "prune").stdout)
+    assert kept == []  # made just now: another farm's build may name it
+    removed = json.loads(
+        _cli(tmp_path / "cache", tmp_path / "state", "env", "prune", "--min-age-hours", "0").stdout
+    )
+    assert [e["digest"] for e in removed] == [old.digest]
+    assert [e.digest for e in cache.entries()] == [current.digest]

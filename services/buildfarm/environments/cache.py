@@ -139,7 +139,9 @@ class EnvironmentCache:
             return []
         current = self._current_digests()
         entries = [self._load(p.stem, current) for p in self.root.glob("*.json")]
-        return sorted((e for e in entries if e is not None), key=lambda e: e.created, reverse=True)
+        return sorted(
+            (e for e in entries if e is not None), key=lambda e: (e.created, e.current), reverse=True
+        )
 
     def check(self, env: Environment) -> bool:
         """The tarball is whole: its size as recorded and its sha256 its name."""
