@@ -117,7 +117,10 @@ def test_debian_packages_come_through_the_farms_cache_once(sbuild_farm: Farm, tm
         "project: sb\nbranch: cache\nkind: nightly\npackages:\n  - path: zneed-one\n  - path: zneed-two\n"
         "    depends: [zneed-one]\n"  # one after the other: the second finds the .deb cached
     )
-    view = sbuild_farm.json("build", "submit", str(manifest), "--wait", "--timeout", "900")
+    submitted = sbuild_farm.cli(
+        "--output", "json", "build", "submit", str(manifest), "--wait", "--timeout", "900", timeout=960
+    )
+    view = json.loads(submitted.stdout)  # two sbuild steps one after the other: minutes on a loaded machine
     assert view["state"] == "succeeded", view
     record = json.loads((sbuild_farm.state_dir / "farm.json").read_text())
     assert record["apt_cache_private"] and record["apt_proxy"].startswith("http://127.0.0.1:")
