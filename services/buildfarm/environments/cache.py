@@ -153,8 +153,10 @@ class EnvironmentCache:
     def get(self, digest: str) -> Environment:
         """The checked environment ``digest``; a corrupt one is removed and reported gone."""
         env = self._load(digest, self._current_digests())
-        if env is None or not self.check(env):
+        corrupt = env is not None and not self.check(env)
+        if corrupt:  # only a registered entry: a tarball without its record may be one being made
             self._remove(digest)
+        if env is None or corrupt:
             raise EnvironmentGone(
                 f"build environment {digest[:12]} is no longer in {self.root} (pruned, or found "
                 "corrupt and removed): submit the build again to use the current one"
