@@ -306,6 +306,7 @@ def _build(
             node=target.node,
             project=target.project,
             branch=target.branch,
+            environment_id=target.environment_id,
         )
         job.workdir.mkdir()
         result: StepResult = runner.run(job)
@@ -371,6 +372,7 @@ class _Target:
     project: str
     branch: str
     dependency_images: list[tuple[str, str]]  # (name, pushed reference) of image steps it needs
+    environment_id: str = ""  # the build's package environment (its input keys name it)
 
 
 def _step_target(ctx: FarmContext, claim: Claim) -> _Target:
@@ -378,7 +380,7 @@ def _step_target(ctx: FarmContext, claim: Claim) -> _Target:
         step = session.get_one(Step, claim.step_id)
         build = step.build
         if step.kind != StepKind.IMAGE:
-            return _Target(step.kind, None, step.node, build.project, build.branch, [])
+            return _Target(step.kind, None, step.node, build.project, build.branch, [], build.environment_id)
         prefix = image_prefix(ctx.settings.registry_url, build.project, build.branch, build.id)
         spec = image_spec(step.name, step.image_spec or {}, prefix)
         deps = dependency_images(session, step)

@@ -52,6 +52,7 @@ class StepJob:
     node: str | None = None  # the node whose worker took the step (pods are pinned to it)
     project: str = ""
     branch: str = ""
+    environment_id: str = ""  # the environment the build's input keys name ("": the runner's current)
 
 
 @dataclass
