@@ -30,13 +30,9 @@ from sqlalchemy import Column, Connection, Table, func, insert, select, text
 from buildfarm.model.errors import ConflictError
 from buildfarm.model.types import AptSource, BuildKind, BuildState, OutputKind
 from buildfarm.state.db import Database
-<<<<<<< HEAD
-from buildfarm.state.models import Build, Grant, Project, Step, StepOutput, Token, User, UTCDateTime
-=======
 from buildfarm.state.models import (
     Build,
     BuildInput,
-    BuildState,
     Grant,
     Project,
     Step,
@@ -45,7 +41,6 @@ from buildfarm.state.models import (
     User,
     UTCDateTime,
 )
->>>>>>> h/srcpulp
 
 CATALOGUE_FORMAT = 2
 """2: step outputs have a ``kind``, an image's filename is its reference; builds' staging sources

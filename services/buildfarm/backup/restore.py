@@ -22,25 +22,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-<<<<<<< HEAD
-from buildfarm.backends.base import BackupTarget, BuildRef, PackageFile, RawManifest
+from buildfarm.backends.base import BackupTarget, BuildInputKeeper, BuildRef, PackageFile, RawManifest
 from buildfarm.backup.catalog import CATALOGUE_FORMAT, farm_has_builds, import_catalogue, upgrade_catalogue
 from buildfarm.backup.manifest import Progress, RestoreReport, no_progress, read_manifest
-=======
-from buildfarm.backends.base import BackupTarget, BuildInputKeeper, BuildRef, PackageFile, RawManifest
-from buildfarm.backup.catalog import farm_has_builds, import_catalogue
-from buildfarm.backup.manifest import Progress, RestoreReport, no_progress, read_manifest
-from buildfarm.engine.advance import PACKAGE_SUFFIXES, materialize_sources
->>>>>>> h/srcpulp
+from buildfarm.engine.advance import materialize_sources
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import moves_latest
 from buildfarm.model.errors import ConflictError, PermanentError
 from buildfarm.model.images import registry_host, split_reference
-<<<<<<< HEAD
-from buildfarm.model.types import OutputKind
-=======
-from buildfarm.state.models import IMAGE_OUTPUT_PREFIX, StepKind, StepState
->>>>>>> h/srcpulp
+from buildfarm.model.types import OutputKind, StepKind, StepState
 
 
 def _catalogue(target: BackupTarget, scratch: Path) -> dict[str, Any]:
