@@ -57,9 +57,10 @@ from buildfarm.engine.submit import submit_build
 from buildfarm.metrics import FarmCollector, metrics_endpoint
 from buildfarm.model import names
 from buildfarm.model.errors import NotFoundError, PermanentError
-from buildfarm.model.manifest import BuildKind, parse_manifest
+from buildfarm.model.manifest import parse_manifest
 from buildfarm.model.settings import Settings
-from buildfarm.state.models import Build, BuildState, Role
+from buildfarm.model.types import BuildKind, BuildState
+from buildfarm.state.models import Build, Role
 from buildfarm.web import SESSION_COOKIE, mount_dashboard
 
 API = "/api/v1"

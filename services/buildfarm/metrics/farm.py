@@ -19,9 +19,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import ColumnElement, Float, case, cast, func, select
 from sqlalchemy.orm import Session
 
+from buildfarm.model.types import OutputKind
 from buildfarm.state.db import Database
 from buildfarm.state.models import (
-    IMAGE_OUTPUT_PREFIX,
     Build,
     Step,
     StepOutput,
@@ -109,8 +109,8 @@ class FarmCollector(Collector):
             )
             or 0
         )
-        for state, count in sorted(counts.items()):
-            states.add_metric([state], count)
+        for name, number in sorted(counts.items()):
+            states.add_metric([name], number)
         states.add_metric(["reused"], reused)
         yield states
 
@@ -233,7 +233,7 @@ class FarmCollector(Collector):
             .select_from(StepOutput)
             .join(Step, Step.id == StepOutput.step_id)
             .join(Build, Build.id == Step.build_id)
-            .where(~StepOutput.filename.startswith(IMAGE_OUTPUT_PREFIX))
+            .where(StepOutput.kind != OutputKind.IMAGE)
             .group_by(Build.kind)
             .order_by(Build.kind)
         ):

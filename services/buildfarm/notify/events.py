@@ -13,8 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from buildfarm.engine.context import FarmContext
-from buildfarm.model.manifest import BuildKind
 from buildfarm.model.settings import NotifyConfig
+from buildfarm.model.types import BuildKind
 from buildfarm.state.models import TERMINAL_BUILD_STATES, Build, BuildState, Notification, NotificationState
 
 

@@ -24,7 +24,7 @@ from buildfarm.accounts import AuthError, ForbiddenError, Principal
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import BuildfarmError, NotFoundError
-from buildfarm.model.manifest import BuildKind
+from buildfarm.model.types import BuildKind
 from buildfarm.state.models import Build, BuildState, Role, StepState, utcnow
 from buildfarm.web import activity, graph
 from buildfarm.web.session import (

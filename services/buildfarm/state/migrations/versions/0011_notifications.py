@@ -4,15 +4,15 @@ The scheduler inserts a row when a finished build matches a configured target, t
 it; the unique key makes discovery idempotent (a replayed tick adds nothing) and the row
 carries attempts and the next retry, so a restarted scheduler goes on where it stopped.
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010"
-down_revision = "0009"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

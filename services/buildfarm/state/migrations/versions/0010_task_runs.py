@@ -4,15 +4,15 @@ The scheduler records how each periodic run ended, so a metrics scrape (and the 
 reads the last result and its time from the database, whichever process ran it and however
 often processes restarted since.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
