@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import yaml
-from conftest import CHART, HELM, ROOT, helm_env
+
+from chartkit import CHART, HELM, ROOT, helm_env
 
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 

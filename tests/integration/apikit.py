@@ -17,7 +17,7 @@ from buildfarm.engine import accounts
 from buildfarm.model.settings import load_settings
 
 from helpers import wait_until
-from test_local_farm import Farm
+from localfarmkit import Farm
 
 
 class Api:

@@ -32,7 +32,7 @@ from buildfarm_cli.httpclient import HttpClient
 
 from apikit import Api, running_api
 from debpkgs import make_package
-from test_local_farm import BUILDFARM
+from localfarmkit import BUILDFARM
 
 RATE = 400
 UPLOAD_LIMIT = 64 * 1024

@@ -40,12 +40,9 @@ from buildfarm.state.models import IMAGE_OUTPUT_PREFIX, Step, StepKind, StepOutp
 
 from farmkit import finished_build, make_test_context
 from helpers import free_port
-from registrykit import Registry, running_registry
+from registrykit import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Registry, push_blob, running_registry
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -82,17 +79,6 @@ def _layer(name: str, size: int) -> bytes:
     return gzip.compress(raw.getvalue(), mtime=0)
 
 
-def _push_blob(url: str, repository: str, data: bytes) -> str:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    started = httpx.post(f"{url}/v2/{repository}/blobs/uploads/", timeout=30)
-    assert started.status_code == 202, started.text
-    location = started.headers["location"]
-    location = location if location.startswith("http") else url + location
-    done = httpx.put(httpx.URL(location).copy_merge_params({"digest": digest}), content=data, timeout=30)
-    assert done.status_code == 201, done.text
-    return digest
-
-
 def _put_manifest(url: str, repository: str, ref: str, body: bytes, media_type: str) -> None:
     put = httpx.put(
         f"{url}/v2/{repository}/manifests/{ref}",
@@ -113,7 +99,7 @@ def _image_manifest(
     ).encode()
     blobs: dict[str, bytes] = {}
     for data in (config, *layers):
-        blobs[_push_blob(url, repository, data).removeprefix("sha256:")] = data
+        blobs[push_blob(url, repository, data).removeprefix("sha256:")] = data
     media_type = DOCKER_MANIFEST if docker else OCI_MANIFEST
 
     def descriptor(data: bytes, kind: str) -> dict[str, object]:

@@ -204,8 +204,7 @@ def test_real_debian_package_imported_with_gbp_gives_the_archive_tarball(
     """rsakeyfind 1:1.0-8 from Debian's archive (3.0 (quilt), patches, a signed upstream tarball),
     imported with ``gbp import-dsc --pristine-tar``: the farm's gbp entry gives back the
     archive's own upstream tarball and the same name and version.  Resolve only (~3 s)."""
-    from debsources import debian_source
-    from test_real_sources_debian import PACKAGES
+    from debsources import PACKAGES, debian_source
 
     dsc = debian_source("rsakeyfind", PACKAGES["rsakeyfind"])
     repo = served.base / "rsakeyfind.git"

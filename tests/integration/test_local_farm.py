@@ -9,11 +9,9 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,44 +20,7 @@ from buildfarm.local.procs import redis_server_command
 
 from debpkgs import make_package, write_manifest
 from helpers import free_port, wait_for, wait_until
-
-BUILDFARM = [sys.executable, "-m", "buildfarm_cli"]
-FAST_LEASES = {
-    "BUILDFARM_LEASE_SECONDS": "4",
-    "BUILDFARM_HEARTBEAT_SECONDS": "1",
-    "BUILDFARM_REAPER_SECONDS": "1",
-    "BUILDFARM_REDISPATCH_SECONDS": "5",
-}
-
-
-class Farm:
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDFARM_")}
-        # a developer's own ~/.config/buildfarm/client.yaml must not send these tests elsewhere
-        self.env["XDG_CONFIG_HOME"] = str(state_dir.parent / "xdg-config")
-        self.env |= {
-            "BUILDFARM_STATE_DIR": str(state_dir),
-            "BUILDFARM_REPO_PORT": "0",
-            "BUILDFARM_API_PORT": "0",
-            **FAST_LEASES,
-        }
-
-    def cli(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [*BUILDFARM, *args], check=False, env=self.env, capture_output=True, text=True, timeout=timeout
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"buildfarm {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-            )
-        return result
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.cli("--output", "json", *args).stdout)
-
-    def node_pid(self, node: str) -> int:
-        return int((self.state_dir / "run" / f"{node}.pid").read_text())
+from localfarmkit import Farm, start_farm
 
 
 def _alive(pid: int) -> bool:
@@ -70,15 +31,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _start(tmp: Path) -> Farm:
-    farm = Farm(tmp / "state")
-    farm.cli("start", "--runner", "host", "--nodes", "2", timeout=120)
-    return farm
-
-
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
-    started = _start(tmp_path_factory.mktemp("farm"))
+    started = start_farm(tmp_path_factory.mktemp("farm"))
     yield started
     started.cli("stop", check=False)
 
@@ -226,7 +181,7 @@ def test_failed_build_keeps_latest_and_retry(farm: Farm, tmp_path: Path) -> None
 
 
 def test_killed_node_build_completes_on_the_other(tmp_path: Path) -> None:
-    farm = _start(tmp_path)
+    farm = start_farm(tmp_path)
     try:
         src, pids, release = tmp_path / "src", tmp_path / "builder-pids", tmp_path / "release"
         # The first attempt cannot finish before the node is killed: it waits for `release`.

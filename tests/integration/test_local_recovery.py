@@ -22,14 +22,14 @@ import redis
 
 from debpkgs import make_package, write_manifest
 from helpers import wait_until
-from test_local_farm import Farm, _start
+from localfarmkit import Farm, start_farm
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
-    started = _start(tmp_path_factory.mktemp("recovery"))
+    started = start_farm(tmp_path_factory.mktemp("recovery"))
     yield started
     started.cli("stop", check=False)
 

@@ -1,8 +1,8 @@
 """3rd-party mirrors through a real Pulp, judged by the real apt.
 
 The "3rd party" is a small APT repository (``dists/<suite>/main/binary-<arch>`` indexed by
-Debian's apt-ftparchive, real .debs from dpkg-deb) served over HTTP on 127.0.0.1 by a thread.
-The session's Pulp (pulpkit) syncs it; ``apt-get update`` + ``apt-get download`` through the
+Debian's apt-ftparchive, real .debs from dpkg-deb) served over HTTP on 127.0.0.1 by a thread
+(mirrorkit). The session's Pulp (pulpkit) syncs it; ``apt-get update`` + ``apt-get download`` through the
 mirror's distribution must give byte-identical packages; a re-sync after upstream changed
 serves the new set while no reader ever sees a half-switched one; the CLI syncs through the API.
 The upstream is signed (InRelease and Release.gpg) with a throwaway key made in a temp GNUPGHOME:
@@ -13,20 +13,14 @@ by the farm's key and apt reads it with that public key alone.
 
 from __future__ import annotations
 
-import functools
-import gzip
 import hashlib
-import http.server
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 import threading
 import time
 import typing as t
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -35,7 +29,6 @@ from debian.deb822 import Release
 from pulp_glue.core.context import PulpContentRedirectContentGuardContext
 
 from buildfarm.backends.aptrepo import LocalAptRepository
-from buildfarm.backends.base import PackageFile
 from buildfarm.backends.pulp import PulpAptRepositoryContext, PulpRepository
 from buildfarm.backends.pulp.contexts import PulpAptDistributionContext, PulpAptPublicationContext
 from buildfarm.engine.context import FarmContext
@@ -52,162 +45,36 @@ from apikit import running_api
 from debpkgs import build_deb, make_package, write_manifest
 from farmkit import drain, make_test_context
 from helpers import free_port
+from localfarmkit import BUILDFARM
+from mirrorkit import ARCH, COMPONENT, SUITE, SigningKey, Upstream, mirror_of, served_upstream, signing_keys
 from pulpkit import PulpServer, pulp_server
-from test_local_farm import BUILDFARM
 
 pytestmark = pytest.mark.integration
 __all__ = ["pulp_server"]  # the fixture, imported for this module's tests
 
-SUITE = "tpsuite"
-COMPONENT = "main"
-
-
-def _host_architecture() -> str:
-    return subprocess.run(
-        ["dpkg", "--print-architecture"], check=True, capture_output=True, text=True
-    ).stdout.strip()
-
-
-ARCH = _host_architecture()
-
-
-class _GatedHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves files once ``gate`` is open (a test closes it to hold a sync inside Pulp)."""
-
-    def __init__(self, *args: t.Any, gate: threading.Event, **kwargs: t.Any) -> None:
-        self.gate = gate
-        super().__init__(*args, **kwargs)
-
-    def do_GET(self) -> None:
-        self.gate.wait(60)
-        super().do_GET()
-
-    def log_message(self, format: str, *args: object) -> None:
-        return None
-
-
-def _gpg(home: Path, *args: str) -> bytes:
-    return subprocess.run(
-        ["gpg", "--homedir", str(home), "--batch", "--quiet", *args], check=True, capture_output=True
-    ).stdout
-
-
-@dataclass
-class SigningKey:
-    """A throwaway OpenPGP key: its private half in ``home``, its public half in ``public``."""
-
-    home: Path
-    public: Path
-
-    @classmethod
-    def make(cls, home: Path, uid: str) -> SigningKey:
-        home.mkdir(mode=0o700)
-        _gpg(home, "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never")
-        public = home / "public.asc"
-        public.write_bytes(_gpg(home, "--armor", "--export", uid))
-        return cls(home, public)
-
-
-@dataclass
-class Upstream:
-    """A 3rd-party APT repository on localhost: ``root`` served at ``url``, signed by ``key``."""
-
-    root: Path
-    url: str
-    debs: dict[str, PackageFile]
-    key: SigningKey
-    gate: threading.Event
-
-    def add(self, deb: PackageFile) -> None:
-        """Add a package and rewrite the indexes (Packages first, then Release, as archives do)."""
-        pool = self.root / "pool" / COMPONENT
-        shutil.copyfile(deb.path, pool / deb.filename)
-        self.debs[deb.filename] = deb
-        self._index()
-
-    def _index(self) -> None:
-        def ftparchive(*args: str) -> bytes:
-            return subprocess.run(
-                ["apt-ftparchive", *args], cwd=self.root, check=True, capture_output=True
-            ).stdout
-
-        dist = self.root / "dists" / SUITE
-        binary = dist / COMPONENT / f"binary-{ARCH}"
-        binary.mkdir(parents=True, exist_ok=True)
-        packages = ftparchive("packages", f"pool/{COMPONENT}")
-        (binary / "Packages").write_bytes(packages)
-        (binary / "Packages.gz").write_bytes(gzip.compress(packages, mtime=0))
-        options = {"Suite": SUITE, "Codename": SUITE, "Components": COMPONENT, "Architectures": ARCH}
-        args = [x for k, v in options.items() for x in ("-o", f"APT::FTPArchive::Release::{k}={v}")]
-        release = ftparchive(*args, "release", f"dists/{SUITE}")
-        (dist / "Release").write_bytes(release)
-        for name, how in (("InRelease", "--clearsign"), ("Release.gpg", "--detach-sign")):
-            _gpg(self.key.home, "--yes", "--armor", how, "--output", str(dist / name), str(dist / "Release"))
-
-    def tamper(self) -> None:
-        """Change the Release text (both copies) without signing it again."""
-        for name in ("Release", "InRelease"):
-            path = self.root / "dists" / SUITE / name
-            path.write_bytes(path.read_bytes().replace(f"Codename: {SUITE}".encode(), b"Codename: evil"))
-
-
 @pytest.fixture(scope="module")
 def keys() -> Iterator[tuple[SigningKey, SigningKey]]:
-    """The upstream's key and a stranger's (short paths: gpg-agent's socket lives in the home)."""
-    top = Path(tempfile.mkdtemp(prefix="bf-gpg-"))
-    try:
-        yield (
-            SigningKey.make(top / "u", "tp upstream <tp@example.invalid>"),
-            SigningKey.make(top / "s", "stranger <x@example.invalid>"),
-        )
-    finally:
-        for home in ("u", "s"):
-            subprocess.run(["gpgconf", "--homedir", str(top / home), "--kill", "gpg-agent"], check=False)
-        shutil.rmtree(top, ignore_errors=True)
+    """The upstream's key and a stranger's."""
+    with signing_keys("tp upstream <tp@example.invalid>", "stranger <x@example.invalid>") as keys:
+        yield keys[0], keys[1]
 
 
 @pytest.fixture(scope="module")
 def upstream(
     tmp_path_factory: pytest.TempPathFactory, keys: tuple[SigningKey, SigningKey]
 ) -> Iterator[Upstream]:
-    root = tmp_path_factory.mktemp("third-party")
+    """Two packages (one ``all``, one of the host's architecture) at ``<url>/debian/``."""
     debs_dir = tmp_path_factory.mktemp("third-party-debs")
-    (root / "pool" / COMPONENT).mkdir(parents=True)
     salt = str(time.time_ns())  # bytes no other test module gave Pulp
-    gate = threading.Event()
-    gate.set()
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_GatedHandler, gate=gate, directory=str(root))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    repo = Upstream(root, f"http://127.0.0.1:{server.server_address[1]}/debian", {}, keys[0], gate)
-    # served at /debian/: a mirror URL is rarely the server's root
-    (root / "debian").symlink_to(".")
-    for name, arch in (("tp-alpha", "all"), ("tp-beta", ARCH)):
-        repo.add(build_deb(debs_dir, name, f"1.0+{salt}", architecture=arch))
-    try:
+    with served_upstream(tmp_path_factory.mktemp("third-party"), keys[0], prefix="debian") as repo:
+        for name, arch in (("tp-alpha", "all"), ("tp-beta", ARCH)):
+            repo.add(build_deb(debs_dir, name, f"1.0+{salt}", architecture=arch))
         yield repo
-    finally:
-        gate.set()
-        server.shutdown()
-        server.server_close()
-
-
-def _mirror(upstream: Upstream, name: str = "thirdparty", signed_by: Path | None = None) -> MirrorConfig:
-    return MirrorConfig(
-        name=name,
-        url=upstream.url,
-        distribution=SUITE,
-        components=[COMPONENT],
-        architectures=[ARCH],
-        signed_by=str(signed_by) if signed_by else None,
-    )
 
 
 @pytest.fixture(scope="module")
 def repo(pulp_server: PulpServer, upstream: Upstream) -> PulpRepository:
-    return pulp_server.repository(mirrors=[_mirror(upstream)])
+    return pulp_server.repository(mirrors=[mirror_of(upstream)])
 
 
 def _apt(workdir: Path, line: str) -> AptClient:
@@ -237,7 +104,7 @@ def _served(url: str) -> tuple[bytes, set[str]]:
 
 
 def test_sync_serves_upstream_bytes_to_apt(repo: PulpRepository, upstream: Upstream, tmp_path: Path) -> None:
-    mirror = _mirror(upstream)
+    mirror = mirror_of(upstream)
     assert repo.mirror_sources() == []  # configured, not synced: builds do not use it yet
     status = repo.sync_mirror(mirror)
     print(f"\nmirror sync of {status.packages} packages: {status.seconds:.2f} s")
@@ -258,7 +125,7 @@ def test_sync_serves_upstream_bytes_to_apt(repo: PulpRepository, upstream: Upstr
 def test_resync_moves_the_distribution_atomically(
     repo: PulpRepository, upstream: Upstream, tmp_path: Path
 ) -> None:
-    mirror = _mirror(upstream)
+    mirror = mirror_of(upstream)
     first = repo.sync_mirror(mirror)  # the state of the previous test, or the first sync
     again = repo.sync_mirror(mirror)
     print(f"\nmirror re-sync with no change: {again.seconds:.2f} s")
@@ -307,7 +174,7 @@ def _served_version(repo: PulpRepository, base_path: str) -> int:
 def test_pulp_keeps_only_the_retained_versions(
     repo: PulpRepository, upstream: Upstream, tmp_path: Path
 ) -> None:
-    mirror = _mirror(upstream)
+    mirror = mirror_of(upstream)
     before = int(repo.sync_mirror(mirror).version)
     upstream.add(build_deb(tmp_path, "tp-delta", f"1.0+{time.time_ns()}", architecture="all"))
     after = int(repo.sync_mirror(mirror).version)
@@ -318,7 +185,7 @@ def test_pulp_keeps_only_the_retained_versions(
 
 
 def test_one_sync_of_a_mirror_at_a_time(repo: PulpRepository, upstream: Upstream, tmp_path: Path) -> None:
-    mirror = _mirror(upstream)
+    mirror = mirror_of(upstream)
     before = int(repo.sync_mirror(mirror).version)
     upstream.add(build_deb(tmp_path, "tp-epsilon", f"1.0+{time.time_ns()}", architecture="all"))
     lease = "buildfarm/_mirrors/thirdparty/syncing"
@@ -369,11 +236,11 @@ def test_pulp_checks_the_release_signature(
     repo: PulpRepository, upstream: Upstream, keys: tuple[SigningKey, SigningKey], tmp_path: Path
 ) -> None:
     right, stranger = keys
-    signed = repo.sync_mirror(_mirror(upstream, "signedtp", right.public))
+    signed = repo.sync_mirror(mirror_of(upstream, "signedtp", right.public))
     assert signed.packages == len(upstream.debs)
     served = _served(f"{repo.content_origin}/pulp/content/_mirrors/signedtp/")
     with pytest.raises(PermanentError) as caught:
-        repo.sync_mirror(_mirror(upstream, "signedtp", stranger.public))
+        repo.sync_mirror(mirror_of(upstream, "signedtp", stranger.public))
     assert str(caught.value) == (
         f"mirror 'signedtp': no Release file of {upstream.url} is signed by the key in {stranger.public} "
         "(Pulp's sync refused it; nothing new is published)"
@@ -382,7 +249,7 @@ def test_pulp_checks_the_release_signature(
     upstream.tamper()
     try:
         with pytest.raises(PermanentError, match=r"^mirror 'signedtp': no Release file of .* is signed by"):
-            repo.sync_mirror(_mirror(upstream, "signedtp", right.public))
+            repo.sync_mirror(mirror_of(upstream, "signedtp", right.public))
     finally:
         upstream._index()  # signed again: the next tests see a good upstream
     assert _served(f"{repo.content_origin}/pulp/content/_mirrors/signedtp/") == served  # nothing new
@@ -397,7 +264,7 @@ def test_farm_signs_mirror_publications_and_apt_needs_only_its_key(
     tmp_path: Path,
 ) -> None:
     right = keys[0]
-    mirror = _mirror(upstream, "farmsigned", right.public)  # Pulp checks the upstream's key at sync
+    mirror = mirror_of(upstream, "farmsigned", right.public)  # Pulp checks the upstream's key at sync
     unsigned = repo.sync_mirror(mirror)  # synced while the farm had no signing service
     assert pulp_server.signing_service is not None
     signed_repo = pulp_server.repository(mirrors=[mirror], signing_service=pulp_server.signing_service)
@@ -435,10 +302,10 @@ def test_unreachable_upstream_is_one_clear_error(repo: PulpRepository) -> None:
 
 
 def test_local_profile_reads_the_upstream_directly(upstream: Upstream, tmp_path: Path) -> None:
-    local = LocalAptRepository(tmp_path / "repos", "http://127.0.0.1:1", [_mirror(upstream)])
+    local = LocalAptRepository(tmp_path / "repos", "http://127.0.0.1:1", [mirror_of(upstream)])
     line = f"deb [trusted=yes] {upstream.url}/ {SUITE} {COMPONENT}"
     assert [s.line() for s in local.mirror_sources()] == [line]
-    status = local.sync_mirror(_mirror(upstream))
+    status = local.sync_mirror(mirror_of(upstream))
     assert (status.source, status.packages) == (line, len(upstream.debs))
     assert _apt(tmp_path / "apt", line).download("tp-alpha").is_file()
     wrong = MirrorConfig(name="wrong", url=upstream.url, distribution="nosuch", architectures=[ARCH])
@@ -450,7 +317,7 @@ def test_local_profile_checks_the_signature_and_apt_does_too(
     upstream: Upstream, keys: tuple[SigningKey, SigningKey], tmp_path: Path
 ) -> None:
     right, stranger = keys
-    signed = _mirror(upstream, "signedtp", right.public)
+    signed = mirror_of(upstream, "signedtp", right.public)
     local = LocalAptRepository(tmp_path / "repos", "http://127.0.0.1:1", [signed])
     line = f"deb [signed-by={right.public}] {upstream.url}/ {SUITE} {COMPONENT}"
     assert [s.line() for s in local.mirror_sources()] == [line]
@@ -459,7 +326,7 @@ def test_local_profile_checks_the_signature_and_apt_does_too(
 
     inrelease = f"{upstream.url}/dists/{SUITE}/InRelease"
     with pytest.raises(PermanentError) as caught:
-        local.sync_mirror(_mirror(upstream, "signedtp", stranger.public))
+        local.sync_mirror(mirror_of(upstream, "signedtp", stranger.public))
     message = str(caught.value)
     assert message.startswith(
         f"mirror 'signedtp': {inrelease} is not signed by the key in {stranger.public}: "
@@ -492,11 +359,11 @@ class _RecordingRunner(HostRunner):
 def test_steps_get_the_mirror_after_the_staging_source(
     pulp_server: PulpServer, upstream: Upstream, repo: PulpRepository, tmp_path: Path
 ) -> None:
-    repo.sync_mirror(_mirror(upstream))
+    repo.sync_mirror(mirror_of(upstream))
     mirror_line = repo.mirror_sources()[0].line()
     settings = {
         **pulp_server.settings(),
-        "mirrors": [_mirror(upstream).model_dump()],
+        "mirrors": [mirror_of(upstream).model_dump()],
     }
     ctx: FarmContext = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'state.db'}", **settings)
     ctx.repo = make_repository(ctx.settings)
@@ -530,7 +397,7 @@ def test_cli_syncs_through_the_api(
         "BUILDFARM_PULP_PASSWORD": pulp_server.password,
         "BUILDFARM_PULP_CONTENT_ORIGIN": pulp_server.content_origin,
         "BUILDFARM_PULP_TASK_TIMEOUT_SECONDS": "60",
-        "BUILDFARM_MIRRORS": json.dumps([_mirror(upstream, "viaapi").model_dump()]),
+        "BUILDFARM_MIRRORS": json.dumps([mirror_of(upstream, "viaapi").model_dump()]),
         "BUILDFARM_API_PORT": "0",
     }
     with running_api(tmp_path_factory, postgres_url, redis_url, "mirrors_api", env, redis_db=5) as api:

@@ -34,26 +34,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_real_sources_shapes import Served
 
 from buildfarm.local.aptclient import AptClient
 from buildfarm.model.debsource import source_package
 from buildfarm.model.settings import load_settings
 from buildfarm.runners.sbuild import ensure_base_tarball
 
-from debsources import debian_source
-from test_local_farm import Farm
+from debsources import PACKAGES, debian_source
+from httpkit import Served
+from localfarmkit import Farm
 
 pytestmark = pytest.mark.sbuild
-
-PACKAGES = {
-    "rsakeyfind": "1:1.0-8",
-    "mescc-tools": "1.4.0-1",
-    "mbw": "1.2.2-1.1",
-    "memstat": "1.1",
-    "dh-autoreconf": "20",
-    "minizip": "1.1-8+deb12u1",
-}
 
 
 def _unpack(dsc: Path, into: Path) -> Path:

@@ -30,6 +30,7 @@ from buildfarm.model.manifest import load_manifest
 from buildfarm.state.models import BuildInput, Step
 
 from farmkit import drain, finished_build, make_test_context
+from httpkit import Served
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 LOCAL_FETCH = {"fetch_allow_schemes": ["https", "http"], "fetch_allow_hosts": ["127.0.0.1"]}
@@ -41,23 +42,6 @@ def ctx(tmp_path: Path) -> Iterator[FarmContext]:
     context = make_test_context(tmp_path, f"sqlite:///{tmp_path}/state.db", **LOCAL_FETCH)
     yield context
     context.db.dispose()
-
-
-class Served:
-    """A directory served over HTTP on a free port, stoppable mid-test."""
-
-    def __init__(self, directory: Path) -> None:
-        handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(directory), **kw)  # noqa: E731
-        http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None  # type: ignore[method-assign]
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -9,9 +9,7 @@ the test needs no image builder.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,42 +18,9 @@ import pytest
 from buildfarm.backends.registry import RegistryClient
 from buildfarm.model.errors import PermanentError
 
-from registrykit import Registry, running_registry
+from registrykit import Registry, push_image, registry, running_registry
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    with running_registry(tmp_path / "registry") as server:
-        yield server
-
-
-def _push_blob(url: str, repository: str, data: bytes) -> dict[str, object]:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    started = httpx.post(f"{url}/v2/{repository}/blobs/uploads/", timeout=30)
-    assert started.status_code == 202, started.text
-    location = started.headers["location"]
-    location = location if location.startswith("http") else url + location
-    target = httpx.URL(location).copy_merge_params({"digest": digest})  # keeps the upload's _state
-    done = httpx.put(target, content=data, timeout=30)
-    assert done.status_code == 201, done.text
-    return {"mediaType": "application/octet-stream", "digest": digest, "size": len(data)}
-
-
-def _push_image(url: str, repository: str, layer: bytes) -> str:
-    config = _push_blob(url, repository, json.dumps({"architecture": "amd64", "os": "linux"}).encode())
-    config["mediaType"] = "application/vnd.oci.image.config.v1+json"
-    layer_ref = _push_blob(url, repository, layer)
-    layer_ref["mediaType"] = "application/vnd.oci.image.layer.v1.tar+gzip"
-    body = json.dumps(
-        {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": [layer_ref]}
-    ).encode()
-    put = httpx.put(
-        f"{url}/v2/{repository}/manifests/latest", content=body, headers={"Content-Type": OCI_MANIFEST}
-    )
-    assert put.status_code == 201, put.text
-    return "sha256:" + hashlib.sha256(body).hexdigest()
+__all__ = ["registry"]  # the fixture, imported for this module's tests
 
 
 def _blob_status(url: str, repository: str, digest: str) -> int:
@@ -69,9 +34,9 @@ def test_delete_manifests_then_collect_garbage(registry: Registry) -> None:
     old = "proj/main/1/tool"
     kept = "proj/main/2/tool"
     expired = "proj/main/1/other"
-    digest = _push_image(registry.url, old, shared)
+    digest = push_image(registry.url, old, shared)
     assert client.copy_image(old, "latest", kept, "latest") == digest
-    expired_digest = _push_image(registry.url, expired, own)
+    expired_digest = push_image(registry.url, expired, own)
     own_digest = "sha256:" + hashlib.sha256(own).hexdigest()
 
     assert client.delete_manifest(old, digest) is True
@@ -96,7 +61,7 @@ def test_delete_manifests_then_collect_garbage(registry: Registry) -> None:
 def test_delete_manifest_refused_without_deletes(tmp_path: Path) -> None:
     with running_registry(tmp_path / "registry", deletes=False) as server:
         url = server.url
-        digest = _push_image(url, "p/b/1/x", os.urandom(1000))
+        digest = push_image(url, "p/b/1/x", os.urandom(1000))
         with pytest.raises(PermanentError, match=r"storage\.delete\.enabled"):
             RegistryClient(url).delete_manifest("p/b/1/x", digest)
         with pytest.raises(PermanentError, match="not a manifest digest"):

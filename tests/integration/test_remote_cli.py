@@ -23,7 +23,7 @@ from buildfarm_cli.client import HttpClient
 
 from debpkgs import make_package, write_manifest
 from helpers import wait_until
-from test_local_farm import BUILDFARM, Farm
+from localfarmkit import BUILDFARM, Farm
 
 pytestmark = pytest.mark.integration
 

@@ -2,8 +2,7 @@
 garbage collection frees their layers; the kept build's image stays pullable.
 
 Rows are inserted directly (an image step's output row is ``image:<reference>`` with the manifest
-digest as its sha256); the images are pushed through the registry's HTTP API by the helpers of
-tests/integration/test_registry_retention.py.
+digest as its sha256); the images are pushed through the registry's HTTP API (registrykit).
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_registry_retention import _push_image, registry  # noqa: F401 (the fixture)
 
 from buildfarm.backends.registry import RegistryClient
 from buildfarm.engine.context import FarmContext
@@ -23,11 +21,13 @@ from buildfarm.model.images import image_destination, image_prefix, split_refere
 from buildfarm.state.models import Step, StepKind, StepOutput
 
 from farmkit import finished_build, make_test_context
-from registrykit import Registry
+from registrykit import Registry, push_image, registry
+
+__all__ = ["registry"]  # the fixture, imported for this module's tests
 
 
 @pytest.fixture
-def farm(tmp_path: Path, registry: Registry) -> Iterator[FarmContext]:  # noqa: F811
+def farm(tmp_path: Path, registry: Registry) -> Iterator[FarmContext]:
     ctx = make_test_context(
         tmp_path, f"sqlite:///{tmp_path / 'state.db'}", registry_url=registry.url, retention_keep_newest=1
     )
@@ -47,7 +47,7 @@ def _image_build(ctx: FarmContext, days_ago: float, layer: bytes) -> tuple[int, 
             image_prefix(ctx.settings.registry_url, "proj", "main", build.id), "img"
         )
         _host, repository, _tag = split_reference(reference)
-        digest = _push_image(str(ctx.settings.registry_url), repository, layer)
+        digest = push_image(str(ctx.settings.registry_url), repository, layer)
         step = Step(
             build_id=build.id,
             name="img",
@@ -75,7 +75,7 @@ def _image_build(ctx: FarmContext, days_ago: float, layer: bytes) -> tuple[int, 
         return build.id, repository, digest
 
 
-def test_expired_image_is_deleted_and_its_layer_collected(farm: FarmContext, registry: Registry) -> None:  # noqa: F811
+def test_expired_image_is_deleted_and_its_layer_collected(farm: FarmContext, registry: Registry) -> None:
     old, old_repository, old_digest = _image_build(farm, 30, b"old layer " * 50_000)
     new, new_repository, new_digest = _image_build(farm, 1, b"new layer " * 50_000)
     client = RegistryClient(registry.url)

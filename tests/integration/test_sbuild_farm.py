@@ -18,7 +18,7 @@ import pytest
 from buildfarm.model.settings import load_settings
 from buildfarm.runners.sbuild import ensure_base_tarball
 
-from test_local_farm import Farm
+from localfarmkit import Farm
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 pytestmark = pytest.mark.sbuild

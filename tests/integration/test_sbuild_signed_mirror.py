@@ -8,9 +8,6 @@ with apt's own signature error, and nothing is built.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +20,7 @@ from buildfarm.runners.base import StepJob
 from buildfarm.runners.sbuild import SbuildRunner, ensure_base_tarball
 
 from debpkgs import build_deb, make_package
-from test_mirrors import ARCH, COMPONENT, SigningKey, Upstream, _mirror
+from mirrorkit import ARCH, SigningKey, Upstream, mirror_of, served_upstream, signing_keys
 
 pytestmark = pytest.mark.sbuild
 
@@ -38,30 +35,12 @@ def runner(tmp_path_factory: pytest.TempPathFactory) -> SbuildRunner:
 @pytest.fixture(scope="module")
 def signed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Upstream, SigningKey]]:
     """A signed upstream holding ``sm-dep`` (served over HTTP), and a stranger's key."""
-    import functools
-    import http.server
-    import threading
-
-    top = Path(tempfile.mkdtemp(prefix="bf-gpg-"))  # short: gpg-agent's socket lives in the home
-    root = tmp_path_factory.mktemp("signed-upstream")
-    (root / "pool" / COMPONENT).mkdir(parents=True)
-    gate = threading.Event()
-    gate.set()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        key = SigningKey.make(top / "u", "sm upstream <sm@example.invalid>")
-        stranger = SigningKey.make(top / "s", "stranger <x@example.invalid>")
-        upstream = Upstream(root, f"http://127.0.0.1:{server.server_address[1]}", {}, key, gate)
+    with (
+        signing_keys("sm upstream <sm@example.invalid>", "stranger <x@example.invalid>") as (key, stranger),
+        served_upstream(tmp_path_factory.mktemp("signed-upstream"), key) as upstream,
+    ):
         upstream.add(build_deb(tmp_path_factory.mktemp("debs"), "sm-dep", "1.0", architecture=ARCH))
         yield upstream, stranger
-    finally:
-        server.shutdown()
-        server.server_close()
-        for home in ("u", "s"):
-            subprocess.run(["gpgconf", "--homedir", str(top / home), "--kill", "gpg-agent"], check=False)
-        shutil.rmtree(top, ignore_errors=True)
 
 
 def _job(tmp_path: Path, upstream: Upstream, key: Path, lines: list[str]) -> StepJob:
@@ -74,7 +53,7 @@ def _job(tmp_path: Path, upstream: Upstream, key: Path, lines: list[str]) -> Ste
     tarball.write_bytes(pack_tree(src / "sm-user"))
     workdir = tmp_path / "work"
     workdir.mkdir()
-    source = upstream_source(_mirror(upstream, "signed", signed_by=key))
+    source = upstream_source(mirror_of(upstream, "signed", signed_by=key))
     assert source.signed_by == str(key)
     return StepJob(1, "sm-user", 1, tarball, workdir, [source], lines.append, timeout_seconds=600)
 

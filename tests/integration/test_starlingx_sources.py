@@ -8,12 +8,10 @@ parse-only, milliseconds each.
 
 from __future__ import annotations
 
-import http.server
 import io
 import shutil
 import subprocess
 import tarfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from buildfarm.model.starlingx import parse_meta_data
 from buildfarm.state.models import Step
 
 from farmkit import drain, make_test_context
+from httpkit import serving
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 LOCAL_FETCH = {"fetch_allow_schemes": ["https", "http"], "fetch_allow_hosts": ["127.0.0.1"]}
@@ -59,18 +58,8 @@ def upstream(tmp_path: Path) -> Iterator[tuple[str, str]]:
     www = tmp_path / "www"
     www.mkdir()
     shutil.copyfile(EXAMPLES / "greet-quilt_1.0.orig.tar.gz", www / "greet-1.0.tar.gz")
-    handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(www), **kw)  # noqa: E731
-    http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None  # type: ignore[method-assign]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield (
-        f"http://127.0.0.1:{server.server_address[1]}/greet-1.0.tar.gz",
-        file_sha256(www / "greet-1.0.tar.gz"),
-    )
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    with serving(www) as server:
+        yield f"{server.url}/greet-1.0.tar.gz", file_sha256(www / "greet-1.0.tar.gz")
 
 
 def _stx_layout(root: Path, url: str, sha256: str) -> Path:
