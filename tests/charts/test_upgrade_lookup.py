@@ -1,6 +1,6 @@
 """An upgrade rendered against a cluster that holds the install's Secrets must not change them.
 
-`helm template --dry-run=server` against the API test double (tests/integration/kubekit.py, which
+`helm template --dry-run=server` against the API test double (tests/integration/kubekit/, which
 serves discovery and Secrets) runs the chart's `lookup` as a real `helm upgrade` would; `make e2e`
 found the registry's htpasswd (bcrypt, a fresh salt each render) rewritten by every upgrade.
 """

@@ -1,5 +1,5 @@
 """The example manifest on the production path end to end: builder pods (through the Kubernetes
-API double, tests/integration/kubekit.py), the S3 artifact store (moto's server) and the Pulp
+API double, tests/integration/kubekit/), the S3 artifact store (moto's server) and the Pulp
 repository (the session's real pulpcore + pulp_deb).
 
 Each step's pod installs its Build-Depends built earlier in the same build from the build's

@@ -15,6 +15,7 @@ validated strictly against the Kubernetes 1.29 and 1.37 schemas.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import tarfile
 import threading
@@ -48,9 +49,8 @@ from buildfarm.state.models import Step, StepState, utcnow
 
 from debpkgs import make_package, write_manifest
 from farmkit import dispatcher, drain, make_test_context
-from helpers import free_port
-from kubekit import FakeCluster, fake_cluster, wait_for
-from kubekit import sha256 as kubekit_sha256
+from helpers import free_port, wait_until
+from kubekit import FakeCluster, fake_cluster
 from registrykit import Registry, running_registry
 from s3kit import MotoS3, running_moto_s3
 
@@ -190,7 +190,7 @@ def test_redelivered_message_follows_the_existing_job(
     build_id, step_id = _one_package(ctx, tmp_path, "adopt-me")
     cluster.gate.clear()  # the pod is scheduled but its container does not start yet
     first, outcome = _start_run(ctx, step_id)
-    wait_for(lambda: cluster.job_names(NAMESPACE), 20, "the Job")
+    wait_until(lambda: cluster.job_names(NAMESPACE), 20, "the Job")
     # a duplicate delivery while the first worker follows the pod: no claim, no second Job
     assert run_step(ctx, step_id, "node2") == "not-claimed"
     assert cluster.posts() == 1
@@ -214,7 +214,7 @@ def test_redelivered_message_follows_the_existing_job(
     assert runner.api.create_job(runner.manifest(job))
     (pod,) = cluster.pod_names(NAMESPACE)
     cluster.gate.set()
-    wait_for(lambda: len(cluster.pod_log(NAMESPACE, pod)) >= 3, 30, "the pod's first lines")
+    wait_until(lambda: len(cluster.pod_log(NAMESPACE, pod)) >= 3, 30, "the pod's first lines")
     first_lines = cluster.pod_log(NAMESPACE, pod)[:2]
     writer = ctx.store.open_log(claim.log_key)  # what the dead worker had flushed
     writer.write_line(f"buildfarm: following pod {pod} from log line 0")
@@ -223,7 +223,7 @@ def test_redelivered_message_follows_the_existing_job(
     writer.close()
     with ctx.db.session() as session:
         session.execute(update(Step).where(Step.id == step_id).values(lease_expires_at=utcnow()))
-    wait_for(lambda: reaper.reap(ctx).expired, 10, "the reaper to take the lease back")
+    wait_until(lambda: reaper.reap(ctx).expired, 10, "the reaper to take the lease back")
     assert _step(ctx, build_id, "adopt-again").state == StepState.READY
     dispatcher(ctx).runs.clear()
     assert run_step(ctx, step_id, "node2") == "succeeded"
@@ -246,9 +246,9 @@ def test_vanished_pod_sends_the_step_back_to_ready(
     build_id, step_id = _one_package(ctx, tmp_path, "vanishing")
     cluster.gate.clear()
     thread, outcome = _start_run(ctx, step_id)
-    wait_for(lambda: cluster.job_names(NAMESPACE), 20, "the Job")
+    wait_until(lambda: cluster.job_names(NAMESPACE), 20, "the Job")
     (name,) = cluster.job_names(NAMESPACE)
-    wait_for(lambda: "buildfarm: following" in _log_text(ctx, build_id, "vanishing"), 20, "following")
+    wait_until(lambda: "buildfarm: following" in _log_text(ctx, build_id, "vanishing"), 20, "following")
     cluster.delete_job(NAMESPACE, name)  # e.g. the namespace cleaned by hand, a node drained
     thread.join(30)
     assert outcome == ["pod-lost"]
@@ -269,7 +269,7 @@ def test_cancel_deletes_the_pod(ctx: FarmContext, cluster: FakeCluster, tmp_path
     build_id, step_id = _one_package(ctx, tmp_path, "cancel-me")
     cluster.gate.clear()
     thread, outcome = _start_run(ctx, step_id)
-    wait_for(lambda: cluster.pod_names(NAMESPACE), 20, "the pod")
+    wait_until(lambda: cluster.pod_names(NAMESPACE), 20, "the pod")
     (name,) = cluster.job_names(NAMESPACE)
     control.cancel_build(ctx, build_id)
     thread.join(30)
@@ -458,7 +458,7 @@ def test_a_context_that_fails_its_check_fails_the_step_in_one_line(
 ) -> None:
     # what the planner hashed is not what the store serves (a tampered or corrupted object)
     planned = _context(tmp_path)
-    expected = kubekit_sha256(planned)
+    expected = hashlib.sha256(planned).hexdigest()
     ctx.store.put_object_bytes(ctx.store.object_name(expected), planned + b"tampered")
     result, log = _image_run(ctx, tmp_path, "kaniko", expected, registry_url=None, host="registry:5000")
     assert not result.ok and result.error is not None
@@ -468,7 +468,7 @@ def test_a_context_that_fails_its_check_fails_the_step_in_one_line(
         f": init container fetch-context exited with status 2: image context sha256 mismatch: "
         f"expected {expected}, the download from http://" in result.error
     )
-    assert result.error.endswith(f"has {kubekit_sha256(planned + b'tampered')}; nothing built")
+    assert result.error.endswith(f"has {hashlib.sha256(planned + b'tampered').hexdigest()}; nothing built")
     assert not any("image-builder stand-in" in line for line in log)  # kaniko never started
     assert any(line.startswith("buildfarm-step: error: image context sha256 mismatch") for line in log)
 
