@@ -25,7 +25,7 @@ PACKAGES = {
     "minizip": "1.1-8+deb12u1",
 }
 """The Debian source packages the suite builds (name -> version): small, few Build-Depends, and
-each a different source format or entry kind (tests/integration/test_real_sources_debian.py)."""
+each a different source format or entry kind (tests/integration/runners/test_real_sources_debian.py)."""
 
 CACHE = Path.home() / ".cache" / "buildfarm" / "debian-sources"
 APT_TIMEOUT_SECONDS = 600

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pods import Obj, PodContext, PodError, prepare_volumes
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "integration"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
 from cluster import Cluster
 

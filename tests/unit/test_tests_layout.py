@@ -2,8 +2,8 @@
 
 A helper imported from a test module (``from test_local_farm import Farm``) ties two test files
 together: moving or renaming one breaks the other, and its fixtures and module-level setup run
-wherever it is imported. Shared helpers live in kit modules (``tests/*kit.py``,
-``tests/integration/*kit.py``, ``helpers.py``, ...); this test reads every module under ``tests/``
+wherever it is imported. Shared helpers live in kit modules beside ``tests/conftest.py``
+(``*kit.py``, ``helpers.py``, ...); this test reads every module under ``tests/``
 (with ``ast``: nothing is imported) and names each import of a test module or a conftest.
 """
 
@@ -44,3 +44,16 @@ def test_no_module_under_tests_imports_a_test_module() -> None:
 def test_the_check_sees_imports_inside_functions() -> None:
     tree = ast.parse("import os\ndef f():\n    from test_other import helper\n")
     assert [m for _, m in _imported_modules(tree) if _is_test_module(m)] == ["test_other"]
+
+
+def test_kits_live_beside_the_root_conftest() -> None:
+    """Only ``tests/`` itself is always on ``sys.path``; a kit in a subfolder is found only after
+    pytest happened to collect a test module from that folder."""
+    misplaced = [
+        str(path.relative_to(TESTS.parent))
+        for path in sorted(TESTS.rglob("*.py"))
+        if path.parent != TESTS
+        and path.parent != TESTS / "kubekit"  # the API double: a package beside the kits
+        and not (path.name.startswith("test_") or path.name == "conftest.py")
+    ]
+    assert not misplaced, "move these kit modules into tests/:\n" + "\n".join(misplaced)

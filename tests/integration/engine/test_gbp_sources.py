@@ -29,7 +29,7 @@ from buildfarm.state.models import Step
 from farmkit import drain, make_test_context
 from gitkit import LOOPBACK_GIT, GitServer, git
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 ORIG = EXAMPLES / "greet-quilt_1.0.orig.tar.gz"
 
 pytestmark = pytest.mark.skipif(shutil.which("gbp") is None, reason="git-buildpackage is not installed")

@@ -1,6 +1,6 @@
 """A Pulp branch repository follows the local backend's merge rules (issue 11, finding 7).
 
-The same property as tests/integration/test_aptrepo_branch.py, against the session's real Pulp:
+The same property as tests/integration/backends/test_aptrepo_branch.py, against the session's real Pulp:
 after any sequence of builds (new packages, new versions, rebuilds of one version, failed builds,
 builds whose publish fails, personal builds, retries, builds publishing out of order), the
 branch's ``latest`` holds exactly the newest successful version of every source package the

@@ -30,7 +30,7 @@ from buildfarm.state.models import Step
 from farmkit import drain, make_test_context
 from httpkit import serving
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 LOCAL_FETCH = {"fetch_allow_schemes": ["https", "http"], "fetch_allow_hosts": ["127.0.0.1"]}
 """The allow-list an admin gives a farm whose upstream server is on loopback."""
 

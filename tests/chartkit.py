@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "buildfarm"
 HELM = ROOT / ".helm" / "bin" / "helm"
 PROFILES = ("default", "minikube", "daily-server", "multi-node")

@@ -21,7 +21,7 @@ import pytest
 from buildfarm.model.errors import PermanentError
 from buildfarm.runners.outputs import OutputsResult, unpack_outputs
 
-ENTRYPOINT = Path(__file__).parents[2] / "buildtools" / "builder" / "buildfarm-step"
+ENTRYPOINT = Path(__file__).parents[3] / "buildtools" / "builder" / "buildfarm-step"
 DEB = b"!<arch>\nnot really a deb, but bytes with a hash\n"
 
 

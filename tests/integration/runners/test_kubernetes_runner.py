@@ -54,7 +54,7 @@ from kubekit import FakeCluster, fake_cluster
 from registrykit import Registry, running_registry
 from s3kit import MotoS3, running_moto_s3
 
-REPO = Path(__file__).parents[2]
+REPO = Path(__file__).parents[3]
 NAMESPACE = "builders"
 SCHEMA_VERSIONS = ("1.29.0", "1.37.0")
 """The oldest and newest Kubernetes versions the chart supports."""

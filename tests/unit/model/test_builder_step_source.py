@@ -20,7 +20,7 @@ import pytest
 from buildfarm.model.debsource import pack_files
 from buildfarm.model.sources import pack_tree, tree_hash
 
-ENTRYPOINT = Path(__file__).parents[2] / "buildtools" / "builder" / "buildfarm-step"
+ENTRYPOINT = Path(__file__).parents[3] / "buildtools" / "builder" / "buildfarm-step"
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The retention routes of the REST API: admins only, and the answers parse into the engine's reports.
 
 Rows are inserted directly (one expired nightly build, one kept): the sweep itself is tested in
-tests/unit/test_retention_policy.py and tests/integration/test_retention_local.py.
+tests/unit/retention/test_retention_policy.py and tests/integration/retention/test_retention_local.py.
 """
 
 from __future__ import annotations

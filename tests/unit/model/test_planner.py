@@ -16,7 +16,7 @@ from buildfarm.model.planner import (
     read_source_info,
 )
 
-EXAMPLES = Path(__file__).parents[2] / "examples"
+EXAMPLES = Path(__file__).parents[3] / "examples"
 
 
 def _info(name: str, binaries: tuple[str, ...], deps: tuple[str, ...] = ()) -> SourceInfo:

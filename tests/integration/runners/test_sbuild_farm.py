@@ -20,7 +20,7 @@ from buildfarm.runners.sbuild import ensure_base_tarball
 
 from localfarmkit import Farm
 
-EXAMPLES = Path(__file__).parents[2] / "examples"
+EXAMPLES = Path(__file__).parents[3] / "examples"
 pytestmark = pytest.mark.sbuild
 
 

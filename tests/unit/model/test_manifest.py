@@ -23,7 +23,7 @@ def _tree(tmp_path: Path, text: str, packages: tuple[str, ...] = ("pkg",)) -> Pa
 
 
 def test_example_manifest_loads() -> None:
-    manifest = load_manifest(Path(__file__).parents[2] / "examples" / "buildfarm.yaml")
+    manifest = load_manifest(Path(__file__).parents[3] / "examples" / "buildfarm.yaml")
     assert manifest.project == "examples"
     assert manifest.kind is BuildKind.NIGHTLY
     assert len(manifest.packages) == 6
@@ -225,7 +225,7 @@ def test_package_depends_field(tmp_path: Path) -> None:
 
 
 def test_example_with_image_loads() -> None:
-    manifest = load_manifest(Path(__file__).parents[2] / "examples" / "with-image.yaml")
+    manifest = load_manifest(Path(__file__).parents[3] / "examples" / "with-image.yaml")
     (image,) = manifest.images
     assert (image.name, image.builder.value, image.depends) == ("greet-image", "kaniko", ["greet-cli"])
 

@@ -37,7 +37,7 @@ from debpkgs import build_deb, make_package
 from helpers import free_port
 from s3kit import ACCESS_KEY, REGION, SECRET_KEY, MotoS3, running_moto_s3
 
-REPO = Path(__file__).parents[2]
+REPO = Path(__file__).parents[3]
 ENTRYPOINT = REPO / "buildtools" / "builder" / "buildfarm-step"
 STEP_TIMEOUT = 600.0
 """Seconds for one entrypoint run (the first installs debhelper and gcc's friends: ~10-20 s here)."""

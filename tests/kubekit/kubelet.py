@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .objects import Obj, container_status, copy, now, terminated
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 ENTRYPOINT = REPO / "buildtools" / "builder" / "buildfarm-step"
 IMAGE_BUILDER = Path(__file__).resolve().with_name("imagebuilder.py")
 LOG_WAIT_SECONDS = 1.0

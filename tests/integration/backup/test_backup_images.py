@@ -1,6 +1,6 @@
 """Backups of release images, proven by a restore into a fresh, empty registry.
 
-Two real docker-registries (distribution 2.8, tests/integration/registrykit.py): the old farm's
+Two real docker-registries (distribution 2.8, tests/registrykit.py): the old farm's
 and the restored farm's.  Images are pushed through the registry's HTTP API (a config and
 gzipped layer tars made here), and the build rows are inserted directly, as an image step
 records them (``image:<reference>`` with the manifest digest as its sha256): no image builder

@@ -1,5 +1,5 @@
 """The example manifest on the production path end to end: builder pods (through the Kubernetes
-API double, tests/integration/kubekit/), the S3 artifact store (moto's server) and the Pulp
+API double, tests/kubekit/), the S3 artifact store (moto's server) and the Pulp
 repository (the session's real pulpcore + pulp_deb).
 
 Each step's pod installs its Build-Depends built earlier in the same build from the build's
@@ -29,7 +29,7 @@ from kubekit import FakeCluster, fake_cluster
 from pulpkit import PulpServer, pulp_server  # noqa: F401 - the session's Pulp stack
 from s3kit import MotoS3, running_moto_s3
 
-REPO = Path(__file__).parents[2]
+REPO = Path(__file__).parents[3]
 
 
 @pytest.fixture

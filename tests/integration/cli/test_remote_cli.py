@@ -240,7 +240,7 @@ def test_remote_quilt_package_sends_its_upstream_tarball_and_keys_like_dsc(
 ) -> None:
     """A ``path`` tree's upstream tarball beside it travels with the tree; a local ``dsc`` travels
     with its files; both are the same source package, so the second is reused."""
-    examples = Path(__file__).resolve().parents[2] / "examples"
+    examples = Path(__file__).resolve().parents[3] / "examples"
     src = tmp_path / "src"
     shutil.copytree(examples / "greet-quilt", src / "greet-quilt")
     shutil.copyfile(examples / "greet-quilt_1.0.orig.tar.gz", src / "greet-quilt_1.0.orig.tar.gz")

@@ -10,7 +10,7 @@ the grace period, and a second sweep finds nothing more.  Uploads made through t
 rows) are part of the history: some of the bytes a step names, some that no build ever used, of
 every age; an expired upload's object goes unless a kept build or a younger upload names it.
 The repository here only records distributions (the real local repository and apt are in
-tests/integration/test_retention_local.py).
+tests/integration/retention/test_retention_local.py).
 """
 
 from __future__ import annotations

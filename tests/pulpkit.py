@@ -32,7 +32,7 @@ from buildfarm.backends.signing import HOME_NAME, generate_key, stop_agent
 if TYPE_CHECKING:
     from buildfarm.backends.pulp import PulpRepository
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 PULPSTACK = REPO_ROOT / "ops" / "pulp" / "pulpstack.py"
 PULP_DATABASE = "pulp_test"
 

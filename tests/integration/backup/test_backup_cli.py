@@ -1,7 +1,7 @@
 """``buildfarm backup run|verify|restore`` on the local profile (SQLite, a directory store, the local
 apt repository), through the CLI as an operator runs it: where the farm's settings are.
 
-The full drill on Pulp and S3 is tests/integration/test_backup_restore.py; this one checks the
+The full drill on Pulp and S3 is tests/integration/backup/test_backup_restore.py; this one checks the
 commands themselves: JSON reports, verify's exit status naming a corrupted object, the healing
 run, a restore into a fresh state directory, and the one-line refusals.
 """

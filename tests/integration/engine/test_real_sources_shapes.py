@@ -32,7 +32,7 @@ from buildfarm.state.models import BuildInput, Step
 from farmkit import drain, finished_build, make_test_context
 from httpkit import Served
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 LOCAL_FETCH = {"fetch_allow_schemes": ["https", "http"], "fetch_allow_hosts": ["127.0.0.1"]}
 """The tests' upstream servers listen on loopback, which the farm refuses unless allowed."""
 
