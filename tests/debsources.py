@@ -16,6 +16,17 @@ from pathlib import Path
 from buildfarm.model.debsource import source_package
 from buildfarm.model.settings import load_settings
 
+PACKAGES = {
+    "rsakeyfind": "1:1.0-8",
+    "mescc-tools": "1.4.0-1",
+    "mbw": "1.2.2-1.1",
+    "memstat": "1.1",
+    "dh-autoreconf": "20",
+    "minizip": "1.1-8+deb12u1",
+}
+"""The Debian source packages the suite builds (name -> version): small, few Build-Depends, and
+each a different source format or entry kind (tests/integration/runners/test_real_sources_debian.py)."""
+
 CACHE = Path.home() / ".cache" / "buildfarm" / "debian-sources"
 APT_TIMEOUT_SECONDS = 600
 

@@ -3,7 +3,7 @@
 ``RecordingDispatcher`` keeps the messages the engine sends instead of handing them to Celery,
 so a test decides exactly when (and how often) each one is delivered: that is how duplicate
 deliveries and lost nodes are played deterministically. The Celery path itself is tested with
-real workers in ``tests/integration/test_local_farm.py``.
+real workers in ``tests/integration/local/test_local_farm.py``.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Importable as ``helpers`` from any test: pytest puts ``tests/`` on ``sys.path`` when it loads
 ``tests/conftest.py`` (rootdir-relative "prepend" import mode, no ``__init__.py`` in ``tests/``).
+So are the kit modules beside it (``*kit.py``): every shared helper lives there, because a test
+module's own directory is on ``sys.path`` only once pytest has collected a module from it.
 """
 
 from __future__ import annotations

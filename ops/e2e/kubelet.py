@@ -1,6 +1,6 @@
 """The API test double's kubelet, made real: each Job the worker creates runs as podman containers.
 
-``tests/integration/kubekit.FakeCluster`` speaks the part of the Kubernetes API the farm uses and
+``tests/integration/kubekit``'s ``FakeCluster`` speaks the part of the Kubernetes API the farm uses and
 plays the Job controller; its kubelet runs containers as local processes. Here the same double
 (served over TLS on the release network's gateway, where the worker's in-cluster configuration
 finds it) runs each container of a Job's pod with podman from the pod spec — init containers
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pods import Obj, PodContext, PodError, prepare_volumes
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "integration"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
 from cluster import Cluster
 

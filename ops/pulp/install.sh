@@ -3,7 +3,7 @@
 #
 # Pulp pins Django, its own psycopg, pydantic, redis, ... : installed into the farm's .venv it
 # would move the farm's dependencies, so the server lives apart and only the client libraries
-# (pulp-glue, pulp-glue-deb) are farm dependencies.  The test fixtures (tests/integration/pulpkit.py)
+# (pulp-glue, pulp-glue-deb) are farm dependencies.  The test fixtures (tests/pulpkit.py)
 # and `make demo PROFILE=pulp` run this when .venv-pulp is missing.
 #
 # Idempotent: a stamp inside the venv records the hash of requirements.txt; the same file

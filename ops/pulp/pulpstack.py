@@ -1,6 +1,6 @@
 """Run a private Pulp server (pulpcore + pulp_deb): its API, content app and one task worker.
 
-The test fixtures (tests/integration/pulpkit.py) and `make demo PROFILE=pulp` start Pulp the
+The test fixtures (tests/pulpkit.py) and `make demo PROFILE=pulp` start Pulp the
 same way, through this file: every path Pulp writes lives under one directory, the database is
 one of our own on a PostgreSQL server we name, and nothing of /etc/pulp or /var/lib/pulp is read
 or written.  The server itself runs from .venv-pulp (ops/pulp/install.sh), never from the farm's

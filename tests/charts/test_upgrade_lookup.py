@@ -1,6 +1,6 @@
 """An upgrade rendered against a cluster that holds the install's Secrets must not change them.
 
-`helm template --dry-run=server` against the API test double (tests/integration/kubekit.py, which
+`helm template --dry-run=server` against the API test double (tests/kubekit/, which
 serves discovery and Secrets) runs the chart's `lookup` as a real `helm upgrade` would; `make e2e`
 found the registry's htpasswd (bcrypt, a fresh salt each render) rewritten by every upgrade.
 """
@@ -8,14 +8,11 @@ found the registry's htpasswd (bcrypt, a fresh salt each render) rewritten by ev
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
-from conftest import CHART, HELM, ROOT, helm_env
 
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-
+from chartkit import CHART, HELM, helm_env
 from kubekit import fake_cluster
 
 

@@ -1,0 +1,226 @@
+"""A Pulp branch repository follows the local backend's merge rules (issue 11, finding 7).
+
+The same property as tests/integration/backends/test_aptrepo_branch.py, against the session's real Pulp:
+after any sequence of builds (new packages, new versions, rebuilds of one version, failed builds,
+builds whose publish fails, personal builds, retries, builds publishing out of order), the
+branch's ``latest`` holds exactly the newest successful version of every source package the
+branch has built, with that version's binaries only.  Each publish costs ~1 s of Pulp tasks, so
+the property runs few, short examples; the two ways the Pulp backend used to differ have a test
+of their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from debian.debian_support import Version
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from buildfarm.backends.base import BuildRef, PackageFile
+from buildfarm.backends.pulp import PulpDebPackageContext, PulpRepository
+from buildfarm.backends.pulp.layout import branch_place
+from buildfarm.local.aptclient import AptClient
+from buildfarm.model.errors import PermanentError
+
+from pulpkit import PulpServer, pulp_server
+
+pytestmark = pytest.mark.integration
+__all__ = ["pulp_server"]  # the fixture, imported for this module's tests
+
+BRANCH = "main"
+BINARIES: dict[tuple[str, str], tuple[str, ...]] = {
+    # source, version -> its binaries; alpha 2.0 no longer builds alpha-extra
+    ("alpha", "1.0"): ("alpha", "alpha-extra"),
+    ("alpha", "2.0"): ("alpha",),
+    ("beta", "1.9"): ("beta",),
+    ("beta", "1.10"): ("beta",),  # 1.10 > 1.9 in Debian's order, not as text
+    ("gamma", "1:0.5"): ("gamma",),  # the epoch makes it newer than 3.0
+    ("gamma", "3.0"): ("gamma", "gamma-doc"),
+}
+FLAVOURS = (0, 1)
+"""Two builds of one source version give different bytes under the same file names (a rebuild)."""
+
+Variant = tuple[str, str, int]  # source, version, flavour
+Pool = dict[Variant, list[PackageFile]]
+_projects = itertools.count(1)
+
+
+def _deb(workdir: Path, package: str, source: str, version: str, flavour: int) -> PackageFile:
+    tree = workdir / f"{package}-{version}-{flavour}".replace(":", "_")
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(
+        f"Package: {package}\nSource: {source}\nVersion: {version}\nArchitecture: all\n"
+        f"Maintainer: Farm Tests <tests@example.org>\nDescription: test package {package}\n"
+    )
+    (tree / "usr" / "share" / package).mkdir(parents=True)
+    (tree / "usr" / "share" / package / "payload").write_text(f"{package} {version} flavour {flavour}\n")
+    filename = f"{package}_{version.rsplit(':', maxsplit=1)[-1]}_all.deb"
+    out = workdir / f"{flavour}" / filename
+    out.parent.mkdir(exist_ok=True)
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "--build", str(tree), str(out)], check=True, capture_output=True
+    )
+    data = out.read_bytes()
+    return PackageFile(filename, hashlib.sha256(data).hexdigest(), len(data), out)
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Pool:
+    """Every variant's binaries, built once for the module (~18 debs, ~0.4 s)."""
+    workdir = tmp_path_factory.mktemp("pulp-branch-debs")
+    return {
+        (source, version, flavour): [_deb(workdir, b, source, version, flavour) for b in binaries]
+        for (source, version), binaries in BINARIES.items()
+        for flavour in FLAVOURS
+    }
+
+
+@pytest.fixture(scope="module")
+def repo(pulp_server: PulpServer) -> PulpRepository:
+    return pulp_server.repository()
+
+
+def _ref(project: str, build_id: int, kind: str = "nightly") -> BuildRef:
+    return BuildRef(build_id=build_id, project=project, branch=BRANCH, kind=kind, user="alice")
+
+
+def _latest(repo: PulpRepository, project: str) -> set[str] | None:
+    """sha256 of every package the branch repository's newest version holds (None: no branch)."""
+    branch = repo._repository(branch_place(project, BRANCH).branch_repository, create=False)
+    if branch is None:
+        return None
+    return _held(repo, branch)
+
+
+def _held(repo: PulpRepository, repository: str) -> set[str]:
+    listed = PulpDebPackageContext(repo.ctx).list_iterator(
+        parameters={"repository_version": repo._read(repository)["latest_version_href"], "fields": ["sha256"]}
+    )
+    return {entity["sha256"] for entity in listed}
+
+
+def _files(pool: Pool, variants: dict[str, Variant]) -> set[str]:
+    return {p.sha256 for v in variants.values() for p in pool[v]}
+
+
+def _newest(published: dict[int, tuple[Variant, ...]]) -> dict[str, Variant]:
+    """The model: per source, the variant of the newest (version, build id) published."""
+    best: dict[str, tuple[Version, int, Variant]] = {}
+    for build_id, variants in published.items():
+        for variant in variants:
+            key = (Version(variant[1]), build_id, variant)
+            if variant[0] not in best or key[:2] > best[variant[0]][:2]:
+                best[variant[0]] = key
+    return {source: key[2] for source, key in best.items()}
+
+
+def test_a_new_version_takes_away_binaries_it_no_longer_builds(repo: PulpRepository, pool: Pool) -> None:
+    """Pulp used to replace by binary name: alpha 2.0 left alpha 1.0's alpha-extra in latest."""
+    project = f"pb{next(_projects)}"
+    repo.publish(_ref(project, 1), pool[("alpha", "1.0", 0)] + pool[("beta", "1.9", 0)], move_latest=True)
+    repo.publish(_ref(project, 2), pool[("alpha", "2.0", 0)], move_latest=True)
+    assert _latest(repo, project) == _files(pool, {"alpha": ("alpha", "2.0", 0), "beta": ("beta", "1.9", 0)})
+
+
+def test_a_build_publishing_after_a_newer_one_reaches_latest(repo: PulpRepository, pool: Pool) -> None:
+    """Pulp used to leave latest alone for an older build published late: alpha was lost."""
+    project = f"pb{next(_projects)}"
+    repo.publish(_ref(project, 2), pool[("beta", "1.9", 0)], move_latest=True)
+    repo.publish(_ref(project, 1), pool[("alpha", "1.0", 0)], move_latest=True)
+    expected = {"alpha": ("alpha", "1.0", 0), "beta": ("beta", "1.9", 0)}
+    assert _latest(repo, project) == _files(pool, expected)
+    # A late build of an older version, or an older rebuild of the same version, loses.
+    repo.publish(_ref(project, 4), pool[("gamma", "3.0", 1)], move_latest=True)
+    repo.publish(_ref(project, 3), pool[("gamma", "3.0", 0)] + pool[("beta", "1.10", 0)], move_latest=True)
+    expected |= {"gamma": ("gamma", "3.0", 1), "beta": ("beta", "1.10", 0)}
+    assert _latest(repo, project) == _files(pool, expected)
+
+
+def test_latest_is_installable_after_out_of_order_builds(
+    repo: PulpRepository, pool: Pool, tmp_path: Path
+) -> None:
+    """What apt reads from ``latest`` (the publication Pulp serves), not only the version."""
+    project = f"pb{next(_projects)}"
+    repo.publish(_ref(project, 3), pool[("alpha", "2.0", 0)], move_latest=True)
+    repo.publish(_ref(project, 1), pool[("alpha", "1.0", 0)] + pool[("beta", "1.9", 0)], move_latest=True)
+    client = AptClient(tmp_path / "apt", repo.sources(project, BRANCH).line())
+    client.update()
+    assert client.download("alpha").read_bytes() == pool[("alpha", "2.0", 0)][0].path.read_bytes()
+    assert client.download("beta").read_bytes() == pool[("beta", "1.9", 0)][0].path.read_bytes()
+    with pytest.raises(Exception, match="alpha-extra"):
+        client.download("alpha-extra")
+
+
+@dataclass(frozen=True)
+class Build:
+    kind: str  # nightly | personal
+    outcome: str  # ok | failed (never published) | broken (publish refuses a package)
+    variants: tuple[Variant, ...]
+
+
+_variant = st.sampled_from([(s, v, f) for (s, v) in BINARIES for f in FLAVOURS])
+_build = st.builds(
+    Build,
+    kind=st.sampled_from(["nightly", "nightly", "nightly", "personal"]),
+    outcome=st.sampled_from(["ok", "ok", "ok", "ok", "failed", "broken"]),
+    variants=st.lists(_variant, min_size=1, max_size=2, unique_by=lambda v: v[0]).map(tuple),
+)
+
+
+@st.composite
+def _histories(draw: st.DrawFn) -> tuple[list[Build], list[int]]:
+    """Builds (ids 1..n, in submission order) and the order they publish in: any order, with
+    repeats (a repeat is a retry of the same build)."""
+    builds = draw(st.lists(_build, min_size=2, max_size=4))
+    order = draw(st.lists(st.integers(0, len(builds) - 1), min_size=2, max_size=5))
+    return builds, order
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(history=_histories())
+def test_latest_is_the_newest_successful_version_of_every_package(
+    repo: PulpRepository, pool: Pool, history: tuple[list[Build], list[int]]
+) -> None:
+    builds, order = history
+    project = f"pb{next(_projects)}"  # each example a branch of its own on the shared server
+    published: dict[int, tuple[Variant, ...]] = {}  # the successful non-personal builds, by id
+    for index in order:
+        build_id, build = index + 1, builds[index]
+        if build.outcome == "failed":
+            continue  # a failed build never reaches the repository
+        packages = [p for v in build.variants for p in pool[v]]
+        before = _latest(repo, project)
+        if build.outcome == "broken":
+            first = packages[0]
+            packages[0] = PackageFile(first.filename, "0" * 64, first.size, first.path)
+            with pytest.raises(PermanentError, match="does not match its record"):
+                repo.publish(
+                    _ref(project, build_id, build.kind), packages, move_latest=build.kind != "personal"
+                )
+            assert _latest(repo, project) == before
+            continue
+        repo.publish(_ref(project, build_id, build.kind), packages, move_latest=build.kind != "personal")
+        if build.kind == "personal":
+            assert _latest(repo, project) == before  # personal builds never move latest
+        else:
+            published[build_id] = build.variants
+        if published:
+            assert _latest(repo, project) == _files(pool, _newest(published))
+
+
+def test_personal_build_shows_its_own_packages_over_the_branch(repo: PulpRepository, pool: Pool) -> None:
+    """Its own distribution: the branch with every package of the build over it, whatever the version."""
+    project = f"pb{next(_projects)}"
+    repo.publish(_ref(project, 1), pool[("alpha", "2.0", 0)] + pool[("beta", "1.9", 0)], move_latest=True)
+    own = repo.publish(_ref(project, 2, "personal"), pool[("alpha", "1.0", 1)], move_latest=False)
+    assert own.url.endswith(f"/{project}/_personal/alice/2/")
+    assert _latest(repo, project) == _files(pool, {"alpha": ("alpha", "2.0", 0), "beta": ("beta", "1.9", 0)})
+    side = repo._repository(branch_place(project, BRANCH, "alice").side_repository, create=False)
+    assert side is not None
+    assert _held(repo, side) == _files(pool, {"alpha": ("alpha", "1.0", 1), "beta": ("beta", "1.9", 0)})
