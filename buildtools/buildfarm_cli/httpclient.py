@@ -24,7 +24,7 @@ from typing import Any, ParamSpec, TypeVar
 import httpx
 
 import buildfarm_client as api
-from buildfarm.engine.accounts import AuthError, ForbiddenError
+from buildfarm.accounts import AuthError, ForbiddenError
 from buildfarm.model.debsource import files_to_upload, pack_files
 from buildfarm.model.errors import (
     BuildfarmError,

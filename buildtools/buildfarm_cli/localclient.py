@@ -18,13 +18,14 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from buildfarm import accounts, mirrors
 from buildfarm.backends.base import PackageRepository, require_signing_key
-from buildfarm.engine import accounts, control, mirrors
+from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
-from buildfarm.engine.retention import run_sweep, storage_report
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.manifest import load_manifest
 from buildfarm.model.settings import Settings, load_settings
+from buildfarm.retention import run_sweep, storage_report
 from buildfarm_cli.output import PhaseProgress
 from buildfarm_client.models import (
     DEFAULT_TOKEN_DAYS,
@@ -97,8 +98,8 @@ class LocalClient:
 
     @staticmethod
     def _offline_context(settings: Settings) -> FarmContext:
-        from buildfarm.engine.wiring import make_repository, make_store
         from buildfarm.state.db import Database
+        from buildfarm.wiring import Wiring, make_repository, make_store
 
         return FarmContext(
             settings=settings,
@@ -106,6 +107,7 @@ class LocalClient:
             store=make_store(settings),
             repo=make_repository(settings),
             dispatcher=_NoDispatcher(),
+            parts=Wiring(settings),
         )
 
     def _accounts_context(self) -> FarmContext:
@@ -211,7 +213,7 @@ class LocalClient:
 
     def _repository(self) -> PackageRepository:
         if self._repo is None:
-            from buildfarm.engine.wiring import make_repository
+            from buildfarm.wiring import make_repository
 
             self._repo = make_repository(self.settings)
         return self._repo
@@ -232,7 +234,7 @@ class LocalClient:
     # -- schedules: only the database ------------------------------------------------------
 
     def schedules(self) -> builtins.list[ScheduleOut]:
-        from buildfarm.engine.schedules import list_schedules
+        from buildfarm.schedules import list_schedules
         from buildfarm.state.models import utcnow
 
         return [_wire(ScheduleOut, view) for view in list_schedules(self._accounts_context(), utcnow())]

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from buildfarm.engine import policy
-from buildfarm.engine.accounts import ForbiddenError, Principal
+from buildfarm.accounts import ForbiddenError, Principal, policy
 from buildfarm.model.errors import NotFoundError
 from buildfarm.model.manifest import BuildKind
 from buildfarm.state.models import Role

@@ -9,12 +9,12 @@ import typing
 import pytest
 from pydantic import BaseModel
 
+from buildfarm.accounts import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS, CreatedToken
 from buildfarm.backends.base import MirrorStatus
-from buildfarm.engine.accounts import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS, CreatedToken
 from buildfarm.engine.control import BuildView, StepView
-from buildfarm.engine.mirrors import MirrorView
-from buildfarm.engine.retention import StorageGroup, StorageReport, SweepReport
-from buildfarm.engine.schedules import ScheduleView
+from buildfarm.mirrors import MirrorView
+from buildfarm.retention import StorageGroup, StorageReport, SweepReport
+from buildfarm.schedules import ScheduleView
 from buildfarm.state.models import Role
 from buildfarm_client import models
 

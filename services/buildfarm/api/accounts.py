@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Response
 from fastapi import Path as PathParam
 
+from buildfarm import accounts
+from buildfarm.accounts import policy
 from buildfarm.api.auth import Caller
-from buildfarm.engine import accounts, policy
 from buildfarm.engine.context import FarmContext
 from buildfarm.state.models import Role
 from buildfarm_client.models import GrantIn, ProjectIn, ProjectOut, TokenIn, TokenOut, UserIn, UserOut

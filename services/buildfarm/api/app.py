@@ -4,7 +4,7 @@
 ``logs``, ``repos``, ``accounts``, ``mirrors``, ``schedules``, ``retention``), each answering with the
 wire models of :mod:`buildfarm_client.models` (the OpenAPI schema is made from them).  Every
 handler takes the caller's principal (:mod:`buildfarm.api.auth`), asks
-:mod:`buildfarm.engine.policy` whether they may, then calls the same engine functions the local
+:mod:`buildfarm.accounts.policy` whether they may, then calls the same engine functions the local
 CLI calls; nothing here knows which backends the farm runs on.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import redis
 from fastapi import FastAPI
 
+from buildfarm import accounts
 from buildfarm.api import errors
 from buildfarm.api.accounts import accounts_router
 from buildfarm.api.builds import builds_router
@@ -25,7 +26,6 @@ from buildfarm.api.retention import retention_router
 from buildfarm.api.schedules import schedules_router
 from buildfarm.api.sources import sources_router
 from buildfarm.dispatch.context import make_context
-from buildfarm.engine import accounts
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.settings import Settings

@@ -1,7 +1,7 @@
 """Who calls: the bearer token's principal (a FastAPI dependency), and the builds they may see.
 
 Every route that needs a caller takes :data:`Caller`; what the caller may do is decided by
-:mod:`buildfarm.engine.policy`, the rules the scheduler checks too.
+:mod:`buildfarm.accounts.policy`, the rules the scheduler checks too.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from fastapi import Path as PathParam
 
+from buildfarm import accounts
+from buildfarm.accounts import AuthError, Principal, policy
 from buildfarm.api.limits import client_address
-from buildfarm.engine import accounts, control, policy
-from buildfarm.engine.accounts import AuthError, Principal
+from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 
 

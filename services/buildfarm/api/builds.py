@@ -13,10 +13,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
+from buildfarm.accounts import policy
 from buildfarm.api.auth import BuildId, Caller, visible_build
 from buildfarm.api.limits import Limits
 from buildfarm.api.uploads import unpack_files, unpack_trees
-from buildfarm.engine import control, policy
+from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
 from buildfarm.model import names

@@ -6,9 +6,11 @@ import time
 
 from fastapi import APIRouter
 
+from buildfarm import accounts
+from buildfarm.accounts import policy
 from buildfarm.api.auth import Caller
 from buildfarm.api.limits import Limits
-from buildfarm.engine import accounts, control, policy
+from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.settings import Settings
 from buildfarm.state.models import Build

@@ -12,8 +12,9 @@ from typing import Annotated
 from fastapi import APIRouter
 from fastapi import Path as PathParam
 
+from buildfarm import mirrors
+from buildfarm.accounts import policy
 from buildfarm.api.auth import Caller
-from buildfarm.engine import mirrors, policy
 from buildfarm.engine.context import FarmContext
 from buildfarm_client.models import MirrorOut, MirrorSyncOut
 

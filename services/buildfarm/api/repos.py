@@ -12,9 +12,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 
+from buildfarm.accounts import policy
 from buildfarm.api.auth import Caller, visible_build
 from buildfarm.backends.base import require_signing_key
-from buildfarm.engine import control, policy
+from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm_client.models import RepoKeyOut, SourcesOut
 

@@ -2,15 +2,16 @@
 
 Both are for admins only: a sweep deletes builds of every project, and the report shows every
 project's sizes.  A sweep answers when it is done; its work grows with what expires (see
-:mod:`buildfarm.engine.retention`), so clients give this one request a long read timeout.
+:mod:`buildfarm.retention.sweep`), so clients give this one request a long read timeout.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Query
 
+from buildfarm import retention
+from buildfarm.accounts import policy
 from buildfarm.api.auth import Caller
-from buildfarm.engine import policy, retention
 from buildfarm.engine.context import FarmContext
 from buildfarm_client.models import StorageReportOut, SweepReportOut
 

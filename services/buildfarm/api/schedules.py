@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from buildfarm import schedules
+from buildfarm.accounts import policy
 from buildfarm.api.auth import Caller
-from buildfarm.engine import policy, schedules
 from buildfarm.engine.context import FarmContext
 from buildfarm.state.models import utcnow
 from buildfarm_client.models import ScheduleOut

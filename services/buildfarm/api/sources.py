@@ -16,10 +16,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
 
+from buildfarm import retention
+from buildfarm.accounts import policy
 from buildfarm.api.auth import Caller
 from buildfarm.api.errors import BadSourceError, TooLargeError
 from buildfarm.api.uploads import accept_tarball
-from buildfarm.engine import policy, retention
 from buildfarm.engine.context import FarmContext
 from buildfarm_client.models import SHA256_PATTERN, MissingIn, MissingOut, SourceOut
 

@@ -1,6 +1,6 @@
 """Who may do what: the farm's one authorization policy, for the API and the scheduler alike.
 
-A :class:`~buildfarm.engine.accounts.Principal` knows its roles; this module says which role
+A :class:`~buildfarm.accounts.Principal` knows its roles; this module says which role
 each action needs, so a rule is written once whoever asks: the REST API checks a token's
 principal with it, the scheduler checks a schedule's user with the same function before it
 starts a build.  Admins may do everything; otherwise a user's role in a project decides
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from buildfarm.engine import accounts
-from buildfarm.engine.accounts import ForbiddenError, Principal
+from buildfarm.accounts import users
+from buildfarm.accounts.users import ForbiddenError, Principal
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import NotFoundError
 from buildfarm.model.manifest import BuildKind, Manifest
@@ -72,7 +72,7 @@ def require_submit(
     ``action`` names who starts it in the message: ``submit`` (a user) or ``run scheduled`` (a
     schedule, checked with its user's roles when it fires).
     """
-    if not accounts.project_exists(ctx, manifest.project):
+    if not users.project_exists(ctx, manifest.project):
         raise NotFoundError(f"project {manifest.project!r} does not exist (an admin adds it)")
     principal.require(manifest.project, submit_role(manifest.kind), f"{action} {manifest.kind.value} builds")
 
