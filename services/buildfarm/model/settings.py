@@ -21,6 +21,12 @@ from buildfarm.model.errors import PermanentError
 from buildfarm.model.names import check_git_ref
 from buildfarm.model.urlpolicy import UrlPolicy, check_url_syntax
 
+MAX_PRIORITY = 9
+"""Priorities are the broker's (Redis, through kombu): 0 is taken first, 9 last."""
+DEFAULT_BUILD_PRIORITIES = {"release": 0, "on-demand": 3, "nightly": 6, "personal": 9}
+"""Release before on-demand before nightly before personal (issue 16: a release build is not kept
+waiting behind a nightly mass rebuild)."""
+
 FARM_FILE = "farm.json"
 DEFAULT_SIGNING_KEYRING = "/etc/apt/keyrings/buildfarm.asc"
 """Where apt users keep the farm's public key: Debian's place for keys of local repositories."""
@@ -144,6 +150,13 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=5.0, gt=0, description="lease renewal period, well under lease")
     step_timeout_seconds: float = Field(default=3600.0, gt=0, description="longest one build step may run")
     reaper_seconds: float = Field(default=5.0, gt=0, description="how often expired leases are reclaimed")
+    build_priorities: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_BUILD_PRIORITIES),
+        description="dispatch priority of each build kind's steps, 0 (first) to 9 (last): a ready step of "
+        "a release build is taken before any queued nightly step; JSON, e.g. "
+        '{"release": 0, "on-demand": 3, "nightly": 6, "personal": 9} (the default); kinds left out keep '
+        "their default",
+    )
     redispatch_seconds: float = Field(
         default=30.0, gt=0, description="a step ready this long without a taker is sent to the queue again"
     )
@@ -424,6 +437,18 @@ class Settings(BaseSettings):
     def url_policy(self) -> UrlPolicy:
         """What sources may be fetched from (checked at start by :meth:`check`)."""
         return UrlPolicy.parse(self.fetch_allow_schemes, self.fetch_allow_hosts)
+
+    @field_validator("build_priorities")
+    @classmethod
+    def _known_kinds(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - set(DEFAULT_BUILD_PRIORITIES))
+        if unknown:
+            known = ", ".join(DEFAULT_BUILD_PRIORITIES)
+            raise ValueError(f"unknown build kind(s) {', '.join(unknown)}: use {known}")
+        bad = sorted(kind for kind, priority in value.items() if not 0 <= priority <= MAX_PRIORITY)
+        if bad:
+            raise ValueError(f"priority of {', '.join(bad)} must be 0 (first) to {MAX_PRIORITY} (last)")
+        return {**DEFAULT_BUILD_PRIORITIES, **value}
 
     @field_validator("builder_resources", mode="before")
     @classmethod
