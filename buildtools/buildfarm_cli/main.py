@@ -21,12 +21,12 @@ import typer
 from rich.live import Live
 
 from buildfarm.model.errors import BuildfarmError, TemporaryError
-from buildfarm.model.manifest import BuildKind
-from buildfarm.state.models import TERMINAL_BUILD_STATES, BuildState
+from buildfarm.model.types import TERMINAL_BUILD_STATES, BuildKind, BuildState
 from buildfarm_cli import operator
 from buildfarm_cli.admin import admin_app
 from buildfarm_cli.client import FarmClient
 from buildfarm_cli.common import OutputOpt, state
+from buildfarm_cli.env import env_app
 from buildfarm_cli.lifecycle import retention_app, storage_app
 from buildfarm_cli.mirror import mirror_app
 from buildfarm_cli.output import (
@@ -51,6 +51,7 @@ app.add_typer(mirror_app, name="mirror")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(retention_app, name="retention")
 app.add_typer(storage_app, name="storage")
+app.add_typer(env_app, name="env")
 operator.register(app, repo_app)
 
 WAIT_POLL_SECONDS = 0.5

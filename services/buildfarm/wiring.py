@@ -88,10 +88,20 @@ def make_runner(settings: Settings, store: ArtifactStore | None = None) -> Runne
     from buildfarm.runners.base import chroot_root
     from buildfarm.runners.sbuild import SbuildRunner
 
+    tmpdir = chroot_root(settings.sbuild_tmpdir, settings.state_dir)
+    if settings.base_tarball is not None:  # a fixed tarball named in the settings, used as is
+        return SbuildRunner(
+            settings.base_tarball, settings.distribution, tmpdir, apt_proxy=settings.apt_proxy
+        )
+    from buildfarm.environments import cache_for, spec_for
+
     return SbuildRunner(
-        base_tarball=settings.effective_base_tarball,
-        distribution=settings.distribution,
-        tmpdir=chroot_root(settings.sbuild_tmpdir, settings.state_dir),
+        None,
+        settings.distribution,
+        tmpdir,
+        environments=cache_for(settings),
+        spec=spec_for(settings),
+        apt_proxy=settings.apt_proxy,
     )
 
 

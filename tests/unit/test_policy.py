@@ -9,7 +9,7 @@ import pytest
 
 from buildfarm.accounts import ForbiddenError, Principal, policy
 from buildfarm.model.errors import NotFoundError
-from buildfarm.model.manifest import BuildKind
+from buildfarm.model.types import BuildKind
 from buildfarm.state.models import Role
 
 ADMIN = Principal("root", admin=True)

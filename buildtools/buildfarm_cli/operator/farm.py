@@ -44,12 +44,14 @@ def start(
         settings = _settings(**overrides)
 
     def prepare(s: Settings) -> None:
-        if s.runner == "sbuild":
+        if s.runner == "sbuild" and s.base_tarball is not None:
             from buildfarm.runners.sbuild import ensure_base_tarball
 
-            ensure_base_tarball(
-                s.effective_base_tarball, s.distribution, s.mirror, progress=err_console.print
-            )
+            ensure_base_tarball(s.base_tarball, s.distribution, s.mirror, progress=err_console.print)
+        elif s.runner == "sbuild":
+            from buildfarm.environments import cache_for, spec_for
+
+            cache_for(s).ensure(spec_for(s), progress=err_console.print)
 
     result = farm.start(settings, nodes=nodes, prepare=prepare, runner=runner)
     if state.fmt(output) == OutputFormat.JSON:

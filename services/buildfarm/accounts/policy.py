@@ -21,7 +21,8 @@ from buildfarm.accounts import users
 from buildfarm.accounts.users import ForbiddenError, Principal
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import NotFoundError
-from buildfarm.model.manifest import BuildKind, Manifest
+from buildfarm.model.manifest import Manifest
+from buildfarm.model.types import BuildKind
 from buildfarm.state.models import Role
 
 

@@ -21,8 +21,9 @@ from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
 from buildfarm.model import names
-from buildfarm.model.manifest import BuildKind, parse_manifest
-from buildfarm.state.models import Build, BuildState
+from buildfarm.model.manifest import parse_manifest
+from buildfarm.model.types import BuildKind, BuildState
+from buildfarm.state.models import Build
 from buildfarm_client.models import BuildPageOut, BuildView, SubmitIn
 
 

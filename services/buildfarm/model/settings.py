@@ -29,6 +29,8 @@ waiting behind a nightly mass rebuild)."""
 
 FARM_FILE = "farm.json"
 DEFAULT_SIGNING_KEYRING = "/etc/apt/keyrings/buildfarm.asc"
+DEFAULT_ENV_PACKAGES = ("build-essential", "debhelper", "fakeroot", "eatmydata")
+"""Preinstalled in build environments (issue 15): what nearly every package's Build-Depends names."""
 """Where apt users keep the farm's public key: Debian's place for keys of local repositories."""
 
 
@@ -423,7 +425,27 @@ class Settings(BaseSettings):
     registry_password: SecretStr | None = Field(default=None, description="its password (from a Secret)")
     registry_password_file: Path | None = Field(default=None, description="file holding it (0600)")
 
-    @field_validator("fetch_allow_schemes", "fetch_allow_hosts", mode="before")
+    # -- Build environments (issue 15, buildfarm.environments): cached, content-addressed
+    # toolchain tarballs and the farm's package cache.
+    env_packages: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_ENV_PACKAGES),
+        description="packages preinstalled in every build environment besides the buildd variant "
+        "(comma-separated in env); default: the Debian build toolchain nearly every package needs, "
+        "so a step installs only what is particular to it. Changing it makes a new environment",
+    )
+    apt_proxy: str | None = Field(
+        default=None,
+        description="HTTP proxy (a package cache, e.g. http://127.0.0.1:3142) through which environments "
+        "are made and every step's apt fetches packages; `buildfarm start` sets it to the apt-cacher-ng "
+        "it runs (local profile); unset: straight to the mirrors",
+    )
+    apt_cache: bool = Field(
+        default=True,
+        description="whether `buildfarm start` runs apt-cacher-ng as the farm's package cache (when "
+        "installed and apt_proxy is unset): N steps and nodes fetch each .deb from outside once",
+    )
+
+    @field_validator("fetch_allow_schemes", "fetch_allow_hosts", "env_packages", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):  # the environment: "https,git" (or a JSON list)
