@@ -13,9 +13,9 @@ from typing import Annotated
 
 import typer
 
-from buildfarm.accounts import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS, CreatedToken
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console
+from buildfarm_client.models import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS, TokenOut
 
 admin_app = typer.Typer(no_args_is_help=True, help="Users, API tokens, projects and roles.")
 user_app = typer.Typer(no_args_is_help=True, help="Users of the farm.")
@@ -26,7 +26,7 @@ admin_app.add_typer(token_app, name="token")
 admin_app.add_typer(project_app, name="project")
 
 
-def _print_token(created: CreatedToken, fmt: OutputFormat) -> None:
+def _print_token(created: TokenOut, fmt: OutputFormat) -> None:
     if fmt == OutputFormat.JSON:
         emit_json(
             {"user": created.user, "token": created.token, "id": created.id, "expires_at": created.expires_at}

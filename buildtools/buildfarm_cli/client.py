@@ -1,10 +1,10 @@
 """What the CLI asks of a farm, whichever way it reaches it.
 
 :class:`FarmClient` is the one interface the commands call: :class:`LocalClient` runs the
-engine against this machine's local farm, :class:`HttpClient` talks to a farm's REST API.  Both
-return the same data (the engine's ``BuildView``/``StepView``, ``AptSource``, ``CreatedToken``)
-and raise the same errors, so every command prints one way and exits with one code whichever
-client served it.
+engine against this machine's local farm, :class:`HttpClient` talks to a farm's REST API through
+the typed client (:mod:`buildfarm_client`).  Both return the API's wire models
+(:mod:`buildfarm_client.models`) and raise the same errors, so every command prints one way and
+exits with one code whichever client served it.
 """
 
 from __future__ import annotations
@@ -13,18 +13,24 @@ import builtins
 from pathlib import Path
 from typing import Any, Protocol
 
-from buildfarm.accounts import CreatedToken
-from buildfarm.backends.base import AptSource, MirrorStatus
-from buildfarm.engine.control import BuildView
-from buildfarm.mirrors import MirrorView
-from buildfarm.retention import Progress, StorageReport, SweepReport
-from buildfarm.schedules import ScheduleView
 from buildfarm_cli.config import ClientConfig
 from buildfarm_cli.httpclient import HttpClient
 from buildfarm_cli.localclient import LocalClient
-from buildfarm_cli.views import BuildSummary, RepoKeyView, UserView
+from buildfarm_cli.output import PhaseProgress
+from buildfarm_client.models import (
+    BuildView,
+    MirrorOut,
+    MirrorSyncOut,
+    RepoKeyOut,
+    ScheduleOut,
+    SourcesOut,
+    StorageReportOut,
+    SweepReportOut,
+    TokenOut,
+    UserOut,
+)
 
-__all__ = ["BuildSummary", "FarmClient", "HttpClient", "LocalClient", "UserView", "make_client"]
+__all__ = ["FarmClient", "HttpClient", "LocalClient", "make_client"]
 
 
 class FarmClient(Protocol):
@@ -60,9 +66,9 @@ class FarmClient(Protocol):
 
     def retry(self, build_id: int) -> BuildView: ...
 
-    def sources(self, project: str, branch: str, build_id: int | None = None) -> AptSource: ...
+    def sources(self, project: str, branch: str, build_id: int | None = None) -> SourcesOut: ...
 
-    def repo_key(self) -> RepoKeyView:
+    def repo_key(self) -> RepoKeyOut:
         """The public key published repositories are signed with; NotFoundError if they are not."""
         ...
 
@@ -70,9 +76,9 @@ class FarmClient(Protocol):
         """Nodes, queues and running steps (and, locally, the state directory and processes)."""
         ...
 
-    def add_user(self, name: str, *, admin: bool = False, service: bool = False) -> UserView: ...
+    def add_user(self, name: str, *, admin: bool = False, service: bool = False) -> UserOut: ...
 
-    def create_token(self, user: str, name: str = "default", days: int = 90) -> CreatedToken: ...
+    def create_token(self, user: str, name: str = "default", days: int = 90) -> TokenOut: ...
 
     def revoke_token(self, token_id: int) -> None: ...
 
@@ -80,23 +86,23 @@ class FarmClient(Protocol):
 
     def grant(self, user: str, project: str, role: str) -> None: ...
 
-    def mirrors(self) -> builtins.list[MirrorView]:
+    def mirrors(self) -> builtins.list[MirrorOut]:
         """The configured 3rd-party mirrors; ``source`` is set on those builds can use now."""
         ...
 
-    def sync_mirror(self, name: str, timeout: float) -> MirrorStatus:
+    def sync_mirror(self, name: str, timeout: float) -> MirrorSyncOut:
         """Sync one mirror (admins only through the API), waiting at most ``timeout`` seconds."""
         ...
 
-    def schedules(self) -> builtins.list[ScheduleView]:
+    def schedules(self) -> builtins.list[ScheduleOut]:
         """The configured schedules (those of projects the caller may view), next and last runs."""
         ...
 
-    def run_retention(self, dry_run: bool, progress: Progress | None = None) -> SweepReport:
+    def run_retention(self, dry_run: bool, progress: PhaseProgress | None = None) -> SweepReportOut:
         """Apply the retention policy (admins only); ``progress`` is called while it sweeps locally."""
         ...
 
-    def storage_report(self) -> StorageReport:
+    def storage_report(self) -> StorageReportOut:
         """Bytes by class, project and branch, and what the next sweep would free (admins only)."""
         ...
 

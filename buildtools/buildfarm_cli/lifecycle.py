@@ -14,9 +14,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from buildfarm.retention import StorageReport, SweepReport
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console, phase_bars
+from buildfarm_client.models import StorageReportOut, SweepReportOut
 
 retention_app = typer.Typer(no_args_is_help=True, help="The retention policy: expire old builds everywhere.")
 storage_app = typer.Typer(no_args_is_help=True, help="What the farm stores, and what the next sweep frees.")
@@ -35,7 +35,7 @@ def human_bytes(count: int | None) -> str:
     raise AssertionError("unreachable")
 
 
-def sweep_lines(report: SweepReport) -> list[str]:
+def sweep_lines(report: SweepReportOut) -> list[str]:
     verb = "would expire" if report.dry_run else "expired"
     classes = ", ".join(f"{count} {kind}" for kind, count in report.builds_by_class.items()) or "none"
     lines = [
@@ -108,7 +108,7 @@ def storage_report(output: OutputOpt = None) -> None:
     _print_storage(report)
 
 
-def _print_storage(report: StorageReport) -> None:
+def _print_storage(report: StorageReportOut) -> None:
     table = Table()
     for column in ("class", "project", "branch", "builds", "outputs", "sources"):
         table.add_column(column, justify="right" if column in ("builds", "outputs", "sources") else "left")

@@ -1,5 +1,8 @@
 """The local farm as a client: the engine itself, against the farm in the state directory.
 
+It answers with the same wire models as the REST API (:mod:`buildfarm_client.models`), made
+from the engine's views the way the API makes them, so every command prints one way.
+
 Reading needs only the farm's state (its database and stores); changing builds needs its core
 processes running; account commands need only the database, so an admin can create users and
 tokens before the farm was ever started (the Helm chart's install hook does exactly that).
@@ -11,18 +14,32 @@ import builtins
 import getpass
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from buildfarm import accounts, mirrors
-from buildfarm.backends.base import AptSource, MirrorStatus, PackageRepository, require_signing_key
+from buildfarm.backends.base import PackageRepository, require_signing_key
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.manifest import load_manifest
 from buildfarm.model.settings import Settings, load_settings
-from buildfarm.retention import Progress, StorageReport, SweepReport, run_sweep, storage_report
-from buildfarm.schedules import ScheduleView
-from buildfarm_cli.views import RepoKeyView, UserView
+from buildfarm.retention import run_sweep, storage_report
+from buildfarm_cli.output import PhaseProgress
+from buildfarm_client.models import (
+    DEFAULT_TOKEN_DAYS,
+    BuildView,
+    MirrorOut,
+    MirrorSyncOut,
+    RepoKeyOut,
+    ScheduleOut,
+    SourcesOut,
+    StorageReportOut,
+    SweepReportOut,
+    TokenOut,
+    UserOut,
+)
 
 
 class _NoDispatcher:
@@ -118,8 +135,8 @@ class LocalClient:
         ctx = self._context(changes=True)
         return submit_build(ctx, parsed, manifest_path.parent.resolve(), user or getpass.getuser())
 
-    def show(self, build_id: int) -> control.BuildView:
-        return control.show_build(self._context(), build_id)
+    def show(self, build_id: int) -> BuildView:
+        return _build(control.show_build(self._context(), build_id))
 
     def list(
         self,
@@ -130,8 +147,9 @@ class LocalClient:
         kind: str | None = None,
         user: str | None = None,
         limit: int = 50,
-    ) -> builtins.list[control.BuildView]:
-        return control.page_builds(self._context(), project, branch, state, limit, kind=kind, user=user).items
+    ) -> builtins.list[BuildView]:
+        page = control.page_builds(self._context(), project, branch, state, limit, kind=kind, user=user)
+        return [_build(view) for view in page.items]
 
     def read_log(self, build_id: int, step: str, offset: int) -> tuple[bytes, int, bool]:
         ctx = self._context()
@@ -144,14 +162,22 @@ class LocalClient:
         chunk, next_offset = ctx.store.read_log(key, offset)
         return chunk, next_offset, live
 
-    def cancel(self, build_id: int) -> control.BuildView:
-        return control.cancel_build(self._context(changes=True), build_id)
+    def cancel(self, build_id: int) -> BuildView:
+        return _build(control.cancel_build(self._context(changes=True), build_id))
 
-    def retry(self, build_id: int) -> control.BuildView:
-        return control.retry_build(self._context(changes=True), build_id)
+    def retry(self, build_id: int) -> BuildView:
+        return _build(control.retry_build(self._context(changes=True), build_id))
 
-    def sources(self, project: str, branch: str, build_id: int | None = None) -> AptSource:
-        return control.apt_sources(self._context(), project, branch, build_id)
+    def sources(self, project: str, branch: str, build_id: int | None = None) -> SourcesOut:
+        source = control.apt_sources(self._context(), project, branch, build_id)
+        return SourcesOut(
+            line=source.line(),
+            url=source.url,
+            suite=source.suite,
+            components=list(source.components),
+            signed_by=source.signed_by,
+            source_line=source.source_line(),
+        )
 
     def status(self) -> dict[str, Any]:
         from buildfarm.local import farm
@@ -163,18 +189,16 @@ class LocalClient:
 
     # -- accounts --------------------------------------------------------------------------
 
-    def init_admin(self, name: str = "admin") -> accounts.CreatedToken:
+    def init_admin(self, name: str = "admin") -> TokenOut:
         """The first admin and its token (local only: it needs the farm's database itself)."""
-        return accounts.init_admin(self._accounts_context(), name)
+        return _wire(TokenOut, accounts.init_admin(self._accounts_context(), name))
 
-    def add_user(self, name: str, *, admin: bool = False, service: bool = False) -> UserView:
+    def add_user(self, name: str, *, admin: bool = False, service: bool = False) -> UserOut:
         added = accounts.add_user(self._accounts_context(), name, admin=admin, service=service)
-        return UserView(added.user, added.admin, added.service)
+        return UserOut(name=added.user, admin=added.admin, service=added.service)
 
-    def create_token(
-        self, user: str, name: str = "default", days: int = accounts.DEFAULT_TOKEN_DAYS
-    ) -> accounts.CreatedToken:
-        return accounts.create_token(self._accounts_context(), user, name, days)
+    def create_token(self, user: str, name: str = "default", days: int = DEFAULT_TOKEN_DAYS) -> TokenOut:
+        return _wire(TokenOut, accounts.create_token(self._accounts_context(), user, name, days))
 
     def revoke_token(self, token_id: int) -> None:
         accounts.revoke_token(self._accounts_context(), token_id)
@@ -194,32 +218,35 @@ class LocalClient:
             self._repo = make_repository(self.settings)
         return self._repo
 
-    def repo_key(self) -> RepoKeyView:
+    def repo_key(self) -> RepoKeyOut:
         key = require_signing_key(self._context().repo)
-        return RepoKeyView(key.fingerprint, key.public_key, self.settings.signing_keyring)
+        return RepoKeyOut(
+            fingerprint=key.fingerprint, public_key=key.public_key, signed_by=self.settings.signing_keyring
+        )
 
-    def mirrors(self) -> builtins.list[mirrors.MirrorView]:
-        return mirrors.list_mirrors(self.settings, self._repository())
+    def mirrors(self) -> builtins.list[MirrorOut]:
+        return [_wire(MirrorOut, view) for view in mirrors.list_mirrors(self.settings, self._repository())]
 
-    def sync_mirror(self, name: str, timeout: float) -> MirrorStatus:
+    def sync_mirror(self, name: str, timeout: float) -> MirrorSyncOut:
         """``timeout`` is for remote farms: here each Pulp task is bounded by pulp_task_timeout_seconds."""
-        return mirrors.sync_mirror(self.settings, self._repository(), name)
+        return _wire(MirrorSyncOut, mirrors.sync_mirror(self.settings, self._repository(), name))
 
     # -- schedules: only the database ------------------------------------------------------
 
-    def schedules(self) -> builtins.list[ScheduleView]:
+    def schedules(self) -> builtins.list[ScheduleOut]:
         from buildfarm.schedules import list_schedules
         from buildfarm.state.models import utcnow
 
-        return list_schedules(self._accounts_context(), utcnow())
+        return [_wire(ScheduleOut, view) for view in list_schedules(self._accounts_context(), utcnow())]
 
     # -- retention: the database and the stores, no farm process ------------------------------
 
-    def run_retention(self, dry_run: bool, progress: Progress | None = None) -> SweepReport:
-        return run_sweep(self._accounts_context(), dry_run=dry_run, progress=progress)
+    def run_retention(self, dry_run: bool, progress: PhaseProgress | None = None) -> SweepReportOut:
+        report = run_sweep(self._accounts_context(), dry_run=dry_run, progress=progress)
+        return SweepReportOut.model_validate(report.as_dict())
 
-    def storage_report(self) -> StorageReport:
-        return storage_report(self._accounts_context())
+    def storage_report(self) -> StorageReportOut:
+        return StorageReportOut.model_validate(storage_report(self._accounts_context()).as_dict())
 
     def farm_context(self) -> FarmContext:
         """The farm itself for operator actions (``buildfarm backup``): its database, brought up to
@@ -230,3 +257,15 @@ class LocalClient:
         for ctx in self._contexts.values():
             ctx.db.dispose()
         self._contexts.clear()
+
+
+_Wire = TypeVar("_Wire", bound=BaseModel)
+
+
+def _wire(model: type[_Wire], view: object) -> _Wire:
+    """An engine view as the API answers it."""
+    return model.model_validate(view, from_attributes=True)
+
+
+def _build(view: control.BuildView) -> BuildView:
+    return _wire(BuildView, view)

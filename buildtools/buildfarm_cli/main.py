@@ -3,7 +3,8 @@
 Without ``--farm`` (or ``BUILDFARM_URL``, or ``url:`` in the client file) every command works
 on the local farm in the state directory; with it, ``build``, ``repo sources``, ``status`` and
 ``admin`` (except ``admin init``) go through the farm's REST API.  Either way the output and the
-exit codes are the same.
+exit codes are the same.  The commands that run the farm itself (start, stop, node, backup,
+repo verify) are the operator's: :mod:`buildfarm_cli.operator`.
 
 Exit codes: 0 done; 1 the request was wrong or the build failed; 2 usage; 3 a service the
 farm needs is unreachable (trying again later may help).
@@ -19,18 +20,15 @@ from typing import Annotated
 import typer
 from rich.live import Live
 
-from buildfarm.engine.control import BuildView
-from buildfarm.model.errors import BuildfarmError, PermanentError, TemporaryError
-from buildfarm.model.settings import Settings, load_settings
+from buildfarm.model.errors import BuildfarmError, TemporaryError
 from buildfarm.model.types import TERMINAL_BUILD_STATES, BuildKind, BuildState
+from buildfarm_cli import operator
 from buildfarm_cli.admin import admin_app
-from buildfarm_cli.backup import backup_app
 from buildfarm_cli.client import FarmClient
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.env import env_app
 from buildfarm_cli.lifecycle import retention_app, storage_app
 from buildfarm_cli.mirror import mirror_app
-from buildfarm_cli.nodes import node_app
 from buildfarm_cli.output import (
     OutputFormat,
     builds_table,
@@ -41,6 +39,7 @@ from buildfarm_cli.output import (
 )
 from buildfarm_cli.schedule import schedule_app
 from buildfarm_cli.views import summary_dict
+from buildfarm_client.models import BuildView
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 build_app = typer.Typer(no_args_is_help=True, help="Submit, follow and manage builds.")
@@ -49,12 +48,11 @@ app.add_typer(build_app, name="build")
 app.add_typer(repo_app, name="repo")
 app.add_typer(admin_app, name="admin")
 app.add_typer(mirror_app, name="mirror")
-app.add_typer(node_app, name="node")
 app.add_typer(schedule_app, name="schedule")
-app.add_typer(backup_app, name="backup")
 app.add_typer(retention_app, name="retention")
 app.add_typer(storage_app, name="storage")
 app.add_typer(env_app, name="env")
+operator.register(app, repo_app)
 
 WAIT_POLL_SECONDS = 0.5
 LOG_POLL_SECONDS = 0.5
@@ -83,79 +81,6 @@ def main(
     if state_dir is not None:
         os.environ["BUILDFARM_STATE_DIR"] = str(state_dir.resolve())
     ctx.call_on_close(state.close)
-
-
-def _settings(**overrides: object) -> Settings:
-    return load_settings(**overrides)
-
-
-@app.command()
-def start(
-    nodes: Annotated[
-        int | None, typer.Option(help="worker nodes of a farm started afresh [default: 2]")
-    ] = None,
-    runner: Annotated[
-        str | None, typer.Option(help="sbuild (clean chroot) or host (fast, dpkg-buildpackage here)")
-    ] = None,
-    output: OutputOpt = None,
-) -> None:
-    """Start the local farm in the background (Redis, repository server, nodes, scheduler).
-
-    On a farm of which some processes still run, start only the missing ones, as they were:
-    running builds, healthy processes and the broker's data are left alone.
-    """
-    from buildfarm.local import farm
-
-    state.local("start")
-    overrides: dict[str, object] = {"runner": runner} if runner else {}
-    settings = _settings(**overrides)
-    if not farm.any_alive(settings):
-        farm.forget_runtime(settings)  # a farm started afresh decides again what runs where
-        settings = _settings(**overrides)
-
-    def prepare(s: Settings) -> None:
-        if s.runner == "sbuild" and s.base_tarball is not None:
-            from buildfarm.runners.sbuild import ensure_base_tarball
-
-            ensure_base_tarball(s.base_tarball, s.distribution, s.mirror, progress=err_console.print)
-        elif s.runner == "sbuild":
-            from buildfarm.environments import cache_for, spec_for
-
-            cache_for(s).ensure(spec_for(s), progress=err_console.print)
-
-    result = farm.start(settings, nodes=nodes, prepare=prepare, runner=runner)
-    if state.fmt(output) == OutputFormat.JSON:
-        emit_json(result)
-        return
-    for warning in result.warnings:
-        err_console.print(f"note: {warning}", markup=False, soft_wrap=True)
-    started = set(result.started)
-    if not started:
-        what = "already running"
-    elif started == set(result.processes):
-        what = "running"
-    else:
-        what = "running again (started: " + ", ".join(result.started) + ")"
-    console.print(
-        f"farm {what} in {result.state_dir}: runner {result.runner}, nodes "
-        + ", ".join(n for n in result.nodes if n != farm.SCHEDULER)
-        + f"; repositories at {result.repo_url}",
-        markup=False,
-    )
-    console.print("stop it with: buildfarm stop")
-
-
-@app.command()
-def stop(output: OutputOpt = None) -> None:
-    """Stop every process of the local farm (its data stays in the state directory)."""
-    from buildfarm.local import farm
-
-    state.local("stop")
-    stopped = farm.stop(_settings())
-    if state.fmt(output) == OutputFormat.JSON:
-        emit_json({"stopped": stopped})
-    else:
-        console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
 @app.command()
@@ -356,20 +281,11 @@ def repo_sources(
     """Print the apt sources line of a branch's latest build (or of one build)."""
     source = state.client().sources(project, branch, build)
     if state.fmt(output) == OutputFormat.JSON:
-        emit_json(
-            {
-                "line": source.line(),
-                "url": source.url,
-                "suite": source.suite,
-                "components": list(source.components),
-                "signed_by": source.signed_by,
-                "source_line": source.source_line(),
-            }
-        )
+        emit_json(source)
     else:
-        console.print(source.line(), soft_wrap=True, markup=False)
-        if source.source_line():  # the build's source packages: apt-get source <name>
-            console.print(source.source_line(), soft_wrap=True, markup=False)
+        console.print(source.line, soft_wrap=True, markup=False)
+        if source.source_line:  # the build's source packages: apt-get source <name>
+            console.print(source.source_line, soft_wrap=True, markup=False)
 
 
 @repo_app.command("key")
@@ -384,33 +300,6 @@ def repo_key(output: OutputOpt = None) -> None:
         emit_json(key)
     else:
         print(key.public_key, end="" if key.public_key.endswith("\n") else "\n")
-
-
-@repo_app.command("verify")
-def repo_verify(
-    project: str,
-    branch: str,
-    build: Annotated[int | None, typer.Option(help="a specific build instead of latest")] = None,
-    output: OutputOpt = None,
-) -> None:
-    """apt-get update and download every package of latest (or one build); compare with what was built."""
-    from buildfarm.dispatch.context import make_context
-    from buildfarm.local import farm
-    from buildfarm.local.aptverify import verify
-
-    state.local("repo verify")
-    settings = _settings()
-    if not farm.was_started(settings):
-        raise PermanentError(f"no local farm in {settings.state_dir}: run `buildfarm start`")
-    results = verify(make_context(settings), project, branch, build)
-    if state.fmt(output) == OutputFormat.JSON:
-        emit_json(results)
-    else:
-        for item in results:
-            mark = "[green]identical[/]" if item.identical else "[red]DIFFERS[/]"
-            console.print(f"  apt-get download {item.package}: {item.filename} {mark}")
-    if not all(item.identical for item in results):
-        raise typer.Exit(1)
 
 
 def run() -> None:

@@ -14,10 +14,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from buildfarm.backends.base import MirrorStatus
 from buildfarm.model.settings import load_settings
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console
+from buildfarm_client.models import MirrorSyncOut
 
 mirror_app = typer.Typer(no_args_is_help=True, help="3rd-party Debian repositories mirrored into the farm.")
 
@@ -77,7 +77,7 @@ def mirror_sync(
     _print_status(status, fmt)
 
 
-def _print_status(status: MirrorStatus, fmt: OutputFormat) -> None:
+def _print_status(status: MirrorSyncOut, fmt: OutputFormat) -> None:
     if fmt == OutputFormat.JSON:
         emit_json(status)
         return

@@ -10,11 +10,12 @@ from dataclasses import asdict, is_dataclass
 from enum import StrEnum
 from typing import Any
 
+from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from buildfarm.engine.control import BuildView
+from buildfarm_client.models import BuildView
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -37,11 +38,17 @@ class OutputFormat(StrEnum):
     JSON = "json"
 
 
-def emit_json(data: Any) -> None:
+def _plain(data: Any) -> Any:
+    if isinstance(data, BaseModel):
+        return data.model_dump(mode="json")
     if is_dataclass(data) and not isinstance(data, type):
-        data = asdict(data)
-    elif isinstance(data, list):
-        data = [asdict(d) if is_dataclass(d) and not isinstance(d, type) else d for d in data]
+        return asdict(data)
+    return data
+
+
+def emit_json(data: Any) -> None:
+    """``data`` (a wire model, a dataclass, a list of them, or plain JSON) on stdout."""
+    data = [_plain(d) for d in data] if isinstance(data, list) else _plain(data)
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 

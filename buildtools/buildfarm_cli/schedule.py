@@ -10,9 +10,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from buildfarm.schedules import ScheduleView
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console, styled
+from buildfarm_client.models import ScheduleOut
 
 schedule_app = typer.Typer(no_args_is_help=True, help="Scheduled (nightly) builds.")
 
@@ -56,7 +56,7 @@ def schedule_list(output: OutputOpt = None) -> None:
     console.print(table)
 
 
-def _outcome(view: ScheduleView) -> str:
+def _outcome(view: ScheduleOut) -> str:
     """started: the build's state; else starting / retrying (attempt k of n, next at ...) / failed."""
     error = escape(view.last_error or "")
     attempt = f"attempt {view.last_attempt} of {view.max_attempts}"

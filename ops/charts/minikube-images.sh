@@ -19,9 +19,10 @@ build() {  # name context
   minikube image build -t "localhost/buildfarm/$1:$version" -f Dockerfile "$2"
 }
 
-mkdir -p "$work/farm/buildtools"
+mkdir -p "$work/farm/buildtools/client"
 cp -r pyproject.toml README.md services "$work/farm/"
 cp -r buildtools/buildfarm_cli "$work/farm/buildtools/"
+cp -r buildtools/client/buildfarm_client "$work/farm/buildtools/client/"
 cp buildtools/images/farm/Dockerfile "$work/farm/"
 find "$work/farm" -name __pycache__ -prune -exec rm -rf {} +
 build farm "$work/farm"

@@ -238,6 +238,7 @@ def build_all() -> dict[str, str]:
                     REPO / "README.md",
                     REPO / "services",
                     REPO / "buildtools" / "buildfarm_cli",
+                    REPO / "buildtools" / "client" / "buildfarm_client",
                 ),
                 python,
             ),

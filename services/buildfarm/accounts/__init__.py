@@ -1,8 +1,10 @@
-"""Accounts: users, API tokens, projects and per-project roles (:mod:`.users`).
+"""Accounts: users, API tokens, projects and per-project roles (:mod:`.users`); who may do what
+(:mod:`.policy`, the one authorization policy of the API and the scheduler).
 
 What other packages may use is named here; the modules behind it are private to the package.
 """
 
+from buildfarm.accounts import policy
 from buildfarm.accounts.users import (
     DEFAULT_TOKEN_DAYS,
     MAX_TOKEN_DAYS,
@@ -42,6 +44,7 @@ __all__ = [
     "grant",
     "init_admin",
     "list_projects",
+    "policy",
     "principal_for",
     "project_exists",
     "revoke_token",

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match, Route
+from starlette.routing import Match
 
 from buildfarm.accounts import AuthError, ForbiddenError
 from buildfarm.model.errors import (
@@ -24,6 +24,8 @@ from buildfarm.model.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 class ErrorDetail(BaseModel):
@@ -123,9 +125,12 @@ def install(app: FastAPI) -> None:
 
 def allowed_methods(request: Request) -> str:
     """Every method some route of the app takes at the request's path (a 405's ``Allow``)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match != Match.NONE and isinstance(route, Route) and route.methods:
-            methods |= route.methods
+    # Asked route by route for each method: a router included in the app is one route of it that
+    # answers for the routes inside, so only ``matches`` sees every route wherever it was declared.
+    routes = request.app.router.routes
+    methods = [
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
     return ", ".join(sorted(methods))

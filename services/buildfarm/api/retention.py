@@ -7,36 +7,30 @@ project's sizes.  A sweep answers when it is done; its work grows with what expi
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 
 from buildfarm import retention
-from buildfarm.accounts import ForbiddenError, Principal
+from buildfarm.accounts import policy
+from buildfarm.api.auth import Caller
 from buildfarm.engine.context import FarmContext
+from buildfarm_client.models import StorageReportOut, SweepReportOut
 
 
-def _require_admin(principal: Principal, what: str) -> None:
-    if not principal.admin:
-        raise ForbiddenError(f"{principal.user} is not an admin: only admins {what}")
+def retention_router(farm: FarmContext) -> APIRouter:
+    """``POST /retention/run`` and ``GET /storage`` over ``farm``."""
+    router = APIRouter(tags=["retention"])
 
-
-def retention_router(prefix: str, farm: FarmContext, auth: Callable[..., Principal]) -> APIRouter:
-    """``POST {prefix}/retention/run`` and ``GET {prefix}/storage`` over ``farm``."""
-    router = APIRouter(prefix=prefix, tags=["retention"])
-
-    @router.post("/retention/run")
+    @router.post("/retention/run", response_model=SweepReportOut)
     def run_retention(
+        principal: Caller,
         dry_run: bool = Query(default=False, description="only report what would go"),
-        principal: Principal = Depends(auth),
-    ) -> dict[str, Any]:
-        _require_admin(principal, "run the retention sweep")
-        return retention.run_sweep(farm, dry_run=dry_run).as_dict()
+    ) -> SweepReportOut:
+        policy.require_admin(principal, "run the retention sweep")
+        return SweepReportOut.model_validate(retention.run_sweep(farm, dry_run=dry_run).as_dict())
 
-    @router.get("/storage")
-    def storage(principal: Principal = Depends(auth)) -> dict[str, Any]:
-        _require_admin(principal, "see the storage report")
-        return retention.storage_report(farm).as_dict()
+    @router.get("/storage", response_model=StorageReportOut)
+    def storage(principal: Caller) -> StorageReportOut:
+        policy.require_admin(principal, "see the storage report")
+        return StorageReportOut.model_validate(retention.storage_report(farm).as_dict())
 
     return router

@@ -49,6 +49,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from buildfarm import accounts
+from buildfarm.accounts import policy
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.fetch import checkout
 from buildfarm.engine.submit import submit_build
@@ -56,15 +57,13 @@ from buildfarm.model import names
 from buildfarm.model.errors import (
     BuildfarmError,
     ManifestError,
-    NotFoundError,
     PermanentError,
     TemporaryError,
 )
 from buildfarm.model.manifest import Manifest, load_manifest, parse_manifest
 from buildfarm.model.settings import ScheduleConfig, Settings
-from buildfarm.model.types import BuildKind
 from buildfarm.model.urlpolicy import redact_url
-from buildfarm.state.models import Build, Role, ScheduleRun
+from buildfarm.state.models import Build, ScheduleRun
 
 log = logging.getLogger(__name__)
 
@@ -394,10 +393,7 @@ def start_schedule(ctx: FarmContext, schedule: ScheduleConfig, slot: dt.datetime
     """
     principal = accounts.principal_for(ctx, schedule.user)
     with scheduled_manifest(ctx, schedule) as (manifest, root):
-        if not accounts.project_exists(ctx, manifest.project):
-            raise NotFoundError(f"project {manifest.project!r} does not exist (an admin adds it)")
-        needed = Role.MAINTAINER if manifest.kind == BuildKind.RELEASE else Role.BUILDER
-        principal.require(manifest.project, needed, f"run scheduled {manifest.kind.value} builds")
+        policy.require_submit(ctx, principal, manifest, "run scheduled")
         key = _slot_key(schedule.name, slot) if slot is not None else None
         return submit_build(ctx, manifest, root, schedule.user, schedule_slot=key)
 

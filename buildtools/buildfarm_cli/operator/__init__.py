@@ -1,0 +1,24 @@
+"""The operator's commands: they run where the farm is, on its settings, never through the API.
+
+``start``, ``stop``, ``node``, ``backup`` (run, verify, restore), ``admin init`` and ``repo
+verify`` work on this machine's farm (or, for ``backup``, inside the farm's pod) and refuse
+``--farm``; every other command is a user's and goes through the farm client, which is the
+REST API with ``--farm``.  :func:`register` puts them under their usual names.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from buildfarm_cli.operator.backup import backup_app
+from buildfarm_cli.operator.farm import repo_verify, start, stop
+from buildfarm_cli.operator.nodes import node_app
+
+
+def register(app: typer.Typer, repo_app: typer.Typer) -> None:
+    """The operator's commands on the CLI's ``app`` (and ``repo verify`` on ``repo_app``)."""
+    app.command()(start)
+    app.command()(stop)
+    app.add_typer(node_app, name="node")
+    app.add_typer(backup_app, name="backup")
+    repo_app.command("verify")(repo_verify)

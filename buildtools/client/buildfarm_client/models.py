@@ -1,0 +1,305 @@
+"""The REST API's wire models: every request body and every JSON answer of ``/api/v1``.
+
+The server declares each route with these (``response_model=``), so the OpenAPI schema is made
+from them, and :class:`buildfarm_client.Client` parses every answer into them: one definition
+of the wire format for both ends.  Only pydantic is imported here, so a client can be installed
+without anything the farm itself runs on.
+
+Closed sets are ``Literal`` strings: the server's enums (roles, build kinds and states) must
+spell the same values, which ``tests/unit/test_wire_models.py`` checks.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SHA256_HEX_LENGTH = 64
+SHA256_PATTERN = f"^[0-9a-f]{{{SHA256_HEX_LENGTH}}}$"
+DEFAULT_TOKEN_DAYS = 90
+"""A new token's lifetime unless the request names one."""
+MAX_TOKEN_DAYS = 3650
+"""The longest lifetime a token may be given (ten years)."""
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+"""Free-text names (token labels) may hold anything but control characters (PostgreSQL refuses NUL)."""
+
+RoleName = Literal["viewer", "builder", "maintainer"]
+
+
+class _Request(BaseModel):
+    """A request body: an unknown field is refused (422), not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Answer(BaseModel):
+    """An answer: a newer server may add fields, an older client ignores them."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# -- farm ------------------------------------------------------------------------------------
+
+
+class HealthOut(_Answer):
+    status: str
+
+
+class WhoAmI(_Answer):
+    user: str
+    admin: bool
+    roles: dict[str, str]
+
+
+class ProjectOut(_Answer):
+    name: str
+    role: str
+
+
+class NodeOut(_Answer):
+    online: bool
+    active_tasks: int
+
+
+class RunningStepOut(_Answer):
+    build: int
+    step: str
+    node: str | None
+    attempt: int
+    started_at: str | None
+
+
+class StatusOut(_Answer):
+    nodes: dict[str, NodeOut]
+    queues: dict[str, int]
+    running_steps: list[RunningStepOut]
+
+
+# -- sources and builds ----------------------------------------------------------------------
+
+
+class MissingIn(_Request):
+    sha256: Annotated[list[Annotated[str, Field(pattern=SHA256_PATTERN)]], Field(max_length=1000)]
+
+
+class MissingOut(_Answer):
+    missing: list[str]
+
+
+class SourceOut(_Answer):
+    sha256: str
+    size: int
+
+
+UploadedTrees = dict[
+    Annotated[str, Field(pattern=r"^[0-9]{1,4}$")], Annotated[str, Field(pattern=SHA256_PATTERN)]
+]
+"""Index in the manifest's list -> sha256 of a tarball uploaded with PUT /sources/{sha256}."""
+
+
+class SubmitIn(_Request):
+    manifest: dict[str, Any]
+    sources: UploadedTrees = Field(default_factory=dict, description="one per `path` package")
+    contexts: UploadedTrees = Field(default_factory=dict, description="one per `path` image")
+    files: UploadedTrees = Field(
+        default_factory=dict,
+        description="per package: a flat tarball of its local files (a `path` tree's upstream "
+        "tarballs, or a local `dsc` and the files it names)",
+    )
+
+
+class StepView(_Answer):
+    id: int
+    name: str
+    version: str
+    state: str
+    node: str | None
+    attempt: int
+    depends_on: list[str]
+    input_key: str
+    reused_from: int | None
+    started_at: str | None
+    finished_at: str | None
+    duration_seconds: float | None
+    log: str | None
+    error: str | None
+    outputs: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class BuildView(_Answer):
+    id: int
+    project: str
+    branch: str
+    kind: str
+    user: str
+    state: str
+    created_at: str
+    finished_at: str | None
+    published: str | None
+    error: str | None
+    steps: list[StepView] = Field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many of its steps are in each state."""
+        out: dict[str, int] = {}
+        for step in self.steps:
+            out[step.state] = out.get(step.state, 0) + 1
+        return out
+
+
+class BuildPageOut(_Answer):
+    items: list[BuildView]
+    page: int
+    per_page: int
+    total: int
+
+
+class LogChunk(_Answer):
+    """A piece of a step's log (the route answers text/plain; these come from its headers)."""
+
+    data: bytes
+    next_offset: int
+    live: bool  # the step still runs: more may come
+
+
+# -- repositories ----------------------------------------------------------------------------
+
+
+class SourcesOut(_Answer):
+    line: str
+    url: str
+    suite: str
+    components: list[str]
+    signed_by: str | None = None  # the key's path in [signed-by=...]; null: an unsigned repository
+    source_line: str | None = None  # the deb-src line; null: the repository has no Sources index
+
+
+class RepoKeyOut(_Answer):
+    fingerprint: str
+    public_key: str  # armored
+    signed_by: str  # where the farm's apt lines expect it: [signed-by=...]
+
+
+# -- accounts --------------------------------------------------------------------------------
+
+
+class UserIn(_Request):
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    admin: bool = False
+    service: bool = False
+
+
+class UserOut(_Answer):
+    name: str
+    admin: bool
+    service: bool
+
+
+class TokenIn(_Request):
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=PRINTABLE)] = "default"
+    expires_days: Annotated[int, Field(ge=1, le=MAX_TOKEN_DAYS)] = DEFAULT_TOKEN_DAYS
+
+
+class TokenOut(_Answer):
+    id: int
+    user: str
+    token: str  # the only time it is shown
+    expires_at: str
+
+
+class ProjectIn(_Request):
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class GrantIn(_Request):
+    role: RoleName
+
+
+# -- mirrors ---------------------------------------------------------------------------------
+
+
+class MirrorOut(_Answer):
+    name: str
+    url: str
+    distribution: str
+    components: list[str]
+    architectures: list[str]
+    source: str | None  # the apt line builds use once the mirror is usable, else null
+
+
+class MirrorSyncOut(_Answer):
+    name: str
+    source: str
+    packages: int
+    version: str
+    seconds: float
+
+
+# -- schedules -------------------------------------------------------------------------------
+
+
+class ScheduleOut(_Answer):
+    name: str
+    project: str
+    branch: str
+    kind: str
+    user: str
+    cron: str
+    source: str
+    next_run: str | None  # ISO 8601, UTC
+    last_slot: str | None
+    last_build: int | None
+    # the build's state ("expired" once retention removed it), or without build: "starting",
+    # "retrying" (attempt last_attempt of max_attempts failed; the next is at retry_at), "failed"
+    last_state: str | None
+    last_error: str | None
+    last_attempt: int | None = None
+    max_attempts: int | None = None
+    retry_at: str | None = None  # ISO 8601, UTC
+
+
+# -- retention -------------------------------------------------------------------------------
+
+
+class SweepReportOut(_Answer):
+    """What a retention sweep deleted (or, ``dry_run``, would delete)."""
+
+    dry_run: bool
+    builds_by_class: dict[str, int] = Field(default_factory=dict)
+    build_ids: list[int] = Field(default_factory=list)
+    builds_deleted: int = 0  # every row gone
+    builds_reduced: int = 0  # rows kept for a log, or for a kept build that reuses a step
+    steps_deleted: int = 0
+    objects: int = 0
+    objects_skipped_recent: int = 0  # put again within the grace period: kept this time
+    logs: int = 0
+    images: int = 0
+    uploads: int = 0  # uploaded objects no build named, older than the upload hours
+    repository_versions: int = 0  # repository versions crashed builds left unserved
+    bytes_freed: int = 0  # objects + logs (dry run: objects only)
+    repository_bytes_freed: int | None = None  # when the repository knows it
+    registry_bytes_freed: int | None = None
+    skipped_builds: list[int] = Field(default_factory=list)  # the repository refused to expire them
+    warnings: list[str] = Field(default_factory=list)  # what was left behind, one line each
+    selection_seconds: float = 0.0
+    seconds: float = 0.0
+
+
+class StorageGroupOut(_Answer):
+    kind: str
+    project: str
+    branch: str
+    builds: int
+    output_bytes: int  # bytes of the files its own steps produced (a shared file counts where made)
+    source_bytes: int = 0  # its steps' source tarballs (each distinct one once per group)
+
+
+class StorageReportOut(_Answer):
+    groups: list[StorageGroupOut]
+    builds: int
+    output_bytes: int  # distinct content objects the rows name as outputs
+    next_sweep: SweepReportOut
+    uploads: int = 0  # distinct uploaded objects no build names (yet)
+    upload_bytes: int = 0
