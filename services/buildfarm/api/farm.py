@@ -69,10 +69,11 @@ def queue_lengths(limits: Limits) -> Callable[[], dict[str, int]]:
     return lengths
 
 
-def farm_router(farm: FarmContext, limits: Limits, nodes: NodeCache) -> APIRouter:
+def farm_router(farm: FarmContext, limits: Limits, nodes: NodeCache | None = None) -> APIRouter:
     """``/health``, ``/whoami``, ``/status`` and ``/projects`` over ``farm``."""
     router = APIRouter(tags=["farm"])
     queues = queue_lengths(limits)
+    nodes = nodes or NodeCache(farm.settings)  # the app shares one with /metrics and the dashboard
 
     @router.get("/health", response_model=HealthOut)
     def health() -> HealthOut:

@@ -10,7 +10,7 @@ import textwrap
 import venv
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 FARM_RUNTIME = [
     "celery",
     "sqlalchemy",
