@@ -20,7 +20,7 @@ from sqlalchemy import select
 from starlette.templating import Jinja2Templates
 
 from buildfarm import accounts, retention, schedules
-from buildfarm.accounts import AuthError, ForbiddenError, Principal
+from buildfarm.accounts import AuthError, ForbiddenError, Principal, policy
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import BuildfarmError, NotFoundError
@@ -62,20 +62,21 @@ def dashboard_router(farm: FarmContext, limits: RateCounter, nodes_online: Nodes
         )
 
     def visible_build(principal: Principal, build_id: int) -> control.BuildView:
+        """The build if the policy lets the caller see it; a page never tells a build exists
+        to someone who may not see it (the API's 403 for a non-viewer is a 404 here)."""
         view = control.show_build(farm, build_id)
-        hidden = (
-            view.kind == BuildKind.PERSONAL
-            and view.user != principal.user
-            and not principal.has(view.project, Role.MAINTAINER)
-        )
-        if hidden or not principal.has(view.project, Role.VIEWER):
-            raise NotFoundError(f"build {build_id} does not exist")
+        try:
+            policy.require_view(principal, view)
+        except ForbiddenError as exc:
+            raise NotFoundError(f"build {build_id} does not exist") from exc
         return view
 
     def may_change(principal: Principal, view: control.BuildView) -> bool:
-        if view.user == principal.user:
-            return principal.has(view.project, Role.BUILDER)
-        return principal.has(view.project, Role.MAINTAINER)
+        try:
+            policy.require_change(principal, view, "change")
+        except ForbiddenError:
+            return False
+        return True
 
     def failure(request: Request, principal: Principal | None, exc: BuildfarmError) -> HTMLResponse:
         status = 404 if isinstance(exc, NotFoundError) else 403 if isinstance(exc, ForbiddenError) else 503
