@@ -72,7 +72,7 @@ class LocalClient:
             raise PermanentError(f"the local farm in {settings.state_dir} is stopped: run `buildfarm start`")
         if "farm" in self._contexts:
             return self._contexts["farm"]
-        if changes or settings.redis_url:
+        if changes or settings.broker.url:
             self._contexts["farm"] = make_context(settings)
         else:  # a stopped farm (no broker recorded): reading needs only the database and the stores
             self._contexts["farm"] = self._offline_context(settings)
@@ -100,10 +100,10 @@ class LocalClient:
         from buildfarm.state.db import upgrade
 
         settings = self.settings
-        if settings.database_url is None:
+        if settings.database.url is None:
             private_state_dir(settings.state_dir)  # the SQLite file lives there, its owner's alone
         upgrade(settings.effective_database_url)
-        ctx = make_context(settings) if settings.redis_url else self._offline_context(settings)
+        ctx = make_context(settings) if settings.broker.url else self._offline_context(settings)
         self._contexts["accounts"] = ctx
         return ctx
 
@@ -194,7 +194,7 @@ class LocalClient:
 
     def repo_key(self) -> RepoKeyView:
         key = require_signing_key(self._context().repo)
-        return RepoKeyView(key.fingerprint, key.public_key, self.settings.signing_keyring)
+        return RepoKeyView(key.fingerprint, key.public_key, self.settings.signing.keyring)
 
     def mirrors(self) -> builtins.list[mirrors.MirrorView]:
         return mirrors.list_mirrors(self.settings, self._repository())

@@ -113,12 +113,11 @@ def start(
         settings = _settings(**overrides)
 
     def prepare(s: Settings) -> None:
-        if s.runner == "sbuild":
+        if s.builders.runner == "sbuild":
             from buildfarm.runners.sbuild import ensure_base_tarball
 
-            ensure_base_tarball(
-                s.effective_base_tarball, s.distribution, s.mirror, progress=err_console.print
-            )
+            env = s.buildenv
+            ensure_base_tarball(env.tarball, env.distribution, env.mirror, progress=err_console.print)
 
     result = farm.start(settings, nodes=nodes, prepare=prepare, runner=runner)
     if state.fmt(output) == OutputFormat.JSON:

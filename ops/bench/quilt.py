@@ -110,7 +110,7 @@ def through_farm(dsc: Path, work: Path) -> tuple[float, float, dict[str, Any]]:
 def main() -> int:
     settings = load_settings()
     base = ensure_base_tarball(
-        settings.effective_base_tarball, settings.distribution, settings.mirror, progress=print
+        settings.buildenv.tarball, settings.buildenv.distribution, settings.buildenv.mirror, progress=print
     )
     name, version = PACKAGE
     cached = debian_source(name, version)
@@ -118,7 +118,9 @@ def main() -> int:
         work = Path(tmp)
         print(f"by hand: sbuild {cached.name} ...", flush=True)
         dsc = copy_source(cached, work / "hand" / "src")
-        hand = by_hand(base, settings.distribution, settings.sbuild_tmpdir, dsc, work / "hand")
+        hand = by_hand(
+            base, settings.buildenv.distribution, settings.buildenv.sbuild_tmpdir, dsc, work / "hand"
+        )
         print(f"farm: {cached.name} through a fresh 1-node sbuild farm ...", flush=True)
         farm_dir = work / "farm"
         start, farm, view = through_farm(copy_source(cached, farm_dir / "src"), farm_dir)

@@ -155,7 +155,7 @@ def engine_overhead(work: Path) -> tuple[float, float, int]:
 def main() -> int:
     settings = load_settings()
     base = ensure_base_tarball(
-        settings.effective_base_tarball, settings.distribution, settings.mirror, progress=print
+        settings.buildenv.tarball, settings.buildenv.distribution, settings.buildenv.mirror, progress=print
     )
     with tempfile.TemporaryDirectory(prefix="buildfarm-bench-") as tmp:
         work = Path(tmp)

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.sbuild
 @pytest.fixture(scope="module")
 def sbuild_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     settings = load_settings(state_dir=tmp_path_factory.mktemp("unused"))
-    ensure_base_tarball(settings.effective_base_tarball, settings.distribution, settings.mirror)
+    ensure_base_tarball(settings.buildenv.tarball, settings.buildenv.distribution, settings.buildenv.mirror)
     farm = Farm(tmp_path_factory.mktemp("sbuild-farm") / "state")
     farm.cli("start", "--runner", "sbuild", "--nodes", "2", timeout=300)
     yield farm

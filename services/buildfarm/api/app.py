@@ -112,13 +112,13 @@ BuildId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
 def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
     """The API over the farm described by ``settings``."""
     farm = ctx or make_context(settings)
-    if not settings.redis_url:
+    if not settings.broker.url:
         raise PermanentError("the API needs Redis (rate limits, dispatch): set BUILDFARM_REDIS_URL")
     limits = Limits(
-        redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5),
-        settings.api_rate_per_minute,
-        settings.api_max_running_builds,
-        settings.api_anonymous_rate_per_minute,
+        redis.Redis.from_url(settings.broker.url, socket_timeout=5, socket_connect_timeout=5),
+        settings.api.rate_per_minute,
+        settings.api.max_running_builds,
+        settings.api.anonymous_rate_per_minute,
     )
     farm.store.check()
     farm.repo.check()
@@ -209,7 +209,7 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
         principal: Caller,
     ) -> SourceOut:
         _require_builder(principal)
-        limit = settings.api_max_upload_bytes
+        limit = settings.api.max_upload_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise TooLargeError(f"source tarball of {declared} bytes is over the {limit}-byte limit")
@@ -319,7 +319,7 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
             return PlainTextResponse(
                 chunk, headers={"X-Next-Offset": str(next_offset), "X-Step-Live": "1" if live else "0"}
             )
-        deadline = time.monotonic() + settings.api_follow_seconds
+        deadline = time.monotonic() + settings.api.follow_seconds
 
         def stream() -> Iterator[bytes]:
             position, current = offset, key

@@ -27,7 +27,7 @@ def repo_key_router(prefix: str, farm: FarmContext) -> APIRouter:
     def repo_key() -> RepoKeyOut:
         key = require_signing_key(farm.repo)
         return RepoKeyOut(
-            fingerprint=key.fingerprint, public_key=key.public_key, signed_by=farm.settings.signing_keyring
+            fingerprint=key.fingerprint, public_key=key.public_key, signed_by=farm.settings.signing.keyring
         )
 
     return router

@@ -184,7 +184,7 @@ def run_backup(ctx: FarmContext, *, progress: Progress | None = None) -> BackupR
     """Copy every succeeded release build (and the accounts) to the backup target, incrementally."""
     started = time.monotonic()
     report = progress or _no_progress
-    target = make_backup_target(ctx.settings)
+    target = make_backup_target(ctx.settings.backup, ctx.settings.storage)
     target.objects.check()
     catalogue = export_catalogue(ctx.db)
     tables = catalogue["tables"]
@@ -270,9 +270,9 @@ def _backup_images(
     target holds is not asked for again; only its blobs are checked."""
     if not images:
         return []
-    if not ctx.settings.registry_url:
+    if not ctx.settings.registry.url:
         raise PermanentError("release builds have images but registry_url is not set: images not backed up")
-    registry = RegistryCopier(ctx.settings.registry_url)
+    registry = RegistryCopier(ctx.settings.registry.url)
     known = {(i.get("reference"), i.get("manifest")): i for i in previous}
     out: list[dict[str, Any]] = []
     for done, (reference, digest) in enumerate(sorted(images.items()), 1):
@@ -337,7 +337,7 @@ def describe_objects(catalogue: dict[str, Any]) -> dict[str, str]:
 def verify_backup(ctx: FarmContext, *, progress: Progress | None = None) -> VerifyReport:
     """Read every object of the newest backup back from the target and check its sha256."""
     report = progress or _no_progress
-    target = make_backup_target(ctx.settings)
+    target = make_backup_target(ctx.settings.backup, ctx.settings.storage)
     target.objects.check()
     manifest = _read_manifest(target)
     objects: dict[str, int] = {str(k): int(v) for k, v in manifest["objects"].items()}

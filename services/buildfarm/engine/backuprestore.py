@@ -44,7 +44,7 @@ def _catalogue(target: BackupTarget, scratch: Path) -> dict[str, Any]:
 
 def restore(ctx: FarmContext, progress: Progress) -> RestoreReport:
     started = time.monotonic()
-    target = make_backup_target(ctx.settings)
+    target = make_backup_target(ctx.settings.backup, ctx.settings.storage)
     count = farm_has_builds(ctx.db)
     if count:
         raise ConflictError(
@@ -110,10 +110,10 @@ def _restore_images(
     images: list[dict[str, Any]] = catalogue["images"]
     if not images:
         return
-    if not ctx.settings.registry_url:
+    if not ctx.settings.registry.url:
         raise PermanentError("the backup has images but registry_url is not set: nowhere to push them")
-    registry = RegistryCopier(ctx.settings.registry_url)
-    host = registry_host(ctx.settings.registry_url)
+    registry = RegistryCopier(ctx.settings.registry.url)
+    host = registry_host(ctx.settings.registry.url)
     renamed: dict[str, str] = {}
     for done, image in enumerate(images, 1):
         old_host, repository, ref = split_reference(image["reference"])
