@@ -245,3 +245,25 @@ def test_extra_env_vars_reach_the_farm_processes(render: Any, helpers: dict[str,
         (container, *_) = helpers["pod_spec"](helpers["find"](docs, kind, component))["containers"]
         keyring = {"name": "BUILDFARM_SIGNING_KEYRING", "value": "/etc/apt/keyrings/farm.asc"}
         assert keyring in container["env"], component
+
+
+def test_farm_pods_get_no_service_link_variables(profile_docs: Any, helpers: dict[str, Any]) -> None:
+    """Kubernetes would put BUILDFARM_API_SERVICE_HOST and the like (from the buildfarm-* Services)
+    into every pod, and a farm process refuses BUILDFARM_* variables that are no setting."""
+    _, docs = profile_docs
+    farm_pods = [
+        doc
+        for doc in helpers["workloads"](docs)
+        if any(
+            ref.get("configMapRef", {}).get("name", "").endswith("farm-config")
+            for container in helpers["pod_spec"](doc)["containers"]
+            for ref in container.get("envFrom", [])
+        )
+    ]
+    assert {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in farm_pods} >= {
+        "api",
+        "worker",
+        "scheduler",
+    }
+    for doc in farm_pods:
+        assert helpers["pod_spec"](doc).get("enableServiceLinks") is False, doc["metadata"]["name"]

@@ -83,6 +83,10 @@ def test_an_unknown_variable_is_refused_naming_the_nearest(
     )
     with pytest.raises(PermanentError, match=r"BUILDFARM_ZZZ in the environment$"):
         check_environment({"BUILDFARM_ZZZ": "1"})  # nothing near: no guess
+    with pytest.raises(PermanentError, match=r"service link of a buildfarm-\* Service"):
+        check_environment({"BUILDFARM_API_SERVICE_HOST": "10.0.0.7"})
+    with pytest.raises(PermanentError, match="enableServiceLinks"):
+        check_environment({"BUILDFARM_REDIS_PORT_6379_TCP_ADDR": "10.0.0.8"})
 
 
 def test_non_settings_and_other_variables_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -66,6 +67,8 @@ __all__ = [
 
 FARM_FILE = "farm.json"
 ENV_PREFIX = "BUILDFARM_"
+SERVICE_LINK = re.compile(r"_SERVICE_(HOST|PORT)(_\w+)?$|_PORT_\d+_(TCP|UDP|SCTP)(_\w+)?$")
+"""What Kubernetes names the variables of a Service in every pod of its namespace (service links)."""
 
 
 def default_state_dir() -> Path:
@@ -292,6 +295,8 @@ def check_environment(environ: Mapping[str, str]) -> None:
             suffixes = sorted(k.removeprefix(ENV_PREFIX) for k in known)
             nearest = difflib.get_close_matches(name.upper().removeprefix(ENV_PREFIX), suffixes, n=1)
             hint = f"; did you mean {ENV_PREFIX}{nearest[0]}?" if nearest else ""
+            if SERVICE_LINK.search(name.upper()):
+                hint = " (a Kubernetes service link of a buildfarm-* Service: set enableServiceLinks: false)"
             raise PermanentError(f"unknown setting {name} in the environment{hint}")
 
 
