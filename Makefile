@@ -97,6 +97,7 @@ demo: deps venv
 endif
 
 bench: venv
+	$(VENV)/bin/python ops/bench/process.py
 	$(VENV)/bin/python ops/bench/api_latency.py
 	$(VENV)/bin/python ops/bench/retention.py
 	$(VENV)/bin/python ops/bench/run.py

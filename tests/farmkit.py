@@ -22,6 +22,7 @@ from buildfarm.engine.steps import run_step
 from buildfarm.model.settings import load_settings
 from buildfarm.state.db import Database, upgrade
 from buildfarm.state.models import Build
+from buildfarm.wiring import Wiring
 
 
 @dataclass
@@ -59,6 +60,7 @@ def make_test_context(tmp_path: Path, database_url: str, **settings: object) -> 
         store=FsArtifactStore(config.state_dir / "artifacts"),
         repo=LocalAptRepository(config.state_dir / "repos", config.repository.url),
         dispatcher=RecordingDispatcher(),
+        parts=Wiring(config),
     )
 
 

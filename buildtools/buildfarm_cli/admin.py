@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from buildfarm.engine.accounts import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS, CreatedToken
+from buildfarm.accounts import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS, CreatedToken
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console
 

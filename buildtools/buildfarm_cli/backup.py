@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-from buildfarm.engine.backup import restore_backup, run_backup, verify_backup
+from buildfarm.backup import restore_backup, run_backup, verify_backup
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import PermanentError
 from buildfarm_cli.common import OutputOpt, state

@@ -13,12 +13,12 @@ import builtins
 from pathlib import Path
 from typing import Any, Protocol
 
+from buildfarm.accounts import CreatedToken
 from buildfarm.backends.base import AptSource, MirrorStatus
-from buildfarm.engine.accounts import CreatedToken
 from buildfarm.engine.control import BuildView
-from buildfarm.engine.mirrors import MirrorView
-from buildfarm.engine.retention import Progress, StorageReport, SweepReport
-from buildfarm.engine.schedules import ScheduleView
+from buildfarm.mirrors import MirrorView
+from buildfarm.retention import Progress, StorageReport, SweepReport
+from buildfarm.schedules import ScheduleView
 from buildfarm_cli.config import ClientConfig
 from buildfarm_cli.httpclient import HttpClient
 from buildfarm_cli.localclient import LocalClient

@@ -23,12 +23,10 @@ from urllib.parse import quote
 
 import httpx
 
+from buildfarm.accounts import DEFAULT_TOKEN_DAYS, AuthError, CreatedToken, ForbiddenError
 from buildfarm.backends.base import AptSource, MirrorStatus
-from buildfarm.engine.accounts import DEFAULT_TOKEN_DAYS, AuthError, CreatedToken, ForbiddenError
 from buildfarm.engine.control import BuildView, StepView
-from buildfarm.engine.mirrors import MirrorView
-from buildfarm.engine.retention import Progress, StorageReport, SweepReport
-from buildfarm.engine.schedules import ScheduleView
+from buildfarm.mirrors import MirrorView
 from buildfarm.model.debsource import files_to_upload, pack_files
 from buildfarm.model.errors import (
     BuildfarmError,
@@ -41,6 +39,8 @@ from buildfarm.model.errors import (
 )
 from buildfarm.model.manifest import ImageSource, PackageSource, load_manifest
 from buildfarm.model.sources import pack_tree
+from buildfarm.retention import Progress, StorageReport, SweepReport
+from buildfarm.schedules import ScheduleView
 from buildfarm_cli.views import BUILD_FIELDS, BuildSummary, RepoKeyView, UserView
 
 API_PREFIX = "/api/v1"

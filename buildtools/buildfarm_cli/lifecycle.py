@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from buildfarm.engine.retention import StorageReport, SweepReport
+from buildfarm.retention import StorageReport, SweepReport
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console, phase_bars
 

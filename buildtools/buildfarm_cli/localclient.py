@@ -13,14 +13,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from buildfarm import accounts, mirrors
 from buildfarm.backends.base import AptSource, MirrorStatus, PackageRepository, require_signing_key
-from buildfarm.engine import accounts, control, mirrors
+from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
-from buildfarm.engine.retention import Progress, StorageReport, SweepReport, run_sweep, storage_report
-from buildfarm.engine.schedules import ScheduleView
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.manifest import load_manifest
 from buildfarm.model.settings import Settings, load_settings
+from buildfarm.retention import Progress, StorageReport, SweepReport, run_sweep, storage_report
+from buildfarm.schedules import ScheduleView
 from buildfarm_cli.views import RepoKeyView, UserView
 
 
@@ -80,8 +81,8 @@ class LocalClient:
 
     @staticmethod
     def _offline_context(settings: Settings) -> FarmContext:
-        from buildfarm.engine.wiring import make_repository, make_store
         from buildfarm.state.db import Database
+        from buildfarm.wiring import Wiring, make_repository, make_store
 
         return FarmContext(
             settings=settings,
@@ -89,6 +90,7 @@ class LocalClient:
             store=make_store(settings),
             repo=make_repository(settings),
             dispatcher=_NoDispatcher(),
+            parts=Wiring(settings),
         )
 
     def _accounts_context(self) -> FarmContext:
@@ -187,7 +189,7 @@ class LocalClient:
 
     def _repository(self) -> PackageRepository:
         if self._repo is None:
-            from buildfarm.engine.wiring import make_repository
+            from buildfarm.wiring import make_repository
 
             self._repo = make_repository(self.settings)
         return self._repo
@@ -206,7 +208,7 @@ class LocalClient:
     # -- schedules: only the database ------------------------------------------------------
 
     def schedules(self) -> builtins.list[ScheduleView]:
-        from buildfarm.engine.schedules import list_schedules
+        from buildfarm.schedules import list_schedules
         from buildfarm.state.models import utcnow
 
         return list_schedules(self._accounts_context(), utcnow())

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from buildfarm.engine.schedules import ScheduleView
+from buildfarm.schedules import ScheduleView
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console, styled
 

@@ -1,11 +1,11 @@
 """``make bench`` (retention): choosing what expires among 100 000 builds, and what deleting costs.
 
 Two measurements on a real SQLite build state, the real fs artifact store and the real local
-APT repository (sweeps through :func:`buildfarm.engine.retention.run_sweep`):
+APT repository (sweeps through :func:`buildfarm.retention.sweep.run_sweep`):
 
 * **selection**: 100 000 finished nightly builds over 20 branches, each with a package step that
   made two files and a step that reused an earlier build's; 1 % of them are old enough to expire.
-  Times :func:`~buildfarm.engine.retention.select_expired` (a dry run's database work) with the
+  Times :func:`~buildfarm.retention.sweep.select_expired` (a dry run's database work) with the
   schema as migrated, and again with two indexes the sweep's queries would use
   (``steps(name, state, build_id)`` for "the last success/failure of a package on a branch",
   ``steps(source_sha256)`` for "is this tarball still named"): they are created here only, in
@@ -36,11 +36,12 @@ from sqlalchemy.exc import OperationalError
 from buildfarm.backends.aptrepo import LocalAptRepository
 from buildfarm.backends.fs import FsArtifactStore
 from buildfarm.engine.context import FarmContext
-from buildfarm.engine.retention import run_sweep, select_expired
 from buildfarm.model.retention import RetentionPolicy
 from buildfarm.model.settings import load_settings
+from buildfarm.retention import run_sweep, select_expired
 from buildfarm.state.db import Database, upgrade
 from buildfarm.state.models import Base
+from buildfarm.wiring import Wiring
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -163,6 +164,7 @@ def context(work: Path, db: Database) -> FarmContext:
         store=FsArtifactStore(work / "artifacts"),
         repo=LocalAptRepository(work / "repos", settings.repository.url),
         dispatcher=RecordingDispatcher(),
+        parts=Wiring(settings),
     )
 
 

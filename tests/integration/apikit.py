@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from buildfarm import accounts
 from buildfarm.dispatch.context import make_context
-from buildfarm.engine import accounts
 from buildfarm.model.settings import load_settings
 
 from helpers import wait_until

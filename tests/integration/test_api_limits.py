@@ -21,8 +21,8 @@ import pytest
 import redis
 from fastapi import FastAPI
 
+from buildfarm import accounts
 from buildfarm.api.app import create_app
-from buildfarm.engine import accounts
 from buildfarm.engine.context import FarmContext
 
 from farmkit import make_test_context

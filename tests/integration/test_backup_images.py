@@ -31,12 +31,13 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from buildfarm.backup import restore_backup, run_backup, verify_backup
 from buildfarm.engine import control
-from buildfarm.engine.backup import restore_backup, run_backup, verify_backup
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import PermanentError, ServiceUnavailableError
 from buildfarm.model.images import image_destination, image_prefix, registry_host, split_reference
 from buildfarm.state.models import IMAGE_OUTPUT_PREFIX, Step, StepKind, StepOutput
+from buildfarm.wiring import Wiring
 
 from farmkit import finished_build, make_test_context
 from helpers import free_port
@@ -386,7 +387,8 @@ def test_restore_into_an_empty_registry(old_farm: OldFarm, tmp_path: Path) -> No
         assert old_host != new_host
         # A registry that does not answer stops the restore before any record goes in: run it again.
         down = f"http://127.0.0.1:{free_port()}"
-        unreachable = dataclasses.replace(new, settings=new.settings.replace(registry_url=down))
+        down_settings = new.settings.replace(registry_url=down)
+        unreachable = dataclasses.replace(new, settings=down_settings, parts=Wiring(down_settings))
         with pytest.raises(ServiceUnavailableError, match="unreachable"):
             restore_backup(unreachable)
         assert control.page_builds(new, None, None, None, 10).items == []

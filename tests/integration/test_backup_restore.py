@@ -25,14 +25,15 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from buildfarm.engine import accounts, control
-from buildfarm.engine.backup import restore_backup, run_backup, verify_backup
+from buildfarm import accounts
+from buildfarm.backup import restore_backup, run_backup, verify_backup
+from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
-from buildfarm.engine.wiring import check_backends, make_repository, make_store
 from buildfarm.local.aptclient import AptClient
 from buildfarm.model.errors import ConflictError, NotFoundError
 from buildfarm.model.manifest import load_manifest
+from buildfarm.wiring import Wiring, check_backends, make_repository, make_store
 
 from debpkgs import make_package, write_manifest
 from farmkit import drain, make_test_context
@@ -136,7 +137,8 @@ def _apt_debs(workdir: Path, line: str) -> dict[str, bytes]:
 
 
 def _settings_with(ctx: FarmContext, **changes: object) -> FarmContext:
-    return dataclasses.replace(ctx, settings=ctx.settings.replace(**changes))
+    settings = ctx.settings.replace(**changes)
+    return dataclasses.replace(ctx, settings=settings, parts=Wiring(settings))
 
 
 def test_restore_drill(

@@ -19,10 +19,10 @@ import pytest
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
-from buildfarm.engine.wiring import check_backends, make_repository, make_store
 from buildfarm.local import aptverify
 from buildfarm.model.manifest import load_manifest
 from buildfarm.runners.kubernetes import KubernetesRunner
+from buildfarm.wiring import check_backends, make_repository, make_store
 
 from farmkit import drain, make_test_context
 from kubekit import FakeCluster, fake_cluster

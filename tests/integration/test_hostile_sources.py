@@ -23,8 +23,8 @@ import pytest
 import redis
 import uvicorn
 
+from buildfarm import accounts
 from buildfarm.api.app import create_app
-from buildfarm.engine import accounts
 
 from debpkgs import make_package
 from farmkit import make_test_context

@@ -36,7 +36,6 @@ from buildfarm.engine.builders import reap_builders
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.steps import log_key_for, run_step
 from buildfarm.engine.submit import submit_build
-from buildfarm.engine.wiring import make_runner, make_store
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.manifest import load_manifest
 from buildfarm.model.settings import load_settings
@@ -45,6 +44,7 @@ from buildfarm.runners import kubespecs
 from buildfarm.runners.base import ImageSpec, StepJob, StepResult
 from buildfarm.runners.kubernetes import KubernetesRunner, killed_by, resume_line, step_log_key
 from buildfarm.state.models import Step, StepState, utcnow
+from buildfarm.wiring import make_runner, make_store
 
 from debpkgs import make_package, write_manifest
 from farmkit import dispatcher, drain, make_test_context

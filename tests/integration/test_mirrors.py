@@ -40,13 +40,13 @@ from buildfarm.backends.pulp import PulpAptRepositoryContext, PulpRepository
 from buildfarm.backends.pulp.contexts import PulpAptDistributionContext, PulpAptPublicationContext
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
-from buildfarm.engine.wiring import make_repository
 from buildfarm.local.aptclient import AptClient, AptError
 from buildfarm.model.errors import ConflictError, PermanentError, ServiceUnavailableError
 from buildfarm.model.manifest import load_manifest
 from buildfarm.model.settings import DEFAULT_SIGNING_KEYRING, MirrorConfig
 from buildfarm.runners.base import StepJob, StepResult
 from buildfarm.runners.host import HostRunner
+from buildfarm.wiring import make_repository
 
 from apikit import running_api
 from debpkgs import build_deb, make_package, write_manifest

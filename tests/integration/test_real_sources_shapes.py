@@ -21,12 +21,12 @@ from sqlalchemy import select
 
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
-from buildfarm.engine.retention import run_sweep
 from buildfarm.engine.submit import submit_build
 from buildfarm.local.aptclient import AptClient
 from buildfarm.model.debsource import file_sha256
 from buildfarm.model.errors import PermanentError, TemporaryError
 from buildfarm.model.manifest import load_manifest
+from buildfarm.retention import run_sweep
 from buildfarm.state.models import BuildInput, Step
 
 from farmkit import drain, finished_build, make_test_context

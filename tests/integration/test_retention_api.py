@@ -19,9 +19,9 @@ import pytest
 import uvicorn
 from sqlalchemy import select
 
+from buildfarm import accounts
 from buildfarm.api.app import create_app
 from buildfarm.backends.fs import FsArtifactStore
-from buildfarm.engine import accounts
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import BuildfarmError
 from buildfarm.model.sources import pack_tree

@@ -18,8 +18,8 @@ from test_registry_retention import _push_image, registry  # noqa: F401 (the fix
 
 from buildfarm.backends.registry import RegistryClient
 from buildfarm.engine.context import FarmContext
-from buildfarm.engine.retention import run_sweep
 from buildfarm.model.images import image_destination, image_prefix, split_reference
+from buildfarm.retention import run_sweep
 from buildfarm.state.models import Step, StepKind, StepOutput
 
 from farmkit import finished_build, make_test_context

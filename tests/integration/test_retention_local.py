@@ -25,10 +25,10 @@ from buildfarm.backends.fs import FsArtifactStore
 from buildfarm.backends.httpserve import make_server
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
-from buildfarm.engine.retention import run_sweep, storage_report
 from buildfarm.engine.submit import submit_build
 from buildfarm.local.aptclient import AptClient, AptError
 from buildfarm.model.manifest import load_manifest
+from buildfarm.retention import run_sweep, storage_report
 from buildfarm.state.models import Build, Step, StepOutput
 from buildfarm_cli.main import app
 

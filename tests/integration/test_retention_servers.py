@@ -19,11 +19,11 @@ from pulp_glue.core.context import PulpArtifactContext
 from buildfarm.backends.pulp import PulpRepository
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
-from buildfarm.engine.retention import run_sweep
 from buildfarm.engine.submit import submit_build
-from buildfarm.engine.wiring import check_backends, make_repository, make_store
 from buildfarm.local.aptclient import AptClient, AptError
 from buildfarm.model.manifest import load_manifest
+from buildfarm.retention import run_sweep
+from buildfarm.wiring import check_backends, make_repository, make_store
 
 from debpkgs import make_package, write_manifest
 from farmkit import drain, make_test_context

@@ -15,10 +15,10 @@ from buildfarm.backends.s3 import S3ArtifactStore
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
-from buildfarm.engine.wiring import check_backends, make_store
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.manifest import load_manifest
 from buildfarm.model.settings import load_settings
+from buildfarm.wiring import check_backends, make_store
 
 from debpkgs import make_package, write_manifest
 from farmkit import drain, make_test_context

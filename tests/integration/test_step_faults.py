@@ -25,7 +25,7 @@ from buildfarm.engine.reaper import sweep_dead_attempts
 from buildfarm.engine.steps import KILLED_ATTEMPTS_MAX, claim_step, run_step
 from buildfarm.engine.submit import submit_build
 from buildfarm.model.manifest import load_manifest
-from buildfarm.runners.sbuild import chroot_root
+from buildfarm.runners.base import chroot_root
 from buildfarm.state.models import Step
 
 from debpkgs import make_package, write_manifest

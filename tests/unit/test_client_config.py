@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from buildfarm.engine.accounts import AuthError, ForbiddenError
+from buildfarm.accounts import AuthError, ForbiddenError
 from buildfarm.model.errors import (
     BuildfarmError,
     ConflictError,

@@ -32,12 +32,13 @@ from sqlalchemy import delete, select
 from buildfarm.backends.base import BuildRef
 from buildfarm.backends.fs import FsArtifactStore
 from buildfarm.engine.context import FarmContext
-from buildfarm.engine.retention import run_sweep
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.retention import EXPIRED_INPUT_KEY
 from buildfarm.model.settings import load_settings
+from buildfarm.retention import run_sweep
 from buildfarm.state.db import Database, upgrade
 from buildfarm.state.models import Build, Step, StepOutput, Upload
+from buildfarm.wiring import Wiring
 
 from farmkit import RecordingDispatcher
 
@@ -378,6 +379,7 @@ def _context(db: Database, root: Path, repo: RecordingRepository, grace: float) 
         store=FsArtifactStore(root / "artifacts"),
         repo=repo,  # type: ignore[arg-type]
         dispatcher=RecordingDispatcher(),
+        parts=Wiring(config),
     )
 
 

@@ -23,12 +23,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from typer.testing import CliRunner
 
+from buildfarm import accounts, schedules
 from buildfarm.dispatch.celery_app import make_celery
-from buildfarm.engine import accounts, control, schedules
+from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
-from buildfarm.engine.schedules import list_schedules, next_run, parse_cron, tick
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.settings import load_settings
+from buildfarm.schedules import list_schedules, next_run, parse_cron, tick
+from buildfarm.schedules import slots as schedule_slots
 from buildfarm.state.models import Build, ScheduleRun
 from buildfarm_cli import output
 from buildfarm_cli.main import app as cli
@@ -499,7 +501,7 @@ def test_a_claim_left_by_a_dead_scheduler_is_taken_over_once(
     assert first.settings.schedules.start_timeout_seconds == 600  # the default: 10 minutes
     tick(first, at("2025-03-03 01:00"))
     # killed between the claim and the submit: the claimed row stays behind, without build
-    monkeypatch.setattr(schedules, "start_schedule", _killed)
+    monkeypatch.setattr(schedule_slots, "start_schedule", _killed)
     with pytest.raises(Killed):
         tick(first, at("2025-03-03 02:00"))
     monkeypatch.undo()
@@ -524,14 +526,14 @@ def test_killed_after_the_submit_the_build_is_found_not_submitted_again(
 ) -> None:
     ctx = _farm(tmp_path, sqlite_url, [_schedule("nightly", "0 2 * * *", git_tree)])
     tick(ctx, at("2025-03-03 01:00"))
-    recorded = schedules._record
+    recorded = schedule_slots._record
 
     def killed_before_recording_a_build(*args: Any, **kwargs: Any) -> None:
         if kwargs.get("build_id") is not None:
             raise Killed
         recorded(*args, **kwargs)
 
-    monkeypatch.setattr(schedules, "_record", killed_before_recording_a_build)
+    monkeypatch.setattr(schedule_slots, "_record", killed_before_recording_a_build)
     with pytest.raises(Killed):
         tick(ctx, at("2025-03-03 02:00"))
     monkeypatch.undo()
@@ -560,7 +562,7 @@ def test_the_last_attempt_killed_is_not_retried(
         schedule_start_attempts=1,
     )
     tick(ctx, at("2025-03-03 01:00"))
-    monkeypatch.setattr(schedules, "start_schedule", _killed)
+    monkeypatch.setattr(schedule_slots, "start_schedule", _killed)
     with pytest.raises(Killed):
         tick(ctx, at("2025-03-03 02:00"))
     assert _run_clock(ctx, at("2025-03-03 02:01"), at("2025-03-03 02:30")) == {}  # no Killed: not run

@@ -14,10 +14,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
-from buildfarm.engine.wiring import make_store
 from buildfarm.model.errors import BuildfarmError
 from buildfarm.model.settings import settings_at_start
 from buildfarm.state.db import alembic_config
+from buildfarm.wiring import make_store
 
 
 def missing(settings, head):

@@ -20,6 +20,8 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
+from buildfarm import accounts, retention
+from buildfarm.accounts import AuthError, ForbiddenError, Principal
 from buildfarm.api import errors
 from buildfarm.api.errors import BadSourceError, TooLargeError
 from buildfarm.api.limits import AnonymousLimit, Limits, client_address
@@ -49,8 +51,7 @@ from buildfarm.api.schemas import (
 )
 from buildfarm.api.uploads import accept_tarball, unpack_files, unpack_trees
 from buildfarm.dispatch.context import make_context
-from buildfarm.engine import accounts, control, retention
-from buildfarm.engine.accounts import AuthError, ForbiddenError, Principal
+from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
 from buildfarm.model import names

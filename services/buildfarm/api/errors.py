@@ -12,7 +12,7 @@ from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
-from buildfarm.engine.accounts import AuthError, ForbiddenError
+from buildfarm.accounts import AuthError, ForbiddenError
 from buildfarm.model.errors import (
     BuildfarmError,
     ConflictError,

@@ -14,8 +14,8 @@ from fastapi import APIRouter, Depends
 from fastapi import Path as PathParam
 from pydantic import BaseModel
 
-from buildfarm.engine import mirrors
-from buildfarm.engine.accounts import ForbiddenError, Principal
+from buildfarm import mirrors
+from buildfarm.accounts import ForbiddenError, Principal
 from buildfarm.engine.context import FarmContext
 
 

@@ -2,7 +2,7 @@
 
 Both are for admins only: a sweep deletes builds of every project, and the report shows every
 project's sizes.  A sweep answers when it is done; its work grows with what expires (see
-:mod:`buildfarm.engine.retention`), so clients give this one request a long read timeout.
+:mod:`buildfarm.retention.sweep`), so clients give this one request a long read timeout.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
-from buildfarm.engine import retention
-from buildfarm.engine.accounts import ForbiddenError, Principal
+from buildfarm import retention
+from buildfarm.accounts import ForbiddenError, Principal
 from buildfarm.engine.context import FarmContext
 
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
-from buildfarm.engine import schedules
-from buildfarm.engine.accounts import Principal
+from buildfarm import schedules
+from buildfarm.accounts import Principal
 from buildfarm.engine.context import FarmContext
 from buildfarm.state.models import Role, utcnow
 

@@ -6,8 +6,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from buildfarm import accounts
 from buildfarm.backends.base import SHA256_HEX_LENGTH
-from buildfarm.engine import accounts, control
+from buildfarm.engine import control
 from buildfarm.state.models import Role
 
 SHA256_PATTERN = f"^[0-9a-f]{{{SHA256_HEX_LENGTH}}}$"

@@ -7,6 +7,7 @@ production plugs in S3 and Pulp behind the same two protocols.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -147,7 +148,7 @@ class ArtifactStore(Protocol):
 
     def get_build_manifest(self, build_id: int) -> dict[str, object] | None: ...
 
-    # -- deletion (retention: buildfarm.engine.retention) ------------------------------------
+    # -- deletion (retention: buildfarm.retention.sweep) ------------------------------------
     # ``put_file``/``put_bytes`` of an object that is already stored refresh its last-modified
     # time, so an object someone is uploading again is never older than the sweep's grace period.
 
@@ -233,7 +234,7 @@ class PackageRepository(Protocol):
         """Bring ``mirror`` up to date with its upstream (bounded wait); raise one clear error if not."""
         ...
 
-    # -- deletion (retention: buildfarm.engine.retention) ------------------------------------
+    # -- deletion (retention: buildfarm.retention.sweep) ------------------------------------
 
     def expire_build(self, build: BuildRef) -> None:
         """Remove the build's own distribution (``<project>/<branch>/<id>``, or the personal one)
@@ -272,3 +273,82 @@ def require_signing_key(repo: PackageRepository) -> SigningKey:
     if key is None:
         raise NotFoundError("this farm publishes unsigned repositories: it has no signing key")
     return key
+
+
+# -- container registry (the farm's own) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RawManifest:
+    """A manifest as the registry served it."""
+
+    body: bytes
+    media_type: str
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the bytes (hex, no ``sha256:``): the manifest's digest in any registry."""
+        return hashlib.sha256(self.body).hexdigest()
+
+
+@dataclass(frozen=True)
+class ImageParts:
+    """Everything an image is made of in a registry, as digests without ``sha256:``."""
+
+    manifest: RawManifest
+    platforms: list[RawManifest]  # an index's image manifests, in its order ([] for one image)
+    configs: list[str]  # the config blob of each image manifest
+    blobs: list[str]  # configs and layers of every image manifest, each once, configs first per image
+
+
+class ImageRegistry(Protocol):
+    """The farm's container registry as the engine, retention and backups use it: built once from
+    settings (:mod:`buildfarm.wiring`, :class:`buildfarm.backends.registrycopy.RegistryCopier`)
+    and handed in.  Digests are ``sha256:<hex>`` unless a method says otherwise."""
+
+    def copy_image(self, source_repository: str, ref: str, dest_repository: str, tag: str) -> str: ...
+
+    def delete_manifest(self, repository: str, digest: str) -> bool: ...
+
+    def collect_garbage(self) -> int | None: ...
+
+    def image_parts(self, repository: str, digest: str) -> ImageParts: ...
+
+    def fetch_blob(self, repository: str, digest: str, dest: Path) -> None: ...
+
+    def has_blob(self, repository: str, digest: str) -> bool: ...
+
+    def push_blob(self, repository: str, digest: str, path: Path) -> None: ...
+
+    def put_manifest(self, repository: str, ref: str, manifest: RawManifest) -> None: ...
+
+
+# -- backup targets -------------------------------------------------------------------------------
+
+
+class BackupObjects(Protocol):
+    """The part of an artifact store a backup uses: content objects only."""
+
+    def check(self) -> None: ...
+
+    def has(self, sha256: str) -> bool: ...
+
+    def put_file(self, path: Path) -> ObjectRef: ...
+
+    def put_bytes(self, data: bytes) -> ObjectRef: ...
+
+    def fetch(self, sha256: str, dest: Path) -> None: ...
+
+
+class BackupTarget(Protocol):
+    @property
+    def where(self) -> str:
+        """The target in words (a path or ``s3://bucket/prefix``), for messages."""
+        ...
+
+    @property
+    def objects(self) -> BackupObjects: ...
+
+    def put_document(self, name: str, data: bytes) -> None: ...
+
+    def get_document(self, name: str) -> bytes | None: ...

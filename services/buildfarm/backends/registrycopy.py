@@ -11,41 +11,17 @@ accept them.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from buildfarm.backends.base import ImageParts, RawManifest
 from buildfarm.backends.registry import INDEX_TYPES, MANIFEST_TYPES, RegistryClient
 from buildfarm.model.errors import PermanentError, ServiceUnavailableError
 
 SUPPORTED_TYPES = (*MANIFEST_TYPES, *INDEX_TYPES)
-
-
-@dataclass(frozen=True)
-class RawManifest:
-    """A manifest as the registry served it."""
-
-    body: bytes
-    media_type: str
-
-    @property
-    def digest(self) -> str:
-        """sha256 of the bytes (hex, no ``sha256:``): the manifest's digest in any registry."""
-        return hashlib.sha256(self.body).hexdigest()
-
-
-@dataclass(frozen=True)
-class ImageParts:
-    """Everything an image is made of in a registry, as digests without ``sha256:``."""
-
-    manifest: RawManifest
-    platforms: list[RawManifest]  # an index's image manifests, in its order ([] for one image)
-    configs: list[str]  # the config blob of each image manifest
-    blobs: list[str]  # configs and layers of every image manifest, each once, configs first per image
 
 
 def _parse(body: bytes, where: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ running build; a node that dies is detected by its lease expiring (``lease_secon
 
 Beat (exactly one scheduler) sends the periodic messages.  Scheduled builds do not rely on
 beat's own schedule file: beat only sends a tick every minute, and the tick decides from the
-database which slot is due (:mod:`buildfarm.engine.schedules`), so a lost, duplicated or
+database which slot is due (:mod:`buildfarm.schedules.slots`), so a lost, duplicated or
 replayed tick, or a second beat, never starts a slot twice.
 """
 
@@ -29,9 +29,9 @@ from celery import Celery
 from celery.schedules import crontab
 from kombu.exceptions import OperationalError
 
-from buildfarm.engine.schedules import check_schedules, parse_cron
 from buildfarm.model.errors import PermanentError, ServiceUnavailableError
 from buildfarm.model.settings import Settings
+from buildfarm.schedules import check_schedules, parse_cron
 
 BUILD_QUEUE = "builds"
 CONTROL_QUEUE = "control"

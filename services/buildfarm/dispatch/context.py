@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from buildfarm.dispatch.celery_app import CeleryDispatcher, make_celery
 from buildfarm.engine.context import FarmContext
-from buildfarm.engine.wiring import make_repository, make_store
 from buildfarm.model.settings import Settings
 from buildfarm.state.db import Database
+from buildfarm.wiring import Wiring, make_repository, make_store
 
 
 def make_context(settings: Settings) -> FarmContext:
@@ -16,4 +16,5 @@ def make_context(settings: Settings) -> FarmContext:
         store=make_store(settings),
         repo=make_repository(settings),
         dispatcher=CeleryDispatcher(make_celery(settings)),
+        parts=Wiring(settings),
     )

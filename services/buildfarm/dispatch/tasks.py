@@ -67,7 +67,7 @@ def reap() -> None:
 @shared_task(name="buildfarm.schedules_tick")  # type: ignore[untyped-decorator]
 def schedules_tick() -> list[int]:
     """Start the due slot of every schedule; the database, not beat, says which slots ran."""
-    from buildfarm.engine.schedules import tick
+    from buildfarm.schedules import tick
     from buildfarm.state.models import utcnow
 
     try:
@@ -79,7 +79,7 @@ def schedules_tick() -> list[int]:
 
 @shared_task(name="buildfarm.retention_sweep")  # type: ignore[untyped-decorator]
 def retention_sweep() -> None:
-    from buildfarm.engine.retention import run_sweep
+    from buildfarm.retention import run_sweep
 
     try:
         report = run_sweep(farm_context(), dry_run=False)
@@ -91,7 +91,7 @@ def retention_sweep() -> None:
 
 @shared_task(name="buildfarm.backup_run")  # type: ignore[untyped-decorator]
 def backup_run() -> None:
-    from buildfarm.engine.backup import run_backup
+    from buildfarm.backup import run_backup
 
     try:
         report = run_backup(farm_context())

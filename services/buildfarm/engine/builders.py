@@ -22,14 +22,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from sqlalchemy import false, or_, select, update
 from sqlalchemy.orm import Session
 
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import BuildfarmError, PermanentError
-from buildfarm.runners import kubespecs
+from buildfarm.runners.base import ListsBuilders
 from buildfarm.state.models import Step, StepState, utcnow
 
 log = logging.getLogger(__name__)
@@ -101,19 +101,6 @@ class BuilderReapReport:
     requeued: list[int] = field(default_factory=list)  # running steps whose Job and pod vanished
 
 
-def _identity(obj: Any) -> tuple[int, str, int] | None:
-    """(build id, step name, attempt) from a builder object's labels and annotations."""
-    labels = obj.metadata.labels or {}
-    annotations = obj.metadata.annotations or {}
-    try:
-        build_id = int(labels[f"{kubespecs.LABEL_PREFIX}build-id"])
-        attempt = int(labels[f"{kubespecs.LABEL_PREFIX}attempt"])
-        name = annotations[f"{kubespecs.LABEL_PREFIX}step-name"]
-    except (KeyError, ValueError):
-        return None
-    return build_id, str(name), attempt
-
-
 def _keep(session: Session, identity: tuple[int, str, int] | None) -> bool:
     if identity is None:
         return False  # our labels but not our shape: nothing can follow it
@@ -133,26 +120,18 @@ def reap_builders(
     it held are checked at once instead of after their lease expires.
     """
     runner = ctx.runner
-    api = getattr(runner, "api", None)
-    if api is None:
+    if not isinstance(runner, ListsBuilders):
         raise PermanentError("the builder reaper needs runner: kubernetes")
     report = BuilderReapReport()
-    jobs = api.list_jobs(kubespecs.BUILDER_SELECTOR)
-    pods = api.list_pods(kubespecs.BUILDER_SELECTOR)
+    builders = runner.list_builders()
     with ctx.db.session() as session:
-        doomed_jobs = [j.metadata.name for j in jobs if not _keep(session, _identity(j))]
-        kept_jobs = {j.metadata.name for j in jobs} - set(doomed_jobs)
-        doomed_pods = [p.metadata.name for p in pods if not _keep(session, _identity(p))]
-        kept_pods = [p.metadata.name for p in pods if p.metadata.name not in doomed_pods]
-    for name in doomed_jobs:
-        api.delete_job(name)
-        report.deleted_jobs.append(name)
-    for name in doomed_pods:
-        api.delete_pod(name)
-        report.deleted_pods.append(name)
-    report.kept = sorted(kept_jobs) + kept_pods
-    alive = {_identity(j) for j in jobs if j.metadata.name in kept_jobs}
-    alive |= {_identity(p) for p in pods if p.metadata.name in kept_pods}
+        doomed = [b for b in builders if not _keep(session, b.attempt)]
+    for builder in doomed:
+        runner.delete_builder(builder)
+        (report.deleted_jobs if builder.kind == "job" else report.deleted_pods).append(builder.name)
+    kept = [b for b in builders if b not in doomed]
+    report.kept = sorted(b.name for b in kept if b.kind == "job") + [b.name for b in kept if b.kind == "pod"]
+    alive = {b.attempt for b in kept}
     now = utcnow()
     started_before = now - dt.timedelta(seconds=grace_seconds)
     with ctx.db.session() as session:

@@ -1,4 +1,9 @@
-"""The farm as the engine sees it: settings, state, the two stores, a runner and a dispatcher."""
+"""The farm as the engine sees it: settings, state, the two stores, a dispatcher and its parts.
+
+The engine and the feature packages never build a concrete backend or runner themselves: the
+runners, the registry client and the backup target come from :class:`FarmParts`, which
+:mod:`buildfarm.wiring` implements from settings (an import-linter contract holds the engine to
+the interfaces in :mod:`buildfarm.backends.base` and :mod:`buildfarm.runners.base`)."""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
-from buildfarm.backends.base import ArtifactStore, PackageRepository
+from buildfarm.backends.base import ArtifactStore, BackupTarget, ImageRegistry, PackageRepository
 from buildfarm.model.settings import Settings
 from buildfarm.runners.base import Runner
 from buildfarm.state.db import Database
@@ -29,6 +34,26 @@ class Dispatcher(Protocol):
         ...
 
 
+class FarmParts(Protocol):
+    """The concrete pieces chosen from settings, built on first use (:class:`buildfarm.wiring.Wiring`)."""
+
+    def runner(self, store: ArtifactStore) -> Runner:
+        """The runner of this node's package steps (remote runners hand the store's URLs to pods)."""
+        ...
+
+    def image_runner(self) -> Runner:
+        """The runner of image steps outside Kubernetes (buildah on the node)."""
+        ...
+
+    def registry(self) -> ImageRegistry:
+        """The farm's container registry (setting ``registry_url``; refused when there is none)."""
+        ...
+
+    def backup_target(self) -> BackupTarget:
+        """The configured backup target (setting ``backup_target``)."""
+        ...
+
+
 @dataclass
 class FarmContext:
     settings: Settings
@@ -36,13 +61,12 @@ class FarmContext:
     store: ArtifactStore
     repo: PackageRepository
     dispatcher: Dispatcher
+    parts: FarmParts
 
     @cached_property
     def runner(self) -> Runner:
         """The runner of package steps on this node."""
-        from buildfarm.engine.wiring import make_runner
-
-        return make_runner(self.settings, self.store)
+        return self.parts.runner(self.store)
 
     @cached_property
     def image_runner(self) -> Runner:
@@ -50,9 +74,7 @@ class FarmContext:
         other profile builds images with buildah on the node."""
         if self.settings.builders.runner == "kubernetes":
             return self.runner
-        from buildfarm.engine.wiring import make_image_runner
-
-        return make_image_runner(self.settings)
+        return self.parts.image_runner()
 
     def runner_for(self, kind: str) -> Runner:
         """The runner of a step of this kind (``package`` or ``image``)."""

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import selectinload
 
 from buildfarm.backends.base import AptSource
 from buildfarm.engine.context import FarmContext
@@ -135,7 +136,11 @@ def _get_build(session: Any, build_id: int) -> Build:
 
 def show_build(ctx: FarmContext, build_id: int) -> BuildView:
     with ctx.db.session() as session:
-        return _build_view(ctx, _get_build(session, build_id), with_steps=True)
+        # Steps and their outputs in two more queries, not one query per step (issue 16 part 5).
+        build = session.get(Build, build_id, options=[selectinload(Build.steps).selectinload(Step.outputs)])
+        if build is None:
+            raise NotFoundError(f"build {build_id} does not exist")
+        return _build_view(ctx, build, with_steps=True)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from buildfarm.backends.registry import RegistryClient
+from buildfarm.backends.base import ImageRegistry
 from buildfarm.model.images import IMAGE_TAG, image_destination, split_reference
 from buildfarm.model.manifest import ImageSource
 from buildfarm.runners.base import ImageSpec
@@ -70,14 +70,12 @@ def dependency_images(session: Session, step: Step) -> list[tuple[str, str]]:
 
 
 def bring_into_namespace(
-    registry_url: str,
+    client: ImageRegistry,
     prefix: str,
     images: list[tuple[str, str]],
     log: Callable[[str], None],
-    auth: tuple[str, str] | None = None,
 ) -> None:
     """Copy each (name, reference) not yet under ``prefix`` to ``<prefix>/<name>:latest``."""
-    client = RegistryClient(registry_url, auth=auth)
     for name, reference in images:
         wanted = image_destination(prefix, name)
         if reference == wanted:

@@ -23,7 +23,7 @@ from sqlalchemy import select, update
 from buildfarm.engine.advance import drop_staging
 from buildfarm.engine.context import FarmContext
 from buildfarm.model import names
-from buildfarm.runners.sbuild import chroot_root
+from buildfarm.runners.base import chroot_root
 from buildfarm.state.models import (
     TERMINAL_BUILD_STATES,
     TERMINAL_STEP_STATES,

@@ -287,11 +287,10 @@ def _build(
         )
         if target.image is not None and target.dependency_images:
             bring_into_namespace(
-                ctx.settings.registry.url or "",
+                ctx.parts.registry(),
                 target.image.destination.rsplit("/", 1)[0],
                 target.dependency_images,
                 writer.write_line,
-                auth=ctx.settings.registry.auth(),
             )
         ctx.store.fetch(claim.source_sha256, tarball)
         staging = [_parse_source(claim.staging_source)] if claim.staging_source else []

@@ -24,7 +24,6 @@ import redis
 
 from buildfarm.backends.signing import generate_key, signing_dir, signing_home, stop_agent
 from buildfarm.dispatch.celery_app import BUILD_QUEUE, CONTROL_QUEUE, node_queue
-from buildfarm.engine.wiring import check_backends
 from buildfarm.local import launch
 from buildfarm.local.launch import (
     API,
@@ -50,6 +49,7 @@ from buildfarm.local.procs import Supervisor, free_port, port_open
 from buildfarm.model.errors import PermanentError, ServiceUnavailableError
 from buildfarm.model.settings import FARM_FILE, Settings, load_settings
 from buildfarm.state.db import upgrade
+from buildfarm.wiring import check_backends
 
 __all__ = ["SCHEDULER", "FarmStatus", "node_names", "start", "status", "stop"]
 

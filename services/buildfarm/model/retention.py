@@ -14,7 +14,7 @@ An expired build does not always vanish whole.  Two things hold parts of it back
   their log (the rest of their build may go), so "why did it fail" stays answerable.
 
 This module is the pure half: given the expired builds and their steps (plain records read by
-:mod:`buildfarm.engine.retention`, which owns the SQL), it decides which rows, objects, logs and
+:mod:`buildfarm.retention.sweep`, which owns the SQL), it decides which rows, objects, logs and
 image manifests go.  Content objects are shared between builds, so an object a doomed step names
 is deleted only if no surviving row names it too: the engine counts the rows naming each
 candidate object in the whole database and compares with the doomed rows' own count.

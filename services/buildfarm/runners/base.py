@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from buildfarm.backends.base import AptSource
 
@@ -69,6 +71,38 @@ def attempt_dirname(build_id: int, safe_step_name: str, attempt: int) -> str:
     """The name of an attempt's own directories (its work directory, its sbuild chroot's parent):
     what the reaper parses to tell a live attempt's directory from a dead one's."""
     return f"{build_id}-{safe_step_name}-{attempt}"
+
+
+def chroot_root(tmpdir: Path | None, state_dir: Path) -> Path:
+    """This farm's own directory for sbuild's chroots: under ``tmpdir`` (setting ``sbuild_tmpdir``,
+    ``/dev/shm`` by default; else the system's temporary directory, sbuild's own default) a name
+    derived from the farm's state directory.  Each attempt unpacks its chroot in a subdirectory
+    named after it (:func:`attempt_dirname`), so the reaper can remove the
+    ~0.6 GB a killed sbuild leaves without touching another farm's or a person's ``sbuild.*``.
+    Not inside the state directory: the chroot's mapped users must traverse to it, and the state
+    directory is private to its owner."""
+    tag = hashlib.sha256(str(state_dir.absolute()).encode()).hexdigest()[:12]
+    return (tmpdir or Path(tempfile.gettempdir())) / f"buildfarm-{tag}"
+
+
+@dataclass(frozen=True)
+class BuilderObject:
+    """A builder Job or pod a remote runner started, as the orphan reaper sees it: the attempt it
+    belongs to (None when its labels are not the farm's shape: nothing can follow it)."""
+
+    kind: Literal["job", "pod"]
+    name: str
+    attempt: tuple[int, str, int] | None  # (build id, step name, attempt)
+
+
+@runtime_checkable
+class ListsBuilders(Protocol):
+    """A runner whose builders live outside the worker (kubernetes): listed and deleted by the
+    orphan reaper (:func:`buildfarm.engine.builders.reap_builders`)."""
+
+    def list_builders(self) -> list[BuilderObject]: ...
+
+    def delete_builder(self, builder: BuilderObject) -> None: ...
 
 
 class Runner(Protocol):

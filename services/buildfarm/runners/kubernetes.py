@@ -40,7 +40,7 @@ from buildfarm.model.errors import BuildfarmError, PermanentError
 from buildfarm.model.images import split_reference
 from buildfarm.model.settinggroups import BuildersSettings, RegistrySettings
 from buildfarm.runners import kubespecs
-from buildfarm.runners.base import BuiltImage, StepJob, StepResult
+from buildfarm.runners.base import BuilderObject, BuiltImage, StepJob, StepResult
 from buildfarm.runners.kubeapi import API_TIMEOUT, KubeApi, make_api_client, permanent_error
 from buildfarm.runners.lost import StepLost
 
@@ -106,6 +106,19 @@ def resume_line(stored_log: bytes) -> int:
     return start + sum(1 for line in after.splitlines() if not line.startswith("buildfarm: "))
 
 
+def _attempt_of(obj: Any) -> tuple[int, str, int] | None:
+    """(build id, step name, attempt) from a builder object's labels and annotations."""
+    labels = obj.metadata.labels or {}
+    annotations = obj.metadata.annotations or {}
+    try:
+        build_id = int(labels[f"{kubespecs.LABEL_PREFIX}build-id"])
+        attempt = int(labels[f"{kubespecs.LABEL_PREFIX}attempt"])
+        name = annotations[f"{kubespecs.LABEL_PREFIX}step-name"]
+    except (KeyError, ValueError):
+        return None
+    return build_id, str(name), attempt
+
+
 class KubernetesRunner:
     """:class:`~buildfarm.runners.base.Runner` with one builder Job per step."""
 
@@ -132,6 +145,26 @@ class KubernetesRunner:
         if self._api is None:
             self._api = KubeApi(make_api_client(self.builders), self.builders.namespace)
         return self._api
+
+    # -- builder objects for the orphan reaper (runners.base.ListsBuilders) ---------------------
+
+    def list_builders(self) -> list[BuilderObject]:
+        """Every builder Job and pod of the farm in the builder namespace (by the farm's labels)."""
+        jobs = [
+            BuilderObject("job", j.metadata.name, _attempt_of(j))
+            for j in self.api.list_jobs(kubespecs.BUILDER_SELECTOR)
+        ]
+        pods = [
+            BuilderObject("pod", p.metadata.name, _attempt_of(p))
+            for p in self.api.list_pods(kubespecs.BUILDER_SELECTOR)
+        ]
+        return jobs + pods
+
+    def delete_builder(self, builder: BuilderObject) -> None:
+        if builder.kind == "job":
+            self.api.delete_job(builder.name)
+        else:
+            self.api.delete_pod(builder.name)
 
     def environment_id(self) -> str:
         # The images are the build environment; a new tag or digest never reuses old outputs.

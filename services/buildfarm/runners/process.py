@@ -23,6 +23,10 @@ from pathlib import Path
 
 KILL_GRACE_SECONDS = 10.0
 """After SIGTERM, how long a build may take to clean up before SIGKILL."""
+CANCEL_CHECK_SECONDS = 0.2
+"""How often a running command's watcher looks at the cancel flag and the deadline.  The command's
+exit is not polled: the watcher is woken the moment it is reaped, so a step holds its node no
+longer than its command runs (it waited up to 0.5 s after every command before)."""
 GUARD = Path(__file__).with_name("guard.py")
 
 
@@ -72,7 +76,7 @@ def run_streaming(
 ) -> ProcessOutcome:
     """Run ``command``, sending each output line to ``log``; stop it on ``cancel`` or timeout."""
     proc = subprocess.Popen(
-        [sys.executable, "-I", str(GUARD), str(os.getpid()), "--", *command],
+        [sys.executable, "-I", "-S", str(GUARD), str(os.getpid()), "--", *command],
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -83,11 +87,12 @@ def run_streaming(
     )
     assert proc.stdout is not None
     stop_reason: list[str] = []
+    exited = threading.Event()  # set as soon as the command is reaped: the watcher ends at once
 
     def watch() -> None:
         deadline = time.monotonic() + timeout_seconds
-        while proc.poll() is None:
-            if cancel.wait(0.5):
+        while not exited.is_set():
+            if cancel.is_set():
                 stop_reason.append("cancelled")
                 _kill_group(proc)
                 return
@@ -95,6 +100,7 @@ def run_streaming(
                 stop_reason.append("timeout")
                 _kill_group(proc)
                 return
+            exited.wait(CANCEL_CHECK_SECONDS)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -108,6 +114,7 @@ def run_streaming(
         raise
     finally:
         proc.wait()
+        exited.set()
         watcher.join()
         with contextlib.suppress(ProcessLookupError, PermissionError):  # reap what the command left behind
             os.killpg(proc.pid, signal.SIGKILL)

@@ -16,7 +16,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -190,18 +189,6 @@ class _LogWatch:
         if self.unreachable:
             return f"{base}: the farm's repository {self.unreachable} was unreachable from the build"
         return f"{base}: {self.last_error}" if self.last_error else base
-
-
-def chroot_root(tmpdir: Path | None, state_dir: Path) -> Path:
-    """This farm's own directory for sbuild's chroots: under ``tmpdir`` (setting ``sbuild_tmpdir``,
-    ``/dev/shm`` by default; else the system's temporary directory, sbuild's own default) a name
-    derived from the farm's state directory.  Each attempt unpacks its chroot in a subdirectory
-    named after it (:func:`~buildfarm.runners.base.attempt_dirname`), so the reaper can remove the
-    ~0.6 GB a killed sbuild leaves without touching another farm's or a person's ``sbuild.*``.
-    Not inside the state directory: the chroot's mapped users must traverse to it, and the state
-    directory is private to its owner."""
-    tag = hashlib.sha256(str(state_dir.absolute()).encode()).hexdigest()[:12]
-    return (tmpdir or Path(tempfile.gettempdir())) / f"buildfarm-{tag}"
 
 
 def _make_dir(path: Path, tries: int = 3) -> None:

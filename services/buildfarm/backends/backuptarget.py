@@ -1,5 +1,7 @@
 """Where backups go: a directory or an S3 bucket, holding content objects and a few documents.
 
+The concrete targets; the interface is :class:`buildfarm.backends.base.BackupTarget`.
+
 The target reuses the farm's own artifact stores as its object layer, so a backup is laid out
 like an artifact store (``objects/sha256/..`` in a directory, ``sha256/..`` in a bucket): every
 object is named by its sha256, stored once however many backups refer to it (a backup run copies
@@ -17,42 +19,13 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Protocol
 from urllib.parse import urlsplit
 
-from buildfarm.backends.base import ObjectRef
+from buildfarm.backends.base import BackupTarget
 from buildfarm.backends.fs import FsArtifactStore, fsync_dir
 from buildfarm.backends.s3 import S3ArtifactStore
 from buildfarm.model.errors import NotFoundError, PermanentError
 from buildfarm.model.settinggroups import BackupSettings, StorageSettings, read_secret
-
-
-class BackupObjects(Protocol):
-    """The part of an artifact store a backup uses: content objects only."""
-
-    def check(self) -> None: ...
-
-    def has(self, sha256: str) -> bool: ...
-
-    def put_file(self, path: Path) -> ObjectRef: ...
-
-    def put_bytes(self, data: bytes) -> ObjectRef: ...
-
-    def fetch(self, sha256: str, dest: Path) -> None: ...
-
-
-class BackupTarget(Protocol):
-    @property
-    def where(self) -> str:
-        """The target in words, for messages."""
-        ...
-
-    @property
-    def objects(self) -> BackupObjects: ...
-
-    def put_document(self, name: str, data: bytes) -> None: ...
-
-    def get_document(self, name: str) -> bytes | None: ...
 
 
 class DirectoryTarget:

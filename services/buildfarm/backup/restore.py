@@ -19,12 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from buildfarm.backends.base import BuildRef, PackageFile
-from buildfarm.backends.registrycopy import RawManifest, RegistryCopier
+from buildfarm.backends.base import BackupTarget, BuildRef, PackageFile, RawManifest
+from buildfarm.backup.catalog import farm_has_builds, import_catalogue
+from buildfarm.backup.manifest import Progress, RestoreReport, no_progress, read_manifest
 from buildfarm.engine.advance import PACKAGE_SUFFIXES
-from buildfarm.engine.backup import Progress, RestoreReport, _read_manifest
-from buildfarm.engine.backupcatalog import farm_has_builds, import_catalogue
-from buildfarm.engine.backuptarget import BackupTarget, make_backup_target
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import moves_latest
 from buildfarm.model.errors import ConflictError, PermanentError
@@ -33,7 +31,7 @@ from buildfarm.state.models import IMAGE_OUTPUT_PREFIX
 
 
 def _catalogue(target: BackupTarget, scratch: Path) -> dict[str, Any]:
-    manifest = _read_manifest(target)
+    manifest = read_manifest(target)
     path = scratch / "catalogue.json"
     target.objects.fetch(manifest["catalogue"]["sha256"], path)  # checks its sha256
     data: dict[str, Any] = json.loads(path.read_bytes())
@@ -44,7 +42,7 @@ def _catalogue(target: BackupTarget, scratch: Path) -> dict[str, Any]:
 
 def restore(ctx: FarmContext, progress: Progress) -> RestoreReport:
     started = time.monotonic()
-    target = make_backup_target(ctx.settings.backup, ctx.settings.storage)
+    target = ctx.parts.backup_target()
     count = farm_has_builds(ctx.db)
     if count:
         raise ConflictError(
@@ -112,7 +110,7 @@ def _restore_images(
         return
     if not ctx.settings.registry.url:
         raise PermanentError("the backup has images but registry_url is not set: nowhere to push them")
-    registry = RegistryCopier(ctx.settings.registry.url)
+    registry = ctx.parts.registry()
     host = registry_host(ctx.settings.registry.url)
     renamed: dict[str, str] = {}
     for done, image in enumerate(images, 1):
@@ -177,3 +175,8 @@ def _publish(
             latest[f"{ref.project}/{ref.branch}"] = ref.build_id
         progress("publish", done, len(builds))
     return published, latest
+
+
+def restore_backup(ctx: FarmContext, *, progress: Progress | None = None) -> RestoreReport:
+    """Bring a fresh, empty farm back to the newest backup (see the module's docstring)."""
+    return restore(ctx, progress or no_progress)

@@ -1,6 +1,6 @@
 """The retention sweep: find the expired builds, then delete them from every store together.
 
-Choosing what expires (:mod:`buildfarm.engine.expiry`) costs what expires, not what is kept,
+Choosing what expires (:mod:`buildfarm.retention.expiry`) costs what expires, not what is kept,
 and no store is ever listed: an object is a deletion candidate only because an expired row
 names it, and it goes only when no surviving row names it (:mod:`buildfarm.model.retention`).
 
@@ -30,10 +30,10 @@ from sqlalchemy.orm import Session
 
 from buildfarm.backends.base import BuildRef, VersionedPackageRepository
 from buildfarm.engine.context import FarmContext
-from buildfarm.engine.expiry import Selection, chunks, select_expired
 from buildfarm.model.errors import BuildfarmError, TemporaryError
 from buildfarm.model.images import split_reference
 from buildfarm.model.retention import EXPIRED_INPUT_KEY, BuildRecord, RetentionPolicy, SweepPlan
+from buildfarm.retention.expiry import Selection, chunks, select_expired
 from buildfarm.state.models import Build, Step, StepOutput, Upload, utcnow
 
 __all__ = [
@@ -144,14 +144,7 @@ def _delete_images(ctx: FarmContext, plan: SweepPlan, report: SweepReport) -> No
     node can (the local profile's registry; in a cluster the chart's CronJob does it)."""
     if not plan.images or not ctx.settings.registry.url:
         return
-    from buildfarm.backends.registry import RegistryClient
-
-    local_config = ctx.settings.state_dir / "registry" / "config.yml"  # written by `buildfarm start`
-    client = RegistryClient(
-        ctx.settings.registry.url,
-        gc_config=local_config if local_config.is_file() else None,
-        auth=ctx.settings.registry.auth(),
-    )
+    client = ctx.parts.registry()
     try:
         for reference, digest in plan.images:
             _host, repository, _tag = split_reference(reference)

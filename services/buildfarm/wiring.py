@@ -1,11 +1,17 @@
-"""Choose the backend objects from settings: the only place that knows which ones exist."""
+"""Choose the backend objects and runners from settings: the only place that knows which exist.
+
+Everything else receives what is built here: the two stores and the dispatcher directly in the
+:class:`~buildfarm.engine.context.FarmContext`, and the runners, the registry client and the
+backup target through :class:`Wiring` (the context's ``parts``), built on first use.
+"""
 
 from __future__ import annotations
 
 from urllib.parse import urlsplit
 
 from buildfarm.backends.aptrepo import LocalAptRepository
-from buildfarm.backends.base import ArtifactStore, PackageRepository
+from buildfarm.backends.backuptarget import make_backup_target
+from buildfarm.backends.base import ArtifactStore, BackupTarget, ImageRegistry, PackageRepository
 from buildfarm.backends.fs import FsArtifactStore
 from buildfarm.backends.signing import ReleaseSigner, signing_home
 from buildfarm.model.errors import PermanentError
@@ -79,7 +85,8 @@ def make_runner(settings: Settings, store: ArtifactStore | None = None) -> Runne
         return KubernetesRunner(
             settings.builders, settings.registry, store, mirrored=bool(settings.mirrors.repositories)
         )
-    from buildfarm.runners.sbuild import SbuildRunner, chroot_root
+    from buildfarm.runners.base import chroot_root
+    from buildfarm.runners.sbuild import SbuildRunner
 
     return SbuildRunner(
         base_tarball=settings.buildenv.tarball,
@@ -107,3 +114,40 @@ def check_backends(settings: Settings) -> None:
     credentials or a missing bucket, before any process starts on a broken configuration."""
     make_store(settings).check()
     make_repository(settings).check()
+
+
+def make_registry(settings: Settings) -> ImageRegistry:
+    """The farm's registry client, with the farm's account; on the local profile it can also run
+    the registry's garbage collector (its configuration is written by ``buildfarm start``)."""
+    from buildfarm.backends.registrycopy import RegistryCopier
+
+    if not settings.registry.url:
+        raise PermanentError("no container registry: set registry_url (BUILDFARM_REGISTRY_URL)")
+    local_config = settings.state_dir / "registry" / "config.yml"
+    return RegistryCopier(
+        settings.registry.url,
+        gc_config=local_config if local_config.is_file() else None,
+        auth=settings.registry.auth(),
+    )
+
+
+class Wiring:
+    """:class:`buildfarm.engine.context.FarmParts` from settings; each part built once, on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._registry: ImageRegistry | None = None
+
+    def runner(self, store: ArtifactStore) -> Runner:
+        return make_runner(self.settings, store)
+
+    def image_runner(self) -> Runner:
+        return make_image_runner(self.settings)
+
+    def registry(self) -> ImageRegistry:
+        if self._registry is None:
+            self._registry = make_registry(self.settings)
+        return self._registry
+
+    def backup_target(self) -> BackupTarget:
+        return make_backup_target(self.settings.backup, self.settings.storage)

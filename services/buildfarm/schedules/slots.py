@@ -48,7 +48,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
-from buildfarm.engine import accounts
+from buildfarm import accounts
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.fetch import checkout
 from buildfarm.engine.submit import submit_build

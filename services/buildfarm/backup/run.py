@@ -1,11 +1,11 @@
 """Backups of release builds, their verification, and the restore that proves them.
 
-``run_backup`` copies to the backup target (:mod:`buildfarm.engine.backuptarget`) what a
+``run_backup`` copies to the backup target (:class:`buildfarm.backends.base.BackupTarget`) what a
 release build is made of: its packages and other outputs, the source tarballs its steps built
 from, its step logs, its images (manifest, config and every layer as they are in the registry;
 a multi-platform index with each platform's manifest; the media types are those of
 :mod:`buildfarm.backends.registrycopy`) and a catalogue of its records plus the farm's accounts
-(:mod:`buildfarm.engine.backupcatalog`).
+(:mod:`buildfarm.backup.catalog`).
 Every object is named by its sha256 in the target, so a run copies only what the target lacks:
 a second run with no new release copies nothing but one small ``manifest.json`` that lists every
 object of the backup with its size and sha256 (the catalogue's too).
@@ -32,88 +32,26 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from buildfarm.backends.registrycopy import RegistryCopier
-from buildfarm.engine.backupcatalog import export_catalogue
-from buildfarm.engine.backuptarget import BackupTarget, make_backup_target
+from buildfarm.backends.base import BackupTarget
+from buildfarm.backup.catalog import export_catalogue
+from buildfarm.backup.manifest import (
+    MANIFEST,
+    MANIFEST_FORMAT,
+    BackupReport,
+    Progress,
+    VerifyReport,
+    no_progress,
+    read_manifest,
+)
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import NotFoundError, PermanentError
 from buildfarm.model.images import split_reference
 from buildfarm.state.models import IMAGE_OUTPUT_PREFIX
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
-
-Progress = Callable[[str, int, int], None]
-"""``progress(phase, done, total)``: called as a phase advances (the CLI draws bars from it)."""
-
-
-def _no_progress(phase: str, done: int, total: int) -> None:
-    return None
-
-
-@dataclass
-class BackupReport:
-    target: str
-    builds: list[int]
-    objects: int  # objects the backup consists of (catalogue included)
-    bytes: int
-    copied_objects: int  # of them, copied by this run
-    copied_bytes: int
-    logs: int
-    images: int
-    catalogue_sha256: str
-    seconds: float
-
-
-@dataclass
-class VerifyReport:
-    target: str
-    created_at: str
-    objects: int
-    bytes: int
-    corrupt: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    what: dict[str, str] = field(default_factory=dict)  # each corrupt or missing object, in words
-
-    @property
-    def ok(self) -> bool:
-        return not self.corrupt and not self.missing
-
-
-@dataclass
-class RestoreReport:
-    target: str
-    builds: list[int]
-    steps: int
-    objects: int
-    bytes: int
-    logs: int
-    images: int
-    latest: dict[str, int]  # "<project>/<branch>" -> the build latest points at
-    seconds: float
-
-
-# -- backup ---------------------------------------------------------------------------------------
-
-
-def _read_manifest(target: BackupTarget) -> dict[str, Any]:
-    raw = target.get_document(MANIFEST)
-    if raw is None:
-        raise NotFoundError(f"no backup in {target.where} (no {MANIFEST}): run `buildfarm backup run`")
-    try:
-        manifest: dict[str, Any] = json.loads(raw)
-        if not isinstance(manifest["catalogue"]["sha256"], str) or not isinstance(manifest["objects"], dict):
-            raise TypeError("catalogue or objects of the wrong type")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise PermanentError(f"{MANIFEST} in {target.where} is unreadable: {exc}") from exc
-    return manifest
-
 
 class _Copier:
     """Puts objects into the target unless it holds them; records every object of this backup."""
@@ -171,7 +109,7 @@ class _Copier:
 def _previous(target: BackupTarget, scratch: Path) -> tuple[dict[str, int], dict[str, Any]]:
     """The newest backup's object sizes and catalogue ({} when there is none or it is unreadable)."""
     try:
-        manifest = _read_manifest(target)
+        manifest = read_manifest(target)
         path = scratch / "previous-catalogue.json"
         target.objects.fetch(manifest["catalogue"]["sha256"], path)
         catalogue: dict[str, Any] = json.loads(path.read_bytes())
@@ -183,8 +121,8 @@ def _previous(target: BackupTarget, scratch: Path) -> tuple[dict[str, int], dict
 def run_backup(ctx: FarmContext, *, progress: Progress | None = None) -> BackupReport:
     """Copy every succeeded release build (and the accounts) to the backup target, incrementally."""
     started = time.monotonic()
-    report = progress or _no_progress
-    target = make_backup_target(ctx.settings.backup, ctx.settings.storage)
+    report = progress or no_progress
+    target = ctx.parts.backup_target()
     target.objects.check()
     catalogue = export_catalogue(ctx.db)
     tables = catalogue["tables"]
@@ -272,7 +210,7 @@ def _backup_images(
         return []
     if not ctx.settings.registry.url:
         raise PermanentError("release builds have images but registry_url is not set: images not backed up")
-    registry = RegistryCopier(ctx.settings.registry.url)
+    registry = ctx.parts.registry()
     known = {(i.get("reference"), i.get("manifest")): i for i in previous}
     out: list[dict[str, Any]] = []
     for done, (reference, digest) in enumerate(sorted(images.items()), 1):
@@ -336,10 +274,10 @@ def describe_objects(catalogue: dict[str, Any]) -> dict[str, str]:
 
 def verify_backup(ctx: FarmContext, *, progress: Progress | None = None) -> VerifyReport:
     """Read every object of the newest backup back from the target and check its sha256."""
-    report = progress or _no_progress
-    target = make_backup_target(ctx.settings.backup, ctx.settings.storage)
+    report = progress or no_progress
+    target = ctx.parts.backup_target()
     target.objects.check()
-    manifest = _read_manifest(target)
+    manifest = read_manifest(target)
     objects: dict[str, int] = {str(k): int(v) for k, v in manifest["objects"].items()}
     objects.setdefault(manifest["catalogue"]["sha256"], int(manifest["catalogue"]["size"]))
     result = VerifyReport(target.where, str(manifest.get("created_at")), len(objects), sum(objects.values()))
@@ -367,10 +305,3 @@ def verify_backup(ctx: FarmContext, *, progress: Progress | None = None) -> Veri
         elif catalogue_sha in bad:
             result.what = {catalogue_sha: "the catalogue of build records"}
     return result
-
-
-def restore_backup(ctx: FarmContext, *, progress: Progress | None = None) -> RestoreReport:
-    """Bring a fresh, empty farm back to the newest backup (see :mod:`buildfarm.engine.backuprestore`)."""
-    from buildfarm.engine.backuprestore import restore
-
-    return restore(ctx, progress or _no_progress)

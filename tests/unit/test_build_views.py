@@ -1,0 +1,53 @@
+"""A build's view costs a fixed number of queries, however many steps it has (issue 16 part 5):
+the steps and their outputs are loaded in one query each, not one query per step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event
+
+from buildfarm.engine import control
+from buildfarm.engine.context import FarmContext
+from buildfarm.state.models import Build, Step, StepOutput
+
+from farmkit import make_test_context
+
+
+def _build_with_steps(ctx: FarmContext, count: int) -> int:
+    with ctx.db.session() as session:
+        build = Build(project="p", branch="main", kind="nightly", user="u", manifest={}, environment_id="e")
+        session.add(build)
+        session.flush()
+        for i in range(count):
+            step = Step(
+                build_id=build.id,
+                name=f"pkg{i}",
+                version="1",
+                origin="o",
+                source_sha256="0" * 64,
+                tree_hash="t",
+                input_key=f"{i:064d}",
+                depends_on=[],
+            )
+            session.add(step)
+            session.flush()
+            session.add(
+                StepOutput(step_id=step.id, attempt=1, filename=f"pkg{i}_1_all.deb", sha256="1" * 64, size=1)
+            )
+        return build.id
+
+
+@pytest.mark.parametrize("steps", [1, 60])
+def test_show_build_queries_do_not_grow_with_steps(tmp_path: Path, steps: int) -> None:
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
+    build_id = _build_with_steps(ctx, steps)
+    statements: list[str] = []
+    event.listen(ctx.db.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+
+    view = control.show_build(ctx, build_id)
+
+    assert [s.outputs[0]["filename"] for s in view.steps] == [f"pkg{i}_1_all.deb" for i in range(steps)]
+    assert len(statements) <= 4, statements
+    ctx.db.dispose()
