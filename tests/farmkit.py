@@ -29,12 +29,14 @@ from buildfarm.wiring import Wiring
 class RecordingDispatcher:
     advances: list[int] = field(default_factory=list)
     runs: list[tuple[int, int]] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)  # the build kind of each run, in order
 
     def advance(self, build_id: int) -> None:
         self.advances.append(build_id)
 
-    def run_step(self, step_id: int, attempt: int) -> None:
+    def run_step(self, step_id: int, attempt: int, kind: str) -> None:
         self.runs.append((step_id, attempt))
+        self.kinds.append(kind)
 
     def check(self) -> None:
         return None

@@ -52,6 +52,7 @@ NOT_IN_CHART: dict[str, str] = {
     "BUILDFARM_REPOSITORY_RETRY_MAX_SECONDS": DEFAULT_TUNABLE,
     "BUILDFARM_REPOSITORY_GIVE_UP_SECONDS": DEFAULT_TUNABLE,
     "BUILDFARM_RETENTION_UPLOAD_HOURS": DEFAULT_TUNABLE,
+    "BUILDFARM_BUILD_PRIORITIES": DEFAULT_TUNABLE + " (release, on-demand, nightly, personal in that order)",
 }
 """Settings the chart does not render, each with the reason."""
 

@@ -2,7 +2,9 @@
 
 Queues:
 
-* ``builds`` — every node consumes it: "run step N" messages, first node free takes one;
+* ``builds`` — every node consumes it: "run step N" messages, first node free takes one, of
+  the highest priority class queued (release > on-demand > nightly > personal: setting
+  ``build_priorities``; kombu keeps one Redis list per priority);
 * ``node.<name>`` — one per node, for work that must run on that node (none yet);
 * ``control`` — only the scheduler consumes it: "advance build N", the periodic reaper, the
   schedules' tick, the retention sweep and the backup run.
@@ -22,6 +24,7 @@ replayed tick, or a second beat, never starts a slot twice.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,7 +33,7 @@ from celery.schedules import crontab
 from kombu.exceptions import OperationalError
 
 from buildfarm.model.errors import PermanentError, ServiceUnavailableError
-from buildfarm.model.settings import Settings
+from buildfarm.model.settings import DEFAULT_BUILD_PRIORITIES, MAX_PRIORITY, Settings
 from buildfarm.schedules import check_schedules, parse_cron
 
 BUILD_QUEUE = "builds"
@@ -70,6 +73,9 @@ def make_celery(settings: Settings) -> Celery:
             # a killed worker's unacked messages come back in ~10 s instead of ~75 s
             "unacked_restore_interval": 5,
             "unacked_restore_throttle": 0,
+            # One list per priority (kombu's Redis priorities): a free node takes the queued step
+            # of the highest class first (setting build_priorities); FIFO within a class.
+            "priority_steps": list(range(MAX_PRIORITY + 1)),
         },
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 5,
@@ -109,14 +115,17 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
 class CeleryDispatcher:
     """The engine's Dispatcher on Celery."""
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, priorities: Mapping[str, int] | None = None) -> None:
         self.app = app
+        self.priorities = dict(priorities or DEFAULT_BUILD_PRIORITIES)
 
     def advance(self, build_id: int) -> None:
         self._send("buildfarm.advance_build", [build_id], CONTROL_QUEUE, None)
 
-    def run_step(self, step_id: int, attempt: int) -> None:
-        self._send("buildfarm.run_step", [step_id], BUILD_QUEUE, f"step-{step_id}-attempt-{attempt}")
+    def run_step(self, step_id: int, attempt: int, kind: str) -> None:
+        priority = self.priorities.get(kind, MAX_PRIORITY)
+        message_id = f"step-{step_id}-attempt-{attempt}"
+        self._send("buildfarm.run_step", [step_id], BUILD_QUEUE, message_id, priority)
 
     def check(self) -> None:
         try:
@@ -125,13 +134,14 @@ class CeleryDispatcher:
         except (OperationalError, OSError) as exc:
             raise ServiceUnavailableError(f"cannot reach the broker {_redacted(self.app)}: {exc}") from exc
 
-    def _send(self, task: str, args: list[int], queue: str, task_id: str | None) -> None:
+    def _send(self, task: str, args: list[int], queue: str, task_id: str | None, priority: int = 0) -> None:
         try:
             self.app.send_task(
                 task,
                 args=args,
                 queue=queue,
                 task_id=task_id,
+                priority=priority,
                 retry=True,
                 retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
             )

@@ -226,6 +226,7 @@ def _stage(ctx: FarmContext, session: Session, build: Build, needs_stage: list[S
 def advance_build(ctx: FarmContext, build_id: int) -> None:
     """Release what can run, then dispatch it; publish or close the build when every step is done."""
     to_run: list[tuple[int, int]] = []
+    kind = ""
     finish: str | None = None
     with ctx.db.session() as session:
         build = _lock_build(session, build_id)
@@ -244,6 +245,7 @@ def advance_build(ctx: FarmContext, build_id: int) -> None:
             if any(s.state == StepState.SKIPPED for s in needs_stage):
                 _release(session, build)  # skips what depends on them; nothing new becomes ready
         to_run = [(s.id, s.attempt + 1) for s in sorted(released, key=lambda s: -s.priority)]
+        kind = build.kind
         if finish is None and all(s.state in TERMINAL_STEP_STATES for s in build.steps):
             if all(s.state == StepState.SUCCEEDED for s in build.steps):
                 finish = "publish"
@@ -259,7 +261,7 @@ def advance_build(ctx: FarmContext, build_id: int) -> None:
                     build.error = f"step(s) {names} {skipped[0].error}; latest was not moved"
                 finish = "close"
     for step_id, attempt in to_run:
-        ctx.dispatcher.run_step(step_id, attempt)
+        ctx.dispatcher.run_step(step_id, attempt, kind)
     if finish == "publish":
         publish_build(ctx, build_id)
     elif finish == "close":

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import BuildfarmError, PermanentError
 from buildfarm.runners.base import ListsBuilders
-from buildfarm.state.models import Step, StepState, utcnow
+from buildfarm.state.models import Build, Step, StepState, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ def requeue_lost(ctx: FarmContext, step_id: int, attempt: int, owner: str | None
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             return False
-    ctx.dispatcher.run_step(step_id, attempt + 1)
+        kind = session.scalars(select(Build.kind).join(Step).where(Step.id == step_id)).one()
+    ctx.dispatcher.run_step(step_id, attempt + 1, kind)
     return True
 
 

@@ -25,8 +25,9 @@ class Dispatcher(Protocol):
         """Ask for :func:`buildfarm.engine.advance.advance_build` to run for this build."""
         ...
 
-    def run_step(self, step_id: int, attempt: int) -> None:
-        """Ask some node to run this ready step (``attempt`` makes the message id unique)."""
+    def run_step(self, step_id: int, attempt: int, kind: str) -> None:
+        """Ask some node to run this ready step (``attempt`` makes the message id unique); ``kind``
+        is its build's kind, whose priority class decides which queued step a free node takes."""
         ...
 
     def check(self) -> None:

@@ -79,11 +79,11 @@ def reap(ctx: FarmContext) -> ReapReport:
                 report.expired.append(step.id)
         stale = now - dt.timedelta(seconds=ctx.settings.steps.redispatch_seconds)
         waiting = session.execute(
-            select(Step.id, Step.attempt)
+            select(Step.id, Step.attempt, Build.kind)
             .join(Build)
             .where(Step.state == StepState.READY, Step.ready_at < stale, Build.state == BuildState.RUNNING)
         ).all()
-        for step_id, _attempt in waiting:
+        for step_id, _attempt, _kind in waiting:
             session.execute(update(Step).where(Step.id == step_id).values(ready_at=now))
         stuck = session.scalars(
             select(Build.id)
@@ -98,10 +98,11 @@ def reap(ctx: FarmContext) -> ReapReport:
         ).all()
     for step_id in report.expired:
         with ctx.db.session() as session:
-            attempt = session.get_one(Step, step_id).attempt
-        ctx.dispatcher.run_step(step_id, attempt + 1)
-    for step_id, attempt in waiting:
-        ctx.dispatcher.run_step(step_id, attempt + 1)
+            step = session.get_one(Step, step_id)
+            attempt, kind = step.attempt, step.build.kind
+        ctx.dispatcher.run_step(step_id, attempt + 1, kind)
+    for step_id, attempt, kind in waiting:
+        ctx.dispatcher.run_step(step_id, attempt + 1, kind)
         report.redispatched.append(step_id)
     for build_id in stuck:
         ctx.dispatcher.advance(build_id)

@@ -24,6 +24,11 @@ from buildfarm.model.urlpolicy import UrlPolicy, check_url_syntax
 
 DEFAULT_SIGNING_KEYRING = "/etc/apt/keyrings/buildfarm.asc"
 """Where apt users keep the farm's public key: Debian's place for keys of local repositories."""
+MAX_PRIORITY = 9
+"""Priorities are the broker's (Redis, through kombu): 0 is taken first, 9 last."""
+DEFAULT_BUILD_PRIORITIES = {"release": 0, "on-demand": 3, "nightly": 6, "personal": 9}
+"""Release before on-demand before nightly before personal (issue 16: a release build is not kept
+waiting behind a nightly mass rebuild)."""
 
 
 def read_secret(value: SecretStr | None, path: Path | None, name: str) -> str:
@@ -180,6 +185,26 @@ class StepSettings(Group):
         alias="redispatch_seconds",
         description="a step ready this long without a taker is sent to the queue again",
     )
+    priorities: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_BUILD_PRIORITIES),
+        alias="build_priorities",
+        description="dispatch priority of each build kind's steps, 0 (first) to 9 (last): a ready step of "
+        "a release build is taken before any queued nightly step; JSON, e.g. "
+        '{"release": 0, "on-demand": 3, "nightly": 6, "personal": 9} (the default); kinds left out keep '
+        "their default",
+    )
+
+    @field_validator("priorities")
+    @classmethod
+    def _known_kinds(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - set(DEFAULT_BUILD_PRIORITIES))
+        if unknown:
+            known = ", ".join(DEFAULT_BUILD_PRIORITIES)
+            raise ValueError(f"unknown build kind(s) {', '.join(unknown)}: use {known}")
+        bad = sorted(kind for kind, priority in value.items() if not 0 <= priority <= MAX_PRIORITY)
+        if bad:
+            raise ValueError(f"priority of {', '.join(bad)} must be 0 (first) to {MAX_PRIORITY} (last)")
+        return {**DEFAULT_BUILD_PRIORITIES, **value}
 
 
 class BuildersSettings(Group):

@@ -29,7 +29,9 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.settinggroups import (
+    DEFAULT_BUILD_PRIORITIES,
     DEFAULT_SIGNING_KEYRING,
+    MAX_PRIORITY,
     ApiSettings,
     BackupSettings,
     BrokerSettings,
@@ -52,8 +54,10 @@ from buildfarm.model.settinggroups import (
 )
 
 __all__ = [
+    "DEFAULT_BUILD_PRIORITIES",
     "DEFAULT_SIGNING_KEYRING",
     "FARM_FILE",
+    "MAX_PRIORITY",
     "NON_SETTING_VARIABLES",
     "MirrorConfig",
     "ScheduleConfig",
