@@ -107,3 +107,50 @@ def unique_debs(workdir: Path) -> DebFactory:
     what a shared server stores or frees for them is theirs alone."""
     salt = f"{time.time_ns()}"
     return lambda name, version: build_deb(workdir, name, f"{version}+{salt}", payload=salt * 2000)
+
+
+def build_source_package(
+    workdir: Path, name: str, version: str, *, payload: str = "", standards_version: bool = True
+) -> list[PackageFile]:
+    """A real ``3.0 (quilt)`` source package (``dpkg-source -b``: the .dsc, its upstream tarball and
+    debian tarball) and the one ``Architecture: all`` binary it stands for (made with dpkg-deb, as
+    :func:`build_deb`; ``version`` is ``<upstream>-<revision>``): what a build publishes, ~0.1 s."""
+    if shutil.which("dpkg-source") is None:
+        pytest.fail(
+            "dpkg-source not found: install the Debian package 'dpkg-dev' (make deps does)", pytrace=False
+        )
+    upstream = version.split(":", 1)[-1].rsplit("-", 1)[0]
+    base = workdir / f"src-{name}-{version}".replace(":", "_")
+    tree = base / f"{name}-{upstream}"
+    tree.mkdir(parents=True)
+    (tree / "README").write_text(payload or f"upstream of {name} {version}\n")
+    subprocess.run(
+        ["tar", "--sort=name", "--mtime=@0", "--owner=0", "--group=0", "-czf",
+         str(base / f"{name}_{upstream}.orig.tar.gz"), "-C", str(base), tree.name],
+        check=True,
+    )  # fmt: skip
+    debian = tree / "debian"
+    (debian / "source").mkdir(parents=True)
+    (debian / "control").write_text(
+        f"Source: {name}\nSection: misc\nPriority: optional\nMaintainer: tests <tests@buildfarm.invalid>\n"
+        + ("Standards-Version: 4.6.2\n" if standards_version else "")
+        + "Build-Depends: dpkg-dev\n\n"
+        f"Package: {name}\nArchitecture: all\nDescription: test package {name}\n test package\n"
+    )
+    (debian / "changelog").write_text(CHANGELOG.format(name=name, version=version))
+    (debian / "source" / "format").write_text("3.0 (quilt)\n")
+    (debian / "rules").write_text("#!/usr/bin/make -f\n%:\n\ttrue\n")
+    (debian / "rules").chmod(0o755)
+    subprocess.run(
+        ["dpkg-source", "-b", tree.name],
+        cwd=base,
+        check=True,
+        capture_output=True,
+        env={"LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"},
+    )
+    shutil.rmtree(tree)
+    files = []
+    for path in sorted(base.iterdir()):
+        data = path.read_bytes()
+        files.append(PackageFile(path.name, hashlib.sha256(data).hexdigest(), len(data), path))
+    return [*files, build_deb(base, name, version, payload=payload)]

@@ -21,13 +21,13 @@ from rich.live import Live
 
 from buildfarm.engine.control import BuildView
 from buildfarm.model.errors import BuildfarmError, PermanentError, TemporaryError
-from buildfarm.model.manifest import BuildKind
 from buildfarm.model.settings import Settings, load_settings
-from buildfarm.state.models import TERMINAL_BUILD_STATES, BuildState
+from buildfarm.model.types import TERMINAL_BUILD_STATES, BuildKind, BuildState
 from buildfarm_cli.admin import admin_app
 from buildfarm_cli.backup import backup_app
 from buildfarm_cli.client import FarmClient
 from buildfarm_cli.common import OutputOpt, state
+from buildfarm_cli.env import env_app
 from buildfarm_cli.lifecycle import retention_app, storage_app
 from buildfarm_cli.mirror import mirror_app
 from buildfarm_cli.nodes import node_app
@@ -54,6 +54,7 @@ app.add_typer(schedule_app, name="schedule")
 app.add_typer(backup_app, name="backup")
 app.add_typer(retention_app, name="retention")
 app.add_typer(storage_app, name="storage")
+app.add_typer(env_app, name="env")
 
 WAIT_POLL_SECONDS = 0.5
 LOG_POLL_SECONDS = 0.5
@@ -113,11 +114,15 @@ def start(
         settings = _settings(**overrides)
 
     def prepare(s: Settings) -> None:
-        if s.builders.runner == "sbuild":
+        env = s.buildenv
+        if s.builders.runner == "sbuild" and env.base_tarball is not None:
             from buildfarm.runners.sbuild import ensure_base_tarball
 
-            env = s.buildenv
-            ensure_base_tarball(env.tarball, env.distribution, env.mirror, progress=err_console.print)
+            ensure_base_tarball(env.base_tarball, env.distribution, env.mirror, progress=err_console.print)
+        elif s.builders.runner == "sbuild":
+            from buildfarm.environments import cache_for, spec_for
+
+            cache_for(s).ensure(spec_for(s), progress=err_console.print)
 
     result = farm.start(settings, nodes=nodes, prepare=prepare, runner=runner)
     if state.fmt(output) == OutputFormat.JSON:

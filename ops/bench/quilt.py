@@ -2,10 +2,10 @@
 
 rsakeyfind 1:1.0-8 (3.0 (quilt), a C++ program with debian/patches) from Debian's archive,
 cached in ``~/.cache/buildfarm/debian-sources`` (tests/debsources.py, shared with the suite).
-Same ``.dsc``, same base tarball, same sbuild call and configuration (the runner's own
+Same ``.dsc``, same build environment, same sbuild call and configuration (the runner's own
 ``sbuild_command`` and ``sbuild_environment``), same tmpfs unpack:
 
-* **by hand**: ``sbuild --chroot-mode=unshare --chroot=<the farm's base tarball> ... x.dsc``,
+* **by hand**: ``sbuild --chroot-mode=unshare --chroot=<the farm's environment> ... x.dsc``,
   what a person types without a farm;
 * **farm**: ``buildfarm build submit --wait`` of a manifest whose one entry is ``dsc:`` that
   file, on a fresh 1-node sbuild farm in a private state directory; submit to succeeded
@@ -30,9 +30,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import cli, farm_env, timed_build  # noqa: E402
 
+from buildfarm.environments import cache_for, spec_for  # noqa: E402
 from buildfarm.model.debsource import source_package  # noqa: E402
 from buildfarm.model.settings import load_settings  # noqa: E402
-from buildfarm.runners.sbuild import ensure_base_tarball, sbuild_command, sbuild_environment  # noqa: E402
+from buildfarm.runners.sbuild import sbuild_command, sbuild_environment  # noqa: E402
 
 from debsources import debian_source  # noqa: E402
 
@@ -63,7 +64,7 @@ def by_hand(base: Path, distribution: str, tmpdir: Path | None, dsc: Path, work:
     try:
         started = time.monotonic()
         built = subprocess.run(
-            sbuild_command(base, distribution, out, dsc),
+            sbuild_command(base, distribution, out, dsc, apt_update=False),
             cwd=work,
             env=env,
             check=False,
@@ -109,9 +110,8 @@ def through_farm(dsc: Path, work: Path) -> tuple[float, float, dict[str, Any]]:
 
 def main() -> int:
     settings = load_settings()
-    base = ensure_base_tarball(
-        settings.buildenv.tarball, settings.buildenv.distribution, settings.buildenv.mirror, progress=print
-    )
+    # the farm's own build environment (toolchain and apt lists inside, issue 15), as its runner uses
+    base = cache_for(settings).ensure(spec_for(settings), progress=print).path
     name, version = PACKAGE
     cached = debian_source(name, version)
     with tempfile.TemporaryDirectory(prefix="buildfarm-bench-quilt-") as tmp:
@@ -127,7 +127,7 @@ def main() -> int:
     step = view["steps"][0]
     inside = float(step["duration_seconds"] or 0)
     print()
-    print(f"{name} {version}, 3.0 (quilt), one sbuild, same .dsc, base tarball and sbuild call")
+    print(f"{name} {version}, 3.0 (quilt), one sbuild, same .dsc, environment and sbuild call")
     print(f"{'sbuild by hand':32} {hand:7.1f} s")
     print(f"{'farm, submit to succeeded':32} {farm:7.1f} s   (its sbuild step {inside:.1f} s)")
     print(f"{'farm start (not in the above)':32} {start:7.1f} s")

@@ -1,6 +1,6 @@
 """``make bench``: the farm's overhead on the example build, measured side by side.
 
-Three numbers, all on this machine, same base tarball, same packages:
+Three numbers, all on this machine, same build environment, same packages:
 
 * **farm**: ``buildfarm build submit examples/buildfarm.yaml --wait`` on a fresh 2-node local
   farm in sbuild mode (nothing reusable), submit to published;
@@ -28,10 +28,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
+from buildfarm.environments import cache_for, spec_for  # noqa: E402
 from buildfarm.model.debsource import upstream_files_beside  # noqa: E402
 from buildfarm.model.planner import make_plan, read_source_info  # noqa: E402
 from buildfarm.model.settings import load_settings  # noqa: E402
-from buildfarm.runners.sbuild import SBUILD_CONFIG, ensure_base_tarball  # noqa: E402
+from buildfarm.runners.sbuild import SBUILD_CONFIG  # noqa: E402
 
 from debpkgs import make_package, write_manifest  # noqa: E402
 
@@ -103,6 +104,7 @@ def by_hand(base: Path, work: Path) -> dict[str, float]:
                     "--no-run-lintian",
                     "--no-run-piuparts",
                     "--no-run-autopkgtest",
+                    "--no-apt-update",  # the environment carries the mirror's lists, as on the farm
                     "--nolog",
                     f"--build-dir={out}",
                     "--arch-all",
@@ -154,9 +156,8 @@ def engine_overhead(work: Path) -> tuple[float, float, int]:
 
 def main() -> int:
     settings = load_settings()
-    base = ensure_base_tarball(
-        settings.buildenv.tarball, settings.buildenv.distribution, settings.buildenv.mirror, progress=print
-    )
+    # the farm's own build environment (toolchain and apt lists inside, issue 15), as its runner uses
+    base = cache_for(settings).ensure(spec_for(settings), progress=print).path
     with tempfile.TemporaryDirectory(prefix="buildfarm-bench-") as tmp:
         work = Path(tmp)
         print("engine overhead: 20 trivial packages, host runner, 2 nodes ...", flush=True)

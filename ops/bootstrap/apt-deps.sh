@@ -17,6 +17,7 @@ packages=(
   patch                                                  # stx: StarlingX patches/ and deb_patches/ series
   gnupg                                                  # gpg signs the published Release files (the farm key)
   gpgv                                                   # mirror keys: the local profile verifies Release files
+  apt-cacher-ng                                          # the local farm's package cache (issue 15): each .deb fetched once
 )
 
 # Debian's own python3 cannot create a virtualenv without python3-venv (no ensurepip wheels).

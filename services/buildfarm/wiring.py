@@ -88,10 +88,19 @@ def make_runner(settings: Settings, store: ArtifactStore | None = None) -> Runne
     from buildfarm.runners.base import chroot_root
     from buildfarm.runners.sbuild import SbuildRunner
 
+    env = settings.buildenv
+    tmpdir = chroot_root(env.sbuild_tmpdir, settings.state_dir)
+    if env.base_tarball is not None:  # a fixed tarball named in the settings, used as is
+        return SbuildRunner(env.base_tarball, env.distribution, tmpdir, apt_proxy=env.apt_proxy)
+    from buildfarm.environments import cache_for, spec_for
+
     return SbuildRunner(
-        base_tarball=settings.buildenv.tarball,
-        distribution=settings.buildenv.distribution,
-        tmpdir=chroot_root(settings.buildenv.sbuild_tmpdir, settings.state_dir),
+        None,
+        env.distribution,
+        tmpdir,
+        environments=cache_for(settings),
+        spec=spec_for(settings),
+        apt_proxy=env.apt_proxy,
     )
 
 

@@ -3,7 +3,7 @@
 Two real docker-registries (distribution 2.8, tests/integration/registrykit.py): the old farm's
 and the restored farm's.  Images are pushed through the registry's HTTP API (a config and
 gzipped layer tars made here), and the build rows are inserted directly, as an image step
-records them (``image:<reference>`` with the manifest digest as its sha256): no image builder
+records them (kind ``image``, the reference as filename, the manifest digest as sha256): no image builder
 runs.  The farm is the local profile (SQLite, a directory store, the local apt repository) and
 the backup target a directory.
 
@@ -36,7 +36,8 @@ from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import PermanentError, ServiceUnavailableError
 from buildfarm.model.images import image_destination, image_prefix, registry_host, split_reference
-from buildfarm.state.models import IMAGE_OUTPUT_PREFIX, Step, StepKind, StepOutput
+from buildfarm.model.types import OutputKind, StepKind
+from buildfarm.state.models import Step, StepOutput
 from buildfarm.wiring import Wiring
 
 from farmkit import finished_build, make_test_context
@@ -202,7 +203,7 @@ def image_step(
             tree_hash="0" * 64,
             input_key=source.sha256,
             depends_on=[],
-            state="succeeded" if pushed is not None else "reused",
+            state="succeeded",  # a reused step is a succeeded one with reused_from set
             reused_from=reused_from,
             attempt=1,
             kind=StepKind.IMAGE,
@@ -214,7 +215,8 @@ def image_step(
                 StepOutput(
                     step_id=step.id,
                     attempt=1,
-                    filename=IMAGE_OUTPUT_PREFIX + pushed.reference,
+                    filename=pushed.reference,
+                    kind=OutputKind.IMAGE,
                     sha256=pushed.digest,
                     size=sum(len(b) for b in pushed.blobs.values()),
                 )
@@ -397,7 +399,7 @@ def test_restore_into_an_empty_registry(old_farm: OldFarm, tmp_path: Path) -> No
 
         assert restored.builds == old_farm.releases and restored.images == 4
         recorded = {
-            o["filename"].removeprefix(IMAGE_OUTPUT_PREFIX): o["sha256"]
+            o["filename"]: o["sha256"]
             for build in old_farm.releases
             for step in control.show_build(new, build).steps
             for o in step.outputs

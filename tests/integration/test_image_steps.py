@@ -25,6 +25,7 @@ from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
 from buildfarm.model.images import split_reference
 from buildfarm.model.manifest import load_manifest
+from buildfarm.model.types import OutputKind
 from buildfarm.runners.sbuild import ensure_base_tarball
 from buildfarm.state.models import Step, StepOutput
 
@@ -129,8 +130,8 @@ def _image_outputs(ctx: FarmContext, build_id: int) -> dict[str, tuple[str, str,
         for step in steps:
             producer = step.reused_from or step.id
             (row,) = session.scalars(select(StepOutput).where(StepOutput.step_id == producer))
-            assert row.filename.startswith("image:")
-            out[step.name] = (row.filename.removeprefix("image:"), row.sha256, row.size)
+            assert row.kind == OutputKind.IMAGE
+            out[step.name] = (row.filename, row.sha256, row.size)
     return out
 
 

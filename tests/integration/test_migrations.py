@@ -7,12 +7,22 @@ after upgrading a fresh database must find nothing to do.
 
 from __future__ import annotations
 
+import datetime as dt
+from pathlib import Path
+
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine
+from sqlalchemy import MetaData, create_engine, insert, select
 
-from buildfarm.state.db import upgrade
-from buildfarm.state.models import Base
+from buildfarm.engine import control
+from buildfarm.engine.images import pushed_reference
+from buildfarm.engine.steps import claim_step
+from buildfarm.model.types import AptSource, BuildKind, BuildState, OutputKind, StepKind
+from buildfarm.state.db import alembic_config, upgrade
+from buildfarm.state.models import Base, Build, Step
+
+from farmkit import make_test_context
 
 
 def test_migrations_match_the_models(database_url: str) -> None:
@@ -24,3 +34,128 @@ def test_migrations_match_the_models(database_url: str) -> None:
     finally:
         engine.dispose()
     assert differences == []
+
+
+def test_an_upgrade_gives_earlier_builds_their_domain_columns(database_url: str, tmp_path: Path) -> None:
+    """0009: a farm upgraded from 0008 holding builds reads them back through the engine: image
+    outputs (``image:<reference>`` before) have kind ``image``, the staging apt line is a
+    structured source, a READY step taken back from a lost attempt is marked so.  A downgrade
+    writes the old encodings back exactly."""
+    command.upgrade(alembic_config(database_url), "0008")
+    reference = "registry.example:5000/proj/main/1/web:latest"
+    staging_line = "deb [trusted=yes] http://127.0.0.1:8080/pulp/content/proj/main/_staging/1/ stable main"
+    now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    old = create_engine(database_url)
+    try:
+        tables = MetaData()
+        tables.reflect(old, only=["builds", "steps", "step_outputs"])
+        builds, steps, outputs = (
+            tables.tables["builds"],
+            tables.tables["steps"],
+            tables.tables["step_outputs"],
+        )
+        step = {
+            "build_id": 1,
+            "version": "1.0",
+            "origin": "src",
+            "source_sha256": "a" * 64,
+            "tree_hash": "b" * 64,
+            "input_key": "c" * 64,
+            "depends_on": [],
+            "priority": 0,
+            "attempt": 1,
+            "error": None,
+        }
+        build = {
+            "id": 1,
+            "project": "proj",
+            "branch": "main",
+            "kind": "nightly",
+            "user": "alice",
+            "state": "running",
+            "manifest": {},
+            "environment_id": "env",
+            "created_at": now,
+            "staging_source": staging_line,
+        }
+        lost_lease = "attempt 1 on node1 lost its lease"
+        files = ["lib_1.0_amd64.deb", "lib-udeb_1.0_amd64.udeb", "lib_1.0_amd64.buildinfo"]
+        with old.begin() as conn:
+            conn.execute(insert(builds).values(build))
+            conn.execute(
+                insert(steps),
+                [
+                    step | {"id": 1, "name": "lib", "state": "succeeded", "kind": "package"},
+                    step | {"id": 2, "name": "web", "state": "succeeded", "kind": "image"},
+                    step
+                    | {"id": 3, "name": "lost", "state": "ready", "kind": "package", "error": lost_lease},
+                    step | {"id": 4, "name": "fresh", "state": "ready", "kind": "package", "attempt": 0},
+                ],
+            )
+            conn.execute(
+                insert(outputs),
+                [
+                    *({"step_id": 1, "attempt": 1, "filename": f, "sha256": f"{i}" * 64, "size": i}
+                      for i, f in enumerate(files)),
+                    {"step_id": 2, "attempt": 1, "filename": f"image:{reference}", "sha256": "9" * 64,
+                     "size": 9},
+                ],
+            )  # fmt: skip
+            before = {
+                "steps": conn.execute(select(steps).where(steps.c.id < 4).order_by(steps.c.id))
+                .mappings()
+                .all(),
+                "step_outputs": conn.execute(select(outputs).order_by(outputs.c.id)).mappings().all(),
+            }
+    finally:
+        old.dispose()
+
+    ctx = make_test_context(tmp_path, database_url)  # upgrades to the head
+    try:
+        view = control.show_build(ctx, 1)
+        assert (view.kind, view.state) == (BuildKind.NIGHTLY, BuildState.RUNNING)
+        by_name = {s.name: s for s in view.steps}
+        assert sorted((o["filename"], o["kind"]) for o in by_name["lib"].outputs) == [
+            ("lib-udeb_1.0_amd64.udeb", OutputKind.UDEB),
+            ("lib_1.0_amd64.buildinfo", OutputKind.BUILDINFO),
+            ("lib_1.0_amd64.deb", OutputKind.DEB),
+        ]
+        assert by_name["web"].outputs == [
+            {"filename": reference, "sha256": "9" * 64, "size": 9, "kind": "image"}
+        ]
+        with ctx.db.session() as session:
+            assert pushed_reference(session, 2) == reference
+            assert session.get_one(Build, 1).staging_source == AptSource(
+                url="http://127.0.0.1:8080/pulp/content/proj/main/_staging/1/",
+                suite="stable",
+                components=("main",),
+                trusted=True,
+            )
+            lost = {s.name: (s.kind, s.attempt_lost) for s in session.scalars(select(Step))}
+            assert lost == {
+                "lib": (StepKind.PACKAGE, False),
+                "web": (StepKind.IMAGE, False),
+                "lost": (StepKind.PACKAGE, True),
+                "fresh": (StepKind.PACKAGE, False),
+            }
+        claim = claim_step(ctx, 4, "node1")  # the engine hands the staging source to the step as is
+        assert claim is not None and claim.staging_source is not None
+        assert claim.staging_source.line() == staging_line
+    finally:
+        ctx.db.dispose()
+
+    command.downgrade(alembic_config(database_url), "0008")
+    old = create_engine(database_url)
+    try:
+        with old.connect() as conn:
+            assert conn.execute(select(builds.c.staging_source)).scalar_one() == staging_line
+            assert (
+                conn.execute(select(outputs).order_by(outputs.c.id)).mappings().all()
+                == before["step_outputs"]
+            )
+            claimed = conn.execute(
+                select(steps.c.name, steps.c.error).where(steps.c.state == "running")
+            ).all()
+            assert claimed == [("fresh", None)]
+    finally:
+        old.dispose()

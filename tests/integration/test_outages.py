@@ -360,7 +360,7 @@ def test_staging_left_by_a_build_that_failed_while_pulp_was_down_is_dropped_by_t
     with ctx.db.session() as session:
         staging = session.get_one(Build, build_id).staging_source
     assert staging is not None
-    AptClient(tmp_path / "apt-staging", staging).update()  # still served
+    AptClient(tmp_path / "apt-staging", staging.line()).update()  # still served
 
     assert reap(ctx).staging_dropped == []  # Pulp still down
     pulp_proxy.restore()
@@ -368,4 +368,4 @@ def test_staging_left_by_a_build_that_failed_while_pulp_was_down_is_dropped_by_t
     with ctx.db.session() as session:
         assert session.get_one(Build, build_id).staging_source is None
     with pytest.raises(AptError):
-        AptClient(tmp_path / "apt-gone", staging).update()
+        AptClient(tmp_path / "apt-gone", staging.line()).update()

@@ -1,9 +1,9 @@
 """The retention sweep deletes an expired build's images from a real docker-registry, then its
 garbage collection frees their layers; the kept build's image stays pullable.
 
-Rows are inserted directly (an image step's output row is ``image:<reference>`` with the manifest
-digest as its sha256); the images are pushed through the registry's HTTP API by the helpers of
-tests/integration/test_registry_retention.py.
+Rows are inserted directly (an image step's output row has kind ``image``, the reference as its
+filename and the manifest digest as its sha256); the images are pushed through the registry's
+HTTP API by the helpers of tests/integration/test_registry_retention.py.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from test_registry_retention import _push_image, registry  # noqa: F401 (the fix
 from buildfarm.backends.registry import RegistryClient
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.images import image_destination, image_prefix, split_reference
+from buildfarm.model.types import OutputKind, StepKind
 from buildfarm.retention import run_sweep
-from buildfarm.state.models import Step, StepKind, StepOutput
+from buildfarm.state.models import Step, StepOutput
 
 from farmkit import finished_build, make_test_context
 from registrykit import Registry
@@ -67,7 +68,8 @@ def _image_build(ctx: FarmContext, days_ago: float, layer: bytes) -> tuple[int, 
             StepOutput(
                 step_id=step.id,
                 attempt=1,
-                filename=f"image:{reference}",
+                filename=reference,
+                kind=OutputKind.IMAGE,
                 sha256=digest.removeprefix("sha256:"),
                 size=len(layer),
             )

@@ -1,13 +1,16 @@
-"""Clean builds for real: sbuild in unshare mode on the cached base tarball, through the farm.
+"""Clean builds for real: sbuild in unshare mode in the cached build environment, through the farm.
 
 greet-cli compiles and links against libgreet, whose -dev package sbuild installs with apt from
 the build's own staging repository served by the farm; greet-docs runs greet-cli during its
 build. Without the farm's repository the same dependency is unmet and the build fails.
+A Debian package the environment lacks comes through the farm's apt-cacher-ng, fetched from
+outside once for all steps, and no step downloads the Debian indexes.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -15,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from buildfarm.environments import cache_for, spec_for
 from buildfarm.model.settings import load_settings
-from buildfarm.runners.sbuild import ensure_base_tarball
 
 from test_local_farm import Farm
 
@@ -27,7 +30,7 @@ pytestmark = pytest.mark.sbuild
 @pytest.fixture(scope="module")
 def sbuild_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     settings = load_settings(state_dir=tmp_path_factory.mktemp("unused"))
-    ensure_base_tarball(settings.buildenv.tarball, settings.buildenv.distribution, settings.buildenv.mirror)
+    cache_for(settings).ensure(spec_for(settings))  # made once per machine, before the farm's start
     farm = Farm(tmp_path_factory.mktemp("sbuild-farm") / "state")
     farm.cli("start", "--runner", "sbuild", "--nodes", "2", timeout=300)
     yield farm
@@ -92,3 +95,42 @@ def test_missing_in_build_dependency_fails(sbuild_farm: Farm, tmp_path: Path) ->
     assert "sbuild exited with status" in step["error"]
     log = Path(step["log"]).read_text()
     assert "greet-cli" in log and ("unmet" in log.lower() or "not installable" in log.lower())
+
+
+def _needing_zlib(root: Path, name: str) -> None:
+    """hello-standalone renamed ``name``, with a Build-Depends the environment does not carry."""
+    tree = root / name
+    shutil.copytree(EXAMPLES / "hello-standalone", tree)
+    for path in (tree / "debian" / "control", tree / "debian" / "changelog"):
+        path.write_text(path.read_text().replace("hello-standalone", name))
+    control = tree / "debian" / "control"
+    control.write_text(
+        control.read_text().replace("debhelper-compat (= 13)", "debhelper-compat (= 13), zlib1g-dev")
+    )
+
+
+def test_debian_packages_come_through_the_farms_cache_once(sbuild_farm: Farm, tmp_path: Path) -> None:
+    for name in ("zneed-one", "zneed-two"):
+        _needing_zlib(tmp_path, name)
+    manifest = tmp_path / "buildfarm.yaml"
+    manifest.write_text(
+        "project: sb\nbranch: cache\nkind: nightly\npackages:\n  - path: zneed-one\n  - path: zneed-two\n"
+        "    depends: [zneed-one]\n"  # one after the other: the second finds the .deb cached
+    )
+    submitted = sbuild_farm.cli(
+        "--output", "json", "build", "submit", str(manifest), "--wait", "--timeout", "900", timeout=960
+    )
+    view = json.loads(submitted.stdout)  # two sbuild steps one after the other: minutes on a loaded machine
+    assert view["state"] == "succeeded", view
+    record = json.loads((sbuild_farm.state_dir / "farm.json").read_text())
+    assert record["apt_cache_private"] and record["apt_proxy"].startswith("http://127.0.0.1:")
+    for step in view["steps"]:
+        log = Path(step["log"]).read_text()
+        assert record["apt_proxy"] in log  # apt in the chroot was pointed at the cache
+        assert "zlib1g-dev" in log
+        assert not re.search(r"Get:.*deb\.debian\.org.*(InRelease|Packages)", log)  # no index download
+    cache_log = (sbuild_farm.state_dir / "apt-cache" / "log" / "apt-cacher.log").read_text().splitlines()
+    fetched = [line for line in cache_log if "/zlib1g-dev_" in line]
+    from_outside = [line for line in fetched if line.split("|")[1] == "I"]
+    to_steps = [line for line in fetched if line.split("|")[1] == "O"]
+    assert len(from_outside) == 1 and len(to_steps) == 2, fetched

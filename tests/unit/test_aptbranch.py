@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from buildfarm.backends.aptbranch import BinaryFile, SourceEntry, merge
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from buildfarm.backends.aptbranch import (
+    STATE_FILE,
+    BinaryFile,
+    SourceEntry,
+    SourceFile,
+    merge,
+    read_state,
+    source_files_of,
+    write_state,
+)
 
 
 def entry(source: str, version: str, build_id: int, *binaries: str) -> SourceEntry:
@@ -50,3 +63,19 @@ def test_a_personal_build_shows_its_own_packages_whatever_their_versions() -> No
     branch, mine = entry("tool", "3.0", 5), entry("tool", "1.0", 6)
     assert merge({"tool": branch}, {"tool": mine}, prefer_incoming=False) == {"tool": branch}
     assert merge({"tool": branch}, {"tool": mine}, prefer_incoming=True) == {"tool": mine}
+
+
+def test_source_packages_stay_with_their_entry_and_in_the_record(tmp_path: Path) -> None:
+    src = (SourceFile("tool_1.0.dsc", "d" * 64, 10), SourceFile("tool_1.0.tar.xz", "t" * 64, 20))
+    big = replace(entry("big", "1.0", 1, "big", "helper"), sources=src)
+    merged = merge({"big": big}, {"helper": entry("helper", "1.0", 2)}, prefer_incoming=False)
+    assert merged["big"].sources == src  # lost a binary, kept its source package
+    assert source_files_of(merged) == sorted(src, key=lambda f: f.filename)
+    write_state(tmp_path, merged)
+    assert read_state(tmp_path, 9) == merged
+    # A record written before source packages were recorded reads as having none.
+    record = json.loads((tmp_path / STATE_FILE).read_text())
+    for raw in record["sources"].values():
+        del raw["sources"]
+    (tmp_path / STATE_FILE).write_text(json.dumps(record))
+    assert read_state(tmp_path, 9)["big"].sources == ()

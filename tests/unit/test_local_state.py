@@ -129,3 +129,24 @@ def test_expected_processes_from_the_farm_file(tmp_path: Path) -> None:
         "node1",
         "scheduler",
     ]
+    # the farm's own package cache starts with the brokers, before the environment is made
+    assert expected_processes({"nodes": ["node1"], "apt_cache_private": True}, sup)[:2] == [
+        "registry",
+        "apt-cache",
+    ]
+
+
+def test_apt_cache_config_is_private_and_below_its_port_limit(tmp_path: Path) -> None:
+    from buildfarm.local.procs import (
+        APT_CACHE_PORTS,
+        apt_cache_command,
+        apt_cache_config,
+        free_apt_cache_port,
+    )
+
+    port = free_apt_cache_port()
+    assert APT_CACHE_PORTS[0] <= port <= APT_CACHE_PORTS[1]  # apt-cacher-ng 3.7 fails above 32767
+    config = apt_cache_config(tmp_path, port)
+    assert "BindAddress: 127.0.0.1\n" in config and f"Port: {port}\n" in config
+    assert f"CacheDir: {tmp_path / 'cache'}\n" in config and f"SocketPath: {tmp_path / 'socket'}\n" in config
+    assert apt_cache_command(tmp_path / "conf") == ["apt-cacher-ng", "-c", str(tmp_path / "conf")]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from buildfarm.backends.pulp import branchmerge
-from buildfarm.backends.pulp.layout import PulpPackage, Unit, source_label
+from buildfarm.backends.pulp.layout import PulpPackage, PulpSource, SourceUnit, Unit, source_label
 
 
 def package(name: str, version: str, build: int, source: str = "") -> PulpPackage:
@@ -47,3 +47,48 @@ def test_an_older_rebuild_of_the_same_version_loses_by_the_label() -> None:
 
 def test_label_keys_take_plus_signs() -> None:
     assert source_label("libstdc++") == "buildfarm_src.libstdc__"
+
+
+def source_unit(source: str, version: str, build: int) -> SourceUnit:
+    held = PulpSource(f"/content/deb/source_packages/{source}-{version}-{build}/", source, version)
+    return SourceUnit(held, "/component/", f"/source-link/{held.href}")
+
+
+def test_source_packages_follow_their_binaries() -> None:
+    alpha1, beta = source_unit("alpha", "1.0", 1), source_unit("beta", "1.0", 1)
+    present = [package("alpha", "1.0", 1), package("beta", "1.0", 1)]
+    labels = {source_label("alpha"): "1.0 1", source_label("beta"): "1.0 1"}
+    alpha2 = source_unit("alpha", "2.0", 2)
+    plan = branchmerge.plan(
+        present,
+        labels,
+        [unit(package("alpha", "2.0", 2))],
+        2,
+        prefer_incoming=False,
+        present_sources=[alpha1.package, beta.package],
+        source_units=[alpha2],
+    )
+    # beta's source package is carried; alpha 1.0's goes with its binaries, 2.0's comes in.
+    assert plan.add_sources == [alpha2] and plan.remove_sources == [alpha1.package.href]
+    # A build that loses (an older version) brings its source package nowhere.
+    late = branchmerge.plan(
+        present,
+        labels,
+        [unit(package("beta", "0.9", 3))],
+        3,
+        prefer_incoming=False,
+        present_sources=[alpha1.package, beta.package],
+        source_units=[source_unit("beta", "0.9", 3)],
+    )
+    assert not late.changes
+    # A rebuild of the same version without a source package of its own drops the old one:
+    # the branch never serves a source package that is not the one its binaries were built from.
+    rebuilt = branchmerge.plan(
+        present,
+        labels,
+        [unit(package("beta", "1.0", 4))],
+        4,
+        prefer_incoming=False,
+        present_sources=[alpha1.package, beta.package],
+    )
+    assert rebuilt.remove_sources == [beta.package.href] and not rebuilt.add_sources

@@ -35,6 +35,7 @@ from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.retention import EXPIRED_INPUT_KEY
 from buildfarm.model.settings import load_settings
+from buildfarm.model.types import AptSource
 from buildfarm.retention import run_sweep
 from buildfarm.state.db import Database, upgrade
 from buildfarm.state.models import Build, Step, StepOutput, Upload
@@ -186,7 +187,8 @@ def _make_world(
                 created_at=finished - dt.timedelta(minutes=5),
                 finished_at=None if plan.state == "running" else finished,
                 published_url="deb x" if plan.state == "succeeded" else None,
-                staging_source="deb staging" if plan.state == "failed" else None,  # left by an outage
+                # left by an outage
+                staging_source=AptSource("http://staging") if plan.state == "failed" else None,
             )
             session.add(build)
             session.flush()

@@ -56,9 +56,10 @@ from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
 from buildfarm.model import names
 from buildfarm.model.errors import NotFoundError, PermanentError
-from buildfarm.model.manifest import BuildKind, parse_manifest
+from buildfarm.model.manifest import parse_manifest
 from buildfarm.model.settings import Settings
-from buildfarm.state.models import Build, BuildState, Role
+from buildfarm.model.types import BuildKind, BuildState
+from buildfarm.state.models import Build, Role
 
 API = "/api/v1"
 UPLOAD_CHUNK = 1 << 20

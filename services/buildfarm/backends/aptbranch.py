@@ -14,8 +14,11 @@ packages, which goes with the source package merged last), so concurrent and lat
 right.  Pulp's backend merges with the same :func:`merge` (:mod:`buildfarm.backends.pulp.branchmerge`).
 
 Each published tree carries ``buildfarm-sources.json``, the record this merge reads: per source
-package its version, the build that brought it and its files.  A tree published before the
-record existed is read from its ``Packages`` index (all of it taken as that build's own).
+package its version, the build that brought it, its binaries and its source package (the .dsc
+and the files it names), so a source package is carried forward with its binaries and
+``apt-get source`` works on ``latest`` for every package of the branch.  A tree published before
+the record existed is read from its ``Packages`` index (all of it taken as that build's own, with
+no source package); a record written before source packages were carried has none either.
 
 Nothing is ever removed from a branch except by a newer version of the same source package:
 there is no removal request yet (the manifest has none either).
@@ -28,7 +31,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from debian.deb822 import Packages
@@ -36,6 +39,7 @@ from debian.debian_support import Version
 
 from buildfarm.backends.base import PackageFile
 from buildfarm.backends.fs import file_sha256
+from buildfarm.model.debsource import source_package
 from buildfarm.model.errors import PermanentError
 
 STATE_FILE = "buildfarm-sources.json"
@@ -58,13 +62,24 @@ class BinaryFile:
 
 
 @dataclass(frozen=True)
+class SourceFile:
+    """One file of a source package: the .dsc or a file it names."""
+
+    filename: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
 class SourceEntry:
-    """One source package in a branch: its version, the build that brought it, its binaries."""
+    """One source package in a branch: its version, the build that brought it, its binaries and
+    its source package's files (the .dsc first; none when the build published no source)."""
 
     name: str
     version: str
     build_id: int
     files: tuple[BinaryFile, ...]
+    sources: tuple[SourceFile, ...] = ()
 
     def newer_than(self, other: SourceEntry) -> bool:
         return (Version(self.version), self.build_id) > (Version(other.version), other.build_id)
@@ -117,6 +132,33 @@ def describe(packages: Iterable[PackageFile], build_id: int) -> BranchState:
     return state
 
 
+def attach_sources(state: BranchState, sources: Iterable[PackageFile]) -> BranchState:
+    """``state`` (one build's, from :func:`describe`) with each source package of ``sources`` (the
+    build's .dsc files and the files they name) given to the entry of the same name and version.
+
+    Every file a .dsc names must be among ``sources`` with its sha256; a .dsc of no entry (a
+    source package that built no binary of this state) is not recorded.
+    """
+    by_name = {p.filename: p for p in sources}
+    out = dict(state)
+    for dsc in (p for p in by_name.values() if p.filename.endswith(".dsc")):
+        package = source_package(dsc.path, dsc.filename, check=False)
+        entry = out.get(package.name)
+        if entry is None or Version(entry.version) != Version(package.version):
+            continue
+        files = [SourceFile(dsc.filename, dsc.sha256, dsc.size)]
+        for named in package.files:
+            have = by_name.get(named.name)
+            if have is None or have.sha256 != named.sha256:
+                raise PermanentError(
+                    f"{dsc.filename} names {named.name} (sha256 {named.sha256}), which the build "
+                    + ("did not publish" if have is None else f"published as sha256 {have.sha256}")
+                )
+            files.append(SourceFile(have.filename, have.sha256, have.size))
+        out[package.name] = replace(entry, sources=tuple(files))
+    return out
+
+
 def merge(
     base: Mapping[str, SourceEntry], incoming: Mapping[str, SourceEntry], *, prefer_incoming: bool
 ) -> BranchState:
@@ -138,12 +180,18 @@ def merge(
         if not kept:
             del merged[name]
         elif kept != entry.files:
-            merged[name] = SourceEntry(entry.name, entry.version, entry.build_id, kept)
+            merged[name] = replace(entry, files=kept)
     return merged
 
 
 def files_of(state: Mapping[str, SourceEntry]) -> list[BinaryFile]:
     return sorted((f for entry in state.values() for f in entry.files), key=_by_name)
+
+
+def source_files_of(state: Mapping[str, SourceEntry]) -> list[SourceFile]:
+    """Every source package file of ``state``, once each (two versions may share a tarball)."""
+    unique = {f.filename: f for entry in state.values() for f in entry.sources}
+    return [unique[name] for name in sorted(unique)]
 
 
 def write_state(tree: Path, state: Mapping[str, SourceEntry]) -> None:
@@ -175,7 +223,8 @@ def read_state(tree: Path, build_id: int) -> BranchState:
     try:
         for name, raw in body["sources"].items():
             files = tuple(BinaryFile(**f) for f in raw["files"])
-            state[name] = SourceEntry(raw["name"], raw["version"], int(raw["build_id"]), files)
+            sources = tuple(SourceFile(**f) for f in raw.get("sources", ()))
+            state[name] = SourceEntry(raw["name"], raw["version"], int(raw["build_id"]), files, sources)
     except (KeyError, TypeError, AttributeError) as exc:
         raise PermanentError(f"{path} is damaged: {exc}") from exc
     return state

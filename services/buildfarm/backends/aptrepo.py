@@ -19,7 +19,10 @@ all of the older one's binaries; :mod:`buildfarm.backends.aptbranch` has the rul
 ``latest`` is the union of the newest successful build of every package the branch has built,
 and ``builds/<id>`` is the branch at that build, as Pulp's ``<project>/<branch>/<id>``.  A
 personal build's tree is the branch's ``latest`` with its own packages over it (whatever their
-versions), again as in Pulp.  Packages carried forward are hardlinks of the tree they come from.
+versions), again as in Pulp.  Source packages (.dsc and the files it names) go with their
+binaries: a tree's ``Sources`` index lists the source package of every package it carries, so
+``apt-get source`` works on ``latest`` for the whole branch.  Packages carried forward are
+hardlinks of the tree they come from.
 
 Personal builds live under ``_personal`` rather than ``personal``: ``to_safe`` always escapes
 ``_`` as ``_5f``, so no branch name can map to that directory (a branch may be called
@@ -58,6 +61,7 @@ from buildfarm.model import names
 from buildfarm.model.errors import NotFoundError, PermanentError
 from buildfarm.model.mirrors import check_mirrors
 from buildfarm.model.settings import DEFAULT_SIGNING_KEYRING, MirrorConfig
+from buildfarm.model.types import BuildKind
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +163,7 @@ class LocalAptRepository:
         now, so a build that crashed before moving ``latest`` is not lost to later builds.
         """
         branch_dir = self._branch_dir(build.project, build.branch)
-        if build.kind == "personal":
+        if build.kind == BuildKind.PERSONAL:
             personal_dir = self._personal_dir(build.project, build.user)
             # Branch lock first (the same order everywhere): the tree we merge onto stays put.
             with apttree.locked(branch_dir), apttree.locked(personal_dir):
@@ -197,7 +201,7 @@ class LocalAptRepository:
         tree = branch_dir / "builds" / str(latest_id)
         if (tree / aptbranch.STATE_FILE).is_file():
             recorded = aptbranch.read_state(tree, latest_id)
-            return recorded, {f.filename: tree / f.filename for f in aptbranch.files_of(recorded)}
+            return recorded, _where(recorded, tree)
         state: BranchState = {}
         builds = sorted(int(p.name) for p in (branch_dir / "builds").iterdir() if p.name.isdigit())
         for build_id in builds:
@@ -230,15 +234,18 @@ class LocalAptRepository:
             apttree.check_filename(package.filename)
         base, where = self._latest_state(branch_dir)
         binaries = [p for p in packages if p.filename.endswith((".deb", ".udeb"))]
-        # The build's source packages (.dsc and files) go into its own tree beside its binaries
-        # (Sources index, apt-get source); they are not carried forward to later builds' trees.
+        # The build's source packages (.dsc and files): recorded with the binaries they built,
+        # so they are carried forward with them (a source package that lost stays out).
         sources = [p for p in packages if not p.filename.endswith((".deb", ".udeb"))]
-        own = aptbranch.describe(binaries, build_id)
+        own = aptbranch.attach_sources(aptbranch.describe(binaries, build_id), sources)
         merged = aptbranch.merge(base, own, prefer_incoming=personal)
-        kept = {f.filename for entry in merged.values() if entry.build_id == build_id for f in entry.files}
+        by_name = {p.filename: p for p in packages}
+        mine = [entry for entry in merged.values() if entry.build_id == build_id]
+        names = [f.filename for entry in mine for f in entry.files]
+        names += [f.filename for entry in mine for f in entry.sources]
+        kept = {name for name in names if name in by_name}
         # Checked by describe: linked like carried packages (a copy is hashed again).
-        carried = [p for p in binaries if p.filename in kept] + _carried(merged, where, skip=kept)
-        carried += [p for p in sources if p.filename not in {c.filename for c in carried}]
+        carried = [by_name[name] for name in sorted(kept)] + _carried(merged, where, skip=kept)
         # Leftovers of a publish that crashed: nobody else writes here while we hold the lock.
         for stale in target.parent.glob(f".tmp-{target.name}-*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -261,7 +268,7 @@ class LocalAptRepository:
             return
         if merged != published:
             # Another build moved latest between our rename and our switch: merge onto it again.
-            mine = {f.filename: target / f.filename for entry in own.values() for f in entry.files}
+            mine = _where(own, target)
             carried = _carried(merged, where | mine, skip=set())
             tree = apttree.build_tree(
                 target.parent, f".tmp-{target.name}-", [], label, self.signer, carried=carried, state=merged
@@ -293,7 +300,7 @@ class LocalAptRepository:
 
     def expire_build(self, build: BuildRef) -> None:
         self.drop_staging(build)  # normally gone already; a crashed build's is not
-        if build.kind == "personal":
+        if build.kind == BuildKind.PERSONAL:
             lock_dir = self._personal_dir(build.project, build.user)
             target = lock_dir / str(build.build_id)
         else:
@@ -302,7 +309,7 @@ class LocalAptRepository:
         if not lock_dir.is_dir():
             return
         with apttree.locked(lock_dir):
-            if build.kind != "personal" and _latest_build_id(lock_dir / "latest") == build.build_id:
+            if build.kind != BuildKind.PERSONAL and _latest_build_id(lock_dir / "latest") == build.build_id:
                 raise PermanentError(
                     f"build {build.build_id} is what latest of {build.project}/{build.branch} serves; "
                     "it is not expired"
@@ -345,10 +352,19 @@ class LocalAptRepository:
         return check_upstream(mirror)
 
 
+def _where(state: BranchState, tree: Path) -> dict[str, Path]:
+    """Where each file (binary or source) of ``state`` is: in the published ``tree``."""
+    names = [f.filename for f in aptbranch.files_of(state)]
+    names += [f.filename for f in aptbranch.source_files_of(state)]
+    return {name: tree / name for name in names}
+
+
 def _carried(state: BranchState, where: dict[str, Path], *, skip: set[str]) -> list[PackageFile]:
-    """The files of ``state`` (but ``skip``) as packages to link from the published trees ``where``
-    says they are in."""
-    files = [f for f in aptbranch.files_of(state) if f.filename not in skip]
+    """The files of ``state`` (binaries and source packages, but ``skip``) as packages to link
+    from the published trees ``where`` says they are in."""
+    listed: list[aptbranch.BinaryFile | aptbranch.SourceFile] = [*aptbranch.files_of(state)]
+    listed += aptbranch.source_files_of(state)
+    files = [f for f in listed if f.filename not in skip]
     missing = [f.filename for f in files if f.filename not in where]
     if missing:
         raise PermanentError(f"the branch's record names {', '.join(missing)}, which no published tree holds")

@@ -17,6 +17,8 @@ from typing import Protocol, runtime_checkable
 from buildfarm.backends.signing import SigningKey
 from buildfarm.model.errors import NotFoundError
 from buildfarm.model.settings import MirrorConfig
+from buildfarm.model.types import AptSource as AptSource  # noqa: PLC0414  (part of this interface)
+from buildfarm.model.types import BuildKind
 
 SHA256_HEX_LENGTH = 64
 
@@ -46,7 +48,7 @@ class BuildRef:
     build_id: int
     project: str
     branch: str
-    kind: str  # release | nightly | on-demand | personal
+    kind: BuildKind
     user: str
 
 
@@ -58,36 +60,6 @@ class PackageFile:
     sha256: str
     size: int
     path: Path
-
-
-@dataclass(frozen=True)
-class AptSource:
-    """One apt sources line. ``suite`` is ``./`` for a flat repository (then no components).
-
-    ``signed_by`` (a signed repository) is where the user keeps the farm's public key: the line
-    says ``[signed-by=PATH]`` and apt verifies the Release file with that key alone.  Without it
-    a ``trusted`` source says ``[trusted=yes]``: apt reads it unsigned (the farm's own staging
-    repositories, and every repository of a farm that has no signing key).
-    """
-
-    url: str
-    suite: str = "./"
-    components: tuple[str, ...] = ()
-    trusted: bool = True
-    signed_by: str | None = None  # path of the key apt checks the Release signature with
-    sources: bool = False  # the repository also has a Sources index (``deb-src`` works)
-
-    def line(self) -> str:
-        if self.signed_by is not None:
-            options = f"[signed-by={self.signed_by}] "
-        else:
-            options = "[trusted=yes] " if self.trusted else ""
-        parts = ["deb", f"{options}{self.url}", self.suite, *self.components]
-        return " ".join(parts)
-
-    def source_line(self) -> str | None:
-        """The ``deb-src`` line of the same repository, when it publishes source packages."""
-        return "deb-src" + self.line().removeprefix("deb") if self.sources else None
 
 
 @dataclass(frozen=True)
@@ -264,6 +236,16 @@ class VersionedPackageRepository(PackageRepository, Protocol):
         """Delete the versions of build repositories that no distribution serves, written before
         ``older_than``, each repository's latest excepted; return how many (``dry_run``: how many
         unpublished ones would go, deleting nothing)."""
+        ...
+
+
+@runtime_checkable
+class BuildInputKeeper(Protocol):
+    """A package repository that keeps build inputs too (Pulp: a file repository of them, kept
+    forever); the local profile's artifact store alone keeps them there."""
+
+    def keep_build_inputs(self, files: list[PackageFile]) -> int:
+        """Hold ``files`` (upstream tarballs, .dsc files) for good; return how many were new."""
         ...
 
 

@@ -4,7 +4,9 @@ Rows are exported column by column from the tables' own definitions (so a column
 migration is carried along) inside one transaction, REPEATABLE READ on PostgreSQL: the builds,
 steps, outputs, users, projects, grants and token hashes of one catalogue are one consistent
 state of the farm.  Token secrets are never stored by the farm (only their sha256), so none is
-in a backup either.
+in a backup either.  Every build input (``build_inputs``: the upstream tarballs, .dsc files and
+3rd-party files builds were made from, kept forever) is in it too, whichever build used it, so a
+restored farm still finds them by URL or source version and never downloads them again.
 
 Which builds: release builds that succeeded (published).  A step of one of them that reused a
 step of a build that is not backed up (a nightly build, typically: the release rebuilt nothing)
@@ -26,10 +28,11 @@ from typing import Any
 from sqlalchemy import Column, Connection, Table, func, insert, select, text
 
 from buildfarm.model.errors import ConflictError
+from buildfarm.model.types import AptSource, BuildKind, BuildState, OutputKind
 from buildfarm.state.db import Database
 from buildfarm.state.models import (
     Build,
-    BuildState,
+    BuildInput,
     Grant,
     Project,
     Step,
@@ -39,8 +42,11 @@ from buildfarm.state.models import (
     UTCDateTime,
 )
 
-CATALOGUE_FORMAT = 1
-RELEASE = "release"
+CATALOGUE_FORMAT = 2
+"""2: step outputs have a ``kind``, an image's filename is its reference; builds' staging sources
+are JSON (migration 0009).  Format 1 (an image was ``image:<reference>``) is read as well."""
+RELEASE = BuildKind.RELEASE
+_LEGACY_IMAGE_PREFIX = "image:"  # format 1's image outputs
 
 Row = dict[str, Any]
 
@@ -51,6 +57,7 @@ USERS: Table = User.__table__  # type: ignore[assignment]
 TOKENS: Table = Token.__table__  # type: ignore[assignment]
 PROJECTS: Table = Project.__table__  # type: ignore[assignment]
 GRANTS: Table = Grant.__table__  # type: ignore[assignment]
+INPUTS: Table = BuildInput.__table__  # type: ignore[assignment]
 
 
 def _encode(table: Table, row: Any) -> Row:
@@ -59,8 +66,24 @@ def _encode(table: Table, row: Any) -> Row:
         value = row[column.name]
         if isinstance(value, dt.datetime):
             value = value.isoformat()
+        elif isinstance(value, AptSource):
+            value = value.to_json()
         out[column.name] = value
     return out
+
+
+def upgrade_catalogue(catalogue: dict[str, Any]) -> dict[str, Any]:
+    """A catalogue in this format: format 1's output rows get their kind (in place; returned)."""
+    if catalogue.get("format") == 1:
+        for output in catalogue.get("tables", {}).get("step_outputs", []):
+            filename: str = output["filename"]
+            if filename.startswith(_LEGACY_IMAGE_PREFIX):
+                output["filename"] = filename.removeprefix(_LEGACY_IMAGE_PREFIX)
+                output["kind"] = OutputKind.IMAGE
+            else:
+                output["kind"] = OutputKind.of_file(filename)
+        catalogue["format"] = CATALOGUE_FORMAT
+    return catalogue
 
 
 def _decode(column: Column[Any], value: Any) -> Any:
@@ -95,6 +118,7 @@ def export_catalogue(db: Database) -> dict[str, Any]:
                 "grants": _rows(conn, GRANTS),
                 "tokens": _rows(conn, TOKENS),
             }
+            inputs = _rows(conn, INPUTS)
     by_step: dict[int, list[Row]] = {}
     for output in outputs:
         by_step.setdefault(output["step_id"], []).append(output)
@@ -112,7 +136,13 @@ def export_catalogue(db: Database) -> dict[str, Any]:
         output.pop("id", None)  # nothing refers to output ids: the restored farm numbers them
     return {
         "format": CATALOGUE_FORMAT,
-        "tables": {"builds": builds, "steps": steps, "step_outputs": kept_outputs, **accounts},
+        "tables": {
+            "builds": builds,
+            "steps": steps,
+            "step_outputs": kept_outputs,
+            "build_inputs": inputs,
+            **accounts,
+        },
     }
 
 
@@ -182,6 +212,14 @@ def import_catalogue(db: Database, catalogue: dict[str, Any], published: dict[in
             conn.execute(insert(STEPS).values(_insertable(STEPS, step)))
         for output in tables["step_outputs"]:
             conn.execute(insert(OUTPUTS).values(_insertable(OUTPUTS, output, ["id"])))
+        for kept in tables.get("build_inputs", []):  # a catalogue made before 0008 has none
+            exists = conn.execute(
+                select(INPUTS.c.id).where(
+                    INPUTS.c.sha256 == kept["sha256"], INPUTS.c.origin == kept["origin"]
+                )
+            ).first()
+            if exists is None:
+                conn.execute(insert(INPUTS).values(_insertable(INPUTS, kept, ["id"])))
         if conn.dialect.name == "postgresql":
             # Rows came with their ids: the next build and step must be numbered after them.
             for table in (BUILDS, STEPS):

@@ -6,9 +6,12 @@ branch's ``latest``: so ``latest`` ends at the newest restored release of the br
 pointed at before), and the records go in last, in one transaction.  Until that transaction the
 farm still has no builds, so a restore that failed half way (a service down) is simply run
 again: the stores skip what they hold, the repository keeps what it published.
+Each release is published with its source packages (``apt-get source`` works on the restored
+farm), and every build input goes back into the store and, on Pulp, into its file repository of
+build inputs; their ``build_inputs`` rows go in with the records.
 
 Images are pushed to the new farm's registry under the same repository paths; when the
-registry's address changed, the records' ``image:<reference>`` outputs are rewritten to it.
+registry's address changed, the references of the records' image outputs are rewritten to it.
 """
 
 from __future__ import annotations
@@ -19,15 +22,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from buildfarm.backends.base import BackupTarget, BuildRef, PackageFile, RawManifest
-from buildfarm.backup.catalog import farm_has_builds, import_catalogue
+from buildfarm.backends.base import BackupTarget, BuildInputKeeper, BuildRef, PackageFile, RawManifest
+from buildfarm.backup.catalog import CATALOGUE_FORMAT, farm_has_builds, import_catalogue, upgrade_catalogue
 from buildfarm.backup.manifest import Progress, RestoreReport, no_progress, read_manifest
-from buildfarm.engine.advance import PACKAGE_SUFFIXES
+from buildfarm.engine.advance import materialize_sources
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import moves_latest
 from buildfarm.model.errors import ConflictError, PermanentError
 from buildfarm.model.images import registry_host, split_reference
-from buildfarm.state.models import IMAGE_OUTPUT_PREFIX
+from buildfarm.model.types import OutputKind, StepKind, StepState
 
 
 def _catalogue(target: BackupTarget, scratch: Path) -> dict[str, Any]:
@@ -35,9 +38,9 @@ def _catalogue(target: BackupTarget, scratch: Path) -> dict[str, Any]:
     path = scratch / "catalogue.json"
     target.objects.fetch(manifest["catalogue"]["sha256"], path)  # checks its sha256
     data: dict[str, Any] = json.loads(path.read_bytes())
-    if data.get("format") != 1 or "tables" not in data:
+    if data.get("format") not in (1, CATALOGUE_FORMAT) or "tables" not in data:
         raise PermanentError(f"the catalogue in {target.where} has an unknown format {data.get('format')!r}")
-    return data
+    return upgrade_catalogue(data)
 
 
 def restore(ctx: FarmContext, progress: Progress) -> RestoreReport:
@@ -72,6 +75,7 @@ def restore(ctx: FarmContext, progress: Progress) -> RestoreReport:
             ctx.store.put_build_manifest(int(build_id), manifest)
         _restore_images(ctx, target, catalogue, scratch, progress)
         published, latest = _publish(ctx, tables, scratch, progress)
+        _keep_inputs(ctx, tables.get("build_inputs", []), scratch)
     import_catalogue(ctx.db, catalogue, published)
     return RestoreReport(
         target=target.where,
@@ -84,6 +88,24 @@ def restore(ctx: FarmContext, progress: Progress) -> RestoreReport:
         latest=latest,
         seconds=time.monotonic() - started,
     )
+
+
+def _keep_inputs(ctx: FarmContext, inputs: list[dict[str, Any]], scratch: Path) -> None:
+    """Every restored build input into the repository's own store of them, where it has one
+    (Pulp's file repository of build inputs), as the builds that used them put them there."""
+    if not isinstance(ctx.repo, BuildInputKeeper) or not inputs:
+        return
+    into = scratch / "inputs"
+    files: dict[str, PackageFile] = {}
+    for row in inputs:
+        key = f"{row['sha256']}/{row['name']}"
+        if key in files or not ctx.store.has(row["sha256"]):
+            continue
+        path = into / row["sha256"] / row["name"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ctx.store.fetch(row["sha256"], path)
+        files[key] = PackageFile(row["name"], row["sha256"], int(row["size"]), path)
+    ctx.repo.keep_build_inputs(list(files.values()))
 
 
 def _restore_log(ctx: FarmContext, target: BackupTarget, key: str, sha256: str, scratch: Path) -> None:
@@ -129,9 +151,8 @@ def _restore_images(
             renamed[image["reference"]] = f"{host}/{image['reference'].partition('/')[2]}"
         progress("images", done, len(images))
     for output in catalogue["tables"]["step_outputs"]:
-        reference = output["filename"].removeprefix(IMAGE_OUTPUT_PREFIX)
-        if output["filename"].startswith(IMAGE_OUTPUT_PREFIX) and reference in renamed:
-            output["filename"] = IMAGE_OUTPUT_PREFIX + renamed[reference]
+        if output["kind"] == OutputKind.IMAGE and output["filename"] in renamed:
+            output["filename"] = renamed[output["filename"]]
 
 
 def _manifest(target: BackupTarget, entry: dict[str, Any], scratch: Path) -> RawManifest:
@@ -164,10 +185,17 @@ def _publish(
         for step in steps_of.get(build["id"], []):
             producer = step["reused_from"] if step["reused_from"] is not None else step["id"]
             for output in outputs_of.get(producer, []):
-                if output["filename"].endswith(PACKAGE_SUFFIXES):
+                if OutputKind(output["kind"]).is_package:
                     path = into / output["filename"]
                     ctx.store.fetch(output["sha256"], path)
                     packages.append(PackageFile(output["filename"], output["sha256"], output["size"], path))
+        # The source packages too, as the build published them (``apt-get source`` on the restore).
+        bundles = [
+            step["source_sha256"]
+            for step in steps_of.get(build["id"], [])
+            if step["kind"] == StepKind.PACKAGE and step["state"] == StepState.SUCCEEDED
+        ]
+        packages += materialize_sources(ctx, bundles, into)
         ref = BuildRef(build["id"], build["project"], build["branch"], build["kind"], build["user"])
         source = ctx.repo.publish(ref, packages, move_latest=moves_latest(ref.kind))
         published[ref.build_id] = source.line()

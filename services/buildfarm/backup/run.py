@@ -5,7 +5,9 @@ release build is made of: its packages and other outputs, the source tarballs it
 from, its step logs, its images (manifest, config and every layer as they are in the registry;
 a multi-platform index with each platform's manifest; the media types are those of
 :mod:`buildfarm.backends.registrycopy`) and a catalogue of its records plus the farm's accounts
-(:mod:`buildfarm.backup.catalog`).
+(:mod:`buildfarm.backup.catalog`), and every build input of the farm (upstream tarballs and
+.dsc files, kept forever: their objects and their ``build_inputs`` rows), so a restored farm
+never downloads them again.
 Every object is named by its sha256 in the target, so a run copies only what the target lacks:
 a second run with no new release copies nothing but one small ``manifest.json`` that lists every
 object of the backup with its size and sha256 (the catalogue's too).
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from buildfarm.backends.base import BackupTarget
-from buildfarm.backup.catalog import export_catalogue
+from buildfarm.backup.catalog import export_catalogue, upgrade_catalogue
 from buildfarm.backup.manifest import (
     MANIFEST,
     MANIFEST_FORMAT,
@@ -49,7 +51,7 @@ from buildfarm.backup.manifest import (
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import NotFoundError, PermanentError
 from buildfarm.model.images import split_reference
-from buildfarm.state.models import IMAGE_OUTPUT_PREFIX
+from buildfarm.model.types import OutputKind
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +136,12 @@ def run_backup(ctx: FarmContext, *, progress: Progress | None = None) -> BackupR
         images: dict[str, str] = {}  # reference -> manifest digest (hex)
         files: set[str] = set()
         for output in tables["step_outputs"]:
-            if output["filename"].startswith(IMAGE_OUTPUT_PREFIX):
-                images[output["filename"].removeprefix(IMAGE_OUTPUT_PREFIX)] = output["sha256"]
+            if output["kind"] == OutputKind.IMAGE:
+                images[output["filename"]] = output["sha256"]
             else:
                 files.add(output["sha256"])
         files |= {s["source_sha256"] for s in tables["steps"] if ctx.store.has(s["source_sha256"])}
+        files |= {i["sha256"] for i in tables["build_inputs"] if ctx.store.has(i["sha256"])}
         for done, sha256 in enumerate(sorted(files), 1):
             copier.copy_from(functools.partial(ctx.store.fetch, sha256), sha256)
             report("files", done, len(files))
@@ -247,15 +250,17 @@ def _image_held(entry: dict[str, Any], copier: _Copier) -> bool:
 
 def describe_objects(catalogue: dict[str, Any]) -> dict[str, str]:
     """sha256 -> what the object is, in words (``layer of image <reference>``), for messages."""
-    tables: dict[str, list[dict[str, Any]]] = catalogue.get("tables", {})
+    tables: dict[str, list[dict[str, Any]]] = upgrade_catalogue(catalogue).get("tables", {})
     what: dict[str, str] = {}
     steps = {s["id"]: s for s in tables.get("steps", [])}
     for output in tables.get("step_outputs", []):
         step = steps.get(output["step_id"], {})
-        if not output["filename"].startswith(IMAGE_OUTPUT_PREFIX):
+        if output["kind"] != OutputKind.IMAGE:
             what[output["sha256"]] = f"{output['filename']} of build {step.get('build_id')}"
     for step in steps.values():
         what.setdefault(step["source_sha256"], f"source of step {step['name']} of build {step['build_id']}")
+    for kept in tables.get("build_inputs", []):
+        what.setdefault(kept["sha256"], f"build input {kept['name']}")
     for key, sha256 in catalogue.get("logs", {}).items():
         what.setdefault(sha256, f"log {key}")
     for image in catalogue.get("images", []):

@@ -33,31 +33,27 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from buildfarm.backends.base import BuildRef, PackageFile
+from buildfarm.backends.base import BuildInputKeeper, BuildRef, PackageFile
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import moves_latest
 from buildfarm.model.debsource import file_sha256
 from buildfarm.model.errors import BuildfarmError, PermanentError, TemporaryError
-from buildfarm.model.retention import IMAGE_OUTPUT_PREFIX
 from buildfarm.model.sources import unpack_tree
-from buildfarm.state.models import (
+from buildfarm.model.types import (
     TERMINAL_BUILD_STATES,
     TERMINAL_STEP_STATES,
-    Build,
     BuildState,
-    Step,
+    OutputKind,
     StepKind,
-    StepOutput,
     StepState,
-    utcnow,
 )
+from buildfarm.state.models import Build, BuildInput, Step, StepOutput, utcnow
 
 log = logging.getLogger(__name__)
 
 PUBLISH_CLAIM_SECONDS = 600
 """A publisher silent this long is taken as dead and another may publish (idempotently)."""
 ERROR_CHARS = 500
-PACKAGE_SUFFIXES = (".deb", ".udeb")
 
 
 def build_ref(build: Build) -> BuildRef:
@@ -83,7 +79,7 @@ def _outputs_stored(session: Session, step: Step, has: Callable[[str], bool]) ->
     in the artifact store.  A store that cannot answer now counts as holding them: publishing then
     meets the outage and says so, as it would have without this check."""
     for output in session.scalars(select(StepOutput).where(StepOutput.step_id == step.id)):
-        if output.filename.startswith(IMAGE_OUTPUT_PREFIX):
+        if output.kind == OutputKind.IMAGE:
             continue
         try:
             if not has(output.sha256):
@@ -157,7 +153,7 @@ def _outputs(session: Session, steps: list[Step]) -> list[StepOutput]:
 def _materialize(ctx: FarmContext, outputs: list[StepOutput], into: Path) -> list[PackageFile]:
     files = []
     for output in outputs:
-        if not output.filename.endswith(PACKAGE_SUFFIXES):
+        if not output.kind.is_package:
             continue
         path = into / output.filename
         ctx.store.fetch(output.sha256, path)
@@ -165,7 +161,24 @@ def _materialize(ctx: FarmContext, outputs: list[StepOutput], into: Path) -> lis
     return files
 
 
-def _materialize_sources(ctx: FarmContext, bundles: list[str], into: Path) -> list[PackageFile]:
+def _keep_inputs(ctx: FarmContext, sources: list[PackageFile]) -> None:
+    """The build inputs among the build's source files (upstream tarballs, fetched .dsc files)
+    into the repository's own store of them, where it has one (Pulp's file repository of build
+    inputs: :mod:`buildfarm.backends.pulp.inputs`)."""
+    if not isinstance(ctx.repo, BuildInputKeeper) or not sources:
+        return
+    with ctx.db.session() as session:
+        kept = set(
+            session.scalars(
+                select(BuildInput.sha256).where(BuildInput.sha256.in_({p.sha256 for p in sources}))
+            )
+        )
+    inputs = [p for p in sources if p.sha256 in kept]
+    if inputs:
+        ctx.repo.keep_build_inputs(inputs)
+
+
+def materialize_sources(ctx: FarmContext, bundles: list[str], into: Path) -> list[PackageFile]:
     """The source packages the build's package steps built (each step's .dsc and its files),
     published beside the binaries so ``apt-get source`` gets exactly what was built."""
     files = []
@@ -202,7 +215,7 @@ def _stage(ctx: FarmContext, session: Session, build: Build, needs_stage: list[S
     try:
         with tempfile.TemporaryDirectory(dir=ctx.work_root, prefix="stage-") as tmp:
             packages = _materialize(ctx, _outputs(session, build.steps), Path(tmp))
-            build.staging_source = ctx.repo.stage(build_ref(build), packages).line()
+            build.staging_source = ctx.repo.stage(build_ref(build), packages)
     except Exception as caught:  # a full or read-only disk too: the steps wait, saying why
         exc = repository_fault(caught)
         line = one_line(exc)
@@ -323,7 +336,9 @@ def publish_build(ctx: FarmContext, build_id: int) -> bool:
     try:
         tmp = Path(tempfile.mkdtemp(dir=ctx.work_root, prefix="publish-"))
         packages = _materialize(ctx, outputs, tmp)
-        packages += _materialize_sources(ctx, bundles, tmp)
+        sources = materialize_sources(ctx, bundles, tmp)
+        packages += sources
+        _keep_inputs(ctx, sources)
         source = ctx.repo.publish(ref, packages, move_latest=moves_latest(ref.kind))
     except Exception as exc:  # any fault releases the claim: never `publishing` for 10 minutes unsaid
         _publish_failed(ctx, build_id, since, repository_fault(exc))

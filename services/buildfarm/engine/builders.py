@@ -29,8 +29,9 @@ from sqlalchemy.orm import Session
 
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import BuildfarmError, PermanentError
+from buildfarm.model.types import StepState
 from buildfarm.runners.base import ListsBuilders
-from buildfarm.state.models import Build, Step, StepState, utcnow
+from buildfarm.state.models import Build, Step, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ class FollowingRunner(Protocol):
 def can_adopt(ctx: FarmContext, step: Step, now: dt.datetime) -> bool:
     """Whether a message for ``step`` should follow its current attempt's Job instead of a new one.
 
-    RUNNING with an expired lease, or READY after a reaper took an expired lease back (it leaves
-    ``error`` set; a fresh or retried step has none), and the attempt's Job still exists.
+    RUNNING with an expired lease, or READY after a reaper took an expired lease back
+    (``attempt_lost``; a fresh or retried step is not), and the attempt's Job still exists.
     """
     runner = ctx.runner
     if not isinstance(runner, FollowingRunner) or step.attempt < 1:
@@ -59,7 +60,7 @@ def can_adopt(ctx: FarmContext, step: Step, now: dt.datetime) -> bool:
     if step.state == StepState.RUNNING:
         if step.lease_expires_at is not None and step.lease_expires_at > now:
             return False  # a live lease: someone follows it now
-    elif step.state != StepState.READY or step.error is None:
+    elif step.state != StepState.READY or not step.attempt_lost:
         return False
     try:
         return runner.exists(step.build_id, step.name, step.attempt)
@@ -85,6 +86,7 @@ def requeue_lost(ctx: FarmContext, step_id: int, attempt: int, owner: str | None
                 lease_owner=None,
                 lease_expires_at=None,
                 error=f"attempt {attempt}: {why}",
+                attempt_lost=True,
             )
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from buildfarm.backends.base import ArtifactStore, BackupTarget, ImageRegistry, PackageRepository
 from buildfarm.model.settings import Settings
+from buildfarm.model.types import StepKind
 from buildfarm.runners.base import Runner
 from buildfarm.state.db import Database
 
@@ -77,9 +78,9 @@ class FarmContext:
             return self.runner
         return self.parts.image_runner()
 
-    def runner_for(self, kind: str) -> Runner:
-        """The runner of a step of this kind (``package`` or ``image``)."""
-        return self.image_runner if kind == "image" else self.runner
+    def runner_for(self, kind: StepKind) -> Runner:
+        """The runner of a step of this kind."""
+        return self.image_runner if kind == StepKind.IMAGE else self.runner
 
     @property
     def work_root(self) -> Path:

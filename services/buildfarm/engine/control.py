@@ -16,14 +16,8 @@ from sqlalchemy.orm import selectinload
 from buildfarm.backends.base import AptSource
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import ConflictError, NotFoundError, TemporaryError
-from buildfarm.state.models import (
-    TERMINAL_BUILD_STATES,
-    Build,
-    BuildState,
-    Step,
-    StepState,
-    utcnow,
-)
+from buildfarm.model.types import TERMINAL_BUILD_STATES, BuildKind, BuildState, StepState
+from buildfarm.state.models import Build, Step, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +101,9 @@ def _step_view(ctx: FarmContext, step: Step) -> StepView:
         duration_seconds=duration,
         log=_log_location(ctx, step.log_key),
         error=step.error,
-        outputs=[{"filename": o.filename, "sha256": o.sha256, "size": o.size} for o in outputs],
+        outputs=[
+            {"filename": o.filename, "sha256": o.sha256, "size": o.size, "kind": o.kind} for o in outputs
+        ],
     )
 
 
@@ -178,7 +174,8 @@ def page_builds(
         filters.append(Build.project.in_(projects))
     if viewer is not None:
         name, maintained = viewer
-        filters.append(or_(Build.kind != "personal", Build.user == name, Build.project.in_(maintained)))
+        mine = or_(Build.kind != BuildKind.PERSONAL, Build.user == name, Build.project.in_(maintained))
+        filters.append(mine)
     with ctx.db.session() as session:
         total = session.scalar(select(func.count()).select_from(Build).where(*filters)) or 0
         query = select(Build).where(*filters).order_by(Build.id.desc()).offset(offset).limit(limit)
@@ -249,7 +246,7 @@ def retry_build(ctx: FarmContext, build_id: int) -> BuildView:
                 Step.build_id == build_id,
                 Step.state.in_([StepState.FAILED, StepState.CANCELLED, StepState.SKIPPED]),
             )
-            .values(state=StepState.PENDING, finished_at=None, error=None, ready_at=None)
+            .values(state=StepState.PENDING, finished_at=None, error=None, ready_at=None, attempt_lost=False)
         )
         build.state = BuildState.RUNNING
         build.finished_at = None

@@ -20,8 +20,9 @@ from sqlalchemy.orm import Session
 from buildfarm.backends.base import ImageRegistry
 from buildfarm.model.images import IMAGE_TAG, image_destination, split_reference
 from buildfarm.model.manifest import ImageSource
+from buildfarm.model.types import DEFAULT_IMAGE_BUILDER, ImageBuilder, OutputKind, StepKind
 from buildfarm.runners.base import ImageSpec
-from buildfarm.state.models import IMAGE_OUTPUT_PREFIX, Step, StepKind, StepOutput
+from buildfarm.state.models import Step, StepOutput
 
 
 def image_spec_record(image: ImageSource) -> dict[str, object]:
@@ -39,19 +40,19 @@ def image_spec(name: str, record: dict[str, object], prefix: str) -> ImageSpec:
     return ImageSpec(
         name=name,
         dockerfile=str(record.get("dockerfile") or "Dockerfile"),
-        builder=str(record.get("builder") or "kaniko"),
+        builder=ImageBuilder(str(record.get("builder") or DEFAULT_IMAGE_BUILDER)),
         build_args=tuple((str(k), str(v)) for k, v in sorted(args.items())),
         destination=image_destination(prefix, name),
     )
 
 
 def pushed_reference(session: Session, producer_step_id: int) -> str | None:
-    """The reference an image step pushed (from its ``image:<reference>`` output row)."""
-    outputs = session.scalars(select(StepOutput).where(StepOutput.step_id == producer_step_id))
-    for output in outputs:
-        if output.filename.startswith(IMAGE_OUTPUT_PREFIX):
-            return output.filename.removeprefix(IMAGE_OUTPUT_PREFIX)
-    return None
+    """The reference an image step pushed (its output row of kind IMAGE)."""
+    return session.scalars(
+        select(StepOutput.filename).where(
+            StepOutput.step_id == producer_step_id, StepOutput.kind == OutputKind.IMAGE
+        )
+    ).first()
 
 
 def dependency_images(session: Session, step: Step) -> list[tuple[str, str]]:

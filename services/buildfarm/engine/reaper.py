@@ -23,16 +23,9 @@ from sqlalchemy import select, update
 from buildfarm.engine.advance import drop_staging
 from buildfarm.engine.context import FarmContext
 from buildfarm.model import names
+from buildfarm.model.types import TERMINAL_BUILD_STATES, TERMINAL_STEP_STATES, BuildState, StepState
 from buildfarm.runners.base import chroot_root
-from buildfarm.state.models import (
-    TERMINAL_BUILD_STATES,
-    TERMINAL_STEP_STATES,
-    Build,
-    BuildState,
-    Step,
-    StepState,
-    utcnow,
-)
+from buildfarm.state.models import Build, Step, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +65,7 @@ def reap(ctx: FarmContext) -> ReapReport:
                     lease_owner=None,
                     lease_expires_at=None,
                     error=f"attempt {step.attempt} on {step.node} lost its lease",
+                    attempt_lost=True,
                 )
             )
             if back.rowcount == 1:  # type: ignore[attr-defined]

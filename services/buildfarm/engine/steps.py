@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sqlalchemy import update
 
-from buildfarm.backends.base import AptSource, LogWriter, ObjectRef
+from buildfarm.backends.base import LogWriter, ObjectRef
 from buildfarm.engine import builders
 from buildfarm.engine.advance import TEMPORARY_ERRNOS
 from buildfarm.engine.context import FarmContext
@@ -32,20 +32,15 @@ from buildfarm.engine.images import bring_into_namespace, dependency_images, ima
 from buildfarm.model import names
 from buildfarm.model.errors import BuildfarmError
 from buildfarm.model.images import image_prefix
+from buildfarm.model.types import AptSource, BuildState, OutputKind, StepKind, StepState
 from buildfarm.runners.base import ImageSpec, StepJob, StepResult, attempt_dirname
 from buildfarm.runners.lost import StepLost
-from buildfarm.state.models import (
-    IMAGE_OUTPUT_PREFIX,
-    Build,
-    BuildState,
-    Step,
-    StepKind,
-    StepOutput,
-    StepState,
-    utcnow,
-)
+from buildfarm.state.models import Build, Step, StepOutput, utcnow
 
 log = logging.getLogger(__name__)
+
+Output = tuple[str, ObjectRef, OutputKind]
+"""What a step made: a file's name (an image's reference), its content address, its kind."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +52,7 @@ class Claim:
     owner: str
     source_sha256: str
     log_key: str
-    staging_source: str | None
+    staging_source: AptSource | None
     adopted: bool = False  # the attempt's builder Job outlived its lease and is followed again
 
 
@@ -97,6 +92,7 @@ def claim_step(ctx: FarmContext, step_id: int, node: str) -> Claim | None:
                 finished_at=None,
                 log_key=key,
                 error=None,
+                attempt_lost=False,
             )
         )
         if won.rowcount != 1:  # type: ignore[attr-defined]
@@ -134,9 +130,7 @@ def renew_lease(ctx: FarmContext, claim: Claim) -> bool:
         return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
 
-def finish_step(
-    ctx: FarmContext, claim: Claim, outputs: list[tuple[str, ObjectRef]], error: str | None
-) -> bool:
+def finish_step(ctx: FarmContext, claim: Claim, outputs: list[Output], error: str | None) -> bool:
     """Record the result if this attempt still holds the lease; return whether it was accepted."""
     state = StepState.FAILED if error else StepState.SUCCEEDED
     with ctx.db.session() as session:
@@ -147,7 +141,7 @@ def finish_step(
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             return False
-        for filename, ref in outputs:
+        for filename, ref, kind in outputs:
             session.add(
                 StepOutput(
                     step_id=claim.step_id,
@@ -155,6 +149,7 @@ def finish_step(
                     filename=filename,
                     sha256=ref.sha256,
                     size=ref.size,
+                    kind=kind,
                 )
             )
     return True
@@ -273,7 +268,7 @@ def _run_claimed(ctx: FarmContext, claim: Claim, writer: LogWriter, node: str) -
 
 def _build(
     ctx: FarmContext, claim: Claim, writer: LogWriter, workdir: Path, cancel: threading.Event
-) -> tuple[str | None, list[tuple[str, ObjectRef]]]:
+) -> tuple[str | None, list[Output]]:
     """Fetch the source, run the runner, store outputs. Returns (error or None, outputs)."""
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -293,7 +288,7 @@ def _build(
                 writer.write_line,
             )
         ctx.store.fetch(claim.source_sha256, tarball)
-        staging = [_parse_source(claim.staging_source)] if claim.staging_source else []
+        staging = [claim.staging_source] if claim.staging_source else []
         extra = staging + ctx.repo.mirror_sources()  # mirrors after the build's own packages
         job = StepJob(
             build_id=claim.build_id,
@@ -311,6 +306,7 @@ def _build(
             node=target.node,
             project=target.project,
             branch=target.branch,
+            environment_id=target.environment_id,
         )
         job.workdir.mkdir()
         result: StepResult = runner.run(job)
@@ -325,8 +321,9 @@ def _build(
                 return "the image runner reported success but pushed no image", []
             return None, [
                 (
-                    IMAGE_OUTPUT_PREFIX + image.reference,
+                    image.reference,
                     ObjectRef(image.digest.removeprefix("sha256:"), image.size),
+                    OutputKind.IMAGE,
                 )
                 for image in result.images
             ]
@@ -339,7 +336,7 @@ def _build(
 
 def _store_outputs(
     ctx: FarmContext, outputs: list[Path], writer: LogWriter, cancel: threading.Event
-) -> list[tuple[str, ObjectRef]]:
+) -> list[Output]:
     """Store a step's outputs; a full or read-only artifact store is waited out, not a failure.
 
     The built packages are fine: failing the step would throw away the build for a disk an
@@ -352,7 +349,7 @@ def _store_outputs(
     pause = settings.repository.retry_min_seconds
     while True:
         try:
-            return [(path.name, ctx.store.put_file(path)) for path in outputs]
+            return [(path.name, ctx.store.put_file(path), OutputKind.of_file(path.name)) for path in outputs]
         except OSError as exc:
             if exc.errno not in TEMPORARY_ERRNOS or time.monotonic() + pause > deadline:
                 raise
@@ -369,12 +366,13 @@ def _store_outputs(
 class _Target:
     """What the step row says about what to build: its kind, image spec and whereabouts."""
 
-    kind: str
+    kind: StepKind
     image: ImageSpec | None
     node: str | None
     project: str
     branch: str
     dependency_images: list[tuple[str, str]]  # (name, pushed reference) of image steps it needs
+    environment_id: str = ""  # the build's package environment (its input keys name it)
 
 
 def _step_target(ctx: FarmContext, claim: Claim) -> _Target:
@@ -382,16 +380,8 @@ def _step_target(ctx: FarmContext, claim: Claim) -> _Target:
         step = session.get_one(Step, claim.step_id)
         build = step.build
         if step.kind != StepKind.IMAGE:
-            return _Target(step.kind, None, step.node, build.project, build.branch, [])
+            return _Target(step.kind, None, step.node, build.project, build.branch, [], build.environment_id)
         prefix = image_prefix(ctx.settings.registry.url, build.project, build.branch, build.id)
         spec = image_spec(step.name, step.image_spec or {}, prefix)
         deps = dependency_images(session, step)
         return _Target(step.kind, spec, step.node, build.project, build.branch, deps)
-
-
-def _parse_source(line: str) -> AptSource:
-    """Inverse of AptSource.line() for the lines the engine itself stored."""
-    parts = line.split()
-    trusted = parts[1] == "[trusted=yes]"
-    rest = parts[2:] if trusted else parts[1:]
-    return AptSource(url=rest[0], suite=rest[1], components=tuple(rest[2:]), trusted=trusted)

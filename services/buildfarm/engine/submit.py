@@ -12,10 +12,11 @@ from buildfarm.engine.srcpkg import SourceResolver
 from buildfarm.model import names
 from buildfarm.model.debsource import pack_source_package, source_key
 from buildfarm.model.images import registry_host
-from buildfarm.model.manifest import BuildKind, Manifest
+from buildfarm.model.manifest import Manifest
 from buildfarm.model.planner import ImageInfo, compute_input_keys, make_plan
 from buildfarm.model.sources import pack_tree, tree_hash
-from buildfarm.state.models import Build, Step, StepKind, StepState
+from buildfarm.model.types import BuildKind, StepState
+from buildfarm.state.models import Build, Step
 
 BUILD_OPTIONS_VERSION = "2"
 """Bump to invalidate every input key when the way steps are built changes (2: a package step
@@ -84,7 +85,7 @@ def submit_build(
             info_image = ImageInfo(
                 name=image.name,
                 dockerfile=image.dockerfile,
-                builder=image.builder.value,
+                builder=image.builder,
                 build_args=tuple(sorted(image.build_args.items())),
                 depends=tuple(image.depends),
             )
@@ -127,7 +128,7 @@ def submit_build(
                     depends_on=list(step.depends_on),
                     priority=step.priority,
                     state=StepState.PENDING,
-                    kind=StepKind.IMAGE if step.kind == "image" else StepKind.PACKAGE,
+                    kind=step.kind,
                     image_spec=specs.get(name),
                 )
             )

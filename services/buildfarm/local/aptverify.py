@@ -22,7 +22,8 @@ from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import moves_latest
 from buildfarm.local.aptclient import AptClient, AptError
 from buildfarm.model.errors import NotFoundError, PermanentError, ServiceUnavailableError
-from buildfarm.state.models import Build, BuildState, StepOutput
+from buildfarm.model.types import BuildState
+from buildfarm.state.models import Build, StepOutput
 
 
 @dataclass

@@ -27,6 +27,7 @@ from buildfarm.dispatch.celery_app import BUILD_QUEUE, CONTROL_QUEUE, node_queue
 from buildfarm.local import launch
 from buildfarm.local.launch import (
     API,
+    APT_CACHE,
     CORE,
     REDIS,
     REGISTRY,
@@ -45,7 +46,7 @@ from buildfarm.local.private import (
     url_password,
     write_private_json,
 )
-from buildfarm.local.procs import Supervisor, free_port, port_open
+from buildfarm.local.procs import Supervisor, free_apt_cache_port, free_port, port_open
 from buildfarm.model.errors import PermanentError, ServiceUnavailableError
 from buildfarm.model.settings import FARM_FILE, Settings, load_settings
 from buildfarm.state.db import upgrade
@@ -65,6 +66,7 @@ class FarmStatus:
     runner: str | None
     api_url: str | None = None
     registry_url: str | None = None
+    apt_proxy: str | None = None  # the package cache builds fetch through
     processes: dict[str, bool] = field(default_factory=dict)
     nodes: dict[str, Any] = field(default_factory=dict)
     queues: dict[str, int] = field(default_factory=dict)
@@ -207,6 +209,7 @@ def _start_fresh(settings: Settings, sup: Supervisor, nodes: int, prepare: Any) 
         record["redis_url"] = f"redis://:{new_password()}@127.0.0.1:{free_port()}/0"
     # the local registry: image steps push here (seeded with debian:<distribution> on first use)
     record["registry_url"] = settings.registry.url or f"http://127.0.0.1:{free_port()}"
+    warnings = _plan_apt_cache(settings, record)
     if settings.repository.kind == "local":
         # Signed repositories with no setup: the farm's own key, kept across starts.
         key_file = settings.signing.key_file or generate_key(signing_dir(state))
@@ -219,7 +222,7 @@ def _start_fresh(settings: Settings, sup: Supervisor, nodes: int, prepare: Any) 
     for directory in ("artifacts", "repos", "work"):  # made here, 0700, before any node (umask 022)
         (state / directory).mkdir(mode=0o700, exist_ok=True)
     settings = load_settings(state_dir=state)
-    brokers = [n for n in (REDIS, REGISTRY) if n in expected_processes(record, sup)]
+    brokers = [n for n in (REDIS, REGISTRY, APT_CACHE) if n in expected_processes(record, sup)]
     launch.launch(settings, sup, record, brokers)
     upgrade(settings.effective_database_url)
     check_backends(settings)
@@ -229,13 +232,33 @@ def _start_fresh(settings: Settings, sup: Supervisor, nodes: int, prepare: Any) 
     launch.launch(settings, sup, record, rest)
     result = status(settings)
     result.started = [*brokers, *rest]
+    result.warnings += warnings
     return result
+
+
+def _plan_apt_cache(settings: Settings, record: dict[str, Any]) -> list[str]:
+    """Decide the farm's package cache: the configured proxy, else a private apt-cacher-ng
+    (before the environment is made, so that fetches through it too); returns warnings."""
+    record["apt_cache_private"] = False
+    if settings.buildenv.apt_proxy:
+        record["apt_proxy"] = settings.buildenv.apt_proxy
+        return []
+    if not settings.buildenv.apt_cache:
+        return []
+    if shutil.which("apt-cacher-ng") is None:
+        return [
+            "apt-cacher-ng is not installed: steps fetch packages straight from the mirrors "
+            "(apt-get install apt-cacher-ng, or set BUILDFARM_APT_CACHE=false)"
+        ]
+    record["apt_cache_private"] = True
+    record["apt_proxy"] = f"http://127.0.0.1:{free_apt_cache_port()}"
+    return []
 
 
 def stop(settings: Settings) -> list[str]:
     """Stop every process of the farm: nodes and scheduler first, Redis last."""
     sup = Supervisor(settings.state_dir)
-    last = {REDIS: 3, REGISTRY: 2, REPO_SERVER: 1, API: 1}
+    last = {REDIS: 3, REGISTRY: 2, APT_CACHE: 2, REPO_SERVER: 1, API: 1}
     order = sorted(sup.names(), key=lambda n: (last.get(n, 0), n))
     stopped = [name for name in order if sup.stop(name)]
     stop_agent(signing_home(settings.state_dir))  # the nodes' signing started it
@@ -245,6 +268,8 @@ def stop(settings: Settings) -> list[str]:
             record.pop("redis_url", None)
         if REGISTRY in stopped:
             record.pop("registry_url", None)
+        if APT_CACHE in stopped:
+            record.pop("apt_proxy", None)
         write_farm_file(settings, record)
     return stopped
 
@@ -255,7 +280,7 @@ def core_alive(settings: Settings) -> bool:
     record = read_farm_file(settings)
     if not record:
         return False
-    core = [n for n in expected_processes(record, sup) if n in (REDIS, REGISTRY, *CORE)]
+    core = [n for n in expected_processes(record, sup) if n in (REDIS, REGISTRY, APT_CACHE, *CORE)]
     return all(sup.pid(n) is not None for n in core)
 
 
@@ -274,6 +299,7 @@ def status(settings: Settings) -> FarmStatus:
         repo_url=settings.repository.url if farm.get("repo_port") else None,
         api_url=settings.api.url if farm.get("api_port") else None,
         registry_url=farm.get("registry_url"),
+        apt_proxy=farm.get("apt_proxy"),
         runner=farm.get("runner"),
         processes=processes,
     )

@@ -1,7 +1,7 @@
 """What each process of the local farm runs, and starting some of them until they answer.
 
-A process is known by its name (``redis``, ``registry``, ``repo-server``, ``api``, ``node<N>`` or
-any node name, ``scheduler``) and everything it needs comes from the farm file (``farm.json``):
+A process is known by its name (``redis``, ``registry``, ``apt-cache``, ``repo-server``, ``api``,
+``node<N>`` or any node name, ``scheduler``) and everything it needs comes from the farm file (``farm.json``):
 its port, the Redis password, the node's name and queue, and the ``BUILDFARM_*`` environment the
 farm was first started with. So a process started again after it died (``buildfarm start`` on a
 partly running farm, ``buildfarm node start``) comes back exactly as it was, whatever shell
@@ -24,6 +24,8 @@ from buildfarm.local.private import url_password, write_private_text
 from buildfarm.local.procs import (
     PRIVATE_UMASK,
     Supervisor,
+    apt_cache_command,
+    apt_cache_config,
     port_open,
     redis_config,
     redis_server_command,
@@ -40,12 +42,14 @@ READY_TIMEOUT_SECONDS = 60.0
 """Bound on waiting for Redis, the repository server and every node to answer after start."""
 REDIS = "redis"
 REGISTRY = "registry"
+APT_CACHE = "apt-cache"
+"""apt-cacher-ng: the farm's package cache, so N steps and nodes fetch each .deb from outside once."""
 REPO_SERVER = "repo-server"
 API = "api"
 SCHEDULER = "scheduler"
 CORE = (REPO_SERVER, API, SCHEDULER)
 _NODE_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
-_NOT_NODES = frozenset({REDIS, REGISTRY, REPO_SERVER, API, SCHEDULER})
+_NOT_NODES = frozenset({REDIS, REGISTRY, APT_CACHE, REPO_SERVER, API, SCHEDULER})
 
 
 def node_names(count: int) -> list[str]:
@@ -98,11 +102,16 @@ def registry_is_private(record: dict[str, Any], sup: Supervisor) -> bool:
     return bool(record.get("registry_private", (sup.run_dir / f"{REGISTRY}.pid").exists()))
 
 
+def apt_cache_is_private(record: dict[str, Any]) -> bool:
+    return bool(record.get("apt_cache_private", False))
+
+
 def expected_processes(record: dict[str, Any], sup: Supervisor) -> list[str]:
     """Every process the farm should be running, in start order."""
     held = set(stopped_nodes(record))
     names = [REDIS] if redis_is_private(record, sup) else []
     names += [REGISTRY] if registry_is_private(record, sup) else []
+    names += [APT_CACHE] if apt_cache_is_private(record) else []
     names += [REPO_SERVER, API]
     names += [n for n in farm_nodes(record) if n not in held]
     return [*names, SCHEDULER]
@@ -166,6 +175,13 @@ def _command(name: str, settings: Settings, record: dict[str, Any]) -> list[str]
         port = _url_port(record.get("registry_url"), "the registry")
         write_private_text(config, registry_config(directory / "data", port))
         return registry_command(config)
+    if name == APT_CACHE:
+        directory = state / "apt-cache"
+        for sub in ("conf", "cache", "log"):
+            (directory / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        port = _url_port(record.get("apt_proxy"), "the package cache")
+        write_private_text(directory / "conf" / "acng.conf", apt_cache_config(directory, port))
+        return apt_cache_command(directory / "conf")
     if name == REPO_SERVER:
         (state / "repos").mkdir(mode=0o700, exist_ok=True)
         return [
@@ -201,6 +217,8 @@ def _listener(name: str, settings: Settings, record: dict[str, Any]) -> tuple[st
         return "127.0.0.1", _url_port(record.get("redis_url"), "Redis")
     if name == REGISTRY:
         return "127.0.0.1", _url_port(record.get("registry_url"), "the registry")
+    if name == APT_CACHE:
+        return "127.0.0.1", _url_port(record.get("apt_proxy"), "the package cache")
     if name == REPO_SERVER:
         return settings.repository.host, settings.repository.port
     if name == API:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from buildfarm.model.errors import PermanentError
 
 STOP_GRACE_SECONDS = 15.0
 """How long a process gets after SIGTERM (a worker finishing its Celery bookkeeping) before SIGKILL."""
@@ -91,6 +94,46 @@ def registry_command(config: Path, binary: str = "docker-registry") -> list[str]
 def registry_env(env: dict[str, str]) -> dict[str, str]:
     """The registry panics at start when AWS_CA_BUNDLE is set (even for filesystem storage)."""
     return {k: v for k, v in env.items() if k != "AWS_CA_BUNDLE"}
+
+
+APT_CACHE_PORTS = (20000, 32767)
+"""apt-cacher-ng 3.7 cannot bind a port above 32767 ("Error resolving address for binding"):
+its port is picked in this range, below Linux's ephemeral ports."""
+
+
+def apt_cache_config(directory: Path, port: int) -> str:
+    """acng.conf of a private apt-cacher-ng (Debian's caching proxy for package archives): on
+    127.0.0.1 only (the packaged one listens everywhere), its cache, logs and admin socket under
+    ``directory``; proxy mode (apt names the upstream URL), so no remapping files are needed."""
+    return (
+        f"CacheDir: {directory / 'cache'}\n"
+        f"LogDir: {directory / 'log'}\n"
+        f"SocketPath: {directory / 'socket'}\n"
+        "SupportDir: /usr/lib/apt-cacher-ng\n"
+        f"Port: {port}\n"
+        "BindAddress: 127.0.0.1\n"
+        "ForeGround: 1\n"
+        "ExThreshold: 4\n"  # days an unreferenced file stays after an expiration run
+    )
+
+
+def apt_cache_command(config_dir: Path, binary: str = "apt-cacher-ng") -> list[str]:
+    """apt-cacher-ng in the foreground, reading only ``config_dir`` (never /etc/apt-cacher-ng)."""
+    return [binary, "-c", str(config_dir)]
+
+
+def free_apt_cache_port(host: str = "127.0.0.1") -> int:
+    """A free port apt-cacher-ng can bind (see :data:`APT_CACHE_PORTS`)."""
+    low, high = APT_CACHE_PORTS
+    for _ in range(200):
+        port = secrets.randbelow(high - low) + low
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise PermanentError(f"no free port for apt-cacher-ng between {low} and {high}")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -60,6 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from buildfarm.model import names
 from buildfarm.model.errors import ManifestError, NameError_
+from buildfarm.model.types import DEFAULT_IMAGE_BUILDER, BuildKind, ImageBuilder
 from buildfarm.model.urlpolicy import UrlRefusedError, check_url_syntax, redact_url
 
 MAX_MANIFEST_BYTES = 1 << 20
@@ -71,13 +72,6 @@ IMAGE_NAME = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 BUILD_ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RESERVED_BUILD_ARGS = frozenset({"BUILDFARM_APT_SOURCE", "BUILDFARM_IMAGE_PREFIX", "BUILDFARM_REGISTRY"})
 """Build args the farm sets itself for every image step."""
-
-
-class BuildKind(StrEnum):
-    RELEASE = "release"
-    NIGHTLY = "nightly"
-    ON_DEMAND = "on-demand"
-    PERSONAL = "personal"
 
 
 class _Strict(BaseModel):
@@ -93,12 +87,6 @@ def _relative_path(value: str, field: str) -> str:
     if ".." in pure.parts:
         raise ValueError(f"{field} {value!r} escapes the manifest's tree ('..')")
     return value
-
-
-class ImageBuilder(StrEnum):
-    KANIKO = "kaniko"  # the farm's daemonless builder: kaniko pods, buildah in the local profile
-    SYSBOX = "sysbox"  # a pod in the sysbox runtime class (docker inside the build)
-    LOCAL = "local"  # buildah on the worker node itself
 
 
 def _check_step_names(values: list[str], field: str) -> list[str]:
@@ -330,7 +318,7 @@ class ImageSource(_TreeSource):
 
     name: str = Field(description="image name: one registry path component, lowercase [a-z0-9._-]")
     dockerfile: str = Field(default="Dockerfile", description="relative to the context")
-    builder: ImageBuilder = Field(default=ImageBuilder.KANIKO, description="kind of image builder")
+    builder: ImageBuilder = Field(default=DEFAULT_IMAGE_BUILDER, description="kind of image builder")
     build_args: dict[str, str] = Field(default_factory=dict, description="--build-arg NAME=value")
 
     @field_validator("name")

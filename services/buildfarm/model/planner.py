@@ -32,6 +32,7 @@ from debian.changelog import Changelog, ChangelogParseError
 from debian.deb822 import Deb822, PkgRelation
 
 from buildfarm.model.errors import PlanError
+from buildfarm.model.types import DEFAULT_IMAGE_BUILDER, ImageBuilder, StepKind
 
 _PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.\-]+")
 BUILD_DEPENDS_FIELDS = ("Build-Depends", "Build-Depends-Arch", "Build-Depends-Indep")
@@ -53,7 +54,7 @@ class ImageInfo:
 
     name: str
     dockerfile: str = "Dockerfile"
-    builder: str = "kaniko"
+    builder: ImageBuilder = DEFAULT_IMAGE_BUILDER
     build_args: tuple[tuple[str, str], ...] = ()
     depends: tuple[str, ...] = ()  # explicit: package (source) names or image names
 
@@ -68,12 +69,12 @@ class PlannedStep:
     depends_on: tuple[str, ...]  # names of steps in the same build
     priority: int = 0  # length of the longest chain of dependents: release those first
     input_key: str = ""
-    kind: str = "package"  # package | image
+    kind: StepKind = StepKind.PACKAGE
     image: ImageInfo | None = None  # set for image steps
 
     def label(self) -> str:
         """How messages name the step: image steps say so, packages are their source name."""
-        return f"image {self.name}" if self.kind == "image" else self.name
+        return f"image {self.name}" if self.kind == StepKind.IMAGE else self.name
 
 
 @dataclass
@@ -226,7 +227,7 @@ def make_plan(
             tree_hash=digest,
             binaries=(),
             depends_on=(),
-            kind="image",
+            kind=StepKind.IMAGE,
             image=image,
         )
     explicit = dict(explicit_depends or {})
@@ -260,7 +261,7 @@ def _check_acyclic(plan: Plan) -> None:
     except graphlib.CycleError as exc:
         cycle: list[str] = list(exc.args[1])
         names = " -> ".join(plan.steps[n].label() for n in reversed(cycle))
-        images = any(plan.steps[n].kind == "image" for n in cycle)
+        images = any(plan.steps[n].kind == StepKind.IMAGE for n in cycle)
         what = "Build-Depends and depends" if images else "Build-Depends"
         raise PlanError(f"{what} form a cycle: {names}") from exc
 
@@ -294,11 +295,11 @@ def compute_input_keys(
         }
         if step.image is not None:
             material |= {
-                "kind": "image",
+                "kind": StepKind.IMAGE.value,
                 "environment": image_environment_id,
                 "options": dict(sorted((image_options or {}).items())),
                 "dockerfile": step.image.dockerfile,
-                "builder": step.image.builder,
+                "builder": str(step.image.builder),
                 "build_args": sorted(step.image.build_args),
             }
         blob = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()

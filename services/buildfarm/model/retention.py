@@ -33,14 +33,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from buildfarm.model.settinggroups import RetentionSettings
+from buildfarm.model.types import BuildKind, BuildState, OutputKind, StepState
 
-FOREVER_CLASSES = frozenset({"release", "mirror"})
+FOREVER_CLASSES = frozenset({BuildKind.RELEASE, "mirror"})
 """Build classes (kinds) no sweep ever expires."""
 EXPIRED_INPUT_KEY = "expired"
 """``Step.input_key`` of a step whose outputs a sweep deleted while its row stays (for its log):
 no later build may reuse it (``find_reusable`` matches input keys), so nothing reuses lost bytes."""
-IMAGE_OUTPUT_PREFIX = "image:"
-LOG_STEP_STATES = ("succeeded", "failed")
+LOG_STEP_STATES = (StepState.SUCCEEDED, StepState.FAILED)
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,9 @@ class RetentionPolicy:
     def days(self) -> dict[str, int]:
         """Days kept per expiring class; classes not named here are kept forever."""
         return {
-            "nightly": self.nightly_days,
-            "on-demand": self.on_demand_days,
-            "personal": self.personal_days,
+            BuildKind.NIGHTLY: self.nightly_days,
+            BuildKind.ON_DEMAND: self.on_demand_days,
+            BuildKind.PERSONAL: self.personal_days,
         }
 
     def cutoffs(self, now: dt.datetime) -> dict[str, dt.datetime]:
@@ -91,9 +91,9 @@ class BuildRecord:
     id: int
     project: str
     branch: str
-    kind: str
+    kind: BuildKind
     user: str
-    state: str
+    state: BuildState
     published: bool  # still has a published distribution (published_url set)
     finished_at: dt.datetime | None = None
     staging: bool = False  # its staging repository was not dropped yet (the repository was down)
@@ -119,10 +119,11 @@ class OutputRecord:
     filename: str
     sha256: str
     size: int
+    kind: OutputKind
 
     @property
     def is_image(self) -> bool:
-        return self.filename.startswith(IMAGE_OUTPUT_PREFIX)
+        return self.kind == OutputKind.IMAGE
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ def plan_sweep(
         if output.step_id not in plan.dropped_output_steps:
             continue
         if output.is_image:
-            plan.images.append((output.filename.removeprefix(IMAGE_OUTPUT_PREFIX), output.sha256))
+            plan.images.append((output.filename, output.sha256))
             continue
         plan.output_bytes += output.size
         plan.objects[output.sha256] = output.size

@@ -24,11 +24,23 @@ from buildfarm.model.urlpolicy import UrlPolicy, check_url_syntax
 
 DEFAULT_SIGNING_KEYRING = "/etc/apt/keyrings/buildfarm.asc"
 """Where apt users keep the farm's public key: Debian's place for keys of local repositories."""
+DEFAULT_ENV_PACKAGES = ("build-essential", "debhelper", "fakeroot", "eatmydata")
+"""Preinstalled in build environments (issue 15): what nearly every package's Build-Depends names."""
 MAX_PRIORITY = 9
 """Priorities are the broker's (Redis, through kombu): 0 is taken first, 9 last."""
 DEFAULT_BUILD_PRIORITIES = {"release": 0, "on-demand": 3, "nightly": 6, "personal": 9}
 """Release before on-demand before nightly before personal (issue 16: a release build is not kept
 waiting behind a nightly mass rebuild)."""
+
+
+def comma_separated(value: Any) -> Any:
+    """A list setting from the environment: "https,git" (or a JSON list); other values as given."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
 
 
 def read_secret(value: SecretStr | None, path: Path | None, name: str) -> str:
@@ -154,6 +166,34 @@ class BuildEnvSettings(Group):
         description="where sbuild unpacks the chroot; tmpfs makes a tiny build ~15 s instead of ~27 s, "
         "at ~0.6 GB RAM per running build; unset: the system's temporary directory (/tmp)",
     )
+
+    # -- Build environments (issue 15, buildfarm.environments): cached, content-addressed
+    # toolchain tarballs and the farm's package cache.
+    packages: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_ENV_PACKAGES),
+        alias="env_packages",
+        description="packages preinstalled in every build environment besides the buildd variant "
+        "(comma-separated in env); default: the Debian build toolchain nearly every package needs, "
+        "so a step installs only what is particular to it. Changing it makes a new environment",
+    )
+    apt_proxy: str | None = Field(
+        default=None,
+        alias="apt_proxy",
+        description="HTTP proxy (a package cache, e.g. http://127.0.0.1:3142) through which environments "
+        "are made and every step's apt fetches packages; `buildfarm start` sets it to the apt-cacher-ng "
+        "it runs (local profile); unset: straight to the mirrors",
+    )
+    apt_cache: bool = Field(
+        default=True,
+        alias="apt_cache",
+        description="whether `buildfarm start` runs apt-cacher-ng as the farm's package cache (when "
+        "installed and apt_proxy is unset): N steps and nodes fetch each .deb from outside once",
+    )
+
+    @field_validator("packages", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return comma_separated(value)
 
     @property
     def tarball(self) -> Path:
@@ -405,12 +445,7 @@ class FetchSettings(Group):
     @field_validator("allow_schemes", "allow_hosts", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
-        if isinstance(value, str):  # the environment: "https,git" (or a JSON list)
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
+        return comma_separated(value)
 
     @property
     def url_policy(self) -> UrlPolicy:

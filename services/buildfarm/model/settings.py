@@ -30,6 +30,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.settinggroups import (
     DEFAULT_BUILD_PRIORITIES,
+    DEFAULT_ENV_PACKAGES,
     DEFAULT_SIGNING_KEYRING,
     MAX_PRIORITY,
     ApiSettings,
@@ -55,6 +56,7 @@ from buildfarm.model.settinggroups import (
 
 __all__ = [
     "DEFAULT_BUILD_PRIORITIES",
+    "DEFAULT_ENV_PACKAGES",
     "DEFAULT_SIGNING_KEYRING",
     "FARM_FILE",
     "MAX_PRIORITY",

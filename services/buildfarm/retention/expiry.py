@@ -37,16 +37,8 @@ from buildfarm.model.retention import (
     plan_sweep,
     unreferenced,
 )
-from buildfarm.state.models import (
-    TERMINAL_BUILD_STATES,
-    Build,
-    BuildInput,
-    BuildState,
-    Step,
-    StepOutput,
-    Upload,
-    UTCDateTime,
-)
+from buildfarm.model.types import TERMINAL_BUILD_STATES, BuildKind, BuildState
+from buildfarm.state.models import Build, BuildInput, Step, StepOutput, Upload, UTCDateTime
 
 IN_CHUNK = 2000
 """Ids per ``IN (...)`` list: far below SQLite's and PostgreSQL's bind-parameter limits."""
@@ -161,7 +153,7 @@ def _is_latest(session: Session, build: BuildRecord, newest_finished: dt.datetim
     ``newest_finished`` is when the branch's newest such build (by id) finished: a build that
     finished before it is not latest, which settles almost every expired build without a query.
     """
-    if build.state != BuildState.SUCCEEDED or build.kind == "personal" or build.finished_at is None:
+    if build.state != BuildState.SUCCEEDED or build.kind == BuildKind.PERSONAL or build.finished_at is None:
         return False
     if newest_finished is not None and build.finished_at < newest_finished:
         return False
@@ -172,7 +164,7 @@ def _is_latest(session: Session, build: BuildRecord, newest_finished: dt.datetim
             Build.project == build.project,
             Build.branch == build.branch,
             Build.state == BuildState.SUCCEEDED,
-            Build.kind != "personal",
+            Build.kind != BuildKind.PERSONAL,
             or_(Build.finished_at > finished, and_(Build.finished_at == finished, Build.id > build.id)),
         )
         .limit(1)
@@ -187,7 +179,7 @@ def _newest_succeeded_finished(session: Session, project: str, branch: str) -> d
             Build.project == project,
             Build.branch == branch,
             Build.state == BuildState.SUCCEEDED,
-            Build.kind != "personal",
+            Build.kind != BuildKind.PERSONAL,
         )
         .order_by(Build.id.desc())
         .limit(1)
@@ -249,7 +241,7 @@ def _steps_of(session: Session, build_ids: list[int]) -> list[StepRecord]:
 
 def _outputs_of(session: Session, step_ids: list[int]) -> list[OutputRecord]:
     out: list[OutputRecord] = []
-    columns = (StepOutput.step_id, StepOutput.filename, StepOutput.sha256, StepOutput.size)
+    columns = (StepOutput.step_id, StepOutput.filename, StepOutput.sha256, StepOutput.size, StepOutput.kind)
     for chunk in chunks(step_ids):
         rows = session.execute(select(*columns).where(StepOutput.step_id.in_(chunk)))
         out.extend(OutputRecord(*row) for row in rows)

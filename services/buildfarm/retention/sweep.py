@@ -33,6 +33,7 @@ from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import BuildfarmError, TemporaryError
 from buildfarm.model.images import split_reference
 from buildfarm.model.retention import EXPIRED_INPUT_KEY, BuildRecord, RetentionPolicy, SweepPlan
+from buildfarm.model.types import OutputKind
 from buildfarm.retention.expiry import Selection, chunks, select_expired
 from buildfarm.state.models import Build, Step, StepOutput, Upload, utcnow
 
@@ -327,13 +328,13 @@ def storage_report(ctx: FarmContext, now: dt.datetime | None = None) -> StorageR
             .select_from(StepOutput)
             .join(Step, Step.id == StepOutput.step_id)
             .join(Build, Build.id == Step.build_id)
-            .where(~StepOutput.filename.startswith("image:"))
+            .where(StepOutput.kind != OutputKind.IMAGE)
             .group_by(Build.kind, Build.project, Build.branch)
         )
         for kind, project, branch, size in sized:
             groups[(kind, project, branch)].output_bytes = int(size)
         distinct = select(StepOutput.sha256, func.max(StepOutput.size).label("size")).where(
-            ~StepOutput.filename.startswith("image:")
+            StepOutput.kind != OutputKind.IMAGE
         )
         total = session.scalar(
             select(func.coalesce(func.sum(distinct.group_by(StepOutput.sha256).subquery().c.size), 0))

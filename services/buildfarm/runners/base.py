@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
-from buildfarm.backends.base import AptSource
+from buildfarm.model.types import DEFAULT_IMAGE_BUILDER, AptSource, ImageBuilder, StepKind
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class ImageSpec:
 
     name: str  # the image step's name in the manifest (unique within a build)
     dockerfile: str = "Dockerfile"  # relative to the context (the step's source tarball)
-    builder: str = "local"  # kaniko | sysbox | local (buildah)
+    builder: ImageBuilder = DEFAULT_IMAGE_BUILDER
     build_args: tuple[tuple[str, str], ...] = ()
     destination: str = ""  # full reference to push: <registry>/<project>/<branch>/<build-id>/<name>:latest
 
@@ -47,11 +47,12 @@ class StepJob:
     cancel: threading.Event = field(default_factory=threading.Event)
     timeout_seconds: float = 3600.0
     source_sha256: str = ""  # the tarball's content address (remote runners fetch it themselves)
-    kind: str = "package"  # package | image
+    kind: StepKind = StepKind.PACKAGE
     image: ImageSpec | None = None  # set for image steps
     node: str | None = None  # the node whose worker took the step (pods are pinned to it)
     project: str = ""
     branch: str = ""
+    environment_id: str = ""  # the environment the build's input keys name ("": the runner's current)
 
 
 @dataclass

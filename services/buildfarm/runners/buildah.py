@@ -46,6 +46,7 @@ from buildfarm.backends.registry import RegistryClient
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.images import registry_host, registry_insecure, split_reference
 from buildfarm.model.sources import unpack_tree
+from buildfarm.model.types import ImageBuilder, RunnerKind, StepKind
 from buildfarm.runners.base import BuiltImage, StepJob, StepResult
 from buildfarm.runners.process import describe_failure, run_streaming
 
@@ -127,7 +128,7 @@ class _FailureWatch:
 class LocalImageRunner:
     """Image steps with buildah on this node (the local profile's image builder)."""
 
-    name = "buildah"
+    name: str = RunnerKind.BUILDAH
 
     def __init__(
         self,
@@ -161,7 +162,7 @@ class LocalImageRunner:
 
     def run(self, job: StepJob) -> StepResult:
         spec = job.image
-        if spec is None or job.kind != "image":
+        if spec is None or job.kind != StepKind.IMAGE:
             raise PermanentError(f"step {job.step_name}: the image runner got a step that is not an image")
         buildah_version()
         registry = registry_host(self.registry_url)
@@ -178,7 +179,7 @@ class LocalImageRunner:
             "BUILDFARM_REGISTRY": registry,
         }
         build_args = [*spec.build_args, *farm_args.items()]
-        if spec.builder == "sysbox":
+        if spec.builder == ImageBuilder.SYSBOX:
             job.log("buildfarm: builder sysbox runs as buildah here: no docker daemon inside RUN")
         self.storage.mkdir(parents=True, exist_ok=True)
         if self.base_tarball is not None and self.base_tarball.is_file():

@@ -16,11 +16,10 @@ import subprocess
 from functools import cache
 
 from buildfarm.model.errors import PermanentError
+from buildfarm.model.types import FILE_OUTPUT_SUFFIXES, PACKAGE_SUFFIXES, RunnerKind
 from buildfarm.runners.base import StepJob, StepResult
 from buildfarm.runners.process import describe_failure, run_streaming
 from buildfarm.runners.sourcepkg import unpack_step_source
-
-OUTPUT_SUFFIXES = (".deb", ".udeb", ".buildinfo")
 
 
 @cache
@@ -33,7 +32,7 @@ def _host_identity() -> str:
 
 
 class HostRunner:
-    name = "host"
+    name: str = RunnerKind.HOST
 
     def environment_id(self) -> str:
         return _host_identity()
@@ -69,7 +68,7 @@ class HostRunner:
         if outcome.returncode != 0 or outcome.cancelled or outcome.timed_out:
             failure = describe_failure("dpkg-buildpackage", outcome, job.timeout_seconds)
             return StepResult(False, [], failure, killed_by=outcome.killed_by)
-        outputs = sorted(p for p in job.workdir.iterdir() if p.name.endswith(OUTPUT_SUFFIXES))
-        if not any(p.name.endswith((".deb", ".udeb")) for p in outputs):
+        outputs = sorted(p for p in job.workdir.iterdir() if p.name.endswith(FILE_OUTPUT_SUFFIXES))
+        if not any(p.name.endswith(PACKAGE_SUFFIXES) for p in outputs):
             return StepResult(False, [], "dpkg-buildpackage succeeded but produced no .deb")
         return StepResult(True, outputs)

@@ -39,6 +39,7 @@ from buildfarm.model import names
 from buildfarm.model.errors import BuildfarmError, PermanentError
 from buildfarm.model.images import split_reference
 from buildfarm.model.settinggroups import BuildersSettings, RegistrySettings
+from buildfarm.model.types import PACKAGE_SUFFIXES, RunnerKind, StepKind
 from buildfarm.runners import kubespecs
 from buildfarm.runners.base import BuilderObject, BuiltImage, StepJob, StepResult
 from buildfarm.runners.kubeapi import API_TIMEOUT, KubeApi, make_api_client, permanent_error
@@ -122,7 +123,7 @@ def _attempt_of(obj: Any) -> tuple[int, str, int] | None:
 class KubernetesRunner:
     """:class:`~buildfarm.runners.base.Runner` with one builder Job per step."""
 
-    name = "kubernetes"
+    name: str = RunnerKind.KUBERNETES
 
     def __init__(
         self,
@@ -180,7 +181,7 @@ class KubernetesRunner:
             job.source_sha256 = file_sha256(job.source_tarball)[0]
         source = self.store.presigned_url(job.source_sha256, expires)
         upload = ""
-        if job.kind == "package":
+        if job.kind == StepKind.PACKAGE:
             upload = self.store.presigned_put_url(
                 upload_key(job.build_id, job.step_name, job.attempt), expires
             )
@@ -335,7 +336,7 @@ class KubernetesRunner:
         terminated = _terminated(pod)
         code = terminated.exit_code if terminated is not None else None
         try:
-            if job.kind == "image":
+            if job.kind == StepKind.IMAGE:
                 return self._image_result(job, pod, terminated, code, last_line)
             return self._package_result(job, pod, code, last_line)
         finally:
@@ -355,7 +356,7 @@ class KubernetesRunner:
             return StepResult(False, [], outcome.error or f"build failed: {last_line}")
         if code != 0:
             return StepResult(False, [], f"buildfarm-step exited 1 but its archive says ok: {last_line}")
-        if not any(p.name.endswith((".deb", ".udeb")) for p in outcome.files):
+        if not any(p.name.endswith(PACKAGE_SUFFIXES) for p in outcome.files):
             return StepResult(False, [], "the build succeeded but produced no .deb")
         return StepResult(True, list(outcome.files))
 
@@ -393,7 +394,7 @@ class KubernetesRunner:
         """The log is in the store and the archive fetched: the Job and the upload slot can go."""
         with contextlib.suppress(BuildfarmError):
             self.api.delete_job(name)
-        if job.kind == "package":
+        if job.kind == StepKind.PACKAGE:
             with contextlib.suppress(BuildfarmError):
                 self.store.delete_key(upload_key(job.build_id, job.step_name, job.attempt))
 

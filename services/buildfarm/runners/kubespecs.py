@@ -40,6 +40,7 @@ from typing import Any
 
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.settinggroups import BuildersSettings
+from buildfarm.model.types import ImageBuilder, StepKind
 from buildfarm.runners.base import StepJob
 
 Manifest = dict[str, Any]
@@ -445,13 +446,13 @@ def builder_job(
     resources: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Manifest:
     """The Job for any step kind."""
-    if job.kind == "package":
+    if job.kind == StepKind.PACKAGE:
         return package_job(job, pods, urls, resources)
-    if job.kind != "image" or job.image is None:
+    if job.kind != StepKind.IMAGE or job.image is None:
         raise PermanentError(f"step {job.step_name}: unknown step kind {job.kind!r}")
-    if job.image.builder == "kaniko":
+    if job.image.builder == ImageBuilder.KANIKO:
         return kaniko_job(job, pods, urls, resources)
-    if job.image.builder == "sysbox":
+    if job.image.builder == ImageBuilder.SYSBOX:
         return sysbox_job(job, pods, urls, resources)
     raise PermanentError(
         f"step {job.step_name}: builder {job.image.builder!r} cannot run on Kubernetes (use kaniko or sysbox)"

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import IO
 
 from buildfarm.model.errors import PermanentError
+from buildfarm.model.types import FILE_OUTPUT_SUFFIXES, PACKAGE_SUFFIXES
 
 ARCHIVE_VERSION = 1
-OUTPUT_SUFFIXES = (".deb", ".udeb", ".buildinfo")
 RESULT_NAME = "result.json"
 OUTPUTS_DIR = "outputs"
 RESULT_MAX_BYTES = 1 << 20
@@ -55,9 +55,10 @@ def _bad(archive: Path, reason: str) -> PermanentError:
 
 
 def _check_name(archive: Path, name: object) -> str:
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or not name.endswith(OUTPUT_SUFFIXES):
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or not name.endswith(FILE_OUTPUT_SUFFIXES):
         raise _bad(
-            archive, f"output name {name!r} is not a plain file name ending in {', '.join(OUTPUT_SUFFIXES)}"
+            archive,
+            f"output name {name!r} is not a plain file name ending in {', '.join(FILE_OUTPUT_SUFFIXES)}",
         )
     return name
 
@@ -95,7 +96,7 @@ def _parse_result(archive: Path, raw: bytes) -> tuple[bool, str | None, dict[str
         raise _bad(archive, f"{RESULT_NAME} says ok but also gives an error")
     if not ok and (error is None or listed):
         raise _bad(archive, f"{RESULT_NAME} says the build failed but gives no error or still lists files")
-    if ok and not any(name.endswith((".deb", ".udeb")) for name in listed):
+    if ok and not any(name.endswith(PACKAGE_SUFFIXES) for name in listed):
         raise _bad(archive, f"{RESULT_NAME} says ok but lists no .deb")
     return ok, error, listed
 

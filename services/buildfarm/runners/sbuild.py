@@ -5,31 +5,31 @@ sees only the base system, the configured mirror and the extra repositories it i
 build's own staging repository first), so a Build-Depends on a package built earlier in the
 same build is installed with apt exactly as in production, and a missing dependency fails.
 
-The base tarball (``mmdebstrap --variant=buildd``) is made once and shared; its sha256 is the
-environment's identity in every input key, so a new tarball never reuses old outputs.
+The environment is a tarball from the farm's environment cache (:mod:`buildfarm.environments`:
+the buildd variant with the Debian toolchain and the mirror's apt lists preinstalled), or a fixed
+base tarball when the setting ``base_tarball`` names one; its sha256 is the environment's identity
+in every input key, so a new tarball never reuses old outputs.  A step runs in the environment its
+build's input keys name, found in the cache by that digest.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
-import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from buildfarm.backends.base import AptSource
-from buildfarm.model.errors import PermanentError, TemporaryError
+from buildfarm.environments import Environment, EnvironmentCache, EnvironmentSpec, file_digest, make_tarball
+from buildfarm.model.errors import PermanentError
 from buildfarm.model.names import to_safe
+from buildfarm.model.types import FILE_OUTPUT_SUFFIXES, PACKAGE_SUFFIXES, AptSource, RunnerKind
 from buildfarm.runners.base import StepJob, StepResult, attempt_dirname
 from buildfarm.runners.process import describe_failure, run_streaming
 from buildfarm.runners.sourcepkg import unpack_step_source
 
-OUTPUT_SUFFIXES = (".deb", ".udeb", ".buildinfo")
-MMDEBSTRAP_TIMEOUT_SECONDS = 1800
-"""Making the base tarball downloads ~120 packages: 20 s here, far longer on a slow mirror."""
 SBUILD_CONFIG = Path(__file__).parent / "sbuildrc"
 BUILDER_PACKAGES = ("python3", "ca-certificates")
 """Added to the base for the package-builder environment: the entrypoint is a python3 script
@@ -45,9 +45,18 @@ def _chroot_line(source: AptSource) -> str:
 
 
 def sbuild_command(
-    base_tarball: Path, distribution: str, build_dir: Path, dsc: Path, extra_sources: Sequence[AptSource] = ()
+    base_tarball: Path,
+    distribution: str,
+    build_dir: Path,
+    dsc: Path,
+    extra_sources: Sequence[AptSource] = (),
+    *,
+    apt_update: bool = True,
 ) -> list[str]:
-    """The sbuild call of every step (``make bench`` builds by hand with it: only the farm differs)."""
+    """The sbuild call of every step (``make bench`` builds by hand with it: only the farm differs).
+
+    ``apt_update=False`` when the environment carries the mirror's apt lists: sbuild then
+    refreshes only its own archive and the extra repositories."""
     return [
         "sbuild",
         "--chroot-mode=unshare",
@@ -58,6 +67,7 @@ def sbuild_command(
         "--no-run-autopkgtest",
         "--no-apt-upgrade",
         "--no-apt-distupgrade",
+        *([] if apt_update else ["--no-apt-update"]),
         "--nolog",
         f"--build-dir={build_dir}",
         "--arch-all",
@@ -69,37 +79,24 @@ def sbuild_command(
     ]
 
 
-def sbuild_environment(home: Path) -> dict[str, str]:
+def sbuild_environment(
+    home: Path, apt_proxy: str | None = None, extra_sources: Sequence[AptSource] = ()
+) -> dict[str, str]:
     """sbuild's environment: this file's configuration, no DEB_*/DPKG_* of the caller, and a
-    ``home`` without .sbuildrc (sbuild reads $HOME/.sbuildrc before SBUILD_CONFIG)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEB_", "DPKG_"))}
-    return env | {"SBUILD_CONFIG": str(SBUILD_CONFIG), "LC_ALL": "C.UTF-8", "HOME": str(home)}
-
-
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    ``home`` without .sbuildrc (sbuild reads $HOME/.sbuildrc before SBUILD_CONFIG).  With
+    ``apt_proxy`` (the farm's package cache) apt in the chroot fetches through it, except from the
+    hosts of ``extra_sources`` (the farm's own repositories)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEB_", "DPKG_", "BUILDFARM_APT_"))}
+    env |= {"SBUILD_CONFIG": str(SBUILD_CONFIG), "LC_ALL": "C.UTF-8", "HOME": str(home)}
+    if apt_proxy:
+        hosts = sorted({urlsplit(s.url).hostname or "" for s in extra_sources} - {""})
+        env |= {"BUILDFARM_APT_PROXY": apt_proxy, "BUILDFARM_APT_DIRECT": " ".join(hosts)}
+    return env
 
 
 def tarball_digest(path: Path) -> str:
     """sha256 of the tarball, cached beside it (keyed by size and mtime: hashing 445 MB takes ~1 s)."""
-    stat = path.stat()
-    sidecar = path.with_name(path.name + ".sha256")
-    stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
-    try:
-        cached_stamp, cached = sidecar.read_text().split()
-        if cached_stamp == stamp:
-            return cached
-    except (OSError, ValueError):
-        pass
-    digest = _digest(path)
-    tmp = sidecar.with_name(sidecar.name + f".{os.getpid()}")
-    tmp.write_text(f"{stamp} {digest}\n")
-    os.replace(tmp, sidecar)
-    return digest
+    return file_digest(path)
 
 
 def ensure_base_tarball(
@@ -108,43 +105,27 @@ def ensure_base_tarball(
     mirror: str,
     progress: Callable[[str], None] | None = None,
     include: tuple[str, ...] = (),
+    *,
+    proxy: str | None = None,
 ) -> Path:
-    """Make the base tarball with mmdebstrap if it does not exist yet (atomically).
+    """Make a fixed base tarball at ``path`` with mmdebstrap if it does not exist yet (atomically:
+    a temporary name, then a rename).  The farm's own builds use the environment cache instead;
+    this is the base of the builder image and of a ``base_tarball`` named in the settings.
 
     ``include`` adds packages to the ``buildd`` variant (the builder tarball adds python3).
     """
     if path.is_file():
         return path
-    if shutil.which("mmdebstrap") is None:
-        raise PermanentError("mmdebstrap is not installed (Debian package: mmdebstrap)")
+    from buildfarm.environments import host_architecture
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    mode = "root" if os.geteuid() == 0 else "unshare"
-    if progress:
-        progress(f"making the {distribution} build environment {path} with mmdebstrap (once, ~20-60 s)...")
-    command = [
-        "mmdebstrap",
-        "--variant=buildd",
-        f"--mode={mode}",
-        "--format=tar",
-        "--quiet",
-        *([f"--include={','.join(include)}"] if include else []),
-        distribution,
-        str(tmp),
-        f"deb {mirror} {distribution} main",
-    ]
+    spec = EnvironmentSpec(distribution, host_architecture(), mirror, include, keep_lists=False)
     try:
-        subprocess.run(
-            command, check=True, capture_output=True, text=True, timeout=MMDEBSTRAP_TIMEOUT_SECONDS
-        )
-    except subprocess.CalledProcessError as exc:
+        make_tarball(spec, tmp, proxy, progress)
+        os.replace(tmp, path)
+    finally:
         tmp.unlink(missing_ok=True)
-        tail = "\n".join((exc.stderr or "").strip().splitlines()[-5:])
-        raise TemporaryError(f"mmdebstrap failed to make {path}: {tail}", retry_after=60) from exc
-    except subprocess.TimeoutExpired as exc:
-        tmp.unlink(missing_ok=True)
-        raise TemporaryError(f"mmdebstrap took over {MMDEBSTRAP_TIMEOUT_SECONDS} s", retry_after=60) from exc
-    os.replace(tmp, path)
     tarball_digest(path)
     if progress:
         progress(f"build environment ready ({path.stat().st_size // (1 << 20)} MiB)")
@@ -203,19 +184,63 @@ def _make_dir(path: Path, tries: int = 3) -> None:
 
 
 class SbuildRunner:
-    name = "sbuild"
+    """Runs each step with sbuild in the environment its build's input keys name.
 
-    def __init__(self, base_tarball: Path, distribution: str, tmpdir: Path | None = None) -> None:
+    With ``environments`` (and its recipe ``spec``) the environment comes from the farm's cache:
+    made on first use, found by digest for each step.  Without, ``base_tarball`` is used as is.
+    """
+
+    name: str = RunnerKind.SBUILD
+
+    def __init__(
+        self,
+        base_tarball: Path | None,
+        distribution: str,
+        tmpdir: Path | None = None,
+        *,
+        environments: EnvironmentCache | None = None,
+        spec: EnvironmentSpec | None = None,
+        apt_proxy: str | None = None,
+    ) -> None:
+        if environments is not None and spec is None:
+            raise ValueError("an environment cache needs its recipe (spec)")
         self.base_tarball = base_tarball
         self.distribution = distribution
         self.tmpdir = tmpdir
+        self.environments = environments
+        self.spec = spec
+        self.apt_proxy = apt_proxy
+
+    def _identity(self, digest: str) -> str:
+        return f"sbuild:{self.distribution}:{digest}"
+
+    def current_environment(self) -> Environment | None:
+        """The cache's current environment of the recipe, made now if there is none or it was
+        found corrupt (None for a fixed base tarball)."""
+        if self.environments is None or self.spec is None:
+            return None
+        return self.environments.ensure(self.spec)
 
     def environment_id(self) -> str:
-        if not self.base_tarball.is_file():
+        env = self.current_environment()
+        if env is not None:
+            return self._identity(env.digest)
+        if self.base_tarball is None or not self.base_tarball.is_file():
             raise PermanentError(
                 f"the sbuild base tarball {self.base_tarball} does not exist: `buildfarm start` makes it"
             )
-        return f"sbuild:{self.distribution}:{tarball_digest(self.base_tarball)}"
+        return self._identity(tarball_digest(self.base_tarball))
+
+    def step_environment(self, environment_id: str) -> tuple[Path, bool]:
+        """(tarball, whether it carries the mirror's apt lists) of the environment a step's input
+        key names (``environment_id``; empty: the current one)."""
+        if self.environments is None or self.spec is None:
+            if self.base_tarball is None:
+                raise PermanentError("the sbuild runner has neither an environment cache nor a base tarball")
+            return self.base_tarball, False
+        digest = environment_id.rsplit(":", 1)[-1]
+        env = self.environments.get(digest) if digest else self.environments.ensure(self.spec)
+        return env.path, env.spec.keep_lists
 
     def run(self, job: StepJob) -> StepResult:
         for tool, package in (("sbuild", "sbuild"), ("dpkg-source", "dpkg-dev"), ("newuidmap", "uidmap")):
@@ -240,10 +265,13 @@ class SbuildRunner:
             dsc = dscs[0]
         out = job.workdir / "out"
         out.mkdir()
-        command = sbuild_command(self.base_tarball, self.distribution, out, dsc, job.extra_sources)
+        tarball, has_lists = self.step_environment(job.environment_id)
+        command = sbuild_command(
+            tarball, self.distribution, out, dsc, job.extra_sources, apt_update=not has_lists
+        )
         home = job.workdir / "home"
         home.mkdir()
-        env = sbuild_environment(home)
+        env = sbuild_environment(home, self.apt_proxy, job.extra_sources)
         chroots: Path | None = None
         if self.tmpdir is not None:
             chroots = self.tmpdir / attempt_dirname(job.build_id, to_safe(job.step_name), job.attempt)
@@ -267,7 +295,7 @@ class SbuildRunner:
         if outcome.returncode != 0 or outcome.cancelled or outcome.timed_out:
             failure = describe_failure("sbuild", outcome, job.timeout_seconds)
             return StepResult(False, [], watch.explain(failure), killed_by=outcome.killed_by)
-        outputs = sorted(p for p in out.iterdir() if p.name.endswith(OUTPUT_SUFFIXES))
-        if not any(p.name.endswith((".deb", ".udeb")) for p in outputs):
+        outputs = sorted(p for p in out.iterdir() if p.name.endswith(FILE_OUTPUT_SUFFIXES))
+        if not any(p.name.endswith(PACKAGE_SUFFIXES) for p in outputs):
             return StepResult(False, [], "sbuild succeeded but produced no .deb")
         return StepResult(True, outputs)

@@ -60,8 +60,9 @@ from buildfarm.model.errors import (
     PermanentError,
     TemporaryError,
 )
-from buildfarm.model.manifest import BuildKind, Manifest, load_manifest, parse_manifest
+from buildfarm.model.manifest import Manifest, load_manifest, parse_manifest
 from buildfarm.model.settings import ScheduleConfig, Settings
+from buildfarm.model.types import BuildKind
 from buildfarm.model.urlpolicy import redact_url
 from buildfarm.state.models import Build, Role, ScheduleRun
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -23,48 +23,23 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+# The states and kinds the tables store live in the model layer; importable from here as well.
+from buildfarm.model.types import TERMINAL_BUILD_STATES as TERMINAL_BUILD_STATES  # noqa: PLC0414
+from buildfarm.model.types import TERMINAL_STEP_STATES as TERMINAL_STEP_STATES  # noqa: PLC0414
+from buildfarm.model.types import AptSource, BuildKind, OutputKind
+from buildfarm.model.types import BuildState as BuildState  # noqa: PLC0414
+from buildfarm.model.types import StepKind as StepKind  # noqa: PLC0414
+from buildfarm.model.types import StepState as StepState  # noqa: PLC0414
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-class StepState(StrEnum):
-    PENDING = "pending"  # waits for the steps it depends on
-    READY = "ready"  # released to the queue, waits for a node
-    RUNNING = "running"  # a node holds its lease
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    SKIPPED = "skipped"  # a step it depends on failed or was cancelled
-
-
-TERMINAL_STEP_STATES = frozenset(
-    {StepState.SUCCEEDED, StepState.FAILED, StepState.CANCELLED, StepState.SKIPPED}
-)
-
-
-class StepKind(StrEnum):
-    PACKAGE = "package"  # a Debian source package: outputs are .deb/.udeb/.buildinfo files
-    IMAGE = "image"  # a container image: its output row is ``image:<reference>``, sha256 = digest
-
-
-IMAGE_OUTPUT_PREFIX = "image:"
-"""StepOutput.filename of a pushed image: ``image:<reference>``; its sha256 is the manifest digest."""
-
-
-class BuildState(StrEnum):
-    RUNNING = "running"
-    PUBLISHING = "publishing"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL_BUILD_STATES = frozenset({BuildState.SUCCEEDED, BuildState.FAILED, BuildState.CANCELLED})
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -84,6 +59,41 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value
 
 
+E = TypeVar("E", bound=StrEnum)
+
+
+class EnumString(TypeDecorator[E]):
+    """A closed set kept as its plain string values (no database enum type to migrate), read
+    back as the member."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, members: type[E], length: int = 20) -> None:
+        super().__init__(length)
+        self.members = members
+
+    def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else self.members(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> E | None:
+        return None if value is None else self.members(value)
+
+
+class AptSourceJSON(TypeDecorator[AptSource]):
+    """An :class:`AptSource` kept as its JSON fields (the apt line is only written for apt);
+    None is SQL NULL (``IS NULL`` finds builds without staging), not JSON ``null``."""
+
+    impl = JSON(none_as_null=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: AptSource | None, dialect: Dialect) -> dict[str, Any] | None:
+        return value.to_json() if value is not None else None
+
+    def process_result_value(self, value: dict[str, Any] | None, dialect: Dialect) -> AptSource | None:
+        return AptSource.from_json(value) if value is not None else None
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {dt.datetime: UTCDateTime(), dict: JSON, list: JSON}
 
@@ -94,15 +104,16 @@ class Build(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     project: Mapped[str] = mapped_column(String(100), index=True)
     branch: Mapped[str] = mapped_column(String(100), index=True)
-    kind: Mapped[str] = mapped_column(String(20))
+    kind: Mapped[BuildKind] = mapped_column(EnumString(BuildKind))
     user: Mapped[str] = mapped_column(String(100))
-    state: Mapped[str] = mapped_column(String(20), default=BuildState.RUNNING, index=True)
+    state: Mapped[BuildState] = mapped_column(EnumString(BuildState), default=BuildState.RUNNING, index=True)
     manifest: Mapped[dict] = mapped_column(JSON)  # type: ignore[type-arg]
     environment_id: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     publish_claimed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
-    staging_source: Mapped[str | None] = mapped_column(Text, default=None)  # apt line builders use
+    # the build's staging repository, which its later steps read (0009: was an apt line)
+    staging_source: Mapped[AptSource | None] = mapped_column(AptSourceJSON(), default=None)
     published_url: Mapped[str | None] = mapped_column(Text, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     # "<schedule>@<slot, ISO 8601 UTC>" of a scheduled build (0006): unique, so however many
@@ -134,7 +145,7 @@ class Step(Base):
     input_key: Mapped[str] = mapped_column(String(64))
     depends_on: Mapped[list] = mapped_column(JSON)  # type: ignore[type-arg]
     priority: Mapped[int] = mapped_column(Integer, default=0)
-    state: Mapped[str] = mapped_column(String(20), default=StepState.PENDING)
+    state: Mapped[StepState] = mapped_column(EnumString(StepState), default=StepState.PENDING)
     reused_from: Mapped[int | None] = mapped_column(Integer, default=None)  # step whose outputs it took
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     node: Mapped[str | None] = mapped_column(String(200), default=None)
@@ -145,7 +156,14 @@ class Step(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     log_key: Mapped[str | None] = mapped_column(Text, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
-    kind: Mapped[str] = mapped_column(String(20), default=StepKind.PACKAGE, server_default="package")
+    kind: Mapped[StepKind] = mapped_column(
+        EnumString(StepKind), default=StepKind.PACKAGE, server_default=StepKind.PACKAGE.value
+    )
+    # The attempt in ``attempt`` was taken back while its builder may still run (its lease ran
+    # out, or its pod vanished): a READY step so marked may follow that builder again instead of
+    # starting a new one.  Cleared when an attempt is claimed or the step is retried (0009: was
+    # told by a READY step's ``error`` being set).
+    attempt_lost: Mapped[bool] = mapped_column(default=False, server_default=false())
     # image steps: {"dockerfile": str, "builder": str, "build_args": {name: value}}
     image_spec: Mapped[dict | None] = mapped_column(JSON, default=None)  # type: ignore[type-arg]
 
@@ -157,6 +175,10 @@ class Step(Base):
         return "reused" if self.reused_from is not None and self.state == StepState.SUCCEEDED else self.state
 
 
+def _kind_of_output(context: DefaultExecutionContext) -> OutputKind:
+    return OutputKind.of_file(context.get_current_parameters()["filename"])  # type: ignore[no-untyped-call]
+
+
 class StepOutput(Base):
     """A file a step produced, accepted under the lease of ``attempt``; bytes live in the store."""
 
@@ -166,9 +188,11 @@ class StepOutput(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     step_id: Mapped[int] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), index=True)
     attempt: Mapped[int] = mapped_column(Integer)
-    filename: Mapped[str] = mapped_column(String(300))
-    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    filename: Mapped[str] = mapped_column(String(300))  # an image's pushed reference (kind IMAGE)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)  # an image's manifest digest
     size: Mapped[int] = mapped_column(BigInteger)
+    # 0009: an image was the filename "image:<reference>"; a file's kind follows its suffix
+    kind: Mapped[OutputKind] = mapped_column(EnumString(OutputKind), default=_kind_of_output)
 
     step: Mapped[Step] = relationship(back_populates="outputs")
 

@@ -2,7 +2,7 @@
 
 Modules: :mod:`.contexts` (pulp_deb's endpoints), :mod:`.client` (bounded requests and task
 waits, errors), :mod:`.layout` (names and paths), :mod:`.branchmerge` (what a branch holds),
-:mod:`.repository` (builds), :mod:`.mirrors`,
+:mod:`.repository` (builds), :mod:`.mirrors`, :mod:`.inputs` (build inputs),
 :mod:`.expire` (retention: expiring builds, orphan cleanup).
 
 Many nodes, projects, branches and users share one Pulp; the farm talks to it only through
@@ -19,6 +19,7 @@ What lives in Pulp (``<p>``, ``<b>``, ``<u>`` are ``to_safe`` names)::
     distribution <p>/<b>/staging/<id>            bound to the build's staging repository
     remote, repository buildfarm/_mirrors/<m>    a 3rd-party mirror (see :mod:`.mirrors`)
     distribution _mirrors/<m>                    the mirror's last good sync; kept forever
+    file repository buildfarm/_inputs            build inputs (upstream tarballs, .dsc); kept forever
 
 ``to_safe`` escapes ``_`` itself, so ``_personal`` is never a branch's name and no two projects,
 branches or users share a repository or a base path.  Every publication is *structured*: apt
@@ -27,7 +28,8 @@ reads it as ``deb <origin>/pulp/content/<base path>/ <suite> main``.
 Each build's version holds the branch's whole package set as of that build: the branch
 repository's latest version with the build's source packages merged in by the local backend's
 rules (:mod:`.branchmerge`: a newer version of a source package replaces all of the older one's
-binaries, a lower one never wins, whatever order builds publish in).  A successful build writes
+binaries, a lower one never wins, whatever order builds publish in), each binary's source
+package (pulp_deb source content: the .dsc and its files) going with it.  A successful build writes
 it into the branch repository with one ``modify`` relative to whatever version is latest when
 Pulp runs the task: Pulp runs the tasks of one repository one at a time, so concurrent builds of
 a branch never lose each other's packages, and a build that finds another wrote in between plans

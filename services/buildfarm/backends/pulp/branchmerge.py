@@ -14,16 +14,22 @@ version, before its publication: a retry after a crash in between plans again an
 The one race left: two rebuilds of the *same* version of one source package publishing at the
 same moment may leave the older build's copy (the newer one's label is not yet there when the
 older one plans again); the branch then still holds one whole build of that version.
+Source packages (.dsc and files) follow their binaries: the branch holds the source package of
+each source package version it holds, as the build that won brought it; a version replaced or
+removed takes its source package with it.  pulp_deb keeps one source package per name and
+version in a repository version, like the merge.
 Pure functions, no requests.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from debian.debian_support import Version
 
 from buildfarm.backends.aptbranch import BinaryFile, BranchState, SourceEntry, merge
-from buildfarm.backends.pulp.layout import PulpPackage, Unit, source_label
+from buildfarm.backends.pulp.layout import PulpPackage, PulpSource, SourceUnit, Unit, source_label
 
 
 @dataclass(frozen=True)
@@ -33,10 +39,12 @@ class Plan:
     add: list[Unit]
     remove: list[str]  # package hrefs
     merged: BranchState
+    add_sources: list[SourceUnit] = field(default_factory=list)
+    remove_sources: list[str] = field(default_factory=list)  # source package hrefs
 
     @property
     def changes(self) -> bool:
-        return bool(self.add or self.remove)
+        return bool(self.add or self.remove or self.add_sources or self.remove_sources)
 
 
 def _binary(package: PulpPackage) -> BinaryFile:
@@ -83,14 +91,44 @@ def plan(
     build_id: int,
     *,
     prefer_incoming: bool,
+    present_sources: Iterable[PulpSource] = (),
+    source_units: Iterable[SourceUnit] = (),
 ) -> Plan:
-    """The change that makes a version holding ``present`` hold the build's packages merged in."""
+    """The change that makes a version holding ``present`` (and ``present_sources``) hold the
+    build's packages (and ``source_units``, its source packages) merged in."""
     merged = merge(state_of(present, labels), own_state(units, build_id), prefer_incoming=prefer_incoming)
     keep = {f.filename for entry in merged.values() for f in entry.files}
     here = {p.href for p in present}
     add = [unit for unit in units if unit.package.href in keep and unit.package.href not in here]
     remove = sorted(p.href for p in present if p.href not in keep)
-    return Plan(add, remove, merged)
+    # A source package version this build won has exactly the build's source package (none if
+    # it brought none); any other version the branch holds keeps the one it has.
+    own_sources = {
+        u.package.source: u
+        for u in source_units
+        if _holds(merged, u.package) and merged[u.package.source].build_id == build_id
+    }
+    sources_here = list(present_sources)
+    keep_sources = {
+        s.href
+        for s in sources_here
+        if _holds(merged, s)
+        and (merged[s.source].build_id != build_id or _same(own_sources.get(s.source), s))
+    }
+    held = {s.href for s in sources_here}
+    add_sources = [u for u in own_sources.values() if u.package.href not in held]
+    remove_sources = sorted(held - keep_sources)
+    return Plan(add, remove, merged, add_sources, remove_sources)
+
+
+def _holds(merged: BranchState, source: PulpSource) -> bool:
+    """Whether the merge holds the version of ``source``."""
+    entry = merged.get(source.source)
+    return entry is not None and Version(entry.version) == Version(source.version)
+
+
+def _same(unit: SourceUnit | None, source: PulpSource) -> bool:
+    return unit is not None and unit.package.href == source.href
 
 
 def labels_for(merged: BranchState, build_id: int) -> dict[str, str]:

@@ -110,3 +110,25 @@ class PulpDebPackageReleaseComponentContext(PulpContentContext):
     NEEDS_PLUGINS = _DEB
     PLUGIN = "deb"
     RESOURCE_TYPE = "package_release_component"
+
+
+class PulpDebSourcePackageContext(PulpContentContext):
+    """A source package: its .dsc (an artifact) with every file it names (artifacts already in Pulp)."""
+
+    ENTITY = "deb source package"
+    ENTITIES = "deb source packages"
+    HREF = "deb_source_package_href"
+    ID_PREFIX = "content_deb_source_packages"
+    NEEDS_PLUGINS = _DEB
+    PLUGIN = "deb"
+    RESOURCE_TYPE = "source_package"
+
+
+class PulpDebSourcePackageReleaseComponentContext(PulpContentContext):
+    ENTITY = "deb source package release component"
+    ENTITIES = "deb source package release components"
+    HREF = "deb_source_package_release_component_href"
+    ID_PREFIX = "content_deb_source_release_components"
+    NEEDS_PLUGINS = _DEB
+    PLUGIN = "deb"
+    RESOURCE_TYPE = "source_release_component"

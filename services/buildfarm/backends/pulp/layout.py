@@ -83,6 +83,38 @@ class Unit:
         return [self.package.href, self.package_release_component, *(h for h in shared if h is not None)]
 
 
+SOURCE_FIELDS = ["pulp_href", "source", "version", "artifacts"]
+"""``artifacts`` too: pulp_deb 3.11's source package serializer fails (HTTP 500) on a ``fields``
+list without it."""
+
+
+@dataclass(frozen=True)
+class PulpSource:
+    """A source package (.dsc and the files it names) as Pulp holds it."""
+
+    href: str
+    source: str
+    version: str
+
+    @classmethod
+    def from_entity(cls, entity: EntityDefinition) -> PulpSource:
+        return cls(entity["pulp_href"], str(entity["source"]), str(entity["version"]))
+
+
+@dataclass(frozen=True)
+class SourceUnit:
+    """What a repository version needs for one source package to appear in ``<suite> main``'s
+    ``Sources`` (pulp_deb serves the .dsc and its files under ``pool/``)."""
+
+    package: PulpSource
+    release_component: str
+    source_release_component: str
+
+    @property
+    def hrefs(self) -> list[str]:
+        return [self.package.href, self.source_release_component, self.release_component]
+
+
 @dataclass(frozen=True)
 class Place:
     """Where one build's packages go: repository names and distribution base paths."""
@@ -145,7 +177,7 @@ def check_filename(filename: str) -> str:
     return filename
 
 
-def hrefs(units: list[Unit]) -> list[str]:
+def hrefs(units: t.Sequence[Unit | SourceUnit]) -> list[str]:
     return [href for unit in units for href in unit.hrefs]
 
 

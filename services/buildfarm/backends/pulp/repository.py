@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from pulp_glue.common.context import EntityDefinition, PulpEntityContext
 from pulp_glue.common.exceptions import PulpException
-from pulp_glue.core.context import PulpSigningServiceContext
+from pulp_glue.core.context import PulpArtifactContext, PulpSigningServiceContext
 
 from buildfarm.backends.apttree import check_filename as check_build_filename
 from buildfarm.backends.base import AptSource, BuildRef, MirrorStatus, PackageFile
@@ -31,7 +31,10 @@ from buildfarm.backends.pulp.contexts import (
     PulpDebPackageReleaseComponentContext,
     PulpDebReleaseArchitectureContext,
     PulpDebReleaseComponentContext,
+    PulpDebSourcePackageContext,
+    PulpDebSourcePackageReleaseComponentContext,
 )
+from buildfarm.backends.pulp.inputs import PulpBuildInputs
 from buildfarm.backends.pulp.layout import (
     BUILD_LABEL,
     COMPONENT,
@@ -39,8 +42,11 @@ from buildfarm.backends.pulp.layout import (
     NEWEST_BUILD_LABEL,
     PACKAGE_FIELDS,
     PROJECT_LABEL,
+    SOURCE_FIELDS,
     Place,
     PulpPackage,
+    PulpSource,
+    SourceUnit,
     Unit,
     branch_place,
     check_filename,
@@ -52,6 +58,7 @@ from buildfarm.backends.pulp.layout import (
 )
 from buildfarm.backends.pulp.mirrors import DEFAULT_RETAIN_VERSIONS, PulpMirrors
 from buildfarm.backends.signing import SigningKey
+from buildfarm.model.debsource import read_dsc, source_package
 from buildfarm.model.errors import NotFoundError, PermanentError, ServiceUnavailableError
 from buildfarm.model.mirrors import check_mirrors
 from buildfarm.model.settings import DEFAULT_SIGNING_KEYRING, MirrorConfig
@@ -59,6 +66,9 @@ from buildfarm.model.settings import DEFAULT_SIGNING_KEYRING, MirrorConfig
 log = logging.getLogger(__name__)
 
 MODIFY_ATTEMPTS = 3
+DSC_FIELDS_PULP_NEEDS = ("Maintainer", "Standards-Version")
+"""Fields pulp_deb 3.11 refuses a source package without (beyond those every .dsc must have);
+dpkg-source itself does not require them."""
 """How often a repository version is rewritten when concurrent builds raced on the same package name."""
 
 
@@ -116,6 +126,7 @@ class PulpRepository(PulpClient):
             signing_service=self._signing_href if signing_service is not None else None,
             keyring=keyring,
         )
+        self.inputs = PulpBuildInputs(self, self._artifact)
 
     # -- signing -----------------------------------------------------------------------------
 
@@ -163,6 +174,21 @@ class PulpRepository(PulpClient):
             parameters={"repository_version": version, "fields": PACKAGE_FIELDS}
         )
         return [PulpPackage.from_entity(entity) for entity in listed]
+
+    def _sources_in(self, version: str | None) -> list[PulpSource]:
+        if version is None:
+            return []
+        listed = PulpDebSourcePackageContext(self.ctx).list_iterator(
+            parameters={"repository_version": version, "fields": SOURCE_FIELDS}
+        )
+        return [PulpSource.from_entity(entity) for entity in listed]
+
+    def _source_links_of(self, version: str, sources: set[str]) -> list[str]:
+        """The source-package-release-component links of ``sources`` in ``version``."""
+        listed = PulpDebSourcePackageReleaseComponentContext(self.ctx).list_iterator(
+            parameters={"repository_version": version, "fields": ["pulp_href", "source_package"]}
+        )
+        return [entity["pulp_href"] for entity in listed if entity["source_package"] in sources]
 
     def _links_of(self, version: str, packages: set[str]) -> list[str]:
         """The package-release-component links of ``packages`` in ``version``."""
@@ -261,6 +287,87 @@ class PulpRepository(PulpClient):
             units.append(Unit(pulp_package, component, architecture, link["pulp_href"]))
         return units
 
+    def _artifact(self, package: PackageFile) -> str:
+        """The href of the Pulp artifact holding ``package``'s bytes (found by sha256 or uploaded)."""
+        found = self._first(PulpArtifactContext(self.ctx), sha256=package.sha256)
+        if found is not None:
+            return t.cast(str, found["pulp_href"])
+        with package.path.open("rb") as handle:
+            try:
+                return t.cast(
+                    str, PulpArtifactContext(self.ctx).upload(handle, self.ctx.chunk_size, package.sha256)
+                )
+            except PulpException:
+                found = self._first(PulpArtifactContext(self.ctx), sha256=package.sha256)
+                if found is None:
+                    raise
+                return t.cast(str, found["pulp_href"])  # uploaded concurrently by another node
+
+    def _source_units(self, files: list[PackageFile]) -> list[SourceUnit]:
+        """Each source package among ``files`` (a .dsc and every file it names) as Pulp content
+        of ``<suite> main``.
+
+        pulp_deb keeps one source package per name and version in the whole Pulp (its upload
+        returns the one it has): when that one is not this .dsc (another project's, or an
+        earlier build of the same version from other sources), the build's source package is
+        not published (a warning says so) rather than another one served in its place.  A .dsc
+        pulp_deb refuses (no ``Standards-Version``, say) is left out the same way: the build's
+        binaries are published all the same.
+        """
+        by_name = {f.filename: f for f in files}
+        units: list[SourceUnit] = []
+        component = self._shared("component", COMPONENT)
+        for dsc in sorted((f for f in files if f.filename.endswith(".dsc")), key=lambda f: f.filename):
+            described = source_package(dsc.path, dsc.filename, check=False)
+            missing = [f for f in DSC_FIELDS_PULP_NEEDS if not read_dsc(dsc.path, dsc.filename).get(f)]
+            if missing:
+                log.warning(
+                    "pulp: %s has no %s field, which pulp_deb requires of a source package; "
+                    "the build's binaries are published without it",
+                    dsc.filename,
+                    " or ".join(missing),
+                )
+                continue
+            for named in described.files:
+                have = by_name.get(named.name)
+                if have is None or have.sha256 != named.sha256:
+                    raise PermanentError(
+                        f"{dsc.filename} names {named.name} (sha256 {named.sha256}), which the build "
+                        + ("did not publish" if have is None else f"published as sha256 {have.sha256}")
+                    )
+            for package in (*(by_name[n.name] for n in described.files), dsc):
+                sha256, size = file_sha256(package.path)
+                if sha256 != package.sha256 or size != package.size:
+                    raise PermanentError(
+                        f"{package.path} does not match its record (sha256 {sha256}, {size} bytes; "
+                        f"expected {package.sha256}, {package.size} bytes)"
+                    )
+                dsc_artifact = self._artifact(package)  # the .dsc comes last: its files must be there
+            try:
+                with self._errors(f"adding the source package {dsc.filename}"):
+                    created = PulpDebSourcePackageContext(self.ctx).create(body={"artifact": dsc_artifact})
+            except PermanentError as exc:  # pulp_deb refused this .dsc: the binaries still go out
+                log.warning("pulp: %s is published without its source package: %s", dsc.filename, exc)
+                continue
+            held = dict(created.get("artifacts") or {})
+            held_dsc = next((href for path, href in held.items() if path.endswith(f"/{dsc.filename}")), None)
+            if held_dsc != dsc_artifact:
+                log.warning(
+                    "pulp: source package %s %s is already in Pulp with other files; this build's %s "
+                    "is not published (pulp_deb keeps one source package per name and version)",
+                    described.name,
+                    described.version,
+                    dsc.filename,
+                )
+                continue
+            source = PulpSource.from_entity(created)
+            body = {"source_package": source.href, "release_component": component}
+            link = self._find_or_create(
+                lambda: PulpDebSourcePackageReleaseComponentContext(self.ctx), body, **body
+            )
+            units.append(SourceUnit(source, component, t.cast(str, link["pulp_href"])))
+        return units
+
     # -- repository versions -----------------------------------------------------------------
 
     def _plan(
@@ -271,19 +378,44 @@ class PulpRepository(PulpClient):
         build_id: int,
         *,
         prefer_incoming: bool,
-    ) -> tuple[list[PulpPackage], Plan]:
-        """What ``version`` holds and how the build's ``units`` merge into it (:mod:`.branchmerge`)."""
+        source_units: list[SourceUnit] | None = None,
+    ) -> tuple[list[PulpPackage], list[PulpSource], Plan]:
+        """What ``version`` holds and how the build's ``units`` (and ``source_units``) merge into
+        it (:mod:`.branchmerge`)."""
         present = self._packages_in(version)
-        return present, branchmerge.plan(present, labels, units, build_id, prefer_incoming=prefer_incoming)
+        sources = self._sources_in(version)
+        return (
+            present,
+            sources,
+            branchmerge.plan(
+                present,
+                labels,
+                units,
+                build_id,
+                prefer_incoming=prefer_incoming,
+                present_sources=sources,
+                source_units=source_units or [],
+            ),
+        )
 
     def _removals(self, version: str | None, plan: Plan) -> list[str]:
-        """The packages a plan removes with their component links (the links go with them)."""
-        if version is None or not plan.remove:
+        """The packages and source packages a plan removes with their component links."""
+        if version is None:
             return []
-        return [*plan.remove, *self._links_of(version, set(plan.remove))]
+        removed: list[str] = []
+        if plan.remove:
+            removed += [*plan.remove, *self._links_of(version, set(plan.remove))]
+        if plan.remove_sources:
+            removed += [*plan.remove_sources, *self._source_links_of(version, set(plan.remove_sources))]
+        return removed
 
     def _merge_into(
-        self, repository: str, units: list[Unit], record: EntityDefinition, build_id: int = 0
+        self,
+        repository: str,
+        units: list[Unit],
+        record: EntityDefinition,
+        build_id: int = 0,
+        source_units: list[SourceUnit] | None = None,
     ) -> tuple[str, bool, Plan]:
         """A new latest version of ``repository``: its latest with the build merged in by source
         package (:mod:`.branchmerge`); the latest itself when the build adds nothing (it lost to
@@ -300,12 +432,16 @@ class PulpRepository(PulpClient):
         for attempt in range(MODIFY_ATTEMPTS + 1):
             base = t.cast(str, record["latest_version_href"])
             labels = dict(record.get("pulp_labels") or {})
-            _, plan = self._plan(base, labels, units, build_id, prefer_incoming=False)
+            _, _, plan = self._plan(
+                base, labels, units, build_id, prefer_incoming=False, source_units=source_units
+            )
             if not plan.changes:
                 return base, created_any, plan
             if attempt == MODIFY_ATTEMPTS:
                 break
-            result = context.modify(add_content=hrefs(plan.add), remove_content=self._removals(base, plan))
+            result = context.modify(
+                add_content=hrefs([*plan.add, *plan.add_sources]), remove_content=self._removals(base, plan)
+            )
             created = created_version(result)
             created_any = created_any or created is not None
             if created is not None and created["number"] == version_number(base) + 1:
@@ -326,6 +462,7 @@ class PulpRepository(PulpClient):
         build_id: int = 0,
         *,
         prefer_incoming: bool = True,
+        source_units: list[SourceUnit] | None = None,
     ) -> tuple[str, bool]:
         """A version of ``repository`` holding exactly ``base`` with the build merged in by source
         package (``labels``: the branch's, :mod:`.branchmerge`); ``prefer_incoming`` lets every
@@ -335,21 +472,27 @@ class PulpRepository(PulpClient):
         on the repository's own latest, so a created version is right by construction; only
         "nothing changed" needs a look at what the latest version holds.
         """
-        present, plan = self._plan(base, labels or {}, units, build_id, prefer_incoming=prefer_incoming)
+        present, sources, plan = self._plan(
+            base, labels or {}, units, build_id, prefer_incoming=prefer_incoming, source_units=source_units
+        )
         remove = self._removals(base, plan)
-        gone = set(plan.remove)
-        expected = {p.href for p in present if p.href not in gone} | {u.package.href for u in plan.add}
+        gone = set(plan.remove) | set(plan.remove_sources)
+        expected = {p.href for p in present if p.href not in gone}
+        expected |= {p.href for p in sources if p.href not in gone}
+        expected |= {u.package.href for u in plan.add} | {u.package.href for u in plan.add_sources}
+        add = hrefs([*plan.add, *plan.add_sources])
         context = PulpAptRepositoryContext(self.ctx, pulp_href=repository)
         for _ in range(MODIFY_ATTEMPTS):
             if base is None:
-                result = context.modify(add_content=hrefs(plan.add), remove_content=["*"])
+                result = context.modify(add_content=add, remove_content=["*"])
             else:
-                result = context.modify(add_content=hrefs(plan.add), remove_content=remove, base_version=base)
+                result = context.modify(add_content=add, remove_content=remove, base_version=base)
             created = created_version(result)
             if created is not None:
                 return t.cast(str, created["pulp_href"]), True
             latest = t.cast(str, self._read(repository)["latest_version_href"])
-            if {p.href for p in self._packages_in(latest)} == expected:
+            held = [p.href for p in self._packages_in(latest)] + [p.href for p in self._sources_in(latest)]
+            if set(held) == expected:
                 return latest, False
         raise ServiceUnavailableError(
             f"Pulp at {self.base_url}: repository {repository} kept changing under concurrent writers; "
@@ -381,6 +524,7 @@ class PulpRepository(PulpClient):
             components=(COMPONENT,),
             trusted=True,
             signed_by=self.keyring if signed and self.signing_service is not None else None,
+            sources=True,
         )
 
     # -- PackageRepository -------------------------------------------------------------------
@@ -421,17 +565,19 @@ class PulpRepository(PulpClient):
             if self._distribution(base_path) is not None:
                 log.info("build %s is already published at %s; keeping it", build.build_id, base_path)
                 return self._source(base_path)
-            # Binaries only: source packages (.dsc and files) are published by the local
-            # repository; pulp_deb source content is not wired here yet (README, "Sources").
             for package in packages:  # anything else (a "Release") is refused, not silently dropped
                 check_build_filename(package.filename)
             units = self._units([p for p in packages if p.filename.endswith((".deb", ".udeb"))])
+            # Source packages (.dsc and its files) go with their binaries (:mod:`.branchmerge`).
+            source_units = self._source_units(
+                [p for p in packages if not p.filename.endswith((".deb", ".udeb"))]
+            )
             branch = self._repository(place.branch_repository, create=move_latest)
             record = self._read(branch) if branch is not None else None
             if move_latest:
                 # Any publish order: the merge rules decide what wins, not which build came last.
                 assert branch is not None and record is not None
-                version, fresh, plan = self._merge_into(branch, units, record, build.build_id)
+                version, fresh, plan = self._merge_into(branch, units, record, build.build_id, source_units)
                 # Before the distribution: a retry after a crash here plans again and labels again.
                 self._label_branch(branch, record, plan, build.build_id)
             else:
@@ -440,7 +586,13 @@ class PulpRepository(PulpClient):
                 base = record["latest_version_href"] if record is not None else None
                 branch_labels = dict(record.get("pulp_labels") or {}) if record is not None else {}
                 version, fresh = self._snapshot_into(
-                    side, base, units, branch_labels, build.build_id, prefer_incoming=build.kind == "personal"
+                    side,
+                    base,
+                    units,
+                    branch_labels,
+                    build.build_id,
+                    prefer_incoming=build.kind == "personal",
+                    source_units=source_units,
                 )
             publication = self._publication(version, fresh, signed=True)
             labels = {PROJECT_LABEL: place.project, BUILD_LABEL: str(build.build_id)}
@@ -502,6 +654,10 @@ class PulpRepository(PulpClient):
 
     def sync_mirror(self, mirror: MirrorConfig) -> MirrorStatus:
         return self.mirrors.sync(mirror)
+
+    def keep_build_inputs(self, files: list[PackageFile]) -> int:
+        """Put build inputs into Pulp's file repository of them (:mod:`.inputs`); how many were new."""
+        return self.inputs.keep(files)
 
     def expire_build(self, build: BuildRef) -> None:
         self.drop_staging(build)  # normally gone already; a crashed build's is not

@@ -1,0 +1,34 @@
+"""Build environments as cached, content-addressed artifacts (issue 15).
+
+An environment is made once per recipe (distribution, architecture, mirror, package set) with
+mmdebstrap, with the common Debian build toolchain and the mirror's apt lists already in it, and
+kept as a tarball named by its sha256.  That digest is the environment's identity in every step's
+input key: a refreshed environment never reuses old outputs, an unchanged one always does.
+
+What others may use: :class:`EnvironmentSpec` (the recipe), :class:`EnvironmentCache` (make,
+find, check, prune), :class:`Environment` (one made environment), :data:`TOOLCHAIN`,
+:func:`spec_for` and :func:`cache_for` (what the settings name), :func:`file_digest` and
+:func:`digests_named_by_builds` (what prune keeps).
+"""
+
+from __future__ import annotations
+
+from buildfarm.environments.cache import Environment, EnvironmentCache, EnvironmentGone, file_digest
+from buildfarm.environments.mmdebstrap import make_tarball
+from buildfarm.environments.settings import cache_for, host_architecture, spec_for
+from buildfarm.environments.spec import TOOLCHAIN, EnvironmentSpec
+from buildfarm.environments.usage import digests_named_by_builds
+
+__all__ = [
+    "TOOLCHAIN",
+    "Environment",
+    "EnvironmentCache",
+    "EnvironmentGone",
+    "EnvironmentSpec",
+    "cache_for",
+    "digests_named_by_builds",
+    "file_digest",
+    "host_architecture",
+    "make_tarball",
+    "spec_for",
+]

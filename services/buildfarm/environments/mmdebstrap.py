@@ -1,0 +1,91 @@
+"""Making one environment tarball with Debian's mmdebstrap (the only maker of environments).
+
+The tarball is written where the caller says (a temporary name: the cache renames it into place
+once its digest is known), with the packages of the recipe preinstalled, the mirror's apt lists
+kept (``--skip=cleanup/apt/lists``) and dpkg told not to fsync (``force-unsafe-io``, as Debian's
+buildd chroots are: a build chroot is thrown away, never recovered after a crash).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from buildfarm.environments.spec import EnvironmentSpec
+from buildfarm.model.errors import PermanentError, TemporaryError
+
+MMDEBSTRAP_TIMEOUT_SECONDS = 1800
+"""Making an environment downloads ~120-250 packages: ~1 min here, far longer on a slow mirror."""
+SOURCE_DATE_EPOCH = "1700000000"
+"""Fixed file times inside the tarball: mmdebstrap is reproducible with SOURCE_DATE_EPOCH, so the
+same recipe on an unchanged mirror makes the same bytes and the same digest (outputs are reused)."""
+UNSAFE_IO_HOOK = 'echo force-unsafe-io > "$1/etc/dpkg/dpkg.cfg.d/buildfarm-unsafe-io"'
+MIRROR_DATE_HOOK = 'sed -n "s/^Date: //p" "$1"/var/lib/apt/lists/*Release | head -n 1 > {out}'
+
+
+def mmdebstrap_command(spec: EnvironmentSpec, dest: Path, date_file: Path | None = None) -> list[str]:
+    """The mmdebstrap call making ``spec`` into the tar file ``dest``."""
+    mode = "root" if os.geteuid() == 0 else "unshare"
+    hooks = [UNSAFE_IO_HOOK]
+    if date_file is not None:
+        hooks.append(MIRROR_DATE_HOOK.format(out=_shell_quote(str(date_file))))
+    return [
+        "mmdebstrap",
+        "--variant=buildd",
+        f"--mode={mode}",
+        "--format=tar",
+        f"--architectures={spec.architecture}",
+        "--quiet",
+        *([f"--include={','.join(spec.packages)}"] if spec.packages else []),
+        *(["--skip=cleanup/apt/lists"] if spec.keep_lists else []),
+        *(f"--customize-hook={hook}" for hook in hooks),
+        spec.distribution,
+        str(dest),
+        f"deb {spec.mirror} {spec.distribution} main",
+    ]
+
+
+def _shell_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def make_tarball(
+    spec: EnvironmentSpec,
+    dest: Path,
+    proxy: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> str:
+    """Run mmdebstrap into ``dest``; returns the mirror's Release date the lists were made from
+    ("" if unknown).  ``proxy``: an HTTP proxy for apt (the farm's package cache); apt outside the
+    chroot reads it from the environment, so nothing of it is left inside the tarball."""
+    if shutil.which("mmdebstrap") is None:
+        raise PermanentError("mmdebstrap is not installed (Debian package: mmdebstrap)")
+    date_file = dest.with_name(dest.name + ".date")
+    env = dict(os.environ, SOURCE_DATE_EPOCH=SOURCE_DATE_EPOCH)
+    if proxy:
+        env["http_proxy"] = proxy
+    if progress:
+        progress(f"making the build environment {spec.describe()} with mmdebstrap (once, ~1-3 min)...")
+    try:
+        subprocess.run(
+            mmdebstrap_command(spec, dest, date_file if spec.keep_lists else None),
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=MMDEBSTRAP_TIMEOUT_SECONDS,
+            env=env,
+        )
+    except subprocess.CalledProcessError as exc:
+        tail = "\n".join((exc.stderr or "").strip().splitlines()[-5:])
+        raise TemporaryError(f"mmdebstrap failed to make {spec.describe()}: {tail}", retry_after=60) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise TemporaryError(f"mmdebstrap took over {MMDEBSTRAP_TIMEOUT_SECONDS} s", retry_after=60) from exc
+    try:
+        return date_file.read_text().strip()
+    except OSError:
+        return ""
+    finally:
+        date_file.unlink(missing_ok=True)
