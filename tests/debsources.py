@@ -57,7 +57,9 @@ def debian_source(name: str, version: str) -> Path:
     apt = CACHE / "apt"
     for sub in ("sources.list.d", "preferences.d", "lists/partial", "cache/archives/partial"):
         (apt / sub).mkdir(parents=True, exist_ok=True)
-    (apt / "sources.list").write_text(f"deb-src {settings.mirror} {settings.distribution} main\n")
+    (apt / "sources.list").write_text(
+        f"deb-src {settings.buildenv.mirror} {settings.buildenv.distribution} main\n"
+    )
     options = _apt_options(apt)
     if not any((apt / "lists").glob("*Sources*")):
         subprocess.run(

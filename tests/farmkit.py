@@ -60,7 +60,7 @@ def make_test_context(tmp_path: Path, database_url: str, **settings: object) -> 
         settings=config,
         db=Database(database_url),
         store=FsArtifactStore(config.state_dir / "artifacts"),
-        repo=LocalAptRepository(config.state_dir / "repos", config.repo_url),
+        repo=LocalAptRepository(config.state_dir / "repos", config.repository.url),
         dispatcher=RecordingDispatcher(),
         parts=Wiring(config),
     )

@@ -90,7 +90,7 @@ class LocalClient:
             raise PermanentError(f"the local farm in {settings.state_dir} is stopped: run `buildfarm start`")
         if "farm" in self._contexts:
             return self._contexts["farm"]
-        if changes or settings.redis_url:
+        if changes or settings.broker.url:
             self._contexts["farm"] = make_context(settings)
         else:  # a stopped farm (no broker recorded): reading needs only the database and the stores
             self._contexts["farm"] = self._offline_context(settings)
@@ -119,10 +119,10 @@ class LocalClient:
         from buildfarm.state.db import upgrade
 
         settings = self.settings
-        if settings.database_url is None:
+        if settings.database.url is None:
             private_state_dir(settings.state_dir)  # the SQLite file lives there, its owner's alone
         upgrade(settings.effective_database_url)
-        ctx = make_context(settings) if settings.redis_url else self._offline_context(settings)
+        ctx = make_context(settings) if settings.broker.url else self._offline_context(settings)
         self._contexts["accounts"] = ctx
         return ctx
 
@@ -221,7 +221,7 @@ class LocalClient:
     def repo_key(self) -> RepoKeyOut:
         key = require_signing_key(self._context().repo)
         return RepoKeyOut(
-            fingerprint=key.fingerprint, public_key=key.public_key, signed_by=self.settings.signing_keyring
+            fingerprint=key.fingerprint, public_key=key.public_key, signed_by=self.settings.signing.keyring
         )
 
     def mirrors(self) -> builtins.list[MirrorOut]:

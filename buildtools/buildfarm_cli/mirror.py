@@ -26,7 +26,7 @@ SYNC_TASKS = 3
 
 
 def _default_timeout() -> float:
-    return SYNC_TASKS * load_settings().pulp_task_timeout_seconds
+    return SYNC_TASKS * load_settings().pulp.task_timeout_seconds
 
 
 @mirror_app.command("list")

@@ -137,7 +137,7 @@ def main() -> int:
     settings = load_settings()
     runs = int(os.environ.get("BENCH_RUNS", "2"))
     base = ensure_base_tarball(
-        settings.effective_base_tarball, settings.distribution, settings.mirror, progress=print
+        settings.buildenv.tarball, settings.buildenv.distribution, settings.buildenv.mirror, progress=print
     )
     env = cache_for(settings).ensure(spec_for(settings), progress=print)
     load = os.getloadavg()[0]

@@ -118,7 +118,9 @@ def main() -> int:
         work = Path(tmp)
         print(f"by hand: sbuild {cached.name} ...", flush=True)
         dsc = copy_source(cached, work / "hand" / "src")
-        hand = by_hand(base, settings.distribution, settings.sbuild_tmpdir, dsc, work / "hand")
+        hand = by_hand(
+            base, settings.buildenv.distribution, settings.buildenv.sbuild_tmpdir, dsc, work / "hand"
+        )
         print(f"farm: {cached.name} through a fresh 1-node sbuild farm ...", flush=True)
         farm_dir = work / "farm"
         start, farm, view = through_farm(copy_source(cached, farm_dir / "src"), farm_dir)

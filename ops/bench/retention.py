@@ -162,7 +162,7 @@ def context(work: Path, db: Database) -> FarmContext:
         settings=settings,
         db=db,
         store=FsArtifactStore(work / "artifacts"),
-        repo=LocalAptRepository(work / "repos", settings.repo_url),
+        repo=LocalAptRepository(work / "repos", settings.repository.url),
         dispatcher=RecordingDispatcher(),
         parts=Wiring(settings),
     )

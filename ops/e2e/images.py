@@ -46,7 +46,7 @@ HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 def cache_root() -> Path:
-    return load_settings().cache_dir / "e2e"
+    return load_settings().buildenv.cache_dir / "e2e"
 
 
 def storage_options() -> list[str]:
@@ -119,11 +119,11 @@ def image_id(ref: str) -> str | None:
 def debian_base(log: list[str]) -> str:
     """localhost/buildfarm-e2e/debian:bookworm from the sbuild base tarball (its OCI layout, cached)."""
     settings = load_settings()
-    ref = f"{E2E_PREFIX}/debian:{settings.distribution}"
+    ref = f"{E2E_PREFIX}/debian:{settings.buildenv.distribution}"
     tarball = ensure_base_tarball(
-        settings.effective_base_tarball, settings.distribution, settings.mirror, progress=print
+        settings.buildenv.tarball, settings.buildenv.distribution, settings.buildenv.mirror, progress=print
     )
-    layout = base_layout(tarball, settings.cache_dir, settings.distribution, progress=print)
+    layout = base_layout(tarball, settings.buildenv.cache_dir, settings.buildenv.distribution, progress=print)
     tag = f"{E2E_PREFIX}/debian:h-{layout.name[-16:]}"
     if image_id(tag) is None:
         started = time.monotonic()
@@ -134,7 +134,7 @@ def debian_base(log: list[str]) -> str:
                 "skopeo",
                 "copy",
                 "--quiet",
-                f"oci:{layout}:{settings.distribution}",
+                f"oci:{layout}:{settings.buildenv.distribution}",
                 f"containers-storage:{store}{tag}",
             ],
             capture_output=True,
@@ -256,7 +256,10 @@ def build_all() -> dict[str, str]:
         )
         settings = load_settings()
         tarball = ensure_builder_tarball(
-            settings.effective_base_tarball, settings.distribution, settings.mirror, progress=print
+            settings.buildenv.tarball,
+            settings.buildenv.distribution,
+            settings.buildenv.mirror,
+            progress=print,
         )
         builder_ctx = work / "package-builder"
         builder_ctx.mkdir()

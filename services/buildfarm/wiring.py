@@ -20,88 +20,87 @@ from buildfarm.runners.base import Runner
 
 
 def make_store(settings: Settings) -> ArtifactStore:
-    if settings.artifacts == "s3":
+    storage = settings.storage
+    if storage.kind == "s3":
         from buildfarm.backends.s3 import S3ArtifactStore
 
-        if not settings.s3_endpoint:
+        if not storage.s3_endpoint:
             raise PermanentError("artifacts is s3 but setting s3_endpoint is missing")
-        endpoint, secure = settings.s3_endpoint, settings.s3_secure
+        endpoint, secure = storage.s3_endpoint, storage.s3_secure
         if "://" in endpoint:  # the chart passes a URL: the scheme decides https
             parts = urlsplit(endpoint)
             endpoint, secure = parts.netloc, parts.scheme == "https"
+        access, secret = storage.s3_credentials()
         return S3ArtifactStore(
-            endpoint,
-            settings.secret(settings.s3_access_key, settings.s3_access_key_file, "s3_access_key"),
-            settings.secret(settings.s3_secret_key, settings.s3_secret_key_file, "s3_secret_key"),
-            settings.s3_bucket,
-            secure=secure,
-            region=settings.s3_region,
+            endpoint, access, secret, storage.s3_bucket, secure=secure, region=storage.s3_region
         )
     return FsArtifactStore(settings.state_dir / "artifacts")
 
 
 def make_repository(settings: Settings) -> PackageRepository:
-    if settings.repository == "pulp":
+    if settings.repository.kind == "pulp":
         from buildfarm.backends.pulp import PulpRepository
 
-        if not settings.pulp_url or not settings.pulp_content_origin:
+        pulp = settings.pulp
+        if not pulp.url or not pulp.content_origin:
             raise PermanentError("repository is pulp but setting pulp_url or pulp_content_origin is missing")
         return PulpRepository(
-            settings.pulp_url,
-            settings.pulp_username,
-            settings.secret(settings.pulp_password, settings.pulp_password_file, "pulp_password"),
-            settings.pulp_content_origin,
-            task_timeout_seconds=settings.pulp_task_timeout_seconds,
-            http_timeout_seconds=settings.pulp_http_timeout_seconds,
-            orphan_protection_minutes=settings.pulp_orphan_protection_minutes,
-            mirrors=settings.mirrors,
-            mirror_retain_versions=settings.mirror_retain_versions,
-            signing_service=settings.pulp_signing_service,
-            keyring=settings.signing_keyring,
+            pulp.url,
+            pulp.username,
+            pulp.password_value(),
+            pulp.content_origin,
+            task_timeout_seconds=pulp.task_timeout_seconds,
+            http_timeout_seconds=pulp.http_timeout_seconds,
+            orphan_protection_minutes=pulp.orphan_protection_minutes,
+            mirrors=settings.mirrors.repositories,
+            mirror_retain_versions=settings.mirrors.retain_versions,
+            signing_service=settings.signing.pulp_service,
+            keyring=settings.signing.keyring,
         )
     signer = None
-    if settings.signing_key_file is not None:
-        signer = ReleaseSigner(settings.signing_key_file, signing_home(settings.state_dir))
+    if settings.signing.key_file is not None:
+        signer = ReleaseSigner(settings.signing.key_file, signing_home(settings.state_dir))
     return LocalAptRepository(
         settings.state_dir / "repos",
-        settings.repo_url,
-        settings.mirrors,
+        settings.repository.url,
+        settings.mirrors.repositories,
         signer=signer,
-        keyring=settings.signing_keyring,
+        keyring=settings.signing.keyring,
     )
 
 
 def make_runner(settings: Settings, store: ArtifactStore | None = None) -> Runner:
     """The runner of this node's steps. Remote runners (kubernetes) hand the store's presigned
     URLs to their pods, so they need ``store``."""
-    if settings.runner == "host":
+    if settings.builders.runner == "host":
         from buildfarm.runners.host import HostRunner
 
         return HostRunner()
-    if settings.runner == "kubernetes":
+    if settings.builders.runner == "kubernetes":
         from buildfarm.backends.s3 import S3ArtifactStore
         from buildfarm.runners.kubernetes import KubernetesRunner
 
-        if settings.artifacts != "s3" or not isinstance(store, S3ArtifactStore):
+        if settings.storage.kind != "s3" or not isinstance(store, S3ArtifactStore):
             raise PermanentError("runner kubernetes needs artifacts: s3 (builder pods use presigned URLs)")
-        return KubernetesRunner(settings, store)
+        return KubernetesRunner(
+            settings.builders, settings.registry, store, mirrored=bool(settings.mirrors.repositories)
+        )
     from buildfarm.runners.base import chroot_root
     from buildfarm.runners.sbuild import SbuildRunner
 
-    tmpdir = chroot_root(settings.sbuild_tmpdir, settings.state_dir)
-    if settings.base_tarball is not None:  # a fixed tarball named in the settings, used as is
-        return SbuildRunner(
-            settings.base_tarball, settings.distribution, tmpdir, apt_proxy=settings.apt_proxy
-        )
+    env = settings.buildenv
+    tmpdir = chroot_root(env.sbuild_tmpdir, settings.state_dir)
+    if env.base_tarball is not None:  # a fixed tarball named in the settings, used as is
+        return SbuildRunner(env.base_tarball, env.distribution, tmpdir, apt_proxy=env.apt_proxy)
     from buildfarm.environments import cache_for, spec_for
 
     return SbuildRunner(
         None,
-        settings.distribution,
+        env.distribution,
         tmpdir,
         environments=cache_for(settings),
         spec=spec_for(settings),
-        apt_proxy=settings.apt_proxy,
+        apt_proxy=env.apt_proxy,
     )
 
 
@@ -111,11 +110,11 @@ def make_image_runner(settings: Settings) -> Runner:
     from buildfarm.runners.buildah import LocalImageRunner
 
     return LocalImageRunner(
-        storage=settings.cache_dir / "buildah",
-        registry_url=settings.registry_url,
-        base_tarball=settings.effective_base_tarball,
-        distribution=settings.distribution,
-        cache_dir=settings.cache_dir,
+        storage=settings.buildenv.cache_dir / "buildah",
+        registry_url=settings.registry.url,
+        base_tarball=settings.buildenv.tarball,
+        distribution=settings.buildenv.distribution,
+        cache_dir=settings.buildenv.cache_dir,
     )
 
 
@@ -131,13 +130,13 @@ def make_registry(settings: Settings) -> ImageRegistry:
     the registry's garbage collector (its configuration is written by ``buildfarm start``)."""
     from buildfarm.backends.registrycopy import RegistryCopier
 
-    if not settings.registry_url:
+    if not settings.registry.url:
         raise PermanentError("no container registry: set registry_url (BUILDFARM_REGISTRY_URL)")
     local_config = settings.state_dir / "registry" / "config.yml"
     return RegistryCopier(
-        settings.registry_url,
+        settings.registry.url,
         gc_config=local_config if local_config.is_file() else None,
-        auth=settings.registry_auth(),
+        auth=settings.registry.auth(),
     )
 
 
@@ -160,4 +159,4 @@ class Wiring:
         return self._registry
 
     def backup_target(self) -> BackupTarget:
-        return make_backup_target(self.settings)
+        return make_backup_target(self.settings.backup, self.settings.storage)

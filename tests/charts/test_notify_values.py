@@ -35,7 +35,7 @@ def test_targets_and_smtp_reach_the_settings(
         monkeypatch.setenv(name, config[name])
     settings = load_settings(state_dir=tmp_path)
     check_notifications(settings)
-    hook, mine = settings.notifications
+    hook, mine = settings.notify.targets
     assert (hook.name, hook.project, hook.events, str(hook.secret_file)) == (
         "stx-team",
         "starlingx",
@@ -43,9 +43,9 @@ def test_targets_and_smtp_reach_the_settings(
         "/etc/buildfarm/hook/key",
     )
     assert (mine.user, mine.email, mine.webhook) == ("alice", ["alice@example.org"], None)
-    smtp = (settings.notify_smtp_host, settings.notify_smtp_port, settings.notify_smtp_starttls)
+    smtp = (settings.notify.smtp_host, settings.notify.smtp_port, settings.notify.smtp_starttls)
     assert smtp == ("mail.example.org", 587, True)
-    assert settings.notify_dashboard_url == "https://farm.example.org"
+    assert settings.notify.dashboard_url == "https://farm.example.org"
     default = helpers["find"](render("default"), "ConfigMap", "farm")["data"]
     assert default["BUILDFARM_NOTIFICATIONS"] == "[]" and "BUILDFARM_NOTIFY_SMTP_HOST" not in default
 

@@ -49,12 +49,12 @@ def test_schedules_reach_the_settings(
         monkeypatch.setenv(f"BUILDFARM_{name}", config[f"BUILDFARM_{name}"])
     settings = load_settings(state_dir=tmp_path)
     retries = (
-        settings.schedule_start_timeout_seconds,
-        settings.schedule_start_attempts,
-        settings.schedule_retry_seconds,
+        settings.schedules.start_timeout_seconds,
+        settings.schedules.start_attempts,
+        settings.schedules.retry_seconds,
     )
     assert retries == (600, 3, 60)
-    assert [(s.name, s.cron or settings.nightly_schedule) for s in settings.schedules] == [
+    assert [(s.name, s.cron or settings.schedules.nightly) for s in settings.schedules.builds] == [
         ("main-nightly", "0 2 * * *"),
         ("stored", "30 1 * * *"),
     ]

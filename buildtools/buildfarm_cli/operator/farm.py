@@ -44,11 +44,12 @@ def start(
         settings = _settings(**overrides)
 
     def prepare(s: Settings) -> None:
-        if s.runner == "sbuild" and s.base_tarball is not None:
+        env = s.buildenv
+        if s.builders.runner == "sbuild" and env.base_tarball is not None:
             from buildfarm.runners.sbuild import ensure_base_tarball
 
-            ensure_base_tarball(s.base_tarball, s.distribution, s.mirror, progress=err_console.print)
-        elif s.runner == "sbuild":
+            ensure_base_tarball(env.base_tarball, env.distribution, env.mirror, progress=err_console.print)
+        elif s.builders.runner == "sbuild":
             from buildfarm.environments import cache_for, spec_for
 
             cache_for(s).ensure(spec_for(s), progress=err_console.print)

@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
 from buildfarm.model.errors import BuildfarmError
-from buildfarm.model.settings import load_settings
+from buildfarm.model.settings import settings_at_start
 from buildfarm.state.db import alembic_config
 from buildfarm.wiring import make_store
 
@@ -33,7 +33,7 @@ def missing(settings, head):
         return f"database unreachable: {type(exc).__name__}: {str(exc).splitlines()[0]}"
     if current != head:
         return f"schema at revision {current}, this image needs {head} (the bootstrap Job migrates it)"
-    if settings.artifacts == "s3":
+    if settings.storage.kind == "s3":
         try:
             make_store(settings).check()
         except BuildfarmError as exc:
@@ -42,7 +42,7 @@ def missing(settings, head):
 
 
 def main(limit):
-    settings = load_settings()
+    settings = settings_at_start()
     head = ScriptDirectory.from_config(alembic_config(settings.effective_database_url)).get_current_head()
     deadline = time.monotonic() + limit
     while True:

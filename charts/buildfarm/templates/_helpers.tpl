@@ -440,3 +440,17 @@ CKV_K8S_9: a Job or test pod serves nothing; a readiness probe has nothing to ga
 checkov.io/skip{{ add1 $i }}: {{ printf "%s=%s" $id (required (printf "no reason written for checkov skip %s" $id) (index $reasons $id)) | quote }}
 {{- end }}
 {{- end -}}
+
+{{/*
+farm.mirrors as the JSON list BUILDFARM_MIRRORS holds (model/settinggroups.py MirrorConfig):
+the same keys, signedBy spelt signed_by, defaults as the farm's.
+*/}}
+{{- define "buildfarm.mirrorsJson" -}}
+{{- $mirrors := list -}}
+{{- range .Values.farm.mirrors -}}
+{{- $mirror := dict "name" .name "url" .url "distribution" .distribution "components" (.components | default (list "main")) "architectures" (.architectures | default (list "amd64")) -}}
+{{- with .signedBy }}{{ $_ := set $mirror "signed_by" . }}{{ end -}}
+{{- $mirrors = append $mirrors $mirror -}}
+{{- end -}}
+{{- toJson $mirrors -}}
+{{- end -}}

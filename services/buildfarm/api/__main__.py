@@ -7,7 +7,7 @@ import argparse
 import uvicorn
 
 from buildfarm.api.app import create_app
-from buildfarm.model.settings import load_settings
+from buildfarm.model.settings import settings_at_start
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -15,12 +15,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=None)
     parser.add_argument("--port", type=int, default=None)
     args = parser.parse_args(argv)
-    settings = load_settings()
+    settings = settings_at_start()
     app = create_app(settings)
     uvicorn.run(
         app,
-        host=args.host or settings.api_host,
-        port=args.port or settings.api_port,
+        host=args.host or settings.api.host,
+        port=args.port or settings.api.port,
         log_level="warning",
         access_log=False,
     )

@@ -38,13 +38,13 @@ API = "/api/v1"
 def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
     """The API over the farm described by ``settings``."""
     farm = ctx or make_context(settings)
-    if not settings.redis_url:
+    if not settings.broker.url:
         raise PermanentError("the API needs Redis (rate limits, dispatch): set BUILDFARM_REDIS_URL")
     limits = Limits(
-        redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5),
-        settings.api_rate_per_minute,
-        settings.api_max_running_builds,
-        settings.api_anonymous_rate_per_minute,
+        redis.Redis.from_url(settings.broker.url, socket_timeout=5, socket_connect_timeout=5),
+        settings.api.rate_per_minute,
+        settings.api.max_running_builds,
+        settings.api.anonymous_rate_per_minute,
     )
     farm.store.check()
     farm.repo.check()

@@ -43,7 +43,7 @@ def logs_router(farm: FarmContext) -> APIRouter:
             return PlainTextResponse(
                 chunk, headers={"X-Next-Offset": str(next_offset), "X-Step-Live": "1" if live else "0"}
             )
-        deadline = time.monotonic() + farm.settings.api_follow_seconds
+        deadline = time.monotonic() + farm.settings.api.follow_seconds
 
         def stream() -> Iterator[bytes]:
             position, current = offset, key

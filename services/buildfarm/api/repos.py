@@ -28,7 +28,7 @@ def repos_router(farm: FarmContext) -> APIRouter:
     def repo_key() -> RepoKeyOut:
         key = require_signing_key(farm.repo)
         return RepoKeyOut(
-            fingerprint=key.fingerprint, public_key=key.public_key, signed_by=farm.settings.signing_keyring
+            fingerprint=key.fingerprint, public_key=key.public_key, signed_by=farm.settings.signing.keyring
         )
 
     @router.get("/repos/{project}/{branch:path}/sources", response_model=SourcesOut)

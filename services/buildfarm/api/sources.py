@@ -52,7 +52,7 @@ def sources_router(farm: FarmContext) -> APIRouter:
         principal: Caller,
     ) -> SourceOut:
         policy.require_builder(principal)
-        limit = farm.settings.api_max_upload_bytes
+        limit = farm.settings.api.max_upload_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise TooLargeError(f"source tarball of {declared} bytes is over the {limit}-byte limit")

@@ -39,9 +39,9 @@ def _unpack_bounded(farm: FarmContext, tarball: Path, dest: Path) -> None:
         unpack_tree(
             tarball,
             dest,
-            settings.api_max_unpacked_bytes,
-            max_files=settings.api_max_unpacked_files,
-            max_seconds=settings.api_max_unpack_seconds,
+            settings.api.max_unpacked_bytes,
+            max_files=settings.api.max_unpacked_files,
+            max_seconds=settings.api.max_unpack_seconds,
         )
     except TreeTooLargeError as exc:
         raise TooLargeError(str(exc)) from exc

@@ -25,7 +25,7 @@ from buildfarm.backends.base import BackupTarget
 from buildfarm.backends.fs import FsArtifactStore, fsync_dir
 from buildfarm.backends.s3 import S3ArtifactStore
 from buildfarm.model.errors import NotFoundError, PermanentError
-from buildfarm.model.settings import Settings
+from buildfarm.model.settinggroups import BackupSettings, StorageSettings, read_secret
 
 
 class DirectoryTarget:
@@ -85,9 +85,10 @@ class S3Target:
             return None
 
 
-def make_backup_target(settings: Settings) -> BackupTarget:
-    """The configured backup target; one clear line when there is none or it is malformed."""
-    target = (settings.backup_target or "").strip()
+def make_backup_target(backup: BackupSettings, storage: StorageSettings) -> BackupTarget:
+    """The configured backup target; one clear line when there is none or it is malformed.
+    An S3 target defaults to the artifact store's endpoint and credentials (``storage``)."""
+    target = (backup.target or "").strip()
     if not target:
         raise PermanentError("no backup target: set backup_target (BUILDFARM_BACKUP_TARGET)")
     if not target.startswith("s3://"):
@@ -100,24 +101,19 @@ def make_backup_target(settings: Settings) -> BackupTarget:
     bucket, prefix = parts.netloc, parts.path.strip("/")
     if not bucket:
         raise PermanentError(f"backup_target {target!r} names no bucket: s3://<bucket>[/<prefix>]")
-    endpoint = settings.backup_s3_endpoint or settings.s3_endpoint
+    endpoint = backup.s3_endpoint or storage.s3_endpoint
     if not endpoint:
         raise PermanentError("backup target is on S3 but neither backup_s3_endpoint nor s3_endpoint is set")
-    secure = settings.s3_secure
+    secure = storage.s3_secure
     if "://" in endpoint:  # the chart passes a URL: the scheme decides https
         url = urlsplit(endpoint)
         endpoint, secure = url.netloc, url.scheme == "https"
-    own = settings.backup_s3_access_key is not None or settings.backup_s3_access_key_file is not None
+    own = backup.s3_access_key is not None or backup.s3_access_key_file is not None
     if own:
-        access = settings.secret(
-            settings.backup_s3_access_key, settings.backup_s3_access_key_file, "backup_s3_access_key"
-        )
-        secret = settings.secret(
-            settings.backup_s3_secret_key, settings.backup_s3_secret_key_file, "backup_s3_secret_key"
-        )
+        access = read_secret(backup.s3_access_key, backup.s3_access_key_file, "backup_s3_access_key")
+        secret = read_secret(backup.s3_secret_key, backup.s3_secret_key_file, "backup_s3_secret_key")
     else:
-        access = settings.secret(settings.s3_access_key, settings.s3_access_key_file, "s3_access_key")
-        secret = settings.secret(settings.s3_secret_key, settings.s3_secret_key_file, "s3_secret_key")
-    store = _PrefixedS3Store(endpoint, access, secret, bucket, secure=secure, region=settings.s3_region)
+        access, secret = storage.s3_credentials()
+    store = _PrefixedS3Store(endpoint, access, secret, bucket, secure=secure, region=storage.s3_region)
     store.prefix = f"{prefix}/" if prefix else ""
     return S3Target(store)

@@ -130,10 +130,10 @@ def _restore_images(
     images: list[dict[str, Any]] = catalogue["images"]
     if not images:
         return
-    if not ctx.settings.registry_url:
+    if not ctx.settings.registry.url:
         raise PermanentError("the backup has images but registry_url is not set: nowhere to push them")
     registry = ctx.parts.registry()
-    host = registry_host(ctx.settings.registry_url)
+    host = registry_host(ctx.settings.registry.url)
     renamed: dict[str, str] = {}
     for done, image in enumerate(images, 1):
         old_host, repository, ref = split_reference(image["reference"])

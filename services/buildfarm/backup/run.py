@@ -211,7 +211,7 @@ def _backup_images(
     target holds is not asked for again; only its blobs are checked."""
     if not images:
         return []
-    if not ctx.settings.registry_url:
+    if not ctx.settings.registry.url:
         raise PermanentError("release builds have images but registry_url is not set: images not backed up")
     registry = ctx.parts.registry()
     known = {(i.get("reference"), i.get("manifest")): i for i in previous}

@@ -29,7 +29,7 @@ def summary(report: BuilderReapReport) -> str:
 
 def reap_on_worker_start(settings: Settings, node: str | None) -> None:
     """The worker-start pass: logged, never fatal (the CronJob and the engine's reaper follow)."""
-    if settings.runner != "kubernetes":
+    if settings.builders.runner != "kubernetes":
         return
     try:
         report = reap_builders(make_context(settings), node=node)

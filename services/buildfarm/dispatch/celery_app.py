@@ -49,12 +49,12 @@ def node_queue(node: str) -> str:
 
 
 def make_celery(settings: Settings) -> Celery:
-    if not settings.redis_url:
+    if not settings.broker.url:
         raise PermanentError(
             "no Redis configured: start the local farm (`buildfarm start`) or set BUILDFARM_REDIS_URL"
         )
-    app = Celery("buildfarm", broker=settings.redis_url, include=["buildfarm.dispatch.tasks"])
-    visibility = settings.step_timeout_seconds + VISIBILITY_MARGIN_SECONDS
+    app = Celery("buildfarm", broker=settings.broker.url, include=["buildfarm.dispatch.tasks"])
+    visibility = settings.steps.timeout_seconds + VISIBILITY_MARGIN_SECONDS
     conf: dict[str, Any] = {
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
@@ -94,22 +94,26 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
     check_schedules(settings)
     check_notifications(settings)
     entries: dict[str, Any] = {
-        "reap": {"task": "buildfarm.reap", "schedule": settings.reaper_seconds, "options": {"expires": 60}},
+        "reap": {
+            "task": "buildfarm.reap",
+            "schedule": settings.steps.reaper_seconds,
+            "options": {"expires": 60},
+        },
         "schedules": {
             "task": "buildfarm.schedules_tick",
             "schedule": crontab(),  # every minute, on the minute: a slot starts within seconds
             "options": {"expires": TICK_EXPIRES_SECONDS},
         },
     }
-    if settings.notifications:  # finished builds' webhooks and mails, sent after the build (issue 17)
+    if settings.notify.targets:  # finished builds' webhooks and mails, sent after the build (issue 17)
         entries["notify"] = {
             "task": "buildfarm.notify_tick",
-            "schedule": settings.notify_tick_seconds,
-            "options": {"expires": max(settings.notify_tick_seconds, 30.0)},
+            "schedule": settings.notify.tick_seconds,
+            "options": {"expires": max(settings.notify.tick_seconds, 30.0)},
         }
     for name, task, expression, setting in (
-        ("retention", "buildfarm.retention_sweep", settings.retention_schedule, "retention_schedule"),
-        ("backup", "buildfarm.backup_run", settings.backup_schedule, "backup_schedule"),
+        ("retention", "buildfarm.retention_sweep", settings.retention.schedule, "retention_schedule"),
+        ("backup", "buildfarm.backup_run", settings.backup.schedule, "backup_schedule"),
     ):
         if expression:  # empty: not scheduled (run it by hand)
             cron = parse_cron(expression, f"setting {setting}")

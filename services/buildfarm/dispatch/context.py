@@ -15,6 +15,6 @@ def make_context(settings: Settings) -> FarmContext:
         db=Database(settings.effective_database_url),
         store=make_store(settings),
         repo=make_repository(settings),
-        dispatcher=CeleryDispatcher(make_celery(settings), settings.build_priorities),
+        dispatcher=CeleryDispatcher(make_celery(settings), settings.steps.priorities),
         parts=Wiring(settings),
     )

@@ -13,22 +13,22 @@ from celery.signals import worker_ready
 from buildfarm.dispatch.builders import reap_on_worker_start
 from buildfarm.dispatch.celery_app import make_celery
 from buildfarm.metrics import serve_worker_metrics
-from buildfarm.model.settings import load_settings
+from buildfarm.model.settings import settings_at_start
 
-settings = load_settings()
+settings = settings_at_start()
 app = make_celery(settings)
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]
 def _reap_builders(sender: Any = None, **_: Any) -> None:
     hostname = getattr(sender, "hostname", None) or ""
-    reap_on_worker_start(settings, settings.node or hostname.split("@", 1)[0] or None)
+    reap_on_worker_start(settings, settings.builders.node or hostname.split("@", 1)[0] or None)
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]
 def _serve_metrics(sender: Any = None, **_: Any) -> None:
-    if settings.worker_metrics_port is None:
+    if settings.metrics.worker_port is None:
         return
     hostname = getattr(sender, "hostname", None) or ""
-    node = settings.node or hostname.split("@", 1)[0] or "worker"
-    serve_worker_metrics(settings.worker_metrics_host, settings.worker_metrics_port, settings.state_dir, node)
+    node = settings.builders.node or hostname.split("@", 1)[0] or "worker"
+    serve_worker_metrics(settings.metrics.worker_host, settings.metrics.worker_port, settings.state_dir, node)

@@ -207,7 +207,7 @@ def waiting_since(build: Build) -> dt.datetime:
 
 def _gives_up(ctx: FarmContext, exc: BuildfarmError, since: dt.datetime) -> bool:
     elapsed = (utcnow() - since).total_seconds()
-    return not isinstance(exc, TemporaryError) or elapsed >= ctx.settings.repository_give_up_seconds
+    return not isinstance(exc, TemporaryError) or elapsed >= ctx.settings.repository.give_up_seconds
 
 
 def _stage(ctx: FarmContext, session: Session, build: Build, needs_stage: list[Step]) -> bool:
@@ -419,7 +419,7 @@ def _publish_failed(ctx: FarmContext, build_id: int, since: dt.datetime, exc: Bu
             return
         settings = ctx.settings
         pause = min(
-            settings.repository_retry_max_seconds, max(settings.repository_retry_min_seconds, elapsed / 2)
+            settings.repository.retry_max_seconds, max(settings.repository.retry_min_seconds, elapsed / 2)
         )
         log.warning("build %s: publishing waits %.3gs: %s", build_id, pause, line)
         session.execute(

@@ -74,7 +74,7 @@ class FarmContext:
     def image_runner(self) -> Runner:
         """The runner of image steps: the kubernetes runner handles both kinds itself; every
         other profile builds images with buildah on the node."""
-        if self.settings.runner == "kubernetes":
+        if self.settings.builders.runner == "kubernetes":
             return self.runner
         return self.parts.image_runner()
 

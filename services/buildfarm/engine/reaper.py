@@ -71,7 +71,7 @@ def reap(ctx: FarmContext) -> ReapReport:
             if back.rowcount == 1:  # type: ignore[attr-defined]
                 log.warning("step %s (%s): node %s went silent; back to ready", step.id, step.name, step.node)
                 report.expired.append(step.id)
-        stale = now - dt.timedelta(seconds=ctx.settings.redispatch_seconds)
+        stale = now - dt.timedelta(seconds=ctx.settings.steps.redispatch_seconds)
         waiting = session.execute(
             select(Step.id, Step.attempt, Build.kind)
             .join(Build)
@@ -119,7 +119,7 @@ def _attempt_dirs(ctx: FarmContext) -> list[tuple[Path, tuple[int, str, int]]]:
     """The farm's own per-attempt directories on this machine: work directories under the work
     root, chroot parents under the farm's sbuild directory; with the attempt each belongs to."""
     found = []
-    for parent in (ctx.work_root, chroot_root(ctx.settings.sbuild_tmpdir, ctx.settings.state_dir)):
+    for parent in (ctx.work_root, chroot_root(ctx.settings.buildenv.sbuild_tmpdir, ctx.settings.state_dir)):
         try:
             entries = list(parent.iterdir())
         except OSError:

@@ -143,7 +143,7 @@ class SourceResolver:
         if tree is not None and package.layout is SourceLayout.GBP:
             assert package.git is not None
             made = self.scratch / f"gbp-{index}"
-            export_orig(package.git, tree, made, what, self.ctx.settings.url_policy)
+            export_orig(package.git, tree, made, what, self.ctx.settings.fetch.url_policy)
             return self._from_tree(package, tree, work, made, what)
         if tree is not None:
             return self._from_tree(package, tree, work, files, what)
@@ -309,7 +309,7 @@ class SourceResolver:
         self, url: str, work: Path, what: str, key: str | None, dsc_sha256: str | None = None
     ) -> SourcePackage:
         """Fetch a .dsc and every file it names (``dget``), each checked and kept."""
-        check_fetch_url(url, self.ctx.settings.url_policy, what)
+        check_fetch_url(url, self.ctx.settings.fetch.url_policy, what)
         name = Path(urllib.parse.urlsplit(url).path).name
         if not name.endswith(".dsc"):
             raise ManifestError(f"{what}: {url} does not name a .dsc")
@@ -326,7 +326,7 @@ class SourceResolver:
 
     def from_archive(self, name: str, version: str | None, work: Path, what: str) -> SourcePackage:
         """The source package ``name`` (``version``, or the newest) from the configured mirrors."""
-        mirrors = self.ctx.settings.mirrors
+        mirrors = self.ctx.settings.mirrors.repositories
         if not mirrors:
             raise ManifestError(f"{what}: 'source' needs a mirror configured in the farm (BUILDFARM_MIRRORS)")
         if version is not None:  # fetched before: no mirror needed, even if it has gone
@@ -383,8 +383,8 @@ class SourceResolver:
         if sha256 is not None and store.has(sha256):
             store.fetch(sha256, dest)
             return
-        check_fetch_url(url, self.ctx.settings.url_policy, what)
-        actual = download(url, dest, what, self.ctx.settings.url_policy)
+        check_fetch_url(url, self.ctx.settings.fetch.url_policy, what)
+        actual = download(url, dest, what, self.ctx.settings.fetch.url_policy)
         if checked and actual != sha256:
             dest.unlink(missing_ok=True)
             source = f"the .dsc says {sha256}" if expected is not None else f"expected {sha256}"

@@ -87,7 +87,7 @@ def claim_step(ctx: FarmContext, step_id: int, node: str) -> Claim | None:
                 attempt=attempt,
                 node=node,
                 lease_owner=owner,
-                lease_expires_at=now + dt.timedelta(seconds=ctx.settings.lease_seconds),
+                lease_expires_at=now + dt.timedelta(seconds=ctx.settings.steps.lease_seconds),
                 started_at=step.started_at if adopting else now,
                 finished_at=None,
                 log_key=key,
@@ -125,7 +125,7 @@ def renew_lease(ctx: FarmContext, claim: Claim) -> bool:
         result = session.execute(
             update(Step)
             .where(*_still_owned(claim))  # type: ignore[arg-type]
-            .values(lease_expires_at=utcnow() + dt.timedelta(seconds=ctx.settings.lease_seconds))
+            .values(lease_expires_at=utcnow() + dt.timedelta(seconds=ctx.settings.steps.lease_seconds))
         )
         return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
@@ -163,7 +163,7 @@ class _Heartbeat(threading.Thread):
         self.lost = False
 
     def run(self) -> None:
-        while not self.stopped.wait(self.ctx.settings.heartbeat_seconds):
+        while not self.stopped.wait(self.ctx.settings.steps.heartbeat_seconds):
             try:
                 owned = renew_lease(self.ctx, self.claim)
             except Exception:  # a database hiccup: try again next beat; the lease has slack
@@ -299,7 +299,7 @@ def _build(
             extra_sources=extra,
             log=writer.write_line,
             cancel=cancel,
-            timeout_seconds=ctx.settings.step_timeout_seconds,
+            timeout_seconds=ctx.settings.steps.timeout_seconds,
             source_sha256=claim.source_sha256,
             kind=target.kind,
             image=target.image,
@@ -345,8 +345,8 @@ def _store_outputs(
     past the bound, or on any other fault, the OSError fails the attempt with its reason.
     """
     settings = ctx.settings
-    deadline = time.monotonic() + settings.repository_give_up_seconds
-    pause = settings.repository_retry_min_seconds
+    deadline = time.monotonic() + settings.repository.give_up_seconds
+    pause = settings.repository.retry_min_seconds
     while True:
         try:
             return [(path.name, ctx.store.put_file(path), OutputKind.of_file(path.name)) for path in outputs]
@@ -359,7 +359,7 @@ def _store_outputs(
             )
             if cancel.wait(pause):
                 raise
-            pause = min(pause * 2, settings.repository_retry_max_seconds)
+            pause = min(pause * 2, settings.repository.retry_max_seconds)
 
 
 @dataclass(frozen=True)
@@ -381,7 +381,7 @@ def _step_target(ctx: FarmContext, claim: Claim) -> _Target:
         build = step.build
         if step.kind != StepKind.IMAGE:
             return _Target(step.kind, None, step.node, build.project, build.branch, [], build.environment_id)
-        prefix = image_prefix(ctx.settings.registry_url, build.project, build.branch, build.id)
+        prefix = image_prefix(ctx.settings.registry.url, build.project, build.branch, build.id)
         spec = image_spec(step.name, step.image_spec or {}, prefix)
         deps = dependency_images(session, step)
         return _Target(step.kind, spec, step.node, build.project, build.branch, deps)

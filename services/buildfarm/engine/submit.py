@@ -24,14 +24,18 @@ builds its Debian source package, not a tree)."""
 
 
 def build_options(ctx: FarmContext) -> dict[str, str]:
-    return {"runner": ctx.runner.name, "distribution": ctx.settings.distribution, "v": BUILD_OPTIONS_VERSION}
+    return {
+        "runner": ctx.runner.name,
+        "distribution": ctx.settings.buildenv.distribution,
+        "v": BUILD_OPTIONS_VERSION,
+    }
 
 
 def image_options(ctx: FarmContext) -> dict[str, str]:
     """A reused image is a reference in the farm's registry: another registry never reuses it."""
     return {
         "runner": ctx.image_runner.name,
-        "registry": registry_host(ctx.settings.registry_url),
+        "registry": registry_host(ctx.settings.registry.url),
         "v": BUILD_OPTIONS_VERSION,
     }
 
@@ -59,13 +63,13 @@ def submit_build(
     """
     names.check_simple_name(user, "user")
     ctx.dispatcher.check()  # an unreachable broker is found before anything is recorded
-    check_source_urls(manifest, ctx.settings.url_policy)
+    check_source_urls(manifest, ctx.settings.fetch.url_policy)
     planned = []
     tarballs: dict[str, str] = {}
     explicit: dict[str, tuple[str, ...]] = {}
     with (
         TemporaryDirectory(dir=ctx.work_root, prefix="submit-") as scratch,
-        source_directories(manifest, root, ctx.settings.url_policy, prepared) as sources,
+        source_directories(manifest, root, ctx.settings.fetch.url_policy, prepared) as sources,
     ):
         resolver = SourceResolver(ctx, root, Path(scratch), prepared_files)
         for index, (package, directory) in enumerate(sources):
@@ -76,7 +80,7 @@ def submit_build(
                 explicit[info.name] = tuple(package.depends)
     images: list[tuple[str, ImageInfo, str]] = []
     specs: dict[str, dict[str, object]] = {}
-    with context_directories(manifest, root, ctx.settings.url_policy, prepared_contexts) as contexts:
+    with context_directories(manifest, root, ctx.settings.fetch.url_policy, prepared_contexts) as contexts:
         for image, directory in contexts:
             info_image = ImageInfo(
                 name=image.name,

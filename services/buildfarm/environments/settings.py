@@ -24,14 +24,14 @@ def host_architecture() -> str:
 def spec_for(settings: Settings, packages: tuple[str, ...] | None = None) -> EnvironmentSpec:
     """The recipe of this farm's package builds (``packages`` replaces the setting's list)."""
     return EnvironmentSpec(
-        distribution=settings.distribution,
+        distribution=settings.buildenv.distribution,
         architecture=host_architecture(),
-        mirror=settings.mirror,
-        packages=tuple(settings.env_packages if packages is None else packages),
+        mirror=settings.buildenv.mirror,
+        packages=tuple(settings.buildenv.packages if packages is None else packages),
     )
 
 
 def cache_for(settings: Settings) -> EnvironmentCache:
     """The environment cache of this machine (``<cache dir>/environments``), fetching through
     the farm's package cache when there is one."""
-    return EnvironmentCache(settings.cache_dir / "environments", proxy=settings.apt_proxy)
+    return EnvironmentCache(settings.buildenv.cache_dir / "environments", proxy=settings.buildenv.apt_proxy)

@@ -16,7 +16,7 @@ from buildfarm.state.models import Build
 
 def digests_named_by_builds(settings: Settings) -> set[str]:
     """Digests of the environments this farm's recorded builds name (none without a database)."""
-    if settings.database_url is None and not (settings.state_dir / "buildfarm.db").is_file():
+    if settings.database.url is None and not (settings.state_dir / "buildfarm.db").is_file():
         return set()
     db = Database(settings.effective_database_url)
     try:

@@ -93,13 +93,13 @@ def write_farm_file(settings: Settings, record: dict[str, Any]) -> None:
 
 def _check_tools(settings: Settings) -> None:
     needed = {"apt-ftparchive": "apt-utils", "dpkg-buildpackage": "dpkg-dev"}
-    if settings.repository == "local":
+    if settings.repository.kind == "local":
         needed["gpg"] = "gnupg"  # signs every published Release
-    if not settings.registry_url:
+    if not settings.registry.url:
         needed["docker-registry"] = "docker-registry"
-    if settings.runner == "sbuild":
+    if settings.builders.runner == "sbuild":
         needed |= {"sbuild": "sbuild", "mmdebstrap": "mmdebstrap", "newuidmap": "uidmap"}
-    if not settings.redis_url:
+    if not settings.broker.url:
         needed["redis-server"] = "redis-server"
     missing = sorted({pkg for tool, pkg in needed.items() if shutil.which(tool) is None})
     if missing:
@@ -190,32 +190,34 @@ def _start_missing(
 def _start_fresh(settings: Settings, sup: Supervisor, nodes: int, prepare: Any) -> FarmStatus:
     state = settings.state_dir
     record: dict[str, Any] = {
-        "runner": settings.runner,
+        "runner": settings.builders.runner,
         "nodes": node_names(nodes),
-        "node_concurrency": settings.node_concurrency,
-        "lease_seconds": settings.lease_seconds,
-        "heartbeat_seconds": settings.heartbeat_seconds,
-        "reaper_seconds": settings.reaper_seconds,
-        "redispatch_seconds": settings.redispatch_seconds,
-        "repo_host": settings.repo_host,
-        "api_host": settings.api_host,
+        "node_concurrency": settings.builders.concurrency,
+        "lease_seconds": settings.steps.lease_seconds,
+        "heartbeat_seconds": settings.steps.heartbeat_seconds,
+        "reaper_seconds": settings.steps.reaper_seconds,
+        "redispatch_seconds": settings.steps.redispatch_seconds,
+        "repo_host": settings.repository.host,
+        "api_host": settings.api.host,
         "environment": recorded_environment(),
-        "redis_private": not settings.redis_url,
-        "registry_private": not settings.registry_url,
+        "redis_private": not settings.broker.url,
+        "registry_private": not settings.registry.url,
     }
-    if settings.redis_url:
-        record["redis_url"] = settings.redis_url
+    if settings.broker.url:
+        record["redis_url"] = settings.broker.url
     else:  # a private broker with a password only the farm file (0600) holds
         record["redis_url"] = f"redis://:{new_password()}@127.0.0.1:{free_port()}/0"
     # the local registry: image steps push here (seeded with debian:<distribution> on first use)
-    record["registry_url"] = settings.registry_url or f"http://127.0.0.1:{free_port()}"
+    record["registry_url"] = settings.registry.url or f"http://127.0.0.1:{free_port()}"
     warnings = _plan_apt_cache(settings, record)
-    if settings.repository == "local":
+    if settings.repository.kind == "local":
         # Signed repositories with no setup: the farm's own key, kept across starts.
-        key_file = settings.signing_key_file or generate_key(signing_dir(state))
+        key_file = settings.signing.key_file or generate_key(signing_dir(state))
         record["signing_key_file"] = str(key_file)
-    record["repo_port"] = _pick_port(settings.repo_host, settings.repo_port, "BUILDFARM_REPO_PORT")
-    record["api_port"] = _pick_port(settings.api_host, settings.api_port, "BUILDFARM_API_PORT")
+    record["repo_port"] = _pick_port(
+        settings.repository.host, settings.repository.port, "BUILDFARM_REPO_PORT"
+    )
+    record["api_port"] = _pick_port(settings.api.host, settings.api.port, "BUILDFARM_API_PORT")
     write_farm_file(settings, record)
     for directory in ("artifacts", "repos", "work"):  # made here, 0700, before any node (umask 022)
         (state / directory).mkdir(mode=0o700, exist_ok=True)
@@ -238,10 +240,10 @@ def _plan_apt_cache(settings: Settings, record: dict[str, Any]) -> list[str]:
     """Decide the farm's package cache: the configured proxy, else a private apt-cacher-ng
     (before the environment is made, so that fetches through it too); returns warnings."""
     record["apt_cache_private"] = False
-    if settings.apt_proxy:
-        record["apt_proxy"] = settings.apt_proxy
+    if settings.buildenv.apt_proxy:
+        record["apt_proxy"] = settings.buildenv.apt_proxy
         return []
-    if not settings.apt_cache:
+    if not settings.buildenv.apt_cache:
         return []
     if shutil.which("apt-cacher-ng") is None:
         return [
@@ -294,14 +296,14 @@ def status(settings: Settings) -> FarmStatus:
         running=core_alive(settings),
         state_dir=str(settings.state_dir),
         redis_url=redacted_url(farm.get("redis_url")),
-        repo_url=settings.repo_url if farm.get("repo_port") else None,
-        api_url=settings.api_url if farm.get("api_port") else None,
+        repo_url=settings.repository.url if farm.get("repo_port") else None,
+        api_url=settings.api.url if farm.get("api_port") else None,
         registry_url=farm.get("registry_url"),
         apt_proxy=farm.get("apt_proxy"),
         runner=farm.get("runner"),
         processes=processes,
     )
-    if not result.running or not settings.redis_url:
+    if not result.running or not settings.broker.url:
         return result
     pings = launch.ping(settings)
     busy = launch.active(settings)
@@ -311,10 +313,10 @@ def status(settings: Settings) -> FarmStatus:
         if node in held:
             result.nodes[node]["stopped"] = True  # on purpose: `buildfarm node start` brings it back
     try:
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
+        client = redis.Redis.from_url(settings.broker.url, socket_timeout=2)
         for queue in [BUILD_QUEUE, CONTROL_QUEUE, *(node_queue(n) for n in farm_nodes(farm))]:
             result.queues[queue] = int(client.llen(queue))
     except redis.RedisError as exc:
-        where = redacted_url(settings.redis_url)
+        where = redacted_url(settings.broker.url)
         raise ServiceUnavailableError(f"Redis at {where} does not answer: {exc}") from exc
     return result

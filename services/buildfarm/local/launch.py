@@ -191,9 +191,9 @@ def _command(name: str, settings: Settings, record: dict[str, Any]) -> list[str]
             "--root",
             str(state / "repos"),
             "--host",
-            settings.repo_host,
+            settings.repository.host,
             "--port",
-            str(settings.repo_port),
+            str(settings.repository.port),
         ]
     if name == API:
         return [
@@ -201,14 +201,14 @@ def _command(name: str, settings: Settings, record: dict[str, Any]) -> list[str]
             "-m",
             "buildfarm.api",
             "--host",
-            settings.api_host,
+            settings.api.host,
             "--port",
-            str(settings.api_port),
+            str(settings.api.port),
         ]
     if name == SCHEDULER:
         return _celery_worker(SCHEDULER, CONTROL_QUEUE, 2, "-B", "-s", str(state / "run" / "beat-schedule"))
     check_node_name(name)
-    return _celery_worker(name, f"{BUILD_QUEUE},{node_queue(name)}", settings.node_concurrency)
+    return _celery_worker(name, f"{BUILD_QUEUE},{node_queue(name)}", settings.builders.concurrency)
 
 
 def _listener(name: str, settings: Settings, record: dict[str, Any]) -> tuple[str, int] | None:
@@ -220,9 +220,9 @@ def _listener(name: str, settings: Settings, record: dict[str, Any]) -> tuple[st
     if name == APT_CACHE:
         return "127.0.0.1", _url_port(record.get("apt_proxy"), "the package cache")
     if name == REPO_SERVER:
-        return settings.repo_host, settings.repo_port
+        return settings.repository.host, settings.repository.port
     if name == API:
-        return settings.api_host, settings.api_port
+        return settings.api.host, settings.api.port
     return None
 
 

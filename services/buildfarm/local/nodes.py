@@ -87,7 +87,7 @@ def list_nodes(settings: Settings) -> list[NodeInfo]:
     record = read_farm_file(settings)
     sup = Supervisor(settings.state_dir)
     held = set(stopped_nodes(record))
-    alive = settings.redis_url is not None and core_alive(settings)
+    alive = settings.broker.url is not None and core_alive(settings)
     pings = launch.ping(settings) if alive else {}
     busy = launch.active(settings) if alive else {}
     result = []

@@ -28,7 +28,7 @@ class MirrorView:
 
 
 def list_mirrors(settings: Settings, repo: PackageRepository) -> list[MirrorView]:
-    usable = repo.usable_mirrors() if settings.mirrors else {}
+    usable = repo.usable_mirrors() if settings.mirrors.repositories else {}
     return [
         MirrorView(
             name=mirror.name,
@@ -38,10 +38,10 @@ def list_mirrors(settings: Settings, repo: PackageRepository) -> list[MirrorView
             architectures=list(mirror.architectures),
             source=usable[mirror.name].line() if mirror.name in usable else None,
         )
-        for mirror in settings.mirrors
+        for mirror in settings.mirrors.repositories
     ]
 
 
 def sync_mirror(settings: Settings, repo: PackageRepository, name: str) -> MirrorStatus:
     """Sync the configured mirror ``name`` (NotFoundError if there is none); waits are bounded."""
-    return repo.sync_mirror(find_mirror(settings.mirrors, name))
+    return repo.sync_mirror(find_mirror(settings.mirrors.repositories, name))

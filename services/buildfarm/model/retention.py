@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from buildfarm.model.settings import Settings
+from buildfarm.model.settinggroups import RetentionSettings
 from buildfarm.model.types import BuildKind, BuildState, OutputKind, StepState
 
 FOREVER_CLASSES = frozenset({BuildKind.RELEASE, "mirror"})
@@ -55,14 +55,14 @@ class RetentionPolicy:
     upload_hours: float = 24.0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RetentionPolicy:
+    def from_settings(cls, retention: RetentionSettings) -> RetentionPolicy:
         return cls(
-            nightly_days=settings.retention_nightly_days,
-            on_demand_days=settings.retention_on_demand_days,
-            personal_days=settings.retention_personal_days,
-            keep_newest=settings.retention_keep_newest,
-            grace_seconds=settings.retention_grace_seconds,
-            upload_hours=settings.retention_upload_hours,
+            nightly_days=retention.nightly_days,
+            on_demand_days=retention.on_demand_days,
+            personal_days=retention.personal_days,
+            keep_newest=retention.keep_newest,
+            grace_seconds=retention.grace_seconds,
+            upload_hours=retention.upload_hours,
         )
 
     def days(self) -> dict[str, int]:

@@ -32,7 +32,7 @@ __all__ = [
 
 def tick(ctx: FarmContext, now: dt.datetime) -> dict[str, int]:
     """Record what finished builds owe, then deliver what is due; counts by outcome."""
-    if not ctx.settings.notifications:
+    if not ctx.settings.notify.targets:
         return {}
     added = discover(ctx, now)
     return {"new": added, **deliver_due(ctx, now)}
@@ -44,7 +44,7 @@ def check_notifications(settings: Settings) -> None:
     from buildfarm.model.errors import PermanentError
 
     seen: set[str] = set()
-    for target in settings.notifications:
+    for target in settings.notify.targets:
         names.check_simple_name(target.name, "notification")
         if target.name in seen:
             raise PermanentError(f"two notifications are named {target.name!r}")

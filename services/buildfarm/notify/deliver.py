@@ -32,7 +32,7 @@ TICK_BATCH = 50
 
 
 def dashboard_url(settings: Settings, build_id: int) -> str:
-    base = (settings.notify_dashboard_url or settings.api_url).rstrip("/")
+    base = (settings.notify.dashboard_url or settings.api.url).rstrip("/")
     return f"{base}/ui/builds/{build_id}"
 
 
@@ -66,7 +66,7 @@ def payload(ctx: FarmContext, row: Notification) -> dict[str, Any]:
 
 
 def _claim(ctx: FarmContext, row: Notification, now: dt.datetime) -> bool:
-    hold = now + dt.timedelta(seconds=ctx.settings.notify_timeout_seconds * 3 + 30)
+    hold = now + dt.timedelta(seconds=ctx.settings.notify.timeout_seconds * 3 + 30)
     with ctx.db.session() as session:
         claimed = session.execute(
             update(Notification)
@@ -86,10 +86,10 @@ def _settle(ctx: FarmContext, row_id: int, attempt: int, error: BuildfarmError |
     values: dict[str, Any]
     if error is None:
         values = {"state": NotificationState.DELIVERED, "delivered_at": now, "error": None}
-    elif isinstance(error, PermanentError) or attempt >= ctx.settings.notify_attempts:
+    elif isinstance(error, PermanentError) or attempt >= ctx.settings.notify.attempts:
         values = {"state": NotificationState.FAILED, "error": str(error)}
     else:
-        pause = ctx.settings.notify_retry_seconds * 2 ** (attempt - 1)
+        pause = ctx.settings.notify.retry_seconds * 2 ** (attempt - 1)
         values = {"next_attempt_at": now + dt.timedelta(seconds=pause), "error": str(error)}
     with ctx.db.session() as session:
         session.execute(
@@ -109,7 +109,7 @@ def send(ctx: FarmContext, target: NotifyConfig, row: Notification) -> None:
 
 def deliver_due(ctx: FarmContext, now: dt.datetime) -> dict[str, int]:
     """Try every due delivery once (bounded by the tick budget); counts by outcome."""
-    targets = {t.name: t for t in ctx.settings.notifications}
+    targets = {t.name: t for t in ctx.settings.notify.targets}
     counts = {"delivered": 0, "retry": 0, "failed": 0}
     started = time.monotonic()
     with ctx.db.session() as session:
@@ -144,7 +144,7 @@ def deliver_due(ctx: FarmContext, now: dt.datetime) -> dict[str, int]:
         _settle(ctx, row.id, attempt, error)
         if error is None:
             counts["delivered"] += 1
-        elif isinstance(error, PermanentError) or attempt >= ctx.settings.notify_attempts:
+        elif isinstance(error, PermanentError) or attempt >= ctx.settings.notify.attempts:
             counts["failed"] += 1
         else:
             counts["retry"] += 1

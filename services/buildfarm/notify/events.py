@@ -53,10 +53,10 @@ def channels(target: NotifyConfig) -> list[str]:
 
 def discover(ctx: FarmContext, now: dt.datetime) -> int:
     """Record the deliveries owed for builds that ended lately; the number of new rows."""
-    targets = ctx.settings.notifications
+    targets = ctx.settings.notify.targets
     if not targets:
         return 0
-    since = now - dt.timedelta(seconds=ctx.settings.notify_lookback_seconds)
+    since = now - dt.timedelta(seconds=ctx.settings.notify.lookback_seconds)
     added = 0
     with ctx.db.session() as session:
         builds = session.scalars(

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from buildfarm.model.errors import PermanentError, TemporaryError
-from buildfarm.model.settings import NotifyConfig, Settings
+from buildfarm.model.settings import NotifyConfig, Settings, read_secret
 
 SIGNATURE_HEADER = "X-Buildfarm-Signature-256"
 EVENT_HEADER = "X-Buildfarm-Event"
@@ -34,7 +34,7 @@ def sign(secret: bytes, body: bytes) -> str:
 def _secret(settings: Settings, target: NotifyConfig) -> bytes | None:
     if target.secret_file is None:
         return None
-    return settings.secret(None, target.secret_file, f"notifications[{target.name}].secret").encode()
+    return read_secret(None, target.secret_file, f"notifications[{target.name}].secret").encode()
 
 
 def send_webhook(settings: Settings, target: NotifyConfig, delivery: int, payload: dict[str, Any]) -> None:
@@ -51,7 +51,7 @@ def send_webhook(settings: Settings, target: NotifyConfig, delivery: int, payloa
         headers[SIGNATURE_HEADER] = sign(secret, body)
     try:
         response = httpx.post(
-            target.webhook, content=body, headers=headers, timeout=settings.notify_timeout_seconds
+            target.webhook, content=body, headers=headers, timeout=settings.notify.timeout_seconds
         )
     except httpx.HTTPError as exc:
         raise TemporaryError(f"webhook {target.name}: {exc}") from exc
@@ -62,11 +62,11 @@ def send_webhook(settings: Settings, target: NotifyConfig, delivery: int, payloa
 
 
 def send_email(settings: Settings, target: NotifyConfig, payload: dict[str, Any]) -> None:
-    if not settings.notify_smtp_host:
+    if not settings.notify.smtp_host:
         raise PermanentError(f"notification {target.name}: e-mail asked but notify_smtp_host is not set")
     build = payload["build"]
     message = EmailMessage()
-    message["From"] = settings.notify_from
+    message["From"] = settings.notify.sender
     message["To"] = ", ".join(target.email)
     message["Subject"] = (
         f"[buildfarm] {build['project']}/{build['branch']} build {build['id']} {payload['event']}"
@@ -84,13 +84,13 @@ def send_email(settings: Settings, target: NotifyConfig, payload: dict[str, Any]
     message.set_content("\n".join(lines) + "\n")
     try:
         with smtplib.SMTP(
-            settings.notify_smtp_host, settings.notify_smtp_port, timeout=settings.notify_timeout_seconds
+            settings.notify.smtp_host, settings.notify.smtp_port, timeout=settings.notify.timeout_seconds
         ) as smtp:
-            if settings.notify_smtp_starttls:
+            if settings.notify.smtp_starttls:
                 smtp.starttls()
-            if settings.notify_smtp_username:
-                password = settings.secret(None, settings.notify_smtp_password_file, "notify_smtp_password")
-                smtp.login(settings.notify_smtp_username, password)
+            if settings.notify.smtp_username:
+                password = read_secret(None, settings.notify.smtp_password_file, "notify_smtp_password")
+                smtp.login(settings.notify.smtp_username, password)
             smtp.send_message(message)
     except smtplib.SMTPResponseException as exc:
         if 500 <= exc.smtp_code < 600:

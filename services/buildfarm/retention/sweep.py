@@ -143,7 +143,7 @@ def _sweep_repository_leftovers(
 def _delete_images(ctx: FarmContext, plan: SweepPlan, report: SweepReport) -> None:
     """Delete the expired image steps' manifests, then collect the registry's garbage when this
     node can (the local profile's registry; in a cluster the chart's CronJob does it)."""
-    if not plan.images or not ctx.settings.registry_url:
+    if not plan.images or not ctx.settings.registry.url:
         return
     client = ctx.parts.registry()
     try:
@@ -180,7 +180,7 @@ def run_sweep(
     """Apply the retention policy to every store; ``dry_run`` only reports what would go."""
     started = time.monotonic()
     now = now or utcnow()
-    policy = RetentionPolicy.from_settings(ctx.settings)
+    policy = RetentionPolicy.from_settings(ctx.settings.retention)
     with ctx.db.session() as session:  # one transaction: no build reuses a step once it is chosen
         selection = select_expired(session, policy, now)
         if not dry_run:

@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from buildfarm.model.errors import PermanentError, ServiceUnavailableError
-from buildfarm.model.settings import Settings
+from buildfarm.model.settinggroups import BuildersSettings
 from buildfarm.runners import kubespecs
 
 log = logging.getLogger(__name__)
@@ -35,13 +35,13 @@ API_ATTEMPTS = 3
 """Tries of an API call that failed on the network or with a 5xx, 1 s apart."""
 
 
-def make_api_client(settings: Settings) -> client.ApiClient:
-    """In-cluster configuration, or the kubeconfig of ``settings.kubeconfig`` (out of cluster)."""
+def make_api_client(builders: BuildersSettings) -> client.ApiClient:
+    """In-cluster configuration, or the kubeconfig of ``builders.kubeconfig`` (out of cluster)."""
     try:
-        if settings.kubeconfig is not None:
-            if not settings.kubeconfig.is_file():
-                raise PermanentError(f"setting kubeconfig: {settings.kubeconfig} does not exist")
-            loaded = config.new_client_from_config(config_file=str(settings.kubeconfig))  # type: ignore[no-untyped-call]
+        if builders.kubeconfig is not None:
+            if not builders.kubeconfig.is_file():
+                raise PermanentError(f"setting kubeconfig: {builders.kubeconfig} does not exist")
+            loaded = config.new_client_from_config(config_file=str(builders.kubeconfig))  # type: ignore[no-untyped-call]
             return cast(client.ApiClient, loaded)
         configuration = client.Configuration()
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]

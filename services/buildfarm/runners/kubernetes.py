@@ -38,7 +38,7 @@ from buildfarm.backends.registry import RegistryClient
 from buildfarm.model import names
 from buildfarm.model.errors import BuildfarmError, PermanentError
 from buildfarm.model.images import split_reference
-from buildfarm.model.settings import Settings
+from buildfarm.model.settinggroups import BuildersSettings, RegistrySettings
 from buildfarm.model.types import PACKAGE_SUFFIXES, RunnerKind, StepKind
 from buildfarm.runners import kubespecs
 from buildfarm.runners.base import BuilderObject, BuiltImage, StepJob, StepResult
@@ -125,8 +125,18 @@ class KubernetesRunner:
 
     name: str = RunnerKind.KUBERNETES
 
-    def __init__(self, settings: Settings, store: RemoteStore, api: KubeApi | None = None) -> None:
-        self.settings = settings
+    def __init__(
+        self,
+        builders: BuildersSettings,
+        registry: RegistrySettings,
+        store: RemoteStore,
+        *,
+        mirrored: bool = False,
+        api: KubeApi | None = None,
+    ) -> None:
+        self.builders = builders
+        self.registry = registry
+        self.pods = kubespecs.PodSettings(builders, registry.url, mirrored)
         self.store = store
         self._api = api
         self.poll_seconds = 2.0
@@ -134,7 +144,7 @@ class KubernetesRunner:
     @property
     def api(self) -> KubeApi:
         if self._api is None:
-            self._api = KubeApi(make_api_client(self.settings), self.settings.builder_namespace)
+            self._api = KubeApi(make_api_client(self.builders), self.builders.namespace)
         return self._api
 
     # -- builder objects for the orphan reaper (runners.base.ListsBuilders) ---------------------
@@ -159,13 +169,13 @@ class KubernetesRunner:
 
     def environment_id(self) -> str:
         # The images are the build environment; a new tag or digest never reuses old outputs.
-        return f"kubernetes:{self.settings.builder_image}"
+        return f"kubernetes:{self.builders.image}"
 
     # -- the Job ---------------------------------------------------------------------------------
 
     def manifest(self, job: StepJob) -> dict[str, Any]:
         """The Job this step runs as, with fresh presigned URLs (what ``run`` sends)."""
-        expires = timedelta(seconds=self.settings.builder_deadline_seconds + PENDING_TIMEOUT_SECONDS + 3600)
+        expires = timedelta(seconds=self.builders.deadline_seconds + PENDING_TIMEOUT_SECONDS + 3600)
         expires = min(expires, timedelta(days=7))
         if not job.source_sha256:  # the engine fetched it for us: its name is its sha256
             job.source_sha256 = file_sha256(job.source_tarball)[0]
@@ -175,7 +185,7 @@ class KubernetesRunner:
             upload = self.store.presigned_put_url(
                 upload_key(job.build_id, job.step_name, job.attempt), expires
             )
-        return kubespecs.builder_job(job, self.settings, kubespecs.StepUrls(source, upload))
+        return kubespecs.builder_job(job, self.pods, kubespecs.StepUrls(source, upload))
 
     def exists(self, build_id: int, step_name: str, attempt: int) -> bool:
         """Whether this attempt's Job exists (a redelivered message then adopts it)."""
@@ -258,7 +268,7 @@ class KubernetesRunner:
             return self._vanished(name, job)
         pod_name = pod.metadata.name
         job.log(f"{FOLLOW_MARKER}{pod_name} from log line {skip}")
-        deadline = time.monotonic() + self.settings.builder_deadline_seconds + FINISH_MARGIN_SECONDS
+        deadline = time.monotonic() + self.builders.deadline_seconds + FINISH_MARGIN_SECONDS
         last_line = ""
         containers = [c.name for c in pod.spec.init_containers or []] + [kubespecs.CONTAINER]
         while True:
@@ -339,7 +349,7 @@ class KubernetesRunner:
 
         archive = job.workdir / "outputs.tar.gz"
         key = upload_key(job.build_id, job.step_name, job.attempt)
-        self.store.fetch_key(key, archive, max_bytes=self.settings.builder_max_outputs_bytes)
+        self.store.fetch_key(key, archive, max_bytes=self.builders.max_outputs_bytes)
         outcome = unpack_outputs(archive, job.workdir / "outputs")
         archive.unlink(missing_ok=True)
         if not outcome.ok:
@@ -365,14 +375,12 @@ class KubernetesRunner:
     def _image_size(self, job: StepJob, reference: str, digest: str) -> int:
         """Config + layer bytes of the pushed manifest, from the farm's registry when the worker
         knows it; 0 otherwise.  The image is pushed: failing to measure it fails nothing."""
-        if not self.settings.registry_url:
+        if not self.registry.url:
             job.log(f"buildfarm: pushed {reference}@{digest} (no registry_url: size not measured)")
             return 0
         try:
             _host, repository, _tag = split_reference(reference)
-            size = RegistryClient(self.settings.registry_url, auth=self.settings.registry_auth()).image_size(
-                repository, digest
-            )
+            size = RegistryClient(self.registry.url, auth=self.registry.auth()).image_size(repository, digest)
         except (BuildfarmError, KeyError, TypeError, ValueError) as exc:
             log.warning("measuring %s@%s failed: %s", reference, digest, exc)
             job.log(

@@ -1,4 +1,4 @@
-"""Builder Jobs as plain dicts: a pure function of (step, settings, URLs), validated exactly as sent.
+"""Builder Jobs as plain dicts: a pure function of (step, pod settings, URLs), validated exactly as sent.
 
 Every step is one Job (``backoffLimit: 0``: the engine, not Kubernetes, decides about retries)
 whose pod runs a single command:
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from buildfarm.model.errors import PermanentError
-from buildfarm.model.settings import Settings
+from buildfarm.model.settinggroups import BuildersSettings
 from buildfarm.model.types import ImageBuilder, StepKind
 from buildfarm.runners.base import StepJob
 
@@ -58,6 +58,18 @@ CONTEXT_DIR = "/workspace/context"
 """Where the init container unpacks the image context, in the emptyDir both containers mount."""
 MAX_JOB_NAME = 52
 """The Job controller names pods ``<job>-<5 chars>`` and labels them ``job-name=<job>`` (63 max)."""
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    """What builder pods are made from: the builders group, the farm's registry, and whether the
+    farm mirrors 3rd-party repositories (then the image's own apt sources stay out)."""
+
+    builders: BuildersSettings
+    registry_url: str | None = None
+    mirrored: bool = False
+
+
 ROOT_CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETGID", "SETUID"]
 """What a root build needs: dpkg/tar set owners and modes, apt drops to its _apt user.
 No NET_RAW, MKNOD, SYS_CHROOT, AUDIT_WRITE, KILL or SETPCAP (the container runtime's other defaults)."""
@@ -120,8 +132,8 @@ def step_annotations(job: StepJob) -> dict[str, str]:
     }
 
 
-def _resources(settings: Settings, override: Mapping[str, Mapping[str, str]] | None) -> dict[str, Any]:
-    merged: dict[str, dict[str, str]] = {k: dict(v) for k, v in settings.builder_resources.items()}
+def _resources(pods: PodSettings, override: Mapping[str, Mapping[str, str]] | None) -> dict[str, Any]:
+    merged: dict[str, dict[str, str]] = {k: dict(v) for k, v in pods.builders.resources.items()}
     for kind, values in (override or {}).items():
         merged.setdefault(kind, {}).update(values)
     return merged
@@ -156,7 +168,7 @@ def _container_security(capabilities: list[str] | None) -> dict[str, Any]:
 
 def _pod_spec(
     job: StepJob,
-    settings: Settings,
+    pods: PodSettings,
     container: dict[str, Any],
     volumes: list[dict[str, Any]],
     runtime_class: str | None = None,
@@ -174,9 +186,9 @@ def _pod_spec(
     }
     if init_containers:
         spec["initContainers"] = init_containers
-    if settings.builder_service_account:
-        spec["serviceAccountName"] = settings.builder_service_account
-    node = (job.node or settings.node) if settings.builder_pin_to_node else None
+    if pods.builders.service_account:
+        spec["serviceAccountName"] = pods.builders.service_account
+    node = (job.node or pods.builders.node) if pods.builders.pin_to_node else None
     if node:  # pinned to the worker's own node, as the DaemonSet controller pins its pods
         term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
         spec["affinity"] = {
@@ -187,21 +199,21 @@ def _pod_spec(
     return spec
 
 
-def _job(job: StepJob, settings: Settings, pod_spec: dict[str, Any]) -> Manifest:
+def _job(job: StepJob, pods: PodSettings, pod_spec: dict[str, Any]) -> Manifest:
     labels, annotations = step_labels(job), step_annotations(job)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": job_name(job.build_id, job.step_name, job.attempt),
-            "namespace": settings.builder_namespace,
+            "namespace": pods.builders.namespace,
             "labels": labels,
             "annotations": annotations,
         },
         "spec": {
             "backoffLimit": 0,
-            "activeDeadlineSeconds": settings.builder_deadline_seconds,
-            "ttlSecondsAfterFinished": settings.builder_ttl_seconds,
+            "activeDeadlineSeconds": pods.builders.deadline_seconds,
+            "ttlSecondsAfterFinished": pods.builders.ttl_seconds,
             "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
         },
     }
@@ -213,7 +225,7 @@ def _scratch(name: str, path: str, size: str) -> tuple[dict[str, Any], dict[str,
 
 def package_job(
     job: StepJob,
-    settings: Settings,
+    pods: PodSettings,
     urls: StepUrls,
     resources: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Manifest:
@@ -231,19 +243,19 @@ def package_job(
     ]
     for source in job.extra_sources:  # the build's staging repository first, then the mirrors
         args += ["--apt-source", source.line()]
-    if settings.mirrors:  # the farm mirrors what builds may use: the image's own sources stay out
+    if pods.mirrored:  # the farm mirrors what builds may use: the image's own sources stay out
         args.append("--only-given-sources")
     args += [
         "--workdir",
         "/build",
         "--timeout",
-        str(int(min(job.timeout_seconds, settings.builder_deadline_seconds))),
+        str(int(min(job.timeout_seconds, pods.builders.deadline_seconds))),
     ]
     work_volume, work_mount = _scratch("build", "/build", "20Gi")
     tmp_volume, tmp_mount = _scratch("tmp", "/tmp", "2Gi")
     container = {
         "name": CONTAINER,
-        "image": settings.builder_image,
+        "image": pods.builders.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["buildfarm-step"],
         "args": args,
@@ -251,15 +263,15 @@ def package_job(
             {"name": "LC_ALL", "value": "C.UTF-8"},
             {"name": "DEBIAN_FRONTEND", "value": "noninteractive"},
         ],
-        "resources": _resources(settings, resources),
+        "resources": _resources(pods, resources),
         "securityContext": _container_security(ROOT_CAPABILITIES),
         "volumeMounts": [work_mount, tmp_mount],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    return _job(job, settings, _pod_spec(job, settings, container, [work_volume, tmp_volume]))
+    return _job(job, pods, _pod_spec(job, pods, container, [work_volume, tmp_volume]))
 
 
-def _build_args(job: StepJob, settings: Settings) -> list[tuple[str, str]]:
+def _build_args(job: StepJob, pods: PodSettings) -> list[tuple[str, str]]:
     assert job.image is not None
     args = list(job.image.build_args)
     names = {name for name, _ in args}
@@ -271,31 +283,31 @@ def _build_args(job: StepJob, settings: Settings) -> list[tuple[str, str]]:
     return args
 
 
-def _registry_secret_volume(settings: Settings) -> dict[str, Any]:
+def _registry_secret_volume(pods: PodSettings) -> dict[str, Any]:
     return {
         "name": "registry-auth",
         "secret": {
-            "secretName": settings.builder_registry_secret,
+            "secretName": pods.builders.registry_secret,
             "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
             "defaultMode": 0o400,
         },
     }
 
 
-def _insecure_registry(settings: Settings) -> str | None:
+def _insecure_registry(pods: PodSettings) -> str | None:
     """The registry's host:port when it is plain HTTP (the chart's in-cluster registry)."""
-    url = settings.registry_url or ""
+    url = pods.registry_url or ""
     return url.removeprefix("http://").rstrip("/") if url.startswith("http://") else None
 
 
 def _fetch_context_container(
-    job: StepJob, settings: Settings, urls: StepUrls, resources: dict[str, Any], mount: dict[str, Any]
+    job: StepJob, pods: PodSettings, urls: StepUrls, resources: dict[str, Any], mount: dict[str, Any]
 ) -> dict[str, Any]:
     """``buildfarm-step fetch-context`` in the package-builder image (Python's stdlib only)."""
     assert job.image is not None
     return {
         "name": FETCH_CONTAINER,
-        "image": settings.builder_image,
+        "image": pods.builders.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["buildfarm-step"],
         "args": [
@@ -321,7 +333,7 @@ def _fetch_context_container(
 
 def kaniko_job(
     job: StepJob,
-    settings: Settings,
+    pods: PodSettings,
     urls: StepUrls,
     resources: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Manifest:
@@ -337,17 +349,17 @@ def kaniko_job(
         f"--digest-file={DIGEST_FILE}",
         "--cleanup",
     ]
-    args += [f"--build-arg={name}={value}" for name, value in _build_args(job, settings)]
-    insecure = _insecure_registry(settings)
+    args += [f"--build-arg={name}={value}" for name, value in _build_args(job, pods)]
+    insecure = _insecure_registry(pods)
     if insecure:
         args += [f"--insecure-registry={insecure}", f"--skip-tls-verify-registry={insecure}"]
-    secret_volume = _registry_secret_volume(settings)
+    secret_volume = _registry_secret_volume(pods)
     work_volume, work_mount = _scratch("workspace", "/workspace", "20Gi")
-    limits = _resources(settings, resources)
-    fetch = _fetch_context_container(job, settings, urls, limits, work_mount)
+    limits = _resources(pods, resources)
+    fetch = _fetch_context_container(job, pods, urls, limits, work_mount)
     container = {
         "name": CONTAINER,
-        "image": settings.image_builder_image,
+        "image": pods.builders.image_builder_image,
         "imagePullPolicy": "IfNotPresent",
         "args": args,
         "env": [{"name": "DOCKER_CONFIG", "value": "/kaniko/.docker"}],
@@ -359,8 +371,8 @@ def kaniko_job(
         ],
         "terminationMessagePolicy": "File",
     }
-    pod = _pod_spec(job, settings, container, [secret_volume, work_volume], init_containers=[fetch])
-    return _job(job, settings, pod)
+    pod = _pod_spec(job, pods, container, [secret_volume, work_volume], init_containers=[fetch])
+    return _job(job, pods, pod)
 
 
 SYSBOX_SCRIPT = "\n".join(
@@ -386,24 +398,24 @@ SYSBOX_SCRIPT = "\n".join(
 
 def sysbox_job(
     job: StepJob,
-    settings: Settings,
+    pods: PodSettings,
     urls: StepUrls,
     resources: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Manifest:
     """An image step with a docker daemon inside, isolated by the sysbox runtime class."""
     assert job.image is not None
-    if not settings.builder_runtime_class:
+    if not pods.builders.runtime_class:
         raise PermanentError(
             f"step {job.step_name}: builder sysbox needs setting builder_runtime_class "
             "(sysbox is not enabled)"
         )
-    build_args = [f"--build-arg={name}={value}" for name, value in _build_args(job, settings)]
-    secret_volume = _registry_secret_volume(settings)
+    build_args = [f"--build-arg={name}={value}" for name, value in _build_args(job, pods)]
+    secret_volume = _registry_secret_volume(pods)
     work_volume, work_mount = _scratch("workspace", "/workspace", "20Gi")
     docker_volume, docker_mount = _scratch("docker", "/var/lib/docker", "40Gi")
     container = {
         "name": CONTAINER,
-        "image": settings.builder_sysbox_image,
+        "image": pods.builders.sysbox_image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["sh", "-c", SYSBOX_SCRIPT, "sysbox-build", *build_args],
         "env": [
@@ -413,7 +425,7 @@ def sysbox_job(
             {"name": "DESTINATION", "value": job.image.destination},
             {"name": "DOCKER_CONFIG", "value": "/docker-config"},
         ],
-        "resources": _resources(settings, resources),
+        "resources": _resources(pods, resources),
         # dockerd needs its capabilities inside sysbox's user namespace (they are not the host's).
         "securityContext": _container_security(None),
         "volumeMounts": [
@@ -424,24 +436,24 @@ def sysbox_job(
         "terminationMessagePolicy": "File",
     }
     volumes = [secret_volume, work_volume, docker_volume]
-    return _job(job, settings, _pod_spec(job, settings, container, volumes, settings.builder_runtime_class))
+    return _job(job, pods, _pod_spec(job, pods, container, volumes, pods.builders.runtime_class))
 
 
 def builder_job(
     job: StepJob,
-    settings: Settings,
+    pods: PodSettings,
     urls: StepUrls,
     resources: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Manifest:
     """The Job for any step kind."""
     if job.kind == StepKind.PACKAGE:
-        return package_job(job, settings, urls, resources)
+        return package_job(job, pods, urls, resources)
     if job.kind != StepKind.IMAGE or job.image is None:
         raise PermanentError(f"step {job.step_name}: unknown step kind {job.kind!r}")
     if job.image.builder == ImageBuilder.KANIKO:
-        return kaniko_job(job, settings, urls, resources)
+        return kaniko_job(job, pods, urls, resources)
     if job.image.builder == ImageBuilder.SYSBOX:
-        return sysbox_job(job, settings, urls, resources)
+        return sysbox_job(job, pods, urls, resources)
     raise PermanentError(
         f"step {job.step_name}: builder {job.image.builder!r} cannot run on Kubernetes (use kaniko or sysbox)"
     )

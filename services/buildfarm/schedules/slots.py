@@ -153,7 +153,7 @@ def next_run(cron: Cron | str, after: dt.datetime) -> dt.datetime | None:
 
 def schedule_cron(settings: Settings, schedule: ScheduleConfig) -> Cron:
     """The schedule's own cron, or the farm's ``nightly_schedule`` when it gives none."""
-    expression = schedule.cron or settings.nightly_schedule
+    expression = schedule.cron or settings.schedules.nightly
     if not expression:
         raise PermanentError(f"schedule {schedule.name}: no cron (and setting nightly_schedule is empty)")
     return parse_cron(expression, f"schedule {schedule.name}: cron")
@@ -162,7 +162,7 @@ def schedule_cron(settings: Settings, schedule: ScheduleConfig) -> Cron:
 def check_schedules(settings: Settings) -> None:
     """Every schedule has a valid name, a unique one, and a cron; one line for the first that does not."""
     seen: set[str] = set()
-    for schedule in settings.schedules:
+    for schedule in settings.schedules.builds:
         names.check_simple_name(schedule.name, "schedule")
         if schedule.name in seen:
             raise PermanentError(f"two schedules are named {schedule.name!r}")
@@ -177,7 +177,7 @@ def check_schedules(settings: Settings) -> None:
 def tick(ctx: FarmContext, now: dt.datetime) -> list[int]:
     """Start the due slot of every schedule (once, whoever else ticks); the build ids started."""
     started: list[int] = []
-    if not ctx.settings.schedules:
+    if not ctx.settings.schedules.builds:
         return started
     with ctx.db.session() as session:  # one read a minute, whatever the number of schedules
         newest = (
@@ -191,7 +191,7 @@ def tick(ctx: FarmContext, now: dt.datetime) -> list[int]:
             )
         )
         latest: dict[str, ScheduleRun] = {run.schedule: run for run in rows}
-    for schedule in ctx.settings.schedules:
+    for schedule in ctx.settings.schedules.builds:
         try:
             build_id = _tick_one(ctx, schedule, now, latest.get(schedule.name))
         except PermanentError as exc:  # a configuration mistake of this schedule only
@@ -256,14 +256,14 @@ def _due_again(settings: Settings, run: ScheduleRun, now: dt.datetime) -> bool:
         return False
     if run.retry_at is not None:
         return run.retry_at <= now
-    stale = now - dt.timedelta(seconds=settings.schedule_start_timeout_seconds)
+    stale = now - dt.timedelta(seconds=settings.schedules.start_timeout_seconds)
     return run.error is None and run.claimed_at <= stale
 
 
 def _take_over(ctx: FarmContext, run: ScheduleRun, now: dt.datetime) -> bool:
     """Claim the next attempt of ``run``: True for the one ticker whose conditional UPDATE won
     (the attempt it saw is still the run's, and the run still has no build)."""
-    stale = now - dt.timedelta(seconds=ctx.settings.schedule_start_timeout_seconds)
+    stale = now - dt.timedelta(seconds=ctx.settings.schedules.start_timeout_seconds)
     with ctx.db.session() as session:
         taken = session.execute(
             update(ScheduleRun)
@@ -297,7 +297,7 @@ def _start_run(
 ) -> int | None:
     """Start the run's build (or find the one an earlier attempt submitted); record the outcome:
     the build, a retry (temporary failure, attempts left, before the next slot), or the error."""
-    limit = ctx.settings.schedule_start_attempts
+    limit = ctx.settings.schedules.start_attempts
     where = f"schedule {schedule.name}: slot {attempt.slot.isoformat()}"
     if attempt.number > 1:
         found = _build_of(ctx, schedule.name, attempt.slot)
@@ -313,7 +313,7 @@ def _start_run(
         build_id = _submit_once(ctx, schedule, attempt.slot)
     except TemporaryError as exc:
         message = _one_line(exc)
-        pause = max(exc.retry_after, ctx.settings.schedule_retry_seconds * 2 ** (attempt.number - 1))
+        pause = max(exc.retry_after, ctx.settings.schedules.retry_seconds * 2 ** (attempt.number - 1))
         retry_at = now + dt.timedelta(seconds=pause)
         upcoming = cron.next_after(attempt.slot)
         if attempt.number < limit and (upcoming is None or retry_at < upcoming):
@@ -412,7 +412,7 @@ def scheduled_manifest(ctx: FarmContext, schedule: ScheduleConfig) -> Iterator[t
     where = f"{redact_url(schedule.git)}@{ref}:{schedule.manifest}"
     with TemporaryDirectory(dir=ctx.work_root, prefix="schedule-") as scratch:
         clone = Path(scratch) / "tree"
-        checkout(schedule.git, ref, clone, f"schedule {schedule.name}", ctx.settings.url_policy)
+        checkout(schedule.git, ref, clone, f"schedule {schedule.name}", ctx.settings.fetch.url_policy)
         path = (clone / schedule.manifest).resolve()
         if not path.is_relative_to(clone.resolve()):
             raise ManifestError(f"{where}: the manifest path escapes the tree")
@@ -458,7 +458,7 @@ class ScheduleView:
 def list_schedules(ctx: FarmContext, now: dt.datetime) -> list[ScheduleView]:
     views: list[ScheduleView] = []
     with ctx.db.session() as session:
-        for schedule in ctx.settings.schedules:
+        for schedule in ctx.settings.schedules.builds:
             error: str | None = None
             upcoming: dt.datetime | None = None
             try:
@@ -484,7 +484,7 @@ def list_schedules(ctx: FarmContext, now: dt.datetime) -> list[ScheduleView]:
                     branch=schedule.branch,
                     kind=schedule.kind,
                     user=schedule.user,
-                    cron=schedule.cron or ctx.settings.nightly_schedule,
+                    cron=schedule.cron or ctx.settings.schedules.nightly,
                     source=_describe_source(schedule),
                     next_run=_iso(upcoming),
                     last_slot=_iso(last.slot) if last is not None else None,
@@ -492,7 +492,7 @@ def list_schedules(ctx: FarmContext, now: dt.datetime) -> list[ScheduleView]:
                     last_state=state,
                     last_error=error or (last.error if last is not None else None),
                     last_attempt=last.attempt if last is not None else None,
-                    max_attempts=ctx.settings.schedule_start_attempts,
+                    max_attempts=ctx.settings.schedules.start_attempts,
                     retry_at=_iso(last.retry_at) if last is not None else None,
                 )
             )

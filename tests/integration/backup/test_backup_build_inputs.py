@@ -100,7 +100,7 @@ def test_restored_farm_keeps_its_build_inputs_and_builds_without_the_upstream(tm
         assert line is not None
         apt = AptClient(
             tmp_path / "apt",
-            line.replace(new.settings.repo_url.rstrip("/"), f"http://127.0.0.1:{repos.server_port}"),
+            line.replace(new.settings.repository.url.rstrip("/"), f"http://127.0.0.1:{repos.server_port}"),
         )
         apt.update()
         fetched = {path.name: path.read_bytes() for path in apt.source("greet-quilt")}

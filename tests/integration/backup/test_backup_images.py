@@ -171,7 +171,7 @@ def new_build(ctx: FarmContext, kind: str) -> int:
 
 
 def reference_for(ctx: FarmContext, build_id: int, name: str) -> str:
-    return image_destination(image_prefix(ctx.settings.registry_url, "proj", "main", build_id), name)
+    return image_destination(image_prefix(ctx.settings.registry.url, "proj", "main", build_id), name)
 
 
 def image_step(
@@ -324,7 +324,7 @@ def test_verify_names_a_corrupted_layer_and_the_next_run_heals_it(
 
     settings = old_farm.ctx.settings
     monkeypatch.setenv("BUILDFARM_STATE_DIR", str(settings.state_dir))
-    monkeypatch.setenv("BUILDFARM_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("BUILDFARM_DATABASE_URL", settings.database.url)
     monkeypatch.setenv("BUILDFARM_BACKUP_TARGET", str(old_farm.backup))
     monkeypatch.setenv("BUILDFARM_REGISTRY_URL", old_farm.registry.url)
     monkeypatch.setenv("BUILDFARM_REPO_PORT", "1")
@@ -375,7 +375,7 @@ def test_restore_into_an_empty_registry(old_farm: OldFarm, tmp_path: Path) -> No
         assert old_host != new_host
         # A registry that does not answer stops the restore before any record goes in: run it again.
         down = f"http://127.0.0.1:{free_port()}"
-        down_settings = new.settings.model_copy(update={"registry_url": down})
+        down_settings = new.settings.replace(registry_url=down)
         unreachable = dataclasses.replace(new, settings=down_settings, parts=Wiring(down_settings))
         with pytest.raises(ServiceUnavailableError, match="unreachable"):
             restore_backup(unreachable)

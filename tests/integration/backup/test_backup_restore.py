@@ -137,7 +137,7 @@ def _apt_debs(workdir: Path, line: str) -> dict[str, bytes]:
 
 
 def _settings_with(ctx: FarmContext, **changes: object) -> FarmContext:
-    settings = ctx.settings.model_copy(update=changes)
+    settings = ctx.settings.replace(**changes)
     return dataclasses.replace(ctx, settings=settings, parts=Wiring(settings))
 
 
@@ -195,8 +195,8 @@ def test_restore_drill(
     old.db.dispose()
     _drop_database(postgres_url, old_db)
     client = moto.client()
-    for name in moto.object_names(old.settings.s3_bucket):
-        client.remove_object(old.settings.s3_bucket, name)
+    for name in moto.object_names(old.settings.storage.s3_bucket):
+        client.remove_object(old.settings.storage.s3_bucket, name)
 
     new_db = _new_database(postgres_url)
     new = _farm(tmp_path / "new", new_db, moto, second_pulp, backup_target=str(backup_dir))

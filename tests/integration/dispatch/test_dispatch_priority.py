@@ -50,7 +50,7 @@ def _taken(path: Path, count: int) -> list[int] | None:
 
 def test_release_steps_are_taken_before_queued_nightly_steps(redis_flush: str, tmp_path: Path) -> None:
     settings = load_settings(state_dir=tmp_path / "state", redis_url=redis_flush)
-    dispatcher = CeleryDispatcher(make_celery(settings), settings.build_priorities)
+    dispatcher = CeleryDispatcher(make_celery(settings), settings.steps.priorities)
     queued = [
         (1, "nightly"),
         (2, "nightly"),
@@ -105,7 +105,7 @@ def test_release_steps_are_taken_before_queued_nightly_steps(redis_flush: str, t
 
 
 def test_priorities_are_checked_at_start(tmp_path: Path) -> None:
-    assert load_settings(state_dir=tmp_path, build_priorities={"nightly": 1}).build_priorities == {
+    assert load_settings(state_dir=tmp_path, build_priorities={"nightly": 1}).steps.priorities == {
         "release": 0,
         "on-demand": 3,
         "nightly": 1,

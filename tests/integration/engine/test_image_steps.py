@@ -83,7 +83,7 @@ def ctx(tmp_path: Path, registry_url: str) -> Iterator[FarmContext]:
         tmp_path, f"sqlite:///{tmp_path / 'state.db'}", repo_port=port, registry_url=registry_url
     )
     settings = context.settings
-    ensure_base_tarball(settings.effective_base_tarball, settings.distribution, settings.mirror)
+    ensure_base_tarball(settings.buildenv.tarball, settings.buildenv.distribution, settings.buildenv.mirror)
     repos = settings.state_dir / "repos"
     repos.mkdir(parents=True, exist_ok=True)
     server = subprocess.Popen(

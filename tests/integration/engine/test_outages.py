@@ -259,7 +259,7 @@ def test_pulp_refused_at_publish_keeps_latest_then_publishes_when_back(
     assert apt_version(tmp_path, latest, "pubdown") == "1.0"
 
     # Still down past the give-up bound: the build fails with the same line; latest stays.
-    ctx.settings.repository_give_up_seconds = 0.0
+    ctx.settings.repository.give_up_seconds = 0.0
     view = settle(ctx, second)
     assert view.state == "failed", view
     error = assert_one_line(view.error, "Pulp at")
@@ -325,7 +325,7 @@ def test_pulp_api_stopped_at_staging_holds_the_steps_then_stages(
 def test_pulp_down_at_staging_past_the_bound_fails_the_build_then_retry_builds(
     ctx: FarmContext, pulp_proxy: TcpProxy, tmp_path: Path
 ) -> None:
-    ctx.settings.repository_give_up_seconds = 0.0
+    ctx.settings.repository.give_up_seconds = 0.0
     src = tmp_path / "src"
     make_package(src, "gone-lib")
     make_package(src, "gone-tool", build_depends=("gone-lib",))

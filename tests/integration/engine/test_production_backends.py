@@ -69,7 +69,7 @@ def test_two_branches_share_steps_and_storage(ctx: FarmContext, moto: MotoS3, tm
     drain(ctx)
     view = control.show_build(ctx, first)
     assert view.state == "succeeded", view
-    bucket = ctx.settings.s3_bucket
+    bucket = ctx.settings.storage.s3_bucket
     objects_after_main = moto.object_names(bucket, "sha256/")
     debs = {s.name: next(o for o in s.outputs if o["filename"].endswith(".deb")) for s in view.steps}
 
@@ -84,7 +84,7 @@ def test_two_branches_share_steps_and_storage(ctx: FarmContext, moto: MotoS3, tm
         assert _artifacts(ctx.repo, deb["sha256"]) == 1  # Pulp: each .deb stored once
 
     source = ctx.repo.sources("prod", "r/stx.9.0")
-    assert source.url.startswith(f"{ctx.settings.pulp_content_origin}/pulp/content/prod/")
+    assert source.url.startswith(f"{ctx.settings.pulp.content_origin}/pulp/content/prod/")
     apt = AptClient(tmp_path / "apt", source.line())
     apt.update()
     for name, deb in debs.items():

@@ -55,7 +55,7 @@ def test_build_on_s3_reuses_and_publishes_the_bucket_bytes(
     drain(ctx)
     view = control.show_build(ctx, first)
     assert view.state == "succeeded", view
-    bucket = ctx.settings.s3_bucket
+    bucket = ctx.settings.storage.s3_bucket
     objects = moto.object_names(bucket, "sha256/")
     for step in view.steps:
         for output in step.outputs:

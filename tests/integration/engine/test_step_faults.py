@@ -156,7 +156,7 @@ def test_reaper_sweeps_dead_attempts_directories_only(ctx: FarmContext, tmp_path
         session.execute(update(Step).where(Step.id == step_id).values(attempt=2))
     claim = claim_step(ctx, step_id, "node1")
     assert claim is not None and claim.attempt == 3
-    chroots = chroot_root(ctx.settings.sbuild_tmpdir, ctx.settings.state_dir)
+    chroots = chroot_root(ctx.settings.buildenv.sbuild_tmpdir, ctx.settings.state_dir)
     assert chroots.parent == tmp_path / "shm" and chroots.name.startswith("buildfarm-")
     live = [ctx.work_root / f"{build_id}-lib-3", chroots / f"{build_id}-lib-3" / "sbuild.abcdefghij"]
     dead = [

@@ -46,10 +46,10 @@ def _image_build(ctx: FarmContext, days_ago: float, layer: bytes) -> tuple[int, 
     with ctx.db.session() as session:
         build = finished_build(session, kind="nightly", finished=finished)
         reference = image_destination(
-            image_prefix(ctx.settings.registry_url, "proj", "main", build.id), "img"
+            image_prefix(ctx.settings.registry.url, "proj", "main", build.id), "img"
         )
         _host, repository, _tag = split_reference(reference)
-        digest = push_image(str(ctx.settings.registry_url), repository, layer)
+        digest = push_image(str(ctx.settings.registry.url), repository, layer)
         step = Step(
             build_id=build.id,
             name="img",

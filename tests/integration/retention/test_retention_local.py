@@ -127,7 +127,7 @@ def test_sweep_removes_expired_builds_everywhere_and_keeps_what_the_kept_build_u
     assert {(g.kind, g.branch, g.builds) for g in report.groups} == {("nightly", "main", 3)}
     monkeypatch.setenv("BUILDFARM_STATE_DIR", str(farm.settings.state_dir))
     monkeypatch.setenv("BUILDFARM_DATABASE_URL", farm.db.url)
-    monkeypatch.setenv("BUILDFARM_REPO_PORT", str(farm.settings.repo_port))
+    monkeypatch.setenv("BUILDFARM_REPO_PORT", str(farm.settings.repository.port))
     monkeypatch.setenv("BUILDFARM_RETENTION_KEEP_NEWEST", "1")
     cli = CliRunner().invoke(app, ["--output", "json", "retention", "run", "--dry-run"])
     assert cli.exit_code == 0, cli.output

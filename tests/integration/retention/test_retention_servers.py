@@ -98,7 +98,7 @@ def test_sweep_expires_a_nightly_everywhere_and_keeps_the_release(
     drain(ctx)
     new_deb = _debs(ctx, release)["ret-tool"]
     before_apt = _apt(tmp_path / "before", ctx, release).download("ret-tool").read_bytes()
-    bucket = ctx.settings.s3_bucket
+    bucket = ctx.settings.storage.s3_bucket
     objects_before, bytes_before = _bucket(moto, bucket)
     media_before = _media_bytes(pulp_server)
 

@@ -48,7 +48,9 @@ pytestmark = pytest.mark.sbuild
 def chroot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The builder tarball unpacked once, with the entrypoint where the image installs it."""
     settings = load_settings(state_dir=tmp_path_factory.mktemp("unused"))
-    tarball = ensure_builder_tarball(settings.effective_base_tarball, settings.distribution, settings.mirror)
+    tarball = ensure_builder_tarball(
+        settings.buildenv.tarball, settings.buildenv.distribution, settings.buildenv.mirror
+    )
     shm = Path("/dev/shm")
     root = Path(tempfile.mkdtemp(prefix="buildfarm-builder-", dir=shm if os.access(shm, os.W_OK) else None))
     try:

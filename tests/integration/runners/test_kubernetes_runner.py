@@ -143,7 +143,7 @@ def test_example_build_runs_in_builder_pods(ctx: FarmContext, moto: MotoS3, clus
     view = control.show_build(ctx, build_id)
     assert view.state == "succeeded", [(s.name, s.state, s.error) for s in view.steps]
     assert len(view.steps) == 6  # examples/: five native packages and greet-quilt (3.0 quilt)
-    objects = moto.object_names(ctx.settings.s3_bucket, "sha256/")
+    objects = moto.object_names(ctx.settings.storage.s3_bucket, "sha256/")
     for step in view.steps:
         assert any(o["filename"].endswith(".deb") for o in step.outputs)
         for output in step.outputs:
@@ -163,7 +163,7 @@ def test_example_build_runs_in_builder_pods(ctx: FarmContext, moto: MotoS3, clus
         assert labels["buildfarm.io/build-id"] == str(build_id)
         assert labels["buildfarm.io/project"] == "examples" or labels["buildfarm.io/project"] == ""
     assert cluster.job_names(NAMESPACE) == [] and cluster.pod_names(NAMESPACE) == []
-    assert moto.object_names(ctx.settings.s3_bucket, "uploads/") == []  # upload slots removed
+    assert moto.object_names(ctx.settings.storage.s3_bucket, "uploads/") == []  # upload slots removed
 
 
 def _one_package(ctx: FarmContext, tmp_path: Path, name: str) -> tuple[int, int]:
@@ -310,7 +310,8 @@ def test_reaper_removes_orphans_and_nothing_else(
 
     def job_for(step: str, attempt: int, build: int = build_id) -> dict[str, Any]:
         job = StepJob(build, step, attempt, Path("x"), Path("y"), [], print, source_sha256="0" * 64)
-        return kubespecs.package_job(job, settings, kubespecs.StepUrls("http://s/src", "http://s/up"))
+        pods = kubespecs.PodSettings(settings.builders, settings.registry.url)
+        return kubespecs.package_job(job, pods, kubespecs.StepUrls("http://s/src", "http://s/up"))
 
     keep = cluster.add_job(NAMESPACE, job_for("running", 1), start=False)
     cluster.add_job(NAMESPACE, job_for("finished", 1), start=False)
@@ -361,9 +362,7 @@ def _image_run(
     ctx: FarmContext, tmp_path: Path, builder: str, sha256: str, *, registry_url: str | None, host: str
 ) -> tuple[StepResult, list[str]]:
     """Run one image step through the runner; return its result and the step log's lines."""
-    settings = ctx.settings.model_copy(
-        update={"builder_runtime_class": "sysbox-runc", "registry_url": registry_url}
-    )
+    settings = ctx.settings.replace(builder_runtime_class="sysbox-runc", registry_url=registry_url)
     runner = make_runner(settings, ctx.store)
     assert isinstance(runner, KubernetesRunner)
     runner.poll_seconds = 0.1
@@ -440,7 +439,7 @@ def test_image_steps_fetch_their_context_in_an_init_container(
     assert "runtimeClassName" not in kaniko_pod
     assert sysbox_body["spec"]["template"]["spec"]["runtimeClassName"] == "sysbox-runc"
     (fetch,) = kaniko_pod["initContainers"]
-    assert fetch["image"] == ctx.settings.builder_image and fetch["args"][0] == "fetch-context"
+    assert fetch["image"] == ctx.settings.builders.image and fetch["args"][0] == "fetch-context"
     url = fetch["args"][fetch["args"].index("--url") + 1]
     assert url.startswith("http://") and "X-Amz-Signature" in url  # plain HTTP, as the chart's MinIO
     assert fetch["securityContext"]["readOnlyRootFilesystem"] is True
@@ -493,12 +492,12 @@ def test_an_image_builder_that_cannot_be_pulled_after_the_context_fails_at_once(
     ctx: FarmContext, cluster: FakeCluster, tmp_path: Path
 ) -> None:
     source = ctx.store.put_bytes(_context(tmp_path))
-    cluster.unpullable.add(ctx.settings.image_builder_image)
+    cluster.unpullable.add(ctx.settings.builders.image_builder_image)
     result, log = _image_run(ctx, tmp_path, "kaniko", source.sha256, registry_url=None, host="registry:5000")
     assert not result.ok and result.error is not None
     assert result.error.startswith("builder pod bf-5-image-kaniko-")
     assert result.error.endswith(
-        f"cannot start: ErrImagePull: pull of {ctx.settings.image_builder_image} failed"
+        f"cannot start: ErrImagePull: pull of {ctx.settings.builders.image_builder_image} failed"
     )
     assert any("image context sha256" in line and "verified" in line for line in log)  # the init ran
     assert cluster.job_names(NAMESPACE) == []
@@ -511,7 +510,7 @@ def test_settings_mistakes_are_one_line(tmp_path: Path) -> None:
     from buildfarm.runners.kubernetes import make_api_client
 
     with pytest.raises(PermanentError, match="kubeconfig"):
-        make_api_client(settings)
+        make_api_client(settings.builders)
 
 
 def test_log_resume_point_and_keys() -> None:

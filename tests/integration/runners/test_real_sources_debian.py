@@ -94,7 +94,11 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Se
     for name, version in PACKAGES.items():
         debian_source(name, version)
     www = tmp_path_factory.mktemp("debian-www")
-    _mirror(www, ["mescc-tools", "memstat", "dh-autoreconf"], load_settings(state_dir=www / "x").distribution)
+    _mirror(
+        www,
+        ["mescc-tools", "memstat", "dh-autoreconf"],
+        load_settings(state_dir=www / "x").buildenv.distribution,
+    )
     server = Served(www)
     yield www, server
     server.stop()
@@ -103,9 +107,9 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Se
 @pytest.fixture(scope="module")
 def debian_farm(tmp_path_factory: pytest.TempPathFactory, archive: tuple[Path, Served]) -> Iterator[Farm]:
     settings = load_settings(state_dir=tmp_path_factory.mktemp("unused"))
-    ensure_base_tarball(settings.effective_base_tarball, settings.distribution, settings.mirror)
+    ensure_base_tarball(settings.buildenv.tarball, settings.buildenv.distribution, settings.buildenv.mirror)
     farm = Farm(tmp_path_factory.mktemp("debian-farm") / "state")
-    mirror = {"name": "debsrc", "url": archive[1].url, "distribution": settings.distribution}
+    mirror = {"name": "debsrc", "url": archive[1].url, "distribution": settings.buildenv.distribution}
     farm.env["BUILDFARM_MIRRORS"] = json.dumps([mirror])
     farm.env |= {"BUILDFARM_FETCH_ALLOW_SCHEMES": "https,http", "BUILDFARM_FETCH_ALLOW_HOSTS": "127.0.0.1"}
     farm.cli("start", "--runner", "sbuild", "--nodes", "2", timeout=300)

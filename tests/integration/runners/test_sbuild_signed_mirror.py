@@ -28,8 +28,8 @@ pytestmark = pytest.mark.sbuild
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory: pytest.TempPathFactory) -> SbuildRunner:
     settings = load_settings(state_dir=tmp_path_factory.mktemp("unused"))
-    ensure_base_tarball(settings.effective_base_tarball, settings.distribution, settings.mirror)
-    return SbuildRunner(settings.effective_base_tarball, settings.distribution)
+    ensure_base_tarball(settings.buildenv.tarball, settings.buildenv.distribution, settings.buildenv.mirror)
+    return SbuildRunner(settings.buildenv.tarball, settings.buildenv.distribution)
 
 
 @pytest.fixture(scope="module")

@@ -49,6 +49,6 @@ def test_client_sends_the_account(registry_url: str) -> None:
 
 
 def test_settings_give_the_account_or_none(tmp_path: Path) -> None:
-    assert load_settings(state_dir=tmp_path).registry_auth() is None
+    assert load_settings(state_dir=tmp_path).registry.auth() is None
     settings = load_settings(state_dir=tmp_path, registry_username="buildfarm", registry_password="s3cret")
-    assert settings.registry_auth() == ("buildfarm", "s3cret")
+    assert settings.registry.auth() == ("buildfarm", "s3cret")

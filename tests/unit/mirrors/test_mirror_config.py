@@ -99,7 +99,7 @@ def test_find_names_the_known_mirrors() -> None:
 def test_mirrors_come_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BUILDFARM_MIRRORS", json.dumps([mirror().model_dump()]))
     monkeypatch.setenv("BUILDFARM_STATE_DIR", "/nonexistent-state-dir")
-    assert load_settings().mirrors == [mirror()]
+    assert load_settings().mirrors.repositories == [mirror()]
 
 
 KEY = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEZ...\n-----END PGP PUBLIC KEY BLOCK-----\n"

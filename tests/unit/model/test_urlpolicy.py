@@ -168,10 +168,10 @@ def test_bad_allow_lists_stop_the_farm_at_start(
 
 
 def test_allow_lists_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
-    assert load_settings(state_dir=tmp_path).url_policy == UrlPolicy()  # https, public hosts only
+    assert load_settings(state_dir=tmp_path).fetch.url_policy == UrlPolicy()  # https, public hosts only
     monkeypatch.setenv("BUILDFARM_FETCH_ALLOW_SCHEMES", "https, git")
     monkeypatch.setenv("BUILDFARM_FETCH_ALLOW_HOSTS", '["127.0.0.1", "git.corp.example"]')
-    policy = load_settings(state_dir=tmp_path).url_policy
+    policy = load_settings(state_dir=tmp_path).fetch.url_policy
     assert policy.schemes == {"https", "git"} and policy.hosts == {"git.corp.example"}
     assert [str(n) for n in policy.networks] == ["127.0.0.1/32"]
 

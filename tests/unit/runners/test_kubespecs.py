@@ -11,9 +11,9 @@ import kubernetes_validate
 import pytest
 
 from buildfarm.model.errors import PermanentError
-from buildfarm.model.settings import Settings
+from buildfarm.model.settinggroups import BuildersSettings
 from buildfarm.runners.base import ImageSpec, StepJob
-from buildfarm.runners.kubespecs import StepUrls, builder_job, describe
+from buildfarm.runners.kubespecs import PodSettings, StepUrls, builder_job, describe
 
 
 def _job(tmp_path: Path, **kw: Any) -> StepJob:
@@ -34,8 +34,9 @@ def _job(tmp_path: Path, **kw: Any) -> StepJob:
     )
 
 
-def _settings(tmp_path: Path, **kw: Any) -> Settings:
-    return Settings(state_dir=tmp_path, builder_runtime_class="sysbox-runc", **kw)
+def _settings(tmp_path: Path, **kw: Any) -> PodSettings:
+    builders = BuildersSettings.model_validate({"builder_runtime_class": "sysbox-runc", **kw})
+    return PodSettings(builders)
 
 
 URLS = StepUrls(source="https://s3.example/src", upload="https://s3.example/up")

@@ -498,7 +498,7 @@ def test_a_claim_left_by_a_dead_scheduler_is_taken_over_once(
     url = request.getfixturevalue("sqlite_url" if database == "sqlite" else "pg_url")
     first = _farm(tmp_path / "a", url, [_schedule("nightly", "0 2 * * *", git_tree)])
     second = make_test_context(tmp_path / "b", url, schedules=[_schedule("nightly", "0 2 * * *", git_tree)])
-    assert first.settings.schedule_start_timeout_seconds == 600  # the default: 10 minutes
+    assert first.settings.schedules.start_timeout_seconds == 600  # the default: 10 minutes
     tick(first, at("2025-03-03 01:00"))
     # killed between the claim and the submit: the claimed row stays behind, without build
     monkeypatch.setattr(schedule_slots, "start_schedule", _killed)
@@ -548,7 +548,7 @@ def test_killed_after_the_submit_the_build_is_found_not_submitted_again(
     assert (view.last_build, view.last_state, view.last_error) == (build.id, "running", None)
     # an attempt that was only slow, and submits after being overtaken, is refused a second build
     with pytest.raises(IntegrityError):
-        schedules.start_schedule(ctx, ctx.settings.schedules[0], run.slot)
+        schedules.start_schedule(ctx, ctx.settings.schedules.builds[0], run.slot)
     assert len(_builds(ctx)) == 1
 
 

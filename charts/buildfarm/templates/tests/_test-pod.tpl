@@ -13,6 +13,9 @@ spec:
   restartPolicy: Never
   serviceAccountName: {{ include "buildfarm.controlServiceAccount" $ctx }}
   automountServiceAccountToken: false
+  # no <SERVICE>_PORT variables: the farm's Services are buildfarm-*, and a farm process refuses
+  # BUILDFARM_* variables that are no setting (model/settings.py)
+  enableServiceLinks: false
   {{- include "buildfarm-lib.imagePullSecrets" $ctx | nindent 2 }}
   securityContext:
     {{- include "buildfarm-lib.podSecurityContext" (dict "uid" (include "buildfarm.farmUid" $ctx)) | nindent 4 }}

@@ -16,6 +16,9 @@ spec:
   # The worker creates and watches builder Jobs in the builder namespace: it needs its token.
   serviceAccountName: {{ include "buildfarm-lib.componentName" (dict "ctx" . "component" "worker") }}
   automountServiceAccountToken: true
+  # no <SERVICE>_PORT variables: the farm's Services are buildfarm-*, and a farm process refuses
+  # BUILDFARM_* variables that are no setting (model/settings.py)
+  enableServiceLinks: false
   {{- include "buildfarm-lib.imagePullSecrets" . | nindent 2 }}
   securityContext:
     {{- include "buildfarm-lib.podSecurityContext" (dict "uid" (include "buildfarm.farmUid" .)) | nindent 4 }}
