@@ -26,6 +26,13 @@ VALUES = Path(__file__).resolve().parents[2] / "values"
 DEFAULT_TUNABLE = "a tunable whose default suits a cluster: set it with <component>.extraEnvVars"
 NOT_IN_CHART: dict[str, str] = {
     # Settings the chart never renders, and why.  A new setting must land here or in the chart.
+    "BUILDFARM_NOTIFY_ATTEMPTS": "delivery tuning of notifications: the defaults (extraEnvVars for the rest)",
+    "BUILDFARM_NOTIFY_LOOKBACK_SECONDS": "delivery tuning of notifications: the default (extraEnvVars)",
+    "BUILDFARM_NOTIFY_RETRY_SECONDS": "delivery tuning of notifications: the default (extraEnvVars)",
+    "BUILDFARM_NOTIFY_TICK_SECONDS": "delivery tuning of notifications: the default (extraEnvVars)",
+    "BUILDFARM_NOTIFY_TIMEOUT_SECONDS": "delivery tuning of notifications: the default (extraEnvVars)",
+    "BUILDFARM_NOTIFY_SMTP_USERNAME": "SMTP login: not in farm.notifications yet (extraEnvVars)",
+    "BUILDFARM_NOTIFY_SMTP_PASSWORD_FILE": "not in farm.notifications yet (extraEnvVars, a Secret)",
     "BUILDFARM_BASE_TARBALL": "sbuild's chroot: the chart's runner is kubernetes (builder pods)",
     "BUILDFARM_CACHE_DIR": "sbuild and buildah caches of the local profile; builder pods have their images",
     "BUILDFARM_SBUILD_TMPDIR": "sbuild's chroot: the chart's runner is kubernetes",
@@ -73,6 +80,7 @@ VARIANTS: tuple[tuple[str, ...], ...] = (
         "farm.schedules.backup=0 4 * * *",
     ),
     ("pulp.signing.existingSecret=pulp-signing",),
+    ("farm.notifications.smtpHost=mail.example.org", "farm.notifications.dashboardUrl=https://farm.example.org"),
     ("registry.enabled=true",),
     ("registry.enabled=false",),
 )
