@@ -22,8 +22,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
+from buildfarm import accounts  # noqa: E402
 from buildfarm.dispatch.context import make_context  # noqa: E402
-from buildfarm.engine import accounts  # noqa: E402
 from buildfarm.model.manifest import load_manifest  # noqa: E402
 from buildfarm.model.settings import load_settings  # noqa: E402
 from buildfarm.model.sources import pack_tree  # noqa: E402
