@@ -32,7 +32,7 @@ from buildfarm.state.models import BuildInput
 
 from farmkit import drain, make_test_context
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 LOCAL_FETCH = {"fetch_allow_schemes": ["https", "http"], "fetch_allow_hosts": ["127.0.0.1"]}
 
 
