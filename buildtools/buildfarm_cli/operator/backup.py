@@ -18,6 +18,7 @@ import typer
 
 from buildfarm.backup import restore_backup, run_backup, verify_backup
 from buildfarm.engine.context import FarmContext
+from buildfarm.local.inprocess import LocalFarm
 from buildfarm.model.errors import PermanentError
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.output import OutputFormat, emit_json, err_console, phase_bars
@@ -41,11 +42,12 @@ def _farm(command: str) -> Iterator[FarmContext]:
             "or inside the farm's pod: kubectl exec deploy/<release>-buildfarm-api -- buildfarm backup "
             f"{command}): drop --farm"
         )
-    client = state.local(f"backup {command}")
+    state.local(f"backup {command}")
+    local = LocalFarm()
     try:
-        yield client.farm_context()
+        yield local.database()
     finally:
-        client.close()
+        local.close()
 
 
 def _emit(report: Any, fmt: OutputFormat, line: str) -> None:

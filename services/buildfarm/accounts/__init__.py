@@ -6,11 +6,8 @@ What other packages may use is named here; the modules behind it are private to 
 
 from buildfarm.accounts import policy
 from buildfarm.accounts.users import (
-    DEFAULT_TOKEN_DAYS,
-    MAX_TOKEN_DAYS,
     TOKEN_PREFIX,
     AuthError,
-    CreatedToken,
     ForbiddenError,
     Principal,
     add_project,
@@ -28,11 +25,8 @@ from buildfarm.accounts.users import (
 )
 
 __all__ = [
-    "DEFAULT_TOKEN_DAYS",
-    "MAX_TOKEN_DAYS",
     "TOKEN_PREFIX",
     "AuthError",
-    "CreatedToken",
     "ForbiddenError",
     "Principal",
     "add_project",
