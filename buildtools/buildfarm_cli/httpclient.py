@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import httpx
 
 import buildfarm_client as api
-from buildfarm.accounts import AuthError, ForbiddenError
-from buildfarm.model.debsource import files_to_upload, pack_files
 from buildfarm.model.errors import (
+    AuthError,
     BuildfarmError,
     ConflictError,
+    ForbiddenError,
     ManifestError,
     NotFoundError,
     PermanentError,
@@ -151,6 +151,8 @@ class HttpClient:
             raise PermanentError(
                 f"--user is for the local farm: the farm at {self.url} records the token's user"
             )
+        from buildfarm.model.debsource import files_to_upload, pack_files  # python-debian: for submit only
+
         root = manifest_path.parent.resolve()
         for index, package in enumerate(manifest.packages):
             if package.stx is not None:  # its revision counts need the git history, not a tree

@@ -11,8 +11,6 @@ from typing import Annotated
 
 import typer
 
-from buildfarm import accounts
-from buildfarm.local.inprocess import LocalFarm
 from buildfarm_cli.admin import print_token
 from buildfarm_cli.common import OutputOpt, state
 
@@ -22,6 +20,9 @@ def admin_init(
     output: OutputOpt = None,
 ) -> None:
     """Create the farm's first admin and print its token (local database only; once, at install)."""
+    from buildfarm import accounts
+    from buildfarm.local.inprocess import LocalFarm
+
     state.local("admin init")
     local = LocalFarm()
     try:

@@ -7,8 +7,6 @@ What other packages may use is named here; the modules behind it are private to 
 from buildfarm.accounts import policy
 from buildfarm.accounts.users import (
     TOKEN_PREFIX,
-    AuthError,
-    ForbiddenError,
     Principal,
     add_project,
     add_user,
@@ -23,6 +21,7 @@ from buildfarm.accounts.users import (
     project_exists,
     revoke_token,
 )
+from buildfarm.model.errors import AuthError, ForbiddenError  # the API answers 401 and 403 for them
 
 __all__ = [
     "TOKEN_PREFIX",

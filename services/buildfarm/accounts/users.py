@@ -18,19 +18,11 @@ from sqlalchemy.orm import Session
 
 from buildfarm.engine.context import FarmContext
 from buildfarm.model import names
-from buildfarm.model.errors import ConflictError, NotFoundError, PermanentError
+from buildfarm.model.errors import AuthError, ConflictError, ForbiddenError, NotFoundError, PermanentError
 from buildfarm.state.models import ROLE_RANK, Grant, Project, Role, Token, User, utcnow
 from buildfarm_client.models import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS, TokenOut
 
 TOKEN_PREFIX = "bf_"
-
-
-class AuthError(PermanentError):
-    """No, unknown, revoked or expired token (401)."""
-
-
-class ForbiddenError(PermanentError):
-    """The user lacks the role for this (403)."""
 
 
 @dataclass(frozen=True)
