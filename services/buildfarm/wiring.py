@@ -78,8 +78,8 @@ def make_repository(settings: Settings) -> PackageRepository:
 def make_package_cache(settings: Settings) -> PackageCache:
     """The farm-side package cache builds download Debian's packages through: with the Pulp
     repository backend, Pulp's on-demand distributions of the upstreams (production); else the
-    HTTP proxy ``apt_proxy`` (the local profile's apt-cacher-ng), or none."""
-    if settings.repository.kind == "pulp":
+    HTTP proxy ``apt_proxy`` (the local profile's apt-cacher-ng), or none (setting ``package_cache``)."""
+    if settings.repository.kind == "pulp" and settings.buildenv.package_cache == "auto":
         from buildfarm.backends.pulp.client import PulpClient
         from buildfarm.backends.pulp.packagecache import PulpPackageCache
 
