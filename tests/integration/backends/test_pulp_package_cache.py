@@ -21,7 +21,6 @@ import httpx
 import pytest
 from debian.deb822 import Packages
 
-from buildfarm.backends.aptproxy import ProxyPackageCache
 from buildfarm.backends.base import DebianUpstream
 from buildfarm.backends.pulp.client import PulpClient
 from buildfarm.backends.pulp.packagecache import PulpPackageCache
@@ -87,18 +86,24 @@ def _fetch_twice(pulp: PulpServer, cache: PulpPackageCache, upstream: Upstream) 
 
 
 def test_wiring_picks_pulp_and_each_deb_comes_from_upstream_once(
-    pulp_server: PulpServer, upstream: Upstream
+    pulp_server: PulpServer, upstream: Upstream, tmp_path: Path
 ) -> None:
-    settings = load_settings(**pulp_server.settings(), state_dir="/nonexistent")
+    settings = load_settings(**pulp_server.settings(), state_dir=str(tmp_path))
     cache = make_package_cache(settings)
     assert isinstance(cache, PulpPackageCache)  # production; the local profile keeps its proxy
     path, at_sync = _fetch_twice(pulp_server, cache, upstream)
     assert at_sync == 0  # the sync read the indexes only
     # The content app keeps what it streamed before it ends the first answer: the second came from Pulp.
     assert upstream.requests[path] == 1
-    # Routing again (another node, another step) finds the distribution: no sync, no download.
+    # The farm's environments are made from the distribution, with no proxy; routing them (another
+    # node, another step) finds the distribution: no sync, no download.
     before = dict(upstream.requests)
-    cache.route(DebianUpstream(upstream.url, SUITE, ARCH))
+    settings = load_settings(
+        **pulp_server.settings(), state_dir=str(tmp_path), mirror=upstream.url, distribution=SUITE
+    )
+    environments, spec = routed_environments(settings, make_package_cache(settings))
+    assert spec.mirror.startswith(f"[trusted=yes] {pulp_server.content_origin}/pulp/content/_cache/")
+    assert environments.proxy is None
     assert upstream.requests == before
 
 
@@ -117,25 +122,3 @@ def test_without_on_demand_upstream_sees_more(
         assert at_sync == len(upstream.debs) and upstream.requests[path] == 1
     else:
         assert at_sync == 0 and upstream.requests[path] == 2
-
-
-def test_environments_are_made_from_the_cache(
-    pulp_server: PulpServer, upstream: Upstream, tmp_path: Path
-) -> None:
-    """The recipe's mirror is Pulp's distribution, and makers fetch through no proxy; the local
-    profile's cache keeps the mirror and hands makers its proxy."""
-    settings = load_settings(
-        **pulp_server.settings(),
-        state_dir=str(tmp_path),
-        cache_dir=str(tmp_path),
-        mirror=upstream.url,
-        distribution=SUITE,
-    )
-    cache, spec = routed_environments(settings, make_package_cache(settings))
-    assert cache.proxy is None
-    assert spec.mirror.startswith(f"[trusted=yes] {pulp_server.content_origin}/pulp/content/_cache/")
-    local = load_settings(state_dir=str(tmp_path), mirror=upstream.url, apt_proxy="http://127.0.0.1:3142")
-    routed = make_package_cache(local)
-    assert isinstance(routed, ProxyPackageCache)
-    cache, spec = routed_environments(local, routed)
-    assert (spec.mirror, cache.proxy) == (upstream.url, "http://127.0.0.1:3142")
