@@ -6,15 +6,17 @@ The work is done by :mod:`buildfarm.environments`; this module parses, calls and
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from buildfarm.environments import Environment, cache_for, digests_named_by_builds, routed_environments
 from buildfarm.model.settings import load_settings
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console
+
+if TYPE_CHECKING:  # imported when an env command runs, not for `--help` or a remote farm
+    from buildfarm.environments import Environment
 
 env_app = typer.Typer(no_args_is_help=True, help="Build environments: cached toolchain tarballs.")
 
@@ -54,6 +56,8 @@ def _table(envs: list[Environment]) -> Table:
 def env_list(output: OutputOpt = None) -> None:
     """The environments in this machine's cache, newest first (current: new builds use it)."""
     state.local("env list")
+    from buildfarm.environments import cache_for
+
     envs = cache_for(load_settings()).entries()
     if state.fmt(output) == OutputFormat.JSON:
         emit_json([_view(e) for e in envs])
@@ -69,9 +73,10 @@ def env_refresh(output: OutputOpt = None) -> None:
     """Make the farm's environment afresh from the mirror (security updates); builds submitted
     from now on use it.  An unchanged mirror gives the same environment, so outputs are reused.
     With the Pulp repository backend, the package cache's indexes of the mirror are synced first."""
+    state.local("env refresh")
+    from buildfarm.environments import routed_environments
     from buildfarm.wiring import make_package_cache
 
-    state.local("env refresh")
     settings = load_settings()
     cache, spec = routed_environments(settings, make_package_cache(settings), refresh=True)
     before = {e.digest for e in cache.entries() if e.current}
@@ -92,6 +97,8 @@ def env_prune(
 ) -> None:
     """Remove environments that are not current and that no build of this farm names."""
     state.local("env prune")
+    from buildfarm.environments import cache_for, digests_named_by_builds
+
     settings = load_settings()
     removed = cache_for(settings).prune(
         digests_named_by_builds(settings), min_age_seconds=min_age_hours * 3600
@@ -122,6 +129,7 @@ def env_image(
     registry and move the tag that ``builder_image`` names to it: builds submitted from now on
     name its digest in their input keys.  An environment already made into an image is not built
     again."""
+    from buildfarm.environments import routed_environments
     from buildfarm.model.errors import PermanentError
     from buildfarm.model.images import registry_host, split_reference
     from buildfarm.runners.builderimage import ensure_builder_image
