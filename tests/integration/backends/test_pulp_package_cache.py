@@ -20,11 +20,13 @@ from pathlib import Path
 import httpx
 import pytest
 from debian.deb822 import Packages
+from pulp_glue.core.context import PulpContentRedirectContentGuardContext
 
 from buildfarm.backends.base import DebianUpstream
 from buildfarm.backends.pulp.client import PulpClient
-from buildfarm.backends.pulp.packagecache import PulpPackageCache
+from buildfarm.backends.pulp.packagecache import PulpPackageCache, cache_name
 from buildfarm.environments import routed_environments
+from buildfarm.model.errors import ServiceUnavailableError
 from buildfarm.model.settings import load_settings
 from buildfarm.wiring import make_package_cache
 
@@ -122,3 +124,20 @@ def test_without_on_demand_upstream_sees_more(
         assert at_sync == len(upstream.debs) and upstream.requests[path] == 1
     else:
         assert at_sync == 0 and upstream.requests[path] == 2
+
+
+def test_a_sync_under_way_elsewhere_is_temporary(pulp_server: PulpServer, upstream: Upstream) -> None:
+    """Another node holds the upstream's sync lease: routing is tried again later, not a failure."""
+    settings = load_settings(**pulp_server.settings(), state_dir="/nonexistent")
+    cache = make_package_cache(settings)
+    assert isinstance(cache, PulpPackageCache)
+    target = DebianUpstream(upstream.url, SUITE, ARCH)
+    lease = PulpContentRedirectContentGuardContext(cache.client.ctx).create(
+        body={"name": f"buildfarm/_cache/{cache_name(target)}/syncing"}
+    )
+    try:
+        with pytest.raises(ServiceUnavailableError, match="is being synced by another node"):
+            cache.route(target)
+    finally:
+        PulpContentRedirectContentGuardContext(cache.client.ctx, pulp_href=lease["pulp_href"]).delete()
+    assert _deb_requests(upstream) == {}

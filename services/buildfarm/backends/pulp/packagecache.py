@@ -35,9 +35,13 @@ from buildfarm.backends.pulp.mirrors import (
     DownloadPolicy,
     PulpMirrors,
 )
+from buildfarm.model.errors import ConflictError, ServiceUnavailableError
 from buildfarm.model.settings import MirrorConfig
 
 log = logging.getLogger(__name__)
+
+BUSY_RETRY_SECONDS = 60.0
+"""When another node syncs the upstream now: try again after this long (a sync takes minutes)."""
 
 
 def cache_name(upstream: DebianUpstream) -> str:
@@ -94,11 +98,23 @@ class PulpPackageCache:
         mirrors = self._mirrors(mirror)
         if mirror.name not in mirrors.usable():
             log.info("pulp: package cache of %s %s: first sync", upstream.url, upstream.distribution)
-            mirrors.sync(mirror)
+            self._sync(mirrors, mirror, upstream)
         return self._route(mirrors, mirror)
 
     def refresh(self, upstream: DebianUpstream) -> CacheRoute:
         mirror = self._mirror(upstream)
         mirrors = self._mirrors(mirror)
-        mirrors.sync(mirror)
+        self._sync(mirrors, mirror, upstream)
         return self._route(mirrors, mirror)
+
+    def _sync(self, mirrors: PulpMirrors, mirror: MirrorConfig, upstream: DebianUpstream) -> None:
+        """Sync; another node syncing the same upstream now is temporary (a step or a submission
+        is tried again once its sync is done), never a failure of the build."""
+        try:
+            mirrors.sync(mirror)
+        except ConflictError as exc:
+            raise ServiceUnavailableError(
+                f"the package cache of {upstream.url} {upstream.distribution} is being synced by "
+                f"another node: {exc}",
+                BUSY_RETRY_SECONDS,
+            ) from exc
