@@ -33,7 +33,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from buildfarm.backends.base import BuildInputKeeper, BuildRef, PackageFile
+from buildfarm.backends.base import BuildInputKeeper, BuildRef, PackageFile, StoredPackage
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import moves_latest
 from buildfarm.model.debsource import file_sha256
@@ -213,9 +213,12 @@ def _gives_up(ctx: FarmContext, exc: BuildfarmError, since: dt.datetime) -> bool
 def _stage(ctx: FarmContext, session: Session, build: Build, needs_stage: list[Step]) -> bool:
     """Stage the build's packages for ``needs_stage``; on failure take them back. Returns success."""
     try:
-        with tempfile.TemporaryDirectory(dir=ctx.work_root, prefix="stage-") as tmp:
-            packages = _materialize(ctx, _outputs(session, build.steps), Path(tmp))
-            build.staging_source = ctx.repo.stage(build_ref(build), packages)
+        packages = [
+            StoredPackage(o.filename, o.sha256, o.size)
+            for o in _outputs(session, build.steps)
+            if o.kind.is_package
+        ]
+        build.staging_source = ctx.repo.stage(build_ref(build), packages, ctx.store.fetch)
     except Exception as caught:  # a full or read-only disk too: the steps wait, saying why
         exc = repository_fault(caught)
         line = one_line(exc)

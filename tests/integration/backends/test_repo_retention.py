@@ -24,7 +24,7 @@ from buildfarm.backends.pulp.contexts import PulpAptPublicationContext
 from buildfarm.local.aptclient import AptClient, AptError
 from buildfarm.model.errors import NotFoundError, PermanentError
 
-from debpkgs import DebFactory, unique_debs
+from debpkgs import DebFactory, fetch_from, unique_debs
 from pulpkit import PulpServer, pulp_server
 
 pytestmark = pytest.mark.integration
@@ -155,7 +155,7 @@ def test_local_repository_expires_builds_and_collects_leftovers(make_deb: DebFac
     local.publish(ref("loc", 1), [old], move_latest=True)
     local.publish(ref("loc", 2), [new], move_latest=True)
     local.publish(ref("loc", 3, kind="personal"), [old], move_latest=False)
-    local.stage(ref("loc", 4), [old])
+    local.stage(ref("loc", 4), [old], fetch_from([old]))
     branch = tmp_path / "repos" / "loc" / "main"
 
     local.expire_build(ref("loc", 1))
