@@ -7,7 +7,7 @@ import itertools
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from buildfarm.engine import advance_build
 from buildfarm.engine.context import FarmContext
@@ -15,7 +15,7 @@ from buildfarm.model.types import StepState
 from buildfarm.state.models import Build, Step, StepOutput, utcnow
 
 from debpkgs import build_deb
-from farmkit import make_test_context
+from farmkit import dispatcher, make_test_context
 
 
 def _add_build(ctx: FarmContext, names: list[str], depends: dict[str, list[str]]) -> int:
@@ -91,4 +91,28 @@ def test_staging_fetches_each_package_once_over_a_build(
         "Package: bf-b",
         "Package: bf-c",
     ]
+    ctx.db.dispose()
+
+
+@pytest.mark.parametrize("done", [3, 60])
+def test_a_release_loads_the_open_steps_only(tmp_path: Path, done: int) -> None:
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
+    names = [f"lib{i}" for i in range(done)] + ["app", "docs"]
+    build_id = _add_build(ctx, names, {"app": ["lib0"], "docs": ["app"]})
+    for name in names[:done]:
+        _succeed(ctx, build_id, name)
+    loaded: list[str] = []
+
+    def count(step: Step, _context: object) -> None:
+        loaded.append(step.name)
+
+    event.listen(Step, "load", count)
+    try:
+        advance_build(ctx, build_id)
+    finally:
+        event.remove(Step, "load", count)
+    assert _state(ctx, build_id, "app") == StepState.READY
+    assert _state(ctx, build_id, "docs") == StepState.PENDING
+    assert dispatcher(ctx).runs == [(_step_id(ctx, build_id, "app"), 1)]
+    assert sorted(loaded) == ["app", "docs", "lib0"]  # not the other finished libraries
     ctx.db.dispose()
