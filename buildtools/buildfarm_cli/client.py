@@ -45,6 +45,10 @@ class FarmClient(Protocol):
 
     def show(self, build_id: int) -> BuildView: ...
 
+    def changes(self, build_id: int, known: dict[int, str]) -> BuildView:
+        """The build with only the steps whose ``revision`` differs from ``known`` (id -> revision)."""
+        ...
+
     def list(
         self,
         *,

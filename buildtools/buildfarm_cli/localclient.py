@@ -138,6 +138,9 @@ class LocalClient:
     def show(self, build_id: int) -> BuildView:
         return _build(control.show_build(self._context(), build_id))
 
+    def changes(self, build_id: int, known: dict[int, str]) -> BuildView:
+        return _build(control.build_changes(self._context(), build_id, known))
+
     def list(
         self,
         *,
