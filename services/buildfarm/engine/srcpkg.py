@@ -52,6 +52,7 @@ from sqlalchemy import select
 from buildfarm.backends.upstream import read_release
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.gbpsource import export_orig
+from buildfarm.engine.srccache import SourceCache
 from buildfarm.engine.stxsource import StxResolver
 from buildfarm.model.debsource import (
     ARMORED_KEY_BEGIN,
@@ -123,6 +124,7 @@ class SourceResolver:
         self.root = root
         self.scratch = scratch
         self.uploaded_files = uploaded_files or {}
+        self.cache = SourceCache(ctx)
 
     def resolve(
         self, index: int, package: PackageSource, tree: Path | None
@@ -198,12 +200,37 @@ class SourceResolver:
         if not needs_upstream(fmt, info.version):
             found = []  # a native package has none, even when a tarball lies around
         noepoch = info.version.split(":", 1)[-1]
+        beside_dsc = None
         if package.path is not None and not package.orig:
-            beside = files if files is not None else tree.parent
-            same = self._dsc_beside(tree, beside / f"{info.name}_{noepoch}.dsc", work, what)
+            beside_dsc = (files if files is not None else tree.parent) / f"{info.name}_{noepoch}.dsc"
+        key = self.cache.key(fmt, tree, found, beside_dsc)
+        cached = self.cache.restore(key, work, what)
+        if cached is not None:
+            for path in found:  # kept as build inputs, as when the package was made
+                self._keep_input(path, str(path) if package.path else what)
+            return cached
+        made = self._make_from_tree(tree, info.name, info.version, found, beside_dsc, work, what, package)
+        self.cache.remember(key, made)
+        return made
+
+    def _make_from_tree(  # noqa: PLR0917 - the pieces _from_tree found
+        self,
+        tree: Path,
+        name: str,
+        version: str,
+        found: list[Path],
+        beside_dsc: Path | None,
+        work: Path,
+        what: str,
+        package: PackageSource,
+    ) -> SourcePackage:
+        noepoch = version.split(":", 1)[-1]
+        upstream = upstream_version(version)
+        if beside_dsc is not None:
+            same = self._dsc_beside(tree, beside_dsc, work, what)
             if same is not None:
                 return same
-        copy = work / f"{info.name}-{upstream}"
+        copy = work / f"{name}-{upstream}"
         packed = work / ".tree.tar.gz"
         packed.write_bytes(pack_tree(tree))
         unpack_tree(packed, copy)
@@ -214,7 +241,7 @@ class SourceResolver:
             self._keep_input(work / path.name, str(path) if package.path else what)
         _dpkg_source(["-b", copy.name], work, what)
         shutil.rmtree(copy)
-        return source_package(work / f"{info.name}_{noepoch}.dsc", what)
+        return source_package(work / f"{name}_{noepoch}.dsc", what)
 
     def _dsc_beside(self, tree: Path, dsc: Path, work: Path, what: str) -> SourcePackage | None:
         """The .dsc beside a tree that is exactly what it unpacks to (``apt-get source``, ``dget``
