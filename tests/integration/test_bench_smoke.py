@@ -76,3 +76,8 @@ def test_control_plane_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
     printed = capsys.readouterr().out
     assert "packages fetched over the build: 3 (before: 6)" in printed
     assert "steps loaded: 2 (before: 20)" in printed
+
+
+def test_scale_bench_reruns_a_submit_as_reused(capsys: pytest.CaptureFixture[str]) -> None:
+    _load("scale").main(packages=3, farm=False)
+    assert "(3 of 3 steps reused; goal <= 5 s)" in capsys.readouterr().out
