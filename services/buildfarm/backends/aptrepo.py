@@ -34,9 +34,9 @@ writers from any process.
 
 Retention: :meth:`LocalAptRepository.expire_build` renames a build's directory aside (apt sees it
 vanish at once) and removes it; the packages are hardlinks of the artifact store's objects, so
-their bytes go when the store's object goes too.  There is no pool to sweep: ``collect_garbage``
-removes what crashed writers left (temp trees, staging generations no link points at, expired
-directories not yet removed).
+their bytes go when the store's object goes too.  There is no shared pool to sweep: ``collect_garbage``
+removes what crashed writers left (temp trees, staging generations no link points at, pools
+of stagings gone, expired directories not yet removed).
 
 Configured 3rd-party mirrors are not copied here: with no Pulp, builds read each mirror's
 upstream directly (:meth:`LocalAptRepository.mirror_sources` gives the upstream lines), and

@@ -128,7 +128,7 @@ def _add_to_pool(pool: Path, package: StoredPackage, fetch: Fetch) -> None:
 def _current_generation(link: Path) -> Path | None:
     try:
         target = link.parent / os.readlink(link)
-    except (FileNotFoundError, OSError):
+    except OSError:  # no staging yet
         return None
     return target if (target / "Release").is_file() else None
 

@@ -181,6 +181,9 @@ def test_local_repository_expires_builds_and_collects_leftovers(make_deb: DebFac
     orphan.mkdir(parents=True)
     (orphan / "Packages").write_bytes(b"p" * 500)
     os.link(new.path, orphan / new.filename)  # hard-linked: freeing it frees nothing
-    assert local.collect_garbage() == 1500
-    assert not crashed.exists() and not orphan.exists()
+    pool = branch / "staging" / ".9-pool" / ("0" * 64)  # the packages of a staging that is gone
+    pool.mkdir(parents=True)
+    (pool / "x.deb").write_bytes(b"d" * 200)
+    assert local.collect_garbage() == 1700
+    assert not crashed.exists() and not orphan.exists() and not pool.parent.exists()
     assert local.collect_garbage() == 0
