@@ -5,27 +5,30 @@ tree, compression) for each package, seconds for thousands of trees although alm
 changed.  A tree's source package depends only on the tree's content, its source format, the
 upstream tarballs beside it, the ``.dsc`` beside it (kept as it is when it matches) and the
 ``dpkg-source`` that makes it: those make the *tree key*, and the source package made for a key
-is remembered (a small file under the work directory naming the packed source package in the
-artifact store).  The next submit of the same tree unpacks that instead of running
-``dpkg-source``.  The cache is only a shortcut: an entry whose object left the store is a miss,
-and a lost cache directory costs one ``dpkg-source`` per tree.
+is remembered (a small file under the work directory: its source key and the sha256 of the
+packed source package in the artifact store).  The next submit of the same tree records those
+without running ``dpkg-source`` or reading the source package at all.  The cache is only a
+shortcut: an entry whose object left the store is a miss, and a lost cache directory costs one
+``dpkg-source`` per tree.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import os
-import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from buildfarm.engine.context import FarmContext
-from buildfarm.model.debsource import SourcePackage, file_sha256, pack_source_package, source_package
+from buildfarm.model.debsource import file_sha256
 from buildfarm.model.errors import BuildfarmError
-from buildfarm.model.sources import tree_hash, unpack_tree
+from buildfarm.model.planner import SourceInfo
+from buildfarm.model.sources import tree_hash
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +48,23 @@ def dpkg_source_version() -> str:
     return done.stdout.splitlines()[0] if done.stdout else "unknown"
 
 
+@dataclass(frozen=True)
+class StoredSource:
+    """A package's source package as a submit records it: what the planner needs of it, its
+    source key (:func:`buildfarm.model.debsource.source_key`) and the sha256 of its packed
+    tarball in the artifact store."""
+
+    info: SourceInfo
+    source_key: str
+    sha256: str
+
+
 class SourceCache:
-    """Tree key -> the packed source package made from it (its sha256 in the artifact store)."""
+    """Tree key -> the source key and packed tarball of the source package made from it."""
 
     def __init__(self, ctx: FarmContext) -> None:
         self.ctx = ctx
         self.root = ctx.work_root / CACHE_DIR
-        self.hits = 0
 
     def key(self, fmt: str, tree: Path, upstream: list[Path], beside_dsc: Path | None) -> str:
         digest = hashlib.sha256(_KEY_VERSION)
@@ -62,37 +75,26 @@ class SourceCache:
             digest.update(f"dsc\0{beside_dsc.name}\0{file_sha256(beside_dsc)}\n".encode())
         return digest.hexdigest()
 
-    def restore(self, key: str, work: Path, what: str) -> SourcePackage | None:
-        """The source package remembered for ``key``, unpacked into ``work``; None on a miss."""
+    def lookup(self, key: str, what: str) -> tuple[str, str] | None:
+        """(source key, sha256) remembered for ``key`` whose tarball the store still holds; None
+        on a miss."""
         try:
-            sha256 = (self.root / key).read_text().strip()
-        except FileNotFoundError:
+            entry = json.loads((self.root / key).read_text())
+            source, sha256 = str(entry["source_key"]), str(entry["sha256"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
-        packed = work / ".cached.tar.gz"
-        unpacked = work / ".cached"
         try:
-            self.ctx.store.fetch(sha256, packed)
-            unpack_tree(packed, unpacked)
-            dscs = list(unpacked.glob("*.dsc"))
-            if len(dscs) != 1:
+            if not self.ctx.store.has(sha256):
                 return None
-            for path in unpacked.iterdir():
-                os.replace(path, work / path.name)
-            package = source_package(work / dscs[0].name, what)
-        except BuildfarmError as exc:  # gone from the store, or not what it was: make it again
+        except BuildfarmError as exc:  # the store cannot say now: make it (and store it) again
             log.info("%s: source package cache entry %s not used: %s", what, key[:12], exc)
             return None
-        finally:
-            packed.unlink(missing_ok=True)
-            shutil.rmtree(unpacked, ignore_errors=True)
-        self.hits += 1
-        return package
+        return source, sha256
 
-    def remember(self, key: str, package: SourcePackage) -> None:
-        """Store ``package`` packed and remember it for ``key`` (one atomic file)."""
-        sha256 = self.ctx.store.put_bytes(pack_source_package(package)).sha256
+    def remember(self, key: str, source: str, sha256: str) -> None:
+        """Remember the source package made for ``key`` (one atomic file)."""
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
         with os.fdopen(fd, "w") as handle:
-            handle.write(sha256 + "\n")
+            json.dump({"source_key": source, "sha256": sha256}, handle)
         os.replace(tmp, self.root / key)

@@ -14,10 +14,9 @@ from buildfarm.engine.fetch import check_source_urls, context_directories, sourc
 from buildfarm.engine.images import image_spec_record
 from buildfarm.engine.srcpkg import SourceResolver
 from buildfarm.model import names
-from buildfarm.model.debsource import pack_source_package, source_key
 from buildfarm.model.images import registry_host
-from buildfarm.model.manifest import Manifest, PackageSource
-from buildfarm.model.planner import ImageInfo, SourceInfo, compute_input_keys, make_plan
+from buildfarm.model.manifest import Manifest
+from buildfarm.model.planner import ImageInfo, compute_input_keys, make_plan
 from buildfarm.model.sources import pack_tree, tree_hash
 from buildfarm.model.types import BuildKind, StepState
 from buildfarm.state.models import Build, Step
@@ -48,14 +47,6 @@ def image_options(ctx: FarmContext) -> dict[str, str]:
 
 PACK_THREADS = min(8, os.cpu_count() or 1)
 """Source packages made at once at submit: ``dpkg-source`` runs and hashing, in threads."""
-
-
-def _pack_source(
-    ctx: FarmContext, resolver: SourceResolver, index: int, package: PackageSource, directory: Path | None
-) -> tuple[SourceInfo, str, str]:
-    """One package's source package, stored: what the planner needs, its source key, its sha256."""
-    srcpkg, info = resolver.resolve(index, package, directory)
-    return info, source_key(srcpkg), ctx.store.put_bytes(pack_source_package(srcpkg)).sha256
 
 
 def _in_parallel(work: Callable[[int], _T], count: int) -> list[_T]:
@@ -105,12 +96,12 @@ def submit_build(
         source_directories(manifest, root, ctx.settings.fetch.url_policy, prepared) as sources,
     ):
         resolver = SourceResolver(ctx, root, Path(scratch), prepared_files)
-        packed = _in_parallel(lambda index: _pack_source(ctx, resolver, index, *sources[index]), len(sources))
-        for (package, _directory), (info, key, sha256) in zip(sources, packed, strict=True):
-            planned.append((package.describe(), info, key))
-            tarballs[info.name] = sha256
+        packed = _in_parallel(lambda index: resolver.resolve_stored(index, *sources[index]), len(sources))
+        for (package, _directory), stored in zip(sources, packed, strict=True):
+            planned.append((package.describe(), stored.info, stored.source_key))
+            tarballs[stored.info.name] = stored.sha256
             if package.depends:
-                explicit[info.name] = tuple(package.depends)
+                explicit[stored.info.name] = tuple(package.depends)
     images: list[tuple[str, ImageInfo, str]] = []
     specs: dict[str, dict[str, object]] = {}
     with context_directories(manifest, root, ctx.settings.fetch.url_policy, prepared_contexts) as contexts:
