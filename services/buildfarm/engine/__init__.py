@@ -18,8 +18,6 @@ from buildfarm.engine.advance import advance_build, publish_build
 from buildfarm.engine.context import Dispatcher, FarmContext, FarmParts
 from buildfarm.engine.control import (
     BuildPage,
-    BuildView,
-    StepView,
     apt_sources,
     build_changes,
     cancel_build,
@@ -35,12 +33,10 @@ from buildfarm.engine.submit import moves_latest, submit_build
 
 __all__ = [
     "BuildPage",
-    "BuildView",
     "Dispatcher",
     "FarmContext",
     "FarmParts",
     "ReapReport",
-    "StepView",
     "advance_build",
     "apt_sources",
     "build_changes",
