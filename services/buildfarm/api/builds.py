@@ -98,7 +98,7 @@ def builds_router(farm: FarmContext, limits: Limits | None) -> APIRouter:
         """The build with only the steps that changed since the caller's ``known`` revisions."""
         view = control.build_changes(farm, build_id, body.known)
         policy.require_view(principal, view)
-        return build_out(view)
+        return view
 
     @router.post("/builds/{build_id}/cancel", response_model=BuildView)
     def cancel(build_id: BuildId, principal: Caller) -> BuildView:

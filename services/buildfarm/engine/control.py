@@ -122,7 +122,10 @@ def build_changes(ctx: FarmContext, build_id: int, known: Mapping[int, str]) -> 
         if changed:
             steps = list(
                 session.scalars(
-                    select(Step).where(Step.id.in_(changed)).options(selectinload(Step.outputs)).order_by(Step.id)
+                    select(Step)
+                    .where(Step.id.in_(changed))
+                    .options(selectinload(Step.outputs))
+                    .order_by(Step.id)
                 )
             )
         view = _build_view(ctx, build, with_steps=False)
