@@ -105,6 +105,8 @@ bench: venv
 	$(VENV)/bin/python ops/bench/process.py
 	$(VENV)/bin/python ops/bench/api_latency.py
 	$(VENV)/bin/python ops/bench/retention.py
+	$(VENV)/bin/python ops/bench/controlplane.py
+	$(VENV)/bin/python ops/bench/scale.py
 	$(VENV)/bin/python ops/bench/run.py
 	$(VENV)/bin/python ops/bench/quilt.py
 	$(VENV)/bin/python ops/bench/envsetup.py

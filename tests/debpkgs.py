@@ -11,12 +11,12 @@ import hashlib
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
 
-from buildfarm.backends.base import PackageFile
+from buildfarm.backends.base import Fetch, PackageFile
 
 CHANGELOG = """{name} ({version}) unstable; urgency=medium
 
@@ -96,6 +96,12 @@ def build_deb(
     )
     data = deb.read_bytes()
     return PackageFile(deb.name, hashlib.sha256(data).hexdigest(), len(data), deb)
+
+
+def fetch_from(packages: Iterable[PackageFile]) -> Fetch:
+    """An artifact store's ``fetch`` that serves these packages' files (what ``stage`` is given)."""
+    paths = {package.sha256: package.path for package in packages}
+    return lambda sha256, dest: shutil.copyfile(paths[sha256], dest) and None
 
 
 DebFactory = Callable[[str, str], PackageFile]

@@ -209,6 +209,9 @@ class HttpClient:
     def show(self, build_id: int) -> BuildView:
         return self._call(self.api.build, build_id)
 
+    def changes(self, build_id: int, known: dict[int, str]) -> BuildView:
+        return self._call(self.api.build_changes, build_id, known)
+
     def list(
         self,
         *,

@@ -12,6 +12,7 @@ farm needs is unreachable (trying again later may help).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -118,18 +119,21 @@ def status(output: OutputOpt = None) -> None:
 
 
 def _follow_build(client: FarmClient, build_id: int, timeout: float, fmt: OutputFormat) -> BuildView:
+    """Follow the build to its end (or ``timeout``): each poll asks only for the steps that changed
+    (``client.changes``), and the table is drawn again only when something did."""
     deadline = time.monotonic() + timeout
     view = client.show(build_id)
-    if fmt == OutputFormat.JSON:
+    live = Live(steps_table(view), console=console, auto_refresh=False) if fmt == OutputFormat.TEXT else None
+    with live or contextlib.nullcontext():
         while view.state not in TERMINAL_BUILD_STATES and time.monotonic() < deadline:
             time.sleep(WAIT_POLL_SECONDS)
-            view = client.show(build_id)
-        return view
-    with Live(steps_table(view), console=console, refresh_per_second=4) as live:
-        while view.state not in TERMINAL_BUILD_STATES and time.monotonic() < deadline:
-            time.sleep(WAIT_POLL_SECONDS)
-            view = client.show(build_id)
-            live.update(steps_table(view))
+            changes = client.changes(build_id, {step.id: step.revision for step in view.steps})
+            moved = bool(changes.steps) or changes.model_dump(exclude={"steps"}) != view.model_dump(
+                exclude={"steps"}
+            )
+            view = view.with_changes(changes)
+            if moved and live is not None:
+                live.update(steps_table(view), refresh=True)
     return view
 
 

@@ -69,3 +69,15 @@ def test_quilt_bench_gives_the_farm_the_real_package_it_builds_by_hand(tmp_path:
     assert entry.dsc == "src/rsakeyfind_1.0-8.dsc"
     package = source_package(tmp_path / entry.dsc, entry.dsc)
     assert package.name == "rsakeyfind" and package.format == "3.0 (quilt)"
+
+
+def test_control_plane_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    _load("controlplane").main(packages=3, steps=20)
+    printed = capsys.readouterr().out
+    assert "packages fetched over the build: 3 (before: 6)" in printed
+    assert "steps loaded: 2 (before: 20)" in printed
+
+
+def test_scale_bench_reruns_a_submit_as_reused(capsys: pytest.CaptureFixture[str]) -> None:
+    _load("scale").main(packages=3, farm=False)
+    assert "(3 of 3 steps reused; goal <= 5 s)" in capsys.readouterr().out

@@ -24,6 +24,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from buildfarm_client import errors
 from buildfarm_client.models import (
     DEFAULT_TOKEN_DAYS,
+    BuildChangesIn,
     BuildPageOut,
     BuildView,
     HealthOut,
@@ -212,6 +213,11 @@ class Client:
 
     def build(self, build_id: int) -> BuildView:
         return self._answer(BuildView, "GET", f"/builds/{int(build_id)}")
+
+    def build_changes(self, build_id: int, known: dict[int, str]) -> BuildView:
+        """The build with only the steps whose revision differs from ``known`` (id -> revision)."""
+        body = BuildChangesIn(known=known).model_dump(mode="json")
+        return self._answer(BuildView, "POST", f"/builds/{int(build_id)}/changes", json=body)
 
     def builds_page(self, *, page: int = 1, per_page: int = 50, **filters: str | None) -> BuildPageOut:
         """One page of builds, newest first; filters: project, branch, state, kind, user."""

@@ -150,6 +150,8 @@ class StepView(_Answer):
     log: str | None
     error: str | None
     outputs: list[dict[str, Any]] = Field(default_factory=list)
+    revision: str = ""
+    """Changes whenever what this view shows of the step may have changed (``BuildChangesIn``)."""
 
 
 class BuildView(_Answer):
@@ -165,6 +167,13 @@ class BuildView(_Answer):
     error: str | None
     steps: list[StepView] = Field(default_factory=list)
 
+    def with_changes(self, changes: BuildView) -> BuildView:
+        """This view brought up to date by an answer to ``BuildChangesIn`` (its build fields, and
+        the steps it holds in place of the ones with their id)."""
+        newer = {step.id: step for step in changes.steps}
+        steps = [newer.pop(step.id, step) for step in self.steps] + list(newer.values())
+        return changes.model_copy(update={"steps": steps})
+
     @property
     def counts(self) -> dict[str, int]:
         """How many of its steps are in each state."""
@@ -172,6 +181,13 @@ class BuildView(_Answer):
         for step in self.steps:
             out[step.state] = out.get(step.state, 0) + 1
         return out
+
+
+class BuildChangesIn(_Request):
+    """What a follower already knows of a build: each step's id and the ``revision`` it saw.
+    The answer (a :class:`BuildView`) holds only the steps whose revision differs."""
+
+    known: dict[int, str] = Field(default_factory=dict)
 
 
 class BuildPageOut(_Answer):

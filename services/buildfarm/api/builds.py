@@ -25,7 +25,7 @@ from buildfarm.model import names
 from buildfarm.model.manifest import parse_manifest
 from buildfarm.model.types import BuildKind, BuildState
 from buildfarm.state.models import Build
-from buildfarm_client.models import BuildPageOut, BuildView, SubmitIn
+from buildfarm_client.models import BuildChangesIn, BuildPageOut, BuildView, SubmitIn
 
 
 def builds_router(farm: FarmContext, limits: Limits | None) -> APIRouter:
@@ -92,6 +92,13 @@ def builds_router(farm: FarmContext, limits: Limits | None) -> APIRouter:
     @router.get("/builds/{build_id}", response_model=BuildView)
     def show(build_id: BuildId, principal: Caller) -> BuildView:
         return visible_build(farm, principal, build_id)
+
+    @router.post("/builds/{build_id}/changes", response_model=BuildView)
+    def changes(build_id: BuildId, body: BuildChangesIn, principal: Caller) -> BuildView:
+        """The build with only the steps that changed since the caller's ``known`` revisions."""
+        view = control.build_changes(farm, build_id, body.known)
+        policy.require_view(principal, view)
+        return view
 
     @router.post("/builds/{build_id}/cancel", response_model=BuildView)
     def cancel(build_id: BuildId, principal: Caller) -> BuildView:

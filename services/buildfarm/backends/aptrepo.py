@@ -11,6 +11,7 @@ Layout under ``root`` (names via ``to_safe``)::
     <project>/<branch>/builds/<id>/           the branch as this build left it (below)
     <project>/<branch>/latest -> builds/<id>  moved by successful non-personal builds only
     <project>/<branch>/staging/<id> -> .<id>-gen-*/   what a running build's later steps install from
+    <project>/<branch>/staging/.<id>-pool/            its packages (:mod:`.aptstaging`)
     <project>/_personal/<user>/<id>/          personal builds; ``latest`` is never touched
 
 As in Pulp, a branch carries its packages forward: a build's tree holds what ``latest`` held
@@ -33,9 +34,9 @@ writers from any process.
 
 Retention: :meth:`LocalAptRepository.expire_build` renames a build's directory aside (apt sees it
 vanish at once) and removes it; the packages are hardlinks of the artifact store's objects, so
-their bytes go when the store's object goes too.  There is no pool to sweep: ``collect_garbage``
-removes what crashed writers left (temp trees, staging generations no link points at, expired
-directories not yet removed).
+their bytes go when the store's object goes too.  There is no shared pool to sweep: ``collect_garbage``
+removes what crashed writers left (temp trees, staging generations no link points at, pools
+of stagings gone, expired directories not yet removed).
 
 Configured 3rd-party mirrors are not copied here: with no Pulp, builds read each mirror's
 upstream directly (:meth:`LocalAptRepository.mirror_sources` gives the upstream lines), and
@@ -49,11 +50,12 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from buildfarm.backends import aptbranch, apttree
+from buildfarm.backends import aptbranch, aptstaging, apttree
 from buildfarm.backends.aptbranch import BranchState
-from buildfarm.backends.base import AptSource, BuildRef, MirrorStatus, PackageFile
+from buildfarm.backends.base import AptSource, BuildRef, Fetch, MirrorStatus, PackageFile, StoredPackage
 from buildfarm.backends.fs import fsync_dir
 from buildfarm.backends.signing import ReleaseSigner, SigningKey
 from buildfarm.backends.upstream import check_upstream, upstream_source
@@ -124,20 +126,16 @@ class LocalAptRepository:
 
     # -- PackageRepository -----------------------------------------------------------------
 
-    def stage(self, build: BuildRef, packages: list[PackageFile]) -> AptSource:
+    def stage(self, build: BuildRef, packages: Sequence[StoredPackage], fetch: Fetch) -> AptSource:
+        """Grow the build's staging repository to ``packages`` (:mod:`.aptstaging`: only new
+        packages are fetched and indexed)."""
         branch_dir = self._branch_dir(build.project, build.branch)
         staging = branch_dir / "staging"
-        link = staging / str(build.build_id)
-        prefix = f".{build.build_id}-gen-"
         with apttree.locked(branch_dir):
-            generation = apttree.build_tree(
-                staging, prefix, packages, f"{build.project}/{build.branch} staging"
-            )
-            apttree.switch_symlink(link, generation.name)
-            for old in staging.glob(f"{prefix}*"):
-                if old != generation:
-                    shutil.rmtree(old, ignore_errors=True)
-        return self._source(link)
+            staging.mkdir(parents=True, exist_ok=True)
+            label = f"{build.project}/{build.branch} staging"
+            aptstaging.stage(staging, build.build_id, packages, fetch, label)
+        return self._source(staging / str(build.build_id))
 
     def drop_staging(self, build: BuildRef) -> None:
         branch_dir = self._branch_dir(build.project, build.branch)
@@ -145,13 +143,7 @@ class LocalAptRepository:
         if not staging.is_dir():
             return
         with apttree.locked(branch_dir):
-            link = staging / str(build.build_id)
-            if link.is_symlink() or link.is_file():
-                link.unlink()
-            elif link.is_dir():
-                shutil.rmtree(link)
-            for generation in staging.glob(f".{build.build_id}-gen-*"):
-                shutil.rmtree(generation, ignore_errors=True)
+            aptstaging.drop(staging, build.build_id)
 
     def publish(self, build: BuildRef, packages: list[PackageFile], move_latest: bool) -> AptSource:
         """Publish the build's tree: the branch's packages with the build's merged in (see
@@ -379,8 +371,7 @@ def _leftovers(directory: Path) -> list[Path]:
         found += [p for p in parent.glob(f"{EXPIRED_PREFIX}*") if p.is_dir()]
     staging = directory / "staging"
     if staging.is_dir():
-        linked = {os.readlink(link) for link in staging.iterdir() if link.is_symlink()}
-        found += [p for p in staging.glob(".*-gen-*") if p.is_dir() and p.name not in linked]
+        found += aptstaging.orphans(staging)
     return found
 
 

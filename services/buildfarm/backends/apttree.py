@@ -65,7 +65,7 @@ def locked(directory: Path) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def _write_file(path: Path, data: bytes) -> None:
+def write_file(path: Path, data: bytes) -> None:
     with path.open("wb") as handle:
         handle.write(data)
         handle.flush()
@@ -95,7 +95,7 @@ def run_ftparchive(args: list[str], cwd: Path) -> bytes:
     stderr = done.stderr.decode(errors="replace").strip()
     if done.returncode != 0:
         raise PermanentError(f"apt-ftparchive {args[0]} failed in {cwd}: {stderr}")
-    if args[0] == "packages":
+    if args == ["packages", "."]:
         # apt-ftparchive reports an unreadable .deb on stderr yet exits 0; an index missing a
         # package would publish a build that cannot be installed, so compare what it indexed.
         indexed = set(_FILENAME_FIELD.findall(done.stdout.decode("utf-8", "replace")))
@@ -157,13 +157,18 @@ def place(packages: list[PackageFile], into: Path, *, verify: bool = True) -> No
 def write_indexes(directory: Path, label: str) -> None:
     """Write Packages, Packages.gz and Release of the flat repository ``directory``."""
     packages = run_ftparchive(["packages", "."], directory)
-    _write_file(directory / "Packages", packages)
+    write_file(directory / "Packages", packages)
     # mtime=0: the same packages always give the same Packages.gz bytes.
-    _write_file(directory / "Packages.gz", gzip.compress(packages, mtime=0))
+    write_file(directory / "Packages.gz", gzip.compress(packages, mtime=0))
     if any(directory.glob("*.dsc")):  # the build's source packages: apt-get source reads these
         sources = run_ftparchive(["sources", "."], directory)
-        _write_file(directory / "Sources", sources)
-        _write_file(directory / "Sources.gz", gzip.compress(sources, mtime=0))
+        write_file(directory / "Sources", sources)
+        write_file(directory / "Sources.gz", gzip.compress(sources, mtime=0))
+    write_release(directory, label)
+
+
+def write_release(directory: Path, label: str) -> None:
+    """Write the Release file of the flat repository ``directory`` over the indexes it holds."""
     release = run_ftparchive(
         [
             "-o",
@@ -175,7 +180,7 @@ def write_indexes(directory: Path, label: str) -> None:
         ],
         directory,
     )
-    _write_file(directory / "Release", release)
+    write_file(directory / "Release", release)
 
 
 def build_tree(

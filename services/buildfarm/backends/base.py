@@ -8,7 +8,7 @@ production plugs in S3 and Pulp behind the same two protocols.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -53,12 +53,23 @@ class BuildRef:
 
 
 @dataclass(frozen=True)
-class PackageFile:
-    """A built package ready to publish: its name in the repository, its hash and a local copy."""
+class StoredPackage:
+    """A built package the artifact store holds: its name in the repository, its hash and size."""
 
     filename: str
     sha256: str
     size: int
+
+
+Fetch = Callable[[str, Path], None]
+"""Write the object with this sha256 to a path (the artifact store's ``fetch``): how a repository
+gets the bytes of a :class:`StoredPackage` it does not hold yet."""
+
+
+@dataclass(frozen=True)
+class PackageFile(StoredPackage):
+    """A built package ready to publish: its name in the repository, its hash and a local copy."""
+
     path: Path
 
 
@@ -180,8 +191,10 @@ class PackageRepository(Protocol):
         """The key published Release files are signed with (None: the farm publishes unsigned)."""
         ...
 
-    def stage(self, build: BuildRef, packages: list[PackageFile]) -> AptSource:
-        """Make the build's staging repository hold exactly ``packages``; return its apt source."""
+    def stage(self, build: BuildRef, packages: Sequence[StoredPackage], fetch: Fetch) -> AptSource:
+        """Make the build's staging repository hold exactly ``packages`` (binary packages); return
+        its apt source.  Called at every release of a step with all the build's packages so far:
+        the repository fetches (``fetch``) only the ones it does not hold yet."""
         ...
 
     def drop_staging(self, build: BuildRef) -> None: ...

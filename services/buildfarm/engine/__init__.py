@@ -19,6 +19,7 @@ from buildfarm.engine.context import Dispatcher, FarmContext, FarmParts
 from buildfarm.engine.control import (
     BuildPage,
     apt_sources,
+    build_changes,
     cancel_build,
     find_step,
     page_builds,
@@ -38,6 +39,7 @@ __all__ = [
     "ReapReport",
     "advance_build",
     "apt_sources",
+    "build_changes",
     "cancel_build",
     "find_step",
     "log_key_for",

@@ -30,10 +30,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from buildfarm.backends.base import BuildInputKeeper, BuildRef, PackageFile
+from buildfarm.backends.base import BuildInputKeeper, BuildRef, PackageFile, StoredPackage
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import moves_latest
 from buildfarm.model.debsource import file_sha256
@@ -109,11 +109,12 @@ def _release(session: Session, build: Build, has: Callable[[str], bool] | None =
     again, rather than failing every build that would reuse it at publish time."""
     now = utcnow()
     released: list[Step] = []
-    by_name = {s.name: s for s in build.steps}
+    steps = open_steps(session, build.id)
+    by_name = {s.name: s for s in steps}
     changed = True
     while changed:
         changed = False
-        for step in build.steps:
+        for step in steps:
             if step.state != StepState.PENDING:
                 continue
             deps = [by_name[d] for d in step.depends_on]
@@ -141,6 +142,41 @@ def _release(session: Session, build: Build, has: Callable[[str], bool] | None =
                     step.ready_at = now
                     released.append(step)
     return released
+
+
+def open_steps(session: Session, build_id: int) -> list[Step]:
+    """What a release can change or reads: the build's pending steps and the steps they depend
+    on.  The others (running, ready, done) are not loaded, so an advance costs what is still
+    open, not the build's size."""
+    pending = list(
+        session.scalars(
+            select(Step).where(Step.build_id == build_id, Step.state == StepState.PENDING).order_by(Step.id)
+        )
+    )
+    needed = {name for s in pending for name in s.depends_on} - {s.name for s in pending}
+    if not needed:
+        return pending
+    deps = session.scalars(select(Step).where(Step.build_id == build_id, Step.name.in_(needed)))
+    return pending + list(deps)
+
+
+def _all_steps_done(session: Session, build_id: int) -> bool:
+    """Whether every step of the build is terminal (one count, the steps not loaded)."""
+    open_count = session.scalar(
+        select(func.count())
+        .select_from(Step)
+        .where(Step.build_id == build_id, Step.state.not_in(TERMINAL_STEP_STATES))
+    )
+    return open_count == 0
+
+
+def _build_outputs(session: Session, build_id: int) -> list[StepOutput]:
+    """The outputs of the build's succeeded steps (a reused step's are its original's), in one
+    query that loads no step."""
+    producers = select(func.coalesce(Step.reused_from, Step.id)).where(
+        Step.build_id == build_id, Step.state == StepState.SUCCEEDED
+    )
+    return list(session.scalars(select(StepOutput).where(StepOutput.step_id.in_(producers))))
 
 
 def _outputs(session: Session, steps: list[Step]) -> list[StepOutput]:
@@ -213,9 +249,12 @@ def _gives_up(ctx: FarmContext, exc: BuildfarmError, since: dt.datetime) -> bool
 def _stage(ctx: FarmContext, session: Session, build: Build, needs_stage: list[Step]) -> bool:
     """Stage the build's packages for ``needs_stage``; on failure take them back. Returns success."""
     try:
-        with tempfile.TemporaryDirectory(dir=ctx.work_root, prefix="stage-") as tmp:
-            packages = _materialize(ctx, _outputs(session, build.steps), Path(tmp))
-            build.staging_source = ctx.repo.stage(build_ref(build), packages)
+        packages = [
+            StoredPackage(o.filename, o.sha256, o.size)
+            for o in _build_outputs(session, build.id)
+            if o.kind.is_package
+        ]
+        build.staging_source = ctx.repo.stage(build_ref(build), packages, ctx.store.fetch)
     except Exception as caught:  # a full or read-only disk too: the steps wait, saying why
         exc = repository_fault(caught)
         line = one_line(exc)
@@ -259,7 +298,7 @@ def advance_build(ctx: FarmContext, build_id: int) -> None:
                 _release(session, build)  # skips what depends on them; nothing new becomes ready
         to_run = [(s.id, s.attempt + 1) for s in sorted(released, key=lambda s: -s.priority)]
         kind = build.kind
-        if finish is None and all(s.state in TERMINAL_STEP_STATES for s in build.steps):
+        if finish is None and _all_steps_done(session, build.id):
             if all(s.state == StepState.SUCCEEDED for s in build.steps):
                 finish = "publish"
             else:

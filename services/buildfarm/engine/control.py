@@ -8,7 +8,9 @@ client), never print.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +42,24 @@ def _log_location(ctx: FarmContext, key: str | None) -> str | None:
         return None
 
 
+_REVISION_COLUMNS = (
+    Step.id,
+    Step.state,
+    Step.reused_from,
+    Step.attempt,
+    Step.node,
+    Step.started_at,
+    Step.finished_at,
+    Step.log_key,
+    Step.error,
+)
+"""What a step's view shows that changes while the build runs (its outputs come with its end)."""
+
+
+def _revision(values: tuple[Any, ...]) -> str:
+    return hashlib.blake2b(repr(values).encode(), digest_size=6).hexdigest()
+
+
 def _step_view(ctx: FarmContext, step: Step) -> StepView:
     duration = None
     if step.started_at and step.finished_at and step.reused_from is None:
@@ -63,6 +83,7 @@ def _step_view(ctx: FarmContext, step: Step) -> StepView:
         outputs=[
             {"filename": o.filename, "sha256": o.sha256, "size": o.size, "kind": o.kind} for o in outputs
         ],
+        revision=_revision(tuple(getattr(step, column.key) for column in _REVISION_COLUMNS)),
     )
 
 
@@ -87,6 +108,29 @@ def _get_build(session: Any, build_id: int) -> Build:
     if build is None:
         raise NotFoundError(f"build {build_id} does not exist")
     return build  # type: ignore[no-any-return]
+
+
+def build_changes(ctx: FarmContext, build_id: int, known: Mapping[int, str]) -> BuildView:
+    """The build with only the steps whose revision differs from ``known`` (step id -> revision,
+    as earlier views gave them): what ``--wait`` needs to follow a build.  One narrow query
+    compares every step; only the changed ones are loaded, with their outputs."""
+    with ctx.db.session() as session:
+        build = _get_build(session, build_id)
+        rows = session.execute(select(*_REVISION_COLUMNS).where(Step.build_id == build_id))
+        changed = [row[0] for row in rows if known.get(row[0]) != _revision(tuple(row))]
+        steps: list[Step] = []
+        if changed:
+            steps = list(
+                session.scalars(
+                    select(Step)
+                    .where(Step.id.in_(changed))
+                    .options(selectinload(Step.outputs))
+                    .order_by(Step.id)
+                )
+            )
+        view = _build_view(ctx, build, with_steps=False)
+        view.steps = [_step_view(ctx, s) for s in steps]
+        return view
 
 
 def show_build(ctx: FarmContext, build_id: int) -> BuildView:

@@ -52,6 +52,7 @@ from sqlalchemy import select
 from buildfarm.backends.upstream import read_release
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.gbpsource import export_orig
+from buildfarm.engine.srccache import SourceCache, StoredSource
 from buildfarm.engine.stxsource import StxResolver
 from buildfarm.model.debsource import (
     ARMORED_KEY_BEGIN,
@@ -62,7 +63,9 @@ from buildfarm.model.debsource import (
     file_sha256,
     is_upstream_file,
     needs_upstream,
+    pack_source_package,
     read_dsc,
+    source_key,
     source_package,
     tree_format,
     upstream_files_beside,
@@ -123,6 +126,7 @@ class SourceResolver:
         self.root = root
         self.scratch = scratch
         self.uploaded_files = uploaded_files or {}
+        self.cache = SourceCache(ctx)
 
     def resolve(
         self, index: int, package: PackageSource, tree: Path | None
@@ -161,9 +165,48 @@ class SourceResolver:
 
     # -- trees: dpkg-source -b ---------------------------------------------------------------
 
+    def resolve_stored(self, index: int, package: PackageSource, tree: Path | None) -> StoredSource:
+        """The package's source package, packed into the artifact store: what the planner needs
+        of it, its source key and the packed tarball's sha256.  A tree whose tree key was packed
+        before (:mod:`buildfarm.engine.srccache`) is not packed again."""
+        if tree is None or package.layout is SourceLayout.GBP:
+            srcpkg, info = self.resolve(index, package, tree)
+            return self._store(srcpkg, info)
+        what = f"packages[{index}] ({package.describe()})"
+        work = self.scratch / f"srcpkg-{index}"
+        if package.orig:
+            work.mkdir()  # where the files named in 'orig' go; else made only on a miss
+        info, fmt, found, beside_dsc = self._tree_inputs(
+            package, tree, work, self.uploaded_files.get(index), what
+        )
+        key = self.cache.key(fmt, tree, found, beside_dsc)
+        hit = self.cache.lookup(key, what)
+        if hit is not None:
+            for path in found:  # kept as build inputs, as when the package was made
+                self._keep_input(path, str(path) if package.path else what)
+            source, sha256 = hit
+            return StoredSource(info, source, sha256)
+        work.mkdir(exist_ok=True)
+        srcpkg = self._make_from_tree(tree, info.name, info.version, found, beside_dsc, work, what, package)
+        stored = self._store(srcpkg, info)
+        self.cache.remember(key, stored.source_key, stored.sha256)
+        return stored
+
+    def _store(self, srcpkg: SourcePackage, info: SourceInfo) -> StoredSource:
+        sha256 = self.ctx.store.put_bytes(pack_source_package(srcpkg)).sha256
+        return StoredSource(info, source_key(srcpkg), sha256)
+
     def _from_tree(
         self, package: PackageSource, tree: Path, work: Path, files: Path | None, what: str
     ) -> SourcePackage:
+        info, _fmt, found, beside_dsc = self._tree_inputs(package, tree, work, files, what)
+        return self._make_from_tree(tree, info.name, info.version, found, beside_dsc, work, what, package)
+
+    def _tree_inputs(
+        self, package: PackageSource, tree: Path, work: Path, files: Path | None, what: str
+    ) -> tuple[SourceInfo, str, list[Path], Path | None]:
+        """What a tree's source package is made from: its source info and format, the upstream
+        files dpkg-source takes, and the .dsc beside it that may already be it."""
         info = read_source_info(tree, package.describe())
         fmt = tree_format(tree)
         if fmt not in FORMATS:
@@ -198,12 +241,29 @@ class SourceResolver:
         if not needs_upstream(fmt, info.version):
             found = []  # a native package has none, even when a tarball lies around
         noepoch = info.version.split(":", 1)[-1]
+        beside_dsc = None
         if package.path is not None and not package.orig:
-            beside = files if files is not None else tree.parent
-            same = self._dsc_beside(tree, beside / f"{info.name}_{noepoch}.dsc", work, what)
+            beside_dsc = (files if files is not None else tree.parent) / f"{info.name}_{noepoch}.dsc"
+        return info, fmt, found, beside_dsc
+
+    def _make_from_tree(  # noqa: PLR0917 - the pieces _from_tree found
+        self,
+        tree: Path,
+        name: str,
+        version: str,
+        found: list[Path],
+        beside_dsc: Path | None,
+        work: Path,
+        what: str,
+        package: PackageSource,
+    ) -> SourcePackage:
+        noepoch = version.split(":", 1)[-1]
+        upstream = upstream_version(version)
+        if beside_dsc is not None:
+            same = self._dsc_beside(tree, beside_dsc, work, what)
             if same is not None:
                 return same
-        copy = work / f"{info.name}-{upstream}"
+        copy = work / f"{name}-{upstream}"
         packed = work / ".tree.tar.gz"
         packed.write_bytes(pack_tree(tree))
         unpack_tree(packed, copy)
@@ -214,7 +274,7 @@ class SourceResolver:
             self._keep_input(work / path.name, str(path) if package.path else what)
         _dpkg_source(["-b", copy.name], work, what)
         shutil.rmtree(copy)
-        return source_package(work / f"{info.name}_{noepoch}.dsc", what)
+        return source_package(work / f"{name}_{noepoch}.dsc", what)
 
     def _dsc_beside(self, tree: Path, dsc: Path, work: Path, what: str) -> SourcePackage | None:
         """The .dsc beside a tree that is exactly what it unpacks to (``apt-get source``, ``dget``

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import TypeVar
 
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.fetch import check_source_urls, context_directories, source_directories
 from buildfarm.engine.images import image_spec_record
 from buildfarm.engine.srcpkg import SourceResolver
 from buildfarm.model import names
-from buildfarm.model.debsource import pack_source_package, source_key
 from buildfarm.model.images import registry_host
 from buildfarm.model.manifest import Manifest
 from buildfarm.model.planner import ImageInfo, compute_input_keys, make_plan
 from buildfarm.model.sources import pack_tree, tree_hash
 from buildfarm.model.types import BuildKind, StepState
 from buildfarm.state.models import Build, Step
+
+_T = TypeVar("_T")
 
 BUILD_OPTIONS_VERSION = "2"
 """Bump to invalidate every input key when the way steps are built changes (2: a package step
@@ -38,6 +43,25 @@ def image_options(ctx: FarmContext) -> dict[str, str]:
         "registry": registry_host(ctx.settings.registry.url),
         "v": BUILD_OPTIONS_VERSION,
     }
+
+
+PACK_THREADS = min(8, os.cpu_count() or 1)
+"""Source packages made at once at submit: ``dpkg-source`` runs and hashing, in threads."""
+
+
+def _in_parallel(work: Callable[[int], _T], count: int) -> list[_T]:
+    """``work(0) .. work(count - 1)`` in threads, results in order; the first error (by index) is
+    raised once the ones already started end, and those not started yet never start."""
+    if count <= 1:
+        return [work(index) for index in range(count)]
+    with ThreadPoolExecutor(max_workers=PACK_THREADS, thread_name_prefix="pack") as pool:
+        futures = [pool.submit(work, index) for index in range(count)]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def submit_build(
@@ -72,12 +96,12 @@ def submit_build(
         source_directories(manifest, root, ctx.settings.fetch.url_policy, prepared) as sources,
     ):
         resolver = SourceResolver(ctx, root, Path(scratch), prepared_files)
-        for index, (package, directory) in enumerate(sources):
-            srcpkg, info = resolver.resolve(index, package, directory)
-            planned.append((package.describe(), info, source_key(srcpkg)))
-            tarballs[info.name] = ctx.store.put_bytes(pack_source_package(srcpkg)).sha256
+        packed = _in_parallel(lambda index: resolver.resolve_stored(index, *sources[index]), len(sources))
+        for (package, _directory), stored in zip(sources, packed, strict=True):
+            planned.append((package.describe(), stored.info, stored.source_key))
+            tarballs[stored.info.name] = stored.sha256
             if package.depends:
-                explicit[info.name] = tuple(package.depends)
+                explicit[stored.info.name] = tuple(package.depends)
     images: list[tuple[str, ImageInfo, str]] = []
     specs: dict[str, dict[str, object]] = {}
     with context_directories(manifest, root, ctx.settings.fetch.url_policy, prepared_contexts) as contexts:

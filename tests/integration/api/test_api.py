@@ -105,6 +105,11 @@ def test_submit_from_a_directory_follow_and_apt(api: Api, tmp_path: Path) -> Non
         build_id = created.json()["id"]
         view = _wait(client, build_id)
         assert view["state"] == "succeeded" and view["user"] == "carol"
+        known = {step["id"]: step["revision"] for step in view["steps"]}
+        unchanged = client.post(f"/api/v1/builds/{build_id}/changes", json={"known": known}).json()
+        assert unchanged["state"] == "succeeded" and unchanged["steps"] == []  # --wait's poll: nothing new
+        everything = client.post(f"/api/v1/builds/{build_id}/changes", json={}).json()
+        assert everything["steps"] == view["steps"]
         log = client.get(f"/api/v1/builds/{build_id}/steps/api-one/log")
         assert log.status_code == 200 and "succeeded" in log.text
         assert int(log.headers["X-Next-Offset"]) == len(log.content)
@@ -156,6 +161,7 @@ def test_authentication_and_roles(api: Api, tmp_path: Path) -> None:
         _wait(client, personal)
     with api.client(other) as client:
         assert client.get(f"/api/v1/builds/{personal}").status_code == 404
+        assert client.post(f"/api/v1/builds/{personal}/changes", json={}).status_code == 404
         ids = [b["id"] for b in client.get("/api/v1/builds", params={"project": "shop"}).json()["items"]]
         assert personal not in ids and build_id in ids
     with api.client(api.admin) as admin:

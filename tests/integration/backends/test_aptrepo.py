@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 
 import buildfarm
+from buildfarm.backends import apttree
 from buildfarm.backends.aptrepo import LocalAptRepository
 from buildfarm.backends.base import BuildRef, PackageFile, PackageRepository
 from buildfarm.backends.httpserve import make_server
 from buildfarm.local.aptclient import AptClient, AptError
 from buildfarm.model.errors import NotFoundError, PermanentError
 
-from debpkgs import build_deb
+from debpkgs import build_deb, fetch_from
 from helpers import wait_until
 
 pytestmark = pytest.mark.integration
@@ -146,20 +147,20 @@ def test_staging_is_replaced_whole(
     repo: LocalAptRepository, debs: dict[str, PackageFile], apt: Callable[[str], AptClient]
 ) -> None:
     build = ref(7)
-    first = repo.stage(build, [debs["hello1"], debs["world1"]])
+    first = repo.stage(build, [debs["hello1"], debs["world1"]], fetch_from(debs.values()))
     assert first.url == f"{repo.base_url}/examples/main/staging/7"
     client = apt(first.line())
     client.update()
     assert client.download("bf-world").read_bytes() == debs["world1"].path.read_bytes()
 
-    second = repo.stage(build, [debs["hello2"]])
+    second = repo.stage(build, [debs["hello2"]], fetch_from(debs.values()))
     assert second == first
     client.update()
     assert client.download("bf-hello").read_bytes() == debs["hello2"].path.read_bytes()
     with pytest.raises(AptError, match="bf-world"):
         client.download("bf-world")  # the staging repo holds exactly the new list
     staging = branch_dir(repo) / "staging"
-    assert sorted(p.name for p in staging.iterdir() if not p.is_symlink()) == [os.readlink(staging / "7")]
+    assert [p.name for p in staging.glob(".7-gen-*")] == [os.readlink(staging / "7")]  # the old one went
     assert not (branch_dir(repo) / "latest").exists()  # staging never publishes
 
     repo.drop_staging(build)
@@ -167,6 +168,43 @@ def test_staging_is_replaced_whole(
     with pytest.raises(AptError):
         client.update()
     repo.drop_staging(build)  # dropping twice is harmless
+
+
+def test_staging_fetches_and_indexes_only_what_a_release_adds(
+    repo: LocalAptRepository,
+    debs: dict[str, PackageFile],
+    apt: Callable[[str], AptClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fetched: list[str] = []
+    indexed: list[tuple[str, int]] = []  # each apt-ftparchive run: its command and the .deb files it saw
+    serve = fetch_from(debs.values())
+    run_ftparchive = apttree.run_ftparchive
+
+    def fetch(sha256: str, dest: Path) -> None:
+        fetched.append(sha256)
+        serve(sha256, dest)
+
+    def counted(args: list[str], cwd: Path) -> bytes:
+        indexed.append((args[-2], len(list(cwd.rglob("*.deb")))))
+        return run_ftparchive(args, cwd)
+
+    monkeypatch.setattr(apttree, "run_ftparchive", counted)
+    build = ref(12)
+    hello, world = debs["hello1"], debs["world1"]
+    source = repo.stage(build, [hello], fetch)
+    repo.stage(build, [world, hello], fetch)
+    assert fetched == [hello.sha256, world.sha256]  # each package once
+    assert indexed == [("packages", 1), ("release", 0)] * 2  # the second indexed bf-world alone
+    repo.stage(build, [hello, world, hello], fetch)
+    assert len(fetched) == 2 and len(indexed) == 4  # nothing new: nothing written
+    client = apt(source.line())
+    client.update()
+    assert client.download("bf-hello").read_bytes() == hello.path.read_bytes()
+    assert client.download("bf-world").read_bytes() == world.path.read_bytes()
+    release = (branch_dir(repo) / "staging" / "12" / "Release").read_text()
+    packages = (branch_dir(repo) / "staging" / "12" / "Packages").read_bytes()
+    assert hashlib.sha256(packages).hexdigest() in release  # Release describes this Packages
 
 
 def test_double_publish_keeps_the_first(repo: LocalAptRepository, debs: dict[str, PackageFile]) -> None:

@@ -24,7 +24,7 @@ from buildfarm.backends.pulp import PulpDebPackageContext, PulpRepository
 from buildfarm.local.aptclient import AptClient, AptError
 from buildfarm.model.errors import NotFoundError, PermanentError, ServiceUnavailableError
 
-from debpkgs import build_deb
+from debpkgs import build_deb, fetch_from
 from helpers import free_port
 from pulpkit import PulpServer, pulp_server
 
@@ -121,7 +121,7 @@ def test_publish_stage_and_latest(
     assert _bytes(client, "bf-world") == debs["world1"].path.read_bytes()
 
     # While build 2 runs, its staging serves the branch's packages plus what it built so far.
-    staging = repo.stage(ref("examples", 2), [debs["hello2"]])
+    staging = repo.stage(ref("examples", 2), [debs["hello2"]], fetch_from(debs.values()))
     assert staging.url == f"{origin}/pulp/content/examples/main/staging/2/"
     during = apt(staging)
     assert _bytes(during, "bf-hello") == debs["hello2"].path.read_bytes()
@@ -149,10 +149,10 @@ def test_staging_holds_exactly_the_list_and_goes_away(
     repo: PulpRepository, debs: dict[str, PackageFile], apt: Callable[[AptSource], AptClient]
 ) -> None:
     build = ref("staging-only", 7)
-    first = repo.stage(build, [debs["hello1"], debs["world1"]])
+    first = repo.stage(build, [debs["hello1"], debs["world1"]], fetch_from(debs.values()))
     assert _bytes(apt(first), "bf-world") == debs["world1"].path.read_bytes()
 
-    second = repo.stage(build, [debs["hello2"]])
+    second = repo.stage(build, [debs["hello2"]], fetch_from(debs.values()))
     assert second == first
     client = apt(second)
     assert _bytes(client, "bf-hello") == debs["hello2"].path.read_bytes()

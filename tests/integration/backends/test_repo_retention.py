@@ -24,7 +24,7 @@ from buildfarm.backends.pulp.contexts import PulpAptPublicationContext
 from buildfarm.local.aptclient import AptClient, AptError
 from buildfarm.model.errors import NotFoundError, PermanentError
 
-from debpkgs import DebFactory, unique_debs
+from debpkgs import DebFactory, fetch_from, unique_debs
 from pulpkit import PulpServer, pulp_server
 
 pytestmark = pytest.mark.integration
@@ -155,7 +155,7 @@ def test_local_repository_expires_builds_and_collects_leftovers(make_deb: DebFac
     local.publish(ref("loc", 1), [old], move_latest=True)
     local.publish(ref("loc", 2), [new], move_latest=True)
     local.publish(ref("loc", 3, kind="personal"), [old], move_latest=False)
-    local.stage(ref("loc", 4), [old])
+    local.stage(ref("loc", 4), [old], fetch_from([old]))
     branch = tmp_path / "repos" / "loc" / "main"
 
     local.expire_build(ref("loc", 1))
@@ -181,6 +181,9 @@ def test_local_repository_expires_builds_and_collects_leftovers(make_deb: DebFac
     orphan.mkdir(parents=True)
     (orphan / "Packages").write_bytes(b"p" * 500)
     os.link(new.path, orphan / new.filename)  # hard-linked: freeing it frees nothing
-    assert local.collect_garbage() == 1500
-    assert not crashed.exists() and not orphan.exists()
+    pool = branch / "staging" / ".9-pool" / ("0" * 64)  # the packages of a staging that is gone
+    pool.mkdir(parents=True)
+    (pool / "x.deb").write_bytes(b"d" * 200)
+    assert local.collect_garbage() == 1700
+    assert not crashed.exists() and not orphan.exists() and not pool.parent.exists()
     assert local.collect_garbage() == 0

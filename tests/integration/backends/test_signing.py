@@ -24,7 +24,7 @@ from buildfarm.local.aptclient import AptClient, AptError
 from buildfarm.model.errors import NotFoundError, PermanentError
 from buildfarm.model.settings import DEFAULT_SIGNING_KEYRING, load_settings
 
-from debpkgs import build_deb
+from debpkgs import build_deb, fetch_from
 from pulpkit import PulpServer, pulp_server
 
 pytestmark = pytest.mark.integration
@@ -123,7 +123,7 @@ def test_local_publication_verifies_with_the_public_key_only(
     assert client.download("bf-signed").read_bytes() == debs["hello"].path.read_bytes()
 
     # Staging trees are read only by the farm's builders: unsigned, [trusted=yes].
-    staged = local_repo.stage(ref(2), [debs["hello"]])
+    staged = local_repo.stage(ref(2), [debs["hello"]], fetch_from(debs.values()))
     assert staged.line().startswith("deb [trusted=yes] ") and staged.signed_by is None
 
 
@@ -205,7 +205,9 @@ def test_pulp_publication_is_signed_by_the_signing_service(
     with pytest.raises(AptError, match="NO_PUBKEY"):
         apt(published, public_keys["other"]).update()
 
-    staged = pulp_repo.stage(ref(2), [debs["hello"]])  # the farm's builders read it: unsigned
+    staged = pulp_repo.stage(
+        ref(2), [debs["hello"]], fetch_from(debs.values())
+    )  # the farm's builders read it: unsigned
     assert staged.signed_by is None and staged.line().startswith("deb [trusted=yes] ")
     pulp_repo.drop_staging(ref(2))
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import tempfile
 import time
 import typing as t
+from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from pulp_glue.common.context import EntityDefinition, PulpEntityContext
 from pulp_glue.common.exceptions import PulpException
 from pulp_glue.core.context import PulpArtifactContext, PulpSigningServiceContext
 
 from buildfarm.backends.apttree import check_filename as check_build_filename
-from buildfarm.backends.base import AptSource, BuildRef, MirrorStatus, PackageFile
+from buildfarm.backends.base import AptSource, BuildRef, Fetch, MirrorStatus, PackageFile, StoredPackage
 from buildfarm.backends.fs import file_sha256
 from buildfarm.backends.pulp import branchmerge, expire
 from buildfarm.backends.pulp.branchmerge import Plan
@@ -529,11 +532,22 @@ class PulpRepository(PulpClient):
 
     # -- PackageRepository -------------------------------------------------------------------
 
-    def stage(self, build: BuildRef, packages: list[PackageFile]) -> AptSource:
+    def stage(self, build: BuildRef, packages: Sequence[StoredPackage], fetch: Fetch) -> AptSource:
         place = place_of(build)
         base_path = place.staging_path(build.build_id)
-        with self._errors(f"staging build {build.build_id} at {base_path}"):
-            units = self._units(packages)
+        with (
+            self._errors(f"staging build {build.build_id} at {base_path}"),
+            tempfile.TemporaryDirectory(prefix="stage-") as tmp,
+        ):
+            # Pulp keeps every package once, found by sha256 (_package); the files go only to
+            # check them against their records.
+            files = []
+            for package in packages:
+                path = Path(tmp) / check_build_filename(package.filename)
+                if not path.exists():
+                    fetch(package.sha256, path)
+                files.append(PackageFile(package.filename, package.sha256, package.size, path))
+            units = self._units(files)
             branch = self._repository(place.branch_repository, create=False)
             base = self._read(branch)["latest_version_href"] if branch is not None else None
             staging = self._repository(place.staging_repository(build.build_id), remember=False)

@@ -1,0 +1,84 @@
+"""``--wait`` reads the build once, then asks only for what changed (issue 16 part 5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from buildfarm_cli import main
+from buildfarm_cli.output import OutputFormat
+from buildfarm_client.models import BuildView, StepView
+
+
+def _step(step_id: int, state: str) -> StepView:
+    return StepView(
+        id=step_id,
+        name=f"pkg{step_id}",
+        version="1",
+        state=state,
+        node=None,
+        attempt=0,
+        depends_on=[],
+        input_key="k",
+        reused_from=None,
+        started_at=None,
+        finished_at=None,
+        duration_seconds=None,
+        log=None,
+        error=None,
+        revision=f"{step_id}-{state}",
+    )
+
+
+def _build(state: str, steps: list[StepView]) -> BuildView:
+    return BuildView(
+        id=1,
+        project="p",
+        branch="main",
+        kind="nightly",
+        user="u",
+        state=state,
+        created_at="2026-01-01T00:00:00",
+        finished_at=None,
+        published=None,
+        error=None,
+        steps=steps,
+    )
+
+
+class ChangingFarm:
+    """A farm whose build moves on at each poll; it answers ``changes`` with the moved steps only."""
+
+    def __init__(self, count: int) -> None:
+        self.steps = {i: _step(i, "ready") for i in range(count)}
+        self.shown = 0
+        self.asked: list[dict[int, str]] = []
+        self.script = [[0], [1, 2], [], [0]]  # the steps that finish before each poll
+
+    def show(self, build_id: int) -> BuildView:
+        self.shown += 1
+        return _build("running", list(self.steps.values()))
+
+    def changes(self, build_id: int, known: dict[int, str]) -> BuildView:
+        self.asked.append(dict(known))
+        for step_id in self.script.pop(0) if self.script else []:
+            self.steps[step_id] = _step(step_id, "succeeded")
+        done = all(s.state == "succeeded" for s in self.steps.values())
+        moved = [s for s in self.steps.values() if known.get(s.id) != s.revision]
+        return _build("succeeded" if done else "running", moved)
+
+
+@pytest.mark.parametrize("fmt", [OutputFormat.JSON, OutputFormat.TEXT])
+def test_wait_reads_the_build_once_then_only_changes(
+    monkeypatch: pytest.MonkeyPatch, fmt: OutputFormat
+) -> None:
+    monkeypatch.setattr(main, "WAIT_POLL_SECONDS", 0)
+    farm = ChangingFarm(3)
+    client: Any = farm
+    view = main._follow_build(client, 1, 60, fmt)
+    assert farm.shown == 1
+    assert view.state == "succeeded"
+    assert [(s.id, s.state) for s in view.steps] == [(0, "succeeded"), (1, "succeeded"), (2, "succeeded")]
+    assert len(farm.asked) == 2  # the poll after steps 1 and 2 finished saw the build end
+    assert farm.asked[1] == {0: "0-succeeded", 1: "1-ready", 2: "2-ready"}  # what it had merged

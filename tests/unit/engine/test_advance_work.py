@@ -1,0 +1,118 @@
+"""``advance`` costs what changed, not the build's size (issue 16 part 5): staging fetches each
+package once over a build, and a release loads only the steps still open."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event, select
+
+from buildfarm.engine import advance_build
+from buildfarm.engine.context import FarmContext
+from buildfarm.model.types import StepState
+from buildfarm.state.models import Build, Step, StepOutput, utcnow
+
+from debpkgs import build_deb
+from farmkit import dispatcher, make_test_context
+
+
+def _add_build(ctx: FarmContext, names: list[str], depends: dict[str, list[str]]) -> int:
+    with ctx.db.session() as session:
+        build = Build(project="p", branch="main", kind="nightly", user="u", manifest={}, environment_id="e")
+        session.add(build)
+        session.flush()
+        for index, name in enumerate(names):
+            session.add(
+                Step(
+                    build_id=build.id,
+                    name=name,
+                    version="1",
+                    origin="o",
+                    source_sha256="0" * 64,
+                    tree_hash="t",
+                    input_key=f"{build.id}-{index}-".ljust(64, "0"),
+                    depends_on=depends.get(name, []),
+                )
+            )
+        return build.id
+
+
+def _succeed(ctx: FarmContext, build_id: int, name: str, deb_dir: Path | None = None) -> None:
+    """Record ``name`` as built (with a real .deb in the store when ``deb_dir`` is given)."""
+    with ctx.db.session() as session:
+        step = session.scalars(select(Step).where(Step.build_id == build_id, Step.name == name)).one()
+        step.state, step.finished_at, step.attempt = StepState.SUCCEEDED, utcnow(), 1
+        if deb_dir is not None:
+            deb = build_deb(deb_dir, f"bf-{name}", "1.0")
+            ctx.store.put_file(deb.path)
+            session.add(
+                StepOutput(
+                    step_id=step.id, attempt=1, filename=deb.filename, sha256=deb.sha256, size=deb.size
+                )
+            )
+
+
+def _step_id(ctx: FarmContext, build_id: int, name: str) -> int:
+    with ctx.db.session() as session:
+        return session.scalars(select(Step.id).where(Step.build_id == build_id, Step.name == name)).one()
+
+
+def _state(ctx: FarmContext, build_id: int, name: str) -> StepState:
+    with ctx.db.session() as session:
+        return session.scalars(select(Step.state).where(Step.build_id == build_id, Step.name == name)).one()
+
+
+def test_staging_fetches_each_package_once_over_a_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
+    chain = ["a", "b", "c", "d"]
+    build_id = _add_build(ctx, chain, {"b": ["a"], "c": ["b"], "d": ["c"]})
+    fetched: list[str] = []
+    fetch = ctx.store.fetch
+    monkeypatch.setattr(
+        ctx.store, "fetch", lambda sha256, dest: (fetched.append(sha256), fetch(sha256, dest))[1]
+    )
+    advance_build(ctx, build_id)  # releases a: nothing to stage
+    for done, following in itertools.pairwise(chain):
+        _succeed(ctx, build_id, done, tmp_path / done)
+        advance_build(ctx, build_id)
+        assert _state(ctx, build_id, following) == StepState.READY
+    # Three releases staged 1, 2 and 3 packages: each fetched once (was 1 + 2 + 3).
+    assert len(fetched) == len(set(fetched)) == 3
+    with ctx.db.session() as session:
+        staging = session.get_one(Build, build_id).staging_source
+    assert staging is not None
+    packages = (ctx.settings.state_dir / "repos/p/main/staging" / str(build_id) / "Packages").read_text()
+    assert sorted(line for line in packages.splitlines() if line.startswith("Package:")) == [
+        "Package: bf-a",
+        "Package: bf-b",
+        "Package: bf-c",
+    ]
+    ctx.db.dispose()
+
+
+@pytest.mark.parametrize("done", [3, 60])
+def test_a_release_loads_the_open_steps_only(tmp_path: Path, done: int) -> None:
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
+    names = [f"lib{i}" for i in range(done)] + ["app", "docs"]
+    build_id = _add_build(ctx, names, {"app": ["lib0"], "docs": ["app"]})
+    for name in names[:done]:
+        _succeed(ctx, build_id, name)
+    loaded: list[str] = []
+
+    def count(step: Step, _context: object) -> None:
+        loaded.append(step.name)
+
+    event.listen(Step, "load", count)
+    try:
+        advance_build(ctx, build_id)
+    finally:
+        event.remove(Step, "load", count)
+    assert _state(ctx, build_id, "app") == StepState.READY
+    assert _state(ctx, build_id, "docs") == StepState.PENDING
+    assert dispatcher(ctx).runs == [(_step_id(ctx, build_id, "app"), 1)]
+    assert sorted(loaded) == ["app", "docs", "lib0"]  # not the other finished libraries
+    ctx.db.dispose()

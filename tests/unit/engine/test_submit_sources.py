@@ -1,0 +1,60 @@
+"""Submit packs each tree once: a tree submitted again reuses the source package made for it
+(cached by tree key), and the trees of one submit are packed in threads (issue 16 part 5)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from buildfarm.engine import srcpkg
+from buildfarm.engine.submit import submit_build
+from buildfarm.model.manifest import load_manifest
+from buildfarm.state.db import Database
+from buildfarm.state.models import Step
+
+from debpkgs import make_package, write_manifest
+from farmkit import make_test_context
+
+NAMES = ["pk-one", "pk-two", "pk-three", "pk-four"]
+
+
+def _steps(db: Database, build_id: int) -> dict[str, tuple[str, str]]:
+    with db.session() as session:
+        rows = session.execute(
+            select(Step.name, Step.input_key, Step.source_sha256).where(Step.build_id == build_id)
+        )
+        return {name: (key, sha) for name, key, sha in rows}
+
+
+def test_a_tree_submitted_again_is_not_packed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
+    src = tmp_path / "src"
+    for name in NAMES:
+        make_package(src, name)
+    manifest = load_manifest(write_manifest(src, NAMES))
+    packed: list[tuple[str, str]] = []  # (tree, thread) of every dpkg-source -b
+    dpkg_source = srcpkg._dpkg_source
+
+    def counted(args: list[str], cwd: Path, what: str) -> None:
+        if args[0] == "-b":
+            packed.append((args[1], threading.current_thread().name))
+        dpkg_source(args, cwd, what)
+
+    monkeypatch.setattr(srcpkg, "_dpkg_source", counted)
+    first = submit_build(ctx, manifest, src, "alice")
+    assert sorted(tree for tree, _thread in packed) == sorted(f"{n}-1.0" for n in NAMES)
+    assert all(thread.startswith("pack") for _tree, thread in packed)  # in the submit's threads
+
+    second = submit_build(ctx, manifest, src, "alice")
+    assert len(packed) == len(NAMES)  # nothing packed again
+    assert _steps(ctx.db, second) == _steps(ctx.db, first)  # same source packages, same keys
+
+    (src / "pk-two" / "payload.txt").write_text("changed\n")
+    third = submit_build(ctx, manifest, src, "alice")
+    assert [tree for tree, _thread in packed[len(NAMES) :]] == ["pk-two-1.0"]  # only the changed tree
+    before, after = _steps(ctx.db, first), _steps(ctx.db, third)
+    assert {name for name in NAMES if before[name] != after[name]} == {"pk-two"}
+    ctx.db.dispose()
