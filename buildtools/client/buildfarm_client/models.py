@@ -125,6 +125,14 @@ class StepView(_Answer):
     log: str | None
     error: str | None
     outputs: list[dict[str, Any]] = Field(default_factory=list)
+    output_identity: str | None = Field(
+        default=None, description="digest of what it built, build dates and .buildinfo aside"
+    )
+    reuse_reason: str | None = Field(
+        default=None,
+        description="why it was reused although its input key was new, e.g. "
+        "'outputs of libgreet unchanged (identical to build 7)'",
+    )
 
 
 class BuildView(_Answer):

@@ -39,6 +39,8 @@ class StepView:
     log: str | None
     error: str | None
     outputs: list[dict[str, Any]] = field(default_factory=list)
+    output_identity: str | None = None  # normalised digest of what it built (engine/outputs.py)
+    reuse_reason: str | None = None  # why it was reused although its input key was new
 
 
 @dataclass
@@ -104,6 +106,8 @@ def _step_view(ctx: FarmContext, step: Step) -> StepView:
         outputs=[
             {"filename": o.filename, "sha256": o.sha256, "size": o.size, "kind": o.kind} for o in outputs
         ],
+        output_identity=step.output_identity,
+        reuse_reason=step.reuse_reason,
     )
 
 
