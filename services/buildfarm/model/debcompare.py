@@ -28,7 +28,7 @@ import json
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from debian.debfile import DebError, DebFile
 
@@ -47,10 +47,21 @@ def _member_name(name: str) -> str:
     return name.removeprefix("./").rstrip("/") or "."
 
 
+def _sha256(handle: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    with handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _members(tar: tarfile.TarFile, skip: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
-    """Every member by name, type, mode, owner, link and content digest; never its time."""
+    """Every member by name, type, mode, owner, link and content digest; never its time.
+
+    Each member is read as the archive comes (``getmembers`` first would make every read seek
+    back into the compressed stream: a 100 MB package took minutes instead of seconds)."""
     out = []
-    for member in tar.getmembers():
+    for member in tar:
         name = _member_name(member.name)
         if name in skip:
             continue
@@ -65,11 +76,7 @@ def _members(tar: tarfile.TarFile, skip: frozenset[str] = frozenset()) -> list[d
         elif member.isfile():
             handle = tar.extractfile(member)
             assert handle is not None  # a regular file always has content
-            digest = hashlib.sha256()
-            with handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
-            entry["sha256"] = digest.hexdigest()
+            entry["sha256"] = _sha256(handle)
         out.append(entry)
     return sorted(out, key=lambda e: str(e["name"]))
 

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,6 +137,14 @@ def test_debian_packages_come_through_the_farms_cache_once(sbuild_farm: Farm, tm
     assert len(from_outside) == 1 and len(to_steps) == 2, fetched
 
 
+def _built(farm: Farm, manifest: Path) -> dict[str, Any]:
+    """Submit and wait: up to three sbuild steps one after the other (each up to minutes on a busy
+    machine)."""
+    wait = ["build", "submit", str(manifest), "--wait", "--timeout", "900"]
+    view: dict[str, Any] = json.loads(farm.cli("--output", "json", *wait, timeout=960).stdout)
+    return view
+
+
 def test_comment_change_in_the_library_rebuilds_it_and_nothing_below(
     sbuild_farm: Farm, tmp_path: Path
 ) -> None:
@@ -143,11 +152,11 @@ def test_comment_change_in_the_library_rebuilds_it_and_nothing_below(
     build directory and the build date differ), so greet-cli and greet-docs are reused; a new
     symbol in libgreet gives other packages, and everything below it is built again."""
     manifest = _copy_examples(tmp_path, ["libgreet", "greet-cli", "greet-docs"], "identity")
-    first = sbuild_farm.json("build", "submit", str(manifest), "--wait", "--timeout", "600")
+    first = _built(sbuild_farm, manifest)
     assert first["state"] == "succeeded", first
     source = tmp_path / "libgreet" / "greet.c"
     source.write_text(source.read_text().replace('return "1.0";', 'return "1.0"; /* the ABI version */'))
-    second = sbuild_farm.json("build", "submit", str(manifest), "--wait", "--timeout", "600")
+    second = _built(sbuild_farm, manifest)
     steps = {s["name"]: s for s in second["steps"]}
     assert {n: s["state"] for n, s in steps.items()} == {
         "libgreet": "succeeded",  # its source changed: built again, into the same packages
@@ -168,7 +177,7 @@ def test_comment_change_in_the_library_rebuilds_it_and_nothing_below(
         )
     )
     source.write_text(source.read_text() + "\nint greet_level(void)\n{\n    return 2;\n}\n")
-    third = sbuild_farm.json("build", "submit", str(manifest), "--wait", "--timeout", "600")
+    third = _built(sbuild_farm, manifest)
     assert third["state"] == "succeeded", third
     assert {s["name"]: s["state"] for s in third["steps"]} == {
         "libgreet": "succeeded",
