@@ -166,10 +166,8 @@ def test_debian_packages_come_through_the_farms_cache_once(sbuild_farm: Farm, tm
 
 
 def _built(farm: Farm, manifest: Path) -> dict[str, Any]:
-    """Submit and wait: up to three sbuild steps one after the other (each up to minutes on a busy
-    machine)."""
-    wait = ["build", "submit", str(manifest), "--wait", "--timeout", "900"]
-    view: dict[str, Any] = json.loads(farm.cli("--output", "json", *wait, timeout=960).stdout)
+    wait = ["build", "submit", str(manifest), "--wait", "--timeout", str(SBUILD_DEADLINE)]
+    view: dict[str, Any] = farm.json(*wait, timeout=SBUILD_DEADLINE + 60)
     return view
 
 
