@@ -221,6 +221,8 @@ def build_show(build_id: int, output: OutputOpt = None) -> None:
     for step in view.steps:
         if step.error:
             console.print(f"  {step.name}: {step.error}")
+        if step.reuse_reason:
+            console.print(f"  {step.name}: reused: {step.reuse_reason}", markup=False)
 
 
 @build_app.command("logs")

@@ -152,6 +152,14 @@ class StepView(_Answer):
     outputs: list[dict[str, Any]] = Field(default_factory=list)
     revision: str = ""
     """Changes whenever what this view shows of the step may have changed (``BuildChangesIn``)."""
+    output_identity: str | None = Field(
+        default=None, description="digest of what it built, build dates and .buildinfo aside"
+    )
+    reuse_reason: str | None = Field(
+        default=None,
+        description="why it was reused although its input key was new, e.g. "
+        "'outputs of libgreet unchanged (identical to build 7)'",
+    )
 
 
 class BuildView(_Answer):

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from buildfarm.backends.base import BuildInputKeeper, BuildRef, PackageFile, StoredPackage
 from buildfarm.engine.context import FarmContext
+from buildfarm.engine.outputs import adopt_outputs, find_equivalent
 from buildfarm.engine.submit import moves_latest
 from buildfarm.model.debsource import file_sha256
 from buildfarm.model.errors import BuildfarmError, PermanentError, TemporaryError
@@ -104,9 +105,10 @@ def producing_step_id(step: Step) -> int:
 def _release(session: Session, build: Build, has: Callable[[str], bool] | None = None) -> list[Step]:
     """Resolve pending steps; return the ones that became ready. Loops until nothing changes.
 
-    A step whose input key was built before reuses that build, unless ``has`` (the artifact
-    store's) says one of its outputs is gone (a lost bucket, a store swapped): then it is built
-    again, rather than failing every build that would reuse it at publish time."""
+    A step whose input key was built before reuses that build, as does one whose dependencies
+    built what a success of its own key was built against (``engine/outputs.py``), unless ``has``
+    (the artifact store's) says one of its outputs is gone (a lost bucket, a store swapped): then
+    it is built again, rather than failing every build that would reuse it at publish time."""
     now = utcnow()
     released: list[Step] = []
     steps = open_steps(session, build.id)
@@ -125,12 +127,14 @@ def _release(session: Session, build: Build, has: Callable[[str], bool] | None =
                 step.error = f"not built: dependency {', '.join(failed)} did not succeed"
                 changed = True
             elif all(d.state == StepState.SUCCEEDED for d in deps):
-                original = find_reusable(session, step.input_key)
+                same_input = find_reusable(session, step.input_key)
+                original = find_equivalent(session, step, by_name, same_input)
                 if (
                     original is not None
                     and original.id != step.id
                     and (has is None or _outputs_stored(session, original, has))
                 ):
+                    adopt_outputs(session, step, original, by_name)
                     step.state = StepState.SUCCEEDED
                     step.reused_from = original.id
                     step.started_at = step.finished_at = now

@@ -52,6 +52,8 @@ _REVISION_COLUMNS = (
     Step.finished_at,
     Step.log_key,
     Step.error,
+    Step.output_identity,
+    Step.reuse_reason,
 )
 """What a step's view shows that changes while the build runs (its outputs come with its end)."""
 
@@ -84,6 +86,8 @@ def _step_view(ctx: FarmContext, step: Step) -> StepView:
             {"filename": o.filename, "sha256": o.sha256, "size": o.size, "kind": o.kind} for o in outputs
         ],
         revision=_revision(tuple(getattr(step, column.key) for column in _REVISION_COLUMNS)),
+        output_identity=step.output_identity,
+        reuse_reason=step.reuse_reason,
     )
 
 

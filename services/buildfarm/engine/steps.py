@@ -29,6 +29,7 @@ from buildfarm.engine import builders
 from buildfarm.engine.advance import TEMPORARY_ERRNOS
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.images import bring_into_namespace, dependency_images, image_spec
+from buildfarm.engine.outputs import comparison_line, identity_of_files, identity_of_images
 from buildfarm.model import names
 from buildfarm.model.errors import BuildfarmError
 from buildfarm.model.images import image_prefix
@@ -130,14 +131,24 @@ def renew_lease(ctx: FarmContext, claim: Claim) -> bool:
         return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
 
-def finish_step(ctx: FarmContext, claim: Claim, outputs: list[Output], error: str | None) -> bool:
-    """Record the result if this attempt still holds the lease; return whether it was accepted."""
+def finish_step(
+    ctx: FarmContext, claim: Claim, outputs: list[Output], error: str | None, identity: str | None = None
+) -> bool:
+    """Record the result if this attempt still holds the lease; return whether it was accepted.
+    ``identity`` is the outputs' normalised digest (``engine/outputs.py``), None if unknown."""
     state = StepState.FAILED if error else StepState.SUCCEEDED
     with ctx.db.session() as session:
         result = session.execute(
             update(Step)
             .where(*_still_owned(claim))  # type: ignore[arg-type]
-            .values(state=state, finished_at=utcnow(), lease_owner=None, lease_expires_at=None, error=error)
+            .values(
+                state=state,
+                finished_at=utcnow(),
+                lease_owner=None,
+                lease_expires_at=None,
+                error=error,
+                output_identity=None if error else identity,
+            )
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             return False
@@ -231,11 +242,11 @@ def _run_claimed(ctx: FarmContext, claim: Claim, writer: LogWriter, node: str) -
             writer.write_line(f"buildfarm: node {node} adopts attempt {claim.attempt}: its Job still exists")
         outcome = _build(ctx, claim, writer, workdir, cancel)
     except StepLost:  # the builder pod vanished: not a failure; the step goes back to the queue
-        lost, outcome = "its builder pod vanished", (None, [])
+        lost, outcome = "its builder pod vanished", (None, [], None)
     except _Killed as killed:
-        lost, outcome = killed.reason, (None, [])
+        lost, outcome = killed.reason, (None, [], None)
     except (BuildfarmError, OSError) as exc:  # the log store refused a line: the attempt fails with it
-        outcome = (f"the step's log could not be written: {exc}", [])
+        outcome = (f"the step's log could not be written: {exc}", [], None)
     finally:
         heartbeat.stopped.set()
         heartbeat.join()
@@ -251,8 +262,8 @@ def _run_claimed(ctx: FarmContext, claim: Claim, writer: LogWriter, node: str) -
         _write(writer, f"buildfarm: attempt {claim.attempt}: {lost}; the step is built again", claim.step_id)
         builders.requeue_lost(ctx, claim.step_id, claim.attempt, claim.owner, lost)
         return "pod-lost" if lost.startswith("its builder pod") else "killed"
-    error, outputs = outcome
-    accepted = finish_step(ctx, claim, outputs, error)
+    error, outputs, identity = outcome
+    accepted = finish_step(ctx, claim, outputs, error, identity)
     _write(
         writer,
         f"buildfarm: step {claim.name} attempt {claim.attempt} on {node}: "
@@ -260,6 +271,9 @@ def _run_claimed(ctx: FarmContext, claim: Claim, writer: LogWriter, node: str) -
         + ("" if accepted else " (not recorded: lease lost)"),
         claim.step_id,
     )
+    compared = comparison_line(ctx, claim.step_id) if accepted and error is None else None
+    if compared is not None:
+        _write(writer, compared, claim.step_id)
     ctx.dispatcher.advance(claim.build_id)
     if not accepted:
         return "lease-lost"
@@ -268,8 +282,9 @@ def _run_claimed(ctx: FarmContext, claim: Claim, writer: LogWriter, node: str) -
 
 def _build(
     ctx: FarmContext, claim: Claim, writer: LogWriter, workdir: Path, cancel: threading.Event
-) -> tuple[str | None, list[Output]]:
-    """Fetch the source, run the runner, store outputs. Returns (error or None, outputs)."""
+) -> tuple[str | None, list[Output], str | None]:
+    """Fetch the source, run the runner, store outputs. Returns (error or None, outputs, their
+    output identity or None)."""
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
@@ -313,13 +328,17 @@ def _build(
         if not result.ok and result.killed_by and claim.attempt < KILLED_ATTEMPTS_MAX:
             raise _Killed(f"its builder was killed by {result.killed_by}, not by the farm")
         if not result.ok and result.killed_by:
-            return f"{result.error or 'build failed'} (attempt {claim.attempt} of {KILLED_ATTEMPTS_MAX})", []
+            return (
+                f"{result.error or 'build failed'} (attempt {claim.attempt} of {KILLED_ATTEMPTS_MAX})",
+                [],
+                None,
+            )
         if not result.ok:
-            return result.error or "build failed", []
+            return result.error or "build failed", [], None
         if target.image is not None:
             if not result.images:
-                return "the image runner reported success but pushed no image", []
-            return None, [
+                return "the image runner reported success but pushed no image", [], None
+            images: list[Output] = [
                 (
                     image.reference,
                     ObjectRef(image.digest.removeprefix("sha256:"), image.size),
@@ -327,11 +346,13 @@ def _build(
                 )
                 for image in result.images
             ]
-        return None, _store_outputs(ctx, result.outputs, writer, cancel)
+            return None, images, identity_of_images([image.digest for image in result.images])
+        stored = _store_outputs(ctx, result.outputs, writer, cancel)
+        return None, stored, identity_of_files(result.outputs)
     except BuildfarmError as exc:
-        return str(exc), []
+        return str(exc), [], None
     except OSError as exc:
-        return f"{type(exc).__name__}: {exc}", []
+        return f"{type(exc).__name__}: {exc}", [], None
 
 
 def _store_outputs(

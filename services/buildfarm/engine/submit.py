@@ -149,6 +149,7 @@ def submit_build(
                     source_sha256=tarballs[name],
                     tree_hash=step.tree_hash,
                     input_key=step.input_key,
+                    own_key=step.own_key,
                     depends_on=list(step.depends_on),
                     priority=step.priority,
                     state=StepState.PENDING,

@@ -8,6 +8,9 @@ A step's **input key** hashes everything that decides its output: the source tre
 input keys of the steps it depends on (so a change ripples to every dependent, and only to
 them), the build environment's identity (base tarball or image digest) and the build options.
 A step whose key already has a successful output anywhere in the farm is reused, not rebuilt.
+Its **own key** hashes the same material without the dependencies: at release, the engine
+combines it with what the dependencies actually built (their output identities) into a key that
+stays the same when a dependency was rebuilt into identical packages (``engine/outputs.py``).
 
 **Image steps** (``images:`` in the manifest) are steps too.  They have no Build-Depends; their
 edges are the manifest's explicit ``depends`` (which packages may have as well, to wait for an
@@ -69,6 +72,7 @@ class PlannedStep:
     depends_on: tuple[str, ...]  # names of steps in the same build
     priority: int = 0  # length of the longest chain of dependents: release those first
     input_key: str = ""
+    own_key: str = ""  # the input key's material without the dependencies (output identities)
     kind: StepKind = StepKind.PACKAGE
     image: ImageInfo | None = None  # set for image steps
 
@@ -302,5 +306,9 @@ def compute_input_keys(
                 "builder": str(step.image.builder),
                 "build_args": sorted(step.image.build_args),
             }
-        blob = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
-        step.input_key = hashlib.sha256(blob).hexdigest()
+        step.input_key = _digest(material)
+        step.own_key = _digest({**material, "deps": None, "v": "own-1"})
+
+
+def _digest(material: dict[str, object]) -> str:
+    return hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

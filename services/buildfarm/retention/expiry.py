@@ -287,21 +287,18 @@ def _last_of_package(session: Session, steps: list[StepRecord]) -> set[int]:
 def _reused_by_kept(session: Session, steps: list[StepRecord]) -> set[int]:
     """Of these steps, the producers that a step outside the expiring builds reuses.
 
-    A reuser has its producer's input key (``find_reusable``), so every look-up walks the indexed
-    ``input_key`` and stops early: at the first reuser of a producer no expiring step reuses, or
-    one row past the expiring reusers of the others.  Its cost follows the expiring steps, not
-    the number of kept reusers.  Steps already marked expired cannot have gained reusers.
+    A reuser names its producer in the indexed ``reused_from`` (its input key may differ: a reuse
+    by output identity, ``engine/outputs.py``), so every look-up stops early: at the first
+    reuser of a producer no expiring step reuses, or one row past the expiring reusers of the
+    others.  Its cost follows the expiring steps, not the number of kept reusers.  Steps already
+    marked expired cannot have gained reusers.
     """
     expiring_reusers = Counter(s.reused_from for s in steps if s.reused_from is not None)
     producers = [s for s in steps if s.reused_from is None and s.input_key != EXPIRED_INPUT_KEY]
     kept: set[int] = set()
     reuser = aliased(Step)
     some_reuser = (
-        select(reuser.id)
-        .where(reuser.input_key == Step.input_key, reuser.reused_from == Step.id)
-        .limit(1)
-        .correlate(Step)
-        .scalar_subquery()
+        select(reuser.id).where(reuser.reused_from == Step.id).limit(1).correlate(Step).scalar_subquery()
     )
     alone = [s.id for s in producers if not expiring_reusers[s.id]]
     for chunk in chunks(alone):
@@ -311,10 +308,7 @@ def _reused_by_kept(session: Session, steps: list[StepRecord]) -> set[int]:
         if not expiring_reusers[step.id]:
             continue
         some = (
-            select(Step.id)
-            .where(Step.input_key == step.input_key, Step.reused_from == step.id)
-            .limit(expiring_reusers[step.id] + 1)
-            .subquery()
+            select(Step.id).where(Step.reused_from == step.id).limit(expiring_reusers[step.id] + 1).subquery()
         )
         if (session.scalar(select(func.count()).select_from(some)) or 0) > expiring_reusers[step.id]:
             kept.add(step.id)

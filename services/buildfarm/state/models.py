@@ -133,6 +133,7 @@ class Step(Base):
         Index("ix_steps_name_state_build", "name", "state", "build_id"),  # retention (0005)
         Index("ix_steps_source_sha256", "source_sha256"),
         Index("ix_steps_reused_from", "reused_from"),
+        Index("ix_steps_resolved_key_state", "resolved_key", "state"),  # 0014
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -166,6 +167,15 @@ class Step(Base):
     attempt_lost: Mapped[bool] = mapped_column(default=False, server_default=false())
     # image steps: {"dockerfile": str, "builder": str, "build_args": {name: value}}
     image_spec: Mapped[dict | None] = mapped_column(JSON, default=None)  # type: ignore[type-arg]
+    # Output identities (0014, ``engine/outputs.py``); NULL on rows from before, which are
+    # reused by input key only.  ``own_key``: the step's inputs without its dependencies (submit);
+    # ``output_identity``: the normalised digest of what it built (finish, or its original's);
+    # ``resolved_key``: ``own_key`` with its dependencies' output identities (release);
+    # ``reuse_reason``: why it was reused although its input key was new.
+    own_key: Mapped[str | None] = mapped_column(String(64), default=None)
+    output_identity: Mapped[str | None] = mapped_column(String(64), default=None)
+    resolved_key: Mapped[str | None] = mapped_column(String(64), default=None)
+    reuse_reason: Mapped[str | None] = mapped_column(Text, default=None)
 
     build: Mapped[Build] = relationship(back_populates="steps")
     outputs: Mapped[list[StepOutput]] = relationship(back_populates="step", order_by="StepOutput.filename")

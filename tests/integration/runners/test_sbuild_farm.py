@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -162,3 +163,50 @@ def test_debian_packages_come_through_the_farms_cache_once(sbuild_farm: Farm, tm
     from_outside = [line for line in fetched if line.split("|")[1] == "I"]
     to_steps = [line for line in fetched if line.split("|")[1] == "O"]
     assert len(from_outside) == 1 and len(to_steps) == 2, fetched
+
+
+def _built(farm: Farm, manifest: Path) -> dict[str, Any]:
+    wait = ["build", "submit", str(manifest), "--wait", "--timeout", str(SBUILD_DEADLINE)]
+    view: dict[str, Any] = farm.json(*wait, timeout=SBUILD_DEADLINE + 60)
+    return view
+
+
+def test_comment_change_in_the_library_rebuilds_it_and_nothing_below(
+    sbuild_farm: Farm, tmp_path: Path
+) -> None:
+    """Issue 16 part 4: libgreet rebuilt from a comment change builds identical packages (sbuild's
+    build directory and the build date differ), so greet-cli and greet-docs are reused; a new
+    symbol in libgreet gives other packages, and everything below it is built again."""
+    manifest = _copy_examples(tmp_path, ["libgreet", "greet-cli", "greet-docs"], "identity")
+    first = _built(sbuild_farm, manifest)
+    assert first["state"] == "succeeded", first
+    source = tmp_path / "libgreet" / "greet.c"
+    source.write_text(source.read_text().replace('return "1.0";', 'return "1.0"; /* the ABI version */'))
+    second = _built(sbuild_farm, manifest)
+    steps = {s["name"]: s for s in second["steps"]}
+    assert {n: s["state"] for n, s in steps.items()} == {
+        "libgreet": "succeeded",  # its source changed: built again, into the same packages
+        "greet-cli": "reused",
+        "greet-docs": "reused",
+    }, second
+    unchanged = "outputs of libgreet unchanged (identical to build "
+    assert steps["greet-cli"]["reuse_reason"].startswith(unchanged)
+    assert steps["greet-docs"]["reuse_reason"].startswith("outputs of greet-cli, libgreet unchanged")
+    shown = sbuild_farm.cli("build", "show", str(second["id"])).stdout
+    assert f"greet-cli: reused: {unchanged}" in shown
+
+    (tmp_path / "libgreet" / "greet.h").write_text(
+        (tmp_path / "libgreet" / "greet.h")
+        .read_text()
+        .replace(
+            "const char *greet_version(void);", "const char *greet_version(void);\nint greet_level(void);"
+        )
+    )
+    source.write_text(source.read_text() + "\nint greet_level(void)\n{\n    return 2;\n}\n")
+    third = _built(sbuild_farm, manifest)
+    assert third["state"] == "succeeded", third
+    assert {s["name"]: s["state"] for s in third["steps"]} == {
+        "libgreet": "succeeded",
+        "greet-cli": "succeeded",
+        "greet-docs": "succeeded",
+    }
