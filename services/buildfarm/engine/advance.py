@@ -149,19 +149,23 @@ def _release(session: Session, build: Build, has: Callable[[str], bool] | None =
 
 
 def open_steps(session: Session, build_id: int) -> list[Step]:
-    """What a release can change or reads: the build's pending steps and the steps they depend
-    on.  The others (running, ready, done) are not loaded, so an advance costs what is still
-    open, not the build's size."""
-    pending = list(
+    """What a release can change or reads: the build's pending steps and every step they depend
+    on, directly or not (a resolved key reads the output identities of the whole closure:
+    ``engine/outputs.py``).  The others (running, ready, done and needed by no pending step) are
+    not loaded, so an advance costs what is still open, not the build's size."""
+    loaded = list(
         session.scalars(
             select(Step).where(Step.build_id == build_id, Step.state == StepState.PENDING).order_by(Step.id)
         )
     )
-    needed = {name for s in pending for name in s.depends_on} - {s.name for s in pending}
-    if not needed:
-        return pending
-    deps = session.scalars(select(Step).where(Step.build_id == build_id, Step.name.in_(needed)))
-    return pending + list(deps)
+    known = {s.name for s in loaded}
+    needed = {name for s in loaded for name in s.depends_on} - known
+    while needed:
+        deps = list(session.scalars(select(Step).where(Step.build_id == build_id, Step.name.in_(needed))))
+        loaded.extend(deps)
+        known |= {s.name for s in deps}
+        needed = {name for s in deps for name in s.depends_on} - known
+    return loaded
 
 
 def _all_steps_done(session: Session, build_id: int) -> bool:

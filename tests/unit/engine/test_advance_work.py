@@ -116,3 +116,22 @@ def test_a_release_loads_the_open_steps_only(tmp_path: Path, done: int) -> None:
     assert dispatcher(ctx).runs == [(_step_id(ctx, build_id, "app"), 1)]
     assert sorted(loaded) == ["app", "docs", "lib0"]  # not the other finished libraries
     ctx.db.dispose()
+
+
+def test_a_release_reads_the_whole_dependency_closure(tmp_path: Path) -> None:
+    """A resolved key reads the output identities of every step a pending one depends on, not
+    only its direct dependencies: loading only those raised KeyError (found at merge time)."""
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
+    build_id = _add_build(ctx, ["lib", "mid", "app"], {"mid": ["lib"], "app": ["mid"]})
+    for name in ("lib", "mid"):
+        _succeed(ctx, build_id, name)
+    with ctx.db.session() as session:
+        for step in session.scalars(select(Step).where(Step.build_id == build_id)):
+            step.own_key = f"own-{step.name}"
+            step.output_identity = f"identity-{step.name}" if step.name != "app" else None
+    advance_build(ctx, build_id)
+    assert _state(ctx, build_id, "app") == StepState.READY
+    with ctx.db.session() as session:
+        app = session.scalars(select(Step).where(Step.build_id == build_id, Step.name == "app")).one()
+        assert app.resolved_key is not None  # computed from lib's and mid's identities
+    ctx.db.dispose()
