@@ -63,6 +63,10 @@ NOT_IN_CHART: dict[str, str] = {
     "BUILDFARM_REPOSITORY_GIVE_UP_SECONDS": DEFAULT_TUNABLE,
     "BUILDFARM_RETENTION_UPLOAD_HOURS": DEFAULT_TUNABLE,
     "BUILDFARM_BUILD_PRIORITIES": DEFAULT_TUNABLE + " (release, on-demand, nightly, personal in that order)",
+    "BUILDFARM_FAIR_SHARE_WEIGHTS": DEFAULT_TUNABLE + " (every project weighs 1)",
+    "BUILDFARM_FAIR_SHARE_CHARGE_SECONDS": DEFAULT_TUNABLE,
+    "BUILDFARM_UNSCHEDULABLE_SECONDS": DEFAULT_TUNABLE,
+    "BUILDFARM_NODE_HEARTBEAT_SECONDS": DEFAULT_TUNABLE,
 }
 """Settings the chart does not render, each with the reason."""
 
@@ -80,7 +84,10 @@ VARIANTS: tuple[tuple[str, ...], ...] = (
         "farm.schedules.backup=0 4 * * *",
     ),
     ("pulp.signing.existingSecret=pulp-signing",),
-    ("farm.notifications.smtpHost=mail.example.org", "farm.notifications.dashboardUrl=https://farm.example.org"),
+    (
+        "farm.notifications.smtpHost=mail.example.org",
+        "farm.notifications.dashboardUrl=https://farm.example.org",
+    ),
     ("registry.enabled=true",),
     ("registry.enabled=false",),
 )

@@ -125,6 +125,13 @@ class StepView(_Answer):
     log: str | None
     error: str | None
     outputs: list[dict[str, Any]] = Field(default_factory=list)
+    position: int | None = Field(default=None, description="a ready step's place in its priority class")
+    waiting: str | None = Field(
+        default=None,
+        description="why a pending or ready step does not run yet: 'position 3 in class nightly', "
+        "'waiting: no node with arch=arm64', 'waiting: dependencies (libfoo)'",
+    )
+    requires: str = Field(default="", description="node labels the step needs, comma-separated")
 
 
 class BuildView(_Answer):

@@ -14,6 +14,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import selectinload
 
 from buildfarm.backends.base import AptSource
+from buildfarm.engine import waiting
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import ConflictError, NotFoundError, TemporaryError
 from buildfarm.model.types import TERMINAL_BUILD_STATES, BuildKind, BuildState, StepState
@@ -39,6 +40,9 @@ class StepView:
     log: str | None
     error: str | None
     outputs: list[dict[str, Any]] = field(default_factory=list)
+    position: int | None = None  # a ready step's place in its priority class (1: taken next)
+    waiting: str | None = None  # why a pending or ready step does not run yet (build show)
+    requires: str = ""  # the node labels it needs, comma-separated
 
 
 @dataclass
@@ -104,6 +108,7 @@ def _step_view(ctx: FarmContext, step: Step) -> StepView:
         outputs=[
             {"filename": o.filename, "sha256": o.sha256, "size": o.size, "kind": o.kind} for o in outputs
         ],
+        requires=step.requires,
     )
 
 
@@ -136,7 +141,12 @@ def show_build(ctx: FarmContext, build_id: int) -> BuildView:
         build = session.get(Build, build_id, options=[selectinload(Build.steps).selectinload(Step.outputs)])
         if build is None:
             raise NotFoundError(f"build {build_id} does not exist")
-        return _build_view(ctx, build, with_steps=True)
+        view = _build_view(ctx, build, with_steps=True)
+        waits = waiting.explain(session, ctx, build)
+        for step in view.steps:
+            if step.id in waits:
+                step.position, step.waiting = waits[step.id].position, waits[step.id].reason
+        return view
 
 
 @dataclass
