@@ -9,6 +9,8 @@ from types import ModuleType
 
 import pytest
 
+from buildfarm.model.settings import load_settings
+
 BENCH = Path(__file__).resolve().parents[2] / "ops" / "bench"
 
 
@@ -69,3 +71,11 @@ def test_quilt_bench_gives_the_farm_the_real_package_it_builds_by_hand(tmp_path:
     assert entry.dsc == "src/rsakeyfind_1.0-8.dsc"
     package = source_package(tmp_path / entry.dsc, entry.dsc)
     assert package.name == "rsakeyfind" and package.format == "3.0 (quilt)"
+
+
+def test_scheduler_simulation_gives_shares(tmp_path: Path) -> None:
+    bench = _load("scheduler")
+    settings = load_settings(state_dir=tmp_path, fair_share_weights={"p1": 3})
+    used, release_wait, _median = bench.simulate(settings, [("p0", "u"), ("p1", "u")], 4, 200, 3600.0)
+    assert used[("p1", "u")] > 2 * used[("p0", "u")]
+    assert release_wait >= 0

@@ -60,6 +60,7 @@ class ProjectOut(_Answer):
 class NodeOut(_Answer):
     online: bool
     active_tasks: int
+    labels: list[str] = Field(default_factory=list, description="what the node advertises: arch=...")
 
 
 class RunningStepOut(_Answer):

@@ -39,6 +39,12 @@ def record_node(ctx: FarmContext, name: str, labels: list[str]) -> None:
             node.labels, node.last_seen = labels, now
 
 
+def recorded_labels(ctx: FarmContext) -> dict[str, list[str]]:
+    """Every node's labels as its worker last recorded them (online or not)."""
+    with ctx.db.session() as session:
+        return {name: list(labels) for name, labels in session.execute(select(Node.name, Node.labels))}
+
+
 def online_nodes(
     session: Session, ctx: FarmContext, now: dt.datetime | None = None
 ) -> dict[str, frozenset[str]]:

@@ -19,9 +19,12 @@ from buildfarm.engine import control, reap, routing
 from buildfarm.engine.advance import advance_build
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.steps import claim_next
+from buildfarm.engine.submit import submit_build
+from buildfarm.model.manifest import load_manifest
 from buildfarm.model.types import BuildState, StepState
 from buildfarm.state.models import Build, Step, utcnow
 
+from debpkgs import make_package
 from farmkit import dispatcher, make_test_context
 
 AMD = ["arch=amd64", "builder=host", "cpu=small", "memory=small"]
@@ -96,3 +99,16 @@ def test_a_node_that_comes_back_in_time_keeps_the_step(ctx: FarmContext) -> None
         assert session.get_one(Step, step_id).unrunnable_since is None
     [view] = control.show_build(ctx, build_id).steps
     assert view.waiting == "position 1 in class nightly"
+
+
+def test_submit_records_what_each_step_requires(ctx: FarmContext, tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    for name in ("plain", "armonly", "big"):
+        make_package(root, name)
+    (root / "buildfarm.yaml").write_text(
+        "project: proj\nbranch: main\nkind: nightly\npackages:\n"
+        "  - path: plain\n  - {path: armonly, arch: arm64}\n  - {path: big, requires: [cpu=large]}\n"
+    )
+    build_id = submit_build(ctx, load_manifest(root / "buildfarm.yaml"), root, "alice")
+    shown = {s.name: s.requires for s in control.show_build(ctx, build_id).steps}
+    assert shown == {"plain": "", "armonly": "arch=arm64", "big": "cpu=large"}
