@@ -117,12 +117,12 @@ def order_ready(
     for queue in queues.values():
         queue.sort(key=lambda item: item[:3])
     virtual = {tenant: max(own.get(tenant, farm), farm) for _klass, tenant in queues}
-    heap = [(klass, virtual[tenant], queue[0][1], tenant, klass) for (klass, tenant), queue in queues.items()]
+    heap = [(klass, virtual[tenant], queue[0][1], tenant) for (klass, tenant), queue in queues.items()]
     heapq.heapify(heap)
     position = {key: 0 for key in queues}
     out: list[ReadyStep] = []
     while heap:
-        klass, start, _oldest, tenant, _ = heapq.heappop(heap)
+        klass, start, _oldest, tenant = heapq.heappop(heap)
         queue = queues[(klass, tenant)]
         index = position[(klass, tenant)]
         out.append(queue[index][3])
@@ -130,7 +130,7 @@ def order_ready(
         # a tenant's virtual time is shared by its classes: it moves on in every one
         virtual[tenant] = max(virtual[tenant], start) + charge / weight_of(tenant[0], settings)
         if index + 1 < len(queue):
-            heapq.heappush(heap, (klass, virtual[tenant], queue[index + 1][1], tenant, klass))
+            heapq.heappush(heap, (klass, virtual[tenant], queue[index + 1][1], tenant))
     return out
 
 
@@ -143,8 +143,11 @@ def charge_start(
     divided by its weight; the farm's virtual time moves to that start (never back).
     """
     now = now or utcnow()
-    _ensure(session, [tenant, FARM], now)
+    # The farm's row first, then the tenant's: every claim locks in this order (no deadlock),
+    # and a tenant's first row is inserted under the farm's lock.
+    _ensure(session, FARM, now)
     farm = session.get_one(TenantUsage, FARM, with_for_update=True)
+    _ensure(session, tenant, now)
     row = session.get_one(TenantUsage, tenant, with_for_update=True)
     start = max(row.pass_seconds, farm.pass_seconds)
     row.pass_seconds = start + settings.steps.share_charge_seconds / weight_of(tenant[0], settings)
@@ -163,10 +166,9 @@ def charge_end(session: Session, tenant: Tenant, used_seconds: float, settings: 
     )
 
 
-def _ensure(session: Session, tenants: list[Tenant], now: dt.datetime) -> None:
-    """Rows for these tenants; two nodes adding the same one at once both succeed."""
-    missing = [t for t in tenants if session.get(TenantUsage, t) is None]
-    if not missing:
+def _ensure(session: Session, tenant: Tenant, now: dt.datetime) -> None:
+    """A row for this tenant; two nodes adding the same one at once both succeed."""
+    if session.get(TenantUsage, tenant) is not None:
         return
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
@@ -177,7 +179,5 @@ def _ensure(session: Session, tenants: list[Tenant], now: dt.datetime) -> None:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         statement = sqlite_insert(TenantUsage).on_conflict_do_nothing()  # type: ignore[assignment]
-    session.execute(
-        statement,
-        [{"project": p, "user": u, "pass_seconds": 0.0, "updated_at": now} for p, u in missing],
-    )
+    row = {"project": tenant[0], "user": tenant[1], "pass_seconds": 0.0, "updated_at": now}
+    session.execute(statement, [row])

@@ -50,7 +50,7 @@ def explain(session: Session, ctx: FarmContext, build: Build) -> dict[int, Wait]
     if not ready or build.state != BuildState.RUNNING:
         return out
     online = routing.online_nodes(session, ctx)
-    queued = [s for s in ready]
+    queued = list(ready)
     for step in ready:
         why = routing.why_unrunnable(online, step.requires)
         if why is not None:
