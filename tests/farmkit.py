@@ -34,9 +34,12 @@ class RecordingDispatcher:
     def advance(self, build_id: int) -> None:
         self.advances.append(build_id)
 
-    def run_step(self, step_id: int, attempt: int, kind: str) -> None:
+    nodes: list[str | None] = field(default_factory=list)  # the node each run was routed to, if any
+
+    def run_step(self, step_id: int, attempt: int, kind: str, node: str | None = None) -> None:
         self.runs.append((step_id, attempt))
         self.kinds.append(kind)
+        self.nodes.append(node)
 
     def check(self) -> None:
         return None

@@ -61,14 +61,14 @@ def steps_table(build: BuildView) -> Table:
     table = Table(
         title=f"build {build.id}  {build.project}/{build.branch}  {build.kind}  {styled(build.state)}"
     )
-    for column in ("step", "version", "state", "node", "attempt", "seconds", "log"):
+    for column in ("step", "version", "state", "node / wait", "attempt", "seconds", "log"):
         table.add_column(column)
     for step in build.steps:
         table.add_row(
             step.name,
             step.version,
             styled(step.state),
-            step.node or "",
+            step.node or step.waiting or "",
             str(step.attempt or ""),
             "" if step.duration_seconds is None else f"{step.duration_seconds:.1f}",
             step.log or "",

@@ -64,6 +64,10 @@ NOT_IN_CHART: dict[str, str] = {
     "BUILDFARM_REPOSITORY_GIVE_UP_SECONDS": DEFAULT_TUNABLE,
     "BUILDFARM_RETENTION_UPLOAD_HOURS": DEFAULT_TUNABLE,
     "BUILDFARM_BUILD_PRIORITIES": DEFAULT_TUNABLE + " (release, on-demand, nightly, personal in that order)",
+    "BUILDFARM_FAIR_SHARE_WEIGHTS": DEFAULT_TUNABLE + " (every project weighs 1)",
+    "BUILDFARM_FAIR_SHARE_CHARGE_SECONDS": DEFAULT_TUNABLE,
+    "BUILDFARM_UNSCHEDULABLE_SECONDS": DEFAULT_TUNABLE,
+    "BUILDFARM_NODE_HEARTBEAT_SECONDS": DEFAULT_TUNABLE,
 }
 """Settings the chart does not render, each with the reason."""
 
@@ -87,6 +91,7 @@ VARIANTS: tuple[tuple[str, ...], ...] = (
     ),
     ("registry.enabled=true",),
     ("registry.enabled=false",),
+    ("worker.nodeLabels={gpu,zone=lab}",),
 )
 """--set lists that switch on the chart's optional settings (over the default values)."""
 
@@ -125,6 +130,19 @@ def test_integer_cpu_is_accepted_on_both_sides(
     assert settings.builders.resources["requests"]["cpu"] == "1"
     proc = helpers["helm_template"]("--set", "builders.resources.limits.cpu=two")
     assert proc.returncode != 0 and "/builders/resources/limits/cpu" in proc.stderr
+
+
+def test_the_workers_node_labels_reach_the_farm(
+    render: Any, helpers: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A node's custom labels (issue 16) are set in the values and advertised by its worker."""
+    docs = render("default", "worker.nodeLabels={gpu,zone=lab}")
+    [container] = helpers["pod_spec"](helpers["find"](docs, "DaemonSet", "worker"))["containers"]
+    [value] = [e["value"] for e in container["env"] if e["name"] == "BUILDFARM_NODE_LABELS"]
+    monkeypatch.setenv("BUILDFARM_NODE_LABELS", value)
+    assert load_settings(state_dir=tmp_path).builders.labels == ["gpu", "zone=lab"]
+    proc = helpers["helm_template"]("--set", "worker.nodeLabels={Zone=Lab}")
+    assert proc.returncode != 0 and "nodeLabels" in proc.stderr
 
 
 def work_volume_bytes(doc: dict[str, Any], helpers: dict[str, Any]) -> int:

@@ -9,6 +9,8 @@ from types import ModuleType
 
 import pytest
 
+from buildfarm.model.settings import load_settings
+
 BENCH = Path(__file__).resolve().parents[2] / "ops" / "bench"
 
 
@@ -81,3 +83,11 @@ def test_control_plane_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
 def test_scale_bench_reruns_a_submit_as_reused(capsys: pytest.CaptureFixture[str]) -> None:
     _load("scale").main(packages=3, farm=False)
     assert "(3 of 3 steps reused; goal <= 5 s)" in capsys.readouterr().out
+
+
+def test_scheduler_simulation_gives_shares(tmp_path: Path) -> None:
+    bench = _load("scheduler")
+    settings = load_settings(state_dir=tmp_path, fair_share_weights={"p1": 3})
+    used, release_wait, _median = bench.simulate(settings, [("p0", "u"), ("p1", "u")], 4, 200, 3600.0)
+    assert used[("p1", "u")] > 2 * used[("p0", "u")]
+    assert release_wait >= 0

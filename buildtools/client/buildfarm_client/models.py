@@ -61,6 +61,7 @@ class NodeOut(_Answer):
     online: bool
     active_tasks: int
     stopped: bool | None = None  # the local farm: held on purpose (`buildfarm node start` resumes it)
+    labels: list[str] = Field(default_factory=list, description="what the node advertises: arch=...")
 
 
 class RunningStepOut(_Answer):
@@ -160,6 +161,13 @@ class StepView(_Answer):
         description="why it was reused although its input key was new, e.g. "
         "'outputs of libgreet unchanged (identical to build 7)'",
     )
+    position: int | None = Field(default=None, description="a ready step's place in its priority class")
+    waiting: str | None = Field(
+        default=None,
+        description="why a pending or ready step does not run yet: 'position 3 in class nightly', "
+        "'waiting: no node with arch=arm64', 'waiting: dependencies (libfoo)'",
+    )
+    requires: str = Field(default="", description="node labels the step needs, comma-separated")
 
 
 class BuildView(_Answer):

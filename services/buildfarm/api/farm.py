@@ -11,7 +11,7 @@ from buildfarm import accounts
 from buildfarm.accounts import Principal, policy
 from buildfarm.api.auth import Caller
 from buildfarm.api.limits import Limits
-from buildfarm.engine import control
+from buildfarm.engine import control, routing
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.settings import Settings
 from buildfarm.state.models import Build
@@ -82,8 +82,9 @@ def remote_status(farm: FarmContext, limits: Limits, nodes: NodeCache) -> FarmSt
         scope = policy.project_scope(principal)
         if scope is not None:
             steps = [s for s in steps if _project_of(farm, s["build"]) in scope]
+        labels = routing.recorded_labels(farm)  # as each node's worker last recorded them
         return StatusOut(
-            nodes=nodes.get(),
+            nodes={n: out.model_copy(update={"labels": labels.get(n, [])}) for n, out in nodes.get().items()},
             queues=queues(),
             running_steps=[RunningStepOut.model_validate(s) for s in steps],
         )

@@ -5,7 +5,8 @@ Queues:
 * ``builds`` — every node consumes it: "run step N" messages, first node free takes one, of
   the highest priority class queued (release > on-demand > nightly > personal: setting
   ``build_priorities``; kombu keeps one Redis list per priority);
-* ``node.<name>`` — one per node, for work that must run on that node (none yet);
+* ``node.<name>`` — one per node, for work only that node may take: the tickets of steps that
+  require labels it has (:mod:`buildfarm.engine.routing`);
 * ``control`` — only the scheduler consumes it: "advance build N", the periodic reaper, the
   schedules' tick, the retention sweep and the backup run.
   Keeping them off the node queues means a farm whose nodes are all busy building still
@@ -131,10 +132,11 @@ class CeleryDispatcher:
     def advance(self, build_id: int) -> None:
         self._send("buildfarm.advance_build", [build_id], CONTROL_QUEUE, None)
 
-    def run_step(self, step_id: int, attempt: int, kind: str) -> None:
+    def run_step(self, step_id: int, attempt: int, kind: str, node: str | None = None) -> None:
         priority = self.priorities.get(kind, MAX_PRIORITY)
         message_id = f"step-{step_id}-attempt-{attempt}"
-        self._send("buildfarm.run_step", [step_id], BUILD_QUEUE, message_id, priority)
+        queue = BUILD_QUEUE if node is None else node_queue(node)
+        self._send("buildfarm.run_step", [step_id], queue, message_id, priority)
 
     def check(self) -> None:
         try:

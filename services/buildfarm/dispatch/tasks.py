@@ -14,6 +14,7 @@ from functools import cache
 from celery import shared_task
 
 from buildfarm.dispatch.context import make_context
+from buildfarm.dispatch.nodes import this_node_labels
 from buildfarm.engine import advance, reaper, steps
 from buildfarm.engine.context import FarmContext
 from buildfarm.metrics import LEASE_EXPIRIES, REDISPATCHES, STEPS_ACTIVE, STEPS_RUN, record_task_run
@@ -37,7 +38,10 @@ def _node_name(hostname: str | None) -> str:
 def run_step(self, step_id: int) -> str:  # type: ignore[no-untyped-def]
     try:
         with STEPS_ACTIVE.track_inprogress():
-            outcome = steps.run_step(farm_context(), step_id, _node_name(self.request.hostname))
+            ctx = farm_context()
+            outcome = steps.run_step(
+                ctx, step_id, _node_name(self.request.hostname), this_node_labels(ctx.settings)
+            )
     except TemporaryError as exc:
         log.warning("step %s not run now, the reaper sends it again: %s", step_id, exc)
         STEPS_RUN.labels("postponed").inc()

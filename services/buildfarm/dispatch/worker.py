@@ -1,5 +1,8 @@
 """Entry point for ``celery -A buildfarm.dispatch.worker:app``: the app built from settings.
 
+A build node records itself and its labels in the nodes table when it is ready and every
+``node_heartbeat_seconds`` after (:mod:`buildfarm.dispatch.nodes`).
+
 When ``worker_metrics_port`` is set, each worker serves its ``/metrics`` once it is ready.
 
 A worker with ``runner: kubernetes`` runs the builder orphan reaper once when it is ready, so
@@ -12,8 +15,13 @@ from celery.signals import worker_ready
 
 from buildfarm.dispatch.builders import reap_on_worker_start
 from buildfarm.dispatch.celery_app import make_celery
+from buildfarm.dispatch.nodes import NodeHeartbeat
+from buildfarm.dispatch.tasks import farm_context
 from buildfarm.metrics import serve_worker_metrics
 from buildfarm.model.settings import settings_at_start
+
+SCHEDULER_NODE = "scheduler"
+"""The scheduler's worker name (local farm and chart): it takes no step, so it is no node."""
 
 settings = settings_at_start()
 app = make_celery(settings)
@@ -23,6 +31,17 @@ app = make_celery(settings)
 def _reap_builders(sender: Any = None, **_: Any) -> None:
     hostname = getattr(sender, "hostname", None) or ""
     reap_on_worker_start(settings, settings.builders.node or hostname.split("@", 1)[0] or None)
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _report_node(sender: Any = None, **_: Any) -> None:
+    """Record this node and its labels now and every ``node_heartbeat_seconds`` (a build node
+    only: the scheduler consumes the control queue and takes no step)."""
+    hostname = getattr(sender, "hostname", None) or ""
+    node = settings.builders.node or hostname.split("@", 1)[0]
+    if not node or node == SCHEDULER_NODE:
+        return
+    NodeHeartbeat(farm_context(), node).start()
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]

@@ -34,6 +34,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from buildfarm.backends.base import BuildInputKeeper, BuildRef, PackageFile, StoredPackage
+from buildfarm.engine import routing
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.outputs import adopt_outputs, find_equivalent
 from buildfarm.engine.submit import moves_latest
@@ -285,7 +286,7 @@ def _stage(ctx: FarmContext, session: Session, build: Build, needs_stage: list[S
 
 def advance_build(ctx: FarmContext, build_id: int) -> None:
     """Release what can run, then dispatch it; publish or close the build when every step is done."""
-    to_run: list[tuple[int, int]] = []
+    to_run: list[tuple[int, int, str | None]] = []
     kind = ""
     finish: str | None = None
     with ctx.db.session() as session:
@@ -304,7 +305,7 @@ def advance_build(ctx: FarmContext, build_id: int) -> None:
             released = [s for s in released if not s.depends_on]
             if any(s.state == StepState.SKIPPED for s in needs_stage):
                 _release(session, build)  # skips what depends on them; nothing new becomes ready
-        to_run = [(s.id, s.attempt + 1) for s in sorted(released, key=lambda s: -s.priority)]
+        to_run = routing.tickets(session, ctx, sorted(released, key=lambda s: -s.priority))
         kind = build.kind
         if finish is None and _all_steps_done(session, build.id):
             if all(s.state == StepState.SUCCEEDED for s in build.steps):
@@ -320,8 +321,8 @@ def advance_build(ctx: FarmContext, build_id: int) -> None:
                     names = ", ".join(s.name for s in skipped)
                     build.error = f"step(s) {names} {skipped[0].error}; latest was not moved"
                 finish = "close"
-    for step_id, attempt in to_run:
-        ctx.dispatcher.run_step(step_id, attempt, kind)
+    for step_id, attempt, node in to_run:
+        ctx.dispatcher.run_step(step_id, attempt, kind, node)
     if finish == "publish":
         publish_build(ctx, build_id)
     elif finish == "close":

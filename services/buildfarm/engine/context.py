@@ -26,9 +26,10 @@ class Dispatcher(Protocol):
         """Ask for :func:`buildfarm.engine.advance.advance_build` to run for this build."""
         ...
 
-    def run_step(self, step_id: int, attempt: int, kind: str) -> None:
-        """Ask some node to run this ready step (``attempt`` makes the message id unique); ``kind``
-        is its build's kind, whose priority class decides which queued step a free node takes."""
+    def run_step(self, step_id: int, attempt: int, kind: str, node: str | None = None) -> None:
+        """Send a ticket for this ready step (``attempt`` makes the message id unique); ``kind``
+        is its build's kind, whose priority class decides which queued ticket a free node takes
+        first; ``node``: only that node may take it (a step that requires its labels), else any."""
         ...
 
     def check(self) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import selectinload
 
 from buildfarm.backends.base import AptSource
+from buildfarm.engine import waiting
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import ConflictError, NotFoundError, TemporaryError
 from buildfarm.model.types import TERMINAL_BUILD_STATES, BuildKind, BuildState, StepState
@@ -88,6 +89,7 @@ def _step_view(ctx: FarmContext, step: Step) -> StepView:
         revision=_revision(tuple(getattr(step, column.key) for column in _REVISION_COLUMNS)),
         output_identity=step.output_identity,
         reuse_reason=step.reuse_reason,
+        requires=step.requires,
     )
 
 
@@ -143,7 +145,12 @@ def show_build(ctx: FarmContext, build_id: int) -> BuildView:
         build = session.get(Build, build_id, options=[selectinload(Build.steps).selectinload(Step.outputs)])
         if build is None:
             raise NotFoundError(f"build {build_id} does not exist")
-        return _build_view(ctx, build, with_steps=True)
+        view = _build_view(ctx, build, with_steps=True)
+        waits = waiting.explain(session, ctx, build)
+        for step in view.steps:
+            if step.id in waits:
+                step.position, step.waiting = waits[step.id].position, waits[step.id].reason
+        return view
 
 
 @dataclass

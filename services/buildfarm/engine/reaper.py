@@ -1,4 +1,5 @@
 """Put lost work back in play: expired leases, ready steps nobody took, stuck publications,
+steps that no online node can run (failed with the reason after ``unschedulable_seconds``),
 staging repositories a finished build could not drop while the repository was down; and remove
 what dead attempts left on this machine: their work directories and the sbuild chroots (~0.6 GB
 each, in ``/dev/shm`` by default) of builders that were killed before they could clean up.
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
+from buildfarm.engine import routing
 from buildfarm.engine.advance import drop_staging
 from buildfarm.engine.context import FarmContext
 from buildfarm.model import names
@@ -41,6 +43,7 @@ class ReapReport:
     builds_advanced: list[int] = field(default_factory=list)
     staging_dropped: list[int] = field(default_factory=list)  # finished builds' leftover staging
     swept: list[Path] = field(default_factory=list)  # dead attempts' work directories and chroots
+    unschedulable: list[int] = field(default_factory=list)  # builds of steps no online node can run
 
 
 def reap(ctx: FarmContext) -> ReapReport:
@@ -73,12 +76,14 @@ def reap(ctx: FarmContext) -> ReapReport:
                 report.expired.append(step.id)
         stale = now - dt.timedelta(seconds=ctx.settings.steps.redispatch_seconds)
         waiting = session.execute(
-            select(Step.id, Step.attempt, Build.kind)
+            select(Step.id, Step.attempt, Build.kind, Step.requires)
             .join(Build)
             .where(Step.state == StepState.READY, Step.ready_at < stale, Build.state == BuildState.RUNNING)
         ).all()
-        for step_id, _attempt, _kind in waiting:
+        for step_id, _attempt, _kind, _requires in waiting:
             session.execute(update(Step).where(Step.id == step_id).values(ready_at=now))
+        routes = {requires: routing.node_for(session, ctx, requires) for *_, requires in waiting}
+        unschedulable = routing.fail_unschedulable(session, ctx, now)
         stuck = session.scalars(
             select(Build.id)
             .where(Build.state.in_([BuildState.RUNNING, BuildState.PUBLISHING]))
@@ -94,10 +99,14 @@ def reap(ctx: FarmContext) -> ReapReport:
         with ctx.db.session() as session:
             step = session.get_one(Step, step_id)
             attempt, kind = step.attempt, step.build.kind
-        ctx.dispatcher.run_step(step_id, attempt + 1, kind)
-    for step_id, attempt, kind in waiting:
-        ctx.dispatcher.run_step(step_id, attempt + 1, kind)
+            node = routing.node_for(session, ctx, step.requires)
+        ctx.dispatcher.run_step(step_id, attempt + 1, kind, node)
+    for step_id, attempt, kind, requires in waiting:
+        ctx.dispatcher.run_step(step_id, attempt + 1, kind, routes[requires])
         report.redispatched.append(step_id)
+    for build_id in unschedulable:
+        ctx.dispatcher.advance(build_id)
+        report.unschedulable.append(build_id)
     for build_id in stuck:
         ctx.dispatcher.advance(build_id)
         report.builds_advanced.append(build_id)

@@ -19,13 +19,15 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import update
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from buildfarm.backends.base import LogWriter, ObjectRef
-from buildfarm.engine import builders
+from buildfarm.engine import builders, fairshare
 from buildfarm.engine.advance import TEMPORARY_ERRNOS
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.images import bring_into_namespace, dependency_images, image_spec
@@ -33,6 +35,7 @@ from buildfarm.engine.outputs import comparison_line, identity_of_files, identit
 from buildfarm.model import names
 from buildfarm.model.errors import BuildfarmError
 from buildfarm.model.images import image_prefix
+from buildfarm.model.labels import satisfies
 from buildfarm.model.types import AptSource, BuildState, OutputKind, StepKind, StepState
 from buildfarm.runners.base import ImageSpec, StepJob, StepResult, attempt_dirname
 from buildfarm.runners.lost import StepLost
@@ -63,53 +66,136 @@ def log_key_for(build_id: int, step_name: str, attempt: int) -> str:
 
 def claim_step(ctx: FarmContext, step_id: int, node: str) -> Claim | None:
     """Take the lease of a ready step, or return None if someone else has it or it is done."""
-    owner = f"{node}/{uuid.uuid4().hex[:12]}"
-    now = utcnow()
     with ctx.db.session() as session:
         step = session.get(Step, step_id)
-        if step is None or step.build.state != BuildState.RUNNING:
+        if step is None:
             return None
-        # A builder Job of the current attempt that outlived its lease is followed, not built again.
-        adopting = builders.can_adopt(ctx, step, now)
-        if step.state != StepState.READY and not adopting:
-            return None
-        attempt = step.attempt if adopting else step.attempt + 1
-        key = log_key_for(step.build_id, step.name, attempt)
-        won = session.execute(
-            update(Step)
+        return _claim(ctx, session, step, node, utcnow())
+
+
+def _claim(ctx: FarmContext, session: Session, step: Step, node: str, now: dt.datetime) -> Claim | None:
+    """The one conditional UPDATE that gives ``node`` the lease, and the tenant's fair-share charge."""
+    if step.build.state != BuildState.RUNNING:
+        return None
+    # A builder Job of the current attempt that outlived its lease is followed, not built again.
+    adopting = builders.can_adopt(ctx, step, now)
+    if step.state != StepState.READY and not adopting:
+        return None
+    owner = f"{node}/{uuid.uuid4().hex[:12]}"
+    attempt = step.attempt if adopting else step.attempt + 1
+    key = log_key_for(step.build_id, step.name, attempt)
+    won = session.execute(
+        update(Step)
+        .where(
+            Step.id == step.id,
+            Step.state == step.state,
+            Step.attempt == step.attempt,
+            Step.lease_owner == step.lease_owner,  # None compares as IS NULL
+        )
+        .values(
+            state=StepState.RUNNING,
+            attempt=attempt,
+            node=node,
+            lease_owner=owner,
+            lease_expires_at=now + dt.timedelta(seconds=ctx.settings.steps.lease_seconds),
+            started_at=step.started_at if adopting else now,
+            finished_at=None,
+            log_key=key,
+            error=None,
+            attempt_lost=False,
+        )
+    )
+    if won.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    build = step.build
+    if not adopting:
+        fairshare.charge_start(session, (build.project, build.user), ctx.settings, now)
+    return Claim(
+        step.id,
+        step.build_id,
+        step.name,
+        attempt,
+        owner,
+        step.source_sha256,
+        key,
+        build.staging_source,
+        adopted=adopting,
+    )
+
+
+CHOICES_PER_TICKET = 8
+"""(class, tenant) queues a ticket tries before it falls back to the step it names: each try
+finds a step another node took meanwhile only under contention, so this bounds a claim's work."""
+
+
+def claim_next(ctx: FarmContext, step_id: int, node: str, labels: frozenset[str]) -> Claim | None:
+    """Use a "run step" ticket: claim the best ready step of the ticket's pool (see
+    :mod:`buildfarm.engine.fairshare`), else the step the ticket names, else nothing.
+
+    A ticket's pool is the steps requiring the same labels as the one it names: tickets are
+    routed by those labels (:mod:`buildfarm.engine.routing`), so each pool keeps as many tickets
+    on capable nodes as it has ready steps, and a node that cannot run a pool takes none of it.
+
+    The named step is claimed first when its builder Job outlived its lease (it is followed
+    again, wherever the order would put it).  The choice and the claim are one transaction; on
+    PostgreSQL the chosen row is locked ``FOR UPDATE SKIP LOCKED``, so nodes choosing at once
+    take different steps instead of queueing on one; the lease is still the conditional UPDATE.
+    """
+    now = utcnow()
+    with ctx.db.session() as session:
+        named = session.get(Step, step_id)
+        if named is not None and builders.can_adopt(ctx, named, now):
+            return _claim(ctx, session, named, node, now)
+        pool = named.requires if named is not None else ""
+        if not satisfies(labels, pool):
+            return None  # a ticket of steps this node cannot run: a capable node has their others
+        for step in _best_ready(ctx, session, pool, now):
+            claim = _claim(ctx, session, step, node, now)
+            if claim is not None:
+                return claim
+        if named is not None:
+            return _claim(ctx, session, named, node, now)
+    return None
+
+
+def _best_ready(ctx: FarmContext, session: Session, pool: str, now: dt.datetime) -> Iterator[Step]:
+    """Ready steps requiring ``pool``, best first (one per (class, tenant) queue, locked on PostgreSQL)."""
+    groups = session.execute(
+        select(Build.kind, Build.project, Build.user, func.min(Step.ready_at))
+        .join(Build, Step.build_id == Build.id)
+        .where(Step.state == StepState.READY, Build.state == BuildState.RUNNING, Step.requires == pool)
+        .group_by(Build.kind, Build.project, Build.user)
+    ).all()
+    runnable = [(kind, (p, u), oldest or now) for kind, p, u, oldest in groups]
+    if not runnable:
+        return
+    settings = ctx.settings
+    own, farm = fairshare.passes(session, {tenant for _k, tenant, _o in runnable})
+    order = fairshare.tenant_order(
+        ((fairshare.class_of(kind, settings), tenant, oldest) for kind, tenant, oldest in runnable), own, farm
+    )
+    locking = session.get_bind().dialect.name == "postgresql"
+    for klass, tenant in order[:CHOICES_PER_TICKET]:
+        kinds = {k for k, t, _o in runnable if t == tenant and fairshare.class_of(k, settings) == klass}
+        query = (
+            select(Step)
+            .join(Build, Step.build_id == Build.id)
             .where(
-                Step.id == step_id,
-                Step.state == step.state,
-                Step.attempt == step.attempt,
-                Step.lease_owner == step.lease_owner,  # None compares as IS NULL
+                Step.state == StepState.READY,
+                Build.state == BuildState.RUNNING,
+                Build.project == tenant[0],
+                Build.user == tenant[1],
+                Build.kind.in_(kinds),
+                Step.requires == pool,
             )
-            .values(
-                state=StepState.RUNNING,
-                attempt=attempt,
-                node=node,
-                lease_owner=owner,
-                lease_expires_at=now + dt.timedelta(seconds=ctx.settings.steps.lease_seconds),
-                started_at=step.started_at if adopting else now,
-                finished_at=None,
-                log_key=key,
-                error=None,
-                attempt_lost=False,
-            )
+            .order_by(Step.priority.desc(), Step.ready_at, Step.id)
+            .limit(1)
         )
-        if won.rowcount != 1:  # type: ignore[attr-defined]
-            return None
-        build = session.get_one(Build, step.build_id)
-        return Claim(
-            step_id,
-            step.build_id,
-            step.name,
-            attempt,
-            owner,
-            step.source_sha256,
-            key,
-            build.staging_source,
-            adopted=adopting,
-        )
+        if locking:
+            query = query.with_for_update(of=Step, skip_locked=True)
+        step = session.scalars(query).first()
+        if step is not None:
+            yield step
 
 
 def _still_owned(claim: Claim) -> list[object]:
@@ -152,6 +238,7 @@ def finish_step(
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             return False
+        _charge_used(ctx, session, claim.step_id)
         for filename, ref, kind in outputs:
             session.add(
                 StepOutput(
@@ -164,6 +251,19 @@ def finish_step(
                 )
             )
     return True
+
+
+def _charge_used(ctx: FarmContext, session: Session, step_id: int) -> None:
+    """Correct the tenant's fair-share charge to the node-seconds the step really held."""
+    row = session.execute(
+        select(Build.project, Build.user, Step.started_at, Step.finished_at)
+        .join(Build, Step.build_id == Build.id)
+        .where(Step.id == step_id)
+    ).one()
+    project, user, started, finished = row
+    if started is not None and finished is not None:
+        used = max(0.0, (finished - started).total_seconds())
+        fairshare.charge_end(session, (project, user), used, ctx.settings)
 
 
 class _Heartbeat(threading.Thread):
@@ -214,9 +314,11 @@ def _close(writer: LogWriter, step_id: int) -> None:
         log.warning("step %s: the end of its log was not stored: %s", step_id, exc)
 
 
-def run_step(ctx: FarmContext, step_id: int, node: str) -> str:
-    """Run a ready step on this node. Returns what happened, for the task's result and logs."""
-    claim = claim_step(ctx, step_id, node)
+def run_step(ctx: FarmContext, step_id: int, node: str, labels: frozenset[str] = frozenset()) -> str:
+    """Use a "run step" ticket on this node (whose labels are ``labels``): claim the best ready
+    step it may run (:func:`claim_next`) and build it. Returns what happened, for the task's
+    result and logs."""
+    claim = claim_next(ctx, step_id, node, labels)
     if claim is None:
         return "not-claimed"
     try:
@@ -322,6 +424,7 @@ def _build(
             project=target.project,
             branch=target.branch,
             environment_id=target.environment_id,
+            requires=target.requires,
         )
         job.workdir.mkdir()
         result: StepResult = runner.run(job)
@@ -394,6 +497,7 @@ class _Target:
     branch: str
     dependency_images: list[tuple[str, str]]  # (name, pushed reference) of image steps it needs
     environment_id: str = ""  # the build's package environment (its input keys name it)
+    requires: str = ""  # the node labels it needs (a builder pod's nodeSelector)
 
 
 def _step_target(ctx: FarmContext, claim: Claim) -> _Target:
@@ -401,8 +505,17 @@ def _step_target(ctx: FarmContext, claim: Claim) -> _Target:
         step = session.get_one(Step, claim.step_id)
         build = step.build
         if step.kind != StepKind.IMAGE:
-            return _Target(step.kind, None, step.node, build.project, build.branch, [], build.environment_id)
+            return _Target(
+                step.kind,
+                None,
+                step.node,
+                build.project,
+                build.branch,
+                [],
+                build.environment_id,
+                step.requires,
+            )
         prefix = image_prefix(ctx.settings.registry.url, build.project, build.branch, build.id)
         spec = image_spec(step.name, step.image_spec or {}, prefix)
         deps = dependency_images(session, step)
-        return _Target(step.kind, spec, step.node, build.project, build.branch, deps)
+        return _Target(step.kind, spec, step.node, build.project, build.branch, deps, requires=step.requires)

@@ -15,6 +15,7 @@ from buildfarm.engine.images import image_spec_record
 from buildfarm.engine.srcpkg import SourceResolver
 from buildfarm.model import names
 from buildfarm.model.images import registry_host
+from buildfarm.model.labels import step_requirements
 from buildfarm.model.manifest import Manifest
 from buildfarm.model.planner import ImageInfo, compute_input_keys, make_plan
 from buildfarm.model.sources import pack_tree, tree_hash
@@ -91,6 +92,7 @@ def submit_build(
     planned = []
     tarballs: dict[str, str] = {}
     explicit: dict[str, tuple[str, ...]] = {}
+    requires: dict[str, str] = {}  # the node labels each package step needs (model/labels.py)
     with (
         TemporaryDirectory(dir=ctx.work_root, prefix="submit-") as scratch,
         source_directories(manifest, root, ctx.settings.fetch.url_policy, prepared) as sources,
@@ -102,6 +104,9 @@ def submit_build(
             tarballs[stored.info.name] = stored.sha256
             if package.depends:
                 explicit[stored.info.name] = tuple(package.depends)
+            requires[stored.info.name] = step_requirements(
+                stored.info.architecture, package.arch, package.requires
+            )
     images: list[tuple[str, ImageInfo, str]] = []
     specs: dict[str, dict[str, object]] = {}
     with context_directories(manifest, root, ctx.settings.fetch.url_policy, prepared_contexts) as contexts:
@@ -155,6 +160,7 @@ def submit_build(
                     state=StepState.PENDING,
                     kind=step.kind,
                     image_spec=specs.get(name),
+                    requires=requires.get(name, ""),
                 )
             )
         session.flush()

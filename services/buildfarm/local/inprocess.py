@@ -198,7 +198,7 @@ class _NoDispatcher:
     def advance(self, build_id: int) -> None:
         self._refuse()
 
-    def run_step(self, step_id: int, attempt: int, kind: str) -> None:
+    def run_step(self, step_id: int, attempt: int, kind: str, node: str | None = None) -> None:
         self._refuse()
 
     def check(self) -> None:

@@ -60,6 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from buildfarm.model import names
 from buildfarm.model.errors import ManifestError, NameError_
+from buildfarm.model.labels import LABEL
 from buildfarm.model.types import DEFAULT_IMAGE_BUILDER, BuildKind, ImageBuilder
 from buildfarm.model.urlpolicy import UrlRefusedError, check_url_syntax, redact_url
 
@@ -241,6 +242,32 @@ class PackageSource(_TreeSource):
         default=None,
         description="StarlingX package directory (holding meta_data.yaml), relative to the manifest",
     )
+    arch: str | None = Field(
+        default=None,
+        description="the architecture a node must have to build it (e.g. arm64); default: the "
+        "package's Architecture when it names one, else any node",
+    )
+    requires: list[str] = Field(
+        default_factory=list,
+        description="node labels its node must have (key=value or tags: builder=sbuild, cpu=large, gpu)",
+    )
+
+    @field_validator("arch")
+    @classmethod
+    def _arch_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", value):
+            raise ValueError(f"arch {value!r} is not a Debian architecture name (e.g. amd64, arm64)")
+        return value
+
+    @field_validator("requires")
+    @classmethod
+    def _labels(cls, value: list[str]) -> list[str]:
+        bad = [label for label in value if not LABEL.match(label)]
+        if bad:
+            raise ValueError(
+                f"requires {', '.join(bad)}: give key=value or a tag (lowercase), e.g. cpu=large"
+            )
+        return value
 
     @field_validator("stx")
     @classmethod

@@ -49,6 +49,7 @@ class SourceInfo:
     version: str
     binaries: tuple[str, ...]
     build_depends: tuple[str, ...]  # every package name mentioned, alternatives included
+    architecture: str = "any"  # the binaries' Architecture values (a .dsc's field), space-separated
 
 
 @dataclass(frozen=True)
@@ -131,11 +132,15 @@ def read_source_info(directory: Path, origin: str) -> SourceInfo:
                 "name (lowercase letters, digits, '+', '-' and '.', at least 2, starting with a letter "
                 "or digit)"
             )
+    architectures = dict.fromkeys(
+        word for p in paragraphs[1:] for word in str(p.get("Architecture", "any")).split()
+    )
     return SourceInfo(
         name=str(source["Source"]).strip(),
         version=_read_version(directory, origin),
         binaries=binaries,
         build_depends=_build_depends(source, origin, "debian/control"),
+        architecture=" ".join(architectures) or "any",
     )
 
 
@@ -175,6 +180,7 @@ def source_info_from_dsc(fields: Mapping[str, str], origin: str) -> SourceInfo:
         version=str(fields["Version"]).strip(),
         binaries=binaries,
         build_depends=_build_depends(fields, origin, ".dsc"),
+        architecture=" ".join(str(fields.get("Architecture", "any")).split()) or "any",
     )
 
 

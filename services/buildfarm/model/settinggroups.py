@@ -242,6 +242,43 @@ class StepSettings(Group):
         "their default",
     )
 
+    share_weights: dict[str, float] = Field(
+        default_factory=dict,
+        alias="fair_share_weights",
+        description="weight of each project in the fair share of nodes inside a priority class (node-"
+        "seconds are charged divided by it: a project of weight 2 gets twice the share of one of "
+        'weight 1, the default for projects left out); JSON, e.g. {"core": 2, "sandbox": 0.5}',
+    )
+    share_charge_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        alias="fair_share_charge_seconds",
+        description="node-seconds charged to a tenant when one of its steps is taken, before its real "
+        "duration is known (corrected when the step ends): the default is about a small package build",
+    )
+    unschedulable_seconds: float = Field(
+        default=1800.0,
+        gt=0,
+        alias="unschedulable_seconds",
+        description="a ready step that no online node can run (its required labels: arch=arm64...) "
+        "fails with the reason after this long; 30 minutes lets a node reboot or a pool scale up",
+    )
+    node_heartbeat_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        alias="node_heartbeat_seconds",
+        description="how often a worker records itself and its labels in the nodes table; a node "
+        "unheard for three periods is offline for routing and for `waiting:` reasons",
+    )
+
+    @field_validator("share_weights")
+    @classmethod
+    def _positive_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = sorted(project for project, weight in value.items() if not weight > 0)
+        if bad:
+            raise ValueError(f"the weight of {', '.join(bad)} must be more than 0")
+        return value
+
     @field_validator("priorities")
     @classmethod
     def _known_kinds(cls, value: dict[str, int]) -> dict[str, int]:
@@ -272,6 +309,19 @@ class BuildersSettings(Group):
         alias="node",
         description="this worker's node (the chart sets spec.nodeName on a DaemonSet)",
     )
+    labels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        alias="node_labels",
+        description="labels this node advertises besides the ones it finds (arch=<dpkg architectures>, "
+        "builder=<kinds>, cpu=/memory=small|medium|large): key=value or tags, comma-separated in env, "
+        "e.g. gpu,zone=lab; a step whose manifest `requires:` them runs only on such a node",
+    )
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_comma_separated(cls, value: Any) -> Any:
+        return comma_separated(value)
+
     kubeconfig: Path | None = Field(
         default=None,
         alias="kubeconfig",

@@ -53,6 +53,7 @@ class StepJob:
     project: str = ""
     branch: str = ""
     environment_id: str = ""  # the environment the build's input keys name ("": the runner's current)
+    requires: str = ""  # the node labels the step needs ("arch=arm64,gpu"): a pod's nodeSelector
 
 
 @dataclass

@@ -201,9 +201,33 @@ def _pod_spec(
         spec["affinity"] = {
             "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
         }
+    selector = node_selector(job.requires)
+    if selector:
+        spec["nodeSelector"] = selector
     if runtime_class:
         spec["runtimeClassName"] = runtime_class
     return spec
+
+
+LABEL_PREFIX = "buildfarm.io/"
+"""Kubernetes node labels a step may require, besides the architecture (operators set them:
+``kubectl label node n1 buildfarm.io/gpu=true``)."""
+
+
+def node_selector(requires: str) -> dict[str, str]:
+    """A step's required labels as its builder pod's nodeSelector: ``arch=arm64`` is the
+    well-known ``kubernetes.io/arch``, ``key=value`` is ``buildfarm.io/key``, a tag is
+    ``buildfarm.io/tag: "true"``; ``builder=`` labels name what the worker runs, not the node."""
+    selector: dict[str, str] = {}
+    for label in filter(None, requires.split(",")):
+        key, _, value = label.partition("=")
+        if key == "builder":
+            continue
+        if key == "arch":
+            selector["kubernetes.io/arch"] = value
+        else:
+            selector[LABEL_PREFIX + key] = value or "true"
+    return selector
 
 
 def _job(job: StepJob, pods: PodSettings, pod_spec: dict[str, Any]) -> Manifest:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -134,6 +135,7 @@ class Step(Base):
         Index("ix_steps_source_sha256", "source_sha256"),
         Index("ix_steps_reused_from", "reused_from"),
         Index("ix_steps_resolved_key_state", "resolved_key", "state"),  # 0014
+        Index("ix_steps_state_ready_at", "state", "ready_at"),  # the scheduler's ready steps (0012)
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -176,6 +178,12 @@ class Step(Base):
     output_identity: Mapped[str | None] = mapped_column(String(64), default=None)
     resolved_key: Mapped[str | None] = mapped_column(String(64), default=None)
     reuse_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    # The node labels it needs, sorted and comma-joined ("arch=arm64,builder=sbuild"; "" for
+    # none): a plain string, so the scheduler groups ready steps by it in SQL (0012).
+    requires: Mapped[str] = mapped_column(String(500), default="", server_default="")
+    # Since when no online node has those labels (the reaper's view; None: one has): the step
+    # fails with the reason after ``unschedulable_seconds`` (0012).
+    unrunnable_since: Mapped[dt.datetime | None] = mapped_column(default=None)
 
     build: Mapped[Build] = relationship(back_populates="steps")
     outputs: Mapped[list[StepOutput]] = relationship(back_populates="step", order_by="StepOutput.filename")
@@ -396,3 +404,35 @@ class Notification(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class TenantUsage(Base):
+    """A tenant's (project, user) virtual time in the fair share of nodes (0012).
+
+    ``pass_seconds`` grows by the node-seconds its steps use divided by its project's weight;
+    the scheduler takes next the ready step of the tenant with the least (start-time fair
+    queuing: :mod:`buildfarm.engine.fairshare`).  The row of the empty tenant ("", "") holds the
+    farm's virtual time, where a tenant that was idle starts again.
+    """
+
+    __tablename__ = "tenant_usage"
+
+    project: Mapped[str] = mapped_column(String(100), primary_key=True)
+    user: Mapped[str] = mapped_column(String(100), primary_key=True)
+    pass_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Node(Base):
+    """A build node as its worker last reported itself (0012): its labels and when it was heard.
+
+    A node unheard for three ``node_heartbeat_seconds`` is offline: no step is routed to it and a
+    step only it could run waits with the reason.
+    """
+
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    labels: Mapped[list] = mapped_column(JSON, default=list)  # type: ignore[type-arg]
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)

@@ -32,6 +32,7 @@ from buildfarm_cli.httpclient import HttpClient
 
 from apikit import Api, running_api
 from debpkgs import make_package
+from helpers import wait_for
 from localfarmkit import BUILDFARM
 
 RATE = 400
@@ -124,6 +125,20 @@ def test_submit_from_a_directory_follow_and_apt(api: Api, tmp_path: Path) -> Non
     apt = AptClient(tmp_path / "apt", line, key["public_key"])
     apt.update()
     assert apt.download("api-one").name.startswith("api-one_1.0")
+
+
+def test_status_lists_each_node_with_the_labels_it_advertises(api: Api) -> None:
+    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True)
+    with api.client(api.admin) as client:
+
+        def labelled() -> dict[str, list[str]] | None:
+            nodes = client.get("/api/v1/status").json()["nodes"]
+            found = {name: node["labels"] for name, node in nodes.items() if node["labels"]}
+            return found if len(found) == 2 else None
+
+        nodes = wait_for(labelled, 60, "both nodes to report their labels")
+    for labels in nodes.values():
+        assert f"arch={arch.stdout.strip()}" in labels and "builder=host" in labels
 
 
 def test_authentication_and_roles(api: Api, tmp_path: Path) -> None:

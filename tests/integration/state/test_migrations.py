@@ -17,10 +17,10 @@ from sqlalchemy import MetaData, create_engine, insert, select
 
 from buildfarm.engine import control
 from buildfarm.engine.images import pushed_reference
-from buildfarm.engine.steps import claim_step
+from buildfarm.engine.steps import claim_next, claim_step
 from buildfarm.model.types import AptSource, BuildKind, BuildState, OutputKind, StepKind
 from buildfarm.state.db import alembic_config, upgrade
-from buildfarm.state.models import Base, Build, Step
+from buildfarm.state.models import Base, Build, Step, TenantUsage
 
 from farmkit import make_test_context
 
@@ -159,3 +159,52 @@ def test_an_upgrade_gives_earlier_builds_their_domain_columns(database_url: str,
             assert claimed == [("fresh", None)]
     finally:
         old.dispose()
+
+
+def test_an_upgrade_to_0012_lets_earlier_ready_steps_run_anywhere(database_url: str, tmp_path: Path) -> None:
+    """0012: ready steps of a farm upgraded from 0011 require no label (any node takes them, as
+    before), a node's ticket claims them through the fair share, and their tenant is charged."""
+    command.upgrade(alembic_config(database_url), "0011")
+    now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    old = create_engine(database_url)
+    try:
+        tables = MetaData()
+        tables.reflect(old, only=["builds", "steps"])
+        with old.begin() as conn:
+            conn.execute(
+                insert(tables.tables["builds"]).values(
+                    id=1,
+                    project="proj",
+                    branch="main",
+                    kind="nightly",
+                    user="alice",
+                    state="running",
+                    manifest={},
+                    environment_id="env",
+                    created_at=now,
+                )
+            )
+            conn.execute(
+                insert(tables.tables["steps"]),
+                [
+                    {"id": i, "build_id": 1, "name": f"pkg{i}", "version": "1.0", "origin": "src",
+                     "source_sha256": "a" * 64, "tree_hash": "b" * 64, "input_key": f"{i}" * 64,
+                     "depends_on": [], "priority": i, "attempt": 0, "state": "ready", "ready_at": now,
+                     "kind": "package"}
+                    for i in (1, 2)
+                ],
+            )  # fmt: skip
+    finally:
+        old.dispose()
+
+    ctx = make_test_context(tmp_path, database_url)  # upgrades to the head
+    try:
+        with ctx.db.session() as session:
+            assert {s.requires for s in session.scalars(select(Step))} == {""}
+        claim = claim_next(ctx, 1, "node1", frozenset())
+        assert claim is not None and claim.step_id == 2  # the critical path first, whatever it names
+        with ctx.db.session() as session:
+            assert session.get_one(TenantUsage, ("proj", "alice")).pass_seconds > 0
+    finally:
+        ctx.db.dispose()
+    command.downgrade(alembic_config(database_url), "0011")

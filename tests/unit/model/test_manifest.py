@@ -259,3 +259,16 @@ def test_bad_source_entries(tmp_path: Path, entry: str, expected: str) -> None:
     _assert_one_line_error(
         _tree(tmp_path, f"project: p\nbranch: main\nkind: nightly\npackages: [{entry}]\n"), expected
     )
+
+
+def test_a_package_may_require_an_architecture_and_node_labels(tmp_path: Path) -> None:
+    text = (
+        "project: p\nbranch: main\nkind: nightly\npackages:\n"
+        "  - {path: pkg, arch: arm64, requires: [cpu=large, gpu]}\n"
+    )
+    [package] = load_manifest(_tree(tmp_path, text)).packages
+    assert (package.arch, package.requires) == ("arm64", ["cpu=large", "gpu"])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    text = "project: p\nbranch: main\nkind: nightly\npackages: [{path: pkg, requires: [CPU=Large]}]\n"
+    _assert_one_line_error(_tree(bad, text), "requires CPU=Large: give key=value or a tag")

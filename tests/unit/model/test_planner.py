@@ -231,3 +231,12 @@ def test_build_depends_with_a_trailing_comma_as_debian_writes_them(tmp_path: Pat
     )
     info = read_source_info(tmp_path, "minizip")
     assert info.build_depends == ("debhelper", "dh-autoreconf", "zlib1g-dev")
+
+
+def test_the_architecture_of_the_binaries_is_read(tmp_path: Path) -> None:
+    one = _source_dir(tmp_path, "aa", "Source: aa\n\nPackage: aa\nArchitecture: arm64\n")
+    mixed = _source_dir(
+        tmp_path, "bb", "Source: bb\n\nPackage: bb\nArchitecture: any\n\nPackage: bb-doc\nArchitecture: all\n"
+    )
+    assert read_source_info(one, "aa").architecture == "arm64"
+    assert read_source_info(mixed, "bb").architecture == "any all"

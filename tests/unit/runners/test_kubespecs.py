@@ -57,6 +57,17 @@ def test_pods_are_pinned_only_when_workers_run_on_their_node(tmp_path: Path) -> 
     assert "affinity" not in free
 
 
+def test_a_steps_required_labels_become_its_pods_node_selector(tmp_path: Path) -> None:
+    job = _job(tmp_path, requires="arch=arm64,builder=sbuild,cpu=large,gpu")
+    pod = _pod(builder_job(job, _settings(tmp_path), URLS))
+    assert pod["nodeSelector"] == {
+        "kubernetes.io/arch": "arm64",
+        "buildfarm.io/cpu": "large",
+        "buildfarm.io/gpu": "true",
+    }
+    assert "nodeSelector" not in _pod(builder_job(_job(tmp_path), _settings(tmp_path), URLS))
+
+
 def test_sysbox_steps_use_the_configured_image_and_runtime_class(tmp_path: Path) -> None:
     image = ImageSpec(name="tool", builder="sysbox", destination="registry:5000/p/b/7/tool:latest")
     settings = _settings(tmp_path, builder_sysbox_image="registry:5000/mirror/docker:27-dind")

@@ -33,6 +33,10 @@ spec:
           valueFrom:
             fieldRef:
               fieldPath: {{ ternary "spec.nodeName" "metadata.name" (eq .Values.worker.kind "DaemonSet") }}
+        {{- with .Values.worker.nodeLabels }}
+        - name: BUILDFARM_NODE_LABELS
+          value: {{ join "," . | quote }}
+        {{- end }}
         {{- with .Values.worker.extraEnvVars }}
         {{- toYaml . | nindent 8 }}
         {{- end }}

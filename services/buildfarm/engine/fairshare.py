@@ -1,0 +1,183 @@
+"""Which ready step a free node takes next: priority class, then the fair share of tenants.
+
+A "run step" message is a **ticket**, not an order: the node that takes one claims, in one
+transaction, the best ready step of the ticket's pool (the steps that require the same node
+labels as the one it names), and only falls back to the step the message named
+(:func:`buildfarm.engine.steps.claim_next`).  Every ready step has sent one ticket, so tickets
+and ready steps of a pool stay as many; a ticket whose step another ticket took takes another
+step, or none (the reaper re-sends a ready step nobody took).  Nothing of the choice lives in a worker's
+memory: a node that dies between choosing and claiming chose nothing.
+
+The order, all read from the database at the moment of the claim:
+
+1. the **priority class** of the build's kind (setting ``build_priorities``: release before
+   on-demand before nightly before personal);
+2. inside a class, the **tenant** (project, user) with the least virtual time
+   (``tenant_usage.pass_seconds``): start-time fair queuing (SFQ, a stride scheduler with
+   virtual time) over node-seconds, each charged divided by the project's weight (setting
+   ``fair_share_weights``);
+3. inside a tenant, the build's **critical path** (``Step.priority``, what advance releases
+   first), then **age** (the step ready longest, then the lowest id).
+
+The charge: when a step is taken its tenant starts at ``max(own pass, farm virtual time)`` and
+moves on by ``fair_share_charge_seconds / weight``; when the step ends the difference to the
+node-seconds it really held is added.  The farm's virtual time (the row of the empty tenant) is
+the start of the last step taken; a tenant that was idle starts there, so it neither owns the
+farm for what it did not use nor starts behind; every waiting tenant's pass is passed by the
+others' in finite time: no one starves.
+
+Why this and not what the others do:
+
+* OBS's dispatcher keeps a per-project *load* (recent build time, decaying) and lowers a job's
+  priority by it, with hand-set per-project adjustments (``dispatch_adjust``): fair in the long
+  run but the decay constant is a knob, and a new project and an idle one look alike;
+* Koji assigns tasks to hosts by channel, arch and capacity in priority then FIFO order: no
+  share between users, a mass rebuild holds the queue;
+* Tekton has no queue of its own: pods wait for the Kubernetes scheduler (fair share comes
+  from an add-on such as Kueue's cohorts, outside the pipeline).
+
+SFQ gives OBS's effect (who used more waits more, weighted per project) without a decay knob,
+is exact for steps of any length (charged in node-seconds, not in steps), and needs one small
+row per tenant, updated in the claiming transaction.  :func:`order_ready` is the same rule as a
+pure function: ``build show`` uses it for a step's position, ``make bench`` for its simulation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import heapq
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from buildfarm.model.settings import MAX_PRIORITY, Settings
+from buildfarm.state.models import TenantUsage, utcnow
+
+FARM = ("", "")
+"""The tenant row that holds the farm's virtual time."""
+
+Tenant = tuple[str, str]
+"""(project, user)."""
+
+
+def class_of(kind: str, settings: Settings) -> int:
+    """The priority class of a build kind: 0 is taken first."""
+    return settings.steps.priorities.get(kind, MAX_PRIORITY)
+
+
+def weight_of(project: str, settings: Settings) -> float:
+    return settings.steps.share_weights.get(project, 1.0)
+
+
+@dataclass(frozen=True)
+class ReadyStep:
+    """What the choice needs of one ready step."""
+
+    step_id: int
+    klass: int
+    tenant: Tenant
+    priority: int  # critical path: higher first
+    ready_at: dt.datetime
+
+
+def passes(session: Session, tenants: Iterable[Tenant]) -> tuple[dict[Tenant, float], float]:
+    """The virtual time of each tenant (a tenant without a row: none yet) and the farm's."""
+    wanted = set(tenants) | {FARM}
+    rows = session.execute(select(TenantUsage.project, TenantUsage.user, TenantUsage.pass_seconds)).all()
+    found = {(p, u): value for p, u, value in rows if (p, u) in wanted}
+    farm = found.pop(FARM, 0.0)
+    return found, farm
+
+
+def tenant_order(
+    candidates: Iterable[tuple[int, Tenant, dt.datetime]], own: Mapping[Tenant, float], farm: float
+) -> list[tuple[int, Tenant]]:
+    """(class, tenant) pairs best first: class, then virtual time (a tenant behind the farm's
+    starts at it), then the tenant whose oldest ready step waits longest."""
+    best: dict[tuple[int, Tenant], dt.datetime] = {}
+    for klass, tenant, oldest in candidates:
+        key = (klass, tenant)
+        best[key] = min(best.get(key, oldest), oldest)
+    return sorted(best, key=lambda k: (k[0], max(own.get(k[1], farm), farm), best[k], k[1]))
+
+
+def order_ready(
+    steps: Iterable[ReadyStep], own: Mapping[Tenant, float], farm: float, settings: Settings
+) -> list[ReadyStep]:
+    """The order in which the ready steps would be taken if nothing else became ready and each
+    step were charged ``fair_share_charge_seconds``: the scheduler's rule, without a database."""
+    charge = settings.steps.share_charge_seconds
+    queues: dict[tuple[int, Tenant], list[tuple[int, dt.datetime, int, ReadyStep]]] = {}
+    for step in steps:
+        queues.setdefault((step.klass, step.tenant), []).append(
+            (-step.priority, step.ready_at, step.step_id, step)
+        )
+    for queue in queues.values():
+        queue.sort(key=lambda item: item[:3])
+    virtual = {tenant: max(own.get(tenant, farm), farm) for _klass, tenant in queues}
+    heap = [(klass, virtual[tenant], queue[0][1], tenant) for (klass, tenant), queue in queues.items()]
+    heapq.heapify(heap)
+    position = {key: 0 for key in queues}
+    out: list[ReadyStep] = []
+    while heap:
+        klass, start, _oldest, tenant = heapq.heappop(heap)
+        queue = queues[(klass, tenant)]
+        index = position[(klass, tenant)]
+        out.append(queue[index][3])
+        position[(klass, tenant)] = index + 1
+        # a tenant's virtual time is shared by its classes: it moves on in every one
+        virtual[tenant] = max(virtual[tenant], start) + charge / weight_of(tenant[0], settings)
+        if index + 1 < len(queue):
+            heapq.heappush(heap, (klass, virtual[tenant], queue[index + 1][1], tenant))
+    return out
+
+
+def charge_start(
+    session: Session, tenant: Tenant, settings: Settings, now: dt.datetime | None = None
+) -> None:
+    """Charge ``tenant`` for a step it was just given (in the claiming transaction).
+
+    Its virtual time starts at the farm's if it was behind, and moves on by the default charge
+    divided by its weight; the farm's virtual time moves to that start (never back).
+    """
+    now = now or utcnow()
+    # The farm's row first, then the tenant's: every claim locks in this order (no deadlock),
+    # and a tenant's first row is inserted under the farm's lock.
+    _ensure(session, FARM, now)
+    farm = session.get_one(TenantUsage, FARM, with_for_update=True)
+    _ensure(session, tenant, now)
+    row = session.get_one(TenantUsage, tenant, with_for_update=True)
+    start = max(row.pass_seconds, farm.pass_seconds)
+    row.pass_seconds = start + settings.steps.share_charge_seconds / weight_of(tenant[0], settings)
+    row.updated_at = now
+    farm.pass_seconds = max(farm.pass_seconds, start)
+    farm.updated_at = now
+
+
+def charge_end(session: Session, tenant: Tenant, used_seconds: float, settings: Settings) -> None:
+    """Correct the charge of a step that ended: it held its node ``used_seconds``, not the default."""
+    correction = (used_seconds - settings.steps.share_charge_seconds) / weight_of(tenant[0], settings)
+    session.execute(
+        update(TenantUsage)
+        .where(TenantUsage.project == tenant[0], TenantUsage.user == tenant[1])
+        .values(pass_seconds=TenantUsage.pass_seconds + correction, updated_at=utcnow())
+    )
+
+
+def _ensure(session: Session, tenant: Tenant, now: dt.datetime) -> None:
+    """A row for this tenant; two nodes adding the same one at once both succeed."""
+    if session.get(TenantUsage, tenant) is not None:
+        return
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        statement = pg_insert(TenantUsage).on_conflict_do_nothing()
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        statement = sqlite_insert(TenantUsage).on_conflict_do_nothing()  # type: ignore[assignment]
+    row = {"project": tenant[0], "user": tenant[1], "pass_seconds": 0.0, "updated_at": now}
+    session.execute(statement, [row])

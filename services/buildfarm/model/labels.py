@@ -1,0 +1,83 @@
+"""Node labels and the labels a step requires: what a node can run, and what a step needs.
+
+A label is ``key=value`` (``arch=arm64``, ``builder=sbuild``, ``cpu=large``) or a bare tag
+(``gpu``).  A node advertises a set of them (:func:`node_labels`, from ``dpkg`` and settings);
+a step requires some (:func:`step_requirements`, from its package's ``Architecture`` and the
+manifest's ``arch:`` / ``requires:``), kept as one canonical string (sorted, comma-joined; ""
+for none) so the database can group and compare them.  A node can run a step when it has every
+label the step requires; a node with ``arch=amd64`` and ``arch=i386`` (a foreign architecture
+dpkg accepts) runs steps of either.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from buildfarm.model.errors import PermanentError
+
+LABEL = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,62}(=[A-Za-z0-9][A-Za-z0-9._:/+-]{0,62})?$")
+"""A label: a lowercase key (Kubernetes label keys fit), optionally ``=value``."""
+INDEPENDENT_ARCHITECTURES = frozenset({"any", "all"})
+"""``Architecture`` values that ask nothing of the node (a wildcard such as linux-any neither)."""
+
+
+def check_label(label: str, where: str) -> str:
+    if not LABEL.match(label):
+        raise PermanentError(
+            f"{where}: label {label!r} is not key=value or a tag (lowercase key, e.g. arch=arm64, gpu)"
+        )
+    return label
+
+
+def format_requires(labels: Iterable[str]) -> str:
+    """The canonical string a step keeps: sorted, unique, comma-joined."""
+    return ",".join(sorted(set(labels)))
+
+
+def parse_requires(requires: str) -> frozenset[str]:
+    return frozenset(part for part in requires.split(",") if part)
+
+
+def satisfies(node: frozenset[str], requires: str) -> bool:
+    """Whether a node with labels ``node`` can run a step that requires ``requires``."""
+    return parse_requires(requires) <= node
+
+
+def missing(node: frozenset[str], requires: str) -> frozenset[str]:
+    return parse_requires(requires) - node
+
+
+def size_class(value: float, medium: float, large: float) -> str:
+    return "small" if value < medium else "medium" if value < large else "large"
+
+
+def node_labels(
+    architectures: Iterable[str],
+    builders: Iterable[str],
+    cpus: int,
+    memory_gib: float,
+    custom: Iterable[str] = (),
+) -> frozenset[str]:
+    """What a node advertises: its dpkg architectures, the builder kinds it runs, its CPU and
+    memory class (small < 4 cores / 8 GiB <= medium < 16 cores / 32 GiB <= large) and the custom
+    labels it was given (setting ``node_labels``; the chart's ``worker.nodeLabels``)."""
+    labels = {f"arch={a}" for a in architectures if a}
+    labels |= {f"builder={b}" for b in builders}
+    labels.add(f"cpu={size_class(cpus, 4, 16)}")
+    labels.add(f"memory={size_class(memory_gib, 8, 32)}")
+    labels |= {check_label(c, "setting node_labels") for c in custom}
+    return frozenset(labels)
+
+
+def step_requirements(architecture: str, arch: str | None, requires: Iterable[str]) -> str:
+    """The labels a package step requires: ``arch`` of the manifest wins; else its source's
+    ``Architecture`` when that names one architecture (not any/all, nor a list or a wildcard,
+    which any node may try); plus the manifest's ``requires``."""
+    labels = [check_label(r, "requires") for r in requires]
+    words = architecture.split()
+    if arch:
+        labels.append(check_label(f"arch={arch}", "arch"))
+    elif len(words) == 1 and words[0] not in INDEPENDENT_ARCHITECTURES and "-" not in words[0]:
+        labels.append(f"arch={words[0]}")
+    return format_requires(labels)

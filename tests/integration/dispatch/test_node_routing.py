@@ -1,0 +1,59 @@
+"""Node capabilities on real Celery workers (issue 16): two nodes with different labels, each
+consuming ``builds`` and its own ``node.<name>`` queue as every farm worker does; the steps that
+require ``arch=arm64`` are routed to the arm64 node's queue and built there, the others anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dispatchkit import probe_worker, ready_steps, wait_taken
+
+from buildfarm.dispatch.celery_app import BUILD_QUEUE, CeleryDispatcher, make_celery, node_queue
+from buildfarm.engine import routing
+from buildfarm.engine.context import FarmContext
+from buildfarm.model.settings import load_settings
+from buildfarm.state.models import Step
+
+from farmkit import make_test_context
+
+pytestmark = pytest.mark.integration
+
+AMD = frozenset({"arch=amd64", "builder=host"})
+ARM = frozenset({"arch=arm64", "builder=host"})
+
+
+@pytest.fixture
+def ctx(tmp_path: Path, database_url: str) -> Iterator[FarmContext]:
+    context = make_test_context(tmp_path, database_url)
+    yield context
+    context.db.dispose()
+
+
+def test_labelled_steps_go_to_the_capable_node(
+    ctx: FarmContext, redis_flush: str, database_url: str, tmp_path: Path
+) -> None:
+    routing.record_node(ctx, "amd", sorted(AMD))  # as each worker's heartbeat records it
+    routing.record_node(ctx, "arm", sorted(ARM))
+    with ctx.db.session() as session:
+        arm_steps = ready_steps(session, "proj", "ann", 3, requires="arch=arm64")
+        plain_steps = ready_steps(session, "proj", "bob", 3)
+        tickets = routing.tickets(session, ctx, [session.get_one(Step, s) for s in arm_steps + plain_steps])
+    assert {node for step_id, _a, node in tickets if step_id in arm_steps} == {"arm"}
+    settings = load_settings(state_dir=tmp_path / "state", redis_url=redis_flush)
+    dispatcher = CeleryDispatcher(make_celery(settings), settings.steps.priorities)
+    for step_id, attempt, node in tickets:
+        dispatcher.run_step(step_id, attempt, "nightly", node)
+
+    common = {"redis_url": redis_flush, "database_url": database_url}
+    with (
+        probe_worker(tmp_path, "amd", f"{BUILD_QUEUE},{node_queue('amd')}", labels=AMD, **common) as record,
+        probe_worker(tmp_path, "arm", f"{BUILD_QUEUE},{node_queue('arm')}", labels=ARM, **common),
+    ):
+        taken = wait_taken(record, 6, "the two nodes to use every ticket")
+
+    by_step = {step_id: node for step_id, node in taken if step_id}
+    assert set(by_step) == set(arm_steps + plain_steps)  # every step built once
+    assert {by_step[s] for s in arm_steps} == {"arm"}
