@@ -307,6 +307,8 @@ def _build(
             project=target.project,
             branch=target.branch,
             environment_id=target.environment_id,
+            host_arch=target.host_arch,
+            arch_all=target.arch_all,
         )
         job.workdir.mkdir()
         result: StepResult = runner.run(job)
@@ -372,7 +374,9 @@ class _Target:
     project: str
     branch: str
     dependency_images: list[tuple[str, str]]  # (name, pushed reference) of image steps it needs
-    environment_id: str = ""  # the build's package environment (its input keys name it)
+    environment_id: str = ""  # the step's package environment (its input key names it)
+    host_arch: str = ""  # the architecture to build for ("": the node's own)
+    arch_all: bool = True
 
 
 def _step_target(ctx: FarmContext, claim: Claim) -> _Target:
@@ -380,7 +384,17 @@ def _step_target(ctx: FarmContext, claim: Claim) -> _Target:
         step = session.get_one(Step, claim.step_id)
         build = step.build
         if step.kind != StepKind.IMAGE:
-            return _Target(step.kind, None, step.node, build.project, build.branch, [], build.environment_id)
+            return _Target(
+                step.kind,
+                None,
+                step.node,
+                build.project,
+                build.branch,
+                [],
+                step.environment_id or build.environment_id,
+                step.host_arch,
+                step.arch_all,
+            )
         prefix = image_prefix(ctx.settings.registry.url, build.project, build.branch, build.id)
         spec = image_spec(step.name, step.image_spec or {}, prefix)
         deps = dependency_images(session, step)

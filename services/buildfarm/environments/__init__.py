@@ -7,7 +7,7 @@ input key: a refreshed environment never reuses old outputs, an unchanged one al
 
 What others may use: :class:`EnvironmentSpec` (the recipe), :class:`EnvironmentCache` (make,
 find, check, prune), :class:`Environment` (one made environment), :data:`TOOLCHAIN`,
-:func:`spec_for` and :func:`cache_for` (what the settings name), :func:`file_digest` and
+:func:`spec_for`, :func:`cross_spec` and :func:`cache_for` (what the settings name), :func:`file_digest` and
 :func:`digests_named_by_builds` (what prune keeps).
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from buildfarm.environments.cache import Environment, EnvironmentCache, EnvironmentGone, file_digest
 from buildfarm.environments.mmdebstrap import make_tarball
 from buildfarm.environments.settings import cache_for, host_architecture, spec_for
-from buildfarm.environments.spec import TOOLCHAIN, EnvironmentSpec
+from buildfarm.environments.spec import TOOLCHAIN, EnvironmentSpec, cross_spec
 from buildfarm.environments.usage import digests_named_by_builds
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "EnvironmentGone",
     "EnvironmentSpec",
     "cache_for",
+    "cross_spec",
     "digests_named_by_builds",
     "file_digest",
     "host_architecture",

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -166,6 +167,13 @@ class Step(Base):
     attempt_lost: Mapped[bool] = mapped_column(default=False, server_default=false())
     # image steps: {"dockerfile": str, "builder": str, "build_args": {name: value}}
     image_spec: Mapped[dict | None] = mapped_column(JSON, default=None)  # type: ignore[type-arg]
+    # Package steps (0013, manifest ``architectures``): the Debian architecture its packages are
+    # built for ("": the building node's own, as every step before 0013 and every image step),
+    # whether it also builds the Architecture: all binaries (only a source's primary step), and
+    # the environment its input key names when it is not the build's (a cross environment).
+    host_arch: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    arch_all: Mapped[bool] = mapped_column(default=True, server_default=true())
+    environment_id: Mapped[str | None] = mapped_column(String(200), default=None)
 
     build: Mapped[Build] = relationship(back_populates="steps")
     outputs: Mapped[list[StepOutput]] = relationship(back_populates="step", order_by="StepOutput.filename")
