@@ -80,7 +80,10 @@ VARIANTS: tuple[tuple[str, ...], ...] = (
         "farm.schedules.backup=0 4 * * *",
     ),
     ("pulp.signing.existingSecret=pulp-signing",),
-    ("farm.notifications.smtpHost=mail.example.org", "farm.notifications.dashboardUrl=https://farm.example.org"),
+    (
+        "farm.notifications.smtpHost=mail.example.org",
+        "farm.notifications.dashboardUrl=https://farm.example.org",
+    ),
     ("registry.enabled=true",),
     ("registry.enabled=false",),
 )

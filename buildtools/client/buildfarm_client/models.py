@@ -125,6 +125,7 @@ class StepView(_Answer):
     log: str | None
     error: str | None
     outputs: list[dict[str, Any]] = Field(default_factory=list)
+    host_arch: str = ""  # the architecture it builds for ("": the node's own, image steps)
 
 
 class BuildView(_Answer):

@@ -39,6 +39,7 @@ class StepView:
     log: str | None
     error: str | None
     outputs: list[dict[str, Any]] = field(default_factory=list)
+    host_arch: str = ""  # the architecture it builds for ("": the node's own, image steps)
 
 
 @dataclass
@@ -104,6 +105,7 @@ def _step_view(ctx: FarmContext, step: Step) -> StepView:
         outputs=[
             {"filename": o.filename, "sha256": o.sha256, "size": o.size, "kind": o.kind} for o in outputs
         ],
+        host_arch=step.host_arch,
     )
 
 

@@ -149,7 +149,7 @@ def submit_build(
                     name=step.name,
                     version=step.version,
                     origin=step.origin,
-                    source_sha256=tarballs[name],
+                    source_sha256=tarballs[step.source or name],
                     tree_hash=step.tree_hash,
                     input_key=step.input_key,
                     depends_on=list(step.depends_on),
@@ -171,7 +171,10 @@ def submit_build(
             "user": user,
             "environment": environment_id,
             "image_environment": image_environment_id,
-            "steps": {n: {"input_key": s.input_key, "source": tarballs[n]} for n, s in plan.steps.items()},
+            "steps": {
+                n: {"input_key": s.input_key, "source": tarballs[s.source or n]}
+                for n, s in plan.steps.items()
+            },
         },
     )
     ctx.dispatcher.advance(build_id)
