@@ -110,7 +110,10 @@ def test_cross_build_for_arm64_links_the_tool_against_the_arm64_library(
     )  # downloads the cross toolchain once per machine
     manifest = _copy_examples(tmp_path, ["libgreet", "greet-cli"], "multiarch")
     manifest.write_text(manifest.read_text() + "architectures: [amd64, arm64]\n")
-    view = sbuild_farm.json("build", "submit", str(manifest), "--wait", "--timeout", "900")
+    submitted = sbuild_farm.cli(
+        "--output", "json", "build", "submit", str(manifest), "--wait", "--timeout", "900", timeout=960
+    )
+    view = json.loads(submitted.stdout)
     assert view["state"] == "succeeded", view
     steps = {s["name"]: s for s in view["steps"]}
     assert {n: s["host_arch"] for n, s in steps.items()} == {
