@@ -77,7 +77,7 @@ def write_manifest(
 
 
 def build_deb(
-    workdir: Path, name: str, version: str, *, architecture: str = "all", payload: str = ""
+    workdir: Path, name: str, version: str, *, architecture: str = "all", payload: str = "", source: str = ""
 ) -> PackageFile:
     """A real binary .deb made with dpkg-deb (no source package): for repository tests."""
     if shutil.which("dpkg-deb") is None:
@@ -86,7 +86,9 @@ def build_deb(
     (tree / "DEBIAN").mkdir(parents=True)
     (tree / "DEBIAN" / "control").write_text(
         f"Package: {name}\nVersion: {version}\nArchitecture: {architecture}\n"
-        f"Maintainer: Farm Tests <tests@example.org>\nDescription: buildfarm test package {name}\n"
+        + (f"Source: {source}\n" if source else "")
+        + ("Multi-Arch: same\n" if architecture != "all" else "")  # co-installable across architectures
+        + f"Maintainer: Farm Tests <tests@example.org>\nDescription: buildfarm test package {name}\n"
     )
     (tree / "usr" / "share" / name).mkdir(parents=True)
     (tree / "usr" / "share" / name / "payload").write_text(payload or f"{name} {version} {architecture}\n")
@@ -102,6 +104,13 @@ def fetch_from(packages: Iterable[PackageFile]) -> Fetch:
     """An artifact store's ``fetch`` that serves these packages' files (what ``stage`` is given)."""
     paths = {package.sha256: package.path for package in packages}
     return lambda sha256, dest: shutil.copyfile(paths[sha256], dest) and None
+
+
+def multiarch_debs(workdir: Path, source: str, version: str, arches: tuple[str, ...]) -> list[PackageFile]:
+    """What one source package built for several architectures gives: ``lib<source>`` for each
+    of ``arches`` (Multi-Arch: same, different bytes) and ``<source>-doc`` (Architecture: all)."""
+    debs = [build_deb(workdir, f"lib{source}", version, architecture=a, source=source) for a in arches]
+    return [*debs, build_deb(workdir, f"{source}-doc", version, source=source)]
 
 
 DebFactory = Callable[[str, str], PackageFile]

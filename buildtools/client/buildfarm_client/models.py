@@ -168,6 +168,7 @@ class StepView(_Answer):
         "'waiting: no node with arch=arm64', 'waiting: dependencies (libfoo)'",
     )
     requires: str = Field(default="", description="node labels the step needs, comma-separated")
+    host_arch: str = ""  # the architecture it builds for ("": the node's own, image steps)
 
 
 class BuildView(_Answer):

@@ -154,8 +154,22 @@ def place(packages: list[PackageFile], into: Path, *, verify: bool = True) -> No
             )
 
 
+def index_architectures(packages: bytes) -> list[str]:
+    """The architectures a ``Packages`` index holds packages of (``all`` included), sorted."""
+    found = {
+        line.split(b":", 1)[1].strip().decode("ascii", "replace")
+        for line in packages.splitlines()
+        if line.startswith(b"Architecture:")
+    }
+    return sorted(found - {""})
+
+
 def write_indexes(directory: Path, label: str) -> None:
-    """Write Packages, Packages.gz and Release of the flat repository ``directory``."""
+    """Write Packages, Packages.gz and Release of the flat repository ``directory``.
+
+    A flat repository has one ``Packages`` index for every architecture (apt keeps the entries of
+    the architectures it is configured for: ``dpkg --add-architecture arm64`` then
+    ``apt-get download pkg:arm64``); ``Release`` names them in ``Architectures``."""
     packages = run_ftparchive(["packages", "."], directory)
     write_file(directory / "Packages", packages)
     # mtime=0: the same packages always give the same Packages.gz bytes.
@@ -169,8 +183,15 @@ def write_indexes(directory: Path, label: str) -> None:
 
 def write_release(directory: Path, label: str) -> None:
     """Write the Release file of the flat repository ``directory`` over the indexes it holds."""
+    index = directory / "Packages"
+    architectures = index_architectures(index.read_bytes() if index.exists() else b"")
     release = run_ftparchive(
         [
+            *(
+                ["-o", f"APT::FTPArchive::Release::Architectures={' '.join(architectures)}"]
+                if architectures
+                else []
+            ),
             "-o",
             "APT::FTPArchive::Release::Origin=buildfarm",
             "-o",

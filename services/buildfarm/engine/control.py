@@ -90,6 +90,7 @@ def _step_view(ctx: FarmContext, step: Step) -> StepView:
         output_identity=step.output_identity,
         reuse_reason=step.reuse_reason,
         requires=step.requires,
+        host_arch=step.host_arch,
     )
 
 

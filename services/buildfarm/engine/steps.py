@@ -425,6 +425,8 @@ def _build(
             branch=target.branch,
             environment_id=target.environment_id,
             requires=target.requires,
+            host_arch=target.host_arch,
+            arch_all=target.arch_all,
         )
         job.workdir.mkdir()
         result: StepResult = runner.run(job)
@@ -496,7 +498,9 @@ class _Target:
     project: str
     branch: str
     dependency_images: list[tuple[str, str]]  # (name, pushed reference) of image steps it needs
-    environment_id: str = ""  # the build's package environment (its input keys name it)
+    environment_id: str = ""  # the step's package environment (its input key names it)
+    host_arch: str = ""  # the architecture to build for ("": the node's own)
+    arch_all: bool = True
     requires: str = ""  # the node labels it needs (a builder pod's nodeSelector)
 
 
@@ -512,7 +516,9 @@ def _step_target(ctx: FarmContext, claim: Claim) -> _Target:
                 build.project,
                 build.branch,
                 [],
-                build.environment_id,
+                step.environment_id or build.environment_id,
+                step.host_arch,
+                step.arch_all,
                 step.requires,
             )
         prefix = image_prefix(ctx.settings.registry.url, build.project, build.branch, build.id)

@@ -13,13 +13,16 @@ from buildfarm.engine.context import FarmContext
 from buildfarm.engine.fetch import check_source_urls, context_directories, source_directories
 from buildfarm.engine.images import image_spec_record
 from buildfarm.engine.srcpkg import SourceResolver
+from buildfarm.environments import host_architecture
 from buildfarm.model import names
+from buildfarm.model.errors import PlanError
 from buildfarm.model.images import registry_host
 from buildfarm.model.labels import step_requirements
 from buildfarm.model.manifest import Manifest
 from buildfarm.model.planner import ImageInfo, compute_input_keys, make_plan
 from buildfarm.model.sources import pack_tree, tree_hash
 from buildfarm.model.types import BuildKind, StepState
+from buildfarm.runners.base import CrossBuilds
 from buildfarm.state.models import Build, Step
 
 _T = TypeVar("_T")
@@ -65,6 +68,26 @@ def _in_parallel(work: Callable[[int], _T], count: int) -> list[_T]:
             raise
 
 
+def native_architecture(ctx: FarmContext) -> str:
+    """The architecture the farm's package runner builds for without cross-building."""
+    runner = ctx.runner
+    return runner.native_architecture() if isinstance(runner, CrossBuilds) else host_architecture()
+
+
+def cross_environments(ctx: FarmContext, host_arches: set[str]) -> dict[str, str]:
+    """The cross environment's identity of each foreign architecture a build's steps target
+    (made now if the cache lacks it); refused when the farm's runner cannot cross-build."""
+    if not host_arches:
+        return {}
+    runner = ctx.runner
+    if not isinstance(runner, CrossBuilds):
+        raise PlanError(
+            f"building for {', '.join(sorted(host_arches))} needs cross-building, which the "
+            f"{runner.name} runner cannot do (use the sbuild runner)"
+        )
+    return {arch: runner.cross_environment_id(arch) for arch in sorted(host_arches)}
+
+
 def submit_build(
     ctx: FarmContext,
     manifest: Manifest,
@@ -105,7 +128,7 @@ def submit_build(
             if package.depends:
                 explicit[stored.info.name] = tuple(package.depends)
             requires[stored.info.name] = step_requirements(
-                stored.info.architecture, package.arch, package.requires
+                " ".join(stored.info.architectures), package.arch, package.requires
             )
     images: list[tuple[str, ImageInfo, str]] = []
     specs: dict[str, dict[str, object]] = {}
@@ -121,15 +144,19 @@ def submit_build(
             images.append((image.describe(), info_image, tree_hash(directory)))
             tarballs[image.name] = ctx.store.put_bytes(pack_tree(directory)).sha256
             specs[image.name] = image_spec_record(image)
-    plan = make_plan(planned, images, explicit)
+    native = native_architecture(ctx)
+    plan = make_plan(planned, images, explicit, architectures=manifest.architectures, native=native)
     environment_id = ctx.runner.environment_id()
     image_environment_id = ctx.image_runner.environment_id() if images else ""
+    cross = cross_environments(ctx, {s.host_arch for s in plan.steps.values()} - {"", native})
     compute_input_keys(
         plan,
         environment_id,
         build_options(ctx),
         image_environment_id,
         image_options(ctx) if images else {},
+        native=native,
+        cross_environments=cross,
     )
 
     with ctx.db.session() as session:
@@ -151,7 +178,7 @@ def submit_build(
                     name=step.name,
                     version=step.version,
                     origin=step.origin,
-                    source_sha256=tarballs[name],
+                    source_sha256=tarballs[step.source or name],
                     tree_hash=step.tree_hash,
                     input_key=step.input_key,
                     own_key=step.own_key,
@@ -161,6 +188,9 @@ def submit_build(
                     kind=step.kind,
                     image_spec=specs.get(name),
                     requires=requires.get(name, ""),
+                    host_arch=step.host_arch,
+                    arch_all=step.arch_all,
+                    environment_id=cross.get(step.host_arch),
                 )
             )
         session.flush()
@@ -172,7 +202,10 @@ def submit_build(
             "user": user,
             "environment": environment_id,
             "image_environment": image_environment_id,
-            "steps": {n: {"input_key": s.input_key, "source": tarballs[n]} for n, s in plan.steps.items()},
+            "steps": {
+                n: {"input_key": s.input_key, "source": tarballs[s.source or n]}
+                for n, s in plan.steps.items()
+            },
         },
     )
     ctx.dispatcher.advance(build_id)

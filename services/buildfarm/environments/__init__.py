@@ -7,7 +7,7 @@ input key: a refreshed environment never reuses old outputs, an unchanged one al
 
 What others may use: :class:`EnvironmentSpec` (the recipe), :class:`EnvironmentCache` (make,
 find, check, prune), :class:`Environment` (one made environment), :data:`TOOLCHAIN`,
-:func:`spec_for` and :func:`cache_for` (what the settings name), :func:`file_digest` and
+:func:`spec_for`, :func:`cross_spec` and :func:`cache_for` (what the settings name), :func:`file_digest` and
 :func:`digests_named_by_builds` (what prune keeps), :func:`routed_environments` (the cache and
 recipe as the farm's package cache routes them).
 """
@@ -18,7 +18,7 @@ from buildfarm.environments.cache import Environment, EnvironmentCache, Environm
 from buildfarm.environments.mmdebstrap import make_tarball
 from buildfarm.environments.routed import routed_environments
 from buildfarm.environments.settings import cache_for, host_architecture, spec_for
-from buildfarm.environments.spec import TOOLCHAIN, EnvironmentSpec
+from buildfarm.environments.spec import TOOLCHAIN, EnvironmentSpec, cross_spec
 from buildfarm.environments.usage import digests_named_by_builds
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "EnvironmentGone",
     "EnvironmentSpec",
     "cache_for",
+    "cross_spec",
     "digests_named_by_builds",
     "file_digest",
     "host_architecture",

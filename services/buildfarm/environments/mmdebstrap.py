@@ -37,7 +37,7 @@ def mmdebstrap_command(spec: EnvironmentSpec, dest: Path, date_file: Path | None
         "--variant=buildd",
         f"--mode={mode}",
         "--format=tar",
-        f"--architectures={spec.architecture}",
+        f"--architectures={','.join((spec.architecture, *spec.foreign_architectures))}",
         "--quiet",
         *([f"--include={','.join(spec.packages)}"] if spec.packages else []),
         *(["--skip=cleanup/apt/lists"] if spec.keep_lists else []),

@@ -8,6 +8,9 @@ apt reads before anything else; there ``Dir::Etc::Parts`` and ``Dir::Etc::Main``
 from /etc/apt (``-o`` on the command line would come too late: apt.conf.d is read before options
 are parsed).
 
+``architectures`` are apt's foreign architectures (what ``dpkg --add-architecture arm64`` gives a
+machine): ``download("pkg:arm64")`` then fetches another architecture's package.
+
 A signed repository is read the way a user reads it: ``public_key`` (what ``buildfarm repo key``
 prints) is stored in the private setup and the line's ``[signed-by=...]`` points there, so apt
 verifies the Release file with that key alone (no ``trusted=yes``).
@@ -28,6 +31,16 @@ APT_TIMEOUT_SECONDS = 60.0
 _SIGNED_BY = re.compile(r"\[signed-by=[^\]\s]+\]")
 
 
+def _native_architecture() -> str:
+    return subprocess.run(
+        ["dpkg", "--print-architecture"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=APT_TIMEOUT_SECONDS,
+    ).stdout.strip()
+
+
 class AptError(Exception):
     """apt-get failed; the message holds its exit status and output."""
 
@@ -36,7 +49,13 @@ class AptClient:
     """One private apt setup whose only source is ``source_line``; its ``signed-by`` key is
     ``public_key`` (armored) when the line has one."""
 
-    def __init__(self, workdir: Path, source_line: str, public_key: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        source_line: str,
+        public_key: str | None = None,
+        architectures: tuple[str, ...] = (),
+    ) -> None:
         self.workdir = Path(workdir).absolute()
         self.public_key = public_key
         self.downloads = self.workdir / "downloads"
@@ -77,7 +96,12 @@ class AptClient:
             "Acquire::Retries": "0",
             "Acquire::http::Timeout": "10",
         }
-        self.config.write_text("".join(f'{key} "{value}";\n' for key, value in settings.items()))
+        lines = [f'{key} "{value}";\n' for key, value in settings.items()]
+        if architectures:  # the native one (apt's default) and the foreign ones
+            native = _native_architecture()
+            listed = "".join(f' "{a}";' for a in dict.fromkeys((native, *architectures)))
+            lines.append(f"APT::Architectures {{{listed} }};\n")
+        self.config.write_text("".join(lines))
 
     def set_source(self, source_line: str) -> None:
         """Replace the one sources line (e.g. to follow another build); call :meth:`update` after."""
@@ -121,11 +145,13 @@ class AptClient:
         return sorted(into.iterdir())
 
     def download(self, package: str) -> Path:
-        """``apt-get download package``; returns the downloaded .deb (replacing an earlier one)."""
-        for old in self.downloads.glob(f"{package}_*.deb"):
+        """``apt-get download package`` (``package:arch`` for another architecture's); returns the
+        downloaded .deb (replacing an earlier one)."""
+        name = package.split(":", 1)[0]
+        for old in self.downloads.glob(f"{name}_*.deb"):
             old.unlink()
         self._apt_get("download", package, cwd=self.downloads)
-        found = sorted(self.downloads.glob(f"{package}_*.deb"))
+        found = sorted(self.downloads.glob(f"{name}_*.deb"))
         if len(found) != 1:
             raise AptError(f"apt-get download {package} left {[p.name for p in found]} in {self.downloads}")
         return found[0]

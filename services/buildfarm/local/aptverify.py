@@ -64,16 +64,18 @@ def verify(ctx: FarmContext, project: str, branch: str, build_id: int | None = N
         producers = [producing_step_id(s) for s in build.steps]
         outputs = session.scalars(select(StepOutput).where(StepOutput.step_id.in_(producers))).all()
     debs = sorted((o.filename, o.sha256) for o in outputs if o.filename.endswith(".deb"))
+    # name_version_arch.deb: each architecture's package is fetched as apt on that architecture would
+    arches = {filename.removesuffix(".deb").rsplit("_", 1)[-1] for filename, _ in debs} - {"all"}
     results = []
     # What `buildfarm repo key` prints: apt verifies the Release file with it alone.
     public_key = require_signing_key(ctx.repo).public_key if source.signed_by is not None else None
     with tempfile.TemporaryDirectory(prefix="buildfarm-apt-") as workdir:
-        apt = AptClient(Path(workdir), source.line(), public_key)
+        apt = AptClient(Path(workdir), source.line(), public_key, tuple(sorted(arches)))
         try:
             apt.update()
             for filename, sha256 in debs:
-                package = filename.split("_", 1)[0]
-                downloaded = apt.download(package)
+                package, _version, arch = filename.removesuffix(".deb").split("_", 2)
+                downloaded = apt.download(package if arch == "all" else f"{package}:{arch}")
                 digest = hashlib.sha256(downloaded.read_bytes()).hexdigest()
                 results.append(VerifiedPackage(package, downloaded.name, sha256, digest == sha256))
         except AptError as exc:

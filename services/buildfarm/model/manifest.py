@@ -5,6 +5,7 @@ A manifest is a YAML file::
     project: examples
     branch: r/stx.9.0            # git's ref-name rules
     kind: nightly                # release | nightly | on-demand | personal
+    architectures: [amd64, arm64]   # optional: default the build node's architecture
     packages:
       - path: libgreet           # a directory inside the manifest's own tree
       - git: https://example.org/tool.git   # a network URL (model/urlpolicy.py)
@@ -32,6 +33,12 @@ A manifest is a YAML file::
 A package step's name is its source package name (from debian/control); an image step's name
 is its ``name``.  ``depends`` adds explicit edges on top of the Build-Depends the planner
 finds; an image that installs a package built in the same build must list that package.
+
+``architectures`` lists the Debian architectures the branch is built for: a package with
+``Architecture: any`` binaries gets a step per listed architecture (the first native one keeps
+the source package's name, the others are ``<source>:<arch>``, built natively where a node has
+that architecture, else cross-built with sbuild ``--host``); ``Architecture: all`` packages are
+built once, by the first step.  Without it a build is for the node's own architecture, as before.
 
 ``builder`` says which kind of image builder the step needs, not which program: ``kaniko``
 (the default) is the farm's daemonless Dockerfile builder, i.e. kaniko pods on Kubernetes and
@@ -71,6 +78,8 @@ MAX_IMAGE_NAME_LENGTH = 100
 IMAGE_NAME = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 """The registry's own grammar of one repository path component (distribution's reference.go)."""
 BUILD_ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+DEBIAN_ARCH = re.compile(r"[a-z0-9][a-z0-9-]*")
+"""A Debian architecture name (dpkg-architecture -L: amd64, arm64, armhf, ppc64el, musl-linux-arm64)."""
 RESERVED_BUILD_ARGS = frozenset({"BUILDFARM_APT_SOURCE", "BUILDFARM_IMAGE_PREFIX", "BUILDFARM_REGISTRY"})
 """Build args the farm sets itself for every image step."""
 
@@ -392,6 +401,23 @@ class Manifest(_Strict):
     kind: BuildKind
     packages: list[PackageSource] = Field(default_factory=list)
     images: list[ImageSource] = Field(default_factory=list)
+    architectures: list[str] | None = Field(
+        default=None, description="Debian architectures of the branch; default: the build node's"
+    )
+
+    @field_validator("architectures")
+    @classmethod
+    def _architectures(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("list at least one architecture, or leave the field out")
+        for arch in value:
+            if arch in ("all", "any") or not DEBIAN_ARCH.fullmatch(arch):
+                raise ValueError(f"{arch!r} is not a Debian architecture (amd64, arm64, armhf, ...)")
+        if len(set(value)) != len(value):
+            raise ValueError("an architecture is listed twice")
+        return value
 
     @model_validator(mode="after")
     def _something_to_build(self) -> Manifest:

@@ -27,7 +27,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +49,7 @@ class SourceInfo:
     version: str
     binaries: tuple[str, ...]
     build_depends: tuple[str, ...]  # every package name mentioned, alternatives included
-    architecture: str = "any"  # the binaries' Architecture values (a .dsc's field), space-separated
+    architectures: tuple[str, ...] = ("any",)  # the binaries' Architecture fields, e.g. ("all", "any")
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,9 @@ class PlannedStep:
     own_key: str = ""  # the input key's material without the dependencies (output identities)
     kind: StepKind = StepKind.PACKAGE
     image: ImageInfo | None = None  # set for image steps
+    host_arch: str = ""  # the Debian architecture its packages are built for ("": image steps)
+    arch_all: bool = True  # it also builds the Architecture: all binaries (the primary step)
+    source: str = ""  # the source package name (a step name is <source> or <source>:<arch>)
 
     def label(self) -> str:
         """How messages name the step: image steps say so, packages are their source name."""
@@ -132,16 +135,30 @@ def read_source_info(directory: Path, origin: str) -> SourceInfo:
                 "name (lowercase letters, digits, '+', '-' and '.', at least 2, starting with a letter "
                 "or digit)"
             )
-    architectures = dict.fromkeys(
-        word for p in paragraphs[1:] for word in str(p.get("Architecture", "any")).split()
-    )
     return SourceInfo(
         name=str(source["Source"]).strip(),
         version=_read_version(directory, origin),
         binaries=binaries,
         build_depends=_build_depends(source, origin, "debian/control"),
-        architecture=" ".join(architectures) or "any",
+        architectures=_architecture_tokens(p.get("Architecture", "any") for p in paragraphs[1:]),
     )
+
+
+def _architecture_tokens(fields: Iterable[str]) -> tuple[str, ...]:
+    """The distinct architecture names and wildcards of ``Architecture`` fields (sorted)."""
+    return tuple(sorted({token for text in fields for token in str(text).split()})) or ("any",)
+
+
+def builds_for(architectures: Iterable[str], arch: str) -> bool:
+    """Whether binaries with these ``Architecture`` tokens are built for the Debian ``arch``:
+    ``any``, the name itself, or a wildcard ``<os>-any`` / ``any-<cpu>`` that matches it
+    (Debian linux architectures are named by their CPU: ``linux-any`` matches ``arm64``)."""
+    os_name, _, cpu = arch.rpartition("-")
+    os_name = os_name or "linux"
+    for token in architectures:
+        if token in ("any", arch) or token in (f"{os_name}-any", f"any-{cpu}", f"{os_name}-{cpu}"):
+            return True
+    return False
 
 
 def _build_depends(fields: Mapping[str, str], origin: str, where: str) -> tuple[str, ...]:
@@ -180,7 +197,7 @@ def source_info_from_dsc(fields: Mapping[str, str], origin: str) -> SourceInfo:
         version=str(fields["Version"]).strip(),
         binaries=binaries,
         build_depends=_build_depends(fields, origin, ".dsc"),
-        architecture=" ".join(str(fields.get("Architecture", "any")).split()) or "any",
+        architectures=_architecture_tokens([str(fields.get("Architecture", "any"))]),
     )
 
 
@@ -196,16 +213,36 @@ def _read_version(directory: Path, origin: str) -> str:
         raise PlanError(f"{origin}: cannot read debian/changelog: {exc}") from exc
 
 
+def step_name(source: str, host_arch: str, primary: bool) -> str:
+    """A package step's name: the source package's for its primary step, ``<source>:<arch>``
+    for its other architectures (``:`` is in no package or image name: names stay unique)."""
+    return source if primary else f"{source}:{host_arch}"
+
+
+def _step_arches(info: SourceInfo, arches: Sequence[str], native: str) -> list[tuple[str, bool]]:
+    """(host architecture, primary) of each step of one source package; the primary first."""
+    wanted = [a for a in arches if builds_for(info.architectures, a)]
+    primary_arch = native if native in arches else arches[0]
+    if wanted and primary_arch not in wanted:
+        primary_arch = wanted[0]
+    return [(primary_arch, True), *((a, False) for a in wanted if a != primary_arch)]
+
+
 def make_plan(
     packages: list[tuple[str, SourceInfo, str]],
     images: list[tuple[str, ImageInfo, str]] | None = None,
     explicit_depends: dict[str, tuple[str, ...]] | None = None,
+    *,
+    architectures: Sequence[str] | None = None,
+    native: str = "",
 ) -> Plan:
     """Build the dependency graph from (origin, info, tree hash) triples of one manifest:
-    packages, images, and ``explicit_depends`` (a package step's name -> its manifest
-    ``depends``)."""
+    packages, images, and ``explicit_depends`` (a package's source name -> its manifest
+    ``depends``).  ``architectures`` are the manifest's (None: ``native``, the build node's)."""
+    arches = list(architectures or [native])
     plan = Plan()
     producer: dict[str, str] = {}
+    by_arch: dict[tuple[str, str], str] = {}  # (source, host arch) -> step name
     for origin, info, digest in packages:
         if info.name in plan.steps:
             other = plan.steps[info.name].origin
@@ -216,14 +253,20 @@ def make_plan(
                     f"binary package {binary!r} is built by both {producer[binary]} and {info.name}"
                 )
             producer[binary] = info.name
-        plan.steps[info.name] = PlannedStep(
-            name=info.name,
-            version=info.version,
-            origin=origin,
-            tree_hash=digest,
-            binaries=info.binaries,
-            depends_on=(),
-        )
+        for host_arch, primary in _step_arches(info, arches, native):
+            name = step_name(info.name, host_arch, primary)
+            by_arch[(info.name, host_arch)] = name
+            plan.steps[name] = PlannedStep(
+                name=name,
+                version=info.version,
+                origin=origin,
+                tree_hash=digest,
+                binaries=info.binaries,
+                depends_on=(),
+                host_arch=host_arch,
+                arch_all=primary,
+                source=info.name,
+            )
     for origin, image, digest in images or []:
         if image.name in plan.steps:
             raise PlanError(
@@ -240,25 +283,36 @@ def make_plan(
             kind=StepKind.IMAGE,
             image=image,
         )
+
+    def for_arch(dep: str, host_arch: str) -> str:
+        """The step of ``dep`` (a source or image name) a step of ``host_arch`` waits for."""
+        return by_arch.get((dep, host_arch), dep)
+
     explicit = dict(explicit_depends or {})
     for _origin, image, _digest in images or []:
         explicit[image.name] = image.depends
-    for _origin, info, _digest in packages:
+    infos = {info.name: info for _origin, info, _digest in packages}
+    for step in plan.steps.values():
+        if step.kind == StepKind.IMAGE:
+            continue
+        info = infos[step.source]
         deps = {producer[d] for d in info.build_depends if d in producer} - {info.name}
-        plan.steps[info.name].depends_on = tuple(sorted(deps))
+        step.depends_on = tuple(sorted(for_arch(d, step.host_arch) for d in deps))
     for name, wanted in explicit.items():
-        step = plan.steps.get(name)
-        if step is None:
+        if name not in plan.steps:
             raise PlanError(f"depends is given for {name!r}, which is not a step of this build")
-        for dep in wanted:
-            if dep not in plan.steps:
-                raise PlanError(
-                    f"{step.label()} ({step.origin}) depends on {dep!r}, "
-                    "which is neither a source package nor an image of this build"
-                )
-            if dep == name:
-                raise PlanError(f"{step.label()} ({step.origin}) depends on itself")
-        step.depends_on = tuple(sorted({*step.depends_on, *wanted}))
+        targets = [s for s in plan.steps.values() if s.source == name] or [plan.steps[name]]
+        for step in targets:
+            for dep in wanted:
+                if dep not in plan.steps:
+                    raise PlanError(
+                        f"{step.label()} ({step.origin}) depends on {dep!r}, "
+                        "which is neither a source package nor an image of this build"
+                    )
+                if dep == name:
+                    raise PlanError(f"{step.label()} ({step.origin}) depends on itself")
+            mapped = {for_arch(dep, step.host_arch) for dep in wanted}
+            step.depends_on = tuple(sorted({*step.depends_on, *mapped}))
     _check_acyclic(plan)
     _set_priorities(plan)
     return plan
@@ -291,9 +345,15 @@ def compute_input_keys(
     options: dict[str, str],
     image_environment_id: str = "",
     image_options: dict[str, str] | None = None,
+    *,
+    native: str = "",
+    cross_environments: Mapping[str, str] | None = None,
 ) -> None:
     """Fill in every step's input key, dependencies first. Image steps use the image builder's
-    identity and options instead of the package runner's."""
+    identity and options instead of the package runner's.  A package step for another
+    architecture than ``native`` uses ``cross_environments[host_arch]`` (the cross environment's
+    identity); a step whose build differs from the node's own (another architecture, or without
+    the ``all`` binaries) has its architecture in its key."""
     for name in plan.order():
         step = plan.steps[name]
         material: dict[str, object] = {
@@ -303,6 +363,10 @@ def compute_input_keys(
             "environment": environment_id,
             "options": dict(sorted(options.items())),
         }
+        if step.image is None and step.host_arch and (step.host_arch != native or not step.arch_all):
+            material["arch"] = {"host": step.host_arch, "all": step.arch_all}
+            if step.host_arch != native:
+                material["environment"] = (cross_environments or {})[step.host_arch]
         if step.image is not None:
             material |= {
                 "kind": StepKind.IMAGE.value,

@@ -52,7 +52,9 @@ class StepJob:
     node: str | None = None  # the node whose worker took the step (pods are pinned to it)
     project: str = ""
     branch: str = ""
-    environment_id: str = ""  # the environment the build's input keys name ("": the runner's current)
+    environment_id: str = ""  # the environment the step's input key names ("": the runner's current)
+    host_arch: str = ""  # Debian architecture to build for ("": the node's own); another one: cross-build
+    arch_all: bool = True  # also build the Architecture: all binaries (a source's primary step only)
     requires: str = ""  # the node labels the step needs ("arch=arm64,gpu"): a pod's nodeSelector
 
 
@@ -105,6 +107,21 @@ class ListsBuilders(Protocol):
     def list_builders(self) -> list[BuilderObject]: ...
 
     def delete_builder(self, builder: BuilderObject) -> None: ...
+
+
+@runtime_checkable
+class CrossBuilds(Protocol):
+    """A runner that builds packages for other architectures than its node's (sbuild ``--host``
+    in a cross environment): what a manifest's foreign ``architectures`` need."""
+
+    def native_architecture(self) -> str:
+        """The Debian architecture its builds run on (and build for, without ``--host``)."""
+        ...
+
+    def cross_environment_id(self, host_arch: str) -> str:
+        """Identity of the cross environment for ``host_arch`` (made now if missing), part of
+        the input key of every step cross-built for it."""
+        ...
 
 
 class Runner(Protocol):

@@ -22,7 +22,15 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from buildfarm.environments import Environment, EnvironmentCache, EnvironmentSpec, file_digest, make_tarball
+from buildfarm.environments import (
+    Environment,
+    EnvironmentCache,
+    EnvironmentSpec,
+    cross_spec,
+    file_digest,
+    host_architecture,
+    make_tarball,
+)
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.names import to_safe
 from buildfarm.model.types import FILE_OUTPUT_SUFFIXES, PACKAGE_SUFFIXES, AptSource, RunnerKind
@@ -52,11 +60,16 @@ def sbuild_command(
     extra_sources: Sequence[AptSource] = (),
     *,
     apt_update: bool = True,
+    host_arch: str | None = None,
+    arch_all: bool = True,
 ) -> list[str]:
     """The sbuild call of every step (``make bench`` builds by hand with it: only the farm differs).
 
     ``apt_update=False`` when the environment carries the mirror's apt lists: sbuild then
-    refreshes only its own archive and the extra repositories."""
+    refreshes only its own archive and the extra repositories.  ``host_arch`` cross-builds
+    (``--host``: Build-Depends are installed for that architecture, the compiler is Debian's
+    cross toolchain); ``arch_all=False`` leaves the ``Architecture: all`` binaries to the step
+    of the source's primary architecture."""
     return [
         "sbuild",
         "--chroot-mode=unshare",
@@ -70,7 +83,8 @@ def sbuild_command(
         *([] if apt_update else ["--no-apt-update"]),
         "--nolog",
         f"--build-dir={build_dir}",
-        "--arch-all",
+        *([f"--host={host_arch}"] if host_arch else []),
+        "--arch-all" if arch_all else "--no-arch-all",
         "--arch-any",
         *(f"--extra-repository={_chroot_line(s)}" for s in extra_sources),
         # a signed source's key goes into the chroot's trusted keys (sbuild copies it there)
@@ -116,8 +130,6 @@ def ensure_base_tarball(
     """
     if path.is_file():
         return path
-    from buildfarm.environments import host_architecture
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     spec = EnvironmentSpec(distribution, host_architecture(), mirror, include, keep_lists=False)
@@ -231,15 +243,34 @@ class SbuildRunner:
             )
         return self._identity(tarball_digest(self.base_tarball))
 
-    def step_environment(self, environment_id: str) -> tuple[Path, bool]:
+    def native_architecture(self) -> str:
+        return self.spec.architecture if self.spec is not None else host_architecture()
+
+    def cross_environment_id(self, host_arch: str) -> str:
+        if self.environments is None or self.spec is None:
+            raise PermanentError(
+                f"cross-building for {host_arch} needs the farm's environment cache, not the fixed "
+                f"base tarball {self.base_tarball} (unset base_tarball)"
+            )
+        return self._identity(self.environments.ensure(cross_spec(self.spec, host_arch)).digest)
+
+    def step_environment(self, environment_id: str, host_arch: str = "") -> tuple[Path, bool]:
         """(tarball, whether it carries the mirror's apt lists) of the environment a step's input
-        key names (``environment_id``; empty: the current one)."""
+        key names (``environment_id``; empty: the current one, the cross one for a foreign
+        ``host_arch``)."""
         if self.environments is None or self.spec is None:
             if self.base_tarball is None:
                 raise PermanentError("the sbuild runner has neither an environment cache nor a base tarball")
+            if host_arch and host_arch != self.native_architecture():
+                self.cross_environment_id(host_arch)  # raises: no cross environment without the cache
             return self.base_tarball, False
         digest = environment_id.rsplit(":", 1)[-1]
-        env = self.environments.get(digest) if digest else self.environments.ensure(self.spec)
+        if digest:
+            env = self.environments.get(digest)
+        elif host_arch and host_arch != self.native_architecture():
+            env = self.environments.ensure(cross_spec(self.spec, host_arch))
+        else:
+            env = self.environments.ensure(self.spec)
         return env.path, env.spec.keep_lists
 
     def run(self, job: StepJob) -> StepResult:
@@ -265,9 +296,17 @@ class SbuildRunner:
             dsc = dscs[0]
         out = job.workdir / "out"
         out.mkdir()
-        tarball, has_lists = self.step_environment(job.environment_id)
+        cross = job.host_arch not in ("", self.native_architecture())
+        tarball, has_lists = self.step_environment(job.environment_id, job.host_arch)
         command = sbuild_command(
-            tarball, self.distribution, out, dsc, job.extra_sources, apt_update=not has_lists
+            tarball,
+            self.distribution,
+            out,
+            dsc,
+            job.extra_sources,
+            apt_update=not has_lists,
+            host_arch=job.host_arch if cross else None,
+            arch_all=job.arch_all,
         )
         home = job.workdir / "home"
         home.mkdir()

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -184,6 +185,13 @@ class Step(Base):
     # Since when no online node has those labels (the reaper's view; None: one has): the step
     # fails with the reason after ``unschedulable_seconds`` (0012).
     unrunnable_since: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # Package steps (0013, manifest ``architectures``): the Debian architecture its packages are
+    # built for ("": the building node's own, as every step before 0013 and every image step),
+    # whether it also builds the Architecture: all binaries (only a source's primary step), and
+    # the environment its input key names when it is not the build's (a cross environment).
+    host_arch: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    arch_all: Mapped[bool] = mapped_column(default=True, server_default=true())
+    environment_id: Mapped[str | None] = mapped_column(String(200), default=None)
 
     build: Mapped[Build] = relationship(back_populates="steps")
     outputs: Mapped[list[StepOutput]] = relationship(back_populates="step", order_by="StepOutput.filename")

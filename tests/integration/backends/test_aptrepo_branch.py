@@ -32,6 +32,8 @@ from buildfarm.backends.httpserve import make_server
 from buildfarm.local.aptclient import AptClient
 from buildfarm.model.errors import PermanentError
 
+from debpkgs import multiarch_debs
+
 pytestmark = pytest.mark.integration
 
 PROJECT = "examples"
@@ -225,6 +227,24 @@ def test_two_builds_of_different_packages_are_both_installable_from_latest(
     own.update()
     with pytest.raises(Exception, match="beta"):
         own.download("beta")
+
+
+def test_each_architectures_packages_reach_apt_for_that_architecture(
+    served_repo: LocalAptRepository, tmp_path: Path
+) -> None:
+    """One source built for amd64 and arm64 (and its Architecture: all package): the branch
+    holds all three, Release names the architectures, and apt with arm64 added as a foreign
+    architecture downloads each architecture's own bytes."""
+    debs = multiarch_debs(tmp_path / "debs", "multi", "1.0", ("amd64", "arm64"))
+    served_repo.publish(_ref(1, "nightly"), debs, move_latest=True)
+    release = (served_repo.root / PROJECT / BRANCH / "latest" / "Release").read_text()
+    assert "Architectures: all amd64 arm64\n" in release
+    client = AptClient(
+        tmp_path / "apt", served_repo.sources(PROJECT, BRANCH).line(), architectures=("arm64",)
+    )
+    client.update()
+    for wanted, deb in zip(("libmulti:amd64", "libmulti:arm64", "multi-doc"), debs, strict=True):
+        assert client.download(wanted).read_bytes() == deb.path.read_bytes(), wanted
 
 
 def test_retry_after_a_crash_between_publish_and_latest_is_not_lost(

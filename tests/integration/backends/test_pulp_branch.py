@@ -28,6 +28,7 @@ from buildfarm.backends.pulp.layout import branch_place
 from buildfarm.local.aptclient import AptClient
 from buildfarm.model.errors import PermanentError
 
+from debpkgs import multiarch_debs
 from pulpkit import PulpServer, pulp_server
 
 pytestmark = pytest.mark.integration
@@ -155,6 +156,21 @@ def test_latest_is_installable_after_out_of_order_builds(
     assert client.download("beta").read_bytes() == pool[("beta", "1.9", 0)][0].path.read_bytes()
     with pytest.raises(Exception, match="alpha-extra"):
         client.download("alpha-extra")
+
+
+def test_each_architectures_packages_reach_apt_for_that_architecture(
+    repo: PulpRepository, tmp_path: Path
+) -> None:
+    """One source built for amd64 and arm64 (and its Architecture: all package): pulp_deb's
+    structured publication indexes each architecture (binary-amd64, binary-arm64, Release's
+    Architectures), and apt with arm64 added as a foreign architecture downloads each one's bytes."""
+    project = f"pb{next(_projects)}"
+    debs = multiarch_debs(tmp_path / "debs", "multi", "1.0", ("amd64", "arm64"))
+    repo.publish(_ref(project, 1), debs, move_latest=True)
+    client = AptClient(tmp_path / "apt", repo.sources(project, BRANCH).line(), architectures=("arm64",))
+    client.update()
+    for wanted, deb in zip(("libmulti:amd64", "libmulti:arm64", "multi-doc"), debs, strict=True):
+        assert client.download(wanted).read_bytes() == deb.path.read_bytes(), wanted
 
 
 @dataclass(frozen=True)

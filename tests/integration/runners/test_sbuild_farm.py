@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from buildfarm.environments import cache_for, spec_for
+from buildfarm.environments import EnvironmentCache, cache_for, cross_spec, spec_for
 from buildfarm.model.settings import load_settings
 
 from localfarmkit import Farm
@@ -93,6 +93,68 @@ def test_tool_links_against_library_from_the_farms_repository(sbuild_farm: Farm,
     verified = sbuild_farm.json("repo", "verify", "sb", "main")
     assert {v["package"] for v in verified} >= {"libgreet1", "libgreet-dev", "greet-cli", "greet-docs"}
     assert all(v["identical"] for v in verified)
+
+
+AARCH64 = 183
+"""ELF e_machine of AArch64 (elf.h EM_AARCH64)."""
+
+
+def _elf_machine(deb: Path, member: str, into: Path) -> int:
+    """e_machine of the ELF file ``member`` of the package ``deb`` (header bytes 18-19, little
+    endian for both amd64 and arm64)."""
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(into)], check=True)
+    header = (into / member).read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and header[5] == 1  # an ELF file, little endian
+    return int.from_bytes(header[18:20], "little")
+
+
+def test_cross_build_for_arm64_links_the_tool_against_the_arm64_library(
+    sbuild_farm: Farm, tmp_path: Path
+) -> None:
+    """``architectures: [amd64, arm64]`` on an amd64 farm: the amd64 steps are the ones the
+    first test built (same keys: reused when it ran), the arm64 ones are cross-built with
+    sbuild --host in the cross environment (made through the farm's package cache), and apt
+    configured for arm64 downloads every arm64 package from the published branch."""
+    record = json.loads((sbuild_farm.state_dir / "farm.json").read_text())
+    settings = load_settings(state_dir=tmp_path / "unused")
+    EnvironmentCache(settings.buildenv.cache_dir / "environments", proxy=record.get("apt_proxy")).ensure(
+        cross_spec(spec_for(settings), "arm64")
+    )  # downloads the cross toolchain once per machine
+    manifest = _copy_examples(tmp_path, ["libgreet", "greet-cli"], "multiarch")
+    manifest.write_text(manifest.read_text() + "architectures: [amd64, arm64]\n")
+    submitted = sbuild_farm.cli(
+        "--output", "json", "build", "submit", str(manifest), "--wait", "--timeout", "900", timeout=960
+    )
+    view = json.loads(submitted.stdout)
+    assert view["state"] == "succeeded", view
+    steps = {s["name"]: s for s in view["steps"]}
+    assert {n: s["host_arch"] for n, s in steps.items()} == {
+        "libgreet": "amd64",
+        "libgreet:arm64": "arm64",
+        "greet-cli": "amd64",
+        "greet-cli:arm64": "arm64",
+    }
+    assert steps["greet-cli:arm64"]["depends_on"] == ["libgreet:arm64"]
+    cli_log = Path(steps["greet-cli:arm64"]["log"]).read_text()
+    assert "--host=arm64" in cli_log or "Host Architecture: arm64" in cli_log
+    assert "/sb/multiarch/staging/" in cli_log
+    assert re.search(r"Unpacking libgreet-dev:arm64 \(1\.0\)", cli_log)  # the library's arm64 package
+    outputs = {o["filename"]: o for s in steps.values() for o in s["outputs"]}
+    assert {"greet-cli_1.0_arm64.deb", "libgreet1_1.0_arm64.deb", "greet-cli_1.0_amd64.deb"} <= set(outputs)
+    objects = sbuild_farm.state_dir / "artifacts" / "objects" / "sha256"
+    stored = {name: objects / o["sha256"][:2] / o["sha256"] for name, o in outputs.items()}
+    tool = stored["greet-cli_1.0_arm64.deb"]
+    assert _elf_machine(tool, "usr/bin/greet-cli", tmp_path / "cli-arm64") == AARCH64
+    assert _elf_machine(stored["greet-cli_1.0_amd64.deb"], "usr/bin/greet-cli", tmp_path / "cli-amd64") == 62
+    depends = subprocess.run(
+        ["dpkg-deb", "-f", str(tool), "Depends"], capture_output=True, text=True, check=True
+    )
+    assert "libgreet1" in depends.stdout  # dpkg-shlibdeps found the arm64 library it linked against
+    release = (sbuild_farm.state_dir / "repos" / "sb" / "multiarch" / "latest" / "Release").read_text()
+    assert "Architectures: amd64 arm64\n" in release
+    verified = sbuild_farm.json("repo", "verify", "sb", "multiarch")
+    assert {v["filename"] for v in verified} >= {"greet-cli_1.0_arm64.deb", "libgreet1_1.0_arm64.deb"}
+    assert all(v["identical"] for v in verified), verified  # apt for arm64 got the very bytes built
 
 
 def test_missing_in_build_dependency_fails(sbuild_farm: Farm, tmp_path: Path) -> None:

@@ -208,3 +208,46 @@ def test_an_upgrade_to_0012_lets_earlier_ready_steps_run_anywhere(database_url: 
     finally:
         ctx.db.dispose()
     command.downgrade(alembic_config(database_url), "0011")
+
+
+def test_an_upgrade_keeps_earlier_steps_for_the_nodes_own_architecture(database_url: str) -> None:
+    """0013: steps recorded before architectures existed build for the node's own architecture,
+    with their ``all`` binaries, in their build's environment: exactly what they did."""
+    command.upgrade(alembic_config(database_url), "0011")
+    now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    old = create_engine(database_url)
+    try:
+        tables = MetaData()
+        tables.reflect(old, only=["builds", "steps"])
+        with old.begin() as conn:
+            conn.execute(
+                insert(tables.tables["builds"]).values(
+                    id=1,
+                    project="p",
+                    branch="main",
+                    kind="nightly",
+                    user="alice",
+                    state="running",
+                    manifest={},
+                    environment_id="env",
+                    created_at=now,
+                )
+            )
+            conn.execute(
+                insert(tables.tables["steps"]).values(
+                    id=1, build_id=1, name="lib", version="1.0", origin="src", source_sha256="a" * 64,
+                    tree_hash="b" * 64, input_key="c" * 64, depends_on=[], priority=0, state="ready",
+                    attempt=0, kind="package",
+                )
+            )  # fmt: skip
+    finally:
+        old.dispose()
+    upgrade(database_url)
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(select(Step.host_arch, Step.arch_all, Step.environment_id)).one()
+    finally:
+        engine.dispose()
+    assert tuple(row) == ("", True, None)
+    command.downgrade(alembic_config(database_url), "0011")

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from buildfarm.environments import EnvironmentCache, EnvironmentGone, EnvironmentSpec
+from buildfarm.environments import EnvironmentCache, EnvironmentGone, EnvironmentSpec, cross_spec
+from buildfarm.environments.mmdebstrap import mmdebstrap_command
 from buildfarm.model.planner import SourceInfo, compute_input_keys, make_plan
 from buildfarm.runners.sbuild import SbuildRunner
 
@@ -119,6 +120,25 @@ def test_a_step_runs_in_the_environment_its_key_names(cache: EnvironmentCache, m
     assert cache.prune() and not path.exists()  # not current, named by no build
     with pytest.raises(EnvironmentGone, match="no longer in"):
         runner.step_environment(old)
+
+
+def test_a_cross_environment_is_the_native_recipe_plus_the_foreign_architecture(
+    cache: EnvironmentCache, maker: TarMaker
+) -> None:
+    """Its own recipe and digest (part of cross steps' keys); the native recipe's key is what it
+    was before cross environments existed, so native builds keep their environment."""
+    cross = cross_spec(SPEC, "arm64")
+    assert cross.foreign_architectures == ("arm64",)
+    assert {"crossbuild-essential-arm64", "libc6-dev:arm64"} <= set(cross.packages)
+    assert "foreign_architectures" not in SPEC.as_dict() and SPEC.key() == "cf9da1dddec1cff5"
+    assert EnvironmentSpec.from_dict(cross.as_dict()) == cross and cross.key() != SPEC.key()
+    command = mmdebstrap_command(cross, Path("/tmp/env.tar"))
+    assert "--architectures=amd64,arm64" in command
+    runner = SbuildRunner(None, "bookworm", environments=cache, spec=SPEC)
+    cross_id = runner.cross_environment_id("arm64")
+    assert cross_id != runner.environment_id() and maker.calls == 2
+    path, _ = runner.step_environment(cross_id, "arm64")
+    assert cache.get(cross_id.rsplit(":", 1)[1]).spec == cross and path.is_file()
 
 
 def test_truncated_tarball_is_detected_removed_and_made_again(

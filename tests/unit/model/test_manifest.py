@@ -83,6 +83,22 @@ def _assert_one_line_error(manifest: Path, expected: str) -> None:
             "project: p\nbranch: main\nkind: nightly\npackages: [{path: pkg, git: https://x, ref: y}]\n",
             "give exactly one of 'path', 'git', 'dsc', 'source' or 'stx'",
         ),
+        (
+            "project: p\nbranch: main\nkind: nightly\narchitectures: [amd64, ARM]\npackages: [{path: pkg}]\n",
+            "architectures: 'ARM' is not a Debian architecture",
+        ),
+        (
+            "project: p\nbranch: main\nkind: nightly\narchitectures: [all]\npackages: [{path: pkg}]\n",
+            "architectures: 'all' is not a Debian architecture",
+        ),
+        (
+            "project: p\nbranch: main\nkind: nightly\narchitectures: [mips, mips]\npackages: [{path: pkg}]\n",
+            "architectures: an architecture is listed twice",
+        ),
+        (
+            "project: p\nbranch: main\nkind: nightly\narchitectures: []\npackages: [{path: pkg}]\n",
+            "architectures: list at least one architecture",
+        ),
         ("project: [p\n", "line 2: not valid YAML"),
         ("- just a list\n", "must be a mapping"),
     ],

@@ -12,14 +12,14 @@ is reused only by its input key, as before:
 * ``reuse_reason``: one line saying why a step was reused although its input key was new.
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0014"
-down_revision = "0012"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,24 @@
+"""The sbuild call of a step: a native step as before, a cross step with ``--host`` and, for
+every step but a source's primary one, without the ``Architecture: all`` binaries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from buildfarm.runners.sbuild import sbuild_command
+
+ENV = Path("/cache/env.tar")
+
+
+def _flags(command: list[str]) -> list[str]:
+    return [c for c in command if c.startswith(("--host", "--arch-", "--no-arch-"))]
+
+
+def test_native_step_builds_everything_for_the_node() -> None:
+    assert _flags(sbuild_command(ENV, "bookworm", Path("out"), Path("p.dsc"))) == ["--arch-all", "--arch-any"]
+
+
+def test_cross_step_builds_for_its_host_architecture_only() -> None:
+    command = sbuild_command(ENV, "bookworm", Path("out"), Path("p.dsc"), host_arch="arm64", arch_all=False)
+    assert _flags(command) == ["--host=arm64", "--no-arch-all", "--arch-any"]
+    assert command[-1] == "p.dsc"
