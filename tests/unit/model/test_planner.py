@@ -238,5 +238,5 @@ def test_the_architecture_of_the_binaries_is_read(tmp_path: Path) -> None:
     mixed = _source_dir(
         tmp_path, "bb", "Source: bb\n\nPackage: bb\nArchitecture: any\n\nPackage: bb-doc\nArchitecture: all\n"
     )
-    assert read_source_info(one, "aa").architecture == "arm64"
-    assert read_source_info(mixed, "bb").architecture == "any all"
+    assert read_source_info(one, "aa").architectures == ("arm64",)
+    assert read_source_info(mixed, "bb").architectures == ("all", "any")
