@@ -187,6 +187,7 @@ class LogChunk(_Answer):
     data: bytes
     next_offset: int
     live: bool  # the step still runs: more may come
+    key: str | None = None  # the attempt's log: a new key (a retry) starts again at offset 0
 
 
 # -- repositories ----------------------------------------------------------------------------
