@@ -43,6 +43,10 @@ def test_the_local_client_is_the_api_as_the_farms_admin(tmp_path: Path) -> None:
             client.create_token("bob", "ci", 0)
         with pytest.raises(NotFoundError, match="user 'carol' does not exist"):
             client.create_token("carol")
+        client.add_project("p")
+        refused = r"^body\.role: unknown role 'owner': viewer, builder or maintainer$"
+        with pytest.raises(PermanentError, match=refused):
+            client.grant("bob", "p", "owner")
     finally:
         client.close()
 
