@@ -1,5 +1,6 @@
-"""A directory served over plain HTTP on 127.0.0.1 by a thread: an upstream's files, a small
-archive, a published repository read from outside the farm's own server.
+"""Plain HTTP on 127.0.0.1 served by a thread: a directory (an upstream's files, a small archive,
+a published repository read from outside the farm's own server), or an upstream that redirects
+every request (where a redirect may lead is the farm's to check).
 
 The farm refuses loopback URLs unless its settings allow them (``fetch_allow_hosts``): a test
 serving its upstreams here allows ``127.0.0.1``, as an admin's allow-list would.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import functools
 import http.server
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,13 +24,13 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         return None
 
 
-class Served:
-    """A directory served over HTTP on a free port, stoppable mid-test."""
+class _Server:
+    """A handler served on a free port of 127.0.0.1 by a thread, stoppable mid-test."""
 
-    def __init__(self, directory: Path) -> None:
-        handler = functools.partial(_QuietHandler, directory=str(directory))
+    def __init__(self, handler: Callable[..., http.server.BaseHTTPRequestHandler]) -> None:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.port = int(self.server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -39,10 +40,51 @@ class Served:
         self.thread.join(timeout=STOP_SECONDS)
 
 
+class Served(_Server):
+    """A directory served over HTTP."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(functools.partial(_QuietHandler, directory=str(directory)))
+
+
+class Redirecting(_Server):
+    """Answers every GET with a redirect to ``target`` + its path (404 while ``target`` is
+    empty), and records the paths asked in ``seen``."""
+
+    def __init__(self) -> None:
+        self.target = ""
+        self.seen: list[str] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.seen.append(self.path)
+                self.send_response(302 if owner.target else 404)
+                if owner.target:
+                    self.send_header("Location", owner.target + self.path)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                return None
+
+        super().__init__(Handler)
+
+
 @contextmanager
 def serving(directory: Path) -> Iterator[Served]:
     """``directory`` served until the block ends."""
     server = Served(directory)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def redirecting() -> Iterator[Redirecting]:
+    """A redirecting upstream until the block ends."""
+    server = Redirecting()
     try:
         yield server
     finally:

@@ -108,6 +108,7 @@ class HttpClient:
         self.url = self.api.url
         self.local = local
         self.uploads = 0  # source tarballs sent by submit(): the ones the farm did not have
+        self._log_keys: dict[tuple[int, str], str] = {}  # the attempt's log a follower last read
 
     @classmethod
     def local_farm(cls) -> HttpClient:
@@ -233,7 +234,13 @@ class HttpClient:
         )
 
     def read_log(self, build_id: int, step: str, offset: int) -> tuple[bytes, int, bool]:
+        """The log of a step's latest attempt from ``offset``: (chunk, next offset, step still
+        live); when the step was tried again since the last read, its new log from the start."""
         chunk = self._call(self.api.read_log, build_id, step, offset)
+        if chunk.key is not None and self._log_keys.setdefault((build_id, step), chunk.key) != chunk.key:
+            self._log_keys[(build_id, step)] = chunk.key
+            if offset:
+                chunk = self._call(self.api.read_log, build_id, step, 0)
         return chunk.data, chunk.next_offset, chunk.live
 
     def cancel(self, build_id: int) -> BuildView:

@@ -245,7 +245,8 @@ class Client:
         return builtins.list(self.iter_builds(limit=limit, **filters))
 
     def read_log(self, build_id: int, step: str, offset: int = 0) -> LogChunk:
-        """A step's log (its latest attempt) from ``offset``; ``live``: the step still runs."""
+        """A step's log (its latest attempt) from ``offset``; ``live``: the step still runs; ``key``:
+        which attempt's log (a follower that sees it change reads the new one from 0)."""
         path = f"/builds/{int(build_id)}/steps/{quote(step, safe='')}/log"
         response = self.request("GET", path, params={"offset": offset})
         chunk = response.content
@@ -253,7 +254,12 @@ class Client:
             next_offset = int(response.headers.get("X-Next-Offset", offset + len(chunk)))
         except ValueError as exc:
             raise self._unexpected("X-Next-Offset is not a number") from exc
-        return LogChunk(data=chunk, next_offset=next_offset, live=response.headers.get("X-Step-Live") == "1")
+        return LogChunk(
+            data=chunk,
+            next_offset=next_offset,
+            live=response.headers.get("X-Step-Live") == "1",
+            key=response.headers.get("X-Log-Key"),
+        )
 
     def cancel(self, build_id: int) -> BuildView:
         return self._answer(BuildView, "POST", f"/builds/{int(build_id)}/cancel")

@@ -11,9 +11,9 @@ spell the same values, which ``tests/unit/test_wire_models.py`` checks.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SHA256_HEX_LENGTH = 64
 SHA256_PATTERN = f"^[0-9a-f]{{{SHA256_HEX_LENGTH}}}$"
@@ -220,6 +220,7 @@ class LogChunk(_Answer):
     data: bytes
     next_offset: int
     live: bool  # the step still runs: more may come
+    key: str | None = None  # the attempt's log: a new key (a retry) starts again at offset 0
 
 
 # -- repositories ----------------------------------------------------------------------------
@@ -273,6 +274,15 @@ class ProjectIn(_Request):
 
 class GrantIn(_Request):
     role: RoleName
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _known_role(cls, value: object) -> object:
+        """A wrong role is named with the ones there are (not pydantic's literal_error)."""
+        roles = get_args(RoleName)
+        if value not in roles:
+            raise ValueError(f"unknown role {value!r}: {', '.join(roles[:-1])} or {roles[-1]}")
+        return value
 
 
 # -- mirrors ---------------------------------------------------------------------------------

@@ -101,7 +101,8 @@ def install(app: FastAPI) -> None:
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return error_response(422, "invalid", f"{where}: {first.get('msg', 'invalid')}")
+        message = str(first.get("msg", "invalid")).removeprefix("Value error, ")  # a model's own check
+        return error_response(422, "invalid", f"{where}: {message}")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

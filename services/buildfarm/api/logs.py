@@ -1,7 +1,8 @@
 """The API's log route: a step's log (its latest attempt) from an offset, or followed while it runs.
 
 Plain text, not JSON: ``X-Next-Offset`` says where to read on, ``X-Step-Live`` whether the step
-still runs; ``follow=true`` streams until the step ends or ``api_follow_seconds`` pass.
+still runs, ``X-Log-Key`` which attempt's log this is (it changes when the step is tried again);
+``follow=true`` streams until the step ends or ``api_follow_seconds`` pass.
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ def logs_router(farm: FarmContext) -> APIRouter:
         key, live = control.step_log_key(farm, build_id, step)
         if not follow:
             chunk, next_offset = farm.store.read_log(key, offset) if key else (b"", offset)
-            return PlainTextResponse(
-                chunk, headers={"X-Next-Offset": str(next_offset), "X-Step-Live": "1" if live else "0"}
-            )
+            headers = {"X-Next-Offset": str(next_offset), "X-Step-Live": "1" if live else "0"}
+            if key:  # a retried step logs anew: a follower starts the new attempt's log from 0
+                headers["X-Log-Key"] = key
+            return PlainTextResponse(chunk, headers=headers)
         deadline = time.monotonic() + farm.settings.api.follow_seconds
 
         def stream() -> Iterator[bytes]:

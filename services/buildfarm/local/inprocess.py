@@ -30,8 +30,8 @@ import httpx
 from fastapi import APIRouter, FastAPI
 
 from buildfarm.accounts import Principal
-from buildfarm.api.app import API, assemble
 from buildfarm.api.auth import authenticate
+from buildfarm.api.routes import API, assemble
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
@@ -85,8 +85,8 @@ class LocalFarm:
         if self._ctx is None:
             from buildfarm.dispatch.context import make_context
 
-            settings = self.settings
-            self._ctx = make_context(settings) if settings.broker.url else _offline_context(settings)
+            # a farm stopped without a broker recorded: reading needs only the database and stores
+            self._ctx = make_context(self.settings, None if self.settings.broker.url else _NoDispatcher())
         return self._ctx
 
     def database(self) -> FarmContext:
@@ -172,21 +172,6 @@ async def _send(app: FastAPI, request: httpx.Request) -> httpx.Response:
     response = await asgi.handle_async_request(request)
     content = await response.aread()
     return httpx.Response(response.status_code, headers=response.headers, content=content)
-
-
-def _offline_context(settings: Settings) -> FarmContext:
-    """A stopped farm without a broker recorded: reading needs only the database and the stores."""
-    from buildfarm.state.db import Database
-    from buildfarm.wiring import Wiring, make_repository, make_store
-
-    return FarmContext(
-        settings=settings,
-        db=Database(settings.effective_database_url),
-        store=make_store(settings),
-        repo=make_repository(settings),
-        dispatcher=_NoDispatcher(),
-        parts=Wiring(settings),
-    )
 
 
 class _NoDispatcher:

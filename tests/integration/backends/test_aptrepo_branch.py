@@ -9,20 +9,15 @@ has built, with that version's binaries only.  Driven on the backend directly wi
 
 from __future__ import annotations
 
-import hashlib
 import os
-import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from debian.deb822 import Packages
-from debian.debian_support import Version
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from buildfarm.backends import apttree
 from buildfarm.backends.aptbranch import STATE_FILE
@@ -32,6 +27,7 @@ from buildfarm.backends.httpserve import make_server
 from buildfarm.local.aptclient import AptClient
 from buildfarm.model.errors import PermanentError
 
+from branchkit import Build, Pool, Variant, histories, make_pool, newest
 from debpkgs import multiarch_debs
 
 pytestmark = pytest.mark.integration
@@ -39,75 +35,19 @@ pytestmark = pytest.mark.integration
 PROJECT = "examples"
 BRANCH = "main"
 
-BINARIES: dict[tuple[str, str], tuple[str, ...]] = {
-    # source, version -> its binaries; alpha 2.0 no longer builds alpha-extra
-    ("alpha", "1.0"): ("alpha", "alpha-extra"),
-    ("alpha", "2.0"): ("alpha",),
-    ("beta", "1.0"): ("beta",),
-    ("beta", "1.10"): ("beta",),  # 1.10 > 1.9 > 1.0 in Debian's order, not as text
-    ("beta", "1.9"): ("beta",),
-    ("gamma", "1:0.5"): ("gamma", "gamma-doc"),  # the epoch makes it newer than 3.0
-    ("gamma", "3.0"): ("gamma", "gamma-doc"),
-}
-FLAVOURS = (0, 1)
-"""Two builds of one source version give different bytes under the same file names (a rebuild)."""
-
-Variant = tuple[str, str, int]  # source, version, flavour
-
-
-def _deb(workdir: Path, package: str, source: str, version: str, flavour: int) -> PackageFile:
-    tree = workdir / f"{package}-{version}-{flavour}".replace(":", "_")
-    (tree / "DEBIAN").mkdir(parents=True)
-    (tree / "DEBIAN" / "control").write_text(
-        f"Package: {package}\nSource: {source}\nVersion: {version}\nArchitecture: all\n"
-        f"Maintainer: Farm Tests <tests@example.org>\nDescription: test package {package}\n"
-    )
-    (tree / "usr" / "share" / package).mkdir(parents=True)
-    (tree / "usr" / "share" / package / "payload").write_text(f"{package} {version} flavour {flavour}\n")
-    filename = f"{package}_{version.rsplit(':', maxsplit=1)[-1]}_all.deb"
-    out = workdir / f"{flavour}" / filename
-    out.parent.mkdir(exist_ok=True)
-    subprocess.run(
-        ["dpkg-deb", "--root-owner-group", "--build", str(tree), str(out)], check=True, capture_output=True
-    )
-    data = out.read_bytes()
-    return PackageFile(filename, hashlib.sha256(data).hexdigest(), len(data), out)
-
 
 @pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> dict[Variant, list[PackageFile]]:
-    """Every variant's binaries, built once for the module (~25 debs, ~0.5 s)."""
-    workdir = tmp_path_factory.mktemp("branch-debs")
-    return {
-        (source, version, flavour): [_deb(workdir, b, source, version, flavour) for b in binaries]
-        for (source, version), binaries in BINARIES.items()
-        for flavour in FLAVOURS
-    }
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Pool:
+    return make_pool(tmp_path_factory.mktemp("branch-debs"))
 
 
-@dataclass(frozen=True)
-class Build:
-    kind: str  # nightly | personal
-    outcome: str  # ok | failed (never published) | broken (publish refuses a package)
-    variants: tuple[Variant, ...]
-
-
-_variant = st.sampled_from([(s, v, f) for (s, v) in BINARIES for f in FLAVOURS])
-_build = st.builds(
-    Build,
-    kind=st.sampled_from(["nightly", "nightly", "personal"]),
-    outcome=st.sampled_from(["ok", "ok", "ok", "failed", "broken"]),
-    variants=st.lists(_variant, min_size=1, max_size=3, unique_by=lambda v: v[0]).map(tuple),
+_histories = histories(
+    kinds=["nightly", "nightly", "personal"],
+    outcomes=["ok", "ok", "ok", "failed", "broken"],
+    variants=3,
+    builds=6,
+    publishes=8,
 )
-
-
-@st.composite
-def _histories(draw: st.DrawFn) -> tuple[list[Build], list[int]]:
-    """Builds (ids 1..n, in submission order) and the order they publish in: any order, with
-    repeats (a repeat is a retry of the same build)."""
-    builds = draw(st.lists(_build, min_size=1, max_size=6))
-    order = draw(st.lists(st.integers(0, len(builds) - 1), min_size=1, max_size=8))
-    return builds, order
 
 
 def _index(tree: Path) -> set[tuple[str, str]]:
@@ -122,19 +62,8 @@ def _index(tree: Path) -> set[tuple[str, str]]:
     return listed
 
 
-def _files(pool: dict[Variant, list[PackageFile]], variants: dict[str, Variant]) -> set[tuple[str, str]]:
+def _files(pool: Pool, variants: dict[str, Variant]) -> set[tuple[str, str]]:
     return {(p.filename, p.sha256) for v in variants.values() for p in pool[v]}
-
-
-def _newest(published: dict[int, Build]) -> dict[str, Variant]:
-    """The model: per source, the variant of the newest (version, build id) published."""
-    best: dict[str, tuple[Version, int, Variant]] = {}
-    for build_id, build in published.items():
-        for variant in build.variants:
-            key = (Version(variant[1]), build_id, variant)
-            if variant[0] not in best or key[:2] > best[variant[0]][:2]:
-                best[variant[0]] = key
-    return {source: key[2] for source, key in best.items()}
 
 
 def _ref(build_id: int, kind: str) -> BuildRef:
@@ -142,15 +71,15 @@ def _ref(build_id: int, kind: str) -> BuildRef:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(history=_histories())
+@given(history=_histories)
 def test_latest_is_the_newest_successful_version_of_every_package(
-    pool: dict[Variant, list[PackageFile]], history: tuple[list[Build], list[int]]
+    pool: Pool, history: tuple[list[Build], list[int]]
 ) -> None:
     builds, order = history
     with tempfile.TemporaryDirectory(prefix="branch-") as scratch:
         repo = LocalAptRepository(Path(scratch) / "repos", "http://127.0.0.1:9/")
         branch = repo.root / PROJECT / BRANCH
-        published: dict[int, Build] = {}  # the successful non-personal builds, by id
+        published: dict[int, tuple[Variant, ...]] = {}  # the successful non-personal builds, by id
         personal_done: set[int] = set()
         for index in order:
             build_id, build = index + 1, builds[index]
@@ -166,7 +95,7 @@ def test_latest_is_the_newest_successful_version_of_every_package(
                 assert (_index(branch / "latest") if (branch / "latest").exists() else None) == before
                 assert not (branch / "builds" / str(build_id)).exists()
                 continue
-            base = _newest(published)
+            base = newest(published)
             source = repo.publish(_ref(build_id, build.kind), packages, move_latest=build.kind != "personal")
             tree = repo.root / source.url.removeprefix(repo.base_url + "/")
             if build.kind == "personal":
@@ -175,8 +104,8 @@ def test_latest_is_the_newest_successful_version_of_every_package(
                     assert _index(tree) == _files(pool, {**base, **{v[0]: v for v in build.variants}})
                     personal_done.add(build_id)
             else:
-                published[build_id] = build
-            expected = _files(pool, _newest(published))
+                published[build_id] = build.variants
+            expected = _files(pool, newest(published))
             if published:
                 assert _index(branch / "latest") == expected
                 assert (branch / "latest" / STATE_FILE).is_file()
@@ -204,7 +133,7 @@ def served_repo(tmp_path: Path) -> Iterator[LocalAptRepository]:
 
 
 def test_two_builds_of_different_packages_are_both_installable_from_latest(
-    served_repo: LocalAptRepository, pool: dict[Variant, list[PackageFile]], tmp_path: Path
+    served_repo: LocalAptRepository, pool: Pool, tmp_path: Path
 ) -> None:
     alpha, beta = pool[("alpha", "1.0", 0)], pool[("beta", "1.0", 0)]
     served_repo.publish(_ref(1, "nightly"), alpha, move_latest=True)
@@ -248,7 +177,7 @@ def test_each_architectures_packages_reach_apt_for_that_architecture(
 
 
 def test_retry_after_a_crash_between_publish_and_latest_is_not_lost(
-    pool: dict[Variant, list[PackageFile]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pool: Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Build 1 is renamed into place, then its publisher dies before moving latest; build 2
     publishes on top of the old latest; build 1's retry must merge onto build 2's latest."""
@@ -278,7 +207,7 @@ def test_retry_after_a_crash_between_publish_and_latest_is_not_lost(
 
 
 def test_branches_published_before_the_record_get_their_lost_packages_back(
-    pool: dict[Variant, list[PackageFile]], tmp_path: Path
+    pool: Pool, tmp_path: Path
 ) -> None:
     """Before this change each tree held only its own build's packages and ``latest`` the last
     one's: the first publish after it merges every tree, so what earlier builds brought returns."""

@@ -11,16 +11,11 @@ of their own.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from debian.debian_support import Version
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from buildfarm.backends.base import BuildRef, PackageFile
 from buildfarm.backends.pulp import PulpDebPackageContext, PulpRepository
@@ -28,6 +23,7 @@ from buildfarm.backends.pulp.layout import branch_place
 from buildfarm.local.aptclient import AptClient
 from buildfarm.model.errors import PermanentError
 
+from branchkit import Build, Pool, Variant, histories, make_pool, newest
 from debpkgs import multiarch_debs
 from pulpkit import PulpServer, pulp_server
 
@@ -35,51 +31,12 @@ pytestmark = pytest.mark.integration
 __all__ = ["pulp_server"]  # the fixture, imported for this module's tests
 
 BRANCH = "main"
-BINARIES: dict[tuple[str, str], tuple[str, ...]] = {
-    # source, version -> its binaries; alpha 2.0 no longer builds alpha-extra
-    ("alpha", "1.0"): ("alpha", "alpha-extra"),
-    ("alpha", "2.0"): ("alpha",),
-    ("beta", "1.9"): ("beta",),
-    ("beta", "1.10"): ("beta",),  # 1.10 > 1.9 in Debian's order, not as text
-    ("gamma", "1:0.5"): ("gamma",),  # the epoch makes it newer than 3.0
-    ("gamma", "3.0"): ("gamma", "gamma-doc"),
-}
-FLAVOURS = (0, 1)
-"""Two builds of one source version give different bytes under the same file names (a rebuild)."""
-
-Variant = tuple[str, str, int]  # source, version, flavour
-Pool = dict[Variant, list[PackageFile]]
 _projects = itertools.count(1)
-
-
-def _deb(workdir: Path, package: str, source: str, version: str, flavour: int) -> PackageFile:
-    tree = workdir / f"{package}-{version}-{flavour}".replace(":", "_")
-    (tree / "DEBIAN").mkdir(parents=True)
-    (tree / "DEBIAN" / "control").write_text(
-        f"Package: {package}\nSource: {source}\nVersion: {version}\nArchitecture: all\n"
-        f"Maintainer: Farm Tests <tests@example.org>\nDescription: test package {package}\n"
-    )
-    (tree / "usr" / "share" / package).mkdir(parents=True)
-    (tree / "usr" / "share" / package / "payload").write_text(f"{package} {version} flavour {flavour}\n")
-    filename = f"{package}_{version.rsplit(':', maxsplit=1)[-1]}_all.deb"
-    out = workdir / f"{flavour}" / filename
-    out.parent.mkdir(exist_ok=True)
-    subprocess.run(
-        ["dpkg-deb", "--root-owner-group", "--build", str(tree), str(out)], check=True, capture_output=True
-    )
-    data = out.read_bytes()
-    return PackageFile(filename, hashlib.sha256(data).hexdigest(), len(data), out)
 
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Pool:
-    """Every variant's binaries, built once for the module (~18 debs, ~0.4 s)."""
-    workdir = tmp_path_factory.mktemp("pulp-branch-debs")
-    return {
-        (source, version, flavour): [_deb(workdir, b, source, version, flavour) for b in binaries]
-        for (source, version), binaries in BINARIES.items()
-        for flavour in FLAVOURS
-    }
+    return make_pool(tmp_path_factory.mktemp("pulp-branch-debs"))
 
 
 @pytest.fixture(scope="module")
@@ -108,17 +65,6 @@ def _held(repo: PulpRepository, repository: str) -> set[str]:
 
 def _files(pool: Pool, variants: dict[str, Variant]) -> set[str]:
     return {p.sha256 for v in variants.values() for p in pool[v]}
-
-
-def _newest(published: dict[int, tuple[Variant, ...]]) -> dict[str, Variant]:
-    """The model: per source, the variant of the newest (version, build id) published."""
-    best: dict[str, tuple[Version, int, Variant]] = {}
-    for build_id, variants in published.items():
-        for variant in variants:
-            key = (Version(variant[1]), build_id, variant)
-            if variant[0] not in best or key[:2] > best[variant[0]][:2]:
-                best[variant[0]] = key
-    return {source: key[2] for source, key in best.items()}
 
 
 def test_a_new_version_takes_away_binaries_it_no_longer_builds(repo: PulpRepository, pool: Pool) -> None:
@@ -173,33 +119,19 @@ def test_each_architectures_packages_reach_apt_for_that_architecture(
         assert client.download(wanted).read_bytes() == deb.path.read_bytes(), wanted
 
 
-@dataclass(frozen=True)
-class Build:
-    kind: str  # nightly | personal
-    outcome: str  # ok | failed (never published) | broken (publish refuses a package)
-    variants: tuple[Variant, ...]
-
-
-_variant = st.sampled_from([(s, v, f) for (s, v) in BINARIES for f in FLAVOURS])
-_build = st.builds(
-    Build,
-    kind=st.sampled_from(["nightly", "nightly", "nightly", "personal"]),
-    outcome=st.sampled_from(["ok", "ok", "ok", "ok", "failed", "broken"]),
-    variants=st.lists(_variant, min_size=1, max_size=2, unique_by=lambda v: v[0]).map(tuple),
+# Each publish costs ~1 s of Pulp tasks: few, short histories.
+_histories = histories(
+    kinds=["nightly", "nightly", "nightly", "personal"],
+    outcomes=["ok", "ok", "ok", "ok", "failed", "broken"],
+    variants=2,
+    builds=4,
+    publishes=5,
+    least=2,
 )
 
 
-@st.composite
-def _histories(draw: st.DrawFn) -> tuple[list[Build], list[int]]:
-    """Builds (ids 1..n, in submission order) and the order they publish in: any order, with
-    repeats (a repeat is a retry of the same build)."""
-    builds = draw(st.lists(_build, min_size=2, max_size=4))
-    order = draw(st.lists(st.integers(0, len(builds) - 1), min_size=2, max_size=5))
-    return builds, order
-
-
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(history=_histories())
+@given(history=_histories)
 def test_latest_is_the_newest_successful_version_of_every_package(
     repo: PulpRepository, pool: Pool, history: tuple[list[Build], list[int]]
 ) -> None:
@@ -227,7 +159,7 @@ def test_latest_is_the_newest_successful_version_of_every_package(
         else:
             published[build_id] = build.variants
         if published:
-            assert _latest(repo, project) == _files(pool, _newest(published))
+            assert _latest(repo, project) == _files(pool, newest(published))
 
 
 def test_personal_build_shows_its_own_packages_over_the_branch(repo: PulpRepository, pool: Pool) -> None:

@@ -3,7 +3,6 @@ they apply, plus chunked logs, presigned URLs, multipart uploads and bounded ret
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import signal
@@ -20,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from buildfarm.backends.base import ArtifactStore, LogWriter, ObjectRef
+from buildfarm.backends.base import ArtifactStore, LogWriter
 from buildfarm.backends.s3 import (
     DEFAULT_PART_SIZE,
     LOG_FLUSH_LINES,
@@ -32,6 +31,18 @@ from buildfarm.model.errors import NotFoundError, PermanentError, ServiceUnavail
 
 from helpers import free_port, wait_until
 from s3kit import ACCESS_KEY, REGION, SECRET_KEY, MotoS3, running_moto_s3
+from storekit import (
+    INVALID_LOG_KEYS,
+    assert_log_key_refused,
+    corruption_quarantined,
+    fetch_a_copy,
+    fetch_missing,
+    manifest_replaced,
+    put_file_like_bytes,
+    put_from_threads,
+    put_twice,
+    reopened_log_appends,
+)
 
 MiB = 1024 * 1024
 # Short timeouts: moto on localhost answers in milliseconds, and the outage tests stay fast.
@@ -94,11 +105,7 @@ def test_check_names_a_missing_bucket(moto: MotoS3, store: S3ArtifactStore) -> N
 def test_put_bytes_is_content_addressed_and_stored_once(
     moto: MotoS3, store: S3ArtifactStore, bucket: str
 ) -> None:
-    data = b"hello farm\n"
-    sha = hashlib.sha256(data).hexdigest()
-    first = store.put_bytes(data)
-    second = store.put_bytes(data)
-    assert first == second == ObjectRef(sha, len(data))
+    sha = put_twice(store)
     assert moto.object_names(bucket) == [f"sha256/{sha[:2]}/{sha}"]
     # A small object put again is simply uploaded again: one request, which also refreshes its
     # last-modified time (retention never collects content that is being stored again).
@@ -109,40 +116,17 @@ def test_put_bytes_is_content_addressed_and_stored_once(
 def test_put_file_dedupes_with_put_bytes(
     moto: MotoS3, store: S3ArtifactStore, bucket: str, tmp_path: Path
 ) -> None:
-    source = tmp_path / "pkg.deb"
-    source.write_bytes(b"\x00deb bytes" * 1000)
-    ref = store.put_file(source)
-    assert ref == store.put_bytes(source.read_bytes())
-    assert store.has(ref.sha256)
+    put_file_like_bytes(store, tmp_path)
     assert len(moto.object_names(bucket)) == 1
     assert moto.requests("PUT", f"/{bucket}/sha256/") == 2  # the upload, then the small re-put
-    assert not store.has("0" * 64)
 
 
 def test_concurrent_puts_of_same_content_from_threads(moto: MotoS3, bucket: str) -> None:
     # moto (not S3) sometimes answers 500 when two PUTs of one key overlap (it closes the buffer
     # of the object being replaced while computing its ETag): more attempts let the retry absorb it.
     store = make_store(moto, bucket, retry=RetryPolicy(attempts=6, backoff=0.05, read_timeout=5.0))
-    data = os.urandom(3 * MiB)
-    start = threading.Barrier(8)
-    refs: list[ObjectRef] = []
-    errors: list[BaseException] = []
-
-    def put() -> None:
-        try:
-            start.wait()
-            refs.append(store.put_bytes(data))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=put) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    assert len(set(refs)) == 1
-    assert moto.object_names(bucket) == [store.object_name(refs[0].sha256)]
+    ref = put_from_threads(store, os.urandom(3 * MiB))
+    assert moto.object_names(bucket) == [store.object_name(ref.sha256)]
 
 
 def test_multipart_upload_of_a_file_above_the_part_size(moto: MotoS3, bucket: str, tmp_path: Path) -> None:
@@ -162,35 +146,24 @@ def test_multipart_upload_of_a_file_above_the_part_size(moto: MotoS3, bucket: st
 
 
 def test_fetch_copies_verified_bytes(store: S3ArtifactStore, tmp_path: Path) -> None:
-    ref = store.put_bytes(b"payload")
-    dest = tmp_path / "out" / "nested" / "payload.bin"
-    store.fetch(ref.sha256, dest)
-    assert dest.read_bytes() == b"payload"
+    dest = fetch_a_copy(store, tmp_path)
     assert [p.name for p in dest.parent.iterdir()] == ["payload.bin"]  # no temp files left
 
 
 def test_fetch_missing_object(store: S3ArtifactStore, tmp_path: Path) -> None:
-    with pytest.raises(NotFoundError, match=f"artifact {'a' * 64} is not in the store bucket"):
-        store.fetch("a" * 64, tmp_path / "x")
-    assert not (tmp_path / "x").exists()
+    fetch_missing(store, tmp_path, f"artifact {'a' * 64} is not in the store bucket")
 
 
 def test_fetch_detects_corruption_and_quarantines(
     moto: MotoS3, store: S3ArtifactStore, bucket: str, tmp_path: Path
 ) -> None:
-    ref = store.put_bytes(b"good bytes")
-    name = store.object_name(ref.sha256)
-    moto.client().put_object(bucket, name, io.BytesIO(b"bad bytes!"), 10)
-    dest = tmp_path / "fetched"
-    with pytest.raises(PermanentError, match="is corrupt"):
-        store.fetch(ref.sha256, dest)
-    assert not dest.exists()  # nothing half-written
-    assert list(tmp_path.iterdir()) == []
-    assert not store.has(ref.sha256)  # moved aside ...
-    assert len(moto.object_names(bucket, "corrupt/")) == 1
-    store.put_bytes(b"good bytes")  # ... so storing it again heals the store
-    store.fetch(ref.sha256, dest)
-    assert dest.read_bytes() == b"good bytes"
+    def corrupt(sha: str) -> None:
+        moto.client().put_object(bucket, store.object_name(sha), io.BytesIO(b"bad bytes!"), 10)
+
+    work = tmp_path / "work"
+    work.mkdir()
+    corruption_quarantined(store, work, corrupt, lambda: len(moto.object_names(bucket, "corrupt/")))
+    assert [p.name for p in work.iterdir()] == ["fetched"]  # no temp files left
 
 
 def test_invalid_sha_rejected(store: S3ArtifactStore) -> None:
@@ -271,11 +244,7 @@ def test_timer_flushes_a_quiet_step(moto: MotoS3, bucket: str) -> None:
 
 
 def test_reopened_log_appends(store: S3ArtifactStore) -> None:
-    for line in ("a", "b"):
-        writer = store.open_log("logs/1/s/1.log")
-        writer.write_line(line)
-        writer.close()
-    assert store.read_log("logs/1/s/1.log") == (b"a\nb\n", 4)
+    reopened_log_appends(store)
 
 
 def test_crashed_writer_keeps_flushed_lines(moto: MotoS3, bucket: str) -> None:
@@ -322,37 +291,14 @@ def test_log_location_is_a_presigned_url_of_the_whole_log(store: S3ArtifactStore
     assert httpx.get(url).content == b"line 0\nline 1\nline 2\nline 3\n"
 
 
-@pytest.mark.parametrize(
-    "key",
-    [
-        "../outside.log",
-        "logs/../../x",
-        "/etc/passwd",
-        "logs//x",
-        "logs/./x",
-        "",
-        "objects/sha256/aa/x",
-        "sha256/aa/x",
-        "builds/1/manifest.json",
-        "logs\\..\\x",
-        "logs/1/s/1.log/chunk-000001",
-    ],
-)
+# and, in S3's one namespace, content objects and a log's own chunks
+@pytest.mark.parametrize("key", [*INVALID_LOG_KEYS, "sha256/aa/x", "logs/1/s/1.log/chunk-000001"])
 def test_log_key_traversal_rejected(store: S3ArtifactStore, key: str) -> None:
-    with pytest.raises(PermanentError, match="invalid log key"):
-        store.open_log(key)
-    with pytest.raises(PermanentError, match="invalid log key"):
-        store.read_log(key)
-    with pytest.raises(PermanentError, match="invalid log key"):
-        store.log_location(key)
+    assert_log_key_refused(store, key)
 
 
 def test_build_manifest_roundtrip(moto: MotoS3, store: S3ArtifactStore, bucket: str) -> None:
-    assert store.get_build_manifest(3) is None
-    store.put_build_manifest(3, {"project": "examples", "packages": [1, 2]})
-    assert store.get_build_manifest(3) == {"project": "examples", "packages": [1, 2]}
-    store.put_build_manifest(3, {"project": "other"})
-    assert store.get_build_manifest(3) == {"project": "other"}
+    manifest_replaced(store)
     assert moto.object_names(bucket) == ["builds/3/manifest.json"]
     with pytest.raises(PermanentError, match="invalid build id"):
         store.get_build_manifest(-1)

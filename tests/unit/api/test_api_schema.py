@@ -16,7 +16,7 @@ import pytest
 from pydantic import BaseModel
 
 import buildfarm_client.models as wire
-from buildfarm.api.app import API, assemble
+from buildfarm.api.routes import API, assemble
 from buildfarm.local.inprocess import LocalFarm
 from buildfarm.model.settings import load_settings
 

@@ -5,9 +5,7 @@ A loopback HTTP server in a thread plays the upstream; ~0.2 s.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -16,38 +14,19 @@ from buildfarm.model.errors import PermanentError
 from buildfarm.model.settings import MirrorConfig
 from buildfarm.model.urlpolicy import UrlPolicy
 
-
-class _Redirecting(BaseHTTPRequestHandler):
-    target = ""
-
-    def do_GET(self) -> None:
-        self.send_response(302)
-        self.send_header("Location", self.target + self.path)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+from httpkit import Redirecting, redirecting
 
 
 @pytest.fixture
-def upstream() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    thread.join(timeout=10)
-    server.server_close()
+def upstream() -> Iterator[Redirecting]:
+    with redirecting() as server:
+        yield server
 
 
 @pytest.mark.parametrize("target", ["http://169.254.169.254", "http://10.0.0.1", "http://127.0.0.2:1"])
-def test_a_mirror_redirecting_to_a_forbidden_host_is_refused(
-    upstream: ThreadingHTTPServer, target: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(_Redirecting, "target", target)
-    mirror = MirrorConfig(
-        name="m", url=f"http://127.0.0.1:{upstream.server_port}/debian", distribution="bookworm"
-    )
+def test_a_mirror_redirecting_to_a_forbidden_host_is_refused(upstream: Redirecting, target: str) -> None:
+    upstream.target = target
+    mirror = MirrorConfig(name="m", url=f"http://127.0.0.1:{upstream.port}/debian", distribution="bookworm")
     with pytest.raises(PermanentError, match="redirects to a host the farm does not fetch from"):
         check_upstream(mirror, timeout=5)
     allowed = UrlPolicy.parse(["https"], ["127.0.0.2"])  # an admin allows it: followed (and fails there)

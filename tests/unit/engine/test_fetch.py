@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import re
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
@@ -22,6 +19,7 @@ from buildfarm.model.urlpolicy import AllowedUrl, UrlPolicy
 
 from gitkit import GitServer, commit_tree
 from helpers import free_port
+from httpkit import Redirecting, redirecting
 
 LOOPBACK = UrlPolicy.parse(["git"], ["127.0.0.1"])
 
@@ -128,50 +126,26 @@ def test_git_errors_keep_their_meaning_and_hide_secrets() -> None:
     assert re.fullmatch(r"\(no message\)", fetch._git_error(""))
 
 
-class _Answer(BaseHTTPRequestHandler):
-    """Redirects every request to ``target`` (or answers 404 without one), recording the paths."""
-
-    target = ""
-    seen: ClassVar[list[str]] = []
-
-    def do_GET(self) -> None:
-        self.seen.append(self.path)
-        self.send_response(302 if self.target else 404)
-        if self.target:
-            self.send_header("Location", self.target + self.path)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def http_server() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    thread.join(timeout=10)
-    server.server_close()
+def http_server() -> Iterator[Redirecting]:
+    with redirecting() as server:
+        yield server
 
 
 def test_git_uses_the_checked_addresses_and_follows_no_redirect(
-    http_server: ThreadingHTTPServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    http_server: Redirecting, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A name checked at one address is fetched from that address (no second DNS answer counts),
     and a redirect (to a host nobody checked) is not followed."""
-    port = http_server.server_port
+    port = http_server.port
     url = f"http://name.invalid:{port}/repo"  # resolves nowhere: only the pinned address reaches it
     monkeypatch.setattr(
         fetch, "check_url", lambda u, p: AllowedUrl(u, "http", "name.invalid", port, ("127.0.0.1",))
     )
-    monkeypatch.setattr(_Answer, "seen", [])
     with pytest.raises(ManifestError, match="not found"):
         fetch.checkout(url, "v1", tmp_path / "pinned", "p", LOOPBACK)
-    assert _Answer.seen and _Answer.seen[0].startswith("/repo/info/refs")
-    monkeypatch.setattr(_Answer, "target", f"http://127.0.0.1:{free_port()}/elsewhere")
+    assert http_server.seen and http_server.seen[0].startswith("/repo/info/refs")
+    http_server.target = f"http://127.0.0.1:{free_port()}/elsewhere"
     with pytest.raises(ManifestError, match="302"):
         fetch.checkout(url, "v1", tmp_path / "redirected", "p", LOOPBACK)
 

@@ -12,11 +12,15 @@ import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
+from buildfarm.backends.fs import FsArtifactStore
 from buildfarm.local.inprocess import LOCAL_URL, LocalFarm
 from buildfarm.model.errors import NotFoundError, PermanentError
 from buildfarm.model.settings import load_settings
+from buildfarm.model.types import StepState
 from buildfarm.state.db import Database
+from buildfarm.state.models import Step
 from buildfarm_cli.httpclient import HttpClient
 
 from farmkit import finished_build
@@ -39,6 +43,10 @@ def test_the_local_client_is_the_api_as_the_farms_admin(tmp_path: Path) -> None:
             client.create_token("bob", "ci", 0)
         with pytest.raises(NotFoundError, match="user 'carol' does not exist"):
             client.create_token("carol")
+        client.add_project("p")
+        refused = r"^body\.role: unknown role 'owner': viewer, builder or maintainer$"
+        with pytest.raises(PermanentError, match=refused):
+            client.grant("bob", "p", "owner")
     finally:
         client.close()
 
@@ -73,3 +81,41 @@ def test_a_local_sweep_reports_its_progress_through_the_api(tmp_path: Path) -> N
     assert sorted(report.build_ids) == expired[:2]  # the newest three of the branch are kept
     assert ("repository", 2, 2) in phases
     assert json.loads(report.model_dump_json())["dry_run"] is False
+
+
+def test_a_log_follower_reads_a_retried_steps_new_log_from_its_start(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    client = _local(state)
+    try:
+        client.storage_report()  # brings the database up to date
+        (state / "farm.json").write_text(json.dumps({"runner": "host", "nodes": ["node1"]}))  # a stopped farm
+        store = FsArtifactStore(state / "artifacts")
+        for attempt, text in ((1, "first attempt\n"), (2, "second\n")):
+            writer = store.open_log(f"logs/1/hello/{attempt}.log")
+            writer.write_line(text.rstrip("\n"))
+            writer.close()
+        db = Database(f"sqlite:///{state / 'buildfarm.db'}")
+        with db.session() as session:
+            build = finished_build(session, state="running", finished=None)
+            step = Step(
+                build_id=build.id,
+                name="hello",
+                version="1.0",
+                origin="path:hello",
+                source_sha256="0" * 64,
+                tree_hash="0" * 64,
+                input_key="k",
+                depends_on=[],
+                state=StepState.RUNNING,
+                attempt=1,
+                log_key="logs/1/hello/1.log",
+            )
+            session.add(step)
+        chunk, offset, live = client.read_log(1, "hello", 0)
+        assert (chunk, offset, live) == (b"first attempt\n", 14, True)
+        with db.session() as session:  # the node was lost: attempt 2 logs anew
+            session.execute(update(Step).values(attempt=2, log_key="logs/1/hello/2.log"))
+        db.dispose()
+        assert client.read_log(1, "hello", offset) == (b"second\n", 7, True)
+    finally:
+        client.close()
