@@ -10,9 +10,12 @@ unpack), on the example packages, side by side:
 
 Setup is a step's wall time minus sbuild's own ``Build-Time``.  Bytes from outside: the sizes
 apt reports fetching (before), what apt-cacher-ng fetched upstream during the step (after, its
-log's ``I`` lines).  Also a package with a larger Build-Depends set (a C/C++ -dev set added with
-``--add-depends``), first build on a cold cache vs second on a warm one.  ``BENCH_RUNS`` (default
-2) runs per package and mode; the median is printed.  Prints numbers; asserts nothing.
+log's ``I`` lines).  Also a package with a larger Build-Depends set (hello-standalone with a C/C++
+-dev set in its Build-Depends) as the farm's runner builds it: in the bare environment (sbuild
+installs the set, warm package cache), then first build (the dependency layer is made: a miss)
+vs second build (a hit), the layer's time counted in the setup.  ``BENCH_RUNS`` (default
+2) runs per package and mode; the median is printed; ``BENCH_ENVSETUP_CASES`` (default
+``examples,big``) picks the cases.  Prints numbers; asserts nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from buildfarm.environments import cache_for, spec_for
+from buildfarm.environments import Environment, LayerCache, LayerPolicy, cache_for, spec_for, step_tarball
 from buildfarm.local.procs import apt_cache_command, apt_cache_config, free_apt_cache_port, port_open
 from buildfarm.model.settings import load_settings
 from buildfarm.runners.sbuild import ensure_base_tarball, sbuild_command, sbuild_environment
@@ -80,16 +83,40 @@ class AptCache:
         self.process.wait(30)
 
 
-def make_dsc(name: str, work: Path) -> Path:
+def make_dsc(name: str, work: Path, build_depends: tuple[str, ...] = (), source: str = "") -> Path:
+    """The .dsc of example ``source`` (default ``name``) renamed ``name``, with ``build_depends`` added."""
     tree = work / name
-    shutil.copytree(ROOT / "examples" / name, tree)
+    shutil.copytree(ROOT / "examples" / (source or name), tree)
+    if source:
+        for path in (tree / "debian" / "control", tree / "debian" / "changelog"):
+            path.write_text(path.read_text().replace(source, name))
+    if build_depends:
+        control = tree / "debian" / "control"
+        extra = ", ".join(build_depends)
+        control.write_text(
+            control.read_text().replace("debhelper-compat (= 13)", f"debhelper-compat (= 13), {extra}")
+        )
     subprocess.run(["dpkg-source", "-b", name], cwd=work, check=True, capture_output=True)
     return next(work.glob(f"{name}_*.dsc"))
 
 
-def sbuild_once(
-    tarball: Path, dsc: Path, *, lists: bool, proxy: str | None, add_depends: tuple[str, ...] = ()
-) -> tuple[float, float, int]:
+def layered_build(env: Environment, dsc: Path, policy: LayerPolicy, proxy: str) -> tuple[float, float, str]:
+    """(wall seconds from choosing the tarball to sbuild's end, Build-Time, layer log line) of
+    one build as the farm's sbuild runner does it (:func:`step_tarball`, then sbuild)."""
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="bench-layer-") as work:
+        scratch = Path(tempfile.mkdtemp(prefix="buildfarm-bench-layer-", dir="/dev/shm"))
+        try:
+            started = time.monotonic()
+            tarball = step_tarball(env, dsc, [], policy, work=Path(work), log=lines.append, scratch=scratch)
+            chosen = time.monotonic() - started
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    wall, build, _ = sbuild_once(tarball, dsc, lists=True, proxy=proxy)
+    return chosen + wall, build, next((line for line in lines if "dependency layer" in line), "")
+
+
+def sbuild_once(tarball: Path, dsc: Path, *, lists: bool, proxy: str | None) -> tuple[float, float, int]:
     """(wall seconds, sbuild Build-Time, bytes apt reported fetching) of one build of ``dsc``."""
     with tempfile.TemporaryDirectory(prefix="bench-env-") as tmp:
         work = Path(tmp)
@@ -99,8 +126,6 @@ def sbuild_once(
         chroots.chmod(0o755)
         env = sbuild_environment(work / "home", proxy) | {"BUILDFARM_SBUILD_TMPDIR": str(chroots)}
         command = sbuild_command(tarball, "bookworm", work / "out", dsc, apt_update=not lists)
-        if add_depends:
-            command.insert(-1, f"--add-depends={','.join(add_depends)}")
         try:
             started = time.monotonic()
             built = subprocess.run(
@@ -136,18 +161,24 @@ def _mb(n: float) -> str:
 def main() -> int:
     settings = load_settings()
     runs = int(os.environ.get("BENCH_RUNS", "2"))
-    base = ensure_base_tarball(
-        settings.buildenv.tarball, settings.buildenv.distribution, settings.buildenv.mirror, progress=print
-    )
+    cases = set(os.environ.get("BENCH_ENVSETUP_CASES", "examples,big").split(","))
+    examples = EXAMPLES if "examples" in cases else ()
+    if examples:
+        base = ensure_base_tarball(
+            settings.buildenv.tarball,
+            settings.buildenv.distribution,
+            settings.buildenv.mirror,
+            progress=print,
+        )
     env = cache_for(settings).ensure(spec_for(settings), progress=print)
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="buildfarm-bench-envsetup-") as tmp:
         work = Path(tmp)
         cache = AptCache(work / "apt-cache")
         try:
-            dscs = {name: make_dsc(name, work / "src") for name in EXAMPLES}
-            before: dict[str, list[tuple[float, float, int]]] = {n: [] for n in EXAMPLES}
-            after: dict[str, list[tuple[float, float, int]]] = {n: [] for n in EXAMPLES}
+            dscs = {name: make_dsc(name, work / "src") for name in examples}
+            before: dict[str, list[tuple[float, float, int]]] = {n: [] for n in examples}
+            after: dict[str, list[tuple[float, float, int]]] = {n: [] for n in examples}
             for _ in range(runs):
                 for name, dsc in dscs.items():
                     print(f"before: {name} ...", flush=True)
@@ -156,40 +187,71 @@ def main() -> int:
                     outside = cache.fetched_upstream()
                     wall, build, _ = sbuild_once(env.path, dsc, lists=True, proxy=cache.url)
                     after[name].append((wall, build, cache.fetched_upstream() - outside))
-            print("large Build-Depends: first build (cold cache) ...", flush=True)
-            big = dscs["hello-standalone"]
-            outside = cache.fetched_upstream()
-            w1, b1, _ = sbuild_once(env.path, big, lists=True, proxy=cache.url, add_depends=BIG_DEPENDS)
-            cold = cache.fetched_upstream() - outside
-            print("large Build-Depends: second build (warm cache) ...", flush=True)
-            outside = cache.fetched_upstream()
-            w2, b2, _ = sbuild_once(env.path, big, lists=True, proxy=cache.url, add_depends=BIG_DEPENDS)
-            warm = cache.fetched_upstream() - outside
+            big_runs = run_big(env, work, cache) if "big" in cases else None
         finally:
             cache.stop()
     load_end = os.getloadavg()[0]
     print()
-    print(
-        f"per-step setup = wall - sbuild Build-Time, median of {runs}; "
-        f"load average {load:.1f} -> {load_end:.1f} ({os.cpu_count()} cores)"
-    )
+    print(f"load average {load:.1f} -> {load_end:.1f} ({os.cpu_count()} cores)")
+    if examples:
+        report_examples(env, runs, before, after)
+    if big_runs:
+        report_big(*big_runs)
+    return 0
+
+
+BigRuns = tuple[tuple[float, float, int], tuple[float, float, int, str], tuple[float, float, str]]
+
+
+def run_big(env: Environment, work: Path, cache: AptCache) -> BigRuns:
+    """The large Build-Depends case: bare environment, layer made, layer hit."""
+    big = make_dsc("hello-bigdeps", work / "src", BIG_DEPENDS, source="hello-standalone")
+    print("large Build-Depends: in the bare environment (cold package cache) ...", flush=True)
+    outside = cache.fetched_upstream()
+    w0, b0, _ = sbuild_once(env.path, big, lists=True, proxy=cache.url)
+    cold = cache.fetched_upstream() - outside
+    policy = LayerPolicy(LayerCache(work / "layers", 1 << 34), work / "apt-views", 1, cache.url)
+    print("large Build-Depends: first build, the layer is made ...", flush=True)
+    outside = cache.fetched_upstream()
+    w1, b1, line1 = layered_build(env, big, policy, cache.url)
+    warm = cache.fetched_upstream() - outside
+    print("large Build-Depends: second build, a layer hit ...", flush=True)
+    w2, b2, line2 = layered_build(env, big, policy, cache.url)
+    return (w0, b0, cold), (w1, b1, warm, line1), (w2, b2, line2)
+
+
+def report_examples(
+    env: Environment,
+    runs: int,
+    before: dict[str, list[tuple[float, float, int]]],
+    after: dict[str, list[tuple[float, float, int]]],
+) -> None:
+    print(f"per-step setup = wall - sbuild Build-Time, median of {runs}")
     print(f"after: environment {env.short} ({env.size >> 20} MiB, {len(env.spec.packages)} extra packages)")
     print(f"{'package':20} {'before':>9} {'after':>9} {'ratio':>7}   {'fetched before':>15} {'after':>12}")
     setups_before, setups_after = [], []
-    for name in EXAMPLES:
-        sb = statistics.median(w - b for w, b, _ in before[name])
+    for name, runs_before in before.items():
+        sb = statistics.median(w - b for w, b, _ in runs_before)
         sa = statistics.median(w - b for w, b, _ in after[name])
-        fb = statistics.median(f for _, _, f in before[name])
+        fb = statistics.median(f for _, _, f in runs_before)
         fa = statistics.median(f for _, _, f in after[name][1:] or after[name])  # warm cache
         setups_before.append(sb)
         setups_after.append(sa)
         print(f"{name:20} {sb:8.1f}s {sa:8.1f}s {sa / sb:7.2f}   {_mb(fb):>15} {_mb(fa):>12}")
     mb, ma = statistics.median(setups_before), statistics.median(setups_after)
     print(f"{'median':20} {mb:8.1f}s {ma:8.1f}s {ma / mb:7.2f}")
-    print(f"large Build-Depends (+{len(BIG_DEPENDS)} -dev packages), after, through the cache:")
-    print(f"  first build  setup {w1 - b1:6.1f} s, fetched from outside {_mb(cold)}")
-    print(f"  second build setup {w2 - b2:6.1f} s, fetched from outside {_mb(warm)}")
-    return 0
+
+
+def report_big(
+    bare: tuple[float, float, int], made: tuple[float, float, int, str], hit: tuple[float, float, str]
+) -> None:
+    (w0, b0, cold), (w1, b1, warm, line1), (w2, b2, line2) = bare, made, hit
+    print(f"large Build-Depends (+{', '.join(BIG_DEPENDS)}), through the package cache:")
+    print(f"  no layer (sbuild installs)   setup {w0 - b0:6.1f} s, fetched from outside {_mb(cold)}")
+    print(f"  first build (layer made)     setup {w1 - b1:6.1f} s, fetched from outside {_mb(warm)}")
+    print(f"  second build (layer hit)     setup {w2 - b2:6.1f} s")
+    print(f"    {line1.removeprefix('buildfarm: ')}")
+    print(f"    {line2.removeprefix('buildfarm: ')}")
 
 
 if __name__ == "__main__":

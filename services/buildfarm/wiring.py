@@ -92,7 +92,7 @@ def make_runner(settings: Settings, store: ArtifactStore | None = None) -> Runne
     tmpdir = chroot_root(env.sbuild_tmpdir, settings.state_dir)
     if env.base_tarball is not None:  # a fixed tarball named in the settings, used as is
         return SbuildRunner(env.base_tarball, env.distribution, tmpdir, apt_proxy=env.apt_proxy)
-    from buildfarm.environments import cache_for, spec_for
+    from buildfarm.environments import cache_for, layers_for, spec_for
 
     return SbuildRunner(
         None,
@@ -101,6 +101,7 @@ def make_runner(settings: Settings, store: ArtifactStore | None = None) -> Runne
         environments=cache_for(settings),
         spec=spec_for(settings),
         apt_proxy=env.apt_proxy,
+        layers=layers_for(settings),
     )
 
 

@@ -39,6 +39,10 @@ NOT_IN_CHART: dict[str, str] = {
     "BUILDFARM_ENV_PACKAGES": "sbuild's cached build environments: the chart's runner is kubernetes",
     "BUILDFARM_APT_PROXY": "sbuild's package cache (local profile); builder pods fetch from the mirrors",
     "BUILDFARM_APT_CACHE": "whether `buildfarm start` runs apt-cacher-ng: the local profile only",
+    "BUILDFARM_ENV_LAYER_MAX_BYTES": "sbuild's dependency layers: the chart's runner is kubernetes",
+    "BUILDFARM_ENV_LAYER_MIN_PACKAGES": "sbuild's dependency layers: the chart's runner is kubernetes",
+    "BUILDFARM_ENV_REFRESH_SCHEDULE": "refreshes the local cache of sbuild environments: the chart's runner "
+    "is kubernetes (its builder image is rebuilt instead)",
     "BUILDFARM_REPO_HOST": "the local repository server; the chart serves packages from Pulp",
     "BUILDFARM_REPO_PORT": "the local repository server; the chart serves packages from Pulp",
     "BUILDFARM_KUBECONFIG": "out-of-cluster use only: the chart's pods use their in-cluster configuration",
@@ -80,7 +84,10 @@ VARIANTS: tuple[tuple[str, ...], ...] = (
         "farm.schedules.backup=0 4 * * *",
     ),
     ("pulp.signing.existingSecret=pulp-signing",),
-    ("farm.notifications.smtpHost=mail.example.org", "farm.notifications.dashboardUrl=https://farm.example.org"),
+    (
+        "farm.notifications.smtpHost=mail.example.org",
+        "farm.notifications.dashboardUrl=https://farm.example.org",
+    ),
     ("registry.enabled=true",),
     ("registry.enabled=false",),
 )

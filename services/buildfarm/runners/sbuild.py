@@ -22,7 +22,15 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from buildfarm.environments import Environment, EnvironmentCache, EnvironmentSpec, file_digest, make_tarball
+from buildfarm.environments import (
+    Environment,
+    EnvironmentCache,
+    EnvironmentSpec,
+    LayerPolicy,
+    file_digest,
+    make_tarball,
+    step_tarball,
+)
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.names import to_safe
 from buildfarm.model.types import FILE_OUTPUT_SUFFIXES, PACKAGE_SUFFIXES, AptSource, RunnerKind
@@ -201,6 +209,7 @@ class SbuildRunner:
         environments: EnvironmentCache | None = None,
         spec: EnvironmentSpec | None = None,
         apt_proxy: str | None = None,
+        layers: LayerPolicy | None = None,
     ) -> None:
         if environments is not None and spec is None:
             raise ValueError("an environment cache needs its recipe (spec)")
@@ -210,6 +219,7 @@ class SbuildRunner:
         self.environments = environments
         self.spec = spec
         self.apt_proxy = apt_proxy
+        self.layers = layers
 
     def _identity(self, digest: str) -> str:
         return f"sbuild:{self.distribution}:{digest}"
@@ -234,13 +244,31 @@ class SbuildRunner:
     def step_environment(self, environment_id: str) -> tuple[Path, bool]:
         """(tarball, whether it carries the mirror's apt lists) of the environment a step's input
         key names (``environment_id``; empty: the current one)."""
-        if self.environments is None or self.spec is None:
+        env = self._cached_environment(environment_id)
+        if env is None:
             if self.base_tarball is None:
                 raise PermanentError("the sbuild runner has neither an environment cache nor a base tarball")
             return self.base_tarball, False
-        digest = environment_id.rsplit(":", 1)[-1]
-        env = self.environments.get(digest) if digest else self.environments.ensure(self.spec)
         return env.path, env.spec.keep_lists
+
+    def _cached_environment(self, environment_id: str) -> Environment | None:
+        if self.environments is None or self.spec is None:
+            return None
+        digest = environment_id.rsplit(":", 1)[-1]
+        return self.environments.get(digest) if digest else self.environments.ensure(self.spec)
+
+    def _step_tarball(self, job: StepJob, dsc: Path, scratch: Path | None) -> tuple[Path, bool]:
+        """The tarball this step unpacks: its environment's dependency layer when it has big
+        Build-Depends (:mod:`buildfarm.environments.steplayer`), else the environment."""
+        env = self._cached_environment(job.environment_id)
+        if env is None or self.layers is None:
+            return self.step_environment(job.environment_id)
+        work = job.workdir / "layer"
+        work.mkdir()
+        tarball = step_tarball(
+            env, dsc, job.extra_sources, self.layers, work=work, log=job.log, scratch=scratch
+        )
+        return tarball, env.spec.keep_lists
 
     def run(self, job: StepJob) -> StepResult:
         for tool, package in (("sbuild", "sbuild"), ("dpkg-source", "dpkg-dev"), ("newuidmap", "uidmap")):
@@ -265,10 +293,6 @@ class SbuildRunner:
             dsc = dscs[0]
         out = job.workdir / "out"
         out.mkdir()
-        tarball, has_lists = self.step_environment(job.environment_id)
-        command = sbuild_command(
-            tarball, self.distribution, out, dsc, job.extra_sources, apt_update=not has_lists
-        )
         home = job.workdir / "home"
         home.mkdir()
         env = sbuild_environment(home, self.apt_proxy, job.extra_sources)
@@ -279,6 +303,10 @@ class SbuildRunner:
             env["BUILDFARM_SBUILD_TMPDIR"] = str(chroots)
         watch = _LogWatch(job.log, [s.url for s in job.extra_sources])
         try:
+            tarball, has_lists = self._step_tarball(job, dsc, chroots)
+            command = sbuild_command(
+                tarball, self.distribution, out, dsc, job.extra_sources, apt_update=not has_lists
+            )
             outcome = run_streaming(
                 command,
                 cwd=job.workdir,
