@@ -57,6 +57,9 @@ class _NoDispatcher:
     def check(self) -> None:
         self._refuse()
 
+    def prepare_environment(self) -> None:
+        self._refuse()
+
 
 class LocalClient:
     """The farm of this machine (``BUILDFARM_STATE_DIR``), through the engine's functions."""

@@ -63,6 +63,9 @@ def make_celery(settings: Settings) -> Celery:
         "task_default_queue": BUILD_QUEUE,
         "task_routes": {
             "buildfarm.run_step": {"queue": BUILD_QUEUE},
+            # minutes of mmdebstrap: on a node, never in the control queue's way
+            "buildfarm.prepare_environment": {"queue": BUILD_QUEUE},
+            "buildfarm.env_refresh": {"queue": BUILD_QUEUE},
             "buildfarm.advance_build": {"queue": CONTROL_QUEUE},
             "buildfarm.reap": {"queue": CONTROL_QUEUE},
             "buildfarm.schedules_tick": {"queue": CONTROL_QUEUE},
@@ -135,6 +138,10 @@ class CeleryDispatcher:
         priority = self.priorities.get(kind, MAX_PRIORITY)
         message_id = f"step-{step_id}-attempt-{attempt}"
         self._send("buildfarm.run_step", [step_id], BUILD_QUEUE, message_id, priority)
+
+    def prepare_environment(self) -> None:
+        # the first class (0): before any step, which would need the environment too
+        self._send("buildfarm.prepare_environment", [], BUILD_QUEUE, None, 0)
 
     def check(self) -> None:
         try:

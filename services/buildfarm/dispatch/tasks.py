@@ -47,6 +47,20 @@ def run_step(self, step_id: int) -> str:  # type: ignore[no-untyped-def]
     return outcome
 
 
+@shared_task(name="buildfarm.prepare_environment")  # type: ignore[untyped-decorator]
+def prepare_environment() -> None:
+    """Make the package runner's environment a submit found missing (it answered "try again")."""
+    from buildfarm.runners.base import PreparesEnvironment
+
+    runner = farm_context().runner
+    if not isinstance(runner, PreparesEnvironment):
+        return
+    try:
+        runner.prepare_environment()
+    except BuildfarmError as exc:
+        log.warning("build environment not made, the next submit asks again: %s", exc)
+
+
 @shared_task(name="buildfarm.advance_build")  # type: ignore[untyped-decorator]
 def advance_build(build_id: int) -> None:
     try:

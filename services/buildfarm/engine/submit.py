@@ -16,6 +16,7 @@ from buildfarm.model.manifest import Manifest
 from buildfarm.model.planner import ImageInfo, compute_input_keys, make_plan
 from buildfarm.model.sources import pack_tree, tree_hash
 from buildfarm.model.types import BuildKind, StepState
+from buildfarm.runners.base import EnvironmentNotReady
 from buildfarm.state.models import Build, Step
 
 BUILD_OPTIONS_VERSION = "2"
@@ -93,7 +94,11 @@ def submit_build(
             tarballs[image.name] = ctx.store.put_bytes(pack_tree(directory)).sha256
             specs[image.name] = image_spec_record(image)
     plan = make_plan(planned, images, explicit)
-    environment_id = ctx.runner.environment_id()
+    try:
+        environment_id = ctx.runner.environment_id()
+    except EnvironmentNotReady:  # never made inside a request: a worker makes it
+        ctx.dispatcher.prepare_environment()
+        raise
     image_environment_id = ctx.image_runner.environment_id() if images else ""
     compute_input_keys(
         plan,

@@ -34,11 +34,13 @@ from buildfarm.environments import (
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.names import to_safe
 from buildfarm.model.types import FILE_OUTPUT_SUFFIXES, PACKAGE_SUFFIXES, AptSource, RunnerKind
-from buildfarm.runners.base import StepJob, StepResult, attempt_dirname
+from buildfarm.runners.base import EnvironmentNotReady, StepJob, StepResult, attempt_dirname
 from buildfarm.runners.process import describe_failure, run_streaming
 from buildfarm.runners.sourcepkg import unpack_step_source
 
 SBUILD_CONFIG = Path(__file__).parent / "sbuildrc"
+ENVIRONMENT_RETRY_SECONDS = 120.0
+"""What a submit that found no environment is told to wait: mmdebstrap takes ~1-3 min."""
 BUILDER_PACKAGES = ("python3", "ca-certificates")
 """Added to the base for the package-builder environment: the entrypoint is a python3 script
 (python3-minimal lacks tarfile, gzip, json and http.client) and fetches over https."""
@@ -224,22 +226,28 @@ class SbuildRunner:
     def _identity(self, digest: str) -> str:
         return f"sbuild:{self.distribution}:{digest}"
 
-    def current_environment(self) -> Environment | None:
-        """The cache's current environment of the recipe, made now if there is none or it was
-        found corrupt (None for a fixed base tarball)."""
-        if self.environments is None or self.spec is None:
-            return None
-        return self.environments.ensure(self.spec)
-
     def environment_id(self) -> str:
-        env = self.current_environment()
-        if env is not None:
+        """The identity of the current environment, from what the cache holds: never made here
+        (this runs inside an API request), :class:`EnvironmentNotReady` when there is none."""
+        if self.environments is not None and self.spec is not None:
+            env = self.environments.current(self.spec)
+            if env is None:
+                raise EnvironmentNotReady(
+                    f"the build environment {self.spec.describe()} is not made yet (first use, or pruned "
+                    "or found corrupt): a worker is making it, which takes a few minutes; submit again then",
+                    retry_after=ENVIRONMENT_RETRY_SECONDS,
+                )
             return self._identity(env.digest)
         if self.base_tarball is None or not self.base_tarball.is_file():
             raise PermanentError(
                 f"the sbuild base tarball {self.base_tarball} does not exist: `buildfarm start` makes it"
             )
         return self._identity(tarball_digest(self.base_tarball))
+
+    def prepare_environment(self) -> None:
+        """Make the recipe's environment if the cache has none (a worker's task, minutes)."""
+        if self.environments is not None and self.spec is not None:
+            self.environments.ensure(self.spec)
 
     def step_environment(self, environment_id: str) -> tuple[Path, bool]:
         """(tarball, whether it carries the mirror's apt lists) of the environment a step's input
