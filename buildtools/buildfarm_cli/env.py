@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from buildfarm.environments import Environment, cache_for, digests_named_by_builds, spec_for
+from buildfarm.environments import Environment, cache_for
+from buildfarm.environments.upkeep import prune_environments, refresh_environment
 from buildfarm.model.settings import load_settings
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console
@@ -68,14 +69,11 @@ def env_refresh(output: OutputOpt = None) -> None:
     """Make the farm's environment afresh from the mirror (security updates); builds submitted
     from now on use it.  An unchanged mirror gives the same environment, so outputs are reused."""
     state.local("env refresh")
-    settings = load_settings()
-    cache = cache_for(settings)
-    before = {e.digest for e in cache.entries() if e.current}
-    env = cache.refresh(spec_for(settings), progress=err_console.print)
+    env, new = refresh_environment(load_settings(), progress=err_console.print)
     if state.fmt(output) == OutputFormat.JSON:
-        emit_json(_view(env) | {"changed": env.digest not in before})
+        emit_json(_view(env) | {"changed": new})
         return
-    what = "unchanged" if env.digest in before else "new"
+    what = "new" if new else "unchanged"
     console.print(f"environment {env.short} ({what}): {env.spec.describe()}", markup=False)
 
 
@@ -86,14 +84,12 @@ def env_prune(
     ] = 24.0,
     output: OutputOpt = None,
 ) -> None:
-    """Remove environments that are not current and that no build of this farm names."""
+    """Remove environments that are not current and that no build of this farm names, and the
+    dependency layers of removed environments (the scheduler does it after each retention sweep
+    and each refresh)."""
     state.local("env prune")
-    settings = load_settings()
-    removed = cache_for(settings).prune(
-        digests_named_by_builds(settings), min_age_seconds=min_age_hours * 3600
-    )
+    report = prune_environments(load_settings(), min_age_seconds=min_age_hours * 3600)
     if state.fmt(output) == OutputFormat.JSON:
-        emit_json([_view(e) for e in removed])
+        emit_json([_view(e) for e in report.environments])
         return
-    freed = sum(e.size for e in removed) >> 20
-    console.print(f"removed {len(removed)} environment(s), {freed} MiB", markup=False)
+    console.print(report.describe(), markup=False)

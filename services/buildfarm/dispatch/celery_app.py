@@ -7,7 +7,9 @@ Queues:
   ``build_priorities``; kombu keeps one Redis list per priority);
 * ``node.<name>`` — one per node, for work that must run on that node (none yet);
 * ``control`` — only the scheduler consumes it: "advance build N", the periodic reaper, the
-  schedules' tick, the retention sweep and the backup run.
+  schedules' tick, the retention sweep and the backup run.  Making a build environment (a
+  submit found none, or the scheduled refresh) takes minutes of mmdebstrap: it goes to
+  ``builds``, where a node makes it in the machine's cache.
   Keeping them off the node queues means a farm whose nodes are all busy building still
   releases, publishes and reclaims promptly.
 
@@ -117,6 +119,8 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
     for name, task, expression, setting in (
         ("retention", "buildfarm.retention_sweep", settings.retention.schedule, "retention_schedule"),
         ("backup", "buildfarm.backup_run", settings.backup.schedule, "backup_schedule"),
+        # the sbuild environment from the mirror again (security updates), then pruned (issue 15)
+        ("env_refresh", "buildfarm.env_refresh", settings.buildenv.refresh_schedule, "env_refresh_schedule"),
     ):
         if expression:  # empty: not scheduled (run it by hand)
             cron = parse_cron(expression, f"setting {setting}")

@@ -7,16 +7,15 @@ the digest check, atomic creation. mmdebstrap itself runs in tests/integration/t
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import textwrap
 from pathlib import Path
 
 import pytest
+from envkit import TarMaker
 
 from buildfarm.environments import EnvironmentCache, EnvironmentGone, EnvironmentSpec
 from buildfarm.model.planner import SourceInfo, compute_input_keys, make_plan
@@ -26,25 +25,6 @@ from buildfarm.runners.sbuild import SbuildRunner
 from helpers import wait_until
 
 SPEC = EnvironmentSpec("bookworm", "amd64", "http://deb.debian.org/debian", ("debhelper", "fakeroot"))
-
-
-class TarMaker:
-    """A real tarball of one file naming the recipe's packages (and ``extra``: a moved mirror)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.extra = ""
-
-    def __call__(
-        self, spec: EnvironmentSpec, dest: Path, proxy: str | None = None, progress: object = None
-    ) -> str:
-        self.calls += 1
-        data = (" ".join(spec.packages) + self.extra + "\n").encode() * 1000
-        with tarfile.open(dest, "w", format=tarfile.GNU_FORMAT) as tar:
-            info = tarfile.TarInfo("./var/lib/dpkg/status")
-            info.size, info.mtime = len(data), 1700000000
-            tar.addfile(info, io.BytesIO(data))
-        return "Sat, 01 Jan 2026 00:00:00 UTC"
 
 
 @pytest.fixture

@@ -6,12 +6,11 @@ cache's logic.  A layer made with apt for real is in tests/integration/runners/t
 
 from __future__ import annotations
 
-import io
 import os
-import tarfile
 from pathlib import Path
 
 import pytest
+from envkit import LayerMaker
 
 from buildfarm.environments import LAYER_LOOKUPS, DependencySet, LayerCache
 from buildfarm.environments.resolve import _trusted, _url, dependency_string
@@ -19,22 +18,6 @@ from buildfarm.metrics.worker import REGISTRY
 
 ENV = "a" * 64
 LIBS = ("libpopt-dev:amd64=1.19+dfsg-1", "zlib1g-dev:amd64=1:1.2.13.dfsg-1")
-
-
-class LayerMaker:
-    """Writes a real tarball of ``size`` bytes naming the call (so each making is told apart)."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self.size = size
-        self.calls = 0
-
-    def __call__(self, dest: Path) -> None:
-        self.calls += 1
-        data = f"layer {self.calls}\n".encode().ljust(self.size, b".")
-        with tarfile.open(dest, "w", format=tarfile.GNU_FORMAT) as tar:
-            info = tarfile.TarInfo("./var/lib/dpkg/status")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
 
 
 def _age(cache: LayerCache, key: str, seconds_ago: float) -> None:
