@@ -3,10 +3,12 @@
 Called by the sbuild runner for every step, after the step's input key chose the environment:
 
 1. the environment already satisfies the Build-Depends (``dpkg-checkbuilddeps``, ~0.1 s):
-   the environment itself, nothing else done;
+   the environment without its archive lists (the layer of the empty set, made once: sbuild's
+   apt runs have nothing to install from the archive, so they parse the staging repository's
+   lists only, not the archive's ~50 MB, several times a step);
 2. else the set apt would install is resolved (:mod:`.resolve`), keeping only the environment's
-   archive packages; fewer than ``min_packages`` of them: the environment (sbuild installs
-   them, cheaper than a layer);
+   archive packages: none (only the farm's own packages): as 1; fewer than ``min_packages``:
+   the environment with its lists (sbuild installs them, cheaper than a layer);
 3. else the layer of exactly that set (:mod:`.layers`): found (hit) or made now (miss).
 
 Whatever goes wrong on the way (apt cannot resolve, the layer cannot be made faithfully) leaves
@@ -22,7 +24,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from buildfarm.environments.cache import Environment
-from buildfarm.environments.layermaker import UnfaithfulLayer, installed_in, make_layer
+from buildfarm.environments.layermaker import UnfaithfulLayer, installed_in, make_layer, make_lean
 from buildfarm.environments.layers import LAYER_LOOKUPS, DependencySet, LayerCache
 from buildfarm.environments.resolve import (
     AptOnView,
@@ -59,7 +61,7 @@ def step_tarball(
     ``scratch``: where a new layer is unpacked, tmpfs at best)."""
     view = apt_view(env.path, env.digest, policy.views)
     if build_depends_met(view, dsc):
-        return _none(env, log, "the environment has every Build-Depends")
+        return _lean(env, policy, log, "the environment has every Build-Depends")
     hosts = sorted({urlsplit(s.url).hostname or "" for s in extra} - {""})
     apt = AptOnView(view, work, extra, policy.proxy, hosts)
     try:
@@ -71,7 +73,9 @@ def step_tarball(
         return _failed(env, log, str(exc))
     archive_urls = tuple(apt.archive_urls())
     archive = [p for p in resolved if archive_urls and p.uri.startswith(archive_urls)]
-    if len(archive) < max(policy.min_packages, 1):
+    if not archive:  # only the farm's own packages to install, whose dependencies the environment has
+        return _lean(env, policy, log, "only the farm's own packages to install")
+    if len(archive) < policy.min_packages:
         return _none(env, log, f"{len(archive)} package(s) from the archive, below env_layer_min_packages")
     deps = DependencySet(env.digest, tuple(p.pin() for p in archive))
 
@@ -90,6 +94,20 @@ def step_tarball(
         f"buildfarm: dependency layer {layer.short}: {'hit' if hit else 'miss (made now)'}, "
         f"{len(deps.packages)} archive packages preinstalled on environment {env.short} "
         f"({layer.size >> 20} MiB)"
+    )
+    return layer.path
+
+
+def _lean(env: Environment, policy: LayerPolicy, log: Callable[[str], None], why: str) -> Path:
+    deps = DependencySet(env.digest, ())
+    try:
+        layer, _hit = policy.cache.ensure(deps, lambda dest: make_lean(env.path, dest))
+    except (BuildfarmError, OSError) as exc:
+        return _failed(env, log, str(exc))
+    LAYER_LOOKUPS.labels("none").inc()
+    log(
+        f"buildfarm: dependency layer: none ({why}); environment {env.short} without its archive "
+        f"lists ({layer.short})"
     )
     return layer.path
 

@@ -66,11 +66,18 @@ def _remote(farm: Farm) -> Farm:
 def test_tool_links_against_library_from_the_farms_repository(sbuild_farm: Farm, tmp_path: Path) -> None:
     """Submitted from a local directory through the REST API, as a remote user would."""
     manifest = _copy_examples(tmp_path, ["libgreet", "greet-cli", "greet-docs"], "main")
-    view = _remote(sbuild_farm).json("build", "submit", str(manifest), "--wait", "--timeout", "600")
+    submitted = _remote(sbuild_farm).cli(
+        "--output", "json", "build", "submit", str(manifest), "--wait", "--timeout", "900", timeout=960
+    )
+    view = json.loads(submitted.stdout)  # three sbuild steps one after the other: minutes when loaded
     assert view["user"] == "admin"  # recorded as the token's user: it went through the API
     assert view["state"] == "succeeded", view
     steps = {s["name"]: s for s in view["steps"]}
+    # libgreet needs nothing beyond the environment, greet-cli only the farm's own libgreet-dev:
+    # both ran without the archive's apt lists
+    assert "has every Build-Depends); environment" in Path(steps["libgreet"]["log"]).read_text()
     cli_log = Path(steps["greet-cli"]["log"]).read_text()
+    assert "(only the farm's own packages to install); environment" in cli_log
     assert "/sb/main/staging/" in cli_log  # the extra repository sbuild was given
     assert "libgreet-dev" in cli_log
     deb = next(

@@ -6,7 +6,9 @@ cache's logic.  A layer made with apt for real is in tests/integration/runners/t
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -150,3 +152,32 @@ def test_environment_sources_are_read_on_the_host_without_its_keys() -> None:
         "deb [trusted=yes arch=amd64] http://m/debian b main"
     )
     assert _url("deb [trusted=yes] http://m/debian bookworm main contrib") == "http://m/debian/"
+
+
+def test_lean_layer_leaves_out_only_the_archive_lists(tmp_path: Path) -> None:
+    """The layer of a step whose Build-Depends the environment has: apt there installs nothing
+    from the archive, so its ~50 MB of lists would only be parsed for nothing."""
+    from buildfarm.environments.layermaker import make_lean
+
+    base = tmp_path / "env.tar"
+    members = {
+        "./var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease": b"release",
+        "./var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages": b"pkgs",
+        "./var/lib/apt/lists/lock": b"",
+        "./var/lib/dpkg/status": b"Package: debhelper\n",
+        "./etc/apt/sources.list": b"deb http://deb.debian.org/debian bookworm main\n",
+    }
+    with tarfile.open(base, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    make_lean(base, tmp_path / "lean.tar")
+    with tarfile.open(tmp_path / "lean.tar") as tar:
+        assert sorted(tar.getnames()) == [
+            "./etc/apt/sources.list",
+            "./var/lib/apt/lists/lock",
+            "./var/lib/dpkg/status",
+        ]
+    with tarfile.open(base) as tar:
+        assert len(tar.getnames()) == len(members)  # the environment itself is untouched
