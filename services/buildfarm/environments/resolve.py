@@ -13,6 +13,7 @@ A step whose Build-Depends the environment already satisfies is told in ~0.1 s b
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
@@ -62,6 +63,48 @@ def apt_view(tarball: Path, digest: str, root: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return view
+
+
+def unlike_host(view: Path) -> str:
+    """Why the host's apt cannot stand in for the environment's ("" when it can): the set is
+    resolved on the host, so the environment must have apt of the host's release series (another
+    distribution's apt may decide otherwise) and no foreign architecture (a cross-build
+    environment resolves ``:native``/``:any`` otherwise)."""
+    arch = view / "var" / "lib" / "dpkg" / "arch"
+    if arch.is_file() and len(arch.read_text().split()) > 1:
+        return "a multi-architecture environment: no layers for it"
+    status = (view / "var" / "lib" / "dpkg" / "status").read_text(errors="replace")
+    inside = next(
+        (
+            line.partition(":")[2].strip()
+            for stanza in status.split("\n\n")
+            if stanza.startswith("Package: apt\n")
+            for line in stanza.splitlines()
+            if line.startswith("Version:")
+        ),
+        "",
+    )
+    host = _host_apt_version()
+    if _series(inside) != _series(host):  # a stable release's updates keep the resolver
+        return f"the environment's apt {inside or '?'} is not the host's {host or '?'}: no layers for it"
+    return ""
+
+
+def _series(version: str) -> str:
+    """``2.6`` of ``2.6.1``: apt's release series (its resolver changes only between series)."""
+    return ".".join(version.rpartition(":")[2].split(".")[:2])
+
+
+@functools.cache
+def _host_apt_version() -> str:
+    done = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Version}", "apt"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.stdout.strip()
 
 
 def build_depends_met(view: Path, dsc: Path) -> bool:

@@ -32,6 +32,7 @@ from buildfarm.environments.resolve import (
     apt_view,
     build_depends_met,
     dependency_string,
+    unlike_host,
 )
 from buildfarm.model.errors import BuildfarmError
 from buildfarm.model.types import AptSource
@@ -60,6 +61,9 @@ def step_tarball(
     """The tarball the step's sbuild unpacks (``work``: a fresh directory of the step's own;
     ``scratch``: where a new layer is unpacked, tmpfs at best)."""
     view = apt_view(env.path, env.digest, policy.views)
+    unlike = unlike_host(view)
+    if unlike:  # resolved on the host: only where the host's apt decides as the chroot's would
+        return _none(env, log, unlike)
     if build_depends_met(view, dsc):
         return _lean(env, policy, log, "the environment has every Build-Depends")
     hosts = sorted({urlsplit(s.url).hostname or "" for s in extra} - {""})

@@ -181,3 +181,25 @@ def test_lean_layer_leaves_out_only_the_archive_lists(tmp_path: Path) -> None:
         ]
     with tarfile.open(base) as tar:
         assert len(tar.getnames()) == len(members)  # the environment itself is untouched
+
+
+def test_no_layers_where_the_hosts_apt_cannot_decide_for_the_environment(tmp_path: Path) -> None:
+    """Sets are resolved with the host's apt: a cross-build (multi-arch) environment, or one of
+    another apt series, keeps sbuild's own resolution in the bare environment."""
+    from buildfarm.environments.resolve import _host_apt_version, _series, unlike_host
+
+    host = _host_apt_version()
+    view = tmp_path / "view"
+    (view / "var" / "lib" / "dpkg").mkdir(parents=True)
+    status = view / "var" / "lib" / "dpkg" / "status"
+    status.write_text(
+        f"Package: dpkg\nVersion: 1\n\nPackage: apt\nStatus: install ok installed\nVersion: {host}\n"
+    )
+    assert unlike_host(view) == ""
+    status.write_text(f"Package: apt\nVersion: {_series(host)}.999\n")  # the same series, updated
+    assert unlike_host(view) == ""
+    status.write_text("Package: apt\nVersion: 1.8.2\n")
+    assert "is not the host's" in unlike_host(view)
+    status.write_text(f"Package: apt\nVersion: {host}\n")
+    (view / "var" / "lib" / "dpkg" / "arch").write_text("amd64\narm64\n")
+    assert "multi-architecture" in unlike_host(view)
