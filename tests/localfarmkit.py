@@ -52,8 +52,8 @@ class Farm:
             )
         return result
 
-    def json(self, *args: str) -> Any:
-        return json.loads(self.cli("--output", "json", *args).stdout)
+    def json(self, *args: str, timeout: float = 300) -> Any:
+        return json.loads(self.cli("--output", "json", *args, timeout=timeout).stdout)
 
     def node_pid(self, node: str) -> int:
         return int((self.state_dir / "run" / f"{node}.pid").read_text())

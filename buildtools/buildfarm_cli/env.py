@@ -5,16 +5,17 @@ The work is done by :mod:`buildfarm.environments`; this module parses, calls and
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from buildfarm.environments import Environment, cache_for
-from buildfarm.environments.upkeep import prune_environments, refresh_environment
 from buildfarm.model.settings import load_settings
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console
+
+if TYPE_CHECKING:  # imported when an env command runs, not for `--help` or a remote farm
+    from buildfarm.environments import Environment
 
 env_app = typer.Typer(no_args_is_help=True, help="Build environments: cached toolchain tarballs.")
 
@@ -54,6 +55,8 @@ def _table(envs: list[Environment]) -> Table:
 def env_list(output: OutputOpt = None) -> None:
     """The environments in this machine's cache, newest first (current: new builds use it)."""
     state.local("env list")
+    from buildfarm.environments import cache_for
+
     envs = cache_for(load_settings()).entries()
     if state.fmt(output) == OutputFormat.JSON:
         emit_json([_view(e) for e in envs])
@@ -69,6 +72,8 @@ def env_refresh(output: OutputOpt = None) -> None:
     """Make the farm's environment afresh from the mirror (security updates); builds submitted
     from now on use it.  An unchanged mirror gives the same environment, so outputs are reused."""
     state.local("env refresh")
+    from buildfarm.environments.upkeep import refresh_environment
+
     env, new = refresh_environment(load_settings(), progress=err_console.print)
     if state.fmt(output) == OutputFormat.JSON:
         emit_json(_view(env) | {"changed": new})
@@ -88,6 +93,8 @@ def env_prune(
     dependency layers of removed environments (the scheduler does it after each retention sweep
     and each refresh)."""
     state.local("env prune")
+    from buildfarm.environments.upkeep import prune_environments
+
     report = prune_environments(load_settings(), min_age_seconds=min_age_hours * 3600)
     if state.fmt(output) == OutputFormat.JSON:
         emit_json([_view(e) for e in report.environments])

@@ -55,6 +55,7 @@ from buildfarm.model.types import OutputKind
 
 log = logging.getLogger(__name__)
 
+
 class _Copier:
     """Puts objects into the target unless it holds them; records every object of this backup."""
 

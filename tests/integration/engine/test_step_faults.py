@@ -223,9 +223,7 @@ def test_read_only_artifact_store_is_waited_out_not_a_failed_step(
 def test_artifact_store_refusing_past_the_bound_fails_with_the_reason(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ctx = make_test_context(
-        tmp_path, f"sqlite:///{tmp_path / 'state.db'}", repository_give_up_seconds=0
-    )
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'state.db'}", repository_give_up_seconds=0)
     try:
         src = tmp_path / "src"
         make_package(src, "doomed")

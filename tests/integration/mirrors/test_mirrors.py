@@ -52,6 +52,7 @@ from pulpkit import PulpServer, pulp_server
 pytestmark = pytest.mark.integration
 __all__ = ["pulp_server"]  # the fixture, imported for this module's tests
 
+
 @pytest.fixture(scope="module")
 def keys() -> Iterator[tuple[SigningKey, SigningKey]]:
     """The upstream's key and a stranger's."""

@@ -26,6 +26,9 @@ from localfarmkit import Farm
 
 EXAMPLES = Path(__file__).parents[3] / "examples"
 pytestmark = pytest.mark.sbuild
+# A deadline, not a speed claim: each sbuild step installs its build dependencies (minutes on a
+# loaded 2-core machine), and a build waits for its steps one after the other.
+SBUILD_DEADLINE = 1800
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,7 @@ def sbuild_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     (cache_dir / "environments").symlink_to(environments.root)
     farm = Farm(tmp_path_factory.mktemp("sbuild-farm") / "state")
     farm.env |= {"BUILDFARM_CACHE_DIR": str(cache_dir), "BUILDFARM_ENV_LAYER_MIN_PACKAGES": "1"}
-    farm.cli("start", "--runner", "sbuild", "--nodes", "2", timeout=300)
+    farm.cli("start", "--runner", "sbuild", "--nodes", "2", timeout=SBUILD_DEADLINE)
     yield farm
     farm.cli("stop", check=False)
 
@@ -66,10 +69,15 @@ def _remote(farm: Farm) -> Farm:
 def test_tool_links_against_library_from_the_farms_repository(sbuild_farm: Farm, tmp_path: Path) -> None:
     """Submitted from a local directory through the REST API, as a remote user would."""
     manifest = _copy_examples(tmp_path, ["libgreet", "greet-cli", "greet-docs"], "main")
-    submitted = _remote(sbuild_farm).cli(
-        "--output", "json", "build", "submit", str(manifest), "--wait", "--timeout", "900", timeout=960
+    view = _remote(sbuild_farm).json(
+        "build",
+        "submit",
+        str(manifest),
+        "--wait",
+        "--timeout",
+        str(SBUILD_DEADLINE),
+        timeout=SBUILD_DEADLINE + 60,
     )
-    view = json.loads(submitted.stdout)  # three sbuild steps one after the other: minutes when loaded
     assert view["user"] == "admin"  # recorded as the token's user: it went through the API
     assert view["state"] == "succeeded", view
     steps = {s["name"]: s for s in view["steps"]}
@@ -100,7 +108,16 @@ def test_tool_links_against_library_from_the_farms_repository(sbuild_farm: Farm,
 def test_missing_in_build_dependency_fails(sbuild_farm: Farm, tmp_path: Path) -> None:
     manifest = _copy_examples(tmp_path, ["greet-docs"], "lonely")
     result = sbuild_farm.cli(
-        "--output", "json", "build", "submit", str(manifest), "--wait", "--timeout", "300", check=False
+        "--output",
+        "json",
+        "build",
+        "submit",
+        str(manifest),
+        "--wait",
+        "--timeout",
+        str(SBUILD_DEADLINE),
+        check=False,
+        timeout=SBUILD_DEADLINE + 60,
     )
     assert result.returncode == 1
     view = json.loads(result.stdout)
@@ -134,9 +151,17 @@ def test_same_build_depends_share_a_layer_fetched_through_the_farms_cache_once(
         "    depends: [zneed-one]\n"  # one after the other: the second finds the .deb cached
     )
     submitted = sbuild_farm.cli(
-        "--output", "json", "build", "submit", str(manifest), "--wait", "--timeout", "900", timeout=960
+        "--output",
+        "json",
+        "build",
+        "submit",
+        str(manifest),
+        "--wait",
+        "--timeout",
+        str(SBUILD_DEADLINE),
+        timeout=SBUILD_DEADLINE + 60,
     )
-    view = json.loads(submitted.stdout)  # two sbuild steps one after the other: minutes on a loaded machine
+    view = json.loads(submitted.stdout)
     assert view["state"] == "succeeded", view
     record = json.loads((sbuild_farm.state_dir / "farm.json").read_text())
     assert record["apt_cache_private"] and record["apt_proxy"].startswith("http://127.0.0.1:")
