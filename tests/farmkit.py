@@ -30,6 +30,7 @@ class RecordingDispatcher:
     advances: list[int] = field(default_factory=list)
     runs: list[tuple[int, int]] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)  # the build kind of each run, in order
+    environments_asked: int = 0  # prepare_environment messages
 
     def advance(self, build_id: int) -> None:
         self.advances.append(build_id)
@@ -43,6 +44,9 @@ class RecordingDispatcher:
 
     def check(self) -> None:
         return None
+
+    def prepare_environment(self) -> None:
+        self.environments_asked += 1
 
 
 def make_test_context(tmp_path: Path, database_url: str, **settings: object) -> FarmContext:

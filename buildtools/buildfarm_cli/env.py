@@ -74,17 +74,15 @@ def env_refresh(output: OutputOpt = None) -> None:
     from now on use it.  An unchanged mirror gives the same environment, so outputs are reused.
     With the Pulp repository backend, the package cache's indexes of the mirror are synced first."""
     state.local("env refresh")
-    from buildfarm.environments import routed_environments
+    from buildfarm.environments.upkeep import refresh_environment
     from buildfarm.wiring import make_package_cache
 
     settings = load_settings()
-    cache, spec = routed_environments(settings, make_package_cache(settings), refresh=True)
-    before = {e.digest for e in cache.entries() if e.current}
-    env = cache.refresh(spec, progress=err_console.print)
+    env, new = refresh_environment(settings, make_package_cache(settings), progress=err_console.print)
     if state.fmt(output) == OutputFormat.JSON:
-        emit_json(_view(env) | {"changed": env.digest not in before})
+        emit_json(_view(env) | {"changed": new})
         return
-    what = "unchanged" if env.digest in before else "new"
+    what = "new" if new else "unchanged"
     console.print(f"environment {env.short} ({what}): {env.spec.describe()}", markup=False)
 
 
@@ -95,19 +93,17 @@ def env_prune(
     ] = 24.0,
     output: OutputOpt = None,
 ) -> None:
-    """Remove environments that are not current and that no build of this farm names."""
+    """Remove environments that are not current and that no build of this farm names, and the
+    dependency layers of removed environments (the scheduler does it after each retention sweep
+    and each refresh)."""
     state.local("env prune")
-    from buildfarm.environments import cache_for, digests_named_by_builds
+    from buildfarm.environments.upkeep import prune_environments
 
-    settings = load_settings()
-    removed = cache_for(settings).prune(
-        digests_named_by_builds(settings), min_age_seconds=min_age_hours * 3600
-    )
+    report = prune_environments(load_settings(), min_age_seconds=min_age_hours * 3600)
     if state.fmt(output) == OutputFormat.JSON:
-        emit_json([_view(e) for e in removed])
+        emit_json([_view(e) for e in report.environments])
         return
-    freed = sum(e.size for e in removed) >> 20
-    console.print(f"removed {len(removed)} environment(s), {freed} MiB", markup=False)
+    console.print(report.describe(), markup=False)
 
 
 BUILDER_ENTRYPOINT = Path(__file__).resolve().parents[1] / "builder" / "buildfarm-step"

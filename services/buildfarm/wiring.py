@@ -122,7 +122,7 @@ def make_runner(settings: Settings, store: ArtifactStore | None = None) -> Runne
     tmpdir = chroot_root(env.sbuild_tmpdir, settings.state_dir)
     if env.base_tarball is not None:  # a fixed tarball named in the settings, used as is
         return SbuildRunner(env.base_tarball, env.distribution, tmpdir, apt_proxy=env.apt_proxy)
-    from buildfarm.environments import routed_environments
+    from buildfarm.environments import layers_for, routed_environments
 
     route = make_package_cache(settings)
     environments, spec = routed_environments(settings, route)
@@ -133,6 +133,7 @@ def make_runner(settings: Settings, store: ArtifactStore | None = None) -> Runne
         environments=environments,
         spec=spec,
         apt_proxy=environments.proxy,
+        layers=layers_for(settings),
     )
 
 

@@ -8,7 +8,9 @@ Queues:
 * ``node.<name>`` — one per node, for work only that node may take: the tickets of steps that
   require labels it has (:mod:`buildfarm.engine.routing`);
 * ``control`` — only the scheduler consumes it: "advance build N", the periodic reaper, the
-  schedules' tick, the retention sweep and the backup run.
+  schedules' tick, the retention sweep and the backup run.  Making a build environment (a
+  submit found none, or the scheduled refresh) takes minutes of mmdebstrap: it goes to
+  ``builds``, where a node makes it in the machine's cache.
   Keeping them off the node queues means a farm whose nodes are all busy building still
   releases, publishes and reclaims promptly.
 
@@ -64,6 +66,9 @@ def make_celery(settings: Settings) -> Celery:
         "task_default_queue": BUILD_QUEUE,
         "task_routes": {
             "buildfarm.run_step": {"queue": BUILD_QUEUE},
+            # minutes of mmdebstrap: on a node, never in the control queue's way
+            "buildfarm.prepare_environment": {"queue": BUILD_QUEUE},
+            "buildfarm.env_refresh": {"queue": BUILD_QUEUE},
             "buildfarm.advance_build": {"queue": CONTROL_QUEUE},
             "buildfarm.reap": {"queue": CONTROL_QUEUE},
             "buildfarm.schedules_tick": {"queue": CONTROL_QUEUE},
@@ -115,6 +120,8 @@ def beat_schedule(settings: Settings) -> dict[str, Any]:
     for name, task, expression, setting in (
         ("retention", "buildfarm.retention_sweep", settings.retention.schedule, "retention_schedule"),
         ("backup", "buildfarm.backup_run", settings.backup.schedule, "backup_schedule"),
+        # the sbuild environment from the mirror again (security updates), then pruned (issue 15)
+        ("env_refresh", "buildfarm.env_refresh", settings.buildenv.refresh_schedule, "env_refresh_schedule"),
     ):
         if expression:  # empty: not scheduled (run it by hand)
             cron = parse_cron(expression, f"setting {setting}")
@@ -137,6 +144,10 @@ class CeleryDispatcher:
         message_id = f"step-{step_id}-attempt-{attempt}"
         queue = BUILD_QUEUE if node is None else node_queue(node)
         self._send("buildfarm.run_step", [step_id], queue, message_id, priority)
+
+    def prepare_environment(self) -> None:
+        # the first class (0): before any step, which would need the environment too
+        self._send("buildfarm.prepare_environment", [], BUILD_QUEUE, None, 0)
 
     def check(self) -> None:
         try:

@@ -51,6 +51,20 @@ def run_step(self, step_id: int) -> str:  # type: ignore[no-untyped-def]
     return outcome
 
 
+@shared_task(name="buildfarm.prepare_environment")  # type: ignore[untyped-decorator]
+def prepare_environment() -> None:
+    """Make the package runner's environment a submit found missing (it answered "try again")."""
+    from buildfarm.runners.base import PreparesEnvironment
+
+    runner = farm_context().runner
+    if not isinstance(runner, PreparesEnvironment):
+        return
+    try:
+        runner.prepare_environment()
+    except BuildfarmError as exc:
+        log.warning("build environment not made, the next submit asks again: %s", exc)
+
+
 @shared_task(name="buildfarm.advance_build")  # type: ignore[untyped-decorator]
 def advance_build(build_id: int) -> None:
     try:
@@ -102,6 +116,43 @@ def retention_sweep() -> None:
         return
     log.info("retention: %s", report)
     _record("retention", started, ok=True, moved=report.bytes_freed, detail=f"{report.builds_by_class}")
+    _prune_environments()
+
+
+def _prune_environments() -> None:
+    """Environments and layers no kept build names go once the sweep expired their builds."""
+    from buildfarm.environments.upkeep import prune_environments, uses_environment_cache
+
+    settings = farm_context().settings
+    if not uses_environment_cache(settings):
+        return
+    try:
+        log.info("build environments: %s", prune_environments(settings).describe())
+    except (BuildfarmError, OSError) as exc:
+        log.warning("build environments not pruned, the next sweep tries again: %s", exc)
+
+
+@shared_task(name="buildfarm.env_refresh")  # type: ignore[untyped-decorator]
+def env_refresh() -> None:
+    """The scheduled refresh of this machine's build environment (setting env_refresh_schedule)."""
+    from buildfarm.environments.upkeep import prune_environments, refresh_environment, uses_environment_cache
+    from buildfarm.state.models import utcnow
+    from buildfarm.wiring import make_package_cache
+
+    settings = farm_context().settings
+    if not uses_environment_cache(settings):
+        return
+    started = utcnow()
+    try:
+        env, new = refresh_environment(settings, make_package_cache(settings))
+        pruned = prune_environments(settings)
+    except (BuildfarmError, OSError) as exc:
+        log.warning("build environment not refreshed, the next scheduled run tries again: %s", exc)
+        _record("env_refresh", started, ok=False, moved=0, detail=str(exc))
+        return
+    detail = f"environment {env.short} ({'new' if new else 'unchanged'}); {pruned.describe()}"
+    log.info("build environment refreshed: %s", detail)
+    _record("env_refresh", started, ok=True, moved=pruned.bytes_freed, detail=detail)
 
 
 @shared_task(name="buildfarm.backup_run")  # type: ignore[untyped-decorator]

@@ -36,6 +36,10 @@ class Dispatcher(Protocol):
         """Raise ServiceUnavailableError if messages cannot be sent now (checked before recording work)."""
         ...
 
+    def prepare_environment(self) -> None:
+        """Ask some node to make the package runner's build environment (a submit found none)."""
+        ...
+
 
 class FarmParts(Protocol):
     """The concrete pieces chosen from settings, built on first use (:class:`buildfarm.wiring.Wiring`)."""

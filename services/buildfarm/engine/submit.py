@@ -22,7 +22,7 @@ from buildfarm.model.manifest import Manifest
 from buildfarm.model.planner import ImageInfo, compute_input_keys, make_plan
 from buildfarm.model.sources import pack_tree, tree_hash
 from buildfarm.model.types import BuildKind, StepState
-from buildfarm.runners.base import CrossBuilds
+from buildfarm.runners.base import CrossBuilds, EnvironmentNotReady
 from buildfarm.state.models import Build, Step
 
 _T = TypeVar("_T")
@@ -146,7 +146,11 @@ def submit_build(
             specs[image.name] = image_spec_record(image)
     native = native_architecture(ctx)
     plan = make_plan(planned, images, explicit, architectures=manifest.architectures, native=native)
-    environment_id = ctx.runner.environment_id()
+    try:
+        environment_id = ctx.runner.environment_id()
+    except EnvironmentNotReady:  # never made inside a request: a worker makes it
+        ctx.dispatcher.prepare_environment()
+        raise
     image_environment_id = ctx.image_runner.environment_id() if images else ""
     cross = cross_environments(ctx, {s.host_arch for s in plan.steps.values()} - {"", native})
     compute_input_keys(

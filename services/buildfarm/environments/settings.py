@@ -6,7 +6,9 @@ import functools
 import subprocess
 
 from buildfarm.environments.cache import EnvironmentCache
+from buildfarm.environments.layers import LayerCache
 from buildfarm.environments.spec import EnvironmentSpec
+from buildfarm.environments.steplayer import LayerPolicy
 from buildfarm.model.settings import Settings
 
 
@@ -35,3 +37,17 @@ def cache_for(settings: Settings) -> EnvironmentCache:
     """The environment cache of this machine (``<cache dir>/environments``), fetching through
     the farm's package cache when there is one."""
     return EnvironmentCache(settings.buildenv.cache_dir / "environments", proxy=settings.buildenv.apt_proxy)
+
+
+def layers_for(settings: Settings) -> LayerPolicy | None:
+    """This machine's dependency layers (``<cache dir>/layers``), None when they are off
+    (``env_layer_max_bytes`` 0)."""
+    env = settings.buildenv
+    if env.layer_max_bytes == 0:
+        return None
+    return LayerPolicy(
+        cache=LayerCache(env.cache_dir / "layers", env.layer_max_bytes),
+        views=env.cache_dir / "apt-views",
+        min_packages=env.layer_min_packages,
+        proxy=env.apt_proxy,
+    )

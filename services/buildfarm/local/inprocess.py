@@ -188,3 +188,6 @@ class _NoDispatcher:
 
     def check(self) -> None:
         self._refuse()
+
+    def prepare_environment(self) -> None:
+        self._refuse()

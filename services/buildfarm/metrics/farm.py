@@ -34,7 +34,7 @@ DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 360
 """Step build time, seconds: a tiny package builds in seconds, a large one in an hour or two."""
 WAIT_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 """From ready to a node starting it, seconds: under a second on an idle farm, minutes when busy."""
-PERIODIC_TASKS = ("retention", "backup")
+PERIODIC_TASKS = ("retention", "backup", "env_refresh")
 
 NodesOnline = Callable[[], Iterable[str]]
 """The Celery nodes answering now (the API's cached ping); the database knows only busy ones."""
@@ -257,7 +257,8 @@ class FarmCollector(Collector):
         ok = GaugeMetricFamily("buildfarm_task_last_run_ok", "1 if the newest run succeeded", labels=["task"])
         moved = GaugeMetricFamily(
             "buildfarm_task_last_run_bytes",
-            "Bytes the newest run freed (retention) or copied (backup)",
+            "Bytes the newest run freed (retention, env_refresh: pruned environments and layers) or "
+            "copied (backup)",
             labels=["task"],
         )
         for task in PERIODIC_TASKS:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from buildfarm.environments import LAYER_LOOKUPS
+
 log = logging.getLogger(__name__)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -33,6 +35,8 @@ REDISPATCHES = Counter(
     "Ready steps nobody took that the reaper sent to the queue again",
     registry=REGISTRY,
 )
+
+REGISTRY.register(LAYER_LOOKUPS)  # dependency layers: hit, miss, none, failed (issue 15)
 
 
 def port_file(state_dir: Path, node: str) -> Path:

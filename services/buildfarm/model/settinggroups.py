@@ -197,6 +197,29 @@ class BuildEnvSettings(Group):
         description="whether `buildfarm start` runs apt-cacher-ng as the farm's package cache (when "
         "installed and apt_proxy is unset): N steps and nodes fetch each .deb from outside once",
     )
+    layer_max_bytes: int = Field(
+        default=8 << 30,
+        ge=0,
+        alias="env_layer_max_bytes",
+        description="bytes of dependency layers (an environment with one step's resolved Build-Depends "
+        "preinstalled, ~0.5-1 GB each) kept in the cache directory; least recently used go first. "
+        "8 GiB: about ten big Build-Depends sets. 0: no layers (every step installs its dependencies)",
+    )
+    layer_min_packages: int = Field(
+        default=5,
+        ge=1,
+        alias="env_layer_min_packages",
+        description="a step gets a dependency layer when it needs at least this many packages from the "
+        "Debian archive beyond its environment; below, sbuild installs them (a few small packages take "
+        "~1-2 s, a layer costs a whole environment of disk)",
+    )
+    refresh_schedule: str = Field(
+        default="",
+        alias="env_refresh_schedule",
+        description="cron of the scheduler's refresh of the build environment from the mirror (security "
+        "updates; an unchanged mirror changes nothing), followed by pruning environments and layers no "
+        "kept build names; empty: off (`buildfarm env refresh` by hand)",
+    )
 
     @field_validator("packages", mode="before")
     @classmethod

@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
+from buildfarm.model.errors import TemporaryError
 from buildfarm.model.types import DEFAULT_IMAGE_BUILDER, AptSource, ImageBuilder, StepKind
+
+
+class EnvironmentNotReady(TemporaryError):
+    """The runner's build environment is not made yet (first use, or pruned or found corrupt).
+    Making it takes minutes, never inside a request: the submitter asks a worker to make it
+    (:meth:`buildfarm.engine.context.Dispatcher.prepare_environment`) and tries again."""
 
 
 @dataclass(frozen=True)
@@ -124,11 +131,21 @@ class CrossBuilds(Protocol):
         ...
 
 
+@runtime_checkable
+class PreparesEnvironment(Protocol):
+    """A runner whose environment is made on the node, on first use (sbuild's environment cache):
+    a worker makes it when a submit found none (:class:`EnvironmentNotReady`)."""
+
+    def prepare_environment(self) -> None: ...
+
+
 class Runner(Protocol):
     name: str
 
     def environment_id(self) -> str:
-        """Identity of the build environment (base tarball or image digest), part of input keys."""
+        """Identity of the build environment (base tarball or image digest), part of input keys.
+        Answers from what exists (it runs inside API requests): :class:`EnvironmentNotReady`
+        when the environment is still to be made."""
         ...
 
     def run(self, job: StepJob) -> StepResult: ...

@@ -26,19 +26,23 @@ from buildfarm.environments import (
     Environment,
     EnvironmentCache,
     EnvironmentSpec,
+    LayerPolicy,
     cross_spec,
     file_digest,
     host_architecture,
     make_tarball,
+    step_tarball,
 )
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.names import to_safe
 from buildfarm.model.types import FILE_OUTPUT_SUFFIXES, PACKAGE_SUFFIXES, AptSource, RunnerKind
-from buildfarm.runners.base import StepJob, StepResult, attempt_dirname
+from buildfarm.runners.base import EnvironmentNotReady, StepJob, StepResult, attempt_dirname
 from buildfarm.runners.process import describe_failure, run_streaming
 from buildfarm.runners.sourcepkg import unpack_step_source
 
 SBUILD_CONFIG = Path(__file__).parent / "sbuildrc"
+ENVIRONMENT_RETRY_SECONDS = 120.0
+"""What a submit that found no environment is told to wait: mmdebstrap takes ~1-3 min."""
 BUILDER_PACKAGES = ("python3", "ca-certificates")
 """Added to the base for the package-builder environment: the entrypoint is a python3 script
 (python3-minimal lacks tarfile, gzip, json and http.client) and fetches over https."""
@@ -213,6 +217,7 @@ class SbuildRunner:
         environments: EnvironmentCache | None = None,
         spec: EnvironmentSpec | None = None,
         apt_proxy: str | None = None,
+        layers: LayerPolicy | None = None,
     ) -> None:
         if environments is not None and spec is None:
             raise ValueError("an environment cache needs its recipe (spec)")
@@ -222,20 +227,22 @@ class SbuildRunner:
         self.environments = environments
         self.spec = spec
         self.apt_proxy = apt_proxy
+        self.layers = layers
 
     def _identity(self, digest: str) -> str:
         return f"sbuild:{self.distribution}:{digest}"
 
-    def current_environment(self) -> Environment | None:
-        """The cache's current environment of the recipe, made now if there is none or it was
-        found corrupt (None for a fixed base tarball)."""
-        if self.environments is None or self.spec is None:
-            return None
-        return self.environments.ensure(self.spec)
-
     def environment_id(self) -> str:
-        env = self.current_environment()
-        if env is not None:
+        """The identity of the current environment, from what the cache holds: never made here
+        (this runs inside an API request), :class:`EnvironmentNotReady` when there is none."""
+        if self.environments is not None and self.spec is not None:
+            env = self.environments.current(self.spec)
+            if env is None:
+                raise EnvironmentNotReady(
+                    f"the build environment {self.spec.describe()} is not made yet (first use, or pruned "
+                    "or found corrupt): a worker is making it, which takes a few minutes; submit again then",
+                    retry_after=ENVIRONMENT_RETRY_SECONDS,
+                )
             return self._identity(env.digest)
         if self.base_tarball is None or not self.base_tarball.is_file():
             raise PermanentError(
@@ -254,24 +261,46 @@ class SbuildRunner:
             )
         return self._identity(self.environments.ensure(cross_spec(self.spec, host_arch)).digest)
 
+    def prepare_environment(self) -> None:
+        """Make the recipe's environment if the cache has none (a worker's task, minutes)."""
+        if self.environments is not None and self.spec is not None:
+            self.environments.ensure(self.spec)
+
     def step_environment(self, environment_id: str, host_arch: str = "") -> tuple[Path, bool]:
         """(tarball, whether it carries the mirror's apt lists) of the environment a step's input
         key names (``environment_id``; empty: the current one, the cross one for a foreign
         ``host_arch``)."""
-        if self.environments is None or self.spec is None:
+        env = self._cached_environment(environment_id, host_arch)
+        if env is None:
             if self.base_tarball is None:
                 raise PermanentError("the sbuild runner has neither an environment cache nor a base tarball")
             if host_arch and host_arch != self.native_architecture():
                 self.cross_environment_id(host_arch)  # raises: no cross environment without the cache
             return self.base_tarball, False
+        return env.path, env.spec.keep_lists
+
+    def _cached_environment(self, environment_id: str, host_arch: str = "") -> Environment | None:
+        if self.environments is None or self.spec is None:
+            return None
         digest = environment_id.rsplit(":", 1)[-1]
         if digest:
-            env = self.environments.get(digest)
-        elif host_arch and host_arch != self.native_architecture():
-            env = self.environments.ensure(cross_spec(self.spec, host_arch))
-        else:
-            env = self.environments.ensure(self.spec)
-        return env.path, env.spec.keep_lists
+            return self.environments.get(digest)
+        if host_arch and host_arch != self.native_architecture():
+            return self.environments.ensure(cross_spec(self.spec, host_arch))
+        return self.environments.ensure(self.spec)
+
+    def _step_tarball(self, job: StepJob, dsc: Path, scratch: Path | None) -> tuple[Path, bool]:
+        """The tarball this step unpacks: its environment's dependency layer when it has big
+        Build-Depends (:mod:`buildfarm.environments.steplayer`), else the environment."""
+        env = self._cached_environment(job.environment_id, job.host_arch)
+        if env is None or self.layers is None:
+            return self.step_environment(job.environment_id, job.host_arch)
+        work = job.workdir / "layer"
+        work.mkdir()
+        tarball = step_tarball(
+            env, dsc, job.extra_sources, self.layers, work=work, log=job.log, scratch=scratch
+        )
+        return tarball, env.spec.keep_lists
 
     def run(self, job: StepJob) -> StepResult:
         for tool, package in (("sbuild", "sbuild"), ("dpkg-source", "dpkg-dev"), ("newuidmap", "uidmap")):
@@ -297,17 +326,6 @@ class SbuildRunner:
         out = job.workdir / "out"
         out.mkdir()
         cross = job.host_arch not in ("", self.native_architecture())
-        tarball, has_lists = self.step_environment(job.environment_id, job.host_arch)
-        command = sbuild_command(
-            tarball,
-            self.distribution,
-            out,
-            dsc,
-            job.extra_sources,
-            apt_update=not has_lists,
-            host_arch=job.host_arch if cross else None,
-            arch_all=job.arch_all,
-        )
         home = job.workdir / "home"
         home.mkdir()
         env = sbuild_environment(home, self.apt_proxy, job.extra_sources)
@@ -318,6 +336,17 @@ class SbuildRunner:
             env["BUILDFARM_SBUILD_TMPDIR"] = str(chroots)
         watch = _LogWatch(job.log, [s.url for s in job.extra_sources])
         try:
+            tarball, has_lists = self._step_tarball(job, dsc, chroots)
+            command = sbuild_command(
+                tarball,
+                self.distribution,
+                out,
+                dsc,
+                job.extra_sources,
+                apt_update=not has_lists,
+                host_arch=job.host_arch if cross else None,
+                arch_all=job.arch_all,
+            )
             outcome = run_streaming(
                 command,
                 cwd=job.workdir,

@@ -4,7 +4,8 @@ greet-cli compiles and links against libgreet, whose -dev package sbuild install
 the build's own staging repository served by the farm; greet-docs runs greet-cli during its
 build. Without the farm's repository the same dependency is unmet and the build fails.
 A Debian package the environment lacks comes through the farm's apt-cacher-ng, fetched from
-outside once for all steps, and no step downloads the Debian indexes.
+outside once for all steps, and no step downloads the Debian indexes; two packages with the same
+Build-Depends share one dependency layer: the second starts with them installed.
 """
 
 from __future__ import annotations
@@ -34,8 +35,14 @@ SBUILD_DEADLINE = 1800
 @pytest.fixture(scope="module")
 def sbuild_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     settings = load_settings(state_dir=tmp_path_factory.mktemp("unused"))
-    cache_for(settings).ensure(spec_for(settings))  # made once per machine, before the farm's start
+    environments = cache_for(settings)
+    environments.ensure(spec_for(settings))  # made once per machine, before the farm's start
+    # The machine's environments, this farm's own dependency layers (a layer another run made
+    # would turn the first build's miss into a hit).
+    cache_dir = tmp_path_factory.mktemp("sbuild-cache")
+    (cache_dir / "environments").symlink_to(environments.root)
     farm = Farm(tmp_path_factory.mktemp("sbuild-farm") / "state")
+    farm.env |= {"BUILDFARM_CACHE_DIR": str(cache_dir), "BUILDFARM_ENV_LAYER_MIN_PACKAGES": "1"}
     farm.cli("start", "--runner", "sbuild", "--nodes", "2", timeout=SBUILD_DEADLINE)
     yield farm
     farm.cli("stop", check=False)
@@ -75,7 +82,11 @@ def test_tool_links_against_library_from_the_farms_repository(sbuild_farm: Farm,
     assert view["user"] == "admin"  # recorded as the token's user: it went through the API
     assert view["state"] == "succeeded", view
     steps = {s["name"]: s for s in view["steps"]}
+    # libgreet needs nothing beyond the environment, greet-cli only the farm's own libgreet-dev:
+    # both ran without the archive's apt lists
+    assert "has every Build-Depends); environment" in Path(steps["libgreet"]["log"]).read_text()
     cli_log = Path(steps["greet-cli"]["log"]).read_text()
+    assert "(only the farm's own packages to install); environment" in cli_log
     assert "/sb/main/staging/" in cli_log  # the extra repository sbuild was given
     assert "libgreet-dev" in cli_log
     deb = next(
@@ -192,7 +203,9 @@ def _needing_zlib(root: Path, name: str) -> None:
     )
 
 
-def test_debian_packages_come_through_the_farms_cache_once(sbuild_farm: Farm, tmp_path: Path) -> None:
+def test_same_build_depends_share_a_layer_fetched_through_the_farms_cache_once(
+    sbuild_farm: Farm, tmp_path: Path
+) -> None:
     for name in ("zneed-one", "zneed-two"):
         _needing_zlib(tmp_path, name)
     manifest = tmp_path / "buildfarm.yaml"
@@ -215,16 +228,20 @@ def test_debian_packages_come_through_the_farms_cache_once(sbuild_farm: Farm, tm
     assert view["state"] == "succeeded", view
     record = json.loads((sbuild_farm.state_dir / "farm.json").read_text())
     assert record["apt_cache_private"] and record["apt_proxy"].startswith("http://127.0.0.1:")
-    for step in view["steps"]:
-        log = Path(step["log"]).read_text()
+    logs = {step["name"]: Path(step["log"]).read_text() for step in view["steps"]}
+    for log in logs.values():
         assert record["apt_proxy"] in log  # apt in the chroot was pointed at the cache
         assert "zlib1g-dev" in log
         assert not re.search(r"Get:.*deb\.debian\.org.*(InRelease|Packages)", log)  # no index download
+    first = re.search(r"dependency layer (\w+): miss \(made now\), 1 archive packages", logs["zneed-one"])
+    second = re.search(r"dependency layer (\w+): hit, 1 archive packages", logs["zneed-two"])
+    assert first and second and first[1] == second[1], (logs["zneed-one"][-3000:], logs["zneed-two"][-3000:])
+    assert "Unpacking zlib1g-dev" not in logs["zneed-two"]  # it was in the layer already
     cache_log = (sbuild_farm.state_dir / "apt-cache" / "log" / "apt-cacher.log").read_text().splitlines()
     fetched = [line for line in cache_log if "/zlib1g-dev_" in line]
     from_outside = [line for line in fetched if line.split("|")[1] == "I"]
     to_steps = [line for line in fetched if line.split("|")[1] == "O"]
-    assert len(from_outside) == 1 and len(to_steps) == 2, fetched
+    assert len(from_outside) == 1 and len(to_steps) == 1, fetched  # once, for the layer
 
 
 def _built(farm: Farm, manifest: Path) -> dict[str, Any]:

@@ -28,3 +28,14 @@ def test_broker_url_redaction(tmp_path: Path) -> None:
     assert _redacted(_app(tmp_path, "redis://:s3cret@host:6379/0")) == "redis://:***@host:6379/0"
     assert _redacted(_app(tmp_path, "redis://user:pw@host/1")) == "redis://user:***@host/1"
     assert _redacted(_app(tmp_path, "redis://host:6379/0")) == "redis://host:6379/0"
+
+
+def test_environment_refresh_is_scheduled_only_when_set_and_runs_on_a_node(tmp_path: Path) -> None:
+    assert "env_refresh" not in _app(tmp_path).conf.beat_schedule  # empty: off
+    conf = _app(tmp_path, env_refresh_schedule="15 2 * * *").conf
+    entry = conf.beat_schedule["env_refresh"]
+    assert entry["task"] == "buildfarm.env_refresh"
+    assert (entry["schedule"].hour, entry["schedule"].minute) == ({2}, {15})
+    # minutes of mmdebstrap: never in the control queue's way
+    assert conf.task_routes["buildfarm.env_refresh"]["queue"] == BUILD_QUEUE
+    assert conf.task_routes["buildfarm.prepare_environment"]["queue"] == BUILD_QUEUE

@@ -7,44 +7,25 @@ the digest check, atomic creation. mmdebstrap itself runs in tests/integration/t
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import textwrap
 from pathlib import Path
 
 import pytest
+from envkit import TarMaker
 
 from buildfarm.environments import EnvironmentCache, EnvironmentGone, EnvironmentSpec, cross_spec
 from buildfarm.environments.mmdebstrap import mmdebstrap_command
 from buildfarm.model.planner import SourceInfo, compute_input_keys, make_plan
+from buildfarm.runners.base import EnvironmentNotReady
 from buildfarm.runners.sbuild import SbuildRunner
 
 from helpers import wait_until
 
 SPEC = EnvironmentSpec("bookworm", "amd64", "http://deb.debian.org/debian", ("debhelper", "fakeroot"))
-
-
-class TarMaker:
-    """A real tarball of one file naming the recipe's packages (and ``extra``: a moved mirror)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.extra = ""
-
-    def __call__(
-        self, spec: EnvironmentSpec, dest: Path, proxy: str | None = None, progress: object = None
-    ) -> str:
-        self.calls += 1
-        data = (" ".join(spec.packages) + self.extra + "\n").encode() * 1000
-        with tarfile.open(dest, "w", format=tarfile.GNU_FORMAT) as tar:
-            info = tarfile.TarInfo("./var/lib/dpkg/status")
-            info.size, info.mtime = len(data), 1700000000
-            tar.addfile(info, io.BytesIO(data))
-        return "Sat, 01 Jan 2026 00:00:00 UTC"
 
 
 @pytest.fixture
@@ -86,6 +67,7 @@ def test_refresh_unchanged_reuses_outputs_and_changed_rebuilds(
     cache: EnvironmentCache, maker: TarMaker
 ) -> None:
     runner = SbuildRunner(None, "bookworm", environments=cache, spec=SPEC)
+    cache.ensure(SPEC)
     before = runner.environment_id()
     keys = _keys(before)
     cache.refresh(SPEC)  # the mirror did not move: same bytes, same identity, same keys
@@ -106,12 +88,29 @@ def test_refresh_unchanged_reuses_outputs_and_changed_rebuilds(
         environments=cache,
         spec=EnvironmentSpec("bookworm", "amd64", SPEC.mirror, (*SPEC.packages, "cmake")),
     )
+    bigger.prepare_environment()
     assert bigger.environment_id() not in (before, after)  # a changed package set is a new recipe
     assert len(cache.entries()) == 3
 
 
+def test_environment_id_never_makes_one_a_worker_does(cache: EnvironmentCache, maker: TarMaker) -> None:
+    """It runs inside API requests: minutes of mmdebstrap there would hang the submit."""
+    runner = SbuildRunner(None, "bookworm", environments=cache, spec=SPEC)
+    with pytest.raises(EnvironmentNotReady, match="a worker is making it") as raised:
+        runner.environment_id()
+    assert maker.calls == 0 and raised.value.retry_after >= 60
+    runner.prepare_environment()  # the worker's task
+    assert maker.calls == 1 and runner.environment_id().endswith(cache.entries()[0].digest)
+    with cache.entries()[0].path.open("r+b") as handle:  # found corrupt: removed, not made again here
+        handle.truncate(100)
+    with pytest.raises(EnvironmentNotReady):
+        runner.environment_id()
+    assert maker.calls == 1
+
+
 def test_a_step_runs_in_the_environment_its_key_names(cache: EnvironmentCache, maker: TarMaker) -> None:
     runner = SbuildRunner(None, "bookworm", environments=cache, spec=SPEC)
+    cache.ensure(SPEC)
     old = runner.environment_id()
     maker.extra = " moved"
     cache.refresh(SPEC)

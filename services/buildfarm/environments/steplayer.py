@@ -1,0 +1,128 @@
+"""The tarball a step starts from: its environment, or that environment's dependency layer.
+
+Called by the sbuild runner for every step, after the step's input key chose the environment:
+
+1. the environment already satisfies the Build-Depends (``dpkg-checkbuilddeps``, ~0.1 s):
+   the environment without its archive lists (the layer of the empty set, made once: sbuild's
+   apt runs have nothing to install from the archive, so they parse the staging repository's
+   lists only, not the archive's ~50 MB, several times a step);
+2. else the set apt would install is resolved (:mod:`.resolve`), keeping only the environment's
+   archive packages: none (only the farm's own packages): as 1; fewer than ``min_packages``:
+   the environment with its lists (sbuild installs them, cheaper than a layer);
+3. else the layer of exactly that set (:mod:`.layers`): found (hit) or made now (miss).
+
+Whatever goes wrong on the way (apt cannot resolve, the layer cannot be made faithfully) leaves
+the step in its environment, where sbuild does what it always did and explains any failure.
+Each outcome is one line in the step's log and counted (``buildfarm_env_layer_lookups``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from buildfarm.environments.cache import Environment
+from buildfarm.environments.layermaker import UnfaithfulLayer, installed_in, make_layer, make_lean
+from buildfarm.environments.layers import LAYER_LOOKUPS, DependencySet, LayerCache
+from buildfarm.environments.resolve import (
+    AptOnView,
+    UnresolvableError,
+    apt_view,
+    build_depends_met,
+    dependency_string,
+    unlike_host,
+)
+from buildfarm.model.errors import BuildfarmError
+from buildfarm.model.types import AptSource
+
+
+@dataclass(frozen=True)
+class LayerPolicy:
+    """Where layers live and when a step gets one (settings ``env_layer_*``)."""
+
+    cache: LayerCache
+    views: Path  # the environments' apt state, taken out once per environment
+    min_packages: int = 5
+    proxy: str | None = None  # the farm's package cache
+
+
+def step_tarball(
+    env: Environment,
+    dsc: Path,
+    extra: Sequence[AptSource],
+    policy: LayerPolicy,
+    *,
+    work: Path,
+    log: Callable[[str], None],
+    scratch: Path | None = None,
+) -> Path:
+    """The tarball the step's sbuild unpacks (``work``: a fresh directory of the step's own;
+    ``scratch``: where a new layer is unpacked, tmpfs at best)."""
+    view = apt_view(env.path, env.digest, policy.views)
+    unlike = unlike_host(view)
+    if unlike:  # resolved on the host: only where the host's apt decides as the chroot's would
+        return _none(env, log, unlike)
+    if build_depends_met(view, dsc):
+        return _lean(env, policy, log, "the environment has every Build-Depends")
+    hosts = sorted({urlsplit(s.url).hostname or "" for s in extra} - {""})
+    apt = AptOnView(view, work, extra, policy.proxy, hosts)
+    try:
+        apt.prepare()
+        resolved = apt.resolve(*dependency_string(dsc))
+    except UnresolvableError as exc:
+        return _none(env, log, f"apt cannot resolve the Build-Depends ({exc})")
+    except BuildfarmError as exc:
+        return _failed(env, log, str(exc))
+    archive_urls = tuple(apt.archive_urls())
+    archive = [p for p in resolved if archive_urls and p.uri.startswith(archive_urls)]
+    if not archive:  # only the farm's own packages to install, whose dependencies the environment has
+        return _lean(env, policy, log, "only the farm's own packages to install")
+    if len(archive) < policy.min_packages:
+        return _none(env, log, f"{len(archive)} package(s) from the archive, below env_layer_min_packages")
+    deps = DependencySet(env.digest, tuple(p.pin() for p in archive))
+
+    def make(dest: Path) -> None:
+        log(f"buildfarm: dependency layer {deps.key()[:12]}: miss, installing {len(archive)} packages once")
+        debs = apt.download(archive)
+        before = installed_in(view / "var" / "lib" / "dpkg")
+        make_layer(env.path, debs, deps.packages, dest, before=before, scratch=scratch)
+
+    try:
+        layer, hit = policy.cache.ensure(deps, make)
+    except (BuildfarmError, UnfaithfulLayer, OSError) as exc:
+        return _failed(env, log, str(exc))
+    LAYER_LOOKUPS.labels("hit" if hit else "miss").inc()
+    log(
+        f"buildfarm: dependency layer {layer.short}: {'hit' if hit else 'miss (made now)'}, "
+        f"{len(deps.packages)} archive packages preinstalled on environment {env.short} "
+        f"({layer.size >> 20} MiB)"
+    )
+    return layer.path
+
+
+def _lean(env: Environment, policy: LayerPolicy, log: Callable[[str], None], why: str) -> Path:
+    deps = DependencySet(env.digest, ())
+    try:
+        layer, _hit = policy.cache.ensure(deps, lambda dest: make_lean(env.path, dest))
+    except (BuildfarmError, OSError) as exc:
+        return _failed(env, log, str(exc))
+    LAYER_LOOKUPS.labels("none").inc()
+    log(
+        f"buildfarm: dependency layer: none ({why}); environment {env.short} without its archive "
+        f"lists ({layer.short})"
+    )
+    return layer.path
+
+
+def _none(env: Environment, log: Callable[[str], None], why: str) -> Path:
+    LAYER_LOOKUPS.labels("none").inc()
+    log(f"buildfarm: dependency layer: none ({why}); environment {env.short}")
+    return env.path
+
+
+def _failed(env: Environment, log: Callable[[str], None], why: str) -> Path:
+    LAYER_LOOKUPS.labels("failed").inc()
+    log(f"buildfarm: dependency layer: failed, using environment {env.short}: {why}")
+    return env.path

@@ -1,0 +1,205 @@
+"""Dependency layers: named by what they hold, checked before use, least recently used evicted.
+
+The layers here are small real tarballs written by the test's maker; what is tested is the
+cache's logic.  A layer made with apt for real is in tests/integration/runners/test_sbuild_farm.py.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+from envkit import LayerMaker
+
+from buildfarm.environments import LAYER_LOOKUPS, DependencySet, LayerCache
+from buildfarm.environments.resolve import _trusted, _url, dependency_string
+from buildfarm.metrics.worker import REGISTRY
+
+ENV = "a" * 64
+LIBS = ("libpopt-dev:amd64=1.19+dfsg-1", "zlib1g-dev:amd64=1:1.2.13.dfsg-1")
+
+
+def _age(cache: LayerCache, key: str, seconds_ago: float) -> None:
+    """Pretend the layer was last used ``seconds_ago`` (its record's mtime is its last use)."""
+    meta = cache.root / f"{key}.json"
+    then = meta.stat().st_mtime - seconds_ago
+    os.utime(meta, (then, then))
+
+
+def test_key_is_the_environment_and_the_sorted_package_set() -> None:
+    one = DependencySet(ENV, LIBS)
+    assert DependencySet(ENV, tuple(reversed(LIBS)) + LIBS[:1]).key() == one.key()  # order, repeats
+    assert DependencySet("b" * 64, LIBS).key() != one.key()  # another environment
+    assert DependencySet(ENV, (LIBS[0], "zlib1g-dev:amd64=1:1.2.13.dfsg-1+deb12u1")).key() != one.key()
+    assert DependencySet(ENV, LIBS[:1]).key() != one.key()
+
+
+def test_made_once_then_a_hit(tmp_path: Path) -> None:
+    cache = LayerCache(tmp_path / "layers", max_bytes=1 << 30)
+    maker = LayerMaker()
+    deps = DependencySet(ENV, LIBS)
+    layer, hit = cache.ensure(deps, maker)
+    again, hit_again = cache.ensure(DependencySet(ENV, tuple(reversed(LIBS))), maker)
+    assert (hit, hit_again, maker.calls) == (False, True, 1)
+    assert again.path == layer.path == cache.root / f"{deps.key()}.tar" and again.deps == deps
+    assert [e.key for e in cache.entries()] == [deps.key()]
+
+
+def test_least_recently_used_goes_first_when_over_the_bound(tmp_path: Path) -> None:
+    maker = LayerMaker(size=10_000)
+    cache = LayerCache(tmp_path / "layers", max_bytes=1 << 30)
+    sets = [DependencySet(ENV, (f"lib{n}-dev:amd64=1",)) for n in range(4)]
+    for n, deps in enumerate(sets[:3]):
+        layer, _ = cache.ensure(deps, maker)
+        _age(cache, deps.key(), 100 - n)  # 0 is the oldest use
+    cache.max_bytes = 3 * layer.size  # three fit, not four
+    assert cache.find(sets[0]) is not None  # used again: now the most recent
+    cache.ensure(sets[3], maker)  # over the bound: the least recently used (1) goes
+    assert {e.key for e in cache.entries()} == {sets[0].key(), sets[2].key(), sets[3].key()}
+    assert not (cache.root / f"{sets[1].key()}.tar").exists()
+    assert sum(e.size for e in cache.entries()) <= cache.max_bytes
+
+
+def test_a_layer_bigger_than_the_bound_is_still_used_once(tmp_path: Path) -> None:
+    cache = LayerCache(tmp_path / "layers", max_bytes=100)
+    layer, hit = cache.ensure(DependencySet(ENV, LIBS), LayerMaker())
+    assert not hit and layer.path.is_file()  # the step that made it uses it; the next one evicts it
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_corrupt_layer_is_removed_and_made_again(tmp_path: Path, damage: str) -> None:
+    cache = LayerCache(tmp_path / "layers", max_bytes=1 << 30)
+    maker = LayerMaker()
+    deps = DependencySet(ENV, LIBS)
+    layer, _ = cache.ensure(deps, maker)
+    size = layer.path.stat().st_size
+    if damage == "truncate":
+        with layer.path.open("r+b") as handle:
+            handle.truncate(size // 2)
+    elif damage == "flip":
+        with layer.path.open("r+b") as handle:
+            handle.seek(700)
+            handle.write(b"X")
+    else:
+        layer.path.unlink()
+    assert cache.find(deps) is None  # never used
+    assert not (cache.root / f"{deps.key()}.json").exists()
+    again, hit = cache.ensure(deps, maker)
+    assert not hit and maker.calls == 2 and cache.check(again)
+
+
+def test_half_written_layer_leaves_no_entry(tmp_path: Path) -> None:
+    cache = LayerCache(tmp_path / "layers", max_bytes=1 << 30)
+    deps = DependencySet(ENV, LIBS)
+
+    def dies(dest: Path) -> None:
+        dest.write_bytes(b"half a layer")
+        raise OSError("apt was killed")
+
+    with pytest.raises(OSError, match="killed"):
+        cache.ensure(deps, dies)
+    assert cache.entries() == [] and cache.find(deps) is None
+    leftover = cache.root / ".new-1-dead"  # what a maker killed by SIGKILL leaves
+    leftover.mkdir()
+    (leftover / "layer.tar").write_bytes(b"half")
+    (cache.root / f"{deps.key()}.tar").write_bytes(b"renamed, record never written")
+    assert cache.find(deps) is None
+    _, hit = cache.ensure(deps, LayerMaker())
+    assert not hit and not leftover.exists()
+
+
+def test_prune_removes_layers_of_pruned_environments(tmp_path: Path) -> None:
+    cache = LayerCache(tmp_path / "layers", max_bytes=1 << 30)
+    maker = LayerMaker()
+    live = DependencySet(ENV, LIBS)
+    gone = DependencySet("b" * 64, LIBS)
+    cache.ensure(live, maker)
+    cache.ensure(gone, maker)
+    assert cache.prune({ENV}, min_age_seconds=3600) == []  # just used: a step may be unpacking it
+    _age(cache, gone.key(), 7200)
+    assert [layer.key for layer in cache.prune({ENV}, min_age_seconds=3600)] == [gone.key()]
+    assert [layer.key for layer in cache.entries()] == [live.key()]
+
+
+def test_lookups_are_counted_on_the_workers_metrics() -> None:
+    before = REGISTRY.get_sample_value("buildfarm_env_layer_lookups_total", {"result": "hit"}) or 0.0
+    LAYER_LOOKUPS.labels("hit").inc()
+    assert REGISTRY.get_sample_value("buildfarm_env_layer_lookups_total", {"result": "hit"}) == before + 1
+
+
+def test_dependency_string_is_sbuilds_dummy_package(tmp_path: Path) -> None:
+    dsc = tmp_path / "x_1.dsc"
+    dsc.write_text(
+        "Format: 3.0 (native)\nSource: x\nBuild-Depends: debhelper-compat (= 13),\n libpopt-dev [amd64],\n"
+        " foo <!nocheck>\nBuild-Depends-Indep: python3\nBuild-Conflicts: libbad-dev\n"
+        "Checksums-Sha256:\n abc 1 x_1.tar.xz\n"
+    )
+    depends, conflicts = dependency_string(dsc)
+    assert depends == (
+        "build-essential, fakeroot, debhelper-compat (= 13), libpopt-dev [amd64], foo <!nocheck>, python3"
+    )
+    assert conflicts == "libbad-dev"
+
+
+def test_environment_sources_are_read_on_the_host_without_its_keys() -> None:
+    assert _trusted("deb http://deb.debian.org/debian bookworm main") == (
+        "deb [trusted=yes] http://deb.debian.org/debian bookworm main"
+    )
+    assert _trusted("deb [arch=amd64 signed-by=/usr/share/keyrings/x.gpg] http://m/debian b main") == (
+        "deb [trusted=yes arch=amd64] http://m/debian b main"
+    )
+    assert _url("deb [trusted=yes] http://m/debian bookworm main contrib") == "http://m/debian/"
+
+
+def test_lean_layer_leaves_out_only_the_archive_lists(tmp_path: Path) -> None:
+    """The layer of a step whose Build-Depends the environment has: apt there installs nothing
+    from the archive, so its ~50 MB of lists would only be parsed for nothing."""
+    from buildfarm.environments.layermaker import make_lean
+
+    base = tmp_path / "env.tar"
+    members = {
+        "./var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease": b"release",
+        "./var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages": b"pkgs",
+        "./var/lib/apt/lists/lock": b"",
+        "./var/lib/dpkg/status": b"Package: debhelper\n",
+        "./etc/apt/sources.list": b"deb http://deb.debian.org/debian bookworm main\n",
+    }
+    with tarfile.open(base, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    make_lean(base, tmp_path / "lean.tar")
+    with tarfile.open(tmp_path / "lean.tar") as tar:
+        assert sorted(tar.getnames()) == [
+            "./etc/apt/sources.list",
+            "./var/lib/apt/lists/lock",
+            "./var/lib/dpkg/status",
+        ]
+    with tarfile.open(base) as tar:
+        assert len(tar.getnames()) == len(members)  # the environment itself is untouched
+
+
+def test_no_layers_where_the_hosts_apt_cannot_decide_for_the_environment(tmp_path: Path) -> None:
+    """Sets are resolved with the host's apt: a cross-build (multi-arch) environment, or one of
+    another apt series, keeps sbuild's own resolution in the bare environment."""
+    from buildfarm.environments.resolve import _host_apt_version, _series, unlike_host
+
+    host = _host_apt_version()
+    view = tmp_path / "view"
+    (view / "var" / "lib" / "dpkg").mkdir(parents=True)
+    status = view / "var" / "lib" / "dpkg" / "status"
+    status.write_text(
+        f"Package: dpkg\nVersion: 1\n\nPackage: apt\nStatus: install ok installed\nVersion: {host}\n"
+    )
+    assert unlike_host(view) == ""
+    status.write_text(f"Package: apt\nVersion: {_series(host)}.999\n")  # the same series, updated
+    assert unlike_host(view) == ""
+    status.write_text("Package: apt\nVersion: 1.8.2\n")
+    assert "is not the host's" in unlike_host(view)
+    status.write_text(f"Package: apt\nVersion: {host}\n")
+    (view / "var" / "lib" / "dpkg" / "arch").write_text("amd64\narm64\n")
+    assert "multi-architecture" in unlike_host(view)
