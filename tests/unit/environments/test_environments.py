@@ -135,6 +135,7 @@ def test_a_cross_environment_is_the_native_recipe_plus_the_foreign_architecture(
     assert "--architectures=amd64,arm64" in command
     runner = SbuildRunner(None, "bookworm", environments=cache, spec=SPEC)
     cross_id = runner.cross_environment_id("arm64")
+    runner.prepare_environment()  # environment_id() never makes one (it answers requests)
     assert cross_id != runner.environment_id() and maker.calls == 2
     path, _ = runner.step_environment(cross_id, "arm64")
     assert cache.get(cross_id.rsplit(":", 1)[1]).spec == cross and path.is_file()

@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 from envkit import LayerMaker, TarMaker
 
-from buildfarm.environments import DependencySet, EnvironmentCache, cache_for, layers_for, spec_for
+from buildfarm.backends.aptproxy import ProxyPackageCache
+from buildfarm.environments import (
+    DependencySet,
+    EnvironmentCache,
+    EnvironmentSpec,
+    cache_for,
+    layers_for,
+    spec_for,
+)
 from buildfarm.environments.upkeep import prune_environments, refresh_environment
 from buildfarm.model.settings import Settings, load_settings
 from buildfarm.state.db import Database, upgrade
@@ -70,10 +78,20 @@ def test_refresh_tells_new_from_unchanged(tmp_path: Path, monkeypatch: pytest.Mo
     cache = EnvironmentCache(cache_for(settings).root, maker=maker)
     from buildfarm.environments import upkeep
 
-    monkeypatch.setattr(upkeep, "cache_for", lambda _settings: cache)
-    first, new = refresh_environment(settings)
-    again, new_again = refresh_environment(settings)
+    routed: list[bool] = []
+
+    def route(
+        settings: Settings, packages: object, *, refresh: bool
+    ) -> tuple[EnvironmentCache, EnvironmentSpec]:
+        routed.append(refresh)  # a refresh brings the package cache's indexes up to date first
+        return cache, spec_for(settings)
+
+    monkeypatch.setattr(upkeep, "routed_environments", route)
+    packages = ProxyPackageCache(None)
+    first, new = refresh_environment(settings, packages)
+    again, new_again = refresh_environment(settings, packages)
     maker.extra = " security update"
-    moved, moved_new = refresh_environment(settings)
+    moved, moved_new = refresh_environment(settings, packages)
+    assert routed == [True, True, True]
     assert (new, new_again, moved_new) == (True, False, True)
     assert again.digest == first.digest != moved.digest and maker.calls == 3
