@@ -1,7 +1,8 @@
 """``buildfarm admin``: the first admin, users, tokens, projects and roles.
 
 ``admin init`` works on the farm's database directly (it makes the first token, so there is no
-token to call the API with yet); the Helm chart runs it at install.  Every other command goes
+token to call the API with yet; :mod:`buildfarm_cli.operator.accounts`); the Helm chart runs it
+at install.  Every other command goes
 through the farm client: the REST API with ``--farm``, the local database otherwise.  A new
 token is printed once, alone on stdout (so ``TOKEN=$(buildfarm admin token create bob)`` works);
 what it is goes to stderr.
@@ -26,7 +27,7 @@ admin_app.add_typer(token_app, name="token")
 admin_app.add_typer(project_app, name="project")
 
 
-def _print_token(created: TokenOut, fmt: OutputFormat) -> None:
+def print_token(created: TokenOut, fmt: OutputFormat) -> None:
     if fmt == OutputFormat.JSON:
         emit_json(
             {"user": created.user, "token": created.token, "id": created.id, "expires_at": created.expires_at}
@@ -39,20 +40,6 @@ def _print_token(created: TokenOut, fmt: OutputFormat) -> None:
         soft_wrap=True,
     )
     typer.echo(created.token)
-
-
-@admin_app.command("init")
-def admin_init(
-    name: Annotated[str, typer.Option(help="the first admin's user name")] = "admin",
-    output: OutputOpt = None,
-) -> None:
-    """Create the farm's first admin and print its token (local database only; once, at install)."""
-    client = state.local("admin init")
-    try:
-        created = client.init_admin(name)
-    finally:
-        client.close()
-    _print_token(created, state.fmt(output))
 
 
 @user_app.command("add")
@@ -81,7 +68,7 @@ def token_create(
     output: OutputOpt = None,
 ) -> None:
     """Create an API token for USER and print it (the only time it is shown)."""
-    _print_token(state.client().create_token(user, name, days), state.fmt(output))
+    print_token(state.client().create_token(user, name, days), state.fmt(output))
 
 
 @token_app.command("revoke")

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from buildfarm.model.errors import PermanentError
-from buildfarm_cli.client import FarmClient, LocalClient, make_client
+from buildfarm_cli.client import FarmClient, make_client
 from buildfarm_cli.config import resolve
 from buildfarm_cli.output import OutputFormat
 
@@ -31,11 +31,10 @@ class CliState:
             self._client = make_client(resolve(self.farm_flag))
         return self._client
 
-    def local(self, command: str) -> LocalClient:
-        """The local farm, for commands that only exist there; --farm with them is a mistake."""
+    def local(self, command: str) -> None:
+        """Refuse --farm for a command that works on this machine's farm only."""
         if self.farm_flag:
             raise PermanentError(f"`buildfarm {command}` works on the local farm only: drop --farm")
-        return LocalClient()
 
     def close(self) -> None:
         if self._client is not None:

@@ -5,15 +5,17 @@ The work is done by :mod:`buildfarm.environments`; this module parses, calls and
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from buildfarm.environments import Environment, cache_for, digests_named_by_builds, spec_for
 from buildfarm.model.settings import load_settings
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console
+
+if TYPE_CHECKING:  # imported when an env command runs, not for `--help` or a remote farm
+    from buildfarm.environments import Environment
 
 env_app = typer.Typer(no_args_is_help=True, help="Build environments: cached toolchain tarballs.")
 
@@ -53,6 +55,8 @@ def _table(envs: list[Environment]) -> Table:
 def env_list(output: OutputOpt = None) -> None:
     """The environments in this machine's cache, newest first (current: new builds use it)."""
     state.local("env list")
+    from buildfarm.environments import cache_for
+
     envs = cache_for(load_settings()).entries()
     if state.fmt(output) == OutputFormat.JSON:
         emit_json([_view(e) for e in envs])
@@ -68,6 +72,8 @@ def env_refresh(output: OutputOpt = None) -> None:
     """Make the farm's environment afresh from the mirror (security updates); builds submitted
     from now on use it.  An unchanged mirror gives the same environment, so outputs are reused."""
     state.local("env refresh")
+    from buildfarm.environments import cache_for, spec_for
+
     settings = load_settings()
     cache = cache_for(settings)
     before = {e.digest for e in cache.entries() if e.current}
@@ -88,6 +94,8 @@ def env_prune(
 ) -> None:
     """Remove environments that are not current and that no build of this farm names."""
     state.local("env prune")
+    from buildfarm.environments import cache_for, digests_named_by_builds
+
     settings = load_settings()
     removed = cache_for(settings).prune(
         digests_named_by_builds(settings), min_age_seconds=min_age_hours * 3600

@@ -1,15 +1,18 @@
-"""A farm's REST API (docs/api.md) for the CLI: the typed client, with the CLI's errors and submit.
+"""The CLI's one way to a farm: the typed client (:mod:`buildfarm_client`) and the API's routes.
 
-The calls themselves are :class:`buildfarm_client.Client`'s; this adapter adds what only the
-CLI does: submitting a manifest file from a checkout, and turning the client's errors into the
-farm's own (:mod:`buildfarm.model.errors`), so the CLI prints the same line and exits with the
-same code whether a local or a remote farm refused.
+A remote farm is reached at its URL; the local farm (no URL configured) through the same
+application called in-process (:mod:`buildfarm.local.inprocess`), so every command takes one
+code path and prints one way.  This adapter adds what only the CLI does: submitting a manifest
+file from a checkout, and turning the client's errors into the farm's own
+(:mod:`buildfarm.model.errors`), so the CLI prints the same line and exits with the same code
+whichever farm refused.
 
-Submitting packs each ``path`` package and each ``path`` image context of the manifest into the
-same deterministic tarball the farm would make (:func:`buildfarm.model.sources.pack_tree`), asks
-which of them the farm lacks and uploads only those: resubmitting a tree that changed in one
-package sends one tarball.  The bearer token is sent and never shown: not in messages, not in
-``repr``.
+Submitting to a remote farm packs each ``path`` package and each ``path`` image context of the
+manifest into the same deterministic tarball the farm would make
+(:func:`buildfarm.model.sources.pack_tree`), asks which of them the farm lacks and uploads only
+those: resubmitting a tree that changed in one package sends one tarball.  The local farm reads
+the checkout itself (``POST /local/builds``).  The bearer token is sent and never shown: not in
+messages, not in ``repr``.
 """
 
 from __future__ import annotations
@@ -19,16 +22,16 @@ import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import httpx
 
 import buildfarm_client as api
-from buildfarm.accounts import AuthError, ForbiddenError
-from buildfarm.model.debsource import files_to_upload, pack_files
 from buildfarm.model.errors import (
+    AuthError,
     BuildfarmError,
     ConflictError,
+    ForbiddenError,
     ManifestError,
     NotFoundError,
     PermanentError,
@@ -41,6 +44,7 @@ from buildfarm_cli.output import PhaseProgress
 from buildfarm_client.models import (
     DEFAULT_TOKEN_DAYS,
     BuildView,
+    CheckoutSubmitIn,
     MirrorOut,
     MirrorSyncOut,
     RepoKeyOut,
@@ -52,6 +56,9 @@ from buildfarm_client.models import (
     TokenOut,
     UserOut,
 )
+
+if TYPE_CHECKING:
+    from buildfarm.local.inprocess import LocalFarm
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -83,12 +90,31 @@ def farm_errors(has_token: bool) -> Iterator[None]:
 
 
 class HttpClient:
-    """One farm's API at ``url`` (``http://host:port``), as the user behind ``token``."""
+    """One farm's API at ``url`` (``http://host:port``), as the user behind ``token``; or, with
+    ``local``, this machine's farm in-process, as its user."""
 
-    def __init__(self, url: str, token: str | None, *, transport: httpx.BaseTransport | None = None) -> None:
-        self.api = api.Client(url, token, transport=transport, user_agent="buildfarm-cli")
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        local: LocalFarm | None = None,
+    ) -> None:
+        if local is not None:
+            transport = local.transport()
+        where = local.where if local is not None else None
+        self.api = api.Client(url, token, transport=transport, user_agent="buildfarm-cli", where=where)
         self.url = self.api.url
+        self.local = local
         self.uploads = 0  # source tarballs sent by submit(): the ones the farm did not have
+
+    @classmethod
+    def local_farm(cls) -> HttpClient:
+        """This machine's farm (``BUILDFARM_STATE_DIR``), its API called in-process."""
+        from buildfarm.local.inprocess import LOCAL_URL, LocalFarm
+
+        return cls(LOCAL_URL, None, local=LocalFarm())
 
     def __repr__(self) -> str:
         return f"HttpClient({self.url!r})"
@@ -104,7 +130,8 @@ class HttpClient:
 
     @property
     def where(self) -> str:
-        return f"at {self.url}"
+        """``in <state dir>`` or ``at <url>``: completes "farm ..." in messages."""
+        return self.api.where
 
     def _call(self, call: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         with farm_errors(self.api.has_token):
@@ -113,11 +140,19 @@ class HttpClient:
     # -- builds ----------------------------------------------------------------------------
 
     def submit(self, manifest_path: Path, user: str | None) -> int:
-        manifest = load_manifest(manifest_path)
+        """Submit the build of a manifest file (its ``path`` trees read next to it); its id."""
+        manifest = load_manifest(manifest_path)  # a wrong manifest is reported before any farm is asked
+        if self.local is not None:
+            checkout = CheckoutSubmitIn(manifest_path=str(manifest_path.resolve()), user=user)
+            body = checkout.model_dump(mode="json")
+            answer = self._call(self.api.request, "POST", "/local/builds", json=body)
+            return BuildView.model_validate_json(answer.content).id
         if user is not None:
             raise PermanentError(
                 f"--user is for the local farm: the farm at {self.url} records the token's user"
             )
+        from buildfarm.model.debsource import files_to_upload, pack_files  # python-debian: for submit only
+
         root = manifest_path.parent.resolve()
         for index, package in enumerate(manifest.packages):
             if package.stx is not None:  # its revision counts need the git history, not a tree
@@ -211,7 +246,8 @@ class HttpClient:
         return self._call(self.api.repo_key)
 
     def status(self) -> dict[str, Any]:
-        return self._call(self.api.status).model_dump(mode="json")
+        """Nodes, queues and running steps (and, locally, the state directory and processes)."""
+        return self._call(self.api.status).model_dump(mode="json", exclude_unset=True)
 
     # -- accounts --------------------------------------------------------------------------
 
@@ -243,8 +279,15 @@ class HttpClient:
         return self._call(self.api.schedules)
 
     def run_retention(self, dry_run: bool, progress: PhaseProgress | None = None) -> SweepReportOut:
-        """One request that answers when the sweep is done (no progress to show meanwhile)."""
-        return self._call(self.api.run_retention, dry_run)
+        """One request that answers when the sweep is done; the local farm's in-process sweep
+        reports to ``progress`` meanwhile (a remote one has nothing to show)."""
+        if self.local is None:
+            return self._call(self.api.run_retention, dry_run)
+        self.local.sweep_progress = progress
+        try:
+            return self._call(self.api.run_retention, dry_run)
+        finally:
+            self.local.sweep_progress = None
 
     def storage_report(self) -> StorageReportOut:
         return self._call(self.api.storage_report)

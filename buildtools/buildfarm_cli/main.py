@@ -52,7 +52,7 @@ app.add_typer(schedule_app, name="schedule")
 app.add_typer(retention_app, name="retention")
 app.add_typer(storage_app, name="storage")
 app.add_typer(env_app, name="env")
-operator.register(app, repo_app)
+operator.register(app, repo_app, admin_app)
 
 WAIT_POLL_SECONDS = 0.5
 LOG_POLL_SECONDS = 0.5

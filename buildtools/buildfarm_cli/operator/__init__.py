@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import typer
 
+from buildfarm_cli.operator.accounts import admin_init
 from buildfarm_cli.operator.backup import backup_app
 from buildfarm_cli.operator.farm import repo_verify, start, stop
 from buildfarm_cli.operator.nodes import node_app
 
 
-def register(app: typer.Typer, repo_app: typer.Typer) -> None:
-    """The operator's commands on the CLI's ``app`` (and ``repo verify`` on ``repo_app``)."""
+def register(app: typer.Typer, repo_app: typer.Typer, admin_app: typer.Typer) -> None:
+    """The operator's commands on the CLI's ``app`` (``repo verify`` on ``repo_app``, ``admin
+    init`` on ``admin_app``)."""
     app.command()(start)
     app.command()(stop)
     app.add_typer(node_app, name="node")
     app.add_typer(backup_app, name="backup")
     repo_app.command("verify")(repo_verify)
+    admin_app.command("init")(admin_init)

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from buildfarm.backup import restore_backup, run_backup, verify_backup
-from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import PermanentError
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.output import OutputFormat, emit_json, err_console, phase_bars
+
+if TYPE_CHECKING:  # the farm's stack is imported when a backup command runs, not for `--help`
+    from buildfarm.engine.context import FarmContext
 
 backup_app = typer.Typer(no_args_is_help=True, help="Backups of release builds: run, verify, restore.")
 
@@ -41,11 +42,14 @@ def _farm(command: str) -> Iterator[FarmContext]:
             "or inside the farm's pod: kubectl exec deploy/<release>-buildfarm-api -- buildfarm backup "
             f"{command}): drop --farm"
         )
-    client = state.local(f"backup {command}")
+    from buildfarm.local.inprocess import LocalFarm
+
+    state.local(f"backup {command}")
+    local = LocalFarm()
     try:
-        yield client.farm_context()
+        yield local.database()
     finally:
-        client.close()
+        local.close()
 
 
 def _emit(report: Any, fmt: OutputFormat, line: str) -> None:
@@ -60,8 +64,10 @@ def backup_run(output: OutputOpt = None) -> None:
     """Copy every published release build (packages, sources, logs, images, records) and the
     accounts to the backup target; what the target holds already is not copied again."""
     fmt = state.fmt(output)
+    from buildfarm import backup
+
     with _farm("run") as ctx, phase_bars(fmt == OutputFormat.TEXT, PHASES, transient=False) as progress:
-        report = run_backup(ctx, progress=progress)
+        report = backup.run_backup(ctx, progress=progress)
     _emit(
         report,
         fmt,
@@ -76,8 +82,10 @@ def backup_run(output: OutputOpt = None) -> None:
 def backup_verify(output: OutputOpt = None) -> None:
     """Read every object of the newest backup back and check its sha256; exit 1 naming what is bad."""
     fmt = state.fmt(output)
+    from buildfarm import backup
+
     with _farm("verify") as ctx, phase_bars(fmt == OutputFormat.TEXT, PHASES, transient=False) as progress:
-        report = verify_backup(ctx, progress=progress)
+        report = backup.verify_backup(ctx, progress=progress)
     if fmt == OutputFormat.JSON:
         emit_json({**report.__dict__, "ok": report.ok})
     elif report.ok:
@@ -109,8 +117,10 @@ def backup_verify(output: OutputOpt = None) -> None:
 def backup_restore(output: OutputOpt = None) -> None:
     """Restore the newest backup into this fresh, empty farm (refused if it has builds)."""
     fmt = state.fmt(output)
+    from buildfarm import backup
+
     with _farm("restore") as ctx, phase_bars(fmt == OutputFormat.TEXT, PHASES, transient=False) as progress:
-        report = restore_backup(ctx, progress=progress)
+        report = backup.restore_backup(ctx, progress=progress)
     latest = ", ".join(f"{branch} -> {build}" for branch, build in sorted(report.latest.items()))
     _emit(
         report,

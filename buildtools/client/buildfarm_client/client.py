@@ -75,8 +75,9 @@ _Model = TypeVar("_Model", bound=BaseModel)
 class Client:
     """One farm's API at ``url`` (``http://host:port``), as the user behind ``token``.
 
-    ``transport`` replaces the network: ``httpx.ASGITransport``-like transports run the API
-    in-process, ``httpx.MockTransport`` answers in tests.
+    ``transport`` replaces the network: a local farm's transport runs the API in-process,
+    ``httpx.MockTransport`` answers in tests.  ``where`` completes "the farm ..." in error
+    messages (default ``at <url>``).
     """
 
     def __init__(
@@ -86,8 +87,10 @@ class Client:
         *,
         transport: httpx.BaseTransport | None = None,
         user_agent: str = "buildfarm-client",
+        where: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.where = where or f"at {self.url}"
         self.has_token = bool(token)
         headers = {"User-Agent": user_agent, "Accept": "application/json"}
         if token:
@@ -119,12 +122,12 @@ class Client:
             response = self._http.request(method, path, **kwargs)
         except httpx.TimeoutException as exc:
             raise errors.UnavailableError(
-                f"the farm at {self.url} did not answer in time ({type(exc).__name__})",
+                f"the farm {self.where} did not answer in time ({type(exc).__name__})",
                 DEFAULT_RETRY_AFTER_SECONDS,
             ) from exc
         except httpx.TransportError as exc:
             raise errors.UnavailableError(
-                f"cannot reach the farm at {self.url}: {exc}", DEFAULT_RETRY_AFTER_SECONDS
+                f"cannot reach the farm {self.where}: {exc}", DEFAULT_RETRY_AFTER_SECONDS
             ) from exc
         if response.is_error:
             raise self._error(response)
@@ -145,7 +148,7 @@ class Client:
             raise self._unexpected(f"{method} {path}: {_first_problem(exc)}") from exc
 
     def _unexpected(self, what: str) -> errors.ServerError:
-        return errors.ServerError(f"unexpected answer from the farm at {self.url}: {what}")
+        return errors.ServerError(f"unexpected answer from the farm {self.where}: {what}")
 
     def _error(self, response: httpx.Response) -> errors.ApiError:
         """The error kind an error answer names (see docs/api.md, "Errors")."""
@@ -160,18 +163,18 @@ class Client:
             retry_after = _retry_after(response.headers.get("Retry-After"))
             if code == "unavailable" or status != 429:
                 return errors.UnavailableError(
-                    f"the farm at {self.url}: {message}", retry_after, code=code, status=status
+                    f"the farm {self.where}: {message}", retry_after, code=code, status=status
                 )
             return errors.RateLimitedError(
                 f"{message} (retry after {retry_after:g} s)", retry_after, code=code, status=status
             )
         if code == "unauthenticated" or status == 401:
-            return errors.UnauthenticatedError(f"the farm at {self.url}: {message}", code=code, status=status)
+            return errors.UnauthenticatedError(f"the farm {self.where}: {message}", code=code, status=status)
         if code in _KINDS:
             return _KINDS[code](message, code=code, status=status)
         if status < 500:  # bad_request, bad_source, invalid, too_large, ...
             return errors.PermanentApiError(message, code=code, status=status)
-        return errors.ServerError(f"the farm at {self.url} failed: {message}", code=code, status=status)
+        return errors.ServerError(f"the farm {self.where} failed: {message}", code=code, status=status)
 
     # -- farm ------------------------------------------------------------------------------
 

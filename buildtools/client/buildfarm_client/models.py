@@ -60,6 +60,7 @@ class ProjectOut(_Answer):
 class NodeOut(_Answer):
     online: bool
     active_tasks: int
+    stopped: bool | None = None  # the local farm: held on purpose (`buildfarm node start` resumes it)
 
 
 class RunningStepOut(_Answer):
@@ -71,9 +72,24 @@ class RunningStepOut(_Answer):
 
 
 class StatusOut(_Answer):
+    """The farm's nodes, queues and running steps; the local farm (the CLI's in-process API)
+    says as well where it lives and which of its processes run.  ``/status`` leaves out the
+    fields it did not set."""
+
     nodes: dict[str, NodeOut]
     queues: dict[str, int]
     running_steps: list[RunningStepOut]
+    running: bool | None = None  # the local farm's core processes run
+    state_dir: str | None = None
+    redis_url: str | None = None  # its password shown as ***
+    repo_url: str | None = None
+    runner: str | None = None
+    api_url: str | None = None
+    registry_url: str | None = None
+    apt_proxy: str | None = None
+    processes: dict[str, bool] | None = None
+    started: list[str] | None = None
+    warnings: list[str] | None = None
 
 
 # -- sources and builds ----------------------------------------------------------------------
@@ -107,6 +123,15 @@ class SubmitIn(_Request):
         description="per package: a flat tarball of its local files (a `path` tree's upstream "
         "tarballs, or a local `dsc` and the files it names)",
     )
+
+
+class CheckoutSubmitIn(_Request):
+    """A submit the local farm's in-process API alone answers (``POST /local/builds``): the farm
+    reads the manifest and its trees from this machine's checkout itself (StarlingX packages need
+    its git history), on behalf of ``user``."""
+
+    manifest_path: str
+    user: str | None = None
 
 
 class StepView(_Answer):
@@ -255,9 +280,9 @@ class ScheduleOut(_Answer):
     # "retrying" (attempt last_attempt of max_attempts failed; the next is at retry_at), "failed"
     last_state: str | None
     last_error: str | None
-    last_attempt: int | None = None
-    max_attempts: int | None = None
-    retry_at: str | None = None  # ISO 8601, UTC
+    last_attempt: int | None = None  # the run's attempt under way or done
+    max_attempts: int | None = None  # setting schedule_start_attempts
+    retry_at: str | None = None  # ISO 8601, UTC: when a "retrying" run is tried again
 
 
 # -- retention -------------------------------------------------------------------------------

@@ -6,12 +6,7 @@ What other packages may use is named here; the modules behind it are private to 
 
 from buildfarm.accounts import policy
 from buildfarm.accounts.users import (
-    DEFAULT_TOKEN_DAYS,
-    MAX_TOKEN_DAYS,
     TOKEN_PREFIX,
-    AuthError,
-    CreatedToken,
-    ForbiddenError,
     Principal,
     add_project,
     add_user,
@@ -26,13 +21,11 @@ from buildfarm.accounts.users import (
     project_exists,
     revoke_token,
 )
+from buildfarm.model.errors import AuthError, ForbiddenError  # the API answers 401 and 403 for them
 
 __all__ = [
-    "DEFAULT_TOKEN_DAYS",
-    "MAX_TOKEN_DAYS",
     "TOKEN_PREFIX",
     "AuthError",
-    "CreatedToken",
     "ForbiddenError",
     "Principal",
     "add_project",

@@ -18,9 +18,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from buildfarm.accounts import users
-from buildfarm.accounts.users import ForbiddenError, Principal
+from buildfarm.accounts.users import Principal
 from buildfarm.engine.context import FarmContext
-from buildfarm.model.errors import NotFoundError
+from buildfarm.model.errors import ForbiddenError, NotFoundError
 from buildfarm.model.manifest import Manifest
 from buildfarm.model.types import BuildKind
 from buildfarm.state.models import Role

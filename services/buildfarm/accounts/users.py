@@ -18,20 +18,11 @@ from sqlalchemy.orm import Session
 
 from buildfarm.engine.context import FarmContext
 from buildfarm.model import names
-from buildfarm.model.errors import ConflictError, NotFoundError, PermanentError
+from buildfarm.model.errors import AuthError, ConflictError, ForbiddenError, NotFoundError, PermanentError
 from buildfarm.state.models import ROLE_RANK, Grant, Project, Role, Token, User, utcnow
+from buildfarm_client.models import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS, TokenOut
 
 TOKEN_PREFIX = "bf_"
-DEFAULT_TOKEN_DAYS = 90
-MAX_TOKEN_DAYS = 3650
-
-
-class AuthError(PermanentError):
-    """No, unknown, revoked or expired token (401)."""
-
-
-class ForbiddenError(PermanentError):
-    """The user lacks the role for this (403)."""
 
 
 @dataclass(frozen=True)
@@ -57,14 +48,6 @@ class Principal:
     @property
     def builds_somewhere(self) -> bool:
         return self.admin or any(ROLE_RANK[r] >= ROLE_RANK[Role.BUILDER] for r in self.roles.values())
-
-
-@dataclass(frozen=True)
-class CreatedToken:
-    id: int
-    user: str
-    token: str  # the only time it exists outside the caller's hands
-    expires_at: str
 
 
 def digest(token: str) -> str:
@@ -103,7 +86,7 @@ def add_user(ctx: FarmContext, name: str, *, admin: bool = False, service: bool 
 
 def create_token(
     ctx: FarmContext, user: str, name: str = "default", days: int = DEFAULT_TOKEN_DAYS
-) -> CreatedToken:
+) -> TokenOut:
     if not 1 <= days <= MAX_TOKEN_DAYS:
         raise PermanentError(f"a token lives 1 to {MAX_TOKEN_DAYS} days, not {days}")
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -113,10 +96,12 @@ def create_token(
         token = Token(user_id=owner.id, name=name[:100], digest=digest(secret), expires_at=expires)
         session.add(token)
         session.flush()
-        return CreatedToken(token.id, user, secret, expires.isoformat(timespec="seconds"))
+        return TokenOut(
+            id=token.id, user=user, token=secret, expires_at=expires.isoformat(timespec="seconds")
+        )
 
 
-def init_admin(ctx: FarmContext, name: str = "admin", days: int = MAX_TOKEN_DAYS) -> CreatedToken:
+def init_admin(ctx: FarmContext, name: str = "admin", days: int = MAX_TOKEN_DAYS) -> TokenOut:
     """The first admin and its token; refuses if an admin exists (run it once, at install)."""
     with ctx.db.session() as session:
         if session.scalars(select(User).where(User.admin.is_(True))).first() is not None:

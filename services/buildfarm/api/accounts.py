@@ -30,8 +30,7 @@ def accounts_router(farm: FarmContext) -> APIRouter:
         name: Annotated[str, PathParam(max_length=100)], body: TokenIn, principal: Caller
     ) -> TokenOut:
         policy.require_admin(principal)
-        created = accounts.create_token(farm, name, body.name, body.expires_days)
-        return TokenOut(id=created.id, user=created.user, token=created.token, expires_at=created.expires_at)
+        return accounts.create_token(farm, name, body.name, body.expires_days)
 
     @router.delete("/tokens/{token_id}", status_code=204)
     def revoke_token(token_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)], principal: Caller) -> Response:

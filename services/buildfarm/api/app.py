@@ -10,6 +10,8 @@ CLI calls; nothing here knows which backends the farm runs on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import redis
 from fastapi import FastAPI
 
@@ -17,7 +19,7 @@ from buildfarm import accounts
 from buildfarm.api import errors
 from buildfarm.api.accounts import accounts_router
 from buildfarm.api.builds import builds_router
-from buildfarm.api.farm import NodeCache, farm_router, queue_lengths
+from buildfarm.api.farm import FarmStatusSource, NodeCache, farm_router, queue_lengths, remote_status
 from buildfarm.api.limits import AnonymousLimit, Limits
 from buildfarm.api.logs import logs_router
 from buildfarm.api.mirrors import mirrors_router
@@ -30,6 +32,7 @@ from buildfarm.engine.context import FarmContext
 from buildfarm.metrics import FarmCollector, metrics_endpoint
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.settings import Settings
+from buildfarm.retention import Progress
 from buildfarm.web import SESSION_COOKIE, mount_dashboard
 
 API = "/api/v1"
@@ -49,6 +52,27 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
     farm.store.check()
     farm.repo.check()
     accounts.ensure_projects(farm, settings.projects)
+    nodes = NodeCache(settings)
+    app = assemble(farm, limits, remote_status(farm, limits, nodes))
+    exempt = frozenset({f"{API}/health", "/metrics"})
+    app.add_middleware(AnonymousLimit, limits=limits, exempt=exempt, session_cookie=SESSION_COOKIE)
+    app.state.limits = limits
+    app.router.routes.append(metrics_endpoint(FarmCollector(farm.db, nodes.get, queue_lengths(limits))))
+    mount_dashboard(app, farm, limits, nodes.get)
+    return app
+
+
+def assemble(
+    farm: FarmContext,
+    limits: Limits | None,
+    status: FarmStatusSource,
+    *,
+    sweep_progress: Callable[[], Progress | None] | None = None,
+) -> FastAPI:
+    """The API's routes over ``farm``: what every front door shares (the network API above, the
+    local CLI's in-process one in :mod:`buildfarm.local.inprocess`).  ``limits`` None: no
+    running-build cap (a local farm is its user's own); ``status`` answers ``/status``;
+    ``sweep_progress`` gives the retention sweep a progress callback (the local CLI's bars)."""
     app = FastAPI(
         title="buildfarm",
         version="1",
@@ -58,13 +82,9 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
         responses=errors.ERROR_RESPONSES,
     )
     errors.install(app)
-    exempt = frozenset({f"{API}/health", "/metrics"})
-    app.add_middleware(AnonymousLimit, limits=limits, exempt=exempt, session_cookie=SESSION_COOKIE)
     app.state.farm = farm
-    app.state.limits = limits
-    nodes = NodeCache(settings)
     for router in (
-        farm_router(farm, limits, nodes),
+        farm_router(farm, status),
         sources_router(farm),
         builds_router(farm, limits),
         logs_router(farm),
@@ -72,9 +92,7 @@ def create_app(settings: Settings, ctx: FarmContext | None = None) -> FastAPI:
         accounts_router(farm),
         mirrors_router(farm),
         schedules_router(farm),
-        retention_router(farm),
+        retention_router(farm, sweep_progress),
     ):
         app.include_router(router, prefix=API)
-    app.router.routes.append(metrics_endpoint(FarmCollector(farm.db, nodes.get, queue_lengths(limits))))
-    mount_dashboard(app, farm, limits, nodes.get)
     return app

@@ -16,6 +16,7 @@ from buildfarm.accounts import AuthError, Principal, policy
 from buildfarm.api.limits import client_address
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
+from buildfarm_client.models import BuildView
 
 
 def authenticate(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
@@ -38,7 +39,7 @@ Caller = Annotated[Principal, Depends(authenticate)]
 BuildId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
 
 
-def visible_build(farm: FarmContext, principal: Principal, build_id: int) -> control.BuildView:
+def visible_build(farm: FarmContext, principal: Principal, build_id: int) -> BuildView:
     """The build, if the caller may see it (another user's personal build: 404)."""
     view = control.show_build(farm, build_id)
     policy.require_view(principal, view)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from fastapi import APIRouter
 
 from buildfarm import accounts
-from buildfarm.accounts import policy
+from buildfarm.accounts import Principal, policy
 from buildfarm.api.auth import Caller
 from buildfarm.api.limits import Limits
 from buildfarm.engine import control
@@ -16,6 +16,10 @@ from buildfarm.engine.context import FarmContext
 from buildfarm.model.settings import Settings
 from buildfarm.state.models import Build
 from buildfarm_client.models import HealthOut, NodeOut, ProjectOut, RunningStepOut, StatusOut, WhoAmI
+
+FarmStatusSource = Callable[[Principal], StatusOut]
+"""What ``/status`` answers for a caller: :func:`remote_status` on a farm's network API, the
+local farm's own (its state directory and processes as well) in-process."""
 
 NODES_CACHE_SECONDS = 5.0
 """Asking every node (Celery ping) takes up to a second: answers are reused this long."""
@@ -69,11 +73,27 @@ def queue_lengths(limits: Limits) -> Callable[[], dict[str, int]]:
     return lengths
 
 
-def farm_router(farm: FarmContext, limits: Limits, nodes: NodeCache | None = None) -> APIRouter:
+def remote_status(farm: FarmContext, limits: Limits, nodes: NodeCache) -> FarmStatusSource:
+    """The nodes that answer, the queue lengths and the running steps the caller may see."""
+    queues = queue_lengths(limits)
+
+    def status(principal: Principal) -> StatusOut:
+        steps = control.running_steps(farm)
+        scope = policy.project_scope(principal)
+        if scope is not None:
+            steps = [s for s in steps if _project_of(farm, s["build"]) in scope]
+        return StatusOut(
+            nodes=nodes.get(),
+            queues=queues(),
+            running_steps=[RunningStepOut.model_validate(s) for s in steps],
+        )
+
+    return status
+
+
+def farm_router(farm: FarmContext, status_of: FarmStatusSource) -> APIRouter:
     """``/health``, ``/whoami``, ``/status`` and ``/projects`` over ``farm``."""
     router = APIRouter(tags=["farm"])
-    queues = queue_lengths(limits)
-    nodes = nodes or NodeCache(farm.settings)  # the app shares one with /metrics and the dashboard
 
     @router.get("/health", response_model=HealthOut)
     def health() -> HealthOut:
@@ -85,17 +105,9 @@ def farm_router(farm: FarmContext, limits: Limits, nodes: NodeCache | None = Non
             user=principal.user, admin=principal.admin, roles={p: r.value for p, r in principal.roles.items()}
         )
 
-    @router.get("/status", response_model=StatusOut)
+    @router.get("/status", response_model=StatusOut, response_model_exclude_unset=True)
     def status(principal: Caller) -> StatusOut:
-        steps = control.running_steps(farm)
-        scope = policy.project_scope(principal)
-        if scope is not None:
-            steps = [s for s in steps if _project_of(farm, s["build"]) in scope]
-        return StatusOut(
-            nodes=nodes.get(),
-            queues=queues(),
-            running_steps=[RunningStepOut.model_validate(s) for s in steps],
-        )
+        return status_of(principal)
 
     @router.get("/projects", response_model=list[ProjectOut])
     def projects(principal: Caller) -> list[ProjectOut]:

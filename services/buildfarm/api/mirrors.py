@@ -25,10 +25,7 @@ def mirrors_router(farm: FarmContext) -> APIRouter:
 
     @router.get("/mirrors", response_model=list[MirrorOut])
     def list_mirrors(principal: Caller) -> list[MirrorOut]:
-        return [
-            MirrorOut.model_validate(view, from_attributes=True)
-            for view in mirrors.list_mirrors(farm.settings, farm.repo)
-        ]
+        return mirrors.list_mirrors(farm.settings, farm.repo)
 
     @router.post("/mirrors/{name}/sync", response_model=MirrorSyncOut)
     def sync_mirror(

@@ -23,7 +23,7 @@ def schedules_router(farm: FarmContext) -> APIRouter:
     @router.get("/schedules", response_model=list[ScheduleOut])
     def list_schedules(principal: Caller) -> list[ScheduleOut]:
         return [
-            ScheduleOut.model_validate(view, from_attributes=True)
+            view
             for view in schedules.list_schedules(farm, utcnow())
             if policy.may_view(principal, view.project)
         ]

@@ -18,8 +18,6 @@ from buildfarm.engine.advance import advance_build, publish_build
 from buildfarm.engine.context import Dispatcher, FarmContext, FarmParts
 from buildfarm.engine.control import (
     BuildPage,
-    BuildView,
-    StepView,
     apt_sources,
     cancel_build,
     find_step,
@@ -34,12 +32,10 @@ from buildfarm.engine.submit import moves_latest, submit_build
 
 __all__ = [
     "BuildPage",
-    "BuildView",
     "Dispatcher",
     "FarmContext",
     "FarmParts",
     "ReapReport",
-    "StepView",
     "advance_build",
     "apt_sources",
     "cancel_build",

@@ -1,13 +1,15 @@
 """What a person does to builds: list, show, logs, cancel, retry, apt sources.
 
-Both the local CLI and (later) the REST API call these; they return plain data, never print.
+The REST API calls these (the local CLI through it, in-process); they return the API's wire
+models (:mod:`buildfarm_client.models`: a build is one ``BuildView`` from the database to the
+client), never print.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -18,52 +20,9 @@ from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import ConflictError, NotFoundError, TemporaryError
 from buildfarm.model.types import TERMINAL_BUILD_STATES, BuildKind, BuildState, StepState
 from buildfarm.state.models import Build, Step, utcnow
+from buildfarm_client.models import BuildView, StepView
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StepView:
-    id: int
-    name: str
-    version: str
-    state: str
-    node: str | None
-    attempt: int
-    depends_on: list[str]
-    input_key: str
-    reused_from: int | None
-    started_at: str | None
-    finished_at: str | None
-    duration_seconds: float | None
-    log: str | None
-    error: str | None
-    outputs: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class BuildView:
-    id: int
-    project: str
-    branch: str
-    kind: str
-    user: str
-    state: str
-    created_at: str
-    finished_at: str | None
-    published: str | None
-    error: str | None
-    steps: list[StepView] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for step in self.steps:
-            out[step.state] = out.get(step.state, 0) + 1
-        return out
 
 
 def _iso(value: dt.datetime | None) -> str | None:

@@ -5,6 +5,6 @@ backend's.
 What other packages may use is named here; the modules behind it are private to the package.
 """
 
-from buildfarm.mirrors.views import MirrorView, list_mirrors, sync_mirror
+from buildfarm.mirrors.views import list_mirrors, sync_mirror
 
-__all__ = ["MirrorView", "list_mirrors", "sync_mirror"]
+__all__ = ["list_mirrors", "sync_mirror"]

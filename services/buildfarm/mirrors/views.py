@@ -1,36 +1,23 @@
 """3rd-party mirrors as the CLI and the API see them: what is configured, what builds can use, sync.
 
 The configuration (setting ``mirrors``) says which mirrors exist; the repository backend says
-which of them builds can use now (on Pulp: synced at least once) and does the sync.  Both the
-local CLI (which needs no running farm for them) and the REST API call these two functions, so
-they answer the same way.
+which of them builds can use now (on Pulp: synced at least once) and does the sync.  The REST API
+(and through it the local CLI, which needs no running farm for them) calls these two functions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from buildfarm.backends.base import MirrorStatus, PackageRepository
 from buildfarm.model.mirrors import find_mirror
 from buildfarm.model.settings import Settings
+from buildfarm_client.models import MirrorOut
 
 
-@dataclass(frozen=True)
-class MirrorView:
-    """A configured mirror; ``source`` is its apt line once builds can use it, else None."""
-
-    name: str
-    url: str
-    distribution: str
-    components: list[str]
-    architectures: list[str]
-    source: str | None
-
-
-def list_mirrors(settings: Settings, repo: PackageRepository) -> list[MirrorView]:
+def list_mirrors(settings: Settings, repo: PackageRepository) -> list[MirrorOut]:
+    """The configured mirrors; ``source`` is a mirror's apt line once builds can use it, else None."""
     usable = repo.usable_mirrors() if settings.mirrors.repositories else {}
     return [
-        MirrorView(
+        MirrorOut(
             name=mirror.name,
             url=mirror.url,
             distribution=mirror.distribution,

@@ -26,6 +26,14 @@ class TemporaryError(BuildfarmError):
         self.retry_after = retry_after
 
 
+class AuthError(PermanentError):
+    """No, unknown, revoked or expired token (401)."""
+
+
+class ForbiddenError(PermanentError):
+    """The user lacks the role for this (403)."""
+
+
 class ManifestError(PermanentError):
     """A build manifest is malformed; the message names the file, the field and what is wrong."""
 

@@ -43,47 +43,29 @@ no later build may reuse it (``find_reusable`` matches input keys), so nothing r
 LOG_STEP_STATES = (StepState.SUCCEEDED, StepState.FAILED)
 
 
-@dataclass(frozen=True)
-class RetentionPolicy:
-    """The ``retention_*`` settings: days per class, newest K per branch, the grace period."""
+# The policy's numbers are the settings group ``retention`` (:class:`RetentionSettings`: days per
+# class, newest K per branch, the grace period, the upload hours); these read dates from them.
 
-    nightly_days: int = 14
-    on_demand_days: int = 7
-    personal_days: int = 7
-    keep_newest: int = 3
-    grace_seconds: float = 3600.0
-    upload_hours: float = 24.0
 
-    @classmethod
-    def from_settings(cls, retention: RetentionSettings) -> RetentionPolicy:
-        return cls(
-            nightly_days=retention.nightly_days,
-            on_demand_days=retention.on_demand_days,
-            personal_days=retention.personal_days,
-            keep_newest=retention.keep_newest,
-            grace_seconds=retention.grace_seconds,
-            upload_hours=retention.upload_hours,
-        )
+def expiry_cutoffs(retention: RetentionSettings, now: dt.datetime) -> dict[str, dt.datetime]:
+    """Per expiring class: a build that finished before this is old enough to expire (classes
+    not named here are kept forever)."""
+    days = {
+        BuildKind.NIGHTLY: retention.nightly_days,
+        BuildKind.ON_DEMAND: retention.on_demand_days,
+        BuildKind.PERSONAL: retention.personal_days,
+    }
+    return {kind: now - dt.timedelta(days=count) for kind, count in days.items()}
 
-    def days(self) -> dict[str, int]:
-        """Days kept per expiring class; classes not named here are kept forever."""
-        return {
-            BuildKind.NIGHTLY: self.nightly_days,
-            BuildKind.ON_DEMAND: self.on_demand_days,
-            BuildKind.PERSONAL: self.personal_days,
-        }
 
-    def cutoffs(self, now: dt.datetime) -> dict[str, dt.datetime]:
-        """Per expiring class: a build that finished before this is old enough to expire."""
-        return {kind: now - dt.timedelta(days=days) for kind, days in self.days().items()}
+def upload_cutoff(retention: RetentionSettings, now: dt.datetime) -> dt.datetime:
+    """An upload made before this is expired (its object goes unless a row names it)."""
+    return now - dt.timedelta(hours=retention.upload_hours)
 
-    def upload_cutoff(self, now: dt.datetime) -> dt.datetime:
-        """An upload made before this is expired (its object goes unless a row names it)."""
-        return now - dt.timedelta(hours=self.upload_hours)
 
-    def grace_cutoff(self, now: dt.datetime) -> dt.datetime:
-        """Objects last put after this are never deleted (an upload may be in flight)."""
-        return now - dt.timedelta(seconds=self.grace_seconds)
+def grace_cutoff(retention: RetentionSettings, now: dt.datetime) -> dt.datetime:
+    """Objects last put after this are never deleted (an upload may be in flight)."""
+    return now - dt.timedelta(seconds=retention.grace_seconds)
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,13 @@
 """Retention: which builds expire (:mod:`.expiry`) and the sweep that deletes them from every
 store together (:mod:`.sweep`); the policy itself is pure data (:mod:`buildfarm.model.retention`).
 
-What other packages may use is named here; the modules behind it are private to the package.
+A sweep answers with the API's wire models (``SweepReportOut``, ``StorageReportOut``). What
+other packages may use is named here; the modules behind it are private to the package.
 """
 
 from buildfarm.retention.expiry import Selection, select_expired
 from buildfarm.retention.sweep import (
     Progress,
-    StorageGroup,
-    StorageReport,
-    SweepReport,
     record_upload,
     run_sweep,
     storage_report,
@@ -18,9 +16,6 @@ from buildfarm.retention.sweep import (
 __all__ = [
     "Progress",
     "Selection",
-    "StorageGroup",
-    "StorageReport",
-    "SweepReport",
     "record_upload",
     "run_sweep",
     "select_expired",

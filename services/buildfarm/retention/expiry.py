@@ -29,14 +29,16 @@ from buildfarm.model.retention import (
     LOG_STEP_STATES,
     BuildRecord,
     OutputRecord,
-    RetentionPolicy,
     StepRecord,
     SweepPlan,
     UploadRecord,
     doomed_references,
+    expiry_cutoffs,
     plan_sweep,
     unreferenced,
+    upload_cutoff,
 )
+from buildfarm.model.settinggroups import RetentionSettings
 from buildfarm.model.types import TERMINAL_BUILD_STATES, BuildKind, BuildState
 from buildfarm.state.models import Build, BuildInput, Step, StepOutput, Upload, UTCDateTime
 
@@ -95,11 +97,11 @@ def log_keys_of(step: StepRecord) -> list[str]:
 # -- selection ---------------------------------------------------------------------------------
 
 
-def _expired_by_age(session: Session, policy: RetentionPolicy, now: dt.datetime) -> list[BuildRecord]:
+def _expired_by_age(session: Session, policy: RetentionSettings, now: dt.datetime) -> list[BuildRecord]:
     finished = func.coalesce(Build.finished_at, Build.created_at)
     by_class = [
         and_(Build.kind == kind, finished < bindparam(f"cut_{n}", cutoff, type_=UTCDateTime()))
-        for n, (kind, cutoff) in enumerate(policy.cutoffs(now).items())
+        for n, (kind, cutoff) in enumerate(expiry_cutoffs(policy, now).items())
     ]
     rows = session.execute(
         select(
@@ -186,7 +188,7 @@ def _newest_succeeded_finished(session: Session, project: str, branch: str) -> d
     )
 
 
-def expired_builds(session: Session, policy: RetentionPolicy, now: dt.datetime) -> list[BuildRecord]:
+def expired_builds(session: Session, policy: RetentionSettings, now: dt.datetime) -> list[BuildRecord]:
     """The finished builds the policy expires, oldest first.
 
     Besides the policy's own protection, the repository refuses to expire what ``latest``
@@ -319,8 +321,8 @@ def _reused_by_kept(session: Session, steps: list[StepRecord]) -> set[int]:
     return kept
 
 
-def _expired_uploads(session: Session, policy: RetentionPolicy, now: dt.datetime) -> list[UploadRecord]:
-    cutoff = bindparam("upload_cutoff", policy.upload_cutoff(now), type_=UTCDateTime())
+def _expired_uploads(session: Session, policy: RetentionSettings, now: dt.datetime) -> list[UploadRecord]:
+    cutoff = bindparam("upload_cutoff", upload_cutoff(policy, now), type_=UTCDateTime())
     rows = session.execute(select(Upload.id, Upload.sha256, Upload.size).where(Upload.uploaded_at < cutoff))
     return [UploadRecord(*row) for row in rows]
 
@@ -346,7 +348,7 @@ def _references_in_database(session: Session, shas: list[str]) -> Counter[str]:
     return counts
 
 
-def select_expired(session: Session, policy: RetentionPolicy, now: dt.datetime) -> Selection:
+def select_expired(session: Session, policy: RetentionSettings, now: dt.datetime) -> Selection:
     """Everything one sweep deletes, read in one transaction."""
     started = time.monotonic()
     builds = expired_builds(session, policy, now)

@@ -1,5 +1,8 @@
 """The retention sweep: find the expired builds, then delete them from every store together.
 
+What a sweep did and the storage report are the API's wire models (``SweepReportOut``,
+``StorageReportOut`` of :mod:`buildfarm_client.models`), filled here and answered as they are.
+
 Choosing what expires (:mod:`buildfarm.retention.expiry`) costs what expires, not what is kept,
 and no store is ever listed: an object is a deletion candidate only because an expired row
 names it, and it goes only when no surviving row names it (:mod:`buildfarm.model.retention`).
@@ -22,8 +25,6 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
@@ -32,17 +33,16 @@ from buildfarm.backends.base import BuildRef, VersionedPackageRepository
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import BuildfarmError, TemporaryError
 from buildfarm.model.images import split_reference
-from buildfarm.model.retention import EXPIRED_INPUT_KEY, BuildRecord, RetentionPolicy, SweepPlan
+from buildfarm.model.retention import EXPIRED_INPUT_KEY, BuildRecord, SweepPlan, grace_cutoff
+from buildfarm.model.settinggroups import RetentionSettings
 from buildfarm.model.types import OutputKind
 from buildfarm.retention.expiry import Selection, chunks, select_expired
 from buildfarm.state.models import Build, Step, StepOutput, Upload, utcnow
+from buildfarm_client.models import StorageGroupOut, StorageReportOut, SweepReportOut
 
 __all__ = [
     "Progress",
     "Selection",
-    "StorageGroup",
-    "StorageReport",
-    "SweepReport",
     "record_upload",
     "run_sweep",
     "select_expired",
@@ -52,40 +52,6 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 """``progress(phase, done, total)``: the CLI draws a bar from it."""
-
-
-@dataclass
-class SweepReport:
-    """What a sweep deleted (or, ``dry_run``, would delete)."""
-
-    dry_run: bool
-    builds_by_class: dict[str, int] = field(default_factory=dict)
-    build_ids: list[int] = field(default_factory=list)
-    builds_deleted: int = 0  # every row gone
-    builds_reduced: int = 0  # rows kept for a log, or for a kept build that reuses a step
-    steps_deleted: int = 0
-    objects: int = 0
-    objects_skipped_recent: int = 0  # put again within the grace period: kept this time
-    logs: int = 0
-    images: int = 0
-    uploads: int = 0  # uploaded objects no build named, older than the upload hours: deleted (dry: would be)
-    repository_versions: int = 0  # repository versions crashed builds left unserved (dry: unpublished ones)
-    bytes_freed: int = 0  # objects + logs (dry run: objects only, sizes from rows and the store)
-    repository_bytes_freed: int | None = None  # when the repository knows it
-    registry_bytes_freed: int | None = None
-    skipped_builds: list[int] = field(default_factory=list)  # the repository refused to expire them
-    warnings: list[str] = field(default_factory=list)  # what was left behind, one line each
-    selection_seconds: float = 0.0
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SweepReport:
-        """The report from its JSON form (what the API answers); unknown keys are ignored."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 # -- the sweep ---------------------------------------------------------------------------------
@@ -110,7 +76,7 @@ def _unmark(ctx: FarmContext, selection: Selection, builds: set[int]) -> None:
 
 
 def _expire_in_repository(
-    ctx: FarmContext, plan: SweepPlan, report: SweepReport, progress: Progress | None
+    ctx: FarmContext, plan: SweepPlan, report: SweepReportOut, progress: Progress | None
 ) -> set[int]:
     """Expire the builds' distributions; return the builds the repository refused (kept whole)."""
     todo = [*plan.deleted_builds, *(b for b in plan.reduced_builds if b.published)]
@@ -132,15 +98,15 @@ def _expire_in_repository(
 
 
 def _sweep_repository_leftovers(
-    ctx: FarmContext, policy: RetentionPolicy, now: dt.datetime, *, dry_run: bool
+    ctx: FarmContext, policy: RetentionSettings, now: dt.datetime, *, dry_run: bool
 ) -> int:
     """Repository versions that crashed builds left (only a repository that keeps versions has them)."""
     if not isinstance(ctx.repo, VersionedPackageRepository):
         return 0
-    return ctx.repo.sweep_leftover_versions(policy.grace_cutoff(now), dry_run=dry_run)
+    return ctx.repo.sweep_leftover_versions(grace_cutoff(policy, now), dry_run=dry_run)
 
 
-def _delete_images(ctx: FarmContext, plan: SweepPlan, report: SweepReport) -> None:
+def _delete_images(ctx: FarmContext, plan: SweepPlan, report: SweepReportOut) -> None:
     """Delete the expired image steps' manifests, then collect the registry's garbage when this
     node can (the local profile's registry; in a cluster the chart's CronJob does it)."""
     if not plan.images or not ctx.settings.registry.url:
@@ -159,7 +125,7 @@ def _delete_images(ctx: FarmContext, plan: SweepPlan, report: SweepReport) -> No
         report.warnings.append(line)
 
 
-def _delete_rows(ctx: FarmContext, plan: SweepPlan, report: SweepReport) -> None:
+def _delete_rows(ctx: FarmContext, plan: SweepPlan, report: SweepReportOut) -> None:
     deleted_builds = [b.id for b in plan.deleted_builds]
     with ctx.db.session() as session:
         for chunk in chunks(sorted(plan.dropped_output_steps)):
@@ -176,17 +142,17 @@ def _delete_rows(ctx: FarmContext, plan: SweepPlan, report: SweepReport) -> None
 
 def run_sweep(
     ctx: FarmContext, *, dry_run: bool, now: dt.datetime | None = None, progress: Progress | None = None
-) -> SweepReport:
+) -> SweepReportOut:
     """Apply the retention policy to every store; ``dry_run`` only reports what would go."""
     started = time.monotonic()
     now = now or utcnow()
-    policy = RetentionPolicy.from_settings(ctx.settings.retention)
+    policy = ctx.settings.retention
     with ctx.db.session() as session:  # one transaction: no build reuses a step once it is chosen
         selection = select_expired(session, policy, now)
         if not dry_run:
             _mark_expired(session, selection.plan)
     plan = selection.plan
-    report = SweepReport(dry_run=dry_run, selection_seconds=selection.seconds)
+    report = SweepReportOut(dry_run=dry_run, selection_seconds=selection.seconds)
     if dry_run:
         _fill_counts(report, plan, selection)
         report.bytes_freed = sum(_object_sizes(ctx, plan, selection.delete_objects).values())
@@ -205,7 +171,7 @@ def run_sweep(
         report.repository_bytes_freed = ctx.repo.collect_garbage()
     if plan.expired_builds or plan.uploads:
         _delete_images(ctx, plan, report)
-        result = ctx.store.delete_objects(selection.delete_objects, older_than=policy.grace_cutoff(now))
+        result = ctx.store.delete_objects(selection.delete_objects, older_than=grace_cutoff(policy, now))
         report.objects, report.objects_skipped_recent = result.deleted, result.skipped_recent
         report.bytes_freed += result.freed_bytes
         for done, key in enumerate(plan.logs, 1):
@@ -232,7 +198,9 @@ def run_sweep(
     return report
 
 
-def _fill_counts(report: SweepReport, plan: SweepPlan, selection: Selection, *, objects: bool = True) -> None:
+def _fill_counts(
+    report: SweepReportOut, plan: SweepPlan, selection: Selection, *, objects: bool = True
+) -> None:
     report.builds_by_class = plan.by_class()
     report.build_ids = [b.id for b in plan.expired_builds]
     report.builds_deleted = len(plan.deleted_builds)
@@ -271,42 +239,7 @@ def record_upload(ctx: FarmContext, sha256: str, user: str, size: int | None = N
 # -- the storage report ------------------------------------------------------------------------
 
 
-@dataclass
-class StorageGroup:
-    kind: str
-    project: str
-    branch: str
-    builds: int
-    output_bytes: int  # bytes of the files its own steps produced (a shared file counts where made)
-    source_bytes: int = 0  # its steps' source tarballs (each distinct one once per group)
-
-
-@dataclass
-class StorageReport:
-    groups: list[StorageGroup]
-    builds: int
-    output_bytes: int  # distinct content objects the rows name as outputs
-    next_sweep: SweepReport
-    uploads: int = 0  # distinct uploaded objects no build names (yet)
-    upload_bytes: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StorageReport:
-        known = {f.name for f in fields(StorageGroup)}
-        return cls(
-            groups=[StorageGroup(**{k: v for k, v in g.items() if k in known}) for g in data["groups"]],
-            builds=int(data["builds"]),
-            output_bytes=int(data["output_bytes"]),
-            next_sweep=SweepReport.from_dict(data["next_sweep"]),
-            uploads=int(data.get("uploads", 0)),
-            upload_bytes=int(data.get("upload_bytes", 0)),
-        )
-
-
-def storage_report(ctx: FarmContext, now: dt.datetime | None = None) -> StorageReport:
+def storage_report(ctx: FarmContext, now: dt.datetime | None = None) -> StorageReportOut:
     """Bytes by class, project and branch, and what the next sweep would free.
 
     Output sizes come from the rows; source tarballs are sized by the store, once per distinct
@@ -314,7 +247,7 @@ def storage_report(ctx: FarmContext, now: dt.datetime | None = None) -> StorageR
     of the step that made it; ``output_bytes`` of the report counts each distinct file once.
     ``uploads`` are the uploaded objects no build names: submitted soon, or swept once expired.
     """
-    groups: dict[tuple[str, str, str], StorageGroup] = {}
+    groups: dict[tuple[str, str, str], StorageGroupOut] = {}
     with ctx.db.session() as session:
         counted = session.execute(
             select(Build.kind, Build.project, Build.branch, func.count()).group_by(
@@ -322,7 +255,9 @@ def storage_report(ctx: FarmContext, now: dt.datetime | None = None) -> StorageR
             )
         )
         for kind, project, branch, count in counted:
-            groups[(kind, project, branch)] = StorageGroup(kind, project, branch, count, 0)
+            groups[(kind, project, branch)] = StorageGroupOut(
+                kind=kind, project=project, branch=branch, builds=count, output_bytes=0
+            )
         sized = session.execute(
             select(Build.kind, Build.project, Build.branch, func.coalesce(func.sum(StepOutput.size), 0))
             .select_from(StepOutput)
@@ -355,7 +290,7 @@ def storage_report(ctx: FarmContext, now: dt.datetime | None = None) -> StorageR
             sizes[sha] = ctx.store.object_size(sha)
         groups[(kind, project, branch)].source_bytes += sizes[sha] or 0
     ordered = sorted(groups.values(), key=lambda g: (g.kind, g.project, g.branch))
-    return StorageReport(
+    return StorageReportOut(
         groups=ordered,
         builds=sum(g.builds for g in ordered),
         output_bytes=int(total or 0),

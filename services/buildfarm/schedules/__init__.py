@@ -5,7 +5,6 @@ What other packages may use is named here; the modules behind it are private to 
 
 from buildfarm.schedules.slots import (
     Cron,
-    ScheduleView,
     check_schedules,
     list_schedules,
     next_run,
@@ -17,7 +16,6 @@ from buildfarm.schedules.slots import (
 
 __all__ = [
     "Cron",
-    "ScheduleView",
     "check_schedules",
     "list_schedules",
     "next_run",

@@ -64,6 +64,7 @@ from buildfarm.model.manifest import Manifest, load_manifest, parse_manifest
 from buildfarm.model.settings import ScheduleConfig, Settings
 from buildfarm.model.urlpolicy import redact_url
 from buildfarm.state.models import Build, ScheduleRun
+from buildfarm_client.models import ScheduleOut
 
 log = logging.getLogger(__name__)
 
@@ -433,30 +434,9 @@ def _for_schedule(schedule: ScheduleConfig, manifest: Manifest, source: str) -> 
 # -- listing -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ScheduleView:
-    """A configured schedule, when it runs next and what its last run did (times: ISO 8601, UTC)."""
-
-    name: str
-    project: str
-    branch: str
-    kind: str
-    user: str
-    cron: str
-    source: str
-    next_run: str | None
-    last_slot: str | None
-    last_build: int | None
-    last_state: str | None  # the build's state ("expired" once retention removed it), or the
-    # run's while it has no build: "starting", "retrying" (at retry_at), "failed"
-    last_error: str | None
-    last_attempt: int | None = None  # the run's attempt under way or done
-    max_attempts: int | None = None  # setting schedule_start_attempts
-    retry_at: str | None = None  # when a "retrying" run is tried again
-
-
-def list_schedules(ctx: FarmContext, now: dt.datetime) -> list[ScheduleView]:
-    views: list[ScheduleView] = []
+def list_schedules(ctx: FarmContext, now: dt.datetime) -> list[ScheduleOut]:
+    """Each configured schedule, when it runs next and what its last run did (the API's answer)."""
+    views: list[ScheduleOut] = []
     with ctx.db.session() as session:
         for schedule in ctx.settings.schedules.builds:
             error: str | None = None
@@ -478,7 +458,7 @@ def list_schedules(ctx: FarmContext, now: dt.datetime) -> list[ScheduleView]:
             elif last is not None:
                 state = "retrying" if last.retry_at else "failed" if last.error else "starting"
             views.append(
-                ScheduleView(
+                ScheduleOut(
                     name=schedule.name,
                     project=schedule.project,
                     branch=schedule.branch,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from buildfarm.engine.control import StepView
+from buildfarm_client.models import StepView
 
 BOX_WIDTH = 170
 BOX_HEIGHT = 30

@@ -35,6 +35,7 @@ from buildfarm.web.session import (
     principal_of,
     safe_next,
 )
+from buildfarm_client.models import BuildView
 
 HERE = Path(__file__).parent
 PER_PAGE = 50
@@ -61,7 +62,7 @@ def dashboard_router(farm: FarmContext, limits: RateCounter, nodes_online: Nodes
             request, name, {"principal": principal, "labels": STATE_LABELS, **context}, status_code=status
         )
 
-    def visible_build(principal: Principal, build_id: int) -> control.BuildView:
+    def visible_build(principal: Principal, build_id: int) -> BuildView:
         """The build if the policy lets the caller see it; a page never tells a build exists
         to someone who may not see it (the API's 403 for a non-viewer is a 404 here)."""
         view = control.show_build(farm, build_id)
@@ -71,7 +72,7 @@ def dashboard_router(farm: FarmContext, limits: RateCounter, nodes_online: Nodes
             raise NotFoundError(f"build {build_id} does not exist") from exc
         return view
 
-    def may_change(principal: Principal, view: control.BuildView) -> bool:
+    def may_change(principal: Principal, view: BuildView) -> bool:
         try:
             policy.require_change(principal, view, "change")
         except ForbiddenError:

@@ -1,8 +1,9 @@
 """The API's OpenAPI document is made from the wire models: every JSON answer of every route
 names one of :mod:`buildfarm_client.models`, and so does every JSON request body.
 
-The routers are assembled as ``create_app`` does, over a stand-in farm: making the schema calls
-no route, so nothing behind them needs to run.
+The routes are assembled as ``create_app`` does (:func:`buildfarm.api.app.assemble`), over a
+stand-in farm: making the schema calls no route, so nothing behind them needs to run.  The local
+farm's in-process application (the same routes and its own submit) is held to the same rule.
 """
 
 from __future__ import annotations
@@ -11,20 +12,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
-from fastapi import FastAPI
+import pytest
 from pydantic import BaseModel
 
 import buildfarm_client.models as wire
-from buildfarm.api.accounts import accounts_router
-from buildfarm.api.app import API
-from buildfarm.api.builds import builds_router
-from buildfarm.api.farm import farm_router
-from buildfarm.api.logs import logs_router
-from buildfarm.api.mirrors import mirrors_router
-from buildfarm.api.repos import repos_router
-from buildfarm.api.retention import retention_router
-from buildfarm.api.schedules import schedules_router
-from buildfarm.api.sources import sources_router
+from buildfarm.api.app import API, assemble
+from buildfarm.local.inprocess import LocalFarm
 from buildfarm.model.settings import load_settings
 
 NOT_JSON = {
@@ -33,26 +26,17 @@ NOT_JSON = {
 }
 
 
-def _openapi(tmp_path: Path) -> dict[str, Any]:
-    farm = cast(Any, SimpleNamespace(settings=load_settings(state_dir=tmp_path)))
-    app = FastAPI()
-    for router in (
-        farm_router(farm, cast(Any, None)),
-        sources_router(farm),
-        builds_router(farm, cast(Any, None)),
-        logs_router(farm),
-        repos_router(farm),
-        accounts_router(farm),
-        mirrors_router(farm),
-        schedules_router(farm),
-        retention_router(farm),
-    ):
-        app.include_router(router, prefix=API)
-    return app.openapi()
+def _openapi(tmp_path: Path, local: bool) -> dict[str, Any]:
+    settings = load_settings(state_dir=tmp_path)
+    if local:
+        return LocalFarm(settings).app().openapi()
+    farm = cast(Any, SimpleNamespace(settings=settings))
+    return assemble(farm, None, cast(Any, None)).openapi()
 
 
-def test_every_json_answer_and_body_is_a_wire_model(tmp_path: Path) -> None:
-    schema = _openapi(tmp_path)
+@pytest.mark.parametrize("local", [False, True], ids=["api", "local-inprocess"])
+def test_every_json_answer_and_body_is_a_wire_model(tmp_path: Path, local: bool) -> None:
+    schema = _openapi(tmp_path, local)
     wire_names = {
         name for name, value in vars(wire).items() if isinstance(value, type) and issubclass(value, BaseModel)
     }

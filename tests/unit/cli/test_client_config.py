@@ -21,7 +21,7 @@ from buildfarm.model.errors import (
     ServiceUnavailableError,
     TemporaryError,
 )
-from buildfarm_cli.client import HttpClient, LocalClient, make_client
+from buildfarm_cli.client import HttpClient, make_client
 from buildfarm_cli.config import ClientConfig, config_path, resolve
 
 from helpers import free_port
@@ -57,7 +57,9 @@ def test_precedence_flag_env_file(tmp_path: Path) -> None:
     assert resolve(None, env, path) == ClientConfig("http://env:2", f"{SECRET}-env", "env")
     assert resolve(None, {}, path) == ClientConfig("http://file:1", f"{SECRET}-file", "file")
     assert resolve(None, {}, tmp_path / "absent.yaml") == ClientConfig(None, None, "local")
-    assert isinstance(make_client(resolve(None, {}, tmp_path / "absent.yaml")), LocalClient)
+    local = make_client(resolve(None, {}, tmp_path / "absent.yaml"))
+    assert local.local is not None and local.where == f"in {local.local.settings.state_dir}"
+    local.close()
     client = make_client(resolve(None, {}, path))
     assert isinstance(client, HttpClient) and client.url == "http://file:1"
     client.close()
