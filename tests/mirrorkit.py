@@ -3,7 +3,8 @@
 ``Upstream`` is a small APT repository (``dists/<suite>/main/binary-<arch>`` indexed by Debian's
 apt-ftparchive, real .debs) signed (InRelease and Release.gpg) with a throwaway key made in a temp
 GNUPGHOME (``signing_keys``), served over HTTP on 127.0.0.1 by a thread (``served_upstream``).
-A test can close its ``gate`` to hold a reader (Pulp's sync) mid-request. ``mirror_of`` is the
+A test can close its ``gate`` to hold a reader (Pulp's sync) mid-request, and read in ``requests``
+how often each path was asked for (the package cache's test). ``mirror_of`` is the
 farm's mirror configuration naming it. Shared by the Pulp mirror tests and the sbuild build that
 takes a build-dependency from a signed mirror.
 """
@@ -18,6 +19,8 @@ import subprocess
 import tempfile
 import threading
 import typing as t
+import urllib.parse
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,13 +45,16 @@ ARCH = _host_architecture()
 
 
 class _GatedHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves files once ``gate`` is open (a test closes it to hold a sync inside Pulp)."""
+    """Serves files once ``gate`` is open (a test closes it to hold a sync inside Pulp), counting
+    the requests of each path in ``requests``."""
 
-    def __init__(self, *args: t.Any, gate: threading.Event, **kwargs: t.Any) -> None:
+    def __init__(self, *args: t.Any, gate: threading.Event, requests: Counter[str], **kwargs: t.Any) -> None:
         self.gate = gate
+        self.requests = requests
         super().__init__(*args, **kwargs)
 
     def do_GET(self) -> None:
+        self.requests[urllib.parse.unquote(self.path)] += 1
         self.gate.wait(GATE_SECONDS)
         super().do_GET()
 
@@ -104,6 +110,8 @@ class Upstream:
     debs: dict[str, PackageFile]
     key: SigningKey
     gate: threading.Event
+    requests: Counter[str]
+    """GET requests served, by decoded path (``/<prefix>/pool/main/<file>.deb``)."""
 
     def add(self, deb: PackageFile) -> None:
         """Add a package and rewrite the indexes (Packages first, then Release, as archives do)."""
@@ -145,8 +153,10 @@ def served_upstream(root: Path, key: SigningKey, prefix: str = "") -> Iterator[U
     (root / "pool" / COMPONENT).mkdir(parents=True)
     gate = threading.Event()
     gate.set()
+    requests: Counter[str] = Counter()
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_GatedHandler, gate=gate, directory=str(root))
+        ("127.0.0.1", 0),
+        functools.partial(_GatedHandler, gate=gate, requests=requests, directory=str(root)),
     )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -155,7 +165,7 @@ def served_upstream(root: Path, key: SigningKey, prefix: str = "") -> Iterator[U
         (root / prefix).symlink_to(".")
         url = f"{url}/{prefix}"
     try:
-        yield Upstream(root, url, {}, key, gate)
+        yield Upstream(root, url, {}, key, gate, requests)
     finally:
         gate.set()
         server.shutdown()

@@ -5,6 +5,7 @@ The work is done by :mod:`buildfarm.environments`; this module parses, calls and
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -70,14 +71,16 @@ def env_list(output: OutputOpt = None) -> None:
 @env_app.command("refresh")
 def env_refresh(output: OutputOpt = None) -> None:
     """Make the farm's environment afresh from the mirror (security updates); builds submitted
-    from now on use it.  An unchanged mirror gives the same environment, so outputs are reused."""
+    from now on use it.  An unchanged mirror gives the same environment, so outputs are reused.
+    With the Pulp repository backend, the package cache's indexes of the mirror are synced first."""
     state.local("env refresh")
-    from buildfarm.environments import cache_for, spec_for
+    from buildfarm.environments import routed_environments
+    from buildfarm.wiring import make_package_cache
 
     settings = load_settings()
-    cache = cache_for(settings)
+    cache, spec = routed_environments(settings, make_package_cache(settings), refresh=True)
     before = {e.digest for e in cache.entries() if e.current}
-    env = cache.refresh(spec_for(settings), progress=err_console.print)
+    env = cache.refresh(spec, progress=err_console.print)
     if state.fmt(output) == OutputFormat.JSON:
         emit_json(_view(env) | {"changed": env.digest not in before})
         return
@@ -105,3 +108,74 @@ def env_prune(
         return
     freed = sum(e.size for e in removed) >> 20
     console.print(f"removed {len(removed)} environment(s), {freed} MiB", markup=False)
+
+
+BUILDER_ENTRYPOINT = Path(__file__).resolve().parents[1] / "builder" / "buildfarm-step"
+"""buildtools/builder/buildfarm-step: the package-builder image's entrypoint."""
+
+
+@env_app.command("image")
+def env_image(
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="make the environment afresh first (security updates)")
+    ] = False,
+    entrypoint: Annotated[
+        Path, typer.Option(help="the builder entrypoint (buildfarm-step)")
+    ] = BUILDER_ENTRYPOINT,
+    output: OutputOpt = None,
+) -> None:
+    """Make the package-builder image of Kubernetes builder pods from the farm's environment
+    (plus python3 and ca-certificates for the entrypoint) with buildah, push it to the farm's
+    registry and move the tag that ``builder_image`` names to it: builds submitted from now on
+    name its digest in their input keys.  An environment already made into an image is not built
+    again."""
+    from buildfarm.environments import routed_environments
+    from buildfarm.model.errors import PermanentError
+    from buildfarm.model.images import registry_host, split_reference
+    from buildfarm.runners.builderimage import ensure_builder_image
+    from buildfarm.runners.sbuild import BUILDER_PACKAGES
+    from buildfarm.wiring import make_package_cache
+
+    state.local("env image")
+    settings = load_settings()
+    if not settings.registry.url:
+        raise PermanentError("no container registry: set registry_url (BUILDFARM_REGISTRY_URL)")
+    host, repository, tag = split_reference(settings.builders.image)
+    if host != registry_host(settings.registry.url) or tag.startswith("sha256:"):
+        raise PermanentError(
+            f"builder_image {settings.builders.image!r} is not a tag on the farm's registry "
+            f"{registry_host(settings.registry.url)}: set it to <registry>/buildfarm/package-builder:current"
+        )
+    include = (*settings.buildenv.packages, *BUILDER_PACKAGES)
+    cache, spec = routed_environments(
+        settings, make_package_cache(settings), refresh=refresh, include=include
+    )
+    env = (
+        cache.refresh(spec, progress=err_console.print)
+        if refresh
+        else cache.ensure(spec, progress=err_console.print)
+    )
+    image = ensure_builder_image(
+        env,
+        entrypoint,
+        settings.registry.url,
+        settings.buildenv.cache_dir / "buildah",
+        repository=repository,
+        move_tag=tag,
+        auth=settings.registry.auth(),
+        progress=err_console.print,
+    )
+    if state.fmt(output) == OutputFormat.JSON:
+        emit_json(
+            {
+                "image": image.reference,
+                "digest": image.digest,
+                "environment": image.environment,
+                "built": image.built,
+            }
+        )
+        return
+    what = "new" if image.built else "unchanged"
+    console.print(
+        f"{settings.builders.image} -> {image.reference} ({what}, environment {env.short})", markup=False
+    )

@@ -57,6 +57,9 @@ export BUILDFARM_STATE_DIR=$STATE BUILDFARM_REPO_PORT=0 BUILDFARM_API_PORT=0
 export BUILDFARM_REPOSITORY=pulp BUILDFARM_PULP_URL=$(pulp base_url) BUILDFARM_PULP_USERNAME=$(pulp username)
 export BUILDFARM_PULP_PASSWORD_FILE=$(pulp password_file) BUILDFARM_PULP_CONTENT_ORIGIN=$(pulp content_origin)
 export BUILDFARM_PULP_SIGNING_SERVICE=$(pulp signing_service)
+# The demo's builds fetch Debian's packages through the local apt-cacher-ng: Pulp's package cache
+# (production's) would first read the whole Debian index of the mirror into the demo's Pulp (minutes).
+export BUILDFARM_PACKAGE_CACHE=proxy
 export BUILDFARM_ARTIFACTS=s3 BUILDFARM_S3_ENDPOINT=$S3 BUILDFARM_S3_SECURE=false BUILDFARM_S3_REGION=us-east-1
 export BUILDFARM_S3_BUCKET=buildfarm BUILDFARM_S3_ACCESS_KEY=demo BUILDFARM_S3_SECRET_KEY=demo-secret
 

@@ -11,7 +11,13 @@ from urllib.parse import urlsplit
 
 from buildfarm.backends.aptrepo import LocalAptRepository
 from buildfarm.backends.backuptarget import make_backup_target
-from buildfarm.backends.base import ArtifactStore, BackupTarget, ImageRegistry, PackageRepository
+from buildfarm.backends.base import (
+    ArtifactStore,
+    BackupTarget,
+    ImageRegistry,
+    PackageCache,
+    PackageRepository,
+)
 from buildfarm.backends.fs import FsArtifactStore
 from buildfarm.backends.signing import ReleaseSigner, signing_home
 from buildfarm.model.errors import PermanentError
@@ -69,6 +75,30 @@ def make_repository(settings: Settings) -> PackageRepository:
     )
 
 
+def make_package_cache(settings: Settings) -> PackageCache:
+    """The farm-side package cache builds download Debian's packages through: with the Pulp
+    repository backend, Pulp's on-demand distributions of the upstreams (production); else the
+    HTTP proxy ``apt_proxy`` (the local profile's apt-cacher-ng), or none (setting ``package_cache``)."""
+    if settings.repository.kind == "pulp" and settings.buildenv.package_cache == "auto":
+        from buildfarm.backends.pulp.client import PulpClient
+        from buildfarm.backends.pulp.packagecache import PulpPackageCache
+
+        pulp = settings.pulp
+        if not pulp.url or not pulp.content_origin:
+            raise PermanentError("repository is pulp but setting pulp_url or pulp_content_origin is missing")
+        client = PulpClient(
+            pulp.url,
+            pulp.username,
+            pulp.password_value(),
+            task_timeout_seconds=pulp.task_timeout_seconds,
+            http_timeout_seconds=pulp.http_timeout_seconds,
+        )
+        return PulpPackageCache(client, pulp.content_origin, settings.mirrors.retain_versions)
+    from buildfarm.backends.aptproxy import ProxyPackageCache
+
+    return ProxyPackageCache(settings.buildenv.apt_proxy)
+
+
 def make_runner(settings: Settings, store: ArtifactStore | None = None) -> Runner:
     """The runner of this node's steps. Remote runners (kubernetes) hand the store's presigned
     URLs to their pods, so they need ``store``."""
@@ -92,15 +122,17 @@ def make_runner(settings: Settings, store: ArtifactStore | None = None) -> Runne
     tmpdir = chroot_root(env.sbuild_tmpdir, settings.state_dir)
     if env.base_tarball is not None:  # a fixed tarball named in the settings, used as is
         return SbuildRunner(env.base_tarball, env.distribution, tmpdir, apt_proxy=env.apt_proxy)
-    from buildfarm.environments import cache_for, spec_for
+    from buildfarm.environments import routed_environments
 
+    route = make_package_cache(settings)
+    environments, spec = routed_environments(settings, route)
     return SbuildRunner(
         None,
         env.distribution,
         tmpdir,
-        environments=cache_for(settings),
-        spec=spec_for(settings),
-        apt_proxy=env.apt_proxy,
+        environments=environments,
+        spec=spec,
+        apt_proxy=environments.proxy,
     )
 
 

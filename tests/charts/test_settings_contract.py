@@ -39,6 +39,7 @@ NOT_IN_CHART: dict[str, str] = {
     "BUILDFARM_ENV_PACKAGES": "sbuild's cached build environments: the chart's runner is kubernetes",
     "BUILDFARM_APT_PROXY": "sbuild's package cache (local profile); builder pods fetch from the mirrors",
     "BUILDFARM_APT_CACHE": "whether `buildfarm start` runs apt-cacher-ng: the local profile only",
+    "BUILDFARM_PACKAGE_CACHE": "sbuild environments' package cache: the chart's runner is kubernetes",
     "BUILDFARM_REPO_HOST": "the local repository server; the chart serves packages from Pulp",
     "BUILDFARM_REPO_PORT": "the local repository server; the chart serves packages from Pulp",
     "BUILDFARM_KUBECONFIG": "out-of-cluster use only: the chart's pods use their in-cluster configuration",

@@ -50,9 +50,11 @@ def start(
 
             ensure_base_tarball(env.base_tarball, env.distribution, env.mirror, progress=err_console.print)
         elif s.builders.runner == "sbuild":
-            from buildfarm.environments import cache_for, spec_for
+            from buildfarm.environments import routed_environments
+            from buildfarm.wiring import make_package_cache
 
-            cache_for(s).ensure(spec_for(s), progress=err_console.print)
+            cache, spec = routed_environments(s, make_package_cache(s))
+            cache.ensure(spec, progress=err_console.print)
 
     result = farm.start(settings, nodes=nodes, prepare=prepare, runner=runner)
     if state.fmt(output) == OutputFormat.JSON:

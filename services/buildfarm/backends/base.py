@@ -257,6 +257,50 @@ def require_signing_key(repo: PackageRepository) -> SigningKey:
     return key
 
 
+# -- the farm-side package cache (issue 15) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DebianUpstream:
+    """A Debian archive outside the farm that builds download packages from (the mirror the
+    build environments are made from)."""
+
+    url: str
+    distribution: str
+    architecture: str
+    components: tuple[str, ...] = ("main",)
+
+
+@dataclass(frozen=True)
+class CacheRoute:
+    """How apt reaches an upstream through the farm's package cache.
+
+    ``mirror`` is what follows ``deb`` in a sources line, before the suite: the upstream's URL
+    itself, or the cache's URL with its apt options (``[trusted=yes] http://...``); environments
+    are made from it, so every chroot made from them fetches there.  ``proxy`` is an HTTP proxy
+    apt fetches through (None: straight to ``mirror``)."""
+
+    mirror: str
+    proxy: str | None = None
+
+
+class PackageCache(Protocol):
+    """Where N nodes and N steps fetch each ``.deb`` of an upstream once (issue 15 part 4):
+    a caching proxy in front of the upstream (the local profile's apt-cacher-ng,
+    :mod:`buildfarm.backends.aptproxy`) or a Pulp distribution of the upstream whose packages
+    Pulp downloads on a client's first request and keeps (:mod:`buildfarm.backends.pulp.packagecache`).
+    :mod:`buildfarm.wiring` picks one."""
+
+    def route(self, upstream: DebianUpstream) -> CacheRoute:
+        """How apt reaches ``upstream`` (made ready first if needed; cheap once it is)."""
+        ...
+
+    def refresh(self, upstream: DebianUpstream) -> CacheRoute:
+        """Bring the cache's indexes of ``upstream`` up to date (a new environment takes the
+        upstream's security updates), then :meth:`route`."""
+        ...
+
+
 # -- container registry (the farm's own) ---------------------------------------------------------
 
 

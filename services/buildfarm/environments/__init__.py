@@ -8,13 +8,15 @@ input key: a refreshed environment never reuses old outputs, an unchanged one al
 What others may use: :class:`EnvironmentSpec` (the recipe), :class:`EnvironmentCache` (make,
 find, check, prune), :class:`Environment` (one made environment), :data:`TOOLCHAIN`,
 :func:`spec_for` and :func:`cache_for` (what the settings name), :func:`file_digest` and
-:func:`digests_named_by_builds` (what prune keeps).
+:func:`digests_named_by_builds` (what prune keeps), :func:`routed_environments` (the cache and
+recipe as the farm's package cache routes them).
 """
 
 from __future__ import annotations
 
 from buildfarm.environments.cache import Environment, EnvironmentCache, EnvironmentGone, file_digest
 from buildfarm.environments.mmdebstrap import make_tarball
+from buildfarm.environments.routed import routed_environments
 from buildfarm.environments.settings import cache_for, host_architecture, spec_for
 from buildfarm.environments.spec import TOOLCHAIN, EnvironmentSpec
 from buildfarm.environments.usage import digests_named_by_builds
@@ -30,5 +32,6 @@ __all__ = [
     "file_digest",
     "host_architecture",
     "make_tarball",
+    "routed_environments",
     "spec_for",
 ]

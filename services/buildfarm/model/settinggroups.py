@@ -183,6 +183,14 @@ class BuildEnvSettings(Group):
         "are made and every step's apt fetches packages; `buildfarm start` sets it to the apt-cacher-ng "
         "it runs (local profile); unset: straight to the mirrors",
     )
+    package_cache: Literal["auto", "proxy"] = Field(
+        default="auto",
+        alias="package_cache",
+        description="the farm-side package cache environments and steps fetch Debian's packages through: "
+        "auto = with the Pulp repository backend, Pulp's on-demand distribution of the mirror (each .deb "
+        "fetched from outside once; the first sync reads the mirror's whole index, minutes), else apt_proxy; "
+        "proxy = apt_proxy whatever the backend (the Pulp demo, a farm behind its own cache)",
+    )
     apt_cache: bool = Field(
         default=True,
         alias="apt_cache",

@@ -27,6 +27,7 @@ import logging
 import re
 import threading
 import time
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -37,7 +38,7 @@ from buildfarm.backends.fs import file_sha256
 from buildfarm.backends.registry import RegistryClient
 from buildfarm.model import names
 from buildfarm.model.errors import BuildfarmError, PermanentError
-from buildfarm.model.images import split_reference
+from buildfarm.model.images import registry_host, split_reference
 from buildfarm.model.settinggroups import BuildersSettings, RegistrySettings
 from buildfarm.model.types import PACKAGE_SUFFIXES, RunnerKind, StepKind
 from buildfarm.runners import kubespecs
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+ENVIRONMENT_PREFIX = "kubernetes:"
+"""A Kubernetes build's environment id: this prefix and the package-builder image by digest."""
 PENDING_TIMEOUT_SECONDS = 900.0
 """How long a pod may wait for a node and its image (a large builder image pull takes minutes)."""
 FINISH_MARGIN_SECONDS = 120.0
@@ -167,9 +170,31 @@ class KubernetesRunner:
         else:
             self.api.delete_pod(builder.name)
 
+    def builder_image(self) -> str:
+        """The package-builder image as pods must name it: by digest.  ``builder_image`` naming a
+        tag on the farm's registry (``buildfarm env image`` pushes one per environment and moves
+        the tag) is resolved there, so a moved tag makes a new environment id; a digest, or an
+        image outside the farm's registry, is used as written."""
+        image = self.builders.image
+        if "@sha256:" in image or not self.registry.url or "/" not in image:
+            return image
+        host, repository, tag = split_reference(image)
+        if host != registry_host(self.registry.url):
+            return image
+        digest = RegistryClient(self.registry.url, auth=self.registry.auth()).manifest(repository, tag)[1]
+        return f"{host}/{repository}@{digest}"
+
     def environment_id(self) -> str:
-        # The images are the build environment; a new tag or digest never reuses old outputs.
-        return f"kubernetes:{self.builders.image}"
+        # The image is the build environment: its digest, made from the environment tarball
+        # (runners/builderimage.py), changes whenever the environment does.
+        return f"{ENVIRONMENT_PREFIX}{self.builder_image()}"
+
+    def image_of(self, job: StepJob) -> str:
+        """The package-builder image ``job``'s input key names (its build's environment id), so a
+        retried or late step runs in the environment its key was computed with."""
+        if job.environment_id.startswith(ENVIRONMENT_PREFIX):
+            return job.environment_id.removeprefix(ENVIRONMENT_PREFIX)
+        return self.builder_image()
 
     # -- the Job ---------------------------------------------------------------------------------
 
@@ -185,7 +210,8 @@ class KubernetesRunner:
             upload = self.store.presigned_put_url(
                 upload_key(job.build_id, job.step_name, job.attempt), expires
             )
-        return kubespecs.builder_job(job, self.pods, kubespecs.StepUrls(source, upload))
+        pods = replace(self.pods, package_image=self.image_of(job))
+        return kubespecs.builder_job(job, pods, kubespecs.StepUrls(source, upload))
 
     def exists(self, build_id: int, step_name: str, attempt: int) -> bool:
         """Whether this attempt's Job exists (a redelivered message then adopts it)."""

@@ -68,6 +68,13 @@ class PodSettings:
     builders: BuildersSettings
     registry_url: str | None = None
     mirrored: bool = False
+    package_image: str | None = None
+    """The package-builder image of this pod, by digest (the one its step's input key names);
+    None: the setting ``builder_image`` as written."""
+
+    @property
+    def builder_image(self) -> str:
+        return self.package_image or self.builders.image
 
 
 ROOT_CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETGID", "SETUID"]
@@ -255,7 +262,7 @@ def package_job(
     tmp_volume, tmp_mount = _scratch("tmp", "/tmp", "2Gi")
     container = {
         "name": CONTAINER,
-        "image": pods.builders.image,
+        "image": pods.builder_image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["buildfarm-step"],
         "args": args,
@@ -307,7 +314,7 @@ def _fetch_context_container(
     assert job.image is not None
     return {
         "name": FETCH_CONTAINER,
-        "image": pods.builders.image,
+        "image": pods.builder_image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["buildfarm-step"],
         "args": [

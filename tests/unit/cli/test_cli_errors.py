@@ -63,3 +63,14 @@ def test_usage_error_exit_2(tmp_path: Path) -> None:
     result = _cli(tmp_path, "build", "show", "not-a-number")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
+
+
+def test_env_image_needs_a_builder_image_tag_on_the_farms_registry(tmp_path: Path) -> None:
+    _one_line(_cli(tmp_path, "env", "image"), 1, "no container registry: set registry_url")
+    env = {
+        "BUILDFARM_REGISTRY_URL": "http://127.0.0.1:5000",
+        "BUILDFARM_BUILDER_IMAGE": "other.example/bf/pb:v1",
+    }
+    _one_line(
+        _cli(tmp_path, "env", "image", env=env), 1, "is not a tag on the farm's registry 127.0.0.1:5000"
+    )

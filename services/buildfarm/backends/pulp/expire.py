@@ -65,7 +65,7 @@ from buildfarm.backends.pulp.layout import (
     place_of,
     version_number,
 )
-from buildfarm.backends.pulp.mirrors import CLASS_LABEL, MIRROR_CLASS
+from buildfarm.backends.pulp.mirrors import CACHE_SEGMENT, CLASS_LABEL, MIRROR_CLASS
 from buildfarm.model.errors import PermanentError
 
 log = logging.getLogger(__name__)
@@ -153,9 +153,10 @@ def _delete_version(client: PulpClient, repository: PulpAptRepositoryContext, ve
 
 def is_build_repository(name: str) -> bool:
     """A branch, unpromoted or personal repository (``buildfarm/<p>/<b>[/unpromoted]``,
-    ``buildfarm/<p>/_personal/<u>``); not a build's staging repository, not a mirror."""
+    ``buildfarm/<p>/_personal/<u>``); not a build's staging repository, not a mirror, not the
+    package cache's."""
     prefix, *segments = name.split("/")
-    if prefix != REPOSITORY_PREFIX or not segments or segments[0] == MIRRORS_SEGMENT:
+    if prefix != REPOSITORY_PREFIX or not segments or segments[0] in {MIRRORS_SEGMENT, CACHE_SEGMENT}:
         return False
     if len(segments) == 2:  # <p>/<b>
         return True

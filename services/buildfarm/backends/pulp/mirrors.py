@@ -75,6 +75,11 @@ from buildfarm.model.settings import MirrorConfig
 log = logging.getLogger(__name__)
 
 MIRROR_SEGMENT = "_mirrors"
+CACHE_SEGMENT = "_cache"
+"""Base paths of the package cache's upstreams (:mod:`.packagecache`); kept forever like mirrors."""
+DownloadPolicy = t.Literal["immediate", "on_demand", "streamed"]
+"""pulp_deb's remote policies: packages fetched at sync, on a client's first request (then kept),
+or on every request (never kept)."""
 CLASS_LABEL = "buildfarm.class"
 MIRROR_CLASS = "mirror"
 MIRROR_LABEL = "buildfarm.mirror"
@@ -91,8 +96,9 @@ LEASE_GRACE_SECONDS = 60.0
 """Beyond its three task bounds, how long a sync may take before its lease counts as abandoned."""
 
 
-def mirror_base_path(name: str) -> str:
-    return f"{MIRROR_SEGMENT}/{names.to_safe(names.check_simple_name(name, 'mirror'))}"
+def mirror_base_path(name: str, segment: str = MIRROR_SEGMENT) -> str:
+    """``<segment>/<name>``: ``_mirrors`` for 3rd-party mirrors, ``_cache`` for the package cache's."""
+    return f"{segment}/{names.to_safe(names.check_simple_name(name, 'mirror'))}"
 
 
 class PulpMirrors:
@@ -107,9 +113,14 @@ class PulpMirrors:
         *,
         signing_service: t.Callable[[], str] | None = None,
         keyring: str | None = None,
+        policy: DownloadPolicy = "immediate",
+        segment: str = MIRROR_SEGMENT,
     ) -> None:
         """``signing_service`` gives the href of the signing service that signs every mirror
-        publication (None: unsigned); ``keyring`` is where apt users keep its public key."""
+        publication (None: unsigned); ``keyring`` is where apt users keep its public key.
+        ``policy``: when Pulp downloads the packages (``immediate``: at sync, a mirror kept whole;
+        ``on_demand``: the first time a client asks, then from Pulp's storage: the package cache,
+        :mod:`.packagecache`); ``segment``: the first part of the base paths."""
         if retain_versions < 2:  # the served version and the one a sync makes
             raise PermanentError(f"mirror_retain_versions is {retain_versions}: at least 2 are needed")
         if signing_service is not None and keyring is None:
@@ -120,12 +131,14 @@ class PulpMirrors:
         self.retain_versions = retain_versions
         self.signing_service = signing_service
         self.keyring = keyring
+        self.policy = policy
+        self.segment = segment
         self._signed_publications: dict[str, bool] = {}  # a publication's signing never changes
 
     def source(self, mirror: MirrorConfig, signed: bool = True) -> AptSource:
         """The mirror's apt line; ``signed=False`` for a publication made without the signing service."""
         return AptSource(
-            url=f"{self.content_origin}/pulp/content/{mirror_base_path(mirror.name)}/",
+            url=f"{self.content_origin}/pulp/content/{mirror_base_path(mirror.name, self.segment)}/",
             suite=mirror.distribution,
             components=tuple(mirror.components),
             trusted=True,
@@ -151,7 +164,7 @@ class PulpMirrors:
             }
             usable: dict[str, AptSource] = {}
             for mirror in self.mirrors:
-                publication = served.get(mirror_base_path(mirror.name))
+                publication = served.get(mirror_base_path(mirror.name, self.segment))
                 if publication is not None:
                     usable[mirror.name] = self.source(mirror, signed=self._is_signed(mirror, publication))
         return usable
@@ -177,7 +190,7 @@ class PulpMirrors:
         """Sync ``mirror`` from upstream, publish the result and switch its distribution to it."""
         check_mirror(mirror)
         started = time.monotonic()
-        base_path = mirror_base_path(mirror.name)
+        base_path = mirror_base_path(mirror.name, self.segment)
         name = f"{REPOSITORY_PREFIX}/{base_path}"
         labels = {CLASS_LABEL: MIRROR_CLASS, MIRROR_LABEL: names.to_safe(mirror.name)}
         with (
@@ -215,7 +228,7 @@ class PulpMirrors:
             "distributions": mirror.distribution,
             "components": " ".join(mirror.components),
             "architectures": " ".join(mirror.architectures),
-            "policy": "immediate",
+            "policy": self.policy,
             "gpgkey": signing_key(mirror),
             "pulp_labels": labels,
         }
