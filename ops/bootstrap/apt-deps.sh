@@ -12,6 +12,7 @@ packages=(
   redis-server postgresql                                # broker and build state (tests start private ones)
   buildah docker-registry skopeo                         # image steps: daemonless builds, the local registry
   podman runc netavark aardvark-dns                      # make e2e: the chart's pods as containers (crun fails here)
+  iptables                                               # netavark needs it for every podman network (else "netavark: No such file or directory")
   git ca-certificates curl
   git-buildpackage pristine-tar                          # git: layout: gbp (gbp export-orig, pristine-tar)
   patch                                                  # stx: StarlingX patches/ and deb_patches/ series

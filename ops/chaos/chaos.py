@@ -447,7 +447,7 @@ def main() -> int:
             for case in cases:
                 try:
                     rows.append(run_case(farm, case))
-                except (TimeoutError, RuntimeError, OSError, KeyError) as exc:
+                except (TimeoutError, subprocess.TimeoutExpired, RuntimeError, OSError, KeyError) as exc:
                     rows.append(Row(case, float("nan"), 1, 0, len(farm.strays()), f"error: {exc}"))
         finally:
             farm.cli("stop")

@@ -22,6 +22,7 @@ import os
 import sys
 import tarfile
 import urllib.request
+from base64 import b64encode
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -47,16 +48,31 @@ def _layer_of(root: Path) -> bytes:
     return gzip.compress(raw.getvalue(), mtime=0)
 
 
-def _push_blob(base: str, repository: str, data: bytes) -> None:
+def _registry_auth(host: str) -> dict[str, str]:
+    """The Basic credentials for ``host`` from ``$DOCKER_CONFIG/config.json``, as kaniko reads the
+    push Secret the pod mounts there; none when there is no such file or entry."""
+    config = Path(os.environ.get("DOCKER_CONFIG", "/kaniko/.docker")) / "config.json"
+    if not config.is_file():
+        return {}
+    entry = json.loads(config.read_text()).get("auths", {}).get(host) or {}
+    auth = entry.get("auth") or (
+        b64encode(f"{entry['username']}:{entry['password']}".encode()).decode() if "username" in entry else ""
+    )
+    return {"Authorization": f"Basic {auth}"} if auth else {}
+
+
+def _push_blob(base: str, repository: str, data: bytes, auth: dict[str, str]) -> None:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    start = urllib.request.Request(f"{base}/v2/{repository}/blobs/uploads/", data=b"", method="POST")
+    start = urllib.request.Request(
+        f"{base}/v2/{repository}/blobs/uploads/", data=b"", method="POST", headers=auth
+    )
     with urllib.request.urlopen(start, timeout=PUSH_TIMEOUT) as response:
         location = urljoin(base, response.headers["Location"])
     put = urllib.request.Request(
         f"{location}{'&' if '?' in location else '?'}digest={digest}",
         data=data,
         method="PUT",
-        headers={"Content-Type": "application/octet-stream"},
+        headers={"Content-Type": "application/octet-stream", **auth},
     )
     urllib.request.urlopen(put, timeout=PUSH_TIMEOUT).close()
 
@@ -109,13 +125,14 @@ def image_builder(termination: Path, argv: list[str]) -> int:
     repository, _, tag = path.rpartition(":")
     if host in options.get("insecure-registry", []):
         base = f"http://{host}"
-        _push_blob(base, repository, config)
-        _push_blob(base, repository, layer)
+        auth = _registry_auth(host)
+        _push_blob(base, repository, config, auth)
+        _push_blob(base, repository, layer, auth)
         put = urllib.request.Request(
             f"{base}/v2/{repository}/manifests/{tag}",
             data=manifest,
             method="PUT",
-            headers={"Content-Type": OCI_MANIFEST},
+            headers={"Content-Type": OCI_MANIFEST, **auth},
         )
         urllib.request.urlopen(put, timeout=PUSH_TIMEOUT).close()
         print(f"image-builder stand-in: pushed {destination}@{digest}", flush=True)
