@@ -36,7 +36,7 @@ from sqlalchemy.exc import OperationalError
 from buildfarm.backends.aptrepo import LocalAptRepository
 from buildfarm.backends.fs import FsArtifactStore
 from buildfarm.engine.context import FarmContext
-from buildfarm.model.retention import RetentionPolicy
+from buildfarm.model.settinggroups import RetentionSettings
 from buildfarm.model.settings import load_settings
 from buildfarm.retention import run_sweep, select_expired
 from buildfarm.state.db import Database, upgrade
@@ -175,7 +175,7 @@ def fresh_db(work: Path, name: str) -> Database:
 
 
 def time_selection(db: Database, rounds: int = 3) -> tuple[float, int]:
-    policy = RetentionPolicy()
+    policy = RetentionSettings()  # the default retention settings are the policy
     best, found = float("inf"), 0
     for _ in range(rounds):
         with db.session() as session:
