@@ -67,6 +67,12 @@ def _remote(farm: Farm) -> Farm:
     return remote
 
 
+def _built(farm: Farm, manifest: Path) -> dict[str, Any]:
+    wait = ["build", "submit", str(manifest), "--wait", "--timeout", str(SBUILD_DEADLINE)]
+    view: dict[str, Any] = farm.json(*wait, timeout=SBUILD_DEADLINE + 60)
+    return view
+
+
 def test_tool_links_against_library_from_the_farms_repository(sbuild_farm: Farm, tmp_path: Path) -> None:
     """Submitted from a local directory through the REST API, as a remote user would."""
     manifest = _copy_examples(tmp_path, ["libgreet", "greet-cli", "greet-docs"], "main")
@@ -133,10 +139,7 @@ def test_cross_build_for_arm64_links_the_tool_against_the_arm64_library(
     )  # downloads the cross toolchain once per machine
     manifest = _copy_examples(tmp_path, ["libgreet", "greet-cli"], "multiarch")
     manifest.write_text(manifest.read_text() + "architectures: [amd64, arm64]\n")
-    submitted = sbuild_farm.cli(
-        "--output", "json", "build", "submit", str(manifest), "--wait", "--timeout", "900", timeout=960
-    )
-    view = json.loads(submitted.stdout)
+    view = _built(sbuild_farm, manifest)
     assert view["state"] == "succeeded", view
     steps = {s["name"]: s for s in view["steps"]}
     assert {n: s["host_arch"] for n, s in steps.items()} == {
@@ -216,18 +219,7 @@ def test_same_build_depends_share_a_layer_fetched_through_the_farms_cache_once(
         "project: sb\nbranch: cache\nkind: nightly\npackages:\n  - path: zneed-one\n  - path: zneed-two\n"
         "    depends: [zneed-one]\n"  # one after the other: the second finds the .deb cached
     )
-    submitted = sbuild_farm.cli(
-        "--output",
-        "json",
-        "build",
-        "submit",
-        str(manifest),
-        "--wait",
-        "--timeout",
-        str(SBUILD_DEADLINE),
-        timeout=SBUILD_DEADLINE + 60,
-    )
-    view = json.loads(submitted.stdout)
+    view = _built(sbuild_farm, manifest)
     assert view["state"] == "succeeded", view
     record = json.loads((sbuild_farm.state_dir / "farm.json").read_text())
     assert record["apt_cache_private"] and record["apt_proxy"].startswith("http://127.0.0.1:")
@@ -245,12 +237,6 @@ def test_same_build_depends_share_a_layer_fetched_through_the_farms_cache_once(
     from_outside = [line for line in fetched if line.split("|")[1] == "I"]
     to_steps = [line for line in fetched if line.split("|")[1] == "O"]
     assert len(from_outside) == 1 and len(to_steps) == 1, fetched  # once, for the layer
-
-
-def _built(farm: Farm, manifest: Path) -> dict[str, Any]:
-    wait = ["build", "submit", str(manifest), "--wait", "--timeout", str(SBUILD_DEADLINE)]
-    view: dict[str, Any] = farm.json(*wait, timeout=SBUILD_DEADLINE + 60)
-    return view
 
 
 def test_comment_change_in_the_library_rebuilds_it_and_nothing_below(
