@@ -15,13 +15,14 @@ step's :func:`step_tarball` under a :class:`LayerPolicy`, :func:`layers_for` the
 
 from __future__ import annotations
 
-from buildfarm.environments.cache import Environment, EnvironmentCache, EnvironmentGone, file_digest
+from buildfarm.environments.cache import Environment, EnvironmentCache, EnvironmentGone
 from buildfarm.environments.layers import LAYER_LOOKUPS, DependencySet, Layer, LayerCache
 from buildfarm.environments.mmdebstrap import make_tarball
 from buildfarm.environments.routed import routed_environments
 from buildfarm.environments.settings import cache_for, host_architecture, layers_for, spec_for
 from buildfarm.environments.spec import TOOLCHAIN, EnvironmentSpec, cross_spec
 from buildfarm.environments.steplayer import LayerPolicy, step_tarball
+from buildfarm.environments.tarballs import file_digest
 from buildfarm.environments.usage import digests_named_by_builds
 
 __all__ = [

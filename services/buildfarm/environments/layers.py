@@ -15,14 +15,10 @@ installed, so the build runs among the same packages at the same versions as in 
 environment: the layer is a cache of a state the step reaches anyway, and the key (environment
 digest, sources) already determines it.
 
-Layout of the layer directory (shared by the farm's nodes on one machine)::
-
-    <key>.tar            the layer (key: sha256 of environment digest + package list)
-    <key>.tar.sha256     the file digest cache (as environments)
-    <key>.json           what it holds, its size and sha256; the entry exists once this file does;
-                         its mtime is the last use (least recently used goes first)
-    .new-<pid>-<random>/ a layer being made (removed under the lock: its maker died)
-    .lock                held while making, evicting or pruning
+The layer directory (shared by the farm's nodes on one machine) is a
+:class:`~buildfarm.environments.tarballs.TarballDir` whose entries are named by their key (sha256
+of environment digest + package list); a record holds what the layer holds, its size and sha256,
+and its mtime is the last use (least recently used goes first).
 
 A layer is checked (size and sha256) before every use; a corrupt or half-written one is removed
 and made again, never used.
@@ -31,21 +27,18 @@ and made again, never used.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
-import secrets
-import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from prometheus_client import Counter
 
-from buildfarm.environments.cache import file_digest
+from buildfarm.environments.tarballs import TarballDir, file_digest
 
 LAYER_LOOKUPS = Counter(
     "buildfarm_env_layer_lookups",
@@ -92,26 +85,20 @@ MakeLayer = Callable[[Path], None]
 """Writes the layer's tarball at the given path (a temporary name inside the cache)."""
 
 
-class LayerCache:
+class LayerCache(TarballDir):
     """Find, make, check and evict dependency layers in ``root``, at most ``max_bytes`` in all."""
 
     def __init__(self, root: Path, max_bytes: int) -> None:
-        self.root = root
+        super().__init__(root)
         self.max_bytes = max_bytes
 
-    def _meta(self, key: str) -> Path:
-        return self.root / f"{key}.json"
-
-    def _tar(self, key: str) -> Path:
-        return self.root / f"{key}.tar"
-
     def _load(self, key: str) -> Layer | None:
-        meta_path = self._meta(key)
+        meta_path = self._meta_path(key)
         try:
             meta = json.loads(meta_path.read_text())
             return Layer(
                 key=key,
-                path=self._tar(key),
+                path=self._tar_path(key),
                 deps=DependencySet(str(meta["environment"]), tuple(str(p) for p in meta["packages"])),
                 size=int(meta["size"]),
                 digest=str(meta["sha256"]),
@@ -129,10 +116,7 @@ class LayerCache:
         return sorted((e for e in found if e is not None), key=lambda e: e.last_used, reverse=True)
 
     def check(self, layer: Layer) -> bool:
-        try:
-            return layer.path.stat().st_size == layer.size and file_digest(layer.path) == layer.digest
-        except OSError:
-            return False
+        return self._whole(layer.path, layer.size, layer.digest)
 
     def find(self, deps: DependencySet) -> Layer | None:
         """The checked layer of ``deps`` (its use recorded), None if there is none; a corrupt one
@@ -144,7 +128,7 @@ class LayerCache:
             self._remove(layer.key)
             return None
         with contextlib.suppress(OSError):
-            os.utime(self._meta(layer.key))  # least recently used goes first
+            os.utime(self._meta_path(layer.key))  # least recently used goes first
         return layer
 
     def ensure(self, deps: DependencySet, make: MakeLayer) -> tuple[Layer, bool]:
@@ -161,48 +145,23 @@ class LayerCache:
             self._evict(keep={made.key})
         return made, False
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / ".lock").open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                for leftover in self.root.glob(".new-*"):  # under the lock: a dead maker's
-                    shutil.rmtree(leftover, ignore_errors=True)
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
     def _make(self, deps: DependencySet, make: MakeLayer) -> Layer:
         key = deps.key()
-        work = self.root / f".new-{os.getpid()}-{secrets.token_hex(4)}"
-        work.mkdir()
-        try:
+        with self._making() as work:
             tmp = work / "layer.tar"
             make(tmp)
-            digest = file_digest(tmp)
             meta = {
                 "environment": deps.environment,
                 "packages": list(deps.packages),
                 "size": tmp.stat().st_size,
-                "sha256": digest,
+                "sha256": file_digest(tmp),
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
             }
-            os.replace(tmp, self._tar(key))
-            os.replace(work / "layer.tar.sha256", self.root / f"{key}.tar.sha256")
-            (work / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-            os.replace(work / "meta.json", self._meta(key))  # the entry exists from here on
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+            self._add(work, tmp, key, meta)
         layer = self._load(key)
         if layer is None:  # removed by a prune of another process between rename and load
             raise OSError(f"dependency layer {key[:12]} vanished as it was made")
         return layer
-
-    def _remove(self, key: str) -> None:
-        self._meta(key).unlink(missing_ok=True)  # first: no half entry is ever listed
-        self._tar(key).unlink(missing_ok=True)
-        self.root.joinpath(f"{key}.tar.sha256").unlink(missing_ok=True)
 
     def _evict(self, keep: set[str]) -> list[Layer]:
         """Remove least recently used layers until the rest fit ``max_bytes`` (under the lock).
@@ -233,7 +192,5 @@ class LayerCache:
                     self._remove(layer.key)
                     removed.append(layer)
             removed += self._evict(keep=set())
-            for tar in self.root.glob("*.tar"):
-                if not self._meta(tar.stem).exists():
-                    self._remove(tar.stem)
+            self._remove_unrecorded()
         return removed
