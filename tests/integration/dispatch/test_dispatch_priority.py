@@ -16,8 +16,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from dispatchkit import celery_dispatcher
 
-from buildfarm.dispatch.celery_app import BUILD_QUEUE, CeleryDispatcher, make_celery
+from buildfarm.dispatch.celery_app import BUILD_QUEUE
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.settings import load_settings
 
@@ -49,8 +50,7 @@ def _taken(path: Path, count: int) -> list[int] | None:
 
 
 def test_release_steps_are_taken_before_queued_nightly_steps(redis_flush: str, tmp_path: Path) -> None:
-    settings = load_settings(state_dir=tmp_path / "state", redis_url=redis_flush)
-    dispatcher = CeleryDispatcher(make_celery(settings), settings.steps.priorities)
+    dispatcher = celery_dispatcher(tmp_path, redis_flush)
     queued = [
         (1, "nightly"),
         (2, "nightly"),

@@ -5,31 +5,22 @@ require ``arch=arm64`` are routed to the arm64 node's queue and built there, the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dispatchkit import probe_worker, ready_steps, wait_taken
+from dispatchkit import celery_dispatcher, ctx, probe_worker, ready_steps, wait_taken
 
-from buildfarm.dispatch.celery_app import BUILD_QUEUE, CeleryDispatcher, make_celery, node_queue
+from buildfarm.dispatch.celery_app import BUILD_QUEUE, node_queue
 from buildfarm.engine import routing
 from buildfarm.engine.context import FarmContext
-from buildfarm.model.settings import load_settings
 from buildfarm.state.models import Step
-
-from farmkit import make_test_context
 
 pytestmark = pytest.mark.integration
 
 AMD = frozenset({"arch=amd64", "builder=host"})
 ARM = frozenset({"arch=arm64", "builder=host"})
 
-
-@pytest.fixture
-def ctx(tmp_path: Path, database_url: str) -> Iterator[FarmContext]:
-    context = make_test_context(tmp_path, database_url)
-    yield context
-    context.db.dispose()
+__all__ = ["ctx"]  # the fixture, imported for this module's tests
 
 
 def test_labelled_steps_go_to_the_capable_node(
@@ -42,8 +33,7 @@ def test_labelled_steps_go_to_the_capable_node(
         plain_steps = ready_steps(session, "proj", "bob", 3)
         tickets = routing.tickets(session, ctx, [session.get_one(Step, s) for s in arm_steps + plain_steps])
     assert {node for step_id, _a, node in tickets if step_id in arm_steps} == {"arm"}
-    settings = load_settings(state_dir=tmp_path / "state", redis_url=redis_flush)
-    dispatcher = CeleryDispatcher(make_celery(settings), settings.steps.priorities)
+    dispatcher = celery_dispatcher(tmp_path, redis_flush)
     for step_id, attempt, node in tickets:
         dispatcher.run_step(step_id, attempt, "nightly", node)
 
