@@ -16,12 +16,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from dispatchkit import celery_dispatcher
 
 from buildfarm.dispatch.celery_app import BUILD_QUEUE
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.settings import load_settings
 
+from dispatchkit import celery_dispatcher
 from helpers import wait_for
 
 pytestmark = pytest.mark.integration

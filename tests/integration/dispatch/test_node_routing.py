@@ -8,12 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dispatchkit import celery_dispatcher, ctx, probe_worker, ready_steps, wait_taken
 
 from buildfarm.dispatch.celery_app import BUILD_QUEUE, node_queue
 from buildfarm.engine import routing
 from buildfarm.engine.context import FarmContext
 from buildfarm.state.models import Step
+
+from dispatchkit import celery_dispatcher, ctx, probe_worker, ready_steps, wait_taken
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from dispatchkit import ctx, ready_steps
 from sqlalchemy import update
 
 from buildfarm.engine import control, reap, routing
@@ -23,6 +22,7 @@ from buildfarm.model.types import BuildState, StepState
 from buildfarm.state.models import Build, Step, utcnow
 
 from debpkgs import make_package
+from dispatchkit import ctx, ready_steps
 from farmkit import dispatcher
 
 AMD = ["arch=amd64", "builder=host", "cpu=small", "memory=small"]

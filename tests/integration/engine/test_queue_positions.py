@@ -3,12 +3,12 @@ class under the fair share, or what it waits for."""
 
 from __future__ import annotations
 
-from dispatchkit import ctx, ready_steps
-
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.types import StepState
 from buildfarm.state.models import Step
+
+from dispatchkit import ctx, ready_steps
 
 __all__ = ["ctx"]  # the fixture, imported for this module's tests
 

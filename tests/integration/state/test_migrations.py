@@ -12,7 +12,6 @@ from pathlib import Path
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from migrationkit import BUILD, STEP, EarlierFarm, farm_at_0011
 from sqlalchemy import MetaData, create_engine, insert, select
 
 from buildfarm.engine import control
@@ -23,6 +22,7 @@ from buildfarm.state.db import alembic_config, upgrade
 from buildfarm.state.models import Base, Build, Step, TenantUsage
 
 from farmkit import make_test_context
+from migrationkit import BUILD, STEP, EarlierFarm, farm_at_0011
 
 __all__ = ["farm_at_0011"]  # the fixture, imported for this module's tests
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from migrationkit import EarlierFarm, farm_at_0011
-
 from buildfarm.engine import control
 from buildfarm.engine.advance import advance_build
 
 from farmkit import dispatcher, make_test_context
+from migrationkit import EarlierFarm, farm_at_0011
 
 __all__ = ["farm_at_0011"]  # the fixture, imported for this module's tests
 
