@@ -177,25 +177,32 @@ def ensure_builder_tarball(
 
 
 class _LogWatch:
-    """Passes log lines on, remembering what explains a failure: sbuild's ``E:`` line and
-    whether one of the farm's own repositories could not be fetched (apt only warns about that)."""
+    """Passes log lines on, remembering what explains a failure: sbuild's ``E:`` line, whether
+    one of the farm's own repositories could not be fetched (apt only warns about that), and
+    dpkg-checkbuilddeps' error in the chroot (a step run without a resolver whose Build-Depends
+    are not all there after all: sbuild's own line then only says dpkg-buildpackage died)."""
 
     def __init__(self, sink: Callable[[str], None], farm_urls: list[str]) -> None:
         self.sink = sink
         self.farm_urls = [u.rstrip("/") for u in farm_urls]
         self.last_error: str | None = None
         self.unreachable: str | None = None
+        self.unmet: str | None = None
 
     def __call__(self, line: str) -> None:
         self.sink(line)
         if line.startswith("E: "):
             self.last_error = line[3:].strip()
+        elif line.startswith("dpkg-checkbuilddeps: error: "):
+            self.unmet = line.removeprefix("dpkg-checkbuilddeps: error: ").strip()
         elif line.startswith("W: Failed to fetch") and any(u in line for u in self.farm_urls):
             self.unreachable = next(u for u in self.farm_urls if u in line)
 
     def explain(self, base: str) -> str:
         if self.unreachable:
             return f"{base}: the farm's repository {self.unreachable} was unreachable from the build"
+        if self.unmet:
+            return f"{base}: {self.unmet}"
         return f"{base}: {self.last_error}" if self.last_error else base
 
 

@@ -35,3 +35,21 @@ def test_step_whose_tarball_has_every_build_depends_runs_no_resolver() -> None:
     with_apt = sbuild_command(ENV, "bookworm", Path("out"), Path("p.dsc"), [staging])
     assert not [c for c in with_apt if c.startswith("--build-dep-resolver")]
     assert f"--extra-repository={staging.line()}" in with_apt
+
+
+def test_unmet_build_depends_in_the_chroot_explain_the_failure() -> None:
+    """Without a resolver sbuild's own last word is "dpkg-buildpackage died": the step's error
+    names what dpkg-checkbuilddeps found missing instead."""
+    from buildfarm.runners.sbuild import _LogWatch
+
+    seen: list[str] = []
+    watch = _LogWatch(seen.append, [])
+    for line in (
+        "dpkg-checkbuilddeps: error: Unmet build dependencies: zlib1g-dev",
+        "E: Build failure (dpkg-buildpackage died)",
+    ):
+        watch(line)
+    assert len(seen) == 2
+    assert watch.explain("sbuild exited with status 2") == (
+        "sbuild exited with status 2: Unmet build dependencies: zlib1g-dev"
+    )
