@@ -3,9 +3,9 @@
 Called by the sbuild runner for every step, after the step's input key chose the environment:
 
 1. the environment already satisfies the Build-Depends (``dpkg-checkbuilddeps``, ~0.1 s):
-   the environment without its archive lists (the layer of the empty set, made once: sbuild's
-   apt runs have nothing to install from the archive, so they parse the staging repository's
-   lists only, not the archive's ~50 MB, several times a step);
+   the environment without its archive lists (the layer of the empty set, made once), marked
+   :attr:`StepTarball.satisfied`: sbuild runs without a dependency resolver (no dummy package,
+   no apt at all; dpkg-buildpackage in the chroot still checks the Build-Depends);
 2. else the set apt would install is resolved (:mod:`.resolve`), keeping only the environment's
    archive packages: none (only the farm's own packages): as 1; fewer than ``min_packages``:
    the environment with its lists (sbuild installs them, cheaper than a layer);
@@ -39,6 +39,15 @@ from buildfarm.model.types import AptSource
 
 
 @dataclass(frozen=True)
+class StepTarball:
+    """The tarball a step's sbuild unpacks, and whether it already has every Build-Depends of the
+    step (then sbuild has nothing to install: the runner turns its resolver off)."""
+
+    path: Path
+    satisfied: bool = False
+
+
+@dataclass(frozen=True)
 class LayerPolicy:
     """Where layers live and when a step gets one (settings ``env_layer_*``)."""
 
@@ -57,7 +66,7 @@ def step_tarball(
     work: Path,
     log: Callable[[str], None],
     scratch: Path | None = None,
-) -> Path:
+) -> StepTarball:
     """The tarball the step's sbuild unpacks (``work``: a fresh directory of the step's own;
     ``scratch``: where a new layer is unpacked, tmpfs at best)."""
     view = apt_view(env.path, env.digest, policy.views)
@@ -65,7 +74,8 @@ def step_tarball(
     if unlike:  # resolved on the host: only where the host's apt decides as the chroot's would
         return _none(env, log, unlike)
     if build_depends_met(view, dsc):
-        return _lean(env, policy, log, "the environment has every Build-Depends")
+        # the lean layer or, should it fail, the environment: the same installed packages
+        return StepTarball(_lean(env, policy, log, "the environment has every Build-Depends").path, True)
     hosts = sorted({urlsplit(s.url).hostname or "" for s in extra} - {""})
     apt = AptOnView(view, work, extra, policy.proxy, hosts)
     try:
@@ -99,10 +109,10 @@ def step_tarball(
         f"{len(deps.packages)} archive packages preinstalled on environment {env.short} "
         f"({layer.size >> 20} MiB)"
     )
-    return layer.path
+    return StepTarball(layer.path)
 
 
-def _lean(env: Environment, policy: LayerPolicy, log: Callable[[str], None], why: str) -> Path:
+def _lean(env: Environment, policy: LayerPolicy, log: Callable[[str], None], why: str) -> StepTarball:
     deps = DependencySet(env.digest, ())
     try:
         layer, _hit = policy.cache.ensure(deps, lambda dest: make_lean(env.path, dest))
@@ -113,16 +123,16 @@ def _lean(env: Environment, policy: LayerPolicy, log: Callable[[str], None], why
         f"buildfarm: dependency layer: none ({why}); environment {env.short} without its archive "
         f"lists ({layer.short})"
     )
-    return layer.path
+    return StepTarball(layer.path)
 
 
-def _none(env: Environment, log: Callable[[str], None], why: str) -> Path:
+def _none(env: Environment, log: Callable[[str], None], why: str) -> StepTarball:
     LAYER_LOOKUPS.labels("none").inc()
     log(f"buildfarm: dependency layer: none ({why}); environment {env.short}")
-    return env.path
+    return StepTarball(env.path)
 
 
-def _failed(env: Environment, log: Callable[[str], None], why: str) -> Path:
+def _failed(env: Environment, log: Callable[[str], None], why: str) -> StepTarball:
     LAYER_LOOKUPS.labels("failed").inc()
     log(f"buildfarm: dependency layer: failed, using environment {env.short}: {why}")
-    return env.path
+    return StepTarball(env.path)

@@ -89,10 +89,15 @@ def test_tool_links_against_library_from_the_farms_repository(sbuild_farm: Farm,
     assert view["state"] == "succeeded", view
     steps = {s["name"]: s for s in view["steps"]}
     # libgreet needs nothing beyond the environment, greet-cli only the farm's own libgreet-dev:
-    # both ran without the archive's apt lists
-    assert "has every Build-Depends); environment" in Path(steps["libgreet"]["log"]).read_text()
+    # both ran without the archive's apt lists; libgreet without any resolver (no dummy package,
+    # no apt run), greet-cli with sbuild's apt resolver
+    lib_log = Path(steps["libgreet"]["log"]).read_text()
+    assert "has every Build-Depends); environment" in lib_log
+    assert "Null resolver: not installing main dependencies" in lib_log
+    assert "sbuild-build-depends-main-dummy" not in lib_log
     cli_log = Path(steps["greet-cli"]["log"]).read_text()
     assert "(only the farm's own packages to install); environment" in cli_log
+    assert "sbuild-build-depends-main-dummy" in cli_log
     assert "/sb/main/staging/" in cli_log  # the extra repository sbuild was given
     assert "libgreet-dev" in cli_log
     deb = next(

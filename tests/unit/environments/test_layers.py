@@ -203,3 +203,80 @@ def test_no_layers_where_the_hosts_apt_cannot_decide_for_the_environment(tmp_pat
     status.write_text(f"Package: apt\nVersion: {host}\n")
     (view / "var" / "lib" / "dpkg" / "arch").write_text("amd64\narm64\n")
     assert "multi-architecture" in unlike_host(view)
+
+
+def _environment_tarball(path: Path, packages: dict[str, str]) -> None:
+    """A small real environment tarball: a dpkg database with ``packages`` (name: extra fields)
+    installed, the host's apt among them, a sources.list and an archive list."""
+    from buildfarm.environments.resolve import _host_apt_version
+
+    stanzas = [
+        f"Package: {name}\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1\n{extra}"
+        for name, extra in packages.items()
+    ]
+    stanzas.append(
+        f"Package: apt\nStatus: install ok installed\nArchitecture: amd64\nVersion: {_host_apt_version()}\n"
+    )
+    members = {
+        "./var/lib/dpkg/status": "\n".join(stanzas).encode(),
+        "./etc/apt/sources.list": b"deb http://deb.debian.org/debian bookworm main\n",
+        "./var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease": b"release",
+    }
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _dsc(path: Path, build_depends: str) -> Path:
+    path.write_text(
+        f"Format: 3.0 (native)\nSource: p\nBinary: p\nArchitecture: any\nVersion: 1.0\n"
+        f"Build-Depends: {build_depends}\n"
+    )
+    return path
+
+
+TOOLCHAIN_STATUS = {
+    "build-essential": "",
+    "debhelper": "Provides: debhelper-compat (= 13)\n",
+    "fakeroot": "",
+}
+
+
+@pytest.mark.parametrize(
+    ("packages", "build_depends", "satisfied"),
+    [
+        (TOOLCHAIN_STATUS, "debhelper-compat (= 13)", True),
+        (TOOLCHAIN_STATUS, "debhelper-compat (= 13), zlib1g-dev", False),
+        # fakeroot is no Build-Essential package, but sbuild's dpkg-buildpackage -rfakeroot needs it
+        ({k: v for k, v in TOOLCHAIN_STATUS.items() if k != "fakeroot"}, "debhelper-compat (= 13)", False),
+    ],
+)
+def test_a_step_the_environment_satisfies_runs_with_nothing_to_install(
+    tmp_path: Path, packages: dict[str, str], build_depends: str, satisfied: bool
+) -> None:
+    """Told on the host (dpkg-checkbuilddeps against the environment's dpkg database, with what
+    sbuild adds): then the step gets the environment without its archive lists and sbuild runs
+    without a resolver; otherwise apt resolves the set (nothing here: no apt lists to resolve
+    from, so the step stays in its environment, where sbuild's apt resolver explains)."""
+    from buildfarm.environments import Environment, EnvironmentSpec, LayerPolicy, step_tarball
+
+    tarball = tmp_path / "env.tar"
+    _environment_tarball(tarball, packages)
+    spec = EnvironmentSpec("bookworm", "amd64", "http://deb.debian.org/debian")
+    env = Environment("e" * 64, tarball, spec, "2026-01-01T00:00:00Z", tarball.stat().st_size, "")
+    policy = LayerPolicy(LayerCache(tmp_path / "layers", 1 << 30), tmp_path / "views")
+    (tmp_path / "work").mkdir()
+    lines: list[str] = []
+    chosen = step_tarball(
+        env, _dsc(tmp_path / "p_1.0.dsc", build_depends), [], policy, work=tmp_path / "work", log=lines.append
+    )
+    assert chosen.satisfied is satisfied, lines
+    if satisfied:
+        assert chosen.path != tarball and "has every Build-Depends" in lines[0]
+        with tarfile.open(chosen.path) as tar:  # the lean layer: no archive lists
+            assert not any(n.startswith("./var/lib/apt/lists/deb") for n in tar.getnames())
+    else:
+        assert chosen.path == tarball
+        assert not any("has every Build-Depends" in line for line in lines)
