@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dispatchkit import ready_steps
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
@@ -28,6 +27,7 @@ from buildfarm.engine.steps import Claim, claim_next
 from buildfarm.model.types import StepState
 from buildfarm.state.models import Step, TenantUsage, utcnow
 
+from dispatchkit import ready_steps
 from farmkit import make_test_context
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dispatchkit import ready_steps
 from sqlalchemy import update
 
 from buildfarm.engine import reap
@@ -22,6 +21,7 @@ from buildfarm.engine.reaper import REDISPATCH_BACKOFF_MAX, ticket_due
 from buildfarm.engine.steps import claim_next
 from buildfarm.state.models import Step, utcnow
 
+from dispatchkit import ready_steps
 from farmkit import dispatcher, make_test_context
 
 
