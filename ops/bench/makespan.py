@@ -75,16 +75,22 @@ def main() -> int:
         finally:
             cli(env, "stop")
     load_end = os.getloadavg()
-    built = [s for s in steps if s["state"] == "succeeded" and s["duration_seconds"] is not None]
-    durations = {str(s["name"]): float(s["duration_seconds"]) for s in built}  # type: ignore[arg-type]
-    depends_on = {str(s["name"]): [str(d) for d in s["depends_on"]] for s in steps}  # type: ignore[attr-defined]
-    span = _seconds(min(str(s["started_at"]) for s in built), max(str(s["finished_at"]) for s in built))
-    builds = {name: build_time(logs[name]) for name in durations}
     print()
     print(
         f"load average (1/5/15 min) {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} -> "
         f"{load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f} ({os.cpu_count()} cores)"
     )
+    summarize(makespan, steps, logs)
+    return 0
+
+
+def summarize(makespan: float, steps: list[dict[str, object]], logs: dict[str, str]) -> None:
+    """Print the steps, the makespan and the bounds, from ``build show``'s steps and their logs."""
+    built = [s for s in steps if s["state"] == "succeeded" and s["duration_seconds"] is not None]
+    durations = {str(s["name"]): float(s["duration_seconds"]) for s in built}  # type: ignore[arg-type]
+    depends_on = {str(s["name"]): [str(d) for d in s["depends_on"]] for s in steps}  # type: ignore[attr-defined]
+    span = _seconds(min(str(s["started_at"]) for s in built), max(str(s["finished_at"]) for s in built))
+    builds = {name: build_time(logs[name]) for name in durations}
     print(f"{'step':18} {'depends on':22} {'node':8} {'duration':>9} {'Build-Time':>11} {'setup':>7}")
     for s in built:
         name = str(s["name"])
@@ -102,7 +108,6 @@ def main() -> int:
     else:
         missing = sorted(name for name, work in builds.items() if work is None)
         print(f"  steps' setup removed: not available (no Build-Time in the log of {', '.join(missing)})")
-    return 0
 
 
 if __name__ == "__main__":

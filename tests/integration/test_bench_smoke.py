@@ -91,3 +91,43 @@ def test_scheduler_simulation_gives_shares(tmp_path: Path) -> None:
     used, release_wait, _median = bench.simulate(settings, [("p0", "u"), ("p1", "u")], 4, 200, 3600.0)
     assert used[("p1", "u")] > 2 * used[("p0", "u")]
     assert release_wait >= 0
+
+
+def test_makespan_bench_bounds_the_build_by_its_steps(capsys: pytest.CaptureFixture[str]) -> None:
+    """The 2-node bound from a build's steps: max(critical path, total work / 2), as measured
+    (the chain lib -> app, 10 + 12 s, beats 31 s / 2) and with setup removed (sbuild Build-Time
+    only: 12 s / 2 beats the chain's 2 + 3 s); without a Build-Time the latter is left out."""
+
+    def step(name: str, seconds: int, depends_on: list[str], started: int) -> dict[str, object]:
+        return {
+            "name": name,
+            "state": "succeeded",
+            "duration_seconds": float(seconds),
+            "depends_on": depends_on,
+            "node": "node1",
+            "started_at": f"2026-01-02T03:00:{started:02d}+00:00",
+            "finished_at": f"2026-01-02T03:00:{started + seconds:02d}+00:00",
+        }
+
+    bench = _load("makespan")
+    steps = [
+        step("lib", 10, [], 0),
+        step("app", 12, ["lib"], 10),
+        step("doc", 5, [], 0),
+        step("man", 4, [], 5),
+    ]
+    logs = {
+        "lib": "Build-Time: 2\n",
+        "app": "x\nBuild-Time: 3\n",
+        "doc": "Build-Time: 4\n",
+        "man": "Build-Time: 3",
+    }
+    bench.summarize(30.0, steps, logs)
+    measured, setup_removed = capsys.readouterr().out.split("steps' setup removed")
+    assert "steps' span (first start, last end)     22.0 s" in measured
+    assert "bound    22.0 s   (critical path 22.0 s, total work 31.0 s / 2 = 15.5 s)" in measured
+    assert "ratio makespan / bound      1.36" in measured
+    assert "bound     6.0 s   (critical path 5.0 s, total work 12.0 s / 2 = 6.0 s)" in setup_removed
+    assert "ratio makespan / bound      5.00" in setup_removed
+    bench.summarize(30.0, steps, logs | {"doc": "no summary"})
+    assert "not available (no Build-Time in the log of doc)" in capsys.readouterr().out

@@ -19,6 +19,7 @@ from buildfarm.model.errors import NotFoundError
 from buildfarm.model.settings import MirrorConfig
 from buildfarm.model.types import AptSource as AptSource  # noqa: PLC0414  (part of this interface)
 from buildfarm.model.types import BuildKind
+from buildfarm_client.models import MirrorSyncOut
 
 SHA256_HEX_LENGTH = 64
 
@@ -71,21 +72,6 @@ class PackageFile(StoredPackage):
     """A built package ready to publish: its name in the repository, its hash and a local copy."""
 
     path: Path
-
-
-@dataclass(frozen=True)
-class MirrorStatus:
-    """A configured 3rd-party repository as the farm serves it after a sync.
-
-    ``version`` is what was synced: Pulp's repository version number, or (local profile, where
-    apt reads the 3rd party directly) the upstream Release file's ``Date``.
-    """
-
-    name: str
-    source: str  # the apt sources line builds use
-    packages: int
-    version: str
-    seconds: float  # how long the sync (or, locally, the check) took
 
 
 class LogWriter(Protocol):
@@ -215,8 +201,11 @@ class PackageRepository(Protocol):
         """The same sources by mirror name, in configuration order (``buildfarm mirror list``)."""
         ...
 
-    def sync_mirror(self, mirror: MirrorConfig) -> MirrorStatus:
-        """Bring ``mirror`` up to date with its upstream (bounded wait); raise one clear error if not."""
+    def sync_mirror(self, mirror: MirrorConfig) -> MirrorSyncOut:
+        """Bring ``mirror`` up to date with its upstream (bounded wait); raise one clear error if
+        not.  The answer's ``version`` is what was synced: Pulp's repository version number, or
+        (local profile, where apt reads the 3rd party directly) the upstream Release's ``Date``;
+        ``seconds`` how long the sync (or, locally, the check) took."""
         ...
 
     # -- deletion (retention: buildfarm.retention.sweep) ------------------------------------
