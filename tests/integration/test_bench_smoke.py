@@ -4,6 +4,7 @@ broke twice unseen). Their figures are not checked here, only that each part wor
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -18,6 +19,7 @@ def _load(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"buildfarm_bench_{name}", BENCH / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a dataclass finds its module there
     spec.loader.exec_module(module)
     return module
 
@@ -131,3 +133,24 @@ def test_makespan_bench_bounds_the_build_by_its_steps(capsys: pytest.CaptureFixt
     assert "ratio makespan / bound      5.00" in setup_removed
     bench.summarize(30.0, steps, logs | {"doc": "no summary"})
     assert "not available (no Build-Time in the log of doc)" in capsys.readouterr().out
+
+
+def test_envsetup_bench_splits_an_sbuild_log_into_its_setup_phases() -> None:
+    """Where a step's setup goes, from when sbuild's log lines came (seconds since its start)."""
+    bench = _load("envsetup")
+    timed = [
+        (0.5, "sbuild (Debian sbuild) 0.85.0"),
+        (0.75, "Unpacking /cache/lean.tar to /dev/shm/x/sbuild.abc..."),
+        (2.0, "I: NOTICE: Log filtering will replace 'sbuild-unshare-dummy-location' with '<<CHROOT>>'"),
+        (3.5, "| Install package build dependencies                            |"),
+        (3.5, "Null resolver: not installing main dependencies"),
+        (4.0, "| Check architectures                                            |"),
+        (9.0, "Build-Time: 2"),
+    ]
+    assert bench.phases(timed, wall=9.5, build=2.0) == {
+        "sbuild start": 0.75,
+        "unpack, chroot users": 1.25,
+        "resolver setup, source in": 1.5,
+        "build dependencies": 0.5,
+        "rest of the session": 3.5,
+    }

@@ -79,9 +79,9 @@ def sbuild_command(
 
     ``install_deps=False`` when the tarball already has every Build-Depends
     (:attr:`StepTarball.satisfied`): sbuild's ``null`` resolver, so no dummy package, no apt
-    run, no extra repository in the chroot (~40 % of a trivial step's setup); dpkg-buildpackage
-    still runs dpkg-checkbuilddeps in the chroot, so a dependency missing after all fails the build
-    with "Unmet build dependencies"."""
+    run, no extra repository in the chroot (``make bench``: a third of a trivial step's setup);
+    dpkg-buildpackage still runs dpkg-checkbuilddeps in the chroot, so a dependency missing after
+    all fails the build with "Unmet build dependencies"."""
     if not install_deps:
         apt_update, extra_sources = False, ()
     return [
