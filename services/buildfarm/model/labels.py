@@ -2,9 +2,16 @@
 
 A label is ``key=value`` (``arch=arm64``, ``builder=sbuild``, ``cpu=large``) or a bare tag
 (``gpu``).  A node advertises a set of them (:func:`node_labels`, from ``dpkg`` and settings);
-a step requires some (:func:`step_requirements`, from its package's ``Architecture`` and the
-manifest's ``arch:`` / ``requires:``), kept as one canonical string (sorted, comma-joined; ""
-for none) so the database can group and compare them.  A node can run a step when it has every
+a step requires some (:func:`step_requirements`: the manifest's ``requires:``, and the
+architecture of the node that must build it), kept as one canonical string (sorted,
+comma-joined; "" for none) so the database can group and compare them.
+
+What a step requires is *where* it may run, never *what* it builds: ``requires:`` labels (a big
+machine, a builder kind, a tag) are not in its input key, so the same package built on a large
+node or a small one is the same step, reused either way.  The architecture a step builds for
+is another matter: it changes the packages, so it is in the key (``host_arch``,
+:func:`buildfarm.model.planner.compute_input_keys`), as is whether they were built natively or
+cross-built.  A node can run a step when it has every
 label the step requires; a node with ``arch=amd64`` and ``arch=i386`` (a foreign architecture
 dpkg accepts) runs steps of either.
 """
@@ -70,14 +77,23 @@ def node_labels(
     return frozenset(labels)
 
 
-def step_requirements(architecture: str, arch: str | None, requires: Iterable[str]) -> str:
-    """The labels a package step requires: ``arch`` of the manifest wins; else its source's
-    ``Architecture`` when that names one architecture (not any/all, nor a list or a wildcard,
-    which any node may try); plus the manifest's ``requires``."""
-    labels = [check_label(r, "requires") for r in requires]
+def build_architecture(architecture: str, arch: str | None) -> str | None:
+    """The one architecture a package is built for, if it is only built for one: the
+    manifest's ``arch``, else its source's ``Architecture`` when that names one architecture
+    (not any/all, nor a list or a wildcard); None: the build's ``architectures``."""
     words = architecture.split()
     if arch:
-        labels.append(check_label(f"arch={arch}", "arch"))
-    elif len(words) == 1 and words[0] not in INDEPENDENT_ARCHITECTURES and "-" not in words[0]:
-        labels.append(f"arch={words[0]}")
+        return check_label(f"arch={arch}", "arch").removeprefix("arch=")
+    if len(words) == 1 and words[0] not in INDEPENDENT_ARCHITECTURES and "-" not in words[0]:
+        return words[0]
+    return None
+
+
+def step_requirements(requires: Iterable[str], built_on: str | None = None) -> str:
+    """The labels a package step requires: the manifest's ``requires``, plus ``arch=<built_on>``
+    when it must be built by a node of that architecture (a native build; ``engine/submit.py``
+    decides which)."""
+    labels = [check_label(r, "requires") for r in requires]
+    if built_on:
+        labels.append(check_label(f"arch={built_on}", "arch"))
     return format_requires(labels)
