@@ -71,6 +71,9 @@ class PodSettings:
     package_image: str | None = None
     """The package-builder image of this pod, by digest (the one its step's input key names);
     None: the setting ``builder_image`` as written."""
+    cross_arch: str | None = None
+    """The Debian architecture this pod cross-builds for (``buildfarm-step package --host-arch``,
+    in the cross environment's image, as sbuild's ``--host``); None: the image's own."""
 
     @property
     def builder_image(self) -> str:
@@ -276,6 +279,10 @@ def package_job(
         args += ["--apt-source", source.line()]
     if pods.mirrored:  # the farm mirrors what builds may use: the image's own sources stay out
         args.append("--only-given-sources")
+    if pods.cross_arch:  # as the sbuild runner's --host: Build-Depends and compiler for that one
+        args += ["--host-arch", pods.cross_arch]
+    if not job.arch_all:  # the Architecture: all binaries are the primary step's
+        args.append("--no-arch-all")
     args += [
         "--workdir",
         "/build",
