@@ -62,14 +62,12 @@ def test_host_arch_cross_builds_as_sbuild_host_does(step: ModuleType, tmp_path: 
     assert commands[-1][-4:] == ["-a", "arm64", "-P", "cross,nocheck"]
     assert ran[-1][1]["DEB_BUILD_OPTIONS"] == "nocheck"
 
-
-def test_without_them_it_builds_for_its_own_architecture(step: ModuleType, tmp_path: Path) -> None:
+    # without them: for its own architecture, as before
     ran = _build(step, tmp_path / "native")
     assert ran[-1][0] == ["dpkg-buildpackage", "-b", "-uc", "-us"]
     assert "-a" not in next(c for c, _env in ran if "build-dep" in c)
     assert "DEB_BUILD_OPTIONS" not in ran[-1][1]
 
-
-def test_a_host_arch_that_is_no_architecture_name_is_refused(step: ModuleType) -> None:
+    # a value that is no architecture name never reaches a command line
     with pytest.raises(SystemExit):
         step.parse([*REQUIRED, "--host-arch", "arm64 --evil"])
