@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ from buildfarm.environments import host_architecture
 from buildfarm.model import names
 from buildfarm.model.errors import PlanError
 from buildfarm.model.images import registry_host
-from buildfarm.model.labels import build_architecture, step_requirements
+from buildfarm.model.labels import NATIVE_ARCH, build_architecture, step_requirements
 from buildfarm.model.manifest import Manifest
 from buildfarm.model.planner import ImageInfo, Plan, PlannedStep, compute_input_keys, make_plan
 from buildfarm.model.sources import pack_tree, tree_hash
@@ -95,9 +95,12 @@ class BuildPlaces:
     """Where a build's package steps are built, decided at submit from the nodes online.
 
     A step for the farm's ``native`` architecture is built by a node of it; one for another
-    architecture natively by a node of that architecture when one is online (``natively``),
-    else cross-built (``--host``) on a node of the native one (``cross``).  A package whose
-    manifest says ``arch:`` is always built natively: the field names the node it needs.
+    architecture natively by a node whose own architecture it is, when one is online
+    (``natively``: it advertises ``native-arch=arm64``; the step then requires ``arch=arm64``
+    and ``native-arch=arm64``, so an amd64 node that merely has arm64 as a dpkg foreign
+    architecture never takes it), else cross-built (``--host``) on a node of the native one
+    (``cross``).  A package whose manifest says ``arch:`` is always built natively: the field
+    names the node it needs.
     """
 
     native: str
@@ -106,11 +109,13 @@ class BuildPlaces:
     label_native: bool  # some online node lacks the native architecture: steps built on it say so
     must_native: frozenset[str] = frozenset()  # sources with a manifest arch:
 
-    def built_on(self, step: PlannedStep) -> str | None:
-        """The architecture of the node that must build ``step`` (None: any node)."""
+    def requires(self, step: PlannedStep, wanted: Iterable[str]) -> str:
+        """The labels ``step`` requires: the manifest's ``wanted`` and where it must be built."""
+        if step.kind != StepKind.PACKAGE:
+            return ""
         if step.source in self.must_native or step.host_arch in self.natively:
-            return step.host_arch
-        return self.native if self.label_native and step.host_arch else None
+            return step_requirements(wanted, step.host_arch, native=True)
+        return step_requirements(wanted, self.native if self.label_native and step.host_arch else None)
 
 
 def _build_places(ctx: FarmContext, plan: Plan, native: str, must_native: set[str]) -> BuildPlaces:
@@ -118,7 +123,10 @@ def _build_places(ctx: FarmContext, plan: Plan, native: str, must_native: set[st
         online = routing.online_nodes(session, ctx)
     foreign = {s.host_arch for s in plan.steps.values() if s.kind == StepKind.PACKAGE} - {"", native}
     forced = {s.host_arch for s in plan.steps.values() if s.source in must_native} - {native}
-    offered = {label.removeprefix("arch=") for labels in online.values() for label in labels}
+    own = f"{NATIVE_ARCH}="  # a node's own architecture, not a foreign one its dpkg accepts
+    offered = {
+        label.removeprefix(own) for labels in online.values() for label in labels if label.startswith(own)
+    }
     natively = {arch for arch in foreign if arch in offered} | forced
     return BuildPlaces(
         native=native,
@@ -241,11 +249,7 @@ def submit_build(
                     state=StepState.PENDING,
                     kind=step.kind,
                     image_spec=specs.get(name),
-                    requires=(
-                        step_requirements(wanted.get(step.source, ()), where.built_on(step))
-                        if step.kind == StepKind.PACKAGE
-                        else ""
-                    ),
+                    requires=where.requires(step, wanted.get(step.source, ())),
                     host_arch=step.host_arch,
                     arch_all=step.arch_all,
                     environment_id=cross.get(step.host_arch),

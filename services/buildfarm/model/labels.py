@@ -25,6 +25,8 @@ from buildfarm.model.errors import PermanentError
 
 LABEL = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,62}(=[A-Za-z0-9][A-Za-z0-9._:/+-]{0,62})?$")
 """A label: a lowercase key (Kubernetes label keys fit), optionally ``=value``."""
+NATIVE_ARCH = "native-arch"
+"""The label key of a node's own architecture (``dpkg --print-architecture``)."""
 INDEPENDENT_ARCHITECTURES = frozenset({"any", "all"})
 """``Architecture`` values that ask nothing of the node (a wildcard such as linux-any neither)."""
 
@@ -66,10 +68,15 @@ def node_labels(
     memory_gib: float,
     custom: Iterable[str] = (),
 ) -> frozenset[str]:
-    """What a node advertises: its dpkg architectures, the builder kinds it runs, its CPU and
-    memory class (small < 4 cores / 8 GiB <= medium < 16 cores / 32 GiB <= large) and the custom
-    labels it was given (setting ``node_labels``; the chart's ``worker.nodeLabels``)."""
-    labels = {f"arch={a}" for a in architectures if a}
+    """What a node advertises: its dpkg architectures (the first is its own, also advertised as
+    ``native-arch=``: dpkg's foreign architectures run, but are not what its compiler builds
+    for), the builder kinds it runs, its CPU and memory class (small < 4 cores / 8 GiB <= medium
+    < 16 cores / 32 GiB <= large) and the custom labels it was given (setting ``node_labels``;
+    the chart's ``worker.nodeLabels``)."""
+    architectures = [a for a in architectures if a]
+    labels = {f"arch={a}" for a in architectures}
+    if architectures:
+        labels.add(f"{NATIVE_ARCH}={architectures[0]}")
     labels |= {f"builder={b}" for b in builders}
     labels.add(f"cpu={size_class(cpus, 4, 16)}")
     labels.add(f"memory={size_class(memory_gib, 8, 32)}")
@@ -89,11 +96,14 @@ def build_architecture(architecture: str, arch: str | None) -> str | None:
     return None
 
 
-def step_requirements(requires: Iterable[str], built_on: str | None = None) -> str:
-    """The labels a package step requires: the manifest's ``requires``, plus ``arch=<built_on>``
-    when it must be built by a node of that architecture (a native build; ``engine/submit.py``
-    decides which)."""
+def step_requirements(requires: Iterable[str], arch: str | None = None, *, native: bool = False) -> str:
+    """The labels a package step requires: the manifest's ``requires``, plus ``arch=<arch>`` when
+    it must be built by a node of that architecture, and ``native-arch=<arch>`` too when that
+    must be the node's own (a native build of that architecture, not one dpkg merely accepts as
+    foreign; ``engine/submit.py`` decides which)."""
     labels = [check_label(r, "requires") for r in requires]
-    if built_on:
-        labels.append(check_label(f"arch={built_on}", "arch"))
+    if arch:
+        labels.append(check_label(f"arch={arch}", "arch"))
+        if native:
+            labels.append(f"{NATIVE_ARCH}={arch}")
     return format_requires(labels)

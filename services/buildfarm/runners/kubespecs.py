@@ -218,15 +218,16 @@ LABEL_PREFIX = "buildfarm.io/"
 
 
 def node_selector(requires: str) -> dict[str, str]:
-    """A step's required labels as its builder pod's nodeSelector: ``arch=arm64`` is the
-    well-known ``kubernetes.io/arch``, ``key=value`` is ``buildfarm.io/key``, a tag is
-    ``buildfarm.io/tag: "true"``; ``builder=`` labels name what the worker runs, not the node."""
+    """A step's required labels as its builder pod's nodeSelector: ``arch=arm64`` (and
+    ``native-arch=arm64``) is the well-known ``kubernetes.io/arch``, ``key=value`` is
+    ``buildfarm.io/key``, a tag is ``buildfarm.io/tag: "true"``; ``builder=`` labels name what
+    the worker runs, not the node."""
     selector: dict[str, str] = {}
     for label in filter(None, requires.split(",")):
         key, _, value = label.partition("=")
         if key == "builder":
             continue
-        if key == "arch":
+        if key in ("arch", "native-arch"):  # a Kubernetes node's architecture is its own
             selector["kubernetes.io/arch"] = value
         else:
             selector[LABEL_PREFIX + key] = value or "true"

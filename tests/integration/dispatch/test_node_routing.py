@@ -27,8 +27,8 @@ from farmkit import dispatcher, make_test_context
 
 pytestmark = pytest.mark.integration
 
-AMD = frozenset({"arch=amd64", "builder=host"})
-ARM = frozenset({"arch=arm64", "builder=host"})
+AMD = frozenset({"arch=amd64", "native-arch=amd64", "builder=host"})
+ARM = frozenset({"arch=arm64", "native-arch=arm64", "builder=host"})
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_a_foreign_architecture_with_a_node_of_its_own_is_built_there_natively(
         ids = {s.id: n for n, s in steps.items()}
     assert fields == {
         "tool": ("amd64", "arch=amd64", None),  # nodes of two architectures: each says its own
-        "tool:arm64": ("arm64", "arch=arm64", None),  # no cross environment, no --host
+        "tool:arm64": ("arm64", "arch=arm64,native-arch=arm64", None),  # no cross environment, no --host
     }
     advance_build(ctx, build_id)  # releases both: their tickets go to the capable nodes' queues
     recorded = dispatcher(ctx)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from buildfarm.engine import routing
 from buildfarm.engine.advance import advance_build
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import native_architecture, submit_build
@@ -100,6 +101,26 @@ def test_requires_labels_leave_the_key_alone_the_architecture_does_not(
         # built for the node's own architecture, said or not: the same packages, the same key
         assert steps[mine].input_key == steps[first].input_key
         # built for another one, by a node of it: its own key, its architecture recorded
-        assert (steps[other].host_arch, steps[other].requires) == (foreign, f"arch={foreign}")
+        assert (steps[other].host_arch, steps[other].requires) == (
+            foreign,
+            f"arch={foreign},native-arch={foreign}",
+        )
         assert steps[other].input_key != steps[first].input_key
         assert steps[other].environment_id is None  # the node's own environment, no cross one
+
+
+def test_a_foreign_architecture_a_node_only_accepts_is_no_native_one(
+    ctx: FarmContext, tmp_path: Path
+) -> None:
+    """A node whose dpkg accepts arm64 as a foreign architecture runs arm64 binaries, but its
+    compiler builds for its own: arm64 steps are cross-built then (which the host runner
+    cannot), not given to it as native ones."""
+    native = native_architecture(ctx)
+    foreign = "arm64" if native != "arm64" else "amd64"
+    routing.record_node(ctx, "multiarch", [f"arch={native}", f"arch={foreign}", f"native-arch={native}"])
+    _any_package(tmp_path, "tool")
+    with pytest.raises(PlanError, match=f"building for {foreign} needs cross-building"):
+        _submit(ctx, tmp_path, "multi", f"[{native}, {foreign}]")
+    routing.record_node(ctx, "own", [f"arch={foreign}", f"native-arch={foreign}"])
+    steps = _submit(ctx, tmp_path, "multi", f"[{native}, {foreign}]")
+    assert steps[f"tool:{foreign}"][0] == foreign  # a node of its own: built there, natively

@@ -21,6 +21,7 @@ def test_a_node_advertises_its_architectures_builders_size_and_custom_labels() -
     assert {
         "arch=amd64",
         "arch=i386",
+        "native-arch=amd64",  # its own; i386 is a foreign architecture its dpkg accepts
         "builder=sbuild",
         "builder=buildah",
         "cpu=small",
@@ -51,6 +52,7 @@ def test_requirements_come_from_the_manifest_and_where_the_step_is_built() -> No
     assert build_architecture("amd64", "arm64") == "arm64"  # the manifest's arch wins
     assert step_requirements([]) == ""
     assert step_requirements(["gpu", "cpu=large"], "arm64") == "arch=arm64,cpu=large,gpu"
+    assert step_requirements([], "arm64", native=True) == "arch=arm64,native-arch=arm64"
     assert step_requirements(["cpu=large"]) == "cpu=large"
     assert format_requires(["b", "a", "b"]) == "a,b"
 
