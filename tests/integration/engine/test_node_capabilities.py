@@ -104,4 +104,4 @@ def test_submit_records_what_each_step_requires(ctx: FarmContext, tmp_path: Path
     )
     build_id = submit_build(ctx, load_manifest(root / "buildfarm.yaml"), root, "alice")
     shown = {s.name: s.requires for s in control.show_build(ctx, build_id).steps}
-    assert shown == {"plain": "", "armonly": "arch=arm64", "big": "cpu=large"}
+    assert shown == {"plain": "", "armonly": "arch=arm64,native-arch=arm64", "big": "cpu=large"}

@@ -58,7 +58,7 @@ def test_pods_are_pinned_only_when_workers_run_on_their_node(tmp_path: Path) -> 
 
 
 def test_a_steps_required_labels_become_its_pods_node_selector(tmp_path: Path) -> None:
-    job = _job(tmp_path, requires="arch=arm64,builder=sbuild,cpu=large,gpu")
+    job = _job(tmp_path, requires="arch=arm64,builder=sbuild,cpu=large,gpu,native-arch=arm64")
     pod = _pod(builder_job(job, _settings(tmp_path), URLS))
     assert pod["nodeSelector"] == {
         "kubernetes.io/arch": "arm64",
