@@ -29,7 +29,7 @@ waiting tenant's pass is passed by the others' in finite time: no one starves.
 
 Claims do not queue on one another: the charge is one ``UPDATE`` of the tenant's own row
 (``greatest()`` in SQL, so concurrent charges of one tenant add up), the last statement of the
-claiming transaction; claims of different tenants touch no common row.  (Until 0017 every claim
+claiming transaction; claims of different tenants touch no common row.  (Until 0015 every claim
 locked the farm's row, so on PostgreSQL all claims of the farm took turns.)  Two claims at once
 may read the same farm virtual time: each tenant still starts no earlier than it, which is all
 the order needs.
@@ -64,7 +64,7 @@ from buildfarm.model.settings import MAX_PRIORITY, Settings
 from buildfarm.state.models import TenantUsage, utcnow
 
 FARM = ("", "")
-"""The tenant row that held the farm's virtual time before 0017 (its start still counts)."""
+"""The tenant row that held the farm's virtual time before 0015 (its start still counts)."""
 
 Tenant = tuple[str, str]
 """(project, user)."""

@@ -156,7 +156,7 @@ class Step(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     ready_at: Mapped[dt.datetime | None] = mapped_column(default=None)
-    # When the reaper last re-sent a ticket for the ready step (0017; None: only the one sent at
+    # When the reaper last re-sent a ticket for the ready step (0015; None: only the one sent at
     # ``ready_at``).  Re-sending never moves ``ready_at``: a step keeps its age in the queue.
     ticket_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
@@ -423,8 +423,8 @@ class TenantUsage(Base):
     ``pass_seconds`` grows by the node-seconds its steps use divided by its project's weight;
     the scheduler takes next the ready step of the tenant with the least (start-time fair
     queuing: :mod:`buildfarm.engine.fairshare`).  ``start_seconds`` is the virtual start of its
-    last step (0017); the farm's virtual time, where a tenant that was idle starts again, is the
-    largest of them (the row of the empty tenant ("", "") is the farm's row of before 0017).
+    last step (0015); the farm's virtual time, where a tenant that was idle starts again, is the
+    largest of them (the row of the empty tenant ("", "") is the farm's row of before 0015).
     """
 
     __tablename__ = "tenant_usage"

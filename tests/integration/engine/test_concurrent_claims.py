@@ -1,7 +1,7 @@
 """Claims at once on PostgreSQL (issue 16): they do not take turns on one row, and each ready
 step is still claimed exactly once.
 
-Until 0017 every claim locked the farm's virtual-time row, so on PostgreSQL the claims of all
+Until 0015 every claim locked the farm's virtual-time row, so on PostgreSQL the claims of all
 nodes queued on it; now a claim writes only its step's row and its tenant's.  Real PostgreSQL,
 real connections: a claim left open (its transaction not committed) must not hold up the claim
 of another tenant (the second connection gives up on any lock after ``lock_timeout``, so the

@@ -8,14 +8,14 @@
   that every claim locked (claims serialized on it).  The old farm row ("", "") keeps its value
   as its start, so the farm's virtual time does not move back.
 
-Revision ID: 0017
+Revision ID: 0015
 Revises: 0014
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0017"
+revision = "0015"
 down_revision = "0014"
 branch_labels = None
 depends_on = None
