@@ -136,7 +136,9 @@ def layered_build(env: Environment, dsc: Path, policy: LayerPolicy, proxy: str) 
         scratch = Path(tempfile.mkdtemp(prefix="buildfarm-bench-layer-", dir="/dev/shm"))
         try:
             started, cpu = time.monotonic(), _cpu() + time.process_time()
-            tarball = step_tarball(env, dsc, [], policy, work=Path(work), log=lines.append, scratch=scratch)
+            tarball = step_tarball(
+                env, dsc, [], policy, work=Path(work), log=lines.append, scratch=scratch
+            ).path
             chosen, chosen_cpu = time.monotonic() - started, _cpu() + time.process_time() - cpu
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

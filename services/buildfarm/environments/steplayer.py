@@ -13,7 +13,8 @@ Called by the sbuild runner for every step, after the step's input key chose the
 
 Whatever goes wrong on the way (apt cannot resolve, the layer cannot be made faithfully) leaves
 the step in its environment, where sbuild does what it always did and explains any failure.
-Each outcome is one line in the step's log and counted (``buildfarm_env_layer_lookups``).
+Each outcome is one line in the step's log, counted (``buildfarm_env_layer_lookups``) and
+returned (:class:`StepTarball`) for the step's record (``build show``'s layer column).
 """
 
 from __future__ import annotations
@@ -39,6 +40,20 @@ from buildfarm.model.types import AptSource
 
 
 @dataclass(frozen=True)
+class StepTarball:
+    """What a step unpacks and which layer outcome chose it."""
+
+    path: Path
+    result: str  # hit | miss | none | failed (the labels of buildfarm_env_layer_lookups)
+    key: str = ""  # the layer's short id ("": the bare environment)
+
+    @property
+    def label(self) -> str:
+        """``result:key``, or ``result`` when the step runs in the bare environment."""
+        return f"{self.result}:{self.key}" if self.key else self.result
+
+
+@dataclass(frozen=True)
 class LayerPolicy:
     """Where layers live and when a step gets one (settings ``env_layer_*``)."""
 
@@ -57,7 +72,7 @@ def step_tarball(
     work: Path,
     log: Callable[[str], None],
     scratch: Path | None = None,
-) -> Path:
+) -> StepTarball:
     """The tarball the step's sbuild unpacks (``work``: a fresh directory of the step's own;
     ``scratch``: where a new layer is unpacked, tmpfs at best)."""
     view = apt_view(env.path, env.digest, policy.views)
@@ -99,10 +114,10 @@ def step_tarball(
         f"{len(deps.packages)} archive packages preinstalled on environment {env.short} "
         f"({layer.size >> 20} MiB)"
     )
-    return layer.path
+    return StepTarball(layer.path, "hit" if hit else "miss", layer.short)
 
 
-def _lean(env: Environment, policy: LayerPolicy, log: Callable[[str], None], why: str) -> Path:
+def _lean(env: Environment, policy: LayerPolicy, log: Callable[[str], None], why: str) -> StepTarball:
     deps = DependencySet(env.digest, ())
     try:
         layer, _hit = policy.cache.ensure(deps, lambda dest: make_lean(env.path, dest))
@@ -113,16 +128,16 @@ def _lean(env: Environment, policy: LayerPolicy, log: Callable[[str], None], why
         f"buildfarm: dependency layer: none ({why}); environment {env.short} without its archive "
         f"lists ({layer.short})"
     )
-    return layer.path
+    return StepTarball(layer.path, "none", layer.short)
 
 
-def _none(env: Environment, log: Callable[[str], None], why: str) -> Path:
+def _none(env: Environment, log: Callable[[str], None], why: str) -> StepTarball:
     LAYER_LOOKUPS.labels("none").inc()
     log(f"buildfarm: dependency layer: none ({why}); environment {env.short}")
-    return env.path
+    return StepTarball(env.path, "none")
 
 
-def _failed(env: Environment, log: Callable[[str], None], why: str) -> Path:
+def _failed(env: Environment, log: Callable[[str], None], why: str) -> StepTarball:
     LAYER_LOOKUPS.labels("failed").inc()
     log(f"buildfarm: dependency layer: failed, using environment {env.short}: {why}")
-    return env.path
+    return StepTarball(env.path, "failed")

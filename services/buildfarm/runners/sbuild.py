@@ -289,18 +289,19 @@ class SbuildRunner:
             return self.environments.ensure(cross_spec(self.spec, host_arch))
         return self.environments.ensure(self.spec)
 
-    def _step_tarball(self, job: StepJob, dsc: Path, scratch: Path | None) -> tuple[Path, bool]:
-        """The tarball this step unpacks: its environment's dependency layer when it has big
-        Build-Depends (:mod:`buildfarm.environments.steplayer`), else the environment."""
+    def _step_tarball(self, job: StepJob, dsc: Path, scratch: Path | None) -> tuple[Path, bool, str | None]:
+        """(tarball, whether it carries the mirror's apt lists, the layer outcome or None) of this
+        step: its environment's dependency layer when it has big Build-Depends
+        (:mod:`buildfarm.environments.steplayer`), else the environment."""
         env = self._cached_environment(job.environment_id, job.host_arch)
         if env is None or self.layers is None:
-            return self.step_environment(job.environment_id, job.host_arch)
+            return (*self.step_environment(job.environment_id, job.host_arch), None)
         work = job.workdir / "layer"
         work.mkdir()
-        tarball = step_tarball(
+        chosen = step_tarball(
             env, dsc, job.extra_sources, self.layers, work=work, log=job.log, scratch=scratch
         )
-        return tarball, env.spec.keep_lists
+        return chosen.path, env.spec.keep_lists, chosen.label
 
     def run(self, job: StepJob) -> StepResult:
         for tool, package in (("sbuild", "sbuild"), ("dpkg-source", "dpkg-dev"), ("newuidmap", "uidmap")):
@@ -336,7 +337,7 @@ class SbuildRunner:
             env["BUILDFARM_SBUILD_TMPDIR"] = str(chroots)
         watch = _LogWatch(job.log, [s.url for s in job.extra_sources])
         try:
-            tarball, has_lists = self._step_tarball(job, dsc, chroots)
+            tarball, has_lists, layer = self._step_tarball(job, dsc, chroots)
             command = sbuild_command(
                 tarball,
                 self.distribution,
@@ -362,8 +363,8 @@ class SbuildRunner:
                     chroots.parent.rmdir()
         if outcome.returncode != 0 or outcome.cancelled or outcome.timed_out:
             failure = describe_failure("sbuild", outcome, job.timeout_seconds)
-            return StepResult(False, [], watch.explain(failure), killed_by=outcome.killed_by)
+            return StepResult(False, [], watch.explain(failure), killed_by=outcome.killed_by, layer=layer)
         outputs = sorted(p for p in out.iterdir() if p.name.endswith(FILE_OUTPUT_SUFFIXES))
         if not any(p.name.endswith(PACKAGE_SUFFIXES) for p in outputs):
-            return StepResult(False, [], "sbuild succeeded but produced no .deb")
-        return StepResult(True, outputs)
+            return StepResult(False, [], "sbuild succeeded but produced no .deb", layer=layer)
+        return StepResult(True, outputs, layer=layer)
