@@ -136,13 +136,14 @@ def layered_build(env: Environment, dsc: Path, policy: LayerPolicy, proxy: str) 
         scratch = Path(tempfile.mkdtemp(prefix="buildfarm-bench-layer-", dir="/dev/shm"))
         try:
             started, cpu = time.monotonic(), _cpu() + time.process_time()
-            tarball = step_tarball(
-                env, dsc, [], policy, work=Path(work), log=lines.append, scratch=scratch
-            ).path
+            tarball = step_tarball(env, dsc, [], policy, work=Path(work), log=lines.append, scratch=scratch)
             chosen, chosen_cpu = time.monotonic() - started, _cpu() + time.process_time() - cpu
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    run = sbuild_once(tarball, dsc, lists=True, proxy=proxy)
+    try:
+        run = sbuild_once(tarball.path, dsc, lists=True, proxy=proxy)
+    finally:
+        tarball.release()
     run.wall += chosen
     run.cpu += chosen_cpu
     run.layer = next((line for line in lines if "dependency layer" in line), "")

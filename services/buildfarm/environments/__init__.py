@@ -17,7 +17,7 @@ step's :func:`step_tarball` (a :class:`StepTarball`) under a :class:`LayerPolicy
 from __future__ import annotations
 
 from buildfarm.environments.cache import Environment, EnvironmentCache, EnvironmentGone, file_digest
-from buildfarm.environments.layers import LAYER_LOOKUPS, DependencySet, Layer, LayerCache
+from buildfarm.environments.layers import LAYER_LOOKUPS, DependencySet, Layer, LayerCache, LayerHold
 from buildfarm.environments.mmdebstrap import make_tarball
 from buildfarm.environments.routed import routed_environments
 from buildfarm.environments.settings import cache_for, host_architecture, layers_for, spec_for
@@ -35,6 +35,7 @@ __all__ = [
     "EnvironmentSpec",
     "Layer",
     "LayerCache",
+    "LayerHold",
     "LayerPolicy",
     "StepTarball",
     "cache_for",

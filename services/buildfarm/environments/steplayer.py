@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from buildfarm.environments.cache import Environment
 from buildfarm.environments.layermaker import UnfaithfulLayer, installed_in, make_layer, make_lean
-from buildfarm.environments.layers import LAYER_LOOKUPS, DependencySet, LayerCache
+from buildfarm.environments.layers import LAYER_LOOKUPS, DependencySet, LayerCache, LayerHold
 from buildfarm.environments.resolve import (
     AptOnView,
     UnresolvableError,
@@ -41,11 +41,17 @@ from buildfarm.model.types import AptSource
 
 @dataclass(frozen=True)
 class StepTarball:
-    """What a step unpacks and which layer outcome chose it."""
+    """What a step unpacks and which layer outcome chose it; a layer stays in use (no eviction
+    removes it) until :meth:`release`, called once the step's sbuild has unpacked it."""
 
     path: Path
     result: str  # hit | miss | none | failed (the labels of buildfarm_env_layer_lookups)
     key: str = ""  # the layer's short id ("": the bare environment)
+    hold: LayerHold | None = None
+
+    def release(self) -> None:
+        if self.hold is not None:
+            self.hold.release()
 
     @property
     def label(self) -> str:
@@ -105,30 +111,32 @@ def step_tarball(
         make_layer(env.path, debs, deps.packages, dest, before=before, scratch=scratch)
 
     try:
-        layer, hit = policy.cache.ensure(deps, make)
+        hold = policy.cache.acquire(deps, make)
     except (BuildfarmError, UnfaithfulLayer, OSError) as exc:
         return _failed(env, log, str(exc))
+    layer, hit = hold.layer, hold.hit
     LAYER_LOOKUPS.labels("hit" if hit else "miss").inc()
     log(
         f"buildfarm: dependency layer {layer.short}: {'hit' if hit else 'miss (made now)'}, "
         f"{len(deps.packages)} archive packages preinstalled on environment {env.short} "
         f"({layer.size >> 20} MiB)"
     )
-    return StepTarball(layer.path, "hit" if hit else "miss", layer.short)
+    return StepTarball(layer.path, "hit" if hit else "miss", layer.short, hold)
 
 
 def _lean(env: Environment, policy: LayerPolicy, log: Callable[[str], None], why: str) -> StepTarball:
     deps = DependencySet(env.digest, ())
     try:
-        layer, _hit = policy.cache.ensure(deps, lambda dest: make_lean(env.path, dest))
+        hold = policy.cache.acquire(deps, lambda dest: make_lean(env.path, dest))
     except (BuildfarmError, OSError) as exc:
         return _failed(env, log, str(exc))
+    layer = hold.layer
     LAYER_LOOKUPS.labels("none").inc()
     log(
         f"buildfarm: dependency layer: none ({why}); environment {env.short} without its archive "
         f"lists ({layer.short})"
     )
-    return StepTarball(layer.path, "none", layer.short)
+    return StepTarball(layer.path, "none", layer.short, hold)
 
 
 def _none(env: Environment, log: Callable[[str], None], why: str) -> StepTarball:

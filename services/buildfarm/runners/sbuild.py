@@ -27,6 +27,7 @@ from buildfarm.environments import (
     EnvironmentCache,
     EnvironmentSpec,
     LayerPolicy,
+    StepTarball,
     cross_spec,
     file_digest,
     host_architecture,
@@ -289,19 +290,19 @@ class SbuildRunner:
             return self.environments.ensure(cross_spec(self.spec, host_arch))
         return self.environments.ensure(self.spec)
 
-    def _step_tarball(self, job: StepJob, dsc: Path, scratch: Path | None) -> tuple[Path, bool, str | None]:
-        """(tarball, whether it carries the mirror's apt lists, the layer outcome or None) of this
-        step: its environment's dependency layer when it has big Build-Depends
-        (:mod:`buildfarm.environments.steplayer`), else the environment."""
+    def _step_tarball(self, job: StepJob, dsc: Path, scratch: Path | None) -> tuple[StepTarball | Path, bool]:
+        """(tarball, whether it carries the mirror's apt lists) of this step: its environment's
+        dependency layer (held in use: released by the caller after sbuild) when it has big
+        Build-Depends (:mod:`buildfarm.environments.steplayer`), else the environment."""
         env = self._cached_environment(job.environment_id, job.host_arch)
         if env is None or self.layers is None:
-            return (*self.step_environment(job.environment_id, job.host_arch), None)
+            return self.step_environment(job.environment_id, job.host_arch)
         work = job.workdir / "layer"
         work.mkdir()
         chosen = step_tarball(
             env, dsc, job.extra_sources, self.layers, work=work, log=job.log, scratch=scratch
         )
-        return chosen.path, env.spec.keep_lists, chosen.label
+        return chosen, env.spec.keep_lists
 
     def run(self, job: StepJob) -> StepResult:
         for tool, package in (("sbuild", "sbuild"), ("dpkg-source", "dpkg-dev"), ("newuidmap", "uidmap")):
@@ -336,10 +337,11 @@ class SbuildRunner:
             _make_dir(chroots)
             env["BUILDFARM_SBUILD_TMPDIR"] = str(chroots)
         watch = _LogWatch(job.log, [s.url for s in job.extra_sources])
+        chosen: StepTarball | Path | None = None
         try:
-            tarball, has_lists, layer = self._step_tarball(job, dsc, chroots)
+            chosen, has_lists = self._step_tarball(job, dsc, chroots)
             command = sbuild_command(
-                tarball,
+                chosen.path if isinstance(chosen, StepTarball) else chosen,
                 self.distribution,
                 out,
                 dsc,
@@ -357,10 +359,13 @@ class SbuildRunner:
                 env=env,
             )
         finally:  # sbuild removes its chroot itself, unless it was killed
+            if isinstance(chosen, StepTarball):
+                chosen.release()  # the layer may be evicted again
             if chroots is not None:
                 shutil.rmtree(chroots, ignore_errors=True)
                 with contextlib.suppress(OSError):  # the farm's directory, if no other attempt uses it
                     chroots.parent.rmdir()
+        layer = chosen.label if isinstance(chosen, StepTarball) else None
         if outcome.returncode != 0 or outcome.cancelled or outcome.timed_out:
             failure = describe_failure("sbuild", outcome, job.timeout_seconds)
             return StepResult(False, [], watch.explain(failure), killed_by=outcome.killed_by, layer=layer)
