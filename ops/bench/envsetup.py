@@ -157,7 +157,10 @@ def layered_build(
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     install_deps = resolver or not chosen_tarball.satisfied
-    run = sbuild_once(chosen_tarball.path, dsc, lists=True, proxy=proxy, install_deps=install_deps)
+    try:
+        run = sbuild_once(chosen_tarball.path, dsc, lists=True, proxy=proxy, install_deps=install_deps)
+    finally:
+        chosen_tarball.release()
     run.wall += chosen
     run.cpu += chosen_cpu
     run.phases["choose tarball"] = chosen

@@ -278,12 +278,15 @@ class CacheRoute:
     """How apt reaches an upstream through the farm's package cache.
 
     ``mirror`` is what follows ``deb`` in a sources line, before the suite: the upstream's URL
-    itself, or the cache's URL with its apt options (``[trusted=yes] http://...``); environments
-    are made from it, so every chroot made from them fetches there.  ``proxy`` is an HTTP proxy
-    apt fetches through (None: straight to ``mirror``)."""
+    itself, or the cache's URL with its apt options (``[signed-by=/etc/apt/keyrings/x.asc]
+    http://...``, ``[trusted=yes] http://...`` when unsigned); environments are made from it, so
+    every chroot made from them fetches there.  ``proxy`` is an HTTP proxy apt fetches through
+    (None: straight to ``mirror``).  ``key``: the armored public key the signed-by file holds
+    (the environment carries it at that path: a chroot has none of the host's files)."""
 
     mirror: str
     proxy: str | None = None
+    key: str | None = None
 
 
 class PackageCache(Protocol):

@@ -54,6 +54,7 @@ _REVISION_COLUMNS = (
     Step.error,
     Step.output_identity,
     Step.reuse_reason,
+    Step.layer,
 )
 """What a step's view shows that changes while the build runs (its outputs come with its end)."""
 
@@ -90,6 +91,7 @@ def _step_view(ctx: FarmContext, step: Step) -> StepView:
         reuse_reason=step.reuse_reason,
         requires=step.requires,
         host_arch=step.host_arch,
+        layer=step.layer,
     )
 
 

@@ -10,14 +10,15 @@ find, check, prune), :class:`Environment` (one made environment), :data:`TOOLCHA
 :func:`spec_for`, :func:`cross_spec` and :func:`cache_for` (what the settings name), :func:`file_digest` and
 :func:`digests_named_by_builds` (what prune keeps), :func:`routed_environments` (the cache and
 recipe as the farm's package cache routes them); dependency layers (:class:`LayerCache`, a
-step's :func:`step_tarball`, a :class:`StepTarball`, under a :class:`LayerPolicy`,
+step's :func:`step_tarball` (a :class:`StepTarball`, held in use: a :class:`LayerHold`) under a
+:class:`LayerPolicy`,
 :func:`layers_for` the settings').
 """
 
 from __future__ import annotations
 
 from buildfarm.environments.cache import Environment, EnvironmentCache, EnvironmentGone
-from buildfarm.environments.layers import LAYER_LOOKUPS, DependencySet, Layer, LayerCache
+from buildfarm.environments.layers import LAYER_LOOKUPS, DependencySet, Layer, LayerCache, LayerHold
 from buildfarm.environments.mmdebstrap import make_tarball
 from buildfarm.environments.routed import routed_environments
 from buildfarm.environments.settings import cache_for, host_architecture, layers_for, spec_for
@@ -36,6 +37,7 @@ __all__ = [
     "EnvironmentSpec",
     "Layer",
     "LayerCache",
+    "LayerHold",
     "LayerPolicy",
     "StepTarball",
     "cache_for",

@@ -84,9 +84,11 @@ class TarballDir:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
-    def _making(self) -> Iterator[Path]:
-        """A fresh ``.new-*`` directory to make an entry in, removed afterwards."""
-        work = self.root / f".new-{os.getpid()}-{secrets.token_hex(4)}"
+    def _making(self, name: str = "") -> Iterator[Path]:
+        """A fresh ``.new-*`` directory to make an entry in (``.new-<name>-*`` with ``name``: a
+        subclass that locks per entry finds its own leftovers), removed afterwards."""
+        tag = f"{name}-" if name else ""
+        work = self.root / f".new-{tag}{os.getpid()}-{secrets.token_hex(4)}"
         work.mkdir()
         try:
             yield work

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from buildfarm.model.errors import PermanentError
+from buildfarm.model.images import registry_host
 from buildfarm.model.settinggroups import BuildersSettings
 from buildfarm.model.types import ImageBuilder, StepKind
 from buildfarm.runners.base import StepJob
@@ -78,6 +79,16 @@ class PodSettings:
     @property
     def builder_image(self) -> str:
         return self.package_image or self.builders.image
+
+    def pull_secrets(self) -> list[dict[str, str]]:
+        """The package-builder image made by ``buildfarm env image`` is on the farm's registry,
+        which asks every client for its account (the chart's default): the kubelet pulls it with
+        the builders' registry Secret."""
+        if not self.registry_url or not self.builders.registry_secret:
+            return []
+        if not self.builder_image.startswith(registry_host(self.registry_url) + "/"):
+            return []
+        return [{"name": self.builders.registry_secret}]
 
 
 ROOT_CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETGID", "SETUID"]
@@ -196,6 +207,10 @@ def _pod_spec(
     }
     if init_containers:
         spec["initContainers"] = init_containers
+    if pods.pull_secrets() and any(
+        c["image"] == pods.builder_image for c in [container, *(init_containers or [])]
+    ):
+        spec["imagePullSecrets"] = pods.pull_secrets()
     if pods.builders.service_account:
         spec["serviceAccountName"] = pods.builders.service_account
     node = (job.node or pods.builders.node) if pods.builders.pin_to_node else None

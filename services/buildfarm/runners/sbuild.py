@@ -308,7 +308,8 @@ class SbuildRunner:
         return self.environments.ensure(self.spec)
 
     def _step_tarball(self, job: StepJob, dsc: Path, scratch: Path | None) -> tuple[StepTarball, bool]:
-        """The tarball this step unpacks: its environment's dependency layer when it has big
+        """(tarball, whether it carries the mirror's apt lists) of this step: its environment's
+        dependency layer (held in use: released by the caller after sbuild) when it has big
         Build-Depends (:mod:`buildfarm.environments.steplayer`), else the environment."""
         env = self._cached_environment(job.environment_id, job.host_arch)
         if env is None or self.layers is None:
@@ -316,10 +317,10 @@ class SbuildRunner:
             return StepTarball(path), has_lists
         work = job.workdir / "layer"
         work.mkdir()
-        tarball = step_tarball(
+        chosen = step_tarball(
             env, dsc, job.extra_sources, self.layers, work=work, log=job.log, scratch=scratch
         )
-        return tarball, env.spec.keep_lists
+        return chosen, env.spec.keep_lists
 
     def run(self, job: StepJob) -> StepResult:
         for tool, package in (("sbuild", "sbuild"), ("dpkg-source", "dpkg-dev"), ("newuidmap", "uidmap")):
@@ -354,10 +355,11 @@ class SbuildRunner:
             _make_dir(chroots)
             env["BUILDFARM_SBUILD_TMPDIR"] = str(chroots)
         watch = _LogWatch(job.log, [s.url for s in job.extra_sources])
+        chosen: StepTarball | None = None
         try:
-            tarball, has_lists = self._step_tarball(job, dsc, chroots)
+            chosen, has_lists = self._step_tarball(job, dsc, chroots)
             command = sbuild_command(
-                tarball.path,
+                chosen.path,
                 self.distribution,
                 out,
                 dsc,
@@ -365,7 +367,7 @@ class SbuildRunner:
                 apt_update=not has_lists,
                 host_arch=job.host_arch if cross else None,
                 arch_all=job.arch_all,
-                install_deps=not tarball.satisfied,
+                install_deps=not chosen.satisfied,
             )
             outcome = run_streaming(
                 command,
@@ -376,14 +378,17 @@ class SbuildRunner:
                 env=env,
             )
         finally:  # sbuild removes its chroot itself, unless it was killed
+            if chosen is not None:
+                chosen.release()  # the layer may be evicted again
             if chroots is not None:
                 shutil.rmtree(chroots, ignore_errors=True)
                 with contextlib.suppress(OSError):  # the farm's directory, if no other attempt uses it
                     chroots.parent.rmdir()
+        layer = chosen.label if chosen is not None and chosen.result else None
         if outcome.returncode != 0 or outcome.cancelled or outcome.timed_out:
             failure = describe_failure("sbuild", outcome, job.timeout_seconds)
-            return StepResult(False, [], watch.explain(failure), killed_by=outcome.killed_by)
+            return StepResult(False, [], watch.explain(failure), killed_by=outcome.killed_by, layer=layer)
         outputs = sorted(p for p in out.iterdir() if p.name.endswith(FILE_OUTPUT_SUFFIXES))
         if not any(p.name.endswith(PACKAGE_SUFFIXES) for p in outputs):
-            return StepResult(False, [], "sbuild succeeded but produced no .deb")
-        return StepResult(True, outputs)
+            return StepResult(False, [], "sbuild succeeded but produced no .deb", layer=layer)
+        return StepResult(True, outputs, layer=layer)

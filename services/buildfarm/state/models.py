@@ -195,6 +195,10 @@ class Step(Base):
     host_arch: Mapped[str] = mapped_column(String(64), default="", server_default="")
     arch_all: Mapped[bool] = mapped_column(default=True, server_default=true())
     environment_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    # The dependency layer its attempt started from (0018): "hit:<key>", "miss:<key>", "none",
+    # "none:<key>" or "failed" (runners/base.py StepResult.layer); None: no layers (the host
+    # runner, a builder pod, a reused step, a step from before 0018).
+    layer: Mapped[str | None] = mapped_column(String(80), default=None)
 
     build: Mapped[Build] = relationship(back_populates="steps")
     outputs: Mapped[list[StepOutput]] = relationship(back_populates="step", order_by="StepOutput.filename")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -102,13 +103,66 @@ def test_half_written_layer_leaves_no_entry(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="killed"):
         cache.ensure(deps, dies)
     assert cache.entries() == [] and cache.find(deps) is None
-    leftover = cache.root / ".new-1-dead"  # what a maker killed by SIGKILL leaves
+    leftover = cache.root / f".new-{deps.key()}-1-dead"  # what a maker killed by SIGKILL leaves
     leftover.mkdir()
     (leftover / "layer.tar").write_bytes(b"half")
     (cache.root / f"{deps.key()}.tar").write_bytes(b"renamed, record never written")
     assert cache.find(deps) is None
     _, hit = cache.ensure(deps, LayerMaker())
     assert not hit and not leftover.exists()
+
+
+def test_two_layers_are_made_at_once_and_the_same_one_only_once(tmp_path: Path) -> None:
+    """While one layer is being made, another node makes a different one to the end; a node
+    asking for the one being made waits for it and finds it made.  Each "node" is a cache of
+    its own over the same directory (its own open lock files, as another process has)."""
+    root = tmp_path / "layers"
+    one, two = DependencySet(ENV, LIBS), DependencySet(ENV, ("libfoo-dev:amd64=1",))
+    made_two: list[tuple[object, bool]] = []
+    same: list[tuple[object, bool]] = []
+    second_maker, same_maker = LayerMaker(), LayerMaker()
+    waiter: list[threading.Thread] = []
+    finished_inside: list[bool] = []
+
+    def make_one(dest: Path) -> None:
+        other = threading.Thread(
+            target=lambda: made_two.append(LayerCache(root, 1 << 30).ensure(two, second_maker))
+        )
+        other.start()
+        other.join(timeout=120)  # a bound for the old code's single lock only: it returns at once
+        finished_inside.append(not other.is_alive())
+        asking = threading.Thread(
+            target=lambda: same.append(LayerCache(root, 1 << 30).ensure(one, same_maker))
+        )
+        asking.start()  # waits for this making (the key's lock), joined after it
+        waiter.append(asking)
+        LayerMaker()(dest)
+
+    layer, hit = LayerCache(root, 1 << 30).ensure(one, make_one)
+    waiter[0].join()
+    assert finished_inside == [True]  # two was made while one was being made
+    assert made_two[0][1] is False and second_maker.calls == 1
+    assert hit is False and same == [(layer, True)] and same_maker.calls == 0  # one made only once
+    assert {e.key for e in LayerCache(root, 1 << 30).entries()} == {one.key(), two.key()}
+
+
+def test_a_layer_in_use_is_not_evicted_or_pruned(tmp_path: Path) -> None:
+    """A step holds its layer from the check to the end of its sbuild: eviction passes over it."""
+    maker = LayerMaker(size=10_000)
+    cache = LayerCache(tmp_path / "layers", max_bytes=1 << 30)
+    sets = [DependencySet(ENV, (f"lib{n}-dev:amd64=1",)) for n in range(3)]
+    used = cache.acquire(sets[0], maker)  # a step unpacks it
+    cache.max_bytes = used.layer.size  # one fits
+    _age(cache, sets[0].key(), 100)  # and it is the least recently used
+    cache.ensure(sets[1], maker)
+    assert cache.check(used.layer) and {e.key for e in cache.entries()} == {sets[0].key(), sets[1].key()}
+    pruned = cache.prune(set(), min_age_seconds=0)  # both of a pruned environment
+    assert [layer.key for layer in pruned] == [sets[1].key()]  # not the one in use
+    assert cache.check(used.layer)
+    used.release()
+    cache.ensure(sets[2], maker)  # over the bound again: now the released one goes
+    assert [e.key for e in cache.entries()] == [sets[2].key()]
+    assert not used.layer.path.exists()
 
 
 def test_prune_removes_layers_of_pruned_environments(tmp_path: Path) -> None:
@@ -120,8 +174,11 @@ def test_prune_removes_layers_of_pruned_environments(tmp_path: Path) -> None:
     cache.ensure(gone, maker)
     assert cache.prune({ENV}, min_age_seconds=3600) == []  # just used: a step may be unpacking it
     _age(cache, gone.key(), 7200)
+    dead = cache.root / f".new-{gone.key()}-1-dead"  # a maker killed by SIGKILL
+    dead.mkdir()
     assert [layer.key for layer in cache.prune({ENV}, min_age_seconds=3600)] == [gone.key()]
     assert [layer.key for layer in cache.entries()] == [live.key()]
+    assert not dead.exists() and not (cache.root / f".lock-{gone.key()}").exists()
 
 
 def test_lookups_are_counted_on_the_workers_metrics() -> None:
