@@ -195,9 +195,9 @@ class Step(Base):
     host_arch: Mapped[str] = mapped_column(String(64), default="", server_default="")
     arch_all: Mapped[bool] = mapped_column(default=True, server_default=true())
     environment_id: Mapped[str | None] = mapped_column(String(200), default=None)
-    # The dependency layer its attempt started from (0018): "hit:<key>", "miss:<key>", "none",
+    # The dependency layer its attempt started from (0016): "hit:<key>", "miss:<key>", "none",
     # "none:<key>" or "failed" (runners/base.py StepResult.layer); None: no layers (the host
-    # runner, a builder pod, a reused step, a step from before 0018).
+    # runner, a builder pod, a reused step, a step from before 0016).
     layer: Mapped[str | None] = mapped_column(String(80), default=None)
 
     build: Mapped[Build] = relationship(back_populates="steps")
