@@ -329,11 +329,14 @@ def test_a_step_the_environment_satisfies_runs_with_nothing_to_install(
     chosen = step_tarball(
         env, _dsc(tmp_path / "p_1.0.dsc", build_depends), [], policy, work=tmp_path / "work", log=lines.append
     )
-    assert chosen.satisfied is satisfied, lines
-    if satisfied:
-        assert chosen.path != tarball and "has every Build-Depends" in lines[0]
-        with tarfile.open(chosen.path) as tar:  # the lean layer: no archive lists
-            assert not any(n.startswith("./var/lib/apt/lists/deb") for n in tar.getnames())
-    else:
-        assert chosen.path == tarball
-        assert not any("has every Build-Depends" in line for line in lines)
+    try:
+        assert chosen.satisfied is satisfied, lines
+        if satisfied:
+            assert chosen.path != tarball and "has every Build-Depends" in lines[0]
+            with tarfile.open(chosen.path) as tar:  # the lean layer: no archive lists
+                assert not any(n.startswith("./var/lib/apt/lists/deb") for n in tar.getnames())
+        else:
+            assert chosen.path == tarball
+            assert not any("has every Build-Depends" in line for line in lines)
+    finally:
+        chosen.release()  # the lean layer is held in use until then
