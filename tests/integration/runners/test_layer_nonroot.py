@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 import buildfarm
+import buildfarm_client
 from buildfarm.environments import cache_for, spec_for
 from buildfarm.model.settings import load_settings
 
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.sbuild
 USER = "bfbuilder"
 EXAMPLES = Path(__file__).parents[3] / "examples"
 SERVICES = Path(buildfarm.__file__).resolve().parents[1]
+CLIENT = Path(buildfarm_client.__file__).resolve().parents[1]  # the wire models the backends use
 SCRIPT = """
 import json, sys
 from pathlib import Path
@@ -129,7 +131,7 @@ def test_non_root_worker_makes_a_faithful_layer_with_its_subordinate_ids(
         for path in (root / "scratch", root / "src", *root.joinpath("src").rglob("*")):
             shutil.chown(path, user)
         env = {
-            "PYTHONPATH": os.pathsep.join([str(SERVICES), *site.getsitepackages()]),
+            "PYTHONPATH": os.pathsep.join([str(SERVICES), str(CLIENT), *site.getsitepackages()]),
             "PATH": os.environ["PATH"],
         }
 
