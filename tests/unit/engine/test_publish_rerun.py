@@ -9,11 +9,13 @@ import pytest
 from sqlalchemy import select
 
 from buildfarm.backends import aptbranch
+from buildfarm.backends.base import BuildRef, PackageFile
 from buildfarm.engine import advance_build
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
+from buildfarm.model.errors import TemporaryError
 from buildfarm.model.manifest import load_manifest
-from buildfarm.model.types import BuildState, StepState
+from buildfarm.model.types import BuildKind, BuildState, StepState
 from buildfarm.state.models import Build, Step, StepOutput, utcnow
 
 from debpkgs import build_deb, make_package, write_manifest
@@ -74,4 +76,15 @@ def test_a_no_change_rerun_publishes_without_fetching(
         assert f"Package: {name}\n" in packages
         assert f"Package: {name}\n" in sources
         assert (tree / f"{name}_1.0.dsc").is_file()
+    ctx.db.dispose()
+
+
+def test_a_held_copy_gone_before_the_publish_is_a_temporary_error(tmp_path: Path) -> None:
+    """A copy :meth:`held_files` named whose tree went (latest moved, the old tree expired) and
+    that latest no longer holds: publishing waits and tries again (it then fetches the file)."""
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
+    deb = build_deb(tmp_path / "debs", "gamma", "1.0")
+    gone = PackageFile(deb.filename, deb.sha256, deb.size, tmp_path / "expired-tree" / deb.filename)
+    with pytest.raises(TemporaryError, match="gone from it now"):
+        ctx.repo.publish(BuildRef(9, "p", "main", BuildKind.NIGHTLY, "u"), [gone], move_latest=True)
     ctx.db.dispose()
