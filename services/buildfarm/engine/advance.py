@@ -307,7 +307,7 @@ def materialize_sources(
     :mod:`.bundlefiles` remembers) is not fetched: its files are the repository's copies."""
     files = []
     for index, sha256 in enumerate(sorted(set(bundles))):
-        known = bundlefiles.listing(ctx.work_root, sha256) if held else None
+        known = bundlefiles.listing(ctx.work_root, sha256)
         if known is not None and held is not None and all(f.filename in held for f in known):
             files += [PackageFile(f.filename, f.sha256, f.size, held[f.filename]) for f in known]
             continue
@@ -319,9 +319,9 @@ def materialize_sources(
         if not (directory / "debian").exists():  # else a bare tree: a step recorded before source packages
             for path in sorted(directory.iterdir()):
                 found.append(PackageFile(path.name, file_sha256(path), path.stat().st_size, path))
-        bundlefiles.remember(
-            ctx.work_root, sha256, [StoredPackage(f.filename, f.sha256, f.size) for f in found]
-        )
+        if known is None:
+            listed = [StoredPackage(f.filename, f.sha256, f.size) for f in found]
+            bundlefiles.remember(ctx.work_root, sha256, listed)
         files += found
     return files
 
