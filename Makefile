@@ -110,6 +110,7 @@ bench: venv
 	$(VENV)/bin/python ops/bench/run.py
 	$(VENV)/bin/python ops/bench/quilt.py
 	$(VENV)/bin/python ops/bench/envsetup.py
+	$(VENV)/bin/python ops/bench/makespan.py
 	$(VENV)/bin/python ops/bench/scheduler.py
 
 # Its own farm in a temp dir (loopback only), never the demo's .farm; CASES=node redis ... for some.

@@ -5,6 +5,8 @@ one process, one task at a time, as a build node takes tickets) whose ``buildfar
 runs the farm's real claim (:func:`buildfarm.engine.steps.claim_next`, with the node's name and
 labels) and records which step it got instead of building it.  :func:`ready_steps` writes a
 running build of one tenant with steps already ``ready``, as advance leaves them.
+:func:`celery_dispatcher` queues tickets as the farm does; ``from dispatchkit import ctx`` gives
+a module's tests the fixture of a farm context on the test's database.
 """
 
 from __future__ import annotations
@@ -18,9 +20,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
+from buildfarm.dispatch.celery_app import CeleryDispatcher, make_celery
+from buildfarm.engine.context import FarmContext
+from buildfarm.model.settings import load_settings
 from buildfarm.model.types import BuildState, StepState
 from buildfarm.state.models import Build, Step
 
+from farmkit import make_test_context
 from helpers import wait_for
 
 TESTS = Path(__file__).resolve().parent
@@ -45,6 +53,20 @@ def run_step(step_id: int) -> None:
     with Path({taken!r}).open("a") as taken:
         taken.write(f"{{claim.step_id if claim else 0}} {node}\\n")
 """
+
+
+@pytest.fixture
+def ctx(tmp_path: Path, database_url: str) -> Iterator[FarmContext]:
+    """A farm context on the test's database."""
+    context = make_test_context(tmp_path, database_url)
+    yield context
+    context.db.dispose()
+
+
+def celery_dispatcher(tmp_path: Path, redis_url: str) -> CeleryDispatcher:
+    """The farm's dispatcher (its own Celery configuration) queuing tickets on ``redis_url``."""
+    settings = load_settings(state_dir=tmp_path / "state", redis_url=redis_url)
+    return CeleryDispatcher(make_celery(settings), settings.steps.priorities)
 
 
 def ready_steps(

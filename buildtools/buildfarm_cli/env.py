@@ -118,14 +118,19 @@ def env_image(
     entrypoint: Annotated[
         Path, typer.Option(help="the builder entrypoint (buildfarm-step)")
     ] = BUILDER_ENTRYPOINT,
+    cross: Annotated[
+        str | None,
+        typer.Option(help="make the cross environment's image for this architecture (e.g. arm64) instead"),
+    ] = None,
     output: OutputOpt = None,
 ) -> None:
     """Make the package-builder image of Kubernetes builder pods from the farm's environment
     (plus python3 and ca-certificates for the entrypoint) with buildah, push it to the farm's
     registry and move the tag that ``builder_image`` names to it: builds submitted from now on
     name its digest in their input keys.  An environment already made into an image is not built
-    again."""
-    from buildfarm.environments import routed_environments
+    again.  ``--cross arm64`` makes the image of the cross environment for arm64 and moves the
+    tag ``<builder_image's tag>-cross-arm64``, which builder pods cross-building for arm64 use."""
+    from buildfarm.environments import cross_spec, routed_environments
     from buildfarm.model.errors import PermanentError
     from buildfarm.model.images import registry_host, split_reference
     from buildfarm.runners.builderimage import ensure_builder_image
@@ -146,6 +151,8 @@ def env_image(
     cache, spec = routed_environments(
         settings, make_package_cache(settings), refresh=refresh, include=include
     )
+    if cross:
+        spec, tag = cross_spec(spec, cross), f"{tag}-cross-{cross}"
     env = (
         cache.refresh(spec, progress=err_console.print)
         if refresh
@@ -173,5 +180,5 @@ def env_image(
         return
     what = "new" if image.built else "unchanged"
     console.print(
-        f"{settings.builders.image} -> {image.reference} ({what}, environment {env.short})", markup=False
+        f"{host}/{repository}:{tag} -> {image.reference} ({what}, environment {env.short})", markup=False
     )

@@ -61,7 +61,7 @@ def steps_table(build: BuildView) -> Table:
     table = Table(
         title=f"build {build.id}  {build.project}/{build.branch}  {build.kind}  {styled(build.state)}"
     )
-    for column in ("step", "version", "state", "node / wait", "attempt", "seconds", "log"):
+    for column in ("step", "version", "state", "node / wait", "attempt", "seconds", "layer", "log"):
         table.add_column(column)
     for step in build.steps:
         table.add_row(
@@ -71,6 +71,7 @@ def steps_table(build: BuildView) -> Table:
             step.node or step.waiting or "",
             str(step.attempt or ""),
             "" if step.duration_seconds is None else f"{step.duration_seconds:.1f}",
+            step.layer or "",
             step.log or "",
         )
     return table

@@ -7,8 +7,12 @@ unpack), on the example packages, side by side:
   whole Debian mirror in every chroot, every build dependency fetched from the mirror;
 * **environment**: the farm's cached environment (toolchain and apt lists preinstalled, no Debian
   index download) with apt fetching through a private apt-cacher-ng, as ``buildfarm start`` runs;
-* **farm**: what the runner does now: the step's tarball from :func:`step_tarball` (dependency
-  layers; a step the environment already satisfies runs without the archive's apt lists).
+* **layers**: the step's tarball from :func:`step_tarball` (dependency layers; a step the
+  environment already satisfies runs without the archive's apt lists), sbuild's apt resolver
+  installing what is left (the runner before it turned the resolver off);
+* **farm**: what the runner does now: as *layers*, and a step whose tarball already has every
+  Build-Depends runs sbuild with no resolver at all (``install_deps=False``: no dummy package,
+  no apt run).
 
 Setup is a step's wall time minus sbuild's own ``Build-Time``; CPU is the CPU seconds of the whole
 step (less sensitive than wall time to a machine loaded by others).  Bytes from outside: the sizes
@@ -18,6 +22,10 @@ log's ``I`` lines).  Also a package with a larger Build-Depends set (hello-stand
 installs the set), then first build (the dependency layer is made: a miss) vs second build (a
 hit), the layer's time counted in the setup.  ``BENCH_RUNS`` (default 2) runs per package and
 mode; the median is printed; ``BENCH_ENVSETUP_CASES`` (default ``examples,big``) picks the cases.
+Where the farm's setup goes is printed too, from the time each line of sbuild's log arrived:
+sbuild's start, unpacking the tarball, the chroot session up to the build dependencies, installing
+them, and everything else outside Build-Time (source unpack, checks, .changes, package contents,
+cleanup; sbuild 0.85's unshare mode runs each of these as a command in a fresh namespace).
 Prints numbers; asserts nothing.
 """
 
@@ -32,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildfarm.environments import Environment, LayerCache, LayerPolicy, cache_for, spec_for, step_tarball
@@ -51,6 +59,8 @@ BIG_DEPENDS = (
     "libcurl4-openssl-dev",
 )
 SBUILD_TIMEOUT_SECONDS = 1800
+MODES = ("before", "environment", "layers", "farm")
+"""The example packages' columns; ``BENCH_ENVSETUP_MODES`` picks some (comma-separated)."""
 _FETCHED = re.compile(r"^Fetched ([0-9.]+) ([kMG]?B) in")
 _UNITS = {"B": 1, "kB": 1000, "MB": 1000**2, "GB": 1000**3}
 
@@ -117,6 +127,7 @@ class Run:
     fetched: int
     cpu: float
     layer: str = ""
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def setup(self) -> float:
@@ -128,27 +139,39 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def layered_build(env: Environment, dsc: Path, policy: LayerPolicy, proxy: str) -> Run:
-    """One build as the farm's sbuild runner does it (:func:`step_tarball`, then sbuild); the
+def layered_build(
+    env: Environment, dsc: Path, policy: LayerPolicy, proxy: str, *, resolver: bool = False
+) -> Run:
+    """One build as the farm's sbuild runner does it (:func:`step_tarball`, then sbuild; with
+    ``resolver`` sbuild's apt resolver runs even when the tarball has every Build-Depends); the
     time and CPU of choosing or making the tarball are counted in."""
     lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-layer-") as work:
         scratch = Path(tempfile.mkdtemp(prefix="buildfarm-bench-layer-", dir="/dev/shm"))
         try:
             started, cpu = time.monotonic(), _cpu() + time.process_time()
-            tarball = step_tarball(env, dsc, [], policy, work=Path(work), log=lines.append, scratch=scratch)
+            chosen_tarball = step_tarball(
+                env, dsc, [], policy, work=Path(work), log=lines.append, scratch=scratch
+            )
             chosen, chosen_cpu = time.monotonic() - started, _cpu() + time.process_time() - cpu
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    run = sbuild_once(tarball, dsc, lists=True, proxy=proxy)
+    install_deps = resolver or not chosen_tarball.satisfied
+    try:
+        run = sbuild_once(chosen_tarball.path, dsc, lists=True, proxy=proxy, install_deps=install_deps)
+    finally:
+        chosen_tarball.release()
     run.wall += chosen
     run.cpu += chosen_cpu
+    run.phases["choose tarball"] = chosen
     run.layer = next((line for line in lines if "dependency layer" in line), "")
     return run
 
 
-def sbuild_once(tarball: Path, dsc: Path, *, lists: bool, proxy: str | None) -> Run:
-    """One sbuild of ``dsc`` in ``tarball``."""
+def sbuild_once(
+    tarball: Path, dsc: Path, *, lists: bool, proxy: str | None, install_deps: bool = True
+) -> Run:
+    """One sbuild of ``dsc`` in ``tarball``, each line of its log timed as it arrives."""
     with tempfile.TemporaryDirectory(prefix="bench-env-") as tmp:
         work = Path(tmp)
         (work / "out").mkdir()
@@ -156,34 +179,67 @@ def sbuild_once(tarball: Path, dsc: Path, *, lists: bool, proxy: str | None) -> 
         chroots = Path(tempfile.mkdtemp(prefix="buildfarm-bench-", dir="/dev/shm"))
         chroots.chmod(0o755)
         env = sbuild_environment(work / "home", proxy) | {"BUILDFARM_SBUILD_TMPDIR": str(chroots)}
-        command = sbuild_command(tarball, "bookworm", work / "out", dsc, apt_update=not lists)
+        command = sbuild_command(
+            tarball, "bookworm", work / "out", dsc, apt_update=not lists, install_deps=install_deps
+        )
+        timed: list[tuple[float, str]] = []
         try:
             started, cpu = time.monotonic(), _cpu()
-            built = subprocess.run(
-                command,
-                check=False,
-                cwd=work,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=SBUILD_TIMEOUT_SECONDS,
-            )
+            with subprocess.Popen(
+                command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            ) as process:
+                assert process.stdout is not None
+                for line in process.stdout:
+                    timed.append((time.monotonic() - started, line.rstrip("\n")))
+                returncode = process.wait(SBUILD_TIMEOUT_SECONDS)
             wall, cpu = time.monotonic() - started, _cpu() - cpu
         finally:
             shutil.rmtree(chroots, ignore_errors=True)
-        if built.returncode != 0:
-            raise SystemExit(f"sbuild failed ({built.returncode}):\n{built.stdout[-3000:]}")
+        if returncode != 0:
+            tail = "\n".join(line for _, line in timed[-60:])
+            raise SystemExit(f"sbuild failed ({returncode}):\n{tail}")
+    lines = [line for _, line in timed]
     summary = {
         key: float(value)
-        for key, _, value in (line.partition(": ") for line in built.stdout.splitlines())
+        for key, _, value in (line.partition(": ") for line in lines)
         if key in ("Build-Time", "Install-Time") and value.strip().isdigit()
     }
     fetched = 0
-    for line in built.stdout.splitlines():
+    for line in lines:
         match = _FETCHED.match(line)
         if match:
             fetched += int(float(match.group(1)) * _UNITS[match.group(2)])
-    return Run(wall, summary.get("Build-Time", 0.0), summary.get("Install-Time", 0.0), fetched, cpu)
+    build = summary.get("Build-Time", 0.0)
+    run = Run(wall, build, summary.get("Install-Time", 0.0), fetched, cpu)
+    run.phases = phases(timed, wall, build)
+    return run
+
+
+_MARKS = (
+    ("sbuild start", lambda line: line.startswith("Unpacking /")),
+    # sbuild says nothing while tar runs, nor while it adds its users and groups
+    ("unpack, chroot users", lambda line: True),
+    ("resolver setup, source in", lambda line: line.startswith("| Install package build dependencies")),
+    ("build dependencies", lambda line: line.startswith("| Check architectures")),
+)
+
+
+def phases(timed: list[tuple[float, str]], wall: float, build: float) -> dict[str, float]:
+    """Seconds of each part of an sbuild run outside its Build-Time, from when its log lines came:
+    up to each mark in :data:`_MARKS` in turn; the rest (after the build dependencies, less
+    sbuild's Build-Time) is "rest of the session"."""
+    found: dict[str, float] = {}
+    at, marks = 0.0, iter(_MARKS)
+    name, matches = next(marks)
+    for when, line in timed:
+        if matches(line):
+            found[name], at = when - at, when
+            step = next(marks, None)
+            if step is None:
+                break
+            name, matches = step
+    found["rest of the session"] = max(wall - at - build, 0.0)
+    return found
 
 
 def _mb(n: float) -> str:
@@ -195,8 +251,10 @@ def main() -> int:
     runs = int(os.environ.get("BENCH_RUNS", "2"))
     cases = set(os.environ.get("BENCH_ENVSETUP_CASES", "examples,big").split(","))
     examples = EXAMPLES if "examples" in cases else ()
-    if examples:
-        base = ensure_base_tarball(
+    modes = [m for m in os.environ.get("BENCH_ENVSETUP_MODES", ",".join(MODES)).split(",") if m in MODES]
+    base = settings.buildenv.tarball
+    if examples and "before" in modes:
+        ensure_base_tarball(
             settings.buildenv.tarball,
             settings.buildenv.distribution,
             settings.buildenv.mirror,
@@ -210,19 +268,21 @@ def main() -> int:
         try:
             policy = LayerPolicy(LayerCache(work / "layers", 1 << 34), work / "apt-views", 5, cache.url)
             dscs = {name: make_dsc(name, work / "src") for name in examples}
-            modes = ("before", "environment", "farm")
             results: dict[str, dict[str, list[Run]]] = {m: {n: [] for n in examples} for m in modes}
             for _ in range(runs):
                 for name, dsc in dscs.items():
-                    print(f"before: {name} ...", flush=True)
-                    results["before"][name].append(sbuild_once(base, dsc, lists=False, proxy=None))
-                    print(f"environment: {name} ...", flush=True)
-                    results["environment"][name].append(_fetching(cache, env.path, dsc))
-                    print(f"farm (dependency layers): {name} ...", flush=True)
-                    outside = cache.fetched_upstream()
-                    run = layered_build(env, dsc, policy, cache.url)
-                    run.fetched = cache.fetched_upstream() - outside
-                    results["farm"][name].append(run)
+                    for mode in modes:
+                        print(f"{mode}: {name} ...", flush=True)
+                        outside = cache.fetched_upstream()
+                        if mode == "before":
+                            run = sbuild_once(base, dsc, lists=False, proxy=None)
+                        elif mode == "environment":
+                            run = sbuild_once(env.path, dsc, lists=True, proxy=cache.url)
+                        else:
+                            run = layered_build(env, dsc, policy, cache.url, resolver=mode == "layers")
+                        if mode != "before":  # apt's own count for the plain tarball
+                            run.fetched = cache.fetched_upstream() - outside
+                        results[mode][name].append(run)
             big_runs = run_big(env, work, cache) if "big" in cases else None
         finally:
             cache.stop()
@@ -265,8 +325,9 @@ def report_examples(env: Environment, runs: int, results: dict[str, dict[str, li
     )
     print(
         "before: plain base tarball, apt-get update of the mirror; environment: the cached environment "
-        f"{env.short} ({env.size >> 20} MiB); farm: as the runner does it (dependency layers: the "
-        "environment without its archive lists when it has every Build-Depends)"
+        f"{env.short} ({env.size >> 20} MiB); layers: dependency layers (the environment without its "
+        "archive lists when it has every Build-Depends), sbuild's apt resolver; farm: as the runner "
+        "does it now (layers, and no resolver at all when the tarball has every Build-Depends)"
     )
     modes = list(results)
     print(f"{'package':18}" + "".join(f" {m:>13}" for m in modes) + f" {'CPU ' + ' / '.join(modes):>32}")
@@ -286,6 +347,14 @@ def report_examples(env: Environment, runs: int, results: dict[str, dict[str, li
     for m in modes:
         warm = [r.fetched for runs_ in results[m].values() for r in runs_[1:]] or [0]
         print(f"  fetched from outside per step ({m}, warm): {_mb(statistics.median(warm))}")
+    for m in ("layers", "farm"):
+        every = [r for runs_ in results.get(m, {}).values() for r in runs_]
+        if every:
+            parts = ", ".join(
+                f"{part} {statistics.median(r.phases.get(part, 0.0) for r in every):.1f}s"
+                for part in every[0].phases
+            )
+            print(f"  where the setup goes ({m}, median of every step): {parts}")
 
 
 def report_big(bare: Run, made: Run, hit: Run) -> None:

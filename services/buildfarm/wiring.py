@@ -93,7 +93,13 @@ def make_package_cache(settings: Settings) -> PackageCache:
             task_timeout_seconds=pulp.task_timeout_seconds,
             http_timeout_seconds=pulp.http_timeout_seconds,
         )
-        return PulpPackageCache(client, pulp.content_origin, settings.mirrors.retain_versions)
+        return PulpPackageCache(
+            client,
+            pulp.content_origin,
+            settings.mirrors.retain_versions,
+            signing_service=settings.signing.pulp_service,
+            keyring=settings.signing.keyring,
+        )
     from buildfarm.backends.aptproxy import ProxyPackageCache
 
     return ProxyPackageCache(settings.buildenv.apt_proxy)

@@ -94,7 +94,7 @@ VARIANTS: tuple[tuple[str, ...], ...] = (
         "farm.notifications.dashboardUrl=https://farm.example.org",
     ),
     ("registry.enabled=true",),
-    ("registry.enabled=false",),
+    ("registry.enabled=false", "builders.packageImage.repository=ghcr.io/corp/package-builder"),
     ("worker.nodeLabels={gpu,zone=lab}",),
 )
 """--set lists that switch on the chart's optional settings (over the default values)."""

@@ -4,6 +4,7 @@ broke twice unseen). Their figures are not checked here, only that each part wor
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -18,6 +19,7 @@ def _load(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"buildfarm_bench_{name}", BENCH / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a dataclass finds its module there
     spec.loader.exec_module(module)
     return module
 
@@ -91,3 +93,64 @@ def test_scheduler_simulation_gives_shares(tmp_path: Path) -> None:
     used, release_wait, _median = bench.simulate(settings, [("p0", "u"), ("p1", "u")], 4, 200, 3600.0)
     assert used[("p1", "u")] > 2 * used[("p0", "u")]
     assert release_wait >= 0
+
+
+def test_makespan_bench_bounds_the_build_by_its_steps(capsys: pytest.CaptureFixture[str]) -> None:
+    """The 2-node bound from a build's steps: max(critical path, total work / 2), as measured
+    (the chain lib -> app, 10 + 12 s, beats 31 s / 2) and with setup removed (sbuild Build-Time
+    only: 12 s / 2 beats the chain's 2 + 3 s); without a Build-Time the latter is left out."""
+
+    def step(name: str, seconds: int, depends_on: list[str], started: int) -> dict[str, object]:
+        return {
+            "name": name,
+            "state": "succeeded",
+            "duration_seconds": float(seconds),
+            "depends_on": depends_on,
+            "node": "node1",
+            "started_at": f"2026-01-02T03:00:{started:02d}+00:00",
+            "finished_at": f"2026-01-02T03:00:{started + seconds:02d}+00:00",
+        }
+
+    bench = _load("makespan")
+    steps = [
+        step("lib", 10, [], 0),
+        step("app", 12, ["lib"], 10),
+        step("doc", 5, [], 0),
+        step("man", 4, [], 5),
+    ]
+    logs = {
+        "lib": "Build-Time: 2\n",
+        "app": "x\nBuild-Time: 3\n",
+        "doc": "Build-Time: 4\n",
+        "man": "Build-Time: 3",
+    }
+    bench.summarize(30.0, steps, logs)
+    measured, setup_removed = capsys.readouterr().out.split("steps' setup removed")
+    assert "steps' span (first start, last end)     22.0 s" in measured
+    assert "bound    22.0 s   (critical path 22.0 s, total work 31.0 s / 2 = 15.5 s)" in measured
+    assert "ratio makespan / bound      1.36" in measured
+    assert "bound     6.0 s   (critical path 5.0 s, total work 12.0 s / 2 = 6.0 s)" in setup_removed
+    assert "ratio makespan / bound      5.00" in setup_removed
+    bench.summarize(30.0, steps, logs | {"doc": "no summary"})
+    assert "not available (no Build-Time in the log of doc)" in capsys.readouterr().out
+
+
+def test_envsetup_bench_splits_an_sbuild_log_into_its_setup_phases() -> None:
+    """Where a step's setup goes, from when sbuild's log lines came (seconds since its start)."""
+    bench = _load("envsetup")
+    timed = [
+        (0.5, "sbuild (Debian sbuild) 0.85.0"),
+        (0.75, "Unpacking /cache/lean.tar to /dev/shm/x/sbuild.abc..."),
+        (2.0, "I: NOTICE: Log filtering will replace 'sbuild-unshare-dummy-location' with '<<CHROOT>>'"),
+        (3.5, "| Install package build dependencies                            |"),
+        (3.5, "Null resolver: not installing main dependencies"),
+        (4.0, "| Check architectures                                            |"),
+        (9.0, "Build-Time: 2"),
+    ]
+    assert bench.phases(timed, wall=9.5, build=2.0) == {
+        "sbuild start": 0.75,
+        "unpack, chroot users": 1.25,
+        "resolver setup, source in": 1.5,
+        "build dependencies": 0.5,
+        "rest of the session": 3.5,
+    }

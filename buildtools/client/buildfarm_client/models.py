@@ -169,6 +169,13 @@ class StepView(_Answer):
     )
     requires: str = Field(default="", description="node labels the step needs, comma-separated")
     host_arch: str = ""  # the architecture it builds for ("": the node's own, image steps)
+    layer: str | None = Field(
+        default=None,
+        description="the dependency layer its attempt started from: 'hit:<key>', 'miss:<key>' "
+        "(made for it), 'none' or 'none:<key>' (nothing to preinstall; the key: the environment "
+        "without its archive lists), 'failed' (could not be made: the bare environment); null: "
+        "the runner has no layers",
+    )
 
 
 class BuildView(_Answer):

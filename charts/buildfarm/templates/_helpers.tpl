@@ -207,6 +207,23 @@ http://{{ include "buildfarm-lib.serviceFqdn" (dict "ctx" . "component" "pulp-ap
 http://{{ include "buildfarm-lib.serviceFqdn" (dict "ctx" . "component" "registry") }}:{{ .Values.registry.service.port }}
 {{- end -}}
 
+{{/*
+The package-builder image of builder pods: builders.packageImage, or by default the tag
+`buildfarm env image` pushes to the farm's registry and moves (the runner resolves it to its
+digest at submit, so a new environment is a new input key).
+*/}}
+{{- define "buildfarm.packageImage" -}}
+{{- $image := .Values.builders.packageImage -}}
+{{- if $image.repository -}}
+{{- include "buildfarm-lib.image" (dict "image" $image "default" .Chart.AppVersion) -}}
+{{- else if .Values.registry.enabled -}}
+{{- $repository := printf "%s/buildfarm/package-builder" (include "buildfarm.registryUrl" . | trimPrefix "http://") -}}
+{{- include "buildfarm-lib.image" (dict "image" (merge (dict "repository" $repository) $image) "default" "current") -}}
+{{- else -}}
+{{- fail "builders.packageImage.repository is required when registry.enabled is false (the default image is on the farm's registry)" -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The Secret of the registry's push account (username, password, htpasswd). */}}
 {{- define "buildfarm.registryAuthSecret" -}}
 {{- default (include "buildfarm-lib.componentName" (dict "ctx" . "component" "registry-auth")) .Values.registry.auth.existingSecret -}}

@@ -75,7 +75,7 @@ def builds_router(farm: FarmContext, limits: Limits | None) -> APIRouter:
         if branch:
             names.check_ref_name(branch, "branch")
         scope = policy.project_scope(principal)
-        result = control.page_builds(
+        return control.page_builds(
             farm,
             project,
             branch,
@@ -83,11 +83,10 @@ def builds_router(farm: FarmContext, limits: Limits | None) -> APIRouter:
             per_page,
             kind=kind.value if kind else None,
             user=user,
-            offset=(page - 1) * per_page,
+            page=page,
             viewer=None if scope is None else (principal.user, policy.maintained(principal)),
             projects=scope,
         )
-        return BuildPageOut(items=result.items, page=page, per_page=per_page, total=result.total)
 
     @router.get("/builds/{build_id}", response_model=BuildView)
     def show(build_id: BuildId, principal: Caller) -> BuildView:

@@ -25,14 +25,13 @@ def mirrors_router(farm: FarmContext) -> APIRouter:
 
     @router.get("/mirrors", response_model=list[MirrorOut])
     def list_mirrors(principal: Caller) -> list[MirrorOut]:
-        return mirrors.list_mirrors(farm.settings, farm.repo)
+        return mirrors.list_mirrors(farm.settings.mirrors, farm.repo)
 
     @router.post("/mirrors/{name}/sync", response_model=MirrorSyncOut)
     def sync_mirror(
         name: Annotated[str, PathParam(min_length=1, max_length=100)], principal: Caller
     ) -> MirrorSyncOut:
         policy.require_admin(principal, "sync mirrors")
-        status = mirrors.sync_mirror(farm.settings, farm.repo, name)
-        return MirrorSyncOut.model_validate(status, from_attributes=True)
+        return mirrors.sync_mirror(farm.settings.mirrors, farm.repo, name)
 
     return router

@@ -55,7 +55,7 @@ from pathlib import Path
 
 from buildfarm.backends import aptbranch, aptstaging, apttree
 from buildfarm.backends.aptbranch import BranchState
-from buildfarm.backends.base import AptSource, BuildRef, Fetch, MirrorStatus, PackageFile, StoredPackage
+from buildfarm.backends.base import AptSource, BuildRef, Fetch, PackageFile, StoredPackage
 from buildfarm.backends.fs import fsync_dir
 from buildfarm.backends.signing import ReleaseSigner, SigningKey
 from buildfarm.backends.upstream import check_upstream, upstream_source
@@ -64,6 +64,7 @@ from buildfarm.model.errors import NotFoundError, PermanentError, TemporaryError
 from buildfarm.model.mirrors import check_mirrors
 from buildfarm.model.settings import DEFAULT_SIGNING_KEYRING, MirrorConfig
 from buildfarm.model.types import BuildKind
+from buildfarm_client.models import MirrorSyncOut
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +355,7 @@ class LocalAptRepository:
     def usable_mirrors(self) -> dict[str, AptSource]:
         return {mirror.name: upstream_source(mirror) for mirror in self.mirrors}
 
-    def sync_mirror(self, mirror: MirrorConfig) -> MirrorStatus:
+    def sync_mirror(self, mirror: MirrorConfig) -> MirrorSyncOut:
         """Nothing to copy: check that the upstream answers (Release, Packages) and count its packages."""
         return check_upstream(mirror)
 

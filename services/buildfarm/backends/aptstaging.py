@@ -32,7 +32,6 @@ from pathlib import Path
 
 from buildfarm.backends import apttree
 from buildfarm.backends.base import Fetch, StoredPackage
-from buildfarm.backends.fs import fsync_dir
 from buildfarm.model.errors import PermanentError
 
 POOL_LINK = "pool"
@@ -173,16 +172,10 @@ def _stanzas(pool: Path, packages: list[StoredPackage]) -> dict[str, str]:
 
 def _write_generation(staging: Path, build_id: int, stanzas: list[str], label: str) -> Path:
     """A complete generation (indexes, Release, the pool link) in a new hidden directory."""
-    generation = Path(tempfile.mkdtemp(dir=staging, prefix=generation_prefix(build_id)))
-    try:
+    with apttree.new_tree(staging, generation_prefix(build_id)) as generation:
         packages = "\n".join(stanzas).encode("utf-8")
         apttree.write_file(generation / "Packages", packages)
         apttree.write_file(generation / "Packages.gz", gzip.compress(packages, compresslevel=1, mtime=0))
         apttree.write_release(generation, label)  # before the pool link: Release hashes indexes only
         os.symlink(f"../{pool_dir(staging, build_id).name}", generation / POOL_LINK)
-        generation.chmod(0o755)  # mkdtemp makes it 0700; the HTTP server may run as another user
-        fsync_dir(generation)
-    except BaseException:
-        shutil.rmtree(generation, ignore_errors=True)
-        raise
     return generation

@@ -218,8 +218,7 @@ def build_tree(
     ``parent``; removed on error.  ``carried`` are packages linked from a published tree (see
     :func:`place`), ``state`` the record of what the tree holds (:mod:`.aptbranch`)."""
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
-    try:
+    with new_tree(parent, prefix) as tmp:
         place(packages, tmp)
         place(carried or [], tmp, verify=False)
         write_indexes(tmp, label)
@@ -227,12 +226,21 @@ def build_tree(
             aptbranch.write_state(tmp, state)
         if signer is not None:
             signer.sign(tmp)
+    return tmp
+
+
+@contextmanager
+def new_tree(parent: Path, prefix: str) -> Iterator[Path]:
+    """A new hidden directory of ``parent`` (named ``prefix``...) for the block to fill: made
+    readable by all and synced when the block ends, removed if it fails."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    try:
+        yield tmp
         tmp.chmod(0o755)  # mkdtemp makes it 0700; the HTTP server may run as another user
         fsync_dir(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return tmp
 
 
 def switch_symlink(link: Path, target: str) -> None:

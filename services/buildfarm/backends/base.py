@@ -19,6 +19,7 @@ from buildfarm.model.errors import NotFoundError
 from buildfarm.model.settings import MirrorConfig
 from buildfarm.model.types import AptSource as AptSource  # noqa: PLC0414  (part of this interface)
 from buildfarm.model.types import BuildKind
+from buildfarm_client.models import MirrorSyncOut
 
 SHA256_HEX_LENGTH = 64
 
@@ -71,21 +72,6 @@ class PackageFile(StoredPackage):
     """A built package ready to publish: its name in the repository, its hash and a local copy."""
 
     path: Path
-
-
-@dataclass(frozen=True)
-class MirrorStatus:
-    """A configured 3rd-party repository as the farm serves it after a sync.
-
-    ``version`` is what was synced: Pulp's repository version number, or (local profile, where
-    apt reads the 3rd party directly) the upstream Release file's ``Date``.
-    """
-
-    name: str
-    source: str  # the apt sources line builds use
-    packages: int
-    version: str
-    seconds: float  # how long the sync (or, locally, the check) took
 
 
 class LogWriter(Protocol):
@@ -215,8 +201,11 @@ class PackageRepository(Protocol):
         """The same sources by mirror name, in configuration order (``buildfarm mirror list``)."""
         ...
 
-    def sync_mirror(self, mirror: MirrorConfig) -> MirrorStatus:
-        """Bring ``mirror`` up to date with its upstream (bounded wait); raise one clear error if not."""
+    def sync_mirror(self, mirror: MirrorConfig) -> MirrorSyncOut:
+        """Bring ``mirror`` up to date with its upstream (bounded wait); raise one clear error if
+        not.  The answer's ``version`` is what was synced: Pulp's repository version number, or
+        (local profile, where apt reads the 3rd party directly) the upstream Release's ``Date``;
+        ``seconds`` how long the sync (or, locally, the check) took."""
         ...
 
     # -- deletion (retention: buildfarm.retention.sweep) ------------------------------------
@@ -303,12 +292,15 @@ class CacheRoute:
     """How apt reaches an upstream through the farm's package cache.
 
     ``mirror`` is what follows ``deb`` in a sources line, before the suite: the upstream's URL
-    itself, or the cache's URL with its apt options (``[trusted=yes] http://...``); environments
-    are made from it, so every chroot made from them fetches there.  ``proxy`` is an HTTP proxy
-    apt fetches through (None: straight to ``mirror``)."""
+    itself, or the cache's URL with its apt options (``[signed-by=/etc/apt/keyrings/x.asc]
+    http://...``, ``[trusted=yes] http://...`` when unsigned); environments are made from it, so
+    every chroot made from them fetches there.  ``proxy`` is an HTTP proxy apt fetches through
+    (None: straight to ``mirror``).  ``key``: the armored public key the signed-by file holds
+    (the environment carries it at that path: a chroot has none of the host's files)."""
 
     mirror: str
     proxy: str | None = None
+    key: str | None = None
 
 
 class PackageCache(Protocol):

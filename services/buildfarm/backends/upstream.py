@@ -33,11 +33,12 @@ from urllib.parse import urlsplit
 import httpx
 from debian.deb822 import Release
 
-from buildfarm.backends.base import AptSource, MirrorStatus
+from buildfarm.backends.base import AptSource
 from buildfarm.model.errors import PermanentError, ServiceUnavailableError
 from buildfarm.model.mirrors import check_mirror, signing_key
 from buildfarm.model.settings import MirrorConfig
 from buildfarm.model.urlpolicy import UrlPolicy, UrlRefusedError, check_url
+from buildfarm_client.models import MirrorSyncOut
 
 HTTP_TIMEOUT_SECONDS = 30.0
 """Bound on each request (connect and each read): a mirror slower than this is taken as down."""
@@ -93,7 +94,7 @@ def fetch_client(
 
 def check_upstream(
     mirror: MirrorConfig, timeout: float = HTTP_TIMEOUT_SECONDS, policy: UrlPolicy | None = None
-) -> MirrorStatus:
+) -> MirrorSyncOut:
     """Read the mirror's Release and Packages indexes; one clear error naming the mirror if wrong.
 
     The mirror's own URL is the admin's; where it redirects must pass ``policy`` (default: the
@@ -120,7 +121,7 @@ def check_upstream(
         for component in mirror.components:
             for architecture in mirror.architectures:
                 packages += _count_packages(http, mirror, base, f"{component}/binary-{architecture}", listed)
-    return MirrorStatus(
+    return MirrorSyncOut(
         name=mirror.name,
         source=upstream_source(mirror).line(),
         packages=packages,

@@ -97,7 +97,7 @@ def make_celery(settings: Settings) -> Celery:
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
     """The scheduler's periodic messages; a bad schedule or cron stops the process with one line."""
-    check_schedules(settings)
+    check_schedules(settings.schedules)
     check_notifications(settings)
     entries: dict[str, Any] = {
         "reap": {

@@ -17,7 +17,6 @@ sit above this one.
 from buildfarm.engine.advance import advance_build, publish_build
 from buildfarm.engine.context import Dispatcher, FarmContext, FarmParts
 from buildfarm.engine.control import (
-    BuildPage,
     apt_sources,
     build_changes,
     cancel_build,
@@ -32,7 +31,6 @@ from buildfarm.engine.steps import log_key_for, run_step
 from buildfarm.engine.submit import moves_latest, submit_build
 
 __all__ = [
-    "BuildPage",
     "Dispatcher",
     "FarmContext",
     "FarmParts",

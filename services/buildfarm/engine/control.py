@@ -11,7 +11,6 @@ import datetime as dt
 import hashlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -23,7 +22,7 @@ from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import ConflictError, NotFoundError, TemporaryError
 from buildfarm.model.types import TERMINAL_BUILD_STATES, BuildKind, BuildState, StepState
 from buildfarm.state.models import Build, Step, utcnow
-from buildfarm_client.models import BuildView, StepView
+from buildfarm_client.models import BuildPageOut, BuildView, StepView
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +54,7 @@ _REVISION_COLUMNS = (
     Step.error,
     Step.output_identity,
     Step.reuse_reason,
+    Step.layer,
 )
 """What a step's view shows that changes while the build runs (its outputs come with its end)."""
 
@@ -91,6 +91,7 @@ def _step_view(ctx: FarmContext, step: Step) -> StepView:
         reuse_reason=step.reuse_reason,
         requires=step.requires,
         host_arch=step.host_arch,
+        layer=step.layer,
     )
 
 
@@ -154,27 +155,22 @@ def show_build(ctx: FarmContext, build_id: int) -> BuildView:
         return view
 
 
-@dataclass
-class BuildPage:
-    items: list[BuildView]
-    total: int
-
-
 def page_builds(
     ctx: FarmContext,
     project: str | None = None,
     branch: str | None = None,
     state: str | None = None,
-    limit: int = 50,
+    per_page: int = 50,
     *,
     kind: str | None = None,
     user: str | None = None,
-    offset: int = 0,
+    page: int = 1,
     viewer: tuple[str, list[str]] | None = None,
     projects: list[str] | None = None,
-) -> BuildPage:
-    """Builds newest first. ``viewer`` = (user, projects they maintain): others' personal builds
-    outside those projects are hidden; ``projects`` limits the listing to those projects."""
+) -> BuildPageOut:
+    """Page ``page`` (from 1) of the builds, newest first, ``per_page`` a page. ``viewer`` =
+    (user, projects they maintain): others' personal builds outside those projects are hidden;
+    ``projects`` limits the listing to those projects."""
     filters: list[Any] = []
     for column, value in (
         (Build.project, project),
@@ -193,9 +189,15 @@ def page_builds(
         filters.append(mine)
     with ctx.db.session() as session:
         total = session.scalar(select(func.count()).select_from(Build).where(*filters)) or 0
-        query = select(Build).where(*filters).order_by(Build.id.desc()).offset(offset).limit(limit)
+        query = (
+            select(Build)
+            .where(*filters)
+            .order_by(Build.id.desc())
+            .offset((page - 1) * per_page)
+            .limit(per_page)
+        )
         items = [_build_view(ctx, b, with_steps=True) for b in session.scalars(query)]
-        return BuildPage(items, int(total))
+        return BuildPageOut(items=items, page=page, per_page=per_page, total=int(total))
 
 
 def find_step(ctx: FarmContext, build_id: int, step_name: str) -> StepView:

@@ -21,10 +21,18 @@ The order, all read from the database at the moment of the claim:
 
 The charge: when a step is taken its tenant starts at ``max(own pass, farm virtual time)`` and
 moves on by ``fair_share_charge_seconds / weight``; when the step ends the difference to the
-node-seconds it really held is added.  The farm's virtual time (the row of the empty tenant) is
-the start of the last step taken; a tenant that was idle starts there, so it neither owns the
-farm for what it did not use nor starts behind; every waiting tenant's pass is passed by the
-others' in finite time: no one starves.
+node-seconds it really held is added.  The farm's virtual time is the start of the last step
+taken: each tenant's row keeps the start of its own last step (``start_seconds``, which never
+goes back), and the farm's is the largest of them, read without a lock.  A tenant that was idle
+starts there, so it neither owns the farm for what it did not use nor starts behind; every
+waiting tenant's pass is passed by the others' in finite time: no one starves.
+
+Claims do not queue on one another: the charge is one ``UPDATE`` of the tenant's own row
+(``greatest()`` in SQL, so concurrent charges of one tenant add up), the last statement of the
+claiming transaction; claims of different tenants touch no common row.  (Until 0015 every claim
+locked the farm's row, so on PostgreSQL all claims of the farm took turns.)  Two claims at once
+may read the same farm virtual time: each tenant still starts no earlier than it, which is all
+the order needs.
 
 Why this and not what the others do:
 
@@ -49,14 +57,14 @@ import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from buildfarm.model.settings import MAX_PRIORITY, Settings
 from buildfarm.state.models import TenantUsage, utcnow
 
 FARM = ("", "")
-"""The tenant row that holds the farm's virtual time."""
+"""The tenant row that held the farm's virtual time before 0015 (its start still counts)."""
 
 Tenant = tuple[str, str]
 """(project, user)."""
@@ -83,12 +91,20 @@ class ReadyStep:
 
 
 def passes(session: Session, tenants: Iterable[Tenant]) -> tuple[dict[Tenant, float], float]:
-    """The virtual time of each tenant (a tenant without a row: none yet) and the farm's."""
-    wanted = set(tenants) | {FARM}
-    rows = session.execute(select(TenantUsage.project, TenantUsage.user, TenantUsage.pass_seconds)).all()
-    found = {(p, u): value for p, u, value in rows if (p, u) in wanted}
-    farm = found.pop(FARM, 0.0)
+    """The virtual time of each tenant (a tenant without a row: none yet) and the farm's (the
+    largest start of any tenant's last step: no row is locked)."""
+    wanted = set(tenants) - {FARM}
+    rows = session.execute(
+        select(TenantUsage.project, TenantUsage.user, TenantUsage.pass_seconds, TenantUsage.start_seconds)
+    ).all()
+    found = {(p, u): value for p, u, value, _start in rows if (p, u) in wanted}
+    farm = max((start for *_tenant, _value, start in rows), default=0.0)
     return found, farm
+
+
+def farm_time(session: Session) -> float:
+    """The farm's virtual time: the start of the last step taken (the largest start of a tenant)."""
+    return float(session.scalar(select(func.max(TenantUsage.start_seconds))) or 0.0)
 
 
 def tenant_order(
@@ -137,23 +153,35 @@ def order_ready(
 def charge_start(
     session: Session, tenant: Tenant, settings: Settings, now: dt.datetime | None = None
 ) -> None:
-    """Charge ``tenant`` for a step it was just given (in the claiming transaction).
+    """Charge ``tenant`` for a step it was just given (the claiming transaction's last statement).
 
     Its virtual time starts at the farm's if it was behind, and moves on by the default charge
-    divided by its weight; the farm's virtual time moves to that start (never back).
+    divided by its weight; that start is its ``start_seconds`` (the farm's virtual time is the
+    largest of those).  One UPDATE of the tenant's own row: no other row is locked.
     """
     now = now or utcnow()
-    # The farm's row first, then the tenant's: every claim locks in this order (no deadlock),
-    # and a tenant's first row is inserted under the farm's lock.
-    _ensure(session, FARM, now)
-    farm = session.get_one(TenantUsage, FARM, with_for_update=True)
+    farm = farm_time(session)
     _ensure(session, tenant, now)
-    row = session.get_one(TenantUsage, tenant, with_for_update=True)
-    start = max(row.pass_seconds, farm.pass_seconds)
-    row.pass_seconds = start + settings.steps.share_charge_seconds / weight_of(tenant[0], settings)
-    row.updated_at = now
-    farm.pass_seconds = max(farm.pass_seconds, start)
-    farm.updated_at = now
+    start = _greatest(session, TenantUsage.pass_seconds, farm)
+    session.execute(
+        update(TenantUsage)
+        .where(TenantUsage.project == tenant[0], TenantUsage.user == tenant[1])
+        .values(
+            start_seconds=_greatest(session, TenantUsage.start_seconds, start),
+            pass_seconds=start + settings.steps.share_charge_seconds / weight_of(tenant[0], settings),
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _greatest(
+    session: Session, column: InstrumentedAttribute[float], value: float | ColumnElement[float]
+) -> ColumnElement[float]:
+    """``greatest(column, value)`` in SQL (SQLite spells it ``max`` with two arguments)."""
+    if session.get_bind().dialect.name == "sqlite":
+        return func.max(column, value)
+    return func.greatest(column, value)
 
 
 def charge_end(session: Session, tenant: Tenant, used_seconds: float, settings: Settings) -> None:
@@ -168,7 +196,12 @@ def charge_end(session: Session, tenant: Tenant, used_seconds: float, settings: 
 
 def _ensure(session: Session, tenant: Tenant, now: dt.datetime) -> None:
     """A row for this tenant; two nodes adding the same one at once both succeed."""
-    if session.get(TenantUsage, tenant) is not None:
+    if (
+        session.scalar(
+            select(TenantUsage.project).where(TenantUsage.project == tenant[0], TenantUsage.user == tenant[1])
+        )
+        is not None
+    ):
         return
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
@@ -179,5 +212,11 @@ def _ensure(session: Session, tenant: Tenant, now: dt.datetime) -> None:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         statement = sqlite_insert(TenantUsage).on_conflict_do_nothing()  # type: ignore[assignment]
-    row = {"project": tenant[0], "user": tenant[1], "pass_seconds": 0.0, "updated_at": now}
+    row = {
+        "project": tenant[0],
+        "user": tenant[1],
+        "pass_seconds": 0.0,
+        "start_seconds": 0.0,
+        "updated_at": now,
+    }
     session.execute(statement, [row])

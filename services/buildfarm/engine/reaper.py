@@ -1,4 +1,5 @@
-"""Put lost work back in play: expired leases, ready steps nobody took, stuck publications,
+"""Put lost work back in play: expired leases, ready steps nobody took (their tickets are
+re-sent with a growing pause, and keep their age: :func:`ticket_due`), stuck publications,
 steps that no online node can run (failed with the reason after ``unschedulable_seconds``),
 staging repositories a finished build could not drop while the repository was down; and remove
 what dead attempts left on this machine: their work directories and the sbuild chroots (~0.6 GB
@@ -19,13 +20,20 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
 from buildfarm.engine import routing
 from buildfarm.engine.advance import drop_staging
 from buildfarm.engine.context import FarmContext
 from buildfarm.model import names
-from buildfarm.model.types import TERMINAL_BUILD_STATES, TERMINAL_STEP_STATES, BuildState, StepState
+from buildfarm.model.types import (
+    TERMINAL_BUILD_STATES,
+    TERMINAL_STEP_STATES,
+    BuildKind,
+    BuildState,
+    StepState,
+)
 from buildfarm.runners.base import chroot_root
 from buildfarm.state.models import Build, Step, utcnow
 
@@ -39,7 +47,7 @@ behind costs each round a bounded number of requests."""
 @dataclass
 class ReapReport:
     expired: list[int] = field(default_factory=list)  # steps whose node went silent
-    redispatched: list[int] = field(default_factory=list)  # ready steps sent to the queue again
+    redispatched: list[int] = field(default_factory=list)  # ready steps whose ticket was sent again
     builds_advanced: list[int] = field(default_factory=list)
     staging_dropped: list[int] = field(default_factory=list)  # finished builds' leftover staging
     swept: list[Path] = field(default_factory=list)  # dead attempts' work directories and chroots
@@ -74,14 +82,7 @@ def reap(ctx: FarmContext) -> ReapReport:
             if back.rowcount == 1:  # type: ignore[attr-defined]
                 log.warning("step %s (%s): node %s went silent; back to ready", step.id, step.name, step.node)
                 report.expired.append(step.id)
-        stale = now - dt.timedelta(seconds=ctx.settings.steps.redispatch_seconds)
-        waiting = session.execute(
-            select(Step.id, Step.attempt, Build.kind, Step.requires)
-            .join(Build)
-            .where(Step.state == StepState.READY, Step.ready_at < stale, Build.state == BuildState.RUNNING)
-        ).all()
-        for step_id, _attempt, _kind, _requires in waiting:
-            session.execute(update(Step).where(Step.id == step_id).values(ready_at=now))
+        waiting = _tickets_due(session, ctx.settings.steps.redispatch_seconds, now)
         routes = {requires: routing.node_for(session, ctx, requires) for *_, requires in waiting}
         unschedulable = routing.fail_unschedulable(session, ctx, now)
         stuck = session.scalars(
@@ -116,6 +117,58 @@ def reap(ctx: FarmContext) -> ReapReport:
         report.staging_dropped.append(build_id)
     report.swept = sweep_dead_attempts(ctx)
     return report
+
+
+REDISPATCH_BACKOFF_MAX = 20
+"""The longest pause between two tickets re-sent for one waiting step, in ``redispatch_seconds``
+(10 min at the default 30 s)."""
+
+
+def ticket_due(
+    ready_at: dt.datetime, ticket_at: dt.datetime | None, redispatch: float, now: dt.datetime
+) -> bool:
+    """Whether a step ready since ``ready_at``, whose last ticket was re-sent at ``ticket_at``
+    (None: only the one sent when it became ready), gets another ticket now.
+
+    A step waits mostly because every capable node is busy, its tickets still queued: a ticket
+    re-sent each ``redispatch_seconds`` for each waiting step would pile up in the broker, one
+    more per step and period.  So the pause doubles with each one (it is the time the step had
+    waited when its last ticket went), from ``redispatch_seconds`` up to
+    ``REDISPATCH_BACKOFF_MAX`` times it: a lost ticket is still replaced, a step waiting for
+    hours costs a few tickets an hour.
+    """
+    last = max(ready_at, ticket_at or ready_at)
+    pause = min(max(redispatch, (last - ready_at).total_seconds()), REDISPATCH_BACKOFF_MAX * redispatch)
+    return (now - last).total_seconds() >= pause
+
+
+def _tickets_due(
+    session: Session, redispatch: float, now: dt.datetime
+) -> list[tuple[int, int, BuildKind, str]]:
+    """(step, attempt, build kind, requires) of the ready steps whose ticket is re-sent now;
+    marks when (``ticket_at``), never touching ``ready_at``: a step keeps its age in the queue.
+    Each mark is conditional, so a second reaper sends none of the same tickets."""
+    stale = now - dt.timedelta(seconds=redispatch)
+    rows = session.execute(
+        select(Step.id, Step.attempt, Build.kind, Step.requires, Step.ready_at, Step.ticket_at)
+        .join(Build)
+        .where(Step.state == StepState.READY, Step.ready_at < stale, Build.state == BuildState.RUNNING)
+        .where(or_(Step.ticket_at.is_(None), Step.ticket_at < stale))
+        .order_by(Step.id)
+    ).all()
+    due: list[tuple[int, int, BuildKind, str]] = []
+    for step_id, attempt, kind, requires, ready_at, ticket_at in rows:
+        if ready_at is None or not ticket_due(ready_at, ticket_at, redispatch, now):
+            continue
+        same = Step.ticket_at.is_(None) if ticket_at is None else Step.ticket_at == ticket_at
+        marked = session.execute(
+            update(Step)
+            .where(Step.id == step_id, Step.state == StepState.READY, Step.attempt == attempt, same)
+            .values(ticket_at=now)
+        )
+        if marked.rowcount == 1:  # type: ignore[attr-defined]
+            due.append((step_id, attempt, kind, requires))
+    return due
 
 
 SWEEPS_PER_ROUND = 20

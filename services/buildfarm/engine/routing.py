@@ -7,9 +7,9 @@ labels that only some online nodes have sends it to the ``node.<name>`` queue of
 (the least busy), which only that node consumes, so a node that cannot run it never holds its
 ticket (a ticket claims only steps requiring the same labels: :func:`~buildfarm.engine.steps.claim_next`).
 No capable node online: the ticket goes to ``builds`` all the same (a node that cannot run it
-drops it; the reaper re-sends it every ``redispatch_seconds``, to a capable node once one is
-back), the step shows ``waiting: no node with arch=arm64``, and the reaper fails it after
-``unschedulable_seconds`` with that reason (:func:`fail_unschedulable`).
+drops it; the reaper re-sends it after ``redispatch_seconds``, then at growing pauses, to a
+capable node once one is back), the step shows ``waiting: no node with arch=arm64``, and the
+reaper fails it after ``unschedulable_seconds`` with that reason (:func:`fail_unschedulable`).
 """
 
 from __future__ import annotations

@@ -103,6 +103,7 @@ def _claim(ctx: FarmContext, session: Session, step: Step, node: str, now: dt.da
             log_key=key,
             error=None,
             attempt_lost=False,
+            layer=step.layer if adopting else None,
         )
     )
     if won.rowcount != 1:  # type: ignore[attr-defined]
@@ -430,6 +431,8 @@ def _build(
         )
         job.workdir.mkdir()
         result: StepResult = runner.run(job)
+        if result.layer is not None:
+            _record_layer(ctx, claim, result.layer)
         if not result.ok and result.killed_by and claim.attempt < KILLED_ATTEMPTS_MAX:
             raise _Killed(f"its builder was killed by {result.killed_by}, not by the farm")
         if not result.ok and result.killed_by:
@@ -458,6 +461,14 @@ def _build(
         return str(exc), [], None
     except OSError as exc:
         return f"{type(exc).__name__}: {exc}", [], None
+
+
+def _record_layer(ctx: FarmContext, claim: Claim, layer: str) -> None:
+    """The attempt's dependency layer outcome on its step (only while it holds the lease)."""
+    with ctx.db.session() as session:
+        session.execute(
+            update(Step).where(*_still_owned(claim)).values(layer=layer)  # type: ignore[arg-type]
+        )
 
 
 def _store_outputs(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import TypeVar
 
+from buildfarm.engine import routing
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.fetch import check_source_urls, context_directories, source_directories
 from buildfarm.engine.images import image_spec_record
@@ -17,11 +19,11 @@ from buildfarm.environments import host_architecture
 from buildfarm.model import names
 from buildfarm.model.errors import PlanError
 from buildfarm.model.images import registry_host
-from buildfarm.model.labels import step_requirements
+from buildfarm.model.labels import NATIVE_ARCH, build_architecture, step_requirements
 from buildfarm.model.manifest import Manifest
-from buildfarm.model.planner import ImageInfo, compute_input_keys, make_plan
+from buildfarm.model.planner import ImageInfo, Plan, PlannedStep, compute_input_keys, make_plan
 from buildfarm.model.sources import pack_tree, tree_hash
-from buildfarm.model.types import BuildKind, StepState
+from buildfarm.model.types import BuildKind, StepKind, StepState
 from buildfarm.runners.base import CrossBuilds, EnvironmentNotReady
 from buildfarm.state.models import Build, Step
 
@@ -74,7 +76,7 @@ def native_architecture(ctx: FarmContext) -> str:
     return runner.native_architecture() if isinstance(runner, CrossBuilds) else host_architecture()
 
 
-def cross_environments(ctx: FarmContext, host_arches: set[str]) -> dict[str, str]:
+def cross_environments(ctx: FarmContext, host_arches: Collection[str]) -> dict[str, str]:
     """The cross environment's identity of each foreign architecture a build's steps target
     (made now if the cache lacks it); refused when the farm's runner cannot cross-build."""
     if not host_arches:
@@ -86,6 +88,53 @@ def cross_environments(ctx: FarmContext, host_arches: set[str]) -> dict[str, str
             f"{runner.name} runner cannot do (use the sbuild runner)"
         )
     return {arch: runner.cross_environment_id(arch) for arch in sorted(host_arches)}
+
+
+@dataclass(frozen=True)
+class BuildPlaces:
+    """Where a build's package steps are built, decided at submit from the nodes online.
+
+    A step for the farm's ``native`` architecture is built by a node of it; one for another
+    architecture natively by a node whose own architecture it is, when one is online
+    (``natively``: it advertises ``native-arch=arm64``; the step then requires ``arch=arm64``
+    and ``native-arch=arm64``, so an amd64 node that merely has arm64 as a dpkg foreign
+    architecture never takes it), else cross-built (``--host``) on a node of the native one
+    (``cross``).  A package whose manifest says ``arch:`` is always built natively: the field
+    names the node it needs.
+    """
+
+    native: str
+    natively: frozenset[str]  # foreign architectures built by nodes of their own
+    cross: frozenset[str]  # foreign architectures cross-built on the native one
+    label_native: bool  # some online node lacks the native architecture: steps built on it say so
+    must_native: frozenset[str] = frozenset()  # sources with a manifest arch:
+
+    def requires(self, step: PlannedStep, wanted: Iterable[str]) -> str:
+        """The labels ``step`` requires: the manifest's ``wanted`` and where it must be built."""
+        if step.kind != StepKind.PACKAGE:
+            return ""
+        if step.source in self.must_native or step.host_arch in self.natively:
+            return step_requirements(wanted, step.host_arch, native=True)
+        return step_requirements(wanted, self.native if self.label_native and step.host_arch else None)
+
+
+def _build_places(ctx: FarmContext, plan: Plan, native: str, must_native: set[str]) -> BuildPlaces:
+    with ctx.db.session() as session:
+        online = routing.online_nodes(session, ctx)
+    foreign = {s.host_arch for s in plan.steps.values() if s.kind == StepKind.PACKAGE} - {"", native}
+    forced = {s.host_arch for s in plan.steps.values() if s.source in must_native} - {native}
+    own = f"{NATIVE_ARCH}="  # a node's own architecture, not a foreign one its dpkg accepts
+    offered = {
+        label.removeprefix(own) for labels in online.values() for label in labels if label.startswith(own)
+    }
+    natively = {arch for arch in foreign if arch in offered} | forced
+    return BuildPlaces(
+        native=native,
+        natively=frozenset(natively),
+        cross=frozenset(foreign - natively),
+        label_native=any(f"arch={native}" not in labels for labels in online.values()),
+        must_native=frozenset(must_native),
+    )
 
 
 def submit_build(
@@ -115,7 +164,9 @@ def submit_build(
     planned = []
     tarballs: dict[str, str] = {}
     explicit: dict[str, tuple[str, ...]] = {}
-    requires: dict[str, str] = {}  # the node labels each package step needs (model/labels.py)
+    wanted: dict[str, tuple[str, ...]] = {}  # the manifest's requires: of each source package
+    only_arch: dict[str, str] = {}  # the sources built for one architecture only
+    must_native: set[str] = set()  # the sources whose manifest says arch: (a node of it builds)
     with (
         TemporaryDirectory(dir=ctx.work_root, prefix="submit-") as scratch,
         source_directories(manifest, root, ctx.settings.fetch.url_policy, prepared) as sources,
@@ -127,9 +178,12 @@ def submit_build(
             tarballs[stored.info.name] = stored.sha256
             if package.depends:
                 explicit[stored.info.name] = tuple(package.depends)
-            requires[stored.info.name] = step_requirements(
-                " ".join(stored.info.architectures), package.arch, package.requires
-            )
+            wanted[stored.info.name] = tuple(package.requires)
+            only = build_architecture(" ".join(stored.info.architectures), package.arch)
+            if only:
+                only_arch[stored.info.name] = only
+            if package.arch:
+                must_native.add(stored.info.name)
     images: list[tuple[str, ImageInfo, str]] = []
     specs: dict[str, dict[str, object]] = {}
     with context_directories(manifest, root, ctx.settings.fetch.url_policy, prepared_contexts) as contexts:
@@ -145,14 +199,17 @@ def submit_build(
             tarballs[image.name] = ctx.store.put_bytes(pack_tree(directory)).sha256
             specs[image.name] = image_spec_record(image)
     native = native_architecture(ctx)
-    plan = make_plan(planned, images, explicit, architectures=manifest.architectures, native=native)
+    plan = make_plan(
+        planned, images, explicit, architectures=manifest.architectures, native=native, only_arch=only_arch
+    )
+    where = _build_places(ctx, plan, native, must_native)
     try:
         environment_id = ctx.runner.environment_id()
     except EnvironmentNotReady:  # never made inside a request: a worker makes it
         ctx.dispatcher.prepare_environment()
         raise
     image_environment_id = ctx.image_runner.environment_id() if images else ""
-    cross = cross_environments(ctx, {s.host_arch for s in plan.steps.values()} - {"", native})
+    cross = cross_environments(ctx, where.cross)
     compute_input_keys(
         plan,
         environment_id,
@@ -161,6 +218,7 @@ def submit_build(
         image_options(ctx) if images else {},
         native=native,
         cross_environments=cross,
+        built_natively=where.natively,
     )
 
     with ctx.db.session() as session:
@@ -191,7 +249,7 @@ def submit_build(
                     state=StepState.PENDING,
                     kind=step.kind,
                     image_spec=specs.get(name),
-                    requires=requires.get(name, ""),
+                    requires=where.requires(step, wanted.get(step.source, ())),
                     host_arch=step.host_arch,
                     arch_all=step.arch_all,
                     environment_id=cross.get(step.host_arch),

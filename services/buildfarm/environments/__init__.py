@@ -10,18 +10,21 @@ find, check, prune), :class:`Environment` (one made environment), :data:`TOOLCHA
 :func:`spec_for`, :func:`cross_spec` and :func:`cache_for` (what the settings name), :func:`file_digest` and
 :func:`digests_named_by_builds` (what prune keeps), :func:`routed_environments` (the cache and
 recipe as the farm's package cache routes them); dependency layers (:class:`LayerCache`, a
-step's :func:`step_tarball` under a :class:`LayerPolicy`, :func:`layers_for` the settings').
+step's :func:`step_tarball` (a :class:`StepTarball`, held in use: a :class:`LayerHold`) under a
+:class:`LayerPolicy`,
+:func:`layers_for` the settings').
 """
 
 from __future__ import annotations
 
-from buildfarm.environments.cache import Environment, EnvironmentCache, EnvironmentGone, file_digest
-from buildfarm.environments.layers import LAYER_LOOKUPS, DependencySet, Layer, LayerCache
+from buildfarm.environments.cache import Environment, EnvironmentCache, EnvironmentGone
+from buildfarm.environments.layers import LAYER_LOOKUPS, DependencySet, Layer, LayerCache, LayerHold
 from buildfarm.environments.mmdebstrap import make_tarball
 from buildfarm.environments.routed import routed_environments
 from buildfarm.environments.settings import cache_for, host_architecture, layers_for, spec_for
 from buildfarm.environments.spec import TOOLCHAIN, EnvironmentSpec, cross_spec
-from buildfarm.environments.steplayer import LayerPolicy, step_tarball
+from buildfarm.environments.steplayer import LayerPolicy, StepTarball, step_tarball
+from buildfarm.environments.tarballs import file_digest
 from buildfarm.environments.usage import digests_named_by_builds
 
 __all__ = [
@@ -34,7 +37,9 @@ __all__ = [
     "EnvironmentSpec",
     "Layer",
     "LayerCache",
+    "LayerHold",
     "LayerPolicy",
+    "StepTarball",
     "cache_for",
     "cross_spec",
     "digests_named_by_builds",

@@ -1,14 +1,9 @@
 """The farm's cache of build environments: tarballs named by their own sha256.
 
-Layout of the cache directory (shared by the farm's nodes on one machine)::
-
-    <digest>.tar           the environment, content-addressed
-    <digest>.tar.sha256    "<size>:<mtime_ns> <digest>": hashing ~0.5 GB takes seconds, so the
-                           full check runs again only when the file changed
-    <digest>.json          what it was made from; the entry exists once this file does
-    current-<recipe key>   the digest of the recipe's current environment
-    .new-<pid>-<random>/   an environment being made (never read; removed if its maker died)
-    .lock                  held while making, refreshing or pruning (one maker at a time)
+The cache directory (shared by the farm's nodes on one machine) is a
+:class:`~buildfarm.environments.tarballs.TarballDir` whose entries are named by their digest
+(``<digest>.tar``, ``<digest>.tar.sha256``, ``<digest>.json``: what it was made from), plus
+``current-<recipe key>``, the digest of the recipe's current environment.
 
 An entry is used only after its digest is checked: a truncated, corrupt or half-written tarball
 is removed and, when it was a recipe's current environment, made again.  Creation writes into a
@@ -19,13 +14,9 @@ directory that the next maker removes.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import json
 import os
-import secrets
-import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +24,7 @@ from typing import Protocol
 
 from buildfarm.environments.mmdebstrap import make_tarball
 from buildfarm.environments.spec import EnvironmentSpec
+from buildfarm.environments.tarballs import TarballDir, file_digest
 from buildfarm.model.errors import PermanentError
 
 Progress = Callable[[str], None]
@@ -46,29 +38,6 @@ class Maker(Protocol):
 
 class EnvironmentGone(PermanentError):
     """The environment a step's input key names is no longer in the cache (pruned or corrupt)."""
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of ``path``, remembered beside it keyed by size and mtime (so a truncated or
-    rewritten file is hashed again, an unchanged one is not)."""
-    stat = path.stat()
-    sidecar = path.with_name(path.name + ".sha256")
-    stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
-    try:
-        cached_stamp, cached = sidecar.read_text().split()
-        if cached_stamp == stamp:
-            return cached
-    except (OSError, ValueError):
-        pass
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    value = digest.hexdigest()
-    tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    tmp.write_text(f"{stamp} {value}\n")
-    os.replace(tmp, sidecar)
-    return value
 
 
 @dataclass(frozen=True)
@@ -88,7 +57,7 @@ class Environment:
         return self.digest[:12]
 
 
-class EnvironmentCache:
+class EnvironmentCache(TarballDir):
     """Make, find, check and prune environments in ``root``.
 
     ``maker`` writes one tarball (mmdebstrap; tests may give a cheaper real maker); ``proxy`` is
@@ -96,17 +65,11 @@ class EnvironmentCache:
     """
 
     def __init__(self, root: Path, maker: Maker = make_tarball, proxy: str | None = None) -> None:
-        self.root = root
+        super().__init__(root)
         self.maker = maker
         self.proxy = proxy
 
     # -- reading
-
-    def _meta_path(self, digest: str) -> Path:
-        return self.root / f"{digest}.json"
-
-    def _tar_path(self, digest: str) -> Path:
-        return self.root / f"{digest}.tar"
 
     def _pointer(self, spec: EnvironmentSpec) -> Path:
         return self.root / f"current-{spec.key()}"
@@ -145,10 +108,7 @@ class EnvironmentCache:
 
     def check(self, env: Environment) -> bool:
         """The tarball is whole: its size as recorded and its sha256 its name."""
-        try:
-            return env.path.stat().st_size == env.size and file_digest(env.path) == env.digest
-        except OSError:
-            return False
+        return self._whole(env.path, env.size, env.digest)
 
     def get(self, digest: str) -> Environment:
         """The checked environment ``digest``; a corrupt one is removed and reported gone."""
@@ -176,22 +136,6 @@ class EnvironmentCache:
 
     # -- making
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / ".lock").open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                self._remove_orphans()
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def _remove_orphans(self) -> None:
-        """Under the lock no one else is making anything: every ``.new-*`` is a dead maker's."""
-        for leftover in self.root.glob(".new-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-
     def ensure(self, spec: EnvironmentSpec, progress: Progress | None = None) -> Environment:
         """The recipe's current environment, made first if there is none (or it was corrupt)."""
         found = self.current(spec)
@@ -208,9 +152,7 @@ class EnvironmentCache:
             return self._make(spec, progress)
 
     def _make(self, spec: EnvironmentSpec, progress: Progress | None) -> Environment:
-        work = self.root / f".new-{os.getpid()}-{secrets.token_hex(4)}"
-        work.mkdir()
-        try:
+        with self._making() as work:
             tmp = work / "environment.tar"
             mirror_date = self.maker(spec, tmp, self.proxy, progress)
             digest = file_digest(tmp)
@@ -221,26 +163,14 @@ class EnvironmentCache:
                 "size": size,
                 "mirror_date": mirror_date,
             }
-            os.replace(tmp, self._tar_path(digest))
-            os.replace(
-                work / "environment.tar.sha256", self._tar_path(digest).with_name(f"{digest}.tar.sha256")
-            )
-            (work / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
-            os.replace(work / "meta.json", self._meta_path(digest))  # the entry exists from here on
+            self._add(work, tmp, digest, meta)
             (work / "pointer").write_text(digest + "\n")
             os.replace(work / "pointer", self._pointer(spec))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
         if progress:
             progress(f"build environment {digest[:12]} ready ({size >> 20} MiB)")
         return self.get(digest)
 
     # -- removing
-
-    def _remove(self, digest: str) -> None:
-        self._meta_path(digest).unlink(missing_ok=True)  # first: no half entry is ever listed
-        self._tar_path(digest).unlink(missing_ok=True)
-        self.root.joinpath(f"{digest}.tar.sha256").unlink(missing_ok=True)
 
     def prune(self, keep: Iterable[str] = (), min_age_seconds: float = 0.0) -> list[Environment]:
         """Remove every environment that is not current, whose digest is not in ``keep`` (the
@@ -256,7 +186,5 @@ class EnvironmentCache:
                 if not env.current and env.digest not in kept and not young:
                     self._remove(env.digest)
                     removed.append(env)
-            for tar in self.root.glob("*.tar"):  # a tarball without its entry (a maker died after rename)
-                if not self._meta_path(tar.stem).exists():
-                    self._remove(tar.stem)
+            self._remove_unrecorded()
         return removed

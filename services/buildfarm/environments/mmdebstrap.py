@@ -4,14 +4,22 @@ The tarball is written where the caller says (a temporary name: the cache rename
 once its digest is known), with the packages of the recipe preinstalled, the mirror's apt lists
 kept (``--skip=cleanup/apt/lists``) and dpkg told not to fsync (``force-unsafe-io``, as Debian's
 buildd chroots are: a build chroot is thrown away, never recovered after a crash).
+
+A signed mirror (``[signed-by=PATH] URL``, the recipe holding the key: the farm's Pulp package
+cache) is fetched with the key written to a temporary file (mmdebstrap's apt reads a signed-by
+path on the host); the chroot gets the key at PATH and its sources name PATH, so the tarball's
+bytes do not depend on where it was made, and apt in every chroot checks the mirror's indexes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import subprocess
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from buildfarm.environments.spec import EnvironmentSpec
@@ -26,12 +34,58 @@ UNSAFE_IO_HOOK = 'echo force-unsafe-io > "$1/etc/dpkg/dpkg.cfg.d/buildfarm-unsaf
 MIRROR_DATE_HOOK = 'sed -n "s/^Date: //p" "$1"/var/lib/apt/lists/*Release | head -n 1 > {out}'
 
 
-def mmdebstrap_command(spec: EnvironmentSpec, dest: Path, date_file: Path | None = None) -> list[str]:
-    """The mmdebstrap call making ``spec`` into the tar file ``dest``."""
+_SIGNED_BY = re.compile(r"signed-by=([^\s\]]+)")
+
+
+def signed_by(mirror: str) -> str | None:
+    """The ``signed-by`` path of a mirror's apt options (``[signed-by=PATH] URL``), if any."""
+    found = _SIGNED_BY.search(mirror.split("]", 1)[0]) if mirror.startswith("[") else None
+    return found[1] if found else None
+
+
+def key_hook(key_file: Path, keyring: str) -> str:
+    """Put the key where the chroot's sources say, and say so instead of the host's path."""
+    host, inside = _shell_quote(str(key_file)), _shell_quote(keyring)
+    return (
+        f'mkdir -p "$1"$(dirname {inside}) && cp {host} "$1"{inside} && chmod 0644 "$1"{inside} && '
+        f'sed -i "s|signed-by=$(printf %s {host})|signed-by=$(printf %s {inside})|" "$1/etc/apt/sources.list"'
+    )
+
+
+@contextlib.contextmanager
+def mirror_key_file(spec: EnvironmentSpec) -> Iterator[Path | None]:
+    """The recipe's mirror key in a file apt's download sandbox (user ``_apt``) may read, for as
+    long as mmdebstrap runs (None: an unsigned mirror).  Not beside the tarball: the cache may be
+    in a home directory that only its owner enters."""
+    if not spec.mirror_key:
+        yield None
+        return
+    if signed_by(spec.mirror) is None:
+        raise PermanentError(
+            f"the recipe holds a mirror key but its mirror names no signed-by: {spec.mirror}"
+        )
+    with tempfile.TemporaryDirectory(prefix="buildfarm-mirror-key-") as tmp:
+        os.chmod(tmp, 0o755)
+        key_file = Path(tmp) / "mirror.asc"  # .asc: apt reads it armored
+        key_file.write_text(spec.mirror_key)
+        key_file.chmod(0o644)
+        yield key_file
+
+
+def mmdebstrap_command(
+    spec: EnvironmentSpec, dest: Path, date_file: Path | None = None, key_file: Path | None = None
+) -> list[str]:
+    """The mmdebstrap call making ``spec`` into the tar file ``dest`` (``key_file``: where
+    :func:`make_tarball` wrote the signed mirror's key, ``spec.mirror_key``)."""
     mode = "root" if os.geteuid() == 0 else "unshare"
     hooks = [UNSAFE_IO_HOOK]
     if date_file is not None:
         hooks.append(MIRROR_DATE_HOOK.format(out=_shell_quote(str(date_file))))
+    mirror = spec.mirror
+    keyring = signed_by(mirror)
+    if keyring is not None and key_file is not None:
+        mirror = mirror.replace(f"signed-by={keyring}", f"signed-by={key_file}", 1)
+        hooks.append(key_hook(key_file, keyring))
     return [
         "mmdebstrap",
         "--variant=buildd",
@@ -44,7 +98,7 @@ def mmdebstrap_command(spec: EnvironmentSpec, dest: Path, date_file: Path | None
         *(f"--customize-hook={hook}" for hook in hooks),
         spec.distribution,
         str(dest),
-        f"deb {spec.mirror} {spec.distribution} main",
+        f"deb {mirror} {spec.distribution} main",
     ]
 
 
@@ -70,14 +124,15 @@ def make_tarball(
     if progress:
         progress(f"making the build environment {spec.describe()} with mmdebstrap (once, ~1-3 min)...")
     try:
-        subprocess.run(
-            mmdebstrap_command(spec, dest, date_file if spec.keep_lists else None),
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=MMDEBSTRAP_TIMEOUT_SECONDS,
-            env=env,
-        )
+        with mirror_key_file(spec) as key_file:
+            subprocess.run(
+                mmdebstrap_command(spec, dest, date_file if spec.keep_lists else None, key_file),
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=MMDEBSTRAP_TIMEOUT_SECONDS,
+                env=env,
+            )
     except subprocess.CalledProcessError as exc:
         tail = "\n".join((exc.stderr or "").strip().splitlines()[-5:])
         raise TemporaryError(f"mmdebstrap failed to make {spec.describe()}: {tail}", retry_after=60) from exc

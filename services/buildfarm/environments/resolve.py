@@ -108,9 +108,19 @@ def _host_apt_version() -> str:
 
 
 def build_depends_met(view: Path, dsc: Path) -> bool:
-    """Whether the environment already satisfies every Build-Depends of ``dsc`` (arch and indep)."""
+    """Whether the environment already satisfies every Build-Depends and Build-Conflicts of
+    ``dsc`` (arch and indep) and what sbuild adds to them (:data:`SBUILD_CORE_DEPENDS`: fakeroot
+    is no Build-Essential package, so dpkg-checkbuilddeps alone would not ask for it): then
+    sbuild has nothing to install (its resolver is not even run)."""
+    depends, conflicts = dependency_string(dsc)
     checked = subprocess.run(
-        ["dpkg-checkbuilddeps", f"--admindir={view / 'var' / 'lib' / 'dpkg'}", str(dsc)],
+        [
+            "dpkg-checkbuilddeps",
+            f"--admindir={view / 'var' / 'lib' / 'dpkg'}",
+            f"-d{depends}",
+            *([f"-c{conflicts}"] if conflicts else []),
+            str(dsc),
+        ],
         capture_output=True,
         text=True,
         timeout=APT_TIMEOUT_SECONDS,

@@ -4,7 +4,8 @@ Environments are made from the mirror the settings name, fetched through the far
 cache (:class:`~buildfarm.backends.base.PackageCache`, picked by :mod:`buildfarm.wiring`): a
 proxy leaves the mirror as it is and makers fetch through it (local profile: apt-cacher-ng), Pulp
 replaces the mirror by its own distribution of it, which then is the mirror the apt sources of
-every chroot made from the environment name.  The recipe records the mirror that was used, so a
+every chroot made from the environment name (signed: ``[signed-by=PATH]`` with the key the
+environment holds at PATH).  The recipe records the mirror that was used (and its key), so a
 farm moving to another cache makes a new environment (and its steps rebuild).
 """
 
@@ -38,4 +39,4 @@ def routed_environments(
     upstream = upstream_of(spec)
     route = packages.refresh(upstream) if refresh else packages.route(upstream)
     cache = EnvironmentCache(settings.buildenv.cache_dir / "environments", proxy=route.proxy)
-    return cache, replace(spec, mirror=route.mirror)
+    return cache, replace(spec, mirror=route.mirror, mirror_key=route.key or "")

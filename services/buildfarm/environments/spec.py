@@ -35,6 +35,9 @@ class EnvironmentSpec:
     """The mirror's apt lists stay in the environment, so no step downloads the Debian indexes."""
     foreign_architectures: tuple[str, ...] = ()
     """Added with ``dpkg --add-architecture`` (their apt lists kept too): cross environments."""
+    mirror_key: str = ""
+    """The armored public key of a signed mirror (``mirror`` says ``[signed-by=PATH]``): the
+    environment holds it at PATH (the farm's Pulp package cache, signed by the farm's key)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "packages", tuple(sorted(set(self.packages))))
@@ -55,6 +58,8 @@ class EnvironmentSpec:
         }
         if self.foreign_architectures:  # absent for native recipes: their keys stay what they were
             data["foreign_architectures"] = list(self.foreign_architectures)
+        if self.mirror_key:  # absent for unsigned mirrors, likewise
+            data["mirror_key"] = self.mirror_key
         return data
 
     @classmethod
@@ -68,6 +73,7 @@ class EnvironmentSpec:
             packages=tuple(str(p) for p in packages) if isinstance(packages, list) else (),
             keep_lists=bool(data.get("keep_lists", True)),
             foreign_architectures=tuple(str(a) for a in foreign) if isinstance(foreign, list) else (),
+            mirror_key=str(data.get("mirror_key", "")),
         )
 
     def describe(self) -> str:

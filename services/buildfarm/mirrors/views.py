@@ -7,15 +7,15 @@ which of them builds can use now (on Pulp: synced at least once) and does the sy
 
 from __future__ import annotations
 
-from buildfarm.backends.base import MirrorStatus, PackageRepository
+from buildfarm.backends.base import PackageRepository
 from buildfarm.model.mirrors import find_mirror
-from buildfarm.model.settings import Settings
-from buildfarm_client.models import MirrorOut
+from buildfarm.model.settinggroups import MirrorSettings
+from buildfarm_client.models import MirrorOut, MirrorSyncOut
 
 
-def list_mirrors(settings: Settings, repo: PackageRepository) -> list[MirrorOut]:
+def list_mirrors(settings: MirrorSettings, repo: PackageRepository) -> list[MirrorOut]:
     """The configured mirrors; ``source`` is a mirror's apt line once builds can use it, else None."""
-    usable = repo.usable_mirrors() if settings.mirrors.repositories else {}
+    usable = repo.usable_mirrors() if settings.repositories else {}
     return [
         MirrorOut(
             name=mirror.name,
@@ -25,10 +25,10 @@ def list_mirrors(settings: Settings, repo: PackageRepository) -> list[MirrorOut]
             architectures=list(mirror.architectures),
             source=usable[mirror.name].line() if mirror.name in usable else None,
         )
-        for mirror in settings.mirrors.repositories
+        for mirror in settings.repositories
     ]
 
 
-def sync_mirror(settings: Settings, repo: PackageRepository, name: str) -> MirrorStatus:
+def sync_mirror(settings: MirrorSettings, repo: PackageRepository, name: str) -> MirrorSyncOut:
     """Sync the configured mirror ``name`` (NotFoundError if there is none); waits are bounded."""
-    return repo.sync_mirror(find_mirror(settings.mirrors.repositories, name))
+    return repo.sync_mirror(find_mirror(settings.repositories, name))

@@ -40,6 +40,11 @@ the source package's name, the others are ``<source>:<arch>``, built natively wh
 that architecture, else cross-built with sbuild ``--host``); ``Architecture: all`` packages are
 built once, by the first step.  Without it a build is for the node's own architecture, as before.
 
+A package's ``requires`` (node labels: ``cpu=large``, ``builder=sbuild``, a tag) says where its
+step may run, not what it builds: it is not in the step's input key, so the same inputs are
+reused whichever node built them.  Its ``arch`` says what it is built for (that architecture
+only, by a node of it): that changes the packages, so it is in the key.
+
 ``builder`` says which kind of image builder the step needs, not which program: ``kaniko``
 (the default) is the farm's daemonless Dockerfile builder, i.e. kaniko pods on Kubernetes and
 buildah in the local profile; ``sysbox`` asks for a pod in the sysbox runtime (a Dockerfile
@@ -253,12 +258,14 @@ class PackageSource(_TreeSource):
     )
     arch: str | None = Field(
         default=None,
-        description="the architecture a node must have to build it (e.g. arm64); default: the "
-        "package's Architecture when it names one, else any node",
+        description="the one architecture it is built for, natively by a node of it (e.g. arm64; part "
+        "of the input key); default: the package's Architecture when it names one, else the build's "
+        "architectures",
     )
     requires: list[str] = Field(
         default_factory=list,
-        description="node labels its node must have (key=value or tags: builder=sbuild, cpu=large, gpu)",
+        description="node labels its node must have (key=value or tags: builder=sbuild, cpu=large, gpu); "
+        "where it runs, not what it builds: not part of the input key",
     )
 
     @field_validator("arch")

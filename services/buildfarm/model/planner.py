@@ -27,7 +27,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -219,8 +219,14 @@ def step_name(source: str, host_arch: str, primary: bool) -> str:
     return source if primary else f"{source}:{host_arch}"
 
 
-def _step_arches(info: SourceInfo, arches: Sequence[str], native: str) -> list[tuple[str, bool]]:
-    """(host architecture, primary) of each step of one source package; the primary first."""
+def _step_arches(
+    info: SourceInfo, arches: Sequence[str], native: str, only: str | None = None
+) -> list[tuple[str, bool]]:
+    """(host architecture, primary) of each step of one source package; the primary first.
+    ``only``: the package is built for that one architecture (manifest ``arch:``, or an
+    ``Architecture`` naming one), whatever the build lists."""
+    if only:
+        return [(only, True)]
     wanted = [a for a in arches if builds_for(info.architectures, a)]
     primary_arch = native if native in arches else arches[0]
     if wanted and primary_arch not in wanted:
@@ -235,10 +241,12 @@ def make_plan(
     *,
     architectures: Sequence[str] | None = None,
     native: str = "",
+    only_arch: Mapping[str, str] | None = None,
 ) -> Plan:
     """Build the dependency graph from (origin, info, tree hash) triples of one manifest:
     packages, images, and ``explicit_depends`` (a package's source name -> its manifest
-    ``depends``).  ``architectures`` are the manifest's (None: ``native``, the build node's)."""
+    ``depends``).  ``architectures`` are the manifest's (None: ``native``, the build node's);
+    ``only_arch`` names the packages built for one architecture only (source name -> it)."""
     arches = list(architectures or [native])
     plan = Plan()
     producer: dict[str, str] = {}
@@ -253,7 +261,7 @@ def make_plan(
                     f"binary package {binary!r} is built by both {producer[binary]} and {info.name}"
                 )
             producer[binary] = info.name
-        for host_arch, primary in _step_arches(info, arches, native):
+        for host_arch, primary in _step_arches(info, arches, native, (only_arch or {}).get(info.name)):
             name = step_name(info.name, host_arch, primary)
             by_arch[(info.name, host_arch)] = name
             plan.steps[name] = PlannedStep(
@@ -348,12 +356,21 @@ def compute_input_keys(
     *,
     native: str = "",
     cross_environments: Mapping[str, str] | None = None,
+    built_natively: Collection[str] = (),
 ) -> None:
     """Fill in every step's input key, dependencies first. Image steps use the image builder's
-    identity and options instead of the package runner's.  A package step for another
-    architecture than ``native`` uses ``cross_environments[host_arch]`` (the cross environment's
-    identity); a step whose build differs from the node's own (another architecture, or without
-    the ``all`` binaries) has its architecture in its key."""
+    identity and options instead of the package runner's.  A step whose build differs from the
+    node's own (another architecture, or without the ``all`` binaries) has its architecture in
+    its key: the architecture a package is built for changes what it builds.
+
+    A package step for another architecture than ``native`` is cross-built, with
+    ``cross_environments[host_arch]`` (the cross environment's identity) as its environment;
+    unless its architecture is in ``built_natively`` (a node of that architecture builds it):
+    then its key says so (``"on": "native"``: a native build is not a cross build's twin) and
+    names the farm's environment, the same recipe and mirror state the node's own environment
+    is made from for its architecture (the node's digest is not known at submit).
+
+    The labels a step requires (``requires:``: where it may run) are not in its key."""
     for name in plan.order():
         step = plan.steps[name]
         material: dict[str, object] = {
@@ -365,7 +382,9 @@ def compute_input_keys(
         }
         if step.image is None and step.host_arch and (step.host_arch != native or not step.arch_all):
             material["arch"] = {"host": step.host_arch, "all": step.arch_all}
-            if step.host_arch != native:
+            if step.host_arch != native and step.host_arch in built_natively:
+                material["arch"] = {"host": step.host_arch, "all": step.arch_all, "on": "native"}
+            elif step.host_arch != native:
                 material["environment"] = (cross_environments or {})[step.host_arch]
         if step.image is not None:
             material |= {

@@ -254,7 +254,8 @@ class StepSettings(Group):
         default=30.0,
         gt=0,
         alias="redispatch_seconds",
-        description="a step ready this long without a taker is sent to the queue again",
+        description="a step ready this long without a taker is sent to the queue again (then at pauses "
+        "that double, up to 20 times this; the step keeps its place in the queue)",
     )
     priorities: dict[str, int] = Field(
         default_factory=lambda: dict(DEFAULT_BUILD_PRIORITIES),

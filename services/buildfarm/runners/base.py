@@ -76,6 +76,10 @@ class StepResult:
     killed_by: str | None = None
     """Set when the builder was killed by a signal the farm did not send (``SIGKILL``: the OOM
     killer, an operator): nothing is known about the package, so the step is built again."""
+    layer: str | None = None
+    """The dependency layer outcome of the step's environment (``hit:<key>``, ``miss:<key>``,
+    ``none``, ``none:<key>``, ``failed``; :class:`buildfarm.environments.StepTarball`), None
+    where the runner has no layers: recorded on the step (``build show``)."""
 
 
 def attempt_dirname(build_id: int, safe_step_name: str, attempt: int) -> str:

@@ -15,6 +15,13 @@ the stored log ends: the runner writes one ``buildfarm: following pod`` marker a
 lines (the init containers' logs, then the build container's), so the lines after the last
 marker (but the worker's own ``buildfarm: `` lines) say how many pod lines are already stored.
 
+**Cross builds** (a manifest's foreign ``architectures``) run as sbuild's do: the step's input key
+names the cross environment, here the package-builder image made from the sbuild runner's cross
+environment (the foreign architecture added to dpkg, ``crossbuild-essential-<arch>``), and its
+pod runs ``buildfarm-step package --host-arch <arch>`` (``apt-get build-dep -a``,
+``dpkg-buildpackage -a -Pcross,nocheck``) in that image, ``--no-arch-all`` for a step that is
+not its source's primary one.  ``buildfarm env image --cross arm64`` pushes the image.
+
 Every wait is bounded: the pod may stay Pending ``PENDING_TIMEOUT_SECONDS``, then run at most the
 Job's ``activeDeadlineSeconds`` (Kubernetes kills it then) plus ``FINISH_MARGIN_SECONDS``.
 """
@@ -36,6 +43,7 @@ from kubernetes.client.exceptions import ApiException
 
 from buildfarm.backends.fs import file_sha256
 from buildfarm.backends.registry import RegistryClient
+from buildfarm.environments import host_architecture
 from buildfarm.model import names
 from buildfarm.model.errors import BuildfarmError, PermanentError
 from buildfarm.model.images import registry_host, split_reference
@@ -175,7 +183,9 @@ class KubernetesRunner:
         tag on the farm's registry (``buildfarm env image`` pushes one per environment and moves
         the tag) is resolved there, so a moved tag makes a new environment id; a digest, or an
         image outside the farm's registry, is used as written."""
-        image = self.builders.image
+        return self._by_digest(self.builders.image)
+
+    def _by_digest(self, image: str) -> str:
         if "@sha256:" in image or not self.registry.url or "/" not in image:
             return image
         host, repository, tag = split_reference(image)
@@ -188,6 +198,17 @@ class KubernetesRunner:
         # The image is the build environment: its digest, made from the environment tarball
         # (runners/builderimage.py), changes whenever the environment does.
         return f"{ENVIRONMENT_PREFIX}{self.builder_image()}"
+
+    def native_architecture(self) -> str:
+        """The architecture of the package-builder image (the worker's own: one image for a
+        cluster of one architecture)."""
+        return host_architecture()
+
+    def cross_environment_id(self, host_arch: str) -> str:
+        """The cross environment of builder pods for ``host_arch``: the package-builder image of
+        the sbuild runner's cross environment (``buildfarm env image --cross arm64`` pushes it as
+        ``builder_image``'s tag plus ``-cross-arm64``), by digest as ``builder_image`` is."""
+        return f"{ENVIRONMENT_PREFIX}{self._by_digest(cross_image(self.builders.image, host_arch))}"
 
     def image_of(self, job: StepJob) -> str:
         """The package-builder image ``job``'s input key names (its build's environment id), so a
@@ -210,7 +231,8 @@ class KubernetesRunner:
             upload = self.store.presigned_put_url(
                 upload_key(job.build_id, job.step_name, job.attempt), expires
             )
-        pods = replace(self.pods, package_image=self.image_of(job))
+        cross = job.host_arch if job.host_arch not in ("", self.native_architecture()) else None
+        pods = replace(self.pods, package_image=self.image_of(job), cross_arch=cross)
         return kubespecs.builder_job(job, pods, kubespecs.StepUrls(source, upload))
 
     def exists(self, build_id: int, step_name: str, attempt: int) -> bool:
@@ -423,6 +445,20 @@ class KubernetesRunner:
         if job.kind == StepKind.PACKAGE:
             with contextlib.suppress(BuildfarmError):
                 self.store.delete_key(upload_key(job.build_id, job.step_name, job.attempt))
+
+
+def cross_image(image: str, host_arch: str) -> str:
+    """The package-builder image of the cross environment for ``host_arch``: ``image``'s tag
+    with ``-cross-<arch>`` (``latest`` when it names none)."""
+    if "@" in image:
+        raise PermanentError(
+            f"cross-building for {host_arch} in builder pods needs builder_image to be a tag (it is "
+            f"{image}): the cross image is found beside it as <tag>-cross-{host_arch}"
+        )
+    name, _, tag = image.rpartition(":")
+    if not name or "/" in tag:  # no tag: the colon (if any) was a registry port
+        name, tag = image, "latest"
+    return f"{name}:{tag}-cross-{host_arch}"
 
 
 def _job_finished(job: Any) -> bool:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from buildfarm.model.errors import PermanentError
+from buildfarm.model.images import registry_host
 from buildfarm.model.settinggroups import BuildersSettings
 from buildfarm.model.types import ImageBuilder, StepKind
 from buildfarm.runners.base import StepJob
@@ -71,10 +72,23 @@ class PodSettings:
     package_image: str | None = None
     """The package-builder image of this pod, by digest (the one its step's input key names);
     None: the setting ``builder_image`` as written."""
+    cross_arch: str | None = None
+    """The Debian architecture this pod cross-builds for (``buildfarm-step package --host-arch``,
+    in the cross environment's image, as sbuild's ``--host``); None: the image's own."""
 
     @property
     def builder_image(self) -> str:
         return self.package_image or self.builders.image
+
+    def pull_secrets(self) -> list[dict[str, str]]:
+        """The package-builder image made by ``buildfarm env image`` is on the farm's registry,
+        which asks every client for its account (the chart's default): the kubelet pulls it with
+        the builders' registry Secret."""
+        if not self.registry_url or not self.builders.registry_secret:
+            return []
+        if not self.builder_image.startswith(registry_host(self.registry_url) + "/"):
+            return []
+        return [{"name": self.builders.registry_secret}]
 
 
 ROOT_CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETGID", "SETUID"]
@@ -193,6 +207,10 @@ def _pod_spec(
     }
     if init_containers:
         spec["initContainers"] = init_containers
+    if pods.pull_secrets() and any(
+        c["image"] == pods.builder_image for c in [container, *(init_containers or [])]
+    ):
+        spec["imagePullSecrets"] = pods.pull_secrets()
     if pods.builders.service_account:
         spec["serviceAccountName"] = pods.builders.service_account
     node = (job.node or pods.builders.node) if pods.builders.pin_to_node else None
@@ -215,15 +233,16 @@ LABEL_PREFIX = "buildfarm.io/"
 
 
 def node_selector(requires: str) -> dict[str, str]:
-    """A step's required labels as its builder pod's nodeSelector: ``arch=arm64`` is the
-    well-known ``kubernetes.io/arch``, ``key=value`` is ``buildfarm.io/key``, a tag is
-    ``buildfarm.io/tag: "true"``; ``builder=`` labels name what the worker runs, not the node."""
+    """A step's required labels as its builder pod's nodeSelector: ``arch=arm64`` (and
+    ``native-arch=arm64``) is the well-known ``kubernetes.io/arch``, ``key=value`` is
+    ``buildfarm.io/key``, a tag is ``buildfarm.io/tag: "true"``; ``builder=`` labels name what
+    the worker runs, not the node."""
     selector: dict[str, str] = {}
     for label in filter(None, requires.split(",")):
         key, _, value = label.partition("=")
         if key == "builder":
             continue
-        if key == "arch":
+        if key in ("arch", "native-arch"):  # a Kubernetes node's architecture is its own
             selector["kubernetes.io/arch"] = value
         else:
             selector[LABEL_PREFIX + key] = value or "true"
@@ -276,6 +295,10 @@ def package_job(
         args += ["--apt-source", source.line()]
     if pods.mirrored:  # the farm mirrors what builds may use: the image's own sources stay out
         args.append("--only-given-sources")
+    if pods.cross_arch:  # as the sbuild runner's --host: Build-Depends and compiler for that one
+        args += ["--host-arch", pods.cross_arch]
+    if not job.arch_all:  # the Architecture: all binaries are the primary step's
+        args.append("--no-arch-all")
     args += [
         "--workdir",
         "/build",

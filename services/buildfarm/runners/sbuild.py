@@ -27,6 +27,7 @@ from buildfarm.environments import (
     EnvironmentCache,
     EnvironmentSpec,
     LayerPolicy,
+    StepTarball,
     cross_spec,
     file_digest,
     host_architecture,
@@ -66,6 +67,7 @@ def sbuild_command(
     apt_update: bool = True,
     host_arch: str | None = None,
     arch_all: bool = True,
+    install_deps: bool = True,
 ) -> list[str]:
     """The sbuild call of every step (``make bench`` builds by hand with it: only the farm differs).
 
@@ -73,7 +75,15 @@ def sbuild_command(
     refreshes only its own archive and the extra repositories.  ``host_arch`` cross-builds
     (``--host``: Build-Depends are installed for that architecture, the compiler is Debian's
     cross toolchain); ``arch_all=False`` leaves the ``Architecture: all`` binaries to the step
-    of the source's primary architecture."""
+    of the source's primary architecture.
+
+    ``install_deps=False`` when the tarball already has every Build-Depends
+    (:attr:`StepTarball.satisfied`): sbuild's ``null`` resolver, so no dummy package, no apt
+    run, no extra repository in the chroot (``make bench``: a third of a trivial step's setup);
+    dpkg-buildpackage still runs dpkg-checkbuilddeps in the chroot, so a dependency missing after
+    all fails the build with "Unmet build dependencies"."""
+    if not install_deps:
+        apt_update, extra_sources = False, ()
     return [
         "sbuild",
         "--chroot-mode=unshare",
@@ -85,6 +95,7 @@ def sbuild_command(
         "--no-apt-upgrade",
         "--no-apt-distupgrade",
         *([] if apt_update else ["--no-apt-update"]),
+        *([] if install_deps else ["--build-dep-resolver=null"]),
         "--nolog",
         f"--build-dir={build_dir}",
         *([f"--host={host_arch}"] if host_arch else []),
@@ -166,25 +177,32 @@ def ensure_builder_tarball(
 
 
 class _LogWatch:
-    """Passes log lines on, remembering what explains a failure: sbuild's ``E:`` line and
-    whether one of the farm's own repositories could not be fetched (apt only warns about that)."""
+    """Passes log lines on, remembering what explains a failure: sbuild's ``E:`` line, whether
+    one of the farm's own repositories could not be fetched (apt only warns about that), and
+    dpkg-checkbuilddeps' error in the chroot (a step run without a resolver whose Build-Depends
+    are not all there after all: sbuild's own line then only says dpkg-buildpackage died)."""
 
     def __init__(self, sink: Callable[[str], None], farm_urls: list[str]) -> None:
         self.sink = sink
         self.farm_urls = [u.rstrip("/") for u in farm_urls]
         self.last_error: str | None = None
         self.unreachable: str | None = None
+        self.unmet: str | None = None
 
     def __call__(self, line: str) -> None:
         self.sink(line)
         if line.startswith("E: "):
             self.last_error = line[3:].strip()
+        elif line.startswith("dpkg-checkbuilddeps: error: "):
+            self.unmet = line.removeprefix("dpkg-checkbuilddeps: error: ").strip()
         elif line.startswith("W: Failed to fetch") and any(u in line for u in self.farm_urls):
             self.unreachable = next(u for u in self.farm_urls if u in line)
 
     def explain(self, base: str) -> str:
         if self.unreachable:
             return f"{base}: the farm's repository {self.unreachable} was unreachable from the build"
+        if self.unmet:
+            return f"{base}: {self.unmet}"
         return f"{base}: {self.last_error}" if self.last_error else base
 
 
@@ -289,18 +307,20 @@ class SbuildRunner:
             return self.environments.ensure(cross_spec(self.spec, host_arch))
         return self.environments.ensure(self.spec)
 
-    def _step_tarball(self, job: StepJob, dsc: Path, scratch: Path | None) -> tuple[Path, bool]:
-        """The tarball this step unpacks: its environment's dependency layer when it has big
+    def _step_tarball(self, job: StepJob, dsc: Path, scratch: Path | None) -> tuple[StepTarball, bool]:
+        """(tarball, whether it carries the mirror's apt lists) of this step: its environment's
+        dependency layer (held in use: released by the caller after sbuild) when it has big
         Build-Depends (:mod:`buildfarm.environments.steplayer`), else the environment."""
         env = self._cached_environment(job.environment_id, job.host_arch)
         if env is None or self.layers is None:
-            return self.step_environment(job.environment_id, job.host_arch)
+            path, has_lists = self.step_environment(job.environment_id, job.host_arch)
+            return StepTarball(path), has_lists
         work = job.workdir / "layer"
         work.mkdir()
-        tarball = step_tarball(
+        chosen = step_tarball(
             env, dsc, job.extra_sources, self.layers, work=work, log=job.log, scratch=scratch
         )
-        return tarball, env.spec.keep_lists
+        return chosen, env.spec.keep_lists
 
     def run(self, job: StepJob) -> StepResult:
         for tool, package in (("sbuild", "sbuild"), ("dpkg-source", "dpkg-dev"), ("newuidmap", "uidmap")):
@@ -335,10 +355,11 @@ class SbuildRunner:
             _make_dir(chroots)
             env["BUILDFARM_SBUILD_TMPDIR"] = str(chroots)
         watch = _LogWatch(job.log, [s.url for s in job.extra_sources])
+        chosen: StepTarball | None = None
         try:
-            tarball, has_lists = self._step_tarball(job, dsc, chroots)
+            chosen, has_lists = self._step_tarball(job, dsc, chroots)
             command = sbuild_command(
-                tarball,
+                chosen.path,
                 self.distribution,
                 out,
                 dsc,
@@ -346,6 +367,7 @@ class SbuildRunner:
                 apt_update=not has_lists,
                 host_arch=job.host_arch if cross else None,
                 arch_all=job.arch_all,
+                install_deps=not chosen.satisfied,
             )
             outcome = run_streaming(
                 command,
@@ -356,14 +378,17 @@ class SbuildRunner:
                 env=env,
             )
         finally:  # sbuild removes its chroot itself, unless it was killed
+            if chosen is not None:
+                chosen.release()  # the layer may be evicted again
             if chroots is not None:
                 shutil.rmtree(chroots, ignore_errors=True)
                 with contextlib.suppress(OSError):  # the farm's directory, if no other attempt uses it
                     chroots.parent.rmdir()
+        layer = chosen.label if chosen is not None and chosen.result else None
         if outcome.returncode != 0 or outcome.cancelled or outcome.timed_out:
             failure = describe_failure("sbuild", outcome, job.timeout_seconds)
-            return StepResult(False, [], watch.explain(failure), killed_by=outcome.killed_by)
+            return StepResult(False, [], watch.explain(failure), killed_by=outcome.killed_by, layer=layer)
         outputs = sorted(p for p in out.iterdir() if p.name.endswith(FILE_OUTPUT_SUFFIXES))
         if not any(p.name.endswith(PACKAGE_SUFFIXES) for p in outputs):
-            return StepResult(False, [], "sbuild succeeded but produced no .deb")
-        return StepResult(True, outputs)
+            return StepResult(False, [], "sbuild succeeded but produced no .deb", layer=layer)
+        return StepResult(True, outputs, layer=layer)

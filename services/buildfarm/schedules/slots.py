@@ -61,7 +61,8 @@ from buildfarm.model.errors import (
     TemporaryError,
 )
 from buildfarm.model.manifest import Manifest, load_manifest, parse_manifest
-from buildfarm.model.settings import ScheduleConfig, Settings
+from buildfarm.model.settinggroups import ScheduleSettings
+from buildfarm.model.settings import ScheduleConfig
 from buildfarm.model.urlpolicy import redact_url
 from buildfarm.state.models import Build, ScheduleRun
 from buildfarm_client.models import ScheduleOut
@@ -152,18 +153,18 @@ def next_run(cron: Cron | str, after: dt.datetime) -> dt.datetime | None:
     return (cron if isinstance(cron, Cron) else parse_cron(cron)).next_after(after)
 
 
-def schedule_cron(settings: Settings, schedule: ScheduleConfig) -> Cron:
+def schedule_cron(settings: ScheduleSettings, schedule: ScheduleConfig) -> Cron:
     """The schedule's own cron, or the farm's ``nightly_schedule`` when it gives none."""
-    expression = schedule.cron or settings.schedules.nightly
+    expression = schedule.cron or settings.nightly
     if not expression:
         raise PermanentError(f"schedule {schedule.name}: no cron (and setting nightly_schedule is empty)")
     return parse_cron(expression, f"schedule {schedule.name}: cron")
 
 
-def check_schedules(settings: Settings) -> None:
+def check_schedules(settings: ScheduleSettings) -> None:
     """Every schedule has a valid name, a unique one, and a cron; one line for the first that does not."""
     seen: set[str] = set()
-    for schedule in settings.schedules.builds:
+    for schedule in settings.builds:
         names.check_simple_name(schedule.name, "schedule")
         if schedule.name in seen:
             raise PermanentError(f"two schedules are named {schedule.name!r}")
@@ -208,7 +209,7 @@ def _tick_one(
 ) -> int | None:
     """Start this schedule's due slot if ``latest`` (its newest run) is older, or start
     ``latest`` again if its retry is due or its scheduler died while starting it."""
-    cron = schedule_cron(ctx.settings, schedule)
+    cron = schedule_cron(ctx.settings.schedules, schedule)
     slot = cron.last_at_or_before(now)
     if slot is None:
         raise PermanentError(f"cron {cron.expression!r} has no slot")
@@ -221,7 +222,11 @@ def _tick_one(
         if run_id is None:
             return None
         return _start_run(ctx, schedule, cron, _Attempt(run_id, slot, 1), now)
-    if slot == latest.slot and _due_again(ctx.settings, latest, now) and _take_over(ctx, latest, now):
+    if (
+        slot == latest.slot
+        and _due_again(ctx.settings.schedules, latest, now)
+        and _take_over(ctx, latest, now)
+    ):
         return _start_run(ctx, schedule, cron, _Attempt(latest.id, slot, latest.attempt + 1), now)
     return None
 
@@ -250,14 +255,14 @@ def _claim(ctx: FarmContext, name: str, slot: dt.datetime, now: dt.datetime, *, 
         return session.execute(statement.returning(ScheduleRun.id)).scalar()
 
 
-def _due_again(settings: Settings, run: ScheduleRun, now: dt.datetime) -> bool:
+def _due_again(settings: ScheduleSettings, run: ScheduleRun, now: dt.datetime) -> bool:
     """Whether ``run`` (its schedule's newest) is to be started again now: its retry is due, or
     its claim is older than ``schedule_start_timeout_seconds`` with neither build nor error."""
     if run.baseline or run.build_id is not None:
         return False
     if run.retry_at is not None:
         return run.retry_at <= now
-    stale = now - dt.timedelta(seconds=settings.schedules.start_timeout_seconds)
+    stale = now - dt.timedelta(seconds=settings.start_timeout_seconds)
     return run.error is None and run.claimed_at <= stale
 
 
@@ -442,7 +447,7 @@ def list_schedules(ctx: FarmContext, now: dt.datetime) -> list[ScheduleOut]:
             error: str | None = None
             upcoming: dt.datetime | None = None
             try:
-                upcoming = schedule_cron(ctx.settings, schedule).next_after(now)
+                upcoming = schedule_cron(ctx.settings.schedules, schedule).next_after(now)
             except PermanentError as exc:
                 error = str(exc)
             last = session.scalars(

@@ -156,6 +156,9 @@ class Step(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     ready_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # When the reaper last re-sent a ticket for the ready step (0015; None: only the one sent at
+    # ``ready_at``).  Re-sending never moves ``ready_at``: a step keeps its age in the queue.
+    ticket_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     log_key: Mapped[str | None] = mapped_column(Text, default=None)
@@ -192,6 +195,10 @@ class Step(Base):
     host_arch: Mapped[str] = mapped_column(String(64), default="", server_default="")
     arch_all: Mapped[bool] = mapped_column(default=True, server_default=true())
     environment_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    # The dependency layer its attempt started from (0016): "hit:<key>", "miss:<key>", "none",
+    # "none:<key>" or "failed" (runners/base.py StepResult.layer); None: no layers (the host
+    # runner, a builder pod, a reused step, a step from before 0016).
+    layer: Mapped[str | None] = mapped_column(String(80), default=None)
 
     build: Mapped[Build] = relationship(back_populates="steps")
     outputs: Mapped[list[StepOutput]] = relationship(back_populates="step", order_by="StepOutput.filename")
@@ -419,8 +426,9 @@ class TenantUsage(Base):
 
     ``pass_seconds`` grows by the node-seconds its steps use divided by its project's weight;
     the scheduler takes next the ready step of the tenant with the least (start-time fair
-    queuing: :mod:`buildfarm.engine.fairshare`).  The row of the empty tenant ("", "") holds the
-    farm's virtual time, where a tenant that was idle starts again.
+    queuing: :mod:`buildfarm.engine.fairshare`).  ``start_seconds`` is the virtual start of its
+    last step (0015); the farm's virtual time, where a tenant that was idle starts again, is the
+    largest of them (the row of the empty tenant ("", "") is the farm's row of before 0015).
     """
 
     __tablename__ = "tenant_usage"
@@ -428,6 +436,7 @@ class TenantUsage(Base):
     project: Mapped[str] = mapped_column(String(100), primary_key=True)
     user: Mapped[str] = mapped_column(String(100), primary_key=True)
     pass_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    start_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

@@ -138,7 +138,7 @@ def dashboard_router(farm: FarmContext, limits: RateCounter, nodes_online: Nodes
             PER_PAGE,
             kind=filters["kind"],
             user=filters["user"],
-            offset=(number - 1) * PER_PAGE,
+            page=number,
             viewer=None if principal.admin else (principal.user, maintained),
             projects=None if principal.admin else sorted(principal.roles),
         )

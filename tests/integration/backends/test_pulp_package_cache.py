@@ -13,6 +13,8 @@ upstream) sees the counts the farm must not have.
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,8 +28,10 @@ from buildfarm.backends.base import DebianUpstream
 from buildfarm.backends.pulp.client import PulpClient
 from buildfarm.backends.pulp.packagecache import PulpPackageCache, cache_name
 from buildfarm.environments import routed_environments
+from buildfarm.environments.mmdebstrap import UNSAFE_IO_HOOK, mirror_key_file, mmdebstrap_command
+from buildfarm.local.aptclient import AptClient, AptError
 from buildfarm.model.errors import ServiceUnavailableError
-from buildfarm.model.settings import load_settings
+from buildfarm.model.settings import DEFAULT_SIGNING_KEYRING, load_settings
 from buildfarm.wiring import make_package_cache
 
 from debpkgs import build_deb
@@ -141,3 +145,65 @@ def test_a_sync_under_way_elsewhere_is_temporary(pulp_server: PulpServer, upstre
     finally:
         PulpContentRedirectContentGuardContext(cache.client.ctx, pulp_href=lease["pulp_href"]).delete()
     assert _deb_requests(upstream) == {}
+
+
+def test_signed_cache_is_published_signed_and_environments_name_its_key(
+    pulp_server: PulpServer, upstream: Upstream, tmp_path: Path
+) -> None:
+    """With the farm's signing service the cache's publication is signed as the branch
+    repositories' are (one published unsigned before is published again, signed): apt checks it
+    with the farm's key, and an environment made from it holds that key at the signed-by path."""
+    plain = load_settings(
+        **pulp_server.settings(), state_dir=str(tmp_path), mirror=upstream.url, distribution=SUITE
+    )
+    unsigned = make_package_cache(plain).route(DebianUpstream(upstream.url, SUITE, ARCH))
+    assert unsigned.mirror.startswith("[trusted=yes] ") and unsigned.key is None
+
+    settings = load_settings(
+        **pulp_server.settings(signed=True), state_dir=str(tmp_path), mirror=upstream.url, distribution=SUITE
+    )
+    environments, spec = routed_environments(settings, make_package_cache(settings), include=("pc-alpha",))
+    options, served = spec.mirror.split()
+    assert options == f"[signed-by={DEFAULT_SIGNING_KEYRING}]" and served == unsigned.mirror.split()[1]
+    branches = pulp_server.repository(signing_service=pulp_server.signing_service).signing_key()
+    assert branches is not None and spec.mirror_key == branches.public_key  # the branches' key
+
+    # apt checks the cache's Release with the farm's key: the line says signed-by, not trusted=yes
+    apt = AptClient(tmp_path / "apt", f"deb {spec.mirror} {SUITE} {COMPONENT}", public_key=spec.mirror_key)
+    apt.update()
+    assert apt.download("pc-alpha").name.startswith("pc-alpha_")
+    other = AptClient(
+        tmp_path / "apt-other",
+        f"deb {spec.mirror} {SUITE} {COMPONENT}",
+        public_key=upstream.key.public.read_text(),
+    )
+    with pytest.raises(AptError):
+        other.update()  # another key: refused
+
+    # the environment, made by the farm's own mmdebstrap call: the extract variant (the tiny
+    # upstream has no Debian base system to install), which runs no customize hooks, so the key's
+    # hook runs as an extract hook (dpkg's, for a dpkg it does not install, is left out)
+    dest = tmp_path / "env.tar"
+    with mirror_key_file(spec) as key_file:
+        command = [
+            "--variant=extract"
+            if arg == "--variant=buildd"
+            else arg.replace("--customize-hook=", "--extract-hook=")
+            for arg in mmdebstrap_command(spec, dest, key_file=key_file)
+            if arg != f"--customize-hook={UNSAFE_IO_HOOK}"
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with tarfile.open(dest) as tar:
+        sources = _member(tar, "./etc/apt/sources.list")
+        held = _member(tar, f".{DEFAULT_SIGNING_KEYRING}")
+        assert "pc-alpha" in _member(tar, "./usr/share/pc-alpha/payload")
+    assert sources.strip() == f"deb [signed-by={DEFAULT_SIGNING_KEYRING}] {served} {SUITE} main"
+    assert held == spec.mirror_key and str(tmp_path) not in sources
+    assert environments.proxy is None
+
+
+def _member(tar: tarfile.TarFile, name: str) -> str:
+    handle = tar.extractfile(name)
+    assert handle is not None, name
+    return handle.read().decode()

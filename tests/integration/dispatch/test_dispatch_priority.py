@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from buildfarm.dispatch.celery_app import BUILD_QUEUE, CeleryDispatcher, make_celery
+from buildfarm.dispatch.celery_app import BUILD_QUEUE
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.settings import load_settings
 
+from dispatchkit import celery_dispatcher
 from helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -49,8 +50,7 @@ def _taken(path: Path, count: int) -> list[int] | None:
 
 
 def test_release_steps_are_taken_before_queued_nightly_steps(redis_flush: str, tmp_path: Path) -> None:
-    settings = load_settings(state_dir=tmp_path / "state", redis_url=redis_flush)
-    dispatcher = CeleryDispatcher(make_celery(settings), settings.steps.priorities)
+    dispatcher = celery_dispatcher(tmp_path, redis_flush)
     queued = [
         (1, "nightly"),
         (2, "nightly"),

@@ -9,27 +9,19 @@ steps of a nightly build, then tenant B (beta/bob) 2 of another nightly build: i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dispatchkit import probe_worker, ready_steps, wait_taken
 
-from buildfarm.dispatch.celery_app import BUILD_QUEUE, CeleryDispatcher, make_celery
+from buildfarm.dispatch.celery_app import BUILD_QUEUE
 from buildfarm.engine.context import FarmContext
-from buildfarm.model.settings import load_settings
 from buildfarm.state.models import Build, Step
 
-from farmkit import make_test_context
+from dispatchkit import celery_dispatcher, ctx, probe_worker, ready_steps, wait_taken
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-def ctx(tmp_path: Path, database_url: str) -> Iterator[FarmContext]:
-    context = make_test_context(tmp_path, database_url)
-    yield context
-    context.db.dispose()
+__all__ = ["ctx"]  # the fixture, imported for this module's tests
 
 
 def test_a_second_tenant_is_served_before_the_first_ones_queue_is_done(
@@ -38,8 +30,7 @@ def test_a_second_tenant_is_served_before_the_first_ones_queue_is_done(
     with ctx.db.session() as session:
         first = ready_steps(session, "alpha", "ann", 6)
         second = ready_steps(session, "beta", "bob", 2)
-    settings = load_settings(state_dir=tmp_path / "state", redis_url=redis_flush)
-    dispatcher = CeleryDispatcher(make_celery(settings), settings.steps.priorities)
+    dispatcher = celery_dispatcher(tmp_path, redis_flush)
     for step_id in first + second:  # the tickets in arrival order, one class
         dispatcher.run_step(step_id, 1, "nightly")
 

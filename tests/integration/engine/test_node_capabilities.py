@@ -8,11 +8,8 @@ test sees where a ticket was routed; the real Celery path is ``tests/integration
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from dispatchkit import ready_steps
 from sqlalchemy import update
 
 from buildfarm.engine import control, reap, routing
@@ -25,17 +22,13 @@ from buildfarm.model.types import BuildState, StepState
 from buildfarm.state.models import Build, Step, utcnow
 
 from debpkgs import make_package
-from farmkit import dispatcher, make_test_context
+from dispatchkit import ctx, ready_steps
+from farmkit import dispatcher
 
 AMD = ["arch=amd64", "builder=host", "cpu=small", "memory=small"]
 ARM = ["arch=arm64", "builder=host", "cpu=small", "memory=small"]
 
-
-@pytest.fixture
-def ctx(tmp_path: Path, database_url: str) -> Iterator[FarmContext]:
-    context = make_test_context(tmp_path, database_url)
-    yield context
-    context.db.dispose()
+__all__ = ["ctx"]  # the fixture, imported for this module's tests
 
 
 def test_a_labelled_step_is_routed_to_and_taken_only_by_a_capable_node(ctx: FarmContext) -> None:
@@ -111,4 +104,4 @@ def test_submit_records_what_each_step_requires(ctx: FarmContext, tmp_path: Path
     )
     build_id = submit_build(ctx, load_manifest(root / "buildfarm.yaml"), root, "alice")
     shown = {s.name: s.requires for s in control.show_build(ctx, build_id).steps}
-    assert shown == {"plain": "", "armonly": "arch=arm64", "big": "cpu=large"}
+    assert shown == {"plain": "", "armonly": "arch=arm64,native-arch=arm64", "big": "cpu=large"}

@@ -3,25 +3,14 @@ class under the fair share, or what it waits for."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-from dispatchkit import ready_steps
-
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.types import StepState
 from buildfarm.state.models import Step
 
-from farmkit import make_test_context
+from dispatchkit import ctx, ready_steps
 
-
-@pytest.fixture
-def ctx(tmp_path: Path, database_url: str) -> Iterator[FarmContext]:
-    context = make_test_context(tmp_path, database_url)
-    yield context
-    context.db.dispose()
+__all__ = ["ctx"]  # the fixture, imported for this module's tests
 
 
 def test_positions_follow_the_fair_share_and_pending_steps_name_their_dependencies(ctx: FarmContext) -> None:

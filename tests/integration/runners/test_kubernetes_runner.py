@@ -488,6 +488,43 @@ def test_a_context_that_fails_its_check_fails_the_step_in_one_line(
     _validate(cluster.created)
 
 
+def test_a_cross_build_runs_in_the_cross_image_with_its_host_architecture(
+    ctx: FarmContext, cluster: FakeCluster, tmp_path: Path
+) -> None:
+    """A manifest's foreign architecture in builder pods: the step's key names the cross
+    environment's image, and its pod runs in that image with ``--host-arch`` (and without the
+    ``Architecture: all`` binaries), as the sbuild runner runs ``sbuild --host``.  The images
+    cannot be pulled here: the pods fail at once, the Jobs they were sent as are what counts."""
+    runner = ctx.runner
+    assert isinstance(runner, KubernetesRunner)
+    native = runner.native_architecture()
+    foreign = "arm64" if native != "arm64" else "amd64"
+    src = tmp_path / "src"
+    control = make_package(src, "tool") / "debian" / "control"
+    control.write_text(control.read_text().replace("Architecture: all", "Architecture: any"))
+    manifest = write_manifest(src, ["tool"])
+    manifest.write_text(manifest.read_text() + f"architectures: [{native}, {foreign}]\n")
+    build_id = submit_build(ctx, load_manifest(manifest), src, "alice")
+    image = ctx.settings.builders.image
+    cross = f"{image}-cross-{foreign}"
+    assert _step(ctx, build_id, f"tool:{foreign}").environment_id == f"kubernetes:{cross}"
+    assert _step(ctx, build_id, "tool").environment_id is None  # the build's own environment
+    cluster.unpullable |= {image, cross}
+    rec = dispatcher(ctx)
+    while rec.advances:
+        advance_build(ctx, rec.advances.pop(0))
+    for step_id, _attempt in rec.runs:
+        assert run_step(ctx, step_id, "node1") == "failed"
+    _validate(cluster.created)
+    sent = {body["metadata"]["annotations"]["buildfarm.io/step-name"]: body for body in cluster.created}
+    pods = {name: body["spec"]["template"]["spec"]["containers"][0] for name, body in sent.items()}
+    assert pods[f"tool:{foreign}"]["image"] == cross
+    args = pods[f"tool:{foreign}"]["args"]
+    assert args[args.index("--host-arch") + 1] == foreign and "--no-arch-all" in args
+    assert pods["tool"]["image"] == image
+    assert "--host-arch" not in pods["tool"]["args"] and "--no-arch-all" not in pods["tool"]["args"]
+
+
 def test_an_image_builder_that_cannot_be_pulled_after_the_context_fails_at_once(
     ctx: FarmContext, cluster: FakeCluster, tmp_path: Path
 ) -> None:

@@ -89,10 +89,16 @@ def test_tool_links_against_library_from_the_farms_repository(sbuild_farm: Farm,
     assert view["state"] == "succeeded", view
     steps = {s["name"]: s for s in view["steps"]}
     # libgreet needs nothing beyond the environment, greet-cli only the farm's own libgreet-dev:
-    # both ran without the archive's apt lists
-    assert "has every Build-Depends); environment" in Path(steps["libgreet"]["log"]).read_text()
+    # both ran without the archive's apt lists; libgreet without any resolver (no dummy package,
+    # no apt run), greet-cli with sbuild's apt resolver
+    lib_log = Path(steps["libgreet"]["log"]).read_text()
+    assert "has every Build-Depends); environment" in lib_log
+    assert "Null resolver: not installing main dependencies" in lib_log
+    assert "sbuild-build-depends-main-dummy" not in lib_log
+    assert steps["libgreet"]["layer"].startswith("none:")  # through the API: the lean layer's key
     cli_log = Path(steps["greet-cli"]["log"]).read_text()
     assert "(only the farm's own packages to install); environment" in cli_log
+    assert "sbuild-build-depends-main-dummy" in cli_log
     assert "/sb/main/staging/" in cli_log  # the extra repository sbuild was given
     assert "libgreet-dev" in cli_log
     deb = next(
@@ -231,6 +237,8 @@ def test_same_build_depends_share_a_layer_fetched_through_the_farms_cache_once(
     first = re.search(r"dependency layer (\w+): miss \(made now\), 1 archive packages", logs["zneed-one"])
     second = re.search(r"dependency layer (\w+): hit, 1 archive packages", logs["zneed-two"])
     assert first and second and first[1] == second[1], (logs["zneed-one"][-3000:], logs["zneed-two"][-3000:])
+    layers = {step["name"]: step["layer"] for step in view["steps"]}  # on the steps' records too
+    assert layers == {"zneed-one": f"miss:{first[1]}", "zneed-two": f"hit:{first[1]}"}
     assert "Unpacking zlib1g-dev" not in logs["zneed-two"]  # it was in the layer already
     cache_log = (sbuild_farm.state_dir / "apt-cache" / "log" / "apt-cacher.log").read_text().splitlines()
     fetched = [line for line in cache_log if "/zlib1g-dev_" in line]

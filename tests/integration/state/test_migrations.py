@@ -7,7 +7,6 @@ after upgrading a fresh database must find nothing to do.
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 from alembic import command
@@ -23,6 +22,9 @@ from buildfarm.state.db import alembic_config, upgrade
 from buildfarm.state.models import Base, Build, Step, TenantUsage
 
 from farmkit import make_test_context
+from migrationkit import BUILD, STEP, EarlierFarm, farm_at_0011
+
+__all__ = ["farm_at_0011"]  # the fixture, imported for this module's tests
 
 
 def test_migrations_match_the_models(database_url: str) -> None:
@@ -44,7 +46,6 @@ def test_an_upgrade_gives_earlier_builds_their_domain_columns(database_url: str,
     command.upgrade(alembic_config(database_url), "0008")
     reference = "registry.example:5000/proj/main/1/web:latest"
     staging_line = "deb [trusted=yes] http://127.0.0.1:8080/pulp/content/proj/main/_staging/1/ stable main"
-    now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     old = create_engine(database_url)
     try:
         tables = MetaData()
@@ -54,30 +55,8 @@ def test_an_upgrade_gives_earlier_builds_their_domain_columns(database_url: str,
             tables.tables["steps"],
             tables.tables["step_outputs"],
         )
-        step = {
-            "build_id": 1,
-            "version": "1.0",
-            "origin": "src",
-            "source_sha256": "a" * 64,
-            "tree_hash": "b" * 64,
-            "input_key": "c" * 64,
-            "depends_on": [],
-            "priority": 0,
-            "attempt": 1,
-            "error": None,
-        }
-        build = {
-            "id": 1,
-            "project": "proj",
-            "branch": "main",
-            "kind": "nightly",
-            "user": "alice",
-            "state": "running",
-            "manifest": {},
-            "environment_id": "env",
-            "created_at": now,
-            "staging_source": staging_line,
-        }
+        step = STEP | {"input_key": "c" * 64, "attempt": 1, "error": None}
+        build = BUILD | {"staging_source": staging_line}
         lost_lease = "attempt 1 on node1 lost its lease"
         files = ["lib_1.0_amd64.deb", "lib-udeb_1.0_amd64.udeb", "lib_1.0_amd64.buildinfo"]
         with old.begin() as conn:
@@ -161,43 +140,19 @@ def test_an_upgrade_gives_earlier_builds_their_domain_columns(database_url: str,
         old.dispose()
 
 
-def test_an_upgrade_to_0012_lets_earlier_ready_steps_run_anywhere(database_url: str, tmp_path: Path) -> None:
+def test_an_upgrade_to_0012_lets_earlier_ready_steps_run_anywhere(
+    farm_at_0011: EarlierFarm, tmp_path: Path
+) -> None:
     """0012: ready steps of a farm upgraded from 0011 require no label (any node takes them, as
     before), a node's ticket claims them through the fair share, and their tenant is charged."""
-    command.upgrade(alembic_config(database_url), "0011")
-    now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-    old = create_engine(database_url)
-    try:
-        tables = MetaData()
-        tables.reflect(old, only=["builds", "steps"])
-        with old.begin() as conn:
-            conn.execute(
-                insert(tables.tables["builds"]).values(
-                    id=1,
-                    project="proj",
-                    branch="main",
-                    kind="nightly",
-                    user="alice",
-                    state="running",
-                    manifest={},
-                    environment_id="env",
-                    created_at=now,
-                )
-            )
-            conn.execute(
-                insert(tables.tables["steps"]),
-                [
-                    {"id": i, "build_id": 1, "name": f"pkg{i}", "version": "1.0", "origin": "src",
-                     "source_sha256": "a" * 64, "tree_hash": "b" * 64, "input_key": f"{i}" * 64,
-                     "depends_on": [], "priority": i, "attempt": 0, "state": "ready", "ready_at": now,
-                     "kind": "package"}
-                    for i in (1, 2)
-                ],
-            )  # fmt: skip
-    finally:
-        old.dispose()
-
-    ctx = make_test_context(tmp_path, database_url)  # upgrades to the head
+    farm_at_0011.add_build(
+        [
+            {"id": i, "name": f"pkg{i}", "input_key": f"{i}" * 64, "priority": i, "attempt": 0,
+             "state": "ready", "ready_at": farm_at_0011.now}
+            for i in (1, 2)
+        ]
+    )  # fmt: skip
+    ctx = make_test_context(tmp_path, farm_at_0011.url)  # upgrades to the head
     try:
         with ctx.db.session() as session:
             assert {s.requires for s in session.scalars(select(Step))} == {""}
@@ -207,47 +162,21 @@ def test_an_upgrade_to_0012_lets_earlier_ready_steps_run_anywhere(database_url: 
             assert session.get_one(TenantUsage, ("proj", "alice")).pass_seconds > 0
     finally:
         ctx.db.dispose()
-    command.downgrade(alembic_config(database_url), "0011")
+    command.downgrade(alembic_config(farm_at_0011.url), "0011")
 
 
-def test_an_upgrade_keeps_earlier_steps_for_the_nodes_own_architecture(database_url: str) -> None:
+def test_an_upgrade_keeps_earlier_steps_for_the_nodes_own_architecture(farm_at_0011: EarlierFarm) -> None:
     """0013: steps recorded before architectures existed build for the node's own architecture,
     with their ``all`` binaries, in their build's environment: exactly what they did."""
-    command.upgrade(alembic_config(database_url), "0011")
-    now = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-    old = create_engine(database_url)
-    try:
-        tables = MetaData()
-        tables.reflect(old, only=["builds", "steps"])
-        with old.begin() as conn:
-            conn.execute(
-                insert(tables.tables["builds"]).values(
-                    id=1,
-                    project="p",
-                    branch="main",
-                    kind="nightly",
-                    user="alice",
-                    state="running",
-                    manifest={},
-                    environment_id="env",
-                    created_at=now,
-                )
-            )
-            conn.execute(
-                insert(tables.tables["steps"]).values(
-                    id=1, build_id=1, name="lib", version="1.0", origin="src", source_sha256="a" * 64,
-                    tree_hash="b" * 64, input_key="c" * 64, depends_on=[], priority=0, state="ready",
-                    attempt=0, kind="package",
-                )
-            )  # fmt: skip
-    finally:
-        old.dispose()
-    upgrade(database_url)
-    engine = create_engine(database_url)
+    farm_at_0011.add_build(
+        [{"id": 1, "name": "lib", "input_key": "c" * 64, "state": "ready", "attempt": 0}], project="p"
+    )
+    upgrade(farm_at_0011.url)
+    engine = create_engine(farm_at_0011.url)
     try:
         with engine.connect() as conn:
             row = conn.execute(select(Step.host_arch, Step.arch_all, Step.environment_id)).one()
     finally:
         engine.dispose()
     assert tuple(row) == ("", True, None)
-    command.downgrade(alembic_config(database_url), "0011")
+    command.downgrade(alembic_config(farm_at_0011.url), "0011")

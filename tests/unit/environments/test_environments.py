@@ -12,13 +12,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from envkit import TarMaker
 
 from buildfarm.environments import EnvironmentCache, EnvironmentGone, EnvironmentSpec, cross_spec
-from buildfarm.environments.mmdebstrap import mmdebstrap_command
+from buildfarm.environments.mmdebstrap import mirror_key_file, mmdebstrap_command
 from buildfarm.model.planner import SourceInfo, compute_input_keys, make_plan
 from buildfarm.runners.base import EnvironmentNotReady
 from buildfarm.runners.sbuild import SbuildRunner
@@ -139,6 +140,26 @@ def test_a_cross_environment_is_the_native_recipe_plus_the_foreign_architecture(
     assert cross_id != runner.environment_id() and maker.calls == 2
     path, _ = runner.step_environment(cross_id, "arm64")
     assert cache.get(cross_id.rsplit(":", 1)[1]).spec == cross and path.is_file()
+
+
+def test_a_signed_mirror_is_fetched_with_its_key_and_the_chroot_names_it_at_its_signed_by_path() -> None:
+    """The farm's signed package cache: mmdebstrap's apt reads the key from a host file, the
+    chroot's sources say the recipe's path (the tarball does not depend on where it was made)."""
+    signed = replace(
+        SPEC, mirror="[signed-by=/etc/apt/keyrings/buildfarm.asc] http://pulp/c/", mirror_key="KEY"
+    )
+    assert signed.as_dict()["mirror_key"] == "KEY" and EnvironmentSpec.from_dict(signed.as_dict()) == signed
+    assert "mirror_key" not in SPEC.as_dict() and signed.key() != replace(signed, mirror_key="OTHER").key()
+    with mirror_key_file(signed) as key_file:
+        assert key_file is not None and key_file.read_text() == "KEY"
+        assert key_file.stat().st_mode & 0o777 == 0o644 and key_file.parent.stat().st_mode & 0o777 == 0o755
+        command = mmdebstrap_command(signed, Path("/tmp/env.tar"), key_file=key_file)
+    assert command[-1] == f"deb [signed-by={key_file}] http://pulp/c/ bookworm main"
+    hook = next(arg for arg in command if "keyrings" in arg)
+    assert hook.startswith("--customize-hook=") and f"'{key_file}'" in hook
+    assert not key_file.exists()
+    with mirror_key_file(SPEC) as none:
+        assert none is None and mmdebstrap_command(SPEC, Path("/tmp/env.tar"))[-1].startswith("deb http")
 
 
 def test_truncated_tarball_is_detected_removed_and_made_again(

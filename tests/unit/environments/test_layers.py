@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -102,13 +103,66 @@ def test_half_written_layer_leaves_no_entry(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="killed"):
         cache.ensure(deps, dies)
     assert cache.entries() == [] and cache.find(deps) is None
-    leftover = cache.root / ".new-1-dead"  # what a maker killed by SIGKILL leaves
+    leftover = cache.root / f".new-{deps.key()}-1-dead"  # what a maker killed by SIGKILL leaves
     leftover.mkdir()
     (leftover / "layer.tar").write_bytes(b"half")
     (cache.root / f"{deps.key()}.tar").write_bytes(b"renamed, record never written")
     assert cache.find(deps) is None
     _, hit = cache.ensure(deps, LayerMaker())
     assert not hit and not leftover.exists()
+
+
+def test_two_layers_are_made_at_once_and_the_same_one_only_once(tmp_path: Path) -> None:
+    """While one layer is being made, another node makes a different one to the end; a node
+    asking for the one being made waits for it and finds it made.  Each "node" is a cache of
+    its own over the same directory (its own open lock files, as another process has)."""
+    root = tmp_path / "layers"
+    one, two = DependencySet(ENV, LIBS), DependencySet(ENV, ("libfoo-dev:amd64=1",))
+    made_two: list[tuple[object, bool]] = []
+    same: list[tuple[object, bool]] = []
+    second_maker, same_maker = LayerMaker(), LayerMaker()
+    waiter: list[threading.Thread] = []
+    finished_inside: list[bool] = []
+
+    def make_one(dest: Path) -> None:
+        other = threading.Thread(
+            target=lambda: made_two.append(LayerCache(root, 1 << 30).ensure(two, second_maker))
+        )
+        other.start()
+        other.join(timeout=120)  # a bound for the old code's single lock only: it returns at once
+        finished_inside.append(not other.is_alive())
+        asking = threading.Thread(
+            target=lambda: same.append(LayerCache(root, 1 << 30).ensure(one, same_maker))
+        )
+        asking.start()  # waits for this making (the key's lock), joined after it
+        waiter.append(asking)
+        LayerMaker()(dest)
+
+    layer, hit = LayerCache(root, 1 << 30).ensure(one, make_one)
+    waiter[0].join()
+    assert finished_inside == [True]  # two was made while one was being made
+    assert made_two[0][1] is False and second_maker.calls == 1
+    assert hit is False and same == [(layer, True)] and same_maker.calls == 0  # one made only once
+    assert {e.key for e in LayerCache(root, 1 << 30).entries()} == {one.key(), two.key()}
+
+
+def test_a_layer_in_use_is_not_evicted_or_pruned(tmp_path: Path) -> None:
+    """A step holds its layer from the check to the end of its sbuild: eviction passes over it."""
+    maker = LayerMaker(size=10_000)
+    cache = LayerCache(tmp_path / "layers", max_bytes=1 << 30)
+    sets = [DependencySet(ENV, (f"lib{n}-dev:amd64=1",)) for n in range(3)]
+    used = cache.acquire(sets[0], maker)  # a step unpacks it
+    cache.max_bytes = used.layer.size  # one fits
+    _age(cache, sets[0].key(), 100)  # and it is the least recently used
+    cache.ensure(sets[1], maker)
+    assert cache.check(used.layer) and {e.key for e in cache.entries()} == {sets[0].key(), sets[1].key()}
+    pruned = cache.prune(set(), min_age_seconds=0)  # both of a pruned environment
+    assert [layer.key for layer in pruned] == [sets[1].key()]  # not the one in use
+    assert cache.check(used.layer)
+    used.release()
+    cache.ensure(sets[2], maker)  # over the bound again: now the released one goes
+    assert [e.key for e in cache.entries()] == [sets[2].key()]
+    assert not used.layer.path.exists()
 
 
 def test_prune_removes_layers_of_pruned_environments(tmp_path: Path) -> None:
@@ -120,8 +174,11 @@ def test_prune_removes_layers_of_pruned_environments(tmp_path: Path) -> None:
     cache.ensure(gone, maker)
     assert cache.prune({ENV}, min_age_seconds=3600) == []  # just used: a step may be unpacking it
     _age(cache, gone.key(), 7200)
+    dead = cache.root / f".new-{gone.key()}-1-dead"  # a maker killed by SIGKILL
+    dead.mkdir()
     assert [layer.key for layer in cache.prune({ENV}, min_age_seconds=3600)] == [gone.key()]
     assert [layer.key for layer in cache.entries()] == [live.key()]
+    assert not dead.exists() and not (cache.root / f".lock-{gone.key()}").exists()
 
 
 def test_lookups_are_counted_on_the_workers_metrics() -> None:
@@ -203,3 +260,83 @@ def test_no_layers_where_the_hosts_apt_cannot_decide_for_the_environment(tmp_pat
     status.write_text(f"Package: apt\nVersion: {host}\n")
     (view / "var" / "lib" / "dpkg" / "arch").write_text("amd64\narm64\n")
     assert "multi-architecture" in unlike_host(view)
+
+
+def _environment_tarball(path: Path, packages: dict[str, str]) -> None:
+    """A small real environment tarball: a dpkg database with ``packages`` (name: extra fields)
+    installed, the host's apt among them, a sources.list and an archive list."""
+    from buildfarm.environments.resolve import _host_apt_version
+
+    stanzas = [
+        f"Package: {name}\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1\n{extra}"
+        for name, extra in packages.items()
+    ]
+    stanzas.append(
+        f"Package: apt\nStatus: install ok installed\nArchitecture: amd64\nVersion: {_host_apt_version()}\n"
+    )
+    members = {
+        "./var/lib/dpkg/status": "\n".join(stanzas).encode(),
+        "./etc/apt/sources.list": b"deb http://deb.debian.org/debian bookworm main\n",
+        "./var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_InRelease": b"release",
+    }
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _dsc(path: Path, build_depends: str) -> Path:
+    path.write_text(
+        f"Format: 3.0 (native)\nSource: p\nBinary: p\nArchitecture: any\nVersion: 1.0\n"
+        f"Build-Depends: {build_depends}\n"
+    )
+    return path
+
+
+TOOLCHAIN_STATUS = {
+    "build-essential": "",
+    "debhelper": "Provides: debhelper-compat (= 13)\n",
+    "fakeroot": "",
+}
+
+
+@pytest.mark.parametrize(
+    ("packages", "build_depends", "satisfied"),
+    [
+        (TOOLCHAIN_STATUS, "debhelper-compat (= 13)", True),
+        (TOOLCHAIN_STATUS, "debhelper-compat (= 13), zlib1g-dev", False),
+        # fakeroot is no Build-Essential package, but sbuild's dpkg-buildpackage -rfakeroot needs it
+        ({k: v for k, v in TOOLCHAIN_STATUS.items() if k != "fakeroot"}, "debhelper-compat (= 13)", False),
+    ],
+)
+def test_a_step_the_environment_satisfies_runs_with_nothing_to_install(
+    tmp_path: Path, packages: dict[str, str], build_depends: str, satisfied: bool
+) -> None:
+    """Told on the host (dpkg-checkbuilddeps against the environment's dpkg database, with what
+    sbuild adds): then the step gets the environment without its archive lists and sbuild runs
+    without a resolver; otherwise apt resolves the set (nothing here: no apt lists to resolve
+    from, so the step stays in its environment, where sbuild's apt resolver explains)."""
+    from buildfarm.environments import Environment, EnvironmentSpec, LayerPolicy, step_tarball
+
+    tarball = tmp_path / "env.tar"
+    _environment_tarball(tarball, packages)
+    spec = EnvironmentSpec("bookworm", "amd64", "http://deb.debian.org/debian")
+    env = Environment("e" * 64, tarball, spec, "2026-01-01T00:00:00Z", tarball.stat().st_size, "")
+    policy = LayerPolicy(LayerCache(tmp_path / "layers", 1 << 30), tmp_path / "views")
+    (tmp_path / "work").mkdir()
+    lines: list[str] = []
+    chosen = step_tarball(
+        env, _dsc(tmp_path / "p_1.0.dsc", build_depends), [], policy, work=tmp_path / "work", log=lines.append
+    )
+    try:
+        assert chosen.satisfied is satisfied, lines
+        if satisfied:
+            assert chosen.path != tarball and "has every Build-Depends" in lines[0]
+            with tarfile.open(chosen.path) as tar:  # the lean layer: no archive lists
+                assert not any(n.startswith("./var/lib/apt/lists/deb") for n in tar.getnames())
+        else:
+            assert chosen.path == tarball
+            assert not any("has every Build-Depends" in line for line in lines)
+    finally:
+        chosen.release()  # the lean layer is held in use until then

@@ -120,3 +120,20 @@ def test_explicit_depends_follow_the_architecture() -> None:
 )
 def test_builds_for(tokens: tuple[str, ...], arch: str, expected: bool) -> None:
     assert builds_for(tokens, arch) is expected
+
+
+def test_a_native_build_of_a_foreign_architecture_keys_apart_from_its_cross_build() -> None:
+    def natively(environment: str) -> dict[str, str]:
+        plan = make_plan(_examples(), architectures=["amd64", "arm64"], native="amd64")
+        compute_input_keys(plan, environment, {"v": "2"}, native="amd64", built_natively={"arm64"})
+        return {name: step.input_key for name, step in plan.steps.items()}
+
+    crossed = _keyed(make_plan(_examples(), architectures=["amd64", "arm64"], native="amd64"), cross=CROSS)
+    native = natively("sbuild:bookworm:native-digest")
+    assert {n: k for n, k in native.items() if ":" not in n} == {
+        n: k for n, k in crossed.items() if ":" not in n
+    }
+    arm = [n for n in native if n.endswith(":arm64")]
+    assert arm and all(native[n] != crossed[n] for n in arm)  # no cross outputs for a native step
+    # no cross environment is needed, and the farm's environment (its mirror state) is in the key
+    assert all(natively("sbuild:bookworm:refreshed")[n] != native[n] for n in arm)

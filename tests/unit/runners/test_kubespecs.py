@@ -58,7 +58,7 @@ def test_pods_are_pinned_only_when_workers_run_on_their_node(tmp_path: Path) -> 
 
 
 def test_a_steps_required_labels_become_its_pods_node_selector(tmp_path: Path) -> None:
-    job = _job(tmp_path, requires="arch=arm64,builder=sbuild,cpu=large,gpu")
+    job = _job(tmp_path, requires="arch=arm64,builder=sbuild,cpu=large,gpu,native-arch=arm64")
     pod = _pod(builder_job(job, _settings(tmp_path), URLS))
     assert pod["nodeSelector"] == {
         "kubernetes.io/arch": "arm64",
@@ -110,3 +110,37 @@ def test_kaniko_pods_need_the_context_sha256(tmp_path: Path) -> None:
     job.source_sha256 = ""
     with pytest.raises(PermanentError, match="a kaniko pod needs the context's sha256"):
         builder_job(job, _settings(tmp_path), URLS)
+
+
+def test_the_package_builder_image_on_the_farms_registry_is_pulled_with_the_builders_secret(
+    tmp_path: Path,
+) -> None:
+    """``buildfarm env image`` pushes it there (the chart's default ``builders.packageImage``),
+    and the registry asks every client for its account: the kubelet needs the Secret."""
+    settings = {
+        "builder_image": "buildfarm-registry.farm.svc.cluster.local:5000/buildfarm/package-builder:current",
+        "builder_registry_secret": "buildfarm-registry-push",
+    }
+    pods = PodSettings(
+        BuildersSettings.model_validate(settings),
+        registry_url="http://buildfarm-registry.farm.svc.cluster.local:5000",
+    )
+    package = _pod(builder_job(_job(tmp_path), pods, URLS))
+    assert package["imagePullSecrets"] == [{"name": "buildfarm-registry-push"}]
+    kaniko = _pod(
+        builder_job(
+            _job(
+                tmp_path,
+                image=ImageSpec(name="web", builder="kaniko", destination="registry:5000/p/b/7/web:latest"),
+                kind="image",
+            ),
+            pods,
+            URLS,
+        )
+    )
+    assert kaniko["imagePullSecrets"] == [{"name": "buildfarm-registry-push"}]  # its fetch-context init
+    elsewhere = PodSettings(
+        BuildersSettings.model_validate({**settings, "builder_image": "ghcr.io/x/package-builder:1"}),
+        registry_url="http://buildfarm-registry.farm.svc.cluster.local:5000",
+    )
+    assert "imagePullSecrets" not in _pod(builder_job(_job(tmp_path), elsewhere, URLS))

@@ -57,7 +57,7 @@ from pulp_glue.common.context import EntityDefinition
 from pulp_glue.common.exceptions import PulpException
 from pulp_glue.core.context import PulpContentRedirectContentGuardContext
 
-from buildfarm.backends.base import AptSource, MirrorStatus
+from buildfarm.backends.base import AptSource
 from buildfarm.backends.pulp.client import UNAVAILABLE_RETRY_SECONDS, PulpClient
 from buildfarm.backends.pulp.contexts import (
     PulpAptDistributionContext,
@@ -71,6 +71,7 @@ from buildfarm.model import names
 from buildfarm.model.errors import ConflictError, PermanentError, ServiceUnavailableError
 from buildfarm.model.mirrors import check_mirror, signing_key
 from buildfarm.model.settings import MirrorConfig
+from buildfarm_client.models import MirrorSyncOut
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class PulpMirrors:
             self._signed_publications[publication] = signed
         return signed
 
-    def sync(self, mirror: MirrorConfig) -> MirrorStatus:
+    def sync(self, mirror: MirrorConfig) -> MirrorSyncOut:
         """Sync ``mirror`` from upstream, publish the result and switch its distribution to it."""
         check_mirror(mirror)
         started = time.monotonic()
@@ -211,7 +212,7 @@ class PulpMirrors:
         seconds = time.monotonic() - started
         number = str(_version_number(version))
         log.info("pulp: mirror %s at version %s (%s packages) in %.2fs", mirror.name, number, stats, seconds)
-        return MirrorStatus(
+        return MirrorSyncOut(
             name=mirror.name,
             source=self.source(mirror).line(),
             packages=int(stats.get("count", 0)),

@@ -18,14 +18,23 @@ apt sources inside every chroot made from them point at it too.  The work is the
 (:class:`~buildfarm.backends.pulp.mirrors.PulpMirrors`: lease, bounded waits, forward-only
 switch, labels ``buildfarm.class=mirror`` that retention keeps forever), under ``_cache`` instead
 of ``_mirrors``: ``to_safe`` escapes ``_``, so no project, branch or configured mirror shares it.
-Pulp writes its own Release file for the publication, unsigned: apt reads the line with
-``[trusted=yes]`` (the chroots cannot hold a key path of the host).
+Pulp writes its own Release file for the publication, signed by the farm's signing service
+(``pulp_signing_service``) as every build publication and mirror is: the route names the key as
+``[signed-by=<signing_keyring>]`` and carries the public key, which the environments hold at that
+path (:mod:`buildfarm.environments.mmdebstrap`), so apt checks the cache's indexes in every
+chroot.  Without a signing service the publication is unsigned and the line says
+``[trusted=yes]``; a cache published before signing was configured is synced again (signed) on
+its next route.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+import typing as t
+
+from pulp_glue.core.context import PulpSigningServiceContext
 
 from buildfarm.backends.base import CacheRoute, DebianUpstream
 from buildfarm.backends.pulp.client import PulpClient
@@ -35,8 +44,8 @@ from buildfarm.backends.pulp.mirrors import (
     DownloadPolicy,
     PulpMirrors,
 )
-from buildfarm.model.errors import ConflictError, ServiceUnavailableError
-from buildfarm.model.settings import MirrorConfig
+from buildfarm.model.errors import ConflictError, PermanentError, ServiceUnavailableError
+from buildfarm.model.settings import DEFAULT_SIGNING_KEYRING, MirrorConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +63,8 @@ class PulpPackageCache:
     """:class:`~buildfarm.backends.base.PackageCache` on the Pulp reached through ``client``.
 
     ``policy`` is ``on_demand`` in the farm; tests pass the others to show what it changes.
+    ``signing_service``: the name of the Pulp signing service its publications are signed with
+    (None: unsigned); ``keyring``: where apt keeps its public key (setting ``signing_keyring``).
     """
 
     def __init__(
@@ -62,11 +73,37 @@ class PulpPackageCache:
         content_origin: str,
         retain_versions: int = DEFAULT_RETAIN_VERSIONS,
         policy: DownloadPolicy = "on_demand",
+        *,
+        signing_service: str | None = None,
+        keyring: str = DEFAULT_SIGNING_KEYRING,
     ) -> None:
         self.client = client
         self.content_origin = content_origin.rstrip("/")
         self.retain_versions = retain_versions
         self.policy: DownloadPolicy = policy
+        self.signing_service = signing_service
+        self.keyring = keyring
+        self._signing_record: dict[str, t.Any] | None = None
+        self._lock = threading.Lock()
+
+    def _signing(self) -> dict[str, t.Any]:
+        """The signing service's record (href, public key), looked up once."""
+        with self._lock:
+            if self._signing_record is not None:
+                return self._signing_record
+        with self.client._errors(f"looking up the signing service {self.signing_service!r}"):
+            found = self.client._first(PulpSigningServiceContext(self.client.ctx), name=self.signing_service)
+        if found is None:
+            raise PermanentError(
+                f"Pulp has no signing service {self.signing_service!r} (setting pulp_signing_service): "
+                "register it with pulpcore-manager add-signing-service --class deb:AptReleaseSigningService"
+            )
+        with self._lock:
+            self._signing_record = dict(found)
+        return self._signing_record
+
+    def _signing_href(self) -> str:
+        return str(self._signing()["pulp_href"])
 
     def _mirrors(self, mirror: MirrorConfig) -> PulpMirrors:
         return PulpMirrors(
@@ -74,6 +111,8 @@ class PulpPackageCache:
             self.content_origin,
             [mirror],
             self.retain_versions,
+            signing_service=self._signing_href if self.signing_service is not None else None,
+            keyring=self.keyring,
             policy=self.policy,
             segment=CACHE_SEGMENT,
         )
@@ -89,15 +128,28 @@ class PulpPackageCache:
         )
 
     def _route(self, mirrors: PulpMirrors, mirror: MirrorConfig) -> CacheRoute:
-        return CacheRoute(mirror=f"[trusted=yes] {mirrors.source(mirror, signed=False).url}")
+        served = mirrors.usable().get(mirror.name)
+        if served is None or served.signed_by is None:
+            return CacheRoute(mirror=f"[trusted=yes] {mirrors.source(mirror, signed=False).url}")
+        return CacheRoute(mirror=f"[signed-by={served.signed_by}] {served.url}", key=self._public_key())
+
+    def _public_key(self) -> str:
+        return str(self._signing()["public_key"])
 
     def route(self, upstream: DebianUpstream) -> CacheRoute:
         """The distribution of ``upstream``, synced first if it has never been (the first sync
-        of a whole Debian suite reads its ~60 000 package records: minutes, once)."""
+        of a whole Debian suite reads its ~60 000 package records: minutes, once), or if it was
+        published unsigned and a signing service is configured now."""
         mirror = self._mirror(upstream)
         mirrors = self._mirrors(mirror)
-        if mirror.name not in mirrors.usable():
+        served = mirrors.usable().get(mirror.name)
+        if served is None:
             log.info("pulp: package cache of %s %s: first sync", upstream.url, upstream.distribution)
+            self._sync(mirrors, mirror, upstream)
+        elif self.signing_service is not None and served.signed_by is None:
+            log.info(
+                "pulp: package cache of %s %s: published again, signed", upstream.url, upstream.distribution
+            )
             self._sync(mirrors, mirror, upstream)
         return self._route(mirrors, mirror)
 

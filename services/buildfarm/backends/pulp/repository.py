@@ -16,7 +16,7 @@ from pulp_glue.common.exceptions import PulpException
 from pulp_glue.core.context import PulpArtifactContext, PulpSigningServiceContext
 
 from buildfarm.backends.apttree import check_filename as check_build_filename
-from buildfarm.backends.base import AptSource, BuildRef, Fetch, MirrorStatus, PackageFile, StoredPackage
+from buildfarm.backends.base import AptSource, BuildRef, Fetch, PackageFile, StoredPackage
 from buildfarm.backends.fs import file_sha256
 from buildfarm.backends.pulp import branchmerge, expire
 from buildfarm.backends.pulp.branchmerge import Plan
@@ -65,6 +65,7 @@ from buildfarm.model.debsource import read_dsc, source_package
 from buildfarm.model.errors import NotFoundError, PermanentError, ServiceUnavailableError
 from buildfarm.model.mirrors import check_mirrors
 from buildfarm.model.settings import DEFAULT_SIGNING_KEYRING, MirrorConfig
+from buildfarm_client.models import MirrorSyncOut
 
 log = logging.getLogger(__name__)
 
@@ -704,7 +705,7 @@ class PulpRepository(PulpClient):
     def usable_mirrors(self) -> dict[str, AptSource]:
         return self.mirrors.usable()
 
-    def sync_mirror(self, mirror: MirrorConfig) -> MirrorStatus:
+    def sync_mirror(self, mirror: MirrorConfig) -> MirrorSyncOut:
         return self.mirrors.sync(mirror)
 
     def keep_build_inputs(self, files: list[PackageFile]) -> int:
