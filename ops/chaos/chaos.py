@@ -16,7 +16,8 @@ Further cases: ``builder`` kills -9 the ``dpkg-buildpackage`` alone (the host ru
 the OOM killer does): the step must be built again, succeeding on attempt 2, once.
 ``repos-readonly``/``repos-full`` (and ``artifacts-*``) put a read-only bind mount or a filled tmpfs
 over the state dir's ``repos`` (``artifacts``) while the build finishes (needs root), for
-``FAULT_HOLD_SECONDS`` after the build first says so, then unmount: the build must wait, then
+``FAULT_HOLD_SECONDS`` after the build first says so (its error; for the artifact store, the
+step's log: ``storing outputs waits``), then unmount: the build must wait, then
 publish once. ``branch-20`` submits ``CONCURRENT_BUILDS`` builds of different packages to one
 branch at once: each succeeds, ``latest`` lists each package once, apt downloads each from
 ``latest`` with the bytes its build made.  ``CASES="builder branch-20" make chaos`` runs some.
@@ -207,8 +208,20 @@ def run_disk_case(farm: ChaosFarm, case: str) -> Row:
 
     def met_fault() -> bool:
         view.update(farm.json("build", "show", str(build_id)))
-        return bool(view.get("error")) or view["state"] in ("succeeded", "failed", "cancelled")
+        if view.get("error") or view["state"] in ("succeeded", "failed", "cancelled"):
+            return True
+        if where != "artifacts":
+            return False
+        # a step storing its outputs waits out the artifact store in its log, not in the build's error
+        log = farm.cli("build", "logs", str(build_id), str(view["steps"][0]["name"]), timeout=120).stdout
+        waits = [line for line in log.splitlines() if "storing outputs waits" in line]
+        waits = waits or _waits_under(under, build_id)
+        if waits:
+            view["error"] = waits[-1].removeprefix("buildfarm: ")
+        return bool(waits)
 
+    target.mkdir(parents=True, exist_ok=True)
+    under = os.open(target, os.O_RDONLY | os.O_DIRECTORY)  # the directory the fault will cover
     _mount_fault(target, kind)
     start = time.monotonic()
     try:
@@ -221,7 +234,22 @@ def run_disk_case(farm: ChaosFarm, case: str) -> Row:
         time.sleep(FAULT_HOLD_SECONDS)  # the fault lasts a while: publishing must keep waiting
     finally:
         _release_fault(target)
+        os.close(under)
     return _follow(farm, case, build_id, start=start, note=during, orphans=[], expect_attempt=None)
+
+
+def _waits_under(directory_fd: int, build_id: int) -> list[str]:
+    """The ``storing outputs waits`` lines of build ``build_id``'s step logs in the artifact
+    store ``directory_fd``, opened before a tmpfs covered it: the step's log file is open there,
+    hidden from every path (``build logs`` finds no log) while a full tmpfs covers the store.
+    A disk that fills up hides nothing; only the harness's way of filling it does."""
+    waits = []
+    for top, _dirs, files in os.walk(f"/proc/self/fd/{directory_fd}/logs/{build_id}"):
+        for name in files:
+            with open(os.path.join(top, name), "rb") as log:
+                lines = log.read().decode("utf-8", "replace").splitlines()
+            waits += [line for line in lines if "storing outputs waits" in line]
+    return waits
 
 
 def run_branch_case(farm: ChaosFarm, case: str) -> Row:
@@ -237,6 +265,7 @@ def run_branch_case(farm: ChaosFarm, case: str) -> Row:
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=CONCURRENT_BUILDS) as pool:
         ids = list(pool.map(lambda m: int(farm.json("build", "submit", str(m))["id"]), manifests))
+    submitted = f"submitted in {time.monotonic() - start:.0f} s (load {os.getloadavg()[0]:.1f})"
     views: dict[int, dict[str, Any]] = {}
 
     def all_finished() -> bool:
@@ -255,7 +284,7 @@ def run_branch_case(farm: ChaosFarm, case: str) -> Row:
             len(unfinished),
             0,
             len(farm.strays()),
-            f"unfinished: {', '.join(unfinished)}",
+            f"{submitted}; unfinished: {', '.join(unfinished)}",
         )
     recovery = time.monotonic() - start
     failed = [f"{i}: {v.get('error')}" for i, v in views.items() if v["state"] != "succeeded"]
@@ -268,7 +297,7 @@ def run_branch_case(farm: ChaosFarm, case: str) -> Row:
     differ = _apt_latest(farm, case, {n: _deb_sha256(views[i]) for n, i in zip(names, ids, strict=True)})
     lost = len(failed) + len(missing) + int(bool(wrong)) + len(differ)
     note = (
-        f"{len(ids) - len(failed)}/{len(ids)} succeeded; "
+        f"{submitted}; {len(ids) - len(failed)}/{len(ids)} succeeded; "
         f"latest lists {len(names) - len(missing)}/{len(names)}; "
         f"apt gets {len(names) - len(differ)}/{len(names)} from latest as built; "
         f"repo verify checks {len(verify)} ({len(wrong)} differ)"
@@ -448,7 +477,10 @@ def main() -> int:
                 try:
                     rows.append(run_case(farm, case))
                 except (TimeoutError, subprocess.TimeoutExpired, RuntimeError, OSError, KeyError) as exc:
-                    rows.append(Row(case, float("nan"), 1, 0, len(farm.strays()), f"error: {exc}"))
+                    load = os.getloadavg()[0]  # a harness deadline passed on a loaded machine, or not
+                    rows.append(
+                        Row(case, float("nan"), 1, 0, len(farm.strays()), f"error: {exc} (load {load:.1f})")
+                    )
         finally:
             farm.cli("stop")
             after_stop = farm.strays()
