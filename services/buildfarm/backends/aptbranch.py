@@ -89,18 +89,25 @@ BranchState = dict[str, SourceEntry]
 """Source package name -> what the branch holds of it."""
 
 
-def describe(packages: Iterable[PackageFile], build_id: int) -> BranchState:
+def describe(packages: Iterable[PackageFile], build_id: int, known: BranchState | None = None) -> BranchState:
     """The source packages ``packages`` (one build's outputs) bring, read with ``dpkg-deb``
     after checking each file against its record (a build with a damaged output publishes nothing,
-    even when the damaged package would lose to a newer version).
+    even when the damaged package would lose to a newer version).  A file ``known`` (a published
+    tree's record: ``latest``) holds with the same name, sha256 and size is taken from it, not
+    read again: the same bytes give the same fields.
 
     A build that somehow holds two versions of one source package brings the newest only.
     """
+    recorded = {(f.filename, f.sha256, f.size): (f, e) for e in (known or {}).values() for f in e.files}
     exe = shutil.which("dpkg-deb")
     if exe is None:
         raise PermanentError("dpkg-deb is not installed: install the Debian package dpkg")
     by_source: dict[tuple[str, str], dict[str, BinaryFile]] = {}
     for package in packages:
+        seen = recorded.get((package.filename, package.sha256, package.size))
+        if seen is not None:
+            by_source.setdefault((seen[1].name, seen[1].version), {})[package.filename] = seen[0]
+            continue
         sha256, size = file_sha256(package.path)
         if sha256 != package.sha256 or size != package.size:
             raise PermanentError(
@@ -132,30 +139,42 @@ def describe(packages: Iterable[PackageFile], build_id: int) -> BranchState:
     return state
 
 
-def attach_sources(state: BranchState, sources: Iterable[PackageFile]) -> BranchState:
+def attach_sources(
+    state: BranchState, sources: Iterable[PackageFile], known: BranchState | None = None
+) -> BranchState:
     """``state`` (one build's, from :func:`describe`) with each source package of ``sources`` (the
     build's .dsc files and the files they name) given to the entry of the same name and version.
 
     Every file a .dsc names must be among ``sources`` with its sha256; a .dsc of no entry (a
-    source package that built no binary of this state) is not recorded.
+    source package that built no binary of this state) is not recorded.  A .dsc ``known`` (a
+    published tree's record) holds with the same sha256 is not parsed again: its record says
+    its name, version and files.
     """
+    recorded = {(e.sources[0].filename, e.sources[0].sha256): e for e in (known or {}).values() if e.sources}
     by_name = {p.filename: p for p in sources}
     out = dict(state)
     for dsc in (p for p in by_name.values() if p.filename.endswith(".dsc")):
-        package = source_package(dsc.path, dsc.filename, check=False)
-        entry = out.get(package.name)
-        if entry is None or Version(entry.version) != Version(package.version):
+        seen = recorded.get((dsc.filename, dsc.sha256))
+        if seen is not None:
+            name, version = seen.name, seen.version
+            named_files = [(f.filename, f.sha256) for f in seen.sources[1:]]
+        else:
+            package = source_package(dsc.path, dsc.filename, check=False)
+            name, version = package.name, package.version
+            named_files = [(f.name, f.sha256) for f in package.files]
+        entry = out.get(name)
+        if entry is None or Version(entry.version) != Version(version):
             continue
         files = [SourceFile(dsc.filename, dsc.sha256, dsc.size)]
-        for named in package.files:
-            have = by_name.get(named.name)
-            if have is None or have.sha256 != named.sha256:
+        for named_name, named_sha256 in named_files:
+            have = by_name.get(named_name)
+            if have is None or have.sha256 != named_sha256:
                 raise PermanentError(
-                    f"{dsc.filename} names {named.name} (sha256 {named.sha256}), which the build "
+                    f"{dsc.filename} names {named_name} (sha256 {named_sha256}), which the build "
                     + ("did not publish" if have is None else f"published as sha256 {have.sha256}")
                 )
             files.append(SourceFile(have.filename, have.sha256, have.size))
-        out[package.name] = replace(entry, sources=tuple(files))
+        out[name] = replace(entry, sources=tuple(files))
     return out
 
 

@@ -60,7 +60,7 @@ from buildfarm.backends.fs import fsync_dir
 from buildfarm.backends.signing import ReleaseSigner, SigningKey
 from buildfarm.backends.upstream import check_upstream, upstream_source
 from buildfarm.model import names
-from buildfarm.model.errors import NotFoundError, PermanentError
+from buildfarm.model.errors import NotFoundError, PermanentError, TemporaryError
 from buildfarm.model.mirrors import check_mirrors
 from buildfarm.model.settings import DEFAULT_SIGNING_KEYRING, MirrorConfig
 from buildfarm.model.types import BuildKind
@@ -181,6 +181,17 @@ class LocalAptRepository:
                     apttree.switch_symlink(branch_dir / "latest", f"builds/{build.build_id}")
         return self._source(target)
 
+    def held_files(self, build: BuildRef, files: Sequence[StoredPackage]) -> dict[str, Path]:
+        """Those of ``files`` the branch's ``latest`` holds (same name, sha256 and size), where its
+        tree keeps them: :class:`~buildfarm.backends.base.HoldsPackages`."""
+        base, where = self._latest_state(self._branch_dir(build.project, build.branch))
+        recorded = _recorded(base)
+        return {
+            f.filename: where[f.filename]
+            for f in files
+            if recorded.get(f.filename) == (f.sha256, f.size) and f.filename in where
+        }
+
     def _latest_state(self, branch_dir: Path) -> tuple[BranchState, dict[str, Path]]:
         """What ``latest`` holds, and where each of its files is (empty: nothing published yet).
 
@@ -226,11 +237,15 @@ class LocalAptRepository:
         for package in packages:
             apttree.check_filename(package.filename)
         base, where = self._latest_state(branch_dir)
+        recorded = _recorded(base)
+        packages = [_still_held(p, recorded, where) for p in packages]
         binaries = [p for p in packages if p.filename.endswith((".deb", ".udeb"))]
         # The build's source packages (.dsc and files): recorded with the binaries they built,
-        # so they are carried forward with them (a source package that lost stays out).
+        # so they are carried forward with them (a source package that lost stays out).  What
+        # latest records already is not read again (a no-change re-run reads no package).
         sources = [p for p in packages if not p.filename.endswith((".deb", ".udeb"))]
-        own = aptbranch.attach_sources(aptbranch.describe(binaries, build_id), sources)
+        described = aptbranch.describe(binaries, build_id, known=base)
+        own = aptbranch.attach_sources(described, sources, known=base)
         merged = aptbranch.merge(base, own, prefer_incoming=personal)
         by_name = {p.filename: p for p in packages}
         mine = [entry for entry in merged.values() if entry.build_id == build_id]
@@ -343,6 +358,30 @@ class LocalAptRepository:
     def sync_mirror(self, mirror: MirrorConfig) -> MirrorSyncOut:
         """Nothing to copy: check that the upstream answers (Release, Packages) and count its packages."""
         return check_upstream(mirror)
+
+
+def _recorded(state: BranchState) -> dict[str, tuple[str, int]]:
+    """(sha256, size) of every file (binary or source) ``state`` records, by filename."""
+    listed: list[aptbranch.BinaryFile | aptbranch.SourceFile] = [*aptbranch.files_of(state)]
+    listed += aptbranch.source_files_of(state)
+    return {f.filename: (f.sha256, f.size) for f in listed}
+
+
+def _still_held(
+    package: PackageFile, recorded: dict[str, tuple[str, int]], where: dict[str, Path]
+) -> PackageFile:
+    """``package`` as it is, unless its copy is gone: a copy in a published tree (from
+    :meth:`LocalAptRepository.held_files`) whose tree was expired after ``latest`` moved.  Then
+    the tree ``latest`` records it in now, or a temporary error: publishing again fetches it."""
+    if package.path.exists():
+        return package
+    now = where.get(package.filename)
+    if recorded.get(package.filename) == (package.sha256, package.size) and now is not None:
+        return PackageFile(package.filename, package.sha256, package.size, now)
+    raise TemporaryError(
+        f"{package.filename} was in latest when publishing began and is gone from it now "
+        "(latest moved); publishing again fetches it"
+    )
 
 
 def _where(state: BranchState, tree: Path) -> dict[str, Path]:

@@ -251,6 +251,20 @@ class BuildInputKeeper(Protocol):
         ...
 
 
+@runtime_checkable
+class HoldsPackages(Protocol):
+    """A package repository that can say which files of a build it holds already (the local
+    profile: what ``latest`` carries).  The engine then fetches none of them to publish: it hands
+    :meth:`PackageRepository.publish` the repository's own copies, so a no-change re-run of
+    thousands of packages moves no bytes."""
+
+    def held_files(self, build: BuildRef, files: Sequence[StoredPackage]) -> dict[str, Path]:
+        """Where the repository keeps each of ``files`` it holds with the same name and sha256
+        (by filename); the others are absent.  ``publish`` takes those paths as they are, and
+        refuses one that vanished meanwhile with a temporary error (publishing again fetches it)."""
+        ...
+
+
 def require_signing_key(repo: PackageRepository) -> SigningKey:
     """The repository's signing key; NotFoundError (one line) when the farm publishes unsigned."""
     key = repo.signing_key()

@@ -27,14 +27,14 @@ import errno
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from buildfarm.backends.base import BuildInputKeeper, BuildRef, PackageFile, StoredPackage
-from buildfarm.engine import routing
+from buildfarm.backends.base import BuildInputKeeper, BuildRef, HoldsPackages, PackageFile, StoredPackage
+from buildfarm.engine import bundlefiles, routing
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.outputs import adopt_outputs, find_equivalent
 from buildfarm.engine.submit import moves_latest
@@ -66,21 +66,60 @@ def _lock_build(session: Session, build_id: int) -> Build | None:
     return session.scalars(select(Build).where(Build.id == build_id).with_for_update()).one_or_none()
 
 
+LOOKUP_CHUNK = 500
+"""Keys or ids in one ``IN (...)`` lookup: a release of thousands of steps costs a few queries."""
+
+
 def find_reusable(session: Session, input_key: str) -> Step | None:
     """A step anywhere in the farm that built this input key successfully (the original, not a reuse)."""
-    return session.scalars(
-        select(Step)
-        .where(Step.input_key == input_key, Step.state == StepState.SUCCEEDED, Step.reused_from.is_(None))
-        .order_by(Step.finished_at.desc())
-        .limit(1)
-    ).first()
+    return find_reusables(session, [input_key]).get(input_key)
 
 
-def _outputs_stored(session: Session, step: Step, has: Callable[[str], bool]) -> bool:
+def find_reusables(session: Session, input_keys: Collection[str]) -> dict[str, Step]:
+    """:func:`find_reusable` of every key at once (the newest original success of each), in one
+    query per :data:`LOOKUP_CHUNK` keys; keys never built are absent."""
+    found: dict[str, Step] = {}
+    keys = sorted(set(input_keys))
+    for start in range(0, len(keys), LOOKUP_CHUNK):
+        rows = session.scalars(
+            select(Step)
+            .where(
+                Step.input_key.in_(keys[start : start + LOOKUP_CHUNK]),
+                Step.state == StepState.SUCCEEDED,
+                Step.reused_from.is_(None),
+            )
+            .order_by(Step.finished_at.desc(), Step.id.desc())
+        )
+        for step in rows:
+            found.setdefault(step.input_key, step)  # the newest comes first
+    return found
+
+
+def _outputs_of(session: Session, step_ids: Collection[int]) -> dict[int, list[StepOutput]]:
+    """The outputs of each of ``step_ids`` (every id present, maybe with none), chunked queries."""
+    ids = sorted(set(step_ids))
+    found: dict[int, list[StepOutput]] = {step_id: [] for step_id in ids}
+    for start in range(0, len(ids), LOOKUP_CHUNK):
+        chunk = ids[start : start + LOOKUP_CHUNK]
+        for output in session.scalars(select(StepOutput).where(StepOutput.step_id.in_(chunk))):
+            found[output.step_id].append(output)
+    return found
+
+
+def _outputs_stored(
+    session: Session,
+    step: Step,
+    has: Callable[[str], bool],
+    known: Mapping[int, list[StepOutput]] | None = None,
+) -> bool:
     """Whether every stored output of ``step`` (not its images: the registry holds those) is still
     in the artifact store.  A store that cannot answer now counts as holding them: publishing then
-    meets the outage and says so, as it would have without this check."""
-    for output in session.scalars(select(StepOutput).where(StepOutput.step_id == step.id)):
+    meets the outage and says so, as it would have without this check.  ``known``: outputs
+    loaded already, by step id (:func:`_outputs_of`); a step not in it is looked up."""
+    outputs = known.get(step.id) if known is not None else None
+    if outputs is None:
+        outputs = list(session.scalars(select(StepOutput).where(StepOutput.step_id == step.id)))
+    for output in outputs:
         if output.kind == OutputKind.IMAGE:
             continue
         try:
@@ -114,6 +153,36 @@ def _release(session: Session, build: Build, has: Callable[[str], bool] | None =
     released: list[Step] = []
     steps = open_steps(session, build.id)
     by_name = {s.name: s for s in steps}
+    # Every pending step's earlier success, and what it built, in a few queries, not one per
+    # step: a no-change re-run of thousands of packages reuses them all in one release.
+    reusable = find_reusables(session, [s.input_key for s in steps if s.state == StepState.PENDING])
+    stored = _outputs_of(session, [s.id for s in reusable.values()]) if has is not None else {}
+    with session.no_autoflush:  # the loop's lookups never read what it changed: no flush each
+        _resolve(
+            session,
+            steps,
+            by_name=by_name,
+            reusable=reusable,
+            stored=stored,
+            has=has,
+            released=released,
+            now=now,
+        )
+    return released
+
+
+def _resolve(
+    session: Session,
+    steps: list[Step],
+    *,
+    by_name: Mapping[str, Step],
+    reusable: Mapping[str, Step],
+    stored: Mapping[int, list[StepOutput]],
+    has: Callable[[str], bool] | None,
+    released: list[Step],
+    now: dt.datetime,
+) -> None:
+    """The loop of :func:`_release`: skip, reuse or make ready each pending step until nothing changes."""
     changed = True
     while changed:
         changed = False
@@ -128,12 +197,12 @@ def _release(session: Session, build: Build, has: Callable[[str], bool] | None =
                 step.error = f"not built: dependency {', '.join(failed)} did not succeed"
                 changed = True
             elif all(d.state == StepState.SUCCEEDED for d in deps):
-                same_input = find_reusable(session, step.input_key)
+                same_input = reusable.get(step.input_key)
                 original = find_equivalent(session, step, by_name, same_input)
                 if (
                     original is not None
                     and original.id != step.id
-                    and (has is None or _outputs_stored(session, original, has))
+                    and (has is None or _outputs_stored(session, original, has, stored))
                 ):
                     adopt_outputs(session, step, original, by_name)
                     step.state = StepState.SUCCEEDED
@@ -146,7 +215,6 @@ def _release(session: Session, build: Build, has: Callable[[str], bool] | None =
                     step.state = StepState.READY
                     step.ready_at = now
                     released.append(step)
-    return released
 
 
 def open_steps(session: Session, build_id: int) -> list[Step]:
@@ -195,13 +263,19 @@ def _outputs(session: Session, steps: list[Step]) -> list[StepOutput]:
     return list(session.scalars(select(StepOutput).where(StepOutput.step_id.in_(producers))))
 
 
-def _materialize(ctx: FarmContext, outputs: list[StepOutput], into: Path) -> list[PackageFile]:
+def _materialize(
+    ctx: FarmContext, outputs: list[StepOutput], into: Path, held: Mapping[str, Path] | None = None
+) -> list[PackageFile]:
+    """The package outputs as local files: the repository's own copy of those it holds
+    (``held``, by filename), the others fetched from the store into ``into``."""
     files = []
     for output in outputs:
         if not output.kind.is_package:
             continue
-        path = into / output.filename
-        ctx.store.fetch(output.sha256, path)
+        path = (held or {}).get(output.filename)
+        if path is None:
+            path = into / output.filename
+            ctx.store.fetch(output.sha256, path)
         files.append(PackageFile(output.filename, output.sha256, output.size, path))
     return files
 
@@ -223,20 +297,44 @@ def _keep_inputs(ctx: FarmContext, sources: list[PackageFile]) -> None:
         ctx.repo.keep_build_inputs(inputs)
 
 
-def materialize_sources(ctx: FarmContext, bundles: list[str], into: Path) -> list[PackageFile]:
+def materialize_sources(
+    ctx: FarmContext, bundles: list[str], into: Path, held: Mapping[str, Path] | None = None
+) -> list[PackageFile]:
     """The source packages the build's package steps built (each step's .dsc and its files),
-    published beside the binaries so ``apt-get source`` gets exactly what was built."""
+    published beside the binaries so ``apt-get source`` gets exactly what was built.
+
+    A bundle whose files the repository holds already (``held``, by filename, with the sha256s
+    :mod:`.bundlefiles` remembers) is not fetched: its files are the repository's copies."""
     files = []
     for index, sha256 in enumerate(sorted(set(bundles))):
+        known = bundlefiles.listing(ctx.work_root, sha256)
+        if known is not None and held is not None and all(f.filename in held for f in known):
+            files += [PackageFile(f.filename, f.sha256, f.size, held[f.filename]) for f in known]
+            continue
         tarball = into / f"source-{index}.tar.gz"
         directory = into / f"source-{index}"
         ctx.store.fetch(sha256, tarball)
         unpack_tree(tarball, directory)
-        if (directory / "debian").exists():
-            continue  # a bare tree: a step recorded before steps built source packages
-        for path in sorted(directory.iterdir()):
-            files.append(PackageFile(path.name, file_sha256(path), path.stat().st_size, path))
+        found = []
+        if not (directory / "debian").exists():  # else a bare tree: a step recorded before source packages
+            for path in sorted(directory.iterdir()):
+                found.append(PackageFile(path.name, file_sha256(path), path.stat().st_size, path))
+        if known is None:
+            listed = [StoredPackage(f.filename, f.sha256, f.size) for f in found]
+            bundlefiles.remember(ctx.work_root, sha256, listed)
+        files += found
     return files
+
+
+def _held(ctx: FarmContext, ref: BuildRef, outputs: list[StepOutput], bundles: list[str]) -> dict[str, Path]:
+    """What the repository holds already of the build's outputs and remembered source files
+    (:class:`~buildfarm.backends.base.HoldsPackages`; empty for one that cannot say)."""
+    if not isinstance(ctx.repo, HoldsPackages):
+        return {}
+    wanted = [StoredPackage(o.filename, o.sha256, o.size) for o in outputs if o.kind.is_package]
+    for sha256 in set(bundles):
+        wanted += bundlefiles.listing(ctx.work_root, sha256) or []
+    return ctx.repo.held_files(ref, wanted) if wanted else {}
 
 
 def one_line(exc: BaseException) -> str:
@@ -383,8 +481,9 @@ def publish_build(ctx: FarmContext, build_id: int) -> bool:
     tmp: Path | None = None
     try:
         tmp = Path(tempfile.mkdtemp(dir=ctx.work_root, prefix="publish-"))
-        packages = _materialize(ctx, outputs, tmp)
-        sources = materialize_sources(ctx, bundles, tmp)
+        held = _held(ctx, ref, outputs, bundles)
+        packages = _materialize(ctx, outputs, tmp, held)
+        sources = materialize_sources(ctx, bundles, tmp, held)
         packages += sources
         _keep_inputs(ctx, sources)
         source = ctx.repo.publish(ref, packages, move_latest=moves_latest(ref.kind))

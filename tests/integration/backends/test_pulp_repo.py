@@ -167,6 +167,36 @@ def test_staging_holds_exactly_the_list_and_goes_away(
     repo.drop_staging(build)  # dropping twice is harmless
 
 
+def test_staging_fetches_only_what_its_latest_version_lacks(
+    repo: PulpRepository, make_deb: DebFactory, apt: Callable[[AptSource], AptClient]
+) -> None:
+    """Each release stages every package built so far; the staging repository's latest version
+    holds the earlier ones, so only the new one is fetched (was every one, every time)."""
+    made = [make_deb(f"bf-inc{index}", "1.0") for index in range(3)]
+    fetched: list[str] = []
+    serve = fetch_from(made)
+
+    def fetch(sha256: str, dest: Path) -> None:
+        fetched.append(sha256)
+        serve(sha256, dest)
+
+    build = ref("incremental", 5)
+    uploads = repo.uploads
+    for upto in (1, 2, 3):
+        source = repo.stage(build, made[:upto], fetch)
+    assert fetched == [p.sha256 for p in made]  # was 1 + 2 + 3 fetches
+    assert repo.uploads - uploads == 3
+    client = apt(source)
+    for package in made:
+        assert _bytes(client, package.path.name.split("_")[0]) == package.path.read_bytes()
+    # Still exactly the list: a package left out goes, and nothing is fetched for that.
+    source = repo.stage(build, made[1:], fetch)
+    with pytest.raises(AptError, match="bf-inc0"):
+        apt(source).download("bf-inc0")
+    assert len(fetched) == 3
+    repo.drop_staging(build)
+
+
 def test_personal_build_never_touches_latest(
     repo: PulpRepository, debs: dict[str, PackageFile], apt: Callable[[AptSource], AptClient]
 ) -> None:

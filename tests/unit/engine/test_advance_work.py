@@ -7,10 +7,11 @@ import itertools
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, update
 
 from buildfarm.engine import advance_build
 from buildfarm.engine.context import FarmContext
+from buildfarm.model.sources import pack_tree
 from buildfarm.model.types import StepState
 from buildfarm.state.models import Build, Step, StepOutput, utcnow
 
@@ -134,4 +135,63 @@ def test_a_release_reads_the_whole_dependency_closure(tmp_path: Path) -> None:
     with ctx.db.session() as session:
         app = session.scalars(select(Step).where(Step.build_id == build_id, Step.name == "app")).one()
         assert app.resolved_key is not None  # computed from lib's and mid's identities
+    ctx.db.dispose()
+
+
+def _bare_bundle(ctx: FarmContext, tmp_path: Path) -> str:
+    """A stored source bundle of a bare tree (publishing leaves it out: no source files)."""
+    tree = tmp_path / "bare"
+    (tree / "debian").mkdir(parents=True, exist_ok=True)
+    return ctx.store.put_bytes(pack_tree(tree)).sha256
+
+
+def _rerun(ctx: FarmContext, count: int, bundle: str) -> int:
+    """A build of ``count`` steps built before (same input keys, originals succeeded), not released."""
+    keys = [f"key-{index}".ljust(64, "0") for index in range(count)]
+    ids = []
+    for _ in range(2):
+        with ctx.db.session() as session:
+            build = Build(
+                project="p", branch="main", kind="nightly", user="u", manifest={}, environment_id="e"
+            )
+            session.add(build)
+            session.flush()
+            for index, key in enumerate(keys):
+                session.add(
+                    Step(
+                        build_id=build.id,
+                        name=f"pkg{index}",
+                        version="1",
+                        origin="o",
+                        source_sha256=bundle,
+                        tree_hash="t",
+                        input_key=key,
+                        depends_on=[],
+                    )
+                )
+            ids.append(build.id)
+    with ctx.db.session() as session:
+        session.execute(
+            update(Step)
+            .where(Step.build_id == ids[0])
+            .values(state=StepState.SUCCEEDED, finished_at=utcnow())
+        )
+    return ids[1]
+
+
+@pytest.mark.parametrize("count", [3, 60])
+def test_a_rerun_reuses_every_step_in_a_few_queries(tmp_path: Path, count: int) -> None:
+    """The reuse lookups are batched: one query per 500 keys, not one (or two) per step."""
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
+    build_id = _rerun(ctx, count, _bare_bundle(ctx, tmp_path))
+    statements: list[str] = []
+    event.listen(ctx.db.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    advance_build(ctx, build_id)
+    with ctx.db.session() as session:
+        build = session.get_one(Build, build_id)
+        assert build.state == "succeeded", build.error
+        assert all(step.reused_from is not None for step in build.steps)
+    steps_read = [s for s in statements if s.lstrip().startswith("SELECT") and "FROM steps" in s]
+    assert len(steps_read) <= 8, steps_read  # was 1 per step (its earlier success) and more
+    assert len(statements) <= 40, statements  # the same for 3 steps and for 60
     ctx.db.dispose()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,4 +58,29 @@ def test_a_tree_submitted_again_is_not_packed_again(tmp_path: Path, monkeypatch:
     assert [tree for tree, _thread in packed[len(NAMES) :]] == ["pk-two-1.0"]  # only the changed tree
     before, after = _steps(ctx.db, first), _steps(ctx.db, third)
     assert {name for name in NAMES if before[name] != after[name]} == {"pk-two"}
+    ctx.db.dispose()
+
+
+def test_the_directory_of_the_trees_is_listed_once_per_submit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every tree's upstream files are looked for beside it: listing the shared directory for
+    each tree made a submit of thousands of packages quadratic (minutes at 5000)."""
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
+    src = tmp_path / "src"
+    for name in NAMES:
+        make_package(src, name)
+    manifest = load_manifest(write_manifest(src, NAMES))
+    listed: list[Path] = []
+    iterdir = Path.iterdir
+
+    def counting(self: Path) -> Iterator[Path]:
+        if self == src:
+            listed.append(self)
+        return iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", counting)
+    build_id = submit_build(ctx, manifest, src, "u")
+    assert len(_steps(ctx.db, build_id)) == len(NAMES)
+    assert len(listed) == 1  # was once per tree
     ctx.db.dispose()

@@ -534,30 +534,68 @@ class PulpRepository(PulpClient):
     # -- PackageRepository -------------------------------------------------------------------
 
     def stage(self, build: BuildRef, packages: Sequence[StoredPackage], fetch: Fetch) -> AptSource:
+        """Make the build's staging repository hold the branch's latest with ``packages`` over it.
+
+        Each release stages every package built so far: the ones the staging repository's
+        latest version holds already (by sha256) are taken from it as they are, and only the
+        new ones are fetched, checked and looked up (or uploaded), so a build's stagings fetch
+        each package once, not once per later release."""
         place = place_of(build)
         base_path = place.staging_path(build.build_id)
         with (
             self._errors(f"staging build {build.build_id} at {base_path}"),
             tempfile.TemporaryDirectory(prefix="stage-") as tmp,
         ):
-            # Pulp keeps every package once, found by sha256 (_package); the files go only to
-            # check them against their records.
+            staging = self._repository(place.staging_repository(build.build_id), remember=False)
+            assert staging is not None
+            staged = self._staged_units(staging)
+            names: dict[str, str] = {}
+            kept: list[Unit] = []
             files = []
             for package in packages:
-                path = Path(tmp) / check_build_filename(package.filename)
+                name = check_build_filename(package.filename)
+                if names.setdefault(name, package.sha256) != package.sha256:
+                    raise PermanentError(f"two different packages are both named {name}")
+                unit = staged.get(package.sha256)
+                if unit is not None:
+                    kept.append(unit)
+                    continue
+                # Pulp keeps every package once, found by sha256 (_package); the files go only
+                # to check them against their records.
+                path = Path(tmp) / name
                 if not path.exists():
                     fetch(package.sha256, path)
                 files.append(PackageFile(package.filename, package.sha256, package.size, path))
-            units = self._units(files)
+            units = [*kept, *self._units(files)]
             branch = self._repository(place.branch_repository, create=False)
             base = self._read(branch)["latest_version_href"] if branch is not None else None
-            staging = self._repository(place.staging_repository(build.build_id), remember=False)
-            assert staging is not None
             version, fresh = self._snapshot_into(staging, base, units)
             self._publication(version, fresh, signed=False)  # only the farm's builders read it
             # Bound to the repository: Pulp serves each new publication of it once it is complete.
             self._ensure_distribution(base_path, {"repository": staging})
         return self._source(base_path, signed=False)
+
+    def _staged_units(self, staging: str) -> dict[str, Unit]:
+        """The packages the staging repository's latest version holds in ``<suite> main``, as
+        units by sha256 (two list requests however many packages)."""
+        latest = t.cast(str | None, self._read(staging).get("latest_version_href"))
+        if latest is None or version_number(latest) == 0:
+            return {}
+        component = self._shared("component", COMPONENT)
+        listed = PulpDebPackageReleaseComponentContext(self.ctx).list_iterator(
+            parameters={"repository_version": latest, "fields": ["pulp_href", "package", "release_component"]}
+        )
+        links = {e["package"]: e["pulp_href"] for e in listed if e["release_component"] == component}
+        units: dict[str, Unit] = {}
+        for package in self._packages_in(latest):
+            link = links.get(package.href)
+            if link is None or not package.sha256:
+                continue
+            architecture = None
+            if package.architecture != "all":
+                architecture = self._shared("architecture", package.architecture)
+            units[package.sha256] = Unit(package, component, architecture, t.cast(str, link))
+        return units
 
     def drop_staging(self, build: BuildRef) -> None:
         place = place_of(build)

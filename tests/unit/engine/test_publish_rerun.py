@@ -1,0 +1,90 @@
+"""A no-change re-run publishes what the repository holds already without fetching or reading it
+again (issue 16 part 5): no source bundle, no .deb from the store, no .dsc parsed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from buildfarm.backends import aptbranch
+from buildfarm.backends.base import BuildRef, PackageFile
+from buildfarm.engine import advance_build
+from buildfarm.engine.context import FarmContext
+from buildfarm.engine.submit import submit_build
+from buildfarm.model.errors import TemporaryError
+from buildfarm.model.manifest import load_manifest
+from buildfarm.model.types import BuildKind, BuildState, StepState
+from buildfarm.state.models import Build, Step, StepOutput, utcnow
+
+from debpkgs import build_deb, make_package, write_manifest
+from farmkit import make_test_context
+
+NAMES = ["alpha", "beta"]
+
+
+def _built(ctx: FarmContext, build_id: int, debs: Path) -> None:
+    """Record every step of the build as built, each with a real .deb of its source package."""
+    with ctx.db.session() as session:
+        for step in session.scalars(select(Step).where(Step.build_id == build_id)):
+            deb = build_deb(debs, step.name, "1.0", source=step.name)
+            ctx.store.put_file(deb.path)
+            step.state, step.finished_at, step.attempt = StepState.SUCCEEDED, utcnow(), 1
+            session.add(
+                StepOutput(
+                    step_id=step.id, attempt=1, filename=deb.filename, sha256=deb.sha256, size=deb.size
+                )
+            )
+
+
+def test_a_no_change_rerun_publishes_without_fetching(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
+    src = tmp_path / "src"
+    for name in NAMES:
+        make_package(src, name)
+    manifest = load_manifest(write_manifest(src, NAMES, project="p"))
+    first = submit_build(ctx, manifest, src, "u")
+    _built(ctx, first, tmp_path / "debs")
+    advance_build(ctx, first)  # publishes: fetches both .debs and both source bundles
+
+    fetched: list[str] = []
+    fetch = ctx.store.fetch
+    monkeypatch.setattr(
+        ctx.store, "fetch", lambda sha256, dest: (fetched.append(sha256), fetch(sha256, dest))[1]
+    )
+    parsed: list[str] = []
+    parse = aptbranch.source_package
+    monkeypatch.setattr(
+        aptbranch, "source_package", lambda path, *a, **k: (parsed.append(path.name), parse(path, *a, **k))[1]
+    )
+    again = submit_build(ctx, manifest, src, "u")
+    advance_build(ctx, again)
+
+    with ctx.db.session() as session:
+        build = session.get_one(Build, again)
+        assert build.state == BuildState.SUCCEEDED, build.error
+        assert all(step.reused_from is not None for step in build.steps)
+    assert fetched == []  # was 4: both .debs and both source bundles
+    assert parsed == []  # was 2: both .dsc files
+    tree = ctx.settings.state_dir / "repos/p/main/builds" / str(again)
+    packages = (tree / "Packages").read_text()
+    sources = (tree / "Sources").read_text()
+    for name in NAMES:
+        assert f"Package: {name}\n" in packages
+        assert f"Package: {name}\n" in sources
+        assert (tree / f"{name}_1.0.dsc").is_file()
+    ctx.db.dispose()
+
+
+def test_a_held_copy_gone_before_the_publish_is_a_temporary_error(tmp_path: Path) -> None:
+    """A copy :meth:`held_files` named whose tree went (latest moved, the old tree expired) and
+    that latest no longer holds: publishing waits and tries again (it then fetches the file)."""
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
+    deb = build_deb(tmp_path / "debs", "gamma", "1.0")
+    gone = PackageFile(deb.filename, deb.sha256, deb.size, tmp_path / "expired-tree" / deb.filename)
+    with pytest.raises(TemporaryError, match="gone from it now"):
+        ctx.repo.publish(BuildRef(9, "p", "main", BuildKind.NIGHTLY, "u"), [gone], move_latest=True)
+    ctx.db.dispose()
