@@ -1,109 +1,411 @@
-"""``make bench``: the scheduler's fair share, simulated — each tenant's share of the nodes vs its weight.
+"""``make bench``: the scheduler on the real dispatch code — makespan, fairness, release wait, speed.
 
-An event simulation (virtual clock, no sleeping) of a farm whose free nodes choose with the
-scheduler's own rule (:func:`buildfarm.engine.fairshare.tenant_order`, the charge at the start
-and the correction at the end as :mod:`buildfarm.engine.steps` applies them): ``NODES`` nodes,
-``TENANTS`` tenants (project/user) of one priority class, every one backlogged with more steps
-than the run can build, step durations spread like a package farm's (log-normal, median 60 s,
-a tail of long builds), and project weights 1, 2 and 4.  While every tenant is backlogged its
-share of node-seconds should be its weight over the sum of weights: the table prints both,
-and Jain's fairness index of share/weight (1.0 is exact).  Then a release step (a class of its
-own) submitted into the full queue: it waits only for the first node to free.
+A farm of ``NODES`` fake runners (node loops in one process, driven by an event queue on a
+virtual clock: nothing sleeps) on a real database (a SQLite file; PostgreSQL when
+``BENCH_DATABASE_URL`` names a server, e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/test``:
+a scratch database is made on it and dropped).  Every step goes through the code a worker runs:
+a ticket is used with :func:`buildfarm.engine.steps.claim_next` (the fair-share choice, the
+lease, the charge), a finished step with :func:`buildfarm.engine.steps.finish_step` (the charge
+corrected) and :func:`buildfarm.engine.advance.advance_build` (dependents released, their
+tickets sent).  Only the build itself is fake: a step "runs" for its drawn duration of virtual
+time.  The engine reads "now" through :func:`buildfarm.state.models.use_clock`.
 
-The real claim also reads and writes these numbers in the database; its cost is not measured
-here.  Prints numbers; asserts nothing.
+The work: ``STEPS`` steps of ``TENANTS`` tenants (project/user, project weights 1, 2, 4), five
+tenants per build kind (release, on-demand, nightly, personal: one priority class each), builds
+of ``BUILD_STEPS`` steps with some dependency chains, durations log-normal (median 60 s, a tail
+of long builds), all submitted at once; then, half-way, one more release build of one step into
+the full queue.  Printed:
+
+* **makespan / lower bound**, the bound ``max(critical path, total work / nodes)``;
+* **Jain's fairness index** of node-seconds / weight across the tenants of each class, over the
+  time every tenant of the class had steps left to start (1.0 is exact);
+* the **release wait** (submitted to claimed) against the median step;
+* **dispatch throughput**: steps / wall second through the real database path (claim + finish
+  + advance), and the per-step overhead split into those parts.
+
+Prints numbers; asserts nothing (``tests/integration/test_bench_smoke.py`` runs it small).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import heapq
+import os
 import random
 import sys
 import tempfile
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from buildfarm.engine.fairshare import tenant_order, weight_of
-from buildfarm.model.settings import Settings, load_settings
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from buildfarm.backends.aptrepo import LocalAptRepository
+from buildfarm.backends.base import BuildRef, Fetch, PackageFile, StoredPackage
+from buildfarm.backends.fs import FsArtifactStore
+from buildfarm.engine.advance import advance_build
+from buildfarm.engine.context import FarmContext
+from buildfarm.engine.steps import Claim, claim_next, finish_step
+from buildfarm.model.settings import load_settings
+from buildfarm.model.types import AptSource, BuildState, StepKind, StepState
+from buildfarm.state.db import Database, upgrade
+from buildfarm.state.models import Build, Step, use_clock
+from buildfarm.wiring import Wiring
 
 NODES = 50
+STEPS = 10_000
 TENANTS = 20
-STEPS_PER_TENANT = 2000
-HORIZON_SECONDS = 6 * 3600.0  # measured while every tenant still has steps queued
+BUILD_STEPS = 100
+KINDS = ("release", "on-demand", "nightly", "personal")
+WEIGHTS = (1.0, 2.0, 4.0)
+CHAIN_EVERY = 10  # every 10th step of a build depends on the one before it (chains of 2)
 SEED = 16
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
-def durations(rng: random.Random, count: int) -> list[float]:
-    return [min(4 * 3600.0, rng.lognormvariate(4.1, 0.9)) for _ in range(count)]
+@dataclass(frozen=True)
+class Config:
+    nodes: int = NODES
+    steps: int = STEPS
+    tenants: int = TENANTS
+    build_steps: int = BUILD_STEPS
+    seed: int = SEED
 
 
-def simulate(
-    settings: Settings, tenants: list[tuple[str, str]], nodes: int, per_tenant: int, horizon: float
-) -> tuple[dict[tuple[str, str], float], float, float]:
-    """Node-seconds each tenant got before ``horizon``; the release step's wait; the median step."""
-    rng = random.Random(SEED)
-    queues = {t: durations(rng, per_tenant) for t in tenants}
-    taken = dict.fromkeys(tenants, 0)
-    own = dict.fromkeys(tenants, 0.0)
-    farm = 0.0
-    charge = settings.steps.share_charge_seconds
-    used = dict.fromkeys(tenants, 0.0)
-    free = [(0.0, n) for n in range(nodes)]  # (time the node frees, node)
-    heapq.heapify(free)
-    release_at, release_wait = horizon / 2, -1.0
-    while free:
-        now, node = heapq.heappop(free)
-        if now >= horizon:
-            break
-        if release_wait < 0 <= now - release_at:  # the release class goes first
-            release_wait = now - release_at
-            heapq.heappush(free, (now + 60.0, node))
-            continue
-        waiting = [(6, t, T0) for t in tenants if taken[t] < per_tenant]
-        if not waiting:
-            break
-        _klass, tenant = tenant_order(waiting, own, farm)[0]
-        weight = weight_of(tenant[0], settings)
-        start = max(own[tenant], farm)
-        farm = start
-        duration = queues[tenant][taken[tenant]]
-        taken[tenant] += 1
-        # the charge at the start, corrected at the end: the net is the node-seconds used
-        own[tenant] = start + charge / weight + (duration - charge) / weight
-        used[tenant] += min(duration, horizon - now)
-        heapq.heappush(free, (now + duration, node))
-    median = sorted(d for q in queues.values() for d in q)[len(tenants) * per_tenant // 2]
-    return used, release_wait, median
+@dataclass
+class Result:
+    makespan: float
+    bound: float
+    critical_path: float
+    total_work: float
+    jain: dict[str, float]  # build kind -> Jain's index of its tenants
+    release_wait: float
+    median_step: float
+    claims: dict[int, int]  # step id -> times claimed
+    steps: int
+    wall_seconds: float
+    cpu_seconds: float  # this process's CPU (with SQLite: the database's too)
+    claim_seconds: float
+    finish_seconds: float
+    advance_seconds: float
+    dialect: str
+    tickets_unused: int = 0
+
+
+class _SimRepo(LocalAptRepository):
+    """The apt repository of a farm whose steps make no packages: staging and publishing are free."""
+
+    def stage(self, build: BuildRef, packages: Sequence[StoredPackage], fetch: Fetch) -> AptSource:
+        return AptSource(f"file:///sim/staging/{build.build_id}")
+
+    def drop_staging(self, build: BuildRef) -> None:
+        return None
+
+    def publish(self, build: BuildRef, packages: list[PackageFile], move_latest: bool) -> AptSource:
+        return AptSource(f"file:///sim/{build.build_id}")
+
+
+@dataclass
+class _Dispatcher:
+    """Tickets in the order sent (every ticket claims the best ready step anyway) and builds to advance."""
+
+    tickets: deque[int] = field(default_factory=deque)
+    advances: list[int] = field(default_factory=list)
+
+    def advance(self, build_id: int) -> None:
+        self.advances.append(build_id)
+
+    def run_step(self, step_id: int, attempt: int, kind: str, node: str | None = None) -> None:
+        self.tickets.append(step_id)
+
+    def check(self) -> None:
+        return None
+
+    def prepare_environment(self) -> None:
+        return None
+
+
+@contextmanager
+def scratch_database(state: Path) -> Iterator[str]:
+    """A SQLite file under ``state``, or a fresh database on ``BENCH_DATABASE_URL``'s server."""
+    server = os.environ.get("BENCH_DATABASE_URL")
+    if not server:
+        yield f"sqlite:///{state / 'bench.db'}"
+        return
+    name = f"bench_scheduler_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _context(state: Path, database_url: str, weights: dict[str, float]) -> FarmContext:
+    upgrade(database_url)
+    settings = load_settings(
+        state_dir=state / "state",
+        database_url=database_url,
+        runner="host",
+        redis_url="redis://unused.invalid:1/0",
+        fair_share_weights=weights,
+    )
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    return FarmContext(
+        settings=settings,
+        db=Database(database_url),
+        store=FsArtifactStore(settings.state_dir / "artifacts"),
+        repo=_SimRepo(settings.state_dir / "repos", settings.repository.url),
+        dispatcher=_Dispatcher(),
+        parts=Wiring(settings),
+    )
+
+
+def _duration(rng: random.Random) -> float:
+    return min(4 * 3600.0, rng.lognormvariate(4.1, 0.9))
+
+
+def _add_build(
+    ctx: FarmContext, tenant: int, kind: str, count: int, *, rng: random.Random, now: dt.datetime
+) -> tuple[int, dict[int, float], dict[int, int | None]]:
+    """A running build of ``count`` pending steps (every ``CHAIN_EVERY``-th after the one
+    before): its id, each step's duration and the step it waits for."""
+    with ctx.db.session() as session:
+        build = Build(
+            project=f"project{tenant}",
+            branch="main",
+            kind=kind,
+            user=f"user{tenant}",
+            state=BuildState.RUNNING,
+            manifest={},
+            environment_id="env",
+            created_at=now,
+        )
+        session.add(build)
+        session.flush()
+        names = [f"b{build.id}-s{i}" for i in range(count)]
+        steps = [
+            Step(
+                build_id=build.id,
+                name=names[i],
+                version="1.0",
+                origin="sim",
+                kind=StepKind.IMAGE,  # no source bundle to publish
+                source_sha256=f"{build.id:032x}{i:032x}",
+                tree_hash=f"{build.id:032x}{i:032x}",
+                input_key=f"{build.id:032x}{i:032x}",
+                depends_on=[names[i - 1]] if i and i % CHAIN_EVERY == 0 else [],
+                priority=1 if (i + 1) % CHAIN_EVERY == 0 and i + 1 < count else 0,
+                state=StepState.PENDING,
+            )
+            for i in range(count)
+        ]
+        session.add_all(steps)
+        session.flush()
+        ids = [s.id for s in steps]
+        build_id = build.id
+    durations = {step_id: _duration(rng) for step_id in ids}
+    after = {ids[i]: (ids[i - 1] if i and i % CHAIN_EVERY == 0 else None) for i in range(count)}
+    return build_id, durations, after
 
 
 def jain(values: list[float]) -> float:
-    return sum(values) ** 2 / (len(values) * sum(v * v for v in values))
+    squares = sum(v * v for v in values)
+    return sum(values) ** 2 / (len(values) * squares) if squares else 1.0
+
+
+def run(config: Config, database_url: str, state: Path) -> Result:
+    rng = random.Random(config.seed)
+    tenants = list(range(config.tenants))
+    weights = {f"project{t}": WEIGHTS[t % len(WEIGHTS)] for t in tenants}
+    kind_of = {t: KINDS[t % len(KINDS)] for t in tenants}
+    ctx = _context(state, database_url, weights)
+    dispatcher = ctx.dispatcher
+    assert isinstance(dispatcher, _Dispatcher)
+    clock = [0.0]
+
+    def now() -> dt.datetime:
+        return T0 + dt.timedelta(seconds=clock[0])
+
+    durations: dict[int, float] = {}
+    after: dict[int, int | None] = {}
+    step_tenant: dict[int, int] = {}
+    per_tenant = config.steps // config.tenants
+    builds: list[int] = []
+    for tenant in tenants:
+        left = per_tenant
+        while left:
+            size = min(left, config.build_steps)
+            build_id, d, a = _add_build(ctx, tenant, kind_of[tenant], size, rng=rng, now=now())
+            durations |= d
+            after |= a
+            step_tenant |= dict.fromkeys(d, tenant)
+            builds.append(build_id)
+            left -= size
+    release_at: float | None = None
+    release_step = -1
+    claims: dict[int, int] = {}
+    started: dict[int, float] = {}
+    left_of = {t: per_tenant for t in tenants}
+    drained_at: dict[int, float] = {}  # tenant -> when it started its last step
+    claim_s = finish_s = advance_s = 0.0
+    events: list[tuple[float, int, str, int]] = []  # (time, seq, what, node)
+    running: dict[int, Claim] = {}
+    idle = list(range(config.nodes))
+    seq = 0
+    wall, cpu = time.perf_counter(), time.process_time()
+    with use_clock(now):
+        tick = time.perf_counter()
+        for build_id in builds:
+            advance_build(ctx, build_id)
+        advance_s += time.perf_counter() - tick
+        median = sorted(durations.values())[len(durations) // 2]
+        while True:
+            while idle and dispatcher.tickets:
+                node = idle.pop()
+                tick = time.perf_counter()
+                claim = claim_next(ctx, dispatcher.tickets.popleft(), f"node{node}", frozenset())
+                claim_s += time.perf_counter() - tick
+                if claim is None:
+                    idle.append(node)
+                    continue
+                claims[claim.step_id] = claims.get(claim.step_id, 0) + 1
+                started[claim.step_id] = clock[0]
+                tenant = step_tenant.get(claim.step_id)
+                if tenant is not None:
+                    left_of[tenant] -= 1
+                    if not left_of[tenant]:
+                        drained_at[tenant] = clock[0]
+                running[node] = claim
+                seq += 1
+                heapq.heappush(events, (clock[0] + durations[claim.step_id], seq, "finish", node))
+            if release_at is None and len(claims) >= len(durations) // 2:
+                release_at = clock[0] + 1.0  # into the full queue, between two finishes
+                seq += 1
+                heapq.heappush(events, (release_at, seq, "release", -1))
+            if not events:
+                break
+            clock[0], _seq, what, node = heapq.heappop(events)
+            if what == "release":
+                build_id, d, a = _add_build(ctx, 0, "release", 1, rng=rng, now=now())
+                durations |= d
+                after |= a
+                release_step = next(iter(d))
+                tick = time.perf_counter()
+                advance_build(ctx, build_id)
+                advance_s += time.perf_counter() - tick
+                continue
+            claim = running.pop(node)
+            tick = time.perf_counter()
+            finish_step(ctx, claim, [], None)
+            finish_s += time.perf_counter() - tick
+            tick = time.perf_counter()
+            while dispatcher.advances:
+                advance_build(ctx, dispatcher.advances.pop(0))
+            dispatcher.advance(claim.build_id)  # what the worker does after finishing
+            while dispatcher.advances:
+                advance_build(ctx, dispatcher.advances.pop(0))
+            advance_s += time.perf_counter() - tick
+            idle.append(node)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    dialect = ctx.db.engine.dialect.name
+    ctx.db.dispose()
+    makespan = clock[0]
+    finish = {s: started[s] + durations[s] for s in started}
+    critical: dict[int, float] = {}
+    for step_id in sorted(durations):  # a step's dependency has a lower id
+        before = after[step_id]
+        critical[step_id] = durations[step_id] + (critical[before] if before is not None else 0.0)
+    if release_step in durations and release_at is not None:
+        critical[release_step] += release_at
+    total = sum(durations.values())
+    critical_path = max(critical.values())
+    shares: dict[str, float] = {}
+    for kind in KINDS:
+        members = [t for t in tenants if kind_of[t] == kind]
+        if not members:
+            continue
+        mine = [s for s in started if step_tenant.get(s) in members]
+        begin = min(started[s] for s in mine)
+        end = min(drained_at.get(t, makespan) for t in members)
+        used = dict.fromkeys(members, 0.0)
+        for s in mine:
+            overlap = min(finish[s], end) - max(started[s], begin)
+            if overlap > 0:
+                used[step_tenant[s]] += overlap
+        shares[kind] = jain([used[t] / weights[f"project{t}"] for t in members]) if end > begin else 1.0
+    return Result(
+        makespan=makespan,
+        bound=max(critical_path, total / config.nodes),
+        critical_path=critical_path,
+        total_work=total,
+        jain=shares,
+        release_wait=started.get(release_step, makespan) - (release_at or 0.0),
+        median_step=median,
+        claims=claims,
+        steps=len(durations),
+        wall_seconds=wall,
+        cpu_seconds=cpu,
+        claim_seconds=claim_s,
+        finish_seconds=finish_s,
+        advance_seconds=advance_s,
+        dialect=dialect,
+        tickets_unused=len(dispatcher.tickets),
+    )
+
+
+def report(config: Config, result: Result) -> None:
+    done = len(result.claims)
+    print(
+        f"scheduler simulation on the real claim/finish/advance path ({result.dialect}): {config.nodes} "
+        f"nodes, {result.steps} steps, {config.tenants} tenants in {len(KINDS)} kinds"
+    )
+    print(
+        f"  makespan {result.makespan:9.0f} s   lower bound {result.bound:9.0f} s   ratio "
+        f"{result.makespan / result.bound:.3f} (goal <= 1.05)"
+    )
+    print(
+        f"    bound = max(critical path {result.critical_path:.0f} s, total work "
+        f"{result.total_work:.0f} s / {config.nodes} = {result.total_work / config.nodes:.0f} s)"
+    )
+    for kind, index in result.jain.items():
+        print(f"  Jain's fairness index, {kind:<9} tenants (node-s / weight): {index:.4f} (goal >= 0.95)")
+    print(
+        f"  release step submitted into the full queue waited {result.release_wait:.1f} s "
+        f"(median step {result.median_step:.0f} s; goal <= one step)"
+    )
+    per_step = result.wall_seconds / max(done, 1)
+    claim, finish, advance = (
+        part / max(done, 1) * 1000
+        for part in (result.claim_seconds, result.finish_seconds, result.advance_seconds)
+    )
+    print(
+        f"  dispatch: {done} steps in {result.wall_seconds:.1f} s wall = {done / result.wall_seconds:.0f} "
+        f"steps/s (goal >= 300); per step {per_step * 1000:.2f} ms = claim "
+        f"{claim:.2f} + finish {finish:.2f} + advance {advance:.2f} ms (+ simulation)"
+    )
+    print(
+        f"    CPU of this process {result.cpu_seconds:.1f} s = "
+        f"{done / max(result.cpu_seconds, 1e-9):.0f} steps per CPU second "
+        "(the database server's CPU not counted on PostgreSQL)"
+    )
+    print(f"  load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    sys.stdout.flush()
 
 
 def main() -> None:
-    tenants = [(f"project{i}", f"user{i}") for i in range(TENANTS)]
-    weights = {f"project{i}": float((1, 2, 4)[i % 3]) for i in range(TENANTS)}
-    with tempfile.TemporaryDirectory() as state:
-        settings = load_settings(state_dir=Path(state), fair_share_weights=weights)
-    used, release_wait, median = simulate(settings, tenants, NODES, STEPS_PER_TENANT, HORIZON_SECONDS)
-    total = sum(used.values())
-    weight_sum = sum(weights.values())
-    print(f"scheduler simulation: {NODES} nodes, {TENANTS} tenants backlogged, {HORIZON_SECONDS / 3600:g} h")
-    print(f"{'tenant':<20} {'weight':>6} {'share':>8} {'target':>8}")
-    ratios = []
-    for tenant in tenants:
-        share = used[tenant] / total
-        target = weights[tenant[0]] / weight_sum
-        ratios.append(share / target)
-        print(f"{tenant[0] + '/' + tenant[1]:<20} {weights[tenant[0]]:>6g} {share:>8.2%} {target:>8.2%}")
-    print(
-        f"Jain's fairness index of share/weight: {jain(ratios):.4f} (1.0 = every tenant its weighted share)"
-    )
-    print(
-        f"release step submitted into the full queue waited {release_wait:.1f} s (median step {median:.0f} s)"
-    )
-    sys.stdout.flush()
+    config = Config()
+    with tempfile.TemporaryDirectory() as state, scratch_database(Path(state)) as url:
+        result = run(config, url, Path(state))
+    report(config, result)
 
 
 if __name__ == "__main__":

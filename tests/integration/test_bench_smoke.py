@@ -10,8 +10,6 @@ from types import ModuleType
 
 import pytest
 
-from buildfarm.model.settings import load_settings
-
 BENCH = Path(__file__).resolve().parents[2] / "ops" / "bench"
 
 
@@ -87,12 +85,26 @@ def test_scale_bench_reruns_a_submit_as_reused(capsys: pytest.CaptureFixture[str
     assert "(3 of 3 steps reused; goal <= 5 s)" in capsys.readouterr().out
 
 
-def test_scheduler_simulation_gives_shares(tmp_path: Path) -> None:
+def test_scheduler_simulation_runs_every_step_through_the_real_claim_once(
+    tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The simulation on the real claim/finish/advance path, tiny: every step (chained ones too,
+    released by advance; the release step submitted half-way) is claimed exactly once, no
+    schedule beats the lower bound, and every class gets a fairness index."""
     bench = _load("scheduler")
-    settings = load_settings(state_dir=tmp_path, fair_share_weights={"p1": 3})
-    used, release_wait, _median = bench.simulate(settings, [("p0", "u"), ("p1", "u")], 4, 200, 3600.0)
-    assert used[("p1", "u")] > 2 * used[("p0", "u")]
-    assert release_wait >= 0
+    config = bench.Config(nodes=4, steps=80, tenants=8, build_steps=20)
+    result = bench.run(config, database_url, tmp_path)
+    assert result.steps == 81
+    assert sorted(result.claims) == sorted(set(result.claims)) and len(result.claims) == 81
+    assert set(result.claims.values()) == {1}
+    assert result.tickets_unused == 0
+    assert result.critical_path <= result.bound <= result.makespan
+    assert result.total_work / config.nodes <= result.bound
+    assert set(result.jain) == {"release", "on-demand", "nightly", "personal"}
+    assert all(0 < index <= 1.0 + 1e-9 for index in result.jain.values())
+    assert result.release_wait >= 0
+    bench.report(config, result)
+    assert "makespan" in capsys.readouterr().out
 
 
 def test_makespan_bench_bounds_the_build_by_its_steps(capsys: pytest.CaptureFixture[str]) -> None:

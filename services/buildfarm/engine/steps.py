@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, contains_eager
 
 from buildfarm.backends.base import LogWriter, ObjectRef
 from buildfarm.engine import builders, fairshare
@@ -73,8 +73,17 @@ def claim_step(ctx: FarmContext, step_id: int, node: str) -> Claim | None:
         return _claim(ctx, session, step, node, utcnow())
 
 
-def _claim(ctx: FarmContext, session: Session, step: Step, node: str, now: dt.datetime) -> Claim | None:
-    """The one conditional UPDATE that gives ``node`` the lease, and the tenant's fair-share charge."""
+def _claim(
+    ctx: FarmContext,
+    session: Session,
+    step: Step,
+    node: str,
+    now: dt.datetime,
+    *,
+    seen: _Seen | None = None,
+) -> Claim | None:
+    """The one conditional UPDATE that gives ``node`` the lease, and the tenant's fair-share charge
+    (``seen``: what the choice already read of the fair share in this transaction)."""
     if step.build.state != BuildState.RUNNING:
         return None
     # A builder Job of the current attempt that outlived its lease is followed, not built again.
@@ -110,7 +119,13 @@ def _claim(ctx: FarmContext, session: Session, step: Step, node: str, now: dt.da
         return None
     build = step.build
     if not adopting:
-        fairshare.charge_start(session, (build.project, build.user), ctx.settings, now)
+        tenant = (build.project, build.user)
+        if seen is None:
+            fairshare.charge_start(session, tenant, ctx.settings, now)
+        else:
+            fairshare.charge_start(
+                session, tenant, ctx.settings, now, farm=seen.farm, has_row=tenant in seen.tenants
+            )
     return Claim(
         step.id,
         step.build_id,
@@ -122,6 +137,14 @@ def _claim(ctx: FarmContext, session: Session, step: Step, node: str, now: dt.da
         build.staging_source,
         adopted=adopting,
     )
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What choosing read of the fair share: the farm's virtual time, the tenants that have a row."""
+
+    farm: float
+    tenants: frozenset[fairshare.Tenant]
 
 
 CHOICES_PER_TICKET = 8
@@ -150,8 +173,8 @@ def claim_next(ctx: FarmContext, step_id: int, node: str, labels: frozenset[str]
         pool = named.requires if named is not None else ""
         if not satisfies(labels, pool):
             return None  # a ticket of steps this node cannot run: a capable node has their others
-        for step in _best_ready(ctx, session, pool, now):
-            claim = _claim(ctx, session, step, node, now)
+        for step, seen in _best_ready(ctx, session, pool, now):
+            claim = _claim(ctx, session, step, node, now, seen=seen)
             if claim is not None:
                 return claim
         if named is not None:
@@ -159,8 +182,11 @@ def claim_next(ctx: FarmContext, step_id: int, node: str, labels: frozenset[str]
     return None
 
 
-def _best_ready(ctx: FarmContext, session: Session, pool: str, now: dt.datetime) -> Iterator[Step]:
-    """Ready steps requiring ``pool``, best first (one per (class, tenant) queue, locked on PostgreSQL)."""
+def _best_ready(
+    ctx: FarmContext, session: Session, pool: str, now: dt.datetime
+) -> Iterator[tuple[Step, _Seen]]:
+    """Ready steps requiring ``pool``, best first (one per (class, tenant) queue, locked on
+    PostgreSQL; each with its build loaded), and what the choice read of the fair share."""
     groups = session.execute(
         select(Build.kind, Build.project, Build.user, func.min(Step.ready_at))
         .join(Build, Step.build_id == Build.id)
@@ -172,6 +198,7 @@ def _best_ready(ctx: FarmContext, session: Session, pool: str, now: dt.datetime)
         return
     settings = ctx.settings
     own, farm = fairshare.passes(session, {tenant for _k, tenant, _o in runnable})
+    seen = _Seen(farm, frozenset(own))
     order = fairshare.tenant_order(
         ((fairshare.class_of(kind, settings), tenant, oldest) for kind, tenant, oldest in runnable), own, farm
     )
@@ -189,6 +216,7 @@ def _best_ready(ctx: FarmContext, session: Session, pool: str, now: dt.datetime)
                 Build.kind.in_(kinds),
                 Step.requires == pool,
             )
+            .options(contains_eager(Step.build))
             .order_by(Step.priority.desc(), Step.ready_at, Step.id)
             .limit(1)
         )
@@ -196,7 +224,7 @@ def _best_ready(ctx: FarmContext, session: Session, pool: str, now: dt.datetime)
             query = query.with_for_update(of=Step, skip_locked=True)
         step = session.scalars(query).first()
         if step is not None:
-            yield step
+            yield step, seen
 
 
 def _still_owned(claim: Claim) -> list[object]:

@@ -9,6 +9,9 @@ twice.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
@@ -39,9 +42,27 @@ from buildfarm.model.types import BuildState as BuildState  # noqa: PLC0414
 from buildfarm.model.types import StepKind as StepKind  # noqa: PLC0414
 from buildfarm.model.types import StepState as StepState  # noqa: PLC0414
 
+Clock = Callable[[], dt.datetime]
+"""Where the engine reads "now" (aware UTC)."""
+
+_CLOCK: ContextVar[Clock | None] = ContextVar("buildfarm_clock", default=None)
+
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+    """Now, from the wall clock, or from the clock :func:`use_clock` installed in this context."""
+    clock = _CLOCK.get()
+    return dt.datetime.now(dt.UTC) if clock is None else clock()
+
+
+@contextmanager
+def use_clock(clock: Clock) -> Iterator[None]:
+    """Read "now" from ``clock`` in this context (thread, task) until the block ends: the seam
+    a simulation's virtual clock goes through (``ops/bench/scheduler.py``); the farm never sets it."""
+    token = _CLOCK.set(clock)
+    try:
+        yield
+    finally:
+        _CLOCK.reset(token)
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
