@@ -95,7 +95,8 @@ def step_tarball(
     apt = AptOnView(view, work, extra, policy.proxy, hosts)
     try:
         apt.prepare()
-        resolved = apt.resolve(*dependency_string(dsc))
+        depends, conflicts = dependency_string(dsc)
+        resolved = apt.resolve(depends, conflicts)
     except UnresolvableError as exc:
         return _none(env, log, f"apt cannot resolve the Build-Depends ({exc})")
     except BuildfarmError as exc:
@@ -125,7 +126,10 @@ def step_tarball(
         f"{len(deps.packages)} archive packages preinstalled on environment {env.short} "
         f"({layer.size >> 20} MiB)"
     )
-    return StepTarball(layer.path, "hit" if hit else "miss", layer.short, hold)
+    # Everything apt would install comes from the archive, so the layer holds all of it: sbuild
+    # has nothing left to install (no resolver).  Not with Build-Conflicts (apt might remove).
+    satisfied = len(archive) == len(resolved) and not conflicts
+    return StepTarball(layer.path, "hit" if hit else "miss", layer.short, hold, satisfied)
 
 
 def _lean(env: Environment, policy: LayerPolicy, log: Callable[[str], None], why: str) -> StepTarball:
