@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from buildfarm.engine import steps
@@ -29,10 +29,10 @@ from buildfarm.state.models import Step, TenantUsage, utcnow
 
 from dispatchkit import ready_steps
 from farmkit import make_test_context
+from helpers import scratch_database
 
 pytestmark = pytest.mark.integration
 
-_databases = itertools.count()
 LOCK_TIMEOUT_MS = 10_000
 """A bound for the second connection's lock waits: a claim that waits on the open one fails."""
 THREADS = 8
@@ -42,15 +42,8 @@ ROUNDS = 200
 
 @pytest.fixture
 def pg_url(postgres_url: str) -> Iterator[str]:
-    server = make_url(postgres_url)
-    name = f"claims_{next(_databases)}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield server.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database(postgres_url, "claims") as url:
+        yield url
 
 
 @pytest.fixture

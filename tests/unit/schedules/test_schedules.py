@@ -8,7 +8,6 @@ worker is needed.  One test drives a scheduled build to the end with dpkg-buildp
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import json
 import re
 import threading
@@ -18,8 +17,7 @@ from typing import Any
 
 import pytest
 from celery.schedules import crontab
-from sqlalchemy import create_engine, delete, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from typer.testing import CliRunner
 
@@ -39,11 +37,10 @@ import farmkit
 from debpkgs import make_package, write_manifest
 from farmkit import dispatcher, drain
 from gitkit import LOOPBACK_GIT, GitServer, commit_tree
-from helpers import free_port, wait_until
+from helpers import free_port, scratch_database, wait_until
 
 UTC = dt.UTC
 MINUTE = dt.timedelta(minutes=1)
-_databases = itertools.count()
 
 
 def at(text_: str) -> dt.datetime:
@@ -228,15 +225,8 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture
 def pg_url(postgres_url: str) -> Iterator[str]:
     """A fresh database on the session's private PostgreSQL server."""
-    server = make_url(postgres_url)
-    name = f"schedules_{next(_databases)}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield server.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database(postgres_url, "schedules") as url:
+        yield url
 
 
 def _run_clock(ctx: FarmContext, start: dt.datetime, end: dt.datetime) -> dict[dt.datetime, list[int]]:
