@@ -4,7 +4,7 @@
 one process, one task at a time, as a build node takes tickets) whose ``buildfarm.run_step``
 runs the farm's real claim (:func:`buildfarm.engine.steps.claim_next`, with the node's name and
 labels) and records which step it got instead of building it.  :func:`ready_steps` writes a
-running build of one tenant with steps already ``ready``, as advance leaves them.
+running build of one tenant with steps already ``ready``, as advance leaves them (in their queue).
 :func:`celery_dispatcher` queues tickets as the farm does; ``from dispatchkit import ctx`` gives
 a module's tests the fixture of a farm context on the test's database.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from buildfarm.dispatch.celery_app import CeleryDispatcher, make_celery
+from buildfarm.engine import fairshare
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.settings import load_settings
 from buildfarm.model.types import BuildState, StepState
@@ -96,6 +97,7 @@ def ready_steps(
     )
     session.add(build)
     session.flush()
+    [queue] = fairshare.queue_ids(session, kind, (project, user), [requires]).values()
     steps = [
         Step(
             build_id=build.id,
@@ -110,6 +112,7 @@ def ready_steps(
             state=StepState.READY,
             ready_at=when + dt.timedelta(milliseconds=index),
             requires=requires,
+            queue_id=queue,
         )
         for index in range(count)
     ]

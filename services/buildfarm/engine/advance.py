@@ -30,11 +30,11 @@ import tempfile
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.orm import Session, defer
 
 from buildfarm.backends.base import BuildInputKeeper, BuildRef, HoldsPackages, PackageFile, StoredPackage
-from buildfarm.engine import bundlefiles, routing
+from buildfarm.engine import bundlefiles, fairshare, routing
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.outputs import adopt_outputs, find_equivalent
 from buildfarm.engine.submit import moves_latest
@@ -62,8 +62,43 @@ def build_ref(build: Build) -> BuildRef:
     return BuildRef(build.id, build.project, build.branch, build.kind, build.user)
 
 
+_LOCK_BUILD = (
+    select(Build).where(Build.id == bindparam("id")).options(defer(Build.manifest)).with_for_update()
+)
+
+
 def _lock_build(session: Session, build_id: int) -> Build | None:
-    return session.scalars(select(Build).where(Build.id == build_id).with_for_update()).one_or_none()
+    return session.scalars(_LOCK_BUILD, {"id": build_id}).one_or_none()
+
+
+_PENDING = select(Step.depends_on).where(Step.build_id == bindparam("build"), Step.state == StepState.PENDING)
+_STATES_OF = select(Step.name, Step.state).where(
+    Step.build_id == bindparam("build"), Step.name.in_(bindparam("names", expanding=True))
+)
+_UNFINISHED = (StepState.PENDING, StepState.READY, StepState.RUNNING)
+
+
+def _releasable(session: Session, build_id: int) -> bool | None:
+    """Whether a pending step of the build can change now (None: the build has no pending step).
+
+    A pending step changes when its dependencies all succeeded, or one failed, was cancelled
+    or skipped; else it waits.  Read as rows (two light queries), so the advance that follows
+    most finishes loads no step."""
+    pending = [list(depends_on) for (depends_on,) in session.execute(_PENDING, {"build": build_id})]
+    if not pending:
+        return None
+    wanted = sorted({name for deps in pending for name in deps})
+    states: dict[str, StepState] = {}
+    for start in range(0, len(wanted), LOOKUP_CHUNK):
+        chunk = {"build": build_id, "names": wanted[start : start + LOOKUP_CHUNK]}
+        states.update(session.execute(_STATES_OF, chunk).all())
+    for deps in pending:
+        seen = [states.get(name) for name in deps]
+        if all(state == StepState.SUCCEEDED for state in seen):
+            return True  # it becomes ready or is reused
+        if any(state not in _UNFINISHED for state in seen if state != StepState.SUCCEEDED):
+            return True  # a dependency failed, was cancelled or skipped: it is skipped
+    return False
 
 
 LOOKUP_CHUNK = 500
@@ -168,6 +203,12 @@ def _release(session: Session, build: Build, has: Callable[[str], bool] | None =
             released=released,
             now=now,
         )
+    if released:  # each joins the scheduler's queue of its labels, build kind and tenant
+        queues = fairshare.queue_ids(
+            session, build.kind, (build.project, build.user), {s.requires for s in released}
+        )
+        for step in released:
+            step.queue_id = queues[step.requires]
     return released
 
 
@@ -397,7 +438,8 @@ def advance_build(ctx: FarmContext, build_id: int) -> None:
                 finish = "close"
             else:
                 return
-        released = _release(session, build, ctx.store.has) if finish is None else []
+        releasable = _releasable(session, build.id) if finish is None else None
+        released = _release(session, build, ctx.store.has) if releasable else []
         needs_stage = [s for s in released if s.depends_on]
         if needs_stage and not _stage(ctx, session, build, needs_stage):
             released = [s for s in released if not s.depends_on]
@@ -405,7 +447,8 @@ def advance_build(ctx: FarmContext, build_id: int) -> None:
                 _release(session, build)  # skips what depends on them; nothing new becomes ready
         to_run = routing.tickets(session, ctx, sorted(released, key=lambda s: -s.priority))
         kind = build.kind
-        if finish is None and _all_steps_done(session, build.id):
+        # a pending step that stays pending is not done: no count
+        if finish is None and releasable is not False and _all_steps_done(session, build.id):
             if all(s.state == StepState.SUCCEEDED for s in build.steps):
                 finish = "publish"
             else:

@@ -54,13 +54,15 @@ def can_adopt(ctx: FarmContext, step: Step, now: dt.datetime) -> bool:
     RUNNING with an expired lease, or READY after a reaper took an expired lease back
     (``attempt_lost``; a fresh or retried step is not), and the attempt's Job still exists.
     """
-    runner = ctx.runner
-    if not isinstance(runner, FollowingRunner) or step.attempt < 1:
+    if step.attempt < 1:
         return False
     if step.state == StepState.RUNNING:
         if step.lease_expires_at is not None and step.lease_expires_at > now:
             return False  # a live lease: someone follows it now
     elif step.state != StepState.READY or not step.attempt_lost:
+        return False
+    runner = ctx.runner  # asked last: a protocol check costs more than the step's columns
+    if not isinstance(runner, FollowingRunner):
         return False
     try:
         return runner.exists(step.build_id, step.name, step.attempt)

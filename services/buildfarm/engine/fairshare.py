@@ -44,6 +44,12 @@ Why this and not what the others do:
 * Tekton has no queue of its own: pods wait for the Kubernetes scheduler (fair share comes
   from an add-on such as Kueue's cohorts, outside the pipeline).
 
+The queues: every ready step waits in the queue of its (required labels, build kind, tenant)
+(:class:`~buildfarm.state.models.StepQueue`, joined when advance makes it ready), so a claim
+reads one row per queue of its pool with that queue's oldest step (:func:`pool_queues`, one
+statement that also reads the virtual times) and then the next step of the queue it chose: two
+index probes per queue, never a scan of the ready steps, however many are waiting.
+
 SFQ gives OBS's effect (who used more waits more, weighted per project) without a decay knob,
 is exact for steps of any length (charged in node-seconds, not in steps), and needs one small
 row per tenant, updated in the claiming transaction.  :func:`order_ready` is the same rule as a
@@ -57,11 +63,12 @@ import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, func, select, update
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy import Float, Insert, Update, and_, bindparam, func, literal_column, select, update
+from sqlalchemy.orm import Session
 
 from buildfarm.model.settings import MAX_PRIORITY, Settings
-from buildfarm.state.models import TenantUsage, utcnow
+from buildfarm.model.types import StepState
+from buildfarm.state.models import Step, StepQueue, TenantUsage, utcnow
 
 FARM = ("", "")
 """The tenant row that held the farm's virtual time before 0015 (its start still counts)."""
@@ -88,6 +95,81 @@ class ReadyStep:
     tenant: Tenant
     priority: int  # critical path: higher first
     ready_at: dt.datetime
+
+
+IS_READY = Step.state == literal_column(f"'{StepState.READY.value}'")
+"""A ready step, spelled as the partial indexes of the queues are (a bound value would not use them)."""
+
+_OLDEST = (
+    select(func.min(Step.ready_at))
+    .where(Step.queue_id == StepQueue.id, IS_READY)
+    .correlate(StepQueue)
+    .scalar_subquery()
+)
+_POOL_QUEUES = (
+    select(
+        StepQueue.id,
+        StepQueue.kind,
+        StepQueue.project,
+        StepQueue.user,
+        _OLDEST,
+        TenantUsage.pass_seconds,
+        select(func.max(TenantUsage.start_seconds)).scalar_subquery(),
+    )
+    .outerjoin(
+        TenantUsage, and_(TenantUsage.project == StepQueue.project, TenantUsage.user == StepQueue.user)
+    )
+    .where(StepQueue.requires == bindparam("pool"))
+)
+
+
+@dataclass(frozen=True)
+class Queue:
+    """A queue of ready steps (:class:`~buildfarm.state.models.StepQueue`) that holds some."""
+
+    queue_id: int
+    kind: str
+    klass: int
+    tenant: Tenant
+    oldest: dt.datetime  # when its oldest ready step became ready
+
+
+def pool_queues(
+    session: Session, pool: str, settings: Settings
+) -> tuple[list[Queue], dict[Tenant, float], float]:
+    """The queues of the ready steps that require ``pool`` (the empty ones left out), the
+    virtual time of their tenants that have a row, and the farm's: what :func:`passes` reads,
+    in one statement of one row per queue (each queue's oldest step: an index probe)."""
+    queues: list[Queue] = []
+    own: dict[Tenant, float] = {}
+    farm = 0.0
+    for queue_id, kind, project, user, oldest, own_pass, farm_start in session.execute(
+        _POOL_QUEUES, {"pool": pool}
+    ):
+        farm = float(farm_start or 0.0)
+        if own_pass is not None:
+            own[(project, user)] = own_pass
+        if oldest is not None:
+            queues.append(Queue(queue_id, kind, class_of(kind, settings), (project, user), oldest))
+    return queues, own, farm
+
+
+def queue_ids(session: Session, kind: str, tenant: Tenant, requires: Iterable[str]) -> dict[str, int]:
+    """The queue of each of ``requires`` for ``kind`` and ``tenant`` (made if new: two nodes
+    making the same one at once both succeed), by required labels."""
+    wanted = set(requires)
+    where = (StepQueue.kind == kind, StepQueue.project == tenant[0], StepQueue.user == tenant[1])
+    lookup = select(StepQueue.requires, StepQueue.id).where(*where, StepQueue.requires.in_(wanted))
+    found: dict[str, int] = dict(session.execute(lookup).all())
+    missing = wanted - set(found)
+    if missing:
+        rows = [
+            {"requires": labels, "kind": kind, "project": tenant[0], "user": tenant[1]}
+            for labels in sorted(missing)
+        ]
+        session.execute(_insert_ignoring_existing(session, StepQueue), rows)
+        found = dict(session.execute(lookup).all())
+    return found
 
 
 def passes(session: Session, tenants: Iterable[Tenant]) -> tuple[dict[Tenant, float], float]:
@@ -174,35 +256,50 @@ def charge_start(
         farm = farm_time(session)
     if not has_row:
         _ensure(session, tenant, now)
-    start = _greatest(session, TenantUsage.pass_seconds, farm)
-    session.execute(
-        update(TenantUsage)
-        .where(TenantUsage.project == tenant[0], TenantUsage.user == tenant[1])
-        .values(
-            start_seconds=_greatest(session, TenantUsage.start_seconds, start),
-            pass_seconds=start + settings.steps.share_charge_seconds / weight_of(tenant[0], settings),
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
+    session.connection().execute(
+        _CHARGE_START[session.get_bind().dialect.name == "sqlite"],
+        {
+            "w_project": tenant[0],
+            "w_user": tenant[1],
+            "farm": farm,
+            "step": settings.steps.share_charge_seconds / weight_of(tenant[0], settings),
+            "updated_at": now,
+        },
     )
 
 
-def _greatest(
-    session: Session, column: InstrumentedAttribute[float], value: float | ColumnElement[float]
-) -> ColumnElement[float]:
-    """``greatest(column, value)`` in SQL (SQLite spells it ``max`` with two arguments)."""
-    if session.get_bind().dialect.name == "sqlite":
-        return func.max(column, value)
-    return func.greatest(column, value)
+_USAGE = TenantUsage.metadata.tables["tenant_usage"]
+_OWN_ROW = (_USAGE.c.project == bindparam("w_project"), _USAGE.c.user == bindparam("w_user"))
+
+
+def _charge_start(sqlite: bool) -> Update:
+    """The charge's UPDATE, built once per dialect: ``greatest()`` (SQLite: two-argument ``max()``)."""
+    greatest = func.max if sqlite else func.greatest
+    start = greatest(_USAGE.c.pass_seconds, bindparam("farm", type_=Float))
+    return (
+        update(_USAGE)
+        .where(*_OWN_ROW)
+        .values(
+            start_seconds=greatest(_USAGE.c.start_seconds, start),
+            pass_seconds=start + bindparam("step", type_=Float),
+        )
+    )
+
+
+_CHARGE_START = {sqlite: _charge_start(sqlite) for sqlite in (True, False)}
+_CHARGE_END = (
+    update(_USAGE)
+    .where(*_OWN_ROW)
+    .values(pass_seconds=_USAGE.c.pass_seconds + bindparam("correction", type_=Float))
+)
 
 
 def charge_end(session: Session, tenant: Tenant, used_seconds: float, settings: Settings) -> None:
     """Correct the charge of a step that ended: it held its node ``used_seconds``, not the default."""
     correction = (used_seconds - settings.steps.share_charge_seconds) / weight_of(tenant[0], settings)
-    session.execute(
-        update(TenantUsage)
-        .where(TenantUsage.project == tenant[0], TenantUsage.user == tenant[1])
-        .values(pass_seconds=TenantUsage.pass_seconds + correction, updated_at=utcnow())
+    session.connection().execute(
+        _CHARGE_END,
+        {"w_project": tenant[0], "w_user": tenant[1], "correction": correction, "updated_at": utcnow()},
     )
 
 
@@ -215,15 +312,6 @@ def _ensure(session: Session, tenant: Tenant, now: dt.datetime) -> None:
         is not None
     ):
         return
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        statement = pg_insert(TenantUsage).on_conflict_do_nothing()
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        statement = sqlite_insert(TenantUsage).on_conflict_do_nothing()  # type: ignore[assignment]
     row = {
         "project": tenant[0],
         "user": tenant[1],
@@ -231,4 +319,15 @@ def _ensure(session: Session, tenant: Tenant, now: dt.datetime) -> None:
         "start_seconds": 0.0,
         "updated_at": now,
     }
-    session.execute(statement, [row])
+    session.execute(_insert_ignoring_existing(session, TenantUsage), [row])
+
+
+def _insert_ignoring_existing(session: Session, table: type[TenantUsage] | type[StepQueue]) -> Insert:
+    """``INSERT ... ON CONFLICT DO NOTHING`` in the session's dialect."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()

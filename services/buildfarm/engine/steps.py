@@ -22,9 +22,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, contains_eager
+from sqlalchemy import Select, bindparam, select, update
+from sqlalchemy.orm import Session
 
 from buildfarm.backends.base import LogWriter, ObjectRef
 from buildfarm.engine import builders, fairshare
@@ -73,6 +74,72 @@ def claim_step(ctx: FarmContext, step_id: int, node: str) -> Claim | None:
         return _claim(ctx, session, step, node, utcnow())
 
 
+@dataclass(frozen=True)
+class _Candidate:
+    """What a claim reads of a step and its build (a row, not an ORM object: claims are hot)."""
+
+    id: int
+    build_id: int
+    name: str
+    state: StepState
+    attempt: int
+    lease_owner: str | None
+    started_at: dt.datetime | None
+    layer: str | None
+    attempt_lost: bool
+    source_sha256: str
+    build_state: BuildState
+    staging_source: AptSource | None
+    project: str
+    user: str
+
+    @classmethod
+    def of(cls, step: Step) -> _Candidate:
+        build = step.build
+        return cls(
+            step.id,
+            step.build_id,
+            step.name,
+            step.state,
+            step.attempt,
+            step.lease_owner,
+            step.started_at,
+            step.layer,
+            step.attempt_lost,
+            step.source_sha256,
+            build.state,
+            build.staging_source,
+            build.project,
+            build.user,
+        )
+
+
+_CANDIDATE_COLUMNS = (
+    Step.id,
+    Step.build_id,
+    Step.name,
+    Step.state,
+    Step.attempt,
+    Step.lease_owner,
+    Step.started_at,
+    Step.layer,
+    Step.attempt_lost,
+    Step.source_sha256,
+    Build.state,
+    Build.staging_source,
+    Build.project,
+    Build.user,
+)
+_STEPS = Step.metadata.tables["steps"]
+_TAKE_LEASE = update(_STEPS).where(
+    _STEPS.c.id == bindparam("w_id"),
+    _STEPS.c.state == bindparam("w_state"),
+    _STEPS.c.attempt == bindparam("w_attempt"),
+    _STEPS.c.lease_owner.is_not_distinct_from(bindparam("w_owner")),  # None compares as IS NULL
+)
+"""The one conditional UPDATE of a claim (built once; the new values are its parameters)."""
+
+
 def _claim(
     ctx: FarmContext,
     session: Session,
@@ -90,36 +157,47 @@ def _claim(
     adopting = builders.can_adopt(ctx, step, now)
     if step.state != StepState.READY and not adopting:
         return None
+    return _take(ctx, session, _Candidate.of(step), node, now, adopting=adopting, seen=seen)
+
+
+def _take(
+    ctx: FarmContext,
+    session: Session,
+    step: _Candidate,
+    node: str,
+    now: dt.datetime,
+    *,
+    adopting: bool,
+    seen: _Seen | None,
+) -> Claim | None:
+    """:func:`_claim` of a step already checked: the lease if the step is still as read, the charge."""
     owner = f"{node}/{uuid.uuid4().hex[:12]}"
     attempt = step.attempt if adopting else step.attempt + 1
     key = log_key_for(step.build_id, step.name, attempt)
-    won = session.execute(
-        update(Step)
-        .where(
-            Step.id == step.id,
-            Step.state == step.state,
-            Step.attempt == step.attempt,
-            Step.lease_owner == step.lease_owner,  # None compares as IS NULL
-        )
-        .values(
-            state=StepState.RUNNING,
-            attempt=attempt,
-            node=node,
-            lease_owner=owner,
-            lease_expires_at=now + dt.timedelta(seconds=ctx.settings.steps.lease_seconds),
-            started_at=step.started_at if adopting else now,
-            finished_at=None,
-            log_key=key,
-            error=None,
-            attempt_lost=False,
-            layer=step.layer if adopting else None,
-        )
+    won = session.connection().execute(
+        _TAKE_LEASE,
+        {
+            "w_id": step.id,
+            "w_state": step.state,
+            "w_attempt": step.attempt,
+            "w_owner": step.lease_owner,
+            "state": StepState.RUNNING,
+            "attempt": attempt,
+            "node": node,
+            "lease_owner": owner,
+            "lease_expires_at": now + dt.timedelta(seconds=ctx.settings.steps.lease_seconds),
+            "started_at": step.started_at if adopting else now,
+            "finished_at": None,
+            "log_key": key,
+            "error": None,
+            "attempt_lost": False,
+            "layer": step.layer if adopting else None,
+        },
     )
-    if won.rowcount != 1:  # type: ignore[attr-defined]
+    if won.rowcount != 1:
         return None
-    build = step.build
     if not adopting:
-        tenant = (build.project, build.user)
+        tenant = (step.project, step.user)
         if seen is None:
             fairshare.charge_start(session, tenant, ctx.settings, now)
         else:
@@ -134,7 +212,7 @@ def _claim(
         owner,
         step.source_sha256,
         key,
-        build.staging_source,
+        step.staging_source,
         adopted=adopting,
     )
 
@@ -151,6 +229,8 @@ CHOICES_PER_TICKET = 8
 """(class, tenant) queues a ticket tries before it falls back to the step it names: each try
 finds a step another node took meanwhile only under contention, so this bounds a claim's work."""
 
+_NAMED = select(Step.requires, Step.state, Step.attempt, Step.attempt_lost).where(Step.id == bindparam("id"))
+
 
 def claim_next(ctx: FarmContext, step_id: int, node: str, labels: frozenset[str]) -> Claim | None:
     """Use a "run step" ticket: claim the best ready step of the ticket's pool (see
@@ -164,67 +244,77 @@ def claim_next(ctx: FarmContext, step_id: int, node: str, labels: frozenset[str]
     again, wherever the order would put it).  The choice and the claim are one transaction; on
     PostgreSQL the chosen row is locked ``FOR UPDATE SKIP LOCKED``, so nodes choosing at once
     take different steps instead of queueing on one; the lease is still the conditional UPDATE.
+    The choice reads rows, not ORM objects; a step that may be adopted is loaded whole.
     """
     now = utcnow()
     with ctx.db.session() as session:
-        named = session.get(Step, step_id)
-        if named is not None and builders.can_adopt(ctx, named, now):
-            return _claim(ctx, session, named, node, now)
+        named = session.execute(_NAMED, {"id": step_id}).first()
+        if named is not None and _may_adopt(named.state, named.attempt, named.attempt_lost):
+            step = session.get_one(Step, step_id)
+            if builders.can_adopt(ctx, step, now):
+                return _claim(ctx, session, step, node, now)
         pool = named.requires if named is not None else ""
         if not satisfies(labels, pool):
             return None  # a ticket of steps this node cannot run: a capable node has their others
-        for step, seen in _best_ready(ctx, session, pool, now):
-            claim = _claim(ctx, session, step, node, now, seen=seen)
+        for candidate, seen in _best_ready(ctx, session, pool):
+            if _may_adopt(candidate.state, candidate.attempt, candidate.attempt_lost):
+                claim = _claim(ctx, session, session.get_one(Step, candidate.id), node, now, seen=seen)
+            else:
+                claim = _take(ctx, session, candidate, node, now, adopting=False, seen=seen)
             if claim is not None:
                 return claim
         if named is not None:
-            return _claim(ctx, session, named, node, now)
+            return _claim(ctx, session, session.get_one(Step, step_id), node, now)
     return None
 
 
-def _best_ready(
-    ctx: FarmContext, session: Session, pool: str, now: dt.datetime
-) -> Iterator[tuple[Step, _Seen]]:
-    """Ready steps requiring ``pool``, best first (one per (class, tenant) queue, locked on
-    PostgreSQL; each with its build loaded), and what the choice read of the fair share."""
-    groups = session.execute(
-        select(Build.kind, Build.project, Build.user, func.min(Step.ready_at))
+def _may_adopt(state: StepState, attempt: int, attempt_lost: bool) -> bool:
+    """Whether :func:`builders.can_adopt` could say yes (else its runner need not be asked)."""
+    return attempt >= 1 and (state == StepState.RUNNING or attempt_lost)
+
+
+def _next_step(one: bool, locking: bool) -> Select[*tuple[Any, ...]]:
+    """The next step of one queue (``one``) or several of one (class, tenant) (critical path,
+    then age), with its build, locked ``FOR UPDATE SKIP LOCKED`` if ``locking``: one probe of
+    the queues' partial index when there is one queue."""
+    query = (
+        select(*_CANDIDATE_COLUMNS)
         .join(Build, Step.build_id == Build.id)
-        .where(Step.state == StepState.READY, Build.state == BuildState.RUNNING, Step.requires == pool)
-        .group_by(Build.kind, Build.project, Build.user)
-    ).all()
-    runnable = [(kind, (p, u), oldest or now) for kind, p, u, oldest in groups]
-    if not runnable:
-        return
-    settings = ctx.settings
-    own, farm = fairshare.passes(session, {tenant for _k, tenant, _o in runnable})
-    seen = _Seen(farm, frozenset(own))
-    order = fairshare.tenant_order(
-        ((fairshare.class_of(kind, settings), tenant, oldest) for kind, tenant, oldest in runnable), own, farm
+        .where(
+            Step.queue_id == bindparam("queue")
+            if one
+            else Step.queue_id.in_(bindparam("queue", expanding=True)),
+            fairshare.IS_READY,
+            Build.state == BuildState.RUNNING,
+        )
+        .order_by(Step.priority.desc(), Step.ready_at, Step.id)
+        .limit(1)
     )
+    return query.with_for_update(of=Step, skip_locked=True) if locking else query
+
+
+_NEXT_STEP = {(one, locking): _next_step(one, locking) for one in (True, False) for locking in (True, False)}
+"""Built once: a claim only binds the queue ids."""
+
+
+def _best_ready(ctx: FarmContext, session: Session, pool: str) -> Iterator[tuple[_Candidate, _Seen]]:
+    """Ready steps requiring ``pool``, best first (one per (class, tenant), locked on
+    PostgreSQL), and what the choice read of the fair share.
+
+    Reads one row per queue of the pool (:func:`fairshare.pool_queues`), then the next step of
+    each (class, tenant) taken in turn: the cost grows with the tenants, not with the steps."""
+    queues, own, farm = fairshare.pool_queues(session, pool, ctx.settings)
+    if not queues:
+        return
+    seen = _Seen(farm, frozenset(own))
+    order = fairshare.tenant_order(((q.klass, q.tenant, q.oldest) for q in queues), own, farm)
     locking = session.get_bind().dialect.name == "postgresql"
     for klass, tenant in order[:CHOICES_PER_TICKET]:
-        kinds = {k for k, t, _o in runnable if t == tenant and fairshare.class_of(k, settings) == klass}
-        query = (
-            select(Step)
-            .join(Build, Step.build_id == Build.id)
-            .where(
-                Step.state == StepState.READY,
-                Build.state == BuildState.RUNNING,
-                Build.project == tenant[0],
-                Build.user == tenant[1],
-                Build.kind.in_(kinds),
-                Step.requires == pool,
-            )
-            .options(contains_eager(Step.build))
-            .order_by(Step.priority.desc(), Step.ready_at, Step.id)
-            .limit(1)
-        )
-        if locking:
-            query = query.with_for_update(of=Step, skip_locked=True)
-        step = session.scalars(query).first()
-        if step is not None:
-            yield step, seen
+        ids = [q.queue_id for q in queues if q.tenant == tenant and q.klass == klass]
+        one = len(ids) == 1
+        row = session.execute(_NEXT_STEP[(one, locking)], {"queue": ids[0] if one else ids}).first()
+        if row is not None:
+            yield _Candidate(*row), seen
 
 
 def _still_owned(claim: Claim) -> list[object]:
@@ -246,28 +336,61 @@ def renew_lease(ctx: FarmContext, claim: Claim) -> bool:
         return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
 
+_BUILD_OF_STEP = Build.metadata.tables["builds"]
+_FINISH = (
+    update(_STEPS)
+    .where(
+        _STEPS.c.id == bindparam("w_id"),
+        _STEPS.c.attempt == bindparam("w_attempt"),
+        _STEPS.c.lease_owner == bindparam("w_owner"),
+        _STEPS.c.state == StepState.RUNNING,
+    )
+    .returning(
+        _STEPS.c.started_at,
+        *(
+            select(column).where(_BUILD_OF_STEP.c.id == _STEPS.c.build_id).scalar_subquery()
+            for column in (_BUILD_OF_STEP.c.project, _BUILD_OF_STEP.c.user)
+        ),
+    )
+)
+"""A finish's conditional UPDATE (:func:`_still_owned`), returning what the charge needs."""
+
+
 def finish_step(
     ctx: FarmContext, claim: Claim, outputs: list[Output], error: str | None, identity: str | None = None
 ) -> bool:
     """Record the result if this attempt still holds the lease; return whether it was accepted.
-    ``identity`` is the outputs' normalised digest (``engine/outputs.py``), None if unknown."""
+    ``identity`` is the outputs' normalised digest (``engine/outputs.py``), None if unknown.
+
+    One UPDATE that returns the start and the tenant, then the charge corrected to the
+    node-seconds the step really held."""
     state = StepState.FAILED if error else StepState.SUCCEEDED
+    finished = utcnow()
     with ctx.db.session() as session:
-        result = session.execute(
-            update(Step)
-            .where(*_still_owned(claim))  # type: ignore[arg-type]
-            .values(
-                state=state,
-                finished_at=utcnow(),
-                lease_owner=None,
-                lease_expires_at=None,
-                error=error,
-                output_identity=None if error else identity,
+        row = (
+            session.connection()
+            .execute(
+                _FINISH,
+                {
+                    "w_id": claim.step_id,
+                    "w_attempt": claim.attempt,
+                    "w_owner": claim.owner,
+                    "state": state,
+                    "finished_at": finished,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "error": error,
+                    "output_identity": None if error else identity,
+                },
             )
+            .first()
         )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if row is None:
             return False
-        _charge_used(ctx, session, claim.step_id)
+        started, project, user = row
+        if started is not None:
+            used = max(0.0, (finished - started).total_seconds())
+            fairshare.charge_end(session, (project, user), used, ctx.settings)
         for filename, ref, kind in outputs:
             session.add(
                 StepOutput(
@@ -280,19 +403,6 @@ def finish_step(
                 )
             )
     return True
-
-
-def _charge_used(ctx: FarmContext, session: Session, step_id: int) -> None:
-    """Correct the tenant's fair-share charge to the node-seconds the step really held."""
-    row = session.execute(
-        select(Build.project, Build.user, Step.started_at, Step.finished_at)
-        .join(Build, Step.build_id == Build.id)
-        .where(Step.id == step_id)
-    ).one()
-    project, user, started, finished = row
-    if started is not None and finished is not None:
-        used = max(0.0, (finished - started).total_seconds())
-        fairshare.charge_end(session, (project, user), used, ctx.settings)
 
 
 class _Heartbeat(threading.Thread):

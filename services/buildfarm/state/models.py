@@ -28,6 +28,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
     true,
 )
 from sqlalchemy.engine.default import DefaultExecutionContext
@@ -147,6 +148,32 @@ class Build(Base):
     steps: Mapped[list[Step]] = relationship(back_populates="build", order_by="Step.id")
 
 
+READY_ONLY = f"state = '{StepState.READY.value}'"
+"""The condition of the partial indexes of ready steps, as SQL (a claim's query repeats it)."""
+
+
+class StepQueue(Base):
+    """A queue of the scheduler (0017): the ready steps that require ``requires`` of one build
+    kind (so one priority class) and one tenant (project, user).
+
+    A step joins its queue when advance makes it ready (``Step.queue_id``) and is in it while
+    ready: the queue's steps are the ready steps with its id (a partial index), so nothing is
+    counted that could drift.  A claim reads the queues of its pool (one row each, with its
+    oldest step: an index probe) instead of every ready step, then the next step of the queue
+    it chose (another probe): :func:`buildfarm.engine.steps.claim_next`.  Rows are never
+    deleted (a queue with no ready step costs a claim one probe).
+    """
+
+    __tablename__ = "step_queues"
+    __table_args__ = (UniqueConstraint("requires", "kind", "project", "user"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    requires: Mapped[str] = mapped_column(String(500))
+    kind: Mapped[BuildKind] = mapped_column(EnumString(BuildKind))
+    project: Mapped[str] = mapped_column(String(100))
+    user: Mapped[str] = mapped_column(String(100))
+
+
 class Step(Base):
     __tablename__ = "steps"
     __table_args__ = (
@@ -157,7 +184,17 @@ class Step(Base):
         Index("ix_steps_source_sha256", "source_sha256"),
         Index("ix_steps_reused_from", "reused_from"),
         Index("ix_steps_resolved_key_state", "resolved_key", "state"),  # 0014
-        Index("ix_steps_state_ready_at", "state", "ready_at"),  # the scheduler's ready steps (0012)
+        Index("ix_steps_state_ready_at", "state", "ready_at"),  # the reaper's ready steps (0012)
+        Index("ix_steps_build_state", "build_id", "state"),  # advance: a build's pending, open steps (0017)
+        # The scheduler's queues (0017): a queue's next step and its oldest, one index probe each;
+        # partial, so only ready steps are in them (a claim's WHERE spells the state literally).
+        Index(
+            "ix_steps_queue_oldest",
+            "queue_id",
+            "ready_at",
+            sqlite_where=text(READY_ONLY),
+            postgresql_where=text(READY_ONLY),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -220,6 +257,9 @@ class Step(Base):
     # "none:<key>" or "failed" (runners/base.py StepResult.layer); None: no layers (the host
     # runner, a builder pod, a reused step, a step from before 0016).
     layer: Mapped[str | None] = mapped_column(String(80), default=None)
+    # The scheduler's queue it waits in while ready (0017, :class:`StepQueue`): set by advance
+    # when it makes the step ready; NULL for a step never made ready.
+    queue_id: Mapped[int | None] = mapped_column(ForeignKey("step_queues.id"), default=None)
 
     build: Mapped[Build] = relationship(back_populates="steps")
     outputs: Mapped[list[StepOutput]] = relationship(back_populates="step", order_by="StepOutput.filename")
@@ -227,6 +267,17 @@ class Step(Base):
     @property
     def display_state(self) -> str:
         return "reused" if self.reused_from is not None and self.state == StepState.SUCCEEDED else self.state
+
+
+Index(  # its next step first (critical path, then age): defined here to name the column's order
+    "ix_steps_queue_next",
+    Step.queue_id,
+    Step.priority.desc(),
+    Step.ready_at,
+    Step.id,
+    sqlite_where=text(READY_ONLY),
+    postgresql_where=text(READY_ONLY),
+)
 
 
 def _kind_of_output(context: DefaultExecutionContext) -> OutputKind:

@@ -19,7 +19,7 @@ from buildfarm.engine.images import pushed_reference
 from buildfarm.engine.steps import claim_next, claim_step
 from buildfarm.model.types import AptSource, BuildKind, BuildState, OutputKind, StepKind
 from buildfarm.state.db import alembic_config, upgrade
-from buildfarm.state.models import Base, Build, Step, TenantUsage
+from buildfarm.state.models import Base, Build, Step, StepQueue, TenantUsage
 
 from farmkit import make_test_context
 from migrationkit import BUILD, STEP, EarlierFarm, farm_at_0011
@@ -180,3 +180,50 @@ def test_an_upgrade_keeps_earlier_steps_for_the_nodes_own_architecture(farm_at_0
         engine.dispose()
     assert tuple(row) == ("", True, None)
     command.downgrade(alembic_config(farm_at_0011.url), "0011")
+
+
+def test_an_upgrade_to_0017_puts_earlier_open_steps_in_their_queues(
+    database_url: str, tmp_path: Path
+) -> None:
+    """0017: the unfinished steps of a farm upgraded from 0016 join the queue of their labels,
+    build kind and tenant (finished ones join none), so a ticket claims them in the fair order:
+    the release build's step first, whatever the ticket names."""
+    command.upgrade(alembic_config(database_url), "0016")
+    farm = EarlierFarm(database_url)
+    ready = {"state": "ready", "attempt": 0, "ready_at": farm.now, "requires": "", "depends_on": []}
+    farm.add_build(
+        [
+            ready | {"id": 1, "name": "lib", "input_key": "1" * 64},
+            ready
+            | {"id": 2, "name": "app", "input_key": "2" * 64, "state": "pending", "depends_on": ["lib"]},
+            ready | {"id": 3, "name": "arm", "input_key": "3" * 64, "requires": "arch=arm64"},
+            ready | {"id": 4, "name": "old", "input_key": "4" * 64, "state": "succeeded", "attempt": 1},
+        ]
+    )
+    farm.add_build(
+        [ready | {"id": 5, "build_id": 2, "name": "site", "input_key": "5" * 64}],
+        id=2,
+        kind="release",
+        user="bob",
+    )
+    ctx = make_test_context(tmp_path, database_url)  # upgrades to the head
+    try:
+        with ctx.db.session() as session:
+            queues = {
+                step.name: None if queue is None else (queue.requires, queue.kind, queue.project, queue.user)
+                for step, queue in session.execute(
+                    select(Step, StepQueue).outerjoin(StepQueue, Step.queue_id == StepQueue.id)
+                )
+            }
+        assert queues == {
+            "lib": ("", "nightly", "proj", "alice"),
+            "app": ("", "nightly", "proj", "alice"),
+            "arm": ("arch=arm64", "nightly", "proj", "alice"),
+            "old": None,
+            "site": ("", "release", "proj", "bob"),
+        }
+        claim = claim_next(ctx, 1, "node1", frozenset())
+        assert claim is not None and claim.step_id == 5
+    finally:
+        ctx.db.dispose()
+    command.downgrade(alembic_config(database_url), "0016")
