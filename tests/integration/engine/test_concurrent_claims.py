@@ -6,8 +6,8 @@ nodes queued on it; now a claim writes only its step's row and its tenant's.  Re
 real connections: a claim left open (its transaction not committed) must not hold up the claim
 of another tenant (the second connection gives up on any lock after ``lock_timeout``, so the
 old code fails instead of hanging), and threads claiming 40 steps of 4 tenants at once claim
-each step once, all of them, and charge every claim.  Nothing is timed: the assertions hold
-for every interleaving.
+each step once, all of them, and charge every claim; advances making one tenant's queue at
+once (0017) share one row.  Nothing is timed: the assertions hold for every interleaving.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from buildfarm.engine import steps
+from buildfarm.engine import fairshare, steps
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.steps import Claim, claim_next
 from buildfarm.model.types import StepState
-from buildfarm.state.models import Step, TenantUsage, utcnow
+from buildfarm.state.models import Step, StepQueue, TenantUsage, utcnow
 
 from dispatchkit import ready_steps
 from farmkit import make_test_context
@@ -114,3 +114,29 @@ def test_threads_claiming_at_once_claim_each_step_once(ctx: FarmContext) -> None
     for tenant in ("alpha", "beta", "gamma", "delta"):  # no charge lost to a concurrent one
         assert rows[tenant].pass_seconds >= 10 * charge
         assert rows[tenant].start_seconds >= 9 * charge
+
+
+def test_advances_making_the_same_queue_at_once_share_it(ctx: FarmContext) -> None:
+    """0017: advances of two builds of one tenant may make its queue at once; each gets the one
+    row (the second insert does nothing and reads the first), none fails."""
+    ids: list[int] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(THREADS)
+
+    def advance_like(index: int) -> None:
+        try:
+            with ctx.db.session() as session:
+                start.wait()
+                ids.append(fairshare.queue_ids(session, "nightly", ("alpha", "u"), [""])[""])
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=advance_like, args=(i,)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with ctx.db.session() as session:
+        assert [q.id for q in session.scalars(select(StepQueue))] == [ids[0]]
+    assert ids == [ids[0]] * THREADS
