@@ -15,6 +15,10 @@ recorded key back.  The moved steps go back to ``pending`` and the build is adva
 build of the same inputs made before is reused, else the step becomes ready for a node of the
 farm's architecture.  Each moved step says why in its ``error`` until a node claims it.
 
+The move and the build's advance are two steps, as everywhere in the farm: if the advance is
+lost (the reaper dies between them), the moved steps stay pending until the next advance of
+their build (any of its steps ending, or the reaper's for a build with nothing ready or running).
+
 Never moved: a step whose manifest says ``arch:`` (the field names the node it needs: it keeps
 waiting, then fails with the reason), one already claimed, running or reused.  Everything runs
 under the build's row lock with updates conditional on the state and attempt each step was read
