@@ -92,8 +92,15 @@ def fall_back_to_cross(ctx: FarmContext, now: dt.datetime) -> list[Moved]:
                 Step.environment_id.is_(None),
             )
         ).all()
-        due = sorted(
-            {(s.build_id, s.host_arch, s.unrunnable_since) for s in rows if _placed_natively(s, native)}
+        forced: dict[int, set[str] | None] = {}
+        for build_id in {s.build_id for s in rows}:
+            forced[build_id] = _forced_origins(session.get_one(Build, build_id))
+        due = sorted(  # no cross environment is made for a step that will not move
+            {
+                (s.build_id, s.host_arch, s.unrunnable_since)
+                for s in rows
+                if _placed_natively(s, native) and s.origin not in (forced[s.build_id] or {s.origin})
+            }
         )
     moved = []
     done: set[tuple[int, str]] = set()

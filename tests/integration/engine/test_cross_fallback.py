@@ -44,6 +44,7 @@ class CrossRunner:
     def __init__(self, inner: Runner) -> None:
         self.inner = inner
         self.name = inner.name
+        self.asked: list[str] = []  # the cross environments asked for
 
     def environment_id(self) -> str:
         return self.inner.environment_id()
@@ -55,6 +56,7 @@ class CrossRunner:
         return NATIVE
 
     def cross_environment_id(self, host_arch: str) -> str:
+        self.asked.append(host_arch)
         return f"cross-{host_arch}"
 
 
@@ -159,8 +161,11 @@ def test_a_forced_native_step_keeps_waiting_and_the_move_happens_once(
         routing.record_node(ctx, "own", OWN)
         assert reap(ctx).cross_built == [build_id]
         moved = _steps(ctx, build_id)
+        assert isinstance(ctx.runner, CrossRunner)
+        asked = len(ctx.runner.asked)
         assert reap(ctx).cross_built == []  # the second round finds nothing left to move
         assert reap(ctx).cross_built == []
+        assert len(ctx.runner.asked) == asked  # nor makes a cross environment for the forced step
         again = _steps(ctx, build_id)
         assert {n: (s.input_key, s.requires, s.state) for n, s in again.items()} == {
             n: (s.input_key, s.requires, s.state) for n, s in moved.items()
