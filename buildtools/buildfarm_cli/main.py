@@ -123,7 +123,8 @@ def _follow_build(client: FarmClient, build_id: int, timeout: float, fmt: Output
     (``client.changes``), and the table is drawn again only when something did."""
     deadline = time.monotonic() + timeout
     view = client.show(build_id)
-    live = Live(steps_table(view), console=console, auto_refresh=False) if fmt == OutputFormat.TEXT else None
+    text = fmt == OutputFormat.TEXT
+    live = Live(steps_table(view, console.width), console=console, auto_refresh=False) if text else None
     with live or contextlib.nullcontext():
         while view.state not in TERMINAL_BUILD_STATES and time.monotonic() < deadline:
             time.sleep(WAIT_POLL_SECONDS)
@@ -133,7 +134,7 @@ def _follow_build(client: FarmClient, build_id: int, timeout: float, fmt: Output
             )
             view = view.with_changes(changes)
             if moved and live is not None:
-                live.update(steps_table(view), refresh=True)
+                live.update(steps_table(view, console.width), refresh=True)
     return view
 
 
@@ -213,7 +214,7 @@ def build_show(build_id: int, output: OutputOpt = None) -> None:
     if state.fmt(output) == OutputFormat.JSON:
         emit_json(view)
         return
-    console.print(steps_table(view))
+    console.print(steps_table(view, console.width))
     if view.published:
         console.print(f"published: {view.published}", markup=False)
     if view.error:
