@@ -224,8 +224,11 @@ class UnshareRunner(EnvironmentRunner):
                     step_args += apt_sources
                     if has_lists:  # the mirror's lists are there: refresh the farm's repositories only
                         step_args.append("--update-given-only")
-                root = (chroots or job.workdir) / "root"
-                root.mkdir(mode=0o755)
+                base = chroots or job.workdir
+                root = base / "root"
+                root.mkdir()
+                for path in (base.parent, base, root):  # the build's root reaches its tree whatever the umask
+                    path.chmod(0o755)
                 if os.geteuid() == 0:  # the build's root owns its tree: a subordinate id
                     os.chown(root, *subordinate_ids())
                 command = [
