@@ -41,7 +41,7 @@ import tarfile
 from dataclasses import replace
 from pathlib import Path
 
-from buildfarm.environments import StepTarball
+from buildfarm.environments import EnvironmentCache, EnvironmentSpec, LayerPolicy, StepTarball
 from buildfarm.environments.layermaker import DEVICE_EXCLUDES
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.types import PACKAGE_SUFFIXES, AptSource, RunnerKind
@@ -49,6 +49,7 @@ from buildfarm.runners.base import StepJob, StepResult
 from buildfarm.runners.envrunner import EnvironmentRunner, apt_proxy_conf, farm_hosts, step_dsc
 from buildfarm.runners.outputs import unpack_outputs
 from buildfarm.runners.process import ProcessOutcome, describe_failure, run_streaming
+from buildfarm.runners.trees import UnpackedTrees
 
 BUILDER_ENTRYPOINT = Path(__file__).resolve().parents[3] / "buildtools" / "builder" / "buildfarm-step"
 """buildtools/builder/buildfarm-step: the package-builder image's entrypoint, run in the chroot."""
@@ -62,7 +63,11 @@ REMOVE_TIMEOUT_SECONDS = 600
 STEP_SCRIPT = r"""
 set -eu
 root=$1; shift
-tar -C "$root" --numeric-owner -xf - $TAR_EXCLUDES <&3
+if [ -n "$LOWER" ]; then
+    mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$UPPER,workdir=$WORK,userxattr" "$root"
+else
+    tar -C "$root" --numeric-owner -xf - $TAR_EXCLUDES <&3
+fi
 exec 3<&-
 tar -C "$root" --no-same-owner -xf - <&4
 exec 4<&-
@@ -83,8 +88,13 @@ exit "$status"
 """
 """Runs as root of the step's user namespace (pid 1 of its PID namespace): fd 3 the step's
 tarball, fd 4 the inputs tar, fd 5 where the outputs archive goes; its arguments: the chroot's
-directory, then buildfarm-step's options.  Whatever it leaves (the tree,
-the mounts) goes with the namespace; the runner removes the tree."""
+directory, then buildfarm-step's options.  With ``LOWER`` (the tarball unpacked once,
+:mod:`buildfarm.runners.trees`) the chroot is an overlay on it instead of a fresh unpack;
+``userxattr`` (overlay's own attributes as user.* ones, which tmpfs keeps): without, a directory made in
+it cannot be renamed (EXDEV: dpkg unpacks every new directory as ``<name>.dpkg-new`` first).
+Like Docker's overlay2 (redirect_dir off), renaming a directory of the tarball itself still
+gets EXDEV, which ``mv`` and dpkg's own paths never need.
+Whatever it leaves (the tree, the mounts) goes with the namespace; the runner removes the tree."""
 
 OPEN_FDS = 'exec 3<"$1" 4<"$2" 5>"$3"; shift 3; exec "$@"'
 """The worker opens the files the mapped root cannot reach, then becomes ``unshare``."""
@@ -144,10 +154,69 @@ def _add_file(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -
 class UnshareRunner(EnvironmentRunner):
     """Runs each step as a builder pod would, in a chroot of its tarball in one user namespace.
 
-    ``entrypoint``: the ``buildfarm-step`` to run (the repository's own)."""
+    ``entrypoint``: the ``buildfarm-step`` to run (the repository's own).  ``overlay`` (with a
+    ``tmpdir``): each step's chroot is an overlay on its tarball unpacked once under
+    ``<tmpdir>/trees`` (:class:`~buildfarm.runners.trees.UnpackedTrees`); without, the tarball
+    is unpacked for each step (``make bench`` compares both)."""
 
     name: str = RunnerKind.UNSHARE
     entrypoint: Path = BUILDER_ENTRYPOINT
+
+    def __init__(
+        self,
+        base_tarball: Path | None,
+        distribution: str,
+        tmpdir: Path | None = None,
+        *,
+        environments: EnvironmentCache | None = None,
+        spec: EnvironmentSpec | None = None,
+        apt_proxy: str | None = None,
+        layers: LayerPolicy | None = None,
+        overlay: bool = True,
+    ) -> None:
+        super().__init__(
+            base_tarball,
+            distribution,
+            tmpdir,
+            environments=environments,
+            spec=spec,
+            apt_proxy=apt_proxy,
+            layers=layers,
+        )
+        self.trees = None
+        if overlay and tmpdir is not None:
+            self.trees = UnpackedTrees(tmpdir / "trees", self._unpack_tree, self.remove_tree)
+
+    def _owned_dir(self, path: Path) -> None:
+        """A new directory the build's root owns (a subordinate id when the worker is root)."""
+        path.mkdir()
+        path.chmod(0o755)
+        if os.geteuid() == 0:
+            os.chown(path, *subordinate_ids())
+
+    def _unpack_tree(self, tarball: Path, dest: Path) -> None:
+        """Unpack ``tarball`` into ``dest`` (new) as the builds' mapped root (an overlay's lower)."""
+        self._owned_dir(dest)
+        with tarball.open("rb") as stream:
+            done = subprocess.run(
+                [
+                    *namespace_prefix(),
+                    "tar",
+                    "-C",
+                    str(dest),
+                    "--numeric-owner",
+                    "-xf",
+                    "-",
+                    *DEVICE_EXCLUDES,
+                ],
+                stdin=stream,
+                capture_output=True,
+                text=True,
+                timeout=REMOVE_TIMEOUT_SECONDS,
+                check=False,
+            )
+        if done.returncode != 0:
+            raise PermanentError(f"unpacking {tarball.name} failed: {done.stderr.strip()[-500:]}")
 
     def remove_tree(self, path: Path) -> None:
         """The tree's files belong to the build's mapped users: a non-root worker removes them
@@ -206,7 +275,7 @@ class UnshareRunner(EnvironmentRunner):
         archive = job.workdir / "outputs.tar.gz"
         apt_sources = self._inputs(job, inputs)
         chosen: StepTarball | None = None
-        with self.attempt_chroots(job) as chroots:
+        with self.attempt_chroots(job) as chroots, contextlib.ExitStack() as stack:
             try:
                 chosen, has_lists = self._step_tarball(job, dsc, chroots)
                 step_args = [
@@ -225,22 +294,26 @@ class UnshareRunner(EnvironmentRunner):
                     if has_lists:  # the mirror's lists are there: refresh the farm's repositories only
                         step_args.append("--update-given-only")
                 base = chroots or job.workdir
+                base.parent.chmod(0o755)  # the build's root reaches its tree whatever the umask
+                base.chmod(0o755)
+                env = {
+                    "PATH": os.environ.get("PATH", CHROOT_PATH),
+                    "CHROOT_PATH": CHROOT_PATH,
+                    "TAR_EXCLUDES": " ".join(DEVICE_EXCLUDES),
+                    "LOWER": "",
+                }
+                if self.trees is not None and chroots is not None:
+                    lower = stack.enter_context(self.trees.lower(chosen.path))
+                    for part in ("upper", "work"):
+                        self._owned_dir(base / part)
+                    env |= {"LOWER": str(lower), "UPPER": str(base / "upper"), "WORK": str(base / "work")}
                 root = base / "root"
-                root.mkdir()
-                for path in (base.parent, base, root):  # the build's root reaches its tree whatever the umask
-                    path.chmod(0o755)
-                if os.geteuid() == 0:  # the build's root owns its tree: a subordinate id
-                    os.chown(root, *subordinate_ids())
+                self._owned_dir(root)
                 command = [
                     *("sh", "-c", OPEN_FDS, "sh", str(chosen.path), str(inputs), str(archive)),
                     *namespace_prefix(),
                     *("sh", "-c", STEP_SCRIPT, "step", str(root), *step_args),
                 ]
-                env = {
-                    "PATH": os.environ.get("PATH", CHROOT_PATH),
-                    "CHROOT_PATH": CHROOT_PATH,
-                    "TAR_EXCLUDES": " ".join(DEVICE_EXCLUDES),
-                }
                 outcome = run_streaming(
                     command,
                     cwd=job.workdir,

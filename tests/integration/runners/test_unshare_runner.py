@@ -2,10 +2,12 @@
 builder environment (the recipe plus python3, made once per machine in the shared cache), with
 real apt and dpkg-buildpackage.
 
-hello-standalone builds with no apt run at all (the environment has its Build-Depends); greet-cli
-gets libgreet-dev, built by the same runner just before, from a staging repository served over
-HTTP, as in a farm build; a build sees a mapped root (not the host's) and no network; a failing
-build gives one line; a cancelled one is killed whole and leaves no directory behind.
+hello-standalone builds with no apt run at all (the environment has its Build-Depends), in an
+overlay on its tarball unpacked once and in a fresh unpack; greet-cli gets libgreet-dev, built by
+the same runner just before, from a staging repository served over HTTP, as in a farm build, and
+what apt installed stays in that step's overlay; a build sees a mapped root (not the host's) and
+no network; a failing build gives one line; a cancelled one is killed whole and leaves no
+directory behind.
 """
 
 from __future__ import annotations
@@ -50,10 +52,19 @@ def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UnshareRunner]:
         LayerCache(tmp_path_factory.mktemp("layers"), 8 << 30), tmp_path_factory.mktemp("views"), 1
     )
     tmpdir = chroot_root(settings.buildenv.sbuild_tmpdir, state)
-    yield UnshareRunner(
+    runner = UnshareRunner(
         None, settings.buildenv.distribution, tmpdir, environments=environments, spec=spec, layers=layers
     )
-    assert not tmpdir.exists() or not any(tmpdir.iterdir()), "an attempt left its chroot behind"
+    yield runner
+    assert _attempt_dirs(runner) == [], "an attempt left its chroot behind"
+    assert runner.trees is not None
+    runner.remove_tree(runner.trees.root)
+    tmpdir.rmdir()
+
+
+def _attempt_dirs(runner: UnshareRunner) -> list[Path]:
+    assert runner.tmpdir is not None
+    return [p for p in runner.tmpdir.iterdir() if p.name != "trees"] if runner.tmpdir.exists() else []
 
 
 def _job(tmp_path: Path, tree: Path, lines: list[str], sources: tuple[AptSource, ...] = ()) -> StepJob:
@@ -82,7 +93,18 @@ def _arch() -> str:
     ).stdout.strip()
 
 
-def test_builds_the_example_with_no_apt_run(runner: UnshareRunner, tmp_path: Path) -> None:
+@pytest.mark.parametrize("overlay", [True, False], ids=["overlay", "unpacked"])
+def test_builds_the_example_with_no_apt_run(runner: UnshareRunner, tmp_path: Path, overlay: bool) -> None:
+    if not overlay:
+        runner = UnshareRunner(
+            None,
+            runner.distribution,
+            runner.tmpdir,
+            environments=runner.environments,
+            spec=runner.spec,
+            layers=runner.layers,
+            overlay=False,
+        )
     lines: list[str] = []
     result = runner.run(_job(tmp_path, EXAMPLES / "hello-standalone", lines))
     (deb,) = _debs(result, lines)
@@ -96,6 +118,7 @@ def test_builds_the_example_with_no_apt_run(runner: UnshareRunner, tmp_path: Pat
     assert "buildfarm-step: the environment has every Build-Depends: no apt run" in lines
     assert not any("apt-get" in line for line in lines)
     assert result.layer is not None and result.layer.startswith("none:")
+    assert runner.trees is None or len(runner.trees.trees()) == 1  # the lean layer, kept unpacked
 
 
 def test_farm_built_dependency_comes_from_the_staging_repository(
@@ -122,6 +145,10 @@ def test_farm_built_dependency_comes_from_the_staging_repository(
     assert any("libgreet-dev" in line and "Unpacking" in line for line in lines), lines[-40:]
     # apt refreshed the staging repository alone: the environment carries the mirror's lists
     assert any(line.startswith("buildfarm-step: $ apt-get") and "SourceParts=-" in line for line in lines)
+    # what apt installed went into the step's overlay, not into the tree the next step starts from
+    assert runner.trees is not None
+    for tree in runner.trees.trees():
+        assert "libgreet" not in (tree / "var/lib/dpkg/status").read_text()
 
 
 def test_build_runs_as_a_mapped_root_without_network(runner: UnshareRunner, tmp_path: Path) -> None:
@@ -167,12 +194,12 @@ def test_cancel_kills_the_namespace_and_leaves_no_directory(runner: UnshareRunne
     thread.start()
     try:
         wait_for(lambda: "nssleeps-started" in lines or None, STEP_TIMEOUT, "the build to start")
-        assert runner.tmpdir is not None and any(runner.tmpdir.iterdir())  # its chroot, while it runs
+        assert _attempt_dirs(runner) != []  # its chroot, while it runs
     finally:
         job.cancel.set()
         thread.join(STEP_TIMEOUT)
     (result,) = results
     assert not result.ok and result.error == "buildfarm-step stopped: cancelled or lease lost"
-    assert not runner.tmpdir.exists() or not any(runner.tmpdir.iterdir())
+    assert _attempt_dirs(runner) == []
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     assert "sleep 617.25" not in ps
