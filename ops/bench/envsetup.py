@@ -16,7 +16,8 @@ unpack), on the example packages, side by side:
 * **unshare**: the ``unshare`` runner itself (:class:`~buildfarm.runners.unshare.UnshareRunner`,
   the same tarball choice in its builder environment, the farm's recipe plus python3): a builder
   pod's ``buildfarm-step`` in one user-namespace chroot, on the step's source-package tarball as
-  the farm hands it over.
+  the farm hands it over; its chroot an overlay on the tarball unpacked once (on tmpfs);
+* **unshare-tar**: the same runner unpacking the tarball for each step instead (``overlay=False``).
 
 Setup is a step's wall time minus sbuild's own ``Build-Time`` (whole seconds), or minus the
 dpkg-buildpackage time buildfarm-step prints (unshare); CPU is the CPU seconds of the whole
@@ -78,7 +79,7 @@ BIG_DEPENDS = (
     "libcurl4-openssl-dev",
 )
 SBUILD_TIMEOUT_SECONDS = 1800
-MODES = ("before", "environment", "layers", "farm", "unshare")
+MODES = ("before", "environment", "layers", "farm", "unshare", "unshare-tar")
 """The example packages' columns; ``BENCH_ENVSETUP_MODES`` picks some (comma-separated)."""
 _BUILD_TOOK = re.compile(r"^buildfarm-step: dpkg-buildpackage took ([0-9.]+) s$")
 _FETCHED = re.compile(r"^Fetched ([0-9.]+) ([kMG]?B) in")
@@ -352,7 +353,7 @@ def main() -> int:
         )
     env = cache_for(settings).ensure(spec_for(settings), progress=print)
     builder_env = None
-    if "unshare" in modes:
+    if {"unshare", "unshare-tar"} & set(modes):
         builder_env = cache_for(settings).ensure(builder_spec(spec_for(settings)), progress=print)
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="buildfarm-bench-envsetup-") as tmp:
@@ -361,18 +362,22 @@ def main() -> int:
         try:
             policy = LayerPolicy(LayerCache(work / "layers", 1 << 34), work / "apt-views", 5, cache.url)
             chroots = Path(tempfile.mkdtemp(prefix="buildfarm-bench-unshare-", dir="/dev/shm"))
-            unshare = UnshareRunner(
-                None,
-                settings.buildenv.distribution,
-                chroots,
-                environments=cache_for(settings),
-                spec=builder_spec(spec_for(settings)),
-                apt_proxy=cache.url,
-                layers=policy,
+            unshare, unshare_tar = (
+                UnshareRunner(
+                    None,
+                    settings.buildenv.distribution,
+                    chroots,
+                    environments=cache_for(settings),
+                    spec=builder_spec(spec_for(settings)),
+                    apt_proxy=cache.url,
+                    layers=policy,
+                    overlay=overlay,
+                )
+                for overlay in (True, False)
             )
             dscs = {name: make_dsc(name, work / "src") for name in examples}
-            if "unshare" in modes and dscs:  # its lean layer made once, as the layers mode does the farm's
-                print("unshare: warming its builder environment's layers ...", flush=True)
+            if {"unshare", "unshare-tar"} & set(modes) and dscs:  # as the layers mode does the farm's
+                print("unshare: making its lean layer and unpacked tree once ...", flush=True)
                 for dsc in dscs.values():
                     unshare_once(unshare, dsc)
             results: dict[str, dict[str, list[Run]]] = {m: {n: [] for n in examples} for m in modes}
@@ -385,8 +390,8 @@ def main() -> int:
                             run = sbuild_once(base, dsc, lists=False, proxy=None)
                         elif mode == "environment":
                             run = sbuild_once(env.path, dsc, lists=True, proxy=cache.url)
-                        elif mode == "unshare":
-                            run = unshare_once(unshare, dsc)
+                        elif mode in ("unshare", "unshare-tar"):
+                            run = unshare_once(unshare if mode == "unshare" else unshare_tar, dsc)
                         else:
                             run = layered_build(env, dsc, policy, cache.url, resolver=mode == "layers")
                         if mode != "before":  # apt's own count for the plain tarball
@@ -445,7 +450,8 @@ def report_examples(
     if builder_env is not None:
         print(
             f"unshare: the unshare runner (buildfarm-step in one user namespace) in the builder environment "
-            f"{builder_env.short} ({builder_env.size >> 20} MiB), same layers"
+            f"{builder_env.short} ({builder_env.size >> 20} MiB), same layers, an overlay on the tarball "
+            "unpacked once; unshare-tar: the same, unpacking the tarball for each step"
         )
     modes = list(results)
     print(f"{'package':18}" + "".join(f" {m:>13}" for m in modes) + f" {'CPU ' + ' / '.join(modes):>32}")
@@ -465,7 +471,7 @@ def report_examples(
     for m in modes:
         warm = [r.fetched for runs_ in results[m].values() for r in runs_[1:]] or [0]
         print(f"  fetched from outside per step ({m}, warm): {_mb(statistics.median(warm))}")
-    for m in ("layers", "farm", "unshare"):
+    for m in ("layers", "farm", "unshare", "unshare-tar"):
         every = [r for runs_ in results.get(m, {}).values() for r in runs_]
         if every:
             parts = ", ".join(
