@@ -77,6 +77,9 @@ for name in null zero full random urandom tty; do
 done
 mkdir -p "$root/dev/shm" "$root/dev/pts"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5 devpts "$root/dev/pts"
+rm -f "$root/dev/ptmx"
+ln -s pts/ptmx "$root/dev/ptmx"
 mount -t proc proc "$root/proc"
 [ -e "$root/dev/fd" ] || ln -s /proc/self/fd "$root/dev/fd"
 status=0
