@@ -130,11 +130,10 @@ def env_image(
     name its digest in their input keys.  An environment already made into an image is not built
     again.  ``--cross arm64`` makes the image of the cross environment for arm64 and moves the
     tag ``<builder_image's tag>-cross-arm64``, which builder pods cross-building for arm64 use."""
-    from buildfarm.environments import cross_spec, routed_environments
+    from buildfarm.environments import BUILDER_PACKAGES, cross_spec, routed_environments
     from buildfarm.model.errors import PermanentError
     from buildfarm.model.images import registry_host, split_reference
     from buildfarm.runners.builderimage import ensure_builder_image
-    from buildfarm.runners.sbuild import BUILDER_PACKAGES
     from buildfarm.wiring import make_package_cache
 
     state.local("env image")

@@ -99,6 +99,8 @@ def _check_tools(settings: Settings) -> None:
         needed["docker-registry"] = "docker-registry"
     if settings.builders.runner == "sbuild":
         needed |= {"sbuild": "sbuild", "mmdebstrap": "mmdebstrap", "newuidmap": "uidmap"}
+    if settings.builders.runner == "unshare":
+        needed |= {"unshare": "util-linux", "mmdebstrap": "mmdebstrap", "newuidmap": "uidmap"}
     if not settings.broker.url:
         needed["redis-server"] = "redis-server"
     missing = sorted({pkg for tool, pkg in needed.items() if shutil.which(tool) is None})

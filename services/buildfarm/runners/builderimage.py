@@ -2,7 +2,7 @@
 
 A builder pod on Kubernetes starts with the toolchain in place because its image *is* the farm's
 environment: the tarball of :mod:`buildfarm.environments` (the buildd variant, the Debian build
-toolchain, the mirror's apt lists; recipe plus :data:`~buildfarm.runners.sbuild.BUILDER_PACKAGES`
+toolchain, the mirror's apt lists; recipe plus :data:`~buildfarm.environments.BUILDER_PACKAGES`
 for the entrypoint) unpacked as the image's one filesystem layer (``buildah from scratch`` +
 ``buildah add`` of the tarball, as the Dockerfile under buildtools/images/package-builder does
 with ``ADD``), plus ``buildfarm-step`` as its entrypoint.  It is pushed to the farm's registry as
