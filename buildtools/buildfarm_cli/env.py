@@ -130,44 +130,20 @@ def env_image(
     name its digest in their input keys.  An environment already made into an image is not built
     again.  ``--cross arm64`` makes the image of the cross environment for arm64 and moves the
     tag ``<builder_image's tag>-cross-arm64``, which builder pods cross-building for arm64 use."""
-    from buildfarm.environments import cross_spec, routed_environments
-    from buildfarm.model.errors import PermanentError
-    from buildfarm.model.images import registry_host, split_reference
-    from buildfarm.runners.builderimage import ensure_builder_image
-    from buildfarm.runners.sbuild import BUILDER_PACKAGES
+    from buildfarm.runners.builderimage import make_builder_images
     from buildfarm.wiring import make_package_cache
 
     state.local("env image")
     settings = load_settings()
-    if not settings.registry.url:
-        raise PermanentError("no container registry: set registry_url (BUILDFARM_REGISTRY_URL)")
-    host, repository, tag = split_reference(settings.builders.image)
-    if host != registry_host(settings.registry.url) or tag.startswith("sha256:"):
-        raise PermanentError(
-            f"builder_image {settings.builders.image!r} is not a tag on the farm's registry "
-            f"{registry_host(settings.registry.url)}: set it to <registry>/buildfarm/package-builder:current"
-        )
-    include = (*settings.buildenv.packages, *BUILDER_PACKAGES)
-    cache, spec = routed_environments(
-        settings, make_package_cache(settings), refresh=refresh, include=include
-    )
-    if cross:
-        spec, tag = cross_spec(spec, cross), f"{tag}-cross-{cross}"
-    env = (
-        cache.refresh(spec, progress=err_console.print)
-        if refresh
-        else cache.ensure(spec, progress=err_console.print)
-    )
-    image = ensure_builder_image(
-        env,
-        entrypoint,
-        settings.registry.url,
-        settings.buildenv.cache_dir / "buildah",
-        repository=repository,
-        move_tag=tag,
-        auth=settings.registry.auth(),
+    (made,) = make_builder_images(
+        settings,
+        make_package_cache(settings),
+        refresh=refresh,
+        cross=(cross,),
+        entrypoint=entrypoint,
         progress=err_console.print,
     )
+    image = made.image
     if state.fmt(output) == OutputFormat.JSON:
         emit_json(
             {
@@ -178,7 +154,4 @@ def env_image(
             }
         )
         return
-    what = "new" if image.built else "unchanged"
-    console.print(
-        f"{host}/{repository}:{tag} -> {image.reference} ({what}, environment {env.short})", markup=False
-    )
+    console.print(made.describe(), markup=False)
