@@ -93,6 +93,7 @@ def _context(tmp_path: Path, registry: Registry, moto: MotoS3, cluster: FakeClus
     ctx = make_test_context(
         tmp_path,
         f"sqlite:///{tmp_path / 'state.db'}",
+        cache_dir=tmp_path / "cache",  # never the machine's environments: a fake one would be current there
         runner="kubernetes",
         **moto.settings(),
         kubeconfig=cluster.kubeconfig(tmp_path / "kubeconfig"),
