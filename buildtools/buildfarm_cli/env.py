@@ -57,8 +57,11 @@ def env_list(output: OutputOpt = None) -> None:
     """The environments in this machine's cache, newest first (current: new builds use it)."""
     state.local("env list")
     from buildfarm.environments import cache_for
+    from buildfarm.model.errors import BuildfarmError
+    from buildfarm.runners.builderimage import image_staleness, makes_builder_image
 
-    envs = cache_for(load_settings()).entries()
+    settings = load_settings()
+    envs = cache_for(settings).entries()
     if state.fmt(output) == OutputFormat.JSON:
         emit_json([_view(e) for e in envs])
         return
@@ -66,6 +69,12 @@ def env_list(output: OutputOpt = None) -> None:
         err_console.print("no build environment yet: `buildfarm env refresh` or `buildfarm start` makes one")
         return
     console.print(_table(envs))
+    if makes_builder_image(settings):  # a Kubernetes farm: is its package-builder image fresh?
+        try:
+            line = image_staleness(settings, envs)
+        except BuildfarmError as exc:  # the registry down: the list still shows
+            line = f"unknown ({exc})"
+        console.print(f"package-builder image: {line}", markup=False)
 
 
 @env_app.command("refresh")

@@ -258,19 +258,57 @@ def make_builder_images(
     return made
 
 
-def current_image_made(settings: Settings) -> str:
-    """When and from which environment the image ``builder_image`` names was made (its config's
-    ``created`` and environment label), for a message saying how stale it is."""
+@dataclass(frozen=True)
+class CurrentImage:
+    """What the image ``builder_image`` names was made of, read from its config in the registry."""
+
+    reference: str  # builder_image, the moving tag
+    created: str  # the image config's creation time (buildah commit's)
+    environment: str  # the environment's digest (its label), "" if it has none
+
+
+def current_image(settings: Settings) -> CurrentImage | None:
+    """The image ``builder_image`` names on the farm's registry (None: not made yet)."""
     repository, tag = builder_image_tag(settings)
     client = RegistryClient(settings.registry.url or "", auth=settings.registry.auth())
     if not client.has_manifest(repository, tag):
-        return f"{settings.builders.image} does not exist yet"
+        return None
     manifest, _digest, _type = client.manifest(repository, tag)
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp) / "config.json"
         client.fetch_blob(repository, manifest["config"]["digest"], config_path)
         config = json.loads(config_path.read_text())
     labels = (config.get("config") or {}).get("Labels") or {}
-    environment = str(labels.get(ENVIRONMENT_LABEL, ""))[:12] or "unknown"
-    created = config.get("created", "(date unknown)")
-    return f"{settings.builders.image} was made {created} from environment {environment}"
+    return CurrentImage(
+        settings.builders.image, str(config.get("created", "")), str(labels.get(ENVIRONMENT_LABEL, ""))
+    )
+
+
+def current_image_made(settings: Settings) -> str:
+    """When and from which environment the image ``builder_image`` names was made, for a message
+    saying how stale it is."""
+    return _made(settings, current_image(settings))
+
+
+def _made(settings: Settings, image: CurrentImage | None) -> str:
+    if image is None:
+        return f"{settings.builders.image} does not exist yet"
+    return (
+        f"{image.reference} was made {image.created or '(date unknown)'} from environment "
+        f"{image.environment[:12] or '(unknown)'}"
+    )
+
+
+def image_staleness(settings: Settings, environments: Sequence[Environment]) -> str:
+    """One line on the package-builder image beside this machine's ``environments``: stale when
+    the environment it was made of is here but no longer current (a refresh replaced it)."""
+    image = current_image(settings)
+    made = _made(settings, image)
+    if image is None:
+        return f"{made}: run `buildfarm env image`"
+    of = next((e for e in environments if e.digest == image.environment), None)
+    if of is None:
+        return f"{made} (not in this machine's cache)"
+    if not of.current:
+        return f"stale: {made}, which a refresh replaced: run `buildfarm env image --refresh`"
+    return made

@@ -42,9 +42,11 @@ from buildfarm.runners.builderimage import (
     BUILDER_REPOSITORY,
     ENVIRONMENT_LABEL,
     ensure_builder_image,
+    image_staleness,
     make_builder_images,
 )
 from buildfarm.runners.kubernetes import KubernetesRunner
+from buildfarm.runners.sbuild import BUILDER_PACKAGES
 from buildfarm.state.models import Build, Step, TaskRun
 from buildfarm.wiring import make_package_cache, make_store
 
@@ -256,6 +258,11 @@ def test_nightly_refresh_remakes_the_builder_images_of_a_kubernetes_farm(
         assert _environment_id(ctx, build3).endswith(f"@{second}")
         assert step3.input_key != step1.input_key  # a refreshed image never reuses old outputs
 
+        include = (*ctx.settings.buildenv.packages, *BUILDER_PACKAGES)
+        cache, spec = builderimage.routed_environments(ctx.settings, packages, refresh=False, include=include)
+        fresh = image_staleness(ctx.settings, cache.entries())  # `buildfarm env list`'s line
+        assert fresh.startswith(f"{ctx.settings.builders.image} was made 20") and "stale" not in fresh
+
         # a node that cannot make images (the chart's worker pods): a failed run that says why
         no_buildah = tmp_path / "bin"
         no_buildah.mkdir()
@@ -269,5 +276,8 @@ def test_nightly_refresh_remakes_the_builder_images_of_a_kubernetes_farm(
         assert f"{ctx.settings.builders.image} was made 20" in run.detail
         assert "run `buildfarm env image --refresh`" in run.detail
         assert client.manifest(BUILDER_REPOSITORY, "current")[1] == second
+        cache.refresh(spec)  # the environment refreshed where no image was made of it
+        stale = image_staleness(ctx.settings, cache.entries())
+        assert stale.startswith("stale: ") and "run `buildfarm env image --refresh`" in stale
     finally:
         contexts.close()
