@@ -6,21 +6,27 @@ A package-builder pod on Kubernetes runs one command, ``buildfarm-step package``
 gives this runner).  This runner runs the same command in a chroot of
 the same environment on the worker's own node: the step's tarball (its environment, or that
 environment's dependency layer, exactly as the sbuild runner chooses it:
-:class:`~buildfarm.runners.envrunner.EnvironmentRunner`) is unpacked into a fresh directory under
-the farm's chroot root (tmpfs by default) **inside** a user namespace mapped onto the subordinate
-ids of /etc/subuid and /etc/subgid (``unshare --map-auto``), so root in the build is not root on
-the host; /proc and a minimal /dev (the host's null, zero, full, random, urandom, tty bound in, a
-private /dev/shm) are mounted in a private mount and PID namespace, and ``buildfarm-step`` runs
-chrooted there: ``dpkg-source -x``, apt only when the tarball lacks a Build-Depends (refreshing
-only the build's own repositories when the environment carries the mirror's lists), then
-``dpkg-buildpackage -b`` in a network namespace of its own (loopback only), as sbuild builds.
+:class:`~buildfarm.runners.envrunner.EnvironmentRunner`) unpacked once under the farm's chroot
+root (tmpfs by default; :mod:`buildfarm.runners.trees`) is the lower layer of an overlay mounted
+for the step, whose writes go to the attempt's own directory (``overlay=False``: the tarball is
+unpacked for each step instead), all **inside** a user namespace mapped onto the subordinate ids
+of /etc/subuid and /etc/subgid (``unshare --map-auto``), so root in the build is not root on the
+host; /proc and a minimal /dev (the host's null, zero, full, random, urandom, tty bound in, a
+private /dev/shm and /dev/pts) are mounted in a private mount and PID namespace, and
+``buildfarm-step`` runs chrooted there: ``dpkg-source -x``, apt only when the tarball lacks a
+Build-Depends (refreshing only the build's own repositories when the environment carries the
+mirror's lists), then ``dpkg-buildpackage -b`` in a network namespace of its own (loopback
+only), as sbuild builds.
 
 Why not sbuild (runners/sbuildrc): sbuild 0.85 runs ~80 commands per build in the chroot, each in
-a fresh namespace (~0.15 s apiece on a loaded node), which makes ~6 s of setup for a trivial step;
-here the whole step is one namespace and one command.  What differs from sbuild: no .changes
-(the farm stores .deb and .buildinfo only either way), no lintian (sbuild runs none here either),
-Build-Conflicts are honoured by ``apt-get build-dep`` (not by sbuild's dummy package), and the
-build runs as root in the namespace (sbuild builds as a mapped ``sbuild`` user under fakeroot).
+a fresh namespace (~0.15 s apiece on a loaded node), which makes ~6 s of setup for a trivial step
+on an idle node; here the whole step is one namespace and one command.  What differs from sbuild:
+the build runs as root of the namespace (sbuild builds as its mapped ``sbuild`` user); the
+environment also holds python3 and ca-certificates (the entrypoint's, as in a pod); apt installs
+Build-Depends with ``apt-get build-dep`` (any satisfiable alternative; sbuild's apt resolver
+takes only the first of ``a | b``); no .changes is kept (the farm stores .deb and .buildinfo
+either way), no lintian (sbuild runs none here either); the build directory is
+``/buildfarm/work/src`` (sbuild's ``/build/<pkg>-XXXXXX/<pkg>-<version>``).
 
 Inputs go in through one small tar stream (the source, the entrypoint, keys of signed sources,
 apt's proxy setting and the host's resolv.conf) and the outputs archive comes out through a file
