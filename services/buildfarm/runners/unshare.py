@@ -65,6 +65,8 @@ CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 OUTPUTS_MAX_BYTES = 4 << 30
 """Most bytes of outputs archive a step may hand back (what the kubernetes runner allows by default)."""
 REMOVE_TIMEOUT_SECONDS = 600
+TREES = "trees"
+"""The unpacked trees' directory in the farm's chroot root (beside the attempts' directories)."""
 
 STEP_SCRIPT = r"""
 set -eu
@@ -144,6 +146,28 @@ def namespace_prefix() -> list[str]:
     return ["unshare", *user, "--mount", "--pid", "--fork", "--kill-child"]
 
 
+def remove_mapped_tree(path: Path) -> None:
+    """Remove a tree whose files belong to the builds' mapped users: a non-root worker removes
+    them from inside a namespace with the same mapping (root removes them as they are)."""
+    if os.geteuid() == 0 or not path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    subprocess.run(
+        ["unshare", "--map-auto", "--map-root-user", "rm", "-rf", "--one-file-system", str(path)],
+        check=False,
+        capture_output=True,
+        timeout=REMOVE_TIMEOUT_SECONDS,
+    )
+
+
+def remove_trees(chroots: Path) -> None:
+    """Remove the unpacked trees of a farm's chroot root (``buildfarm stop``: ~0.5 GB of tmpfs
+    each, of no use once no node runs)."""
+    remove_mapped_tree(chroots / TREES)
+    with contextlib.suppress(OSError):
+        chroots.rmdir()
+
+
 def chroot_source(source: AptSource, index: int) -> tuple[AptSource, tuple[str, Path] | None]:
     """``source`` as apt in the chroot reads it, and the key file to copy in (signed sources:
     the key's host path means nothing there)."""
@@ -194,7 +218,7 @@ class UnshareRunner(EnvironmentRunner):
         )
         self.trees = None
         if overlay and tmpdir is not None:
-            self.trees = UnpackedTrees(tmpdir / "trees", self._unpack_tree, self.remove_tree)
+            self.trees = UnpackedTrees(tmpdir / TREES, self._unpack_tree, self.remove_tree)
 
     def _owned_dir(self, path: Path) -> None:
         """A new directory the build's root owns (a subordinate id when the worker is root)."""
@@ -228,17 +252,7 @@ class UnshareRunner(EnvironmentRunner):
             raise PermanentError(f"unpacking {tarball.name} failed: {done.stderr.strip()[-500:]}")
 
     def remove_tree(self, path: Path) -> None:
-        """The tree's files belong to the build's mapped users: a non-root worker removes them
-        from inside a namespace with the same mapping (root removes them as they are)."""
-        if os.geteuid() == 0 or not path.exists():
-            shutil.rmtree(path, ignore_errors=True)
-            return
-        subprocess.run(
-            ["unshare", "--map-auto", "--map-root-user", "rm", "-rf", "--one-file-system", str(path)],
-            check=False,
-            capture_output=True,
-            timeout=REMOVE_TIMEOUT_SECONDS,
-        )
+        remove_mapped_tree(path)
 
     def _check_tools(self) -> None:
         needed = [("unshare", "util-linux"), ("dpkg-source", "dpkg-dev")]
