@@ -90,6 +90,10 @@ rm -f "$root/dev/ptmx"
 ln -s pts/ptmx "$root/dev/ptmx"
 mount -t proc proc "$root/proc"
 [ -e "$root/dev/fd" ] || ln -s /proc/self/fd "$root/dev/fd"
+if [ ! -x "$root/usr/bin/python3" ]; then
+    echo "the environment has no python3 for buildfarm-step (the unshare runner's recipe adds it)"
+    exit 2
+fi
 status=0
 chroot "$root" /usr/bin/env -i PATH="$CHROOT_PATH" HOME=/root LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive \
     python3 /buildfarm/buildfarm-step package --workdir /buildfarm/work \
@@ -337,10 +341,17 @@ class UnshareRunner(EnvironmentRunner):
                     *namespace_prefix(),
                     *("sh", "-c", STEP_SCRIPT, "step", str(root), *step_args),
                 ]
+                last: list[str] = [""]
+
+                def log(line: str) -> None:
+                    job.log(line)
+                    if line.strip():
+                        last[0] = line.strip()
+
                 outcome = run_streaming(
                     command,
                     cwd=job.workdir,
-                    log=job.log,
+                    log=log,
                     cancel=job.cancel,
                     timeout_seconds=job.timeout_seconds + 60,  # buildfarm-step keeps the limit itself
                     env=env,
@@ -349,13 +360,18 @@ class UnshareRunner(EnvironmentRunner):
                 if chosen is not None:
                     chosen.release()  # the layer may be evicted again
         layer = chosen.label if chosen is not None and chosen.result else None
-        return self._result(job, outcome, archive, layer)
+        return self._result(job, outcome, archive, layer, last[0])
 
-    def _result(self, job: StepJob, outcome: ProcessOutcome, archive: Path, layer: str | None) -> StepResult:
-        """The step's result from the outputs archive buildfarm-step wrote (checked as a pod's)."""
+    def _result(
+        self, job: StepJob, outcome: ProcessOutcome, archive: Path, layer: str | None, last_line: str
+    ) -> StepResult:
+        """The step's result from the outputs archive buildfarm-step wrote (checked as a pod's);
+        without one (the chroot could not be set up), the log's last line says why."""
         written = archive.is_file() and archive.stat().st_size > 0
         if outcome.cancelled or outcome.timed_out or outcome.killed_by or not written:
             failure = describe_failure("buildfarm-step", outcome, job.timeout_seconds)
+            if not (outcome.cancelled or outcome.timed_out or outcome.killed_by) and last_line:
+                failure = f"{failure}: {last_line}"
             return StepResult(False, [], failure, killed_by=outcome.killed_by, layer=layer)
         if archive.stat().st_size > OUTPUTS_MAX_BYTES:
             return StepResult(

@@ -203,3 +203,18 @@ def test_cancel_kills_the_namespace_and_leaves_no_directory(runner: UnshareRunne
     assert _attempt_dirs(runner) == []
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     assert "sleep 617.25" not in ps
+
+
+def test_an_environment_without_python3_gives_one_line(runner: UnshareRunner, tmp_path: Path) -> None:
+    """A fixed base tarball (setting ``base_tarball``) must carry the entrypoint's python3: the
+    sbuild runner's environment does not."""
+    settings = load_settings(state_dir=tmp_path / "unused")
+    plain = cache_for(settings).ensure(spec_for(settings))  # what the sbuild runner builds in
+    bare = UnshareRunner(plain.path, runner.distribution, runner.tmpdir, overlay=False)
+    lines: list[str] = []
+    result = bare.run(_job(tmp_path, make_package(tmp_path / "src", "nspy"), lines))
+    assert not result.ok and result.outputs == []
+    assert result.error == (
+        "buildfarm-step exited with status 2: the environment has no python3 for buildfarm-step "
+        "(the unshare runner's recipe adds it)"
+    )
