@@ -16,7 +16,8 @@ private /dev/shm and /dev/pts) are mounted in a private mount and PID namespace,
 ``buildfarm-step`` runs chrooted there: ``dpkg-source -x``, apt only when the tarball lacks a
 Build-Depends (refreshing only the build's own repositories when the environment carries the
 mirror's lists), then ``dpkg-buildpackage -b`` in a network namespace of its own (loopback
-only), as sbuild builds.
+only), as sbuild builds.  A cross step (a foreign ``host_arch``) runs ``buildfarm-step
+--host-arch`` in the cross environment of the recipe, as sbuild ``--host`` does in sbuild's.
 
 Why not sbuild (runners/sbuildrc): sbuild 0.85 runs ~80 commands per build in the chroot, each in
 a fresh namespace (~0.15 s apiece on a loaded node), which makes ~6 s of setup for a trivial step
