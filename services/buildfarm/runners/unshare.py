@@ -6,21 +6,28 @@ A package-builder pod on Kubernetes runs one command, ``buildfarm-step package``
 gives this runner).  This runner runs the same command in a chroot of
 the same environment on the worker's own node: the step's tarball (its environment, or that
 environment's dependency layer, exactly as the sbuild runner chooses it:
-:class:`~buildfarm.runners.envrunner.EnvironmentRunner`) is unpacked into a fresh directory under
-the farm's chroot root (tmpfs by default) **inside** a user namespace mapped onto the subordinate
-ids of /etc/subuid and /etc/subgid (``unshare --map-auto``), so root in the build is not root on
-the host; /proc and a minimal /dev (the host's null, zero, full, random, urandom, tty bound in, a
-private /dev/shm) are mounted in a private mount and PID namespace, and ``buildfarm-step`` runs
-chrooted there: ``dpkg-source -x``, apt only when the tarball lacks a Build-Depends (refreshing
-only the build's own repositories when the environment carries the mirror's lists), then
-``dpkg-buildpackage -b`` in a network namespace of its own (loopback only), as sbuild builds.
+:class:`~buildfarm.runners.envrunner.EnvironmentRunner`) unpacked once under the farm's chroot
+root (tmpfs by default; :mod:`buildfarm.runners.trees`) is the lower layer of an overlay mounted
+for the step, whose writes go to the attempt's own directory (``overlay=False``: the tarball is
+unpacked for each step instead), all **inside** a user namespace mapped onto the subordinate ids
+of /etc/subuid and /etc/subgid (``unshare --map-auto``), so root in the build is not root on the
+host; /proc and a minimal /dev (the host's null, zero, full, random, urandom, tty bound in, a
+private /dev/shm and /dev/pts) are mounted in a private mount and PID namespace, and
+``buildfarm-step`` runs chrooted there: ``dpkg-source -x``, apt only when the tarball lacks a
+Build-Depends (refreshing only the build's own repositories when the environment carries the
+mirror's lists), then ``dpkg-buildpackage -b`` in a network namespace of its own (loopback
+only), as sbuild builds.  A cross step (a foreign ``host_arch``) runs ``buildfarm-step
+--host-arch`` in the cross environment of the recipe, as sbuild ``--host`` does in sbuild's.
 
 Why not sbuild (runners/sbuildrc): sbuild 0.85 runs ~80 commands per build in the chroot, each in
-a fresh namespace (~0.15 s apiece on a loaded node), which makes ~6 s of setup for a trivial step;
-here the whole step is one namespace and one command.  What differs from sbuild: no .changes
-(the farm stores .deb and .buildinfo only either way), no lintian (sbuild runs none here either),
-Build-Conflicts are honoured by ``apt-get build-dep`` (not by sbuild's dummy package), and the
-build runs as root in the namespace (sbuild builds as a mapped ``sbuild`` user under fakeroot).
+a fresh namespace (~0.15 s apiece on a loaded node), which makes ~6 s of setup for a trivial step
+on an idle node; here the whole step is one namespace and one command.  What differs from sbuild:
+the build runs as root of the namespace (sbuild builds as its mapped ``sbuild`` user); the
+environment also holds python3 and ca-certificates (the entrypoint's, as in a pod); apt installs
+Build-Depends with ``apt-get build-dep`` (any satisfiable alternative; sbuild's apt resolver
+takes only the first of ``a | b``); no .changes is kept (the farm stores .deb and .buildinfo
+either way), no lintian (sbuild runs none here either); the build directory is
+``/buildfarm/work/src`` (sbuild's ``/build/<pkg>-XXXXXX/<pkg>-<version>``).
 
 Inputs go in through one small tar stream (the source, the entrypoint, keys of signed sources,
 apt's proxy setting and the host's resolv.conf) and the outputs archive comes out through a file
@@ -59,6 +66,8 @@ CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 OUTPUTS_MAX_BYTES = 4 << 30
 """Most bytes of outputs archive a step may hand back (what the kubernetes runner allows by default)."""
 REMOVE_TIMEOUT_SECONDS = 600
+TREES = "trees"
+"""The unpacked trees' directory in the farm's chroot root (beside the attempts' directories)."""
 
 STEP_SCRIPT = r"""
 set -eu
@@ -82,6 +91,10 @@ rm -f "$root/dev/ptmx"
 ln -s pts/ptmx "$root/dev/ptmx"
 mount -t proc proc "$root/proc"
 [ -e "$root/dev/fd" ] || ln -s /proc/self/fd "$root/dev/fd"
+if [ ! -x "$root/usr/bin/python3" ]; then
+    echo "the environment has no python3 for buildfarm-step (the unshare runner's recipe adds it)"
+    exit 2
+fi
 status=0
 chroot "$root" /usr/bin/env -i PATH="$CHROOT_PATH" HOME=/root LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive \
     python3 /buildfarm/buildfarm-step package --workdir /buildfarm/work \
@@ -138,6 +151,28 @@ def namespace_prefix() -> list[str]:
     return ["unshare", *user, "--mount", "--pid", "--fork", "--kill-child"]
 
 
+def remove_mapped_tree(path: Path) -> None:
+    """Remove a tree whose files belong to the builds' mapped users: a non-root worker removes
+    them from inside a namespace with the same mapping (root removes them as they are)."""
+    if os.geteuid() == 0 or not path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    subprocess.run(
+        ["unshare", "--map-auto", "--map-root-user", "rm", "-rf", "--one-file-system", str(path)],
+        check=False,
+        capture_output=True,
+        timeout=REMOVE_TIMEOUT_SECONDS,
+    )
+
+
+def remove_trees(chroots: Path) -> None:
+    """Remove the unpacked trees of a farm's chroot root (``buildfarm stop``: ~0.5 GB of tmpfs
+    each, of no use once no node runs)."""
+    remove_mapped_tree(chroots / TREES)
+    with contextlib.suppress(OSError):
+        chroots.rmdir()
+
+
 def chroot_source(source: AptSource, index: int) -> tuple[AptSource, tuple[str, Path] | None]:
     """``source`` as apt in the chroot reads it, and the key file to copy in (signed sources:
     the key's host path means nothing there)."""
@@ -188,7 +223,7 @@ class UnshareRunner(EnvironmentRunner):
         )
         self.trees = None
         if overlay and tmpdir is not None:
-            self.trees = UnpackedTrees(tmpdir / "trees", self._unpack_tree, self.remove_tree)
+            self.trees = UnpackedTrees(tmpdir / TREES, self._unpack_tree, self.remove_tree)
 
     def _owned_dir(self, path: Path) -> None:
         """A new directory the build's root owns (a subordinate id when the worker is root)."""
@@ -222,17 +257,7 @@ class UnshareRunner(EnvironmentRunner):
             raise PermanentError(f"unpacking {tarball.name} failed: {done.stderr.strip()[-500:]}")
 
     def remove_tree(self, path: Path) -> None:
-        """The tree's files belong to the build's mapped users: a non-root worker removes them
-        from inside a namespace with the same mapping (root removes them as they are)."""
-        if os.geteuid() == 0 or not path.exists():
-            shutil.rmtree(path, ignore_errors=True)
-            return
-        subprocess.run(
-            ["unshare", "--map-auto", "--map-root-user", "rm", "-rf", "--one-file-system", str(path)],
-            check=False,
-            capture_output=True,
-            timeout=REMOVE_TIMEOUT_SECONDS,
-        )
+        remove_mapped_tree(path)
 
     def _check_tools(self) -> None:
         needed = [("unshare", "util-linux"), ("dpkg-source", "dpkg-dev")]
@@ -317,10 +342,17 @@ class UnshareRunner(EnvironmentRunner):
                     *namespace_prefix(),
                     *("sh", "-c", STEP_SCRIPT, "step", str(root), *step_args),
                 ]
+                last: list[str] = [""]
+
+                def log(line: str) -> None:
+                    job.log(line)
+                    if line.strip():
+                        last[0] = line.strip()
+
                 outcome = run_streaming(
                     command,
                     cwd=job.workdir,
-                    log=job.log,
+                    log=log,
                     cancel=job.cancel,
                     timeout_seconds=job.timeout_seconds + 60,  # buildfarm-step keeps the limit itself
                     env=env,
@@ -329,13 +361,18 @@ class UnshareRunner(EnvironmentRunner):
                 if chosen is not None:
                     chosen.release()  # the layer may be evicted again
         layer = chosen.label if chosen is not None and chosen.result else None
-        return self._result(job, outcome, archive, layer)
+        return self._result(job, outcome, archive, layer, last[0])
 
-    def _result(self, job: StepJob, outcome: ProcessOutcome, archive: Path, layer: str | None) -> StepResult:
-        """The step's result from the outputs archive buildfarm-step wrote (checked as a pod's)."""
+    def _result(
+        self, job: StepJob, outcome: ProcessOutcome, archive: Path, layer: str | None, last_line: str
+    ) -> StepResult:
+        """The step's result from the outputs archive buildfarm-step wrote (checked as a pod's);
+        without one (the chroot could not be set up), the log's last line says why."""
         written = archive.is_file() and archive.stat().st_size > 0
         if outcome.cancelled or outcome.timed_out or outcome.killed_by or not written:
             failure = describe_failure("buildfarm-step", outcome, job.timeout_seconds)
+            if not (outcome.cancelled or outcome.timed_out or outcome.killed_by) and last_line:
+                failure = f"{failure}: {last_line}"
             return StepResult(False, [], failure, killed_by=outcome.killed_by, layer=layer)
         if archive.stat().st_size > OUTPUTS_MAX_BYTES:
             return StepResult(

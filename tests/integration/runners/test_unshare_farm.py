@@ -1,7 +1,8 @@
 """A real farm build through the ``unshare`` runner: the farm started with ``--runner unshare``
 builds libgreet and greet-cli, greet-cli's libgreet-dev coming from the build's own staging
 repository (apt in the chroot reaches it directly, Debian's mirror through the farm's
-apt-cacher-ng), and publishes what it built.
+apt-cacher-ng), and publishes what it built; the trees its overlays stood on go with
+``buildfarm stop``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 
 from buildfarm.environments import builder_spec, cache_for, spec_for
 from buildfarm.model.settings import load_settings
+from buildfarm.runners.base import chroot_root
 
 from localfarmkit import Farm
 
@@ -35,6 +37,12 @@ def unshare_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
     farm.cli("start", "--runner", "unshare", "--nodes", "1", timeout=DEADLINE)
     yield farm
     farm.cli("stop", check=False)
+    assert not _trees(farm).exists()  # ~0.5 GB of tmpfs each: gone with the farm
+
+
+def _trees(farm: Farm) -> Path:
+    settings = load_settings(state_dir=farm.state_dir)
+    return chroot_root(settings.buildenv.sbuild_tmpdir, farm.state_dir) / "trees"
 
 
 def test_farm_builds_through_the_unshare_runner(unshare_farm: Farm, tmp_path: Path) -> None:
@@ -58,3 +66,4 @@ def test_farm_builds_through_the_unshare_runner(unshare_farm: Farm, tmp_path: Pa
     verified = unshare_farm.json("repo", "verify", "un", "main")
     assert {v["package"] for v in verified} >= {"libgreet1", "libgreet-dev", "greet-cli"}
     assert all(v["identical"] for v in verified)
+    assert any(p.is_dir() for p in _trees(unshare_farm).iterdir())  # the steps' overlays stood on it

@@ -203,3 +203,32 @@ def test_cancel_kills_the_namespace_and_leaves_no_directory(runner: UnshareRunne
     assert _attempt_dirs(runner) == []
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     assert "sleep 617.25" not in ps
+
+
+def test_an_environment_without_python3_gives_one_line(runner: UnshareRunner, tmp_path: Path) -> None:
+    """A fixed base tarball (setting ``base_tarball``) must carry the entrypoint's python3: the
+    sbuild runner's environment does not."""
+    settings = load_settings(state_dir=tmp_path / "unused")
+    plain = cache_for(settings).ensure(spec_for(settings))  # what the sbuild runner builds in
+    bare = UnshareRunner(plain.path, runner.distribution, runner.tmpdir, overlay=False)
+    lines: list[str] = []
+    result = bare.run(_job(tmp_path, make_package(tmp_path / "src", "nspy"), lines))
+    assert not result.ok and result.outputs == []
+    assert result.error == (
+        "buildfarm-step exited with status 2: the environment has no python3 for buildfarm-step "
+        "(the unshare runner's recipe adds it)"
+    )
+
+
+def test_cross_builds_for_arm64(runner: UnshareRunner, tmp_path: Path) -> None:
+    """``buildfarm-step --host-arch`` in the cross environment of the runner's recipe (made once
+    per machine, minutes): an AArch64 binary, as sbuild --host builds it."""
+    lines: list[str] = []
+    job = _job(tmp_path, EXAMPLES / "hello-standalone", lines)
+    job.host_arch, job.arch_all = "arm64", False
+    runner.cross_environment_id("arm64")  # made now if missing, as a submit does
+    (deb,) = _debs(runner.run(job), lines)
+    assert _field(deb, "Architecture") == "arm64"
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path / "x")], check=True)
+    header = (tmp_path / "x/usr/bin/hello-standalone").read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
