@@ -3,8 +3,11 @@
 * **dispatch**: TRIVIAL independent trivial packages (``dpkg-buildpackage -b`` of a native
   package that installs one file) through a fresh 2-node local farm in host mode, submit to
   published, beside ``make -j2`` running the same ``dpkg-buildpackage`` on copies of the same
-  trees: steps/s of each, the ratio (goal: farm within 1.1x of make) and the farm's overhead per
-  step.
+  trees (``make`` runs before and after the farm: the load of a shared machine moves): steps/s of
+  each, the ratio (goal: farm within 1.1x of make) and the farm's overhead per step; then where
+  the farm's time went, from its own records (submit, the first claim, each step's hold of its
+  node against make's ``dpkg-buildpackage``, a node's idle gap between steps, the publication,
+  the CLI noticing), and the CPU seconds a step of each side, the farm's by process.
 * **submit**: a manifest of BIG packages submitted in process (no farm: the engine with a
   recording dispatcher): the first submit (every tree packed), then, once its steps are marked
   built (each with a small .deb), its publication, then a no-change re-run: submit plus the
@@ -181,12 +184,12 @@ def make_wall(work: Path, src: Path, names: list[str]) -> tuple[float, list[floa
     return wall, each, cpu
 
 
-def _print_phases(run: FarmRun, each: list[float], load: float) -> None:
+def _print_phases(run: FarmRun, each: list[float]) -> None:
     """Where the farm's time went: the fixed cost at the start and the end, and per step."""
     dpkg = statistics.mean(each)
     held = statistics.mean(run.held)
     gap = statistics.mean(run.gaps) if run.gaps else 0.0
-    print(f"  where the farm's time went (load average {load:.1f}):")
+    print("  where the farm's time went:")
     print(f"    start: submit (CLI, upload, packing, planning) {run.submitted:.2f} s")
     print(f"           to the first step claimed {run.first_start:.2f} s")
     print(f"    a step: held its node {held:.2f} s, against {dpkg:.2f} s of make's dpkg-buildpackage")
@@ -262,29 +265,40 @@ def big_submit(work: Path, count: int) -> tuple[float, float, float, float, int]
     return first_s, publish_s, submit_s, advance_s, reused
 
 
+def dispatch(work: Path, trivial: int) -> None:
+    """The dispatch part: ``make -j2`` before and after the farm (the load of a shared machine
+    moves; their mean is the ratio's base), then where the farm's time and CPU went."""
+    src = work / "trivial"
+    names = trivial_sources(src, trivial, "triv")
+    print(f"dispatch: {trivial} trivial packages, host runner, 2 nodes, beside make -j2 ...", flush=True)
+    load = os.getloadavg()[0]
+    before, each, make_cpu = make_wall(work / "make-before", src, names)
+    run = farm_wall(work / "farm", src, names)
+    after, each_after, cpu_after = make_wall(work / "make-after", src, names)
+    made, make_cpu, each = (before + after) / 2, (make_cpu + cpu_after) / 2, each + each_after
+    farmed, succeeded = run.wall, run.succeeded
+    print(f"  load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
+    print(
+        f"  make -j2:      {made:6.1f} s, {trivial / made:5.2f} steps/s "
+        f"(before the farm {before:.1f} s, after it {after:.1f} s)"
+    )
+    print(f"  farm, 2 nodes: {farmed:6.1f} s, {succeeded / farmed:5.2f} steps/s ({succeeded} built)")
+    print(f"  ratio farm / make: {farmed / made:.2f} (goal <= 1.1)")
+    print(f"  farm overhead a step (2 at a time): {2 * (farmed - made) / trivial:.2f} s")
+    _print_phases(run, each)
+    farm_cpu = sum(run.cpu.values())
+    print(
+        f"  CPU seconds a step: make {make_cpu / trivial:.2f}, farm {farm_cpu / trivial:.2f} ("
+        + ", ".join(f"{k} {v / trivial:.2f}" for k, v in sorted(run.cpu.items()) if v >= 0.01)
+        + f"); ratio {farm_cpu / make_cpu:.2f}"
+    )
+
+
 def main(trivial: int = TRIVIAL, packages: int = PACKAGES, *, farm: bool = True) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         work = Path(tmp)
         if farm:
-            src = work / "trivial"
-            names = trivial_sources(src, trivial, "triv")
-            print(
-                f"dispatch: {trivial} trivial packages, host runner, 2 nodes, beside make -j2 ...", flush=True
-            )
-            made, each, make_cpu = make_wall(work / "make", src, names)
-            run = farm_wall(work / "farm", src, names)
-            farmed, succeeded = run.wall, run.succeeded
-            print(f"  make -j2:      {made:6.1f} s, {trivial / made:5.2f} steps/s")
-            print(f"  farm, 2 nodes: {farmed:6.1f} s, {succeeded / farmed:5.2f} steps/s ({succeeded} built)")
-            print(f"  ratio farm / make: {farmed / made:.2f} (goal <= 1.1)")
-            print(f"  farm overhead a step (2 at a time): {2 * (farmed - made) / trivial:.2f} s")
-            _print_phases(run, each, os.getloadavg()[0])
-            farm_cpu = sum(run.cpu.values())
-            print(
-                f"  CPU seconds a step: make {make_cpu / trivial:.2f}, farm {farm_cpu / trivial:.2f} ("
-                + ", ".join(f"{k} {v / trivial:.2f}" for k, v in sorted(run.cpu.items()) if v >= 0.01)
-                + f"); ratio {farm_cpu / make_cpu:.2f}"
-            )
+            dispatch(work, trivial)
         if packages < 1:
             return
         print(f"submit: {packages} packages in process ...", flush=True)
