@@ -253,6 +253,7 @@ class UnshareRunner(EnvironmentRunner):
                 raise PermanentError(f"{tool} is not installed (Debian package: {package})")
         if not self.entrypoint.is_file():
             raise PermanentError(f"the builder entrypoint {self.entrypoint} is missing (buildtools/builder)")
+        subordinate_ids()  # one line saying how to give the worker's user some, not unshare's own
 
     def _inputs(self, job: StepJob, dest: Path) -> list[str]:
         """Write the inputs tar (unpacked over the chroot's root); return buildfarm-step's

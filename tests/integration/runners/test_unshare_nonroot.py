@@ -209,3 +209,45 @@ def test_non_root_worker_builds_in_its_subordinate_ids(environment: tuple[Path, 
     finally:
         tmpdirs = [answer["tmpdir"]] if "tmpdir" in answer else []
         subprocess.run(["rm", "-rf", "--one-file-system", str(root), *map(str, tmpdirs)], check=False)
+
+
+NO_IDS_SCRIPT = """
+import sys
+from pathlib import Path
+from buildfarm.model.errors import PermanentError
+from buildfarm.runners.base import StepJob
+from buildfarm.runners.unshare import UnshareRunner
+
+runner = UnshareRunner(Path("/nonexistent.tar"), "bookworm", overlay=False)
+job = StepJob(1, "x", 1, Path("/nonexistent.tar.gz"), Path("/nonexistent"), [], print)
+try:
+    runner.run(job)
+except PermanentError as exc:
+    print(exc)
+"""
+
+
+def test_a_user_without_subordinate_ids_gets_one_line_saying_how_to_add_them() -> None:
+    """``nobody`` (every Debian system has it) has no /etc/subuid line: the step fails before
+    anything runs, with the command that gives the user a range."""
+    if os.geteuid() != 0 or shutil.which("runuser") is None:
+        pytest.skip("runs a step as nobody: needs root and runuser")
+    if any(line.startswith("nobody:") for line in Path("/etc/subuid").read_text().splitlines()):
+        pytest.skip("nobody has subordinate ids on this machine")
+    python = python_for("nobody")
+    pythonpath = os.pathsep.join([str(SERVICES), str(CLIENT), *site.getsitepackages()])
+    done = run_as(
+        "nobody",
+        "env",
+        "-i",
+        f"PYTHONPATH={pythonpath}",
+        f"PATH={os.environ['PATH']}",
+        python,
+        "-c",
+        NO_IDS_SCRIPT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == (
+        "/etc/subuid gives nobody no subordinate ids: the unshare runner maps the build's users onto "
+        "them (usermod --add-subuids 100000-165535 --add-subgids 100000-165535 nobody)"
+    )
