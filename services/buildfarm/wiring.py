@@ -10,7 +10,6 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from buildfarm.backends.aptrepo import LocalAptRepository
-from buildfarm.backends.backuptarget import make_backup_target
 from buildfarm.backends.base import (
     ArtifactStore,
     BackupTarget,
@@ -201,4 +200,6 @@ class Wiring:
         return self._registry
 
     def backup_target(self) -> BackupTarget:
+        from buildfarm.backends.backuptarget import make_backup_target  # minio: not at every CLI start
+
         return make_backup_target(self.settings.backup, self.settings.storage)

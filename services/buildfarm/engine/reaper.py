@@ -1,6 +1,8 @@
 """Put lost work back in play: expired leases, ready steps nobody took (their tickets are
 re-sent with a growing pause, and keep their age: :func:`ticket_due`), stuck publications,
-steps that no online node can run (failed with the reason after ``unschedulable_seconds``),
+steps that no online node can run (failed with the reason after ``unschedulable_seconds``;
+natively placed foreign ones cross-built instead after ``cross_fallback_seconds``:
+:mod:`buildfarm.engine.crossfallback`),
 staging repositories a finished build could not drop while the repository was down; and remove
 what dead attempts left on this machine: their work directories and the sbuild chroots (~0.6 GB
 each, in ``/dev/shm`` by default) of builders that were killed before they could clean up.
@@ -25,6 +27,7 @@ from sqlalchemy.orm import Session
 from buildfarm.engine import routing
 from buildfarm.engine.advance import drop_staging
 from buildfarm.engine.context import FarmContext
+from buildfarm.engine.crossfallback import fall_back_to_cross
 from buildfarm.model import names
 from buildfarm.model.types import (
     TERMINAL_BUILD_STATES,
@@ -51,11 +54,15 @@ class ReapReport:
     staging_dropped: list[int] = field(default_factory=list)  # finished builds' leftover staging
     swept: list[Path] = field(default_factory=list)  # dead attempts' work directories and chroots
     unschedulable: list[int] = field(default_factory=list)  # builds of steps no online node can run
+    cross_built: list[int] = field(default_factory=list)  # builds whose foreign steps lost their native node
 
 
 def reap(ctx: FarmContext) -> ReapReport:
     report = ReapReport()
     now = utcnow()
+    for moved in fall_back_to_cross(ctx, now):  # before they could fail as unschedulable
+        ctx.dispatcher.advance(moved.build_id)
+        report.cross_built.append(moved.build_id)
     with ctx.db.session() as session:
         expired = session.scalars(
             select(Step).where(Step.state == StepState.RUNNING, Step.lease_expires_at < now)

@@ -9,7 +9,9 @@ ticket (a ticket claims only steps requiring the same labels: :func:`~buildfarm.
 No capable node online: the ticket goes to ``builds`` all the same (a node that cannot run it
 drops it; the reaper re-sends it after ``redispatch_seconds``, then at growing pauses, to a
 capable node once one is back), the step shows ``waiting: no node with arch=arm64``, and the
-reaper fails it after ``unschedulable_seconds`` with that reason (:func:`fail_unschedulable`).
+reaper fails it after ``unschedulable_seconds`` with that reason (:func:`fail_unschedulable`);
+a foreign-architecture step placed on a native node of its architecture is cross-built instead
+after ``cross_fallback_seconds`` (:mod:`buildfarm.engine.crossfallback`).
 """
 
 from __future__ import annotations

@@ -118,6 +118,12 @@ class BuildPlaces:
         return step_requirements(wanted, self.native if self.label_native and step.host_arch else None)
 
 
+def labels_native(online: dict[str, frozenset[str]], native: str) -> bool:
+    """Whether steps built on the farm's ``native`` architecture must say so (require
+    ``arch=<native>``): some online node lacks it."""
+    return any(f"arch={native}" not in labels for labels in online.values())
+
+
 def _build_places(ctx: FarmContext, plan: Plan, native: str, must_native: set[str]) -> BuildPlaces:
     with ctx.db.session() as session:
         online = routing.online_nodes(session, ctx)
@@ -132,7 +138,7 @@ def _build_places(ctx: FarmContext, plan: Plan, native: str, must_native: set[st
         native=native,
         natively=frozenset(natively),
         cross=frozenset(foreign - natively),
-        label_native=any(f"arch={native}" not in labels for labels in online.values()),
+        label_native=labels_native(online, native),
         must_native=frozenset(must_native),
     )
 

@@ -357,6 +357,7 @@ def compute_input_keys(
     native: str = "",
     cross_environments: Mapping[str, str] | None = None,
     built_natively: Collection[str] = (),
+    placed: Mapping[str, str | None] | None = None,
 ) -> None:
     """Fill in every step's input key, dependencies first. Image steps use the image builder's
     identity and options instead of the package runner's.  A step whose build differs from the
@@ -370,6 +371,10 @@ def compute_input_keys(
     names the farm's environment, the same recipe and mirror state the node's own environment
     is made from for its architecture (the node's digest is not known at submit).
 
+    ``placed`` (step name: its cross environment's identity, or None for a native build)
+    overrides both for the steps it names: the placement of single steps, as the reaper changes
+    it when a native node of their architecture went away (``engine/crossfallback.py``).
+
     The labels a step requires (``requires:``: where it may run) are not in its key."""
     for name in plan.order():
         step = plan.steps[name]
@@ -382,10 +387,17 @@ def compute_input_keys(
         }
         if step.image is None and step.host_arch and (step.host_arch != native or not step.arch_all):
             material["arch"] = {"host": step.host_arch, "all": step.arch_all}
-            if step.host_arch != native and step.host_arch in built_natively:
-                material["arch"] = {"host": step.host_arch, "all": step.arch_all, "on": "native"}
-            elif step.host_arch != native:
-                material["environment"] = (cross_environments or {})[step.host_arch]
+            if step.host_arch != native:
+                if placed is not None and step.name in placed:
+                    cross = placed[step.name]
+                elif step.host_arch in built_natively:
+                    cross = None
+                else:
+                    cross = (cross_environments or {})[step.host_arch]
+                if cross is None:
+                    material["arch"] = {"host": step.host_arch, "all": step.arch_all, "on": "native"}
+                else:
+                    material["environment"] = cross
         if step.image is not None:
             material |= {
                 "kind": StepKind.IMAGE.value,

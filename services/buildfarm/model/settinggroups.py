@@ -287,6 +287,15 @@ class StepSettings(Group):
         description="a ready step that no online node can run (its required labels: arch=arm64...) "
         "fails with the reason after this long; 30 minutes lets a node reboot or a pool scale up",
     )
+    cross_fallback_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        alias="cross_fallback_seconds",
+        description="a foreign-architecture step placed on a native node of its architecture (arm64 "
+        "on an arm64 node) that no online node has been able to run for this long is cross-built on "
+        "the farm's own architecture instead (re-keyed with its pending dependents); never one whose "
+        "manifest says arch:",
+    )
     node_heartbeat_seconds: float = Field(
         default=10.0,
         gt=0,

@@ -137,3 +137,32 @@ def test_a_native_build_of_a_foreign_architecture_keys_apart_from_its_cross_buil
     assert arm and all(native[n] != crossed[n] for n in arm)  # no cross outputs for a native step
     # no cross environment is needed, and the farm's environment (its mirror state) is in the key
     assert all(natively("sbuild:bookworm:refreshed")[n] != native[n] for n in arm)
+
+
+def test_placed_steps_key_as_their_own_placement_says() -> None:
+    """Per-step placement (the reaper's cross fallback): a step named in ``placed`` keys as
+    cross-built in the environment given (None: natively), whatever its architecture's default."""
+
+    def keyed(**placement: object) -> dict[str, str]:
+        plan = make_plan(_examples(), architectures=["amd64", "arm64"], native="amd64")
+        compute_input_keys(plan, "sbuild:bookworm:native-digest", {"v": "2"}, native="amd64", **placement)  # type: ignore[arg-type]
+        return {name: step.input_key for name, step in plan.steps.items()}
+
+    crossed = keyed(cross_environments=CROSS)
+    native = keyed(built_natively={"arm64"})
+    arm = sorted(n for n in native if n.endswith(":arm64"))
+    assert len(arm) >= 2
+    # every step placed one by one as its architecture's default: the same keys
+    assert keyed(placed={n: CROSS["arm64"] for n in arm}) == crossed
+    assert keyed(placed=dict.fromkeys(arm)) == native
+    # one step without dependencies moved to the cross placement: its key is the cross one; the
+    # steps depending on it change too, the others keep their native keys
+    plan = make_plan(_examples(), architectures=["amd64", "arm64"], native="amd64")
+    leaf = next(  # libgreet:arm64
+        n for n in arm if not plan.steps[n].depends_on and any(n in plan.steps[m].depends_on for m in arm)
+    )
+    users = {n for n in arm if leaf in plan.steps[n].depends_on}
+    mixed = keyed(built_natively={"arm64"}, placed={leaf: CROSS["arm64"]})
+    assert mixed[leaf] == crossed[leaf]
+    assert users and all(mixed[n] not in (native[n], crossed[n]) for n in users)
+    assert all(mixed[n] == native[n] for n in native if n != leaf and n not in users)
