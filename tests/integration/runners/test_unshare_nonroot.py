@@ -6,15 +6,19 @@ machine (``bfbuilder``, made with ``useradd`` when the test runs as root and it 
 the machine's real builder environment (linked, read-only, into a directory the user owns), with
 the chroot root on tmpfs (/dev/shm) as the local profile has it.
 
-Three steps in one runner: hello-standalone (the .deb is built; its tarball is unpacked once,
+Four steps in one runner: hello-standalone (the .deb is built; its tarball is unpacked once,
 owned by the user's root and subordinate ids); a probe package that records the build's id map
-(built on the same unpacked tree, not a new one); a sleeping build that is cancelled (killed
-whole, its directory removed); what a worker killed mid-step leaves (an unpacked chroot) is
-removed as the reaper removes it; then ``remove_trees`` (``buildfarm stop``) leaves nothing.
+(built on the same unpacked tree, not a new one); a package with one Build-Depends the
+environment lacks (zlib1g-dev, from Debian's mirror: apt, its ``_apt`` sandbox and dpkg's
+directory renames in the overlay, whose writes stay in the step's upper directory); a sleeping
+build that is cancelled (killed whole, its directory removed).  What a worker killed mid-step
+leaves (an unpacked chroot) is removed as the reaper removes it; then ``remove_trees``
+(``buildfarm stop``) leaves nothing.
 
 Skipped, with the reason, only where the machine cannot: no ``runuser``/``useradd``/
 ``newuidmap``, no subordinate ids for the user, user namespaces refused, or no Python the user
-may run with this checkout's packages.  ~60 s on a loaded node (one unpack, two builds).
+may run with this checkout's packages.  ~26 s at load 4 on 2 cores (two unpacks, three builds and
+a cancelled one).
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ spec = EnvironmentSpec.from_dict(json.loads((root / "environments" / f"{digest}.
 def refuse(*args, **kwargs):
     raise AssertionError("the test's environment is linked in: nothing is made")
 
-layers = LayerPolicy(LayerCache(root / "layers", 8 << 30), root / "views", 1)
+layers = LayerPolicy(LayerCache(root / "layers", 8 << 30), root / "views", 100)  # apt in the overlay
 tmpdir = chroot_root(Path("/dev/shm"), root / "state")
 runner = UnshareRunner(
     None, spec.distribution, tmpdir, environments=EnvironmentCache(root / "environments", refuse),
@@ -80,18 +84,21 @@ def tree_state():
             with contextlib.suppress(OSError):
                 st = (path / inside).stat()
                 owners[str(path / inside)] = [st.st_uid, st.st_gid, st.st_mode & 0o7777]
-    return [[t.name, t.stat().st_ino] for t in runner.trees.trees()], owners
+    trees = runner.trees.trees()
+    zlib = ["zlib1g-dev" in (t / "var/lib/dpkg/status").read_text() for t in trees]
+    return [[t.name, t.stat().st_ino, z] for t, z in zip(trees, zlib)], owners
 
 def entries():
     return sorted(p.name for p in tmpdir.iterdir()) if tmpdir.exists() else None
 
 answer = {"tmpdir": str(tmpdir), "trees_root": str(runner.trees.root), "steps": []}
-for number, name in enumerate(["hello-standalone", "nsprobe"], 1):
+for number, name in enumerate(["hello-standalone", "nsprobe", "zneed"], 1):
     lines = []
     result = runner.run(job(number, name, lines))
     answer["steps"].append({
         "ok": result.ok, "error": result.error, "outputs": [str(p) for p in result.outputs],
-        "tail": lines[-20:], "trees": tree_state()[0], "owners": tree_state()[1], "entries": entries(),
+        "tail": lines[-20:], "apt": [li for li in lines if "zlib1g-dev" in li],
+        "trees": tree_state()[0], "owners": tree_state()[1], "entries": entries(),
     })
 lines = []
 sleeper = job(3, "nssleeps", lines)
@@ -153,6 +160,14 @@ def test_non_root_worker_builds_in_its_subordinate_ids(environment: tuple[Path, 
             shutil.copyfile(base, envs / base.name)
         shutil.copyfile(base.with_suffix(".json"), envs / f"{digest}.json")
         shutil.copytree(EXAMPLES / "hello-standalone", root / "src" / "hello-standalone")
+        zneed = root / "src" / "zneed"  # one Build-Depends the environment lacks: apt installs it
+        shutil.copytree(EXAMPLES / "hello-standalone", zneed)
+        for path in (zneed / "debian" / "control", zneed / "debian" / "changelog"):
+            path.write_text(path.read_text().replace("hello-standalone", "zneed"))
+        control = zneed / "debian" / "control"
+        control.write_text(
+            control.read_text().replace("debhelper-compat (= 13)", "debhelper-compat (= 13), zlib1g-dev")
+        )
         make_package(root / "src", "nsprobe", build="cat /proc/self/uid_map /proc/self/gid_map > payload.txt")
         make_package(root / "src", "nssleeps", build="echo nssleeps-started; sleep 617.75")
         for path in (root, *root.rglob("*")):
@@ -167,7 +182,7 @@ def test_non_root_worker_builds_in_its_subordinate_ids(environment: tuple[Path, 
         )
         assert done.returncode == 0, done.stderr[-3000:]
         answer = json.loads(done.stdout.splitlines()[-1])
-        hello, nsprobe = answer["steps"]  # type: ignore[misc]
+        hello, nsprobe, zneed_step = answer["steps"]  # type: ignore[misc]
         tmpdir = Path(answer["tmpdir"])  # type: ignore[arg-type]
 
         assert hello["ok"], (hello["error"], hello["tail"])
@@ -177,7 +192,7 @@ def test_non_root_worker_builds_in_its_subordinate_ids(environment: tuple[Path, 
         assert "./usr/bin/hello-standalone" in contents.stdout
         # the attempt's directory went; the unpacked tree stays, kept for the next step
         assert hello["entries"] == ["trees"]
-        ((name, inode),) = hello["trees"]
+        ((name, inode, _),) = hello["trees"]
         trees = answer["trees_root"]
         owners = hello["owners"]
         assert owners[trees] == [uid, gid, 0o755]  # the worker's own directory
@@ -186,11 +201,19 @@ def test_non_root_worker_builds_in_its_subordinate_ids(environment: tuple[Path, 
         assert partial[:2] == [first + 41, gid]  # ..._apt (42) one of its subordinate ids
 
         assert nsprobe["ok"], (nsprobe["error"], nsprobe["tail"])
-        assert nsprobe["trees"] == [[name, inode]]  # the same unpacked tree, not a new one
+        assert nsprobe["trees"] == [[name, inode, False]]  # the same unpacked tree, not a new one
         (probe_deb,) = [Path(p) for p in nsprobe["outputs"] if p.endswith(".deb")]
         subprocess.run(["dpkg-deb", "-x", str(probe_deb), str(root / "x")], check=True)
         uid_map = (root / "x/usr/share/doc/nsprobe/payload.txt").read_text().splitlines()[:2]
         assert [li.split() for li in uid_map] == [["0", str(uid), "1"], ["1", str(first), str(count - 1)]]
+
+        # apt (its _apt sandbox a subordinate id) and dpkg work in the non-root overlay on tmpfs
+        assert zneed_step["ok"], (zneed_step["error"], zneed_step["tail"])
+        assert any(line.startswith("Unpacking zlib1g-dev") for line in zneed_step["apt"]), zneed_step["apt"]
+        # its tarball is the environment itself (the others': its lean layer), unpacked beside;
+        # what apt installed went into the step's upper directory, not into a tree
+        assert [name, inode, False] in zneed_step["trees"] and len(zneed_step["trees"]) == 2
+        assert not any(zlib for _, _, zlib in zneed_step["trees"])
 
         cancelled = answer["cancelled"]
         assert answer["while_running"] is not None and len(answer["while_running"]) == 2  # type: ignore[arg-type]
