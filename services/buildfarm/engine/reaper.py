@@ -18,7 +18,6 @@ import datetime as dt
 import logging
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from buildfarm.model.types import (
     BuildState,
     StepState,
 )
-from buildfarm.runners.base import chroot_root
+from buildfarm.runners.base import chroot_root, remove_mapped_tree
 from buildfarm.state.models import Build, Step, utcnow
 
 log = logging.getLogger(__name__)
@@ -249,7 +248,7 @@ def sweep_dead_attempts(ctx: FarmContext) -> list[Path]:
     used = _in_use(dead)
     swept = []
     for path in [p for p in dead if p not in used][:SWEEPS_PER_ROUND]:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_mapped_tree(path)  # a chroot's files belong to the builds' mapped users
         if not path.exists():
             log.info("reaper: removed %s, left by a dead attempt", path)
             swept.append(path)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import shutil
+import subprocess
 import tempfile
 import threading
 from collections.abc import Callable
@@ -98,6 +102,25 @@ def chroot_root(tmpdir: Path | None, state_dir: Path) -> Path:
     directory is private to its owner."""
     tag = hashlib.sha256(str(state_dir.absolute()).encode()).hexdigest()[:12]
     return (tmpdir or Path(tempfile.gettempdir())) / f"buildfarm-{tag}"
+
+
+REMOVE_TIMEOUT_SECONDS = 600
+
+
+def remove_mapped_tree(path: Path) -> None:
+    """Remove a tree whose files belong to the builds' mapped users (a chroot, an attempt's
+    directory under the chroot root): a non-root worker removes them from inside a namespace
+    with the same mapping (``shutil.rmtree`` cannot enter a subordinate id's private
+    directory); root removes them as they are."""
+    if os.geteuid() != 0 and path.exists():
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):  # no unshare, no subordinate ids
+            subprocess.run(
+                ["unshare", "--map-auto", "--map-root-user", "rm", "-rf", "--one-file-system", str(path)],
+                check=False,
+                capture_output=True,
+                timeout=REMOVE_TIMEOUT_SECONDS,
+            )
+    shutil.rmtree(path, ignore_errors=True)  # what is left: the worker's own files
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ from buildfarm.environments import EnvironmentCache, EnvironmentSpec, LayerPolic
 from buildfarm.environments.layermaker import DEVICE_EXCLUDES
 from buildfarm.model.errors import PermanentError
 from buildfarm.model.types import PACKAGE_SUFFIXES, AptSource, RunnerKind
-from buildfarm.runners.base import StepJob, StepResult
+from buildfarm.runners.base import REMOVE_TIMEOUT_SECONDS, StepJob, StepResult, remove_mapped_tree
 from buildfarm.runners.envrunner import EnvironmentRunner, apt_proxy_conf, farm_hosts, step_dsc
 from buildfarm.runners.outputs import unpack_outputs
 from buildfarm.runners.process import ProcessOutcome, describe_failure, run_streaming
@@ -65,7 +65,6 @@ INSIDE = "/buildfarm"
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 OUTPUTS_MAX_BYTES = 4 << 30
 """Most bytes of outputs archive a step may hand back (what the kubernetes runner allows by default)."""
-REMOVE_TIMEOUT_SECONDS = 600
 TREES = "trees"
 """The unpacked trees' directory in the farm's chroot root (beside the attempts' directories)."""
 
@@ -149,20 +148,6 @@ def namespace_prefix() -> list[str]:
     else:
         user = ["--map-auto", "--map-root-user"]
     return ["unshare", *user, "--mount", "--pid", "--fork", "--kill-child"]
-
-
-def remove_mapped_tree(path: Path) -> None:
-    """Remove a tree whose files belong to the builds' mapped users: a non-root worker removes
-    them from inside a namespace with the same mapping (root removes them as they are)."""
-    if os.geteuid() == 0 or not path.exists():
-        shutil.rmtree(path, ignore_errors=True)
-        return
-    subprocess.run(
-        ["unshare", "--map-auto", "--map-root-user", "rm", "-rf", "--one-file-system", str(path)],
-        check=False,
-        capture_output=True,
-        timeout=REMOVE_TIMEOUT_SECONDS,
-    )
 
 
 def remove_trees(chroots: Path) -> None:
@@ -268,6 +253,7 @@ class UnshareRunner(EnvironmentRunner):
                 raise PermanentError(f"{tool} is not installed (Debian package: {package})")
         if not self.entrypoint.is_file():
             raise PermanentError(f"the builder entrypoint {self.entrypoint} is missing (buildtools/builder)")
+        subordinate_ids()  # one line saying how to give the worker's user some, not unshare's own
 
     def _inputs(self, job: StepJob, dest: Path) -> list[str]:
         """Write the inputs tar (unpacked over the chroot's root); return buildfarm-step's

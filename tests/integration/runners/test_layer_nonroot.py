@@ -17,7 +17,6 @@ import pwd
 import shutil
 import site
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -28,9 +27,10 @@ import buildfarm_client
 from buildfarm.environments import cache_for, spec_for
 from buildfarm.model.settings import load_settings
 
+from nonrootkit import python_for, run_as, unprivileged_user
+
 pytestmark = pytest.mark.sbuild
 
-USER = "bfbuilder"
 EXAMPLES = Path(__file__).parents[3] / "examples"
 SERVICES = Path(buildfarm.__file__).resolve().parents[1]
 CLIENT = Path(buildfarm_client.__file__).resolve().parents[1]  # the wire models the backends use
@@ -55,43 +55,6 @@ print(json.dumps({"label": chosen.label, "path": str(chosen.path), "log": lines}
 """
 
 
-def _run_as(user: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["runuser", "-u", user, "--", *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-def _unprivileged_user() -> str:
-    """The user the maker runs as: this one when the tests run unprivileged, else ``bfbuilder``."""
-    if os.geteuid() != 0:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    for tool in ("runuser", "useradd", "newuidmap", "newgidmap"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed: cannot run the layer maker as an unprivileged user")
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:  # useradd gives a new user its subordinate id ranges (login.defs SUB_UID_*)
-        subprocess.run(["useradd", "--create-home", "--comment", "buildfarm tests", USER], check=True)
-    for ids in ("/etc/subuid", "/etc/subgid"):
-        if not any(line.startswith(f"{USER}:") for line in Path(ids).read_text().splitlines()):
-            pytest.skip(f"{USER} has no subordinate id range in {ids} (usermod --add-subuids/--add-subgids)")
-    return USER
-
-
-def _python_for(user: str) -> str:
-    """An interpreter ``user`` may run that is this one's version (the checkout's packages are
-    compiled for it): this one, unless it lives in a directory private to its owner."""
-    wanted = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    for candidate in (sys.executable, shutil.which(f"python{wanted}"), "/usr/bin/python3"):
-        if candidate and os.geteuid() != 0:
-            return candidate
-        if candidate and _run_as(
-            user, candidate, "-c", "import sys; print(sys.version[:4])"
-        ).stdout.startswith(wanted):
-            return candidate
-    pytest.skip(f"no python{wanted} that {user} may run")
-
-
 @pytest.fixture(scope="module")
 def environment() -> tuple[Path, str]:
     settings = load_settings(state_dir=Path("/nonexistent"))
@@ -102,11 +65,11 @@ def environment() -> tuple[Path, str]:
 def test_non_root_worker_makes_a_faithful_layer_with_its_subordinate_ids(
     environment: tuple[Path, str],
 ) -> None:
-    user = _unprivileged_user()
-    probe = _run_as(user, "unshare", "--map-auto", "--map-root-user", "--mount", "--pid", "--fork", "true")
+    user = unprivileged_user()
+    probe = run_as(user, "unshare", "--map-auto", "--map-root-user", "--mount", "--pid", "--fork", "true")
     if probe.returncode != 0:
         pytest.skip(f"{user} cannot make a user namespace with its subordinate ids: {probe.stderr.strip()}")
-    python = _python_for(user)
+    python = python_for(user)
     base, digest = environment
     root = Path(tempfile.mkdtemp(prefix="buildfarm-nonroot-"))  # pytest's own are private to root
     root.chmod(0o755)
@@ -136,7 +99,7 @@ def test_non_root_worker_makes_a_faithful_layer_with_its_subordinate_ids(
         }
 
         def make(work: str) -> dict[str, object]:
-            done = _run_as(
+            done = run_as(
                 user,
                 "env",
                 "-i",
