@@ -45,6 +45,8 @@ import pwd
 import shutil
 import subprocess
 import tarfile
+import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -72,7 +74,7 @@ STEP_SCRIPT = r"""
 set -eu
 root=$1; shift
 if [ -n "$LOWER" ]; then
-    mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$UPPER,workdir=$WORK,userxattr" "$root"
+    mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$UPPER,workdir=$WORK,$OVERLAY_OPTIONS" "$root"
 else
     tar -C "$root" --numeric-owner -xf - $TAR_EXCLUDES <&3
 fi
@@ -112,6 +114,48 @@ gets EXDEV, which ``mv`` and dpkg's own paths never need.
 Whatever it leaves (the tree, the mounts) goes with the namespace; the runner removes the tree."""
 
 OPEN_FDS = 'exec 3<"$1" 4<"$2" 5>"$3"; shift 3; exec "$@"'
+"""The worker opens the files the mapped root cannot reach, then becomes ``unshare``."""
+
+OVERLAY_OPTIONS = "userxattr"
+PROBE_SCRIPT = r"""
+set -eu
+d=$1
+mkdir -p "$d/lower/dir/sub"
+mount -t overlay overlay -o "lowerdir=$d/lower,upperdir=$d/upper,workdir=$d/work,$2" "$d/root"
+mkdir "$d/root/dir/new.dpkg-new"
+mv "$d/root/dir/new.dpkg-new" "$d/root/dir/new"
+rm -r "$d/root/dir/sub"
+mkdir "$d/root/dir/sub"
+"""
+"""What a step's overlay must allow (dpkg makes each new directory as ``<name>.dpkg-new`` and
+renames it; a directory of the tarball removed and made again needs overlay's opaque attribute),
+mounted in a user namespace like a step's, on the same filesystem.  tmpfs keeps the
+``user.*`` attributes ``userxattr`` needs only from Linux 6.6 (Debian 12's kernel is 6.1)."""
+
+
+def overlay_works(tmpdir: Path, options: str = OVERLAY_OPTIONS) -> bool:
+    """Whether a step's overlay can be mounted under ``tmpdir`` and a new directory renamed in
+    it, tried once in a user namespace as a step's (a few tens of milliseconds)."""
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    probe = Path(tempfile.mkdtemp(prefix="overlay-probe-", dir=tmpdir))
+    try:
+        for part in ("lower", "upper", "work", "root"):
+            (probe / part).mkdir()
+            (probe / part).chmod(0o777)  # the namespace's root (a subordinate id as root) writes here
+        probe.chmod(0o755)
+        done = subprocess.run(
+            [*namespace_prefix(), "sh", "-c", PROBE_SCRIPT, "probe", str(probe), options],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        return done.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+    finally:
+        remove_mapped_tree(probe)
+
+
 """The worker opens the files the mapped root cannot reach, then becomes ``unshare``."""
 
 
@@ -207,8 +251,24 @@ class UnshareRunner(EnvironmentRunner):
             layers=layers,
         )
         self.trees = None
+        self._overlay_checked = False
         if overlay and tmpdir is not None:
             self.trees = UnpackedTrees(tmpdir / TREES, self._unpack_tree, self.remove_tree)
+
+    def _usable_trees(self, chroots: Path, log: Callable[[str], None]) -> UnpackedTrees | None:
+        """The unpacked trees, once an overlay was seen to work here (checked at the first step,
+        not when the runner is made: API processes make runners too); else None, and every step
+        unpacks its tarball (a few seconds more of setup per step, said once in the step's log)."""
+        if self.trees is not None and not self._overlay_checked:
+            self._overlay_checked = True
+            if not overlay_works(chroots.parent):
+                self.trees = None
+                log(
+                    f"buildfarm: no overlay with {OVERLAY_OPTIONS} in a user namespace under "
+                    f"{chroots.parent} (tmpfs keeps user xattrs from Linux 6.6): each step unpacks "
+                    "its tarball"
+                )
+        return self.trees
 
     def _owned_dir(self, path: Path) -> None:
         """A new directory the build's root owns (a subordinate id when the worker is root)."""
@@ -315,9 +375,11 @@ class UnshareRunner(EnvironmentRunner):
                     "CHROOT_PATH": CHROOT_PATH,
                     "TAR_EXCLUDES": " ".join(DEVICE_EXCLUDES),
                     "LOWER": "",
+                    "OVERLAY_OPTIONS": OVERLAY_OPTIONS,
                 }
-                if self.trees is not None and chroots is not None:
-                    lower = stack.enter_context(self.trees.lower(chosen.path))
+                trees = self._usable_trees(chroots, job.log) if chroots is not None else None
+                if trees is not None:
+                    lower = stack.enter_context(trees.lower(chosen.path))
                     for part in ("upper", "work"):
                         self._owned_dir(base / part)
                     env |= {"LOWER": str(lower), "UPPER": str(base / "upper"), "WORK": str(base / "work")}
