@@ -57,8 +57,11 @@ def env_list(output: OutputOpt = None) -> None:
     """The environments in this machine's cache, newest first (current: new builds use it)."""
     state.local("env list")
     from buildfarm.environments import cache_for
+    from buildfarm.model.errors import BuildfarmError
+    from buildfarm.runners.builderimage import image_staleness, makes_builder_image
 
-    envs = cache_for(load_settings()).entries()
+    settings = load_settings()
+    envs = cache_for(settings).entries()
     if state.fmt(output) == OutputFormat.JSON:
         emit_json([_view(e) for e in envs])
         return
@@ -66,6 +69,12 @@ def env_list(output: OutputOpt = None) -> None:
         err_console.print("no build environment yet: `buildfarm env refresh` or `buildfarm start` makes one")
         return
     console.print(_table(envs))
+    if makes_builder_image(settings):  # a Kubernetes farm: is its package-builder image fresh?
+        try:
+            line = image_staleness(settings, envs)
+        except BuildfarmError as exc:  # the registry down: the list still shows
+            line = f"unknown ({exc})"
+        console.print(f"package-builder image: {line}", markup=False)
 
 
 @env_app.command("refresh")
@@ -130,44 +139,20 @@ def env_image(
     name its digest in their input keys.  An environment already made into an image is not built
     again.  ``--cross arm64`` makes the image of the cross environment for arm64 and moves the
     tag ``<builder_image's tag>-cross-arm64``, which builder pods cross-building for arm64 use."""
-    from buildfarm.environments import cross_spec, routed_environments
-    from buildfarm.model.errors import PermanentError
-    from buildfarm.model.images import registry_host, split_reference
-    from buildfarm.runners.builderimage import ensure_builder_image
-    from buildfarm.runners.sbuild import BUILDER_PACKAGES
+    from buildfarm.runners.builderimage import make_builder_images
     from buildfarm.wiring import make_package_cache
 
     state.local("env image")
     settings = load_settings()
-    if not settings.registry.url:
-        raise PermanentError("no container registry: set registry_url (BUILDFARM_REGISTRY_URL)")
-    host, repository, tag = split_reference(settings.builders.image)
-    if host != registry_host(settings.registry.url) or tag.startswith("sha256:"):
-        raise PermanentError(
-            f"builder_image {settings.builders.image!r} is not a tag on the farm's registry "
-            f"{registry_host(settings.registry.url)}: set it to <registry>/buildfarm/package-builder:current"
-        )
-    include = (*settings.buildenv.packages, *BUILDER_PACKAGES)
-    cache, spec = routed_environments(
-        settings, make_package_cache(settings), refresh=refresh, include=include
-    )
-    if cross:
-        spec, tag = cross_spec(spec, cross), f"{tag}-cross-{cross}"
-    env = (
-        cache.refresh(spec, progress=err_console.print)
-        if refresh
-        else cache.ensure(spec, progress=err_console.print)
-    )
-    image = ensure_builder_image(
-        env,
-        entrypoint,
-        settings.registry.url,
-        settings.buildenv.cache_dir / "buildah",
-        repository=repository,
-        move_tag=tag,
-        auth=settings.registry.auth(),
+    (made,) = make_builder_images(
+        settings,
+        make_package_cache(settings),
+        refresh=refresh,
+        cross=(cross,),
+        entrypoint=entrypoint,
         progress=err_console.print,
     )
+    image = made.image
     if state.fmt(output) == OutputFormat.JSON:
         emit_json(
             {
@@ -178,7 +163,4 @@ def env_image(
             }
         )
         return
-    what = "new" if image.built else "unchanged"
-    console.print(
-        f"{host}/{repository}:{tag} -> {image.reference} ({what}, environment {env.short})", markup=False
-    )
+    console.print(made.describe(), markup=False)

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from buildfarm_client.models import BuildView
 
@@ -57,24 +58,76 @@ def styled(state: str) -> str:
     return f"[{style}]{state}[/]" if style else state
 
 
-def steps_table(build: BuildView) -> Table:
+STEP_COLUMNS = ("step", "version", "state", "node / wait", "attempt", "seconds", "layer", "log")
+DROPPED_FIRST = ("log", "attempt", "version", "layer")
+"""What a narrow terminal loses, in this order, rather than cutting names short (`make demo`
+prints at 80 columns when its output is not a terminal); ``--output json`` has every field."""
+FOLDED_MIN = 24
+"""Width below which a folding column (why a step waits, its log) is not worth showing."""
+
+
+def _cells(text: str) -> int:
+    return Text.from_markup(text).cell_len
+
+
+def steps_table(build: BuildView, width: int | None = None) -> Table:
+    """The build's steps, one row each.  Names, versions, states and layers are never cut; the
+    long columns (why it waits, the log) fold; a ``width`` too narrow for all of them drops the
+    columns of :data:`DROPPED_FIRST` and says so in the caption."""
+    rows = [
+        {
+            "step": step.name,
+            "version": step.version,
+            "state": styled(step.state),
+            "node / wait": step.node or step.waiting or "",
+            "attempt": str(step.attempt or ""),
+            "seconds": "" if step.duration_seconds is None else f"{step.duration_seconds:.1f}",
+            "layer": short_layer(step.layer),
+            "log": step.log or "",
+        }
+        for step in build.steps
+    ]
+
+    def needed(column: str) -> int:
+        widest = max((_cells(row[column]) for row in rows), default=0)
+        if column in ("node / wait", "log"):
+            widest = min(widest, FOLDED_MIN)
+        return max(widest, len(column)) + 3  # its padding and one border
+
+    columns = [c for c in STEP_COLUMNS if c != "layer" or any(row["layer"] for row in rows)]
+    dropped: list[str] = []
+    for column in DROPPED_FIRST:
+        if width is None or sum(needed(c) for c in columns) + 1 <= width:
+            break
+        if column in columns:
+            columns.remove(column)
+            dropped.append(column)
     table = Table(
-        title=f"build {build.id}  {build.project}/{build.branch}  {build.kind}  {styled(build.state)}"
+        title=f"build {build.id}  {build.project}/{build.branch}  {build.kind}  {styled(build.state)}",
+        caption=f"({', '.join(dropped)}: left out of a narrow terminal; --output json has every field)"
+        if dropped
+        else None,
     )
-    for column in ("step", "version", "state", "node / wait", "attempt", "seconds", "layer", "log"):
-        table.add_column(column)
-    for step in build.steps:
-        table.add_row(
-            step.name,
-            step.version,
-            styled(step.state),
-            step.node or step.waiting or "",
-            str(step.attempt or ""),
-            "" if step.duration_seconds is None else f"{step.duration_seconds:.1f}",
-            step.layer or "",
-            step.log or "",
-        )
+    for column in columns:
+        if column in ("node / wait", "log"):
+            table.add_column(column, overflow="fold", min_width=len(column))
+        else:
+            table.add_column(column, no_wrap=True, min_width=needed(column) - 3)
+    for row in rows:
+        table.add_row(*(row[c] for c in columns))
     return table
+
+
+LAYER_KEY_CHARS = 12
+"""Characters of a layer's key a table shows (``--output json`` gives it whole)."""
+
+
+def short_layer(layer: str | None) -> str:
+    """``hit:<64 hex>`` as ``hit:<12 hex>``: enough to tell two layers apart in one build."""
+    if not layer:
+        return ""
+    outcome, sep, key = layer.partition(":")
+    return f"{outcome}{sep}{key[:LAYER_KEY_CHARS]}"
 
 
 def builds_table(builds: list[BuildView]) -> Table:

@@ -12,9 +12,15 @@ unpack), on the example packages, side by side:
   installing what is left (the runner before it turned the resolver off);
 * **farm**: what the runner does now: as *layers*, and a step whose tarball already has every
   Build-Depends runs sbuild with no resolver at all (``install_deps=False``: no dummy package,
-  no apt run).
+  no apt run);
+* **unshare**: the ``unshare`` runner itself (:class:`~buildfarm.runners.unshare.UnshareRunner`,
+  the same tarball choice in its builder environment, the farm's recipe plus python3): a builder
+  pod's ``buildfarm-step`` in one user-namespace chroot, on the step's source-package tarball as
+  the farm hands it over; its chroot an overlay on the tarball unpacked once (on tmpfs);
+* **unshare-tar**: the same runner unpacking the tarball for each step instead (``overlay=False``).
 
-Setup is a step's wall time minus sbuild's own ``Build-Time``; CPU is the CPU seconds of the whole
+Setup is a step's wall time minus sbuild's own ``Build-Time`` (whole seconds), or minus the
+dpkg-buildpackage time buildfarm-step prints (unshare); CPU is the CPU seconds of the whole
 step (less sensitive than wall time to a machine loaded by others).  Bytes from outside: the sizes
 apt reports fetching (before), what apt-cacher-ng fetched upstream during the step (otherwise, its
 log's ``I`` lines).  Also a package with a larger Build-Depends set (hello-standalone with a C/C++
@@ -25,7 +31,10 @@ mode; the median is printed; ``BENCH_ENVSETUP_CASES`` (default ``examples,big``)
 Where the farm's setup goes is printed too, from the time each line of sbuild's log arrived:
 sbuild's start, unpacking the tarball, the chroot session up to the build dependencies, installing
 them, and everything else outside Build-Time (source unpack, checks, .changes, package contents,
-cleanup; sbuild 0.85's unshare mode runs each of these as a command in a fresh namespace).
+cleanup; sbuild 0.85's unshare mode runs each of these as a command in a fresh namespace); and
+the unshare runner's: choosing the tarball, unpacking it in the namespace up to buildfarm-step's
+first line, buildfarm-step up to dpkg-buildpackage (source check, ``dpkg-source -x``), and after
+it (outputs archive, checking it, removing the tree).
 Prints numbers; asserts nothing.
 """
 
@@ -43,10 +52,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from buildfarm.environments import Environment, LayerCache, LayerPolicy, cache_for, spec_for, step_tarball
+from buildfarm.environments import (
+    Environment,
+    LayerCache,
+    LayerPolicy,
+    builder_spec,
+    cache_for,
+    spec_for,
+    step_tarball,
+)
 from buildfarm.local.procs import apt_cache_command, apt_cache_config, free_apt_cache_port, port_open
+from buildfarm.model.debsource import pack_files
 from buildfarm.model.settings import load_settings
+from buildfarm.runners.base import StepJob
 from buildfarm.runners.sbuild import ensure_base_tarball, sbuild_command, sbuild_environment
+from buildfarm.runners.unshare import UnshareRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ("hello-standalone", "libgreet")
@@ -59,8 +79,9 @@ BIG_DEPENDS = (
     "libcurl4-openssl-dev",
 )
 SBUILD_TIMEOUT_SECONDS = 1800
-MODES = ("before", "environment", "layers", "farm")
+MODES = ("before", "environment", "layers", "farm", "unshare", "unshare-tar")
 """The example packages' columns; ``BENCH_ENVSETUP_MODES`` picks some (comma-separated)."""
+_BUILD_TOOK = re.compile(r"^buildfarm-step: dpkg-buildpackage took ([0-9.]+) s$")
 _FETCHED = re.compile(r"^Fetched ([0-9.]+) ([kMG]?B) in")
 _UNITS = {"B": 1, "kB": 1000, "MB": 1000**2, "GB": 1000**3}
 
@@ -215,6 +236,76 @@ def sbuild_once(
     return run
 
 
+def unshare_once(runner: UnshareRunner, dsc: Path) -> Run:
+    """One step of ``dsc`` through the unshare runner, as a farm worker runs it (the source
+    package packed as the farm hands it over), each log line timed as it arrives."""
+    with tempfile.TemporaryDirectory(prefix="bench-unshare-") as tmp:
+        work = Path(tmp)
+        tarball = work / "source.tar.gz"
+        names = [dsc, *(dsc.parent / line.split()[-1] for line in _dsc_files(dsc))]
+        tarball.write_bytes(pack_files(names))
+        (work / "step").mkdir()
+        timed: list[tuple[float, str]] = []
+        started, cpu = time.monotonic(), _cpu() + time.process_time()
+        job = StepJob(
+            1,
+            dsc.name.split("_")[0],
+            1,
+            tarball,
+            work / "step",
+            [],
+            lambda line: timed.append((time.monotonic() - started, line)),
+            timeout_seconds=SBUILD_TIMEOUT_SECONDS,
+        )
+        result = runner.run(job)
+        wall, cpu = time.monotonic() - started, _cpu() + time.process_time() - cpu
+    if not result.ok:
+        tail = "\n".join(line for _, line in timed[-60:])
+        raise SystemExit(f"the unshare runner failed ({result.error}):\n{tail}")
+    build = next((float(m.group(1)) for _, line in timed if (m := _BUILD_TOOK.match(line))), 0.0)
+    run = Run(wall, build, 0.0, 0, cpu)
+    run.layer = next((line for _, line in timed if "dependency layer" in line), "")
+    run.phases = unshare_phases(timed, wall, build)
+    return run
+
+
+def _dsc_files(dsc: Path) -> list[str]:
+    """The ``Files:`` lines of a .dsc (md5, size, name)."""
+    lines = dsc.read_text().splitlines()
+    files = []
+    for line in lines[lines.index("Files:") + 1 :]:
+        if not line.startswith(" "):
+            break
+        files.append(line)
+    return files
+
+
+_UNSHARE_MARKS = (
+    ("choose tarball", lambda line: "dependency layer" in line),
+    ("unpack, namespace", lambda line: line.startswith("buildfarm-step: ")),
+    ("source check, dpkg-source -x", lambda line: "dpkg-buildpackage -b" in line),
+    ("build", lambda line: bool(_BUILD_TOOK.match(line))),
+)
+
+
+def unshare_phases(timed: list[tuple[float, str]], wall: float, build: float) -> dict[str, float]:
+    """Seconds of each part of an unshare step outside dpkg-buildpackage, from when its log
+    lines came (:data:`_UNSHARE_MARKS`); the rest after dpkg-buildpackage is "outputs, cleanup"."""
+    found: dict[str, float] = {}
+    at, marks = 0.0, iter(_UNSHARE_MARKS)
+    name, matches = next(marks)
+    for when, line in timed:
+        if matches(line):
+            found[name], at = when - at, when
+            step = next(marks, None)
+            if step is None:
+                break
+            name, matches = step
+    found.pop("build", None)  # dpkg-buildpackage itself: not setup
+    found["outputs, cleanup"] = max(wall - at, 0.0)
+    return found
+
+
 _MARKS = (
     ("sbuild start", lambda line: line.startswith("Unpacking /")),
     # sbuild says nothing while tar runs, nor while it adds its users and groups
@@ -261,13 +352,34 @@ def main() -> int:
             progress=print,
         )
     env = cache_for(settings).ensure(spec_for(settings), progress=print)
+    builder_env = None
+    if {"unshare", "unshare-tar"} & set(modes):
+        builder_env = cache_for(settings).ensure(builder_spec(spec_for(settings)), progress=print)
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="buildfarm-bench-envsetup-") as tmp:
         work = Path(tmp)
         cache = AptCache(work / "apt-cache")
         try:
             policy = LayerPolicy(LayerCache(work / "layers", 1 << 34), work / "apt-views", 5, cache.url)
+            chroots = Path(tempfile.mkdtemp(prefix="buildfarm-bench-unshare-", dir="/dev/shm"))
+            unshare, unshare_tar = (
+                UnshareRunner(
+                    None,
+                    settings.buildenv.distribution,
+                    chroots,
+                    environments=cache_for(settings),
+                    spec=builder_spec(spec_for(settings)),
+                    apt_proxy=cache.url,
+                    layers=policy,
+                    overlay=overlay,
+                )
+                for overlay in (True, False)
+            )
             dscs = {name: make_dsc(name, work / "src") for name in examples}
+            if {"unshare", "unshare-tar"} & set(modes) and dscs:  # as the layers mode does the farm's
+                print("unshare: making its lean layer and unpacked tree once ...", flush=True)
+                for dsc in dscs.values():
+                    unshare_once(unshare, dsc)
             results: dict[str, dict[str, list[Run]]] = {m: {n: [] for n in examples} for m in modes}
             for _ in range(runs):
                 for name, dsc in dscs.items():
@@ -278,6 +390,8 @@ def main() -> int:
                             run = sbuild_once(base, dsc, lists=False, proxy=None)
                         elif mode == "environment":
                             run = sbuild_once(env.path, dsc, lists=True, proxy=cache.url)
+                        elif mode in ("unshare", "unshare-tar"):
+                            run = unshare_once(unshare if mode == "unshare" else unshare_tar, dsc)
                         else:
                             run = layered_build(env, dsc, policy, cache.url, resolver=mode == "layers")
                         if mode != "before":  # apt's own count for the plain tarball
@@ -286,11 +400,12 @@ def main() -> int:
             big_runs = run_big(env, work, cache) if "big" in cases else None
         finally:
             cache.stop()
+            shutil.rmtree(chroots, ignore_errors=True)
     load_end = os.getloadavg()[0]
     print()
     print(f"load average {load:.1f} -> {load_end:.1f} ({os.cpu_count()} cores)")
     if examples:
-        report_examples(env, runs, results)
+        report_examples(env, runs, results, builder_env)
     if big_runs:
         report_big(*big_runs)
     return 0
@@ -319,16 +434,25 @@ def run_big(env: Environment, work: Path, cache: AptCache) -> tuple[Run, Run, Ru
     return bare, made, hit
 
 
-def report_examples(env: Environment, runs: int, results: dict[str, dict[str, list[Run]]]) -> None:
+def report_examples(
+    env: Environment, runs: int, results: dict[str, dict[str, list[Run]]], builder_env: Environment | None
+) -> None:
     print(
-        f"per-step setup = wall - sbuild Build-Time (CPU: seconds of CPU of the whole step), median of {runs}"
+        "per-step setup = wall - sbuild Build-Time (whole seconds; unshare: - dpkg-buildpackage's time) "
+        f"(CPU: seconds of CPU of the whole step), median of {runs}"
     )
     print(
         "before: plain base tarball, apt-get update of the mirror; environment: the cached environment "
         f"{env.short} ({env.size >> 20} MiB); layers: dependency layers (the environment without its "
-        "archive lists when it has every Build-Depends), sbuild's apt resolver; farm: as the runner "
+        "archive lists when it has every Build-Depends), sbuild's apt resolver; farm: as the sbuild runner "
         "does it now (layers, and no resolver at all when the tarball has every Build-Depends)"
     )
+    if builder_env is not None:
+        print(
+            f"unshare: the unshare runner (buildfarm-step in one user namespace) in the builder environment "
+            f"{builder_env.short} ({builder_env.size >> 20} MiB), same layers, an overlay on the tarball "
+            "unpacked once; unshare-tar: the same, unpacking the tarball for each step"
+        )
     modes = list(results)
     print(f"{'package':18}" + "".join(f" {m:>13}" for m in modes) + f" {'CPU ' + ' / '.join(modes):>32}")
     medians: dict[str, list[float]] = {m: [] for m in modes}
@@ -347,7 +471,7 @@ def report_examples(env: Environment, runs: int, results: dict[str, dict[str, li
     for m in modes:
         warm = [r.fetched for runs_ in results[m].values() for r in runs_[1:]] or [0]
         print(f"  fetched from outside per step ({m}, warm): {_mb(statistics.median(warm))}")
-    for m in ("layers", "farm"):
+    for m in ("layers", "farm", "unshare", "unshare-tar"):
         every = [r for runs_ in results.get(m, {}).values() for r in runs_]
         if every:
             parts = ", ".join(

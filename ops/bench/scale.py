@@ -3,8 +3,11 @@
 * **dispatch**: TRIVIAL independent trivial packages (``dpkg-buildpackage -b`` of a native
   package that installs one file) through a fresh 2-node local farm in host mode, submit to
   published, beside ``make -j2`` running the same ``dpkg-buildpackage`` on copies of the same
-  trees: steps/s of each, the ratio (goal: farm within 1.1x of make) and the farm's overhead per
-  step.
+  trees (``make`` runs before and after the farm: the load of a shared machine moves): steps/s of
+  each, the ratio (goal: farm within 1.1x of make) and the farm's overhead per step; then where
+  the farm's time went, from its own records (submit, the first claim, each step's hold of its
+  node against make's ``dpkg-buildpackage``, a node's idle gap between steps, the publication,
+  the CLI noticing), and the CPU seconds a step of each side, the farm's by process.
 * **submit**: a manifest of BIG packages submitted in process (no farm: the engine with a
   recording dispatcher): the first submit (every tree packed), then, once its steps are marked
   built (each with a small .deb), its publication, then a no-change re-run: submit plus the
@@ -16,15 +19,21 @@ and ratios; asserts nothing about speed (that is for people).
 
 from __future__ import annotations
 
+import datetime as dt
 import io
+import itertools
 import json
 import os
+import resource
 import shutil
+import sqlite3
+import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
@@ -57,8 +66,41 @@ def trivial_sources(src: Path, count: int, prefix: str) -> list[str]:
     return names
 
 
-def farm_wall(work: Path, src: Path, names: list[str]) -> tuple[float, int]:
-    """Seconds from submit to published on a fresh 2-node host-mode farm; steps that succeeded."""
+@dataclass(frozen=True)
+class FarmRun:
+    """One farm run of the dispatch part, with the wall-clock instants of its phases (from the
+    CLI's clock and the farm's own records: the build's and each step's timestamps)."""
+
+    wall: float
+    succeeded: int
+    submitted: float  # CLI start -> build row created (CLI start, upload, packing, planning)
+    first_start: float  # build created -> first step claimed (tickets, Celery, claim)
+    held: list[float]  # each step's started -> finished (source fetch, runner, storing outputs)
+    gaps: list[float]  # on each node, a step's finish -> the node's next claim
+    published: float  # last step finished -> build published (advance, publication)
+    noticed: float  # build published -> the CLI returned (the --wait poll, CLI exit)
+    cpu: dict[str, float]  # CPU seconds of the run by process (with the commands each waited for)
+
+
+def _phases(database: Path) -> tuple[dt.datetime, dt.datetime, list[tuple[str, dt.datetime, dt.datetime]]]:
+    """(build created, build finished, [(node, started, finished) of each step]) from the farm's database."""
+    with sqlite3.connect(database) as db:
+        created, finished = db.execute("SELECT created_at, finished_at FROM builds").fetchone()
+        steps = db.execute("SELECT node, started_at, finished_at FROM steps ORDER BY started_at").fetchall()
+    return (
+        _instant(created),
+        _instant(finished),
+        [(node, _instant(start), _instant(end)) for node, start, end in steps],
+    )
+
+
+def _instant(text: str) -> dt.datetime:
+    value = dt.datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def farm_wall(work: Path, src: Path, names: list[str]) -> FarmRun:
+    """Submit to published on a fresh 2-node host-mode farm, with where its time went."""
     manifest = write_manifest(src, names, project="bench")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDFARM_")}
     env |= {
@@ -69,27 +111,96 @@ def farm_wall(work: Path, src: Path, names: list[str]) -> tuple[float, int]:
     }
     _cli(env, "start", "--runner", "host", "--nodes", "2")
     try:
+        before = _farm_cpu(work / "state")
+        began = dt.datetime.now(dt.UTC)
+        cli = _children_cpu()
         started = time.monotonic()
         view = json.loads(_cli(env, "--output", "json", "build", "submit", str(manifest), "--wait"))
         wall = time.monotonic() - started
+        ended = dt.datetime.now(dt.UTC)
+        cpu = {name: used - before.get(name, 0.0) for name, used in _farm_cpu(work / "state").items()}
+        cpu["cli"] = _children_cpu() - cli
     finally:
         _cli(env, "stop")
-    return wall, sum(1 for s in view["steps"] if s["state"] == "succeeded")
+    created, finished, steps = _phases(work / "state" / "buildfarm.db")
+    gaps = []
+    for node in {node for node, _s, _f in steps}:
+        mine = [(s, f) for n, s, f in steps if n == node]
+        gaps += [(nxt[0] - cur[1]).total_seconds() for cur, nxt in itertools.pairwise(mine)]
+    return FarmRun(
+        wall=wall,
+        succeeded=sum(1 for s in view["steps"] if s["state"] == "succeeded"),
+        submitted=(created - began).total_seconds(),
+        first_start=(steps[0][1] - created).total_seconds(),
+        held=[(f - s).total_seconds() for _n, s, f in steps],
+        gaps=gaps,
+        published=(finished - max(f for _n, _s, f in steps)).total_seconds(),
+        noticed=(ended - finished).total_seconds(),
+        cpu=cpu,
+    )
 
 
-def make_wall(work: Path, src: Path, names: list[str]) -> float:
-    """Seconds of ``make -j2`` running ``dpkg-buildpackage -b`` in a copy of every tree."""
+def _children_cpu() -> float:
+    """CPU seconds of this process's waited-for children so far (``make``, the CLI)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _farm_cpu(state: Path) -> dict[str, float]:
+    """CPU seconds each farm process used so far, and the children it waited for (a node's
+    builds): fields 14-17 of ``/proc/<pid>/stat``, by the farm's pid files."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for pidfile in (state / "run").glob("*.pid"):
+        try:
+            stat = Path(f"/proc/{pidfile.read_text().strip()}/stat").read_text()
+        except (OSError, ValueError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        used[pidfile.stem] = sum(int(f) for f in fields[11:13]) / tick
+        used[f"{pidfile.stem}'s children"] = sum(int(f) for f in fields[13:15]) / tick
+    return used
+
+
+def make_wall(work: Path, src: Path, names: list[str]) -> tuple[float, list[float], float]:
+    """Seconds of ``make -j2`` running ``dpkg-buildpackage -b`` in a copy of every tree, each
+    package's own seconds (the time stamps around its command, as the farm's steps have) and the
+    CPU seconds of it all.
+
+    Each ``dpkg-buildpackage`` runs in a session of its own (``setsid``), as the farm's runner
+    runs each build command: with the kernel's autogroup scheduling a session is one CPU-share
+    group, so on a loaded machine two builds in make's one session got half the share of the
+    farm's two and make looked 20-30 % slower per package than the same command in the farm."""
     work.mkdir(parents=True)
     rules = [f"all: {' '.join(f'{n}.done' for n in names)}\n"]
     for name in names:
         shutil.copytree(src / name, work / name)
         rules.append(
-            f"{name}.done:\n\tcd {name} && dpkg-buildpackage -b -uc -us >../{name}.log 2>&1\n\ttouch $@\n"
+            f"{name}.done:\n\tdate +%s.%N >{name}.start\n"
+            f"\tcd {name} && setsid -w dpkg-buildpackage -b -uc -us >../{name}.log 2>&1\n\tdate +%s.%N >$@\n"
         )
     (work / "Makefile").write_text("".join(rules))
+    cpu = _children_cpu()
     started = time.monotonic()
     subprocess.run(["make", "-j2", "-s"], cwd=work, check=True)
-    return time.monotonic() - started
+    wall = time.monotonic() - started
+    cpu = _children_cpu() - cpu
+    each = [float((work / f"{n}.done").read_text()) - float((work / f"{n}.start").read_text()) for n in names]
+    return wall, each, cpu
+
+
+def _print_phases(run: FarmRun, each: list[float]) -> None:
+    """Where the farm's time went: the fixed cost at the start and the end, and per step."""
+    dpkg = statistics.mean(each)
+    held = statistics.mean(run.held)
+    gap = statistics.mean(run.gaps) if run.gaps else 0.0
+    print("  where the farm's time went:")
+    print(f"    start: submit (CLI, upload, packing, planning) {run.submitted:.2f} s")
+    print(f"           to the first step claimed {run.first_start:.2f} s")
+    print(f"    a step: held its node {held:.2f} s, against {dpkg:.2f} s of make's dpkg-buildpackage")
+    print(f"            (fetch, unpack, runner start, storing outputs: {held - dpkg:+.2f} s)")
+    print(f"            node idle between steps {gap:.3f} s (finish, log, advance, next ticket, claim)")
+    print(f"    end:   last step -> published {run.published:.2f} s; -> the CLI returned {run.noticed:.2f} s")
 
 
 def _tar_gz(members: dict[str, bytes]) -> bytes:
@@ -159,21 +270,40 @@ def big_submit(work: Path, count: int) -> tuple[float, float, float, float, int]
     return first_s, publish_s, submit_s, advance_s, reused
 
 
+def dispatch(work: Path, trivial: int) -> None:
+    """The dispatch part: ``make -j2`` before and after the farm (the load of a shared machine
+    moves; their mean is the ratio's base), then where the farm's time and CPU went."""
+    src = work / "trivial"
+    names = trivial_sources(src, trivial, "triv")
+    print(f"dispatch: {trivial} trivial packages, host runner, 2 nodes, beside make -j2 ...", flush=True)
+    load = os.getloadavg()[0]
+    before, each, make_cpu = make_wall(work / "make-before", src, names)
+    run = farm_wall(work / "farm", src, names)
+    after, each_after, cpu_after = make_wall(work / "make-after", src, names)
+    made, make_cpu, each = (before + after) / 2, (make_cpu + cpu_after) / 2, each + each_after
+    farmed, succeeded = run.wall, run.succeeded
+    print(f"  load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
+    print(
+        f"  make -j2:      {made:6.1f} s, {trivial / made:5.2f} steps/s "
+        f"(before the farm {before:.1f} s, after it {after:.1f} s)"
+    )
+    print(f"  farm, 2 nodes: {farmed:6.1f} s, {succeeded / farmed:5.2f} steps/s ({succeeded} built)")
+    print(f"  ratio farm / make: {farmed / made:.2f} (goal <= 1.1)")
+    print(f"  farm overhead a step (2 at a time): {2 * (farmed - made) / trivial:.2f} s")
+    _print_phases(run, each)
+    farm_cpu = sum(run.cpu.values())
+    print(
+        f"  CPU seconds a step: make {make_cpu / trivial:.2f}, farm {farm_cpu / trivial:.2f} ("
+        + ", ".join(f"{k} {v / trivial:.2f}" for k, v in sorted(run.cpu.items()) if v >= 0.01)
+        + f"); ratio {farm_cpu / make_cpu:.2f}"
+    )
+
+
 def main(trivial: int = TRIVIAL, packages: int = PACKAGES, *, farm: bool = True) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         work = Path(tmp)
         if farm:
-            src = work / "trivial"
-            names = trivial_sources(src, trivial, "triv")
-            print(
-                f"dispatch: {trivial} trivial packages, host runner, 2 nodes, beside make -j2 ...", flush=True
-            )
-            made = make_wall(work / "make", src, names)
-            farmed, succeeded = farm_wall(work / "farm", src, names)
-            print(f"  make -j2:      {made:6.1f} s, {trivial / made:5.2f} steps/s")
-            print(f"  farm, 2 nodes: {farmed:6.1f} s, {succeeded / farmed:5.2f} steps/s ({succeeded} built)")
-            print(f"  ratio farm / make: {farmed / made:.2f} (goal <= 1.1)")
-            print(f"  farm overhead a step (2 at a time): {2 * (farmed - made) / trivial:.2f} s")
+            dispatch(work, trivial)
         if packages < 1:
             return
         print(f"submit: {packages} packages in process ...", flush=True)

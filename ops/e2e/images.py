@@ -33,7 +33,8 @@ from pathlib import Path
 
 from buildfarm.model.settings import load_settings
 from buildfarm.runners.buildah import base_layout, storage_driver
-from buildfarm.runners.sbuild import ensure_base_tarball, ensure_builder_tarball, tarball_digest
+from buildfarm.runners.envrunner import tarball_digest
+from buildfarm.runners.sbuild import ensure_base_tarball, ensure_builder_tarball
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

@@ -10,7 +10,6 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from buildfarm.backends.aptrepo import LocalAptRepository
-from buildfarm.backends.backuptarget import make_backup_target
 from buildfarm.backends.base import (
     ArtifactStore,
     BackupTarget,
@@ -122,17 +121,20 @@ def make_runner(settings: Settings, store: ArtifactStore | None = None) -> Runne
             settings.builders, settings.registry, store, mirrored=bool(settings.mirrors.repositories)
         )
     from buildfarm.runners.base import chroot_root
+    from buildfarm.runners.envrunner import EnvironmentRunner
     from buildfarm.runners.sbuild import SbuildRunner
+    from buildfarm.runners.unshare import UnshareRunner
 
     env = settings.buildenv
     tmpdir = chroot_root(env.sbuild_tmpdir, settings.state_dir)
+    kind: type[EnvironmentRunner] = UnshareRunner if settings.builders.runner == "unshare" else SbuildRunner
     if env.base_tarball is not None:  # a fixed tarball named in the settings, used as is
-        return SbuildRunner(env.base_tarball, env.distribution, tmpdir, apt_proxy=env.apt_proxy)
+        return kind(env.base_tarball, env.distribution, tmpdir, apt_proxy=env.apt_proxy)
     from buildfarm.environments import layers_for, routed_environments
 
     route = make_package_cache(settings)
-    environments, spec = routed_environments(settings, route)
-    return SbuildRunner(
+    environments, spec = routed_environments(settings, route)  # the runner's recipe (spec_for)
+    return kind(
         None,
         env.distribution,
         tmpdir,
@@ -198,4 +200,6 @@ class Wiring:
         return self._registry
 
     def backup_target(self) -> BackupTarget:
+        from buildfarm.backends.backuptarget import make_backup_target  # minio: not at every CLI start
+
         return make_backup_target(self.settings.backup, self.settings.storage)

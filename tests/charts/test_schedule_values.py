@@ -75,3 +75,17 @@ def test_schedules_reach_the_settings(
 def test_schedule_mistakes_are_refused(render: Any, builds: list[dict[str, str]]) -> None:
     with pytest.raises(AssertionError, match="values don't meet the specifications of the schema"):
         render("default", *_sets(builds))
+
+
+def test_env_refresh_schedule_reaches_the_scheduler(
+    render: Any, helpers: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """farm.schedules.envRefresh: the nightly run that remakes the package-builder image where a
+    node can, and says it is stale where it cannot (the chart's worker pods)."""
+    assert (
+        helpers["find"](render("default"), "ConfigMap", "farm")["data"]["BUILDFARM_ENV_REFRESH_SCHEDULE"]
+        == ""
+    )
+    config = helpers["find"](render("default", "farm.schedules.envRefresh=15 2 * * *"), "ConfigMap", "farm")
+    monkeypatch.setenv("BUILDFARM_ENV_REFRESH_SCHEDULE", config["data"]["BUILDFARM_ENV_REFRESH_SCHEDULE"])
+    assert load_settings(state_dir=tmp_path).buildenv.refresh_schedule == "15 2 * * *"

@@ -42,8 +42,6 @@ NOT_IN_CHART: dict[str, str] = {
     "BUILDFARM_PACKAGE_CACHE": "sbuild environments' package cache: the chart's runner is kubernetes",
     "BUILDFARM_ENV_LAYER_MAX_BYTES": "sbuild's dependency layers: the chart's runner is kubernetes",
     "BUILDFARM_ENV_LAYER_MIN_PACKAGES": "sbuild's dependency layers: the chart's runner is kubernetes",
-    "BUILDFARM_ENV_REFRESH_SCHEDULE": "refreshes the local cache of sbuild environments: the chart's runner "
-    "is kubernetes (its builder image is rebuilt instead)",
     "BUILDFARM_REPO_HOST": "the local repository server; the chart serves packages from Pulp",
     "BUILDFARM_REPO_PORT": "the local repository server; the chart serves packages from Pulp",
     "BUILDFARM_KUBECONFIG": "out-of-cluster use only: the chart's pods use their in-cluster configuration",

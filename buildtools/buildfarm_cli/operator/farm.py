@@ -25,7 +25,11 @@ def start(
         int | None, typer.Option(help="worker nodes of a farm started afresh [default: 2]")
     ] = None,
     runner: Annotated[
-        str | None, typer.Option(help="sbuild (clean chroot) or host (fast, dpkg-buildpackage here)")
+        str | None,
+        typer.Option(
+            help="sbuild (clean chroot), unshare (clean chroot, a builder pod's command: less setup) "
+            "or host (fast, dpkg-buildpackage here)"
+        ),
     ] = None,
     output: OutputOpt = None,
 ) -> None:
@@ -45,11 +49,11 @@ def start(
 
     def prepare(s: Settings) -> None:
         env = s.buildenv
-        if s.builders.runner == "sbuild" and env.base_tarball is not None:
+        if s.builders.runner in ("sbuild", "unshare") and env.base_tarball is not None:
             from buildfarm.runners.sbuild import ensure_base_tarball
 
             ensure_base_tarball(env.base_tarball, env.distribution, env.mirror, progress=err_console.print)
-        elif s.builders.runner == "sbuild":
+        elif s.builders.runner in ("sbuild", "unshare"):
             from buildfarm.environments import routed_environments
             from buildfarm.wiring import make_package_cache
 

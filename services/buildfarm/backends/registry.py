@@ -95,6 +95,17 @@ class RegistryClient:
         headers = {"Accept": ", ".join((*MANIFEST_TYPES, *INDEX_TYPES))}
         return self._request("HEAD", f"/v2/{repository}/manifests/{ref}", headers=headers).status_code == 200
 
+    def tags(self, repository: str) -> list[str]:
+        """The tags of ``repository`` (empty if it has none or does not exist)."""
+        response = self._request("GET", f"/v2/{repository}/tags/list")
+        if response.status_code == 404:
+            return []
+        if response.status_code != 200:
+            raise ServiceUnavailableError(
+                f"registry {self.url}: tags of {repository}: HTTP {response.status_code}"
+            )
+        return list(response.json().get("tags") or [])
+
     def delete_manifest(self, repository: str, digest: str) -> bool:
         """Delete the manifest ``digest`` (``sha256:...``) from ``repository``, with every tag of it
         there; other repositories holding the same manifest keep it.  Returns False if it was not

@@ -132,14 +132,19 @@ def _prune_environments() -> None:
         log.warning("build environments not pruned, the next sweep tries again: %s", exc)
 
 
-@shared_task(name="buildfarm.env_refresh")  # type: ignore[untyped-decorator]
-def env_refresh() -> None:
-    """The scheduled refresh of this machine's build environment (setting env_refresh_schedule)."""
+@shared_task(name="buildfarm.env_refresh", bind=True)  # type: ignore[untyped-decorator]
+def env_refresh(self) -> None:  # type: ignore[no-untyped-def]
+    """The scheduled refresh of this machine's build environment (setting env_refresh_schedule);
+    on a Kubernetes farm, of the package-builder images made from it."""
     from buildfarm.environments.upkeep import prune_environments, refresh_environment, uses_environment_cache
+    from buildfarm.runners.builderimage import makes_builder_image
     from buildfarm.state.models import utcnow
     from buildfarm.wiring import make_package_cache
 
     settings = farm_context().settings
+    if makes_builder_image(settings):
+        refresh_builder_images(_node_name(self.request.hostname))
+        return
     if not uses_environment_cache(settings):
         return
     started = utcnow()
@@ -152,6 +157,53 @@ def env_refresh() -> None:
         return
     detail = f"environment {env.short} ({'new' if new else 'unchanged'}); {pruned.describe()}"
     log.info("build environment refreshed: %s", detail)
+    _record("env_refresh", started, ok=True, moved=pruned.bytes_freed, detail=detail)
+
+
+def refresh_builder_images(node: str) -> None:
+    """The nightly refresh of a Kubernetes farm: its environment (and each cross environment
+    with an image) made afresh and made into package-builder images, the tags moved, so builds
+    submitted from then on name the new digests; on a node that cannot make images (no mmdebstrap
+    or buildah: the chart's worker pods), a failed run saying so and how old the image is."""
+    from buildfarm.environments.upkeep import prune_environments
+    from buildfarm.runners.builderimage import (
+        cross_architectures,
+        current_image_made,
+        image_maker_missing,
+        make_builder_images,
+    )
+    from buildfarm.state.models import utcnow
+    from buildfarm.wiring import make_package_cache
+
+    settings = farm_context().settings
+    started = utcnow()
+    missing = image_maker_missing()
+    if missing is not None:
+        try:
+            made = current_image_made(settings)
+        except BuildfarmError as exc:
+            made = f"its age is unknown ({exc})"
+        detail = (
+            f"package-builder image not refreshed: node {node} cannot make it ({missing}); {made}: "
+            "run `buildfarm env image --refresh` where mmdebstrap and buildah run"
+        )
+        log.warning("build environment: %s", detail)
+        _record("env_refresh", started, ok=False, moved=0, detail=detail)
+        return
+    try:
+        images = make_builder_images(
+            settings,
+            make_package_cache(settings),
+            refresh=True,
+            cross=(None, *cross_architectures(settings)),
+        )
+        pruned = prune_environments(settings)
+    except (BuildfarmError, OSError) as exc:
+        log.warning("package-builder image not refreshed, the next scheduled run tries again: %s", exc)
+        _record("env_refresh", started, ok=False, moved=0, detail=str(exc))
+        return
+    detail = "; ".join([*(made.describe() for made in images), pruned.describe()])
+    log.info("package-builder images refreshed: %s", detail)
     _record("env_refresh", started, ok=True, moved=pruned.bytes_freed, detail=detail)
 
 

@@ -7,7 +7,8 @@ input key: a refreshed environment never reuses old outputs, an unchanged one al
 
 What others may use: :class:`EnvironmentSpec` (the recipe), :class:`EnvironmentCache` (make,
 find, check, prune), :class:`Environment` (one made environment), :data:`TOOLCHAIN`,
-:func:`spec_for`, :func:`cross_spec` and :func:`cache_for` (what the settings name), :func:`file_digest` and
+:func:`spec_for`, :func:`builder_spec`, :func:`cross_spec` and :func:`cache_for` (what the
+settings name), :func:`file_digest` and
 :func:`digests_named_by_builds` (what prune keeps), :func:`routed_environments` (the cache and
 recipe as the farm's package cache routes them); dependency layers (:class:`LayerCache`, a
 step's :func:`step_tarball` (a :class:`StepTarball`, held in use: a :class:`LayerHold`) under a
@@ -22,12 +23,13 @@ from buildfarm.environments.layers import LAYER_LOOKUPS, DependencySet, Layer, L
 from buildfarm.environments.mmdebstrap import make_tarball
 from buildfarm.environments.routed import routed_environments
 from buildfarm.environments.settings import cache_for, host_architecture, layers_for, spec_for
-from buildfarm.environments.spec import TOOLCHAIN, EnvironmentSpec, cross_spec
+from buildfarm.environments.spec import BUILDER_PACKAGES, TOOLCHAIN, EnvironmentSpec, builder_spec, cross_spec
 from buildfarm.environments.steplayer import LayerPolicy, StepTarball, step_tarball
 from buildfarm.environments.tarballs import file_digest
 from buildfarm.environments.usage import digests_named_by_builds
 
 __all__ = [
+    "BUILDER_PACKAGES",
     "LAYER_LOOKUPS",
     "TOOLCHAIN",
     "DependencySet",
@@ -40,6 +42,7 @@ __all__ = [
     "LayerHold",
     "LayerPolicy",
     "StepTarball",
+    "builder_spec",
     "cache_for",
     "cross_spec",
     "digests_named_by_builds",

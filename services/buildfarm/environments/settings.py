@@ -7,7 +7,7 @@ import subprocess
 
 from buildfarm.environments.cache import EnvironmentCache
 from buildfarm.environments.layers import LayerCache
-from buildfarm.environments.spec import EnvironmentSpec
+from buildfarm.environments.spec import BUILDER_PACKAGES, EnvironmentSpec
 from buildfarm.environments.steplayer import LayerPolicy
 from buildfarm.model.settings import Settings
 
@@ -24,12 +24,17 @@ def host_architecture() -> str:
 
 
 def spec_for(settings: Settings, packages: tuple[str, ...] | None = None) -> EnvironmentSpec:
-    """The recipe of this farm's package builds (``packages`` replaces the setting's list)."""
+    """The recipe of this farm's package builds (``packages`` replaces the setting's list; the
+    ``unshare`` runner's adds what its entrypoint needs, as the package-builder image does)."""
+    if packages is None:
+        packages = tuple(settings.buildenv.packages)
+        if settings.builders.runner == "unshare":
+            packages += BUILDER_PACKAGES
     return EnvironmentSpec(
         distribution=settings.buildenv.distribution,
         architecture=host_architecture(),
         mirror=settings.buildenv.mirror,
-        packages=tuple(settings.buildenv.packages if packages is None else packages),
+        packages=tuple(packages),
     )
 
 

@@ -22,6 +22,11 @@ TOOLCHAIN = tuple(DEFAULT_ENV_PACKAGES)
 (debhelper pulls dh-autoreconf, dh-strip-nondeterminism, gettext, man-db, ...), so a step installs
 only what is particular to its package."""
 
+BUILDER_PACKAGES = ("python3", "ca-certificates")
+"""Added to a recipe for the package-builder environment (:func:`builder_spec`): the entrypoint
+``buildfarm-step`` is a python3 script (python3-minimal lacks tarfile, gzip, json and
+http.client) and fetches over https."""
+
 
 @dataclass(frozen=True)
 class EnvironmentSpec:
@@ -80,6 +85,12 @@ class EnvironmentSpec:
         extra = ",".join(self.packages) or "-"
         arches = "+".join((self.architecture, *self.foreign_architectures))
         return f"{self.distribution}/{arches} from {self.mirror} + {extra}"
+
+
+def builder_spec(spec: EnvironmentSpec) -> EnvironmentSpec:
+    """The package-builder environment of a recipe: plus what ``buildfarm-step`` needs (the
+    environment of the builder image, and of the ``unshare`` runner's chroots)."""
+    return replace(spec, packages=(*spec.packages, *BUILDER_PACKAGES))
 
 
 def cross_packages(host_arch: str) -> tuple[str, ...]:

@@ -45,8 +45,9 @@ class PruneReport:
 
 
 def uses_environment_cache(settings: Settings) -> bool:
-    """Whether this farm's steps run in cached environments (sbuild without a fixed tarball)."""
-    return settings.builders.runner == "sbuild" and settings.buildenv.base_tarball is None
+    """Whether this farm's steps run in cached environments (sbuild or unshare without a fixed
+    tarball)."""
+    return settings.builders.runner in ("sbuild", "unshare") and settings.buildenv.base_tarball is None
 
 
 def refresh_environment(

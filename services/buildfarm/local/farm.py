@@ -99,6 +99,8 @@ def _check_tools(settings: Settings) -> None:
         needed["docker-registry"] = "docker-registry"
     if settings.builders.runner == "sbuild":
         needed |= {"sbuild": "sbuild", "mmdebstrap": "mmdebstrap", "newuidmap": "uidmap"}
+    if settings.builders.runner == "unshare":
+        needed |= {"unshare": "util-linux", "mmdebstrap": "mmdebstrap", "newuidmap": "uidmap"}
     if not settings.broker.url:
         needed["redis-server"] = "redis-server"
     missing = sorted({pkg for tool, pkg in needed.items() if shutil.which(tool) is None})
@@ -262,6 +264,11 @@ def stop(settings: Settings) -> list[str]:
     order = sorted(sup.names(), key=lambda n: (last.get(n, 0), n))
     stopped = [name for name in order if sup.stop(name)]
     stop_agent(signing_home(settings.state_dir))  # the nodes' signing started it
+    # the unshare runner's unpacked trees (tmpfs): no node uses them any more
+    from buildfarm.runners.base import chroot_root
+    from buildfarm.runners.unshare import remove_trees
+
+    remove_trees(chroot_root(settings.buildenv.sbuild_tmpdir, settings.state_dir))
     record = read_farm_file(settings)
     if record:
         if REDIS in stopped:

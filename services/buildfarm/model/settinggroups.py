@@ -319,11 +319,12 @@ class StepSettings(Group):
 class BuildersSettings(Group):
     """Who builds: the runner of this node's steps, and builder pods on Kubernetes."""
 
-    runner: Literal["sbuild", "host", "kubernetes"] = Field(
+    runner: Literal["sbuild", "unshare", "host", "kubernetes"] = Field(
         default="sbuild",
         alias="runner",
-        description="sbuild: clean unshare chroot per step; host: dpkg-buildpackage here; "
-        "kubernetes: one transient builder pod per step",
+        description="sbuild: clean unshare chroot per step; unshare: a builder pod's command "
+        "(buildfarm-step) in a clean chroot of one user namespace per step, on this node (less setup "
+        "than sbuild); host: dpkg-buildpackage here; kubernetes: one transient builder pod per step",
     )
     concurrency: int = Field(
         default=1, ge=1, le=64, alias="node_concurrency", description="steps one node builds at once"

@@ -67,11 +67,12 @@ DEFAULT_IMAGE_BUILDER = ImageBuilder.KANIKO
 
 
 class RunnerKind(StrEnum):
-    """The runners that execute steps (``Runner.name``); the first three are package runners."""
+    """The runners that execute steps (``Runner.name``); the first four are package runners."""
 
     SBUILD = "sbuild"  # a fresh unshare chroot per step
     HOST = "host"  # dpkg-buildpackage on the worker itself
     KUBERNETES = "kubernetes"  # one builder pod per step (packages and images)
+    UNSHARE = "unshare"  # a builder pod's buildfarm-step in one user-namespace chroot per step, on the node
     BUILDAH = "buildah"  # image steps with buildah on the worker (the local profile)
 
 

@@ -149,7 +149,7 @@ class LocalImageRunner:
         """sha256 of the base tarball the registry's debian image is (or will be) seeded from."""
         if self.base_tarball is None or not self.base_tarball.is_file():
             return ""
-        from buildfarm.runners.sbuild import tarball_digest
+        from buildfarm.runners.envrunner import tarball_digest
 
         return tarball_digest(self.base_tarball)
 
@@ -300,7 +300,7 @@ def base_layout(
     """The Debian base image as an OCI layout in the cache, made once per base tarball:
     ``buildah from scratch`` + ``add`` of the mmdebstrap tarball + commit, pushed to
     ``oci:<dir>`` with gzip layers (so seeding a registry later copies bytes, not CPU)."""
-    from buildfarm.runners.sbuild import tarball_digest
+    from buildfarm.runners.envrunner import tarball_digest
 
     layout = cache_dir / f"{distribution}-base-oci-{tarball_digest(tarball)[:16]}"
     if (layout / "index.json").is_file():

@@ -14,39 +14,26 @@ build's input keys name, found in the cache by that digest.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from buildfarm.environments import (
-    Environment,
-    EnvironmentCache,
+    BUILDER_PACKAGES,
     EnvironmentSpec,
-    LayerPolicy,
     StepTarball,
-    cross_spec,
-    file_digest,
     host_architecture,
     make_tarball,
-    step_tarball,
 )
 from buildfarm.model.errors import PermanentError
-from buildfarm.model.names import to_safe
 from buildfarm.model.types import FILE_OUTPUT_SUFFIXES, PACKAGE_SUFFIXES, AptSource, RunnerKind
-from buildfarm.runners.base import EnvironmentNotReady, StepJob, StepResult, attempt_dirname
+from buildfarm.runners.base import StepJob, StepResult
+from buildfarm.runners.envrunner import EnvironmentRunner, farm_hosts, step_dsc, tarball_digest
 from buildfarm.runners.process import describe_failure, run_streaming
-from buildfarm.runners.sourcepkg import unpack_step_source
 
 SBUILD_CONFIG = Path(__file__).parent / "sbuildrc"
-ENVIRONMENT_RETRY_SECONDS = 120.0
-"""What a submit that found no environment is told to wait: mmdebstrap takes ~1-3 min."""
-BUILDER_PACKAGES = ("python3", "ca-certificates")
-"""Added to the base for the package-builder environment: the entrypoint is a python3 script
-(python3-minimal lacks tarfile, gzip, json and http.client) and fetches over https."""
 
 
 def _chroot_line(source: AptSource) -> str:
@@ -118,14 +105,9 @@ def sbuild_environment(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DEB_", "DPKG_", "BUILDFARM_APT_"))}
     env |= {"SBUILD_CONFIG": str(SBUILD_CONFIG), "LC_ALL": "C.UTF-8", "HOME": str(home)}
     if apt_proxy:
-        hosts = sorted({urlsplit(s.url).hostname or "" for s in extra_sources} - {""})
+        hosts = farm_hosts(extra_sources)
         env |= {"BUILDFARM_APT_PROXY": apt_proxy, "BUILDFARM_APT_DIRECT": " ".join(hosts)}
     return env
-
-
-def tarball_digest(path: Path) -> str:
-    """sha256 of the tarball, cached beside it (keyed by size and mtime: hashing 445 MB takes ~1 s)."""
-    return file_digest(path)
 
 
 def ensure_base_tarball(
@@ -206,184 +188,55 @@ class _LogWatch:
         return f"{base}: {self.last_error}" if self.last_error else base
 
 
-def _make_dir(path: Path, tries: int = 3) -> None:
-    """``mkdir -p`` that survives another attempt removing the (empty) parent at the same moment."""
-    for _ in range(tries - 1):
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            return
-        except FileNotFoundError:
-            continue
-    path.mkdir(parents=True, exist_ok=True)
-
-
-class SbuildRunner:
-    """Runs each step with sbuild in the environment its build's input keys name.
-
-    With ``environments`` (and its recipe ``spec``) the environment comes from the farm's cache:
-    made on first use, found by digest for each step.  Without, ``base_tarball`` is used as is.
-    """
+class SbuildRunner(EnvironmentRunner):
+    """Runs each step with sbuild in the environment its build's input keys name
+    (:class:`~buildfarm.runners.envrunner.EnvironmentRunner`: from the farm's environment cache,
+    or ``base_tarball`` as is)."""
 
     name: str = RunnerKind.SBUILD
-
-    def __init__(
-        self,
-        base_tarball: Path | None,
-        distribution: str,
-        tmpdir: Path | None = None,
-        *,
-        environments: EnvironmentCache | None = None,
-        spec: EnvironmentSpec | None = None,
-        apt_proxy: str | None = None,
-        layers: LayerPolicy | None = None,
-    ) -> None:
-        if environments is not None and spec is None:
-            raise ValueError("an environment cache needs its recipe (spec)")
-        self.base_tarball = base_tarball
-        self.distribution = distribution
-        self.tmpdir = tmpdir
-        self.environments = environments
-        self.spec = spec
-        self.apt_proxy = apt_proxy
-        self.layers = layers
-
-    def _identity(self, digest: str) -> str:
-        return f"sbuild:{self.distribution}:{digest}"
-
-    def environment_id(self) -> str:
-        """The identity of the current environment, from what the cache holds: never made here
-        (this runs inside an API request), :class:`EnvironmentNotReady` when there is none."""
-        if self.environments is not None and self.spec is not None:
-            env = self.environments.current(self.spec)
-            if env is None:
-                raise EnvironmentNotReady(
-                    f"the build environment {self.spec.describe()} is not made yet (first use, or pruned "
-                    "or found corrupt): a worker is making it, which takes a few minutes; submit again then",
-                    retry_after=ENVIRONMENT_RETRY_SECONDS,
-                )
-            return self._identity(env.digest)
-        if self.base_tarball is None or not self.base_tarball.is_file():
-            raise PermanentError(
-                f"the sbuild base tarball {self.base_tarball} does not exist: `buildfarm start` makes it"
-            )
-        return self._identity(tarball_digest(self.base_tarball))
-
-    def native_architecture(self) -> str:
-        return self.spec.architecture if self.spec is not None else host_architecture()
-
-    def cross_environment_id(self, host_arch: str) -> str:
-        if self.environments is None or self.spec is None:
-            raise PermanentError(
-                f"cross-building for {host_arch} needs the farm's environment cache, not the fixed "
-                f"base tarball {self.base_tarball} (unset base_tarball)"
-            )
-        return self._identity(self.environments.ensure(cross_spec(self.spec, host_arch)).digest)
-
-    def prepare_environment(self) -> None:
-        """Make the recipe's environment if the cache has none (a worker's task, minutes)."""
-        if self.environments is not None and self.spec is not None:
-            self.environments.ensure(self.spec)
-
-    def step_environment(self, environment_id: str, host_arch: str = "") -> tuple[Path, bool]:
-        """(tarball, whether it carries the mirror's apt lists) of the environment a step's input
-        key names (``environment_id``; empty: the current one, the cross one for a foreign
-        ``host_arch``)."""
-        env = self._cached_environment(environment_id, host_arch)
-        if env is None:
-            if self.base_tarball is None:
-                raise PermanentError("the sbuild runner has neither an environment cache nor a base tarball")
-            if host_arch and host_arch != self.native_architecture():
-                self.cross_environment_id(host_arch)  # raises: no cross environment without the cache
-            return self.base_tarball, False
-        return env.path, env.spec.keep_lists
-
-    def _cached_environment(self, environment_id: str, host_arch: str = "") -> Environment | None:
-        if self.environments is None or self.spec is None:
-            return None
-        digest = environment_id.rsplit(":", 1)[-1]
-        if digest:
-            return self.environments.get(digest)
-        if host_arch and host_arch != self.native_architecture():
-            return self.environments.ensure(cross_spec(self.spec, host_arch))
-        return self.environments.ensure(self.spec)
-
-    def _step_tarball(self, job: StepJob, dsc: Path, scratch: Path | None) -> tuple[StepTarball, bool]:
-        """(tarball, whether it carries the mirror's apt lists) of this step: its environment's
-        dependency layer (held in use: released by the caller after sbuild) when it has big
-        Build-Depends (:mod:`buildfarm.environments.steplayer`), else the environment."""
-        env = self._cached_environment(job.environment_id, job.host_arch)
-        if env is None or self.layers is None:
-            path, has_lists = self.step_environment(job.environment_id, job.host_arch)
-            return StepTarball(path), has_lists
-        work = job.workdir / "layer"
-        work.mkdir()
-        chosen = step_tarball(
-            env, dsc, job.extra_sources, self.layers, work=work, log=job.log, scratch=scratch
-        )
-        return chosen, env.spec.keep_lists
 
     def run(self, job: StepJob) -> StepResult:
         for tool, package in (("sbuild", "sbuild"), ("dpkg-source", "dpkg-dev"), ("newuidmap", "uidmap")):
             if shutil.which(tool) is None:
                 raise PermanentError(f"{tool} is not installed (Debian package: {package})")
-        source = job.workdir / "src"
-        dsc = unpack_step_source(job.source_tarball, source)
-        if dsc is None:  # a bare tree (a step recorded before source packages): make its .dsc
-            outcome = run_streaming(
-                ["dpkg-source", "-b", "src"],
-                cwd=job.workdir,
-                log=job.log,
-                cancel=job.cancel,
-                timeout_seconds=job.timeout_seconds,
-            )
-            if outcome.returncode != 0:
-                failure = describe_failure("dpkg-source -b", outcome, job.timeout_seconds)
-                return StepResult(False, [], failure, killed_by=outcome.killed_by)
-            dscs = sorted(job.workdir.glob("*.dsc"))
-            if len(dscs) != 1:
-                return StepResult(False, [], f"dpkg-source made {len(dscs)} .dsc files, expected 1")
-            dsc = dscs[0]
+        dsc = step_dsc(job)
+        if isinstance(dsc, StepResult):
+            return dsc
         out = job.workdir / "out"
         out.mkdir()
         cross = job.host_arch not in ("", self.native_architecture())
         home = job.workdir / "home"
         home.mkdir()
         env = sbuild_environment(home, self.apt_proxy, job.extra_sources)
-        chroots: Path | None = None
-        if self.tmpdir is not None:
-            chroots = self.tmpdir / attempt_dirname(job.build_id, to_safe(job.step_name), job.attempt)
-            _make_dir(chroots)
-            env["BUILDFARM_SBUILD_TMPDIR"] = str(chroots)
         watch = _LogWatch(job.log, [s.url for s in job.extra_sources])
         chosen: StepTarball | None = None
-        try:
-            chosen, has_lists = self._step_tarball(job, dsc, chroots)
-            command = sbuild_command(
-                chosen.path,
-                self.distribution,
-                out,
-                dsc,
-                job.extra_sources,
-                apt_update=not has_lists,
-                host_arch=job.host_arch if cross else None,
-                arch_all=job.arch_all,
-                install_deps=not chosen.satisfied,
-            )
-            outcome = run_streaming(
-                command,
-                cwd=job.workdir,
-                log=watch,
-                cancel=job.cancel,
-                timeout_seconds=job.timeout_seconds,
-                env=env,
-            )
-        finally:  # sbuild removes its chroot itself, unless it was killed
-            if chosen is not None:
-                chosen.release()  # the layer may be evicted again
+        with self.attempt_chroots(job) as chroots:  # sbuild removes its chroot itself, unless killed
             if chroots is not None:
-                shutil.rmtree(chroots, ignore_errors=True)
-                with contextlib.suppress(OSError):  # the farm's directory, if no other attempt uses it
-                    chroots.parent.rmdir()
+                env["BUILDFARM_SBUILD_TMPDIR"] = str(chroots)
+            try:
+                chosen, has_lists = self._step_tarball(job, dsc, chroots)
+                command = sbuild_command(
+                    chosen.path,
+                    self.distribution,
+                    out,
+                    dsc,
+                    job.extra_sources,
+                    apt_update=not has_lists,
+                    host_arch=job.host_arch if cross else None,
+                    arch_all=job.arch_all,
+                    install_deps=not chosen.satisfied,
+                )
+                outcome = run_streaming(
+                    command,
+                    cwd=job.workdir,
+                    log=watch,
+                    cancel=job.cancel,
+                    timeout_seconds=job.timeout_seconds,
+                    env=env,
+                )
+            finally:
+                if chosen is not None:
+                    chosen.release()  # the layer may be evicted again
         layer = chosen.label if chosen is not None and chosen.result else None
         if outcome.returncode != 0 or outcome.cancelled or outcome.timed_out:
             failure = describe_failure("sbuild", outcome, job.timeout_seconds)

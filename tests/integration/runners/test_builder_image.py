@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -20,10 +21,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from envkit import TarMaker
 from sqlalchemy import select
 
+from buildfarm.backends.base import PackageCache
 from buildfarm.backends.httpserve import make_server
 from buildfarm.backends.registry import RegistryClient
+from buildfarm.dispatch import tasks
 from buildfarm.engine.advance import advance_build
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.steps import run_step
@@ -31,11 +35,20 @@ from buildfarm.engine.submit import submit_build
 from buildfarm.environments import Environment, EnvironmentCache, EnvironmentSpec
 from buildfarm.model.images import registry_host
 from buildfarm.model.manifest import load_manifest
+from buildfarm.model.settings import Settings
+from buildfarm.runners import builderimage
 from buildfarm.runners.base import StepJob
-from buildfarm.runners.builderimage import BUILDER_REPOSITORY, ENVIRONMENT_LABEL, ensure_builder_image
+from buildfarm.runners.builderimage import (
+    BUILDER_REPOSITORY,
+    ENVIRONMENT_LABEL,
+    ensure_builder_image,
+    image_staleness,
+    make_builder_images,
+)
 from buildfarm.runners.kubernetes import KubernetesRunner
-from buildfarm.state.models import Build, Step
-from buildfarm.wiring import make_store
+from buildfarm.runners.sbuild import BUILDER_PACKAGES
+from buildfarm.state.models import Build, Step, TaskRun
+from buildfarm.wiring import make_package_cache, make_store
 
 from debpkgs import make_package, write_manifest
 from farmkit import dispatcher, make_test_context
@@ -82,6 +95,7 @@ def _context(tmp_path: Path, registry: Registry, moto: MotoS3, cluster: FakeClus
     ctx = make_test_context(
         tmp_path,
         f"sqlite:///{tmp_path / 'state.db'}",
+        cache_dir=tmp_path / "cache",  # never the machine's environments: a fake one would be current there
         runner="kubernetes",
         **moto.settings(),
         kubeconfig=cluster.kubeconfig(tmp_path / "kubeconfig"),
@@ -182,5 +196,88 @@ def test_builder_image_from_environment_is_pinned_by_digest(
         # the same environment submitted again: the same key, so the step is reused
         _build3, step3 = _submit(ctx, src)
         assert step3.input_key == step2.input_key
+    finally:
+        contexts.close()
+
+
+def _task_runs(ctx: FarmContext) -> list[TaskRun]:
+    with ctx.db.session() as session:
+        runs = list(
+            session.scalars(select(TaskRun).where(TaskRun.task == "env_refresh").order_by(TaskRun.id))
+        )
+        session.expunge_all()
+    return runs
+
+
+def test_nightly_refresh_remakes_the_builder_images_of_a_kubernetes_farm(
+    tmp_path: Path, services: tuple[Registry, MotoS3, FakeCluster], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scheduler's env_refresh on a Kubernetes farm (the task body, as a worker runs it):
+    the environment and the cross environment with an image made afresh, images rebuilt only
+    when the environment moved, tags moved; keys follow.  A node without buildah says why."""
+    registry, moto, cluster = services
+    maker = TarMaker()
+    routed = builderimage.routed_environments
+
+    def small_routed(
+        settings: Settings, packages: PackageCache, *, refresh: bool, include: tuple[str, ...] | None
+    ) -> tuple[EnvironmentCache, EnvironmentSpec]:
+        cache, spec = routed(settings, packages, refresh=refresh, include=include)  # the real routing
+        return EnvironmentCache(cache.root, maker=maker), spec
+
+    monkeypatch.setattr(builderimage, "routed_environments", small_routed)
+    contexts = _context(tmp_path, registry, moto, cluster)
+    ctx = next(contexts)
+    monkeypatch.setattr(tasks, "farm_context", lambda: ctx)
+    client = RegistryClient(registry.url)
+    try:
+        # the operator's `buildfarm env image` and `--cross arm64` once after install
+        packages = make_package_cache(ctx.settings)
+        installed = make_builder_images(ctx.settings, packages, refresh=False, cross=(None, "arm64"))
+        assert [m.image.built for m in installed] == [True, True]
+        first, cross_first = (m.image.digest for m in installed)
+        src = tmp_path / "src"
+        make_package(src, "envpin", build="echo building envpin")
+        build1, step1 = _submit(ctx, src)
+        assert _environment_id(ctx, build1).endswith(f"@{first}")
+
+        tasks.env_refresh.run()  # the mirror did not move: nothing rebuilt, keys reused
+        (run,) = _task_runs(ctx)
+        assert run.ok and run.detail.count("(unchanged,") == 2, run.detail
+        assert client.manifest(BUILDER_REPOSITORY, "current")[1] == first
+        assert _submit(ctx, src)[1].input_key == step1.input_key
+
+        maker.extra = " security update"
+        tasks.env_refresh.run()  # the mirror moved: both images remade, both tags moved
+        run = _task_runs(ctx)[-1]
+        assert run.ok and run.detail.count("(new,") == 2, run.detail
+        second = client.manifest(BUILDER_REPOSITORY, "current")[1]
+        assert second != first
+        assert client.manifest(BUILDER_REPOSITORY, "current-cross-arm64")[1] != cross_first
+        build3, step3 = _submit(ctx, src)
+        assert _environment_id(ctx, build3).endswith(f"@{second}")
+        assert step3.input_key != step1.input_key  # a refreshed image never reuses old outputs
+
+        include = (*ctx.settings.buildenv.packages, *BUILDER_PACKAGES)
+        cache, spec = builderimage.routed_environments(ctx.settings, packages, refresh=False, include=include)
+        fresh = image_staleness(ctx.settings, cache.entries())  # `buildfarm env list`'s line
+        assert fresh.startswith(f"{ctx.settings.builders.image} was made 20") and "stale" not in fresh
+
+        # a node that cannot make images (the chart's worker pods): a failed run that says why
+        no_buildah = tmp_path / "bin"
+        no_buildah.mkdir()
+        (no_buildah / "mmdebstrap").symlink_to(shutil.which("mmdebstrap") or "/usr/bin/mmdebstrap")
+        monkeypatch.setenv("PATH", str(no_buildah))
+        maker.extra = " another update"
+        tasks.env_refresh.run()
+        run = _task_runs(ctx)[-1]
+        assert not run.ok
+        assert "cannot make it (buildah not installed here)" in run.detail
+        assert f"{ctx.settings.builders.image} was made 20" in run.detail
+        assert "run `buildfarm env image --refresh`" in run.detail
+        assert client.manifest(BUILDER_REPOSITORY, "current")[1] == second
+        cache.refresh(spec)  # the environment refreshed where no image was made of it
+        stale = image_staleness(ctx.settings, cache.entries())
+        assert stale.startswith("stale: ") and "run `buildfarm env image --refresh`" in stale
     finally:
         contexts.close()

@@ -113,3 +113,42 @@ def test_builders_get_the_usual_umask_whatever_their_caller_has(tmp_path: Path) 
         0o644,
         0o755,
     )
+
+
+COUNTING_GUARD = """
+import atexit, os, sys
+from buildfarm.runners import guard
+looks = []
+look = guard.descendants
+guard.descendants = lambda root: looks.append(root) or look(root)
+atexit.register(lambda: print("looks through /proc:", len(looks), flush=True))
+guard.main(["guard.py", str(os.getppid()), "--", *sys.argv[1:]])
+"""
+
+
+def _guarded(tmp_path: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    """The guard run on ``command``, counting its looks through ``/proc`` for descendants."""
+    return subprocess.run(
+        [sys.executable, "-c", COUNTING_GUARD, *command],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_command_that_leaves_nothing_running_costs_no_look_through_proc(tmp_path: Path) -> None:
+    """The usual end of a step's command: the guard knows from its children alone (it is their
+    subreaper) that nothing is left to kill; each look cost tens of milliseconds of a step."""
+    done = _guarded(tmp_path, "sh", "-c", "true; exit 3")
+    assert (done.returncode, done.stdout.splitlines()) == (3, ["looks through /proc: 0"])
+
+
+def test_what_a_finished_command_left_running_is_killed_at_once(tmp_path: Path) -> None:
+    escaped = tmp_path / "escaped.pid"
+    done = _guarded(tmp_path, "sh", "-c", f"setsid sleep 60 > /dev/null 2>&1 & echo $! > {escaped}")
+    assert done.returncode == 0
+    assert "looks through /proc: 0" not in done.stdout
+    pid = _read_pid(escaped)
+    wait_until(lambda: not _alive(pid), 20, "the escaped process to be gone")

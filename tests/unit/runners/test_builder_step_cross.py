@@ -1,5 +1,7 @@
 """buildfarm-step cross-builds as sbuild ``--host`` does: what it runs for ``--host-arch`` and
-``--no-arch-all`` (the Kubernetes runner's cross steps), and what it runs without them.
+``--no-arch-all`` (the Kubernetes runner's cross steps), and what it runs without them; and what
+the ``unshare`` runner's options change: no apt at all, apt refreshing the given sources alone,
+dpkg-buildpackage without network.
 
 The entrypoint's own ``build`` runs with its downloads and commands recorded instead of done
 (the real build in a chroot is ``tests/integration/runners/test_builder_entrypoint.py``).
@@ -40,8 +42,10 @@ def step(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ModuleType:
 def _build(step: ModuleType, workdir: Path, *options: str) -> list[tuple[list[str], dict[str, str]]]:
     ran: list[tuple[list[str], dict[str, str]]] = []
 
-    def run(command: list[str], cwd: Path, _deadline: object, env: dict[str, str]) -> None:
-        ran.append((command, env))
+    def run(
+        command: list[str], cwd: Path, _deadline: object, env: dict[str, str], *, isolated: bool = False
+    ) -> None:
+        ran.append((["(no network)", *command] if isolated else command, env))
         if command[0] == "dpkg-buildpackage":
             (cwd.parent / "tool_1.0_arm64.deb").write_bytes(b"deb")
 
@@ -59,7 +63,8 @@ def test_host_arch_cross_builds_as_sbuild_host_does(step: ModuleType, tmp_path: 
     assert build_dep[build_dep.index("-a") + 1] == "arm64"
     assert build_dep[build_dep.index("-P") + 1] == "cross,nocheck"
     assert commands[-1][:2] == ["dpkg-buildpackage", "-B"]  # the Architecture: all ones are not its
-    assert commands[-1][-4:] == ["-a", "arm64", "-P", "cross,nocheck"]
+    # dpkg-buildpackage refuses a separate -P value ("unknown option or argument cross,nocheck")
+    assert commands[-1][-2:] == ["--host-arch=arm64", "--build-profiles=cross,nocheck"]
     assert ran[-1][1]["DEB_BUILD_OPTIONS"] == "nocheck"
 
     # without them: for its own architecture, as before
@@ -71,3 +76,27 @@ def test_host_arch_cross_builds_as_sbuild_host_does(step: ModuleType, tmp_path: 
     # a value that is no architecture name never reaches a command line
     with pytest.raises(SystemExit):
         step.parse([*REQUIRED, "--host-arch", "arm64 --evil"])
+
+
+def test_unshare_runner_options(step: ModuleType, tmp_path: Path) -> None:
+    # the environment has every Build-Depends: no apt; the build without network
+    ran = _build(step, tmp_path / "satisfied", "--no-build-deps", "--no-build-network")
+    assert [c for c, _env in ran] == [["(no network)", "dpkg-buildpackage", "-b", "-uc", "-us"]]
+
+    # the environment carries the mirror's lists: apt-get update refreshes the given source alone
+    ran = _build(step, tmp_path / "given", "--update-given-only")
+    update = next(c for c, _env in ran if "update" in c)
+    assert f"Dir::Etc::SourceList={step.SOURCES_FILE}" in update and "Dir::Etc::SourceParts=-" in update
+    assert (tmp_path / "sources.list").read_text() == "deb [trusted=yes] http://repo bookworm main\n"
+
+    # a local source file instead of a URL (not both), and a local outputs file instead of an upload
+    local = ["package", "--source-file", "/s.tar.gz", "--source-sha256", SHA, "--outputs-file", "/o.tar.gz"]
+    args = step.parse(local)
+    assert (args.source_file, args.source_url, args.outputs_file, args.upload_url) == (
+        "/s.tar.gz",
+        None,
+        "/o.tar.gz",
+        None,
+    )
+    with pytest.raises(SystemExit):
+        step.parse([*REQUIRED, "--source-file", "/s.tar.gz"])
