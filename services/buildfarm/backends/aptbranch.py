@@ -30,8 +30,9 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from debian.deb822 import Packages
@@ -217,7 +218,7 @@ def write_state(tree: Path, state: Mapping[str, SourceEntry]) -> None:
     """Write the record of ``tree`` (sorted keys: the same state always gives the same bytes)."""
     body = {
         "format": STATE_FORMAT,
-        "sources": {name: asdict(entry) for name, entry in sorted(state.items())},
+        "sources": {name: _entry_record(entry) for name, entry in sorted(state.items())},
     }
     # No indent: json's C encoder then writes it (with indent, the pure Python one: seconds for
     # a branch of thousands of source packages, at every publish).
@@ -228,14 +229,62 @@ def write_state(tree: Path, state: Mapping[str, SourceEntry]) -> None:
         os.fsync(handle.fileno())
 
 
+def _entry_record(entry: SourceEntry) -> dict[str, object]:
+    """``dataclasses.asdict(entry)``, written out: asdict's deep copy took a second a publish of
+    thousands of source packages."""
+    return {
+        "name": entry.name,
+        "version": entry.version,
+        "build_id": entry.build_id,
+        "files": [
+            {
+                "filename": f.filename,
+                "sha256": f.sha256,
+                "size": f.size,
+                "package": f.package,
+                "architecture": f.architecture,
+            }
+            for f in entry.files
+        ],
+        "sources": [{"filename": f.filename, "sha256": f.sha256, "size": f.size} for f in entry.sources],
+    }
+
+
+_READ_CACHE_SIZE = 4
+_read_cache: dict[tuple[str, int, int, int, int], BranchState] = {}
+_read_lock = threading.Lock()
+
+
 def read_state(tree: Path, build_id: int) -> BranchState:
     """The record of a published tree; from its ``Packages`` index when it predates the record
-    (every package then counts as brought by ``build_id``, the tree's own build)."""
+    (every package then counts as brought by ``build_id``, the tree's own build).
+
+    A published tree never changes (it appears whole by one rename), so the record last read of
+    the same file (path, inode, size, mtime) is given again: a publish reads ``latest``'s record
+    once, not once to ask what it holds and again to merge onto it."""
     path = tree / STATE_FILE
     try:
-        body = json.loads(path.read_bytes())
+        meta = path.stat()
     except FileNotFoundError:
         return _state_from_index(tree, build_id)
+    except OSError as exc:
+        raise PermanentError(f"{path} cannot be read: {exc}") from exc
+    key = (str(path), meta.st_ino, meta.st_size, meta.st_mtime_ns, build_id)
+    with _read_lock:
+        cached = _read_cache.get(key)
+    if cached is not None:
+        return dict(cached)
+    state = _read_state_file(path)
+    with _read_lock:
+        while len(_read_cache) >= _READ_CACHE_SIZE:
+            del _read_cache[next(iter(_read_cache))]
+        _read_cache[key] = state
+    return dict(state)
+
+
+def _read_state_file(path: Path) -> BranchState:
+    try:
+        body = json.loads(path.read_bytes())
     except (OSError, ValueError) as exc:
         raise PermanentError(f"{path} cannot be read: {exc}") from exc
     if not isinstance(body, dict) or body.get("format") != STATE_FORMAT:

@@ -258,7 +258,14 @@ class LocalAptRepository:
         for stale in target.parent.glob(f".tmp-{target.name}-*"):
             shutil.rmtree(stale, ignore_errors=True)
         tree = apttree.build_tree(
-            target.parent, f".tmp-{target.name}-", [], label, self.signer, carried=carried, state=merged
+            target.parent,
+            f".tmp-{target.name}-",
+            [],
+            label,
+            self.signer,
+            carried=carried,
+            state=merged,
+            known=_latest_tree(branch_dir),
         )
         os.rename(tree, target)
         fsync_dir(target.parent)
@@ -279,7 +286,14 @@ class LocalAptRepository:
             mine = _where(own, target)
             carried = _carried(merged, where | mine, skip=set())
             tree = apttree.build_tree(
-                target.parent, f".tmp-{target.name}-", [], label, self.signer, carried=carried, state=merged
+                target.parent,
+                f".tmp-{target.name}-",
+                [],
+                label,
+                self.signer,
+                carried=carried,
+                state=merged,
+                known=_latest_tree(branch_dir),
             )
             aside = target.with_name(f"{EXPIRED_PREFIX}{target.name}-{time.time_ns()}")
             os.rename(target, aside)
@@ -424,6 +438,12 @@ def _tree_bytes(tree: Path) -> int:
         if path.is_file() and not path.is_symlink() and stat.st_nlink == 1:
             total += stat.st_size
     return total
+
+
+def _latest_tree(branch_dir: Path) -> Path | None:
+    """The published tree ``latest`` serves (its index stanzas are reused: :func:`.apttree.write_indexes`)."""
+    latest_id = _latest_build_id(branch_dir / "latest")
+    return branch_dir / "builds" / str(latest_id) if latest_id is not None else None
 
 
 def _latest_build_id(latest: Path) -> int | None:

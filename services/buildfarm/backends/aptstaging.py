@@ -140,13 +140,7 @@ def _read_index(generation: Path) -> dict[str, str]:
 
 
 def _split(text: str) -> dict[str, str]:
-    stanzas: dict[str, str] = {}
-    for chunk in text.split("\n\n"):
-        stanza = chunk.strip("\n")
-        found = _FILENAME.search(stanza)
-        if found is not None:
-            stanzas[found.group(1)] = stanza + "\n"
-    return stanzas
+    return apttree.split_stanzas(text, _FILENAME)
 
 
 def _stanzas(pool: Path, packages: list[StoredPackage]) -> dict[str, str]:

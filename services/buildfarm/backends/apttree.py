@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from buildfarm.backends.aptbranch import BranchState
 from buildfarm.backends.base import PackageFile
 from buildfarm.backends.fs import file_sha256, fsync_dir
 from buildfarm.backends.signing import ReleaseSigner
+from buildfarm.model.debsource import source_package
 from buildfarm.model.errors import PermanentError, ServiceUnavailableError
 
 LOCK_FILE = ".lock"
@@ -40,6 +41,9 @@ _PACKAGE_SUFFIXES = (".deb", ".udeb")
 _SOURCE_SUFFIXES = (".dsc", ".tar.gz", ".tar.xz", ".tar.bz2", ".tar.lzma", ".diff.gz", ".asc")
 """A source package's files: the .dsc, its tarballs (upstream, debian, component), .diff.gz, .asc."""
 _FILENAME_FIELD = re.compile(r"^Filename: \./(.+)$", re.MULTILINE)
+_SHA256_FIELD = re.compile(r"^SHA256: ([0-9a-f]{64})$", re.MULTILINE)
+_SIZE_FIELD = re.compile(r"^Size: ([0-9]+)$", re.MULTILINE)
+_SOURCE_SHA256_BLOCK = re.compile(r"^Checksums-Sha256:\n((?: .*\n?)+)", re.MULTILINE)
 
 
 @contextmanager
@@ -164,21 +168,119 @@ def index_architectures(packages: bytes) -> list[str]:
     return sorted(found - {""})
 
 
-def write_indexes(directory: Path, label: str) -> None:
+def write_indexes(
+    directory: Path,
+    label: str,
+    known: Path | None = None,
+    placed: Mapping[str, tuple[str, int]] | None = None,
+) -> None:
     """Write Packages, Packages.gz and Release of the flat repository ``directory``.
 
     A flat repository has one ``Packages`` index for every architecture (apt keeps the entries of
     the architectures it is configured for: ``dpkg --add-architecture arm64`` then
-    ``apt-get download pkg:arm64``); ``Release`` names them in ``Architectures``."""
-    packages = run_ftparchive(["packages", "."], directory)
+    ``apt-get download pkg:arm64``); ``Release`` names them in ``Architectures``.
+
+    ``known`` is a published tree (``latest``) and ``placed`` the (sha256, size) of every file
+    placed in ``directory``: a stanza of ``known``'s indexes whose own checksums name exactly
+    what is placed here under those names is taken as it is, and apt-ftparchive reads only the
+    other packages (:func:`reuse_stanzas`), so a no-change re-run opens no .deb.  The indexes are
+    the same bytes a full run writes: stanzas by file name, each ending in a blank line."""
+    if known is None or placed is None:
+        packages = run_ftparchive(["packages", "."], directory)
+    else:
+        packages = reuse_stanzas(directory, "packages", known, placed)
     write_file(directory / "Packages", packages)
     # mtime=0: the same packages always give the same Packages.gz bytes.
     write_file(directory / "Packages.gz", gzip.compress(packages, mtime=0))
     if any(directory.glob("*.dsc")):  # the build's source packages: apt-get source reads these
-        sources = run_ftparchive(["sources", "."], directory)
+        if known is None or placed is None:
+            sources = run_ftparchive(["sources", "."], directory)
+        else:
+            sources = reuse_stanzas(directory, "sources", known, placed)
         write_file(directory / "Sources", sources)
         write_file(directory / "Sources.gz", gzip.compress(sources, mtime=0))
     write_release(directory, label)
+
+
+def stanzas_of(text: str) -> list[str]:
+    """The stanzas of an index, each ending in one newline."""
+    return [chunk.strip("\n") + "\n" for chunk in text.split("\n\n") if chunk.strip("\n")]
+
+
+def split_stanzas(text: str, field: re.Pattern[str] = _FILENAME_FIELD) -> dict[str, str]:
+    """The stanzas of an index by what ``field`` (group 1) finds in each (``./`` file names)."""
+    stanzas: dict[str, str] = {}
+    for stanza in stanzas_of(text):
+        found = field.search(stanza)
+        if found is not None:
+            stanzas[found.group(1)] = stanza
+    return stanzas
+
+
+def _checksums(stanza: str) -> dict[str, tuple[str, int]]:
+    """(sha256, size) by file name, as a stanza states them: a Packages stanza its one file's, a
+    Sources stanza every file of its source package (the .dsc too)."""
+    found = _SHA256_FIELD.search(stanza)
+    size = _SIZE_FIELD.search(stanza)
+    named = _FILENAME_FIELD.search(stanza)
+    if found is not None and size is not None and named is not None:
+        return {named.group(1): (found.group(1), int(size.group(1)))}
+    block = _SOURCE_SHA256_BLOCK.search(stanza)
+    if block is None:
+        return {}
+    listed: dict[str, tuple[str, int]] = {}
+    for line in block.group(1).splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1].isdigit():
+            listed[parts[2]] = (parts[0], int(parts[1]))
+    return listed
+
+
+def reuse_stanzas(directory: Path, kind: str, known: Path, placed: Mapping[str, tuple[str, int]]) -> bytes:
+    """``apt-ftparchive packages .`` (``kind`` "packages") or ``sources .`` of ``directory``, with
+    the stanzas of ``known``'s index that describe exactly the files placed here (every file a
+    stanza states a checksum of is placed here with that sha256 and size) taken from it; the
+    others come from one apt-ftparchive run over a scratch tree of hardlinks of just them."""
+    suffix, index = (_INDEXED_SUFFIX, "Packages") if kind == "packages" else (".dsc", "Sources")
+    wanted = sorted(p.name for p in directory.iterdir() if p.name.endswith(suffix))
+    try:
+        old_text = (known / index).read_text(encoding="utf-8", errors="surrogateescape")
+    except FileNotFoundError:
+        old_text = ""
+    old: dict[str, str] = {}
+    for stanza in stanzas_of(old_text):
+        listed = _checksums(stanza)
+        if listed and all(placed.get(name) == stated for name, stated in listed.items()):
+            old.update({name: stanza for name in listed if name.endswith(suffix)})
+    fresh = [name for name in wanted if name not in old]
+    stanzas = {name: old[name] for name in wanted if name in old}
+    if fresh:
+        stanzas |= _index_alone(directory, kind, fresh)
+    missing = [name for name in wanted if name not in stanzas]
+    if missing:
+        raise PermanentError(f"apt-ftparchive could not index {', '.join(missing)}")
+    return "".join(stanzas[name] + "\n" for name in wanted).encode("utf-8", "surrogateescape")
+
+
+def _index_alone(directory: Path, kind: str, names: list[str]) -> dict[str, str]:
+    """The stanzas apt-ftparchive writes for ``names`` of ``directory`` (and, for a .dsc, the files
+    it names), from a scratch tree of hardlinks of just them beside ``directory``."""
+    scratch = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f"{directory.name}-index-"))
+    try:
+        for name in names:
+            linked = [name]
+            if kind == "sources":
+                linked += [f.name for f in source_package(directory / name, name, check=False).files]
+            for each in linked:
+                if not (scratch / each).exists():
+                    os.link(directory / each, scratch / each)
+        out = run_ftparchive([kind, "."], scratch).decode("utf-8", "surrogateescape")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    found: dict[str, str] = {}
+    for stanza in stanzas_of(out):
+        found.update({name: stanza for name in _checksums(stanza) if name in names})
+    return found
 
 
 def write_release(directory: Path, label: str) -> None:
@@ -213,15 +315,18 @@ def build_tree(
     *,
     carried: list[PackageFile] | None = None,
     state: BranchState | None = None,
+    known: Path | None = None,
 ) -> Path:
     """A complete, indexed (and, with ``signer``, signed) repository in a new hidden directory of
     ``parent``; removed on error.  ``carried`` are packages linked from a published tree (see
-    :func:`place`), ``state`` the record of what the tree holds (:mod:`.aptbranch`)."""
+    :func:`place`), ``state`` the record of what the tree holds (:mod:`.aptbranch`), ``known`` a
+    published tree whose index stanzas of the same files are taken (:func:`write_indexes`)."""
     parent.mkdir(parents=True, exist_ok=True)
     with new_tree(parent, prefix) as tmp:
         place(packages, tmp)
         place(carried or [], tmp, verify=False)
-        write_indexes(tmp, label)
+        placed = {p.filename: (p.sha256, p.size) for p in [*packages, *(carried or [])]}
+        write_indexes(tmp, label, known, placed if known is not None else None)
         if state is not None:
             aptbranch.write_state(tmp, state)
         if signer is not None:

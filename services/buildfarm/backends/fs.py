@@ -308,7 +308,8 @@ class FsArtifactStore:
 
     def put_build_manifest(self, build_id: int, data: dict[str, object]) -> None:
         target = self._manifest_path(build_id)
-        encoded = json.dumps(data, indent=2, sort_keys=True).encode("utf-8") + b"\n"
+        # Compact: json's C encoder (with indent, the pure Python one: a second at 5000 packages).
+        encoded = json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
         with _atomic_writer(target, target.parent) as out:
             out.write(encoded)
 

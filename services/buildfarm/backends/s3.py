@@ -357,7 +357,8 @@ class S3ArtifactStore(S3Bucket):
         return f"builds/{build_id}/manifest.json"
 
     def put_build_manifest(self, build_id: int, data: dict[str, object]) -> None:
-        encoded = json.dumps(data, indent=2, sort_keys=True).encode("utf-8") + b"\n"
+        # Compact: json's C encoder (with indent, the pure Python one: a second at 5000 packages).
+        encoded = json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
         self.put_object_bytes(self._manifest_name(build_id), encoded, "application/json")
 
     def delete_build_manifest(self, build_id: int) -> None:

@@ -339,16 +339,21 @@ def _keep_inputs(ctx: FarmContext, sources: list[PackageFile]) -> None:
 
 
 def materialize_sources(
-    ctx: FarmContext, bundles: list[str], into: Path, held: Mapping[str, Path] | None = None
+    ctx: FarmContext,
+    bundles: list[str],
+    into: Path,
+    held: Mapping[str, Path] | None = None,
+    listings: Mapping[str, list[StoredPackage] | None] | None = None,
 ) -> list[PackageFile]:
     """The source packages the build's package steps built (each step's .dsc and its files),
     published beside the binaries so ``apt-get source`` gets exactly what was built.
 
     A bundle whose files the repository holds already (``held``, by filename, with the sha256s
-    :mod:`.bundlefiles` remembers) is not fetched: its files are the repository's copies."""
+    :mod:`.bundlefiles` remembers, or ``listings`` read already) is not fetched: its files are
+    the repository's copies."""
     files = []
     for index, sha256 in enumerate(sorted(set(bundles))):
-        known = bundlefiles.listing(ctx.work_root, sha256)
+        known = listings[sha256] if listings is not None else bundlefiles.listing(ctx.work_root, sha256)
         if known is not None and held is not None and all(f.filename in held for f in known):
             files += [PackageFile(f.filename, f.sha256, f.size, held[f.filename]) for f in known]
             continue
@@ -367,14 +372,20 @@ def materialize_sources(
     return files
 
 
-def _held(ctx: FarmContext, ref: BuildRef, outputs: list[StepOutput], bundles: list[str]) -> dict[str, Path]:
+def _held(
+    ctx: FarmContext,
+    ref: BuildRef,
+    outputs: list[StepOutput],
+    listings: Mapping[str, list[StoredPackage] | None],
+) -> dict[str, Path]:
     """What the repository holds already of the build's outputs and remembered source files
-    (:class:`~buildfarm.backends.base.HoldsPackages`; empty for one that cannot say)."""
+    (``listings``: :mod:`.bundlefiles`'s, by bundle; :class:`~buildfarm.backends.base.HoldsPackages`;
+    empty for one that cannot say)."""
     if not isinstance(ctx.repo, HoldsPackages):
         return {}
     wanted = [StoredPackage(o.filename, o.sha256, o.size) for o in outputs if o.kind.is_package]
-    for sha256 in set(bundles):
-        wanted += bundlefiles.listing(ctx.work_root, sha256) or []
+    for listed in listings.values():
+        wanted += listed or []
     return ctx.repo.held_files(ref, wanted) if wanted else {}
 
 
@@ -524,9 +535,11 @@ def publish_build(ctx: FarmContext, build_id: int) -> bool:
     tmp: Path | None = None
     try:
         tmp = Path(tempfile.mkdtemp(dir=ctx.work_root, prefix="publish-"))
-        held = _held(ctx, ref, outputs, bundles)
+        # Each bundle's remembered files, read once for both (thousands of small files).
+        listings = {sha256: bundlefiles.listing(ctx.work_root, sha256) for sha256 in set(bundles)}
+        held = _held(ctx, ref, outputs, listings)
         packages = _materialize(ctx, outputs, tmp, held)
-        sources = materialize_sources(ctx, bundles, tmp, held)
+        sources = materialize_sources(ctx, bundles, tmp, held, listings)
         packages += sources
         _keep_inputs(ctx, sources)
         source = ctx.repo.publish(ref, packages, move_latest=moves_latest(ref.kind))

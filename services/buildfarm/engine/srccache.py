@@ -10,30 +10,49 @@ packed source package in the artifact store).  The next submit of the same tree 
 without running ``dpkg-source`` or reading the source package at all.  The cache is only a
 shortcut: an entry whose object left the store is a miss, and a lost cache directory costs one
 ``dpkg-source`` per tree.
+
+The tree key needs the tree hash, and the planner the tree's ``debian/control`` and changelog:
+reading and parsing every file of thousands of unchanged trees took most of a no-change re-run.
+So each tree's hash and source info are remembered too (``trees.json``), with the tree's *stat
+signature*: every entry's path, mode, size, inode, mtime and ctime, as git's index keeps them.
+A tree whose signature is unchanged is not read again.  Writing a file always changes its ctime
+(which no tool can set back), so a changed tree never matches; and as in git, a tree with an
+entry changed in the last :data:`RACY_SECONDS` before it was read is not remembered (a change in
+the same clock tick as the read could leave its times as they were).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
 import logging
 import os
+import stat
 import subprocess
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.debsource import file_sha256
 from buildfarm.model.errors import BuildfarmError
-from buildfarm.model.planner import SourceInfo
-from buildfarm.model.sources import tree_hash
+from buildfarm.model.planner import SourceInfo, read_source_info
+from buildfarm.model.sources import VCS_DIRS, tree_hash
 
 log = logging.getLogger(__name__)
 
 CACHE_DIR = "srcpkg-cache"
+TREES_FILE = "trees.json"
+RACY_SECONDS = 2.0
+"""A tree with an entry changed this recently before it was read is not remembered."""
+MAX_TREES = 50_000
+"""Trees remembered at most; beyond it only those of the last submit are kept."""
 _KEY_VERSION = b"buildfarm-srcpkg-cache-v1\0"
+_TREES_VERSION = 1
 
 
 @functools.cache
@@ -65,15 +84,72 @@ class SourceCache:
     def __init__(self, ctx: FarmContext) -> None:
         self.ctx = ctx
         self.root = ctx.work_root / CACHE_DIR
+        self._trees: dict[str, list[object]] | None = None
+        self._touched: dict[str, list[object]] = {}
+        self._lock = threading.Lock()
 
-    def key(self, fmt: str, tree: Path, upstream: list[Path], beside_dsc: Path | None) -> str:
-        digest = hashlib.sha256(_KEY_VERSION)
-        digest.update(f"{dpkg_source_version()}\0{fmt}\0{tree_hash(tree)}\n".encode())
+    def tree_facts(self, tree: Path, origin: str) -> tuple[str, SourceInfo]:
+        """The tree's hash and source info (:func:`~buildfarm.model.planner.read_source_info`,
+        errors naming ``origin``), not read again when its stat signature is remembered."""
+        started = time.time_ns()
+        where = str(tree.absolute())
+        signature, newest = tree_signature(tree)
+        with self._lock:
+            if self._trees is None:
+                self._trees = self._load_trees()
+            entry = self._trees.get(where)
+        if entry is not None and entry[0] == signature:
+            info = _info_of(entry[2])
+            if info is not None:
+                with self._lock:
+                    self._touched[where] = entry
+                return str(entry[1]), info
+        info = read_source_info(tree, origin)
+        digest = tree_hash(tree)
+        if newest < started - int(RACY_SECONDS * 1e9):
+            with self._lock:
+                self._touched[where] = [signature, digest, dataclasses.asdict(info)]
+        return digest, info
+
+    def _load_trees(self) -> dict[str, list[object]]:
+        try:
+            body = json.loads((self.root / TREES_FILE).read_bytes())
+        except (OSError, ValueError):
+            return {}
+        if (
+            not isinstance(body, dict)
+            or body.get("v") != _TREES_VERSION
+            or not isinstance(body.get("trees"), dict)
+        ):
+            return {}
+        return {k: v for k, v in body["trees"].items() if isinstance(v, list) and len(v) == 3}
+
+    def save_trees(self) -> None:
+        """Remember the trees read since the last save (one atomic file; a concurrent submit's
+        save may win, which costs the other's trees one read next time)."""
+        with self._lock:
+            if not self._touched:
+                return
+            trees = dict(self._trees or {})
+            if len(trees) + len(self._touched) > MAX_TREES:
+                trees = {}
+            trees.update(self._touched)
+            self._touched = {}
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"v": _TREES_VERSION, "trees": trees}, handle, separators=(",", ":"))
+        os.replace(tmp, self.root / TREES_FILE)
+
+    def key(self, fmt: str, digest: str, upstream: list[Path], beside_dsc: Path | None) -> str:
+        """The tree key of a tree whose hash is ``digest``."""
+        digest_ = hashlib.sha256(_KEY_VERSION)
+        digest_.update(f"{dpkg_source_version()}\0{fmt}\0{digest}\n".encode())
         for path in sorted(upstream, key=lambda p: p.name):
-            digest.update(f"{path.name}\0{file_sha256(path)}\n".encode())
+            digest_.update(f"{path.name}\0{file_sha256(path)}\n".encode())
         if beside_dsc is not None and beside_dsc.is_file():
-            digest.update(f"dsc\0{beside_dsc.name}\0{file_sha256(beside_dsc)}\n".encode())
-        return digest.hexdigest()
+            digest_.update(f"dsc\0{beside_dsc.name}\0{file_sha256(beside_dsc)}\n".encode())
+        return digest_.hexdigest()
 
     def lookup(self, key: str, what: str) -> tuple[str, str] | None:
         """(source key, sha256) remembered for ``key`` whose tarball the store still holds; None
@@ -98,3 +174,42 @@ class SourceCache:
         with os.fdopen(fd, "w") as handle:
             json.dump({"source_key": source, "sha256": sha256}, handle)
         os.replace(tmp, self.root / key)
+
+
+def _info_of(raw: object) -> SourceInfo | None:
+    """The remembered source info, or None for an entry of another shape (the tree is read)."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return SourceInfo(
+            name=str(raw["name"]),
+            version=str(raw["version"]),
+            binaries=tuple(str(b) for b in raw["binaries"]),
+            build_depends=tuple(str(d) for d in raw["build_depends"]),
+            architectures=tuple(str(a) for a in raw["architectures"]),
+        )
+    except (KeyError, TypeError):
+        return None
+
+
+def tree_signature(root: Path) -> tuple[str, int]:
+    """(digest of every entry's path and stat, the newest mtime or ctime in ns) of the entries
+    :func:`~buildfarm.model.sources.tree_hash` reads (version-control directories skipped)."""
+    digest = hashlib.sha256(b"buildfarm-tree-stat-v1\0")
+    newest = 0
+    todo = [("", os.fspath(root))]
+    while todo:
+        rel, directory = todo.pop()
+        with os.scandir(directory) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+        for entry in entries:
+            meta = entry.stat(follow_symlinks=False)
+            name = f"{rel}{entry.name}"
+            digest.update(
+                f"{name}\0{meta.st_mode}\0{meta.st_size}\0{meta.st_ino}\0{meta.st_dev}\0"
+                f"{meta.st_mtime_ns}\0{meta.st_ctime_ns}\n".encode("utf-8", "surrogateescape")
+            )
+            newest = max(newest, meta.st_mtime_ns, meta.st_ctime_ns)
+            if stat.S_ISDIR(meta.st_mode) and entry.name not in VCS_DIRS:
+                todo.append((f"{name}/", entry.path))
+    return digest.hexdigest(), newest

@@ -197,10 +197,11 @@ class SourceResolver:
         work = self.scratch / f"srcpkg-{index}"
         if package.orig:
             work.mkdir()  # where the files named in 'orig' go; else made only on a miss
+        digest, info = self.cache.tree_facts(tree, package.describe())
         info, fmt, found, beside_dsc = self._tree_inputs(
-            package, tree, work, self.uploaded_files.get(index), what
+            package, tree, work, self.uploaded_files.get(index), what, info
         )
-        key = self.cache.key(fmt, tree, found, beside_dsc)
+        key = self.cache.key(fmt, digest, found, beside_dsc)
         hit = self.cache.lookup(key, what)
         if hit is not None:
             for path in found:  # kept as build inputs, as when the package was made
@@ -223,12 +224,19 @@ class SourceResolver:
         info, _fmt, found, beside_dsc = self._tree_inputs(package, tree, work, files, what)
         return self._make_from_tree(tree, info.name, info.version, found, beside_dsc, work, what, package)
 
-    def _tree_inputs(
-        self, package: PackageSource, tree: Path, work: Path, files: Path | None, what: str
+    def _tree_inputs(  # noqa: PLR0917 - the pieces of one tree
+        self,
+        package: PackageSource,
+        tree: Path,
+        work: Path,
+        files: Path | None,
+        what: str,
+        info: SourceInfo | None = None,
     ) -> tuple[SourceInfo, str, list[Path], Path | None]:
-        """What a tree's source package is made from: its source info and format, the upstream
-        files dpkg-source takes, and the .dsc beside it that may already be it."""
-        info = read_source_info(tree, package.describe())
+        """What a tree's source package is made from: its source info (read unless given) and
+        format, the upstream files dpkg-source takes, and the .dsc beside it that may already be it."""
+        if info is None:
+            info = read_source_info(tree, package.describe())
         fmt = tree_format(tree)
         if fmt not in FORMATS:
             raise PermanentError(f"{what}: source format {fmt!r} is not one of {', '.join(FORMATS)}")

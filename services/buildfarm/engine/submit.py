@@ -10,6 +10,8 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import TypeVar
 
+from sqlalchemy import insert
+
 from buildfarm.engine import routing
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.fetch import check_source_urls, context_directories, source_directories
@@ -179,6 +181,7 @@ def submit_build(
     ):
         resolver = SourceResolver(ctx, root, Path(scratch), prepared_files)
         packed = _in_parallel(lambda index: resolver.resolve_stored(index, *sources[index]), len(sources))
+        resolver.cache.save_trees()
         for (package, _directory), stored in zip(sources, packed, strict=True):
             planned.append((package.describe(), stored.info, stored.source_key))
             tarballs[stored.info.name] = stored.sha256
@@ -238,11 +241,13 @@ def submit_build(
             schedule_slot=schedule_slot,
         )
         session.add(build)
+        session.flush()
+        rows = []
         for name in plan.order():
             step = plan.steps[name]
-            session.add(
-                Step(
-                    build=build,
+            rows.append(
+                dict(
+                    build_id=build.id,
                     name=step.name,
                     version=step.version,
                     origin=step.origin,
@@ -261,7 +266,8 @@ def submit_build(
                     environment_id=cross.get(step.host_arch),
                 )
             )
-        session.flush()
+        # One executemany in plan order (ids follow it), not thousands of ORM objects to flush.
+        session.execute(insert(Step), rows)
         build_id = build.id
     ctx.store.put_build_manifest(
         build_id,

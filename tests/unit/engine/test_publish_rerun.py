@@ -1,5 +1,6 @@
 """A no-change re-run publishes what the repository holds already without fetching or reading it
-again (issue 16 part 5): no source bundle, no .deb from the store, no .dsc parsed."""
+again (issue 16 part 5): no source bundle, no .deb from the store, no .dsc parsed, no package
+indexed again (apt-ftparchive reads only what latest's indexes do not describe)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from buildfarm.backends import aptbranch
+from buildfarm.backends import aptbranch, apttree
+from buildfarm.backends.aptrepo import LocalAptRepository
 from buildfarm.backends.base import BuildRef, PackageFile
 from buildfarm.engine import advance_build
 from buildfarm.engine.context import FarmContext
@@ -88,3 +90,72 @@ def test_a_held_copy_gone_before_the_publish_is_a_temporary_error(tmp_path: Path
     with pytest.raises(TemporaryError, match="gone from it now"):
         ctx.repo.publish(BuildRef(9, "p", "main", BuildKind.NIGHTLY, "u"), [gone], move_latest=True)
     ctx.db.dispose()
+
+
+def _record_indexed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The .deb and .dsc files every apt-ftparchive run from now on is given to index."""
+    indexed: list[str] = []
+    run = apttree.run_ftparchive
+
+    def recording(args: list[str], cwd: Path) -> bytes:
+        if args[0] in ("packages", "sources"):
+            indexed.extend(sorted(p.name for p in cwd.iterdir() if p.name.endswith((".deb", ".dsc"))))
+        return run(args, cwd)
+
+    monkeypatch.setattr(apttree, "run_ftparchive", recording)
+    return indexed
+
+
+def _full_indexes(tree: Path) -> tuple[bytes, bytes]:
+    """What apt-ftparchive writes over the whole published tree: Packages and Sources."""
+    return apttree.run_ftparchive(["packages", "."], tree), apttree.run_ftparchive(["sources", "."], tree)
+
+
+def test_a_no_change_rerun_indexes_no_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """latest's stanzas are taken for the same files: the re-run's indexes are the bytes a full
+    apt-ftparchive run writes, without apt-ftparchive opening one .deb or .dsc."""
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
+    src = tmp_path / "src"
+    for name in NAMES:
+        make_package(src, name)
+    manifest = load_manifest(write_manifest(src, NAMES, project="p"))
+    first = submit_build(ctx, manifest, src, "u")
+    _built(ctx, first, tmp_path / "debs")
+    advance_build(ctx, first)
+
+    indexed = _record_indexed(monkeypatch)
+    again = submit_build(ctx, manifest, src, "u")
+    advance_build(ctx, again)
+
+    with ctx.db.session() as session:
+        assert session.get_one(Build, again).state == BuildState.SUCCEEDED
+    assert indexed == []  # was alpha's and beta's .deb and .dsc
+    tree = ctx.settings.state_dir / "repos/p/main/builds" / str(again)
+    packages, sources = _full_indexes(tree)
+    assert (tree / "Packages").read_bytes() == packages
+    assert (tree / "Sources").read_bytes() == sources
+    ctx.db.dispose()
+
+
+def test_a_changed_package_alone_is_indexed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A publish whose one package is new (another version) and another whose bytes changed
+    under the same name index those, and take the unchanged one's stanza from latest."""
+    repo = LocalAptRepository(tmp_path / "repos", "http://127.0.0.1:9/")
+    debs = tmp_path / "debs"
+    alpha = build_deb(debs, "alpha", "1.0")
+    beta = build_deb(debs, "beta", "1.0")
+    repo.publish(BuildRef(1, "p", "main", BuildKind.NIGHTLY, "u"), [alpha, beta], move_latest=True)
+
+    indexed = _record_indexed(monkeypatch)
+    newer = build_deb(debs, "beta", "1.1")
+    gamma = build_deb(debs / "other", "gamma", "1.0")
+    rebuilt = build_deb(debs / "again", "gamma", "1.0", payload="other bytes, same name")
+    repo.publish(BuildRef(2, "p", "main", BuildKind.NIGHTLY, "u"), [alpha, newer, gamma], move_latest=True)
+    repo.publish(BuildRef(3, "p", "main", BuildKind.NIGHTLY, "u"), [alpha, newer, rebuilt], move_latest=True)
+
+    assert indexed == [newer.filename, gamma.filename, rebuilt.filename]
+    tree = tmp_path / "repos/p/main/builds/3"
+    packages = (tree / "Packages").read_text()
+    assert (tree / "Packages").read_bytes() == _full_indexes(tree)[0]
+    assert f"SHA256: {rebuilt.sha256}\n" in packages
+    assert f"SHA256: {gamma.sha256}\n" not in packages

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,8 +11,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from buildfarm.engine import srcpkg
+from buildfarm.engine import srccache, srcpkg
 from buildfarm.engine.submit import submit_build
+from buildfarm.model import sources
 from buildfarm.model.manifest import load_manifest
 from buildfarm.state.db import Database
 from buildfarm.state.models import Step
@@ -83,4 +85,34 @@ def test_the_directory_of_the_trees_is_listed_once_per_submit(
     build_id = submit_build(ctx, manifest, src, "u")
     assert len(_steps(ctx.db, build_id)) == len(NAMES)
     assert len(listed) == 1  # was once per tree
+    ctx.db.dispose()
+
+
+def test_an_unchanged_tree_is_not_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tree whose every entry has the stat it had is neither hashed nor parsed again; a file
+    rewritten with its size and mtime put back is (its ctime moved): a new input key."""
+    monkeypatch.setattr(srccache, "RACY_SECONDS", 0.0)  # the trees were written just now
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
+    src = tmp_path / "src"
+    for name in NAMES:
+        make_package(src, name)
+    manifest = load_manifest(write_manifest(src, NAMES))
+    first = _steps(ctx.db, submit_build(ctx, manifest, src, "u"))
+
+    read: list[str] = []  # every file a tree hash reads, every tree whose debian/control is parsed
+    digest, parse = sources._file_digest, srccache.read_source_info
+    monkeypatch.setattr(sources, "_file_digest", lambda path: (read.append(str(path)), digest(path))[1])
+    monkeypatch.setattr(
+        srccache, "read_source_info", lambda tree, origin: (read.append(str(tree)), parse(tree, origin))[1]
+    )
+    assert _steps(ctx.db, submit_build(ctx, manifest, src, "u")) == first
+    assert read == []  # was every file of every tree, and each tree's control and changelog
+
+    payload = src / NAMES[0] / "payload.txt"
+    before = payload.stat()
+    payload.write_bytes(bytes(b ^ 1 for b in payload.read_bytes()))  # same size
+    os.utime(payload, ns=(before.st_atime_ns, before.st_mtime_ns))
+    changed = _steps(ctx.db, submit_build(ctx, manifest, src, "u"))
+    assert changed[NAMES[0]][0] != first[NAMES[0]][0]
+    assert {n: changed[n] for n in NAMES[1:]} == {n: first[n] for n in NAMES[1:]}
     ctx.db.dispose()
