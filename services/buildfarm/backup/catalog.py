@@ -209,7 +209,9 @@ def import_catalogue(db: Database, catalogue: dict[str, Any], published: dict[in
                 values["published_url"] = published[build["id"]]
             conn.execute(insert(BUILDS).values(values))
         for step in tables["steps"]:
-            conn.execute(insert(STEPS).values(_insertable(STEPS, step)))
+            # a restored build is finished: its steps are in no dispatch queue of this farm (the
+            # queue rows are not backed up; advance puts a step that becomes ready in its queue)
+            conn.execute(insert(STEPS).values(_insertable(STEPS, step) | {"queue_id": None}))
         for output in tables["step_outputs"]:
             conn.execute(insert(OUTPUTS).values(_insertable(OUTPUTS, output, ["id"])))
         for kept in tables.get("build_inputs", []):  # a catalogue made before 0008 has none
