@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,9 @@ def _namespaces_here() -> None:
 
 
 @pytest.fixture
-def shm_dir() -> Path:
+def shm_dir() -> Iterator[Path]:
     path = Path("/dev/shm") / f"buildfarm-probe-test-{os.getpid()}"
-    yield path  # type: ignore[misc]
+    yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
