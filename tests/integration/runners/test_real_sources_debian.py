@@ -1,4 +1,5 @@
-"""Real packages from Debian's archive, built with sbuild through a local farm, one build.
+"""Real packages from Debian's archive, built through a local farm, one build, once with each
+runner that builds on the node: sbuild, and unshare (the builder pods' command, `make demo`'s).
 
 Six small source packages, chosen for few Build-Depends, each named a different way:
 
@@ -21,7 +22,7 @@ Downloads: tests/debsources.py (``apt-get source --download-only``, cached in
 farm's "mirror" for ``source:`` is a small archive on localhost made from those files with
 ``apt-ftparchive`` (Sources for ``source:``, an empty Packages index for the builds).
 
-Cost: one sbuild farm (2 nodes) and six sbuild builds, ~2-4 minutes on 2 cores.
+Cost: per runner one farm (2 nodes) and six builds: ~1 minute each on 2 cores, idle.
 """
 
 from __future__ import annotations
@@ -104,15 +105,17 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Se
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def debian_farm(tmp_path_factory: pytest.TempPathFactory, archive: tuple[Path, Served]) -> Iterator[Farm]:
+@pytest.fixture(scope="module", params=["sbuild", "unshare"])
+def debian_farm(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, archive: tuple[Path, Served]
+) -> Iterator[Farm]:
     settings = load_settings(state_dir=tmp_path_factory.mktemp("unused"))
     ensure_base_tarball(settings.buildenv.tarball, settings.buildenv.distribution, settings.buildenv.mirror)
     farm = Farm(tmp_path_factory.mktemp("debian-farm") / "state")
     mirror = {"name": "debsrc", "url": archive[1].url, "distribution": settings.buildenv.distribution}
     farm.env["BUILDFARM_MIRRORS"] = json.dumps([mirror])
     farm.env |= {"BUILDFARM_FETCH_ALLOW_SCHEMES": "https,http", "BUILDFARM_FETCH_ALLOW_HOSTS": "127.0.0.1"}
-    farm.cli("start", "--runner", "sbuild", "--nodes", "2", timeout=300)
+    farm.cli("start", "--runner", request.param, "--nodes", "2", timeout=300)
     yield farm
     farm.cli("stop", check=False)
 
