@@ -34,7 +34,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, defer
 
 from buildfarm.backends.base import BuildInputKeeper, BuildRef, HoldsPackages, PackageFile, StoredPackage
-from buildfarm.engine import bundlefiles, fairshare, routing
+from buildfarm.engine import bundlefiles, fairshare, gcpause, routing
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.outputs import adopt_outputs, find_equivalent
 from buildfarm.engine.submit import moves_latest
@@ -434,6 +434,7 @@ def _stage(ctx: FarmContext, session: Session, build: Build, needs_stage: list[S
     return True
 
 
+@gcpause.paused()
 def advance_build(ctx: FarmContext, build_id: int) -> None:
     """Release what can run, then dispatch it; publish or close the build when every step is done."""
     to_run: list[tuple[int, int, str | None]] = []
@@ -506,6 +507,7 @@ def drop_staging(ctx: FarmContext, build_id: int) -> bool:
     return True
 
 
+@gcpause.paused()
 def publish_build(ctx: FarmContext, build_id: int) -> bool:
     """Publish a build whose steps all succeeded; only one caller wins. Returns whether it did."""
     now = utcnow()
@@ -536,7 +538,8 @@ def publish_build(ctx: FarmContext, build_id: int) -> bool:
     try:
         tmp = Path(tempfile.mkdtemp(dir=ctx.work_root, prefix="publish-"))
         # Each bundle's remembered files, read once for both (thousands of small files).
-        listings = {sha256: bundlefiles.listing(ctx.work_root, sha256) for sha256 in set(bundles)}
+        work_root = ctx.work_root  # made if missing: once, not once a bundle
+        listings = {sha256: bundlefiles.listing(work_root, sha256) for sha256 in set(bundles)}
         held = _held(ctx, ref, outputs, listings)
         packages = _materialize(ctx, outputs, tmp, held)
         sources = materialize_sources(ctx, bundles, tmp, held, listings)

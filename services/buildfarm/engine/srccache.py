@@ -11,10 +11,11 @@ without running ``dpkg-source`` or reading the source package at all.  The cache
 shortcut: an entry whose object left the store is a miss, and a lost cache directory costs one
 ``dpkg-source`` per tree.
 
-The tree key needs the tree hash, and the planner the tree's ``debian/control`` and changelog:
-reading and parsing every file of thousands of unchanged trees took most of a no-change re-run.
-So each tree's hash and source info are remembered too (``trees.json``), with the tree's *stat
-signature*: every entry's path, mode, size, inode, mtime and ctime, as git's index keeps them.
+The tree key needs the tree hash and source format, and the planner the tree's ``debian/control``
+and changelog: reading and parsing every file of thousands of unchanged trees took most of a
+no-change re-run.  So each tree's hash, source info and format are remembered too
+(``trees.json``), with the tree's *stat signature*: every entry's path, mode, size, inode, mtime
+and ctime, as git's index keeps them.
 A tree whose signature is unchanged is not read again.  Writing a file always changes its ctime
 (which no tool can set back), so a changed tree never matches; and as in git, a tree with an
 entry changed in the last :data:`RACY_SECONDS` before it was read is not remembered (a change in
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildfarm.engine.context import FarmContext
-from buildfarm.model.debsource import file_sha256
+from buildfarm.model.debsource import file_sha256, tree_format
 from buildfarm.model.errors import BuildfarmError
 from buildfarm.model.planner import SourceInfo, read_source_info
 from buildfarm.model.sources import VCS_DIRS, tree_hash
@@ -52,7 +53,7 @@ RACY_SECONDS = 2.0
 MAX_TREES = 50_000
 """Trees remembered at most; beyond it only those of the last submit are kept."""
 _KEY_VERSION = b"buildfarm-srcpkg-cache-v1\0"
-_TREES_VERSION = 1
+_TREES_VERSION = 2  # 2: the source format too
 
 
 @functools.cache
@@ -85,12 +86,14 @@ class SourceCache:
         self.ctx = ctx
         self.root = ctx.work_root / CACHE_DIR
         self._trees: dict[str, list[object]] | None = None
-        self._touched: dict[str, list[object]] = {}
+        self._touched: dict[str, list[object]] = {}  # trees read (not remembered) since the last save
+        self._hits: set[str] = set()  # trees found remembered since the last save
         self._lock = threading.Lock()
 
-    def tree_facts(self, tree: Path, origin: str) -> tuple[str, SourceInfo]:
-        """The tree's hash and source info (:func:`~buildfarm.model.planner.read_source_info`,
-        errors naming ``origin``), not read again when its stat signature is remembered."""
+    def tree_facts(self, tree: Path, origin: str) -> tuple[str, SourceInfo, str]:
+        """The tree's hash, source info (:func:`~buildfarm.model.planner.read_source_info`,
+        errors naming ``origin``) and source format, not read again when its stat signature is
+        remembered."""
         started = time.time_ns()
         where = str(tree.absolute())
         signature, newest = tree_signature(tree)
@@ -102,14 +105,15 @@ class SourceCache:
             info = _info_of(entry[2])
             if info is not None:
                 with self._lock:
-                    self._touched[where] = entry
-                return str(entry[1]), info
+                    self._hits.add(where)
+                return str(entry[1]), info, str(entry[3])
         info = read_source_info(tree, origin)
+        fmt = tree_format(tree)
         digest = tree_hash(tree)
         if newest < started - int(RACY_SECONDS * 1e9):
             with self._lock:
-                self._touched[where] = [signature, digest, dataclasses.asdict(info)]
-        return digest, info
+                self._touched[where] = [signature, digest, dataclasses.asdict(info), fmt]
+        return digest, info, fmt
 
     def _load_trees(self) -> dict[str, list[object]]:
         try:
@@ -122,23 +126,29 @@ class SourceCache:
             or not isinstance(body.get("trees"), dict)
         ):
             return {}
-        return {k: v for k, v in body["trees"].items() if isinstance(v, list) and len(v) == 3}
+        return {k: v for k, v in body["trees"].items() if isinstance(v, list) and len(v) == 4}
 
     def save_trees(self) -> None:
         """Remember the trees read since the last save (one atomic file; a concurrent submit's
-        save may win, which costs the other's trees one read next time)."""
+        save may win, which costs the other's trees one read next time).  Nothing is written
+        when every tree was remembered already (a no-change re-run)."""
         with self._lock:
             if not self._touched:
+                self._hits = set()
                 return
             trees = dict(self._trees or {})
             if len(trees) + len(self._touched) > MAX_TREES:
-                trees = {}
+                trees = {where: trees[where] for where in self._hits if where in trees}
             trees.update(self._touched)
-            self._touched = {}
+            self._trees = trees
+            self._touched, self._hits = {}, set()
         self.root.mkdir(parents=True, exist_ok=True)
+        # dumps, not dump: json's C encoder (dump to a file is the pure Python one, a second at
+        # thousands of trees).
+        data = json.dumps({"v": _TREES_VERSION, "trees": trees}, separators=(",", ":"))
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
         with os.fdopen(fd, "w") as handle:
-            json.dump({"v": _TREES_VERSION, "trees": trees}, handle, separators=(",", ":"))
+            handle.write(data)
         os.replace(tmp, self.root / TREES_FILE)
 
     def key(self, fmt: str, digest: str, upstream: list[Path], beside_dsc: Path | None) -> str:

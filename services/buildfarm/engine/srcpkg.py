@@ -197,9 +197,9 @@ class SourceResolver:
         work = self.scratch / f"srcpkg-{index}"
         if package.orig:
             work.mkdir()  # where the files named in 'orig' go; else made only on a miss
-        digest, info = self.cache.tree_facts(tree, package.describe())
+        digest, info, fmt = self.cache.tree_facts(tree, package.describe())
         info, fmt, found, beside_dsc = self._tree_inputs(
-            package, tree, work, self.uploaded_files.get(index), what, info
+            package, tree, work, self.uploaded_files.get(index), what, info, fmt
         )
         key = self.cache.key(fmt, digest, found, beside_dsc)
         hit = self.cache.lookup(key, what)
@@ -232,12 +232,15 @@ class SourceResolver:
         files: Path | None,
         what: str,
         info: SourceInfo | None = None,
+        fmt: str | None = None,
     ) -> tuple[SourceInfo, str, list[Path], Path | None]:
-        """What a tree's source package is made from: its source info (read unless given) and
-        format, the upstream files dpkg-source takes, and the .dsc beside it that may already be it."""
+        """What a tree's source package is made from: its source info and format (each read
+        unless given), the upstream files dpkg-source takes, and the .dsc beside it that may
+        already be it."""
         if info is None:
             info = read_source_info(tree, package.describe())
-        fmt = tree_format(tree)
+        if fmt is None:
+            fmt = tree_format(tree)
         if fmt not in FORMATS:
             raise PermanentError(f"{what}: source format {fmt!r} is not one of {', '.join(FORMATS)}")
         upstream = upstream_version(info.version)

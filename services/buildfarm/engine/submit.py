@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from sqlalchemy import insert
 
-from buildfarm.engine import routing
+from buildfarm.engine import gcpause, routing
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.fetch import check_source_urls, context_directories, source_directories
 from buildfarm.engine.images import image_spec_record
@@ -145,6 +145,7 @@ def _build_places(ctx: FarmContext, plan: Plan, native: str, must_native: set[st
     )
 
 
+@gcpause.paused()
 def submit_build(
     ctx: FarmContext,
     manifest: Manifest,

@@ -116,3 +116,34 @@ def test_an_unchanged_tree_is_not_read_again(tmp_path: Path, monkeypatch: pytest
     assert changed[NAMES[0]][0] != first[NAMES[0]][0]
     assert {n: changed[n] for n in NAMES[1:]} == {n: first[n] for n in NAMES[1:]}
     ctx.db.dispose()
+
+
+def test_remembered_trees_read_no_format_and_rewrite_no_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-run of remembered trees takes their source format from the record too, and leaves
+    the record as it is (nothing new to remember); a new tree is remembered beside them."""
+    monkeypatch.setattr(srccache, "RACY_SECONDS", 0.0)  # the trees were written just now
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
+    src = tmp_path / "src"
+    for name in [*NAMES, "pk-five"]:
+        make_package(src, name)
+    manifest = load_manifest(write_manifest(src, NAMES))
+    first = _steps(ctx.db, submit_build(ctx, manifest, src, "u"))
+    record = ctx.work_root / srccache.CACHE_DIR / srccache.TREES_FILE
+    written = record.stat()
+
+    formats: list[Path] = []
+    fmt = srcpkg.tree_format
+    for module in (srccache, srcpkg):
+        monkeypatch.setattr(module, "tree_format", lambda tree: (formats.append(tree), fmt(tree))[1])
+    assert _steps(ctx.db, submit_build(ctx, manifest, src, "u")) == first
+    assert formats == []  # was one read of debian/source/format a tree
+    again = record.stat()
+    assert (again.st_ino, again.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+
+    more = load_manifest(write_manifest(src, [*NAMES, "pk-five"]))
+    assert set(_steps(ctx.db, submit_build(ctx, more, src, "u"))) == {*NAMES, "pk-five"}
+    assert formats == [(src / "pk-five").resolve()]
+    assert len(srccache.SourceCache(ctx)._load_trees()) == len(NAMES) + 1
+    ctx.db.dispose()
