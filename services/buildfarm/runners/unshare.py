@@ -137,6 +137,7 @@ def overlay_works(tmpdir: Path, options: str = OVERLAY_OPTIONS) -> bool:
     """Whether a step's overlay can be mounted under ``tmpdir`` and a new directory renamed in
     it, tried once in a user namespace as a step's (a few tens of milliseconds)."""
     tmpdir.mkdir(parents=True, exist_ok=True)
+    tmpdir.chmod(0o755)  # as a step makes it: the namespace's root (a subordinate id) passes through
     probe = Path(tempfile.mkdtemp(prefix="overlay-probe-", dir=tmpdir))
     try:
         for part in ("lower", "upper", "work", "root"):

@@ -5,8 +5,10 @@ from a node's first step (a farm started before the machine changed).
 The machines are real, made in namespaces of the test's own: user namespaces switched off is
 ``user.max_user_namespaces`` 0 in a user namespace (a per-namespace limit its root may lower);
 a chroot root where overlay cannot keep its attributes is a ramfs (no xattrs at all, as tmpfs
-before Linux 6.6 has no user ones) mounted in a private mount namespace.  No subordinate ids is
-tests/integration/runners/test_unshare_nonroot.py's.  ~3 s (three interpreters).
+before Linux 6.6 has no user ones) mounted in a private mount namespace; a working one is
+/dev/shm on this machine's kernel, probed as ``buildfarm start`` does (umask 077).  No
+subordinate ids is tests/integration/runners/test_unshare_nonroot.py's.  ~15 s at load 10 on
+2 cores (five interpreters, three overlay probes).
 """
 
 from __future__ import annotations
@@ -43,12 +45,13 @@ except PermanentError as exc:
 """
 
 START_NOTES = """
-import json, sys
+import json, os, sys
 from pathlib import Path
 from buildfarm.local.farm import _runner_warnings
 from buildfarm.model.settings import load_settings
 
 state, tmpdir = Path(sys.argv[1]), Path(sys.argv[2])
+os.umask(0o077)  # as `buildfarm start` runs: what it makes is its owner's alone
 print(json.dumps({
     runner: _runner_warnings(load_settings(state_dir=state, sbuild_tmpdir=tmpdir, runner=runner))
     for runner in ("unshare", "sbuild")
@@ -121,3 +124,28 @@ def test_start_notes_a_chroot_root_where_the_overlay_cannot_work(tmp_path: Path)
         "sbuild": [],
     }
     assert list(ramfs.iterdir()) == []  # the ramfs went with its namespace
+
+
+def test_start_notes_nothing_where_the_overlay_works(tmp_path: Path) -> None:
+    """tmpfs on this machine's kernel keeps user xattrs: no note, though ``buildfarm start`` (umask
+    077) makes the chroot root before any node does."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or not Path("/dev/shm").is_dir():
+        pytest.skip("probes an overlay in /dev/shm as root's subordinate ids: needs root, unshare, /dev/shm")
+    shm, state = Path("/dev/shm") / f"buildfarm-preflight-test-{os.getpid()}", tmp_path / "state"
+    shm.mkdir()
+    shm.chmod(0o1777)  # as /dev/shm itself: the chroot root is made in it
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", START_NOTES, str(state), str(shm)],
+            env=_env(state),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"unshare": [], "sbuild": []}
+        assert [p.name for p in shm.iterdir()] == [chroot_root(shm, state).name]  # the probe left none
+        assert list(chroot_root(shm, state).iterdir()) == []
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
