@@ -189,17 +189,38 @@ def write_indexes(
         packages = run_ftparchive(["packages", "."], directory)
     else:
         packages = reuse_stanzas(directory, "packages", known, placed)
-    write_file(directory / "Packages", packages)
-    # mtime=0: the same packages always give the same Packages.gz bytes.
-    write_file(directory / "Packages.gz", gzip.compress(packages, mtime=0))
+    _write_index(directory, "Packages", packages, known)
     if any(directory.glob("*.dsc")):  # the build's source packages: apt-get source reads these
         if known is None or placed is None:
             sources = run_ftparchive(["sources", "."], directory)
         else:
             sources = reuse_stanzas(directory, "sources", known, placed)
-        write_file(directory / "Sources", sources)
-        write_file(directory / "Sources.gz", gzip.compress(sources, mtime=0))
+        _write_index(directory, "Sources", sources, known)
     write_release(directory, label)
+
+
+def _write_index(directory: Path, name: str, data: bytes, known: Path | None) -> None:
+    """Write the index ``name`` and its ``.gz``; when ``known`` (a published tree, which never
+    changes) has the same index bytes, both are hardlinks of its files instead: a no-change
+    re-run compresses nothing."""
+    if known is not None and _same_bytes(known / name, data):
+        try:
+            for each in (name, f"{name}.gz"):
+                os.link(known / each, directory / each)
+            return
+        except OSError:  # another filesystem, links not allowed, a .gz missing: write them
+            for each in (name, f"{name}.gz"):
+                (directory / each).unlink(missing_ok=True)
+    write_file(directory / name, data)
+    # mtime=0: the same index always gives the same .gz bytes.
+    write_file(directory / f"{name}.gz", gzip.compress(data, mtime=0))
+
+
+def _same_bytes(path: Path, data: bytes) -> bool:
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False
 
 
 def stanzas_of(text: str) -> list[str]:

@@ -288,19 +288,22 @@ def _all_steps_done(session: Session, build_id: int) -> bool:
     return open_count == 0
 
 
+def _all_succeeded(session: Session, build_id: int) -> bool:
+    """Whether every step of the build succeeded (one count, the steps not loaded)."""
+    other = session.scalar(
+        select(func.count())
+        .select_from(Step)
+        .where(Step.build_id == build_id, Step.state != StepState.SUCCEEDED)
+    )
+    return other == 0
+
+
 def _build_outputs(session: Session, build_id: int) -> list[StepOutput]:
     """The outputs of the build's succeeded steps (a reused step's are its original's), in one
     query that loads no step."""
     producers = select(func.coalesce(Step.reused_from, Step.id)).where(
         Step.build_id == build_id, Step.state == StepState.SUCCEEDED
     )
-    return list(session.scalars(select(StepOutput).where(StepOutput.step_id.in_(producers))))
-
-
-def _outputs(session: Session, steps: list[Step]) -> list[StepOutput]:
-    producers = [producing_step_id(s) for s in steps if s.state == StepState.SUCCEEDED]
-    if not producers:
-        return []
     return list(session.scalars(select(StepOutput).where(StepOutput.step_id.in_(producers))))
 
 
@@ -395,9 +398,11 @@ def one_line(exc: BaseException) -> str:
     return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 3] + "..."
 
 
-def waiting_since(build: Build) -> dt.datetime:
-    """When the build started needing the repository: its last step's end (or its creation)."""
-    return max((s.finished_at for s in build.steps if s.finished_at is not None), default=build.created_at)
+def waiting_since(session: Session, build: Build) -> dt.datetime:
+    """When the build started needing the repository: its last step's end (or its creation);
+    one query, the steps not loaded."""
+    last = session.scalar(select(func.max(Step.finished_at)).where(Step.build_id == build.id))
+    return last if last is not None else build.created_at
 
 
 def _gives_up(ctx: FarmContext, exc: BuildfarmError, since: dt.datetime) -> bool:
@@ -418,7 +423,7 @@ def _stage(ctx: FarmContext, session: Session, build: Build, needs_stage: list[S
         exc = repository_fault(caught)
         line = one_line(exc)
         now = utcnow()
-        if _gives_up(ctx, exc, waiting_since(build)):
+        if _gives_up(ctx, exc, waiting_since(session, build)):
             log.warning("build %s: staging failed, its dependent steps are not built: %s", build.id, line)
             for step in needs_stage:
                 step.state, step.finished_at = StepState.SKIPPED, now
@@ -461,7 +466,7 @@ def advance_build(ctx: FarmContext, build_id: int) -> None:
         kind = build.kind
         # a pending step that stays pending is not done: no count
         if finish is None and releasable is not False and _all_steps_done(session, build.id):
-            if all(s.state == StepState.SUCCEEDED for s in build.steps):
+            if _all_succeeded(session, build.id):
                 finish = "publish"
             else:
                 build.state = BuildState.FAILED
@@ -524,16 +529,20 @@ def publish_build(ctx: FarmContext, build_id: int) -> bool:
         )
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
             return False
-    with ctx.db.session() as session:
-        build = session.get_one(Build, build_id)
+    with ctx.db.session() as session:  # read as rows: a build of thousands of steps loads none
+        build = session.get_one(Build, build_id, options=[defer(Build.manifest)])
         ref = build_ref(build)
-        outputs = _outputs(session, build.steps)
-        bundles = [
-            s.source_sha256
-            for s in build.steps
-            if s.kind == StepKind.PACKAGE and s.state == StepState.SUCCEEDED
-        ]
-        since = waiting_since(build)
+        outputs = _build_outputs(session, build_id)
+        bundles = list(
+            session.scalars(
+                select(Step.source_sha256).where(
+                    Step.build_id == build_id,
+                    Step.kind == StepKind.PACKAGE,
+                    Step.state == StepState.SUCCEEDED,
+                )
+            )
+        )
+        since = waiting_since(session, build)
     tmp: Path | None = None
     try:
         tmp = Path(tempfile.mkdtemp(dir=ctx.work_root, prefix="publish-"))

@@ -4,6 +4,7 @@ indexed again (apt-ftparchive reads only what latest's indexes do not describe).
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,11 @@ def test_a_no_change_rerun_indexes_no_package(tmp_path: Path, monkeypatch: pytes
     packages, sources = _full_indexes(tree)
     assert (tree / "Packages").read_bytes() == packages
     assert (tree / "Sources").read_bytes() == sources
+    # The same index bytes as the tree before: its files, compressed ones too, not written again.
+    before = tree.parent / str(first)
+    for index in ("Packages", "Packages.gz", "Sources", "Sources.gz"):
+        assert (tree / index).stat().st_ino == (before / index).stat().st_ino, index
+    assert gzip.decompress((tree / "Packages.gz").read_bytes()) == packages
     ctx.db.dispose()
 
 
@@ -159,3 +165,5 @@ def test_a_changed_package_alone_is_indexed(tmp_path: Path, monkeypatch: pytest.
     assert (tree / "Packages").read_bytes() == _full_indexes(tree)[0]
     assert f"SHA256: {rebuilt.sha256}\n" in packages
     assert f"SHA256: {gamma.sha256}\n" not in packages
+    assert (tree / "Packages.gz").stat().st_ino != (tree.parent / "2" / "Packages.gz").stat().st_ino
+    assert gzip.decompress((tree / "Packages.gz").read_bytes()) == (tree / "Packages").read_bytes()
