@@ -37,6 +37,7 @@ import datetime as dt
 import heapq
 import multiprocessing
 import os
+import queue
 import random
 import sys
 import tempfile
@@ -292,11 +293,11 @@ def run(config: Config, database_url: str, state: Path) -> Result:
                     continue
                 claims[claim.step_id] = claims.get(claim.step_id, 0) + 1
                 started[claim.step_id] = clock[0]
-                tenant = step_tenant.get(claim.step_id)
-                if tenant is not None:
-                    left_of[tenant] -= 1
-                    if not left_of[tenant]:
-                        drained_at[tenant] = clock[0]
+                owner = step_tenant.get(claim.step_id)
+                if owner is not None:
+                    left_of[owner] -= 1
+                    if not left_of[owner]:
+                        drained_at[owner] = clock[0]
                 running[node] = claim
                 seq += 1
                 heapq.heappush(events, (clock[0] + durations[claim.step_id], seq, "finish", node))
@@ -454,11 +455,17 @@ def concurrent(config: Config, database_url: str, state: Path, workers: int = WO
     children = [processes.Process(target=_worker, args=(node, i, start, out)) for i in range(workers)]
     for child in children:
         child.start()
-    done = [out.get() for _ in children]
+    done: list[Report] = []
+    while len(done) < workers:
+        try:
+            done.append(out.get(timeout=1.0))
+        except queue.Empty:
+            if any(child.exitcode for child in children):  # it reports nothing: do not wait for it
+                for child in children:
+                    child.kill()
+                raise RuntimeError("a dispatch worker failed (its error is printed above)") from None
     for child in children:
         child.join()
-        if child.exitcode:
-            raise RuntimeError(f"a dispatch worker failed (exit code {child.exitcode})")
     claims = [step_id for claimed, _began, _ended in done for step_id in claimed]
     wall = max(ended for *_c, ended in done) - min(began for _c, began, _e in done)
     return Concurrent(workers, claims, wall, dialect)
