@@ -21,7 +21,12 @@ the full queue.  Printed:
   time every tenant of the class had steps left to start (1.0 is exact);
 * the **release wait** (submitted to claimed) against the median step;
 * **dispatch throughput**: steps / wall second through the real database path (claim + finish
-  + advance), and the per-step overhead split into those parts.
+  + advance), and the per-step overhead split into those parts;
+* **concurrent dispatch throughput**: the simulation makes every claim in turn, in one process,
+  as if the farm had one dispatcher; real nodes claim at once.  So ``WORKERS`` processes, each
+  looping claim -> finish -> advance on steps that take no time (the same functions, one
+  database, the same builds of ``CONCURRENT_STEPS`` steps), measure steps / wall second too:
+  printed beside the simulation's figure, never instead of it.
 
 Prints numbers; asserts nothing (``tests/integration/test_bench_smoke.py`` runs it small).
 """
@@ -30,7 +35,9 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
+import multiprocessing
 import os
+import queue
 import random
 import sys
 import tempfile
@@ -40,9 +47,11 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from buildfarm.backends.aptrepo import LocalAptRepository
@@ -65,6 +74,8 @@ KINDS = ("release", "on-demand", "nightly", "personal")
 WEIGHTS = (1.0, 2.0, 4.0)
 CHAIN_EVERY = 10  # every 10th step of a build depends on the one before it (chains of 2)
 SEED = 16
+WORKERS = 2  # processes of the concurrent measurement: one per core of the goal's machine
+CONCURRENT_STEPS = 4_000
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
@@ -149,8 +160,11 @@ def scratch_database(state: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def _context(state: Path, database_url: str, weights: dict[str, float]) -> FarmContext:
-    upgrade(database_url)
+def _context(
+    state: Path, database_url: str, weights: dict[str, float], *, migrate: bool = True
+) -> FarmContext:
+    if migrate:
+        upgrade(database_url)
     settings = load_settings(
         state_dir=state / "state",
         database_url=database_url,
@@ -279,11 +293,11 @@ def run(config: Config, database_url: str, state: Path) -> Result:
                     continue
                 claims[claim.step_id] = claims.get(claim.step_id, 0) + 1
                 started[claim.step_id] = clock[0]
-                tenant = step_tenant.get(claim.step_id)
-                if tenant is not None:
-                    left_of[tenant] -= 1
-                    if not left_of[tenant]:
-                        drained_at[tenant] = clock[0]
+                owner = step_tenant.get(claim.step_id)
+                if owner is not None:
+                    left_of[owner] -= 1
+                    if not left_of[owner]:
+                        drained_at[owner] = clock[0]
                 running[node] = claim
                 seq += 1
                 heapq.heappush(events, (clock[0] + durations[claim.step_id], seq, "finish", node))
@@ -362,6 +376,101 @@ def run(config: Config, database_url: str, state: Path) -> Result:
     )
 
 
+@dataclass
+class Concurrent:
+    workers: int
+    claims: list[int]  # the step ids claimed, by every worker
+    wall_seconds: float  # from the first worker's start to the last one's end
+    dialect: str
+
+
+def _submit(ctx: FarmContext, config: Config, rng: random.Random) -> list[int]:
+    """The work of :func:`run` (all submitted at once): the builds' ids."""
+    builds = []
+    per_tenant = config.steps // config.tenants
+    for tenant in range(config.tenants):
+        left = per_tenant
+        while left:
+            size = min(left, config.build_steps)
+            build_id, _d, _a = _add_build(ctx, tenant, KINDS[tenant % len(KINDS)], size, rng=rng, now=T0)
+            builds.append(build_id)
+            left -= size
+    return builds
+
+
+_UNFINISHED = select(func.count()).where(
+    Step.state.in_((StepState.PENDING, StepState.READY, StepState.RUNNING))
+)
+
+
+@dataclass(frozen=True)
+class _Node:
+    """What a worker of :func:`concurrent` needs: the farm's database, its state and its ticket."""
+
+    database_url: str
+    state: Path
+    weights: dict[str, float]
+    ticket: int  # any ready step's: a ticket claims the best ready step of its pool
+
+
+Report = tuple[list[int], float, float]
+"""A worker's claimed steps, when it began and when it ended (``time.perf_counter``)."""
+
+
+def _worker(node: _Node, index: int, start: Barrier, out: Queue[Report]) -> None:
+    """One node of :func:`concurrent`: claim, finish at once, advance, until no step is left."""
+    ctx = _context(node.state, node.database_url, node.weights, migrate=False)
+    claimed: list[int] = []
+    start.wait()
+    began = time.perf_counter()
+    while True:
+        claim = claim_next(ctx, node.ticket, f"worker{index}", frozenset())
+        if claim is None:
+            with ctx.db.session() as session:
+                if not session.scalar(_UNFINISHED):
+                    break
+            continue  # a chained step waits for its dependency, which another worker is finishing
+        claimed.append(claim.step_id)
+        finish_step(ctx, claim, [], None)
+        advance_build(ctx, claim.build_id)
+    out.put((claimed, began, time.perf_counter()))
+    ctx.db.dispose()
+
+
+def concurrent(config: Config, database_url: str, state: Path, workers: int = WORKERS) -> Concurrent:
+    """``workers`` processes dispatching the same builds at once, on the real functions."""
+    weights = {f"project{t}": WEIGHTS[t % len(WEIGHTS)] for t in range(config.tenants)}
+    ctx = _context(state, database_url, weights)
+    builds = _submit(ctx, config, random.Random(config.seed))
+    for build_id in builds:
+        advance_build(ctx, build_id)
+    dispatcher = ctx.dispatcher
+    assert isinstance(dispatcher, _Dispatcher)
+    ticket = dispatcher.tickets[0]
+    dialect = ctx.db.engine.dialect.name
+    ctx.db.dispose()  # no connection crosses the fork
+    processes = multiprocessing.get_context("fork")
+    start, out = processes.Barrier(workers), processes.Queue()
+    node = _Node(database_url, state, weights, ticket)
+    children = [processes.Process(target=_worker, args=(node, i, start, out)) for i in range(workers)]
+    for child in children:
+        child.start()
+    done: list[Report] = []
+    while len(done) < workers:
+        try:
+            done.append(out.get(timeout=1.0))
+        except queue.Empty:
+            if any(child.exitcode for child in children):  # it reports nothing: do not wait for it
+                for child in children:
+                    child.kill()
+                raise RuntimeError("a dispatch worker failed (its error is printed above)") from None
+    for child in children:
+        child.join()
+    claims = [step_id for claimed, _began, _ended in done for step_id in claimed]
+    wall = max(ended for *_c, ended in done) - min(began for _c, began, _e in done)
+    return Concurrent(workers, claims, wall, dialect)
+
+
 def report(config: Config, result: Result) -> None:
     done = len(result.claims)
     print(
@@ -401,11 +510,25 @@ def report(config: Config, result: Result) -> None:
     sys.stdout.flush()
 
 
+def report_concurrent(result: Concurrent) -> None:
+    done = len(result.claims)
+    print(
+        f"  concurrent dispatch ({result.dialect}; not the simulation: {result.workers} worker processes "
+        f"at once, each looping claim -> finish -> advance on steps that take no time): {done} steps in "
+        f"{result.wall_seconds:.1f} s wall = {done / result.wall_seconds:.0f} steps/s"
+    )
+    print(f"  load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    sys.stdout.flush()
+
+
 def main() -> None:
     config = Config()
     with tempfile.TemporaryDirectory() as state, scratch_database(Path(state)) as url:
         result = run(config, url, Path(state))
     report(config, result)
+    with tempfile.TemporaryDirectory() as state, scratch_database(Path(state)) as url:
+        together = concurrent(Config(steps=CONCURRENT_STEPS), url, Path(state))
+    report_concurrent(together)
 
 
 if __name__ == "__main__":

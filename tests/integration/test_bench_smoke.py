@@ -107,6 +107,20 @@ def test_scheduler_simulation_runs_every_step_through_the_real_claim_once(
     assert "makespan" in capsys.readouterr().out
 
 
+def test_concurrent_dispatch_claims_every_step_once_across_processes(
+    tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The scheduler bench's concurrent part, tiny: two worker processes claiming, finishing and
+    advancing the same builds at once claim every step (chained ones too) exactly once."""
+    bench = _load("scheduler")
+    config = bench.Config(steps=60, tenants=6, build_steps=20)
+    result = bench.concurrent(config, database_url, tmp_path, workers=2)
+    assert len(result.claims) == 60
+    assert sorted(set(result.claims)) == sorted(result.claims)
+    bench.report_concurrent(result)
+    assert "2 worker processes at once" in capsys.readouterr().out
+
+
 def test_makespan_bench_bounds_the_build_by_its_steps(capsys: pytest.CaptureFixture[str]) -> None:
     """The 2-node bound from a build's steps: max(critical path, total work / 2), as measured
     (the chain lib -> app, 10 + 12 s, beats 31 s / 2) and with setup removed (sbuild Build-Time

@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.orm import Session, defer
 
 from buildfarm.backends.base import BuildInputKeeper, BuildRef, HoldsPackages, PackageFile, StoredPackage
@@ -78,15 +78,18 @@ _STATES_OF = select(Step.name, Step.state).where(
 _UNFINISHED = (StepState.PENDING, StepState.READY, StepState.RUNNING)
 
 
-def _releasable(session: Session, build_id: int) -> bool | None:
+def _releasable(session: Session | Connection, build_id: int) -> bool | None:
     """Whether a pending step of the build can change now (None: the build has no pending step).
 
     A pending step changes when its dependencies all succeeded, or one failed, was cancelled
     or skipped; else it waits.  Read as rows (two light queries), so the advance that follows
     most finishes loads no step."""
     pending = [list(depends_on) for (depends_on,) in session.execute(_PENDING, {"build": build_id})]
-    if not pending:
-        return None
+    return _may_release(session, build_id, pending) if pending else None
+
+
+def _may_release(session: Session | Connection, build_id: int, pending: list[list[str]]) -> bool:
+    """:func:`_releasable` of the pending steps whose dependencies are ``pending``."""
     wanted = sorted({name for deps in pending for name in deps})
     states: dict[str, StepState] = {}
     for start in range(0, len(wanted), LOOKUP_CHUNK):
@@ -203,12 +206,12 @@ def _release(session: Session, build: Build, has: Callable[[str], bool] | None =
             released=released,
             now=now,
         )
-    if released:  # each joins the scheduler's queue of its labels, build kind and tenant
-        queues = fairshare.queue_ids(
-            session, build.kind, (build.project, build.user), {s.requires for s in released}
-        )
-        for step in released:
-            step.queue_id = queues[step.requires]
+        if released:  # each joins the scheduler's queue of its labels, build kind and tenant
+            queues = fairshare.queue_ids(
+                session, build.kind, (build.project, build.user), {s.requires for s in released}
+            )
+            for step in released:  # flushed with its state: one UPDATE of each step
+                step.queue_id = queues[step.requires]
     return released
 
 
@@ -278,14 +281,16 @@ def open_steps(session: Session, build_id: int) -> list[Step]:
     return loaded
 
 
-def _all_steps_done(session: Session, build_id: int) -> bool:
+_OPEN_STEPS = (
+    select(func.count())
+    .select_from(Step)
+    .where(Step.build_id == bindparam("build"), Step.state.not_in(TERMINAL_STEP_STATES))
+)
+
+
+def _all_steps_done(session: Session | Connection, build_id: int) -> bool:
     """Whether every step of the build is terminal (one count, the steps not loaded)."""
-    open_count = session.scalar(
-        select(func.count())
-        .select_from(Step)
-        .where(Step.build_id == build_id, Step.state.not_in(TERMINAL_STEP_STATES))
-    )
-    return open_count == 0
+    return session.scalar(_OPEN_STEPS, {"build": build_id}) == 0
 
 
 def _all_succeeded(session: Session, build_id: int) -> bool:
@@ -439,52 +444,90 @@ def _stage(ctx: FarmContext, session: Session, build: Build, needs_stage: list[S
     return True
 
 
+_OPEN_OF_BUILD = (
+    select(
+        Build.state,
+        Step.depends_on,
+        select(func.count())
+        .select_from(Step)
+        .where(Step.build_id == Build.id, Step.state.not_in(TERMINAL_STEP_STATES))
+        .correlate(Build)
+        .scalar_subquery(),
+    )
+    .select_from(Build)
+    .outerjoin(Step, (Step.build_id == Build.id) & (Step.state == StepState.PENDING))
+    .where(Build.id == bindparam("id"))
+)
+"""The build's state, what each of its pending steps waits for (one row with NULL: none) and
+how many of its steps are not done."""
+
+
 @gcpause.paused()
 def advance_build(ctx: FarmContext, build_id: int) -> None:
-    """Release what can run, then dispatch it; publish or close the build when every step is done."""
-    to_run: list[tuple[int, int, str | None]] = []
-    kind = ""
-    finish: str | None = None
-    with ctx.db.session() as session:
-        build = _lock_build(session, build_id)
-        if build is None:
+    """Release what can run, then dispatch it; publish or close the build when every step is done.
+
+    Most advances (the one after each finish) find that nothing can change: a pending step still
+    waits, or a step is still open.  That is told from rows, in two plain statements without a
+    lock (whatever committed before this advance began is seen; what commits later asks for an
+    advance of its own); only an advance with something to do locks the build, looks again and
+    loads the build and its open steps."""
+    with ctx.db.transaction() as connection:
+        rows = connection.execute(_OPEN_OF_BUILD, {"id": build_id}).all()
+        if not rows:
             log.warning("advance: build %s does not exist", build_id)
             return
-        if build.state in TERMINAL_BUILD_STATES:
-            if build.state == BuildState.CANCELLED:
-                finish = "close"
-            else:
+        state, _first, unfinished = rows[0]
+        if state in TERMINAL_BUILD_STATES and state != BuildState.CANCELLED:
+            return
+        if state != BuildState.CANCELLED:
+            pending = [list(depends_on) for _state, depends_on, _open in rows if depends_on is not None]
+            if pending and not _may_release(connection, build_id, pending):
                 return
-        releasable = _releasable(session, build.id) if finish is None else None
-        released = _release(session, build, ctx.store.has) if releasable else []
-        needs_stage = [s for s in released if s.depends_on]
-        if needs_stage and not _stage(ctx, session, build, needs_stage):
-            released = [s for s in released if not s.depends_on]
-            if any(s.state == StepState.SKIPPED for s in needs_stage):
-                _release(session, build)  # skips what depends on them; nothing new becomes ready
-        to_run = routing.tickets(session, ctx, sorted(released, key=lambda s: -s.priority))
-        kind = build.kind
-        # a pending step that stays pending is not done: no count
-        if finish is None and releasable is not False and _all_steps_done(session, build.id):
-            if _all_succeeded(session, build.id):
-                finish = "publish"
-            else:
-                build.state = BuildState.FAILED
-                build.finished_at = utcnow()
-                bad = [s.name for s in build.steps if s.state in (StepState.FAILED, StepState.CANCELLED)]
-                if bad:
-                    build.error = f"step(s) failed: {', '.join(bad)}; latest was not moved"
-                else:
-                    skipped = [s for s in build.steps if s.state == StepState.SKIPPED]
-                    names = ", ".join(s.name for s in skipped)
-                    build.error = f"step(s) {names} {skipped[0].error}; latest was not moved"
-                finish = "close"
+            if not pending and unfinished:
+                return
+        with ctx.db.session_on(connection) as session:
+            to_run, kind, finish = _advance(ctx, session, build_id)
     for step_id, attempt, node in to_run:
         ctx.dispatcher.run_step(step_id, attempt, kind, node)
     if finish == "publish":
         publish_build(ctx, build_id)
     elif finish == "close":
         drop_staging(ctx, build_id)
+
+
+def _advance(
+    ctx: FarmContext, session: Session, build_id: int
+) -> tuple[list[tuple[int, int, str | None]], str, str | None]:
+    """:func:`advance_build` of a build whose state or steps may change, under its lock: the
+    tickets to send, the build's kind and what is left to do ("publish", "close" or None)."""
+    build = _lock_build(session, build_id)
+    if build is None or (build.state in TERMINAL_BUILD_STATES and build.state != BuildState.CANCELLED):
+        return [], "", None  # deleted, or finished by another advance meanwhile
+    finish = "close" if build.state == BuildState.CANCELLED else None
+    releasable = _releasable(session, build.id) if finish is None else None
+    released = _release(session, build, ctx.store.has) if releasable else []
+    needs_stage = [s for s in released if s.depends_on]
+    if needs_stage and not _stage(ctx, session, build, needs_stage):
+        released = [s for s in released if not s.depends_on]
+        if any(s.state == StepState.SKIPPED for s in needs_stage):
+            _release(session, build)  # skips what depends on them; nothing new becomes ready
+    to_run = routing.tickets(session, ctx, sorted(released, key=lambda s: -s.priority))
+    # a pending step that stays pending is not done: no count
+    if finish is None and releasable is not False and _all_steps_done(session, build.id):
+        if _all_succeeded(session, build.id):
+            finish = "publish"
+        else:
+            build.state = BuildState.FAILED
+            build.finished_at = utcnow()
+            bad = [s.name for s in build.steps if s.state in (StepState.FAILED, StepState.CANCELLED)]
+            if bad:
+                build.error = f"step(s) failed: {', '.join(bad)}; latest was not moved"
+            else:
+                skipped = [s for s in build.steps if s.state == StepState.SKIPPED]
+                names = ", ".join(s.name for s in skipped)
+                build.error = f"step(s) {names} {skipped[0].error}; latest was not moved"
+            finish = "close"
+    return to_run, build.kind, finish
 
 
 def drop_staging(ctx: FarmContext, build_id: int) -> bool:

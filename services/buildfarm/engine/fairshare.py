@@ -63,7 +63,18 @@ import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import Float, Insert, Update, and_, bindparam, func, literal_column, select, update
+from sqlalchemy import (
+    Connection,
+    Float,
+    Insert,
+    Update,
+    and_,
+    bindparam,
+    func,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from buildfarm.model.settings import MAX_PRIORITY, Settings
@@ -75,6 +86,15 @@ FARM = ("", "")
 
 Tenant = tuple[str, str]
 """(project, user)."""
+
+Db = Session | Connection
+"""Where the choice and the charges run: an ORM session, or the plain connection of a claim or
+a finish (:meth:`buildfarm.state.db.Database.transaction`)."""
+
+
+def connection_of(db: Db) -> Connection:
+    """The connection of ``db``'s transaction (plain statements run on it without the ORM)."""
+    return db if isinstance(db, Connection) else db.connection()
 
 
 def class_of(kind: str, settings: Settings) -> int:
@@ -134,9 +154,7 @@ class Queue:
     oldest: dt.datetime  # when its oldest ready step became ready
 
 
-def pool_queues(
-    session: Session, pool: str, settings: Settings
-) -> tuple[list[Queue], dict[Tenant, float], float]:
+def pool_queues(session: Db, pool: str, settings: Settings) -> tuple[list[Queue], dict[Tenant, float], float]:
     """The queues of the ready steps that require ``pool`` (the empty ones left out), the
     virtual time of their tenants that have a row, and the farm's: what :func:`passes` reads,
     in one statement of one row per queue (each queue's oldest step: an index probe)."""
@@ -184,7 +202,7 @@ def passes(session: Session, tenants: Iterable[Tenant]) -> tuple[dict[Tenant, fl
     return found, farm
 
 
-def farm_time(session: Session) -> float:
+def farm_time(session: Db) -> float:
     """The farm's virtual time: the start of the last step taken (the largest start of a tenant)."""
     return float(session.scalar(select(func.max(TenantUsage.start_seconds))) or 0.0)
 
@@ -233,7 +251,7 @@ def order_ready(
 
 
 def charge_start(
-    session: Session,
+    session: Db,
     tenant: Tenant,
     settings: Settings,
     now: dt.datetime | None = None,
@@ -256,8 +274,9 @@ def charge_start(
         farm = farm_time(session)
     if not has_row:
         _ensure(session, tenant, now)
-    session.connection().execute(
-        _CHARGE_START[session.get_bind().dialect.name == "sqlite"],
+    connection = connection_of(session)
+    connection.execute(
+        _CHARGE_START[connection.dialect.name == "sqlite"],
         {
             "w_project": tenant[0],
             "w_user": tenant[1],
@@ -294,16 +313,16 @@ _CHARGE_END = (
 )
 
 
-def charge_end(session: Session, tenant: Tenant, used_seconds: float, settings: Settings) -> None:
+def charge_end(session: Db, tenant: Tenant, used_seconds: float, settings: Settings) -> None:
     """Correct the charge of a step that ended: it held its node ``used_seconds``, not the default."""
     correction = (used_seconds - settings.steps.share_charge_seconds) / weight_of(tenant[0], settings)
-    session.connection().execute(
+    connection_of(session).execute(
         _CHARGE_END,
         {"w_project": tenant[0], "w_user": tenant[1], "correction": correction, "updated_at": utcnow()},
     )
 
 
-def _ensure(session: Session, tenant: Tenant, now: dt.datetime) -> None:
+def _ensure(session: Db, tenant: Tenant, now: dt.datetime) -> None:
     """A row for this tenant; two nodes adding the same one at once both succeed."""
     if (
         session.scalar(
@@ -322,9 +341,9 @@ def _ensure(session: Session, tenant: Tenant, now: dt.datetime) -> None:
     session.execute(_insert_ignoring_existing(session, TenantUsage), [row])
 
 
-def _insert_ignoring_existing(session: Session, table: type[TenantUsage] | type[StepQueue]) -> Insert:
+def _insert_ignoring_existing(session: Db, table: type[TenantUsage] | type[StepQueue]) -> Insert:
     """``INSERT ... ON CONFLICT DO NOTHING`` in the session's dialect."""
-    if session.get_bind().dialect.name == "postgresql":
+    if connection_of(session).dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
         return pg_insert(table).on_conflict_do_nothing()

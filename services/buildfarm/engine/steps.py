@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, bindparam, select, update
+from sqlalchemy import Connection, Select, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from buildfarm.backends.base import LogWriter, ObjectRef
@@ -157,12 +157,12 @@ def _claim(
     adopting = builders.can_adopt(ctx, step, now)
     if step.state != StepState.READY and not adopting:
         return None
-    return _take(ctx, session, _Candidate.of(step), node, now, adopting=adopting, seen=seen)
+    return _take(ctx, session.connection(), _Candidate.of(step), node, now, adopting=adopting, seen=seen)
 
 
 def _take(
     ctx: FarmContext,
-    session: Session,
+    connection: Connection,
     step: _Candidate,
     node: str,
     now: dt.datetime,
@@ -174,7 +174,7 @@ def _take(
     owner = f"{node}/{uuid.uuid4().hex[:12]}"
     attempt = step.attempt if adopting else step.attempt + 1
     key = log_key_for(step.build_id, step.name, attempt)
-    won = session.connection().execute(
+    won = connection.execute(
         _TAKE_LEASE,
         {
             "w_id": step.id,
@@ -199,10 +199,10 @@ def _take(
     if not adopting:
         tenant = (step.project, step.user)
         if seen is None:
-            fairshare.charge_start(session, tenant, ctx.settings, now)
+            fairshare.charge_start(connection, tenant, ctx.settings, now)
         else:
             fairshare.charge_start(
-                session, tenant, ctx.settings, now, farm=seen.farm, has_row=tenant in seen.tenants
+                connection, tenant, ctx.settings, now, farm=seen.farm, has_row=tenant in seen.tenants
             )
     return Claim(
         step.id,
@@ -230,6 +230,8 @@ CHOICES_PER_TICKET = 8
 finds a step another node took meanwhile only under contention, so this bounds a claim's work."""
 
 _NAMED = select(Step.requires, Step.state, Step.attempt, Step.attempt_lost).where(Step.id == bindparam("id"))
+_NAMED_ASYNC = _NAMED.add_columns(func.set_config("synchronous_commit", "off", True))
+"""PostgreSQL: the first read of a claim also makes its commit asynchronous (see :func:`claim_next`)."""
 
 
 def claim_next(ctx: FarmContext, step_id: int, node: str, labels: frozenset[str]) -> Claim | None:
@@ -247,24 +249,38 @@ def claim_next(ctx: FarmContext, step_id: int, node: str, labels: frozenset[str]
     The choice reads rows, not ORM objects; a step that may be adopted is loaded whole.
     """
     now = utcnow()
-    with ctx.db.session() as session:
-        named = session.execute(_NAMED, {"id": step_id}).first()
+    with ctx.db.transaction() as connection:
+        # On PostgreSQL the first read also makes the claim commit without waiting for its WAL
+        # to reach the disk (_NAMED_ASYNC: ``set_config(..., true)`` is ``SET LOCAL``, with no
+        # round trip of its own).  Safe by the lease: a crash of the server loses only the last
+        # commits, in commit order (a later commit that waits flushes all the WAL before it),
+        # so a lost claim leaves the database as if it had not been made: the step is ready at
+        # its old attempt and the next ticket claims it again, while the builder of the lost
+        # claim holds no lease: its heartbeat finds none and stops it, its finish is refused
+        # (fencing), what it stored is content-addressed, and its log lines end up in the log
+        # of the attempt that claims the step again under the same number.  A finish still
+        # waits for its commit: its outputs and its charge are what the farm keeps.
+        postgresql = connection.dialect.name == "postgresql"
+        named = connection.execute(_NAMED_ASYNC if postgresql else _NAMED, {"id": step_id}).first()
         if named is not None and _may_adopt(named.state, named.attempt, named.attempt_lost):
-            step = session.get_one(Step, step_id)
-            if builders.can_adopt(ctx, step, now):
-                return _claim(ctx, session, step, node, now)
+            with ctx.db.session_on(connection) as session:
+                step = session.get_one(Step, step_id)
+                if builders.can_adopt(ctx, step, now):
+                    return _claim(ctx, session, step, node, now)
         pool = named.requires if named is not None else ""
         if not satisfies(labels, pool):
             return None  # a ticket of steps this node cannot run: a capable node has their others
-        for candidate, seen in _best_ready(ctx, session, pool):
+        for candidate, seen in _best_ready(ctx, connection, pool):
             if _may_adopt(candidate.state, candidate.attempt, candidate.attempt_lost):
-                claim = _claim(ctx, session, session.get_one(Step, candidate.id), node, now, seen=seen)
+                with ctx.db.session_on(connection) as session:
+                    claim = _claim(ctx, session, session.get_one(Step, candidate.id), node, now, seen=seen)
             else:
-                claim = _take(ctx, session, candidate, node, now, adopting=False, seen=seen)
+                claim = _take(ctx, connection, candidate, node, now, adopting=False, seen=seen)
             if claim is not None:
                 return claim
-        if named is not None:
-            return _claim(ctx, session, session.get_one(Step, step_id), node, now)
+        if named is not None and named.state == StepState.READY:  # its own step, when no chosen one was won
+            with ctx.db.session_on(connection) as session:
+                return _claim(ctx, session, session.get_one(Step, step_id), node, now)
     return None
 
 
@@ -297,22 +313,22 @@ _NEXT_STEP = {(one, locking): _next_step(one, locking) for one in (True, False) 
 """Built once: a claim only binds the queue ids."""
 
 
-def _best_ready(ctx: FarmContext, session: Session, pool: str) -> Iterator[tuple[_Candidate, _Seen]]:
+def _best_ready(ctx: FarmContext, connection: Connection, pool: str) -> Iterator[tuple[_Candidate, _Seen]]:
     """Ready steps requiring ``pool``, best first (one per (class, tenant), locked on
     PostgreSQL), and what the choice read of the fair share.
 
     Reads one row per queue of the pool (:func:`fairshare.pool_queues`), then the next step of
     each (class, tenant) taken in turn: the cost grows with the tenants, not with the steps."""
-    queues, own, farm = fairshare.pool_queues(session, pool, ctx.settings)
+    queues, own, farm = fairshare.pool_queues(connection, pool, ctx.settings)
     if not queues:
         return
     seen = _Seen(farm, frozenset(own))
     order = fairshare.tenant_order(((q.klass, q.tenant, q.oldest) for q in queues), own, farm)
-    locking = session.get_bind().dialect.name == "postgresql"
+    locking = connection.dialect.name == "postgresql"
     for klass, tenant in order[:CHOICES_PER_TICKET]:
         ids = [q.queue_id for q in queues if q.tenant == tenant and q.klass == klass]
         one = len(ids) == 1
-        row = session.execute(_NEXT_STEP[(one, locking)], {"queue": ids[0] if one else ids}).first()
+        row = connection.execute(_NEXT_STEP[(one, locking)], {"queue": ids[0] if one else ids}).first()
         if row is not None:
             yield _Candidate(*row), seen
 
@@ -354,6 +370,7 @@ _FINISH = (
     )
 )
 """A finish's conditional UPDATE (:func:`_still_owned`), returning what the charge needs."""
+_ADD_OUTPUT = insert(StepOutput.metadata.tables["step_outputs"])
 
 
 def finish_step(
@@ -366,41 +383,41 @@ def finish_step(
     node-seconds the step really held."""
     state = StepState.FAILED if error else StepState.SUCCEEDED
     finished = utcnow()
-    with ctx.db.session() as session:
-        row = (
-            session.connection()
-            .execute(
-                _FINISH,
-                {
-                    "w_id": claim.step_id,
-                    "w_attempt": claim.attempt,
-                    "w_owner": claim.owner,
-                    "state": state,
-                    "finished_at": finished,
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                    "error": error,
-                    "output_identity": None if error else identity,
-                },
-            )
-            .first()
-        )
+    with ctx.db.transaction() as connection:
+        row = connection.execute(
+            _FINISH,
+            {
+                "w_id": claim.step_id,
+                "w_attempt": claim.attempt,
+                "w_owner": claim.owner,
+                "state": state,
+                "finished_at": finished,
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "error": error,
+                "output_identity": None if error else identity,
+            },
+        ).first()
         if row is None:
             return False
         started, project, user = row
         if started is not None:
             used = max(0.0, (finished - started).total_seconds())
-            fairshare.charge_end(session, (project, user), used, ctx.settings)
-        for filename, ref, kind in outputs:
-            session.add(
-                StepOutput(
-                    step_id=claim.step_id,
-                    attempt=claim.attempt,
-                    filename=filename,
-                    sha256=ref.sha256,
-                    size=ref.size,
-                    kind=kind,
-                )
+            fairshare.charge_end(connection, (project, user), used, ctx.settings)
+        if outputs:
+            connection.execute(
+                _ADD_OUTPUT,
+                [
+                    {
+                        "step_id": claim.step_id,
+                        "attempt": claim.attempt,
+                        "filename": filename,
+                        "sha256": ref.sha256,
+                        "size": ref.size,
+                        "kind": kind,
+                    }
+                    for filename, ref, kind in outputs
+                ],
             )
     return True
 
