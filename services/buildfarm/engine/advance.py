@@ -444,22 +444,16 @@ def _stage(ctx: FarmContext, session: Session, build: Build, needs_stage: list[S
     return True
 
 
-_OPEN_OF_BUILD = (
-    select(
-        Build.state,
-        Step.depends_on,
-        select(func.count())
-        .select_from(Step)
-        .where(Step.build_id == Build.id, Step.state.not_in(TERMINAL_STEP_STATES))
-        .correlate(Build)
-        .scalar_subquery(),
-    )
-    .select_from(Build)
-    .outerjoin(Step, (Step.build_id == Build.id) & (Step.state == StepState.PENDING))
-    .where(Build.id == bindparam("id"))
-)
-"""The build's state, what each of its pending steps waits for (one row with NULL: none) and
-how many of its steps are not done."""
+_OPEN_OF_BUILD = select(
+    Build.state,
+    select(func.count())
+    .select_from(Step)
+    .where(Step.build_id == Build.id, Step.state.not_in(TERMINAL_STEP_STATES))
+    .correlate(Build)
+    .scalar_subquery(),
+).where(Build.id == bindparam("id"))
+"""The build's state and how many of its steps are not done (one row; the count runs once: joined
+to the pending steps, SQLite counted again for each, seconds at thousands of steps)."""
 
 
 @gcpause.paused()
@@ -467,20 +461,22 @@ def advance_build(ctx: FarmContext, build_id: int) -> None:
     """Release what can run, then dispatch it; publish or close the build when every step is done.
 
     Most advances (the one after each finish) find that nothing can change: a pending step still
-    waits, or a step is still open.  That is told from rows, in two plain statements without a
+    waits, or a step is still open.  That is told from rows, in a few plain statements without a
     lock (whatever committed before this advance began is seen; what commits later asks for an
     advance of its own); only an advance with something to do locks the build, looks again and
     loads the build and its open steps."""
     with ctx.db.transaction() as connection:
-        rows = connection.execute(_OPEN_OF_BUILD, {"id": build_id}).all()
-        if not rows:
+        row = connection.execute(_OPEN_OF_BUILD, {"id": build_id}).first()
+        if row is None:
             log.warning("advance: build %s does not exist", build_id)
             return
-        state, _first, unfinished = rows[0]
+        state, unfinished = row
         if state in TERMINAL_BUILD_STATES and state != BuildState.CANCELLED:
             return
         if state != BuildState.CANCELLED:
-            pending = [list(depends_on) for _state, depends_on, _open in rows if depends_on is not None]
+            pending = [
+                list(depends_on) for (depends_on,) in connection.execute(_PENDING, {"build": build_id})
+            ]
             if pending and not _may_release(connection, build_id, pending):
                 return
             if not pending and unfinished:
