@@ -199,25 +199,25 @@ def test_a_symlink_in_debian_is_left_to_dpkg_source(tmp_path: Path) -> None:
     _left_to_dpkg(tmp_path, _source_package(tmp_path, tree))
 
 
-def test_a_setuid_file_or_a_member_outside_the_top_directory_is_left_to_dpkg_source(tmp_path: Path) -> None:
+def _setuid(members: list[tuple[tarfile.TarInfo, bytes]]) -> list[tuple[tarfile.TarInfo, bytes]]:
+    for member, _data in members:
+        if member.name.endswith("payload.txt"):
+            member.mode |= 0o4000
+    return members
+
+
+def _stray(members: list[tuple[tarfile.TarInfo, bytes]]) -> list[tuple[tarfile.TarInfo, bytes]]:
+    extra = tarfile.TarInfo("stray.txt")
+    extra.size = 1
+    return [*members, (extra, b"x")]
+
+
+@pytest.mark.parametrize("change", [_setuid, _stray], ids=["setuid", "outside-the-top-directory"])
+def test_a_setuid_file_or_a_member_outside_the_top_directory_is_left_to_dpkg_source(
+    tmp_path: Path, change: object
+) -> None:
     dsc = _source_package(tmp_path, make_package(tmp_path / "trees", "odd"))
-
-    def setuid(members: list[tuple[tarfile.TarInfo, bytes]]) -> list[tuple[tarfile.TarInfo, bytes]]:
-        for member, _data in members:
-            if member.name.endswith("payload.txt"):
-                member.mode |= 0o4000
-        return members
-
-    _rewrite_tarball(dsc, setuid)
-    _left_to_dpkg(tmp_path, dsc)
-
-    def stray(members: list[tuple[tarfile.TarInfo, bytes]]) -> list[tuple[tarfile.TarInfo, bytes]]:
-        extra = tarfile.TarInfo("stray.txt")
-        extra.size = 1
-        return [(m, d) for m, d in members if not m.name.endswith("setuid")] + [(extra, b"x")]
-
-    shutil.rmtree(tmp_path / "ours")
-    _rewrite_tarball(dsc, stray)
+    _rewrite_tarball(dsc, change)
     _left_to_dpkg(tmp_path, dsc)
 
 
