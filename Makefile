@@ -62,9 +62,9 @@ pytest: venv
 
 test: deps venv lint charts pytest
 
-# The demo's runner: unshare (a builder pod's command in one user namespace per step, ~1 s of
-# setup a step); `make demo DEMO_RUNNER=sbuild` builds with Debian's sbuild (the settings' default).
-DEMO_RUNNER ?= unshare
+# The demo's runner: the settings' (BUILDFARM_RUNNER, default unshare: a builder pod's command in
+# one user namespace per step); `make demo DEMO_RUNNER=sbuild` starts it with `--runner sbuild`.
+DEMO_RUNNER ?=
 
 # `make demo PROFILE=pulp`: the same build through a real Pulp and an S3 server (ops/demo/).
 PROFILE ?= local
@@ -79,7 +79,7 @@ else
 demo-stop: farm-stop
 
 demo: deps venv
-	$(BF) start --nodes 2 --runner $(DEMO_RUNNER)
+	$(BF) start --nodes 2 $(DEMO_RUNNER:%=--runner %)
 	$(BF) build submit examples/buildfarm.yaml --wait
 	@echo
 	@echo "apt-get update + apt-get download of every package, with a private apt configuration:"

@@ -338,7 +338,7 @@ def _mb(n: float) -> str:
 
 
 def main() -> int:
-    settings = load_settings()
+    settings = load_settings(runner="sbuild")  # the sbuild columns' recipe; unshare's is builder_spec's
     runs = int(os.environ.get("BENCH_RUNS", "2"))
     cases = set(os.environ.get("BENCH_ENVSETUP_CASES", "examples,big").split(","))
     examples = EXAMPLES if "examples" in cases else ()

@@ -58,7 +58,7 @@ def report(
 
 
 def main() -> int:
-    settings = load_settings()
+    settings = load_settings(runner="sbuild")  # the recipe of the sbuild farm below
     # the farm's environment, made beforehand (shared cache) so that the build does not pay for it
     cache_for(settings).ensure(spec_for(settings), progress=print)
     load = os.getloadavg()

@@ -109,7 +109,7 @@ def through_farm(dsc: Path, work: Path) -> tuple[float, float, dict[str, Any]]:
 
 
 def main() -> int:
-    settings = load_settings()
+    settings = load_settings(runner="sbuild")  # sbuild by hand and the sbuild farm: its recipe
     # the farm's own build environment (toolchain and apt lists inside, issue 15), as its runner uses
     base = cache_for(settings).ensure(spec_for(settings), progress=print).path
     name, version = PACKAGE

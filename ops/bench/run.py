@@ -167,7 +167,7 @@ def engine_overhead(work: Path) -> tuple[float, float, int]:
 
 
 def main() -> int:
-    settings = load_settings()
+    settings = load_settings(runner="sbuild")  # sbuild by hand and the sbuild farm: its recipe
     # the farm's own build environment (toolchain and apt lists inside, issue 15), as its runner uses
     base = cache_for(settings).ensure(spec_for(settings), progress=print).path
     with tempfile.TemporaryDirectory(prefix="buildfarm-bench-") as tmp:

@@ -33,15 +33,15 @@ NOT_IN_CHART: dict[str, str] = {
     "BUILDFARM_NOTIFY_TIMEOUT_SECONDS": "delivery tuning of notifications: the default (extraEnvVars)",
     "BUILDFARM_NOTIFY_SMTP_USERNAME": "SMTP login: not in farm.notifications yet (extraEnvVars)",
     "BUILDFARM_NOTIFY_SMTP_PASSWORD_FILE": "not in farm.notifications yet (extraEnvVars, a Secret)",
-    "BUILDFARM_BASE_TARBALL": "sbuild's chroot: the chart's runner is kubernetes (builder pods)",
-    "BUILDFARM_CACHE_DIR": "sbuild and buildah caches of the local profile; builder pods have their images",
-    "BUILDFARM_SBUILD_TMPDIR": "sbuild's chroot: the chart's runner is kubernetes",
-    "BUILDFARM_ENV_PACKAGES": "sbuild's cached build environments: the chart's runner is kubernetes",
-    "BUILDFARM_APT_PROXY": "sbuild's package cache (local profile); builder pods fetch from the mirrors",
+    "BUILDFARM_BASE_TARBALL": "the local runners' chroot: the chart's runner is kubernetes (builder pods)",
+    "BUILDFARM_CACHE_DIR": "the local runners' and buildah caches; builder pods have their images",
+    "BUILDFARM_SBUILD_TMPDIR": "the local runners' chroots: the chart's runner is kubernetes",
+    "BUILDFARM_ENV_PACKAGES": "the local runners' cached environments: the chart's runner is kubernetes",
+    "BUILDFARM_APT_PROXY": "the local runners' package cache; builder pods fetch from the mirrors",
     "BUILDFARM_APT_CACHE": "whether `buildfarm start` runs apt-cacher-ng: the local profile only",
-    "BUILDFARM_PACKAGE_CACHE": "sbuild environments' package cache: the chart's runner is kubernetes",
-    "BUILDFARM_ENV_LAYER_MAX_BYTES": "sbuild's dependency layers: the chart's runner is kubernetes",
-    "BUILDFARM_ENV_LAYER_MIN_PACKAGES": "sbuild's dependency layers: the chart's runner is kubernetes",
+    "BUILDFARM_PACKAGE_CACHE": "local environments' package cache: the chart's runner is kubernetes",
+    "BUILDFARM_ENV_LAYER_MAX_BYTES": "local runners' dependency layers: the chart's runner is kubernetes",
+    "BUILDFARM_ENV_LAYER_MIN_PACKAGES": "local runners' dependency layers: the chart's runner is kubernetes",
     "BUILDFARM_REPO_HOST": "the local repository server; the chart serves packages from Pulp",
     "BUILDFARM_REPO_PORT": "the local repository server; the chart serves packages from Pulp",
     "BUILDFARM_KUBECONFIG": "out-of-cluster use only: the chart's pods use their in-cluster configuration",
@@ -121,7 +121,7 @@ def test_every_profile_renders_settings_the_farm_accepts(
 ) -> None:
     _, docs = profile_docs
     settings = settings_of(docs, helpers, monkeypatch, tmp_path)
-    assert settings.builders.runner == "kubernetes"
+    assert settings.builders.runner == "kubernetes"  # production's, whatever the local default is
 
 
 def test_integer_cpu_is_accepted_on_both_sides(

@@ -92,6 +92,8 @@ def write_farm_file(settings: Settings, record: dict[str, Any]) -> None:
 
 
 def _check_tools(settings: Settings) -> None:
+    """What the farm's processes need of this machine: its tools, and the runner's user namespaces
+    (one line saying why and what to do, before anything starts)."""
     needed = {"apt-ftparchive": "apt-utils", "dpkg-buildpackage": "dpkg-dev"}
     if settings.repository.kind == "local":
         needed["gpg"] = "gnupg"  # signs every published Release
@@ -108,6 +110,10 @@ def _check_tools(settings: Settings) -> None:
         raise PermanentError(
             f"missing tools; install the Debian packages: apt-get install {' '.join(missing)}"
         )
+    if settings.builders.runner == "unshare":  # here, not as every node's first step fails
+        from buildfarm.runners.unshare import check_namespaces
+
+        check_namespaces()
 
 
 def _pick_port(host: str, wanted: int, variable: str) -> int:
@@ -211,7 +217,7 @@ def _start_fresh(settings: Settings, sup: Supervisor, nodes: int, prepare: Any) 
         record["redis_url"] = f"redis://:{new_password()}@127.0.0.1:{free_port()}/0"
     # the local registry: image steps push here (seeded with debian:<distribution> on first use)
     record["registry_url"] = settings.registry.url or f"http://127.0.0.1:{free_port()}"
-    warnings = _plan_apt_cache(settings, record)
+    warnings = _plan_apt_cache(settings, record) + _runner_warnings(settings)
     if settings.repository.kind == "local":
         # Signed repositories with no setup: the farm's own key, kept across starts.
         key_file = settings.signing.key_file or generate_key(signing_dir(state))
@@ -236,6 +242,17 @@ def _start_fresh(settings: Settings, sup: Supervisor, nodes: int, prepare: Any) 
     result.started = [*brokers, *rest]
     result.warnings += warnings
     return result
+
+
+def _runner_warnings(settings: Settings) -> list[str]:
+    """What the runner will do less well on this machine (its nodes' first steps say it too)."""
+    if settings.builders.runner != "unshare":
+        return []
+    from buildfarm.runners.base import chroot_root
+    from buildfarm.runners.unshare import overlay_fallback
+
+    fallback = overlay_fallback(chroot_root(settings.buildenv.sbuild_tmpdir, settings.state_dir))
+    return [] if fallback is None else [f"the unshare runner finds {fallback}"]
 
 
 def _plan_apt_cache(settings: Settings, record: dict[str, Any]) -> list[str]:

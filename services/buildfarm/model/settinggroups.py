@@ -329,11 +329,12 @@ class BuildersSettings(Group):
     """Who builds: the runner of this node's steps, and builder pods on Kubernetes."""
 
     runner: Literal["sbuild", "unshare", "host", "kubernetes"] = Field(
-        default="sbuild",
+        default="unshare",
         alias="runner",
-        description="sbuild: clean unshare chroot per step; unshare: a builder pod's command "
-        "(buildfarm-step) in a clean chroot of one user namespace per step, on this node (less setup "
-        "than sbuild); host: dpkg-buildpackage here; kubernetes: one transient builder pod per step",
+        description="unshare: a builder pod's command (buildfarm-step) in a clean chroot of one user "
+        "namespace per step, on this node (what kubernetes runs, with far less setup than sbuild); "
+        "sbuild: Debian's sbuild in a clean unshare chroot per step (what Debian's buildds run); "
+        "host: dpkg-buildpackage here; kubernetes: one transient builder pod per step (the chart's)",
     )
     concurrency: int = Field(
         default=1, ge=1, le=64, alias="node_concurrency", description="steps one node builds at once"

@@ -137,6 +137,7 @@ def overlay_works(tmpdir: Path, options: str = OVERLAY_OPTIONS) -> bool:
     """Whether a step's overlay can be mounted under ``tmpdir`` and a new directory renamed in
     it, tried once in a user namespace as a step's (a few tens of milliseconds)."""
     tmpdir.mkdir(parents=True, exist_ok=True)
+    tmpdir.chmod(0o755)  # as a step makes it: the namespace's root (a subordinate id) passes through
     probe = Path(tempfile.mkdtemp(prefix="overlay-probe-", dir=tmpdir))
     try:
         for part in ("lower", "upper", "work", "root"):
@@ -157,6 +158,18 @@ def overlay_works(tmpdir: Path, options: str = OVERLAY_OPTIONS) -> bool:
 
 
 """The worker opens the files the mapped root cannot reach, then becomes ``unshare``."""
+
+
+def overlay_fallback(tmpdir: Path) -> str | None:
+    """None where a step's overlay works under ``tmpdir`` (the farm's chroot root), else the line
+    saying that each step unpacks its tarball instead, why, and what to do about it."""
+    if overlay_works(tmpdir):
+        return None
+    return (
+        f"no overlay with {OVERLAY_OPTIONS} in a user namespace under {tmpdir} (tmpfs keeps user "
+        "xattrs from Linux 6.6): each step unpacks its tarball, a few seconds more per step "
+        "(BUILDFARM_SBUILD_TMPDIR on a disk filesystem such as ext4 keeps them)"
+    )
 
 
 def subordinate_ids() -> tuple[int, int]:
@@ -181,6 +194,55 @@ def subordinate_ids() -> tuple[int, int]:
             )
         found.append(starts[0])
     return found[0], found[1]
+
+
+USERNS_SYSCTLS = (
+    ("user.max_user_namespaces", "0", "15000", False),
+    ("kernel.unprivileged_userns_clone", "0", "1", True),
+    ("kernel.apparmor_restrict_unprivileged_userns", "1", "0", True),
+)
+"""The sysctls that turn user namespaces off: (name, the value that does, the one that allows them,
+whether it stops only unprivileged users)."""
+
+
+def _userns_remedy() -> str:
+    """What to do where a user namespace could not be made: the sysctl that forbids it, if one
+    does, else what a container's runtime must allow."""
+    for name, off, on, unprivileged_only in USERNS_SYSCTLS:
+        if unprivileged_only and os.geteuid() == 0:
+            continue
+        try:
+            value = Path("/proc/sys", *name.split(".")).read_text().strip()
+        except OSError:
+            continue
+        if value == off:
+            return f"{name} is {off} here (sysctl -w {name}={on})"
+    return "in a container, its runtime must allow user namespaces (unshare(CLONE_NEWUSER), newuidmap)"
+
+
+def check_namespaces() -> None:
+    """Raise one line saying why and what to do where this user cannot make a step's user
+    namespace: no subordinate ids (:func:`subordinate_ids`), or user namespaces refused (the
+    kernel's sysctls, a container's seccomp profile).  ``unshare ... true``: tens of milliseconds."""
+    subordinate_ids()
+    # a bare user namespace first: where unshare(2) fails, ``--map-auto``'s id-mapping helper
+    # is left waiting for a namespace that never comes (and holds the pipes open)
+    for command in (["unshare", "--user", "true"], [*namespace_prefix(), "true"]):
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            reason = str(exc)
+            break
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines()
+            reason = lines[-1] if lines else f"unshare exited {done.returncode}"
+            break
+    else:
+        return
+    raise PermanentError(
+        f"the unshare runner cannot make a user namespace here ({reason}): {_userns_remedy()}; "
+        "sbuild's unshare mode needs one too, the host runner (--runner host) builds without"
+    )
 
 
 def namespace_prefix() -> list[str]:
@@ -252,6 +314,7 @@ class UnshareRunner(EnvironmentRunner):
         )
         self.trees = None
         self._overlay_checked = False
+        self._namespaces_checked = False
         if overlay and tmpdir is not None:
             self.trees = UnpackedTrees(tmpdir / TREES, self._unpack_tree, self.remove_tree)
 
@@ -261,13 +324,10 @@ class UnshareRunner(EnvironmentRunner):
         unpacks its tarball (a few seconds more of setup per step, said once in the step's log)."""
         if self.trees is not None and not self._overlay_checked:
             self._overlay_checked = True
-            if not overlay_works(chroots.parent):
+            fallback = overlay_fallback(chroots.parent)
+            if fallback is not None:
                 self.trees = None
-                log(
-                    f"buildfarm: no overlay with {OVERLAY_OPTIONS} in a user namespace under "
-                    f"{chroots.parent} (tmpfs keeps user xattrs from Linux 6.6): each step unpacks "
-                    "its tarball"
-                )
+                log(f"buildfarm: {fallback}")
         return self.trees
 
     def _owned_dir(self, path: Path) -> None:
@@ -313,7 +373,9 @@ class UnshareRunner(EnvironmentRunner):
                 raise PermanentError(f"{tool} is not installed (Debian package: {package})")
         if not self.entrypoint.is_file():
             raise PermanentError(f"the builder entrypoint {self.entrypoint} is missing (buildtools/builder)")
-        subordinate_ids()  # one line saying how to give the worker's user some, not unshare's own
+        if not self._namespaces_checked:  # one line saying why and what to do, not unshare's own
+            check_namespaces()
+            self._namespaces_checked = True
 
     def _inputs(self, job: StepJob, dest: Path) -> list[str]:
         """Write the inputs tar (unpacked over the chroot's root); return buildfarm-step's

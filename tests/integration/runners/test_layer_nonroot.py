@@ -57,7 +57,7 @@ print(json.dumps({"label": chosen.label, "path": str(chosen.path), "log": lines}
 
 @pytest.fixture(scope="module")
 def environment() -> tuple[Path, str]:
-    settings = load_settings(state_dir=Path("/nonexistent"))
+    settings = load_settings(state_dir=Path("/nonexistent"), runner="sbuild")
     env = cache_for(settings).ensure(spec_for(settings))  # made once per machine, as the sbuild farm's
     return env.path, env.digest
 

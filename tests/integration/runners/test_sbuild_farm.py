@@ -34,7 +34,7 @@ SBUILD_DEADLINE = 1800
 
 @pytest.fixture(scope="module")
 def sbuild_farm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
-    settings = load_settings(state_dir=tmp_path_factory.mktemp("unused"))
+    settings = load_settings(state_dir=tmp_path_factory.mktemp("unused"), runner="sbuild")
     environments = cache_for(settings)
     environments.ensure(spec_for(settings))  # made once per machine, before the farm's start
     # The machine's environments, this farm's own dependency layers (a layer another run made
@@ -139,7 +139,7 @@ def test_cross_build_for_arm64_links_the_tool_against_the_arm64_library(
     sbuild --host in the cross environment (made through the farm's package cache), and apt
     configured for arm64 downloads every arm64 package from the published branch."""
     record = json.loads((sbuild_farm.state_dir / "farm.json").read_text())
-    settings = load_settings(state_dir=tmp_path / "unused")
+    settings = load_settings(state_dir=tmp_path / "unused", runner="sbuild")
     EnvironmentCache(settings.buildenv.cache_dir / "environments", proxy=record.get("apt_proxy")).ensure(
         cross_spec(spec_for(settings), "arm64")
     )  # downloads the cross toolchain once per machine

@@ -208,7 +208,7 @@ def test_cancel_kills_the_namespace_and_leaves_no_directory(runner: UnshareRunne
 def test_an_environment_without_python3_gives_one_line(runner: UnshareRunner, tmp_path: Path) -> None:
     """A fixed base tarball (setting ``base_tarball``) must carry the entrypoint's python3: the
     sbuild runner's environment does not."""
-    settings = load_settings(state_dir=tmp_path / "unused")
+    settings = load_settings(state_dir=tmp_path / "unused", runner="sbuild")
     plain = cache_for(settings).ensure(spec_for(settings))  # what the sbuild runner builds in
     bare = UnshareRunner(plain.path, runner.distribution, runner.tmpdir, overlay=False)
     lines: list[str] = []

@@ -42,8 +42,16 @@ def test_readme_names_every_command_make_demo_runs() -> None:
     local = makefile.split("\nelse\n", 1)[1].split("\nendif\n", 1)[0]  # the PROFILE=local branch
     recipe = local.split("\ndemo:", 1)[1]
     commands = [line.strip().split(" | ")[0] for line in recipe.splitlines() if line.startswith("\t$(BF) ")]
-    defaults = dict(re.findall(r"^(\w+) \?= (\S+)$", makefile, re.MULTILINE))  # DEMO_RUNNER ?= unshare
-    commands = [re.sub(r"\$\((\w+)\)", lambda m: defaults.get(m[1], m[0]), c) for c in commands]
+    defaults = dict(re.findall(r"^(\w+) \?= ?(\S*)$", makefile, re.MULTILINE))  # DEMO_RUNNER ?=
+
+    def expand(match: re.Match[str]) -> str:
+        """$(VAR) as its default; $(VAR:%=--flag %) is the flag only when VAR has a value."""
+        if match[1] not in defaults:
+            return match[0]
+        value = defaults[match[1]]
+        return value if match[2] is None else (match[2].replace("%", value) if value else "")
+
+    commands = [re.sub(r"\$\((\w+)(?::%=([^)]*))?\)", expand, c).strip() for c in commands]
     assert len(commands) >= 3, f"the demo recipe's commands: {commands}"  # start, build submit, ...
     readme = (ROOT / "README.md").read_text()
     section = readme.split("\n## The local farm\n", 1)[1].split("\n## ", 1)[0]
