@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,6 +49,8 @@ STATE_FORMAT = 1
 TOOL_TIMEOUT_SECONDS = 60.0
 """Bound on one ``dpkg-deb --show``: it reads a .deb's control member, milliseconds."""
 
+READ_THREADS = 4
+"""``dpkg-deb --show`` run at once while a publication reads the .debs it has not read before."""
 _SHOW_FORMAT = "${Package}\\t${Architecture}\\t${source:Package}\\t${source:Version}\\n"
 
 
@@ -90,6 +93,32 @@ BranchState = dict[str, SourceEntry]
 """Source package name -> what the branch holds of it."""
 
 
+def _read_deb(exe: str, package: PackageFile) -> tuple[BinaryFile, str, str]:
+    """A .deb checked against its record and read: (its binary, source package, source version)."""
+    sha256, size = file_sha256(package.path)
+    if sha256 != package.sha256 or size != package.size:
+        raise PermanentError(
+            f"{package.path} does not match its record (sha256 {sha256}, {size} bytes; "
+            f"expected {package.sha256}, {package.size} bytes)"
+        )
+    try:
+        done = subprocess.run(
+            [exe, "--show", f"--showformat={_SHOW_FORMAT}", "--", str(package.path)],
+            capture_output=True,
+            timeout=TOOL_TIMEOUT_SECONDS,
+            env={**os.environ, "LC_ALL": "C.UTF-8"},
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise PermanentError(f"could not index {package.filename}: dpkg-deb took too long") from exc
+    fields = done.stdout.decode("utf-8", "replace").rstrip("\n").split("\t")
+    if done.returncode != 0 or len(fields) != 4 or not all(fields):
+        stderr = done.stderr.decode("utf-8", "replace").strip().replace("\n", "; ")
+        raise PermanentError(f"could not index {package.filename}: {stderr or 'no package fields'}")
+    name, architecture, source, version = fields
+    return BinaryFile(package.filename, package.sha256, package.size, name, architecture), source, version
+
+
 def describe(packages: Iterable[PackageFile], build_id: int, known: BranchState | None = None) -> BranchState:
     """The source packages ``packages`` (one build's outputs) bring, read with ``dpkg-deb``
     after checking each file against its record (a build with a damaged output publishes nothing,
@@ -103,35 +132,20 @@ def describe(packages: Iterable[PackageFile], build_id: int, known: BranchState 
     exe = shutil.which("dpkg-deb")
     if exe is None:
         raise PermanentError("dpkg-deb is not installed: install the Debian package dpkg")
-    by_source: dict[tuple[str, str], dict[str, BinaryFile]] = {}
-    for package in packages:
-        seen = recorded.get((package.filename, package.sha256, package.size))
-        if seen is not None:
-            by_source.setdefault((seen[1].name, seen[1].version), {})[package.filename] = seen[0]
-            continue
-        sha256, size = file_sha256(package.path)
-        if sha256 != package.sha256 or size != package.size:
-            raise PermanentError(
-                f"{package.path} does not match its record (sha256 {sha256}, {size} bytes; "
-                f"expected {package.sha256}, {package.size} bytes)"
-            )
-        try:
-            done = subprocess.run(
-                [exe, "--show", f"--showformat={_SHOW_FORMAT}", "--", str(package.path)],
-                capture_output=True,
-                timeout=TOOL_TIMEOUT_SECONDS,
-                env={**os.environ, "LC_ALL": "C.UTF-8"},
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise PermanentError(f"could not index {package.filename}: dpkg-deb took too long") from exc
-        fields = done.stdout.decode("utf-8", "replace").rstrip("\n").split("\t")
-        if done.returncode != 0 or len(fields) != 4 or not all(fields):
-            stderr = done.stderr.decode("utf-8", "replace").strip().replace("\n", "; ")
-            raise PermanentError(f"could not index {package.filename}: {stderr or 'no package fields'}")
-        name, architecture, source, version = fields
-        binary = BinaryFile(package.filename, package.sha256, package.size, name, architecture)
-        by_source.setdefault((source, version), {})[package.filename] = binary
+    packages = list(packages)
+    unread = [p for p in packages if (p.filename, p.sha256, p.size) not in recorded]
+    # Each .deb is read by a dpkg-deb of its own, a few at once: one after the other they were
+    # most of a small build's publication (a process start each, waited for in turn).
+    with ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="dpkg-deb") as pool:
+        read = pool.map(lambda package: _read_deb(exe, package), unread)  # in order; the first error
+        by_source: dict[tuple[str, str], dict[str, BinaryFile]] = {}
+        for package in packages:
+            seen = recorded.get((package.filename, package.sha256, package.size))
+            if seen is not None:
+                binary, source, version = seen[0], seen[1].name, seen[1].version
+            else:
+                binary, source, version = next(read)
+            by_source.setdefault((source, version), {})[package.filename] = binary
     state: BranchState = {}
     for (source, version), files in by_source.items():
         entry = SourceEntry(source, version, build_id, tuple(sorted(files.values(), key=_by_name)))

@@ -52,6 +52,7 @@ from sqlalchemy import select
 
 from buildfarm.backends.upstream import read_release
 from buildfarm.engine.context import FarmContext
+from buildfarm.engine.dpkgsource import DpkgSourceForks
 from buildfarm.engine.gbpsource import export_orig
 from buildfarm.engine.srccache import SourceCache, StoredSource
 from buildfarm.engine.stxsource import StxResolver
@@ -127,8 +128,13 @@ class SourceResolver:
         self.scratch = scratch
         self.uploaded_files = uploaded_files or {}
         self.cache = SourceCache(ctx)
+        self.forks = DpkgSourceForks(dpkg_source_env())
+        """Packing a tree runs dpkg-source from these preloaded Perls: :meth:`close` ends them."""
         self._beside: dict[Path, dict[str, list[str]]] = {}
         self._beside_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.forks.close()
 
     def upstream_beside(self, tree: Path, source: str, version: str) -> list[Path]:
         """:func:`~buildfarm.model.debsource.upstream_files_beside`, with the parent directory
@@ -304,7 +310,7 @@ class SourceResolver:
             if path.parent != work:
                 shutil.copyfile(path, work / path.name)
             self._keep_input(work / path.name, str(path) if package.path else what)
-        _dpkg_source(["-b", copy.name], work, what)
+        _dpkg_source(["-b", copy.name], work, what, self.forks)
         shutil.rmtree(copy)
         return source_package(work / f"{name}_{noepoch}.dsc", what)
 
@@ -601,27 +607,37 @@ def verify_dsc(dsc: Path, key: str, what: str) -> None:
         raise PermanentError(f"{what}: {dsc.name} is not signed by key {key_name}: {reason}")
 
 
-def _dpkg_source(args: list[str], cwd: Path, what: str) -> None:
+def dpkg_source_env() -> dict[str, str]:
+    """The environment dpkg-source runs in: no DEB_/DPKG_ settings of the caller, C locale, UTC."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DEB_", "DPKG_"))}
-    env |= {"LC_ALL": "C.UTF-8", "TZ": "UTC"}
+    return env | {"LC_ALL": "C.UTF-8", "TZ": "UTC"}
+
+
+def _dpkg_source(args: list[str], cwd: Path, what: str, forks: DpkgSourceForks | None = None) -> None:
+    """``dpkg-source <args>`` in ``cwd`` (forked from a preloaded Perl of ``forks`` when given);
+    a failure is one line naming ``what``."""
     try:
-        result = subprocess.run(
-            ["dpkg-source", *args],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=DPKG_SOURCE_TIMEOUT_SECONDS,
-            check=False,
-        )
+        done = forks.run(args, cwd, DPKG_SOURCE_TIMEOUT_SECONDS) if forks is not None else None
+        if done is None:
+            result = subprocess.run(
+                ["dpkg-source", *args],
+                cwd=cwd,
+                env=dpkg_source_env(),
+                capture_output=True,
+                text=True,
+                timeout=DPKG_SOURCE_TIMEOUT_SECONDS,
+                check=False,
+            )
+            done = result.returncode, result.stderr + result.stdout
     except FileNotFoundError as exc:
         raise PermanentError("dpkg-source is not installed (Debian package: dpkg-dev)") from exc
-    except subprocess.TimeoutExpired as exc:
+    except (subprocess.TimeoutExpired, TimeoutError) as exc:
         raise TemporaryError(
             f"{what}: dpkg-source {args[0]} took over {DPKG_SOURCE_TIMEOUT_SECONDS} s"
         ) from exc
-    if result.returncode != 0:
-        lines = (result.stderr + result.stdout).strip().splitlines()
+    returncode, output = done
+    if returncode != 0:
+        lines = output.strip().splitlines()
         errors = [line for line in lines if "error:" in line]
         last = (errors or lines or ["(no message)"])[-1].strip()
         raise PermanentError(f"{what}: dpkg-source {args[0]} failed: {last}")

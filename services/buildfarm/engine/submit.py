@@ -181,7 +181,10 @@ def submit_build(
         source_directories(manifest, root, ctx.settings.fetch.url_policy, prepared) as sources,
     ):
         resolver = SourceResolver(ctx, root, Path(scratch), prepared_files)
-        packed = _in_parallel(lambda index: resolver.resolve_stored(index, *sources[index]), len(sources))
+        try:
+            packed = _in_parallel(lambda index: resolver.resolve_stored(index, *sources[index]), len(sources))
+        finally:
+            resolver.close()
         resolver.cache.save_trees()
         for (package, _directory), stored in zip(sources, packed, strict=True):
             planned.append((package.describe(), stored.info, stored.source_key))

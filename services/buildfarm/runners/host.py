@@ -19,7 +19,7 @@ from buildfarm.model.errors import PermanentError
 from buildfarm.model.types import FILE_OUTPUT_SUFFIXES, PACKAGE_SUFFIXES, RunnerKind
 from buildfarm.runners.base import StepJob, StepResult
 from buildfarm.runners.process import describe_failure, run_streaming
-from buildfarm.runners.sourcepkg import unpack_step_source
+from buildfarm.runners.sourcepkg import unpack_native, unpack_step_source
 
 
 @cache
@@ -44,7 +44,9 @@ class HostRunner:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DEB_", "DPKG_"))}
         env["LC_ALL"] = "C.UTF-8"
         dsc = unpack_step_source(job.source_tarball, job.workdir / "dsc")
-        if dsc is not None:  # the source package, unpacked (and patched) by dpkg-source itself
+        if dsc is not None and unpack_native(dsc, source):
+            job.log(f"buildfarm: {dsc.name} unpacked in process, as dpkg-source -x does (a native package)")
+        elif dsc is not None:  # the source package, unpacked (and patched) by dpkg-source itself
             outcome = run_streaming(
                 ["dpkg-source", "-x", str(dsc), str(source)],
                 cwd=job.workdir,

@@ -1,4 +1,5 @@
-"""The merge rules of a local branch repository (buildfarm.backends.aptbranch), on records alone."""
+"""The merge rules of a local branch repository (buildfarm.backends.aptbranch), on records alone; and
+how a build's .debs are read into records (describe, on real .debs)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,22 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from buildfarm.backends.aptbranch import (
     STATE_FILE,
     BinaryFile,
     SourceEntry,
     SourceFile,
+    describe,
     merge,
     read_state,
     source_files_of,
     write_state,
 )
+from buildfarm.model.errors import PermanentError
+
+from debpkgs import build_deb
 
 
 def entry(source: str, version: str, build_id: int, *binaries: str) -> SourceEntry:
@@ -79,3 +86,24 @@ def test_source_packages_stay_with_their_entry_and_in_the_record(tmp_path: Path)
         del raw["sources"]
     (tmp_path / STATE_FILE).write_text(json.dumps(record))
     assert read_state(tmp_path, 9)["big"].sources == ()
+
+
+def test_describe_reads_the_unrecorded_debs_at_once_and_keeps_the_recorded_ones(tmp_path: Path) -> None:
+    """Many .debs, recorded and new interleaved: each new one read (by several dpkg-debs at once)
+    as it alone would be, a recorded one not read at all, and the first damaged one named."""
+    debs = [build_deb(tmp_path, f"bin{i}", "1.0", source=f"src{i % 3}") for i in range(9)]
+    alone: dict[str, set[BinaryFile]] = {}
+    for deb in debs:
+        ((source, entry),) = describe([deb], 5).items()
+        alone.setdefault(source, set()).update(entry.files)
+    together = describe(debs, 5)
+    assert {source: set(entry.files) for source, entry in together.items()} == alone
+    assert {entry.version for entry in together.values()} == {"1.0"}
+    recorded = {"src0": together["src0"]}
+    for deb in debs:
+        if deb.filename.startswith(("bin0_", "bin3_", "bin6_")):
+            deb.path.unlink()  # recorded: never read again
+    assert describe(debs, 5, known=recorded) == together
+    damaged = [replace(d, sha256="0" * 64) if d.filename.startswith(("bin4_", "bin7_")) else d for d in debs]
+    with pytest.raises(PermanentError, match=r"bin4_1\.0_all\.deb does not match its record"):
+        describe(damaged, 5, known=recorded)

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from buildfarm.engine import srccache, srcpkg
+from buildfarm.engine.dpkgsource import DpkgSourceForks
 from buildfarm.engine.submit import submit_build
 from buildfarm.model import sources
 from buildfarm.model.manifest import load_manifest
@@ -41,10 +42,10 @@ def test_a_tree_submitted_again_is_not_packed_again(tmp_path: Path, monkeypatch:
     packed: list[tuple[str, str]] = []  # (tree, thread) of every dpkg-source -b
     dpkg_source = srcpkg._dpkg_source
 
-    def counted(args: list[str], cwd: Path, what: str) -> None:
+    def counted(args: list[str], cwd: Path, what: str, forks: DpkgSourceForks | None = None) -> None:
         if args[0] == "-b":
             packed.append((args[1], threading.current_thread().name))
-        dpkg_source(args, cwd, what)
+        dpkg_source(args, cwd, what, forks)
 
     monkeypatch.setattr(srcpkg, "_dpkg_source", counted)
     first = submit_build(ctx, manifest, src, "alice")
