@@ -257,7 +257,16 @@ class LocalAptRepository:
         # Leftovers of a publish that crashed: nobody else writes here while we hold the lock.
         for stale in target.parent.glob(f".tmp-{target.name}-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        tree = apttree.build_tree(
+        tree = self._merged_tree(branch_dir, target, label, carried, merged)
+        os.rename(tree, target)
+        fsync_dir(target.parent)
+
+    def _merged_tree(
+        self, branch_dir: Path, target: Path, label: str, carried: list[PackageFile], merged: BranchState
+    ) -> Path:
+        """The tree of ``merged`` (every package linked from where it is published), beside
+        ``target`` under a temporary name, index stanzas taken from latest's where unchanged."""
+        return apttree.build_tree(
             target.parent,
             f".tmp-{target.name}-",
             [],
@@ -267,8 +276,6 @@ class LocalAptRepository:
             state=merged,
             known=_latest_tree(branch_dir),
         )
-        os.rename(tree, target)
-        fsync_dir(target.parent)
 
     def _publish_again(self, branch_dir: Path, target: Path, build_id: int, label: str) -> None:
         """A build published before: make sure ``latest`` holds what it brought (see :meth:`publish`)."""
@@ -285,16 +292,7 @@ class LocalAptRepository:
             # Another build moved latest between our rename and our switch: merge onto it again.
             mine = _where(own, target)
             carried = _carried(merged, where | mine, skip=set())
-            tree = apttree.build_tree(
-                target.parent,
-                f".tmp-{target.name}-",
-                [],
-                label,
-                self.signer,
-                carried=carried,
-                state=merged,
-                known=_latest_tree(branch_dir),
-            )
+            tree = self._merged_tree(branch_dir, target, label, carried, merged)
             aside = target.with_name(f"{EXPIRED_PREFIX}{target.name}-{time.time_ns()}")
             os.rename(target, aside)
             os.rename(tree, target)

@@ -24,6 +24,8 @@ import pytest
 
 from buildfarm.runners.base import chroot_root
 
+from nonrootkit import require_tmpfs_user_xattrs
+
 NO_USERNS = (
     "the unshare runner cannot make a user namespace here (unshare: unshare failed: No space left on "
     "device): user.max_user_namespaces is 0 here (sysctl -w user.max_user_namespaces=15000); sbuild's "
@@ -131,6 +133,7 @@ def test_start_notes_nothing_where_the_overlay_works(tmp_path: Path) -> None:
     077) makes the chroot root before any node does."""
     if os.geteuid() != 0 or shutil.which("unshare") is None or not Path("/dev/shm").is_dir():
         pytest.skip("probes an overlay in /dev/shm as root's subordinate ids: needs root, unshare, /dev/shm")
+    require_tmpfs_user_xattrs()
     shm, state = Path("/dev/shm") / f"buildfarm-preflight-test-{os.getpid()}", tmp_path / "state"
     shm.mkdir()
     shm.chmod(0o1777)  # as /dev/shm itself: the chroot root is made in it
