@@ -8,7 +8,9 @@ so chains of packages build in the fast host mode too.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -169,3 +171,24 @@ def build_source_package(
         data = path.read_bytes()
         files.append(PackageFile(path.name, hashlib.sha256(data).hexdigest(), len(data), path))
     return [*files, build_deb(base, name, version, payload=payload)]
+
+
+def tree_listing(root: Path, since_ns: int) -> dict[str, tuple[object, ...]]:
+    """Every entry's kind, permissions, contents or target, and modification time (only when it
+    came from the tarball: what the unpack itself writes has a fresh one)."""
+    out: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath) / name
+            meta = path.lstat()
+            mtime = None if meta.st_mtime_ns >= since_ns else meta.st_mtime_ns
+            rel = path.relative_to(root).as_posix()
+            if stat.S_ISLNK(meta.st_mode):
+                out[rel] = ("link", os.readlink(path), mtime)
+            elif stat.S_ISDIR(meta.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(meta.st_mode), mtime)
+            else:
+                out[rel] = ("file", stat.S_IMODE(meta.st_mode), path.read_bytes(), mtime)
+    top = root.lstat()
+    out["."] = ("dir", stat.S_IMODE(top.st_mode), top.st_mtime_ns)
+    return out

@@ -31,6 +31,7 @@ import gzip
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,8 +40,11 @@ import pytest
 from buildfarm.local.aptclient import AptClient
 from buildfarm.model.debsource import source_package
 from buildfarm.model.settings import load_settings
+from buildfarm.runners.process import BUILDER_UMASK
 from buildfarm.runners.sbuild import ensure_base_tarball
+from buildfarm.runners.sourcepkg import unpack_native
 
+from debpkgs import tree_listing
 from debsources import PACKAGES, debian_source
 from httpkit import Served
 from localfarmkit import Farm
@@ -178,3 +182,21 @@ def test_six_debian_packages_build_publish_and_install(
         [str(root / "usr" / "bin" / "rsakeyfind")], capture_output=True, text=True, check=False
     )
     assert "usage" in (ran.stdout + ran.stderr).lower(), ran
+
+
+@pytest.mark.parametrize("name", ["memstat", "dh-autoreconf"])
+def test_debians_native_packages_unpack_in_process_as_dpkg_source_does(tmp_path: Path, name: str) -> None:
+    """The host runner's in-process unpack of a native package (1.0 native, 3.0 (native)), on
+    Debian's own packages: the same tree as ``dpkg-source -x`` (paths, modes, contents, targets,
+    the tarball's times); here, not with the runner's unit tests, as this module fetches them."""
+    dsc = debian_source(name, PACKAGES[name])
+    since = time.time_ns()
+    subprocess.run(
+        ["dpkg-source", "-x", str(dsc), str(tmp_path / "by-dpkg")],
+        check=True,
+        capture_output=True,
+        env={"LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin", "TZ": "UTC"},
+        umask=BUILDER_UMASK,  # as the host runner runs it
+    )
+    assert unpack_native(dsc, tmp_path / "ours") is True
+    assert tree_listing(tmp_path / "ours", since) == tree_listing(tmp_path / "by-dpkg", since)

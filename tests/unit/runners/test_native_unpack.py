@@ -23,7 +23,7 @@ from buildfarm.runners.host import HostRunner
 from buildfarm.runners.process import BUILDER_UMASK
 from buildfarm.runners.sourcepkg import fixed_mode, unpack_native
 
-from debpkgs import build_source_package, make_package
+from debpkgs import build_source_package, make_package, tree_listing
 
 ENV = {"LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin", "TZ": "UTC"}
 
@@ -54,27 +54,6 @@ def _dpkg_x(dsc: Path, dest: Path) -> None:
     )
 
 
-def _listing(root: Path, since_ns: int) -> dict[str, tuple[object, ...]]:
-    """Every entry's kind, permissions, contents or target, and modification time (only when it
-    came from the tarball: what the unpack itself writes has a fresh one)."""
-    out: dict[str, tuple[object, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [*dirnames, *filenames]:
-            path = Path(dirpath) / name
-            meta = path.lstat()
-            mtime = None if meta.st_mtime_ns >= since_ns else meta.st_mtime_ns
-            rel = path.relative_to(root).as_posix()
-            if stat.S_ISLNK(meta.st_mode):
-                out[rel] = ("link", os.readlink(path), mtime)
-            elif stat.S_ISDIR(meta.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(meta.st_mode), mtime)
-            else:
-                out[rel] = ("file", stat.S_IMODE(meta.st_mode), path.read_bytes(), mtime)
-    top = root.lstat()
-    out["."] = ("dir", stat.S_IMODE(top.st_mode), top.st_mtime_ns)
-    return out
-
-
 def _same_as_dpkg(tmp_path: Path, dsc: Path) -> Path:
     """Unpack ``dsc`` both ways and assert the trees are the same; the in-process one."""
     since = time.time_ns()
@@ -82,7 +61,7 @@ def _same_as_dpkg(tmp_path: Path, dsc: Path) -> Path:
     (tmp_path / "ours").mkdir()
     assert unpack_native(dsc, tmp_path / "ours" / "src") is True
     assert os.listdir(tmp_path / "ours") == ["src"]  # no scratch directory left
-    assert _listing(tmp_path / "ours" / "src", since) == _listing(tmp_path / "by-dpkg", since)
+    assert tree_listing(tmp_path / "ours" / "src", since) == tree_listing(tmp_path / "by-dpkg", since)
     return tmp_path / "ours" / "src"
 
 
