@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import select
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,7 +48,34 @@ def make_engine(url: str) -> Engine:
         # statement of the engine run the event hooks (a third of a short claim's cost).
         engine.dialect.do_begin = _begin_immediate  # type: ignore[method-assign]
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    dialect = engine.dialect
+    dialect.do_ping = _ping_when_suspect(dialect.do_ping, dialect.loaded_dbapi.Error)  # type: ignore[method-assign,assignment]
+    return engine
+
+
+def _ping_when_suspect(ping: Callable[[Any], bool], lost: type[Exception]) -> Callable[[Any], bool]:
+    """The pool's check of a connection it hands out, without a round trip while nothing is wrong.
+
+    An idle connection has nothing to read: a server that ended the session (a restart, a
+    failover, ``pg_terminate_backend``, an idle timeout) or a peer that reset it leaves its
+    last message or the end of the stream on the socket.  Only then is the real ping sent (which
+    fails, and the pool connects again).  Dispatch checks out a connection three times a step;
+    the ping of each was a round trip of its own (3 of its 17).  A connection cut silently (no
+    FIN, no RST) shows nothing here; the ping would have waited on it as the statement now does."""
+
+    def ping_when_suspect(dbapi_connection: Any) -> bool:
+        try:
+            socket = dbapi_connection.pgconn.socket
+        except lost:  # psycopg knows the connection closed: the real ping says so in its way
+            return ping(dbapi_connection)
+        poller = select.poll()
+        poller.register(socket, select.POLLIN | select.POLLPRI)
+        if poller.poll(0):
+            return ping(dbapi_connection)
+        return True
+
+    return ping_when_suspect
 
 
 def _begin_immediate(dbapi_connection: Any) -> None:
