@@ -465,30 +465,34 @@ def advance_build(ctx: FarmContext, build_id: int) -> None:
     lock (whatever committed before this advance began is seen; what commits later asks for an
     advance of its own); only an advance with something to do locks the build, looks again and
     loads the build and its open steps."""
-    with ctx.db.transaction() as connection:
-        row = connection.execute(_OPEN_OF_BUILD, {"id": build_id}).first()
-        if row is None:
-            log.warning("advance: build %s does not exist", build_id)
+    with ctx.db.statements() as connection:  # no transaction: on PostgreSQL no BEGIN, no COMMIT
+        if not _may_change(connection, build_id):
             return
-        state, unfinished = row
-        if state in TERMINAL_BUILD_STATES and state != BuildState.CANCELLED:
-            return
-        if state != BuildState.CANCELLED:
-            pending = [
-                list(depends_on) for (depends_on,) in connection.execute(_PENDING, {"build": build_id})
-            ]
-            if pending and not _may_release(connection, build_id, pending):
-                return
-            if not pending and unfinished:
-                return
-        with ctx.db.session_on(connection) as session:
-            to_run, kind, finish = _advance(ctx, session, build_id)
+    with ctx.db.transaction() as connection, ctx.db.session_on(connection) as session:
+        to_run, kind, finish = _advance(ctx, session, build_id)
     for step_id, attempt, node in to_run:
         ctx.dispatcher.run_step(step_id, attempt, kind, node)
     if finish == "publish":
         publish_build(ctx, build_id)
     elif finish == "close":
         drop_staging(ctx, build_id)
+
+
+def _may_change(connection: Connection, build_id: int) -> bool:
+    """Whether an advance of the build may have something to do (read as rows, without a lock)."""
+    row = connection.execute(_OPEN_OF_BUILD, {"id": build_id}).first()
+    if row is None:
+        log.warning("advance: build %s does not exist", build_id)
+        return False
+    state, unfinished = row
+    if state in TERMINAL_BUILD_STATES and state != BuildState.CANCELLED:
+        return False
+    if state == BuildState.CANCELLED:
+        return True
+    pending = [list(depends_on) for (depends_on,) in connection.execute(_PENDING, {"build": build_id})]
+    if pending:
+        return _may_release(connection, build_id, pending)
+    return not unfinished
 
 
 def _advance(

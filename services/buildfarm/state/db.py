@@ -114,6 +114,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._autocommit = (
+            None if url.startswith("sqlite") else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -137,6 +140,23 @@ class Database:
         that needs ORM objects after all opens :meth:`session_on` the same connection."""
         try:
             with self.engine.begin() as connection:
+                yield connection
+        except OperationalError as exc:
+            raise ServiceUnavailableError(f"database {_redact(self.url)}: {exc.orig}") from exc
+
+    @contextmanager
+    def statements(self) -> Iterator[Connection]:
+        """A connection for work that needs no transaction around its statements: reads that need
+        no common snapshot (on PostgreSQL, READ COMMITTED gives each statement of a transaction
+        its own anyway) and writes of one statement each (atomic alone).  On PostgreSQL each
+        statement commits on its own: no BEGIN and no COMMIT, each a round trip of its own with
+        psycopg.  On SQLite a :meth:`transaction` (its BEGIN and COMMIT cost no round trip)."""
+        if self._autocommit is None:
+            with self.transaction() as connection:
+                yield connection
+            return
+        try:
+            with self._autocommit.connect() as connection:
                 yield connection
         except OperationalError as exc:
             raise ServiceUnavailableError(f"database {_redact(self.url)}: {exc.orig}") from exc
