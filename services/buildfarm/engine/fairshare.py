@@ -64,18 +64,23 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import (
+    CTE,
+    ColumnElement,
     Connection,
     Float,
     Insert,
-    Update,
+    String,
     and_,
     bindparam,
     func,
+    literal,
     literal_column,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningInsert
 
 from buildfarm.model.settings import MAX_PRIORITY, Settings
 from buildfarm.model.types import StepState
@@ -276,50 +281,87 @@ def charge_start(
         _ensure(session, tenant, now)
     connection = connection_of(session)
     connection.execute(
-        _CHARGE_START[connection.dialect.name == "sqlite"],
-        {
-            "w_project": tenant[0],
-            "w_user": tenant[1],
-            "farm": farm,
-            "step": settings.steps.share_charge_seconds / weight_of(tenant[0], settings),
-            "updated_at": now,
-        },
+        _CHARGE_START[connection.dialect.name == "sqlite"], charge_start_params(tenant, settings, now, farm)
     )
+
+
+def charge_start_params(
+    tenant: Tenant, settings: Settings, now: dt.datetime, farm: float
+) -> dict[str, object]:
+    """The parameters of :func:`charge_start`'s statement (and of :func:`charge_start_after`'s)."""
+    return {
+        "w_project": tenant[0],
+        "w_user": tenant[1],
+        "farm": farm,
+        "step": settings.steps.share_charge_seconds / weight_of(tenant[0], settings),
+        "updated_at": now,
+    }
 
 
 _USAGE = TenantUsage.metadata.tables["tenant_usage"]
 _OWN_ROW = (_USAGE.c.project == bindparam("w_project"), _USAGE.c.user == bindparam("w_user"))
+_FARM = bindparam("farm", type_=Float)
+_STEP = bindparam("step", type_=Float)
 
 
-def _charge_start(sqlite: bool) -> Update:
-    """The charge's UPDATE, built once per dialect: ``greatest()`` (SQLite: two-argument ``max()``)."""
+def _charged(sqlite: bool) -> dict[str, ColumnElement[float]]:
+    """The charge's new values of a tenant's row: ``greatest()`` (SQLite: two-argument ``max()``)."""
     greatest = func.max if sqlite else func.greatest
-    start = greatest(_USAGE.c.pass_seconds, bindparam("farm", type_=Float))
+    start = greatest(_USAGE.c.pass_seconds, _FARM)
+    return {"start_seconds": greatest(_USAGE.c.start_seconds, start), "pass_seconds": start + _STEP}
+
+
+_CHARGE_START = {sqlite: update(_USAGE).where(*_OWN_ROW).values(_charged(sqlite)) for sqlite in (True, False)}
+"""The charge's UPDATE, built once per dialect."""
+
+
+def charge_start_after(claimed: CTE) -> ReturningInsert[int]:
+    """PostgreSQL: :func:`charge_start` in the claim's own statement, after its UPDATE
+    (``claimed``, a CTE that returns the step's row if the lease was won, else nothing): an
+    upsert of the tenant's row, which makes a new tenant's row as :func:`_ensure` does (from 0,
+    so it starts at the farm's virtual time).  It returns a row if the claim won."""
+    new_start = func.greatest(literal(0.0, Float), _FARM)
+    add = pg_insert(_USAGE).from_select(
+        ["project", "user", "start_seconds", "pass_seconds", "updated_at"],
+        select(
+            bindparam("w_project", type_=String),
+            bindparam("w_user", type_=String),
+            new_start,
+            new_start + _STEP,
+            bindparam("updated_at", type_=_USAGE.c.updated_at.type),
+        ).select_from(claimed),
+    )
     return (
-        update(_USAGE)
-        .where(*_OWN_ROW)
-        .values(
-            start_seconds=greatest(_USAGE.c.start_seconds, start),
-            pass_seconds=start + bindparam("step", type_=Float),
+        add.on_conflict_do_update(
+            index_elements=[_USAGE.c.project, _USAGE.c.user],
+            set_={**_charged(False), "updated_at": add.excluded.updated_at},
         )
+        .returning(literal(1))
+        .add_cte(claimed)
     )
 
 
-_CHARGE_START = {sqlite: _charge_start(sqlite) for sqlite in (True, False)}
-_CHARGE_END = (
+CHARGE_END = (
     update(_USAGE)
     .where(*_OWN_ROW)
-    .values(pass_seconds=_USAGE.c.pass_seconds + bindparam("correction", type_=Float))
-)
-
-
-def charge_end(session: Db, tenant: Tenant, used_seconds: float, settings: Settings) -> None:
-    """Correct the charge of a step that ended: it held its node ``used_seconds``, not the default."""
-    correction = (used_seconds - settings.steps.share_charge_seconds) / weight_of(tenant[0], settings)
-    connection_of(session).execute(
-        _CHARGE_END,
-        {"w_project": tenant[0], "w_user": tenant[1], "correction": correction, "updated_at": utcnow()},
+    .values(
+        pass_seconds=_USAGE.c.pass_seconds + bindparam("correction", type_=Float),
+        updated_at=bindparam("updated_at"),
     )
+)
+"""The charge of a step that ended corrected (:func:`charge_end_params`): built once, a finish
+runs it alone or as a part of its one statement."""
+
+
+def charge_end_params(tenant: Tenant, used_seconds: float | None, settings: Settings) -> dict[str, object]:
+    """:data:`CHARGE_END`'s parameters: the step held its node ``used_seconds``, not the default
+    (None: it never started, nothing to correct)."""
+    correction = (
+        0.0
+        if used_seconds is None
+        else (used_seconds - settings.steps.share_charge_seconds) / weight_of(tenant[0], settings)
+    )
+    return {"w_project": tenant[0], "w_user": tenant[1], "correction": correction, "updated_at": utcnow()}
 
 
 def _ensure(session: Db, tenant: Tenant, now: dt.datetime) -> None:

@@ -112,7 +112,7 @@ def test_a_connection_ended_in_the_middle_of_a_claim_fails_it_and_leaves_the_ste
     ended: list[int] = []
 
     def end_before_the_lease(conn: Connection, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.startswith("UPDATE steps") and not ended:
+        if "UPDATE steps" in statement and not ended:  # the statement that takes the lease
             ended.append(conn.connection.driver_connection.info.backend_pid)  # type: ignore[union-attr]
             _terminate(admin, ended[0])
 
