@@ -60,8 +60,9 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     CTE,
@@ -131,20 +132,22 @@ _OLDEST = (
     .correlate(StepQueue)
     .scalar_subquery()
 )
+QUEUE_COLUMNS = (
+    StepQueue.id,
+    StepQueue.kind,
+    StepQueue.project,
+    StepQueue.user,
+    _OLDEST,
+    TenantUsage.pass_seconds,
+    select(func.max(TenantUsage.start_seconds)).scalar_subquery(),
+)
+"""What :func:`pool_queues` reads of each queue (:func:`queues_of` reads them back)."""
+QUEUES_WITH_USAGE = StepQueue.__table__.outerjoin(
+    TenantUsage.__table__, and_(TenantUsage.project == StepQueue.project, TenantUsage.user == StepQueue.user)
+)
+"""The queues, each with its tenant's row if it has one."""
 _POOL_QUEUES = (
-    select(
-        StepQueue.id,
-        StepQueue.kind,
-        StepQueue.project,
-        StepQueue.user,
-        _OLDEST,
-        TenantUsage.pass_seconds,
-        select(func.max(TenantUsage.start_seconds)).scalar_subquery(),
-    )
-    .outerjoin(
-        TenantUsage, and_(TenantUsage.project == StepQueue.project, TenantUsage.user == StepQueue.user)
-    )
-    .where(StepQueue.requires == bindparam("pool"))
+    select(*QUEUE_COLUMNS).select_from(QUEUES_WITH_USAGE).where(StepQueue.requires == bindparam("pool"))
 )
 
 
@@ -163,12 +166,19 @@ def pool_queues(session: Db, pool: str, settings: Settings) -> tuple[list[Queue]
     """The queues of the ready steps that require ``pool`` (the empty ones left out), the
     virtual time of their tenants that have a row, and the farm's: what :func:`passes` reads,
     in one statement of one row per queue (each queue's oldest step: an index probe)."""
+    return queues_of(session.execute(_POOL_QUEUES, {"pool": pool}), settings)
+
+
+def queues_of(
+    rows: Iterable[Sequence[Any]], settings: Settings
+) -> tuple[list[Queue], dict[Tenant, float], float]:
+    """:func:`pool_queues` of rows of :data:`QUEUE_COLUMNS` (a row without a queue: none)."""
     queues: list[Queue] = []
     own: dict[Tenant, float] = {}
     farm = 0.0
-    for queue_id, kind, project, user, oldest, own_pass, farm_start in session.execute(
-        _POOL_QUEUES, {"pool": pool}
-    ):
+    for queue_id, kind, project, user, oldest, own_pass, farm_start in rows:
+        if queue_id is None:
+            continue
         farm = float(farm_start or 0.0)
         if own_pass is not None:
             own[(project, user)] = own_pass

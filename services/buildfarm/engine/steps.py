@@ -53,7 +53,7 @@ from buildfarm.model.labels import satisfies
 from buildfarm.model.types import AptSource, BuildState, OutputKind, StepKind, StepState
 from buildfarm.runners.base import ImageSpec, StepJob, StepResult, attempt_dirname
 from buildfarm.runners.lost import StepLost
-from buildfarm.state.models import Build, Step, StepOutput, utcnow
+from buildfarm.state.models import Build, Step, StepOutput, StepQueue, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -267,12 +267,34 @@ CHOICES_PER_TICKET = 8
 """(class, tenant) queues a ticket tries before it falls back to the step it names: each try
 finds a step another node took meanwhile only under contention, so this bounds a claim's work."""
 
-_NAMED = select(Step.requires, Step.state, Step.attempt, Step.attempt_lost).where(Step.id == bindparam("id"))
 ASYNC_COMMIT = func.set_config("synchronous_commit", "off", True)
 """PostgreSQL: a column that makes the commit of its transaction not wait for the disk (``SET
 LOCAL``, without a round trip of its own); why that is safe: :func:`claim_next`, :func:`finish_step`."""
-_NAMED_ASYNC = _NAMED.add_columns(ASYNC_COMMIT)
-"""PostgreSQL: the first read of a claim also makes its commit asynchronous (see :func:`claim_next`)."""
+_NAMED_STEP = _STEPS.alias("named")
+_NAMED_COLUMNS = (
+    _NAMED_STEP.c.requires,
+    _NAMED_STEP.c.state,
+    _NAMED_STEP.c.attempt,
+    _NAMED_STEP.c.attempt_lost,
+)
+
+
+def _named_and_pool(asynchronous: bool) -> Select[*tuple[Any, ...]]:
+    """A claim's first read: the step its ticket names, joined to the queues of its pool (the
+    steps requiring the same labels: :func:`fairshare.pool_queues`'s row of each, or one row
+    without a queue when the pool has none); no row if the step is gone.  ``asynchronous``
+    (PostgreSQL): it also makes the claim's commit asynchronous (:data:`ASYNC_COMMIT`)."""
+    query = (
+        select(*_NAMED_COLUMNS, *([ASYNC_COMMIT] if asynchronous else []), *fairshare.QUEUE_COLUMNS)
+        .select_from(
+            _NAMED_STEP.outerjoin(fairshare.QUEUES_WITH_USAGE, StepQueue.requires == _NAMED_STEP.c.requires)
+        )
+        .where(_NAMED_STEP.c.id == bindparam("id"))
+    )
+    return query
+
+
+_NAMED_AND_POOL = {asynchronous: _named_and_pool(asynchronous) for asynchronous in (True, False)}
 
 
 def claim_next(ctx: FarmContext, step_id: int, node: str, labels: frozenset[str]) -> Claim | None:
@@ -302,7 +324,8 @@ def claim_next(ctx: FarmContext, step_id: int, node: str, labels: frozenset[str]
         # of the attempt that claims the step again under the same number.  A finish does
         # the same, for a reason of its own (finish_step).
         postgresql = connection.dialect.name == "postgresql"
-        named = connection.execute(_NAMED_ASYNC if postgresql else _NAMED, {"id": step_id}).first()
+        rows = connection.execute(_NAMED_AND_POOL[postgresql], {"id": step_id}).all()
+        named = rows[0] if rows else None
         if named is not None and _may_adopt(named.state, named.attempt, named.attempt_lost):
             with ctx.db.session_on(connection) as session:
                 step = session.get_one(Step, step_id)
@@ -311,7 +334,13 @@ def claim_next(ctx: FarmContext, step_id: int, node: str, labels: frozenset[str]
         pool = named.requires if named is not None else ""
         if not satisfies(labels, pool):
             return None  # a ticket of steps this node cannot run: a capable node has their others
-        for candidate, seen in _best_ready(ctx, connection, pool):
+        skip = len(_NAMED_COLUMNS) + postgresql  # the queues' columns follow the named step's
+        queues = (
+            fairshare.queues_of((row[skip:] for row in rows), ctx.settings)
+            if named is not None
+            else fairshare.pool_queues(connection, pool, ctx.settings)
+        )
+        for candidate, seen in _best_ready(ctx, connection, queues):
             if _may_adopt(candidate.state, candidate.attempt, candidate.attempt_lost):
                 with ctx.db.session_on(connection) as session:
                     claim = _claim(ctx, session, session.get_one(Step, candidate.id), node, now, seen=seen)
@@ -354,13 +383,18 @@ _NEXT_STEP = {(one, locking): _next_step(one, locking) for one in (True, False) 
 """Built once: a claim only binds the queue ids."""
 
 
-def _best_ready(ctx: FarmContext, connection: Connection, pool: str) -> Iterator[tuple[_Candidate, _Seen]]:
-    """Ready steps requiring ``pool``, best first (one per (class, tenant), locked on
-    PostgreSQL), and what the choice read of the fair share.
+def _best_ready(
+    ctx: FarmContext,
+    connection: Connection,
+    pool_queues: tuple[list[fairshare.Queue], dict[fairshare.Tenant, float], float],
+) -> Iterator[tuple[_Candidate, _Seen]]:
+    """Ready steps of a pool, best first (one per (class, tenant), locked on PostgreSQL), and
+    what the choice read of the fair share.
 
-    Reads one row per queue of the pool (:func:`fairshare.pool_queues`), then the next step of
-    each (class, tenant) taken in turn: the cost grows with the tenants, not with the steps."""
-    queues, own, farm = fairshare.pool_queues(connection, pool, ctx.settings)
+    From the pool's queues as :func:`fairshare.pool_queues` reads them (one row per queue, read
+    with the named step), the next step of each (class, tenant) taken in turn: the cost grows
+    with the tenants, not with the steps."""
+    queues, own, farm = pool_queues
     if not queues:
         return
     seen = _Seen(farm, frozenset(own))
