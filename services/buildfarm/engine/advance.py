@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import JSON, Connection, bindparam, func, null, select, type_coerce, union_all, update
 from sqlalchemy.orm import Session, defer
 
 from buildfarm.backends.base import BuildInputKeeper, BuildRef, HoldsPackages, PackageFile, StoredPackage
@@ -454,6 +454,14 @@ _OPEN_OF_BUILD = select(
 ).where(Build.id == bindparam("id"))
 """The build's state and how many of its steps are not done (one row; the count runs once: joined
 to the pending steps, SQLite counted again for each, seconds at thousands of steps)."""
+_BUILD_AND_PENDING = union_all(
+    _OPEN_OF_BUILD.add_columns(type_coerce(null(), JSON)),
+    select(null(), null(), Step.depends_on).where(
+        Step.build_id == bindparam("id"), Step.state == StepState.PENDING
+    ),
+)
+""":data:`_OPEN_OF_BUILD`'s row (its state is not null), then each pending step's dependencies
+(:data:`_PENDING`), in one statement: the count still runs once (a branch of its own)."""
 
 
 @gcpause.paused()
@@ -480,16 +488,21 @@ def advance_build(ctx: FarmContext, build_id: int) -> None:
 
 def _may_change(connection: Connection, build_id: int) -> bool:
     """Whether an advance of the build may have something to do (read as rows, without a lock)."""
-    row = connection.execute(_OPEN_OF_BUILD, {"id": build_id}).first()
-    if row is None:
+    build: tuple[BuildState, int] | None = None
+    pending: list[list[str]] = []
+    for state, unfinished, depends_on in connection.execute(_BUILD_AND_PENDING, {"id": build_id}):
+        if state is None:
+            pending.append(list(depends_on))
+        else:
+            build = state, unfinished
+    if build is None:
         log.warning("advance: build %s does not exist", build_id)
         return False
-    state, unfinished = row
+    state, unfinished = build
     if state in TERMINAL_BUILD_STATES and state != BuildState.CANCELLED:
         return False
     if state == BuildState.CANCELLED:
         return True
-    pending = [list(depends_on) for (depends_on,) in connection.execute(_PENDING, {"build": build_id})]
     if pending:
         return _may_release(connection, build_id, pending)
     return not unfinished
