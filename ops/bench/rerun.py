@@ -1,0 +1,329 @@
+"""``make bench``'s re-run part: a no-change re-run of a big build, alone, timed again and again.
+
+The state after a big build's first submit, its steps built and its publication (``bigbuild.py``:
+PACKAGES trivial packages in process, no farm) is made once and kept, as the first submit packs
+every tree (minutes at 5000 packages); each run then re-runs the build on a fresh copy of it: the
+no-change re-run ``submit_build`` + the ``advance_build`` that reuses every step and publishes
+(issue 16's goal: <= 5 s at 5000 packages).  Each run prints its wall and CPU seconds (this
+process and the commands it waited for; a PostgreSQL server's own CPU is not counted) and where
+its time went (submit: resolving the trees, planning, recording; advance: loading the open
+steps, finding reusables, the release loop, the flush and commit, the publication and its parts).
+
+Settings (environment):
+
+* ``BENCH_PACKAGES``: the build's size (default 5000; 500 for a quick run while developing);
+* ``BENCH_RUNS``: re-runs timed (default 3; the first pays the process's warm-up);
+* ``BENCH_DATABASE``: ``sqlite`` (default) or a PostgreSQL server's URL
+  (``postgresql+psycopg://postgres@127.0.0.1:5432``: a template database holds the snapshot,
+  each run gets a copy of it);
+* ``BENCH_SNAPSHOT_DIR``: where snapshots are kept (default ``$XDG_CACHE_HOME/buildfarm-bench``,
+  outside the repository), one directory per format version and size; remove it to make them
+  again (a snapshot whose steps a re-run no longer reuses says so: input keys changed).
+
+Prints figures; asserts nothing about speed (that is for people).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bigbuild import BigBuild, big_context, big_sources, publish_as_built, reused_steps, submit
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from buildfarm.backends import aptbranch, apttree
+from buildfarm.backends.aptrepo import LocalAptRepository
+from buildfarm.engine import advance, bundlefiles
+from buildfarm.engine import submit as submitting
+from buildfarm.engine.srccache import SourceCache
+from buildfarm.model.manifest import load_manifest
+
+PACKAGES = int(os.environ.get("BENCH_PACKAGES", "5000"))
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+DATABASE = os.environ.get("BENCH_DATABASE", "sqlite")
+SNAPSHOT_FORMAT = 1
+"""Bump when what a snapshot holds changes: older ones are then made again."""
+SNAPSHOT_DIR = Path(
+    os.environ.get("BENCH_SNAPSHOT_DIR")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "buildfarm-bench"
+)
+COMPLETE = ".complete"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Where one size's snapshot is kept: the source trees (read in place by every run: the tree
+    cache knows them by path and stat), the farm state after the first build is published, and
+    where this process's runs copy it to."""
+
+    root: Path
+    database: str  # "sqlite" or a PostgreSQL server URL
+
+    @property
+    def src(self) -> Path:
+        return self.root / "src"
+
+    @property
+    def kind(self) -> str:
+        return "sqlite" if self.database == "sqlite" else "postgresql"
+
+    @property
+    def kept(self) -> Path:
+        return self.root / self.kind / "snapshot"
+
+    @property
+    def run(self) -> Path:
+        return self.root / self.kind / f"run-{os.getpid()}"
+
+    def url(self, name: str) -> str:
+        """The database URL of ``name``: the snapshot's ("kept", a template) or a run's ("run")."""
+        if self.kind == "sqlite":
+            return f"sqlite:///{self.run / 'farm.db'}"
+        server = make_url(self.database)
+        suffix = f"_{os.getpid()}" if name == "run" else ""
+        database = f"bench_rerun_{name}_v{SNAPSHOT_FORMAT}_{PACKAGES}{suffix}"
+        return server.set(database=database).render_as_string(hide_password=False)
+
+
+def snapshot_of(count: int) -> Snapshot:
+    name = f"rerun-v{SNAPSHOT_FORMAT}-{submitting.BUILD_OPTIONS_VERSION}-{count}"
+    return Snapshot(SNAPSHOT_DIR / name, DATABASE)
+
+
+def _big(snap: Snapshot, count: int) -> BigBuild:
+    """The snapshot's source trees (made the first time)."""
+    if not (snap.src / COMPLETE).is_file():
+        shutil.rmtree(snap.src, ignore_errors=True)
+        big = big_sources(snap.src, count)
+        (snap.src / COMPLETE).touch()
+        return big
+    return BigBuild(snap.src, load_manifest(snap.src / "buildfarm.yaml"))
+
+
+def _copy(source: Path, target: Path) -> None:
+    """``cp -a``: hardlinks between the published trees and the store stay hardlinks."""
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", str(source), str(target)], check=True)
+
+
+def _pg_admin(snap: Snapshot, *statements: str) -> None:
+    engine = create_engine(make_url(snap.database).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            for statement in statements:
+                connection.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
+def _pg_name(snap: Snapshot, name: str) -> str:
+    return str(make_url(snap.url(name)).database)
+
+
+def make_snapshot(snap: Snapshot, count: int) -> None:
+    """The first submit, its steps built and published, kept at ``snap.kept``.  Another kind's
+    snapshot of the same size, when there is one, lends its source package cache (the first
+    submit then packs no tree) but not its database or repository."""
+    big = _big(snap, count)
+    shutil.rmtree(snap.run, ignore_errors=True)
+    other = [p for p in snap.root.glob("*/snapshot") if p != snap.kept and (p / COMPLETE).is_file()]
+    if other:
+        _copy(other[0], snap.run)
+        shutil.rmtree(snap.run / "farm" / "state" / "repos", ignore_errors=True)
+        (snap.run / "farm.db").unlink(missing_ok=True)
+        (snap.run / COMPLETE).unlink()
+    if snap.kind == "postgresql":
+        kept = _pg_name(snap, "kept")
+        _pg_admin(snap, f'DROP DATABASE IF EXISTS "{kept}"', f'CREATE DATABASE "{kept}"')
+    snap.run.mkdir(parents=True, exist_ok=True)
+    print(f"  making the snapshot of {count} packages ({snap.kind}) in {snap.root} ...", flush=True)
+    started = time.monotonic()
+    ctx = big_context(snap.run / "farm", snap.url("kept"))
+    first = submit(ctx, big)
+    publish_as_built(ctx, first)
+    ctx.db.dispose()
+    _copy(snap.run, snap.kept)
+    (snap.kept / COMPLETE).touch()
+    print(f"  snapshot made in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def restore(snap: Snapshot) -> str:
+    """A fresh copy of the snapshot at ``snap.run``; its database URL."""
+    _copy(snap.kept, snap.run)
+    if snap.kind == "sqlite":
+        return snap.url("run")
+    run, kept = _pg_name(snap, "run"), _pg_name(snap, "kept")
+    _pg_admin(snap, f'DROP DATABASE IF EXISTS "{run}"', f'CREATE DATABASE "{run}" TEMPLATE "{kept}"')
+    return snap.url("run")
+
+
+@dataclass
+class Split:
+    """Seconds spent in named functions, each wrapped while a run lasts (the outermost call of a
+    recursive one only); nested parts print indented under their whole."""
+
+    parts: dict[str, float] = field(default_factory=dict)
+    _depth: dict[str, int] = field(default_factory=dict)
+
+    @contextmanager
+    def wrapping(self, targets: list[tuple[object, str, str]]) -> Iterator[None]:
+        saved = [(owner, name, getattr(owner, name)) for owner, name, _label in targets]
+        try:
+            for (owner, name, original), (_o, _n, label) in zip(saved, targets, strict=True):
+                setattr(owner, name, self._timed(label, original))
+            yield
+        finally:
+            for owner, name, original in saved:
+                setattr(owner, name, original)
+
+    def _timed(self, label: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        self.parts.setdefault(label, 0.0)
+
+        @functools.wraps(original)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            depth = self._depth.get(label, 0)
+            self._depth[label] = depth + 1
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._depth[label] = depth
+                if depth == 0:
+                    self.parts[label] += time.perf_counter() - started
+
+        return timed
+
+
+def _targets() -> list[tuple[object, str, str]]:
+    """What a run's split times, labelled ``<phase>/<part>[/<sub-part>]``."""
+    return [
+        (submitting, "submit_build", "submit"),
+        (submitting, "_in_parallel", "submit/resolve trees (tree cache, source cache)"),
+        (SourceCache, "tree_facts", "submit/resolve trees (tree cache, source cache)/tree facts"),
+        (SourceCache, "lookup", "submit/resolve trees (tree cache, source cache)/source cache lookups"),
+        (SourceCache, "save_trees", "submit/save tree cache"),
+        (submitting, "make_plan", "submit/plan"),
+        (submitting, "_build_places", "submit/places"),
+        (submitting, "compute_input_keys", "submit/input keys"),
+        (advance, "advance_build", "advance"),
+        (advance, "open_steps", "advance/open steps"),
+        (advance, "find_reusables", "advance/find reusables"),
+        (advance, "_outputs_of", "advance/outputs of reusables"),
+        (advance, "_resolve", "advance/release loop"),
+        (Session, "flush", "advance/flush (step updates)"),  # and submit's one row
+        (advance, "publish_build", "advance/publish"),
+        (bundlefiles, "listing", "advance/publish/bundle listings"),
+        (advance, "_build_outputs", "advance/publish/build outputs"),
+        (advance, "_held", "advance/publish/held files"),
+        (advance, "_materialize", "advance/publish/materialize packages"),
+        (advance, "materialize_sources", "advance/publish/materialize sources"),
+        (LocalAptRepository, "publish", "advance/publish/repository"),
+        (LocalAptRepository, "_latest_state", "advance/publish/repository/latest's state"),
+        (aptbranch, "describe", "advance/publish/repository/describe"),
+        (aptbranch, "merge", "advance/publish/repository/merge"),
+        (apttree, "place", "advance/publish/repository/place (links)"),
+        (apttree, "write_indexes", "advance/publish/repository/indexes"),
+        (aptbranch, "write_state", "advance/publish/repository/branch record"),
+    ]
+
+
+def _cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@dataclass(frozen=True)
+class Run:
+    wall: float
+    cpu: float
+    reused: int
+    split: dict[str, float]
+    load: float
+
+
+def rerun_once(snap: Snapshot, big: BigBuild) -> Run:
+    """One no-change re-run on a fresh copy of the snapshot."""
+    url = restore(snap)
+    ctx = big_context(snap.run / "farm", url)
+    load = os.getloadavg()[0]
+    split = Split()
+    with split.wrapping(_targets()):
+        cpu = _cpu()
+        started = time.perf_counter()
+        again = submitting.submit_build(ctx, big.manifest, big.src, "bench")
+        advance.advance_build(ctx, again)
+        wall = time.perf_counter() - started
+        cpu = _cpu() - cpu
+    reused = reused_steps(ctx, again)
+    ctx.db.dispose()
+    return Run(wall, cpu, reused, split.parts, load)
+
+
+def _print_split(runs: list[Run]) -> None:
+    """Each part's median over the runs, indented under its whole, with what is left of each whole."""
+    labels = list(runs[0].split)
+    print("  where a re-run's time went (median of the runs, s):")
+
+    def show(label: str) -> None:
+        depth = label.count("/")
+        median = statistics.median(r.split[label] for r in runs)
+        print(f"    {'  ' * depth}{label.rsplit('/', 1)[-1]:<48} {median:6.3f}")
+        children = [lab for lab in labels if lab.startswith(label + "/") and lab.count("/") == depth + 1]
+        for child in children:
+            show(child)
+        if children:
+            rest = statistics.median(r.split[label] - sum(r.split[c] for c in children) for r in runs)
+            print(f"    {'  ' * (depth + 1)}{'(the rest)':<48} {rest:6.3f}")
+
+    for label in labels:
+        if "/" not in label:
+            show(label)
+
+
+def main(packages: int = PACKAGES, runs: int = RUNS) -> None:
+    if packages < 1 or runs < 1:
+        return
+    snap = snapshot_of(packages)
+    print(f"re-run: a no-change re-run of {packages} packages ({snap.kind}), {runs} times ...", flush=True)
+    if not (snap.kept / COMPLETE).is_file():
+        make_snapshot(snap, packages)
+    big = _big(snap, packages)
+    done = []
+    for index in range(runs):
+        run = rerun_once(snap, big)
+        done.append(run)
+        submit_s, advance_s = run.split["submit"], run.split["advance"]
+        print(
+            f"  run {index + 1}: {run.wall:5.2f} s wall, {run.cpu:5.2f} s CPU (submit {submit_s:.2f} s, "
+            f"advance {advance_s:.2f} s; load {run.load:.1f}; {run.reused} of {packages} reused)",
+            flush=True,
+        )
+        if run.reused != packages:
+            print(f"  the snapshot is stale (input keys changed?): remove {snap.root} to make it again")
+    print(
+        f"  median {statistics.median(r.wall for r in done):.2f} s wall, "
+        f"{statistics.median(r.cpu for r in done):.2f} s CPU (goal <= 5 s at 5000 packages)"
+    )
+    _print_split(done)
+    shutil.rmtree(snap.run, ignore_errors=True)
+    if snap.kind == "postgresql":
+        _pg_admin(snap, f'DROP DATABASE IF EXISTS "{_pg_name(snap, "run")}"')
+
+
+if __name__ == "__main__":
+    sys.exit(main())
