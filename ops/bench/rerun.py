@@ -16,6 +16,8 @@ Settings (environment):
 * ``BENCH_DATABASE``: ``sqlite`` (default) or a PostgreSQL server's URL
   (``postgresql+psycopg://postgres@127.0.0.1:5432``: a template database holds the snapshot,
   each run gets a copy of it);
+* ``BENCH_PROFILE``: a path: each run is profiled (cProfile), its stats written to
+  ``<path>.<run>`` (``python -m pstats``, snakeviz);
 * ``BENCH_SNAPSHOT_DIR``: where snapshots are kept (default ``$XDG_CACHE_HOME/buildfarm-bench``,
   outside the repository), one directory per format version and size; remove it to make them
   again (a snapshot whose steps a re-run no longer reuses says so: input keys changed).
@@ -25,6 +27,7 @@ Prints figures; asserts nothing about speed (that is for people).
 
 from __future__ import annotations
 
+import cProfile
 import functools
 import os
 import resource
@@ -53,9 +56,11 @@ from buildfarm.model.manifest import load_manifest
 
 PACKAGES = int(os.environ.get("BENCH_PACKAGES", "5000"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+PROFILE = os.environ.get("BENCH_PROFILE", "")
 DATABASE = os.environ.get("BENCH_DATABASE", "sqlite")
-SNAPSHOT_FORMAT = 1
-"""Bump when what a snapshot holds changes: older ones are then made again."""
+SNAPSHOT_FORMAT = 2
+"""Bump when what the first build leaves changes (2: the bundle listings' combined index): the
+snapshot is then made again, from the older one's source package cache."""
 SNAPSHOT_DIR = Path(
     os.environ.get("BENCH_SNAPSHOT_DIR")
     or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "buildfarm-bench"
@@ -66,8 +71,8 @@ COMPLETE = ".complete"
 @dataclass(frozen=True)
 class Snapshot:
     """Where one size's snapshot is kept: the source trees (read in place by every run: the tree
-    cache knows them by path and stat), the farm state after the first build is published, and
-    where this process's runs copy it to."""
+    cache knows them by path and stat; shared by every format), the farm state after the first
+    build is published, and where this process's runs copy it to."""
 
     root: Path
     database: str  # "sqlite" or a PostgreSQL server URL
@@ -81,12 +86,17 @@ class Snapshot:
         return "sqlite" if self.database == "sqlite" else "postgresql"
 
     @property
+    def version(self) -> str:
+        """The snapshot format, the build options' version (input keys) and the database kind."""
+        return f"v{SNAPSHOT_FORMAT}-{submitting.BUILD_OPTIONS_VERSION}-{self.kind}"
+
+    @property
     def kept(self) -> Path:
-        return self.root / self.kind / "snapshot"
+        return self.root / self.version / "snapshot"
 
     @property
     def run(self) -> Path:
-        return self.root / self.kind / f"run-{os.getpid()}"
+        return self.root / self.version / f"run-{os.getpid()}"
 
     def url(self, name: str) -> str:
         """The database URL of ``name``: the snapshot's ("kept", a template) or a run's ("run")."""
@@ -94,13 +104,12 @@ class Snapshot:
             return f"sqlite:///{self.run / 'farm.db'}"
         server = make_url(self.database)
         suffix = f"_{os.getpid()}" if name == "run" else ""
-        database = f"bench_rerun_{name}_v{SNAPSHOT_FORMAT}_{PACKAGES}{suffix}"
+        database = f"bench_rerun_{name}_{self.version.replace('-', '_')}_{PACKAGES}{suffix}"
         return server.set(database=database).render_as_string(hide_password=False)
 
 
 def snapshot_of(count: int) -> Snapshot:
-    name = f"rerun-v{SNAPSHOT_FORMAT}-{submitting.BUILD_OPTIONS_VERSION}-{count}"
-    return Snapshot(SNAPSHOT_DIR / name, DATABASE)
+    return Snapshot(SNAPSHOT_DIR / f"rerun-{count}", DATABASE)
 
 
 def _big(snap: Snapshot, count: int) -> BigBuild:
@@ -135,15 +144,17 @@ def _pg_name(snap: Snapshot, name: str) -> str:
 
 
 def make_snapshot(snap: Snapshot, count: int) -> None:
-    """The first submit, its steps built and published, kept at ``snap.kept``.  Another kind's
-    snapshot of the same size, when there is one, lends its source package cache (the first
-    submit then packs no tree) but not its database or repository."""
+    """The first submit, its steps built and published, kept at ``snap.kept``.  Another snapshot
+    of the same size (another format or database), when there is one, lends its source package
+    and tree caches (the first submit then packs no tree: a minute, not twenty), but nothing the
+    publication writes: no database, repository or bundle listing."""
     big = _big(snap, count)
     shutil.rmtree(snap.run, ignore_errors=True)
     other = [p for p in snap.root.glob("*/snapshot") if p != snap.kept and (p / COMPLETE).is_file()]
     if other:
         _copy(other[0], snap.run)
         shutil.rmtree(snap.run / "farm" / "state" / "repos", ignore_errors=True)
+        shutil.rmtree(snap.run / "farm" / "state" / "work" / bundlefiles.CACHE_DIR, ignore_errors=True)
         (snap.run / "farm.db").unlink(missing_ok=True)
         (snap.run / COMPLETE).unlink()
     if snap.kind == "postgresql":
@@ -256,19 +267,26 @@ class Run:
     load: float
 
 
-def rerun_once(snap: Snapshot, big: BigBuild) -> Run:
-    """One no-change re-run on a fresh copy of the snapshot."""
+def rerun_once(snap: Snapshot, big: BigBuild, profile: str = "") -> Run:
+    """One no-change re-run on a fresh copy of the snapshot (profiled into ``profile``, if named)."""
     url = restore(snap)
     ctx = big_context(snap.run / "farm", url)
     load = os.getloadavg()[0]
     split = Split()
     with split.wrapping(_targets()):
+        profiler = cProfile.Profile() if profile else None
         cpu = _cpu()
         started = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
         again = submitting.submit_build(ctx, big.manifest, big.src, "bench")
         advance.advance_build(ctx, again)
+        if profiler is not None:
+            profiler.disable()
         wall = time.perf_counter() - started
         cpu = _cpu() - cpu
+    if profiler is not None:
+        profiler.dump_stats(profile)
     reused = reused_steps(ctx, again)
     ctx.db.dispose()
     return Run(wall, cpu, reused, split.parts, load)
@@ -305,7 +323,7 @@ def main(packages: int = PACKAGES, runs: int = RUNS) -> None:
     big = _big(snap, packages)
     done = []
     for index in range(runs):
-        run = rerun_once(snap, big)
+        run = rerun_once(snap, big, f"{PROFILE}.{index + 1}" if PROFILE else "")
         done.append(run)
         submit_s, advance_s = run.split["submit"], run.split["advance"]
         print(

@@ -360,6 +360,7 @@ def materialize_sources(
     :mod:`.bundlefiles` remembers, or ``listings`` read already) is not fetched: its files are
     the repository's copies."""
     files = []
+    learned: dict[str, list[StoredPackage]] = {}
     for index, sha256 in enumerate(sorted(set(bundles))):
         known = listings[sha256] if listings is not None else bundlefiles.listing(ctx.work_root, sha256)
         if known is not None and held is not None and all(f.filename in held for f in known):
@@ -374,9 +375,10 @@ def materialize_sources(
             for path in sorted(directory.iterdir()):
                 found.append(PackageFile(path.name, file_sha256(path), path.stat().st_size, path))
         if known is None:
-            listed = [StoredPackage(f.filename, f.sha256, f.size) for f in found]
-            bundlefiles.remember(ctx.work_root, sha256, listed)
+            learned[sha256] = [StoredPackage(f.filename, f.sha256, f.size) for f in found]
         files += found
+    if learned:
+        bundlefiles.remember(ctx.work_root, learned)
     return files
 
 
@@ -585,9 +587,8 @@ def publish_build(ctx: FarmContext, build_id: int) -> bool:
     tmp: Path | None = None
     try:
         tmp = Path(tempfile.mkdtemp(dir=ctx.work_root, prefix="publish-"))
-        # Each bundle's remembered files, read once for both (thousands of small files).
-        work_root = ctx.work_root  # made if missing: once, not once a bundle
-        listings = {sha256: bundlefiles.listing(work_root, sha256) for sha256 in set(bundles)}
+        # Each bundle's remembered files, read once for both (one index, not thousands of files).
+        listings = bundlefiles.listings(ctx.work_root, bundles)
         held = _held(ctx, ref, outputs, listings)
         packages = _materialize(ctx, outputs, tmp, held)
         sources = materialize_sources(ctx, bundles, tmp, held, listings)
