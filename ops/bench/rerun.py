@@ -18,6 +18,7 @@ Settings (environment):
   each run gets a copy of it);
 * ``BENCH_PROFILE``: a path: each run is profiled (cProfile), its stats written to
   ``<path>.<run>`` (``python -m pstats``, snakeviz);
+* ``BENCH_KEEP``: set, the last run's farm (its repository, its database) is kept;
 * ``BENCH_SNAPSHOT_DIR``: where snapshots are kept (default ``$XDG_CACHE_HOME/buildfarm-bench``,
   outside the repository), one directory per format version and size; remove it to make them
   again (a snapshot whose steps a re-run no longer reuses says so: input keys changed).
@@ -35,6 +36,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bigbuild, when loaded by a test
 from bigbuild import BigBuild, big_context, big_sources, publish_as_built, reused_steps, submit
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -57,6 +60,7 @@ from buildfarm.model.manifest import load_manifest
 PACKAGES = int(os.environ.get("BENCH_PACKAGES", "5000"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 PROFILE = os.environ.get("BENCH_PROFILE", "")
+KEEP = bool(os.environ.get("BENCH_KEEP"))
 DATABASE = os.environ.get("BENCH_DATABASE", "sqlite")
 SNAPSHOT_FORMAT = 2
 """Bump when what the first build leaves changes (2: the bundle listings' combined index): the
@@ -185,16 +189,19 @@ def restore(snap: Snapshot) -> str:
 @dataclass
 class Split:
     """Seconds spent in named functions, each wrapped while a run lasts (the outermost call of a
-    recursive one only); nested parts print indented under their whole."""
+    recursive one only); nested parts print indented under their whole.  Calls in threads (the
+    submit's resolving) add up: such a part can take longer than its whole."""
 
     parts: dict[str, float] = field(default_factory=dict)
-    _depth: dict[str, int] = field(default_factory=dict)
+    _local: threading.local = field(default_factory=threading.local)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @contextmanager
     def wrapping(self, targets: list[tuple[object, str, str]]) -> Iterator[None]:
-        saved = [(owner, name, getattr(owner, name)) for owner, name, _label in targets]
+        present = [t for t in targets if hasattr(t[0], t[1])]  # an older tree lacks some
+        saved = [(owner, name, getattr(owner, name)) for owner, name, _label in present]
         try:
-            for (owner, name, original), (_o, _n, label) in zip(saved, targets, strict=True):
+            for (owner, name, original), (_o, _n, label) in zip(saved, present, strict=True):
                 setattr(owner, name, self._timed(label, original))
             yield
         finally:
@@ -206,15 +213,17 @@ class Split:
 
         @functools.wraps(original)
         def timed(*args: Any, **kwargs: Any) -> Any:
-            depth = self._depth.get(label, 0)
-            self._depth[label] = depth + 1
+            depths = self._local.__dict__.setdefault("depths", {})
+            depth = depths.get(label, 0)
+            depths[label] = depth + 1
             started = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
-                self._depth[label] = depth
+                depths[label] = depth
                 if depth == 0:
-                    self.parts[label] += time.perf_counter() - started
+                    with self._lock:
+                        self.parts[label] += time.perf_counter() - started
 
         return timed
 
@@ -235,7 +244,9 @@ def _targets() -> list[tuple[object, str, str]]:
         (advance, "find_reusables", "advance/find reusables"),
         (advance, "_outputs_of", "advance/outputs of reusables"),
         (advance, "_resolve", "advance/release loop"),
-        (Session, "flush", "advance/flush (step updates)"),  # and submit's one row
+        (Session, "flush", "advance/flush (ORM)"),  # and submit's one row
+        (advance, "_write_released", "advance/write released steps"),
+        (advance, "_steps_by_id", "advance/load ready steps"),
         (advance, "publish_build", "advance/publish"),
         (bundlefiles, "listing", "advance/publish/bundle listings"),
         (advance, "_build_outputs", "advance/publish/build outputs"),
@@ -294,18 +305,20 @@ def rerun_once(snap: Snapshot, big: BigBuild, profile: str = "") -> Run:
 
 def _print_split(runs: list[Run]) -> None:
     """Each part's median over the runs, indented under its whole, with what is left of each whole."""
-    labels = list(runs[0].split)
+    labels = [label for _owner, _name, label in _targets() if any(label in r.split for r in runs)]
     print("  where a re-run's time went (median of the runs, s):")
 
     def show(label: str) -> None:
         depth = label.count("/")
-        median = statistics.median(r.split[label] for r in runs)
+        median = statistics.median(r.split.get(label, 0.0) for r in runs)
         print(f"    {'  ' * depth}{label.rsplit('/', 1)[-1]:<48} {median:6.3f}")
         children = [lab for lab in labels if lab.startswith(label + "/") and lab.count("/") == depth + 1]
         for child in children:
             show(child)
         if children:
-            rest = statistics.median(r.split[label] - sum(r.split[c] for c in children) for r in runs)
+            rest = statistics.median(
+                r.split.get(label, 0.0) - sum(r.split.get(c, 0.0) for c in children) for r in runs
+            )
             print(f"    {'  ' * (depth + 1)}{'(the rest)':<48} {rest:6.3f}")
 
     for label in labels:
@@ -338,6 +351,9 @@ def main(packages: int = PACKAGES, runs: int = RUNS) -> None:
         f"{statistics.median(r.cpu for r in done):.2f} s CPU (goal <= 5 s at 5000 packages)"
     )
     _print_split(done)
+    if KEEP:
+        print(f"  the last run's farm is kept in {snap.run}")
+        return
     shutil.rmtree(snap.run, ignore_errors=True)
     if snap.kind == "postgresql":
         _pg_admin(snap, f'DROP DATABASE IF EXISTS "{_pg_name(snap, "run")}"')

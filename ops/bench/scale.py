@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bigbuild, when loaded by a test
 from bigbuild import (
     big_context,
     big_sources,
