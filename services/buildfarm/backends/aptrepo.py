@@ -238,7 +238,8 @@ class LocalAptRepository:
             apttree.check_filename(package.filename)
         base, where = self._latest_state(branch_dir)
         recorded = _recorded(base)
-        packages = [_still_held(p, recorded, where) for p in packages]
+        present: dict[Path, bool] = {}  # by directory: a published tree appears and goes whole
+        packages = [_still_held(p, recorded, where, present) for p in packages]
         binaries = [p for p in packages if p.filename.endswith((".deb", ".udeb"))]
         # The build's source packages (.dsc and files): recorded with the binaries they built,
         # so they are carried forward with them (a source package that lost stays out).  What
@@ -380,12 +381,22 @@ def _recorded(state: BranchState) -> dict[str, tuple[str, int]]:
 
 
 def _still_held(
-    package: PackageFile, recorded: dict[str, tuple[str, int]], where: dict[str, Path]
+    package: PackageFile,
+    recorded: dict[str, tuple[str, int]],
+    where: dict[str, Path],
+    present: dict[Path, bool],
 ) -> PackageFile:
     """``package`` as it is, unless its copy is gone: a copy in a published tree (from
     :meth:`LocalAptRepository.held_files`) whose tree was expired after ``latest`` moved.  Then
-    the tree ``latest`` records it in now, or a temporary error: publishing again fetches it."""
-    if package.path.exists():
+    the tree ``latest`` records it in now, or a temporary error: publishing again fetches it.
+
+    A tree is expired whole (renamed aside, then removed), so whether its directory is there
+    says whether its files are (``present``, by directory, asked once each): a re-run of
+    thousands of packages does not stat each."""
+    parent = package.path.parent
+    if parent not in present:
+        present[parent] = parent.is_dir()
+    if present[parent]:
         return package
     now = where.get(package.filename)
     if recorded.get(package.filename) == (package.sha256, package.size) and now is not None:

@@ -128,9 +128,11 @@ def place(packages: list[PackageFile], into: Path, *, verify: bool = True) -> No
 
     ``verify=False`` is for packages carried over from a published tree: a hardlink of a file
     checked when it was first placed; only its size is compared (hashing every package of the
-    branch again on each publish would cost minutes on a big branch).
+    branch again on each publish would cost minutes on a big branch).  Paths are plain strings
+    here: a re-run of thousands of packages places tens of thousands of files.
     """
     seen: dict[str, str] = {}
+    root = os.fspath(into)
     for package in packages:
         name = check_filename(package.filename)
         if name in seen:
@@ -138,19 +140,21 @@ def place(packages: list[PackageFile], into: Path, *, verify: bool = True) -> No
                 raise PermanentError(f"two different packages are both named {name}")
             continue  # the same file listed twice is published once
         seen[name] = package.sha256
-        dest = into / name
-        if dest.exists():
-            raise PermanentError(f"two different packages are both named {name}")
+        dest = os.path.join(root, name)
         linked = True
         try:
             os.link(package.path, dest)
+        except FileExistsError:
+            raise PermanentError(f"two different packages are both named {name}") from None
         except OSError:
+            if os.path.lexists(dest):
+                raise PermanentError(f"two different packages are both named {name}") from None
             shutil.copyfile(package.path, dest)  # another filesystem, or links not allowed
             linked = False
         if verify or not linked:
-            sha256, size = file_sha256(dest)
+            sha256, size = file_sha256(Path(dest))
         else:
-            sha256, size = package.sha256, dest.stat().st_size
+            sha256, size = package.sha256, os.stat(dest).st_size
         if sha256 != package.sha256 or size != package.size:
             raise PermanentError(
                 f"{package.path} does not match its record (sha256 {sha256}, {size} bytes; "
