@@ -248,7 +248,8 @@ def _targets() -> list[tuple[object, str, str]]:
         (advance, "_write_released", "advance/write released steps"),
         (advance, "_steps_by_id", "advance/load ready steps"),
         (advance, "publish_build", "advance/publish"),
-        (bundlefiles, "listing", "advance/publish/bundle listings"),
+        (bundlefiles, "listings", "advance/publish/bundle listings"),
+        (bundlefiles, "listing", "advance/publish/bundle listings"),  # one each, before the index
         (advance, "_build_outputs", "advance/publish/build outputs"),
         (advance, "_held", "advance/publish/held files"),
         (advance, "_materialize", "advance/publish/materialize packages"),
@@ -305,7 +306,8 @@ def rerun_once(snap: Snapshot, big: BigBuild, profile: str = "") -> Run:
 
 def _print_split(runs: list[Run]) -> None:
     """Each part's median over the runs, indented under its whole, with what is left of each whole."""
-    labels = [label for _owner, _name, label in _targets() if any(label in r.split for r in runs)]
+    wrapped = dict.fromkeys(label for _owner, _name, label in _targets())
+    labels = [label for label in wrapped if any(label in r.split for r in runs)]
     print("  where a re-run's time went (median of the runs, s):")
 
     def show(label: str) -> None:
