@@ -62,9 +62,10 @@ RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 PROFILE = os.environ.get("BENCH_PROFILE", "")
 KEEP = bool(os.environ.get("BENCH_KEEP"))
 DATABASE = os.environ.get("BENCH_DATABASE", "sqlite")
-SNAPSHOT_FORMAT = 2
-"""Bump when what the first build leaves changes (2: the bundle listings' combined index): the
-snapshot is then made again, from the older one's source package cache."""
+SNAPSHOT_FORMAT = 3
+"""Bump when what the first build leaves changes (2: the bundle listings' combined index; 3: the
+source package cache's index of tree keys): the snapshot is then made again, from the older
+one's source package cache."""
 SNAPSHOT_DIR = Path(
     os.environ.get("BENCH_SNAPSHOT_DIR")
     or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "buildfarm-bench"
