@@ -267,7 +267,7 @@ def reuse_stanzas(directory: Path, kind: str, known: Path, placed: Mapping[str, 
     stanza states a checksum of is placed here with that sha256 and size) taken from it; the
     others come from one apt-ftparchive run over a scratch tree of hardlinks of just them."""
     suffix, index = (_INDEXED_SUFFIX, "Packages") if kind == "packages" else (".dsc", "Sources")
-    wanted = sorted(p.name for p in directory.iterdir() if p.name.endswith(suffix))
+    wanted = sorted(name for name in os.listdir(directory) if name.endswith(suffix))
     try:
         old_text = (known / index).read_text(encoding="utf-8", errors="surrogateescape")
     except FileNotFoundError:
