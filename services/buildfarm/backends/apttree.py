@@ -242,14 +242,18 @@ def split_stanzas(text: str, field: re.Pattern[str] = _FILENAME_FIELD) -> dict[s
     return stanzas
 
 
-def _checksums(stanza: str) -> dict[str, tuple[str, int]]:
-    """(sha256, size) by file name, as a stanza states them: a Packages stanza its one file's, a
-    Sources stanza every file of its source package (the .dsc too)."""
-    found = _SHA256_FIELD.search(stanza)
-    size = _SIZE_FIELD.search(stanza)
-    named = _FILENAME_FIELD.search(stanza)
-    if found is not None and size is not None and named is not None:
-        return {named.group(1): (found.group(1), int(size.group(1)))}
+def _checksums(stanza: str, kind: str) -> dict[str, tuple[str, int]]:
+    """(sha256, size) by file name, as a stanza of an index of ``kind`` ("packages" or
+    "sources") states them: a Packages stanza its one file's, a Sources stanza every file of its
+    source package (the .dsc too).  Only the fields of that kind are looked for: a search for a
+    field a stanza lacks reads all of it, and a re-run's indexes hold tens of thousands."""
+    if kind == "packages":
+        found = _SHA256_FIELD.search(stanza)
+        size = _SIZE_FIELD.search(stanza)
+        named = _FILENAME_FIELD.search(stanza)
+        if found is not None and size is not None and named is not None:
+            return {named.group(1): (found.group(1), int(size.group(1)))}
+        return {}
     block = _SOURCE_SHA256_BLOCK.search(stanza)
     if block is None:
         return {}
@@ -274,7 +278,7 @@ def reuse_stanzas(directory: Path, kind: str, known: Path, placed: Mapping[str, 
         old_text = ""
     old: dict[str, str] = {}
     for stanza in stanzas_of(old_text):
-        listed = _checksums(stanza)
+        listed = _checksums(stanza, kind)
         if listed and all(placed.get(name) == stated for name, stated in listed.items()):
             old.update({name: stanza for name in listed if name.endswith(suffix)})
     fresh = [name for name in wanted if name not in old]
@@ -304,7 +308,7 @@ def _index_alone(directory: Path, kind: str, names: list[str]) -> dict[str, str]
         shutil.rmtree(scratch, ignore_errors=True)
     found: dict[str, str] = {}
     for stanza in stanzas_of(out):
-        found.update({name: stanza for name in _checksums(stanza) if name in names})
+        found.update({name: stanza for name in _checksums(stanza, kind) if name in names})
     return found
 
 
