@@ -111,6 +111,7 @@ bench: venv
 	$(VENV)/bin/python ops/bench/retention.py
 	$(VENV)/bin/python ops/bench/controlplane.py
 	$(VENV)/bin/python ops/bench/scale.py
+	$(VENV)/bin/python ops/bench/rerun.py
 	$(VENV)/bin/python ops/bench/run.py
 	$(VENV)/bin/python ops/bench/quilt.py
 	$(VENV)/bin/python ops/bench/envsetup.py

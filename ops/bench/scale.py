@@ -11,7 +11,8 @@
 * **submit**: a manifest of BIG packages submitted in process (no farm: the engine with a
   recording dispatcher): the first submit (every tree packed), then, once its steps are marked
   built (each with a small .deb), its publication, then a no-change re-run: submit plus the
-  advance that reuses every step and publishes (goal: <= 5 s).
+  advance that reuses every step and publishes (goal: <= 5 s; ``rerun.py`` times the re-run
+  alone, several times, with where its time went).
 
 ``BENCH_TRIVIAL`` and ``BENCH_PACKAGES`` change the sizes (default 40 and 5000).  Prints figures
 and ratios; asserts nothing about speed (that is for people).
@@ -20,7 +21,6 @@ and ratios; asserts nothing about speed (that is for people).
 from __future__ import annotations
 
 import datetime as dt
-import io
 import itertools
 import json
 import os
@@ -30,25 +30,24 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bigbuild, when loaded by a test
+from bigbuild import (
+    big_context,
+    big_sources,
+    publish_as_built,
+    reused_steps,
+    submit,
+    trivial_sources,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-from buildfarm.engine import advance_build  # noqa: E402
-from buildfarm.engine.context import FarmContext  # noqa: E402
-from buildfarm.engine.submit import submit_build  # noqa: E402
-from buildfarm.model.manifest import load_manifest  # noqa: E402
-from buildfarm.model.types import StepState  # noqa: E402
-from buildfarm.state.models import Step, StepOutput, utcnow  # noqa: E402
+from buildfarm.engine import advance_build
 
-from debpkgs import make_package, write_manifest  # noqa: E402
-from farmkit import make_test_context  # noqa: E402
+from debpkgs import write_manifest
 
 CLI = [sys.executable, "-m", "buildfarm_cli"]
 TRIVIAL = int(os.environ.get("BENCH_TRIVIAL", "40"))
@@ -57,13 +56,6 @@ PACKAGES = int(os.environ.get("BENCH_PACKAGES", "5000"))
 
 def _cli(env: dict[str, str], *args: str) -> str:
     return subprocess.run([*CLI, *args], env=env, check=True, capture_output=True, text=True).stdout
-
-
-def trivial_sources(src: Path, count: int, prefix: str) -> list[str]:
-    names = [f"{prefix}{i:05d}" for i in range(count)]
-    for name in names:
-        make_package(src, name)
-    return names
 
 
 @dataclass(frozen=True)
@@ -208,69 +200,27 @@ def _print_phases(run: FarmRun, each: list[float]) -> None:
     print(f"    end:   last step -> published {run.published:.2f} s; -> the CLI returned {run.noticed:.2f} s")
 
 
-def _tar_gz(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def tiny_deb(name: str, version: str) -> bytes:
-    """A minimal real .deb of binary ``name`` (source ``name``), made in process: ``dpkg-deb
-    --build`` for each of thousands of packages would take minutes."""
-    control = f"Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: bench <b@b.invalid>\n"
-    control += f"Description: bench package {name}\n"
-    members = [
-        ("debian-binary", b"2.0\n"),
-        ("control.tar.gz", _tar_gz({"./control": control.encode()})),
-        ("data.tar.gz", _tar_gz({f"./usr/share/{name}/payload": name.encode()})),
-    ]
-    out = [b"!<arch>\n"]
-    for member, data in members:
-        out.append(f"{member:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode())
-        out.append(data + (b"\n" if len(data) % 2 else b""))
-    return b"".join(out)
-
-
-def built(ctx: FarmContext, build_id: int) -> None:
-    """Record every step of the build as built, each with a .deb of its package in the store."""
-    with ctx.db.session() as session:
-        for step in session.scalars(select(Step).where(Step.build_id == build_id)):
-            deb = ctx.store.put_bytes(tiny_deb(step.name, step.version))
-            step.state, step.finished_at, step.attempt = StepState.SUCCEEDED, utcnow(), 1
-            filename = f"{step.name}_{step.version}_all.deb"
-            session.add(
-                StepOutput(step_id=step.id, attempt=1, filename=filename, sha256=deb.sha256, size=deb.size)
-            )
-
-
 def big_submit(work: Path, count: int) -> tuple[float, float, float, float, int]:
     """(first submit s, its publish s, no-change re-run submit s, its advance s, steps reused).
 
     The first build is published (as if built) before the re-run, as a real re-run follows a
-    published build: the re-run's publication finds its packages in the repository already."""
-    src = work / "src"
-    names = trivial_sources(src, count, "big")
-    manifest = load_manifest(write_manifest(src, names, project="big"))
-    ctx = make_test_context(work / "farm", f"sqlite:///{work / 'farm.db'}")
+    published build: the re-run's publication finds its packages in the repository already.
+    ``rerun.py`` times the re-run alone, again and again, from a kept copy of this state."""
+    big = big_sources(work / "src", count)
+    ctx = big_context(work / "farm", f"sqlite:///{work / 'farm.db'}")
     started = time.monotonic()
-    first = submit_build(ctx, manifest, src, "bench")
+    first = submit(ctx, big)
     first_s = time.monotonic() - started
-    built(ctx, first)  # as if its steps had been built
     started = time.monotonic()
-    advance_build(ctx, first)  # publishes it
+    publish_as_built(ctx, first)
     publish_s = time.monotonic() - started
     started = time.monotonic()
-    again = submit_build(ctx, manifest, src, "bench")
+    again = submit(ctx, big)
     submit_s = time.monotonic() - started
     started = time.monotonic()
     advance_build(ctx, again)
     advance_s = time.monotonic() - started
-    with ctx.db.session() as session:
-        reused = session.query(Step).filter(Step.build_id == again, Step.reused_from.is_not(None)).count()
+    reused = reused_steps(ctx, again)
     ctx.db.dispose()
     return first_s, publish_s, submit_s, advance_s, reused
 
@@ -314,7 +264,7 @@ def dispatch(work: Path, trivial: int) -> None:
 def main(trivial: int = TRIVIAL, packages: int = PACKAGES, *, farm: bool = True) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         work = Path(tmp)
-        if farm:
+        if farm and trivial > 0:
             dispatch(work, trivial)
         if packages < 1:
             return

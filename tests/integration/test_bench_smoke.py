@@ -85,6 +85,21 @@ def test_scale_bench_reruns_a_submit_as_reused(capsys: pytest.CaptureFixture[str
     assert "(3 of 3 steps reused; goal <= 5 s)" in capsys.readouterr().out
 
 
+def test_rerun_bench_reruns_from_its_snapshot_as_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = _load("rerun")
+    monkeypatch.setattr(bench, "SNAPSHOT_DIR", tmp_path)
+    bench.main(packages=3, runs=2)
+    printed = capsys.readouterr().out
+    assert "making the snapshot of 3 packages" in printed
+    assert printed.count("3 of 3 reused") == 2
+    assert "release loop" in printed and "place (links)" in printed
+    bench.main(packages=3, runs=1)  # the snapshot is kept: not made again
+    printed = capsys.readouterr().out
+    assert "making the snapshot" not in printed and "3 of 3 reused" in printed
+
+
 def test_scheduler_simulation_runs_every_step_through_the_real_claim_once(
     tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -86,7 +86,15 @@ class SourceEntry:
     sources: tuple[SourceFile, ...] = ()
 
     def newer_than(self, other: SourceEntry) -> bool:
+        if self.version == other.version:  # most merges (a re-run): no version parsed
+            return self.build_id > other.build_id
         return (Version(self.version), self.build_id) > (Version(other.version), other.build_id)
+
+
+def same_version(one: str, other: str) -> bool:
+    """Whether two version strings name the same version (``1.0`` is ``1.00``); equal strings
+    are not parsed: parsing took a second of a publish of thousands of source packages."""
+    return one == other or Version(one) == Version(other)
 
 
 BranchState = dict[str, SourceEntry]
@@ -178,7 +186,7 @@ def attach_sources(
             name, version = package.name, package.version
             named_files = [(f.name, f.sha256) for f in package.files]
         entry = out.get(name)
-        if entry is None or Version(entry.version) != Version(version):
+        if entry is None or not same_version(entry.version, version):
             continue
         files = [SourceFile(dsc.filename, dsc.sha256, dsc.size)]
         for named_name, named_sha256 in named_files:

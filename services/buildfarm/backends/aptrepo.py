@@ -50,7 +50,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from buildfarm.backends import aptbranch, aptstaging, apttree
@@ -192,7 +192,7 @@ class LocalAptRepository:
             if recorded.get(f.filename) == (f.sha256, f.size) and f.filename in where
         }
 
-    def _latest_state(self, branch_dir: Path) -> tuple[BranchState, dict[str, Path]]:
+    def _latest_state(self, branch_dir: Path) -> tuple[BranchState, Mapping[str, Path]]:
         """What ``latest`` holds, and where each of its files is (empty: nothing published yet).
 
         A ``latest`` published before trees carried their record held only its own build's
@@ -238,7 +238,8 @@ class LocalAptRepository:
             apttree.check_filename(package.filename)
         base, where = self._latest_state(branch_dir)
         recorded = _recorded(base)
-        packages = [_still_held(p, recorded, where) for p in packages]
+        present: dict[Path, bool] = {}  # by directory: a published tree appears and goes whole
+        packages = [_still_held(p, recorded, where, present) for p in packages]
         binaries = [p for p in packages if p.filename.endswith((".deb", ".udeb"))]
         # The build's source packages (.dsc and files): recorded with the binaries they built,
         # so they are carried forward with them (a source package that lost stays out).  What
@@ -291,7 +292,7 @@ class LocalAptRepository:
         if merged != published:
             # Another build moved latest between our rename and our switch: merge onto it again.
             mine = _where(own, target)
-            carried = _carried(merged, where | mine, skip=set())
+            carried = _carried(merged, {**where, **mine}, skip=set())
             tree = self._merged_tree(branch_dir, target, label, carried, merged)
             aside = target.with_name(f"{EXPIRED_PREFIX}{target.name}-{time.time_ns()}")
             os.rename(target, aside)
@@ -380,12 +381,22 @@ def _recorded(state: BranchState) -> dict[str, tuple[str, int]]:
 
 
 def _still_held(
-    package: PackageFile, recorded: dict[str, tuple[str, int]], where: dict[str, Path]
+    package: PackageFile,
+    recorded: dict[str, tuple[str, int]],
+    where: Mapping[str, Path],
+    present: dict[Path, bool],
 ) -> PackageFile:
     """``package`` as it is, unless its copy is gone: a copy in a published tree (from
     :meth:`LocalAptRepository.held_files`) whose tree was expired after ``latest`` moved.  Then
-    the tree ``latest`` records it in now, or a temporary error: publishing again fetches it."""
-    if package.path.exists():
+    the tree ``latest`` records it in now, or a temporary error: publishing again fetches it.
+
+    A tree is expired whole (renamed aside, then removed), so whether its directory is there
+    says whether its files are (``present``, by directory, asked once each): a re-run of
+    thousands of packages does not stat each."""
+    parent = package.path.parent
+    if parent not in present:
+        present[parent] = parent.is_dir()
+    if present[parent]:
         return package
     now = where.get(package.filename)
     if recorded.get(package.filename) == (package.sha256, package.size) and now is not None:
@@ -396,14 +407,38 @@ def _still_held(
     )
 
 
-def _where(state: BranchState, tree: Path) -> dict[str, Path]:
+class _TreeFiles(Mapping[str, Path]):
+    """Where each file of a published tree's record is, each path made when asked for: a
+    publication onto a branch of thousands of packages asks for few of them (a no-change re-run
+    for none)."""
+
+    def __init__(self, names: set[str], tree: Path) -> None:
+        self._names = names
+        self._tree = tree
+
+    def __getitem__(self, name: str) -> Path:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._tree / name
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def _where(state: BranchState, tree: Path) -> Mapping[str, Path]:
     """Where each file (binary or source) of ``state`` is: in the published ``tree``."""
-    names = [f.filename for f in aptbranch.files_of(state)]
-    names += [f.filename for f in aptbranch.source_files_of(state)]
-    return {name: tree / name for name in names}
+    names = {f.filename for entry in state.values() for f in entry.files}
+    names |= {f.filename for entry in state.values() for f in entry.sources}
+    return _TreeFiles(names, tree)
 
 
-def _carried(state: BranchState, where: dict[str, Path], *, skip: set[str]) -> list[PackageFile]:
+def _carried(state: BranchState, where: Mapping[str, Path], *, skip: set[str]) -> list[PackageFile]:
     """The files of ``state`` (binaries and source packages, but ``skip``) as packages to link
     from the published trees ``where`` says they are in."""
     listed: list[aptbranch.BinaryFile | aptbranch.SourceFile] = [*aptbranch.files_of(state)]

@@ -128,9 +128,11 @@ def place(packages: list[PackageFile], into: Path, *, verify: bool = True) -> No
 
     ``verify=False`` is for packages carried over from a published tree: a hardlink of a file
     checked when it was first placed; only its size is compared (hashing every package of the
-    branch again on each publish would cost minutes on a big branch).
+    branch again on each publish would cost minutes on a big branch).  Paths are plain strings
+    here: a re-run of thousands of packages places tens of thousands of files.
     """
     seen: dict[str, str] = {}
+    root = os.fspath(into)
     for package in packages:
         name = check_filename(package.filename)
         if name in seen:
@@ -138,19 +140,21 @@ def place(packages: list[PackageFile], into: Path, *, verify: bool = True) -> No
                 raise PermanentError(f"two different packages are both named {name}")
             continue  # the same file listed twice is published once
         seen[name] = package.sha256
-        dest = into / name
-        if dest.exists():
-            raise PermanentError(f"two different packages are both named {name}")
+        dest = os.path.join(root, name)
         linked = True
         try:
             os.link(package.path, dest)
+        except FileExistsError:
+            raise PermanentError(f"two different packages are both named {name}") from None
         except OSError:
+            if os.path.lexists(dest):
+                raise PermanentError(f"two different packages are both named {name}") from None
             shutil.copyfile(package.path, dest)  # another filesystem, or links not allowed
             linked = False
         if verify or not linked:
-            sha256, size = file_sha256(dest)
+            sha256, size = file_sha256(Path(dest))
         else:
-            sha256, size = package.sha256, dest.stat().st_size
+            sha256, size = package.sha256, os.stat(dest).st_size
         if sha256 != package.sha256 or size != package.size:
             raise PermanentError(
                 f"{package.path} does not match its record (sha256 {sha256}, {size} bytes; "
@@ -238,14 +242,18 @@ def split_stanzas(text: str, field: re.Pattern[str] = _FILENAME_FIELD) -> dict[s
     return stanzas
 
 
-def _checksums(stanza: str) -> dict[str, tuple[str, int]]:
-    """(sha256, size) by file name, as a stanza states them: a Packages stanza its one file's, a
-    Sources stanza every file of its source package (the .dsc too)."""
-    found = _SHA256_FIELD.search(stanza)
-    size = _SIZE_FIELD.search(stanza)
-    named = _FILENAME_FIELD.search(stanza)
-    if found is not None and size is not None and named is not None:
-        return {named.group(1): (found.group(1), int(size.group(1)))}
+def _checksums(stanza: str, kind: str) -> dict[str, tuple[str, int]]:
+    """(sha256, size) by file name, as a stanza of an index of ``kind`` ("packages" or
+    "sources") states them: a Packages stanza its one file's, a Sources stanza every file of its
+    source package (the .dsc too).  Only the fields of that kind are looked for: a search for a
+    field a stanza lacks reads all of it, and a re-run's indexes hold tens of thousands."""
+    if kind == "packages":
+        found = _SHA256_FIELD.search(stanza)
+        size = _SIZE_FIELD.search(stanza)
+        named = _FILENAME_FIELD.search(stanza)
+        if found is not None and size is not None and named is not None:
+            return {named.group(1): (found.group(1), int(size.group(1)))}
+        return {}
     block = _SOURCE_SHA256_BLOCK.search(stanza)
     if block is None:
         return {}
@@ -263,14 +271,14 @@ def reuse_stanzas(directory: Path, kind: str, known: Path, placed: Mapping[str, 
     stanza states a checksum of is placed here with that sha256 and size) taken from it; the
     others come from one apt-ftparchive run over a scratch tree of hardlinks of just them."""
     suffix, index = (_INDEXED_SUFFIX, "Packages") if kind == "packages" else (".dsc", "Sources")
-    wanted = sorted(p.name for p in directory.iterdir() if p.name.endswith(suffix))
+    wanted = sorted(name for name in os.listdir(directory) if name.endswith(suffix))
     try:
         old_text = (known / index).read_text(encoding="utf-8", errors="surrogateescape")
     except FileNotFoundError:
         old_text = ""
     old: dict[str, str] = {}
     for stanza in stanzas_of(old_text):
-        listed = _checksums(stanza)
+        listed = _checksums(stanza, kind)
         if listed and all(placed.get(name) == stated for name, stated in listed.items()):
             old.update({name: stanza for name in listed if name.endswith(suffix)})
     fresh = [name for name in wanted if name not in old]
@@ -300,7 +308,7 @@ def _index_alone(directory: Path, kind: str, names: list[str]) -> dict[str, str]
         shutil.rmtree(scratch, ignore_errors=True)
     found: dict[str, str] = {}
     for stanza in stanzas_of(out):
-        found.update({name: stanza for name in _checksums(stanza) if name in names})
+        found.update({name: stanza for name in _checksums(stanza, kind) if name in names})
     return found
 
 

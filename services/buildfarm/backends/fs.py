@@ -163,7 +163,9 @@ class FsArtifactStore:
         return self._objects / sha256[:2] / sha256
 
     def has(self, sha256: str) -> bool:
-        return self.object_path(sha256).is_file()
+        # A string path: a re-run asks this of thousands of objects (at submit, then at release).
+        _check_sha256(sha256)
+        return os.path.isfile(os.path.join(self._objects, sha256[:2], sha256))
 
     def put_file(self, path: Path) -> ObjectRef:
         # Hash first: content that is already stored costs one read and no write.

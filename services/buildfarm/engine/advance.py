@@ -28,7 +28,9 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import NamedTuple
 
 from sqlalchemy import JSON, Connection, bindparam, func, null, select, type_coerce, union_all, update
 from sqlalchemy.orm import Session, defer
@@ -36,7 +38,7 @@ from sqlalchemy.orm import Session, defer
 from buildfarm.backends.base import BuildInputKeeper, BuildRef, HoldsPackages, PackageFile, StoredPackage
 from buildfarm.engine import bundlefiles, fairshare, gcpause, routing
 from buildfarm.engine.context import FarmContext
-from buildfarm.engine.outputs import adopt_outputs, find_equivalent
+from buildfarm.engine.outputs import ORIGINAL_COLUMNS, Original, adopt_outputs, find_equivalent
 from buildfarm.engine.submit import moves_latest
 from buildfarm.model.debsource import file_sha256
 from buildfarm.model.errors import BuildfarmError, PermanentError, TemporaryError
@@ -108,19 +110,19 @@ LOOKUP_CHUNK = 500
 """Keys or ids in one ``IN (...)`` lookup: a release of thousands of steps costs a few queries."""
 
 
-def find_reusable(session: Session, input_key: str) -> Step | None:
+def find_reusable(session: Session, input_key: str) -> Original | None:
     """A step anywhere in the farm that built this input key successfully (the original, not a reuse)."""
     return find_reusables(session, [input_key]).get(input_key)
 
 
-def find_reusables(session: Session, input_keys: Collection[str]) -> dict[str, Step]:
+def find_reusables(session: Session, input_keys: Collection[str]) -> dict[str, Original]:
     """:func:`find_reusable` of every key at once (the newest original success of each), in one
-    query per :data:`LOOKUP_CHUNK` keys; keys never built are absent."""
-    found: dict[str, Step] = {}
+    query per :data:`LOOKUP_CHUNK` keys, read as rows; keys never built are absent."""
+    found: dict[str, Original] = {}
     keys = sorted(set(input_keys))
     for start in range(0, len(keys), LOOKUP_CHUNK):
-        rows = session.scalars(
-            select(Step)
+        rows = session.execute(
+            select(*ORIGINAL_COLUMNS)
             .where(
                 Step.input_key.in_(keys[start : start + LOOKUP_CHUNK]),
                 Step.state == StepState.SUCCEEDED,
@@ -128,27 +130,37 @@ def find_reusables(session: Session, input_keys: Collection[str]) -> dict[str, S
             )
             .order_by(Step.finished_at.desc(), Step.id.desc())
         )
-        for step in rows:
-            found.setdefault(step.input_key, step)  # the newest comes first
+        for row in rows:
+            found.setdefault(row.input_key, Original(*row))  # the newest comes first
     return found
 
 
-def _outputs_of(session: Session, step_ids: Collection[int]) -> dict[int, list[StepOutput]]:
+class StoredOutput(NamedTuple):
+    """What a reuse checks of an original's output: that the store still holds it."""
+
+    step_id: int
+    kind: OutputKind
+    filename: str
+    sha256: str
+
+
+def _outputs_of(session: Session, step_ids: Collection[int]) -> dict[int, list[StoredOutput]]:
     """The outputs of each of ``step_ids`` (every id present, maybe with none), chunked queries."""
     ids = sorted(set(step_ids))
-    found: dict[int, list[StepOutput]] = {step_id: [] for step_id in ids}
+    found: dict[int, list[StoredOutput]] = {step_id: [] for step_id in ids}
+    columns = (StepOutput.step_id, StepOutput.kind, StepOutput.filename, StepOutput.sha256)
     for start in range(0, len(ids), LOOKUP_CHUNK):
         chunk = ids[start : start + LOOKUP_CHUNK]
-        for output in session.scalars(select(StepOutput).where(StepOutput.step_id.in_(chunk))):
-            found[output.step_id].append(output)
+        for row in session.execute(select(*columns).where(StepOutput.step_id.in_(chunk))):
+            found[row.step_id].append(StoredOutput(*row))
     return found
 
 
 def _outputs_stored(
     session: Session,
-    step: Step,
+    step: Original,
     has: Callable[[str], bool],
-    known: Mapping[int, list[StepOutput]] | None = None,
+    known: Mapping[int, list[StoredOutput]] | None = None,
 ) -> bool:
     """Whether every stored output of ``step`` (not its images: the registry holds those) is still
     in the artifact store.  A store that cannot answer now counts as holding them: publishing then
@@ -156,7 +168,7 @@ def _outputs_stored(
     loaded already, by step id (:func:`_outputs_of`); a step not in it is looked up."""
     outputs = known.get(step.id) if known is not None else None
     if outputs is None:
-        outputs = list(session.scalars(select(StepOutput).where(StepOutput.step_id == step.id)))
+        outputs = _outputs_of(session, [step.id])[step.id]
     for output in outputs:
         if output.kind == OutputKind.IMAGE:
             continue
@@ -180,6 +192,31 @@ def producing_step_id(step: Step) -> int:
     return step.reused_from if step.reused_from is not None else step.id
 
 
+@dataclass
+class OpenStep:
+    """A step a release reads or changes, read as a row: a no-change re-run releases thousands,
+    and loading, tracking and flushing as many ORM objects was most of its advance.  The steps
+    it changes are written back in a few executemany statements (:func:`_write_released`)."""
+
+    id: int
+    name: str
+    state: StepState
+    depends_on: list[str]
+    input_key: str
+    own_key: str | None
+    output_identity: str | None
+    resolved_key: str | None
+    reuse_reason: str | None
+    reused_from: int | None
+    node: str | None
+    log_key: str | None
+    error: str | None
+    requires: str
+
+
+_OPEN_COLUMNS = tuple(getattr(Step, f.name) for f in fields(OpenStep))
+
+
 def _release(session: Session, build: Build, has: Callable[[str], bool] | None = None) -> list[Step]:
     """Resolve pending steps; return the ones that became ready. Loops until nothing changes.
 
@@ -188,43 +225,83 @@ def _release(session: Session, build: Build, has: Callable[[str], bool] | None =
     (the artifact store's) says one of its outputs is gone (a lost bucket, a store swapped): then
     it is built again, rather than failing every build that would reuse it at publish time."""
     now = utcnow()
-    released: list[Step] = []
     steps = open_steps(session, build.id)
+    pending = {s.id for s in steps if s.state == StepState.PENDING}
     by_name = {s.name: s for s in steps}
     # Every pending step's earlier success, and what it built, in a few queries, not one per
     # step: a no-change re-run of thousands of packages reuses them all in one release.
-    reusable = find_reusables(session, [s.input_key for s in steps if s.state == StepState.PENDING])
+    reusable = find_reusables(session, [s.input_key for s in steps if s.id in pending])
     stored = _outputs_of(session, [s.id for s in reusable.values()]) if has is not None else {}
     with session.no_autoflush:  # the loop's lookups never read what it changed: no flush each
-        _resolve(
-            session,
-            steps,
-            by_name=by_name,
-            reusable=reusable,
-            stored=stored,
-            has=has,
-            released=released,
-            now=now,
-        )
-        if released:  # each joins the scheduler's queue of its labels, build kind and tenant
-            queues = fairshare.queue_ids(
-                session, build.kind, (build.project, build.user), {s.requires for s in released}
+        _resolve(session, steps, by_name=by_name, reusable=reusable, stored=stored, has=has)
+    changed = [s for s in steps if s.id in pending and s.state != StepState.PENDING]
+    ready = [s for s in changed if s.state == StepState.READY]
+    # each joins the scheduler's queue of its labels, build kind and tenant
+    queues = (
+        fairshare.queue_ids(session, build.kind, (build.project, build.user), {s.requires for s in ready})
+        if ready
+        else {}
+    )
+    _write_released(session, changed, queues, now)
+    return _steps_by_id(session, [s.id for s in ready])
+
+
+def _write_released(
+    session: Session, changed: list[OpenStep], queues: Mapping[str, int], now: dt.datetime
+) -> None:
+    """Write what a release changed of each step: one executemany a kind of change (skipped,
+    reused, ready), not a flush of thousands of ORM objects."""
+    skipped, reused, ready = [], [], []
+    for step in changed:
+        if step.state == StepState.SKIPPED:
+            skipped.append({"id": step.id, "state": step.state, "finished_at": now, "error": step.error})
+        elif step.state == StepState.SUCCEEDED:
+            reused.append(
+                {
+                    "id": step.id,
+                    "state": step.state,
+                    "reused_from": step.reused_from,
+                    "started_at": now,
+                    "finished_at": now,
+                    "node": step.node,
+                    "log_key": step.log_key,
+                    "output_identity": step.output_identity,
+                    "resolved_key": step.resolved_key,
+                    "reuse_reason": step.reuse_reason,
+                }
             )
-            for step in released:  # flushed with its state: one UPDATE of each step
-                step.queue_id = queues[step.requires]
-    return released
+        else:
+            ready.append(
+                {
+                    "id": step.id,
+                    "state": step.state,
+                    "ready_at": now,
+                    "resolved_key": step.resolved_key,
+                    "queue_id": queues[step.requires],
+                }
+            )
+    for rows in (skipped, reused, ready):
+        if rows:  # an ORM bulk UPDATE by primary key: one executemany
+            session.execute(update(Step), rows)
+
+
+def _steps_by_id(session: Session, ids: list[int]) -> list[Step]:
+    """The steps of ``ids`` as ORM objects, in that order (the ready ones: ticketed, staged)."""
+    loaded: dict[int, Step] = {}
+    for start in range(0, len(ids), LOOKUP_CHUNK):
+        chunk = ids[start : start + LOOKUP_CHUNK]
+        loaded.update((s.id, s) for s in session.scalars(select(Step).where(Step.id.in_(chunk))))
+    return [loaded[step_id] for step_id in ids]
 
 
 def _resolve(
     session: Session,
-    steps: list[Step],
+    steps: list[OpenStep],
     *,
-    by_name: Mapping[str, Step],
-    reusable: Mapping[str, Step],
-    stored: Mapping[int, list[StepOutput]],
+    by_name: Mapping[str, OpenStep],
+    reusable: Mapping[str, Original],
+    stored: Mapping[int, list[StoredOutput]],
     has: Callable[[str], bool] | None,
-    released: list[Step],
-    now: dt.datetime,
 ) -> None:
     """The loop of :func:`_release`: skip, reuse or make ready each pending step until nothing changes."""
     changed = True
@@ -236,7 +313,6 @@ def _resolve(
             deps = [by_name[d] for d in step.depends_on]
             if any(d.state in (StepState.FAILED, StepState.CANCELLED, StepState.SKIPPED) for d in deps):
                 step.state = StepState.SKIPPED
-                step.finished_at = now
                 failed = [d.name for d in deps if d.state != StepState.SUCCEEDED]
                 step.error = f"not built: dependency {', '.join(failed)} did not succeed"
                 changed = True
@@ -251,30 +327,35 @@ def _resolve(
                     adopt_outputs(session, step, original, by_name)
                     step.state = StepState.SUCCEEDED
                     step.reused_from = original.id
-                    step.started_at = step.finished_at = now
                     step.node = original.node
                     step.log_key = original.log_key
                     changed = True
                 else:
                     step.state = StepState.READY
-                    step.ready_at = now
-                    released.append(step)
 
 
-def open_steps(session: Session, build_id: int) -> list[Step]:
+def open_steps(session: Session, build_id: int) -> list[OpenStep]:
     """What a release can change or reads: the build's pending steps and every step they depend
     on, directly or not (a resolved key reads the output identities of the whole closure:
-    ``engine/outputs.py``).  The others (running, ready, done and needed by no pending step) are
-    not loaded, so an advance costs what is still open, not the build's size."""
-    loaded = list(
-        session.scalars(
-            select(Step).where(Step.build_id == build_id, Step.state == StepState.PENDING).order_by(Step.id)
+    ``engine/outputs.py``), as rows.  The others (running, ready, done and needed by no pending
+    step) are not read, so an advance costs what is still open, not the build's size."""
+    loaded = [
+        OpenStep(*row)
+        for row in session.execute(
+            select(*_OPEN_COLUMNS)
+            .where(Step.build_id == build_id, Step.state == StepState.PENDING)
+            .order_by(Step.id)
         )
-    )
+    ]
     known = {s.name for s in loaded}
     needed = {name for s in loaded for name in s.depends_on} - known
     while needed:
-        deps = list(session.scalars(select(Step).where(Step.build_id == build_id, Step.name.in_(needed))))
+        deps = [
+            OpenStep(*row)
+            for row in session.execute(
+                select(*_OPEN_COLUMNS).where(Step.build_id == build_id, Step.name.in_(needed))
+            )
+        ]
         loaded.extend(deps)
         known |= {s.name for s in deps}
         needed = {name for s in deps for name in s.depends_on} - known
@@ -360,6 +441,7 @@ def materialize_sources(
     :mod:`.bundlefiles` remembers, or ``listings`` read already) is not fetched: its files are
     the repository's copies."""
     files = []
+    learned: dict[str, list[StoredPackage]] = {}
     for index, sha256 in enumerate(sorted(set(bundles))):
         known = listings[sha256] if listings is not None else bundlefiles.listing(ctx.work_root, sha256)
         if known is not None and held is not None and all(f.filename in held for f in known):
@@ -374,9 +456,10 @@ def materialize_sources(
             for path in sorted(directory.iterdir()):
                 found.append(PackageFile(path.name, file_sha256(path), path.stat().st_size, path))
         if known is None:
-            listed = [StoredPackage(f.filename, f.sha256, f.size) for f in found]
-            bundlefiles.remember(ctx.work_root, sha256, listed)
+            learned[sha256] = [StoredPackage(f.filename, f.sha256, f.size) for f in found]
         files += found
+    if learned:
+        bundlefiles.remember(ctx.work_root, learned)
     return files
 
 
@@ -602,9 +685,8 @@ def publish_build(ctx: FarmContext, build_id: int) -> bool:
     tmp: Path | None = None
     try:
         tmp = Path(tempfile.mkdtemp(dir=ctx.work_root, prefix="publish-"))
-        # Each bundle's remembered files, read once for both (thousands of small files).
-        work_root = ctx.work_root  # made if missing: once, not once a bundle
-        listings = {sha256: bundlefiles.listing(work_root, sha256) for sha256 in set(bundles)}
+        # Each bundle's remembered files, read once for both (one index, not thousands of files).
+        listings = bundlefiles.listings(ctx.work_root, bundles)
         held = _held(ctx, ref, outputs, listings)
         packages = _materialize(ctx, outputs, tmp, held)
         sources = materialize_sources(ctx, bundles, tmp, held, listings)

@@ -233,6 +233,18 @@ def _clone(source: PackageSource | ImageSource, clone: Path, what: str, policy: 
     return (clone / source.subdir).resolve()
 
 
+def _resolved(path: Path, parents: dict[Path, Path]) -> Path:
+    """``path.resolve()``, the parent directory's resolution shared (``parents``): thousands of
+    trees in one directory cost one lstat each, not one per component of their path."""
+    if path.name in ("", ".", ".."):
+        return path.resolve()
+    parent = parents.get(path.parent)
+    if parent is None:
+        parent = parents[path.parent] = path.parent.resolve()
+    here = parent / path.name
+    return here.resolve() if here.is_symlink() else here
+
+
 @contextmanager
 def source_directories(
     manifest: Manifest, root: Path, policy: UrlPolicy, prepared: dict[int, Path] | None = None
@@ -245,6 +257,7 @@ def source_directories(
     """
     with TemporaryDirectory(prefix="buildfarm-src-") as scratch:
         out: list[tuple[PackageSource, Path | None]] = []
+        parents: dict[Path, Path] = {}
         for index, package in enumerate(manifest.packages):
             if prepared is not None and index in prepared:
                 out.append((package, prepared[index]))
@@ -253,7 +266,7 @@ def source_directories(
                 out.append((package, None))
                 continue
             if package.path is not None:
-                out.append((package, (root / package.path).resolve()))
+                out.append((package, _resolved(root / package.path, parents)))
                 continue
             clone = Path(scratch) / str(index)
             what = f"packages[{index}] ({package.describe()})"

@@ -25,7 +25,9 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -38,6 +40,42 @@ from buildfarm.model.types import StepState
 from buildfarm.state.models import Build, Step
 
 log = logging.getLogger(__name__)
+
+
+class KeyedStep(Protocol):
+    """What a release reads and sets of a step: an ORM :class:`Step`, or a row read as one
+    (``engine/advance.py``'s ``OpenStep``: a re-run releases thousands)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def depends_on(self) -> list[str]: ...
+    @property
+    def input_key(self) -> str: ...
+    @property
+    def own_key(self) -> str | None: ...
+
+    output_identity: str | None
+    resolved_key: str | None
+    reuse_reason: str | None
+
+
+@dataclass(frozen=True)
+class Original:
+    """A success that built its outputs itself (not a reuse): what a step reusing it takes."""
+
+    id: int
+    build_id: int
+    input_key: str
+    output_identity: str | None
+    node: str | None
+    log_key: str | None
+
+
+ORIGINAL_COLUMNS = (Step.id, Step.build_id, Step.input_key, Step.output_identity, Step.node, Step.log_key)
+"""The columns of an :class:`Original`, in its fields' order."""
 
 
 def identity_of_files(paths: list[Path]) -> str | None:
@@ -54,9 +92,9 @@ def identity_of_images(digests: list[str]) -> str:
     return identity_of((), digests)
 
 
-def _closure(step: Step, by_name: Mapping[str, Step]) -> list[Step]:
+def _closure(step: KeyedStep, by_name: Mapping[str, KeyedStep]) -> list[KeyedStep]:
     """Every step of the build that ``step`` depends on, directly or not."""
-    seen: dict[str, Step] = {}
+    seen: dict[str, KeyedStep] = {}
     todo = list(step.depends_on)
     while todo:
         name = todo.pop()
@@ -67,7 +105,7 @@ def _closure(step: Step, by_name: Mapping[str, Step]) -> list[Step]:
     return [seen[n] for n in sorted(seen)]
 
 
-def resolved_key(step: Step, by_name: Mapping[str, Step]) -> str | None:
+def resolved_key(step: KeyedStep, by_name: Mapping[str, KeyedStep]) -> str | None:
     """The step's own key with the output identities of everything it depends on, or None when
     one of them is unknown (a row from before output identities)."""
     if not step.own_key:
@@ -82,16 +120,16 @@ def resolved_key(step: Step, by_name: Mapping[str, Step]) -> str | None:
 
 
 def find_equivalent(
-    session: Session, step: Step, by_name: Mapping[str, Step], same_input: Step | None
-) -> Step | None:
+    session: Session, step: KeyedStep, by_name: Mapping[str, KeyedStep], same_input: Original | None
+) -> Original | None:
     """Set the step's resolved key; return ``same_input`` (a success of its input key) if there
     is one, else a success anywhere with the same resolved key (an original, whose outputs
     retention has not expired), or None."""
     step.resolved_key = resolved_key(step, by_name)
     if same_input is not None or step.resolved_key is None:
         return same_input
-    return session.scalars(
-        select(Step)
+    row = session.execute(
+        select(*ORIGINAL_COLUMNS)
         .where(
             Step.resolved_key == step.resolved_key,
             Step.state == StepState.SUCCEEDED,
@@ -102,9 +140,12 @@ def find_equivalent(
         .order_by(Step.finished_at.desc())
         .limit(1)
     ).first()
+    return Original(*row) if row is not None else None
 
 
-def adopt_outputs(session: Session, step: Step, original: Step, by_name: Mapping[str, Step]) -> None:
+def adopt_outputs(
+    session: Session, step: KeyedStep, original: Original, by_name: Mapping[str, KeyedStep]
+) -> None:
     """A step reuses ``original``: it built the same, and says why when its input key was new."""
     step.output_identity = original.output_identity
     if original.input_key == step.input_key:

@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 
 CACHE_DIR = "srcpkg-cache"
 TREES_FILE = "trees.json"
+KEYS_FILE = "keys.json"
+"""Every remembered tree key's entry in one file: a submit of thousands of trees reads it once,
+not one small file each (those stay: a key a concurrent save dropped is read from its own)."""
+_KEYS_VERSION = 1
 RACY_SECONDS = 2.0
 """A tree with an entry changed this recently before it was read is not remembered."""
 MAX_TREES = 50_000
@@ -88,6 +92,8 @@ class SourceCache:
         self._trees: dict[str, list[object]] | None = None
         self._touched: dict[str, list[object]] = {}  # trees read (not remembered) since the last save
         self._hits: set[str] = set()  # trees found remembered since the last save
+        self._keys: dict[str, object] | None = None  # the combined index of tree keys, as read
+        self._learned: dict[str, dict[str, str]] = {}  # tree keys not in it, since the last save
         self._lock = threading.Lock()
 
     def tree_facts(self, tree: Path, origin: str) -> tuple[str, SourceInfo, str]:
@@ -130,8 +136,10 @@ class SourceCache:
 
     def save_trees(self) -> None:
         """Remember the trees read since the last save (one atomic file; a concurrent submit's
-        save may win, which costs the other's trees one read next time).  Nothing is written
-        when every tree was remembered already (a no-change re-run)."""
+        save may win, which costs the other's trees one read next time), and the tree keys
+        packed or found one by one since (:meth:`lookup`).  Nothing is written when every tree
+        and key was remembered already (a no-change re-run)."""
+        self._save_keys()
         with self._lock:
             if not self._touched:
                 self._hits = set()
@@ -146,10 +154,39 @@ class SourceCache:
         # dumps, not dump: json's C encoder (dump to a file is the pure Python one, a second at
         # thousands of trees).
         data = json.dumps({"v": _TREES_VERSION, "trees": trees}, separators=(",", ":"))
+        self._write(TREES_FILE, data)
+
+    def _write(self, name: str, data: str) -> None:
+        """Write ``data`` as the cache's file ``name`` (atomic)."""
+        self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
         with os.fdopen(fd, "w") as handle:
             handle.write(data)
-        os.replace(tmp, self.root / TREES_FILE)
+        os.replace(tmp, self.root / name)
+
+    def _save_keys(self) -> None:
+        with self._lock:
+            if not self._learned:
+                return
+            keys = dict(self._keys or {})
+            if len(keys) + len(self._learned) > MAX_TREES:
+                keys = {}
+            keys.update(self._learned)
+            self._keys, self._learned = keys, {}
+        self._write(KEYS_FILE, json.dumps({"v": _KEYS_VERSION, "keys": keys}, separators=(",", ":")))
+
+    def _load_keys(self) -> dict[str, object]:
+        try:
+            body = json.loads((self.root / KEYS_FILE).read_bytes())
+        except (OSError, ValueError):
+            return {}
+        if (
+            not isinstance(body, dict)
+            or body.get("v") != _KEYS_VERSION
+            or not isinstance(body.get("keys"), dict)
+        ):
+            return {}
+        return dict(body["keys"])
 
     def key(self, fmt: str, digest: str, upstream: list[Path], beside_dsc: Path | None) -> str:
         """The tree key of a tree whose hash is ``digest``."""
@@ -163,12 +200,22 @@ class SourceCache:
 
     def lookup(self, key: str, what: str) -> tuple[str, str] | None:
         """(source key, sha256) remembered for ``key`` whose tarball the store still holds; None
-        on a miss."""
+        on a miss.  Read from the combined index of keys (:data:`KEYS_FILE`, read once), else
+        from the key's own small file (then added to the index at :meth:`save_trees`)."""
+        with self._lock:
+            if self._keys is None:
+                self._keys = self._load_keys()
+            entry = self._keys.get(key)
+        from_index = isinstance(entry, dict)
         try:
-            entry = json.loads((self.root / key).read_text())
+            if not isinstance(entry, dict):
+                entry = json.loads((self.root / key).read_bytes())
             source, sha256 = str(entry["source_key"]), str(entry["sha256"])
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError):
             return None
+        if not from_index:
+            with self._lock:
+                self._learned[key] = {"source_key": source, "sha256": sha256}
         try:
             if not self.ctx.store.has(sha256):
                 return None
@@ -178,12 +225,12 @@ class SourceCache:
         return source, sha256
 
     def remember(self, key: str, source: str, sha256: str) -> None:
-        """Remember the source package made for ``key`` (one atomic file)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"source_key": source, "sha256": sha256}, handle)
-        os.replace(tmp, self.root / key)
+        """Remember the source package made for ``key`` (one atomic file; in the combined index
+        from the next :meth:`save_trees`)."""
+        entry = {"source_key": source, "sha256": sha256}
+        self._write(key, json.dumps(entry))
+        with self._lock:
+            self._learned[key] = entry
 
 
 def _info_of(raw: object) -> SourceInfo | None:

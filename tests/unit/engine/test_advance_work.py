@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import event, select, update
+from sqlalchemy.orm import Session
 
-from buildfarm.engine import advance_build
+from buildfarm.engine import advance, advance_build
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.sources import pack_tree
 from buildfarm.model.types import StepState
@@ -96,17 +97,30 @@ def test_staging_fetches_each_package_once_over_a_build(
 
 
 @pytest.mark.parametrize("done", [3, 60])
-def test_a_release_loads_the_open_steps_only(tmp_path: Path, done: int) -> None:
+def test_a_release_reads_the_open_steps_only(
+    tmp_path: Path, done: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It reads the pending steps and what they depend on, as rows; it loads as ORM objects only
+    the steps that become ready (to stage and ticket them)."""
     ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
     names = [f"lib{i}" for i in range(done)] + ["app", "docs"]
     build_id = _add_build(ctx, names, {"app": ["lib0"], "docs": ["app"]})
     for name in names[:done]:
         _succeed(ctx, build_id, name)
     loaded: list[str] = []
+    read: list[str] = []
 
     def count(step: Step, _context: object) -> None:
         loaded.append(step.name)
 
+    open_steps = advance.open_steps
+
+    def reading(session: Session, build: int) -> list[advance.OpenStep]:
+        rows = open_steps(session, build)
+        read.extend(s.name for s in rows)
+        return rows
+
+    monkeypatch.setattr(advance, "open_steps", reading)
     event.listen(Step, "load", count)
     try:
         advance_build(ctx, build_id)
@@ -115,7 +129,8 @@ def test_a_release_loads_the_open_steps_only(tmp_path: Path, done: int) -> None:
     assert _state(ctx, build_id, "app") == StepState.READY
     assert _state(ctx, build_id, "docs") == StepState.PENDING
     assert dispatcher(ctx).runs == [(_step_id(ctx, build_id, "app"), 1)]
-    assert sorted(loaded) == ["app", "docs", "lib0"]  # not the other finished libraries
+    assert sorted(read) == ["app", "docs", "lib0"]  # not the other finished libraries
+    assert loaded == ["app"]
     ctx.db.dispose()
 
 

@@ -177,3 +177,17 @@ def test_a_host_that_does_not_resolve_is_temporary(tmp_path: Path, monkeypatch: 
         str(failed.value) == "packages[0]: 'https://git.example.org/r': cannot resolve host 'git.example.org'"
     )
     assert not (tmp_path / "clone").exists()
+
+
+def test_tree_paths_resolve_as_path_resolve_does(tmp_path: Path) -> None:
+    """Trees below one directory share its resolution; symlinks, ``..`` and a symlinked parent
+    still resolve as :meth:`Path.resolve`."""
+    (tmp_path / "real" / "src" / "a").mkdir(parents=True)
+    (tmp_path / "real" / "other").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "real" / "src" / "b").symlink_to(tmp_path / "real" / "other")
+    parents: dict[Path, Path] = {}
+    for relative in ("link/src/a", "link/src/b", "link/src/missing", "link/src/a/..", "real/src/../other"):
+        path = tmp_path / relative
+        assert fetch._resolved(path, parents) == path.resolve(), relative
+    assert parents[tmp_path / "link" / "src"] == tmp_path / "real" / "src"

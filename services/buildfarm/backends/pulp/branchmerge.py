@@ -26,9 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from debian.debian_support import Version
-
-from buildfarm.backends.aptbranch import BinaryFile, BranchState, SourceEntry, merge
+from buildfarm.backends.aptbranch import BinaryFile, BranchState, SourceEntry, merge, same_version
 from buildfarm.backends.pulp.layout import PulpPackage, PulpSource, SourceUnit, Unit, source_label
 
 
@@ -124,7 +122,7 @@ def plan(
 def _holds(merged: BranchState, source: PulpSource) -> bool:
     """Whether the merge holds the version of ``source``."""
     entry = merged.get(source.source)
-    return entry is not None and Version(entry.version) == Version(source.version)
+    return entry is not None and same_version(entry.version, source.version)
 
 
 def _same(unit: SourceUnit | None, source: PulpSource) -> bool:

@@ -1,0 +1,45 @@
+"""The source package cache's tree keys: one combined index read once a submit, not a file each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from buildfarm.engine import srccache
+from buildfarm.engine.srccache import SourceCache
+
+from farmkit import make_test_context
+
+
+def test_remembered_keys_are_found_in_the_index_alone(tmp_path: Path) -> None:
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
+    stored = ctx.store.put_bytes(b"a source package")
+    cache = SourceCache(ctx)
+    cache.remember("k1", "source-key-1", stored.sha256)
+    cache.save_trees()
+    (cache.root / "k1").unlink()  # its own small file gone: the index answers
+    assert SourceCache(ctx).lookup("k1", "test") == ("source-key-1", stored.sha256)
+    assert SourceCache(ctx).lookup("k2", "test") is None
+    ctx.db.dispose()
+
+
+def test_a_key_only_in_its_small_file_joins_the_index(tmp_path: Path) -> None:
+    """As after a concurrent save that won: the key is read from its small file, then indexed."""
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
+    stored = ctx.store.put_bytes(b"a source package")
+    SourceCache(ctx).remember("k1", "source-key-1", stored.sha256)  # never saved: not indexed
+    assert not (tmp_path / "state" / "work" / srccache.CACHE_DIR / srccache.KEYS_FILE).exists()
+    cache = SourceCache(ctx)
+    assert cache.lookup("k1", "test") == ("source-key-1", stored.sha256)
+    cache.save_trees()
+    (cache.root / "k1").unlink()
+    assert SourceCache(ctx).lookup("k1", "test") == ("source-key-1", stored.sha256)
+    ctx.db.dispose()
+
+
+def test_an_indexed_key_whose_tarball_left_the_store_is_a_miss(tmp_path: Path) -> None:
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
+    cache = SourceCache(ctx)
+    cache.remember("k1", "source-key-1", "0" * 64)  # no such object in the store
+    cache.save_trees()
+    assert SourceCache(ctx).lookup("k1", "test") is None
+    ctx.db.dispose()
