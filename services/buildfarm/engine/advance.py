@@ -71,7 +71,11 @@ def _lock_build(session: Session, build_id: int) -> Build | None:
     return session.scalars(_LOCK_BUILD, {"id": build_id}).one_or_none()
 
 
-_PENDING = select(Step.depends_on).where(Step.build_id == bindparam("build"), Step.state == StepState.PENDING)
+# A step without an input key has its source package still being made by its submit
+# (``engine/submit.py``): it waits, neither released nor skipped, until the submit keys it.
+_PENDING = select(Step.depends_on).where(
+    Step.build_id == bindparam("build"), Step.state == StepState.PENDING, Step.input_key != ""
+)
 _STATES_OF = select(Step.name, Step.state).where(
     Step.build_id == bindparam("build"), Step.name.in_(bindparam("names", expanding=True))
 )
@@ -262,13 +266,15 @@ def _resolve(
 
 
 def open_steps(session: Session, build_id: int) -> list[Step]:
-    """What a release can change or reads: the build's pending steps and every step they depend
+    """What a release can change or reads: the build's pending steps (those keyed) and every step they depend
     on, directly or not (a resolved key reads the output identities of the whole closure:
     ``engine/outputs.py``).  The others (running, ready, done and needed by no pending step) are
     not loaded, so an advance costs what is still open, not the build's size."""
     loaded = list(
         session.scalars(
-            select(Step).where(Step.build_id == build_id, Step.state == StepState.PENDING).order_by(Step.id)
+            select(Step)
+            .where(Step.build_id == build_id, Step.state == StepState.PENDING, Step.input_key != "")
+            .order_by(Step.id)
         )
     )
     known = {s.name for s in loaded}

@@ -2,32 +2,35 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import time
 from collections.abc import Callable, Collection, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import TypeVar
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert, update
 
 from buildfarm.engine import gcpause, routing
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.fetch import check_source_urls, context_directories, source_directories
 from buildfarm.engine.images import image_spec_record
-from buildfarm.engine.srcpkg import SourceResolver
+from buildfarm.engine.srccache import StoredSource
+from buildfarm.engine.srcpkg import SourceResolver, TreeToPack
 from buildfarm.environments import host_architecture
 from buildfarm.model import names
 from buildfarm.model.errors import PlanError
 from buildfarm.model.images import registry_host
 from buildfarm.model.labels import NATIVE_ARCH, build_architecture, step_requirements
-from buildfarm.model.manifest import Manifest
+from buildfarm.model.manifest import Manifest, PackageSource
 from buildfarm.model.planner import ImageInfo, Plan, PlannedStep, compute_input_keys, make_plan
 from buildfarm.model.sources import pack_tree, tree_hash
-from buildfarm.model.types import BuildKind, StepKind, StepState
+from buildfarm.model.types import BuildKind, BuildState, StepKind, StepState
 from buildfarm.runners.base import CrossBuilds, EnvironmentNotReady
-from buildfarm.state.models import Build, Step
+from buildfarm.state.models import Build, Step, utcnow
 
 _T = TypeVar("_T")
 
@@ -166,54 +169,168 @@ def submit_build(
     (:mod:`buildfarm.engine.srcpkg`): its step builds exactly that .dsc.
     ``schedule_slot`` (``<schedule>@<slot>``) names the scheduled slot it starts: a second build
     of one slot is refused by the database (IntegrityError), and nothing of it is recorded.
+
+    Every input is read and checked, and the build planned and recorded, before the trees not
+    packed before are packed (``dpkg-source -b``, critical path first): a step without its
+    source package yet has no input key and waits, and each is keyed and released as its
+    source package is stored, so nodes build while the rest packs.  A tree that does not pack
+    fails the build with that one error (:func:`_fail_build`), which is raised here too: this
+    returns once every tree is packed.
     """
     names.check_simple_name(user, "user")
     ctx.dispatcher.check()  # an unreachable broker is found before anything is recorded
     check_source_urls(manifest, ctx.settings.fetch.url_policy)
-    planned = []
-    tarballs: dict[str, str] = {}
-    explicit: dict[str, tuple[str, ...]] = {}
-    wanted: dict[str, tuple[str, ...]] = {}  # the manifest's requires: of each source package
-    only_arch: dict[str, str] = {}  # the sources built for one architecture only
-    must_native: set[str] = set()  # the sources whose manifest says arch: (a node of it builds)
     with (
         TemporaryDirectory(dir=ctx.work_root, prefix="submit-") as scratch,
         source_directories(manifest, root, ctx.settings.fetch.url_policy, prepared) as sources,
     ):
         resolver = SourceResolver(ctx, root, Path(scratch), prepared_files)
         try:
-            packed = _in_parallel(lambda index: resolver.resolve_stored(index, *sources[index]), len(sources))
+            examined = _in_parallel(lambda index: resolver.examine(index, *sources[index]), len(sources))
+            recorded = _record_build(
+                ctx,
+                manifest,
+                user,
+                [(package, found) for (package, _tree), found in zip(sources, examined, strict=True)],
+                _ImageSources.read(ctx, manifest, root, prepared_contexts),
+                schedule_slot,
+            )
+            to_pack = {found.info.name: found for found in examined if isinstance(found, TreeToPack)}
+            if not to_pack or any(s.input_key for s in recorded.plan.steps.values()):
+                ctx.dispatcher.advance(recorded.build_id)  # what is keyed already (trees packed before)
+            _pack_and_release(ctx, recorded, to_pack)
         finally:
             resolver.close()
         resolver.cache.save_trees()
-        for (package, _directory), stored in zip(sources, packed, strict=True):
-            planned.append((package.describe(), stored.info, stored.source_key))
-            tarballs[stored.info.name] = stored.sha256
-            if package.depends:
-                explicit[stored.info.name] = tuple(package.depends)
-            wanted[stored.info.name] = tuple(package.requires)
-            only = build_architecture(" ".join(stored.info.architectures), package.arch)
-            if only:
-                only_arch[stored.info.name] = only
-            if package.arch:
-                must_native.add(stored.info.name)
-    images: list[tuple[str, ImageInfo, str]] = []
-    specs: dict[str, dict[str, object]] = {}
-    with context_directories(manifest, root, ctx.settings.fetch.url_policy, prepared_contexts) as contexts:
-        for image, directory in contexts:
-            info_image = ImageInfo(
-                name=image.name,
-                dockerfile=image.dockerfile,
-                builder=image.builder,
-                build_args=tuple(sorted(image.build_args.items())),
-                depends=tuple(image.depends),
-            )
-            images.append((image.describe(), info_image, tree_hash(directory)))
-            tarballs[image.name] = ctx.store.put_bytes(pack_tree(directory)).sha256
-            specs[image.name] = image_spec_record(image)
+    return recorded.build_id
+
+
+@dataclass(frozen=True)
+class _ImageSources:
+    """A manifest's images as a submit records them: each context packed and stored."""
+
+    images: list[tuple[str, ImageInfo, str]]  # (origin, info, tree hash)
+    tarballs: dict[str, str]  # image name -> sha256 of its packed context
+    specs: dict[str, dict[str, object]]
+
+    @classmethod
+    def read(
+        cls, ctx: FarmContext, manifest: Manifest, root: Path, prepared: dict[int, Path] | None
+    ) -> _ImageSources:
+        out = cls([], {}, {})
+        with context_directories(manifest, root, ctx.settings.fetch.url_policy, prepared) as contexts:
+            for image, directory in contexts:
+                info_image = ImageInfo(
+                    name=image.name,
+                    dockerfile=image.dockerfile,
+                    builder=image.builder,
+                    build_args=tuple(sorted(image.build_args.items())),
+                    depends=tuple(image.depends),
+                )
+                out.images.append((image.describe(), info_image, tree_hash(directory)))
+                out.tarballs[image.name] = ctx.store.put_bytes(pack_tree(directory)).sha256
+                out.specs[image.name] = image_spec_record(image)
+        return out
+
+
+@dataclass
+class _Recorded:
+    """A recorded build whose steps are keyed as their sources are packed: the plan, the
+    sha256 of each source's packed tarball ("" until packed) and the key function's other
+    arguments (:func:`~buildfarm.model.planner.compute_input_keys`)."""
+
+    build_id: int
+    plan: Plan
+    order: list[str]
+    tarballs: dict[str, str]
+    keys: Callable[[Collection[str]], None]
+    record: dict[str, object]  # the build manifest kept in the store, without its steps
+
+    def packed(self, stored: StoredSource) -> None:
+        self.tarballs[stored.info.name] = stored.sha256
+        for step in self.plan.steps.values():
+            if step.source == stored.info.name:
+                step.tree_hash = stored.source_key
+
+    def keyable(self) -> list[str]:
+        """The steps without a key whose source is packed and whose dependencies have keys (or
+        are keyable too), in plan order."""
+        out: list[str] = []
+        chosen: set[str] = set()
+        for name in self.order:
+            step = self.plan.steps[name]
+            if step.input_key or not step.tree_hash:
+                continue
+            if all(self.plan.steps[d].input_key or d in chosen for d in step.depends_on):
+                out.append(name)
+                chosen.add(name)
+        return out
+
+    def key_rows(self, names: Collection[str]) -> list[dict[str, object]]:
+        """Key ``names`` and return their rows' new values (:data:`_SET_KEYS`)."""
+        self.keys(names)
+        return [
+            {
+                "b_build": self.build_id,
+                "b_name": name,
+                "k_input": (step := self.plan.steps[name]).input_key,
+                "k_own": step.own_key,
+                "k_tree": step.tree_hash,
+                "k_source": self.tarballs[step.source or name],
+            }
+            for name in names
+        ]
+
+
+_SET_KEYS = (
+    update(Step)
+    .where(Step.build_id == bindparam("b_build"), Step.name == bindparam("b_name"), Step.input_key == "")
+    .values(
+        input_key=bindparam("k_input"),
+        own_key=bindparam("k_own"),
+        tree_hash=bindparam("k_tree"),
+        source_sha256=bindparam("k_source"),
+    )
+)
+
+
+def _record_build(  # noqa: PLR0917 - the pieces of one submit
+    ctx: FarmContext,
+    manifest: Manifest,
+    user: str,
+    packages: list[tuple[PackageSource, StoredSource | TreeToPack]],
+    images: _ImageSources,
+    schedule_slot: str | None,
+) -> _Recorded:
+    """Plan the build, key the steps whose sources are stored, and record it with every step;
+    the others have no input key yet (they wait: :mod:`buildfarm.engine.advance`)."""
+    planned = []
+    tarballs: dict[str, str] = dict(images.tarballs)
+    explicit: dict[str, tuple[str, ...]] = {}
+    wanted: dict[str, tuple[str, ...]] = {}  # the manifest's requires: of each source package
+    only_arch: dict[str, str] = {}  # the sources built for one architecture only
+    must_native: set[str] = set()  # the sources whose manifest says arch: (a node of it builds)
+    for package, found in packages:
+        info = found.info
+        stored = found if isinstance(found, StoredSource) else None
+        planned.append((package.describe(), info, stored.source_key if stored else ""))
+        tarballs[info.name] = stored.sha256 if stored else ""
+        if package.depends:
+            explicit[info.name] = tuple(package.depends)
+        wanted[info.name] = tuple(package.requires)
+        only = build_architecture(" ".join(info.architectures), package.arch)
+        if only:
+            only_arch[info.name] = only
+        if package.arch:
+            must_native.add(info.name)
     native = native_architecture(ctx)
     plan = make_plan(
-        planned, images, explicit, architectures=manifest.architectures, native=native, only_arch=only_arch
+        planned,
+        images.images,
+        explicit,
+        architectures=manifest.architectures,
+        native=native,
+        only_arch=only_arch,
     )
     where = _build_places(ctx, plan, native, must_native)
     try:
@@ -221,19 +338,21 @@ def submit_build(
     except EnvironmentNotReady:  # never made inside a request: a worker makes it
         ctx.dispatcher.prepare_environment()
         raise
-    image_environment_id = ctx.image_runner.environment_id() if images else ""
+    image_environment_id = ctx.image_runner.environment_id() if images.images else ""
     cross = cross_environments(ctx, where.cross)
-    compute_input_keys(
+    keys = functools.partial(
+        compute_input_keys,
         plan,
         environment_id,
         build_options(ctx),
         image_environment_id,
-        image_options(ctx) if images else {},
+        image_options(ctx) if images.images else {},
         native=native,
         cross_environments=cross,
         built_natively=where.natively,
     )
-
+    recorded = _Recorded(0, plan, plan.order(), tarballs, lambda names: keys(names=names), {})
+    recorded.keys(recorded.keyable())
     with ctx.db.session() as session:
         build = Build(
             project=manifest.project,
@@ -247,7 +366,7 @@ def submit_build(
         session.add(build)
         session.flush()
         rows = []
-        for name in plan.order():
+        for name in recorded.order:
             step = plan.steps[name]
             rows.append(
                 dict(
@@ -263,7 +382,7 @@ def submit_build(
                     priority=step.priority,
                     state=StepState.PENDING,
                     kind=step.kind,
-                    image_spec=specs.get(name),
+                    image_spec=images.specs.get(name),
                     requires=where.requires(step, wanted.get(step.source, ())),
                     host_arch=step.host_arch,
                     arch_all=step.arch_all,
@@ -272,22 +391,100 @@ def submit_build(
             )
         # One executemany in plan order (ids follow it), not thousands of ORM objects to flush.
         session.execute(insert(Step), rows)
-        build_id = build.id
-    ctx.store.put_build_manifest(
-        build_id,
-        {
-            "manifest": manifest.model_dump(mode="json"),
-            "user": user,
-            "environment": environment_id,
-            "image_environment": image_environment_id,
-            "steps": {
-                n: {"input_key": s.input_key, "source": tarballs[s.source or n]}
-                for n, s in plan.steps.items()
+        recorded.build_id = build.id
+    recorded.record = {
+        "manifest": manifest.model_dump(mode="json"),
+        "user": user,
+        "environment": environment_id,
+        "image_environment": image_environment_id,
+    }
+    return recorded
+
+
+RELEASE_EVERY_SECONDS = 0.2
+"""While a submit packs trees, the steps keyed since are released at most this often (and at once
+when the first are): an advance per tree of thousands would be a message and a transaction each,
+and nodes given work every 0.2 s do not wait for it."""
+
+
+def _pack_and_release(ctx: FarmContext, recorded: _Recorded, to_pack: dict[str, TreeToPack]) -> None:
+    """Pack the trees of ``to_pack`` (by source name), the ones whose steps head the longest
+    chains first, in threads; key and release each step as its sources are stored.  The first
+    error fails the build (nothing still to pack is packed) and is raised."""
+    build_id = recorded.build_id
+    rank = {name: index for index, name in enumerate(recorded.order)}
+    first: dict[str, tuple[int, int]] = {}  # source -> (-priority, plan position) of its first step
+    for step in recorded.plan.steps.values():
+        mine = (-step.priority, rank[step.name])
+        first[step.source] = min(first.get(step.source, mine), mine)
+    ordered = sorted(to_pack, key=lambda source: first[source])
+    try:
+        with ThreadPoolExecutor(max_workers=PACK_THREADS, thread_name_prefix="pack") as pool:
+            futures: set[Future[StoredSource]] = {pool.submit(to_pack[source].pack) for source in ordered}
+            released = 0.0  # monotonic time of the last advance (0: none yet)
+            unreleased = False
+            try:
+                while futures:
+                    timeout = (
+                        max(0.0, released + RELEASE_EVERY_SECONDS - time.monotonic()) if unreleased else None
+                    )
+                    done, futures = wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        recorded.packed(future.result())
+                    keyed = recorded.keyable()
+                    if keyed:
+                        with ctx.db.transaction() as connection:
+                            connection.execute(_SET_KEYS, recorded.key_rows(keyed))
+                        unreleased = True
+                    if unreleased and futures and time.monotonic() - released >= RELEASE_EVERY_SECONDS:
+                        ctx.dispatcher.advance(build_id)
+                        released, unreleased = time.monotonic(), False
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # the trees being packed end first
+                raise
+        steps = recorded.plan.steps
+        ctx.store.put_build_manifest(
+            build_id,
+            recorded.record
+            | {
+                "steps": {
+                    n: {"input_key": s.input_key, "source": recorded.tarballs[s.source or n]}
+                    for n, s in steps.items()
+                }
             },
-        },
-    )
-    ctx.dispatcher.advance(build_id)
-    return build_id
+        )
+        if to_pack:
+            ctx.dispatcher.advance(build_id)
+    except Exception as exc:
+        _fail_build(ctx, build_id, str(exc))
+        raise
+
+
+def _fail_build(ctx: FarmContext, build_id: int, error: str) -> None:
+    """A build whose sources did not all pack fails with ``error``, under its lock: its steps not
+    done yet are cancelled (a node's result of one is discarded: its lease is taken back), none
+    is keyed any more and nothing is published.  The steps that were built stay built (their
+    keys were whole: another build may reuse them)."""
+    now = utcnow()
+    with ctx.db.session() as session:
+        build = session.get_one(Build, build_id, with_for_update=True)
+        session.execute(
+            update(Step)
+            .where(Step.build_id == build_id, Step.state.in_(_NOT_DONE))
+            .values(
+                state=StepState.CANCELLED,
+                finished_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+                error="cancelled: a source package of its build could not be made",
+            )
+        )
+        build.state = BuildState.FAILED
+        build.finished_at = now
+        build.error = error
+
+
+_NOT_DONE = (StepState.PENDING, StepState.READY, StepState.RUNNING)
 
 
 def moves_latest(kind: str) -> bool:

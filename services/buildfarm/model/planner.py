@@ -358,8 +358,10 @@ def compute_input_keys(
     cross_environments: Mapping[str, str] | None = None,
     built_natively: Collection[str] = (),
     placed: Mapping[str, str | None] | None = None,
+    names: Collection[str] | None = None,
 ) -> None:
-    """Fill in every step's input key, dependencies first. Image steps use the image builder's
+    """Fill in every step's input key, dependencies first (only the steps ``names`` when given:
+    their dependencies have theirs already, or are named too). Image steps use the image builder's
     identity and options instead of the package runner's.  A step whose build differs from the
     node's own (another architecture, or without the ``all`` binaries) has its architecture in
     its key: the architecture a package is built for changes what it builds.
@@ -377,6 +379,8 @@ def compute_input_keys(
 
     The labels a step requires (``requires:``: where it may run) are not in its key."""
     for name in plan.order():
+        if names is not None and name not in names:
+            continue
         step = plan.steps[name]
         material: dict[str, object] = {
             "v": 1,
