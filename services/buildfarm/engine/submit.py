@@ -196,8 +196,8 @@ def submit_build(
                 schedule_slot,
             )
             to_pack = {found.info.name: found for found in examined if isinstance(found, TreeToPack)}
-            if not to_pack or any(s.input_key for s in recorded.plan.steps.values()):
-                ctx.dispatcher.advance(recorded.build_id)  # what is keyed already (trees packed before)
+            if to_pack and any(s.input_key for s in recorded.plan.steps.values()):
+                ctx.dispatcher.advance(recorded.build_id)  # the steps of trees packed before start now
             _pack_and_release(ctx, recorded, to_pack)
         finally:
             resolver.close()
@@ -409,8 +409,9 @@ and nodes given work every 0.2 s do not wait for it."""
 
 def _pack_and_release(ctx: FarmContext, recorded: _Recorded, to_pack: dict[str, TreeToPack]) -> None:
     """Pack the trees of ``to_pack`` (by source name), the ones whose steps head the longest
-    chains first, in threads; key and release each step as its sources are stored.  The first
-    error fails the build (nothing still to pack is packed) and is raised."""
+    chains first, in threads; key and release each step as its sources are stored; then keep
+    the build's manifest and advance it.  The first error fails the build (nothing still to pack
+    is packed) and is raised."""
     build_id = recorded.build_id
     rank = {name: index for index, name in enumerate(recorded.order)}
     first: dict[str, tuple[int, int]] = {}  # source -> (-priority, plan position) of its first step
@@ -453,8 +454,7 @@ def _pack_and_release(ctx: FarmContext, recorded: _Recorded, to_pack: dict[str, 
                 }
             },
         )
-        if to_pack:
-            ctx.dispatcher.advance(build_id)
+        ctx.dispatcher.advance(build_id)
     except Exception as exc:
         _fail_build(ctx, build_id, str(exc))
         raise
@@ -468,6 +468,8 @@ def _fail_build(ctx: FarmContext, build_id: int, error: str) -> None:
     now = utcnow()
     with ctx.db.session() as session:
         build = session.get_one(Build, build_id, with_for_update=True)
+        if build.state != BuildState.RUNNING:
+            return  # cancelled meanwhile: it stays so (a retry is refused while a step has no key)
         session.execute(
             update(Step)
             .where(Step.build_id == build_id, Step.state.in_(_NOT_DONE))
