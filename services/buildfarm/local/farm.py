@@ -110,10 +110,10 @@ def _check_tools(settings: Settings) -> None:
         raise PermanentError(
             f"missing tools; install the Debian packages: apt-get install {' '.join(missing)}"
         )
-    if settings.builders.runner == "unshare":  # here, not as every node's first step fails
+    if settings.builders.runner in ("unshare", "sbuild"):  # here, not as every node's first step fails
         from buildfarm.runners.unshare import check_namespaces
 
-        check_namespaces()
+        check_namespaces(settings.builders.runner)
 
 
 def _pick_port(host: str, wanted: int, variable: str) -> int:

@@ -32,6 +32,7 @@ from buildfarm.model.types import FILE_OUTPUT_SUFFIXES, PACKAGE_SUFFIXES, AptSou
 from buildfarm.runners.base import StepJob, StepResult
 from buildfarm.runners.envrunner import EnvironmentRunner, farm_hosts, step_dsc, tarball_digest
 from buildfarm.runners.process import describe_failure, run_streaming
+from buildfarm.runners.unshare import check_namespaces
 
 SBUILD_CONFIG = Path(__file__).parent / "sbuildrc"
 
@@ -194,11 +195,15 @@ class SbuildRunner(EnvironmentRunner):
     or ``base_tarball`` as is)."""
 
     name: str = RunnerKind.SBUILD
+    _namespaces_checked: bool = False  # per runner object: a node's first step checks
 
     def run(self, job: StepJob) -> StepResult:
         for tool, package in (("sbuild", "sbuild"), ("dpkg-source", "dpkg-dev"), ("newuidmap", "uidmap")):
             if shutil.which(tool) is None:
                 raise PermanentError(f"{tool} is not installed (Debian package: {package})")
+        if not self._namespaces_checked:  # one line saying why and what to do, not sbuild's log
+            check_namespaces(RunnerKind.SBUILD)
+            self._namespaces_checked = True
         dsc = step_dsc(job)
         if isinstance(dsc, StepResult):
             return dsc

@@ -220,10 +220,11 @@ def _userns_remedy() -> str:
     return "in a container, its runtime must allow user namespaces (unshare(CLONE_NEWUSER), newuidmap)"
 
 
-def check_namespaces() -> None:
+def check_namespaces(runner: str = "unshare") -> None:
     """Raise one line saying why and what to do where this user cannot make a step's user
     namespace: no subordinate ids (:func:`subordinate_ids`), or user namespaces refused (the
-    kernel's sysctls, a container's seccomp profile).  ``unshare ... true``: tens of milliseconds."""
+    kernel's sysctls, a container's seccomp profile).  ``unshare ... true``: tens of milliseconds.
+    ``runner`` names who needs it: the unshare runner, or sbuild (``--chroot-mode=unshare``)."""
     subordinate_ids()
     # a bare user namespace first: where unshare(2) fails, ``--map-auto``'s id-mapping helper
     # is left waiting for a namespace that never comes (and holds the pipes open)
@@ -239,9 +240,14 @@ def check_namespaces() -> None:
             break
     else:
         return
+    also = (
+        "sbuild's unshare mode needs one too"
+        if runner == "unshare"
+        else "it runs sbuild --chroot-mode=unshare, as the unshare runner needs one too"
+    )
     raise PermanentError(
-        f"the unshare runner cannot make a user namespace here ({reason}): {_userns_remedy()}; "
-        "sbuild's unshare mode needs one too, the host runner (--runner host) builds without"
+        f"the {runner} runner cannot make a user namespace here ({reason}): {_userns_remedy()}; "
+        f"{also}, the host runner (--runner host) builds without"
     )
 
 

@@ -1,6 +1,7 @@
 """Where the ``unshare`` runner (the local profile's default) cannot work as it should, the user
 gets one line saying why and what to do: from ``buildfarm start`` before anything starts, and
-from a node's first step (a farm started before the machine changed).
+from a node's first step (a farm started before the machine changed).  The ``sbuild`` runner
+(``--chroot-mode=unshare``) needs user namespaces as much and says so the same way.
 
 The machines are real, made in namespaces of the test's own: user namespaces switched off is
 ``user.max_user_namespaces`` 0 in a user namespace (a per-namespace limit its root may lower);
@@ -32,13 +33,25 @@ NO_USERNS = (
     "unshare mode needs one too, the host runner (--runner host) builds without"
 )
 
+NO_USERNS_SBUILD = (
+    "the sbuild runner cannot make a user namespace here (unshare: unshare failed: No space left on "
+    "device): user.max_user_namespaces is 0 here (sysctl -w user.max_user_namespaces=15000); it runs "
+    "sbuild --chroot-mode=unshare, as the unshare runner needs one too, the host runner (--runner host) "
+    "builds without"
+)
+
 FIRST_STEP = """
+import sys
 from pathlib import Path
 from buildfarm.model.errors import PermanentError
 from buildfarm.runners.base import StepJob
+from buildfarm.runners.sbuild import SbuildRunner
 from buildfarm.runners.unshare import UnshareRunner
 
-runner = UnshareRunner(Path("/nonexistent.tar"), "bookworm", overlay=False)
+if sys.argv[1] == "sbuild":
+    runner = SbuildRunner(Path("/nonexistent.tar"), "bookworm")
+else:
+    runner = UnshareRunner(Path("/nonexistent.tar"), "bookworm", overlay=False)
 job = StepJob(1, "x", 1, Path("/nonexistent.tar.gz"), Path("/nonexistent"), [], print)
 try:
     runner.run(job)
@@ -83,19 +96,30 @@ def _without_user_namespaces(*command: str, env: dict[str, str]) -> subprocess.C
     )
 
 
-def test_start_without_user_namespaces_says_why_in_one_line_and_starts_nothing(tmp_path: Path) -> None:
-    """No ``--runner``: the settings' default is unshare, and it is checked before the farm starts."""
+@pytest.mark.parametrize(
+    ("options", "line"),
+    [([], NO_USERNS), (["--runner", "sbuild"], NO_USERNS_SBUILD)],
+    ids=["default-unshare", "sbuild"],
+)
+def test_start_without_user_namespaces_says_why_in_one_line_and_starts_nothing(
+    tmp_path: Path, options: list[str], line: str
+) -> None:
+    """No ``--runner``: the settings' default is unshare; sbuild's unshare chroot mode needs user
+    namespaces as much. Either is checked before the farm starts."""
     state = tmp_path / "state"
-    done = _without_user_namespaces(sys.executable, "-m", "buildfarm_cli", "start", env=_env(state))
+    done = _without_user_namespaces(sys.executable, "-m", "buildfarm_cli", "start", *options, env=_env(state))
     assert done.returncode == 1, done.stderr
-    assert done.stderr.splitlines() == [f"error: {NO_USERNS}"]
+    assert done.stderr.splitlines() == [f"error: {line}"]
     assert not (state / "farm.json").exists() and not (state / "run").exists()  # nothing started
 
 
-def test_a_nodes_first_step_without_user_namespaces_fails_with_the_same_line(tmp_path: Path) -> None:
-    done = _without_user_namespaces(sys.executable, "-c", FIRST_STEP, env=_env(tmp_path / "state"))
+@pytest.mark.parametrize(("runner", "line"), [("unshare", NO_USERNS), ("sbuild", NO_USERNS_SBUILD)])
+def test_a_nodes_first_step_without_user_namespaces_fails_with_the_same_line(
+    tmp_path: Path, runner: str, line: str
+) -> None:
+    done = _without_user_namespaces(sys.executable, "-c", FIRST_STEP, runner, env=_env(tmp_path / "state"))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == NO_USERNS
+    assert done.stdout.strip() == line
 
 
 def test_start_notes_a_chroot_root_where_the_overlay_cannot_work(tmp_path: Path) -> None:
