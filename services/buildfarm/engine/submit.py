@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
+import heapq
 import os
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,40 +234,60 @@ class _ImageSources:
         return out
 
 
-@dataclass
 class _Recorded:
     """A recorded build whose steps are keyed as their sources are packed: the plan, the
-    sha256 of each source's packed tarball ("" until packed) and the key function's other
-    arguments (:func:`~buildfarm.model.planner.compute_input_keys`)."""
+    sha256 of each source's packed tarball ("" until packed) and the key function with the
+    build's other arguments (:func:`~buildfarm.model.planner.compute_input_keys`).
 
-    build_id: int
-    plan: Plan
-    order: list[str]
-    tarballs: dict[str, str]
-    keys: Callable[[Collection[str]], None]
-    record: dict[str, object]  # the build manifest kept in the store, without its steps
+    Each event that can make a step keyable (its source packed, a dependency keyed) puts it
+    among the candidates looked at next, so keying a build of thousands of trees as they pack
+    costs each step a few looks, not a pass over the plan per tree."""
+
+    def __init__(self, plan: Plan, tarballs: dict[str, str], keys: Callable[[Sequence[str]], None]) -> None:
+        self.build_id = 0
+        self.plan = plan
+        self.order = plan.order()
+        self.tarballs = tarballs
+        self.keys = keys
+        self.record: dict[str, object] = {}  # the build manifest kept in the store, without its steps
+        self._rank = {name: index for index, name in enumerate(self.order)}
+        self._of_source: dict[str, list[str]] = {}
+        self._dependents: dict[str, list[str]] = {}
+        for name in self.order:
+            step = plan.steps[name]
+            self._of_source.setdefault(step.source or name, []).append(name)
+            for dep in step.depends_on:
+                self._dependents.setdefault(dep, []).append(name)
+        self._candidates = {name for name, step in plan.steps.items() if step.tree_hash}
 
     def packed(self, stored: StoredSource) -> None:
         self.tarballs[stored.info.name] = stored.sha256
-        for step in self.plan.steps.values():
-            if step.source == stored.info.name:
-                step.tree_hash = stored.source_key
+        for name in self._of_source.get(stored.info.name, []):
+            self.plan.steps[name].tree_hash = stored.source_key
+            self._candidates.add(name)
 
     def keyable(self) -> list[str]:
         """The steps without a key whose source is packed and whose dependencies have keys (or
-        are keyable too), in plan order."""
+        are keyable too), dependencies first."""
+        steps = self.plan.steps
+        heap = [(self._rank[name], name) for name in self._candidates]
+        heapq.heapify(heap)
+        self._candidates = set()
         out: list[str] = []
         chosen: set[str] = set()
-        for name in self.order:
-            step = self.plan.steps[name]
-            if step.input_key or not step.tree_hash:
+        while heap:
+            _rank, name = heapq.heappop(heap)
+            step = steps[name]
+            if name in chosen or step.input_key or not step.tree_hash:
                 continue
-            if all(self.plan.steps[d].input_key or d in chosen for d in step.depends_on):
+            if all(steps[d].input_key or d in chosen for d in step.depends_on):
                 out.append(name)
                 chosen.add(name)
+                for dependent in self._dependents.get(name, []):
+                    heapq.heappush(heap, (self._rank[dependent], dependent))
         return out
 
-    def key_rows(self, names: Collection[str]) -> list[dict[str, object]]:
+    def key_rows(self, names: Sequence[str]) -> list[dict[str, object]]:
         """Key ``names`` and return their rows' new values (:data:`_SET_KEYS`)."""
         self.keys(names)
         return [
@@ -351,7 +372,7 @@ def _record_build(  # noqa: PLR0917 - the pieces of one submit
         cross_environments=cross,
         built_natively=where.natively,
     )
-    recorded = _Recorded(0, plan, plan.order(), tarballs, lambda names: keys(names=names), {})
+    recorded = _Recorded(plan, tarballs, lambda names: keys(names=names))
     recorded.keys(recorded.keyable())
     with ctx.db.session() as session:
         build = Build(
