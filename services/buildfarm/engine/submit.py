@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import logging
 import os
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -23,7 +24,7 @@ from buildfarm.engine.srccache import StoredSource
 from buildfarm.engine.srcpkg import SourceResolver, TreeToPack
 from buildfarm.environments import host_architecture
 from buildfarm.model import names
-from buildfarm.model.errors import PlanError
+from buildfarm.model.errors import BuildfarmError, PlanError
 from buildfarm.model.images import registry_host
 from buildfarm.model.labels import NATIVE_ARCH, build_architecture, step_requirements
 from buildfarm.model.manifest import Manifest, PackageSource
@@ -34,6 +35,7 @@ from buildfarm.runners.base import CrossBuilds, EnvironmentNotReady
 from buildfarm.state.models import Build, Step, utcnow
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 BUILD_OPTIONS_VERSION = "2"
 """Bump to invalidate every input key when the way steps are built changes (2: a package step
@@ -459,26 +461,35 @@ def _pack_and_release(ctx: FarmContext, recorded: _Recorded, to_pack: dict[str, 
                             connection.execute(_SET_KEYS, recorded.key_rows(keyed))
                         unreleased = True
                     if unreleased and futures and time.monotonic() - released >= RELEASE_EVERY_SECONDS:
-                        ctx.dispatcher.advance(build_id)
+                        _advance_meanwhile(ctx, build_id)
                         released, unreleased = time.monotonic(), False
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)  # the trees being packed end first
                 raise
-        steps = recorded.plan.steps
-        ctx.store.put_build_manifest(
-            build_id,
-            recorded.record
-            | {
-                "steps": {
-                    n: {"input_key": s.input_key, "source": recorded.tarballs[s.source or n]}
-                    for n, s in steps.items()
-                }
-            },
-        )
-        ctx.dispatcher.advance(build_id)
     except Exception as exc:
         _fail_build(ctx, build_id, str(exc))
         raise
+    steps = recorded.plan.steps
+    ctx.store.put_build_manifest(
+        build_id,
+        recorded.record
+        | {
+            "steps": {
+                n: {"input_key": s.input_key, "source": recorded.tarballs[s.source or n]}
+                for n, s in steps.items()
+            }
+        },
+    )
+    ctx.dispatcher.advance(build_id)
+
+
+def _advance_meanwhile(ctx: FarmContext, build_id: int) -> None:
+    """Release the steps keyed so far; a broker that fails now only delays them (to the advance
+    after the last tree, or the reaper's), it does not stop the packing."""
+    try:
+        ctx.dispatcher.advance(build_id)
+    except BuildfarmError as exc:
+        log.warning("build %s: its first steps wait for the next advance: %s", build_id, exc)
 
 
 def _fail_build(ctx: FarmContext, build_id: int, error: str) -> None:
