@@ -3,36 +3,34 @@
 from __future__ import annotations
 
 import functools
-import heapq
 import logging
-import os
-import time
-from collections.abc import Callable, Collection, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Collection, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import TypeVar
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import insert
 
-from buildfarm.engine import gcpause, routing
+from buildfarm.engine import gcpause, packing, routing
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.fetch import check_source_urls, context_directories, source_directories
 from buildfarm.engine.images import image_spec_record
+from buildfarm.engine.packing import RecordedBuild, pack_and_release
 from buildfarm.engine.srccache import StoredSource
 from buildfarm.engine.srcpkg import SourceResolver, TreeToPack
 from buildfarm.environments import host_architecture
 from buildfarm.model import names
-from buildfarm.model.errors import BuildfarmError, PlanError
+from buildfarm.model.errors import PlanError
 from buildfarm.model.images import registry_host
 from buildfarm.model.labels import NATIVE_ARCH, build_architecture, step_requirements
 from buildfarm.model.manifest import Manifest, PackageSource
 from buildfarm.model.planner import ImageInfo, Plan, PlannedStep, compute_input_keys, make_plan
 from buildfarm.model.sources import pack_tree, tree_hash
-from buildfarm.model.types import BuildKind, BuildState, StepKind, StepState
+from buildfarm.model.types import BuildKind, StepKind, StepState
 from buildfarm.runners.base import CrossBuilds, EnvironmentNotReady
-from buildfarm.state.models import Build, Step, utcnow
+from buildfarm.state.models import Build, Step
 
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
@@ -59,16 +57,12 @@ def image_options(ctx: FarmContext) -> dict[str, str]:
     }
 
 
-PACK_THREADS = min(8, os.cpu_count() or 1)
-"""Source packages made at once at submit: ``dpkg-source`` runs and hashing, in threads."""
-
-
 def _in_parallel(work: Callable[[int], _T], count: int) -> list[_T]:
     """``work(0) .. work(count - 1)`` in threads, results in order; the first error (by index) is
     raised once the ones already started end, and those not started yet never start."""
     if count <= 1:
         return [work(index) for index in range(count)]
-    with ThreadPoolExecutor(max_workers=PACK_THREADS, thread_name_prefix="pack") as pool:
+    with ThreadPoolExecutor(max_workers=packing.PACK_THREADS, thread_name_prefix="pack") as pool:
         futures = [pool.submit(work, index) for index in range(count)]
         try:
             return [future.result() for future in futures]
@@ -177,7 +171,7 @@ def submit_build(
     packed before are packed (``dpkg-source -b``, critical path first): a step without its
     source package yet has no input key and waits, and each is keyed and released as its
     source package is stored, so nodes build while the rest packs.  A tree that does not pack
-    fails the build with that one error (:func:`_fail_build`), which is raised here too: this
+    fails the build with that one error (:mod:`buildfarm.engine.packing`), which is raised here too: this
     returns once every tree is packed.
     """
     names.check_simple_name(user, "user")
@@ -201,7 +195,7 @@ def submit_build(
             to_pack = {found.info.name: found for found in examined if isinstance(found, TreeToPack)}
             if to_pack and any(s.input_key for s in recorded.plan.steps.values()):
                 ctx.dispatcher.advance(recorded.build_id)  # the steps of trees packed before start now
-            _pack_and_release(ctx, recorded, to_pack)
+            pack_and_release(ctx, recorded, to_pack)
         finally:
             resolver.close()
         resolver.cache.save_trees()
@@ -236,87 +230,6 @@ class _ImageSources:
         return out
 
 
-class _Recorded:
-    """A recorded build whose steps are keyed as their sources are packed: the plan, the
-    sha256 of each source's packed tarball ("" until packed) and the key function with the
-    build's other arguments (:func:`~buildfarm.model.planner.compute_input_keys`).
-
-    Each event that can make a step keyable (its source packed, a dependency keyed) puts it
-    among the candidates looked at next, so keying a build of thousands of trees as they pack
-    costs each step a few looks, not a pass over the plan per tree."""
-
-    def __init__(self, plan: Plan, tarballs: dict[str, str], keys: Callable[[Sequence[str]], None]) -> None:
-        self.build_id = 0
-        self.plan = plan
-        self.order = plan.order()
-        self.tarballs = tarballs
-        self.keys = keys
-        self.record: dict[str, object] = {}  # the build manifest kept in the store, without its steps
-        self._rank = {name: index for index, name in enumerate(self.order)}
-        self._of_source: dict[str, list[str]] = {}
-        self._dependents: dict[str, list[str]] = {}
-        for name in self.order:
-            step = plan.steps[name]
-            self._of_source.setdefault(step.source or name, []).append(name)
-            for dep in step.depends_on:
-                self._dependents.setdefault(dep, []).append(name)
-        self._candidates = {name for name, step in plan.steps.items() if step.tree_hash}
-
-    def packed(self, stored: StoredSource) -> None:
-        self.tarballs[stored.info.name] = stored.sha256
-        for name in self._of_source.get(stored.info.name, []):
-            self.plan.steps[name].tree_hash = stored.source_key
-            self._candidates.add(name)
-
-    def keyable(self) -> list[str]:
-        """The steps without a key whose source is packed and whose dependencies have keys (or
-        are keyable too), dependencies first."""
-        steps = self.plan.steps
-        heap = [(self._rank[name], name) for name in self._candidates]
-        heapq.heapify(heap)
-        self._candidates = set()
-        out: list[str] = []
-        chosen: set[str] = set()
-        while heap:
-            _rank, name = heapq.heappop(heap)
-            step = steps[name]
-            if name in chosen or step.input_key or not step.tree_hash:
-                continue
-            if all(steps[d].input_key or d in chosen for d in step.depends_on):
-                out.append(name)
-                chosen.add(name)
-                for dependent in self._dependents.get(name, []):
-                    heapq.heappush(heap, (self._rank[dependent], dependent))
-        return out
-
-    def key_rows(self, names: Sequence[str]) -> list[dict[str, object]]:
-        """Key ``names`` and return their rows' new values (:data:`_SET_KEYS`)."""
-        self.keys(names)
-        return [
-            {
-                "b_build": self.build_id,
-                "b_name": name,
-                "k_input": (step := self.plan.steps[name]).input_key,
-                "k_own": step.own_key,
-                "k_tree": step.tree_hash,
-                "k_source": self.tarballs[step.source or name],
-            }
-            for name in names
-        ]
-
-
-_SET_KEYS = (
-    update(Step)
-    .where(Step.build_id == bindparam("b_build"), Step.name == bindparam("b_name"), Step.input_key == "")
-    .values(
-        input_key=bindparam("k_input"),
-        own_key=bindparam("k_own"),
-        tree_hash=bindparam("k_tree"),
-        source_sha256=bindparam("k_source"),
-    )
-)
-
-
 def _record_build(  # noqa: PLR0917 - the pieces of one submit
     ctx: FarmContext,
     manifest: Manifest,
@@ -324,7 +237,7 @@ def _record_build(  # noqa: PLR0917 - the pieces of one submit
     packages: list[tuple[PackageSource, StoredSource | TreeToPack]],
     images: _ImageSources,
     schedule_slot: str | None,
-) -> _Recorded:
+) -> RecordedBuild:
     """Plan the build, key the steps whose sources are stored, and record it with every step;
     the others have no input key yet (they wait: :mod:`buildfarm.engine.advance`)."""
     planned = []
@@ -374,7 +287,7 @@ def _record_build(  # noqa: PLR0917 - the pieces of one submit
         cross_environments=cross,
         built_natively=where.natively,
     )
-    recorded = _Recorded(plan, tarballs, lambda names: keys(names=names))
+    recorded = RecordedBuild(plan, tarballs, lambda names: keys(names=names))
     recorded.keys(recorded.keyable())
     with ctx.db.session() as session:
         build = Build(
@@ -422,103 +335,6 @@ def _record_build(  # noqa: PLR0917 - the pieces of one submit
         "image_environment": image_environment_id,
     }
     return recorded
-
-
-RELEASE_EVERY_SECONDS = 0.2
-"""While a submit packs trees, the steps keyed since are released at most this often (and at once
-when the first are): an advance per tree of thousands would be a message and a transaction each,
-and nodes given work every 0.2 s do not wait for it."""
-
-
-def _pack_and_release(ctx: FarmContext, recorded: _Recorded, to_pack: dict[str, TreeToPack]) -> None:
-    """Pack the trees of ``to_pack`` (by source name), the ones whose steps head the longest
-    chains first, in threads; key and release each step as its sources are stored; then keep
-    the build's manifest and advance it.  The first error fails the build (nothing still to pack
-    is packed) and is raised."""
-    build_id = recorded.build_id
-    rank = {name: index for index, name in enumerate(recorded.order)}
-    first: dict[str, tuple[int, int]] = {}  # source -> (-priority, plan position) of its first step
-    for step in recorded.plan.steps.values():
-        mine = (-step.priority, rank[step.name])
-        first[step.source] = min(first.get(step.source, mine), mine)
-    ordered = sorted(to_pack, key=lambda source: first[source])
-    try:
-        with ThreadPoolExecutor(max_workers=PACK_THREADS, thread_name_prefix="pack") as pool:
-            futures: set[Future[StoredSource]] = {pool.submit(to_pack[source].pack) for source in ordered}
-            released = 0.0  # monotonic time of the last advance (0: none yet)
-            unreleased = False
-            try:
-                while futures:
-                    timeout = (
-                        max(0.0, released + RELEASE_EVERY_SECONDS - time.monotonic()) if unreleased else None
-                    )
-                    done, futures = wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        recorded.packed(future.result())
-                    keyed = recorded.keyable()
-                    if keyed:
-                        with ctx.db.transaction() as connection:
-                            connection.execute(_SET_KEYS, recorded.key_rows(keyed))
-                        unreleased = True
-                    if unreleased and futures and time.monotonic() - released >= RELEASE_EVERY_SECONDS:
-                        _advance_meanwhile(ctx, build_id)
-                        released, unreleased = time.monotonic(), False
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)  # the trees being packed end first
-                raise
-    except Exception as exc:
-        _fail_build(ctx, build_id, str(exc))
-        raise
-    steps = recorded.plan.steps
-    ctx.store.put_build_manifest(
-        build_id,
-        recorded.record
-        | {
-            "steps": {
-                n: {"input_key": s.input_key, "source": recorded.tarballs[s.source or n]}
-                for n, s in steps.items()
-            }
-        },
-    )
-    ctx.dispatcher.advance(build_id)
-
-
-def _advance_meanwhile(ctx: FarmContext, build_id: int) -> None:
-    """Release the steps keyed so far; a broker that fails now only delays them (to the advance
-    after the last tree, or the reaper's), it does not stop the packing."""
-    try:
-        ctx.dispatcher.advance(build_id)
-    except BuildfarmError as exc:
-        log.warning("build %s: its first steps wait for the next advance: %s", build_id, exc)
-
-
-def _fail_build(ctx: FarmContext, build_id: int, error: str) -> None:
-    """A build whose sources did not all pack fails with ``error``, under its lock: its steps not
-    done yet are cancelled (a node's result of one is discarded: its lease is taken back), none
-    is keyed any more and nothing is published.  The steps that were built stay built (their
-    keys were whole: another build may reuse them)."""
-    now = utcnow()
-    with ctx.db.session() as session:
-        build = session.get_one(Build, build_id, with_for_update=True)
-        if build.state != BuildState.RUNNING:
-            return  # cancelled meanwhile: it stays so (a retry is refused while a step has no key)
-        session.execute(
-            update(Step)
-            .where(Step.build_id == build_id, Step.state.in_(_NOT_DONE))
-            .values(
-                state=StepState.CANCELLED,
-                finished_at=now,
-                lease_owner=None,
-                lease_expires_at=None,
-                error="cancelled: a source package of its build could not be made",
-            )
-        )
-        build.state = BuildState.FAILED
-        build.finished_at = now
-        build.error = error
-
-
-_NOT_DONE = (StepState.PENDING, StepState.READY, StepState.RUNNING)
 
 
 def moves_latest(kind: str) -> bool:

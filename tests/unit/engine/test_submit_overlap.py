@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from buildfarm.engine import advance_build, control, srcpkg, submit
+from buildfarm.engine import advance_build, control, packing, srcpkg, submit
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.dpkgsource import DpkgSourceForks
 from buildfarm.engine.steps import claim_step, finish_step
@@ -55,8 +55,8 @@ WAIT_SECONDS = 60.0
 def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FarmContext]:
     context = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
     context.dispatcher = AdvancingDispatcher(ctx=context)
-    monkeypatch.setattr(submit, "PACK_THREADS", 1)  # one tree at a time, in the submit's order
-    monkeypatch.setattr(submit, "RELEASE_EVERY_SECONDS", 0.0)  # an advance after every tree
+    monkeypatch.setattr(packing, "PACK_THREADS", 1)  # one tree at a time, in the submit's order
+    monkeypatch.setattr(packing, "RELEASE_EVERY_SECONDS", 0.0)  # an advance after every tree
     yield context
     context.db.dispose()
 
@@ -108,12 +108,12 @@ def test_steps_are_released_while_later_trees_pack(
     make_package(src, "solo")
     manifest = load_manifest(write_manifest(src, ["solo", "top-doc", "mid-tool", "base-lib"]))
     # one tree at a time: each after the one before it released its step (it waits for that)
-    packing = _packing(ctx, monkeypatch, after={"mid-tool-1.0": 1, "solo-1.0": 1, "top-doc-1.0": 2})
+    trees = _packing(ctx, monkeypatch, after={"mid-tool-1.0": 1, "solo-1.0": 1, "top-doc-1.0": 2})
     build_id = submit.submit_build(ctx, manifest, src, "alice")
 
     # the head of the longest chain first, then its next; base-lib was sent to a node while
     # the other trees packed, and solo before the last tree packed
-    assert packing == [
+    assert trees == [
         ("base-lib-1.0", []),
         ("mid-tool-1.0", ["base-lib"]),
         ("solo-1.0", ["base-lib"]),
@@ -125,7 +125,7 @@ def test_steps_are_released_while_later_trees_pack(
         keys = dict(session.execute(select(Step.name, Step.input_key).where(Step.build_id == build_id)).all())
     assert all(keys.values())
     again = submit.submit_build(ctx, manifest, src, "alice")
-    assert len(packing) == 4  # nothing packed again
+    assert len(trees) == 4  # nothing packed again
     with ctx.db.session() as session:
         rows = session.execute(select(Step.name, Step.input_key).where(Step.build_id == again)).all()
     assert dict(rows) == keys
@@ -143,7 +143,7 @@ def test_a_late_tree_that_does_not_pack_fails_the_build_once(
     manifest = load_manifest(write_manifest(src, ["pk-a", "pk-b", "pk-c"]))
     claims = []
     dpkg_source = srcpkg._dpkg_source
-    packing = _packing(ctx, monkeypatch, fails="pk-c-1.0", after={"pk-c-1.0": 2})
+    trees = _packing(ctx, monkeypatch, fails="pk-c-1.0", after={"pk-c-1.0": 2})
     watched = srcpkg._dpkg_source
 
     def claiming(args: list[str], cwd: Path, what: str, forks: DpkgSourceForks | None = None) -> None:
@@ -158,8 +158,8 @@ def test_a_late_tree_that_does_not_pack_fails_the_build_once(
         submit.submit_build(ctx, manifest, src, "alice")
     monkeypatch.setattr(srcpkg, "_dpkg_source", dpkg_source)
 
-    assert [tree for tree, _released in packing] == ["pk-a-1.0", "pk-b-1.0", "pk-c-1.0"]
-    assert packing[-1][1] == ["pk-a", "pk-b"]  # released before the failure
+    assert [tree for tree, _released in trees] == ["pk-a-1.0", "pk-b-1.0", "pk-c-1.0"]
+    assert trees[-1][1] == ["pk-a", "pk-b"]  # released before the failure
     with ctx.db.session() as session:
         (build,) = session.scalars(select(Build)).all()
         states = dict(session.execute(select(Step.name, Step.state)).all())
