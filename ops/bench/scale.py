@@ -65,7 +65,7 @@ class FarmRun:
 
     wall: float
     succeeded: int
-    submitted: float  # CLI start -> build row created (CLI start, upload, packing, planning)
+    submitted: float  # CLI start -> build row created (CLI start, upload, reading trees, planning)
     first_start: float  # build created -> first step claimed (tickets, Celery, claim)
     held: list[float]  # each step's started -> finished (source fetch, runner, storing outputs)
     gaps: list[float]  # on each node, a step's finish -> the node's next claim
@@ -192,12 +192,15 @@ def _print_phases(run: FarmRun, each: list[float]) -> None:
     held = statistics.mean(run.held)
     gap = statistics.mean(run.gaps) if run.gaps else 0.0
     print("  where the farm's time went:")
-    print(f"    start: submit (CLI, upload, packing, planning) {run.submitted:.2f} s")
+    print(f"    start: submit to the build recorded (CLI, upload, reading trees, plan) {run.submitted:.2f} s")
+    print("           (trees not packed before are packed after it, while the first steps build)")
     print(f"           to the first step claimed {run.first_start:.2f} s")
     print(f"    a step: held its node {held:.2f} s, against {dpkg:.2f} s of make's dpkg-buildpackage")
     print(f"            (fetch, unpack, runner start, storing outputs: {held - dpkg:+.2f} s)")
     print(f"            node idle between steps {gap:.3f} s (finish, log, advance, next ticket, claim)")
     print(f"    end:   last step -> published {run.published:.2f} s; -> the CLI returned {run.noticed:.2f} s")
+    # less moved by a loaded machine than the wall: the steps' own slowing is taken out
+    print(f"    in all: wall beyond the steps' holds on 2 nodes {run.wall - sum(run.held) / 2:.2f} s")
 
 
 def big_submit(work: Path, count: int) -> tuple[float, float, float, float, int]:

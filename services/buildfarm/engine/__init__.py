@@ -1,7 +1,8 @@
 """The build pipeline: plan, release, run, fence and publish.  It never knows which backend it got.
 
-One build's path: :func:`submit_build` (plan the manifest, pack and key every step's source:
-:mod:`.fetch`, :mod:`.srcpkg`, :mod:`.gbpsource`, :mod:`.stxsource`, :mod:`.images`) ->
+One build's path: :func:`submit_build` (plan the manifest, record it, pack and key every step's
+source: :mod:`.fetch`, :mod:`.srcpkg`, :mod:`.gbpsource`, :mod:`.stxsource`, :mod:`.images`; the
+trees pack while the first steps build: :mod:`.packing`) ->
 :func:`advance_build` (release ready steps in critical-path order, reuse what an equal input key
 built, publish when all succeeded) -> :func:`run_step` on some node (claim with a lease, run the
 runner, store outputs, release dependents) -> :func:`advance_build` again.  :func:`reap` takes

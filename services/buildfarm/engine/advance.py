@@ -73,7 +73,11 @@ def _lock_build(session: Session, build_id: int) -> Build | None:
     return session.scalars(_LOCK_BUILD, {"id": build_id}).one_or_none()
 
 
-_PENDING = select(Step.depends_on).where(Step.build_id == bindparam("build"), Step.state == StepState.PENDING)
+# A step without an input key has its source package still being made by its submit
+# (``engine/submit.py``): it waits, neither released nor skipped, until the submit keys it.
+_PENDING = select(Step.depends_on).where(
+    Step.build_id == bindparam("build"), Step.state == StepState.PENDING, Step.input_key != ""
+)
 _STATES_OF = select(Step.name, Step.state).where(
     Step.build_id == bindparam("build"), Step.name.in_(bindparam("names", expanding=True))
 )
@@ -335,7 +339,7 @@ def _resolve(
 
 
 def open_steps(session: Session, build_id: int) -> list[OpenStep]:
-    """What a release can change or reads: the build's pending steps and every step they depend
+    """What a release can change or reads: the build's pending steps (those keyed) and every step they depend
     on, directly or not (a resolved key reads the output identities of the whole closure:
     ``engine/outputs.py``), as rows.  The others (running, ready, done and needed by no pending
     step) are not read, so an advance costs what is still open, not the build's size."""
@@ -343,7 +347,7 @@ def open_steps(session: Session, build_id: int) -> list[OpenStep]:
         OpenStep(*row)
         for row in session.execute(
             select(*_OPEN_COLUMNS)
-            .where(Step.build_id == build_id, Step.state == StepState.PENDING)
+            .where(Step.build_id == build_id, Step.state == StepState.PENDING, Step.input_key != "")
             .order_by(Step.id)
         )
     ]
@@ -540,7 +544,7 @@ to the pending steps, SQLite counted again for each, seconds at thousands of ste
 _BUILD_AND_PENDING = union_all(
     _OPEN_OF_BUILD.add_columns(type_coerce(null(), JSON)),
     select(null(), null(), Step.depends_on).where(
-        Step.build_id == bindparam("id"), Step.state == StepState.PENDING
+        Step.build_id == bindparam("id"), Step.state == StepState.PENDING, Step.input_key != ""
     ),
 )
 """:data:`_OPEN_OF_BUILD`'s row (its state is not null), then each pending step's dependencies

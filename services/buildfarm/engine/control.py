@@ -257,6 +257,14 @@ def retry_build(ctx: FarmContext, build_id: int) -> BuildView:
             raise ConflictError(
                 f"build {build_id} is {build.state}; only failed or cancelled builds can be retried"
             )
+        unpacked = session.scalar(
+            select(Step.name).where(Step.build_id == build_id, Step.input_key == "").limit(1)
+        )
+        if unpacked is not None:  # its submit failed to make the source package: nothing to retry
+            raise ConflictError(
+                f"build {build_id} cannot be retried: its submit did not make every source package "
+                f"({build.error}); submit it again"
+            )
         session.execute(
             update(Step)
             .where(

@@ -43,6 +43,7 @@ import tempfile
 import threading
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -111,6 +112,15 @@ def check_fetch_url(url: str, policy: UrlPolicy, what: str) -> str:
     except TemporaryError as exc:
         raise TemporaryError(f"{what}: {exc}", exc.retry_after) from exc
     return url
+
+
+@dataclass(frozen=True)
+class TreeToPack:
+    """A tree whose source package is still to be made: what the planner needs of it (read
+    from its ``debian/``) and ``pack``, which runs ``dpkg-source -b`` and stores the result."""
+
+    info: SourceInfo
+    pack: Callable[[], StoredSource]
 
 
 class SourceResolver:
@@ -192,10 +202,13 @@ class SourceResolver:
 
     # -- trees: dpkg-source -b ---------------------------------------------------------------
 
-    def resolve_stored(self, index: int, package: PackageSource, tree: Path | None) -> StoredSource:
+    def examine(self, index: int, package: PackageSource, tree: Path | None) -> StoredSource | TreeToPack:
         """The package's source package, packed into the artifact store: what the planner needs
-        of it, its source key and the packed tarball's sha256.  A tree whose tree key was packed
-        before (:mod:`buildfarm.engine.srccache`) is not packed again."""
+        of it, its source key and the packed tarball's sha256; or, for a tree whose tree key was
+        never packed (:mod:`buildfarm.engine.srccache`), what the planner needs of it now and
+        the ``dpkg-source -b`` still to run (:meth:`TreeToPack.pack`), so a submit can plan and
+        record the build first and pack while the first steps build.  Every check of the tree
+        (format, upstream tarballs) is made here, before anything is recorded."""
         if tree is None or package.layout is SourceLayout.GBP:
             srcpkg, info = self.resolve(index, package, tree)
             return self._store(srcpkg, info)
@@ -214,11 +227,15 @@ class SourceResolver:
                 self._keep_input(path, str(path) if package.path else what)
             source, sha256 = hit
             return StoredSource(info, source, sha256)
-        work.mkdir(exist_ok=True)
-        srcpkg = self._make_from_tree(tree, info.name, info.version, found, beside_dsc, work, what, package)
-        stored = self._store(srcpkg, info)
-        self.cache.remember(key, stored.source_key, stored.sha256)
-        return stored
+
+        def pack() -> StoredSource:
+            work.mkdir(exist_ok=True)
+            made = self._make_from_tree(tree, info.name, info.version, found, beside_dsc, work, what, package)
+            stored = self._store(made, info)
+            self.cache.remember(key, stored.source_key, stored.sha256)
+            return stored
+
+        return TreeToPack(info, pack)
 
     def _store(self, srcpkg: SourcePackage, info: SourceInfo) -> StoredSource:
         sha256 = self.ctx.store.put_bytes(pack_source_package(srcpkg)).sha256

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import os
+import functools
+import logging
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,17 +13,19 @@ from typing import TypeVar
 
 from sqlalchemy import insert
 
-from buildfarm.engine import gcpause, routing
+from buildfarm.engine import gcpause, packing, routing
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.fetch import check_source_urls, context_directories, source_directories
 from buildfarm.engine.images import image_spec_record
-from buildfarm.engine.srcpkg import SourceResolver
+from buildfarm.engine.packing import RecordedBuild, pack_and_release
+from buildfarm.engine.srccache import StoredSource
+from buildfarm.engine.srcpkg import SourceResolver, TreeToPack
 from buildfarm.environments import host_architecture
 from buildfarm.model import names
 from buildfarm.model.errors import PlanError
 from buildfarm.model.images import registry_host
 from buildfarm.model.labels import NATIVE_ARCH, build_architecture, step_requirements
-from buildfarm.model.manifest import Manifest
+from buildfarm.model.manifest import Manifest, PackageSource
 from buildfarm.model.planner import ImageInfo, Plan, PlannedStep, compute_input_keys, make_plan
 from buildfarm.model.sources import pack_tree, tree_hash
 from buildfarm.model.types import BuildKind, StepKind, StepState
@@ -30,6 +33,7 @@ from buildfarm.runners.base import CrossBuilds, EnvironmentNotReady
 from buildfarm.state.models import Build, Step
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 BUILD_OPTIONS_VERSION = "2"
 """Bump to invalidate every input key when the way steps are built changes (2: a package step
@@ -53,16 +57,12 @@ def image_options(ctx: FarmContext) -> dict[str, str]:
     }
 
 
-PACK_THREADS = min(8, os.cpu_count() or 1)
-"""Source packages made at once at submit: ``dpkg-source`` runs and hashing, in threads."""
-
-
 def _in_parallel(work: Callable[[int], _T], count: int) -> list[_T]:
     """``work(0) .. work(count - 1)`` in threads, results in order; the first error (by index) is
     raised once the ones already started end, and those not started yet never start."""
     if count <= 1:
         return [work(index) for index in range(count)]
-    with ThreadPoolExecutor(max_workers=PACK_THREADS, thread_name_prefix="pack") as pool:
+    with ThreadPoolExecutor(max_workers=packing.PACK_THREADS, thread_name_prefix="pack") as pool:
         futures = [pool.submit(work, index) for index in range(count)]
         try:
             return [future.result() for future in futures]
@@ -166,54 +166,107 @@ def submit_build(
     (:mod:`buildfarm.engine.srcpkg`): its step builds exactly that .dsc.
     ``schedule_slot`` (``<schedule>@<slot>``) names the scheduled slot it starts: a second build
     of one slot is refused by the database (IntegrityError), and nothing of it is recorded.
+
+    Every input is read and checked, and the build planned and recorded, before the trees not
+    packed before are packed (``dpkg-source -b``, critical path first): a step without its
+    source package yet has no input key and waits, and each is keyed and released as its
+    source package is stored, so nodes build while the rest packs.  A tree that does not pack
+    fails the build with that one error (:mod:`buildfarm.engine.packing`), which is raised here too: this
+    returns once every tree is packed.
     """
     names.check_simple_name(user, "user")
     ctx.dispatcher.check()  # an unreachable broker is found before anything is recorded
     check_source_urls(manifest, ctx.settings.fetch.url_policy)
-    planned = []
-    tarballs: dict[str, str] = {}
-    explicit: dict[str, tuple[str, ...]] = {}
-    wanted: dict[str, tuple[str, ...]] = {}  # the manifest's requires: of each source package
-    only_arch: dict[str, str] = {}  # the sources built for one architecture only
-    must_native: set[str] = set()  # the sources whose manifest says arch: (a node of it builds)
     with (
         TemporaryDirectory(dir=ctx.work_root, prefix="submit-") as scratch,
         source_directories(manifest, root, ctx.settings.fetch.url_policy, prepared) as sources,
     ):
         resolver = SourceResolver(ctx, root, Path(scratch), prepared_files)
         try:
-            packed = _in_parallel(lambda index: resolver.resolve_stored(index, *sources[index]), len(sources))
+            examined = _in_parallel(lambda index: resolver.examine(index, *sources[index]), len(sources))
+            recorded = _record_build(
+                ctx,
+                manifest,
+                user,
+                [(package, found) for (package, _tree), found in zip(sources, examined, strict=True)],
+                _ImageSources.read(ctx, manifest, root, prepared_contexts),
+                schedule_slot,
+            )
+            to_pack = {found.info.name: found for found in examined if isinstance(found, TreeToPack)}
+            if to_pack and any(s.input_key for s in recorded.plan.steps.values()):
+                ctx.dispatcher.advance(recorded.build_id)  # the steps of trees packed before start now
+            pack_and_release(ctx, recorded, to_pack)
         finally:
             resolver.close()
         resolver.cache.save_trees()
-        for (package, _directory), stored in zip(sources, packed, strict=True):
-            planned.append((package.describe(), stored.info, stored.source_key))
-            tarballs[stored.info.name] = stored.sha256
-            if package.depends:
-                explicit[stored.info.name] = tuple(package.depends)
-            wanted[stored.info.name] = tuple(package.requires)
-            only = build_architecture(" ".join(stored.info.architectures), package.arch)
-            if only:
-                only_arch[stored.info.name] = only
-            if package.arch:
-                must_native.add(stored.info.name)
-    images: list[tuple[str, ImageInfo, str]] = []
-    specs: dict[str, dict[str, object]] = {}
-    with context_directories(manifest, root, ctx.settings.fetch.url_policy, prepared_contexts) as contexts:
-        for image, directory in contexts:
-            info_image = ImageInfo(
-                name=image.name,
-                dockerfile=image.dockerfile,
-                builder=image.builder,
-                build_args=tuple(sorted(image.build_args.items())),
-                depends=tuple(image.depends),
-            )
-            images.append((image.describe(), info_image, tree_hash(directory)))
-            tarballs[image.name] = ctx.store.put_bytes(pack_tree(directory)).sha256
-            specs[image.name] = image_spec_record(image)
+    return recorded.build_id
+
+
+@dataclass(frozen=True)
+class _ImageSources:
+    """A manifest's images as a submit records them: each context packed and stored."""
+
+    images: list[tuple[str, ImageInfo, str]]  # (origin, info, tree hash)
+    tarballs: dict[str, str]  # image name -> sha256 of its packed context
+    specs: dict[str, dict[str, object]]
+
+    @classmethod
+    def read(
+        cls, ctx: FarmContext, manifest: Manifest, root: Path, prepared: dict[int, Path] | None
+    ) -> _ImageSources:
+        out = cls([], {}, {})
+        with context_directories(manifest, root, ctx.settings.fetch.url_policy, prepared) as contexts:
+            for image, directory in contexts:
+                info_image = ImageInfo(
+                    name=image.name,
+                    dockerfile=image.dockerfile,
+                    builder=image.builder,
+                    build_args=tuple(sorted(image.build_args.items())),
+                    depends=tuple(image.depends),
+                )
+                out.images.append((image.describe(), info_image, tree_hash(directory)))
+                out.tarballs[image.name] = ctx.store.put_bytes(pack_tree(directory)).sha256
+                out.specs[image.name] = image_spec_record(image)
+        return out
+
+
+def _record_build(  # noqa: PLR0917 - the pieces of one submit
+    ctx: FarmContext,
+    manifest: Manifest,
+    user: str,
+    packages: list[tuple[PackageSource, StoredSource | TreeToPack]],
+    images: _ImageSources,
+    schedule_slot: str | None,
+) -> RecordedBuild:
+    """Plan the build, key the steps whose sources are stored, and record it with every step;
+    the others have no input key yet (they wait: :mod:`buildfarm.engine.advance`)."""
+    planned = []
+    tarballs: dict[str, str] = dict(images.tarballs)
+    explicit: dict[str, tuple[str, ...]] = {}
+    wanted: dict[str, tuple[str, ...]] = {}  # the manifest's requires: of each source package
+    only_arch: dict[str, str] = {}  # the sources built for one architecture only
+    must_native: set[str] = set()  # the sources whose manifest says arch: (a node of it builds)
+    for package, found in packages:
+        info = found.info
+        stored = found if isinstance(found, StoredSource) else None
+        planned.append((package.describe(), info, stored.source_key if stored else ""))
+        tarballs[info.name] = stored.sha256 if stored else ""
+        if package.depends:
+            explicit[info.name] = tuple(package.depends)
+        wanted[info.name] = tuple(package.requires)
+        only = build_architecture(" ".join(info.architectures), package.arch)
+        if only:
+            only_arch[info.name] = only
+        if package.arch:
+            must_native.add(info.name)
     native = native_architecture(ctx)
     plan = make_plan(
-        planned, images, explicit, architectures=manifest.architectures, native=native, only_arch=only_arch
+        planned,
+        images.images,
+        explicit,
+        architectures=manifest.architectures,
+        native=native,
+        only_arch=only_arch,
     )
     where = _build_places(ctx, plan, native, must_native)
     try:
@@ -221,19 +274,21 @@ def submit_build(
     except EnvironmentNotReady:  # never made inside a request: a worker makes it
         ctx.dispatcher.prepare_environment()
         raise
-    image_environment_id = ctx.image_runner.environment_id() if images else ""
+    image_environment_id = ctx.image_runner.environment_id() if images.images else ""
     cross = cross_environments(ctx, where.cross)
-    compute_input_keys(
+    keys = functools.partial(
+        compute_input_keys,
         plan,
         environment_id,
         build_options(ctx),
         image_environment_id,
-        image_options(ctx) if images else {},
+        image_options(ctx) if images.images else {},
         native=native,
         cross_environments=cross,
         built_natively=where.natively,
     )
-
+    recorded = RecordedBuild(plan, tarballs, lambda names: keys(names=names))
+    recorded.keys(recorded.keyable())
     with ctx.db.session() as session:
         build = Build(
             project=manifest.project,
@@ -247,7 +302,7 @@ def submit_build(
         session.add(build)
         session.flush()
         rows = []
-        for name in plan.order():
+        for name in recorded.order:
             step = plan.steps[name]
             rows.append(
                 dict(
@@ -263,7 +318,7 @@ def submit_build(
                     priority=step.priority,
                     state=StepState.PENDING,
                     kind=step.kind,
-                    image_spec=specs.get(name),
+                    image_spec=images.specs.get(name),
                     requires=where.requires(step, wanted.get(step.source, ())),
                     host_arch=step.host_arch,
                     arch_all=step.arch_all,
@@ -272,22 +327,14 @@ def submit_build(
             )
         # One executemany in plan order (ids follow it), not thousands of ORM objects to flush.
         session.execute(insert(Step), rows)
-        build_id = build.id
-    ctx.store.put_build_manifest(
-        build_id,
-        {
-            "manifest": manifest.model_dump(mode="json"),
-            "user": user,
-            "environment": environment_id,
-            "image_environment": image_environment_id,
-            "steps": {
-                n: {"input_key": s.input_key, "source": tarballs[s.source or n]}
-                for n, s in plan.steps.items()
-            },
-        },
-    )
-    ctx.dispatcher.advance(build_id)
-    return build_id
+        recorded.build_id = build.id
+    recorded.record = {
+        "manifest": manifest.model_dump(mode="json"),
+        "user": user,
+        "environment": environment_id,
+        "image_environment": image_environment_id,
+    }
+    return recorded
 
 
 def moves_latest(kind: str) -> bool:

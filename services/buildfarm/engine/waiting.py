@@ -41,7 +41,9 @@ def explain(session: Session, ctx: FarmContext, build: Build) -> dict[int, Wait]
     out: dict[int, Wait] = {}
     by_name = {s.name: s for s in build.steps}
     for step in build.steps:
-        if step.state == StepState.PENDING:
+        if step.state == StepState.PENDING and not step.input_key:
+            out[step.id] = Wait(None, "waiting: its source package is being made")
+        elif step.state == StepState.PENDING:
             unfinished = [d for d in step.depends_on if by_name[d].state != StepState.SUCCEEDED]
             out[step.id] = Wait(
                 None, "waiting: dependencies" + (f" ({', '.join(unfinished)})" if unfinished else "")

@@ -358,11 +358,14 @@ def compute_input_keys(
     cross_environments: Mapping[str, str] | None = None,
     built_natively: Collection[str] = (),
     placed: Mapping[str, str | None] | None = None,
+    names: Sequence[str] | None = None,
 ) -> None:
-    """Fill in every step's input key, dependencies first. Image steps use the image builder's
-    identity and options instead of the package runner's.  A step whose build differs from the
-    node's own (another architecture, or without the ``all`` binaries) has its architecture in
-    its key: the architecture a package is built for changes what it builds.
+    """Fill in every step's input key, dependencies first (only the steps ``names`` when given,
+    in their order: each one's dependencies have theirs already, or are named before it).
+    Image steps use the image builder's identity and options instead of the package runner's.
+    A step whose build differs from the node's own (another architecture, or without the
+    ``all`` binaries) has its architecture in its key: the architecture a package is built for
+    changes what it builds.
 
     A package step for another architecture than ``native`` is cross-built, with
     ``cross_environments[host_arch]`` (the cross environment's identity) as its environment;
@@ -376,7 +379,7 @@ def compute_input_keys(
     it when a native node of their architecture went away (``engine/crossfallback.py``).
 
     The labels a step requires (``requires:``: where it may run) are not in its key."""
-    for name in plan.order():
+    for name in plan.order() if names is None else names:
         step = plan.steps[name]
         material: dict[str, object] = {
             "v": 1,

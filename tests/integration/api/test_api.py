@@ -127,6 +127,32 @@ def test_submit_from_a_directory_follow_and_apt(api: Api, tmp_path: Path) -> Non
     assert apt.download("api-one").name.startswith("api-one_1.0")
 
 
+def test_a_tree_dpkg_source_refuses_after_the_build_is_recorded_fails_it_once(
+    api: Api, tmp_path: Path
+) -> None:
+    """The build is recorded before its trees are packed: a tree that reads well but that
+    ``dpkg-source -b`` refuses (a native version with a revision) fails the build with that one
+    line, which the submit still answers, and nothing is published."""
+    token = api.user("dana", "late", "builder")
+    src = tmp_path / "src"
+    make_package(src, "late-good")
+    make_package(src, "late-bad", version="1.0-1")
+    manifest = src / "buildfarm.yaml"
+    manifest.write_text(
+        "project: late\nbranch: main\nkind: nightly\npackages:\n  - path: late-good\n  - path: late-bad\n"
+    )
+    with api.client(token) as client:
+        refused = _upload_and_submit(client, manifest)
+        assert refused.status_code == 400, refused.text
+        message = refused.json()["error"]["message"]
+        assert message.startswith("packages[1] (late-bad): dpkg-source -b failed: ")
+        assert "native package version may not have a revision" in message
+        (build,) = client.get("/api/v1/builds", params={"project": "late"}).json()["items"]
+        view = _wait(client, build["id"])
+    assert (view["state"], view["error"], view["published"]) == ("failed", message, None)
+    assert {step["state"] for step in view["steps"]} <= {"cancelled", "succeeded"}
+
+
 def test_status_lists_each_node_with_the_labels_it_advertises(api: Api) -> None:
     arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True)
     with api.client(api.admin) as client:
