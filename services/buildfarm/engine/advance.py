@@ -548,7 +548,9 @@ _BUILD_AND_PENDING = union_all(
     ),
 )
 """:data:`_OPEN_OF_BUILD`'s row (its state is not null), then each pending step's dependencies
-(:data:`_PENDING`), in one statement: the count still runs once (a branch of its own)."""
+(:data:`_PENDING`), in one statement: the count still runs once (a branch of its own).  On
+PostgreSQL, where it saves a round trip; SQLite has none to save and runs the two statements
+apart in less CPU (~0.5 against ~0.6 ms)."""
 
 
 @gcpause.paused()
@@ -577,11 +579,16 @@ def _may_change(connection: Connection, build_id: int) -> bool:
     """Whether an advance of the build may have something to do (read as rows, without a lock)."""
     build: tuple[BuildState, int] | None = None
     pending: list[list[str]] = []
-    for state, unfinished, depends_on in connection.execute(_BUILD_AND_PENDING, {"id": build_id}):
-        if state is None:
-            pending.append(list(depends_on))
-        else:
-            build = state, unfinished
+    if connection.dialect.name == "postgresql":
+        for state, unfinished, depends_on in connection.execute(_BUILD_AND_PENDING, {"id": build_id}):
+            if state is None:
+                pending.append(list(depends_on))
+            else:
+                build = state, unfinished
+    else:
+        row = connection.execute(_OPEN_OF_BUILD, {"id": build_id}).first()
+        build = None if row is None else (row[0], row[1])
+        pending = [list(depends_on) for (depends_on,) in connection.execute(_PENDING, {"build": build_id})]
     if build is None:
         log.warning("advance: build %s does not exist", build_id)
         return False

@@ -314,7 +314,7 @@ def claim_next(ctx: FarmContext, step_id: int, node: str, labels: frozenset[str]
     now = utcnow()
     with ctx.db.transaction() as connection:
         # On PostgreSQL the first read also makes the claim commit without waiting for its WAL
-        # to reach the disk (_NAMED_ASYNC: ``set_config(..., true)`` is ``SET LOCAL``, with no
+        # to reach the disk (ASYNC_COMMIT: ``set_config(..., true)`` is ``SET LOCAL``, with no
         # round trip of its own).  Safe by the lease: a crash of the server loses only the last
         # commits, in commit order (a later commit that waits flushes all the WAL before it),
         # so a lost claim leaves the database as if it had not been made: the step is ready at
