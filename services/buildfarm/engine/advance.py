@@ -32,7 +32,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NamedTuple
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, Table, bindparam, cast, column, func, select, update, values
 from sqlalchemy.orm import Session, defer
 
 from buildfarm.backends.base import BuildInputKeeper, BuildRef, HoldsPackages, PackageFile, StoredPackage
@@ -251,7 +251,9 @@ def _write_released(
 ) -> None:
     """Write what a release changed of each step: one executemany a kind of change (skipped,
     reused, ready), not a flush of thousands of ORM objects."""
-    skipped, reused, ready = [], [], []
+    skipped: list[dict[str, object]] = []
+    reused: list[dict[str, object]] = []
+    ready: list[dict[str, object]] = []
     for step in changed:
         if step.state == StepState.SKIPPED:
             skipped.append({"id": step.id, "state": step.state, "finished_at": now, "error": step.error})
@@ -280,9 +282,27 @@ def _write_released(
                     "queue_id": queues[step.requires],
                 }
             )
+    postgresql = session.get_bind().dialect.name == "postgresql"
     for rows in (skipped, reused, ready):
-        if rows:  # an ORM bulk UPDATE by primary key: one executemany
+        if rows and postgresql:
+            _update_joined(session, rows)
+        elif rows:  # an ORM bulk UPDATE by primary key: one executemany (in process on SQLite)
             session.execute(update(Step), rows)
+
+
+def _update_joined(session: Session, rows: list[dict[str, object]]) -> None:
+    """``rows`` (each a step's id and new values, the same keys in each) written on PostgreSQL
+    as ``UPDATE steps ... FROM (VALUES ...)``, :data:`LOOKUP_CHUNK` rows a statement: an
+    executemany was one statement a row for the server (a second of a 5000-package re-run)."""
+    table = Step.__table__
+    assert isinstance(table, Table)
+    keys = list(rows[0])
+    for start in range(0, len(rows), LOOKUP_CHUNK):
+        given = values(*(column(f"v_{key}", table.c[key].type) for key in keys), name="released").data(
+            [tuple(row[key] for key in keys) for row in rows[start : start + LOOKUP_CHUNK]]
+        )
+        changes = {key: cast(given.c[f"v_{key}"], table.c[key].type) for key in keys if key != "id"}
+        session.execute(update(table).where(table.c.id == given.c.v_id).values(changes))
 
 
 def _steps_by_id(session: Session, ids: list[int]) -> list[Step]:
