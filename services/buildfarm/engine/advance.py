@@ -32,7 +32,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NamedTuple
 
-from sqlalchemy import Connection, Table, bindparam, cast, column, func, select, update, values
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.orm import Session, defer
 
 from buildfarm.backends.base import BuildInputKeeper, BuildRef, HoldsPackages, PackageFile, StoredPackage
@@ -282,27 +282,9 @@ def _write_released(
                     "queue_id": queues[step.requires],
                 }
             )
-    postgresql = session.get_bind().dialect.name == "postgresql"
     for rows in (skipped, reused, ready):
-        if rows and postgresql:
-            _update_joined(session, rows)
-        elif rows:  # an ORM bulk UPDATE by primary key: one executemany (in process on SQLite)
+        if rows:  # an ORM bulk UPDATE by primary key: one executemany
             session.execute(update(Step), rows)
-
-
-def _update_joined(session: Session, rows: list[dict[str, object]]) -> None:
-    """``rows`` (each a step's id and new values, the same keys in each) written on PostgreSQL
-    as ``UPDATE steps ... FROM (VALUES ...)``, :data:`LOOKUP_CHUNK` rows a statement: an
-    executemany was one statement a row for the server (a second of a 5000-package re-run)."""
-    table = Step.__table__
-    assert isinstance(table, Table)
-    keys = list(rows[0])
-    for start in range(0, len(rows), LOOKUP_CHUNK):
-        given = values(*(column(f"v_{key}", table.c[key].type) for key in keys), name="released").data(
-            [tuple(row[key] for key in keys) for row in rows[start : start + LOOKUP_CHUNK]]
-        )
-        changes = {key: cast(given.c[f"v_{key}"], table.c[key].type) for key in keys if key != "id"}
-        session.execute(update(table).where(table.c.id == given.c.v_id).values(changes))
 
 
 def _steps_by_id(session: Session, ids: list[int]) -> list[Step]:

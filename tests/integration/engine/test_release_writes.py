@@ -1,5 +1,5 @@
-"""One release that skips, reuses and makes ready, written back in bulk (on SQLite: executemany;
-on PostgreSQL: ``UPDATE ... FROM (VALUES ...)``): every change lands on its own step."""
+"""One release that skips, reuses and makes ready, written back in bulk (one executemany a kind
+of change), on SQLite and PostgreSQL: every change lands on its own step."""
 
 from __future__ import annotations
 
