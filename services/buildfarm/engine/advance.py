@@ -255,7 +255,9 @@ def _write_released(
 ) -> None:
     """Write what a release changed of each step: one executemany a kind of change (skipped,
     reused, ready), not a flush of thousands of ORM objects."""
-    skipped, reused, ready = [], [], []
+    skipped: list[dict[str, object]] = []
+    reused: list[dict[str, object]] = []
+    ready: list[dict[str, object]] = []
     for step in changed:
         if step.state == StepState.SKIPPED:
             skipped.append({"id": step.id, "state": step.state, "finished_at": now, "error": step.error})
