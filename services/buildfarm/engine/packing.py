@@ -13,6 +13,7 @@ one is discarded, nothing is published, and the error is raised to the submitter
 
 from __future__ import annotations
 
+import datetime as dt
 import heapq
 import logging
 import os
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, select, update
 
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.srccache import StoredSource
@@ -117,6 +118,26 @@ _SET_KEYS = (
 )
 
 
+PACKING_LEASE_SECONDS = 120.0
+"""How long a build recorded before its trees are packed is known to be packed by its submit
+(``builds.packing_until``): renewed every :data:`PACKING_RENEW_SECONDS` while it packs (from the
+loop that waits for the packing threads, so a tree that takes minutes to pack does not stop it).
+Past it, the submitting process is gone and the reaper fails the build
+(:func:`fail_abandoned`)."""
+
+PACKING_RENEW_SECONDS = 20.0
+
+
+def packing_lease(now: dt.datetime) -> dt.datetime:
+    return now + dt.timedelta(seconds=PACKING_LEASE_SECONDS)
+
+
+_RENEW = (
+    update(Build)
+    .where(Build.id == bindparam("b_id"), Build.state == BuildState.RUNNING)
+    .values(packing_until=bindparam("until"))
+)
+
 RELEASE_EVERY_SECONDS = 0.2
 """While a submit packs trees, the steps keyed since are released at most this often (and at once
 when the first are): an advance per tree of thousands would be a message and a transaction each,
@@ -140,12 +161,17 @@ def pack_and_release(ctx: FarmContext, recorded: RecordedBuild, to_pack: dict[st
             futures: set[Future[StoredSource]] = {pool.submit(to_pack[source].pack) for source in ordered}
             released = 0.0  # monotonic time of the last advance (0: none yet)
             unreleased = False
+            renewed = time.monotonic()  # the lease was taken when the build was recorded
             try:
                 while futures:
-                    timeout = (
-                        max(0.0, released + RELEASE_EVERY_SECONDS - time.monotonic()) if unreleased else None
-                    )
+                    wake = renewed + PACKING_RENEW_SECONDS
+                    if unreleased:
+                        wake = min(wake, released + RELEASE_EVERY_SECONDS)
+                    timeout = max(0.0, wake - time.monotonic())
                     done, futures = wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
+                    if time.monotonic() - renewed >= PACKING_RENEW_SECONDS:
+                        _renew(ctx, build_id, packing_lease(utcnow()))
+                        renewed = time.monotonic()
                     for future in done:
                         recorded.packed(future.result())
                     keyed = recorded.keyable()
@@ -162,6 +188,7 @@ def pack_and_release(ctx: FarmContext, recorded: RecordedBuild, to_pack: dict[st
     except Exception as exc:
         _fail_build(ctx, build_id, str(exc))
         raise
+    _renew(ctx, build_id, None)  # every source package is stored: nothing left to wait for
     steps = recorded.plan.steps
     ctx.store.put_build_manifest(
         build_id,
@@ -185,16 +212,46 @@ def _advance_meanwhile(ctx: FarmContext, build_id: int) -> None:
         log.warning("build %s: its first steps wait for the next advance: %s", build_id, exc)
 
 
-def _fail_build(ctx: FarmContext, build_id: int, error: str) -> None:
+def _renew(ctx: FarmContext, build_id: int, until: dt.datetime | None) -> None:
+    """Renew (or, with None, clear) the build's packing lease; a build no longer running (cancelled,
+    or failed by the reaper) keeps its state."""
+    with ctx.db.transaction() as connection:
+        connection.execute(_RENEW, {"b_id": build_id, "until": until})
+
+
+ABANDONED = (
+    "its submit stopped before every source package was made (the submitting process ended or "
+    "lost the database for {seconds:.0f} s): submit it again"
+)
+
+
+def fail_abandoned(ctx: FarmContext, now: dt.datetime) -> list[int]:
+    """Fail the running builds whose packing lease ran out before ``now`` (the reaper's): their
+    submit is gone, and the steps still without a key would wait forever."""
+    with ctx.db.session() as session:
+        expired = session.scalars(
+            select(Build.id).where(Build.state == BuildState.RUNNING, Build.packing_until < now)
+        ).all()
+    error = ABANDONED.format(seconds=PACKING_LEASE_SECONDS)
+    return [build_id for build_id in expired if _fail_build(ctx, build_id, error, expired_before=now)]
+
+
+def _fail_build(
+    ctx: FarmContext, build_id: int, error: str, *, expired_before: dt.datetime | None = None
+) -> bool:
     """A build whose sources did not all pack fails with ``error``, under its lock: its steps not
     done yet are cancelled (a node's result of one is discarded: its lease is taken back), none
     is keyed any more and nothing is published.  The steps that were built stay built (their
-    keys were whole: another build may reuse them)."""
+    keys were whole: another build may reuse them).  ``expired_before``: only if its packing
+    lease (looked at again under the lock) ran out before it.  Whether it failed the build."""
     now = utcnow()
     with ctx.db.session() as session:
         build = session.get_one(Build, build_id, with_for_update=True)
         if build.state != BuildState.RUNNING:
-            return  # cancelled meanwhile: it stays so (a retry is refused while a step has no key)
+            return False  # cancelled meanwhile: it stays so (a retry is refused while a step has no key)
+        until = build.packing_until
+        if expired_before is not None and (until is None or until >= expired_before):
+            return False  # its submit renewed the lease, or finished packing, meanwhile
         session.execute(
             update(Step)
             .where(Step.build_id == build_id, Step.state.in_(_NOT_DONE))
@@ -209,6 +266,8 @@ def _fail_build(ctx: FarmContext, build_id: int, error: str) -> None:
         build.state = BuildState.FAILED
         build.finished_at = now
         build.error = error
+        build.packing_until = None
+    return True
 
 
 _NOT_DONE = (StepState.PENDING, StepState.READY, StepState.RUNNING)

@@ -1,5 +1,6 @@
 """Put lost work back in play: expired leases, ready steps nobody took (their tickets are
 re-sent with a growing pause, and keep their age: :func:`ticket_due`), stuck publications,
+builds whose submit stopped while packing their trees (:func:`~buildfarm.engine.packing.fail_abandoned`),
 steps that no online node can run (failed with the reason after ``unschedulable_seconds``;
 natively placed foreign ones cross-built instead after ``cross_fallback_seconds``:
 :mod:`buildfarm.engine.crossfallback`),
@@ -28,6 +29,7 @@ from buildfarm.engine import routing
 from buildfarm.engine.advance import drop_staging
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.crossfallback import fall_back_to_cross
+from buildfarm.engine.packing import fail_abandoned
 from buildfarm.model import names
 from buildfarm.model.types import (
     TERMINAL_BUILD_STATES,
@@ -55,11 +57,13 @@ class ReapReport:
     swept: list[Path] = field(default_factory=list)  # dead attempts' work directories and chroots
     unschedulable: list[int] = field(default_factory=list)  # builds of steps no online node can run
     cross_built: list[int] = field(default_factory=list)  # builds whose foreign steps lost their native node
+    abandoned: list[int] = field(default_factory=list)  # builds whose submit stopped while packing
 
 
 def reap(ctx: FarmContext) -> ReapReport:
     report = ReapReport()
     now = utcnow()
+    report.abandoned = fail_abandoned(ctx, now)  # before they could count as stuck below
     for moved in fall_back_to_cross(ctx, now):  # before they could fail as unschedulable
         ctx.dispatcher.advance(moved.build_id)
         report.cross_built.append(moved.build_id)

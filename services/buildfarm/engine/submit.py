@@ -17,7 +17,7 @@ from buildfarm.engine import gcpause, packing, routing
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.fetch import check_source_urls, context_directories, source_directories
 from buildfarm.engine.images import image_spec_record
-from buildfarm.engine.packing import RecordedBuild, pack_and_release
+from buildfarm.engine.packing import RecordedBuild, pack_and_release, packing_lease
 from buildfarm.engine.srccache import StoredSource
 from buildfarm.engine.srcpkg import SourceResolver, TreeToPack
 from buildfarm.environments import host_architecture
@@ -30,7 +30,7 @@ from buildfarm.model.planner import ImageInfo, Plan, PlannedStep, compute_input_
 from buildfarm.model.sources import pack_tree, tree_hash
 from buildfarm.model.types import BuildKind, StepKind, StepState
 from buildfarm.runners.base import CrossBuilds, EnvironmentNotReady
-from buildfarm.state.models import Build, Step
+from buildfarm.state.models import Build, Step, utcnow
 
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
@@ -298,6 +298,7 @@ def _record_build(  # noqa: PLR0917 - the pieces of one submit
             manifest=manifest.model_dump(mode="json"),
             environment_id=environment_id,
             schedule_slot=schedule_slot,
+            packing_until=packing_lease(utcnow()) if not all(tarballs.values()) else None,
         )
         session.add(build)
         session.flush()

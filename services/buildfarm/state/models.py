@@ -136,6 +136,9 @@ class Build(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     publish_claimed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # while its submit packs trees for steps recorded before their source packages (0018): until
+    # when that submit is known to be alive (renewed as it packs); past it the reaper fails the build
+    packing_until: Mapped[dt.datetime | None] = mapped_column(default=None)
     # the build's staging repository, which its later steps read (0009: was an apt line)
     staging_source: Mapped[AptSource | None] = mapped_column(AptSourceJSON(), default=None)
     published_url: Mapped[str | None] = mapped_column(Text, default=None)

@@ -4,6 +4,7 @@ not pack fails the build with its one error and publishes nothing."""
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from buildfarm.engine import advance_build, control, packing, srcpkg, submit
+from buildfarm.engine import advance_build, control, packing, reaper, srcpkg, submit
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.dpkgsource import DpkgSourceForks
 from buildfarm.engine.steps import claim_step, finish_step
@@ -132,6 +133,8 @@ def test_steps_are_released_while_later_trees_pack(
 
     drain(ctx)
     assert control.show_build(ctx, build_id).state == "succeeded"
+    with ctx.db.session() as session:  # every source package stored: no packing lease left
+        assert [b.packing_until for b in session.scalars(select(Build))] == [None, None]
 
 
 def test_a_late_tree_that_does_not_pack_fails_the_build_once(
@@ -175,3 +178,54 @@ def test_a_late_tree_that_does_not_pack_fails_the_build_once(
     assert {s.state for s in view.steps} == {"cancelled"}
     with pytest.raises(ConflictError, match="submit it again"):
         control.retry_build(ctx, build.id)
+
+
+def test_a_build_whose_submit_stopped_while_packing_is_failed_by_the_reaper(
+    ctx: FarmContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The submitting process is gone (killed, its machine lost) after recording the build: its
+    packing lease runs out and the reaper fails the build, so no step waits forever for a source
+    package nobody makes.  (Simulated: the submit's pack of the second tree blocks, the reaper
+    runs with a clock past the lease; the blocked submit never renews it.)"""
+    monkeypatch.setattr(packing, "PACKING_RENEW_SECONDS", 1e9)  # the stopped submit renews nothing
+    src = tmp_path / "src"
+    for name in ("pk-a", "pk-b"):
+        make_package(src, name)
+    manifest = load_manifest(write_manifest(src, ["pk-a", "pk-b"]))
+    packing_b, go_on = threading.Event(), threading.Event()
+    dpkg_source = srcpkg._dpkg_source
+
+    def stalled(args: list[str], cwd: Path, what: str, forks: DpkgSourceForks | None = None) -> None:
+        if args == ["-b", "pk-b-1.0"]:
+            packing_b.set()
+            assert go_on.wait(WAIT_SECONDS)
+        dpkg_source(args, cwd, what, forks)
+
+    monkeypatch.setattr(srcpkg, "_dpkg_source", stalled)
+    submitter = threading.Thread(target=submit.submit_build, args=(ctx, manifest, src, "alice"))
+    submitter.start()
+    try:
+        assert packing_b.wait(WAIT_SECONDS), "the second tree was never packed"
+        with ctx.db.session() as session:
+            (build,) = session.scalars(select(Build)).all()
+            keys = dict(session.execute(select(Step.name, Step.input_key)).all())
+        assert build.packing_until is not None and build.state == "running"
+        assert keys["pk-b"] == ""  # its source package is being made
+
+        assert reaper.reap(ctx).abandoned == []  # the lease holds: nothing to do
+        past = build.packing_until + dt.timedelta(seconds=1)
+        monkeypatch.setattr(reaper, "utcnow", lambda: past)
+        assert reaper.reap(ctx).abandoned == [build.id]
+        assert reaper.reap(ctx).abandoned == []  # once
+    finally:
+        go_on.set()
+        submitter.join(WAIT_SECONDS)
+    assert not submitter.is_alive()
+
+    drain(ctx)  # the ticket of pk-a, sent before, builds nothing
+    view = control.show_build(ctx, build.id)
+    assert (view.state, view.published) == ("failed", None)
+    assert view.error == packing.ABANDONED.format(seconds=packing.PACKING_LEASE_SECONDS)
+    assert {s.state for s in view.steps} == {"cancelled"}
+    with ctx.db.session() as session:
+        assert session.get_one(Build, build.id).packing_until is None
