@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import Session, selectinload
 
 from buildfarm.backends.base import AptSource
 from buildfarm.engine import waiting
@@ -222,29 +222,38 @@ def step_log_key(ctx: FarmContext, build_id: int, step_name: str) -> tuple[str |
     return None, False
 
 
+def end_build(session: Session, build: Build, state: BuildState, error: str, step_error: str) -> None:
+    """End ``build`` as ``state`` with ``error``: its steps not done are cancelled with
+    ``step_error`` (a node's result of one is then refused: its lease is taken back) and its
+    packing lease, if any, is dropped.  The steps that were built stay built (another build may
+    reuse them).  The caller holds the build (cancel, a failed or abandoned packing)."""
+    now = utcnow()
+    session.execute(
+        update(Step)
+        .where(
+            Step.build_id == build.id,
+            Step.state.in_([StepState.PENDING, StepState.READY, StepState.RUNNING]),
+        )
+        .values(
+            state=StepState.CANCELLED,
+            finished_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            error=step_error,
+        )
+    )
+    build.state = state
+    build.finished_at = now
+    build.error = error
+    build.packing_until = None
+
+
 def cancel_build(ctx: FarmContext, build_id: int) -> BuildView:
     with ctx.db.session() as session:
         build = _get_build(session, build_id)
         if build.state in TERMINAL_BUILD_STATES or build.state == BuildState.PUBLISHING:
             raise ConflictError(f"build {build_id} is {build.state}; only a running build can be cancelled")
-        now = utcnow()
-        session.execute(
-            update(Step)
-            .where(
-                Step.build_id == build_id,
-                Step.state.in_([StepState.PENDING, StepState.READY, StepState.RUNNING]),
-            )
-            .values(
-                state=StepState.CANCELLED,
-                finished_at=now,
-                lease_owner=None,
-                lease_expires_at=None,
-                error="cancelled",
-            )
-        )
-        build.state = BuildState.CANCELLED
-        build.finished_at = now
-        build.error = "cancelled"
+        end_build(session, build, BuildState.CANCELLED, "cancelled", "cancelled")
     ctx.dispatcher.advance(build_id)
     return show_build(ctx, build_id)
 

@@ -24,11 +24,12 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from sqlalchemy import bindparam, select, update
 
 from buildfarm.engine.context import FarmContext
+from buildfarm.engine.control import end_build
 from buildfarm.engine.srccache import StoredSource
 from buildfarm.engine.srcpkg import TreeToPack
 from buildfarm.model.errors import BuildfarmError
 from buildfarm.model.planner import Plan
-from buildfarm.model.types import BuildState, StepState
+from buildfarm.model.types import BuildState
 from buildfarm.state.models import Build, Step, utcnow
 
 log = logging.getLogger(__name__)
@@ -244,7 +245,6 @@ def _fail_build(
     is keyed any more and nothing is published.  The steps that were built stay built (their
     keys were whole: another build may reuse them).  ``expired_before``: only if its packing
     lease (looked at again under the lock) ran out before it.  Whether it failed the build."""
-    now = utcnow()
     with ctx.db.session() as session:
         build = session.get_one(Build, build_id, with_for_update=True)
         if build.state != BuildState.RUNNING:
@@ -252,22 +252,11 @@ def _fail_build(
         until = build.packing_until
         if expired_before is not None and (until is None or until >= expired_before):
             return False  # its submit renewed the lease, or finished packing, meanwhile
-        session.execute(
-            update(Step)
-            .where(Step.build_id == build_id, Step.state.in_(_NOT_DONE))
-            .values(
-                state=StepState.CANCELLED,
-                finished_at=now,
-                lease_owner=None,
-                lease_expires_at=None,
-                error="cancelled: a source package of its build could not be made",
-            )
+        end_build(
+            session,
+            build,
+            BuildState.FAILED,
+            error,
+            "cancelled: a source package of its build could not be made",
         )
-        build.state = BuildState.FAILED
-        build.finished_at = now
-        build.error = error
-        build.packing_until = None
     return True
-
-
-_NOT_DONE = (StepState.PENDING, StepState.READY, StepState.RUNNING)
