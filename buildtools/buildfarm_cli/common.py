@@ -25,10 +25,12 @@ class CliState:
     def fmt(self, override: OutputFormat | None) -> OutputFormat:
         return override or self.output
 
-    def client(self) -> FarmClient:
-        """The farm named by --farm, BUILDFARM_URL or the client file; else the local farm."""
+    def client(self, *, in_process: bool = False) -> FarmClient:
+        """The farm named by --farm, BUILDFARM_URL or the client file; else the local farm
+        (``in_process``: its API called in this process even when the farm's API process runs,
+        for what only this process can show, a sweep's progress)."""
         if self._client is None:
-            self._client = make_client(resolve(self.farm_flag))
+            self._client = make_client(resolve(self.farm_flag), in_process=in_process)
         return self._client
 
     def local(self, command: str) -> None:

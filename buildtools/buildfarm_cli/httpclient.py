@@ -1,11 +1,13 @@
 """The CLI's one way to a farm: the typed client (:mod:`buildfarm_client`) and the API's routes.
 
 A remote farm is reached at its URL; the local farm (no URL configured) through the same
-application called in-process (:mod:`buildfarm.local.inprocess`), so every command takes one
-code path and prints one way.  This adapter adds what only the CLI does: submitting a manifest
-file from a checkout, and turning the client's errors into the farm's own
-(:mod:`buildfarm.model.errors`), so the CLI prints the same line and exits with the same code
-whichever farm refused.
+application, served as its owner's by the farm's running API process on a unix socket
+(:mod:`buildfarm.local.owner`), or, when none answers there, called in-process
+(:mod:`buildfarm.local.inprocess`): every command takes one code path and prints one way, and a
+local command imports the server stack only when the farm's API process does not run.  This
+adapter adds what only the CLI does: submitting a manifest file from a checkout, and turning the
+client's errors into the farm's own (:mod:`buildfarm.model.errors`), so the CLI prints the same
+line and exits with the same code whichever farm refused.
 
 Submitting to a remote farm packs each ``path`` package and each ``path`` image context of the
 manifest into the same deterministic tarball the farm would make
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,8 +93,9 @@ def farm_errors(has_token: bool) -> Iterator[None]:
 
 
 class HttpClient:
-    """One farm's API at ``url`` (``http://host:port``), as the user behind ``token``; or, with
-    ``local``, this machine's farm in-process, as its user."""
+    """One farm's API at ``url`` (``http://host:port``), as the user behind ``token``; or this
+    machine's farm as its user: in-process with ``local``, over ``transport`` (its owner socket)
+    with ``where`` (``in <state dir>``)."""
 
     def __init__(
         self,
@@ -100,22 +104,33 @@ class HttpClient:
         *,
         transport: httpx.BaseTransport | None = None,
         local: LocalFarm | None = None,
+        where: str | None = None,
     ) -> None:
         if local is not None:
-            transport = local.transport()
-        where = local.where if local is not None else None
+            transport, where = local.transport(), local.where
         self.api = api.Client(url, token, transport=transport, user_agent="buildfarm-cli", where=where)
         self.url = self.api.url
         self.local = local
+        self.reads_checkout = where is not None
+        """This machine's farm: it reads a manifest's trees from the checkout itself."""
         self.uploads = 0  # source tarballs sent by submit(): the ones the farm did not have
         self._log_keys: dict[tuple[int, str], str] = {}  # the attempt's log a follower last read
 
     @classmethod
-    def local_farm(cls) -> HttpClient:
-        """This machine's farm (``BUILDFARM_STATE_DIR``), its API called in-process."""
-        from buildfarm.local.inprocess import LOCAL_URL, LocalFarm
+    def local_farm(cls, *, in_process: bool = False) -> HttpClient:
+        """This machine's farm (``BUILDFARM_STATE_DIR``): over its API process's owner socket when
+        that answers, else its API called in-process (``in_process``: always)."""
+        from buildfarm.local import owner
+        from buildfarm.model.settings import load_settings
 
-        return cls(LOCAL_URL, None, local=LocalFarm())
+        settings = load_settings()
+        path = None if in_process else owner.answering_socket(settings.state_dir)
+        if path is None:
+            from buildfarm.local.inprocess import LocalFarm
+
+            return cls(owner.LOCAL_URL, None, local=LocalFarm(settings))
+        transport = httpx.HTTPTransport(uds=os.fspath(path))
+        return cls(owner.LOCAL_URL, None, transport=transport, where=owner.where(settings.state_dir))
 
     def __repr__(self) -> str:
         return f"HttpClient({self.url!r})"
@@ -143,7 +158,7 @@ class HttpClient:
     def submit(self, manifest_path: Path, user: str | None) -> int:
         """Submit the build of a manifest file (its ``path`` trees read next to it); its id."""
         manifest = load_manifest(manifest_path)  # a wrong manifest is reported before any farm is asked
-        if self.local is not None:
+        if self.reads_checkout:
             checkout = CheckoutSubmitIn(manifest_path=str(manifest_path.resolve()), user=user)
             body = checkout.model_dump(mode="json")
             answer = self._call(self.api.request, "POST", "/local/builds", json=body)

@@ -80,7 +80,7 @@ def retention_run(
 ) -> None:
     """Expire the builds the retention policy lets go, in every store at once (admins only)."""
     fmt = state.fmt(output)
-    client = state.client()
+    client = state.client(in_process=True)  # locally, the sweep runs here and shows its progress
     local = not client.where.startswith("at ")
     with phase_bars(fmt == OutputFormat.TEXT and local and not dry_run, PHASES, transient=True) as progress:
         if fmt == OutputFormat.TEXT and not local:

@@ -86,16 +86,21 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def farm_error_response(exc: BuildfarmError) -> JSONResponse:
+    """The answer to one of the farm's own errors: its status, code and message."""
+    status, code = _classify(exc)
+    headers = None
+    if isinstance(exc, TemporaryError):
+        headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    return error_response(status, code, str(exc), headers)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(BuildfarmError)
     async def _farm_error(_request: Request, exc: BuildfarmError) -> JSONResponse:
-        status, code = _classify(exc)
-        headers = None
-        if isinstance(exc, TemporaryError):
-            headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
-        if status == 401:
-            headers = {"WWW-Authenticate": "Bearer"}
-        return error_response(status, code, str(exc), headers)
+        return farm_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

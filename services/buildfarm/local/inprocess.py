@@ -1,8 +1,10 @@
-"""The local farm's REST API, in-process: what the CLI talks to when no farm URL is set.
+"""The local farm's REST API as its owner's: what the CLI talks to when no farm URL is set.
 
 The CLI reaches this machine's farm the way it reaches any other, through
-:class:`buildfarm_client.Client` and the API's own routes (:func:`buildfarm.api.app.assemble`),
-only over an httpx transport that calls the application in this process instead of a socket.
+:class:`buildfarm_client.Client` and the API's own routes (:func:`buildfarm.api.app.assemble`):
+over the owner socket of the farm's running API process (:mod:`buildfarm.local.owner`, served by
+:mod:`buildfarm.local.serve` with :meth:`LocalFarm.owner_app`), else over an httpx transport that
+calls the same application in the CLI's own process (a farm not started, its API process dead).
 What is local is only what a local farm is:
 
 - its wiring: the state directory's database and stores, the backends ``buildfarm.wiring``
@@ -28,22 +30,23 @@ from pathlib import Path
 import anyio.from_thread
 import httpx
 from fastapi import APIRouter, FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from buildfarm.accounts import Principal
 from buildfarm.api.auth import authenticate
+from buildfarm.api.errors import farm_error_response
 from buildfarm.api.routes import API, assemble
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
-from buildfarm.local import farm
-from buildfarm.model.errors import PermanentError
+from buildfarm.local import farm, owner
+from buildfarm.model.errors import BuildfarmError, PermanentError
 from buildfarm.model.manifest import load_manifest
 from buildfarm.model.settings import Settings, load_settings
 from buildfarm.retention import Progress
 from buildfarm_client.models import BuildView, CheckoutSubmitIn, StatusOut
 
-LOCAL_URL = "http://local-farm"
-"""The base URL the in-process client is given: no request leaves the process."""
+LOCAL_URL = owner.LOCAL_URL
 FARM_ROUTES = ("/builds", "/local/builds", "/sources", "/repos")
 """Routes that need a farm that was started (and, to change anything, its core processes)."""
 DATABASE_ROUTES = ("/admin", "/schedules", "/retention", "/storage")
@@ -53,18 +56,20 @@ DATABASE_ROUTES = ("/admin", "/schedules", "/retention", "/storage")
 class LocalFarm:
     """The farm in ``settings.state_dir`` as an API application, and the transport to call it."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, ctx: FarmContext | None = None) -> None:
+        """``ctx``: the context of the farm's API process, which serves this application on its
+        owner socket (its database brought up to date by ``buildfarm start``)."""
         self.settings = settings or load_settings()
         self.principal = Principal(user=getpass.getuser(), admin=True)
         self.sweep_progress: Progress | None = None
         """Set by the CLI around a retention run: the in-process sweep reports to it."""
-        self._ctx: FarmContext | None = None
+        self._ctx = ctx
         self._app: FastAPI | None = None
-        self._schema_ready = False
+        self._schema_ready = ctx is not None
 
     @property
     def where(self) -> str:
-        return f"in {self.settings.state_dir}"
+        return owner.where(self.settings.state_dir)
 
     def require(self, method: str, path: str) -> None:
         """Refuse, before anything is opened, what this farm cannot answer now."""
@@ -110,6 +115,11 @@ class LocalFarm:
             app.include_router(self._checkout_router(ctx), prefix=API)
             self._app = app
         return self._app
+
+    def owner_app(self) -> ASGIApp:
+        """:meth:`app` as the API process serves it on the owner socket: each request first passes
+        :meth:`require`, as the in-process transport checks it."""
+        return _Required(self.app(), self)
 
     def transport(self) -> httpx.BaseTransport:
         return InProcessTransport(self)
@@ -172,6 +182,23 @@ async def _send(app: FastAPI, request: httpx.Request) -> httpx.Response:
     response = await asgi.handle_async_request(request)
     content = await response.aread()
     return httpx.Response(response.status_code, headers=response.headers, content=content)
+
+
+class _Required:
+    """Answers a request :meth:`LocalFarm.require` refuses with the API's error, else passes it on."""
+
+    def __init__(self, app: ASGIApp, local: LocalFarm) -> None:
+        self.app = app
+        self.local = local
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            try:
+                self.local.require(scope["method"], scope["path"])
+            except BuildfarmError as exc:
+                await farm_error_response(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class _NoDispatcher:

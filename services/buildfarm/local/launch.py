@@ -199,7 +199,7 @@ def _command(name: str, settings: Settings, record: dict[str, Any]) -> list[str]
         return [
             sys.executable,
             "-m",
-            "buildfarm.api",
+            "buildfarm.local.serve",  # the API, and for the farm's user its owner socket
             "--host",
             settings.api.host,
             "--port",

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,6 +141,70 @@ def test_cli_reads_and_errors(farm: Farm, tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
     assert len(farm.json("build", "list")) == builds_before  # no half-recorded build
+
+
+SERVER_STACK = ("fastapi", "sqlalchemy", "celery", "buildfarm.engine", "redis")
+"""What the API process has imported: a local command reaching it over its owner socket does not."""
+
+
+def _imported(
+    farm: Farm, *args: str, check: bool = True
+) -> tuple[set[str], subprocess.CompletedProcess[str]]:
+    """The modules ``buildfarm ARGS`` imports (``-X importtime`` names each on stderr), and its result."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "buildfarm_cli", *args],
+        env=farm.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0 or not check, result.stderr[-2000:]
+    names = {
+        line.rsplit("|", 1)[1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    return names, result
+
+
+def _refusal(result: subprocess.CompletedProcess[str]) -> str:
+    return next(line for line in result.stderr.splitlines() if line.startswith("error: "))
+
+
+def test_local_commands_reach_the_running_api_over_its_owner_socket(farm: Farm, tmp_path: Path) -> None:
+    socket_file = farm.state_dir / "run" / "api.sock"
+    assert socket_file.is_socket() and socket_file.stat().st_mode & 0o777 == 0o600
+    src = tmp_path / "src"
+    make_package(src, "sock")
+    manifest = write_manifest(src, ["sock"], project="sock")
+    imported, submitted = _imported(farm, "--output", "json", "build", "submit", str(manifest), "--wait")
+    assert json.loads(submitted.stdout)["state"] == "succeeded"
+    assert not imported & set(SERVER_STACK), sorted(imported & set(SERVER_STACK))
+    build_id = str(json.loads(submitted.stdout)["id"])
+
+    # the farm's checks hold over the socket: a core process dead, changing builds is refused
+    repo_server = int((farm.state_dir / "run" / "repo-server.pid").read_text())
+    os.kill(repo_server, signal.SIGTERM)
+    wait_until(lambda: not _alive(repo_server), 20, "the repository server to end")
+    stopped = f"error: the local farm in {farm.state_dir} is stopped: run `buildfarm start`"
+    imported, refused = _imported(farm, "build", "retry", build_id, check=False)
+    assert (refused.returncode, _refusal(refused)) == (1, stopped)
+    assert "sqlalchemy" not in imported
+    # the API process dead: the same commands run in-process, with the same answers
+    api = int((farm.state_dir / "run" / "api.pid").read_text())
+    os.kill(api, signal.SIGTERM)
+    wait_until(lambda: not _alive(api), 20, "the API process to end")
+    assert not socket_file.exists()  # it removed its socket on the way out
+    imported, refused = _imported(farm, "build", "retry", build_id, check=False)
+    assert (refused.returncode, _refusal(refused)) == (1, stopped)
+    assert "sqlalchemy" in imported
+    imported, shown = _imported(farm, "--output", "json", "build", "show", build_id)
+    assert json.loads(shown.stdout)["state"] == "succeeded" and "sqlalchemy" in imported
+    farm.cli("start", timeout=120)  # the missing processes only
+    assert socket_file.is_socket()
+    imported, _shown = _imported(farm, "build", "show", build_id)
+    assert "sqlalchemy" not in imported
 
 
 def test_follow_logs_while_running(farm: Farm, tmp_path: Path) -> None:

@@ -1,0 +1,110 @@
+"""``python -m buildfarm.local.serve --host H --port P``: the local farm's API process.
+
+It serves what ``python -m buildfarm.api`` serves, the API on the network for tokens, and beside
+it, in the same event loop and over the same farm context, the owner socket
+(:mod:`buildfarm.local.owner`): the in-process application of the CLI
+(:meth:`buildfarm.local.inprocess.LocalFarm.owner_app`) for the farm's own user, so that a local
+command costs a request, not an import of the server stack.  A connection from any other uid
+is closed unanswered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+from buildfarm.api.app import create_app
+from buildfarm.dispatch.context import make_context
+from buildfarm.local import owner
+from buildfarm.local.inprocess import LocalFarm
+from buildfarm.model.settings import settings_at_start
+
+log = logging.getLogger(__name__)
+
+
+class OwnerOnly(AutoHTTPProtocol):  # type: ignore[misc,valid-type]  # uvicorn picks h11 or httptools
+    """uvicorn's HTTP protocol that hangs up on a peer of another uid before reading a byte."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is None or not owner.is_owner(sock):
+            log.warning("owner socket: refused a connection from uid %s", _uid(sock))
+            transport.close()
+
+
+def _uid(sock: socket.socket | None) -> int | None:
+    return None if sock is None else owner.peer_uid(sock)
+
+
+class Beside(uvicorn.Server):
+    """A server that runs beside ``main`` in its event loop: it leaves the signals to ``main``
+    and stops when ``main`` does."""
+
+    def __init__(self, config: uvicorn.Config, main: uvicorn.Server) -> None:
+        super().__init__(config)
+        self.main = main
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def on_tick(self, counter: int) -> bool:
+        return self.main.should_exit or await super().on_tick(counter)
+
+
+async def serve(main: uvicorn.Server, beside: uvicorn.Server, sock: socket.socket, path: Path) -> None:
+    """Both servers until ``main`` is told to stop (uvicorn then raises its signal again)."""
+
+    async def owner_side() -> None:
+        try:
+            await beside.serve(sockets=[sock])
+        finally:
+            path.unlink(missing_ok=True)  # a command from now on calls the API in-process
+
+    await asyncio.gather(main.serve(), owner_side())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m buildfarm.local.serve")
+    parser.add_argument("--host", default=None)
+    parser.add_argument("--port", type=int, default=None)
+    args = parser.parse_args(argv)
+    settings = settings_at_start()
+    ctx = make_context(settings)
+    quiet: dict[str, Any] = {"log_level": "warning", "access_log": False}
+    network = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, ctx),
+            host=args.host or settings.api.host,
+            port=args.port or settings.api.port,
+            **quiet,
+        )
+    )
+    path = owner.socket_path(settings.state_dir)
+    if path is None:
+        log.warning("no owner socket: the state directory's path is too long for one")
+        network.run()
+        return
+    local = LocalFarm(settings, ctx)
+    beside = Beside(uvicorn.Config(local.owner_app(), http=OwnerOnly, lifespan="off", **quiet), network)
+    sock = owner.listen(path)
+    try:
+        with asyncio.Runner(loop_factory=network.config.get_loop_factory()) as runner:
+            runner.run(serve(network, beside, sock, path))
+    finally:
+        sock.close()
+        path.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The owner socket of a local farm's API process: found only while something listens on it, and
+answered only for the farm's own uid (``SO_PEERCRED``), by the real uvicorn protocol it serves."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from starlette.responses import PlainTextResponse
+
+from buildfarm.local import owner
+from buildfarm.local.serve import OwnerOnly
+
+NOBODY = 65534
+
+
+def test_the_socket_is_found_only_while_something_listens(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (state / "run").mkdir(parents=True)
+    assert owner.answering_socket(state) is None  # never started
+    path = owner.socket_path(state)
+    assert path == state / "run" / "api.sock"
+    sock = owner.listen(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert owner.answering_socket(state) == path
+    sock.close()  # a killed API process leaves its file behind: it refuses connections
+    assert path.is_socket() and owner.answering_socket(state) is None
+    assert owner.socket_path(tmp_path / ("d" * 120)) is None  # too long for sun_path: in-process
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory another user may enter (pytest's own tmp dirs are root's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="bf-owner-"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path)
+
+
+async def _app(scope: dict[str, object], receive: object, send: object) -> None:
+    await PlainTextResponse("ok")(scope, receive, send)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
+def test_a_peer_of_another_uid_is_hung_up_on(open_dir: Path) -> None:
+    path = open_dir / "api.sock"
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(path))
+    path.chmod(0o666)  # only SO_PEERCRED stands between another user and the farm here
+    listening.listen(8)
+    server = uvicorn.Server(uvicorn.Config(_app, http=OwnerOnly, lifespan="off", log_level="critical"))
+    thread = threading.Thread(target=asyncio.run, args=(server.serve(sockets=[listening]),))
+    thread.start()  # the socket listens already: connections wait in its backlog until served
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://owner") as mine:
+            assert mine.get("/").text == "ok"
+        other = subprocess.run(
+            [
+                "/usr/bin/python3",
+                "-c",
+                "import socket, sys\n"
+                "s = socket.socket(socket.AF_UNIX)\n"
+                "s.connect(sys.argv[1])\n"
+                "try:\n"
+                "    s.sendall(b'GET / HTTP/1.1\\r\\nHost: owner\\r\\n\\r\\n')\n"
+                "    data = s.recv(100)\n"
+                "except (BrokenPipeError, ConnectionResetError):\n"
+                "    data = b''\n"
+                "print(repr(data) if data else 'closed')\n",
+                str(path),
+            ],
+            user=NOBODY,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        assert other.stdout.strip() == "closed"  # unanswered
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        listening.close()
+
+
+def test_a_peer_is_known_by_its_uid() -> None:
+    mine, theirs = socket.socketpair(socket.AF_UNIX)
+    with mine, theirs:
+        assert owner.peer_uid(mine) == os.getuid() and owner.is_owner(mine)
