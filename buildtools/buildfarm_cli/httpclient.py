@@ -225,8 +225,10 @@ class HttpClient:
     def show(self, build_id: int) -> BuildView:
         return self._call(self.api.build, build_id)
 
-    def changes(self, build_id: int, known: dict[int, str]) -> BuildView:
-        return self._call(self.api.build_changes, build_id, known)
+    def changes(
+        self, build_id: int, known: dict[int, str], *, state: str | None = None, wait: float = 0.0
+    ) -> BuildView:
+        return self._call(self.api.build_changes, build_id, known, state=state, wait=wait)
 
     def list(
         self,

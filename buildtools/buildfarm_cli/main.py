@@ -57,6 +57,9 @@ app.add_typer(env_app, name="env")
 operator.register(app, repo_app, admin_app)
 
 WAIT_POLL_SECONDS = 0.5
+"""Least time between two asks of a follower whose farm answered at once with nothing new."""
+LONG_POLL_SECONDS = 20.0
+"""How long the farm may hold one ask of ``--wait`` before answering that nothing changed."""
 LOG_POLL_SECONDS = 0.5
 
 
@@ -120,22 +123,27 @@ def status(output: OutputOpt = None) -> None:
 
 
 def _follow_build(client: FarmClient, build_id: int, timeout: float, fmt: OutputFormat) -> BuildView:
-    """Follow the build to its end (or ``timeout``): each poll asks only for the steps that changed
-    (``client.changes``), and the table is drawn again only when something did."""
+    """Follow the build to its end (or ``timeout``): each ask waits at the farm until something
+    changed (a long poll, ``client.changes``) and brings only the steps that did; the table is
+    drawn again only then."""
     deadline = time.monotonic() + timeout
     view = client.show(build_id)
     text = fmt == OutputFormat.TEXT
     live = Live(steps_table(view, console.width), console=console, auto_refresh=False) if text else None
     with live or contextlib.nullcontext():
         while view.state not in TERMINAL_BUILD_STATES and time.monotonic() < deadline:
-            time.sleep(WAIT_POLL_SECONDS)
-            changes = client.changes(build_id, {step.id: step.revision for step in view.steps})
+            asked = time.monotonic()
+            known = {step.id: step.revision for step in view.steps}
+            wait = max(0.0, min(LONG_POLL_SECONDS, deadline - asked))
+            changes = client.changes(build_id, known, state=view.state, wait=wait)
             moved = bool(changes.steps) or changes.model_dump(exclude={"steps"}) != view.model_dump(
                 exclude={"steps"}
             )
             view = view.with_changes(changes)
             if moved and live is not None:
                 live.update(steps_table(view, console.width), refresh=True)
+            elif not moved:  # a farm that does not hold the ask (an older one) is asked no faster
+                time.sleep(max(0.0, WAIT_POLL_SECONDS - (time.monotonic() - asked)))
     return view
 
 

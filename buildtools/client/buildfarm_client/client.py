@@ -214,10 +214,17 @@ class Client:
     def build(self, build_id: int) -> BuildView:
         return self._answer(BuildView, "GET", f"/builds/{int(build_id)}")
 
-    def build_changes(self, build_id: int, known: dict[int, str]) -> BuildView:
-        """The build with only the steps whose revision differs from ``known`` (id -> revision)."""
-        body = BuildChangesIn(known=known).model_dump(mode="json")
-        return self._answer(BuildView, "POST", f"/builds/{int(build_id)}/changes", json=body)
+    def build_changes(
+        self, build_id: int, known: dict[int, str], *, state: str | None = None, wait: float = 0.0
+    ) -> BuildView:
+        """The build with only the steps whose revision differs from ``known`` (id -> revision);
+        with ``wait`` (seconds) the farm holds the answer until one did or the build's state is no
+        longer ``state`` (a long poll, see :class:`BuildChangesIn`)."""
+        body = BuildChangesIn(known=known, state=state, wait_seconds=wait).model_dump(
+            mode="json", exclude_defaults=True
+        )
+        timeout = httpx.Timeout(READ_TIMEOUT_SECONDS + wait, connect=CONNECT_TIMEOUT_SECONDS)
+        return self._answer(BuildView, "POST", f"/builds/{int(build_id)}/changes", json=body, timeout=timeout)
 
     def builds_page(self, *, page: int = 1, per_page: int = 50, **filters: str | None) -> BuildPageOut:
         """One page of builds, newest first; filters: project, branch, state, kind, user."""

@@ -207,11 +207,22 @@ class BuildView(_Answer):
         return out
 
 
+MAX_CHANGES_WAIT_SECONDS = 30.0
+"""Longest a follower may ask the farm to hold a changes request open (a long poll): well under
+the client's read timeout, and short enough that a follower's own deadline is never far."""
+
+
 class BuildChangesIn(_Request):
     """What a follower already knows of a build: each step's id and the ``revision`` it saw.
-    The answer (a :class:`BuildView`) holds only the steps whose revision differs."""
+    The answer (a :class:`BuildView`) holds only the steps whose revision differs.
+
+    With ``wait_seconds`` (a long poll) the farm answers when a step changed or the build's state
+    is no longer ``state``, or after that many seconds with nothing changed: a follower then
+    costs one request a change instead of one every half second."""
 
     known: dict[int, str] = Field(default_factory=dict)
+    state: str | None = None
+    wait_seconds: float = Field(default=0.0, ge=0.0, le=MAX_CHANGES_WAIT_SECONDS)
 
 
 class BuildPageOut(_Answer):

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from buildfarm.accounts import policy
 from buildfarm.api.auth import BuildId, Caller, visible_build
+from buildfarm.api.follow import changes_after
 from buildfarm.api.limits import Limits
 from buildfarm.api.uploads import unpack_files, unpack_trees
 from buildfarm.engine import control
@@ -93,11 +94,17 @@ def builds_router(farm: FarmContext, limits: Limits | None) -> APIRouter:
         return visible_build(farm, principal, build_id)
 
     @router.post("/builds/{build_id}/changes", response_model=BuildView)
-    def changes(build_id: BuildId, body: BuildChangesIn, principal: Caller) -> BuildView:
-        """The build with only the steps that changed since the caller's ``known`` revisions."""
-        view = control.build_changes(farm, build_id, body.known)
-        policy.require_view(principal, view)
-        return view
+    async def changes(build_id: BuildId, body: BuildChangesIn, principal: Caller) -> BuildView:
+        """The build with only the steps that changed since the caller's ``known`` revisions;
+        with ``wait_seconds``, once one did or the build left ``state`` (:mod:`.follow`)."""
+        return await changes_after(
+            farm,
+            build_id,
+            body.known,
+            body.state,
+            wait=body.wait_seconds,
+            check=lambda view: policy.require_view(principal, view),
+        )
 
     @router.post("/builds/{build_id}/cancel", response_model=BuildView)
     def cancel(build_id: BuildId, principal: Caller) -> BuildView:

@@ -1,4 +1,5 @@
-"""``--wait`` reads the build once, then asks only for what changed (issue 16 part 5)."""
+"""``--wait`` reads the build once, then asks only for what changed, each ask a long poll
+(issue 16 part 5)."""
 
 from __future__ import annotations
 
@@ -54,14 +55,16 @@ class ChangingFarm:
         self.steps = {i: _step(i, "ready") for i in range(count)}
         self.shown = 0
         self.asked: list[dict[int, str]] = []
+        self.held: list[tuple[str | None, float]] = []  # the state and wait of each ask
         self.script = [[0], [1, 2], [], [0]]  # the steps that finish before each poll
 
     def show(self, build_id: int) -> BuildView:
         self.shown += 1
         return _build("running", list(self.steps.values()))
 
-    def changes(self, build_id: int, known: dict[int, str]) -> BuildView:
+    def changes(self, build_id: int, known: dict[int, str], *, state: str | None, wait: float) -> BuildView:
         self.asked.append(dict(known))
+        self.held.append((state, wait))
         for step_id in self.script.pop(0) if self.script else []:
             self.steps[step_id] = _step(step_id, "succeeded")
         done = all(s.state == "succeeded" for s in self.steps.values())
@@ -82,3 +85,5 @@ def test_wait_reads_the_build_once_then_only_changes(
     assert [(s.id, s.state) for s in view.steps] == [(0, "succeeded"), (1, "succeeded"), (2, "succeeded")]
     assert len(farm.asked) == 2  # the poll after steps 1 and 2 finished saw the build end
     assert farm.asked[1] == {0: "0-succeeded", 1: "1-ready", 2: "2-ready"}  # what it had merged
+    # each ask is a long poll: the farm holds it while the build is still what the follower knows
+    assert [(state, wait) for state, wait in farm.held] == [("running", main.LONG_POLL_SECONDS)] * 2

@@ -1,0 +1,125 @@
+"""The long poll of a build's changes (``--wait``): held while nothing changes, answered as soon
+as one of the build's steps does, on a real SQLite database changed by a committing writer."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from buildfarm.api.follow import changes_after
+from buildfarm.engine import control
+from buildfarm.engine.context import FarmContext
+from buildfarm.model.errors import ForbiddenError
+from buildfarm.model.types import StepState
+from buildfarm.state.models import Build, Step
+from buildfarm_client.models import BuildView
+
+from farmkit import make_test_context
+
+
+def _build(ctx: FarmContext, count: int) -> int:
+    with ctx.db.session() as session:
+        build = Build(project="p", branch="main", kind="nightly", user="u", manifest={}, environment_id="e")
+        session.add(build)
+        session.flush()
+        for i in range(count):
+            session.add(
+                Step(
+                    build_id=build.id,
+                    name=f"pkg{i}",
+                    version="1",
+                    origin="o",
+                    source_sha256="0" * 64,
+                    tree_hash="t",
+                    input_key=f"{build.id}{i:060d}",
+                    depends_on=[],
+                )
+            )
+        return build.id
+
+
+def _start(ctx: FarmContext, step_id: int) -> None:
+    with ctx.db.session() as session:
+        step = session.get_one(Step, step_id)
+        step.state, step.node = StepState.RUNNING, "node1"
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> FarmContext:
+    return make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
+
+
+def test_the_answer_comes_when_a_step_changes(ctx: FarmContext) -> None:
+    build_id = _build(ctx, 3)
+    view = control.show_build(ctx, build_id)
+    known = {step.id: step.revision for step in view.steps}
+    moved = view.steps[1].id
+    held = anyio.Event()
+
+    async def follow() -> tuple[BuildView, float]:
+        began = time.monotonic()
+        async with anyio.create_task_group() as group:
+
+            async def change() -> None:
+                await held.wait()  # the first look found nothing: the change lands during the hold
+                await anyio.to_thread.run_sync(_start, ctx, moved)
+
+            group.start_soon(change)
+            answer = await changes_after(
+                ctx, build_id, known, view.state, wait=30, check=lambda _first: held.set()
+            )
+        return answer, time.monotonic() - began
+
+    answer, seconds = anyio.run(follow)
+    assert [(s.id, s.state) for s in answer.steps] == [(moved, "running")]
+    assert seconds < 10  # answered by the change, not by the end of the wait
+    ctx.db.dispose()
+
+
+def test_nothing_changed_is_answered_when_the_wait_is_over(ctx: FarmContext) -> None:
+    build_id, other = _build(ctx, 2), _build(ctx, 1)
+    view = control.show_build(ctx, build_id)
+    known = {step.id: step.revision for step in view.steps}
+    unrelated = control.show_build(ctx, other).steps[0].id
+
+    held = anyio.Event()
+
+    async def follow() -> tuple[BuildView, float]:
+        began = time.monotonic()
+        async with anyio.create_task_group() as group:
+
+            async def elsewhere() -> None:
+                await held.wait()
+                await anyio.to_thread.run_sync(_start, ctx, unrelated)
+
+            group.start_soon(elsewhere)
+            answer = await changes_after(
+                ctx, build_id, known, view.state, wait=0.5, check=lambda _first: held.set()
+            )
+        return answer, time.monotonic() - began
+
+    answer, seconds = anyio.run(follow)
+    assert (answer.steps, answer.state) == ([], view.state)  # another build's commit woke it for nothing
+    assert seconds >= 0.5
+    ctx.db.dispose()
+
+
+def test_a_refused_follower_is_not_kept_waiting(ctx: FarmContext) -> None:
+    build_id = _build(ctx, 1)
+    view = control.show_build(ctx, build_id)
+
+    def refuse(_first: BuildView) -> None:
+        raise ForbiddenError("not yours")
+
+    async def follow() -> float:
+        began = time.monotonic()
+        with pytest.raises(ForbiddenError):
+            await changes_after(ctx, build_id, {}, view.state, wait=30, check=refuse)
+        return time.monotonic() - began
+
+    assert anyio.run(follow) < 10
+    ctx.db.dispose()
