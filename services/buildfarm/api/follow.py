@@ -4,7 +4,8 @@
 second that is a request, a query and an answer each time for a build that mostly did not move.
 With ``wait_seconds`` the farm holds the request instead, without a thread (the event loop
 sleeps between looks), and answers as soon as a step changed or the build's state is not the one
-the follower knows, or when the wait is over.  On SQLite the farm looks again only after some
+the follower knows, or when the wait is over; steps that moved wait for a batch of
+:data:`BATCH_SECONDS`.  On SQLite the farm looks again only after some
 connection committed (:meth:`buildfarm.state.db.Database.commit_counter`, read every
 :data:`PROBE_SECONDS`); elsewhere it asks again every :data:`POLL_SECONDS`, as the follower did.
 """
@@ -29,6 +30,10 @@ heartbeats): the follower hears of a change at most this late, the farm queries 
 a second for it."""
 POLL_SECONDS = 0.5
 """Between two queries of the build where no commit counter exists (PostgreSQL)."""
+BATCH_SECONDS = 1.0
+"""Steps that moved are told at most this often (an answer is a request of the follower's and a
+response of the farm's, a few milliseconds each): a build's steps move many times a second on
+two nodes.  The build's state changing (its end) is told at once."""
 
 
 async def changes_after(
@@ -42,15 +47,22 @@ async def changes_after(
 ) -> BuildView:
     """:func:`control.build_changes`, held up to ``wait`` seconds while nothing changed; ``check``
     sees the first answer before anything is held (a refusal is not kept waiting)."""
-    deadline = time.monotonic() + wait
+    began = time.monotonic()
+    deadline = began + wait
     with farm.db.commit_counter() as counter:
         seen = counter() if counter is not None else None  # before the query: no commit slips by
         view = await anyio.to_thread.run_sync(control.build_changes, farm, build_id, known)
         check(view)
-        while not view.steps and view.state == state and time.monotonic() < deadline:
-            await anyio.sleep(min(RECHECK_SECONDS if counter is not None else POLL_SECONDS, _left(deadline)))
-            while counter is not None and counter() == seen and time.monotonic() < deadline:
-                await anyio.sleep(min(PROBE_SECONDS, _left(deadline)))
+        while view.state == state and time.monotonic() < deadline:
+            # moved steps are told once :data:`BATCH_SECONDS` are over, the build's state at once
+            until = min(deadline, began + BATCH_SECONDS) if view.steps else deadline
+            if time.monotonic() >= until:
+                break
+            await anyio.sleep(min(RECHECK_SECONDS if counter is not None else POLL_SECONDS, _left(until)))
+            while counter is not None and counter() == seen and time.monotonic() < until:
+                await anyio.sleep(min(PROBE_SECONDS, _left(until)))
+            if counter is not None and counter() == seen:
+                continue  # nothing committed: the view in hand is still the build's
             seen = counter() if counter is not None else None
             view = await anyio.to_thread.run_sync(control.build_changes, farm, build_id, known)
         return view
