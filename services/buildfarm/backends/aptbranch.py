@@ -30,13 +30,14 @@ import json
 import os
 import shutil
 import subprocess
+import tarfile
 import threading
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from debian.deb822 import Packages
+from debian.debfile import DebError, DebFile
 from debian.debian_support import Version
 
 from buildfarm.backends.base import PackageFile
@@ -47,10 +48,7 @@ from buildfarm.model.errors import PermanentError
 STATE_FILE = "buildfarm-sources.json"
 STATE_FORMAT = 1
 TOOL_TIMEOUT_SECONDS = 60.0
-"""Bound on one ``dpkg-deb --show``: it reads a .deb's control member, milliseconds."""
-
-READ_THREADS = 4
-"""``dpkg-deb --show`` run at once while a publication reads the .debs it has not read before."""
+"""Bound on one ``dpkg-deb --show`` (a .deb python-debian cannot read): milliseconds."""
 _SHOW_FORMAT = "${Package}\\t${Architecture}\\t${source:Package}\\t${source:Version}\\n"
 
 
@@ -101,7 +99,7 @@ BranchState = dict[str, SourceEntry]
 """Source package name -> what the branch holds of it."""
 
 
-def _read_deb(exe: str, package: PackageFile) -> tuple[BinaryFile, str, str]:
+def _read_deb(package: PackageFile) -> tuple[BinaryFile, str, str]:
     """A .deb checked against its record and read: (its binary, source package, source version)."""
     sha256, size = file_sha256(package.path)
     if sha256 != package.sha256 or size != package.size:
@@ -109,26 +107,60 @@ def _read_deb(exe: str, package: PackageFile) -> tuple[BinaryFile, str, str]:
             f"{package.path} does not match its record (sha256 {sha256}, {size} bytes; "
             f"expected {package.sha256}, {package.size} bytes)"
         )
+    name, architecture, source, version = deb_fields(package.path, package.filename)
+    return BinaryFile(package.filename, package.sha256, package.size, name, architecture), source, version
+
+
+def deb_fields(path: Path, filename: str) -> tuple[str, str, str, str]:
+    """(Package, Architecture, source package, source version) of a .deb, as ``dpkg-deb --show``'s
+    ``${source:Package}`` and ``${source:Version}`` give them: from ``Source: name (version)``,
+    else the binary's own name and version.  Read in this process (python-debian): a
+    ``dpkg-deb`` (with its ``tar`` and ``rm``) for each .deb was most of a small build's
+    publication."""
+    try:
+        deb = DebFile(filename=str(path))
+        try:
+            control = deb.debcontrol()
+        finally:
+            deb.close()
+    except (DebError, OSError, tarfile.TarError, EOFError, ValueError, KeyError):
+        return _dpkg_deb_fields(path, filename)  # what python-debian cannot read, dpkg-deb may
+    name, architecture, version = (
+        str(control.get(f, "")).strip() for f in ("Package", "Architecture", "Version")
+    )
+    source, _, rest = str(control.get("Source", "")).strip().partition(" ")
+    rest = rest.strip()
+    source_version = rest[1:-1].strip() if rest.startswith("(") and rest.endswith(")") else version
+    fields = (name, architecture, source or name, source_version)
+    if not all(fields):
+        raise PermanentError(f"could not index {filename}: no package fields")
+    return fields
+
+
+def _dpkg_deb_fields(path: Path, filename: str) -> tuple[str, str, str, str]:
+    exe = shutil.which("dpkg-deb")
+    if exe is None:
+        raise PermanentError(f"could not index {filename}: dpkg-deb is not installed (Debian package dpkg)")
     try:
         done = subprocess.run(
-            [exe, "--show", f"--showformat={_SHOW_FORMAT}", "--", str(package.path)],
+            [exe, "--show", f"--showformat={_SHOW_FORMAT}", "--", str(path)],
             capture_output=True,
             timeout=TOOL_TIMEOUT_SECONDS,
             env={**os.environ, "LC_ALL": "C.UTF-8"},
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
-        raise PermanentError(f"could not index {package.filename}: dpkg-deb took too long") from exc
+        raise PermanentError(f"could not index {filename}: dpkg-deb took too long") from exc
     fields = done.stdout.decode("utf-8", "replace").rstrip("\n").split("\t")
     if done.returncode != 0 or len(fields) != 4 or not all(fields):
         stderr = done.stderr.decode("utf-8", "replace").strip().replace("\n", "; ")
-        raise PermanentError(f"could not index {package.filename}: {stderr or 'no package fields'}")
+        raise PermanentError(f"could not index {filename}: {stderr or 'no package fields'}")
     name, architecture, source, version = fields
-    return BinaryFile(package.filename, package.sha256, package.size, name, architecture), source, version
+    return name, architecture, source, version
 
 
 def describe(packages: Iterable[PackageFile], build_id: int, known: BranchState | None = None) -> BranchState:
-    """The source packages ``packages`` (one build's outputs) bring, read with ``dpkg-deb``
+    """The source packages ``packages`` (one build's outputs) bring, read (:func:`deb_fields`)
     after checking each file against its record (a build with a damaged output publishes nothing,
     even when the damaged package would lose to a newer version).  A file ``known`` (a published
     tree's record: ``latest``) holds with the same name, sha256 and size is taken from it, not
@@ -137,23 +169,15 @@ def describe(packages: Iterable[PackageFile], build_id: int, known: BranchState 
     A build that somehow holds two versions of one source package brings the newest only.
     """
     recorded = {(f.filename, f.sha256, f.size): (f, e) for e in (known or {}).values() for f in e.files}
-    exe = shutil.which("dpkg-deb")
-    if exe is None:
-        raise PermanentError("dpkg-deb is not installed: install the Debian package dpkg")
     packages = list(packages)
-    unread = [p for p in packages if (p.filename, p.sha256, p.size) not in recorded]
-    # Each .deb is read by a dpkg-deb of its own, a few at once: one after the other they were
-    # most of a small build's publication (a process start each, waited for in turn).
-    with ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="dpkg-deb") as pool:
-        read = pool.map(lambda package: _read_deb(exe, package), unread)  # in order; the first error
-        by_source: dict[tuple[str, str], dict[str, BinaryFile]] = {}
-        for package in packages:
-            seen = recorded.get((package.filename, package.sha256, package.size))
-            if seen is not None:
-                binary, source, version = seen[0], seen[1].name, seen[1].version
-            else:
-                binary, source, version = next(read)
-            by_source.setdefault((source, version), {})[package.filename] = binary
+    by_source: dict[tuple[str, str], dict[str, BinaryFile]] = {}
+    for package in packages:
+        seen = recorded.get((package.filename, package.sha256, package.size))
+        if seen is not None:
+            binary, source, version = seen[0], seen[1].name, seen[1].version
+        else:
+            binary, source, version = _read_deb(package)
+        by_source.setdefault((source, version), {})[package.filename] = binary
     state: BranchState = {}
     for (source, version), files in by_source.items():
         entry = SourceEntry(source, version, build_id, tuple(sorted(files.values(), key=_by_name)))

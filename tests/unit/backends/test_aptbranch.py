@@ -4,6 +4,7 @@ how a build's .debs are read into records (describe, on real .debs)."""
 from __future__ import annotations
 
 import json
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from buildfarm.backends.aptbranch import (
     BinaryFile,
     SourceEntry,
     SourceFile,
+    deb_fields,
     describe,
     merge,
     read_state,
@@ -107,3 +109,37 @@ def test_describe_reads_the_unrecorded_debs_at_once_and_keeps_the_recorded_ones(
     damaged = [replace(d, sha256="0" * 64) if d.filename.startswith(("bin4_", "bin7_")) else d for d in debs]
     with pytest.raises(PermanentError, match=r"bin4_1\.0_all\.deb does not match its record"):
         describe(damaged, 5, known=recorded)
+
+
+@pytest.mark.parametrize(
+    ("source", "compression"),
+    [("", "xz"), ("src-a", "gzip"), ("src-b (1.0-1)", "zstd"), ("src-c (2:1.0-1)", "none")],
+)
+def test_a_debs_fields_are_read_in_process_as_dpkg_deb_shows_them(
+    tmp_path: Path, source: str, compression: str
+) -> None:
+    tree = tmp_path / "tree"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(
+        "Package: bin\nVersion: 1.0-1+b1\nArchitecture: amd64\n"
+        + (f"Source: {source}\n" if source else "")
+        + "Maintainer: Farm Tests <tests@example.org>\nDescription: test\n"
+    )
+    deb = tmp_path / "bin.deb"
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "-Z", compression, "--build", str(tree), str(deb)],
+        check=True,
+        capture_output=True,
+    )
+    show = "${Package}\\t${Architecture}\\t${source:Package}\\t${source:Version}"
+    shown = subprocess.run(
+        ["dpkg-deb", "--show", f"--showformat={show}", str(deb)], check=True, capture_output=True, text=True
+    ).stdout
+    assert deb_fields(deb, deb.name) == tuple(shown.split("\t"))
+
+
+def test_a_file_that_is_no_deb_is_not_indexed(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.deb"
+    bogus.write_bytes(b"!<arch>\nnot really")
+    with pytest.raises(PermanentError, match=r"could not index bogus\.deb"):
+        deb_fields(bogus, bogus.name)
