@@ -51,7 +51,8 @@ def make_engine(url: str) -> Engine:
         return engine
     engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
     dialect = engine.dialect
-    dialect.do_ping = _ping_when_suspect(dialect.do_ping, dialect.loaded_dbapi.Error)  # type: ignore[method-assign,assignment]
+    if dialect.driver == "psycopg":  # psycopg 3 shows its socket (pgconn); another driver pings as it did
+        dialect.do_ping = _ping_when_suspect(dialect.do_ping, dialect.loaded_dbapi.Error)  # type: ignore[method-assign,assignment]
     return engine
 
 
