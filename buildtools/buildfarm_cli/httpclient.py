@@ -115,6 +115,7 @@ class HttpClient:
         """This machine's farm: it reads a manifest's trees from the checkout itself."""
         self.uploads = 0  # source tarballs sent by submit(): the ones the farm did not have
         self._log_keys: dict[tuple[int, str], str] = {}  # the attempt's log a follower last read
+        self._long_poll = True  # the farm holds a changes request (False: an older farm refused it)
 
     @classmethod
     def local_farm(cls, *, in_process: bool = False) -> HttpClient:
@@ -228,7 +229,17 @@ class HttpClient:
     def changes(
         self, build_id: int, known: dict[int, str], *, state: str | None = None, wait: float = 0.0
     ) -> BuildView:
-        return self._call(self.api.build_changes, build_id, known, state=state, wait=wait)
+        """What changed since ``known``; with ``wait``, held by the farm until something did (a
+        farm older than the long poll refuses its fields: it is asked without them from then on)."""
+        if wait and self._long_poll:
+            try:
+                return self._call(self.api.build_changes, build_id, known, state=state, wait=wait)
+            except PermanentError as exc:
+                cause = exc.__cause__
+                if not (isinstance(cause, api.ApiError) and cause.status == 422):
+                    raise
+                self._long_poll = False
+        return self._call(self.api.build_changes, build_id, known)
 
     def list(
         self,

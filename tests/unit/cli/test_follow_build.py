@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import httpx
 import pytest
 
 from buildfarm_cli import main
+from buildfarm_cli.httpclient import HttpClient
 from buildfarm_cli.output import OutputFormat
 from buildfarm_client.models import BuildView, StepView
 
@@ -87,3 +90,26 @@ def test_wait_reads_the_build_once_then_only_changes(
     assert farm.asked[1] == {0: "0-succeeded", 1: "1-ready", 2: "2-ready"}  # what it had merged
     # each ask is a long poll: the farm holds it while the build is still what the follower knows
     assert [(state, wait) for state, wait in farm.held] == [("running", main.LONG_POLL_SECONDS)] * 2
+
+
+def test_a_farm_older_than_the_long_poll_is_asked_without_it() -> None:
+    """The fields of the long poll are unknown to an older farm's API, which refuses unknown
+    fields (422, as ``BuildChangesIn`` did before them): the follower then asks as it used to."""
+    bodies: list[dict[str, Any]] = []
+
+    def older_farm(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        bodies.append(body)
+        extra = sorted(set(body) - {"known"})
+        if extra:
+            detail = {"code": "invalid", "message": f"body.{extra[0]}: Extra inputs are not permitted"}
+            return httpx.Response(422, json={"error": detail})
+        return httpx.Response(200, json=_build("running", []).model_dump(mode="json"))
+
+    client = HttpClient("http://farm", None, transport=httpx.MockTransport(older_farm))
+    try:
+        for _ in range(2):
+            assert client.changes(1, {1: "r"}, state="running", wait=20).steps == []
+    finally:
+        client.close()
+    assert [sorted(b) for b in bodies] == [["known", "state", "wait_seconds"], ["known"], ["known"]]
