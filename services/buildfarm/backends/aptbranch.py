@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from debian.arfile import ArError
 from debian.deb822 import Packages
 from debian.debfile import DebError, DebFile
 from debian.debian_support import Version
@@ -123,7 +124,7 @@ def deb_fields(path: Path, filename: str) -> tuple[str, str, str, str]:
             control = deb.debcontrol()
         finally:
             deb.close()
-    except (DebError, OSError, tarfile.TarError, EOFError, ValueError, KeyError):
+    except (ArError, DebError, OSError, tarfile.TarError, EOFError, ValueError, KeyError):
         return _dpkg_deb_fields(path, filename)  # what python-debian cannot read, dpkg-deb may
     name, architecture, version = (
         str(control.get(f, "")).strip() for f in ("Package", "Architecture", "Version")
