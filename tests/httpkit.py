@@ -1,6 +1,7 @@
 """Plain HTTP on 127.0.0.1 served by a thread: a directory (an upstream's files, a small archive,
 a published repository read from outside the farm's own server), or an upstream that redirects
-every request (where a redirect may lead is the farm's to check).
+every request (where a redirect may lead is the farm's to check); and the farm's own repository
+server (:mod:`buildfarm.backends.httpserve`) over a repositories directory.
 
 The farm refuses loopback URLs unless its settings allow them (``fetch_allow_hosts``): a test
 serving its upstreams here allows ``127.0.0.1``, as an admin's allow-list would.
@@ -14,6 +15,8 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from buildfarm.backends.httpserve import RepositoryServer, make_server
 
 STOP_SECONDS = 10.0
 """How long ``stop`` waits for the serving thread to end."""
@@ -89,3 +92,18 @@ def redirecting() -> Iterator[Redirecting]:
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def serving_repos(root: Path, port: int = 0) -> Iterator[RepositoryServer]:
+    """``root`` served by the farm's own repository server on 127.0.0.1 (``port`` 0: a free one,
+    see ``server_port``) until the block ends."""
+    server = make_server(root, "127.0.0.1", port)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=STOP_SECONDS)

@@ -41,21 +41,24 @@ def builds_router(farm: FarmContext, limits: Limits | None) -> APIRouter:
             prepared = unpack_trees(farm, "packages", manifest.packages, body.sources, root)
             contexts = unpack_trees(farm, "images", manifest.images, body.contexts, root)
             files = unpack_files(farm, len(manifest.packages), body.files, root)
-            cap = (
-                limits.running_cap(principal.user, lambda: _running_builds(farm, principal.user))
-                if limits
-                else nullcontext()
+            build_id = submit_build(
+                farm,
+                manifest,
+                root,
+                principal.user,
+                prepared,
+                prepared_contexts=contexts,
+                prepared_files=files,
+                recording=(
+                    (
+                        lambda: limits.running_cap(
+                            principal.user, lambda: _running_builds(farm, principal.user)
+                        )
+                    )
+                    if limits
+                    else nullcontext
+                ),
             )
-            with cap:
-                build_id = submit_build(
-                    farm,
-                    manifest,
-                    root,
-                    principal.user,
-                    prepared,
-                    prepared_contexts=contexts,
-                    prepared_files=files,
-                )
         return control.show_build(farm, build_id)
 
     @router.get("/builds", response_model=BuildPageOut)

@@ -24,7 +24,8 @@ from buildfarm.model.errors import ServiceUnavailableError, TemporaryError
 
 WINDOW_SECONDS = 60
 CAP_LOCK_SECONDS = 30
-"""A submit holds the user's lock while it records the build (packing is done before): seconds."""
+"""A submit holds the user's lock while it checks the cap and records the build (its trees are
+read before and packed after, outside the lock): seconds."""
 
 
 class Limits:

@@ -228,6 +228,8 @@ def _move(
     ]
     if not any(s.state == StepState.READY and routing.why_unrunnable(online, s.requires) for s in movable):
         return None  # a node of it came back, or the step was claimed or forced native
+    if any(not s.input_key for s in steps):
+        return None  # its submit is still making source packages: moved on a pass after they are
     placed: dict[str, str | None] = {
         s.name: s.environment_id
         for s in steps

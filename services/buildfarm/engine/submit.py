@@ -6,6 +6,7 @@ import functools
 import logging
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -156,6 +157,7 @@ def submit_build(
     prepared_contexts: dict[int, Path] | None = None,
     prepared_files: dict[int, Path] | None = None,
     schedule_slot: str | None = None,
+    recording: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> int:
     """Record a new build of ``manifest`` and release it.
 
@@ -166,6 +168,8 @@ def submit_build(
     (:mod:`buildfarm.engine.srcpkg`): its step builds exactly that .dsc.
     ``schedule_slot`` (``<schedule>@<slot>``) names the scheduled slot it starts: a second build
     of one slot is refused by the database (IntegrityError), and nothing of it is recorded.
+    ``recording`` is entered around the recording alone (the API's running-build cap: its lock
+    is held while the cap is checked and the build recorded, not while trees are read or packed).
 
     Every input is read and checked, and the build planned and recorded, before the trees not
     packed before are packed (``dpkg-source -b``, critical path first): a step without its
@@ -184,14 +188,16 @@ def submit_build(
         resolver = SourceResolver(ctx, root, Path(scratch), prepared_files)
         try:
             examined = _in_parallel(lambda index: resolver.examine(index, *sources[index]), len(sources))
-            recorded = _record_build(
-                ctx,
-                manifest,
-                user,
-                [(package, found) for (package, _tree), found in zip(sources, examined, strict=True)],
-                _ImageSources.read(ctx, manifest, root, prepared_contexts),
-                schedule_slot,
-            )
+            images = _ImageSources.read(ctx, manifest, root, prepared_contexts)
+            with recording():
+                recorded = _record_build(
+                    ctx,
+                    manifest,
+                    user,
+                    [(package, found) for (package, _tree), found in zip(sources, examined, strict=True)],
+                    images,
+                    schedule_slot,
+                )
             to_pack = {found.info.name: found for found in examined if isinstance(found, TreeToPack)}
             if to_pack and any(s.input_key for s in recorded.plan.steps.values()):
                 ctx.dispatcher.advance(recorded.build_id)  # the steps of trees packed before start now

@@ -58,7 +58,8 @@ def make_engine(url: str, *, autocommit: bool = False) -> Engine:
         **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
     )
     dialect = engine.dialect
-    dialect.do_ping = _ping_when_suspect(dialect.do_ping, dialect.loaded_dbapi.Error)  # type: ignore[method-assign,assignment]
+    if dialect.driver == "psycopg":  # psycopg 3 shows its socket (pgconn); another driver pings as it did
+        dialect.do_ping = _ping_when_suspect(dialect.do_ping, dialect.loaded_dbapi.Error)  # type: ignore[method-assign,assignment]
     return engine
 
 

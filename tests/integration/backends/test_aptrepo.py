@@ -21,12 +21,12 @@ import buildfarm
 from buildfarm.backends import apttree
 from buildfarm.backends.aptrepo import LocalAptRepository
 from buildfarm.backends.base import BuildRef, PackageFile, PackageRepository
-from buildfarm.backends.httpserve import make_server
 from buildfarm.local.aptclient import AptClient, AptError
 from buildfarm.model.errors import NotFoundError, PermanentError
 
 from debpkgs import build_deb, fetch_from
 from helpers import wait_until
+from httpkit import serving_repos
 
 pytestmark = pytest.mark.integration
 
@@ -49,15 +49,8 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, PackageFile]:
 def repo(tmp_path: Path) -> Iterator[LocalAptRepository]:
     """A repository under tmp_path, served on a free port of 127.0.0.1 for the test's duration."""
     root = tmp_path / "repos"
-    server = make_server(root, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serving_repos(root) as server:
         yield LocalAptRepository(root, f"http://127.0.0.1:{server.server_port}/")
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.fixture
@@ -309,10 +302,7 @@ def test_server_stays_inside_root(tmp_path: Path) -> None:
     secret.write_text("outside\n")
     (root / "escape").symlink_to(secret)
     (root / "escape-dir").symlink_to(tmp_path)
-    server = make_server(root, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serving_repos(root) as server:
         port = server.server_port
         assert _get(port, "/latest/Release") == (200, b"inside\n")
         # Ignoring If-Modified-Since: a same-second republish must never be answered 304.
@@ -321,10 +311,6 @@ def test_server_stays_inside_root(tmp_path: Path) -> None:
         assert _get(port, "/escape")[0] == 404
         assert _get(port, "/escape-dir/secret.txt")[0] == 404
         assert _get(port, "/../secret.txt")[0] == 404
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def test_httpserve_module_entry_point(tmp_path: Path) -> None:

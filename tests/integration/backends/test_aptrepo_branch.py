@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,12 +22,12 @@ from buildfarm.backends import apttree
 from buildfarm.backends.aptbranch import STATE_FILE
 from buildfarm.backends.aptrepo import LocalAptRepository
 from buildfarm.backends.base import BuildRef, PackageFile
-from buildfarm.backends.httpserve import make_server
 from buildfarm.local.aptclient import AptClient
 from buildfarm.model.errors import PermanentError
 
 from branchkit import Build, Pool, Variant, histories, make_pool, newest
 from debpkgs import multiarch_debs
+from httpkit import serving_repos
 
 pytestmark = pytest.mark.integration
 
@@ -114,15 +113,8 @@ def test_latest_is_the_newest_successful_version_of_every_package(
 
 
 def _serve(root: Path) -> Iterator[str]:
-    server = make_server(root, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serving_repos(root) as server:
         yield f"http://127.0.0.1:{server.server_port}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ Cost: ~4 s locally; on Pulp ~20 s on an idle machine (five publishes, seven apt 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,13 +23,13 @@ from pulp_glue.file.context import PulpFileContentContext, PulpFileRepositoryCon
 
 from buildfarm.backends.aptrepo import LocalAptRepository
 from buildfarm.backends.base import AptSource, BuildRef, PackageFile, PackageRepository
-from buildfarm.backends.httpserve import make_server
 from buildfarm.backends.pulp import PulpRepository
 from buildfarm.backends.pulp.inputs import INPUTS_REPOSITORY
 from buildfarm.backends.pulp.mirrors import CLASS_LABEL, MIRROR_CLASS
 from buildfarm.local.aptclient import AptClient, AptError
 
 from debpkgs import build_source_package
+from httpkit import serving_repos
 from pulpkit import PulpServer, pulp_server
 
 pytestmark = pytest.mark.integration
@@ -42,15 +41,8 @@ BRANCH = "main"
 @pytest.fixture
 def local_repo(tmp_path: Path) -> Iterator[LocalAptRepository]:
     root = tmp_path / "repos"
-    server = make_server(root, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serving_repos(root) as server:
         yield LocalAptRepository(root, f"http://127.0.0.1:{server.server_port}/")
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def _apt_source(tmp_path: Path, source: AptSource, package: str, name: str) -> dict[str, bytes]:

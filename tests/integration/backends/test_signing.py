@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import pytest
 
 from buildfarm.backends.aptrepo import LocalAptRepository
 from buildfarm.backends.base import AptSource, BuildRef, PackageFile, require_signing_key
-from buildfarm.backends.httpserve import make_server
 from buildfarm.backends.pulp import PulpRepository
 from buildfarm.backends.signing import HOME_NAME, ReleaseSigner, generate_key, stop_agent
 from buildfarm.local.aptclient import AptClient, AptError
@@ -25,6 +23,7 @@ from buildfarm.model.errors import NotFoundError, PermanentError
 from buildfarm.model.settings import DEFAULT_SIGNING_KEYRING, load_settings
 
 from debpkgs import build_deb, fetch_from
+from httpkit import serving_repos
 from pulpkit import PulpServer, pulp_server
 
 pytestmark = pytest.mark.integration
@@ -88,19 +87,14 @@ def ref(build_id: int, kind: str = "nightly") -> BuildRef:
 @pytest.fixture
 def local_repo(tmp_path: Path, keys: dict[str, Path]) -> Iterator[LocalAptRepository]:
     root = tmp_path / "repos"
-    server = make_server(root, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
     home = tmp_path / "gnupg"
-    try:
-        yield LocalAptRepository(
-            root, f"http://127.0.0.1:{server.server_port}/", signer=ReleaseSigner(keys["farm"], home)
-        )
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-        stop_agent(home)
+    with serving_repos(root) as server:
+        try:
+            yield LocalAptRepository(
+                root, f"http://127.0.0.1:{server.server_port}/", signer=ReleaseSigner(keys["farm"], home)
+            )
+        finally:
+            stop_agent(home)
 
 
 def test_local_publication_verifies_with_the_public_key_only(

@@ -12,16 +12,12 @@ package too (``apt-get source``).  Local profile, host runner; ~10 s on an idle 
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import http.server
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 from sqlalchemy import select
 
-from buildfarm.backends.httpserve import make_server
 from buildfarm.backup import restore_backup, run_backup
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
@@ -31,6 +27,7 @@ from buildfarm.model.manifest import load_manifest
 from buildfarm.state.models import BuildInput
 
 from farmkit import drain, make_test_context
+from httpkit import Served, serving_repos
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 LOCAL_FETCH = {"fetch_allow_schemes": ["https", "http"], "fetch_allow_hosts": ["127.0.0.1"]}
@@ -61,14 +58,11 @@ def test_restored_farm_keeps_its_build_inputs_and_builds_without_the_upstream(tm
     shutil.copytree(EXAMPLES / "greet-quilt", pool / "greet-quilt")
     shutil.copyfile(EXAMPLES / "greet-quilt_1.0.orig.tar.gz", pool / "greet-quilt_1.0.orig.tar.gz")
     subprocess.run(["dpkg-source", "-b", "greet-quilt"], cwd=pool, check=True, capture_output=True)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    upstream = Served(tmp_path / "www")
     manifest = tmp_path / "buildfarm.yaml"
     manifest.write_text(
         "project: proj\nbranch: main\nkind: release\npackages:\n"
-        f"  - dsc: http://127.0.0.1:{server.server_address[1]}/pool/greet-quilt_1.0-1.dsc\n"
+        f"  - dsc: http://127.0.0.1:{upstream.port}/pool/greet-quilt_1.0-1.dsc\n"
     )
     backup = tmp_path / "backup"
     try:
@@ -84,18 +78,13 @@ def test_restored_farm_keeps_its_build_inputs_and_builds_without_the_upstream(tm
         run_backup(old)
         old.db.dispose()
     finally:
-        server.shutdown()  # the upstream is gone from here on
-        server.server_close()
-        thread.join(timeout=10)
+        upstream.stop()  # the upstream is gone from here on
 
     new = _farm(tmp_path / "new", backup)
     restore_backup(new)
     assert _inputs(new) == kept
     assert all(new.store.has(sha256) for _, sha256, *_ in kept)
-    repos = make_server(new.settings.state_dir / "repos", "127.0.0.1", 0)
-    serving = threading.Thread(target=repos.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    serving.start()
-    try:
+    with serving_repos(new.settings.state_dir / "repos") as repos:
         line = new.repo.sources("proj", "main").source_line()
         assert line is not None
         apt = AptClient(
@@ -104,10 +93,6 @@ def test_restored_farm_keeps_its_build_inputs_and_builds_without_the_upstream(tm
         )
         apt.update()
         fetched = {path.name: path.read_bytes() for path in apt.source("greet-quilt")}
-    finally:
-        repos.shutdown()
-        repos.server_close()
-        serving.join(timeout=10)
     assert fetched == {name: (pool / name).read_bytes() for name, *_ in kept}
     # Nothing reusable: the restored outputs are gone, so the step is built again from the inputs.
     outputs = [o["sha256"] for o in control.show_build(new, first.id).steps[0].outputs]

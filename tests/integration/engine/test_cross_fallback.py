@@ -11,8 +11,10 @@ host one that also answers the cross-building questions (no cross build runs: th
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select, update
 
 from buildfarm.engine import reap, routing
@@ -186,3 +188,35 @@ def test_a_forced_native_step_keeps_waiting_and_the_move_happens_once(
         assert forced.error is not None and forced.error.startswith(f"not built: no node with arch={FOREIGN}")
         with ctx.db.session() as session:
             assert session.get_one(Build, build_id).state == BuildState.RUNNING  # lib:arm64 still to build
+
+
+def test_a_build_still_packing_is_moved_once_its_source_packages_are_made(
+    ctx: FarmContext, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A submit records the build before its trees are packed; a step whose source package is not
+    made yet has no input key (it waits).  The reaper leaves such a build as it is, quietly (its
+    keys cannot be computed again yet: it must not warn every pass), and moves it once packed."""
+    build_id, before = _native_node_gone(ctx, tmp_path)
+    app = f"app:{FOREIGN}"
+    with ctx.db.session() as session:  # app's source package "is being made"
+        session.execute(
+            update(Step)
+            .where(Step.build_id == build_id, Step.origin == before[app].origin)
+            .values(input_key="")
+        )
+    start = utcnow()
+    reap(ctx)
+    with use_clock(lambda: start + dt.timedelta(seconds=120)), caplog.at_level(logging.INFO):
+        routing.record_node(ctx, "own", OWN)
+        assert reap(ctx).cross_built == []
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("buildfarm")] == []
+        assert _steps(ctx, build_id)[f"lib:{FOREIGN}"].environment_id is None  # not moved yet
+        with ctx.db.session() as session:  # packed: its keys as submit recorded them
+            for name, step in before.items():
+                session.execute(
+                    update(Step)
+                    .where(Step.build_id == build_id, Step.name == name)
+                    .values(input_key=step.input_key)
+                )
+        assert reap(ctx).cross_built == [build_id]
+        assert _steps(ctx, build_id)[f"lib:{FOREIGN}"].environment_id == f"cross-{FOREIGN}"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from buildfarm.backends.fs import FsArtifactStore
-from buildfarm.backends.httpserve import make_server
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.submit import submit_build
@@ -35,6 +33,7 @@ from buildfarm_cli.main import app
 from debpkgs import make_package, write_manifest
 from farmkit import drain, make_test_context
 from helpers import free_port
+from httpkit import serving_repos
 
 MONTH_AGO = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
 
@@ -44,23 +43,19 @@ def farm(tmp_path: Path, database_url: str) -> Iterator[FarmContext]:
     port = free_port()
     repos = tmp_path / "state" / "repos"
     repos.mkdir(parents=True)
-    server = make_server(repos, "127.0.0.1", port)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    ctx = make_test_context(
-        tmp_path,
-        database_url,
-        repo_port=port,
-        retention_keep_newest=1,
-        retention_nightly_days=14,
-        retention_grace_seconds=0,
-    )
-    try:
-        yield ctx
-    finally:
-        server.shutdown()
-        server.server_close()
-        ctx.db.engine.dispose()
+    with serving_repos(repos, port):
+        ctx = make_test_context(
+            tmp_path,
+            database_url,
+            repo_port=port,
+            retention_keep_newest=1,
+            retention_nightly_days=14,
+            retention_grace_seconds=0,
+        )
+        try:
+            yield ctx
+        finally:
+            ctx.db.engine.dispose()
 
 
 def _build(ctx: FarmContext, root: Path, packages: dict[str, str]) -> int:

@@ -4,6 +4,7 @@ not pack fails the build with its one error and publishes nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from buildfarm.engine import advance_build, control, packing, reaper, srcpkg, submit
 from buildfarm.engine.context import FarmContext
@@ -229,3 +230,44 @@ def test_a_build_whose_submit_stopped_while_packing_is_failed_by_the_reaper(
     assert {s.state for s in view.steps} == {"cancelled"}
     with ctx.db.session() as session:
         assert session.get_one(Build, build.id).packing_until is None
+
+
+def test_the_recording_guard_is_held_while_the_build_is_recorded_not_while_trees_pack(
+    ctx: FarmContext, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API's running-build cap holds a per-user lock around the recording: a tree that takes
+    minutes to pack must not keep the user's other submits waiting on it (nor outlive the lock)."""
+    src = tmp_path / "src"
+    for name in ("pk-a", "pk-b"):
+        make_package(src, name)
+    manifest = load_manifest(write_manifest(src, ["pk-a", "pk-b"]))
+    held = threading.Event()
+    events: list[str] = []
+    dpkg_source = srcpkg._dpkg_source
+
+    def watched(args: list[str], cwd: Path, what: str, forks: DpkgSourceForks | None = None) -> None:
+        if args[0] == "-b":
+            events.append(f"pack {args[1]} (guard held: {held.is_set()})")
+        dpkg_source(args, cwd, what, forks)
+
+    @contextlib.contextmanager
+    def recording() -> Iterator[None]:
+        with ctx.db.session() as session:
+            events.append(f"guard entered with {session.scalar(select(func.count(Build.id)))} builds")
+        held.set()
+        yield
+        held.clear()
+        with ctx.db.session() as session:
+            events.append(f"guard left with {session.scalar(select(func.count(Build.id)))} builds")
+
+    monkeypatch.setattr(srcpkg, "_dpkg_source", watched)
+    build_id = submit.submit_build(ctx, manifest, src, "alice", recording=recording)
+
+    assert events == [
+        "guard entered with 0 builds",
+        "guard left with 1 builds",
+        "pack pk-a-1.0 (guard held: False)",
+        "pack pk-b-1.0 (guard held: False)",
+    ]
+    drain(ctx)
+    assert control.show_build(ctx, build_id).state == "succeeded"
