@@ -38,6 +38,7 @@ from sqlalchemy import (
     Update,
     bindparam,
     func,
+    literal_column,
     null,
     select,
     true,
@@ -417,11 +418,11 @@ def open_steps(session: Session, build_id: int) -> list[OpenStep]:
     return loaded
 
 
-_OPEN_STEPS = (
-    select(func.count())
-    .select_from(Step)
-    .where(Step.build_id == bindparam("build"), Step.state.not_in(TERMINAL_STEP_STATES))
-)
+_NOT_DONE = Step.state.not_in([literal_column(f"'{state.value}'") for state in sorted(TERMINAL_STEP_STATES)])
+"""A step not in a terminal state, the states written into the statement: a list bound as
+parameters is expanded at every execution (~0.1 ms of CPU each time, on the advance of every
+finish)."""
+_OPEN_STEPS = select(func.count()).select_from(Step).where(Step.build_id == bindparam("build"), _NOT_DONE)
 
 
 def _all_steps_done(session: Session | Connection, build_id: int) -> bool:
@@ -601,7 +602,7 @@ _OPEN_OF_BUILD = select(
     Build.state,
     select(func.count())
     .select_from(Step)
-    .where(Step.build_id == Build.id, Step.state.not_in(TERMINAL_STEP_STATES))
+    .where(Step.build_id == Build.id, _NOT_DONE)
     .correlate(Build)
     .scalar_subquery(),
 ).where(Build.id == bindparam("id"))

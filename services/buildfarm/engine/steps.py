@@ -39,6 +39,7 @@ from sqlalchemy import (
     literal_column,
     select,
     true,
+    type_coerce,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
@@ -277,7 +278,9 @@ LOCAL``, without a round trip of its own); why that is safe: :func:`claim_next`,
 _NAMED_STEP = _STEPS.alias("named")
 _NAMED_COLUMNS = (
     _NAMED_STEP.c.requires,
-    _NAMED_STEP.c.state,
+    # read as its string (StepState compares equal to it): the read repeats it on the row of
+    # each queue of the pool, and made a StepState of each
+    type_coerce(_NAMED_STEP.c.state, String).label("state"),
     _NAMED_STEP.c.attempt,
     _NAMED_STEP.c.attempt_lost,
 )
