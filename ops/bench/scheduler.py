@@ -106,6 +106,8 @@ class Result:
     advance_seconds: float
     dialect: str
     tickets_unused: int = 0
+    server_cpu_seconds: float | None = None  # PostgreSQL's backends' CPU over the pass (local server)
+    table_state: str = ""  # PostgreSQL: what its statistics say of the steps table over the pass
 
 
 class _SimRepo(LocalAptRepository):
@@ -236,6 +238,50 @@ def jain(values: list[float]) -> float:
     return sum(values) ** 2 / (len(values) * squares) if squares else 1.0
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_BACKENDS = text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+_STEPS_STATS = text(
+    "SELECT n_live_tup, n_dead_tup, autovacuum_count + vacuum_count, autoanalyze_count + analyze_count"
+    " FROM pg_stat_user_tables WHERE relname = 'steps'"
+)
+
+
+def _backends_cpu(ctx: FarmContext) -> dict[int, float] | None:
+    """PostgreSQL: the CPU seconds used so far by each server process of the bench's database,
+    read from ``/proc`` (None on SQLite, or when the server is not on this machine)."""
+    if ctx.db.engine.dialect.name != "postgresql":
+        return None
+    with ctx.db.statements() as connection:
+        pids = list(connection.scalars(_BACKENDS))
+    used = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None  # not a process of this machine: a remote server
+        used[pid] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+    return used
+
+
+def _steps_stats(ctx: FarmContext) -> tuple[int, int, int, int] | None:
+    """PostgreSQL: the steps table's live and dead rows, vacuums and analyzes so far."""
+    if ctx.db.engine.dialect.name != "postgresql":
+        return None
+    with ctx.db.statements() as connection:
+        connection.execute(text("SELECT pg_stat_clear_snapshot()"))
+        row = connection.execute(_STEPS_STATS).first()
+    return None if row is None else (row[0], row[1], row[2], row[3])
+
+
+def _table_state(before: tuple[int, int, int, int] | None, after: tuple[int, int, int, int] | None) -> str:
+    if before is None or after is None:
+        return ""
+    return (
+        f"steps table: {after[0]} live, {after[1]} dead rows at the end; {after[2] - before[2]} vacuums, "
+        f"{after[3] - before[3]} analyzes during the pass"
+    )
+
+
 def run(config: Config, database_url: str, state: Path) -> Result:
     rng = random.Random(config.seed)
     tenants = list(range(config.tenants))
@@ -275,6 +321,7 @@ def run(config: Config, database_url: str, state: Path) -> Result:
     running: dict[int, Claim] = {}
     idle = list(range(config.nodes))
     seq = 0
+    server_before, stats_before = _backends_cpu(ctx), _steps_stats(ctx)
     wall, cpu = time.perf_counter(), time.process_time()
     with use_clock(now):
         tick = time.perf_counter()
@@ -330,6 +377,12 @@ def run(config: Config, database_url: str, state: Path) -> Result:
             advance_s += time.perf_counter() - tick
             idle.append(node)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    server_after, stats_after = _backends_cpu(ctx), _steps_stats(ctx)
+    server = (
+        sum(used - server_before.get(pid, 0.0) for pid, used in server_after.items())
+        if server_before is not None and server_after is not None
+        else None
+    )
     dialect = ctx.db.engine.dialect.name
     ctx.db.dispose()
     makespan = clock[0]
@@ -373,6 +426,8 @@ def run(config: Config, database_url: str, state: Path) -> Result:
         advance_seconds=advance_s,
         dialect=dialect,
         tickets_unused=len(dispatcher.tickets),
+        server_cpu_seconds=server,
+        table_state=_table_state(stats_before, stats_after),
     )
 
 
@@ -472,7 +527,6 @@ def concurrent(config: Config, database_url: str, state: Path, workers: int = WO
 
 
 def report(config: Config, result: Result) -> None:
-    done = len(result.claims)
     print(
         f"scheduler simulation on the real claim/finish/advance path ({result.dialect}): {config.nodes} "
         f"nodes, {result.steps} steps, {config.tenants} tenants in {len(KINDS)} kinds"
@@ -491,22 +545,47 @@ def report(config: Config, result: Result) -> None:
         f"  release step submitted into the full queue waited {result.release_wait:.1f} s "
         f"(median step {result.median_step:.0f} s; goal <= one step)"
     )
+    report_dispatch(result)
+
+
+def report_dispatch(result: Result, label: str = "dispatch") -> None:
+    """The speed of one pass: steps / s, the split, the CPU of each side, the load."""
+    done = len(result.claims)
     per_step = result.wall_seconds / max(done, 1)
     claim, finish, advance = (
         part / max(done, 1) * 1000
         for part in (result.claim_seconds, result.finish_seconds, result.advance_seconds)
     )
     print(
-        f"  dispatch: {done} steps in {result.wall_seconds:.1f} s wall = {done / result.wall_seconds:.0f} "
+        f"  {label}: {done} steps in {result.wall_seconds:.1f} s wall = {done / result.wall_seconds:.0f} "
         f"steps/s (goal >= 300); per step {per_step * 1000:.2f} ms = claim "
         f"{claim:.2f} + finish {finish:.2f} + advance {advance:.2f} ms (+ simulation)"
     )
-    print(
-        f"    CPU of this process {result.cpu_seconds:.1f} s = "
-        f"{done / max(result.cpu_seconds, 1e-9):.0f} steps per CPU second "
-        "(the database server's CPU not counted on PostgreSQL)"
+    server = (
+        f"; the database server's {result.server_cpu_seconds / max(done, 1) * 1000:.2f} ms"
+        if result.server_cpu_seconds is not None
+        else " (the database server's not counted)"
+        if result.dialect == "postgresql"
+        else " (SQLite's included)"
     )
-    print(f"  load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"    CPU a step: this process {result.cpu_seconds / max(done, 1) * 1000:.2f} ms{server}")
+    if result.table_state:
+        print(f"    {result.table_state}")
+    print(f"    load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    sys.stdout.flush()
+
+
+def report_median(label: str, rates: list[float]) -> None:
+    """Each pass's steps / s and their median: one pass alone varies too much to be trusted
+    (on PostgreSQL by a third from run to run, with the other load of the machine, its plans
+    and its statistics)."""
+    ordered = sorted(rates)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    print(
+        f"  {label}, {len(rates)} passes: {', '.join(f'{r:.0f}' for r in rates)} steps/s; "
+        f"median {median:.0f} (min {ordered[0]:.0f}, max {ordered[-1]:.0f})"
+    )
     sys.stdout.flush()
 
 
@@ -521,14 +600,32 @@ def report_concurrent(result: Concurrent) -> None:
     sys.stdout.flush()
 
 
+PASSES = int(os.environ.get("BENCH_PASSES", "3"))
+"""Passes of each measurement, each on a database of its own: every pass is printed, then the
+median (``BENCH_PASSES`` to change; 1 for a quick look)."""
+
+
 def main() -> None:
     config = Config()
-    with tempfile.TemporaryDirectory() as state, scratch_database(Path(state)) as url:
-        result = run(config, url, Path(state))
-    report(config, result)
-    with tempfile.TemporaryDirectory() as state, scratch_database(Path(state)) as url:
-        together = concurrent(Config(steps=CONCURRENT_STEPS), url, Path(state))
-    report_concurrent(together)
+    rates = []
+    for index in range(PASSES):
+        with tempfile.TemporaryDirectory() as state, scratch_database(Path(state)) as url:
+            result = run(config, url, Path(state))
+        if index == 0:
+            report(config, result)  # the schedule is the same in every pass; its speed is not
+        else:
+            report_dispatch(result, f"dispatch, pass {index + 1}")
+        rates.append(len(result.claims) / result.wall_seconds)
+    if PASSES > 1:
+        report_median("dispatch", rates)
+    rates = []
+    for _index in range(PASSES):
+        with tempfile.TemporaryDirectory() as state, scratch_database(Path(state)) as url:
+            together = concurrent(Config(steps=CONCURRENT_STEPS), url, Path(state))
+        report_concurrent(together)
+        rates.append(len(together.claims) / together.wall_seconds)
+    if PASSES > 1:
+        report_median(f"concurrent dispatch ({WORKERS} workers)", rates)
 
 
 if __name__ == "__main__":

@@ -330,6 +330,12 @@ def charge_start_after(claimed: CTE) -> ReturningInsert[int]:
     (``claimed``, a CTE that returns the step's row if the lease was won, else nothing): an
     upsert of the tenant's row, which makes a new tenant's row as :func:`_ensure` does (from 0,
     so it starts at the farm's virtual time).  It returns a row if the claim won."""
+    return charge_start_upsert(claimed).returning(literal(1)).add_cte(claimed)
+
+
+def charge_start_upsert(claimed: CTE) -> Insert:
+    """:func:`charge_start_after` without its ``RETURNING``: for a statement of more parts, as
+    a CTE of its own (``claimed`` is rendered at the statement's top)."""
     new_start = func.greatest(literal(0.0, Float), _FARM)
     add = pg_insert(_USAGE).from_select(
         ["project", "user", "start_seconds", "pass_seconds", "updated_at"],
@@ -341,13 +347,9 @@ def charge_start_after(claimed: CTE) -> ReturningInsert[int]:
             bindparam("updated_at", type_=_USAGE.c.updated_at.type),
         ).select_from(claimed),
     )
-    return (
-        add.on_conflict_do_update(
-            index_elements=[_USAGE.c.project, _USAGE.c.user],
-            set_={**_charged(False), "updated_at": add.excluded.updated_at},
-        )
-        .returning(literal(1))
-        .add_cte(claimed)
+    return add.on_conflict_do_update(
+        index_elements=[_USAGE.c.project, _USAGE.c.user],
+        set_={**_charged(False), "updated_at": add.excluded.updated_at},
     )
 
 

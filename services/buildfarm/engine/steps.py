@@ -25,19 +25,24 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    LABEL_STYLE_TABLENAME_PLUS_COL,
     BigInteger,
+    ColumnElement,
     Connection,
     Select,
     String,
     bindparam,
+    case,
     exists,
     func,
     insert,
+    literal_column,
     select,
     true,
+    type_coerce,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.orm import Session
 
 from buildfarm.backends.base import LogWriter, ObjectRef
@@ -273,28 +278,24 @@ LOCAL``, without a round trip of its own); why that is safe: :func:`claim_next`,
 _NAMED_STEP = _STEPS.alias("named")
 _NAMED_COLUMNS = (
     _NAMED_STEP.c.requires,
-    _NAMED_STEP.c.state,
+    # read as its string (StepState compares equal to it): the read repeats it on the row of
+    # each queue of the pool, and made a StepState of each
+    type_coerce(_NAMED_STEP.c.state, String).label("state"),
     _NAMED_STEP.c.attempt,
     _NAMED_STEP.c.attempt_lost,
 )
 
 
-def _named_and_pool(asynchronous: bool) -> Select[*tuple[Any, ...]]:
-    """A claim's first read: the step its ticket names, joined to the queues of its pool (the
-    steps requiring the same labels: :func:`fairshare.pool_queues`'s row of each, or one row
-    without a queue when the pool has none); no row if the step is gone.  ``asynchronous``
-    (PostgreSQL): it also makes the claim's commit asynchronous (:data:`ASYNC_COMMIT`)."""
-    query = (
-        select(*_NAMED_COLUMNS, *([ASYNC_COMMIT] if asynchronous else []), *fairshare.QUEUE_COLUMNS)
-        .select_from(
-            _NAMED_STEP.outerjoin(fairshare.QUEUES_WITH_USAGE, StepQueue.requires == _NAMED_STEP.c.requires)
-        )
-        .where(_NAMED_STEP.c.id == bindparam("id"))
+_NAMED_AND_POOL = (
+    select(*_NAMED_COLUMNS, *fairshare.QUEUE_COLUMNS)
+    .select_from(
+        _NAMED_STEP.outerjoin(fairshare.QUEUES_WITH_USAGE, StepQueue.requires == _NAMED_STEP.c.requires)
     )
-    return query
-
-
-_NAMED_AND_POOL = {asynchronous: _named_and_pool(asynchronous) for asynchronous in (True, False)}
+    .where(_NAMED_STEP.c.id == bindparam("id"))
+)
+"""A claim's first read: the step its ticket names, joined to the queues of its pool (the
+steps requiring the same labels: :func:`fairshare.pool_queues`'s row of each, or one row
+without a queue when the pool has none); no row if the step is gone."""
 
 
 def claim_next(ctx: FarmContext, step_id: int, node: str, labels: frozenset[str]) -> Claim | None:
@@ -306,25 +307,22 @@ def claim_next(ctx: FarmContext, step_id: int, node: str, labels: frozenset[str]
     on capable nodes as it has ready steps, and a node that cannot run a pool takes none of it.
 
     The named step is claimed first when its builder Job outlived its lease (it is followed
-    again, wherever the order would put it).  The choice and the claim are one transaction; on
-    PostgreSQL the chosen row is locked ``FOR UPDATE SKIP LOCKED``, so nodes choosing at once
-    take different steps instead of queueing on one; the lease is still the conditional UPDATE.
-    The choice reads rows, not ORM objects; a step that may be adopted is loaded whole.
+    again, wherever the order would put it).  On PostgreSQL the chosen row is locked ``FOR
+    UPDATE SKIP LOCKED``, so nodes choosing at once take different steps instead of queueing on
+    one; the lease is still the conditional UPDATE.  The choice reads rows, not ORM objects; a
+    step that may be adopted is loaded whole.
+
+    On SQLite the choice and the claim are one transaction (its BEGIN and COMMIT cost no round
+    trip).  On PostgreSQL there is none around them (:func:`_claim_next_pg`): each (class,
+    tenant) tried chooses, locks, leases and charges in one statement, atomic alone; a claim is
+    two round trips where the transaction made it five (BEGIN, the read, the choice, the lease
+    with the charge, COMMIT).
     """
     now = utcnow()
+    if ctx.db.engine.dialect.name == "postgresql":
+        return _claim_next_pg(ctx, step_id, node, labels, now)
     with ctx.db.transaction() as connection:
-        # On PostgreSQL the first read also makes the claim commit without waiting for its WAL
-        # to reach the disk (ASYNC_COMMIT: ``set_config(..., true)`` is ``SET LOCAL``, with no
-        # round trip of its own).  Safe by the lease: a crash of the server loses only the last
-        # commits, in commit order (a later commit that waits flushes all the WAL before it),
-        # so a lost claim leaves the database as if it had not been made: the step is ready at
-        # its old attempt and the next ticket claims it again, while the builder of the lost
-        # claim holds no lease: its heartbeat finds none and stops it, its finish is refused
-        # (fencing), what it stored is content-addressed, and its log lines end up in the log
-        # of the attempt that claims the step again under the same number.  A finish does
-        # the same, for a reason of its own (finish_step).
-        postgresql = connection.dialect.name == "postgresql"
-        rows = connection.execute(_NAMED_AND_POOL[postgresql], {"id": step_id}).all()
+        rows = connection.execute(_NAMED_AND_POOL, {"id": step_id}).all()
         named = rows[0] if rows else None
         if named is not None and _may_adopt(named.state, named.attempt, named.attempt_lost):
             with ctx.db.session_on(connection) as session:
@@ -334,9 +332,8 @@ def claim_next(ctx: FarmContext, step_id: int, node: str, labels: frozenset[str]
         pool = named.requires if named is not None else ""
         if not satisfies(labels, pool):
             return None  # a ticket of steps this node cannot run: a capable node has their others
-        skip = len(_NAMED_COLUMNS) + postgresql  # the queues' columns follow the named step's
         queues = (
-            fairshare.queues_of((row[skip:] for row in rows), ctx.settings)
+            fairshare.queues_of((row[len(_NAMED_COLUMNS) :] for row in rows), ctx.settings)
             if named is not None
             else fairshare.pool_queues(connection, pool, ctx.settings)
         )
@@ -352,6 +349,96 @@ def claim_next(ctx: FarmContext, step_id: int, node: str, labels: frozenset[str]
             with ctx.db.session_on(connection) as session:
                 return _claim(ctx, session, session.get_one(Step, step_id), node, now)
     return None
+
+
+def _claim_next_pg(
+    ctx: FarmContext, step_id: int, node: str, labels: frozenset[str], now: dt.datetime
+) -> Claim | None:
+    """:func:`claim_next` on PostgreSQL, without a transaction: the read of the named step and
+    its pool's queues, then for each (class, tenant) in the fair-share order one statement
+    (:data:`_CHOOSE_AND_TAKE`) that chooses its next step, locks it ``FOR UPDATE SKIP LOCKED``,
+    takes its lease if it is still ready and charges the tenant.  A statement is atomic alone,
+    so a crash leaves the step ready or claimed and charged, as the transaction did.  The rare
+    paths that need the step as an ORM object (adoption, the named step as a last resort) run
+    as on SQLite, in a transaction of their own.
+
+    The claim commits without waiting for its WAL to reach the disk (``ASYNC_COMMIT`` in the
+    statement: ``set_config(..., true)`` is ``SET LOCAL``, with no round trip of its own).  Safe
+    by the lease: a crash of the server loses only the last commits, in commit order (a later
+    commit that waits flushes all the WAL before it), so a lost claim leaves the database as if
+    it had not been made: the step is ready at its old attempt and the next ticket claims it
+    again, while the builder of the lost claim holds no lease: its heartbeat finds none and
+    stops it, its finish is refused (fencing), what it stored is content-addressed, and its log
+    lines end up in the log of the attempt that claims the step again under the same number.  A
+    finish does the same, for a reason of its own (finish_step)."""
+    with ctx.db.statements() as connection:
+        rows = connection.execute(_NAMED_AND_POOL, {"id": step_id}).all()
+        named = rows[0] if rows else None
+        if named is not None and _may_adopt(named.state, named.attempt, named.attempt_lost):
+            adopted = _claim_in_transaction(ctx, step_id, node, now, adopt_only=True)
+            if adopted is not None:
+                return adopted
+        pool = named.requires if named is not None else ""
+        if not satisfies(labels, pool):
+            return None  # a ticket of steps this node cannot run: a capable node has their others
+        queues, own, farm = (
+            fairshare.queues_of((row[len(_NAMED_COLUMNS) :] for row in rows), ctx.settings)
+            if named is not None
+            else fairshare.pool_queues(connection, pool, ctx.settings)
+        )
+        seen = _Seen(farm, frozenset(own))
+        order = fairshare.tenant_order(((q.klass, q.tenant, q.oldest) for q in queues), own, farm)
+        for klass, tenant in order[:CHOICES_PER_TICKET]:
+            ids = [q.queue_id for q in queues if q.tenant == tenant and q.klass == klass]
+            owner = f"{node}/{uuid.uuid4().hex[:12]}"
+            params = fairshare.charge_start_params(tenant, ctx.settings, now, farm) | {
+                "queue": ids[0] if len(ids) == 1 else ids,
+                "node": node,
+                "owner": owner,
+                "now": now,
+                "expires": now + dt.timedelta(seconds=ctx.settings.steps.lease_seconds),
+            }
+            row = connection.execute(_CHOOSE_AND_TAKE[len(ids) == 1], params).first()
+            if row is None:
+                continue  # none ready in its queues (or all locked by nodes choosing now)
+            if row.log_key is not None:
+                return Claim(
+                    row.id,
+                    row.build_id,
+                    row.name,
+                    row.attempt,
+                    owner,
+                    row.source_sha256,
+                    row.log_key,
+                    row.staging_source,
+                    tenant,
+                    now,
+                )
+            if _may_adopt(StepState.READY, row.chosen_attempt, row.attempt_lost):  # chosen, not taken
+                claim = _claim_in_transaction(ctx, row.id, node, now, seen=seen)
+                if claim is not None:
+                    return claim
+    if named is not None and named.state == StepState.READY:  # its own step, when no chosen one was won
+        return _claim_in_transaction(ctx, step_id, node, now)
+    return None
+
+
+def _claim_in_transaction(
+    ctx: FarmContext,
+    step_id: int,
+    node: str,
+    now: dt.datetime,
+    *,
+    adopt_only: bool = False,
+    seen: _Seen | None = None,
+) -> Claim | None:
+    """:func:`_claim` of one step loaded as an ORM object, in a transaction of its own
+    (``adopt_only``: only if its builder Job is to be followed)."""
+    with ctx.db.transaction() as connection, ctx.db.session_on(connection) as session:
+        step = session.get(Step, step_id)
+        if step is None or (adopt_only and not builders.can_adopt(ctx, step, now)):
+            return None
+        return _claim(ctx, session, step, node, now, seen=seen)
 
 
 def _may_adopt(state: StepState, attempt: int, attempt_lost: bool) -> bool:
@@ -379,8 +466,89 @@ def _next_step(one: bool, locking: bool) -> Select[*tuple[Any, ...]]:
     return query.with_for_update(of=Step, skip_locked=True) if locking else query
 
 
-_NEXT_STEP = {(one, locking): _next_step(one, locking) for one in (True, False) for locking in (True, False)}
-"""Built once: a claim only binds the queue ids."""
+_NEXT_STEP = {one: _next_step(one, locking=False) for one in (True, False)}
+"""SQLite's choice, built once: a claim only binds the queue ids."""
+
+_PLAIN_NAME = "^[A-Za-z0-9.-]*$"
+"""A name :func:`names.to_safe` leaves as it is (its ``_PLAIN`` characters only)."""
+
+
+def _safe_sql(name: ColumnElement[str]) -> ColumnElement[str]:
+    """PostgreSQL: :func:`names.to_safe` of a name column: a plain name as it is, else each
+    character that is not plain as ``_`` and the hex of each of its UTF-8 bytes."""
+    chars = func.regexp_split_to_table(name, "").table_valued("c", with_ordinality="i").render_derived()
+    char = chars.c.c
+    escaped = case(
+        (char.regexp_match("^[A-Za-z0-9.-]$"), char),
+        else_=func.regexp_replace(func.encode(func.convert_to(char, "UTF8"), "hex"), "(..)", r"_\1", "g"),
+    )
+    joined = select(
+        func.coalesce(func.string_agg(escaped, aggregate_order_by(literal_column("''"), chars.c.i)), "")
+    ).scalar_subquery()
+    return case((name.regexp_match(_PLAIN_NAME), name), else_=joined)
+
+
+def log_key_sql(
+    build_id: ColumnElement[int], name: ColumnElement[str], attempt: ColumnElement[int]
+) -> ColumnElement[str]:
+    """PostgreSQL: :func:`log_key_for` computed by the server (in the statement that takes a lease)."""
+    return func.concat("logs/", build_id, "/", _safe_sql(name), "/", attempt, ".log")
+
+
+def _choose_and_take(one: bool) -> Select[*tuple[Any, ...]]:
+    """PostgreSQL: a claim's choice in one (class, tenant) and its lease, in one statement
+    (:func:`_claim_next_pg`): the next step of the queue(s) ``queue`` locked ``FOR UPDATE SKIP
+    LOCKED`` (:func:`_next_step`), its lease taken as :data:`_TAKE_LEASE` takes it (attempt + 1,
+    the log key computed by the server) unless its builder Job may be adopted, the tenant's
+    charge (:func:`fairshare.charge_start_upsert`), and an asynchronous commit
+    (:data:`ASYNC_COMMIT`).  One row if a step was chosen: its ``log_key`` is null if it was not
+    taken (it may be adopted: ``attempt_lost``); no row if the queues had none to offer."""
+    chosen = _next_step(one, locking=True).set_label_style(LABEL_STYLE_TABLENAME_PLUS_COL).cte("chosen")
+    attempt = chosen.c.steps_attempt + 1
+    taken = (
+        update(_STEPS)
+        .where(
+            _STEPS.c.id == chosen.c.steps_id,
+            _STEPS.c.state == StepState.READY,
+            ~(chosen.c.steps_attempt_lost & (chosen.c.steps_attempt >= 1)),  # may be adopted: not here
+        )
+        .values(
+            state=StepState.RUNNING,
+            attempt=attempt,
+            node=bindparam("node", type_=String),
+            lease_owner=bindparam("owner", type_=String),
+            lease_expires_at=bindparam("expires", type_=_STEPS.c.lease_expires_at.type),
+            started_at=bindparam("now", type_=_STEPS.c.started_at.type),
+            finished_at=None,
+            log_key=log_key_sql(chosen.c.steps_build_id, chosen.c.steps_name, attempt),
+            error=None,
+            attempt_lost=False,
+            layer=None,
+        )
+        .returning(_STEPS.c.id, _STEPS.c.attempt, _STEPS.c.log_key)
+        .cte("taken")
+    )
+    charged = fairshare.charge_start_upsert(taken).cte("charged")
+    return (
+        select(
+            chosen.c.steps_id.label("id"),
+            chosen.c.steps_build_id.label("build_id"),
+            chosen.c.steps_name.label("name"),
+            chosen.c.steps_attempt.label("chosen_attempt"),
+            chosen.c.steps_attempt_lost.label("attempt_lost"),
+            chosen.c.steps_source_sha256.label("source_sha256"),
+            chosen.c.builds_staging_source.label("staging_source"),
+            taken.c.attempt,
+            taken.c.log_key,
+            ASYNC_COMMIT,
+        )
+        .select_from(chosen.outerjoin(taken, taken.c.id == chosen.c.steps_id))
+        .add_cte(charged)
+    )
+
+
+_CHOOSE_AND_TAKE = {one: _choose_and_take(one) for one in (True, False)}
+"""Built once (one queue, or several of one (class, tenant)): a claim binds its parameters."""
 
 
 def _best_ready(
@@ -399,11 +567,10 @@ def _best_ready(
         return
     seen = _Seen(farm, frozenset(own))
     order = fairshare.tenant_order(((q.klass, q.tenant, q.oldest) for q in queues), own, farm)
-    locking = connection.dialect.name == "postgresql"
     for klass, tenant in order[:CHOICES_PER_TICKET]:
         ids = [q.queue_id for q in queues if q.tenant == tenant and q.klass == klass]
         one = len(ids) == 1
-        row = connection.execute(_NEXT_STEP[(one, locking)], {"queue": ids[0] if one else ids}).first()
+        row = connection.execute(_NEXT_STEP[one], {"queue": ids[0] if one else ids}).first()
         if row is not None:
             yield _Candidate(*row), seen
 

@@ -23,7 +23,9 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 """How long an SQLite writer waits for another (nodes share one file): 30 s, far above any commit."""
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, autocommit: bool = False) -> Engine:
+    """The engine of ``url``; ``autocommit`` (PostgreSQL): its connections run each statement
+    as a transaction of its own, always (:meth:`Database.statements`)."""
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
@@ -49,7 +51,13 @@ def make_engine(url: str) -> Engine:
         # statement of the engine run the event hooks (a third of a short claim's cost).
         engine.dialect.do_begin = _begin_immediate  # type: ignore[method-assign]
         return engine
-    engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    engine = create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
+    )
     dialect = engine.dialect
     if dialect.driver == "psycopg":  # psycopg 3 shows its socket (pgconn); another driver pings as it did
         dialect.do_ping = _ping_when_suspect(dialect.do_ping, dialect.loaded_dbapi.Error)  # type: ignore[method-assign,assignment]
@@ -116,9 +124,11 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._autocommit = (
-            None if url.startswith("sqlite") else self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        )
+        # PostgreSQL: a pool of its own for :meth:`statements`, its connections in autocommit for
+        # good.  An AUTOCOMMIT execution option on the one engine set the connection's isolation
+        # level at each checkout and set it back at each return (~50 us of CPU each time, twice
+        # a dispatched step); the price is a second connection held by a process that uses both.
+        self._autocommit = None if url.startswith("sqlite") else make_engine(url, autocommit=True)
 
     @contextmanager
     def commit_counter(self) -> Iterator[Callable[[], int] | None]:
@@ -181,6 +191,11 @@ class Database:
         except OperationalError as exc:
             raise ServiceUnavailableError(f"database {_redact(self.url)}: {exc.orig}") from exc
 
+    @property
+    def statements_engine(self) -> Engine:
+        """The engine whose connections :meth:`statements` hands out (on SQLite, :attr:`engine`)."""
+        return self.engine if self._autocommit is None else self._autocommit
+
     @contextmanager
     def session_on(self, connection: Connection) -> Iterator[Session]:
         """An ORM session inside a :meth:`transaction`: its changes are flushed into that
@@ -191,3 +206,5 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._autocommit is not None:
+            self._autocommit.dispose()

@@ -95,12 +95,12 @@ def test_a_connection_ended_while_pooled_is_replaced_before_the_claim_uses_it(
     with ctx.db.session() as session:
         first, second = ready_steps(session, "alpha", "ann", 2)
     assert claim_next(ctx, first, "node1", frozenset()) is not None
-    with ctx.db.transaction() as connection:  # the pool's one connection, back in it afterwards
+    with ctx.db.statements() as connection:  # a claim's pool's one connection, back in it afterwards
         pooled = _backend_pid(connection)
     _terminate(admin, pooled)
     claim = claim_next(ctx, second, "node1", frozenset())
     assert claim is not None and claim.step_id == second
-    with ctx.db.transaction() as connection:
+    with ctx.db.statements() as connection:
         assert _backend_pid(connection) != pooled
 
 
@@ -116,12 +116,12 @@ def test_a_connection_ended_in_the_middle_of_a_claim_fails_it_and_leaves_the_ste
             ended.append(conn.connection.driver_connection.info.backend_pid)  # type: ignore[union-attr]
             _terminate(admin, ended[0])
 
-    event.listen(ctx.db.engine, "before_cursor_execute", end_before_the_lease)
+    event.listen(ctx.db.statements_engine, "before_cursor_execute", end_before_the_lease)
     try:
         with pytest.raises(ServiceUnavailableError, match="terminating connection"):
             claim_next(ctx, step_id, "node1", frozenset())
     finally:
-        event.remove(ctx.db.engine, "before_cursor_execute", end_before_the_lease)
+        event.remove(ctx.db.statements_engine, "before_cursor_execute", end_before_the_lease)
     assert ended
     with ctx.db.session() as session:
         step = session.get_one(Step, step_id)
