@@ -20,6 +20,7 @@ messages, not in ``repr``.
 from __future__ import annotations
 
 import builtins
+import getpass
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import httpx
 
 import buildfarm_client as api
+from buildfarm.local import owner
 from buildfarm.model.errors import (
     AuthError,
     BuildfarmError,
@@ -108,7 +110,10 @@ class HttpClient:
     ) -> None:
         if local is not None:
             transport, where = local.transport(), local.where
-        self.api = api.Client(url, token, transport=transport, user_agent="buildfarm-cli", where=where)
+        login = {owner.LOGIN_HEADER: getpass.getuser()} if where is not None else None
+        self.api = api.Client(
+            url, token, transport=transport, user_agent="buildfarm-cli", where=where, headers=login
+        )
         self.url = self.api.url
         self.local = local
         self.reads_checkout = where is not None
@@ -121,7 +126,6 @@ class HttpClient:
     def local_farm(cls, *, in_process: bool = False) -> HttpClient:
         """This machine's farm (``BUILDFARM_STATE_DIR``): over its API process's owner socket when
         that answers, else its API called in-process (``in_process``: always)."""
-        from buildfarm.local import owner
         from buildfarm.model.settings import load_settings
 
         settings = load_settings()

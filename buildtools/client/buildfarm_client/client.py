@@ -89,16 +89,17 @@ class Client:
         transport: httpx.BaseTransport | None = None,
         user_agent: str = "buildfarm-client",
         where: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.where = where or f"at {self.url}"
         self.has_token = bool(token)
-        headers = {"User-Agent": user_agent, "Accept": "application/json"}
+        sent = {"User-Agent": user_agent, "Accept": "application/json", **(headers or {})}
         if token:
-            headers["Authorization"] = f"Bearer {token}"
+            sent["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(
             base_url=self.url + API_PREFIX,
-            headers=headers,
+            headers=sent,
             timeout=httpx.Timeout(READ_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS),
             transport=transport,
         )

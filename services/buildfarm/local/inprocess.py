@@ -29,11 +29,11 @@ from pathlib import Path
 
 import anyio.from_thread
 import httpx
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from buildfarm.accounts import Principal
-from buildfarm.api.auth import authenticate
+from buildfarm.api.auth import Caller, authenticate
 from buildfarm.api.errors import farm_error_response
 from buildfarm.api.routes import API, assemble
 from buildfarm.engine import control
@@ -111,10 +111,16 @@ class LocalFarm:
         if self._app is None:
             ctx = self.context()
             app = assemble(ctx, None, self._status, sweep_progress=lambda: self.sweep_progress)
-            app.dependency_overrides[authenticate] = lambda: self.principal
+            app.dependency_overrides[authenticate] = self._caller
             app.include_router(self._checkout_router(ctx), prefix=API)
             self._app = app
         return self._app
+
+    def _caller(self, request: Request) -> Principal:
+        """The farm's owner (admin), by the login name its CLI gives (:data:`owner.LOGIN_HEADER`:
+        the CLI may run as another login of the same uid, or in the API process's stead)."""
+        login = request.headers.get(owner.LOGIN_HEADER)
+        return Principal(user=login, admin=True) if login else self.principal
 
     def owner_app(self) -> ASGIApp:
         """:meth:`app` as the API process serves it on the owner socket: each request first passes
@@ -134,10 +140,10 @@ class LocalFarm:
         router = APIRouter(tags=["local"])
 
         @router.post("/local/builds", response_model=BuildView, status_code=201)
-        def submit_checkout(body: CheckoutSubmitIn) -> BuildView:
+        def submit_checkout(body: CheckoutSubmitIn, principal: Caller) -> BuildView:
             manifest_path = Path(body.manifest_path)
             manifest = load_manifest(manifest_path)
-            user = body.user or self.principal.user
+            user = body.user or principal.user
             build_id = submit_build(ctx, manifest, manifest_path.parent.resolve(), user)
             return control.show_build(ctx, build_id)
 

@@ -23,6 +23,10 @@ from pathlib import Path
 LOCAL_URL = "http://local-farm"
 """The base URL of the local farm's client: in-process or over the owner socket, never the network."""
 SOCKET_NAME = "api.sock"
+LOGIN_HEADER = "X-Buildfarm-Login"
+"""The local CLI's login name, sent with each request to its farm: the user a build it submits
+is recorded for (as when the CLI called the API in-process).  It grants nothing: whoever
+reaches the farm this way owns it (admin) whatever name it gives."""
 MAX_SOCKET_PATH = 107
 """Bytes of a unix socket's path (``sun_path`` holds 108 with its NUL): a state directory deeper
 than that gets no owner socket, and the CLI calls the API in-process as before."""
