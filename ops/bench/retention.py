@@ -204,7 +204,7 @@ def postgres_selection(server_url: str) -> tuple[float, int] | str:
         with db.engine.begin() as connection:
             connection.execute(text("ANALYZE"))
         plain, found = time_selection(db)
-        db.engine.dispose()
+        db.dispose()
         return plain, found
     finally:
         with admin.connect() as connection:

@@ -47,7 +47,7 @@ def farm(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[F
         api_max_unpacked_files=MAX_FILES,
     )
     yield ctx
-    ctx.db.engine.dispose()
+    ctx.db.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -265,7 +265,7 @@ def old_farm(tmp_path: Path) -> Iterator[OldFarm]:
             [app, base, cli, multi],
             nightly_app,
         )
-        ctx.db.engine.dispose()
+        ctx.db.dispose()
 
 
 def _target_object(backup: Path, sha256: str) -> Path:
@@ -405,7 +405,7 @@ def test_restore_into_an_empty_registry(old_farm: OldFarm, tmp_path: Path) -> No
                 assert get_blob(registry.url, repository, digest) == data
         nightly_repository = split_reference(old_farm.nightly_only.reference)[1]
         assert get_manifest(registry.url, nightly_repository, "latest").status_code == 404
-        new.db.engine.dispose()
+        new.db.dispose()
 
 
 def test_unsupported_manifest_is_one_clear_error(old_farm: OldFarm) -> None:

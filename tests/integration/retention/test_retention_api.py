@@ -56,7 +56,7 @@ def farm(tmp_path: Path, redis_url: str) -> Iterator[FarmContext]:
         tmp_path, f"sqlite:///{tmp_path / 'state.db'}", redis_url=redis_url, retention_keep_newest=1
     )
     yield ctx
-    ctx.db.engine.dispose()
+    ctx.db.dispose()
 
 
 def _add_build(ctx: FarmContext, days_ago: float, payload: bytes) -> int:

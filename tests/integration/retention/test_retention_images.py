@@ -37,7 +37,7 @@ def farm(tmp_path: Path, registry: Registry) -> Iterator[FarmContext]:
     (ctx.settings.state_dir / "registry").mkdir(parents=True)
     shutil.copy(registry.config, ctx.settings.state_dir / "registry" / "config.yml")
     yield ctx
-    ctx.db.engine.dispose()
+    ctx.db.dispose()
 
 
 def _image_build(ctx: FarmContext, days_ago: float, layer: bytes) -> tuple[int, str, str]:

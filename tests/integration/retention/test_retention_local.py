@@ -55,7 +55,7 @@ def farm(tmp_path: Path, database_url: str) -> Iterator[FarmContext]:
         try:
             yield ctx
         finally:
-            ctx.db.engine.dispose()
+            ctx.db.dispose()
 
 
 def _build(ctx: FarmContext, root: Path, packages: dict[str, str]) -> int:

@@ -364,7 +364,7 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
     upgrade(url)
     db = Database(url)
     yield db
-    db.engine.dispose()
+    db.dispose()
 
 
 def _context(db: Database, root: Path, repo: RecordingRepository, grace: float) -> FarmContext:
