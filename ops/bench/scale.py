@@ -3,18 +3,21 @@
 * **dispatch**: TRIVIAL independent trivial packages (``dpkg-buildpackage -b`` of a native
   package that installs one file) through a fresh 2-node local farm in host mode, submit to
   published, beside ``make -j2`` running the same ``dpkg-buildpackage`` on copies of the same
-  trees (``make`` runs before and after the farm: the load of a shared machine moves): steps/s of
-  each, the ratio (goal: farm within 1.1x of make) and the farm's overhead per step; then where
-  the farm's time went, from its own records (submit, the first claim, each step's hold of its
-  node against make's ``dpkg-buildpackage``, a node's idle gap between steps, the publication,
-  the CLI noticing), and the CPU seconds a step of each side, the farm's by process.
+  trees (``make`` runs before and after each farm run: the load of a shared machine moves):
+  steps/s of each, the ratio (goal: farm within 1.1x of make) of each pair and their median, and
+  the farm's overhead per step; then where the median farm run's time went, from its own records
+  (submit, the first claim, each step's hold of its node against make's ``dpkg-buildpackage``, a
+  node's idle gap between steps, the publication, the CLI noticing), and the CPU seconds a step of
+  each side, the farm's by process.
 * **submit**: a manifest of BIG packages submitted in process (no farm: the engine with a
   recording dispatcher): the first submit (every tree packed), then, once its steps are marked
   built (each with a small .deb), its publication, then a no-change re-run: submit plus the
   advance that reuses every step and publishes (goal: <= 5 s; ``rerun.py`` times the re-run
   alone, several times, with where its time went).
 
-``BENCH_TRIVIAL`` and ``BENCH_PACKAGES`` change the sizes (default 40 and 5000).  Prints figures
+``BENCH_TRIVIAL`` and ``BENCH_PACKAGES`` change the sizes (default 40 and 5000); ``BENCH_PAIRS``
+how many farm runs alternate with make runs (default 2: make, farm, make, farm, make; each farm
+run's ratio is against the make runs either side of it, and their median is the figure).  Prints figures
 and ratios; asserts nothing about speed (that is for people).
 """
 
@@ -52,6 +55,7 @@ from debpkgs import write_manifest
 CLI = [sys.executable, "-m", "buildfarm_cli"]
 TRIVIAL = int(os.environ.get("BENCH_TRIVIAL", "40"))
 PACKAGES = int(os.environ.get("BENCH_PACKAGES", "5000"))
+PAIRS = int(os.environ.get("BENCH_PAIRS", "2"))
 
 
 def _cli(env: dict[str, str], *args: str) -> str:
@@ -228,39 +232,61 @@ def big_submit(work: Path, count: int) -> tuple[float, float, float, float, int]
     return first_s, publish_s, submit_s, advance_s, reused
 
 
-def dispatch(work: Path, trivial: int) -> None:
-    """The dispatch part: ``make -j2`` before and after the farm (the load of a shared machine
-    moves; their mean is the ratio's base), then where the farm's time and CPU went."""
+def dispatch(work: Path, trivial: int, pairs: int = PAIRS) -> None:
+    """The dispatch part: ``make -j2`` and the farm alternated, ``pairs`` farm runs each between
+    two make runs (make, farm, make, farm, make: the load of a shared machine moves, so each farm
+    run is measured against the mean of the make runs either side of it, and the median of those
+    ratios is the figure); then where the median farm run's time and CPU went."""
     src = work / "trivial"
     names = trivial_sources(src, trivial, "triv")
-    print(f"dispatch: {trivial} trivial packages, host runner, 2 nodes, beside make -j2 ...", flush=True)
-    load = os.getloadavg()[0]
-    before, each, make_cpu = make_wall(work / "make-before", src, names)
-    run = farm_wall(work / "farm", src, names)
-    after, each_after, cpu_after = make_wall(work / "make-after", src, names)
-    made, make_cpu, each = (before + after) / 2, (make_cpu + cpu_after) / 2, each + each_after
-    farmed, succeeded = run.wall, run.succeeded
-    print(f"  load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
     print(
-        f"  make -j2:      {made:6.1f} s, {trivial / made:5.2f} steps/s "
-        f"(before the farm {before:.1f} s, after it {after:.1f} s)"
+        f"dispatch: {trivial} trivial packages, host runner, 2 nodes, beside make -j2, "
+        f"{pairs} pair(s) alternated ...",
+        flush=True,
     )
-    print(f"  farm, 2 nodes: {farmed:6.1f} s, {succeeded / farmed:5.2f} steps/s ({succeeded} built)")
-    print(f"  ratio farm / make: {farmed / made:.2f} (goal <= 1.1)")
+    load = os.getloadavg()[0]
+    makes = [make_wall(work / "make-0", src, names)]
+    runs: list[FarmRun] = []
+    for pair in range(1, pairs + 1):
+        runs.append(farm_wall(work / f"farm-{pair}", src, names))
+        makes.append(make_wall(work / f"make-{pair}", src, names))
+    walls, cpus = [], []
+    print(f"  load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
+    for pair, run in enumerate(runs):
+        (before, _e, cpu_b), (after, _e2, cpu_a) = makes[pair], makes[pair + 1]
+        made, made_cpu = (before + after) / 2, (cpu_b + cpu_a) / 2
+        walls.append(run.wall / made)
+        cpus.append(sum(run.cpu.values()) / made_cpu)
+        print(
+            f"  pair {pair + 1}: make -j2 {before:.1f} s | farm {run.wall:.1f} s ({run.succeeded} built)"
+            f" | make -j2 {after:.1f} s; ratio wall {walls[-1]:.2f}, CPU {cpus[-1]:.2f}"
+        )
+    print(
+        f"  ratio farm / make, median of {pairs}: wall {statistics.median(walls):.2f} (goal <= 1.1), "
+        f"CPU {statistics.median(cpus):.2f}"
+    )
+    # the details of the median run (by its wall ratio) against the mean of all make runs
+    run = runs[sorted(range(pairs), key=walls.__getitem__)[(pairs - 1) // 2]]
+    made = statistics.mean(m[0] for m in makes)
+    make_cpu = statistics.mean(m[2] for m in makes)
+    each = [e for m in makes for e in m[1]]
+    farmed, succeeded = run.wall, run.succeeded
+    print(f"  median run: make -j2 {made:6.1f} s (mean of all), {trivial / made:5.2f} steps/s")
+    print(f"              farm     {farmed:6.1f} s, {succeeded / farmed:5.2f} steps/s ({succeeded} built)")
     print(f"  farm overhead a step (2 at a time): {2 * (farmed - made) / trivial:.2f} s")
     _print_phases(run, each)
     farm_cpu = sum(run.cpu.values())
     print(
         f"  CPU seconds a step: make {make_cpu / trivial:.2f}, farm {farm_cpu / trivial:.2f} ("
-        + ", ".join(f"{k} {v / trivial:.2f}" for k, v in sorted(run.cpu.items()) if v >= 0.01)
+        + ", ".join(f"{k} {v / trivial:.3f}" for k, v in sorted(run.cpu.items()) if v >= 0.01)
         + f"); ratio {farm_cpu / make_cpu:.2f}"
     )
     # A second baseline, not the goal's: make doing the farm's work, a source package made too.
     both, _each, both_cpu = make_wall(work / "make-source", src, names, source=True)
     print(
         f"  second baseline, make -j2 also making each source package (dpkg-source -b, as the farm "
-        f"publishes it): {both:.1f} s, CPU {both_cpu / trivial:.2f} a step; farm / it: wall "
-        f"{farmed / both:.2f}, CPU {farm_cpu / both_cpu:.2f} (load {os.getloadavg()[0]:.1f})"
+        f"publishes it): {both:.1f} s, CPU {both_cpu / trivial:.2f} a step; farm (median run) / it: "
+        f"wall {farmed / both:.2f}, CPU {farm_cpu / both_cpu:.2f} (load {os.getloadavg()[0]:.1f})"
     )
 
 
