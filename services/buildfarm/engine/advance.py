@@ -99,8 +99,13 @@ def _lock_build(session: Session, build_id: int) -> Build | None:
 
 # A step without an input key has its source package still being made by its submit
 # (``engine/submit.py``): it waits, neither released nor skipped, until the submit keys it.
+_IS_PENDING = Step.state == literal_column(f"'{StepState.PENDING.value}'")
+"""A pending step, the state written into the statement: PostgreSQL's generic plan of a prepared
+statement (psycopg prepares one run often) can use the partial index of open steps
+(``ix_steps_build_open``, 0021) only if the query's state implies its condition, and a bound
+state does not."""
 _PENDING = select(Step.depends_on).where(
-    Step.build_id == bindparam("build"), Step.state == StepState.PENDING, Step.input_key != ""
+    Step.build_id == bindparam("build"), _IS_PENDING, Step.input_key != ""
 )
 _STATES_OF = select(Step.name, Step.state).where(
     Step.build_id == bindparam("build"), Step.name.in_(bindparam("names", expanding=True))
@@ -410,7 +415,7 @@ def open_steps(session: Session, build_id: int) -> list[OpenStep]:
         OpenStep(*row)
         for row in session.execute(
             select(*_OPEN_COLUMNS)
-            .where(Step.build_id == build_id, Step.state == StepState.PENDING, Step.input_key != "")
+            .where(Step.build_id == build_id, _IS_PENDING, Step.input_key != "")
             .order_by(Step.id)
         )
     ]
@@ -619,7 +624,7 @@ _OPEN_OF_BUILD = select(
 ).where(Build.id == bindparam("id"))
 """The build's state and how many of its steps are not done (one row; the count runs once: joined
 to the pending steps, SQLite counted again for each, seconds at thousands of steps)."""
-_KEYED_PENDING = (Step.build_id == bindparam("id"), Step.state == StepState.PENDING, Step.input_key != "")
+_KEYED_PENDING = (Step.build_id == bindparam("id"), _IS_PENDING, Step.input_key != "")
 _DEPENDENCY = Step.__table__.alias("dependency")
 _WANTED = (
     func.json_array_elements_text(Step.depends_on)
