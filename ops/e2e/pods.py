@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 from dataclasses import dataclass, field
@@ -298,9 +299,23 @@ def run_args(
     args += ["--volume", f"{term_file}:{termination}:rw"]
     if container.get("workingDir"):
         args += ["--workdir", container["workingDir"]]
-    for key, value in env.items():
-        args += ["--env", f"{key}={value}"]
+    args += env_args(env, ctx.root / f"env-{container['name']}")
     return args, env
+
+
+def env_args(env: dict[str, str], path: Path) -> list[str]:
+    """The container's environment as podman options: in an env file only its user can read
+    (0600), not on podman's command line, where every user of the host sees it (``ps``) and
+    where it would show database and S3 passwords.  An env file holds one line a variable."""
+    multiline = sorted(key for key, value in env.items() if "\n" in value)
+    if multiline:
+        raise PodError(
+            f"env {', '.join(multiline)}: a value of more than one line (podman's env file holds one)"
+        )
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+        out.write("".join(f"{key}={value}\n" for key, value in env.items()))
+    return ["--env-file", str(path)]
 
 
 def _read_only_volume(spec: Obj, name: str) -> bool:

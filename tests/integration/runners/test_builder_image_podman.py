@@ -191,3 +191,20 @@ def _run(
         timeout=PODMAN_TIMEOUT_SECONDS,
         check=False,
     )
+
+
+def test_a_containers_environment_goes_in_a_file_only_its_user_reads(tmp_path: Path) -> None:
+    """``make e2e`` passes database and S3 passwords to its containers: never on podman's command
+    line, which every user of the host sees."""
+    env = {"BUILDFARM_DATABASE_URL": "postgresql+psycopg://bf:s3cret@db/bf", "EMPTY": "", "EQ": "a=b"}
+    args = pods.env_args(env, tmp_path / "env-farm")
+    assert args == ["--env-file", str(tmp_path / "env-farm")]
+    assert not any("s3cret" in arg for arg in args)
+    assert (tmp_path / "env-farm").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "env-farm").read_text().splitlines() == [
+        "BUILDFARM_DATABASE_URL=postgresql+psycopg://bf:s3cret@db/bf",
+        "EMPTY=",
+        "EQ=a=b",
+    ]
+    with pytest.raises(pods.PodError, match=r"^env CA: a value of more than one line"):
+        pods.env_args({"CA": "-----BEGIN\nx\n-----END", "A": "1"}, tmp_path / "env-other")
