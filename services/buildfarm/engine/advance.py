@@ -666,15 +666,16 @@ def advance_build(ctx: FarmContext, build_id: int) -> None:
     loads the build and its open steps.
 
     On PostgreSQL that transaction commits without waiting for its WAL to reach the disk
-    (:data:`ASYNC_COMMIT`, set by the statement that locks the build): the flush was most of the
-    time of an advance that releases steps (1-5 ms on a busy disk, one finish in ten in the
-    scheduler's bench).  Safe because an advance only writes what can be told again from what
+    (:data:`ASYNC_COMMIT`, set by the statement that locks the build): the flush waits on the disk,
+    milliseconds when it is busy, at every advance that releases steps (after one finish in ten
+    in the scheduler's bench).  Safe because an advance only writes what can be told again from what
     it read: a crash of the server loses only the last commits, in commit order (a later commit
     that waits, e.g. a publication's, flushes all the WAL before its own), so a lost advance
     leaves the build as it found it, its released steps pending behind dependencies that
     succeeded (or its state running with every step done), and that is exactly what the next
     advance releases (or closes) again: the one after any later finish of the build, or the
-    reaper's for a running build with no step ready or running.  A claim of a released step
+    reaper's for a running build with no step ready or running; a staging whose record was lost
+    is made again by it, as after a crash before a waiting commit.  A claim of a released step
     commits after the release, so it is lost with it if the release is; a ticket sent for a
     release that was lost finds its step pending and claims another of its pool, or nothing,
     and the release made again sends tickets of its own."""
