@@ -47,7 +47,7 @@ from sqlalchemy.orm import Session
 
 from buildfarm.backends.base import LogWriter, ObjectRef
 from buildfarm.engine import builders, fairshare
-from buildfarm.engine.advance import TEMPORARY_ERRNOS
+from buildfarm.engine.advance import ASYNC_COMMIT, TEMPORARY_ERRNOS
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.images import bring_into_namespace, dependency_images, image_spec
 from buildfarm.engine.outputs import comparison_line, identity_of_files, identity_of_images
@@ -272,9 +272,6 @@ CHOICES_PER_TICKET = 8
 """(class, tenant) queues a ticket tries before it falls back to the step it names: each try
 finds a step another node took meanwhile only under contention, so this bounds a claim's work."""
 
-ASYNC_COMMIT = func.set_config("synchronous_commit", "off", True)
-"""PostgreSQL: a column that makes the commit of its transaction not wait for the disk (``SET
-LOCAL``, without a round trip of its own); why that is safe: :func:`claim_next`, :func:`finish_step`."""
 _NAMED_STEP = _STEPS.alias("named")
 _NAMED_COLUMNS = (
     _NAMED_STEP.c.requires,

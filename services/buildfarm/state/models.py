@@ -153,6 +153,9 @@ class Build(Base):
 
 READY_ONLY = f"state = '{StepState.READY.value}'"
 """The condition of the partial indexes of ready steps, as SQL (a claim's query repeats it)."""
+OPEN_ONLY = f"state NOT IN ({', '.join(repr(state.value) for state in sorted(TERMINAL_STEP_STATES))})"
+"""The condition of the PostgreSQL partial index of a build's open steps, as SQL (an advance's
+count repeats it: ``engine/advance.py``)."""
 
 
 class StepQueue(Base):
@@ -188,7 +191,11 @@ class Step(Base):
         Index("ix_steps_reused_from", "reused_from"),
         Index("ix_steps_resolved_key_state", "resolved_key", "state"),  # 0014
         Index("ix_steps_state_ready_at", "state", "ready_at"),  # the reaper's ready steps (0012)
-        Index("ix_steps_build_state", "build_id", "state"),  # advance: a build's pending, open steps (0017)
+        # advance: a build's pending steps, and how many are open (0017).  Partial on PostgreSQL
+        # (0021): an advance's count reads the open steps alone, from the index (not every step of
+        # the build from the table), and a finish, which makes a step terminal, writes no entry.
+        # The table's other index on build_id (the unique one) serves every other lookup by build.
+        Index("ix_steps_build_open", "build_id", "state", postgresql_where=text(OPEN_ONLY)),
         # The scheduler's queues (0017): a queue's next step and its oldest, one index probe each;
         # partial, so only ready steps are in them (a claim's WHERE spells the state literally).
         Index(
@@ -201,7 +208,8 @@ class Step(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    build_id: Mapped[int] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"), index=True)
+    # no index of its own: ix_steps_build_open and the unique (build_id, name) start with it (0021)
+    build_id: Mapped[int] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
     version: Mapped[str] = mapped_column(String(200))
     origin: Mapped[str] = mapped_column(Text)

@@ -4,7 +4,8 @@ chooses, locks, leases and charges in one statement, the log key computed by the
 On both databases: the log key is :func:`log_key_for`'s for any step name (the server's
 escaping of a name is the same as :func:`names.to_safe`'s), and a ready step whose lost attempt
 might be adopted is still claimed (the one statement leaves it to the transaction of old).  On
-PostgreSQL: a claim is two statements and no BEGIN, an advance that finds nothing to do one.
+PostgreSQL: a claim is two statements and no BEGIN, an advance that finds nothing to do one, and
+one that releases commits without waiting for the disk.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy import Engine, event, select, update
 
 from buildfarm.engine.advance import advance_build
 from buildfarm.engine.context import FarmContext
-from buildfarm.engine.steps import claim_next, log_key_for
+from buildfarm.engine.steps import claim_next, finish_step, log_key_for
 from buildfarm.model.types import StepState
 from buildfarm.state.models import Step, TenantUsage
 
@@ -114,3 +115,31 @@ def test_a_claim_on_postgresql_is_two_statements_and_no_transaction(
             event.remove(engine, "before_cursor_execute", hook)
     assert [label for label, _text in claimed] == ["autocommit", "autocommit"], claimed
     assert [label for label, _text in seen] == ["autocommit"], seen
+
+
+def test_an_advance_that_releases_commits_asynchronously_on_postgresql(
+    ctx: FarmContext, database_url: str
+) -> None:
+    """The statement that locks the build sets its transaction's commit not to wait for the disk
+    (``advance_build`` says why that is safe); the release is written all the same."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has no asynchronous commit")
+    with ctx.db.session() as session:
+        first, second = ready_steps(session, "alpha", "ann", 2)
+        name = session.get_one(Step, first).name
+        session.execute(
+            update(Step).where(Step.id == second).values(state=StepState.PENDING, depends_on=[name])
+        )
+    claim = claim_next(ctx, first, "node1", frozenset())
+    assert claim is not None and claim.step_id == first
+    assert finish_step(ctx, claim, [], None)
+    seen: list[tuple[str, str]] = []
+    hooks = _count({"transactions": ctx.db.engine}, seen)
+    try:
+        advance_build(ctx, claim.build_id)
+    finally:
+        for engine, hook in hooks:
+            event.remove(engine, "before_cursor_execute", hook)
+    assert seen and "FOR UPDATE" in seen[0][1] and "set_config" in seen[0][1], seen[:1]
+    with ctx.db.session() as session:
+        assert session.get_one(Step, second).state == StepState.READY
