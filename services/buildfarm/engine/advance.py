@@ -102,7 +102,7 @@ def _lock_build(session: Session, build_id: int) -> Build | None:
 _IS_PENDING = Step.state == literal_column(f"'{StepState.PENDING.value}'")
 """A pending step, the state written into the statement: PostgreSQL's generic plan of a prepared
 statement (psycopg prepares one run often) can use the partial index of open steps
-(``ix_steps_build_open``, 0021) only if the query's state implies its condition, and a bound
+(``ix_steps_build_open``, 0019) only if the query's state implies its condition, and a bound
 state does not."""
 _PENDING = select(Step.depends_on).where(
     Step.build_id == bindparam("build"), _IS_PENDING, Step.input_key != ""

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import literal_column, or_, select, update
 from sqlalchemy.orm import Session
 
 from buildfarm.engine import routing
@@ -42,6 +42,11 @@ from buildfarm.runners.base import chroot_root, remove_mapped_tree
 from buildfarm.state.models import Build, Step, utcnow
 
 log = logging.getLogger(__name__)
+_IS_LIVE = Step.state.in_(
+    [literal_column(f"'{state.value}'") for state in (StepState.READY, StepState.RUNNING)]
+)
+"""A ready or running step, the states written into the statement: PostgreSQL's plan can then use
+the partial index of open steps (``ix_steps_build_open``, 0019), as the advance's queries do."""
 
 STAGING_DROPS_PER_ROUND = 10
 """Leftover staging repositories dropped per round, so a long repository outage that left many
@@ -98,7 +103,7 @@ def reap(ctx: FarmContext) -> ReapReport:
         stuck = session.scalars(
             select(Build.id)
             .where(Build.state.in_([BuildState.RUNNING, BuildState.PUBLISHING]))
-            .where(~Build.steps.any(Step.state.in_([StepState.READY, StepState.RUNNING])))
+            .where(~Build.steps.any(_IS_LIVE))
         ).all()
         leftovers = session.scalars(
             select(Build.id)

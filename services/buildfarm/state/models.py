@@ -192,7 +192,7 @@ class Step(Base):
         Index("ix_steps_resolved_key_state", "resolved_key", "state"),  # 0014
         Index("ix_steps_state_ready_at", "state", "ready_at"),  # the reaper's ready steps (0012)
         # advance: a build's pending steps, and how many are open (0017).  Partial on PostgreSQL
-        # (0021): an advance's count reads the open steps alone, from the index (not every step of
+        # (0019): an advance's count reads the open steps alone, from the index (not every step of
         # the build from the table), and a finish, which makes a step terminal, writes no entry.
         # The table's other index on build_id (the unique one) serves every other lookup by build.
         Index("ix_steps_build_open", "build_id", "state", postgresql_where=text(OPEN_ONLY)),
@@ -208,7 +208,7 @@ class Step(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    # no index of its own: ix_steps_build_open and the unique (build_id, name) start with it (0021)
+    # no index of its own: ix_steps_build_open and the unique (build_id, name) start with it (0019)
     build_id: Mapped[int] = mapped_column(ForeignKey("builds.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
     version: Mapped[str] = mapped_column(String(200))

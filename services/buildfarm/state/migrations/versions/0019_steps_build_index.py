@@ -10,14 +10,14 @@
   table: one index fewer each time, two at a finish (a terminal step has no entry in the
   partial one).  On SQLite the index is as it was (renamed).
 
-Revision ID: 0021
+Revision ID: 0019
 Revises: 0018
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0021"
+revision = "0019"
 down_revision = "0018"
 branch_labels = None
 depends_on = None
