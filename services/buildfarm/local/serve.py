@@ -47,6 +47,21 @@ def _uid(sock: socket.socket | None) -> int | None:
     return None if sock is None else owner.peer_uid(sock)
 
 
+class Network(uvicorn.Server):
+    """The API on the network, whose shutdown ends only once the owner side's has: when it caught
+    SIGTERM, uvicorn raises that signal again as soon as this server's ``serve`` returns, which
+    ends the process, and the owner socket's file must be gone by then."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.owner_closed = asyncio.Event()
+        self.owner_closed.set()  # nothing beside it until :func:`serve` starts the owner side
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        await self.owner_closed.wait()
+
+
 class Beside(uvicorn.Server):
     """A server that runs beside ``main`` in its event loop: it leaves the signals to ``main``
     and stops when ``main`` does."""
@@ -76,16 +91,18 @@ async def warm_up(app: Any) -> None:
     await response.aclose()
 
 
-async def serve(main: uvicorn.Server, beside: uvicorn.Server, sock: socket.socket, path: Path) -> None:
+async def serve(main: Network, beside: uvicorn.Server, sock: socket.socket, path: Path) -> None:
     """Both servers until ``main`` is told to stop (uvicorn then raises its signal again)."""
     for app in (main.config.app, beside.config.app):  # the owner socket's is the CLI's
         await warm_up(app)
+    main.owner_closed.clear()
 
     async def owner_side() -> None:
         try:
             await beside.serve(sockets=[sock])
         finally:
             path.unlink(missing_ok=True)  # a command from now on calls the API in-process
+            main.owner_closed.set()
 
     await asyncio.gather(main.serve(), owner_side())
 
@@ -98,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings_at_start()
     ctx = make_context(settings)
     quiet: dict[str, Any] = {"log_level": "warning", "access_log": False}
-    network = uvicorn.Server(
+    network = Network(
         uvicorn.Config(
             create_app(settings, ctx),
             host=args.host or settings.api.host,
