@@ -10,7 +10,6 @@ is closed unanswered.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -23,6 +22,7 @@ import httpx
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from buildfarm.api.__main__ import QUIET, address_arguments, network_config
 from buildfarm.api.app import create_app
 from buildfarm.dispatch.context import make_context
 from buildfarm.local import owner
@@ -108,28 +108,17 @@ async def serve(main: Network, beside: uvicorn.Server, sock: socket.socket, path
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m buildfarm.local.serve")
-    parser.add_argument("--host", default=None)
-    parser.add_argument("--port", type=int, default=None)
-    args = parser.parse_args(argv)
+    args = address_arguments("python -m buildfarm.local.serve", argv)
     settings = settings_at_start()
     ctx = make_context(settings)
-    quiet: dict[str, Any] = {"log_level": "warning", "access_log": False}
-    network = Network(
-        uvicorn.Config(
-            create_app(settings, ctx),
-            host=args.host or settings.api.host,
-            port=args.port or settings.api.port,
-            **quiet,
-        )
-    )
+    network = Network(network_config(create_app(settings, ctx), args, settings))
     path = owner.socket_path(settings.state_dir)
     if path is None:
         log.warning("no owner socket: the state directory's path is too long for one")
         network.run()
         return
     local = LocalFarm(settings, ctx)
-    beside = Beside(uvicorn.Config(local.owner_app(), http=OwnerOnly, lifespan="off", **quiet), network)
+    beside = Beside(uvicorn.Config(local.owner_app(), http=OwnerOnly, lifespan="off", **QUIET), network)
     sock = owner.listen(path)
     try:
         with asyncio.Runner(loop_factory=network.config.get_loop_factory()) as runner:
