@@ -21,7 +21,7 @@ from buildfarm.engine.context import FarmContext
 from buildfarm.engine.steps import run_step
 from buildfarm.model.settings import load_settings
 from buildfarm.state.db import Database, upgrade
-from buildfarm.state.models import Build
+from buildfarm.state.models import Build, Step, StepOutput
 from buildfarm.wiring import Wiring
 
 
@@ -113,3 +113,34 @@ def finished_build(
     session.add(build)
     session.flush()
     return build
+
+
+def recorded_build(
+    ctx: FarmContext, names: list[str], depends: dict[str, list[str]] | None = None, *, outputs: bool = False
+) -> int:
+    """A pending build's rows written by hand (p/main, nightly): a step of each name, depending
+    on ``depends``' names, with a .deb output each when ``outputs``; for tests of views, changes
+    and advances that need rows, not a submit."""
+    with ctx.db.session() as session:
+        build = Build(project="p", branch="main", kind="nightly", user="u", manifest={}, environment_id="e")
+        session.add(build)
+        session.flush()
+        for index, name in enumerate(names):
+            step = Step(
+                build_id=build.id,
+                name=name,
+                version="1",
+                origin="o",
+                source_sha256="0" * 64,
+                tree_hash="t",
+                input_key=f"{build.id}-{index}-".ljust(64, "0"),
+                depends_on=(depends or {}).get(name, []),
+            )
+            session.add(step)
+            if outputs:
+                session.flush()
+                deb = StepOutput(
+                    step_id=step.id, attempt=1, filename=f"{name}_1_all.deb", sha256="1" * 64, size=1
+                )
+                session.add(deb)
+        return build.id

@@ -15,31 +15,14 @@ from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import ForbiddenError
 from buildfarm.model.types import StepState
-from buildfarm.state.models import Build, Step
+from buildfarm.state.models import Step
 from buildfarm_client.models import BuildView
 
-from farmkit import make_test_context
+from farmkit import make_test_context, recorded_build
 
 
 def _build(ctx: FarmContext, count: int) -> int:
-    with ctx.db.session() as session:
-        build = Build(project="p", branch="main", kind="nightly", user="u", manifest={}, environment_id="e")
-        session.add(build)
-        session.flush()
-        for i in range(count):
-            session.add(
-                Step(
-                    build_id=build.id,
-                    name=f"pkg{i}",
-                    version="1",
-                    origin="o",
-                    source_sha256="0" * 64,
-                    tree_hash="t",
-                    input_key=f"{build.id}{i:060d}",
-                    depends_on=[],
-                )
-            )
-        return build.id
+    return recorded_build(ctx, [f"pkg{i}" for i in range(count)])
 
 
 def _start(ctx: FarmContext, step_id: int) -> None:

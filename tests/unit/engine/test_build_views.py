@@ -11,33 +11,13 @@ from sqlalchemy import event
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.types import StepState
-from buildfarm.state.models import Build, Step, StepOutput
+from buildfarm.state.models import Step
 
-from farmkit import make_test_context
+from farmkit import make_test_context, recorded_build
 
 
 def _build_with_steps(ctx: FarmContext, count: int) -> int:
-    with ctx.db.session() as session:
-        build = Build(project="p", branch="main", kind="nightly", user="u", manifest={}, environment_id="e")
-        session.add(build)
-        session.flush()
-        for i in range(count):
-            step = Step(
-                build_id=build.id,
-                name=f"pkg{i}",
-                version="1",
-                origin="o",
-                source_sha256="0" * 64,
-                tree_hash="t",
-                input_key=f"{i:064d}",
-                depends_on=[],
-            )
-            session.add(step)
-            session.flush()
-            session.add(
-                StepOutput(step_id=step.id, attempt=1, filename=f"pkg{i}_1_all.deb", sha256="1" * 64, size=1)
-            )
-        return build.id
+    return recorded_build(ctx, [f"pkg{i}" for i in range(count)], outputs=True)
 
 
 @pytest.mark.parametrize("steps", [1, 60])
