@@ -166,3 +166,52 @@ def test_timeout_error_is_the_submits_temporary_error(tmp_path: Path) -> None:
 
     with pytest.raises(TemporaryError, match="took over"):
         _dpkg_source(["-b", "x"], tmp_path, "packages[0]", Slow({}))
+
+
+def test_dpkg_sources_temporary_files_are_removed_in_the_forked_child(tmp_path: Path) -> None:
+    """The child ends without Perl's global destruction, after the END blocks that remove
+    temporary files: a native and a quilt pack (its patch made in a temporary file) leave
+    nothing in TMPDIR."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    forks = DpkgSourceForks(dpkg_source_env() | {"TMPDIR": str(tmpdir)})
+    try:
+        for name, make, options in (
+            ("native", lambda root: make_package(root, "pkg"), []),
+            ("quilt", _quilt_tree, ["--auto-commit"]),
+        ):
+            root = tmp_path / name
+            root.mkdir()
+            os.rename(make(root), root / "pkg-1.0")
+            status, output = forks.run([*options, "-b", "pkg-1.0"], root, 60) or (None, "")
+            assert status == 0, output
+            assert "dpkg-source: info: building" in output  # its output flushed before it ends
+    finally:
+        forks.close()
+    assert list(tmpdir.iterdir()) == []
+
+
+_SCRIPT = """#!/usr/bin/perl
+use strict;
+use warnings;
+my $word = shift @ARGV;
+sub said { print "said $word\\n" }
+said();
+exit 3;
+"""
+
+
+@pytest.mark.parametrize("tail", ["", "__END__\n"], ids=["compiled-once", "run-as-a-file"])
+def test_each_run_has_its_own_file_scope_and_exit_status(tmp_path: Path, tail: str) -> None:
+    """Each child runs the script once, compiled in the Perl (or, when it cannot be compiled as
+    a sub's body, as ``__END__`` makes it, run as a file): its subs see that run's variables,
+    its printed output and its exit status are the run's."""
+    script = tmp_path / "script"
+    script.write_text(_SCRIPT + tail)
+    forks = DpkgSourceForks(dpkg_source_env())
+    forks.script = script
+    try:
+        assert forks.run(["one"], tmp_path, 60) == (3, "said one\n")
+        assert forks.run(["two"], tmp_path, 60) == (3, "said two\n")
+    finally:
+        forks.close()
