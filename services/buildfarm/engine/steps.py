@@ -802,8 +802,27 @@ def _run_claimed(ctx: FarmContext, claim: Claim, writer: LogWriter, node: str) -
     finally:
         heartbeat.stopped.set()
         heartbeat.join()
+    try:
+        return _settle(ctx, claim, writer, node, outcome, lease_lost=heartbeat.lost, lost=lost)
+    finally:
+        # once the finish is recorded and the advance sent: its ~15 ms are no part of the step's
+        # hold, nor of the wait for its build's next move (a node killed before it leaves the
+        # directory to the reaper's sweep of dead attempts, as one killed while building does)
         shutil.rmtree(workdir, ignore_errors=True)
-    if heartbeat.lost:
+
+
+def _settle(
+    ctx: FarmContext,
+    claim: Claim,
+    writer: LogWriter,
+    node: str,
+    outcome: tuple[str | None, list[Output], str | None],
+    *,
+    lease_lost: bool,
+    lost: str | None,
+) -> str:
+    """Record how the attempt ended (unless its lease was lost), log it and advance its build."""
+    if lease_lost:
         _write(
             writer,
             f"buildfarm: lease of attempt {claim.attempt} lost; this attempt's outputs are discarded",
@@ -964,23 +983,44 @@ class _Target:
     requires: str = ""  # the node labels it needs (a builder pod's nodeSelector)
 
 
+_TARGET = (
+    select(
+        Step.kind,
+        Step.node,
+        Build.project,
+        Build.branch,
+        Step.environment_id,
+        Build.environment_id.label("build_environment_id"),
+        Step.host_arch,
+        Step.arch_all,
+        Step.requires,
+    )
+    .join(Build, Step.build_id == Build.id)
+    .where(Step.id == bindparam("id"))
+)
+"""A package step's target: one row (a node reads it at every step; loading the step and its
+build as ORM objects cost several times more)."""
+
+
 def _step_target(ctx: FarmContext, claim: Claim) -> _Target:
+    with ctx.db.statements() as connection:
+        row = connection.execute(_TARGET, {"id": claim.step_id}).one()
+    if row.kind != StepKind.IMAGE:
+        return _Target(
+            row.kind,
+            None,
+            row.node,
+            row.project,
+            row.branch,
+            [],
+            row.environment_id or row.build_environment_id,
+            row.host_arch,
+            row.arch_all,
+            row.requires,
+        )
     with ctx.db.session() as session:
         step = session.get_one(Step, claim.step_id)
         build = step.build
-        if step.kind != StepKind.IMAGE:
-            return _Target(
-                step.kind,
-                None,
-                step.node,
-                build.project,
-                build.branch,
-                [],
-                step.environment_id or build.environment_id,
-                step.host_arch,
-                step.arch_all,
-                step.requires,
-            )
         prefix = image_prefix(ctx.settings.registry.url, build.project, build.branch, build.id)
         spec = image_spec(step.name, step.image_spec or {}, prefix)
         deps = dependency_images(session, step)

@@ -135,6 +135,10 @@ def _free_or_refuse(host: str, port: int, name: str) -> None:
 
 
 def _celery_worker(name: str, queues: str, concurrency: int, *extra: str) -> list[str]:
+    """A Celery worker of the local farm.  Without Celery's worker heartbeat: an event every 2 s
+    that only a monitor (Flower, ``celery events``) reads and the local farm runs none (whether a
+    node is up is asked by ping, :func:`ping`), and sending it was a few per cent of each idle
+    worker's CPU."""
     return [
         sys.executable,
         "-m",
@@ -151,6 +155,7 @@ def _celery_worker(name: str, queues: str, concurrency: int, *extra: str) -> lis
         "threads",
         "-c",
         str(concurrency),
+        "--without-heartbeat",
         "--without-gossip",
         "--without-mingle",
         "-l",
