@@ -30,13 +30,16 @@ import tempfile
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     JSON,
     Connection,
+    Select,
+    Text,
     Update,
     bindparam,
+    cast,
     func,
     literal_column,
     null,
@@ -251,6 +254,8 @@ class OpenStep:
     log_key: str | None
     error: str | None
     requires: str
+    attempt: int  # a ready one's ticket: its next attempt (routing.tickets)
+    priority: int  # a ready one's place among the tickets sent
 
 
 _OPEN_COLUMNS = tuple(getattr(Step, f.name) for f in fields(OpenStep))
@@ -261,8 +266,9 @@ def _release(
     build: Build,
     has: Callable[[str], bool] | None = None,
     steps: list[OpenStep] | None = None,
-) -> list[Step]:
-    """Resolve pending steps; return the ones that became ready. Loops until nothing changes.
+) -> list[OpenStep]:
+    """Resolve pending steps; return the ones that became ready, as the rows read (the build's
+    lock keeps them as read: a ticket needs no step loaded). Loops until nothing changes.
 
     A step whose input key was built before reuses that build, as does one whose dependencies
     built what a success of its own key was built against (``engine/outputs.py``), unless ``has``
@@ -288,7 +294,7 @@ def _release(
         else {}
     )
     _write_released(session, changed, queues, now)
-    return _steps_by_id(session, [s.id for s in ready])
+    return ready
 
 
 def _write_released(
@@ -357,15 +363,6 @@ _WRITE_REUSED = _write_by_id(
 _WRITE_READY = _write_by_id("state", "ready_at", "resolved_key", "queue_id")
 
 
-def _steps_by_id(session: Session, ids: list[int]) -> list[Step]:
-    """The steps of ``ids`` as ORM objects, in that order (the ready ones: ticketed, staged)."""
-    loaded: dict[int, Step] = {}
-    for start in range(0, len(ids), LOOKUP_CHUNK):
-        chunk = ids[start : start + LOOKUP_CHUNK]
-        loaded.update((s.id, s) for s in session.scalars(select(Step).where(Step.id.in_(chunk))))
-    return [loaded[step_id] for step_id in ids]
-
-
 def _resolve(
     session: Session,
     steps: list[OpenStep],
@@ -409,29 +406,46 @@ def _resolve(
 def open_steps(session: Session, build_id: int) -> list[OpenStep]:
     """What a release can change or reads: the build's pending steps (those keyed) and every step they depend
     on, directly or not (a resolved key reads the output identities of the whole closure:
-    ``engine/outputs.py``), as rows.  The others (running, ready, done and needed by no pending
-    step) are not read, so an advance costs what is still open, not the build's size."""
-    loaded = [
-        OpenStep(*row)
-        for row in session.execute(
-            select(*_OPEN_COLUMNS)
-            .where(Step.build_id == build_id, _IS_PENDING, Step.input_key != "")
-            .order_by(Step.id)
+    ``engine/outputs.py``), as rows, in one statement (:data:`_OPEN_STEPS_OF`).  The others
+    (running, ready, done and needed by no pending step) are not read, so an advance costs what
+    is still open, not the build's size."""
+    statement = _OPEN_STEPS_OF[session.get_bind().dialect.name]
+    return [OpenStep(*row) for row in session.execute(statement, {"build": build_id})]
+
+
+def _open_steps_of(dialect: str) -> Select[*tuple[Any, ...]]:
+    """:func:`open_steps`' statement: the names of the pending keyed steps and, recursively, of
+    those they depend on (a recursive CTE: one round trip however deep the closure, where a
+    query per level of dependencies made two or more), then their rows, by id."""
+    wanted = (
+        select(cast(Step.name, Text).label("name"))  # the type of the names read from JSON
+        .where(Step.build_id == bindparam("build"), _IS_PENDING, Step.input_key != "")
+        .cte("wanted", recursive=True)
+    )
+    dependent = Step.__table__.alias("dependent")
+    if dialect == "postgresql":
+        elements = func.json_array_elements_text(dependent.c.depends_on).table_valued("name")
+        needed = elements.render_derived(name="needed").lateral()
+        name = needed.c.name
+    else:  # SQLite's JSON array elements: json_each's ``value`` column
+        needed = func.json_each(dependent.c.depends_on).table_valued("value").alias("needed")
+        name = needed.c.value
+    wanted = wanted.union(
+        select(name).select_from(
+            wanted.join(
+                dependent, (dependent.c.build_id == bindparam("build")) & (dependent.c.name == wanted.c.name)
+            ).join(needed, true())
         )
-    ]
-    known = {s.name for s in loaded}
-    needed = {name for s in loaded for name in s.depends_on} - known
-    while needed:
-        deps = [
-            OpenStep(*row)
-            for row in session.execute(
-                select(*_OPEN_COLUMNS).where(Step.build_id == build_id, Step.name.in_(needed))
-            )
-        ]
-        loaded.extend(deps)
-        known |= {s.name for s in deps}
-        needed = {name for s in deps for name in s.depends_on} - known
-    return loaded
+    )
+    return (
+        select(*_OPEN_COLUMNS)
+        .where(Step.build_id == bindparam("build"), Step.name.in_(select(wanted.c.name)))
+        .order_by(Step.id)
+    )
+
+
+_OPEN_STEPS_OF = {dialect: _open_steps_of(dialect) for dialect in ("postgresql", "sqlite")}
+"""Built once per dialect: an advance binds the build."""
 
 
 _NOT_DONE = Step.state.not_in([literal_column(f"'{state.value}'") for state in sorted(TERMINAL_STEP_STATES)])
@@ -585,8 +599,9 @@ def _gives_up(ctx: FarmContext, exc: BuildfarmError, since: dt.datetime) -> bool
     return not isinstance(exc, TemporaryError) or elapsed >= ctx.settings.repository.give_up_seconds
 
 
-def _stage(ctx: FarmContext, session: Session, build: Build, needs_stage: list[Step]) -> bool:
-    """Stage the build's packages for ``needs_stage``; on failure take them back. Returns success."""
+def _stage(ctx: FarmContext, session: Session, build: Build, needs_stage: list[OpenStep]) -> bool:
+    """Stage the build's packages for ``needs_stage`` (steps just made ready); on failure take
+    them back (written in one statement, and on their rows). Returns success."""
     try:
         packages = [
             StoredPackage(o.filename, o.sha256, o.size)
@@ -600,15 +615,24 @@ def _stage(ctx: FarmContext, session: Session, build: Build, needs_stage: list[S
         now = utcnow()
         if _gives_up(ctx, exc, waiting_since(session, build)):
             log.warning("build %s: staging failed, its dependent steps are not built: %s", build.id, line)
-            for step in needs_stage:
-                step.state, step.finished_at = StepState.SKIPPED, now
-                step.ready_at = None
-                step.error = f"not built: staging failed: {line}"
+            error = f"not built: staging failed: {line}"
+            state = StepState.SKIPPED
+            values: dict[str, object] = {"finished_at": now, "error": error}
         else:
             log.warning("build %s: staging waits: %s", build.id, line)
-            for step in needs_stage:  # no step may run without the packages it builds against
-                step.state, step.ready_at = StepState.PENDING, None
+            # no step may run without the packages it builds against
+            state, values = StepState.PENDING, {}
             build.error = f"staging waits for the repository (tried again every reaper period): {line}"
+        ids = [step.id for step in needs_stage]
+        for start in range(0, len(ids), LOOKUP_CHUNK):
+            chunk = ids[start : start + LOOKUP_CHUNK]
+            session.execute(
+                update(_STEPS)
+                .where(_STEPS.c.id.in_(chunk))
+                .values({**values, "state": state, "ready_at": None})
+            )
+        for step in needs_stage:
+            step.state = state
         return False
     build.error = None
     return True
@@ -745,7 +769,8 @@ def _advance(
         released = [s for s in released if not s.depends_on]
         if any(s.state == StepState.SKIPPED for s in needs_stage):
             _release(session, build)  # skips what depends on them; nothing new becomes ready
-    to_run = routing.tickets(session, ctx, sorted(released, key=lambda s: -s.priority))
+    released.sort(key=lambda s: -s.priority)
+    to_run = routing.tickets(session, ctx, released)
     # a pending step that stays pending is not done, nor is one made ready: no count
     if finish is None and releasable is not False and not released and _all_steps_done(session, build.id):
         if _all_succeeded(session, build.id):

@@ -17,6 +17,8 @@ after ``cross_fallback_seconds`` (:mod:`buildfarm.engine.crossfallback`).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
+from typing import Protocol
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -87,7 +89,23 @@ def why_unrunnable(online: dict[str, frozenset[str]], requires: str) -> str | No
     return "no node with " + ", ".join(sorted(lacking))
 
 
-def tickets(session: Session, ctx: FarmContext, steps: list[Step]) -> list[tuple[int, int, str | None]]:
+class Ticketed(Protocol):
+    """What a ticket is made of: a ready step's id, attempt and required labels (an ORM step, or
+    a row read by a release)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def attempt(self) -> int: ...
+
+    @property
+    def requires(self) -> str: ...
+
+
+def tickets(
+    session: Session, ctx: FarmContext, steps: Sequence[Ticketed]
+) -> list[tuple[int, int, str | None]]:
     """(step id, attempt of the ticket, node it goes to or None) for ready ``steps``, in order."""
     nodes: dict[str, str | None] = {}
     out = []

@@ -43,7 +43,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from buildfarm.backends.base import LogWriter, ObjectRef
 from buildfarm.engine import builders, fairshare
@@ -398,12 +398,12 @@ def _claim_next_pg(
             row = connection.execute(_CHOOSE_AND_TAKE[len(ids) == 1], params).first()
             if row is None:
                 continue  # none ready in its queues (or all locked by nodes choosing now)
-            if row.log_key is not None:
+            if row.log_key is not None:  # taken: its attempt is the chosen one's next
                 return Claim(
                     row.id,
                     row.build_id,
                     row.name,
-                    row.attempt,
+                    row.chosen_attempt + 1,
                     owner,
                     row.source_sha256,
                     row.log_key,
@@ -443,12 +443,14 @@ def _may_adopt(state: StepState, attempt: int, attempt_lost: bool) -> bool:
     return attempt >= 1 and (state == StepState.RUNNING or attempt_lost)
 
 
-def _next_step(one: bool, locking: bool) -> Select[*tuple[Any, ...]]:
+def _next_step(
+    one: bool, locking: bool, columns: tuple[InstrumentedAttribute[Any], ...] = _CANDIDATE_COLUMNS
+) -> Select[*tuple[Any, ...]]:
     """The next step of one queue (``one``) or several of one (class, tenant) (critical path,
     then age), with its build, locked ``FOR UPDATE SKIP LOCKED`` if ``locking``: one probe of
-    the queues' partial index when there is one queue."""
+    the queues' partial index when there is one queue.  ``columns``: what is read of them."""
     query = (
-        select(*_CANDIDATE_COLUMNS)
+        select(*columns)
         .join(Build, Step.build_id == Build.id)
         .where(
             Step.queue_id == bindparam("queue")
@@ -492,6 +494,20 @@ def log_key_sql(
     return func.concat("logs/", build_id, "/", _safe_sql(name), "/", attempt, ".log")
 
 
+_CHOSEN_COLUMNS = (
+    Step.id,
+    Step.build_id,
+    Step.name,
+    Step.attempt,
+    Step.attempt_lost,
+    Step.source_sha256,
+    Build.staging_source,
+)
+"""What :func:`_choose_and_take` reads of the chosen step and its build: what the lease and
+the claim use, no more (a column the statement carries costs the client its description at
+every execution)."""
+
+
 def _choose_and_take(one: bool) -> Select[*tuple[Any, ...]]:
     """PostgreSQL: a claim's choice in one (class, tenant) and its lease, in one statement
     (:func:`_claim_next_pg`): the next step of the queue(s) ``queue`` locked ``FOR UPDATE SKIP
@@ -500,7 +516,11 @@ def _choose_and_take(one: bool) -> Select[*tuple[Any, ...]]:
     charge (:func:`fairshare.charge_start_upsert`), and an asynchronous commit
     (:data:`ASYNC_COMMIT`).  One row if a step was chosen: its ``log_key`` is null if it was not
     taken (it may be adopted: ``attempt_lost``); no row if the queues had none to offer."""
-    chosen = _next_step(one, locking=True).set_label_style(LABEL_STYLE_TABLENAME_PLUS_COL).cte("chosen")
+    chosen = (
+        _next_step(one, locking=True, columns=_CHOSEN_COLUMNS)
+        .set_label_style(LABEL_STYLE_TABLENAME_PLUS_COL)
+        .cte("chosen")
+    )
     attempt = chosen.c.steps_attempt + 1
     taken = (
         update(_STEPS)
@@ -522,7 +542,7 @@ def _choose_and_take(one: bool) -> Select[*tuple[Any, ...]]:
             attempt_lost=False,
             layer=None,
         )
-        .returning(_STEPS.c.id, _STEPS.c.attempt, _STEPS.c.log_key)
+        .returning(_STEPS.c.id, _STEPS.c.log_key)
         .cte("taken")
     )
     charged = fairshare.charge_start_upsert(taken).cte("charged")
@@ -535,7 +555,6 @@ def _choose_and_take(one: bool) -> Select[*tuple[Any, ...]]:
             chosen.c.steps_attempt_lost.label("attempt_lost"),
             chosen.c.steps_source_sha256.label("source_sha256"),
             chosen.c.builds_staging_source.label("staging_source"),
-            taken.c.attempt,
             taken.c.log_key,
             ASYNC_COMMIT,
         )

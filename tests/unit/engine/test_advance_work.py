@@ -100,8 +100,8 @@ def test_staging_fetches_each_package_once_over_a_build(
 def test_a_release_reads_the_open_steps_only(
     tmp_path: Path, done: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """It reads the pending steps and what they depend on, as rows; it loads as ORM objects only
-    the steps that become ready (to stage and ticket them)."""
+    """It reads the pending steps and what they depend on, as rows, and loads no step as an ORM
+    object (those that become ready are staged and ticketed from their rows too)."""
     ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
     names = [f"lib{i}" for i in range(done)] + ["app", "docs"]
     build_id = _add_build(ctx, names, {"app": ["lib0"], "docs": ["app"]})
@@ -130,7 +130,7 @@ def test_a_release_reads_the_open_steps_only(
     assert _state(ctx, build_id, "docs") == StepState.PENDING
     assert dispatcher(ctx).runs == [(_step_id(ctx, build_id, "app"), 1)]
     assert sorted(read) == ["app", "docs", "lib0"]  # not the other finished libraries
-    assert loaded == ["app"]
+    assert loaded == []
     ctx.db.dispose()
 
 
@@ -209,4 +209,40 @@ def test_a_rerun_reuses_every_step_in_a_few_queries(tmp_path: Path, count: int) 
     steps_read = [s for s in statements if s.lstrip().startswith("SELECT") and "FROM steps" in s]
     assert len(steps_read) <= 11, steps_read  # was 1 per step (its earlier success) and more
     assert len(statements) <= 40, statements  # the same for 3 steps and for 60
+    ctx.db.dispose()
+
+
+@pytest.mark.parametrize("fault", ["permanent", "temporary"])
+def test_a_staging_that_fails_takes_back_the_steps_it_made_ready(
+    tmp_path: Path, fault: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The released steps are rows, not ORM objects: a staging that gives up skips them (and
+    what depends on them), one that waits puts them back to pending; no ticket either way."""
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
+    build_id = _add_build(ctx, ["a", "b", "c", "d"], {"b": ["a"], "c": ["b"]})
+    _succeed(ctx, build_id, "a")
+    error = PermissionError(13, "Permission denied") if fault == "permanent" else OSError(28, "No space left")
+
+    def refuse(*_args: object) -> None:
+        raise error
+
+    monkeypatch.setattr(ctx.repo, "stage", refuse)
+    advance_build(ctx, build_id)
+    with ctx.db.session() as session:
+        steps = {s.name: s for s in session.scalars(select(Step).where(Step.build_id == build_id))}
+        build = session.get_one(Build, build_id)
+        b, c = steps["b"], steps["c"]
+        assert b.ready_at is None and steps["d"].state == StepState.READY
+        if fault == "permanent":
+            assert (b.state, b.error) == (
+                StepState.SKIPPED,
+                "not built: staging failed: the disk refused: Permission denied",
+            )
+            assert b.finished_at is not None
+            assert (c.state, c.error) == (StepState.SKIPPED, "not built: dependency b did not succeed")
+        else:
+            assert (b.state, c.state) == (StepState.PENDING, StepState.PENDING)
+            assert (build.error or "").startswith("staging waits for the repository"), build.error
+        d_id = steps["d"].id
+    assert dispatcher(ctx).runs == [(d_id, 1)]
     ctx.db.dispose()
