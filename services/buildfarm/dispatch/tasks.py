@@ -86,6 +86,21 @@ def reap() -> None:
         log.warning("reaper: expired %s, redispatched %s", report.expired, report.redispatched)
 
 
+def warm_up(*, scheduler: bool) -> None:
+    """A worker just started: pay its first use of the database now, not in the first build
+    (statements are compiled and ORM mappings set up at their first use in a process).  The
+    scheduler reaps at once (the beat's first reap comes ``reaper_seconds`` later, in the first
+    build, and its first pass cost several times the next ones); a node runs its step statements
+    matching no row (:func:`steps.warm_up`)."""
+    try:
+        if scheduler:
+            reap()
+        else:
+            steps.warm_up(farm_context())
+    except BuildfarmError as exc:  # the database is down: the first build pays it, as before
+        log.warning("warm-up skipped: %s", exc)
+
+
 # -- the scheduler's periodic work (issue 7): schedules, retention, backups -------------------
 
 

@@ -16,7 +16,7 @@ from celery.signals import worker_ready
 from buildfarm.dispatch.builders import reap_on_worker_start
 from buildfarm.dispatch.celery_app import make_celery
 from buildfarm.dispatch.nodes import NodeHeartbeat
-from buildfarm.dispatch.tasks import farm_context
+from buildfarm.dispatch.tasks import farm_context, warm_up
 from buildfarm.metrics import serve_worker_metrics
 from buildfarm.model.settings import settings_at_start
 
@@ -51,3 +51,11 @@ def _serve_metrics(sender: Any = None, **_: Any) -> None:
     hostname = getattr(sender, "hostname", None) or ""
     node = settings.builders.node or hostname.split("@", 1)[0] or "worker"
     serve_worker_metrics(settings.metrics.worker_host, settings.metrics.worker_port, settings.state_dir, node)
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _warm_up(sender: Any = None, **_: Any) -> None:
+    """Before the worker takes its first message (it answers pings only after its ready handlers
+    ran, so ``buildfarm start`` returns once this is done)."""
+    hostname = getattr(sender, "hostname", None) or ""
+    warm_up(scheduler=(settings.builders.node or hostname.split("@", 1)[0]) == SCHEDULER_NODE)

@@ -195,14 +195,14 @@ def _comparison() -> Select[str | None, int | None, str | None]:
     )
 
 
-_COMPARISON = _comparison()
+COMPARISON = _comparison()
 
 
 def comparison_line(ctx: FarmContext, step_id: int) -> str | None:
     """A just-built step's outputs against the previous success of the same package on the same
     branch, as a line for its log; None when there is nothing to compare."""
     with ctx.db.statements() as connection:
-        row = connection.execute(_COMPARISON, {"id": step_id}).first()
+        row = connection.execute(COMPARISON, {"id": step_id}).first()
     if row is None or row.output_identity is None or row.previous_identity is None:
         return None
     if row.previous_identity == row.output_identity:
