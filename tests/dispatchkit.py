@@ -79,8 +79,10 @@ def ready_steps(
     kind: str = "nightly",
     requires: str = "",
     ready_at: dt.datetime | None = None,
+    names: list[str] | None = None,
 ) -> list[int]:
-    """A running build of (project, user) whose ``count`` steps are ready; their ids in order."""
+    """A running build of (project, user) whose ``count`` steps are ready (named ``names``, else
+    after the tenant and their index); their ids in order."""
     from sqlalchemy.orm import Session
 
     assert isinstance(session, Session)
@@ -101,7 +103,7 @@ def ready_steps(
     steps = [
         Step(
             build_id=build.id,
-            name=f"{project}-{user}-{index}",
+            name=names[index] if names is not None else f"{project}-{user}-{index}",
             version="1.0",
             origin="test",
             source_sha256=f"{index:064x}",

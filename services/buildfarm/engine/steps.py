@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shutil
+import string
 import threading
 import time
 import uuid
@@ -32,17 +33,15 @@ from sqlalchemy import (
     Select,
     String,
     bindparam,
-    case,
     exists,
     func,
     insert,
-    literal_column,
     select,
     true,
     type_coerce,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from buildfarm.backends.base import LogWriter, ObjectRef
@@ -55,6 +54,7 @@ from buildfarm.model import names
 from buildfarm.model.errors import BuildfarmError
 from buildfarm.model.images import image_prefix
 from buildfarm.model.labels import satisfies
+from buildfarm.model.logkeys import STEP_LOG_KEY, step_log_key
 from buildfarm.model.types import AptSource, BuildState, OutputKind, StepKind, StepState
 from buildfarm.runners.base import ImageSpec, StepJob, StepResult, attempt_dirname
 from buildfarm.runners.lost import StepLost
@@ -64,6 +64,9 @@ log = logging.getLogger(__name__)
 
 Output = tuple[str, ObjectRef, OutputKind]
 """What a step made: a file's name (an image's reference), its content address, its kind."""
+
+log_key_for = step_log_key
+"""The key of an attempt's log (:mod:`buildfarm.model.logkeys`, its one definition)."""
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,6 @@ class Claim:
     tenant: fairshare.Tenant  # its build's (project, user): whom the finish charges
     started_at: dt.datetime | None  # the step's start under this lease (the charge's start)
     adopted: bool = False  # the attempt's builder Job outlived its lease and is followed again
-
-
-def log_key_for(build_id: int, step_name: str, attempt: int) -> str:
-    return f"logs/{build_id}/{names.to_safe(step_name)}/{attempt}.log"
 
 
 def claim_step(ctx: FarmContext, step_id: int, node: str) -> Claim | None:
@@ -468,36 +467,24 @@ def _next_step(
 _NEXT_STEP = {one: _next_step(one, locking=False) for one in (True, False)}
 """SQLite's choice, built once: a claim only binds the queue ids."""
 
-_PLAIN_NAME = "^[A-Za-z0-9.-]*$"
-"""A name :func:`names.to_safe` leaves as it is (its ``_PLAIN`` characters only)."""
 
-
-def _safe_sql(name: ColumnElement[str]) -> ColumnElement[str]:
-    """PostgreSQL: :func:`names.to_safe` of a name column: a plain name as it is, else each
-    character that is not plain as ``_`` and the hex of each of its UTF-8 bytes."""
-    chars = func.regexp_split_to_table(name, "").table_valued("c", with_ordinality="i").render_derived()
-    char = chars.c.c
-    escaped = case(
-        (char.regexp_match("^[A-Za-z0-9.-]$"), char),
-        else_=func.regexp_replace(func.encode(func.convert_to(char, "UTF8"), "hex"), "(..)", r"_\1", "g"),
-    )
-    joined = select(
-        func.coalesce(func.string_agg(escaped, aggregate_order_by(literal_column("''"), chars.c.i)), "")
-    ).scalar_subquery()
-    return case((name.regexp_match(_PLAIN_NAME), name), else_=joined)
-
-
-def log_key_sql(
-    build_id: ColumnElement[int], name: ColumnElement[str], attempt: ColumnElement[int]
-) -> ColumnElement[str]:
-    """PostgreSQL: :func:`log_key_for` computed by the server (in the statement that takes a lease)."""
-    return func.concat("logs/", build_id, "/", _safe_sql(name), "/", attempt, ".log")
+def log_key_sql(**columns: ColumnElement[Any]) -> ColumnElement[str]:
+    """PostgreSQL: :func:`log_key_for` computed by the server (in the statement that takes a
+    lease), from :data:`STEP_LOG_KEY` itself: its text as it is, each of its fields the column
+    of that name (``build_id``, ``safe_name``: the step's stored :func:`names.to_safe`,
+    ``attempt``)."""
+    parts: list[ColumnElement[Any] | str] = []
+    for text, field, _spec, _conversion in string.Formatter().parse(STEP_LOG_KEY):
+        parts += [text] if text else []
+        parts += [columns[field]] if field is not None else []
+    return func.concat(*parts)
 
 
 _CHOSEN_COLUMNS = (
     Step.id,
     Step.build_id,
     Step.name,
+    Step.safe_name,
     Step.attempt,
     Step.attempt_lost,
     Step.source_sha256,
@@ -537,7 +524,9 @@ def _choose_and_take(one: bool) -> Select[*tuple[Any, ...]]:
             lease_expires_at=bindparam("expires", type_=_STEPS.c.lease_expires_at.type),
             started_at=bindparam("now", type_=_STEPS.c.started_at.type),
             finished_at=None,
-            log_key=log_key_sql(chosen.c.steps_build_id, chosen.c.steps_name, attempt),
+            log_key=log_key_sql(
+                build_id=chosen.c.steps_build_id, safe_name=chosen.c.steps_safe_name, attempt=attempt
+            ),
             error=None,
             attempt_lost=False,
             layer=None,

@@ -23,7 +23,7 @@ from typing import TypeVar
 from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from buildfarm.model.names import to_safe
+from buildfarm.model.logkeys import step_log_key
 from buildfarm.model.retention import (
     EXPIRED_INPUT_KEY,
     LOG_STEP_STATES,
@@ -90,8 +90,8 @@ class Selection:
 
 
 def log_keys_of(step: StepRecord) -> list[str]:
-    """Every log a step wrote itself: one per attempt (``engine.steps.log_key_for``)."""
-    return [f"logs/{step.build_id}/{to_safe(step.name)}/{n}.log" for n in range(1, step.attempt + 1)]
+    """Every log a step wrote itself: one per attempt (:func:`step_log_key`)."""
+    return [step_log_key(step.build_id, step.name, n) for n in range(1, step.attempt + 1)]
 
 
 # -- selection ---------------------------------------------------------------------------------

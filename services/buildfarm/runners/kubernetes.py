@@ -47,6 +47,7 @@ from buildfarm.environments import host_architecture
 from buildfarm.model import names
 from buildfarm.model.errors import BuildfarmError, PermanentError
 from buildfarm.model.images import registry_host, split_reference
+from buildfarm.model.logkeys import step_log_key
 from buildfarm.model.settinggroups import BuildersSettings, RegistrySettings
 from buildfarm.model.types import PACKAGE_SUFFIXES, RunnerKind, StepKind
 from buildfarm.runners import kubespecs
@@ -90,11 +91,6 @@ class RemoteStore(Protocol):
     def delete_key(self, key: str) -> None: ...
 
     def read_log(self, key: str, offset: int = 0) -> tuple[bytes, int]: ...
-
-
-def step_log_key(build_id: int, step_name: str, attempt: int) -> str:
-    """The step log's key; the same as :func:`buildfarm.engine.steps.log_key_for` (tested)."""
-    return f"logs/{build_id}/{names.to_safe(step_name)}/{attempt}.log"
 
 
 def upload_key(build_id: int, step_name: str, attempt: int) -> str:

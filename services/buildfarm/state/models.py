@@ -35,6 +35,8 @@ from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from buildfarm.model import names
+
 # The states and kinds the tables store live in the model layer; importable from here as well.
 from buildfarm.model.types import TERMINAL_BUILD_STATES as TERMINAL_BUILD_STATES  # noqa: PLC0414
 from buildfarm.model.types import TERMINAL_STEP_STATES as TERMINAL_STEP_STATES  # noqa: PLC0414
@@ -180,6 +182,10 @@ class StepQueue(Base):
     user: Mapped[str] = mapped_column(String(100))
 
 
+def _safe_name_of(context: DefaultExecutionContext) -> str:
+    return names.to_safe(context.get_current_parameters()["name"])  # type: ignore[no-untyped-call]
+
+
 class Step(Base):
     __tablename__ = "steps"
     __table_args__ = (
@@ -271,6 +277,10 @@ class Step(Base):
     # The scheduler's queue it waits in while ready (0017, :class:`StepQueue`): set by advance
     # when it makes the step ready; NULL for a step never made ready.
     queue_id: Mapped[int | None] = mapped_column(ForeignKey("step_queues.id"), default=None)
+    # Its name as one path segment (:func:`names.to_safe`), written with the row (0020): a claim
+    # on PostgreSQL keys the attempt's log in its statement from it (``model/logkeys.py``), with
+    # no escaping of its own in SQL.  A step is never renamed.
+    safe_name: Mapped[str] = mapped_column(Text, default=_safe_name_of)
 
     build: Mapped[Build] = relationship(back_populates="steps")
     outputs: Mapped[list[StepOutput]] = relationship(back_populates="step", order_by="StepOutput.filename")

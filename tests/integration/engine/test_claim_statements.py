@@ -1,9 +1,10 @@
 """A claim on PostgreSQL without a transaction (issue 16, item 6): each (class, tenant) tried
 chooses, locks, leases and charges in one statement, the log key computed by the server.
 
-On both databases: the log key is :func:`log_key_for`'s for any step name (the server's
-escaping of a name is the same as :func:`names.to_safe`'s), and a ready step whose lost attempt
-might be adopted is still claimed (the one statement leaves it to the transaction of old).  On
+On both databases: the log key is :func:`log_key_for`'s for any step name (the statement
+joins the step's safe name, stored with its row, into ``STEP_LOG_KEY``), and a ready step whose
+lost attempt might be adopted is still claimed (the one statement leaves it to the transaction
+of old).  On
 PostgreSQL: a claim is two statements and no BEGIN, an advance that finds nothing to do one, and
 one that releases commits without waiting for the disk.
 """
@@ -40,9 +41,7 @@ def ctx(tmp_path: Path, database_url: str) -> Iterator[FarmContext]:
 
 def test_a_claim_keys_its_log_as_log_key_for_whatever_the_steps_name(ctx: FarmContext) -> None:
     with ctx.db.session() as session:
-        ids = ready_steps(session, "alpha", "ann", len(NAMES))
-        for step_id, name in zip(ids, NAMES, strict=True):
-            session.execute(update(Step).where(Step.id == step_id).values(name=name))
+        ids = ready_steps(session, "alpha", "ann", len(NAMES), names=NAMES)
     claimed = {}
     for step_id in ids:
         claim = claim_next(ctx, step_id, "node1", frozenset())

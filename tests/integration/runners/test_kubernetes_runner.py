@@ -43,7 +43,7 @@ from buildfarm.model.settings import load_settings
 from buildfarm.model.sources import pack_tree
 from buildfarm.runners import kubespecs
 from buildfarm.runners.base import ImageSpec, StepJob, StepResult
-from buildfarm.runners.kubernetes import KubernetesRunner, killed_by, resume_line, step_log_key
+from buildfarm.runners.kubernetes import KubernetesRunner, killed_by, resume_line
 from buildfarm.state.models import Step, StepState, utcnow
 from buildfarm.wiring import make_runner, make_store
 
@@ -550,8 +550,7 @@ def test_settings_mistakes_are_one_line(tmp_path: Path) -> None:
         make_api_client(settings.builders)
 
 
-def test_log_resume_point_and_keys() -> None:
-    assert step_log_key(3, "a/b", 2) == log_key_for(3, "a/b", 2)
+def test_log_resume_point() -> None:
     log = b"buildfarm: step x starts\nbuildfarm: following pod p from log line 0\none\ntwo\n"
     assert resume_line(log) == 2
     log += b"buildfarm: node n adopts attempt 1\nbuildfarm: following pod p from log line 2\nthree\n"

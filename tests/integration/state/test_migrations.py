@@ -16,7 +16,8 @@ from sqlalchemy import MetaData, create_engine, insert, select
 
 from buildfarm.engine import control
 from buildfarm.engine.images import pushed_reference
-from buildfarm.engine.steps import claim_next, claim_step
+from buildfarm.engine.steps import claim_next, claim_step, log_key_for
+from buildfarm.model.names import to_safe
 from buildfarm.model.types import AptSource, BuildKind, BuildState, OutputKind, StepKind
 from buildfarm.state.db import alembic_config, upgrade
 from buildfarm.state.models import Base, Build, Step, StepQueue, TenantUsage
@@ -227,3 +228,33 @@ def test_an_upgrade_to_0017_puts_earlier_open_steps_in_their_queues(
     finally:
         ctx.db.dispose()
     command.downgrade(alembic_config(database_url), "0016")
+
+
+def test_an_upgrade_to_0020_gives_earlier_steps_their_safe_names(database_url: str, tmp_path: Path) -> None:
+    """0020: each step of a farm upgraded from 0019 has its name made safe by ``names.to_safe``
+    stored, so a claim keys its log as :func:`log_key_for` does; a downgrade drops the column."""
+    command.upgrade(alembic_config(database_url), "0019")
+    farm = EarlierFarm(database_url)
+    odd = ["gcc-12", "lib_foo", "g++", "ünïcode", "日本", "emoji😀"]
+    ready = {"state": "ready", "attempt": 0, "ready_at": farm.now, "requires": "", "depends_on": []}
+    farm.add_build(
+        [ready | {"id": n + 1, "name": name, "input_key": f"{n:064x}"} for n, name in enumerate(odd)]
+    )
+    ctx = make_test_context(tmp_path, database_url)  # upgrades to the head (0017's queues too)
+    try:
+        with ctx.db.session() as session:
+            stored = dict(session.execute(select(Step.name, Step.safe_name)).all())
+        assert stored == {name: to_safe(name) for name in odd}
+        claim = claim_next(ctx, 1, "node1", frozenset())
+        assert claim is not None
+        assert claim.log_key == log_key_for(1, odd[claim.step_id - 1], 1)
+    finally:
+        ctx.db.dispose()
+    command.downgrade(alembic_config(database_url), "0019")
+    engine = create_engine(database_url)
+    try:
+        tables = MetaData()
+        tables.reflect(engine, only=["steps"])
+        assert "safe_name" not in tables.tables["steps"].c
+    finally:
+        engine.dispose()
