@@ -60,9 +60,18 @@ _KEY_VERSION = b"buildfarm-srcpkg-cache-v1\0"
 _TREES_VERSION = 2  # 2: the source format too
 
 
-@functools.cache
+_VERSION_LOCK = threading.Lock()
+
+
 def dpkg_source_version() -> str:
-    """The first line of ``dpkg-source --version`` (a new dpkg may pack differently)."""
+    """The first line of ``dpkg-source --version`` (a new dpkg may pack differently), asked once
+    per process: the packing threads that ask at once wait for the one run (~0.1 CPU s)."""
+    with _VERSION_LOCK:
+        return _dpkg_source_version()
+
+
+@functools.cache
+def _dpkg_source_version() -> str:
     try:
         done = subprocess.run(
             ["dpkg-source", "--version"], capture_output=True, text=True, timeout=30, check=False

@@ -78,7 +78,7 @@ from buildfarm.model.errors import ManifestError, PermanentError, TemporaryError
 from buildfarm.model.manifest import PackageSource, SourceLayout, UpstreamFile
 from buildfarm.model.planner import SourceInfo, read_source_info, source_info_from_dsc
 from buildfarm.model.settings import MirrorConfig
-from buildfarm.model.sources import pack_tree, tree_hash, unpack_tree
+from buildfarm.model.sources import copy_tree, tree_hash
 from buildfarm.model.urlpolicy import UrlPolicy, UrlRefusedError, check_url, redact_url
 from buildfarm.state.models import BuildInput, utcnow
 
@@ -319,10 +319,7 @@ class SourceResolver:
             if same is not None:
                 return same
         copy = work / f"{name}-{upstream}"
-        packed = work / ".tree.tar.gz"
-        packed.write_bytes(pack_tree(tree))
-        unpack_tree(packed, copy)
-        packed.unlink()
+        copy_tree(tree, copy)  # what unpack_tree makes of pack_tree(tree): modes and mtimes set
         for path in found:
             if path.parent != work:
                 shutil.copyfile(path, work / path.name)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import threading
+import time
 from pathlib import Path
+
+import pytest
 
 from buildfarm.engine import srccache
 from buildfarm.engine.srccache import SourceCache
@@ -43,3 +48,31 @@ def test_an_indexed_key_whose_tarball_left_the_store_is_a_miss(tmp_path: Path) -
     cache.save_trees()
     assert SourceCache(ctx).lookup("k1", "test") is None
     ctx.db.dispose()
+
+
+def test_dpkg_source_version_is_asked_once_by_threads_asking_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Packing threads start together: one ``dpkg-source --version`` run (~0.1 CPU s) answers all."""
+    runs: list[list[str]] = []
+    started = threading.Barrier(4)
+
+    def run(args: list[str], **_kwargs: object) -> subprocess.CompletedProcess[str]:
+        runs.append(args)
+        time.sleep(0.05)  # a run takes a while: without the lock, the others would run it too
+        return subprocess.CompletedProcess(args, 0, "Debian dpkg-source version 9.9.\n", "")
+
+    monkeypatch.setattr(srccache.subprocess, "run", run)
+    srccache._dpkg_source_version.cache_clear()
+    answers: list[str] = []
+
+    def ask() -> None:
+        started.wait()
+        answers.append(srccache.dpkg_source_version())
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    srccache._dpkg_source_version.cache_clear()  # the real version for the tests after this one
+    assert answers == ["Debian dpkg-source version 9.9."] * 4
+    assert runs == [["dpkg-source", "--version"]]

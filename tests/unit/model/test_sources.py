@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from buildfarm.model.errors import PermanentError
-from buildfarm.model.sources import TreeTooLargeError, pack_tree, tree_hash, unpack_tree
+from buildfarm.model.sources import TreeTooLargeError, copy_tree, pack_tree, tree_hash, unpack_tree
 
 
 def _make(root: Path) -> Path:
@@ -173,3 +173,45 @@ def test_an_absolute_member_is_refused(tmp_path: Path) -> None:
     ):
         unpack_tree(absolute, out)
     assert list(out.iterdir()) == []
+
+
+def _entries_as_made(root: Path) -> dict[str, tuple[object, ...]]:
+    """Every entry below ``root`` as dpkg-source's tar sees it: kind, mode, mtime (a symlink's
+    is clamped by tar), contents or target."""
+    found: dict[str, tuple[object, ...]] = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        if path.is_symlink():
+            found[path.relative_to(root).as_posix()] = ("l", os.readlink(path))
+        elif path.is_dir():
+            found[path.relative_to(root).as_posix()] = ("d", oct(st.st_mode), st.st_mtime)
+        else:
+            found[path.relative_to(root).as_posix()] = ("f", oct(st.st_mode), st.st_mtime, path.read_bytes())
+    return found
+
+
+def test_copy_tree_makes_what_unpacking_the_packed_tree_makes(tmp_path: Path, python_tarfile: str) -> None:
+    """Each Python's extraction (directories' modes differ with filters): the same entries,
+    modes, mtimes and contents, so dpkg-source -b of either is the same bytes."""
+    a = _make(tmp_path / "a")
+    (a / "debian" / "source").mkdir()
+    (a / "debian" / "source" / "format").write_text("3.0 (native)\n")
+    (a / "empty").mkdir(mode=0o750)
+    (a / "main.c").chmod(0o664)
+    (a / "script").write_text("#!/bin/sh\n")
+    (a / "script").chmod(0o700)
+    (a / "debian" / "up").symlink_to("../main.c")
+    tarball = tmp_path / "a.tar.gz"
+    tarball.write_bytes(pack_tree(a))
+    unpack_tree(tarball, tmp_path / "unpacked")
+    copy_tree(a, tmp_path / "copied")
+    unpacked, copied = _entries_as_made(tmp_path / "unpacked"), _entries_as_made(tmp_path / "copied")
+    assert copied == unpacked
+    assert ".git" not in copied and copied["script"][1] == oct(0o100755)
+
+
+def test_copy_tree_refuses_what_packing_refuses(tmp_path: Path) -> None:
+    a = _make(tmp_path / "a")
+    (a / "out").symlink_to("../../etc/passwd")
+    with pytest.raises(PermanentError, match="points outside the source tree"):
+        copy_tree(a, tmp_path / "copied")
