@@ -18,7 +18,8 @@ from buildfarm.backends.aptrepo import LocalAptRepository
 from buildfarm.backends.fs import FsArtifactStore
 from buildfarm.engine.advance import advance_build
 from buildfarm.engine.context import FarmContext
-from buildfarm.engine.steps import REMOVALS, run_step
+from buildfarm.engine.steps import run_step
+from buildfarm.engine.workdirs import REMOVALS
 from buildfarm.model.settings import load_settings
 from buildfarm.state.db import Database, upgrade
 from buildfarm.state.models import Build

@@ -17,7 +17,7 @@ from buildfarm.dispatch.builders import reap_on_worker_start
 from buildfarm.dispatch.celery_app import make_celery
 from buildfarm.dispatch.nodes import NodeHeartbeat
 from buildfarm.dispatch.tasks import farm_context, warm_up
-from buildfarm.engine.steps import REMOVALS
+from buildfarm.engine.workdirs import REMOVALS
 from buildfarm.metrics import serve_worker_metrics
 from buildfarm.model.settings import settings_at_start
 
