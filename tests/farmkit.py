@@ -19,6 +19,7 @@ from buildfarm.backends.fs import FsArtifactStore
 from buildfarm.engine.advance import advance_build
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.steps import run_step
+from buildfarm.engine.workdirs import REMOVALS
 from buildfarm.model.settings import load_settings
 from buildfarm.state.db import Database, upgrade
 from buildfarm.state.models import Build, Step, StepOutput
@@ -79,7 +80,8 @@ def dispatcher(ctx: FarmContext) -> RecordingDispatcher:
 
 
 def drain(ctx: FarmContext, node: str = "node1", max_rounds: int = 100) -> None:
-    """Deliver every recorded message, in order, until none is left (bounded)."""
+    """Deliver every recorded message, in order, until none is left (bounded); then wait for the
+    work directories of the steps run to be removed (a node removes them beside its next step)."""
     rec = dispatcher(ctx)
     for _ in range(max_rounds):
         if rec.advances:
@@ -88,6 +90,7 @@ def drain(ctx: FarmContext, node: str = "node1", max_rounds: int = 100) -> None:
             step_id, _attempt = rec.runs.pop(0)
             run_step(ctx, step_id, node)
         else:
+            REMOVALS.wait()
             return
     raise AssertionError(f"messages still flowing after {max_rounds} rounds")
 

@@ -7,16 +7,13 @@ sleeps between looks), and answers as soon as a step changed or the build's stat
 the follower knows, or when the wait is over; steps that moved wait for a batch of
 :data:`BATCH_SECONDS`.  On SQLite the farm looks again only after some
 connection committed (:meth:`buildfarm.state.db.Database.commit_counter`, read every
-:data:`PROBE_SECONDS`), the whole view at most every :data:`RECHECK_SECONDS` but the build's
-state alone at each commit (its end is told at once, not up to a recheck later: ``--wait``
-returned 0.1 s after the publication on average); elsewhere it asks again every
-:data:`POLL_SECONDS`, as the follower did.
+:data:`PROBE_SECONDS`); elsewhere it asks again every :data:`POLL_SECONDS`, as the follower did.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import anyio
 import anyio.to_thread
@@ -52,10 +49,6 @@ async def changes_after(
     sees the first answer before anything is held (a refusal is not kept waiting)."""
     began = time.monotonic()
     deadline = began + wait
-
-    async def ended() -> bool:
-        return await anyio.to_thread.run_sync(control.build_state, farm, build_id) != state
-
     with farm.db.commit_counter() as counter:
         seen = counter() if counter is not None else None  # before the query: no commit slips by
         view = await anyio.to_thread.run_sync(control.build_changes, farm, build_id, known)
@@ -65,10 +58,7 @@ async def changes_after(
             until = min(deadline, began + BATCH_SECONDS) if view.steps else deadline
             if time.monotonic() >= until:
                 break
-            if counter is None or seen is None:
-                await anyio.sleep(min(POLL_SECONDS, _left(until)))
-            else:
-                await _hold(min(time.monotonic() + RECHECK_SECONDS, until), counter, seen, ended)
+            await anyio.sleep(min(RECHECK_SECONDS if counter is not None else POLL_SECONDS, _left(until)))
             while counter is not None and counter() == seen and time.monotonic() < until:
                 await anyio.sleep(min(PROBE_SECONDS, _left(until)))
             if counter is not None and counter() == seen:
@@ -76,20 +66,6 @@ async def changes_after(
             seen = counter() if counter is not None else None
             view = await anyio.to_thread.run_sync(control.build_changes, farm, build_id, known)
         return view
-
-
-async def _hold(
-    end: float, counter: Callable[[], int], seen: int, ended: Callable[[], Awaitable[bool]]
-) -> None:
-    """Sleep until ``end``, or until a commit after ``seen`` ended the wait (``ended``: the
-    build's state alone, one row by its key, asked at each commit seen)."""
-    while time.monotonic() < end:
-        await anyio.sleep(min(PROBE_SECONDS, _left(end)))
-        now = counter()
-        if now != seen:
-            seen = now
-            if await ended():
-                return
 
 
 def _left(deadline: float) -> float:

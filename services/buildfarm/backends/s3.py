@@ -89,15 +89,15 @@ def _check_upload_key(key: str) -> str:
 
 @contextmanager
 def _atomic_file(target: Path) -> Iterator[BinaryIO]:
-    """A temp file next to ``target``, renamed onto it on success and removed on error."""
+    """A temp file next to ``target``, renamed onto it on success and removed on error; not
+    flushed to the disk (a download is read and dropped by its caller, as
+    :meth:`buildfarm.backends.fs.FsArtifactStore.fetch`'s copy)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
         tmp.chmod(0o644)
         os.replace(tmp, target)
     except BaseException:

@@ -11,12 +11,13 @@ the steps its previous incarnation on this node held are settled before it build
 
 from typing import Any
 
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 
 from buildfarm.dispatch.builders import reap_on_worker_start
 from buildfarm.dispatch.celery_app import make_celery
 from buildfarm.dispatch.nodes import NodeHeartbeat
 from buildfarm.dispatch.tasks import farm_context, warm_up
+from buildfarm.engine.workdirs import REMOVALS
 from buildfarm.metrics import serve_worker_metrics
 from buildfarm.model.settings import settings_at_start
 
@@ -59,3 +60,13 @@ def _warm_up(sender: Any = None, **_: Any) -> None:
     ran, so ``buildfarm start`` returns once this is done)."""
     hostname = getattr(sender, "hostname", None) or ""
     warm_up(scheduler=(settings.builders.node or hostname.split("@", 1)[0]) == SCHEDULER_NODE)
+
+
+REMOVALS_AT_STOP_SECONDS = 30.0
+"""How long a stopping worker waits for its last steps' work directories to be removed; what is
+left then is the reaper's (its sweep of dead attempts)."""
+
+
+@worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _finish_removals(**_: Any) -> None:
+    REMOVALS.wait(timeout=REMOVALS_AT_STOP_SECONDS)

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from buildfarm.backends.base import AptSource
@@ -139,17 +139,6 @@ def build_changes(ctx: FarmContext, build_id: int, known: Mapping[int, str]) -> 
         view = _build_view(ctx, build, with_steps=False)
         view.steps = [_step_view(ctx, s) for s in steps]
         return view
-
-
-_BUILD_STATE = select(Build.state).where(Build.id == bindparam("id"))
-
-
-def build_state(ctx: FarmContext, build_id: int) -> str | None:
-    """The build's state alone (None: no such build): one row by its key, what a follower asks
-    at each commit it sees to hear of the build's end at once (:mod:`buildfarm.api.follow`)."""
-    with ctx.db.statements() as connection:
-        state = connection.execute(_BUILD_STATE, {"id": build_id}).scalar()
-    return None if state is None else str(state)
 
 
 def show_build(ctx: FarmContext, build_id: int) -> BuildView:

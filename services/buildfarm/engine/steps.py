@@ -50,6 +50,7 @@ from buildfarm.engine.advance import ASYNC_COMMIT, TEMPORARY_ERRNOS
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.images import bring_into_namespace, dependency_images, image_spec
 from buildfarm.engine.outputs import COMPARISON, comparison_line, identity_of_files, identity_of_images
+from buildfarm.engine.workdirs import REMOVALS
 from buildfarm.model import names
 from buildfarm.model.errors import BuildfarmError
 from buildfarm.model.images import image_prefix
@@ -831,10 +832,7 @@ def _run_claimed(ctx: FarmContext, claim: Claim, writer: LogWriter, node: str) -
     try:
         return _settle(ctx, claim, writer, node, outcome, lease_lost=heartbeat.lost, lost=lost)
     finally:
-        # once the finish is recorded and the advance sent: its ~15 ms are no part of the step's
-        # hold, nor of the wait for its build's next move (a node killed before it leaves the
-        # directory to the reaper's sweep of dead attempts, as one killed while building does)
-        shutil.rmtree(workdir, ignore_errors=True)
+        REMOVALS.start(workdir)
 
 
 def _settle(
@@ -882,6 +880,7 @@ def _build(
 ) -> tuple[str | None, list[Output], str | None]:
     """Fetch the source, run the runner, store outputs. Returns (error or None, outputs, their
     output identity or None)."""
+    REMOVALS.wait(workdir)
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)

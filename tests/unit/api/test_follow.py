@@ -10,12 +10,11 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from buildfarm.api import follow
 from buildfarm.api.follow import changes_after
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import ForbiddenError
-from buildfarm.model.types import BuildState, StepState
+from buildfarm.model.types import StepState
 from buildfarm.state.models import Build, Step
 from buildfarm_client.models import BuildView
 
@@ -30,11 +29,6 @@ def _start(ctx: FarmContext, step_id: int) -> None:
     with ctx.db.session() as session:
         step = session.get_one(Step, step_id)
         step.state, step.node = StepState.RUNNING, "node1"
-
-
-def _end(ctx: FarmContext, build_id: int) -> None:
-    with ctx.db.session() as session:
-        session.get_one(Build, build_id).state = BuildState.FAILED
 
 
 @pytest.fixture
@@ -111,33 +105,4 @@ def test_a_refused_follower_is_not_kept_waiting(ctx: FarmContext) -> None:
         return time.monotonic() - began
 
     assert anyio.run(follow) < 10
-    ctx.db.dispose()
-
-
-def test_the_end_of_the_build_is_told_at_once(ctx: FarmContext, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The build's state is read at each commit: its end is answered without waiting for the
-    next look at the whole build (made a minute away here)."""
-    monkeypatch.setattr(follow, "RECHECK_SECONDS", 60.0)
-    build_id = _build(ctx, 2)
-    view = control.show_build(ctx, build_id)
-    known = {step.id: step.revision for step in view.steps}
-    held = anyio.Event()
-
-    async def wait_for_the_end() -> tuple[BuildView, float]:
-        began = time.monotonic()
-        async with anyio.create_task_group() as group:
-
-            async def end() -> None:
-                await held.wait()
-                await anyio.to_thread.run_sync(_end, ctx, build_id)
-
-            group.start_soon(end)
-            answer = await changes_after(
-                ctx, build_id, known, view.state, wait=120, check=lambda _first: held.set()
-            )
-        return answer, time.monotonic() - began
-
-    answer, seconds = anyio.run(wait_for_the_end)
-    assert answer.state == "failed"
-    assert seconds < 30  # told by the commit that ended it, not a recheck (60 s) later
     ctx.db.dispose()
