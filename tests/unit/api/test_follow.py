@@ -15,7 +15,7 @@ from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import ForbiddenError
 from buildfarm.model.types import StepState
-from buildfarm.state.models import Build, Step
+from buildfarm.state.models import Step
 from buildfarm_client.models import BuildView
 
 from farmkit import make_test_context, recorded_build
