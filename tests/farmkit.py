@@ -118,14 +118,23 @@ def finished_build(
     return build
 
 
-def recorded_build(
-    ctx: FarmContext, names: list[str], depends: dict[str, list[str]] | None = None, *, outputs: bool = False
+def recorded_build(  # each is a field a test sets
+    ctx: FarmContext,
+    names: list[str],
+    depends: dict[str, list[str]] | None = None,
+    *,
+    outputs: bool = False,
+    project: str = "p",
+    user: str = "u",
+    kind: str = "nightly",
+    requires: dict[str, str] | None = None,
 ) -> int:
-    """A pending build's rows written by hand (p/main, nightly): a step of each name, depending
-    on ``depends``' names, with a .deb output each when ``outputs``; for tests of views, changes
-    and advances that need rows, not a submit."""
+    """A pending build's rows written by hand (``project``/main, ``kind``, by ``user``): a step
+    of each name, depending on ``depends``' names and requiring ``requires``' labels, with a .deb
+    output each when ``outputs``; for tests of views, changes, queues and advances that need
+    rows, not a submit."""
     with ctx.db.session() as session:
-        build = Build(project="p", branch="main", kind="nightly", user="u", manifest={}, environment_id="e")
+        build = Build(project=project, branch="main", kind=kind, user=user, manifest={}, environment_id="e")
         session.add(build)
         session.flush()
         for index, name in enumerate(names):
@@ -138,6 +147,7 @@ def recorded_build(
                 tree_hash="t",
                 input_key=f"{build.id}-{index}-".ljust(64, "0"),
                 depends_on=(depends or {}).get(name, []),
+                requires=(requires or {}).get(name, ""),
             )
             session.add(step)
             if outputs:

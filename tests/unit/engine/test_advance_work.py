@@ -17,28 +17,11 @@ from buildfarm.model.types import StepState
 from buildfarm.state.models import Build, Step, StepOutput, utcnow
 
 from debpkgs import build_deb
-from farmkit import dispatcher, make_test_context
+from farmkit import dispatcher, make_test_context, recorded_build
 
 
 def _add_build(ctx: FarmContext, names: list[str], depends: dict[str, list[str]]) -> int:
-    with ctx.db.session() as session:
-        build = Build(project="p", branch="main", kind="nightly", user="u", manifest={}, environment_id="e")
-        session.add(build)
-        session.flush()
-        for index, name in enumerate(names):
-            session.add(
-                Step(
-                    build_id=build.id,
-                    name=name,
-                    version="1",
-                    origin="o",
-                    source_sha256="0" * 64,
-                    tree_hash="t",
-                    input_key=f"{build.id}-{index}-".ljust(64, "0"),
-                    depends_on=depends.get(name, []),
-                )
-            )
-        return build.id
+    return recorded_build(ctx, names, depends)
 
 
 def _succeed(ctx: FarmContext, build_id: int, name: str, deb_dir: Path | None = None) -> None:

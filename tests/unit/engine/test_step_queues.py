@@ -24,31 +24,14 @@ from buildfarm.engine.steps import claim_next, finish_step
 from buildfarm.model.types import StepState
 from buildfarm.state.models import Build, Step, StepQueue, utcnow
 
-from farmkit import dispatcher, make_test_context
+from farmkit import dispatcher, make_test_context, recorded_build
 
 
 def _add_build(ctx: FarmContext, project: str, user: str, kind: str, steps: dict[str, list[str]]) -> int:
     """A running build whose steps (name -> the names it depends on) are pending; "arm-" steps
     require arch=arm64."""
-    with ctx.db.session() as session:
-        build = Build(project=project, branch="main", kind=kind, user=user, manifest={}, environment_id="e")
-        session.add(build)
-        session.flush()
-        for index, (name, depends) in enumerate(steps.items()):
-            session.add(
-                Step(
-                    build_id=build.id,
-                    name=name,
-                    version="1",
-                    origin="o",
-                    source_sha256="0" * 64,
-                    tree_hash="t",
-                    input_key=f"{build.id}-{index}-".ljust(64, "0"),
-                    depends_on=depends,
-                    requires="arch=arm64" if name.startswith("arm-") else "",
-                )
-            )
-        return build.id
+    arm = {name: "arch=arm64" for name in steps if name.startswith("arm-")}
+    return recorded_build(ctx, list(steps), steps, project=project, user=user, kind=kind, requires=arm)
 
 
 def _assert_queues_hold_the_ready_steps(session: Session, ctx: FarmContext) -> None:
