@@ -110,6 +110,7 @@ bench: venv
 	$(VENV)/bin/python ops/bench/api_latency.py
 	$(VENV)/bin/python ops/bench/retention.py
 	$(VENV)/bin/python ops/bench/controlplane.py
+	$(VENV)/bin/python ops/bench/packing.py
 	$(VENV)/bin/python ops/bench/scale.py
 	$(VENV)/bin/python ops/bench/rerun.py
 	$(VENV)/bin/python ops/bench/run.py

@@ -80,6 +80,14 @@ def test_control_plane_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "steps loaded as objects: 0 (before: 20;" in printed  # even the one it makes ready is a row
 
 
+def test_packing_bench_packs_each_way(capsys: pytest.CaptureFixture[str]) -> None:
+    _load("packing").main(count=2, rounds=1)  # each forked and command pack checks its exit status
+    printed = capsys.readouterr().out
+    assert "packing 2 trivial trees a way, 1 rounds alternated" in printed
+    assert "dpkg-source -b, CPU a pack (median): forked " in printed
+    assert "the tree's copy, CPU (median): through a tarball " in printed
+
+
 def test_scale_bench_reruns_a_submit_as_reused(capsys: pytest.CaptureFixture[str]) -> None:
     _load("scale").main(packages=3, farm=False)
     assert "(3 of 3 steps reused; goal <= 5 s)" in capsys.readouterr().out
