@@ -89,18 +89,24 @@ def _count(engines: dict[str, Engine], seen: list[tuple[str, str]]) -> list[tupl
     return hooks
 
 
-def test_a_claim_on_postgresql_is_two_statements_and_no_transaction(
-    ctx: FarmContext, database_url: str
-) -> None:
-    """Both on the pool whose connections commit each statement alone: no BEGIN, no COMMIT."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("SQLite's claim is one transaction: its BEGIN and COMMIT cost no round trip")
+def _one_ready_one_waiting(ctx: FarmContext) -> tuple[int, int]:
+    """Two steps of one build (their ids): the first ready, the second pending on it."""
     with ctx.db.session() as session:
         first, second = ready_steps(session, "alpha", "ann", 2)
         name = session.get_one(Step, first).name
         session.execute(
             update(Step).where(Step.id == second).values(state=StepState.PENDING, depends_on=[name])
         )
+    return first, second
+
+
+def test_a_claim_on_postgresql_is_two_statements_and_no_transaction(
+    ctx: FarmContext, database_url: str
+) -> None:
+    """Both on the pool whose connections commit each statement alone: no BEGIN, no COMMIT."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite's claim is one transaction: its BEGIN and COMMIT cost no round trip")
+    first, _second = _one_ready_one_waiting(ctx)
     seen: list[tuple[str, str]] = []
     hooks = _count({"transactions": ctx.db.engine, "autocommit": ctx.db.statements_engine}, seen)
     try:
@@ -123,12 +129,7 @@ def test_an_advance_that_releases_commits_asynchronously_on_postgresql(
     (``advance_build`` says why that is safe); the release is written all the same."""
     if not database_url.startswith("postgresql"):
         pytest.skip("SQLite has no asynchronous commit")
-    with ctx.db.session() as session:
-        first, second = ready_steps(session, "alpha", "ann", 2)
-        name = session.get_one(Step, first).name
-        session.execute(
-            update(Step).where(Step.id == second).values(state=StepState.PENDING, depends_on=[name])
-        )
+    first, second = _one_ready_one_waiting(ctx)
     claim = claim_next(ctx, first, "node1", frozenset())
     assert claim is not None and claim.step_id == first
     assert finish_step(ctx, claim, [], None)
