@@ -5,9 +5,11 @@ second that is a request, a query and an answer each time for a build that mostl
 With ``wait_seconds`` the farm holds the request instead, without a thread (the event loop
 sleeps between looks), and answers as soon as a step changed or the build's state is not the one
 the follower knows, or when the wait is over; steps that moved wait for a batch of
-:data:`BATCH_SECONDS`.  On SQLite the farm looks again only after some
-connection committed (:meth:`buildfarm.state.db.Database.commit_counter`, read every
-:data:`PROBE_SECONDS`); elsewhere it asks again every :data:`POLL_SECONDS`, as the follower did.
+:data:`BATCH_SECONDS`.  On SQLite the farm looks again only after some connection committed
+(:meth:`buildfarm.state.db.Database.commit_probe`, read every :data:`PROBE_SECONDS`): the build's
+state at once (one row, on the probe's own connection: its end is told within a probe), its
+steps at most every :data:`RECHECK_SECONDS`; elsewhere it asks again every :data:`POLL_SECONDS`,
+as the follower did.
 """
 
 from __future__ import annotations
@@ -17,23 +19,31 @@ from collections.abc import Callable, Mapping
 
 import anyio
 import anyio.to_thread
+from sqlalchemy import bindparam, select
+from sqlalchemy.dialects import sqlite
 
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
+from buildfarm.state.models import Build
 from buildfarm_client.models import BuildView
 
 PROBE_SECONDS = 0.05
 """Between two reads of the commit counter (microseconds each): how late a change is noticed."""
 RECHECK_SECONDS = 0.2
-"""At least this long between two queries of the build while commits keep coming (other builds,
-heartbeats): the follower hears of a change at most this late, the farm queries at most 5 times
-a second for it."""
+"""At least this long between two queries of the build's steps while commits keep coming (other
+builds, heartbeats): the follower hears of a step's change at most this late, the farm queries
+at most 5 times a second for it.  The build's state is read at each commit (microseconds): its
+end is told within :data:`PROBE_SECONDS`, not up to this late (0.1 s on average at every
+``--wait`` before)."""
 POLL_SECONDS = 0.5
 """Between two queries of the build where no commit counter exists (PostgreSQL)."""
 BATCH_SECONDS = 1.0
 """Steps that moved are told at most this often (an answer is a request of the follower's and a
 response of the farm's, a few milliseconds each): a build's steps move many times a second on
 two nodes.  The build's state changing (its end) is told at once."""
+
+_STATE_SQL = str(select(Build.state).where(Build.id == bindparam("id")).compile(dialect=sqlite.dialect()))
+"""The build's state, on the commit probe's connection (SQLite's ``?`` parameter)."""
 
 
 async def changes_after(
@@ -49,22 +59,30 @@ async def changes_after(
     sees the first answer before anything is held (a refusal is not kept waiting)."""
     began = time.monotonic()
     deadline = began + wait
-    with farm.db.commit_counter() as counter:
-        seen = counter() if counter is not None else None  # before the query: no commit slips by
+    with farm.db.commit_probe() as probe:
+        seen = probe.version() if probe is not None else None  # before the query: no commit slips by
         view = await anyio.to_thread.run_sync(control.build_changes, farm, build_id, known)
+        queried = time.monotonic()
         check(view)
         while view.state == state and time.monotonic() < deadline:
             # moved steps are told once :data:`BATCH_SECONDS` are over, the build's state at once
             until = min(deadline, began + BATCH_SECONDS) if view.steps else deadline
             if time.monotonic() >= until:
                 break
-            await anyio.sleep(min(RECHECK_SECONDS if counter is not None else POLL_SECONDS, _left(until)))
-            while counter is not None and counter() == seen and time.monotonic() < until:
+            if probe is None:
+                await anyio.sleep(min(POLL_SECONDS, _left(until)))
+            else:
                 await anyio.sleep(min(PROBE_SECONDS, _left(until)))
-            if counter is not None and counter() == seen:
-                continue  # nothing committed: the view in hand is still the build's
-            seen = counter() if counter is not None else None
+                version = probe.version()
+                if version == seen:
+                    continue  # nothing committed: the view in hand is still the build's
+                if time.monotonic() - queried < RECHECK_SECONDS and (
+                    probe.value(_STATE_SQL, (build_id,)) == view.state
+                ):
+                    continue  # the steps are asked again once RECHECK_SECONDS are over
+                seen = version
             view = await anyio.to_thread.run_sync(control.build_changes, farm, build_id, known)
+            queried = time.monotonic()
         return view
 
 

@@ -117,6 +117,23 @@ def _redact(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+class CommitProbe:
+    """SQLite's ``PRAGMA data_version`` and small reads on a read-only connection of their own
+    (:meth:`Database.commit_probe`): microseconds each, no lock, no pool, no session."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def version(self) -> int:
+        """Moves whenever any connection (of any process) committed to the database."""
+        return int(self._connection.execute("PRAGMA data_version").fetchone()[0])
+
+    def value(self, sql: str, parameters: tuple[object, ...]) -> object:
+        """The first column of the first row of ``sql`` (SQLite's ``?`` parameters), or None."""
+        row = self._connection.execute(sql, parameters).fetchone()
+        return None if row is None else row[0]
+
+
 class Database:
     """One engine and session factory per process."""
 
@@ -131,11 +148,11 @@ class Database:
         self._autocommit = None if url.startswith("sqlite") else make_engine(url, autocommit=True)
 
     @contextmanager
-    def commit_counter(self) -> Iterator[Callable[[], int] | None]:
-        """A counter that moves whenever any connection commits to this database, cheap enough to
-        read every few milliseconds (SQLite's ``PRAGMA data_version``, on a read-only connection
-        of its own: microseconds, no lock): what a waiter reads before asking again.  None where
-        the database has none (PostgreSQL: a waiter asks again at an interval instead)."""
+    def commit_probe(self) -> Iterator[CommitProbe | None]:
+        """A read-only connection of its own that tells cheaply whether any connection committed
+        (:meth:`CommitProbe.version`) and reads a value without the engine's pool or a session
+        (:meth:`CommitProbe.value`): what a waiter reads every few milliseconds.  None where the
+        database has no such counter (PostgreSQL: a waiter asks again at an interval instead)."""
         database = self.engine.url.database
         if self.engine.dialect.name != "sqlite" or not database or database == ":memory:":
             yield None
@@ -144,7 +161,7 @@ class Database:
             f"{Path(database).resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
         )
         try:
-            yield lambda: int(connection.execute("PRAGMA data_version").fetchone()[0])
+            yield CommitProbe(connection)
         finally:
             connection.close()
 

@@ -10,12 +10,13 @@ import anyio
 import anyio.to_thread
 import pytest
 
+from buildfarm.api import follow
 from buildfarm.api.follow import changes_after
 from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import ForbiddenError
-from buildfarm.model.types import StepState
-from buildfarm.state.models import Step
+from buildfarm.model.types import BuildState, StepState
+from buildfarm.state.models import Build, Step
 from buildfarm_client.models import BuildView
 
 from farmkit import make_test_context, recorded_build
@@ -105,4 +106,40 @@ def test_a_refused_follower_is_not_kept_waiting(ctx: FarmContext) -> None:
         return time.monotonic() - began
 
     assert anyio.run(follow) < 10
+    ctx.db.dispose()
+
+
+def _end(ctx: FarmContext, build_id: int) -> None:
+    with ctx.db.session() as session:
+        session.get_one(Build, build_id).state = BuildState.SUCCEEDED
+
+
+def test_the_builds_end_is_told_at_the_commit_not_at_the_next_recheck(
+    ctx: FarmContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build's state is read at each commit: its end is answered at once, although its steps
+    would be asked again only after RECHECK_SECONDS (made longer than the whole wait here)."""
+    monkeypatch.setattr(follow, "RECHECK_SECONDS", 300.0)
+    build_id = _build(ctx, 2)
+    view = control.show_build(ctx, build_id)
+    known = {step.id: step.revision for step in view.steps}
+    held = anyio.Event()
+
+    async def follow_it() -> tuple[BuildView, float]:
+        began = time.monotonic()
+        async with anyio.create_task_group() as group:
+
+            async def end() -> None:
+                await held.wait()  # right after the first look: inside the recheck interval
+                await anyio.to_thread.run_sync(_end, ctx, build_id)
+
+            group.start_soon(end)
+            answer = await changes_after(
+                ctx, build_id, known, view.state, wait=120, check=lambda _first: held.set()
+            )
+        return answer, time.monotonic() - began
+
+    answer, seconds = anyio.run(follow_it)
+    assert answer.state == "succeeded"
+    assert seconds < 60  # by the commit's state read, not by a recheck (300 s) or the wait (120 s)
     ctx.db.dispose()
