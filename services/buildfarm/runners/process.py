@@ -1,9 +1,9 @@
 """Run a build command in its own process group, stream its output line by line, stop it on demand.
 
 Killing the whole group matters: dpkg-buildpackage and sbuild start many children, and a
-cancelled or lease-less build must leave nothing running.  The command runs under
-:mod:`buildfarm.runners.guard`, which kills all of it when the worker dies (``kill -9`` of the
-node, ``buildfarm stop``) and exits as the command did, so a builder killed by a signal the farm
+cancelled or lease-less build must leave nothing running.  The command runs under the guard
+(``guard.pl``: a Perl script, it says why), which kills all of it when the worker dies (``kill -9``
+of the node, ``buildfarm stop``) and exits as the command did, so a builder killed by a signal the farm
 did not send (the OOM killer, an operator) is told apart from a failed build: the step is then
 built again on a new attempt instead of failing (:attr:`ProcessOutcome.killed_by`).
 """
@@ -14,7 +14,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +26,7 @@ CANCEL_CHECK_SECONDS = 0.2
 """How often a running command's watcher looks at the cancel flag and the deadline.  The command's
 exit is not polled: the watcher is woken the moment it is reaped, so a step holds its node no
 longer than its command runs (it waited up to 0.5 s after every command before)."""
-GUARD = Path(__file__).with_name("guard.py")
+GUARD = Path(__file__).with_name("guard.pl")
 
 
 @dataclass
@@ -76,7 +75,7 @@ def run_streaming(
 ) -> ProcessOutcome:
     """Run ``command``, sending each output line to ``log``; stop it on ``cancel`` or timeout."""
     proc = subprocess.Popen(
-        [sys.executable, "-I", "-S", str(GUARD), str(os.getpid()), "--", *command],
+        ["perl", str(GUARD), str(os.getpid()), "--", *command],
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,

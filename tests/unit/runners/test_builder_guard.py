@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from buildfarm.runners.process import describe_failure, run_streaming
+from buildfarm.runners.process import GUARD, describe_failure, run_streaming
 
 from helpers import wait_for, wait_until
 
@@ -115,40 +115,55 @@ def test_builders_get_the_usual_umask_whatever_their_caller_has(tmp_path: Path) 
     )
 
 
-COUNTING_GUARD = """
-import atexit, os, sys
-from buildfarm.runners import guard
-looks = []
-look = guard.descendants
-guard.descendants = lambda root: looks.append(root) or look(root)
-atexit.register(lambda: print("looks through /proc:", len(looks), flush=True))
-guard.main(["guard.py", str(os.getppid()), "--", *sys.argv[1:]])
-"""
-
-
-def _guarded(tmp_path: Path, *command: str) -> subprocess.CompletedProcess[str]:
-    """The guard run on ``command``, counting its looks through ``/proc`` for descendants."""
-    return subprocess.run(
-        [sys.executable, "-c", COUNTING_GUARD, *command],
+def _guarded(tmp_path: Path, *command: str) -> tuple[subprocess.CompletedProcess[str], int]:
+    """The guard run on ``command`` and its looks through ``/proc`` for descendants (it writes a
+    line to ``BUILDFARM_GUARD_TRACE`` at each)."""
+    trace = tmp_path / "guard.trace"
+    done = subprocess.run(
+        ["perl", str(GUARD), str(os.getpid()), "--", *command],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        env=os.environ | {"BUILDFARM_GUARD_TRACE": str(trace)},
     )
+    return done, len(trace.read_text().splitlines()) if trace.exists() else 0
 
 
 def test_a_command_that_leaves_nothing_running_costs_no_look_through_proc(tmp_path: Path) -> None:
     """The usual end of a step's command: the guard knows from its children alone (it is their
     subreaper) that nothing is left to kill; each look cost tens of milliseconds of a step."""
-    done = _guarded(tmp_path, "sh", "-c", "true; exit 3")
-    assert (done.returncode, done.stdout.splitlines()) == (3, ["looks through /proc: 0"])
+    done, looks = _guarded(tmp_path, "sh", "-c", "true; exit 3")
+    assert (done.returncode, looks) == (3, 0)
 
 
 def test_what_a_finished_command_left_running_is_killed_at_once(tmp_path: Path) -> None:
     escaped = tmp_path / "escaped.pid"
-    done = _guarded(tmp_path, "sh", "-c", f"setsid sleep 60 > /dev/null 2>&1 & echo $! > {escaped}")
+    done, looks = _guarded(tmp_path, "sh", "-c", f"setsid sleep 60 > /dev/null 2>&1 & echo $! > {escaped}")
     assert done.returncode == 0
-    assert "looks through /proc: 0" not in done.stdout
+    assert looks > 0
     pid = _read_pid(escaped)
     wait_until(lambda: not _alive(pid), 20, "the escaped process to be gone")
+
+
+def test_a_command_started_from_a_thread_that_blocks_signals_has_none_blocked(tmp_path: Path) -> None:
+    """The guard unblocks every signal whatever the worker's thread blocked (it must get its stop
+    signals), so the build command starts with none blocked (its ``SigBlk`` is empty)."""
+    lines: list[str] = []
+
+    def run() -> None:
+        blocked = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGUSR1}
+        signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        run_streaming(
+            ["sh", "-c", "grep SigBlk /proc/$$/status"],
+            cwd=tmp_path,
+            log=lines.append,
+            cancel=threading.Event(),
+            timeout_seconds=60,
+        )
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    assert [line.split() for line in lines] == [["SigBlk:", "0000000000000000"]]
