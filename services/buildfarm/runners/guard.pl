@@ -28,15 +28,14 @@ my %SYS = (    # system call numbers (prctl, rt_sigprocmask) by ELF class and ma
     '2:62'  => [157, 14],     # x86_64
     '2:183' => [167, 135],    # aarch64
 );
-my %SIGNAL = (HUP => 1, INT => 2, ALRM => 14, TERM => 15);    # the same numbers on every Linux
+my %SIGNAL = (HUP => 1, INT => 2, TERM => 15);    # the same numbers on every Linux
 my $PR_SET_PDEATHSIG       = 1;
 my $PR_SET_DUMPABLE        = 4;
 my $PR_SET_CHILD_SUBREAPER = 36;
 my $WNOHANG                = 1;
 my $GRACE_SECONDS          = 8;     # below the worker's own 10 s: the guard, not the group kill, ends it
 my $KILL_ROUNDS            = 20;    # bound on rounds of "find descendants, kill them"
-my $LOOK_SECONDS           = 1;     # how often the waiting guard looks whether its parent lives
-our $WAITING               = 0;     # while set, a stop signal ends the wait for children at once (die)
+my $LOOK_SECONDS           = 0.5;   # the waiting guard's longest sleep: it looks at its parent then
 
 # The ELF class and machine of the running Perl (its system calls' numbering), as "class:machine".
 sub machine {
@@ -167,13 +166,12 @@ sub main {
         exit 1;
     }
     my $stopped_by;
+    # The handlers only record: a handler that died to end a blocking waitpid could do so just
+    # after the waitpid had collected the command, and the command's status would be lost.
     for my $name (qw(TERM INT HUP)) {
-        $SIG{$name} = sub {
-            $stopped_by //= $SIGNAL{$name};
-            die "stop\n" if $WAITING;
-        };
+        $SIG{$name} = sub { $stopped_by //= $SIGNAL{$name} };
     }
-    $SIG{ALRM} = sub { die "look\n" if $WAITING };
+    $SIG{CHLD} = sub { };    # a child's end interrupts the sleep below (ignored by default, it would not)
     unblock_signals();
     prctl($PR_SET_CHILD_SUBREAPER, 1);
     prctl($PR_SET_PDEATHSIG, $SIGNAL{TERM});
@@ -187,26 +185,23 @@ sub main {
         exit 1;
     }
     if ($command_pid == 0) {
-        $SIG{$_} = 'DEFAULT' for qw(TERM INT HUP ALRM);
+        $SIG{$_} = 'DEFAULT' for qw(TERM INT HUP CHLD);
         { exec { $command[0] } @command; }
         print STDERR "cannot run $command[0]: $!\n";
         exit 127;
     }
     my $status;
-    while (!defined $status && !defined $stopped_by) {
-        # Blocks until a child exits; a stop signal or the next look ($LOOK_SECONDS) ends it.
-        my $pid = eval {
-            local $WAITING = 1;
-            alarm $LOOK_SECONDS;
-            die "stop\n" if defined $stopped_by;    # came before the wait began
-            waitpid(-1, 0);
-        };
-        alarm 0;
-        if (defined $pid && $pid == $command_pid) {
-            $status = $?;
-        } elsif (getppid() != $parent) {    # no PDEATHSIG came (the parent thread outlived the process?)
-            $stopped_by //= $SIGNAL{TERM};
+    while (1) {
+        my ($found) = reap($command_pid);
+        $status = $found if defined $found;
+        last if defined $status || defined $stopped_by;
+        if (getppid() != $parent) {    # no PDEATHSIG came (the parent thread outlived the process?)
+            $stopped_by = $SIGNAL{TERM};
+            last;
         }
+        # Ended at once by a signal (a child's end, a stop).  One that comes between the reap
+        # above and this sleep's system call (a few operations) waits for the next look.
+        select(undef, undef, undef, $LOOK_SECONDS);
     }
     my $found = kill_all($$, $command_pid, defined $stopped_by);
     exit_like(defined $status ? $status : $found, $stopped_by);
