@@ -56,6 +56,7 @@ from buildfarm.engine import bundlefiles, fairshare, gcpause, routing
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.outputs import ORIGINAL_COLUMNS, Original, adopt_outputs, find_equivalent
 from buildfarm.engine.submit import moves_latest
+from buildfarm.engine.workdirs import REMOVALS
 from buildfarm.model.debsource import file_sha256
 from buildfarm.model.errors import BuildfarmError, PermanentError, TemporaryError
 from buildfarm.model.sources import unpack_tree
@@ -846,6 +847,7 @@ def publish_build(ctx: FarmContext, build_id: int) -> bool:
         )
         since = waiting_since(session, build)
     tmp: Path | None = None
+    published = False
     try:
         tmp = Path(tempfile.mkdtemp(dir=ctx.work_root, prefix="publish-"))
         # Each bundle's remembered files, read once for both (one index, not thousands of files).
@@ -856,11 +858,14 @@ def publish_build(ctx: FarmContext, build_id: int) -> bool:
         packages += sources
         _keep_inputs(ctx, sources)
         source = ctx.repo.publish(ref, packages, move_latest=moves_latest(ref.kind))
+        published = True
     except Exception as exc:  # any fault releases the claim: never `publishing` for 10 minutes unsaid
         _publish_failed(ctx, build_id, since, repository_fault(exc))
         return False
     finally:
-        if tmp is not None:
+        if tmp is not None and published:  # removed beside the build's end, not before it
+            REMOVALS.start(tmp)  # (a file per package and source: 10-60 ms waiting on the disk)
+        elif tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     with ctx.db.session() as session:
         session.execute(
