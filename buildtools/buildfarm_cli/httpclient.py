@@ -44,11 +44,9 @@ from buildfarm.model.errors import (
     ServiceUnavailableError,
     TemporaryError,
 )
-from buildfarm.model.manifest import ImageSource, PackageSource, load_manifest
-from buildfarm.model.sources import pack_tree
 from buildfarm_cli.output import PhaseProgress
+from buildfarm_client.limits import DEFAULT_TOKEN_DAYS
 from buildfarm_client.models import (
-    DEFAULT_TOKEN_DAYS,
     BuildView,
     CheckoutSubmitIn,
     MirrorOut,
@@ -65,6 +63,7 @@ from buildfarm_client.models import (
 
 if TYPE_CHECKING:
     from buildfarm.local.inprocess import LocalFarm
+    from buildfarm.model.manifest import ImageSource, PackageSource
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -166,6 +165,8 @@ class HttpClient:
 
     def submit(self, manifest_path: Path, user: str | None) -> int:
         """Submit the build of a manifest file (its ``path`` trees read next to it); its id."""
+        from buildfarm.model.manifest import load_manifest
+
         manifest = load_manifest(manifest_path)  # a wrong manifest is reported before any farm is asked
         if self.reads_checkout:
             checkout = CheckoutSubmitIn(manifest_path=str(manifest_path.resolve()), user=user)
@@ -177,6 +178,7 @@ class HttpClient:
                 f"--user is for the local farm: the farm at {self.url} records the token's user"
             )
         from buildfarm.model.debsource import files_to_upload, pack_files  # python-debian: for submit only
+        from buildfarm.model.sources import pack_tree
 
         root = manifest_path.parent.resolve()
         for index, package in enumerate(manifest.packages):

@@ -1,6 +1,7 @@
 """What every CLI command pays before and after its work (issue 16 part 5: the fixed cost of
-``build submit --wait``): no library only some farms use is imported at start, and the objects a
-command leaves are frozen out of the exit's garbage collections."""
+``build submit --wait``): no library only some farms use is imported at start, what only some
+commands use is imported by those commands, and the objects a command leaves are frozen out of
+the exit's garbage collections."""
 
 from __future__ import annotations
 
@@ -32,6 +33,56 @@ def test_a_local_farm_command_does_not_import_what_only_some_farms_use() -> None
         check=True,
     ).stdout.split()
     assert loaded == []
+
+
+NOT_FOR_EVERY_COMMAND = (
+    "buildfarm.model.settings",  # pydantic-settings and the setting groups: the local farm's commands
+    "pydantic_settings",
+    "buildfarm_cli.client",  # the farm client: httpx, pydantic and the wire models
+    "buildfarm_client.client",
+    "buildfarm_client.models",
+    "httpx",
+    "pydantic",
+    "yaml",  # a client file or a manifest to read
+    "buildfarm.model.manifest",
+    "rich.live",  # `build submit --wait` and progress bars
+    "rich.progress",
+)
+"""Imported by the commands that use them, not at start: `--help` and every command paid for all
+of them before (0.25 s of CPU, issue 16)."""
+
+
+def _loaded_after(code: str, names: tuple[str, ...]) -> list[str]:
+    """Which of ``names`` a fresh interpreter has imported after running ``code``."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys\n{code}\nprint(' '.join(m for m in {names!r} if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+
+
+def test_the_cli_imports_a_commands_dependencies_when_the_command_runs() -> None:
+    assert _loaded_after("import buildfarm_cli.main", NOT_FOR_EVERY_COMMAND) == []
+
+
+def test_the_farm_client_reads_settings_and_manifests_only_for_the_commands_that_need_them(
+    tmp_path: Path,
+) -> None:
+    """`build show` of a remote farm reads neither; the manifest reader is for `build submit`, YAML
+    for a client file that exists."""
+    code = (
+        "from pathlib import Path\n"
+        "from buildfarm_cli.client import make_client\n"
+        "from buildfarm_cli.config import resolve\n"
+        f"make_client(resolve('http://farm.invalid:8781', {{}}, Path({str(tmp_path / 'client.yaml')!r})))"
+    )
+    assert _loaded_after(code, ("buildfarm.model.settings", "buildfarm.model.manifest", "yaml")) == []
 
 
 def test_the_objects_of_a_command_are_frozen_before_the_interpreter_exits(
