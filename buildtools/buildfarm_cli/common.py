@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -33,6 +34,24 @@ class CliState:
         self.output = OutputFormat.TEXT
         self.farm_flag: str | None = None
         self._client: FarmClient | None = None
+        self._collector_paused = False
+
+    def pause_collector(self) -> None:
+        """Turn the garbage collector off while the command starts (the console entry point
+        does): what it imports and makes then (typer's and the client's pydantic, the settings,
+        the wire models, an in-process farm) lives until the process ends, and the collections
+        that walked it all were 0.04 s of CPU of ``build submit --wait`` and ``build show``."""
+        gc.disable()
+        self._collector_paused = True
+
+    def resume_collector(self) -> None:
+        """The command has started (its client made, or its local work begun): the objects that
+        exist now are frozen out of every later collection and the collector runs again, for a
+        command that follows a build for hours.  Nothing if it was not paused."""
+        if self._collector_paused:
+            self._collector_paused = False
+            gc.freeze()
+            gc.enable()
 
     def fmt(self, override: OutputFormat | None) -> OutputFormat:
         return override or self.output
@@ -45,12 +64,15 @@ class CliState:
             from buildfarm_cli.client import make_client
 
             self._client = make_client(resolve(self.farm_flag), in_process=in_process)
+            self.resume_collector()
         return self._client
 
     def local(self, command: str) -> None:
-        """Refuse --farm for a command that works on this machine's farm only."""
+        """Refuse --farm for a command that works on this machine's farm only (every such command
+        asks first: its work runs with the collector on)."""
         if self.farm_flag:
             raise PermanentError(f"`buildfarm {command}` works on the local farm only: drop --farm")
+        self.resume_collector()
 
     def close(self) -> None:
         if self._client is not None:

@@ -324,10 +324,13 @@ def repo_key(output: OutputOpt = None) -> None:
 def run() -> None:
     """Console entry point: one clear line for every error the farm raises on purpose.
 
-    Whatever the command's outcome, the objects it leaves are frozen out of the garbage
-    collector (:func:`gc.freeze`) before the interpreter exits: the exit's collections then skip
-    the ~150 000 objects of the in-process API, which took 0.8-1.6 s of a loaded machine after
-    every command (``build submit --wait`` returned that long after its build was published)."""
+    The garbage collector is off until the command has started (:meth:`CliState.pause_collector
+    <buildfarm_cli.common.CliState.pause_collector>`), and whatever the command's outcome, the
+    objects it leaves are frozen out of the garbage collector (:func:`gc.freeze`) before the
+    interpreter exits: the exit's collections then skip the ~150 000 objects of the in-process
+    API, which took 0.8-1.6 s of a loaded machine after every command (``build submit --wait``
+    returned that long after its build was published)."""
+    state.pause_collector()
     try:
         app(standalone_mode=True)
     except TemporaryError as exc:
@@ -338,6 +341,7 @@ def run() -> None:
         raise SystemExit(1) from None
     finally:
         gc.freeze()
+        state.resume_collector()
 
 
 def _error(message: str) -> None:

@@ -6,13 +6,18 @@ the exit's garbage collections."""
 from __future__ import annotations
 
 import gc
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from buildfarm_cli import client
+from buildfarm_cli.config import ClientConfig
+from buildfarm_cli.httpclient import HttpClient
 from buildfarm_cli.main import run
+from buildfarm_client.models import BuildView
 
 NOT_AT_START = ("minio", "alembic")
 """The S3 client (an S3 artifact store or backup target only) and the migration tool (``start``
@@ -96,5 +101,40 @@ def test_the_objects_of_a_command_are_frozen_before_the_interpreter_exits(
             run()
         assert ended.value.code == 1
         assert gc.get_freeze_count() > 0
+        assert gc.isenabled()  # paused while the command started, whatever its outcome
     finally:
         gc.unfreeze()
+
+
+def test_a_command_starts_with_the_collector_off_and_does_its_work_with_it_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: dict[str, bool] = {}
+    made = client.make_client
+
+    def make_client(config: ClientConfig, *, in_process: bool = False) -> HttpClient:
+        seen["starting"] = gc.isenabled()
+        return made(config, in_process=in_process)
+
+    def show(self: HttpClient, build_id: int) -> BuildView:
+        seen["working"] = gc.isenabled()
+        return BuildView(
+            id=build_id, project="p", branch="main", kind="nightly", user="ann", state="succeeded",
+            created_at="2026-01-01T00:00:00+00:00", finished_at=None, published=None, error=None,
+        )  # fmt: skip
+
+    monkeypatch.setattr(client, "make_client", make_client)
+    monkeypatch.setattr(HttpClient, "show", show)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    farm = "http://farm.invalid:8781"
+    monkeypatch.setattr(sys, "argv", ["buildfarm", "--farm", farm, "-o", "json", "build", "show", "7"])
+    gc.unfreeze()
+    try:
+        with pytest.raises(SystemExit) as ended:
+            run()
+        assert ended.value.code == 0
+    finally:
+        gc.unfreeze()
+    assert json.loads(capsys.readouterr().out)["id"] == 7
+    assert seen == {"starting": False, "working": True}
+    assert gc.isenabled()
