@@ -107,6 +107,7 @@ endif
 
 bench: venv
 	$(VENV)/bin/python ops/bench/process.py
+	$(VENV)/bin/python ops/bench/clistart.py
 	$(VENV)/bin/python ops/bench/api_latency.py
 	$(VENV)/bin/python ops/bench/retention.py
 	$(VENV)/bin/python ops/bench/controlplane.py

@@ -10,13 +10,16 @@ what it is goes to stderr.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console
-from buildfarm_client.models import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS, TokenOut
+from buildfarm_client.limits import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS
+
+if TYPE_CHECKING:
+    from buildfarm_client.models import TokenOut
 
 admin_app = typer.Typer(no_args_is_help=True, help="Users, API tokens, projects and roles.")
 user_app = typer.Typer(no_args_is_help=True, help="Users of the farm.")

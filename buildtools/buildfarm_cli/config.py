@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import yaml
-
 from buildfarm.model.errors import PermanentError
 
 CONFIG_NAME = Path("buildfarm") / "client.yaml"
@@ -55,6 +53,8 @@ def read_config_file(path: Path) -> dict[str, str]:
         return {}
     except OSError as exc:
         raise PermanentError(f"{path}: cannot read the client configuration: {exc.strerror}") from exc
+    import yaml  # only when there is a file: most commands read no YAML
+
     try:
         data = yaml.safe_load(raw) or {}
     except yaml.YAMLError as exc:

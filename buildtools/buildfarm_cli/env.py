@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from buildfarm.model.settings import load_settings
-from buildfarm_cli.common import OutputOpt, state
+from buildfarm_cli.common import OutputOpt, farm_settings, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console
 
 if TYPE_CHECKING:  # imported when an env command runs, not for `--help` or a remote farm
@@ -60,7 +59,7 @@ def env_list(output: OutputOpt = None) -> None:
     from buildfarm.model.errors import BuildfarmError
     from buildfarm.runners.builderimage import image_staleness, makes_builder_image
 
-    settings = load_settings()
+    settings = farm_settings()
     envs = cache_for(settings).entries()
     if state.fmt(output) == OutputFormat.JSON:
         emit_json([_view(e) for e in envs])
@@ -86,7 +85,7 @@ def env_refresh(output: OutputOpt = None) -> None:
     from buildfarm.environments.upkeep import refresh_environment
     from buildfarm.wiring import make_package_cache
 
-    settings = load_settings()
+    settings = farm_settings()
     env, new = refresh_environment(settings, make_package_cache(settings), progress=err_console.print)
     if state.fmt(output) == OutputFormat.JSON:
         emit_json(_view(env) | {"changed": new})
@@ -108,7 +107,7 @@ def env_prune(
     state.local("env prune")
     from buildfarm.environments.upkeep import prune_environments
 
-    report = prune_environments(load_settings(), min_age_seconds=min_age_hours * 3600)
+    report = prune_environments(farm_settings(), min_age_seconds=min_age_hours * 3600)
     if state.fmt(output) == OutputFormat.JSON:
         emit_json([_view(e) for e in report.environments])
         return
@@ -143,7 +142,7 @@ def env_image(
     from buildfarm.wiring import make_package_cache
 
     state.local("env image")
-    settings = load_settings()
+    settings = farm_settings()
     (made,) = make_builder_images(
         settings,
         make_package_cache(settings),

@@ -23,6 +23,7 @@ import builtins
 import getpass
 import hashlib
 import os
+import ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,11 +44,9 @@ from buildfarm.model.errors import (
     ServiceUnavailableError,
     TemporaryError,
 )
-from buildfarm.model.manifest import ImageSource, PackageSource, load_manifest
-from buildfarm.model.sources import pack_tree
 from buildfarm_cli.output import PhaseProgress
+from buildfarm_client.limits import DEFAULT_TOKEN_DAYS
 from buildfarm_client.models import (
-    DEFAULT_TOKEN_DAYS,
     BuildView,
     CheckoutSubmitIn,
     MirrorOut,
@@ -64,6 +63,7 @@ from buildfarm_client.models import (
 
 if TYPE_CHECKING:
     from buildfarm.local.inprocess import LocalFarm
+    from buildfarm.model.manifest import ImageSource, PackageSource
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -134,7 +134,10 @@ class HttpClient:
             from buildfarm.local.inprocess import LocalFarm
 
             return cls(owner.LOCAL_URL, None, local=LocalFarm(settings))
-        transport = httpx.HTTPTransport(uds=os.fspath(path))
+        # The owner socket speaks plain HTTP: its transport gets a TLS context that trusts nothing
+        # rather than the default one, which reads the whole CA bundle (20 ms of every command).
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        transport = httpx.HTTPTransport(uds=os.fspath(path), verify=tls)
         return cls(owner.LOCAL_URL, None, transport=transport, where=owner.where(settings.state_dir))
 
     def __repr__(self) -> str:
@@ -162,6 +165,8 @@ class HttpClient:
 
     def submit(self, manifest_path: Path, user: str | None) -> int:
         """Submit the build of a manifest file (its ``path`` trees read next to it); its id."""
+        from buildfarm.model.manifest import load_manifest
+
         manifest = load_manifest(manifest_path)  # a wrong manifest is reported before any farm is asked
         if self.reads_checkout:
             checkout = CheckoutSubmitIn(manifest_path=str(manifest_path.resolve()), user=user)
@@ -173,6 +178,7 @@ class HttpClient:
                 f"--user is for the local farm: the farm at {self.url} records the token's user"
             )
         from buildfarm.model.debsource import files_to_upload, pack_files  # python-debian: for submit only
+        from buildfarm.model.sources import pack_tree
 
         root = manifest_path.parent.resolve()
         for index, package in enumerate(manifest.packages):

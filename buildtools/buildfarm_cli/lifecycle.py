@@ -9,14 +9,16 @@ through the REST API (``POST /api/v1/retention/run``, ``GET /api/v1/storage``), 
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console, phase_bars
-from buildfarm_client.models import StorageReportOut, SweepReportOut
+
+if TYPE_CHECKING:
+    from buildfarm_client.models import StorageReportOut, SweepReportOut
 
 retention_app = typer.Typer(no_args_is_help=True, help="The retention policy: expire old builds everywhere.")
 storage_app = typer.Typer(no_args_is_help=True, help="What the farm stores, and what the next sweep frees.")

@@ -17,16 +17,14 @@ import gc
 import os
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.live import Live
 
 from buildfarm.model.errors import BuildfarmError, TemporaryError
 from buildfarm.model.types import TERMINAL_BUILD_STATES, BuildKind, BuildState
 from buildfarm_cli import operator
 from buildfarm_cli.admin import admin_app
-from buildfarm_cli.client import FarmClient
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.env import env_app
 from buildfarm_cli.lifecycle import retention_app, storage_app
@@ -41,7 +39,10 @@ from buildfarm_cli.output import (
 )
 from buildfarm_cli.schedule import schedule_app
 from buildfarm_cli.views import summary_dict
-from buildfarm_client.models import BuildView
+
+if TYPE_CHECKING:  # what a command asks a farm for is imported when it does (buildfarm_cli.common)
+    from buildfarm_cli.client import FarmClient
+    from buildfarm_client.models import BuildView
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 build_app = typer.Typer(no_args_is_help=True, help="Submit, follow and manage builds.")
@@ -126,6 +127,8 @@ def _follow_build(client: FarmClient, build_id: int, timeout: float, fmt: Output
     """Follow the build to its end (or ``timeout``): each ask waits at the farm until something
     changed (a long poll, ``client.changes``) and brings only the steps that did; the table is
     drawn again only then."""
+    from rich.live import Live
+
     deadline = time.monotonic() + timeout
     view = client.show(build_id)
     text = fmt == OutputFormat.TEXT
@@ -321,10 +324,13 @@ def repo_key(output: OutputOpt = None) -> None:
 def run() -> None:
     """Console entry point: one clear line for every error the farm raises on purpose.
 
-    Whatever the command's outcome, the objects it leaves are frozen out of the garbage
-    collector (:func:`gc.freeze`) before the interpreter exits: the exit's collections then skip
-    the ~150 000 objects of the in-process API, which took 0.8-1.6 s of a loaded machine after
-    every command (``build submit --wait`` returned that long after its build was published)."""
+    The garbage collector is off until the command has started (:meth:`CliState.pause_collector
+    <buildfarm_cli.common.CliState.pause_collector>`), and whatever the command's outcome, the
+    objects it leaves are frozen out of the garbage collector (:func:`gc.freeze`) before the
+    interpreter exits: the exit's collections then skip the ~150 000 objects of the in-process
+    API, which took 0.8-1.6 s of a loaded machine after every command (``build submit --wait``
+    returned that long after its build was published)."""
+    state.pause_collector()
     try:
         app(standalone_mode=True)
     except TemporaryError as exc:
@@ -335,6 +341,7 @@ def run() -> None:
         raise SystemExit(1) from None
     finally:
         gc.freeze()
+        state.resume_collector()
 
 
 def _error(message: str) -> None:

@@ -8,16 +8,17 @@ profile builds read the upstream directly and a sync only checks that it answers
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from buildfarm.model.settings import load_settings
-from buildfarm_cli.common import OutputOpt, state
+from buildfarm_cli.common import OutputOpt, farm_settings, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console
-from buildfarm_client.models import MirrorSyncOut
+
+if TYPE_CHECKING:
+    from buildfarm_client.models import MirrorSyncOut
 
 mirror_app = typer.Typer(no_args_is_help=True, help="3rd-party Debian repositories mirrored into the farm.")
 
@@ -26,7 +27,8 @@ SYNC_TASKS = 3
 
 
 def _default_timeout() -> float:
-    return SYNC_TASKS * load_settings().pulp.task_timeout_seconds
+
+    return SYNC_TASKS * farm_settings().pulp.task_timeout_seconds
 
 
 @mirror_app.command("list")

@@ -8,15 +8,16 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from buildfarm_client.models import BuildView
+if TYPE_CHECKING:  # the wire models and the progress bars: imported by the commands that use them
+    from rich.progress import TaskID
+
+    from buildfarm_client.models import BuildView
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -40,6 +41,8 @@ class OutputFormat(StrEnum):
 
 
 def _plain(data: Any) -> Any:
+    from pydantic import BaseModel
+
     if isinstance(data, BaseModel):
         return data.model_dump(mode="json")
     if is_dataclass(data) and not isinstance(data, type):
@@ -162,6 +165,8 @@ def phase_bars(
     if not enabled:
         yield None
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     width = max((len(label) for label in labels.values()), default=12)
     columns = (
         TextColumn(f"{{task.description:<{width}}}"),

@@ -6,13 +6,17 @@ chart's ``farm.schedules.builds``); the farm's one scheduler starts them.  Times
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console, styled
-from buildfarm_client.models import ScheduleOut
+
+if TYPE_CHECKING:
+    from buildfarm_client.models import ScheduleOut
 
 schedule_app = typer.Typer(no_args_is_help=True, help="Scheduled (nightly) builds.")
 

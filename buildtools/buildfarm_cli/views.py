@@ -6,9 +6,10 @@ Every other answer is printed as the wire model both clients return
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from buildfarm_client.models import BuildView
+if TYPE_CHECKING:
+    from buildfarm_client.models import BuildView
 
 
 def summary_dict(build: BuildView) -> dict[str, Any]:

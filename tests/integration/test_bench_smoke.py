@@ -88,6 +88,17 @@ def test_packing_bench_packs_each_way(capsys: pytest.CaptureFixture[str]) -> Non
     assert "the tree's copy, CPU (median): through a tarball " in printed
 
 
+def test_cli_start_bench_runs_each_command_against_its_owner_socket(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert _load("clistart").main(runs=1) == 0  # each command's exit status is checked
+    printed = capsys.readouterr().out
+    measured = [
+        line.split(" this: CPU ")[0].strip() for line in printed.splitlines() if " this: CPU " in line
+    ]
+    assert measured == ["--help", "build show", "build submit --wait"]
+
+
 def test_scale_bench_reruns_a_submit_as_reused(capsys: pytest.CaptureFixture[str]) -> None:
     _load("scale").main(packages=3, farm=False)
     assert "(3 of 3 steps reused; goal <= 5 s)" in capsys.readouterr().out

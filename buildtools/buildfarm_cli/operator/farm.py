@@ -6,18 +6,16 @@ not through the API: they refuse ``--farm``.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from buildfarm.model.errors import PermanentError
-from buildfarm.model.settings import Settings, load_settings
-from buildfarm_cli.common import OutputOpt, state
+from buildfarm_cli.common import OutputOpt, farm_settings, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console
 
-
-def _settings(**overrides: object) -> Settings:
-    return load_settings(**overrides)
+if TYPE_CHECKING:
+    from buildfarm.model.settings import Settings
 
 
 def start(
@@ -42,10 +40,10 @@ def start(
 
     state.local("start")
     overrides: dict[str, object] = {"runner": runner} if runner else {}
-    settings = _settings(**overrides)
+    settings = farm_settings(**overrides)
     if not farm.any_alive(settings):
         farm.forget_runtime(settings)  # a farm started afresh decides again what runs where
-        settings = _settings(**overrides)
+        settings = farm_settings(**overrides)
 
     def prepare(s: Settings) -> None:
         env = s.buildenv
@@ -87,7 +85,7 @@ def stop(output: OutputOpt = None) -> None:
     from buildfarm.local import farm
 
     state.local("stop")
-    stopped = farm.stop(_settings())
+    stopped = farm.stop(farm_settings())
     if state.fmt(output) == OutputFormat.JSON:
         emit_json({"stopped": stopped})
     else:
@@ -106,7 +104,7 @@ def repo_verify(
     from buildfarm.local.aptverify import verify
 
     state.local("repo verify")
-    settings = _settings()
+    settings = farm_settings()
     if not farm.was_started(settings):
         raise PermanentError(f"no local farm in {settings.state_dir}: run `buildfarm start`")
     results = verify(make_context(settings), project, branch, build)

@@ -7,8 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from buildfarm.model.settings import load_settings
-from buildfarm_cli.common import OutputOpt, state
+from buildfarm_cli.common import OutputOpt, farm_settings, state
 from buildfarm_cli.output import OutputFormat, console, emit_json
 
 node_app = typer.Typer(no_args_is_help=True, help="Nodes of the local farm: start, stop, list.")
@@ -22,7 +21,7 @@ def node_start(name: NameArg, output: OutputOpt = None) -> None:
     from buildfarm.local.nodes import start_node
 
     state.local("node start")
-    change = start_node(load_settings(), name)
+    change = start_node(farm_settings(), name)
     if state.fmt(output) == OutputFormat.JSON:
         emit_json(change)
     else:
@@ -35,7 +34,7 @@ def node_stop(name: NameArg, output: OutputOpt = None) -> None:
     from buildfarm.local.nodes import stop_node
 
     state.local("node stop")
-    change = stop_node(load_settings(), name)
+    change = stop_node(farm_settings(), name)
     if state.fmt(output) == OutputFormat.JSON:
         emit_json(change)
     else:
@@ -48,7 +47,7 @@ def node_list(output: OutputOpt = None) -> None:
     from buildfarm.local.nodes import list_nodes
 
     state.local("node list")
-    nodes = list_nodes(load_settings())
+    nodes = list_nodes(farm_settings())
     if state.fmt(output) == OutputFormat.JSON:
         emit_json(nodes)
         return

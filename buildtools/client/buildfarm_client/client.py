@@ -22,8 +22,8 @@ import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from buildfarm_client import errors
+from buildfarm_client.limits import DEFAULT_TOKEN_DAYS
 from buildfarm_client.models import (
-    DEFAULT_TOKEN_DAYS,
     BuildChangesIn,
     BuildPageOut,
     BuildView,

@@ -15,12 +15,10 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from buildfarm_client.limits import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS
+
 SHA256_HEX_LENGTH = 64
 SHA256_PATTERN = f"^[0-9a-f]{{{SHA256_HEX_LENGTH}}}$"
-DEFAULT_TOKEN_DAYS = 90
-"""A new token's lifetime unless the request names one."""
-MAX_TOKEN_DAYS = 3650
-"""The longest lifetime a token may be given (ten years)."""
 PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
 """Free-text names (token labels) may hold anything but control characters (PostgreSQL refuses NUL)."""
 

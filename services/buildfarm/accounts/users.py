@@ -20,7 +20,8 @@ from buildfarm.engine.context import FarmContext
 from buildfarm.model import names
 from buildfarm.model.errors import AuthError, ConflictError, ForbiddenError, NotFoundError, PermanentError
 from buildfarm.state.models import ROLE_RANK, Grant, Project, Role, Token, User, utcnow
-from buildfarm_client.models import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS, TokenOut
+from buildfarm_client.limits import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS
+from buildfarm_client.models import TokenOut
 
 TOKEN_PREFIX = "bf_"
 
