@@ -154,7 +154,9 @@ def test_remote_build_reads_like_local_and_apt_gets_it(
 
 def test_resubmit_uploads_only_the_changed_package(remote: Remote, sources: Path) -> None:
     with HttpClient(remote.url, remote.bob) as client:
-        client.submit(sources, None)  # whatever earlier tests left: these trees are now on the farm
+        first = client.submit(sources, None)  # whatever earlier tests left: these trees are now on the farm
+        # built (or reused) before the change: alone (not after the tests above) it is built now
+        wait_until(lambda: client.show(first).state == "succeeded", 60, "the first build")
         make_package(sources.parent, "rem-b", version="1.1", build="echo changed-rem-b")
         client.uploads = 0
         build_id = client.submit(sources, None)
