@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 BUILDFARM_STATE_DIR ?= $(CURDIR)/.farm
 export BUILDFARM_STATE_DIR
 
-.PHONY: help deps venv lint pytest test demo demo-stop bench chaos charts farm-stop clean e2e
+.PHONY: help deps venv pyc lint pytest test demo demo-stop bench chaos charts farm-stop clean e2e
 
 help:
 	@echo "make demo       start a 2-node local farm, build examples/, show the apt line"
@@ -41,6 +41,12 @@ $(VENV_STAMP): pyproject.toml
 	$(VENV)/bin/pip install --disable-pip-version-check --progress-bar off -q -e '.[dev]'
 	@touch $@
 
+# Byte-code of the farm's own modules, as `pip install .` writes it in the images: an editable
+# install writes none, and where PYTHONDONTWRITEBYTECODE is set every farm process and every CLI
+# run compiled them again (0.04 s of CPU of each CLI start). Files up to date are skipped.
+pyc: venv
+	@$(VENV)/bin/python -m compileall -q -j 0 services buildtools
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
@@ -52,7 +58,7 @@ lint: venv
 # (tests/conftest.py), so no server is started twice.
 PYTEST_WORKERS ?= 2
 
-pytest: venv
+pytest: venv pyc
 	@rc=0; $(VENV)/bin/pytest --durations=15 -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup \
 	  tests $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then \
@@ -70,7 +76,7 @@ DEMO_RUNNER ?=
 PROFILE ?= local
 
 ifeq ($(PROFILE),pulp)
-demo: deps venv
+demo: deps venv pyc
 	bash ops/demo/pulp-profile.sh
 
 demo-stop:
@@ -78,7 +84,7 @@ demo-stop:
 else
 demo-stop: farm-stop
 
-demo: deps venv
+demo: deps venv pyc
 	$(BF) start --nodes 2 $(DEMO_RUNNER:%=--runner %)
 	$(BF) build submit examples/buildfarm.yaml --wait
 	@echo
@@ -105,7 +111,7 @@ demo: deps venv
 
 endif
 
-bench: venv
+bench: venv pyc
 	$(VENV)/bin/python ops/bench/process.py
 	$(VENV)/bin/python ops/bench/clistart.py
 	$(VENV)/bin/python ops/bench/api_latency.py
