@@ -22,8 +22,9 @@ for one (~0.1 s before its first step could be released).  So the Perls are the 
 (:func:`shared_forks`), kept idle between submits (at most :data:`PACK_THREADS`) and started
 when the API starts (:func:`buildfarm.engine.srcpkg.warm_up`), not per submit.  A Perl ends
 when its input closes, as it does when the process exits however it exits (the pipe's other end
-is the process's alone), and the process closes them at its exit too (``atexit``).  The Perls of
-another environment (a test process that changes it) are stopped, not kept beside the new ones.
+is the process's alone, or a forked child's until it ends), and the process closes them at its
+exit too (``atexit``); a child it forks starts its own.  The Perls of another environment (a
+test process that changes it) are stopped, not kept beside the new ones.
 
 An upgrade of dpkg-dev replaces the ``dpkg-source`` file (:func:`script_signature` changes;
 libdpkg-perl, the modules, is upgraded with it).  A long-lived API then sees it at its next
@@ -366,4 +367,12 @@ def close_shared() -> None:
         old.close()
 
 
+def _forget_shared() -> None:
+    """In a forked child: the parent's Perls are the parent's (their pipes carry its runs' lines),
+    not the child's to use, stop or wait for; the child starts its own if it packs."""
+    global _shared, _shared_lock
+    _shared, _shared_lock = None, threading.Lock()
+
+
 atexit.register(close_shared)
+os.register_at_fork(after_in_child=_forget_shared)

@@ -195,6 +195,22 @@ def test_perls_of_another_environment_are_stopped(tmp_path: Path) -> None:
     assert len(second.idle_pids()) == PACK_THREADS
 
 
+@pytest.mark.usefixtures("no_shared_perls")
+def test_a_forked_child_does_not_use_its_parents_perls() -> None:
+    """A child forked by the process (no exec) would send its runs down the parent's pipes: it
+    has its own set, and the parent's stay the parent's."""
+    parents = shared_forks(dpkg_source_env())
+    parents.start(1)
+    pid = os.fork()
+    if pid == 0:  # the child: exits 0 when it sees a set of its own, with no Perl yet
+        mine = shared_forks(dpkg_source_env())
+        os._exit(0 if mine is not parents and mine.idle_pids() == [] else 1)
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert shared_forks(dpkg_source_env()) is parents
+    assert all(perl.process.poll() is None for perl in parents._idle)
+
+
 def test_no_more_than_keep_perls_stay_idle(tmp_path: Path) -> None:
     """Perls given back beyond ``keep`` (more runs at once than packing threads) are stopped."""
     forks = DpkgSourceForks(dpkg_source_env(), keep=1)
