@@ -4,7 +4,9 @@ and the tree's copy (:func:`buildfarm.model.sources.copy_tree`) beside the tarba
 
 ``python ops/bench/packing.py [N] [ROUNDS]`` (default 40 trees, 3 rounds): per round, N packs each
 way, CPU seconds a pack of the processes they start (the forked runs: the Perl's children, read
-from /proc, so its own start is apart, printed as such).  Prints numbers; asserts nothing.
+from /proc, so its own start is apart, printed as such); and the wall time of a submit's first
+pack with its Perl started then (as every submit did) or before (as the API's Perls are now).
+Prints numbers; asserts nothing.
 """
 
 from __future__ import annotations
@@ -55,17 +57,37 @@ def forked(root: Path, count: int) -> tuple[float, float]:
         started = resource.getrusage(resource.RUSAGE_CHILDREN)
         first = forks.run(["-b", "pkg0-1.0"], works[0], 60)  # starts the Perl
         assert first is not None and first[0] == 0, first
-        (perl,) = forks._idle
-        before = _children_cpu(perl.pid)
+        (perl,) = forks.idle_pids()
+        before = _children_cpu(perl)
         for index, work in enumerate(works[1:], 1):
             done = forks.run(["-b", f"pkg{index}-1.0"], work, 60)
             assert done is not None and done[0] == 0, done
-        cpu = _children_cpu(perl.pid) - before
+        cpu = _children_cpu(perl) - before
     finally:
         forks.close()
     ended = resource.getrusage(resource.RUSAGE_CHILDREN)
     total = ended.ru_utime + ended.ru_stime - started.ru_utime - started.ru_stime
     return cpu / count, total - cpu - cpu / count  # less the runs and the first one: its start
+
+
+def first_pack(root: Path) -> tuple[float, float]:
+    """Wall seconds of a submit's first pack: (its Perl started by it, as each submit did before;
+    its Perl started before, as the API does at its start and keeps between submits)."""
+    works = _trees(root, 3)
+    spent = []
+    forks = DpkgSourceForks(dpkg_source_env())
+    try:
+        begun = time.monotonic()
+        assert forks.run(["-b", "pkg0-1.0"], works[0], 60) is not None  # starts the Perl
+        spent.append(time.monotonic() - begun)
+        forks.start(1)
+        assert forks.run(["-b", "pkg1-1.0"], works[1], 60) is not None  # the Perl has loaded
+        begun = time.monotonic()
+        assert forks.run(["-b", "pkg2-1.0"], works[2], 60) is not None  # the idle Perl
+        spent.append(time.monotonic() - begun)
+    finally:
+        forks.close()
+    return spent[0], spent[1]
 
 
 def commands(root: Path, count: int) -> float:
@@ -104,7 +126,15 @@ def copies(root: Path, count: int) -> tuple[float, float]:
 
 def main(count: int = 40, rounds: int = 3) -> None:
     print(f"packing {count} trivial trees a way, {rounds} rounds alternated (load {os.getloadavg()[0]:.1f})")
-    results: dict[str, list[float]] = {"forked": [], "start": [], "command": [], "tarball": [], "copy": []}
+    results: dict[str, list[float]] = {
+        "forked": [],
+        "start": [],
+        "command": [],
+        "tarball": [],
+        "copy": [],
+        "first": [],
+        "first started": [],
+    }
     for _round in range(rounds):
         with tempfile.TemporaryDirectory(prefix="bench-packing-") as tmp:
             work = Path(tmp)
@@ -112,6 +142,9 @@ def main(count: int = 40, rounds: int = 3) -> None:
             results["forked"].append(each)
             results["start"].append(start)
             results["command"].append(commands(work / "command", count))
+            first, started = first_pack(work / "first")
+            results["first"].append(first)
+            results["first started"].append(started)
             tarball, copy = copies(work / "copies", count)
             results["tarball"].append(tarball)
             results["copy"].append(copy)
@@ -120,6 +153,10 @@ def main(count: int = 40, rounds: int = 3) -> None:
     print(
         f"  dpkg-source -b, CPU a pack (median): forked {med['forked'] * 1000:.1f} ms, as a command "
         f"{med['command'] * 1000:.1f} ms; a Perl's start {med['start'] * 1000:.0f} ms (one a packing thread)"
+    )
+    print(
+        f"  a submit's first pack, wall (median): its Perl started then {med['first'] * 1000:.0f} ms, "
+        f"started before (at the API's start) {med['first started'] * 1000:.0f} ms"
     )
     print(
         f"  the tree's copy, CPU (median): through a tarball {med['tarball'] * 1000:.2f} ms, "

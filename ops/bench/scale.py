@@ -23,6 +23,7 @@ and ratios; asserts nothing about speed (that is for people).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -143,19 +144,40 @@ def _children_cpu() -> float:
 
 
 def _farm_cpu(state: Path) -> dict[str, float]:
-    """CPU seconds each farm process used so far, and the children it waited for (a node's
-    builds): fields 14-17 of ``/proc/<pid>/stat``, by the farm's pid files."""
+    """CPU seconds each farm process used so far, and its children's (a node's builds, the API's
+    packing): those it waited for and those still running (the API's long-lived preloaded Perls,
+    with the runs they waited for), fields 14-17 of ``/proc/<pid>/stat``, by the farm's pid
+    files."""
     tick = os.sysconf("SC_CLK_TCK")
     used = {}
     for pidfile in (state / "run").glob("*.pid"):
         try:
-            stat = Path(f"/proc/{pidfile.read_text().strip()}/stat").read_text()
+            pid = pidfile.read_text().strip()
+            fields = _stat_fields(pid)
         except (OSError, ValueError):
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        used[pidfile.stem] = sum(int(f) for f in fields[11:13]) / tick
-        used[f"{pidfile.stem}'s children"] = sum(int(f) for f in fields[13:15]) / tick
+        used[pidfile.stem] = sum(fields[11:13]) / tick
+        children = sum(fields[13:15])
+        for child in _live_children(pid):
+            with contextlib.suppress(OSError, ValueError):
+                children += sum(_stat_fields(child)[11:15])
+        used[f"{pidfile.stem}'s children"] = children / tick
     return used
+
+
+def _stat_fields(pid: str) -> list[int]:
+    """The numeric fields of ``/proc/<pid>/stat`` after the command (index 11: utime)."""
+    text = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return [int(field) if field.lstrip("-").isdigit() else 0 for field in text]
+
+
+def _live_children(pid: str) -> set[str]:
+    """The pids of the running children of ``pid`` (of each of its threads)."""
+    out: set[str] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            out.update((task / "children").read_text().split())
+    return out
 
 
 def make_wall(

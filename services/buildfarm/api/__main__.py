@@ -8,6 +8,7 @@ from typing import Any
 import uvicorn
 
 from buildfarm.api.app import create_app
+from buildfarm.engine import srcpkg
 from buildfarm.model.settings import Settings, settings_at_start
 
 QUIET: dict[str, Any] = {"log_level": "warning", "access_log": False}
@@ -31,7 +32,9 @@ def network_config(app: Any, args: argparse.Namespace, settings: Settings) -> uv
 def main(argv: list[str] | None = None) -> None:
     args = address_arguments("python -m buildfarm.api", argv)
     settings = settings_at_start()
-    uvicorn.Server(network_config(create_app(settings), args, settings)).run()
+    app = create_app(settings)
+    srcpkg.warm_up()  # the packing Perls load while the server starts: returns at once
+    uvicorn.Server(network_config(app, args, settings)).run()
 
 
 if __name__ == "__main__":

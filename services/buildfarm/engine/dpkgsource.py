@@ -2,25 +2,44 @@
 
 ``dpkg-source -b`` of a small tree spends most of its ~0.12 CPU s compiling the ~100 Perl
 modules it loads, and a submit runs it for every tree it packs: it was most of a 40-package
-submit.  :class:`DpkgSourceForks` keeps Perl processes (one per packing thread, for one submit)
-that have loaded those modules and compiled the ``dpkg-source`` script itself (as a sub's body);
-each run is a ``fork`` of one that runs that script once with the run's arguments and directory:
-the same code on the same input, so the same source package (the tests compare the bytes), for
-about a fifth of the CPU.  What a run of a trivial tree still spent (~0.034 CPU s) went to:
-modules and tables it loaded itself (OpenPGP backends, Dpkg::Arch's tables: now loaded by the
-Perl), compiling the script (~2.5 ms: now once), Perl's global destruction at its exit (skipped:
-the child ends with ``_exit`` after the END blocks); what is left (~0.022 CPU s) is the fork,
-the copy-on-write faults of the child, running the script, and tar and xz.
+submit.  :class:`DpkgSourceForks` keeps Perl processes (one per packing thread) that have loaded
+those modules and compiled the ``dpkg-source`` script itself (as a sub's body); each run is a
+``fork`` of one that runs that script once with the run's arguments and directory: the same
+code on the same input, so the same source package (the tests compare the bytes), for about a
+fifth of the CPU.  What a run of a trivial tree still spent (~0.034 CPU s) went to: modules and
+tables it loaded itself (OpenPGP backends, Dpkg::Arch's tables: now loaded by the Perl),
+compiling the script (~2.5 ms: now once), Perl's global destruction at its exit (skipped: the
+child ends with ``_exit`` after the END blocks); what is left (~0.022 CPU s) is the fork, the
+copy-on-write faults of the child, running the script, and tar and xz.
 
 What it cannot run that way is run as a command, as before: ``dpkg-source`` that is not a Perl
 script, an argument or directory holding a tab or a newline (the request line's separators), a
 Perl that died.  A run past its timeout is killed with its Perl (its own process group) and is
 the same :class:`TimeoutError` as a command's.
+
+A Perl's start costs 0.09-0.14 CPU s, and the first pack of a submit that started its own waited
+for one (~0.1 s before its first step could be released).  So the Perls are the process's
+(:func:`shared_forks`), kept idle between submits (at most :data:`PACK_THREADS`) and started
+when the API starts (:func:`buildfarm.engine.srcpkg.warm_up`), not per submit.  A Perl ends
+when its input closes, as it does when the process exits however it exits (the pipe's other end
+is the process's alone, or a forked child's until it ends), and the process closes them at its
+exit too (``atexit``); a child it forks starts its own.  The Perls of another environment (a
+test process that changes it) are stopped, not kept beside the new ones.
+
+An upgrade of dpkg-dev replaces the ``dpkg-source`` file (:func:`script_signature` changes;
+libdpkg-perl, the modules, is upgraded with it).  A long-lived API then sees it at its next
+pack: the idle Perls started from the old file are stopped and a new one is started from the
+new one (a run already going ends on the old Perl, which is stopped at the next take), and
+:func:`buildfarm.engine.srccache.dpkg_source_version` (asked once per process and signature)
+is asked again, so the tree keys from then on name the new version, as a restarted API's do.
+A submit examined before the upgrade and packed after it keys its trees with the old version.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import os
 import select
 import shutil
@@ -30,6 +49,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 SERVER = r"""
 sub compile_script { eval $_[0] }  # as in a file of its own: no pragma, no variable of this one
@@ -127,11 +147,17 @@ LOADED_AT_RUN = (
 )
 """Modules dpkg-source loads while it runs (by source format, changelog format, vendor)."""
 STOP_SECONDS = 10.0
+PACK_THREADS = min(8, os.cpu_count() or 1)
+"""Trees packed at once at submit (:mod:`buildfarm.engine.packing`'s threads: a ``dpkg-source``
+run each), and so the idle Perls a process keeps and starts at its start."""
+
+Signature = tuple[int, int, int, int]
+"""A file's device, inode, size and mtime (ns): an upgrade replaces the file (a new inode)."""
 
 
-def perl_script(command: str = "dpkg-source") -> Path | None:
-    """The Perl script ``command`` is, or None (not found, not Perl)."""
-    found = shutil.which(command)
+def perl_script() -> Path | None:
+    """The Perl script ``dpkg-source`` is, or None (not found, not Perl)."""
+    found = dpkg_source_path()
     if found is None or shutil.which("perl") is None:
         return None
     try:
@@ -139,16 +165,42 @@ def perl_script(command: str = "dpkg-source") -> Path | None:
             first = handle.readline(200)
     except OSError:
         return None
-    return Path(found) if first.startswith(b"#!") and b"perl" in first else None
+    return found if first.startswith(b"#!") and b"perl" in first else None
+
+
+@functools.cache
+def dpkg_source_path() -> Path | None:
+    """Where ``dpkg-source`` is (looked up once per process), or None."""
+    found = shutil.which("dpkg-source")
+    return None if found is None else Path(found)
+
+
+def script_signature(script: Path | None) -> Signature | None:
+    """``script``'s :data:`Signature`, or None (none, or gone)."""
+    if script is None:
+        return None
+    try:
+        stat = script.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+class _Perl(NamedTuple):
+    process: subprocess.Popen[bytes]
+    signature: Signature
+    """That of the script the Perl compiled."""
 
 
 class DpkgSourceForks:
-    """dpkg-source runs from preloaded Perls, with ``env`` (taken by each Perl as it starts)."""
+    """dpkg-source runs from preloaded Perls, with ``env`` (taken by each Perl as it starts); at
+    most ``keep`` of them kept idle between runs.  A process uses one: :func:`shared_forks`."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], keep: int = PACK_THREADS) -> None:
         self.env = env
+        self.keep = keep
         self.script = perl_script()
-        self._idle: list[subprocess.Popen[bytes]] = []
+        self._idle: list[_Perl] = []
         self._lock = threading.Lock()
         self._closed = False
 
@@ -164,7 +216,7 @@ class DpkgSourceForks:
         fd, output = tempfile.mkstemp(prefix="dpkg-source-", suffix=".log")
         os.close(fd)
         try:
-            status = self._ask(perl, [fields[0], output, *args], timeout)
+            status = self._ask(perl.process, [fields[0], output, *args], timeout)
             if status is None:
                 return None
             text = Path(output).read_text(errors="replace")
@@ -177,13 +229,44 @@ class DpkgSourceForks:
             return -os.WTERMSIG(status), text
         return os.WEXITSTATUS(status), text
 
-    def _take(self) -> subprocess.Popen[bytes] | None:
+    def start(self, count: int) -> None:
+        """Start Perls until ``count`` (at most ``keep``) are idle, without waiting for them to
+        load their modules: a run given one still loading waits for it."""
+        signature = script_signature(self.script)
+        if signature is None:
+            return
         with self._lock:
-            if self._idle:
-                return self._idle.pop()
+            missing = min(count, self.keep) - len(self._idle)
+        for _ in range(missing):
+            perl = self._start(signature)
+            if perl is None:
+                return
+            self._give_back(perl)
+
+    def idle_pids(self) -> list[int]:
+        """The process ids of the idle Perls."""
+        with self._lock:
+            return [perl.process.pid for perl in self._idle]
+
+    def _take(self) -> _Perl | None:
+        """An idle Perl started from the script as it is now, or a new one; the idle ones started
+        from another (or that died) are stopped.  None when the script is gone or Perl cannot
+        start."""
+        signature = script_signature(self.script)
+        if signature is None:
+            return None
+        with self._lock:
+            stale = [p for p in self._idle if p.signature != signature or p.process.poll() is not None]
+            self._idle = [p for p in self._idle if p not in stale]
+            perl = self._idle.pop() if self._idle else None
+        for old in stale:
+            self._stop(old.process)
+        return perl or self._start(signature)
+
+    def _start(self, signature: Signature) -> _Perl | None:
         assert self.script is not None
         try:
-            return subprocess.Popen(
+            process = subprocess.Popen(
                 ["perl", "-e", SERVER, str(self.script), *LOADED_AT_RUN],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -193,6 +276,7 @@ class DpkgSourceForks:
             )
         except OSError:
             return None
+        return _Perl(process, signature)
 
     def _ask(self, perl: subprocess.Popen[bytes], fields: list[str], timeout: float) -> int | None:
         """The run's wait status, None when the Perl is gone (it is then dropped)."""
@@ -220,12 +304,13 @@ class DpkgSourceForks:
             return None
         return int(answer)
 
-    def _give_back(self, perl: subprocess.Popen[bytes]) -> None:
+    def _give_back(self, perl: _Perl) -> None:
+        """Kept idle, unless closed or ``keep`` are idle already (then stopped)."""
         with self._lock:
-            if not self._closed:
+            if not self._closed and len(self._idle) < self.keep:
                 self._idle.append(perl)
                 return
-        self._stop(perl)
+        self._stop(perl.process)
 
     def _stop(self, perl: subprocess.Popen[bytes], *, kill: bool = False) -> None:
         """End one Perl: told by the end of its input (after its run), or killed with its runs."""
@@ -245,9 +330,49 @@ class DpkgSourceForks:
             perl.stdout.close()
 
     def close(self) -> None:
-        """End every Perl (a run still going ends first)."""
+        """End every idle Perl; one still running ends after its run."""
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
         for perl in idle:
-            self._stop(perl)
+            self._stop(perl.process)
+
+
+_shared: DpkgSourceForks | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_forks(env: dict[str, str]) -> DpkgSourceForks:
+    """The process's :class:`DpkgSourceForks`, of Perls started with ``env``.  Asked with another
+    ``env``, it is a new one, and the previous one's Perls are stopped (its runs still going run
+    to their end, then stop theirs): a process keeps the idle Perls of one environment alone."""
+    global _shared  # noqa: PLW0603 - one set of Perls per process
+    with _shared_lock:
+        old = _shared
+        if old is not None and old.env == env:
+            return old
+        _shared = new = DpkgSourceForks(env)
+    if old is not None:
+        old.close()
+    return new
+
+
+def close_shared() -> None:
+    """Stop the process's Perls (at its exit: ``atexit``); the next :func:`shared_forks` starts
+    anew."""
+    global _shared
+    with _shared_lock:
+        old, _shared = _shared, None
+    if old is not None:
+        old.close()
+
+
+def _forget_shared() -> None:
+    """In a forked child: the parent's Perls are the parent's (their pipes carry its runs' lines),
+    not the child's to use, stop or wait for; the child starts its own if it packs."""
+    global _shared, _shared_lock
+    _shared, _shared_lock = None, threading.Lock()
+
+
+atexit.register(close_shared)
+os.register_at_fork(after_in_child=_forget_shared)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -25,6 +24,7 @@ from sqlalchemy import bindparam, select, update
 
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.control import end_build
+from buildfarm.engine.dpkgsource import PACK_THREADS  # one idle Perl a thread
 from buildfarm.engine.srccache import StoredSource
 from buildfarm.engine.srcpkg import TreeToPack
 from buildfarm.model.errors import BuildfarmError
@@ -33,9 +33,6 @@ from buildfarm.model.types import BuildState
 from buildfarm.state.models import Build, Step, utcnow
 
 log = logging.getLogger(__name__)
-
-PACK_THREADS = min(8, os.cpu_count() or 1)
-"""Source packages made at once at submit: ``dpkg-source`` runs and hashing, in threads."""
 
 
 class RecordedBuild:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildfarm.engine.context import FarmContext
+from buildfarm.engine.dpkgsource import Signature, dpkg_source_path, script_signature
 from buildfarm.model.debsource import file_sha256, tree_format
 from buildfarm.model.errors import BuildfarmError
 from buildfarm.model.planner import SourceInfo, read_source_info
@@ -65,13 +66,17 @@ _VERSION_LOCK = threading.Lock()
 
 def dpkg_source_version() -> str:
     """The first line of ``dpkg-source --version`` (a new dpkg may pack differently), asked once
-    per process: the packing threads that ask at once wait for the one run (~0.1 CPU s)."""
+    per process and ``dpkg-source`` file: the packing threads that ask at once wait for the one
+    run (~0.1 CPU s), and an upgrade that replaces the file (its
+    :func:`~buildfarm.engine.dpkgsource.script_signature` changes) has it asked again, as the
+    preloaded Perls that run it are started again (:mod:`buildfarm.engine.dpkgsource`)."""
+    signature = script_signature(dpkg_source_path())
     with _VERSION_LOCK:
-        return _dpkg_source_version()
+        return _dpkg_source_version(signature)
 
 
-@functools.cache
-def _dpkg_source_version() -> str:
+@functools.lru_cache(maxsize=1)
+def _dpkg_source_version(_signature: Signature | None) -> str:
     try:
         done = subprocess.run(
             ["dpkg-source", "--version"], capture_output=True, text=True, timeout=30, check=False

@@ -53,7 +53,7 @@ from sqlalchemy import select
 
 from buildfarm.backends.upstream import read_release
 from buildfarm.engine.context import FarmContext
-from buildfarm.engine.dpkgsource import DpkgSourceForks
+from buildfarm.engine.dpkgsource import PACK_THREADS, DpkgSourceForks, shared_forks
 from buildfarm.engine.gbpsource import export_orig
 from buildfarm.engine.srccache import SourceCache, StoredSource
 from buildfarm.engine.stxsource import StxResolver
@@ -138,13 +138,10 @@ class SourceResolver:
         self.scratch = scratch
         self.uploaded_files = uploaded_files or {}
         self.cache = SourceCache(ctx)
-        self.forks = DpkgSourceForks(dpkg_source_env())
-        """Packing a tree runs dpkg-source from these preloaded Perls: :meth:`close` ends them."""
+        self.forks = shared_forks(dpkg_source_env())
+        """Packing a tree runs dpkg-source from the process's preloaded Perls (kept after it)."""
         self._beside: dict[Path, dict[str, list[str]]] = {}
         self._beside_lock = threading.Lock()
-
-    def close(self) -> None:
-        self.forks.close()
 
     def upstream_beside(self, tree: Path, source: str, version: str) -> list[Path]:
         """:func:`~buildfarm.model.debsource.upstream_files_beside`, with the parent directory
@@ -625,6 +622,13 @@ def dpkg_source_env() -> dict[str, str]:
     """The environment dpkg-source runs in: no DEB_/DPKG_ settings of the caller, C locale, UTC."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DEB_", "DPKG_"))}
     return env | {"LC_ALL": "C.UTF-8", "TZ": "UTC"}
+
+
+def warm_up() -> None:
+    """Start the process's preloaded Perls that pack trees (:data:`PACK_THREADS`: one a packing
+    thread), as the API starts: its first submit's packs find them loaded, instead of waiting
+    ~0.1 s for one to start.  Returns at once (the Perls load their modules meanwhile)."""
+    shared_forks(dpkg_source_env()).start(PACK_THREADS)
 
 
 def _dpkg_source(args: list[str], cwd: Path, what: str, forks: DpkgSourceForks | None = None) -> None:

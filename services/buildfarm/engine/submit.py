@@ -14,8 +14,9 @@ from typing import TypeVar
 
 from sqlalchemy import insert
 
-from buildfarm.engine import gcpause, packing, routing
+from buildfarm.engine import gcpause, routing
 from buildfarm.engine.context import FarmContext
+from buildfarm.engine.dpkgsource import PACK_THREADS
 from buildfarm.engine.fetch import check_source_urls, context_directories, source_directories
 from buildfarm.engine.images import image_spec_record
 from buildfarm.engine.packing import RecordedBuild, pack_and_release, packing_lease
@@ -63,7 +64,7 @@ def _in_parallel(work: Callable[[int], _T], count: int) -> list[_T]:
     raised once the ones already started end, and those not started yet never start."""
     if count <= 1:
         return [work(index) for index in range(count)]
-    with ThreadPoolExecutor(max_workers=packing.PACK_THREADS, thread_name_prefix="pack") as pool:
+    with ThreadPoolExecutor(max_workers=PACK_THREADS, thread_name_prefix="pack") as pool:
         futures = [pool.submit(work, index) for index in range(count)]
         try:
             return [future.result() for future in futures]
@@ -186,24 +187,21 @@ def submit_build(
         source_directories(manifest, root, ctx.settings.fetch.url_policy, prepared) as sources,
     ):
         resolver = SourceResolver(ctx, root, Path(scratch), prepared_files)
-        try:
-            examined = _in_parallel(lambda index: resolver.examine(index, *sources[index]), len(sources))
-            images = _ImageSources.read(ctx, manifest, root, prepared_contexts)
-            with recording():
-                recorded = _record_build(
-                    ctx,
-                    manifest,
-                    user,
-                    [(package, found) for (package, _tree), found in zip(sources, examined, strict=True)],
-                    images,
-                    schedule_slot,
-                )
-            to_pack = {found.info.name: found for found in examined if isinstance(found, TreeToPack)}
-            if to_pack and any(s.input_key for s in recorded.plan.steps.values()):
-                ctx.dispatcher.advance(recorded.build_id)  # the steps of trees packed before start now
-            pack_and_release(ctx, recorded, to_pack)
-        finally:
-            resolver.close()
+        examined = _in_parallel(lambda index: resolver.examine(index, *sources[index]), len(sources))
+        images = _ImageSources.read(ctx, manifest, root, prepared_contexts)
+        with recording():
+            recorded = _record_build(
+                ctx,
+                manifest,
+                user,
+                [(package, found) for (package, _tree), found in zip(sources, examined, strict=True)],
+                images,
+                schedule_slot,
+            )
+        to_pack = {found.info.name: found for found in examined if isinstance(found, TreeToPack)}
+        if to_pack and any(s.input_key for s in recorded.plan.steps.values()):
+            ctx.dispatcher.advance(recorded.build_id)  # the steps of trees packed before start now
+        pack_and_release(ctx, recorded, to_pack)
         resolver.cache.save_trees()
     return recorded.build_id
 

@@ -25,6 +25,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from buildfarm.api.__main__ import QUIET, address_arguments, network_config
 from buildfarm.api.app import create_app
 from buildfarm.dispatch.context import make_context
+from buildfarm.engine import srcpkg
 from buildfarm.local import owner
 from buildfarm.local.inprocess import LocalFarm
 from buildfarm.model.settings import settings_at_start
@@ -95,6 +96,7 @@ async def serve(main: Network, beside: uvicorn.Server, sock: socket.socket, path
     """Both servers until ``main`` is told to stop (uvicorn then raises its signal again)."""
     for app in (main.config.app, beside.config.app):  # the owner socket's is the CLI's
         await warm_up(app)
+    srcpkg.warm_up()  # the packing Perls load while the farm starts: returns at once
     main.owner_closed.clear()
 
     async def owner_side() -> None:

@@ -1,17 +1,22 @@
 """dpkg-source forked from a preloaded Perl makes the bytes dpkg-source run as a command makes,
-says the same errors, is killed past its timeout, and leaves to the command what it cannot run."""
+says the same errors, is killed past its timeout, and leaves to the command what it cannot run;
+the Perls are the process's, kept across submits, stopped when its environment or dpkg-source's
+file changes and at its exit."""
 
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from buildfarm.engine.dpkgsource import DpkgSourceForks
-from buildfarm.engine.srcpkg import _dpkg_source, dpkg_source_env
+from buildfarm.engine.dpkgsource import PACK_THREADS, DpkgSourceForks, close_shared, shared_forks
+from buildfarm.engine.srcpkg import _dpkg_source, dpkg_source_env, warm_up
 from buildfarm.model.errors import PermanentError, TemporaryError
 
 from debpkgs import make_package
@@ -89,7 +94,7 @@ def test_the_perls_are_reused_and_end_when_closed(tmp_path: Path) -> None:
     assert len(forks._idle) == 1  # one thread asked: one Perl served all three
     (perl,) = forks._idle
     forks.close()
-    assert perl.poll() is not None
+    assert perl.process.poll() is not None
     assert forks.run(["--version"], tmp_path, 60) is None  # closed: the caller runs the command
 
 
@@ -128,35 +133,143 @@ def test_without_a_perl_dpkg_source_it_runs_the_command(
     forks.close()
 
 
-def test_a_submit_packs_through_forked_perls_and_ends_them(
+@pytest.fixture
+def no_shared_perls() -> Iterator[None]:
+    """The process's Perls stopped before and after the test: it sees only the ones it starts."""
+    close_shared()
+    yield
+    close_shared()
+
+
+@pytest.mark.usefixtures("no_shared_perls")
+def test_two_submits_pack_through_the_same_perls_and_leave_them_running(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The submit's resolver packs every tree through its Perls and closes them at its end."""
-    from buildfarm.engine import srcpkg
-
-    made: list[DpkgSourceForks] = []
-    real = srcpkg.DpkgSourceForks
-
-    def recording(env: dict[str, str]) -> DpkgSourceForks:
-        made.append(real(env))
-        return made[-1]
-
-    monkeypatch.setattr(srcpkg, "DpkgSourceForks", recording)
+    """Every resolver packs through the process's Perls, started before (as the API does at its
+    start): two submits take them, no third, and leave them idle, running, for the next."""
     from buildfarm.engine.submit import submit_build
     from buildfarm.model.manifest import load_manifest
 
     from debpkgs import write_manifest
     from farmkit import make_test_context
 
-    src = tmp_path / "src"
-    names = [f"p{i}" for i in range(3)]
-    for name in names:
-        make_package(src, name)
+    warm_up()
+    forks = shared_forks(dpkg_source_env())
+    started = forks.idle_pids()
+    forked: list[tuple[int, str] | None] = []
+    run = forks.run
+
+    def counted(args: list[str], cwd: Path, timeout: float) -> tuple[int, str] | None:
+        forked.append(run(args, cwd, timeout))
+        return forked[-1]
+
+    monkeypatch.setattr(forks, "run", counted)
+    assert len(started) == PACK_THREADS
     ctx = make_test_context(tmp_path / "farm", f"sqlite:///{tmp_path / 'farm.db'}")
-    submit_build(ctx, load_manifest(write_manifest(src, names)), src, "tests")
-    (forks,) = made
-    assert forks._closed and forks._idle == []
+    for submit in ("a", "b"):
+        src = tmp_path / submit
+        names = [f"{submit}{i}" for i in range(3)]
+        for name in names:
+            make_package(src, name)
+        submit_build(ctx, load_manifest(write_manifest(src, names)), src, "tests")
+        assert sorted(forks.idle_pids()) == sorted(started)
+    assert len(forked) == 6 and all(done is not None and done[0] == 0 for done in forked)
+    assert shared_forks(dpkg_source_env()) is forks
+    assert all(perl.process.poll() is None for perl in forks._idle)
     ctx.db.dispose()
+
+
+@pytest.mark.usefixtures("no_shared_perls")
+def test_perls_of_another_environment_are_stopped(tmp_path: Path) -> None:
+    """A test process that changes its environment keeps the idle Perls of the last one alone."""
+    first = shared_forks(dpkg_source_env())
+    first.start(PACK_THREADS)
+    old = [perl.process for perl in first._idle]
+    assert len(old) == PACK_THREADS
+    second = shared_forks(dpkg_source_env() | {"BUILDFARM_TEST_OTHER": "1"})
+    assert second is not first
+    assert all(process.poll() is not None for process in old)
+    assert first.run(["--version"], tmp_path, 60) is None  # stopped: a run left to the command
+    second.start(PACK_THREADS)
+    second.start(PACK_THREADS)  # started again: no more than PACK_THREADS idle
+    assert len(second.idle_pids()) == PACK_THREADS
+
+
+@pytest.mark.usefixtures("no_shared_perls")
+def test_a_forked_child_does_not_use_its_parents_perls() -> None:
+    """A child forked by the process (no exec) would send its runs down the parent's pipes: it
+    has its own set, and the parent's stay the parent's."""
+    parents = shared_forks(dpkg_source_env())
+    parents.start(1)
+    pid = os.fork()
+    if pid == 0:  # the child: exits 0 when it sees a set of its own, with no Perl yet
+        mine = shared_forks(dpkg_source_env())
+        os._exit(0 if mine is not parents and mine.idle_pids() == [] else 1)
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert shared_forks(dpkg_source_env()) is parents
+    assert all(perl.process.poll() is None for perl in parents._idle)
+
+
+def test_no_more_than_keep_perls_stay_idle(tmp_path: Path) -> None:
+    """Perls given back beyond ``keep`` (more runs at once than packing threads) are stopped."""
+    forks = DpkgSourceForks(dpkg_source_env(), keep=1)
+    try:
+        one, two = forks._take(), forks._take()
+        assert one is not None and two is not None
+        forks._give_back(one)
+        forks._give_back(two)
+        assert forks.idle_pids() == [one.process.pid]
+        assert two.process.poll() is not None
+        forks.start(3)
+        assert forks.idle_pids() == [one.process.pid]
+    finally:
+        forks.close()
+
+
+def test_resolvers_share_the_processs_perls(tmp_path: Path) -> None:
+    from buildfarm.engine.srcpkg import SourceResolver
+
+    from farmkit import make_test_context
+
+    ctx = make_test_context(tmp_path / "farm", f"sqlite:///{tmp_path / 'farm.db'}")
+    resolvers = [SourceResolver(ctx, tmp_path, tmp_path / str(i)) for i in range(3)]
+    assert {id(resolver.forks) for resolver in resolvers} == {id(shared_forks(dpkg_source_env()))}
+    ctx.db.dispose()
+
+
+_EXITS = """
+import os, sys
+from buildfarm.engine.dpkgsource import shared_forks
+from buildfarm.engine.srcpkg import dpkg_source_env
+forks = shared_forks(dpkg_source_env())
+forks.start(1)
+print(*forks.idle_pids(), flush=True)
+os._exit(0) if sys.argv[1] == "killed" else sys.exit(0)
+"""
+
+
+def test_the_perls_end_at_the_processs_exit(tmp_path: Path) -> None:
+    """At its exit the process stops its Perls (atexit: gone, waited for, when it has exited);
+    ended without its exit handlers, its Perls end anyway, their input closed."""
+    ended = subprocess.run(
+        [sys.executable, "-c", _EXITS, "exits"], capture_output=True, text=True, check=True
+    )
+    (pid,) = ended.stdout.split()
+    assert not Path(f"/proc/{pid}").exists()
+    killed = subprocess.run(
+        [sys.executable, "-c", _EXITS, "killed"], capture_output=True, text=True, check=True
+    )
+    (pid,) = killed.stdout.split()
+    try:
+        pidfd = os.pidfd_open(int(pid))
+    except ProcessLookupError:
+        return  # already ended
+    try:
+        ready, _w, _x = select.select([pidfd], [], [], 120)  # readable when it has exited
+    finally:
+        os.close(pidfd)
+    assert ready == [pidfd]
 
 
 def test_timeout_error_is_the_submits_temporary_error(tmp_path: Path) -> None:
@@ -213,5 +326,35 @@ def test_each_run_has_its_own_file_scope_and_exit_status(tmp_path: Path, tail: s
     try:
         assert forks.run(["one"], tmp_path, 60) == (3, "said one\n")
         assert forks.run(["two"], tmp_path, 60) == (3, "said two\n")
+    finally:
+        forks.close()
+
+
+@pytest.mark.parametrize("change", ["rewritten", "replaced"])
+def test_a_changed_script_is_run_by_a_new_perl(tmp_path: Path, change: str) -> None:
+    """An upgrade changes dpkg-source's file (its size or mtime, or a new file in its place):
+    the idle Perl that compiled the old one is stopped, and the run is the new one's."""
+    script = tmp_path / "script"
+    script.write_text(_SCRIPT)
+    forks = DpkgSourceForks(dpkg_source_env())
+    forks.script = script
+    try:
+        assert forks.run(["one"], tmp_path, 60) == (3, "said one\n")
+        (old,) = forks._idle
+        assert forks.run(["two"], tmp_path, 60) == (3, "said two\n")
+        assert forks.idle_pids() == [old.process.pid]  # unchanged: the same Perl
+        upgraded = _SCRIPT.replace("said $word", "told $word")  # same size: a new file
+        if change == "rewritten":
+            upgraded = upgraded.replace("exit 3", "exit 33")  # another size: the same file
+        if change == "rewritten":
+            script.write_text(upgraded)
+        else:
+            (tmp_path / "new").write_text(upgraded)
+            os.replace(tmp_path / "new", script)
+        assert forks.run(["three"], tmp_path, 60) == (33 if change == "rewritten" else 3, "told three\n")
+        assert old.process.poll() is not None
+        assert forks.idle_pids() != [old.process.pid]
+        script.unlink()
+        assert forks.run(["four"], tmp_path, 60) is None  # gone: left to the command
     finally:
         forks.close()

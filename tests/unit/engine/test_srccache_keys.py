@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -76,3 +77,27 @@ def test_dpkg_source_version_is_asked_once_by_threads_asking_at_once(monkeypatch
     srccache._dpkg_source_version.cache_clear()  # the real version for the tests after this one
     assert answers == ["Debian dpkg-source version 9.9."] * 4
     assert runs == [["dpkg-source", "--version"]]
+
+
+def test_dpkg_source_version_is_asked_again_when_its_file_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upgrade replaces dpkg-source: a long-lived process keys trees with the new version."""
+    script = tmp_path / "dpkg-source"
+    script.write_text("one\n")
+    versions = iter(["Debian dpkg-source version 1.\n", "Debian dpkg-source version 2.\n"])
+
+    def run(args: list[str], **_kwargs: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(args, 0, next(versions), "")
+
+    monkeypatch.setattr(srccache.subprocess, "run", run)
+    monkeypatch.setattr(srccache, "dpkg_source_path", lambda: script)
+    srccache._dpkg_source_version.cache_clear()
+    try:
+        assert srccache.dpkg_source_version() == "Debian dpkg-source version 1."
+        assert srccache.dpkg_source_version() == "Debian dpkg-source version 1."  # asked once
+        (tmp_path / "new").write_text("two\n")
+        os.replace(tmp_path / "new", script)
+        assert srccache.dpkg_source_version() == "Debian dpkg-source version 2."
+    finally:
+        srccache._dpkg_source_version.cache_clear()  # the real version for the tests after this one
