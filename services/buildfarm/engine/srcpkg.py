@@ -55,7 +55,7 @@ from buildfarm.backends.upstream import read_release
 from buildfarm.engine.context import FarmContext
 from buildfarm.engine.dpkgsource import PACK_THREADS, DpkgSourceForks, shared_forks
 from buildfarm.engine.gbpsource import export_orig
-from buildfarm.engine.srccache import SourceCache, StoredSource
+from buildfarm.engine.srccache import SourceCache, StoredSource, dpkg_source_version
 from buildfarm.engine.stxsource import StxResolver
 from buildfarm.model.debsource import (
     ARMORED_KEY_BEGIN,
@@ -627,8 +627,12 @@ def dpkg_source_env() -> dict[str, str]:
 def warm_up() -> None:
     """Start the process's preloaded Perls that pack trees (:data:`PACK_THREADS`: one a packing
     thread), as the API starts: its first submit's packs find them loaded, instead of waiting
-    ~0.1 s for one to start.  Returns at once (the Perls load their modules meanwhile)."""
+    ~0.1 s for one to start; and ask ``dpkg-source --version`` (every tree key holds it) in a
+    thread of its own: the first submit read its trees only after that ~0.1 s run.  Returns at
+    once (the Perls load their modules meanwhile; a submit that comes first waits for the one
+    run of the version, under its lock)."""
     shared_forks(dpkg_source_env()).start(PACK_THREADS)
+    threading.Thread(target=dpkg_source_version, name="dpkg-source-version", daemon=True).start()
 
 
 def _dpkg_source(args: list[str], cwd: Path, what: str, forks: DpkgSourceForks | None = None) -> None:

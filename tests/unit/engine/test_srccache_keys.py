@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from buildfarm.engine import srccache
+from buildfarm.engine import srccache, srcpkg
 from buildfarm.engine.srccache import SourceCache
 
 from farmkit import make_test_context
@@ -99,5 +99,28 @@ def test_dpkg_source_version_is_asked_again_when_its_file_changed(
         (tmp_path / "new").write_text("two\n")
         os.replace(tmp_path / "new", script)
         assert srccache.dpkg_source_version() == "Debian dpkg-source version 2."
+    finally:
+        srccache._dpkg_source_version.cache_clear()  # the real version for the tests after this one
+
+
+def test_the_apis_warm_up_asks_the_version_before_any_submit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``srcpkg.warm_up`` (the API's start) asks ``dpkg-source --version`` in a thread: the first
+    submit's tree keys use that answer instead of waiting for the run (~0.1 s)."""
+    runs: list[list[str]] = []
+
+    def run(args: list[str], **_kwargs: object) -> subprocess.CompletedProcess[str]:
+        runs.append(args)
+        return subprocess.CompletedProcess(args, 0, "Debian dpkg-source version 9.8.\n", "")
+
+    monkeypatch.setattr(srccache.subprocess, "run", run)
+    srccache._dpkg_source_version.cache_clear()
+    try:
+        srcpkg.warm_up()
+        for thread in threading.enumerate():
+            if thread.name == "dpkg-source-version":
+                thread.join()
+        assert runs == [["dpkg-source", "--version"]]
+        assert srccache.dpkg_source_version() == "Debian dpkg-source version 9.8."
+        assert runs == [["dpkg-source", "--version"]]  # answered from what the warm-up asked
     finally:
         srccache._dpkg_source_version.cache_clear()  # the real version for the tests after this one
