@@ -627,12 +627,11 @@ def dpkg_source_env() -> dict[str, str]:
 def warm_up() -> None:
     """Start the process's preloaded Perls that pack trees (:data:`PACK_THREADS`: one a packing
     thread), as the API starts: its first submit's packs find them loaded, instead of waiting
-    ~0.1 s for one to start; and ask ``dpkg-source --version`` (every tree key holds it) in a
-    thread of its own: the first submit read its trees only after that ~0.1 s run.  Returns at
-    once (the Perls load their modules meanwhile; a submit that comes first waits for the one
-    run of the version, under its lock)."""
+    ~0.1 s for one to start; then ask ``dpkg-source --version`` (every tree key holds it: a
+    fresh farm's first submit read its trees only after that ~0.1 s run).  The API is ready
+    ~0.1-0.15 s later for it (the Perls load meanwhile, beside the version's run)."""
     shared_forks(dpkg_source_env()).start(PACK_THREADS)
-    threading.Thread(target=dpkg_source_version, name="dpkg-source-version", daemon=True).start()
+    dpkg_source_version()
 
 
 def _dpkg_source(args: list[str], cwd: Path, what: str, forks: DpkgSourceForks | None = None) -> None:

@@ -104,8 +104,8 @@ def test_dpkg_source_version_is_asked_again_when_its_file_changed(
 
 
 def test_the_apis_warm_up_asks_the_version_before_any_submit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``srcpkg.warm_up`` (the API's start) asks ``dpkg-source --version`` in a thread: the first
-    submit's tree keys use that answer instead of waiting for the run (~0.1 s)."""
+    """``srcpkg.warm_up`` (the API's start) asks ``dpkg-source --version``: the first submit's
+    tree keys use that answer instead of waiting for the run (~0.1 s)."""
     runs: list[list[str]] = []
 
     def run(args: list[str], **_kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -116,9 +116,6 @@ def test_the_apis_warm_up_asks_the_version_before_any_submit(monkeypatch: pytest
     srccache._dpkg_source_version.cache_clear()
     try:
         srcpkg.warm_up()
-        for thread in threading.enumerate():
-            if thread.name == "dpkg-source-version":
-                thread.join()
         assert runs == [["dpkg-source", "--version"]]
         assert srccache.dpkg_source_version() == "Debian dpkg-source version 9.8."
         assert runs == [["dpkg-source", "--version"]]  # answered from what the warm-up asked
