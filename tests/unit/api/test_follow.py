@@ -4,6 +4,7 @@ as one of the build's steps does, on a real SQLite database changed by a committ
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -37,28 +38,36 @@ def ctx(tmp_path: Path) -> FarmContext:
     return make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
 
 
-def test_the_answer_comes_when_a_step_changes(ctx: FarmContext) -> None:
-    build_id = _build(ctx, 3)
+def _follow(
+    ctx: FarmContext, build_id: int, wait: float, change: Callable[[], None]
+) -> tuple[BuildView, float]:
+    """The long poll of ``build_id`` from its current steps and state, with ``change`` made (and
+    committed) right after its first look: its answer and the seconds it took."""
     view = control.show_build(ctx, build_id)
     known = {step.id: step.revision for step in view.steps}
-    moved = view.steps[1].id
     held = anyio.Event()
 
     async def follow() -> tuple[BuildView, float]:
         began = time.monotonic()
         async with anyio.create_task_group() as group:
 
-            async def change() -> None:
+            async def changing() -> None:
                 await held.wait()  # the first look found nothing: the change lands during the hold
-                await anyio.to_thread.run_sync(_start, ctx, moved)
+                await anyio.to_thread.run_sync(change)
 
-            group.start_soon(change)
+            group.start_soon(changing)
             answer = await changes_after(
-                ctx, build_id, known, view.state, wait=30, check=lambda _first: held.set()
+                ctx, build_id, known, view.state, wait=wait, check=lambda _first: held.set()
             )
         return answer, time.monotonic() - began
 
-    answer, seconds = anyio.run(follow)
+    return anyio.run(follow)
+
+
+def test_the_answer_comes_when_a_step_changes(ctx: FarmContext) -> None:
+    build_id = _build(ctx, 3)
+    moved = control.show_build(ctx, build_id).steps[1].id
+    answer, seconds = _follow(ctx, build_id, 30, lambda: _start(ctx, moved))
     assert [(s.id, s.state) for s in answer.steps] == [(moved, "running")]
     assert seconds < 10  # answered by the change, not by the end of the wait
     ctx.db.dispose()
@@ -66,28 +75,10 @@ def test_the_answer_comes_when_a_step_changes(ctx: FarmContext) -> None:
 
 def test_nothing_changed_is_answered_when_the_wait_is_over(ctx: FarmContext) -> None:
     build_id, other = _build(ctx, 2), _build(ctx, 1)
-    view = control.show_build(ctx, build_id)
-    known = {step.id: step.revision for step in view.steps}
+    state = control.show_build(ctx, build_id).state
     unrelated = control.show_build(ctx, other).steps[0].id
-
-    held = anyio.Event()
-
-    async def follow() -> tuple[BuildView, float]:
-        began = time.monotonic()
-        async with anyio.create_task_group() as group:
-
-            async def elsewhere() -> None:
-                await held.wait()
-                await anyio.to_thread.run_sync(_start, ctx, unrelated)
-
-            group.start_soon(elsewhere)
-            answer = await changes_after(
-                ctx, build_id, known, view.state, wait=0.5, check=lambda _first: held.set()
-            )
-        return answer, time.monotonic() - began
-
-    answer, seconds = anyio.run(follow)
-    assert (answer.steps, answer.state) == ([], view.state)  # another build's commit woke it for nothing
+    answer, seconds = _follow(ctx, build_id, 0.5, lambda: _start(ctx, unrelated))
+    assert (answer.steps, answer.state) == ([], state)  # another build's commit woke it for nothing
     assert seconds >= 0.5
     ctx.db.dispose()
 
@@ -121,25 +112,7 @@ def test_the_builds_end_is_told_at_the_commit_not_at_the_next_recheck(
     would be asked again only after RECHECK_SECONDS (made longer than the whole wait here)."""
     monkeypatch.setattr(follow, "RECHECK_SECONDS", 300.0)
     build_id = _build(ctx, 2)
-    view = control.show_build(ctx, build_id)
-    known = {step.id: step.revision for step in view.steps}
-    held = anyio.Event()
-
-    async def follow_it() -> tuple[BuildView, float]:
-        began = time.monotonic()
-        async with anyio.create_task_group() as group:
-
-            async def end() -> None:
-                await held.wait()  # right after the first look: inside the recheck interval
-                await anyio.to_thread.run_sync(_end, ctx, build_id)
-
-            group.start_soon(end)
-            answer = await changes_after(
-                ctx, build_id, known, view.state, wait=120, check=lambda _first: held.set()
-            )
-        return answer, time.monotonic() - began
-
-    answer, seconds = anyio.run(follow_it)
+    answer, seconds = _follow(ctx, build_id, 120, lambda: _end(ctx, build_id))
     assert answer.state == "succeeded"
     assert seconds < 60  # by the commit's state read, not by a recheck (300 s) or the wait (120 s)
     ctx.db.dispose()

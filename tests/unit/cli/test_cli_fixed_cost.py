@@ -24,20 +24,24 @@ NOT_AT_START = ("minio", "alembic")
 and the admin routes only): 0.5 s of CPU of every command on a 2-core machine before."""
 
 
-def test_a_local_farm_command_does_not_import_what_only_some_farms_use() -> None:
-    loaded = subprocess.run(
+def _loaded_after(code: str, names: tuple[str, ...]) -> list[str]:
+    """Which of ``names`` a fresh interpreter has imported after running ``code``."""
+    return subprocess.run(
         [
             sys.executable,
             "-c",
-            "import sys, buildfarm_cli.main, buildfarm.local.inprocess, buildfarm.wiring;"
-            f"print(' '.join(m for m in {NOT_AT_START!r} if m in sys.modules))",
+            f"import sys\n{code}\nprint(' '.join(m for m in {names!r} if m in sys.modules))",
         ],
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     ).stdout.split()
-    assert loaded == []
+
+
+def test_a_local_farm_command_does_not_import_what_only_some_farms_use() -> None:
+    code = "import buildfarm_cli.main, buildfarm.local.inprocess, buildfarm.wiring"
+    assert _loaded_after(code, NOT_AT_START) == []
 
 
 NOT_FOR_EVERY_COMMAND = (
@@ -55,21 +59,6 @@ NOT_FOR_EVERY_COMMAND = (
 )
 """Imported by the commands that use them, not at start: `--help` and every command paid for all
 of them before (0.25 s of CPU, issue 16)."""
-
-
-def _loaded_after(code: str, names: tuple[str, ...]) -> list[str]:
-    """Which of ``names`` a fresh interpreter has imported after running ``code``."""
-    return subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            f"import sys\n{code}\nprint(' '.join(m for m in {names!r} if m in sys.modules))",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout.split()
 
 
 def test_the_cli_imports_a_commands_dependencies_when_the_command_runs() -> None:
