@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from buildfarm.engine import advance_build  # noqa: E402
 from buildfarm.engine.context import FarmContext  # noqa: E402
 from buildfarm.engine.submit import submit_build  # noqa: E402
+from buildfarm.engine.workdirs import REMOVALS  # noqa: E402
 from buildfarm.model.manifest import Manifest, load_manifest  # noqa: E402
 from buildfarm.model.types import StepState  # noqa: E402
 from buildfarm.state.models import Step, StepOutput, utcnow  # noqa: E402
@@ -99,9 +100,12 @@ def submit(ctx: FarmContext, big: BigBuild) -> int:
 
 
 def publish_as_built(ctx: FarmContext, build_id: int) -> None:
-    """Mark the build's steps built (:func:`built`) and advance it: it is published."""
+    """Mark the build's steps built (:func:`built`) and advance it: it is published (and its
+    publication's scratch removed: the removal runs beside the build's end, a copy of the state
+    made at once would meet files going away)."""
     built(ctx, build_id)
     advance_build(ctx, build_id)
+    REMOVALS.wait()
 
 
 def reused_steps(ctx: FarmContext, build_id: int) -> int:

@@ -55,6 +55,7 @@ from buildfarm.backends.aptrepo import LocalAptRepository
 from buildfarm.engine import advance, bundlefiles
 from buildfarm.engine import submit as submitting
 from buildfarm.engine.srccache import SourceCache
+from buildfarm.engine.workdirs import REMOVALS
 from buildfarm.model.manifest import load_manifest
 
 PACKAGES = int(os.environ.get("BENCH_PACKAGES", "5000"))
@@ -300,6 +301,7 @@ def rerun_once(snap: Snapshot, big: BigBuild, profile: str = "") -> Run:
         cpu = _cpu() - cpu
     if profiler is not None:
         profiler.dump_stats(profile)
+    REMOVALS.wait()  # the publication's scratch, removed beside the build's end: before the next copy
     reused = reused_steps(ctx, again)
     ctx.db.dispose()
     return Run(wall, cpu, reused, split.parts, load)
