@@ -84,7 +84,8 @@ sub descendants {
         open(my $stat, '<', "/proc/$entry/stat") or next;    # gone meanwhile
         my $line = <$stat>;
         close $stat;
-        next unless defined $line && $line =~ /\)\s+(\S)\s+(\d+)/;
+        # After the last ')': a command's name (in parentheses) may hold ') S 1' itself.
+        next unless defined $line && $line =~ /^.*\)\s+(\S)\s+(\d+)/s;
         push @{ $children{$2} }, $entry if $1 ne 'Z';
     }
     closedir $proc;

@@ -6,7 +6,9 @@ reported as such.  ~1 s a case (a python worker and two ``sleep`` processes).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -167,3 +169,21 @@ def test_a_command_started_from_a_thread_that_blocks_signals_has_none_blocked(tm
     worker.start()
     worker.join()
     assert [line.split() for line in lines] == [["SigBlk:", "0000000000000000"]]
+
+
+def test_a_left_process_whose_name_fakes_another_parent_is_killed_too(tmp_path: Path) -> None:
+    """``/proc/<pid>/stat`` holds the command's name in parentheses, and a build names its own
+    programs: one called ``x) S 1`` must not pass for a child of process 1 and outlive the build."""
+    disguised = tmp_path / "x) S 1"
+    shutil.copy("/bin/sleep", disguised)
+    escaped = tmp_path / "escaped.pid"
+    done, looks = _guarded(
+        tmp_path, "sh", "-c", f"setsid '{disguised}' 60 > /dev/null 2>&1 & echo $! > {escaped}"
+    )
+    assert done.returncode == 0 and looks > 0
+    pid = _read_pid(escaped)
+    try:  # killed by the guard before it exits (it is their subreaper): no wait
+        assert not _alive(pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
