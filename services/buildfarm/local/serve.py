@@ -22,10 +22,10 @@ import httpx
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from buildfarm.api.__main__ import QUIET, address_arguments, network_config
+from buildfarm.api.__main__ import QUIET, address_arguments, network_config, warm_up
 from buildfarm.api.app import create_app
 from buildfarm.dispatch.context import make_context
-from buildfarm.engine import srcpkg
+from buildfarm.engine.context import FarmContext
 from buildfarm.local import owner
 from buildfarm.local.inprocess import LocalFarm
 from buildfarm.model.settings import settings_at_start
@@ -83,7 +83,7 @@ WARM_PATH = "/-/warm-up/no-such-route"
 """A path no route has: asking it makes FastAPI build every route's request handling."""
 
 
-async def warm_up(app: Any) -> None:
+async def warm_up_routes(app: Any) -> None:
     """Ask the API for a path no route has, before serving: FastAPI builds each route's request
     and response models on the first request that reaches it, and a 404 reaches them all.  The
     first submit to a freshly started farm paid that (~150 ms of CPU) while the farm builds."""
@@ -92,11 +92,13 @@ async def warm_up(app: Any) -> None:
     await response.aclose()
 
 
-async def serve(main: Network, beside: uvicorn.Server, sock: socket.socket, path: Path) -> None:
+async def serve(
+    main: Network, beside: uvicorn.Server, sock: socket.socket, path: Path, ctx: FarmContext
+) -> None:
     """Both servers until ``main`` is told to stop (uvicorn then raises its signal again)."""
     for app in (main.config.app, beside.config.app):  # the owner socket's is the CLI's
-        await warm_up(app)
-    srcpkg.warm_up()  # the packing Perls load while the farm starts: returns at once
+        await warm_up_routes(app)
+    warm_up(ctx)
     main.owner_closed.clear()
 
     async def owner_side() -> None:
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     sock = owner.listen(path)
     try:
         with asyncio.Runner(loop_factory=network.config.get_loop_factory()) as runner:
-            runner.run(serve(network, beside, sock, path))
+            runner.run(serve(network, beside, sock, path, ctx))
     finally:
         sock.close()
         path.unlink(missing_ok=True)
