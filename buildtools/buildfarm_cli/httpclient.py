@@ -121,6 +121,7 @@ class HttpClient:
         self.uploads = 0  # source tarballs sent by submit(): the ones the farm did not have
         self._log_keys: dict[tuple[int, str], str] = {}  # the attempt's log a follower last read
         self._long_poll = True  # the farm holds a changes request (False: an older farm refused it)
+        self._state_only = True  # ... and holds it for the build's state alone (False: it refused that)
 
     @classmethod
     def local_farm(cls, *, in_process: bool = False) -> HttpClient:
@@ -237,17 +238,30 @@ class HttpClient:
         return self._call(self.api.build, build_id)
 
     def changes(
-        self, build_id: int, known: dict[int, str], *, state: str | None = None, wait: float = 0.0
+        self,
+        build_id: int,
+        known: dict[int, str],
+        *,
+        state: str | None = None,
+        wait: float = 0.0,
+        state_only: bool = False,
     ) -> BuildView:
-        """What changed since ``known``; with ``wait``, held by the farm until something did (a
-        farm older than the long poll refuses its fields: it is asked without them from then on)."""
+        """What changed since ``known``; with ``wait``, held by the farm until something did
+        (with ``state_only``: until the build's state did).  A farm older than a field refuses it:
+        it is asked without it from then on (without ``state_only``, then without the long poll)."""
         if wait and self._long_poll:
+            state_only = state_only and self._state_only
             try:
-                return self._call(self.api.build_changes, build_id, known, state=state, wait=wait)
+                return self._call(
+                    self.api.build_changes, build_id, known, state=state, wait=wait, state_only=state_only
+                )
             except PermanentError as exc:
                 cause = exc.__cause__
                 if not (isinstance(cause, api.ApiError) and cause.status == 422):
                     raise
+                if state_only:
+                    self._state_only = False
+                    return self.changes(build_id, known, state=state, wait=wait)
                 self._long_poll = False
         return self._call(self.api.build_changes, build_id, known)
 

@@ -138,7 +138,8 @@ def _follow_build(client: FarmClient, build_id: int, timeout: float, fmt: Output
             asked = time.monotonic()
             known = {step.id: step.revision for step in view.steps}
             wait = max(0.0, min(LONG_POLL_SECONDS, deadline - asked))
-            changes = client.changes(build_id, known, state=view.state, wait=wait)
+            # only a table shows the steps as they move: JSON is told the build's end alone
+            changes = client.changes(build_id, known, state=view.state, wait=wait, state_only=live is None)
             moved = bool(changes.steps) or changes.model_dump(exclude={"steps"}) != view.model_dump(
                 exclude={"steps"}
             )

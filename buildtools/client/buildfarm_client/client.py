@@ -216,12 +216,18 @@ class Client:
         return self._answer(BuildView, "GET", f"/builds/{int(build_id)}")
 
     def build_changes(
-        self, build_id: int, known: dict[int, str], *, state: str | None = None, wait: float = 0.0
+        self,
+        build_id: int,
+        known: dict[int, str],
+        *,
+        state: str | None = None,
+        wait: float = 0.0,
+        state_only: bool = False,
     ) -> BuildView:
         """The build with only the steps whose revision differs from ``known`` (id -> revision);
-        with ``wait`` (seconds) the farm holds the answer until one did or the build's state is no
-        longer ``state`` (a long poll, see :class:`BuildChangesIn`)."""
-        body = BuildChangesIn(known=known, state=state, wait_seconds=wait).model_dump(
+        with ``wait`` (seconds) the farm holds the answer until one did (unless ``state_only``) or
+        the build's state is no longer ``state`` (a long poll, see :class:`BuildChangesIn`)."""
+        body = BuildChangesIn(known=known, state=state, wait_seconds=wait, state_only=state_only).model_dump(
             mode="json", exclude_defaults=True
         )
         timeout = httpx.Timeout(READ_TIMEOUT_SECONDS + wait, connect=CONNECT_TIMEOUT_SECONDS)

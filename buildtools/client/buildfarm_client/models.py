@@ -216,11 +216,15 @@ class BuildChangesIn(_Request):
 
     With ``wait_seconds`` (a long poll) the farm answers when a step changed or the build's state
     is no longer ``state``, or after that many seconds with nothing changed: a follower then
-    costs one request a change instead of one every half second."""
+    costs one request a change instead of one every half second.  With ``state_only`` too, only
+    the build's state ends the hold, not its steps' changes: a follower that shows only the
+    build's end (``--output json``) costs one request a wait, not one a second while steps move
+    (the answer still holds every step changed since ``known``)."""
 
     known: dict[int, str] = Field(default_factory=dict)
     state: str | None = None
     wait_seconds: float = Field(default=0.0, ge=0.0, le=MAX_CHANGES_WAIT_SECONDS)
+    state_only: bool = False
 
 
 class BuildPageOut(_Answer):

@@ -106,6 +106,7 @@ def builds_router(farm: FarmContext, limits: Limits | None) -> APIRouter:
             body.known,
             body.state,
             wait=body.wait_seconds,
+            state_only=body.state_only,
             check=lambda view: policy.require_view(principal, view),
         )
 

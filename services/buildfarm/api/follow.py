@@ -54,9 +54,12 @@ async def changes_after(
     *,
     wait: float,
     check: Callable[[BuildView], None],
+    state_only: bool = False,
 ) -> BuildView:
-    """:func:`control.build_changes`, held up to ``wait`` seconds while nothing changed; ``check``
-    sees the first answer before anything is held (a refusal is not kept waiting)."""
+    """:func:`control.build_changes`, held up to ``wait`` seconds while nothing changed (with
+    ``state_only``: while the build's state did not, whatever its steps did: only the state is
+    read meanwhile, not the steps); ``check`` sees the first answer before anything is held (a
+    refusal is not kept waiting)."""
     began = time.monotonic()
     deadline = began + wait
     with farm.db.commit_probe() as probe:
@@ -66,24 +69,35 @@ async def changes_after(
         check(view)
         while view.state == state and time.monotonic() < deadline:
             # moved steps are told once :data:`BATCH_SECONDS` are over, the build's state at once
-            until = min(deadline, began + BATCH_SECONDS) if view.steps else deadline
+            until = min(deadline, began + BATCH_SECONDS) if view.steps and not state_only else deadline
             if time.monotonic() >= until:
                 break
             if probe is None:
                 await anyio.sleep(min(POLL_SECONDS, _left(until)))
+                if state_only and await anyio.to_thread.run_sync(_state, farm, build_id) == view.state:
+                    continue
             else:
                 await anyio.sleep(min(PROBE_SECONDS, _left(until)))
                 version = probe.version()
                 if version == seen:
                     continue  # nothing committed: the view in hand is still the build's
-                if time.monotonic() - queried < RECHECK_SECONDS and (
-                    probe.value(_STATE_SQL, (build_id,)) == view.state
-                ):
-                    continue  # the steps are asked again once RECHECK_SECONDS are over
+                if probe.value(_STATE_SQL, (build_id,)) == view.state:
+                    if state_only:
+                        seen = version  # the steps are not looked at: only a next commit may end it
+                        continue
+                    if time.monotonic() - queried < RECHECK_SECONDS:
+                        continue  # the steps are asked again once RECHECK_SECONDS are over
                 seen = version
             view = await anyio.to_thread.run_sync(control.build_changes, farm, build_id, known)
             queried = time.monotonic()
         return view
+
+
+def _state(farm: FarmContext, build_id: int) -> str | None:
+    """The build's state alone (where no commit probe reads it)."""
+    with farm.db.statements() as connection:
+        state = connection.execute(select(Build.state).where(Build.id == build_id)).scalar()
+    return None if state is None else str(state)
 
 
 def _left(deadline: float) -> float:

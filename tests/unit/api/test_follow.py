@@ -3,6 +3,7 @@ as one of the build's steps does, on a real SQLite database changed by a committ
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from buildfarm.engine import control
 from buildfarm.engine.context import FarmContext
 from buildfarm.model.errors import ForbiddenError
 from buildfarm.model.types import BuildState, StepState
+from buildfarm.state.db import CommitProbe
 from buildfarm.state.models import Build, Step
 from buildfarm_client.models import BuildView
 
@@ -39,7 +41,7 @@ def ctx(tmp_path: Path) -> FarmContext:
 
 
 def _follow(
-    ctx: FarmContext, build_id: int, wait: float, change: Callable[[], None]
+    ctx: FarmContext, build_id: int, wait: float, change: Callable[[], None], *, state_only: bool = False
 ) -> tuple[BuildView, float]:
     """The long poll of ``build_id`` from its current steps and state, with ``change`` made (and
     committed) right after its first look: its answer and the seconds it took."""
@@ -57,7 +59,13 @@ def _follow(
 
             group.start_soon(changing)
             answer = await changes_after(
-                ctx, build_id, known, view.state, wait=wait, check=lambda _first: held.set()
+                ctx,
+                build_id,
+                known,
+                view.state,
+                wait=wait,
+                check=lambda _first: held.set(),
+                state_only=state_only,
             )
         return answer, time.monotonic() - began
 
@@ -115,4 +123,60 @@ def test_the_builds_end_is_told_at_the_commit_not_at_the_next_recheck(
     answer, seconds = _follow(ctx, build_id, 120, lambda: _end(ctx, build_id))
     assert answer.state == "succeeded"
     assert seconds < 60  # by the commit's state read, not by a recheck (300 s) or the wait (120 s)
+    ctx.db.dispose()
+
+
+def _start_then_end(ctx: FarmContext, build_id: int, step_id: int, looks: list[object]) -> None:
+    """Start a step; end the build once the follower read the build's state after that (or 5 s)."""
+    _start(ctx, step_id)
+    looked = len(looks)
+    for _ in range(100):
+        if len(looks) > looked:
+            break
+        time.sleep(0.05)
+    _end(ctx, build_id)
+
+
+@pytest.mark.parametrize("probe", [True, False], ids=["commit-probe", "polled"])
+def test_state_only_holds_through_step_changes_until_the_builds_end(
+    ctx: FarmContext, monkeypatch: pytest.MonkeyPatch, probe: bool
+) -> None:
+    """With ``state_only`` a step's change does not answer the follower (who shows only the end);
+    the build's end does, with every step changed meanwhile.  Polled: as on PostgreSQL, where no
+    commit probe exists (the state alone is read every POLL_SECONDS)."""
+    build_id = _build(ctx, 2)
+    moved = control.show_build(ctx, build_id).steps[0].id
+    queries: list[int] = []  # each query of the build's steps (control.build_changes)
+    looks: list[object] = []  # each read of the build's state alone
+    changes = control.build_changes
+
+    def counted(farm: FarmContext, build: int, known: dict[int, str]) -> BuildView:
+        queries.append(build)
+        return changes(farm, build, known)
+
+    def looked(read: Callable[..., object]) -> Callable[..., object]:
+        def read_and_count(*args: object) -> object:
+            looks.append(read(*args))
+            return looks[-1]
+
+        return read_and_count
+
+    monkeypatch.setattr(control, "build_changes", counted)
+    # no batching: a follower told of steps would be answered at its first look after the change
+    monkeypatch.setattr(follow, "RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr(follow, "BATCH_SECONDS", 0.0)
+    if probe:
+        monkeypatch.setattr(CommitProbe, "value", looked(CommitProbe.value))
+    else:
+        monkeypatch.setattr(ctx.db, "commit_probe", lambda: contextlib.nullcontext(None))
+        monkeypatch.setattr(follow, "POLL_SECONDS", 0.05)
+        monkeypatch.setattr(follow, "_state", looked(follow._state))
+    answer, seconds = _follow(
+        ctx, build_id, 120, lambda: _start_then_end(ctx, build_id, moved, looks), state_only=True
+    )
+    assert answer.state == "succeeded"
+    assert [(s.id, s.state) for s in answer.steps] == [(moved, "running")]  # told with the end
+    assert len(queries) == 2  # the first look and the answer: none for the step's change alone
+    assert "running" in looks  # the state was read after the step's change, before the end
+    assert seconds < 60
     ctx.db.dispose()
