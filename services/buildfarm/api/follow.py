@@ -8,8 +8,10 @@ the follower knows, or when the wait is over; steps that moved wait for a batch 
 :data:`BATCH_SECONDS`.  On SQLite the farm looks again only after some connection committed
 (:meth:`buildfarm.state.db.Database.commit_probe`, read every :data:`PROBE_SECONDS`): the build's
 state at once (one row, on the probe's own connection: its end is told within a probe), its
-steps at most every :data:`RECHECK_SECONDS`; elsewhere it asks again every :data:`POLL_SECONDS`,
-as the follower did.
+steps at most every :data:`RECHECK_SECONDS` until one moved, then once more when the batch is
+told; elsewhere it asks again every :data:`POLL_SECONDS`, as the follower did (the state alone
+while a batch waits).  A follower asking ``state_only`` (it shows only the build's end) is held
+until the state moves, its steps read only for the answer.
 """
 
 from __future__ import annotations
@@ -67,14 +69,21 @@ async def changes_after(
         view = await anyio.to_thread.run_sync(control.build_changes, farm, build_id, known)
         queried = time.monotonic()
         check(view)
+        stale = False  # something may have moved since the view in hand was read
         while view.state == state and time.monotonic() < deadline:
-            # moved steps are told once :data:`BATCH_SECONDS` are over, the build's state at once
-            until = min(deadline, began + BATCH_SECONDS) if view.steps and not state_only else deadline
+            # Moved steps are told once BATCH_SECONDS are over, the build's state at once: while
+            # steps wait to be told (or are not to be), only the state is read, and the steps
+            # once, when the answer goes.
+            holding = state_only or bool(view.steps)
+            until = deadline if state_only or not view.steps else min(deadline, began + BATCH_SECONDS)
             if time.monotonic() >= until:
+                if stale:
+                    view = await anyio.to_thread.run_sync(control.build_changes, farm, build_id, known)
                 break
             if probe is None:
                 await anyio.sleep(min(POLL_SECONDS, _left(until)))
-                if state_only and await anyio.to_thread.run_sync(_state, farm, build_id) == view.state:
+                if holding and await anyio.to_thread.run_sync(_state, farm, build_id) == view.state:
+                    stale = True
                     continue
             else:
                 await anyio.sleep(min(PROBE_SECONDS, _left(until)))
@@ -82,14 +91,14 @@ async def changes_after(
                 if version == seen:
                     continue  # nothing committed: the view in hand is still the build's
                 if probe.value(_STATE_SQL, (build_id,)) == view.state:
-                    if state_only:
-                        seen = version  # the steps are not looked at: only a next commit may end it
+                    if holding:
+                        seen, stale = version, True
                         continue
                     if time.monotonic() - queried < RECHECK_SECONDS:
                         continue  # the steps are asked again once RECHECK_SECONDS are over
                 seen = version
             view = await anyio.to_thread.run_sync(control.build_changes, farm, build_id, known)
-            queried = time.monotonic()
+            queried, stale = time.monotonic(), False
         return view
 
 

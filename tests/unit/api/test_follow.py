@@ -180,3 +180,40 @@ def test_state_only_holds_through_step_changes_until_the_builds_end(
     assert "running" in looks  # the state was read after the step's change, before the end
     assert seconds < 60
     ctx.db.dispose()
+
+
+def test_steps_moving_during_a_batch_are_told_with_it_from_one_more_query(
+    ctx: FarmContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a step moved, the answer waits for the batch's end (BATCH_SECONDS) reading only the
+    build's state at each commit: a second step moving meanwhile is told with the first, from one
+    query of the steps when the answer goes, not from one at every commit."""
+    monkeypatch.setattr(follow, "RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr(follow, "BATCH_SECONDS", 3.0)
+    build_id, other = _build(ctx, 3), _build(ctx, 3)
+    first, second = (step.id for step in control.show_build(ctx, build_id).steps[:2])
+    unrelated = [step.id for step in control.show_build(ctx, other).steps]
+    queries: list[int] = []
+    changes = control.build_changes
+
+    def counted(farm: FarmContext, build: int, known: dict[int, str]) -> BuildView:
+        queries.append(build)
+        return changes(farm, build, known)
+
+    def move_both() -> None:
+        _start(ctx, first)
+        for _ in range(100):  # until the follower has read the first move (its second query)
+            if len(queries) >= 2:
+                break
+            time.sleep(0.02)
+        _start(ctx, second)
+        for step_id in unrelated:  # commits of another build's: the steps are not asked again
+            time.sleep(0.1)
+            _start(ctx, step_id)
+
+    monkeypatch.setattr(control, "build_changes", counted)
+    answer, seconds = _follow(ctx, build_id, 60, move_both)
+    assert [(s.id, s.state) for s in answer.steps] == [(first, "running"), (second, "running")]
+    assert len(queries) == 3  # the first look, the one that saw the first move, the answer's
+    assert seconds < 30  # at the batch's end, not the wait's
+    ctx.db.dispose()
