@@ -249,10 +249,11 @@ def launch(settings: Settings, sup: Supervisor, record: dict[str, Any], names: l
             umask=PRIVATE_UMASK if name in _NOT_NODES else BUILDER_UMASK,
         )
         if listener is not None:  # the next ones may need it (nodes need Redis)
-            _wait_listening(listener, name)
+            _wait_listening(listener, name, sup.log_path(name))
     workers = {n for n in names if _listener(n, settings, record) is None}
     if workers:
-        wait_until(lambda: workers <= set(ping(settings)), READY_TIMEOUT_SECONDS, "celery nodes")
+        logs = [sup.log_path(n) for n in sorted(workers)]
+        wait_until(lambda: workers <= set(ping(settings)), READY_TIMEOUT_SECONDS, "celery nodes", logs)
 
 
 def _with_worker_metrics(
@@ -265,8 +266,8 @@ def _with_worker_metrics(
     return env | {"BUILDFARM_WORKER_METRICS_PORT": "0"}
 
 
-def _wait_listening(listener: tuple[str, int], name: str) -> None:
-    wait_until(lambda: port_open(*listener), READY_TIMEOUT_SECONDS, name)
+def _wait_listening(listener: tuple[str, int], name: str, log: Path) -> None:
+    wait_until(lambda: port_open(*listener), READY_TIMEOUT_SECONDS, name, [log])
 
 
 def ping(settings: Settings, timeout: float = 1.0) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from buildfarm.model.errors import PermanentError
+from buildfarm.model.errors import PermanentError, ServiceUnavailableError
 
 STOP_GRACE_SECONDS = 15.0
 """How long a process gets after SIGTERM (a worker finishing its Celery bookkeeping) before SIGKILL."""
@@ -148,13 +148,18 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, logs: list[Path] | None = None
+) -> None:
+    """Wait for ``predicate``; past ``timeout`` one line names ``what`` and the ``logs`` that say
+    why (the farm's own error: `buildfarm start` printed a traceback for a node that did not come up)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(0.2)
-    raise TimeoutError(f"{what}: not ready after {timeout:.0f} s")
+    where = f": see {', '.join(str(log) for log in logs)}" if logs else ""
+    raise ServiceUnavailableError(f"{what}: not ready after {timeout:.0f} s{where}")
 
 
 class Supervisor:

@@ -150,3 +150,26 @@ def test_apt_cache_config_is_private_and_below_its_port_limit(tmp_path: Path) ->
     assert "BindAddress: 127.0.0.1\n" in config and f"Port: {port}\n" in config
     assert f"CacheDir: {tmp_path / 'cache'}\n" in config and f"SocketPath: {tmp_path / 'socket'}\n" in config
     assert apt_cache_command(tmp_path / "conf") == ["apt-cacher-ng", "-c", str(tmp_path / "conf")]
+
+
+def test_a_process_that_does_not_come_up_fails_the_start_in_one_line_naming_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, umask_kept: None
+) -> None:
+    """A node that never answers ends ``launch`` with the farm's own error naming its log, which
+    the CLI prints as one line (it was a traceback); ``start`` then stops what it started."""
+    from buildfarm.local import launch
+    from buildfarm.model.errors import ServiceUnavailableError
+    from buildfarm.model.settings import load_settings
+
+    state = tmp_path / "state"
+    private_state_dir(state)
+    settings = load_settings(state_dir=state)
+    started: list[str] = []
+    monkeypatch.setattr(launch, "ping", lambda settings: {})  # no worker ever answers
+    monkeypatch.setattr(launch, "READY_TIMEOUT_SECONDS", 0.5)
+    sup = Supervisor(state)
+    monkeypatch.setattr(sup, "start", lambda name, command, **kwargs: started.append(name))
+    with pytest.raises(ServiceUnavailableError) as refused:
+        launch.launch(settings, sup, {"nodes": ["node1"]}, ["node1"])
+    assert started == ["node1"]
+    assert str(refused.value) == f"celery nodes: not ready after 0 s: see {state / 'logs' / 'node1.log'}"
