@@ -27,6 +27,7 @@ from buildfarm_cli import operator
 from buildfarm_cli.admin import admin_app
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.env import env_app
+from buildfarm_cli.groups import with_groups
 from buildfarm_cli.lifecycle import retention_app, storage_app
 from buildfarm_cli.mirror import mirror_app
 from buildfarm_cli.output import (
@@ -44,18 +45,27 @@ if TYPE_CHECKING:  # what a command asks a farm for is imported when it does (bu
     from buildfarm_cli.client import FarmClient
     from buildfarm_client.models import BuildView
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 build_app = typer.Typer(no_args_is_help=True, help="Submit, follow and manage builds.")
 repo_app = typer.Typer(no_args_is_help=True, help="Published package repositories.")
-app.add_typer(build_app, name="build")
-app.add_typer(repo_app, name="repo")
-app.add_typer(admin_app, name="admin")
-app.add_typer(mirror_app, name="mirror")
-app.add_typer(schedule_app, name="schedule")
-app.add_typer(retention_app, name="retention")
-app.add_typer(storage_app, name="storage")
-app.add_typer(env_app, name="env")
-operator.register(app, repo_app, admin_app)
+groups = {
+    "build": build_app,
+    "repo": repo_app,
+    "admin": admin_app,
+    "mirror": mirror_app,
+    "schedule": schedule_app,
+    "retention": retention_app,
+    "storage": storage_app,
+    "env": env_app,
+}
+"""The groups of commands, each made when a command line names it (:mod:`buildfarm_cli.groups`)."""
+app = typer.Typer(
+    cls=with_groups(groups),
+    no_args_is_help=True,
+    add_completion=False,
+    help=__doc__,
+    pretty_exceptions_enable=False,
+)
+operator.register(app, groups, repo_app, admin_app)
 
 WAIT_POLL_SECONDS = 0.5
 """Least time between two asks of a follower whose farm answered at once with nothing new."""
