@@ -94,6 +94,17 @@ def test_a_command_line_makes_only_the_group_of_commands_it_names(monkeypatch: p
     assert listed_names[-len(names) :] == names  # after the top level's own commands, in their order
 
 
+def test_a_command_does_not_import_the_command_line_of_httpx() -> None:
+    """Its click, pygments and rich progress bars (the farm's Celery installs click, so httpx
+    imports them all): a farm's client never runs it."""
+    code = (
+        "sys.argv = ['buildfarm', '--farm', 'http://127.0.0.1:9', '-o', 'json', 'build', 'show', '7']\n"
+        "from buildfarm_cli.main import run\n"
+        "try:\n    run()\nexcept SystemExit:\n    pass"
+    )
+    assert _loaded_after(code, ("httpx", "click", "pygments", "rich.syntax")) == ["httpx"]
+
+
 def test_the_farm_client_reads_settings_and_manifests_only_for_the_commands_that_need_them(
     tmp_path: Path,
 ) -> None:
