@@ -110,25 +110,25 @@ def status(output: OutputOpt = None) -> None:
         return
     if not result.get("running", True):
         processes = result.get("processes")
-        console.print(
+        console().print(
             f"farm {client.where} is not running" + (f" (partly: {processes})" if processes else "")
         )
         raise typer.Exit(1)
     details = [f"runner {result['runner']}"] if result.get("runner") else []
     if result.get("repo_url"):
         details.append(f"repositories at {result['repo_url']}")
-    console.print(f"farm {client.where}" + (": " + ", ".join(details) if details else ""))
+    console().print(f"farm {client.where}" + (": " + ", ".join(details) if details else ""))
     for node, info in (result.get("nodes") or {}).items():
         if info.get("stopped"):
-            console.print(f"  {node}: stopped (buildfarm node start {node})", markup=False)
+            console().print(f"  {node}: stopped (buildfarm node start {node})", markup=False)
             continue
-        console.print(
+        console().print(
             f"  {node}: {'online' if info.get('online') else '[red]offline[/]'}, "
             f"{info.get('active_tasks', 0)} active task(s)"
         )
-    console.print("  queues: " + ", ".join(f"{q}={n}" for q, n in (result.get("queues") or {}).items()))
+    console().print("  queues: " + ", ".join(f"{q}={n}" for q, n in (result.get("queues") or {}).items()))
     for step in result.get("running_steps") or []:
-        console.print(
+        console().print(
             f"  running: build {step['build']} {step['step']} on {step['node']} "
             f"(attempt {step['attempt']}, since {step['started_at']})"
         )
@@ -143,7 +143,7 @@ def _follow_build(client: FarmClient, build_id: int, timeout: float, fmt: Output
     deadline = time.monotonic() + timeout
     view = client.show(build_id)
     text = fmt == OutputFormat.TEXT
-    live = Live(steps_table(view, console.width), console=console, auto_refresh=False) if text else None
+    live = Live(steps_table(view, console().width), console=console(), auto_refresh=False) if text else None
     with live or contextlib.nullcontext():
         while view.state not in TERMINAL_BUILD_STATES and time.monotonic() < deadline:
             asked = time.monotonic()
@@ -155,7 +155,7 @@ def _follow_build(client: FarmClient, build_id: int, timeout: float, fmt: Output
             )
             view = view.with_changes(changes)
             if moved and live is not None:
-                live.update(steps_table(view, console.width), refresh=True)
+                live.update(steps_table(view, console().width), refresh=True)
             elif not moved:  # a farm that does not hold the ask (an older one) is asked no faster
                 time.sleep(max(0.0, WAIT_POLL_SECONDS - (time.monotonic() - asked)))
     return view
@@ -165,13 +165,13 @@ def _finish(view: BuildView, fmt: OutputFormat, waited: bool) -> None:
     if fmt == OutputFormat.JSON:
         emit_json(view)
     elif waited:
-        console.print()
+        console().print()
         if view.published:
-            console.print(f"published: {view.published}", markup=False)
+            console().print(f"published: {view.published}", markup=False)
         if view.error:
-            err_console.print(f"build {view.id} {view.state}: {view.error}")
+            err_console().print(f"build {view.id} {view.state}: {view.error}")
     if waited and view.state not in TERMINAL_BUILD_STATES:
-        err_console.print(f"build {view.id} still {view.state} after the wait timeout")
+        err_console().print(f"build {view.id} still {view.state} after the wait timeout")
         raise typer.Exit(1)
     if waited and view.state != "succeeded":
         raise typer.Exit(1)
@@ -197,10 +197,10 @@ def build_submit(
         if fmt == OutputFormat.JSON:
             emit_json({"id": build_id})
         else:
-            console.print(str(build_id))
+            console().print(str(build_id))
         return
     if fmt == OutputFormat.TEXT:
-        console.print(f"build {build_id} submitted")
+        console().print(f"build {build_id} submitted")
     _finish(_follow_build(client, build_id, timeout, fmt), fmt, waited=True)
 
 
@@ -227,7 +227,7 @@ def build_list(
     if state.fmt(output) == OutputFormat.JSON:
         emit_json([summary_dict(b) for b in builds])
     else:
-        console.print(builds_table(builds))
+        console().print(builds_table(builds))
 
 
 @build_app.command("show")
@@ -237,16 +237,16 @@ def build_show(build_id: int, output: OutputOpt = None) -> None:
     if state.fmt(output) == OutputFormat.JSON:
         emit_json(view)
         return
-    console.print(steps_table(view, console.width))
+    console().print(steps_table(view, console().width))
     if view.published:
-        console.print(f"published: {view.published}", markup=False)
+        console().print(f"published: {view.published}", markup=False)
     if view.error:
-        console.print(f"error: {view.error}")
+        console().print(f"error: {view.error}")
     for step in view.steps:
         if step.error:
-            console.print(f"  {step.name}: {step.error}")
+            console().print(f"  {step.name}: {step.error}")
         if step.reuse_reason:
-            console.print(f"  {step.name}: reused: {step.reuse_reason}", markup=False)
+            console().print(f"  {step.name}: reused: {step.reuse_reason}", markup=False)
 
 
 @build_app.command("logs")
@@ -270,7 +270,7 @@ def build_logs(
             break
         time.sleep(LOG_POLL_SECONDS)
     if not printed and not follow:
-        err_console.print(f"step {step} of build {build_id} has no log yet")
+        err_console().print(f"step {step} of build {build_id} has no log yet")
 
 
 @build_app.command("cancel")
@@ -279,7 +279,7 @@ def build_cancel(build_id: int, output: OutputOpt = None) -> None:
     view = state.client().cancel(build_id)
     _finish(view, state.fmt(output), waited=False)
     if state.fmt(output) == OutputFormat.TEXT:
-        console.print(f"build {build_id} cancelled")
+        console().print(f"build {build_id} cancelled")
 
 
 @build_app.command("retry")
@@ -298,7 +298,7 @@ def build_retry(
     elif fmt == OutputFormat.JSON:
         emit_json(view)
     else:
-        console.print(f"build {build_id} retrying")
+        console().print(f"build {build_id} retrying")
 
 
 @repo_app.command("sources")
@@ -313,9 +313,9 @@ def repo_sources(
     if state.fmt(output) == OutputFormat.JSON:
         emit_json(source)
     else:
-        console.print(source.line, soft_wrap=True, markup=False)
+        console().print(source.line, soft_wrap=True, markup=False)
         if source.source_line:  # the build's source packages: apt-get source <name>
-            console.print(source.source_line, soft_wrap=True, markup=False)
+            console().print(source.source_line, soft_wrap=True, markup=False)
 
 
 @repo_app.command("key")
@@ -367,4 +367,4 @@ def _without_httpx_command_line() -> None:
 
 def _error(message: str) -> None:
     """One line, whatever the message (a driver's error may span several), never wrapped."""
-    err_console.print("error: " + " ".join(message.split()), soft_wrap=True, markup=False, highlight=False)
+    err_console().print("error: " + " ".join(message.split()), soft_wrap=True, markup=False, highlight=False)

@@ -60,6 +60,8 @@ NOT_FOR_EVERY_COMMAND = (
     "buildfarm.model.manifest",
     "rich.live",  # `build submit --wait` and progress bars
     "rich.progress",
+    "rich.console",  # what prints for people: not a command printing JSON
+    "rich.table",
 )
 """Imported by the commands that use them, not at start: `--help` and every command paid for all
 of them before (0.25 s of CPU, issue 16)."""
@@ -103,6 +105,18 @@ def test_a_command_does_not_import_the_command_line_of_httpx() -> None:
         "try:\n    run()\nexcept SystemExit:\n    pass"
     )
     assert _loaded_after(code, ("httpx", "click", "pygments", "rich.syntax")) == ["httpx"]
+
+
+def test_printing_json_needs_no_rich() -> None:
+    code = (
+        "import contextlib, io\n"
+        "from buildfarm_cli.output import emit_json\n"
+        "from buildfarm_client.models import BuildView\n"
+        "view = BuildView(id=7, project='p', branch='main', kind='nightly', user='ann', state='failed',"
+        " created_at='2026-01-01T00:00:00+00:00', finished_at=None, published=None, error='x')\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n    emit_json(view)"
+    )
+    assert _loaded_after(code, ("rich",)) == []
 
 
 def test_the_farm_client_reads_settings_and_manifests_only_for_the_commands_that_need_them(
