@@ -2,7 +2,7 @@
 
 typer makes the click command of every command of an application for every run, reading each
 command function's signature and evaluating its annotations (strings, ``from __future__ import
-annotations``): every run paid for the ~60 commands of every group to start one.  The top-level
+annotations``): every run paid for all 33 commands to start one.  The top-level
 group made by :func:`with_groups` holds the application's own commands and the groups' typer
 applications, and makes a group the first time something asks for it by name: the command line
 (``buildfarm build show 7`` makes ``build`` alone), ``--help`` (which lists them all) or shell

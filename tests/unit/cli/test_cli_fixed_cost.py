@@ -72,7 +72,7 @@ def test_the_cli_imports_a_commands_dependencies_when_the_command_runs() -> None
 
 
 def test_a_command_line_makes_only_the_group_of_commands_it_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    """typer reads the signature of every command it makes: a command does not pay for the ~60
+    """typer reads the signature of every command it makes: a command does not pay for the 30-odd
     others (``--help`` lists every group, so it makes them all)."""
     made: list[str] = []
     make = groups.get_group_from_info
