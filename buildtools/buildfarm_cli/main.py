@@ -137,13 +137,14 @@ def status(output: OutputOpt = None) -> None:
 def _follow_build(client: FarmClient, build_id: int, timeout: float, fmt: OutputFormat) -> BuildView:
     """Follow the build to its end (or ``timeout``): each ask waits at the farm until something
     changed (a long poll, ``client.changes``) and brings only the steps that did; the table is
-    drawn again only then."""
-    from rich.live import Live
-
+    drawn again only then (``--output json``: not drawn, rich not imported)."""
     deadline = time.monotonic() + timeout
     view = client.show(build_id)
-    text = fmt == OutputFormat.TEXT
-    live = Live(steps_table(view, console().width), console=console(), auto_refresh=False) if text else None
+    live = None
+    if fmt == OutputFormat.TEXT:
+        from rich.live import Live
+
+        live = Live(steps_table(view, console().width), console=console(), auto_refresh=False)
     with live or contextlib.nullcontext():
         while view.state not in TERMINAL_BUILD_STATES and time.monotonic() < deadline:
             asked = time.monotonic()

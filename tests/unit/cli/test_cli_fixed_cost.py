@@ -119,6 +119,22 @@ def test_printing_json_needs_no_rich() -> None:
     assert _loaded_after(code, ("rich",)) == []
 
 
+def test_following_a_build_for_json_needs_no_rich() -> None:
+    """``build submit --wait --output json`` draws no live table."""
+    code = (
+        "from buildfarm_cli.main import _follow_build\n"
+        "from buildfarm_cli.output import OutputFormat\n"
+        "from buildfarm_client.models import BuildView\n"
+        "class Farm:\n"
+        "    def show(self, build_id):\n"
+        "        return BuildView(id=build_id, project='p', branch='main', kind='nightly', user='ann',"
+        " state='succeeded', created_at='2026-01-01T00:00:00+00:00', finished_at=None, published=None,"
+        " error=None)\n"
+        "assert _follow_build(Farm(), 7, 60.0, OutputFormat.JSON).id == 7"
+    )
+    assert _loaded_after(code, ("rich",)) == []
+
+
 def test_the_farm_client_reads_settings_and_manifests_only_for_the_commands_that_need_them(
     tmp_path: Path,
 ) -> None:
