@@ -36,7 +36,7 @@ def print_token(created: TokenOut, fmt: OutputFormat) -> None:
             {"user": created.user, "token": created.token, "id": created.id, "expires_at": created.expires_at}
         )
         return
-    err_console.print(
+    err_console().print(
         f"token {created.id} for {created.user}, valid until {created.expires_at}; "
         "it is shown only now, keep it secret:",
         markup=False,
@@ -58,7 +58,7 @@ def user_add(
         emit_json(user)
         return
     kind = " (admin)" if user.admin else " (service)" if user.service else ""
-    console.print(f"user {user.name} added{kind}", markup=False)
+    console().print(f"user {user.name} added{kind}", markup=False)
 
 
 @token_app.command("create")
@@ -81,7 +81,7 @@ def token_revoke(token_id: int, output: OutputOpt = None) -> None:
     if state.fmt(output) == OutputFormat.JSON:
         emit_json({"revoked": token_id})
     else:
-        console.print(f"token {token_id} revoked")
+        console().print(f"token {token_id} revoked")
 
 
 @project_app.command("add")
@@ -91,7 +91,7 @@ def project_add(name: str, output: OutputOpt = None) -> None:
     if state.fmt(output) == OutputFormat.JSON:
         emit_json({"project": name})
     else:
-        console.print(f"project {name} added", markup=False)
+        console().print(f"project {name} added", markup=False)
 
 
 @admin_app.command("grant")
@@ -101,4 +101,4 @@ def grant(user: str, project: str, role: str, output: OutputOpt = None) -> None:
     if state.fmt(output) == OutputFormat.JSON:
         emit_json({"user": user, "project": project, "role": role})
     else:
-        console.print(f"{user} is {role} in {project}", markup=False)
+        console().print(f"{user} is {role} in {project}", markup=False)

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from buildfarm_cli.common import OutputOpt, farm_settings, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console
 
 if TYPE_CHECKING:  # imported when an env command runs, not for `--help` or a remote farm
+    from rich.table import Table
+
     from buildfarm.environments import Environment
 
 env_app = typer.Typer(no_args_is_help=True, help="Build environments: cached toolchain tarballs.")
@@ -36,6 +37,8 @@ def _view(env: Environment) -> dict[str, object]:
 
 
 def _table(envs: list[Environment]) -> Table:
+    from rich.table import Table
+
     table = Table()
     for column in ("digest", "current", "created", "MiB", "mirror date", "recipe"):
         table.add_column(column)
@@ -65,15 +68,17 @@ def env_list(output: OutputOpt = None) -> None:
         emit_json([_view(e) for e in envs])
         return
     if not envs:
-        err_console.print("no build environment yet: `buildfarm env refresh` or `buildfarm start` makes one")
+        err_console().print(
+            "no build environment yet: `buildfarm env refresh` or `buildfarm start` makes one"
+        )
         return
-    console.print(_table(envs))
+    console().print(_table(envs))
     if makes_builder_image(settings):  # a Kubernetes farm: is its package-builder image fresh?
         try:
             line = image_staleness(settings, envs)
         except BuildfarmError as exc:  # the registry down: the list still shows
             line = f"unknown ({exc})"
-        console.print(f"package-builder image: {line}", markup=False)
+        console().print(f"package-builder image: {line}", markup=False)
 
 
 @env_app.command("refresh")
@@ -86,12 +91,12 @@ def env_refresh(output: OutputOpt = None) -> None:
     from buildfarm.wiring import make_package_cache
 
     settings = farm_settings()
-    env, new = refresh_environment(settings, make_package_cache(settings), progress=err_console.print)
+    env, new = refresh_environment(settings, make_package_cache(settings), progress=err_console().print)
     if state.fmt(output) == OutputFormat.JSON:
         emit_json(_view(env) | {"changed": new})
         return
     what = "new" if new else "unchanged"
-    console.print(f"environment {env.short} ({what}): {env.spec.describe()}", markup=False)
+    console().print(f"environment {env.short} ({what}): {env.spec.describe()}", markup=False)
 
 
 @env_app.command("prune")
@@ -111,7 +116,7 @@ def env_prune(
     if state.fmt(output) == OutputFormat.JSON:
         emit_json([_view(e) for e in report.environments])
         return
-    console.print(report.describe(), markup=False)
+    console().print(report.describe(), markup=False)
 
 
 BUILDER_ENTRYPOINT = Path(__file__).resolve().parents[1] / "builder" / "buildfarm-step"
@@ -149,7 +154,7 @@ def env_image(
         refresh=refresh,
         cross=(cross,),
         entrypoint=entrypoint,
-        progress=err_console.print,
+        progress=err_console().print,
     )
     image = made.image
     if state.fmt(output) == OutputFormat.JSON:
@@ -162,4 +167,4 @@ def env_image(
             }
         )
         return
-    console.print(made.describe(), markup=False)
+    console().print(made.describe(), markup=False)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console, phase_bars
@@ -86,7 +85,7 @@ def retention_run(
     local = not client.where.startswith("at ")
     with phase_bars(fmt == OutputFormat.TEXT and local and not dry_run, PHASES, transient=True) as progress:
         if fmt == OutputFormat.TEXT and not local:
-            with err_console.status(f"sweeping the farm {client.where} ...", spinner="dots"):
+            with err_console().status(f"sweeping the farm {client.where} ...", spinner="dots"):
                 report = client.run_retention(dry_run)
         else:
             report = client.run_retention(dry_run, progress)
@@ -94,7 +93,7 @@ def retention_run(
         emit_json(report)
         return
     for line in sweep_lines(report):
-        console.print(line, markup=False, soft_wrap=True)
+        console().print(line, markup=False, soft_wrap=True)
 
 
 @storage_app.command("report")
@@ -105,12 +104,14 @@ def storage_report(output: OutputOpt = None) -> None:
     if fmt == OutputFormat.JSON:
         emit_json(client.storage_report())
         return
-    with err_console.status("measuring ...", spinner="dots"):
+    with err_console().status("measuring ...", spinner="dots"):
         report = client.storage_report()
     _print_storage(report)
 
 
 def _print_storage(report: StorageReportOut) -> None:
+    from rich.table import Table
+
     table = Table()
     for column in ("class", "project", "branch", "builds", "outputs", "sources"):
         table.add_column(column, justify="right" if column in ("builds", "outputs", "sources") else "left")
@@ -123,12 +124,12 @@ def _print_storage(report: StorageReportOut) -> None:
             human_bytes(group.output_bytes),
             human_bytes(group.source_bytes),
         )
-    console.print(table)
-    console.print(
+    console().print(table)
+    console().print(
         f"{report.builds} build(s); distinct output files: {human_bytes(report.output_bytes)}; "
         f"uploads no build used yet: {report.uploads} ({human_bytes(report.upload_bytes)})",
         markup=False,
     )
-    console.print("next sweep:", markup=False)
+    console().print("next sweep:", markup=False)
     for line in sweep_lines(report.next_sweep):
-        console.print(line, markup=False, soft_wrap=True)
+        console().print(line, markup=False, soft_wrap=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -27,6 +28,7 @@ from buildfarm_cli import operator
 from buildfarm_cli.admin import admin_app
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.env import env_app
+from buildfarm_cli.groups import with_groups
 from buildfarm_cli.lifecycle import retention_app, storage_app
 from buildfarm_cli.mirror import mirror_app
 from buildfarm_cli.output import (
@@ -44,18 +46,27 @@ if TYPE_CHECKING:  # what a command asks a farm for is imported when it does (bu
     from buildfarm_cli.client import FarmClient
     from buildfarm_client.models import BuildView
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False)
 build_app = typer.Typer(no_args_is_help=True, help="Submit, follow and manage builds.")
 repo_app = typer.Typer(no_args_is_help=True, help="Published package repositories.")
-app.add_typer(build_app, name="build")
-app.add_typer(repo_app, name="repo")
-app.add_typer(admin_app, name="admin")
-app.add_typer(mirror_app, name="mirror")
-app.add_typer(schedule_app, name="schedule")
-app.add_typer(retention_app, name="retention")
-app.add_typer(storage_app, name="storage")
-app.add_typer(env_app, name="env")
-operator.register(app, repo_app, admin_app)
+groups = {
+    "build": build_app,
+    "repo": repo_app,
+    "admin": admin_app,
+    "mirror": mirror_app,
+    "schedule": schedule_app,
+    "retention": retention_app,
+    "storage": storage_app,
+    "env": env_app,
+}
+"""The groups of commands, each made when a command line names it (:mod:`buildfarm_cli.groups`)."""
+app = typer.Typer(
+    cls=with_groups(groups),
+    no_args_is_help=True,
+    add_completion=False,
+    help=__doc__,
+    pretty_exceptions_enable=False,
+)
+operator.register(app, groups, repo_app, admin_app)
 
 WAIT_POLL_SECONDS = 0.5
 """Least time between two asks of a follower whose farm answered at once with nothing new."""
@@ -99,25 +110,25 @@ def status(output: OutputOpt = None) -> None:
         return
     if not result.get("running", True):
         processes = result.get("processes")
-        console.print(
+        console().print(
             f"farm {client.where} is not running" + (f" (partly: {processes})" if processes else "")
         )
         raise typer.Exit(1)
     details = [f"runner {result['runner']}"] if result.get("runner") else []
     if result.get("repo_url"):
         details.append(f"repositories at {result['repo_url']}")
-    console.print(f"farm {client.where}" + (": " + ", ".join(details) if details else ""))
+    console().print(f"farm {client.where}" + (": " + ", ".join(details) if details else ""))
     for node, info in (result.get("nodes") or {}).items():
         if info.get("stopped"):
-            console.print(f"  {node}: stopped (buildfarm node start {node})", markup=False)
+            console().print(f"  {node}: stopped (buildfarm node start {node})", markup=False)
             continue
-        console.print(
+        console().print(
             f"  {node}: {'online' if info.get('online') else '[red]offline[/]'}, "
             f"{info.get('active_tasks', 0)} active task(s)"
         )
-    console.print("  queues: " + ", ".join(f"{q}={n}" for q, n in (result.get("queues") or {}).items()))
+    console().print("  queues: " + ", ".join(f"{q}={n}" for q, n in (result.get("queues") or {}).items()))
     for step in result.get("running_steps") or []:
-        console.print(
+        console().print(
             f"  running: build {step['build']} {step['step']} on {step['node']} "
             f"(attempt {step['attempt']}, since {step['started_at']})"
         )
@@ -126,13 +137,14 @@ def status(output: OutputOpt = None) -> None:
 def _follow_build(client: FarmClient, build_id: int, timeout: float, fmt: OutputFormat) -> BuildView:
     """Follow the build to its end (or ``timeout``): each ask waits at the farm until something
     changed (a long poll, ``client.changes``) and brings only the steps that did; the table is
-    drawn again only then."""
-    from rich.live import Live
-
+    drawn again only then (``--output json``: not drawn, rich not imported)."""
     deadline = time.monotonic() + timeout
     view = client.show(build_id)
-    text = fmt == OutputFormat.TEXT
-    live = Live(steps_table(view, console.width), console=console, auto_refresh=False) if text else None
+    live = None
+    if fmt == OutputFormat.TEXT:
+        from rich.live import Live
+
+        live = Live(steps_table(view, console().width), console=console(), auto_refresh=False)
     with live or contextlib.nullcontext():
         while view.state not in TERMINAL_BUILD_STATES and time.monotonic() < deadline:
             asked = time.monotonic()
@@ -145,7 +157,7 @@ def _follow_build(client: FarmClient, build_id: int, timeout: float, fmt: Output
             )
             view = view.with_changes(changes)
             if moved and live is not None:
-                live.update(steps_table(view, console.width), refresh=True)
+                live.update(steps_table(view, console().width), refresh=True)
             elif not moved:  # a farm that does not hold the ask (an older one) is asked no faster
                 time.sleep(max(0.0, WAIT_POLL_SECONDS - (time.monotonic() - asked)))
     return view
@@ -155,13 +167,13 @@ def _finish(view: BuildView, fmt: OutputFormat, waited: bool) -> None:
     if fmt == OutputFormat.JSON:
         emit_json(view)
     elif waited:
-        console.print()
+        console().print()
         if view.published:
-            console.print(f"published: {view.published}", markup=False)
+            console().print(f"published: {view.published}", markup=False)
         if view.error:
-            err_console.print(f"build {view.id} {view.state}: {view.error}")
+            err_console().print(f"build {view.id} {view.state}: {view.error}")
     if waited and view.state not in TERMINAL_BUILD_STATES:
-        err_console.print(f"build {view.id} still {view.state} after the wait timeout")
+        err_console().print(f"build {view.id} still {view.state} after the wait timeout")
         raise typer.Exit(1)
     if waited and view.state != "succeeded":
         raise typer.Exit(1)
@@ -187,10 +199,10 @@ def build_submit(
         if fmt == OutputFormat.JSON:
             emit_json({"id": build_id})
         else:
-            console.print(str(build_id))
+            console().print(str(build_id))
         return
     if fmt == OutputFormat.TEXT:
-        console.print(f"build {build_id} submitted")
+        console().print(f"build {build_id} submitted")
     _finish(_follow_build(client, build_id, timeout, fmt), fmt, waited=True)
 
 
@@ -217,7 +229,7 @@ def build_list(
     if state.fmt(output) == OutputFormat.JSON:
         emit_json([summary_dict(b) for b in builds])
     else:
-        console.print(builds_table(builds))
+        console().print(builds_table(builds))
 
 
 @build_app.command("show")
@@ -227,16 +239,16 @@ def build_show(build_id: int, output: OutputOpt = None) -> None:
     if state.fmt(output) == OutputFormat.JSON:
         emit_json(view)
         return
-    console.print(steps_table(view, console.width))
+    console().print(steps_table(view, console().width))
     if view.published:
-        console.print(f"published: {view.published}", markup=False)
+        console().print(f"published: {view.published}", markup=False)
     if view.error:
-        console.print(f"error: {view.error}")
+        console().print(f"error: {view.error}")
     for step in view.steps:
         if step.error:
-            console.print(f"  {step.name}: {step.error}")
+            console().print(f"  {step.name}: {step.error}")
         if step.reuse_reason:
-            console.print(f"  {step.name}: reused: {step.reuse_reason}", markup=False)
+            console().print(f"  {step.name}: reused: {step.reuse_reason}", markup=False)
 
 
 @build_app.command("logs")
@@ -260,7 +272,7 @@ def build_logs(
             break
         time.sleep(LOG_POLL_SECONDS)
     if not printed and not follow:
-        err_console.print(f"step {step} of build {build_id} has no log yet")
+        err_console().print(f"step {step} of build {build_id} has no log yet")
 
 
 @build_app.command("cancel")
@@ -269,7 +281,7 @@ def build_cancel(build_id: int, output: OutputOpt = None) -> None:
     view = state.client().cancel(build_id)
     _finish(view, state.fmt(output), waited=False)
     if state.fmt(output) == OutputFormat.TEXT:
-        console.print(f"build {build_id} cancelled")
+        console().print(f"build {build_id} cancelled")
 
 
 @build_app.command("retry")
@@ -288,7 +300,7 @@ def build_retry(
     elif fmt == OutputFormat.JSON:
         emit_json(view)
     else:
-        console.print(f"build {build_id} retrying")
+        console().print(f"build {build_id} retrying")
 
 
 @repo_app.command("sources")
@@ -303,9 +315,9 @@ def repo_sources(
     if state.fmt(output) == OutputFormat.JSON:
         emit_json(source)
     else:
-        console.print(source.line, soft_wrap=True, markup=False)
+        console().print(source.line, soft_wrap=True, markup=False)
         if source.source_line:  # the build's source packages: apt-get source <name>
-            console.print(source.source_line, soft_wrap=True, markup=False)
+            console().print(source.source_line, soft_wrap=True, markup=False)
 
 
 @repo_app.command("key")
@@ -332,6 +344,7 @@ def run() -> None:
     API, which took 0.8-1.6 s of a loaded machine after every command (``build submit --wait``
     returned that long after its build was published)."""
     state.pause_collector()
+    _without_httpx_command_line()
     try:
         app(standalone_mode=True)
     except TemporaryError as exc:
@@ -345,6 +358,15 @@ def run() -> None:
         state.resume_collector()
 
 
+def _without_httpx_command_line() -> None:
+    """httpx imports its own command line (``httpx._main``) whenever click is installed, as the
+    farm's Celery has it: click, pygments and rich's progress bars and syntax highlighting, 0.04 s
+    of CPU of every command that reaches a farm.  This program never runs it, and with the
+    module missing httpx gives ``httpx.main`` a stub instead (as where the client is installed
+    alone); an httpx already imported keeps what it has."""
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]  # None: "not importable"
+
+
 def _error(message: str) -> None:
     """One line, whatever the message (a driver's error may span several), never wrapped."""
-    err_console.print("error: " + " ".join(message.split()), soft_wrap=True, markup=False, highlight=False)
+    err_console().print("error: " + " ".join(message.split()), soft_wrap=True, markup=False, highlight=False)

@@ -11,8 +11,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from buildfarm_cli.common import OutputOpt, farm_settings, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console
@@ -39,8 +37,11 @@ def mirror_list(output: OutputOpt = None) -> None:
         emit_json(views)
         return
     if not views:
-        err_console.print("no mirror is configured (setting mirrors, env BUILDFARM_MIRRORS)")
+        err_console().print("no mirror is configured (setting mirrors, env BUILDFARM_MIRRORS)")
         return
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table()
     for column in ("name", "upstream", "suite", "components", "architectures", "apt line"):
         table.add_column(column)
@@ -53,7 +54,7 @@ def mirror_list(output: OutputOpt = None) -> None:
             " ".join(view.architectures),
         ]
         table.add_row(*map(escape, cells), escape(view.source) if view.source else "[dim]not synced yet[/]")
-    console.print(table)
+    console().print(table)
 
 
 @mirror_app.command("sync")
@@ -72,7 +73,7 @@ def mirror_sync(
     wait = timeout if timeout is not None else _default_timeout()
     fmt = state.fmt(output)
     if fmt == OutputFormat.TEXT:
-        with err_console.status(f"syncing mirror {name} (at most {wait:.0f} s) ...", spinner="dots"):
+        with err_console().status(f"syncing mirror {name} (at most {wait:.0f} s) ...", spinner="dots"):
             status = client.sync_mirror(name, wait)
     else:
         status = client.sync_mirror(name, wait)
@@ -83,7 +84,7 @@ def _print_status(status: MirrorSyncOut, fmt: OutputFormat) -> None:
     if fmt == OutputFormat.JSON:
         emit_json(status)
         return
-    err_console.print(
+    err_console().print(
         f"mirror {status.name}: {status.packages} packages, version {status.version}, "
         f"{status.seconds:.1f} s; builds use:",
         markup=False,

@@ -9,8 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from buildfarm_cli.common import OutputOpt, state
 from buildfarm_cli.output import OutputFormat, console, emit_json, err_console, styled
@@ -34,8 +32,11 @@ def schedule_list(output: OutputOpt = None) -> None:
         emit_json(views)
         return
     if not views:
-        err_console.print("no schedule is configured (setting schedules, env BUILDFARM_SCHEDULES)")
+        err_console().print("no schedule is configured (setting schedules, env BUILDFARM_SCHEDULES)")
         return
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table()
     for column in ("name", "project/branch", "kind", "user", "cron", "next run (UTC)", "last slot", "build"):
         table.add_column(column)
@@ -57,11 +58,13 @@ def schedule_list(output: OutputOpt = None) -> None:
             ),
             _outcome(view),
         )
-    console.print(table)
+    console().print(table)
 
 
 def _outcome(view: ScheduleOut) -> str:
     """started: the build's state; else starting / retrying (attempt k of n, next at ...) / failed."""
+    from rich.markup import escape
+
     error = escape(view.last_error or "")
     attempt = f"attempt {view.last_attempt} of {view.max_attempts}"
     if view.last_state == "retrying":

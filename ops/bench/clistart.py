@@ -9,7 +9,7 @@ measured: its imports, its settings, its client, its exit.  ``--old TREE`` runs 
 with this one, for a side-by-side comparison; ``python -X importtime`` totals are printed beside.
 
 ``python ops/bench/clistart.py [--old TREE] [RUNS]`` (default 10 runs).  Prints medians (CPU:
-user + sys of the CLI process); asserts nothing about speed.
+user + sys of the CLI process) and whether every run printed the same; asserts nothing about speed.
 """
 
 from __future__ import annotations
@@ -81,13 +81,13 @@ def _pythonpath(tree: Path) -> str:
     return os.pathsep.join(str(tree / part) for part in ("buildtools", "buildtools/client", "services"))
 
 
-def _run(tree: Path, args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, float]:
-    """(wall s, CPU s, -X importtime total s) of one command run from ``tree``."""
+def _run(tree: Path, args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, float, bytes]:
+    """(wall s, CPU s, -X importtime total s, stdout) of one command run from ``tree``."""
     env = env | {"PYTHONPATH": _pythonpath(tree)}
     command = [sys.executable, "-m", "buildfarm_cli", *args]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(command, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+    out = subprocess.run(command, env=env, cwd=cwd, check=True, stdout=subprocess.PIPE).stdout
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
@@ -106,7 +106,7 @@ def _run(tree: Path, args: list[str], env: dict[str, str], cwd: Path) -> tuple[f
         top_level = len(parts) == 3 and not parts[2].startswith("  ")
         if line.startswith("import time:") and top_level and parts[1].strip().isdigit():
             imports += int(parts[1])
-    return wall, cpu, imports / 1e6
+    return wall, cpu, imports / 1e6, out
 
 
 def main(runs: int = 10, old: Path | None = None) -> int:
@@ -124,6 +124,7 @@ def main(runs: int = 10, old: Path | None = None) -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDFARM_")}
         env |= {"BUILDFARM_STATE_DIR": str(state), "XDG_CONFIG_HOME": str(work / "config")}
         samples: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+        outputs: dict[str, set[bytes]] = {}  # what each command printed, every run of every tree
         try:
             print(
                 f"CLI start, {runs} runs each, alternated: {', '.join(f'{k} {v}' for k, v in trees.items())}"
@@ -134,7 +135,9 @@ def main(runs: int = 10, old: Path | None = None) -> int:
                 for index in range(runs):
                     order = list(trees.items()) if index % 2 == 0 else list(reversed(trees.items()))
                     for label, tree in order:
-                        samples.setdefault((name, label), []).append(_run(tree, args, env, work))
+                        wall, cpu, imports, out = _run(tree, args, env, work)
+                        samples.setdefault((name, label), []).append((wall, cpu, imports))
+                        outputs.setdefault(name, set()).add(out)
         finally:
             server.shutdown()
             server.server_close()
@@ -144,6 +147,8 @@ def main(runs: int = 10, old: Path | None = None) -> int:
                 f"  {name:20s} {label:4s}: CPU {cpu:.3f} s  wall {wall:.3f} s  "
                 f"-X importtime total {imports:.3f} s  (medians)"
             )
+        for name, printed in outputs.items():
+            print(f"  {name:20s} output: {'the same in every run' if len(printed) == 1 else 'DIFFERS'}")
         print(f"  load after: {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -16,12 +16,14 @@ from buildfarm_cli.operator.farm import repo_verify, start, stop
 from buildfarm_cli.operator.nodes import node_app
 
 
-def register(app: typer.Typer, repo_app: typer.Typer, admin_app: typer.Typer) -> None:
-    """The operator's commands on the CLI's ``app`` (``repo verify`` on ``repo_app``, ``admin
-    init`` on ``admin_app``)."""
+def register(
+    app: typer.Typer, groups: dict[str, typer.Typer], repo_app: typer.Typer, admin_app: typer.Typer
+) -> None:
+    """The operator's commands on the CLI's ``app`` and among its ``groups`` (``repo verify`` on
+    ``repo_app``, ``admin init`` on ``admin_app``)."""
     app.command()(start)
     app.command()(stop)
-    app.add_typer(node_app, name="node")
-    app.add_typer(backup_app, name="backup")
+    groups["node"] = node_app
+    groups["backup"] = backup_app
     repo_app.command("verify")(repo_verify)
     admin_app.command("init")(admin_init)

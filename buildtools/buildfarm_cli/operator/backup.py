@@ -56,7 +56,7 @@ def _emit(report: Any, fmt: OutputFormat, line: str) -> None:
     if fmt == OutputFormat.JSON:
         emit_json(report)
     else:
-        err_console.print(line, markup=False, soft_wrap=True)
+        err_console().print(line, markup=False, soft_wrap=True)
 
 
 @backup_app.command("run")
@@ -89,7 +89,7 @@ def backup_verify(output: OutputOpt = None) -> None:
     if fmt == OutputFormat.JSON:
         emit_json({**report.__dict__, "ok": report.ok})
     elif report.ok:
-        err_console.print(
+        err_console().print(
             f"backup of {report.created_at} in {report.target}: {report.objects} objects "
             f"({report.bytes} bytes), every checksum matches",
             markup=False,
@@ -97,14 +97,14 @@ def backup_verify(output: OutputOpt = None) -> None:
         )
     else:
         for sha256 in report.corrupt:
-            err_console.print(
+            err_console().print(
                 f"corrupt: {sha256} ({report.what.get(sha256, 'unknown object')}; moved aside, "
                 "the next `backup run` copies it again)",
                 markup=False,
                 soft_wrap=True,
             )
         for sha256 in report.missing:
-            err_console.print(
+            err_console().print(
                 f"missing: {sha256} ({report.what.get(sha256, 'unknown object')})",
                 markup=False,
                 soft_wrap=True,

@@ -50,20 +50,20 @@ def start(
         if s.builders.runner in ("sbuild", "unshare") and env.base_tarball is not None:
             from buildfarm.runners.sbuild import ensure_base_tarball
 
-            ensure_base_tarball(env.base_tarball, env.distribution, env.mirror, progress=err_console.print)
+            ensure_base_tarball(env.base_tarball, env.distribution, env.mirror, progress=err_console().print)
         elif s.builders.runner in ("sbuild", "unshare"):
             from buildfarm.environments import routed_environments
             from buildfarm.wiring import make_package_cache
 
             cache, spec = routed_environments(s, make_package_cache(s))
-            cache.ensure(spec, progress=err_console.print)
+            cache.ensure(spec, progress=err_console().print)
 
     result = farm.start(settings, nodes=nodes, prepare=prepare, runner=runner)
     if state.fmt(output) == OutputFormat.JSON:
         emit_json(result)
         return
     for warning in result.warnings:
-        err_console.print(f"note: {warning}", markup=False, soft_wrap=True)
+        err_console().print(f"note: {warning}", markup=False, soft_wrap=True)
     started = set(result.started)
     if not started:
         what = "already running"
@@ -71,13 +71,13 @@ def start(
         what = "running"
     else:
         what = "running again (started: " + ", ".join(result.started) + ")"
-    console.print(
+    console().print(
         f"farm {what} in {result.state_dir}: runner {result.runner}, nodes "
         + ", ".join(n for n in result.nodes if n != farm.SCHEDULER)
         + f"; repositories at {result.repo_url}",
         markup=False,
     )
-    console.print("stop it with: buildfarm stop")
+    console().print("stop it with: buildfarm stop")
 
 
 def stop(output: OutputOpt = None) -> None:
@@ -89,7 +89,7 @@ def stop(output: OutputOpt = None) -> None:
     if state.fmt(output) == OutputFormat.JSON:
         emit_json({"stopped": stopped})
     else:
-        console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        console().print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
 def repo_verify(
@@ -113,6 +113,6 @@ def repo_verify(
     else:
         for item in results:
             mark = "[green]identical[/]" if item.identical else "[red]DIFFERS[/]"
-            console.print(f"  apt-get download {item.package}: {item.filename} {mark}")
+            console().print(f"  apt-get download {item.package}: {item.filename} {mark}")
     if not all(item.identical for item in results):
         raise typer.Exit(1)

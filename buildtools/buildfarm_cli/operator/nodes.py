@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from buildfarm_cli.common import OutputOpt, farm_settings, state
 from buildfarm_cli.output import OutputFormat, console, emit_json
@@ -25,7 +24,7 @@ def node_start(name: NameArg, output: OutputOpt = None) -> None:
     if state.fmt(output) == OutputFormat.JSON:
         emit_json(change)
     else:
-        console.print(f"{name}: {'started' if change.changed else 'already running'}", markup=False)
+        console().print(f"{name}: {'started' if change.changed else 'already running'}", markup=False)
 
 
 @node_app.command("stop")
@@ -38,7 +37,7 @@ def node_stop(name: NameArg, output: OutputOpt = None) -> None:
     if state.fmt(output) == OutputFormat.JSON:
         emit_json(change)
     else:
-        console.print(f"{name}: {'stopped' if change.changed else 'was not running'}", markup=False)
+        console().print(f"{name}: {'stopped' if change.changed else 'was not running'}", markup=False)
 
 
 @node_app.command("list")
@@ -51,6 +50,8 @@ def node_list(output: OutputOpt = None) -> None:
     if state.fmt(output) == OutputFormat.JSON:
         emit_json(nodes)
         return
+    from rich.table import Table
+
     table = Table()
     for column in ("node", "state", "pid", "online", "active tasks"):
         table.add_column(column)
@@ -62,4 +63,4 @@ def node_list(output: OutputOpt = None) -> None:
             "yes" if node.online else "no",
             str(node.active_tasks),
         )
-    console.print(table)
+    console().print(table)

@@ -57,6 +57,7 @@ from buildfarm.model.settinggroups import (
     StorageSettings,
     read_secret,
 )
+from buildfarm.model.statedir import default_state_dir
 
 __all__ = [
     "DEFAULT_BUILD_PRIORITIES",
@@ -83,10 +84,6 @@ FARM_FILE = "farm.json"
 ENV_PREFIX = "BUILDFARM_"
 SERVICE_LINK = re.compile(r"_SERVICE_(HOST|PORT)(_\w+)?$|_PORT_\d+_(TCP|UDP|SCTP)(_\w+)?$")
 """What Kubernetes names the variables of a Service in every pod of its namespace (service links)."""
-
-
-def default_state_dir() -> Path:
-    return Path(os.environ.get("BUILDFARM_STATE_DIR", ".farm")).resolve()
 
 
 class _FarmFileSource(PydanticBaseSettingsSource):

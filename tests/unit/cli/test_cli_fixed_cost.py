@@ -10,13 +10,17 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from typer.core import TyperGroup
+from typer.models import TyperInfo
+from typer.testing import CliRunner
 
-from buildfarm_cli import client
+from buildfarm_cli import client, groups
 from buildfarm_cli.config import ClientConfig
 from buildfarm_cli.httpclient import HttpClient
-from buildfarm_cli.main import run
+from buildfarm_cli.main import app, run
 from buildfarm_client.models import BuildView
 
 NOT_AT_START = ("minio", "alembic")
@@ -56,6 +60,8 @@ NOT_FOR_EVERY_COMMAND = (
     "buildfarm.model.manifest",
     "rich.live",  # `build submit --wait` and progress bars
     "rich.progress",
+    "rich.console",  # what prints for people: not a command printing JSON
+    "rich.table",
 )
 """Imported by the commands that use them, not at start: `--help` and every command paid for all
 of them before (0.25 s of CPU, issue 16)."""
@@ -63,6 +69,70 @@ of them before (0.25 s of CPU, issue 16)."""
 
 def test_the_cli_imports_a_commands_dependencies_when_the_command_runs() -> None:
     assert _loaded_after("import buildfarm_cli.main", NOT_FOR_EVERY_COMMAND) == []
+
+
+def test_a_command_line_makes_only_the_group_of_commands_it_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """typer reads the signature of every command it makes: a command does not pay for the 30-odd
+    others (``--help`` lists every group, so it makes them all)."""
+    made: list[str] = []
+    make = groups.get_group_from_info
+
+    def get_group_from_info(info: TyperInfo, **settings: Any) -> TyperGroup:
+        made.append(str(info.name))
+        return make(info, **settings)
+
+    monkeypatch.setattr(groups, "get_group_from_info", get_group_from_info)
+    shown = CliRunner().invoke(app, ["build", "show", "--help"])
+    assert shown.exit_code == 0, shown.output
+    assert "One build with its steps" in shown.output
+    assert made == ["build"]
+    made.clear()
+    listed = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    names = ["build", "repo", "admin", "mirror", "schedule", "retention", "storage", "env", "node", "backup"]
+    assert sorted(made) == sorted(names)
+    rows = [line.split() for line in listed.output.splitlines() if line.startswith("│ ")]
+    listed_names = [row[1] for row in rows if len(row) > 1]
+    assert listed_names[-len(names) :] == names  # after the top level's own commands, in their order
+
+
+def test_a_command_does_not_import_the_command_line_of_httpx() -> None:
+    """Its click, pygments and rich progress bars (the farm's Celery installs click, so httpx
+    imports them all): a farm's client never runs it."""
+    code = (
+        "sys.argv = ['buildfarm', '--farm', 'http://127.0.0.1:9', '-o', 'json', 'build', 'show', '7']\n"
+        "from buildfarm_cli.main import run\n"
+        "try:\n    run()\nexcept SystemExit:\n    pass"
+    )
+    assert _loaded_after(code, ("httpx", "click", "pygments", "rich.syntax")) == ["httpx"]
+
+
+def test_printing_json_needs_no_rich() -> None:
+    code = (
+        "import contextlib, io\n"
+        "from buildfarm_cli.output import emit_json\n"
+        "from buildfarm_client.models import BuildView\n"
+        "view = BuildView(id=7, project='p', branch='main', kind='nightly', user='ann', state='failed',"
+        " created_at='2026-01-01T00:00:00+00:00', finished_at=None, published=None, error='x')\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n    emit_json(view)"
+    )
+    assert _loaded_after(code, ("rich",)) == []
+
+
+def test_following_a_build_for_json_needs_no_rich() -> None:
+    """``build submit --wait --output json`` draws no live table."""
+    code = (
+        "from buildfarm_cli.main import _follow_build\n"
+        "from buildfarm_cli.output import OutputFormat\n"
+        "from buildfarm_client.models import BuildView\n"
+        "class Farm:\n"
+        "    def show(self, build_id):\n"
+        "        return BuildView(id=build_id, project='p', branch='main', kind='nightly', user='ann',"
+        " state='succeeded', created_at='2026-01-01T00:00:00+00:00', finished_at=None, published=None,"
+        " error=None)\n"
+        "assert _follow_build(Farm(), 7, 60.0, OutputFormat.JSON).id == 7"
+    )
+    assert _loaded_after(code, ("rich",)) == []
 
 
 def test_the_farm_client_reads_settings_and_manifests_only_for_the_commands_that_need_them(

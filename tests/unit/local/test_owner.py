@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,8 @@ from starlette.responses import JSONResponse, PlainTextResponse
 
 from buildfarm.local import owner
 from buildfarm.local.serve import OwnerOnly
+from buildfarm.model import settings
+from buildfarm.model.errors import PermanentError
 from buildfarm_cli.httpclient import HttpClient
 
 NOBODY = 65534
@@ -100,14 +103,10 @@ def test_a_peer_is_known_by_its_uid() -> None:
         assert owner.peer_uid(mine) == os.getuid() and owner.is_owner(mine)
 
 
-def test_the_cli_asks_the_api_process_over_its_owner_socket(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The CLI's local client speaks plain HTTP on the socket, as its owner (no TLS context of a
-    network client: it read the CA bundle, 25 ms of every local command)."""
-    state = tmp_path / "state"
-    (state / "run").mkdir(parents=True)
-    monkeypatch.setenv("BUILDFARM_STATE_DIR", str(state))
+@contextmanager
+def _api_process(state: Path) -> Iterator[list[tuple[str, str]]]:
+    """A stand-in API process on ``state``'s owner socket (the real uvicorn protocol it serves),
+    answering every request with one build; yields the (path, login) of each request."""
     asked: list[tuple[str, str]] = []
 
     async def api(scope: dict[str, object], receive: object, send: object) -> None:
@@ -119,6 +118,7 @@ def test_the_cli_asks_the_api_process_over_its_owner_socket(
         }  # fmt: skip
         await JSONResponse(build)(scope, receive, send)  # type: ignore[arg-type]
 
+    (state / "run").mkdir(parents=True)
     path = owner.socket_path(state)
     assert path is not None
     listening = owner.listen(path)
@@ -126,11 +126,50 @@ def test_the_cli_asks_the_api_process_over_its_owner_socket(
     thread = threading.Thread(target=asyncio.run, args=(server.serve(sockets=[listening]),))
     thread.start()
     try:
-        with HttpClient.local_farm() as client:
-            assert client.local is None and client.where == f"in {state}"
-            assert client.show(7).state == "succeeded"
+        yield asked
     finally:
         server.should_exit = True
         thread.join(30)
         listening.close()
+
+
+def _only_state_dir(monkeypatch: pytest.MonkeyPatch, state: Path) -> None:
+    for name in [name for name in os.environ if name.upper().startswith("BUILDFARM_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("BUILDFARM_STATE_DIR", str(state))
+
+
+def test_the_cli_asks_the_api_process_over_its_owner_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI's local client speaks plain HTTP on the socket, as its owner (no TLS context of a
+    network client: it read the CA bundle, 25 ms of every local command).  With no setting in
+    the environment it reads none: the farm checked its own when it started."""
+    state = tmp_path / "state"
+    _only_state_dir(monkeypatch, state)
+    read: list[bool] = []
+    monkeypatch.setattr(settings, "load_settings", lambda **_: read.append(True))
+    with _api_process(state) as asked, HttpClient.local_farm() as client:
+        assert client.local is None and client.where == f"in {state}"
+        assert client.show(7).state == "succeeded"
     assert asked == [("/api/v1/builds/7", getpass.getuser())]
+    assert read == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "refused"),
+    [
+        ("BUILDFARM_LEASE_SECONDS", "abc", "setting lease_seconds"),
+        ("BUILDFARM_LEAS_SECONDS", "30", "unknown setting BUILDFARM_LEAS_SECONDS"),
+        ("buildfarm_lease_seconds", "-5", "setting lease_seconds"),
+    ],
+)
+def test_a_bad_setting_is_refused_while_the_api_process_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, refused: str
+) -> None:
+    state = tmp_path / "state"
+    _only_state_dir(monkeypatch, state)
+    monkeypatch.setenv(variable, value)
+    with _api_process(state) as asked, pytest.raises(PermanentError, match=refused):
+        HttpClient.local_farm()
+    assert asked == []

@@ -427,7 +427,7 @@ def test_schedule_list_locally_and_through_the_api(
     assert local["nightly"]["next_run"] > local["nightly"]["last_slot"]  # from the real clock
     # rich fixes a console's width when it is made if COLUMNS is set then (an xdist worker has it):
     # make the table wide enough to show whole names whatever the process started with
-    monkeypatch.setattr(output.console, "_width", 200)
+    monkeypatch.setattr(output.console(), "_width", 200)
     text_result = CliRunner().invoke(cli, ["schedule", "list"], env={"COLUMNS": "200"})
     assert text_result.exit_code == 0 and "nightly" in text_result.stdout
 
@@ -581,7 +581,7 @@ def test_a_git_outage_is_retried_with_backoff_and_the_slot_starts_once(
     monkeypatch.setenv("BUILDFARM_STATE_DIR", str(state_dir))
     monkeypatch.setenv("BUILDFARM_DATABASE_URL", sqlite_url)
     monkeypatch.setenv("BUILDFARM_SCHEDULES", json.dumps(configured))
-    monkeypatch.setattr(output.console, "_width", 250)
+    monkeypatch.setattr(output.console(), "_width", 250)
     shown = CliRunner().invoke(cli, ["schedule", "list"], env={"COLUMNS": "250"})
     assert shown.exit_code == 0, shown.output
     assert "retrying (attempt 2 of 5 failed, next at 2025-03-03 02:03)" in " ".join(shown.stdout.split())
