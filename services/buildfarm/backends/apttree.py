@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -188,19 +189,30 @@ def write_indexes(
     placed in ``directory``: a stanza of ``known``'s indexes whose own checksums name exactly
     what is placed here under those names is taken as it is, and apt-ftparchive reads only the
     other packages (:func:`reuse_stanzas`), so a no-change re-run opens no .deb.  The indexes are
-    the same bytes a full run writes: stanzas by file name, each ending in a blank line."""
-    if known is None or placed is None:
-        packages = run_ftparchive(["packages", "."], directory)
-    else:
-        packages = reuse_stanzas(directory, "packages", known, placed)
-    _write_index(directory, "Packages", packages, known)
+    the same bytes a full run writes: stanzas by file name, each ending in a blank line.
+
+    ``Packages`` and ``Sources`` are independent (apt-ftparchive runs reading the tree, each
+    index written and synced): they are made at once, a publication waits for the longer."""
+    kinds = ["packages"]
     if any(directory.glob("*.dsc")):  # the build's source packages: apt-get source reads these
-        if known is None or placed is None:
-            sources = run_ftparchive(["sources", "."], directory)
-        else:
-            sources = reuse_stanzas(directory, "sources", known, placed)
-        _write_index(directory, "Sources", sources, known)
+        kinds.append("sources")
+    with ThreadPoolExecutor(max_workers=len(kinds), thread_name_prefix="index") as pool:
+        made = [pool.submit(_write_kind, directory, kind, known, placed) for kind in kinds]
+    for each in made:
+        each.result()
     write_release(directory, label)
+
+
+def _write_kind(
+    directory: Path, kind: str, known: Path | None, placed: Mapping[str, tuple[str, int]] | None
+) -> None:
+    """Write the index of ``kind`` ("packages": ``Packages``, "sources": ``Sources``) of
+    ``directory`` and its ``.gz`` (:func:`write_indexes`)."""
+    if known is None or placed is None:
+        data = run_ftparchive([kind, "."], directory)
+    else:
+        data = reuse_stanzas(directory, kind, known, placed)
+    _write_index(directory, "Packages" if kind == "packages" else "Sources", data, known)
 
 
 def _write_index(directory: Path, name: str, data: bytes, known: Path | None) -> None:
