@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
+from buildfarm.backends import aptbranch, apttree
 from buildfarm.backends.base import LocalObjects, PackageFile
 from buildfarm.backends.fs import FsArtifactStore
 from buildfarm.engine import advance_build, bundlefiles
@@ -67,10 +69,20 @@ def _tree(ctx: FarmContext, build_id: int) -> Path:
     return ctx.settings.state_dir / "repos/p/main/builds" / str(build_id)
 
 
-def test_objects_taken_in_place_publish_what_fetched_copies_publish(tmp_path: Path) -> None:
+def test_objects_taken_in_place_publish_what_fetched_copies_publish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The same build published from the store's objects and from fetched copies: the same
-    files, the same index bytes (Packages, Sources, compressed too) and the same record; the
-    packages of the first are hardlinks of the store's objects."""
+    files, the same index bytes (Packages, Sources, compressed too: what apt-ftparchive writes
+    over the whole tree) and the same record; the packages of the first are hardlinks of the
+    store's objects.  Each new .deb and .dsc is read once, by apt-ftparchive: its stanzas give
+    the record too (no python-debian reading of them)."""
+    read: list[str] = []
+    for module, name in ((aptbranch, "deb_fields"), (aptbranch, "source_package")):
+        real = getattr(module, name)
+        monkeypatch.setattr(
+            module, name, lambda path, *a, real=real, **k: (read.append(path.name), real(path, *a, **k))[1]
+        )
     src = tmp_path / "src"
     for name in NAMES:
         make_package(src, name)
@@ -89,6 +101,9 @@ def test_objects_taken_in_place_publish_what_fetched_copies_publish(tmp_path: Pa
             assert (trees[0] / name).read_bytes() == (trees[1] / name).read_bytes(), name
     for name in PUBLISHED:
         assert (trees[0] / name).stat().st_size > 0, name
+    assert (trees[0] / "Packages").read_bytes() == apttree.run_ftparchive(["packages", "."], trees[0])
+    assert (trees[0] / "Sources").read_bytes() == apttree.run_ftparchive(["sources", "."], trees[0])
+    assert read == []
     store = in_place.store
     assert isinstance(store, FsArtifactStore)
     for deb in (name for name in names[0] if name.endswith(".deb")):
