@@ -503,10 +503,12 @@ def _build_outputs(session: Session, build_id: int) -> list[BuildOutput]:
     return [BuildOutput(*row) for row in session.execute(_BUILD_OUTPUTS, {"build": build_id})]
 
 
-PUBLISH_THREADS = 4
+PUBLISH_THREADS = 2
 """Files a publication takes from the artifact store at once (a package checked or fetched, a
-source bundle unpacked): each mostly waits on the disk (files and directories made) or the
-network, little on the CPU, and a publication's time is serial time its user waits for."""
+source bundle unpacked): a publication's time is serial time its user waits for.  Two: the
+40-package bench build's publish_build took a median 0.27 s with 2, 0.34 s with 1 and 0.36 s
+with 4 (24 runs each, 2 cores, load 2-5): unpacking is mostly Python, and more threads only
+contend for the interpreter."""
 
 
 def _stored_file(ctx: FarmContext, sha256: str, dest: Path) -> Path:
