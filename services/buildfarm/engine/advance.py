@@ -929,7 +929,10 @@ def publish_build(ctx: FarmContext, build_id: int) -> bool:
         )
     log.info("build %s published: %s", build_id, source.line())
     if learned:  # a shortcut for later publications, written once this one is done
-        bundlefiles.remember(ctx.work_root, learned)
+        try:
+            bundlefiles.remember(ctx.work_root, learned)
+        except OSError as exc:  # a full disk: the next publication unpacks those bundles again
+            log.warning("build %s: bundle listings not remembered: %s", build_id, exc)
     drop_staging(ctx, build_id)
     return True
 
