@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -129,13 +130,62 @@ def deb_fields(path: Path, filename: str) -> tuple[str, str, str, str]:
     name, architecture, version = (
         str(control.get(f, "")).strip() for f in ("Package", "Architecture", "Version")
     )
-    source, _, rest = str(control.get("Source", "")).strip().partition(" ")
-    rest = rest.strip()
-    source_version = rest[1:-1].strip() if rest.startswith("(") and rest.endswith(")") else version
-    fields = (name, architecture, source or name, source_version)
+    fields = (name, architecture, *_source_of(name, version, str(control.get("Source", ""))))
     if not all(fields):
         raise PermanentError(f"could not index {filename}: no package fields")
     return fields
+
+
+def _source_of(name: str, version: str, source_field: str) -> tuple[str, str]:
+    """(source package, source version) of a binary package from its ``Source`` field
+    (``name``, or ``name (version)``; none: the binary's own name and version)."""
+    source, _, rest = source_field.strip().partition(" ")
+    rest = rest.strip()
+    source_version = rest[1:-1].strip() if rest.startswith("(") and rest.endswith(")") else version
+    return source or name, source_version
+
+
+_STANZA_FIELD = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*):[ \t]*(.*)$", re.MULTILINE)
+_SHA256_BLOCK = re.compile(r"^Checksums-Sha256:\n((?: .*\n?)+)", re.MULTILINE)
+
+
+def stanza_fields(stanza: str) -> dict[str, str]:
+    """The fields of an index stanza (apt-ftparchive's) by name; of a field continued on more
+    lines, its first line."""
+    return {found.group(1): found.group(2).strip() for found in _STANZA_FIELD.finditer(stanza)}
+
+
+def stanza_source_files(stanza: str) -> dict[str, tuple[str, int]]:
+    """(sha256, size) by file name of every file a ``Sources`` stanza lists (the .dsc first, then
+    the files it names, in its order)."""
+    block = _SHA256_BLOCK.search(stanza)
+    listed: dict[str, tuple[str, int]] = {}
+    for line in block.group(1).splitlines() if block is not None else ():
+        parts = line.split()
+        if len(parts) == 3 and parts[1].isdigit():
+            listed[parts[2]] = (parts[0], int(parts[1]))
+    return listed
+
+
+def _indexed_deb(package: PackageFile, stanza: str) -> tuple[BinaryFile, str, str] | None:
+    """:func:`_read_deb` told from the ``Packages`` stanza apt-ftparchive wrote of the file (it
+    read and hashed the bytes): None when the stanza lacks a field (the .deb is then read)."""
+    fields = stanza_fields(stanza)
+    stated = fields.get("SHA256"), fields.get("Size")
+    if stated != (package.sha256, str(package.size)):
+        raise PermanentError(
+            f"{package.path} does not match its record (sha256 {stated[0]}, {stated[1]} bytes; "
+            f"expected {package.sha256}, {package.size} bytes)"
+        )
+    name, architecture, version = (fields.get(f, "") for f in ("Package", "Architecture", "Version"))
+    if not (name and architecture and version):
+        return None
+    source, source_version = _source_of(name, version, fields.get("Source", ""))
+    return (
+        BinaryFile(package.filename, package.sha256, package.size, name, architecture),
+        source,
+        source_version,
+    )
 
 
 def _dpkg_deb_fields(path: Path, filename: str) -> tuple[str, str, str, str]:
@@ -160,12 +210,19 @@ def _dpkg_deb_fields(path: Path, filename: str) -> tuple[str, str, str, str]:
     return name, architecture, source, version
 
 
-def describe(packages: Iterable[PackageFile], build_id: int, known: BranchState | None = None) -> BranchState:
+def describe(
+    packages: Iterable[PackageFile],
+    build_id: int,
+    known: BranchState | None = None,
+    indexed: Mapping[str, str] | None = None,
+) -> BranchState:
     """The source packages ``packages`` (one build's outputs) bring, read (:func:`deb_fields`)
     after checking each file against its record (a build with a damaged output publishes nothing,
     even when the damaged package would lose to a newer version).  A file ``known`` (a published
     tree's record: ``latest``) holds with the same name, sha256 and size is taken from it, not
-    read again: the same bytes give the same fields.
+    read again: the same bytes give the same fields.  A file of ``indexed`` (``Packages``
+    stanzas by file name, apt-ftparchive's of these files) is told from its stanza, checked
+    against the record by the sha256 and size it states.
 
     A build that somehow holds two versions of one source package brings the newest only.
     """
@@ -174,8 +231,12 @@ def describe(packages: Iterable[PackageFile], build_id: int, known: BranchState 
     by_source: dict[tuple[str, str], dict[str, BinaryFile]] = {}
     for package in packages:
         seen = recorded.get((package.filename, package.sha256, package.size))
+        stanza = (indexed or {}).get(package.filename)
+        told = _indexed_deb(package, stanza) if seen is None and stanza is not None else None
         if seen is not None:
             binary, source, version = seen[0], seen[1].name, seen[1].version
+        elif told is not None:
+            binary, source, version = told
         else:
             binary, source, version = _read_deb(package)
         by_source.setdefault((source, version), {})[package.filename] = binary
@@ -188,7 +249,10 @@ def describe(packages: Iterable[PackageFile], build_id: int, known: BranchState 
 
 
 def attach_sources(
-    state: BranchState, sources: Iterable[PackageFile], known: BranchState | None = None
+    state: BranchState,
+    sources: Iterable[PackageFile],
+    known: BranchState | None = None,
+    indexed: Mapping[str, str] | None = None,
 ) -> BranchState:
     """``state`` (one build's, from :func:`describe`) with each source package of ``sources`` (the
     build's .dsc files and the files they name) given to the entry of the same name and version.
@@ -196,16 +260,21 @@ def attach_sources(
     Every file a .dsc names must be among ``sources`` with its sha256; a .dsc of no entry (a
     source package that built no binary of this state) is not recorded.  A .dsc ``known`` (a
     published tree's record) holds with the same sha256 is not parsed again: its record says
-    its name, version and files.
+    its name, version and files; nor is one of ``indexed`` (``Sources`` stanzas by .dsc name,
+    apt-ftparchive's of these files): its stanza says them, the .dsc's own sha256 and size
+    checked against its record.
     """
     recorded = {(e.sources[0].filename, e.sources[0].sha256): e for e in (known or {}).values() if e.sources}
     by_name = {p.filename: p for p in sources}
     out = dict(state)
     for dsc in (p for p in by_name.values() if p.filename.endswith(".dsc")):
         seen = recorded.get((dsc.filename, dsc.sha256))
+        told = _indexed_dsc(dsc, indexed[dsc.filename]) if indexed and dsc.filename in indexed else None
         if seen is not None:
             name, version = seen.name, seen.version
             named_files = [(f.filename, f.sha256) for f in seen.sources[1:]]
+        elif told is not None:
+            name, version, named_files = told
         else:
             package = source_package(dsc.path, dsc.filename, check=False)
             name, version = package.name, package.version
@@ -224,6 +293,26 @@ def attach_sources(
             files.append(SourceFile(have.filename, have.sha256, have.size))
         out[name] = replace(entry, sources=tuple(files))
     return out
+
+
+def _indexed_dsc(dsc: PackageFile, stanza: str) -> tuple[str, str, list[tuple[str, str]]] | None:
+    """(name, version, [(file, sha256) it names]) of a .dsc from its ``Sources`` stanza; None when
+    the stanza lacks one (the .dsc is then parsed, and says what is wrong)."""
+    fields = stanza_fields(stanza)
+    listed = stanza_source_files(stanza)
+    stated = listed.get(dsc.filename)
+    if stated is None:
+        return None
+    if stated != (dsc.sha256, dsc.size):
+        raise PermanentError(
+            f"{dsc.path} does not match its record (sha256 {stated[0]}, {stated[1]} bytes; "
+            f"expected {dsc.sha256}, {dsc.size} bytes)"
+        )
+    named = [(name, sha256) for name, (sha256, _size) in listed.items() if name != dsc.filename]
+    name, version = fields.get("Package", ""), fields.get("Version", "")
+    if not (name and version and named):
+        return None
+    return name, version, named
 
 
 def merge(

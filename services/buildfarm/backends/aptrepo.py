@@ -51,6 +51,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from buildfarm.backends import aptbranch, aptstaging, apttree
@@ -245,8 +246,12 @@ class LocalAptRepository:
         # so they are carried forward with them (a source package that lost stays out).  What
         # latest records already is not read again (a no-change re-run reads no package).
         sources = [p for p in packages if not p.filename.endswith((".deb", ".udeb"))]
-        described = aptbranch.describe(binaries, build_id, known=base)
-        own = aptbranch.attach_sources(described, sources, known=base)
+        # Leftovers of a publish that crashed: nobody else writes here while we hold the lock.
+        for stale in target.parent.glob(f".tmp-{target.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        indexed = _index_new(target, binaries, sources, base)
+        described = aptbranch.describe(binaries, build_id, known=base, indexed=indexed)
+        own = aptbranch.attach_sources(described, sources, known=base, indexed=indexed)
         merged = aptbranch.merge(base, own, prefer_incoming=personal)
         by_name = {p.filename: p for p in packages}
         mine = [entry for entry in merged.values() if entry.build_id == build_id]
@@ -255,18 +260,22 @@ class LocalAptRepository:
         kept = {name for name in names if name in by_name}
         # Checked by describe: linked like carried packages (a copy is hashed again).
         carried = [by_name[name] for name in sorted(kept)] + _carried(merged, where, skip=kept)
-        # Leftovers of a publish that crashed: nobody else writes here while we hold the lock.
-        for stale in target.parent.glob(f".tmp-{target.name}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tree = self._merged_tree(branch_dir, target, label, carried, merged)
+        tree = self._merged_tree(branch_dir, target, label, carried, merged, indexed)
         os.rename(tree, target)
         fsync_dir(target.parent)
 
-    def _merged_tree(
-        self, branch_dir: Path, target: Path, label: str, carried: list[PackageFile], merged: BranchState
+    def _merged_tree(  # noqa: PLR0917 - the pieces of one tree
+        self,
+        branch_dir: Path,
+        target: Path,
+        label: str,
+        carried: list[PackageFile],
+        merged: BranchState,
+        indexed: Mapping[str, str] | None = None,
     ) -> Path:
         """The tree of ``merged`` (every package linked from where it is published), beside
-        ``target`` under a temporary name, index stanzas taken from latest's where unchanged."""
+        ``target`` under a temporary name, index stanzas taken from latest's where unchanged
+        and from ``indexed`` (the build's own, by file name: :func:`_index_new`)."""
         return apttree.build_tree(
             target.parent,
             f".tmp-{target.name}-",
@@ -276,6 +285,7 @@ class LocalAptRepository:
             carried=carried,
             state=merged,
             known=_latest_tree(branch_dir),
+            indexed=indexed,
         )
 
     def _publish_again(self, branch_dir: Path, target: Path, build_id: int, label: str) -> None:
@@ -371,6 +381,41 @@ class LocalAptRepository:
     def sync_mirror(self, mirror: MirrorConfig) -> MirrorSyncOut:
         """Nothing to copy: check that the upstream answers (Release, Packages) and count its packages."""
         return check_upstream(mirror)
+
+
+def _index_new(
+    target: Path, binaries: list[PackageFile], sources: list[PackageFile], base: BranchState
+) -> dict[str, str]:
+    """The index stanzas of the build's packages and .dsc files ``base`` (latest's record) does
+    not hold, by file name: apt-ftparchive reads each of them once, in two runs at once (over
+    scratch trees of hardlinks beside ``target``), and its stanzas say both what the record
+    needs (:func:`.aptbranch.describe`, :func:`.aptbranch.attach_sources`) and what the tree's
+    indexes hold (the same bytes it writes over the whole tree)."""
+    held = {(f.filename, f.sha256, f.size) for f in aptbranch.files_of(base)}
+    held |= {
+        (e.sources[0].filename, e.sources[0].sha256, e.sources[0].size) for e in base.values() if e.sources
+    }
+    new_debs = [p for p in binaries if (p.filename, p.sha256, p.size) not in held]
+    new_dscs = {
+        p.filename
+        for p in sources
+        if p.filename.endswith(".dsc") and (p.filename, p.sha256, p.size) not in held
+    }
+    # A new .dsc with the files of its source package (``<source>_...``, as Debian names them;
+    # apt-ftparchive needs them): a .dsc naming another file gets no stanza here, and is parsed.
+    names = {dsc.split("_", 1)[0] for dsc in new_dscs}
+    source_files = [
+        p
+        for p in sources
+        if p.filename in new_dscs
+        or (not p.filename.endswith(".dsc") and p.filename.split("_", 1)[0] in names)
+    ]
+    prefix = f".tmp-{target.name}-index-"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="index") as pool:
+        packages = pool.submit(apttree.index_files, target.parent, prefix, "packages", new_debs)
+        dscs = pool.submit(apttree.index_files, target.parent, prefix, "sources", source_files)
+    return {**packages.result(), **dscs.result()}
 
 
 def _recorded(state: BranchState) -> dict[str, tuple[str, int]]:

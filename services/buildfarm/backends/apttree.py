@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,7 +44,6 @@ _SOURCE_SUFFIXES = (".dsc", ".tar.gz", ".tar.xz", ".tar.bz2", ".tar.lzma", ".dif
 _FILENAME_FIELD = re.compile(r"^Filename: \./(.+)$", re.MULTILINE)
 _SHA256_FIELD = re.compile(r"^SHA256: ([0-9a-f]{64})$", re.MULTILINE)
 _SIZE_FIELD = re.compile(r"^Size: ([0-9]+)$", re.MULTILINE)
-_SOURCE_SHA256_BLOCK = re.compile(r"^Checksums-Sha256:\n((?: .*\n?)+)", re.MULTILINE)
 
 
 @contextmanager
@@ -177,6 +177,7 @@ def write_indexes(
     label: str,
     known: Path | None = None,
     placed: Mapping[str, tuple[str, int]] | None = None,
+    indexed: Mapping[str, str] | None = None,
 ) -> None:
     """Write Packages, Packages.gz and Release of the flat repository ``directory``.
 
@@ -188,19 +189,36 @@ def write_indexes(
     placed in ``directory``: a stanza of ``known``'s indexes whose own checksums name exactly
     what is placed here under those names is taken as it is, and apt-ftparchive reads only the
     other packages (:func:`reuse_stanzas`), so a no-change re-run opens no .deb.  The indexes are
-    the same bytes a full run writes: stanzas by file name, each ending in a blank line."""
-    if known is None or placed is None:
-        packages = run_ftparchive(["packages", "."], directory)
-    else:
-        packages = reuse_stanzas(directory, "packages", known, placed)
-    _write_index(directory, "Packages", packages, known)
+    the same bytes a full run writes: stanzas by file name, each ending in a blank line.
+    ``indexed`` are more stanzas to take so (by file name: :func:`index_files`' of the
+    publication's own packages, written while it read them).
+
+    ``Packages`` and ``Sources`` are independent (apt-ftparchive runs reading the tree, each
+    index written and synced): they are made at once, a publication waits for the longer."""
+    kinds = ["packages"]
     if any(directory.glob("*.dsc")):  # the build's source packages: apt-get source reads these
-        if known is None or placed is None:
-            sources = run_ftparchive(["sources", "."], directory)
-        else:
-            sources = reuse_stanzas(directory, "sources", known, placed)
-        _write_index(directory, "Sources", sources, known)
+        kinds.append("sources")
+    with ThreadPoolExecutor(max_workers=len(kinds), thread_name_prefix="index") as pool:
+        made = [pool.submit(_write_kind, directory, kind, known, placed, indexed) for kind in kinds]
+    for each in made:
+        each.result()
     write_release(directory, label)
+
+
+def _write_kind(
+    directory: Path,
+    kind: str,
+    known: Path | None,
+    placed: Mapping[str, tuple[str, int]] | None,
+    indexed: Mapping[str, str] | None,
+) -> None:
+    """Write the index of ``kind`` ("packages": ``Packages``, "sources": ``Sources``) of
+    ``directory`` and its ``.gz`` (:func:`write_indexes`)."""
+    if placed is None or (known is None and not indexed):
+        data = run_ftparchive([kind, "."], directory)
+    else:
+        data = reuse_stanzas(directory, kind, known, placed, indexed)
+    _write_index(directory, "Packages" if kind == "packages" else "Sources", data, known)
 
 
 def _write_index(directory: Path, name: str, data: bytes, known: Path | None) -> None:
@@ -254,30 +272,34 @@ def _checksums(stanza: str, kind: str) -> dict[str, tuple[str, int]]:
         if found is not None and size is not None and named is not None:
             return {named.group(1): (found.group(1), int(size.group(1)))}
         return {}
-    block = _SOURCE_SHA256_BLOCK.search(stanza)
-    if block is None:
-        return {}
-    listed: dict[str, tuple[str, int]] = {}
-    for line in block.group(1).splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[1].isdigit():
-            listed[parts[2]] = (parts[0], int(parts[1]))
-    return listed
+    return aptbranch.stanza_source_files(stanza)
 
 
-def reuse_stanzas(directory: Path, kind: str, known: Path, placed: Mapping[str, tuple[str, int]]) -> bytes:
+def reuse_stanzas(
+    directory: Path,
+    kind: str,
+    known: Path | None,
+    placed: Mapping[str, tuple[str, int]],
+    indexed: Mapping[str, str] | None = None,
+) -> bytes:
     """``apt-ftparchive packages .`` (``kind`` "packages") or ``sources .`` of ``directory``, with
-    the stanzas of ``known``'s index that describe exactly the files placed here (every file a
-    stanza states a checksum of is placed here with that sha256 and size) taken from it; the
-    others come from one apt-ftparchive run over a scratch tree of hardlinks of just them."""
+    the stanzas of ``known``'s index (and of ``indexed``: stanzas by file name) that describe
+    exactly the files placed here (every file a stanza states a checksum of is placed here with
+    that sha256 and size) taken from it; the others come from one apt-ftparchive run over a
+    scratch tree of hardlinks of just them."""
     suffix, index = (_INDEXED_SUFFIX, "Packages") if kind == "packages" else (".dsc", "Sources")
     wanted = sorted(name for name in os.listdir(directory) if name.endswith(suffix))
     try:
-        old_text = (known / index).read_text(encoding="utf-8", errors="surrogateescape")
+        old_text = (
+            "" if known is None else (known / index).read_text(encoding="utf-8", errors="surrogateescape")
+        )
     except FileNotFoundError:
         old_text = ""
     old: dict[str, str] = {}
-    for stanza in stanzas_of(old_text):
+    for stanza in [
+        *stanzas_of(old_text),
+        *(s for name, s in (indexed or {}).items() if name.endswith(suffix)),
+    ]:
         listed = _checksums(stanza, kind)
         if listed and all(placed.get(name) == stated for name, stated in listed.items()):
             old.update({name: stanza for name in listed if name.endswith(suffix)})
@@ -294,15 +316,40 @@ def reuse_stanzas(directory: Path, kind: str, known: Path, placed: Mapping[str, 
 def _index_alone(directory: Path, kind: str, names: list[str]) -> dict[str, str]:
     """The stanzas apt-ftparchive writes for ``names`` of ``directory`` (and, for a .dsc, the files
     it names), from a scratch tree of hardlinks of just them beside ``directory``."""
-    scratch = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f"{directory.name}-index-"))
+    linked: dict[str, Path] = {}
+    for name in names:
+        linked[name] = directory / name
+        if kind == "sources":
+            named = source_package(directory / name, name, check=False).files
+            linked |= {f.name: directory / f.name for f in named}
+    return _index_linked(directory.parent, f"{directory.name}-index-", kind, linked, set(names))
+
+
+def index_files(parent: Path, prefix: str, kind: str, files: list[PackageFile]) -> dict[str, str]:
+    """The stanzas apt-ftparchive writes for ``files`` (``kind`` "packages": of each .deb;
+    "sources": of each .dsc, whose named files must be among ``files``), by file name, from one
+    run over a scratch tree of hardlinks of them (copies across filesystems) made in ``parent``
+    (named ``prefix``...): a publication reads its new packages once, for its record
+    (:func:`.aptbranch.describe`) and for its indexes (:func:`write_indexes`' ``indexed``)."""
+    suffix = _INDEXED_SUFFIX if kind == "packages" else ".dsc"
+    wanted = {f.filename for f in files if f.filename.endswith(suffix)}
+    if not wanted:
+        return {}
+    return _index_linked(parent, prefix, kind, {check_filename(f.filename): f.path for f in files}, wanted)
+
+
+def _index_linked(
+    parent: Path, prefix: str, kind: str, files: Mapping[str, Path], names: set[str]
+) -> dict[str, str]:
+    """The stanzas of ``names`` apt-ftparchive writes over a scratch tree in ``parent`` of
+    hardlinks of ``files`` (name -> where it is), by file name."""
+    scratch = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
     try:
-        for name in names:
-            linked = [name]
-            if kind == "sources":
-                linked += [f.name for f in source_package(directory / name, name, check=False).files]
-            for each in linked:
-                if not (scratch / each).exists():
-                    os.link(directory / each, scratch / each)
+        for name, path in files.items():
+            try:
+                os.link(path, scratch / name)
+            except OSError:
+                shutil.copyfile(path, scratch / name)  # another filesystem, or links not allowed
         out = run_ftparchive([kind, "."], scratch).decode("utf-8", "surrogateescape")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -345,17 +392,19 @@ def build_tree(
     carried: list[PackageFile] | None = None,
     state: BranchState | None = None,
     known: Path | None = None,
+    indexed: Mapping[str, str] | None = None,
 ) -> Path:
     """A complete, indexed (and, with ``signer``, signed) repository in a new hidden directory of
     ``parent``; removed on error.  ``carried`` are packages linked from a published tree (see
     :func:`place`), ``state`` the record of what the tree holds (:mod:`.aptbranch`), ``known`` a
-    published tree whose index stanzas of the same files are taken (:func:`write_indexes`)."""
+    published tree whose index stanzas of the same files are taken, as are those of ``indexed``
+    (:func:`write_indexes`)."""
     parent.mkdir(parents=True, exist_ok=True)
     with new_tree(parent, prefix) as tmp:
         place(packages, tmp)
         place(carried or [], tmp, verify=False)
         placed = {p.filename: (p.sha256, p.size) for p in [*packages, *(carried or [])]}
-        write_indexes(tmp, label, known, placed if known is not None else None)
+        write_indexes(tmp, label, known, placed if known is not None or indexed else None, indexed)
         if state is not None:
             aptbranch.write_state(tmp, state)
         if signer is not None:

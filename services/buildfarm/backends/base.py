@@ -242,6 +242,16 @@ class VersionedPackageRepository(PackageRepository, Protocol):
 
 
 @runtime_checkable
+class LocalObjects(Protocol):
+    """An artifact store whose objects are files on this machine (the local profile's directory):
+    a reader may read an object where it lies, instead of a copy, and must never change it."""
+
+    def object_path(self, sha256: str) -> Path:
+        """Where the object ``sha256`` is (it may be missing, or its bytes damaged: check them)."""
+        ...
+
+
+@runtime_checkable
 class BuildInputKeeper(Protocol):
     """A package repository that keeps build inputs too (Pulp: a file repository of them, kept
     forever); the local profile's artifact store alone keeps them there."""

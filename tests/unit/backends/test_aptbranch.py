@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from buildfarm.backends import apttree
 from buildfarm.backends.aptbranch import (
     STATE_FILE,
     BinaryFile,
     SourceEntry,
     SourceFile,
+    attach_sources,
     deb_fields,
     describe,
     merge,
@@ -22,9 +24,10 @@ from buildfarm.backends.aptbranch import (
     source_files_of,
     write_state,
 )
+from buildfarm.backends.base import PackageFile
 from buildfarm.model.errors import PermanentError
 
-from debpkgs import build_deb
+from debpkgs import build_deb, build_source_package
 
 
 def entry(source: str, version: str, build_id: int, *binaries: str) -> SourceEntry:
@@ -143,3 +146,60 @@ def test_a_file_that_is_no_deb_is_not_indexed(tmp_path: Path) -> None:
     bogus.write_bytes(b"!<arch>\nnot really")
     with pytest.raises(PermanentError, match=r"could not index bogus\.deb"):
         deb_fields(bogus, bogus.name)
+
+
+def _stanzas(kind: str, files: list[PackageFile], tmp_path: Path) -> dict[str, str]:
+    """apt-ftparchive's stanzas of ``files`` by file name (as a publication reads its new ones)."""
+    return apttree.index_files(tmp_path, "scratch-", kind, files)
+
+
+@pytest.mark.parametrize("source", ["", "src-a", "src-b (1.0-1)", "src-c (2:1.0-1)"])
+def test_a_debs_stanza_tells_what_reading_it_tells(tmp_path: Path, source: str) -> None:
+    """A .deb described from its Packages stanza (apt-ftparchive read it) gives the record
+    python-debian's reading gives, without it being read again."""
+    deb = build_deb(tmp_path / "debs", "bin", "1.0-1+b1", architecture="amd64", source=source)
+    read = describe([deb], 5)
+    stanzas = _stanzas("packages", [deb], tmp_path)
+    told = describe([deb], 5, indexed=stanzas)
+    assert told == read
+    deb.path.unlink()  # told from the stanza alone
+    assert describe([deb], 5, indexed=stanzas) == read
+
+
+def test_a_stanza_that_does_not_match_the_record_is_refused(tmp_path: Path) -> None:
+    deb = build_deb(tmp_path / "debs", "bin", "1.0")
+    stanzas = _stanzas("packages", [deb], tmp_path)
+    with pytest.raises(PermanentError, match=r"bin_1\.0_all\.deb does not match its record"):
+        describe([replace(deb, sha256="0" * 64)], 5, indexed=stanzas)
+    with pytest.raises(PermanentError, match=r"does not match its record"):
+        describe([replace(deb, size=deb.size + 1)], 5, indexed=stanzas)
+
+
+def test_a_stanza_without_a_field_falls_back_to_reading_the_deb(tmp_path: Path) -> None:
+    deb = build_deb(tmp_path / "debs", "bin", "1.0", source="src")
+    (stanza,) = _stanzas("packages", [deb], tmp_path).values()
+    broken = "".join(
+        line for line in stanza.splitlines(keepends=True) if not line.startswith("Architecture:")
+    )
+    assert describe([deb], 5, indexed={deb.filename: broken}) == describe([deb], 5)
+
+
+def test_a_dscs_stanza_tells_what_parsing_it_tells(tmp_path: Path) -> None:
+    """A source package attached from its Sources stanza: the same record as from its parsed
+    .dsc; a stanza that does not list the .dsc falls back to parsing it, and one whose .dsc
+    checksum is not the record's is refused."""
+    files = build_source_package(tmp_path / "src", "tool", "1.0-1")
+    binaries = [f for f in files if f.filename.endswith(".deb")]
+    sources = [f for f in files if not f.filename.endswith(".deb")]
+    state = describe(binaries, 5)
+    parsed = attach_sources(state, sources)
+    stanzas = _stanzas("sources", sources, tmp_path)
+    assert set(stanzas) == {f.filename for f in sources if f.filename.endswith(".dsc")}
+    assert attach_sources(state, sources, indexed=stanzas) == parsed
+    assert parsed["tool"].sources[0].filename == "tool_1.0-1.dsc" and len(parsed["tool"].sources) == 3
+    ((dsc_name, stanza),) = stanzas.items()
+    unlisted = stanza.replace(f" {dsc_name}\n", " elsewhere.dsc\n")
+    assert attach_sources(state, sources, indexed={dsc_name: unlisted}) == parsed
+    damaged = [replace(f, sha256="0" * 64) if f.filename == dsc_name else f for f in sources]
+    with pytest.raises(PermanentError, match=r"tool_1\.0-1\.dsc does not match its record"):
+        attach_sources(state, damaged, indexed=stanzas)
