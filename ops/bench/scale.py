@@ -99,20 +99,16 @@ def _instant(text: str) -> dt.datetime:
 def farm_wall(work: Path, src: Path, names: list[str]) -> FarmRun:
     """Submit to published on a fresh 2-node host-mode farm, with where its time went."""
     manifest = write_manifest(src, names, project="bench")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDFARM_")}
-    env |= {
-        "BUILDFARM_STATE_DIR": str(work / "state"),
-        "BUILDFARM_REPO_PORT": "0",
-        "BUILDFARM_API_PORT": "0",
-        "BUILDFARM_RUNNER": "host",
-    }
-    _cli(env, "start", "--runner", "host", "--nodes", "2")
+    user = {k: v for k, v in os.environ.items() if not k.startswith("BUILDFARM_")}
+    user |= {"BUILDFARM_STATE_DIR": str(work / "state")}  # what a user's commands see after `start`
+    env = user | {"BUILDFARM_REPO_PORT": "0", "BUILDFARM_API_PORT": "0", "BUILDFARM_RUNNER": "host"}
+    _cli(env, "start", "--runner", "host", "--nodes", "2")  # the farm file records its ports and runner
     try:
         before = _farm_cpu(work / "state")
         began = dt.datetime.now(dt.UTC)
         cli = _children_cpu()
         started = time.monotonic()
-        view = json.loads(_cli(env, "--output", "json", "build", "submit", str(manifest), "--wait"))
+        view = json.loads(_cli(user, "--output", "json", "build", "submit", str(manifest), "--wait"))
         wall = time.monotonic() - started
         ended = dt.datetime.now(dt.UTC)
         cpu = {name: used - before.get(name, 0.0) for name, used in _farm_cpu(work / "state").items()}
