@@ -115,6 +115,31 @@ class SourceCache:
         errors naming ``origin``) and source format, not read again when its stat signature is
         remembered."""
         started = time.time_ns()
+        where, signature, newest, known = self._known(tree)
+        if known is not None:
+            return known
+        info = read_source_info(tree, origin)
+        fmt = tree_format(tree)
+        digest = tree_hash(tree)
+        if newest < started - int(RACY_SECONDS * 1e9):
+            with self._lock:
+                self._touched[where] = [signature, digest, dataclasses.asdict(info), fmt]
+        return digest, info, fmt
+
+    def known_facts(self, tree: Path) -> tuple[str, SourceInfo, str] | None:
+        """:meth:`tree_facts` of a tree whose stat signature is remembered, else None (also for a
+        tree that cannot be listed: :meth:`tree_facts` then says why).  A few ``stat`` calls a
+        tree and no file read: a submit asks this of every tree in one thread first, as threads
+        making these system calls pass the GIL back and forth (thousands of trees took twice as
+        long in two threads as in one)."""
+        try:
+            return self._known(tree)[3]
+        except OSError:
+            return None
+
+    def _known(self, tree: Path) -> tuple[str, str, int, tuple[str, SourceInfo, str] | None]:
+        """(the tree's absolute path, its stat signature, its newest time, its remembered facts
+        or None)."""
         where = str(tree.absolute())
         signature, newest = tree_signature(tree)
         with self._lock:
@@ -126,14 +151,8 @@ class SourceCache:
             if info is not None:
                 with self._lock:
                     self._hits.add(where)
-                return str(entry[1]), info, str(entry[3])
-        info = read_source_info(tree, origin)
-        fmt = tree_format(tree)
-        digest = tree_hash(tree)
-        if newest < started - int(RACY_SECONDS * 1e9):
-            with self._lock:
-                self._touched[where] = [signature, digest, dataclasses.asdict(info), fmt]
-        return digest, info, fmt
+                return where, signature, newest, (str(entry[1]), info, str(entry[3]))
+        return where, signature, newest, None
 
     def _load_trees(self) -> dict[str, list[object]]:
         try:

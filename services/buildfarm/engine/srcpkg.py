@@ -199,13 +199,28 @@ class SourceResolver:
 
     # -- trees: dpkg-source -b ---------------------------------------------------------------
 
-    def examine(self, index: int, package: PackageSource, tree: Path | None) -> StoredSource | TreeToPack:
+    def known_facts(self, package: PackageSource, tree: Path | None) -> tuple[str, SourceInfo, str] | None:
+        """The remembered facts of the package's tree (:meth:`SourceCache.known_facts`), given to
+        :meth:`examine`; None for a package that is no tree read in place, or a tree not
+        remembered as it is."""
+        if tree is None or package.layout is SourceLayout.GBP:
+            return None
+        return self.cache.known_facts(tree)
+
+    def examine(
+        self,
+        index: int,
+        package: PackageSource,
+        tree: Path | None,
+        facts: tuple[str, SourceInfo, str] | None = None,
+    ) -> StoredSource | TreeToPack:
         """The package's source package, packed into the artifact store: what the planner needs
         of it, its source key and the packed tarball's sha256; or, for a tree whose tree key was
         never packed (:mod:`buildfarm.engine.srccache`), what the planner needs of it now and
         the ``dpkg-source -b`` still to run (:meth:`TreeToPack.pack`), so a submit can plan and
         record the build first and pack while the first steps build.  Every check of the tree
-        (format, upstream tarballs) is made here, before anything is recorded."""
+        (format, upstream tarballs) is made here, before anything is recorded.  ``facts``: the
+        tree's, as :meth:`known_facts` gave them (else read here)."""
         if tree is None or package.layout is SourceLayout.GBP:
             srcpkg, info = self.resolve(index, package, tree)
             return self._store(srcpkg, info)
@@ -213,7 +228,7 @@ class SourceResolver:
         work = self.scratch / f"srcpkg-{index}"
         if package.orig:
             work.mkdir()  # where the files named in 'orig' go; else made only on a miss
-        digest, info, fmt = self.cache.tree_facts(tree, package.describe())
+        digest, info, fmt = facts or self.cache.tree_facts(tree, package.describe())
         info, fmt, found, beside_dsc = self._tree_inputs(
             package, tree, work, self.uploaded_files.get(index), what, info, fmt
         )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from buildfarm.engine import srccache, srcpkg
 from buildfarm.engine.dpkgsource import DpkgSourceForks
 from buildfarm.engine.submit import submit_build
 from buildfarm.model import sources
+from buildfarm.model.errors import PermanentError
 from buildfarm.model.manifest import load_manifest
 from buildfarm.state.db import Database
 from buildfarm.state.models import Step
@@ -147,4 +149,102 @@ def test_remembered_trees_read_no_format_and_rewrite_no_record(
     assert set(_steps(ctx.db, submit_build(ctx, more, src, "u"))) == {*NAMES, "pk-five"}
     assert formats == [(src / "pk-five").resolve()]
     assert len(srccache.SourceCache(ctx)._load_trees()) == len(NAMES) + 1
+    ctx.db.dispose()
+
+
+def _examined(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, bool]]:
+    """(tree name, thread name, facts given) of every SourceResolver.examine from now on."""
+    seen: list[tuple[str, str, bool]] = []
+    examine = srcpkg.SourceResolver.examine
+
+    def recording(self: srcpkg.SourceResolver, index: int, package, tree, facts=None):  # type: ignore[no-untyped-def]
+        seen.append((tree.name if tree else "", threading.current_thread().name, facts is not None))
+        return examine(self, index, package, tree, facts)
+
+    monkeypatch.setattr(srcpkg.SourceResolver, "examine", recording)
+    return seen
+
+
+def test_remembered_trees_are_examined_in_the_submitting_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the artifact store on this machine a remembered tree costs a few stat calls, made in
+    the submitting thread (in threads they passed the GIL back and forth: a 5000-tree re-run
+    took twice as long); a new tree is examined in the pack threads; with a remote store the
+    remembered trees go to the threads too (their store lookups wait on the network), with
+    their remembered facts (not read again)."""
+    monkeypatch.setattr(srccache, "RACY_SECONDS", 0.0)  # the trees were written just now
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
+    src = tmp_path / "src"
+    new = ["pk-five", "pk-six"]  # read in the pack threads
+    for name in [*NAMES, *new]:
+        make_package(src, name)
+    first = _steps(ctx.db, submit_build(ctx, load_manifest(write_manifest(src, NAMES)), src, "u"))
+    seen = _examined(monkeypatch)
+    again = _steps(ctx.db, submit_build(ctx, load_manifest(write_manifest(src, [*NAMES, *new])), src, "u"))
+    assert {n: again[n] for n in NAMES} == first
+    main = threading.main_thread().name
+    assert [(tree, thread == main, facts) for tree, thread, facts in seen[: len(NAMES)]] == [
+        (n, True, True) for n in NAMES
+    ]
+    rest = seen[len(NAMES) :]
+    assert sorted((tree, thread.startswith("pack"), facts) for tree, thread, facts in rest) == [
+        (n, True, False) for n in new
+    ]
+
+    class RemoteStore:  # the same store, not known to lie on this machine
+        def __init__(self, store: object) -> None:
+            self._store = store
+
+        def __getattr__(self, name: str) -> object:
+            if name == "object_path":  # what makes a store LocalObjects
+                raise AttributeError(name)
+            return getattr(self._store, name)
+
+    monkeypatch.setattr(ctx, "store", RemoteStore(ctx.store))
+    parsed: list[Path] = []
+    parse = srccache.read_source_info
+    monkeypatch.setattr(
+        srccache, "read_source_info", lambda tree, origin: (parsed.append(tree), parse(tree, origin))[1]
+    )
+    seen.clear()
+    third = _steps(ctx.db, submit_build(ctx, load_manifest(write_manifest(src, NAMES)), src, "u"))
+    assert third == first
+    assert sorted((tree, thread.startswith("pack"), facts) for tree, thread, facts in seen) == sorted(
+        (n, True, True) for n in NAMES
+    )
+    assert parsed == []
+    ctx.db.dispose()
+
+
+def _quilt(src: Path, name: str) -> Path:
+    """A 3.0 (quilt) tree of version 1.0-1 with its upstream tarball beside it."""
+    tree = make_package(src, name, version="1.0-1")
+    (tree / "debian" / "source" / "format").write_text("3.0 (quilt)\n")
+    with tarfile.open(src / f"{name}_1.0.orig.tar.gz", "w:gz") as tar:
+        tar.add(tree / "payload.txt", f"{name}-1.0/payload.txt")
+    return tree
+
+
+def test_the_first_error_by_index_is_raised_whichever_thread_found_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remembered tree whose upstream tarball went away fails in the submitting thread, a new
+    tree of a source format the farm does not take in a pack thread: the user is told of the
+    first package in the manifest, and nothing after it is examined."""
+    monkeypatch.setattr(srccache, "RACY_SECONDS", 0.0)
+    ctx = make_test_context(tmp_path, f"sqlite:///{tmp_path / 'farm.db'}")
+    src = tmp_path / "src"
+    _quilt(src, "pk-quilt")
+    submit_build(ctx, load_manifest(write_manifest(src, ["pk-quilt"])), src, "u")
+    (src / "pk-quilt_1.0.orig.tar.gz").unlink()
+    bad = make_package(src, "pk-bad")
+    (bad / "debian" / "source" / "format").write_text("3.0 (git)\n")
+    seen = _examined(monkeypatch)
+
+    with pytest.raises(PermanentError, match=r"packages\[0\] \(pk-bad\): source format '3.0 \(git\)'"):
+        submit_build(ctx, load_manifest(write_manifest(src, ["pk-bad", "pk-quilt"])), src, "u")
+    with pytest.raises(PermanentError, match=r"packages\[0\] \(pk-quilt\): .*needs the upstream tarball"):
+        submit_build(ctx, load_manifest(write_manifest(src, ["pk-quilt", "pk-bad"])), src, "u")
+    assert [tree for tree, _thread, _facts in seen][-1] == "pk-quilt"  # pk-bad not examined after it
     ctx.db.dispose()
