@@ -92,15 +92,16 @@ def _examine(
     more for its source package in an artifact store on this machine: such trees are examined
     here, one after another.  In threads, those short system calls pass the GIL back and forth:
     a no-change re-run of 5000 trees spent twice as long on them in two threads as in one.  The
-    rest, which read and hash files or ask a remote store, are examined in threads (given the
-    remembered facts of a tree, when there are)."""
+    rest, which read and hash files, ask a remote store or fetch the upstream files that
+    ``orig`` names, are examined in threads (given the remembered facts of a tree, when there
+    are)."""
     local = isinstance(ctx.store, LocalObjects)
     found: list[StoredSource | TreeToPack | None] = []
     facts: dict[int, tuple[str, SourceInfo, str]] = {}
     failure: Exception | None = None
     for index, (package, tree) in enumerate(sources):
         known = resolver.known_facts(package, tree)
-        if known is not None and local:
+        if known is not None and local and not package.orig:  # 'orig' may name a URL
             try:
                 found.append(resolver.examine(index, package, tree, known))
             except Exception as exc:  # raised once the packages before it are examined
